@@ -1,0 +1,92 @@
+//! Every port, limit and timer of the server, with its default. Units come last in names.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Default ports, as the contract fixes them (0 disables a protocol).
+pub const ROOM_PORT_DEFAULT: u16 = 55555;
+pub const BIN24_PORT_DEFAULT: u16 = 7000;
+pub const CCM_PORT_DEFAULT: u16 = 5454;
+pub const MATOU_PORT_DEFAULT: u16 = 7777;
+pub const OCM_TCP_PORT_DEFAULT: u16 = 9002;
+pub const OCM_UDP_PORT_DEFAULT: u16 = 9003;
+pub const OCM_RELAY_PORT_DEFAULT: u16 = 9001;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address every listener binds to. Loopback by default; `0.0.0.0` exposes the server.
+    pub bind_addr: IpAddr,
+    /// ROOM listener port. `None`: disabled; `Some(0)`: an ephemeral port (tests).
+    pub room_port: Option<u16>,
+
+    /// Most connections open at once, all protocols together. Accepting pauses at the cap and
+    /// resumes once the count falls below 90% of it (at least one below).
+    pub connections_max: usize,
+    /// Kernel accept backlog of each listener.
+    pub listen_backlog: u32,
+    /// Most connections accepted from one listener in one loop turn, so a connect storm cannot
+    /// starve established clients.
+    pub accepts_per_turn_max: usize,
+    /// How long accepting pauses after the process runs out of descriptors (EMFILE, ENFILE).
+    pub accept_pause_ms: u64,
+
+    /// Size of one read from a socket (the read buffer grows by this much at a time).
+    pub read_chunk_bytes: usize,
+    /// Most bytes read from one connection per readiness event before the loop serves others;
+    /// the connection stays on the ready list and is served again next turn.
+    pub read_budget_bytes: usize,
+    /// Most buffers handed to one vectored write.
+    pub write_iovecs_max: usize,
+
+    /// Output queued for one connection beyond this closes it at once as a slow consumer.
+    pub output_hard_bytes_max: usize,
+    /// Output queued beyond this for longer than `output_soft_duration_ms` closes it.
+    pub output_soft_bytes_max: usize,
+    pub output_soft_duration_ms: u64,
+    /// How long a connection closing after its last answer may take to drain its output.
+    pub close_linger_ms: u64,
+
+    /// ROOM: a connection that has not sent its alias this long after accept is closed.
+    pub room_handshake_timeout_ms: u64,
+
+    /// Granularity of the timer wheel; timers fire at most one tick late, never early.
+    pub timer_tick_ms: u64,
+    /// On SIGINT/SIGTERM: how long to keep flushing queued output before exiting.
+    pub shutdown_grace_ms: u64,
+    /// Log a statistics line this often (0: only at shutdown).
+    pub stats_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            room_port: Some(ROOM_PORT_DEFAULT),
+            connections_max: 10_000,
+            listen_backlog: 1024,
+            accepts_per_turn_max: 256,
+            accept_pause_ms: 100,
+            read_chunk_bytes: 16 * 1024,
+            read_budget_bytes: 256 * 1024,
+            write_iovecs_max: 64,
+            output_hard_bytes_max: 4 * 1024 * 1024,
+            output_soft_bytes_max: 1024 * 1024,
+            output_soft_duration_ms: 10_000,
+            close_linger_ms: 2_000,
+            room_handshake_timeout_ms: 60_000,
+            timer_tick_ms: 10,
+            shutdown_grace_ms: 2_000,
+            stats_interval_ms: 0,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: every listener on an ephemeral port, short timers.
+    pub fn for_tests() -> Self {
+        Config {
+            room_port: Some(0),
+            timer_tick_ms: 1,
+            ..Config::default()
+        }
+    }
+}

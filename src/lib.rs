@@ -1,0 +1,25 @@
+//! Switchboard: a single-threaded, edge-triggered chat server speaking five wire protocols.
+//!
+//! Module map and dependency rules (they point one way; keep them so):
+//!
+//! ```text
+//! reactor  ->  protocol  ->  chat  ->  timer
+//!                  \-> protocol/<name>/codec  (depends on `bytes` only)
+//! ```
+//!
+//! - [`reactor`] is the only code that touches mio or socket2 and the only code that reads the
+//!   clock. It owns the sockets, the connection slab, the output queues and the loop phases.
+//! - [`protocol`] holds one folder per wire protocol. `codec.rs` is pure decode/encode over
+//!   `BytesMut`/`Bytes`; `mod.rs` is the protocol's server logic, sans-io: bytes and `now_ms`
+//!   in, effects out through the [`protocol::Outbox`] trait. Everything there is testable with
+//!   fabricated bytes and fabricated time.
+//! - [`chat`] holds what the protocols share (per-connection state maps, member lists).
+//! - [`timer`] is the hashed timer wheel; it is given `now`, it never reads the clock.
+//! - [`config`] holds every port, limit and timer, with its default and its unit in its name.
+
+pub mod chat;
+pub mod config;
+pub mod protocol;
+pub mod reactor;
+pub mod stats;
+pub mod timer;

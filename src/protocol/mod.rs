@@ -1,0 +1,105 @@
+//! The protocols' server logic and codecs, sans-io.
+//!
+//! A protocol service is driven by the reactor with four kinds of input (a connection was
+//! accepted, bytes arrived, a connection is gone, time passed) and answers through an
+//! [`Outbox`]: bytes to queue for a connection, or a connection to close. It never sees a
+//! socket or a clock, so every rule is testable with fabricated bytes and `now_ms` values.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+pub mod room;
+
+/// A connection's identity: its slab slot plus the generation of that slot.
+///
+/// Slots are reused; the generation tells a live connection from an earlier one in the same
+/// slot, so a stale timer, event or reference is detected instead of hitting a newcomer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl ConnId {
+    pub const fn new(slot: u32, generation: u32) -> Self {
+        ConnId { slot, generation }
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}.{}", self.slot, self.generation)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why a connection is closed. Logged, and counted in the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side (EOF) or reset the connection.
+    PeerClosed,
+    /// A socket error other than a reset.
+    IoError,
+    /// The peer sent something the protocol cannot accept; framing can no longer be trusted.
+    ProtocolError,
+    /// The peer did not finish its handshake (alias, identification) in time.
+    HandshakeTimeout,
+    /// The peer did not answer a keepalive or an acknowledgement in time.
+    Timeout,
+    /// The output queue passed its hard limit, or stayed over its soft limit too long.
+    SlowConsumer,
+    /// The same user connected again; the older connection gives way.
+    Replaced,
+    /// The protocol finished its exchange (an answer, then close).
+    Done,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer closed",
+            CloseReason::IoError => "i/o error",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::HandshakeTimeout => "handshake timeout",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Replaced => "replaced by a newer connection",
+            CloseReason::Done => "exchange done",
+            CloseReason::Shutdown => "server shutdown",
+        }
+    }
+}
+
+/// How to close: at once (queued output is dropped), or once the queued output has been
+/// written (an error answer, then close), bounded by the reactor's linger limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseMode {
+    Now,
+    AfterFlush,
+}
+
+/// Where a protocol's effects go. The reactor implements it over real sockets; tests
+/// implement it by recording.
+///
+/// Sending to a connection that is gone or closing is a no-op: protocols need not track
+/// the reactor's view of liveness, only their own.
+pub trait Outbox {
+    /// Queue `bytes` for `to`. A fan-out passes clones of one `Bytes` (a reference count,
+    /// not a copy).
+    fn send(&mut self, to: ConnId, bytes: Bytes);
+
+    /// Ask for `id` to be closed. The protocol is told through its `on_close` when it is gone,
+    /// whoever asked for it.
+    fn close(&mut self, id: ConnId, reason: CloseReason, mode: CloseMode);
+
+    /// Count a rejected input (malformed, oversized, out of order) in the statistics.
+    fn count_rejected(&mut self) {}
+}

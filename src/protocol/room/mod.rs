@@ -1,0 +1,2 @@
+//! ROOM.
+pub mod codec;

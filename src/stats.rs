@@ -1,0 +1,43 @@
+//! Server statistics: plain counters on the reactor thread, logged as one line.
+
+use std::fmt;
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub connections_closed: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Output dropped because its connection was closed before it could be written.
+    pub drops: u64,
+    /// Connections closed for exceeding an output limit.
+    pub slow_consumer_closes: u64,
+    /// Inputs rejected as malformed, oversized or out of order.
+    pub rejected: u64,
+    /// Times accepting paused for lack of descriptors (EMFILE, ENFILE).
+    pub accept_pauses: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connections open={} accepted={} closed={} | frames in={} out={} | bytes in={} out={} \
+             | drops={} slow_consumer_closes={} rejected={} accept_pauses={}",
+            self.connections_open,
+            self.connections_accepted,
+            self.connections_closed,
+            self.frames_in,
+            self.frames_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.drops,
+            self.slow_consumer_closes,
+            self.rejected,
+            self.accept_pauses
+        )
+    }
+}
