@@ -1,1 +1,42 @@
-fn main() {}
+//! `chat`: the terminal client of Switchboard.
+//!
+//! One binary, one subcommand per wire protocol, so a user learns a single tool and the
+//! protocols share the argument conventions (`--host`, `--port`, `--nick`). Each protocol's
+//! client lives in its own module; this file only parses arguments and dispatches.
+
+mod room;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Terminal client for the Switchboard chat server.
+#[derive(Parser, Debug)]
+#[command(
+    name = "chat",
+    version,
+    about = "Terminal client for the Switchboard chat server",
+    long_about = "Terminal client for the Switchboard chat server.\n\n\
+        Each subcommand speaks one of the server's wire protocols exactly as that protocol's \
+        original client does, so it works against Switchboard and against the original servers.\n\n\
+        Exit status: 0 when the session ends normally (end of input, Ctrl-C, SIGTERM, or the \
+        server closing the connection); 1 on a connection or I/O error; 2 on a usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Join the ROOM nickname chat room (default port 55555)
+    #[command(long_about = room::LONG_ABOUT)]
+    Room(room::RoomArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Room(args) => room::run(args),
+    }
+}
