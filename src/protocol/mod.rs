@@ -10,6 +10,7 @@ use std::fmt;
 use bytes::Bytes;
 
 pub mod room;
+pub mod testing;
 
 /// A connection's identity: its slab slot plus the generation of that slot.
 ///
@@ -102,4 +103,7 @@ pub trait Outbox {
 
     /// Count a rejected input (malformed, oversized, out of order) in the statistics.
     fn count_rejected(&mut self) {}
+
+    /// Count one frame (message, chunk) received, in the statistics.
+    fn count_frame_in(&mut self) {}
 }

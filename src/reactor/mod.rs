@@ -1,1 +1,704 @@
-//! The reactor.
+//! The reactor: one mio `Poll`, edge-triggered, on one thread. The only code that touches
+//! sockets and the only code that reads the clock.
+//!
+//! Each loop turn runs its phases in a fixed order:
+//!
+//! 1. **poll**, with a timeout from the earliest timer, or zero when work is left over;
+//! 2. **events**: read until WouldBlock (within a per-event budget), decode, act;
+//!    connections that hit their budget are served again next turn (no edge will come);
+//! 3. **timers**: the protocols' wheels, linger deadlines, the accept pause, statistics;
+//! 4. **flush and close**: write every connection with queued output once (many messages
+//!    to one socket cost one vectored write), then free the connections marked for closing,
+//!    whose protocols may queue notices to others, flushed in the same phase;
+//! 5. **accept**, while under the connection cap.
+//!
+//! Connections are freed only in phase 4, so an id handed to a protocol stays valid for the
+//! whole turn, and a slot is never reused while an event for it may still be in the batch.
+
+mod conn;
+mod listen;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::config::Config;
+use crate::protocol::room::{RoomConfig, RoomService};
+use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox};
+use crate::stats::Stats;
+
+use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
+pub use listen::BindError;
+
+// Tokens pack a connection's generation into the high 32 bits, so a stale event for a reused
+// slot is recognised; that needs a 64-bit usize.
+const _: () = assert!(usize::BITS == 64);
+
+const SIGNAL_TOKEN: Token = Token(0);
+const WAKER_TOKEN: Token = Token(1);
+/// Tokens 16..48 are TCP listeners, by index.
+const LISTENER_TOKEN_BASE: usize = 16;
+const LISTENER_TOKEN_END: usize = 48;
+/// Tokens 48..64 are reserved for UDP sockets (OCM), by index.
+const UDP_TOKEN_BASE: usize = 48;
+/// Connection tokens start here, above every reserved token.
+const CONN_TOKEN_BASE: usize = 64;
+
+/// Consecutive failures of `poll` itself after which the server gives up.
+const POLL_ERRORS_MAX: u32 = 8;
+
+/// Which wire protocol a listener or connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolKind {
+    Room,
+}
+
+impl ProtocolKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtocolKind::Room => "ROOM",
+        }
+    }
+}
+
+enum Source {
+    Signal,
+    Waker,
+    Listener(usize),
+    Udp,
+    Conn(ConnId),
+    Unknown,
+}
+
+fn conn_token(id: ConnId) -> Token {
+    Token(((id.generation as usize) << 32) | (id.slot as usize + CONN_TOKEN_BASE))
+}
+
+fn source_of(token: Token) -> Source {
+    let raw = token.0;
+    if raw >= CONN_TOKEN_BASE {
+        let slot = (raw & 0xffff_ffff) - CONN_TOKEN_BASE;
+        return Source::Conn(ConnId::new(slot as u32, (raw >> 32) as u32));
+    }
+    match raw {
+        0 => Source::Signal,
+        1 => Source::Waker,
+        LISTENER_TOKEN_BASE..LISTENER_TOKEN_END => Source::Listener(raw - LISTENER_TOKEN_BASE),
+        UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp,
+        _ => Source::Unknown,
+    }
+}
+
+struct ListenerEntry {
+    listener: TcpListener,
+    kind: ProtocolKind,
+    addr: SocketAddr,
+    /// Edge-triggered: set by an event, cleared only by WouldBlock. While accepting is paused
+    /// it stays set, so accepting resumes without waiting for an edge that will not come.
+    ready: bool,
+}
+
+/// State shared with [`ServerHandle`]s on other threads.
+#[derive(Default)]
+struct Shared {
+    shutdown_requested: AtomicBool,
+    connections_open: AtomicU64,
+}
+
+/// Controls a running server from another thread (tests, embedding programs).
+#[derive(Clone)]
+pub struct ServerHandle {
+    waker: Arc<Waker>,
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Ask for the same clean shutdown as SIGTERM.
+    pub fn shutdown(&self) {
+        self.shared.shutdown_requested.store(true, Ordering::SeqCst);
+        if let Err(err) = self.waker.wake() {
+            warn!("cannot wake the reactor for shutdown: {err}");
+        }
+    }
+
+    /// Connections open right now, all protocols together.
+    pub fn connections_open(&self) -> u64 {
+        self.shared.connections_open.load(Ordering::Relaxed)
+    }
+}
+
+/// Accepting is allowed unless at the cap (with hysteresis) or paused after EMFILE.
+#[derive(Default)]
+struct AcceptGate {
+    at_cap: bool,
+    paused_until_ms: Option<u64>,
+}
+
+pub struct Server {
+    poll: Poll,
+    config: Config,
+    table: ConnTable,
+    listeners: Vec<ListenerEntry>,
+    room: Option<RoomService>,
+    /// One reusable read buffer for every connection; see `Conn::read_once`.
+    scratch: Vec<u8>,
+    start: Instant,
+    now_ms: u64,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    waker: Arc<Waker>,
+    shared: Arc<Shared>,
+    next_generation: u32,
+    accept_gate: AcceptGate,
+    /// Set once shutdown begins: the time by which the loop exits even with output queued.
+    shutdown_deadline_ms: Option<u64>,
+    stats_next_ms: Option<u64>,
+}
+
+impl Server {
+    /// Bind every enabled listener. Nothing is accepted until [`Server::run`].
+    pub fn bind(config: Config) -> Result<Server, BindError> {
+        let poll = Poll::new().map_err(|source| BindError {
+            protocol: "reactor",
+            addr: SocketAddr::new(config.bind_addr, 0),
+            step: "epoll_create",
+            source,
+        })?;
+        let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(|source| BindError {
+            protocol: "reactor",
+            addr: SocketAddr::new(config.bind_addr, 0),
+            step: "eventfd",
+            source,
+        })?;
+        let mut listeners = Vec::new();
+        let mut room = None;
+        if let Some(port) = config.room_port {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            let listener = listen::bind_tcp("ROOM", addr, config.listen_backlog)?;
+            listeners.push((listener, ProtocolKind::Room));
+            room = Some(RoomService::new(
+                RoomConfig {
+                    handshake_timeout_ms: config.room_handshake_timeout_ms,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                0,
+            ));
+        }
+        let mut entries = Vec::new();
+        for (index, (mut listener, kind)) in listeners.into_iter().enumerate() {
+            let fail = |step, source| BindError {
+                protocol: kind.name(),
+                addr: SocketAddr::new(config.bind_addr, 0),
+                step,
+                source,
+            };
+            let addr = listener
+                .local_addr()
+                .map_err(|source| fail("getsockname", source))?;
+            poll.registry()
+                .register(
+                    &mut listener,
+                    Token(LISTENER_TOKEN_BASE + index),
+                    Interest::READABLE,
+                )
+                .map_err(|source| fail("epoll_ctl", source))?;
+            entries.push(ListenerEntry {
+                listener,
+                kind,
+                addr,
+                ready: false,
+            });
+        }
+        let limits = OutputLimits {
+            hard_bytes_max: config.output_hard_bytes_max,
+            soft_bytes_max: config.output_soft_bytes_max,
+            soft_duration_ms: config.output_soft_duration_ms,
+        };
+        let stats_next_ms = (config.stats_interval_ms > 0).then_some(config.stats_interval_ms);
+        Ok(Server {
+            poll,
+            table: ConnTable::new(limits, config.close_linger_ms),
+            listeners: entries,
+            room,
+            scratch: vec![0; config.read_chunk_bytes.max(1)],
+            start: Instant::now(),
+            now_ms: 0,
+            signals: None,
+            waker: Arc::new(waker),
+            shared: Arc::new(Shared::default()),
+            next_generation: 1,
+            accept_gate: AcceptGate::default(),
+            shutdown_deadline_ms: None,
+            stats_next_ms,
+            config,
+        })
+    }
+
+    /// The address each enabled protocol listens on (useful with ephemeral ports).
+    pub fn local_addrs(&self) -> Vec<(ProtocolKind, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|entry| (entry.kind, entry.addr))
+            .collect()
+    }
+
+    /// The address `kind` listens on, if enabled.
+    pub fn local_addr(&self, kind: ProtocolKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|entry| entry.kind == kind)
+            .map(|entry| entry.addr)
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            waker: Arc::clone(&self.waker),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Shut down cleanly on SIGINT and SIGTERM (a second signal exits at once).
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Run until shut down; returns the final statistics.
+    pub fn run(mut self) -> io::Result<Stats> {
+        for entry in &self.listeners {
+            info!("{} listening on {}", entry.kind.name(), entry.addr);
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut poll_errors = 0;
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                poll_errors += 1;
+                warn!("poll failed ({poll_errors} in a row): {err}");
+                if poll_errors >= POLL_ERRORS_MAX {
+                    return Err(err);
+                }
+                continue;
+            }
+            poll_errors = 0;
+            self.update_now();
+
+            for event in events.iter() {
+                self.handle_event(event);
+            }
+            self.serve_ready_list();
+            self.fire_timers();
+            self.flush_and_close();
+            self.accept_all();
+
+            if let Some(deadline_ms) = self.shutdown_deadline_ms {
+                let drained = self.table.out_bytes_total == 0;
+                if drained || self.now_ms >= deadline_ms {
+                    if !drained {
+                        warn!(
+                            "shutdown grace period over with {} bytes still queued",
+                            self.table.out_bytes_total
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        info!("stopped: {}", self.table.stats);
+        Ok(self.table.stats.clone())
+    }
+
+    fn update_now(&mut self) {
+        let elapsed_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms = elapsed_ms;
+        self.table.now_ms = elapsed_ms;
+    }
+
+    /// Zero when work is left over; otherwise until the earliest deadline; None to sleep until
+    /// an event.
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        self.update_now();
+        if !self.table.ready_list.is_empty()
+            || !self.table.flush_list.is_empty()
+            || self.accept_pending()
+        {
+            return Some(Duration::ZERO);
+        }
+        let deadlines = [
+            self.room.as_ref().and_then(RoomService::next_deadline_ms),
+            self.table.lingering.iter().map(|&(_, at)| at).min(),
+            self.accept_gate.paused_until_ms,
+            self.stats_next_ms,
+            self.shutdown_deadline_ms,
+        ];
+        let earliest = deadlines.into_iter().flatten().min()?;
+        Some(Duration::from_millis(earliest.saturating_sub(self.now_ms)))
+    }
+
+    fn handle_event(&mut self, event: &Event) {
+        match source_of(event.token()) {
+            Source::Conn(id) => self.handle_conn_event(id, event),
+            Source::Listener(index) => {
+                if let Some(entry) = self.listeners.get_mut(index) {
+                    entry.ready = true;
+                }
+            }
+            Source::Signal => self.handle_signals_event(),
+            Source::Waker => {
+                if self.shared.shutdown_requested.load(Ordering::SeqCst) {
+                    self.begin_shutdown("shutdown requested");
+                }
+            }
+            // No UDP protocol is built yet; OCM registers its sockets in this range.
+            Source::Udp | Source::Unknown => {}
+        }
+    }
+
+    fn handle_conn_event(&mut self, id: ConnId, event: &Event) {
+        let Some(conn) = self.table.get_mut(id) else {
+            // A stale event for a connection freed earlier: its slot may hold a newcomer.
+            return;
+        };
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            conn.read_ready = true;
+        }
+        let mut wants_flush = false;
+        if event.is_writable() || event.is_write_closed() || event.is_error() {
+            conn.write_ready = true;
+            wants_flush = !conn.out_is_empty();
+        }
+        let read_ready = conn.read_ready;
+        if wants_flush {
+            self.table.mark_flush(id.slot as usize);
+        }
+        if read_ready {
+            self.read_conn(id);
+        }
+    }
+
+    fn serve_ready_list(&mut self) {
+        if self.table.ready_list.is_empty() {
+            return;
+        }
+        let list = std::mem::take(&mut self.table.ready_list);
+        for &slot in &list {
+            self.table.unmark_ready(slot);
+            if let Some(id) = self.table.id_of(slot) {
+                self.read_conn(id);
+            }
+        }
+    }
+
+    /// Read until WouldBlock, EOF, or the per-event budget, handing each read to the protocol.
+    fn read_conn(&mut self, id: ConnId) {
+        if self.shutdown_deadline_ms.is_some() {
+            return;
+        }
+        let budget_bytes = self.config.read_budget_bytes;
+        let mut read_bytes = 0;
+        loop {
+            let Some(conn) = self.table.get_mut(id) else {
+                return;
+            };
+            if !conn.accepts_input() || !conn.read_ready {
+                return;
+            }
+            let (outcome, count) = conn.read_once(&mut self.scratch);
+            match outcome {
+                IoOutcome::Continue => {
+                    self.table.stats.bytes_in += count as u64;
+                    read_bytes += count;
+                    self.deliver_input(id);
+                    if read_bytes >= budget_bytes {
+                        self.table.mark_ready(id.slot as usize);
+                        return;
+                    }
+                }
+                IoOutcome::WouldBlock => {
+                    conn.read_ready = false;
+                    return;
+                }
+                IoOutcome::Closed => {
+                    self.table
+                        .close(id, CloseReason::PeerClosed, CloseMode::Now);
+                    return;
+                }
+                IoOutcome::Error => {
+                    self.table.close(id, CloseReason::IoError, CloseMode::Now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hand a connection's buffered input to its protocol. The buffer is lent out for the call
+    /// so the protocol can act on the connection table at the same time.
+    fn deliver_input(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        let kind = conn.kind;
+        let mut input = std::mem::take(&mut conn.read_buf);
+        match kind {
+            ProtocolKind::Room => {
+                if let Some(room) = self.room.as_mut() {
+                    room.on_data(id, &mut input, &mut self.table);
+                }
+            }
+        }
+        if let Some(conn) = self.table.get_mut(id) {
+            conn.read_buf = input;
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now_ms = self.now_ms;
+        if let Some(room) = self.room.as_mut() {
+            room.on_timers(now_ms, &mut self.table);
+        }
+        if !self.table.lingering.is_empty() {
+            let lingering = std::mem::take(&mut self.table.lingering);
+            let mut keep = Vec::with_capacity(lingering.len());
+            for (id, deadline_ms) in lingering {
+                let Some(conn) = self.table.get_mut(id) else {
+                    continue;
+                };
+                match conn.closing() {
+                    Some((reason, CloseMode::AfterFlush)) if now_ms >= deadline_ms => {
+                        debug!("{id}: output not drained within the linger time");
+                        // Escalate: `close` ignores a second request of the same mode.
+                        self.force_close(id, reason);
+                    }
+                    Some((_, CloseMode::AfterFlush)) => keep.push((id, deadline_ms)),
+                    _ => {}
+                }
+            }
+            self.table.lingering.extend(keep);
+        }
+        if self
+            .accept_gate
+            .paused_until_ms
+            .is_some_and(|until| now_ms >= until)
+        {
+            self.accept_gate.paused_until_ms = None;
+        }
+        if let Some(next_ms) = self.stats_next_ms {
+            if now_ms >= next_ms {
+                info!("stats: {}", self.table.stats);
+                self.stats_next_ms = Some(now_ms + self.config.stats_interval_ms);
+            }
+        }
+    }
+
+    fn force_close(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = self.table.get_mut(id) {
+            conn.read_ready = false;
+        }
+        // A connection already closing after flush is upgraded by marking it anew.
+        self.table.close_now_overriding(id, reason);
+    }
+
+    /// Flush all pending output, then free closed connections; repeat while closing produces
+    /// new output (leave notices) or new closes (a failed flush).
+    fn flush_and_close(&mut self) {
+        loop {
+            self.table.flush_pending(self.config.write_iovecs_max);
+            if self.table.close_list.is_empty() {
+                return;
+            }
+            let list = std::mem::take(&mut self.table.close_list);
+            for slot in list {
+                self.free_conn(slot);
+            }
+        }
+    }
+
+    fn free_conn(&mut self, slot: usize) {
+        let dropped = self.table.discard_output(slot);
+        let Some(mut conn) = self.table.slab.try_remove(slot) else {
+            return;
+        };
+        let id = ConnId::new(slot as u32, conn.generation);
+        self.table.stats.drops += dropped as u64;
+        let (reason, _) = conn
+            .closing()
+            .unwrap_or((CloseReason::PeerClosed, CloseMode::Now));
+        if let Err(err) = self.poll.registry().deregister(&mut conn.stream) {
+            debug!("deregister {id}: {err}");
+        }
+        debug!(
+            "{} {} ({id}) closed: {}",
+            conn.kind.name(),
+            conn.peer,
+            reason.as_str()
+        );
+        drop(conn);
+        self.table.stats.connections_open -= 1;
+        self.table.stats.connections_closed += 1;
+        self.shared
+            .connections_open
+            .store(self.table.stats.connections_open, Ordering::Relaxed);
+        if let Some(room) = self.room.as_mut() {
+            room.on_close(id, &mut self.table);
+        }
+        if self.accept_gate.at_cap && self.table.slab.len() <= self.resume_below() {
+            self.accept_gate.at_cap = false;
+        }
+    }
+
+    /// Accepting resumes once the count is this low: 90% of the cap, at least one below it,
+    /// so a server at its cap does not flap between accepting and refusing.
+    fn resume_below(&self) -> usize {
+        let cap = self.config.connections_max;
+        cap.saturating_sub((cap / 10).max(1))
+    }
+
+    fn accept_allowed(&self) -> bool {
+        self.shutdown_deadline_ms.is_none()
+            && !self.accept_gate.at_cap
+            && self.accept_gate.paused_until_ms.is_none()
+    }
+
+    fn accept_pending(&self) -> bool {
+        self.accept_allowed() && self.listeners.iter().any(|entry| entry.ready)
+    }
+
+    fn accept_all(&mut self) {
+        for index in 0..self.listeners.len() {
+            let mut accepted = 0;
+            while self.accept_allowed()
+                && self.listeners[index].ready
+                && accepted < self.config.accepts_per_turn_max
+            {
+                if self.table.slab.len() >= self.config.connections_max {
+                    if !self.accept_gate.at_cap {
+                        debug!(
+                            "at the connection cap ({}): accepting paused",
+                            self.config.connections_max
+                        );
+                    }
+                    self.accept_gate.at_cap = true;
+                    break;
+                }
+                match self.listeners[index].listener.accept() {
+                    Ok((stream, peer)) => {
+                        accepted += 1;
+                        self.add_conn(stream, peer, self.listeners[index].kind);
+                    }
+                    Err(err) => self.accept_failed(index, &err),
+                }
+            }
+        }
+    }
+
+    fn accept_failed(&mut self, index: usize, err: &io::Error) {
+        match err.kind() {
+            io::ErrorKind::WouldBlock => self.listeners[index].ready = false,
+            // The peer gave up before we accepted; the next one may be fine.
+            io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted => {}
+            _ => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. Pause instead of
+                // spinning; established connections keep being served meanwhile.
+                self.table.stats.accept_pauses += 1;
+                warn!(
+                    "accept on {} failed: {err}; pausing accepts for {} ms",
+                    self.listeners[index].addr, self.config.accept_pause_ms
+                );
+                self.accept_gate.paused_until_ms =
+                    Some(self.now_ms + self.config.accept_pause_ms.max(1));
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, kind: ProtocolKind) {
+        // Output is batched per loop turn already; Nagle would only add delay on top.
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("TCP_NODELAY on {peer}: {err}");
+        }
+        let entry = self.table.slab.vacant_entry();
+        let Ok(slot) = u32::try_from(entry.key()) else {
+            return;
+        };
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let id = ConnId::new(slot, generation);
+        if let Err(err) = self.poll.registry().register(
+            &mut stream,
+            conn_token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot register connection from {peer}: {err}");
+            return;
+        }
+        entry.insert(Conn::new(stream, generation, kind, peer));
+        self.table.stats.connections_accepted += 1;
+        self.table.stats.connections_open += 1;
+        self.shared
+            .connections_open
+            .store(self.table.stats.connections_open, Ordering::Relaxed);
+        debug!("{} {peer} ({id}) connected", kind.name());
+        let now_ms = self.now_ms;
+        match kind {
+            ProtocolKind::Room => {
+                if let Some(room) = self.room.as_mut() {
+                    room.on_accept(id, now_ms, &mut self.table);
+                }
+            }
+        }
+    }
+
+    fn handle_signals_event(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let received: Vec<i32> = signals.pending().collect();
+        for signal in received {
+            if self.shutdown_deadline_ms.is_some() {
+                warn!("second signal ({signal}): exiting without waiting for output");
+                self.shutdown_deadline_ms = Some(self.now_ms);
+            } else {
+                self.begin_shutdown(if signal == signal_hook::consts::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                });
+            }
+        }
+    }
+
+    /// Stop accepting and reading; the loop keeps flushing until output drains or the grace
+    /// period ends.
+    fn begin_shutdown(&mut self, why: &str) {
+        if self.shutdown_deadline_ms.is_some() {
+            return;
+        }
+        info!(
+            "{why}: shutting down, flushing output for up to {} ms",
+            self.config.shutdown_grace_ms
+        );
+        for mut entry in std::mem::take(&mut self.listeners) {
+            if let Err(err) = self.poll.registry().deregister(&mut entry.listener) {
+                debug!("deregister listener {}: {err}", entry.addr);
+            }
+        }
+        self.shutdown_deadline_ms = Some(self.now_ms + self.config.shutdown_grace_ms);
+    }
+}

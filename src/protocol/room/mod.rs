@@ -1,2 +1,168 @@
-//! ROOM.
+//! ROOM: the nickname chat room of the original Python TCP-Chat-Room (seed 002).
+//!
+//! A connection is first asked `alias?`; its first chunk is its alias. Members then have
+//! every chunk relayed verbatim to every member, the sender included. Joins and leaves are
+//! announced with the alias as a Python bytes repr, as the original prints it.
+
 pub mod codec;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::chat::{ConnMap, MemberList};
+use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox};
+use crate::timer::{TimerKey, TimerWheel};
+
+#[derive(Clone, Debug)]
+pub struct RoomConfig {
+    /// A connection that has not sent a non-empty alias this long after accept is closed.
+    pub handshake_timeout_ms: u64,
+    pub timer_tick_ms: u64,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            handshake_timeout_ms: 60_000,
+            timer_tick_ms: 10,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum RoomConn {
+    /// Asked for its alias; not a member yet, receives nothing else.
+    AwaitingAlias { deadline: TimerKey },
+    /// In the room. `index` is its place in the member list.
+    Member { alias_repr: Bytes, index: usize },
+}
+
+/// The ROOM server logic, sans-io.
+pub struct RoomService {
+    config: RoomConfig,
+    conns: ConnMap<RoomConn>,
+    members: MemberList,
+    handshake_deadlines: TimerWheel<ConnId>,
+}
+
+/// Slots of the handshake wheel: with 10 ms ticks one revolution is about 10 s, so the
+/// default 60 s deadline goes round a few times, which the wheel skips cheaply.
+const WHEEL_SLOT_COUNT: usize = 1024;
+
+impl RoomService {
+    pub fn new(config: RoomConfig, now_ms: u64) -> Self {
+        let handshake_deadlines = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
+        RoomService {
+            config,
+            conns: ConnMap::new(),
+            members: MemberList::default(),
+            handshake_deadlines,
+        }
+    }
+
+    /// Members in the room (connections past the alias).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn on_accept<O: Outbox>(&mut self, id: ConnId, now_ms: u64, out: &mut O) {
+        let deadline = self
+            .handshake_deadlines
+            .insert(now_ms.saturating_add(self.config.handshake_timeout_ms), id);
+        self.conns.insert(id, RoomConn::AwaitingAlias { deadline });
+        out.send(id, Bytes::from_static(codec::ALIAS_PROMPT));
+    }
+
+    /// Bytes arrived for `id`: the alias first, then chunks to relay. Consumes all of `input`.
+    pub fn on_data<O: Outbox>(&mut self, id: ConnId, input: &mut BytesMut, out: &mut O) {
+        loop {
+            match self.conns.get(id) {
+                None => {
+                    // Not ours (already closed): nothing from it may reach the room.
+                    input.clear();
+                    return;
+                }
+                Some(RoomConn::AwaitingAlias { .. }) => {
+                    let Some(alias) = codec::take_alias(input) else {
+                        return;
+                    };
+                    if alias.is_empty() {
+                        // The deadline keeps running: a client cannot stay forever by
+                        // sending empty aliases.
+                        out.send(id, Bytes::from_static(codec::ALIAS_PROMPT));
+                    } else {
+                        self.join(id, &alias, out);
+                    }
+                }
+                Some(RoomConn::Member { .. }) => {
+                    if let Some(chunk) = codec::take_chunk(input) {
+                        out.count_frame_in();
+                        self.broadcast(chunk, out);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `id` is gone (EOF, error, timeout or any other close): a member's leave is announced to
+    /// those who remain.
+    pub fn on_close<O: Outbox>(&mut self, id: ConnId, out: &mut O) {
+        match self.conns.remove(id) {
+            Some(RoomConn::AwaitingAlias { deadline }) => {
+                self.handshake_deadlines.cancel(deadline);
+            }
+            Some(RoomConn::Member { alias_repr, index }) => {
+                if let Some(moved) = self.members.remove(index) {
+                    if let Some(RoomConn::Member {
+                        index: moved_index, ..
+                    }) = self.conns.get_mut(moved)
+                    {
+                        *moved_index = index;
+                    }
+                }
+                self.broadcast(codec::leave_notice(&alias_repr), out);
+            }
+            None => {}
+        }
+    }
+
+    /// The earliest time [`RoomService::on_timers`] has work, if any.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.handshake_deadlines.next_deadline_ms()
+    }
+
+    /// Close connections whose handshake deadline has passed.
+    pub fn on_timers<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
+        while let Some(id) = self.handshake_deadlines.poll_expired(now_ms) {
+            if let Some(RoomConn::AwaitingAlias { .. }) = self.conns.get(id) {
+                out.close(id, CloseReason::HandshakeTimeout, CloseMode::Now);
+            }
+        }
+    }
+
+    fn join<O: Outbox>(&mut self, id: ConnId, alias: &[u8], out: &mut O) {
+        let alias_repr = Bytes::from(codec::bytes_repr(alias));
+        let index = self.members.push(id);
+        if let Some(RoomConn::AwaitingAlias { deadline }) = self.conns.insert(
+            id,
+            RoomConn::Member {
+                alias_repr: alias_repr.clone(),
+                index,
+            },
+        ) {
+            self.handshake_deadlines.cancel(deadline);
+        }
+        self.broadcast(codec::join_notice(&alias_repr), out);
+        out.send(id, Bytes::from_static(codec::GREETING));
+    }
+
+    /// One buffer, shared by every member: each send is a reference count, not a copy.
+    fn broadcast<O: Outbox>(&self, bytes: Bytes, out: &mut O) {
+        for &member in self.members.as_slice() {
+            out.send(member, bytes.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

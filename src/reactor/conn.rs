@@ -1,0 +1,410 @@
+//! Connections: userland readiness, the read buffer, the output queue and its limits, and the
+//! table of all connections, which is the [`Outbox`] the protocols act through.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use log::{debug, warn};
+use mio::net::TcpStream;
+use slab::Slab;
+
+use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox};
+use crate::stats::Stats;
+
+use super::ProtocolKind;
+
+/// Most buffers one vectored write may carry (Linux's IOV_MAX is 1024; more gains nothing).
+const IOVECS_CAP: usize = 256;
+
+/// What one socket operation came to. A peer reset is `Closed`, not an error worth a log line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum IoOutcome {
+    /// Made progress; more may be possible.
+    Continue,
+    /// The kernel has nothing more now; wait for the next edge.
+    WouldBlock,
+    Closed,
+    Error,
+}
+
+fn classify(err: &io::Error) -> IoOutcome {
+    match err.kind() {
+        io::ErrorKind::WouldBlock => IoOutcome::WouldBlock,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => IoOutcome::Closed,
+        _ => IoOutcome::Error,
+    }
+}
+
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) generation: u32,
+    pub(crate) kind: ProtocolKind,
+    pub(crate) peer: SocketAddr,
+    /// Edge-triggered readiness kept in userland: set by an event, cleared by WouldBlock.
+    pub(crate) read_ready: bool,
+    pub(crate) write_ready: bool,
+    pub(crate) read_buf: BytesMut,
+    out: VecDeque<Bytes>,
+    /// Bytes queued and not yet written: how far behind this reader is.
+    out_bytes: usize,
+    /// Since when `out_bytes` has been over the soft limit without a break.
+    soft_over_since_ms: Option<u64>,
+    in_flush_list: bool,
+    in_ready_list: bool,
+    in_close_list: bool,
+    closing: Option<(CloseReason, CloseMode)>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        generation: u32,
+        kind: ProtocolKind,
+        peer: SocketAddr,
+    ) -> Self {
+        Conn {
+            stream,
+            generation,
+            kind,
+            peer,
+            read_ready: false,
+            // A write that is not possible yet just returns WouldBlock, so start optimistic:
+            // the first answer (a prompt) then goes out without waiting for an edge.
+            write_ready: true,
+            read_buf: BytesMut::new(),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            soft_over_since_ms: None,
+            in_flush_list: false,
+            in_ready_list: false,
+            in_close_list: false,
+            closing: None,
+        }
+    }
+
+    /// Whether input from this connection should still be processed.
+    pub(crate) fn accepts_input(&self) -> bool {
+        self.closing.is_none()
+    }
+
+    pub(crate) fn closing(&self) -> Option<(CloseReason, CloseMode)> {
+        self.closing
+    }
+
+    /// One read of at most `scratch.len()` bytes, appended to the read buffer.
+    ///
+    /// Reading goes through a reactor-wide scratch buffer because `Read::read` wants
+    /// initialised memory: copying the bytes that arrived costs less than zeroing a whole
+    /// chunk of the read buffer on every read, and needs no `unsafe`.
+    pub(crate) fn read_once(&mut self, scratch: &mut [u8]) -> (IoOutcome, usize) {
+        loop {
+            match self.stream.read(scratch) {
+                Ok(0) => return (IoOutcome::Closed, 0),
+                Ok(n) => {
+                    self.read_buf.extend_from_slice(&scratch[..n]);
+                    return (IoOutcome::Continue, n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    let outcome = classify(&err);
+                    if outcome == IoOutcome::Error {
+                        debug!("read from {}: {err}", self.peer);
+                    }
+                    return (outcome, 0);
+                }
+            }
+        }
+    }
+
+    /// Write queued output until the queue is empty or the kernel pushes back.
+    /// Returns the outcome and the bytes written.
+    pub(crate) fn flush(&mut self, iovecs_max: usize) -> (IoOutcome, usize) {
+        let iovecs_max = iovecs_max.clamp(1, IOVECS_CAP);
+        let mut written_total = 0;
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); IOVECS_CAP];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(self.out.iter().take(iovecs_max)) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            match self.stream.write_vectored(&slices[..count]) {
+                Ok(0) => return (IoOutcome::Closed, written_total),
+                Ok(written) => {
+                    written_total += written;
+                    self.consume(written);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    let outcome = classify(&err);
+                    if outcome == IoOutcome::Error {
+                        debug!("write to {}: {err}", self.peer);
+                    }
+                    if outcome == IoOutcome::WouldBlock {
+                        self.write_ready = false;
+                    }
+                    return (outcome, written_total);
+                }
+            }
+        }
+        (IoOutcome::Continue, written_total)
+    }
+
+    /// Drop `written` bytes from the front of the queue.
+    fn consume(&mut self, mut written: usize) {
+        self.out_bytes -= written;
+        while written > 0 {
+            let Some(front) = self.out.front_mut() else {
+                debug_assert!(false, "kernel reported more bytes written than queued");
+                return;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+
+    pub(crate) fn out_is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+}
+
+/// Output limits, copied from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutputLimits {
+    pub(crate) hard_bytes_max: usize,
+    pub(crate) soft_bytes_max: usize,
+    pub(crate) soft_duration_ms: u64,
+}
+
+/// Every connection, plus the lists the loop phases work through. Protocols see it only as an
+/// [`Outbox`].
+pub(crate) struct ConnTable {
+    pub(crate) slab: Slab<Conn>,
+    /// Connections with queued output, flushed once per turn before the loop sleeps.
+    pub(crate) flush_list: Vec<usize>,
+    /// Connections that hit their read budget: no new edge will come, so serve them next turn.
+    pub(crate) ready_list: Vec<usize>,
+    /// Connections to free at the end of the turn.
+    pub(crate) close_list: Vec<usize>,
+    /// Connections closing after their output drained, with their linger deadline.
+    pub(crate) lingering: Vec<(ConnId, u64)>,
+    pub(crate) stats: Stats,
+    pub(crate) limits: OutputLimits,
+    pub(crate) close_linger_ms: u64,
+    pub(crate) now_ms: u64,
+    /// Output queued across all connections (the shutdown waits for it to reach zero).
+    pub(crate) out_bytes_total: usize,
+}
+
+impl ConnTable {
+    pub(crate) fn new(limits: OutputLimits, close_linger_ms: u64) -> Self {
+        ConnTable {
+            slab: Slab::new(),
+            flush_list: Vec::new(),
+            ready_list: Vec::new(),
+            close_list: Vec::new(),
+            lingering: Vec::new(),
+            stats: Stats::default(),
+            limits,
+            close_linger_ms,
+            now_ms: 0,
+            out_bytes_total: 0,
+        }
+    }
+
+    /// The live connection `id` names, if its generation still matches.
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slab
+            .get_mut(id.slot as usize)
+            .filter(|conn| conn.generation == id.generation)
+    }
+
+    pub(crate) fn id_of(&self, slot: usize) -> Option<ConnId> {
+        self.slab
+            .get(slot)
+            .map(|conn| ConnId::new(slot as u32, conn.generation))
+    }
+
+    pub(crate) fn mark_ready(&mut self, slot: usize) {
+        if let Some(conn) = self.slab.get_mut(slot) {
+            if !conn.in_ready_list {
+                conn.in_ready_list = true;
+                self.ready_list.push(slot);
+            }
+        }
+    }
+
+    pub(crate) fn unmark_ready(&mut self, slot: usize) {
+        if let Some(conn) = self.slab.get_mut(slot) {
+            conn.in_ready_list = false;
+        }
+    }
+
+    pub(crate) fn mark_flush(&mut self, slot: usize) {
+        if let Some(conn) = self.slab.get_mut(slot) {
+            if !conn.in_flush_list {
+                conn.in_flush_list = true;
+                self.flush_list.push(slot);
+            }
+        }
+    }
+
+    fn push_close(&mut self, slot: usize) {
+        if let Some(conn) = self.slab.get_mut(slot) {
+            if !conn.in_close_list {
+                conn.in_close_list = true;
+                self.close_list.push(slot);
+            }
+        }
+    }
+
+    /// Flush every connection with pending output once. Connections whose output drained
+    /// while closing after flush move to the close list.
+    pub(crate) fn flush_pending(&mut self, iovecs_max: usize) {
+        let mut list = std::mem::take(&mut self.flush_list);
+        for &slot in &list {
+            let Some(conn) = self.slab.get_mut(slot) else {
+                continue;
+            };
+            conn.in_flush_list = false;
+            if !conn.write_ready || matches!(conn.closing, Some((_, CloseMode::Now))) {
+                // The next writable edge puts it back on the list.
+                continue;
+            }
+            let before = conn.out_bytes;
+            let (outcome, written) = conn.flush(iovecs_max);
+            self.stats.bytes_out += written as u64;
+            self.out_bytes_total -= before - conn.out_bytes;
+            if conn.out_bytes <= self.limits.soft_bytes_max {
+                conn.soft_over_since_ms = None;
+            }
+            let drained_while_closing =
+                conn.out.is_empty() && matches!(conn.closing, Some((_, CloseMode::AfterFlush)));
+            let id = ConnId::new(slot as u32, conn.generation);
+            match outcome {
+                IoOutcome::Continue | IoOutcome::WouldBlock => {
+                    if drained_while_closing {
+                        self.push_close(slot);
+                    }
+                }
+                IoOutcome::Closed => self.close(id, CloseReason::PeerClosed, CloseMode::Now),
+                IoOutcome::Error => self.close(id, CloseReason::IoError, CloseMode::Now),
+            }
+        }
+        list.clear();
+        // Keep the allocation; anything queued during this pass was pushed to the new list.
+        if self.flush_list.is_empty() {
+            self.flush_list = list;
+        } else {
+            self.flush_list.append(&mut list);
+        }
+    }
+
+    /// Close `id` at once even if it is already closing after flush.
+    pub(crate) fn close_now_overriding(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.closing = None;
+        }
+        self.close(id, reason, CloseMode::Now);
+    }
+
+    /// Remove a connection's queued output from the accounting (it is being closed).
+    pub(crate) fn discard_output(&mut self, slot: usize) -> usize {
+        let Some(conn) = self.slab.get_mut(slot) else {
+            return 0;
+        };
+        let dropped = conn.out.len();
+        self.out_bytes_total -= conn.out_bytes;
+        conn.out.clear();
+        conn.out_bytes = 0;
+        dropped
+    }
+}
+
+impl Outbox for ConnTable {
+    fn send(&mut self, to: ConnId, bytes: Bytes) {
+        let now_ms = self.now_ms;
+        let limits = self.limits;
+        let Some(conn) = self
+            .slab
+            .get_mut(to.slot as usize)
+            .filter(|conn| conn.generation == to.generation)
+        else {
+            self.stats.drops += 1;
+            return;
+        };
+        if conn.closing.is_some_and(|(_, mode)| mode == CloseMode::Now) {
+            self.stats.drops += 1;
+            return;
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        let queued_bytes = conn.out_bytes + bytes.len();
+        let over_soft_too_long = queued_bytes > limits.soft_bytes_max
+            && conn
+                .soft_over_since_ms
+                .is_some_and(|since| now_ms.saturating_sub(since) >= limits.soft_duration_ms);
+        if queued_bytes > limits.hard_bytes_max || over_soft_too_long {
+            let peer = conn.peer;
+            warn!(
+                "closing {peer} ({to}): slow consumer, {queued_bytes} bytes queued (hard limit {}, soft {} for {} ms)",
+                limits.hard_bytes_max, limits.soft_bytes_max, limits.soft_duration_ms
+            );
+            self.stats.slow_consumer_closes += 1;
+            self.stats.drops += 1;
+            self.close(to, CloseReason::SlowConsumer, CloseMode::Now);
+            return;
+        }
+        if queued_bytes > limits.soft_bytes_max && conn.soft_over_since_ms.is_none() {
+            conn.soft_over_since_ms = Some(now_ms);
+        }
+        conn.out_bytes = queued_bytes;
+        self.out_bytes_total += bytes.len();
+        conn.out.push_back(bytes);
+        self.stats.frames_out += 1;
+        self.mark_flush(to.slot as usize);
+    }
+
+    fn close(&mut self, id: ConnId, reason: CloseReason, mode: CloseMode) {
+        let now_ms = self.now_ms;
+        let linger_ms = self.close_linger_ms;
+        let Some(conn) = self.get_mut(id) else {
+            return;
+        };
+        let mode = match (conn.closing, mode) {
+            // Already closing at once: nothing can soften that.
+            (Some((_, CloseMode::Now)), _) => return,
+            (Some(_), CloseMode::AfterFlush) => return,
+            (_, mode) => mode,
+        };
+        conn.closing = Some((reason, mode));
+        let drained = conn.out.is_empty();
+        match mode {
+            CloseMode::Now => self.push_close(id.slot as usize),
+            CloseMode::AfterFlush if drained => self.push_close(id.slot as usize),
+            CloseMode::AfterFlush => {
+                self.lingering.push((id, now_ms.saturating_add(linger_ms)));
+                self.mark_flush(id.slot as usize);
+            }
+        }
+    }
+
+    fn count_rejected(&mut self) {
+        self.stats.rejected += 1;
+    }
+
+    fn count_frame_in(&mut self) {
+        self.stats.frames_in += 1;
+    }
+}
