@@ -1,0 +1,227 @@
+//! Shared helpers for the integration tests: the real server on ephemeral ports, in-process,
+//! and blocking clients that wait for expected bytes (bounded), never sleep-and-hope.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use switchboard::config::Config;
+use switchboard::reactor::{ProtocolKind, Server, ServerHandle};
+use switchboard::stats::Stats;
+
+/// How long any single expectation may wait before the test fails (a hang is a failure).
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub room: SocketAddr,
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<io::Result<Stats>>>,
+}
+
+impl TestServer {
+    pub fn start(config: Config) -> TestServer {
+        let server = Server::bind(config).expect("bind test server");
+        let room = server
+            .local_addr(ProtocolKind::Room)
+            .expect("ROOM enabled in test config");
+        let handle = server.handle();
+        let thread = std::thread::spawn(move || server.run());
+        TestServer {
+            room,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Shut down cleanly and return the final statistics.
+    pub fn stop(mut self) -> Stats {
+        self.handle.shutdown();
+        let thread = self.thread.take().expect("running");
+        thread
+            .join()
+            .expect("server thread panicked")
+            .expect("server loop failed")
+    }
+
+    /// Wait until the server's open connection count is `count`.
+    pub fn wait_connections(&self, count: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.handle.connections_open() != count {
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} open connections, server has {}",
+                self.handle.connections_open()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.handle.shutdown();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A blocking client that accumulates what arrives and checks it against expectations.
+pub struct Client {
+    pub stream: TcpStream,
+    pub received: Vec<u8>,
+    pub name: String,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, name: &str) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("set timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            received: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Connect, answer `alias?`, and consume the own join notice and the greeting.
+    pub fn join(addr: SocketAddr, alias: &str) -> Client {
+        let mut client = Client::connect(addr, alias);
+        client.expect(b"alias?");
+        client.send(alias.as_bytes());
+        client.expect(format!("b'{alias}' esta conectado ao chat").as_bytes());
+        client.expect(b"Voce esta conectado ao servidor!");
+        client
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Read more; false on EOF. Panics on timeout with what was expected.
+    fn fill(&mut self, expecting: &dyn Fn() -> String) -> bool {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.received.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!(
+                    "{}: timed out waiting for {}; have {:?}",
+                    self.name,
+                    expecting(),
+                    String::from_utf8_lossy(&self.received)
+                )
+            }
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => false,
+            Err(err) => panic!("{}: read failed: {err}", self.name),
+        }
+    }
+
+    /// The next bytes to arrive must be exactly `expected`; they are consumed.
+    pub fn expect(&mut self, expected: &[u8]) {
+        while self.received.len() < expected.len() {
+            let more = self.fill(&|| format!("{:?}", String::from_utf8_lossy(expected)));
+            assert!(
+                more,
+                "{}: connection closed while waiting for {:?}; have {:?}",
+                self.name,
+                String::from_utf8_lossy(expected),
+                String::from_utf8_lossy(&self.received)
+            );
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&self.received[..expected.len()]),
+            String::from_utf8_lossy(expected),
+            "{}: unexpected bytes",
+            self.name
+        );
+        self.received.drain(..expected.len());
+    }
+
+    /// Read until `needle` has arrived; returns and consumes everything up to and including it.
+    pub fn read_through(&mut self, needle: &[u8]) -> Vec<u8> {
+        // Resume the search where the last one stopped: rescanning the whole buffer after
+        // every read would make long streams quadratic.
+        let mut searched = 0;
+        loop {
+            if let Some(at) = find(&self.received[searched..], needle) {
+                return self
+                    .received
+                    .drain(..searched + at + needle.len())
+                    .collect();
+            }
+            searched = self.received.len().saturating_sub(needle.len() - 1);
+            let more = self.fill(&|| format!("{:?}", String::from_utf8_lossy(needle)));
+            assert!(
+                more,
+                "{}: closed before {:?} arrived",
+                self.name,
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+
+    /// The server must close this connection within [`WAIT`]; returns what arrived before.
+    pub fn expect_closed(&mut self) -> Vec<u8> {
+        while self.fill(&|| "the server to close the connection".to_string()) {}
+        std::mem::take(&mut self.received)
+    }
+
+    /// Nothing may arrive for `quiet` (an absence can only be checked over a bounded time).
+    pub fn expect_nothing_for(&mut self, quiet: Duration) {
+        self.stream
+            .set_read_timeout(Some(quiet))
+            .expect("set timeout");
+        let mut chunk = [0u8; 1024];
+        let result = self.stream.read(&mut chunk);
+        self.stream
+            .set_read_timeout(Some(WAIT))
+            .expect("set timeout");
+        match result {
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(0) => panic!("{}: closed, expected silence", self.name),
+            Ok(n) => panic!(
+                "{}: expected silence, got {:?}",
+                self.name,
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(err) => panic!("{}: read failed: {err}", self.name),
+        }
+    }
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    let last_start = haystack.len() - needle.len();
+    let mut start = 0;
+    while start <= last_start {
+        let offset = haystack[start..=last_start]
+            .iter()
+            .position(|&b| b == needle[0])?;
+        let candidate = start + offset;
+        if &haystack[candidate..candidate + needle.len()] == needle {
+            return Some(candidate);
+        }
+        start = candidate + 1;
+    }
+    None
+}
+
+pub fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    let mut found = 0;
+    let mut rest = haystack;
+    while let Some(at) = find(rest, needle) {
+        found += 1;
+        rest = &rest[at + needle.len()..];
+    }
+    found
+}
