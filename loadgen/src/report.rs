@@ -1,0 +1,651 @@
+//! The report: figures computed after the run from the raw measurements, the verdict (was the
+//! loadgen able to keep its plan?) and the outcome (did the server lose anything?), printed as
+//! text and written as JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::record::NoticeCounts;
+use crate::room::{RoomConfig, RoomOutcome};
+use crate::stats::LatencySummary;
+
+/// The schedule-lateness p99 above which a run is INVALID:
+///
+/// ```text
+/// limit = max(1 ms, 10% x min(sender send interval, delivery latency p99))
+/// ```
+///
+/// - 10% of one sender's send interval: past that, a sender's messages are no longer spaced as
+///   planned, so the offered load is not the load the run claims (wrk2's rule of thumb).
+/// - 10% of the delivery p99: schedule lateness is inside every latency measured from the
+///   intended time, so a loadgen late by 5 ms cannot report a 30 ms p99 as the server's. At low
+///   per-sender rates the interval alone would tolerate far too much (50 ms spacing would allow
+///   5 ms of lateness whatever the latencies), hence the smaller of the two.
+/// - A 1 ms floor: on a small shared machine (2 cores, the server and other builds beside the
+///   loadgen) a wake-up can take a few hundred µs whatever the loadgen does, and 10% of a short
+///   interval or of a sub-millisecond latency is a few µs, which no timer keeps: below 1 ms the
+///   lateness is scheduling noise, not "the loadgen fell behind". So sub-millisecond latencies
+///   are to be read next to the lateness printed with them.
+pub const LATENESS_FLOOR_US: u64 = 1_000;
+pub const LATENESS_FRACTION: f64 = 0.10;
+
+/// The schedule-lateness p99 limit, in µs, and what set it.
+pub fn lateness_limit_us(sender_interval_us: f64, delivery_p99_us: Option<u64>) -> (u64, String) {
+    let by_interval_us = (sender_interval_us * LATENESS_FRACTION) as u64;
+    let by_latency_us = delivery_p99_us.map(|p99| (p99 as f64 * LATENESS_FRACTION) as u64);
+    let (limit_us, basis) = match by_latency_us {
+        Some(by_latency_us) if by_latency_us < by_interval_us => (
+            by_latency_us,
+            format!(
+                "10% of the {:.3} ms delivery p99",
+                delivery_p99_us.unwrap_or(0) as f64 / 1e3
+            ),
+        ),
+        _ => (
+            by_interval_us,
+            format!(
+                "10% of the {:.3} ms send interval",
+                sender_interval_us / 1e3
+            ),
+        ),
+    };
+    if limit_us < LATENESS_FLOOR_US {
+        (LATENESS_FLOOR_US, "the 1 ms floor".to_string())
+    } else {
+        (limit_us, basis)
+    }
+}
+
+/// Whether the run measured what it claims to (the loadgen kept its plan).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub valid: bool,
+    pub reasons: Vec<String>,
+    pub schedule_lateness_limit_ms: f64,
+    /// What set the limit (see `lateness_limit_us`).
+    pub schedule_lateness_limit_basis: String,
+}
+
+/// What the verdict is computed from.
+#[derive(Clone, Copy, Debug)]
+pub struct ValidityInputs {
+    pub schedule_lateness_p99_us: u64,
+    pub sender_interval_us: f64,
+    /// Delivery latency p99 of the measured window (None: nothing delivered).
+    pub delivery_p99_us: Option<u64>,
+    /// Messages of the measured window that were sent (0: nothing was measured).
+    pub measured_messages: u64,
+}
+
+pub fn verdict(inputs: &ValidityInputs) -> Verdict {
+    let (limit_us, basis) = lateness_limit_us(inputs.sender_interval_us, inputs.delivery_p99_us);
+    let mut reasons = Vec::new();
+    if inputs.measured_messages == 0 {
+        reasons.push("no message was sent in the measured window".to_string());
+    }
+    if inputs.schedule_lateness_p99_us > limit_us {
+        reasons.push(format!(
+            "the loadgen fell behind its plan: schedule lateness p99 {:.3} ms > limit {:.3} ms \
+             ({basis})",
+            inputs.schedule_lateness_p99_us as f64 / 1e3,
+            limit_us as f64 / 1e3,
+        ));
+    }
+    Verdict {
+        valid: reasons.is_empty(),
+        reasons,
+        schedule_lateness_limit_ms: limit_us as f64 / 1e3,
+        schedule_lateness_limit_basis: basis,
+    }
+}
+
+/// Whether the server did its job, and the exit code that says so.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub exit_code: i32,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FailureInputs {
+    pub losses: u64,
+    pub duplicates_or_reorders: u64,
+    pub errors: u64,
+    pub not_sent: u64,
+}
+
+/// Exit 0 when nothing was lost, duplicated or left unsent and there were no errors; 1
+/// otherwise. An INVALID verdict fails only with `strict`: it says the loadgen, not the server,
+/// was the limit, which a CI smoke run on a busy machine should not turn into a red build.
+pub fn outcome(inputs: &FailureInputs, verdict: &Verdict, strict: bool) -> Outcome {
+    let mut failures = Vec::new();
+    let mut check = |count: u64, what: &str| {
+        if count > 0 {
+            failures.push(format!("{count} {what}"));
+        }
+    };
+    check(inputs.losses, "lost");
+    check(inputs.duplicates_or_reorders, "duplicated or reordered");
+    check(inputs.errors, "errors");
+    check(inputs.not_sent, "not sent");
+    if strict && !verdict.valid {
+        failures.push("INVALID run (--strict)".to_string());
+    }
+    let passed = failures.is_empty();
+    Outcome {
+        passed,
+        failures,
+        exit_code: if passed { 0 } else { 1 },
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub clients: usize,
+    pub senders_requested: usize,
+    pub senders: u32,
+    pub rate_per_s: u64,
+    pub duration_ms: f64,
+    pub warmup_ms: f64,
+    pub drain_ms: f64,
+    pub payload_bytes: usize,
+    pub connect_rate_per_s: u64,
+    pub seed: u64,
+    pub strict: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Connections {
+    pub requested: usize,
+    pub joined: usize,
+    pub failed: usize,
+    pub ramp_up_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SendFigures {
+    pub planned: u64,
+    pub sent: u64,
+    pub target_rate_per_s: f64,
+    /// Messages whose write completed in the measured window, per second of that window.
+    pub achieved_rate_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NotSent {
+    pub total: u64,
+    /// Due while the sender's local queue was full (its socket had not been writable).
+    pub queue_full: u64,
+    /// Due after the sender's connection had failed.
+    pub connection_lost: u64,
+    /// Still queued when the drain ended.
+    pub at_end: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Deliveries {
+    /// Messages sent times the clients that joined.
+    pub expected: u64,
+    pub delivered: u64,
+    /// Deliveries received in the measured window, per second of that window.
+    pub per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latencies {
+    /// Receive time minus intended send time, at every receiver.
+    pub delivery: LatencySummary,
+    /// Greeting received minus intended connect time.
+    pub connect: LatencySummary,
+    /// Write completed minus intended send time.
+    pub send_lag: LatencySummary,
+    /// Loop noticed the due message minus intended send time (the loadgen's own delay).
+    pub schedule_lateness: LatencySummary,
+    /// Last write attempt minus noticed (queued behind a socket that was not writable).
+    /// send_lag = schedule_lateness + socket_blocked + the time inside write() itself.
+    pub socket_blocked: LatencySummary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Losses {
+    pub total: u64,
+    /// Messages skipped over by a later message of the same sender.
+    pub gaps: u64,
+    /// Messages never delivered by the end of the drain.
+    pub undelivered: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorLine {
+    pub kind: String,
+    pub first: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Errors {
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub protocol: u64,
+    pub first_of_each_kind: Vec<ErrorLine>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub target: String,
+    pub settings: Settings,
+    pub connections: Connections,
+    pub send: SendFigures,
+    pub not_sent: NotSent,
+    pub deliveries: Deliveries,
+    pub latency_ms: Latencies,
+    pub losses: Losses,
+    pub duplicates_or_reorders: u64,
+    pub errors: Errors,
+    pub notices: NoticeCounts,
+    /// Bytes of records still unfinished in the receivers at the end.
+    pub incomplete_bytes_at_end: u64,
+    pub drain_ms: f64,
+    pub drain_timed_out: bool,
+    /// Hints for reading the figures (only when they apply).
+    pub notes: Vec<String>,
+    pub verdict: Verdict,
+    pub outcome: Outcome,
+}
+
+impl Report {
+    pub fn room(
+        cfg: &RoomConfig,
+        senders_requested: usize,
+        strict: bool,
+        run: &RoomOutcome,
+    ) -> Report {
+        let plan = &run.plan;
+        let duration_s = plan.duration_us as f64 / 1e6;
+        let per_s = |count: u64| {
+            if duration_s > 0.0 {
+                count as f64 / duration_s
+            } else {
+                0.0
+            }
+        };
+        let not_sent = NotSent {
+            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
+            queue_full: run.not_sent_queue_full,
+            connection_lost: run.not_sent_connection_lost,
+            at_end: run.not_sent_at_end,
+        };
+        let losses = Losses {
+            total: run.seq.gap_losses + run.undelivered,
+            gaps: run.seq.gap_losses,
+            undelivered: run.undelivered,
+        };
+        let verdict = verdict(&ValidityInputs {
+            schedule_lateness_p99_us: run.schedule_lateness.value_at_quantile_us(0.99),
+            sender_interval_us: plan.sender_interval_us(),
+            delivery_p99_us: (run.delivery_latency.len() > 0)
+                .then(|| run.delivery_latency.value_at_quantile_us(0.99)),
+            measured_messages: run.schedule_lateness.len(),
+        });
+        let outcome = outcome(
+            &FailureInputs {
+                losses: losses.total,
+                duplicates_or_reorders: run.seq.duplicates_or_reorders,
+                errors: run.errors.total(),
+                not_sent: not_sent.total,
+            },
+            &verdict,
+            strict,
+        );
+        let mut notes = Vec::new();
+        if run.errors.protocol > 0 {
+            notes.push(
+                "malformed records: ROOM relays what one read returned, so a message the server \
+                 read in two pieces can reach members with another sender's chunk in between \
+                 (the server fell behind, or messages exceed its read size); the torn message \
+                 also counts as lost"
+                    .to_string(),
+            );
+        }
+        let clamped =
+            run.delivery_latency.clamped + run.send_lag.clamped + run.connect_latency.clamped;
+        if clamped > 0 {
+            notes.push(format!(
+                "{clamped} latencies above 60 s were counted as 60 s"
+            ));
+        }
+        Report {
+            scenario: "room",
+            target: cfg.target.to_string(),
+            settings: Settings {
+                clients: cfg.clients,
+                senders_requested,
+                senders: plan.senders,
+                rate_per_s: cfg.rate_per_s,
+                duration_ms: cfg.duration_us as f64 / 1e3,
+                warmup_ms: cfg.warmup_us as f64 / 1e3,
+                drain_ms: cfg.drain_us as f64 / 1e3,
+                payload_bytes: cfg.message_bytes,
+                connect_rate_per_s: cfg.connect_rate_per_s,
+                seed: cfg.seed,
+                strict,
+            },
+            connections: Connections {
+                requested: run.clients_requested,
+                joined: run.clients_joined,
+                failed: run.clients_requested - run.clients_joined,
+                ramp_up_ms: run.ramp_us as f64 / 1e3,
+            },
+            send: SendFigures {
+                planned: plan.messages,
+                sent: run.sent,
+                target_rate_per_s: cfg.rate_per_s as f64,
+                achieved_rate_per_s: per_s(run.sent_in_window),
+            },
+            not_sent,
+            deliveries: Deliveries {
+                expected: run.sent * run.clients_joined as u64,
+                delivered: run.seq.delivered,
+                per_s: per_s(run.delivered_in_window),
+            },
+            latency_ms: Latencies {
+                delivery: run.delivery_latency.summary(),
+                connect: run.connect_latency.summary(),
+                send_lag: run.send_lag.summary(),
+                schedule_lateness: run.schedule_lateness.summary(),
+                socket_blocked: run.socket_blocked.summary(),
+            },
+            losses,
+            duplicates_or_reorders: run.seq.duplicates_or_reorders,
+            errors: Errors {
+                connect: run.errors.connect,
+                read: run.errors.read,
+                write: run.errors.write,
+                protocol: run.errors.protocol,
+                first_of_each_kind: run
+                    .errors
+                    .first
+                    .iter()
+                    .map(|(kind, first)| ErrorLine {
+                        kind: kind.clone(),
+                        first: first.clone(),
+                    })
+                    .collect(),
+            },
+            notices: run.notices,
+            incomplete_bytes_at_end: run.incomplete_bytes_at_end,
+            drain_ms: run.drain_used_us as f64 / 1e3,
+            drain_timed_out: run.drain_timed_out,
+            notes,
+            verdict,
+            outcome,
+        }
+    }
+
+    /// The human-readable report (stdout).
+    pub fn to_text(&self) -> String {
+        let s = &self.settings;
+        let l = &self.latency_ms;
+        let mut out = String::new();
+        let mut line = |label: &str, text: String| {
+            let _ = writeln!(out, "{label:<18}{text}");
+        };
+        line(
+            "scenario",
+            format!(
+                "{} against {}: {} clients, {} senders, {} msg/s for {:.3} s (+{:.3} s warmup), \
+                 {}-byte messages",
+                self.scenario.to_uppercase(),
+                self.target,
+                s.clients,
+                s.senders,
+                s.rate_per_s,
+                s.duration_ms / 1e3,
+                s.warmup_ms / 1e3,
+                s.payload_bytes
+            ),
+        );
+        line(
+            "connections",
+            format!(
+                "{} requested, {} joined, {} failed; ramp-up {:.3} s",
+                self.connections.requested,
+                self.connections.joined,
+                self.connections.failed,
+                self.connections.ramp_up_ms / 1e3
+            ),
+        );
+        line(
+            "connect latency",
+            format!(
+                "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+                l.connect.p50_ms, l.connect.p99_ms, l.connect.max_ms
+            ),
+        );
+        line(
+            "send rate",
+            format!(
+                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
+                self.send.target_rate_per_s,
+                self.send.achieved_rate_per_s,
+                self.send.planned,
+                self.send.sent
+            ),
+        );
+        line(
+            "not sent",
+            format!(
+                "{} (queue full {}, connection lost {}, still queued at the end {})",
+                self.not_sent.total,
+                self.not_sent.queue_full,
+                self.not_sent.connection_lost,
+                self.not_sent.at_end
+            ),
+        );
+        line(
+            "deliveries",
+            format!(
+                "{} expected, {} delivered, {:.1}/s in the measured window",
+                self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
+            ),
+        );
+        line(
+            "delivery latency",
+            format!(
+                "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
+                l.delivery.p50_ms,
+                l.delivery.p90_ms,
+                l.delivery.p99_ms,
+                l.delivery.p999_ms,
+                l.delivery.max_ms,
+                l.delivery.count
+            ),
+        );
+        line(
+            "send lag",
+            format!(
+                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
+                 socket blocked p99 {:.3} ms max {:.3} ms)",
+                l.send_lag.p99_ms,
+                l.send_lag.max_ms,
+                l.schedule_lateness.p99_ms,
+                l.schedule_lateness.max_ms,
+                l.socket_blocked.p99_ms,
+                l.socket_blocked.max_ms
+            ),
+        );
+        line(
+            "losses",
+            format!(
+                "{} ({} in gaps, {} never delivered)",
+                self.losses.total, self.losses.gaps, self.losses.undelivered
+            ),
+        );
+        line(
+            "duplicates",
+            format!("{} (duplicates or reorders)", self.duplicates_or_reorders),
+        );
+        line(
+            "errors",
+            format!(
+                "connect {}, read {}, write {}, protocol {}",
+                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
+            ),
+        );
+        for first in &self.errors.first_of_each_kind {
+            line("", format!("first {} error: {}", first.kind, first.first));
+        }
+        line(
+            "notices",
+            format!(
+                "joins {}, leaves {}, greetings {} (counted, not errors)",
+                self.notices.joins, self.notices.leaves, self.notices.greetings
+            ),
+        );
+        line(
+            "drain",
+            format!(
+                "{:.3} s{}",
+                self.drain_ms / 1e3,
+                if self.drain_timed_out {
+                    " (deadline reached with deliveries missing)"
+                } else {
+                    " (everything sent had arrived at every connected member)"
+                }
+            ),
+        );
+        for note in &self.notes {
+            line("note", note.clone());
+        }
+        line(
+            "verdict",
+            if self.verdict.valid {
+                "VALID".to_string()
+            } else {
+                format!("INVALID: {}", self.verdict.reasons.join("; "))
+            },
+        );
+        line(
+            "result",
+            if self.outcome.passed {
+                format!("PASS (exit {})", self.outcome.exit_code)
+            } else {
+                format!(
+                    "FAIL: {} (exit {})",
+                    self.outcome.failures.join(", "),
+                    self.outcome.exit_code
+                )
+            },
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(lateness_p99_us: u64, interval_us: f64) -> ValidityInputs {
+        ValidityInputs {
+            schedule_lateness_p99_us: lateness_p99_us,
+            sender_interval_us: interval_us,
+            delivery_p99_us: None,
+            measured_messages: 100,
+        }
+    }
+
+    #[test]
+    fn lateness_limit_is_ten_percent_of_the_tighter_bound_with_a_floor() {
+        let limit = |interval_us, p99_us| lateness_limit_us(interval_us, p99_us).0;
+        assert_eq!(limit(100_000.0, None), 10_000, "10 msg/s per sender");
+        assert_eq!(limit(10_000.0, None), 1_000);
+        assert_eq!(limit(200.0, None), LATENESS_FLOOR_US, "floor");
+        assert_eq!(limit(0.5, None), LATENESS_FLOOR_US);
+        // The delivery p99 tightens a loose interval...
+        assert_eq!(limit(50_000.0, Some(30_000)), 3_000);
+        // ...but never below the floor, and never loosens a tight interval.
+        assert_eq!(limit(50_000.0, Some(500)), LATENESS_FLOOR_US);
+        assert_eq!(limit(20_000.0, Some(1_000_000)), 2_000);
+        assert!(lateness_limit_us(50_000.0, Some(30_000))
+            .1
+            .contains("delivery p99"));
+        assert!(lateness_limit_us(20_000.0, Some(1_000_000))
+            .1
+            .contains("send interval"));
+        assert!(lateness_limit_us(200.0, Some(100)).1.contains("floor"));
+    }
+
+    #[test]
+    fn verdicts() {
+        let ok = verdict(&inputs(900, 10_000.0));
+        assert!(ok.valid, "{ok:?}");
+        assert_eq!(ok.schedule_lateness_limit_ms, 1.0);
+        let at_limit = verdict(&inputs(1_000, 10_000.0));
+        assert!(at_limit.valid, "the limit itself is still valid");
+        let late = verdict(&inputs(1_001, 10_000.0));
+        assert!(!late.valid);
+        assert!(late.reasons[0].contains("fell behind"), "{late:?}");
+        // A slow sender tolerates more lateness, unless the latencies are small.
+        assert!(verdict(&inputs(4_700, 50_000.0)).valid);
+        let small_latencies = ValidityInputs {
+            delivery_p99_us: Some(31_000),
+            ..inputs(4_700, 50_000.0)
+        };
+        assert!(!verdict(&small_latencies).valid);
+        // Nothing measured is invalid whatever the lateness.
+        let empty = verdict(&ValidityInputs {
+            measured_messages: 0,
+            ..inputs(0, 10_000.0)
+        });
+        assert!(!empty.valid);
+        assert_eq!(empty.reasons.len(), 1);
+    }
+
+    #[test]
+    fn outcomes_and_exit_codes() {
+        let valid = verdict(&inputs(0, 10_000.0));
+        let invalid = verdict(&inputs(50_000, 10_000.0));
+        let clean = FailureInputs::default();
+        assert_eq!(outcome(&clean, &valid, false).exit_code, 0);
+        assert_eq!(
+            outcome(&clean, &invalid, false).exit_code,
+            0,
+            "INVALID alone passes"
+        );
+        let strict = outcome(&clean, &invalid, true);
+        assert_eq!(strict.exit_code, 1, "unless --strict");
+        assert!(strict.failures[0].contains("INVALID"));
+        for bad in [
+            FailureInputs { losses: 1, ..clean },
+            FailureInputs {
+                duplicates_or_reorders: 1,
+                ..clean
+            },
+            FailureInputs { errors: 1, ..clean },
+            FailureInputs {
+                not_sent: 1,
+                ..clean
+            },
+        ] {
+            let o = outcome(&bad, &valid, false);
+            assert!(!o.passed && o.exit_code == 1, "{bad:?} -> {o:?}");
+            assert_eq!(o.failures.len(), 1);
+        }
+        let many = outcome(
+            &FailureInputs {
+                losses: 3,
+                errors: 2,
+                ..clean
+            },
+            &valid,
+            false,
+        );
+        assert_eq!(
+            many.failures,
+            vec!["3 lost".to_string(), "2 errors".to_string()]
+        );
+    }
+}

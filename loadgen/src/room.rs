@@ -1,0 +1,1179 @@
+//! The ROOM scenario: `clients` members join one room, `senders` of them send on the plan, and
+//! every member (senders included, as ROOM echoes) checks and times every message.
+//!
+//! One single-threaded mio loop drives everything: connects during the ramp-up, sends when the
+//! plan says so (woken by the [`Pacer`]), and reads. Because sending and receiving share the
+//! loop, a loadgen too slow to keep up with its receive load also sends late, and the schedule
+//! lateness check marks the run invalid: the loadgen cannot silently become the bottleneck.
+//!
+//! Sockets are registered READABLE|WRITABLE once (edge-triggered). Readiness is kept in
+//! userland: a read loop runs to `WouldBlock` (or a byte budget, after which the connection
+//! waits on `still_ready` because no new edge will come), and a blocked writer waits for the
+//! next writable edge with its messages queued.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::clock::Clock;
+use crate::pacer::Pacer;
+use crate::plan::{choose_senders, Plan};
+use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
+
+/// What the server sends first on every connection.
+const PROMPT: &[u8] = b"alias?";
+/// The pacer's token; client `i` has token `i + 1`.
+const TIMER: Token = Token(0);
+/// One read buffer, shared by every connection (the loop is single-threaded).
+const READ_BUF_BYTES: usize = 64 * 1024;
+/// Most bytes read from one connection per turn before the others get their turn.
+const READ_BUDGET_BYTES: usize = 256 * 1024;
+/// Messages a sender may hold while its socket is not writable. Beyond this (or the byte cap),
+/// a due message is counted "not sent" instead of growing memory: the clock of the queued
+/// messages keeps running, so the backlog already shows in the latencies.
+const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
+const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
+/// While working through a burst of socket events, look at the clock for due sends after this
+/// many events or this many bytes read, whichever comes first, so a long burst does not delay
+/// the plan. A loadgen that fell behind finds much data waiting on every socket, so counting
+/// events alone would let its bursts, and its lateness, grow on themselves; 64 KiB is about a
+/// thousand records, well under 100 µs of work.
+const EVENTS_PER_SEND_CHECK: usize = 64;
+const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
+/// Between the last join and the first planned message, so the last join notices are out of the
+/// way and message 0 is not late by construction.
+const START_DELAY_US: u64 = 50_000;
+/// The pacer normally wakes the loop; this only bounds a sleep should a wake-up ever be missed.
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+/// The ramp-up gives up after max(this, 3 times the planned ramp duration).
+const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
+/// How often, during the drain, to confirm "everything arrived" with a full table walk.
+const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
+const PROGRESS_INTERVAL_US: u64 = 1_000_000;
+
+/// The scenario's settings, validated by the caller.
+#[derive(Clone, Debug)]
+pub struct RoomConfig {
+    pub target: SocketAddr,
+    pub clients: usize,
+    pub senders: usize,
+    pub rate_per_s: u64,
+    pub duration_us: u64,
+    pub warmup_us: u64,
+    pub drain_us: u64,
+    /// Whole message size on the wire: `lgNNNNNN: ` + record.
+    pub message_bytes: usize,
+    pub connect_rate_per_s: u64,
+    pub seed: u64,
+    /// Print a progress line to stderr once a second (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Why a run could not produce results at all.
+#[derive(Debug)]
+pub enum RoomError {
+    /// The loadgen could not set itself up (poll, timer).
+    Setup(String),
+    /// Not one client could join: there is no server to measure.
+    Unreachable(String),
+}
+
+/// Everything measured, raw; the report computes the figures.
+#[derive(Debug)]
+pub struct RoomOutcome {
+    pub clients_requested: usize,
+    pub clients_joined: usize,
+    pub plan: Plan,
+    pub connect_latency: LatencyHistogram,
+    pub delivery_latency: LatencyHistogram,
+    /// Actual write completion minus intended send time.
+    pub send_lag: LatencyHistogram,
+    /// The part of the send lag that is the loop noticing the due time late.
+    pub schedule_lateness: LatencyHistogram,
+    /// The part of the send lag spent queued behind a socket that was not writable (until the
+    /// write attempt that sent the message's last byte).
+    pub socket_blocked: LatencyHistogram,
+    pub errors: ErrorCounts,
+    pub seq: SeqCounts,
+    /// Messages sent but never delivered to a joined receiver by the end of the drain.
+    pub undelivered: u64,
+    /// Messages fully written to a socket.
+    pub sent: u64,
+    /// Messages whose write completed inside the measured window.
+    pub sent_in_window: u64,
+    /// Deliveries received inside the measured window.
+    pub delivered_in_window: u64,
+    pub not_sent_queue_full: u64,
+    pub not_sent_connection_lost: u64,
+    pub not_sent_at_end: u64,
+    pub notices: NoticeCounts,
+    /// Bytes of unfinished records left in receivers at the end.
+    pub incomplete_bytes_at_end: u64,
+    pub ramp_us: u64,
+    pub drain_used_us: u64,
+    /// The drain reached its deadline before every connected receiver had every message.
+    pub drain_timed_out: bool,
+}
+
+/// Where a client is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientPhase {
+    /// Not connected yet (waiting for its turn in the ramp-up).
+    Idle,
+    /// Non-blocking connect in progress.
+    Connecting,
+    /// Connected; `got` bytes of `alias?` received so far.
+    AwaitPrompt {
+        got: usize,
+    },
+    /// Writing the alias; `written` bytes of it are out.
+    SendAlias {
+        written: usize,
+    },
+    /// Waiting for `Voce esta conectado ao servidor!`.
+    AwaitGreeting,
+    Joined,
+    /// Gave up on this connection (the error was counted); its socket is closed.
+    Failed,
+}
+
+struct Client {
+    stream: Option<TcpStream>,
+    phase: ClientPhase,
+    /// Readiness kept in userland (edge-triggered: an edge is reported once).
+    readable: bool,
+    writable: bool,
+    scanner: Scanner,
+    /// This client's sender ordinal, if it sends.
+    sender: Option<usize>,
+    intended_connect_us: u64,
+    alias: [u8; 8],
+    /// Ever joined: its deliveries count as expected from then on.
+    joined: bool,
+}
+
+/// One queued message of a sender: where it ends in `out`, and its times.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    end: usize,
+    intended_us: u64,
+    noticed_us: u64,
+}
+
+struct Sender {
+    client: usize,
+    /// Bytes due and not yet written are `out[written..]`.
+    out: Vec<u8>,
+    written: usize,
+    queue: VecDeque<Queued>,
+    next_seq: u64,
+    /// Messages fully written.
+    sent: u64,
+    dirty: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Ramp,
+    Send,
+    Drain { deadline_us: u64 },
+    Done,
+}
+
+/// The measurements, apart from the connections so both can be borrowed at once.
+struct Measurements {
+    connect_latency: LatencyHistogram,
+    delivery_latency: LatencyHistogram,
+    send_lag: LatencyHistogram,
+    schedule_lateness: LatencyHistogram,
+    socket_blocked: LatencyHistogram,
+    errors: ErrorCounts,
+    tracker: SeqTracker,
+    sent_in_window: u64,
+    delivered_in_window: u64,
+    not_sent_queue_full: u64,
+    not_sent_connection_lost: u64,
+    /// Sum of `sent` over the senders, kept current for the drain's completion check.
+    sent_total: u64,
+}
+
+struct Run<'a> {
+    cfg: &'a RoomConfig,
+    clock: Clock,
+    poll: Poll,
+    pacer: Pacer,
+    clients: Vec<Client>,
+    senders: Vec<Sender>,
+    read_buf: Vec<u8>,
+    m: Measurements,
+    /// Senders with bytes to flush.
+    dirty: Vec<usize>,
+    /// Clients that hit their read budget with data left: no edge will come for them.
+    still_ready: Vec<usize>,
+    phase: Phase,
+    plan: Option<Plan>,
+    /// Next global message number of the plan to send.
+    next_g: u64,
+    /// Next client to connect, and the ramp-up's times.
+    next_connect: usize,
+    ramp_start_us: u64,
+    ramp_deadline_us: u64,
+    ramp_end_us: u64,
+    joined_count: usize,
+    settled_count: usize,
+    drain_start_us: u64,
+    drain_next_check_us: u64,
+    /// The drain ended because everything had arrived, not at its deadline.
+    drain_completed: bool,
+    progress_next_us: u64,
+    /// Bytes read since due sends were last looked at.
+    bytes_since_send_check: usize,
+}
+
+/// Runs the scenario to the end (it stops by itself: every phase has a deadline).
+pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
+    let setup = |what: &str, e: io::Error| RoomError::Setup(format!("{what}: {e}"));
+    let clock = Clock::start().map_err(|e| setup("clock", e))?;
+    let poll = Poll::new().map_err(|e| setup("poll", e))?;
+    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
+    pacer
+        .register(poll.registry(), TIMER)
+        .map_err(|e| setup("register timerfd", e))?;
+
+    let ramp_start_us = clock.now_us();
+    let planned_ramp_us = (cfg.clients as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
+    let clients = (0..cfg.clients)
+        .map(|i| {
+            let mut alias = [0u8; 8];
+            record::write_alias(&mut alias, i as u32);
+            Client {
+                stream: None,
+                phase: ClientPhase::Idle,
+                readable: false,
+                writable: false,
+                scanner: Scanner::new(),
+                sender: None,
+                intended_connect_us: ramp_start_us + i as u64 * 1_000_000 / cfg.connect_rate_per_s,
+                alias,
+                joined: false,
+            }
+        })
+        .collect();
+    let mut run = Run {
+        cfg,
+        clock,
+        poll,
+        pacer,
+        clients,
+        senders: Vec::new(),
+        read_buf: vec![0; READ_BUF_BYTES],
+        m: Measurements {
+            connect_latency: LatencyHistogram::new(),
+            delivery_latency: LatencyHistogram::new(),
+            send_lag: LatencyHistogram::new(),
+            schedule_lateness: LatencyHistogram::new(),
+            socket_blocked: LatencyHistogram::new(),
+            errors: ErrorCounts::default(),
+            tracker: SeqTracker::new(0, 0),
+            sent_in_window: 0,
+            delivered_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            sent_total: 0,
+        },
+        dirty: Vec::new(),
+        still_ready: Vec::new(),
+        phase: Phase::Ramp,
+        plan: None,
+        next_g: 0,
+        next_connect: 0,
+        ramp_start_us,
+        ramp_deadline_us: ramp_start_us + RAMP_TIMEOUT_MIN_US.max(planned_ramp_us * 3),
+        ramp_end_us: 0,
+        joined_count: 0,
+        settled_count: 0,
+        drain_start_us: 0,
+        drain_next_check_us: 0,
+        drain_completed: false,
+        progress_next_us: ramp_start_us + PROGRESS_INTERVAL_US,
+        bytes_since_send_check: 0,
+    };
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+impl Run<'_> {
+    fn event_loop(&mut self) -> Result<(), RoomError> {
+        let mut events = Events::with_capacity(1024);
+        while self.phase != Phase::Done {
+            self.advance()?;
+            if self.phase == Phase::Done {
+                break;
+            }
+            let wake_us = self.next_wake_us();
+            self.pacer
+                .arm_at(wake_us)
+                .map_err(|e| RoomError::Setup(format!("arming the timerfd: {e}")))?;
+            let timeout = if self.still_ready.is_empty() {
+                POLL_TIMEOUT_MAX
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(RoomError::Setup(format!("poll: {e}")));
+            }
+            let mut handled = 0usize;
+            for event in events.iter() {
+                if event.token() == TIMER {
+                    if let Err(e) = self.pacer.acknowledge() {
+                        return Err(RoomError::Setup(format!("reading the timerfd: {e}")));
+                    }
+                    continue;
+                }
+                let index = event.token().0 - 1;
+                let Some(client) = self.clients.get_mut(index) else {
+                    continue; // not ours; cannot happen, and must not panic
+                };
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    client.readable = true;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    client.writable = true;
+                }
+                self.drive(index);
+                handled += 1;
+                if handled % EVENTS_PER_SEND_CHECK == 0 {
+                    self.send_due();
+                }
+            }
+            for index in std::mem::take(&mut self.still_ready) {
+                self.drive(index);
+            }
+        }
+        self.end_progress_line();
+        Ok(())
+    }
+
+    /// Phase work that depends on the clock: connects, sends, deadlines, progress.
+    fn advance(&mut self) -> Result<(), RoomError> {
+        let now_us = self.clock.now_us();
+        match self.phase {
+            Phase::Ramp => {
+                while self.next_connect < self.clients.len()
+                    && self.clients[self.next_connect].intended_connect_us <= now_us
+                {
+                    self.connect(self.next_connect);
+                    self.next_connect += 1;
+                }
+                if now_us >= self.ramp_deadline_us {
+                    for index in 0..self.clients.len() {
+                        if !matches!(
+                            self.clients[index].phase,
+                            ClientPhase::Joined | ClientPhase::Failed
+                        ) {
+                            self.fail(index, ErrorKind::Connect, || {
+                                "ramp-up timed out before the client joined".to_string()
+                            });
+                        }
+                    }
+                }
+                if self.next_connect == self.clients.len()
+                    && self.settled_count == self.clients.len()
+                {
+                    self.start_sending(now_us)?;
+                }
+            }
+            Phase::Send => {
+                self.send_due();
+                if self
+                    .plan
+                    .as_ref()
+                    .is_some_and(|p| self.next_g >= p.messages)
+                {
+                    let now_us = self.clock.now_us();
+                    self.drain_start_us = now_us;
+                    self.drain_next_check_us = now_us;
+                    self.phase = Phase::Drain {
+                        deadline_us: now_us + self.cfg.drain_us,
+                    };
+                }
+            }
+            Phase::Drain { deadline_us } => {
+                self.flush_dirty();
+                if self.everything_arrived(now_us) {
+                    self.drain_completed = true;
+                    self.phase = Phase::Done;
+                } else if now_us >= deadline_us {
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+        if self.cfg.progress && now_us >= self.progress_next_us {
+            self.progress_line(now_us);
+            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
+        }
+        Ok(())
+    }
+
+    /// When the loop must wake at the latest: the next connect, the next planned message, or
+    /// a phase deadline.
+    fn next_wake_us(&self) -> u64 {
+        let phase_us = match self.phase {
+            Phase::Ramp => {
+                let next_connect_us = self
+                    .clients
+                    .get(self.next_connect)
+                    .map_or(u64::MAX, |c| c.intended_connect_us);
+                next_connect_us.min(self.ramp_deadline_us)
+            }
+            Phase::Send => self
+                .plan
+                .as_ref()
+                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
+            Phase::Drain { deadline_us } => deadline_us.min(self.drain_next_check_us),
+            Phase::Done => u64::MAX,
+        };
+        if self.cfg.progress {
+            phase_us.min(self.progress_next_us)
+        } else {
+            phase_us
+        }
+    }
+
+    fn connect(&mut self, index: usize) {
+        match TcpStream::connect(self.cfg.target) {
+            Ok(mut stream) => {
+                // No Nagle: a sender writes one small message per interval, and Nagle would hold
+                // it back until the previous one is acknowledged, which the server's delayed ACK
+                // can stretch to 40 ms: the loadgen's own socket would add latency it then
+                // blames on the server.
+                if let Err(e) = stream.set_nodelay(true) {
+                    self.fail(index, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
+                    return;
+                }
+                let registered = self.poll.registry().register(
+                    &mut stream,
+                    Token(index + 1),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                if let Err(e) = registered {
+                    self.fail(index, ErrorKind::Connect, || format!("register: {e}"));
+                    return;
+                }
+                let client = &mut self.clients[index];
+                client.stream = Some(stream);
+                client.phase = ClientPhase::Connecting;
+            }
+            Err(e) => self.fail(index, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    /// Every client is joined or failed: choose the senders and fix the plan.
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RoomError> {
+        self.ramp_end_us = now_us;
+        let joined: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].phase == ClientPhase::Joined)
+            .collect();
+        if joined.is_empty() {
+            let why = self
+                .m
+                .errors
+                .first
+                .first()
+                .map_or_else(|| "no client joined".to_string(), |(_, what)| what.clone());
+            return Err(RoomError::Unreachable(why));
+        }
+        let chosen = choose_senders(&joined, self.cfg.senders, self.cfg.seed);
+        self.senders = chosen
+            .iter()
+            .enumerate()
+            .map(|(ordinal, &client)| {
+                self.clients[client].sender = Some(ordinal);
+                Sender {
+                    client,
+                    out: Vec::with_capacity(4 * self.cfg.message_bytes),
+                    written: 0,
+                    queue: VecDeque::new(),
+                    next_seq: 0,
+                    sent: 0,
+                    dirty: false,
+                }
+            })
+            .collect();
+        self.m.tracker = SeqTracker::new(self.clients.len(), self.senders.len());
+        self.plan = Some(Plan::new(
+            self.senders.len() as u32,
+            self.cfg.rate_per_s,
+            now_us + START_DELAY_US,
+            self.cfg.warmup_us,
+            self.cfg.duration_us,
+        ));
+        self.phase = Phase::Send;
+        Ok(())
+    }
+
+    /// Queues every planned message that is due, then writes.
+    fn send_due(&mut self) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.bytes_since_send_check = 0;
+        let now_us = self.clock.now_us();
+        while self.next_g < plan.messages {
+            let intended_us = plan.intended_us(self.next_g);
+            if intended_us > now_us {
+                break;
+            }
+            let ordinal = plan.sender_of(self.next_g) as usize;
+            self.next_g += 1;
+            let warmup = plan.is_warmup(intended_us);
+            let sender = &mut self.senders[ordinal];
+            let client = &self.clients[sender.client];
+            if client.phase != ClientPhase::Joined {
+                self.m.not_sent_connection_lost += 1;
+                continue;
+            }
+            let unwritten_bytes = sender.out.len() - sender.written;
+            if sender.queue.len() >= SEND_QUEUE_MESSAGES_MAX
+                || unwritten_bytes + self.cfg.message_bytes > SEND_QUEUE_BYTES_MAX
+            {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            let start = sender.out.len();
+            sender.out.resize(start + self.cfg.message_bytes, 0);
+            let message = &mut sender.out[start..];
+            message[..8].copy_from_slice(&client.alias);
+            message[8..ALIAS_PREFIX_LEN].copy_from_slice(b": ");
+            let stamp = Record {
+                sender: ordinal as u32,
+                seq: sender.next_seq,
+                intended_us,
+                len: self.cfg.message_bytes - ALIAS_PREFIX_LEN,
+            };
+            if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
+                // The argument limits keep every field in range; should that ever break, the
+                // message is counted as not sent rather than written wrong.
+                sender.out.truncate(start);
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            sender.next_seq += 1;
+            sender.queue.push_back(Queued {
+                end: sender.out.len(),
+                intended_us,
+                noticed_us: now_us,
+            });
+            if !warmup {
+                self.m
+                    .schedule_lateness
+                    .record(now_us.saturating_sub(intended_us));
+            }
+            if !sender.dirty {
+                sender.dirty = true;
+                self.dirty.push(ordinal);
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn flush_dirty(&mut self) {
+        for ordinal in std::mem::take(&mut self.dirty) {
+            self.senders[ordinal].dirty = false;
+            self.flush(ordinal);
+        }
+    }
+
+    /// Writes a sender's queued bytes until done or `WouldBlock`, and accounts for every
+    /// message that went out completely.
+    fn flush(&mut self, ordinal: usize) {
+        let sender = &mut self.senders[ordinal];
+        let index = sender.client;
+        let client = &mut self.clients[index];
+        if client.phase != ClientPhase::Joined || !client.writable {
+            return; // the writable edge will call back
+        }
+        let Some(stream) = client.stream.as_mut() else {
+            return;
+        };
+        // Socket-blocked time ends when a write is attempted, not when it returns: the time
+        // inside write() (on loopback it includes handing the bytes to the server's socket) is
+        // not time spent waiting for the socket to become writable. It stays in the send lag.
+        let attempt_us = self.clock.now_us();
+        let mut failure = None;
+        while sender.written < sender.out.len() {
+            match stream.write(&sender.out[sender.written..]) {
+                Ok(0) => {
+                    failure = Some("write returned 0".to_string());
+                    break;
+                }
+                Ok(n) => sender.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    client.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let done_us = self.clock.now_us();
+        let plan = self.plan.as_ref();
+        while let Some(queued) = sender.queue.front().copied() {
+            if queued.end > sender.written {
+                break;
+            }
+            sender.queue.pop_front();
+            sender.sent += 1;
+            self.m.sent_total += 1;
+            if let Some(plan) = plan {
+                if !plan.is_warmup(queued.intended_us) {
+                    self.m
+                        .socket_blocked
+                        .record(attempt_us.saturating_sub(queued.noticed_us));
+                    self.m
+                        .send_lag
+                        .record(done_us.saturating_sub(queued.intended_us));
+                }
+                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+                    self.m.sent_in_window += 1;
+                }
+            }
+        }
+        // Reclaim the written prefix: all of it when everything is out, else once it is large.
+        if sender.written == sender.out.len() {
+            sender.out.clear();
+            sender.written = 0;
+        } else if sender.written >= 64 * 1024 && sender.written * 2 >= sender.out.len() {
+            let shift = sender.written;
+            sender.out.drain(..shift);
+            sender.written = 0;
+            for queued in &mut sender.queue {
+                queued.end -= shift;
+            }
+        }
+        if let Some(why) = failure {
+            self.fail(index, ErrorKind::Write, || why);
+        }
+    }
+
+    /// Acts on a client's readiness according to its phase.
+    fn drive(&mut self, index: usize) {
+        match self.clients[index].phase {
+            ClientPhase::Idle | ClientPhase::Failed => {}
+            ClientPhase::Connecting => {
+                if self.clients[index].readable || self.clients[index].writable {
+                    self.check_connected(index);
+                }
+                if self.clients[index].phase != ClientPhase::Connecting {
+                    self.drive(index);
+                }
+            }
+            ClientPhase::SendAlias { .. } => {
+                if self.clients[index].writable {
+                    self.send_alias(index);
+                }
+                // The server sends nothing before it has the alias; anything readable now is
+                // read (and judged) once the alias is out.
+                if self.clients[index].phase == ClientPhase::AwaitGreeting {
+                    self.drive(index);
+                }
+            }
+            ClientPhase::AwaitPrompt { .. } | ClientPhase::AwaitGreeting | ClientPhase::Joined => {
+                if self.clients[index].readable {
+                    self.read(index);
+                }
+                if let Some(ordinal) = self.clients[index].sender {
+                    if self.clients[index].writable
+                        && self.senders[ordinal].written < self.senders[ordinal].out.len()
+                    {
+                        self.flush(ordinal);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_connected(&mut self, index: usize) {
+        let client = &mut self.clients[index];
+        let Some(stream) = client.stream.as_ref() else {
+            return;
+        };
+        // A failed non-blocking connect reports its error through SO_ERROR; until the
+        // handshake is done, peer_addr says ENOTCONN.
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(true) => {
+                client.phase = ClientPhase::AwaitPrompt { got: 0 };
+                // The connection's readiness was its writable edge; the prompt may be there.
+                client.readable = true;
+            }
+            Ok(false) => {} // still connecting: the next edge will tell
+            Err(e) => self.fail(index, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    fn send_alias(&mut self, index: usize) {
+        let client = &mut self.clients[index];
+        let ClientPhase::SendAlias { mut written } = client.phase else {
+            return;
+        };
+        let Some(stream) = client.stream.as_mut() else {
+            return;
+        };
+        while written < client.alias.len() {
+            match stream.write(&client.alias[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    client.writable = false;
+                    client.phase = ClientPhase::SendAlias { written };
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(index, ErrorKind::Connect, || {
+                        format!("sending the alias: {e}")
+                    });
+                    return;
+                }
+            }
+        }
+        if written < client.alias.len() {
+            self.fail(index, ErrorKind::Connect, || {
+                "sending the alias: write returned 0".to_string()
+            });
+            return;
+        }
+        client.phase = ClientPhase::AwaitGreeting;
+        client.readable = true; // the greeting may already be waiting
+    }
+
+    /// Reads until `WouldBlock` (or the budget), handing each chunk to the phase's handler.
+    fn read(&mut self, index: usize) {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let client = &mut self.clients[index];
+            let Some(stream) = client.stream.as_mut() else {
+                return;
+            };
+            if budget == 0 {
+                self.still_ready.push(index);
+                return;
+            }
+            let n = match stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    let (kind, when) = if client.phase == ClientPhase::Joined {
+                        (ErrorKind::Read, "after joining")
+                    } else {
+                        (ErrorKind::Connect, "during the handshake")
+                    };
+                    self.fail(index, kind, || {
+                        format!("server closed the connection {when}")
+                    });
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    client.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let kind = if client.phase == ClientPhase::Joined {
+                        ErrorKind::Read
+                    } else {
+                        ErrorKind::Connect
+                    };
+                    self.fail(index, kind, || format!("read: {e}"));
+                    return;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            // One clock read per read(): every record in this chunk arrived together.
+            let now_us = self.clock.now_us();
+            if !self.on_bytes(index, n, now_us) {
+                return;
+            }
+            self.bytes_since_send_check += n;
+            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
+                self.send_due(); // may fail this very client: the loop re-checks its stream
+            }
+        }
+    }
+
+    /// Handles `self.read_buf[..n]` for client `index`; false when the client failed.
+    fn on_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
+        let mut from = 0;
+        if let ClientPhase::AwaitPrompt { mut got } = self.clients[index].phase {
+            while got < PROMPT.len() && from < n {
+                if self.read_buf[from] != PROMPT[got] {
+                    let seen = String::from_utf8_lossy(&self.read_buf[..n]).into_owned();
+                    self.fail(index, ErrorKind::Connect, || {
+                        format!("expected `alias?` from the server, got {seen:?}")
+                    });
+                    return false;
+                }
+                got += 1;
+                from += 1;
+            }
+            if got < PROMPT.len() {
+                self.clients[index].phase = ClientPhase::AwaitPrompt { got };
+                return true;
+            }
+            if from < n {
+                let extra = String::from_utf8_lossy(&self.read_buf[from..n]).into_owned();
+                self.fail(index, ErrorKind::Connect, || {
+                    format!("the server sent {extra:?} after `alias?`, before the alias")
+                });
+                return false;
+            }
+            self.clients[index].phase = ClientPhase::SendAlias { written: 0 };
+            self.send_alias(index);
+            return self.clients[index].phase != ClientPhase::Failed;
+        }
+
+        let Run {
+            clients,
+            m,
+            plan,
+            read_buf,
+            joined_count,
+            settled_count,
+            ..
+        } = &mut *self;
+        let client = &mut clients[index];
+        let plan = plan.as_ref();
+        client.scanner.feed(&read_buf[from..n], |found| {
+            on_scanned(m, plan, index, now_us, found);
+        });
+        if client.phase == ClientPhase::AwaitGreeting && client.scanner.notices().greetings > 0 {
+            client.phase = ClientPhase::Joined;
+            client.joined = true;
+            *joined_count += 1;
+            *settled_count += 1;
+            m.connect_latency
+                .record(now_us.saturating_sub(client.intended_connect_us));
+        }
+        true
+    }
+
+    /// Counts the error, closes the connection and takes the client out of the run.
+    fn fail(&mut self, index: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
+        let client = &mut self.clients[index];
+        if client.phase == ClientPhase::Failed {
+            return;
+        }
+        if client.phase != ClientPhase::Joined {
+            // It had not settled yet (the ramp-up waits for every client to join or fail).
+            self.settled_count += 1;
+        }
+        client.phase = ClientPhase::Failed;
+        if let Some(ordinal) = client.sender {
+            // What it still held will never go out.
+            let sender = &mut self.senders[ordinal];
+            self.m.not_sent_connection_lost += sender.queue.len() as u64;
+            sender.queue.clear();
+            sender.out.clear();
+            sender.written = 0;
+        }
+        if let Some(mut stream) = client.stream.take() {
+            // Closing the socket deregisters it from epoll; deregistering first is tidier.
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        let target = self.cfg.target;
+        self.m
+            .errors
+            .count(kind, || format!("{target} client {index}: {}", describe()));
+    }
+
+    /// During the drain: every joined receiver has every message that was sent.
+    fn everything_arrived(&mut self, now_us: u64) -> bool {
+        if now_us < self.drain_next_check_us {
+            return false;
+        }
+        self.drain_next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+        if self.senders.iter().any(|s| !s.queue.is_empty()) {
+            return false;
+        }
+        // Cheap necessary condition first: enough records advanced their streams.
+        let reached = self.m.tracker.counts.delivered + self.m.tracker.counts.gap_losses;
+        let live_receivers = self
+            .clients
+            .iter()
+            .filter(|c| c.phase == ClientPhase::Joined)
+            .count() as u64;
+        if reached < self.m.sent_total * live_receivers {
+            return false;
+        }
+        let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
+        let clients = &self.clients;
+        self.m
+            .tracker
+            .all_reached(|r| clients[r].phase == ClientPhase::Joined, &sent)
+    }
+
+    fn progress_line(&self, now_us: u64) {
+        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
+        let what = match self.phase {
+            Phase::Ramp => format!(
+                "ramp-up: {} of {} joined",
+                self.joined_count,
+                self.clients.len()
+            ),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "{}: sent {} of {}, delivered {}",
+                if self.phase == Phase::Send {
+                    "sending"
+                } else {
+                    "draining"
+                },
+                self.m.sent_total,
+                self.plan.as_ref().map_or(0, |p| p.messages),
+                self.m.tracker.counts.delivered
+            ),
+            Phase::Done => String::new(),
+        };
+        eprint!(
+            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
+            self.m.errors.total()
+        );
+    }
+
+    fn end_progress_line(&self) {
+        if self.cfg.progress {
+            eprintln!();
+        }
+    }
+
+    /// Closes everything and hands the measurements over.
+    fn finish(mut self) -> RoomOutcome {
+        let end_us = self.clock.now_us();
+        let not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
+        let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
+        let clients = &self.clients;
+        let undelivered = self.m.tracker.undelivered(|r| clients[r].joined, &sent);
+        let mut notices = NoticeCounts::default();
+        let mut incomplete_bytes_at_end = 0;
+        for client in &self.clients {
+            notices.add(&client.scanner.notices());
+            incomplete_bytes_at_end += client.scanner.pending_bytes() as u64;
+        }
+        for client in &mut self.clients {
+            if let Some(mut stream) = client.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+        }
+        let plan = self
+            .plan
+            .clone()
+            .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0));
+        RoomOutcome {
+            clients_requested: self.clients.len(),
+            clients_joined: self.clients.iter().filter(|c| c.joined).count(),
+            connect_latency: self.m.connect_latency,
+            delivery_latency: self.m.delivery_latency,
+            send_lag: self.m.send_lag,
+            schedule_lateness: self.m.schedule_lateness,
+            socket_blocked: self.m.socket_blocked,
+            errors: self.m.errors,
+            seq: self.m.tracker.counts,
+            undelivered,
+            sent: self.m.sent_total,
+            sent_in_window: self.m.sent_in_window,
+            delivered_in_window: self.m.delivered_in_window,
+            not_sent_queue_full: self.m.not_sent_queue_full,
+            not_sent_connection_lost: self.m.not_sent_connection_lost,
+            not_sent_at_end,
+            notices,
+            incomplete_bytes_at_end,
+            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
+            drain_used_us: end_us.saturating_sub(self.drain_start_us),
+            drain_timed_out: !self.drain_completed,
+            plan,
+        }
+    }
+}
+
+/// Accounts for one record (or malformed record) found in receiver `receiver`'s stream.
+#[inline]
+fn on_scanned(
+    m: &mut Measurements,
+    plan: Option<&Plan>,
+    receiver: usize,
+    now_us: u64,
+    found: Scanned,
+) {
+    let record = match found {
+        Scanned::Record(record) => record,
+        Scanned::Malformed(why) => {
+            m.errors.count(ErrorKind::Protocol, || {
+                format!("client {receiver}: malformed record ({why:?})")
+            });
+            return;
+        }
+    };
+    let Some(plan) = plan else {
+        m.errors.count(ErrorKind::Protocol, || {
+            format!("client {receiver}: a record arrived before any was sent")
+        });
+        return;
+    };
+    let sender = record.sender as usize;
+    if sender >= m.tracker.senders() || record.intended_us > now_us {
+        // A sender that does not exist, or a message from the future: corrupt bytes.
+        m.errors.count(ErrorKind::Protocol, || {
+            format!("client {receiver}: impossible record {record:?} at {now_us} µs")
+        });
+        return;
+    }
+    if m.tracker.observe(receiver, sender, record.seq) == crate::stats::SeqOutcome::Behind {
+        return; // counted as duplicate/reorder; its latency would be measured twice
+    }
+    if !plan.is_warmup(record.intended_us) {
+        m.delivery_latency
+            .record(now_us.saturating_sub(record.intended_us));
+    }
+    if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+        m.delivered_in_window += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::sync::{Arc, Mutex};
+    use std::thread;
+
+    /// A minimal ROOM relay on an ephemeral loopback port, one thread per connection: the
+    /// handshake, join notices, and every chunk relayed to every member. `drop_every` drops
+    /// every n-th relayed chunk towards member 0 (0: drop nothing). Its threads end when the
+    /// test process does.
+    fn spawn_relay(drop_every: u64) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let members: Arc<Mutex<Vec<StdStream>>> = Arc::default();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let members = Arc::clone(&members);
+                thread::spawn(move || {
+                    let _ = conn.set_nodelay(true);
+                    let _ = conn.write_all(PROMPT);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let Ok(n @ 1..) = conn.read(&mut buf) else {
+                        return;
+                    };
+                    let alias = String::from_utf8_lossy(&buf[..n]).trim_end().to_string();
+                    {
+                        let mut members = members.lock().unwrap();
+                        members.push(conn.try_clone().unwrap());
+                        let notice = format!("b'{alias}' esta conectado ao chat");
+                        for member in members.iter_mut() {
+                            let _ = member.write_all(notice.as_bytes());
+                        }
+                        let _ = conn.write_all(b"Voce esta conectado ao servidor!");
+                    }
+                    let mut relayed = 0u64;
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        relayed += 1;
+                        let mut members = members.lock().unwrap();
+                        for (i, member) in members.iter_mut().enumerate() {
+                            if i == 0 && drop_every > 0 && relayed % drop_every == 0 {
+                                continue;
+                            }
+                            let _ = member.write_all(&buf[..n]);
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn config(target: SocketAddr) -> RoomConfig {
+        RoomConfig {
+            target,
+            clients: 8,
+            senders: 2,
+            rate_per_s: 400,
+            duration_us: 500_000,
+            warmup_us: 100_000,
+            drain_us: 2_000_000,
+            message_bytes: 100,
+            connect_rate_per_s: 1_000,
+            seed: 7,
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn a_clean_relay_delivers_everything_to_everyone() {
+        let cfg = config(spawn_relay(0));
+        let run = run(&cfg).unwrap();
+        assert_eq!(run.clients_joined, 8);
+        assert_eq!(run.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
+        assert_eq!(run.sent, 240);
+        assert_eq!(
+            run.seq.delivered,
+            240 * 8,
+            "every member gets every message"
+        );
+        assert_eq!(run.seq.gap_losses + run.undelivered, 0);
+        assert_eq!(run.seq.duplicates_or_reorders, 0);
+        assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
+        assert_eq!(run.not_sent_queue_full + run.not_sent_at_end, 0);
+        assert!(!run.drain_timed_out);
+        // Warmup messages are checked but not timed: 200 measured messages, 8 receivers.
+        assert_eq!(run.delivery_latency.len(), 200 * 8);
+        assert_eq!(run.connect_latency.len(), 8);
+        assert_eq!(run.notices.greetings, 8);
+        assert_eq!(run.notices.joins, (1..=8).sum::<u64>());
+    }
+
+    #[test]
+    fn a_lossy_relay_is_caught() {
+        let mut cfg = config(spawn_relay(25));
+        cfg.drain_us = 300_000;
+        let run = run(&cfg).unwrap();
+        assert_eq!(run.clients_joined, 8);
+        let lost = run.seq.gap_losses + run.undelivered;
+        assert!(lost > 0, "member 0 missed chunks: {:?}", run.seq);
+        assert_eq!(run.seq.delivered + lost, run.sent * 8);
+    }
+
+    #[test]
+    fn no_server_is_unreachable() {
+        // Bind then drop a listener: its port is very likely free for the next few ms.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut cfg = config(addr);
+        cfg.clients = 2;
+        cfg.senders = 1;
+        assert!(matches!(run(&cfg), Err(RoomError::Unreachable(_))));
+    }
+}
