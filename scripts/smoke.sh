@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Loadgen smoke run against a real chatd: a short ROOM run that fails on any lost or
+# duplicated message, then SIGTERM, which must make chatd exit 0.
+#
+# Usage: scripts/smoke.sh [CLIENTS] [SENDERS] [RATE_PER_S] [DURATION]
+# Builds release binaries if needed. Loopback only; bounded in time; stops by itself.
+set -euo pipefail
+
+clients=${1:-200}
+senders=${2:-10}
+rate=${3:-2000}
+duration=${4:-3s}
+
+cd "$(dirname "$0")/.."
+target_dir=${CARGO_TARGET_DIR:-target}
+echo "+ cargo build --release --workspace --bins"
+cargo build --release --quiet --workspace --bins
+chatd="$target_dir/release/chatd"
+loadgen="$target_dir/release/loadgen"
+
+# A port that was free a moment ago.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log=$(mktemp)
+echo "+ $chatd --room-port $port --stats-interval-ms 1000"
+"$chatd" --room-port "$port" --stats-interval-ms 1000 2>"$log" &
+chatd_pid=$!
+cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -f "$log"; }
+trap cleanup EXIT
+
+# Wait (bounded) until it listens.
+for _ in $(seq 1 200); do
+  if grep -q "listening on" "$log"; then break; fi
+  if ! kill -0 "$chatd_pid" 2>/dev/null; then cat "$log"; echo "smoke: chatd exited early" >&2; exit 1; fi
+  sleep 0.05
+done
+grep -q "listening on" "$log" || { cat "$log"; echo "smoke: chatd never listened" >&2; exit 1; }
+
+echo "+ $loadgen room --port $port --clients $clients --senders $senders --rate $rate --duration $duration"
+status=0
+timeout 120 "$loadgen" room --port "$port" --clients "$clients" --senders "$senders" \
+  --rate "$rate" --duration "$duration" || status=$?
+
+echo "+ kill -TERM $chatd_pid"
+kill -TERM "$chatd_pid"
+chatd_status=0
+timeout 10 tail --pid="$chatd_pid" -f /dev/null || { echo "smoke: chatd did not exit after SIGTERM" >&2; exit 1; }
+wait "$chatd_pid" || chatd_status=$?
+echo "--- chatd log (last lines)"
+tail -n 5 "$log"
+trap - EXIT
+rm -f "$log"
+
+if [ "$status" -ne 0 ]; then
+  echo "smoke: loadgen failed (exit $status): messages lost or duplicated, or errors" >&2
+  exit 1
+fi
+if [ "$chatd_status" -ne 0 ]; then
+  echo "smoke: chatd exited $chatd_status after SIGTERM, expected 0" >&2
+  exit 1
+fi
+echo "smoke: ok"
