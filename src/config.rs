@@ -19,7 +19,7 @@ pub struct Config {
     pub room_port: Option<u16>,
 
     /// Most connections open at once, all protocols together. Accepting pauses at the cap and
-    /// resumes once the count falls below 90% of it (at least one below).
+    /// resumes once the count is down to the cap less a tenth (at least one below the cap).
     pub connections_max: usize,
     /// Kernel accept backlog of each listener.
     pub listen_backlog: u32,
@@ -29,7 +29,8 @@ pub struct Config {
     /// How long accepting pauses after the process runs out of descriptors (EMFILE, ENFILE).
     pub accept_pause_ms: u64,
 
-    /// Size of one read from a socket (the read buffer grows by this much at a time).
+    /// Most bytes one read from a socket returns (the size of the reactor's scratch buffer;
+    /// a connection's own buffer grows by what arrived).
     pub read_chunk_bytes: usize,
     /// Most bytes read from one connection per readiness event before the loop serves others;
     /// the connection stays on the ready list and is served again next turn.

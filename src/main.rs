@@ -33,7 +33,7 @@ struct Args {
     room_handshake_timeout_ms: u64,
 
     /// Most connections open at once, all protocols together. At the cap new connections wait
-    /// in the kernel's backlog; accepting resumes below 90% of the cap.
+    /// in the kernel's backlog; accepting resumes once the count is down to the cap less a tenth.
     #[arg(long, value_name = "N", default_value_t = Config::default().connections_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     connections_max: u64,

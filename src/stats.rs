@@ -11,7 +11,8 @@ pub struct Stats {
     pub frames_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Output dropped because its connection was closed before it could be written.
+    /// Output buffers (messages, notices) dropped because their connection was gone or closed
+    /// before they could be written.
     pub drops: u64,
     /// Connections closed for exceeding an output limit.
     pub slow_consumer_closes: u64,

@@ -1,6 +1,34 @@
 //! What the protocols share: per-connection state keyed by [`ConnId`], member lists.
 
-use crate::protocol::ConnId;
+use std::fmt;
+
+/// A connection's identity: its slab slot plus the generation of that slot.
+///
+/// Slots are reused; the generation tells a live connection from an earlier one in the same
+/// slot, so a stale timer, event or reference is detected instead of hitting a newcomer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl ConnId {
+    pub const fn new(slot: u32, generation: u32) -> Self {
+        ConnId { slot, generation }
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}.{}", self.slot, self.generation)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
 
 /// Per-connection protocol state, indexed by slab slot and checked by generation.
 ///

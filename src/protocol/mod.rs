@@ -5,40 +5,12 @@
 //! [`Outbox`]: bytes to queue for a connection, or a connection to close. It never sees a
 //! socket or a clock, so every rule is testable with fabricated bytes and `now_ms` values.
 
-use std::fmt;
-
 use bytes::Bytes;
+
+pub use crate::chat::ConnId;
 
 pub mod room;
 pub mod testing;
-
-/// A connection's identity: its slab slot plus the generation of that slot.
-///
-/// Slots are reused; the generation tells a live connection from an earlier one in the same
-/// slot, so a stale timer, event or reference is detected instead of hitting a newcomer.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    pub slot: u32,
-    pub generation: u32,
-}
-
-impl ConnId {
-    pub const fn new(slot: u32, generation: u32) -> Self {
-        ConnId { slot, generation }
-    }
-}
-
-impl fmt::Debug for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "c{}.{}", self.slot, self.generation)
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
 
 /// Why a connection is closed. Logged, and counted in the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +62,10 @@ pub enum CloseMode {
 /// Where a protocol's effects go. The reactor implements it over real sockets; tests
 /// implement it by recording.
 ///
-/// Sending to a connection that is gone or closing is a no-op: protocols need not track
-/// the reactor's view of liveness, only their own.
+/// Sending to a connection that is gone, or closing at once ([`CloseMode::Now`]), is a no-op
+/// (counted as a drop): protocols need not track the reactor's view of liveness, only their
+/// own. A connection closing after flush still takes output, which is then flushed before it
+/// closes.
 pub trait Outbox {
     /// Queue `bytes` for `to`. A fan-out passes clones of one `Bytes` (a reference count,
     /// not a copy).

@@ -10,7 +10,8 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use slab::Slab;
 
-use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox};
+use crate::chat::ConnId;
+use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::stats::Stats;
 
 use super::ProtocolKind;

@@ -29,9 +29,10 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::chat::ConnId;
 use crate::config::Config;
 use crate::protocol::room::{RoomConfig, RoomService};
-use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox};
+use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::stats::Stats;
 
 use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
@@ -299,10 +300,13 @@ impl Server {
             poll_errors = 0;
             self.update_now();
 
+            // Connections that hit their read budget last turn; taken before the events so a
+            // connection gets one budget per turn, not a second one right away.
+            let carried = std::mem::take(&mut self.table.ready_list);
             for event in events.iter() {
                 self.handle_event(event);
             }
-            self.serve_ready_list();
+            self.serve_ready_list(carried);
             self.fire_timers();
             self.flush_and_close();
             self.accept_all();
@@ -392,11 +396,7 @@ impl Server {
         }
     }
 
-    fn serve_ready_list(&mut self) {
-        if self.table.ready_list.is_empty() {
-            return;
-        }
-        let list = std::mem::take(&mut self.table.ready_list);
+    fn serve_ready_list(&mut self, list: Vec<usize>) {
         for &slot in &list {
             self.table.unmark_ready(slot);
             if let Some(id) = self.table.id_of(slot) {
@@ -548,21 +548,26 @@ impl Server {
             conn.peer,
             reason.as_str()
         );
+        let kind = conn.kind;
         drop(conn);
         self.table.stats.connections_open -= 1;
         self.table.stats.connections_closed += 1;
         self.shared
             .connections_open
             .store(self.table.stats.connections_open, Ordering::Relaxed);
-        if let Some(room) = self.room.as_mut() {
-            room.on_close(id, &mut self.table);
+        match kind {
+            ProtocolKind::Room => {
+                if let Some(room) = self.room.as_mut() {
+                    room.on_close(id, &mut self.table);
+                }
+            }
         }
         if self.accept_gate.at_cap && self.table.slab.len() <= self.resume_below() {
             self.accept_gate.at_cap = false;
         }
     }
 
-    /// Accepting resumes once the count is this low: 90% of the cap, at least one below it,
+    /// Accepting resumes once the count is down to this: the cap less a tenth (at least one),
     /// so a server at its cap does not flap between accepting and refusing.
     fn resume_below(&self) -> usize {
         let cap = self.config.connections_max;
