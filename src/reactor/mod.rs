@@ -17,6 +17,7 @@
 
 mod conn;
 mod listen;
+mod services;
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,12 +32,13 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::chat::ConnId;
 use crate::config::Config;
-use crate::protocol::room::{RoomConfig, RoomService};
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::stats::Stats;
 
 use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
+pub use services::ProtocolKind;
+use services::Services;
 
 // Tokens pack a connection's generation into the high 32 bits, so a stale event for a reused
 // slot is recognised; that needs a 64-bit usize.
@@ -54,20 +56,6 @@ const CONN_TOKEN_BASE: usize = 64;
 
 /// Consecutive failures of `poll` itself after which the server gives up.
 const POLL_ERRORS_MAX: u32 = 8;
-
-/// Which wire protocol a listener or connection speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProtocolKind {
-    Room,
-}
-
-impl ProtocolKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProtocolKind::Room => "ROOM",
-        }
-    }
-}
 
 enum Source {
     Signal,
@@ -147,7 +135,7 @@ pub struct Server {
     config: Config,
     table: ConnTable,
     listeners: Vec<ListenerEntry>,
-    room: Option<RoomService>,
+    services: Services,
     /// One reusable read buffer for every connection; see `Conn::read_once`.
     scratch: Vec<u8>,
     start: Instant,
@@ -178,19 +166,12 @@ impl Server {
             source,
         })?;
         let mut listeners = Vec::new();
-        let mut room = None;
         if let Some(port) = config.room_port {
             let addr = SocketAddr::new(config.bind_addr, port);
             let listener = listen::bind_tcp("ROOM", addr, config.listen_backlog)?;
             listeners.push((listener, ProtocolKind::Room));
-            room = Some(RoomService::new(
-                RoomConfig {
-                    handshake_timeout_ms: config.room_handshake_timeout_ms,
-                    timer_tick_ms: config.timer_tick_ms,
-                },
-                0,
-            ));
         }
+        let services = Services::new(&config, 0);
         let mut entries = Vec::new();
         for (index, (mut listener, kind)) in listeners.into_iter().enumerate() {
             let fail = |step, source| BindError {
@@ -226,7 +207,7 @@ impl Server {
             poll,
             table: ConnTable::new(limits, config.close_linger_ms),
             listeners: entries,
-            room,
+            services,
             scratch: vec![0; config.read_chunk_bytes.max(1)],
             start: Instant::now(),
             now_ms: 0,
@@ -345,7 +326,7 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let deadlines = [
-            self.room.as_ref().and_then(RoomService::next_deadline_ms),
+            self.services.next_deadline_ms(),
             self.table.lingering.iter().map(|&(_, at)| at).min(),
             self.accept_gate.paused_until_ms,
             self.stats_next_ms,
@@ -455,13 +436,7 @@ impl Server {
         };
         let kind = conn.kind;
         let mut input = std::mem::take(&mut conn.read_buf);
-        match kind {
-            ProtocolKind::Room => {
-                if let Some(room) = self.room.as_mut() {
-                    room.on_data(id, &mut input, &mut self.table);
-                }
-            }
-        }
+        self.services.on_data(kind, id, &mut input, &mut self.table);
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
         }
@@ -469,9 +444,7 @@ impl Server {
 
     fn fire_timers(&mut self) {
         let now_ms = self.now_ms;
-        if let Some(room) = self.room.as_mut() {
-            room.on_timers(now_ms, &mut self.table);
-        }
+        self.services.on_timers(now_ms, &mut self.table);
         if !self.table.lingering.is_empty() {
             let lingering = std::mem::take(&mut self.table.lingering);
             let mut keep = Vec::with_capacity(lingering.len());
@@ -555,13 +528,7 @@ impl Server {
         self.shared
             .connections_open
             .store(self.table.stats.connections_open, Ordering::Relaxed);
-        match kind {
-            ProtocolKind::Room => {
-                if let Some(room) = self.room.as_mut() {
-                    room.on_close(id, &mut self.table);
-                }
-            }
-        }
+        self.services.on_close(kind, id, &mut self.table);
         if self.accept_gate.at_cap && self.table.slab.len() <= self.resume_below() {
             self.accept_gate.at_cap = false;
         }
@@ -661,13 +628,7 @@ impl Server {
             .store(self.table.stats.connections_open, Ordering::Relaxed);
         debug!("{} {peer} ({id}) connected", kind.name());
         let now_ms = self.now_ms;
-        match kind {
-            ProtocolKind::Room => {
-                if let Some(room) = self.room.as_mut() {
-                    room.on_accept(id, now_ms, &mut self.table);
-                }
-            }
-        }
+        self.services.on_accept(kind, id, now_ms, &mut self.table);
     }
 
     fn handle_signals_event(&mut self) {
