@@ -479,3 +479,78 @@ fn running_out_of_descriptors_pauses_accepting_and_serving_goes_on() {
     assert!(log.contains("pausing accepts"), "log: {log}");
     assert!(log.contains("accept_pauses="), "log: {log}");
 }
+
+#[test]
+fn a_member_over_the_soft_limit_for_its_duration_is_closed_below_the_hard_limit() {
+    // The hard limit is far above anything sent here, so only the soft rule can close the
+    // slow member: over 64 KiB queued for 300 ms while the room keeps talking.
+    const MESSAGE_BYTES: usize = 1000;
+    const BATCH: usize = 100;
+    const SENT_BYTES_MAX: usize = 48 * 1024 * 1024;
+    let config = Config {
+        output_hard_bytes_max: 64 * 1024 * 1024,
+        output_soft_bytes_max: 64 * 1024,
+        output_soft_duration_ms: 300,
+        ..Config::for_tests()
+    };
+    let server = TestServer::start(config);
+    let slow_socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    slow_socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    slow_socket
+        .connect(&server.room.into())
+        .expect("connect slow");
+    let mut slow = TcpStream::from(slow_socket);
+    let mut prompt = [0u8; 6];
+    slow.read_exact(&mut prompt).expect("prompt");
+    slow.write_all(b"slow").expect("alias");
+
+    let mut sender = Client::join(server.room, "sender");
+    let mut reader = Client::join(server.room, "reader");
+    sender.read_through(&join_notice("reader"));
+
+    let mut body = vec![b'x'; MESSAGE_BYTES];
+    body[..8].copy_from_slice(b"sender: ");
+    body[MESSAGE_BYTES - 1] = b';';
+    let leave = leave_notice("slow");
+    let mut sent_bytes = 0;
+    let mut closed = false;
+    while !closed {
+        assert!(
+            sent_bytes < SENT_BYTES_MAX,
+            "the slow member was not closed after {sent_bytes} bytes"
+        );
+        for _ in 0..BATCH {
+            sender.send(&body);
+        }
+        sender.send(b"sender: batch;");
+        sent_bytes += BATCH * MESSAGE_BYTES;
+        let seen = reader.read_through(b"sender: batch;");
+        closed = count(&seen, &leave) == 1;
+        sender.read_through(b"sender: batch;");
+    }
+    let stats = server.stop();
+    assert_eq!(stats.slow_consumer_closes, 1);
+    assert!(
+        sent_bytes < 64 * 1024 * 1024,
+        "closed by the soft rule, not the hard one"
+    );
+}
+
+#[test]
+fn chatd_fails_clearly_when_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["--room-port", &port.to_string()])
+        .output()
+        .expect("run chatd");
+    assert_eq!(output.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains(&format!(
+            "cannot listen for ROOM on 127.0.0.1:{port} (bind)"
+        )),
+        "log: {log}"
+    );
+}
