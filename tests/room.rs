@@ -554,3 +554,61 @@ fn chatd_fails_clearly_when_its_port_is_taken() {
         "log: {log}"
     );
 }
+
+#[test]
+fn shutdown_flushes_output_still_queued_for_a_slow_member() {
+    // 8 MB is more than the kernel's socket buffers hold on loopback (they autotune to a few
+    // MB), so most of it is still in the server's queue when shutdown begins.
+    const MESSAGES: usize = 8000;
+    const MESSAGE_BYTES: usize = 1000;
+    const BATCH: usize = 100;
+    let config = Config {
+        output_hard_bytes_max: 64 * 1024 * 1024,
+        output_soft_bytes_max: 64 * 1024 * 1024,
+        shutdown_grace_ms: 10_000,
+        ..Config::for_tests()
+    };
+    let server = TestServer::start(config);
+    let slow_socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    slow_socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    slow_socket
+        .connect(&server.room.into())
+        .expect("connect slow");
+    let mut slow = TcpStream::from(slow_socket);
+    let mut prompt = [0u8; 6];
+    slow.read_exact(&mut prompt).expect("prompt");
+    slow.write_all(b"slow").expect("alias");
+    let mut sender = Client::join(server.room, "sender");
+
+    let mut body = vec![b'x'; MESSAGE_BYTES];
+    body[..8].copy_from_slice(b"sender: ");
+    for _ in 0..MESSAGES / BATCH {
+        for _ in 0..BATCH {
+            sender.send(&body);
+        }
+        sender.send(b"sender: batch;");
+        // The sender's own echo tells when the server has queued the batch for everyone.
+        sender.read_through(b"sender: batch;");
+    }
+
+    let stopping = std::thread::spawn(move || server.stop());
+    slow.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match slow.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(err) => panic!("slow member read: {err}"),
+        }
+    }
+    let stats = stopping.join().expect("server thread");
+    assert_eq!(
+        count(&received, b"sender: "),
+        MESSAGES + MESSAGES / BATCH,
+        "every queued message must be flushed before the close"
+    );
+    assert!(received.ends_with(b"sender: batch;"));
+    assert_eq!(stats.drops, 0);
+}
