@@ -11,8 +11,12 @@ pub struct Stats {
     pub frames_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Output buffers (messages, notices) dropped because their connection was gone or closed
-    /// before they could be written.
+    /// `read` calls on connections, and vectored `write` calls: with frames out, they show
+    /// how well output is batched (frames per write) and where kernel time goes.
+    pub read_calls: u64,
+    pub write_calls: u64,
+    /// Output buffers (messages, notices) queued for a connection and thrown away because it
+    /// closed before they could be written (including a slow consumer's whole queue).
     pub drops: u64,
     /// Connections closed for exceeding an output limit.
     pub slow_consumer_closes: u64,
@@ -27,7 +31,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "connections open={} accepted={} closed={} | frames in={} out={} | bytes in={} out={} \
-             | drops={} slow_consumer_closes={} rejected={} accept_pauses={}",
+             | read_calls={} write_calls={} | drops={} slow_consumer_closes={} rejected={} \
+             accept_pauses={}",
             self.connections_open,
             self.connections_accepted,
             self.connections_closed,
@@ -35,6 +40,8 @@ impl fmt::Display for Stats {
             self.frames_out,
             self.bytes_in,
             self.bytes_out,
+            self.read_calls,
+            self.write_calls,
             self.drops,
             self.slow_consumer_closes,
             self.rejected,

@@ -62,8 +62,8 @@ pub enum CloseMode {
 /// Where a protocol's effects go. The reactor implements it over real sockets; tests
 /// implement it by recording.
 ///
-/// Sending to a connection that is gone, or closing at once ([`CloseMode::Now`]), is a no-op
-/// (counted as a drop): protocols need not track the reactor's view of liveness, only their
+/// Sending to a connection that is gone, or closing at once ([`CloseMode::Now`]), is a no-op:
+/// protocols need not track the reactor's view of liveness, only their
 /// own. A connection closing after flush still takes output, which is then flushed before it
 /// closes.
 pub trait Outbox {

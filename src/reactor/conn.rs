@@ -123,10 +123,11 @@ impl Conn {
     }
 
     /// Write queued output until the queue is empty or the kernel pushes back.
-    /// Returns the outcome and the bytes written.
-    pub(crate) fn flush(&mut self, iovecs_max: usize) -> (IoOutcome, usize) {
+    /// Returns the outcome, the bytes written and the write calls made.
+    pub(crate) fn flush(&mut self, iovecs_max: usize) -> (IoOutcome, usize, u64) {
         let iovecs_max = iovecs_max.clamp(1, IOVECS_CAP);
         let mut written_total = 0;
+        let mut calls = 0;
         while !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); IOVECS_CAP];
             let mut count = 0;
@@ -134,8 +135,9 @@ impl Conn {
                 *slot = IoSlice::new(chunk);
                 count += 1;
             }
+            calls += 1;
             match self.stream.write_vectored(&slices[..count]) {
-                Ok(0) => return (IoOutcome::Closed, written_total),
+                Ok(0) => return (IoOutcome::Closed, written_total, calls),
                 Ok(written) => {
                     written_total += written;
                     self.consume(written);
@@ -149,11 +151,11 @@ impl Conn {
                     if outcome == IoOutcome::WouldBlock {
                         self.write_ready = false;
                     }
-                    return (outcome, written_total);
+                    return (outcome, written_total, calls);
                 }
             }
         }
-        (IoOutcome::Continue, written_total)
+        (IoOutcome::Continue, written_total, calls)
     }
 
     /// Drop `written` bytes from the front of the queue.
@@ -283,8 +285,9 @@ impl ConnTable {
                 continue;
             }
             let before = conn.out_bytes;
-            let (outcome, written) = conn.flush(iovecs_max);
+            let (outcome, written, calls) = conn.flush(iovecs_max);
             self.stats.bytes_out += written as u64;
+            self.stats.write_calls += calls;
             self.out_bytes_total -= before - conn.out_bytes;
             if conn.out_bytes <= self.limits.soft_bytes_max {
                 conn.soft_over_since_ms = None;
@@ -341,11 +344,11 @@ impl Outbox for ConnTable {
             .get_mut(to.slot as usize)
             .filter(|conn| conn.generation == to.generation)
         else {
-            self.stats.drops += 1;
+            // The recipient is gone; what that means (nothing, or an offline copy) is the
+            // protocol's business, so it is not counted as a drop here.
             return;
         };
         if conn.closing.is_some_and(|(_, mode)| mode == CloseMode::Now) {
-            self.stats.drops += 1;
             return;
         }
         if bytes.is_empty() {

@@ -403,6 +403,7 @@ impl Server {
             let (outcome, count) = conn.read_once(&mut self.scratch);
             match outcome {
                 IoOutcome::Continue => {
+                    self.table.stats.read_calls += 1;
                     self.table.stats.bytes_in += count as u64;
                     read_bytes += count;
                     self.deliver_input(id);
@@ -413,14 +414,17 @@ impl Server {
                 }
                 IoOutcome::WouldBlock => {
                     conn.read_ready = false;
+                    self.table.stats.read_calls += 1;
                     return;
                 }
                 IoOutcome::Closed => {
+                    self.table.stats.read_calls += 1;
                     self.table
                         .close(id, CloseReason::PeerClosed, CloseMode::Now);
                     return;
                 }
                 IoOutcome::Error => {
+                    self.table.stats.read_calls += 1;
                     self.table.close(id, CloseReason::IoError, CloseMode::Now);
                     return;
                 }
