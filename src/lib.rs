@@ -22,4 +22,5 @@ pub mod config;
 pub mod protocol;
 pub mod reactor;
 pub mod stats;
+pub mod store;
 pub mod timer;

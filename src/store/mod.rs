@@ -1,0 +1,255 @@
+//! The durable offline store: BIN24 frames kept for users who are offline, surviving restart
+//! and kill -9 (protocols.md, BIN24 rules 2, 4, 6, 7 and 8).
+//!
+//! The reactor never waits for the disk. [`OfflineStore::submit`] puts a request on an
+//! unbounded channel and returns; a storage thread takes the first waiting request and up to
+//! `group_commit_max - 1` more, runs them in order in one redb write transaction, commits it
+//! durably (fsync) once for all of them (group commit), queues one [`StoreEvent`] per request
+//! and calls the `wake` callback once. The reactor passes a callback that wakes its poll, then
+//! drains [`OfflineStore::try_recv`]. This module depends on std, bytes, redb and log only.
+//!
+//! On disk (`<data_dir>/offline.redb`): a `frames` table keyed by (user name NUL-padded to 8
+//! bytes, sequence number big-endian), so a user's frames are one range that iterates oldest
+//! first, holding each frame's bytes as given; a `meta` table with the layout version and the
+//! next sequence number, so a number is never handed out twice, across restarts included. The
+//! per-user counters that enforce the limits are rebuilt from the frames table at open.
+
+mod error;
+mod keys;
+mod ledger;
+mod worker;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use log::error;
+
+pub use error::StoreError;
+
+/// The store's file inside [`StoreConfig::data_dir`].
+pub const FILE_NAME: &str = "offline.redb";
+
+/// A user's key: the BIN24 name bytes up to the first NUL (at most 8 bytes, no NUL).
+pub type UserKey = Vec<u8>;
+
+/// What the reactor asks of the store. Requests run in the order they were submitted.
+#[derive(Clone, Debug)]
+pub enum StoreRequest {
+    /// Store `frame` (already type 2, ready to send) after every frame stored for `user` before.
+    Append {
+        ticket: u64,
+        user: UserKey,
+        frame: Bytes,
+    },
+    /// Read every frame stored for `user`, oldest first (sees every Append submitted before it).
+    Load { ticket: u64, user: UserKey },
+    /// Remove these frames of `user` (they were written to its socket). Unknown seqs are ignored.
+    Remove { user: UserKey, seqs: Vec<u64> },
+}
+
+/// What the store answers, one event per `Append` and `Load`; a `Remove` is answered only if
+/// it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The frame is durable (its commit has returned). `seq` identifies it for Remove.
+    Appended { ticket: u64, seq: u64 },
+    /// Not stored: the user's store is full (frames or bytes limit). Nothing was written.
+    Full { ticket: u64 },
+    Loaded {
+        ticket: u64,
+        user: UserKey,
+        frames: Vec<(u64, Bytes)>,
+    },
+    /// The store failed (I/O error, corruption found at run time). `ticket` if tied to a request.
+    /// The server treats this as fatal for durability and logs it at error level.
+    Failed { ticket: Option<u64>, error: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Created if missing; the store is the file [`FILE_NAME`] inside it.
+    pub data_dir: PathBuf,
+    /// Most frames stored for one user.
+    pub frames_per_user_max: u64,
+    /// Most bytes (sum of frame lengths) stored for one user.
+    pub bytes_per_user_max: u64,
+    /// Most requests run in one transaction (one durable commit); 0 counts as 1.
+    pub group_commit_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            data_dir: PathBuf::from("data"),
+            frames_per_user_max: 100_000,
+            bytes_per_user_max: 64 * 1024 * 1024,
+            group_commit_max: 512,
+        }
+    }
+}
+
+/// What the front and the storage thread share.
+pub(crate) struct Shared {
+    /// Requests submitted whose events are not yet queued.
+    pending: AtomicUsize,
+    /// Durable commits done.
+    commits: AtomicU64,
+    wake: Mutex<Box<dyn Fn() + Send>>,
+}
+
+impl Shared {
+    /// Call the reactor's callback. A panic in it is logged, not carried into the storage
+    /// thread, which must go on answering requests.
+    fn wake(&self) {
+        // The lock is never held across a panic (caught below), so poisoning cannot happen;
+        // recovering from it anyway costs nothing.
+        let wake = self
+            .wake
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if panic::catch_unwind(AssertUnwindSafe(&**wake)).is_err() {
+            error!("offline store: the wake callback panicked");
+        }
+    }
+}
+
+/// The reactor's handle on the store. Not `Sync`: it belongs to one thread.
+pub struct OfflineStore {
+    requests: Option<Sender<StoreRequest>>,
+    events: Receiver<StoreEvent>,
+    /// For `submit` to answer by itself when the storage thread is gone.
+    events_tx: Sender<StoreEvent>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<Result<(), StoreError>>>,
+    path: PathBuf,
+}
+
+impl OfflineStore {
+    /// Open (or create) the store and start the storage thread. A corrupt or unreadable store is a
+    /// clear error, never a silent reset. `wake` is called (from the storage thread) after each batch
+    /// of events is ready.
+    ///
+    /// Opening reads the whole file once (redb's integrity check, then the per-user counters).
+    pub fn open(
+        config: StoreConfig,
+        wake: Box<dyn Fn() + Send>,
+    ) -> Result<OfflineStore, StoreError> {
+        prepare_dir(&config.data_dir)?;
+        let path = config.data_dir.join(FILE_NAME);
+        let shared = Arc::new(Shared {
+            pending: AtomicUsize::new(0),
+            commits: AtomicU64::new(0),
+            wake: Mutex::new(wake),
+        });
+        let worker = worker::Worker::open(&path, &config, Arc::clone(&shared))?;
+        let (requests, requests_rx) = mpsc::channel();
+        let (events_tx, events) = mpsc::channel();
+        let thread_events = events_tx.clone();
+        let group_commit_max = config.group_commit_max;
+        let thread = std::thread::Builder::new()
+            .name("store".to_string())
+            .spawn(move || worker.run(requests_rx, thread_events, group_commit_max))
+            .map_err(|source| StoreError::Spawn { source })?;
+        Ok(OfflineStore {
+            requests: Some(requests),
+            events,
+            events_tx,
+            shared,
+            thread: Some(thread),
+            path,
+        })
+    }
+
+    /// Never blocks (unbounded std mpsc channel; the reactor bounds what it submits).
+    pub fn submit(&self, request: StoreRequest) {
+        self.shared.pending.fetch_add(1, Ordering::SeqCst);
+        let refused = match &self.requests {
+            Some(requests) => requests.send(request).err().map(|e| e.0),
+            None => Some(request),
+        };
+        if let Some(request) = refused {
+            // The storage thread is gone (it panicked outside a batch): answer here, so that no
+            // request waits forever.
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+            let error = "the offline store's storage thread has stopped".to_string();
+            let ticket = match request {
+                StoreRequest::Append { ticket, .. } | StoreRequest::Load { ticket, .. } => {
+                    Some(ticket)
+                }
+                StoreRequest::Remove { .. } => None,
+            };
+            let _ = self.events_tx.send(StoreEvent::Failed { ticket, error });
+            self.shared.wake();
+        }
+    }
+
+    /// Next completed event, if any; never blocks.
+    pub fn try_recv(&self) -> Option<StoreEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Requests submitted and not yet completed (for shutdown and stats). A request counts as
+    /// completed once its event (if it has one) is queued for [`OfflineStore::try_recv`].
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::SeqCst)
+    }
+
+    /// Durable commits done since open: with group commit, far fewer than appends.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finish every submitted request (durably), stop the thread, and return. Used at shutdown.
+    ///
+    /// Events not yet received are dropped. An error also reports batches that failed earlier
+    /// (each was already answered with [`StoreEvent::Failed`]).
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), StoreError> {
+        // The storage thread finishes what is queued, then sees the channel closed.
+        drop(self.requests.take());
+        match self.thread.take() {
+            None => Ok(()),
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(StoreError::ThreadPanicked {
+                    path: self.path.clone(),
+                })
+            }),
+        }
+    }
+}
+
+impl Drop for OfflineStore {
+    /// Finishes pending work and stops the thread, like [`OfflineStore::close`]; an error is
+    /// logged, never a panic.
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            error!("{e}");
+        }
+    }
+}
+
+/// `create_dir_all`, with a clear error when the path is taken by a file.
+fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(StoreError::NotADirectory {
+            dir: dir.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
