@@ -26,6 +26,11 @@ impl Outbox for QueueOutbox {
         self.queues[slot].push_back(bytes);
     }
 
+    fn send_notify(&mut self, to: ConnId, bytes: Bytes, _note: u64) -> bool {
+        self.send(to, bytes);
+        true
+    }
+
     fn close(&mut self, _id: ConnId, _reason: CloseReason, _mode: CloseMode) {}
 }
 

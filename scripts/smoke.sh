@@ -21,8 +21,8 @@ loadgen="$target_dir/release/loadgen"
 # A port that was free a moment ago.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log=$(mktemp)
-echo "+ $chatd --room-port $port --stats-interval-ms 1000"
-"$chatd" --room-port "$port" --stats-interval-ms 1000 2>"$log" &
+echo "+ $chatd --bin24-port 0 --room-port $port --stats-interval-ms 1000"
+"$chatd" --bin24-port 0 --room-port "$port" --stats-interval-ms 1000 2>"$log" &
 chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -f "$log"; }
 trap cleanup EXIT

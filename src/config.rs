@@ -1,6 +1,7 @@
 //! Every port, limit and timer of the server, with its default. Units come last in names.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 /// Default ports, as the contract fixes them (0 disables a protocol).
 pub const ROOM_PORT_DEFAULT: u16 = 55555;
@@ -17,6 +18,8 @@ pub struct Config {
     pub bind_addr: IpAddr,
     /// ROOM listener port. `None`: disabled; `Some(0)`: an ephemeral port (tests).
     pub room_port: Option<u16>,
+    /// BIN24 listener port, as `room_port`.
+    pub bin24_port: Option<u16>,
 
     /// Most connections open at once, all protocols together. Accepting pauses at the cap and
     /// resumes once the count is down to the cap less a tenth (at least one below the cap).
@@ -49,6 +52,20 @@ pub struct Config {
     /// ROOM: a connection that has not sent its alias this long after accept is closed.
     pub room_handshake_timeout_ms: u64,
 
+    /// BIN24: a forwarded message not answered this long makes its recipient count as
+    /// disconnected (the contract's 3 s).
+    pub bin24_ack_timeout_ms: u64,
+    /// BIN24: most messages awaiting an answer from one recipient; more go to its store.
+    pub bin24_unacked_per_recipient_max: usize,
+    /// Where the durable offline store lives; created if missing.
+    pub data_dir: PathBuf,
+    /// Offline store limits per user (the contract's 100,000 frames or 64 MiB); a frame that
+    /// does not fit is refused with "507".
+    pub offline_frames_per_user_max: u64,
+    pub offline_bytes_per_user_max: u64,
+    /// Most store requests committed together (group commit).
+    pub store_group_commit_max: usize,
+
     /// Granularity of the timer wheel; timers fire at most one tick late, never early.
     pub timer_tick_ms: u64,
     /// On SIGINT/SIGTERM: how long to keep flushing queued output before exiting.
@@ -62,6 +79,7 @@ impl Default for Config {
         Config {
             bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             room_port: Some(ROOM_PORT_DEFAULT),
+            bin24_port: Some(BIN24_PORT_DEFAULT),
             connections_max: 10_000,
             listen_backlog: 1024,
             accepts_per_turn_max: 256,
@@ -74,6 +92,12 @@ impl Default for Config {
             output_soft_duration_ms: 10_000,
             close_linger_ms: 2_000,
             room_handshake_timeout_ms: 60_000,
+            bin24_ack_timeout_ms: 3_000,
+            bin24_unacked_per_recipient_max: 10_000,
+            data_dir: PathBuf::from("data"),
+            offline_frames_per_user_max: 100_000,
+            offline_bytes_per_user_max: 64 * 1024 * 1024,
+            store_group_commit_max: 512,
             timer_tick_ms: 10,
             shutdown_grace_ms: 2_000,
             stats_interval_ms: 0,
@@ -82,10 +106,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A configuration for tests: every listener on an ephemeral port, short timers.
+    /// A configuration for tests: ROOM on an ephemeral port, BIN24 off (it needs a data
+    /// directory of the test's own), short timers.
     pub fn for_tests() -> Self {
         Config {
             room_port: Some(0),
+            bin24_port: None,
             timer_tick_ms: 1,
             ..Config::default()
         }

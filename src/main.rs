@@ -6,13 +6,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, LevelFilter};
 
-use switchboard::config::{Config, ROOM_PORT_DEFAULT};
+use std::path::PathBuf;
+
+use switchboard::config::{Config, BIN24_PORT_DEFAULT, ROOM_PORT_DEFAULT};
 use switchboard::reactor::Server;
 
 /// Switchboard chat server: one single-threaded, edge-triggered reactor serving several chat
 /// wire protocols at once, each on its own port.
 ///
-/// Protocols served now: ROOM (nickname chat room, port 55555). Every limit and timer below has
+/// Protocols served now: ROOM (nickname chat room, port 55555) and BIN24 (direct messages
+/// with acks and a durable offline store, port 7000). Every limit and timer below has
 /// a default that matches the protocol contract; tests and operators may change them.
 /// SIGINT or SIGTERM stops accepting, flushes queued output within the grace period and exits
 /// 0; a second signal exits at once.
@@ -31,6 +34,43 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = Config::default().room_handshake_timeout_ms,
           value_parser = clap::value_parser!(u64).range(1..))]
     room_handshake_timeout_ms: u64,
+
+    /// BIN24 port (24-byte binary header, direct messages, acks, offline store). 0 disables
+    /// BIN24.
+    #[arg(long, value_name = "PORT", default_value_t = BIN24_PORT_DEFAULT)]
+    bin24_port: u16,
+
+    /// BIN24: a forwarded message not answered ("200") this long makes its recipient count as
+    /// disconnected: it is closed, and what it had not answered moves to its offline store.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().bin24_ack_timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    bin24_ack_timeout_ms: u64,
+
+    /// BIN24: most messages awaiting an answer from one recipient; further messages to it go
+    /// to its offline store instead of its socket.
+    #[arg(long, value_name = "N", default_value_t = Config::default().bin24_unacked_per_recipient_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    bin24_unacked_per_recipient_max: u64,
+
+    /// Directory of the durable offline store (BIN24); created if missing. A corrupt or
+    /// unreadable store stops the server with an error, it is never reset silently.
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    data_dir: PathBuf,
+
+    /// Offline store: most frames kept for one user; beyond it the sender gets "507".
+    #[arg(long, value_name = "N", default_value_t = Config::default().offline_frames_per_user_max,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    offline_frames_per_user_max: u64,
+
+    /// Offline store: most bytes kept for one user; beyond it the sender gets "507".
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().offline_bytes_per_user_max,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    offline_bytes_per_user_max: u64,
+
+    /// Offline store: most requests made durable by one commit (group commit).
+    #[arg(long, value_name = "N", default_value_t = Config::default().store_group_commit_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    store_group_commit_max: u64,
 
     /// Most connections open at once, all protocols together. At the cap new connections wait
     /// in the kernel's backlog; accepting resumes once the count is down to the cap less a tenth.
@@ -118,6 +158,13 @@ impl Args {
             bind_addr: self.bind,
             room_port: (self.room_port != 0).then_some(self.room_port),
             room_handshake_timeout_ms: self.room_handshake_timeout_ms,
+            bin24_port: (self.bin24_port != 0).then_some(self.bin24_port),
+            bin24_ack_timeout_ms: self.bin24_ack_timeout_ms,
+            bin24_unacked_per_recipient_max: to_usize(self.bin24_unacked_per_recipient_max),
+            data_dir: self.data_dir,
+            offline_frames_per_user_max: self.offline_frames_per_user_max,
+            offline_bytes_per_user_max: self.offline_bytes_per_user_max,
+            store_group_commit_max: to_usize(self.store_group_commit_max),
             connections_max: to_usize(self.connections_max),
             listen_backlog: self.listen_backlog,
             accepts_per_turn_max: to_usize(self.accepts_per_turn_max),
@@ -150,7 +197,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if config.room_port.is_none() {
+    if config.room_port.is_none() && config.bin24_port.is_none() {
         error!("every protocol is disabled: nothing to serve");
         return ExitCode::from(2);
     }

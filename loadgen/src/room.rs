@@ -350,7 +350,7 @@ impl Run<'_> {
                 }
                 self.drive(index);
                 handled += 1;
-                if handled % EVENTS_PER_SEND_CHECK == 0 {
+                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
                     self.send_due();
                 }
             }
@@ -1101,7 +1101,7 @@ mod tests {
                         relayed += 1;
                         let mut members = members.lock().unwrap();
                         for (i, member) in members.iter_mut().enumerate() {
-                            if i == 0 && drop_every > 0 && relayed % drop_every == 0 {
+                            if i == 0 && drop_every > 0 && relayed.is_multiple_of(drop_every) {
                                 continue;
                             }
                             let _ = member.write_all(&buf[..n]);

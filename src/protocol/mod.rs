@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 pub use crate::chat::ConnId;
 
+pub mod bin24;
 pub mod room;
 pub mod testing;
 
@@ -70,6 +71,13 @@ pub trait Outbox {
     /// Queue `bytes` for `to`. A fan-out passes clones of one `Bytes` (a reference count,
     /// not a copy).
     fn send(&mut self, to: ConnId, bytes: Bytes);
+
+    /// Queue `bytes` for `to` like [`Outbox::send`], and report `note` back to the protocol once
+    /// the bytes have been written to the socket (`written` true), or once the connection has
+    /// closed without writing them (false). BIN24 removes a stored frame only after it was
+    /// written. Returns false, and reports nothing, when the bytes could not be queued (the
+    /// connection is gone or closing).
+    fn send_notify(&mut self, to: ConnId, bytes: Bytes, note: u64) -> bool;
 
     /// Ask for `id` to be closed. The protocol is told through its `on_close` when it is gone,
     /// whoever asked for it.

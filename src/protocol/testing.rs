@@ -8,6 +8,8 @@ use super::{CloseMode, CloseReason, ConnId, Outbox};
 pub struct RecordingOutbox {
     /// Every send, in order.
     pub sent: Vec<(ConnId, Bytes)>,
+    /// Every `send_notify`, in order: (to, bytes, note). The test decides when to report it.
+    pub notified: Vec<(ConnId, Bytes, u64)>,
     /// Every close request, in order.
     pub closed: Vec<(ConnId, CloseReason, CloseMode)>,
     pub rejected: u64,
@@ -27,6 +29,7 @@ impl RecordingOutbox {
     /// Forget what was recorded so far.
     pub fn clear(&mut self) {
         self.sent.clear();
+        self.notified.clear();
         self.closed.clear();
     }
 }
@@ -34,6 +37,11 @@ impl RecordingOutbox {
 impl Outbox for RecordingOutbox {
     fn send(&mut self, to: ConnId, bytes: Bytes) {
         self.sent.push((to, bytes));
+    }
+
+    fn send_notify(&mut self, to: ConnId, bytes: Bytes, note: u64) -> bool {
+        self.notified.push((to, bytes, note));
+        true
     }
 
     fn close(&mut self, id: ConnId, reason: CloseReason, mode: CloseMode) {

@@ -59,6 +59,12 @@ pub(crate) struct Conn {
     in_ready_list: bool,
     in_close_list: bool,
     closing: Option<(CloseReason, CloseMode)>,
+    /// Bytes ever queued and ever written: a note is due once `written_bytes_total` reaches
+    /// the offset where its buffer ends.
+    queued_bytes_total: u64,
+    written_bytes_total: u64,
+    /// (end offset, note) of buffers queued with `send_notify`, in queue order.
+    notes: VecDeque<(u64, u64)>,
 }
 
 impl Conn {
@@ -85,6 +91,9 @@ impl Conn {
             in_ready_list: false,
             in_close_list: false,
             closing: None,
+            queued_bytes_total: 0,
+            written_bytes_total: 0,
+            notes: VecDeque::new(),
         }
     }
 
@@ -161,6 +170,7 @@ impl Conn {
     /// Drop `written` bytes from the front of the queue.
     fn consume(&mut self, mut written: usize) {
         self.out_bytes -= written;
+        self.written_bytes_total += written as u64;
         while written > 0 {
             let Some(front) = self.out.front_mut() else {
                 debug_assert!(false, "kernel reported more bytes written than queued");
@@ -207,6 +217,8 @@ pub(crate) struct ConnTable {
     pub(crate) now_ms: u64,
     /// Output queued across all connections (the shutdown waits for it to reach zero).
     pub(crate) out_bytes_total: usize,
+    /// Notes of `send_notify` that are due: (connection, its protocol, note, written).
+    pub(crate) notes_due: Vec<(ConnId, ProtocolKind, u64, bool)>,
 }
 
 impl ConnTable {
@@ -222,6 +234,7 @@ impl ConnTable {
             close_linger_ms,
             now_ms: 0,
             out_bytes_total: 0,
+            notes_due: Vec::new(),
         }
     }
 
@@ -292,9 +305,16 @@ impl ConnTable {
             if conn.out_bytes <= self.limits.soft_bytes_max {
                 conn.soft_over_since_ms = None;
             }
+            let id = ConnId::new(slot as u32, conn.generation);
+            while let Some(&(end, note)) = conn.notes.front() {
+                if end > conn.written_bytes_total {
+                    break;
+                }
+                conn.notes.pop_front();
+                self.notes_due.push((id, conn.kind, note, true));
+            }
             let drained_while_closing =
                 conn.out.is_empty() && matches!(conn.closing, Some((_, CloseMode::AfterFlush)));
-            let id = ConnId::new(slot as u32, conn.generation);
             match outcome {
                 IoOutcome::Continue | IoOutcome::WouldBlock => {
                     if drained_while_closing {
@@ -331,12 +351,18 @@ impl ConnTable {
         self.out_bytes_total -= conn.out_bytes;
         conn.out.clear();
         conn.out_bytes = 0;
+        let id = ConnId::new(slot as u32, conn.generation);
+        for (_, note) in conn.notes.drain(..) {
+            self.notes_due.push((id, conn.kind, note, false));
+        }
         dropped
     }
 }
 
-impl Outbox for ConnTable {
-    fn send(&mut self, to: ConnId, bytes: Bytes) {
+impl ConnTable {
+    /// Queue `bytes` for `to`; false when they were not queued (connection gone or closing,
+    /// or closed for passing an output limit).
+    fn queue(&mut self, to: ConnId, bytes: Bytes) -> bool {
         let now_ms = self.now_ms;
         let limits = self.limits;
         let Some(conn) = self
@@ -346,13 +372,13 @@ impl Outbox for ConnTable {
         else {
             // The recipient is gone; what that means (nothing, or an offline copy) is the
             // protocol's business, so it is not counted as a drop here.
-            return;
+            return false;
         };
         if conn.closing.is_some_and(|(_, mode)| mode == CloseMode::Now) {
-            return;
+            return false;
         }
         if bytes.is_empty() {
-            return;
+            return true;
         }
         let queued_bytes = conn.out_bytes + bytes.len();
         let over_soft_too_long = queued_bytes > limits.soft_bytes_max
@@ -368,16 +394,41 @@ impl Outbox for ConnTable {
             self.stats.slow_consumer_closes += 1;
             self.stats.drops += 1;
             self.close(to, CloseReason::SlowConsumer, CloseMode::Now);
-            return;
+            return false;
         }
         if queued_bytes > limits.soft_bytes_max && conn.soft_over_since_ms.is_none() {
             conn.soft_over_since_ms = Some(now_ms);
         }
         conn.out_bytes = queued_bytes;
+        conn.queued_bytes_total += bytes.len() as u64;
         self.out_bytes_total += bytes.len();
         conn.out.push_back(bytes);
         self.stats.frames_out += 1;
         self.mark_flush(to.slot as usize);
+        true
+    }
+}
+
+impl Outbox for ConnTable {
+    fn send(&mut self, to: ConnId, bytes: Bytes) {
+        self.queue(to, bytes);
+    }
+
+    fn send_notify(&mut self, to: ConnId, bytes: Bytes, note: u64) -> bool {
+        if !self.queue(to, bytes) {
+            return false;
+        }
+        if let Some(conn) = self.get_mut(to) {
+            let end = conn.queued_bytes_total;
+            let kind = conn.kind;
+            if end <= conn.written_bytes_total {
+                // Nothing to wait for (an empty buffer).
+                self.notes_due.push((to, kind, note, true));
+            } else {
+                conn.notes.push_back((end, note));
+            }
+        }
+        true
     }
 
     fn close(&mut self, id: ConnId, reason: CloseReason, mode: CloseMode) {

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::stats::Stats;
 
+pub use crate::store::StoreError;
 use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
 pub use services::ProtocolKind;
@@ -123,6 +124,30 @@ impl ServerHandle {
     }
 }
 
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Bind(BindError),
+    Store(StoreError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind(err) => err.fmt(f),
+            StartError::Store(err) => write!(f, "cannot open the offline store: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<BindError> for StartError {
+    fn from(err: BindError) -> Self {
+        StartError::Bind(err)
+    }
+}
+
 /// Accepting is allowed unless at the cap (with hysteresis) or paused after EMFILE.
 #[derive(Default)]
 struct AcceptGate {
@@ -151,8 +176,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind every enabled listener. Nothing is accepted until [`Server::run`].
-    pub fn bind(config: Config) -> Result<Server, BindError> {
+    /// Bind every enabled listener and open the offline store. Nothing is accepted until
+    /// [`Server::run`].
+    pub fn bind(config: Config) -> Result<Server, StartError> {
         let poll = Poll::new().map_err(|source| BindError {
             protocol: "reactor",
             addr: SocketAddr::new(config.bind_addr, 0),
@@ -171,7 +197,19 @@ impl Server {
             let listener = listen::bind_tcp("ROOM", addr, config.listen_backlog)?;
             listeners.push((listener, ProtocolKind::Room));
         }
-        let services = Services::new(&config, 0);
+        if let Some(port) = config.bin24_port {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            let listener = listen::bind_tcp("BIN24", addr, config.listen_backlog)?;
+            listeners.push((listener, ProtocolKind::Bin24));
+        }
+        let waker = Arc::new(waker);
+        let store_waker = Arc::clone(&waker);
+        let wake = Box::new(move || {
+            if let Err(err) = store_waker.wake() {
+                warn!("cannot wake the reactor for store completions: {err}");
+            }
+        });
+        let services = Services::new(&config, 0, wake).map_err(StartError::Store)?;
         let mut entries = Vec::new();
         for (index, (mut listener, kind)) in listeners.into_iter().enumerate() {
             let fail = |step, source| BindError {
@@ -212,7 +250,7 @@ impl Server {
             start: Instant::now(),
             now_ms: 0,
             signals: None,
-            waker: Arc::new(waker),
+            waker,
             shared: Arc::new(Shared::default()),
             next_generation: 1,
             accept_gate: AcceptGate::default(),
@@ -288,8 +326,10 @@ impl Server {
                 self.handle_event(event);
             }
             self.serve_ready_list(carried);
+            self.services.on_store_events(&mut self.table);
             self.fire_timers();
             self.flush_and_close();
+            self.dispatch_notes();
             self.accept_all();
 
             if let Some(deadline_ms) = self.shutdown_deadline_ms {
@@ -305,8 +345,22 @@ impl Server {
                 }
             }
         }
+        if let Err(err) = self.services.close_store() {
+            log::error!("closing the offline store: {err}");
+        }
         info!("stopped: {}", self.table.stats);
         Ok(self.table.stats.clone())
+    }
+
+    /// Tell protocols which `send_notify` buffers were written, or never will be.
+    fn dispatch_notes(&mut self) {
+        if self.table.notes_due.is_empty() {
+            return;
+        }
+        let notes = std::mem::take(&mut self.table.notes_due);
+        for &(_, kind, note, written) in &notes {
+            self.services.on_notify(kind, note, written);
+        }
     }
 
     fn update_now(&mut self) {
@@ -346,6 +400,7 @@ impl Server {
             }
             Source::Signal => self.handle_signals_event(),
             Source::Waker => {
+                self.services.on_store_events(&mut self.table);
                 if self.shared.shutdown_requested.load(Ordering::SeqCst) {
                     self.begin_shutdown("shutdown requested");
                 }
@@ -440,7 +495,9 @@ impl Server {
         };
         let kind = conn.kind;
         let mut input = std::mem::take(&mut conn.read_buf);
-        self.services.on_data(kind, id, &mut input, &mut self.table);
+        let now_ms = self.now_ms;
+        self.services
+            .on_data(kind, id, &mut input, now_ms, &mut self.table);
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
         }

@@ -6,31 +6,53 @@ use bytes::BytesMut;
 
 use crate::chat::ConnId;
 use crate::config::Config;
+use crate::protocol::bin24::{Bin24Config, Bin24Service, StoreSink};
 use crate::protocol::room::{RoomConfig, RoomService};
 use crate::protocol::Outbox;
+use crate::store::{OfflineStore, StoreConfig, StoreError, StoreRequest};
+
+impl StoreSink for OfflineStore {
+    fn submit(&mut self, request: StoreRequest) {
+        OfflineStore::submit(self, request);
+    }
+}
 
 /// Which wire protocol a listener or connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProtocolKind {
     Room,
+    Bin24,
 }
 
 impl ProtocolKind {
     pub fn name(self) -> &'static str {
         match self {
             ProtocolKind::Room => "ROOM",
+            ProtocolKind::Bin24 => "BIN24",
         }
     }
+}
+
+/// BIN24's logic and the durable store it writes through.
+struct Bin24 {
+    service: Bin24Service,
+    store: OfflineStore,
 }
 
 /// One service per enabled protocol; `None` where the protocol is disabled.
 pub(crate) struct Services {
     room: Option<RoomService>,
+    bin24: Option<Bin24>,
 }
 
 impl Services {
-    /// Build the service of every protocol that has a port in `config`.
-    pub(crate) fn new(config: &Config, now_ms: u64) -> Self {
+    /// Build the service of every protocol that has a port in `config`. `wake` is called by the
+    /// storage thread when store completions are ready (it wakes the reactor).
+    pub(crate) fn new(
+        config: &Config,
+        now_ms: u64,
+        wake: Box<dyn Fn() + Send>,
+    ) -> Result<Self, StoreError> {
         let room = config.room_port.map(|_| {
             RoomService::new(
                 RoomConfig {
@@ -40,7 +62,30 @@ impl Services {
                 now_ms,
             )
         });
-        Services { room }
+        let bin24 = match config.bin24_port {
+            None => None,
+            Some(_) => {
+                let store = OfflineStore::open(
+                    StoreConfig {
+                        data_dir: config.data_dir.clone(),
+                        frames_per_user_max: config.offline_frames_per_user_max,
+                        bytes_per_user_max: config.offline_bytes_per_user_max,
+                        group_commit_max: config.store_group_commit_max,
+                    },
+                    wake,
+                )?;
+                let service = Bin24Service::new(
+                    Bin24Config {
+                        ack_timeout_ms: config.bin24_ack_timeout_ms,
+                        unacked_per_recipient_max: config.bin24_unacked_per_recipient_max,
+                        timer_tick_ms: config.timer_tick_ms,
+                    },
+                    now_ms,
+                );
+                Some(Bin24 { service, store })
+            }
+        };
+        Ok(Services { room, bin24 })
     }
 
     pub(crate) fn on_accept<O: Outbox>(
@@ -56,6 +101,11 @@ impl Services {
                     room.on_accept(id, now_ms, out);
                 }
             }
+            ProtocolKind::Bin24 => {
+                if let Some(bin24) = self.bin24.as_mut() {
+                    bin24.service.on_accept(id);
+                }
+            }
         }
     }
 
@@ -64,12 +114,20 @@ impl Services {
         kind: ProtocolKind,
         id: ConnId,
         input: &mut BytesMut,
+        now_ms: u64,
         out: &mut O,
     ) {
         match kind {
             ProtocolKind::Room => {
                 if let Some(room) = self.room.as_mut() {
                     room.on_data(id, input, out);
+                }
+            }
+            ProtocolKind::Bin24 => {
+                if let Some(bin24) = self.bin24.as_mut() {
+                    bin24
+                        .service
+                        .on_data(id, input, now_ms, out, &mut bin24.store);
                 }
             }
         }
@@ -82,6 +140,40 @@ impl Services {
                     room.on_close(id, out);
                 }
             }
+            ProtocolKind::Bin24 => {
+                if let Some(bin24) = self.bin24.as_mut() {
+                    bin24.service.on_close(id, &mut bin24.store);
+                }
+            }
+        }
+    }
+
+    /// A buffer queued with `send_notify` was written (or never will be).
+    pub(crate) fn on_notify(&mut self, kind: ProtocolKind, note: u64, written: bool) {
+        match kind {
+            ProtocolKind::Room => {}
+            ProtocolKind::Bin24 => {
+                if let Some(bin24) = self.bin24.as_mut() {
+                    bin24.service.on_notify(note, written, &mut bin24.store);
+                }
+            }
+        }
+    }
+
+    /// Hand completed store requests to their protocol.
+    pub(crate) fn on_store_events<O: Outbox>(&mut self, out: &mut O) {
+        if let Some(bin24) = self.bin24.as_mut() {
+            while let Some(event) = bin24.store.try_recv() {
+                bin24.service.on_store_event(event, out);
+            }
+        }
+    }
+
+    /// Make everything submitted to the store durable, and stop its thread (at shutdown).
+    pub(crate) fn close_store(&mut self) -> Result<(), StoreError> {
+        match self.bin24.take() {
+            Some(bin24) => bin24.store.close(),
+            None => Ok(()),
         }
     }
 
@@ -90,13 +182,21 @@ impl Services {
         if let Some(room) = self.room.as_mut() {
             room.on_timers(now_ms, out);
         }
+        if let Some(bin24) = self.bin24.as_mut() {
+            bin24.service.on_timers(now_ms, out, &mut bin24.store);
+        }
     }
 
     /// The earliest deadline of any service.
     pub(crate) fn next_deadline_ms(&self) -> Option<u64> {
-        [self.room.as_ref().and_then(RoomService::next_deadline_ms)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.room.as_ref().and_then(RoomService::next_deadline_ms),
+            self.bin24
+                .as_ref()
+                .and_then(|bin24| bin24.service.next_deadline_ms()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }

@@ -17,6 +17,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub room: SocketAddr,
+    /// Set when the config enables BIN24.
+    pub bin24: Option<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -27,10 +29,12 @@ impl TestServer {
         let room = server
             .local_addr(ProtocolKind::Room)
             .expect("ROOM enabled in test config");
+        let bin24 = server.local_addr(ProtocolKind::Bin24);
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             room,
+            bin24,
             handle,
             thread: Some(thread),
         }
@@ -224,4 +228,27 @@ pub fn count(haystack: &[u8], needle: &[u8]) -> usize {
         rest = &rest[at + needle.len()..];
     }
     found
+}
+
+/// A fresh, empty directory for one test's offline store (removed by the returned guard).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,0 +1,10 @@
+//! BIN24: direct messages between named users, answered "200" by the recipient, with a
+//! 3 s answer timeout and a durable offline store (seed 001).
+
+pub mod codec;
+mod service;
+
+pub use service::{Bin24Config, Bin24Service, StoreSink};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,526 @@
+//! BIN24 logic without sockets or disks: fabricated frames, time and store completions.
+
+use bytes::{Bytes, BytesMut};
+
+use super::codec::{self, Name};
+use super::*;
+use crate::protocol::testing::RecordingOutbox;
+use crate::protocol::{CloseMode, CloseReason, ConnId};
+use crate::store::{StoreEvent, StoreRequest};
+
+const ACK_MS: u64 = 3_000;
+
+#[derive(Default)]
+struct RecordingStore {
+    requests: Vec<StoreRequest>,
+}
+
+impl StoreSink for RecordingStore {
+    fn submit(&mut self, request: StoreRequest) {
+        self.requests.push(request);
+    }
+}
+
+impl RecordingStore {
+    /// Tickets and frames of the Appends so far, for `user`.
+    fn appends_for(&self, user: &str) -> Vec<(u64, Bytes)> {
+        self.requests
+            .iter()
+            .filter_map(|request| match request {
+                StoreRequest::Append {
+                    ticket,
+                    user: to,
+                    frame,
+                } if to == user.as_bytes() => Some((*ticket, frame.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn loads(&self) -> Vec<(u64, Vec<u8>)> {
+        self.requests
+            .iter()
+            .filter_map(|request| match request {
+                StoreRequest::Load { ticket, user } => Some((*ticket, user.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn removes(&self) -> Vec<(Vec<u8>, Vec<u64>)> {
+        self.requests
+            .iter()
+            .filter_map(|request| match request {
+                StoreRequest::Remove { user, seqs } => Some((user.clone(), seqs.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn name(text: &str) -> Name {
+    Name::new(text.as_bytes()).expect("test names are valid")
+}
+
+fn frame(kind: u16, id: u32, src: &str, dst: &str, body: &[u8]) -> Bytes {
+    codec::encode(kind, id, name(src), name(dst), body).expect("test frames are valid")
+}
+
+fn message(id: u32, src: &str, dst: &str, body: &str) -> Bytes {
+    frame(codec::TYPE_MESSAGE, id, src, dst, body.as_bytes())
+}
+
+fn answer(id: u32, src: &str, dst: &str, text: &[u8]) -> Bytes {
+    frame(codec::TYPE_ANSWER, id, src, dst, text)
+}
+
+fn conn(slot: u32) -> ConnId {
+    ConnId::new(slot, 1)
+}
+
+struct Harness {
+    service: Bin24Service,
+    out: RecordingOutbox,
+    store: RecordingStore,
+    now_ms: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            service: Bin24Service::new(
+                Bin24Config {
+                    ack_timeout_ms: ACK_MS,
+                    unacked_per_recipient_max: 4,
+                    timer_tick_ms: 10,
+                },
+                0,
+            ),
+            out: RecordingOutbox::default(),
+            store: RecordingStore::default(),
+            now_ms: 0,
+        }
+    }
+
+    fn feed(&mut self, id: ConnId, bytes: &[u8]) {
+        let mut input = BytesMut::from(bytes);
+        self.service
+            .on_data(id, &mut input, self.now_ms, &mut self.out, &mut self.store);
+        assert!(input.is_empty(), "BIN24 keeps no partial frame here");
+    }
+
+    /// Accept `id` and register it as `user` with a harmless first frame (an answer to a
+    /// user who is offline, which is dropped).
+    fn connect(&mut self, id: ConnId, user: &str) {
+        self.service.on_accept(id);
+        self.feed(id, &answer(9999, user, "nobody", b"200"));
+    }
+
+    fn advance_to(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.service
+            .on_timers(now_ms, &mut self.out, &mut self.store);
+    }
+
+    fn complete(&mut self, event: StoreEvent) {
+        self.service.on_store_event(event, &mut self.out);
+    }
+
+    fn close(&mut self, id: ConnId) {
+        self.service.on_close(id, &mut self.store);
+    }
+}
+
+#[test]
+fn a_message_to_an_online_user_is_forwarded_verbatim_and_its_answer_goes_back() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.out.clear();
+
+    let hello = message(0, "alice", "bob", "hi bob");
+    h.feed(conn(1), &hello);
+    assert_eq!(h.out.sent_to(conn(2)), std::slice::from_ref(&hello));
+    assert_eq!(h.service.unacked_count(), 1);
+
+    // The original client answers with the received len and garbage after "200\0".
+    let mut garbage = b"200\0".to_vec();
+    garbage.extend_from_slice(b"hi"); // len 30, as the message it answers
+    let reply = answer(0, "bob", "alice", &garbage);
+    h.feed(conn(2), &reply);
+    assert_eq!(h.out.sent_to(conn(1)), [reply], "relayed verbatim");
+    assert_eq!(h.service.unacked_count(), 0);
+
+    // The timer was cancelled: nothing happens at the deadline.
+    h.advance_to(10 * ACK_MS);
+    assert!(h.out.closed.is_empty());
+}
+
+#[test]
+fn the_first_frame_registers_the_user_and_asks_the_store_for_its_frames() {
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1));
+    h.feed(conn(1), &message(0, "alice", "bob", "x"));
+    assert_eq!(h.store.loads().len(), 1);
+    assert_eq!(h.store.loads()[0].1, b"alice");
+    assert_eq!(h.service.online_count(), 1);
+    // Later frames do not load again.
+    h.feed(conn(1), &message(1, "alice", "bob", "y"));
+    assert_eq!(h.store.loads().len(), 1);
+}
+
+#[test]
+fn a_message_to_an_offline_user_is_stored_and_answered_300_once_durable() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.out.clear();
+    let msg = message(3, "alice", "carol", "are you there?");
+    h.feed(conn(1), &msg);
+    let appends = h.store.appends_for("carol");
+    assert_eq!(appends.len(), 1);
+    let (ticket, stored) = appends[0].clone();
+    // Stored as type 2, otherwise unchanged.
+    let mut expected = msg.to_vec();
+    expected[2] = 2;
+    assert_eq!(stored.to_vec(), expected);
+    assert!(h.out.sent.is_empty(), "no 300 before the frame is durable");
+
+    h.complete(StoreEvent::Appended { ticket, seq: 17 });
+    let expected_answer = answer(3, "carol", "alice", b"300");
+    assert_eq!(expected_answer.len(), 27);
+    assert_eq!(h.out.sent_to(conn(1)), [expected_answer]);
+}
+
+#[test]
+fn the_contract_vector_for_300_matches() {
+    // shared/vectors/bin24-frames.tsv: "the server answering alice: nobody is offline, id 3".
+    let bytes = codec::encode_answer(3, name("nobody"), name("alice"), b"300");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "1b000100030000006e6f626f64790000616c696365000000333030"
+    );
+}
+
+#[test]
+fn a_full_store_answers_507_and_a_failed_store_never_answers_300() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.out.clear();
+    h.feed(conn(1), &message(1, "alice", "carol", "a"));
+    h.feed(conn(1), &message(2, "alice", "carol", "b"));
+    let appends = h.store.appends_for("carol");
+    h.complete(StoreEvent::Full {
+        ticket: appends[0].0,
+    });
+    h.complete(StoreEvent::Failed {
+        ticket: Some(appends[1].0),
+        error: "disk on fire".to_string(),
+    });
+    assert_eq!(
+        h.out.sent_to(conn(1)),
+        [
+            answer(1, "carol", "alice", b"507"),
+            answer(2, "carol", "alice", b"507")
+        ]
+    );
+}
+
+#[test]
+fn no_answer_within_the_ack_timeout_disconnects_the_recipient_and_stores_its_messages() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.out.clear();
+    h.feed(conn(1), &message(5, "alice", "bob", "first"));
+    h.now_ms = 1_000;
+    h.feed(conn(1), &message(6, "alice", "bob", "second"));
+
+    h.advance_to(ACK_MS - 1);
+    assert!(h.out.closed.is_empty(), "not before the deadline");
+    h.advance_to(ACK_MS + 10);
+    assert_eq!(
+        h.out.closed,
+        [(conn(2), CloseReason::Timeout, CloseMode::Now)]
+    );
+    // Both unanswered messages move to bob's store, in the order they were sent.
+    let appends = h.store.appends_for("bob");
+    assert_eq!(appends.len(), 2);
+    let bodies: Vec<&[u8]> = appends.iter().map(|(_, f)| &f[24..]).collect();
+    assert!(bodies.contains(&&b"first"[..]) && bodies.contains(&&b"second"[..]));
+    // Bob is offline at once: a new message to him is stored, not sent to the closing socket.
+    h.feed(conn(1), &message(7, "alice", "bob", "third"));
+    assert_eq!(h.store.appends_for("bob").len(), 3);
+    assert_eq!(
+        h.out.sent_to(conn(2)).len(),
+        2,
+        "only the two messages sent before the timeout reached bob's socket"
+    );
+
+    // Each sender hears "300" (SRC = bob, DST = alice) once its frame is durable.
+    for (seq, (ticket, _)) in h.store.appends_for("bob").into_iter().enumerate() {
+        h.complete(StoreEvent::Appended {
+            ticket,
+            seq: seq as u64,
+        });
+    }
+    let answers = h.out.sent_to(conn(1));
+    assert_eq!(answers.len(), 3);
+    for (answer_bytes, id) in answers.iter().zip([5u32, 6, 7]) {
+        assert_eq!(answer_bytes, &answer(id, "bob", "alice", b"300"));
+    }
+    // The reactor then reports bob's close: nothing more happens.
+    h.close(conn(2));
+    assert_eq!(h.store.appends_for("bob").len(), 3);
+}
+
+#[test]
+fn a_recipient_that_disconnects_with_unanswered_messages_gets_them_stored() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.feed(conn(1), &message(1, "alice", "bob", "one"));
+    h.feed(conn(1), &message(2, "alice", "bob", "two"));
+    h.close(conn(2));
+    assert_eq!(h.store.appends_for("bob").len(), 2);
+    assert_eq!(h.service.unacked_count(), 0);
+    assert_eq!(h.service.online_count(), 1);
+    // The timers were cancelled with them.
+    h.advance_to(10 * ACK_MS);
+    assert!(h.out.closed.is_empty());
+}
+
+#[test]
+fn a_newer_connection_for_a_name_wins() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.feed(conn(1), &message(1, "alice", "bob", "to the old bob"));
+    h.out.clear();
+    h.connect(conn(3), "bob");
+    assert_eq!(
+        h.out.closed,
+        [(conn(2), CloseReason::Replaced, CloseMode::Now)]
+    );
+    // The old connection's unanswered message went to the store, ahead of the new Load.
+    assert_eq!(h.store.appends_for("bob").len(), 1);
+    let last_request = h.store.requests.last().expect("a request");
+    assert!(matches!(last_request, StoreRequest::Load { user, .. } if user == b"bob"));
+    // New messages go to the new connection; the old one's close changes nothing.
+    h.close(conn(2));
+    let msg = message(2, "alice", "bob", "to the new bob");
+    h.feed(conn(1), &msg);
+    assert_eq!(h.out.sent_to(conn(3)), [msg]);
+    assert_eq!(h.service.online_count(), 2);
+}
+
+#[test]
+fn a_frame_with_another_src_closes_the_connection() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.out.clear();
+    h.feed(conn(1), &message(1, "mallory", "bob", "spoofed"));
+    assert_eq!(
+        h.out.closed,
+        [(conn(1), CloseReason::ProtocolError, CloseMode::Now)]
+    );
+    assert!(h.out.sent_to(conn(2)).is_empty());
+    assert_eq!(h.out.rejected, 1);
+}
+
+#[test]
+fn bad_types_lengths_and_empty_names_close_the_connection() {
+    for bad in [
+        frame(codec::TYPE_OFFLINE, 0, "alice", "bob", b"x"),
+        frame(7, 0, "alice", "bob", b"x"),
+        {
+            let mut short = message(0, "alice", "bob", "x").to_vec();
+            short[0] = 23;
+            short[1] = 0;
+            Bytes::from(short)
+        },
+        {
+            let mut long = message(0, "alice", "bob", "x").to_vec();
+            long[0] = 0x01;
+            long[1] = 0x04; // 1025
+            Bytes::from(long)
+        },
+        codec::encode(
+            codec::TYPE_MESSAGE,
+            0,
+            Name::from_field(&[0; 8]),
+            name("bob"),
+            b"x",
+        )
+        .expect("frame"),
+    ] {
+        let mut h = Harness::new();
+        h.service.on_accept(conn(1));
+        h.feed(conn(1), &bad);
+        assert_eq!(
+            h.out.closed,
+            [(conn(1), CloseReason::ProtocolError, CloseMode::Now)],
+            "frame {bad:02x?}"
+        );
+        assert_eq!(h.service.online_count(), 0);
+    }
+}
+
+#[test]
+fn an_answer_for_an_unknown_message_id_is_forwarded_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.out.clear();
+    let stray = answer(424242, "bob", "alice", b"200");
+    h.feed(conn(2), &stray);
+    assert_eq!(h.out.sent_to(conn(1)), [stray]);
+    assert!(h.out.closed.is_empty());
+}
+
+#[test]
+fn only_the_recipient_can_answer_a_message() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.connect(conn(3), "carol");
+    h.feed(conn(1), &message(0, "alice", "bob", "for bob"));
+    // Carol answers alice's message to bob: forwarded, but bob still owes the answer.
+    h.feed(conn(3), &answer(0, "carol", "alice", b"200"));
+    assert_eq!(h.service.unacked_count(), 1);
+    h.advance_to(ACK_MS + 10);
+    assert_eq!(
+        h.out.closed,
+        [(conn(2), CloseReason::Timeout, CloseMode::Now)]
+    );
+}
+
+#[test]
+fn an_answer_to_an_offline_user_is_dropped() {
+    let mut h = Harness::new();
+    h.connect(conn(2), "bob");
+    h.out.clear();
+    h.feed(conn(2), &answer(0, "bob", "alice", b"200"));
+    assert!(h.out.sent.is_empty());
+    assert!(
+        h.store.appends_for("alice").is_empty(),
+        "answers are never stored"
+    );
+}
+
+#[test]
+fn stored_frames_are_delivered_in_order_and_removed_only_once_written() {
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1));
+    h.feed(conn(1), &answer(0, "carol", "nobody", b"200"));
+    let (ticket, _) = h.store.loads()[0].clone();
+    let first = frame(codec::TYPE_OFFLINE, 0, "alice", "carol", b"one");
+    let second = frame(codec::TYPE_OFFLINE, 1, "alice", "carol", b"two");
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: vec![(10, first.clone()), (11, second.clone())],
+    });
+    let delivered: Vec<(ConnId, Bytes)> = h
+        .out
+        .notified
+        .iter()
+        .map(|(to, bytes, _)| (*to, bytes.clone()))
+        .collect();
+    assert_eq!(delivered, [(conn(1), first), (conn(1), second)]);
+    assert!(
+        h.store.removes().is_empty(),
+        "nothing removed before it is written"
+    );
+
+    let notes: Vec<u64> = h.out.notified.iter().map(|(_, _, note)| *note).collect();
+    h.service.on_notify(notes[0], true, &mut h.store);
+    // The second was never written (the connection closed): it stays stored.
+    h.service.on_notify(notes[1], false, &mut h.store);
+    assert_eq!(h.store.removes(), [(b"carol".to_vec(), vec![10])]);
+    // A note reported twice does nothing more.
+    h.service.on_notify(notes[0], true, &mut h.store);
+    assert_eq!(h.store.removes().len(), 1);
+}
+
+#[test]
+fn stored_frames_are_not_sent_to_a_connection_that_no_longer_holds_the_name() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "carol");
+    let (ticket, _) = h.store.loads()[0].clone();
+    h.connect(conn(2), "carol");
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: vec![(1, frame(codec::TYPE_OFFLINE, 0, "alice", "carol", b"x"))],
+    });
+    assert!(h.out.notified.is_empty());
+}
+
+#[test]
+fn a_reused_message_id_stores_the_older_pending_message() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.connect(conn(3), "carol");
+    h.feed(conn(1), &message(0, "alice", "bob", "old"));
+    // Alice's client restarted its counter: messageID 0 again, to carol.
+    h.feed(conn(1), &message(0, "alice", "carol", "new"));
+    let appends = h.store.appends_for("bob");
+    assert_eq!(
+        appends.len(),
+        1,
+        "the older message is kept for bob, not lost"
+    );
+    assert_eq!(&appends[0].1[24..], b"old");
+    assert_eq!(h.service.unacked_count(), 1);
+}
+
+#[test]
+fn too_many_unanswered_messages_to_one_recipient_go_to_its_store() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.out.clear();
+    for id in 0..6 {
+        h.feed(conn(1), &message(id, "alice", "bob", "m"));
+    }
+    // The harness allows 4 unanswered messages per recipient.
+    assert_eq!(h.out.sent_to(conn(2)).len(), 4);
+    assert_eq!(h.store.appends_for("bob").len(), 2);
+}
+
+#[test]
+fn a_message_to_oneself_is_forwarded_and_answerable() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.out.clear();
+    let note = message(0, "alice", "alice", "note to self");
+    h.feed(conn(1), &note);
+    assert_eq!(h.out.sent_to(conn(1)), [note]);
+    h.feed(conn(1), &answer(0, "alice", "alice", b"200"));
+    assert_eq!(h.service.unacked_count(), 0);
+}
+
+#[test]
+fn frames_split_at_every_byte_are_handled_the_same() {
+    let stream: Vec<u8> = [
+        message(0, "alice", "bob", "one"),
+        message(1, "alice", "bob", "two"),
+    ]
+    .concat();
+    for split in 0..=stream.len() {
+        let mut h = Harness::new();
+        h.connect(conn(2), "bob");
+        h.service.on_accept(conn(1));
+        h.out.clear();
+        let mut input = BytesMut::new();
+        for part in [&stream[..split], &stream[split..]] {
+            input.extend_from_slice(part);
+            h.service
+                .on_data(conn(1), &mut input, 0, &mut h.out, &mut h.store);
+        }
+        assert_eq!(h.out.sent_to(conn(2)).len(), 2, "split at {split}");
+    }
+}
