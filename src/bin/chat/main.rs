@@ -4,6 +4,7 @@
 //! protocols share the argument conventions (`--host`, `--port`, `--nick`). Each protocol's
 //! client lives in its own module; this file only parses arguments and dispatches.
 
+mod bin24;
 mod room;
 
 use std::process::ExitCode;
@@ -32,11 +33,16 @@ enum Command {
     /// Join the ROOM nickname chat room (default port 55555)
     #[command(long_about = room::LONG_ABOUT)]
     Room(room::RoomArgs),
+    /// Send and receive BIN24 direct messages, with delivery answers and offline storage
+    /// (default port 7000)
+    #[command(long_about = bin24::LONG_ABOUT)]
+    Bin24(bin24::Bin24Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Room(args) => room::run(args),
+        Command::Bin24(args) => bin24::run(args),
     }
 }

@@ -1,0 +1,733 @@
+//! `chat bin24` against a fake BIN24 server, over real sockets, driving the real binary; then
+//! two clients against the real server.
+//!
+//! The test thread plays the server one frame at a time (decoding with the library codec), so
+//! each test can check exactly which frames the client sends and can send what it needs to
+//! (stored messages, odd answers, a malformed frame, a hang-up).
+//!
+//! Every wait is for an event (a frame arriving, a line printed, the process exiting) and is
+//! bounded by `WAIT`, so a broken client fails with a message instead of hanging the suite.
+//! Children are killed on every path by `Drop`, panics included.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use switchboard::protocol::bin24::codec::{
+    decode, encode, encode_answer, Frame, Name, TYPE_ANSWER, TYPE_MESSAGE, TYPE_OFFLINE,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How long the server listens for frames that must NOT come. Only absence is checked this
+/// way: a slow client can make such a check pass wrongly, never fail wrongly.
+const QUIET: Duration = Duration::from_millis(300);
+
+fn name(text: &str) -> Name {
+    Name::new(text.as_bytes()).expect("a valid name")
+}
+
+struct FakeServer {
+    listener: TcpListener,
+    port: u16,
+}
+
+impl FakeServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake server");
+        let port = listener.local_addr().expect("fake server address").port();
+        FakeServer { listener, port }
+    }
+
+    /// Accepts the client's connection. std has no accept timeout, so a helper thread accepts
+    /// and the wait is on its channel; on timeout it stays blocked until the test process ends.
+    fn accept(&self) -> Peer {
+        let listener = self.listener.try_clone().expect("clone the listener");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(listener.accept());
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(Ok((stream, _))) => Peer {
+                stream,
+                pending: BytesMut::new(),
+            },
+            Ok(Err(e)) => panic!("fake server: accept failed: {e}"),
+            Err(_) => panic!("fake server: the client did not connect within {WAIT:?}"),
+        }
+    }
+
+    /// Accepts the client and checks its first frame: the registration, which must name the
+    /// user and have no effect for anyone else.
+    fn accept_registered(&self, user: &str) -> Peer {
+        let mut peer = self.accept();
+        let first = peer.frame();
+        assert_eq!(first.src(), name(user), "the registration frame's SRC");
+        assert_eq!(first.frame_type(), TYPE_ANSWER, "registration: {first:?}");
+        assert_eq!(first.dst(), name(user), "registration: {first:?}");
+        assert_eq!(first.message_id(), u32::MAX, "registration: {first:?}");
+        assert!(first.body().is_empty(), "registration: {first:?}");
+        peer
+    }
+}
+
+/// The server's end of one client connection.
+struct Peer {
+    stream: TcpStream,
+    pending: BytesMut,
+}
+
+enum Received {
+    Frame(Frame),
+    Closed,
+    Nothing,
+}
+
+impl Peer {
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("fake server: send");
+    }
+
+    /// The next frame, or the end of the stream, or nothing by `deadline`.
+    fn next(&mut self, deadline: Instant) -> Received {
+        let mut buf = [0u8; 4096];
+        loop {
+            match decode(&mut self.pending) {
+                Ok(Some(frame)) => return Received::Frame(frame),
+                Ok(None) => {}
+                Err(e) => panic!("fake server: the client sent a bad frame: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Received::Nothing;
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .expect("fake server: set read timeout");
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Received::Closed,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Received::Nothing
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A reset is the client going away too; what matters here is that it went.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Received::Closed,
+                Err(e) => panic!("fake server: read failed: {e}"),
+            }
+        }
+    }
+
+    fn frame(&mut self) -> Frame {
+        match self.next(Instant::now() + WAIT) {
+            Received::Frame(frame) => frame,
+            Received::Closed => panic!("fake server: connection closed, expected a frame"),
+            Received::Nothing => panic!("fake server: no frame within {WAIT:?}"),
+        }
+    }
+
+    /// Waits for the client to close the connection; every frame before the close is a
+    /// failure.
+    fn expect_close(&mut self) {
+        match self.next(Instant::now() + WAIT) {
+            Received::Closed => {}
+            Received::Frame(frame) => panic!("fake server: expected the close, got {frame:?}"),
+            Received::Nothing => panic!("fake server: the client did not close within {WAIT:?}"),
+        }
+    }
+
+    fn expect_quiet(&mut self, what: &str) {
+        match self.next(Instant::now() + QUIET) {
+            Received::Nothing => {}
+            Received::Frame(frame) => panic!("fake server: {what}, got {frame:?}"),
+            Received::Closed => panic!("fake server: {what}, but the client closed"),
+        }
+    }
+}
+
+#[track_caller]
+fn assert_frame(frame: &Frame, frame_type: u16, id: u32, src: &str, dst: &str, body: &[u8]) {
+    assert_eq!(
+        (
+            frame.frame_type(),
+            frame.message_id(),
+            frame.src(),
+            frame.dst(),
+            &frame.body()[..],
+        ),
+        (frame_type, id, name(src), name(dst), body),
+        "frame {frame:?}"
+    );
+}
+
+fn message(frame_type: u16, id: u32, from: &str, to: &str, text: &[u8]) -> Vec<u8> {
+    encode(frame_type, id, name(from), name(to), text)
+        .expect("a short message")
+        .to_vec()
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Collects a child pipe on a thread so the test can wait for text with a deadline.
+struct Output {
+    name: &'static str,
+    rx: Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    fn collect(name: &'static str, mut pipe: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Output {
+            name,
+            rx,
+            buf: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        show(&self.buf)
+    }
+
+    /// Waits until the output contains `want`; returns the whole output so far.
+    fn wait_for(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        while !self.text().contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: {want:?} did not appear within {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: closed before {want:?} appeared; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+        self.text()
+    }
+
+    /// Reads until the child closes the pipe (it has exited); returns the whole output.
+    fn wait_closed(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Disconnected) => return self.text(),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: still open after {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+    }
+}
+
+/// A running `chat` process with piped stdio; killed when dropped.
+struct Client {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Output,
+    stderr: Output,
+}
+
+impl Client {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the chat binary");
+        let stdout = Output::collect("stdout", child.stdout.take().expect("piped stdout"));
+        let stderr = Output::collect("stderr", child.stderr.take().expect("piped stderr"));
+        Client {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn bin24(port: u16, user: &str) -> Self {
+        Client::spawn(&["bin24", "--user", user, "--port", &port.to_string()])
+    }
+
+    fn type_text(&mut self, text: &[u8]) {
+        self.stdin
+            .as_mut()
+            .expect("stdin still open")
+            .write_all(text)
+            .expect("write to the client's stdin");
+    }
+
+    fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// std has no wait with a timeout; polling `try_wait` is the portable bounded wait.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.child.try_wait().expect("try_wait") {
+                Some(status) => return status,
+                None if Instant::now() >= deadline => panic!(
+                    "the client did not exit within {WAIT:?}; stderr: {:?}",
+                    self.stderr.text()
+                ),
+                None => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn registers_then_sends_addressed_and_default_lines() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    client.type_text(b"bob: hi\n");
+    let first = peer.frame();
+    assert_frame(&first, TYPE_MESSAGE, 0, "alice", "bob", b"hi");
+    assert_eq!(first.len(), 26, "exactly the header and `hi`");
+
+    client.type_text(b"/to bob\nagain\n");
+    // The frame right after `hi` is `again`: `/to` sent nothing.
+    assert_frame(&peer.frame(), TYPE_MESSAGE, 1, "alice", "bob", b"again");
+    client.stderr.wait_for("plain lines now go to bob");
+
+    // Addressed lines still go where they say, and count on.
+    client.type_text(b"carol: hey\r\n");
+    assert_frame(&peer.frame(), TYPE_MESSAGE, 2, "alice", "carol", b"hey");
+
+    client.close_stdin();
+    peer.expect_close();
+    assert!(client.wait_exit().success());
+    assert_eq!(client.stdout.wait_closed(), "", "sending prints nothing");
+}
+
+#[test]
+fn registration_echo_is_not_shown() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    // What our server does with it: forward it to its DST, the user itself.
+    peer.send(&encode_answer(u32::MAX, name("alice"), name("alice"), b""));
+    client.stderr.wait_for("signed in as alice");
+    peer.send(&message(TYPE_OFFLINE, 0, "bob", "alice", b"first"));
+    client.stdout.wait_for("bob (offline): first\n");
+
+    client.close_stdin();
+    peer.expect_close();
+    assert!(client.wait_exit().success());
+    assert_eq!(client.stdout.wait_closed(), "bob (offline): first\n");
+}
+
+#[test]
+fn incoming_message_is_shown_and_answered_200() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    peer.send(&message(TYPE_MESSAGE, 41, "carol", "alice", b"hello"));
+    client.stdout.wait_for("carol: hello\n");
+    let answer = peer.frame();
+    assert_frame(&answer, TYPE_ANSWER, 41, "alice", "carol", b"200");
+    peer.expect_quiet("one message, one answer");
+
+    // Bytes that are not UTF-8 are shown lossily, and still answered.
+    peer.send(&message(TYPE_MESSAGE, 42, "carol", "alice", b"caf\xe9"));
+    client.stdout.wait_for("carol: caf\u{fffd}\n");
+    assert_frame(&peer.frame(), TYPE_ANSWER, 42, "alice", "carol", b"200");
+}
+
+#[test]
+fn offline_message_is_shown_and_not_answered() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    peer.send(&message(
+        TYPE_OFFLINE,
+        3,
+        "dave",
+        "alice",
+        b"while you were out",
+    ));
+    client
+        .stdout
+        .wait_for("dave (offline): while you were out\n");
+    peer.expect_quiet("a stored message expects no answer");
+}
+
+#[test]
+fn answers_show_what_became_of_each_message() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    client.type_text(b"bob: one\nbob: two\nbob: three\nbob: four\n");
+    for id in 0..4 {
+        assert_eq!(peer.frame().message_id(), id);
+    }
+    // As the original client answers: the received len, "200\0" then whatever was in memory.
+    peer.send(&encode_answer(
+        0,
+        name("bob"),
+        name("alice"),
+        b"200\0garbage",
+    ));
+    client.stdout.wait_for("-> bob #0 delivered\n");
+    peer.send(&encode_answer(1, name("bob"), name("alice"), b"300"));
+    client
+        .stdout
+        .wait_for("-> bob #1 stored for later (recipient offline)\n");
+    peer.send(&encode_answer(2, name("bob"), name("alice"), b"507"));
+    client
+        .stdout
+        .wait_for("-> bob #2 refused: recipient's store is full\n");
+    peer.send(&encode_answer(3, name("bob"), name("alice"), b"418 teapot"));
+    client.stdout.wait_for("-> bob #3 answer 418 teapot\n");
+    peer.send(&encode_answer(99, name("eve"), name("alice"), b"200"));
+    client
+        .stdout
+        .wait_for("-> eve #99 answer to a message not sent in this session: 200\n");
+
+    client.close_stdin();
+    peer.expect_close();
+    assert!(client.wait_exit().success());
+}
+
+#[test]
+fn lines_over_1000_bytes_are_refused_not_cut() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    let longest = "x".repeat(1000);
+    client.type_text(format!("bob: {longest}y\n").as_bytes());
+    client.stderr.wait_for("1001 bytes not sent");
+    // A refused line uses no messageID, and the longest body goes out whole.
+    client.type_text(format!("bob: {longest}\n").as_bytes());
+    let frame = peer.frame();
+    assert_frame(&frame, TYPE_MESSAGE, 0, "alice", "bob", longest.as_bytes());
+    assert_eq!(frame.len(), 1024);
+
+    // Over the line limit: skipped whole, not sent in pieces.
+    client.type_text(format!("bob: {}\nbob: after\n", "z".repeat(100_000)).as_bytes());
+    assert_frame(&peer.frame(), TYPE_MESSAGE, 1, "alice", "bob", b"after");
+    client.stderr.wait_for("line longer than");
+}
+
+#[test]
+fn lines_without_a_recipient_are_refused() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    client.type_text(b"hello\n/who\n/to toolongname\n");
+    client.stderr.wait_for("no recipient");
+    client.stderr.wait_for("unknown command /who");
+    client.stderr.wait_for("at most 8 bytes");
+    client.type_text(b"bob: ok\n");
+    assert_frame(&peer.frame(), TYPE_MESSAGE, 0, "alice", "bob", b"ok");
+}
+
+#[test]
+fn quit_and_stdin_eof_exit_0() {
+    for ending in [&b"/quit\n"[..], b""] {
+        let server = FakeServer::start();
+        let mut client = Client::bin24(server.port, "alice");
+        let mut peer = server.accept_registered("alice");
+
+        client.type_text(b"bob: last\n");
+        client.type_text(ending);
+        client.close_stdin();
+        assert_frame(&peer.frame(), TYPE_MESSAGE, 0, "alice", "bob", b"last");
+        peer.expect_close();
+        let status = client.wait_exit();
+        let stderr = client.stderr.wait_closed();
+        assert!(status.success(), "status {status}, stderr: {stderr:?}");
+        assert!(
+            !stderr.contains("closed by the server"),
+            "stderr: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn server_hangup_exits_0_with_a_message() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let peer = server.accept_registered("alice");
+
+    drop(peer);
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert!(status.success(), "status {status}, stderr: {stderr:?}");
+    assert!(
+        stderr.contains("chat: connection closed by the server")
+            && stderr.contains("another connection with this user name replaced this one"),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn malformed_frame_from_the_server_exits_1() {
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+
+    // len 5: shorter than the header, so framing is lost.
+    peer.send(&[5, 0, 0, 0, 0, 0]);
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains("chat: bad frame from the server: "),
+        "stderr: {stderr:?}"
+    );
+    peer.expect_close();
+}
+
+#[test]
+fn sigterm_and_sigint_exit_0() {
+    for signal in ["TERM", "INT"] {
+        let server = FakeServer::start();
+        let mut client = Client::bin24(server.port, "alice");
+        let mut peer = server.accept_registered("alice");
+
+        client.signal(signal);
+        peer.expect_close();
+        let status = client.wait_exit();
+        assert!(status.success(), "SIG{signal}: status {status}");
+    }
+}
+
+#[test]
+fn connection_refused_exits_1_naming_the_address() {
+    let port = free_port();
+    let mut client = Client::bin24(port, "alice");
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("connect"),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn invalid_user_names_exit_2() {
+    for (user, problem) in [("", "empty"), ("ninechars", "at most 8 bytes")] {
+        let mut client = Client::bin24(1, user);
+        let status = client.wait_exit();
+        let stderr = client.stderr.wait_closed();
+        assert_eq!(status.code(), Some(2), "{user:?}: stderr: {stderr:?}");
+        assert!(stderr.contains(problem), "{user:?}: stderr: {stderr:?}");
+    }
+    // 8 bytes is the most the SRC field holds, and fine.
+    let server = FakeServer::start();
+    let _client = Client::bin24(server.port, "12345678");
+    server.accept_registered("12345678");
+}
+
+#[test]
+fn help_explains_the_input_and_the_fates() {
+    let mut client = Client::spawn(&["bin24", "--help"]);
+    assert!(client.wait_exit().success());
+    let help = client.stdout.wait_closed();
+    for needle in [
+        "bob: hello there",
+        "/to bob",
+        "/quit",
+        "\"200\"",
+        "delivered",
+        "stored for later",
+        "refused: recipient's store is full",
+        "no answer yet",
+        "(offline)",
+        "1000 bytes",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing from {help}");
+    }
+}
+
+// ---- against the real server ----
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "chat-bin24-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The real server, killed when dropped.
+struct Chatd {
+    child: Child,
+    port: u16,
+    _stderr: Output,
+}
+
+impl Chatd {
+    fn start(data: &TempDir) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(["--room-port", "0", "--bin24-port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the chatd binary");
+        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
+        let mut server = Chatd {
+            child,
+            port,
+            _stderr: stderr,
+        };
+        server.wait_listening();
+        server
+    }
+
+    /// Polls with a connect, since nothing else says when the port is open. The probe sends
+    /// nothing, so it never becomes a user.
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("chatd exited with {status} before listening");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chatd did not listen on port {} within {WAIT:?}",
+                self.port
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Chatd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_clients_talk_through_the_real_server() {
+    let data = TempDir::new();
+    let server = Chatd::start(&data);
+
+    let mut bob = Client::bin24(server.port, "bob");
+    bob.stderr.wait_for("signed in as bob");
+    let mut alice = Client::bin24(server.port, "alice");
+    alice.stderr.wait_for("signed in as alice");
+
+    alice.type_text(b"bob: hello bob\n");
+    bob.stdout.wait_for("alice: hello bob\n");
+    alice.stdout.wait_for("-> bob #0 delivered\n");
+
+    // Nobody named zed is connected: the server stores the message and says so.
+    alice.type_text(b"/to zed\nare you there?\n");
+    alice
+        .stdout
+        .wait_for("-> zed #1 stored for later (recipient offline)\n");
+
+    // ...and delivers it when zed comes, unanswered.
+    let mut zed = Client::bin24(server.port, "zed");
+    zed.stdout.wait_for("alice (offline): are you there?\n");
+
+    // Signing in as bob again replaces the first bob, which is told and exits 0.
+    let _bob_again = Client::bin24(server.port, "bob");
+    let status = bob.wait_exit();
+    let stderr = bob.stderr.wait_closed();
+    assert!(status.success(), "status {status}, stderr: {stderr:?}");
+    assert!(
+        stderr.contains("connection closed by the server"),
+        "stderr: {stderr:?}"
+    );
+
+    alice.close_stdin();
+    assert!(alice.wait_exit().success());
+    assert!(
+        !alice.stdout.wait_closed().contains("no answer yet"),
+        "every message was answered"
+    );
+}
