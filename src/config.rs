@@ -57,6 +57,9 @@ pub struct Config {
     pub bin24_ack_timeout_ms: u64,
     /// BIN24: most messages awaiting an answer from one recipient; more go to its store.
     pub bin24_unacked_per_recipient_max: usize,
+    /// BIN24: stored frames queued to a connecting user and not yet written, in bytes; its
+    /// backlog goes out a window at a time so it never trips the output limits.
+    pub bin24_offline_window_bytes: usize,
     /// Where the durable offline store lives; created if missing.
     pub data_dir: PathBuf,
     /// Offline store limits per user (the contract's 100,000 frames or 64 MiB); a frame that
@@ -94,6 +97,7 @@ impl Default for Config {
             room_handshake_timeout_ms: 60_000,
             bin24_ack_timeout_ms: 3_000,
             bin24_unacked_per_recipient_max: 10_000,
+            bin24_offline_window_bytes: 256 * 1024,
             data_dir: PathBuf::from("data"),
             offline_frames_per_user_max: 100_000,
             offline_bytes_per_user_max: 64 * 1024 * 1024,

@@ -52,6 +52,13 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     bin24_unacked_per_recipient_max: u64,
 
+    /// BIN24: stored frames sent to a connecting user ahead of what its socket has taken, in
+    /// bytes; a large backlog goes out a window at a time. Keep it below
+    /// --output-soft-bytes-max.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().bin24_offline_window_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    bin24_offline_window_bytes: u64,
+
     /// Directory of the durable offline store (BIN24); created if missing. A corrupt or
     /// unreadable store stops the server with an error, it is never reset silently.
     #[arg(long, value_name = "DIR", default_value = "data")]
@@ -161,6 +168,7 @@ impl Args {
             bin24_port: (self.bin24_port != 0).then_some(self.bin24_port),
             bin24_ack_timeout_ms: self.bin24_ack_timeout_ms,
             bin24_unacked_per_recipient_max: to_usize(self.bin24_unacked_per_recipient_max),
+            bin24_offline_window_bytes: to_usize(self.bin24_offline_window_bytes),
             data_dir: self.data_dir,
             offline_frames_per_user_max: self.offline_frames_per_user_max,
             offline_bytes_per_user_max: self.offline_bytes_per_user_max,

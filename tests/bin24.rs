@@ -388,3 +388,31 @@ fn frames_answered_300_survive_sigkill_and_arrive_exactly_once_in_order() {
     child.kill().expect("kill chatd");
     child.wait().expect("reap chatd");
 }
+
+#[test]
+fn a_backlog_larger_than_the_output_limit_is_delivered_whole() {
+    // 6,000 stored frames of about 1 KB: more than the 4 MiB hard output limit, which a
+    // backlog queued at once would trip, closing the user on every connect.
+    const MESSAGES: u32 = 6000;
+    let data = TempDir::new("bin24-backlog");
+    let server = TestServer::start(config(&data));
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    let body = "b".repeat(990);
+    for _ in 0..MESSAGES {
+        alice.send("erin", &body);
+    }
+    for _ in 0..MESSAGES {
+        let answer = alice.recv();
+        assert_eq!(answer.body, b"300", "{answer:?}");
+    }
+    let mut erin = Peer::connect(addr, "erin");
+    erin.register();
+    for id in 0..MESSAGES {
+        let got = erin.recv();
+        assert_eq!(got.frame_type, codec::TYPE_OFFLINE);
+        assert_eq!(got.message_id, id);
+    }
+    let stats = server.stop();
+    assert_eq!(stats.slow_consumer_closes, 0);
+}

@@ -357,9 +357,12 @@ impl Server {
         if self.table.notes_due.is_empty() {
             return;
         }
+        // Reported notes may queue more output (the next part of a backlog); it is flushed
+        // next turn, which polls without sleeping because the flush list is not empty.
         let notes = std::mem::take(&mut self.table.notes_due);
         for &(_, kind, note, written) in &notes {
-            self.services.on_notify(kind, note, written);
+            self.services
+                .on_notify(kind, note, written, &mut self.table);
         }
     }
 

@@ -78,6 +78,7 @@ impl Services {
                     Bin24Config {
                         ack_timeout_ms: config.bin24_ack_timeout_ms,
                         unacked_per_recipient_max: config.bin24_unacked_per_recipient_max,
+                        offline_window_bytes: config.bin24_offline_window_bytes,
                         timer_tick_ms: config.timer_tick_ms,
                     },
                     now_ms,
@@ -149,12 +150,20 @@ impl Services {
     }
 
     /// A buffer queued with `send_notify` was written (or never will be).
-    pub(crate) fn on_notify(&mut self, kind: ProtocolKind, note: u64, written: bool) {
+    pub(crate) fn on_notify<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        note: u64,
+        written: bool,
+        out: &mut O,
+    ) {
         match kind {
             ProtocolKind::Room => {}
             ProtocolKind::Bin24 => {
                 if let Some(bin24) = self.bin24.as_mut() {
-                    bin24.service.on_notify(note, written, &mut bin24.store);
+                    bin24
+                        .service
+                        .on_notify(note, written, out, &mut bin24.store);
                 }
             }
         }

@@ -2,9 +2,9 @@
 //! out. The durable store is reached through [`StoreSink`] and answers through
 //! [`Bin24Service::on_store_event`], so every rule is testable without sockets or disks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use log::{debug, warn};
 
 use super::codec::{self, Frame, Name};
@@ -25,6 +25,10 @@ pub struct Bin24Config {
     /// Most messages awaiting an answer from one recipient; beyond it, new messages to that
     /// recipient go to its offline store instead of its socket.
     pub unacked_per_recipient_max: usize,
+    /// Stored frames queued to a connection and not yet written, in bytes. A backlog (up to
+    /// the store's 64 MiB per user) goes out a window at a time, so it never trips the output
+    /// limits that protect the server from slow readers.
+    pub offline_window_bytes: usize,
     pub timer_tick_ms: u64,
 }
 
@@ -33,6 +37,7 @@ impl Default for Bin24Config {
         Bin24Config {
             ack_timeout_ms: 3_000,
             unacked_per_recipient_max: 10_000,
+            offline_window_bytes: 256 * 1024,
             timer_tick_ms: 10,
         }
     }
@@ -66,12 +71,19 @@ struct Bin24Conn {
     user: Option<Name>,
     /// Pending-ack keys of messages forwarded to this connection.
     unacked: Vec<(Name, u32)>,
+    /// Stored frames loaded for this connection and not yet queued to it, oldest first.
+    backlog: VecDeque<(u64, Bytes)>,
+    /// Bytes of stored frames queued to the socket and not yet written.
+    backlog_in_flight_bytes: usize,
 }
 
-/// A `send_notify` note: the stored frame `seq` of `user` has been written to its socket.
+/// What a `send_notify` note stands for: the stored frame `seq` of `user`, queued to `conn`.
 #[derive(Debug, Clone, Copy)]
 struct DeliveryNote {
+    user: Name,
+    conn: ConnId,
     seq: u64,
+    frame_bytes: usize,
 }
 
 pub struct Bin24Service {
@@ -84,8 +96,8 @@ pub struct Bin24Service {
     ack_deadlines: TimerWheel<(Name, u32)>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
-    /// Which user each delivered stored frame belongs to, by note.
-    delivery_users: HashMap<u64, (Name, DeliveryNote)>,
+    /// Stored frames queued to a socket, by note.
+    deliveries: HashMap<u64, DeliveryNote>,
     next_note: u64,
 }
 
@@ -104,7 +116,7 @@ impl Bin24Service {
             ack_deadlines,
             tickets: HashMap::new(),
             next_ticket: 0,
-            delivery_users: HashMap::new(),
+            deliveries: HashMap::new(),
             next_note: 0,
         }
     }
@@ -410,16 +422,10 @@ impl Bin24Service {
                 if self.users.get(&name) != Some(&conn) {
                     return;
                 }
-                for (seq, bytes) in frames {
-                    let note = self.next_note;
-                    self.next_note += 1;
-                    if !out.send_notify(conn, bytes, note) {
-                        // The connection went away: the rest stays stored for next time.
-                        break;
-                    }
-                    self.delivery_users
-                        .insert(note, (name, DeliveryNote { seq }));
+                if let Some(state) = self.conns.get_mut(conn) {
+                    state.backlog.extend(frames);
                 }
+                self.pump_backlog(conn, name, out);
             }
             StoreEvent::Failed { ticket, error } => {
                 warn!("offline store failed: {error}");
@@ -436,16 +442,65 @@ impl Bin24Service {
         }
     }
 
-    /// A frame sent with `send_notify` was written to the socket (`written`), or will never be
-    /// (the connection closed first): a written stored frame leaves the store.
-    pub fn on_notify<S: StoreSink>(&mut self, note: u64, written: bool, store: &mut S) {
-        if let Some((user, delivery)) = self.delivery_users.remove(&note) {
-            if written {
-                store.submit(StoreRequest::Remove {
-                    user: user.as_bytes().to_vec(),
-                    seqs: vec![delivery.seq],
-                });
+    /// Queue stored frames to `conn` while less than a window of them is unwritten.
+    fn pump_backlog<O: Outbox>(&mut self, conn: ConnId, user: Name, out: &mut O) {
+        let window_bytes = self.config.offline_window_bytes;
+        loop {
+            let Some(state) = self.conns.get_mut(conn) else {
+                return;
+            };
+            if state.backlog_in_flight_bytes >= window_bytes {
+                return;
             }
+            let Some((seq, bytes)) = state.backlog.pop_front() else {
+                return;
+            };
+            let frame_bytes = bytes.len();
+            let note = self.next_note;
+            self.next_note += 1;
+            if !out.send_notify(conn, bytes, note) {
+                // The connection is going away: the rest stays stored for next time.
+                state.backlog.clear();
+                return;
+            }
+            state.backlog_in_flight_bytes += frame_bytes;
+            self.deliveries.insert(
+                note,
+                DeliveryNote {
+                    user,
+                    conn,
+                    seq,
+                    frame_bytes,
+                },
+            );
+        }
+    }
+
+    /// A frame sent with `send_notify` was written to the socket (`written`), or will never be
+    /// (the connection closed first). A written stored frame leaves the store, and the next
+    /// part of the backlog goes out.
+    pub fn on_notify<O: Outbox, S: StoreSink>(
+        &mut self,
+        note: u64,
+        written: bool,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let Some(delivery) = self.deliveries.remove(&note) else {
+            return;
+        };
+        if !written {
+            return;
+        }
+        store.submit(StoreRequest::Remove {
+            user: delivery.user.as_bytes().to_vec(),
+            seqs: vec![delivery.seq],
+        });
+        if let Some(state) = self.conns.get_mut(delivery.conn) {
+            state.backlog_in_flight_bytes = state
+                .backlog_in_flight_bytes
+                .saturating_sub(delivery.frame_bytes);
+            self.pump_backlog(delivery.conn, delivery.user, out);
         }
     }
 

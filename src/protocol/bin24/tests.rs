@@ -92,6 +92,7 @@ impl Harness {
                 Bin24Config {
                     ack_timeout_ms: ACK_MS,
                     unacked_per_recipient_max: 4,
+                    offline_window_bytes: 100,
                     timer_tick_ms: 10,
                 },
                 0,
@@ -435,12 +436,15 @@ fn stored_frames_are_delivered_in_order_and_removed_only_once_written() {
     );
 
     let notes: Vec<u64> = h.out.notified.iter().map(|(_, _, note)| *note).collect();
-    h.service.on_notify(notes[0], true, &mut h.store);
+    h.service
+        .on_notify(notes[0], true, &mut h.out, &mut h.store);
     // The second was never written (the connection closed): it stays stored.
-    h.service.on_notify(notes[1], false, &mut h.store);
+    h.service
+        .on_notify(notes[1], false, &mut h.out, &mut h.store);
     assert_eq!(h.store.removes(), [(b"carol".to_vec(), vec![10])]);
     // A note reported twice does nothing more.
-    h.service.on_notify(notes[0], true, &mut h.store);
+    h.service
+        .on_notify(notes[0], true, &mut h.out, &mut h.store);
     assert_eq!(h.store.removes().len(), 1);
 }
 
@@ -523,4 +527,84 @@ fn frames_split_at_every_byte_are_handled_the_same() {
         }
         assert_eq!(h.out.sent_to(conn(2)).len(), 2, "split at {split}");
     }
+}
+
+#[test]
+fn a_large_backlog_goes_out_a_window_at_a_time() {
+    // The harness window is 100 bytes; each stored frame here is 64 bytes.
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1));
+    h.feed(conn(1), &answer(0, "carol", "nobody", b"200"));
+    let (ticket, _) = h.store.loads()[0].clone();
+    let frames: Vec<(u64, Bytes)> = (0..10u64)
+        .map(|seq| {
+            let body = [b'x'; 40];
+            (
+                seq,
+                frame(codec::TYPE_OFFLINE, seq as u32, "alice", "carol", &body),
+            )
+        })
+        .collect();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: frames.clone(),
+    });
+    assert_eq!(
+        h.out.notified.len(),
+        2,
+        "64 + 64 bytes reach the 100-byte window"
+    );
+
+    // Each written frame lets the next one out, in order, and leaves the store.
+    let mut next = 0;
+    while next < h.out.notified.len() {
+        let note = h.out.notified[next].2;
+        h.service.on_notify(note, true, &mut h.out, &mut h.store);
+        next += 1;
+    }
+    let delivered: Vec<Bytes> = h.out.notified.iter().map(|(_, b, _)| b.clone()).collect();
+    let expected: Vec<Bytes> = frames.iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(delivered, expected);
+    let removed: Vec<u64> = h
+        .store
+        .removes()
+        .into_iter()
+        .flat_map(|(_, seqs)| seqs)
+        .collect();
+    assert_eq!(removed, (0..10).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_backlog_stops_when_its_connection_goes_away() {
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1));
+    h.feed(conn(1), &answer(0, "carol", "nobody", b"200"));
+    let (ticket, _) = h.store.loads()[0].clone();
+    let frames: Vec<(u64, Bytes)> = (0..10u64)
+        .map(|seq| {
+            (
+                seq,
+                frame(
+                    codec::TYPE_OFFLINE,
+                    seq as u32,
+                    "alice",
+                    "carol",
+                    &[b'x'; 40],
+                ),
+            )
+        })
+        .collect();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames,
+    });
+    let first_note = h.out.notified[0].2;
+    // The connection closed before the first frame was written: nothing is removed and
+    // nothing more is sent.
+    h.service
+        .on_notify(first_note, false, &mut h.out, &mut h.store);
+    assert_eq!(h.out.notified.len(), 2);
+    assert!(h.store.removes().is_empty());
 }
