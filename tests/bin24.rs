@@ -416,3 +416,35 @@ fn a_backlog_larger_than_the_output_limit_is_delivered_whole() {
     let stats = server.stop();
     assert_eq!(stats.slow_consumer_closes, 0);
 }
+
+#[test]
+fn chatd_refuses_to_start_on_a_corrupt_store_and_leaves_it_alone() {
+    let data = TempDir::new("bin24-corrupt");
+    std::fs::create_dir_all(&data.0).expect("mkdir");
+    let file = data.0.join(switchboard::store::FILE_NAME);
+    let garbage = b"this is not a redb database, and it must not be reset".repeat(100);
+    std::fs::write(&file, &garbage).expect("write garbage");
+    let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args([
+            "--room-port",
+            "0",
+            "--bin24-port",
+            &free_port().to_string(),
+            "--data-dir",
+        ])
+        .arg(&data.0)
+        .output()
+        .expect("run chatd");
+    assert_eq!(output.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("cannot open the offline store"), "log: {log}");
+    assert!(
+        log.contains(&*file.to_string_lossy()),
+        "the error names the file: {log}"
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        garbage,
+        "the file is untouched"
+    );
+}
