@@ -11,9 +11,11 @@
 //! - `plan`: intended send times; `record`: the stamp in every message and its stream scanner
 //! - `stats`: histograms, sequence tracking, error counters; `report`: verdict, text, JSON
 //! - `room`: the ROOM scenario's mio loop
+//! - `bin24`: the BIN24 scenario: its loop, the per-message ledger, partners, stamp and report
 //! - `limits`: the open-files limit
 
 mod args;
+mod bin24;
 mod clock;
 mod limits;
 mod pacer;
@@ -30,8 +32,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 
 use crate::args::{parse_duration, resolve_loopback};
+use crate::bin24::topology::{self, Pattern, USERS_MAX};
+use crate::bin24::{Bin24Config, Bin24Error, STAMP_BYTES};
+use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::report::Report;
 use crate::room::{RoomConfig, RoomError};
@@ -54,6 +60,15 @@ const _: () =
     assert!(RATE_PER_S_MAX * (DURATION_MAX.as_secs() + WARMUP_MAX.as_secs()) <= u32::MAX as u64);
 /// Descriptors beyond the clients' sockets: stdio, epoll, timerfd, the JSON file, slack.
 const SPARE_FILES: u64 = 64;
+/// Default `--drain` of each scenario. BIN24's exceeds the server's 3 s answer timeout, so a
+/// recipient the server gives up on still has its messages answered "300" within the drain.
+const ROOM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
+const BIN24_DRAIN_DEFAULT: Duration = Duration::from_secs(5);
+/// BIN24 keeps 6 bytes per planned message (its fate and its write time): at most 120 MB.
+const BIN24_MESSAGES_MAX: u64 = 20_000_000;
+/// BIN24 bodies: the stamp, up to the largest body a frame carries.
+const BIN24_BODY_BYTES_MIN: usize = STAMP_BYTES;
+const BIN24_BODY_BYTES_MAX: usize = switchboard::protocol::bin24::codec::BODY_BYTES_MAX;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,6 +91,11 @@ enum Scenario {
     /// ROOM: clients join one chat room; senders send stamped messages on a fixed plan and
     /// every member (senders included) times and checks every relayed message.
     Room(RoomArgs),
+    /// BIN24: users send direct messages to a partner on a fixed plan; recipients answer
+    /// "200"; a share of the users stays offline, so messages to them are stored ("300") and
+    /// delivered as type 2 when the loadgen connects them at the end. Every message is
+    /// accounted for.
+    Bin24(Bin24Args),
 }
 
 /// Flags every scenario shares: where, how long, and where the results go.
@@ -95,9 +115,11 @@ struct CommonArgs {
     warmup: Duration,
 
     /// How long to wait after the last planned send for messages still in flight; messages not
-    /// delivered by then are losses. The run ends earlier once everything has arrived. At most 10m.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    drain: Duration,
+    /// delivered (room) or not answered (bin24) by then are losses. The run ends earlier once
+    /// everything has arrived. Default 2s for room, 5s for bin24 (more than the server's 3 s
+    /// answer timeout). At most 10m.
+    #[arg(long, value_parser = parse_duration)]
+    drain: Option<Duration>,
 
     /// Connections opened per second during the ramp-up (each one's connect latency is measured
     /// from its planned connect time). The ramp-up gives up after max(10 s, 3 x the planned
@@ -110,7 +132,8 @@ struct CommonArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
-    /// Seed for the run's random choices (which clients send), so a run can be repeated.
+    /// Seed for the run's random choices (room: which clients send; bin24: which users stay
+    /// offline), so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
@@ -149,10 +172,50 @@ struct RoomArgs {
     common: CommonArgs,
 }
 
+#[derive(Args, Debug)]
+struct Bin24Args {
+    /// Server port of the BIN24 listener.
+    #[arg(long, default_value_t = 7_000)]
+    port: u16,
+
+    /// Users, named lg00000, lg00001, ...: each online user has its own connection; the
+    /// offline ones connect at the end. From 2 to 10000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=USERS_MAX as u64))]
+    users: u64,
+
+    /// Each user sends to its pair: 0 <-> 1, 2 <-> 3, ... (the default; needs an even --users).
+    #[arg(long)]
+    pairs: bool,
+
+    /// Each user sends to the next one: i -> i + 1, the last to user 0.
+    #[arg(long, conflicts_with = "pairs")]
+    ring: bool,
+
+    /// Messages per second over all senders together (every online user that joined sends
+    /// rate/senders per second, evenly spaced, the senders phase-shifted).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=RATE_PER_S_MAX))]
+    rate: u64,
+
+    /// Share of the users that stay offline until the end (chosen with --seed): messages to
+    /// them are stored by the server and answered "300", then delivered as type 2 when the
+    /// loadgen connects them after the drain. From 0 to below 1.
+    #[arg(long, default_value_t = 0.1)]
+    offline_share: f64,
+
+    /// Bytes of each message's body, after the 24-byte header: the 28-byte stamp, padded.
+    /// From 28 to 1000.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Room(args) => run_room(args),
+        Scenario::Bin24(args) => run_bin24(args),
     }
 }
 
@@ -169,10 +232,52 @@ fn check_common(common: &CommonArgs) -> Result<(), String> {
     if common.warmup > WARMUP_MAX {
         return Err("--warmup must be at most 10m".into());
     }
-    if common.drain > DRAIN_MAX {
+    if common.drain.is_some_and(|drain| drain > DRAIN_MAX) {
         return Err("--drain must be at most 10m".into());
     }
     Ok(())
+}
+
+/// Creates the --json file before the run, so a bad path fails at once.
+type JsonOut<'a> = Option<(&'a PathBuf, BufWriter<File>)>;
+
+fn create_json(path: Option<&PathBuf>) -> Result<JsonOut<'_>, String> {
+    match path {
+        Some(path) => match File::create(path) {
+            Ok(file) => Ok(Some((path, BufWriter::new(file)))),
+            Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+        },
+        None => Ok(None),
+    }
+}
+
+/// No results: leave no empty JSON file behind for a script to mistake for some.
+fn discard_json(json_out: &mut JsonOut<'_>) {
+    if let Some((path, out)) = json_out.take() {
+        drop(out);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Prints the report, writes the JSON, and returns the exit code.
+fn deliver_report(
+    text: String,
+    report: &impl Serialize,
+    exit_code: i32,
+    json_out: &mut JsonOut<'_>,
+) -> ExitCode {
+    print!("{text}");
+    if let Some((path, out)) = json_out.as_mut() {
+        let written = serde_json::to_writer_pretty(&mut *out, report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            eprintln!("loadgen: writing {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::from(exit_code as u8)
 }
 
 fn run_room(args: RoomArgs) -> ExitCode {
@@ -202,12 +307,9 @@ fn run_room(args: RoomArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(clients as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let mut json_out = match &common.json {
-        Some(path) => match File::create(path) {
-            Ok(file) => Some((path, BufWriter::new(file))),
-            Err(e) => return refuse(format!("cannot create {}: {e}", path.display())),
-        },
-        None => None,
+    let mut json_out = match create_json(common.json.as_ref()) {
+        Ok(json_out) => json_out,
+        Err(why) => return refuse(why),
     };
 
     let cfg = RoomConfig {
@@ -217,7 +319,7 @@ fn run_room(args: RoomArgs) -> ExitCode {
         rate_per_s: args.rate,
         duration_us: common.duration.as_micros() as u64,
         warmup_us: common.warmup.as_micros() as u64,
-        drain_us: common.drain.as_micros() as u64,
+        drain_us: common.drain.unwrap_or(ROOM_DRAIN_DEFAULT).as_micros() as u64,
         message_bytes: args.payload_bytes,
         connect_rate_per_s: common.connect_rate,
         seed: common.seed,
@@ -226,11 +328,7 @@ fn run_room(args: RoomArgs) -> ExitCode {
     let outcome = match room::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            // No results: leave no empty JSON file behind for a script to mistake for some.
-            if let Some(path) = &common.json {
-                drop(json_out.take());
-                let _ = std::fs::remove_file(path);
-            }
+            discard_json(&mut json_out);
             return match e {
                 RoomError::Unreachable(why) => refuse(format!(
                     "no client could join a ROOM server at {target}: {why}"
@@ -241,16 +339,102 @@ fn run_room(args: RoomArgs) -> ExitCode {
     };
 
     let report = Report::room(&cfg, senders, common.strict, &outcome);
-    print!("{}", report.to_text());
-    if let Some((path, out)) = json_out.as_mut() {
-        let written = serde_json::to_writer_pretty(&mut *out, &report)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        if let Err(e) = written {
-            eprintln!("loadgen: writing {}: {e}", path.display());
-            return ExitCode::from(1);
-        }
+    deliver_report(
+        report.to_text(),
+        &report,
+        report.outcome.exit_code,
+        &mut json_out,
+    )
+}
+
+fn run_bin24(args: Bin24Args) -> ExitCode {
+    let common = &args.common;
+    if let Err(why) = check_common(common) {
+        return refuse(why);
     }
-    ExitCode::from(report.outcome.exit_code as u8)
+    let users = args.users as usize;
+    let pattern = if args.ring {
+        Pattern::Ring
+    } else {
+        Pattern::Pairs
+    };
+    if let Err(why) = pattern.check(users) {
+        return refuse(why);
+    }
+    if !(0.0..1.0).contains(&args.offline_share) {
+        return refuse("--offline-share must be at least 0 and below 1");
+    }
+    if topology::offline_count(users, args.offline_share) >= users {
+        return refuse("--offline-share leaves no user online to send");
+    }
+    if !(BIN24_BODY_BYTES_MIN..=BIN24_BODY_BYTES_MAX).contains(&args.payload_bytes) {
+        return refuse(format!(
+            "--payload-bytes must be between {BIN24_BODY_BYTES_MIN} (the stamp) and \
+             {BIN24_BODY_BYTES_MAX} (the largest BIN24 body)"
+        ));
+    }
+    let drain = common.drain.unwrap_or(BIN24_DRAIN_DEFAULT);
+    let window_us = (common.warmup + common.duration).as_micros();
+    let planned = (window_us * u128::from(args.rate)).div_ceil(1_000_000);
+    if planned > u128::from(BIN24_MESSAGES_MAX) {
+        return refuse(format!(
+            "--rate x (--warmup + --duration) plans {planned} messages; at most \
+             {BIN24_MESSAGES_MAX} (every message is tracked until it is accounted for)"
+        ));
+    }
+    let target = match resolve_loopback(&common.host, args.port) {
+        Ok(target) => target,
+        Err(why) => return refuse(why),
+    };
+    if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
+        return refuse(why);
+    }
+    let mut json_out = match create_json(common.json.as_ref()) {
+        Ok(json_out) => json_out,
+        Err(why) => return refuse(why),
+    };
+
+    let cfg = Bin24Config {
+        target,
+        users,
+        pattern,
+        offline: topology::choose_offline(users, args.offline_share, common.seed),
+        rate_per_s: args.rate,
+        duration_us: common.duration.as_micros() as u64,
+        warmup_us: common.warmup.as_micros() as u64,
+        drain_us: drain.as_micros() as u64,
+        body_bytes: args.payload_bytes,
+        connect_rate_per_s: common.connect_rate,
+        run_id: run_id(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let outcome = match bin24::run(&cfg) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            discard_json(&mut json_out);
+            return match e {
+                Bin24Error::Unreachable(why) => refuse(format!(
+                    "no user could join a BIN24 server at {target}: {why}"
+                )),
+                Bin24Error::Setup(why) => refuse(format!("setup failed: {why}")),
+            };
+        }
+    };
+    let report = bin24::report::Report::new(&cfg, common.seed, common.strict, &outcome);
+    deliver_report(
+        report.to_text(),
+        &report,
+        report.outcome.exit_code,
+        &mut json_out,
+    )
+}
+
+/// A run id for the message stamps: differs between runs, so frames an earlier run left in
+/// the server's store are recognised as not this run's.
+fn run_id() -> u32 {
+    let wall_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut mix = SplitMix64(wall_ns ^ u64::from(std::process::id()).rotate_left(32));
+    mix.next() as u32
 }

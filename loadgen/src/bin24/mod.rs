@@ -1,0 +1,1313 @@
+//! The BIN24 scenario: users send direct messages to a partner (pairs or a ring) on the plan;
+//! recipients answer "200" at once; a share of the recipients stays offline, so messages to
+//! them are stored by the server (answered "300") and delivered as type 2 when the loadgen
+//! connects those users at the end. Every message is accounted for by the [`Ledger`].
+//!
+//! Phases, all bounded in time:
+//! 1. Ramp-up: the online users connect at `--connect-rate`. A connection's first frame makes
+//!    its user exist on the server; the loadgen sends a "hello" message to itself (type 0,
+//!    messageID 0, SRC = DST = the user) and counts the user joined when that hello comes
+//!    back forwarded: the server has registered the name, so messages to it will not be stored
+//!    by mistake. The hello is answered like any message.
+//! 2. Send: every online user that joined is a sender; the plan (shared with ROOM) spreads
+//!    `--rate` over them, each message with its intended time. messageIDs: 0 is the hello,
+//!    message `seq` of a sender's plan is `seq + 1`.
+//! 3. Drain: until every written message has an answer ("200", "300" or "507"), or `--drain`.
+//! 4. Reconnect: the offline users, and any user with messages answered "300" and not yet
+//!    delivered (one whose connection was lost, or one the server stored for because it did
+//!    not answer in time), connect (the others' connections are closed first); their stored
+//!    messages arrive as type 2. Ends when every "300" message has been delivered, or
+//!    `--drain` after the last of these users joined.
+//!
+//! The loop is ROOM's (see `room.rs`): one mio poll, sockets registered READABLE|WRITABLE once,
+//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+
+mod ledger;
+pub mod report;
+mod stamp;
+pub mod topology;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use switchboard::protocol::bin24::codec::{
+    self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
+    TYPE_MESSAGE, TYPE_OFFLINE,
+};
+
+use crate::clock::Clock;
+use crate::pacer::Pacer;
+use crate::plan::Plan;
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
+pub use ledger::Tally;
+use ledger::{Answer, Ledger, Via};
+use stamp::Stamp;
+pub use stamp::STAMP_BYTES;
+use topology::{user_name, Pattern};
+
+/// The pacer's token; user `i` has token `i + 1`.
+const TIMER: Token = Token(0);
+/// The messageID of the hello each connection sends to itself first.
+const HELLO_ID: u32 = 0;
+const HELLO_BODY: &[u8] = b"hello";
+const READ_BUF_BYTES: usize = 64 * 1024;
+/// Most bytes read from one connection per turn before the others get their turn.
+const READ_BUDGET_BYTES: usize = 256 * 1024;
+/// Messages a sender may hold while its socket is not writable; beyond this (or the byte cap)
+/// a due message is counted "not sent". Answers are never dropped: the server closes a
+/// recipient that does not answer, so they are queued whatever the backlog.
+const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
+const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
+/// Look for due sends after this many events or bytes read (see `room.rs`).
+const EVENTS_PER_SEND_CHECK: usize = 64;
+const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
+/// Between the last join and the first planned message.
+const START_DELAY_US: u64 = 50_000;
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+/// A connection wave (ramp-up, reconnect) gives up after max(this, 3 times its planned time).
+const WAVE_TIMEOUT_MIN_US: u64 = 10_000_000;
+/// Connections per user in the reconnect phase: a user the server closes while stored messages
+/// for it are still missing connects again, at most this many times in all.
+const RECONNECT_ATTEMPTS_MAX: u32 = 3;
+const RECONNECT_RETRY_DELAY_US: u64 = 10_000;
+/// How often to look at the send queues for the drain's completion check.
+const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
+const PROGRESS_INTERVAL_US: u64 = 1_000_000;
+
+/// The scenario's settings, validated by the caller.
+#[derive(Clone, Debug)]
+pub struct Bin24Config {
+    pub target: SocketAddr,
+    pub users: usize,
+    pub pattern: Pattern,
+    /// Which users stay offline until the reconnect phase (`offline[i]`).
+    pub offline: Vec<bool>,
+    pub rate_per_s: u64,
+    pub duration_us: u64,
+    pub warmup_us: u64,
+    pub drain_us: u64,
+    /// Bytes of each message's body (after the 24-byte header), the stamp included.
+    pub body_bytes: usize,
+    pub connect_rate_per_s: u64,
+    /// Written into every stamp; stored frames of an earlier run carry another.
+    pub run_id: u32,
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub enum Bin24Error {
+    /// The loadgen could not set itself up (poll, timer).
+    Setup(String),
+    /// Not one online user could join: there is no server to measure.
+    Unreachable(String),
+}
+
+/// The latencies, in µs. Ack and delivery latencies are measured from the intended send time.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// "200" received by the sender.
+    pub ack_delivered: LatencyHistogram,
+    /// "300" received by the sender: includes the store's durable (group) commit.
+    pub ack_stored: LatencyHistogram,
+    /// "507" received by the sender.
+    pub ack_full: LatencyHistogram,
+    /// Any first answer minus the actual write (not from the intended time; diagnostic only).
+    pub service_time: LatencyHistogram,
+    /// type 0 received by the recipient.
+    pub delivery_live: LatencyHistogram,
+    /// type 2 received, from the recipient's intended reconnect time.
+    pub delivery_stored: LatencyHistogram,
+    /// Hello echoed, from the intended connect time (ramp-up).
+    pub connect: LatencyHistogram,
+    /// Same, for the reconnect phase.
+    pub reconnect: LatencyHistogram,
+    pub send_lag: LatencyHistogram,
+    pub schedule_lateness: LatencyHistogram,
+    pub socket_blocked: LatencyHistogram,
+}
+
+/// Everything measured, raw; the report computes the figures.
+#[derive(Debug)]
+pub struct Bin24Outcome {
+    pub online_requested: usize,
+    pub online_joined: usize,
+    pub plan: Plan,
+    pub latency: Latencies,
+    pub tally: Tally,
+    pub errors: ErrorCounts,
+    pub sent: u64,
+    pub sent_in_window: u64,
+    /// First answers received inside the measured window.
+    pub answered_in_window: u64,
+    pub delivered_live_in_window: u64,
+    pub not_sent_queue_full: u64,
+    pub not_sent_connection_lost: u64,
+    pub not_sent_at_end: u64,
+    /// Frames not of this run: an earlier run's stored messages, another client's.
+    pub foreign_frames: u64,
+    /// This run's hellos delivered as type 2: stored when the server closed a connection
+    /// before its hello was answered.
+    pub stored_hellos: u64,
+    /// Users connected in the reconnect phase, and how many of them got there.
+    pub reconnect_requested: usize,
+    pub reconnect_joined: usize,
+    /// Users connected in the reconnect phase that had been connected before.
+    pub reconnect_of_online: usize,
+    /// Extra connections of users the server closed during the reconnect phase.
+    pub reconnect_retries: u64,
+    /// type 2 frames of this run received (duplicates included).
+    pub stored_frames: u64,
+    pub ramp_us: u64,
+    pub drain_used_us: u64,
+    pub drain_timed_out: bool,
+    pub reconnect_used_us: u64,
+    pub reconnect_timed_out: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UserPhase {
+    /// Not connected (offline, waiting for its turn, or closed by the loadgen to reconnect).
+    Idle,
+    Connecting,
+    /// Connected, the hello is (being) written; waiting for it to come back.
+    AwaitEcho,
+    Joined,
+    /// Gave up on this connection (the error was counted).
+    Failed,
+}
+
+/// One queued message of a sender: where it ends in `out`, and its times.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    end: usize,
+    g: u64,
+    intended_us: u64,
+    noticed_us: u64,
+}
+
+struct User {
+    name: Name,
+    partner: usize,
+    offline: bool,
+    /// The sender ordinal in the plan, if it sends.
+    sender: Option<u32>,
+    stream: Option<TcpStream>,
+    phase: UserPhase,
+    readable: bool,
+    writable: bool,
+    inbuf: BytesMut,
+    /// Bytes to write are `out[written..]`: the hello, answers, messages.
+    out: Vec<u8>,
+    written: usize,
+    queue: VecDeque<Queued>,
+    dirty: bool,
+    intended_connect_us: u64,
+    /// Part of the current connection wave and not yet joined or failed.
+    in_wave: bool,
+    /// Connected in the reconnect phase.
+    reconnecting: bool,
+    ever_joined: bool,
+    /// Connections made in the reconnect phase.
+    reconnect_attempts: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Ramp,
+    Send,
+    Drain {
+        deadline_us: u64,
+    },
+    /// `deadline_us` is set once every user of the wave has joined or failed: `--drain` more
+    /// to receive the stored messages.
+    Reconnect {
+        deadline_us: Option<u64>,
+    },
+    Done,
+}
+
+struct Measurements {
+    latency: Latencies,
+    errors: ErrorCounts,
+    sent_total: u64,
+    sent_in_window: u64,
+    answered_in_window: u64,
+    delivered_live_in_window: u64,
+    not_sent_queue_full: u64,
+    not_sent_connection_lost: u64,
+    not_sent_at_end: u64,
+    foreign_frames: u64,
+    stored_hellos: u64,
+    stored_frames: u64,
+}
+
+struct Run<'a> {
+    cfg: &'a Bin24Config,
+    clock: Clock,
+    poll: Poll,
+    pacer: Pacer,
+    users: Vec<User>,
+    /// User index of each sender ordinal.
+    senders: Vec<usize>,
+    /// Per planned message: actual write completion minus intended time, µs (for the
+    /// service time).
+    write_lag_us: Vec<u32>,
+    ledger: Ledger,
+    read_buf: Vec<u8>,
+    body_buf: Vec<u8>,
+    m: Measurements,
+    dirty: Vec<usize>,
+    still_ready: Vec<usize>,
+    phase: Phase,
+    plan: Option<Plan>,
+    next_g: u64,
+    /// The current connection wave, in connect order, and how far it has got.
+    wave: Vec<usize>,
+    next_connect: usize,
+    wave_unsettled: usize,
+    wave_deadline_us: u64,
+    ramp_start_us: u64,
+    ramp_end_us: u64,
+    drain_start_us: Option<u64>,
+    drain_timed_out: bool,
+    reconnect_start_us: Option<u64>,
+    reconnect_timed_out: bool,
+    done_us: u64,
+    reconnect_of_online: usize,
+    reconnect_retries: u64,
+    next_check_us: u64,
+    progress_next_us: u64,
+    bytes_since_send_check: usize,
+}
+
+/// Runs the scenario to the end (every phase has a deadline).
+pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, Bin24Error> {
+    let setup = |what: &str, e: io::Error| Bin24Error::Setup(format!("{what}: {e}"));
+    let clock = Clock::start().map_err(|e| setup("clock", e))?;
+    let poll = Poll::new().map_err(|e| setup("poll", e))?;
+    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
+    pacer
+        .register(poll.registry(), TIMER)
+        .map_err(|e| setup("register timerfd", e))?;
+    let users = (0..cfg.users)
+        .map(|i| User {
+            name: user_name(i),
+            partner: cfg.pattern.partner(i, cfg.users),
+            offline: cfg.offline.get(i).copied().unwrap_or(false),
+            sender: None,
+            stream: None,
+            phase: UserPhase::Idle,
+            readable: false,
+            writable: false,
+            inbuf: BytesMut::new(),
+            out: Vec::new(),
+            written: 0,
+            queue: VecDeque::new(),
+            dirty: false,
+            intended_connect_us: 0,
+            in_wave: false,
+            reconnecting: false,
+            ever_joined: false,
+            reconnect_attempts: 0,
+        })
+        .collect();
+    let now_us = clock.now_us();
+    let mut run = Run {
+        cfg,
+        clock,
+        poll,
+        pacer,
+        users,
+        senders: Vec::new(),
+        write_lag_us: Vec::new(),
+        ledger: Ledger::default(),
+        read_buf: vec![0; READ_BUF_BYTES],
+        body_buf: vec![0; cfg.body_bytes.max(STAMP_BYTES)],
+        m: Measurements {
+            latency: Latencies::default(),
+            errors: ErrorCounts::default(),
+            sent_total: 0,
+            sent_in_window: 0,
+            answered_in_window: 0,
+            delivered_live_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            not_sent_at_end: 0,
+            foreign_frames: 0,
+            stored_hellos: 0,
+            stored_frames: 0,
+        },
+        dirty: Vec::new(),
+        still_ready: Vec::new(),
+        phase: Phase::Ramp,
+        plan: None,
+        next_g: 0,
+        wave: Vec::new(),
+        next_connect: 0,
+        wave_unsettled: 0,
+        wave_deadline_us: 0,
+        ramp_start_us: now_us,
+        ramp_end_us: now_us,
+        drain_start_us: None,
+        drain_timed_out: false,
+        reconnect_start_us: None,
+        reconnect_timed_out: false,
+        done_us: now_us,
+        reconnect_of_online: 0,
+        reconnect_retries: 0,
+        next_check_us: now_us,
+        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        bytes_since_send_check: 0,
+    };
+    let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
+    run.start_wave(online, now_us);
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+impl Run<'_> {
+    fn event_loop(&mut self) -> Result<(), Bin24Error> {
+        let mut events = Events::with_capacity(1024);
+        while self.phase != Phase::Done {
+            self.advance()?;
+            if self.phase == Phase::Done {
+                break;
+            }
+            self.pacer
+                .arm_at(self.next_wake_us())
+                .map_err(|e| Bin24Error::Setup(format!("arming the timerfd: {e}")))?;
+            let timeout = if self.still_ready.is_empty() {
+                POLL_TIMEOUT_MAX
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Bin24Error::Setup(format!("poll: {e}")));
+            }
+            let mut handled = 0usize;
+            for event in events.iter() {
+                if event.token() == TIMER {
+                    if let Err(e) = self.pacer.acknowledge() {
+                        return Err(Bin24Error::Setup(format!("reading the timerfd: {e}")));
+                    }
+                    continue;
+                }
+                let index = event.token().0 - 1;
+                let Some(user) = self.users.get_mut(index) else {
+                    continue;
+                };
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    user.readable = true;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    user.writable = true;
+                }
+                self.drive(index);
+                handled += 1;
+                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
+                    self.send_due();
+                }
+            }
+            for index in std::mem::take(&mut self.still_ready) {
+                self.drive(index);
+            }
+            self.flush_dirty();
+        }
+        if self.cfg.progress {
+            eprintln!();
+        }
+        Ok(())
+    }
+
+    /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
+    fn advance(&mut self) -> Result<(), Bin24Error> {
+        let now_us = self.clock.now_us();
+        match self.phase {
+            Phase::Ramp => {
+                self.connect_due(now_us);
+                if self.wave_settled() {
+                    self.start_sending(now_us)?;
+                }
+            }
+            Phase::Send => {
+                self.send_due();
+                if self
+                    .plan
+                    .as_ref()
+                    .is_some_and(|p| self.next_g >= p.messages)
+                {
+                    let now_us = self.clock.now_us();
+                    self.drain_start_us = Some(now_us);
+                    self.next_check_us = now_us;
+                    self.phase = Phase::Drain {
+                        deadline_us: now_us + self.cfg.drain_us,
+                    };
+                }
+            }
+            Phase::Drain { deadline_us } => {
+                self.flush_dirty();
+                if now_us >= self.next_check_us {
+                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                    let queued = self.users.iter().any(|u| !u.queue.is_empty());
+                    if !queued && self.ledger.unresolved() == 0 {
+                        self.start_reconnect(now_us);
+                    } else if now_us >= deadline_us {
+                        self.drain_timed_out = true;
+                        self.start_reconnect(now_us);
+                    }
+                }
+            }
+            Phase::Reconnect { deadline_us } => {
+                self.connect_due(now_us);
+                if self.wave_settled() {
+                    if self.ledger.awaiting_redelivery() == 0 {
+                        self.phase = Phase::Done;
+                    } else {
+                        match deadline_us {
+                            None => {
+                                self.phase = Phase::Reconnect {
+                                    deadline_us: Some(now_us + self.cfg.drain_us),
+                                };
+                            }
+                            Some(deadline_us) if now_us >= deadline_us => {
+                                self.reconnect_timed_out = true;
+                                self.phase = Phase::Done;
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            Phase::Done => {}
+        }
+        if self.phase == Phase::Done {
+            self.done_us = now_us;
+        }
+        if self.cfg.progress && now_us >= self.progress_next_us {
+            self.progress_line(now_us);
+            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
+        }
+        Ok(())
+    }
+
+    fn next_wake_us(&self) -> u64 {
+        let next_connect_us = self
+            .wave
+            .get(self.next_connect)
+            .map_or(u64::MAX, |&u| self.users[u].intended_connect_us);
+        let phase_us = match self.phase {
+            Phase::Ramp => next_connect_us.min(self.wave_deadline_us),
+            Phase::Send => self
+                .plan
+                .as_ref()
+                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
+            // The deadline is looked at with the completion check, on its cadence.
+            Phase::Drain { .. } => self.next_check_us,
+            Phase::Reconnect { deadline_us: None } => next_connect_us.min(self.wave_deadline_us),
+            Phase::Reconnect {
+                deadline_us: Some(deadline_us),
+            } => deadline_us,
+            Phase::Done => u64::MAX,
+        };
+        if self.cfg.progress {
+            phase_us.min(self.progress_next_us)
+        } else {
+            phase_us
+        }
+    }
+
+    /// Starts connecting `users`, spaced at the connect rate from `now_us`.
+    fn start_wave(&mut self, users: Vec<usize>, now_us: u64) {
+        let rate = self.cfg.connect_rate_per_s.max(1);
+        for (k, &u) in users.iter().enumerate() {
+            let user = &mut self.users[u];
+            user.intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
+            user.in_wave = true;
+        }
+        let planned_us = (users.len() as u64 * 1_000_000).div_ceil(rate);
+        self.wave_deadline_us = now_us + WAVE_TIMEOUT_MIN_US.max(planned_us * 3);
+        self.wave_unsettled = users.len();
+        self.wave = users;
+        self.next_connect = 0;
+    }
+
+    /// Connects the wave's users that are due; fails those still unsettled at its deadline.
+    fn connect_due(&mut self, now_us: u64) {
+        while let Some(&u) = self.wave.get(self.next_connect) {
+            if self.users[u].intended_connect_us > now_us {
+                break;
+            }
+            self.next_connect += 1;
+            self.connect(u);
+        }
+        if now_us >= self.wave_deadline_us && self.wave_unsettled > 0 {
+            for u in self.wave.clone() {
+                if self.users[u].in_wave {
+                    self.close_failed(u, ErrorKind::Connect, || {
+                        "timed out before its hello came back".to_string()
+                    });
+                }
+            }
+            self.next_connect = self.wave.len();
+        }
+    }
+
+    fn wave_settled(&self) -> bool {
+        self.next_connect == self.wave.len() && self.wave_unsettled == 0
+    }
+
+    fn settle(&mut self, u: usize) {
+        if std::mem::take(&mut self.users[u].in_wave) {
+            self.wave_unsettled -= 1;
+        }
+    }
+
+    fn connect(&mut self, u: usize) {
+        match TcpStream::connect(self.cfg.target) {
+            Ok(mut stream) => {
+                // No Nagle: small frames, and an answer held back by Nagle would be the
+                // loadgen's delay blamed on the server.
+                if let Err(e) = stream.set_nodelay(true) {
+                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
+                    return;
+                }
+                let registered = self.poll.registry().register(
+                    &mut stream,
+                    Token(u + 1),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                if let Err(e) = registered {
+                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
+                    return;
+                }
+                let user = &mut self.users[u];
+                user.stream = Some(stream);
+                user.phase = UserPhase::Connecting;
+                user.readable = false;
+                user.writable = false;
+            }
+            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    /// The ramp-up is over: every online user that joined sends; fix the plan.
+    fn start_sending(&mut self, now_us: u64) -> Result<(), Bin24Error> {
+        self.ramp_end_us = now_us;
+        self.senders = (0..self.users.len())
+            .filter(|&u| self.users[u].phase == UserPhase::Joined)
+            .collect();
+        if self.senders.is_empty() {
+            let why = self
+                .m
+                .errors
+                .first
+                .first()
+                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
+            return Err(Bin24Error::Unreachable(why));
+        }
+        for (ordinal, &u) in self.senders.iter().enumerate() {
+            self.users[u].sender = Some(ordinal as u32);
+        }
+        let plan = Plan::new(
+            self.senders.len() as u32,
+            self.cfg.rate_per_s,
+            now_us + START_DELAY_US,
+            self.cfg.warmup_us,
+            self.cfg.duration_us,
+        );
+        // The caller bounds the plan's size (see `main.rs`), so it fits in memory and in usize.
+        let messages = usize::try_from(plan.messages).unwrap_or(usize::MAX);
+        self.ledger = Ledger::new(messages);
+        self.write_lag_us = vec![0; messages];
+        self.plan = Some(plan);
+        self.phase = Phase::Send;
+        Ok(())
+    }
+
+    /// After the drain: connect the offline users and every user with stored messages pending.
+    fn start_reconnect(&mut self, now_us: u64) {
+        self.reconnect_start_us = Some(now_us);
+        let mut wanted: Vec<bool> = self.users.iter().map(|u| u.offline).collect();
+        for g in self.ledger.awaiting_redelivery_iter() {
+            if let Some(recipient) = self.recipient_of(g) {
+                wanted[recipient] = true;
+            }
+        }
+        let wave: Vec<usize> = (0..self.users.len()).filter(|&u| wanted[u]).collect();
+        for &u in &wave {
+            if self.users[u].stream.is_some() || self.users[u].phase == UserPhase::Failed {
+                self.reconnect_of_online += 1;
+            }
+            self.close_quietly(u);
+            self.users[u].reconnecting = true;
+            self.users[u].reconnect_attempts = 1;
+        }
+        self.start_wave(wave, now_us);
+        self.phase = Phase::Reconnect { deadline_us: None };
+    }
+
+    /// The user that receives planned message `g`.
+    fn recipient_of(&self, g: u64) -> Option<usize> {
+        let plan = self.plan.as_ref()?;
+        let sender = *self.senders.get(plan.sender_of(g) as usize)?;
+        Some(self.users[sender].partner)
+    }
+
+    /// Queues every planned message that is due, then writes.
+    fn send_due(&mut self) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.bytes_since_send_check = 0;
+        let now_us = self.clock.now_us();
+        let senders = u64::from(plan.senders);
+        while self.next_g < plan.messages {
+            let intended_us = plan.intended_us(self.next_g);
+            if intended_us > now_us {
+                break;
+            }
+            let g = self.next_g;
+            self.next_g += 1;
+            let u = self.senders[plan.sender_of(g) as usize];
+            let seq = g / senders;
+            let user = &self.users[u];
+            if user.phase != UserPhase::Joined {
+                self.m.not_sent_connection_lost += 1;
+                continue;
+            }
+            let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
+            if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
+                || user.out.len() - user.written + frame_bytes > SEND_QUEUE_BYTES_MAX
+            {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            let body = &mut self.body_buf[..self.cfg.body_bytes];
+            let stamp = Stamp {
+                run_id: self.cfg.run_id,
+                sender: u as u32,
+                seq: seq as u32,
+                intended_us,
+            };
+            let partner = self.users[user.partner].name;
+            // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
+            // so neither can fail; if one ever did, the message counts as not sent.
+            let frame = stamp::write(body, &stamp).ok().and_then(|()| {
+                codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
+            });
+            let Some(frame) = frame else {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            };
+            let user = &mut self.users[u];
+            user.out.extend_from_slice(&frame);
+            user.queue.push_back(Queued {
+                end: user.out.len(),
+                g,
+                intended_us,
+                noticed_us: now_us,
+            });
+            if !plan.is_warmup(intended_us) {
+                self.m
+                    .latency
+                    .schedule_lateness
+                    .record(now_us.saturating_sub(intended_us));
+            }
+            if !user.dirty {
+                user.dirty = true;
+                self.dirty.push(u);
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn mark_dirty(&mut self, u: usize) {
+        if !self.users[u].dirty {
+            self.users[u].dirty = true;
+            self.dirty.push(u);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for u in std::mem::take(&mut self.dirty) {
+            self.users[u].dirty = false;
+            self.flush(u);
+        }
+    }
+
+    /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
+    /// message that went out completely.
+    fn flush(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        if !matches!(user.phase, UserPhase::AwaitEcho | UserPhase::Joined) || !user.writable {
+            return; // the writable edge will call back
+        }
+        let Some(stream) = user.stream.as_mut() else {
+            return;
+        };
+        let attempt_us = self.clock.now_us();
+        let mut failure = None;
+        while user.written < user.out.len() {
+            match stream.write(&user.out[user.written..]) {
+                Ok(0) => {
+                    failure = Some("write returned 0".to_string());
+                    break;
+                }
+                Ok(n) => user.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    user.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let done_us = self.clock.now_us();
+        if let Some(plan) = self.plan.as_ref() {
+            while let Some(queued) = user.queue.front().copied() {
+                if queued.end > user.written {
+                    break;
+                }
+                user.queue.pop_front();
+                self.ledger.mark_written(queued.g);
+                self.m.sent_total += 1;
+                let lag_us = done_us.saturating_sub(queued.intended_us);
+                if let Some(slot) = self.write_lag_us.get_mut(queued.g as usize) {
+                    *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+                }
+                if !plan.is_warmup(queued.intended_us) {
+                    self.m
+                        .latency
+                        .socket_blocked
+                        .record(attempt_us.saturating_sub(queued.noticed_us));
+                    self.m.latency.send_lag.record(lag_us);
+                }
+                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+                    self.m.sent_in_window += 1;
+                }
+            }
+        }
+        if user.written == user.out.len() {
+            user.out.clear();
+            user.written = 0;
+        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
+            let shift = user.written;
+            user.out.drain(..shift);
+            user.written = 0;
+            for queued in &mut user.queue {
+                queued.end -= shift;
+            }
+        }
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
+    }
+
+    /// Acts on a user's readiness according to its phase.
+    fn drive(&mut self, u: usize) {
+        match self.users[u].phase {
+            UserPhase::Idle | UserPhase::Failed => {}
+            UserPhase::Connecting => {
+                if self.users[u].readable || self.users[u].writable {
+                    self.check_connected(u);
+                }
+                if self.users[u].phase != UserPhase::Connecting {
+                    self.drive(u);
+                }
+            }
+            UserPhase::AwaitEcho | UserPhase::Joined => {
+                if self.users[u].readable {
+                    self.read(u);
+                }
+                let user = &self.users[u];
+                if user.writable && user.written < user.out.len() {
+                    self.flush(u);
+                }
+            }
+        }
+    }
+
+    fn check_connected(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        let Some(stream) = user.stream.as_ref() else {
+            return;
+        };
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(true) => {
+                // The first frame makes the user exist: a hello to itself, which the server
+                // forwards back once the name is registered.
+                let hello = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY);
+                if let Some(hello) = hello {
+                    user.out.extend_from_slice(&hello);
+                }
+                user.phase = UserPhase::AwaitEcho;
+                user.readable = true;
+                self.mark_dirty(u);
+            }
+            Ok(false) => {}
+            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    /// Reads until `WouldBlock` (or the budget), handling every whole frame.
+    fn read(&mut self, u: usize) {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let user = &mut self.users[u];
+            let Some(stream) = user.stream.as_mut() else {
+                return;
+            };
+            if budget == 0 {
+                self.still_ready.push(u);
+                return;
+            }
+            let n = match stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    let kind = if user.phase == UserPhase::Joined {
+                        ErrorKind::Read
+                    } else {
+                        ErrorKind::Connect
+                    };
+                    self.fail(u, kind, || "the server closed the connection".to_string());
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    user.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let kind = if user.phase == UserPhase::Joined {
+                        ErrorKind::Read
+                    } else {
+                        ErrorKind::Connect
+                    };
+                    self.fail(u, kind, || format!("read: {e}"));
+                    return;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            // One clock read per read(): every frame in this chunk arrived together.
+            let now_us = self.clock.now_us();
+            loop {
+                let frame = match codec::decode(&mut self.users[u].inbuf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
+                        return;
+                    }
+                };
+                self.on_frame(u, &frame, now_us);
+            }
+            if self.users[u].written < self.users[u].out.len() {
+                self.mark_dirty(u); // the answers
+            }
+            self.bytes_since_send_check += n;
+            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
+                self.send_due();
+            }
+        }
+    }
+
+    fn on_frame(&mut self, u: usize, frame: &Frame, now_us: u64) {
+        let me = self.users[u].name;
+        let is_hello = frame.message_id() == HELLO_ID && frame.src() == me && frame.dst() == me;
+        match frame.frame_type() {
+            TYPE_MESSAGE => {
+                // A well-behaved recipient answers every message at once.
+                if let Some(answer) = codec::encode(
+                    TYPE_ANSWER,
+                    frame.message_id(),
+                    me,
+                    frame.src(),
+                    ANSWER_DELIVERED,
+                ) {
+                    self.users[u].out.extend_from_slice(&answer);
+                }
+                if is_hello {
+                    self.on_echo(u, now_us);
+                } else {
+                    self.on_delivery(u, frame, Via::Live, now_us);
+                }
+            }
+            TYPE_ANSWER => {
+                if !is_hello {
+                    self.on_answer(u, frame, now_us);
+                }
+            }
+            TYPE_OFFLINE => {
+                if is_hello {
+                    // An earlier connection's hello, stored when it left unanswered.
+                    self.m.stored_hellos += 1;
+                } else {
+                    self.on_delivery(u, frame, Via::Store, now_us);
+                }
+            }
+            other => self.m.errors.count(ErrorKind::Protocol, || {
+                format!("user {me}: frame type {other} from the server")
+            }),
+        }
+    }
+
+    /// The user's hello came back: the server knows its name.
+    fn on_echo(&mut self, u: usize, now_us: u64) {
+        let user = &mut self.users[u];
+        if user.phase != UserPhase::AwaitEcho {
+            return; // a repeat: harmless
+        }
+        user.phase = UserPhase::Joined;
+        user.ever_joined = true;
+        let latency_us = now_us.saturating_sub(user.intended_connect_us);
+        if user.reconnecting {
+            self.m.latency.reconnect.record(latency_us);
+        } else {
+            self.m.latency.connect.record(latency_us);
+        }
+        self.settle(u);
+    }
+
+    /// A message arrived at recipient `u`, live or from the store.
+    fn on_delivery(&mut self, u: usize, frame: &Frame, via: Via, now_us: u64) {
+        let me = self.users[u].name;
+        let body = frame.body();
+        let stamp = match stamp::read(&body, self.cfg.run_id) {
+            stamp::Read::Ours(stamp) => stamp,
+            stamp::Read::Foreign => {
+                self.m.foreign_frames += 1;
+                return;
+            }
+            stamp::Read::Malformed(why) => {
+                self.m.errors.count(ErrorKind::Protocol, || {
+                    format!("user {me}: {why} in {frame:?}")
+                });
+                return;
+            }
+        };
+        if via == Via::Store {
+            self.m.stored_frames += 1;
+        }
+        let Some(g) = self.check_delivery(u, frame, &stamp) else {
+            self.m.errors.count(ErrorKind::Protocol, || {
+                format!("user {me}: a message that does not match the plan: {frame:?} {stamp:?}")
+            });
+            return;
+        };
+        let repeat_connection = self.users[u].reconnect_attempts > 1;
+        let Some(before) = self.ledger.deliver(g, via, repeat_connection) else {
+            self.m.errors.count(ErrorKind::Protocol, || {
+                format!("user {me}: delivery of a message never sent: {frame:?} {stamp:?}")
+            });
+            return;
+        };
+        if before.deliveries(via) > 0 {
+            return; // a duplicate: counted by the ledger, timed once
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        match via {
+            Via::Live => {
+                if !plan.is_warmup(stamp.intended_us) {
+                    self.m
+                        .latency
+                        .delivery_live
+                        .record(now_us.saturating_sub(stamp.intended_us));
+                }
+                if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+                    self.m.delivered_live_in_window += 1;
+                }
+            }
+            Via::Store => {
+                let from_us = self.users[u].intended_connect_us;
+                self.m
+                    .latency
+                    .delivery_stored
+                    .record(now_us.saturating_sub(from_us));
+            }
+        }
+    }
+
+    /// The plan's message number for a delivered frame, if every field agrees with the plan:
+    /// sender, recipient, messageID and intended time.
+    fn check_delivery(&self, u: usize, frame: &Frame, stamp: &Stamp) -> Option<u64> {
+        let plan = self.plan.as_ref()?;
+        let sender = usize::try_from(stamp.sender).ok()?;
+        let sender_user = self.users.get(sender)?;
+        let ordinal = u64::from(sender_user.sender?);
+        let g = u64::from(stamp.seq) * u64::from(plan.senders) + ordinal;
+        let agrees = sender_user.partner == u
+            && frame.src() == sender_user.name
+            && frame.dst() == self.users[u].name
+            && u64::from(frame.message_id()) == u64::from(stamp.seq) + 1
+            && g < plan.messages
+            && plan.intended_us(g) == stamp.intended_us;
+        agrees.then_some(g)
+    }
+
+    /// An answer arrived at sender `u`.
+    fn on_answer(&mut self, u: usize, frame: &Frame, now_us: u64) {
+        let me = self.users[u].name;
+        let body = frame.body();
+        let answer = match body.get(..3) {
+            Some(text) if text == ANSWER_DELIVERED => Answer::Delivered,
+            Some(text) if text == ANSWER_STORED => Answer::Stored,
+            Some(text) if text == ANSWER_STORE_FULL => Answer::Full,
+            _ => {
+                self.m.errors.count(ErrorKind::Protocol, || {
+                    format!(
+                        "user {me}: answer text {:?} in {frame:?}",
+                        String::from_utf8_lossy(&body)
+                    )
+                });
+                return;
+            }
+        };
+        let g = self.plan.as_ref().and_then(|plan| {
+            let user = &self.users[u];
+            let ordinal = u64::from(user.sender?);
+            let seq = u64::from(frame.message_id().checked_sub(1)?);
+            let g = seq * u64::from(plan.senders) + ordinal;
+            let agrees = frame.dst() == me
+                && frame.src() == self.users[user.partner].name
+                && g < plan.messages;
+            agrees.then_some(g)
+        });
+        let Some(g) = g else {
+            self.m.errors.count(ErrorKind::Protocol, || {
+                format!("user {me}: an answer that does not match the plan: {frame:?}")
+            });
+            return;
+        };
+        let Some(before) = self.ledger.answer(g, answer) else {
+            self.m.errors.count(ErrorKind::Protocol, || {
+                format!("user {me}: answer to a message never sent: {frame:?}")
+            });
+            return;
+        };
+        if before.answers(answer) > 0 {
+            return; // repeated: counted by the ledger
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        let intended_us = plan.intended_us(g);
+        if !before.is_resolved() {
+            if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+                self.m.answered_in_window += 1;
+            }
+            if !plan.is_warmup(intended_us) {
+                let lag_us = u64::from(self.write_lag_us.get(g as usize).copied().unwrap_or(0));
+                self.m
+                    .latency
+                    .service_time
+                    .record(now_us.saturating_sub(intended_us + lag_us));
+            }
+        }
+        if !plan.is_warmup(intended_us) {
+            let latency_us = now_us.saturating_sub(intended_us);
+            let histogram = match answer {
+                Answer::Delivered => &mut self.m.latency.ack_delivered,
+                Answer::Stored => &mut self.m.latency.ack_stored,
+                Answer::Full => &mut self.m.latency.ack_full,
+            };
+            histogram.record(latency_us);
+        }
+    }
+
+    /// Counts the error and closes the connection; in the reconnect phase, a user whose stored
+    /// messages may still be waiting connects again (see [`RECONNECT_ATTEMPTS_MAX`]).
+    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
+        self.close_failed(u, kind, describe);
+        let user = &self.users[u];
+        let retry = matches!(self.phase, Phase::Reconnect { .. })
+            && user.reconnecting
+            && user.reconnect_attempts < RECONNECT_ATTEMPTS_MAX
+            && self.ledger.awaiting_redelivery() > 0;
+        if !retry {
+            return;
+        }
+        let last_us = self
+            .wave
+            .last()
+            .map_or(0, |&last| self.users[last].intended_connect_us);
+        let intended_us = (self.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
+        let user = &mut self.users[u];
+        user.reconnect_attempts += 1;
+        user.phase = UserPhase::Idle;
+        user.intended_connect_us = intended_us;
+        user.in_wave = true;
+        self.wave.push(u);
+        self.wave_unsettled += 1;
+        self.wave_deadline_us = self.wave_deadline_us.max(intended_us + WAVE_TIMEOUT_MIN_US);
+        self.reconnect_retries += 1;
+        // The wait for stored messages starts again once this connection has settled.
+        self.phase = Phase::Reconnect { deadline_us: None };
+    }
+
+    /// Counts the error, closes the connection and takes the user out of the run.
+    fn close_failed(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
+        if self.users[u].phase == UserPhase::Failed {
+            return;
+        }
+        self.settle(u);
+        let user = &mut self.users[u];
+        user.phase = UserPhase::Failed;
+        self.m.not_sent_connection_lost += user.queue.len() as u64;
+        user.queue.clear();
+        user.out.clear();
+        user.written = 0;
+        user.inbuf.clear();
+        if let Some(mut stream) = user.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        let name = user.name;
+        // Answers to its messages go to this connection only: those still unanswered can no
+        // longer be (the messages themselves may have died unread with the connection).
+        if let (Some(ordinal), Some(plan)) = (user.sender, self.plan.as_ref()) {
+            let step = usize::try_from(plan.senders).unwrap_or(usize::MAX);
+            for g in (u64::from(ordinal)..self.next_g).step_by(step) {
+                self.ledger.orphan(g);
+            }
+        }
+        let target = self.cfg.target;
+        self.m
+            .errors
+            .count(kind, || format!("{target} user {name}: {}", describe()));
+    }
+
+    /// Closes a connection the loadgen is done with (before reconnecting the user).
+    fn close_quietly(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        self.m.not_sent_at_end += user.queue.len() as u64;
+        user.queue.clear();
+        user.out.clear();
+        user.written = 0;
+        user.inbuf.clear();
+        user.readable = false;
+        user.writable = false;
+        user.phase = UserPhase::Idle;
+        if let Some(mut stream) = user.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+    }
+
+    fn progress_line(&self, now_us: u64) {
+        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
+        let joined = self
+            .wave
+            .iter()
+            .filter(|&&u| self.users[u].phase == UserPhase::Joined)
+            .count();
+        let what = match self.phase {
+            Phase::Ramp => format!("ramp-up: {joined} of {} joined", self.wave.len()),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "{}: sent {} of {}, unanswered {}",
+                if self.phase == Phase::Send {
+                    "sending"
+                } else {
+                    "draining"
+                },
+                self.m.sent_total,
+                self.plan.as_ref().map_or(0, |p| p.messages),
+                self.ledger.unresolved()
+            ),
+            Phase::Reconnect { .. } => format!(
+                "reconnect: {joined} of {} joined, {} stored messages to come",
+                self.wave.len(),
+                self.ledger.awaiting_redelivery()
+            ),
+            Phase::Done => String::new(),
+        };
+        eprint!(
+            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
+            self.m.errors.total()
+        );
+    }
+
+    fn finish(mut self) -> Bin24Outcome {
+        let end_us = self.clock.now_us();
+        let mut not_sent_at_end = self.m.not_sent_at_end;
+        for user in &mut self.users {
+            not_sent_at_end += user.queue.len() as u64;
+            if let Some(mut stream) = user.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+        }
+        let plan = self
+            .plan
+            .clone()
+            .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0));
+        let done_us = if self.phase == Phase::Done {
+            self.done_us
+        } else {
+            end_us
+        };
+        let drain_used_us = self.drain_start_us.map_or(0, |start| {
+            self.reconnect_start_us
+                .unwrap_or(done_us)
+                .saturating_sub(start)
+        });
+        let reconnect_used_us = self
+            .reconnect_start_us
+            .map_or(0, |start| done_us.saturating_sub(start));
+        Bin24Outcome {
+            online_requested: self.users.iter().filter(|u| !u.offline).count(),
+            online_joined: self.senders.len(),
+            plan,
+            latency: self.m.latency,
+            tally: self.ledger.tally(),
+            errors: self.m.errors,
+            sent: self.m.sent_total,
+            sent_in_window: self.m.sent_in_window,
+            answered_in_window: self.m.answered_in_window,
+            delivered_live_in_window: self.m.delivered_live_in_window,
+            not_sent_queue_full: self.m.not_sent_queue_full,
+            not_sent_connection_lost: self.m.not_sent_connection_lost,
+            not_sent_at_end,
+            foreign_frames: self.m.foreign_frames,
+            stored_hellos: self.m.stored_hellos,
+            reconnect_requested: self.users.iter().filter(|u| u.reconnecting).count(),
+            reconnect_joined: self
+                .users
+                .iter()
+                .filter(|u| u.reconnecting && u.phase == UserPhase::Joined)
+                .count(),
+            reconnect_of_online: self.reconnect_of_online,
+            reconnect_retries: self.reconnect_retries,
+            stored_frames: self.m.stored_frames,
+            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
+            drain_used_us,
+            drain_timed_out: self.drain_timed_out,
+            reconnect_used_us,
+            reconnect_timed_out: self.reconnect_timed_out,
+        }
+    }
+}

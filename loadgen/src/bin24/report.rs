@@ -1,0 +1,649 @@
+//! The BIN24 report: the fate of every message, the latencies by kind, the verdict and the
+//! outcome, as text and JSON. The verdict rule and the shared figures are ROOM's
+//! (`crate::report`).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Bin24Config, Bin24Outcome, Tally};
+use crate::report::{
+    verdict, Connections, ErrorLine, Errors, NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+};
+use crate::stats::LatencySummary;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub users: usize,
+    pub pattern: &'static str,
+    pub offline_share: f64,
+    pub offline_users: usize,
+    pub senders: u32,
+    pub rate_per_s: u64,
+    pub duration_ms: f64,
+    pub warmup_ms: f64,
+    pub drain_ms: f64,
+    /// Bytes of each message's body (the frame is 24 bytes more).
+    pub payload_bytes: usize,
+    pub connect_rate_per_s: u64,
+    pub seed: u64,
+    pub strict: bool,
+    /// The id stamped in this run's messages, in hex.
+    pub run_id: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Reconnects {
+    /// Users connected after the drain: the offline ones, and any other with stored
+    /// messages to collect.
+    pub requested: usize,
+    pub joined: usize,
+    /// Of `requested`: users that had been connected before (closed and connected again).
+    pub previously_online: usize,
+    /// Extra connections of users the server closed while stored messages were missing.
+    pub retries: u64,
+    /// type 2 frames of this run received (duplicates included).
+    pub stored_frames: u64,
+    pub duration_ms: f64,
+    pub timed_out: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Answers {
+    /// First answers received in the measured window, per second of it.
+    pub per_s: f64,
+    /// Written messages still without any answer at the end.
+    pub missing: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latencies {
+    /// "200" at the sender minus intended send time.
+    pub ack_200: LatencySummary,
+    /// "300" at the sender minus intended send time: the store's durable commit included.
+    pub ack_300: LatencySummary,
+    /// "507" at the sender minus intended send time.
+    pub ack_507: LatencySummary,
+    /// type 0 at the recipient minus intended send time.
+    pub delivery_live: LatencySummary,
+    /// type 2 at the recipient minus the recipient's intended reconnect time.
+    pub delivery_stored_after_reconnect: LatencySummary,
+    /// First answer minus the actual write (diagnostic: hides the loadgen's own lateness).
+    pub service_time: LatencySummary,
+    /// Hello echoed minus intended connect time.
+    pub connect: LatencySummary,
+    pub reconnect: LatencySummary,
+    pub send_lag: LatencySummary,
+    pub schedule_lateness: LatencySummary,
+    pub socket_blocked: LatencySummary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub target: String,
+    pub settings: Settings,
+    pub connections: Connections,
+    pub reconnects: Reconnects,
+    pub send: SendFigures,
+    pub not_sent: NotSent,
+    /// Every written message by fate, with the duplicates.
+    pub messages: Tally,
+    pub answers: Answers,
+    /// Live deliveries received in the measured window, per second of it.
+    pub deliveries_live_per_s: f64,
+    pub latency_ms: Latencies,
+    pub errors: Errors,
+    /// Frames that are not this run's (an earlier run's stored messages, another client's).
+    pub foreign_frames: u64,
+    /// This run's hellos that came back as type 2 (stored when the server closed a connection
+    /// before the hello was answered).
+    pub stored_hellos: u64,
+    pub drain_ms: f64,
+    pub drain_timed_out: bool,
+    pub notes: Vec<String>,
+    pub verdict: Verdict,
+    pub outcome: Outcome,
+}
+
+/// Exit 0 when every written message is accounted for (live + "200", "300" + type 2, or a
+/// "507"), nothing was left unsent and there were no errors; 1 otherwise, or on an INVALID run
+/// with `strict`. Allowed duplicates (at-least-once after a reconnect) do not fail a run.
+pub fn outcome(
+    tally: &Tally,
+    errors: u64,
+    not_sent: u64,
+    verdict: &Verdict,
+    strict: bool,
+) -> Outcome {
+    let mut failures = Vec::new();
+    let mut check = |count: u64, what: &str| {
+        if count > 0 {
+            failures.push(format!("{count} {what}"));
+        }
+    };
+    check(tally.lost.total, "lost");
+    check(
+        tally.incomplete.total,
+        "delivered without the matching answer",
+    );
+    check(tally.duplicates.unexpected, "duplicated in the normal flow");
+    check(
+        tally.duplicates.repeated_answers + tally.duplicates.conflicting_answers,
+        "repeated or conflicting answers",
+    );
+    check(errors, "errors");
+    check(not_sent, "not sent");
+    if strict && !verdict.valid {
+        failures.push("INVALID run (--strict)".to_string());
+    }
+    let passed = failures.is_empty();
+    Outcome {
+        passed,
+        failures,
+        exit_code: if passed { 0 } else { 1 },
+    }
+}
+
+impl Report {
+    pub fn new(cfg: &Bin24Config, seed: u64, strict: bool, run: &Bin24Outcome) -> Report {
+        let plan = &run.plan;
+        let duration_s = plan.duration_us as f64 / 1e6;
+        let per_s = |count: u64| {
+            if duration_s > 0.0 {
+                count as f64 / duration_s
+            } else {
+                0.0
+            }
+        };
+        let l = &run.latency;
+        let not_sent = NotSent {
+            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
+            queue_full: run.not_sent_queue_full,
+            connection_lost: run.not_sent_connection_lost,
+            at_end: run.not_sent_at_end,
+        };
+        let verdict = verdict(&ValidityInputs {
+            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
+            sender_interval_us: plan.sender_interval_us(),
+            delivery_p99_us: (l.delivery_live.len() > 0)
+                .then(|| l.delivery_live.value_at_quantile_us(0.99)),
+            measured_messages: l.schedule_lateness.len(),
+        });
+        let outcome = outcome(
+            &run.tally,
+            run.errors.total(),
+            not_sent.total,
+            &verdict,
+            strict,
+        );
+        let offline_users = cfg.offline.iter().filter(|&&o| o).count();
+        let mut notes = Vec::new();
+        if run.tally.duplicates.allowed > 0 {
+            notes.push(format!(
+                "{} extra copies after a reconnect: delivered live, then from the store after \
+                 the answer timed out; or from the store again after the server closed the \
+                 recipient mid-backlog (at-least-once, allowed by the contract)",
+                run.tally.duplicates.allowed
+            ));
+        }
+        if run.foreign_frames > 0 {
+            notes.push(format!(
+                "{} frames were not this run's (stored by an earlier run, or another client's): \
+                 counted apart, not as errors",
+                run.foreign_frames
+            ));
+        }
+        if run.reconnect_of_online > 0 {
+            notes.push(format!(
+                "{} users that had been online were reconnected to collect messages the server \
+                 stored for them",
+                run.reconnect_of_online
+            ));
+        }
+        if offline_users > 0 && run.tally.stored == 0 && run.tally.full == 0 {
+            notes.push(
+                "no message took the store path: the offline users' partners did not send"
+                    .to_string(),
+            );
+        }
+        let clamped = l.ack_delivered.clamped
+            + l.ack_stored.clamped
+            + l.delivery_live.clamped
+            + l.send_lag.clamped;
+        if clamped > 0 {
+            notes.push(format!(
+                "{clamped} latencies above 60 s were counted as 60 s"
+            ));
+        }
+        Report {
+            scenario: "bin24",
+            target: cfg.target.to_string(),
+            settings: Settings {
+                users: cfg.users,
+                pattern: cfg.pattern.name(),
+                offline_share: if cfg.users > 0 {
+                    offline_users as f64 / cfg.users as f64
+                } else {
+                    0.0
+                },
+                offline_users,
+                senders: plan.senders,
+                rate_per_s: cfg.rate_per_s,
+                duration_ms: cfg.duration_us as f64 / 1e3,
+                warmup_ms: cfg.warmup_us as f64 / 1e3,
+                drain_ms: cfg.drain_us as f64 / 1e3,
+                payload_bytes: cfg.body_bytes,
+                connect_rate_per_s: cfg.connect_rate_per_s,
+                seed,
+                strict,
+                run_id: format!("{:08x}", cfg.run_id),
+            },
+            connections: Connections {
+                requested: run.online_requested,
+                joined: run.online_joined,
+                failed: run.online_requested - run.online_joined,
+                ramp_up_ms: run.ramp_us as f64 / 1e3,
+            },
+            reconnects: Reconnects {
+                requested: run.reconnect_requested,
+                joined: run.reconnect_joined,
+                previously_online: run.reconnect_of_online,
+                retries: run.reconnect_retries,
+                stored_frames: run.stored_frames,
+                duration_ms: run.reconnect_used_us as f64 / 1e3,
+                timed_out: run.reconnect_timed_out,
+            },
+            send: SendFigures {
+                planned: plan.messages,
+                sent: run.sent,
+                target_rate_per_s: cfg.rate_per_s as f64,
+                achieved_rate_per_s: per_s(run.sent_in_window),
+            },
+            not_sent,
+            messages: run.tally,
+            answers: Answers {
+                per_s: per_s(run.answered_in_window),
+                missing: run.tally.lost.no_answer
+                    + run.tally.lost.sender_closed
+                    + run.tally.incomplete.delivered_no_answer
+                    + run.tally.incomplete.sender_closed,
+            },
+            deliveries_live_per_s: per_s(run.delivered_live_in_window),
+            latency_ms: Latencies {
+                ack_200: l.ack_delivered.summary(),
+                ack_300: l.ack_stored.summary(),
+                ack_507: l.ack_full.summary(),
+                delivery_live: l.delivery_live.summary(),
+                delivery_stored_after_reconnect: l.delivery_stored.summary(),
+                service_time: l.service_time.summary(),
+                connect: l.connect.summary(),
+                reconnect: l.reconnect.summary(),
+                send_lag: l.send_lag.summary(),
+                schedule_lateness: l.schedule_lateness.summary(),
+                socket_blocked: l.socket_blocked.summary(),
+            },
+            errors: Errors {
+                connect: run.errors.connect,
+                read: run.errors.read,
+                write: run.errors.write,
+                protocol: run.errors.protocol,
+                first_of_each_kind: run
+                    .errors
+                    .first
+                    .iter()
+                    .map(|(kind, first)| ErrorLine {
+                        kind: kind.clone(),
+                        first: first.clone(),
+                    })
+                    .collect(),
+            },
+            foreign_frames: run.foreign_frames,
+            stored_hellos: run.stored_hellos,
+            drain_ms: run.drain_used_us as f64 / 1e3,
+            drain_timed_out: run.drain_timed_out,
+            notes,
+            verdict,
+            outcome,
+        }
+    }
+
+    /// The human-readable report (stdout).
+    pub fn to_text(&self) -> String {
+        let s = &self.settings;
+        let l = &self.latency_ms;
+        let t = &self.messages;
+        let mut out = String::new();
+        let mut line = |label: &str, text: String| {
+            let _ = writeln!(out, "{label:<18}{text}");
+        };
+        let percentiles = |summary: &LatencySummary| {
+            if summary.count == 0 {
+                "(no samples)".to_string()
+            } else {
+                format!(
+                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
+                     ({} samples)",
+                    summary.p50_ms,
+                    summary.p90_ms,
+                    summary.p99_ms,
+                    summary.p999_ms,
+                    summary.max_ms,
+                    summary.count
+                )
+            }
+        };
+        line(
+            "scenario",
+            format!(
+                "BIN24 against {}: {} users ({}), {} offline, {} senders, {} msg/s for {:.3} s \
+                 (+{:.3} s warmup), {}-byte bodies",
+                self.target,
+                s.users,
+                s.pattern,
+                s.offline_users,
+                s.senders,
+                s.rate_per_s,
+                s.duration_ms / 1e3,
+                s.warmup_ms / 1e3,
+                s.payload_bytes
+            ),
+        );
+        line(
+            "connections",
+            format!(
+                "{} online requested, {} joined, {} failed; ramp-up {:.3} s; connect p50 {:.3} \
+                 ms p99 {:.3} ms max {:.3} ms",
+                self.connections.requested,
+                self.connections.joined,
+                self.connections.failed,
+                self.connections.ramp_up_ms / 1e3,
+                l.connect.p50_ms,
+                l.connect.p99_ms,
+                l.connect.max_ms
+            ),
+        );
+        line(
+            "send rate",
+            format!(
+                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
+                self.send.target_rate_per_s,
+                self.send.achieved_rate_per_s,
+                self.send.planned,
+                self.send.sent
+            ),
+        );
+        line(
+            "not sent",
+            format!(
+                "{} (queue full {}, connection lost {}, still queued at the end {})",
+                self.not_sent.total,
+                self.not_sent.queue_full,
+                self.not_sent.connection_lost,
+                self.not_sent.at_end
+            ),
+        );
+        line(
+            "messages",
+            format!(
+                "{} sent: {} live (type 0 + \"200\"), {} stored (\"300\" + type 2), {} refused \
+                 \"507\", {} lost, {} incomplete",
+                t.written, t.live, t.stored, t.full, t.lost.total, t.incomplete.total
+            ),
+        );
+        if t.lost.total > 0 {
+            line(
+                "",
+                format!(
+                    "lost: {} never answered, {} never answered after the server closed their \
+                     sender, {} \"300\" but never delivered from the store, {} \"200\" but never \
+                     delivered",
+                    t.lost.no_answer,
+                    t.lost.sender_closed,
+                    t.lost.stored_never_delivered,
+                    t.lost.answered_never_delivered
+                ),
+            );
+        }
+        if t.incomplete.total > 0 {
+            line(
+                "",
+                format!(
+                    "incomplete: {} delivered but never answered, {} delivered but their sender \
+                     was closed before the answer, {} delivered live then \"300\" but not \
+                     redelivered, {} delivered from the store without a \"300\"",
+                    t.incomplete.delivered_no_answer,
+                    t.incomplete.sender_closed,
+                    t.incomplete.not_redelivered,
+                    t.incomplete.store_delivery_without_300
+                ),
+            );
+        }
+        line(
+            "answers",
+            format!(
+                "{:.1}/s in the measured window; {} messages never answered",
+                self.answers.per_s, self.answers.missing
+            ),
+        );
+        line("ack 200", percentiles(&l.ack_200));
+        line("ack 300 (stored)", percentiles(&l.ack_300));
+        if l.ack_507.count > 0 {
+            line("ack 507 (full)", percentiles(&l.ack_507));
+        }
+        line("delivery live", percentiles(&l.delivery_live));
+        line(
+            "reconnects",
+            format!(
+                "{} users ({} had been online), {} joined, {} retries, {} stored frames in \
+                 {:.3} s{}; reconnect p50 {:.3} ms max {:.3} ms",
+                self.reconnects.requested,
+                self.reconnects.previously_online,
+                self.reconnects.joined,
+                self.reconnects.retries,
+                self.reconnects.stored_frames,
+                self.reconnects.duration_ms / 1e3,
+                if self.reconnects.timed_out {
+                    " (deadline reached with stored messages missing)"
+                } else {
+                    ""
+                },
+                l.reconnect.p50_ms,
+                l.reconnect.max_ms
+            ),
+        );
+        line(
+            "stored delivery",
+            format!(
+                "from reconnect: {}",
+                percentiles(&l.delivery_stored_after_reconnect)
+            ),
+        );
+        line(
+            "service time",
+            format!(
+                "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (first answer minus actual write; \
+                 diagnostic only)",
+                l.service_time.p50_ms, l.service_time.p99_ms, l.service_time.max_ms
+            ),
+        );
+        line(
+            "send lag",
+            format!(
+                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
+                 socket blocked p99 {:.3} ms max {:.3} ms)",
+                l.send_lag.p99_ms,
+                l.send_lag.max_ms,
+                l.schedule_lateness.p99_ms,
+                l.schedule_lateness.max_ms,
+                l.socket_blocked.p99_ms,
+                l.socket_blocked.max_ms
+            ),
+        );
+        line(
+            "duplicates",
+            format!(
+                "{} allowed (redelivered from the store after a reconnect), {} in the normal \
+                 flow; {} repeated answers, {} conflicting",
+                t.duplicates.allowed,
+                t.duplicates.unexpected,
+                t.duplicates.repeated_answers,
+                t.duplicates.conflicting_answers
+            ),
+        );
+        line(
+            "errors",
+            format!(
+                "connect {}, read {}, write {}, protocol {}",
+                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
+            ),
+        );
+        for first in &self.errors.first_of_each_kind {
+            line("", format!("first {} error: {}", first.kind, first.first));
+        }
+        if self.foreign_frames > 0 || self.stored_hellos > 0 {
+            line(
+                "other frames",
+                format!(
+                    "{} not this run's, {} of its hellos back as type 2 (not counted as messages)",
+                    self.foreign_frames, self.stored_hellos
+                ),
+            );
+        }
+        line(
+            "drain",
+            format!(
+                "{:.3} s{}",
+                self.drain_ms / 1e3,
+                if self.drain_timed_out {
+                    " (deadline reached with answers missing)"
+                } else {
+                    " (every written message had its answer)"
+                }
+            ),
+        );
+        for note in &self.notes {
+            line("note", note.clone());
+        }
+        line(
+            "verdict",
+            if self.verdict.valid {
+                "VALID".to_string()
+            } else {
+                format!("INVALID: {}", self.verdict.reasons.join("; "))
+            },
+        );
+        line(
+            "result",
+            if self.outcome.passed {
+                format!("PASS (exit {})", self.outcome.exit_code)
+            } else {
+                format!(
+                    "FAIL: {} (exit {})",
+                    self.outcome.failures.join(", "),
+                    self.outcome.exit_code
+                )
+            },
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bin24::ledger::{DuplicateCounts, IncompleteCounts, LostCounts};
+
+    fn valid() -> Verdict {
+        verdict(&ValidityInputs {
+            schedule_lateness_p99_us: 0,
+            sender_interval_us: 10_000.0,
+            delivery_p99_us: None,
+            measured_messages: 10,
+        })
+    }
+
+    #[test]
+    fn accounted_messages_pass_whatever_their_path() {
+        let clean = Tally {
+            written: 10,
+            live: 6,
+            stored: 3,
+            stored_after_live_delivery: 1,
+            full: 1,
+            duplicates: DuplicateCounts {
+                allowed: 1,
+                ..DuplicateCounts::default()
+            },
+            ..Tally::default()
+        };
+        let o = outcome(&clean, 0, 0, &valid(), false);
+        assert!(o.passed, "{o:?}");
+        assert_eq!(o.exit_code, 0);
+    }
+
+    #[test]
+    fn each_failure_fails_alone() {
+        let base = Tally::default();
+        let cases = [
+            Tally {
+                lost: LostCounts {
+                    total: 1,
+                    no_answer: 1,
+                    ..LostCounts::default()
+                },
+                ..base
+            },
+            Tally {
+                incomplete: IncompleteCounts {
+                    total: 1,
+                    delivered_no_answer: 1,
+                    ..IncompleteCounts::default()
+                },
+                ..base
+            },
+            Tally {
+                duplicates: DuplicateCounts {
+                    unexpected: 1,
+                    ..DuplicateCounts::default()
+                },
+                ..base
+            },
+            Tally {
+                duplicates: DuplicateCounts {
+                    conflicting_answers: 1,
+                    ..DuplicateCounts::default()
+                },
+                ..base
+            },
+        ];
+        for tally in cases {
+            let o = outcome(&tally, 0, 0, &valid(), false);
+            assert_eq!((o.passed, o.exit_code, o.failures.len()), (false, 1, 1));
+        }
+        assert_eq!(
+            outcome(&base, 2, 0, &valid(), false).failures,
+            vec!["2 errors"]
+        );
+        assert_eq!(
+            outcome(&base, 0, 3, &valid(), false).failures,
+            vec!["3 not sent"]
+        );
+    }
+
+    #[test]
+    fn invalid_fails_only_when_strict() {
+        let invalid = verdict(&ValidityInputs {
+            schedule_lateness_p99_us: 50_000,
+            sender_interval_us: 10_000.0,
+            delivery_p99_us: None,
+            measured_messages: 10,
+        });
+        assert!(!invalid.valid);
+        let clean = Tally::default();
+        assert!(outcome(&clean, 0, 0, &invalid, false).passed);
+        let strict = outcome(&clean, 0, 0, &invalid, true);
+        assert_eq!(strict.exit_code, 1);
+        assert!(strict.failures[0].contains("INVALID"));
+    }
+}
