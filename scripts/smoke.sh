@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Loadgen smoke run against a real chatd: a short ROOM run that fails on any lost or
-# duplicated message, then SIGTERM, which must make chatd exit 0.
+# Loadgen smoke run against a real chatd: a short ROOM run and a short BIN24 run (with
+# offline users, so the durable store is used) that fail on any lost or duplicated message,
+# then SIGTERM, which must make chatd exit 0.
 #
 # Usage: scripts/smoke.sh [CLIENTS] [SENDERS] [RATE_PER_S] [DURATION]
 # Builds release binaries if needed. Loopback only; bounded in time; stops by itself.
@@ -18,18 +19,22 @@ cargo build --release --quiet --workspace --bins
 chatd="$target_dir/release/chatd"
 loadgen="$target_dir/release/loadgen"
 
-# A port that was free a moment ago.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Ports that were free a moment ago.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+bin24_port=$(free_port)
+data_dir=$(mktemp -d)
 log=$(mktemp)
-echo "+ $chatd --bin24-port 0 --room-port $port --stats-interval-ms 1000"
-"$chatd" --bin24-port 0 --room-port "$port" --stats-interval-ms 1000 2>"$log" &
+echo "+ $chatd --room-port $port --bin24-port $bin24_port --data-dir $data_dir --stats-interval-ms 1000"
+"$chatd" --room-port "$port" --bin24-port "$bin24_port" --data-dir "$data_dir" \
+  --stats-interval-ms 1000 2>"$log" &
 chatd_pid=$!
-cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -f "$log"; }
+cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
 trap cleanup EXIT
 
-# Wait (bounded) until it listens.
+# Wait (bounded) until both protocols listen.
 for _ in $(seq 1 200); do
-  if grep -q "listening on" "$log"; then break; fi
+  if [ "$(grep -c "listening on" "$log")" -ge 2 ]; then break; fi
   if ! kill -0 "$chatd_pid" 2>/dev/null; then cat "$log"; echo "smoke: chatd exited early" >&2; exit 1; fi
   sleep 0.05
 done
@@ -40,6 +45,11 @@ status=0
 timeout 120 "$loadgen" room --port "$port" --clients "$clients" --senders "$senders" \
   --rate "$rate" --duration "$duration" || status=$?
 
+echo "+ $loadgen bin24 --port $bin24_port --users 100 --rate 1000 --duration $duration"
+bin24_status=0
+timeout 120 "$loadgen" bin24 --port "$bin24_port" --users 100 --rate 1000 \
+  --duration "$duration" || bin24_status=$?
+
 echo "+ kill -TERM $chatd_pid"
 kill -TERM "$chatd_pid"
 chatd_status=0
@@ -48,10 +58,14 @@ wait "$chatd_pid" || chatd_status=$?
 echo "--- chatd log (last lines)"
 tail -n 5 "$log"
 trap - EXIT
-rm -f "$log"
+rm -rf "$log" "$data_dir"
 
 if [ "$status" -ne 0 ]; then
   echo "smoke: loadgen failed (exit $status): messages lost or duplicated, or errors" >&2
+  exit 1
+fi
+if [ "$bin24_status" -ne 0 ]; then
+  echo "smoke: loadgen bin24 failed (exit $bin24_status): messages lost, or errors" >&2
   exit 1
 fi
 if [ "$chatd_status" -ne 0 ]; then
