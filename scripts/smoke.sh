@@ -25,8 +25,8 @@ port=$(free_port)
 bin24_port=$(free_port)
 data_dir=$(mktemp -d)
 log=$(mktemp)
-echo "+ $chatd --room-port $port --bin24-port $bin24_port --data-dir $data_dir --stats-interval-ms 1000"
-"$chatd" --room-port "$port" --bin24-port "$bin24_port" --data-dir "$data_dir" \
+echo "+ $chatd --room-port $port --bin24-port $bin24_port --ccm-port 0 --data-dir $data_dir --stats-interval-ms 1000"
+"$chatd" --room-port "$port" --bin24-port "$bin24_port" --ccm-port 0 --data-dir "$data_dir" \
   --stats-interval-ms 1000 2>"$log" &
 chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }

@@ -20,6 +20,8 @@ pub struct Config {
     pub room_port: Option<u16>,
     /// BIN24 listener port, as `room_port`.
     pub bin24_port: Option<u16>,
+    /// CCM listener port, as `room_port`.
+    pub ccm_port: Option<u16>,
 
     /// Most connections open at once, all protocols together. Accepting pauses at the cap and
     /// resumes once the count is down to the cap less a tenth (at least one below the cap).
@@ -60,6 +62,12 @@ pub struct Config {
     /// BIN24: stored frames queued to a connecting user and not yet written, in bytes; its
     /// backlog goes out a window at a time so it never trips the output limits.
     pub bin24_offline_window_bytes: usize,
+    /// CCM: silence after which the server sends `Connect` (the contract's 5000 ms), and how
+    /// long the client then has to send anything before it is closed (3600 ms).
+    pub ccm_keepalive_idle_ms: u64,
+    pub ccm_keepalive_answer_ms: u64,
+    /// CCM: longest user name, in bytes.
+    pub ccm_name_bytes_max: usize,
     /// Where the durable offline store lives; created if missing.
     pub data_dir: PathBuf,
     /// Offline store limits per user (the contract's 100,000 frames or 64 MiB); a frame that
@@ -83,6 +91,7 @@ impl Default for Config {
             bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             room_port: Some(ROOM_PORT_DEFAULT),
             bin24_port: Some(BIN24_PORT_DEFAULT),
+            ccm_port: Some(CCM_PORT_DEFAULT),
             connections_max: 10_000,
             listen_backlog: 1024,
             accepts_per_turn_max: 256,
@@ -98,6 +107,9 @@ impl Default for Config {
             bin24_ack_timeout_ms: 3_000,
             bin24_unacked_per_recipient_max: 10_000,
             bin24_offline_window_bytes: 256 * 1024,
+            ccm_keepalive_idle_ms: 5_000,
+            ccm_keepalive_answer_ms: 3_600,
+            ccm_name_bytes_max: 64,
             data_dir: PathBuf::from("data"),
             offline_frames_per_user_max: 100_000,
             offline_bytes_per_user_max: 64 * 1024 * 1024,
@@ -116,6 +128,7 @@ impl Config {
         Config {
             room_port: Some(0),
             bin24_port: None,
+            ccm_port: None,
             timer_tick_ms: 1,
             ..Config::default()
         }

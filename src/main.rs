@@ -8,14 +8,15 @@ use log::{error, LevelFilter};
 
 use std::path::PathBuf;
 
-use switchboard::config::{Config, BIN24_PORT_DEFAULT, ROOM_PORT_DEFAULT};
+use switchboard::config::{Config, BIN24_PORT_DEFAULT, CCM_PORT_DEFAULT, ROOM_PORT_DEFAULT};
 use switchboard::reactor::Server;
 
 /// Switchboard chat server: one single-threaded, edge-triggered reactor serving several chat
 /// wire protocols at once, each on its own port.
 ///
 /// Protocols served now: ROOM (nickname chat room, port 55555) and BIN24 (direct messages
-/// with acks and a durable offline store, port 7000). Every limit and timer below has
+/// with acks and a durable offline store, port 7000) and CCM (HTTP-like messages with
+/// identification tokens and a keepalive, port 5454). Every limit and timer below has
 /// a default that matches the protocol contract; tests and operators may change them.
 /// SIGINT or SIGTERM stops accepting, flushes queued output within the grace period and exits
 /// 0; a second signal exits at once.
@@ -39,6 +40,26 @@ struct Args {
     /// BIN24.
     #[arg(long, value_name = "PORT", default_value_t = BIN24_PORT_DEFAULT)]
     bin24_port: u16,
+
+    /// CCM port (HTTP-like text messages: identification, addressed delivery, keepalive).
+    /// 0 disables CCM.
+    #[arg(long, value_name = "PORT", default_value_t = CCM_PORT_DEFAULT)]
+    ccm_port: u16,
+
+    /// CCM: silence after which the server sends a `Connect` keepalive.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().ccm_keepalive_idle_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ccm_keepalive_idle_ms: u64,
+
+    /// CCM: how long a client has to send anything after a keepalive before it is closed.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().ccm_keepalive_answer_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ccm_keepalive_answer_ms: u64,
+
+    /// CCM: longest user name, in bytes (UTF-8).
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ccm_name_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    ccm_name_bytes_max: u64,
 
     /// BIN24: a forwarded message not answered ("200") this long makes its recipient count as
     /// disconnected: it is closed, and what it had not answered moves to its offline store.
@@ -166,6 +187,10 @@ impl Args {
             room_port: (self.room_port != 0).then_some(self.room_port),
             room_handshake_timeout_ms: self.room_handshake_timeout_ms,
             bin24_port: (self.bin24_port != 0).then_some(self.bin24_port),
+            ccm_port: (self.ccm_port != 0).then_some(self.ccm_port),
+            ccm_keepalive_idle_ms: self.ccm_keepalive_idle_ms,
+            ccm_keepalive_answer_ms: self.ccm_keepalive_answer_ms,
+            ccm_name_bytes_max: to_usize(self.ccm_name_bytes_max),
             bin24_ack_timeout_ms: self.bin24_ack_timeout_ms,
             bin24_unacked_per_recipient_max: to_usize(self.bin24_unacked_per_recipient_max),
             bin24_offline_window_bytes: to_usize(self.bin24_offline_window_bytes),
@@ -205,7 +230,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if config.room_port.is_none() && config.bin24_port.is_none() {
+    if config.room_port.is_none() && config.bin24_port.is_none() && config.ccm_port.is_none() {
         error!("every protocol is disabled: nothing to serve");
         return ExitCode::from(2);
     }

@@ -320,6 +320,8 @@ fn spawn_chatd(port: u16, data: &TempDir) -> std::process::Child {
         .args([
             "--room-port",
             "0",
+            "--ccm-port",
+            "0",
             "--bin24-port",
             &port.to_string(),
             "--data-dir",
@@ -427,6 +429,8 @@ fn chatd_refuses_to_start_on_a_corrupt_store_and_leaves_it_alone() {
     let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
         .args([
             "--room-port",
+            "0",
+            "--ccm-port",
             "0",
             "--bin24-port",
             &free_port().to_string(),

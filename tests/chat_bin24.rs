@@ -644,7 +644,14 @@ impl Chatd {
     fn start(data: &TempDir) -> Self {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args(["--room-port", "0", "--bin24-port", &port.to_string()])
+            .args([
+                "--room-port",
+                "0",
+                "--ccm-port",
+                "0",
+                "--bin24-port",
+                &port.to_string(),
+            ])
             .arg("--data-dir")
             .arg(&data.0)
             .stdin(Stdio::null())

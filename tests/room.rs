@@ -325,6 +325,8 @@ fn chatd_exits_zero_on_sigterm_within_the_grace_period() {
         .args([
             "--bin24-port",
             "0",
+            "--ccm-port",
+            "0",
             "--room-port",
             &port.to_string(),
             "--shutdown-grace-ms",
@@ -413,7 +415,7 @@ fn running_out_of_descriptors_pauses_accepting_and_serving_goes_on() {
     const CONNECTIONS: usize = 30;
     let port = free_port();
     let command = format!(
-        "ulimit -n 24 && exec '{}' --bin24-port 0 --room-port {port} --accept-pause-ms 20",
+        "ulimit -n 24 && exec '{}' --bin24-port 0 --ccm-port 0 --room-port {port} --accept-pause-ms 20",
         env!("CARGO_BIN_EXE_chatd")
     );
     let mut child = Command::new("bash")
@@ -544,7 +546,14 @@ fn chatd_fails_clearly_when_its_port_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args(["--bin24-port", "0", "--room-port", &port.to_string()])
+        .args([
+            "--bin24-port",
+            "0",
+            "--ccm-port",
+            "0",
+            "--room-port",
+            &port.to_string(),
+        ])
         .output()
         .expect("run chatd");
     assert_eq!(output.status.code(), Some(1));

@@ -10,6 +10,7 @@ use bytes::Bytes;
 pub use crate::chat::ConnId;
 
 pub mod bin24;
+pub mod ccm;
 pub mod room;
 pub mod testing;
 

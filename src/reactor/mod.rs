@@ -202,6 +202,11 @@ impl Server {
             let listener = listen::bind_tcp("BIN24", addr, config.listen_backlog)?;
             listeners.push((listener, ProtocolKind::Bin24));
         }
+        if let Some(port) = config.ccm_port {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            let listener = listen::bind_tcp("CCM", addr, config.listen_backlog)?;
+            listeners.push((listener, ProtocolKind::Ccm));
+        }
         let waker = Arc::new(waker);
         let store_waker = Arc::clone(&waker);
         let wake = Box::new(move || {
@@ -209,7 +214,15 @@ impl Server {
                 warn!("cannot wake the reactor for store completions: {err}");
             }
         });
-        let services = Services::new(&config, 0, wake).map_err(StartError::Store)?;
+        // The one wall-clock reading: later wall times are this plus the monotonic clock, so
+        // a clock step cannot reorder anything the server does.
+        let wall_start_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+            });
+        let services =
+            Services::new(&config, 0, wall_start_unix_ms, wake).map_err(StartError::Store)?;
         let mut entries = Vec::new();
         for (index, (mut listener, kind)) in listeners.into_iter().enumerate() {
             let fail = |step, source| BindError {
@@ -473,10 +486,12 @@ impl Server {
                 IoOutcome::WouldBlock => {
                     conn.read_ready = false;
                     self.table.stats.read_calls += 1;
+                    self.end_burst(id);
                     return;
                 }
                 IoOutcome::Closed => {
                     self.table.stats.read_calls += 1;
+                    self.end_burst(id);
                     self.table
                         .close(id, CloseReason::PeerClosed, CloseMode::Now);
                     return;
@@ -501,6 +516,24 @@ impl Server {
         let now_ms = self.now_ms;
         self.services
             .on_data(kind, id, &mut input, now_ms, &mut self.table);
+        if let Some(conn) = self.table.get_mut(id) {
+            conn.read_buf = input;
+        }
+    }
+
+    /// The socket has no more to read: tell the protocol if it holds unconsumed input.
+    fn end_burst(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        if conn.read_buf.is_empty() || !conn.accepts_input() {
+            return;
+        }
+        let kind = conn.kind;
+        let mut input = std::mem::take(&mut conn.read_buf);
+        let now_ms = self.now_ms;
+        self.services
+            .on_burst_end(kind, id, &mut input, now_ms, &mut self.table);
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
         }

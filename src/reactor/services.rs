@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use crate::chat::ConnId;
 use crate::config::Config;
 use crate::protocol::bin24::{Bin24Config, Bin24Service, StoreSink};
+use crate::protocol::ccm::{os_token_source, CcmConfig, CcmService};
 use crate::protocol::room::{RoomConfig, RoomService};
 use crate::protocol::Outbox;
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreRequest};
@@ -22,6 +23,7 @@ impl StoreSink for OfflineStore {
 pub enum ProtocolKind {
     Room,
     Bin24,
+    Ccm,
 }
 
 impl ProtocolKind {
@@ -29,6 +31,7 @@ impl ProtocolKind {
         match self {
             ProtocolKind::Room => "ROOM",
             ProtocolKind::Bin24 => "BIN24",
+            ProtocolKind::Ccm => "CCM",
         }
     }
 }
@@ -43,6 +46,9 @@ struct Bin24 {
 pub(crate) struct Services {
     room: Option<RoomService>,
     bin24: Option<Bin24>,
+    ccm: Option<CcmService>,
+    /// The Unix time in ms when the server's clock read 0: CCM's HTTP answer is dated.
+    wall_start_unix_ms: u64,
 }
 
 impl Services {
@@ -51,6 +57,7 @@ impl Services {
     pub(crate) fn new(
         config: &Config,
         now_ms: u64,
+        wall_start_unix_ms: u64,
         wake: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
         let room = config.room_port.map(|_| {
@@ -86,7 +93,24 @@ impl Services {
                 Some(Bin24 { service, store })
             }
         };
-        Ok(Services { room, bin24 })
+        let ccm = config.ccm_port.map(|_| {
+            CcmService::new(
+                CcmConfig {
+                    keepalive_idle_ms: config.ccm_keepalive_idle_ms,
+                    keepalive_answer_ms: config.ccm_keepalive_answer_ms,
+                    name_bytes_max: config.ccm_name_bytes_max,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                os_token_source(),
+                now_ms,
+            )
+        });
+        Ok(Services {
+            room,
+            bin24,
+            ccm,
+            wall_start_unix_ms,
+        })
     }
 
     pub(crate) fn on_accept<O: Outbox>(
@@ -105,6 +129,11 @@ impl Services {
             ProtocolKind::Bin24 => {
                 if let Some(bin24) = self.bin24.as_mut() {
                     bin24.service.on_accept(id);
+                }
+            }
+            ProtocolKind::Ccm => {
+                if let Some(ccm) = self.ccm.as_mut() {
+                    ccm.on_accept(id, now_ms);
                 }
             }
         }
@@ -131,7 +160,35 @@ impl Services {
                         .on_data(id, input, now_ms, out, &mut bin24.store);
                 }
             }
+            ProtocolKind::Ccm => {
+                let unix_secs = self.unix_secs(now_ms);
+                if let Some(ccm) = self.ccm.as_mut() {
+                    ccm.on_data(id, input, false, now_ms, unix_secs, out);
+                }
+            }
         }
+    }
+
+    /// The socket had no more to read and `input` still holds bytes: for CCM that ends a
+    /// message without Content-Length (one read burst is one message).
+    pub(crate) fn on_burst_end<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        input: &mut BytesMut,
+        now_ms: u64,
+        out: &mut O,
+    ) {
+        if kind == ProtocolKind::Ccm {
+            let unix_secs = self.unix_secs(now_ms);
+            if let Some(ccm) = self.ccm.as_mut() {
+                ccm.on_data(id, input, true, now_ms, unix_secs, out);
+            }
+        }
+    }
+
+    fn unix_secs(&self, now_ms: u64) -> u64 {
+        self.wall_start_unix_ms.saturating_add(now_ms) / 1000
     }
 
     pub(crate) fn on_close<O: Outbox>(&mut self, kind: ProtocolKind, id: ConnId, out: &mut O) {
@@ -146,6 +203,11 @@ impl Services {
                     bin24.service.on_close(id, &mut bin24.store);
                 }
             }
+            ProtocolKind::Ccm => {
+                if let Some(ccm) = self.ccm.as_mut() {
+                    ccm.on_close(id);
+                }
+            }
         }
     }
 
@@ -158,7 +220,7 @@ impl Services {
         out: &mut O,
     ) {
         match kind {
-            ProtocolKind::Room => {}
+            ProtocolKind::Room | ProtocolKind::Ccm => {}
             ProtocolKind::Bin24 => {
                 if let Some(bin24) = self.bin24.as_mut() {
                     bin24
@@ -194,6 +256,9 @@ impl Services {
         if let Some(bin24) = self.bin24.as_mut() {
             bin24.service.on_timers(now_ms, out, &mut bin24.store);
         }
+        if let Some(ccm) = self.ccm.as_mut() {
+            ccm.on_timers(now_ms, out);
+        }
     }
 
     /// The earliest deadline of any service.
@@ -203,6 +268,7 @@ impl Services {
             self.bin24
                 .as_ref()
                 .and_then(|bin24| bin24.service.next_deadline_ms()),
+            self.ccm.as_ref().and_then(CcmService::next_deadline_ms),
         ]
         .into_iter()
         .flatten()

@@ -19,6 +19,8 @@ pub struct TestServer {
     pub room: SocketAddr,
     /// Set when the config enables BIN24.
     pub bin24: Option<SocketAddr>,
+    /// Set when the config enables CCM.
+    pub ccm: Option<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -30,11 +32,13 @@ impl TestServer {
             .local_addr(ProtocolKind::Room)
             .expect("ROOM enabled in test config");
         let bin24 = server.local_addr(ProtocolKind::Bin24);
+        let ccm = server.local_addr(ProtocolKind::Ccm);
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             room,
             bin24,
+            ccm,
             handle,
             thread: Some(thread),
         }

@@ -1,0 +1,434 @@
+//! The CCM server logic, sans-io: bytes, `now_ms` and the wall-clock second in; sends and
+//! closes out. Tokens come from an injected source so tests are deterministic.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use log::debug;
+
+use super::codec::{self, DecodeError, Detection, Message, MessageType};
+use crate::chat::{ConnId, ConnMap};
+use crate::protocol::{CloseMode, CloseReason, Outbox};
+use crate::timer::{TimerKey, TimerWheel};
+
+/// Fills 16 bytes with randomness; false when no randomness could be had.
+pub type TokenSource = Box<dyn FnMut(&mut [u8; 16]) -> bool + Send>;
+
+/// Tokens from the operating system's cryptographic random source.
+pub fn os_token_source() -> TokenSource {
+    Box::new(|bytes: &mut [u8; 16]| getrandom::fill(bytes).is_ok())
+}
+
+#[derive(Clone, Debug)]
+pub struct CcmConfig {
+    /// Silence after which the server sends `Connect` (the contract's 5000 ms).
+    pub keepalive_idle_ms: u64,
+    /// How long the client then has to send anything (the contract's 3600 ms).
+    pub keepalive_answer_ms: u64,
+    /// Longest user name, in bytes of its UTF-8 form.
+    pub name_bytes_max: usize,
+    pub timer_tick_ms: u64,
+}
+
+impl Default for CcmConfig {
+    fn default() -> Self {
+        CcmConfig {
+            keepalive_idle_ms: 5_000,
+            keepalive_answer_ms: 3_600,
+            name_bytes_max: 64,
+            timer_tick_ms: 10,
+        }
+    }
+}
+
+/// The Reason codes of the contract's Error answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    UnknownAddressee,
+    NameTaken,
+    BadHeader,
+    TooLarge,
+    InvalidToken,
+    NotIdentified,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::UnknownAddressee => "unknown-addressee",
+            Reason::NameTaken => "name-taken",
+            Reason::BadHeader => "bad-header",
+            Reason::TooLarge => "too-large",
+            Reason::InvalidToken => "invalid-token",
+            Reason::NotIdentified => "not-identified",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the first 4 bytes to tell CCM from anything else.
+    Detecting,
+    /// CCM, not yet identified: the next message names the user.
+    Unidentified,
+    Identified {
+        name: Bytes,
+        token: Bytes,
+    },
+}
+
+#[derive(Debug)]
+struct CcmConn {
+    phase: Phase,
+    last_heard_ms: u64,
+    /// When the keepalive `Connect` went out, if it is awaiting an answer.
+    ping_sent_ms: Option<u64>,
+    keepalive: Option<TimerKey>,
+}
+
+pub struct CcmService {
+    config: CcmConfig,
+    conns: ConnMap<CcmConn>,
+    /// Identified users by name.
+    users: HashMap<Bytes, ConnId>,
+    keepalives: TimerWheel<ConnId>,
+    tokens: TokenSource,
+}
+
+/// 10 ms ticks: one revolution (about 10 s) covers the 5 s and 3.6 s keepalive timers.
+const WHEEL_SLOT_COUNT: usize = 1024;
+
+impl CcmService {
+    pub fn new(config: CcmConfig, tokens: TokenSource, now_ms: u64) -> Self {
+        let keepalives = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
+        CcmService {
+            config,
+            conns: ConnMap::new(),
+            users: HashMap::new(),
+            keepalives,
+            tokens,
+        }
+    }
+
+    pub fn identified_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn on_accept(&mut self, id: ConnId, now_ms: u64) {
+        self.conns.insert(
+            id,
+            CcmConn {
+                phase: Phase::Detecting,
+                last_heard_ms: now_ms,
+                ping_sent_ms: None,
+                keepalive: None,
+            },
+        );
+    }
+
+    /// Bytes arrived. `burst_ended`: the socket had no more to read, which ends a message that
+    /// has no Content-Length (the original client never sends one). `unix_secs` dates the
+    /// HTTP answer.
+    pub fn on_data<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        input: &mut BytesMut,
+        burst_ended: bool,
+        now_ms: u64,
+        unix_secs: u64,
+        out: &mut O,
+    ) {
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                input.clear();
+                return;
+            };
+            if let Phase::Detecting = conn.phase {
+                match codec::detect(input) {
+                    Detection::NeedMore => return,
+                    Detection::Ccm => conn.phase = Phase::Unidentified,
+                    Detection::NotCcm => {
+                        debug!("{id}: not CCM, answering HTTP 400");
+                        out.count_rejected();
+                        out.send(id, codec::http_bad_request(unix_secs));
+                        out.close(id, CloseReason::ProtocolError, CloseMode::AfterFlush);
+                        input.clear();
+                        self.conns.remove(id);
+                        return;
+                    }
+                }
+            }
+            let message = match codec::decode(input, burst_ended) {
+                Ok(Some(message)) => message,
+                Ok(None) => return,
+                Err(err) => {
+                    debug!("{id}: {err}");
+                    let reason = match err {
+                        DecodeError::HeaderTooLarge | DecodeError::ContentTooLarge => {
+                            Reason::TooLarge
+                        }
+                        _ => Reason::BadHeader,
+                    };
+                    self.fail(id, reason, &err.to_string(), out);
+                    input.clear();
+                    return;
+                }
+            };
+            out.count_frame_in();
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.last_heard_ms = now_ms;
+                conn.ping_sent_ms = None;
+            }
+            if !self.on_message(id, message, now_ms, out) {
+                input.clear();
+                return;
+            }
+        }
+    }
+
+    /// Returns false when the connection is being closed.
+    fn on_message<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        message: Message,
+        now_ms: u64,
+        out: &mut O,
+    ) -> bool {
+        let Some(conn) = self.conns.get(id) else {
+            return false;
+        };
+        let (name, token) = match &conn.phase {
+            Phase::Identified { name, token } => (name.clone(), token.clone()),
+            _ => {
+                self.identify(id, &message, now_ms, out);
+                return true;
+            }
+        };
+        if let Some(user) = message.attribute("User") {
+            if *user != token {
+                self.fail(
+                    id,
+                    Reason::InvalidToken,
+                    "the User token is not this connection's",
+                    out,
+                );
+                return false;
+            }
+        }
+        match message.message_type() {
+            Some(
+                kind @ (MessageType::Text
+                | MessageType::Raw
+                | MessageType::Audio
+                | MessageType::Streaming),
+            ) => {
+                let Some(addressee) = message.attribute("Addressee").cloned() else {
+                    self.fail(id, Reason::BadHeader, "a message needs an Addressee", out);
+                    return false;
+                };
+                self.deliver(id, &name, kind, &addressee, &message, out);
+                true
+            }
+            // The keepalive answer; hearing it already reset the keepalive.
+            Some(MessageType::Connect) => true,
+            Some(MessageType::Disconnect) => {
+                self.forget(id);
+                out.close(id, CloseReason::Done, CloseMode::AfterFlush);
+                false
+            }
+            // Nothing for the server to do with these from a client.
+            Some(
+                MessageType::NotDefined
+                | MessageType::Identity
+                | MessageType::ConnectVoice
+                | MessageType::Error,
+            ) => true,
+            None => {
+                self.fail(id, Reason::BadHeader, "unknown message type", out);
+                false
+            }
+        }
+    }
+
+    /// The first message of a connection names its user (its content, decoded by its
+    /// Message-Encoding), whatever its type.
+    fn identify<O: Outbox>(&mut self, id: ConnId, message: &Message, now_ms: u64, out: &mut O) {
+        let encoding = message.attribute("Message-Encoding").map(|v| &v[..]);
+        let name = match codec::decode_text(&message.content, encoding) {
+            Ok(text) => text.trim().to_string(),
+            Err(_) => {
+                self.answer_error(
+                    id,
+                    Reason::BadHeader,
+                    "the name could not be decoded with its Message-Encoding",
+                    out,
+                );
+                return;
+            }
+        };
+        if name.is_empty() {
+            self.answer_error(
+                id,
+                Reason::NotIdentified,
+                "an empty name cannot identify a user",
+                out,
+            );
+            return;
+        }
+        if name.len() > self.config.name_bytes_max {
+            self.answer_error(id, Reason::TooLarge, "the name is too long", out);
+            return;
+        }
+        let name = Bytes::from(name.into_bytes());
+        if self.users.contains_key(&name) {
+            self.answer_error(id, Reason::NameTaken, "that name is in use", out);
+            return;
+        }
+        let mut random = [0u8; 16];
+        if !(self.tokens)(&mut random) {
+            log::error!("{id}: no randomness for a token; closing the connection");
+            out.close(id, CloseReason::IoError, CloseMode::Now);
+            return;
+        }
+        let token = Bytes::from(hex(&random));
+        self.users.insert(name.clone(), id);
+        let deadline = now_ms.saturating_add(self.config.keepalive_idle_ms);
+        let keepalive = self.keepalives.insert(deadline, id);
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.phase = Phase::Identified {
+                name,
+                token: token.clone(),
+            };
+            conn.keepalive = Some(keepalive);
+        }
+        out.send(id, codec::encode("Identity", &[("User", &token)], b""));
+    }
+
+    /// Deliver to `addressee`, or to every other identified user for `*`. The header is encoded
+    /// once and the content is shared: each recipient gets two reference-counted buffers.
+    fn deliver<O: Outbox>(
+        &mut self,
+        from: ConnId,
+        sender: &Bytes,
+        kind: MessageType,
+        addressee: &Bytes,
+        message: &Message,
+        out: &mut O,
+    ) {
+        let encoding = message
+            .attribute("Message-Encoding")
+            .cloned()
+            .unwrap_or_else(|| Bytes::from_static(b"utf-8"));
+        let head = codec::encode_head(
+            kind.as_str(),
+            &[
+                ("Sender", sender),
+                ("Addressee", addressee),
+                ("Message-Encoding", &encoding),
+            ],
+            message.content.len(),
+        );
+        let send_to = |to: ConnId, out: &mut O| {
+            out.send(to, head.clone());
+            if !message.content.is_empty() {
+                out.send(to, message.content.clone());
+            }
+        };
+        if &addressee[..] == b"*" {
+            for &to in self.users.values() {
+                if to != from {
+                    send_to(to, out);
+                }
+            }
+        } else if let Some(&to) = self.users.get(addressee) {
+            send_to(to, out);
+        } else {
+            self.answer_error(from, Reason::UnknownAddressee, "no user has that name", out);
+        }
+    }
+
+    fn answer_error<O: Outbox>(&mut self, id: ConnId, reason: Reason, sentence: &str, out: &mut O) {
+        out.send(
+            id,
+            codec::encode(
+                "Error",
+                &[("Reason", reason.code().as_bytes())],
+                sentence.as_bytes(),
+            ),
+        );
+    }
+
+    /// An Error answer, then close once it is written: the stream can no longer be trusted.
+    fn fail<O: Outbox>(&mut self, id: ConnId, reason: Reason, sentence: &str, out: &mut O) {
+        out.count_rejected();
+        self.answer_error(id, reason, sentence, out);
+        out.close(id, CloseReason::ProtocolError, CloseMode::AfterFlush);
+        // Nothing more from it is processed; its name and token go now.
+        self.forget(id);
+    }
+
+    /// Invalidate the token, free the name, stop the keepalive.
+    fn forget(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            if let Some(key) = conn.keepalive.take() {
+                self.keepalives.cancel(key);
+            }
+            if let Phase::Identified { name, .. } = &conn.phase {
+                if self.users.get(name) == Some(&id) {
+                    self.users.remove(name);
+                }
+            }
+            conn.phase = Phase::Unidentified;
+        }
+    }
+
+    /// `id` is gone: its token is invalid and its name free.
+    pub fn on_close(&mut self, id: ConnId) {
+        self.forget(id);
+        self.conns.remove(id);
+    }
+
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.keepalives.next_deadline_ms()
+    }
+
+    /// Keepalive: after `keepalive_idle_ms` of silence send `Connect`; then, if nothing arrives
+    /// within `keepalive_answer_ms`, close. The timer is re-armed for what remains when it
+    /// fires, instead of being reset on every message.
+    pub fn on_timers<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
+        while let Some(id) = self.keepalives.poll_expired(now_ms) {
+            let idle_ms = self.config.keepalive_idle_ms;
+            let answer_ms = self.config.keepalive_answer_ms;
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if !matches!(conn.phase, Phase::Identified { .. }) {
+                continue;
+            }
+            let next_ms = match conn.ping_sent_ms {
+                Some(sent_ms) if now_ms.saturating_sub(sent_ms) >= answer_ms => {
+                    debug!("{id}: no answer to the keepalive");
+                    conn.keepalive = None;
+                    out.close(id, CloseReason::Timeout, CloseMode::Now);
+                    continue;
+                }
+                Some(sent_ms) => sent_ms + answer_ms,
+                None if now_ms.saturating_sub(conn.last_heard_ms) >= idle_ms => {
+                    conn.ping_sent_ms = Some(now_ms);
+                    out.send(id, codec::encode("Connect", &[], b""));
+                    now_ms + answer_ms
+                }
+                None => conn.last_heard_ms + idle_ms,
+            };
+            conn.keepalive = Some(self.keepalives.insert(next_ms, id));
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> Vec<u8> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]])
+        .collect()
+}

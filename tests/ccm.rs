@@ -1,0 +1,146 @@
+//! CCM over real sockets: the real server on an ephemeral port.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, TestServer};
+use switchboard::config::Config;
+
+const IDLE_MS: u64 = 200;
+const ANSWER_MS: u64 = 150;
+
+fn server() -> TestServer {
+    TestServer::start(Config {
+        ccm_port: Some(0),
+        ccm_keepalive_idle_ms: IDLE_MS,
+        ccm_keepalive_answer_ms: ANSWER_MS,
+        ..Config::for_tests()
+    })
+}
+
+/// Identify as `name`; returns the client and its token.
+fn identify(server: &TestServer, name: &str) -> (Client, String) {
+    let mut client = Client::connect(server.ccm.expect("CCM enabled"), name);
+    let message = format!(
+        "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+        name.len()
+    );
+    client.send(message.as_bytes());
+    client.expect(b"CCM\\1.0 Identity\nUser: ");
+    let token = client.read_through(b"\n");
+    let token = String::from_utf8(token[..token.len() - 1].to_vec()).expect("hex token");
+    assert_eq!(token.len(), 32);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    client.expect(b"Content-Length: 0\n\n");
+    (client, token)
+}
+
+fn text(token: &str, to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nUser: {token}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn delivered(from: &str, to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nSender: {from}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn the_original_clients_exact_bytes_identify_juan_douglas() {
+    let server = server();
+    let mut client = Client::connect(server.ccm.expect("CCM"), "original");
+    // No Content-Length: the message is what one read burst brought.
+    client.send(
+        b"CCM\\1.0 NotDefined\nSendDate: 10/11/2021 11;16;19\nMessage-Encoding: utf-8\n\nJuanDouglas",
+    );
+    client.expect(b"CCM\\1.0 Identity\nUser: ");
+    // The name is taken now.
+    let (mut other, _) = identify(&server, "someone");
+    other.send(b"CCM\\1.0 Text\nAddressee: JuanDouglas\nContent-Length: 2\n\nhi");
+    let got = client.read_through(b"\n\nhi");
+    assert!(got.ends_with(
+        b"CCM\\1.0 Text\nSender: someone\nAddressee: JuanDouglas\nMessage-Encoding: utf-8\nContent-Length: 2\n\nhi"
+    ));
+}
+
+#[test]
+fn two_users_exchange_messages_both_ways() {
+    let server = server();
+    let (mut alice, alice_token) = identify(&server, "alice");
+    let (mut bob, bob_token) = identify(&server, "bob");
+    alice.send(&text(&alice_token, "bob", "olá, bob"));
+    bob.expect(&delivered("alice", "bob", "olá, bob"));
+    bob.send(&text(&bob_token, "alice", "oi alice"));
+    alice.expect(&delivered("bob", "alice", "oi alice"));
+}
+
+#[test]
+fn an_unknown_addressee_gets_an_error() {
+    let server = server();
+    let (mut alice, token) = identify(&server, "alice");
+    alice.send(&text(&token, "nobody", "hello?"));
+    alice.expect(b"CCM\\1.0 Error\nReason: unknown-addressee\n");
+    // Still connected and usable.
+    alice.send(&text(&token, "alice", "to myself"));
+    alice.read_through(b"\n\nto myself");
+}
+
+#[test]
+fn a_silent_identified_client_is_pinged_then_closed() {
+    let server = server();
+    let (mut silent, _) = identify(&server, "silent");
+    let started = Instant::now();
+    silent.expect(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
+    assert!(started.elapsed() >= Duration::from_millis(IDLE_MS - 20));
+    assert!(silent.expect_closed().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(IDLE_MS + ANSWER_MS - 20));
+    server.wait_connections(0);
+}
+
+#[test]
+fn answering_the_keepalive_keeps_the_connection() {
+    let server = server();
+    let (mut alive, token) = identify(&server, "alive");
+    for _ in 0..3 {
+        alive.expect(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
+        alive.send(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
+    }
+    alive.send(&text(&token, "alive", "still here"));
+    alive.read_through(b"\n\nstill here");
+}
+
+#[test]
+fn a_browser_gets_the_http_answer_and_is_closed() {
+    let server = server();
+    let mut browser = Client::connect(server.ccm.expect("CCM"), "browser");
+    browser.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let answer = browser.expect_closed();
+    let text = String::from_utf8(answer).expect("ASCII answer");
+    let body = "This server uses the CCM (Chat Comunitcation message) protocol to communicate and I need to use this protocol!";
+    assert_eq!(body.len(), 110);
+    let date_line = text.lines().nth(1).expect("date line").to_string();
+    assert!(
+        date_line.starts_with("Date: ") && date_line.len() == "Date: MM/dd/yyyy HH:mm:ss".len()
+    );
+    let expected = format!(
+        "HTTP/1.1 400 Bad Request\r\n{date_line}\r\nServer: CCM Server\r\nContent-Length: 110\r\nConnection: Closed\r\nContent-Type: text/html; charset=iso-8859-1\r\n\r\n{body}"
+    );
+    assert_eq!(text, expected);
+}
+
+#[test]
+fn a_disconnect_frees_the_name() {
+    let server = server();
+    let (mut alice, _) = identify(&server, "alice");
+    alice.send(b"CCM\\1.0 Disconnect\nContent-Length: 0\n\n");
+    alice.expect_closed();
+    server.wait_connections(0);
+    identify(&server, "alice");
+}
