@@ -5,6 +5,7 @@
 //! client lives in its own module; this file only parses arguments and dispatches.
 
 mod bin24;
+mod ccm;
 mod room;
 
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ enum Command {
     /// (default port 7000)
     #[command(long_about = bin24::LONG_ABOUT)]
     Bin24(bin24::Bin24Args),
+    /// Send and receive CCM messages, identified by name (default port 5454)
+    #[command(long_about = ccm::LONG_ABOUT)]
+    Ccm(ccm::CcmArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,5 +48,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Room(args) => room::run(args),
         Command::Bin24(args) => bin24::run(args),
+        Command::Ccm(args) => ccm::run(args),
     }
 }

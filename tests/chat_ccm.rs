@@ -1,0 +1,763 @@
+//! `chat ccm` against a fake CCM server, over real sockets, driving the real binary; then two
+//! clients against the real server.
+//!
+//! The test thread plays the server one message at a time (decoding with the library codec),
+//! so each test can check exactly which bytes the client sends and can send what it needs to
+//! (an Identity, an Error, a keepalive, a malformed message, a hang-up).
+//!
+//! Every wait is for an event (a message arriving, a line printed, the process exiting) and is
+//! bounded by `WAIT`, so a broken client fails with a message instead of hanging the suite.
+//! Children are killed on every path by `Drop`, panics included.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use switchboard::protocol::ccm::codec::{decode, encode, Message};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How long the server listens for messages that must NOT come. Only absence is checked this
+/// way: a slow client can make such a check pass wrongly, never fail wrongly.
+const QUIET: Duration = Duration::from_millis(300);
+
+const TOKEN: &str = "00112233445566778899aabbccddeeff";
+
+struct FakeServer {
+    listener: TcpListener,
+    port: u16,
+}
+
+impl FakeServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake server");
+        let port = listener.local_addr().expect("fake server address").port();
+        FakeServer { listener, port }
+    }
+
+    /// Accepts the client's connection. std has no accept timeout, so a helper thread accepts
+    /// and the wait is on its channel; on timeout it stays blocked until the test process ends.
+    fn accept(&self) -> Peer {
+        let listener = self.listener.try_clone().expect("clone the listener");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(listener.accept());
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(Ok((stream, _))) => Peer {
+                stream,
+                pending: BytesMut::new(),
+            },
+            Ok(Err(e)) => panic!("fake server: accept failed: {e}"),
+            Err(_) => panic!("fake server: the client did not connect within {WAIT:?}"),
+        }
+    }
+
+    /// Accepts the client and checks that its first message is exactly the identification.
+    fn accept_identifying(&self, name: &str) -> Peer {
+        let mut peer = self.accept();
+        let want = format!(
+            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+            name.len()
+        );
+        peer.expect_bytes(want.as_bytes());
+        peer
+    }
+
+    /// Accepts, checks the identification and answers it with [`TOKEN`].
+    fn accept_identified(&self, client: &mut Client, name: &str) -> Peer {
+        let mut peer = self.accept_identifying(name);
+        peer.send(&encode("Identity", &[("User", TOKEN.as_bytes())], b""));
+        client
+            .stderr
+            .wait_for(&format!("chat: identified as {name}\n"));
+        peer
+    }
+}
+
+/// The server's end of one client connection.
+struct Peer {
+    stream: TcpStream,
+    pending: BytesMut,
+}
+
+enum Received {
+    Message(Message),
+    Closed,
+    Nothing,
+}
+
+impl Peer {
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("fake server: send");
+    }
+
+    /// Reads more into `pending`; false when nothing came by `deadline` or the stream ended.
+    fn fill(&mut self, deadline: Instant) -> Option<bool> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Some(false);
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .expect("fake server: set read timeout");
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    return Some(true);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Some(false)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A reset is the client going away too; what matters here is that it went.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("fake server: read failed: {e}"),
+            }
+        }
+    }
+
+    /// The next message, or the end of the stream, or nothing by `deadline`. Decoded with
+    /// `burst_ended` false, so a message without Content-Length never completes: the client
+    /// must always write it.
+    fn next(&mut self, deadline: Instant) -> Received {
+        loop {
+            match decode(&mut self.pending, false) {
+                Ok(Some(message)) => return Received::Message(message),
+                Ok(None) => {}
+                Err(e) => panic!("fake server: the client sent a bad message: {e}"),
+            }
+            match self.fill(deadline) {
+                Some(true) => {}
+                Some(false) => return Received::Nothing,
+                None => return Received::Closed,
+            }
+        }
+    }
+
+    fn message(&mut self) -> Message {
+        match self.next(Instant::now() + WAIT) {
+            Received::Message(message) => message,
+            Received::Closed => panic!("fake server: connection closed, expected a message"),
+            Received::Nothing => panic!(
+                "fake server: no whole message within {WAIT:?}; pending {:?}",
+                self.pending
+            ),
+        }
+    }
+
+    /// The next bytes are exactly `want`.
+    fn expect_bytes(&mut self, want: &[u8]) {
+        let deadline = Instant::now() + WAIT;
+        while self.pending.len() < want.len() {
+            match self.fill(deadline) {
+                Some(true) => {}
+                Some(false) | None => panic!(
+                    "fake server: expected {:?}, got only {:?}",
+                    show(want),
+                    self.pending
+                ),
+            }
+        }
+        let got = self.pending.split_to(want.len());
+        assert_eq!(show(&got), show(want), "the client's bytes");
+    }
+
+    /// Waits for the client to close the connection; every message before the close is a
+    /// failure.
+    fn expect_close(&mut self) {
+        match self.next(Instant::now() + WAIT) {
+            Received::Closed => {}
+            Received::Message(m) => panic!("fake server: expected the close, got {m:?}"),
+            Received::Nothing => panic!("fake server: the client did not close within {WAIT:?}"),
+        }
+    }
+
+    fn expect_quiet(&mut self, what: &str) {
+        match self.next(Instant::now() + QUIET) {
+            Received::Nothing => {}
+            Received::Message(m) => panic!("fake server: {what}, got {m:?}"),
+            Received::Closed => panic!("fake server: {what}, but the client closed"),
+        }
+    }
+
+    /// The client's goodbye, then its close.
+    fn expect_disconnect(&mut self) {
+        let goodbye = self.message();
+        assert_message(&goodbye, "Disconnect", &[("Content-Length", "0")], b"");
+        self.expect_close();
+    }
+}
+
+/// `message` has this type, exactly these attributes in this order, and this content.
+#[track_caller]
+fn assert_message(message: &Message, kind: &str, attributes: &[(&str, &str)], content: &[u8]) {
+    let got: Vec<(String, String)> = message
+        .attributes
+        .iter()
+        .map(|(k, v)| (show(k), show(v)))
+        .collect();
+    let want: Vec<(String, String)> = attributes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(
+        (show(&message.kind), got, show(&message.content)),
+        (kind.to_string(), want, show(content)),
+        "message {message:?}"
+    );
+}
+
+#[track_caller]
+fn assert_text(message: &Message, to: &str, text: &str) {
+    let length = text.len().to_string();
+    assert_message(
+        message,
+        "Text",
+        &[
+            ("Addressee", to),
+            ("User", TOKEN),
+            ("Message-Encoding", "utf-8"),
+            ("Content-Length", &length),
+        ],
+        text.as_bytes(),
+    );
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A delivered message as the server writes it.
+fn delivery(kind: &str, from: &str, to: &str, encoding: &str, content: &[u8]) -> Vec<u8> {
+    encode(
+        kind,
+        &[
+            ("Sender", from.as_bytes()),
+            ("Addressee", to.as_bytes()),
+            ("Message-Encoding", encoding.as_bytes()),
+        ],
+        content,
+    )
+    .to_vec()
+}
+
+fn error(reason: &str, sentence: &str) -> Vec<u8> {
+    encode(
+        "Error",
+        &[("Reason", reason.as_bytes())],
+        sentence.as_bytes(),
+    )
+    .to_vec()
+}
+
+/// Collects a child pipe on a thread so the test can wait for text with a deadline.
+struct Output {
+    name: &'static str,
+    rx: Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    fn collect(name: &'static str, mut pipe: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Output {
+            name,
+            rx,
+            buf: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        show(&self.buf)
+    }
+
+    /// Waits until the output contains `want`; returns the whole output so far.
+    fn wait_for(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        while !self.text().contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: {want:?} did not appear within {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: closed before {want:?} appeared; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+        self.text()
+    }
+
+    /// Reads until the child closes the pipe (it has exited); returns the whole output.
+    fn wait_closed(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Disconnected) => return self.text(),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: still open after {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+    }
+}
+
+/// A running `chat` process with piped stdio; killed when dropped.
+struct Client {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Output,
+    stderr: Output,
+}
+
+impl Client {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the chat binary");
+        let stdout = Output::collect("stdout", child.stdout.take().expect("piped stdout"));
+        let stderr = Output::collect("stderr", child.stderr.take().expect("piped stderr"));
+        Client {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn ccm(port: u16, name: &str) -> Self {
+        Client::spawn(&["ccm", "--name", name, "--port", &port.to_string()])
+    }
+
+    fn type_text(&mut self, text: &[u8]) {
+        self.stdin
+            .as_mut()
+            .expect("stdin still open")
+            .write_all(text)
+            .expect("write to the client's stdin");
+    }
+
+    fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// std has no wait with a timeout; polling `try_wait` is the portable bounded wait.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.child.try_wait().expect("try_wait") {
+                Some(status) => return status,
+                None if Instant::now() >= deadline => panic!(
+                    "the client did not exit within {WAIT:?}; stderr: {:?}",
+                    self.stderr.text()
+                ),
+                None => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn identifies_then_sends_addressed_lines_with_the_token() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identified(&mut client, "alice");
+
+    client.type_text(b"@bob hi\n");
+    assert_text(&peer.message(), "bob", "hi");
+    client.type_text(b"@* x\r\n");
+    assert_text(&peer.message(), "*", "x");
+    client.type_text("@carol  caf\u{e9} ok\n".as_bytes());
+    assert_text(&peer.message(), "carol", " caf\u{e9} ok");
+
+    client.close_stdin();
+    peer.expect_disconnect();
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert!(status.success(), "status {status}, stderr: {stderr:?}");
+    assert_eq!(client.stdout.wait_closed(), "", "sending prints nothing");
+}
+
+#[test]
+fn lines_typed_before_the_identity_are_sent_after_it() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    client.type_text(b"@bob early\n");
+    client.close_stdin();
+    let mut peer = server.accept_identifying("alice");
+    peer.expect_quiet("nothing before the Identity");
+
+    peer.send(&encode("Identity", &[("User", TOKEN.as_bytes())], b""));
+    assert_text(&peer.message(), "bob", "early");
+    peer.expect_disconnect();
+    assert!(client.wait_exit().success());
+}
+
+#[test]
+fn lines_without_a_recipient_are_refused_with_a_hint() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identified(&mut client, "alice");
+
+    client.type_text(b"hello\n@bob\n/who\n\n");
+    client.stderr.wait_for("`@bob hello`");
+    client.stderr.wait_for("unknown command /who");
+    peer.expect_quiet("refused lines are not sent");
+    client.type_text(b"@bob ok\n");
+    assert_text(&peer.message(), "bob", "ok");
+}
+
+#[test]
+fn incoming_messages_are_shown() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identified(&mut client, "alice");
+
+    peer.send(&delivery("Text", "carol", "alice", "utf-8", b"hello"));
+    client.stdout.wait_for("carol: hello\n");
+    peer.send(&delivery("Text", "carol", "*", "utf-16", b"h\0i\0"));
+    client.stdout.wait_for("carol (to all): hi\n");
+    // Header and content in separate writes, as the real server sends them.
+    let raw = delivery("Raw", "dave", "alice", "utf-8", &[7; 12]);
+    let (head, content) = raw.split_at(raw.len() - 12);
+    peer.send(head);
+    thread::sleep(Duration::from_millis(50));
+    peer.send(content);
+    client.stdout.wait_for("dave sent Raw (12 bytes)\n");
+    peer.expect_quiet("deliveries are not answered");
+
+    client.close_stdin();
+    peer.expect_disconnect();
+    assert!(client.wait_exit().success());
+    assert_eq!(
+        client.stdout.wait_closed(),
+        "carol: hello\ncarol (to all): hi\ndave sent Raw (12 bytes)\n"
+    );
+}
+
+#[test]
+fn keepalive_connect_is_answered_silently() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identified(&mut client, "alice");
+
+    for _ in 0..2 {
+        peer.send(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
+        let answer = peer.message();
+        assert_message(&answer, "Connect", &[("Content-Length", "0")], b"");
+        peer.expect_quiet("one Connect, one answer");
+    }
+
+    client.close_stdin();
+    peer.expect_disconnect();
+    assert!(client.wait_exit().success());
+    assert_eq!(client.stdout.wait_closed(), "", "keepalives print nothing");
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(stderr, "chat: identified as alice\n");
+}
+
+#[test]
+fn an_error_to_the_identification_exits_1_with_the_reason() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identifying("alice");
+
+    peer.send(&error("name-taken", "that name is in use"));
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains("chat: error name-taken: that name is in use\n")
+            && stderr.contains("another --name"),
+        "stderr: {stderr:?}"
+    );
+    peer.expect_close();
+}
+
+#[test]
+fn an_error_once_identified_is_shown_and_the_session_goes_on() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identified(&mut client, "alice");
+
+    client.type_text(b"@zed anyone?\n");
+    assert_text(&peer.message(), "zed", "anyone?");
+    peer.send(&error("unknown-addressee", "no user has that name"));
+    client
+        .stderr
+        .wait_for("chat: error unknown-addressee: no user has that name\n");
+    client.type_text(b"@bob still here\n");
+    assert_text(&peer.message(), "bob", "still here");
+}
+
+#[test]
+fn quit_and_stdin_eof_send_disconnect_and_exit_0() {
+    for ending in [&b"/quit\n"[..], b""] {
+        let server = FakeServer::start();
+        let mut client = Client::ccm(server.port, "alice");
+        let mut peer = server.accept_identified(&mut client, "alice");
+
+        client.type_text(b"@bob last\n");
+        client.type_text(ending);
+        client.close_stdin();
+        assert_text(&peer.message(), "bob", "last");
+        peer.expect_disconnect();
+        let status = client.wait_exit();
+        let stderr = client.stderr.wait_closed();
+        assert!(status.success(), "status {status}, stderr: {stderr:?}");
+        assert!(
+            !stderr.contains("closed by the server"),
+            "stderr: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn server_hangup_exits_0_with_a_message() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let peer = server.accept_identified(&mut client, "alice");
+
+    drop(peer);
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert!(status.success(), "status {status}, stderr: {stderr:?}");
+    assert!(
+        stderr.contains("chat: connection closed by the server"),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn malformed_message_from_the_server_exits_1() {
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identified(&mut client, "alice");
+
+    peer.send(b"HTTP/1.1 200 OK\r\n\r\n");
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains("chat: malformed message from the server: "),
+        "stderr: {stderr:?}"
+    );
+    peer.expect_close();
+}
+
+#[test]
+fn sigterm_and_sigint_exit_0() {
+    for signal in ["TERM", "INT"] {
+        let server = FakeServer::start();
+        let mut client = Client::ccm(server.port, "alice");
+        let mut peer = server.accept_identified(&mut client, "alice");
+
+        client.signal(signal);
+        peer.expect_close();
+        let status = client.wait_exit();
+        assert!(status.success(), "SIG{signal}: status {status}");
+    }
+}
+
+#[test]
+fn connection_refused_exits_1_naming_the_address() {
+    let port = free_port();
+    let mut client = Client::ccm(port, "alice");
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("connect"),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn invalid_names_exit_2() {
+    for (name, problem) in [("", "empty"), ("a b", "spaces"), ("*", "everyone")] {
+        let mut client = Client::ccm(1, name);
+        let status = client.wait_exit();
+        let stderr = client.stderr.wait_closed();
+        assert_eq!(status.code(), Some(2), "{name:?}: stderr: {stderr:?}");
+        assert!(stderr.contains(problem), "{name:?}: stderr: {stderr:?}");
+    }
+}
+
+#[test]
+fn help_explains_the_input_and_the_output() {
+    let mut client = Client::spawn(&["ccm", "--help"]);
+    assert!(client.wait_exit().success());
+    let help = client.stdout.wait_closed();
+    for needle in [
+        "--name",
+        "@bob hello there",
+        "@* hi all",
+        "/quit",
+        "Disconnect",
+        "carol (to all): hi",
+        "sent Raw (12 bytes)",
+        "chat: error unknown-addressee",
+        "Connect",
+        "another --name",
+        "5454",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing from {help}");
+    }
+}
+
+// ---- against the real server ----
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+/// The real server with only CCM on, killed when dropped.
+struct Chatd {
+    child: Child,
+    port: u16,
+    _stderr: Output,
+}
+
+impl Chatd {
+    fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args([
+                "--room-port",
+                "0",
+                "--bin24-port",
+                "0",
+                "--ccm-port",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the chatd binary");
+        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
+        let mut server = Chatd {
+            child,
+            port,
+            _stderr: stderr,
+        };
+        server.wait_listening();
+        server
+    }
+
+    /// Polls with a connect, since nothing else says when the port is open. The probe sends
+    /// nothing, so it never becomes a user.
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("chatd exited with {status} before listening");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chatd did not listen on port {} within {WAIT:?}",
+                self.port
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Chatd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_clients_talk_through_the_real_server() {
+    let server = Chatd::start();
+
+    let mut bob = Client::ccm(server.port, "bob");
+    bob.stderr.wait_for("chat: identified as bob\n");
+    let mut alice = Client::ccm(server.port, "alice");
+    alice.stderr.wait_for("chat: identified as alice\n");
+
+    alice.type_text(b"@bob hello bob\n");
+    bob.stdout.wait_for("alice: hello bob\n");
+    bob.type_text(b"@* hi everyone\n");
+    alice.stdout.wait_for("bob (to all): hi everyone\n");
+
+    // Nobody named zed: the server says so, and the session goes on.
+    alice.type_text(b"@zed anyone?\n");
+    alice.stderr.wait_for("chat: error unknown-addressee: ");
+
+    // The name is taken while alice is connected.
+    let mut alice_again = Client::ccm(server.port, "alice");
+    let status = alice_again.wait_exit();
+    let stderr = alice_again.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(stderr.contains("chat: error name-taken: "), "{stderr:?}");
+
+    alice.close_stdin();
+    assert!(alice.wait_exit().success());
+    bob.close_stdin();
+    assert!(bob.wait_exit().success());
+    assert_eq!(bob.stdout.wait_closed(), "alice: hello bob\n");
+    assert_eq!(alice.stdout.wait_closed(), "bob (to all): hi everyone\n");
+}
