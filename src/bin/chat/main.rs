@@ -6,6 +6,7 @@
 
 mod bin24;
 mod ccm;
+mod input;
 mod room;
 
 use std::process::ExitCode;
