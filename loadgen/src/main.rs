@@ -12,10 +12,13 @@
 //! - `stats`: histograms, sequence tracking, error counters; `report`: verdict, text, JSON
 //! - `room`: the ROOM scenario's mio loop
 //! - `bin24`: the BIN24 scenario: its loop, the per-message ledger, partners, stamp and report
+//! - `ccm`: the CCM scenario: its loop, the text stamp, the client side of the contract
+//!   (messages, keepalive answers, checks of what arrives) and its report (partners: BIN24's)
 //! - `limits`: the open-files limit
 
 mod args;
 mod bin24;
+mod ccm;
 mod clock;
 mod limits;
 mod pacer;
@@ -37,6 +40,7 @@ use serde::Serialize;
 use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{Bin24Config, Bin24Error, STAMP_BYTES};
+use crate::ccm::{CcmConfig, CcmError};
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::report::Report;
@@ -64,6 +68,10 @@ const SPARE_FILES: u64 = 64;
 /// recipient the server gives up on still has its messages answered "300" within the drain.
 const ROOM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
 const BIN24_DRAIN_DEFAULT: Duration = Duration::from_secs(5);
+const CCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
+/// CCM contents: the text stamp, up to 64 KiB (the server takes up to 1 MiB).
+const CCM_CONTENT_BYTES_MIN: usize = ccm::stamp::STAMP_BYTES;
+const CCM_CONTENT_BYTES_MAX: usize = 65_536;
 /// BIN24 keeps 6 bytes per planned message (its fate and its write time): at most 120 MB.
 const BIN24_MESSAGES_MAX: u64 = 20_000_000;
 /// BIN24 bodies: the stamp, up to the largest body a frame carries.
@@ -96,6 +104,11 @@ enum Scenario {
     /// delivered as type 2 when the loadgen connects them at the end. Every message is
     /// accounted for.
     Bin24(Bin24Args),
+    /// CCM: identified users send Text messages to a partner on a fixed plan; receivers time
+    /// and check every delivery; everyone answers the server's Connect keepalives. Optional
+    /// silent users identify and never speak again: the report shows when the server closed
+    /// them.
+    Ccm(CcmArgs),
 }
 
 /// Flags every scenario shares: where, how long, and where the results go.
@@ -115,8 +128,8 @@ struct CommonArgs {
     warmup: Duration,
 
     /// How long to wait after the last planned send for messages still in flight; messages not
-    /// delivered (room) or not answered (bin24) by then are losses. The run ends earlier once
-    /// everything has arrived. Default 2s for room, 5s for bin24 (more than the server's 3 s
+    /// delivered (room, ccm) or not answered (bin24) by then are losses. The run ends earlier once
+    /// everything has arrived. Default 2s for room and ccm, 5s for bin24 (more than the server's 3 s
     /// answer timeout). At most 10m.
     #[arg(long, value_parser = parse_duration)]
     drain: Option<Duration>,
@@ -211,11 +224,56 @@ struct Bin24Args {
     common: CommonArgs,
 }
 
+#[derive(Args, Debug)]
+struct CcmArgs {
+    /// Server port of the CCM listener.
+    #[arg(long, default_value_t = 5_454)]
+    port: u16,
+
+    /// Active users, named lg00001, lg00002, ...: each has its own connection, identifies,
+    /// sends to its partner and receives from it. From 2 to 10000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=USERS_MAX as u64))]
+    users: u64,
+
+    /// Each user sends to its pair: 1 <-> 2, 3 <-> 4, ... (the default; needs an even --users).
+    #[arg(long)]
+    pairs: bool,
+
+    /// Each user sends to the next one, the last to the first.
+    #[arg(long, conflicts_with = "pairs")]
+    ring: bool,
+
+    /// Messages per second over all senders together (every active user that joined sends
+    /// rate/senders per second, evenly spaced, the senders phase-shifted).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=RATE_PER_S_MAX))]
+    rate: u64,
+
+    /// Bytes of each message's content: the 52-byte text stamp, padded. From 52 to 65536.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+
+    /// Extra silent users, as a share of --users (rounded): they identify (lgq00001, ...) and
+    /// then send nothing, not even keepalive answers; the report shows when the server closed
+    /// each, from its last write. From 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    silent_share: f64,
+
+    /// Longest wait, after a silent user's identification, for the server to close it; one
+    /// still open then fails the run. Above the server's idle + answer timers (5 s + 3.6 s by
+    /// default). At most 10m.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    silent_wait: Duration,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Room(args) => run_room(args),
         Scenario::Bin24(args) => run_bin24(args),
+        Scenario::Ccm(args) => run_ccm(args),
     }
 }
 
@@ -421,6 +479,80 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         }
     };
     let report = bin24::report::Report::new(&cfg, common.seed, common.strict, &outcome);
+    deliver_report(
+        report.to_text(),
+        &report,
+        report.outcome.exit_code,
+        &mut json_out,
+    )
+}
+
+fn run_ccm(args: CcmArgs) -> ExitCode {
+    let common = &args.common;
+    if let Err(why) = check_common(common) {
+        return refuse(why);
+    }
+    let users = args.users as usize;
+    let pattern = if args.ring {
+        Pattern::Ring
+    } else {
+        Pattern::Pairs
+    };
+    if let Err(why) = pattern.check(users) {
+        return refuse(why);
+    }
+    if !(0.0..=1.0).contains(&args.silent_share) {
+        return refuse("--silent-share must be between 0 and 1");
+    }
+    if args.silent_wait > WARMUP_MAX {
+        return refuse("--silent-wait must be at most 10m");
+    }
+    if !(CCM_CONTENT_BYTES_MIN..=CCM_CONTENT_BYTES_MAX).contains(&args.payload_bytes) {
+        return refuse(format!(
+            "--payload-bytes must be between {CCM_CONTENT_BYTES_MIN} (the stamp) and \
+             {CCM_CONTENT_BYTES_MAX}"
+        ));
+    }
+    let silent = ccm::silent_count(users, args.silent_share);
+    let target = match resolve_loopback(&common.host, args.port) {
+        Ok(target) => target,
+        Err(why) => return refuse(why),
+    };
+    if let Err(why) = limits::ensure_open_files((users + silent) as u64 + SPARE_FILES) {
+        return refuse(why);
+    }
+    let mut json_out = match create_json(common.json.as_ref()) {
+        Ok(json_out) => json_out,
+        Err(why) => return refuse(why),
+    };
+    let cfg = CcmConfig {
+        target,
+        users,
+        pattern,
+        silent,
+        rate_per_s: args.rate,
+        duration_us: common.duration.as_micros() as u64,
+        warmup_us: common.warmup.as_micros() as u64,
+        drain_us: common.drain.unwrap_or(CCM_DRAIN_DEFAULT).as_micros() as u64,
+        silent_wait_us: args.silent_wait.as_micros() as u64,
+        content_bytes: args.payload_bytes,
+        connect_rate_per_s: common.connect_rate,
+        run_id: run_id(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let outcome = match ccm::run(&cfg) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            discard_json(&mut json_out);
+            return match e {
+                CcmError::Unreachable(why) => refuse(format!(
+                    "no user could join a CCM server at {target}: {why}"
+                )),
+                CcmError::Setup(why) => refuse(format!("setup failed: {why}")),
+            };
+        }
+    };
+    let report = ccm::report::Report::new(&cfg, common.seed, common.strict, &outcome);
     deliver_report(
         report.to_text(),
         &report,

@@ -1,0 +1,1143 @@
+//! The CCM scenario: identified users send `Text` messages to a partner (pairs or a ring, as
+//! BIN24) on the shared plan; receivers time every delivery from its intended send time and
+//! check it against the contract; every user answers the server's `Connect` keepalive at once.
+//! A share of extra "silent" users identify and then never send anything, not even a keepalive
+//! answer: the loadgen times when the server closes each, from its last write.
+//!
+//! Phases, all bounded in time:
+//! 1. Ramp-up: every user (active and silent) connects at `--connect-rate` and identifies
+//!    (content = its name); it has joined when the `Identity` with its token comes back.
+//! 2. Send: every active user that joined sends to its partner on the plan.
+//! 3. Drain: until every written message was delivered, or `--drain`.
+//! 4. Silent wait: until the server has closed every silent user, or `--silent-wait` after the
+//!    last one's identification. Active users keep answering keepalives meanwhile.
+//!
+//! The loop is ROOM's and BIN24's: one mio poll, sockets registered READABLE|WRITABLE once,
+//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+
+pub mod report;
+pub mod stamp;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use switchboard::protocol::ccm::codec;
+
+use crate::bin24::topology::Pattern;
+use crate::clock::Clock;
+use crate::pacer::Pacer;
+use crate::plan::Plan;
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
+use stamp::Stamp;
+use wire::{Accounting, Incoming, Role};
+
+const TIMER: Token = Token(0);
+const READ_BUF_BYTES: usize = 64 * 1024;
+const READ_BUDGET_BYTES: usize = 256 * 1024;
+const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
+const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
+const EVENTS_PER_SEND_CHECK: usize = 64;
+const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
+const START_DELAY_US: u64 = 50_000;
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+/// The ramp-up gives up after max(this, 3 times its planned time).
+const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
+const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
+const PROGRESS_INTERVAL_US: u64 = 1_000_000;
+
+/// The name of active user `i`: `lg00001`, `lg00002`, ...
+pub fn active_name(i: usize) -> String {
+    format!("lg{:05}", i + 1)
+}
+
+/// The name of silent user `k`: `lgq00001`, ... (never an addressee).
+pub fn silent_name(k: usize) -> String {
+    format!("lgq{:05}", k + 1)
+}
+
+/// How many silent users `share` of `users` makes: rounded to the nearest user.
+pub fn silent_count(users: usize, share: f64) -> usize {
+    (users as f64 * share).round() as usize
+}
+
+#[derive(Clone, Debug)]
+pub struct CcmConfig {
+    pub target: SocketAddr,
+    /// Active users (they send and receive).
+    pub users: usize,
+    pub pattern: Pattern,
+    /// Extra users that identify and then stay silent.
+    pub silent: usize,
+    pub rate_per_s: u64,
+    pub duration_us: u64,
+    pub warmup_us: u64,
+    pub drain_us: u64,
+    /// Longest wait, after a silent user's identification, for the server to close it.
+    pub silent_wait_us: u64,
+    /// Bytes of each message's content, the stamp included.
+    pub content_bytes: usize,
+    pub connect_rate_per_s: u64,
+    pub run_id: u32,
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub enum CcmError {
+    Setup(String),
+    /// Not one active user could join.
+    Unreachable(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// Text at the receiver minus intended send time.
+    pub delivery: LatencyHistogram,
+    /// Identity received minus intended connect time.
+    pub connect: LatencyHistogram,
+    pub send_lag: LatencyHistogram,
+    pub schedule_lateness: LatencyHistogram,
+    pub socket_blocked: LatencyHistogram,
+    /// Silent users: server's `Connect` minus the user's last write.
+    pub silent_keepalive_after: LatencyHistogram,
+    /// Silent users: close seen minus the user's last write.
+    pub silent_closed_after: LatencyHistogram,
+}
+
+#[derive(Debug)]
+pub struct CcmOutcome {
+    pub users_requested: usize,
+    pub users_joined: usize,
+    pub silent_requested: usize,
+    pub silent_joined: usize,
+    pub silent_closed: u64,
+    /// Silent users closed without a `Connect` first (a contract breach, also a protocol error).
+    pub silent_closed_without_keepalive: u64,
+    /// Silent users still open when the wait ended.
+    pub silent_not_closed: u64,
+    pub plan: Plan,
+    pub latency: Latencies,
+    pub seq: SeqCounts,
+    pub undelivered: u64,
+    pub errors: ErrorCounts,
+    pub sent: u64,
+    pub sent_in_window: u64,
+    pub delivered_in_window: u64,
+    pub not_sent_queue_full: u64,
+    pub not_sent_connection_lost: u64,
+    pub not_sent_at_end: u64,
+    pub foreign_messages: u64,
+    /// Keepalives received by active users (each answered at once) and by silent users.
+    pub keepalives_active: u64,
+    pub keepalives_answered: u64,
+    pub keepalives_silent: u64,
+    pub ramp_us: u64,
+    pub drain_used_us: u64,
+    pub drain_timed_out: bool,
+    pub silent_wait_used_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UserPhase {
+    Idle,
+    Connecting,
+    AwaitIdentity,
+    Joined,
+    /// A silent user the server closed (measured).
+    ClosedByServer,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    end: usize,
+    intended_us: u64,
+    noticed_us: u64,
+}
+
+struct User {
+    name: String,
+    role: Role,
+    partner: usize,
+    sender: Option<u32>,
+    stream: Option<TcpStream>,
+    phase: UserPhase,
+    readable: bool,
+    writable: bool,
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    written: usize,
+    queue: VecDeque<Queued>,
+    dirty: bool,
+    intended_connect_us: u64,
+    in_ramp: bool,
+    token: Bytes,
+    /// When the user's last bytes went out completely.
+    last_write_us: u64,
+    keepalives: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Ramp,
+    Send,
+    Drain { deadline_us: u64 },
+    SilentWait { deadline_us: u64 },
+    Done,
+}
+
+struct Run<'a> {
+    cfg: &'a CcmConfig,
+    clock: Clock,
+    poll: Poll,
+    pacer: Pacer,
+    users: Vec<User>,
+    senders: Vec<usize>,
+    accounting: Accounting,
+    read_buf: Vec<u8>,
+    content_buf: Vec<u8>,
+    latency: Latencies,
+    errors: ErrorCounts,
+    sent: u64,
+    sent_in_window: u64,
+    delivered_in_window: u64,
+    not_sent_queue_full: u64,
+    not_sent_connection_lost: u64,
+    foreign_messages: u64,
+    keepalives_active: u64,
+    keepalives_answered: u64,
+    keepalives_silent: u64,
+    silent_closed: u64,
+    silent_closed_without_keepalive: u64,
+    dirty: Vec<usize>,
+    still_ready: Vec<usize>,
+    phase: Phase,
+    plan: Option<Plan>,
+    next_g: u64,
+    next_connect: usize,
+    ramp_unsettled: usize,
+    ramp_deadline_us: u64,
+    ramp_start_us: u64,
+    ramp_end_us: u64,
+    drain_start_us: Option<u64>,
+    drain_timed_out: bool,
+    silent_start_us: Option<u64>,
+    done_us: u64,
+    next_check_us: u64,
+    progress_next_us: u64,
+    bytes_since_send_check: usize,
+}
+
+pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, CcmError> {
+    let setup = |what: &str, e: io::Error| CcmError::Setup(format!("{what}: {e}"));
+    let clock = Clock::start().map_err(|e| setup("clock", e))?;
+    let poll = Poll::new().map_err(|e| setup("poll", e))?;
+    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
+    pacer
+        .register(poll.registry(), TIMER)
+        .map_err(|e| setup("register timerfd", e))?;
+    let now_us = clock.now_us();
+    let rate = cfg.connect_rate_per_s.max(1);
+    let total = cfg.users + cfg.silent;
+    // Silent users are spread through the ramp-up rather than left to its end.
+    let users: Vec<User> = (0..total)
+        .map(|i| {
+            let (name, role, partner) = if i < cfg.users {
+                (
+                    active_name(i),
+                    Role::Active,
+                    cfg.pattern.partner(i, cfg.users),
+                )
+            } else {
+                (silent_name(i - cfg.users), Role::Silent, i)
+            };
+            User {
+                name,
+                role,
+                partner,
+                sender: None,
+                stream: None,
+                phase: UserPhase::Idle,
+                readable: false,
+                writable: false,
+                inbuf: BytesMut::new(),
+                out: Vec::new(),
+                written: 0,
+                queue: VecDeque::new(),
+                dirty: false,
+                intended_connect_us: 0,
+                in_ramp: true,
+                token: Bytes::new(),
+                last_write_us: 0,
+                keepalives: 0,
+            }
+        })
+        .collect();
+    let mut run = Run {
+        cfg,
+        clock,
+        poll,
+        pacer,
+        users,
+        senders: Vec::new(),
+        accounting: Accounting::new(0),
+        read_buf: vec![0; READ_BUF_BYTES],
+        content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
+        latency: Latencies::default(),
+        errors: ErrorCounts::default(),
+        sent: 0,
+        sent_in_window: 0,
+        delivered_in_window: 0,
+        not_sent_queue_full: 0,
+        not_sent_connection_lost: 0,
+        foreign_messages: 0,
+        keepalives_active: 0,
+        keepalives_answered: 0,
+        keepalives_silent: 0,
+        silent_closed: 0,
+        silent_closed_without_keepalive: 0,
+        dirty: Vec::new(),
+        still_ready: Vec::new(),
+        phase: Phase::Ramp,
+        plan: None,
+        next_g: 0,
+        next_connect: 0,
+        ramp_unsettled: total,
+        ramp_deadline_us: now_us
+            + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
+        ramp_start_us: now_us,
+        ramp_end_us: now_us,
+        drain_start_us: None,
+        drain_timed_out: false,
+        silent_start_us: None,
+        done_us: now_us,
+        next_check_us: now_us,
+        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        bytes_since_send_check: 0,
+    };
+    for (k, u) in connect_order(cfg.users, cfg.silent).into_iter().enumerate() {
+        run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
+    }
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// The order users connect in: the silent ones (indices `users..`) spread evenly among the
+/// active ones.
+fn connect_order(users: usize, silent: usize) -> Vec<usize> {
+    let total = users + silent;
+    let mut order = Vec::with_capacity(total);
+    let (mut a, mut s) = (0, 0);
+    while a + s < total {
+        // Keep s/(a+s) at the silent share: take a silent user when behind it.
+        if s < silent && (a == users || s * total < (a + s) * silent) {
+            order.push(users + s);
+            s += 1;
+        } else {
+            order.push(a);
+            a += 1;
+        }
+    }
+    order
+}
+
+impl Run<'_> {
+    fn event_loop(&mut self) -> Result<(), CcmError> {
+        let mut events = Events::with_capacity(1024);
+        let order = connect_order(self.cfg.users, self.cfg.silent);
+        while self.phase != Phase::Done {
+            self.advance(&order)?;
+            if self.phase == Phase::Done {
+                break;
+            }
+            self.pacer
+                .arm_at(self.next_wake_us(&order))
+                .map_err(|e| CcmError::Setup(format!("arming the timerfd: {e}")))?;
+            let timeout = if self.still_ready.is_empty() {
+                POLL_TIMEOUT_MAX
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(CcmError::Setup(format!("poll: {e}")));
+            }
+            let mut handled = 0usize;
+            for event in events.iter() {
+                if event.token() == TIMER {
+                    if let Err(e) = self.pacer.acknowledge() {
+                        return Err(CcmError::Setup(format!("reading the timerfd: {e}")));
+                    }
+                    continue;
+                }
+                let index = event.token().0 - 1;
+                let Some(user) = self.users.get_mut(index) else {
+                    continue;
+                };
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    user.readable = true;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    user.writable = true;
+                }
+                self.drive(index);
+                handled += 1;
+                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
+                    self.send_due();
+                }
+            }
+            for index in std::mem::take(&mut self.still_ready) {
+                self.drive(index);
+            }
+            self.flush_dirty();
+        }
+        if self.cfg.progress {
+            eprintln!();
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, order: &[usize]) -> Result<(), CcmError> {
+        let now_us = self.clock.now_us();
+        match self.phase {
+            Phase::Ramp => {
+                while let Some(&u) = order.get(self.next_connect) {
+                    if self.users[u].intended_connect_us > now_us {
+                        break;
+                    }
+                    self.next_connect += 1;
+                    self.connect(u);
+                }
+                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
+                    for u in 0..self.users.len() {
+                        if self.users[u].in_ramp {
+                            self.fail(u, ErrorKind::Connect, || {
+                                "timed out before its Identity came back".to_string()
+                            });
+                        }
+                    }
+                    self.next_connect = order.len();
+                }
+                if self.next_connect == order.len() && self.ramp_unsettled == 0 {
+                    self.start_sending(now_us)?;
+                }
+            }
+            Phase::Send => {
+                self.send_due();
+                if self
+                    .plan
+                    .as_ref()
+                    .is_some_and(|p| self.next_g >= p.messages)
+                {
+                    let now_us = self.clock.now_us();
+                    self.drain_start_us = Some(now_us);
+                    self.next_check_us = now_us;
+                    self.phase = Phase::Drain {
+                        deadline_us: now_us + self.cfg.drain_us,
+                    };
+                }
+            }
+            Phase::Drain { deadline_us } => {
+                self.flush_dirty();
+                if now_us >= self.next_check_us {
+                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                    let queued = self.users.iter().any(|u| !u.queue.is_empty());
+                    let complete = !queued && self.accounting.undelivered() == 0;
+                    if complete || now_us >= deadline_us {
+                        self.drain_timed_out = !complete;
+                        self.start_silent_wait(now_us);
+                    }
+                }
+            }
+            Phase::SilentWait { deadline_us } => {
+                if self.silent_open() == 0 || now_us >= deadline_us {
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+        if self.phase == Phase::Done {
+            self.done_us = now_us;
+        }
+        if self.cfg.progress && now_us >= self.progress_next_us {
+            self.progress_line(now_us);
+            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
+        }
+        Ok(())
+    }
+
+    fn next_wake_us(&self, order: &[usize]) -> u64 {
+        let phase_us = match self.phase {
+            Phase::Ramp => order
+                .get(self.next_connect)
+                .map_or(u64::MAX, |&u| self.users[u].intended_connect_us)
+                .min(self.ramp_deadline_us),
+            Phase::Send => self
+                .plan
+                .as_ref()
+                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
+            Phase::Drain { .. } => self.next_check_us,
+            // A close wakes the poll by itself.
+            Phase::SilentWait { deadline_us } => deadline_us,
+            Phase::Done => u64::MAX,
+        };
+        if self.cfg.progress {
+            phase_us.min(self.progress_next_us)
+        } else {
+            phase_us
+        }
+    }
+
+    /// Silent users the server has not closed yet.
+    fn silent_open(&self) -> usize {
+        self.users
+            .iter()
+            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+            .count()
+    }
+
+    fn start_silent_wait(&mut self, now_us: u64) {
+        self.silent_start_us = Some(now_us);
+        let last_us = self
+            .users
+            .iter()
+            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+            .map(|u| u.last_write_us)
+            .max();
+        self.phase = match last_us {
+            Some(last_us) => Phase::SilentWait {
+                deadline_us: (last_us + self.cfg.silent_wait_us).max(now_us),
+            },
+            None => Phase::Done,
+        };
+    }
+
+    fn settle(&mut self, u: usize) {
+        if std::mem::take(&mut self.users[u].in_ramp) {
+            self.ramp_unsettled -= 1;
+        }
+    }
+
+    fn connect(&mut self, u: usize) {
+        match TcpStream::connect(self.cfg.target) {
+            Ok(mut stream) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
+                    return;
+                }
+                let registered = self.poll.registry().register(
+                    &mut stream,
+                    Token(u + 1),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                if let Err(e) = registered {
+                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
+                    return;
+                }
+                let user = &mut self.users[u];
+                user.stream = Some(stream);
+                user.phase = UserPhase::Connecting;
+            }
+            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    fn start_sending(&mut self, now_us: u64) -> Result<(), CcmError> {
+        self.ramp_end_us = now_us;
+        self.senders = (0..self.cfg.users)
+            .filter(|&u| self.users[u].phase == UserPhase::Joined)
+            .collect();
+        if self.senders.is_empty() {
+            let why = self
+                .errors
+                .first
+                .first()
+                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
+            return Err(CcmError::Unreachable(why));
+        }
+        for (ordinal, &u) in self.senders.iter().enumerate() {
+            self.users[u].sender = Some(ordinal as u32);
+        }
+        self.accounting = Accounting::new(self.senders.len());
+        self.plan = Some(Plan::new(
+            self.senders.len() as u32,
+            self.cfg.rate_per_s,
+            now_us + START_DELAY_US,
+            self.cfg.warmup_us,
+            self.cfg.duration_us,
+        ));
+        self.phase = Phase::Send;
+        Ok(())
+    }
+
+    fn send_due(&mut self) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.bytes_since_send_check = 0;
+        let now_us = self.clock.now_us();
+        let senders = u64::from(plan.senders);
+        while self.next_g < plan.messages {
+            let intended_us = plan.intended_us(self.next_g);
+            if intended_us > now_us {
+                break;
+            }
+            let g = self.next_g;
+            self.next_g += 1;
+            let u = self.senders[plan.sender_of(g) as usize];
+            let user = &self.users[u];
+            if user.phase != UserPhase::Joined {
+                self.not_sent_connection_lost += 1;
+                continue;
+            }
+            let content = &mut self.content_buf[..self.cfg.content_bytes];
+            let stamp = Stamp {
+                run_id: self.cfg.run_id,
+                sender: u as u32,
+                seq: (g / senders) as u32,
+                intended_us,
+            };
+            if stamp::write(content, &stamp).is_err() {
+                self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+                continue;
+            }
+            let message = wire::text(&user.token, &self.users[user.partner].name, content);
+            if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
+                || user.out.len() - user.written + message.len() > SEND_QUEUE_BYTES_MAX
+            {
+                self.not_sent_queue_full += 1;
+                continue;
+            }
+            let user = &mut self.users[u];
+            user.out.extend_from_slice(&message);
+            user.queue.push_back(Queued {
+                end: user.out.len(),
+                intended_us,
+                noticed_us: now_us,
+            });
+            if !plan.is_warmup(intended_us) {
+                self.latency
+                    .schedule_lateness
+                    .record(now_us.saturating_sub(intended_us));
+            }
+            if !user.dirty {
+                user.dirty = true;
+                self.dirty.push(u);
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn mark_dirty(&mut self, u: usize) {
+        if !self.users[u].dirty {
+            self.users[u].dirty = true;
+            self.dirty.push(u);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for u in std::mem::take(&mut self.dirty) {
+            self.users[u].dirty = false;
+            self.flush(u);
+        }
+    }
+
+    fn flush(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        if !matches!(user.phase, UserPhase::AwaitIdentity | UserPhase::Joined) || !user.writable {
+            return;
+        }
+        let Some(stream) = user.stream.as_mut() else {
+            return;
+        };
+        if user.written == user.out.len() {
+            return;
+        }
+        let attempt_us = self.clock.now_us();
+        let mut failure = None;
+        while user.written < user.out.len() {
+            match stream.write(&user.out[user.written..]) {
+                Ok(0) => {
+                    failure = Some("write returned 0".to_string());
+                    break;
+                }
+                Ok(n) => user.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    user.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let done_us = self.clock.now_us();
+        while let Some(queued) = user.queue.front().copied() {
+            if queued.end > user.written {
+                break;
+            }
+            user.queue.pop_front();
+            self.sent += 1;
+            if let Some(ordinal) = user.sender {
+                self.accounting.on_sent(ordinal as usize);
+            }
+            if let Some(plan) = self.plan.as_ref() {
+                if !plan.is_warmup(queued.intended_us) {
+                    self.latency
+                        .socket_blocked
+                        .record(attempt_us.saturating_sub(queued.noticed_us));
+                    self.latency
+                        .send_lag
+                        .record(done_us.saturating_sub(queued.intended_us));
+                }
+                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+                    self.sent_in_window += 1;
+                }
+            }
+        }
+        if user.written == user.out.len() {
+            user.out.clear();
+            user.written = 0;
+            user.last_write_us = done_us;
+        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
+            let shift = user.written;
+            user.out.drain(..shift);
+            user.written = 0;
+            for queued in &mut user.queue {
+                queued.end -= shift;
+            }
+        }
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
+    }
+
+    fn drive(&mut self, u: usize) {
+        match self.users[u].phase {
+            UserPhase::Idle | UserPhase::Failed | UserPhase::ClosedByServer => {}
+            UserPhase::Connecting => {
+                if self.users[u].readable || self.users[u].writable {
+                    self.check_connected(u);
+                }
+                if self.users[u].phase != UserPhase::Connecting {
+                    self.drive(u);
+                }
+            }
+            UserPhase::AwaitIdentity | UserPhase::Joined => {
+                if self.users[u].readable {
+                    self.read(u);
+                }
+                let user = &self.users[u];
+                if user.writable && user.written < user.out.len() {
+                    self.flush(u);
+                }
+            }
+        }
+    }
+
+    fn check_connected(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        let Some(stream) = user.stream.as_ref() else {
+            return;
+        };
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(true) => {
+                user.out.extend_from_slice(&wire::identify(&user.name));
+                user.phase = UserPhase::AwaitIdentity;
+                user.readable = true;
+                self.mark_dirty(u);
+            }
+            Ok(false) => {}
+            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    fn read(&mut self, u: usize) {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let user = &mut self.users[u];
+            let Some(stream) = user.stream.as_mut() else {
+                return;
+            };
+            if budget == 0 {
+                self.still_ready.push(u);
+                return;
+            }
+            let n = match stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.on_server_close(u, "the server closed the connection".to_string());
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    user.readable = false;
+                    // The server always writes Content-Length: a message it cut short of one
+                    // would wait here forever, so a whole burst is decoded as a last resort.
+                    if !user.inbuf.is_empty() {
+                        let now_us = self.clock.now_us();
+                        match codec::decode(&mut self.users[u].inbuf, true) {
+                            Ok(Some(message)) => self.on_message(u, &message, now_us),
+                            Ok(None) => {}
+                            Err(e) => {
+                                self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"))
+                            }
+                        }
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.on_server_close(u, format!("read: {e}"));
+                    return;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            let now_us = self.clock.now_us();
+            loop {
+                if !matches!(
+                    self.users[u].phase,
+                    UserPhase::AwaitIdentity | UserPhase::Joined
+                ) {
+                    return;
+                }
+                let message = match codec::decode(&mut self.users[u].inbuf, false) {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
+                        return;
+                    }
+                };
+                self.on_message(u, &message, now_us);
+            }
+            if self.users[u].written < self.users[u].out.len() {
+                self.mark_dirty(u); // keepalive answers
+            }
+            self.bytes_since_send_check += n;
+            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
+                self.send_due();
+            }
+        }
+    }
+
+    /// EOF or a read error: expected for a silent user (measured), an error for anyone else.
+    fn on_server_close(&mut self, u: usize, why: String) {
+        let user = &mut self.users[u];
+        if user.role == Role::Silent && user.phase == UserPhase::Joined {
+            let now_us = self.clock.now_us();
+            self.latency
+                .silent_closed_after
+                .record(now_us.saturating_sub(user.last_write_us));
+            self.silent_closed += 1;
+            user.phase = UserPhase::ClosedByServer;
+            let keepalives = user.keepalives;
+            let name = user.name.clone();
+            if let Some(mut stream) = user.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+            if keepalives == 0 {
+                self.silent_closed_without_keepalive += 1;
+                self.errors.count(ErrorKind::Protocol, || {
+                    format!("silent user {name} was closed without a Connect keepalive first")
+                });
+            }
+            return;
+        }
+        let kind = if user.phase == UserPhase::Joined {
+            ErrorKind::Read
+        } else {
+            ErrorKind::Connect
+        };
+        self.fail(u, kind, || why);
+    }
+
+    fn on_message(&mut self, u: usize, message: &codec::Message, now_us: u64) {
+        let identified = self.users[u].phase == UserPhase::Joined;
+        match wire::classify(message, identified) {
+            Incoming::Identity(token) => {
+                let user = &mut self.users[u];
+                user.token = token;
+                user.phase = UserPhase::Joined;
+                self.latency
+                    .connect
+                    .record(now_us.saturating_sub(user.intended_connect_us));
+                self.settle(u);
+            }
+            Incoming::Keepalive => {
+                let user = &mut self.users[u];
+                user.keepalives += 1;
+                match user.role {
+                    Role::Active => self.keepalives_active += 1,
+                    Role::Silent => {
+                        self.keepalives_silent += 1;
+                        if user.keepalives == 1 {
+                            self.latency
+                                .silent_keepalive_after
+                                .record(now_us.saturating_sub(user.last_write_us));
+                        }
+                    }
+                }
+                if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
+                    user.out.extend_from_slice(&reply);
+                    self.keepalives_answered += 1;
+                    self.mark_dirty(u);
+                }
+            }
+            Incoming::Text {
+                sender,
+                addressee,
+                content,
+            } => self.on_delivery(u, &sender, &addressee, &content, now_us),
+            Incoming::Violation(why) => {
+                let name = self.users[u].name.clone();
+                self.errors
+                    .count(ErrorKind::Protocol, || format!("user {name}: {why}"));
+            }
+        }
+    }
+
+    fn on_delivery(
+        &mut self,
+        u: usize,
+        sender: &[u8],
+        addressee: &[u8],
+        content: &[u8],
+        now_us: u64,
+    ) {
+        let me = &self.users[u].name;
+        let stamp = match stamp::read(content, self.cfg.run_id) {
+            stamp::Read::Ours(stamp) => stamp,
+            stamp::Read::Foreign => {
+                self.foreign_messages += 1;
+                return;
+            }
+            stamp::Read::Malformed(why) => {
+                let me = me.clone();
+                self.errors
+                    .count(ErrorKind::Protocol, || format!("user {me}: {why}"));
+                return;
+            }
+        };
+        let Some((ordinal, g)) = self.check_delivery(u, sender, addressee, &stamp) else {
+            let me = me.clone();
+            let sender = String::from_utf8_lossy(sender).into_owned();
+            let addressee = String::from_utf8_lossy(addressee).into_owned();
+            self.errors.count(ErrorKind::Protocol, || {
+                format!(
+                    "user {me}: a message that does not match the plan (Sender {sender}, \
+                     Addressee {addressee}, {stamp:?})"
+                )
+            });
+            return;
+        };
+        let outcome = self.accounting.on_delivered(ordinal, u64::from(stamp.seq));
+        if outcome == SeqOutcome::Behind {
+            return; // a duplicate: counted, timed once
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if !plan.is_warmup(plan.intended_us(g)) {
+            self.latency
+                .delivery
+                .record(now_us.saturating_sub(stamp.intended_us));
+        }
+        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+            self.delivered_in_window += 1;
+        }
+    }
+
+    /// The sender ordinal and plan number of a delivery, if every field agrees with the plan.
+    fn check_delivery(
+        &self,
+        u: usize,
+        sender: &[u8],
+        addressee: &[u8],
+        stamp: &Stamp,
+    ) -> Option<(usize, u64)> {
+        let plan = self.plan.as_ref()?;
+        let sender_user = self.users.get(usize::try_from(stamp.sender).ok()?)?;
+        let ordinal = sender_user.sender?;
+        let g = u64::from(stamp.seq) * u64::from(plan.senders) + u64::from(ordinal);
+        let agrees = sender_user.role == Role::Active
+            && sender_user.partner == u
+            && sender == sender_user.name.as_bytes()
+            && addressee == self.users[u].name.as_bytes()
+            && g < plan.messages
+            && plan.intended_us(g) == stamp.intended_us;
+        agrees.then_some((ordinal as usize, g))
+    }
+
+    /// Counts the error, closes the connection and takes the user out of the run.
+    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
+        if matches!(
+            self.users[u].phase,
+            UserPhase::Failed | UserPhase::ClosedByServer
+        ) {
+            return;
+        }
+        self.settle(u);
+        let user = &mut self.users[u];
+        user.phase = UserPhase::Failed;
+        self.not_sent_connection_lost += user.queue.len() as u64;
+        user.queue.clear();
+        user.out.clear();
+        user.written = 0;
+        user.inbuf.clear();
+        if let Some(mut stream) = user.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        let name = user.name.clone();
+        let target = self.cfg.target;
+        self.errors
+            .count(kind, || format!("{target} user {name}: {}", describe()));
+    }
+
+    fn progress_line(&self, now_us: u64) {
+        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
+        let what = match self.phase {
+            Phase::Ramp => format!(
+                "ramp-up: {} of {} joined",
+                self.users
+                    .iter()
+                    .filter(|u| u.phase == UserPhase::Joined)
+                    .count(),
+                self.users.len()
+            ),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "sent {} of {}, undelivered {}",
+                self.sent,
+                self.plan.as_ref().map_or(0, |p| p.messages),
+                self.accounting.undelivered()
+            ),
+            Phase::SilentWait { .. } => {
+                format!(
+                    "waiting for {} silent users to be closed",
+                    self.silent_open()
+                )
+            }
+            Phase::Done => String::new(),
+        };
+        eprint!(
+            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
+            self.errors.total()
+        );
+    }
+
+    fn finish(mut self) -> CcmOutcome {
+        let end_us = self.clock.now_us();
+        let mut not_sent_at_end = 0;
+        for user in &mut self.users {
+            not_sent_at_end += user.queue.len() as u64;
+            if let Some(mut stream) = user.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+        }
+        let done_us = if self.phase == Phase::Done {
+            self.done_us
+        } else {
+            end_us
+        };
+        let silent = &self.users[self.cfg.users..];
+        let silent_joined = silent
+            .iter()
+            .filter(|u| matches!(u.phase, UserPhase::Joined | UserPhase::ClosedByServer))
+            .count();
+        let silent_not_closed = silent
+            .iter()
+            .filter(|u| u.phase == UserPhase::Joined)
+            .count() as u64;
+        CcmOutcome {
+            users_requested: self.cfg.users,
+            users_joined: self.senders.len(),
+            silent_requested: self.cfg.silent,
+            silent_joined,
+            silent_closed: self.silent_closed,
+            silent_closed_without_keepalive: self.silent_closed_without_keepalive,
+            silent_not_closed,
+            plan: self
+                .plan
+                .clone()
+                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            latency: self.latency,
+            seq: self.accounting.counts(),
+            undelivered: self.accounting.undelivered(),
+            errors: self.errors,
+            sent: self.sent,
+            sent_in_window: self.sent_in_window,
+            delivered_in_window: self.delivered_in_window,
+            not_sent_queue_full: self.not_sent_queue_full,
+            not_sent_connection_lost: self.not_sent_connection_lost,
+            not_sent_at_end,
+            foreign_messages: self.foreign_messages,
+            keepalives_active: self.keepalives_active,
+            keepalives_answered: self.keepalives_answered,
+            keepalives_silent: self.keepalives_silent,
+            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
+            drain_used_us: self.drain_start_us.map_or(0, |start| {
+                self.silent_start_us
+                    .unwrap_or(done_us)
+                    .saturating_sub(start)
+            }),
+            drain_timed_out: self.drain_timed_out,
+            silent_wait_used_us: self
+                .silent_start_us
+                .map_or(0, |start| done_us.saturating_sub(start)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_silent_counts() {
+        assert_eq!(active_name(0), "lg00001");
+        assert_eq!(active_name(9_999), "lg10000");
+        assert_eq!(silent_name(0), "lgq00001");
+        assert_eq!(silent_count(100, 0.1), 10);
+        assert_eq!(silent_count(100, 0.0), 0);
+        assert_eq!(silent_count(10, 0.15), 2);
+    }
+
+    #[test]
+    fn silent_users_are_spread_through_the_ramp() {
+        let order = connect_order(8, 2);
+        assert_eq!(order.len(), 10);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        let positions: Vec<usize> = order
+            .iter()
+            .enumerate()
+            .filter(|&(_, &u)| u >= 8)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(positions.len(), 2);
+        assert!(positions[1] - positions[0] >= 4, "{order:?}");
+        assert_eq!(connect_order(3, 0), vec![0, 1, 2]);
+        assert_eq!(connect_order(0, 2), vec![0, 1]);
+    }
+}

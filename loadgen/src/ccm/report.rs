@@ -1,0 +1,489 @@
+//! The CCM report: deliveries, losses, keepalives and the silent users' closes, with the shared
+//! verdict and outcome rules (`crate::report`), as text and JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{CcmConfig, CcmOutcome};
+use crate::report::{
+    outcome, verdict, Connections, ErrorLine, Errors, FailureInputs, Losses, NotSent, Outcome,
+    SendFigures, ValidityInputs, Verdict,
+};
+use crate::stats::LatencySummary;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub users: usize,
+    pub pattern: &'static str,
+    pub silent_share: f64,
+    pub silent_users: usize,
+    pub senders: u32,
+    pub rate_per_s: u64,
+    pub duration_ms: f64,
+    pub warmup_ms: f64,
+    pub drain_ms: f64,
+    pub silent_wait_ms: f64,
+    /// Bytes of each message's content (the stamp included).
+    pub payload_bytes: usize,
+    pub connect_rate_per_s: u64,
+    pub seed: u64,
+    pub strict: bool,
+    pub run_id: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Deliveries {
+    pub delivered: u64,
+    /// Deliveries received in the measured window, per second of it.
+    pub per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Keepalives {
+    /// `Connect` keepalives received by active users; each is answered at once.
+    pub received_active: u64,
+    pub answered: u64,
+    /// `Connect` keepalives received by silent users (never answered).
+    pub received_silent: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Silent {
+    pub requested: usize,
+    pub joined: usize,
+    /// Closed by the server (EOF or reset) while the loadgen waited.
+    pub closed: u64,
+    /// Closed without a `Connect` keepalive first (a contract breach).
+    pub closed_without_keepalive: u64,
+    /// Still open when the wait ended: the server never closed them.
+    pub not_closed: u64,
+    /// Close seen minus the user's last write, ms (expected about idle + answer timers).
+    pub closed_after_ms: LatencySummary,
+    /// First `Connect` minus the user's last write, ms (expected about the idle timer).
+    pub keepalive_after_ms: LatencySummary,
+    pub wait_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latencies {
+    /// Text at the receiver minus intended send time.
+    pub delivery: LatencySummary,
+    /// Identity received minus intended connect time.
+    pub connect: LatencySummary,
+    pub send_lag: LatencySummary,
+    pub schedule_lateness: LatencySummary,
+    pub socket_blocked: LatencySummary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub target: String,
+    pub settings: Settings,
+    pub connections: Connections,
+    pub send: SendFigures,
+    pub not_sent: NotSent,
+    pub deliveries: Deliveries,
+    pub latency_ms: Latencies,
+    pub losses: Losses,
+    pub duplicates_or_reorders: u64,
+    pub keepalives: Keepalives,
+    pub silent: Silent,
+    pub errors: Errors,
+    /// Text messages that are not this run's.
+    pub foreign_messages: u64,
+    pub drain_ms: f64,
+    pub drain_timed_out: bool,
+    pub notes: Vec<String>,
+    pub verdict: Verdict,
+    pub outcome: Outcome,
+}
+
+/// The shared outcome, plus the CCM-only failure: a silent user the server never closed.
+pub fn ccm_outcome(
+    inputs: &FailureInputs,
+    silent_not_closed: u64,
+    verdict: &Verdict,
+    strict: bool,
+) -> Outcome {
+    let mut result = outcome(inputs, verdict, strict);
+    if silent_not_closed > 0 {
+        result.failures.push(format!(
+            "{silent_not_closed} silent users never closed by the server"
+        ));
+        result.passed = false;
+        result.exit_code = 1;
+    }
+    result
+}
+
+impl Report {
+    pub fn new(cfg: &CcmConfig, seed: u64, strict: bool, run: &CcmOutcome) -> Report {
+        let plan = &run.plan;
+        let l = &run.latency;
+        let duration_s = plan.duration_us as f64 / 1e6;
+        let per_s = |count: u64| {
+            if duration_s > 0.0 {
+                count as f64 / duration_s
+            } else {
+                0.0
+            }
+        };
+        let not_sent = NotSent {
+            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
+            queue_full: run.not_sent_queue_full,
+            connection_lost: run.not_sent_connection_lost,
+            at_end: run.not_sent_at_end,
+        };
+        let losses = Losses {
+            total: run.seq.gap_losses + run.undelivered,
+            gaps: run.seq.gap_losses,
+            undelivered: run.undelivered,
+        };
+        let verdict = verdict(&ValidityInputs {
+            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
+            sender_interval_us: plan.sender_interval_us(),
+            delivery_p99_us: (l.delivery.len() > 0).then(|| l.delivery.value_at_quantile_us(0.99)),
+            measured_messages: l.schedule_lateness.len(),
+        });
+        let outcome = ccm_outcome(
+            &FailureInputs {
+                losses: losses.total,
+                duplicates_or_reorders: run.seq.duplicates_or_reorders,
+                errors: run.errors.total(),
+                not_sent: not_sent.total,
+            },
+            run.silent_not_closed,
+            &verdict,
+            strict,
+        );
+        let mut notes = Vec::new();
+        if run.silent_requested > 0 && run.silent_closed > 0 {
+            notes.push(
+                "silent users: the server should close each about idle + answer after its last \
+                 write (chatd --ccm-keepalive-idle-ms + --ccm-keepalive-answer-ms, 5000 + 3600 \
+                 by default), plus its timer tick"
+                    .to_string(),
+            );
+        }
+        let clamped = l.delivery.clamped + l.send_lag.clamped + l.connect.clamped;
+        if clamped > 0 {
+            notes.push(format!(
+                "{clamped} latencies above 60 s were counted as 60 s"
+            ));
+        }
+        let silent_users = run.silent_requested;
+        Report {
+            scenario: "ccm",
+            target: cfg.target.to_string(),
+            settings: Settings {
+                users: cfg.users,
+                pattern: cfg.pattern.name(),
+                silent_share: if cfg.users > 0 {
+                    silent_users as f64 / cfg.users as f64
+                } else {
+                    0.0
+                },
+                silent_users,
+                senders: plan.senders,
+                rate_per_s: cfg.rate_per_s,
+                duration_ms: cfg.duration_us as f64 / 1e3,
+                warmup_ms: cfg.warmup_us as f64 / 1e3,
+                drain_ms: cfg.drain_us as f64 / 1e3,
+                silent_wait_ms: cfg.silent_wait_us as f64 / 1e3,
+                payload_bytes: cfg.content_bytes,
+                connect_rate_per_s: cfg.connect_rate_per_s,
+                seed,
+                strict,
+                run_id: format!("{:08x}", cfg.run_id),
+            },
+            connections: Connections {
+                requested: run.users_requested,
+                joined: run.users_joined,
+                failed: run.users_requested - run.users_joined,
+                ramp_up_ms: run.ramp_us as f64 / 1e3,
+            },
+            send: SendFigures {
+                planned: plan.messages,
+                sent: run.sent,
+                target_rate_per_s: cfg.rate_per_s as f64,
+                achieved_rate_per_s: per_s(run.sent_in_window),
+            },
+            not_sent,
+            deliveries: Deliveries {
+                delivered: run.seq.delivered,
+                per_s: per_s(run.delivered_in_window),
+            },
+            latency_ms: Latencies {
+                delivery: l.delivery.summary(),
+                connect: l.connect.summary(),
+                send_lag: l.send_lag.summary(),
+                schedule_lateness: l.schedule_lateness.summary(),
+                socket_blocked: l.socket_blocked.summary(),
+            },
+            losses,
+            duplicates_or_reorders: run.seq.duplicates_or_reorders,
+            keepalives: Keepalives {
+                received_active: run.keepalives_active,
+                answered: run.keepalives_answered,
+                received_silent: run.keepalives_silent,
+            },
+            silent: Silent {
+                requested: run.silent_requested,
+                joined: run.silent_joined,
+                closed: run.silent_closed,
+                closed_without_keepalive: run.silent_closed_without_keepalive,
+                not_closed: run.silent_not_closed,
+                closed_after_ms: l.silent_closed_after.summary(),
+                keepalive_after_ms: l.silent_keepalive_after.summary(),
+                wait_ms: run.silent_wait_used_us as f64 / 1e3,
+            },
+            errors: Errors {
+                connect: run.errors.connect,
+                read: run.errors.read,
+                write: run.errors.write,
+                protocol: run.errors.protocol,
+                first_of_each_kind: run
+                    .errors
+                    .first
+                    .iter()
+                    .map(|(kind, first)| ErrorLine {
+                        kind: kind.clone(),
+                        first: first.clone(),
+                    })
+                    .collect(),
+            },
+            foreign_messages: run.foreign_messages,
+            drain_ms: run.drain_used_us as f64 / 1e3,
+            drain_timed_out: run.drain_timed_out,
+            notes,
+            verdict,
+            outcome,
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let s = &self.settings;
+        let l = &self.latency_ms;
+        let mut out = String::new();
+        let mut line = |label: &str, text: String| {
+            let _ = writeln!(out, "{label:<18}{text}");
+        };
+        let percentiles = |summary: &LatencySummary| {
+            if summary.count == 0 {
+                "(no samples)".to_string()
+            } else {
+                format!(
+                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
+                     ({} samples)",
+                    summary.p50_ms,
+                    summary.p90_ms,
+                    summary.p99_ms,
+                    summary.p999_ms,
+                    summary.max_ms,
+                    summary.count
+                )
+            }
+        };
+        line(
+            "scenario",
+            format!(
+                "CCM against {}: {} users ({}), {} silent, {} senders, {} msg/s for {:.3} s \
+                 (+{:.3} s warmup), {}-byte contents",
+                self.target,
+                s.users,
+                s.pattern,
+                s.silent_users,
+                s.senders,
+                s.rate_per_s,
+                s.duration_ms / 1e3,
+                s.warmup_ms / 1e3,
+                s.payload_bytes
+            ),
+        );
+        line(
+            "connections",
+            format!(
+                "{} requested, {} joined, {} failed; ramp-up {:.3} s; identify p50 {:.3} ms \
+                 p99 {:.3} ms max {:.3} ms",
+                self.connections.requested,
+                self.connections.joined,
+                self.connections.failed,
+                self.connections.ramp_up_ms / 1e3,
+                l.connect.p50_ms,
+                l.connect.p99_ms,
+                l.connect.max_ms
+            ),
+        );
+        line(
+            "send rate",
+            format!(
+                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
+                self.send.target_rate_per_s,
+                self.send.achieved_rate_per_s,
+                self.send.planned,
+                self.send.sent
+            ),
+        );
+        line(
+            "not sent",
+            format!(
+                "{} (queue full {}, connection lost {}, still queued at the end {})",
+                self.not_sent.total,
+                self.not_sent.queue_full,
+                self.not_sent.connection_lost,
+                self.not_sent.at_end
+            ),
+        );
+        line(
+            "deliveries",
+            format!(
+                "{} delivered, {:.1}/s in the measured window",
+                self.deliveries.delivered, self.deliveries.per_s
+            ),
+        );
+        line("delivery", percentiles(&l.delivery));
+        line(
+            "losses",
+            format!(
+                "{} ({} gaps, {} never delivered); duplicates or reorders {}",
+                self.losses.total,
+                self.losses.gaps,
+                self.losses.undelivered,
+                self.duplicates_or_reorders
+            ),
+        );
+        line(
+            "keepalives",
+            format!(
+                "{} received by active users, {} answered; {} received by silent users",
+                self.keepalives.received_active,
+                self.keepalives.answered,
+                self.keepalives.received_silent
+            ),
+        );
+        let sl = &self.silent;
+        if sl.requested > 0 {
+            line(
+                "silent users",
+                format!(
+                    "{} requested, {} joined, {} closed by the server, {} never closed, {} closed \
+                     without a keepalive (waited {:.3} s)",
+                    sl.requested,
+                    sl.joined,
+                    sl.closed,
+                    sl.not_closed,
+                    sl.closed_without_keepalive,
+                    sl.wait_ms / 1e3
+                ),
+            );
+            line(
+                "closed after",
+                format!(
+                    "p50 {:.3} ms  max {:.3} ms after their last write ({} closed); keepalive \
+                     after p50 {:.3} ms max {:.3} ms",
+                    sl.closed_after_ms.p50_ms,
+                    sl.closed_after_ms.max_ms,
+                    sl.closed,
+                    sl.keepalive_after_ms.p50_ms,
+                    sl.keepalive_after_ms.max_ms
+                ),
+            );
+        }
+        line(
+            "send lag",
+            format!(
+                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
+                 socket blocked p99 {:.3} ms max {:.3} ms)",
+                l.send_lag.p99_ms,
+                l.send_lag.max_ms,
+                l.schedule_lateness.p99_ms,
+                l.schedule_lateness.max_ms,
+                l.socket_blocked.p99_ms,
+                l.socket_blocked.max_ms
+            ),
+        );
+        line(
+            "errors",
+            format!(
+                "connect {}, read {}, write {}, protocol {}",
+                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
+            ),
+        );
+        for first in &self.errors.first_of_each_kind {
+            line("", format!("first {} error: {}", first.kind, first.first));
+        }
+        if self.foreign_messages > 0 {
+            line(
+                "other messages",
+                format!("{} not this run's", self.foreign_messages),
+            );
+        }
+        line(
+            "drain",
+            format!(
+                "{:.3} s{}",
+                self.drain_ms / 1e3,
+                if self.drain_timed_out {
+                    " (deadline reached with messages undelivered)"
+                } else {
+                    " (every written message was delivered)"
+                }
+            ),
+        );
+        for note in &self.notes {
+            line("note", note.clone());
+        }
+        line(
+            "verdict",
+            if self.verdict.valid {
+                "VALID".to_string()
+            } else {
+                format!("INVALID: {}", self.verdict.reasons.join("; "))
+            },
+        );
+        line(
+            "result",
+            if self.outcome.passed {
+                format!("PASS (exit {})", self.outcome.exit_code)
+            } else {
+                format!(
+                    "FAIL: {} (exit {})",
+                    self.outcome.failures.join(", "),
+                    self.outcome.exit_code
+                )
+            },
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Verdict {
+        verdict(&ValidityInputs {
+            schedule_lateness_p99_us: 0,
+            sender_interval_us: 10_000.0,
+            delivery_p99_us: None,
+            measured_messages: 10,
+        })
+    }
+
+    #[test]
+    fn a_silent_user_never_closed_fails_the_run() {
+        let clean = FailureInputs::default();
+        let passed = ccm_outcome(&clean, 0, &valid(), false);
+        assert_eq!((passed.passed, passed.exit_code), (true, 0));
+        let failed = ccm_outcome(&clean, 2, &valid(), false);
+        assert_eq!((failed.passed, failed.exit_code), (false, 1));
+        assert!(failed.failures[0].contains("2 silent users"));
+        let lost = FailureInputs {
+            losses: 1,
+            ..FailureInputs::default()
+        };
+        assert_eq!(ccm_outcome(&lost, 0, &valid(), false).exit_code, 1);
+    }
+}
