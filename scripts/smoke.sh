@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Loadgen smoke run against a real chatd: a short ROOM run and a short BIN24 run (with
-# offline users, so the durable store is used) that fail on any lost or duplicated message,
-# then SIGTERM, which must make chatd exit 0.
+# Loadgen smoke run against a real chatd: short ROOM, BIN24 (with offline users, so the
+# durable store is used) and CCM (with silent users, so the keepalive closes them) runs that
+# fail on any lost or duplicated message, then SIGTERM, which must make chatd exit 0.
 #
 # Usage: scripts/smoke.sh [CLIENTS] [SENDERS] [RATE_PER_S] [DURATION]
 # Builds release binaries if needed. Loopback only; bounded in time; stops by itself.
@@ -23,10 +23,12 @@ loadgen="$target_dir/release/loadgen"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 bin24_port=$(free_port)
+ccm_port=$(free_port)
 data_dir=$(mktemp -d)
 log=$(mktemp)
-echo "+ $chatd --room-port $port --bin24-port $bin24_port --ccm-port 0 --data-dir $data_dir --stats-interval-ms 1000"
-"$chatd" --room-port "$port" --bin24-port "$bin24_port" --ccm-port 0 --data-dir "$data_dir" \
+echo "+ $chatd --room-port $port --bin24-port $bin24_port --ccm-port $ccm_port --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir $data_dir --stats-interval-ms 1000"
+"$chatd" --room-port "$port" --bin24-port "$bin24_port" --ccm-port "$ccm_port" \
+  --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir "$data_dir" \
   --stats-interval-ms 1000 2>"$log" &
 chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
@@ -34,11 +36,11 @@ trap cleanup EXIT
 
 # Wait (bounded) until both protocols listen.
 for _ in $(seq 1 200); do
-  if [ "$(grep -c "listening on" "$log")" -ge 2 ]; then break; fi
+  if [ "$(grep -c "listening on" "$log")" -ge 3 ]; then break; fi
   if ! kill -0 "$chatd_pid" 2>/dev/null; then cat "$log"; echo "smoke: chatd exited early" >&2; exit 1; fi
   sleep 0.05
 done
-grep -q "listening on" "$log" || { cat "$log"; echo "smoke: chatd never listened" >&2; exit 1; }
+[ "$(grep -c "listening on" "$log")" -ge 3 ] || { cat "$log"; echo "smoke: chatd never listened" >&2; exit 1; }
 
 echo "+ $loadgen room --port $port --clients $clients --senders $senders --rate $rate --duration $duration"
 status=0
@@ -49,6 +51,11 @@ echo "+ $loadgen bin24 --port $bin24_port --users 100 --rate 1000 --duration $du
 bin24_status=0
 timeout 120 "$loadgen" bin24 --port "$bin24_port" --users 100 --rate 1000 \
   --duration "$duration" || bin24_status=$?
+
+echo "+ $loadgen ccm --port $ccm_port --users 100 --rate 1000 --duration $duration --silent-share 0.1"
+ccm_status=0
+timeout 120 "$loadgen" ccm --port "$ccm_port" --users 100 --rate 1000 \
+  --duration "$duration" --silent-share 0.1 || ccm_status=$?
 
 echo "+ kill -TERM $chatd_pid"
 kill -TERM "$chatd_pid"
@@ -66,6 +73,10 @@ if [ "$status" -ne 0 ]; then
 fi
 if [ "$bin24_status" -ne 0 ]; then
   echo "smoke: loadgen bin24 failed (exit $bin24_status): messages lost, or errors" >&2
+  exit 1
+fi
+if [ "$ccm_status" -ne 0 ]; then
+  echo "smoke: loadgen ccm failed (exit $ccm_status): messages lost, silent users not closed, or errors" >&2
   exit 1
 fi
 if [ "$chatd_status" -ne 0 ]; then
