@@ -11,13 +11,17 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use switchboard::protocol::ccm::codec::{decode, encode, Message};
+
+mod child;
+
+use child::{show, Client, Output};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -236,10 +240,6 @@ fn assert_text(message: &Message, to: &str, text: &str) {
     );
 }
 
-fn show(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// A delivered message as the server writes it.
 fn delivery(kind: &str, from: &str, to: &str, encoding: &str, content: &[u8]) -> Vec<u8> {
     encode(
@@ -263,152 +263,9 @@ fn error(reason: &str, sentence: &str) -> Vec<u8> {
     .to_vec()
 }
 
-/// Collects a child pipe on a thread so the test can wait for text with a deadline.
-struct Output {
-    name: &'static str,
-    rx: Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Output {
-    fn collect(name: &'static str, mut pipe: impl Read + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Output {
-            name,
-            rx,
-            buf: Vec::new(),
-        }
-    }
-
-    fn text(&self) -> String {
-        show(&self.buf)
-    }
-
-    /// Waits until the output contains `want`; returns the whole output so far.
-    fn wait_for(&mut self, want: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        while !self.text().contains(want) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(chunk) => self.buf.extend_from_slice(&chunk),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{}: {want:?} did not appear within {WAIT:?}; got {:?}",
-                    self.name,
-                    self.text()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "{}: closed before {want:?} appeared; got {:?}",
-                    self.name,
-                    self.text()
-                ),
-            }
-        }
-        self.text()
-    }
-
-    /// Reads until the child closes the pipe (it has exited); returns the whole output.
-    fn wait_closed(&mut self) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(chunk) => self.buf.extend_from_slice(&chunk),
-                Err(RecvTimeoutError::Disconnected) => return self.text(),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{}: still open after {WAIT:?}; got {:?}",
-                    self.name,
-                    self.text()
-                ),
-            }
-        }
-    }
-}
-
-/// A running `chat` process with piped stdio; killed when dropped.
-struct Client {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Output,
-    stderr: Output,
-}
-
 impl Client {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the chat binary");
-        let stdout = Output::collect("stdout", child.stdout.take().expect("piped stdout"));
-        let stderr = Output::collect("stderr", child.stderr.take().expect("piped stderr"));
-        Client {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
     fn ccm(port: u16, name: &str) -> Self {
         Client::spawn(&["ccm", "--name", name, "--port", &port.to_string()])
-    }
-
-    fn type_text(&mut self, text: &[u8]) {
-        self.stdin
-            .as_mut()
-            .expect("stdin still open")
-            .write_all(text)
-            .expect("write to the client's stdin");
-    }
-
-    fn close_stdin(&mut self) {
-        drop(self.stdin.take());
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// std has no wait with a timeout; polling `try_wait` is the portable bounded wait.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.child.try_wait().expect("try_wait") {
-                Some(status) => return status,
-                None if Instant::now() >= deadline => panic!(
-                    "the client did not exit within {WAIT:?}; stderr: {:?}",
-                    self.stderr.text()
-                ),
-                None => thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

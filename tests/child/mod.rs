@@ -1,0 +1,163 @@
+//! The `chat` binary as a child process for the client tests: piped stdio collected on
+//! threads, bounded waits, killed when dropped.
+
+#![allow(dead_code)] // each client test file uses a different subset
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single expectation may wait before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Bytes as text for assertions and messages.
+pub fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Collects a child pipe on a thread so the test can wait for text with a deadline.
+pub struct Output {
+    name: &'static str,
+    rx: Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    pub fn collect(name: &'static str, mut pipe: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Output {
+            name,
+            rx,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        show(&self.buf)
+    }
+
+    /// Waits until the output contains `want`; returns the whole output so far.
+    pub fn wait_for(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        while !self.text().contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: {want:?} did not appear within {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: closed before {want:?} appeared; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+        self.text()
+    }
+
+    /// Reads until the child closes the pipe (it has exited); returns the whole output.
+    pub fn wait_closed(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Disconnected) => return self.text(),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: still open after {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+    }
+}
+
+/// A running `chat` process with piped stdio; killed when dropped.
+pub struct Client {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Output,
+    pub stderr: Output,
+}
+
+impl Client {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the chat binary");
+        let stdout = Output::collect("stdout", child.stdout.take().expect("piped stdout"));
+        let stderr = Output::collect("stderr", child.stderr.take().expect("piped stderr"));
+        Client {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn type_text(&mut self, text: &[u8]) {
+        self.stdin
+            .as_mut()
+            .expect("stdin still open")
+            .write_all(text)
+            .expect("write to the client's stdin");
+    }
+
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// std has no wait with a timeout; polling `try_wait` is the portable bounded wait.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.child.try_wait().expect("try_wait") {
+                Some(status) => return status,
+                None if Instant::now() >= deadline => panic!(
+                    "the client did not exit within {WAIT:?}; stderr: {:?}",
+                    self.stderr.text()
+                ),
+                None => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
