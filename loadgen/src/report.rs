@@ -517,31 +517,42 @@ impl Report {
                 }
             ),
         );
-        for note in &self.notes {
-            line("note", note.clone());
-        }
-        line(
-            "verdict",
-            if self.verdict.valid {
-                "VALID".to_string()
-            } else {
-                format!("INVALID: {}", self.verdict.reasons.join("; "))
-            },
-        );
-        line(
-            "result",
-            if self.outcome.passed {
-                format!("PASS (exit {})", self.outcome.exit_code)
-            } else {
-                format!(
-                    "FAIL: {} (exit {})",
-                    self.outcome.failures.join(", "),
-                    self.outcome.exit_code
-                )
-            },
-        );
+        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
         out
     }
+}
+
+/// The lines every scenario's text report ends with: its notes, the validity verdict and the
+/// result (pass, or what failed, with the exit code).
+pub fn write_closing_lines(
+    line: &mut impl FnMut(&str, String),
+    notes: &[String],
+    verdict: &Verdict,
+    outcome: &Outcome,
+) {
+    for note in notes {
+        line("note", note.clone());
+    }
+    line(
+        "verdict",
+        if verdict.valid {
+            "VALID".to_string()
+        } else {
+            format!("INVALID: {}", verdict.reasons.join("; "))
+        },
+    );
+    line(
+        "result",
+        if outcome.passed {
+            format!("PASS (exit {})", outcome.exit_code)
+        } else {
+            format!(
+                "FAIL: {} (exit {})",
+                outcome.failures.join(", "),
+                outcome.exit_code
+            )
+        },
+    );
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::{Bin24Config, Bin24Outcome, Tally};
 use crate::report::{
-    verdict, Connections, ErrorLine, Errors, NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+    verdict, write_closing_lines, Connections, ErrorLine, Errors, NotSent, Outcome, SendFigures,
+    ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -522,29 +523,7 @@ impl Report {
                 }
             ),
         );
-        for note in &self.notes {
-            line("note", note.clone());
-        }
-        line(
-            "verdict",
-            if self.verdict.valid {
-                "VALID".to_string()
-            } else {
-                format!("INVALID: {}", self.verdict.reasons.join("; "))
-            },
-        );
-        line(
-            "result",
-            if self.outcome.passed {
-                format!("PASS (exit {})", self.outcome.exit_code)
-            } else {
-                format!(
-                    "FAIL: {} (exit {})",
-                    self.outcome.failures.join(", "),
-                    self.outcome.exit_code
-                )
-            },
-        );
+        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
         out
     }
 }

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::{CcmConfig, CcmOutcome};
 use crate::report::{
-    outcome, verdict, Connections, ErrorLine, Errors, FailureInputs, Losses, NotSent, Outcome,
-    SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Losses,
+    NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -432,29 +432,7 @@ impl Report {
                 }
             ),
         );
-        for note in &self.notes {
-            line("note", note.clone());
-        }
-        line(
-            "verdict",
-            if self.verdict.valid {
-                "VALID".to_string()
-            } else {
-                format!("INVALID: {}", self.verdict.reasons.join("; "))
-            },
-        );
-        line(
-            "result",
-            if self.outcome.passed {
-                format!("PASS (exit {})", self.outcome.exit_code)
-            } else {
-                format!(
-                    "FAIL: {} (exit {})",
-                    self.outcome.failures.join(", "),
-                    self.outcome.exit_code
-                )
-            },
-        );
+        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
         out
     }
 }
