@@ -5,6 +5,8 @@
 //! [`Outbox`]: bytes to queue for a connection, or a connection to close. It never sees a
 //! socket or a clock, so every rule is testable with fabricated bytes and `now_ms` values.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 
 pub use crate::chat::ConnId;
@@ -89,4 +91,45 @@ pub trait Outbox {
 
     /// Count one frame (message, chunk) received, in the statistics.
     fn count_frame_in(&mut self) {}
+}
+
+/// What became of one datagram handed to [`DatagramOut::send_to`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatagramSent {
+    /// The kernel took it.
+    Sent,
+    /// The socket's send buffer was full: the datagram was dropped (and counted) rather than
+    /// blocking the loop. Not the peer's fault.
+    Dropped,
+    /// The send failed for this destination (unreachable, refused, invalid): protocols count
+    /// these per peer and forget a peer after several in a row.
+    Failed,
+}
+
+/// Why an incoming datagram was thrown away; counted in the statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatagramDrop {
+    /// Too short, sizes that do not add up, or over the size limit.
+    Malformed,
+    /// The room it names does not exist.
+    UnknownRoom,
+    /// The token is not one of that room's.
+    BadToken,
+    /// The token is right but the datagram came from another IP address than the token's.
+    WrongAddress,
+    /// A limit (peers, rooms) is full.
+    OverLimit,
+}
+
+/// Where a datagram protocol's output goes: one UDP socket. The reactor sends at once,
+/// without blocking; tests record.
+pub trait DatagramOut {
+    /// Send `bytes` to `to` now. Never blocks: a full send buffer drops the datagram.
+    fn send_to(&mut self, to: SocketAddr, bytes: &[u8]) -> DatagramSent;
+
+    /// Count an incoming datagram that was thrown away.
+    fn count_dropped_in(&mut self, why: DatagramDrop);
+
+    /// Count one datagram accepted (relayed, or acted on).
+    fn count_datagram_in(&mut self) {}
 }

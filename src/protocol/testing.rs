@@ -1,8 +1,10 @@
 //! An [`Outbox`] that records, for sans-io tests and benches of the protocol logic.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 
-use super::{CloseMode, CloseReason, ConnId, Outbox};
+use super::{CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox};
 
 #[derive(Debug, Default)]
 pub struct RecordingOutbox {
@@ -54,5 +56,60 @@ impl Outbox for RecordingOutbox {
 
     fn count_frame_in(&mut self) {
         self.frames_in += 1;
+    }
+}
+
+/// A [`DatagramOut`] that records, for sans-io tests of datagram protocols. Sends to an
+/// address in `failing` report [`DatagramSent::Failed`]; `full` makes every send report
+/// [`DatagramSent::Dropped`] (a full socket buffer).
+#[derive(Debug, Default)]
+pub struct RecordingDatagrams {
+    /// Every datagram sent, in order (failed and dropped ones are not recorded here).
+    pub sent: Vec<(SocketAddr, Bytes)>,
+    pub failing: Vec<SocketAddr>,
+    pub full: bool,
+    pub failed: u64,
+    pub dropped_out: u64,
+    pub dropped_in: Vec<DatagramDrop>,
+    pub datagrams_in: u64,
+}
+
+impl RecordingDatagrams {
+    /// What was sent to `to`, in order.
+    pub fn sent_to(&self, to: SocketAddr) -> Vec<Bytes> {
+        self.sent
+            .iter()
+            .filter(|(addr, _)| *addr == to)
+            .map(|(_, bytes)| bytes.clone())
+            .collect()
+    }
+
+    /// Forget what was sent and dropped so far (the failure settings stay).
+    pub fn clear(&mut self) {
+        self.sent.clear();
+        self.dropped_in.clear();
+    }
+}
+
+impl DatagramOut for RecordingDatagrams {
+    fn send_to(&mut self, to: SocketAddr, bytes: &[u8]) -> DatagramSent {
+        if self.full {
+            self.dropped_out += 1;
+            return DatagramSent::Dropped;
+        }
+        if self.failing.contains(&to) {
+            self.failed += 1;
+            return DatagramSent::Failed;
+        }
+        self.sent.push((to, Bytes::copy_from_slice(bytes)));
+        DatagramSent::Sent
+    }
+
+    fn count_dropped_in(&mut self, why: DatagramDrop) {
+        self.dropped_in.push(why);
+    }
+
+    fn count_datagram_in(&mut self) {
+        self.datagrams_in += 1;
     }
 }
