@@ -22,6 +22,13 @@ pub struct Config {
     pub bin24_port: Option<u16>,
     /// CCM listener port, as `room_port`.
     pub ccm_port: Option<u16>,
+    /// MATOU listener port, as `room_port`.
+    pub matou_port: Option<u16>,
+    /// OCM: the TCRP listener (TCP) and the chat socket (UDP); both or neither.
+    pub ocm_tcp_port: Option<u16>,
+    pub ocm_udp_port: Option<u16>,
+    /// OCM stage-1 relay (UDP), as `room_port`.
+    pub ocm_relay_port: Option<u16>,
 
     /// Most connections open at once, all protocols together. Accepting pauses at the cap and
     /// resumes once the count is down to the cap less a tenth (at least one below the cap).
@@ -68,6 +75,38 @@ pub struct Config {
     pub ccm_keepalive_answer_ms: u64,
     /// CCM: longest user name, in bytes.
     pub ccm_name_bytes_max: usize,
+    /// MATOU: longest user name and public message, in bytes (the contract's 32 and 512),
+    /// and the framing limit of any string: a larger size is a protocol error that closes.
+    pub matou_name_bytes_max: usize,
+    pub matou_message_bytes_max: usize,
+    pub matou_string_bytes_max: usize,
+    /// MATOU: most private-link requests one user may have waiting for an answer.
+    pub matou_pending_requests_per_user_max: usize,
+    /// OCM: largest TCRP payload accepted, in bytes; larger is answered 500 from the header.
+    pub ocm_tcrp_payload_bytes_max: usize,
+    /// OCM: a TCRP connection that has not sent a whole request this long after connecting
+    /// is closed.
+    pub ocm_tcrp_request_timeout_ms: u64,
+    /// OCM: longest room and user names, in bytes.
+    pub ocm_room_name_bytes_max: usize,
+    pub ocm_user_name_bytes_max: usize,
+    /// OCM and the stage-1 relay: a member or peer silent this long is removed (600 s).
+    pub ocm_idle_timeout_ms: u64,
+    /// OCM and the stage-1 relay: failed sends in a row after which a member is removed.
+    pub ocm_send_failures_max: u32,
+    /// OCM: most rooms, and most members in one room.
+    pub ocm_rooms_max: usize,
+    pub ocm_room_members_max: usize,
+    /// OCM: send the document's state-1 acknowledgement before the answer. Off by default:
+    /// the original client takes the first answer as final.
+    pub ocm_ack_state1: bool,
+    /// Stage-1 relay: most peers remembered at once.
+    pub ocm_relay_peers_max: usize,
+    /// UDP: most datagrams read from one socket per loop turn before others are served.
+    pub udp_datagrams_per_turn_max: usize,
+    /// UDP: send and receive buffer asked of the kernel for each UDP socket (the kernel may
+    /// cap it at net.core.rmem_max / wmem_max).
+    pub udp_socket_buffer_bytes: usize,
     /// Where the durable offline store lives; created if missing.
     pub data_dir: PathBuf,
     /// Offline store limits per user (the contract's 100,000 frames or 64 MiB); a frame that
@@ -92,6 +131,10 @@ impl Default for Config {
             room_port: Some(ROOM_PORT_DEFAULT),
             bin24_port: Some(BIN24_PORT_DEFAULT),
             ccm_port: Some(CCM_PORT_DEFAULT),
+            matou_port: Some(MATOU_PORT_DEFAULT),
+            ocm_tcp_port: Some(OCM_TCP_PORT_DEFAULT),
+            ocm_udp_port: Some(OCM_UDP_PORT_DEFAULT),
+            ocm_relay_port: Some(OCM_RELAY_PORT_DEFAULT),
             connections_max: 10_000,
             listen_backlog: 1024,
             accepts_per_turn_max: 256,
@@ -110,6 +153,22 @@ impl Default for Config {
             ccm_keepalive_idle_ms: 5_000,
             ccm_keepalive_answer_ms: 3_600,
             ccm_name_bytes_max: 64,
+            matou_name_bytes_max: 32,
+            matou_message_bytes_max: 512,
+            matou_string_bytes_max: 4096,
+            matou_pending_requests_per_user_max: 64,
+            ocm_tcrp_payload_bytes_max: 64 * 1024,
+            ocm_tcrp_request_timeout_ms: 10_000,
+            ocm_room_name_bytes_max: 255,
+            ocm_user_name_bytes_max: 255,
+            ocm_idle_timeout_ms: 600_000,
+            ocm_send_failures_max: 3,
+            ocm_rooms_max: 10_000,
+            ocm_room_members_max: 10_000,
+            ocm_ack_state1: false,
+            ocm_relay_peers_max: 10_000,
+            udp_datagrams_per_turn_max: 1024,
+            udp_socket_buffer_bytes: 4 * 1024 * 1024,
             data_dir: PathBuf::from("data"),
             offline_frames_per_user_max: 100_000,
             offline_bytes_per_user_max: 64 * 1024 * 1024,
@@ -122,13 +181,32 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A configuration for tests: ROOM on an ephemeral port, BIN24 off (it needs a data
-    /// directory of the test's own), short timers.
+    /// True when no protocol has a port: nothing to serve.
+    pub fn serves_nothing(&self) -> bool {
+        [
+            self.room_port,
+            self.bin24_port,
+            self.ccm_port,
+            self.matou_port,
+            self.ocm_tcp_port,
+            self.ocm_udp_port,
+            self.ocm_relay_port,
+        ]
+        .iter()
+        .all(Option::is_none)
+    }
+
+    /// A configuration for tests: ROOM on an ephemeral port, every other protocol off (BIN24
+    /// needs a data directory of the test's own), short timers.
     pub fn for_tests() -> Self {
         Config {
             room_port: Some(0),
             bin24_port: None,
             ccm_port: None,
+            matou_port: None,
+            ocm_tcp_port: None,
+            ocm_udp_port: None,
+            ocm_relay_port: None,
             timer_tick_ms: 1,
             ..Config::default()
         }

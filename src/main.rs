@@ -8,15 +8,20 @@ use log::{error, LevelFilter};
 
 use std::path::PathBuf;
 
-use switchboard::config::{Config, BIN24_PORT_DEFAULT, CCM_PORT_DEFAULT, ROOM_PORT_DEFAULT};
+use switchboard::config::{
+    Config, BIN24_PORT_DEFAULT, CCM_PORT_DEFAULT, MATOU_PORT_DEFAULT, OCM_RELAY_PORT_DEFAULT,
+    OCM_TCP_PORT_DEFAULT, OCM_UDP_PORT_DEFAULT, ROOM_PORT_DEFAULT,
+};
 use switchboard::reactor::Server;
 
 /// Switchboard chat server: one single-threaded, edge-triggered reactor serving several chat
 /// wire protocols at once, each on its own port.
 ///
-/// Protocols served now: ROOM (nickname chat room, port 55555) and BIN24 (direct messages
-/// with acks and a durable offline store, port 7000) and CCM (HTTP-like messages with
-/// identification tokens and a keepalive, port 5454). Every limit and timer below has
+/// Protocols and their default ports: ROOM (nickname chat room, TCP 55555), BIN24 (direct
+/// messages with acks and a durable offline store, TCP 7000), CCM (HTTP-like messages with
+/// identification tokens and a keepalive, TCP 5454), MATOU (public room and brokered private
+/// links, TCP 7777), OCM (rooms created over TCP 9002, chat over UDP 9003) and the OCM stage-1
+/// relay (UDP 9001). A port of 0 disables its protocol. Every limit and timer below has
 /// a default that matches the protocol contract; tests and operators may change them.
 /// SIGINT or SIGTERM stops accepting, flushes queued output within the grace period and exits
 /// 0; a second signal exits at once.
@@ -60,6 +65,111 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().ccm_name_bytes_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     ccm_name_bytes_max: u64,
+
+    /// MATOU port (binary: unique names, public room, private links brokered between clients).
+    /// 0 disables MATOU.
+    #[arg(long, value_name = "PORT", default_value_t = MATOU_PORT_DEFAULT)]
+    matou_port: u16,
+
+    /// MATOU: longest user name, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().matou_name_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    matou_name_bytes_max: u64,
+
+    /// MATOU: longest public message, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().matou_message_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    matou_message_bytes_max: u64,
+
+    /// MATOU: largest string size accepted in any packet; a larger one is a protocol error
+    /// (ERROR, then close). Must be at least the name and message limits.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().matou_string_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=16 * 1_048_576))]
+    matou_string_bytes_max: u64,
+
+    /// MATOU: most private-link requests one user may have waiting for an answer.
+    #[arg(long, value_name = "N", default_value_t = Config::default().matou_pending_requests_per_user_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    matou_pending_requests_per_user_max: u64,
+
+    /// OCM TCRP port (TCP: create and join rooms). 0 disables OCM (with --ocm-udp-port 0).
+    #[arg(long, value_name = "PORT", default_value_t = OCM_TCP_PORT_DEFAULT)]
+    ocm_tcp_port: u16,
+
+    /// OCM chat port (UDP: messages within a room, with tokens bound to the client's IP).
+    /// 0 disables OCM (with --ocm-tcp-port 0).
+    #[arg(long, value_name = "PORT", default_value_t = OCM_UDP_PORT_DEFAULT)]
+    ocm_udp_port: u16,
+
+    /// OCM stage-1 relay port (UDP: every datagram goes to every other recent peer).
+    /// 0 disables the relay.
+    #[arg(long, value_name = "PORT", default_value_t = OCM_RELAY_PORT_DEFAULT)]
+    ocm_relay_port: u16,
+
+    /// OCM: largest TCRP payload, in bytes; a larger request is answered 500 from its header.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ocm_tcrp_payload_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(64..=16 * 1_048_576))]
+    ocm_tcrp_payload_bytes_max: u64,
+
+    /// OCM: close a TCRP connection that has not sent a whole request this long after
+    /// connecting.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().ocm_tcrp_request_timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ocm_tcrp_request_timeout_ms: u64,
+
+    /// OCM: longest room name, in bytes (at most 255: it has a one-byte size).
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ocm_room_name_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=255))]
+    ocm_room_name_bytes_max: u64,
+
+    /// OCM: longest user name, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ocm_user_name_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    ocm_user_name_bytes_max: u64,
+
+    /// OCM and the stage-1 relay: a member (or relay peer) that has sent nothing this long is
+    /// removed; a host's removal closes its room.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().ocm_idle_timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ocm_idle_timeout_ms: u64,
+
+    /// OCM and the stage-1 relay: failed sends in a row after which a member (or peer) is
+    /// removed. A datagram dropped because the socket buffer is full does not count.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_send_failures_max,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    ocm_send_failures_max: u32,
+
+    /// OCM: most rooms at once; a create beyond it is answered 500.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_rooms_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ocm_rooms_max: u64,
+
+    /// OCM: most members in one room; a join beyond it is answered 500.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_room_members_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ocm_room_members_max: u64,
+
+    /// OCM: send the document's state-1 acknowledgement before each answer. Off by default
+    /// because the original client takes the first answer as the final one.
+    #[arg(long)]
+    ocm_ack_state1: bool,
+
+    /// Stage-1 relay: most peers remembered at once; datagrams from further new peers are
+    /// dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_relay_peers_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ocm_relay_peers_max: u64,
+
+    /// UDP: most datagrams read from one socket per loop turn before other work is served.
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_datagrams_per_turn_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    udp_datagrams_per_turn_max: u64,
+
+    /// UDP: send and receive buffer size asked of the kernel per socket (capped by
+    /// net.core.rmem_max and wmem_max). A full send buffer drops the datagram, counted.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().udp_socket_buffer_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
+    udp_socket_buffer_bytes: u64,
 
     /// BIN24: a forwarded message not answered ("200") this long makes its recipient count as
     /// disconnected: it is closed, and what it had not answered moves to its offline store.
@@ -181,13 +291,48 @@ impl Args {
                 self.output_soft_bytes_max, self.output_hard_bytes_max
             ));
         }
+        if (self.ocm_tcp_port == 0) != (self.ocm_udp_port == 0) {
+            return Err(format!(
+                "OCM needs both its TCP port (--ocm-tcp-port {}) and its UDP port \
+                 (--ocm-udp-port {}); set both to 0 to disable OCM",
+                self.ocm_tcp_port, self.ocm_udp_port
+            ));
+        }
+        if self.matou_string_bytes_max < self.matou_name_bytes_max.max(self.matou_message_bytes_max)
+        {
+            return Err(format!(
+                "--matou-string-bytes-max ({}) must be at least the name and message limits",
+                self.matou_string_bytes_max
+            ));
+        }
         let to_usize = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        let port = |value: u16| (value != 0).then_some(value);
         Ok(Config {
             bind_addr: self.bind,
-            room_port: (self.room_port != 0).then_some(self.room_port),
+            room_port: port(self.room_port),
             room_handshake_timeout_ms: self.room_handshake_timeout_ms,
-            bin24_port: (self.bin24_port != 0).then_some(self.bin24_port),
-            ccm_port: (self.ccm_port != 0).then_some(self.ccm_port),
+            bin24_port: port(self.bin24_port),
+            ccm_port: port(self.ccm_port),
+            matou_port: port(self.matou_port),
+            matou_name_bytes_max: to_usize(self.matou_name_bytes_max),
+            matou_message_bytes_max: to_usize(self.matou_message_bytes_max),
+            matou_string_bytes_max: to_usize(self.matou_string_bytes_max),
+            matou_pending_requests_per_user_max: to_usize(self.matou_pending_requests_per_user_max),
+            ocm_tcp_port: port(self.ocm_tcp_port),
+            ocm_udp_port: port(self.ocm_udp_port),
+            ocm_relay_port: port(self.ocm_relay_port),
+            ocm_tcrp_payload_bytes_max: to_usize(self.ocm_tcrp_payload_bytes_max),
+            ocm_tcrp_request_timeout_ms: self.ocm_tcrp_request_timeout_ms,
+            ocm_room_name_bytes_max: to_usize(self.ocm_room_name_bytes_max),
+            ocm_user_name_bytes_max: to_usize(self.ocm_user_name_bytes_max),
+            ocm_idle_timeout_ms: self.ocm_idle_timeout_ms,
+            ocm_send_failures_max: self.ocm_send_failures_max,
+            ocm_rooms_max: to_usize(self.ocm_rooms_max),
+            ocm_room_members_max: to_usize(self.ocm_room_members_max),
+            ocm_ack_state1: self.ocm_ack_state1,
+            ocm_relay_peers_max: to_usize(self.ocm_relay_peers_max),
+            udp_datagrams_per_turn_max: to_usize(self.udp_datagrams_per_turn_max),
+            udp_socket_buffer_bytes: to_usize(self.udp_socket_buffer_bytes),
             ccm_keepalive_idle_ms: self.ccm_keepalive_idle_ms,
             ccm_keepalive_answer_ms: self.ccm_keepalive_answer_ms,
             ccm_name_bytes_max: to_usize(self.ccm_name_bytes_max),
@@ -230,7 +375,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if config.room_port.is_none() && config.bin24_port.is_none() && config.ccm_port.is_none() {
+    if config.serves_nothing() {
         error!("every protocol is disabled: nothing to serve");
         return ExitCode::from(2);
     }
