@@ -14,6 +14,8 @@
 //! - `bin24`: the BIN24 scenario: its loop, the per-message ledger, partners, stamp and report
 //! - `ccm`: the CCM scenario: its loop, the text stamp, the client side of the contract
 //!   (messages, keepalive answers, checks of what arrives) and its report (partners: BIN24's)
+//! - `matou`: the MATOU scenario: its loop, the text stamp, the client side of the contract
+//!   (names, packets, notice and delivery accounting), link brokering and its report
 //! - `limits`: the open-files limit
 
 mod args;
@@ -21,6 +23,7 @@ mod bin24;
 mod ccm;
 mod clock;
 mod limits;
+mod matou;
 mod pacer;
 mod plan;
 mod record;
@@ -41,6 +44,7 @@ use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{Bin24Config, Bin24Error, STAMP_BYTES};
 use crate::ccm::{CcmConfig, CcmError};
+use crate::matou::{MatouConfig, MatouError};
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::report::Report;
@@ -69,6 +73,7 @@ const SPARE_FILES: u64 = 64;
 const ROOM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
 const BIN24_DRAIN_DEFAULT: Duration = Duration::from_secs(5);
 const CCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
+const MATOU_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
 /// CCM contents: the text stamp, up to 64 KiB (the server takes up to 1 MiB).
 const CCM_CONTENT_BYTES_MIN: usize = ccm::stamp::STAMP_BYTES;
 const CCM_CONTENT_BYTES_MAX: usize = 65_536;
@@ -109,6 +114,11 @@ enum Scenario {
     /// silent users identify and never speak again: the report shows when the server closed
     /// them.
     Ccm(CcmArgs),
+    /// MATOU: users log in to the public room; senders send stamped public messages on a fixed
+    /// plan and every user (the sender included) times and checks every broadcast; private
+    /// links are brokered on a second plan (request, accept, addresses), each timed from its
+    /// intended time to the address at Dst. Join and sign-out notices are checked per pair.
+    Matou(MatouArgs),
 }
 
 /// Flags every scenario shares: where, how long, and where the results go.
@@ -268,12 +278,54 @@ struct CcmArgs {
     common: CommonArgs,
 }
 
+#[derive(Args, Debug)]
+struct MatouArgs {
+    /// Server port of the MATOU listener.
+    #[arg(long, default_value_t = 7_777)]
+    port: u16,
+
+    /// Users, named lg<run id><number>: each has its own connection, logs in, receives every
+    /// public message and may be drawn for links. From 2 to 10000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=USERS_MAX as u64))]
+    users: u64,
+
+    /// How many of the users send public messages (chosen with --seed), at most 1000 and at
+    /// most --users. Default: every user, up to 1000.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=SENDERS_MAX as u64))]
+    senders: Option<u64>,
+
+    /// Public messages per second over all senders together (each sender sends rate/senders per
+    /// second, evenly spaced, the senders phase-shifted). Every message reaches every user, so
+    /// the server delivers rate x users messages per second: at most 4000000.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=RATE_PER_S_MAX))]
+    rate: u64,
+
+    /// Private links brokered per second (0: none), each between a random Src and another
+    /// Dst with no link open between them. At most 10000.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=matou::LINK_RATE_PER_S_MAX))]
+    private_rate: u64,
+
+    /// Bytes of each public message: the 52-byte text stamp, padded. From 52 to 512 (the
+    /// contract's largest message).
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+
+    /// Longest wait, after every user sent PUBLIC_SIGN_OUT, for the server to close them all;
+    /// one still open then fails the run. At most 10m.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    sign_out_wait: Duration,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Room(args) => run_room(args),
         Scenario::Bin24(args) => run_bin24(args),
         Scenario::Ccm(args) => run_ccm(args),
+        Scenario::Matou(args) => run_matou(args),
     }
 }
 
@@ -553,6 +605,96 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         }
     };
     let report = ccm::report::Report::new(&cfg, common.seed, common.strict, &outcome);
+    deliver_report(
+        report.to_text(),
+        &report,
+        report.outcome.exit_code,
+        &mut json_out,
+    )
+}
+
+fn run_matou(args: MatouArgs) -> ExitCode {
+    let common = &args.common;
+    if let Err(why) = check_common(common) {
+        return refuse(why);
+    }
+    let users = args.users as usize;
+    let senders_requested = args.senders.map_or(users.min(SENDERS_MAX), |s| s as usize);
+    if senders_requested > users {
+        return refuse(format!(
+            "--senders ({senders_requested}) cannot exceed --users ({users})"
+        ));
+    }
+    if !(matou::stamp::STAMP_BYTES..=matou::stamp::MESSAGE_BYTES_MAX).contains(&args.payload_bytes)
+    {
+        return refuse(format!(
+            "--payload-bytes must be between {} (the stamp) and {} (the largest MATOU message)",
+            matou::stamp::STAMP_BYTES,
+            matou::stamp::MESSAGE_BYTES_MAX
+        ));
+    }
+    if args.sign_out_wait > WARMUP_MAX {
+        return refuse("--sign-out-wait must be at most 10m");
+    }
+    // Every message is delivered to every user: past a few million deliveries a second this
+    // one loop cannot read and time them all, and the run would measure the loadgen.
+    let deliveries_per_s = args.rate * args.users;
+    if deliveries_per_s > matou::DELIVERIES_PER_S_MAX {
+        return refuse(format!(
+            "--rate x --users plans {deliveries_per_s} deliveries/s; at most {} (every message \
+             reaches every user, and every delivery is read and timed by one loop)",
+            matou::DELIVERIES_PER_S_MAX
+        ));
+    }
+    let window_us = (common.warmup + common.duration).as_micros();
+    let links_planned = (window_us * u128::from(args.private_rate)).div_ceil(1_000_000);
+    if links_planned > u128::from(matou::LINKS_MAX) {
+        return refuse(format!(
+            "--private-rate x (--warmup + --duration) plans {links_planned} links; at most {} \
+             (every link is tracked until the report)",
+            matou::LINKS_MAX
+        ));
+    }
+    let target = match resolve_loopback(&common.host, args.port) {
+        Ok(target) => target,
+        Err(why) => return refuse(why),
+    };
+    if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
+        return refuse(why);
+    }
+    let mut json_out = match create_json(common.json.as_ref()) {
+        Ok(json_out) => json_out,
+        Err(why) => return refuse(why),
+    };
+    let cfg = MatouConfig {
+        target,
+        users,
+        senders: senders_requested,
+        rate_per_s: args.rate,
+        private_rate_per_s: args.private_rate,
+        duration_us: common.duration.as_micros() as u64,
+        warmup_us: common.warmup.as_micros() as u64,
+        drain_us: common.drain.unwrap_or(MATOU_DRAIN_DEFAULT).as_micros() as u64,
+        sign_out_wait_us: args.sign_out_wait.as_micros() as u64,
+        message_bytes: args.payload_bytes,
+        connect_rate_per_s: common.connect_rate,
+        seed: common.seed,
+        run_id: run_id(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let outcome = match matou::run(&cfg) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            discard_json(&mut json_out);
+            return match e {
+                MatouError::Unreachable(why) => refuse(format!(
+                    "no user could join a MATOU server at {target}: {why}"
+                )),
+                MatouError::Setup(why) => refuse(format!("setup failed: {why}")),
+            };
+        }
+    };
+    let report = matou::report::Report::new(&cfg, senders_requested, common.strict, &outcome);
     deliver_report(
         report.to_text(),
         &report,

@@ -1,0 +1,1327 @@
+//! The MATOU scenario: users log in to the public room; senders send stamped PUBLIC_MESSAGEs on
+//! the shared plan and every user (the sender included) times and checks every
+//! PUBLIC_BROADCAST; meanwhile private links are brokered on a second plan, from a random Src to
+//! another Dst, each timed from its request's intended time to the PRIVATE_SRC_ADDRESS at Dst.
+//!
+//! Phases, all bounded in time:
+//! 1. Ramp-up: every user connects at `--connect-rate` and sends CONNECT_REQUEST with its name;
+//!    it has joined on CONNECT_RESPONSE 1. Every CONNECT_NOTIFY is recorded per (receiver,
+//!    subject) pair and checked at the end (see [`wire::NoticeLedger`]).
+//! 2. Send: the senders send on the public plan; links are requested on the link plan (both
+//!    start together). Dst answers a PRIVATE_REQUEST_NOTIFY with PRIVATE_ACCEPT at once, Src
+//!    a PRIVATE_DST_ADDRESS with PRIVATE_SRC_PORTS (fake ports, see [`links::ports`]).
+//! 3. Drain: until every written message reached every user and every link completed, or
+//!    `--drain`.
+//! 4. Sign-out: every user sends PUBLIC_SIGN_OUT; the server must close each, within
+//!    `--sign-out-wait`. SIGN_OUT_NOTIFYs are recorded as the join notices are.
+//!
+//! The loop is ROOM's and CCM's: one mio poll, sockets registered READABLE|WRITABLE once,
+//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+
+pub mod links;
+pub mod report;
+pub mod stamp;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use switchboard::protocol::matou::codec::Limits;
+
+use crate::clock::Clock;
+use crate::pacer::Pacer;
+use crate::plan::{choose_senders, Plan, SplitMix64};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
+use links::{LinkCounts, Links, Unexpected};
+use stamp::Stamp;
+use wire::{Accounting, Incoming, NoticeCheck, NoticeLedger, Peer};
+
+const TIMER: Token = Token(0);
+const READ_BUF_BYTES: usize = 64 * 1024;
+const READ_BUDGET_BYTES: usize = 256 * 1024;
+const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
+const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
+const EVENTS_PER_SEND_CHECK: usize = 64;
+const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
+const START_DELAY_US: u64 = 50_000;
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+/// The ramp-up gives up after max(this, 3 times its planned time).
+const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
+const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
+const PROGRESS_INTERVAL_US: u64 = 1_000_000;
+/// Draws of a (Src, Dst) pair for one link before it is given up as "every pair busy".
+const PAIR_DRAWS_MAX: usize = 64;
+/// Mixed into `--seed` for the link pairs, so they do not repeat the senders' choice.
+const LINK_SEED_SALT: u64 = 0x6d61_746f_7521;
+
+/// Most public deliveries per second a plan may ask for (rate x users): every delivery is read,
+/// decoded, checked and timed by this one loop, and beyond a few million a second it falls
+/// behind and the run says nothing about the server.
+pub const DELIVERIES_PER_S_MAX: u64 = 4_000_000;
+/// Most links per second, and in all (each planned link keeps 24 bytes until the report).
+pub const LINK_RATE_PER_S_MAX: u64 = 10_000;
+pub const LINKS_MAX: u64 = 2_000_000;
+
+#[derive(Clone, Debug)]
+pub struct MatouConfig {
+    pub target: SocketAddr,
+    pub users: usize,
+    /// Users that send public messages (chosen among those that joined, with `seed`).
+    pub senders: usize,
+    pub rate_per_s: u64,
+    /// Links requested per second (0: none).
+    pub private_rate_per_s: u64,
+    pub duration_us: u64,
+    pub warmup_us: u64,
+    pub drain_us: u64,
+    /// Longest wait, after the sign-outs, for the server to close every user.
+    pub sign_out_wait_us: u64,
+    /// Bytes of each public message, the stamp included.
+    pub message_bytes: usize,
+    pub connect_rate_per_s: u64,
+    pub seed: u64,
+    pub run_id: u32,
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub enum MatouError {
+    Setup(String),
+    /// Not one user could join.
+    Unreachable(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// PUBLIC_BROADCAST at each user minus intended send time.
+    pub delivery: LatencyHistogram,
+    /// CONNECT_RESPONSE 1 minus intended connect time.
+    pub connect: LatencyHistogram,
+    pub send_lag: LatencyHistogram,
+    /// Public messages and link requests: noticed minus intended.
+    pub schedule_lateness: LatencyHistogram,
+    pub socket_blocked: LatencyHistogram,
+    /// PRIVATE_SRC_ADDRESS at Dst minus the request's intended time.
+    pub link: LatencyHistogram,
+    /// PRIVATE_REQUEST_NOTIFY at Dst minus the request's intended time.
+    pub link_notify: LatencyHistogram,
+}
+
+/// Notices about this run's users: how many arrived, and the per-pair check.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Notices {
+    pub received: u64,
+    pub duplicates: u64,
+    pub check: NoticeCheck,
+}
+
+#[derive(Debug)]
+pub struct MatouOutcome {
+    pub users_requested: usize,
+    pub users_joined: usize,
+    pub plan: Plan,
+    pub link_plan: Option<Plan>,
+    pub latency: Latencies,
+    pub seq: SeqCounts,
+    pub undelivered: u64,
+    /// Messages written times the users that joined.
+    pub expected_deliveries: u64,
+    pub errors: ErrorCounts,
+    pub sent: u64,
+    pub sent_in_window: u64,
+    pub delivered_in_window: u64,
+    pub not_sent_queue_full: u64,
+    pub not_sent_connection_lost: u64,
+    pub not_sent_at_end: u64,
+    pub links: LinkCounts,
+    /// Links due whose Src or Dst had lost its connection, or whose Src's queue was full.
+    pub links_not_sent_connection_lost: u64,
+    pub links_not_sent_queue_full: u64,
+    /// Links due while every pair drawn already had a link open.
+    pub links_not_sent_busy: u64,
+    pub links_requested_in_window: u64,
+    pub links_completed_in_window: u64,
+    /// PRIVATE_DST_ADDRESS or PRIVATE_SRC_ADDRESS with an address other than the peer's.
+    pub address_mismatches: u64,
+    pub join_notices: Notices,
+    pub sign_out_notices: Notices,
+    /// Users that sent PUBLIC_SIGN_OUT, and of them those the server closed in time.
+    pub signed_out: u64,
+    pub closed_after_sign_out: u64,
+    pub error_packets: u64,
+    pub refusals: u64,
+    pub decode_errors: u64,
+    /// Broadcasts that are not this run's, and notices about users that are not.
+    pub foreign_messages: u64,
+    pub foreign_notices: u64,
+    pub ramp_us: u64,
+    pub drain_used_us: u64,
+    pub drain_timed_out: bool,
+    pub sign_out_wait_used_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UserPhase {
+    Idle,
+    Connecting,
+    AwaitResponse,
+    Joined,
+    /// PUBLIC_SIGN_OUT queued; waiting for the server to close.
+    SigningOut,
+    /// Closed by the server after its sign-out.
+    Closed,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    end: usize,
+    intended_us: u64,
+    noticed_us: u64,
+}
+
+struct User {
+    name: String,
+    /// This user's address as the server sees it (its socket's local address).
+    ip: Option<IpAddr>,
+    /// Sender ordinal in the public plan.
+    sender: Option<u32>,
+    stream: Option<TcpStream>,
+    phase: UserPhase,
+    readable: bool,
+    writable: bool,
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    written: usize,
+    /// Public messages in `out`, for the send accounting (brokering packets have no entry).
+    queue: VecDeque<Queued>,
+    dirty: bool,
+    intended_connect_us: u64,
+    in_ramp: bool,
+    /// Joined at some point: its deliveries count as expected from then on.
+    joined: bool,
+    /// Still joined when the ramp-up ended: it heard every join notice.
+    in_room_after_ramp: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Ramp,
+    Send,
+    Drain { deadline_us: u64 },
+    SignOut { deadline_us: u64 },
+    Done,
+}
+
+struct Run<'a> {
+    cfg: &'a MatouConfig,
+    clock: Clock,
+    poll: Poll,
+    pacer: Pacer,
+    users: Vec<User>,
+    /// User index of each sender ordinal.
+    senders: Vec<usize>,
+    /// Users that joined in the ramp-up: the pool links are drawn from.
+    pool: Vec<usize>,
+    accounting: Accounting,
+    links: Links,
+    join_ledger: NoticeLedger,
+    sign_out_ledger: NoticeLedger,
+    link_rng: SplitMix64,
+    /// The decoder's size limits: the codec's defaults, far above what this run's packets need.
+    limits: Limits,
+    read_buf: Vec<u8>,
+    content_buf: Vec<u8>,
+    latency: Latencies,
+    errors: ErrorCounts,
+    sent: u64,
+    sent_in_window: u64,
+    delivered_in_window: u64,
+    not_sent_queue_full: u64,
+    not_sent_connection_lost: u64,
+    not_sent_at_end: u64,
+    links_not_sent_connection_lost: u64,
+    links_not_sent_queue_full: u64,
+    links_not_sent_busy: u64,
+    links_requested_in_window: u64,
+    links_completed_in_window: u64,
+    address_mismatches: u64,
+    signed_out: u64,
+    closed_after_sign_out: u64,
+    error_packets: u64,
+    refusals: u64,
+    decode_errors: u64,
+    foreign_messages: u64,
+    foreign_notices: u64,
+    dirty: Vec<usize>,
+    still_ready: Vec<usize>,
+    phase: Phase,
+    plan: Option<Plan>,
+    link_plan: Option<Plan>,
+    next_g: u64,
+    next_link: u64,
+    next_connect: usize,
+    ramp_unsettled: usize,
+    ramp_deadline_us: u64,
+    ramp_start_us: u64,
+    ramp_end_us: u64,
+    drain_start_us: Option<u64>,
+    drain_timed_out: bool,
+    sign_out_start_us: Option<u64>,
+    done_us: u64,
+    next_check_us: u64,
+    progress_next_us: u64,
+    bytes_since_send_check: usize,
+}
+
+pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
+    let setup = |what: &str, e: io::Error| MatouError::Setup(format!("{what}: {e}"));
+    let clock = Clock::start().map_err(|e| setup("clock", e))?;
+    let poll = Poll::new().map_err(|e| setup("poll", e))?;
+    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
+    pacer
+        .register(poll.registry(), TIMER)
+        .map_err(|e| setup("register timerfd", e))?;
+    let now_us = clock.now_us();
+    let rate = cfg.connect_rate_per_s.max(1);
+    let users: Vec<User> = (0..cfg.users)
+        .map(|i| User {
+            name: wire::user_name(cfg.run_id, i),
+            ip: None,
+            sender: None,
+            stream: None,
+            phase: UserPhase::Idle,
+            readable: false,
+            writable: false,
+            inbuf: BytesMut::new(),
+            out: Vec::new(),
+            written: 0,
+            queue: VecDeque::new(),
+            dirty: false,
+            intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
+            in_ramp: true,
+            joined: false,
+            in_room_after_ramp: false,
+        })
+        .collect();
+    let mut run = Run {
+        cfg,
+        clock,
+        poll,
+        pacer,
+        users,
+        senders: Vec::new(),
+        pool: Vec::new(),
+        accounting: Accounting::new(0, 0),
+        links: Links::new(),
+        join_ledger: NoticeLedger::new(cfg.users),
+        sign_out_ledger: NoticeLedger::new(cfg.users),
+        link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
+        limits: Limits::default(),
+        read_buf: vec![0; READ_BUF_BYTES],
+        content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
+        latency: Latencies::default(),
+        errors: ErrorCounts::default(),
+        sent: 0,
+        sent_in_window: 0,
+        delivered_in_window: 0,
+        not_sent_queue_full: 0,
+        not_sent_connection_lost: 0,
+        not_sent_at_end: 0,
+        links_not_sent_connection_lost: 0,
+        links_not_sent_queue_full: 0,
+        links_not_sent_busy: 0,
+        links_requested_in_window: 0,
+        links_completed_in_window: 0,
+        address_mismatches: 0,
+        signed_out: 0,
+        closed_after_sign_out: 0,
+        error_packets: 0,
+        refusals: 0,
+        decode_errors: 0,
+        foreign_messages: 0,
+        foreign_notices: 0,
+        dirty: Vec::new(),
+        still_ready: Vec::new(),
+        phase: Phase::Ramp,
+        plan: None,
+        link_plan: None,
+        next_g: 0,
+        next_link: 0,
+        next_connect: 0,
+        ramp_unsettled: cfg.users,
+        ramp_deadline_us: now_us
+            + RAMP_TIMEOUT_MIN_US.max((cfg.users as u64 * 1_000_000).div_ceil(rate) * 3),
+        ramp_start_us: now_us,
+        ramp_end_us: now_us,
+        drain_start_us: None,
+        drain_timed_out: false,
+        sign_out_start_us: None,
+        done_us: now_us,
+        next_check_us: now_us,
+        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        bytes_since_send_check: 0,
+    };
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Whether `address` (the bytes of a PRIVATE_*_ADDRESS) is `ip`: 4 bytes for IPv4, 16 for IPv6.
+pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => address == v4.octets(),
+        IpAddr::V6(v6) => address == v6.octets(),
+    }
+}
+
+impl Run<'_> {
+    fn event_loop(&mut self) -> Result<(), MatouError> {
+        let mut events = Events::with_capacity(1024);
+        while self.phase != Phase::Done {
+            self.advance()?;
+            if self.phase == Phase::Done {
+                break;
+            }
+            self.pacer
+                .arm_at(self.next_wake_us())
+                .map_err(|e| MatouError::Setup(format!("arming the timerfd: {e}")))?;
+            let timeout = if self.still_ready.is_empty() {
+                POLL_TIMEOUT_MAX
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(MatouError::Setup(format!("poll: {e}")));
+            }
+            let mut handled = 0usize;
+            for event in events.iter() {
+                if event.token() == TIMER {
+                    if let Err(e) = self.pacer.acknowledge() {
+                        return Err(MatouError::Setup(format!("reading the timerfd: {e}")));
+                    }
+                    continue;
+                }
+                let index = event.token().0 - 1;
+                let Some(user) = self.users.get_mut(index) else {
+                    continue;
+                };
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    user.readable = true;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    user.writable = true;
+                }
+                self.drive(index);
+                handled += 1;
+                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
+                    self.send_due();
+                }
+            }
+            for index in std::mem::take(&mut self.still_ready) {
+                self.drive(index);
+            }
+            self.flush_dirty();
+        }
+        if self.cfg.progress {
+            eprintln!();
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self) -> Result<(), MatouError> {
+        let now_us = self.clock.now_us();
+        match self.phase {
+            Phase::Ramp => {
+                while self.next_connect < self.users.len()
+                    && self.users[self.next_connect].intended_connect_us <= now_us
+                {
+                    self.connect(self.next_connect);
+                    self.next_connect += 1;
+                }
+                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
+                    for u in 0..self.users.len() {
+                        if self.users[u].in_ramp {
+                            self.fail(u, ErrorKind::Connect, || {
+                                "timed out before its CONNECT_RESPONSE came back".to_string()
+                            });
+                        }
+                    }
+                    self.next_connect = self.users.len();
+                }
+                if self.next_connect == self.users.len() && self.ramp_unsettled == 0 {
+                    self.start_sending(now_us)?;
+                }
+            }
+            Phase::Send => {
+                self.send_due();
+                if self.plans_done() {
+                    let now_us = self.clock.now_us();
+                    self.drain_start_us = Some(now_us);
+                    self.next_check_us = now_us;
+                    self.phase = Phase::Drain {
+                        deadline_us: now_us + self.cfg.drain_us,
+                    };
+                }
+            }
+            Phase::Drain { deadline_us } => {
+                self.flush_dirty();
+                if now_us >= self.next_check_us {
+                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                    let complete = self.everything_arrived();
+                    if complete || now_us >= deadline_us {
+                        self.drain_timed_out = !complete;
+                        self.start_sign_out(now_us);
+                    }
+                }
+            }
+            Phase::SignOut { deadline_us } => {
+                if self.signing_out() == 0 || now_us >= deadline_us {
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+        if self.phase == Phase::Done {
+            self.done_us = now_us;
+        }
+        if self.cfg.progress && now_us >= self.progress_next_us {
+            self.progress_line(now_us);
+            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
+        }
+        Ok(())
+    }
+
+    fn plans_done(&self) -> bool {
+        self.plan
+            .as_ref()
+            .is_some_and(|p| self.next_g >= p.messages)
+            && self
+                .link_plan
+                .as_ref()
+                .is_none_or(|p| self.next_link >= p.messages)
+    }
+
+    /// The next public message's and the next link's intended times (`u64::MAX`: none left).
+    fn next_due_us(&self) -> (u64, u64) {
+        let public = self
+            .plan
+            .as_ref()
+            .filter(|p| self.next_g < p.messages)
+            .map_or(u64::MAX, |p| p.intended_us(self.next_g));
+        let link = self
+            .link_plan
+            .as_ref()
+            .filter(|p| self.next_link < p.messages)
+            .map_or(u64::MAX, |p| p.intended_us(self.next_link));
+        (public, link)
+    }
+
+    fn next_wake_us(&self) -> u64 {
+        let phase_us = match self.phase {
+            Phase::Ramp => self
+                .users
+                .get(self.next_connect)
+                .map_or(u64::MAX, |u| u.intended_connect_us)
+                .min(self.ramp_deadline_us),
+            Phase::Send => {
+                let (public, link) = self.next_due_us();
+                public.min(link)
+            }
+            Phase::Drain { .. } => self.next_check_us,
+            // A close wakes the poll by itself.
+            Phase::SignOut { deadline_us } => deadline_us,
+            Phase::Done => u64::MAX,
+        };
+        if self.cfg.progress {
+            phase_us.min(self.progress_next_us)
+        } else {
+            phase_us
+        }
+    }
+
+    /// Drain: nothing queued, every written message at every user still in the room, every
+    /// link complete (or broken).
+    fn everything_arrived(&self) -> bool {
+        if self.users.iter().any(|u| !u.queue.is_empty()) || self.links.open_count() > 0 {
+            return false;
+        }
+        let users = &self.users;
+        let live = users
+            .iter()
+            .filter(|u| u.phase == UserPhase::Joined)
+            .count() as u64;
+        self.accounting
+            .complete(|r| users[r].phase == UserPhase::Joined, live)
+    }
+
+    fn signing_out(&self) -> usize {
+        self.users
+            .iter()
+            .filter(|u| u.phase == UserPhase::SigningOut)
+            .count()
+    }
+
+    /// Every user still in the room signs out. Public messages still queued will not be sent.
+    fn start_sign_out(&mut self, now_us: u64) {
+        self.sign_out_start_us = Some(now_us);
+        self.phase = Phase::SignOut {
+            deadline_us: now_us + self.cfg.sign_out_wait_us,
+        };
+        for u in 0..self.users.len() {
+            let user = &mut self.users[u];
+            self.not_sent_at_end += user.queue.len() as u64;
+            user.queue.clear();
+            if user.phase == UserPhase::Joined {
+                user.out.extend_from_slice(&wire::public_sign_out());
+                user.phase = UserPhase::SigningOut;
+                self.signed_out += 1;
+                self.mark_dirty(u);
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn settle(&mut self, u: usize) {
+        if std::mem::take(&mut self.users[u].in_ramp) {
+            self.ramp_unsettled -= 1;
+        }
+    }
+
+    fn connect(&mut self, u: usize) {
+        match TcpStream::connect(self.cfg.target) {
+            Ok(mut stream) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
+                    return;
+                }
+                let registered = self.poll.registry().register(
+                    &mut stream,
+                    Token(u + 1),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                if let Err(e) = registered {
+                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
+                    return;
+                }
+                let user = &mut self.users[u];
+                user.stream = Some(stream);
+                user.phase = UserPhase::Connecting;
+            }
+            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    fn start_sending(&mut self, now_us: u64) -> Result<(), MatouError> {
+        self.ramp_end_us = now_us;
+        self.pool = (0..self.users.len())
+            .filter(|&u| self.users[u].phase == UserPhase::Joined)
+            .collect();
+        if self.pool.is_empty() {
+            let why = self
+                .errors
+                .first
+                .first()
+                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
+            return Err(MatouError::Unreachable(why));
+        }
+        for &u in &self.pool {
+            self.users[u].in_room_after_ramp = true;
+        }
+        self.senders = choose_senders(&self.pool, self.cfg.senders, self.cfg.seed);
+        for (ordinal, &u) in self.senders.iter().enumerate() {
+            self.users[u].sender = Some(ordinal as u32);
+        }
+        self.accounting = Accounting::new(self.users.len(), self.senders.len());
+        let start_us = now_us + START_DELAY_US;
+        self.plan = Some(Plan::new(
+            self.senders.len() as u32,
+            self.cfg.rate_per_s,
+            start_us,
+            self.cfg.warmup_us,
+            self.cfg.duration_us,
+        ));
+        // A link needs two users.
+        if self.cfg.private_rate_per_s > 0 && self.pool.len() >= 2 {
+            self.link_plan = Some(Plan::new(
+                1,
+                self.cfg.private_rate_per_s,
+                start_us,
+                self.cfg.warmup_us,
+                self.cfg.duration_us,
+            ));
+        }
+        self.phase = Phase::Send;
+        Ok(())
+    }
+
+    /// Queues every due public message and link request, in intended-time order, then writes.
+    fn send_due(&mut self) {
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.bytes_since_send_check = 0;
+        let now_us = self.clock.now_us();
+        loop {
+            let (public_us, link_us) = self.next_due_us();
+            if public_us.min(link_us) > now_us {
+                break;
+            }
+            if public_us <= link_us {
+                self.send_public(public_us, now_us);
+            } else {
+                self.request_link(link_us, now_us);
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn send_public(&mut self, intended_us: u64, now_us: u64) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        let g = self.next_g;
+        self.next_g += 1;
+        let u = self.senders[plan.sender_of(g) as usize];
+        if self.users[u].phase != UserPhase::Joined {
+            self.not_sent_connection_lost += 1;
+            return;
+        }
+        let content = &mut self.content_buf[..self.cfg.message_bytes];
+        let stamp = Stamp {
+            run_id: self.cfg.run_id,
+            sender: u as u32,
+            seq: (g / u64::from(plan.senders)) as u32,
+            intended_us,
+        };
+        if stamp::write(content, &stamp).is_err() {
+            self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+            return;
+        }
+        let packet = wire::public_message(content);
+        let user = &mut self.users[u];
+        if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
+            || user.out.len() - user.written + packet.len() > SEND_QUEUE_BYTES_MAX
+        {
+            self.not_sent_queue_full += 1;
+            return;
+        }
+        user.out.extend_from_slice(&packet);
+        user.queue.push_back(Queued {
+            end: user.out.len(),
+            intended_us,
+            noticed_us: now_us,
+        });
+        if !plan.is_warmup(intended_us) {
+            self.latency
+                .schedule_lateness
+                .record(now_us.saturating_sub(intended_us));
+        }
+        self.mark_dirty(u);
+    }
+
+    /// Draws a free (Src, Dst) pair and queues Src's PRIVATE_REQUEST.
+    fn request_link(&mut self, intended_us: u64, now_us: u64) {
+        let Some(plan) = self.link_plan.as_ref() else {
+            return;
+        };
+        self.next_link += 1;
+        let n = self.pool.len() as u64;
+        let mut drawn = None;
+        for _ in 0..PAIR_DRAWS_MAX {
+            let s = (self.link_rng.next() % n) as usize;
+            let mut d = (self.link_rng.next() % (n - 1)) as usize;
+            if d >= s {
+                d += 1;
+            }
+            let (src, dst) = (self.pool[s], self.pool[d]);
+            if !self.links.busy(src as u32, dst as u32) {
+                drawn = Some((src, dst));
+                break;
+            }
+        }
+        let Some((src, dst)) = drawn else {
+            self.links_not_sent_busy += 1;
+            return;
+        };
+        if self.users[src].phase != UserPhase::Joined || self.users[dst].phase != UserPhase::Joined
+        {
+            self.links_not_sent_connection_lost += 1;
+            return;
+        }
+        let packet = wire::private_request(&self.users[dst].name);
+        let user = &self.users[src];
+        if user.out.len() - user.written + packet.len() > SEND_QUEUE_BYTES_MAX {
+            self.links_not_sent_queue_full += 1;
+            return;
+        }
+        if !plan.is_warmup(intended_us) {
+            self.latency
+                .schedule_lateness
+                .record(now_us.saturating_sub(intended_us));
+        }
+        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+            self.links_requested_in_window += 1;
+        }
+        self.links.open(src as u32, dst as u32, intended_us);
+        self.users[src].out.extend_from_slice(&packet);
+        self.mark_dirty(src);
+    }
+
+    fn mark_dirty(&mut self, u: usize) {
+        if !self.users[u].dirty {
+            self.users[u].dirty = true;
+            self.dirty.push(u);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for u in std::mem::take(&mut self.dirty) {
+            self.users[u].dirty = false;
+            self.flush(u);
+        }
+    }
+
+    fn flush(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        if !matches!(
+            user.phase,
+            UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
+        ) || !user.writable
+        {
+            return;
+        }
+        let Some(stream) = user.stream.as_mut() else {
+            return;
+        };
+        if user.written == user.out.len() {
+            return;
+        }
+        let attempt_us = self.clock.now_us();
+        let mut failure = None;
+        while user.written < user.out.len() {
+            match stream.write(&user.out[user.written..]) {
+                Ok(0) => {
+                    failure = Some("write returned 0".to_string());
+                    break;
+                }
+                Ok(n) => user.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    user.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let done_us = self.clock.now_us();
+        while let Some(queued) = user.queue.front().copied() {
+            if queued.end > user.written {
+                break;
+            }
+            user.queue.pop_front();
+            self.sent += 1;
+            if let Some(ordinal) = user.sender {
+                self.accounting.on_sent(ordinal as usize);
+            }
+            if let Some(plan) = self.plan.as_ref() {
+                if !plan.is_warmup(queued.intended_us) {
+                    self.latency
+                        .socket_blocked
+                        .record(attempt_us.saturating_sub(queued.noticed_us));
+                    self.latency
+                        .send_lag
+                        .record(done_us.saturating_sub(queued.intended_us));
+                }
+                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+                    self.sent_in_window += 1;
+                }
+            }
+        }
+        if user.written == user.out.len() {
+            user.out.clear();
+            user.written = 0;
+        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
+            let shift = user.written;
+            user.out.drain(..shift);
+            user.written = 0;
+            for queued in &mut user.queue {
+                queued.end -= shift;
+            }
+        }
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
+    }
+
+    fn drive(&mut self, u: usize) {
+        match self.users[u].phase {
+            UserPhase::Idle | UserPhase::Failed | UserPhase::Closed => {}
+            UserPhase::Connecting => {
+                if self.users[u].readable || self.users[u].writable {
+                    self.check_connected(u);
+                }
+                if self.users[u].phase != UserPhase::Connecting {
+                    self.drive(u);
+                }
+            }
+            UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut => {
+                if self.users[u].readable {
+                    self.read(u);
+                }
+                let user = &self.users[u];
+                if user.writable && user.written < user.out.len() {
+                    self.flush(u);
+                }
+            }
+        }
+    }
+
+    fn check_connected(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        let Some(stream) = user.stream.as_ref() else {
+            return;
+        };
+        let outcome = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => stream.local_addr().map(|local| Some(local.ip())),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(Some(ip)) => {
+                user.ip = Some(ip);
+                user.out
+                    .extend_from_slice(&wire::connect_request(&user.name));
+                user.phase = UserPhase::AwaitResponse;
+                user.readable = true;
+                self.mark_dirty(u);
+            }
+            Ok(None) => {}
+            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    fn read(&mut self, u: usize) {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let user = &mut self.users[u];
+            let Some(stream) = user.stream.as_mut() else {
+                return;
+            };
+            if budget == 0 {
+                self.still_ready.push(u);
+                return;
+            }
+            let n = match stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.on_server_close(u, "the server closed the connection".to_string());
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    user.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.on_server_close(u, format!("read: {e}"));
+                    return;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            // One clock read per read(): every packet in this chunk arrived together.
+            let now_us = self.clock.now_us();
+            loop {
+                if !matches!(
+                    self.users[u].phase,
+                    UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
+                ) {
+                    return;
+                }
+                let decoded = wire::decode(
+                    &mut self.users[u].inbuf,
+                    &self.limits,
+                    self.cfg.run_id,
+                    self.cfg.users,
+                );
+                let incoming = match decoded {
+                    Ok(Some(incoming)) => incoming,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.decode_errors += 1;
+                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
+                        return;
+                    }
+                };
+                self.on_packet(u, incoming, now_us);
+            }
+            if self.users[u].written < self.users[u].out.len() {
+                self.mark_dirty(u); // brokering answers
+            }
+            self.bytes_since_send_check += n;
+            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
+                self.send_due();
+            }
+        }
+    }
+
+    /// EOF or a read error: expected after a sign-out, an error otherwise.
+    fn on_server_close(&mut self, u: usize, why: String) {
+        let user = &mut self.users[u];
+        if user.phase == UserPhase::SigningOut {
+            user.phase = UserPhase::Closed;
+            self.closed_after_sign_out += 1;
+            if let Some(mut stream) = user.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+            return;
+        }
+        let kind = if user.phase == UserPhase::Joined {
+            ErrorKind::Read
+        } else {
+            ErrorKind::Connect
+        };
+        self.fail(u, kind, || why);
+    }
+
+    fn violation(&mut self, u: usize, why: impl FnOnce() -> String) {
+        let name = &self.users[u].name;
+        self.errors
+            .count(ErrorKind::Protocol, || format!("user {name}: {}", why()));
+    }
+
+    fn on_packet(&mut self, u: usize, incoming: Incoming, now_us: u64) {
+        if self.users[u].phase == UserPhase::AwaitResponse {
+            match incoming {
+                Incoming::ConnectResponse { accepted: true } => {
+                    let user = &mut self.users[u];
+                    user.phase = UserPhase::Joined;
+                    user.joined = true;
+                    self.latency
+                        .connect
+                        .record(now_us.saturating_sub(user.intended_connect_us));
+                    self.settle(u);
+                }
+                Incoming::ConnectResponse { accepted: false } => {
+                    self.refusals += 1;
+                    self.fail(u, ErrorKind::Connect, || {
+                        "name refused (CONNECT_RESPONSE 0)".to_string()
+                    });
+                }
+                Incoming::Error { code, reason } => {
+                    self.error_packets += 1;
+                    self.fail(u, ErrorKind::Connect, || {
+                        format!(
+                            "ERROR {code} before acceptance: {}",
+                            String::from_utf8_lossy(&reason)
+                        )
+                    });
+                }
+                other => self.violation(u, || format!("{other:?} before CONNECT_RESPONSE")),
+            }
+            return;
+        }
+        match incoming {
+            Incoming::ConnectResponse { accepted } => {
+                self.violation(u, || {
+                    format!("CONNECT_RESPONSE {accepted} after acceptance")
+                });
+            }
+            Incoming::ConnectNotify(Peer::Ours(v)) => {
+                self.join_ledger.on_notice(u, v);
+            }
+            Incoming::SignOutNotify(Peer::Ours(v)) => {
+                self.sign_out_ledger.on_notice(u, v);
+            }
+            Incoming::ConnectNotify(Peer::Foreign) | Incoming::SignOutNotify(Peer::Foreign) => {
+                self.foreign_notices += 1;
+            }
+            Incoming::Broadcast { username, message } => {
+                self.on_broadcast(u, &username, &message, now_us);
+            }
+            Incoming::RequestNotify { src } => {
+                match self.links.on_request_notify(u as u32, src as u32) {
+                    Ok(k) => {
+                        if let Some(link) = self.links.get(k) {
+                            if self
+                                .link_plan
+                                .as_ref()
+                                .is_some_and(|p| !p.is_warmup(link.intended_us))
+                            {
+                                self.latency
+                                    .link_notify
+                                    .record(now_us.saturating_sub(link.intended_us));
+                            }
+                        }
+                        let accept = wire::private_accept(&self.users[src].name);
+                        self.users[u].out.extend_from_slice(&accept);
+                        self.mark_dirty(u);
+                    }
+                    Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
+                }
+            }
+            Incoming::DstAddress { dst, address } => {
+                match self.links.on_dst_address(u as u32, dst as u32) {
+                    Ok(k) => {
+                        self.check_address(u, "PRIVATE_DST_ADDRESS", dst, &address);
+                        let (message_port, file_port) = links::ports(k);
+                        let ports =
+                            wire::private_src_ports(&self.users[dst].name, message_port, file_port);
+                        self.users[u].out.extend_from_slice(&ports);
+                        self.mark_dirty(u);
+                    }
+                    Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
+                }
+            }
+            Incoming::SrcAddress {
+                src,
+                address,
+                message_port,
+                file_port,
+            } => match self
+                .links
+                .on_src_address(u as u32, src as u32, message_port, file_port)
+            {
+                Ok(link) => {
+                    self.check_address(u, "PRIVATE_SRC_ADDRESS", src, &address);
+                    if let Some(plan) = self.link_plan.as_ref() {
+                        if !plan.is_warmup(link.intended_us) {
+                            self.latency
+                                .link
+                                .record(now_us.saturating_sub(link.intended_us));
+                        }
+                        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+                            self.links_completed_in_window += 1;
+                        }
+                    }
+                }
+                Err(e) => self.unexpected(u, "PRIVATE_SRC_ADDRESS", src, e),
+            },
+            Incoming::Error { code, reason } => {
+                self.error_packets += 1;
+                self.violation(u, || {
+                    format!("ERROR {code}: {}", String::from_utf8_lossy(&reason))
+                });
+            }
+            Incoming::Violation(why) => self.violation(u, || why),
+        }
+    }
+
+    fn unexpected(&mut self, u: usize, what: &str, peer: usize, e: Unexpected) {
+        let peer = self.users[peer].name.clone();
+        self.violation(u, || {
+            format!("{what} naming {peer} fits no open link: {e:?}")
+        });
+    }
+
+    /// Counts an address that is not the peer's as the server sees it.
+    fn check_address(&mut self, u: usize, what: &str, peer: usize, address: &[u8]) {
+        if self.users[peer]
+            .ip
+            .is_some_and(|ip| address_is(address, ip))
+        {
+            return;
+        }
+        self.address_mismatches += 1;
+        let expected = self.users[peer].ip;
+        self.violation(u, || {
+            format!("{what} gives address {address:?} for a peer at {expected:?}")
+        });
+    }
+
+    fn on_broadcast(&mut self, u: usize, username: &[u8], message: &[u8], now_us: u64) {
+        let stamp = match stamp::read(message, self.cfg.run_id) {
+            stamp::Read::Ours(stamp) => stamp,
+            stamp::Read::Foreign => {
+                self.foreign_messages += 1;
+                return;
+            }
+            stamp::Read::Malformed(why) => {
+                self.violation(u, || format!("PUBLIC_BROADCAST: {why}"));
+                return;
+            }
+        };
+        let Some((ordinal, g)) = self.check_broadcast(username, &stamp) else {
+            let username = String::from_utf8_lossy(username).into_owned();
+            self.violation(u, || {
+                format!(
+                    "a PUBLIC_BROADCAST that does not match the plan (from {username}, {stamp:?})"
+                )
+            });
+            return;
+        };
+        if self
+            .accounting
+            .on_delivered(u, ordinal, u64::from(stamp.seq))
+            == SeqOutcome::Behind
+        {
+            return; // a duplicate: counted, timed once
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if !plan.is_warmup(plan.intended_us(g)) {
+            self.latency
+                .delivery
+                .record(now_us.saturating_sub(stamp.intended_us));
+        }
+        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+            self.delivered_in_window += 1;
+        }
+    }
+
+    /// The sender ordinal and plan number of a broadcast, if every field agrees with the plan.
+    fn check_broadcast(&self, username: &[u8], stamp: &Stamp) -> Option<(usize, u64)> {
+        let plan = self.plan.as_ref()?;
+        let sender_user = self.users.get(usize::try_from(stamp.sender).ok()?)?;
+        let ordinal = sender_user.sender?;
+        let g = u64::from(stamp.seq) * u64::from(plan.senders) + u64::from(ordinal);
+        let agrees = username == sender_user.name.as_bytes()
+            && g < plan.messages
+            && plan.intended_us(g) == stamp.intended_us;
+        agrees.then_some((ordinal as usize, g))
+    }
+
+    /// Counts the error, closes the connection and takes the user out of the run.
+    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
+        if matches!(self.users[u].phase, UserPhase::Failed | UserPhase::Closed) {
+            return;
+        }
+        self.settle(u);
+        self.links.break_user(u as u32);
+        let user = &mut self.users[u];
+        user.phase = UserPhase::Failed;
+        self.not_sent_connection_lost += user.queue.len() as u64;
+        user.queue.clear();
+        user.out.clear();
+        user.written = 0;
+        user.inbuf.clear();
+        if let Some(mut stream) = user.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        let name = user.name.clone();
+        let target = self.cfg.target;
+        self.errors
+            .count(kind, || format!("{target} user {name}: {}", describe()));
+    }
+
+    fn progress_line(&self, now_us: u64) {
+        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
+        let what = match self.phase {
+            Phase::Ramp => format!(
+                "ramp-up: {} of {} joined",
+                self.users.iter().filter(|u| u.joined).count(),
+                self.users.len()
+            ),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "sent {} of {}, delivered {}, links {} of {}",
+                self.sent,
+                self.plan.as_ref().map_or(0, |p| p.messages),
+                self.accounting.counts().delivered,
+                self.links.counts().complete,
+                self.link_plan.as_ref().map_or(0, |p| p.messages),
+            ),
+            Phase::SignOut { .. } => {
+                format!("signing out: {} not closed yet", self.signing_out())
+            }
+            Phase::Done => String::new(),
+        };
+        eprint!(
+            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
+            self.errors.total()
+        );
+    }
+
+    fn finish(mut self) -> MatouOutcome {
+        let end_us = self.clock.now_us();
+        for user in &mut self.users {
+            self.not_sent_at_end += user.queue.len() as u64;
+            if let Some(mut stream) = user.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+        }
+        let done_us = if self.phase == Phase::Done {
+            self.done_us
+        } else {
+            end_us
+        };
+        let users = &self.users;
+        let users_joined = users.iter().filter(|u| u.joined).count();
+        let undelivered = self.accounting.undelivered(|r| users[r].joined);
+        let join_check = self
+            .join_ledger
+            .check(|u| users[u].in_room_after_ramp, true);
+        // Sign-outs: the users the server closed after their sign-out; none hears of itself.
+        let sign_out_check = self
+            .sign_out_ledger
+            .check(|u| users[u].phase == UserPhase::Closed, false);
+        MatouOutcome {
+            users_requested: self.cfg.users,
+            users_joined,
+            plan: self
+                .plan
+                .clone()
+                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            link_plan: self.link_plan.clone(),
+            latency: self.latency,
+            seq: self.accounting.counts(),
+            undelivered,
+            expected_deliveries: self.accounting.sent_total() * users_joined as u64,
+            errors: self.errors,
+            sent: self.sent,
+            sent_in_window: self.sent_in_window,
+            delivered_in_window: self.delivered_in_window,
+            not_sent_queue_full: self.not_sent_queue_full,
+            not_sent_connection_lost: self.not_sent_connection_lost,
+            not_sent_at_end: self.not_sent_at_end,
+            links: self.links.counts(),
+            links_not_sent_connection_lost: self.links_not_sent_connection_lost,
+            links_not_sent_queue_full: self.links_not_sent_queue_full,
+            links_not_sent_busy: self.links_not_sent_busy,
+            links_requested_in_window: self.links_requested_in_window,
+            links_completed_in_window: self.links_completed_in_window,
+            address_mismatches: self.address_mismatches,
+            join_notices: Notices {
+                received: self.join_ledger.received,
+                duplicates: self.join_ledger.duplicates,
+                check: join_check,
+            },
+            sign_out_notices: Notices {
+                received: self.sign_out_ledger.received,
+                duplicates: self.sign_out_ledger.duplicates,
+                check: sign_out_check,
+            },
+            signed_out: self.signed_out,
+            closed_after_sign_out: self.closed_after_sign_out,
+            error_packets: self.error_packets,
+            refusals: self.refusals,
+            decode_errors: self.decode_errors,
+            foreign_messages: self.foreign_messages,
+            foreign_notices: self.foreign_notices,
+            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
+            drain_used_us: self.drain_start_us.map_or(0, |start| {
+                self.sign_out_start_us
+                    .unwrap_or(done_us)
+                    .saturating_sub(start)
+            }),
+            drain_timed_out: self.drain_timed_out,
+            sign_out_wait_used_us: self
+                .sign_out_start_us
+                .map_or(0, |start| done_us.saturating_sub(start)),
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! The MATOU report: public deliveries, brokered links, join and sign-out notices, with the
+//! shared verdict and outcome rules (`crate::report`), as text and JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{MatouConfig, MatouOutcome, Notices};
+use crate::report::{
+    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Losses,
+    NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+};
+use crate::stats::LatencySummary;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub users: usize,
+    pub senders_requested: usize,
+    pub senders: u32,
+    pub rate_per_s: u64,
+    /// rate x users: every message reaches every user.
+    pub planned_deliveries_per_s: u64,
+    pub private_rate_per_s: u64,
+    pub duration_ms: f64,
+    pub warmup_ms: f64,
+    pub drain_ms: f64,
+    pub sign_out_wait_ms: f64,
+    /// Bytes of each public message (the stamp included).
+    pub payload_bytes: usize,
+    pub connect_rate_per_s: u64,
+    pub seed: u64,
+    pub strict: bool,
+    pub run_id: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Deliveries {
+    /// Messages written times the users that joined.
+    pub expected: u64,
+    pub delivered: u64,
+    /// Deliveries received in the measured window, per second of it.
+    pub per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latencies {
+    /// PUBLIC_BROADCAST at each user minus intended send time.
+    pub delivery: LatencySummary,
+    /// CONNECT_RESPONSE 1 minus intended connect time.
+    pub connect: LatencySummary,
+    pub send_lag: LatencySummary,
+    /// Public messages and link requests: loop noticed minus intended.
+    pub schedule_lateness: LatencySummary,
+    pub socket_blocked: LatencySummary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LinksNotSent {
+    pub total: u64,
+    /// Every pair drawn already had a link open.
+    pub busy: u64,
+    /// Src or Dst had lost its connection.
+    pub connection_lost: u64,
+    pub queue_full: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkFigures {
+    pub target_rate_per_s: f64,
+    pub planned: u64,
+    /// PRIVATE_REQUESTs queued.
+    pub requested: u64,
+    /// Requests queued in the measured window, per second of it.
+    pub requested_per_s: f64,
+    pub complete: u64,
+    /// Links completed in the measured window, per second of it.
+    pub completed_per_s: f64,
+    /// Requested and never complete: losses.
+    pub incomplete: u64,
+    pub stuck_requested: u64,
+    pub stuck_accepted: u64,
+    pub stuck_ports_sent: u64,
+    /// Src or Dst lost its connection with the link open.
+    pub broken: u64,
+    pub not_sent: LinksNotSent,
+    /// A PRIVATE_*_ADDRESS with an address other than the peer's.
+    pub address_mismatches: u64,
+    /// PRIVATE_SRC_ADDRESS at Dst minus the request's intended time.
+    pub latency_ms: LatencySummary,
+    /// PRIVATE_REQUEST_NOTIFY at Dst minus the request's intended time.
+    pub notify_latency_ms: LatencySummary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NoticeFigures {
+    /// Notices about this run's users, duplicates included.
+    pub received: u64,
+    /// One per pair of users that count (and, for joins, one per user about itself).
+    pub expected: u64,
+    pub duplicates: u64,
+    pub own_missing: u64,
+    /// Pairs where neither user heard about the other.
+    pub pairs_missing: u64,
+    /// Pairs where both heard about the other.
+    pub pairs_both: u64,
+}
+
+impl NoticeFigures {
+    fn new(notices: &Notices) -> NoticeFigures {
+        NoticeFigures {
+            received: notices.received,
+            expected: notices.check.expected,
+            duplicates: notices.duplicates,
+            own_missing: notices.check.own_missing,
+            pairs_missing: notices.check.pairs_missing,
+            pairs_both: notices.check.pairs_both,
+        }
+    }
+
+    fn problems(&self) -> u64 {
+        self.duplicates + self.own_missing + self.pairs_missing + self.pairs_both
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SignOut {
+    /// Users that sent PUBLIC_SIGN_OUT.
+    pub signed_out: u64,
+    /// Of them, closed by the server within the wait.
+    pub closed: u64,
+    pub not_closed: u64,
+    pub wait_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub target: String,
+    pub settings: Settings,
+    pub connections: Connections,
+    pub send: SendFigures,
+    pub not_sent: NotSent,
+    pub deliveries: Deliveries,
+    pub latency_ms: Latencies,
+    pub losses: Losses,
+    pub duplicates_or_reorders: u64,
+    pub links: LinkFigures,
+    pub join_notices: NoticeFigures,
+    /// Informational: checked only over the users the server closed after their sign-out.
+    pub sign_out_notices: NoticeFigures,
+    pub sign_out: SignOut,
+    pub errors: Errors,
+    /// ERROR packets received (each also counted as a protocol or connect error).
+    pub error_packets: u64,
+    /// CONNECT_RESPONSE 0 (each also a connect error).
+    pub refusals: u64,
+    /// Bytes that were not a MATOU packet (each also a protocol error; the user is lost).
+    pub decode_errors: u64,
+    /// Broadcasts that are not this run's, and notices about users that are not.
+    pub foreign_messages: u64,
+    pub foreign_notices: u64,
+    pub drain_ms: f64,
+    pub drain_timed_out: bool,
+    pub notes: Vec<String>,
+    pub verdict: Verdict,
+    pub outcome: Outcome,
+}
+
+/// What fails a MATOU run beyond the shared rules.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatouFailures {
+    pub links_incomplete: u64,
+    pub links_not_sent: u64,
+    /// Join notices missing, duplicated, or told both ways.
+    pub join_notice_problems: u64,
+    pub not_closed_after_sign_out: u64,
+}
+
+/// The shared outcome, plus the MATOU-only failures.
+pub fn matou_outcome(
+    inputs: &FailureInputs,
+    extra: &MatouFailures,
+    verdict: &Verdict,
+    strict: bool,
+) -> Outcome {
+    let mut result = outcome(inputs, verdict, strict);
+    for (count, what) in [
+        (extra.links_incomplete, "links incomplete"),
+        (extra.links_not_sent, "links not requested"),
+        (extra.join_notice_problems, "join notice problems"),
+        (
+            extra.not_closed_after_sign_out,
+            "users not closed after PUBLIC_SIGN_OUT",
+        ),
+    ] {
+        if count > 0 {
+            result.failures.push(format!("{count} {what}"));
+        }
+    }
+    if !result.failures.is_empty() {
+        result.passed = false;
+        result.exit_code = 1;
+    }
+    result
+}
+
+impl Report {
+    pub fn new(
+        cfg: &MatouConfig,
+        senders_requested: usize,
+        strict: bool,
+        run: &MatouOutcome,
+    ) -> Report {
+        let plan = &run.plan;
+        let l = &run.latency;
+        let duration_s = plan.duration_us as f64 / 1e6;
+        let per_s = |count: u64| {
+            if duration_s > 0.0 {
+                count as f64 / duration_s
+            } else {
+                0.0
+            }
+        };
+        let not_sent = NotSent {
+            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
+            queue_full: run.not_sent_queue_full,
+            connection_lost: run.not_sent_connection_lost,
+            at_end: run.not_sent_at_end,
+        };
+        let losses = Losses {
+            total: run.seq.gap_losses + run.undelivered,
+            gaps: run.seq.gap_losses,
+            undelivered: run.undelivered,
+        };
+        let links_not_sent = LinksNotSent {
+            total: run.links_not_sent_busy
+                + run.links_not_sent_connection_lost
+                + run.links_not_sent_queue_full,
+            busy: run.links_not_sent_busy,
+            connection_lost: run.links_not_sent_connection_lost,
+            queue_full: run.links_not_sent_queue_full,
+        };
+        let join_notices = NoticeFigures::new(&run.join_notices);
+        let sign_out_notices = NoticeFigures::new(&run.sign_out_notices);
+        let not_closed = run.signed_out - run.closed_after_sign_out;
+        let verdict = verdict(&ValidityInputs {
+            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
+            sender_interval_us: plan.sender_interval_us(),
+            delivery_p99_us: (l.delivery.len() > 0).then(|| l.delivery.value_at_quantile_us(0.99)),
+            measured_messages: l.schedule_lateness.len(),
+        });
+        let outcome = matou_outcome(
+            &FailureInputs {
+                losses: losses.total,
+                duplicates_or_reorders: run.seq.duplicates_or_reorders,
+                errors: run.errors.total(),
+                not_sent: not_sent.total,
+            },
+            &MatouFailures {
+                links_incomplete: run.links.incomplete(),
+                links_not_sent: links_not_sent.total,
+                join_notice_problems: join_notices.problems(),
+                not_closed_after_sign_out: not_closed,
+            },
+            &verdict,
+            strict,
+        );
+        let mut notes = Vec::new();
+        if cfg.private_rate_per_s > 0 && run.link_plan.is_none() {
+            notes.push("no links: fewer than two users joined".to_string());
+        }
+        if sign_out_notices.problems() > 0 {
+            notes.push(format!(
+                "sign-out notices do not add up ({} pairs missing, {} both ways, {} duplicates): \
+                 informational, since a user the server closes right after its sign-out may not \
+                 have read the notices queued before it",
+                sign_out_notices.pairs_missing,
+                sign_out_notices.pairs_both,
+                sign_out_notices.duplicates
+            ));
+        }
+        let clamped = l.delivery.clamped + l.send_lag.clamped + l.connect.clamped + l.link.clamped;
+        if clamped > 0 {
+            notes.push(format!(
+                "{clamped} latencies above 60 s were counted as 60 s"
+            ));
+        }
+        let link_plan = run.link_plan.as_ref();
+        let link_duration_s = link_plan.map_or(0.0, |p| p.duration_us as f64 / 1e6);
+        let link_per_s = |count: u64| {
+            if link_duration_s > 0.0 {
+                count as f64 / link_duration_s
+            } else {
+                0.0
+            }
+        };
+        Report {
+            scenario: "matou",
+            target: cfg.target.to_string(),
+            settings: Settings {
+                users: cfg.users,
+                senders_requested,
+                senders: plan.senders,
+                rate_per_s: cfg.rate_per_s,
+                planned_deliveries_per_s: cfg.rate_per_s * cfg.users as u64,
+                private_rate_per_s: cfg.private_rate_per_s,
+                duration_ms: cfg.duration_us as f64 / 1e3,
+                warmup_ms: cfg.warmup_us as f64 / 1e3,
+                drain_ms: cfg.drain_us as f64 / 1e3,
+                sign_out_wait_ms: cfg.sign_out_wait_us as f64 / 1e3,
+                payload_bytes: cfg.message_bytes,
+                connect_rate_per_s: cfg.connect_rate_per_s,
+                seed: cfg.seed,
+                strict,
+                run_id: format!("{:08x}", cfg.run_id),
+            },
+            connections: Connections {
+                requested: run.users_requested,
+                joined: run.users_joined,
+                failed: run.users_requested - run.users_joined,
+                ramp_up_ms: run.ramp_us as f64 / 1e3,
+            },
+            send: SendFigures {
+                planned: plan.messages,
+                sent: run.sent,
+                target_rate_per_s: cfg.rate_per_s as f64,
+                achieved_rate_per_s: per_s(run.sent_in_window),
+            },
+            not_sent,
+            deliveries: Deliveries {
+                expected: run.expected_deliveries,
+                delivered: run.seq.delivered,
+                per_s: per_s(run.delivered_in_window),
+            },
+            latency_ms: Latencies {
+                delivery: l.delivery.summary(),
+                connect: l.connect.summary(),
+                send_lag: l.send_lag.summary(),
+                schedule_lateness: l.schedule_lateness.summary(),
+                socket_blocked: l.socket_blocked.summary(),
+            },
+            losses,
+            duplicates_or_reorders: run.seq.duplicates_or_reorders,
+            links: LinkFigures {
+                target_rate_per_s: cfg.private_rate_per_s as f64,
+                planned: link_plan.map_or(0, |p| p.messages),
+                requested: run.links.opened,
+                requested_per_s: link_per_s(run.links_requested_in_window),
+                complete: run.links.complete,
+                completed_per_s: link_per_s(run.links_completed_in_window),
+                incomplete: run.links.incomplete(),
+                stuck_requested: run.links.stuck_requested,
+                stuck_accepted: run.links.stuck_accepted,
+                stuck_ports_sent: run.links.stuck_ports_sent,
+                broken: run.links.broken,
+                not_sent: links_not_sent,
+                address_mismatches: run.address_mismatches,
+                latency_ms: l.link.summary(),
+                notify_latency_ms: l.link_notify.summary(),
+            },
+            join_notices,
+            sign_out_notices,
+            sign_out: SignOut {
+                signed_out: run.signed_out,
+                closed: run.closed_after_sign_out,
+                not_closed,
+                wait_ms: run.sign_out_wait_used_us as f64 / 1e3,
+            },
+            errors: Errors {
+                connect: run.errors.connect,
+                read: run.errors.read,
+                write: run.errors.write,
+                protocol: run.errors.protocol,
+                first_of_each_kind: run
+                    .errors
+                    .first
+                    .iter()
+                    .map(|(kind, first)| ErrorLine {
+                        kind: kind.clone(),
+                        first: first.clone(),
+                    })
+                    .collect(),
+            },
+            error_packets: run.error_packets,
+            refusals: run.refusals,
+            decode_errors: run.decode_errors,
+            foreign_messages: run.foreign_messages,
+            foreign_notices: run.foreign_notices,
+            drain_ms: run.drain_used_us as f64 / 1e3,
+            drain_timed_out: run.drain_timed_out,
+            notes,
+            verdict,
+            outcome,
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let s = &self.settings;
+        let l = &self.latency_ms;
+        let k = &self.links;
+        let mut out = String::new();
+        let mut line = |label: &str, text: String| {
+            let _ = writeln!(out, "{label:<18}{text}");
+        };
+        let percentiles = |summary: &LatencySummary| {
+            if summary.count == 0 {
+                "(no samples)".to_string()
+            } else {
+                format!(
+                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
+                     ({} samples)",
+                    summary.p50_ms,
+                    summary.p90_ms,
+                    summary.p99_ms,
+                    summary.p999_ms,
+                    summary.max_ms,
+                    summary.count
+                )
+            }
+        };
+        line(
+            "scenario",
+            format!(
+                "MATOU against {}: {} users, {} senders, {} msg/s ({} deliveries/s) and {} \
+                 links/s for {:.3} s (+{:.3} s warmup), {}-byte messages",
+                self.target,
+                s.users,
+                s.senders,
+                s.rate_per_s,
+                s.planned_deliveries_per_s,
+                s.private_rate_per_s,
+                s.duration_ms / 1e3,
+                s.warmup_ms / 1e3,
+                s.payload_bytes
+            ),
+        );
+        line(
+            "connections",
+            format!(
+                "{} requested, {} joined, {} failed ({} refused); ramp-up {:.3} s; login p50 \
+                 {:.3} ms p99 {:.3} ms max {:.3} ms",
+                self.connections.requested,
+                self.connections.joined,
+                self.connections.failed,
+                self.refusals,
+                self.connections.ramp_up_ms / 1e3,
+                l.connect.p50_ms,
+                l.connect.p99_ms,
+                l.connect.max_ms
+            ),
+        );
+        let jn = &self.join_notices;
+        line(
+            "join notices",
+            format!(
+                "{} received of {} expected; {} duplicates, {} users never told of themselves, \
+                 {} pairs told neither way, {} both ways",
+                jn.received,
+                jn.expected,
+                jn.duplicates,
+                jn.own_missing,
+                jn.pairs_missing,
+                jn.pairs_both
+            ),
+        );
+        line(
+            "send rate",
+            format!(
+                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
+                self.send.target_rate_per_s,
+                self.send.achieved_rate_per_s,
+                self.send.planned,
+                self.send.sent
+            ),
+        );
+        line(
+            "not sent",
+            format!(
+                "{} (queue full {}, connection lost {}, still queued at the end {})",
+                self.not_sent.total,
+                self.not_sent.queue_full,
+                self.not_sent.connection_lost,
+                self.not_sent.at_end
+            ),
+        );
+        line(
+            "deliveries",
+            format!(
+                "{} expected, {} delivered, {:.1}/s in the measured window",
+                self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
+            ),
+        );
+        line("delivery latency", percentiles(&l.delivery));
+        line(
+            "losses",
+            format!(
+                "{} ({} in gaps, {} never delivered); duplicates or reorders {}",
+                self.losses.total,
+                self.losses.gaps,
+                self.losses.undelivered,
+                self.duplicates_or_reorders
+            ),
+        );
+        line(
+            "links",
+            format!(
+                "target {:.1}/s, requested {:.1}/s, completed {:.1}/s ({} planned, {} requested, \
+                 {} complete)",
+                k.target_rate_per_s,
+                k.requested_per_s,
+                k.completed_per_s,
+                k.planned,
+                k.requested,
+                k.complete
+            ),
+        );
+        line("link latency", percentiles(&k.latency_ms));
+        line("link notify", percentiles(&k.notify_latency_ms));
+        line(
+            "links lost",
+            format!(
+                "{} incomplete (stuck: {} requested, {} accepted, {} ports sent; {} broken by a \
+                 lost connection); {} not requested (busy {}, connection lost {}, queue full {}); \
+                 {} wrong addresses",
+                k.incomplete,
+                k.stuck_requested,
+                k.stuck_accepted,
+                k.stuck_ports_sent,
+                k.broken,
+                k.not_sent.total,
+                k.not_sent.busy,
+                k.not_sent.connection_lost,
+                k.not_sent.queue_full,
+                k.address_mismatches
+            ),
+        );
+        line(
+            "send lag",
+            format!(
+                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
+                 socket blocked p99 {:.3} ms max {:.3} ms)",
+                l.send_lag.p99_ms,
+                l.send_lag.max_ms,
+                l.schedule_lateness.p99_ms,
+                l.schedule_lateness.max_ms,
+                l.socket_blocked.p99_ms,
+                l.socket_blocked.max_ms
+            ),
+        );
+        let so = &self.sign_out;
+        let sn = &self.sign_out_notices;
+        line(
+            "sign-out",
+            format!(
+                "{} signed out, {} closed by the server, {} not closed (waited {:.3} s); \
+                 notices {} received of {} expected",
+                so.signed_out,
+                so.closed,
+                so.not_closed,
+                so.wait_ms / 1e3,
+                sn.received,
+                sn.expected
+            ),
+        );
+        line(
+            "errors",
+            format!(
+                "connect {}, read {}, write {}, protocol {} (ERROR packets {}, refusals {}, \
+                 decode errors {})",
+                self.errors.connect,
+                self.errors.read,
+                self.errors.write,
+                self.errors.protocol,
+                self.error_packets,
+                self.refusals,
+                self.decode_errors
+            ),
+        );
+        for first in &self.errors.first_of_each_kind {
+            line("", format!("first {} error: {}", first.kind, first.first));
+        }
+        if self.foreign_messages + self.foreign_notices > 0 {
+            line(
+                "other clients",
+                format!(
+                    "{} broadcasts and {} notices not this run's",
+                    self.foreign_messages, self.foreign_notices
+                ),
+            );
+        }
+        line(
+            "drain",
+            format!(
+                "{:.3} s{}",
+                self.drain_ms / 1e3,
+                if self.drain_timed_out {
+                    " (deadline reached with messages undelivered or links incomplete)"
+                } else {
+                    " (every written message reached every user, every link completed)"
+                }
+            ),
+        );
+        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Verdict {
+        verdict(&ValidityInputs {
+            schedule_lateness_p99_us: 0,
+            sender_interval_us: 10_000.0,
+            delivery_p99_us: None,
+            measured_messages: 10,
+        })
+    }
+
+    #[test]
+    fn matou_failures_fail_the_run() {
+        let clean = FailureInputs::default();
+        let none = MatouFailures::default();
+        let passed = matou_outcome(&clean, &none, &valid(), false);
+        assert_eq!((passed.passed, passed.exit_code), (true, 0));
+        for extra in [
+            MatouFailures {
+                links_incomplete: 2,
+                ..none
+            },
+            MatouFailures {
+                links_not_sent: 1,
+                ..none
+            },
+            MatouFailures {
+                join_notice_problems: 1,
+                ..none
+            },
+            MatouFailures {
+                not_closed_after_sign_out: 3,
+                ..none
+            },
+        ] {
+            let failed = matou_outcome(&clean, &extra, &valid(), false);
+            assert_eq!((failed.passed, failed.exit_code), (false, 1), "{extra:?}");
+            assert_eq!(failed.failures.len(), 1);
+        }
+        let lost = FailureInputs { losses: 1, ..clean };
+        let both = matou_outcome(
+            &lost,
+            &MatouFailures {
+                links_incomplete: 2,
+                ..none
+            },
+            &valid(),
+            false,
+        );
+        assert_eq!(
+            both.failures,
+            vec!["1 lost".to_string(), "2 links incomplete".to_string()]
+        );
+    }
+}
