@@ -23,6 +23,9 @@ pub mod report;
 pub mod stamp;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
