@@ -9,7 +9,7 @@
 //! offset 12  8 hex      sender, the user index
 //! offset 20  8 hex      seq, the message's number within its sender's plan
 //! offset 28  16 hex     intended send time, µs since the loadgen's epoch
-//! offset 44  8 hex      check: FNV-1a of bytes 0..44
+//! offset 44  8 hex      check: a 32-bit hash of bytes 0..44 (see `check`)
 //! offset 52  '.' padding up to the message size
 //! ```
 //!
@@ -57,8 +57,8 @@ pub fn write(out: &mut [u8], stamp: &Stamp) -> Result<(), &'static str> {
     put_hex(&mut out[12..20], u64::from(stamp.sender));
     put_hex(&mut out[20..28], u64::from(stamp.seq));
     put_hex(&mut out[28..44], stamp.intended_us);
-    let check = fnv1a(&out[..CHECKED_BYTES]);
-    put_hex(&mut out[44..52], u64::from(check));
+    let sum = check(&out[..CHECKED_BYTES]);
+    put_hex(&mut out[44..52], u64::from(sum));
     out[STAMP_BYTES..].fill(PAD);
     Ok(())
 }
@@ -74,7 +74,7 @@ pub fn read(message: &[u8], run_id: u32) -> Read {
     if message.len() < STAMP_BYTES {
         return Read::Malformed("message shorter than the stamp");
     }
-    if hex_at(message, 44, 52) != Some(u64::from(fnv1a(&message[..CHECKED_BYTES]))) {
+    if hex_at(message, 44, 52) != Some(u64::from(check(&message[..CHECKED_BYTES]))) {
         return Read::Malformed("stamp check mismatch");
     }
     if message[STAMP_BYTES..].iter().any(|&b| b != PAD) {
@@ -116,11 +116,30 @@ pub(super) fn hex_at(bytes: &[u8], from: usize, to: usize) -> Option<u64> {
     })
 }
 
-/// FNV-1a, 32 bits: enough to notice damage, not meant against an adversary.
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |hash: u32, &b| {
-        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+/// A 32-bit hash to notice damage, not meant against an adversary: FNV-1a's step taken a
+/// 64-bit word at a time, then MurmurHash3's finaliser. Every delivery is checked, and
+/// byte-at-a-time FNV-1a over the 44 bytes was a sixth of the loop's user time at 2,000,000
+/// deliveries/s; this is 6 multiplications instead of 44. Each step is a bijection of the
+/// state for a given word, so a change in one word always changes the 64-bit state.
+fn check(bytes: &[u8]) -> u32 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        hash = (hash ^ u64::from_le_bytes(w)).wrapping_mul(PRIME);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        hash = (hash ^ u64::from_le_bytes(w)).wrapping_mul(PRIME);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash as u32
 }
 
 #[cfg(test)]
@@ -191,6 +210,22 @@ mod tests {
     }
 
     #[test]
+    fn every_single_bit_flip_in_the_stamp_is_caught() {
+        let mut message = vec![0u8; 64];
+        write(&mut message, &STAMP).unwrap();
+        for at in 12..STAMP_BYTES {
+            for bit in 0..8 {
+                let mut bad = message.clone();
+                bad[at] ^= 1 << bit;
+                assert!(
+                    matches!(read(&bad, STAMP.run_id), Read::Malformed(_)),
+                    "byte {at} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn damage_is_malformed() {
         let mut message = vec![0u8; 64];
         write(&mut message, &STAMP).unwrap();
@@ -213,8 +248,8 @@ mod tests {
         // A field that is not hex, with a check that matches it: still malformed.
         let mut bad = message.clone();
         bad[13] = b'g';
-        let check = fnv1a(&bad[..CHECKED_BYTES]);
-        put_hex(&mut bad[44..52], u64::from(check));
+        let sum = check(&bad[..CHECKED_BYTES]);
+        put_hex(&mut bad[44..52], u64::from(sum));
         assert_eq!(
             read(&bad, STAMP.run_id),
             Read::Malformed("stamp field not hex")
