@@ -99,8 +99,8 @@ impl RelayService {
             }
             None => {
                 let key = self.peers.vacant_key();
-                let idle_ms = now_ms.saturating_add(self.config.idle_timeout_ms);
-                let idle = self.timers.insert(idle_ms, key);
+                let due_ms = now_ms.saturating_add(self.config.idle_timeout_ms);
+                let idle = self.timers.insert(due_ms, key);
                 self.peers.insert(Peer {
                     address: from,
                     last_seen_ms: now_ms,

@@ -429,8 +429,8 @@ impl OcmService {
         now_ms: u64,
     ) -> usize {
         let key = self.members.vacant_key();
-        let idle_ms = now_ms.saturating_add(self.config.idle_timeout_ms);
-        let idle = self.timers.insert(idle_ms, Timer::Idle(key));
+        let due_ms = now_ms.saturating_add(self.config.idle_timeout_ms);
+        let idle = self.timers.insert(due_ms, Timer::Idle(key));
         let index = match self.rooms.get_mut(room_key) {
             Some(room) => {
                 room.members.push(key);
