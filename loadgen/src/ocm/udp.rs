@@ -1,5 +1,5 @@
-//! The loadgen's side of its UDP sockets, below mio: receive buffer size, and `recvmsg` with
-//! the two facts that tell the loadgen's own share of a delivery's latency and loss apart from
+//! The loadgen's side of its UDP sockets, below mio: receive buffer size, and batched reads
+//! (`recvmmsg`) with the two facts that tell the loadgen's own share of a delivery's latency and loss apart from
 //! the server's:
 //!
 //! - SO_TIMESTAMPNS: when the kernel queued the datagram on the socket. The time from there to
@@ -109,65 +109,147 @@ fn drops_in_table(text: &str, inodes: &HashSet<u64>) -> u64 {
         .sum()
 }
 
+/// An all-zero value of one of the plain C structs used here (sockaddr_storage, iovec,
+/// mmsghdr): for each of them zero is a valid value (zero family, null pointers,
+/// zero lengths), and the code sets the fields that matter before use.
+fn zeroed_c_struct<T: CStruct>() -> T {
+    // SAFETY: `CStruct` is implemented only for plain C structs made of integers and raw
+    // pointers, for which the all-zero bit pattern is a valid value.
+    unsafe { MaybeUninit::zeroed().assume_init() }
+}
+
+/// Plain C structs whose all-zero bit pattern is valid.
+trait CStruct {}
+impl CStruct for libc::sockaddr_storage {}
+impl CStruct for libc::iovec {}
+impl CStruct for libc::mmsghdr {}
+
 /// One datagram and what the kernel said about it.
 #[derive(Clone, Copy, Debug)]
 pub struct Received {
-    pub len: usize,
     pub from: Option<SocketAddr>,
     /// When the kernel queued it, CLOCK_REALTIME in ns.
     pub queued_realtime_ns: Option<u64>,
 }
 
-/// Reads one datagram into `buf` (non-blocking socket: `WouldBlock` when there is none).
-pub fn recv(fd: RawFd, buf: &mut [u8], control: &mut [u8; CONTROL_BYTES]) -> io::Result<Received> {
-    let mut addr = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast::<libc::c_void>(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths); the fields that
-    // matter are set below.
-    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-    msg.msg_name = addr.as_mut_ptr().cast::<libc::c_void>();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
-    msg.msg_controllen = CONTROL_BYTES as _;
-    // SAFETY: every pointer in `msg` points into memory that lives across the call (`addr`,
-    // `iov` and through it `buf`, `control`), with its true size; recvmsg writes within them.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut received = Received {
-        len: n as usize,
-        // SAFETY: recvmsg filled `addr` up to msg_namelen bytes, and the rest was zeroed.
-        from: unsafe { socket_addr(addr.as_ptr(), msg.msg_namelen) },
-        queued_realtime_ns: None,
-    };
-    // SAFETY: `msg` is the header recvmsg just filled: msg_control points to `control`, and
-    // msg_controllen says how much of it the kernel wrote, so the CMSG_* walk stays within it;
-    // each data read is of the size its cmsg_len guarantees, read unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let header = &*cmsg;
-            let data = libc::CMSG_DATA(cmsg);
-            let data_len = header.cmsg_len as usize - (data as usize - cmsg as usize);
-            if header.cmsg_level == libc::SOL_SOCKET
-                && header.cmsg_type == libc::SCM_TIMESTAMPNS
-                && data_len >= size_of::<libc::timespec>()
-            {
-                let ts = std::ptr::read_unaligned(data.cast::<libc::timespec>());
-                let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-                let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-                received.queued_realtime_ns = Some(secs * 1_000_000_000 + nanos);
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+/// Room for one datagram: twice the most the contract lets the server send (4094 bytes), so
+/// an oversized one is still seen as oversized.
+pub const SLOT_BYTES: usize = 8_192;
+
+/// Reads up to `slots` datagrams with one `recvmmsg`.
+///
+/// Besides saving syscalls, a batch says when the socket is drained: with MSG_DONTWAIT the call
+/// returns as soon as the next datagram would block, so fewer than `slots` means "empty now",
+/// and the edge-triggered loop does not need a second call that ends in `WouldBlock` (a
+/// datagram that arrives later raises a new edge).
+pub struct RecvBatch {
+    data: Vec<u8>,
+    controls: Vec<[u8; CONTROL_BYTES]>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+    received: usize,
+}
+
+impl RecvBatch {
+    pub fn new(slots: usize) -> RecvBatch {
+        let slots = slots.max(1);
+        RecvBatch {
+            data: vec![0; slots * SLOT_BYTES],
+            controls: vec![[0; CONTROL_BYTES]; slots],
+            addrs: (0..slots).map(|_| zeroed_c_struct()).collect(),
+            iovs: (0..slots).map(|_| zeroed_c_struct()).collect(),
+            headers: (0..slots).map(|_| zeroed_c_struct()).collect(),
+            received: 0,
         }
     }
-    Ok(received)
+
+    pub fn slots(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Reads what the socket holds, up to the batch's slots; `WouldBlock` when it holds none.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.received = 0;
+        let slots = self.slots();
+        for i in 0..slots {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.data[i * SLOT_BYTES..]
+                    .as_mut_ptr()
+                    .cast::<libc::c_void>(),
+                iov_len: SLOT_BYTES,
+            };
+            let header = &mut self.headers[i].msg_hdr;
+            header.msg_name = std::ptr::from_mut(&mut self.addrs[i]).cast::<libc::c_void>();
+            header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_iov = &mut self.iovs[i];
+            header.msg_iovlen = 1;
+            header.msg_control = self.controls[i].as_mut_ptr().cast::<libc::c_void>();
+            header.msg_controllen = CONTROL_BYTES as _;
+            header.msg_flags = 0;
+            self.headers[i].msg_len = 0;
+        }
+        // SAFETY: `headers` holds `slots` mmsghdr whose pointers were just set into this
+        // batch's own buffers (address, iovec and through it a SLOT_BYTES slice of `data`,
+        // control), each with its true size; none of those vectors is resized while the call
+        // runs, and recvmmsg writes only within them. A null timeout is allowed.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.received = n as usize;
+        Ok(self.received)
+    }
+
+    /// The `i`-th datagram of the last `recv` (i < what it returned).
+    pub fn datagram(&self, i: usize) -> &[u8] {
+        assert!(i < self.received, "datagram {i} of {}", self.received);
+        let len = (self.headers[i].msg_len as usize).min(SLOT_BYTES);
+        &self.data[i * SLOT_BYTES..i * SLOT_BYTES + len]
+    }
+
+    /// What the kernel said about the `i`-th datagram of the last `recv`.
+    pub fn facts(&self, i: usize) -> Received {
+        assert!(i < self.received, "datagram {i} of {}", self.received);
+        let header = &self.headers[i].msg_hdr;
+        let mut received = Received {
+            // SAFETY: recvmmsg filled this slot's address up to msg_namelen bytes; the storage
+            // is a whole sockaddr_storage, zeroed where it was not written.
+            from: unsafe { socket_addr(&self.addrs[i], header.msg_namelen) },
+            queued_realtime_ns: None,
+        };
+        // SAFETY: `header` is the msghdr recvmmsg just filled: msg_control points to this
+        // slot's control buffer and msg_controllen says how much of it the kernel wrote, so
+        // the CMSG_* walk stays within it; each data read is of the size its cmsg_len
+        // guarantees, read unaligned.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(header);
+            while !cmsg.is_null() {
+                let c = &*cmsg;
+                let data = libc::CMSG_DATA(cmsg);
+                let data_len = c.cmsg_len as usize - (data as usize - cmsg as usize);
+                if c.cmsg_level == libc::SOL_SOCKET
+                    && c.cmsg_type == libc::SCM_TIMESTAMPNS
+                    && data_len >= size_of::<libc::timespec>()
+                {
+                    let ts = std::ptr::read_unaligned(data.cast::<libc::timespec>());
+                    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+                    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+                    received.queued_realtime_ns = Some(secs * 1_000_000_000 + nanos);
+                }
+                cmsg = libc::CMSG_NXTHDR(header, cmsg);
+            }
+        }
+        received
+    }
 }
 
 /// CLOCK_REALTIME now, in ns (the clock of the kernel's receive timestamps).
@@ -222,7 +304,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn recvmsg_gives_the_datagram_its_source_and_the_kernels_facts() {
+    fn a_batch_gives_the_datagrams_their_source_and_kernel_timestamps() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_nonblocking(true).unwrap();
         let fd = rx.as_raw_fd();
@@ -230,28 +312,62 @@ mod tests {
         assert!(granted > 0);
         enable_timestamps(fd).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut buf = vec![0u8; 2048];
-        let mut control = [0u8; CONTROL_BYTES];
+        let mut batch = RecvBatch::new(4);
         assert_eq!(
-            recv(fd, &mut buf, &mut control).unwrap_err().kind(),
+            batch.recv(fd).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
         let before = realtime_ns();
-        tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
-        let got = loop {
-            match recv(fd, &mut buf, &mut control) {
-                Ok(got) => break got,
+        for i in 0..6u8 {
+            let len = 1 + usize::from(i) * 1000;
+            tx.send_to(&vec![i; len], rx.local_addr().unwrap()).unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            match batch.recv(fd) {
+                Ok(n) => {
+                    assert!(n <= 4);
+                    for i in 0..n {
+                        got.push((batch.datagram(i).to_vec(), batch.facts(i)));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for (i, (data, facts)) in got.iter().enumerate() {
+            assert_eq!(data.len(), 1 + i * 1000);
+            assert!(data.iter().all(|&b| usize::from(b) == i));
+            assert_eq!(facts.from, Some(tx.local_addr().unwrap()));
+            let queued = facts.queued_realtime_ns.expect("SO_TIMESTAMPNS");
+            // Between the two readings (allowing 1 ms for clock granularity).
+            assert!(queued + 1_000_000 >= before && queued <= realtime_ns() + 1_000_000);
+        }
+        assert_eq!(
+            batch.recv(fd).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let inodes = HashSet::from([inode(fd).unwrap()]);
+        assert_eq!(drops(&inodes), Some(0));
+    }
+
+    #[test]
+    fn an_oversized_datagram_is_seen_as_oversized() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&[1u8; 20_000], rx.local_addr().unwrap())
+            .unwrap();
+        let mut batch = RecvBatch::new(1);
+        let n = loop {
+            match batch.recv(rx.as_raw_fd()) {
+                Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
                 Err(e) => panic!("{e}"),
             }
         };
-        assert_eq!(&buf[..got.len], b"hello");
-        assert_eq!(got.from, Some(tx.local_addr().unwrap()));
-        let queued = got.queued_realtime_ns.expect("SO_TIMESTAMPNS");
-        // The stamp falls between the two readings (allowing 1 ms for clock granularity).
-        assert!(queued + 1_000_000 >= before && queued <= realtime_ns() + 1_000_000);
-        let inodes = HashSet::from([inode(fd).unwrap()]);
-        assert_eq!(drops(&inodes), Some(0));
+        assert_eq!(n, 1);
+        assert_eq!(batch.datagram(0).len(), SLOT_BYTES, "cut at the slot");
+        assert!(batch.datagram(0).len() > 4_094);
     }
 
     #[test]
