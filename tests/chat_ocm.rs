@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchboard::protocol::ocm::json;
 
@@ -173,21 +173,29 @@ impl FakeServer {
 
     /// The next datagram and its source, or `None` if nothing came within `wait`.
     fn datagram_within(&self, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-        self.udp
-            .set_read_timeout(Some(wait))
-            .expect("fake server: set the UDP timeout");
+        let deadline = Instant::now() + wait;
         let mut buf = vec![0u8; 65536];
-        match self.udp.recv_from(&mut buf) {
-            Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
             }
-            Err(e) => panic!("fake server: receive failed: {e}"),
+            self.udp
+                .set_read_timeout(Some(left))
+                .expect("fake server: set the UDP timeout");
+            match self.udp.recv_from(&mut buf) {
+                Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("fake server: receive failed: {e}"),
+            }
         }
     }
 
