@@ -390,4 +390,4 @@ pub fn encode_datagram(room: &[u8], token: &[u8], message: &[u8]) -> Result<Vec<
 
 #[cfg(test)]
 #[path = "codec_tests.rs"]
-mod tests;
+pub(super) mod tests;

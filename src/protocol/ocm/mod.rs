@@ -3,3 +3,11 @@
 
 pub mod codec;
 pub mod json;
+mod relay;
+mod service;
+
+pub use relay::{RelayConfig, RelayService};
+pub use service::{os_token_source, OcmConfig, OcmService, TokenSource};
+
+#[cfg(test)]
+mod tests;
