@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use switchboard::protocol::ocm::json;
 
 mod child;
 
-use child::{show, Client};
+use child::{show, Client, Output};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -538,4 +539,207 @@ fn help_explains_the_phases_the_input_and_the_output() {
     ] {
         assert!(help.contains(needle), "{needle:?} missing from {help}");
     }
+}
+
+// ---- against the real server ----
+
+fn free_tcp_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+fn free_udp_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("address").port()
+}
+
+/// The real server with only OCM on, killed when dropped.
+struct Chatd {
+    child: Child,
+    tcp_port: u16,
+    udp_port: u16,
+    stderr: Output,
+}
+
+impl Chatd {
+    /// Starts chatd on free ports. A port is only free when it is looked at: another process
+    /// may take it before chatd binds it, and a probe connecting to it could then reach that
+    /// other process. So readiness is chatd saying it listens on both ports, and a chatd that
+    /// exits first (its bind failed) is started again on other ports.
+    fn start(extra: &[&str]) -> Self {
+        for _ in 0..5 {
+            let (tcp_port, udp_port) = (free_tcp_port(), free_udp_port());
+            let (tcp, udp) = (tcp_port.to_string(), udp_port.to_string());
+            let mut args = vec![
+                "--room-port",
+                "0",
+                "--bin24-port",
+                "0",
+                "--ccm-port",
+                "0",
+                "--matou-port",
+                "0",
+                "--ocm-relay-port",
+                "0",
+                "--ocm-tcp-port",
+                &tcp,
+                "--ocm-udp-port",
+                &udp,
+            ];
+            args.extend_from_slice(extra);
+            let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the chatd binary");
+            let stderr =
+                Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
+            // Built at once, so that Drop kills chatd on every path, panics included.
+            let mut server = Chatd {
+                child,
+                tcp_port,
+                udp_port,
+                stderr,
+            };
+            let listening = [
+                format!("listening on 127.0.0.1:{tcp_port}\n"),
+                format!("listening on 127.0.0.1:{udp_port} (UDP)"),
+            ];
+            if listening
+                .iter()
+                .all(|line| server.stderr.wait_for_or_close(line).is_some())
+            {
+                return server;
+            }
+            eprintln!(
+                "chatd did not start, trying other ports: {:?}",
+                server.stderr.text()
+            );
+        }
+        panic!("chatd did not start on free ports in 5 attempts");
+    }
+
+    fn client(&self, operation: &str, room: &str, name: &str) -> Client {
+        Client::spawn(&[
+            "ocm",
+            operation,
+            room,
+            "--name",
+            name,
+            "--tcp-port",
+            &self.tcp_port.to_string(),
+            "--udp-port",
+            &self.udp_port.to_string(),
+        ])
+    }
+
+    /// A client that has created or joined `room`.
+    fn member(&self, operation: &str, room: &str, name: &str) -> Client {
+        let mut client = self.client(operation, room, name);
+        let done = if operation == "create" {
+            "created"
+        } else {
+            "joined"
+        };
+        client
+            .stderr
+            .wait_for(&format!("chat: {done} {room} as {name}\n"));
+        client
+    }
+}
+
+impl Drop for Chatd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn members_talk_through_the_real_server_and_the_host_closes_the_room() {
+    let server = Chatd::start(&[]);
+    let mut alice = server.member("create", "lobby", "alice");
+    let mut bob = server.member("join", "lobby", "bob");
+
+    alice.type_text(b"hello bob\n");
+    bob.stdout.wait_for("alice: hello bob\n");
+    bob.type_text("こんにちは alice\n".as_bytes());
+    alice.stdout.wait_for("bob: こんにちは alice\n");
+
+    // The room exists; another is missing.
+    let mut again = server.client("create", "lobby", "eve");
+    let stderr = assert_exit(&mut again, 1);
+    assert!(
+        stderr.contains("部屋 lobby はすでに存在します"),
+        "{stderr:?}"
+    );
+    let mut lost = server.client("join", "nowhere", "eve");
+    let stderr = assert_exit(&mut lost, 1);
+    assert!(stderr.contains("部屋 nowhere は存在しません"), "{stderr:?}");
+
+    // A guest leaves: the host is told.
+    bob.type_text(b"exit\n");
+    assert_exit(&mut bob, 0);
+    alice.stdout.wait_for("bobがlobbyから退出しました。\n");
+    // Nobody echoes a member's own lines back to it.
+    assert_eq!(bob.stdout.wait_closed(), "alice: hello bob\n");
+
+    // The host leaves: the room closes for everyone in it.
+    let mut carol = server.member("join", "lobby", "carol");
+    alice.type_text(b"bye\n");
+    carol.stdout.wait_for("alice: bye\n");
+    alice.close_stdin();
+    assert_exit(&mut alice, 0);
+    let stderr = assert_exit(&mut carol, 0);
+    assert!(
+        stderr.contains("chat: room lobby is closed: its host left\n"),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        carol.stdout.wait_closed(),
+        "alice: bye\naliceがlobbyから退出しました。\n\
+         ホストが退出したため、チャットルーム:lobbyを終了します。\n"
+    );
+    assert_eq!(
+        alice.stdout.wait_closed(),
+        "bob: こんにちは alice\nbobがlobbyから退出しました。\n"
+    );
+
+    // The name is free again.
+    let mut dave = server.member("create", "lobby", "dave");
+    dave.close_stdin();
+    assert_exit(&mut dave, 0);
+}
+
+#[test]
+fn a_silent_member_is_removed_by_the_real_server() {
+    let server = Chatd::start(&["--ocm-idle-timeout-ms", "300"]);
+    let mut alice = server.member("create", "quiet", "alice");
+    let stderr = assert_exit(&mut alice, 0);
+    assert!(
+        stderr.contains("chat: the server removed you from room quiet"),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        alice.stdout.wait_closed(),
+        "aliceがquietから退出しました。\n"
+    );
+    // The host's removal closed the room: its name can be created again.
+    let mut bob = server.member("create", "quiet", "bob");
+    bob.close_stdin();
+    assert_exit(&mut bob, 0);
+}
+
+#[test]
+fn the_real_servers_acknowledgement_first_is_accepted() {
+    let server = Chatd::start(&["--ocm-ack-state1"]);
+    let mut alice = server.member("create", "acked", "alice");
+    let mut bob = server.member("join", "acked", "bob");
+    alice.type_text(b"hi\n");
+    bob.stdout.wait_for("alice: hi\n");
+    alice.close_stdin();
+    assert_exit(&mut alice, 0);
+    assert_exit(&mut bob, 0);
 }
