@@ -216,6 +216,11 @@ impl Server {
             let listener = listen::bind_tcp("CCM", addr, config.listen_backlog)?;
             listeners.push((listener, ProtocolKind::Ccm));
         }
+        if let Some(port) = config.matou_port {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            let listener = listen::bind_tcp("MATOU", addr, config.listen_backlog)?;
+            listeners.push((listener, ProtocolKind::Matou));
+        }
         let mut udp_sockets = Vec::new();
         if let (Some(tcp_port), Some(udp_port)) = (config.ocm_tcp_port, config.ocm_udp_port) {
             let addr = SocketAddr::new(config.bind_addr, tcp_port);

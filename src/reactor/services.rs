@@ -11,6 +11,7 @@ use crate::chat::ConnId;
 use crate::config::Config;
 use crate::protocol::bin24::{Bin24Config, Bin24Service, StoreSink};
 use crate::protocol::ccm::{os_token_source, CcmConfig, CcmService};
+use crate::protocol::matou::{MatouConfig, MatouService};
 use crate::protocol::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use crate::protocol::room::{RoomConfig, RoomService};
 use crate::protocol::{DatagramOut, Outbox};
@@ -28,6 +29,7 @@ pub enum ProtocolKind {
     Room,
     Bin24,
     Ccm,
+    Matou,
     /// OCM's TCRP listener (rooms are created and joined over TCP).
     Ocm,
 }
@@ -38,6 +40,7 @@ impl ProtocolKind {
             ProtocolKind::Room => "ROOM",
             ProtocolKind::Bin24 => "BIN24",
             ProtocolKind::Ccm => "CCM",
+            ProtocolKind::Matou => "MATOU",
             ProtocolKind::Ocm => "OCM",
         }
     }
@@ -75,6 +78,7 @@ pub(crate) struct Services {
     room: Option<RoomService>,
     bin24: Option<Bin24>,
     ccm: Option<CcmService>,
+    matou: Option<MatouService>,
     /// OCM's rooms: TCRP connections and the chat socket's datagrams.
     ocm: Option<OcmService>,
     relay: Option<RelayService>,
@@ -136,6 +140,14 @@ impl Services {
                 now_ms,
             )
         });
+        let matou = config.matou_port.map(|_| {
+            MatouService::new(MatouConfig {
+                name_bytes_max: config.matou_name_bytes_max,
+                message_bytes_max: config.matou_message_bytes_max,
+                string_bytes_max: config.matou_string_bytes_max,
+                pending_requests_per_user_max: config.matou_pending_requests_per_user_max,
+            })
+        });
         let ocm = config.ocm_tcp_port.and(config.ocm_udp_port).map(|_| {
             OcmService::new(
                 OcmConfig {
@@ -170,6 +182,7 @@ impl Services {
             room,
             bin24,
             ccm,
+            matou,
             ocm,
             relay,
             wall_start_unix_ms,
@@ -188,6 +201,11 @@ impl Services {
             ProtocolKind::Room => {
                 if let Some(room) = self.room.as_mut() {
                     room.on_accept(id, now_ms, out);
+                }
+            }
+            ProtocolKind::Matou => {
+                if let Some(matou) = self.matou.as_mut() {
+                    matou.on_accept(id, peer.ip());
                 }
             }
             ProtocolKind::Ocm => {
@@ -233,6 +251,11 @@ impl Services {
                 let unix_secs = self.unix_secs(now_ms);
                 if let Some(ccm) = self.ccm.as_mut() {
                     ccm.on_data(id, input, false, now_ms, unix_secs, out);
+                }
+            }
+            ProtocolKind::Matou => {
+                if let Some(matou) = self.matou.as_mut() {
+                    matou.on_data(id, input, out);
                 }
             }
             ProtocolKind::Ocm => {
@@ -282,6 +305,11 @@ impl Services {
                     ccm.on_close(id);
                 }
             }
+            ProtocolKind::Matou => {
+                if let Some(matou) = self.matou.as_mut() {
+                    matou.on_close(id, out);
+                }
+            }
             ProtocolKind::Ocm => {
                 if let Some(ocm) = self.ocm.as_mut() {
                     ocm.on_close(id);
@@ -322,7 +350,7 @@ impl Services {
         out: &mut O,
     ) {
         match kind {
-            ProtocolKind::Room | ProtocolKind::Ccm | ProtocolKind::Ocm => {}
+            ProtocolKind::Room | ProtocolKind::Ccm | ProtocolKind::Matou | ProtocolKind::Ocm => {}
             ProtocolKind::Bin24 => {
                 if let Some(bin24) = self.bin24.as_mut() {
                     bin24

@@ -21,6 +21,8 @@ pub struct TestServer {
     pub bin24: Option<SocketAddr>,
     /// Set when the config enables CCM.
     pub ccm: Option<SocketAddr>,
+    /// Set when the config enables MATOU.
+    pub matou: Option<SocketAddr>,
     /// Set when the config enables OCM: the TCRP listener and the chat socket (UDP).
     pub ocm_tcp: Option<SocketAddr>,
     pub ocm_udp: Option<SocketAddr>,
@@ -38,6 +40,7 @@ impl TestServer {
             .expect("ROOM enabled in test config");
         let bin24 = server.local_addr(ProtocolKind::Bin24);
         let ccm = server.local_addr(ProtocolKind::Ccm);
+        let matou = server.local_addr(ProtocolKind::Matou);
         let ocm_tcp = server.local_addr(ProtocolKind::Ocm);
         let ocm_udp = server.local_udp_addr(UdpKind::OcmChat);
         let ocm_relay = server.local_udp_addr(UdpKind::OcmRelay);
@@ -47,6 +50,7 @@ impl TestServer {
             room,
             bin24,
             ccm,
+            matou,
             ocm_tcp,
             ocm_udp,
             ocm_relay,
