@@ -7,6 +7,7 @@
 mod bin24;
 mod ccm;
 mod input;
+mod ocm;
 mod room;
 
 use std::process::ExitCode;
@@ -42,6 +43,10 @@ enum Command {
     /// Send and receive CCM messages, identified by name (default port 5454)
     #[command(long_about = ccm::LONG_ABOUT)]
     Ccm(ccm::CcmArgs),
+    /// Create or join an OCM room over TCP, then chat in it over UDP (default ports 9002 and
+    /// 9003)
+    #[command(long_about = ocm::LONG_ABOUT)]
+    Ocm(ocm::OcmArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +55,6 @@ fn main() -> ExitCode {
         Command::Room(args) => room::run(args),
         Command::Bin24(args) => bin24::run(args),
         Command::Ccm(args) => ccm::run(args),
+        Command::Ocm(args) => ocm::run(args),
     }
 }
