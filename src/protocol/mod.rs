@@ -13,6 +13,7 @@ pub use crate::chat::ConnId;
 
 pub mod bin24;
 pub mod ccm;
+pub mod matou;
 pub mod room;
 pub mod testing;
 
