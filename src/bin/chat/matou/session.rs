@@ -2,7 +2,7 @@
 //! actions out. Everything the client decides is here and is tested alone; the threads around
 //! it only move bytes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -17,6 +17,9 @@ pub(super) const MESSAGE_BYTES_MAX: usize = 512;
 /// Lines typed before the server has accepted the name are held, then handled; beyond this
 /// many they are refused with a note.
 const HELD_LINES_MAX: usize = 1_000;
+
+/// How many closed links are remembered for the late news of their transfers.
+const CLOSED_LINKS_KEPT: usize = 64;
 
 /// Identifies one private link for its whole life, so that a late event from a closed link is
 /// never taken for one of a newer link with the same peer.
@@ -169,6 +172,8 @@ pub(super) struct Session {
     /// Names we sent PRIVATE_ACCEPT to, until the server gives their address and ports.
     accepted: BTreeSet<String>,
     links: Vec<Link>,
+    /// The most recently closed links, for the late news of their transfers.
+    closed: VecDeque<(LinkId, String)>,
     next_id: LinkId,
     /// End of input came while files were being sent: leave when the last one is done.
     leaving: bool,
@@ -187,6 +192,7 @@ impl Session {
             asked: BTreeSet::new(),
             accepted: BTreeSet::new(),
             links: Vec::new(),
+            closed: VecDeque::new(),
             next_id: 1,
             leaving: false,
         }
@@ -585,7 +591,7 @@ impl Session {
     /// Something happened on an established (or being established) link.
     pub(super) fn on_peer(&mut self, id: LinkId, event: PeerEvent, out: &mut Vec<Action>) {
         let Some(link) = self.link_mut(id) else {
-            // A late event from a link already closed.
+            self.on_closed_link_event(id, event, out);
             return;
         };
         let peer = link.peer.clone();
@@ -664,6 +670,24 @@ impl Session {
         }
     }
 
+    /// A late event from a link already closed. The receiving thread may finish (or lose) a
+    /// file just after the message connection reported the end of the link: that outcome is
+    /// still news. Everything else about a closed link is not.
+    fn on_closed_link_event(&mut self, id: LinkId, event: PeerEvent, out: &mut Vec<Action>) {
+        let Some(peer) = self.closed.iter().find(|(closed, _)| *closed == id) else {
+            return;
+        };
+        match event {
+            PeerEvent::FileReceived { size, path } => out.push(shown(format!(
+                "* received {size} bytes from {}: {}",
+                peer.1,
+                path.display()
+            ))),
+            PeerEvent::FileFailed { reason, .. } => out.push(Action::Note(reason)),
+            _ => {}
+        }
+    }
+
     /// The link ends from the peer's side or by failure: close it, nothing to sign out.
     fn close_after(&mut self, id: LinkId, out: &mut Vec<Action>) {
         if let Some(link) = self.remove_link(id) {
@@ -695,7 +719,12 @@ impl Session {
 
     fn remove_link(&mut self, id: LinkId) -> Option<Link> {
         let at = self.links.iter().position(|l| l.id == id)?;
-        Some(self.links.remove(at))
+        let link = self.links.remove(at);
+        if self.closed.len() == CLOSED_LINKS_KEPT {
+            self.closed.pop_front();
+        }
+        self.closed.push_back((id, link.peer.clone()));
+        Some(link)
     }
 
     /// The id of the open link with `peer`, or why there is none.

@@ -615,3 +615,34 @@ fn leaving_drops_pending_requests_of_who_left() {
     receive(&mut s, &codec::sign_out_notify(b"bob"));
     assert!(is_note(&line(&mut s, "/accept bob"), "has not asked"));
 }
+
+#[test]
+fn late_file_news_of_a_closed_link_is_still_shown() {
+    let mut s = joined();
+    let id = linked_as_src(&mut s, "bob");
+    peer(&mut s, id, PeerEvent::Closed);
+    let out = peer(
+        &mut s,
+        id,
+        PeerEvent::FileFailed {
+            reason: "file from bob incomplete".into(),
+            fatal: false,
+        },
+    );
+    assert_eq!(out, [Action::Note("file from bob incomplete".into())]);
+    let out = peer(
+        &mut s,
+        id,
+        PeerEvent::FileReceived {
+            size: 1,
+            path: "d/from-bob-1.bin".into(),
+        },
+    );
+    assert_eq!(out, [show("* received 1 bytes from bob: d/from-bob-1.bin")]);
+    // Nothing else of it.
+    assert_eq!(
+        peer(&mut s, id, PeerEvent::Message(Bytes::from_static(b"x"))),
+        []
+    );
+    assert_eq!(peer(&mut s, 99, PeerEvent::FileIncoming(1)), []);
+}
