@@ -14,6 +14,7 @@ pub use crate::chat::ConnId;
 pub mod bin24;
 pub mod ccm;
 pub mod matou;
+pub mod ocm;
 pub mod room;
 pub mod testing;
 
