@@ -643,7 +643,6 @@ impl Session {
                     "file not sent to {peer}: {}: {reason}",
                     path.display()
                 )));
-                self.leave_if_done(out);
             }
             PeerEvent::SendStarted { size, path } => out.push(shown(format!(
                 "* sending {size} bytes to {peer}: {}",
@@ -665,9 +664,11 @@ impl Session {
                         )));
                     }
                 }
-                self.leave_if_done(out);
             }
         }
+        // After the event's own lines: a link that closed or a file that is done may be what
+        // an end of input was waiting for.
+        self.leave_if_done(out);
     }
 
     /// A late event from a link already closed. The receiving thread may finish (or lose) a
@@ -693,7 +694,6 @@ impl Session {
         if let Some(link) = self.remove_link(id) {
             out.push(Action::CloseLink(id));
             abandoned(&link, out);
-            self.leave_if_done(out);
         }
     }
 

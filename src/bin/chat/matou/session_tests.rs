@@ -646,3 +646,24 @@ fn late_file_news_of_a_closed_link_is_still_shown() {
     );
     assert_eq!(peer(&mut s, 99, PeerEvent::FileIncoming(1)), []);
 }
+
+#[test]
+fn a_failed_send_awaited_by_end_of_input_is_reported_before_leaving() {
+    let mut s = joined();
+    let id = linked_as_src(&mut s, "bob");
+    line(&mut s, "/send bob f");
+    let mut out = Vec::new();
+    s.on_input_end(&mut out);
+    let out = peer(
+        &mut s,
+        id,
+        PeerEvent::SendEnded {
+            size: 9,
+            path: "f".into(),
+            result: Err("broken pipe".into()),
+        },
+    );
+    assert_eq!(out[0], Action::CloseLink(id));
+    assert!(matches!(&out[1], Action::Note(n) if n.contains("broken pipe")));
+    assert_eq!(out[2..], [send(codec::public_sign_out()), Action::Quit]);
+}
