@@ -24,23 +24,30 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port=$(free_port)
 bin24_port=$(free_port)
 ccm_port=$(free_port)
+matou_port=$(free_port)
+ocm_tcp_port=$(free_port)
+free_udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ocm_udp_port=$(free_udp_port)
+ocm_relay_port=$(free_udp_port)
 data_dir=$(mktemp -d)
 log=$(mktemp)
-echo "+ $chatd --room-port $port --bin24-port $bin24_port --ccm-port $ccm_port --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir $data_dir --stats-interval-ms 1000"
+echo "+ $chatd --room-port $port --bin24-port $bin24_port --ccm-port $ccm_port --matou-port $matou_port --ocm-tcp-port $ocm_tcp_port --ocm-udp-port $ocm_udp_port --ocm-relay-port $ocm_relay_port --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir $data_dir --stats-interval-ms 1000"
 "$chatd" --room-port "$port" --bin24-port "$bin24_port" --ccm-port "$ccm_port" \
+  --matou-port "$matou_port" --ocm-tcp-port "$ocm_tcp_port" --ocm-udp-port "$ocm_udp_port" \
+  --ocm-relay-port "$ocm_relay_port" \
   --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir "$data_dir" \
   --stats-interval-ms 1000 2>"$log" &
 chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
 trap cleanup EXIT
 
-# Wait (bounded) until both protocols listen.
+# Wait (bounded) until every protocol listens (five TCP listeners, two UDP sockets).
 for _ in $(seq 1 200); do
-  if [ "$(grep -c "listening on" "$log")" -ge 3 ]; then break; fi
+  if [ "$(grep -c "listening on" "$log")" -ge 7 ]; then break; fi
   if ! kill -0 "$chatd_pid" 2>/dev/null; then cat "$log"; echo "smoke: chatd exited early" >&2; exit 1; fi
   sleep 0.05
 done
-[ "$(grep -c "listening on" "$log")" -ge 3 ] || { cat "$log"; echo "smoke: chatd never listened" >&2; exit 1; }
+[ "$(grep -c "listening on" "$log")" -ge 7 ] || { cat "$log"; echo "smoke: chatd never listened" >&2; exit 1; }
 
 echo "+ $loadgen room --port $port --clients $clients --senders $senders --rate $rate --duration $duration"
 status=0
@@ -56,6 +63,11 @@ echo "+ $loadgen ccm --port $ccm_port --users 100 --rate 1000 --duration $durati
 ccm_status=0
 timeout 120 "$loadgen" ccm --port "$ccm_port" --users 100 --rate 1000 \
   --duration "$duration" --silent-share 0.1 || ccm_status=$?
+
+echo "+ $loadgen ocm --tcp-port $ocm_tcp_port --udp-port $ocm_udp_port --rooms 10 --members 10 --rate 1000 --duration $duration"
+ocm_status=0
+timeout 120 "$loadgen" ocm --tcp-port "$ocm_tcp_port" --udp-port "$ocm_udp_port" --rooms 10 \
+  --members 10 --rate 1000 --duration "$duration" || ocm_status=$?
 
 echo "+ kill -TERM $chatd_pid"
 kill -TERM "$chatd_pid"
@@ -77,6 +89,10 @@ if [ "$bin24_status" -ne 0 ]; then
 fi
 if [ "$ccm_status" -ne 0 ]; then
   echo "smoke: loadgen ccm failed (exit $ccm_status): messages lost, silent users not closed, or errors" >&2
+  exit 1
+fi
+if [ "$ocm_status" -ne 0 ]; then
+  echo "smoke: loadgen ocm failed (exit $ocm_status): datagrams lost, leave texts missing, or errors" >&2
   exit 1
 fi
 if [ "$chatd_status" -ne 0 ]; then

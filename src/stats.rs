@@ -24,6 +24,15 @@ pub struct Stats {
     pub rejected: u64,
     /// Times accepting paused for lack of descriptors (EMFILE, ENFILE).
     pub accept_pauses: u64,
+    /// UDP: datagrams received, those a protocol accepted (relayed or acted on), those sent;
+    /// received ones thrown away (malformed, unknown room, wrong token or address; also in
+    /// `rejected`), sends dropped on a full socket buffer, and sends that failed.
+    pub datagrams_in: u64,
+    pub datagrams_accepted: u64,
+    pub datagrams_out: u64,
+    pub datagrams_dropped_in: u64,
+    pub datagrams_send_dropped: u64,
+    pub datagrams_send_failed: u64,
 }
 
 impl fmt::Display for Stats {
@@ -32,7 +41,8 @@ impl fmt::Display for Stats {
             f,
             "connections open={} accepted={} closed={} | frames in={} out={} | bytes in={} out={} \
              | read_calls={} write_calls={} | drops={} slow_consumer_closes={} rejected={} \
-             accept_pauses={}",
+             accept_pauses={} | datagrams in={} accepted={} out={} dropped_in={} \
+             send_dropped={} send_failed={}",
             self.connections_open,
             self.connections_accepted,
             self.connections_closed,
@@ -45,7 +55,13 @@ impl fmt::Display for Stats {
             self.drops,
             self.slow_consumer_closes,
             self.rejected,
-            self.accept_pauses
+            self.accept_pauses,
+            self.datagrams_in,
+            self.datagrams_accepted,
+            self.datagrams_out,
+            self.datagrams_dropped_in,
+            self.datagrams_send_dropped,
+            self.datagrams_send_failed
         )
     }
 }

@@ -542,6 +542,14 @@ impl Chatd {
                 "0",
                 "--ccm-port",
                 &port.to_string(),
+                "--matou-port",
+                "0",
+                "--ocm-tcp-port",
+                "0",
+                "--ocm-udp-port",
+                "0",
+                "--ocm-relay-port",
+                "0",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -327,6 +327,14 @@ fn chatd_exits_zero_on_sigterm_within_the_grace_period() {
             "0",
             "--ccm-port",
             "0",
+            "--matou-port",
+            "0",
+            "--ocm-tcp-port",
+            "0",
+            "--ocm-udp-port",
+            "0",
+            "--ocm-relay-port",
+            "0",
             "--room-port",
             &port.to_string(),
             "--shutdown-grace-ms",
@@ -415,7 +423,7 @@ fn running_out_of_descriptors_pauses_accepting_and_serving_goes_on() {
     const CONNECTIONS: usize = 30;
     let port = free_port();
     let command = format!(
-        "ulimit -n 24 && exec '{}' --bin24-port 0 --ccm-port 0 --room-port {port} --accept-pause-ms 20",
+        "ulimit -n 24 && exec '{}' --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --room-port {port} --accept-pause-ms 20",
         env!("CARGO_BIN_EXE_chatd")
     );
     let mut child = Command::new("bash")
@@ -550,6 +558,14 @@ fn chatd_fails_clearly_when_its_port_is_taken() {
             "--bin24-port",
             "0",
             "--ccm-port",
+            "0",
+            "--matou-port",
+            "0",
+            "--ocm-tcp-port",
+            "0",
+            "--ocm-udp-port",
+            "0",
+            "--ocm-relay-port",
             "0",
             "--room-port",
             &port.to_string(),

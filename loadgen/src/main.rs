@@ -14,6 +14,8 @@
 //! - `bin24`: the BIN24 scenario: its loop, the per-message ledger, partners, stamp and report
 //! - `ccm`: the CCM scenario: its loop, the text stamp, the client side of the contract
 //!   (messages, keepalive answers, checks of what arrives) and its report (partners: BIN24's)
+//! - `ocm`: the OCM scenario: rooms created and joined over TCP (TCRP), chat over UDP, leave
+//!   texts at the end; UDP loss as a figure, failing the run above `--loss-max`
 //! - `limits`: the open-files limit
 
 mod args;
@@ -21,6 +23,7 @@ mod bin24;
 mod ccm;
 mod clock;
 mod limits;
+mod ocm;
 mod pacer;
 mod plan;
 mod record;
@@ -41,6 +44,7 @@ use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{Bin24Config, Bin24Error, STAMP_BYTES};
 use crate::ccm::{CcmConfig, CcmError};
+use crate::ocm::{OcmConfig, OcmError};
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::report::Report;
@@ -77,6 +81,19 @@ const BIN24_MESSAGES_MAX: u64 = 20_000_000;
 /// BIN24 bodies: the stamp, up to the largest body a frame carries.
 const BIN24_BODY_BYTES_MIN: usize = STAMP_BYTES;
 const BIN24_BODY_BYTES_MAX: usize = switchboard::protocol::bin24::codec::BODY_BYTES_MAX;
+const OCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
+/// OCM: rooms x members is at most CLIENTS_MAX (each member has a UDP socket, and a TCP
+/// connection while it asks for its token); a room has at most this many members, so the loss
+/// table (one counter per ordered pair of members of a room) stays under 40 MB.
+const OCM_MEMBERS_MAX: usize = 1_000;
+/// OCM fan-out: the plan's deliveries per second, --rate x (--members - 1). One loadgen thread
+/// reads every one of them (a recvmsg each); beyond this it would be the bottleneck, and its
+/// receive lag would make the run INVALID anyway.
+const OCM_DELIVERIES_PER_S_MAX: u64 = 250_000;
+const OCM_ROOM_RATE_MAX: u64 = 10_000;
+/// Receive buffer asked for on each OCM UDP socket (the kernel caps it at net.core.rmem_max).
+const OCM_RECV_BUFFER_DEFAULT: usize = 4 << 20;
+const OCM_RECV_BUFFER_MAX: usize = 256 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -109,6 +126,12 @@ enum Scenario {
     /// silent users identify and never speak again: the report shows when the server closed
     /// them.
     Ccm(CcmArgs),
+    /// OCM: rooms are created (host) and joined (guests) over TCP with TCRP, each request timed
+    /// from its intended time; members then chat over UDP on a fixed plan and every other
+    /// member of the room times and checks every message; UDP loss is reported (and fails the
+    /// run above --loss-max); at the end guests and hosts leave and the leave texts are
+    /// checked. --connect-rate does not apply: --room-rate paces the rooms.
+    Ocm(OcmArgs),
 }
 
 /// Flags every scenario shares: where, how long, and where the results go.
@@ -128,8 +151,8 @@ struct CommonArgs {
     warmup: Duration,
 
     /// How long to wait after the last planned send for messages still in flight; messages not
-    /// delivered (room, ccm) or not answered (bin24) by then are losses. The run ends earlier once
-    /// everything has arrived. Default 2s for room and ccm, 5s for bin24 (more than the server's 3 s
+    /// delivered (room, ccm, ocm) or not answered (bin24) by then are losses. The run ends earlier
+    /// once everything has arrived. Default 2s for room, ccm and ocm, 5s for bin24 (more than the server's 3 s
     /// answer timeout). At most 10m.
     #[arg(long, value_parser = parse_duration)]
     drain: Option<Duration>,
@@ -268,12 +291,67 @@ struct CcmArgs {
     common: CommonArgs,
 }
 
+#[derive(Args, Debug)]
+struct OcmArgs {
+    /// Server port of the OCM TCRP listener (TCP: create and join rooms).
+    #[arg(long, default_value_t = 9_002)]
+    tcp_port: u16,
+
+    /// Server port of the OCM chat socket (UDP).
+    #[arg(long, default_value_t = 9_003)]
+    udp_port: u16,
+
+    /// Rooms, each created by its host (lg00001, then every --members-th member) under a name
+    /// unique to the run. Rooms x members at most 10000.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=CLIENTS_MAX as u64))]
+    rooms: u64,
+
+    /// Members per room, the host included; each has its own UDP socket. From 2 to 1000.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=OCM_MEMBERS_MAX as u64))]
+    members: u64,
+
+    /// Chat messages per second over all members together (every member that joined sends
+    /// rate/members per second, evenly spaced, phase-shifted). Each message goes to the other
+    /// members - 1 of its room: rate x (members - 1) deliveries per second, at most 250000.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=RATE_PER_S_MAX))]
+    rate: u64,
+
+    /// Rooms created per second in the rooms phase (open loop: room r's create is due at
+    /// r / room-rate; its guests join once it exists). The phase gives up after max(10 s,
+    /// 3 x the planned time).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=OCM_ROOM_RATE_MAX))]
+    room_rate: u64,
+
+    /// Bytes of each chat message: the 52-byte printable stamp, padded; at most what fits a
+    /// datagram (4014 with this run's names).
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+
+    /// UDP loss allowed, in percent of the expected deliveries (e.g. 0.1): loss above it fails
+    /// the run (exit 1). Loss is always reported; the default 0 fails on any.
+    #[arg(long, default_value_t = 0.0)]
+    loss_max: f64,
+
+    /// Longest wait for the leave texts after the last planned exit. At most 10m.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    exit_wait: Duration,
+
+    /// SO_RCVBUF asked for on every UDP socket, in bytes, so the loadgen itself drops nothing;
+    /// the kernel caps it at net.core.rmem_max and the report says so.
+    #[arg(long, default_value_t = OCM_RECV_BUFFER_DEFAULT)]
+    recv_buffer_bytes: usize,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Room(args) => run_room(args),
         Scenario::Bin24(args) => run_bin24(args),
         Scenario::Ccm(args) => run_ccm(args),
+        Scenario::Ocm(args) => run_ocm(args),
     }
 }
 
@@ -553,6 +631,103 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         }
     };
     let report = ccm::report::Report::new(&cfg, common.seed, common.strict, &outcome);
+    deliver_report(
+        report.to_text(),
+        &report,
+        report.outcome.exit_code,
+        &mut json_out,
+    )
+}
+
+fn run_ocm(args: OcmArgs) -> ExitCode {
+    let common = &args.common;
+    if let Err(why) = check_common(common) {
+        return refuse(why);
+    }
+    let rooms = args.rooms as usize;
+    let members = args.members as usize;
+    let total = rooms * members;
+    if total > CLIENTS_MAX {
+        return refuse(format!(
+            "--rooms x --members is {total}; at most {CLIENTS_MAX} members in all"
+        ));
+    }
+    let deliveries_per_s = args.rate * (args.members - 1);
+    if deliveries_per_s > OCM_DELIVERIES_PER_S_MAX {
+        return refuse(format!(
+            "--rate x (--members - 1) plans {deliveries_per_s} deliveries/s; at most \
+             {OCM_DELIVERIES_PER_S_MAX} (one loadgen thread reads them all)"
+        ));
+    }
+    // The longest names of this run: rooms `lgXXXXXXXX-NNNNN`, members `lgNNNNN`.
+    let room_bytes = ocm::wire::room_name(0, rooms - 1).len();
+    let name_bytes = ocm::wire::member_name(total - 1).len();
+    let payload_max = ocm::wire::message_bytes_max(room_bytes, name_bytes);
+    if !(ocm::stamp::STAMP_BYTES..=payload_max).contains(&args.payload_bytes) {
+        return refuse(format!(
+            "--payload-bytes must be between {} (the stamp) and {payload_max} (what fits a \
+             datagram with this run's names)",
+            ocm::stamp::STAMP_BYTES
+        ));
+    }
+    if !(0.0..=100.0).contains(&args.loss_max) {
+        return refuse("--loss-max is a percentage: between 0 and 100");
+    }
+    if args.exit_wait > WARMUP_MAX {
+        return refuse("--exit-wait must be at most 10m");
+    }
+    if !(1..=OCM_RECV_BUFFER_MAX).contains(&args.recv_buffer_bytes) {
+        return refuse(format!(
+            "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
+        ));
+    }
+    let tcp_target = match resolve_loopback(&common.host, args.tcp_port) {
+        Ok(target) => target,
+        Err(why) => return refuse(why),
+    };
+    let udp_target = match resolve_loopback(&common.host, args.udp_port) {
+        Ok(target) => target,
+        Err(why) => return refuse(why),
+    };
+    // A UDP socket per member, and a TCP connection each while the tokens are handed out.
+    if let Err(why) = limits::ensure_open_files(2 * total as u64 + SPARE_FILES) {
+        return refuse(why);
+    }
+    let mut json_out = match create_json(common.json.as_ref()) {
+        Ok(json_out) => json_out,
+        Err(why) => return refuse(why),
+    };
+    let cfg = OcmConfig {
+        tcp_target,
+        udp_target,
+        rooms,
+        members,
+        rate_per_s: args.rate,
+        room_rate_per_s: args.room_rate,
+        duration_us: common.duration.as_micros() as u64,
+        warmup_us: common.warmup.as_micros() as u64,
+        drain_us: common.drain.unwrap_or(OCM_DRAIN_DEFAULT).as_micros() as u64,
+        exit_wait_us: args.exit_wait.as_micros() as u64,
+        message_bytes: args.payload_bytes,
+        recv_buffer_bytes: args.recv_buffer_bytes,
+        run_id: run_id(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let outcome = match ocm::run(&cfg) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            discard_json(&mut json_out);
+            return match e {
+                OcmError::Unreachable(why) => refuse(format!(
+                    "no room could be created on an OCM server at TCP {tcp_target} / UDP \
+                     {udp_target}: {why}"
+                )),
+                OcmError::Setup(why) => refuse(format!("setup failed: {why}")),
+            };
+        }
+    };
+    let report =
+        ocm::report::Report::new(&cfg, common.seed, common.strict, args.loss_max, &outcome);
     deliver_report(
         report.to_text(),
         &report,

@@ -60,3 +60,35 @@ pub(crate) fn bind_tcp(
     socket.listen(backlog).map_err(fail("listen"))?;
     Ok(TcpListener::from_std(socket.into()))
 }
+
+/// A non-blocking UDP socket on `addr`, with send and receive buffers of `buffer_bytes` asked
+/// of the kernel: a relay's bursts queue there instead of being dropped.
+pub(crate) fn bind_udp(
+    protocol: &'static str,
+    addr: SocketAddr,
+    buffer_bytes: usize,
+) -> Result<mio::net::UdpSocket, BindError> {
+    let fail = |step: &'static str| {
+        move |source| BindError {
+            protocol,
+            addr,
+            step,
+            source,
+        }
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(fail("socket"))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail("IPV6_V6ONLY"))?;
+    }
+    // The kernel caps these at net.core.{r,w}mem_max; a smaller buffer is not an error.
+    if let Err(err) = socket.set_recv_buffer_size(buffer_bytes) {
+        log::debug!("{protocol}: SO_RCVBUF {buffer_bytes}: {err}");
+    }
+    if let Err(err) = socket.set_send_buffer_size(buffer_bytes) {
+        log::debug!("{protocol}: SO_SNDBUF {buffer_bytes}: {err}");
+    }
+    socket.set_nonblocking(true).map_err(fail("O_NONBLOCK"))?;
+    socket.bind(&addr.into()).map_err(fail("bind"))?;
+    Ok(mio::net::UdpSocket::from_std(socket.into()))
+}

@@ -18,6 +18,7 @@
 mod conn;
 mod listen;
 mod services;
+mod udp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,8 +39,9 @@ use crate::stats::Stats;
 pub use crate::store::StoreError;
 use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
-pub use services::ProtocolKind;
 use services::Services;
+pub use services::{ProtocolKind, UdpKind};
+use udp::{NoDatagrams, Received, UdpCounters, UdpEntry, UdpOut};
 
 // Tokens pack a connection's generation into the high 32 bits, so a stale event for a reused
 // slot is recognised; that needs a 64-bit usize.
@@ -50,10 +52,13 @@ const WAKER_TOKEN: Token = Token(1);
 /// Tokens 16..48 are TCP listeners, by index.
 const LISTENER_TOKEN_BASE: usize = 16;
 const LISTENER_TOKEN_END: usize = 48;
-/// Tokens 48..64 are reserved for UDP sockets (OCM), by index.
+/// Tokens 48..64 are UDP sockets, by index.
 const UDP_TOKEN_BASE: usize = 48;
 /// Connection tokens start here, above every reserved token.
 const CONN_TOKEN_BASE: usize = 64;
+
+/// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
+const UDP_DATAGRAM_BYTES_MAX: usize = 65_507;
 
 /// Consecutive failures of `poll` itself after which the server gives up.
 const POLL_ERRORS_MAX: u32 = 8;
@@ -62,7 +67,7 @@ enum Source {
     Signal,
     Waker,
     Listener(usize),
-    Udp,
+    Udp(usize),
     Conn(ConnId),
     Unknown,
 }
@@ -81,7 +86,7 @@ fn source_of(token: Token) -> Source {
         0 => Source::Signal,
         1 => Source::Waker,
         LISTENER_TOKEN_BASE..LISTENER_TOKEN_END => Source::Listener(raw - LISTENER_TOKEN_BASE),
-        UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp,
+        UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp(raw - UDP_TOKEN_BASE),
         _ => Source::Unknown,
     }
 }
@@ -160,9 +165,13 @@ pub struct Server {
     config: Config,
     table: ConnTable,
     listeners: Vec<ListenerEntry>,
+    udp: Vec<UdpEntry>,
     services: Services,
     /// One reusable read buffer for every connection; see `Conn::read_once`.
     scratch: Vec<u8>,
+    /// One receive buffer for every UDP socket, as large as a UDP datagram can be, so an
+    /// oversized datagram is seen whole and refused instead of arriving silently truncated.
+    udp_scratch: Vec<u8>,
     start: Instant,
     now_ms: u64,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -207,6 +216,25 @@ impl Server {
             let listener = listen::bind_tcp("CCM", addr, config.listen_backlog)?;
             listeners.push((listener, ProtocolKind::Ccm));
         }
+        if let Some(port) = config.matou_port {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            let listener = listen::bind_tcp("MATOU", addr, config.listen_backlog)?;
+            listeners.push((listener, ProtocolKind::Matou));
+        }
+        let mut udp_sockets = Vec::new();
+        if let (Some(tcp_port), Some(udp_port)) = (config.ocm_tcp_port, config.ocm_udp_port) {
+            let addr = SocketAddr::new(config.bind_addr, tcp_port);
+            let listener = listen::bind_tcp("OCM", addr, config.listen_backlog)?;
+            listeners.push((listener, ProtocolKind::Ocm));
+            let addr = SocketAddr::new(config.bind_addr, udp_port);
+            let socket = listen::bind_udp("OCM-UDP", addr, config.udp_socket_buffer_bytes)?;
+            udp_sockets.push((socket, UdpKind::OcmChat));
+        }
+        if let Some(port) = config.ocm_relay_port {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            let socket = listen::bind_udp("OCM-RELAY", addr, config.udp_socket_buffer_bytes)?;
+            udp_sockets.push((socket, UdpKind::OcmRelay));
+        }
         let waker = Arc::new(waker);
         let store_waker = Arc::clone(&waker);
         let wake = Box::new(move || {
@@ -248,6 +276,32 @@ impl Server {
                 ready: false,
             });
         }
+        let mut udp = Vec::new();
+        for (index, (mut socket, kind)) in udp_sockets.into_iter().enumerate() {
+            let fail = |step, source| BindError {
+                protocol: kind.name(),
+                addr: SocketAddr::new(config.bind_addr, 0),
+                step,
+                source,
+            };
+            let addr = socket
+                .local_addr()
+                .map_err(|source| fail("getsockname", source))?;
+            poll.registry()
+                .register(
+                    &mut socket,
+                    Token(UDP_TOKEN_BASE + index),
+                    Interest::READABLE,
+                )
+                .map_err(|source| fail("epoll_ctl", source))?;
+            udp.push(UdpEntry {
+                socket,
+                kind,
+                addr,
+                ready: false,
+                counters: UdpCounters::default(),
+            });
+        }
         let limits = OutputLimits {
             hard_bytes_max: config.output_hard_bytes_max,
             soft_bytes_max: config.output_soft_bytes_max,
@@ -258,8 +312,10 @@ impl Server {
             poll,
             table: ConnTable::new(limits, config.close_linger_ms),
             listeners: entries,
+            udp,
             services,
             scratch: vec![0; config.read_chunk_bytes.max(1)],
+            udp_scratch: vec![0; UDP_DATAGRAM_BYTES_MAX],
             start: Instant::now(),
             now_ms: 0,
             signals: None,
@@ -289,6 +345,23 @@ impl Server {
             .map(|entry| entry.addr)
     }
 
+    /// The address the UDP socket of `kind` is bound to, if enabled.
+    pub fn local_udp_addr(&self, kind: UdpKind) -> Option<SocketAddr> {
+        self.udp
+            .iter()
+            .find(|entry| entry.kind == kind)
+            .map(|entry| entry.addr)
+    }
+
+    /// The statistics so far: the connection table's counters plus every UDP socket's.
+    fn stats(&self) -> Stats {
+        let mut stats = self.table.stats.clone();
+        for entry in &self.udp {
+            entry.counters.add_to(&mut stats);
+        }
+        stats
+    }
+
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             waker: Arc::clone(&self.waker),
@@ -313,6 +386,9 @@ impl Server {
     pub fn run(mut self) -> io::Result<Stats> {
         for entry in &self.listeners {
             info!("{} listening on {}", entry.kind.name(), entry.addr);
+        }
+        for entry in &self.udp {
+            info!("{} listening on {} (UDP)", entry.kind.name(), entry.addr);
         }
         let mut events = Events::with_capacity(1024);
         let mut poll_errors = 0;
@@ -339,6 +415,7 @@ impl Server {
                 self.handle_event(event);
             }
             self.serve_ready_list(carried);
+            self.serve_udp();
             self.services.on_store_events(&mut self.table);
             self.fire_timers();
             self.flush_and_close();
@@ -361,8 +438,9 @@ impl Server {
         if let Err(err) = self.services.close_store() {
             log::error!("closing the offline store: {err}");
         }
-        info!("stopped: {}", self.table.stats);
-        Ok(self.table.stats.clone())
+        let stats = self.stats();
+        info!("stopped: {stats}");
+        Ok(stats)
     }
 
     /// Tell protocols which `send_notify` buffers were written, or never will be.
@@ -392,6 +470,7 @@ impl Server {
         if !self.table.ready_list.is_empty()
             || !self.table.flush_list.is_empty()
             || self.accept_pending()
+            || self.udp.iter().any(|entry| entry.ready)
         {
             return Some(Duration::ZERO);
         }
@@ -421,8 +500,12 @@ impl Server {
                     self.begin_shutdown("shutdown requested");
                 }
             }
-            // No UDP protocol is built yet; OCM registers its sockets in this range.
-            Source::Udp | Source::Unknown => {}
+            Source::Udp(index) => {
+                if let Some(entry) = self.udp.get_mut(index) {
+                    entry.ready = true;
+                }
+            }
+            Source::Unknown => {}
         }
     }
 
@@ -453,6 +536,36 @@ impl Server {
             self.table.unmark_ready(slot);
             if let Some(id) = self.table.id_of(slot) {
                 self.read_conn(id);
+            }
+        }
+    }
+
+    /// Read every ready UDP socket until WouldBlock or its per-turn budget, handing each
+    /// datagram to its protocol; answers are sent from inside the protocol's call.
+    fn serve_udp(&mut self) {
+        if self.shutdown_deadline_ms.is_some() {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let budget = self.config.udp_datagrams_per_turn_max.max(1);
+        for entry in &mut self.udp {
+            let mut served = 0;
+            while entry.ready && served < budget {
+                served += 1;
+                let (len, from) = match entry.recv(&mut self.udp_scratch) {
+                    Received::Datagram(len, from) => (len, from),
+                    Received::WouldBlock => break,
+                    Received::Skip => continue,
+                };
+                let Some(datagram) = self.udp_scratch.get(..len) else {
+                    continue;
+                };
+                let mut out = UdpOut {
+                    socket: &entry.socket,
+                    counters: &mut entry.counters,
+                };
+                self.services
+                    .on_datagram(entry.kind, from, datagram, now_ms, &mut out);
             }
         }
     }
@@ -541,7 +654,23 @@ impl Server {
 
     fn fire_timers(&mut self) {
         let now_ms = self.now_ms;
-        self.services.on_timers(now_ms, &mut self.table);
+        match self
+            .udp
+            .iter_mut()
+            .find(|entry| entry.kind == UdpKind::OcmChat)
+        {
+            Some(entry) => {
+                let mut datagrams = UdpOut {
+                    socket: &entry.socket,
+                    counters: &mut entry.counters,
+                };
+                self.services
+                    .on_timers(now_ms, &mut self.table, &mut datagrams);
+            }
+            None => self
+                .services
+                .on_timers(now_ms, &mut self.table, &mut NoDatagrams),
+        }
         if !self.table.lingering.is_empty() {
             let lingering = std::mem::take(&mut self.table.lingering);
             let mut keep = Vec::with_capacity(lingering.len());
@@ -570,7 +699,7 @@ impl Server {
         }
         if let Some(next_ms) = self.stats_next_ms {
             if now_ms >= next_ms {
-                info!("stats: {}", self.table.stats);
+                info!("stats: {}", self.stats());
                 self.stats_next_ms = Some(now_ms + self.config.stats_interval_ms);
             }
         }
@@ -725,7 +854,8 @@ impl Server {
             .store(self.table.stats.connections_open, Ordering::Relaxed);
         debug!("{} {peer} ({id}) connected", kind.name());
         let now_ms = self.now_ms;
-        self.services.on_accept(kind, id, now_ms, &mut self.table);
+        self.services
+            .on_accept(kind, id, peer, now_ms, &mut self.table);
     }
 
     fn handle_signals_event(&mut self) {
@@ -761,6 +891,14 @@ impl Server {
             if let Err(err) = self.poll.registry().deregister(&mut entry.listener) {
                 debug!("deregister listener {}: {err}", entry.addr);
             }
+        }
+        // Datagrams are not read during shutdown; the sockets stay open (and counted) until
+        // the loop exits.
+        for entry in &mut self.udp {
+            if let Err(err) = self.poll.registry().deregister(&mut entry.socket) {
+                debug!("deregister UDP socket {}: {err}", entry.addr);
+            }
+            entry.ready = false;
         }
         self.shutdown_deadline_ms = Some(self.now_ms + self.config.shutdown_grace_ms);
     }

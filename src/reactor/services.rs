@@ -1,6 +1,9 @@
 //! The protocol services the reactor drives, and the one place that dispatches to them by
 //! protocol. A new protocol adds a `ProtocolKind` variant, a field here, an arm in each match,
-//! and its listener in `Server::bind`.
+//! and its listener in `Server::bind`; a datagram protocol adds a `UdpKind` variant and its
+//! socket there.
+
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 
@@ -8,8 +11,10 @@ use crate::chat::ConnId;
 use crate::config::Config;
 use crate::protocol::bin24::{Bin24Config, Bin24Service, StoreSink};
 use crate::protocol::ccm::{os_token_source, CcmConfig, CcmService};
+use crate::protocol::matou::{MatouConfig, MatouService};
+use crate::protocol::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use crate::protocol::room::{RoomConfig, RoomService};
-use crate::protocol::Outbox;
+use crate::protocol::{DatagramOut, Outbox};
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreRequest};
 
 impl StoreSink for OfflineStore {
@@ -24,6 +29,9 @@ pub enum ProtocolKind {
     Room,
     Bin24,
     Ccm,
+    Matou,
+    /// OCM's TCRP listener (rooms are created and joined over TCP).
+    Ocm,
 }
 
 impl ProtocolKind {
@@ -32,9 +40,32 @@ impl ProtocolKind {
             ProtocolKind::Room => "ROOM",
             ProtocolKind::Bin24 => "BIN24",
             ProtocolKind::Ccm => "CCM",
+            ProtocolKind::Matou => "MATOU",
+            ProtocolKind::Ocm => "OCM",
         }
     }
 }
+
+/// Which datagram protocol a UDP socket speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpKind {
+    /// OCM's chat socket: datagrams with a room and a token.
+    OcmChat,
+    /// The stage-1 relay: every datagram to every other recent peer.
+    OcmRelay,
+}
+
+impl UdpKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            UdpKind::OcmChat => "OCM-UDP",
+            UdpKind::OcmRelay => "OCM-RELAY",
+        }
+    }
+}
+
+/// The largest datagram the stage-1 relay takes, as OCM's chat socket (the contract's 4096).
+const UDP_DATAGRAM_IN_BYTES_MAX: usize = 4096;
 
 /// BIN24's logic and the durable store it writes through.
 struct Bin24 {
@@ -47,6 +78,10 @@ pub(crate) struct Services {
     room: Option<RoomService>,
     bin24: Option<Bin24>,
     ccm: Option<CcmService>,
+    matou: Option<MatouService>,
+    /// OCM's rooms: TCRP connections and the chat socket's datagrams.
+    ocm: Option<OcmService>,
+    relay: Option<RelayService>,
     /// The Unix time in ms when the server's clock read 0: CCM's HTTP answer is dated.
     wall_start_unix_ms: u64,
 }
@@ -105,10 +140,51 @@ impl Services {
                 now_ms,
             )
         });
+        let matou = config.matou_port.map(|_| {
+            MatouService::new(MatouConfig {
+                name_bytes_max: config.matou_name_bytes_max,
+                message_bytes_max: config.matou_message_bytes_max,
+                string_bytes_max: config.matou_string_bytes_max,
+                pending_requests_per_user_max: config.matou_pending_requests_per_user_max,
+            })
+        });
+        let ocm = config.ocm_tcp_port.and(config.ocm_udp_port).map(|_| {
+            OcmService::new(
+                OcmConfig {
+                    tcrp_payload_bytes_max: config.ocm_tcrp_payload_bytes_max,
+                    room_name_bytes_max: config.ocm_room_name_bytes_max,
+                    user_name_bytes_max: config.ocm_user_name_bytes_max,
+                    tcrp_request_timeout_ms: config.ocm_tcrp_request_timeout_ms,
+                    idle_timeout_ms: config.ocm_idle_timeout_ms,
+                    send_failures_max: config.ocm_send_failures_max,
+                    rooms_max: config.ocm_rooms_max,
+                    room_members_max: config.ocm_room_members_max,
+                    ack_state1: config.ocm_ack_state1,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                ocm::os_token_source(),
+                now_ms,
+            )
+        });
+        let relay = config.ocm_relay_port.map(|_| {
+            RelayService::new(
+                RelayConfig {
+                    idle_timeout_ms: config.ocm_idle_timeout_ms,
+                    send_failures_max: config.ocm_send_failures_max,
+                    peers_max: config.ocm_relay_peers_max,
+                    datagram_bytes_max: UDP_DATAGRAM_IN_BYTES_MAX,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                now_ms,
+            )
+        });
         Ok(Services {
             room,
             bin24,
             ccm,
+            matou,
+            ocm,
+            relay,
             wall_start_unix_ms,
         })
     }
@@ -117,6 +193,7 @@ impl Services {
         &mut self,
         kind: ProtocolKind,
         id: ConnId,
+        peer: SocketAddr,
         now_ms: u64,
         out: &mut O,
     ) {
@@ -124,6 +201,16 @@ impl Services {
             ProtocolKind::Room => {
                 if let Some(room) = self.room.as_mut() {
                     room.on_accept(id, now_ms, out);
+                }
+            }
+            ProtocolKind::Matou => {
+                if let Some(matou) = self.matou.as_mut() {
+                    matou.on_accept(id, peer.ip());
+                }
+            }
+            ProtocolKind::Ocm => {
+                if let Some(ocm) = self.ocm.as_mut() {
+                    ocm.on_accept(id, peer.ip(), now_ms);
                 }
             }
             ProtocolKind::Bin24 => {
@@ -164,6 +251,16 @@ impl Services {
                 let unix_secs = self.unix_secs(now_ms);
                 if let Some(ccm) = self.ccm.as_mut() {
                     ccm.on_data(id, input, false, now_ms, unix_secs, out);
+                }
+            }
+            ProtocolKind::Matou => {
+                if let Some(matou) = self.matou.as_mut() {
+                    matou.on_data(id, input, out);
+                }
+            }
+            ProtocolKind::Ocm => {
+                if let Some(ocm) = self.ocm.as_mut() {
+                    ocm.on_data(id, input, now_ms, out);
                 }
             }
         }
@@ -208,6 +305,39 @@ impl Services {
                     ccm.on_close(id);
                 }
             }
+            ProtocolKind::Matou => {
+                if let Some(matou) = self.matou.as_mut() {
+                    matou.on_close(id, out);
+                }
+            }
+            ProtocolKind::Ocm => {
+                if let Some(ocm) = self.ocm.as_mut() {
+                    ocm.on_close(id);
+                }
+            }
+        }
+    }
+
+    /// A datagram arrived on a UDP socket of `kind`; answers go out through `out` (that socket).
+    pub(crate) fn on_datagram<D: DatagramOut>(
+        &mut self,
+        kind: UdpKind,
+        from: SocketAddr,
+        datagram: &[u8],
+        now_ms: u64,
+        out: &mut D,
+    ) {
+        match kind {
+            UdpKind::OcmChat => {
+                if let Some(ocm) = self.ocm.as_mut() {
+                    ocm.on_datagram(from, datagram, now_ms, out);
+                }
+            }
+            UdpKind::OcmRelay => {
+                if let Some(relay) = self.relay.as_mut() {
+                    relay.on_datagram(from, datagram, now_ms, out);
+                }
+            }
         }
     }
 
@@ -220,7 +350,7 @@ impl Services {
         out: &mut O,
     ) {
         match kind {
-            ProtocolKind::Room | ProtocolKind::Ccm => {}
+            ProtocolKind::Room | ProtocolKind::Ccm | ProtocolKind::Matou | ProtocolKind::Ocm => {}
             ProtocolKind::Bin24 => {
                 if let Some(bin24) = self.bin24.as_mut() {
                     bin24
@@ -248,8 +378,14 @@ impl Services {
         }
     }
 
-    /// Run every service's due timers.
-    pub(crate) fn on_timers<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
+    /// Run every service's due timers. `ocm_datagrams` is OCM's chat socket (a removed member
+    /// is told over UDP).
+    pub(crate) fn on_timers<O: Outbox, D: DatagramOut>(
+        &mut self,
+        now_ms: u64,
+        out: &mut O,
+        ocm_datagrams: &mut D,
+    ) {
         if let Some(room) = self.room.as_mut() {
             room.on_timers(now_ms, out);
         }
@@ -258,6 +394,12 @@ impl Services {
         }
         if let Some(ccm) = self.ccm.as_mut() {
             ccm.on_timers(now_ms, out);
+        }
+        if let Some(ocm) = self.ocm.as_mut() {
+            ocm.on_timers(now_ms, out, ocm_datagrams);
+        }
+        if let Some(relay) = self.relay.as_mut() {
+            relay.on_timers(now_ms);
         }
     }
 
@@ -269,6 +411,8 @@ impl Services {
                 .as_ref()
                 .and_then(|bin24| bin24.service.next_deadline_ms()),
             self.ccm.as_ref().and_then(CcmService::next_deadline_ms),
+            self.ocm.as_ref().and_then(OcmService::next_deadline_ms),
+            self.relay.as_ref().and_then(RelayService::next_deadline_ms),
         ]
         .into_iter()
         .flatten()

@@ -73,6 +73,25 @@ impl Output {
         self.text()
     }
 
+    /// Like [`Output::wait_for`], but the pipe closing first is an answer, not a failure:
+    /// `None` then. A timeout still fails the test.
+    pub fn wait_for_or_close(&mut self, want: &str) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        while !self.text().contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: {want:?} did not appear within {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        Some(self.text())
+    }
+
     /// Reads until the child closes the pipe (it has exited); returns the whole output.
     pub fn wait_closed(&mut self) -> String {
         let deadline = Instant::now() + WAIT;

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use switchboard::config::Config;
-use switchboard::reactor::{ProtocolKind, Server, ServerHandle};
+use switchboard::reactor::{ProtocolKind, Server, ServerHandle, UdpKind};
 use switchboard::stats::Stats;
 
 /// How long any single expectation may wait before the test fails (a hang is a failure).
@@ -21,6 +21,13 @@ pub struct TestServer {
     pub bin24: Option<SocketAddr>,
     /// Set when the config enables CCM.
     pub ccm: Option<SocketAddr>,
+    /// Set when the config enables MATOU.
+    pub matou: Option<SocketAddr>,
+    /// Set when the config enables OCM: the TCRP listener and the chat socket (UDP).
+    pub ocm_tcp: Option<SocketAddr>,
+    pub ocm_udp: Option<SocketAddr>,
+    /// Set when the config enables the stage-1 relay (UDP).
+    pub ocm_relay: Option<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -33,12 +40,20 @@ impl TestServer {
             .expect("ROOM enabled in test config");
         let bin24 = server.local_addr(ProtocolKind::Bin24);
         let ccm = server.local_addr(ProtocolKind::Ccm);
+        let matou = server.local_addr(ProtocolKind::Matou);
+        let ocm_tcp = server.local_addr(ProtocolKind::Ocm);
+        let ocm_udp = server.local_udp_addr(UdpKind::OcmChat);
+        let ocm_relay = server.local_udp_addr(UdpKind::OcmRelay);
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             room,
             bin24,
             ccm,
+            matou,
+            ocm_tcp,
+            ocm_udp,
+            ocm_relay,
             handle,
             thread: Some(thread),
         }

@@ -8,6 +8,7 @@ mod bin24;
 mod ccm;
 mod input;
 mod matou;
+mod ocm;
 mod room;
 
 use std::process::ExitCode;
@@ -47,6 +48,10 @@ enum Command {
     /// clients (default port 7777)
     #[command(long_about = matou::LONG_ABOUT)]
     Matou(matou::MatouArgs),
+    /// Create or join an OCM room over TCP, then chat in it over UDP (default ports 9002 and
+    /// 9003)
+    #[command(long_about = ocm::LONG_ABOUT)]
+    Ocm(ocm::OcmArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,5 +61,6 @@ fn main() -> ExitCode {
         Command::Bin24(args) => bin24::run(args),
         Command::Ccm(args) => ccm::run(args),
         Command::Matou(args) => matou::run(args),
+        Command::Ocm(args) => ocm::run(args),
     }
 }

@@ -3,3 +3,9 @@
 //! files then go directly between the clients).
 
 pub mod codec;
+mod service;
+
+pub use service::{MatouConfig, MatouService};
+
+#[cfg(test)]
+mod tests;

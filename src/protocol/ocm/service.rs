@@ -333,9 +333,11 @@ impl OcmService {
         let (user_name, address) = match json::parse_request(payload) {
             Ok(request) => {
                 let mut address = request.user_address;
-                // A client socket bound to all interfaces reports an unspecified IP; the one
-                // it is reachable at is the one its request came from.
-                if address.ip().is_unspecified() {
+                // Chat goes to the IP the request came from, with the port the client named:
+                // an unspecified IP (a socket bound to all interfaces) needs it, and taking
+                // another IP from the payload would let anyone aim a room's traffic at a
+                // third host until that member times out.
+                if address.ip().to_canonical() != peer_ip.to_canonical() {
                     address.set_ip(peer_ip);
                 }
                 (request.user_name, Some(address))

@@ -633,6 +633,23 @@ fn an_unspecified_address_takes_the_tcp_peer_ip() {
 }
 
 #[test]
+fn chat_never_goes_to_another_ip_than_the_requests() {
+    let mut h = Harness::new();
+    let alice = h.create("lobby", "alice", 1, 40001);
+    // bob asks from ip(2) but names ip(9): the room's chat must not be aimed at ip(9).
+    let sent = h.request(
+        ip(2),
+        OPERATION_JOIN,
+        "lobby",
+        &payload("bob", SocketAddr::new(ip(9), 40002)),
+    );
+    assert_eq!(&sent[..], answer_vector("success-join", &token(2)));
+    h.say(ALICE, "lobby", &alice, "hi");
+    assert_eq!(h.texts_to(BOB), ["alice: hi"]);
+    assert!(h.texts_to(SocketAddr::new(ip(9), 40002)).is_empty());
+}
+
+#[test]
 fn the_token_is_bound_to_the_requests_ip() {
     let mut h = Harness::new();
     let [alice, _, _] = h.lobby();

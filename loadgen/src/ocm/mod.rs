@@ -1,0 +1,1412 @@
+//! The OCM scenario: rooms created and joined over TCP (TCRP), chat over UDP.
+//!
+//! Phases, all bounded in time:
+//! 1. Rooms: room `r`'s host is due at `r / --room-rate` (open loop). It connects to the TCRP
+//!    port, binds its UDP socket on the IP that connection uses, and sends the create request
+//!    whose JSON names that UDP address; once the token comes back, the room's guests do the
+//!    same with join requests, all at once. Each request is timed from its intended time to
+//!    its complete answer: the host's from the room's planned time, a guest's from the moment
+//!    its room was created (a join cannot be meant before the room exists). Every answer is
+//!    checked (state 2, status 202, the contract's message, a 64-hex token, `json.dumps` form).
+//!    Ends when every member has its token or has failed, or after max(10 s, 3 x planned).
+//! 2. Chat: every member that joined sends datagrams on the shared plan (`--rate` in total);
+//!    each carries a printable stamp (sender, sequence, intended time). Every other member of
+//!    the room must receive `<name>: <message>`: delivery is timed from the intended time, and
+//!    losses, late arrivals and duplicates are counted per (receiver, sender) stream. The
+//!    sender getting its own message back is an error (an echo).
+//! 3. Drain: until every delivery arrived, or `--drain`. What is missing then is lost: UDP loss
+//!    is reported as a figure and a percentage; `--loss-max` says how much fails the run.
+//! 4. Exit: every guest but the last of each room sends `exit`, then every host (on the plan's
+//!    spacing); each leave text must reach exactly the members still in the room, the host's
+//!    closing text the last guest. Ends when all arrived, or `--exit-wait` after the last exit.
+//!
+//! The loop is the other scenarios': one mio poll, every socket registered READABLE|WRITABLE
+//! once, readiness kept in userland, reads drained to `WouldBlock` within a budget (then the
+//! socket waits on `still_ready`), the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! The UDP sockets ask for large receive buffers so the loadgen itself drops nothing; what the
+//! kernel granted is reported.
+
+mod accounting;
+pub mod report;
+pub mod stamp;
+mod udp;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+use switchboard::protocol::ocm::codec;
+
+use crate::clock::Clock;
+use crate::pacer::Pacer;
+use crate::plan::Plan;
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
+use accounting::{Accounting, Arrival};
+pub use accounting::{Counts, Losses};
+use stamp::Stamp;
+use wire::{Answer, ExpectedLeave, LeaveMatch};
+
+/// The pacer's token; member `u`'s UDP socket has token `1 + u`, its TCRP connection
+/// `1 + members + u`.
+const TIMER: Token = Token(0);
+/// TCRP reads, and a copy of each datagram (at most `udp::SLOT_BYTES`).
+const RECV_BUF_BYTES: usize = 65_536;
+/// Datagrams read from one socket per turn before the others get theirs.
+const RECV_BUDGET_DATAGRAMS: usize = 64;
+/// Datagrams read per `recvmmsg`.
+const RECV_BATCH_DATAGRAMS: usize = 16;
+/// Largest TCRP answer accepted (the contract's are under 300 bytes).
+const TCRP_ANSWER_BYTES_MAX: usize = 64 * 1024;
+/// Datagrams a member may hold while its socket is not writable; beyond, "not sent".
+const SEND_QUEUE_MESSAGES_MAX: usize = 1_024;
+/// Look for due sends after this many events, or datagrams received (see `room.rs`).
+const EVENTS_PER_SEND_CHECK: usize = 64;
+const DATAGRAMS_PER_SEND_CHECK: usize = 256;
+/// Between the end of the rooms phase and the first planned message (and the first exit).
+const START_DELAY_US: u64 = 50_000;
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+/// The rooms phase gives up after max(this, 3 times its planned time).
+const ROOMS_TIMEOUT_MIN_US: u64 = 10_000_000;
+const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
+const PROGRESS_INTERVAL_US: u64 = 1_000_000;
+
+#[derive(Clone, Debug)]
+pub struct OcmConfig {
+    /// The TCRP listener (TCP).
+    pub tcp_target: SocketAddr,
+    /// The chat socket (UDP).
+    pub udp_target: SocketAddr,
+    pub rooms: usize,
+    /// Members per room, the host included.
+    pub members: usize,
+    /// Chat messages per second over all members together.
+    pub rate_per_s: u64,
+    /// Rooms created per second in the rooms phase.
+    pub room_rate_per_s: u64,
+    pub duration_us: u64,
+    pub warmup_us: u64,
+    pub drain_us: u64,
+    /// Longest wait for the leave texts after the last exit's intended time.
+    pub exit_wait_us: u64,
+    /// Bytes of each chat message (the stamp, padded).
+    pub message_bytes: usize,
+    /// SO_RCVBUF asked for on every UDP socket.
+    pub recv_buffer_bytes: usize,
+    pub run_id: u32,
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub enum OcmError {
+    Setup(String),
+    /// Not one room could be created.
+    Unreachable(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// Create answer complete minus the room's planned time.
+    pub create: LatencyHistogram,
+    /// Join answer complete minus the time its room was created.
+    pub join: LatencyHistogram,
+    /// Chat text at a receiver minus intended send time.
+    pub delivery: LatencyHistogram,
+    /// Leave text at a receiver minus the leaver's intended exit time.
+    pub leave: LatencyHistogram,
+    /// The loop reading a datagram minus the kernel queueing it on the socket (its receive
+    /// timestamp): the loadgen's own share of every delivery latency.
+    pub receive_lag: LatencyHistogram,
+    pub send_lag: LatencyHistogram,
+    pub schedule_lateness: LatencyHistogram,
+    pub socket_blocked: LatencyHistogram,
+}
+
+/// What the kernel made of the receive buffers asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecvBuffers {
+    pub requested_bytes: usize,
+    /// Smallest and largest granted (SO_RCVBUF as read back, halved: Linux doubles the request
+    /// for its bookkeeping).
+    pub granted_min_bytes: usize,
+    pub granted_max_bytes: usize,
+    /// Sockets granted less than asked (capped by net.core.rmem_max).
+    pub capped_sockets: usize,
+    pub sockets: usize,
+    /// Datagrams the loadgen's sockets dropped because their buffers were full (the kernel's
+    /// counters, read at the end); `None` if they could not be read.
+    pub dropped: Option<u64>,
+    /// Datagrams without a kernel receive timestamp (so without a receive lag).
+    pub without_timestamp: u64,
+}
+
+#[derive(Debug)]
+pub struct OcmOutcome {
+    pub rooms_requested: usize,
+    pub rooms_created: usize,
+    pub members_requested: usize,
+    pub members_joined: usize,
+    /// Guests of rooms that were never created (not counted as errors of their own).
+    pub members_not_attempted: usize,
+    /// State-1 acknowledgements received before answers.
+    pub tcrp_acknowledgements: u64,
+    pub plan: Plan,
+    pub latency: Latencies,
+    pub counts: Counts,
+    pub losses: Losses,
+    /// Members that got their own message back.
+    pub echoes: u64,
+    pub errors: ErrorCounts,
+    pub sent: u64,
+    pub sent_in_window: u64,
+    pub delivered_in_window: u64,
+    pub not_sent_queue_full: u64,
+    /// Due while the member had failed, or the send itself failed.
+    pub not_sent_connection_lost: u64,
+    pub not_sent_at_end: u64,
+    /// Datagrams from another address than the server's chat port, or texts of another run.
+    pub foreign_texts: u64,
+    pub exits_planned: u64,
+    pub exits_sent: u64,
+    pub leaves_expected: u64,
+    pub leaves_received: u64,
+    /// Leave texts received a second time.
+    pub leaves_again: u64,
+    pub recv_buffers: RecvBuffers,
+    pub rooms_phase_us: u64,
+    pub drain_used_us: u64,
+    pub drain_timed_out: bool,
+    pub exit_used_us: u64,
+    pub exit_timed_out: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemberPhase {
+    Idle,
+    /// The TCRP request is under way.
+    Requesting,
+    Joined,
+    /// Sent `exit`.
+    Left,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    Chat {
+        g: u64,
+        intended_us: u64,
+        noticed_us: u64,
+    },
+    Exit,
+}
+
+/// One TCRP exchange: connect, write the request, read the answer.
+struct Tcrp {
+    stream: TcpStream,
+    connected: bool,
+    readable: bool,
+    writable: bool,
+    out: Bytes,
+    written: usize,
+    inbuf: BytesMut,
+}
+
+struct Member {
+    name: String,
+    room: usize,
+    is_host: bool,
+    phase: MemberPhase,
+    udp: Option<UdpSocket>,
+    readable: bool,
+    writable: bool,
+    tcrp: Option<Tcrp>,
+    token: Bytes,
+    /// What the request's latency is measured from.
+    request_intended_us: u64,
+    /// Not yet settled in the rooms phase.
+    in_rooms_phase: bool,
+    /// Ordinal among the plan's senders.
+    sender: Option<u32>,
+    queue: VecDeque<Pending>,
+    dirty: bool,
+    /// The leave texts it must receive in the exit phase.
+    leaves: Vec<ExpectedLeave>,
+    exit_intended_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Rooms,
+    Chat,
+    Drain { deadline_us: u64 },
+    Exit,
+    ExitWait { deadline_us: u64 },
+    Done,
+}
+
+struct Run<'a> {
+    cfg: &'a OcmConfig,
+    clock: Clock,
+    poll: Poll,
+    pacer: Pacer,
+    members: Vec<Member>,
+    room_names: Vec<String>,
+    room_created: Vec<bool>,
+    senders: Vec<usize>,
+    accounting: Accounting,
+    /// TCRP answers are read here, and each datagram is copied here from the batch.
+    recv_buf: Vec<u8>,
+    batch: udp::RecvBatch,
+    message_buf: Vec<u8>,
+    /// Inodes of the UDP sockets, to read their drop counters at the end.
+    udp_inodes: HashSet<u64>,
+    latency: Latencies,
+    errors: ErrorCounts,
+    recv_buffers: RecvBuffers,
+    tcrp_acknowledgements: u64,
+    echoes: u64,
+    sent: u64,
+    sent_in_window: u64,
+    delivered_in_window: u64,
+    not_sent_queue_full: u64,
+    not_sent_connection_lost: u64,
+    foreign_texts: u64,
+    exits_sent: u64,
+    leaves_expected: u64,
+    leaves_received: u64,
+    leaves_again: u64,
+    dirty: Vec<usize>,
+    still_ready: Vec<usize>,
+    phase: Phase,
+    plan: Option<Plan>,
+    next_g: u64,
+    next_room: usize,
+    rooms_start_us: u64,
+    rooms_deadline_us: u64,
+    rooms_end_us: u64,
+    unsettled: usize,
+    /// The exit phase: who leaves, in order, and when.
+    exit_order: Vec<usize>,
+    exit_start_us: u64,
+    next_exit: usize,
+    drain_start_us: Option<u64>,
+    drain_timed_out: bool,
+    exit_phase_start_us: Option<u64>,
+    exit_timed_out: bool,
+    done_us: u64,
+    next_check_us: u64,
+    progress_next_us: u64,
+    received_since_send_check: usize,
+}
+
+pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, OcmError> {
+    let setup = |what: &str, e: io::Error| OcmError::Setup(format!("{what}: {e}"));
+    let clock = Clock::start().map_err(|e| setup("clock", e))?;
+    let poll = Poll::new().map_err(|e| setup("poll", e))?;
+    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
+    pacer
+        .register(poll.registry(), TIMER)
+        .map_err(|e| setup("register timerfd", e))?;
+    let now_us = clock.now_us();
+    let total = cfg.rooms * cfg.members;
+    let members = (0..total)
+        .map(|u| Member {
+            name: wire::member_name(u),
+            room: u / cfg.members,
+            is_host: u % cfg.members == 0,
+            phase: MemberPhase::Idle,
+            udp: None,
+            readable: false,
+            writable: false,
+            tcrp: None,
+            token: Bytes::new(),
+            request_intended_us: 0,
+            in_rooms_phase: true,
+            sender: None,
+            queue: VecDeque::new(),
+            dirty: false,
+            leaves: Vec::new(),
+            exit_intended_us: 0,
+        })
+        .collect();
+    let start_us = now_us + START_DELAY_US;
+    let room_rate = cfg.room_rate_per_s.max(1);
+    let planned_us = (cfg.rooms as u64 * 1_000_000).div_ceil(room_rate);
+    let mut run = Run {
+        cfg,
+        clock,
+        poll,
+        pacer,
+        members,
+        room_names: (0..cfg.rooms)
+            .map(|r| wire::room_name(cfg.run_id, r))
+            .collect(),
+        room_created: vec![false; cfg.rooms],
+        senders: Vec::new(),
+        accounting: Accounting::new(cfg.rooms, cfg.members),
+        recv_buf: vec![0; RECV_BUF_BYTES],
+        batch: udp::RecvBatch::new(RECV_BATCH_DATAGRAMS),
+        udp_inodes: HashSet::new(),
+        message_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
+        latency: Latencies::default(),
+        errors: ErrorCounts::default(),
+        recv_buffers: RecvBuffers {
+            requested_bytes: cfg.recv_buffer_bytes,
+            granted_min_bytes: usize::MAX,
+            ..RecvBuffers::default()
+        },
+        tcrp_acknowledgements: 0,
+        echoes: 0,
+        sent: 0,
+        sent_in_window: 0,
+        delivered_in_window: 0,
+        not_sent_queue_full: 0,
+        not_sent_connection_lost: 0,
+        foreign_texts: 0,
+        exits_sent: 0,
+        leaves_expected: 0,
+        leaves_received: 0,
+        leaves_again: 0,
+        dirty: Vec::new(),
+        still_ready: Vec::new(),
+        phase: Phase::Rooms,
+        plan: None,
+        next_g: 0,
+        next_room: 0,
+        rooms_start_us: start_us,
+        rooms_deadline_us: start_us + ROOMS_TIMEOUT_MIN_US.max(planned_us * 3),
+        rooms_end_us: start_us,
+        unsettled: total,
+        exit_order: Vec::new(),
+        exit_start_us: 0,
+        next_exit: 0,
+        drain_start_us: None,
+        drain_timed_out: false,
+        exit_phase_start_us: None,
+        exit_timed_out: false,
+        done_us: now_us,
+        next_check_us: now_us,
+        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        received_since_send_check: 0,
+    };
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+impl Run<'_> {
+    fn total(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Room `r`'s planned time.
+    fn room_intended_us(&self, r: usize) -> u64 {
+        self.rooms_start_us + (r as u64 * 1_000_000) / self.cfg.room_rate_per_s.max(1)
+    }
+
+    /// The intended time of the `i`-th exit, on the chat plan's overall spacing.
+    fn exit_intended_us(&self, i: usize) -> u64 {
+        self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
+    }
+
+    fn event_loop(&mut self) -> Result<(), OcmError> {
+        let mut events = Events::with_capacity(1024);
+        while self.phase != Phase::Done {
+            self.advance()?;
+            if self.phase == Phase::Done {
+                break;
+            }
+            self.pacer
+                .arm_at(self.next_wake_us())
+                .map_err(|e| OcmError::Setup(format!("arming the timerfd: {e}")))?;
+            let timeout = if self.still_ready.is_empty() {
+                POLL_TIMEOUT_MAX
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(OcmError::Setup(format!("poll: {e}")));
+            }
+            let total = self.total();
+            let mut handled = 0usize;
+            for event in events.iter() {
+                if event.token() == TIMER {
+                    if let Err(e) = self.pacer.acknowledge() {
+                        return Err(OcmError::Setup(format!("reading the timerfd: {e}")));
+                    }
+                    continue;
+                }
+                let index = event.token().0 - 1;
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                if index < total {
+                    let member = &mut self.members[index];
+                    member.readable |= readable;
+                    member.writable |= writable;
+                    self.drive_udp(index);
+                } else if let Some(member) = self.members.get_mut(index - total) {
+                    if let Some(tcrp) = member.tcrp.as_mut() {
+                        tcrp.readable |= readable;
+                        tcrp.writable |= writable;
+                    }
+                    self.drive_tcrp(index - total);
+                }
+                handled += 1;
+                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
+                    self.send_due();
+                }
+            }
+            for u in std::mem::take(&mut self.still_ready) {
+                self.drive_udp(u);
+            }
+            self.flush_dirty();
+        }
+        if self.cfg.progress {
+            eprintln!();
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self) -> Result<(), OcmError> {
+        let now_us = self.clock.now_us();
+        match self.phase {
+            Phase::Rooms => {
+                while self.next_room < self.cfg.rooms
+                    && self.room_intended_us(self.next_room) <= now_us
+                {
+                    let r = self.next_room;
+                    self.next_room += 1;
+                    let host = r * self.cfg.members;
+                    self.start_request(host, self.room_intended_us(r));
+                }
+                if now_us >= self.rooms_deadline_us && self.unsettled > 0 {
+                    self.give_up_rooms();
+                }
+                if self.next_room == self.cfg.rooms && self.unsettled == 0 {
+                    self.start_chat(now_us)?;
+                }
+            }
+            Phase::Chat => {
+                self.send_due();
+                if self
+                    .plan
+                    .as_ref()
+                    .is_some_and(|p| self.next_g >= p.messages)
+                {
+                    let now_us = self.clock.now_us();
+                    self.drain_start_us = Some(now_us);
+                    self.next_check_us = now_us;
+                    self.phase = Phase::Drain {
+                        deadline_us: now_us + self.cfg.drain_us,
+                    };
+                }
+            }
+            Phase::Drain { deadline_us } => {
+                self.flush_dirty();
+                if now_us >= self.next_check_us {
+                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                    let queued = self.members.iter().any(|m| !m.queue.is_empty());
+                    let complete = !queued && self.accounting.outstanding() == 0;
+                    if complete || now_us >= deadline_us {
+                        self.drain_timed_out = !complete;
+                        self.start_exit(now_us);
+                    }
+                }
+            }
+            Phase::Exit => {
+                self.send_exits_due();
+                if self.next_exit == self.exit_order.len() {
+                    let last_us = self.exit_intended_us(self.exit_order.len());
+                    self.phase = Phase::ExitWait {
+                        deadline_us: last_us.max(now_us) + self.cfg.exit_wait_us,
+                    };
+                }
+            }
+            Phase::ExitWait { deadline_us } => {
+                self.flush_dirty();
+                let queued = self.members.iter().any(|m| !m.queue.is_empty());
+                let complete = !queued && self.leaves_received == self.leaves_expected;
+                if complete || now_us >= deadline_us {
+                    self.exit_timed_out = !complete;
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+        if self.phase == Phase::Done {
+            self.done_us = now_us;
+        }
+        if self.cfg.progress && now_us >= self.progress_next_us {
+            self.progress_line(now_us);
+            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
+        }
+        Ok(())
+    }
+
+    fn next_wake_us(&self) -> u64 {
+        let phase_us = match self.phase {
+            Phase::Rooms => {
+                let next = if self.next_room < self.cfg.rooms {
+                    self.room_intended_us(self.next_room)
+                } else {
+                    u64::MAX
+                };
+                next.min(self.rooms_deadline_us)
+            }
+            Phase::Chat => self
+                .plan
+                .as_ref()
+                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
+            Phase::Drain { .. } => self.next_check_us,
+            Phase::Exit => self.exit_intended_us(self.next_exit),
+            // Arrivals wake the poll by themselves; the deadline bounds the wait.
+            Phase::ExitWait { deadline_us } => deadline_us,
+            Phase::Done => u64::MAX,
+        };
+        if self.cfg.progress {
+            phase_us.min(self.progress_next_us)
+        } else {
+            phase_us
+        }
+    }
+
+    fn settle(&mut self, u: usize) {
+        if std::mem::take(&mut self.members[u].in_rooms_phase) {
+            self.unsettled -= 1;
+        }
+    }
+
+    /// The rooms phase reached its deadline: requests still under way fail, members not
+    /// attempted yet are given up.
+    fn give_up_rooms(&mut self) {
+        for u in 0..self.total() {
+            if !self.members[u].in_rooms_phase {
+                continue;
+            }
+            if self.members[u].phase == MemberPhase::Requesting {
+                self.fail(u, ErrorKind::Connect, || {
+                    "timed out before its TCRP answer".to_string()
+                });
+            } else {
+                self.members[u].phase = MemberPhase::Failed;
+                self.settle(u);
+            }
+        }
+        self.next_room = self.cfg.rooms;
+    }
+
+    /// Member `u` connects to the TCRP port; its request goes out once connected.
+    fn start_request(&mut self, u: usize, intended_us: u64) {
+        self.members[u].request_intended_us = intended_us;
+        match TcpStream::connect(self.cfg.tcp_target) {
+            Ok(mut stream) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
+                    return;
+                }
+                let registered = self.poll.registry().register(
+                    &mut stream,
+                    Token(1 + self.total() + u),
+                    Interest::READABLE | Interest::WRITABLE,
+                );
+                if let Err(e) = registered {
+                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
+                    return;
+                }
+                let member = &mut self.members[u];
+                member.tcrp = Some(Tcrp {
+                    stream,
+                    connected: false,
+                    readable: false,
+                    writable: false,
+                    out: Bytes::new(),
+                    written: 0,
+                    inbuf: BytesMut::new(),
+                });
+                member.phase = MemberPhase::Requesting;
+            }
+            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+        }
+    }
+
+    fn drive_tcrp(&mut self, u: usize) {
+        if self.members[u].phase != MemberPhase::Requesting {
+            return;
+        }
+        let Some(tcrp) = self.members[u].tcrp.as_ref() else {
+            return;
+        };
+        if !tcrp.connected {
+            if !(tcrp.readable || tcrp.writable) {
+                return;
+            }
+            match self.check_connected(u) {
+                Ok(true) => {
+                    if let Err(why) = self.open_udp_and_request(u) {
+                        self.fail(u, ErrorKind::Connect, || why);
+                        return;
+                    }
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    self.fail(u, ErrorKind::Connect, || format!("connect: {e}"));
+                    return;
+                }
+            }
+        }
+        self.write_request(u);
+        if self.members[u].phase == MemberPhase::Requesting
+            && self.members[u].tcrp.as_ref().is_some_and(|t| t.readable)
+        {
+            self.read_answer(u);
+        }
+    }
+
+    fn check_connected(&mut self, u: usize) -> io::Result<bool> {
+        let Some(tcrp) = self.members[u].tcrp.as_mut() else {
+            return Ok(false);
+        };
+        if let Some(e) = tcrp.stream.take_error()? {
+            return Err(e);
+        }
+        match tcrp.stream.peer_addr() {
+            Ok(_) => {
+                tcrp.connected = true;
+                // A connect completes with a writable edge; anything readable is read next.
+                tcrp.readable = true;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Binds the member's UDP socket on the IP its TCRP connection uses (the server binds the
+    /// token to that IP), and prepares the request naming the socket's address.
+    fn open_udp_and_request(&mut self, u: usize) -> Result<(), String> {
+        let Some(tcrp) = self.members[u].tcrp.as_ref() else {
+            return Err("no TCRP connection".to_string());
+        };
+        let local = tcrp
+            .stream
+            .local_addr()
+            .map_err(|e| format!("local address: {e}"))?;
+        let std_socket = StdUdpSocket::bind(SocketAddr::new(local.ip(), 0))
+            .map_err(|e| format!("binding a UDP socket on {}: {e}", local.ip()))?;
+        std_socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("UDP non-blocking: {e}"))?;
+        let fd = std_socket.as_raw_fd();
+        let granted = udp::set_recv_buffer(fd, self.cfg.recv_buffer_bytes)
+            .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+        udp::enable_timestamps(fd).map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
+        if let Ok(inode) = udp::inode(fd) {
+            self.udp_inodes.insert(inode);
+        }
+        let udp_addr = std_socket
+            .local_addr()
+            .map_err(|e| format!("UDP local address: {e}"))?;
+        let mut udp = UdpSocket::from_std(std_socket);
+        self.poll
+            .registry()
+            .register(
+                &mut udp,
+                Token(1 + u),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("register UDP: {e}"))?;
+        let b = &mut self.recv_buffers;
+        b.sockets += 1;
+        b.granted_min_bytes = b.granted_min_bytes.min(granted);
+        b.granted_max_bytes = b.granted_max_bytes.max(granted);
+        if granted < self.cfg.recv_buffer_bytes {
+            b.capped_sockets += 1;
+        }
+        let room = &self.room_names[self.members[u].room];
+        let member = &mut self.members[u];
+        let request = wire::request(
+            wire::operation(member.is_host),
+            room,
+            &member.name,
+            udp_addr,
+        );
+        member.udp = Some(udp);
+        // Optimistic: a send that would block says so and waits for the writable edge.
+        member.writable = true;
+        if let Some(tcrp) = member.tcrp.as_mut() {
+            tcrp.out = request;
+            tcrp.written = 0;
+        }
+        Ok(())
+    }
+
+    fn write_request(&mut self, u: usize) {
+        let Some(tcrp) = self.members[u].tcrp.as_mut() else {
+            return;
+        };
+        let mut failure = None;
+        while tcrp.connected && tcrp.writable && tcrp.written < tcrp.out.len() {
+            match tcrp.stream.write(&tcrp.out[tcrp.written..]) {
+                Ok(0) => {
+                    failure = Some("write returned 0".to_string());
+                    break;
+                }
+                Ok(n) => tcrp.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcrp.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(format!("write: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
+    }
+
+    fn read_answer(&mut self, u: usize) {
+        loop {
+            let Some(tcrp) = self.members[u].tcrp.as_mut() else {
+                return;
+            };
+            let n = match tcrp.stream.read(&mut self.recv_buf) {
+                Ok(0) => {
+                    let got = tcrp.inbuf.len();
+                    self.fail(u, ErrorKind::Connect, || {
+                        format!("the server closed the TCRP connection after {got} answer bytes")
+                    });
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tcrp.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.fail(u, ErrorKind::Read, || format!("TCRP read: {e}"));
+                    return;
+                }
+            };
+            tcrp.inbuf.extend_from_slice(&self.recv_buf[..n]);
+            let now_us = self.clock.now_us();
+            loop {
+                let Some(tcrp) = self.members[u].tcrp.as_mut() else {
+                    return;
+                };
+                let answer = match codec::decode_answer(&mut tcrp.inbuf, TCRP_ANSWER_BYTES_MAX) {
+                    Ok(Some(answer)) => answer,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fail(u, ErrorKind::Protocol, || format!("TCRP answer: {e}"));
+                        return;
+                    }
+                };
+                let member = &self.members[u];
+                let operation = wire::operation(member.is_host);
+                match wire::judge_answer(&answer, operation, &self.room_names[member.room]) {
+                    Answer::Acknowledged => self.tcrp_acknowledgements += 1,
+                    Answer::Granted(token) => {
+                        self.on_granted(u, token, now_us);
+                        return;
+                    }
+                    Answer::Refused(why) => {
+                        let what = if member.is_host { "create" } else { "join" };
+                        self.fail(u, ErrorKind::Protocol, || format!("{what}: {why}"));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_granted(&mut self, u: usize, token: Bytes, now_us: u64) {
+        let member = &mut self.members[u];
+        member.token = token;
+        member.phase = MemberPhase::Joined;
+        let latency = now_us.saturating_sub(member.request_intended_us);
+        let is_host = member.is_host;
+        let room = member.room;
+        if let Some(mut tcrp) = member.tcrp.take() {
+            let _ = self.poll.registry().deregister(&mut tcrp.stream);
+        }
+        self.settle(u);
+        if is_host {
+            self.latency.create.record(latency);
+            self.room_created[room] = true;
+            let first = room * self.cfg.members;
+            for guest in first + 1..first + self.cfg.members {
+                self.start_request(guest, now_us);
+            }
+        } else {
+            self.latency.join.record(latency);
+        }
+    }
+
+    fn start_chat(&mut self, now_us: u64) -> Result<(), OcmError> {
+        self.rooms_end_us = now_us;
+        self.senders = (0..self.total())
+            .filter(|&u| self.members[u].phase == MemberPhase::Joined)
+            .collect();
+        if !self.room_created.iter().any(|&c| c) {
+            let why = self
+                .errors
+                .first
+                .first()
+                .map_or_else(|| "no room was created".to_string(), |(_, w)| w.clone());
+            return Err(OcmError::Unreachable(why));
+        }
+        for (ordinal, &u) in self.senders.iter().enumerate() {
+            self.members[u].sender = Some(ordinal as u32);
+            self.accounting.set_receiver(u);
+        }
+        self.plan = Some(Plan::new(
+            self.senders.len() as u32,
+            self.cfg.rate_per_s,
+            now_us + START_DELAY_US,
+            self.cfg.warmup_us,
+            self.cfg.duration_us,
+        ));
+        self.phase = Phase::Chat;
+        Ok(())
+    }
+
+    fn send_due(&mut self) {
+        self.received_since_send_check = 0;
+        if self.phase != Phase::Chat {
+            return;
+        }
+        // A copy (a few integers): the loop below needs `self` mutably.
+        let Some(plan) = self.plan.clone() else {
+            return;
+        };
+        let now_us = self.clock.now_us();
+        while self.next_g < plan.messages {
+            let intended_us = plan.intended_us(self.next_g);
+            if intended_us > now_us {
+                break;
+            }
+            let g = self.next_g;
+            self.next_g += 1;
+            let u = self.senders[plan.sender_of(g) as usize];
+            if !plan.is_warmup(intended_us) {
+                self.latency
+                    .schedule_lateness
+                    .record(now_us.saturating_sub(intended_us));
+            }
+            if self.members[u].phase != MemberPhase::Joined {
+                self.not_sent_connection_lost += 1;
+                continue;
+            }
+            self.enqueue(
+                u,
+                Pending::Chat {
+                    g,
+                    intended_us,
+                    noticed_us: now_us,
+                },
+            );
+        }
+        self.flush_dirty();
+    }
+
+    fn start_exit(&mut self, now_us: u64) {
+        self.exit_phase_start_us = Some(now_us);
+        self.exit_start_us = now_us + START_DELAY_US;
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        let mut guests = Vec::new();
+        let mut hosts = Vec::new();
+        for r in 0..self.cfg.rooms {
+            let first = r * self.cfg.members;
+            let joined: Vec<usize> = (first..first + self.cfg.members)
+                .filter(|&u| self.members[u].phase == MemberPhase::Joined)
+                .collect();
+            if joined.first() != Some(&first) {
+                continue; // no host, no room
+            }
+            let plan = wire::exit_plan(&joined, &names, &self.room_names[r]);
+            for (receiver, leave) in plan.expected {
+                self.members[receiver].leaves.push(leave);
+                self.leaves_expected += 1;
+            }
+            if let Some((&host, room_guests)) = plan.leavers.split_last() {
+                guests.extend_from_slice(room_guests);
+                hosts.push(host);
+            }
+        }
+        guests.extend(hosts);
+        self.exit_order = guests;
+        for i in 0..self.exit_order.len() {
+            let intended_us = self.exit_intended_us(i);
+            self.members[self.exit_order[i]].exit_intended_us = intended_us;
+        }
+        self.phase = Phase::Exit;
+    }
+
+    fn send_exits_due(&mut self) {
+        let now_us = self.clock.now_us();
+        while self.next_exit < self.exit_order.len()
+            && self.exit_intended_us(self.next_exit) <= now_us
+        {
+            let u = self.exit_order[self.next_exit];
+            self.next_exit += 1;
+            if self.members[u].phase != MemberPhase::Joined {
+                continue;
+            }
+            self.members[u].phase = MemberPhase::Left;
+            self.enqueue(u, Pending::Exit);
+        }
+        self.flush_dirty();
+    }
+
+    /// Queues a datagram behind the member's earlier ones; the flush sends it.
+    fn enqueue(&mut self, u: usize, pending: Pending) {
+        let member = &mut self.members[u];
+        // An exit is never dropped: one more datagram past the cap.
+        if member.queue.len() >= SEND_QUEUE_MESSAGES_MAX && matches!(pending, Pending::Chat { .. })
+        {
+            self.not_sent_queue_full += 1;
+            return;
+        }
+        member.queue.push_back(pending);
+        self.mark_dirty(u);
+    }
+
+    fn mark_dirty(&mut self, u: usize) {
+        if !self.members[u].dirty {
+            self.members[u].dirty = true;
+            self.dirty.push(u);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for u in std::mem::take(&mut self.dirty) {
+            self.members[u].dirty = false;
+            self.flush(u);
+        }
+    }
+
+    /// Sends the member's queued datagrams until its socket would block.
+    fn flush(&mut self, u: usize) {
+        while self.members[u].writable {
+            let Some(pending) = self.members[u].queue.front().copied() else {
+                return;
+            };
+            let datagram = match pending {
+                Pending::Chat { g, intended_us, .. } => {
+                    let Some(plan) = self.plan.as_ref() else {
+                        return;
+                    };
+                    let stamp = Stamp {
+                        run_id: self.cfg.run_id,
+                        sender: u as u32,
+                        seq: (g / u64::from(plan.senders)) as u32,
+                        intended_us,
+                    };
+                    let message = &mut self.message_buf[..self.cfg.message_bytes];
+                    let _ = stamp::write(message, &stamp); // sized by the checked arguments
+                    let member = &self.members[u];
+                    wire::datagram(&self.room_names[member.room], &member.token, message)
+                }
+                Pending::Exit => {
+                    let member = &self.members[u];
+                    wire::datagram(
+                        &self.room_names[member.room],
+                        &member.token,
+                        codec::EXIT_MESSAGE,
+                    )
+                }
+            };
+            let Some(datagram) = datagram else {
+                // Cannot happen: the message size is checked against the datagram limit.
+                self.members[u].queue.pop_front();
+                self.not_sent_queue_full += 1;
+                continue;
+            };
+            let member = &mut self.members[u];
+            let Some(udp) = member.udp.as_ref() else {
+                return;
+            };
+            let attempt_us = self.clock.now_us();
+            match udp.send_to(&datagram, self.cfg.udp_target) {
+                Ok(_) => {
+                    member.queue.pop_front();
+                    let done_us = self.clock.now_us();
+                    self.on_datagram_sent(u, pending, attempt_us, done_us);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => member.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    member.queue.pop_front();
+                    if matches!(pending, Pending::Chat { .. }) {
+                        self.not_sent_connection_lost += 1;
+                    }
+                    let name = member.name.clone();
+                    self.errors
+                        .count(ErrorKind::Write, || format!("member {name}: sendto: {e}"));
+                }
+            }
+        }
+    }
+
+    fn on_datagram_sent(&mut self, u: usize, pending: Pending, attempt_us: u64, done_us: u64) {
+        let Pending::Chat {
+            intended_us,
+            noticed_us,
+            ..
+        } = pending
+        else {
+            self.exits_sent += 1;
+            return;
+        };
+        self.sent += 1;
+        self.accounting.on_sent(u);
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if !plan.is_warmup(intended_us) {
+            self.latency
+                .socket_blocked
+                .record(attempt_us.saturating_sub(noticed_us));
+            self.latency
+                .send_lag
+                .record(done_us.saturating_sub(intended_us));
+        }
+        if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+            self.sent_in_window += 1;
+        }
+    }
+
+    fn drive_udp(&mut self, u: usize) {
+        if self.members[u].udp.is_none() {
+            return;
+        }
+        if self.members[u].readable {
+            self.receive(u);
+        }
+        if self.members[u].writable && !self.members[u].queue.is_empty() {
+            self.flush(u);
+        }
+    }
+
+    fn receive(&mut self, u: usize) {
+        let mut budget = RECV_BUDGET_DATAGRAMS;
+        while budget > 0 {
+            let Some(udp) = self.members[u].udp.as_ref() else {
+                return;
+            };
+            let n = match self.batch.recv(udp.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.members[u].readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // UDP reports errors of earlier sends here (ICMP): counted, not fatal.
+                    let name = self.members[u].name.clone();
+                    self.errors
+                        .count(ErrorKind::Read, || format!("member {name}: recvmmsg: {e}"));
+                    budget -= 1;
+                    continue;
+                }
+            };
+            // One reading of each clock per batch: its datagrams were all read just now.
+            let now_us = self.clock.now_us();
+            let now_realtime_ns = udp::realtime_ns();
+            for i in 0..n {
+                let facts = self.batch.facts(i);
+                let datagram = self.batch.datagram(i);
+                let len = datagram.len();
+                self.recv_buf[..len].copy_from_slice(datagram);
+                match facts.queued_realtime_ns {
+                    Some(queued_ns) => self
+                        .latency
+                        .receive_lag
+                        .record(now_realtime_ns.saturating_sub(queued_ns) / 1_000),
+                    None => self.recv_buffers.without_timestamp += 1,
+                }
+                self.on_text(u, facts.from, len, now_us);
+            }
+            budget = budget.saturating_sub(n);
+            self.received_since_send_check += n;
+            if self.received_since_send_check >= DATAGRAMS_PER_SEND_CHECK {
+                self.send_due();
+            }
+            if n < self.batch.slots() {
+                // The call stopped where the next read would block: drained. A datagram that
+                // arrives later raises a new edge.
+                self.members[u].readable = false;
+                return;
+            }
+        }
+        // Budget spent with the socket still readable: no new edge will come for it.
+        self.still_ready.push(u);
+    }
+
+    /// One datagram of `n` bytes (in `recv_buf`) arrived at member `u`.
+    fn on_text(&mut self, u: usize, from: Option<SocketAddr>, n: usize, now_us: u64) {
+        if from != Some(self.cfg.udp_target) {
+            self.foreign_texts += 1;
+            return;
+        }
+        let text = &self.recv_buf[..n];
+        if n > codec::TEXT_BYTES_MAX {
+            let name = self.members[u].name.clone();
+            self.errors.count(ErrorKind::Protocol, || {
+                format!("member {name}: a {n}-byte datagram, over the contract's 4094")
+            });
+            return;
+        }
+        if let Some((name, message)) = wire::split_chat(text) {
+            match stamp::read(message, self.cfg.run_id) {
+                stamp::Read::Ours(stamp) => {
+                    let name_end = name.len();
+                    self.on_chat(u, name_end, &stamp, now_us);
+                    return;
+                }
+                stamp::Read::Malformed(why) => {
+                    let me = self.members[u].name.clone();
+                    self.errors
+                        .count(ErrorKind::Protocol, || format!("member {me}: {why}"));
+                    return;
+                }
+                stamp::Read::Foreign => {}
+            }
+        }
+        match wire::match_leave(&mut self.members[u].leaves, &self.recv_buf[..n]) {
+            LeaveMatch::Expected(i) => {
+                let leaver = self.members[u].leaves[i].leaver;
+                self.leaves_received += 1;
+                self.latency
+                    .leave
+                    .record(now_us.saturating_sub(self.members[leaver].exit_intended_us));
+            }
+            LeaveMatch::Again => {
+                self.leaves_again += 1;
+                let me = self.members[u].name.clone();
+                self.errors.count(ErrorKind::Protocol, || {
+                    format!("member {me}: the same leave text twice")
+                });
+            }
+            LeaveMatch::Unexpected => {
+                let me = self.members[u].name.clone();
+                let text = String::from_utf8_lossy(&self.recv_buf[..n.min(200)]).into_owned();
+                self.errors.count(ErrorKind::Protocol, || {
+                    format!("member {me}: a text it should not get: {text:?}")
+                });
+            }
+        }
+    }
+
+    /// A chat text from `recv_buf[..name_end]` carrying this run's `stamp` arrived at `u`.
+    fn on_chat(&mut self, u: usize, name_end: usize, stamp: &Stamp, now_us: u64) {
+        let sender = stamp.sender as usize;
+        if sender == u {
+            self.echoes += 1;
+            let me = self.members[u].name.clone();
+            self.errors.count(ErrorKind::Protocol, || {
+                format!("member {me} got its own message back")
+            });
+            return;
+        }
+        let Some(g) = self.check_chat(u, name_end, stamp) else {
+            let me = self.members[u].name.clone();
+            let name = String::from_utf8_lossy(&self.recv_buf[..name_end]).into_owned();
+            let stamp = *stamp;
+            self.errors.count(ErrorKind::Protocol, || {
+                format!(
+                    "member {me}: a message that does not match the plan (from {name}, {stamp:?})"
+                )
+            });
+            return;
+        };
+        if self.accounting.on_delivered(u, sender, stamp.seq) == Arrival::Duplicate {
+            return; // counted, timed once
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if !plan.is_warmup(plan.intended_us(g)) {
+            self.latency
+                .delivery
+                .record(now_us.saturating_sub(stamp.intended_us));
+        }
+        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+            self.delivered_in_window += 1;
+        }
+    }
+
+    /// The plan number of a chat delivery, if its name, room and stamp agree with the plan.
+    fn check_chat(&self, u: usize, name_end: usize, stamp: &Stamp) -> Option<u64> {
+        let name = &self.recv_buf[..name_end];
+        let plan = self.plan.as_ref()?;
+        let sender = stamp.sender as usize;
+        if !self.accounting.same_room(u, sender) {
+            return None;
+        }
+        let sender_member = &self.members[sender];
+        let ordinal = sender_member.sender?;
+        let g = u64::from(stamp.seq) * u64::from(plan.senders) + u64::from(ordinal);
+        let agrees = name == sender_member.name.as_bytes()
+            && g < plan.messages
+            && plan.intended_us(g) == stamp.intended_us;
+        agrees.then_some(g)
+    }
+
+    /// Counts the error and takes the member out of the run.
+    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
+        if self.members[u].phase == MemberPhase::Failed {
+            return;
+        }
+        let member = &mut self.members[u];
+        member.phase = MemberPhase::Failed;
+        for pending in member.queue.drain(..) {
+            if matches!(pending, Pending::Chat { .. }) {
+                self.not_sent_connection_lost += 1;
+            }
+        }
+        if let Some(mut tcrp) = member.tcrp.take() {
+            let _ = self.poll.registry().deregister(&mut tcrp.stream);
+        }
+        if let Some(mut udp) = member.udp.take() {
+            let _ = self.poll.registry().deregister(&mut udp);
+        }
+        let name = member.name.clone();
+        let is_host = member.is_host;
+        let room = member.room;
+        self.errors
+            .count(kind, || format!("member {name}: {}", describe()));
+        self.settle(u);
+        // A host that could not create its room takes its guests with it.
+        if is_host && !self.room_created[room] {
+            let first = room * self.cfg.members;
+            for guest in first + 1..first + self.cfg.members {
+                self.members[guest].phase = MemberPhase::Failed;
+                self.settle(guest);
+            }
+        }
+    }
+
+    fn progress_line(&self, now_us: u64) {
+        let elapsed_s = now_us.saturating_sub(self.rooms_start_us) as f64 / 1e6;
+        let what = match self.phase {
+            Phase::Rooms => format!(
+                "rooms: {} of {} created, {} of {} members joined",
+                self.room_created.iter().filter(|&&c| c).count(),
+                self.cfg.rooms,
+                self.members
+                    .iter()
+                    .filter(|m| m.phase == MemberPhase::Joined)
+                    .count(),
+                self.total()
+            ),
+            Phase::Chat | Phase::Drain { .. } => format!(
+                "sent {} of {}, deliveries outstanding {}",
+                self.sent,
+                self.plan.as_ref().map_or(0, |p| p.messages),
+                self.accounting.outstanding()
+            ),
+            Phase::Exit | Phase::ExitWait { .. } => format!(
+                "exits {} of {}, leave texts {} of {}",
+                self.exits_sent,
+                self.exit_order.len(),
+                self.leaves_received,
+                self.leaves_expected
+            ),
+            Phase::Done => String::new(),
+        };
+        eprint!(
+            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
+            self.errors.total()
+        );
+    }
+
+    fn finish(mut self) -> OcmOutcome {
+        let end_us = self.clock.now_us();
+        // While the sockets are still open, so the kernel still lists them.
+        self.recv_buffers.dropped = udp::drops(&self.udp_inodes);
+        let mut not_sent_at_end = 0;
+        for member in &mut self.members {
+            not_sent_at_end += member
+                .queue
+                .iter()
+                .filter(|p| matches!(p, Pending::Chat { .. }))
+                .count() as u64;
+            if let Some(mut udp) = member.udp.take() {
+                let _ = self.poll.registry().deregister(&mut udp);
+            }
+            if let Some(mut tcrp) = member.tcrp.take() {
+                let _ = self.poll.registry().deregister(&mut tcrp.stream);
+            }
+        }
+        let done_us = if self.phase == Phase::Done {
+            self.done_us
+        } else {
+            end_us
+        };
+        let members_not_attempted = self
+            .members
+            .iter()
+            .filter(|m| m.phase == MemberPhase::Failed && !m.is_host)
+            .filter(|m| !self.room_created[m.room])
+            .count();
+        let mut recv_buffers = self.recv_buffers;
+        if recv_buffers.sockets == 0 {
+            recv_buffers.granted_min_bytes = 0;
+        }
+        OcmOutcome {
+            rooms_requested: self.cfg.rooms,
+            rooms_created: self.room_created.iter().filter(|&&c| c).count(),
+            members_requested: self.total(),
+            members_joined: self.senders.len(),
+            members_not_attempted,
+            tcrp_acknowledgements: self.tcrp_acknowledgements,
+            plan: self
+                .plan
+                .clone()
+                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            latency: self.latency,
+            counts: self.accounting.counts,
+            losses: self.accounting.losses(),
+            echoes: self.echoes,
+            errors: self.errors,
+            sent: self.sent,
+            sent_in_window: self.sent_in_window,
+            delivered_in_window: self.delivered_in_window,
+            not_sent_queue_full: self.not_sent_queue_full,
+            not_sent_connection_lost: self.not_sent_connection_lost,
+            not_sent_at_end,
+            foreign_texts: self.foreign_texts,
+            exits_planned: self.exit_order.len() as u64,
+            exits_sent: self.exits_sent,
+            leaves_expected: self.leaves_expected,
+            leaves_received: self.leaves_received,
+            leaves_again: self.leaves_again,
+            recv_buffers,
+            rooms_phase_us: self.rooms_end_us.saturating_sub(self.rooms_start_us),
+            drain_used_us: self.drain_start_us.map_or(0, |start| {
+                self.exit_phase_start_us
+                    .unwrap_or(done_us)
+                    .saturating_sub(start)
+            }),
+            drain_timed_out: self.drain_timed_out,
+            exit_used_us: self
+                .exit_phase_start_us
+                .map_or(0, |start| done_us.saturating_sub(start)),
+            exit_timed_out: self.exit_timed_out,
+        }
+    }
+}

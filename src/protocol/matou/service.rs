@@ -1,0 +1,435 @@
+//! The MATOU server logic, sans-io: bytes in; sends and closes out.
+//!
+//! The server keeps the public room (accepted users, by name) and brokers private links: it
+//! remembers which requests are pending and which were accepted, and hands each side the
+//! other's address. The private traffic itself never comes through here.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use bytes::{Bytes, BytesMut};
+use log::debug;
+
+use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
+use crate::chat::{ConnId, ConnMap, MemberList};
+use crate::protocol::{CloseMode, CloseReason, Outbox};
+
+#[derive(Clone, Debug)]
+pub struct MatouConfig {
+    /// Longest user name, in bytes of its UTF-8 form (the seed's 32).
+    pub name_bytes_max: usize,
+    /// Longest public message, in bytes of its UTF-8 form (the seed's 512).
+    pub message_bytes_max: usize,
+    /// The framing limit for any string: over it the stream is dropped; between the name or
+    /// message limit and this one the request is refused and the connection stays.
+    pub string_bytes_max: usize,
+    /// Private requests one user may have waiting for an answer at once.
+    pub pending_requests_per_user_max: usize,
+}
+
+impl Default for MatouConfig {
+    fn default() -> Self {
+        MatouConfig {
+            name_bytes_max: 32,
+            message_bytes_max: 512,
+            string_bytes_max: 4096,
+            pending_requests_per_user_max: 64,
+        }
+    }
+}
+
+/// Where a private link between Src and Dst stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// Src asked; Dst has not accepted.
+    Pending,
+    /// Dst accepted and Src has Dst's address; the server waits for Src's ports.
+    Accepted,
+}
+
+/// A connection whose name was accepted.
+#[derive(Debug)]
+struct User {
+    name: Bytes,
+    /// Index in [`MatouService::members`].
+    member_index: usize,
+    /// The links this user asked for (as Src), by Dst.
+    links_out: HashMap<ConnId, Link>,
+    /// How many of `links_out` are [`Link::Pending`], the number the limit is on.
+    pending_count: usize,
+    /// The users who asked this one (as Dst) for a link, so that leaving can drop their links
+    /// without a scan of every user.
+    links_in: HashSet<ConnId>,
+}
+
+#[derive(Debug)]
+struct MatouConn {
+    /// The peer's IP as the PRIVATE_*_ADDRESS packets carry it: 4 or 16 bytes.
+    address: Bytes,
+    user: Option<User>,
+    /// A close was asked for (sign-out or protocol error): further input is ignored.
+    closing: bool,
+}
+
+pub struct MatouService {
+    config: MatouConfig,
+    limits: Limits,
+    conns: ConnMap<MatouConn>,
+    /// Accepted users by name.
+    users: HashMap<Bytes, ConnId>,
+    /// Accepted users, for fan-out without walking a hash map.
+    members: MemberList,
+}
+
+impl MatouService {
+    pub fn new(config: MatouConfig) -> Self {
+        let limits = Limits {
+            string_bytes_max: config.string_bytes_max,
+            ..Limits::default()
+        };
+        MatouService {
+            config,
+            limits,
+            conns: ConnMap::new(),
+            users: HashMap::new(),
+            members: MemberList::default(),
+        }
+    }
+
+    /// Accepted users.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// A connection from `peer_ip` was accepted. Its address is what a private link partner
+    /// will be told to connect to: an IPv4-mapped IPv6 address (a dual-stack listener) is
+    /// given as the IPv4 address it is, 4 bytes.
+    pub fn on_accept(&mut self, id: ConnId, peer_ip: IpAddr) {
+        let address = match peer_ip.to_canonical() {
+            IpAddr::V4(v4) => Bytes::copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => Bytes::copy_from_slice(&v6.octets()),
+        };
+        self.conns.insert(
+            id,
+            MatouConn {
+                address,
+                user: None,
+                closing: false,
+            },
+        );
+    }
+
+    /// Bytes arrived: every complete packet in `input` is handled; a partial one is left there
+    /// for the next call.
+    pub fn on_data<O: Outbox>(&mut self, id: ConnId, input: &mut BytesMut, out: &mut O) {
+        loop {
+            match self.conns.get(id) {
+                Some(conn) if !conn.closing => {}
+                _ => {
+                    input.clear();
+                    return;
+                }
+            }
+            let packet = match codec::decode_from_client(input, &self.limits) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return,
+                Err(err) => {
+                    self.fail(id, err, out);
+                    input.clear();
+                    return;
+                }
+            };
+            out.count_frame_in();
+            self.on_packet(id, packet, out);
+        }
+    }
+
+    /// `id` is gone, whoever closed it. If it was still signed in (EOF, reset), the others
+    /// learn it left; after a sign-out or a protocol error they already did.
+    pub fn on_close<O: Outbox>(&mut self, id: ConnId, out: &mut O) {
+        self.sign_off(id, out);
+        self.conns.remove(id);
+    }
+
+    fn on_packet<O: Outbox>(&mut self, id: ConnId, packet: Packet, out: &mut O) {
+        let signed_in = self.user(id).is_some();
+        match packet {
+            Packet::ConnectRequest { username } if !signed_in => self.connect(id, &username, out),
+            Packet::ConnectRequest { .. } => self.refuse(
+                id,
+                ErrorCode::AlreadySignedIn,
+                "this connection is already signed in",
+                out,
+            ),
+            _ if !signed_in => self.refuse(
+                id,
+                ErrorCode::NotSignedIn,
+                "send CONNECT_REQUEST and wait for acceptance first",
+                out,
+            ),
+            Packet::PublicMessage { message } => self.public_message(id, &message, out),
+            Packet::PrivateRequest { username } => self.private_request(id, &username, out),
+            Packet::PrivateAccept { username } => self.private_accept(id, &username, out),
+            Packet::PrivateSrcPorts {
+                username,
+                message_port,
+                file_port,
+            } => self.private_src_ports(id, &username, message_port, file_port, out),
+            Packet::PublicSignOut => {
+                self.sign_off(id, out);
+                self.close(id, CloseReason::Done, out);
+            }
+            // The client decoder yields only the packets above.
+            other => self.fail(id, DecodeError::UnknownType(other.packet_type()), out),
+        }
+    }
+
+    /// A name is accepted when it is free, 1..=name_bytes_max bytes of UTF-8, and every
+    /// character is alphanumeric in Unicode's sense (`char::is_alphanumeric`: letters and
+    /// digits of any script, so "José" and "Łukasz" are names). The seed says "alphanumeric"
+    /// and its strings are UTF-8, so ASCII-only would refuse names the seed allows.
+    fn connect<O: Outbox>(&mut self, id: ConnId, name: &[u8], out: &mut O) {
+        let valid = !name.is_empty()
+            && name.len() <= self.config.name_bytes_max
+            && std::str::from_utf8(name).is_ok_and(|s| s.chars().all(char::is_alphanumeric));
+        if !valid || self.users.contains_key(name) {
+            debug!("{id}: name refused");
+            out.count_rejected();
+            out.send(id, codec::connect_response(false));
+            return;
+        }
+        // A copy, so that a name held for the whole session does not pin the read buffer it
+        // arrived in.
+        let name = Bytes::copy_from_slice(name);
+        let member_index = self.members.push(id);
+        self.users.insert(name.clone(), id);
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.user = Some(User {
+                name: name.clone(),
+                member_index,
+                links_out: HashMap::new(),
+                pending_count: 0,
+                links_in: HashSet::new(),
+            });
+        }
+        out.send(id, codec::connect_response(true));
+        self.broadcast(codec::connect_notify(&name), out);
+    }
+
+    fn public_message<O: Outbox>(&mut self, id: ConnId, message: &[u8], out: &mut O) {
+        let problem = if message.len() > self.config.message_bytes_max {
+            Some("the message is over the size limit")
+        } else {
+            match std::str::from_utf8(message) {
+                Err(_) => Some("the message is not UTF-8"),
+                Ok(text) if text.chars().any(char::is_control) => {
+                    Some("the message has a control character")
+                }
+                Ok(_) => None,
+            }
+        };
+        if let Some(reason) = problem {
+            self.refuse(id, ErrorCode::InvalidMessage, reason, out);
+            return;
+        }
+        let Some(user) = self.user(id) else {
+            return;
+        };
+        let frame = codec::public_broadcast(&user.name, message);
+        self.broadcast(frame, out);
+    }
+
+    /// Src (`id`) asks Dst for a private link.
+    fn private_request<O: Outbox>(&mut self, id: ConnId, dst_name: &[u8], out: &mut O) {
+        let Some(&dst) = self.users.get(dst_name) else {
+            self.refuse(id, ErrorCode::UnknownUser, "no user has that name", out);
+            return;
+        };
+        if dst == id {
+            self.refuse(
+                id,
+                ErrorCode::RequestToSelf,
+                "a private link to oneself",
+                out,
+            );
+            return;
+        }
+        let pending_max = self.config.pending_requests_per_user_max;
+        let Some(src) = self.user_mut(id) else {
+            return;
+        };
+        // Asking again while pending only repeats the notification; asking again after an
+        // accept starts over, so Dst must accept again.
+        if src.links_out.get(&dst) != Some(&Link::Pending) {
+            if src.pending_count >= pending_max {
+                self.refuse(
+                    id,
+                    ErrorCode::TooManyPendingRequests,
+                    "too many private requests are waiting for an answer",
+                    out,
+                );
+                return;
+            }
+            src.links_out.insert(dst, Link::Pending);
+            src.pending_count += 1;
+        }
+        let notify = codec::private_request_notify(&src.name);
+        if let Some(dst_user) = self.user_mut(dst) {
+            dst_user.links_in.insert(id);
+        }
+        out.send(dst, notify);
+    }
+
+    /// Dst (`id`) accepts Src's request: Src gets Dst's address.
+    fn private_accept<O: Outbox>(&mut self, id: ConnId, src_name: &[u8], out: &mut O) {
+        let src = self.users.get(src_name).copied();
+        let link = src.and_then(|src| self.user_mut(src)).and_then(|src_user| {
+            let link = src_user.links_out.get_mut(&id)?;
+            if *link != Link::Pending {
+                return None;
+            }
+            *link = Link::Accepted;
+            src_user.pending_count = src_user.pending_count.saturating_sub(1);
+            Some(())
+        });
+        let (Some(src), Some(())) = (src, link) else {
+            self.refuse(
+                id,
+                ErrorCode::NoPendingRequest,
+                "that user has no pending private request to you",
+                out,
+            );
+            return;
+        };
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let Some(dst_user) = &conn.user else {
+            return;
+        };
+        out.send(
+            src,
+            codec::private_dst_address(&dst_user.name, &conn.address),
+        );
+    }
+
+    /// Src (`id`) gives the ports it listens on: Dst gets Src's address and ports, and the
+    /// server's part in this link is over.
+    fn private_src_ports<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        dst_name: &[u8],
+        message_port: i32,
+        file_port: i32,
+        out: &mut O,
+    ) {
+        let port_range = 1..=i32::from(u16::MAX);
+        if !port_range.contains(&message_port) || !port_range.contains(&file_port) {
+            self.refuse(id, ErrorCode::BadPort, "a port outside 1..=65535", out);
+            return;
+        }
+        let dst = self.users.get(dst_name).copied();
+        let accepted = dst.is_some_and(|dst| {
+            self.user(id)
+                .is_some_and(|src| src.links_out.get(&dst) == Some(&Link::Accepted))
+        });
+        let (Some(dst), true) = (dst, accepted) else {
+            self.refuse(
+                id,
+                ErrorCode::LinkNotAccepted,
+                "that user has not accepted a private link with you",
+                out,
+            );
+            return;
+        };
+        if let Some(src) = self.user_mut(id) {
+            src.links_out.remove(&dst);
+        }
+        if let Some(dst_user) = self.user_mut(dst) {
+            dst_user.links_in.remove(&id);
+        }
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let Some(src_user) = &conn.user else {
+            return;
+        };
+        out.send(
+            dst,
+            codec::private_src_address(&src_user.name, &conn.address, message_port, file_port),
+        );
+    }
+
+    /// An ERROR answer for a refused request; the connection stays.
+    fn refuse<O: Outbox>(&mut self, id: ConnId, code: ErrorCode, reason: &str, out: &mut O) {
+        debug!("{id}: refused: {reason}");
+        out.count_rejected();
+        out.send(id, codec::error(code, reason.as_bytes()));
+    }
+
+    /// The stream can no longer be trusted: ERROR, close once it is written, and the others
+    /// learn this user left.
+    fn fail<O: Outbox>(&mut self, id: ConnId, err: DecodeError, out: &mut O) {
+        debug!("{id}: {err}");
+        out.count_rejected();
+        out.send(
+            id,
+            codec::error(err.error_code(), err.to_string().as_bytes()),
+        );
+        self.sign_off(id, out);
+        self.close(id, CloseReason::ProtocolError, out);
+    }
+
+    /// Close after flush, and ignore whatever else the connection sends meanwhile.
+    fn close<O: Outbox>(&mut self, id: ConnId, reason: CloseReason, out: &mut O) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.closing = true;
+        }
+        out.close(id, reason, CloseMode::AfterFlush);
+    }
+
+    /// If `id` is signed in: free its name, drop every link it is part of, and tell the other
+    /// users it left. Does nothing the second time, so a sign-out followed by the close it
+    /// causes notifies once.
+    fn sign_off<O: Outbox>(&mut self, id: ConnId, out: &mut O) {
+        let Some(user) = self.conns.get_mut(id).and_then(|conn| conn.user.take()) else {
+            return;
+        };
+        if self.users.get(&user.name) == Some(&id) {
+            self.users.remove(&user.name);
+        }
+        if let Some(moved) = self.members.remove(user.member_index) {
+            if let Some(moved_user) = self.user_mut(moved) {
+                moved_user.member_index = user.member_index;
+            }
+        }
+        for dst in user.links_out.keys() {
+            if let Some(dst_user) = self.user_mut(*dst) {
+                dst_user.links_in.remove(&id);
+            }
+        }
+        for src in &user.links_in {
+            if let Some(src_user) = self.user_mut(*src) {
+                if src_user.links_out.remove(&id) == Some(Link::Pending) {
+                    src_user.pending_count = src_user.pending_count.saturating_sub(1);
+                }
+            }
+        }
+        self.broadcast(codec::sign_out_notify(&user.name), out);
+    }
+
+    /// One encoded frame to every accepted user: each gets a reference-counted clone.
+    fn broadcast<O: Outbox>(&self, frame: Bytes, out: &mut O) {
+        for &to in self.members.as_slice() {
+            out.send(to, frame.clone());
+        }
+    }
+
+    fn user(&self, id: ConnId) -> Option<&User> {
+        self.conns.get(id)?.user.as_ref()
+    }
+
+    fn user_mut(&mut self, id: ConnId) -> Option<&mut User> {
+        self.conns.get_mut(id)?.user.as_mut()
+    }
+}

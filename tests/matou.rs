@@ -1,0 +1,343 @@
+//! MATOU over real sockets: the real server on an ephemeral port, clients played by the test.
+//!
+//! Packets are built and read here by hand from the contract's table (big-endian i32 type,
+//! strings as an i32 byte count and the bytes), not with the library's codec, so a codec bug
+//! cannot hide behind a matching helper. The private part (messages and a file sent directly
+//! between two clients) runs over sockets the test opens itself, with the addresses and ports
+//! the server brokered.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+
+use common::{TestServer, WAIT};
+use switchboard::config::Config;
+
+fn server() -> TestServer {
+    TestServer::start(Config {
+        matou_port: Some(0),
+        ..Config::for_tests()
+    })
+}
+
+fn string(bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn packet(kind: i32, fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = kind.to_be_bytes().to_vec();
+    for field in fields {
+        out.extend_from_slice(field);
+    }
+    out
+}
+
+fn int(value: i32) -> Vec<u8> {
+    value.to_be_bytes().to_vec()
+}
+
+/// A blocking MATOU peer that reads whole packets.
+struct Peer {
+    stream: TcpStream,
+    name: String,
+}
+
+impl Peer {
+    fn connect(server: &TestServer, name: &str) -> Peer {
+        let stream = TcpStream::connect(server.matou.expect("MATOU enabled")).expect("connect");
+        Peer::wrap(stream, name)
+    }
+
+    fn wrap(stream: TcpStream, name: &str) -> Peer {
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Peer {
+            stream,
+            name: name.to_string(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    fn read_exact(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.stream
+            .read_exact(&mut buf)
+            .unwrap_or_else(|err| panic!("{}: reading {len} bytes: {err}", self.name));
+        buf
+    }
+
+    fn int(&mut self) -> i32 {
+        let bytes = self.read_exact(4);
+        i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+
+    fn string(&mut self) -> String {
+        let len = self.int();
+        assert!(
+            (0..=4096).contains(&len),
+            "{}: string size {len}",
+            self.name
+        );
+        String::from_utf8(self.read_exact(len as usize)).expect("UTF-8")
+    }
+
+    fn expect_type(&mut self, expected: i32) {
+        let kind = self.int();
+        assert_eq!(kind, expected, "{}: packet type", self.name);
+    }
+
+    /// Log in; the server must answer `accepted`.
+    fn login(&mut self, name: &str, accepted: bool) {
+        self.send(&packet(1, &[&string(name.as_bytes())]));
+        self.expect_type(2);
+        let answer = self.read_exact(1)[0];
+        assert_eq!(
+            answer,
+            u8::from(accepted),
+            "{}: acceptation for {name}",
+            self.name
+        );
+    }
+
+    fn expect_notify(&mut self, kind: i32, name: &str) {
+        self.expect_type(kind);
+        assert_eq!(self.string(), name, "{}: notification", self.name);
+    }
+
+    fn expect_broadcast(&mut self, from: &str, message: &str) {
+        self.expect_type(5);
+        assert_eq!(self.string(), from);
+        assert_eq!(self.string(), message);
+    }
+
+    /// An ERROR packet; returns its code.
+    fn expect_error(&mut self) -> i32 {
+        self.expect_type(17);
+        let code = self.int();
+        let reason = self.string();
+        assert!(!reason.is_empty());
+        code
+    }
+
+    fn expect_closed(&mut self) {
+        let mut buf = [0u8; 64];
+        match self.stream.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("{}: expected close, got {:?}", self.name, &buf[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(err) => panic!("{}: expected close: {err}", self.name),
+        }
+    }
+}
+
+/// Log in `name` as a new client; everyone in `others` sees its CONNECT_NOTIFY.
+fn arrive(server: &TestServer, name: &str, others: &mut [&mut Peer]) -> Peer {
+    let mut peer = Peer::connect(server, name);
+    peer.login(name, true);
+    peer.expect_notify(3, name);
+    for other in others.iter_mut() {
+        other.expect_notify(3, name);
+    }
+    peer
+}
+
+#[test]
+fn three_clients_log_in_see_each_other_and_broadcast() {
+    let server = server();
+    let mut alice = arrive(&server, "alice", &mut []);
+    // A taken name is refused and the connection stays open for another try; so are names
+    // that are empty, too long or not alphanumeric.
+    let mut bob = Peer::connect(&server, "bob");
+    bob.login("alice", false);
+    bob.login("", false);
+    bob.login(&"b".repeat(33), false);
+    bob.login("bob smith", false);
+    bob.login("bob", true);
+    bob.expect_notify(3, "bob");
+    alice.expect_notify(3, "bob");
+    let mut carol = arrive(&server, "carol", &mut [&mut alice, &mut bob]);
+
+    carol.send(&packet(4, &[&string("hello, all".as_bytes())]));
+    for peer in [&mut alice, &mut bob, &mut carol] {
+        peer.expect_broadcast("carol", "hello, all");
+    }
+    // An invalid message gets ERROR and is not broadcast; the sender stays connected.
+    bob.send(&packet(4, &[&string(b"bad\nline")]));
+    assert_eq!(bob.expect_error(), 3);
+    bob.send(&packet(4, &[&string(&[b'x'; 513])]));
+    assert_eq!(bob.expect_error(), 3);
+    bob.send(&packet(4, &[&string(&[b'y'; 512])]));
+    let longest = "y".repeat(512);
+    for peer in [&mut alice, &mut bob, &mut carol] {
+        peer.expect_broadcast("bob", &longest);
+    }
+}
+
+#[test]
+fn sign_out_and_abrupt_disconnect_notify_the_others() {
+    let server = server();
+    let mut alice = arrive(&server, "alice", &mut []);
+    let mut bob = arrive(&server, "bob", &mut [&mut alice]);
+    let mut carol = arrive(&server, "carol", &mut [&mut alice, &mut bob]);
+
+    bob.send(&packet(15, &[]));
+    bob.expect_closed();
+    alice.expect_notify(16, "bob");
+    carol.expect_notify(16, "bob");
+
+    drop(carol);
+    alice.expect_notify(16, "carol");
+    // bob's name is free again.
+    let _bob = arrive(&server, "bob", &mut [&mut alice]);
+}
+
+#[test]
+fn bad_input_gets_an_error_then_a_close_and_touches_nobody_else() {
+    let server = server();
+    let mut alice = arrive(&server, "alice", &mut []);
+    let mut mallory = arrive(&server, "mallory", &mut [&mut alice]);
+    mallory.send(&packet(99, &[]));
+    assert_eq!(mallory.expect_error(), 1);
+    mallory.expect_closed();
+    alice.expect_notify(16, "mallory");
+
+    // A negative size, before login.
+    let mut eve = Peer::connect(&server, "eve");
+    eve.send(&packet(1, &[&int(-1)]));
+    assert_eq!(eve.expect_error(), 2);
+    eve.expect_closed();
+    // A size over the limit, announced without its body.
+    let mut trudy = Peer::connect(&server, "trudy");
+    trudy.send(&packet(1, &[&int(1 << 30)]));
+    assert_eq!(trudy.expect_error(), 2);
+    trudy.expect_closed();
+
+    alice.send(&packet(4, &[&string(b"still fine")]));
+    alice.expect_broadcast("alice", "still fine");
+}
+
+#[test]
+fn brokering_refuses_what_was_not_asked_for() {
+    let server = server();
+    let mut alice = arrive(&server, "alice", &mut []);
+    let mut bob = arrive(&server, "bob", &mut [&mut alice]);
+    // To oneself, to nobody, an accept with no request, ports with no accepted pair.
+    alice.send(&packet(6, &[&string(b"alice")]));
+    assert_eq!(alice.expect_error(), 5);
+    alice.send(&packet(6, &[&string(b"nobody")]));
+    assert_eq!(alice.expect_error(), 4);
+    bob.send(&packet(8, &[&string(b"alice")]));
+    assert_eq!(bob.expect_error(), 6);
+    alice.send(&packet(10, &[&string(b"bob"), &int(5000), &int(5001)]));
+    assert_eq!(alice.expect_error(), 7);
+    // A request whose requester signs out before the accept: the accept is refused.
+    let mut carol = arrive(&server, "carol", &mut [&mut alice, &mut bob]);
+    carol.send(&packet(6, &[&string(b"bob")]));
+    bob.expect_notify(7, "carol");
+    carol.send(&packet(15, &[]));
+    carol.expect_closed();
+    bob.expect_notify(16, "carol");
+    alice.expect_notify(16, "carol");
+    bob.send(&packet(8, &[&string(b"carol")]));
+    assert_eq!(bob.expect_error(), 6);
+}
+
+#[test]
+fn a_brokered_link_carries_private_messages_and_a_file_directly() {
+    let server = server();
+    let mut alice = arrive(&server, "alice", &mut []);
+    let mut bob = arrive(&server, "bob", &mut [&mut alice]);
+
+    // alice (Src) asks for bob (Dst); bob accepts; alice learns bob's address.
+    alice.send(&packet(6, &[&string(b"bob")]));
+    bob.expect_notify(7, "alice");
+    bob.send(&packet(8, &[&string(b"alice")]));
+    alice.expect_type(9);
+    assert_eq!(alice.string(), "bob");
+    assert_eq!(alice.int(), 4);
+    assert_eq!(alice.read_exact(4), Ipv4Addr::LOCALHOST.octets());
+
+    // alice listens on two ports and sends them; bob learns alice's address and ports.
+    let messages = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let files = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let message_port = messages.local_addr().expect("addr").port();
+    let file_port = files.local_addr().expect("addr").port();
+    alice.send(&packet(
+        10,
+        &[
+            &string(b"bob"),
+            &int(i32::from(message_port)),
+            &int(i32::from(file_port)),
+        ],
+    ));
+    bob.expect_type(11);
+    assert_eq!(bob.string(), "alice");
+    assert_eq!(bob.int(), 4);
+    let ip = bob.read_exact(4);
+    assert_eq!(ip, Ipv4Addr::LOCALHOST.octets());
+    assert_eq!(bob.int(), i32::from(message_port));
+    assert_eq!(bob.int(), i32::from(file_port));
+
+    // bob connects to both ports, message port first.
+    let ip = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+    let mut bob_messages = Peer::wrap(TcpStream::connect((ip, message_port)).expect("c"), "bm");
+    let mut alice_messages = Peer::wrap(messages.accept().expect("accept").0, "am");
+    let bob_files = TcpStream::connect((ip, file_port)).expect("connect file port");
+    let mut alice_files = Peer::wrap(files.accept().expect("accept").0, "af");
+
+    // bob sends alice a 1 MiB file in 4096-byte chunks, pausing halfway until a private
+    // message has gone each way: messaging works while a transfer is in progress.
+    let file: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    let (halfway_tx, halfway_rx) = mpsc::channel::<()>();
+    let (resume_tx, resume_rx) = mpsc::channel::<()>();
+    let sent = file.clone();
+    let sender = thread::spawn(move || {
+        let mut stream = bob_files;
+        stream
+            .write_all(&packet(13, &[&(sent.len() as i64).to_be_bytes()]))
+            .expect("file header");
+        for (index, chunk) in sent.chunks(4096).enumerate() {
+            if index == 128 {
+                halfway_tx.send(()).expect("halfway");
+                resume_rx.recv_timeout(WAIT).expect("resume");
+            }
+            stream.write_all(chunk).expect("chunk");
+        }
+    });
+    halfway_rx
+        .recv_timeout(WAIT)
+        .expect("the transfer reaches halfway");
+    bob_messages.send(&packet(12, &[&string("while the file flows".as_bytes())]));
+    alice_messages.expect_type(12);
+    assert_eq!(alice_messages.string(), "while the file flows");
+    alice_messages.send(&packet(12, &[&string("got it, go on".as_bytes())]));
+    bob_messages.expect_type(12);
+    assert_eq!(bob_messages.string(), "got it, go on");
+    resume_tx.send(()).expect("resume");
+
+    alice_files.expect_type(13);
+    let size_bytes = alice_files.read_exact(8);
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&size_bytes);
+    assert_eq!(i64::from_be_bytes(size), file.len() as i64);
+    let received = alice_files.read_exact(file.len());
+    sender.join().expect("sender");
+    assert!(received == file, "the file arrived byte-identical");
+
+    // bob closes the link; the server was never part of it and both stay logged in.
+    bob_messages.send(&packet(14, &[]));
+    alice_messages.expect_type(14);
+    alice.send(&packet(4, &[&string(b"done")]));
+    alice.expect_broadcast("alice", "done");
+    bob.expect_broadcast("alice", "done");
+}

@@ -1,0 +1,402 @@
+//! OCM over real sockets: TCRP over TCP, chat over UDP, and the stage-1 relay, against the
+//! real server on ephemeral ports.
+//!
+//! The requests and datagrams are built here by hand from the contract, not with the
+//! library's codec, so a codec bug cannot hide behind a matching test helper. Answers are
+//! compared byte for byte with the contract's vectors (../shared/vectors/ocm-tcrp-answers.tsv).
+//!
+//! UDP on loopback is not lossy at these rates, and the server sends each member's datagrams
+//! from one socket in order, so "B's line did not reach B" is checked by sending a later line
+//! from someone else and seeing that one arrive first: an event, not a timed silence.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::{TestServer, WAIT};
+use switchboard::config::Config;
+
+const LEAVE_SUFFIX: &str = "から退出しました。";
+
+fn server_with(config: Config) -> TestServer {
+    TestServer::start(Config {
+        ocm_tcp_port: Some(0),
+        ocm_udp_port: Some(0),
+        ocm_relay_port: Some(0),
+        ..config
+    })
+}
+
+fn server() -> TestServer {
+    server_with(Config::for_tests())
+}
+
+/// A TCRP request as the original client writes it: header, room name, JSON payload.
+fn request(room: &str, operation: u8, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![room.len() as u8, operation, 0];
+    let size = (payload.len() as u64).to_be_bytes();
+    bytes.extend_from_slice(&[0u8; 21]);
+    bytes.extend_from_slice(&size);
+    bytes.extend_from_slice(room.as_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn json_payload(name: &str, udp: SocketAddr) -> Vec<u8> {
+    format!(
+        "{{\"user_name\": \"{name}\", \"user_address\": [\"{}\", {}]}}",
+        udp.ip(),
+        udp.port()
+    )
+    .into_bytes()
+}
+
+/// Send one request and read the whole answer: exactly one, then the server closes.
+fn exchange(server: &TestServer, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(server.ocm_tcp.expect("OCM enabled")).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream.write_all(request).expect("send request");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the server answers, then closes");
+    answer
+}
+
+/// The answer's JSON body, after checking its header says exactly that many bytes.
+fn answer_json(answer: &[u8]) -> (u8, u8, u8, String) {
+    assert!(answer.len() >= 32, "short answer {answer:?}");
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&answer[24..32]);
+    assert!(answer[3..24].iter().all(|&b| b == 0));
+    let size = u64::from_be_bytes(size) as usize;
+    assert_eq!(answer.len(), 32 + size, "one answer and nothing more");
+    let json = String::from_utf8(answer[32..].to_vec()).expect("UTF-8 JSON");
+    (answer[0], answer[1], answer[2], json)
+}
+
+/// The token of a success answer (state 2, status 202).
+fn token_of(answer: &[u8]) -> String {
+    let (_, _, state, json) = answer_json(answer);
+    assert_eq!(state, 2, "success answer expected, got {json}");
+    let at = json.find("\"token\": \"").expect("token") + 10;
+    let token = json[at..at + 64].to_string();
+    assert!(token
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    token
+}
+
+/// The vector's answer bytes for `case`, with the placeholder token replaced by `token`.
+fn vector_answer(case: &str, token: Option<&str>) -> Vec<u8> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/vectors/ocm-tcrp-answers.tsv"
+    );
+    let text = std::fs::read_to_string(path).expect("read the answers vector");
+    let line = text
+        .lines()
+        .find(|line| line.split('\t').next() == Some(case))
+        .unwrap_or_else(|| panic!("no vector {case}"));
+    let hex = line.split('\t').nth(2).expect("hex column");
+    let mut bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    if let Some(token) = token {
+        let placeholder = "ab".repeat(32);
+        let at = common::find(&bytes, placeholder.as_bytes()).expect("placeholder token");
+        bytes[at..at + 64].copy_from_slice(token.as_bytes());
+    }
+    bytes
+}
+
+/// A chat member: its UDP socket, and what it needs to send.
+struct Member {
+    name: String,
+    room: String,
+    token: String,
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Member {
+    fn new_socket(ip: &str) -> UdpSocket {
+        let socket = UdpSocket::bind((ip, 0)).expect("bind UDP");
+        socket.set_read_timeout(Some(WAIT)).expect("timeout");
+        socket
+    }
+
+    fn enter(server: &TestServer, operation: u8, room: &str, name: &str) -> Member {
+        let socket = Member::new_socket("127.0.0.1");
+        let payload = json_payload(name, socket.local_addr().expect("addr"));
+        let answer = exchange(server, &request(room, operation, &payload));
+        let token = token_of(&answer);
+        Member {
+            name: name.to_string(),
+            room: room.to_string(),
+            token,
+            socket,
+            server: server.ocm_udp.expect("OCM UDP"),
+        }
+    }
+
+    fn create(server: &TestServer, room: &str, name: &str) -> Member {
+        Member::enter(server, 1, room, name)
+    }
+
+    fn join(server: &TestServer, room: &str, name: &str) -> Member {
+        Member::enter(server, 2, room, name)
+    }
+
+    fn datagram(&self, message: &str) -> Vec<u8> {
+        let mut bytes = vec![self.room.len() as u8, self.token.len() as u8];
+        bytes.extend_from_slice(self.room.as_bytes());
+        bytes.extend_from_slice(self.token.as_bytes());
+        bytes.extend_from_slice(message.as_bytes());
+        bytes
+    }
+
+    fn say(&self, message: &str) {
+        self.socket
+            .send_to(&self.datagram(message), self.server)
+            .expect("send datagram");
+    }
+
+    /// The next datagram from the server must be exactly `expected`.
+    fn expect(&self, expected: &str) {
+        let mut buf = [0u8; 65536];
+        loop {
+            let (len, from) = self.socket.recv_from(&mut buf).unwrap_or_else(|err| {
+                panic!(
+                    "{}: nothing arrived while waiting for {expected:?}: {err}",
+                    self.name
+                )
+            });
+            if from != self.server {
+                continue;
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&buf[..len]),
+                expected,
+                "{}: unexpected datagram",
+                self.name
+            );
+            return;
+        }
+    }
+
+    fn leave_text(&self) -> String {
+        format!("{}が{}{LEAVE_SUFFIX}", self.name, self.room)
+    }
+}
+
+#[test]
+fn a_room_relays_each_line_to_the_other_members_and_closes_when_the_host_leaves() {
+    let server = server();
+    let host = Member::create(&server, "lobby", "alice");
+    let bob = Member::join(&server, "lobby", "bob");
+    let carol = Member::join(&server, "lobby", "carol");
+
+    host.say("hello");
+    bob.expect("alice: hello");
+    carol.expect("alice: hello");
+    bob.say("hi alice");
+    host.expect("bob: hi alice");
+    carol.expect("bob: hi alice");
+    carol.say("こんにちは");
+    host.expect("carol: こんにちは");
+    bob.expect("carol: こんにちは");
+    // No line came back to its sender: each one's next datagram above was someone else's,
+    // and carol's next is bob's leave text below.
+
+    // A guest leaves: the others are told, and its token no longer works.
+    bob.say("exit");
+    host.expect(&bob.leave_text());
+    carol.expect(&bob.leave_text());
+    bob.say("still here?");
+    carol.say("after bob");
+    host.expect("carol: after bob");
+
+    // The host leaves: the room is closed, and its name can be created again.
+    host.say("exit");
+    carol.expect(&format!(
+        "{}\nホストが退出したため、チャットルーム:lobbyを終了します。",
+        host.leave_text()
+    ));
+    carol.say("anyone?");
+    let again = Member::create(&server, "lobby", "dave");
+    let erin = Member::join(&server, "lobby", "erin");
+    erin.say("new room");
+    again.expect("erin: new room");
+}
+
+#[test]
+fn answers_are_byte_exact_for_every_outcome() {
+    let server = server();
+    let socket = Member::new_socket("127.0.0.1");
+    let addr = socket.local_addr().expect("addr");
+
+    let created = exchange(&server, &request("lobby", 1, &json_payload("alice", addr)));
+    let token = token_of(&created);
+    assert_eq!(created, vector_answer("success-create", Some(&token)));
+
+    let joined = exchange(&server, &request("lobby", 2, &json_payload("bob", addr)));
+    let token = token_of(&joined);
+    assert_eq!(joined, vector_answer("success-join", Some(&token)));
+
+    let exists = exchange(&server, &request("lobby", 1, &json_payload("carol", addr)));
+    assert_eq!(exists, vector_answer("exists", None));
+
+    let missing = exchange(
+        &server,
+        &request("nowhere", 2, &json_payload("carol", addr)),
+    );
+    assert_eq!(missing, vector_answer("missing", None));
+
+    let room = "部屋一";
+    exchange(&server, &request(room, 1, &json_payload("dave", addr)));
+    let exists = exchange(&server, &request(room, 1, &json_payload("erin", addr)));
+    assert_eq!(exists, vector_answer("exists-japanese-room", None));
+
+    // A state that is not a request: malformed, answered 500 with state 3.
+    let mut bad = request("x", 1, &json_payload("frank", addr));
+    bad[2] = 1;
+    assert_eq!(exchange(&server, &bad), vector_answer("malformed", None));
+}
+
+#[test]
+fn every_token_is_new() {
+    let server = server();
+    let socket = Member::new_socket("127.0.0.1");
+    let addr = socket.local_addr().expect("addr");
+    let mut tokens = std::collections::HashSet::new();
+    tokens.insert(token_of(&exchange(
+        &server,
+        &request("r", 1, &json_payload("host", addr)),
+    )));
+    for i in 0..50 {
+        let answer = exchange(
+            &server,
+            &request("r", 2, &json_payload(&format!("g{i}"), addr)),
+        );
+        assert!(
+            tokens.insert(token_of(&answer)),
+            "a token was handed out twice"
+        );
+    }
+}
+
+#[test]
+fn a_token_works_only_from_its_own_ip_and_room() {
+    let server = server();
+    let host = Member::create(&server, "lobby", "alice");
+    let bob = Member::join(&server, "lobby", "bob");
+    let other_room = Member::create(&server, "other", "zoe");
+
+    // bob's token sent from another loopback address: dropped.
+    let elsewhere = Member::new_socket("127.0.0.2");
+    elsewhere
+        .send_to(&bob.datagram("spoofed"), bob.server)
+        .expect("send");
+    // zoe's token presented for lobby: dropped.
+    let mut wrong_room = other_room.datagram("wrong room");
+    wrong_room[0] = 5;
+    wrong_room.splice(2..2 + 5, b"lobby".iter().copied());
+    host.socket.send_to(&wrong_room, host.server).expect("send");
+    // A datagram whose sizes run past its end: dropped.
+    host.socket
+        .send_to(&[200, 64, b'x'], host.server)
+        .expect("send");
+
+    bob.say("genuine");
+    host.expect("bob: genuine");
+    let stats = server.stop();
+    assert!(
+        stats.datagrams_dropped_in >= 3,
+        "the three bad datagrams are counted: {stats}"
+    );
+}
+
+#[test]
+fn a_silent_member_is_removed_and_told_and_a_silent_host_closes_the_room() {
+    let server = server_with(Config {
+        ocm_idle_timeout_ms: 300,
+        ..Config::for_tests()
+    });
+    let host = Member::create(&server, "lobby", "alice");
+    let bob = Member::join(&server, "lobby", "bob");
+    // alice keeps talking; bob stays silent and is removed after the idle limit.
+    let removed = bob.leave_text();
+    let mut told_host = false;
+    let mut buf = [0u8; 4096];
+    host.socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !told_host {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob was never removed"
+        );
+        host.say("tick");
+        if let Ok((len, _)) = host.socket.recv_from(&mut buf) {
+            assert_eq!(String::from_utf8_lossy(&buf[..len]), removed);
+            told_host = true;
+        }
+    }
+    // bob received alice's ticks, then its own leave text.
+    let mut buf = [0u8; 4096];
+    loop {
+        let (len, _) = bob.socket.recv_from(&mut buf).expect("bob is told");
+        let text = String::from_utf8_lossy(&buf[..len]).to_string();
+        if text == removed {
+            break;
+        }
+        assert_eq!(text, "alice: tick");
+    }
+
+    // Now alice falls silent too: she is told, and the room is gone.
+    host.socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    loop {
+        let (len, _) = host.socket.recv_from(&mut buf).expect("alice is told");
+        let text = String::from_utf8_lossy(&buf[..len]).to_string();
+        if text == host.leave_text() {
+            break;
+        }
+    }
+    let again = Member::create(&server, "lobby", "carol");
+    drop(again);
+}
+
+#[test]
+fn the_stage1_relay_forwards_each_datagram_verbatim_to_the_other_peers() {
+    let server = server();
+    let relay = server.ocm_relay.expect("relay enabled");
+    let peers: Vec<UdpSocket> = (0..3).map(|_| Member::new_socket("127.0.0.1")).collect();
+    let recv = |socket: &UdpSocket| {
+        let mut buf = [0u8; 4096];
+        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
+        assert_eq!(from, relay);
+        buf[..len].to_vec()
+    };
+    // Each peer becomes known by sending; every datagram goes to the peers known before it.
+    peers[0].send_to(b"\x05alicehello", relay).expect("send");
+    peers[1]
+        .send_to(b"plain text from bob", relay)
+        .expect("send");
+    assert_eq!(recv(&peers[0]), b"plain text from bob");
+    peers[2]
+        .send_to("\x05carolこんにちは".as_bytes(), relay)
+        .expect("send");
+    assert_eq!(recv(&peers[0]), "\x05carolこんにちは".as_bytes());
+    assert_eq!(recv(&peers[1]), "\x05carolこんにちは".as_bytes());
+    peers[0].send_to(b"\x05aliceagain", relay).expect("send");
+    assert_eq!(recv(&peers[1]), b"\x05aliceagain");
+    assert_eq!(recv(&peers[2]), b"\x05aliceagain");
+    // Nothing came back to its sender: peer 0's next datagram is bob's.
+    peers[1].send_to(b"last", relay).expect("send");
+    assert_eq!(recv(&peers[0]), b"last");
+    assert_eq!(recv(&peers[2]), b"last");
+}
