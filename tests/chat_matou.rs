@@ -1,5 +1,5 @@
 //! `chat matou` against a fake MATOU server and a fake peer, over real sockets, driving the
-//! real binary.
+//! real binary; then two clients against the real server.
 //!
 //! The test thread plays the server one packet at a time (decoding with the library codec), so
 //! each test can check exactly which bytes the client sends and can send what it needs to. It
@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use switchboard::protocol::matou::codec::{
 
 mod child;
 
-use child::Client;
+use child::{Client, Output};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -921,4 +922,184 @@ fn help_explains_the_commands_and_the_output() {
         assert!(help.contains(needle), "{needle:?} missing from {help}");
     }
     drop(scratch);
+}
+
+// ---- against the real server ----
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+/// The real server with only MATOU on, killed when dropped.
+struct Chatd {
+    child: Child,
+    port: u16,
+    _stderr: Output,
+}
+
+impl Chatd {
+    fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args([
+                "--room-port",
+                "0",
+                "--bin24-port",
+                "0",
+                "--ccm-port",
+                "0",
+                "--ocm-tcp-port",
+                "0",
+                "--ocm-udp-port",
+                "0",
+                "--ocm-relay-port",
+                "0",
+                "--matou-port",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the chatd binary");
+        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
+        let mut server = Chatd {
+            child,
+            port,
+            _stderr: stderr,
+        };
+        server.wait_listening();
+        server
+    }
+
+    /// Polls with a connect, since nothing else says when the port is open. The probe sends
+    /// nothing, so it never becomes a user.
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("chatd exited with {status} before listening");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chatd did not listen on port {} within {WAIT:?}",
+                self.port
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Chatd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where `want` first appears in `text`, or a failure naming both.
+#[track_caller]
+fn position(text: &str, want: &str) -> usize {
+    text.find(want)
+        .unwrap_or_else(|| panic!("{want:?} missing from {text:?}"))
+}
+
+#[test]
+fn two_clients_link_through_the_real_server_and_exchange_messages_and_files() {
+    let server = Chatd::start();
+    let (scratch_a, scratch_b) = (Scratch::new("real-alice"), Scratch::new("real-bob"));
+
+    let mut bob = Client::matou(server.port, "bob", &scratch_b);
+    bob.stderr.wait_for("chat: connected as bob\n");
+    let mut alice = Client::matou(server.port, "alice", &scratch_a);
+    alice.stderr.wait_for("chat: connected as alice\n");
+    bob.stdout.wait_for("* alice joined\n");
+
+    // The name is taken while alice is connected.
+    let mut again = Client::matou(server.port, "alice", &scratch_a);
+    let status = again.wait_exit();
+    let stderr = again.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(stderr.contains("refused the name alice"), "{stderr:?}");
+
+    // Public messages go through the server, to everyone.
+    alice.type_text(b"hello room\n");
+    bob.stdout.wait_for("alice: hello room\n");
+    alice.stdout.wait_for("alice: hello room\n");
+
+    // The private-link flow, brokered by the server.
+    alice.type_text(b"/private bob\n");
+    bob.stdout
+        .wait_for("* alice asks for a private link: /accept alice\n");
+    bob.type_text(b"/accept alice\n");
+    alice.stdout.wait_for("* private link with bob open");
+    bob.stdout.wait_for("* private link with alice open");
+
+    alice.type_text(b"/msg bob hello bob\n");
+    bob.stdout.wait_for("alice (private): hello bob\n");
+    bob.type_text(b"/msg alice hello alice\n");
+    alice.stdout.wait_for("bob (private): hello alice\n");
+
+    // 1 MiB, byte-identical.
+    let small = scratch_a.0.join("one.bin");
+    let small_content = content(1 << 20);
+    fs::write(&small, &small_content).expect("write the file");
+    alice.type_text(format!("/send bob {}\n", small.display()).as_bytes());
+    let saved = scratch_b.downloads().join("from-alice-1.bin");
+    bob.stdout.wait_for(&format!(
+        "* received 1048576 bytes from alice: {}\n",
+        saved.display()
+    ));
+    assert!(
+        fs::read(&saved).expect("the saved file") == small_content,
+        "byte-identical"
+    );
+    alice.stdout.wait_for("* sent 1048576 bytes to bob: ");
+
+    // A transfer that cannot finish while bob is stopped (far more than the socket buffers
+    // hold), and a private message sent meanwhile.
+    let big = scratch_a.0.join("big.bin");
+    let big_content = content(128 << 20);
+    fs::write(&big, &big_content).expect("write the file");
+    bob.signal("STOP");
+    alice.type_text(format!("/send bob {}\n", big.display()).as_bytes());
+    alice.stdout.wait_for("* sending 134217728 bytes to bob: ");
+    // Lines are handled in order and the message is written before the next line is read,
+    // so once the note for `/nothing` is out, the message is on its way.
+    alice.type_text(b"/msg bob during the transfer\n/nothing\n");
+    alice.stderr.wait_for("unknown command /nothing");
+    assert!(
+        !alice.stdout.text().contains("* sent 134217728"),
+        "the transfer cannot be done while bob is stopped"
+    );
+    bob.signal("CONT");
+    let out = bob
+        .stdout
+        .wait_for("* received 134217728 bytes from alice: ");
+    // The message, queued behind no file, arrived while the transfer still ran.
+    assert!(
+        position(&out, "alice (private): during the transfer\n")
+            < position(&out, "* received 134217728 bytes"),
+        "{out}"
+    );
+    let saved = scratch_b.downloads().join("from-alice-2.bin");
+    assert!(
+        fs::read(&saved).expect("the saved file") == big_content,
+        "byte-identical"
+    );
+
+    // Each side sees the other close the link, then leave.
+    bob.type_text(b"/close alice\n");
+    alice.stdout.wait_for("* bob closed the private link\n");
+    alice.type_text(b"/msg bob still there?\n");
+    alice.stderr.wait_for("no private link with bob");
+    alice.type_text(b"/quit\n");
+    assert!(alice.wait_exit().success());
+    bob.stdout.wait_for("* alice left\n");
+    bob.close_stdin();
+    assert!(bob.wait_exit().success());
 }
