@@ -7,6 +7,7 @@
 mod bin24;
 mod ccm;
 mod input;
+mod matou;
 mod ocm;
 mod room;
 
@@ -43,6 +44,10 @@ enum Command {
     /// Send and receive CCM messages, identified by name (default port 5454)
     #[command(long_about = ccm::LONG_ABOUT)]
     Ccm(ccm::CcmArgs),
+    /// Join the MATOU public room, with private messages and file transfers directly between
+    /// clients (default port 7777)
+    #[command(long_about = matou::LONG_ABOUT)]
+    Matou(matou::MatouArgs),
     /// Create or join an OCM room over TCP, then chat in it over UDP (default ports 9002 and
     /// 9003)
     #[command(long_about = ocm::LONG_ABOUT)]
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::Room(args) => room::run(args),
         Command::Bin24(args) => bin24::run(args),
         Command::Ccm(args) => ccm::run(args),
+        Command::Matou(args) => matou::run(args),
         Command::Ocm(args) => ocm::run(args),
     }
 }

@@ -1,0 +1,617 @@
+//! The MATOU client (protocol: the MATOU section of docs/PROTOCOLS.md, seed 003).
+//!
+//! MATOU is a public room with unique user names, plus private links that the server only
+//! brokers: it tells each side the other's address, then messages and files go directly
+//! between the two clients, on two TCP connections (one for messages, one for files) that the
+//! requesting side (Src) listens for and the accepting side (Dst) opens.
+//!
+//! Threads, as in the other clients, because std cannot wait on several sockets and stdin at
+//! once: one reads packets from the server, one reads lines from stdin, one turns signals into
+//! events, and each private link has its own (see [`link`]). The session thread connects and
+//! then owns the conversation: every packet to the server and every message to a peer, every
+//! line printed, from one queue of inputs, in order. The decisions themselves are in
+//! [`session::Session`], which does no I/O and is tested alone. The main thread only waits for
+//! the event that ends the session, closes the connection and picks the exit status; a signal
+//! goes to the session thread, which signs out, and main exits anyway if it does not manage to
+//! within a second.
+
+mod files;
+mod link;
+mod screen;
+mod session;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use clap::Args;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use switchboard::protocol::matou::codec::{decode_from_server, Limits, Packet};
+
+use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use link::{Link, LinkContext, Pending};
+use screen::Screen;
+use session::{name_problem, Action, LinkId, PeerEvent, Session};
+
+/// Longest input line held in memory; anything longer is skipped whole. Far above the
+/// 512-byte message limit, so that a long line gets a clear "too long" note rather than a
+/// silent cut, while a runaway paste cannot grow memory.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The largest string accepted from the server. Names (32 bytes) and messages (512) are far
+/// below; an error's reason may be longer. Anything larger is taken as lost framing.
+const SERVER_STRING_BYTES_MAX: usize = 64 * 1024;
+
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// After a signal, how long the session thread may take to sign out; after the session ends,
+/// how long it may take to finish the line it is printing. Bounded because it may be stuck
+/// writing to a stdout nobody reads.
+const SESSION_GRACE: Duration = Duration::from_secs(1);
+
+pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send files to other \
+    users directly over private links.\n\n\
+    Connects to the server with the name --user (letters and digits only, at most 32 bytes); \
+    a note `connected as NAME` on stderr confirms it. If the server refuses the name (another \
+    user has it, or it is empty, too long or has a character that is not a letter or a \
+    digit), the client says so and exits with status 1: run it again with another --user. \
+    Lines typed before the server has answered are held and handled once it has.\n\n\
+    Input, one line at a time on standard input:\n  \
+      hello everyone     send `hello everyone` to everyone (at most 512 bytes, no control \
+    characters; //TEXT sends a TEXT that starts with /)\n  \
+      /private bob       ask bob for a private link\n  \
+      /accept bob        accept bob's request for a private link\n  \
+      /msg bob hi        send `hi` to bob over the private link\n  \
+      /send bob PATH     send the file at PATH to bob over the private link\n  \
+      /close bob         close the private link with bob\n  \
+      /quit              leave\n  \
+      /help              list the commands\n\
+    End of input (Ctrl-D) leaves too, once the files being sent are done.\n\n\
+    Output, on standard output:\n  \
+      * bob joined                                  bob entered the room\n  \
+      bob: hi                                       a public message\n  \
+      * bob left                                    bob left the room\n  \
+      * bob asks for a private link: /accept bob    a request; ignore it or accept it\n  \
+      * private link with bob open: ...             the link is up\n  \
+      bob (private): hi                             a private message from bob\n  \
+      * bob is sending a file of 1048576 bytes      a file is arriving\n  \
+      * received 1048576 bytes from bob: downloads/from-bob-1.bin\n  \
+      * sending 1048576 bytes to bob: PATH          and `* sent ...` when done\n  \
+      * bob closed the private link                 bob signed out of the link\n\
+    and on standard error:\n  \
+      chat: error 4 (unknown user): ...             an ERROR from the server, with its code\n\
+    plus notes on refused lines and failures. When standard output is a terminal, control \
+    characters in received text are shown as U+FFFD, so nobody can send escape sequences to \
+    your terminal. When standard error is a terminal, each running transfer has a progress \
+    bar there, with its rate and the time left.\n\n\
+    Private links: after /private bob and bob's /accept alice, the server gives alice bob's \
+    address; alice listens on two new ports (messages, files) and the server passes them to \
+    bob, whose client connects. Connections from any address but bob's are refused. Several \
+    links may be open at once. Messages and files take separate connections and threads: a \
+    file transfer never holds up messages, typing, or another transfer.\n\n\
+    Files: MATOU sends no file name, so a received file is saved in --download-dir (created \
+    if missing) as from-NAME-N.bin with the first free N: never a name from the network, never \
+    over an existing file. It is written under a temporary name and renamed when complete; an \
+    incomplete transfer leaves nothing. A file announced larger than --max-file-bytes closes \
+    the link.\n\n\
+    The session ends on end of input or /quit, Ctrl-C or SIGTERM (every private link and the \
+    server are signed out of first; exit status 0), when the server closes the connection \
+    (exit status 0, with a message on stderr), or on a connection error, a refused name or a \
+    malformed packet from the server (exit status 1). A malformed packet from a peer closes \
+    only that private link.";
+
+/// Arguments of `chat matou`.
+#[derive(Args, Debug)]
+pub struct MatouArgs {
+    /// Your user name: letters and digits, at most 32 bytes
+    #[arg(long, value_parser = parse_user_name)]
+    user: String,
+
+    /// Server host name or IP address
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// Server TCP port of the MATOU protocol
+    #[arg(long, default_value_t = 7777, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+
+    /// Folder for received files (created when the first file arrives)
+    #[arg(long, value_name = "DIR", default_value = "downloads")]
+    download_dir: PathBuf,
+
+    /// Largest file accepted from a peer, in bytes; a larger announcement closes the link
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
+    max_file_bytes: u64,
+}
+
+/// Refuses, before any connection is made, a name the server would refuse.
+fn parse_user_name(name: &str) -> Result<String, String> {
+    match name_problem(name) {
+        Some(problem) => Err(problem),
+        None => Ok(name.to_string()),
+    }
+}
+
+/// What main waits for: everything that can end the session, plus two events that do not.
+enum Event {
+    /// The connection is up; main needs it to close it whatever ends the session.
+    Connected(Arc<TcpStream>),
+    /// SIGINT or SIGTERM: passed to the session thread, which signs out.
+    Signal,
+    /// The session ended normally (/quit, end of input, a signal), after signing out.
+    Left,
+    ServerClosed,
+    /// Anything that ends the session with exit status 1; the text is shown as is.
+    Failed(String),
+    /// The session thread has returned; nothing more will be printed.
+    SessionDone,
+}
+
+/// What the session thread waits for.
+enum Input {
+    /// A line typed, without its line end.
+    Line(Vec<u8>),
+    LineTooLong,
+    StdinEnd,
+    StdinFailed(String),
+    Signal,
+    Packet(Packet),
+    /// The server closed the connection (or it was shut down from our side).
+    ServerClosed,
+    /// Reading failed or the server sent a malformed packet; the text is shown as is.
+    ServerFailed(String),
+    /// As Src, the ports of a link are open (or could not be).
+    Listening {
+        id: LinkId,
+        ports: Result<(u16, u16), String>,
+    },
+    LinkUp {
+        id: LinkId,
+        message: TcpStream,
+        file: TcpStream,
+    },
+    LinkFailed {
+        id: LinkId,
+        problem: String,
+    },
+    Peer {
+        id: LinkId,
+        event: PeerEvent,
+    },
+}
+
+pub fn run(args: MatouArgs) -> ExitCode {
+    let (tx, rx) = mpsc::channel();
+    let (input_tx, input_rx) = mpsc::channel();
+
+    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
+    // instead of the default kill.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("chat: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal_tx = tx.clone();
+    let spawned = thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if signal_tx.send(Event::Signal).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("chat: cannot start the signal thread: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    // The connect may block for long; doing it off the main thread keeps main free to react
+    // to a signal meanwhile.
+    let session_tx = tx.clone();
+    let inputs = input_tx.clone();
+    let spawned = thread::Builder::new()
+        .name("session".into())
+        .spawn(move || {
+            let end = session(args, &session_tx, inputs, &input_rx);
+            let _ = session_tx.send(end);
+            let _ = session_tx.send(Event::SessionDone);
+        });
+    if let Err(e) = spawned {
+        eprintln!("chat: cannot start the session thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    drop(tx);
+
+    finish(&rx, &input_tx)
+}
+
+/// Waits for the event that ends the session, closes the connection and reports.
+fn finish(rx: &Receiver<Event>, inputs: &Sender<Input>) -> ExitCode {
+    let mut stream = None;
+    let mut signal_deadline: Option<Instant> = None;
+    let outcome = loop {
+        let event = match signal_deadline {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+        };
+        match event {
+            Ok(Event::Connected(s)) => stream = Some(s),
+            Ok(Event::Signal) => {
+                if signal_deadline.is_none() {
+                    // The session thread signs out; if it is stuck (connecting, writing),
+                    // leave without it.
+                    let _ = inputs.send(Input::Signal);
+                    signal_deadline = Some(Instant::now() + SESSION_GRACE);
+                }
+            }
+            Ok(event) => break event,
+            Err(RecvTimeoutError::Timeout) => break Event::Left,
+            // Every sender is gone without a word: nothing sensible is left to do but stop.
+            Err(RecvTimeoutError::Disconnected) => {
+                break Event::Failed("chat: internal error: all worker threads ended".into())
+            }
+        }
+    };
+
+    if let Some(stream) = &stream {
+        // Shutdown rather than drop: the other threads hold the socket too, and shutdown both
+        // sends the FIN now and wakes a blocked read or write.
+        let _ = stream.shutdown(Shutdown::Both);
+        if !matches!(outcome, Event::SessionDone) {
+            wait_for_session(rx);
+        }
+    }
+
+    if signal_deadline.is_some() && io::stderr().is_terminal() {
+        // The terminal echoed `^C` without a newline; give the shell prompt its own line.
+        eprintln!();
+    }
+    match outcome {
+        Event::Left | Event::SessionDone | Event::Signal | Event::Connected(_) => ExitCode::SUCCESS,
+        Event::ServerClosed => {
+            eprintln!("chat: connection closed by the server");
+            ExitCode::SUCCESS
+        }
+        Event::Failed(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lets the session thread finish the line it is printing so that output does not stop
+/// mid-line.
+fn wait_for_session(rx: &Receiver<Event>) {
+    let deadline = Instant::now() + SESSION_GRACE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::SessionDone) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The session thread: connects, asks for the name, starts the socket and stdin readers, then
+/// handles their inputs until one ends the session. Returns that end.
+fn session(
+    args: MatouArgs,
+    tx: &Sender<Event>,
+    inputs: Sender<Input>,
+    input_rx: &Receiver<Input>,
+) -> Event {
+    let addr = display_addr(&args.host, args.port);
+    let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
+        Ok(stream) => stream,
+        Err(e) => return Event::Failed(format!("chat: cannot connect to {addr}: {e}")),
+    };
+    // Packets are small and each should leave at once. Failing to set it only costs latency.
+    let _ = stream.set_nodelay(true);
+    // Private links listen on the address the server sees us on: it is the one it gives the
+    // peer.
+    let local_ip = match stream.local_addr() {
+        Ok(local) => local.ip(),
+        Err(e) => return Event::Failed(format!("chat: connection to {addr} lost: {e}")),
+    };
+    let stream = Arc::new(stream);
+    if tx.send(Event::Connected(Arc::clone(&stream))).is_err() {
+        return Event::SessionDone;
+    }
+
+    let mut session = Session::new(args.user.clone(), io::stdout().is_terminal());
+    if let Err(e) = (&*stream).write_all(&session.connect_request()) {
+        return Event::Failed(format!("chat: cannot send the name to {addr}: {e}"));
+    }
+
+    let reader = {
+        let (stream, inputs, addr) = (Arc::clone(&stream), inputs.clone(), addr.clone());
+        thread::Builder::new()
+            .name("socket".into())
+            .spawn(move || read_packets(&stream, &inputs, &addr))
+    };
+    if let Err(e) = reader {
+        return Event::Failed(format!("chat: cannot start the socket thread: {e}"));
+    }
+    let lines = {
+        let inputs = inputs.clone();
+        thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || read_lines(&inputs))
+    };
+    if let Err(e) = lines {
+        return Event::Failed(format!("chat: cannot start the input thread: {e}"));
+    }
+
+    let screen = Arc::new(Screen::new(io::stderr().is_terminal()));
+    let mut io = Io {
+        server: stream,
+        addr,
+        local_ip,
+        context: LinkContext {
+            tx: inputs,
+            screen,
+            download_dir: args.download_dir,
+            max_file_bytes: args.max_file_bytes,
+        },
+        pending: HashMap::new(),
+        links: HashMap::new(),
+        later: VecDeque::new(),
+    };
+    let end = converse(&mut io, &mut session, input_rx);
+    io.close_all();
+    end
+}
+
+/// The session's I/O: the server connection and the private links.
+struct Io {
+    server: Arc<TcpStream>,
+    addr: String,
+    local_ip: IpAddr,
+    context: LinkContext,
+    /// Links being set up.
+    pending: HashMap<LinkId, Pending>,
+    links: HashMap<LinkId, Link>,
+    /// Inputs the I/O itself produced (a port opened, a write failed), handled before the
+    /// next one from the channel.
+    later: VecDeque<Input>,
+}
+
+/// The session thread's loop: one input at a time, in arrival order.
+fn converse(io: &mut Io, session: &mut Session, inputs: &Receiver<Input>) -> Event {
+    let mut actions = Vec::new();
+    loop {
+        let input = match io.later.pop_front() {
+            Some(input) => input,
+            None => match inputs.recv() {
+                Ok(input) => input,
+                Err(_) => {
+                    return Event::Failed("chat: internal error: the input threads ended".into())
+                }
+            },
+        };
+        match input {
+            Input::Line(line) => session.on_line(&line, &mut actions),
+            Input::LineTooLong => session.on_line_too_long(&mut actions),
+            Input::StdinEnd => session.on_input_end(&mut actions),
+            Input::Signal => session.on_signal(&mut actions),
+            Input::Packet(packet) => session.on_server(packet, &mut actions),
+            Input::StdinFailed(message) | Input::ServerFailed(message) => {
+                return Event::Failed(message)
+            }
+            Input::ServerClosed => return Event::ServerClosed,
+            Input::Listening { id, ports } => session.on_listening(id, ports, &mut actions),
+            Input::LinkUp { id, message, file } => {
+                if io.link_up(id, message, file) {
+                    session.on_link_up(id, &mut actions);
+                }
+            }
+            Input::LinkFailed { id, problem } => {
+                io.pending.remove(&id);
+                session.on_link_failed(id, &problem, &mut actions);
+            }
+            Input::Peer { id, event } => session.on_peer(id, event, &mut actions),
+        }
+        for action in actions.drain(..) {
+            if let Some(end) = io.execute(action) {
+                return end;
+            }
+        }
+    }
+}
+
+impl Io {
+    /// Carries out one action; returns the end of the session if it is one.
+    fn execute(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Send(packet) => {
+                if let Err(e) = (&*self.server).write_all(&packet) {
+                    return Some(Event::Failed(format!(
+                        "chat: connection to {} lost: {e}",
+                        self.addr
+                    )));
+                }
+            }
+            Action::Show(line) => {
+                if let Err(e) = self.context.screen.out(&line) {
+                    return Some(Event::Failed(format!(
+                        "chat: cannot write to standard output: {e}"
+                    )));
+                }
+            }
+            Action::Note(note) => self.context.screen.err(&format!("chat: {note}")),
+            Action::Listen { id, peer, peer_ip } => {
+                let listened = link::listen(id, &peer, self.local_ip, peer_ip, &self.context.tx);
+                let ports = match listened {
+                    Ok((ports, pending)) => {
+                        self.pending.insert(id, pending);
+                        Ok(ports)
+                    }
+                    Err(e) => Err(format!("cannot listen on {}: {e}", self.local_ip)),
+                };
+                self.later.push_back(Input::Listening { id, ports });
+            }
+            Action::Connect {
+                id,
+                peer,
+                message,
+                file,
+            } => match link::connect(id, &peer, message, file, &self.context.tx) {
+                Ok(pending) => {
+                    self.pending.insert(id, pending);
+                }
+                Err(e) => self.later.push_back(Input::LinkFailed {
+                    id,
+                    problem: format!("cannot start a thread: {e}"),
+                }),
+            },
+            Action::PeerSend { id, packet } => {
+                if let Some(link) = self.links.get(&id) {
+                    if let Err(e) = link.send_message(&packet) {
+                        let problem = if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) {
+                            format!(
+                                "the peer took no message for {}s",
+                                link::MESSAGE_WRITE_TIMEOUT.as_secs()
+                            )
+                        } else {
+                            format!("cannot send a private message: {e}")
+                        };
+                        let event = PeerEvent::Failed(problem);
+                        self.later.push_back(Input::Peer { id, event });
+                    }
+                }
+            }
+            Action::SendFile { id, path } => {
+                if let Some(link) = self.links.get(&id) {
+                    if let Err(reason) = link.queue_file(&path) {
+                        let event = PeerEvent::SendRefused { path, reason };
+                        self.later.push_back(Input::Peer { id, event });
+                    }
+                }
+            }
+            Action::CloseLink(id) => {
+                if let Some(pending) = self.pending.remove(&id) {
+                    pending.cancel();
+                }
+                if let Some(link) = self.links.remove(&id) {
+                    link.close();
+                }
+            }
+            Action::Quit => return Some(Event::Left),
+            Action::Fail(problem) => return Some(Event::Failed(format!("chat: {problem}"))),
+        }
+        None
+    }
+
+    /// Both connections of a link are up: starts its threads. False when the link was
+    /// closed meanwhile (its connections are dropped) or its threads could not start.
+    fn link_up(&mut self, id: LinkId, message: TcpStream, file: TcpStream) -> bool {
+        let Some(pending) = self.pending.remove(&id) else {
+            return false;
+        };
+        match Link::start(id, &pending.peer, message, file, &self.context) {
+            Ok(link) => {
+                self.links.insert(id, link);
+                true
+            }
+            Err(e) => {
+                self.later.push_back(Input::LinkFailed {
+                    id,
+                    problem: format!("cannot start the link's threads: {e}"),
+                });
+                false
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for (_, pending) in self.pending.drain() {
+            pending.cancel();
+        }
+        for (_, link) in self.links.drain() {
+            link.close();
+        }
+    }
+}
+
+/// The socket thread: cuts packets from the stream; its last input is always an end.
+fn read_packets(stream: &TcpStream, tx: &Sender<Input>, addr: &str) {
+    let end = receive(stream, tx, addr);
+    let _ = tx.send(end);
+}
+
+fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str) -> Input {
+    let limits = Limits {
+        string_bytes_max: SERVER_STRING_BYTES_MAX,
+        file_bytes_max: 0,
+    };
+    let mut pending = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        loop {
+            match decode_from_server(&mut pending, &limits) {
+                Ok(Some(packet)) => {
+                    if tx.send(Input::Packet(packet)).is_err() {
+                        // The session is over; nobody listens.
+                        return Input::ServerClosed;
+                    }
+                }
+                Ok(None) => break,
+                // Framing is lost: nothing after this can be trusted.
+                Err(e) => {
+                    return Input::ServerFailed(format!(
+                        "chat: malformed packet from the server: {e}"
+                    ))
+                }
+            }
+        }
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return Input::ServerClosed,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The server dropping a connection with our bytes still unread shows as a reset:
+            // it is the server closing all the same.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return Input::ServerClosed
+            }
+            Err(e) => return Input::ServerFailed(format!("chat: connection to {addr} lost: {e}")),
+        }
+    }
+}
+
+/// The stdin thread: one input per line, then the end of input.
+fn read_lines(tx: &Sender<Input>) {
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let mut line = Vec::new();
+    loop {
+        let next = match read_line_limited(&mut input, &mut line, MAX_LINE_BYTES) {
+            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
+            Ok(LineRead::TooLong) => Input::LineTooLong,
+            Ok(LineRead::Eof) => Input::StdinEnd,
+            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
+        };
+        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
+        if tx.send(next).is_err() || last {
+            return;
+        }
+    }
+}
