@@ -64,6 +64,11 @@ ccm_status=0
 timeout 120 "$loadgen" ccm --port "$ccm_port" --users 100 --rate 1000 \
   --duration "$duration" --silent-share 0.1 || ccm_status=$?
 
+echo "+ $loadgen matou --port $matou_port --users 100 --rate 500 --duration $duration --private-rate 20"
+matou_status=0
+timeout 120 "$loadgen" matou --port "$matou_port" --users 100 --rate 500 \
+  --duration "$duration" --private-rate 20 || matou_status=$?
+
 echo "+ $loadgen ocm --tcp-port $ocm_tcp_port --udp-port $ocm_udp_port --rooms 10 --members 10 --rate 1000 --duration $duration"
 ocm_status=0
 timeout 120 "$loadgen" ocm --tcp-port "$ocm_tcp_port" --udp-port "$ocm_udp_port" --rooms 10 \
@@ -89,6 +94,10 @@ if [ "$bin24_status" -ne 0 ]; then
 fi
 if [ "$ccm_status" -ne 0 ]; then
   echo "smoke: loadgen ccm failed (exit $ccm_status): messages lost, silent users not closed, or errors" >&2
+  exit 1
+fi
+if [ "$matou_status" -ne 0 ]; then
+  echo "smoke: loadgen matou failed (exit $matou_status): messages lost, links not brokered, or errors" >&2
   exit 1
 fi
 if [ "$ocm_status" -ne 0 ]; then
