@@ -161,9 +161,10 @@ struct CommonArgs {
     warmup: Duration,
 
     /// How long to wait after the last planned send for messages still in flight; messages not
-    /// delivered (room, ccm, ocm) or not answered (bin24) by then are losses. The run ends earlier
-    /// once everything has arrived. Default 2s for room, ccm and ocm, 5s for bin24 (more than the server's 3 s
-    /// answer timeout). At most 10m.
+    /// delivered (room, ccm, matou, ocm) or not answered (bin24) by then are losses, and for
+    /// matou so are links not brokered by then. The run ends earlier once everything has arrived.
+    /// Default 2s for room, ccm, matou and ocm, 5s for bin24 (more than the server's 3 s answer
+    /// timeout). At most 10m.
     #[arg(long, value_parser = parse_duration)]
     drain: Option<Duration>,
 
@@ -178,8 +179,8 @@ struct CommonArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
-    /// Seed for the run's random choices (room: which clients send; bin24: which users stay
-    /// offline), so a run can be repeated.
+    /// Seed for the run's random choices (room and matou: which clients send, and matou's link
+    /// pairs; bin24: which users stay offline; ocm has none), so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
