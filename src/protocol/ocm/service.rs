@@ -369,6 +369,20 @@ impl OcmService {
                 if full {
                     return Outcome::Failed("room_members_max reached");
                 }
+                // The original client leaves when it receives `<its name>が<room>から退出しました。`,
+                // so a second member with the same name would be thrown out when the first
+                // leaves. The contract has no answer for a taken name; 500 asks the user to
+                // enter the request again.
+                let taken = self.rooms.get(key).is_some_and(|r| {
+                    r.members.iter().any(|&member| {
+                        self.members
+                            .get(member)
+                            .is_some_and(|m| *m.name == *user_name)
+                    })
+                });
+                if taken {
+                    return Outcome::Failed("user name taken in this room");
+                }
                 Some(key)
             }
         };

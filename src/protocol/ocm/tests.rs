@@ -633,6 +633,24 @@ fn an_unspecified_address_takes_the_tcp_peer_ip() {
 }
 
 #[test]
+fn a_name_already_in_the_room_is_refused_and_free_again_once_it_leaves() {
+    let mut h = Harness::new();
+    h.create("lobby", "alice", 1, 40001);
+    let bob = h.join("lobby", "bob", 2, 40002);
+    let sent = h.request(
+        ip(3),
+        OPERATION_JOIN,
+        "lobby",
+        &payload("bob", udp(3, 40003)),
+    );
+    assert_eq!(sent, failed(5, OPERATION_JOIN));
+    // Another room may have its own bob.
+    h.create("other", "bob", 4, 40004);
+    h.say(BOB, "lobby", &bob, "exit");
+    h.join("lobby", "bob", 3, 40003);
+}
+
+#[test]
 fn chat_never_goes_to_another_ip_than_the_requests() {
     let mut h = Harness::new();
     let alice = h.create("lobby", "alice", 1, 40001);
