@@ -113,3 +113,22 @@ impl DatagramOut for RecordingDatagrams {
         self.datagrams_in += 1;
     }
 }
+
+/// A small deterministic generator (xorshift64*) for randomized tests: a failure replays
+/// exactly from its seed. Not for anything that needs real randomness.
+#[derive(Debug)]
+pub struct TestRng(pub u64);
+
+impl TestRng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}

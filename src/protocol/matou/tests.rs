@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use super::codec::{self, ErrorCode, Limits, Packet};
 use super::*;
 use crate::protocol::testing::RecordingOutbox;
+use crate::protocol::testing::TestRng as Rng;
 use crate::protocol::{CloseMode, CloseReason, ConnId};
 
 const ALICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
@@ -887,4 +888,71 @@ fn data_for_a_connection_never_accepted_is_dropped() {
     h.service.on_close(ConnId::new(1, 7), &mut h.out);
     assert!(h.out.sent.is_empty());
     assert_eq!(h.service.users(), 3);
+}
+
+/// Streams of valid packets, garbage and everything between, cut at random points, from
+/// connections that come and go: the service never panics, keeps its user count within the
+/// open connections, and everything it sends decodes as a server packet.
+#[test]
+fn random_streams_never_break_the_service_or_its_output() {
+    const NAMES: [&str; 4] = ["alice", "bob", "carol", "x"];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut h = Harness::new();
+    let mut generation = [1u32; 4];
+    let mut open = [false; 4];
+    // Each connection's unconsumed input stays for the next chunk, as in the reactor.
+    let mut buffers: [BytesMut; 4] = Default::default();
+    let mut sent_total = 0;
+    let mut users_max = 0;
+    for _ in 0..20_000 {
+        let slot = rng.below(4);
+        let id = ConnId::new(slot as u32, generation[slot]);
+        if !open[slot] {
+            h.service.on_accept(id, ALICE_IP);
+            open[slot] = true;
+            continue;
+        }
+        let name = NAMES[rng.below(NAMES.len())].as_bytes();
+        let mut bytes = match rng.below(16) {
+            0..=3 => codec::connect_request(name).to_vec(),
+            4 | 5 => codec::public_message(b"hello").to_vec(),
+            6 | 7 => codec::private_request(name).to_vec(),
+            8 | 9 => codec::private_accept(name).to_vec(),
+            10 | 11 => codec::private_src_ports(name, rng.below(70_000) as i32, 5001).to_vec(),
+            12 => codec::public_sign_out().to_vec(),
+            13 => codec::public_message(&[rng.next_u64() as u8; 3]).to_vec(),
+            14 => raw(rng.below(20) as i32, rng.next_u64() as i32, b"abc"),
+            _ => (0..rng.below(16)).map(|_| rng.next_u64() as u8).collect(),
+        };
+        // Now and then a packet cut short, to be finished (or not) by a later chunk.
+        if rng.below(8) == 0 {
+            bytes.truncate(rng.below(bytes.len() + 1));
+        }
+        buffers[slot].extend_from_slice(&bytes);
+        h.service.on_data(id, &mut buffers[slot], &mut h.out);
+        if rng.below(50) == 0 || h.out.closed.iter().any(|(closed, _, _)| *closed == id) {
+            h.service.on_close(id, &mut h.out);
+            buffers[slot].clear();
+            generation[slot] += 1;
+            open[slot] = false;
+        }
+        assert!(h.service.users() <= open.iter().filter(|&&o| o).count());
+        users_max = users_max.max(h.service.users());
+        sent_total += h.out.sent.len();
+        for (_, sent) in h.out.sent.drain(..) {
+            let mut buf = BytesMut::from(&sent[..]);
+            let decoded = codec::decode_from_server(&mut buf, &Limits::default());
+            assert!(
+                matches!(decoded, Ok(Some(_))) && buf.is_empty(),
+                "the server sent a malformed packet: {sent:?}"
+            );
+        }
+        h.out.closed.clear();
+    }
+    // The run must have reached the states worth testing, not only refusals of garbage.
+    assert!(
+        users_max >= 3,
+        "at most {users_max} users were ever signed in"
+    );
+    assert!(sent_total > 5_000, "only {sent_total} packets were sent");
 }

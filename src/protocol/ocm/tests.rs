@@ -8,6 +8,7 @@ use super::codec::tests::{answer_vector, request_rows};
 use super::codec::{self, OPERATION_CREATE, OPERATION_JOIN, STATE_REQUEST};
 use super::json;
 use super::*;
+use crate::protocol::testing::TestRng as Rng;
 use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
 use crate::protocol::{CloseMode, CloseReason, ConnId, DatagramDrop};
 
@@ -1052,4 +1053,98 @@ fn the_relay_refuses_new_peers_when_full() {
     relay.on_timers(IDLE_MS);
     relay.on_datagram(udp_addr(4), b"let me in", IDLE_MS, &mut udp);
     assert_eq!(relay.peers(), 1);
+}
+
+/// Requests valid and not, cut anywhere, datagrams with live, dead and foreign tokens from
+/// right and wrong addresses, garbage, and time passing: the service never panics, answers
+/// every TCRP connection at most once with a well-formed answer, and sends only UTF-8 text
+/// within the size limit.
+#[test]
+fn random_traffic_never_breaks_the_service_or_its_output() {
+    const ROOMS: [&str; 3] = ["lobby", "部屋", "r"];
+    const NAMES: [&str; 4] = ["alice", "bob", "carol", "名前"];
+    const MESSAGES: [&str; 4] = ["hi", "exit", "", "こんにちは"];
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut h = Harness::new();
+    // (room, token, ip last byte) of every success answer seen.
+    let mut tokens: Vec<(String, String, u8)> = Vec::new();
+    let mut successes = 0;
+    let mut relayed = 0;
+    for _ in 0..20_000 {
+        match rng.below(10) {
+            0..=3 => {
+                let last = 1 + rng.below(3) as u8;
+                let room = ROOMS[rng.below(ROOMS.len())];
+                let operation = [OPERATION_CREATE, OPERATION_JOIN, 7][rng.below(3)];
+                let name = NAMES[rng.below(NAMES.len())];
+                let body = match rng.below(4) {
+                    0 => name.as_bytes().to_vec(),
+                    1 => (0..rng.below(40)).map(|_| rng.next_u64() as u8).collect(),
+                    _ => payload(name, udp(last, 40_000 + rng.below(3) as u16)),
+                };
+                let mut raw =
+                    codec::encode_request(operation, STATE_REQUEST, room.as_bytes(), &body)
+                        .unwrap()
+                        .to_vec();
+                if rng.below(6) == 0 {
+                    raw.truncate(rng.below(raw.len() + 1));
+                }
+                if rng.below(10) == 0 {
+                    let at = rng.below(raw.len().max(1));
+                    if let Some(byte) = raw.get_mut(at) {
+                        *byte = rng.next_u64() as u8;
+                    }
+                }
+                let id = h.accept(ip(last));
+                // The connection's unconsumed input stays for the next chunk, as in the reactor.
+                let mut input = BytesMut::new();
+                for chunk in raw.chunks(1 + rng.below(40)) {
+                    input.extend_from_slice(chunk);
+                    h.service.on_data(id, &mut input, h.now_ms, &mut h.out);
+                }
+                let sent = h.out.sent_to(id);
+                assert!(sent.len() <= 1, "one answer per request");
+                if let Some(answer) = sent.first() {
+                    let mut buf = BytesMut::from(&answer[..]);
+                    let decoded = codec::decode_answer(&mut buf, 4096).unwrap().unwrap();
+                    assert!(buf.is_empty(), "nothing after the answer");
+                    let text = std::str::from_utf8(&decoded.json).unwrap();
+                    let parsed = json::parse_answer(text).unwrap();
+                    if let Some(token) = parsed.token {
+                        successes += 1;
+                        let room = String::from_utf8_lossy(&raw[32..32 + raw[0] as usize]);
+                        tokens.push((room.into_owned(), token, last));
+                    }
+                }
+                h.service.on_close(id);
+                h.out.clear();
+            }
+            4..=7 if !tokens.is_empty() => {
+                let (room, token, last) = tokens[rng.below(tokens.len())].clone();
+                let from_last = if rng.below(8) == 0 { 9 } else { last };
+                let from = udp(from_last, 40_000 + rng.below(3) as u16);
+                let message = MESSAGES[rng.below(MESSAGES.len())];
+                h.say(from, &room, &token, message);
+            }
+            8 => {
+                let datagram: Vec<u8> = (0..rng.below(80)).map(|_| rng.next_u64() as u8).collect();
+                h.service
+                    .on_datagram(udp(1, 40_000), &datagram, h.now_ms, &mut h.udp);
+            }
+            _ => {
+                let now_ms = h.now_ms + rng.below(IDLE_MS as usize / 4) as u64;
+                h.advance_to(now_ms);
+                h.out.clear();
+            }
+        }
+        for (_, text) in h.udp.sent.drain(..) {
+            relayed += 1;
+            assert!(text.len() <= codec::TEXT_BYTES_MAX);
+            assert!(std::str::from_utf8(&text).is_ok(), "text is UTF-8");
+        }
+        assert!(h.service.rooms() <= 4 && h.service.members() <= 4 * 3);
+    }
+    // The run must have reached the states worth testing, not only refusals of garbage.
+    assert!(successes > 500, "only {successes} rooms entered");
+    assert!(relayed > 500, "only {relayed} datagrams sent");
 }
