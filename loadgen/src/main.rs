@@ -19,6 +19,7 @@
 //! - `matou`: the MATOU scenario: its loop, the text stamp, the client side of the contract
 //!   (names, packets, notice and delivery accounting), link brokering and its report
 //! - `limits`: the open-files limit
+//! - `sockio`: writing a connection's pending bytes until done or WouldBlock
 
 mod args;
 mod bin24;
@@ -32,6 +33,7 @@ mod plan;
 mod record;
 mod report;
 mod room;
+mod sockio;
 mod stats;
 
 use std::fs::File;

@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
+use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -613,23 +614,10 @@ impl Run<'_> {
         // not time spent waiting for the socket to become writable. It stays in the send lag.
         let attempt_us = self.clock.now_us();
         let mut failure = None;
-        while sender.written < sender.out.len() {
-            match stream.write(&sender.out[sender.written..]) {
-                Ok(0) => {
-                    failure = Some("write returned 0".to_string());
-                    break;
-                }
-                Ok(n) => sender.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    client.writable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
+        match write_pending(stream, &sender.out, &mut sender.written) {
+            Drained::All => {}
+            Drained::WouldBlock => client.writable = false,
+            Drained::Failed(why) => failure = Some(why),
         }
         let done_us = self.clock.now_us();
         let plan = self.plan.as_ref();

@@ -31,7 +31,7 @@ pub mod topology;
 mod tests;
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -46,6 +46,7 @@ use switchboard::protocol::bin24::codec::{
 use crate::clock::Clock;
 use crate::pacer::Pacer;
 use crate::plan::Plan;
+use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -761,23 +762,10 @@ impl Run<'_> {
         };
         let attempt_us = self.clock.now_us();
         let mut failure = None;
-        while user.written < user.out.len() {
-            match stream.write(&user.out[user.written..]) {
-                Ok(0) => {
-                    failure = Some("write returned 0".to_string());
-                    break;
-                }
-                Ok(n) => user.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    user.writable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
+        match write_pending(stream, &user.out, &mut user.written) {
+            Drained::All => {}
+            Drained::WouldBlock => user.writable = false,
+            Drained::Failed(why) => failure = Some(why),
         }
         let done_us = self.clock.now_us();
         if let Some(plan) = self.plan.as_ref() {

@@ -20,7 +20,7 @@ pub mod stamp;
 pub mod wire;
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use crate::bin24::topology::Pattern;
 use crate::clock::Clock;
 use crate::pacer::Pacer;
 use crate::plan::Plan;
+use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -665,23 +666,10 @@ impl Run<'_> {
         }
         let attempt_us = self.clock.now_us();
         let mut failure = None;
-        while user.written < user.out.len() {
-            match stream.write(&user.out[user.written..]) {
-                Ok(0) => {
-                    failure = Some("write returned 0".to_string());
-                    break;
-                }
-                Ok(n) => user.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    user.writable = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
+        match write_pending(stream, &user.out, &mut user.written) {
+            Drained::All => {}
+            Drained::WouldBlock => user.writable = false,
+            Drained::Failed(why) => failure = Some(why),
         }
         let done_us = self.clock.now_us();
         while let Some(queued) = user.queue.front().copied() {

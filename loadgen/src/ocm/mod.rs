@@ -36,7 +36,7 @@ pub mod wire;
 mod tests;
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -49,6 +49,7 @@ use switchboard::protocol::ocm::codec;
 use crate::clock::Clock;
 use crate::pacer::Pacer;
 use crate::plan::Plan;
+use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
 use accounting::{Accounting, Arrival};
 pub use accounting::{Counts, Losses};
@@ -756,19 +757,11 @@ impl Run<'_> {
             return;
         };
         let mut failure = None;
-        while tcrp.connected && tcrp.writable && tcrp.written < tcrp.out.len() {
-            match tcrp.stream.write(&tcrp.out[tcrp.written..]) {
-                Ok(0) => {
-                    failure = Some("write returned 0".to_string());
-                    break;
-                }
-                Ok(n) => tcrp.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcrp.writable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failure = Some(format!("write: {e}"));
-                    break;
-                }
+        if tcrp.connected && tcrp.writable {
+            match write_pending(&mut tcrp.stream, &tcrp.out, &mut tcrp.written) {
+                Drained::All => {}
+                Drained::WouldBlock => tcrp.writable = false,
+                Drained::Failed(why) => failure = Some(format!("write: {why}")),
             }
         }
         if let Some(why) = failure {
