@@ -92,10 +92,8 @@ impl Chatd {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn chatd");
-            let mut stderr = Output::collect(
-                "chatd stderr",
-                child.stderr.take().expect("piped stderr"),
-            );
+            let mut stderr =
+                Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
             if stderr.wait_for_or_close("BIN24 listening on").is_some() {
                 return Chatd {
                     child,
@@ -312,7 +310,12 @@ fn run_sender(
         let Some(message) = sent.get_mut(index) else {
             panic!("{}: an answer to message {index}, never sent", peer.user);
         };
-        assert_eq!(text(answer.src()), message.to, "{}: answer {index}", peer.user);
+        assert_eq!(
+            text(answer.src()),
+            message.to,
+            "{}: answer {index}",
+            peer.user
+        );
         assert!(
             message.answer.is_none(),
             "{}: message {index} answered twice",
@@ -587,7 +590,9 @@ fn one_round(round: usize, rng: &mut TestRng) {
     for (recipient, frames) in recipients.iter().zip(again) {
         assert!(
             frames.is_empty(),
-            "round {round}: {recipient} got stored frames a second time: {frames:?}"
+            "round {round}: {recipient} got {} stored frames a second time, the first {:?}",
+            frames.len(),
+            frames.first()
         );
     }
     chatd.kill();
