@@ -24,6 +24,7 @@
 mod args;
 mod bin24;
 mod ccm;
+mod churn;
 mod clock;
 mod limits;
 mod matou;
@@ -144,6 +145,11 @@ enum Scenario {
     /// links are brokered on a second plan (request, accept, addresses), each timed from its
     /// intended time to the address at Dst. Join and sign-out notices are checked per pair.
     Matou(MatouArgs),
+    /// Churn: short-lived connections on an open-loop plan, dealt round-robin over the
+    /// protocols: each signs in, waits for the server's answer, then leaves cleanly, with a
+    /// reset, in the middle of a frame, or before signing in. For soak runs beside a scenario
+    /// (scripts/soak.sh); it checks every answer and fails on any error.
+    Churn(ChurnArgs),
 }
 
 /// Flags every scenario shares: where, how long, and where the results go.
@@ -399,6 +405,116 @@ struct MatouArgs {
     common: CommonArgs,
 }
 
+#[derive(Args, Debug)]
+struct ChurnArgs {
+    /// Server host. Only loopback addresses are allowed (127.0.0.0/8, ::1, localhost).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// Connections to open in all, at most 10000000.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    connects: u64,
+
+    /// Connections started per second (connection i is due at i / rate).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    connect_rate: u64,
+
+    /// Most connections open at once; one due while at the cap waits, and its latency (from
+    /// its intended time) shows the wait. At most 10000.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=CLIENTS_MAX as u64))]
+    concurrency: u64,
+
+    /// Protocols to churn, comma-separated: room, bin24, ccm, matou, ocm (OCM: its TCRP
+    /// listener).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "room,bin24,ccm,matou,ocm"
+    )]
+    protocols: Vec<String>,
+
+    /// Longest a connection may take from its intended time to its sign-in answer; later is
+    /// an error.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    sign_in_timeout: Duration,
+
+    #[arg(long, default_value_t = 55_555)]
+    room_port: u16,
+    #[arg(long, default_value_t = 7_000)]
+    bin24_port: u16,
+    #[arg(long, default_value_t = 5_454)]
+    ccm_port: u16,
+    #[arg(long, default_value_t = 7_777)]
+    matou_port: u16,
+    #[arg(long, default_value_t = 9_002)]
+    ocm_tcp_port: u16,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Seed for how each connection leaves, so a run can be repeated.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn run_churn(args: ChurnArgs) -> ExitCode {
+    let mut targets = Vec::new();
+    for name in &args.protocols {
+        let (protocol, port) = match name.trim() {
+            "room" => (churn::Protocol::Room, args.room_port),
+            "bin24" => (churn::Protocol::Bin24, args.bin24_port),
+            "ccm" => (churn::Protocol::Ccm, args.ccm_port),
+            "matou" => (churn::Protocol::Matou, args.matou_port),
+            "ocm" => (churn::Protocol::Ocm, args.ocm_tcp_port),
+            other => {
+                return refuse(format!(
+                    "--protocols: unknown protocol {other:?} (room, bin24, ccm, matou, ocm)"
+                ))
+            }
+        };
+        if targets.iter().any(|(p, _)| *p == protocol) {
+            return refuse(format!("--protocols names {name} twice"));
+        }
+        match resolve_loopback(&args.host, port) {
+            Ok(target) => targets.push((protocol, target)),
+            Err(why) => return refuse(why),
+        }
+    }
+    if targets.is_empty() {
+        return refuse("--protocols names no protocol");
+    }
+    if args.sign_in_timeout.is_zero() || args.sign_in_timeout > DRAIN_MAX {
+        return refuse("--sign-in-timeout must be more than 0 and at most 10m");
+    }
+    if let Err(why) = limits::ensure_open_files(args.concurrency + SPARE_FILES) {
+        return refuse(why);
+    }
+    let mut json_out = match create_json(args.json.as_ref()) {
+        Ok(json_out) => json_out,
+        Err(why) => return refuse(why),
+    };
+    let cfg = churn::ChurnConfig {
+        targets,
+        connects: args.connects,
+        rate_per_s: args.connect_rate,
+        concurrency_max: args.concurrency as usize,
+        sign_in_timeout_us: args.sign_in_timeout.as_micros() as u64,
+        seed: args.seed,
+        progress: std::io::stderr().is_terminal(),
+    };
+    match churn::run(&cfg) {
+        Ok(report) => {
+            let exit_code = if report.is_clean() { 0 } else { 1 };
+            deliver_report(report.to_text(), &report, exit_code, &mut json_out)
+        }
+        Err(e) => {
+            discard_json(&mut json_out);
+            refuse(e)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.scenario {
@@ -407,6 +523,7 @@ fn main() -> ExitCode {
         Scenario::Ccm(args) => run_ccm(args),
         Scenario::Ocm(args) => run_ocm(args),
         Scenario::Matou(args) => run_matou(args),
+        Scenario::Churn(args) => run_churn(args),
     }
 }
 
