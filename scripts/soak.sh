@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Churn and soak: a real chatd with every protocol takes `loadgen mix` traffic for a bounded time
+# while `loadgen churn` opens and drops short-lived connections beside it (signing in, then
+# leaving cleanly, by reset, mid-frame or before signing in), CONNECTS of them in all. Then it
+# checks that nothing was lost (both loadgens exit 0), that chatd's open descriptors are back to
+# their baseline and that its resident memory is back near its baseline, and that SIGTERM makes
+# chatd exit 0.
+#
+# The baseline is taken after a short warm-up of the same kind, so the allocator's first growth
+# does not count as a leak. "Near" is at most RSS_SLACK_KIB above it (default 16 MiB), or the
+# run fails; the figures are printed either way.
+#
+# Usage: scripts/soak.sh [CONNECTS] [DURATION]      (defaults: 100000 connects, 60s)
+# Environment: MIX_CLIENTS (default 1000), RSS_SLACK_KIB (default 16384).
+# Builds release binaries if needed. Loopback only; bounded in time; stops by itself.
+set -euo pipefail
+
+connects=${1:-100000}
+duration=${2:-60s}
+mix_clients=${MIX_CLIENTS:-1000}
+rss_slack_kib=${RSS_SLACK_KIB:-16384}
+
+cd "$(dirname "$0")/.."
+target_dir=${CARGO_TARGET_DIR:-target}
+echo "+ cargo build --release --workspace --bins"
+cargo build --release --quiet --workspace --bins
+chatd="$target_dir/release/chatd"
+loadgen="$target_dir/release/loadgen"
+
+# Seconds in DURATION (accepts 90, 90s, 2m, 500ms).
+seconds_of() {
+  case "$1" in
+    *ms) echo $(( (${1%ms} + 999) / 1000 )) ;;
+    *s) echo "${1%s}" ;;
+    *m) echo $(( ${1%m} * 60 )) ;;
+    *) echo "$1" ;;
+  esac
+}
+duration_s=$(seconds_of "$duration")
+[ "$duration_s" -ge 1 ] || { echo "soak: DURATION must be at least 1s" >&2; exit 2; }
+# Churn spreads its connects over the mix's duration.
+connect_rate=$(( (connects + duration_s - 1) / duration_s ))
+[ "$connect_rate" -le 100000 ] || { echo "soak: CONNECTS/DURATION above 100000/s" >&2; exit 2; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+room_port=$(free_port); bin24_port=$(free_port); ccm_port=$(free_port); matou_port=$(free_port)
+ocm_tcp_port=$(free_port); ocm_udp_port=$(free_udp_port); ocm_relay_port=$(free_udp_port)
+ports=(--room-port "$room_port" --bin24-port "$bin24_port" --ccm-port "$ccm_port"
+       --matou-port "$matou_port" --ocm-tcp-port "$ocm_tcp_port")
+data_dir=$(mktemp -d)
+log=$(mktemp)
+ulimit -n 20000 2>/dev/null || true
+
+echo "+ $chatd ${ports[*]} --ocm-udp-port $ocm_udp_port --ocm-relay-port $ocm_relay_port --connections-max 15000 --data-dir $data_dir"
+"$chatd" "${ports[@]}" --ocm-udp-port "$ocm_udp_port" --ocm-relay-port "$ocm_relay_port" \
+  --connections-max 15000 --data-dir "$data_dir" --stats-interval-ms 5000 2>"$log" &
+chatd_pid=$!
+cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
+trap cleanup EXIT
+
+for _ in $(seq 1 200); do
+  if [ "$(grep -c "listening on" "$log")" -ge 7 ]; then break; fi
+  if ! kill -0 "$chatd_pid" 2>/dev/null; then cat "$log"; echo "soak: chatd exited early" >&2; exit 1; fi
+  sleep 0.05
+done
+[ "$(grep -c "listening on" "$log")" -ge 7 ] || { cat "$log"; echo "soak: chatd never listened" >&2; exit 1; }
+
+fds() { find "/proc/$chatd_pid/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$chatd_pid/status"; }
+# Wait (bounded) until chatd's descriptors are back to $1: closes finish at the end of a loop
+# turn, and lingering closes (a reply still being written) within a second or so.
+wait_fds() {
+  for _ in $(seq 1 300); do
+    [ "$(fds)" -le "$1" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+mix=(mix "${ports[@]}" --ocm-udp-port "$ocm_udp_port")
+run_pair() { # CONNECTS RATE DURATION CLIENTS: mix and churn side by side; 0 if both passed
+  local mix_status=0 churn_status=0
+  echo "+ $loadgen ${mix[*]} --clients $4 --duration $3 &"
+  timeout $(( $(seconds_of "$3") + 120 )) "$loadgen" "${mix[@]}" --clients "$4" --duration "$3" &
+  local mix_pid=$!
+  echo "+ $loadgen churn ${ports[*]} --connects $1 --connect-rate $2"
+  timeout $(( $(seconds_of "$3") + 120 )) "$loadgen" churn "${ports[@]}" --connects "$1" \
+    --connect-rate "$2" || churn_status=$?
+  wait "$mix_pid" || mix_status=$?
+  [ "$churn_status" -eq 0 ] || echo "soak: loadgen churn failed (exit $churn_status)" >&2
+  [ "$mix_status" -eq 0 ] || echo "soak: loadgen mix failed (exit $mix_status)" >&2
+  [ "$churn_status" -eq 0 ] && [ "$mix_status" -eq 0 ]
+}
+
+idle_fds=$(fds)
+echo "--- warm-up (2,000 connects, 3 s)"
+run_pair 2000 1000 3s 100 || exit 1
+wait_fds "$idle_fds" || { echo "soak: descriptors not back after the warm-up: $(fds) (idle $idle_fds)" >&2; exit 1; }
+base_fds=$(fds); base_rss=$(rss_kib)
+echo "baseline: fds $base_fds, VmRSS $base_rss KiB"
+
+echo "--- soak ($connects connects at $connect_rate/s beside $mix_clients mix clients for $duration)"
+started=$(date +%s)
+soak_status=0
+run_pair "$connects" "$connect_rate" "$duration" "$mix_clients" || soak_status=$?
+echo "soak took $(( $(date +%s) - started )) s"
+
+fds_ok=0
+wait_fds "$base_fds" || fds_ok=1
+after_fds=$(fds); after_rss=$(rss_kib)
+echo "after: fds $after_fds (baseline $base_fds), VmRSS $after_rss KiB (baseline $base_rss KiB, allowed +$rss_slack_kib)"
+
+echo "+ kill -TERM $chatd_pid"
+kill -TERM "$chatd_pid"
+chatd_status=0
+timeout 10 tail --pid="$chatd_pid" -f /dev/null || { echo "soak: chatd did not exit after SIGTERM" >&2; exit 1; }
+wait "$chatd_pid" || chatd_status=$?
+echo "--- chatd log (last lines)"
+tail -n 3 "$log"
+trap - EXIT
+rm -rf "$log" "$data_dir"
+
+failed=0
+[ "$soak_status" -eq 0 ] || failed=1
+[ "$fds_ok" -eq 0 ] || { echo "soak: descriptors not back to baseline: $after_fds, baseline $base_fds" >&2; failed=1; }
+if [ "$after_rss" -gt $(( base_rss + rss_slack_kib )) ]; then
+  echo "soak: resident memory $after_rss KiB, more than $rss_slack_kib KiB above the baseline $base_rss KiB" >&2
+  failed=1
+fi
+[ "$chatd_status" -eq 0 ] || { echo "soak: chatd exited $chatd_status after SIGTERM, expected 0" >&2; failed=1; }
+[ "$failed" -eq 0 ] || exit 1
+echo "soak: ok"
