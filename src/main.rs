@@ -257,8 +257,8 @@ struct Args {
     /// full with --input-burst-bytes-max); a connection beyond it is closed ("input rate",
     /// counted as input_rate_closes). 0: no limit. Default 64 MiB/s: ten times a ROOM sender at
     /// 100,000 msg/s of 64 bytes (6.4 MB/s), and far above BIN24 (frames of at most 1024
-    /// bytes), MATOU (public messages of at most 512 bytes), CCM and OCM TCRP (one request
-    /// of at most 64 KiB) senders.
+    /// bytes), MATOU (public messages of at most 512 bytes), CCM (content of at most 1 MiB)
+    /// and OCM TCRP (one request of at most 64 KiB) senders.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().input_bytes_per_s_max)]
     input_bytes_per_s_max: u64,
 
