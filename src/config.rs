@@ -60,6 +60,26 @@ pub struct Config {
 
     /// ROOM: a connection that has not sent its alias this long after accept is closed.
     pub room_handshake_timeout_ms: u64,
+    /// BIN24, CCM and MATOU: a connection that has not identified its user this long after
+    /// accept is closed (BIN24: its first valid frame; CCM: a name accepted; MATOU: a name
+    /// taken). ROOM has its own (`room_handshake_timeout_ms`) and OCM's TCRP connections
+    /// theirs (`ocm_tcrp_request_timeout_ms`).
+    pub handshake_timeout_ms: u64,
+    /// Most connections open at once from one peer IP address, all TCP protocols together;
+    /// the next one is closed as soon as it is accepted. 0: no limit.
+    pub connections_per_ip_max: u32,
+    /// Input each TCP connection may send, in bytes per second, with `input_burst_bytes_max`
+    /// saved up (a token bucket); a connection beyond it is closed. 0: no limit.
+    pub input_bytes_per_s_max: u64,
+    pub input_burst_bytes_max: u64,
+    /// UDP (OCM chat socket and stage-1 relay): datagrams each source address (IP and port)
+    /// may send per second, with `udp_datagrams_per_source_burst_max` saved up; beyond it
+    /// datagrams are dropped and counted. 0: no limit.
+    pub udp_datagrams_per_source_per_s_max: u64,
+    pub udp_datagrams_per_source_burst_max: u64,
+    /// UDP: most source addresses rate-tracked per socket; while the table is full of active
+    /// sources, datagrams from new ones are dropped.
+    pub udp_sources_max: usize,
 
     /// BIN24: a forwarded message not answered this long makes its recipient count as
     /// disconnected (the contract's 3 s).
@@ -147,6 +167,13 @@ impl Default for Config {
             output_soft_duration_ms: 10_000,
             close_linger_ms: 2_000,
             room_handshake_timeout_ms: 60_000,
+            handshake_timeout_ms: 10_000,
+            connections_per_ip_max: 5_000,
+            input_bytes_per_s_max: 64 * 1024 * 1024,
+            input_burst_bytes_max: 16 * 1024 * 1024,
+            udp_datagrams_per_source_per_s_max: 10_000,
+            udp_datagrams_per_source_burst_max: 10_000,
+            udp_sources_max: 65_536,
             bin24_ack_timeout_ms: 3_000,
             bin24_unacked_per_recipient_max: 10_000,
             bin24_offline_window_bytes: 256 * 1024,

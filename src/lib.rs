@@ -15,10 +15,13 @@
 //!   fabricated bytes and fabricated time.
 //! - [`chat`] holds what the protocols share (per-connection state maps, member lists).
 //! - [`timer`] is the hashed timer wheel; it is given `now`, it never reads the clock.
+//! - [`limits`] is the arithmetic of the anti-abuse limits (token buckets, per-IP counts,
+//!   handshake deadlines); like the timer it is given `now`; the reactor applies it.
 //! - [`config`] holds every port, limit and timer, with its default and its unit in its name.
 
 pub mod chat;
 pub mod config;
+pub mod limits;
 pub mod protocol;
 pub mod reactor;
 pub mod stats;

@@ -40,6 +40,15 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = Config::default().room_handshake_timeout_ms,
           value_parser = clap::value_parser!(u64).range(1..))]
     room_handshake_timeout_ms: u64,
+    /// BIN24, CCM and MATOU: close a connection that has not identified its user this long
+    /// after connecting (BIN24: a first valid frame; CCM: a name accepted; MATOU: a name
+    /// taken), so idle or trickling connections cannot hold descriptors (slowloris). Generous:
+    /// CCM's contract waits 5000 + 3600 ms for a keepalive answer. ROOM has
+    /// --room-handshake-timeout-ms; an OCM TCRP connection must send its whole request within
+    /// --ocm-tcrp-request-timeout-ms.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().handshake_timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout_ms: u64,
 
     /// BIN24 port (24-byte binary header, direct messages, acks, offline store). 0 disables
     /// BIN24.
@@ -165,6 +174,26 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     udp_datagrams_per_turn_max: u64,
 
+    /// UDP (OCM chat socket and stage-1 relay): datagrams per second one source address (IP
+    /// and port) may send; beyond it (and its burst) datagrams are dropped and counted as
+    /// rate_limited. 0: no limit. The default is far above a chat member's pace: loadgen's
+    /// largest documented OCM run sends 2,400 datagrams/s from all members together.
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_datagrams_per_source_per_s_max)]
+    udp_datagrams_per_source_per_s_max: u64,
+
+    /// UDP: datagrams one source may send at once beyond its rate (the bucket's size); it also
+    /// covers a backlog read in one go after the loop was busy.
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_datagrams_per_source_burst_max,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    udp_datagrams_per_source_burst_max: u64,
+
+    /// UDP: most source addresses rate-tracked per socket. Sources idle long enough to have
+    /// their whole burst back are forgotten when room is needed; while the table is full of
+    /// active sources, datagrams from new ones are dropped (counted as over_limit).
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_sources_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    udp_sources_max: u64,
+
     /// UDP: send and receive buffer size asked of the kernel per socket (capped by
     /// net.core.rmem_max and wmem_max). A full send buffer drops the datagram, counted.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().udp_socket_buffer_bytes as u64,
@@ -215,6 +244,29 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().connections_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     connections_max: u64,
+
+    /// Most connections open at once from one peer IP address, all TCP protocols together;
+    /// a further one is closed as soon as it is accepted (counted as refused_per_ip). 0: no
+    /// limit. Default 5000: half of --connections-max, so one address cannot take every slot,
+    /// while loopback runs still fit: loadgen's largest documented run opens 1,000
+    /// connections from 127.0.0.1, and a mix of its four TCP scenarios at that size 4,000.
+    #[arg(long, value_name = "N", default_value_t = Config::default().connections_per_ip_max)]
+    connections_per_ip_max: u32,
+
+    /// Input one TCP connection may send, in bytes per second (a token bucket that starts
+    /// full with --input-burst-bytes-max); a connection beyond it is closed ("input rate",
+    /// counted as input_rate_closes). 0: no limit. Default 64 MiB/s: ten times a ROOM sender at
+    /// 100,000 msg/s of 64 bytes (6.4 MB/s), and far above BIN24 (frames of at most 1024
+    /// bytes), MATOU (public messages of at most 512 bytes), CCM (content of at most 1 MiB)
+    /// and OCM TCRP (one request of at most 64 KiB) senders.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().input_bytes_per_s_max)]
+    input_bytes_per_s_max: u64,
+
+    /// Input one connection may send at once beyond its rate. Default 16 MiB: sixteen CCM
+    /// messages at their 1 MiB content limit, and more than a socket's receive buffer can hold
+    /// when the loop was busy for a while. At least --read-chunk-bytes (one read must fit).
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().input_burst_bytes_max)]
+    input_burst_bytes_max: u64,
 
     /// Kernel accept backlog of each listener.
     #[arg(long, value_name = "N", default_value_t = Config::default().listen_backlog)]
@@ -305,12 +357,26 @@ impl Args {
                 self.matou_string_bytes_max
             ));
         }
+        if self.input_bytes_per_s_max != 0 && self.input_burst_bytes_max < self.read_chunk_bytes {
+            return Err(format!(
+                "--input-burst-bytes-max ({}) must be at least --read-chunk-bytes ({}): one read \
+                 must fit in the burst",
+                self.input_burst_bytes_max, self.read_chunk_bytes
+            ));
+        }
         let to_usize = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         let port = |value: u16| (value != 0).then_some(value);
         Ok(Config {
             bind_addr: self.bind,
             room_port: port(self.room_port),
             room_handshake_timeout_ms: self.room_handshake_timeout_ms,
+            handshake_timeout_ms: self.handshake_timeout_ms,
+            connections_per_ip_max: self.connections_per_ip_max,
+            input_bytes_per_s_max: self.input_bytes_per_s_max,
+            input_burst_bytes_max: self.input_burst_bytes_max,
+            udp_datagrams_per_source_per_s_max: self.udp_datagrams_per_source_per_s_max,
+            udp_datagrams_per_source_burst_max: self.udp_datagrams_per_source_burst_max,
+            udp_sources_max: to_usize(self.udp_sources_max),
             bin24_port: port(self.bin24_port),
             ccm_port: port(self.ccm_port),
             matou_port: port(self.matou_port),

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::protocol::DatagramDrop;
+
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub connections_open: u64,
@@ -33,6 +35,14 @@ pub struct Stats {
     pub datagrams_dropped_in: u64,
     pub datagrams_send_dropped: u64,
     pub datagrams_send_failed: u64,
+    /// `datagrams_dropped_in` by reason, indexed by [`DatagramDrop::index`].
+    pub datagrams_dropped_by_reason: [u64; DatagramDrop::ALL.len()],
+    /// Limit closes: connections closed for not identifying within their handshake deadline
+    /// (every TCP protocol), connections refused at accept for passing the per-IP limit, and
+    /// connections closed for sending beyond their input budget.
+    pub handshake_timeouts: u64,
+    pub connections_refused_per_ip: u64,
+    pub input_rate_closes: u64,
 }
 
 impl fmt::Display for Stats {
@@ -42,7 +52,8 @@ impl fmt::Display for Stats {
             "connections open={} accepted={} closed={} | frames in={} out={} | bytes in={} out={} \
              | read_calls={} write_calls={} | drops={} slow_consumer_closes={} rejected={} \
              accept_pauses={} | datagrams in={} accepted={} out={} dropped_in={} \
-             send_dropped={} send_failed={}",
+             send_dropped={} send_failed={} ({}) | handshake_timeouts={} refused_per_ip={} \
+             input_rate_closes={}",
             self.connections_open,
             self.connections_accepted,
             self.connections_closed,
@@ -61,7 +72,26 @@ impl fmt::Display for Stats {
             self.datagrams_out,
             self.datagrams_dropped_in,
             self.datagrams_send_dropped,
-            self.datagrams_send_failed
+            self.datagrams_send_failed,
+            DroppedByReason(&self.datagrams_dropped_by_reason),
+            self.handshake_timeouts,
+            self.connections_refused_per_ip,
+            self.input_rate_closes
         )
+    }
+}
+
+/// `reason=count` for every reason, space separated.
+struct DroppedByReason<'a>(&'a [u64; DatagramDrop::ALL.len()]);
+
+impl fmt::Display for DroppedByReason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, why) in DatagramDrop::ALL.iter().enumerate() {
+            if index > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}={}", why.as_str(), self.0[why.index()])?;
+        }
+        Ok(())
     }
 }

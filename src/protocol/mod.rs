@@ -39,6 +39,8 @@ pub enum CloseReason {
     Done,
     /// The server is shutting down.
     Shutdown,
+    /// The peer sent faster than its input budget allows (`--input-bytes-per-s-max`).
+    InputRate,
 }
 
 impl CloseReason {
@@ -53,6 +55,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced by a newer connection",
             CloseReason::Done => "exchange done",
             CloseReason::Shutdown => "server shutdown",
+            CloseReason::InputRate => "input rate",
         }
     }
 }
@@ -93,6 +96,10 @@ pub trait Outbox {
 
     /// Count one frame (message, chunk) received, in the statistics.
     fn count_frame_in(&mut self) {}
+
+    /// `id` has identified its user (BIN24's first valid frame, CCM's accepted name, MATOU's
+    /// name taken): the reactor's handshake deadline no longer applies to it.
+    fn mark_identified(&mut self, _id: ConnId) {}
 }
 
 /// What became of one datagram handed to [`DatagramOut::send_to`].
@@ -119,8 +126,38 @@ pub enum DatagramDrop {
     BadToken,
     /// The token is right but the datagram came from another IP address than the token's.
     WrongAddress,
-    /// A limit (peers, rooms) is full.
+    /// A limit (peers, rooms, the table of rate-tracked sources) is full.
     OverLimit,
+    /// Its source address sent faster than `--udp-datagrams-per-source-per-s-max`.
+    RateLimited,
+}
+
+impl DatagramDrop {
+    /// Every reason, in the order of [`DatagramDrop::index`].
+    pub const ALL: [DatagramDrop; 6] = [
+        DatagramDrop::Malformed,
+        DatagramDrop::UnknownRoom,
+        DatagramDrop::BadToken,
+        DatagramDrop::WrongAddress,
+        DatagramDrop::OverLimit,
+        DatagramDrop::RateLimited,
+    ];
+
+    /// A dense index, for counters kept per reason.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatagramDrop::Malformed => "malformed",
+            DatagramDrop::UnknownRoom => "unknown_room",
+            DatagramDrop::BadToken => "bad_token",
+            DatagramDrop::WrongAddress => "wrong_address",
+            DatagramDrop::OverLimit => "over_limit",
+            DatagramDrop::RateLimited => "rate_limited",
+        }
+    }
 }
 
 /// Where a datagram protocol's output goes: one UDP socket. The reactor sends at once,

@@ -16,6 +16,8 @@ pub struct RecordingOutbox {
     pub closed: Vec<(ConnId, CloseReason, CloseMode)>,
     pub rejected: u64,
     pub frames_in: u64,
+    /// Every `mark_identified`, in order.
+    pub identified: Vec<ConnId>,
 }
 
 impl RecordingOutbox {
@@ -56,6 +58,10 @@ impl Outbox for RecordingOutbox {
 
     fn count_frame_in(&mut self) {
         self.frames_in += 1;
+    }
+
+    fn mark_identified(&mut self, id: ConnId) {
+        self.identified.push(id);
     }
 }
 

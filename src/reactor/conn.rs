@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use slab::Slab;
 
 use crate::chat::ConnId;
+use crate::limits::TokenBucket;
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::stats::Stats;
 
@@ -65,6 +66,11 @@ pub(crate) struct Conn {
     written_bytes_total: u64,
     /// (end offset, note) of buffers queued with `send_notify`, in queue order.
     notes: VecDeque<(u64, u64)>,
+    /// The protocol said the user is identified, or the protocol keeps its own handshake
+    /// deadline: the reactor's handshake deadline no longer applies.
+    pub(crate) identified: bool,
+    /// Input budget (`--input-bytes-per-s-max`), taken from by every read.
+    pub(crate) input_budget: TokenBucket,
 }
 
 impl Conn {
@@ -73,6 +79,7 @@ impl Conn {
         generation: u32,
         kind: ProtocolKind,
         peer: SocketAddr,
+        input_budget: TokenBucket,
     ) -> Self {
         Conn {
             stream,
@@ -94,6 +101,8 @@ impl Conn {
             queued_bytes_total: 0,
             written_bytes_total: 0,
             notes: VecDeque::new(),
+            identified: false,
+            input_budget,
         }
     }
 
@@ -461,5 +470,11 @@ impl Outbox for ConnTable {
 
     fn count_frame_in(&mut self) {
         self.stats.frames_in += 1;
+    }
+
+    fn mark_identified(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.identified = true;
+        }
     }
 }

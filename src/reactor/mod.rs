@@ -33,7 +33,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::chat::ConnId;
 use crate::config::Config;
-use crate::protocol::{CloseMode, CloseReason, Outbox};
+use crate::limits::{
+    Admission, HandshakeDeadlines, PerIpCounts, RateLimit, SourceBuckets, TokenBucket,
+};
+use crate::protocol::{CloseMode, CloseReason, DatagramDrop, Outbox};
 use crate::stats::Stats;
 
 pub use crate::store::StoreError;
@@ -62,6 +65,33 @@ const UDP_DATAGRAM_BYTES_MAX: usize = 65_507;
 
 /// Consecutive failures of `poll` itself after which the server gives up.
 const POLL_ERRORS_MAX: u32 = 8;
+
+/// At most one warning line per limit per this long: a flood of refusals must not become a
+/// flood of log lines (the counters in the statistics count every one).
+const LIMIT_LOG_INTERVAL_MS: u64 = 1000;
+
+/// A warning logged at most once per [`LIMIT_LOG_INTERVAL_MS`], saying how many were not.
+#[derive(Default)]
+struct LimitLog {
+    next_ms: u64,
+    suppressed: u64,
+}
+
+impl LimitLog {
+    fn warn(&mut self, now_ms: u64, message: impl FnOnce() -> String) {
+        if now_ms < self.next_ms {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            warn!("{} (and {} more not logged)", message(), self.suppressed);
+        } else {
+            warn!("{}", message());
+        }
+        self.suppressed = 0;
+        self.next_ms = now_ms + LIMIT_LOG_INTERVAL_MS;
+    }
+}
 
 enum Source {
     Signal,
@@ -182,6 +212,13 @@ pub struct Server {
     /// Set once shutdown begins: the time by which the loop exits even with output queued.
     shutdown_deadline_ms: Option<u64>,
     stats_next_ms: Option<u64>,
+    /// Open connections per peer IP, for `--connections-per-ip-max`.
+    per_ip: PerIpCounts,
+    /// `--handshake-timeout-ms` deadlines of the protocols that have one in the reactor.
+    handshake_deadlines: HandshakeDeadlines,
+    input_limit: RateLimit,
+    per_ip_log: LimitLog,
+    input_rate_log: LimitLog,
 }
 
 impl Server {
@@ -276,6 +313,10 @@ impl Server {
                 ready: false,
             });
         }
+        let datagram_limit = RateLimit {
+            rate_per_s: config.udp_datagrams_per_source_per_s_max,
+            burst: config.udp_datagrams_per_source_burst_max,
+        };
         let mut udp = Vec::new();
         for (index, (mut socket, kind)) in udp_sockets.into_iter().enumerate() {
             let fail = |step, source| BindError {
@@ -300,6 +341,7 @@ impl Server {
                 addr,
                 ready: false,
                 counters: UdpCounters::default(),
+                sources: SourceBuckets::new(datagram_limit, config.udp_sources_max),
             });
         }
         let limits = OutputLimits {
@@ -325,6 +367,14 @@ impl Server {
             accept_gate: AcceptGate::default(),
             shutdown_deadline_ms: None,
             stats_next_ms,
+            per_ip: PerIpCounts::default(),
+            handshake_deadlines: HandshakeDeadlines::default(),
+            input_limit: RateLimit {
+                rate_per_s: config.input_bytes_per_s_max,
+                burst: config.input_burst_bytes_max,
+            },
+            per_ip_log: LimitLog::default(),
+            input_rate_log: LimitLog::default(),
             config,
         })
     }
@@ -478,6 +528,7 @@ impl Server {
             self.services.next_deadline_ms(),
             self.table.lingering.iter().map(|&(_, at)| at).min(),
             self.accept_gate.paused_until_ms,
+            self.handshake_deadlines.next_deadline_ms(),
             self.stats_next_ms,
             self.shutdown_deadline_ms,
         ];
@@ -560,6 +611,17 @@ impl Server {
                 let Some(datagram) = self.udp_scratch.get(..len) else {
                     continue;
                 };
+                match entry.sources.admit(from, now_ms) {
+                    Admission::Admitted => {}
+                    Admission::RateLimited => {
+                        entry.counters.count_dropped_in(DatagramDrop::RateLimited);
+                        continue;
+                    }
+                    Admission::TableFull => {
+                        entry.counters.count_dropped_in(DatagramDrop::OverLimit);
+                        continue;
+                    }
+                }
                 let mut out = UdpOut {
                     socket: &entry.socket,
                     counters: &mut entry.counters,
@@ -587,9 +649,16 @@ impl Server {
             let (outcome, count) = conn.read_once(&mut self.scratch);
             match outcome {
                 IoOutcome::Continue => {
+                    let within_budget =
+                        conn.input_budget
+                            .take(self.input_limit, count as u64, self.now_ms);
                     self.table.stats.read_calls += 1;
                     self.table.stats.bytes_in += count as u64;
                     read_bytes += count;
+                    if !within_budget {
+                        self.close_for_input_rate(id);
+                        return;
+                    }
                     self.deliver_input(id);
                     if read_bytes >= budget_bytes {
                         self.table.mark_ready(id.slot as usize);
@@ -616,6 +685,27 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// `id` sent beyond its input budget: close it at once, without handing the flood to its
+    /// protocol.
+    fn close_for_input_rate(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        conn.read_buf.clear();
+        conn.read_ready = false;
+        let (peer, kind) = (conn.peer, conn.kind);
+        let limit = self.input_limit;
+        self.input_rate_log.warn(self.now_ms, || {
+            format!(
+                "closing {} {peer} ({id}): input over {} bytes/s (burst {})",
+                kind.name(),
+                limit.rate_per_s,
+                limit.burst
+            )
+        });
+        self.table.close(id, CloseReason::InputRate, CloseMode::Now);
     }
 
     /// Hand a connection's buffered input to its protocol. The buffer is lent out for the call
@@ -670,6 +760,17 @@ impl Server {
             None => self
                 .services
                 .on_timers(now_ms, &mut self.table, &mut NoDatagrams),
+        }
+        while let Some(id) = self.handshake_deadlines.pop_expired(now_ms) {
+            let Some(conn) = self.table.get_mut(id) else {
+                continue;
+            };
+            if conn.identified || conn.closing().is_some() {
+                continue;
+            }
+            debug!("{id}: not identified within the handshake deadline");
+            self.table
+                .close(id, CloseReason::HandshakeTimeout, CloseMode::Now);
         }
         if !self.table.lingering.is_empty() {
             let lingering = std::mem::take(&mut self.table.lingering);
@@ -747,6 +848,12 @@ impl Server {
             conn.peer,
             reason.as_str()
         );
+        match reason {
+            CloseReason::HandshakeTimeout => self.table.stats.handshake_timeouts += 1,
+            CloseReason::InputRate => self.table.stats.input_rate_closes += 1,
+            _ => {}
+        }
+        self.per_ip.remove(conn.peer.ip());
         let kind = conn.kind;
         drop(conn);
         self.table.stats.connections_open -= 1;
@@ -797,12 +904,31 @@ impl Server {
                 match self.listeners[index].listener.accept() {
                     Ok((stream, peer)) => {
                         accepted += 1;
+                        let per_ip_max = self.config.connections_per_ip_max;
+                        if per_ip_max != 0 && self.per_ip.count(peer.ip()) >= per_ip_max {
+                            self.refuse_per_ip(stream, peer, index);
+                            continue;
+                        }
                         self.add_conn(stream, peer, self.listeners[index].kind);
                     }
                     Err(err) => self.accept_failed(index, &err),
                 }
             }
         }
+    }
+
+    /// `peer`'s address has its most connections open: close the new one at once (dropping
+    /// the socket), before any protocol sees it.
+    fn refuse_per_ip(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, index: usize) {
+        drop(stream);
+        self.table.stats.connections_refused_per_ip += 1;
+        let max = self.config.connections_per_ip_max;
+        let protocol = self.listeners[index].kind.name();
+        self.per_ip_log.warn(self.now_ms, || {
+            format!(
+                "{protocol}: refused a connection from {peer}: {max} already open from its address"
+            )
+        });
     }
 
     fn accept_failed(&mut self, index: usize, err: &io::Error) {
@@ -846,7 +972,22 @@ impl Server {
             warn!("cannot register connection from {peer}: {err}");
             return;
         }
-        entry.insert(Conn::new(stream, generation, kind, peer));
+        let mut conn = Conn::new(
+            stream,
+            generation,
+            kind,
+            peer,
+            TokenBucket::full(self.input_limit, self.now_ms),
+        );
+        if kind.has_reactor_handshake_deadline() {
+            let deadline_ms = self.now_ms.saturating_add(self.config.handshake_timeout_ms);
+            self.handshake_deadlines.push(id, deadline_ms);
+        } else {
+            conn.identified = true;
+        }
+        entry.insert(conn);
+        // Unlimited here: the limit was checked before accepting.
+        self.per_ip.try_add(peer.ip(), 0);
         self.table.stats.connections_accepted += 1;
         self.table.stats.connections_open += 1;
         self.shared

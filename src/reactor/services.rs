@@ -44,6 +44,16 @@ impl ProtocolKind {
             ProtocolKind::Ocm => "OCM",
         }
     }
+
+    /// Whether the reactor enforces `--handshake-timeout-ms` on this protocol's connections
+    /// (until the protocol marks them identified). ROOM and OCM's TCRP keep their own deadline
+    /// in the protocol, with its own flag and close behaviour.
+    pub(crate) fn has_reactor_handshake_deadline(self) -> bool {
+        match self {
+            ProtocolKind::Bin24 | ProtocolKind::Ccm | ProtocolKind::Matou => true,
+            ProtocolKind::Room | ProtocolKind::Ocm => false,
+        }
+    }
 }
 
 /// Which datagram protocol a UDP socket speaks.

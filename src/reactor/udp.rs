@@ -8,6 +8,7 @@ use log::debug;
 use mio::net::UdpSocket;
 
 use super::services::UdpKind;
+use crate::limits::SourceBuckets;
 use crate::protocol::{DatagramDrop, DatagramOut, DatagramSent};
 use crate::stats::Stats;
 
@@ -24,6 +25,7 @@ pub(crate) struct UdpCounters {
     pub send_dropped: u64,
     pub send_failed: u64,
     pub recv_errors: u64,
+    pub dropped_by_reason: [u64; DatagramDrop::ALL.len()],
 }
 
 impl UdpCounters {
@@ -37,6 +39,18 @@ impl UdpCounters {
         stats.rejected += self.dropped_in;
         stats.datagrams_send_dropped += self.send_dropped;
         stats.datagrams_send_failed += self.send_failed;
+        for (total, count) in stats
+            .datagrams_dropped_by_reason
+            .iter_mut()
+            .zip(self.dropped_by_reason)
+        {
+            *total += count;
+        }
+    }
+
+    pub(crate) fn count_dropped_in(&mut self, why: DatagramDrop) {
+        self.dropped_in += 1;
+        self.dropped_by_reason[why.index()] += 1;
     }
 }
 
@@ -48,6 +62,8 @@ pub(crate) struct UdpEntry {
     /// its per-turn budget is read again next turn without waiting for an edge.
     pub ready: bool,
     pub counters: UdpCounters,
+    /// Per-source rate limit: a token bucket per source address.
+    pub sources: SourceBuckets<SocketAddr>,
 }
 
 /// What one `recv_from` gave.
@@ -112,7 +128,7 @@ impl DatagramOut for UdpOut<'_> {
     }
 
     fn count_dropped_in(&mut self, why: DatagramDrop) {
-        self.counters.dropped_in += 1;
+        self.counters.count_dropped_in(why);
         debug!("datagram dropped: {why:?}");
     }
 

@@ -205,6 +205,7 @@ impl Bin24Service {
             }
             None => {
                 conn.user = Some(src);
+                out.mark_identified(id);
                 if let Some(older) = self.users.insert(src, id) {
                     // The newer connection wins; the older one leaves as if it disconnected,
                     // and what it had not answered goes to the store for the newcomer.

@@ -608,3 +608,31 @@ fn a_backlog_stops_when_its_connection_goes_away() {
     assert_eq!(h.out.notified.len(), 2);
     assert!(h.store.removes().is_empty());
 }
+
+#[test]
+fn only_a_valid_first_frame_marks_the_connection_identified() {
+    // The reactor closes a connection that is not identified within its handshake deadline;
+    // BIN24 identifies a user by its first valid frame, and by nothing less.
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1));
+    // Half a header: not yet a frame.
+    let whole = message(1, "alice", "bob", "hi");
+    let mut input = BytesMut::from(&whole[..10]);
+    h.service
+        .on_data(conn(1), &mut input, 0, &mut h.out, &mut h.store);
+    assert!(h.out.identified.is_empty());
+    input.extend_from_slice(&whole[10..]);
+    h.service
+        .on_data(conn(1), &mut input, 0, &mut h.out, &mut h.store);
+    assert_eq!(h.out.identified, [conn(1)]);
+    // Later frames do not mark it again.
+    h.feed(conn(1), &message(2, "alice", "bob", "again"));
+    assert_eq!(h.out.identified, [conn(1)]);
+
+    // A first frame with an empty SRC, or a type a client may not send, identifies nobody.
+    h.service.on_accept(conn(2));
+    h.feed(conn(2), &message(1, "", "bob", "hi"));
+    h.service.on_accept(conn(3));
+    h.feed(conn(3), &frame(7, 1, "carol", "bob", b"x"));
+    assert_eq!(h.out.identified, [conn(1)]);
+}

@@ -301,6 +301,7 @@ impl CcmService {
             };
             conn.keepalive = Some(keepalive);
         }
+        out.mark_identified(id);
         out.send(id, codec::encode("Identity", &[("User", &token)], b""));
     }
 

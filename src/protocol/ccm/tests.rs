@@ -420,3 +420,29 @@ fn a_name_in_utf16_is_decoded_by_its_message_encoding() {
     assert!(h.text_to(conn(2))[0].contains("name-taken"));
     let _ = Bytes::new();
 }
+
+#[test]
+fn only_an_accepted_name_marks_the_connection_identified() {
+    // The reactor closes a connection that is not identified within its handshake deadline:
+    // detection, a refused name or an empty one do not count; an accepted name does.
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    assert_eq!(h.out.identified, [conn(1)]);
+    h.service.on_accept(conn(2), 0);
+    let mut input = BytesMut::from(&b"CCM\\"[..]);
+    h.service
+        .on_data(conn(2), &mut input, false, 0, UNIX_SECS, &mut h.out);
+    assert_eq!(h.out.identified, [conn(1)], "detected is not identified");
+    h.burst(conn(2), &identity("alice"));
+    h.burst(conn(2), &identity(" "));
+    assert_eq!(
+        h.out.identified,
+        [conn(1)],
+        "taken and empty names do not identify"
+    );
+    h.burst(conn(2), &identity("bob"));
+    assert_eq!(h.out.identified, [conn(1), conn(2)]);
+    // Messages after that do not mark it again.
+    h.burst(conn(2), &text("alice", "hi"));
+    assert_eq!(h.out.identified, [conn(1), conn(2)]);
+}

@@ -212,6 +212,7 @@ impl MatouService {
                 links_in: HashSet::new(),
             });
         }
+        out.mark_identified(id);
         out.send(id, codec::connect_response(true));
         self.broadcast(codec::connect_notify(&name), out);
     }

@@ -956,3 +956,19 @@ fn random_streams_never_break_the_service_or_its_output() {
     );
     assert!(sent_total > 5_000, "only {sent_total} packets were sent");
 }
+
+#[test]
+fn only_a_name_taken_marks_the_connection_identified() {
+    // The reactor closes a connection that is not identified within its handshake deadline:
+    // packets before sign-in and refused names do not count; a name taken does.
+    let mut h = Harness::new();
+    h.sign_in(alice(), ALICE_IP, "alice");
+    assert_eq!(h.out.identified, [alice()]);
+    h.service.on_accept(bob(), BOB_IP);
+    h.data(bob(), &codec::public_message(b"hello?"));
+    h.data(bob(), &codec::connect_request(b"alice"));
+    h.data(bob(), &codec::connect_request(b"not a name"));
+    assert_eq!(h.out.identified, [alice()]);
+    h.data(bob(), &codec::connect_request(b"bob"));
+    assert_eq!(h.out.identified, [alice(), bob()]);
+}

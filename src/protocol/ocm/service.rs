@@ -663,7 +663,9 @@ impl OcmService {
                     if self.conns.remove(id).is_some() {
                         debug!("{id}: no whole TCRP request in time");
                         out.count_rejected();
-                        out.close(id, CloseReason::Timeout, CloseMode::Now);
+                        // Counted with the other protocols' handshake deadlines: it is the
+                        // same guard (no slowloris) for a protocol of one request.
+                        out.close(id, CloseReason::HandshakeTimeout, CloseMode::Now);
                     }
                 }
                 Timer::Idle(key) => {

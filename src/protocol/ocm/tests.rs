@@ -548,7 +548,10 @@ fn the_request_timeout_closes_a_silent_connection() {
     assert_eq!(h.out.closed.len(), 1, "only the answered one so far");
     h.advance_to(REQUEST_TIMEOUT_MS);
     for id in [silent, partial] {
-        assert_eq!(h.closed(id), [(CloseReason::Timeout, CloseMode::Now)]);
+        assert_eq!(
+            h.closed(id),
+            [(CloseReason::HandshakeTimeout, CloseMode::Now)]
+        );
         assert!(h.out.sent_to(id).is_empty());
     }
     assert_eq!(h.closed(done), [(CloseReason::Done, CloseMode::AfterFlush)]);

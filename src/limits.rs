@@ -1,0 +1,446 @@
+//! The arithmetic of the limits a hostile client cannot pass: token buckets for input rates,
+//! a bounded table of per-source datagram buckets, per-IP connection counts and the
+//! handshake deadline queue. Pure: every call is given `now_ms`, nothing reads the clock or
+//! touches a socket, so each rule is tested with fabricated time. The reactor applies them.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::IpAddr;
+
+use crate::chat::ConnId;
+
+/// A token bucket: `rate_per_s` units a second, at most `burst` saved up. It starts full, so a
+/// newcomer may send its first burst at once.
+///
+/// Credit is kept in thousandths of a unit (units/s times ms), so a rate of a few units a
+/// second is exact at millisecond steps without floating point.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBucket {
+    credit_milli: u64,
+    last_ms: u64,
+}
+
+/// A bucket's rate and size. A rate of 0 means no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate_per_s: u64,
+    pub burst: u64,
+}
+
+impl RateLimit {
+    pub fn is_unlimited(self) -> bool {
+        self.rate_per_s == 0
+    }
+
+    fn capacity_milli(self) -> u64 {
+        self.burst.saturating_mul(1000)
+    }
+}
+
+impl TokenBucket {
+    pub fn full(limit: RateLimit, now_ms: u64) -> Self {
+        TokenBucket {
+            credit_milli: limit.capacity_milli(),
+            last_ms: now_ms,
+        }
+    }
+
+    fn refill(&mut self, limit: RateLimit, now_ms: u64) {
+        let elapsed_ms = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.credit_milli = self
+            .credit_milli
+            .saturating_add(elapsed_ms.saturating_mul(limit.rate_per_s))
+            .min(limit.capacity_milli());
+    }
+
+    /// Take `amount` units at `now_ms`. False when the bucket cannot cover it: the taker is
+    /// over its rate (the credit is then left at zero, so a flood that continues stays over).
+    pub fn take(&mut self, limit: RateLimit, amount: u64, now_ms: u64) -> bool {
+        if limit.is_unlimited() {
+            return true;
+        }
+        self.refill(limit, now_ms);
+        let cost_milli = amount.saturating_mul(1000);
+        match self.credit_milli.checked_sub(cost_milli) {
+            Some(left) => {
+                self.credit_milli = left;
+                true
+            }
+            None => {
+                self.credit_milli = 0;
+                false
+            }
+        }
+    }
+
+    /// Whether the bucket would be full at `now_ms`: it then holds no more information than a
+    /// new one, and may be forgotten.
+    pub fn is_full_at(&self, limit: RateLimit, now_ms: u64) -> bool {
+        let mut copy = *self;
+        copy.refill(limit, now_ms);
+        copy.credit_milli >= limit.capacity_milli()
+    }
+}
+
+/// What [`SourceBuckets::admit`] decided about one datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The source is over its rate.
+    RateLimited,
+    /// The table of sources is full of active ones: a new source cannot be tracked, so its
+    /// datagram is dropped rather than letting memory grow.
+    TableFull,
+}
+
+/// One token bucket per source (a datagram's source address), at most `sources_max` of them.
+/// Buckets that are full again are forgotten when room is needed: a full bucket is what a new
+/// source gets anyway, so forgetting it changes no decision.
+#[derive(Debug)]
+pub struct SourceBuckets<K> {
+    limit: RateLimit,
+    sources_max: usize,
+    buckets: HashMap<K, TokenBucket>,
+    /// After a sweep that freed nothing, no new sweep before this time: a flood of new
+    /// sources must not make every datagram cost a pass over the table.
+    no_sweep_before_ms: u64,
+}
+
+impl<K: Hash + Eq + Copy> SourceBuckets<K> {
+    pub fn new(limit: RateLimit, sources_max: usize) -> Self {
+        SourceBuckets {
+            limit,
+            sources_max: sources_max.max(1),
+            buckets: HashMap::new(),
+            no_sweep_before_ms: 0,
+        }
+    }
+
+    /// Sources tracked now.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// Count one datagram from `source` at `now_ms`.
+    pub fn admit(&mut self, source: K, now_ms: u64) -> Admission {
+        let limit = self.limit;
+        if limit.is_unlimited() {
+            return Admission::Admitted;
+        }
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= self.sources_max {
+            self.sweep(now_ms);
+            if self.buckets.len() >= self.sources_max {
+                return Admission::TableFull;
+            }
+        }
+        let bucket = match self.buckets.entry(source) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(TokenBucket::full(limit, now_ms)),
+        };
+        if bucket.take(limit, 1, now_ms) {
+            Admission::Admitted
+        } else {
+            Admission::RateLimited
+        }
+    }
+
+    fn sweep(&mut self, now_ms: u64) {
+        if now_ms < self.no_sweep_before_ms {
+            return;
+        }
+        let limit = self.limit;
+        self.buckets
+            .retain(|_, bucket| !bucket.is_full_at(limit, now_ms));
+        if self.buckets.len() >= self.sources_max {
+            // Time for an emptied bucket to fill again: nothing can be freed sooner.
+            let refill_ms = limit
+                .burst
+                .saturating_mul(1000)
+                .div_ceil(limit.rate_per_s.max(1));
+            self.no_sweep_before_ms = now_ms.saturating_add(refill_ms.clamp(1, 1000));
+        }
+    }
+}
+
+/// Open connections per peer IP address, for the per-IP connection limit.
+#[derive(Debug, Default)]
+pub struct PerIpCounts {
+    counts: HashMap<IpAddr, u32>,
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry: one host, one count.
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+impl PerIpCounts {
+    /// Count a new connection from `ip` unless `ip` already has `max` (0: no limit). False when
+    /// it is refused.
+    pub fn try_add(&mut self, ip: IpAddr, max: u32) -> bool {
+        let count = self.counts.entry(canonical(ip)).or_insert(0);
+        if max != 0 && *count >= max {
+            if *count == 0 {
+                self.counts.remove(&canonical(ip));
+            }
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// A connection from `ip` closed.
+    pub fn remove(&mut self, ip: IpAddr) {
+        let key = canonical(ip);
+        if let Entry::Occupied(mut entry) = self.counts.entry(key) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+
+    pub fn count(&self, ip: IpAddr) -> u32 {
+        self.counts.get(&canonical(ip)).copied().unwrap_or(0)
+    }
+
+    /// Addresses with at least one connection.
+    pub fn addresses(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// Handshake deadlines of connections, oldest first. Every connection gets the same timeout
+/// when it is accepted, and accept times only grow, so the deadlines are in order and a FIFO
+/// serves as the timer: O(1) to arm, O(1) per expiry, nothing to cancel (a connection that
+/// identified or closed is simply skipped when its entry comes due).
+#[derive(Debug, Default)]
+pub struct HandshakeDeadlines {
+    queue: VecDeque<(ConnId, u64)>,
+}
+
+impl HandshakeDeadlines {
+    pub fn push(&mut self, id: ConnId, deadline_ms: u64) {
+        debug_assert!(self
+            .queue
+            .back()
+            .is_none_or(|&(_, last)| last <= deadline_ms));
+        self.queue.push_back((id, deadline_ms));
+    }
+
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.queue.front().map(|&(_, deadline_ms)| deadline_ms)
+    }
+
+    /// The next connection whose deadline is at or before `now_ms`.
+    pub fn pop_expired(&mut self, now_ms: u64) -> Option<ConnId> {
+        match self.queue.front() {
+            Some(&(id, deadline_ms)) if deadline_ms <= now_ms => {
+                self.queue.pop_front();
+                Some(id)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    const LIMIT: RateLimit = RateLimit {
+        rate_per_s: 1000,
+        burst: 100,
+    };
+
+    #[test]
+    fn a_bucket_allows_its_burst_at_once_then_its_rate() {
+        let mut bucket = TokenBucket::full(LIMIT, 0);
+        assert!(bucket.take(LIMIT, 100, 0));
+        assert!(!bucket.take(LIMIT, 1, 0), "the burst is spent");
+        // 1000 a second is one a millisecond.
+        assert!(bucket.take(LIMIT, 10, 10));
+        assert!(!bucket.take(LIMIT, 1, 10));
+    }
+
+    #[test]
+    fn a_steady_sender_at_the_rate_is_never_refused() {
+        let mut bucket = TokenBucket::full(LIMIT, 0);
+        for ms in 1..=10_000 {
+            assert!(bucket.take(LIMIT, 1, ms), "refused at {ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_sender_over_the_rate_is_refused_once_its_burst_is_gone() {
+        let mut bucket = TokenBucket::full(LIMIT, 0);
+        // Two a millisecond: one over the rate each ms, so the 100 of burst last about 100 ms.
+        let first_refusal = (1..=1000).find(|&ms| !bucket.take(LIMIT, 2, ms));
+        assert_eq!(first_refusal, Some(100));
+    }
+
+    #[test]
+    fn credit_never_exceeds_the_burst_however_long_the_silence() {
+        let mut bucket = TokenBucket::full(LIMIT, 0);
+        assert!(bucket.take(LIMIT, 100, 0));
+        assert!(bucket.is_full_at(LIMIT, 100));
+        assert!(!bucket.take(LIMIT, 101, 1_000_000));
+    }
+
+    #[test]
+    fn slow_rates_are_exact_at_millisecond_steps() {
+        let limit = RateLimit {
+            rate_per_s: 3,
+            burst: 1,
+        };
+        let mut bucket = TokenBucket::full(limit, 0);
+        assert!(bucket.take(limit, 1, 0));
+        assert!(
+            !bucket.take(limit, 1, 333),
+            "a third of a second less a millisecond"
+        );
+        let mut bucket = TokenBucket::full(limit, 0);
+        assert!(bucket.take(limit, 1, 0));
+        assert!(bucket.take(limit, 1, 334));
+    }
+
+    #[test]
+    fn a_rate_of_zero_means_no_limit() {
+        let limit = RateLimit {
+            rate_per_s: 0,
+            burst: 0,
+        };
+        let mut bucket = TokenBucket::full(limit, 0);
+        assert!(bucket.take(limit, u64::MAX, 0));
+        let mut sources = SourceBuckets::new(limit, 1);
+        for port in 0..100 {
+            let from = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            assert_eq!(sources.admit(from, 0), Admission::Admitted);
+        }
+        assert!(sources.is_empty(), "nothing tracked without a limit");
+    }
+
+    #[test]
+    fn sources_are_limited_separately() {
+        let limit = RateLimit {
+            rate_per_s: 10,
+            burst: 2,
+        };
+        let flooder = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let member = SocketAddr::from((Ipv4Addr::LOCALHOST, 2));
+        let mut sources = SourceBuckets::new(limit, 16);
+        assert_eq!(sources.admit(flooder, 0), Admission::Admitted);
+        assert_eq!(sources.admit(flooder, 0), Admission::Admitted);
+        assert_eq!(sources.admit(flooder, 0), Admission::RateLimited);
+        assert_eq!(sources.admit(member, 0), Admission::Admitted);
+        // 10 a second: one more after 100 ms.
+        assert_eq!(sources.admit(flooder, 100), Admission::Admitted);
+        assert_eq!(sources.admit(flooder, 100), Admission::RateLimited);
+    }
+
+    #[test]
+    fn a_full_table_forgets_idle_sources_and_refuses_while_all_are_active() {
+        let limit = RateLimit {
+            rate_per_s: 10,
+            burst: 1,
+        };
+        let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut sources = SourceBuckets::new(limit, 2);
+        assert_eq!(sources.admit(addr(1), 0), Admission::Admitted);
+        assert_eq!(sources.admit(addr(2), 0), Admission::Admitted);
+        // Both buckets are empty (active): a third source cannot be tracked.
+        assert_eq!(sources.admit(addr(3), 50), Admission::TableFull);
+        assert_eq!(sources.len(), 2);
+        // Known sources are still served by their own buckets; source 1 stays active.
+        assert_eq!(sources.admit(addr(1), 100), Admission::Admitted);
+        assert_eq!(sources.admit(addr(1), 190), Admission::RateLimited);
+        // By 200 ms source 2 has refilled (idle): it alone is forgotten to make room.
+        assert_eq!(sources.admit(addr(3), 200), Admission::Admitted);
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources.admit(addr(1), 200), Admission::RateLimited);
+    }
+
+    #[test]
+    fn a_failed_sweep_is_not_repeated_for_every_datagram() {
+        let limit = RateLimit {
+            rate_per_s: 10,
+            burst: 1,
+        };
+        let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut sources = SourceBuckets::new(limit, 1);
+        assert_eq!(sources.admit(addr(1), 0), Admission::Admitted);
+        assert_eq!(sources.admit(addr(2), 0), Admission::TableFull);
+        assert_eq!(sources.no_sweep_before_ms, 100);
+        assert_eq!(sources.admit(addr(2), 99), Admission::TableFull);
+        assert_eq!(sources.admit(addr(2), 100), Admission::Admitted);
+    }
+
+    #[test]
+    fn per_ip_counts_refuse_the_next_connection_at_the_limit_and_accept_after_a_close() {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let mut counts = PerIpCounts::default();
+        assert!(counts.try_add(ip, 2));
+        assert!(counts.try_add(ip, 2));
+        assert!(!counts.try_add(ip, 2));
+        assert!(
+            counts.try_add(other, 2),
+            "another address has its own count"
+        );
+        counts.remove(ip);
+        assert!(counts.try_add(ip, 2));
+        assert_eq!(counts.count(ip), 2);
+        counts.remove(ip);
+        counts.remove(ip);
+        counts.remove(other);
+        assert_eq!(
+            counts.addresses(),
+            0,
+            "no entry is kept for an address with none"
+        );
+    }
+
+    #[test]
+    fn per_ip_limit_zero_is_no_limit_and_mapped_ipv6_counts_as_ipv4() {
+        let mut counts = PerIpCounts::default();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for _ in 0..10_000 {
+            assert!(counts.try_add(ip, 0));
+        }
+        let mut counts = PerIpCounts::default();
+        let mapped = IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        assert!(counts.try_add(ip, 1));
+        assert!(!counts.try_add(mapped, 1));
+        assert!(counts.try_add(IpAddr::V6(Ipv6Addr::LOCALHOST), 1));
+    }
+
+    #[test]
+    fn handshake_deadlines_come_due_in_order_and_not_early() {
+        let mut deadlines = HandshakeDeadlines::default();
+        let a = ConnId::new(0, 1);
+        let b = ConnId::new(1, 2);
+        deadlines.push(a, 100);
+        deadlines.push(b, 150);
+        assert_eq!(deadlines.next_deadline_ms(), Some(100));
+        assert_eq!(deadlines.pop_expired(99), None);
+        assert_eq!(deadlines.pop_expired(100), Some(a));
+        assert_eq!(deadlines.pop_expired(100), None);
+        assert_eq!(deadlines.next_deadline_ms(), Some(150));
+        assert_eq!(deadlines.pop_expired(1000), Some(b));
+        assert!(deadlines.is_empty());
+    }
+}

@@ -1,0 +1,342 @@
+//! Limits a hostile client cannot pass, over real sockets: handshake deadlines on every TCP
+//! protocol, the per-IP connection limit, the per-connection input budget and the per-source
+//! datagram rate. Each test also shows that a well-behaved client on the same server is not
+//! touched, and reads the server's statistics to see the limit counted.
+//!
+//! Timers and budgets are configured small, so every test runs in well under a second.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{Client, TempDir, TestServer, WAIT};
+use switchboard::config::Config;
+use switchboard::protocol::bin24::codec::{self as bin24, Name};
+use switchboard::protocol::matou::codec as matou;
+use switchboard::protocol::DatagramDrop;
+
+const HANDSHAKE_MS: u64 = 300;
+
+fn bin24_message(id: u32, from: &str, to: &str, text: &str) -> Vec<u8> {
+    let name = |text: &str| Name::new(text.as_bytes()).expect("valid name");
+    bin24::encode(
+        bin24::TYPE_MESSAGE,
+        id,
+        name(from),
+        name(to),
+        text.as_bytes(),
+    )
+    .expect("short body")
+    .to_vec()
+}
+
+fn ccm_identity(name: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+        name.len()
+    )
+    .into_bytes()
+}
+
+fn ccm_text(to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A TCRP request as the original client writes it: header, room name, JSON payload.
+fn tcrp_request(room: &str, operation: u8, name: &str, udp: SocketAddr) -> Vec<u8> {
+    let payload = format!(
+        "{{\"user_name\": \"{name}\", \"user_address\": [\"{}\", {}]}}",
+        udp.ip(),
+        udp.port()
+    );
+    let mut bytes = vec![room.len() as u8, operation, 0];
+    bytes.extend_from_slice(&[0u8; 21]);
+    bytes.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(room.as_bytes());
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
+}
+
+/// An OCM chat member: its UDP socket and token.
+struct Member {
+    name: String,
+    room: String,
+    token: String,
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Member {
+    /// Create (operation 1) or join (2) `room` over TCRP.
+    fn enter(server: &TestServer, operation: u8, room: &str, name: &str) -> Member {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        socket.set_read_timeout(Some(WAIT)).expect("timeout");
+        let udp = socket.local_addr().expect("addr");
+        let mut tcrp = Client::connect(server.ocm_tcp.expect("OCM enabled"), name);
+        tcrp.send(&tcrp_request(room, operation, name, udp));
+        let answer = tcrp.expect_closed();
+        let json = String::from_utf8_lossy(answer.get(32..).unwrap_or_default()).into_owned();
+        let at = json.find("\"token\": \"").expect("a token in the answer") + 10;
+        Member {
+            name: name.to_string(),
+            room: room.to_string(),
+            token: json[at..at + 64].to_string(),
+            socket,
+            server: server.ocm_udp.expect("OCM UDP"),
+        }
+    }
+
+    fn say(&self, message: &str) {
+        let mut bytes = vec![self.room.len() as u8, self.token.len() as u8];
+        bytes.extend_from_slice(self.room.as_bytes());
+        bytes.extend_from_slice(self.token.as_bytes());
+        bytes.extend_from_slice(message.as_bytes());
+        self.socket.send_to(&bytes, self.server).expect("send");
+    }
+
+    fn expect(&self, expected: &str) {
+        let mut buf = [0u8; 65536];
+        loop {
+            let (len, from) = self
+                .socket
+                .recv_from(&mut buf)
+                .unwrap_or_else(|err| panic!("{}: waiting for {expected:?}: {err}", self.name));
+            if from == self.server {
+                assert_eq!(String::from_utf8_lossy(&buf[..len]), expected);
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_protocol() {
+    let data = TempDir::new("limits-handshake");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        ccm_port: Some(0),
+        matou_port: Some(0),
+        ocm_tcp_port: Some(0),
+        ocm_udp_port: Some(0),
+        data_dir: data.0.clone(),
+        handshake_timeout_ms: HANDSHAKE_MS,
+        ocm_tcrp_request_timeout_ms: HANDSHAKE_MS,
+        ..Config::for_tests()
+    });
+    let bin24_addr = server.bin24.expect("BIN24");
+    let ccm_addr = server.ccm.expect("CCM");
+    let matou_addr = server.matou.expect("MATOU");
+    let ocm_addr = server.ocm_tcp.expect("OCM");
+
+    // Identified clients, which must outlive the deadline.
+    let mut bin24_alice = Client::connect(bin24_addr, "bin24 alice");
+    bin24_alice.send(&bin24_message(1, "alice", "carol", "to someone offline"));
+    bin24_alice.read_through(b"300");
+    let mut ccm_alice = Client::connect(ccm_addr, "ccm alice");
+    ccm_alice.send(&ccm_identity("alice"));
+    ccm_alice.read_through(b"Content-Length: 0\n\n");
+    let mut ccm_bob = Client::connect(ccm_addr, "ccm bob");
+    ccm_bob.send(&ccm_identity("bob"));
+    ccm_bob.read_through(b"Content-Length: 0\n\n");
+    let mut matou_alice = Client::connect(matou_addr, "matou alice");
+    matou_alice.send(&matou::connect_request(b"alice"));
+    matou_alice.expect(&matou::connect_response(true));
+    let host = Member::enter(&server, 1, "lobby", "host");
+    let guest = Member::enter(&server, 2, "lobby", "guest");
+    server.wait_connections(4);
+
+    let started = Instant::now();
+    // Per protocol: one that sends nothing, and one that keeps the server busy without ever
+    // identifying (a partial frame, a taken name, half a request).
+    let mut doomed = vec![
+        Client::connect(bin24_addr, "bin24 silent"),
+        Client::connect(ccm_addr, "ccm silent"),
+        Client::connect(matou_addr, "matou silent"),
+        Client::connect(ocm_addr, "ocm silent"),
+    ];
+    let mut bin24_partial = Client::connect(bin24_addr, "bin24 partial");
+    bin24_partial.send(&bin24_message(1, "mallory", "alice", "hi")[..10]);
+    let mut ccm_taken = Client::connect(ccm_addr, "ccm taken name");
+    ccm_taken.send(&ccm_identity("alice"));
+    ccm_taken.read_through(b"name-taken");
+    let mut matou_taken = Client::connect(matou_addr, "matou taken name");
+    matou_taken.send(&matou::connect_request(b"alice"));
+    matou_taken.expect(&matou::connect_response(false));
+    let mut ocm_partial = Client::connect(ocm_addr, "ocm partial");
+    ocm_partial.send(&[5, 1, 0]);
+    doomed.extend([bin24_partial, ccm_taken, matou_taken, ocm_partial]);
+
+    for client in &mut doomed {
+        client.expect_closed();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(HANDSHAKE_MS),
+        "closed before the deadline"
+    );
+    server.wait_connections(4);
+
+    // The identified ones are still served, past the deadline.
+    let mut bin24_bob = Client::connect(bin24_addr, "bin24 bob");
+    bin24_bob.send(&bin24_message(1, "bob", "alice", "still there?"));
+    bin24_alice.read_through(b"still there?");
+    ccm_alice.send(&ccm_text("bob", "still there?"));
+    ccm_bob.read_through(b"still there?");
+    matou_alice.send(&matou::public_message(b"still there"));
+    matou_alice.read_through(b"still there");
+    host.say("still there?");
+    guest.expect("host: still there?");
+
+    drop(bin24_bob);
+    let stats = server.stop();
+    assert_eq!(stats.handshake_timeouts, 8, "{stats}");
+}
+
+/// A TCP connection to `to` from the local address `from` (another loopback address).
+fn connect_from(from: &str, to: SocketAddr, name: &str) -> Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("address");
+    socket.bind(&local.into()).expect("bind");
+    socket.connect(&to.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    Client {
+        stream,
+        received: Vec::new(),
+        name: name.to_string(),
+    }
+}
+
+#[test]
+fn the_per_ip_limit_refuses_the_next_connection_and_accepts_again_after_one_closes() {
+    let server = TestServer::start(Config {
+        matou_port: Some(0),
+        connections_per_ip_max: 3,
+        ..Config::for_tests()
+    });
+    let matou_addr = server.matou.expect("MATOU");
+    // Counted across protocols: two ROOM members and one MATOU connection.
+    let first = Client::join(server.room, "first");
+    let mut second = Client::join(server.room, "second");
+    let _matou = Client::connect(matou_addr, "matou");
+    server.wait_connections(3);
+
+    // The fourth from 127.0.0.1 is closed at once, whatever its protocol: no `alias?`.
+    let mut refused = Client::connect(server.room, "refused");
+    assert!(refused.expect_closed().is_empty());
+    let mut refused_matou = Client::connect(matou_addr, "refused matou");
+    assert!(refused_matou.expect_closed().is_empty());
+    // Another address has its own count.
+    let mut elsewhere = connect_from("127.0.0.2", server.room, "elsewhere");
+    elsewhere.expect(b"alias?");
+    // The members are untouched.
+    second.send(b"second: ok");
+    second.read_through(b"second: ok");
+
+    drop(first);
+    drop(elsewhere);
+    server.wait_connections(2);
+    let mut again = Client::connect(server.room, "again");
+    again.expect(b"alias?");
+
+    let stats = server.stop();
+    assert_eq!(stats.connections_refused_per_ip, 2, "{stats}");
+}
+
+#[test]
+fn a_client_flooding_beyond_its_input_budget_is_closed_and_others_are_not() {
+    const FLOOD_BYTES: usize = 1024 * 1024;
+    let server = TestServer::start(Config {
+        input_bytes_per_s_max: 64 * 1024,
+        input_burst_bytes_max: 64 * 1024,
+        ..Config::for_tests()
+    });
+    let mut normal = Client::join(server.room, "normal");
+    let mut flooder = Client::join(server.room, "flooder");
+    normal.read_through(b"b'flooder' esta conectado ao chat");
+
+    let mut writer = flooder.stream.try_clone().expect("clone");
+    // The server closes the flooder midway, so the write may fail: that is the point.
+    let write_thread = std::thread::spawn(move || {
+        let _ = writer.write_all(&vec![b'.'; FLOOD_BYTES]);
+    });
+    flooder.expect_closed();
+    write_thread.join().expect("writer");
+    normal.read_through(b"b'flooder' acabou de sair do chat!");
+
+    // A client within its budget is served as before.
+    for line in 0..20 {
+        let message = format!("normal: line {line};");
+        normal.send(message.as_bytes());
+        normal.read_through(message.as_bytes());
+    }
+    server.wait_connections(1);
+    let stats = server.stop();
+    assert_eq!(stats.input_rate_closes, 1, "{stats}");
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats}");
+    assert!(
+        stats.bytes_in < FLOOD_BYTES as u64,
+        "the flood was cut short: {stats}"
+    );
+}
+
+#[test]
+fn a_datagram_flood_is_dropped_and_counted_while_members_still_chat() {
+    const FLOOD_DATAGRAMS: u64 = 2000;
+    const RATE_PER_S: u64 = 50;
+    const BURST: u64 = 20;
+    let server = TestServer::start(Config {
+        ocm_tcp_port: Some(0),
+        ocm_udp_port: Some(0),
+        ocm_relay_port: Some(0),
+        udp_datagrams_per_source_per_s_max: RATE_PER_S,
+        udp_datagrams_per_source_burst_max: BURST,
+        ..Config::for_tests()
+    });
+    let host = Member::enter(&server, 1, "lobby", "host");
+    let guest = Member::enter(&server, 2, "lobby", "guest");
+    host.say("before");
+    guest.expect("host: before");
+
+    // A flooder on each UDP socket. Its datagrams are queued on the server's socket before
+    // the members' next ones, so once those arrive the flood has been dealt with.
+    let flooder = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let relay = server.ocm_relay.expect("relay");
+    for _ in 0..FLOOD_DATAGRAMS {
+        flooder
+            .send_to(b"\x05\x40lobbyflood", host.server)
+            .expect("flood");
+        flooder.send_to(b"flood", relay).expect("flood relay");
+    }
+    host.say("after");
+    guest.expect("host: after");
+    // The relay still serves well-behaved peers.
+    let peer_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    peer_a.set_read_timeout(Some(WAIT)).expect("timeout");
+    let peer_b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    peer_a.send_to(b"a here", relay).expect("send");
+    peer_b.send_to(b"b here", relay).expect("send");
+    let mut buf = [0u8; 64];
+    loop {
+        let (len, _) = peer_a.recv_from(&mut buf).expect("relayed to peer a");
+        if &buf[..len] == b"b here" {
+            break;
+        }
+    }
+
+    let stats = server.stop();
+    let rate_limited = stats.datagrams_dropped_by_reason[DatagramDrop::RateLimited.index()];
+    // Per socket, at most the burst plus the rate over the test's run got through.
+    let allowed = 2 * (BURST + RATE_PER_S * 20);
+    assert!(
+        rate_limited >= 2 * FLOOD_DATAGRAMS - allowed,
+        "rate-limited drops: {rate_limited}; {stats}"
+    );
+    assert!(stats.datagrams_dropped_in >= rate_limited);
+}
