@@ -20,8 +20,12 @@ use std::time::Instant;
 use common::{find, TempDir, TestServer, WAIT};
 use switchboard::config::Config;
 
-/// Deadlines shortened so that silence cases finish in a fraction of a second.
+/// Deadlines shortened so that silence cases finish in a fraction of a second. ROOM's and
+/// TCRP's cases need one round trip before their deadline; BIN24's, CCM's and MATOU's include
+/// clients that try several times before signing in, so theirs leaves room for a loaded CI
+/// machine.
 const HANDSHAKE_TIMEOUT_MS: u64 = 300;
+const IDENTIFY_TIMEOUT_MS: u64 = 1_500;
 
 fn config(data: &TempDir) -> Config {
     Config {
@@ -31,6 +35,7 @@ fn config(data: &TempDir) -> Config {
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
         room_handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
+        handshake_timeout_ms: IDENTIFY_TIMEOUT_MS,
         ocm_tcrp_request_timeout_ms: HANDSHAKE_TIMEOUT_MS,
         data_dir: data.0.clone(),
         ..Config::for_tests()
@@ -107,6 +112,26 @@ impl Raw {
             assert!(started.elapsed() < WAIT * 2, "{}: not closed", self.label);
         }
     }
+}
+
+/// A client that connects and sends `bytes` (maybe nothing) but never identifies is closed at
+/// the handshake deadline, without an answer, and not before it.
+fn closed_at_deadline(addr: SocketAddr, label: &str, bytes: &[u8]) {
+    const _: () = assert!(IDENTIFY_TIMEOUT_MS > HANDSHAKE_TIMEOUT_MS);
+    let started = Instant::now();
+    let mut silent = Raw::connect(addr, label);
+    silent.send(bytes);
+    silent.expect_closed();
+    assert!(
+        started.elapsed().as_millis() >= u128::from(IDENTIFY_TIMEOUT_MS),
+        "{label}: closed after {:?}, before the deadline",
+        started.elapsed()
+    );
+    assert!(
+        silent.received.is_empty(),
+        "{label}: got {:?}",
+        silent.received
+    );
 }
 
 fn be32(value: i32) -> [u8; 4] {
@@ -352,6 +377,17 @@ fn bin24_bad_input_matrix() {
     let (_data, server, mut w) = start("bad-bin24");
     let addr = server.bin24.expect("BIN24");
 
+    // Silence, and a truncated first frame then silence: never identified, closed at the
+    // deadline.
+    closed_at_deadline(addr, "bin24 silent", b"");
+    w.after_case(&server);
+    closed_at_deadline(
+        addr,
+        "bin24 truncated",
+        &bin24(0, 0, b"slow", b"wbin24", b"x")[..20],
+    );
+    w.after_case(&server);
+
     let closing_cases: Vec<(&str, Vec<u8>)> = vec![
         // len below the header: checked as soon as its two bytes arrive.
         ("len below 24", vec![10, 0]),
@@ -576,6 +612,15 @@ fn ccm_bad_input_matrix() {
 fn matou_bad_input_matrix() {
     let (_data, server, mut w) = start("bad-matou");
     let addr = server.matou.expect("MATOU");
+
+    closed_at_deadline(addr, "matou silent", b"");
+    w.after_case(&server);
+    closed_at_deadline(
+        addr,
+        "matou truncated",
+        &matou(1, &[&matou_string(b"slowpoke")])[..9],
+    );
+    w.after_case(&server);
 
     let closing_cases: Vec<(&str, Vec<u8>, i32)> = vec![
         ("unknown type", matou(99, &[]), 1),
