@@ -16,9 +16,13 @@
 //! - [`chat`] holds what the protocols share (per-connection state maps, member lists).
 //! - [`timer`] is the hashed timer wheel; it is given `now`, it never reads the clock.
 //! - [`config`] holds every port, limit and timer, with its default and its unit in its name.
+//! - [`stats`] and [`histogram`] are the plain counters the reactor keeps; [`metrics`] renders
+//!   them in the Prometheus text format for the admin port, only when asked.
 
 pub mod chat;
 pub mod config;
+pub mod histogram;
+pub mod metrics;
 pub mod protocol;
 pub mod reactor;
 pub mod stats;

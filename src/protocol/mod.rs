@@ -42,6 +42,50 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in [`CloseReason::index`] order: the statistics count closes per reason.
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::PeerClosed,
+        CloseReason::IoError,
+        CloseReason::ProtocolError,
+        CloseReason::HandshakeTimeout,
+        CloseReason::Timeout,
+        CloseReason::SlowConsumer,
+        CloseReason::Replaced,
+        CloseReason::Done,
+        CloseReason::Shutdown,
+    ];
+    pub const COUNT: usize = CloseReason::ALL.len();
+
+    /// This reason's place in [`CloseReason::ALL`] (and in per-reason counters).
+    pub fn index(self) -> usize {
+        match self {
+            CloseReason::PeerClosed => 0,
+            CloseReason::IoError => 1,
+            CloseReason::ProtocolError => 2,
+            CloseReason::HandshakeTimeout => 3,
+            CloseReason::Timeout => 4,
+            CloseReason::SlowConsumer => 5,
+            CloseReason::Replaced => 6,
+            CloseReason::Done => 7,
+            CloseReason::Shutdown => 8,
+        }
+    }
+
+    /// A metric label value: lowercase, no spaces.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::IoError => "io_error",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Replaced => "replaced",
+            CloseReason::Done => "done",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::PeerClosed => "peer closed",
@@ -123,6 +167,40 @@ pub enum DatagramDrop {
     OverLimit,
 }
 
+impl DatagramDrop {
+    /// Every reason, in [`DatagramDrop::index`] order: the statistics count drops per reason.
+    pub const ALL: [DatagramDrop; 5] = [
+        DatagramDrop::Malformed,
+        DatagramDrop::UnknownRoom,
+        DatagramDrop::BadToken,
+        DatagramDrop::WrongAddress,
+        DatagramDrop::OverLimit,
+    ];
+    pub const COUNT: usize = DatagramDrop::ALL.len();
+
+    /// This reason's place in [`DatagramDrop::ALL`] (and in per-reason counters).
+    pub fn index(self) -> usize {
+        match self {
+            DatagramDrop::Malformed => 0,
+            DatagramDrop::UnknownRoom => 1,
+            DatagramDrop::BadToken => 2,
+            DatagramDrop::WrongAddress => 3,
+            DatagramDrop::OverLimit => 4,
+        }
+    }
+
+    /// A metric label value: lowercase, no spaces.
+    pub fn label(self) -> &'static str {
+        match self {
+            DatagramDrop::Malformed => "malformed",
+            DatagramDrop::UnknownRoom => "unknown_room",
+            DatagramDrop::BadToken => "bad_token",
+            DatagramDrop::WrongAddress => "wrong_address",
+            DatagramDrop::OverLimit => "over_limit",
+        }
+    }
+}
+
 /// Where a datagram protocol's output goes: one UDP socket. The reactor sends at once,
 /// without blocking; tests record.
 pub trait DatagramOut {
@@ -134,4 +212,35 @@ pub trait DatagramOut {
 
     /// Count one datagram accepted (relayed, or acted on).
     fn count_datagram_in(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_reason_indexes_its_own_counter_and_labels_are_distinct() {
+        for (at, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), at, "{reason:?}");
+            assert!(reason
+                .label()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        let mut labels: Vec<_> = CloseReason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), CloseReason::COUNT);
+    }
+
+    #[test]
+    fn every_datagram_drop_indexes_its_own_counter_and_labels_are_distinct() {
+        for (at, why) in DatagramDrop::ALL.iter().enumerate() {
+            assert_eq!(why.index(), at, "{why:?}");
+        }
+        let mut labels: Vec<_> = DatagramDrop::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DatagramDrop::COUNT);
+    }
 }

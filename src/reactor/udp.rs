@@ -8,6 +8,7 @@ use log::debug;
 use mio::net::UdpSocket;
 
 use super::services::UdpKind;
+use crate::metrics::UdpSocketMetrics;
 use crate::protocol::{DatagramDrop, DatagramOut, DatagramSent};
 use crate::stats::Stats;
 
@@ -21,6 +22,8 @@ pub(crate) struct UdpCounters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub dropped_in: u64,
+    /// `dropped_in` by reason, indexed by `DatagramDrop::index`.
+    pub dropped_in_by_reason: [u64; DatagramDrop::COUNT],
     pub send_dropped: u64,
     pub send_failed: u64,
     pub recv_errors: u64,
@@ -37,6 +40,21 @@ impl UdpCounters {
         stats.rejected += self.dropped_in;
         stats.datagrams_send_dropped += self.send_dropped;
         stats.datagrams_send_failed += self.send_failed;
+    }
+
+    /// This socket's counters for the metrics, labelled `socket`.
+    pub(crate) fn metrics(&self, socket: String) -> UdpSocketMetrics {
+        UdpSocketMetrics {
+            socket,
+            datagrams_received: self.datagrams_in,
+            datagrams_accepted: self.datagrams_accepted,
+            datagrams_sent: self.datagrams_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            dropped_in: self.dropped_in_by_reason,
+            send_dropped: self.send_dropped,
+            send_failed: self.send_failed,
+        }
     }
 }
 
@@ -113,6 +131,9 @@ impl DatagramOut for UdpOut<'_> {
 
     fn count_dropped_in(&mut self, why: DatagramDrop) {
         self.counters.dropped_in += 1;
+        if let Some(count) = self.counters.dropped_in_by_reason.get_mut(why.index()) {
+            *count += 1;
+        }
         debug!("datagram dropped: {why:?}");
     }
 
