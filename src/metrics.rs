@@ -197,7 +197,10 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         .flat_map(|socket| {
             let received = DatagramDrop::ALL.iter().map(move |why| {
                 let count = socket.dropped_in.get(why.index()).copied().unwrap_or(0);
-                sample(&[("socket", &socket.socket), ("reason", why.label())], count)
+                sample(
+                    &[("socket", &socket.socket), ("reason", why.label())],
+                    count,
+                )
             });
             let sent = [
                 ("send_buffer_full", socket.send_dropped),
@@ -534,11 +537,17 @@ mod tests {
         assert_eq!(bucket("0.001"), 4.0);
         assert_eq!(bucket("2.5"), 4.0);
         assert_eq!(bucket("+Inf"), 5.0);
-        assert_eq!(value(&samples, "chatd_loop_turn_duration_seconds_count"), 5.0);
+        assert_eq!(
+            value(&samples, "chatd_loop_turn_duration_seconds_count"),
+            5.0
+        );
         let sum = value(&samples, "chatd_loop_turn_duration_seconds_sum");
         assert!((sum - 3.000785).abs() < 1e-9, "{sum}");
         assert_eq!(
-            value(&samples, "chatd_store_commit_duration_seconds_bucket{le=\"0.005\"}"),
+            value(
+                &samples,
+                "chatd_store_commit_duration_seconds_bucket{le=\"0.005\"}"
+            ),
             1.0
         );
         // Buckets never decrease.

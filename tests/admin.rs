@@ -202,7 +202,9 @@ fn parse_exposition(body: &str) -> Vec<(String, f64)> {
                 let (label, quoted) = pair
                     .split_once('=')
                     .unwrap_or_else(|| panic!("bad label in {line:?}"));
-                assert!(label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+                assert!(label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_'));
                 assert!(quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'));
             }
         }
@@ -294,7 +296,10 @@ fn a_bad_request_gets_400_and_the_room_client_goes_on_undisturbed() {
     let bad = exchange(admin, b"BLAH\r\n\r\n");
     assert_eq!(bad.status, 400);
     assert_eq!(exchange(admin, b"GET / HTTP/1.1\r\n\r\n").status, 404);
-    let post = exchange(admin, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    let post = exchange(
+        admin,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET"));
     let mut oversized = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
@@ -306,7 +311,9 @@ fn a_bad_request_gets_400_and_the_room_client_goes_on_undisturbed() {
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     stream.write_all(b"GET /met").expect("first piece");
     stream.flush().expect("flush");
-    stream.write_all(b"rics HTTP/1.1\r\n\r\n").expect("second piece");
+    stream
+        .write_all(b"rics HTTP/1.1\r\n\r\n")
+        .expect("second piece");
     assert_eq!(read_answer(&mut stream).status, 200);
 
     alice.send(b"alice: still here");
@@ -316,11 +323,23 @@ fn a_bad_request_gets_400_and_the_room_client_goes_on_undisturbed() {
         value(&samples, "chatd_connections_open{protocol=\"room\"}"),
         1.0
     );
-    assert_eq!(value(&samples, "chatd_admin_responses_total{code=\"400\"}"), 2.0);
-    assert_eq!(value(&samples, "chatd_admin_responses_total{code=\"404\"}"), 1.0);
-    assert_eq!(value(&samples, "chatd_admin_responses_total{code=\"405\"}"), 1.0);
+    assert_eq!(
+        value(&samples, "chatd_admin_responses_total{code=\"400\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(&samples, "chatd_admin_responses_total{code=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "chatd_admin_responses_total{code=\"405\"}"),
+        1.0
+    );
     // The request in pieces; this one is counted once answered.
-    assert_eq!(value(&samples, "chatd_admin_responses_total{code=\"200\"}"), 1.0);
+    assert_eq!(
+        value(&samples, "chatd_admin_responses_total{code=\"200\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -340,9 +359,8 @@ fn a_silent_admin_connection_is_closed_at_its_deadline_and_frees_its_slot() {
     let mut silent = TcpStream::connect(admin).expect("connect");
     silent.set_read_timeout(Some(WAIT)).expect("timeout");
     // Waits in the backlog until the slot frees, then is served.
-    let waiting_answer = std::thread::spawn(move || {
-        exchange(admin, b"GET /metrics HTTP/1.1\r\n\r\n")
-    });
+    let waiting_answer =
+        std::thread::spawn(move || exchange(admin, b"GET /metrics HTTP/1.1\r\n\r\n"));
     let mut rest = Vec::new();
     silent
         .read_to_end(&mut rest)

@@ -255,7 +255,9 @@ impl Server {
                 if !conn.read_ready {
                     return Next::Keep;
                 }
-                let room = bytes_max.saturating_sub(conn.request.len()).min(chunk.len());
+                let room = bytes_max
+                    .saturating_sub(conn.request.len())
+                    .min(chunk.len());
                 match conn.stream.read(&mut chunk[..room]) {
                     // EOF before a whole request: nothing to answer.
                     Ok(0) => return Next::Close,
@@ -455,7 +457,11 @@ impl Server {
         let udp_sockets = self
             .udp
             .iter()
-            .map(|entry| entry.counters.metrics(entry.kind.name().to_ascii_lowercase()))
+            .map(|entry| {
+                entry
+                    .counters
+                    .metrics(entry.kind.name().to_ascii_lowercase())
+            })
             .collect();
         let snapshot = MetricsSnapshot {
             stats: &stats,
@@ -464,11 +470,7 @@ impl Server {
             store: self.services.store_metrics(),
             loop_turns: &self.loop_turns,
             connections_max: self.config.connections_max as u64,
-            admin: self
-                .admin
-                .as_ref()
-                .map(Admin::metrics)
-                .unwrap_or_default(),
+            admin: self.admin.as_ref().map(Admin::metrics).unwrap_or_default(),
         };
         metrics::render(&snapshot)
     }

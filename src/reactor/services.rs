@@ -447,3 +447,15 @@ impl Services {
         .min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_protocol_indexes_its_own_counters() {
+        for (at, kind) in ProtocolKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), at, "{kind:?}");
+        }
+    }
+}

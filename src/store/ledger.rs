@@ -52,10 +52,12 @@ impl Ledger {
     pub(crate) fn new(limits: Limits, committed: HashMap<Name, Usage>, next_seq: u64) -> Ledger {
         let mut committed = committed;
         committed.retain(|_, usage| usage.frames > 0);
-        let committed_total = committed.values().fold(Usage::default(), |total, usage| Usage {
-            frames: total.frames.saturating_add(usage.frames),
-            bytes: total.bytes.saturating_add(usage.bytes),
-        });
+        let committed_total = committed
+            .values()
+            .fold(Usage::default(), |total, usage| Usage {
+                frames: total.frames.saturating_add(usage.frames),
+                bytes: total.bytes.saturating_add(usage.bytes),
+            });
         Ledger {
             limits,
             committed,
@@ -286,16 +288,40 @@ mod tests {
             },
         );
         let mut ledger = Ledger::new(limits(10, 1000), on_disk, 3);
-        assert_eq!(ledger.total(), Usage { frames: 2, bytes: 20 });
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 2,
+                bytes: 20
+            }
+        );
         assert!(matches!(ledger.admit(&name("a"), 5), Admit::Seq(_)));
         assert!(matches!(ledger.admit(&name("a"), 7), Admit::Seq(_)));
         ledger.release(&name("old"), 10);
         // Tentative until the commit returns; a failed batch never shows.
-        assert_eq!(ledger.total(), Usage { frames: 2, bytes: 20 });
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 2,
+                bytes: 20
+            }
+        );
         ledger.commit();
-        assert_eq!(ledger.total(), Usage { frames: 3, bytes: 22 });
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 3,
+                bytes: 22
+            }
+        );
         assert!(matches!(ledger.admit(&name("b"), 100), Admit::Seq(_)));
         ledger.rollback();
-        assert_eq!(ledger.total(), Usage { frames: 3, bytes: 22 });
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 3,
+                bytes: 22
+            }
+        );
     }
 }

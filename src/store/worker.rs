@@ -104,7 +104,9 @@ impl Worker {
         self.shared
             .stored_frames
             .store(total.frames, Ordering::Relaxed);
-        self.shared.stored_bytes.store(total.bytes, Ordering::Relaxed);
+        self.shared
+            .stored_bytes
+            .store(total.bytes, Ordering::Relaxed);
         self.shared.stored_users.store(users, Ordering::Relaxed);
     }
 
