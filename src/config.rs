@@ -12,6 +12,9 @@ pub const OCM_TCP_PORT_DEFAULT: u16 = 9002;
 pub const OCM_UDP_PORT_DEFAULT: u16 = 9003;
 pub const OCM_RELAY_PORT_DEFAULT: u16 = 9001;
 
+/// The most admin connections the reactor can hold: they use the reserved tokens 8..16.
+pub const ADMIN_CONNECTIONS_CAP: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Address every listener binds to. Loopback by default; `0.0.0.0` exposes the server.
@@ -29,6 +32,20 @@ pub struct Config {
     pub ocm_udp_port: Option<u16>,
     /// OCM stage-1 relay (UDP), as `room_port`.
     pub ocm_relay_port: Option<u16>,
+    /// Admin port: the metrics in the Prometheus text format over HTTP (`GET /metrics`).
+    /// `None` (the default): off; `Some(0)`: an ephemeral port (tests).
+    pub admin_port: Option<u16>,
+    /// Address the admin port binds to: loopback by default, apart from `bind_addr`, so that
+    /// exposing the chat ports does not expose the metrics too.
+    pub admin_bind_addr: IpAddr,
+    /// Most admin connections open at once (at most [`ADMIN_CONNECTIONS_CAP`]); more wait in
+    /// the kernel's backlog until one closes.
+    pub admin_connections_max: usize,
+    /// An admin connection must send its whole request, and take the whole answer, this long
+    /// after it was accepted, or it is closed.
+    pub admin_request_timeout_ms: u64,
+    /// Largest admin request (request line and headers), in bytes; larger is answered 400.
+    pub admin_request_bytes_max: usize,
 
     /// Most connections open at once, all protocols together. Accepting pauses at the cap and
     /// resumes once the count is down to the cap less a tenth (at least one below the cap).
@@ -155,6 +172,11 @@ impl Default for Config {
             ocm_tcp_port: Some(OCM_TCP_PORT_DEFAULT),
             ocm_udp_port: Some(OCM_UDP_PORT_DEFAULT),
             ocm_relay_port: Some(OCM_RELAY_PORT_DEFAULT),
+            admin_port: None,
+            admin_bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            admin_connections_max: 4,
+            admin_request_timeout_ms: 2_000,
+            admin_request_bytes_max: 8 * 1024,
             connections_max: 10_000,
             listen_backlog: 1024,
             accepts_per_turn_max: 256,

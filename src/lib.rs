@@ -18,10 +18,14 @@
 //! - [`limits`] is the arithmetic of the anti-abuse limits (token buckets, per-IP counts,
 //!   handshake deadlines); like the timer it is given `now`; the reactor applies it.
 //! - [`config`] holds every port, limit and timer, with its default and its unit in its name.
+//! - [`stats`] and [`histogram`] are the plain counters the reactor keeps; [`metrics`] renders
+//!   them in the Prometheus text format for the admin port, only when asked.
 
 pub mod chat;
 pub mod config;
+pub mod histogram;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod reactor;
 pub mod stats;

@@ -9,8 +9,8 @@ use log::{error, LevelFilter};
 use std::path::PathBuf;
 
 use switchboard::config::{
-    Config, BIN24_PORT_DEFAULT, CCM_PORT_DEFAULT, MATOU_PORT_DEFAULT, OCM_RELAY_PORT_DEFAULT,
-    OCM_TCP_PORT_DEFAULT, OCM_UDP_PORT_DEFAULT, ROOM_PORT_DEFAULT,
+    Config, ADMIN_CONNECTIONS_CAP, BIN24_PORT_DEFAULT, CCM_PORT_DEFAULT, MATOU_PORT_DEFAULT,
+    OCM_RELAY_PORT_DEFAULT, OCM_TCP_PORT_DEFAULT, OCM_UDP_PORT_DEFAULT, ROOM_PORT_DEFAULT,
 };
 use switchboard::reactor::Server;
 
@@ -114,6 +114,33 @@ struct Args {
     /// 0 disables the relay.
     #[arg(long, value_name = "PORT", default_value_t = OCM_RELAY_PORT_DEFAULT)]
     ocm_relay_port: u16,
+
+    /// Admin port: the server's statistics in the Prometheus text format, answered to
+    /// `GET /metrics` over HTTP. Off unless given; 0 picks a free port (logged as
+    /// "ADMIN listening on ADDR").
+    #[arg(long, value_name = "PORT")]
+    admin_port: Option<u16>,
+
+    /// Address the admin port binds to. Loopback by default, whatever --bind says, so that
+    /// exposing the chat ports does not expose the metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    admin_bind: IpAddr,
+
+    /// Most admin connections open at once (at most 8); more wait in the kernel's backlog.
+    #[arg(long, value_name = "N", default_value_t = Config::default().admin_connections_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=ADMIN_CONNECTIONS_CAP as u64))]
+    admin_connections_max: u64,
+
+    /// An admin connection is closed if its request and answer are not done this long after
+    /// it was accepted.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().admin_request_timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    admin_request_timeout_ms: u64,
+
+    /// Largest admin request (request line and headers), in bytes; larger is answered 400.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().admin_request_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(256..=65_536))]
+    admin_request_bytes_max: u64,
 
     /// OCM: largest TCRP payload, in bytes; a larger request is answered 500 from its header.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().ocm_tcrp_payload_bytes_max as u64,
@@ -387,6 +414,11 @@ impl Args {
             ocm_tcp_port: port(self.ocm_tcp_port),
             ocm_udp_port: port(self.ocm_udp_port),
             ocm_relay_port: port(self.ocm_relay_port),
+            admin_port: self.admin_port,
+            admin_bind_addr: self.admin_bind,
+            admin_connections_max: to_usize(self.admin_connections_max),
+            admin_request_timeout_ms: self.admin_request_timeout_ms,
+            admin_request_bytes_max: to_usize(self.admin_request_bytes_max),
             ocm_tcrp_payload_bytes_max: to_usize(self.ocm_tcrp_payload_bytes_max),
             ocm_tcrp_request_timeout_ms: self.ocm_tcrp_request_timeout_ms,
             ocm_room_name_bytes_max: to_usize(self.ocm_room_name_bytes_max),

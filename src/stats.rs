@@ -2,7 +2,23 @@
 
 use std::fmt;
 
-use crate::protocol::DatagramDrop;
+use crate::protocol::{CloseReason, DatagramDrop};
+
+/// TCP protocols with their own counters (`reactor::ProtocolKind::index` indexes them).
+pub const PROTOCOL_COUNT: usize = 5;
+
+/// One TCP protocol's share of the connection and traffic counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtocolStats {
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    /// Closes by reason, indexed by `CloseReason::index`.
+    pub closes: [u64; CloseReason::COUNT],
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -43,6 +59,12 @@ pub struct Stats {
     pub handshake_timeouts: u64,
     pub connections_refused_per_ip: u64,
     pub input_rate_closes: u64,
+    /// Slow-consumer closes split by the limit that closed them: the hard limit at once, or the
+    /// soft limit held too long (together `slow_consumer_closes`).
+    pub slow_consumer_hard_closes: u64,
+    pub slow_consumer_soft_closes: u64,
+    /// The counters above split by TCP protocol (UDP sockets keep their own), for the metrics.
+    pub by_protocol: [ProtocolStats; PROTOCOL_COUNT],
 }
 
 impl fmt::Display for Stats {

@@ -814,3 +814,37 @@ fn frames_reported_durable_survive_kill_9() {
         }
     }
 }
+
+#[test]
+fn metrics_count_what_is_held_and_time_each_commit_and_survive_a_reopen() {
+    let dir = TempDir::new("metrics");
+    let mut store = Harness::open(config(dir.path()));
+    assert_eq!(store.store.metrics().stored_frames, 0);
+    let first = store.append("ann", &frame("one"));
+    store.append("ann", &frame("two"));
+    store.append("bob", &frame("three"));
+    let metrics = store.store.metrics();
+    assert_eq!(metrics.stored_frames, 3);
+    assert_eq!(
+        metrics.stored_bytes,
+        (frame("one").len() + frame("two").len() + frame("three").len()) as u64
+    );
+    assert_eq!(metrics.stored_users, 2);
+    assert_eq!(metrics.pending_requests, 0);
+    assert!(metrics.commits >= 1);
+    // One latency sample per durable commit.
+    assert_eq!(metrics.commit_latency.count, metrics.commits);
+    store.remove("ann", vec![first]);
+    store.settle();
+    let metrics = store.store.metrics();
+    assert_eq!(metrics.stored_frames, 2);
+    assert_eq!(metrics.stored_users, 2);
+    store.close();
+
+    // Counted from the file at open.
+    let reopened = Harness::open(config(dir.path()));
+    let metrics = reopened.store.metrics();
+    assert_eq!((metrics.stored_frames, metrics.stored_users), (2, 2));
+    assert_eq!(metrics.commits, 0);
+    reopened.close();
+}

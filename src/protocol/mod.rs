@@ -44,6 +44,53 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in [`CloseReason::index`] order: the statistics count closes per reason.
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::PeerClosed,
+        CloseReason::IoError,
+        CloseReason::ProtocolError,
+        CloseReason::HandshakeTimeout,
+        CloseReason::Timeout,
+        CloseReason::SlowConsumer,
+        CloseReason::Replaced,
+        CloseReason::Done,
+        CloseReason::Shutdown,
+        CloseReason::InputRate,
+    ];
+    pub const COUNT: usize = CloseReason::ALL.len();
+
+    /// This reason's place in [`CloseReason::ALL`] (and in per-reason counters).
+    pub fn index(self) -> usize {
+        match self {
+            CloseReason::PeerClosed => 0,
+            CloseReason::IoError => 1,
+            CloseReason::ProtocolError => 2,
+            CloseReason::HandshakeTimeout => 3,
+            CloseReason::Timeout => 4,
+            CloseReason::SlowConsumer => 5,
+            CloseReason::Replaced => 6,
+            CloseReason::Done => 7,
+            CloseReason::Shutdown => 8,
+            CloseReason::InputRate => 9,
+        }
+    }
+
+    /// A metric label value: lowercase, no spaces.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::IoError => "io_error",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Replaced => "replaced",
+            CloseReason::Done => "done",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::InputRate => "input_rate",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::PeerClosed => "peer closed",
@@ -142,10 +189,16 @@ impl DatagramDrop {
         DatagramDrop::OverLimit,
         DatagramDrop::RateLimited,
     ];
+    pub const COUNT: usize = DatagramDrop::ALL.len();
 
     /// A dense index, for counters kept per reason.
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// The reason as a word: in the statistics line, and as a metric label value.
+    pub fn label(self) -> &'static str {
+        self.as_str()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -171,4 +224,35 @@ pub trait DatagramOut {
 
     /// Count one datagram accepted (relayed, or acted on).
     fn count_datagram_in(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_reason_indexes_its_own_counter_and_labels_are_distinct() {
+        for (at, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), at, "{reason:?}");
+            assert!(reason
+                .label()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        let mut labels: Vec<_> = CloseReason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), CloseReason::COUNT);
+    }
+
+    #[test]
+    fn every_datagram_drop_indexes_its_own_counter_and_labels_are_distinct() {
+        for (at, why) in DatagramDrop::ALL.iter().enumerate() {
+            assert_eq!(why.index(), at, "{why:?}");
+        }
+        let mut labels: Vec<_> = DatagramDrop::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DatagramDrop::COUNT);
+    }
 }

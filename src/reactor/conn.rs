@@ -309,6 +309,7 @@ impl ConnTable {
             let before = conn.out_bytes;
             let (outcome, written, calls) = conn.flush(iovecs_max);
             self.stats.bytes_out += written as u64;
+            self.stats.by_protocol[conn.kind.index()].bytes_out += written as u64;
             self.stats.write_calls += calls;
             self.out_bytes_total -= before - conn.out_bytes;
             if conn.out_bytes <= self.limits.soft_bytes_max {
@@ -401,6 +402,11 @@ impl ConnTable {
                 limits.hard_bytes_max, limits.soft_bytes_max, limits.soft_duration_ms
             );
             self.stats.slow_consumer_closes += 1;
+            if queued_bytes > limits.hard_bytes_max {
+                self.stats.slow_consumer_hard_closes += 1;
+            } else {
+                self.stats.slow_consumer_soft_closes += 1;
+            }
             self.stats.drops += 1;
             self.close(to, CloseReason::SlowConsumer, CloseMode::Now);
             return false;
@@ -413,6 +419,7 @@ impl ConnTable {
         self.out_bytes_total += bytes.len();
         conn.out.push_back(bytes);
         self.stats.frames_out += 1;
+        self.stats.by_protocol[conn.kind.index()].frames_out += 1;
         self.mark_flush(to.slot as usize);
         true
     }

@@ -15,6 +15,7 @@
 //! Connections are freed only in phase 4, so an id handed to a protocol stays valid for the
 //! whole turn, and a slot is never reused while an event for it may still be in the batch.
 
+mod admin;
 mod conn;
 mod listen;
 mod services;
@@ -33,6 +34,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::chat::ConnId;
 use crate::config::Config;
+use crate::histogram::Histogram;
 use crate::limits::{
     Admission, HandshakeDeadlines, PerIpCounts, RateLimit, SourceBuckets, TokenBucket,
 };
@@ -40,6 +42,7 @@ use crate::protocol::{CloseMode, CloseReason, DatagramDrop, Outbox};
 use crate::stats::Stats;
 
 pub use crate::store::StoreError;
+use admin::{Admin, ADMIN_CONN_TOKEN_BASE, ADMIN_CONN_TOKEN_END, ADMIN_LISTENER_TOKEN};
 use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
 use services::Services;
@@ -99,6 +102,8 @@ enum Source {
     Listener(usize),
     Udp(usize),
     Conn(ConnId),
+    AdminListener,
+    AdminConn(usize),
     Unknown,
 }
 
@@ -117,6 +122,10 @@ fn source_of(token: Token) -> Source {
         1 => Source::Waker,
         LISTENER_TOKEN_BASE..LISTENER_TOKEN_END => Source::Listener(raw - LISTENER_TOKEN_BASE),
         UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp(raw - UDP_TOKEN_BASE),
+        ADMIN_LISTENER_TOKEN => Source::AdminListener,
+        ADMIN_CONN_TOKEN_BASE..ADMIN_CONN_TOKEN_END => {
+            Source::AdminConn(raw - ADMIN_CONN_TOKEN_BASE)
+        }
         _ => Source::Unknown,
     }
 }
@@ -219,6 +228,12 @@ pub struct Server {
     input_limit: RateLimit,
     per_ip_log: LimitLog,
     input_rate_log: LimitLog,
+    /// The admin port, when enabled.
+    admin: Option<Admin>,
+    /// Busy time of each loop turn, for the metrics.
+    loop_turns: Histogram,
+    /// The last clock reading, since `start`: `now_ms` at full resolution.
+    clock: Duration,
 }
 
 impl Server {
@@ -344,6 +359,36 @@ impl Server {
                 sources: SourceBuckets::new(datagram_limit, config.udp_sources_max),
             });
         }
+        let admin = match config.admin_port {
+            None => None,
+            Some(port) => {
+                let addr = SocketAddr::new(config.admin_bind_addr, port);
+                let mut listener = listen::bind_tcp("ADMIN", addr, config.listen_backlog)?;
+                let fail = |step, source| BindError {
+                    protocol: "ADMIN",
+                    addr,
+                    step,
+                    source,
+                };
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| fail("getsockname", source))?;
+                poll.registry()
+                    .register(
+                        &mut listener,
+                        Token(ADMIN_LISTENER_TOKEN),
+                        Interest::READABLE,
+                    )
+                    .map_err(|source| fail("epoll_ctl", source))?;
+                Some(Admin::new(
+                    listener,
+                    addr,
+                    config.admin_connections_max,
+                    config.admin_request_timeout_ms,
+                    config.admin_request_bytes_max,
+                ))
+            }
+        };
         let limits = OutputLimits {
             hard_bytes_max: config.output_hard_bytes_max,
             soft_bytes_max: config.output_soft_bytes_max,
@@ -375,6 +420,9 @@ impl Server {
             },
             per_ip_log: LimitLog::default(),
             input_rate_log: LimitLog::default(),
+            admin,
+            loop_turns: Histogram::default(),
+            clock: Duration::ZERO,
             config,
         })
     }
@@ -401,6 +449,11 @@ impl Server {
             .iter()
             .find(|entry| entry.kind == kind)
             .map(|entry| entry.addr)
+    }
+
+    /// The address of the admin port, if enabled.
+    pub fn local_admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|admin| admin.addr)
     }
 
     /// The statistics so far: the connection table's counters plus every UDP socket's.
@@ -440,10 +493,19 @@ impl Server {
         for entry in &self.udp {
             info!("{} listening on {} (UDP)", entry.kind.name(), entry.addr);
         }
+        if let Some(admin) = &self.admin {
+            info!("ADMIN listening on {} (GET /metrics)", admin.addr);
+        }
         let mut events = Events::with_capacity(1024);
         let mut poll_errors = 0;
+        // When the current turn's work began (a clock reading since `start`).
+        let mut turn_started: Option<Duration> = None;
         loop {
+            // Reads the clock: the previous turn's work ends here.
             let timeout = self.poll_timeout();
+            if let Some(started) = turn_started.take() {
+                self.loop_turns.record(self.clock.saturating_sub(started));
+            }
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -457,6 +519,7 @@ impl Server {
             }
             poll_errors = 0;
             self.update_now();
+            turn_started = Some(self.clock);
 
             // Connections that hit their read budget last turn; taken before the events so a
             // connection gets one budget per turn, not a second one right away.
@@ -471,6 +534,7 @@ impl Server {
             self.flush_and_close();
             self.dispatch_notes();
             self.accept_all();
+            self.accept_admin();
 
             if let Some(deadline_ms) = self.shutdown_deadline_ms {
                 let drained = self.table.out_bytes_total == 0;
@@ -508,7 +572,8 @@ impl Server {
     }
 
     fn update_now(&mut self) {
-        let elapsed_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock = self.start.elapsed();
+        let elapsed_ms = u64::try_from(self.clock.as_millis()).unwrap_or(u64::MAX);
         self.now_ms = elapsed_ms;
         self.table.now_ms = elapsed_ms;
     }
@@ -521,6 +586,8 @@ impl Server {
             || !self.table.flush_list.is_empty()
             || self.accept_pending()
             || self.udp.iter().any(|entry| entry.ready)
+            || (self.shutdown_deadline_ms.is_none()
+                && self.admin.as_ref().is_some_and(Admin::accept_pending))
         {
             return Some(Duration::ZERO);
         }
@@ -531,6 +598,7 @@ impl Server {
             self.handshake_deadlines.next_deadline_ms(),
             self.stats_next_ms,
             self.shutdown_deadline_ms,
+            self.admin.as_ref().and_then(Admin::next_deadline_ms),
         ];
         let earliest = deadlines.into_iter().flatten().min()?;
         Some(Duration::from_millis(earliest.saturating_sub(self.now_ms)))
@@ -556,6 +624,12 @@ impl Server {
                     entry.ready = true;
                 }
             }
+            Source::AdminListener => {
+                if let Some(admin) = self.admin.as_mut() {
+                    admin.set_ready();
+                }
+            }
+            Source::AdminConn(slot) => self.handle_admin_event(slot, event),
             Source::Unknown => {}
         }
     }
@@ -646,6 +720,7 @@ impl Server {
             if !conn.accepts_input() || !conn.read_ready {
                 return;
             }
+            let kind = conn.kind;
             let (outcome, count) = conn.read_once(&mut self.scratch);
             match outcome {
                 IoOutcome::Continue => {
@@ -654,6 +729,7 @@ impl Server {
                             .take(self.input_limit, count as u64, self.now_ms);
                     self.table.stats.read_calls += 1;
                     self.table.stats.bytes_in += count as u64;
+                    self.table.stats.by_protocol[kind.index()].bytes_in += count as u64;
                     read_bytes += count;
                     if !within_budget {
                         self.close_for_input_rate(id);
@@ -717,8 +793,12 @@ impl Server {
         let kind = conn.kind;
         let mut input = std::mem::take(&mut conn.read_buf);
         let now_ms = self.now_ms;
+        let frames_before = self.table.stats.frames_in;
         self.services
             .on_data(kind, id, &mut input, now_ms, &mut self.table);
+        // Protocols count frames through the Outbox, which does not say whose they are.
+        let frames = self.table.stats.frames_in - frames_before;
+        self.table.stats.by_protocol[kind.index()].frames_in += frames;
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
         }
@@ -735,8 +815,11 @@ impl Server {
         let kind = conn.kind;
         let mut input = std::mem::take(&mut conn.read_buf);
         let now_ms = self.now_ms;
+        let frames_before = self.table.stats.frames_in;
         self.services
             .on_burst_end(kind, id, &mut input, now_ms, &mut self.table);
+        let frames = self.table.stats.frames_in - frames_before;
+        self.table.stats.by_protocol[kind.index()].frames_in += frames;
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
         }
@@ -798,6 +881,7 @@ impl Server {
         {
             self.accept_gate.paused_until_ms = None;
         }
+        self.expire_admin();
         if let Some(next_ms) = self.stats_next_ms {
             if now_ms >= next_ms {
                 info!("stats: {}", self.stats());
@@ -858,6 +942,11 @@ impl Server {
         drop(conn);
         self.table.stats.connections_open -= 1;
         self.table.stats.connections_closed += 1;
+        let counters = &mut self.table.stats.by_protocol[kind.index()];
+        counters.connections_open -= 1;
+        if let Some(closes) = counters.closes.get_mut(reason.index()) {
+            *closes += 1;
+        }
         self.shared
             .connections_open
             .store(self.table.stats.connections_open, Ordering::Relaxed);
@@ -990,6 +1079,9 @@ impl Server {
         self.per_ip.try_add(peer.ip(), 0);
         self.table.stats.connections_accepted += 1;
         self.table.stats.connections_open += 1;
+        let counters = &mut self.table.stats.by_protocol[kind.index()];
+        counters.connections_accepted += 1;
+        counters.connections_open += 1;
         self.shared
             .connections_open
             .store(self.table.stats.connections_open, Ordering::Relaxed);
@@ -1033,6 +1125,7 @@ impl Server {
                 debug!("deregister listener {}: {err}", entry.addr);
             }
         }
+        self.close_admin();
         // Datagrams are not read during shutdown; the sockets stay open (and counted) until
         // the loop exits.
         for entry in &mut self.udp {

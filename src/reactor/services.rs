@@ -15,7 +15,7 @@ use crate::protocol::matou::{MatouConfig, MatouService};
 use crate::protocol::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use crate::protocol::room::{RoomConfig, RoomService};
 use crate::protocol::{DatagramOut, Outbox};
-use crate::store::{OfflineStore, StoreConfig, StoreError, StoreRequest};
+use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics, StoreRequest};
 
 impl StoreSink for OfflineStore {
     fn submit(&mut self, request: StoreRequest) {
@@ -34,7 +34,30 @@ pub enum ProtocolKind {
     Ocm,
 }
 
+// Per-protocol counters are arrays indexed by `ProtocolKind::index`.
+const _: () = assert!(ProtocolKind::ALL.len() == crate::stats::PROTOCOL_COUNT);
+
 impl ProtocolKind {
+    /// Every protocol, in [`ProtocolKind::index`] order.
+    pub const ALL: [ProtocolKind; 5] = [
+        ProtocolKind::Room,
+        ProtocolKind::Bin24,
+        ProtocolKind::Ccm,
+        ProtocolKind::Matou,
+        ProtocolKind::Ocm,
+    ];
+
+    /// This protocol's place in [`ProtocolKind::ALL`] and in `Stats::by_protocol`.
+    pub fn index(self) -> usize {
+        match self {
+            ProtocolKind::Room => 0,
+            ProtocolKind::Bin24 => 1,
+            ProtocolKind::Ccm => 2,
+            ProtocolKind::Matou => 3,
+            ProtocolKind::Ocm => 4,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ProtocolKind::Room => "ROOM",
@@ -380,6 +403,11 @@ impl Services {
         }
     }
 
+    /// The store's gauges and counters, when BIN24 (and so the store) is enabled.
+    pub(crate) fn store_metrics(&self) -> Option<StoreMetrics> {
+        self.bin24.as_ref().map(|bin24| bin24.store.metrics())
+    }
+
     /// Make everything submitted to the store durable, and stop its thread (at shutdown).
     pub(crate) fn close_store(&mut self) -> Result<(), StoreError> {
         match self.bin24.take() {
@@ -427,5 +455,17 @@ impl Services {
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_protocol_indexes_its_own_counters() {
+        for (at, kind) in ProtocolKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), at, "{kind:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use mio::net::UdpSocket;
 
 use super::services::UdpKind;
 use crate::limits::SourceBuckets;
+use crate::metrics::UdpSocketMetrics;
 use crate::protocol::{DatagramDrop, DatagramOut, DatagramSent};
 use crate::stats::Stats;
 
@@ -22,10 +23,11 @@ pub(crate) struct UdpCounters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub dropped_in: u64,
+    /// `dropped_in` by reason, indexed by `DatagramDrop::index`.
+    pub dropped_by_reason: [u64; DatagramDrop::COUNT],
     pub send_dropped: u64,
     pub send_failed: u64,
     pub recv_errors: u64,
-    pub dropped_by_reason: [u64; DatagramDrop::ALL.len()],
 }
 
 impl UdpCounters {
@@ -51,6 +53,21 @@ impl UdpCounters {
     pub(crate) fn count_dropped_in(&mut self, why: DatagramDrop) {
         self.dropped_in += 1;
         self.dropped_by_reason[why.index()] += 1;
+    }
+
+    /// This socket's counters for the metrics, labelled `socket`.
+    pub(crate) fn metrics(&self, socket: String) -> UdpSocketMetrics {
+        UdpSocketMetrics {
+            socket,
+            datagrams_received: self.datagrams_in,
+            datagrams_accepted: self.datagrams_accepted,
+            datagrams_sent: self.datagrams_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            dropped_in: self.dropped_by_reason,
+            send_dropped: self.send_dropped,
+            send_failed: self.send_failed,
+        }
     }
 }
 

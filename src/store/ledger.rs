@@ -44,18 +44,32 @@ pub(crate) struct Ledger {
     tentative: HashMap<Name, Usage>,
     /// Never goes back, not even when a batch fails: a sequence number is never handed out twice.
     next_seq: u64,
+    /// The sum of `committed`, kept as it changes so reporting it costs nothing.
+    committed_total: Usage,
 }
 
 impl Ledger {
     pub(crate) fn new(limits: Limits, committed: HashMap<Name, Usage>, next_seq: u64) -> Ledger {
         let mut committed = committed;
         committed.retain(|_, usage| usage.frames > 0);
+        let committed_total = committed
+            .values()
+            .fold(Usage::default(), |total, usage| Usage {
+                frames: total.frames.saturating_add(usage.frames),
+                bytes: total.bytes.saturating_add(usage.bytes),
+            });
         Ledger {
             limits,
             committed,
             tentative: HashMap::new(),
             next_seq: next_seq.max(FIRST_SEQ),
+            committed_total,
         }
+    }
+
+    /// Frames and bytes held for every user together, as of the last commit.
+    pub(crate) fn total(&self) -> Usage {
+        self.committed_total
     }
 
     /// `name`'s usage, including the current batch's changes.
@@ -108,11 +122,15 @@ impl Ledger {
     /// The batch's commit returned: its changes are now what is durable.
     pub(crate) fn commit(&mut self) {
         for (name, usage) in self.tentative.drain() {
-            if usage.frames == 0 {
-                self.committed.remove(&name);
+            let before = if usage.frames == 0 {
+                self.committed.remove(&name)
             } else {
-                self.committed.insert(name, usage);
+                self.committed.insert(name, usage)
             }
+            .unwrap_or_default();
+            let total = &mut self.committed_total;
+            total.frames = total.frames.saturating_sub(before.frames) + usage.frames;
+            total.bytes = total.bytes.saturating_sub(before.bytes) + usage.bytes;
         }
     }
 
@@ -198,6 +216,7 @@ mod tests {
         ledger.release(&a, 10);
         ledger.commit();
         assert_eq!(ledger.users(), 0);
+        assert_eq!(ledger.total(), Usage::default());
         assert_eq!(ledger.usage(&a), Usage::default());
     }
 
@@ -256,5 +275,53 @@ mod tests {
         let mut ledger = Ledger::new(limits(3, 1000), HashMap::new(), u64::MAX - 2);
         assert_eq!(ledger.admit(&name("a"), 1), Admit::Seq(u64::MAX - 2));
         assert_eq!(ledger.admit(&name("a"), 1), Admit::SeqExhausted);
+    }
+
+    #[test]
+    fn the_total_follows_commits_only_and_starts_from_what_was_on_disk() {
+        let mut on_disk = HashMap::new();
+        on_disk.insert(
+            name("old"),
+            Usage {
+                frames: 2,
+                bytes: 20,
+            },
+        );
+        let mut ledger = Ledger::new(limits(10, 1000), on_disk, 3);
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 2,
+                bytes: 20
+            }
+        );
+        assert!(matches!(ledger.admit(&name("a"), 5), Admit::Seq(_)));
+        assert!(matches!(ledger.admit(&name("a"), 7), Admit::Seq(_)));
+        ledger.release(&name("old"), 10);
+        // Tentative until the commit returns; a failed batch never shows.
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 2,
+                bytes: 20
+            }
+        );
+        ledger.commit();
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 3,
+                bytes: 22
+            }
+        );
+        assert!(matches!(ledger.admit(&name("b"), 100), Admit::Seq(_)));
+        ledger.rollback();
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 3,
+                bytes: 22
+            }
+        );
     }
 }

@@ -29,6 +29,8 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use log::error;
 
+use crate::histogram::{AtomicHistogram, Histogram};
+
 pub use error::StoreError;
 
 /// The store's file inside [`StoreConfig::data_dir`].
@@ -99,10 +101,28 @@ pub(crate) struct Shared {
     pending: AtomicUsize,
     /// Durable commits done.
     commits: AtomicU64,
+    /// How long each durable commit took (the fsync), for the metrics.
+    commit_latency: AtomicHistogram,
+    /// Frames, bytes and users held, as of the last commit.
+    stored_frames: AtomicU64,
+    stored_bytes: AtomicU64,
+    stored_users: AtomicU64,
     wake: Mutex<Box<dyn Fn() + Send>>,
 }
 
 impl Shared {
+    pub(crate) fn new(wake: Box<dyn Fn() + Send>) -> Shared {
+        Shared {
+            pending: AtomicUsize::new(0),
+            commits: AtomicU64::new(0),
+            commit_latency: AtomicHistogram::default(),
+            stored_frames: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
+            stored_users: AtomicU64::new(0),
+            wake: Mutex::new(wake),
+        }
+    }
+
     /// Call the reactor's callback. A panic in it is logged, not carried into the storage
     /// thread, which must go on answering requests.
     fn wake(&self) {
@@ -116,6 +136,22 @@ impl Shared {
             error!("offline store: the wake callback panicked");
         }
     }
+}
+
+/// A reading of the store's gauges and counters ([`OfflineStore::metrics`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Requests submitted and not yet answered: the storage thread's queue depth.
+    pub pending_requests: u64,
+    /// Durable commits since open.
+    pub commits: u64,
+    /// Time each durable commit took.
+    pub commit_latency: Histogram,
+    /// Frames and bytes held for offline users, and how many users hold any, as of the last
+    /// commit.
+    pub stored_frames: u64,
+    pub stored_bytes: u64,
+    pub stored_users: u64,
 }
 
 /// The reactor's handle on the store. Not `Sync`: it belongs to one thread.
@@ -141,11 +177,7 @@ impl OfflineStore {
     ) -> Result<OfflineStore, StoreError> {
         prepare_dir(&config.data_dir)?;
         let path = config.data_dir.join(FILE_NAME);
-        let shared = Arc::new(Shared {
-            pending: AtomicUsize::new(0),
-            commits: AtomicU64::new(0),
-            wake: Mutex::new(wake),
-        });
+        let shared = Arc::new(Shared::new(wake));
         let worker = worker::Worker::open(&path, &config, Arc::clone(&shared))?;
         let (requests, requests_rx) = mpsc::channel();
         let (events_tx, events) = mpsc::channel();
@@ -202,6 +234,18 @@ impl OfflineStore {
     /// Durable commits done since open: with group commit, far fewer than appends.
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// What the store holds and how its commits went, for the metrics; a few atomic loads.
+    pub fn metrics(&self) -> StoreMetrics {
+        StoreMetrics {
+            pending_requests: self.pending() as u64,
+            commits: self.commits(),
+            commit_latency: self.shared.commit_latency.snapshot(),
+            stored_frames: self.shared.stored_frames.load(Ordering::Relaxed),
+            stored_bytes: self.shared.stored_bytes.load(Ordering::Relaxed),
+            stored_users: self.shared.stored_users.load(Ordering::Relaxed),
+        }
     }
 
     /// The store's file.

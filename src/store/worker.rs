@@ -84,7 +84,7 @@ impl Worker {
             ledger.users(),
             ledger.next_seq()
         );
-        Ok(Worker {
+        let worker = Worker {
             db,
             path: path.to_path_buf(),
             ledger,
@@ -92,7 +92,22 @@ impl Worker {
             broken: None,
             failed_batches: 0,
             first_failure: None,
-        })
+        };
+        worker.publish_usage();
+        Ok(worker)
+    }
+
+    /// Make what the store holds (as of the last commit) readable from the reactor thread.
+    fn publish_usage(&self) {
+        let total = self.ledger.total();
+        let users = u64::try_from(self.ledger.users()).unwrap_or(u64::MAX);
+        self.shared
+            .stored_frames
+            .store(total.frames, Ordering::Relaxed);
+        self.shared
+            .stored_bytes
+            .store(total.bytes, Ordering::Relaxed);
+        self.shared.stored_users.store(users, Ordering::Relaxed);
     }
 
     /// The thread's body: batches until every sender is gone, then close the database.
@@ -192,11 +207,13 @@ impl Worker {
         if wrote {
             txn.commit().map_err(|e| e.to_string())?;
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
+            self.shared.commit_latency.record(commit_started.elapsed());
         } else {
             // Nothing to make durable (only loads, refused appends, removes of nothing).
             txn.abort().map_err(|e| e.to_string())?;
         }
         self.ledger.commit();
+        self.publish_usage();
         debug!(
             "offline store batch: {} request(s) ({} appended, {} full, {} loads, {} removes), \
              run {} us, {} {} us",
@@ -479,8 +496,7 @@ fn open_database(path: &Path) -> Result<Opened, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
-    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 
@@ -513,11 +529,7 @@ mod tests {
             frames_per_user_max,
             ..StoreConfig::default()
         };
-        let shared = Arc::new(Shared {
-            pending: AtomicUsize::new(0),
-            commits: AtomicU64::new(0),
-            wake: Mutex::new(Box::new(|| {})),
-        });
+        let shared = Arc::new(Shared::new(Box::new(|| {})));
         Worker::open(&dir.0.join(super::super::FILE_NAME), &config, shared).unwrap()
     }
 
