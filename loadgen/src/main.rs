@@ -640,7 +640,7 @@ fn plot_title(settings: String, verdict: &report::Verdict) -> String {
     if verdict.valid {
         settings
     } else {
-        format!("{settings} (INVALID run: the loadgen fell behind)")
+        format!("{settings} (INVALID: the loadgen fell behind)")
     }
 }
 

@@ -22,11 +22,13 @@ const TICKS_PER_HALF_DISTANCE: u32 = 10;
 const Y_TICKS_TARGET: f64 = 6.0;
 
 const WIDTH: f64 = 960.0;
-const HEIGHT: f64 = 600.0;
+/// Height of the chart without its legend, which goes below it (one row per curve).
+const CHART_HEIGHT: f64 = 600.0;
+const LEGEND_ROW_HEIGHT: f64 = 20.0;
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = WIDTH - 30.0;
 const TOP: f64 = 80.0;
-const BOTTOM: f64 = HEIGHT - 70.0;
+const BOTTOM: f64 = CHART_HEIGHT - 70.0;
 
 /// Distinct colours that survive grey-scale printing and the common colour blindnesses
 /// (Okabe-Ito order, black last); curves beyond eight reuse them.
@@ -176,15 +178,17 @@ pub fn render_svg(title: &str, curves: &[(&str, &LatencyHistogram)]) -> String {
     let (step_ms, top_ms) = nice_axis(max_ms);
     let decimals = decimals_for(step_ms);
 
+    // The legend sits below the chart: inside it, it would hide whichever curve rises there.
+    let height = CHART_HEIGHT + curves.len() as f64 * LEGEND_ROW_HEIGHT + 16.0;
     let mut svg = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="13">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="13">"#
     );
     let _ = writeln!(
         svg,
-        r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+        r#"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#
     );
     let _ = writeln!(
         svg,
@@ -270,53 +274,39 @@ pub fn render_svg(title: &str, curves: &[(&str, &LatencyHistogram)]) -> String {
         );
     }
 
-    // Legend, top left inside the plot: the curves rise to the right, so that corner is free.
-    let row_height = 20.0;
-    let legend_x = LEFT + 14.0;
-    let legend_y = TOP + 14.0;
-    let labels: Vec<String> = curves
-        .iter()
-        .map(|(label, hist)| {
-            let s = hist.summary();
-            if s.count == 0 {
-                format!("{label}: no samples")
-            } else {
-                format!(
-                    "{label}: n={}, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-                    grouped(s.count),
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.max_ms
-                )
-            }
-        })
-        .collect();
-    // Width estimated from the character count: no font metrics in a hand-written SVG.
-    let widest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64;
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{legend_x}" y="{legend_y}" width="{:.1}" height="{:.1}" fill="white" fill-opacity="0.9" stroke="#bbb"/>"##,
-        widest * 7.4 + 56.0,
-        labels.len() as f64 * row_height + 10.0
-    );
-    for (i, label) in labels.iter().enumerate() {
-        let y = legend_y + 15.0 + i as f64 * row_height;
+    // Legend: one row per curve, under the axis label.
+    let legend_x = LEFT;
+    let legend_y = CHART_HEIGHT - 6.0;
+    for (i, (label, hist)) in curves.iter().enumerate() {
+        let s = hist.summary();
+        let text = if s.count == 0 {
+            format!("{label}: no samples")
+        } else {
+            format!(
+                "{label}: n={}, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                grouped(s.count),
+                s.p50_ms,
+                s.p99_ms,
+                s.max_ms
+            )
+        };
+        let y = legend_y + i as f64 * LEGEND_ROW_HEIGHT;
         let empty = points[i].is_empty();
         let _ = writeln!(
             svg,
             r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="{}"/>"#,
-            legend_x + 10.0,
-            legend_x + 38.0,
+            legend_x,
+            legend_x + 28.0,
             COLOURS[i % COLOURS.len()],
             if empty { 0.0 } else { 3.0 }
         );
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{:.1}"{}>{}</text>"##,
-            legend_x + 46.0,
+            legend_x + 36.0,
             y + 4.5,
             if empty { r##" fill="#888""## } else { "" },
-            escape(label)
+            escape(&text)
         );
     }
     svg.push_str("</svg>\n");
