@@ -30,10 +30,10 @@ const RIGHT: f64 = WIDTH - 30.0;
 const TOP: f64 = 80.0;
 const BOTTOM: f64 = CHART_HEIGHT - 70.0;
 
-/// Distinct colours that survive grey-scale printing and the common colour blindnesses
-/// (Okabe-Ito order, black last); curves beyond eight reuse them.
+/// Distinct colours that the common colour blindnesses still tell apart (Okabe-Ito, with its
+/// yellow, nearly invisible on white, replaced by a brown); curves beyond eight reuse them.
 const COLOURS: [&str; 8] = [
-    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000",
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C510A", "#000000",
 ];
 
 /// Creates (truncates) `path` so a bad `--plot` fails before the run instead of after it.
