@@ -18,6 +18,7 @@
 //!   texts at the end; UDP loss as a figure, failing the run above `--loss-max`
 //! - `matou`: the MATOU scenario: its loop, the text stamp, the client side of the contract
 //!   (names, packets, notice and delivery accounting), link brokering and its report
+//! - `hgrm`, `plot`: `--hgrm` percentile distributions and the `--plot` SVG of a run's histograms
 //! - `limits`: the open-files limit
 //! - `sockio`: writing a connection's pending bytes until done or WouldBlock
 
@@ -26,11 +27,13 @@ mod bin24;
 mod ccm;
 mod churn;
 mod clock;
+mod hgrm;
 mod limits;
 mod matou;
 mod ocm;
 mod pacer;
 mod plan;
+mod plot;
 mod record;
 mod report;
 mod room;
@@ -39,7 +42,7 @@ mod stats;
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,6 +59,7 @@ use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::report::Report;
 use crate::room::{RoomConfig, RoomError};
+use crate::stats::LatencyHistogram;
 
 /// Exit codes: 0 all delivered, 1 something lost/duplicated/failed, 2 cannot run at all.
 const EXIT_BAD_RUN: u8 = 2;
@@ -186,6 +190,19 @@ struct CommonArgs {
     /// at once rather than after it).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+
+    /// Also write every latency histogram of the run to this directory (created if missing) as
+    /// a percentile distribution in HdrHistogram's .hgrm text format, values in ms, one file per
+    /// histogram: <scenario>-<measure>.hgrm (e.g. room-delivery.hgrm, room-send-lag.hgrm).
+    /// Checked before the run.
+    #[arg(long, value_name = "DIR")]
+    hgrm: Option<PathBuf>,
+
+    /// Also draw the run's latency percentile curves (one per measured latency, x the
+    /// percentile on a log scale to 99.999%, y the latency in ms) as an SVG image to this file
+    /// (created before the run).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 
     /// Seed for the run's random choices (room and matou: which clients send, and matou's link
     /// pairs; bin24: which users stay offline; ocm has none), so a run can be repeated.
@@ -567,6 +584,77 @@ fn discard_json(json_out: &mut JsonOut<'_>) {
     }
 }
 
+/// Where `--hgrm` and `--plot` go; both checked before the run, so a bad path fails at once.
+struct LatencyOut<'a> {
+    hgrm_dir: Option<&'a Path>,
+    plot: Option<&'a Path>,
+}
+
+impl LatencyOut<'_> {
+    fn prepare(common: &CommonArgs) -> Result<LatencyOut<'_>, String> {
+        let out = LatencyOut {
+            hgrm_dir: common.hgrm.as_deref(),
+            plot: common.plot.as_deref(),
+        };
+        if let Some(dir) = out.hgrm_dir {
+            hgrm::prepare_dir(dir)?;
+        }
+        if let Some(path) = out.plot {
+            plot::prepare(path)?;
+        }
+        Ok(out)
+    }
+
+    /// No results: leave no empty plot behind (the .hgrm files are only written at the end).
+    fn discard(&self) {
+        if let Some(path) = self.plot {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Writes `<scenario>-<name>.hgrm` for every histogram, and the plot of `plotted`.
+    fn write(
+        &self,
+        scenario: &str,
+        title: &str,
+        plotted: &[(&'static str, &LatencyHistogram)],
+        diagnostic: &[(&'static str, &LatencyHistogram)],
+    ) -> Result<(), String> {
+        if let Some(dir) = self.hgrm_dir {
+            for (name, hist) in plotted.iter().chain(diagnostic) {
+                hgrm::write_hgrm(dir, &format!("{scenario}-{name}"), hist).map_err(|e| {
+                    format!("writing {scenario}-{name}.hgrm in {}: {e}", dir.display())
+                })?;
+            }
+        }
+        if let Some(path) = self.plot {
+            plot::write_plot(path, title, plotted)
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The plot's title: the scenario's settings, and a warning when the run is not to be trusted.
+fn plot_title(settings: String, verdict: &report::Verdict) -> String {
+    if verdict.valid {
+        settings
+    } else {
+        format!("{settings} (INVALID: the loadgen fell behind)")
+    }
+}
+
+/// The report's exit code, unless writing the --hgrm or --plot files failed (then 1).
+fn finish(exit_code: ExitCode, latency_written: Result<(), String>) -> ExitCode {
+    match latency_written {
+        Ok(()) => exit_code,
+        Err(why) => {
+            eprintln!("loadgen: {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Prints the report, writes the JSON, and returns the exit code.
 fn deliver_report(
     text: String,
@@ -615,9 +703,16 @@ fn run_room(args: RoomArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(clients as u64 + SPARE_FILES) {
         return refuse(why);
     }
+    let latency_out = match LatencyOut::prepare(common) {
+        Ok(latency_out) => latency_out,
+        Err(why) => return refuse(why),
+    };
     let mut json_out = match create_json(common.json.as_ref()) {
         Ok(json_out) => json_out,
-        Err(why) => return refuse(why),
+        Err(why) => {
+            latency_out.discard();
+            return refuse(why);
+        }
     };
 
     let cfg = RoomConfig {
@@ -637,6 +732,7 @@ fn run_room(args: RoomArgs) -> ExitCode {
         Ok(outcome) => outcome,
         Err(e) => {
             discard_json(&mut json_out);
+            latency_out.discard();
             return match e {
                 RoomError::Unreachable(why) => refuse(format!(
                     "no client could join a ROOM server at {target}: {why}"
@@ -647,12 +743,23 @@ fn run_room(args: RoomArgs) -> ExitCode {
     };
 
     let report = Report::room(&cfg, senders, common.strict, &outcome);
-    deliver_report(
+    let title = format!(
+        "ROOM: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
+        args.rate, args.payload_bytes, common.duration
+    );
+    let latency_written = latency_out.write(
+        "room",
+        &plot_title(title, &report.verdict),
+        &outcome.latency_histograms(),
+        &outcome.diagnostic_histograms(),
+    );
+    let exit_code = deliver_report(
         report.to_text(),
         &report,
         report.outcome.exit_code,
         &mut json_out,
-    )
+    );
+    finish(exit_code, latency_written)
 }
 
 fn run_bin24(args: Bin24Args) -> ExitCode {
@@ -697,9 +804,16 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
         return refuse(why);
     }
+    let latency_out = match LatencyOut::prepare(common) {
+        Ok(latency_out) => latency_out,
+        Err(why) => return refuse(why),
+    };
     let mut json_out = match create_json(common.json.as_ref()) {
         Ok(json_out) => json_out,
-        Err(why) => return refuse(why),
+        Err(why) => {
+            latency_out.discard();
+            return refuse(why);
+        }
     };
 
     let cfg = Bin24Config {
@@ -720,6 +834,7 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         Ok(outcome) => outcome,
         Err(e) => {
             discard_json(&mut json_out);
+            latency_out.discard();
             return match e {
                 Bin24Error::Unreachable(why) => refuse(format!(
                     "no user could join a BIN24 server at {target}: {why}"
@@ -729,12 +844,26 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         }
     };
     let report = bin24::report::Report::new(&cfg, common.seed, common.strict, &outcome);
-    deliver_report(
+    let title = format!(
+        "BIN24: {users} users ({pattern:?}), {}% offline, {} msg/s, {} B, {:?}",
+        args.offline_share * 100.0,
+        args.rate,
+        args.payload_bytes,
+        common.duration
+    );
+    let latency_written = latency_out.write(
+        "bin24",
+        &plot_title(title, &report.verdict),
+        &outcome.latency_histograms(),
+        &outcome.diagnostic_histograms(),
+    );
+    let exit_code = deliver_report(
         report.to_text(),
         &report,
         report.outcome.exit_code,
         &mut json_out,
-    )
+    );
+    finish(exit_code, latency_written)
 }
 
 fn run_ccm(args: CcmArgs) -> ExitCode {
@@ -771,9 +900,16 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files((users + silent) as u64 + SPARE_FILES) {
         return refuse(why);
     }
+    let latency_out = match LatencyOut::prepare(common) {
+        Ok(latency_out) => latency_out,
+        Err(why) => return refuse(why),
+    };
     let mut json_out = match create_json(common.json.as_ref()) {
         Ok(json_out) => json_out,
-        Err(why) => return refuse(why),
+        Err(why) => {
+            latency_out.discard();
+            return refuse(why);
+        }
     };
     let cfg = CcmConfig {
         target,
@@ -794,6 +930,7 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         Ok(outcome) => outcome,
         Err(e) => {
             discard_json(&mut json_out);
+            latency_out.discard();
             return match e {
                 CcmError::Unreachable(why) => refuse(format!(
                     "no user could join a CCM server at {target}: {why}"
@@ -803,12 +940,23 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         }
     };
     let report = ccm::report::Report::new(&cfg, common.seed, common.strict, &outcome);
-    deliver_report(
+    let title = format!(
+        "CCM: {users} users ({pattern:?}), {silent} silent, {} msg/s, {} B, {:?}",
+        args.rate, args.payload_bytes, common.duration
+    );
+    let latency_written = latency_out.write(
+        "ccm",
+        &plot_title(title, &report.verdict),
+        &outcome.latency_histograms(),
+        &outcome.diagnostic_histograms(),
+    );
+    let exit_code = deliver_report(
         report.to_text(),
         &report,
         report.outcome.exit_code,
         &mut json_out,
-    )
+    );
+    finish(exit_code, latency_written)
 }
 
 fn run_ocm(args: OcmArgs) -> ExitCode {
@@ -865,9 +1013,16 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(2 * total as u64 + SPARE_FILES) {
         return refuse(why);
     }
+    let latency_out = match LatencyOut::prepare(common) {
+        Ok(latency_out) => latency_out,
+        Err(why) => return refuse(why),
+    };
     let mut json_out = match create_json(common.json.as_ref()) {
         Ok(json_out) => json_out,
-        Err(why) => return refuse(why),
+        Err(why) => {
+            latency_out.discard();
+            return refuse(why);
+        }
     };
     let cfg = OcmConfig {
         tcp_target,
@@ -889,6 +1044,7 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
         Ok(outcome) => outcome,
         Err(e) => {
             discard_json(&mut json_out);
+            latency_out.discard();
             return match e {
                 OcmError::Unreachable(why) => refuse(format!(
                     "no room could be created on an OCM server at TCP {tcp_target} / UDP \
@@ -900,12 +1056,23 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
     };
     let report =
         ocm::report::Report::new(&cfg, common.seed, common.strict, args.loss_max, &outcome);
-    deliver_report(
+    let title = format!(
+        "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
+        args.rate, args.payload_bytes, common.duration
+    );
+    let latency_written = latency_out.write(
+        "ocm",
+        &plot_title(title, &report.verdict),
+        &outcome.latency_histograms(),
+        &outcome.diagnostic_histograms(),
+    );
+    let exit_code = deliver_report(
         report.to_text(),
         &report,
         report.outcome.exit_code,
         &mut json_out,
-    )
+    );
+    finish(exit_code, latency_written)
 }
 
 fn run_matou(args: MatouArgs) -> ExitCode {
@@ -957,9 +1124,16 @@ fn run_matou(args: MatouArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
         return refuse(why);
     }
+    let latency_out = match LatencyOut::prepare(common) {
+        Ok(latency_out) => latency_out,
+        Err(why) => return refuse(why),
+    };
     let mut json_out = match create_json(common.json.as_ref()) {
         Ok(json_out) => json_out,
-        Err(why) => return refuse(why),
+        Err(why) => {
+            latency_out.discard();
+            return refuse(why);
+        }
     };
     let cfg = MatouConfig {
         target,
@@ -981,6 +1155,7 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         Ok(outcome) => outcome,
         Err(e) => {
             discard_json(&mut json_out);
+            latency_out.discard();
             return match e {
                 MatouError::Unreachable(why) => refuse(format!(
                     "no user could join a MATOU server at {target}: {why}"
@@ -990,12 +1165,23 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         }
     };
     let report = matou::report::Report::new(&cfg, senders_requested, common.strict, &outcome);
-    deliver_report(
+    let title = format!(
+        "MATOU: {users} users, {senders_requested} senders, {} msg/s, {} links/s, {} B, {:?}",
+        args.rate, args.private_rate, args.payload_bytes, common.duration
+    );
+    let latency_written = latency_out.write(
+        "matou",
+        &plot_title(title, &report.verdict),
+        &outcome.latency_histograms(),
+        &outcome.diagnostic_histograms(),
+    );
+    let exit_code = deliver_report(
         report.to_text(),
         &report,
         report.outcome.exit_code,
         &mut json_out,
-    )
+    );
+    finish(exit_code, latency_written)
 }
 
 /// A run id for the message stamps: differs between runs, so frames an earlier run left in
@@ -1006,4 +1192,78 @@ fn run_id() -> u32 {
         .map_or(0, |d| d.as_nanos() as u64);
     let mut mix = SplitMix64(wall_ns ^ u64::from(std::process::id()).rotate_left(32));
     mix.next() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common_of(args: &[&str]) -> CommonArgs {
+        match Cli::try_parse_from(args).map(|cli| cli.scenario) {
+            Ok(Scenario::Room(room)) => room.common,
+            other => panic!("not a room command line: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unusable_hgrm_and_plot_paths_fail_before_the_run() {
+        let base = std::env::temp_dir().join(format!("loadgen-main-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let file = base.join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let below_file = file.join("dir");
+        let below_file = below_file.to_str().unwrap();
+        let missing_dir_svg = base.join("missing/plot.svg");
+        let missing_dir_svg = missing_dir_svg.to_str().unwrap();
+
+        let err = LatencyOut::prepare(&common_of(&["loadgen", "room", "--hgrm", below_file]))
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("cannot create directory") && err.contains("a-file"),
+            "{err}"
+        );
+        let err = LatencyOut::prepare(&common_of(&["loadgen", "room", "--plot", missing_dir_svg]))
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("cannot create") && err.contains("plot.svg"),
+            "{err}"
+        );
+
+        // Good paths: the directory is created, the plot file exists (empty) until the end, and
+        // a failed run removes it again.
+        let hgrm_dir = base.join("hgrm/nested");
+        let svg = base.join("plot.svg");
+        let common = common_of(&[
+            "loadgen",
+            "room",
+            "--hgrm",
+            hgrm_dir.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ]);
+        let out = LatencyOut::prepare(&common).unwrap();
+        assert!(hgrm_dir.is_dir() && svg.is_file());
+        out.discard();
+        assert!(!svg.exists());
+
+        // Writing: one .hgrm per histogram, named after the scenario, and one plot.
+        let out = LatencyOut::prepare(&common).unwrap();
+        let mut delivery = LatencyHistogram::new();
+        delivery.record(100);
+        let lag = LatencyHistogram::new();
+        out.write(
+            "room",
+            "t",
+            &[("delivery", &delivery)],
+            &[("send-lag", &lag)],
+        )
+        .unwrap();
+        assert!(hgrm_dir.join("room-delivery.hgrm").is_file());
+        assert!(hgrm_dir.join("room-send-lag.hgrm").is_file());
+        let svg_text = std::fs::read_to_string(&svg).unwrap();
+        assert_eq!(svg_text.matches("<path").count(), 1);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

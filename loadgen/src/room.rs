@@ -121,6 +121,26 @@ pub struct RoomOutcome {
     pub drain_timed_out: bool,
 }
 
+/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
+impl RoomOutcome {
+    /// The latencies the report measures the server by: written and plotted.
+    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("delivery", &self.delivery_latency),
+            ("connect", &self.connect_latency),
+        ]
+    }
+
+    /// The loadgen's own lags: written, not plotted.
+    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("send-lag", &self.send_lag),
+            ("schedule-lateness", &self.schedule_lateness),
+            ("socket-blocked", &self.socket_blocked),
+        ]
+    }
+}
+
 /// Where a client is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ClientPhase {

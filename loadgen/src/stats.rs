@@ -62,6 +62,11 @@ impl LatencyHistogram {
     pub fn value_at_quantile_us(&self, quantile: f64) -> u64 {
         self.hist.value_at_quantile(quantile)
     }
+
+    /// The histogram itself (µs), for the writers that walk its distribution (`hgrm`, `plot`).
+    pub fn histogram(&self) -> &Histogram<u64> {
+        &self.hist
+    }
 }
 
 impl Default for LatencyHistogram {

@@ -173,6 +173,32 @@ pub struct Bin24Outcome {
     pub reconnect_timed_out: bool,
 }
 
+/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
+impl Bin24Outcome {
+    /// The latencies the report measures the server by: written and plotted.
+    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("ack200", &self.latency.ack_delivered),
+            ("ack300", &self.latency.ack_stored),
+            ("ack507", &self.latency.ack_full),
+            ("delivery-live", &self.latency.delivery_live),
+            ("delivery-stored", &self.latency.delivery_stored),
+            ("connect", &self.latency.connect),
+            ("reconnect", &self.latency.reconnect),
+        ]
+    }
+
+    /// The service time (from the actual write) and the loadgen's own lags: written, not plotted.
+    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("service-time", &self.latency.service_time),
+            ("send-lag", &self.latency.send_lag),
+            ("schedule-lateness", &self.latency.schedule_lateness),
+            ("socket-blocked", &self.latency.socket_blocked),
+        ]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UserPhase {
     /// Not connected (offline, waiting for its turn, or closed by the loadgen to reconnect).

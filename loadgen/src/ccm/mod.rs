@@ -143,6 +143,31 @@ pub struct CcmOutcome {
     pub silent_wait_used_us: u64,
 }
 
+/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
+impl CcmOutcome {
+    /// The latencies the report measures the server by: written and plotted.
+    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("delivery", &self.latency.delivery),
+            ("connect", &self.latency.connect),
+        ]
+    }
+
+    /// The loadgen's own lags and the silent users' timers (seconds, not latencies): written, not plotted.
+    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("send-lag", &self.latency.send_lag),
+            ("schedule-lateness", &self.latency.schedule_lateness),
+            ("socket-blocked", &self.latency.socket_blocked),
+            (
+                "silent-keepalive-after",
+                &self.latency.silent_keepalive_after,
+            ),
+            ("silent-closed-after", &self.latency.silent_closed_after),
+        ]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UserPhase {
     Idle,

@@ -169,6 +169,28 @@ pub struct MatouOutcome {
     pub sign_out_wait_used_us: u64,
 }
 
+/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
+impl MatouOutcome {
+    /// The latencies the report measures the server by: written and plotted.
+    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("delivery", &self.latency.delivery),
+            ("connect", &self.latency.connect),
+            ("link", &self.latency.link),
+            ("link-notify", &self.latency.link_notify),
+        ]
+    }
+
+    /// The loadgen's own lags: written, not plotted.
+    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("send-lag", &self.latency.send_lag),
+            ("schedule-lateness", &self.latency.schedule_lateness),
+            ("socket-blocked", &self.latency.socket_blocked),
+        ]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UserPhase {
     Idle,

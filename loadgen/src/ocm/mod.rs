@@ -189,6 +189,29 @@ pub struct OcmOutcome {
     pub exit_timed_out: bool,
 }
 
+/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
+impl OcmOutcome {
+    /// The latencies the report measures the server by: written and plotted.
+    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("create", &self.latency.create),
+            ("join", &self.latency.join),
+            ("delivery", &self.latency.delivery),
+            ("leave", &self.latency.leave),
+        ]
+    }
+
+    /// The loadgen's own lags: written, not plotted.
+    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
+        vec![
+            ("receive-lag", &self.latency.receive_lag),
+            ("send-lag", &self.latency.send_lag),
+            ("schedule-lateness", &self.latency.schedule_lateness),
+            ("socket-blocked", &self.latency.socket_blocked),
+        ]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MemberPhase {
     Idle,
