@@ -1439,6 +1439,34 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_does_not_speak_pub_sub_is_named() {
+        // Answers every SUBSCRIBE with a simple string, as a RESP server without pub/sub would.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 256];
+                    while let Ok(1..) = conn.read(&mut buf) {
+                        let _ = conn.write_all(b"+OK\r\n");
+                    }
+                });
+            }
+        });
+        let mut cfg = config(addr);
+        cfg.wire = Wire::Resp {
+            channel: b"lg-test".to_vec(),
+        };
+        match run(&cfg) {
+            Err(RoomError::Unreachable(why)) => {
+                assert!(why.contains("UnexpectedType(43)"), "{why}");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn no_server_is_unreachable() {
         // Bind then drop a listener: its port is very likely free for the next few ms.
         let addr = TcpListener::bind("127.0.0.1:0")
