@@ -169,10 +169,13 @@ one_run() {
     --clients "$clients" --senders "$senders" --rate "$rate" --payload-bytes "$payload_bytes" \
     --duration "$dur" --json "$json"
   children_cpu_s >"$out/.lg-before"
+  local wall_before
+  wall_before=$(date +%s.%N)
   timeout $(( $(duration_s "$dur") + 120 )) taskset -c 1 "$loadgen" "$server" --port "$port" \
     --clients "$clients" --senders "$senders" --rate "$rate" --payload-bytes "$payload_bytes" \
     --duration "$dur" --json "$json" >"$out/$label-$server.txt" 2>&1 || status=$?
-  local after_ticks after_lg
+  local after_ticks after_lg wall_after
+  wall_after=$(date +%s.%N)
   after_ticks=$(proc_cpu_ticks "$pid")
   children_cpu_s >"$out/.lg-after"
   before_lg=$(cat "$out/.lg-before")
@@ -181,13 +184,14 @@ one_run() {
     cat "$out/$label-$server.txt" >&2
     die "loadgen $server failed to run (exit $status); see $out/$label-$server.txt"
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$server" "$deliveries" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$server" "$deliveries" \
+    "$(awk -v a="$wall_before" -v b="$wall_after" 'BEGIN { printf "%.3f", b - a }')" \
     "$(awk -v a="$before_ticks" -v b="$after_ticks" -v t="$clk_tck" 'BEGIN { printf "%.3f", (b - a) / t }')" \
     "$(awk -v a="$before_lg" -v b="$after_lg" 'BEGIN { printf "%.3f", b - a }')" "$json" >>"$out/runs.tsv"
   tail -n 4 "$out/$label-$server.txt" | sed "s/^/  [$server] /"
 }
 
-printf 'label\tserver\tdeliveries_target\tserver_cpu_s\tloadgen_cpu_s\tjson\n' >"$out/runs.tsv"
+printf 'label\tserver\tdeliveries_target\twall_s\tserver_cpu_s\tloadgen_cpu_s\tjson\n' >"$out/runs.tsv"
 started=$(date +%s)
 for deliveries in "${rate_list[@]}"; do
   for i in $(seq 1 "$runs"); do
@@ -238,7 +242,9 @@ def load(row):
         "p99": r["latency_ms"]["delivery"]["p99_ms"],
         # Every delivery of the run (warmup and drain too) against the CPU of the whole run.
         "server_us": float(row["server_cpu_s"]) * 1e6 / delivered,
-        "loadgen_cpu": float(row["loadgen_cpu_s"]),
+        "server_cpu": 100 * float(row["server_cpu_s"]) / max(float(row["wall_s"]), 1e-3),
+        # Share of one core over the run's wall time: near 100% the loadgen is the ceiling.
+        "loadgen_cpu": 100 * float(row["loadgen_cpu_s"]) / max(float(row["wall_s"]), 1e-3),
         "valid": r["verdict"]["valid"],
         "clean": r["losses"]["total"] == 0 and errors == 0 and r["not_sent"]["total"] == 0,
     }
@@ -250,11 +256,12 @@ print(f"ROOM (chatd) vs RESP (redis-server), both on CPU 0, loadgen on CPU 1; {c
       f"subscribers, {senders} publishers, {payload}-byte messages, {duration} per run, "
       f"medians of {runs} runs")
 print("server CPU/delivery: server utime+stime over the whole run / every delivery; "
-      "loadgen CPU: seconds for the whole run (ramp-up, warmup and drain included); "
+      "srv % and lg %: the server's and the loadgen's CPU time / the run's wall time, % of one "
+      "core (ramp-up, warmup and drain included); "
       "x: ROOM's figure / RESP's (below 1: ROOM lower)")
 header = (f"{'target/s':>10} | {'ROOM got/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/dl':>9} "
-          f"{'lg CPU s':>8} {'valid':>7} | {'RESP got/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'CPU us/dl':>9} {'lg CPU s':>8} {'valid':>7} | {'p99 x':>7} {'CPU x':>7}")
+          f"{'srv %':>5} {'lg %':>5} {'valid':>8} | {'RESP got/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'CPU us/dl':>9} {'srv %':>5} {'lg %':>5} {'valid':>8} | {'p99 x':>7} {'CPU x':>7}")
 print(header)
 print("-" * len(header))
 
@@ -270,15 +277,17 @@ for target in dict.fromkeys(r["deliveries_target"] for r in sweep):
     cols = {}
     for server in ("room", "resp"):
         got = [load(r) for r in sweep if r["deliveries_target"] == target and r["server"] == server]
-        cols[server] = {k: median([g[k] for g in got]) for k in ("achieved", "p50", "p99", "server_us", "loadgen_cpu")}
+        cols[server] = {k: median([g[k] for g in got]) for k in ("achieved", "p50", "p99", "server_us", "server_cpu", "loadgen_cpu")}
         cols[server]["verdict"] = verdict(got)
     room, resp = cols["room"], cols["resp"]
     p99_ratio = room["p99"] / resp["p99"] if resp["p99"] else float("nan")
     cpu_ratio = room["server_us"] / resp["server_us"] if resp["server_us"] else float("nan")
     print(f"{int(target):>10} | {room['achieved']:>10.0f} {room['p50']:>7.3f} {room['p99']:>7.3f} "
-          f"{room['server_us']:>9.3f} {room['loadgen_cpu']:>8.2f} {room['verdict']:>7} | "
+          f"{room['server_us']:>9.3f} {room['server_cpu']:>5.0f} {room['loadgen_cpu']:>5.0f} "
+          f"{room['verdict']:>8} | "
           f"{resp['achieved']:>10.0f} {resp['p50']:>7.3f} {resp['p99']:>7.3f} "
-          f"{resp['server_us']:>9.3f} {resp['loadgen_cpu']:>8.2f} {resp['verdict']:>7} | "
+          f"{resp['server_us']:>9.3f} {resp['server_cpu']:>5.0f} {resp['loadgen_cpu']:>5.0f} "
+          f"{resp['verdict']:>8} | "
           f"{p99_ratio:>7.2f} {cpu_ratio:>7.2f}")
 
 saturation = [r for r in rows if r["label"].startswith("saturation-")]
@@ -291,13 +300,13 @@ if saturation:
         for target, s in steps:
             state = "VALID" if s["valid"] and s["clean"] else ("INVALID" if s["clean"] else "LOSS/ERR")
             print(f"  {server.upper():4} target {target:>9}/s: achieved {s['achieved']:>10.0f}/s, "
-                  f"p99 {s['p99']:.3f} ms, server {s['server_us']:.3f} us/delivery, "
-                  f"loadgen CPU {s['loadgen_cpu']:.2f} s, {state}")
+                  f"p99 {s['p99']:.3f} ms, server {s['server_us']:.3f} us/delivery ({s['server_cpu']:.0f}% CPU), "
+                  f"loadgen CPU {s['loadgen_cpu']:.0f}%, {state}")
         good = [s["achieved"] for _, s in steps if s["valid"] and s["clean"]]
         best_any = max((s["achieved"] for _, s in steps), default=0)
         print(f"  {server.upper():4} highest achieved: {max(good, default=0):.0f}/s in a VALID "
               f"lossless run ({best_any:.0f}/s in any run)")
-    print("  A saturation step that is INVALID with the loadgen's CPU near its run time means "
+    print("  A saturation step that is INVALID with the loadgen's CPU near 100% means "
           "the loadgen's core was the ceiling, not the server: compare server CPU per delivery "
           "there.")
 EOF
