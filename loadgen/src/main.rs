@@ -10,7 +10,8 @@
 //! - `clock`, `pacer`: the µs clock and the timerfd that wakes the loop on time
 //! - `plan`: intended send times; `record`: the stamp in every message and its stream scanner
 //! - `stats`: histograms, sequence tracking, error counters; `report`: verdict, text, JSON
-//! - `room`: the ROOM scenario's mio loop
+//! - `room`: the ROOM scenario's mio loop, which also runs it against Redis pub/sub (`resp`)
+//! - `resp`: the RESP2 commands that scenario sends and the reader for what Redis sends back
 //! - `bin24`: the BIN24 scenario: its loop, the per-message ledger, partners, stamp and report
 //! - `ccm`: the CCM scenario: its loop, the text stamp, the client side of the contract
 //!   (messages, keepalive answers, checks of what arrives) and its report (partners: BIN24's)
@@ -36,6 +37,7 @@ mod plan;
 mod plot;
 mod record;
 mod report;
+mod resp;
 mod room;
 mod sockio;
 mod stats;
@@ -58,7 +60,7 @@ use crate::ocm::{OcmConfig, OcmError};
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::report::Report;
-use crate::room::{RoomConfig, RoomError};
+use crate::room::{RoomConfig, RoomError, Wire};
 use crate::stats::LatencyHistogram;
 
 /// Exit codes: 0 all delivered, 1 something lost/duplicated/failed, 2 cannot run at all.
@@ -68,6 +70,8 @@ const CLIENTS_MAX: usize = 10_000;
 /// Most senders: the loss table holds one counter per (client, sender).
 const SENDERS_MAX: usize = 1_000;
 const RATE_PER_S_MAX: u64 = 1_000_000;
+/// RESP channel names: short, as real ones are; the name is in every message on the wire.
+const CHANNEL_BYTES_MAX: usize = 64;
 const MESSAGE_BYTES_MIN: usize = ALIAS_PREFIX_LEN + RECORD_LEN_MIN;
 const MESSAGE_BYTES_MAX: usize = 65_536;
 const DURATION_MAX: Duration = Duration::from_secs(3_600);
@@ -128,6 +132,11 @@ enum Scenario {
     /// ROOM: clients join one chat room; senders send stamped messages on a fixed plan and
     /// every member (senders included) times and checks every relayed message.
     Room(RoomArgs),
+    /// RESP: the ROOM scenario against Redis pub/sub, for comparison: every member SUBSCRIBEs
+    /// to one channel (and counts as joined at the confirmation); each sender PUBLISHes the
+    /// same stamped messages over a connection of its own and checks every reply (the number
+    /// of subscribers reached). Every member (senders included) times and checks every message.
+    Resp(RespArgs),
     /// BIN24: users send direct messages to a partner on a fixed plan; recipients answer
     /// "200"; a share of the users stays offline, so messages to them are stored ("300") and
     /// delivered as type 2 when the loadgen connects them at the end. Every message is
@@ -221,11 +230,35 @@ struct RoomArgs {
     #[arg(long, default_value_t = 55_555)]
     port: u16,
 
-    /// Connections (room members) to open, at most 10000.
+    #[command(flatten)]
+    fanout: FanoutArgs,
+}
+
+#[derive(Args, Debug)]
+struct RespArgs {
+    /// Server port of Redis (RESP2).
+    #[arg(long, default_value_t = 6_379)]
+    port: u16,
+
+    /// Pub/sub channel. Default: `lg-` and a run id, so no other run's subscribers count in
+    /// the PUBLISH replies. At most 64 bytes.
+    #[arg(long)]
+    channel: Option<String>,
+
+    #[command(flatten)]
+    fanout: FanoutArgs,
+}
+
+/// The fan-out shape, shared by ROOM and RESP so both run the same scenario.
+#[derive(Args, Debug)]
+struct FanoutArgs {
+    /// Connections (room members, channel subscribers) to open, at most 10000. RESP opens one
+    /// more per sender, to publish.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=CLIENTS_MAX as u64))]
     clients: u64,
 
-    /// How many of the members send, at most 1000 and at most --clients. The others only receive.
+    /// How many of the members send, at most 1000 and at most --clients. The others only
+    /// receive.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=SENDERS_MAX as u64))]
     senders: u64,
 
@@ -535,7 +568,19 @@ fn run_churn(args: ChurnArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.scenario {
-        Scenario::Room(args) => run_room(args),
+        Scenario::Room(args) => run_fanout(Wire::Room, args.port, args.fanout),
+        Scenario::Resp(args) => {
+            let channel = args
+                .channel
+                .unwrap_or_else(|| format!("lg-{:08x}", run_id()));
+            if channel.is_empty() || channel.len() > CHANNEL_BYTES_MAX {
+                return refuse(format!("--channel must be 1 to {CHANNEL_BYTES_MAX} bytes"));
+            }
+            let wire = Wire::Resp {
+                channel: channel.into_bytes(),
+            };
+            run_fanout(wire, args.port, args.fanout)
+        }
         Scenario::Bin24(args) => run_bin24(args),
         Scenario::Ccm(args) => run_ccm(args),
         Scenario::Ocm(args) => run_ocm(args),
@@ -676,7 +721,8 @@ fn deliver_report(
     ExitCode::from(exit_code as u8)
 }
 
-fn run_room(args: RoomArgs) -> ExitCode {
+/// ROOM, or the same scenario against Redis (RESP).
+fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
     let common = &args.common;
     if let Err(why) = check_common(common) {
         return refuse(why);
@@ -696,11 +742,15 @@ fn run_room(args: RoomArgs) -> ExitCode {
              stamp) and {MESSAGE_BYTES_MAX}"
         ));
     }
-    let target = match resolve_loopback(&common.host, args.port) {
+    let target = match resolve_loopback(&common.host, port) {
         Ok(target) => target,
         Err(why) => return refuse(why),
     };
-    if let Err(why) = limits::ensure_open_files(clients as u64 + SPARE_FILES) {
+    let publishers = match wire {
+        Wire::Room => 0,
+        Wire::Resp { .. } => senders,
+    };
+    if let Err(why) = limits::ensure_open_files((clients + publishers) as u64 + SPARE_FILES) {
         return refuse(why);
     }
     let latency_out = match LatencyOut::prepare(common) {
@@ -716,6 +766,7 @@ fn run_room(args: RoomArgs) -> ExitCode {
     };
 
     let cfg = RoomConfig {
+        wire,
         target,
         clients,
         senders,
@@ -735,7 +786,11 @@ fn run_room(args: RoomArgs) -> ExitCode {
             latency_out.discard();
             return match e {
                 RoomError::Unreachable(why) => refuse(format!(
-                    "no client could join a ROOM server at {target}: {why}"
+                    "no client could join a {} server at {target}: {why}",
+                    match cfg.wire {
+                        Wire::Room => "ROOM",
+                        Wire::Resp { .. } => "Redis (RESP)",
+                    }
                 )),
                 RoomError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
@@ -743,12 +798,16 @@ fn run_room(args: RoomArgs) -> ExitCode {
     };
 
     let report = Report::room(&cfg, senders, common.strict, &outcome);
+    let (scenario, server) = match cfg.wire {
+        Wire::Room => ("room", "ROOM"),
+        Wire::Resp { .. } => ("resp", "RESP (Redis pub/sub)"),
+    };
     let title = format!(
-        "ROOM: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
+        "{server}: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
     let latency_written = latency_out.write(
-        "room",
+        scenario,
         &plot_title(title, &report.verdict),
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
@@ -1200,7 +1259,7 @@ mod tests {
 
     fn common_of(args: &[&str]) -> CommonArgs {
         match Cli::try_parse_from(args).map(|cli| cli.scenario) {
-            Ok(Scenario::Room(room)) => room.common,
+            Ok(Scenario::Room(room)) => room.fanout.common,
             other => panic!("not a room command line: {other:?}"),
         }
     }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::record::NoticeCounts;
-use crate::room::{RoomConfig, RoomOutcome};
+use crate::room::{RoomConfig, RoomOutcome, Wire};
 use crate::stats::LatencySummary;
 
 /// The schedule-lateness p99 above which a run is INVALID:
@@ -301,7 +301,15 @@ impl Report {
             strict,
         );
         let mut notes = Vec::new();
-        if run.errors.protocol > 0 {
+        let resp = matches!(cfg.wire, Wire::Resp { .. });
+        if resp {
+            notes.push(format!(
+                "RESP: {} PUBLISH replies read, each checked against the subscribers joined \
+                 (a mismatch is a protocol error); one extra connection per sender publishes",
+                run.publish_replies
+            ));
+        }
+        if run.errors.protocol > 0 && !resp {
             notes.push(
                 "malformed records: ROOM relays what one read returned, so a message the server \
                  read in two pieces can reach members with another sender's chunk in between \
@@ -318,7 +326,7 @@ impl Report {
             ));
         }
         Report {
-            scenario: "room",
+            scenario: if resp { "resp" } else { "room" },
             target: cfg.target.to_string(),
             settings: Settings {
                 clients: cfg.clients,

@@ -1,6 +1,12 @@
 //! The ROOM scenario: `clients` members join one room, `senders` of them send on the plan, and
 //! every member (senders included, as ROOM echoes) checks and times every message.
 //!
+//! The same fan-out runs against Redis pub/sub ([`Wire::Resp`]): every member SUBSCRIBEs to one
+//! channel, and each sender PUBLISHes over a connection of its own (a subscribed RESP2
+//! connection cannot publish), which also reads and checks the PUBLISH replies. The payload is
+//! the same stamped message, so both servers are measured by the same code; only the handshake
+//! and the framing differ.
+//!
 //! One single-threaded mio loop drives everything: connects during the ramp-up, sends when the
 //! plan says so (woken by the [`Pacer`]), and reads. Because sending and receiving share the
 //! loop, a loadgen too slow to keep up with its receive load also sends late, and the schedule
@@ -23,6 +29,7 @@ use crate::clock::Clock;
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
+use crate::resp;
 use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
 
@@ -57,9 +64,19 @@ const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
 const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
 const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
+/// Which server, and so which handshake and framing, a fan-out run speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// Switchboard's ROOM: `alias?`, the alias, the greeting; messages are raw bytes.
+    Room,
+    /// Redis pub/sub over RESP2 on `channel`.
+    Resp { channel: Vec<u8> },
+}
+
 /// The scenario's settings, validated by the caller.
 #[derive(Clone, Debug)]
 pub struct RoomConfig {
+    pub wire: Wire,
     pub target: SocketAddr,
     pub clients: usize,
     pub senders: usize,
@@ -103,6 +120,8 @@ pub struct RoomOutcome {
     pub seq: SeqCounts,
     /// Messages sent but never delivered to a joined receiver by the end of the drain.
     pub undelivered: u64,
+    /// RESP: PUBLISH replies read (each checked against the subscribers there were).
+    pub publish_replies: u64,
     /// Messages fully written to a socket.
     pub sent: u64,
     /// Messages whose write completed inside the measured window.
@@ -148,15 +167,15 @@ enum ClientPhase {
     Idle,
     /// Non-blocking connect in progress.
     Connecting,
-    /// Connected; `got` bytes of `alias?` received so far.
+    /// Connected; `got` bytes of `alias?` received so far (ROOM only).
     AwaitPrompt {
         got: usize,
     },
-    /// Writing the alias; `written` bytes of it are out.
+    /// Writing the alias (ROOM) or the SUBSCRIBE command (RESP); `written` bytes of it are out.
     SendAlias {
         written: usize,
     },
-    /// Waiting for `Voce esta conectado ao servidor!`.
+    /// Waiting for `Voce esta conectado ao servidor!` (ROOM) or the subscribe confirmation.
     AwaitGreeting,
     Joined,
     /// Gave up on this connection (the error was counted); its socket is closed.
@@ -170,6 +189,11 @@ struct Client {
     readable: bool,
     writable: bool,
     scanner: Scanner,
+    /// RESP only: frames the stream around the payloads the scanner reads.
+    resp: Option<resp::Reader>,
+    /// RESP only: a sender's PUBLISH connection, which receives nothing but replies. It is
+    /// never a receiver, and it is `Joined` (ready to send) once connected.
+    publisher: bool,
     /// This client's sender ordinal, if it sends.
     sender: Option<usize>,
     intended_connect_us: u64,
@@ -221,6 +245,34 @@ struct Measurements {
     not_sent_connection_lost: u64,
     /// Sum of `sent` over the senders, kept current for the drain's completion check.
     sent_total: u64,
+    /// RESP: PUBLISH replies read so far.
+    publish_replies: u64,
+}
+
+/// The bytes that frame the run's wire: built once, shared by every connection.
+struct Framing {
+    /// What a member sends after connecting; `None`: its alias (ROOM).
+    hello: Option<Vec<u8>>,
+    /// Around every message's bytes.
+    message_prefix: Vec<u8>,
+    message_suffix: &'static [u8],
+}
+
+impl Framing {
+    fn new(wire: &Wire, message_bytes: usize) -> Framing {
+        match wire {
+            Wire::Room => Framing {
+                hello: None,
+                message_prefix: Vec::new(),
+                message_suffix: b"",
+            },
+            Wire::Resp { channel } => Framing {
+                hello: Some(resp::subscribe_command(channel)),
+                message_prefix: resp::publish_prefix(channel, message_bytes),
+                message_suffix: resp::PUBLISH_SUFFIX,
+            },
+        }
+    }
 }
 
 struct Run<'a> {
@@ -228,8 +280,12 @@ struct Run<'a> {
     clock: Clock,
     poll: Poll,
     pacer: Pacer,
+    /// The members first; RESP appends one publisher per sender.
     clients: Vec<Client>,
     senders: Vec<Sender>,
+    framing: Framing,
+    /// Receivers joined and not failed since: what a PUBLISH reply must say.
+    live_receivers: u64,
     read_buf: Vec<u8>,
     m: Measurements,
     /// Senders with bytes to flush.
@@ -267,8 +323,13 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
         .map_err(|e| setup("register timerfd", e))?;
 
     let ramp_start_us = clock.now_us();
-    let planned_ramp_us = (cfg.clients as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
-    let clients = (0..cfg.clients)
+    let publishers = match cfg.wire {
+        Wire::Room => 0,
+        Wire::Resp { .. } => cfg.senders,
+    };
+    let connections = cfg.clients + publishers;
+    let planned_ramp_us = (connections as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
+    let clients = (0..connections)
         .map(|i| {
             let mut alias = [0u8; 8];
             record::write_alias(&mut alias, i as u32);
@@ -278,6 +339,11 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
                 readable: false,
                 writable: false,
                 scanner: Scanner::new(),
+                resp: match &cfg.wire {
+                    Wire::Room => None,
+                    Wire::Resp { channel } => Some(resp::Reader::new(channel)),
+                },
+                publisher: i >= cfg.clients,
                 sender: None,
                 intended_connect_us: ramp_start_us + i as u64 * 1_000_000 / cfg.connect_rate_per_s,
                 alias,
@@ -292,6 +358,8 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
         pacer,
         clients,
         senders: Vec::new(),
+        framing: Framing::new(&cfg.wire, cfg.message_bytes),
+        live_receivers: 0,
         read_buf: vec![0; READ_BUF_BYTES],
         m: Measurements {
             connect_latency: LatencyHistogram::new(),
@@ -306,6 +374,7 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
             not_sent_queue_full: 0,
             not_sent_connection_lost: 0,
             sent_total: 0,
+            publish_replies: 0,
         },
         dirty: Vec::new(),
         still_ready: Vec::new(),
@@ -502,7 +571,7 @@ impl Run<'_> {
     fn start_sending(&mut self, now_us: u64) -> Result<(), RoomError> {
         self.ramp_end_us = now_us;
         let joined: Vec<usize> = (0..self.clients.len())
-            .filter(|&i| self.clients[i].phase == ClientPhase::Joined)
+            .filter(|&i| self.clients[i].phase == ClientPhase::Joined && !self.clients[i].publisher)
             .collect();
         if joined.is_empty() {
             let why = self
@@ -517,7 +586,14 @@ impl Run<'_> {
         self.senders = chosen
             .iter()
             .enumerate()
-            .map(|(ordinal, &client)| {
+            .map(|(ordinal, &member)| {
+                // RESP: the member reads its own messages; its publisher writes them, under
+                // the member's alias so the bytes are the same as ROOM's.
+                let client = match self.cfg.wire {
+                    Wire::Room => member,
+                    Wire::Resp { .. } => self.cfg.clients + ordinal,
+                };
+                self.clients[client].alias = self.clients[member].alias;
                 self.clients[client].sender = Some(ordinal);
                 Sender {
                     client,
@@ -530,7 +606,7 @@ impl Run<'_> {
                 }
             })
             .collect();
-        self.m.tracker = SeqTracker::new(self.clients.len(), self.senders.len());
+        self.m.tracker = SeqTracker::new(self.cfg.clients, self.senders.len());
         self.plan = Some(Plan::new(
             self.senders.len() as u32,
             self.cfg.rate_per_s,
@@ -566,16 +642,23 @@ impl Run<'_> {
                 self.m.not_sent_connection_lost += 1;
                 continue;
             }
+            let framing = &self.framing;
+            let framed_bytes = framing.message_prefix.len()
+                + self.cfg.message_bytes
+                + framing.message_suffix.len();
             let unwritten_bytes = sender.out.len() - sender.written;
             if sender.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || unwritten_bytes + self.cfg.message_bytes > SEND_QUEUE_BYTES_MAX
+                || unwritten_bytes + framed_bytes > SEND_QUEUE_BYTES_MAX
             {
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
             let start = sender.out.len();
-            sender.out.resize(start + self.cfg.message_bytes, 0);
-            let message = &mut sender.out[start..];
+            sender.out.resize(start + framed_bytes, 0);
+            let (prefix, rest) = sender.out[start..].split_at_mut(framing.message_prefix.len());
+            prefix.copy_from_slice(&framing.message_prefix);
+            let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
+            suffix.copy_from_slice(framing.message_suffix);
             message[..8].copy_from_slice(&client.alias);
             message[8..ALIAS_PREFIX_LEN].copy_from_slice(b": ");
             let stamp = Record {
@@ -733,9 +816,17 @@ impl Run<'_> {
         };
         match outcome {
             Ok(true) => {
-                client.phase = ClientPhase::AwaitPrompt { got: 0 };
                 // The connection's readiness was its writable edge; the prompt may be there.
                 client.readable = true;
+                client.phase = match (&client.resp, client.publisher) {
+                    (None, _) => ClientPhase::AwaitPrompt { got: 0 },
+                    // Redis speaks only when spoken to: subscribe at once.
+                    (Some(_), false) => ClientPhase::SendAlias { written: 0 },
+                    (Some(_), true) => {
+                        self.settled_count += 1;
+                        ClientPhase::Joined
+                    }
+                };
             }
             Ok(false) => {} // still connecting: the next edge will tell
             Err(e) => self.fail(index, ErrorKind::Connect, || format!("connect: {e}")),
@@ -747,11 +838,12 @@ impl Run<'_> {
         let ClientPhase::SendAlias { mut written } = client.phase else {
             return;
         };
+        let hello: &[u8] = self.framing.hello.as_deref().unwrap_or(&client.alias);
         let Some(stream) = client.stream.as_mut() else {
             return;
         };
-        while written < client.alias.len() {
-            match stream.write(&client.alias[written..]) {
+        while written < hello.len() {
+            match stream.write(&hello[written..]) {
                 Ok(0) => break,
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -768,7 +860,7 @@ impl Run<'_> {
                 }
             }
         }
-        if written < client.alias.len() {
+        if written < hello.len() {
             self.fail(index, ErrorKind::Connect, || {
                 "sending the alias: write returned 0".to_string()
             });
@@ -833,6 +925,9 @@ impl Run<'_> {
 
     /// Handles `self.read_buf[..n]` for client `index`; false when the client failed.
     fn on_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
+        if self.clients[index].resp.is_some() {
+            return self.on_resp_bytes(index, n, now_us);
+        }
         let mut from = 0;
         if let ClientPhase::AwaitPrompt { mut got } = self.clients[index].phase {
             while got < PROMPT.len() && from < n {
@@ -867,8 +962,6 @@ impl Run<'_> {
             m,
             plan,
             read_buf,
-            joined_count,
-            settled_count,
             ..
         } = &mut *self;
         let client = &mut clients[index];
@@ -877,12 +970,87 @@ impl Run<'_> {
             on_scanned(m, plan, index, now_us, found);
         });
         if client.phase == ClientPhase::AwaitGreeting && client.scanner.notices().greetings > 0 {
-            client.phase = ClientPhase::Joined;
-            client.joined = true;
-            *joined_count += 1;
-            *settled_count += 1;
-            m.connect_latency
-                .record(now_us.saturating_sub(client.intended_connect_us));
+            self.mark_joined(index, now_us);
+        }
+        true
+    }
+
+    /// The server confirmed member `index`'s join: it receives from now on.
+    fn mark_joined(&mut self, index: usize, now_us: u64) {
+        let client = &mut self.clients[index];
+        client.phase = ClientPhase::Joined;
+        client.joined = true;
+        self.joined_count += 1;
+        self.settled_count += 1;
+        self.live_receivers += 1;
+        self.m
+            .connect_latency
+            .record(now_us.saturating_sub(client.intended_connect_us));
+    }
+
+    /// RESP: frames `self.read_buf[..n]` for client `index`, hands payloads to its scanner and
+    /// checks the replies; false when the client failed.
+    fn on_resp_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
+        // Only receivers change it, and a publisher's bytes are not a receiver's.
+        let live = self.live_receivers;
+        let mut confirmed = false;
+        let Run {
+            cfg,
+            clients,
+            m,
+            plan,
+            read_buf,
+            ..
+        } = &mut *self;
+        let target = cfg.target;
+        let plan = plan.as_ref();
+        let Client {
+            resp,
+            scanner,
+            phase,
+            publisher,
+            ..
+        } = &mut clients[index];
+        let Some(reader) = resp.as_mut() else {
+            return true;
+        };
+        let publisher = *publisher;
+        let result = reader.feed(&read_buf[..n], |event| match event {
+            resp::Event::Payload(bytes) if !publisher && *phase == ClientPhase::Joined => {
+                scanner.feed(bytes, |found| on_scanned(m, plan, index, now_us, found));
+            }
+            resp::Event::MessageEnd if !publisher && *phase == ClientPhase::Joined => {}
+            resp::Event::Subscribed(_) if !publisher && *phase == ClientPhase::AwaitGreeting => {
+                // At once, so the payloads behind it in this read are taken.
+                *phase = ClientPhase::Joined;
+                confirmed = true;
+            }
+            resp::Event::Integer(subscribers) if publisher => {
+                m.publish_replies += 1;
+                if u64::try_from(subscribers) != Ok(live) {
+                    m.errors.count(ErrorKind::Protocol, || {
+                        format!(
+                            "{target} client {index}: PUBLISH reached {subscribers} \
+                             subscribers, {live} were subscribed"
+                        )
+                    });
+                }
+            }
+            other => {
+                let phase = *phase;
+                m.errors.count(ErrorKind::Protocol, || {
+                    format!("{target} client {index}: unexpected {other:?} ({phase:?})")
+                });
+            }
+        });
+        if confirmed {
+            self.mark_joined(index, now_us);
+        }
+        if let Err(why) = result {
+            self.fail(index, ErrorKind::Protocol, || {
+                format!("not a RESP pub/sub stream: {why:?}")
+            });
+            return false;
         }
         true
     }
@@ -896,6 +1064,8 @@ impl Run<'_> {
         if client.phase != ClientPhase::Joined {
             // It had not settled yet (the ramp-up waits for every client to join or fail).
             self.settled_count += 1;
+        } else if !client.publisher {
+            self.live_receivers = self.live_receivers.saturating_sub(1);
         }
         client.phase = ClientPhase::Failed;
         if let Some(ordinal) = client.sender {
@@ -927,10 +1097,14 @@ impl Run<'_> {
         }
         // Cheap necessary condition first: enough records advanced their streams.
         let reached = self.m.tracker.counts.delivered + self.m.tracker.counts.gap_losses;
+        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sent_total
+        {
+            return false;
+        }
         let live_receivers = self
             .clients
             .iter()
-            .filter(|c| c.phase == ClientPhase::Joined)
+            .filter(|c| c.phase == ClientPhase::Joined && !c.publisher)
             .count() as u64;
         if reached < self.m.sent_total * live_receivers {
             return false;
@@ -947,8 +1121,7 @@ impl Run<'_> {
         let what = match self.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
-                self.joined_count,
-                self.clients.len()
+                self.joined_count, self.cfg.clients
             ),
             Phase::Send | Phase::Drain { .. } => format!(
                 "{}: sent {} of {}, delivered {}",
@@ -982,6 +1155,14 @@ impl Run<'_> {
         let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
         let clients = &self.clients;
         let undelivered = self.m.tracker.undelivered(|r| clients[r].joined, &sent);
+        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sent_total
+        {
+            let missing = self.m.sent_total - self.m.publish_replies;
+            let target = self.cfg.target;
+            self.m.errors.count(ErrorKind::Protocol, || {
+                format!("{target}: {missing} PUBLISH replies had not come by the end of the drain")
+            });
+        }
         let mut notices = NoticeCounts::default();
         let mut incomplete_bytes_at_end = 0;
         for client in &self.clients {
@@ -998,7 +1179,7 @@ impl Run<'_> {
             .clone()
             .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0));
         RoomOutcome {
-            clients_requested: self.clients.len(),
+            clients_requested: self.cfg.clients,
             clients_joined: self.clients.iter().filter(|c| c.joined).count(),
             connect_latency: self.m.connect_latency,
             delivery_latency: self.m.delivery_latency,
@@ -1008,6 +1189,7 @@ impl Run<'_> {
             errors: self.m.errors,
             seq: self.m.tracker.counts,
             undelivered,
+            publish_replies: self.m.publish_replies,
             sent: self.m.sent_total,
             sent_in_window: self.m.sent_in_window,
             delivered_in_window: self.m.delivered_in_window,
@@ -1123,6 +1305,7 @@ mod tests {
 
     fn config(target: SocketAddr) -> RoomConfig {
         RoomConfig {
+            wire: Wire::Room,
             target,
             clients: 8,
             senders: 2,
@@ -1137,10 +1320,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_clean_relay_delivers_everything_to_everyone() {
-        let cfg = config(spawn_relay(0));
-        let run = run(&cfg).unwrap();
+    /// What a run of `config()` against a server that loses nothing must show.
+    fn assert_everything_delivered(run: &RoomOutcome) {
+        assert_eq!(run.clients_requested, 8);
         assert_eq!(run.clients_joined, 8);
         assert_eq!(run.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
         assert_eq!(run.sent, 240);
@@ -1156,7 +1338,14 @@ mod tests {
         assert!(!run.drain_timed_out);
         // Warmup messages are checked but not timed: 200 measured messages, 8 receivers.
         assert_eq!(run.delivery_latency.len(), 200 * 8);
-        assert_eq!(run.connect_latency.len(), 8);
+        assert_eq!(run.connect_latency.len(), 8, "members only");
+    }
+
+    #[test]
+    fn a_clean_relay_delivers_everything_to_everyone() {
+        let cfg = config(spawn_relay(0));
+        let run = run(&cfg).unwrap();
+        assert_everything_delivered(&run);
         assert_eq!(run.notices.greetings, 8);
         assert_eq!(run.notices.joins, (1..=8).sum::<u64>());
     }
@@ -1170,6 +1359,131 @@ mod tests {
         let lost = run.seq.gap_losses + run.undelivered;
         assert!(lost > 0, "member 0 missed chunks: {:?}", run.seq);
         assert_eq!(run.seq.delivered + lost, run.sent * 8);
+    }
+
+    /// A redis-server on a free loopback port, without persistence; killed on drop.
+    struct Redis {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts redis-server, or None (with a message) when it is not installed.
+    fn start_redis() -> Option<Redis> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let on_path = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file())
+        });
+        if !on_path {
+            eprintln!("SKIPPED: redis-server is not on PATH (apt-get install redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let redis = Redis { child, port };
+        // Redis logs this line once it listens; its stdout ending first means it failed.
+        let ready = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Ready to accept connections"));
+        assert!(
+            ready,
+            "redis-server on port {port} exited before it was ready"
+        );
+        Some(redis)
+    }
+
+    fn resp_config(port: u16) -> RoomConfig {
+        let mut cfg = config(SocketAddr::from(([127, 0, 0, 1], port)));
+        cfg.wire = Wire::Resp {
+            channel: b"lg-test".to_vec(),
+        };
+        cfg
+    }
+
+    #[test]
+    fn resp_against_a_real_redis_delivers_everything_to_everyone() {
+        let Some(redis) = start_redis() else {
+            return;
+        };
+        let run = run(&resp_config(redis.port)).unwrap();
+        assert_everything_delivered(&run);
+        assert_eq!(run.publish_replies, 240, "every PUBLISH answered");
+        assert_eq!(run.incomplete_bytes_at_end, 0);
+    }
+
+    #[test]
+    fn resp_publish_replies_are_checked() {
+        let Some(redis) = start_redis() else {
+            return;
+        };
+        // Another subscriber on the channel: every PUBLISH reaches one more than the run's.
+        let mut intruder = StdStream::connect(("127.0.0.1", redis.port)).unwrap();
+        intruder
+            .write_all(&resp::subscribe_command(b"lg-test"))
+            .unwrap();
+        let mut confirmation = [0u8; 64];
+        let mut reader = resp::Reader::new(b"lg-test");
+        let mut subscribed = false;
+        while !subscribed {
+            let n = intruder.read(&mut confirmation).unwrap();
+            assert!(n > 0, "redis closed the connection");
+            reader
+                .feed(&confirmation[..n], |event| {
+                    subscribed |= matches!(event, resp::Event::Subscribed(1));
+                })
+                .unwrap();
+        }
+        let run = run(&resp_config(redis.port)).unwrap();
+        assert_eq!(run.publish_replies, 240);
+        assert_eq!(run.errors.protocol, 240, "{:?}", run.errors.first);
+        assert_eq!(run.seq.delivered, 240 * 8);
+    }
+
+    #[test]
+    fn a_server_that_does_not_speak_pub_sub_is_named() {
+        // Answers every SUBSCRIBE with a simple string, as a RESP server without pub/sub would.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 256];
+                    while let Ok(1..) = conn.read(&mut buf) {
+                        let _ = conn.write_all(b"+OK\r\n");
+                    }
+                });
+            }
+        });
+        let mut cfg = config(addr);
+        cfg.wire = Wire::Resp {
+            channel: b"lg-test".to_vec(),
+        };
+        match run(&cfg) {
+            Err(RoomError::Unreachable(why)) => {
+                assert!(why.contains("UnexpectedType(43)"), "{why}");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
     }
 
     #[test]
