@@ -113,7 +113,8 @@ for line in open(sys.argv[1]):
     leaf[frames[-1]] += n
     if frames[-1].endswith("_[k]"):
         kernel += n
-print(f"{total} samples; leaf in the kernel: {100 * kernel / total:.1f}%")
+# inferno weighs each stack by perf's sample period (ns of CPU for the default cpu-clock).
+print(f"total weight {total:,} (sample periods); leaf in the kernel: {100 * kernel / total:.1f}%")
 print("Top 25 functions by self time:")
 for name, n in leaf.most_common(25):
     print(f"{100 * n / total:6.2f}%  {name}")
