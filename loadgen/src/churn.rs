@@ -347,7 +347,7 @@ impl Run<'_> {
         self.started_by_protocol[slot] += 1;
         let ending = ENDINGS[self.rng.next() as usize % ENDINGS.len()];
         let intended_us = self.intended_us(index);
-        let mut stream = match TcpStream::connect(target) {
+        let mut stream = match crate::connect::connect_tcp(target, index as usize) {
             Ok(stream) => stream,
             Err(e) => {
                 self.errors.count(ErrorKind::Connect, || {

@@ -21,6 +21,7 @@
 //!   (names, packets, notice and delivery accounting), link brokering and its report
 //! - `hgrm`, `plot`: `--hgrm` percentile distributions and the `--plot` SVG of a run's histograms
 //! - `limits`: the open-files limit
+//! - `connect`: the one TCP connect every scenario uses, spreading loopback sources over 127/8
 //! - `sockio`: writing a connection's pending bytes until done or WouldBlock
 
 mod args;
@@ -28,6 +29,7 @@ mod bin24;
 mod ccm;
 mod churn;
 mod clock;
+mod connect;
 mod hgrm;
 mod limits;
 mod matou;
@@ -169,6 +171,13 @@ enum Scenario {
 #[derive(Args, Debug)]
 struct CommonArgs {
     /// Server host. Only loopback addresses are allowed (127.0.0.0/8, ::1, localhost).
+    /// Source addresses, so that ports never run out: with an IPv4 host, clients 0 to 999
+    /// connect from 127.0.0.1 and each later client from an address of its own in
+    /// 127.0.0.0/8 (client i from 127.0.0.2 + i: 127.0.3.234 for client 1000), and a client
+    /// whose connect from 127.0.0.1 finds no free ephemeral port (EADDRNOTAVAIL) retries from
+    /// its own address. With ::1 there is no other loopback address: every client uses ::1 and
+    /// the run is bounded by the ephemeral port range (net.ipv4.ip_local_port_range, less
+    /// ports still in TIME_WAIT from earlier runs).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 

@@ -540,7 +540,7 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, index: usize) {
-        match TcpStream::connect(self.cfg.target) {
+        match crate::connect::connect_tcp(self.cfg.target, index) {
             Ok(mut stream) => {
                 // No Nagle: a sender writes one small message per interval, and Nagle would hold
                 // it back until the previous one is acknowledged, which the server's delayed ACK

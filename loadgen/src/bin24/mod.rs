@@ -601,7 +601,7 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match TcpStream::connect(self.cfg.target) {
+        match crate::connect::connect_tcp(self.cfg.target, u) {
             Ok(mut stream) => {
                 // No Nagle: small frames, and an answer held back by Nagle would be the
                 // loadgen's delay blamed on the server.

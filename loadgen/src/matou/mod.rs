@@ -622,7 +622,7 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match TcpStream::connect(self.cfg.target) {
+        match crate::connect::connect_tcp(self.cfg.target, u) {
             Ok(mut stream) => {
                 if let Err(e) = stream.set_nodelay(true) {
                     self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));

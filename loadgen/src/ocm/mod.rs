@@ -633,7 +633,7 @@ impl Run<'_> {
     /// Member `u` connects to the TCRP port; its request goes out once connected.
     fn start_request(&mut self, u: usize, intended_us: u64) {
         self.members[u].request_intended_us = intended_us;
-        match TcpStream::connect(self.cfg.tcp_target) {
+        match crate::connect::connect_tcp(self.cfg.tcp_target, u) {
             Ok(mut stream) => {
                 if let Err(e) = stream.set_nodelay(true) {
                     self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));

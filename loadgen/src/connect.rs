@@ -1,0 +1,199 @@
+//! Opening a client connection, shared by every TCP scenario: a non-blocking connect that
+//! spreads the source addresses of many loopback clients over 127.0.0.0/8.
+//!
+//! Why: a connection from 127.0.0.1 to one server port needs its own ephemeral port, and there
+//! are only as many as `net.ipv4.ip_local_port_range` holds (28,232 by default), fewer when
+//! earlier runs left sockets in TIME_WAIT (the loadgen closes first, so its side waits 60 s).
+//! Every address in 127.0.0.0/8 is local on Linux, and each has its own port space: a client
+//! bound to its own 127.x.y.z never competes for a port.
+//!
+//! The rule (automatic, no flag): for an IPv4 loopback target, client `i` connects from
+//! 127.0.0.1 like any other program while `i < SPREAD_FROM_CLIENT`, and from its own address
+//! [`spread_source`]`(i)` from then on; a plain connect that fails with EADDRNOTAVAIL (no
+//! ephemeral port left) is retried once from the spread address too. So small runs look like
+//! ordinary clients, and large ones never run out of ports. An IPv6 target (`::1`) is never
+//! spread: IPv6 has a single loopback address, so a `::1` run is bounded by the port range.
+//!
+//! IP_BIND_ADDRESS_NO_PORT is not set: socket2 0.6 has no setter for it, and it would only
+//! matter if several clients shared a source address (it defers the port choice from bind to
+//! connect so the port need be unique per destination, not per address). Every spread client
+//! has an address of its own (the mapping repeats only after 16,777,213 clients), so the port
+//! bind(2) picks from that address's whole range is always free.
+//!
+//! Scenarios that care which address a client uses read it back from the socket: OCM binds each
+//! member's UDP socket on its TCP connection's local IP (the server ties tokens to the IP), and
+//! MATOU compares the address the server reports with the connection's local IP.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use mio::net::TcpStream;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Clients below this index connect from 127.0.0.1 (the kernel picks the source address). A
+/// thousand ephemeral ports are always there to take unless something else exhausted them, and
+/// then the EADDRNOTAVAIL retry spreads those clients too.
+pub const SPREAD_FROM_CLIENT: usize = 1_000;
+
+/// Spread addresses: 127.0.0.2 to 127.255.255.254, skipping 127.0.0.0 (the network),
+/// 127.0.0.1 (what unspread clients use) and 127.255.255.255 (the broadcast address).
+const SPREAD_FIRST: u32 = u32::from_be_bytes([127, 0, 0, 2]);
+const SPREAD_COUNT: u32 = u32::from_be_bytes([127, 255, 255, 254]) - SPREAD_FIRST + 1;
+
+/// Starts a non-blocking connect of client `client` to `target`; the connection is complete
+/// when the stream reports writable and SO_ERROR is clear, as with mio's own `connect`.
+pub fn connect_tcp(target: SocketAddr, client: usize) -> io::Result<TcpStream> {
+    let Some(source) = spread_source(target, client) else {
+        return TcpStream::connect(target);
+    };
+    if client >= SPREAD_FROM_CLIENT {
+        return connect_from(source, target);
+    }
+    match TcpStream::connect(target) {
+        Err(e) if out_of_ports(&e) => connect_from(source, target),
+        other => other,
+    }
+}
+
+/// The address client `client` connects from when spread, or `None` when the target is not an
+/// IPv4 loopback address (IPv6 has only `::1`; anything else is not ours to spread over).
+pub fn spread_source(target: SocketAddr, client: usize) -> Option<Ipv4Addr> {
+    match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            // The remainder is below SPREAD_COUNT, itself below 2^24, so it fits a u32.
+            let offset = (client % SPREAD_COUNT as usize) as u32;
+            Some(Ipv4Addr::from(SPREAD_FIRST + offset))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a connect failed because no ephemeral port was left for this source address.
+fn out_of_ports(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+}
+
+/// Binds to `source` with port 0 (the kernel picks a free port of that address), then starts a
+/// non-blocking connect.
+fn connect_from(source: Ipv4Addr, target: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&SocketAddr::new(IpAddr::V4(source), 0).into())
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {source}:0: {e}")))?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv6Addr, TcpListener};
+
+    fn v4(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    #[test]
+    fn spread_addresses_are_distinct_loopback_addresses_other_than_the_usual_ones() {
+        let mut seen = std::collections::HashSet::new();
+        for client in 0..20_000 {
+            let ip = spread_source(v4(1), client).unwrap();
+            assert!(ip.is_loopback(), "{ip}");
+            assert_ne!(ip, Ipv4Addr::LOCALHOST);
+            assert_ne!(ip, Ipv4Addr::new(127, 0, 0, 0));
+            assert!(seen.insert(ip), "{ip} given twice");
+        }
+        assert_eq!(spread_source(v4(1), 0), Some(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(spread_source(v4(1), 254), Some(Ipv4Addr::new(127, 0, 1, 0)));
+    }
+
+    #[test]
+    fn the_mapping_stays_in_range_and_wraps_only_after_every_address() {
+        let last = SPREAD_COUNT as usize - 1;
+        assert_eq!(
+            spread_source(v4(1), last),
+            Some(Ipv4Addr::new(127, 255, 255, 254))
+        );
+        assert_eq!(spread_source(v4(1), last + 1), spread_source(v4(1), 0));
+        assert_eq!(
+            spread_source(v4(1), usize::MAX).map(|ip| ip.octets()[0]),
+            Some(127)
+        );
+    }
+
+    #[test]
+    fn ipv6_and_non_loopback_targets_are_not_spread() {
+        let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 1);
+        assert_eq!(spread_source(v6, 5_000), None);
+        let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 1);
+        assert_eq!(spread_source(other, 5_000), None);
+    }
+
+    #[test]
+    fn only_a_lack_of_ports_triggers_the_retry() {
+        assert!(out_of_ports(&io::Error::from_raw_os_error(
+            libc::EADDRNOTAVAIL
+        )));
+        assert!(!out_of_ports(&io::Error::from_raw_os_error(
+            libc::ECONNREFUSED
+        )));
+    }
+
+    /// Connects client `client` to a real listener and returns the address the server sees.
+    fn peer_ip_of(listener: &TcpListener, client: usize) -> IpAddr {
+        let target = listener.local_addr().unwrap();
+        let stream = connect_tcp(target, client).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        // The listener saw the handshake through; the client side agrees on the address.
+        assert_eq!(stream.peer_addr().unwrap(), target);
+        assert_eq!(stream.local_addr().unwrap(), peer);
+        drop(accepted);
+        peer.ip()
+    }
+
+    #[test]
+    fn clients_from_the_threshold_on_connect_from_their_own_address() {
+        let listener = TcpListener::bind(v4(0)).unwrap();
+        let first_spread = SPREAD_FROM_CLIENT;
+        assert_eq!(
+            peer_ip_of(&listener, first_spread),
+            IpAddr::V4(spread_source(v4(1), first_spread).unwrap())
+        );
+        assert_eq!(
+            peer_ip_of(&listener, first_spread + 7),
+            IpAddr::V4(spread_source(v4(1), first_spread + 7).unwrap())
+        );
+    }
+
+    #[test]
+    fn clients_below_the_threshold_connect_from_the_usual_address() {
+        let listener = TcpListener::bind(v4(0)).unwrap();
+        assert_eq!(peer_ip_of(&listener, 0), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn a_refused_spread_connection_is_reported_through_so_error() {
+        // A port nobody listens on: bind one, note it, close it.
+        let port = TcpListener::bind(v4(0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut stream = connect_tcp(v4(port), SPREAD_FROM_CLIENT).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut stream, mio::Token(0), mio::Interest::WRITABLE)
+            .unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        assert!(!events.is_empty(), "no event for the failed connect");
+        let error = stream.take_error().unwrap().expect("SO_ERROR set");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+    }
+}

@@ -1,0 +1,123 @@
+# Shared by scripts/load.sh, scripts/perf-stat.sh and scripts/flamegraph.sh (sourced, not run).
+# Every command that matters goes through `run`, which prints it and appends it to the results
+# folder's commands.txt, so a results folder says exactly how its figures were made.
+
+# fd 3 is the terminal's stderr even inside redirected groups (`{ time run ...; } 2>file`).
+exec 3>&2
+
+# Prints a message and exits 1.
+die() {
+  echo "$script_name: $*" >&2
+  exit 1
+}
+
+# Prints a command (quoted so it can be pasted back), records it, runs it.
+run() {
+  local line
+  line=$(printf '%q ' "$@")
+  echo "+ $line" >&3
+  if [ -n "${results_dir:-}" ]; then echo "$line" >>"$results_dir/commands.txt"; fi
+  "$@"
+}
+
+# Creates results/NAME-YYYYmmdd-HHMMSS/ with what describes the machine and the toolchain.
+make_results_dir() {
+  local name=$1
+  results_dir="results/$name-$(date -u +%Y%m%d-%H%M%S)"
+  mkdir -p "$results_dir"
+  : >"$results_dir/commands.txt"
+  {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "uname: $(uname -a)"
+    echo "rustc: $(rustc --version)"
+    echo "cargo: $(cargo --version)"
+    echo "load average: $(cat /proc/loadavg)"
+    echo "--- lscpu"
+    lscpu
+  } >"$results_dir/machine.txt"
+  echo "$script_name: results go to $results_dir" >&2
+}
+
+# Builds the release chatd and loadgen (into CARGO_TARGET_DIR, default target/).
+build_release() {
+  target_dir=${CARGO_TARGET_DIR:-target}
+  run cargo build --release --quiet --workspace --bins
+  chatd="$target_dir/release/chatd"
+  loadgen="$target_dir/release/loadgen"
+}
+
+# A TCP port of 127.0.0.1 that was free a moment ago.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts chatd ("$@" = the command, e.g. `taskset -c 0 $chatd ...` or a profiler in front),
+# serving ROOM only on $room_port, its stderr in $chatd_log (chatd1.log, chatd2.log...); sets chatd_pid to the
+# started process (the profiler, if there is one) and waits (bounded) until ROOM listens.
+# The caller's EXIT trap must call stop_chatd_hard.
+start_chatd_room() {
+  room_port=$(free_port)
+  chatd_runs=$((${chatd_runs:-0} + 1))
+  chatd_log="$results_dir/chatd$chatd_runs.log"
+  local log=$chatd_log
+  echo "+ $(printf '%q ' "$@") --room-port $room_port --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 2>$log &" >&2
+  echo "$(printf '%q ' "$@") --room-port $room_port --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 &" >>"$results_dir/commands.txt"
+  "$@" --room-port "$room_port" --bin24-port 0 --ccm-port 0 --matou-port 0 \
+    --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 2>"$log" &
+  chatd_pid=$!
+  local _
+  for _ in $(seq 1 400); do
+    if grep -q "ROOM listening on" "$log"; then return 0; fi
+    if ! kill -0 "$chatd_pid" 2>/dev/null; then
+      cat "$log" >&2
+      die "chatd exited before listening"
+    fi
+    sleep 0.05
+  done
+  cat "$log" >&2
+  die "chatd did not listen within 20 s"
+}
+
+# The pid of chatd itself: $chatd_pid, or its child when a wrapper (perf) started it.
+chatd_real_pid() {
+  local child
+  if [ "$(cat "/proc/$chatd_pid/comm" 2>/dev/null)" = chatd ]; then
+    echo "$chatd_pid"
+    return
+  fi
+  child=$(pgrep -P "$chatd_pid" -x chatd | head -n 1 || true)
+  [ -n "$child" ] || die "no chatd process under pid $chatd_pid"
+  echo "$child"
+}
+
+# SIGTERM to chatd (through its wrapper's child if any), then waits up to 30 s for the
+# started process to exit; returns its exit status.
+stop_chatd() {
+  local real status=0
+  real=$(chatd_real_pid)
+  run kill -TERM "$real"
+  timeout 30 tail --pid="$chatd_pid" -f /dev/null || die "chatd (pid $chatd_pid) did not exit within 30 s of SIGTERM"
+  wait "$chatd_pid" || status=$?
+  chatd_pid=
+  return "$status"
+}
+
+# For EXIT traps: kill what is left of chatd, by pid.
+stop_chatd_hard() {
+  local child
+  if [ -n "${chatd_pid:-}" ]; then
+    for child in $(pgrep -P "$chatd_pid" 2>/dev/null || true); do
+      kill -9 "$child" 2>/dev/null || true
+    done
+    kill -9 "$chatd_pid" 2>/dev/null || true
+  fi
+}
+
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the comm
+# field may hold spaces, so count from the closing parenthesis).
+cpu_ticks() {
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+clock_ticks_per_s=$(getconf CLK_TCK)
