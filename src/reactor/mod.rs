@@ -19,6 +19,7 @@ mod admin;
 mod conn;
 mod listen;
 mod services;
+mod trim;
 mod udp;
 
 use std::io;
@@ -232,6 +233,8 @@ pub struct Server {
     admin: Option<Admin>,
     /// Busy time of each loop turn, for the metrics.
     loop_turns: Histogram,
+    /// Returns freed heap to the kernel after a large burst of queued output.
+    heap_trim: trim::HeapTrim,
     /// The last clock reading, since `start`: `now_ms` at full resolution.
     clock: Duration,
 }
@@ -422,6 +425,7 @@ impl Server {
             input_rate_log: LimitLog::default(),
             admin,
             loop_turns: Histogram::default(),
+            heap_trim: trim::HeapTrim::default(),
             clock: Duration::ZERO,
             config,
         })
@@ -531,7 +535,17 @@ impl Server {
             self.serve_udp();
             self.services.on_store_events(&mut self.table);
             self.fire_timers();
+            self.heap_trim.observe(self.table.out_bytes_total);
             self.flush_and_close();
+            if self
+                .heap_trim
+                .maybe_trim(self.now_ms, self.table.out_bytes_total)
+            {
+                debug!(
+                    "heap trimmed after a burst ({} trims)",
+                    self.heap_trim.trims()
+                );
+            }
             self.dispatch_notes();
             self.accept_all();
             self.accept_admin();
@@ -599,6 +613,7 @@ impl Server {
             self.stats_next_ms,
             self.shutdown_deadline_ms,
             self.admin.as_ref().and_then(Admin::next_deadline_ms),
+            self.heap_trim.next_deadline_ms(self.now_ms),
         ];
         let earliest = deadlines.into_iter().flatten().min()?;
         Some(Duration::from_millis(earliest.saturating_sub(self.now_ms)))
@@ -801,6 +816,7 @@ impl Server {
         self.table.stats.by_protocol[kind.index()].frames_in += frames;
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
+            conn.release_idle_memory();
         }
     }
 
