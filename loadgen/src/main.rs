@@ -26,6 +26,7 @@ mod bin24;
 mod ccm;
 mod churn;
 mod clock;
+mod driver;
 mod limits;
 mod matou;
 mod ocm;

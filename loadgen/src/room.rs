@@ -14,12 +14,14 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 
 use crate::clock::Clock;
+use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
@@ -203,7 +205,7 @@ struct Measurements {
     sent_total: u64,
 }
 
-struct Run<'a> {
+pub struct Run<'a> {
     cfg: &'a RoomConfig,
     clock: Clock,
     poll: Poll,
@@ -238,6 +240,14 @@ struct Run<'a> {
 
 /// Runs the scenario to the end (it stops by itself: every phase has a deadline).
 pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
+    let mut run = start(cfg)?;
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
+/// driven, by [`run`] or by the mix ([`driver`]).
+pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
     let setup = |what: &str, e: io::Error| RoomError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
@@ -265,7 +275,7 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
             }
         })
         .collect();
-    let mut run = Run {
+    let run = Run {
         cfg,
         clock,
         poll,
@@ -304,61 +314,60 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
         progress_next_us: ramp_start_us + PROGRESS_INTERVAL_US,
         bytes_since_send_check: 0,
     };
-    run.event_loop()?;
-    Ok(run.finish())
+    Ok(run)
+}
+
+impl Reactor for Run<'_> {
+    type Error = RoomError;
+    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
+    fn setup_error(why: String) -> RoomError {
+        RoomError::Setup(why)
+    }
+    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
+        (&mut self.poll, &mut self.pacer)
+    }
+    fn poll_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+    fn advance(&mut self) -> Result<(), RoomError> {
+        self.advance()
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn next_wake_us(&self) -> u64 {
+        self.next_wake_us()
+    }
+    fn has_still_ready(&self) -> bool {
+        !self.still_ready.is_empty()
+    }
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.clients.get_mut(index) else {
+            return; // not ours; cannot happen, and must not panic
+        };
+        conn.readable |= readable;
+        conn.writable |= writable;
+        self.drive(index);
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
+    fn end_turn(&mut self) {
+        for index in std::mem::take(&mut self.still_ready) {
+            self.drive(index);
+        }
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.tracker.counts.delivered,
+        }
+    }
 }
 
 impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), RoomError> {
-        let mut events = Events::with_capacity(1024);
-        while self.phase != Phase::Done {
-            self.advance()?;
-            if self.phase == Phase::Done {
-                break;
-            }
-            let wake_us = self.next_wake_us();
-            self.pacer
-                .arm_at(wake_us)
-                .map_err(|e| RoomError::Setup(format!("arming the timerfd: {e}")))?;
-            let timeout = if self.still_ready.is_empty() {
-                POLL_TIMEOUT_MAX
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(RoomError::Setup(format!("poll: {e}")));
-            }
-            let mut handled = 0usize;
-            for event in events.iter() {
-                if event.token() == TIMER {
-                    if let Err(e) = self.pacer.acknowledge() {
-                        return Err(RoomError::Setup(format!("reading the timerfd: {e}")));
-                    }
-                    continue;
-                }
-                let index = event.token().0 - 1;
-                let Some(client) = self.clients.get_mut(index) else {
-                    continue; // not ours; cannot happen, and must not panic
-                };
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    client.readable = true;
-                }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
-                    client.writable = true;
-                }
-                self.drive(index);
-                handled += 1;
-                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
-                    self.send_due();
-                }
-            }
-            for index in std::mem::take(&mut self.still_ready) {
-                self.drive(index);
-            }
-        }
+        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         self.end_progress_line();
         Ok(())
     }
@@ -956,7 +965,7 @@ impl Run<'_> {
     }
 
     /// Closes everything and hands the measurements over.
-    fn finish(mut self) -> RoomOutcome {
+    pub fn finish(mut self) -> RoomOutcome {
         let end_us = self.clock.now_us();
         let not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
         let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();

@@ -29,14 +29,16 @@ mod tests;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
+use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
 use crate::sockio::{write_pending, Drained};
@@ -222,7 +224,7 @@ enum Phase {
     Done,
 }
 
-struct Run<'a> {
+pub struct Run<'a> {
     cfg: &'a MatouConfig,
     clock: Clock,
     poll: Poll,
@@ -284,6 +286,14 @@ struct Run<'a> {
 }
 
 pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
+    let mut run = start(cfg)?;
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
+/// driven, by [`run`] or by the mix ([`driver`]).
+pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, MatouError> {
     let setup = |what: &str, e: io::Error| MatouError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
@@ -313,7 +323,7 @@ pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
             in_room_after_ramp: false,
         })
         .collect();
-    let mut run = Run {
+    let run = Run {
         cfg,
         clock,
         poll,
@@ -371,8 +381,7 @@ pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
         progress_next_us: now_us + PROGRESS_INTERVAL_US,
         bytes_since_send_check: 0,
     };
-    run.event_loop()?;
-    Ok(run.finish())
+    Ok(run)
 }
 
 /// Whether `address` (the bytes of a PRIVATE_*_ADDRESS) is `ip`: 4 bytes for IPv4, 16 for IPv6.
@@ -383,57 +392,58 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
     }
 }
 
+impl Reactor for Run<'_> {
+    type Error = MatouError;
+    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
+    fn setup_error(why: String) -> MatouError {
+        MatouError::Setup(why)
+    }
+    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
+        (&mut self.poll, &mut self.pacer)
+    }
+    fn poll_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+    fn advance(&mut self) -> Result<(), MatouError> {
+        self.advance()
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn next_wake_us(&self) -> u64 {
+        self.next_wake_us()
+    }
+    fn has_still_ready(&self) -> bool {
+        !self.still_ready.is_empty()
+    }
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.users.get_mut(index) else {
+            return; // not ours; cannot happen, and must not panic
+        };
+        conn.readable |= readable;
+        conn.writable |= writable;
+        self.drive(index);
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
+    fn end_turn(&mut self) {
+        for index in std::mem::take(&mut self.still_ready) {
+            self.drive(index);
+        }
+        self.flush_dirty();
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts().delivered,
+        }
+    }
+}
+
 impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), MatouError> {
-        let mut events = Events::with_capacity(1024);
-        while self.phase != Phase::Done {
-            self.advance()?;
-            if self.phase == Phase::Done {
-                break;
-            }
-            self.pacer
-                .arm_at(self.next_wake_us())
-                .map_err(|e| MatouError::Setup(format!("arming the timerfd: {e}")))?;
-            let timeout = if self.still_ready.is_empty() {
-                POLL_TIMEOUT_MAX
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(MatouError::Setup(format!("poll: {e}")));
-            }
-            let mut handled = 0usize;
-            for event in events.iter() {
-                if event.token() == TIMER {
-                    if let Err(e) = self.pacer.acknowledge() {
-                        return Err(MatouError::Setup(format!("reading the timerfd: {e}")));
-                    }
-                    continue;
-                }
-                let index = event.token().0 - 1;
-                let Some(user) = self.users.get_mut(index) else {
-                    continue;
-                };
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    user.readable = true;
-                }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
-                    user.writable = true;
-                }
-                self.drive(index);
-                handled += 1;
-                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
-                    self.send_due();
-                }
-            }
-            for index in std::mem::take(&mut self.still_ready) {
-                self.drive(index);
-            }
-            self.flush_dirty();
-        }
+        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
         }
@@ -1237,7 +1247,7 @@ impl Run<'_> {
         );
     }
 
-    fn finish(mut self) -> MatouOutcome {
+    pub fn finish(mut self) -> MatouOutcome {
         let end_us = self.clock.now_us();
         for user in &mut self.users {
             self.not_sent_at_end += user.queue.len() as u64;
