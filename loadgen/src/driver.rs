@@ -142,11 +142,15 @@ pub fn run_to_end<R: Reactor>(r: &mut R, idle_timeout: Duration) -> Result<(), R
 
 /// A scenario as the mix holds it: its loop, its progress, and its report at the end.
 pub trait Scenario {
+    /// What the scenario hands over at the end (its report, for the mix).
+    type Output;
     fn poll_fd(&self) -> RawFd;
     /// The first phase work and pacer arming, before the loop waits on the descriptor.
     fn start(&mut self) -> Result<bool, String>;
     fn turn(&mut self, events: &mut Events) -> Result<Turn, String>;
     fn counts(&self) -> SentReceived;
+    /// Closes everything and hands the measurements over (after Done, or after an error).
+    fn finish(self: Box<Self>) -> Self::Output;
 }
 
 /// Progress shared with the thread that prints the progress line.
@@ -179,8 +183,8 @@ pub type Ended = Result<(), String>;
 
 /// Turns `scenarios` until every one is Done or failed, sleeping in one outer poll between
 /// turns. `ended[i]` says how scenario `i` ended; `progress[i]` is kept current.
-pub fn run_outer(
-    scenarios: &mut [Box<dyn Scenario + '_>],
+pub fn run_outer<T>(
+    scenarios: &mut [Box<dyn Scenario<Output = T> + '_>],
     progress: &[&ProgressCell],
     idle_timeout: Duration,
 ) -> Result<(Vec<Ended>, OuterStats), String> {
@@ -267,13 +271,17 @@ pub fn run_outer(
     Ok((ended, stats))
 }
 
-/// A scenario's `Run` as a [`Scenario`], its error turned into text by `describe`.
-pub struct Driven<R: Reactor> {
+/// A scenario's `Run` as a [`Scenario`], its error turned into text by `describe` and its
+/// measurements into the mix's output by `finish`.
+pub struct Driven<R: Reactor, F> {
     pub run: R,
     pub describe: fn(R::Error) -> String,
+    pub finish: F,
 }
 
-impl<R: Reactor> Scenario for Driven<R> {
+impl<R: Reactor, T, F: FnOnce(R) -> T> Scenario for Driven<R, F> {
+    type Output = T;
+
     fn poll_fd(&self) -> RawFd {
         self.run.poll_fd()
     }
@@ -288,6 +296,10 @@ impl<R: Reactor> Scenario for Driven<R> {
 
     fn counts(&self) -> SentReceived {
         self.run.counts()
+    }
+
+    fn finish(self: Box<Self>) -> T {
+        (self.finish)(self.run)
     }
 }
 
@@ -392,10 +404,11 @@ mod tests {
         }
     }
 
-    fn driven(ticker: Ticker) -> Box<dyn Scenario> {
+    fn driven(ticker: Ticker) -> Box<dyn Scenario<Output = u64>> {
         Box::new(Driven {
             run: ticker,
             describe: |e| e,
+            finish: |t: Ticker| t.ticks,
         })
     }
 
@@ -413,6 +426,8 @@ mod tests {
         assert_eq!(cells[0].sent.load(Ordering::Relaxed), 20);
         assert_eq!(cells[1].sent.load(Ordering::Relaxed), 5);
         assert!(cells.iter().all(|c| c.done.load(Ordering::Relaxed)));
+        let ticks: Vec<u64> = scenarios.into_iter().map(|s| s.finish()).collect();
+        assert_eq!(ticks, vec![20, 5]);
     }
 
     #[test]
