@@ -71,6 +71,68 @@ pub trait Reactor {
     fn counts(&self) -> SentReceived;
 }
 
+/// The [`Reactor`] items every scenario's `Run` fills the same way, from its fields `poll`,
+/// `pacer`, `phase` (ending in `Phase::Done`) and `still_ready`, its `send_due`, its
+/// `EVENTS_PER_SEND_CHECK` and its error's `Setup` variant; unless told `own_phase_work`, also
+/// `advance` and `next_wake_us` from its methods of those names.
+macro_rules! reactor_common {
+    ($error:ident) => {
+        $crate::driver::reactor_common!($error, own_phase_work);
+        fn advance(&mut self) -> Result<(), $error> {
+            self.advance()
+        }
+        fn next_wake_us(&self) -> u64 {
+            self.next_wake_us()
+        }
+    };
+    ($error:ident, own_phase_work) => {
+        type Error = $error;
+        const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
+        fn setup_error(why: String) -> $error {
+            $error::Setup(why)
+        }
+        fn parts(&mut self) -> (&mut Poll, &mut $crate::pacer::Pacer) {
+            (&mut self.poll, &mut self.pacer)
+        }
+        fn poll_fd(&self) -> std::os::fd::RawFd {
+            std::os::fd::AsRawFd::as_raw_fd(&self.poll)
+        }
+        fn is_done(&self) -> bool {
+            self.phase == Phase::Done
+        }
+        fn has_still_ready(&self) -> bool {
+            !self.still_ready.is_empty()
+        }
+        fn send_due(&mut self) {
+            Run::send_due(self);
+        }
+    };
+}
+pub(crate) use reactor_common;
+
+/// `on_event` and `end_turn` of a scenario whose sockets are `self.$conns[index]`, each with
+/// `readable`/`writable` flags and driven by `self.drive(index)`; `end_turn` drives the
+/// still-ready ones, then calls `$after` (e.g. `flush_dirty`) if given.
+macro_rules! drive_connections {
+    ($conns:ident $(, $after:ident)?) => {
+        fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+            let Some(conn) = self.$conns.get_mut(index) else {
+                return; // not ours; cannot happen, and must not panic
+            };
+            conn.readable |= readable;
+            conn.writable |= writable;
+            self.drive(index);
+        }
+        fn end_turn(&mut self) {
+            for index in std::mem::take(&mut self.still_ready) {
+                self.drive(index);
+            }
+            $(self.$after();)?
+        }
+    };
+}
+pub(crate) use drive_connections;
+
 /// The first half of a turn, also the start of a run: phase work, then the pacer armed for the
 /// next wake-up. Returns whether the scenario is Done.
 pub fn advance_and_arm<R: Reactor>(r: &mut R) -> Result<bool, R::Error> {

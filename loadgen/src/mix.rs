@@ -19,12 +19,12 @@ use serde::Serialize;
 
 use crate::args::resolve_loopback;
 use crate::bin24::topology::{self, Pattern};
-use crate::bin24::{self as bin24_scenario, Bin24Config, Bin24Error};
-use crate::ccm::{self as ccm_scenario, CcmConfig, CcmError};
-use crate::driver::{self, Driven, ProgressCell, Scenario};
-use crate::matou::{self as matou_scenario, MatouConfig, MatouError};
-use crate::ocm::{self as ocm_scenario, OcmConfig, OcmError};
-use crate::report::{Errors, Report};
+use crate::bin24::{self, Bin24Config, Bin24Error};
+use crate::ccm::{self, CcmConfig, CcmError};
+use crate::driver::{self, Driven, ProgressCell, Reactor, Scenario};
+use crate::matou::{self, MatouConfig, MatouError};
+use crate::ocm::{self, OcmConfig, OcmError};
+use crate::report::Report;
 use crate::room::{self, RoomConfig, RoomError};
 use crate::stats::LatencySummary;
 use crate::{
@@ -484,7 +484,7 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
     let setup = match share.protocol {
         Protocol::Room => {
             check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
-            fanout_check(rate * clients as u64, matou_scenario::DELIVERIES_PER_S_MAX)?;
+            fanout_check(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
             (
                 Setup::Room(RoomConfig {
                     target: resolve_loopback(host, args.room_port)?,
@@ -552,11 +552,8 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
             )
         }
         Protocol::Matou => {
-            check_bytes(
-                matou_scenario::stamp::STAMP_BYTES,
-                matou_scenario::stamp::MESSAGE_BYTES_MAX,
-            )?;
-            fanout_check(rate * clients as u64, matou_scenario::DELIVERIES_PER_S_MAX)?;
+            check_bytes(matou::stamp::STAMP_BYTES, matou::stamp::MESSAGE_BYTES_MAX)?;
+            fanout_check(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
             let private_rate = (clients as u64 / 10 * MATOU_LINKS_PER_S_PER_10_USERS)
                 .min(MATOU_LINK_RATE_PER_S_MAX);
             (
@@ -583,11 +580,11 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
             let (rooms, members) = ocm_rooms(clients);
             let total = rooms * members;
             let run_id = run_id();
-            let room_bytes = ocm_scenario::wire::room_name(run_id, rooms - 1).len();
-            let name_bytes = ocm_scenario::wire::member_name(total - 1).len();
+            let room_bytes = ocm::wire::room_name(run_id, rooms - 1).len();
+            let name_bytes = ocm::wire::member_name(total - 1).len();
             check_bytes(
-                ocm_scenario::stamp::STAMP_BYTES,
-                ocm_scenario::wire::message_bytes_max(room_bytes, name_bytes),
+                ocm::stamp::STAMP_BYTES,
+                ocm::wire::message_bytes_max(room_bytes, name_bytes),
             )?;
             fanout_check(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
             (
@@ -627,7 +624,7 @@ fn run_thread(
 ) -> Vec<Finished> {
     enum Slot {
         /// Could not even start.
-        Failed(Finished),
+        Failed(Box<Finished>),
         /// Index into `scenarios`.
         Running(usize),
     }
@@ -664,7 +661,7 @@ fn run_thread(
         .into_iter()
         .zip(mine)
         .map(|(slot, &i)| match slot {
-            Slot::Failed(f) => f,
+            Slot::Failed(f) => *f,
             Slot::Running(k) => ran
                 .get_mut(k)
                 .and_then(Option::take)
@@ -706,180 +703,172 @@ fn failed(protocol: Protocol, why: String) -> Finished {
     }
 }
 
-fn errors_total(errors: &Errors) -> u64 {
-    errors.connect + errors.read + errors.write + errors.protocol
+/// Where a report keeps what its summary row shows (JSON pointers into the report), apart from
+/// what every report has in the same place (`/send`, `/errors`, `/verdict`, `/outcome`).
+struct RowSource {
+    requested: &'static str,
+    joined: &'static str,
+    /// "delivery", or "ack" for BIN24 (the sender's "200").
+    latency: &'static str,
+    latency_path: &'static str,
+    losses: &'static str,
 }
 
-fn finished(
-    text: String,
-    json: Result<serde_json::Value, serde_json::Error>,
-    row: SummaryRow,
-) -> Finished {
-    Finished {
-        text,
-        json: json.unwrap_or_else(|e| serde_json::json!({ "failure": e.to_string() })),
-        row,
+impl Protocol {
+    fn row_source(self) -> RowSource {
+        let (requested, joined) = match self {
+            Protocol::Ocm => ("/rooms/members_requested", "/rooms/members_joined"),
+            _ => ("/connections/requested", "/connections/joined"),
+        };
+        let (latency, latency_path) = match self {
+            Protocol::Bin24 => ("ack", "/latency_ms/ack_200"),
+            _ => ("delivery", "/latency_ms/delivery"),
+        };
+        let losses = match self {
+            Protocol::Bin24 => "/messages/lost/total",
+            Protocol::Ocm => "/udp_loss/lost",
+            _ => "/losses/total",
+        };
+        RowSource {
+            requested,
+            joined,
+            latency,
+            latency_path,
+            losses,
+        }
     }
 }
 
-/// The row fields every report has under the same names.
-macro_rules! row {
-    ($protocol:expr, $r:expr, $requested:expr, $joined:expr, $latency:expr, $latency_ms:expr, $losses:expr) => {
-        SummaryRow {
-            protocol: $protocol.name(),
-            connections_requested: $requested,
-            connections: $joined,
-            target_rate_per_s: $r.send.target_rate_per_s,
-            achieved_rate_per_s: $r.send.achieved_rate_per_s,
-            latency: $latency,
-            latency_ms: $latency_ms,
-            errors: errors_total(&$r.errors),
-            losses: $losses,
-            valid: $r.verdict.valid,
-            passed: $r.outcome.passed,
-            exit_code: $r.outcome.exit_code,
-            failure: None,
+/// A finished scenario's report: its text, its JSON and its summary row.
+fn finished(protocol: Protocol, text: String, report: &impl Serialize) -> Finished {
+    let json = match serde_json::to_value(report) {
+        Ok(json) => json,
+        Err(e) => return failed(protocol, format!("its report could not be serialized: {e}")),
+    };
+    let source = protocol.row_source();
+    let u = |path: &str| {
+        json.pointer(path)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let f = |path: &str| {
+        json.pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    let b = |path: &str| {
+        json.pointer(path)
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    };
+    let ms = |name: &str| f(&format!("{}/{name}", source.latency_path));
+    let row = SummaryRow {
+        protocol: protocol.name(),
+        connections_requested: u(source.requested) as usize,
+        connections: u(source.joined) as usize,
+        target_rate_per_s: f("/send/target_rate_per_s"),
+        achieved_rate_per_s: f("/send/achieved_rate_per_s"),
+        latency: source.latency,
+        latency_ms: LatencySummary {
+            count: u(&format!("{}/count", source.latency_path)),
+            p50_ms: ms("p50_ms"),
+            p90_ms: ms("p90_ms"),
+            p99_ms: ms("p99_ms"),
+            p999_ms: ms("p999_ms"),
+            max_ms: ms("max_ms"),
+            mean_ms: ms("mean_ms"),
+            clamped: u(&format!("{}/clamped", source.latency_path)),
+        },
+        errors: ["connect", "read", "write", "protocol"]
+            .iter()
+            .map(|kind| u(&format!("/errors/{kind}")))
+            .sum(),
+        losses: u(source.losses),
+        valid: b("/verdict/valid"),
+        passed: b("/outcome/passed"),
+        exit_code: json
+            .pointer("/outcome/exit_code")
+            .and_then(serde_json::Value::as_i64)
+            .map_or(i32::from(crate::EXIT_BAD_RUN), |c| c as i32),
+        failure: None,
+    };
+    Finished { text, json, row }
+}
+
+/// A started scenario as the mix holds it, or why it could not start.
+fn boxed<'a, R: Reactor + 'a>(
+    protocol: Protocol,
+    started: Result<R, R::Error>,
+    describe: fn(R::Error) -> String,
+    finish: impl FnOnce(R) -> Finished + 'a,
+) -> Result<Boxed<'a>, Box<Finished>> {
+    let run = started.map_err(|e| Box::new(failed(protocol, describe(e))))?;
+    Ok(Box::new(Driven {
+        run,
+        describe,
+        finish,
+    }))
+}
+
+fn build(setup: &Setup, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
+    use Protocol as P;
+    match setup {
+        Setup::Room(cfg) => boxed(P::Room, room::start(cfg), describe_room, move |run| {
+            let r = Report::room(cfg, cfg.senders, strict, &run.finish());
+            finished(P::Room, r.to_text(), &r)
+        }),
+        Setup::Bin24(cfg) => boxed(P::Bin24, bin24::start(cfg), describe_bin24, move |run| {
+            let r = bin24::report::Report::new(cfg, seed, strict, &run.finish());
+            finished(P::Bin24, r.to_text(), &r)
+        }),
+        Setup::Ccm(cfg) => boxed(P::Ccm, ccm::start(cfg), describe_ccm, move |run| {
+            let r = ccm::report::Report::new(cfg, seed, strict, &run.finish());
+            finished(P::Ccm, r.to_text(), &r)
+        }),
+        Setup::Matou(cfg) => boxed(P::Matou, matou::start(cfg), describe_matou, move |run| {
+            let r = matou::report::Report::new(cfg, cfg.senders, strict, &run.finish());
+            finished(P::Matou, r.to_text(), &r)
+        }),
+        // Loss allowed: none, as the single run's default.
+        Setup::Ocm(cfg) => boxed(P::Ocm, ocm::start(cfg), describe_ocm, move |run| {
+            let r = ocm::report::Report::new(cfg, seed, strict, 0.0, &run.finish());
+            finished(P::Ocm, r.to_text(), &r)
+        }),
+    }
+}
+
+/// A scenario's error as the mix reports it (the single run's message, less the address).
+macro_rules! describe {
+    ($name:ident, $error:ident, $unreachable:literal) => {
+        fn $name(e: $error) -> String {
+            match e {
+                $error::Unreachable(why) => format!(concat!($unreachable, ": {}"), why),
+                $error::Setup(why) => format!("setup failed: {why}"),
+            }
         }
     };
 }
-
-fn build(setup: &Setup, strict: bool, seed: u64) -> Result<Boxed<'_>, Finished> {
-    let fail = |p: Protocol| move |why: String| failed(p, why);
-    Ok(match setup {
-        Setup::Room(cfg) => Box::new(Driven {
-            run: room::start(cfg)
-                .map_err(describe_room)
-                .map_err(fail(Protocol::Room))?,
-            describe: describe_room,
-            finish: move |run: room::Run<'_>| {
-                let r = Report::room(cfg, cfg.senders, strict, &run.finish());
-                let row = row!(
-                    Protocol::Room,
-                    r,
-                    r.connections.requested,
-                    r.connections.joined,
-                    "delivery",
-                    r.latency_ms.delivery,
-                    r.losses.total
-                );
-                finished(r.to_text(), serde_json::to_value(&r), row)
-            },
-        }),
-        Setup::Bin24(cfg) => Box::new(Driven {
-            run: bin24_scenario::start(cfg)
-                .map_err(describe_bin24)
-                .map_err(fail(Protocol::Bin24))?,
-            describe: describe_bin24,
-            finish: move |run: bin24_scenario::Run<'_>| {
-                let r = bin24_scenario::report::Report::new(cfg, seed, strict, &run.finish());
-                let row = row!(
-                    Protocol::Bin24,
-                    r,
-                    r.connections.requested,
-                    r.connections.joined,
-                    "ack",
-                    r.latency_ms.ack_200,
-                    r.messages.lost.total
-                );
-                finished(r.to_text(), serde_json::to_value(&r), row)
-            },
-        }),
-        Setup::Ccm(cfg) => Box::new(Driven {
-            run: ccm_scenario::start(cfg)
-                .map_err(describe_ccm)
-                .map_err(fail(Protocol::Ccm))?,
-            describe: describe_ccm,
-            finish: move |run: ccm_scenario::Run<'_>| {
-                let r = ccm_scenario::report::Report::new(cfg, seed, strict, &run.finish());
-                let row = row!(
-                    Protocol::Ccm,
-                    r,
-                    r.connections.requested,
-                    r.connections.joined,
-                    "delivery",
-                    r.latency_ms.delivery,
-                    r.losses.total
-                );
-                finished(r.to_text(), serde_json::to_value(&r), row)
-            },
-        }),
-        Setup::Matou(cfg) => Box::new(Driven {
-            run: matou_scenario::start(cfg)
-                .map_err(describe_matou)
-                .map_err(fail(Protocol::Matou))?,
-            describe: describe_matou,
-            finish: move |run: matou_scenario::Run<'_>| {
-                let r =
-                    matou_scenario::report::Report::new(cfg, cfg.senders, strict, &run.finish());
-                let row = row!(
-                    Protocol::Matou,
-                    r,
-                    r.connections.requested,
-                    r.connections.joined,
-                    "delivery",
-                    r.latency_ms.delivery,
-                    r.losses.total
-                );
-                finished(r.to_text(), serde_json::to_value(&r), row)
-            },
-        }),
-        Setup::Ocm(cfg) => Box::new(Driven {
-            run: ocm_scenario::start(cfg)
-                .map_err(describe_ocm)
-                .map_err(fail(Protocol::Ocm))?,
-            describe: describe_ocm,
-            finish: move |run: ocm_scenario::Run<'_>| {
-                // Loss allowed: none, as the single run's default.
-                let r = ocm_scenario::report::Report::new(cfg, seed, strict, 0.0, &run.finish());
-                let row = row!(
-                    Protocol::Ocm,
-                    r,
-                    r.rooms.members_requested,
-                    r.rooms.members_joined,
-                    "delivery",
-                    r.latency_ms.delivery,
-                    r.udp_loss.lost
-                );
-                finished(r.to_text(), serde_json::to_value(&r), row)
-            },
-        }),
-    })
-}
-
-fn describe_room(e: RoomError) -> String {
-    match e {
-        RoomError::Unreachable(why) => format!("no client could join the ROOM server: {why}"),
-        RoomError::Setup(why) => format!("setup failed: {why}"),
-    }
-}
-
-fn describe_bin24(e: Bin24Error) -> String {
-    match e {
-        Bin24Error::Unreachable(why) => format!("no user could join the BIN24 server: {why}"),
-        Bin24Error::Setup(why) => format!("setup failed: {why}"),
-    }
-}
-
-fn describe_ccm(e: CcmError) -> String {
-    match e {
-        CcmError::Unreachable(why) => format!("no user could join the CCM server: {why}"),
-        CcmError::Setup(why) => format!("setup failed: {why}"),
-    }
-}
-
-fn describe_matou(e: MatouError) -> String {
-    match e {
-        MatouError::Unreachable(why) => format!("no user could join the MATOU server: {why}"),
-        MatouError::Setup(why) => format!("setup failed: {why}"),
-    }
-}
-
-fn describe_ocm(e: OcmError) -> String {
-    match e {
-        OcmError::Unreachable(why) => format!("no room could be created on the OCM server: {why}"),
-        OcmError::Setup(why) => format!("setup failed: {why}"),
-    }
-}
+describe!(
+    describe_room,
+    RoomError,
+    "no client could join the ROOM server"
+);
+describe!(
+    describe_bin24,
+    Bin24Error,
+    "no user could join the BIN24 server"
+);
+describe!(describe_ccm, CcmError, "no user could join the CCM server");
+describe!(
+    describe_matou,
+    MatouError,
+    "no user could join the MATOU server"
+);
+describe!(
+    describe_ocm,
+    OcmError,
+    "no room could be created on the OCM server"
+);
 
 fn progress_line(started: Instant, names: &[&str], cells: &[ProgressCell]) -> String {
     let mut line = format!("[{:6.1}s] mix", started.elapsed().as_secs_f64());
@@ -1126,6 +1115,7 @@ mod tests {
         assert_eq!(report.summary.len(), 5, "{text}");
         for row in &report.summary {
             assert_eq!(row.failure, None, "{text}");
+            assert!(row.connections > 0, "{text}");
             assert_eq!(row.connections, row.connections_requested, "{text}");
             assert_eq!(row.errors, 0, "{text}");
             assert_eq!(row.losses, 0, "{text}");

@@ -14,7 +14,6 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use mio::net::TcpStream;
@@ -318,45 +317,8 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
 }
 
 impl Reactor for Run<'_> {
-    type Error = RoomError;
-    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
-    fn setup_error(why: String) -> RoomError {
-        RoomError::Setup(why)
-    }
-    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
-        (&mut self.poll, &mut self.pacer)
-    }
-    fn poll_fd(&self) -> RawFd {
-        self.poll.as_raw_fd()
-    }
-    fn advance(&mut self) -> Result<(), RoomError> {
-        self.advance()
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn next_wake_us(&self) -> u64 {
-        self.next_wake_us()
-    }
-    fn has_still_ready(&self) -> bool {
-        !self.still_ready.is_empty()
-    }
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let Some(conn) = self.clients.get_mut(index) else {
-            return; // not ours; cannot happen, and must not panic
-        };
-        conn.readable |= readable;
-        conn.writable |= writable;
-        self.drive(index);
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn end_turn(&mut self) {
-        for index in std::mem::take(&mut self.still_ready) {
-            self.drive(index);
-        }
-    }
+    driver::reactor_common!(RoomError);
+    driver::drive_connections!(clients);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.m.sent_total,

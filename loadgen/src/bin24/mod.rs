@@ -33,7 +33,6 @@ mod tests;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -384,46 +383,8 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
 }
 
 impl Reactor for Run<'_> {
-    type Error = Bin24Error;
-    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
-    fn setup_error(why: String) -> Bin24Error {
-        Bin24Error::Setup(why)
-    }
-    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
-        (&mut self.poll, &mut self.pacer)
-    }
-    fn poll_fd(&self) -> RawFd {
-        self.poll.as_raw_fd()
-    }
-    fn advance(&mut self) -> Result<(), Bin24Error> {
-        self.advance()
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn next_wake_us(&self) -> u64 {
-        self.next_wake_us()
-    }
-    fn has_still_ready(&self) -> bool {
-        !self.still_ready.is_empty()
-    }
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let Some(conn) = self.users.get_mut(index) else {
-            return; // not ours; cannot happen, and must not panic
-        };
-        conn.readable |= readable;
-        conn.writable |= writable;
-        self.drive(index);
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn end_turn(&mut self) {
-        for index in std::mem::take(&mut self.still_ready) {
-            self.drive(index);
-        }
-        self.flush_dirty();
-    }
+    driver::reactor_common!(Bin24Error);
+    driver::drive_connections!(users, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.m.sent_total,

@@ -22,7 +22,6 @@ pub mod wire;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -360,17 +359,7 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
 }
 
 impl Reactor for Run<'_> {
-    type Error = CcmError;
-    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
-    fn setup_error(why: String) -> CcmError {
-        CcmError::Setup(why)
-    }
-    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
-        (&mut self.poll, &mut self.pacer)
-    }
-    fn poll_fd(&self) -> RawFd {
-        self.poll.as_raw_fd()
-    }
+    driver::reactor_common!(CcmError, own_phase_work);
     fn advance(&mut self) -> Result<(), CcmError> {
         {
             let order = std::mem::take(&mut self.order);
@@ -379,32 +368,10 @@ impl Reactor for Run<'_> {
             advanced
         }
     }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
     fn next_wake_us(&self) -> u64 {
         self.next_wake_us(&self.order)
     }
-    fn has_still_ready(&self) -> bool {
-        !self.still_ready.is_empty()
-    }
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let Some(conn) = self.users.get_mut(index) else {
-            return; // not ours; cannot happen, and must not panic
-        };
-        conn.readable |= readable;
-        conn.writable |= writable;
-        self.drive(index);
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn end_turn(&mut self) {
-        for index in std::mem::take(&mut self.still_ready) {
-            self.drive(index);
-        }
-        self.flush_dirty();
-    }
+    driver::drive_connections!(users, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,

@@ -29,7 +29,6 @@ mod tests;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -393,46 +392,8 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
 }
 
 impl Reactor for Run<'_> {
-    type Error = MatouError;
-    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
-    fn setup_error(why: String) -> MatouError {
-        MatouError::Setup(why)
-    }
-    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
-        (&mut self.poll, &mut self.pacer)
-    }
-    fn poll_fd(&self) -> RawFd {
-        self.poll.as_raw_fd()
-    }
-    fn advance(&mut self) -> Result<(), MatouError> {
-        self.advance()
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn next_wake_us(&self) -> u64 {
-        self.next_wake_us()
-    }
-    fn has_still_ready(&self) -> bool {
-        !self.still_ready.is_empty()
-    }
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let Some(conn) = self.users.get_mut(index) else {
-            return; // not ours; cannot happen, and must not panic
-        };
-        conn.readable |= readable;
-        conn.writable |= writable;
-        self.drive(index);
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn end_turn(&mut self) {
-        for index in std::mem::take(&mut self.still_ready) {
-            self.drive(index);
-        }
-        self.flush_dirty();
-    }
+    driver::reactor_common!(MatouError);
+    driver::drive_connections!(users, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,

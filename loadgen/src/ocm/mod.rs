@@ -39,7 +39,6 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::os::fd::RawFd;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -413,29 +412,7 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, OcmError> {
 }
 
 impl Reactor for Run<'_> {
-    type Error = OcmError;
-    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
-    fn setup_error(why: String) -> OcmError {
-        OcmError::Setup(why)
-    }
-    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
-        (&mut self.poll, &mut self.pacer)
-    }
-    fn poll_fd(&self) -> RawFd {
-        self.poll.as_raw_fd()
-    }
-    fn advance(&mut self) -> Result<(), OcmError> {
-        self.advance()
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn next_wake_us(&self) -> u64 {
-        self.next_wake_us()
-    }
-    fn has_still_ready(&self) -> bool {
-        !self.still_ready.is_empty()
-    }
+    driver::reactor_common!(OcmError);
     fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
         let total = self.total();
         if index < total {
@@ -450,9 +427,6 @@ impl Reactor for Run<'_> {
             }
             self.drive_tcrp(index - total);
         }
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
     }
     fn end_turn(&mut self) {
         for u in std::mem::take(&mut self.still_ready) {
