@@ -160,9 +160,14 @@ pub fn turn<R: Reactor>(
     } else {
         timeout
     };
+    // An interrupted poll took nothing: what was ready still is, but its edge is spent.
+    let mut interrupted = false;
     match r.parts().0.poll(events, Some(timeout)) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            interrupted = true;
+        }
         Err(e) => return Err(R::setup_error(format!("poll: {e}"))),
     }
     let mut handled = 0usize;
@@ -187,7 +192,7 @@ pub fn turn<R: Reactor>(
     let done = advance_and_arm(r)?;
     Ok(Turn {
         done,
-        again: !done && (r.has_still_ready() || seen >= events.capacity()),
+        again: !done && (interrupted || r.has_still_ready() || seen >= events.capacity()),
     })
 }
 

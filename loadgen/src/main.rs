@@ -156,7 +156,8 @@ enum Scenario {
     /// evenly over them, each with its own plan, checks and full report, then one summary
     /// table (a row per protocol), the overall verdict and the loadgen's own CPU. The
     /// scenarios share --threads single-threaded loops; each protocol's measured window
-    /// starts when its own clients have joined. Exit status: the worst of the protocols'.
+    /// starts when its own clients have joined; --connect-rate counts the connections of all
+    /// protocols together. Exit status: the worst of the protocols'.
     Mix(mix::MixArgs),
 }
 
