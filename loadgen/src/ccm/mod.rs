@@ -333,7 +333,7 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, CcmError> {
         bytes_since_send_check: 0,
         order: connect_order(cfg.users, cfg.silent),
     };
-    for (k, u) in connect_order(cfg.users, cfg.silent).into_iter().enumerate() {
+    for (k, &u) in run.order.iter().enumerate() {
         run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
     }
     Ok(run)
@@ -361,12 +361,10 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
 impl Reactor for Run<'_> {
     driver::reactor_common!(CcmError, own_phase_work);
     fn advance(&mut self) -> Result<(), CcmError> {
-        {
-            let order = std::mem::take(&mut self.order);
-            let advanced = self.advance(&order);
-            self.order = order;
-            advanced
-        }
+        let order = std::mem::take(&mut self.order);
+        let advanced = self.advance(&order);
+        self.order = order;
+        advanced
     }
     fn next_wake_us(&self) -> u64 {
         self.next_wake_us(&self.order)
