@@ -87,7 +87,10 @@ impl Protocol {
 #[derive(Args, Debug)]
 pub struct MixArgs {
     /// Simulated clients in all, split evenly over the protocols (OCM in rooms of 10 members;
-    /// what does not fill a room goes to the next protocol). At most 10000.
+    /// what does not fill a room goes to the next protocol). At most 10000. Within each
+    /// protocol: ROOM and MATOU senders are a tenth of its clients; BIN24 keeps a tenth offline
+    /// until the end (its stored messages are checked); CCM has no silent users; MATOU brokers
+    /// one private link per second per 10 users (at most 50/s); OCM allows no UDP loss.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=CLIENTS_MAX as u64))]
     clients: u64,
 
