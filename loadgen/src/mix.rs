@@ -14,13 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
 use crate::args::resolve_loopback;
 use crate::bin24::topology::{self, Pattern};
 use crate::bin24::{self, Bin24Config, Bin24Error};
 use crate::ccm::{self, CcmConfig, CcmError};
+use crate::churn::Protocol;
 use crate::driver::{self, Driven, ProgressCell, Reactor, Scenario};
 use crate::matou::{self, MatouConfig, MatouError};
 use crate::ocm::{self, OcmConfig, OcmError};
@@ -54,27 +55,7 @@ const RATE_PER_CLIENT_MAX: f64 = 1_000.0;
 /// How often the live progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Room,
-    Bin24,
-    Ccm,
-    Matou,
-    Ocm,
-}
-
 impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Room => "room",
-            Protocol::Bin24 => "bin24",
-            Protocol::Ccm => "ccm",
-            Protocol::Matou => "matou",
-            Protocol::Ocm => "ocm",
-        }
-    }
-
     /// Fewest clients the scenario runs with.
     fn clients_min(self) -> usize {
         match self {
