@@ -41,7 +41,7 @@ const READ_BUF_BYTES: usize = 16 * 1024;
 const ANSWER_BYTES_MAX: usize = 64 * 1024;
 const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Room,

@@ -30,9 +30,11 @@ mod ccm;
 mod churn;
 mod clock;
 mod connect;
+mod driver;
 mod hgrm;
 mod limits;
 mod matou;
+mod mix;
 mod ocm;
 mod pacer;
 mod plan;
@@ -165,6 +167,13 @@ enum Scenario {
     /// reset, in the middle of a frame, or before signing in. For soak runs beside a scenario
     /// (scripts/soak.sh); it checks every answer and fails on any error.
     Churn(ChurnArgs),
+    /// All five at once against one server (or those named by --protocols): --clients split
+    /// evenly over them, each with its own plan, checks and full report, then one summary
+    /// table (a row per protocol), the overall verdict and the loadgen's own CPU. The
+    /// scenarios share --threads single-threaded loops; each protocol's measured window
+    /// starts when its own clients have joined; --connect-rate counts the connections of all
+    /// protocols together. Exit status: the worst of the protocols'.
+    Mix(mix::MixArgs),
 }
 
 /// Flags every scenario shares: where, how long, and where the results go.
@@ -595,6 +604,7 @@ fn main() -> ExitCode {
         Scenario::Ocm(args) => run_ocm(args),
         Scenario::Matou(args) => run_matou(args),
         Scenario::Churn(args) => run_churn(args),
+        Scenario::Mix(args) => mix::run_mix(args),
     }
 }
 

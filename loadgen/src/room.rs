@@ -23,9 +23,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 
 use crate::clock::Clock;
+use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
@@ -275,7 +276,7 @@ impl Framing {
     }
 }
 
-struct Run<'a> {
+pub struct Run<'a> {
     cfg: &'a RoomConfig,
     clock: Clock,
     poll: Poll,
@@ -314,6 +315,14 @@ struct Run<'a> {
 
 /// Runs the scenario to the end (it stops by itself: every phase has a deadline).
 pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
+    let mut run = start(cfg)?;
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
+/// driven, by [`run`] or by the mix ([`driver`]).
+pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
     let setup = |what: &str, e: io::Error| RoomError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
@@ -351,7 +360,7 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
             }
         })
         .collect();
-    let mut run = Run {
+    let run = Run {
         cfg,
         clock,
         poll,
@@ -393,61 +402,23 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
         progress_next_us: ramp_start_us + PROGRESS_INTERVAL_US,
         bytes_since_send_check: 0,
     };
-    run.event_loop()?;
-    Ok(run.finish())
+    Ok(run)
+}
+
+impl Reactor for Run<'_> {
+    driver::reactor_common!(RoomError);
+    driver::drive_connections!(clients);
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.tracker.counts.delivered,
+        }
+    }
 }
 
 impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), RoomError> {
-        let mut events = Events::with_capacity(1024);
-        while self.phase != Phase::Done {
-            self.advance()?;
-            if self.phase == Phase::Done {
-                break;
-            }
-            let wake_us = self.next_wake_us();
-            self.pacer
-                .arm_at(wake_us)
-                .map_err(|e| RoomError::Setup(format!("arming the timerfd: {e}")))?;
-            let timeout = if self.still_ready.is_empty() {
-                POLL_TIMEOUT_MAX
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(RoomError::Setup(format!("poll: {e}")));
-            }
-            let mut handled = 0usize;
-            for event in events.iter() {
-                if event.token() == TIMER {
-                    if let Err(e) = self.pacer.acknowledge() {
-                        return Err(RoomError::Setup(format!("reading the timerfd: {e}")));
-                    }
-                    continue;
-                }
-                let index = event.token().0 - 1;
-                let Some(client) = self.clients.get_mut(index) else {
-                    continue; // not ours; cannot happen, and must not panic
-                };
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    client.readable = true;
-                }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
-                    client.writable = true;
-                }
-                self.drive(index);
-                handled += 1;
-                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
-                    self.send_due();
-                }
-            }
-            for index in std::mem::take(&mut self.still_ready) {
-                self.drive(index);
-            }
-        }
+        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         self.end_progress_line();
         Ok(())
     }
@@ -1149,7 +1120,7 @@ impl Run<'_> {
     }
 
     /// Closes everything and hands the measurements over.
-    fn finish(mut self) -> RoomOutcome {
+    pub fn finish(mut self) -> RoomOutcome {
         let end_us = self.clock.now_us();
         let not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
         let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();

@@ -37,13 +37,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 use switchboard::protocol::bin24::codec::{
     self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
 use crate::clock::Clock;
+use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::sockio::{write_pending, Drained};
@@ -276,7 +277,7 @@ struct Measurements {
     stored_frames: u64,
 }
 
-struct Run<'a> {
+pub struct Run<'a> {
     cfg: &'a Bin24Config,
     clock: Clock,
     poll: Poll,
@@ -317,6 +318,14 @@ struct Run<'a> {
 
 /// Runs the scenario to the end (every phase has a deadline).
 pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, Bin24Error> {
+    let mut run = start(cfg)?;
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
+/// driven, by [`run`] or by the mix ([`driver`]).
+pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
     let setup = |what: &str, e: io::Error| Bin24Error::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
@@ -396,61 +405,23 @@ pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, Bin24Error> {
     };
     let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
     run.start_wave(online, now_us);
-    run.event_loop()?;
-    Ok(run.finish())
+    Ok(run)
+}
+
+impl Reactor for Run<'_> {
+    driver::reactor_common!(Bin24Error);
+    driver::drive_connections!(users, flush_dirty);
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
+        }
+    }
 }
 
 impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), Bin24Error> {
-        let mut events = Events::with_capacity(1024);
-        while self.phase != Phase::Done {
-            self.advance()?;
-            if self.phase == Phase::Done {
-                break;
-            }
-            self.pacer
-                .arm_at(self.next_wake_us())
-                .map_err(|e| Bin24Error::Setup(format!("arming the timerfd: {e}")))?;
-            let timeout = if self.still_ready.is_empty() {
-                POLL_TIMEOUT_MAX
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Bin24Error::Setup(format!("poll: {e}")));
-            }
-            let mut handled = 0usize;
-            for event in events.iter() {
-                if event.token() == TIMER {
-                    if let Err(e) = self.pacer.acknowledge() {
-                        return Err(Bin24Error::Setup(format!("reading the timerfd: {e}")));
-                    }
-                    continue;
-                }
-                let index = event.token().0 - 1;
-                let Some(user) = self.users.get_mut(index) else {
-                    continue;
-                };
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    user.readable = true;
-                }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
-                    user.writable = true;
-                }
-                self.drive(index);
-                handled += 1;
-                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
-                    self.send_due();
-                }
-            }
-            for index in std::mem::take(&mut self.still_ready) {
-                self.drive(index);
-            }
-            self.flush_dirty();
-        }
+        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
         }
@@ -1266,7 +1237,7 @@ impl Run<'_> {
         );
     }
 
-    fn finish(mut self) -> Bin24Outcome {
+    pub fn finish(mut self) -> Bin24Outcome {
         let end_us = self.clock.now_us();
         let mut not_sent_at_end = self.m.not_sent_at_end;
         for user in &mut self.users {

@@ -26,11 +26,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
 use crate::clock::Clock;
+use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::sockio::{write_pending, Drained};
@@ -217,7 +218,7 @@ enum Phase {
     Done,
 }
 
-struct Run<'a> {
+pub struct Run<'a> {
     cfg: &'a CcmConfig,
     clock: Clock,
     poll: Poll,
@@ -257,9 +258,19 @@ struct Run<'a> {
     next_check_us: u64,
     progress_next_us: u64,
     bytes_since_send_check: usize,
+    /// The order users connect in (`connect_order`).
+    order: Vec<usize>,
 }
 
 pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, CcmError> {
+    let mut run = start(cfg)?;
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
+/// driven, by [`run`] or by the mix ([`driver`]).
+pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, CcmError> {
     let setup = |what: &str, e: io::Error| CcmError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
@@ -345,12 +356,12 @@ pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, CcmError> {
         next_check_us: now_us,
         progress_next_us: now_us + PROGRESS_INTERVAL_US,
         bytes_since_send_check: 0,
+        order: connect_order(cfg.users, cfg.silent),
     };
-    for (k, u) in connect_order(cfg.users, cfg.silent).into_iter().enumerate() {
+    for (k, &u) in run.order.iter().enumerate() {
         run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
     }
-    run.event_loop()?;
-    Ok(run.finish())
+    Ok(run)
 }
 
 /// The order users connect in: the silent ones (indices `users..`) spread evenly among the
@@ -372,58 +383,29 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
     order
 }
 
+impl Reactor for Run<'_> {
+    driver::reactor_common!(CcmError, own_phase_work);
+    fn advance(&mut self) -> Result<(), CcmError> {
+        let order = std::mem::take(&mut self.order);
+        let advanced = self.advance(&order);
+        self.order = order;
+        advanced
+    }
+    fn next_wake_us(&self) -> u64 {
+        self.next_wake_us(&self.order)
+    }
+    driver::drive_connections!(users, flush_dirty);
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts().delivered,
+        }
+    }
+}
+
 impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), CcmError> {
-        let mut events = Events::with_capacity(1024);
-        let order = connect_order(self.cfg.users, self.cfg.silent);
-        while self.phase != Phase::Done {
-            self.advance(&order)?;
-            if self.phase == Phase::Done {
-                break;
-            }
-            self.pacer
-                .arm_at(self.next_wake_us(&order))
-                .map_err(|e| CcmError::Setup(format!("arming the timerfd: {e}")))?;
-            let timeout = if self.still_ready.is_empty() {
-                POLL_TIMEOUT_MAX
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(CcmError::Setup(format!("poll: {e}")));
-            }
-            let mut handled = 0usize;
-            for event in events.iter() {
-                if event.token() == TIMER {
-                    if let Err(e) = self.pacer.acknowledge() {
-                        return Err(CcmError::Setup(format!("reading the timerfd: {e}")));
-                    }
-                    continue;
-                }
-                let index = event.token().0 - 1;
-                let Some(user) = self.users.get_mut(index) else {
-                    continue;
-                };
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    user.readable = true;
-                }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
-                    user.writable = true;
-                }
-                self.drive(index);
-                handled += 1;
-                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
-                    self.send_due();
-                }
-            }
-            for index in std::mem::take(&mut self.still_ready) {
-                self.drive(index);
-            }
-            self.flush_dirty();
-        }
+        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
         }
@@ -1058,7 +1040,7 @@ impl Run<'_> {
         );
     }
 
-    fn finish(mut self) -> CcmOutcome {
+    pub fn finish(mut self) -> CcmOutcome {
         let end_us = self.clock.now_us();
         let mut not_sent_at_end = 0;
         for user in &mut self.users {

@@ -33,10 +33,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
+use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
 use crate::sockio::{write_pending, Drained};
@@ -244,7 +245,7 @@ enum Phase {
     Done,
 }
 
-struct Run<'a> {
+pub struct Run<'a> {
     cfg: &'a MatouConfig,
     clock: Clock,
     poll: Poll,
@@ -306,6 +307,14 @@ struct Run<'a> {
 }
 
 pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
+    let mut run = start(cfg)?;
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
+/// driven, by [`run`] or by the mix ([`driver`]).
+pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, MatouError> {
     let setup = |what: &str, e: io::Error| MatouError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
@@ -335,7 +344,7 @@ pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
             in_room_after_ramp: false,
         })
         .collect();
-    let mut run = Run {
+    let run = Run {
         cfg,
         clock,
         poll,
@@ -393,8 +402,7 @@ pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
         progress_next_us: now_us + PROGRESS_INTERVAL_US,
         bytes_since_send_check: 0,
     };
-    run.event_loop()?;
-    Ok(run.finish())
+    Ok(run)
 }
 
 /// Whether `address` (the bytes of a PRIVATE_*_ADDRESS) is `ip`: 4 bytes for IPv4, 16 for IPv6.
@@ -405,57 +413,20 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
     }
 }
 
+impl Reactor for Run<'_> {
+    driver::reactor_common!(MatouError);
+    driver::drive_connections!(users, flush_dirty);
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts().delivered,
+        }
+    }
+}
+
 impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), MatouError> {
-        let mut events = Events::with_capacity(1024);
-        while self.phase != Phase::Done {
-            self.advance()?;
-            if self.phase == Phase::Done {
-                break;
-            }
-            self.pacer
-                .arm_at(self.next_wake_us())
-                .map_err(|e| MatouError::Setup(format!("arming the timerfd: {e}")))?;
-            let timeout = if self.still_ready.is_empty() {
-                POLL_TIMEOUT_MAX
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(MatouError::Setup(format!("poll: {e}")));
-            }
-            let mut handled = 0usize;
-            for event in events.iter() {
-                if event.token() == TIMER {
-                    if let Err(e) = self.pacer.acknowledge() {
-                        return Err(MatouError::Setup(format!("reading the timerfd: {e}")));
-                    }
-                    continue;
-                }
-                let index = event.token().0 - 1;
-                let Some(user) = self.users.get_mut(index) else {
-                    continue;
-                };
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    user.readable = true;
-                }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
-                    user.writable = true;
-                }
-                self.drive(index);
-                handled += 1;
-                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
-                    self.send_due();
-                }
-            }
-            for index in std::mem::take(&mut self.still_ready) {
-                self.drive(index);
-            }
-            self.flush_dirty();
-        }
+        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
         }
@@ -1259,7 +1230,7 @@ impl Run<'_> {
         );
     }
 
-    fn finish(mut self) -> MatouOutcome {
+    pub fn finish(mut self) -> MatouOutcome {
         let end_us = self.clock.now_us();
         for user in &mut self.users {
             self.not_sent_at_end += user.queue.len() as u64;

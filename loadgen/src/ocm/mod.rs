@@ -43,10 +43,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpStream, UdpSocket};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 use switchboard::protocol::ocm::codec;
 
 use crate::clock::Clock;
+use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::sockio::{write_pending, Drained};
@@ -277,7 +278,7 @@ enum Phase {
     Done,
 }
 
-struct Run<'a> {
+pub struct Run<'a> {
     cfg: &'a OcmConfig,
     clock: Clock,
     poll: Poll,
@@ -333,6 +334,14 @@ struct Run<'a> {
 }
 
 pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, OcmError> {
+    let mut run = start(cfg)?;
+    run.event_loop()?;
+    Ok(run.finish())
+}
+
+/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
+/// driven, by [`run`] or by the mix ([`driver`]).
+pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, OcmError> {
     let setup = |what: &str, e: io::Error| OcmError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
@@ -365,7 +374,7 @@ pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, OcmError> {
     let start_us = now_us + START_DELAY_US;
     let room_rate = cfg.room_rate_per_s.max(1);
     let planned_us = (cfg.rooms as u64 * 1_000_000).div_ceil(room_rate);
-    let mut run = Run {
+    let run = Run {
         cfg,
         clock,
         poll,
@@ -422,8 +431,38 @@ pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, OcmError> {
         progress_next_us: now_us + PROGRESS_INTERVAL_US,
         received_since_send_check: 0,
     };
-    run.event_loop()?;
-    Ok(run.finish())
+    Ok(run)
+}
+
+impl Reactor for Run<'_> {
+    driver::reactor_common!(OcmError);
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let total = self.total();
+        if index < total {
+            let member = &mut self.members[index];
+            member.readable |= readable;
+            member.writable |= writable;
+            self.drive_udp(index);
+        } else if let Some(member) = self.members.get_mut(index - total) {
+            if let Some(tcrp) = member.tcrp.as_mut() {
+                tcrp.readable |= readable;
+                tcrp.writable |= writable;
+            }
+            self.drive_tcrp(index - total);
+        }
+    }
+    fn end_turn(&mut self) {
+        for u in std::mem::take(&mut self.still_ready) {
+            self.drive_udp(u);
+        }
+        self.flush_dirty();
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts.delivered,
+        }
+    }
 }
 
 impl Run<'_> {
@@ -442,60 +481,7 @@ impl Run<'_> {
     }
 
     fn event_loop(&mut self) -> Result<(), OcmError> {
-        let mut events = Events::with_capacity(1024);
-        while self.phase != Phase::Done {
-            self.advance()?;
-            if self.phase == Phase::Done {
-                break;
-            }
-            self.pacer
-                .arm_at(self.next_wake_us())
-                .map_err(|e| OcmError::Setup(format!("arming the timerfd: {e}")))?;
-            let timeout = if self.still_ready.is_empty() {
-                POLL_TIMEOUT_MAX
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(OcmError::Setup(format!("poll: {e}")));
-            }
-            let total = self.total();
-            let mut handled = 0usize;
-            for event in events.iter() {
-                if event.token() == TIMER {
-                    if let Err(e) = self.pacer.acknowledge() {
-                        return Err(OcmError::Setup(format!("reading the timerfd: {e}")));
-                    }
-                    continue;
-                }
-                let index = event.token().0 - 1;
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                if index < total {
-                    let member = &mut self.members[index];
-                    member.readable |= readable;
-                    member.writable |= writable;
-                    self.drive_udp(index);
-                } else if let Some(member) = self.members.get_mut(index - total) {
-                    if let Some(tcrp) = member.tcrp.as_mut() {
-                        tcrp.readable |= readable;
-                        tcrp.writable |= writable;
-                    }
-                    self.drive_tcrp(index - total);
-                }
-                handled += 1;
-                if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
-                    self.send_due();
-                }
-            }
-            for u in std::mem::take(&mut self.still_ready) {
-                self.drive_udp(u);
-            }
-            self.flush_dirty();
-        }
+        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
         }
@@ -1350,7 +1336,7 @@ impl Run<'_> {
         );
     }
 
-    fn finish(mut self) -> OcmOutcome {
+    pub fn finish(mut self) -> OcmOutcome {
         let end_us = self.clock.now_us();
         // While the sockets are still open, so the kernel still lists them.
         self.recv_buffers.dropped = udp::drops(&self.udp_inodes);

@@ -1,0 +1,1115 @@
+//! `loadgen mix`: the five scenarios at once, against one server.
+//!
+//! `--clients` is split evenly over the included protocols (see [`split_clients`]); each
+//! protocol's planned rate is its clients x `--rate-per-client`. Every scenario keeps its own
+//! loop state, plan, checks and report; the scenarios are dealt round-robin over `--threads`
+//! OS threads, each sleeping in one outer poll over its scenarios' polls ([`driver::run_outer`]).
+//! The output is every scenario's own report, then one summary table (a row per protocol), the
+//! overall verdict and the loadgen's own CPU.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::args::resolve_loopback;
+use crate::bin24::topology::{self, Pattern};
+use crate::bin24::{self, Bin24Config, Bin24Error};
+use crate::ccm::{self, CcmConfig, CcmError};
+use crate::churn::Protocol;
+use crate::driver::{self, Driven, ProgressCell, Reactor, Scenario};
+use crate::matou::{self, MatouConfig, MatouError};
+use crate::ocm::{self, OcmConfig, OcmError};
+use crate::report::Report;
+use crate::room::{self, RoomConfig, RoomError, Wire};
+use crate::stats::LatencySummary;
+use crate::{
+    check_common, create_json, deliver_report, discard_json, limits, refuse, run_id, CommonArgs,
+    BIN24_BODY_BYTES_MAX, BIN24_BODY_BYTES_MIN, BIN24_DRAIN_DEFAULT, BIN24_MESSAGES_MAX,
+    CCM_CONTENT_BYTES_MAX, CCM_CONTENT_BYTES_MIN, CCM_DRAIN_DEFAULT, CLIENTS_MAX,
+    MATOU_DRAIN_DEFAULT, MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN, OCM_DELIVERIES_PER_S_MAX,
+    OCM_DRAIN_DEFAULT, OCM_RECV_BUFFER_DEFAULT, OCM_ROOM_RATE_MAX, RATE_PER_S_MAX,
+    ROOM_DRAIN_DEFAULT, SENDERS_MAX, SPARE_FILES,
+};
+
+/// OCM members per room in a mix.
+pub const OCM_ROOM_MEMBERS: usize = 10;
+/// ROOM and MATOU: the share of their clients that send (the others only receive).
+const SENDER_SHARE: f64 = 0.1;
+/// BIN24: the share of its users that stay offline until the end (as its scenario's default).
+const BIN24_OFFLINE_SHARE: f64 = 0.1;
+/// MATOU: private links brokered per second, per 10 users, at most the scenario's default 50.
+const MATOU_LINKS_PER_S_PER_10_USERS: u64 = 1;
+const MATOU_LINK_RATE_PER_S_MAX: u64 = 50;
+/// The waits after the last planned message of CCM (silent users: none in a mix), MATOU
+/// (sign-out) and OCM (leave texts): the scenarios' defaults.
+const CCM_SILENT_WAIT: Duration = Duration::from_secs(20);
+const MATOU_SIGN_OUT_WAIT: Duration = Duration::from_secs(5);
+const OCM_EXIT_WAIT: Duration = Duration::from_secs(2);
+const RATE_PER_CLIENT_MAX: f64 = 1_000.0;
+/// How often the live progress line is redrawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Protocol {
+    /// Fewest clients the scenario runs with.
+    fn clients_min(self) -> usize {
+        match self {
+            Protocol::Room => 1,
+            _ => 2,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct MixArgs {
+    /// Simulated clients in all, split evenly over the protocols (OCM in rooms of 10 members;
+    /// what does not fill a room goes to the next protocol). At most 10000. Within each
+    /// protocol: ROOM and MATOU senders are a tenth of its clients; BIN24 keeps a tenth offline
+    /// until the end (its stored messages are checked); CCM has no silent users; MATOU brokers
+    /// one private link per second per 10 users (at most 50/s); OCM allows no UDP loss.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=CLIENTS_MAX as u64))]
+    clients: u64,
+
+    /// Which protocols to include, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "room,bin24,ccm,matou,ocm"
+    )]
+    protocols: Vec<Protocol>,
+
+    /// Messages per second per client (fractions allowed, e.g. 0.1): each protocol's planned
+    /// rate is its clients x this, at least 1/s. ROOM and MATOU deliver every message to every
+    /// member, so their deliveries grow with the square of their clients. At most 1000.
+    #[arg(long, default_value_t = 1.0)]
+    rate_per_client: f64,
+
+    /// Bytes of each message, as each scenario counts them (ROOM: the line on the wire; BIN24:
+    /// the body; CCM: the content; MATOU, OCM: the message). From 63 to 512 (the smallest
+    /// maximum of the five).
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+
+    /// OS threads to run the scenarios on, each a single-threaded loop over its share of them
+    /// (dealt round-robin), at most one per included protocol. The default 1 leaves the other
+    /// core to the server. (A single-protocol subcommand always runs on one loop.)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    threads: u64,
+
+    /// Server port of the ROOM listener.
+    #[arg(long, default_value_t = 55_555)]
+    room_port: u16,
+    /// Server port of the BIN24 listener.
+    #[arg(long, default_value_t = 7_000)]
+    bin24_port: u16,
+    /// Server port of the CCM listener.
+    #[arg(long, default_value_t = 5_454)]
+    ccm_port: u16,
+    /// Server port of the MATOU listener.
+    #[arg(long, default_value_t = 7_777)]
+    matou_port: u16,
+    /// Server port of the OCM TCRP listener (TCP).
+    #[arg(long, default_value_t = 9_002)]
+    ocm_tcp_port: u16,
+    /// Server port of the OCM chat socket (UDP).
+    #[arg(long, default_value_t = 9_003)]
+    ocm_udp_port: u16,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// One protocol's clients in the mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub protocol: Protocol,
+    pub clients: usize,
+}
+
+/// Splits `clients` evenly over `protocols` (in the order given, duplicates ignored), the
+/// remainder one each to the first ones. OCM takes whole rooms of [`OCM_ROOM_MEMBERS`] (or one
+/// smaller room if its share is less than that); what it leaves goes to the first other
+/// protocol, or is left unused if OCM runs alone. Every share must reach its scenario's minimum.
+pub fn split_clients(clients: usize, protocols: &[Protocol]) -> Result<Vec<Share>, String> {
+    let mut included: Vec<Protocol> = Vec::new();
+    for &p in protocols {
+        if !included.contains(&p) {
+            included.push(p);
+        }
+    }
+    if included.is_empty() {
+        return Err("--protocols names no protocol".into());
+    }
+    let n = included.len();
+    let mut shares: Vec<Share> = included
+        .iter()
+        .enumerate()
+        .map(|(i, &protocol)| Share {
+            protocol,
+            clients: clients / n + usize::from(i < clients % n),
+        })
+        .collect();
+    if let Some(ocm) = shares.iter().position(|s| s.protocol == Protocol::Ocm) {
+        let share = shares[ocm].clients;
+        if share > OCM_ROOM_MEMBERS {
+            let left = share % OCM_ROOM_MEMBERS;
+            shares[ocm].clients -= left;
+            if let Some(other) = shares.iter_mut().find(|s| s.protocol != Protocol::Ocm) {
+                other.clients += left;
+            }
+        }
+    }
+    for s in &shares {
+        if s.clients < s.protocol.clients_min() {
+            return Err(format!(
+                "--clients {clients} over {n} protocols leaves {} {} clients; it needs at least \
+                 {} (raise --clients or include fewer --protocols)",
+                s.clients,
+                s.protocol.name(),
+                s.protocol.clients_min()
+            ));
+        }
+    }
+    Ok(shares)
+}
+
+/// OCM rooms and members per room for `clients` members.
+pub fn ocm_rooms(clients: usize) -> (usize, usize) {
+    let members = clients.min(OCM_ROOM_MEMBERS);
+    (clients / members.max(1), members)
+}
+
+/// A protocol's planned message rate: its clients x the per-client rate, at least 1/s.
+pub fn planned_rate(clients: usize, rate_per_client: f64) -> u64 {
+    ((clients as f64 * rate_per_client).round() as u64).max(1)
+}
+
+/// ROOM and MATOU senders: a tenth of the clients, at least 1, at most the loss table's limit.
+pub fn senders_for(clients: usize) -> usize {
+    ((clients as f64 * SENDER_SHARE).round() as usize).clamp(1, SENDERS_MAX.min(clients))
+}
+
+/// A scenario's setup, validated.
+enum Setup {
+    Room(RoomConfig),
+    Bin24(Bin24Config),
+    Ccm(CcmConfig),
+    Matou(MatouConfig),
+    Ocm(OcmConfig),
+}
+
+/// One row of the summary table.
+#[derive(Clone, Debug, Serialize)]
+pub struct SummaryRow {
+    pub protocol: &'static str,
+    pub connections_requested: usize,
+    pub connections: usize,
+    pub target_rate_per_s: f64,
+    pub achieved_rate_per_s: f64,
+    /// Which latency the percentiles are: "delivery", or "ack" (BIN24's "200" answer).
+    pub latency: &'static str,
+    pub latency_ms: LatencySummary,
+    pub errors: u64,
+    pub losses: u64,
+    pub valid: bool,
+    pub passed: bool,
+    pub exit_code: i32,
+    /// Why the scenario could not run at all (then there is no report).
+    pub failure: Option<String>,
+}
+
+/// What a scenario leaves for the output.
+struct Finished {
+    text: String,
+    json: serde_json::Value,
+    row: SummaryRow,
+}
+
+#[derive(Serialize)]
+struct ThreadCpu {
+    thread: usize,
+    protocols: Vec<&'static str>,
+    cpu_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Cpu {
+    process_cpu_ms: f64,
+    wall_ms: f64,
+    /// Process CPU over wall time: 100 is one core busy for the whole run.
+    percent_of_one_core: f64,
+    threads: Vec<ThreadCpu>,
+}
+
+#[derive(Serialize)]
+struct MixReport {
+    scenario: &'static str,
+    clients: usize,
+    rate_per_client: f64,
+    threads: usize,
+    /// Each protocol's full report, as its single run writes it.
+    protocols: serde_json::Map<String, serde_json::Value>,
+    summary: Vec<SummaryRow>,
+    valid: bool,
+    passed: bool,
+    exit_code: i32,
+    cpu: Cpu,
+}
+
+pub fn run_mix(args: MixArgs) -> ExitCode {
+    let common = &args.common;
+    if let Err(why) = check_common(common) {
+        return refuse(why);
+    }
+    if !(args.rate_per_client > 0.0 && args.rate_per_client <= RATE_PER_CLIENT_MAX) {
+        return refuse(format!(
+            "--rate-per-client must be above 0 and at most {RATE_PER_CLIENT_MAX}"
+        ));
+    }
+    let shares = match split_clients(args.clients as usize, &args.protocols) {
+        Ok(shares) => shares,
+        Err(why) => return refuse(why),
+    };
+    let threads = args.threads as usize;
+    if threads > shares.len() {
+        return refuse(format!(
+            "--threads {threads} is more than the {} protocols of this run",
+            shares.len()
+        ));
+    }
+    let mut setups = Vec::with_capacity(shares.len());
+    let mut files = SPARE_FILES + 2 * threads as u64;
+    for share in &shares {
+        match setup(&args, share) {
+            Ok((setup, files_needed)) => {
+                setups.push(setup);
+                files += files_needed;
+            }
+            Err(why) => return refuse(format!("{}: {why}", share.protocol.name())),
+        }
+    }
+    if let Err(why) = limits::ensure_open_files(files) {
+        return refuse(why);
+    }
+    let mut json_out = match create_json(common.json.as_ref()) {
+        Ok(json_out) => json_out,
+        Err(why) => return refuse(why),
+    };
+
+    let (report, text) = execute(
+        &shares,
+        &setups,
+        args.rate_per_client,
+        threads,
+        common.strict,
+        common.seed,
+        std::io::stderr().is_terminal(),
+    );
+    let exit_code = report.exit_code;
+    if report.summary.iter().all(|r| r.failure.is_some()) {
+        // Nothing ran at all: no results file, as a single run that cannot start.
+        discard_json(&mut json_out);
+    }
+    deliver_report(text, &report, exit_code, &mut json_out)
+}
+
+/// Runs the scenarios of `setups` over `threads` threads to their end and puts the reports
+/// together: the JSON report, and the text (every scenario's report, then the summary).
+fn execute(
+    shares: &[Share],
+    setups: &[Setup],
+    rate_per_client: f64,
+    threads: usize,
+    strict: bool,
+    seed: u64,
+    progress: bool,
+) -> (MixReport, String) {
+    let names: Vec<&'static str> = shares.iter().map(|s| s.protocol.name()).collect();
+    let cells: Vec<ProgressCell> = setups.iter().map(|_| ProgressCell::default()).collect();
+    let started = Instant::now();
+    let mut finished: Vec<Option<Finished>> = setups.iter().map(|_| None).collect();
+    let mut thread_cpu: Vec<ThreadCpu> = Vec::with_capacity(threads);
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        for t in 0..threads {
+            let mine: Vec<usize> = (t..setups.len()).step_by(threads).collect();
+            let (tx, setups, cells) = (tx.clone(), &setups, &cells);
+            scope.spawn(move || {
+                let results = run_thread(&mine, setups, cells, strict, seed);
+                let cpu_us = driver::thread_cpu_us();
+                // The receiver outlives the threads (same scope); a failed send cannot happen.
+                let _ = tx.send((t, mine, results, cpu_us));
+            });
+        }
+        drop(tx);
+        let mut next_line = Instant::now() + PROGRESS_INTERVAL;
+        let mut received = 0;
+        while received < threads {
+            let message = if progress {
+                rx.recv_timeout(next_line.saturating_duration_since(Instant::now()))
+            } else {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            };
+            match message {
+                Ok((t, mine, results, cpu_us)) => {
+                    received += 1;
+                    thread_cpu.push(ThreadCpu {
+                        thread: t,
+                        protocols: mine.iter().map(|&i| names[i]).collect(),
+                        cpu_ms: cpu_us as f64 / 1e3,
+                    });
+                    for (i, result) in mine.into_iter().zip(results) {
+                        finished[i] = Some(result);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    eprint!("\r\x1b[2K{}", progress_line(started, &names, &cells));
+                    next_line += PROGRESS_INTERVAL;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if progress {
+            eprintln!();
+        }
+    });
+    thread_cpu.sort_by_key(|t| t.thread);
+    let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    let process_cpu_ms = driver::process_cpu_us() as f64 / 1e3;
+    let cpu = Cpu {
+        process_cpu_ms,
+        wall_ms,
+        percent_of_one_core: if wall_ms > 0.0 {
+            100.0 * process_cpu_ms / wall_ms
+        } else {
+            0.0
+        },
+        threads: thread_cpu,
+    };
+
+    let mut text = String::new();
+    let mut protocols = serde_json::Map::new();
+    let mut rows = Vec::with_capacity(finished.len());
+    for (i, f) in finished.into_iter().enumerate() {
+        let f = f.unwrap_or_else(|| failed(shares[i].protocol, "its thread ended early".into()));
+        text.push_str(&f.text);
+        if !f.text.is_empty() {
+            text.push('\n');
+        }
+        protocols.insert(names[i].to_string(), f.json);
+        rows.push(f.row);
+    }
+    let exit_code = rows.iter().map(|r| r.exit_code).max().unwrap_or(0);
+    let report = MixReport {
+        scenario: "mix",
+        clients: shares.iter().map(|s| s.clients).sum(),
+        rate_per_client,
+        threads,
+        protocols,
+        valid: rows.iter().all(|r| r.valid),
+        passed: rows.iter().all(|r| r.passed),
+        summary: rows,
+        exit_code,
+        cpu,
+    };
+    text.push_str(&summary_text(&report));
+    (report, text)
+}
+
+/// Validates one protocol's share and builds its config; also returns the descriptors it needs.
+fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
+    let common = &args.common;
+    let clients = share.clients;
+    let rate = planned_rate(clients, args.rate_per_client);
+    if rate > RATE_PER_S_MAX {
+        return Err(format!(
+            "{clients} clients x --rate-per-client plan {rate} messages/s; at most \
+             {RATE_PER_S_MAX}"
+        ));
+    }
+    let bytes = args.payload_bytes;
+    let check_bytes = |min: usize, max: usize| {
+        if (min..=max).contains(&bytes) {
+            Ok(())
+        } else {
+            Err(format!(
+                "--payload-bytes {bytes} is outside its range {min}..={max}"
+            ))
+        }
+    };
+    // Each protocol ramps up at its part of --connect-rate, so the ramps together keep it.
+    let total_clients = args.clients.max(1);
+    let connect_rate = (common.connect_rate * clients as u64 / total_clients).max(1);
+    let duration_us = common.duration.as_micros() as u64;
+    let warmup_us = common.warmup.as_micros() as u64;
+    let drain = |default: Duration| common.drain.unwrap_or(default).as_micros() as u64;
+    let pattern = if clients.is_multiple_of(2) {
+        Pattern::Pairs
+    } else {
+        Pattern::Ring
+    };
+    let host = &common.host;
+    let fanout_check = |deliveries_per_s: u64, max: u64| {
+        if deliveries_per_s > max {
+            Err(format!(
+                "{clients} clients at {rate} messages/s plan {deliveries_per_s} deliveries/s; at \
+                 most {max} (every delivery is read and timed by the loadgen): lower \
+                 --rate-per-client or --clients"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let setup = match share.protocol {
+        Protocol::Room => {
+            check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
+            fanout_check(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
+            (
+                Setup::Room(RoomConfig {
+                    target: resolve_loopback(host, args.room_port)?,
+                    clients,
+                    senders: senders_for(clients),
+                    rate_per_s: rate,
+                    duration_us,
+                    warmup_us,
+                    drain_us: drain(ROOM_DRAIN_DEFAULT),
+                    message_bytes: bytes,
+                    connect_rate_per_s: connect_rate,
+                    seed: common.seed,
+                    progress: false,
+                    wire: Wire::Room,
+                }),
+                clients as u64,
+            )
+        }
+        Protocol::Bin24 => {
+            check_bytes(BIN24_BODY_BYTES_MIN, BIN24_BODY_BYTES_MAX)?;
+            let window_us = (common.warmup + common.duration).as_micros();
+            let planned = (window_us * u128::from(rate)).div_ceil(1_000_000);
+            if planned > u128::from(BIN24_MESSAGES_MAX) {
+                return Err(format!(
+                    "{rate} messages/s over the warmup and duration plan {planned} messages; at \
+                     most {BIN24_MESSAGES_MAX}"
+                ));
+            }
+            (
+                Setup::Bin24(Bin24Config {
+                    target: resolve_loopback(host, args.bin24_port)?,
+                    users: clients,
+                    pattern,
+                    offline: topology::choose_offline(clients, BIN24_OFFLINE_SHARE, common.seed),
+                    rate_per_s: rate,
+                    duration_us,
+                    warmup_us,
+                    drain_us: drain(BIN24_DRAIN_DEFAULT),
+                    body_bytes: bytes,
+                    connect_rate_per_s: connect_rate,
+                    run_id: run_id(),
+                    progress: false,
+                }),
+                clients as u64,
+            )
+        }
+        Protocol::Ccm => {
+            check_bytes(CCM_CONTENT_BYTES_MIN, CCM_CONTENT_BYTES_MAX)?;
+            (
+                Setup::Ccm(CcmConfig {
+                    target: resolve_loopback(host, args.ccm_port)?,
+                    users: clients,
+                    pattern,
+                    silent: 0,
+                    rate_per_s: rate,
+                    duration_us,
+                    warmup_us,
+                    drain_us: drain(CCM_DRAIN_DEFAULT),
+                    silent_wait_us: CCM_SILENT_WAIT.as_micros() as u64,
+                    content_bytes: bytes,
+                    connect_rate_per_s: connect_rate,
+                    run_id: run_id(),
+                    progress: false,
+                }),
+                clients as u64,
+            )
+        }
+        Protocol::Matou => {
+            check_bytes(matou::stamp::STAMP_BYTES, matou::stamp::MESSAGE_BYTES_MAX)?;
+            fanout_check(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
+            let private_rate = (clients as u64 / 10 * MATOU_LINKS_PER_S_PER_10_USERS)
+                .min(MATOU_LINK_RATE_PER_S_MAX);
+            (
+                Setup::Matou(MatouConfig {
+                    target: resolve_loopback(host, args.matou_port)?,
+                    users: clients,
+                    senders: senders_for(clients),
+                    rate_per_s: rate,
+                    private_rate_per_s: private_rate,
+                    duration_us,
+                    warmup_us,
+                    drain_us: drain(MATOU_DRAIN_DEFAULT),
+                    sign_out_wait_us: MATOU_SIGN_OUT_WAIT.as_micros() as u64,
+                    message_bytes: bytes,
+                    connect_rate_per_s: connect_rate,
+                    seed: common.seed,
+                    run_id: run_id(),
+                    progress: false,
+                }),
+                clients as u64,
+            )
+        }
+        Protocol::Ocm => {
+            let (rooms, members) = ocm_rooms(clients);
+            let total = rooms * members;
+            let run_id = run_id();
+            let room_bytes = ocm::wire::room_name(run_id, rooms - 1).len();
+            let name_bytes = ocm::wire::member_name(total - 1).len();
+            check_bytes(
+                ocm::stamp::STAMP_BYTES,
+                ocm::wire::message_bytes_max(room_bytes, name_bytes),
+            )?;
+            fanout_check(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
+            (
+                Setup::Ocm(OcmConfig {
+                    tcp_target: resolve_loopback(host, args.ocm_tcp_port)?,
+                    udp_target: resolve_loopback(host, args.ocm_udp_port)?,
+                    rooms,
+                    members,
+                    rate_per_s: rate,
+                    room_rate_per_s: (connect_rate / members as u64).clamp(1, OCM_ROOM_RATE_MAX),
+                    duration_us,
+                    warmup_us,
+                    drain_us: drain(OCM_DRAIN_DEFAULT),
+                    exit_wait_us: OCM_EXIT_WAIT.as_micros() as u64,
+                    message_bytes: bytes,
+                    recv_buffer_bytes: OCM_RECV_BUFFER_DEFAULT,
+                    run_id,
+                    progress: false,
+                }),
+                // A UDP socket per member, and a TCP connection each while it asks for its token.
+                2 * total as u64,
+            )
+        }
+    };
+    Ok(setup)
+}
+
+type Boxed<'a> = Box<dyn Scenario<Output = Finished> + 'a>;
+
+/// One thread's share of the mix: set up, run to the end, reports.
+fn run_thread(
+    mine: &[usize],
+    setups: &[Setup],
+    cells: &[ProgressCell],
+    strict: bool,
+    seed: u64,
+) -> Vec<Finished> {
+    enum Slot {
+        /// Could not even start.
+        Failed(Box<Finished>),
+        /// Index into `scenarios`.
+        Running(usize),
+    }
+    let mut scenarios: Vec<Boxed<'_>> = Vec::new();
+    let mut progress: Vec<&ProgressCell> = Vec::new();
+    let mut running: Vec<Protocol> = Vec::new();
+    let mut slots = Vec::with_capacity(mine.len());
+    for &i in mine {
+        match build(&setups[i], strict, seed) {
+            Ok(scenario) => {
+                slots.push(Slot::Running(scenarios.len()));
+                scenarios.push(scenario);
+                progress.push(&cells[i]);
+                running.push(protocol_of(&setups[i]));
+            }
+            Err(f) => {
+                cells[i].done.store(true, Ordering::Relaxed);
+                slots.push(Slot::Failed(f));
+            }
+        }
+    }
+    let ended = match driver::run_outer(&mut scenarios, &progress, driver::OUTER_POLL_TIMEOUT_MAX) {
+        Ok((ended, _)) => ended,
+        Err(why) => vec![Err(why); scenarios.len()],
+    };
+    let mut ran: Vec<Option<Finished>> = Vec::with_capacity(scenarios.len());
+    for ((scenario, end), protocol) in scenarios.into_iter().zip(ended).zip(running) {
+        ran.push(Some(match end {
+            Ok(()) => scenario.finish(),
+            Err(why) => failed(protocol, why),
+        }));
+    }
+    slots
+        .into_iter()
+        .zip(mine)
+        .map(|(slot, &i)| match slot {
+            Slot::Failed(f) => *f,
+            Slot::Running(k) => ran
+                .get_mut(k)
+                .and_then(Option::take)
+                .unwrap_or_else(|| failed(protocol_of(&setups[i]), "not run".into())),
+        })
+        .collect()
+}
+
+fn protocol_of(setup: &Setup) -> Protocol {
+    match setup {
+        Setup::Room(_) => Protocol::Room,
+        Setup::Bin24(_) => Protocol::Bin24,
+        Setup::Ccm(_) => Protocol::Ccm,
+        Setup::Matou(_) => Protocol::Matou,
+        Setup::Ocm(_) => Protocol::Ocm,
+    }
+}
+
+/// A scenario that could not run: a row with the reason and exit code 2, no report.
+fn failed(protocol: Protocol, why: String) -> Finished {
+    Finished {
+        text: String::new(),
+        json: serde_json::json!({ "failure": why }),
+        row: SummaryRow {
+            protocol: protocol.name(),
+            connections_requested: 0,
+            connections: 0,
+            target_rate_per_s: 0.0,
+            achieved_rate_per_s: 0.0,
+            latency: "delivery",
+            latency_ms: LatencySummary::default(),
+            errors: 0,
+            losses: 0,
+            valid: false,
+            passed: false,
+            exit_code: i32::from(crate::EXIT_BAD_RUN),
+            failure: Some(why),
+        },
+    }
+}
+
+/// Where a report keeps what its summary row shows (JSON pointers into the report), apart from
+/// what every report has in the same place (`/send`, `/errors`, `/verdict`, `/outcome`).
+struct RowSource {
+    requested: &'static str,
+    joined: &'static str,
+    /// "delivery", or "ack" for BIN24 (the sender's "200").
+    latency: &'static str,
+    latency_path: &'static str,
+    losses: &'static str,
+}
+
+impl Protocol {
+    fn row_source(self) -> RowSource {
+        let (requested, joined) = match self {
+            Protocol::Ocm => ("/rooms/members_requested", "/rooms/members_joined"),
+            _ => ("/connections/requested", "/connections/joined"),
+        };
+        let (latency, latency_path) = match self {
+            Protocol::Bin24 => ("ack", "/latency_ms/ack_200"),
+            _ => ("delivery", "/latency_ms/delivery"),
+        };
+        let losses = match self {
+            Protocol::Bin24 => "/messages/lost/total",
+            Protocol::Ocm => "/udp_loss/lost",
+            _ => "/losses/total",
+        };
+        RowSource {
+            requested,
+            joined,
+            latency,
+            latency_path,
+            losses,
+        }
+    }
+}
+
+/// A finished scenario's report: its text, its JSON and its summary row.
+fn finished(protocol: Protocol, text: String, report: &impl Serialize) -> Finished {
+    let json = match serde_json::to_value(report) {
+        Ok(json) => json,
+        Err(e) => return failed(protocol, format!("its report could not be serialized: {e}")),
+    };
+    let source = protocol.row_source();
+    let u = |path: &str| {
+        json.pointer(path)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let f = |path: &str| {
+        json.pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    let b = |path: &str| {
+        json.pointer(path)
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    };
+    let ms = |name: &str| f(&format!("{}/{name}", source.latency_path));
+    let row = SummaryRow {
+        protocol: protocol.name(),
+        connections_requested: u(source.requested) as usize,
+        connections: u(source.joined) as usize,
+        target_rate_per_s: f("/send/target_rate_per_s"),
+        achieved_rate_per_s: f("/send/achieved_rate_per_s"),
+        latency: source.latency,
+        latency_ms: LatencySummary {
+            count: u(&format!("{}/count", source.latency_path)),
+            p50_ms: ms("p50_ms"),
+            p90_ms: ms("p90_ms"),
+            p99_ms: ms("p99_ms"),
+            p999_ms: ms("p999_ms"),
+            max_ms: ms("max_ms"),
+            mean_ms: ms("mean_ms"),
+            clamped: u(&format!("{}/clamped", source.latency_path)),
+        },
+        errors: ["connect", "read", "write", "protocol"]
+            .iter()
+            .map(|kind| u(&format!("/errors/{kind}")))
+            .sum(),
+        losses: u(source.losses),
+        valid: b("/verdict/valid"),
+        passed: b("/outcome/passed"),
+        exit_code: json
+            .pointer("/outcome/exit_code")
+            .and_then(serde_json::Value::as_i64)
+            .map_or(i32::from(crate::EXIT_BAD_RUN), |c| c as i32),
+        failure: None,
+    };
+    Finished { text, json, row }
+}
+
+/// A started scenario as the mix holds it, or why it could not start.
+fn boxed<'a, R: Reactor + 'a>(
+    protocol: Protocol,
+    started: Result<R, R::Error>,
+    describe: fn(R::Error) -> String,
+    finish: impl FnOnce(R) -> Finished + 'a,
+) -> Result<Boxed<'a>, Box<Finished>> {
+    let run = started.map_err(|e| Box::new(failed(protocol, describe(e))))?;
+    Ok(Box::new(Driven {
+        run,
+        describe,
+        finish,
+    }))
+}
+
+fn build(setup: &Setup, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
+    use Protocol as P;
+    match setup {
+        Setup::Room(cfg) => boxed(P::Room, room::start(cfg), describe_room, move |run| {
+            let r = Report::room(cfg, cfg.senders, strict, &run.finish());
+            finished(P::Room, r.to_text(), &r)
+        }),
+        Setup::Bin24(cfg) => boxed(P::Bin24, bin24::start(cfg), describe_bin24, move |run| {
+            let r = bin24::report::Report::new(cfg, seed, strict, &run.finish());
+            finished(P::Bin24, r.to_text(), &r)
+        }),
+        Setup::Ccm(cfg) => boxed(P::Ccm, ccm::start(cfg), describe_ccm, move |run| {
+            let r = ccm::report::Report::new(cfg, seed, strict, &run.finish());
+            finished(P::Ccm, r.to_text(), &r)
+        }),
+        Setup::Matou(cfg) => boxed(P::Matou, matou::start(cfg), describe_matou, move |run| {
+            let r = matou::report::Report::new(cfg, cfg.senders, strict, &run.finish());
+            finished(P::Matou, r.to_text(), &r)
+        }),
+        // Loss allowed: none, as the single run's default.
+        Setup::Ocm(cfg) => boxed(P::Ocm, ocm::start(cfg), describe_ocm, move |run| {
+            let r = ocm::report::Report::new(cfg, seed, strict, 0.0, &run.finish());
+            finished(P::Ocm, r.to_text(), &r)
+        }),
+    }
+}
+
+/// A scenario's error as the mix reports it (the single run's message, less the address).
+macro_rules! describe {
+    ($name:ident, $error:ident, $unreachable:literal) => {
+        fn $name(e: $error) -> String {
+            match e {
+                $error::Unreachable(why) => format!(concat!($unreachable, ": {}"), why),
+                $error::Setup(why) => format!("setup failed: {why}"),
+            }
+        }
+    };
+}
+describe!(
+    describe_room,
+    RoomError,
+    "no client could join the ROOM server"
+);
+describe!(
+    describe_bin24,
+    Bin24Error,
+    "no user could join the BIN24 server"
+);
+describe!(describe_ccm, CcmError, "no user could join the CCM server");
+describe!(
+    describe_matou,
+    MatouError,
+    "no user could join the MATOU server"
+);
+describe!(
+    describe_ocm,
+    OcmError,
+    "no room could be created on the OCM server"
+);
+
+fn progress_line(started: Instant, names: &[&str], cells: &[ProgressCell]) -> String {
+    let mut line = format!("[{:6.1}s] mix", started.elapsed().as_secs_f64());
+    for (name, cell) in names.iter().zip(cells) {
+        let _ = write!(
+            line,
+            "  {name} sent {} recv {}{}",
+            cell.sent.load(Ordering::Relaxed),
+            cell.received.load(Ordering::Relaxed),
+            if cell.done.load(Ordering::Relaxed) {
+                " (done)"
+            } else {
+                ""
+            }
+        );
+    }
+    line
+}
+
+fn summary_text(report: &MixReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "== mix summary: {} clients, {} msg/s per client, {} thread(s)",
+        report.clients, report.rate_per_client, report.threads
+    );
+    let _ = writeln!(
+        out,
+        "{:<6} {:>11} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  {:<8} result",
+        "proto",
+        "connections",
+        "target/s",
+        "achieved/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "errors",
+        "losses",
+        "verdict"
+    );
+    for r in &report.summary {
+        if let Some(why) = &r.failure {
+            let _ = writeln!(out, "{:<6} did not run: {why}", r.protocol);
+            continue;
+        }
+        let l = &r.latency_ms;
+        let _ = writeln!(
+            out,
+            "{:<6} {:>11} {:>10.1} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7} {:>7}  {:<8} {}{}",
+            r.protocol,
+            format!("{}/{}", r.connections, r.connections_requested),
+            r.target_rate_per_s,
+            r.achieved_rate_per_s,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            r.errors,
+            r.losses,
+            if r.valid { "VALID" } else { "INVALID" },
+            if r.passed { "passed" } else { "FAILED" },
+            if r.latency == "ack" { " (latency: ack)" } else { "" },
+        );
+    }
+    let invalid: Vec<&str> = report
+        .summary
+        .iter()
+        .filter(|r| !r.valid)
+        .map(|r| r.protocol)
+        .collect();
+    let failed: Vec<&str> = report
+        .summary
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.protocol)
+        .collect();
+    let _ = writeln!(
+        out,
+        "verdict: {}; {} (exit {})",
+        if invalid.is_empty() {
+            "VALID".to_string()
+        } else {
+            format!("INVALID ({})", invalid.join(", "))
+        },
+        if failed.is_empty() {
+            "PASSED".to_string()
+        } else {
+            format!("FAILED ({})", failed.join(", "))
+        },
+        report.exit_code
+    );
+    let cpu = &report.cpu;
+    let _ = write!(
+        out,
+        "loadgen CPU: {:.0} ms over {:.0} ms wall ({:.1}% of one core)",
+        cpu.process_cpu_ms, cpu.wall_ms, cpu.percent_of_one_core
+    );
+    for thread in &cpu.threads {
+        let _ = write!(
+            out,
+            "; thread {} ({}): {:.0} ms",
+            thread.thread,
+            thread.protocols.join("+"),
+            thread.cpu_ms
+        );
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use switchboard::config::Config;
+    use switchboard::reactor::{ProtocolKind, Server, UdpKind};
+
+    const ALL: [Protocol; 5] = [
+        Protocol::Room,
+        Protocol::Bin24,
+        Protocol::Ccm,
+        Protocol::Matou,
+        Protocol::Ocm,
+    ];
+
+    fn clients(shares: &[Share]) -> Vec<usize> {
+        shares.iter().map(|s| s.clients).collect()
+    }
+
+    #[test]
+    fn clients_are_split_evenly_with_ocm_in_whole_rooms() {
+        assert_eq!(clients(&split_clients(1_000, &ALL).unwrap()), [200; 5]);
+        // 210, 210, 209, 209, 209: OCM keeps 20 rooms of 10, its 9 others go to ROOM.
+        let shares = split_clients(1_047, &ALL).unwrap();
+        assert_eq!(clients(&shares), [219, 210, 209, 209, 200]);
+        assert_eq!(shares.iter().map(|s| s.clients).sum::<usize>(), 1_047);
+        // OCM first: its leftover goes to the first other protocol.
+        let shares = split_clients(25, &[Protocol::Ocm, Protocol::Ccm]).unwrap();
+        assert_eq!(clients(&shares), [10, 15]);
+        // OCM alone: whole rooms only.
+        assert_eq!(clients(&split_clients(25, &[Protocol::Ocm]).unwrap()), [20]);
+        // A share below ten is one smaller room.
+        assert_eq!(clients(&split_clients(35, &ALL).unwrap()), [7; 5]);
+        assert_eq!(ocm_rooms(7), (1, 7));
+        assert_eq!(ocm_rooms(200), (20, 10));
+    }
+
+    #[test]
+    fn repeated_protocols_count_once_and_too_few_clients_are_refused() {
+        let shares = split_clients(10, &[Protocol::Room, Protocol::Room, Protocol::Ccm]).unwrap();
+        assert_eq!(shares.len(), 2);
+        assert_eq!(clients(&shares), [5, 5]);
+        let err = split_clients(9, &ALL).unwrap_err();
+        assert!(err.contains("at least 2"), "{err}");
+        assert!(split_clients(1, &[Protocol::Room]).is_ok());
+        assert!(split_clients(10, &[]).is_err());
+    }
+
+    #[test]
+    fn rates_and_senders() {
+        assert_eq!(planned_rate(200, 1.0), 200);
+        assert_eq!(planned_rate(200, 0.25), 50);
+        assert_eq!(planned_rate(3, 0.1), 1);
+        assert_eq!(senders_for(200), 20);
+        assert_eq!(senders_for(3), 1);
+        assert_eq!(senders_for(1), 1);
+        assert_eq!(senders_for(100_000), SENDERS_MAX);
+    }
+
+    /// A fresh directory for the server's BIN24 store, removed at the end.
+    struct TempDir(std::path::PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mix_args(extra: &[String]) -> MixArgs {
+        let mut argv = vec!["loadgen".to_string(), "mix".to_string()];
+        argv.extend_from_slice(extra);
+        match crate::Cli::try_parse_from(argv).unwrap().scenario {
+            crate::Scenario::Mix(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_short_mix_against_the_real_server_loses_nothing() {
+        let data =
+            TempDir(std::env::temp_dir().join(format!("loadgen-mix-{}", std::process::id())));
+        let server = Server::bind(Config {
+            room_port: Some(0),
+            bin24_port: Some(0),
+            ccm_port: Some(0),
+            matou_port: Some(0),
+            ocm_tcp_port: Some(0),
+            ocm_udp_port: Some(0),
+            ocm_relay_port: None,
+            data_dir: data.0.clone(),
+            ..Config::default()
+        })
+        .unwrap();
+        let port = |kind| server.local_addr(kind).unwrap().port().to_string();
+        let udp_port = server
+            .local_udp_addr(UdpKind::OcmChat)
+            .unwrap()
+            .port()
+            .to_string();
+        let args = mix_args(&[
+            "--clients".into(),
+            "100".into(),
+            "--duration".into(),
+            "2s".into(),
+            "--warmup".into(),
+            "500ms".into(),
+            "--threads".into(),
+            "2".into(),
+            "--room-port".into(),
+            port(ProtocolKind::Room),
+            "--bin24-port".into(),
+            port(ProtocolKind::Bin24),
+            "--ccm-port".into(),
+            port(ProtocolKind::Ccm),
+            "--matou-port".into(),
+            port(ProtocolKind::Matou),
+            "--ocm-tcp-port".into(),
+            port(ProtocolKind::Ocm),
+            "--ocm-udp-port".into(),
+            udp_port,
+        ]);
+        let handle = server.handle();
+        let server_thread = std::thread::spawn(move || server.run());
+
+        let shares = split_clients(args.clients as usize, &args.protocols).unwrap();
+        let setups: Vec<Setup> = shares.iter().map(|s| setup(&args, s).unwrap().0).collect();
+        let (report, text) = execute(&shares, &setups, 1.0, 2, false, 1, false);
+        handle.shutdown();
+        server_thread.join().unwrap().unwrap();
+
+        assert_eq!(report.summary.len(), 5, "{text}");
+        for row in &report.summary {
+            assert_eq!(row.failure, None, "{text}");
+            assert!(row.connections > 0, "{text}");
+            assert_eq!(row.connections, row.connections_requested, "{text}");
+            assert_eq!(row.errors, 0, "{text}");
+            assert_eq!(row.losses, 0, "{text}");
+            assert!(row.passed, "{}: {text}", row.protocol);
+            assert!(row.latency_ms.count > 0, "{}: {text}", row.protocol);
+        }
+        assert_eq!(report.exit_code, 0, "{text}");
+        assert_eq!(report.cpu.threads.len(), 2);
+        assert!(report.protocols.contains_key("ocm"));
+        assert!(text.contains("== mix summary"), "{text}");
+    }
+}
