@@ -46,6 +46,11 @@ else
   mapfile -t targets < <(cargo fuzz list)
 fi
 
+# The number ending the last match of PATTERN in FILE; empty if none (never fails).
+last_number() {
+  { grep -o "$1" "$2" || true; } | tail -1 | grep -o '[0-9]*$' || true
+}
+
 mkdir -p "$work/logs"
 summary=()
 crashed=0
@@ -56,18 +61,22 @@ for target in "${targets[@]}"; do
   mkdir -p "$corpus" "$artifacts"
   echo "=== $target: $seconds s"
   status=0
+  started_s=$SECONDS
   # The first corpus directory is the one libFuzzer writes to: the seeds stay untouched.
   cargo fuzz run "${build_flags[@]}" "$target" "$corpus" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb="$rss_limit_mb" -timeout="$timeout_s" \
     -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1 || status=$?
-  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*')
-  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*')
-  line="$target: ${runs:-?} executions in ${took:-?} s, coverage ${cov:-?} edges (${ft:-?} features)"
+  runs=$(last_number 'stat::number_of_executed_units: *[0-9]*' "$log")
+  # libFuzzer's own count when it finished; the wall time when it stopped on a crash.
+  took=$(last_number 'Done [0-9]* runs in [0-9]*' "$log")
+  took=${took:-$((SECONDS - started_s))}
+  cov=$(last_number 'cov: [0-9]*' "$log")
+  ft=$(last_number 'ft: [0-9]*' "$log")
+  line="$target: ${runs:-?} executions in $took s, coverage ${cov:-?} edges (${ft:-?} features)"
   if [ "$status" -ne 0 ]; then
     crashed=1
-    crash=$(grep -o 'Test unit written to .*' "$log" | sed 's/Test unit written to //' | tail -1)
+    crash=$({ grep -o 'Test unit written to .*' "$log" || true; } | tail -1)
+    crash=${crash#Test unit written to }
     line="$line, CRASHED (exit $status): ${crash:-see $log}"
     tail -n 40 "$log"
   else
