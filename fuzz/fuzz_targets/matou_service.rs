@@ -3,12 +3,14 @@
 //!
 //! Invariants: no panic; output only to open connections; everything sent decodes as exactly
 //! one server packet; a connection not signed in receives only CONNECT_RESPONSE and ERROR;
-//! the user count is the number of open connections whose name was accepted.
+//! the user count is the number of open connections whose name was accepted; a brokered
+//! address (PRIVATE_DST_ADDRESS, PRIVATE_SRC_ADDRESS) is the IP of the connection signed in
+//! under the name it comes with, never another client's, and its ports are valid.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use fuzz_support::{assert_to_open, Conns, Ops, SLOTS};
 use libfuzzer_sys::fuzz_target;
 use switchboard::protocol::matou::codec::{self, Limits, Packet};
@@ -33,12 +35,16 @@ fuzz_target!(|data: &[u8]| {
     let mut out = RecordingOutbox::default();
     let mut conns = Conns::default();
     let mut signed_in = [false; SLOTS];
+    // Each slot's accepted name: the CONNECT_NOTIFY that follows its acceptance names it.
+    let mut names: [Option<Bytes>; SLOTS] = Default::default();
+    let mut naming: Option<usize> = None;
     while !ops.is_empty() {
         match ops.byte() % 4 {
             0 => {
                 let slot = ops.slot();
                 if let Some(id) = conns.accept(slot) {
                     signed_in[slot] = false;
+                    names[slot] = None;
                     service.on_accept(id, IPS[slot]);
                 }
             }
@@ -68,10 +74,38 @@ fuzz_target!(|data: &[u8]| {
                 let Some(slot) = conns.slot_of(to) else {
                     continue;
                 };
+                match &packet {
+                    Packet::ConnectNotify { username } => {
+                        if let Some(named) = naming.take() {
+                            names[named] = Some(username.clone());
+                        }
+                    }
+                    Packet::PrivateDstAddress { username, address }
+                    | Packet::PrivateSrcAddress {
+                        username, address, ..
+                    } => {
+                        let owner = (0..SLOTS)
+                            .find(|&s| conns.is_open(s) && names[s].as_ref() == Some(username))
+                            .expect("a brokered address names a signed-in user");
+                        assert_eq!(&address[..], &ip_bytes(IPS[owner])[..], "another's address");
+                    }
+                    _ => {}
+                }
+                if let Packet::PrivateSrcAddress {
+                    message_port,
+                    file_port,
+                    ..
+                } = &packet
+                {
+                    assert!(
+                        (1..=65_535).contains(message_port) && (1..=65_535).contains(file_port)
+                    );
+                }
                 match packet {
                     Packet::ConnectResponse { accepted: true } => {
                         assert!(!signed_in[slot], "accepted twice");
                         signed_in[slot] = true;
+                        naming = Some(slot);
                     }
                     Packet::ConnectResponse { .. } | Packet::Error { .. } => {}
                     other => assert!(signed_in[slot], "{other:?} to a connection not signed in"),
@@ -91,3 +125,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(service.users(), users);
     }
 });
+
+/// An IP as MATOU carries it: 4 bytes for IPv4 (an IPv4-mapped address too), else 16.
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
