@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Writes the committed seed corpora, fuzz/corpus/<target>/, from the contract's examples
+(shared protocols.md and vectors, copied here so that the repository stands alone) and the
+unit tests' vectors. Run it from anywhere; it replaces only the files it names.
+
+Codec targets take a split byte first (see fuzz/src/lib.rs `split_reads`: below 128 one cut
+at that fraction, from 128 on reads of `byte - 127` bytes). Service targets take a program
+of operations (see each target's `match ops.byte() % N`)."""
+
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(target, name, data):
+    folder = os.path.join(HERE, "corpus", target)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(data)
+
+
+# ---- ROOM ----
+write("room_codec", "alias_crlf_then_chunk", b"\x00alice\r\nhello everyone")
+write("room_codec", "alias_then_chunk_cut", b"\x40alice\nhello everyone")
+write("room_codec", "utf8_alias_bytewise", b"\x80jos\xc3\xa9\n")
+write("room_codec", "quotes", b"\x00both'\"\\ tab\there \x00\x7f\xff")
+write("room_codec", "empty_alias_then_name", b"\x08\r\nbob")
+
+ACCEPT, DATA, CLOSE, TIME = 0, 1, 2, 3
+
+
+def data(slot, payload):
+    assert len(payload) < 256
+    return bytes([DATA, slot, len(payload)]) + payload
+
+
+def time(ms):
+    return bytes([TIME]) + struct.pack("<H", ms)
+
+
+write("room_service", "chat", bytes([ACCEPT, 0, ACCEPT, 1]) + data(0, b"alice\n")
+      + data(1, b"bo") + data(1, b"b\r\n") + data(0, b"hello") + data(1, b"o'neil says hi")
+      + bytes([CLOSE, 1]) + data(0, b"bye"))
+write("room_service", "handshake_timeout", bytes([ACCEPT, 0, ACCEPT, 1]) + data(0, b"\r\n")
+      + data(1, b"carol") + time(4000) + time(2000) + data(0, b"late"))
+
+# ---- BIN24 ----
+VECTORS_BIN24 = [
+    # the contract's vectors (bin24-frames.tsv)
+    "1e00000000000000616c696365000000626f620000000000686920626f62",
+    "1a00010007000000616c696365000000626f6200000000003230",
+    "1b000100030000006e6f626f64790000616c696365000000333030",
+    "1e00020000000000616c696365000000626f620000000000686920626f62",
+    "19000000010000006162636465666768626f62000000000078",
+]
+
+
+def bin24(kind, msg_id, src, dst, body):
+    return struct.pack("<HHI8s8s", 24 + len(body), kind, msg_id, src, dst) + body
+
+
+frames = [bytes.fromhex(v) for v in VECTORS_BIN24]
+write("bin24_codec", "original_client_message", b"\x00" + frames[0])
+write("bin24_codec", "answer_then_stored_bytewise", b"\x80" + frames[1] + frames[3])
+write("bin24_codec", "server_answer_cut", b"\x20" + frames[2] + frames[0])
+write("bin24_codec", "garbage_after_nul", b"\x00" + bin24(0, 9, b"al\x00xyz\x00\x00\x00", b"bob", b"x"))
+write("bin24_codec", "eight_byte_name", b"\x00" + frames[4])
+write("bin24_codec", "bad_length", b"\x00" + b"\x05\x04" + b"\x00" * 30)
+
+STORE, NOTIFY, DATA2 = 4, 5, 6
+write("bin24_service", "live_and_answer", bytes([ACCEPT, 0, ACCEPT, 1])
+      + data(0, bin24(0, 1, b"alice", b"bob", b"hi bob")) + bytes([STORE, 2])
+      + data(1, bin24(0, 1, b"bob", b"alice", b"hi alice")) + bytes([STORE, 2])
+      + data(1, bin24(1, 1, b"bob", b"alice", b"200")) + data(0, bin24(1, 1, b"alice", b"bob", b"200"))
+      + time(3500))
+write("bin24_service", "offline_then_load", bytes([ACCEPT, 0])
+      + data(0, bin24(0, 1, b"alice", b"carol", b"one") + bin24(0, 2, b"alice", b"carol", b"two"))
+      + bytes([STORE, 2, STORE, 2, STORE, 2, ACCEPT, 2])
+      + data(2, bin24(0, 7, b"carol", b"alice", b"back")) + bytes([STORE, 2, STORE, 2])
+      + bytes([NOTIFY, 0, NOTIFY, 1, STORE, 0, CLOSE, 2]))
+write("bin24_service", "ack_timeout", bytes([ACCEPT, 0, ACCEPT, 1])
+      + data(1, bin24(0, 1, b"bob", b"nobody", b"x")) + data(0, bin24(0, 5, b"alice", b"bob", b"x"))
+      + time(3100) + bytes([STORE, 1, STORE, 3]))
+
+# ---- CCM ----
+IDENTITY = bytes.fromhex(
+    "43434d5c312e30204e6f74446566696e65640a53656e64446174653a2031302f31312f323032312031313b3136"
+    "3b31390a4d6573736167652d456e636f64696e673a207574662d380a0a4a75616e446f75676c6173")
+TOKEN1 = b"%032x" % 1
+TOKEN2 = b"%032x" % 2
+
+
+def ccm(kind, attrs, content):
+    head = b"CCM\\1.0 " + kind + b"\n"
+    for k, v in attrs:
+        head += k + b": " + v + b"\n"
+    return head + b"\n" + content
+
+
+text = ccm(b"Text", [(b"User", TOKEN1), (b"Addressee", b"bob"), (b"Content-Length", b"2")], b"hi")
+write("ccm_codec", "original_identity", b"\x00" + IDENTITY)
+write("ccm_codec", "two_with_length_cut", b"\x30" + text + ccm(b"Connect", [(b"Content-Length", b"0")], b""))
+write("ccm_codec", "crlf_bytewise", b"\x80" + b"ccm\\1.0 Identity\r\nMessage-Encoding: utf-16\r\n\r\nb\x00o\x00b\x00" + b"\x01")
+write("ccm_codec", "http_get", b"\x00GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+DATA_NO_BURST = 4
+write("ccm_service", "identify_and_talk", bytes([ACCEPT, 0, ACCEPT, 1]) + data(0, IDENTITY)
+      + data(1, ccm(b"NotDefined", [], b"bob")) + data(0, text)
+      + data(1, ccm(b"Text", [(b"User", TOKEN2), (b"Addressee", b"*"), (b"Content-Length", b"3")], b"all"))
+      + bytes([DATA_NO_BURST, 0, 10]) + text[:10] + data(0, text[10:])
+      + time(5100) + data(1, ccm(b"Connect", [(b"Content-Length", b"0")], b"")) + time(4000)
+      + data(0, ccm(b"Disconnect", [(b"Content-Length", b"0")], b"")))
+write("ccm_service", "http_and_errors", bytes([ACCEPT, 0, ACCEPT, 1, ACCEPT, 2]) + data(0, b"GET / HTTP/1.1\r\n\r\n")
+      + data(1, ccm(b"Text", [(b"Addressee", b"x")], b"")) + data(1, IDENTITY)
+      + data(2, IDENTITY) + data(1, ccm(b"Text", [(b"User", b"bad"), (b"Addressee", b"x")], b"")))
+
+# ---- MATOU ----
+
+
+def mstr(b):
+    return struct.pack(">i", len(b)) + b
+
+
+def matou(kind, *fields):
+    return struct.pack(">i", kind) + b"".join(fields)
+
+
+connect_alice = matou(1, mstr(b"alice"))
+write("matou_codec", "client_stream", b"\x00" + connect_alice + matou(4, mstr(b"hello")) + matou(6, mstr(b"bob"))
+      + matou(8, mstr(b"bob")) + matou(10, mstr(b"bob"), struct.pack(">ii", 5000, 5001)) + matou(15))
+write("matou_codec", "server_stream_bytewise", b"\x80" + matou(2, b"\x01") + matou(3, mstr(b"bob"))
+      + matou(5, mstr(b"bob"), mstr(b"hi")) + matou(7, mstr(b"bob")) + matou(9, mstr(b"bob"), mstr(b"\x7f\x00\x00\x01"))
+      + matou(11, mstr(b"alice"), mstr(bytes(16)), struct.pack(">ii", 5000, 5001)) + matou(16, mstr(b"bob"))
+      + matou(17, struct.pack(">i", 3), mstr(b"too long")))
+write("matou_codec", "peer_stream_with_file", b"\x10" + matou(12, mstr(b"psst")) + matou(13, struct.pack(">q", 5))
+      + b"12345" + matou(14))
+write("matou_codec", "negative_size", b"\x00" + matou(1, struct.pack(">i", -1)))
+
+write("matou_service", "sign_in_talk_link", bytes([ACCEPT, 0, ACCEPT, 1, ACCEPT, 2])
+      + data(0, connect_alice) + data(1, matou(1, mstr(b"bob"))) + data(2, matou(1, mstr(b"alice")))
+      + data(0, matou(4, mstr(b"hello all"))) + data(0, matou(6, mstr(b"bob")))
+      + data(1, matou(8, mstr(b"alice"))) + data(0, matou(10, mstr(b"bob"), struct.pack(">ii", 5000, 5001)))
+      + data(2, matou(4, mstr(b"x"))) + data(1, matou(15)) + bytes([CLOSE, 0]))
+write("matou_service", "cut_and_bad", bytes([ACCEPT, 3]) + data(3, connect_alice[:6]) + data(3, connect_alice[6:])
+      + data(3, matou(4, mstr(b"\x01ctl"))) + data(3, matou(6, mstr(b"alice"))) + data(3, matou(99)))
+
+# ---- OCM ----
+TCRP_REQUESTS = [
+    # the contract's vectors (ocm-tcrp-requests.tsv)
+    "050100000000000000000000000000000000000000000000000000000000003c6c6f6262797b22757365725f6e61"
+    "6d65223a2022616c696365222c2022757365725f61646472657373223a205b223132372e302e302e31222c203430"
+    "3030315d7d",
+    "0902000000000000000000000000000000000000000000000000000000000043e983a8e5b18be4b8807b22757365"
+    "725f6e616d65223a20225c75353932615c7539306365222c2022757365725f61646472657373223a205b22313237"
+    "2e302e302e31222c2034303030325d7d",
+]
+
+
+def tcrp(operation, state, room, payload):
+    return bytes([len(room), operation, state]) + bytes(21) + struct.pack(">Q", len(payload)) + room + payload
+
+
+def request_json(name, ip, port):
+    return json.dumps({"user_name": name, "user_address": [ip, port]}).encode()
+
+
+def answer_json(status, message, token=None):
+    body = {"status": status, "message": message}
+    if token is not None:
+        body["token"] = token
+    return json.dumps(body).encode()
+
+
+requests = [bytes.fromhex(v) for v in TCRP_REQUESTS]
+answer = tcrp(5, 2, b"", answer_json(202, "リクエストを完了しました。", "ab" * 32))
+answer = bytes([5]) + answer[1:]  # an answer's RoomNameSize counts characters of a name it does not carry
+write("tcrp_codec", "create_request", b"\x00" + requests[0])
+write("tcrp_codec", "join_request_cut", b"\x30" + requests[1])
+write("tcrp_codec", "two_bytewise", b"\x80" + requests[0] + requests[1])
+write("tcrp_codec", "answer", b"\x00" + answer)
+write("tcrp_codec", "huge_size", b"\x00" + bytes([5, 1, 0]) + b"\x01" + bytes(28) + b"lobby")
+
+TOKEN_OCM1 = "%064x" % 1
+TOKEN_OCM2 = "%064x" % 2
+
+
+def datagram(room, token, message):
+    return bytes([len(room), len(token)]) + room + token + message
+
+
+write("ocm_datagram", "hello", datagram(b"lobby", TOKEN_OCM1.encode(), b"hello"))
+write("ocm_datagram", "exit_japanese", datagram("部屋".encode(), TOKEN_OCM2.encode(), b"exit"))
+write("ocm_datagram", "truncated", b"\x05\x40lob")
+
+write("ocm_json", "request", request_json("alice", "127.0.0.1", 40001))
+write("ocm_json", "request_v6_escaped", json.dumps({"user_name": "名前\n", "user_address": ["::1", 9, 0, 0], "x": [1.5e3, None, True]}).encode())
+write("ocm_json", "answer", answer_json(202, "リクエストを完了しました。", "ab" * 32))
+write("ocm_json", "answer_surrogates", b'{"status": 500, "message": "\\ud83d\\ude00 \\u0000"}')
+write("ocm_json", "deep", b"[" * 200 + b"]" * 200)
+
+DATAGRAM, FAILING = 4, 6
+create = tcrp(1, 0, b"lobby", request_json("alice", "127.0.0.1", 40000))
+join = tcrp(2, 0, b"lobby", request_json("bob", "127.0.0.2", 40001))
+alice_says = datagram(b"lobby", TOKEN_OCM1.encode(), b"hello")
+bob_says = datagram(b"lobby", TOKEN_OCM2.encode(), "こんにちは".encode())
+
+
+def say(selector, payload):
+    return bytes([DATAGRAM, selector, len(payload)]) + payload
+
+
+write("ocm_service", "create_join_chat", bytes([ACCEPT, 0]) + data(0, create) + bytes([ACCEPT, 1])
+      + data(1, join[:20]) + data(1, join[20:]) + say(0, alice_says) + say(5, bob_says)
+      + bytes([FAILING, 5]) + say(0, alice_says) + say(0, alice_says)
+      + say(5, datagram(b"lobby", TOKEN_OCM2.encode(), b"exit")) + time(30000) + say(0, alice_says))
+write("ocm_service", "refusals", bytes([ACCEPT, 2]) + data(2, join) + bytes([ACCEPT, 3])
+      + data(3, tcrp(1, 0, b"lobby", b"plain name")) + bytes([ACCEPT, 0]) + time(11000)
+      + say(1, alice_says) + say(2, b"\x01"))
+
+# The relay's operations: 0..=2 a datagram, 3 time, 4 toggle a failing address, 5 toggle full.
+
+
+def relay(selector, payload):
+    return bytes([0, selector, len(payload)]) + payload
+
+
+write("relay_service", "three_peers", relay(0, b"hi") + relay(1, b"hello") + relay(2, b"hey")
+      + bytes([4, 1]) + relay(0, b"again") + relay(2, b"and again") + time(15000) + relay(0, b"x" * 70)
+      + bytes([5]) + relay(3, b"full") + bytes([5]) + time(25000) + relay(2, b"alone"))
+write("relay_service", "crowd", b"".join(relay(i, b"m%d" % i) for i in range(8)))
