@@ -131,9 +131,12 @@ taskset -c 0 "$chatd" --room-port "$room_port" --bin24-port 0 --ccm-port 0 --mat
   --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --data-dir "$data_dir" \
   2>"$out/chatd.log" &
 chatd_pid=$!
-show taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save "''" --appendonly no
+# --protected-mode no: the loadgen connects clients beyond the first 1,000 from their own
+# 127.x.y.z, and protected mode accepts only 127.0.0.1 and ::1; the bind keeps it on loopback.
+show taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save "''" --appendonly no \
+  --protected-mode no --maxclients 19000
 taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-  >"$out/redis.log" 2>&1 &
+  --protected-mode no --maxclients 19000 >"$out/redis.log" 2>&1 &
 redis_pid=$!
 
 # Wait (bounded) for both to listen.
