@@ -2,11 +2,12 @@
 //! read from the line it logs, `GET /metrics` checked line by line against the traffic a ROOM
 //! client made, and bad requests answered without disturbing chat clients.
 
+mod chatd;
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Instant;
 
@@ -27,26 +28,8 @@ struct Chatd {
 
 impl Chatd {
     fn start(extra: &[&str]) -> Chatd {
-        let room_port = free_port().to_string();
-        let mut args = vec![
-            "--room-port",
-            &room_port,
-            "--bin24-port",
-            "0",
-            "--ccm-port",
-            "0",
-            "--matou-port",
-            "0",
-            "--ocm-tcp-port",
-            "0",
-            "--ocm-udp-port",
-            "0",
-            "--ocm-relay-port",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args(&args)
+        let mut child = chatd::command(&[("--room-port", free_port())])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,10 +1,11 @@
 //! BIN24 over real sockets: the real server on ephemeral ports, a real offline store.
 
+mod chatd;
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{TempDir, TestServer, WAIT};
@@ -316,24 +317,8 @@ fn free_port() -> u16 {
 }
 
 fn spawn_chatd(port: u16, data: &TempDir) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args([
-            "--room-port",
-            "0",
-            "--ccm-port",
-            "0",
-            "--matou-port",
-            "0",
-            "--ocm-tcp-port",
-            "0",
-            "--ocm-udp-port",
-            "0",
-            "--ocm-relay-port",
-            "0",
-            "--bin24-port",
-            &port.to_string(),
-            "--data-dir",
-        ])
+    chatd::command(&[("--bin24-port", port)])
+        .arg("--data-dir")
         .arg(&data.0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -434,24 +419,8 @@ fn chatd_refuses_to_start_on_a_corrupt_store_and_leaves_it_alone() {
     let file = data.0.join(switchboard::store::FILE_NAME);
     let garbage = b"this is not a redb database, and it must not be reset".repeat(100);
     std::fs::write(&file, &garbage).expect("write garbage");
-    let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args([
-            "--room-port",
-            "0",
-            "--ccm-port",
-            "0",
-            "--matou-port",
-            "0",
-            "--ocm-tcp-port",
-            "0",
-            "--ocm-udp-port",
-            "0",
-            "--ocm-relay-port",
-            "0",
-            "--bin24-port",
-            &free_port().to_string(),
-            "--data-dir",
-        ])
+    let output = chatd::command(&[("--bin24-port", free_port())])
+        .arg("--data-dir")
         .arg(&data.0)
         .output()
         .expect("run chatd");

@@ -15,6 +15,7 @@
 //!
 //! The rounds are random: the seed is printed, and `BIN24_CRASH_SEED=<seed>` replays them.
 
+mod chatd;
 mod child;
 mod common;
 
@@ -66,24 +67,10 @@ impl Chatd {
     fn start(data: &TempDir, port: Option<u16>) -> Chatd {
         let mut port = port.unwrap_or_else(free_port);
         for _ in 0..5 {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            let mut child = chatd::command(&[("--bin24-port", port)])
                 .args([
-                    "--room-port",
-                    "0",
-                    "--ccm-port",
-                    "0",
-                    "--matou-port",
-                    "0",
-                    "--ocm-tcp-port",
-                    "0",
-                    "--ocm-udp-port",
-                    "0",
-                    "--ocm-relay-port",
-                    "0",
                     "--bin24-ack-timeout-ms",
                     &ACK_TIMEOUT_MS.to_string(),
-                    "--bin24-port",
-                    &port.to_string(),
                     "--data-dir",
                 ])
                 .arg(&data.0)

@@ -9,10 +9,12 @@
 //! bounded by `WAIT`, so a broken client fails with a message instead of hanging the suite.
 //! Children are killed on every path by `Drop`, panics included.
 
+mod chatd;
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self};
 use std::thread;
@@ -500,23 +502,7 @@ struct Chatd {
 impl Chatd {
     fn start(data: &TempDir) -> Self {
         let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args([
-                "--room-port",
-                "0",
-                "--ccm-port",
-                "0",
-                "--matou-port",
-                "0",
-                "--ocm-tcp-port",
-                "0",
-                "--ocm-udp-port",
-                "0",
-                "--ocm-relay-port",
-                "0",
-                "--bin24-port",
-                &port.to_string(),
-            ])
+        let mut child = chatd::command(&[("--bin24-port", port)])
             .arg("--data-dir")
             .arg(&data.0)
             .stdin(Stdio::null())

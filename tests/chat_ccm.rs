@@ -9,9 +9,11 @@
 //! bounded by `WAIT`, so a broken client fails with a message instead of hanging the suite.
 //! Children are killed on every path by `Drop`, panics included.
 
+mod chatd;
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -534,23 +536,7 @@ struct Chatd {
 impl Chatd {
     fn start() -> Self {
         let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args([
-                "--room-port",
-                "0",
-                "--bin24-port",
-                "0",
-                "--ccm-port",
-                &port.to_string(),
-                "--matou-port",
-                "0",
-                "--ocm-tcp-port",
-                "0",
-                "--ocm-udp-port",
-                "0",
-                "--ocm-relay-port",
-                "0",
-            ])
+        let mut child = chatd::command(&[("--ccm-port", port)])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

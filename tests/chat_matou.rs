@@ -11,11 +11,13 @@
 //! bounded by `WAIT`, so a broken client fails with a message instead of hanging the suite.
 //! Children are killed on every path by `Drop`, panics included.
 
+mod chatd;
+
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -941,23 +943,7 @@ struct Chatd {
 impl Chatd {
     fn start() -> Self {
         let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args([
-                "--room-port",
-                "0",
-                "--bin24-port",
-                "0",
-                "--ccm-port",
-                "0",
-                "--ocm-tcp-port",
-                "0",
-                "--ocm-udp-port",
-                "0",
-                "--ocm-relay-port",
-                "0",
-                "--matou-port",
-                &port.to_string(),
-            ])
+        let mut child = chatd::command(&[("--matou-port", port)])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

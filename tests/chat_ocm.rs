@@ -10,9 +10,11 @@
 //! and is bounded by `WAIT`, so a broken client fails with a message instead of hanging the
 //! suite. Children are killed on every path by `Drop`, panics included.
 
+mod chatd;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -569,31 +571,14 @@ impl Chatd {
     fn start(extra: &[&str]) -> Self {
         for _ in 0..5 {
             let (tcp_port, udp_port) = (free_tcp_port(), free_udp_port());
-            let (tcp, udp) = (tcp_port.to_string(), udp_port.to_string());
-            let mut args = vec![
-                "--room-port",
-                "0",
-                "--bin24-port",
-                "0",
-                "--ccm-port",
-                "0",
-                "--matou-port",
-                "0",
-                "--ocm-relay-port",
-                "0",
-                "--ocm-tcp-port",
-                &tcp,
-                "--ocm-udp-port",
-                &udp,
-            ];
-            args.extend_from_slice(extra);
-            let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start the chatd binary");
+            let mut child =
+                chatd::command(&[("--ocm-tcp-port", tcp_port), ("--ocm-udp-port", udp_port)])
+                    .args(extra)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start the chatd binary");
             let stderr =
                 Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
             // Built at once, so that Drop kills chatd on every path, panics included.

@@ -1,5 +1,6 @@
 //! ROOM over real sockets: the real server on an ephemeral port.
 
+mod chatd;
 mod common;
 
 use std::io::{Read, Write};
@@ -323,25 +324,8 @@ fn wait_listening(child: &mut std::process::Child, addr: std::net::SocketAddr) {
 #[test]
 fn chatd_exits_zero_on_sigterm_within_the_grace_period() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args([
-            "--bin24-port",
-            "0",
-            "--ccm-port",
-            "0",
-            "--matou-port",
-            "0",
-            "--ocm-tcp-port",
-            "0",
-            "--ocm-udp-port",
-            "0",
-            "--ocm-relay-port",
-            "0",
-            "--room-port",
-            &port.to_string(),
-            "--shutdown-grace-ms",
-            "500",
-        ])
+    let mut child = chatd::command(&[("--room-port", port)])
+        .args(["--shutdown-grace-ms", "500"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -555,23 +539,7 @@ fn a_member_over_the_soft_limit_for_its_duration_is_closed_below_the_hard_limit(
 fn chatd_fails_clearly_when_its_port_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .args([
-            "--bin24-port",
-            "0",
-            "--ccm-port",
-            "0",
-            "--matou-port",
-            "0",
-            "--ocm-tcp-port",
-            "0",
-            "--ocm-udp-port",
-            "0",
-            "--ocm-relay-port",
-            "0",
-            "--room-port",
-            &port.to_string(),
-        ])
+    let output = chatd::command(&[("--room-port", port)])
         .output()
         .expect("run chatd");
     assert_eq!(output.status.code(), Some(1));
