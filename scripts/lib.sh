@@ -1,4 +1,5 @@
-# Shared by scripts/load.sh, scripts/perf-stat.sh and scripts/flamegraph.sh (sourced, not run).
+# Shared by scripts/load.sh, scripts/perf-stat.sh, scripts/flamegraph.sh, scripts/smoke.sh and
+# scripts/soak.sh (sourced, not run).
 # Every command that matters goes through `run`, which prints it and appends it to the results
 # folder's commands.txt, so a results folder says exactly how its figures were made.
 
@@ -50,6 +51,24 @@ build_release() {
 # A TCP port of 127.0.0.1 that was free a moment ago.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# A UDP port of 127.0.0.1 that was free a moment ago.
+free_udp_port() {
+  python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits (bounded, 10 s) until chatd (pid $2) has logged COUNT ($3) "listening on" lines in its
+# log ($1); prints the log and exits 1 if it exits first or never gets there.
+wait_listening() {
+  local log=$1 pid=$2 count=$3
+  for _ in $(seq 1 200); do
+    if [ "$(grep -c "listening on" "$log")" -ge "$count" ]; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then cat "$log"; die "chatd exited early"; fi
+    sleep 0.05
+  done
+  cat "$log"
+  die "chatd never listened"
 }
 
 # Starts chatd ("$@" = the command, e.g. `taskset -c 0 $chatd ...` or a profiler in front),

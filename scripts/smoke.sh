@@ -14,20 +14,20 @@ rate=${3:-2000}
 duration=${4:-3s}
 
 cd "$(dirname "$0")/.."
+script_name=smoke
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 target_dir=${CARGO_TARGET_DIR:-target}
 echo "+ cargo build --release --workspace --bins"
 cargo build --release --quiet --workspace --bins
 chatd="$target_dir/release/chatd"
 loadgen="$target_dir/release/loadgen"
 
-# Ports that were free a moment ago.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 bin24_port=$(free_port)
 ccm_port=$(free_port)
 matou_port=$(free_port)
 ocm_tcp_port=$(free_port)
-free_udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ocm_udp_port=$(free_udp_port)
 ocm_relay_port=$(free_udp_port)
 data_dir=$(mktemp -d)
@@ -42,13 +42,8 @@ chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
 trap cleanup EXIT
 
-# Wait (bounded) until every protocol listens (five TCP listeners, two UDP sockets).
-for _ in $(seq 1 200); do
-  if [ "$(grep -c "listening on" "$log")" -ge 7 ]; then break; fi
-  if ! kill -0 "$chatd_pid" 2>/dev/null; then cat "$log"; echo "smoke: chatd exited early" >&2; exit 1; fi
-  sleep 0.05
-done
-[ "$(grep -c "listening on" "$log")" -ge 7 ] || { cat "$log"; echo "smoke: chatd never listened" >&2; exit 1; }
+# Every protocol listens: five TCP listeners, two UDP sockets.
+wait_listening "$log" "$chatd_pid" 7
 
 echo "+ $loadgen room --port $port --clients $clients --senders $senders --rate $rate --duration $duration"
 status=0

@@ -21,6 +21,9 @@ mix_clients=${MIX_CLIENTS:-1000}
 rss_slack_kib=${RSS_SLACK_KIB:-16384}
 
 cd "$(dirname "$0")/.."
+script_name=soak
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 target_dir=${CARGO_TARGET_DIR:-target}
 echo "+ cargo build --release --workspace --bins"
 cargo build --release --quiet --workspace --bins
@@ -42,8 +45,6 @@ duration_s=$(seconds_of "$duration")
 connect_rate=$(( (connects + duration_s - 1) / duration_s ))
 [ "$connect_rate" -le 100000 ] || { echo "soak: CONNECTS/DURATION above 100000/s" >&2; exit 2; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-free_udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 room_port=$(free_port); bin24_port=$(free_port); ccm_port=$(free_port); matou_port=$(free_port)
 ocm_tcp_port=$(free_port); ocm_udp_port=$(free_udp_port); ocm_relay_port=$(free_udp_port)
 ports=(--room-port "$room_port" --bin24-port "$bin24_port" --ccm-port "$ccm_port"
@@ -59,12 +60,8 @@ chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
 trap cleanup EXIT
 
-for _ in $(seq 1 200); do
-  if [ "$(grep -c "listening on" "$log")" -ge 7 ]; then break; fi
-  if ! kill -0 "$chatd_pid" 2>/dev/null; then cat "$log"; echo "soak: chatd exited early" >&2; exit 1; fi
-  sleep 0.05
-done
-[ "$(grep -c "listening on" "$log")" -ge 7 ] || { cat "$log"; echo "soak: chatd never listened" >&2; exit 1; }
+# Every protocol listens: five TCP listeners, two UDP sockets.
+wait_listening "$log" "$chatd_pid" 7
 
 fds() { find "/proc/$chatd_pid/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$chatd_pid/status"; }
