@@ -27,7 +27,7 @@ use crate::matou::{self, MatouConfig, MatouError};
 use crate::ocm::{self, OcmConfig, OcmError};
 use crate::report::Report;
 use crate::room::{self, RoomConfig, RoomError, Wire};
-use crate::stats::LatencySummary;
+use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
     check_common, create_json, deliver_report, discard_json, limits, refuse, run_id, CommonArgs,
     BIN24_BODY_BYTES_MAX, BIN24_BODY_BYTES_MIN, BIN24_DRAIN_DEFAULT, BIN24_MESSAGES_MAX,
@@ -36,6 +36,7 @@ use crate::{
     OCM_RECV_BUFFER_DEFAULT, OCM_ROOM_RATE_MAX, RATE_PER_S_MAX, ROOM_DRAIN_DEFAULT, SENDERS_MAX,
     SPARE_FILES,
 };
+use crate::{hgrm, plot};
 
 /// OCM members per room in a mix.
 pub const OCM_ROOM_MEMBERS: usize = 10;
@@ -235,6 +236,28 @@ struct Finished {
     text: String,
     json: serde_json::Value,
     row: SummaryRow,
+    /// The protocol's histograms (named as in its single run), for --hgrm and --plot.
+    histograms: Vec<(&'static str, LatencyHistogram)>,
+    /// Which of them is the protocol's curve in the mix's plot (its summary row's latency).
+    main_histogram: &'static str,
+}
+
+impl Finished {
+    /// Keeps copies of the outcome's histograms (`plotted` first); `main` names the one plotted.
+    fn with_histograms(
+        mut self,
+        main: &'static str,
+        plotted: Vec<(&'static str, &LatencyHistogram)>,
+        diagnostic: Vec<(&'static str, &LatencyHistogram)>,
+    ) -> Finished {
+        self.histograms = plotted
+            .into_iter()
+            .chain(diagnostic)
+            .map(|(name, hist)| (name, hist.clone()))
+            .collect();
+        self.main_histogram = main;
+        self
+    }
 }
 
 #[derive(Serialize)]
@@ -307,8 +330,21 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
         Ok(json_out) => json_out,
         Err(why) => return refuse(why),
     };
+    // Checked before the run, like --json, so a bad path fails at once.
+    if let Some(dir) = common.hgrm.as_deref() {
+        if let Err(why) = hgrm::prepare_dir(dir) {
+            discard_json(&mut json_out);
+            return refuse(why);
+        }
+    }
+    if let Some(path) = common.plot.as_deref() {
+        if let Err(why) = plot::prepare(path) {
+            discard_json(&mut json_out);
+            return refuse(why);
+        }
+    }
 
-    let (report, text) = execute(
+    let (report, text, histograms) = execute(
         &shares,
         &setups,
         args.rate_per_client,
@@ -321,8 +357,74 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
     if report.summary.iter().all(|r| r.failure.is_some()) {
         // Nothing ran at all: no results file, as a single run that cannot start.
         discard_json(&mut json_out);
+        if let Some(path) = common.plot.as_deref() {
+            let _ = std::fs::remove_file(path);
+        }
     }
-    deliver_report(text, &report, exit_code, &mut json_out)
+    let title = format!(
+        "mix: {} clients, {} msg/s per client, {:?}{}",
+        report.clients,
+        args.rate_per_client,
+        common.duration,
+        if report.valid {
+            ""
+        } else {
+            " (INVALID: the loadgen fell behind)"
+        }
+    );
+    let written = write_histograms(common, &title, &histograms);
+    let exit = deliver_report(text, &report, exit_code, &mut json_out);
+    match written {
+        Ok(()) => exit,
+        Err(why) => {
+            eprintln!("loadgen: {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Each protocol's histograms, and the name of the one it plots.
+type ProtocolHistograms = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, LatencyHistogram)>,
+);
+
+/// --hgrm: `mix-<protocol>-<measure>.hgrm` for every histogram; --plot: one curve per protocol
+/// (its summary row's latency: delivery, or BIN24's ack).
+fn write_histograms(
+    common: &CommonArgs,
+    title: &str,
+    histograms: &[ProtocolHistograms],
+) -> Result<(), String> {
+    if let Some(dir) = common.hgrm.as_deref() {
+        for (protocol, _, hists) in histograms {
+            for (name, hist) in hists {
+                let file = format!("mix-{protocol}-{name}");
+                hgrm::write_hgrm(dir, &file, hist)
+                    .map_err(|e| format!("writing {file}.hgrm in {}: {e}", dir.display()))?;
+            }
+        }
+    }
+    if let Some(path) = common.plot.as_deref() {
+        let labels: Vec<String> = histograms
+            .iter()
+            .map(|(protocol, main, _)| format!("{protocol} {main}"))
+            .collect();
+        let curves: Vec<(&str, &LatencyHistogram)> = histograms
+            .iter()
+            .zip(&labels)
+            .filter_map(|((_, main, hists), label)| {
+                hists
+                    .iter()
+                    .find(|(name, _)| name == main)
+                    .map(|(_, hist)| (label.as_str(), hist))
+            })
+            .collect();
+        plot::write_plot(path, title, &curves)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Runs the scenarios of `setups` over `threads` threads to their end and puts the reports
@@ -335,7 +437,7 @@ fn execute(
     strict: bool,
     seed: u64,
     progress: bool,
-) -> (MixReport, String) {
+) -> (MixReport, String, Vec<ProtocolHistograms>) {
     let names: Vec<&'static str> = shares.iter().map(|s| s.protocol.name()).collect();
     let cells: Vec<ProgressCell> = setups.iter().map(|_| ProgressCell::default()).collect();
     let started = Instant::now();
@@ -402,6 +504,7 @@ fn execute(
     let mut text = String::new();
     let mut protocols = serde_json::Map::new();
     let mut rows = Vec::with_capacity(finished.len());
+    let mut histograms = Vec::with_capacity(finished.len());
     for (i, f) in finished.into_iter().enumerate() {
         let f = f.unwrap_or_else(|| failed(shares[i].protocol, "its thread ended early".into()));
         text.push_str(&f.text);
@@ -410,6 +513,7 @@ fn execute(
         }
         protocols.insert(names[i].to_string(), f.json);
         rows.push(f.row);
+        histograms.push((names[i], f.main_histogram, f.histograms));
     }
     let exit_code = rows.iter().map(|r| r.exit_code).max().unwrap_or(0);
     let report = MixReport {
@@ -425,7 +529,7 @@ fn execute(
         cpu,
     };
     text.push_str(&summary_text(&report));
-    (report, text)
+    (report, text, histograms)
 }
 
 /// Validates one protocol's share and builds its config; also returns the descriptors it needs.
@@ -692,6 +796,8 @@ fn failed(protocol: Protocol, why: String) -> Finished {
             exit_code: i32::from(crate::EXIT_BAD_RUN),
             failure: Some(why),
         },
+        histograms: Vec::new(),
+        main_histogram: "delivery",
     }
 }
 
@@ -784,7 +890,13 @@ fn finished(protocol: Protocol, text: String, report: &impl Serialize) -> Finish
             .map_or(i32::from(crate::EXIT_BAD_RUN), |c| c as i32),
         failure: None,
     };
-    Finished { text, json, row }
+    Finished {
+        text,
+        json,
+        row,
+        histograms: Vec::new(),
+        main_histogram: "delivery",
+    }
 }
 
 /// A started scenario as the mix holds it, or why it could not start.
@@ -806,25 +918,50 @@ fn build(setup: &Setup, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finish
     use Protocol as P;
     match setup {
         Setup::Room(cfg) => boxed(P::Room, room::start(cfg), describe_room, move |run| {
-            let r = Report::room(cfg, cfg.senders, strict, &run.finish());
-            finished(P::Room, r.to_text(), &r)
+            let outcome = run.finish();
+            let r = Report::room(cfg, cfg.senders, strict, &outcome);
+            finished(P::Room, r.to_text(), &r).with_histograms(
+                "delivery",
+                outcome.latency_histograms(),
+                outcome.diagnostic_histograms(),
+            )
         }),
         Setup::Bin24(cfg) => boxed(P::Bin24, bin24::start(cfg), describe_bin24, move |run| {
-            let r = bin24::report::Report::new(cfg, seed, strict, &run.finish());
-            finished(P::Bin24, r.to_text(), &r)
+            let outcome = run.finish();
+            let r = bin24::report::Report::new(cfg, seed, strict, &outcome);
+            finished(P::Bin24, r.to_text(), &r).with_histograms(
+                "ack200",
+                outcome.latency_histograms(),
+                outcome.diagnostic_histograms(),
+            )
         }),
         Setup::Ccm(cfg) => boxed(P::Ccm, ccm::start(cfg), describe_ccm, move |run| {
-            let r = ccm::report::Report::new(cfg, seed, strict, &run.finish());
-            finished(P::Ccm, r.to_text(), &r)
+            let outcome = run.finish();
+            let r = ccm::report::Report::new(cfg, seed, strict, &outcome);
+            finished(P::Ccm, r.to_text(), &r).with_histograms(
+                "delivery",
+                outcome.latency_histograms(),
+                outcome.diagnostic_histograms(),
+            )
         }),
         Setup::Matou(cfg) => boxed(P::Matou, matou::start(cfg), describe_matou, move |run| {
-            let r = matou::report::Report::new(cfg, cfg.senders, strict, &run.finish());
-            finished(P::Matou, r.to_text(), &r)
+            let outcome = run.finish();
+            let r = matou::report::Report::new(cfg, cfg.senders, strict, &outcome);
+            finished(P::Matou, r.to_text(), &r).with_histograms(
+                "delivery",
+                outcome.latency_histograms(),
+                outcome.diagnostic_histograms(),
+            )
         }),
         // Loss allowed: none, as the single run's default.
         Setup::Ocm(cfg) => boxed(P::Ocm, ocm::start(cfg), describe_ocm, move |run| {
-            let r = ocm::report::Report::new(cfg, seed, strict, 0.0, &run.finish());
-            finished(P::Ocm, r.to_text(), &r)
+            let outcome = run.finish();
+            let r = ocm::report::Report::new(cfg, seed, strict, 0.0, &outcome);
+            finished(P::Ocm, r.to_text(), &r).with_histograms(
+                "delivery",
+                outcome.latency_histograms(),
+                outcome.diagnostic_histograms(),
+            )
         }),
     }
 }
@@ -1100,7 +1237,7 @@ mod tests {
 
         let shares = split_clients(args.clients as usize, &args.protocols).unwrap();
         let setups: Vec<Setup> = shares.iter().map(|s| setup(&args, s).unwrap().0).collect();
-        let (report, text) = execute(&shares, &setups, 1.0, 2, false, 1, false);
+        let (report, text, histograms) = execute(&shares, &setups, 1.0, 2, false, 1, false);
         handle.shutdown();
         server_thread.join().unwrap().unwrap();
 
@@ -1118,5 +1255,16 @@ mod tests {
         assert_eq!(report.cpu.threads.len(), 2);
         assert!(report.protocols.contains_key("ocm"));
         assert!(text.contains("== mix summary"), "{text}");
+
+        // --plot's curve for each protocol is the histogram its summary row reports.
+        assert_eq!(histograms.len(), 5);
+        for ((protocol, main, hists), row) in histograms.iter().zip(&report.summary) {
+            assert_eq!(*protocol, row.protocol);
+            let (_, hist) = hists
+                .iter()
+                .find(|(name, _)| name == main)
+                .unwrap_or_else(|| panic!("{protocol}: no {main} histogram"));
+            assert_eq!(hist.len(), row.latency_ms.count, "{protocol} {main}");
+        }
     }
 }
