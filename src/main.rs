@@ -295,7 +295,8 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().input_burst_bytes_max)]
     input_burst_bytes_max: u64,
 
-    /// Kernel accept backlog of each listener.
+    /// Kernel accept backlog of each listener (the kernel caps it at net.core.somaxconn). A
+    /// backlog too short for a burst of connects drops SYNs, which clients resend after 1 s.
     #[arg(long, value_name = "N", default_value_t = Config::default().listen_backlog)]
     listen_backlog: u32,
 
