@@ -868,8 +868,13 @@ impl Server {
                 continue;
             }
             debug!("{id}: not identified within the handshake deadline");
-            self.table
-                .close(id, CloseReason::HandshakeTimeout, CloseMode::Now);
+            let kind = conn.kind;
+            self.services.on_handshake_timeout(
+                kind,
+                id,
+                self.config.handshake_timeout_ms,
+                &mut self.table,
+            );
         }
         if !self.table.lingering.is_empty() {
             let lingering = std::mem::take(&mut self.table.lingering);
@@ -1085,7 +1090,13 @@ impl Server {
             TokenBucket::full(self.input_limit, self.now_ms),
         );
         if kind.has_reactor_handshake_deadline() {
-            let deadline_ms = self.now_ms.saturating_add(self.config.handshake_timeout_ms);
+            // `now_ms` is the clock rounded down; rounding up instead means the deadline is never
+            // reached before `handshake_timeout_ms` have passed since the client's connect
+            // completed (at most 1 ms late, never early).
+            let accepted_ms = self
+                .now_ms
+                .saturating_add(u64::from(self.clock.subsec_nanos() % 1_000_000 != 0));
+            let deadline_ms = accepted_ms.saturating_add(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push(id, deadline_ms);
         } else {
             conn.identified = true;

@@ -14,7 +14,7 @@ use crate::protocol::ccm::{os_token_source, CcmConfig, CcmService};
 use crate::protocol::matou::{MatouConfig, MatouService};
 use crate::protocol::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use crate::protocol::room::{RoomConfig, RoomService};
-use crate::protocol::{DatagramOut, Outbox};
+use crate::protocol::{CloseMode, CloseReason, DatagramOut, Outbox};
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics, StoreRequest};
 
 impl StoreSink for OfflineStore {
@@ -319,6 +319,25 @@ impl Services {
 
     fn unix_secs(&self, now_ms: u64) -> u64 {
         self.wall_start_unix_ms.saturating_add(now_ms) / 1000
+    }
+
+    /// `id` has not identified within `--handshake-timeout-ms` (`timeout_ms`): closed, after an
+    /// answer saying why where the protocol has one (CCM `Error` `not-identified`, MATOU ERROR
+    /// 8); BIN24 has no error frame and closes at once.
+    pub(crate) fn on_handshake_timeout<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        timeout_ms: u64,
+        out: &mut O,
+    ) {
+        match (kind, self.ccm.as_mut(), self.matou.as_mut()) {
+            (ProtocolKind::Ccm, Some(ccm), _) => ccm.on_handshake_timeout(id, timeout_ms, out),
+            (ProtocolKind::Matou, _, Some(matou)) => {
+                matou.on_handshake_timeout(id, timeout_ms, out)
+            }
+            _ => out.close(id, CloseReason::HandshakeTimeout, CloseMode::Now),
+        }
     }
 
     pub(crate) fn on_close<O: Outbox>(&mut self, kind: ProtocolKind, id: ConnId, out: &mut O) {

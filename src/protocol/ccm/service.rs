@@ -383,6 +383,23 @@ impl CcmService {
         }
     }
 
+    /// `id` has not identified within the reactor's handshake deadline (`timeout_ms` after
+    /// accept): tell it why (Error, `not-identified`), then close once that is written.
+    pub fn on_handshake_timeout<O: Outbox>(&mut self, id: ConnId, timeout_ms: u64, out: &mut O) {
+        if self.conns.get(id).is_none() {
+            // Answered with HTTP 400 and closing already.
+            return;
+        }
+        self.answer_error(
+            id,
+            Reason::NotIdentified,
+            &format!("no user was identified within {timeout_ms} ms of connecting"),
+            out,
+        );
+        out.close(id, CloseReason::HandshakeTimeout, CloseMode::AfterFlush);
+        self.forget(id);
+    }
+
     /// `id` is gone: its token is invalid and its name free.
     pub fn on_close(&mut self, id: ConnId) {
         self.forget(id);

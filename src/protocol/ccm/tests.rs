@@ -446,3 +446,53 @@ fn only_an_accepted_name_marks_the_connection_identified() {
     h.burst(conn(2), &text("alice", "hi"));
     assert_eq!(h.out.identified, [conn(1), conn(2)]);
 }
+
+#[test]
+fn a_connection_not_identified_by_the_deadline_is_told_why_then_closed() {
+    let mut h = Harness::new();
+    // Silent, and one whose name was taken: both still unidentified.
+    h.connect(conn(1), "alice");
+    h.service.on_accept(conn(2), 0);
+    h.service.on_accept(conn(3), 0);
+    h.burst(conn(3), &identity("alice"));
+    h.out.clear();
+    for id in [conn(2), conn(3)] {
+        h.service.on_handshake_timeout(id, 10_000, &mut h.out);
+        let answer = &h.text_to(id)[0];
+        assert!(
+            answer.starts_with("CCM\\1.0 Error\nReason: not-identified\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("within 10000 ms"), "{answer}");
+    }
+    assert_eq!(
+        h.out.closed,
+        [
+            (
+                conn(2),
+                CloseReason::HandshakeTimeout,
+                CloseMode::AfterFlush
+            ),
+            (
+                conn(3),
+                CloseReason::HandshakeTimeout,
+                CloseMode::AfterFlush
+            ),
+        ]
+    );
+    // After the close a new connection may take a name; alice keeps hers.
+    h.service.on_close(conn(2));
+    h.service.on_close(conn(3));
+    assert_eq!(h.service.identified_count(), 1);
+}
+
+#[test]
+fn a_stranger_answered_with_http_gets_nothing_more_at_the_deadline() {
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1), 0);
+    h.burst(conn(1), b"GET / HTTP/1.1\r\n\r\n");
+    h.out.clear();
+    h.service.on_handshake_timeout(conn(1), 10_000, &mut h.out);
+    assert!(h.out.sent.is_empty());
+    assert!(h.out.closed.is_empty());
+}

@@ -104,6 +104,7 @@ impl Default for Limits {
 /// | 6    | NoPendingRequest       | PRIVATE_ACCEPT without a pending request from that user      | stays    |
 /// | 7    | LinkNotAccepted        | PRIVATE_SRC_PORTS without an accepted request to that user   | stays    |
 /// | 8    | NotSignedIn            | anything but CONNECT_REQUEST before the name was accepted    | stays    |
+/// |      |                        | (or no name accepted by `--handshake-timeout-ms`: closes)    |          |
 /// | 9    | AlreadySignedIn        | CONNECT_REQUEST after the name was accepted                  | stays    |
 /// | 10   | TooManyPendingRequests | the sender has too many private requests pending             | stays    |
 /// | 11   | BadPort                | a port outside 1..=65535                                     | stays    |

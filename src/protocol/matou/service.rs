@@ -144,6 +144,15 @@ impl MatouService {
         }
     }
 
+    /// `id` has not signed in within the reactor's handshake deadline (`timeout_ms` after
+    /// accept): ERROR 8 (not signed in), then close once that is written.
+    pub fn on_handshake_timeout<O: Outbox>(&mut self, id: ConnId, timeout_ms: u64, out: &mut O) {
+        debug!("{id}: not signed in within {timeout_ms} ms");
+        let reason = format!("not signed in within {timeout_ms} ms of connecting");
+        out.send(id, codec::error(ErrorCode::NotSignedIn, reason.as_bytes()));
+        self.close(id, CloseReason::HandshakeTimeout, out);
+    }
+
     /// `id` is gone, whoever closed it. If it was still signed in (EOF, reset), the others
     /// learn it left; after a sign-out or a protocol error they already did.
     pub fn on_close<O: Outbox>(&mut self, id: ConnId, out: &mut O) {

@@ -972,3 +972,42 @@ fn only_a_name_taken_marks_the_connection_identified() {
     h.data(bob(), &codec::connect_request(b"bob"));
     assert_eq!(h.out.identified, [alice(), bob()]);
 }
+
+#[test]
+fn a_connection_not_signed_in_by_the_deadline_gets_error_8_then_closes() {
+    let mut h = Harness::three_users();
+    // One silent, one refused (name taken) and silent since.
+    h.service.on_accept(conn(4), ALICE_IP);
+    h.service.on_accept(conn(5), BOB_IP);
+    h.data(conn(5), &codec::connect_request(b"alice"));
+    h.forget();
+    for id in [conn(4), conn(5)] {
+        h.service.on_handshake_timeout(id, 10_000, &mut h.out);
+        assert_eq!(h.errors_to(id), [ErrorCode::NotSignedIn as i32]);
+    }
+    assert_eq!(
+        h.out.closed,
+        [
+            (
+                conn(4),
+                CloseReason::HandshakeTimeout,
+                CloseMode::AfterFlush
+            ),
+            (
+                conn(5),
+                CloseReason::HandshakeTimeout,
+                CloseMode::AfterFlush
+            ),
+        ]
+    );
+    // Whatever else they send before the close is ignored; nobody else heard a thing.
+    h.forget();
+    h.data(conn(4), &codec::connect_request(b"dave"));
+    assert!(h.out.sent.is_empty());
+    h.service.on_close(conn(4), &mut h.out);
+    h.service.on_close(conn(5), &mut h.out);
+    assert!(
+        h.out.sent.is_empty(),
+        "no sign-out notice for users who never signed in"
+    );
+}
