@@ -1,6 +1,7 @@
 //! CcmService driven by several connections' arbitrary byte streams, split arbitrarily
 //! (a read burst ending after some reads and not others), with peers closing and time
-//! passing through the keepalive.
+//! passing through the keepalive, and the reactor's handshake deadline passing for
+//! connections that have not identified.
 //!
 //! Invariants: no panic; output only to open connections; what a connection receives is
 //! either the HTTP 400 answer, followed by nothing and a close, or a sequence of whole CCM
@@ -44,14 +45,16 @@ fuzz_target!(|data: &[u8]| {
     // What each connection has received and not yet parsed; whether it got the HTTP answer.
     let mut received: [BytesMut; SLOTS] = Default::default();
     let mut refused = [false; SLOTS];
+    let mut identified = [false; SLOTS];
     let mut now_ms = 0u64;
     while !ops.is_empty() {
-        match ops.byte() % 6 {
+        match ops.byte() % 7 {
             0 => {
                 let slot = ops.slot();
                 if let Some(id) = conns.accept(slot) {
                     received[slot].clear();
                     refused[slot] = false;
+                    identified[slot] = false;
                     service.on_accept(id, now_ms);
                 }
             }
@@ -77,9 +80,26 @@ fuzz_target!(|data: &[u8]| {
                     service.on_close(id);
                 }
             }
+            6 => {
+                // The reactor calls this only for open connections not yet identified.
+                let slot = ops.slot();
+                if conns.is_open(slot) && !identified[slot] {
+                    let id = conns.id(slot);
+                    service.on_handshake_timeout(id, 10_000, &mut out);
+                    assert!(
+                        refused[slot] || out.closed.iter().any(|&(to, _, _)| to == id),
+                        "not closed at the handshake deadline"
+                    );
+                }
+            }
             _ => {
                 now_ms += u64::from(ops.u16());
                 service.on_timers(now_ms, &mut out);
+            }
+        }
+        for id in out.identified.drain(..) {
+            if let Some(slot) = conns.slot_of(id) {
+                identified[slot] = true;
             }
         }
         loop {

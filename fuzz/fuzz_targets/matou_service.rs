@@ -1,5 +1,6 @@
 //! MatouService driven by several connections' arbitrary byte streams, split arbitrarily,
-//! from IPv4, IPv6 and IPv4-mapped addresses, with peers closing.
+//! from IPv4, IPv6 and IPv4-mapped addresses, with peers closing and the reactor's handshake
+//! deadline passing for connections not signed in.
 //!
 //! Invariants: no panic; output only to open connections; everything sent decodes as exactly
 //! one server packet; a connection not signed in receives only CONNECT_RESPONSE and ERROR;
@@ -39,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let mut names: [Option<Bytes>; SLOTS] = Default::default();
     let mut naming: Option<usize> = None;
     while !ops.is_empty() {
-        match ops.byte() % 4 {
+        match ops.byte() % 5 {
             0 => {
                 let slot = ops.slot();
                 if let Some(id) = conns.accept(slot) {
@@ -51,6 +52,18 @@ fuzz_target!(|data: &[u8]| {
             2 => {
                 if let Some(id) = conns.close(ops.slot()) {
                     service.on_close(id, &mut out);
+                }
+            }
+            4 => {
+                // The reactor calls this only for open connections not yet signed in.
+                let slot = ops.slot();
+                if conns.is_open(slot) && !signed_in[slot] {
+                    let id = conns.id(slot);
+                    service.on_handshake_timeout(id, 10_000, &mut out);
+                    assert!(
+                        out.closed.iter().any(|&(to, _, _)| to == id),
+                        "not closed at the handshake deadline"
+                    );
                 }
             }
             _ => {
