@@ -50,9 +50,9 @@ pub struct Config {
     /// Most connections open at once, all protocols together. Accepting pauses at the cap and
     /// resumes once the count is down to the cap less a tenth (at least one below the cap).
     pub connections_max: usize,
-    /// Kernel accept backlog of each listener; the kernel caps it at `net.core.somaxconn`
-    /// (4096 by default since Linux 5.4). Deep enough for a burst of 10,000 connects a second
-    /// while the loop is busy, so SYNs are not dropped and resent a second later.
+    /// Kernel accept backlog of each listener; the kernel caps it at `net.core.somaxconn`.
+    /// 1024 took 10,000 BIN24 connects a second without an overflow; 4096 was measured worse
+    /// for a ROOM join storm (docs/BENCHMARKS.md, "Connect path").
     pub listen_backlog: u32,
     /// Most connections accepted from one listener in one loop turn, so a connect storm cannot
     /// starve established clients.
@@ -180,7 +180,7 @@ impl Default for Config {
             admin_request_timeout_ms: 2_000,
             admin_request_bytes_max: 8 * 1024,
             connections_max: 10_000,
-            listen_backlog: 4096,
+            listen_backlog: 1024,
             accepts_per_turn_max: 256,
             accept_pause_ms: 100,
             read_chunk_bytes: 16 * 1024,
