@@ -1093,9 +1093,9 @@ impl Server {
             // `now_ms` is the clock rounded down; rounding up instead means the deadline is never
             // reached before `handshake_timeout_ms` have passed since the client's connect
             // completed (at most 1 ms late, never early).
-            let accepted_ms = self
-                .now_ms
-                .saturating_add(u64::from(self.clock.subsec_nanos() % 1_000_000 != 0));
+            let accepted_ms = self.now_ms.saturating_add(u64::from(
+                !self.clock.subsec_nanos().is_multiple_of(1_000_000),
+            ));
             let deadline_ms = accepted_ms.saturating_add(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push(id, deadline_ms);
         } else {
