@@ -17,11 +17,7 @@ cd "$(dirname "$0")/.."
 script_name=smoke
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-target_dir=${CARGO_TARGET_DIR:-target}
-echo "+ cargo build --release --workspace --bins"
-cargo build --release --quiet --workspace --bins
-chatd="$target_dir/release/chatd"
-loadgen="$target_dir/release/loadgen"
+build_release
 
 port=$(free_port)
 bin24_port=$(free_port)

@@ -24,11 +24,7 @@ cd "$(dirname "$0")/.."
 script_name=soak
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-target_dir=${CARGO_TARGET_DIR:-target}
-echo "+ cargo build --release --workspace --bins"
-cargo build --release --quiet --workspace --bins
-chatd="$target_dir/release/chatd"
-loadgen="$target_dir/release/loadgen"
+build_release
 
 # Seconds in DURATION (accepts 90, 90s, 2m, 500ms).
 seconds_of() {
