@@ -54,6 +54,8 @@ impl Bench {
             data_dir: dir.clone(),
             frames_per_user_max: u64::MAX,
             bytes_per_user_max: u64::MAX,
+            frames_max: u64::MAX,
+            bytes_max: u64::MAX,
             group_commit_max,
         };
         let store = OfflineStore::open(
@@ -123,6 +125,8 @@ impl Bench {
         self.store().submit(StoreRequest::Load {
             ticket,
             user: user.to_vec(),
+            after_seq: 0,
+            bytes_max: usize::MAX,
         });
         let frames = match self.next_event() {
             StoreEvent::Loaded { frames, .. } => frames,

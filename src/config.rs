@@ -154,6 +154,22 @@ pub struct Config {
     pub offline_bytes_per_user_max: u64,
     /// Most store requests committed together (group commit).
     pub store_group_commit_max: usize,
+    /// Offline store limits for every user together: what bounds the disk whatever the number
+    /// of recipients; beyond them the sender gets "507".
+    pub store_frames_max: u64,
+    pub store_bytes_max: u64,
+    /// Store requests queued for the storage thread at which BIN24 stops reading its
+    /// connections until the thread catches up (backpressure instead of unbounded memory).
+    pub store_requests_max: usize,
+    /// BIN24: a stored frame acknowledged by the recipient's TCP counts as delivered once its
+    /// connection stays up this long after (unless the client answers it first).
+    pub bin24_delivery_grace_ms: u64,
+    /// BIN24: most bytes of stored frames sent to one connection and not yet delivered.
+    pub bin24_unconfirmed_bytes_per_conn_max: usize,
+    /// BIN24: most bytes of stored frames in memory for all connections together.
+    pub bin24_loaded_bytes_max: usize,
+    /// BIN24: who may log in, and from where (`--bin24-users`); None lets anyone.
+    pub bin24_users: Option<crate::protocol::bin24::UserList>,
 
     /// Granularity of the timer wheel; timers fire at most one tick late, never early.
     pub timer_tick_ms: u64,
@@ -224,6 +240,13 @@ impl Default for Config {
             offline_frames_per_user_max: 100_000,
             offline_bytes_per_user_max: 64 * 1024 * 1024,
             store_group_commit_max: 512,
+            store_frames_max: 10_000_000,
+            store_bytes_max: 1024 * 1024 * 1024,
+            store_requests_max: 4096,
+            bin24_delivery_grace_ms: 5_000,
+            bin24_unconfirmed_bytes_per_conn_max: 16 * 1024 * 1024,
+            bin24_loaded_bytes_max: 64 * 1024 * 1024,
+            bin24_users: None,
             timer_tick_ms: 10,
             shutdown_grace_ms: 2_000,
             stats_interval_ms: 0,

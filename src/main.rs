@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::{error, LevelFilter};
+use log::{error, warn, LevelFilter};
 
 use std::path::PathBuf;
 
@@ -12,6 +12,7 @@ use switchboard::config::{
     Config, ADMIN_CONNECTIONS_CAP, BIN24_PORT_DEFAULT, CCM_PORT_DEFAULT, MATOU_PORT_DEFAULT,
     OCM_RELAY_PORT_DEFAULT, OCM_TCP_PORT_DEFAULT, OCM_UDP_PORT_DEFAULT, ROOM_PORT_DEFAULT,
 };
+use switchboard::protocol::bin24::UserList;
 use switchboard::reactor::Server;
 
 /// Switchboard chat server: one single-threaded, edge-triggered reactor serving several chat
@@ -261,6 +262,49 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     offline_bytes_per_user_max: u64,
 
+    /// Offline store: most frames kept for every user together; beyond it the sender gets
+    /// "507". With --store-bytes-max, what bounds the disk whatever the number of recipients.
+    #[arg(long, value_name = "N", default_value_t = Config::default().store_frames_max,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    store_frames_max: u64,
+
+    /// Offline store: most bytes (frame lengths) kept for every user together; beyond it the
+    /// sender gets "507". The store's file grows to a small multiple of this at most.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().store_bytes_max,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    store_bytes_max: u64,
+
+    /// Offline store: requests queued for the storage thread at which BIN24 stops reading
+    /// its connections until the thread catches up (backpressure: no loss, bounded memory).
+    #[arg(long, value_name = "N", default_value_t = Config::default().store_requests_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    store_requests_max: u64,
+
+    /// BIN24: a stored frame the recipient's TCP has acknowledged counts as delivered (and
+    /// leaves the store) once the connection stays up this long after; a reset before then
+    /// keeps it stored. A client that answers the frame (type 1) confirms it at once.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().bin24_delivery_grace_ms)]
+    bin24_delivery_grace_ms: u64,
+
+    /// BIN24: most bytes of stored frames sent to one connection and not yet delivered; its
+    /// backlog waits beyond it.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().bin24_unconfirmed_bytes_per_conn_max as u64,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    bin24_unconfirmed_bytes_per_conn_max: u64,
+
+    /// BIN24: most bytes of stored frames held in memory for every connection together
+    /// (pages loading, loaded, sent and not yet acknowledged); a backlog waits its turn beyond.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().bin24_loaded_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    bin24_loaded_bytes_max: u64,
+
+    /// BIN24: who may log in, and from where: a text file, one user a line, its name then the
+    /// addresses or networks it may connect from (`bob 10.0.0.0/8 ::1`; `#` starts a comment).
+    /// Only they log in, and a message to anyone else is answered "507". Without it, anyone
+    /// may claim any name (a warning is logged when BIN24 listens beyond loopback).
+    #[arg(long, value_name = "FILE")]
+    bin24_users: Option<PathBuf>,
+
     /// Offline store: most requests made durable by one commit (group commit).
     #[arg(long, value_name = "N", default_value_t = Config::default().store_group_commit_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
@@ -394,6 +438,16 @@ impl Args {
         }
         let to_usize = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         let port = |value: u16| (value != 0).then_some(value);
+        let bin24_users = match &self.bin24_users {
+            None => None,
+            Some(path) => Some(UserList::load(path).map_err(|err| err.to_string())?),
+        };
+        if self.bin24_port != 0 && bin24_users.is_none() && !self.bind.is_loopback() {
+            warn!(
+                "BIN24 listens on {} without --bin24-users: anyone who reaches it can claim any                  name and receive its stored messages",
+                self.bind
+            );
+        }
         Ok(Config {
             bind_addr: self.bind,
             room_port: port(self.room_port),
@@ -442,6 +496,15 @@ impl Args {
             offline_frames_per_user_max: self.offline_frames_per_user_max,
             offline_bytes_per_user_max: self.offline_bytes_per_user_max,
             store_group_commit_max: to_usize(self.store_group_commit_max),
+            store_frames_max: self.store_frames_max,
+            store_bytes_max: self.store_bytes_max,
+            store_requests_max: to_usize(self.store_requests_max),
+            bin24_delivery_grace_ms: self.bin24_delivery_grace_ms,
+            bin24_unconfirmed_bytes_per_conn_max: to_usize(
+                self.bin24_unconfirmed_bytes_per_conn_max,
+            ),
+            bin24_loaded_bytes_max: to_usize(self.bin24_loaded_bytes_max),
+            bin24_users,
             connections_max: to_usize(self.connections_max),
             listen_backlog: self.listen_backlog,
             accepts_per_turn_max: to_usize(self.accepts_per_turn_max),

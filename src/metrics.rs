@@ -249,6 +249,41 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
             "Time each durable commit of the offline store took.",
             &store.commit_latency,
         );
+        out.counter(
+            "chatd_store_refused_full_total",
+            "Frames refused (\"507\") because the whole store was at --store-frames-max or \
+             --store-bytes-max.",
+            vec![sample(&[], store.refused_store_full)],
+        );
+        out.counter(
+            "chatd_bin24_stored_delivered_total",
+            "Stored frames counted as delivered and removed, by how: the client answered them, \
+             the connection stayed up for the grace after TCP acknowledged them, or it closed \
+             cleanly after acknowledging them.",
+            vec![
+                sample(&[("how", "answered")], store.delivered_answered),
+                sample(&[("how", "grace")], store.delivered_grace),
+                sample(&[("how", "clean_close")], store.delivered_clean_close),
+            ],
+        );
+        out.counter(
+            "chatd_bin24_stored_kept_for_redelivery_total",
+            "Stored frames sent whose connection ended before they counted as delivered: they \
+             stay stored and are sent again (a duplicate where the client had read them).",
+            vec![sample(&[], store.kept_for_redelivery)],
+        );
+        out.counter(
+            "chatd_bin24_logins_refused_total",
+            "BIN24 logins refused: not allowed by --bin24-users, or claiming a name held from \
+             another address.",
+            vec![sample(&[], store.logins_refused)],
+        );
+        out.gauge(
+            "chatd_bin24_loaded_bytes",
+            "Bytes of stored frames in memory: pages loading, loaded, sent and not yet \
+             acknowledged (bounded by --bin24-loaded-bytes-max).",
+            vec![sample(&[], store.loaded_bytes)],
+        );
     }
 
     out.histogram(
@@ -396,6 +431,7 @@ mod tests {
                 stored_frames: 7,
                 stored_bytes: 700,
                 stored_users: 2,
+                ..StoreMetrics::default()
             }),
             loop_turns: turns,
             connections_max: 10_000,

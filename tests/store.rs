@@ -110,6 +110,8 @@ impl Harness {
         self.store.submit(StoreRequest::Load {
             ticket,
             user: user.as_bytes().to_vec(),
+            after_seq: 0,
+            bytes_max: usize::MAX,
         });
         ticket
     }
@@ -181,6 +183,7 @@ fn expect_loaded(event: StoreEvent, ticket: u64, user: &str) -> Vec<(u64, Bytes)
             ticket: t,
             user: u,
             frames,
+            ..
         } if t == ticket && u == user.as_bytes() => frames,
         other => panic!("load {ticket} of {user}: {other:?}"),
     }

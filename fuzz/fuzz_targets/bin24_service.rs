@@ -1,10 +1,12 @@
 //! Bin24Service driven by several connections' arbitrary byte streams, split arbitrarily,
 //! with peers closing, time passing, store requests completing (stored, full, failed,
-//! loaded) in order, and queued stored frames reported written or not, in any order.
+//! loaded a page at a time) in order, queued stored frames reported acknowledged by TCP or
+//! not, in any order, and connections ending cleanly or by a reset.
 //!
 //! Invariants: no panic; output only to open connections; everything sent to a client, and
 //! every frame handed to the store, is exactly one well-formed frame of a type a client
-//! reads (0 message, 1 answer, 2 stored message; 2 in the store).
+//! reads (0 message, 1 answer, 2 stored message; 2 in the store); stored frames held in
+//! memory stay within the configured budget (plus one page, which always may load).
 #![no_main]
 
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use switchboard::protocol::bin24::codec::{self, Frame};
 use switchboard::protocol::bin24::{Bin24Config, Bin24Service, StoreSink};
 use switchboard::protocol::testing::RecordingOutbox;
-use switchboard::protocol::ConnId;
+use switchboard::protocol::{CloseReason, ConnId};
 use switchboard::store::{StoreEvent, StoreRequest};
 
 #[derive(Default)]
@@ -33,6 +35,8 @@ impl StoreSink for QueuedStore {
     }
 }
 
+const LOADED_BYTES_MAX: usize = 6_000;
+
 fuzz_target!(|data: &[u8]| {
     let mut ops = Ops::new(data);
     let mut service = Bin24Service::new(
@@ -40,6 +44,10 @@ fuzz_target!(|data: &[u8]| {
             ack_timeout_ms: 3_000,
             unacked_per_recipient_max: 4,
             offline_window_bytes: 2_048,
+            delivery_grace_ms: 500,
+            unconfirmed_bytes_per_conn_max: 8_192,
+            loaded_bytes_max: LOADED_BYTES_MAX,
+            users: None,
             timer_tick_ms: 10,
         },
         0,
@@ -57,7 +65,8 @@ fuzz_target!(|data: &[u8]| {
         match ops.byte() % 7 {
             0 => {
                 if let Some(id) = conns.accept(ops.slot()) {
-                    service.on_accept(id);
+                    let ip = std::net::IpAddr::from([127, 0, 0, ops.byte() % 2]);
+                    service.on_accept(id, ip);
                 }
             }
             1 | 6 => {
@@ -70,8 +79,13 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             2 => {
+                let reason = match ops.byte() % 3 {
+                    0 => CloseReason::PeerClosed,
+                    1 => CloseReason::PeerReset,
+                    _ => CloseReason::IoError,
+                };
                 if let Some(id) = conns.close(ops.slot()) {
-                    close(&mut service, id, &mut notes, &mut out, &mut store);
+                    close(&mut service, id, reason, &mut notes, &mut out, &mut store);
                 }
             }
             3 => {
@@ -95,17 +109,39 @@ fuzz_target!(|data: &[u8]| {
                             error: "fuzz".into(),
                         },
                         _ => {
-                            let seq = next_seq;
                             next_seq += 1;
+                            let seq = next_seq;
                             stored.entry(user).or_default().push((seq, frame));
                             StoreEvent::Appended { ticket, seq }
                         }
                     },
-                    StoreRequest::Load { ticket, user } => StoreEvent::Loaded {
+                    StoreRequest::Load {
                         ticket,
-                        frames: stored.get(&user).cloned().unwrap_or_default(),
                         user,
-                    },
+                        after_seq,
+                        bytes_max,
+                    } => {
+                        let mut frames = Vec::new();
+                        let mut bytes = 0;
+                        let mut more = false;
+                        for (seq, frame) in stored.get(&user).into_iter().flatten() {
+                            if *seq <= after_seq {
+                                continue;
+                            }
+                            if !frames.is_empty() && bytes + frame.len() > bytes_max {
+                                more = true;
+                                break;
+                            }
+                            bytes += frame.len();
+                            frames.push((*seq, frame.clone()));
+                        }
+                        StoreEvent::Loaded {
+                            ticket,
+                            frames,
+                            user,
+                            more,
+                        }
+                    }
                     StoreRequest::Remove { user, seqs } => {
                         if let Some(frames) = stored.get_mut(&user) {
                             frames.retain(|(seq, _)| !seqs.contains(seq));
@@ -113,15 +149,16 @@ fuzz_target!(|data: &[u8]| {
                         continue;
                     }
                 };
-                service.on_store_event(event, &mut out);
+                service.on_store_event(event, &mut out, &mut store);
             }
             _ => {
                 let how = usize::from(ops.byte());
                 if notes.is_empty() {
                     continue;
                 }
-                let (_, note) = notes.swap_remove(how % notes.len());
-                service.on_notify(note, how.is_multiple_of(2), &mut out, &mut store);
+                let (to, note) = notes.swap_remove(how % notes.len());
+                let acked = how.is_multiple_of(2);
+                service.on_notify(to, note, acked, now_ms, &mut out, &mut store);
             }
         }
         loop {
@@ -131,26 +168,40 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
             for id in gone {
-                close(&mut service, id, &mut notes, &mut out, &mut store);
+                close(
+                    &mut service,
+                    id,
+                    CloseReason::Replaced,
+                    &mut notes,
+                    &mut out,
+                    &mut store,
+                );
             }
         }
+        assert!(
+            service.loaded_bytes() <= LOADED_BYTES_MAX + codec::FRAME_BYTES_MAX * 2,
+            "{} bytes of stored frames held",
+            service.loaded_bytes()
+        );
     }
 });
 
-/// The reactor frees the connection, reports its unwritten notes, and tells the service.
+/// The reactor frees the connection, reports its unacknowledged notes, then tells the
+/// service.
 fn close(
     service: &mut Bin24Service,
     id: ConnId,
+    reason: CloseReason,
     notes: &mut Vec<(ConnId, u64)>,
     out: &mut RecordingOutbox,
     store: &mut QueuedStore,
 ) {
-    let (unwritten, kept): (Vec<_>, Vec<_>) = notes.drain(..).partition(|(to, _)| *to == id);
+    let (unacked, kept): (Vec<_>, Vec<_>) = notes.drain(..).partition(|(to, _)| *to == id);
     *notes = kept;
-    service.on_close(id, store);
-    for (_, note) in unwritten {
-        service.on_notify(note, false, out, store);
+    for (to, note) in unacked {
+        service.on_notify(to, note, false, 0, out, store);
     }
+    service.on_close(id, reason, out, store);
 }
 
 fn check_output(out: &mut RecordingOutbox, conns: &Conns, notes: &mut Vec<(ConnId, u64)>) {

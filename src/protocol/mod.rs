@@ -21,8 +21,11 @@ pub mod testing;
 /// Why a connection is closed. Logged, and counted in the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The peer closed its side (EOF) or reset the connection.
+    /// The peer closed its side cleanly (EOF: a FIN).
     PeerClosed,
+    /// The peer reset the connection (a program that closes with unread data makes its
+    /// kernel send a reset), or a write found it gone.
+    PeerReset,
     /// A socket error other than a reset.
     IoError,
     /// The peer sent something the protocol cannot accept; framing can no longer be trusted.
@@ -45,8 +48,9 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in [`CloseReason::index`] order: the statistics count closes per reason.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::PeerClosed,
+        CloseReason::PeerReset,
         CloseReason::IoError,
         CloseReason::ProtocolError,
         CloseReason::HandshakeTimeout,
@@ -63,15 +67,16 @@ impl CloseReason {
     pub fn index(self) -> usize {
         match self {
             CloseReason::PeerClosed => 0,
-            CloseReason::IoError => 1,
-            CloseReason::ProtocolError => 2,
-            CloseReason::HandshakeTimeout => 3,
-            CloseReason::Timeout => 4,
-            CloseReason::SlowConsumer => 5,
-            CloseReason::Replaced => 6,
-            CloseReason::Done => 7,
-            CloseReason::Shutdown => 8,
-            CloseReason::InputRate => 9,
+            CloseReason::PeerReset => 1,
+            CloseReason::IoError => 2,
+            CloseReason::ProtocolError => 3,
+            CloseReason::HandshakeTimeout => 4,
+            CloseReason::Timeout => 5,
+            CloseReason::SlowConsumer => 6,
+            CloseReason::Replaced => 7,
+            CloseReason::Done => 8,
+            CloseReason::Shutdown => 9,
+            CloseReason::InputRate => 10,
         }
     }
 
@@ -79,6 +84,7 @@ impl CloseReason {
     pub fn label(self) -> &'static str {
         match self {
             CloseReason::PeerClosed => "peer_closed",
+            CloseReason::PeerReset => "peer_reset",
             CloseReason::IoError => "io_error",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::HandshakeTimeout => "handshake_timeout",
@@ -94,6 +100,7 @@ impl CloseReason {
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::PeerClosed => "peer closed",
+            CloseReason::PeerReset => "peer reset",
             CloseReason::IoError => "i/o error",
             CloseReason::ProtocolError => "protocol error",
             CloseReason::HandshakeTimeout => "handshake timeout",
@@ -128,10 +135,11 @@ pub trait Outbox {
     fn send(&mut self, to: ConnId, bytes: Bytes);
 
     /// Queue `bytes` for `to` like [`Outbox::send`], and report `note` back to the protocol once
-    /// the bytes have been written to the socket (`written` true), or once the connection has
-    /// closed without writing them (false). BIN24 removes a stored frame only after it was
-    /// written. Returns false, and reports nothing, when the bytes could not be queued (the
-    /// connection is gone or closing).
+    /// the peer's TCP has acknowledged every byte of them (`acked` true), or once the connection
+    /// has closed without that (false). Notes of one connection are reported in the order they
+    /// were queued. BIN24 counts a stored frame as delivered only after its acknowledgement.
+    /// Returns false, and reports nothing, when the bytes could not be queued (the connection
+    /// is gone or closing).
     fn send_notify(&mut self, to: ConnId, bytes: Bytes, note: u64) -> bool;
 
     /// Ask for `id` to be closed. The protocol is told through its `on_close` when it is gone,

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use bytes::{Buf, Bytes, BytesMut};
 use log::{debug, warn};
@@ -36,7 +37,10 @@ pub(crate) enum IoOutcome {
     Continue,
     /// The kernel has nothing more now; wait for the next edge.
     WouldBlock,
+    /// The peer closed cleanly (a read returned EOF).
     Closed,
+    /// The peer reset the connection, or it is gone under a write.
+    Reset,
     Error,
 }
 
@@ -45,11 +49,38 @@ fn classify(err: &io::Error) -> IoOutcome {
         io::ErrorKind::WouldBlock => IoOutcome::WouldBlock,
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::UnexpectedEof => IoOutcome::Closed,
+        | io::ErrorKind::BrokenPipe => IoOutcome::Reset,
+        io::ErrorKind::UnexpectedEof => IoOutcome::Closed,
         _ => IoOutcome::Error,
     }
 }
+
+/// Bytes written to `stream` that its peer's TCP has not acknowledged yet (SIOCOUTQ).
+///
+/// `unsafe` because no dependency wraps this ioctl, and it is the one way to learn what the
+/// peer has received: BIN24 counts a stored frame as delivered only once acknowledged.
+fn unacked_bytes(stream: &TcpStream) -> io::Result<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ's number on Linux) writes one c_int through its argument,
+    // which points to `queued`, a live, writable c_int; the descriptor is an open TCP socket
+    // owned by `stream` for the whole call. Nothing else is read or written.
+    let rc = unsafe {
+        libc::ioctl(
+            stream.as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut queued as *mut libc::c_int,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(queued).unwrap_or(0))
+}
+
+/// How often a connection waiting for its peer's acknowledgements is asked again: at once
+/// while they arrive, backing off to this while they do not (a peer that stopped reading).
+const ACK_CHECK_INTERVAL_MIN_MS: u64 = 1;
+const ACK_CHECK_INTERVAL_MAX_MS: u64 = 250;
 
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
@@ -73,13 +104,19 @@ pub(crate) struct Conn {
     /// the offset where its buffer ends.
     queued_bytes_total: u64,
     written_bytes_total: u64,
-    /// (end offset, note) of buffers queued with `send_notify`, in queue order.
+    /// (end offset, note) of buffers queued with `send_notify`, in queue order; each is
+    /// reported once the peer has acknowledged its end offset.
     notes: VecDeque<(u64, u64)>,
+    /// When to ask the kernel again what the peer acknowledged, while notes wait on it.
+    ack_check_at_ms: Option<u64>,
+    ack_check_interval_ms: u64,
     /// The protocol said the user is identified, or the protocol keeps its own handshake
     /// deadline: the reactor's handshake deadline no longer applies.
     pub(crate) identified: bool,
     /// Input budget (`--input-bytes-per-s-max`), taken from by every read.
     pub(crate) input_budget: TokenBucket,
+    /// Not read for now (backpressure from the store); listed in the server's paused list.
+    pub(crate) input_paused: bool,
 }
 
 impl Conn {
@@ -110,8 +147,11 @@ impl Conn {
             queued_bytes_total: 0,
             written_bytes_total: 0,
             notes: VecDeque::new(),
+            ack_check_at_ms: None,
+            ack_check_interval_ms: ACK_CHECK_INTERVAL_MIN_MS,
             identified: false,
             input_budget,
+            input_paused: false,
         }
     }
 
@@ -208,6 +248,52 @@ impl Conn {
         self.out.is_empty()
     }
 
+    /// Whether a written note waits for its acknowledgement (notes of bytes still queued wait
+    /// for the write first).
+    fn awaits_ack(&self) -> bool {
+        self.notes
+            .front()
+            .is_some_and(|&(end, _)| end <= self.written_bytes_total)
+    }
+
+    /// Ask the kernel how much the peer has acknowledged and pop the notes it covers, calling
+    /// `due` with each. Returns whether any was popped.
+    fn pop_acked_notes(&mut self, mut due: impl FnMut(u64)) -> bool {
+        if !self.awaits_ack() {
+            return false;
+        }
+        let unacked = match unacked_bytes(&self.stream) {
+            Ok(unacked) => unacked,
+            Err(err) => {
+                debug!("SIOCOUTQ on {}: {err}", self.peer);
+                return false;
+            }
+        };
+        let acked_total = self.written_bytes_total.saturating_sub(unacked);
+        let mut popped = false;
+        while let Some(&(end, note)) = self.notes.front() {
+            if end > acked_total {
+                break;
+            }
+            self.notes.pop_front();
+            due(note);
+            popped = true;
+        }
+        popped
+    }
+
+    /// The peer closed cleanly (EOF): report what it acknowledged before, unless a reset
+    /// came after the FIN (then the kernel dropped the queue and nothing more is known, so
+    /// the close counts as a reset). Returns whether the close is still clean.
+    pub(crate) fn final_ack_check(&mut self, mut due: impl FnMut(u64)) -> bool {
+        match self.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => return false,
+        }
+        self.pop_acked_notes(&mut due);
+        true
+    }
+
     /// Gives back the memory of emptied queues and of an emptied read buffer that grew large,
     /// so an idle connection costs little (the target: under 1 KiB per idle connection).
     pub(crate) fn release_idle_memory(&mut self) {
@@ -249,8 +335,10 @@ pub(crate) struct ConnTable {
     pub(crate) now_ms: u64,
     /// Output queued across all connections (the shutdown waits for it to reach zero).
     pub(crate) out_bytes_total: usize,
-    /// Notes of `send_notify` that are due: (connection, its protocol, note, written).
+    /// Notes of `send_notify` that are due: (connection, its protocol, note, acknowledged).
     pub(crate) notes_due: Vec<(ConnId, ProtocolKind, u64, bool)>,
+    /// Connections whose written notes wait for the peer's acknowledgement.
+    ack_watch: Vec<ConnId>,
 }
 
 impl ConnTable {
@@ -267,7 +355,62 @@ impl ConnTable {
             now_ms: 0,
             out_bytes_total: 0,
             notes_due: Vec::new(),
+            ack_watch: Vec::new(),
         }
+    }
+
+    /// Ask the kernel about the acknowledgements of every watched connection that is due,
+    /// turning acknowledged notes into due notes; connections with nothing left to wait for
+    /// leave the watch.
+    pub(crate) fn check_acks(&mut self) {
+        if self.ack_watch.is_empty() {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let notes_due = &mut self.notes_due;
+        let slab = &mut self.slab;
+        self.ack_watch.retain(|&id| {
+            let slot = id.slot as usize;
+            let Some(conn) = slab.get_mut(slot).filter(|c| c.generation == id.generation) else {
+                return false;
+            };
+            if !conn.awaits_ack() {
+                conn.ack_check_at_ms = None;
+                return false;
+            }
+            let Some(at_ms) = conn.ack_check_at_ms else {
+                return false;
+            };
+            if at_ms > now_ms {
+                return true;
+            }
+            let kind = conn.kind;
+            let progressed = conn.pop_acked_notes(|note| notes_due.push((id, kind, note, true)));
+            if !conn.awaits_ack() {
+                conn.ack_check_at_ms = None;
+                return false;
+            }
+            conn.ack_check_interval_ms = if progressed {
+                ACK_CHECK_INTERVAL_MIN_MS
+            } else {
+                (conn.ack_check_interval_ms * 2).min(ACK_CHECK_INTERVAL_MAX_MS)
+            };
+            conn.ack_check_at_ms = Some(now_ms + conn.ack_check_interval_ms);
+            true
+        });
+    }
+
+    /// When the next acknowledgement check is due, if any connection waits for one.
+    pub(crate) fn next_ack_check_ms(&self) -> Option<u64> {
+        self.ack_watch
+            .iter()
+            .filter_map(|id| {
+                self.slab
+                    .get(id.slot as usize)
+                    .filter(|conn| conn.generation == id.generation)
+                    .and_then(|conn| conn.ack_check_at_ms)
+            })
+            .min()
     }
 
     /// The live connection `id` names, if its generation still matches.
@@ -339,12 +482,16 @@ impl ConnTable {
                 conn.soft_over_since_ms = None;
             }
             let id = ConnId::new(slot as u32, conn.generation);
-            while let Some(&(end, note)) = conn.notes.front() {
-                if end > conn.written_bytes_total {
-                    break;
+            if conn.awaits_ack() {
+                // On loopback the acknowledgement is often back before the write returns.
+                let kind = conn.kind;
+                let notes_due = &mut self.notes_due;
+                conn.pop_acked_notes(|note| notes_due.push((id, kind, note, true)));
+                if conn.awaits_ack() && conn.ack_check_at_ms.is_none() {
+                    conn.ack_check_interval_ms = ACK_CHECK_INTERVAL_MIN_MS;
+                    conn.ack_check_at_ms = Some(self.now_ms + ACK_CHECK_INTERVAL_MIN_MS);
+                    self.ack_watch.push(id);
                 }
-                conn.notes.pop_front();
-                self.notes_due.push((id, conn.kind, note, true));
             }
             conn.release_idle_memory();
             let drained_while_closing =
@@ -355,7 +502,9 @@ impl ConnTable {
                         self.push_close(slot);
                     }
                 }
-                IoOutcome::Closed => self.close(id, CloseReason::PeerClosed, CloseMode::Now),
+                IoOutcome::Closed | IoOutcome::Reset => {
+                    self.close(id, CloseReason::PeerReset, CloseMode::Now)
+                }
                 IoOutcome::Error => self.close(id, CloseReason::IoError, CloseMode::Now),
             }
         }
@@ -389,6 +538,7 @@ impl ConnTable {
         for (_, note) in conn.notes.drain(..) {
             self.notes_due.push((id, conn.kind, note, false));
         }
+        conn.ack_check_at_ms = None;
         dropped
     }
 }
@@ -460,12 +610,11 @@ impl Outbox for ConnTable {
         }
         if let Some(conn) = self.get_mut(to) {
             let end = conn.queued_bytes_total;
-            let kind = conn.kind;
+            conn.notes.push_back((end, note));
             if end <= conn.written_bytes_total {
-                // Nothing to wait for (an empty buffer).
-                self.notes_due.push((to, kind, note, true));
-            } else {
-                conn.notes.push_back((end, note));
+                // An empty buffer: nothing to write, but it is reported in order, after the
+                // acknowledgement of what was written before it, which the flush checks.
+                self.mark_flush(to.slot as usize);
             }
         }
         true

@@ -235,6 +235,8 @@ pub struct Server {
     loop_turns: Histogram,
     /// Returns freed heap to the kernel after a large burst of queued output.
     heap_trim: trim::HeapTrim,
+    /// BIN24 connections not read while the store's queue is full, resumed when it drains.
+    input_paused: Vec<ConnId>,
     /// The last clock reading, since `start`: `now_ms` at full resolution.
     clock: Duration,
 }
@@ -426,6 +428,7 @@ impl Server {
             admin,
             loop_turns: Histogram::default(),
             heap_trim: trim::HeapTrim::default(),
+            input_paused: Vec::new(),
             clock: Duration::ZERO,
             config,
         })
@@ -533,7 +536,7 @@ impl Server {
             }
             self.serve_ready_list(carried);
             self.serve_udp();
-            self.services.on_store_events(&mut self.table);
+            self.on_store_events();
             self.fire_timers();
             self.heap_trim.observe(self.table.out_bytes_total);
             self.flush_and_close();
@@ -546,6 +549,7 @@ impl Server {
                     self.heap_trim.trims()
                 );
             }
+            self.table.check_acks();
             self.dispatch_notes();
             self.accept_all();
             self.accept_admin();
@@ -571,7 +575,22 @@ impl Server {
         Ok(stats)
     }
 
-    /// Tell protocols which `send_notify` buffers were written, or never will be.
+    /// Hand store completions to their protocol, and resume the BIN24 connections paused for
+    /// backpressure once the store's queue is below its cap.
+    fn on_store_events(&mut self) {
+        self.services.on_store_events(&mut self.table);
+        if self.input_paused.is_empty() || self.services.bin24_input_paused() {
+            return;
+        }
+        for id in std::mem::take(&mut self.input_paused) {
+            if let Some(conn) = self.table.get_mut(id) {
+                conn.input_paused = false;
+                self.table.mark_ready(id.slot as usize);
+            }
+        }
+    }
+
+    /// Tell protocols which `send_notify` buffers were acknowledged, or never will be.
     fn dispatch_notes(&mut self) {
         if self.table.notes_due.is_empty() {
             return;
@@ -579,9 +598,10 @@ impl Server {
         // Reported notes may queue more output (the next part of a backlog); it is flushed
         // next turn, which polls without sleeping because the flush list is not empty.
         let notes = std::mem::take(&mut self.table.notes_due);
-        for &(_, kind, note, written) in &notes {
+        let now_ms = self.now_ms;
+        for &(id, kind, note, acked) in &notes {
             self.services
-                .on_notify(kind, note, written, &mut self.table);
+                .on_notify(kind, id, note, acked, now_ms, &mut self.table);
         }
     }
 
@@ -614,6 +634,7 @@ impl Server {
             self.shutdown_deadline_ms,
             self.admin.as_ref().and_then(Admin::next_deadline_ms),
             self.heap_trim.next_deadline_ms(self.now_ms),
+            self.table.next_ack_check_ms(),
         ];
         let earliest = deadlines.into_iter().flatten().min()?;
         Some(Duration::from_millis(earliest.saturating_sub(self.now_ms)))
@@ -629,7 +650,7 @@ impl Server {
             }
             Source::Signal => self.handle_signals_event(),
             Source::Waker => {
-                self.services.on_store_events(&mut self.table);
+                self.on_store_events();
                 if self.shared.shutdown_requested.load(Ordering::SeqCst) {
                     self.begin_shutdown("shutdown requested");
                 }
@@ -736,6 +757,15 @@ impl Server {
                 return;
             }
             let kind = conn.kind;
+            if kind == ProtocolKind::Bin24 && self.services.bin24_input_paused() {
+                // Backpressure: the store's queue is full. The bytes wait in the kernel (and
+                // the sender's TCP window closes) until the storage thread catches up.
+                if !conn.input_paused {
+                    conn.input_paused = true;
+                    self.input_paused.push(id);
+                }
+                return;
+            }
             let (outcome, count) = conn.read_once(&mut self.scratch);
             match outcome {
                 IoOutcome::Continue => {
@@ -767,6 +797,11 @@ impl Server {
                     self.end_burst(id);
                     self.table
                         .close(id, CloseReason::PeerClosed, CloseMode::Now);
+                    return;
+                }
+                IoOutcome::Reset => {
+                    self.table.stats.read_calls += 1;
+                    self.table.close(id, CloseReason::PeerReset, CloseMode::Now);
                     return;
                 }
                 IoOutcome::Error => {
@@ -935,6 +970,23 @@ impl Server {
     }
 
     fn free_conn(&mut self, slot: usize) {
+        let mut clean_close = false;
+        if let Some(id) = self.table.id_of(slot) {
+            let table = &mut self.table;
+            if let Some(conn) = table.slab.get_mut(slot) {
+                if conn
+                    .closing()
+                    .is_some_and(|(reason, _)| reason == CloseReason::PeerClosed)
+                {
+                    // What the peer acknowledged before its FIN it has read (a program that
+                    // closes with unread data sends a reset instead): tell the protocol first.
+                    let kind = conn.kind;
+                    let notes_due = &mut table.notes_due;
+                    clean_close =
+                        conn.final_ack_check(|note| notes_due.push((id, kind, note, true)));
+                }
+            }
+        }
         let dropped = self.table.discard_output(slot);
         let Some(mut conn) = self.table.slab.try_remove(slot) else {
             return;
@@ -961,6 +1013,12 @@ impl Server {
         self.per_ip.remove(conn.peer.ip());
         let kind = conn.kind;
         drop(conn);
+        // A reset that followed the FIN makes it a reset for the protocol too.
+        let reason = if reason == CloseReason::PeerClosed && !clean_close {
+            CloseReason::PeerReset
+        } else {
+            reason
+        };
         self.table.stats.connections_open -= 1;
         self.table.stats.connections_closed += 1;
         let counters = &mut self.table.stats.by_protocol[kind.index()];
@@ -971,7 +1029,10 @@ impl Server {
         self.shared
             .connections_open
             .store(self.table.stats.connections_open, Ordering::Relaxed);
-        self.services.on_close(kind, id, &mut self.table);
+        // Notes first (acknowledged, or never), then the close, so the protocol sees them in
+        // the order they happened.
+        self.dispatch_notes();
+        self.services.on_close(kind, id, reason, &mut self.table);
         if self.accept_gate.at_cap && self.table.slab.len() <= self.resume_below() {
             self.accept_gate.at_cap = false;
         }

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use crate::chat::ConnId;
 use crate::config::Config;
-use crate::protocol::bin24::{Bin24Config, Bin24Service, StoreSink};
+use crate::protocol::bin24::{Bin24Config, Bin24Service, CustodyCounts, StoreSink};
 use crate::protocol::ccm::{os_token_source, CcmConfig, CcmService};
 use crate::protocol::matou::{MatouConfig, MatouService};
 use crate::protocol::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
@@ -104,6 +104,8 @@ const UDP_DATAGRAM_IN_BYTES_MAX: usize = 4096;
 struct Bin24 {
     service: Bin24Service,
     store: OfflineStore,
+    /// `--store-requests-max`: BIN24 input pauses while this many requests are queued.
+    requests_max: usize,
 }
 
 /// One service per enabled protocol; `None` where the protocol is disabled.
@@ -145,6 +147,8 @@ impl Services {
                         data_dir: config.data_dir.clone(),
                         frames_per_user_max: config.offline_frames_per_user_max,
                         bytes_per_user_max: config.offline_bytes_per_user_max,
+                        frames_max: config.store_frames_max,
+                        bytes_max: config.store_bytes_max,
                         group_commit_max: config.store_group_commit_max,
                     },
                     wake,
@@ -154,11 +158,19 @@ impl Services {
                         ack_timeout_ms: config.bin24_ack_timeout_ms,
                         unacked_per_recipient_max: config.bin24_unacked_per_recipient_max,
                         offline_window_bytes: config.bin24_offline_window_bytes,
+                        delivery_grace_ms: config.bin24_delivery_grace_ms,
+                        unconfirmed_bytes_per_conn_max: config.bin24_unconfirmed_bytes_per_conn_max,
+                        loaded_bytes_max: config.bin24_loaded_bytes_max,
+                        users: config.bin24_users.clone(),
                         timer_tick_ms: config.timer_tick_ms,
                     },
                     now_ms,
                 );
-                Some(Bin24 { service, store })
+                Some(Bin24 {
+                    service,
+                    store,
+                    requests_max: config.store_requests_max.max(1),
+                })
             }
         };
         let ccm = config.ccm_port.map(|_| {
@@ -248,7 +260,7 @@ impl Services {
             }
             ProtocolKind::Bin24 => {
                 if let Some(bin24) = self.bin24.as_mut() {
-                    bin24.service.on_accept(id);
+                    bin24.service.on_accept(id, peer.ip());
                 }
             }
             ProtocolKind::Ccm => {
@@ -340,7 +352,13 @@ impl Services {
         }
     }
 
-    pub(crate) fn on_close<O: Outbox>(&mut self, kind: ProtocolKind, id: ConnId, out: &mut O) {
+    pub(crate) fn on_close<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        reason: CloseReason,
+        out: &mut O,
+    ) {
         match kind {
             ProtocolKind::Room => {
                 if let Some(room) = self.room.as_mut() {
@@ -349,7 +367,7 @@ impl Services {
             }
             ProtocolKind::Bin24 => {
                 if let Some(bin24) = self.bin24.as_mut() {
-                    bin24.service.on_close(id, &mut bin24.store);
+                    bin24.service.on_close(id, reason, out, &mut bin24.store);
                 }
             }
             ProtocolKind::Ccm => {
@@ -393,12 +411,15 @@ impl Services {
         }
     }
 
-    /// A buffer queued with `send_notify` was written (or never will be).
+    /// A buffer of `id` queued with `send_notify` was acknowledged by the peer's TCP (or
+    /// never will be).
     pub(crate) fn on_notify<O: Outbox>(
         &mut self,
         kind: ProtocolKind,
+        id: ConnId,
         note: u64,
-        written: bool,
+        acked: bool,
+        now_ms: u64,
         out: &mut O,
     ) {
         match kind {
@@ -407,7 +428,7 @@ impl Services {
                 if let Some(bin24) = self.bin24.as_mut() {
                     bin24
                         .service
-                        .on_notify(note, written, out, &mut bin24.store);
+                        .on_notify(id, note, acked, now_ms, out, &mut bin24.store);
                 }
             }
         }
@@ -417,14 +438,34 @@ impl Services {
     pub(crate) fn on_store_events<O: Outbox>(&mut self, out: &mut O) {
         if let Some(bin24) = self.bin24.as_mut() {
             while let Some(event) = bin24.store.try_recv() {
-                bin24.service.on_store_event(event, out);
+                bin24.service.on_store_event(event, out, &mut bin24.store);
             }
         }
     }
 
+    /// Whether BIN24 input must wait: the store's queue is at `--store-requests-max`, so
+    /// reading more frames (each may become a store request) would only grow memory. Reading
+    /// resumes when the storage thread has caught up.
+    pub(crate) fn bin24_input_paused(&self) -> bool {
+        self.bin24
+            .as_ref()
+            .is_some_and(|bin24| bin24.store.pending() >= bin24.requests_max)
+    }
+
     /// The store's gauges and counters, when BIN24 (and so the store) is enabled.
     pub(crate) fn store_metrics(&self) -> Option<StoreMetrics> {
-        self.bin24.as_ref().map(|bin24| bin24.store.metrics())
+        self.bin24.as_ref().map(|bin24| {
+            let custody: CustodyCounts = bin24.service.custody();
+            StoreMetrics {
+                delivered_answered: custody.delivered_answered,
+                delivered_grace: custody.delivered_grace,
+                delivered_clean_close: custody.delivered_clean_close,
+                kept_for_redelivery: custody.kept_for_redelivery,
+                logins_refused: custody.logins_refused,
+                loaded_bytes: bin24.service.loaded_bytes() as u64,
+                ..bin24.store.metrics()
+            }
+        })
     }
 
     /// Make everything submitted to the store durable, and stop its thread (at shutdown).

@@ -19,6 +19,9 @@ pub(crate) struct Usage {
 pub(crate) struct Limits {
     pub(crate) frames_per_user_max: u64,
     pub(crate) bytes_per_user_max: u64,
+    /// Every user together: what bounds the disk, whatever the number of recipients.
+    pub(crate) frames_max: u64,
+    pub(crate) bytes_max: u64,
 }
 
 /// The answer to "may this frame be stored?".
@@ -28,6 +31,8 @@ pub(crate) enum Admit {
     Seq(u64),
     /// No: it would take the user past a limit.
     Full,
+    /// No: it would take the whole store past `--store-frames-max` or `--store-bytes-max`.
+    StoreFull,
     /// No: the u64 sequence space is used up (not reachable in practice).
     SeqExhausted,
 }
@@ -46,6 +51,10 @@ pub(crate) struct Ledger {
     next_seq: u64,
     /// The sum of `committed`, kept as it changes so reporting it costs nothing.
     committed_total: Usage,
+    /// What the current batch added to (positive) or took from the total, so the global
+    /// limits see the batch's own appends.
+    tentative_frames_delta: i64,
+    tentative_bytes_delta: i64,
 }
 
 impl Ledger {
@@ -64,6 +73,8 @@ impl Ledger {
             tentative: HashMap::new(),
             next_seq: next_seq.max(FIRST_SEQ),
             committed_total,
+            tentative_frames_delta: 0,
+            tentative_bytes_delta: 0,
         }
     }
 
@@ -91,13 +102,35 @@ impl Ledger {
         self.committed.len()
     }
 
-    /// Admit a frame of `len` bytes for `name` if it fits under both limits, counting it.
+    /// Frames and bytes held for every user together, including the current batch.
+    pub(crate) fn tentative_total(&self) -> Usage {
+        let apply = |base: u64, delta: i64| -> u64 {
+            if delta >= 0 {
+                base.saturating_add(delta.unsigned_abs())
+            } else {
+                base.saturating_sub(delta.unsigned_abs())
+            }
+        };
+        Usage {
+            frames: apply(self.committed_total.frames, self.tentative_frames_delta),
+            bytes: apply(self.committed_total.bytes, self.tentative_bytes_delta),
+        }
+    }
+
+    /// Admit a frame of `len` bytes for `name` if it fits under the user's limits and the
+    /// store's, counting it.
     pub(crate) fn admit(&mut self, name: &Name, len: u64) -> Admit {
         let usage = self.usage(name);
         let frames = usage.frames.saturating_add(1);
         let bytes = usage.bytes.saturating_add(len);
         if frames > self.limits.frames_per_user_max || bytes > self.limits.bytes_per_user_max {
             return Admit::Full;
+        }
+        let total = self.tentative_total();
+        if total.frames.saturating_add(1) > self.limits.frames_max
+            || total.bytes.saturating_add(len) > self.limits.bytes_max
+        {
+            return Admit::StoreFull;
         }
         // u64::MAX stays unused so that it can close a user's key range.
         if self.next_seq >= u64::MAX - 1 {
@@ -106,12 +139,18 @@ impl Ledger {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.tentative.insert(*name, Usage { frames, bytes });
+        self.tentative_frames_delta += 1;
+        self.tentative_bytes_delta += i64::try_from(len).unwrap_or(i64::MAX);
         Admit::Seq(seq)
     }
 
     /// A frame of `len` bytes of `name` was removed.
     pub(crate) fn release(&mut self, name: &Name, len: u64) {
         let usage = self.usage(name);
+        if usage.frames > 0 {
+            self.tentative_frames_delta -= 1;
+            self.tentative_bytes_delta -= i64::try_from(len.min(usage.bytes)).unwrap_or(i64::MAX);
+        }
         let usage = Usage {
             frames: usage.frames.saturating_sub(1),
             bytes: usage.bytes.saturating_sub(len),
@@ -121,6 +160,8 @@ impl Ledger {
 
     /// The batch's commit returned: its changes are now what is durable.
     pub(crate) fn commit(&mut self) {
+        self.tentative_frames_delta = 0;
+        self.tentative_bytes_delta = 0;
         for (name, usage) in self.tentative.drain() {
             let before = if usage.frames == 0 {
                 self.committed.remove(&name)
@@ -138,6 +179,8 @@ impl Ledger {
     /// numbers it used).
     pub(crate) fn rollback(&mut self) {
         self.tentative.clear();
+        self.tentative_frames_delta = 0;
+        self.tentative_bytes_delta = 0;
     }
 }
 
@@ -150,7 +193,49 @@ mod tests {
         Limits {
             frames_per_user_max: frames,
             bytes_per_user_max: bytes,
+            frames_max: u64::MAX,
+            bytes_max: u64::MAX,
         }
+    }
+
+    #[test]
+    fn the_store_wide_limits_count_every_user_and_the_batch_in_progress() {
+        let mut ledger = Ledger::new(
+            Limits {
+                frames_max: 3,
+                bytes_max: 100,
+                ..limits(10, 1000)
+            },
+            HashMap::from([(
+                name("old"),
+                Usage {
+                    frames: 1,
+                    bytes: 40,
+                },
+            )]),
+            5,
+        );
+        assert!(matches!(ledger.admit(&name("a"), 30), Admit::Seq(_)));
+        // 40 + 30 + 31 > 100: refused although the user holds little.
+        assert_eq!(ledger.admit(&name("b"), 31), Admit::StoreFull);
+        assert!(matches!(ledger.admit(&name("b"), 30), Admit::Seq(_)));
+        // Three frames held: the frame limit now refuses even a small one.
+        assert_eq!(ledger.admit(&name("c"), 1), Admit::StoreFull);
+        // A removal in the same batch makes room at once.
+        ledger.release(&name("old"), 40);
+        assert!(matches!(ledger.admit(&name("c"), 1), Admit::Seq(_)));
+        ledger.commit();
+        assert_eq!(
+            ledger.total(),
+            Usage {
+                frames: 3,
+                bytes: 61
+            }
+        );
+        assert_eq!(ledger.admit(&name("d"), 1), Admit::StoreFull);
+        ledger.release(&name("a"), 30);
+        ledger.rollback();
+        assert_eq!(ledger.admit(&name("d"), 1), Admit::StoreFull);
     }
 
     fn name(user: &str) -> Name {

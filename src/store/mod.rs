@@ -48,9 +48,16 @@ pub enum StoreRequest {
         user: UserKey,
         frame: Bytes,
     },
-    /// Read every frame stored for `user`, oldest first (sees every Append submitted before it).
-    Load { ticket: u64, user: UserKey },
-    /// Remove these frames of `user` (they were written to its socket). Unknown seqs are ignored.
+    /// Read `user`'s frames after `after_seq`, oldest first, as many as fit in `bytes_max`
+    /// (at least one): a backlog is loaded a page at a time, so a large one never sits in
+    /// memory whole. Sees every Append submitted before it.
+    Load {
+        ticket: u64,
+        user: UserKey,
+        after_seq: u64,
+        bytes_max: usize,
+    },
+    /// Remove these frames of `user` (they were delivered). Unknown seqs are ignored.
     Remove { user: UserKey, seqs: Vec<u64> },
 }
 
@@ -60,12 +67,15 @@ pub enum StoreRequest {
 pub enum StoreEvent {
     /// The frame is durable (its commit has returned). `seq` identifies it for Remove.
     Appended { ticket: u64, seq: u64 },
-    /// Not stored: the user's store is full (frames or bytes limit). Nothing was written.
+    /// Not stored: the user's store is full (frames or bytes limit), or the whole store is
+    /// (`--store-frames-max`, `--store-bytes-max`). Nothing was written.
     Full { ticket: u64 },
     Loaded {
         ticket: u64,
         user: UserKey,
         frames: Vec<(u64, Bytes)>,
+        /// More frames follow the last one returned.
+        more: bool,
     },
     /// The store failed (I/O error, corruption found at run time). `ticket` if tied to a request.
     /// The server treats this as fatal for durability and logs it at error level.
@@ -80,6 +90,10 @@ pub struct StoreConfig {
     pub frames_per_user_max: u64,
     /// Most bytes (sum of frame lengths) stored for one user.
     pub bytes_per_user_max: u64,
+    /// Most frames and bytes stored for every user together: the disk's bound, whatever the
+    /// number of recipients.
+    pub frames_max: u64,
+    pub bytes_max: u64,
     /// Most requests run in one transaction (one durable commit); 0 counts as 1.
     pub group_commit_max: usize,
 }
@@ -90,6 +104,8 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("data"),
             frames_per_user_max: 100_000,
             bytes_per_user_max: 64 * 1024 * 1024,
+            frames_max: 10_000_000,
+            bytes_max: 1024 * 1024 * 1024,
             group_commit_max: 512,
         }
     }
@@ -107,6 +123,8 @@ pub(crate) struct Shared {
     stored_frames: AtomicU64,
     stored_bytes: AtomicU64,
     stored_users: AtomicU64,
+    /// Appends refused because the whole store was at its limit.
+    refused_store_full: AtomicU64,
     wake: Mutex<Box<dyn Fn() + Send>>,
 }
 
@@ -119,6 +137,7 @@ impl Shared {
             stored_frames: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_users: AtomicU64::new(0),
+            refused_store_full: AtomicU64::new(0),
             wake: Mutex::new(wake),
         }
     }
@@ -152,6 +171,18 @@ pub struct StoreMetrics {
     pub stored_frames: u64,
     pub stored_bytes: u64,
     pub stored_users: u64,
+    /// Appends refused ("507") because the whole store was at `--store-frames-max` or
+    /// `--store-bytes-max`.
+    pub refused_store_full: u64,
+    /// Filled in by the server from BIN24's custody of stored frames (the store itself does
+    /// not know them): frames delivered by how, frames kept for redelivery, refused logins,
+    /// and stored bytes held in memory.
+    pub delivered_answered: u64,
+    pub delivered_grace: u64,
+    pub delivered_clean_close: u64,
+    pub kept_for_redelivery: u64,
+    pub logins_refused: u64,
+    pub loaded_bytes: u64,
 }
 
 /// The reactor's handle on the store. Not `Sync`: it belongs to one thread.
@@ -245,6 +276,8 @@ impl OfflineStore {
             stored_frames: self.shared.stored_frames.load(Ordering::Relaxed),
             stored_bytes: self.shared.stored_bytes.load(Ordering::Relaxed),
             stored_users: self.shared.stored_users.load(Ordering::Relaxed),
+            refused_store_full: self.shared.refused_store_full.load(Ordering::Relaxed),
+            ..StoreMetrics::default()
         }
     }
 

@@ -75,6 +75,8 @@ impl Worker {
         let limits = Limits {
             frames_per_user_max: config.frames_per_user_max,
             bytes_per_user_max: config.bytes_per_user_max,
+            frames_max: config.frames_max,
+            bytes_max: config.bytes_max,
         };
         let ledger = Ledger::new(limits, usage, next_seq);
         info!(
@@ -270,13 +272,25 @@ impl Worker {
                             counts.full += 1;
                             events.push(StoreEvent::Full { ticket });
                         }
+                        Admit::StoreFull => {
+                            counts.full += 1;
+                            self.shared
+                                .refused_store_full
+                                .fetch_add(1, Ordering::Relaxed);
+                            events.push(StoreEvent::Full { ticket });
+                        }
                         Admit::SeqExhausted => events.push(StoreEvent::Failed {
                             ticket: Some(ticket),
                             error: "the store's sequence numbers are used up".to_string(),
                         }),
                     }
                 }
-                StoreRequest::Load { ticket, user } => {
+                StoreRequest::Load {
+                    ticket,
+                    user,
+                    after_seq,
+                    bytes_max,
+                } => {
                     counts.loads += 1;
                     let name = match keys::name_of(user) {
                         Ok(name) => name,
@@ -288,11 +302,12 @@ impl Worker {
                             continue;
                         }
                     };
-                    match load(&frames, &name) {
-                        Ok(loaded) => events.push(StoreEvent::Loaded {
+                    match load(&frames, &name, *after_seq, *bytes_max) {
+                        Ok((loaded, more)) => events.push(StoreEvent::Loaded {
                             ticket: *ticket,
                             user: user.clone(),
                             frames: loaded,
+                            more,
                         }),
                         Err(LoadError::Corrupt(error)) => events.push(StoreEvent::Failed {
                             ticket: Some(*ticket),
@@ -338,13 +353,18 @@ enum LoadError {
     Storage(redb::Error),
 }
 
-/// Every frame of `name`, oldest first.
+/// `name`'s frames after `after_seq`, oldest first, while they fit in `bytes_max` (at least
+/// one), and whether more follow.
 fn load(
     frames: &impl ReadableTable<&'static [u8], &'static [u8]>,
     name: &Name,
-) -> Result<Vec<(u64, Bytes)>, LoadError> {
-    let (first, last) = keys::user_range(name);
+    after_seq: u64,
+    bytes_max: usize,
+) -> Result<(Vec<(u64, Bytes)>, bool), LoadError> {
+    let first = keys::frame_key(name, after_seq.saturating_add(1));
+    let (_, last) = keys::user_range(name);
     let mut loaded = Vec::new();
+    let mut loaded_bytes = 0usize;
     let range = frames
         .range::<&[u8]>(&first[..]..=&last[..])
         .map_err(|e| LoadError::Storage(e.into()))?;
@@ -352,7 +372,12 @@ fn load(
         let (key, value) = entry.map_err(|e| LoadError::Storage(e.into()))?;
         match keys::decode_frame_key(key.value()) {
             Some((stored, seq)) if stored == *name => {
-                loaded.push((seq, Bytes::copy_from_slice(value.value())));
+                let frame = value.value();
+                if !loaded.is_empty() && loaded_bytes.saturating_add(frame.len()) > bytes_max {
+                    return Ok((loaded, true));
+                }
+                loaded_bytes = loaded_bytes.saturating_add(frame.len());
+                loaded.push((seq, Bytes::copy_from_slice(frame)));
             }
             _ => {
                 return Err(LoadError::Corrupt(format!(
@@ -362,7 +387,7 @@ fn load(
             }
         }
     }
-    Ok(loaded)
+    Ok((loaded, false))
 }
 
 /// `Failed` for every request that has a ticket, and one without a ticket if the batch had
@@ -545,6 +570,8 @@ mod tests {
         StoreRequest::Load {
             ticket,
             user: user.as_bytes().to_vec(),
+            after_seq: 0,
+            bytes_max: usize::MAX,
         }
     }
 
@@ -556,6 +583,47 @@ mod tests {
                 .iter()
                 .map(|&(seq, f)| (seq, Bytes::copy_from_slice(f.as_bytes())))
                 .collect(),
+            more: false,
+        }
+    }
+
+    #[test]
+    fn a_backlog_loads_a_page_at_a_time_from_where_the_last_page_ended() {
+        let dir = TempDir::new("pages");
+        let mut worker = open_worker(&dir, 100);
+        worker.execute(vec![
+            append(1, "ann", "aaaa"),
+            append(2, "bob", "bbbb"),
+            append(3, "ann", "cccc"),
+            append(4, "ann", "dddd"),
+        ]);
+        let page = |after_seq, bytes_max| StoreRequest::Load {
+            ticket: 9,
+            user: b"ann".to_vec(),
+            after_seq,
+            bytes_max,
+        };
+        let frames = |list: &[(u64, &str)]| -> Vec<(u64, Bytes)> {
+            list.iter()
+                .map(|&(seq, f)| (seq, Bytes::copy_from_slice(f.as_bytes())))
+                .collect()
+        };
+        let events = worker.execute(vec![page(0, 8), page(3, 8), page(0, 1), page(4, 8)]);
+        let expected = [
+            (frames(&[(1, "aaaa"), (3, "cccc")]), true),
+            (frames(&[(4, "dddd")]), false),
+            // A page smaller than one frame still carries that frame.
+            (frames(&[(1, "aaaa")]), true),
+            (frames(&[]), false),
+        ];
+        assert_eq!(events.len(), expected.len());
+        for (event, (want, want_more)) in events.into_iter().zip(expected) {
+            match event {
+                StoreEvent::Loaded { frames, more, .. } => {
+                    assert_eq!((frames, more), (want, want_more));
+                }
+                other => panic!("not Loaded: {other:?}"),
+            }
         }
     }
 
@@ -630,6 +698,8 @@ mod tests {
             StoreRequest::Load {
                 ticket: 3,
                 user: b"a\0b".to_vec(),
+                after_seq: 0,
+                bytes_max: 1024,
             },
             StoreRequest::Remove {
                 user: b"123456789".to_vec(),

@@ -3,8 +3,10 @@
 
 pub mod codec;
 mod service;
+pub mod users;
 
-pub use service::{Bin24Config, Bin24Service, StoreSink};
+pub use service::{Bin24Config, Bin24Service, CustodyCounts, StoreSink};
+pub use users::{UserList, UsersFileError};
 
 #[cfg(test)]
 mod tests;

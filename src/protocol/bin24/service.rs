@@ -2,12 +2,14 @@
 //! out. The durable store is reached through [`StoreSink`] and answers through
 //! [`Bin24Service::on_store_event`], so every rule is testable without sockets or disks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
 use log::{debug, warn};
 
 use super::codec::{self, Frame, Name};
+use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::store::{StoreEvent, StoreRequest};
@@ -25,10 +27,25 @@ pub struct Bin24Config {
     /// Most messages awaiting an answer from one recipient; beyond it, new messages to that
     /// recipient go to its offline store instead of its socket.
     pub unacked_per_recipient_max: usize,
-    /// Stored frames queued to a connection and not yet written, in bytes. A backlog (up to
-    /// the store's 64 MiB per user) goes out a window at a time, so it never trips the output
-    /// limits that protect the server from slow readers.
+    /// A backlog is loaded from the store a page of this many bytes at a time, and at most
+    /// this many bytes of stored frames are queued to a connection and not yet acknowledged
+    /// by its TCP peer, so a backlog (up to the store's 64 MiB per user) never trips the
+    /// output limits that protect the server from slow readers.
     pub offline_window_bytes: usize,
+    /// A stored frame the peer's TCP has acknowledged counts as delivered once the connection
+    /// has stayed up this long after (a peer that closes with unread data resets the
+    /// connection, and a reset within this time keeps the frame stored).
+    pub delivery_grace_ms: u64,
+    /// Most bytes of stored frames sent to one connection and not yet counted as delivered;
+    /// the backlog waits beyond it.
+    pub unconfirmed_bytes_per_conn_max: usize,
+    /// Most bytes of stored frames in memory for every connection together: pages being
+    /// loaded, loaded and not yet queued, queued and not yet acknowledged. A connection whose
+    /// next page does not fit waits its turn.
+    pub loaded_bytes_max: usize,
+    /// With a list, only its users log in, from their addresses; a message to anyone else is
+    /// refused with "507" (it could never be delivered).
+    pub users: Option<UserList>,
     pub timer_tick_ms: u64,
 }
 
@@ -38,6 +55,10 @@ impl Default for Bin24Config {
             ack_timeout_ms: 3_000,
             unacked_per_recipient_max: 10_000,
             offline_window_bytes: 256 * 1024,
+            delivery_grace_ms: 5_000,
+            unconfirmed_bytes_per_conn_max: 16 * 1024 * 1024,
+            loaded_bytes_max: 64 * 1024 * 1024,
+            users: None,
             timer_tick_ms: 10,
         }
     }
@@ -61,29 +82,91 @@ enum Ticket {
         recipient: Name,
         message_id: u32,
     },
-    /// The stored frames of a user who just connected.
-    Load { conn: ConnId },
+    /// The next page of `user`'s stored frames, for `conn`; `reserved_bytes` of the global
+    /// budget are held for it until it arrives.
+    Load {
+        conn: ConnId,
+        user: Name,
+        reserved_bytes: usize,
+    },
 }
 
-#[derive(Debug, Default)]
+/// A stored frame queued to a connection and not yet counted as delivered. The frame's bytes
+/// are not kept: if it is not delivered, it is still in the store and is loaded again.
+#[derive(Debug)]
+struct Sent {
+    seq: u64,
+    /// The stored frame's SRC and messageID, which an answering client names.
+    src: Name,
+    message_id: u32,
+    frame_bytes: usize,
+    /// This connection's number for it, reported back by the reactor once acknowledged.
+    note: u64,
+    /// When the peer's TCP acknowledged it.
+    acked_at_ms: Option<u64>,
+}
+
+#[derive(Debug)]
 struct Bin24Conn {
+    peer_ip: IpAddr,
     /// Set by the first frame's SRC.
     user: Option<Name>,
     /// Pending-ack keys of messages forwarded to this connection.
     unacked: Vec<(Name, u32)>,
     /// Stored frames loaded for this connection and not yet queued to it, oldest first.
     backlog: VecDeque<(u64, Bytes)>,
-    /// Bytes of stored frames queued to the socket and not yet written.
-    backlog_in_flight_bytes: usize,
+    backlog_bytes: usize,
+    /// Stored frames queued to it and not yet delivered, in stream order.
+    sent: VecDeque<Sent>,
+    /// Bytes of `sent` not yet acknowledged by the peer's TCP, and not yet delivered.
+    sent_unacked_bytes: usize,
+    sent_unconfirmed_bytes: usize,
+    next_note: u64,
+    /// The last stored seq loaded; the next page starts after it.
+    cursor_seq: u64,
+    /// Whether the store may hold more of this user's frames after `cursor_seq`.
+    more_stored: bool,
+    /// A page is being loaded for this connection.
+    loading: bool,
+    /// Waiting in `load_waiters` for room in the global budget.
+    waiting_for_budget: bool,
 }
 
-/// What a `send_notify` note stands for: the stored frame `seq` of `user`, queued to `conn`.
-#[derive(Debug, Clone, Copy)]
-struct DeliveryNote {
-    user: Name,
-    conn: ConnId,
-    seq: u64,
-    frame_bytes: usize,
+impl Bin24Conn {
+    fn new(peer_ip: IpAddr) -> Self {
+        Bin24Conn {
+            peer_ip,
+            user: None,
+            unacked: Vec::new(),
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            sent: VecDeque::new(),
+            sent_unacked_bytes: 0,
+            sent_unconfirmed_bytes: 0,
+            next_note: 0,
+            cursor_seq: 0,
+            more_stored: false,
+            loading: false,
+            waiting_for_budget: false,
+        }
+    }
+}
+
+/// What custody of stored frames came to, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CustodyCounts {
+    /// Stored frames counted as delivered, by how: the client answered (type 1), the
+    /// connection stayed up for the grace after its TCP acknowledged them, or it closed
+    /// cleanly (FIN) after acknowledging them.
+    pub delivered_answered: u64,
+    pub delivered_grace: u64,
+    pub delivered_clean_close: u64,
+    /// Stored frames sent whose connection ended before they counted as delivered: they stay
+    /// stored and are sent again (a duplicate if the client had in fact read them).
+    pub kept_for_redelivery: u64,
+    /// Logins refused: not in `--bin24-users`, or from another address than the name's
+    /// current holder.
+    pub logins_refused: u64,
 }
 
 pub struct Bin24Service {
@@ -96,14 +179,40 @@ pub struct Bin24Service {
     ack_deadlines: TimerWheel<(Name, u32)>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
-    /// Stored frames queued to a socket, by note.
-    deliveries: HashMap<u64, DeliveryNote>,
-    next_note: u64,
+    /// Users with a page load in flight: at most one per user, whatever its connections do.
+    loading_users: HashSet<Name>,
+    /// Bytes of stored frames in memory (see `Bin24Config::loaded_bytes_max`).
+    loaded_bytes: usize,
+    /// Connections waiting for room in that budget, in arrival order.
+    load_waiters: VecDeque<ConnId>,
+    /// (due, connection, note): acknowledged frames up to `note` count as delivered at `due`
+    /// if their connection is still up. Pushed in time order, so a queue is a timer.
+    grace: VecDeque<(u64, ConnId, u64)>,
+    custody: CustodyCounts,
 }
 
 /// Slots of the ack wheel: 10 ms ticks, so one revolution covers about 5 s, more than the
 /// default 3 s ack timeout: timers fire on their first pass.
 const WHEEL_SLOT_COUNT: usize = 512;
+
+/// How far into a connection's sent frames an answer is looked for: a client answers in the
+/// order it reads, so its answer names one of the oldest; a bound keeps a flood of answers
+/// naming nothing from costing a scan each.
+const ANSWER_SCAN_MAX: usize = 64;
+
+/// The SRC and messageID of a stored frame; a stored frame too short to hold them (a damaged
+/// store) gets a name no answer can carry, so only the transport can confirm it.
+fn stored_frame_key(bytes: &[u8]) -> (Name, u32) {
+    let id = bytes
+        .get(4..8)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    let src = bytes
+        .get(8..16)
+        .and_then(|b| <&[u8; 8]>::try_from(b).ok())
+        .map_or_else(|| Name::from_field(&[0; 8]), Name::from_field);
+    (src, id)
+}
 
 impl Bin24Service {
     pub fn new(config: Bin24Config, now_ms: u64) -> Self {
@@ -116,8 +225,11 @@ impl Bin24Service {
             ack_deadlines,
             tickets: HashMap::new(),
             next_ticket: 0,
-            deliveries: HashMap::new(),
-            next_note: 0,
+            loading_users: HashSet::new(),
+            loaded_bytes: 0,
+            load_waiters: VecDeque::new(),
+            grace: VecDeque::new(),
+            custody: CustodyCounts::default(),
         }
     }
 
@@ -136,8 +248,17 @@ impl Bin24Service {
         self.tickets.len()
     }
 
-    pub fn on_accept(&mut self, id: ConnId) {
-        self.conns.insert(id, Bin24Conn::default());
+    /// Bytes of stored frames held in memory now (pages loading, loaded, not yet acknowledged).
+    pub fn loaded_bytes(&self) -> usize {
+        self.loaded_bytes
+    }
+
+    pub fn custody(&self) -> CustodyCounts {
+        self.custody
+    }
+
+    pub fn on_accept(&mut self, id: ConnId, peer_ip: IpAddr) {
+        self.conns.insert(id, Bin24Conn::new(peer_ip));
     }
 
     /// Decode and act on every whole frame in `input`; a bad frame closes the connection.
@@ -188,7 +309,7 @@ impl Bin24Service {
             return false;
         }
         let src = frame.src();
-        let Some(conn) = self.conns.get_mut(id) else {
+        let Some(conn) = self.conns.get(id) else {
             return false;
         };
         let first_frame = match conn.user {
@@ -204,29 +325,69 @@ impl Bin24Service {
                 return false;
             }
             None => {
-                conn.user = Some(src);
-                out.mark_identified(id);
-                if let Some(older) = self.users.insert(src, id) {
-                    // The newer connection wins; the older one leaves as if it disconnected,
-                    // and what it had not answered goes to the store for the newcomer.
-                    self.disconnect(older, store);
-                    self.users.insert(src, id);
-                    out.close(older, CloseReason::Replaced, CloseMode::Now);
+                if !self.login(id, src, out, store) {
+                    return false;
                 }
                 true
             }
         };
         match frame_type {
             codec::TYPE_MESSAGE => self.on_message(frame, now_ms, out, store),
-            _ => self.on_answer(src, frame, out),
+            _ => self.on_answer(id, src, frame, out, store),
         }
         if first_frame {
             // Rule 2: after the first frame is processed, the stored frames follow.
-            let ticket = self.ticket(Ticket::Load { conn: id });
-            store.submit(StoreRequest::Load {
-                ticket,
-                user: src.as_bytes().to_vec(),
-            });
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.more_stored = true;
+            }
+            self.pump_backlog(id, out, store);
+        }
+        true
+    }
+
+    /// `src` claims connection `id`. Refused (closed, as BIN24 has no refusal frame) when a
+    /// users list does not allow it from this address, or when another address holds the
+    /// name: a newer login replaces the holder only from the holder's own address.
+    fn login<O: Outbox, S: StoreSink>(
+        &mut self,
+        id: ConnId,
+        src: Name,
+        out: &mut O,
+        store: &mut S,
+    ) -> bool {
+        let Some(peer_ip) = self.conns.get(id).map(|conn| conn.peer_ip) else {
+            return false;
+        };
+        let listed = self
+            .config
+            .users
+            .as_ref()
+            .is_none_or(|users| users.allows(&src, peer_ip));
+        let holder = self.users.get(&src).copied();
+        let holder_ip = holder.and_then(|older| self.conns.get(older).map(|c| c.peer_ip));
+        if !listed || holder_ip.is_some_and(|ip| ip != peer_ip) {
+            debug!(
+                "{id}: login as {src} from {peer_ip} refused ({})",
+                if listed {
+                    "held from another address"
+                } else {
+                    "not allowed by the users list"
+                }
+            );
+            self.custody.logins_refused += 1;
+            self.reject(id, out);
+            return false;
+        }
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.user = Some(src);
+        }
+        out.mark_identified(id);
+        if let Some(older) = self.users.insert(src, id) {
+            // The newer connection wins; the older one leaves as if it disconnected, and
+            // what it had not answered goes to the store for the newcomer.
+            self.disconnect(older, store);
+            self.users.insert(src, id);
+            out.close(older, CloseReason::Replaced, CloseMode::Now);
         }
         true
     }
@@ -241,6 +402,16 @@ impl Bin24Service {
         let sender = frame.src();
         let recipient = frame.dst();
         let message_id = frame.message_id();
+        if self
+            .config
+            .users
+            .as_ref()
+            .is_some_and(|users| !users.knows(&recipient))
+        {
+            // No such user can ever log in: storing it would only fill the disk.
+            self.answer(sender, recipient, message_id, codec::ANSWER_STORE_FULL, out);
+            return;
+        }
         let online = self.users.get(&recipient).copied().filter(|conn| {
             self.conns
                 .get(*conn)
@@ -277,8 +448,16 @@ impl Bin24Service {
     }
 
     /// Rule 5: forwarded verbatim (the original client's answers carry garbage after "200"),
-    /// and the answered message's timer is cancelled.
-    fn on_answer<O: Outbox>(&mut self, answerer: Name, frame: Frame, out: &mut O) {
+    /// and the answered message's timer is cancelled. An answer to a stored frame this
+    /// connection was sent makes it, and every stored frame sent before it, delivered.
+    fn on_answer<O: Outbox, S: StoreSink>(
+        &mut self,
+        id: ConnId,
+        answerer: Name,
+        frame: Frame,
+        out: &mut O,
+        store: &mut S,
+    ) {
         let key = (frame.dst(), frame.message_id());
         if self
             .pending
@@ -289,6 +468,17 @@ impl Bin24Service {
                 self.ack_deadlines.cancel(pending.timer);
                 self.forget_unacked(pending.recipient_conn, key);
             }
+        }
+        let answered = self.conns.get(id).and_then(|conn| {
+            conn.sent
+                .iter()
+                .take(ANSWER_SCAN_MAX)
+                .position(|sent| (sent.src, sent.message_id) == key)
+        });
+        if let Some(at) = answered {
+            let count = self.confirm(id, at + 1, store);
+            self.custody.delivered_answered += count;
+            self.pump_backlog(id, out, store);
         }
         if let Some(&to) = self.users.get(&frame.dst()) {
             out.send(to, frame.into_bytes());
@@ -333,12 +523,23 @@ impl Bin24Service {
     }
 
     /// The user of `conn` is no longer reachable there: forget its name (if it still points
-    /// here) and move every message it had not answered to its offline store.
+    /// here), move every message it had not answered to its offline store, and let go of
+    /// its backlog (what was not delivered is still stored).
     fn disconnect<S: StoreSink>(&mut self, conn: ConnId, store: &mut S) {
         let Some(state) = self.conns.get_mut(conn) else {
             return;
         };
         let unacked = std::mem::take(&mut state.unacked);
+        let released = state.backlog_bytes + state.sent_unacked_bytes;
+        state.backlog.clear();
+        state.backlog_bytes = 0;
+        state.sent_unacked_bytes = 0;
+        state.more_stored = false;
+        let kept = state.sent.len() as u64;
+        state.sent.clear();
+        state.sent_unconfirmed_bytes = 0;
+        self.custody.kept_for_redelivery += kept;
+        self.loaded_bytes = self.loaded_bytes.saturating_sub(released);
         if let Some(user) = state.user {
             if self.users.get(&user) == Some(&conn) {
                 self.users.remove(&user);
@@ -357,18 +558,43 @@ impl Bin24Service {
         out.close(id, CloseReason::ProtocolError, CloseMode::Now);
     }
 
-    /// `id` is gone: its unanswered messages go to the store, its name is free.
-    pub fn on_close<S: StoreSink>(&mut self, id: ConnId, store: &mut S) {
+    /// `id` is gone: its unanswered messages go to the store, its name is free. After a clean
+    /// close (`reason` PeerClosed: the peer sent FIN, which Linux does only when the closing
+    /// program had read everything that had arrived), the stored frames its TCP acknowledged
+    /// are delivered; after anything else (a reset, our own close) they stay stored.
+    pub fn on_close<O: Outbox, S: StoreSink>(
+        &mut self,
+        id: ConnId,
+        reason: CloseReason,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        if reason == CloseReason::PeerClosed {
+            let acked = self.conns.get(id).map_or(0, |conn| {
+                conn.sent
+                    .iter()
+                    .take_while(|sent| sent.acked_at_ms.is_some())
+                    .count()
+            });
+            let count = self.confirm(id, acked, store);
+            self.custody.delivered_clean_close += count;
+        }
         self.disconnect(id, store);
         self.conns.remove(id);
+        self.serve_load_waiters(out, store);
     }
 
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.ack_deadlines.next_deadline_ms()
+        let grace = self.grace.front().map(|&(due, _, _)| due);
+        [self.ack_deadlines.next_deadline_ms(), grace]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Rule 6: an unanswered message makes its recipient count as disconnected: it is closed
     /// and everything it had not answered moves to its store (senders hear "300" when durable).
+    /// Acknowledged stored frames whose grace has passed are delivered.
     pub fn on_timers<O: Outbox, S: StoreSink>(&mut self, now_ms: u64, out: &mut O, store: &mut S) {
         while let Some(key) = self.ack_deadlines.poll_expired(now_ms) {
             let Some(pending) = self.pending.get(&key) else {
@@ -382,10 +608,68 @@ impl Bin24Service {
             self.disconnect(recipient_conn, store);
             out.close(recipient_conn, CloseReason::Timeout, CloseMode::Now);
         }
+        while let Some(&(due, conn, note)) = self.grace.front() {
+            if due > now_ms {
+                break;
+            }
+            self.grace.pop_front();
+            let count = self.conns.get(conn).map_or(0, |state| {
+                state
+                    .sent
+                    .iter()
+                    .take_while(|sent| sent.note <= note && sent.acked_at_ms.is_some())
+                    .count()
+            });
+            if count > 0 {
+                let count = self.confirm(conn, count, store);
+                self.custody.delivered_grace += count;
+                self.pump_backlog(conn, out, store);
+            }
+        }
+    }
+
+    /// The first `count` frames sent to `conn` are delivered: they leave the store. Returns
+    /// how many that was.
+    fn confirm<S: StoreSink>(&mut self, conn: ConnId, count: usize, store: &mut S) -> u64 {
+        let Some(state) = self.conns.get_mut(conn) else {
+            return 0;
+        };
+        let Some(user) = state.user else {
+            return 0;
+        };
+        let count = count.min(state.sent.len());
+        if count == 0 {
+            return 0;
+        }
+        let mut seqs = Vec::with_capacity(count);
+        let mut released = 0;
+        for sent in state.sent.drain(..count) {
+            seqs.push(sent.seq);
+            state.sent_unconfirmed_bytes = state
+                .sent_unconfirmed_bytes
+                .saturating_sub(sent.frame_bytes);
+            if sent.acked_at_ms.is_none() {
+                // Answered before its TCP acknowledgement was seen.
+                state.sent_unacked_bytes =
+                    state.sent_unacked_bytes.saturating_sub(sent.frame_bytes);
+                released += sent.frame_bytes;
+            }
+        }
+        self.loaded_bytes = self.loaded_bytes.saturating_sub(released);
+        store.submit(StoreRequest::Remove {
+            user: user.as_bytes().to_vec(),
+            seqs,
+        });
+        count as u64
     }
 
     /// A store request completed.
-    pub fn on_store_event<O: Outbox>(&mut self, event: StoreEvent, out: &mut O) {
+    pub fn on_store_event<O: Outbox, S: StoreSink>(
+        &mut self,
+        event: StoreEvent,
+        out: &mut O,
+        store: &mut S,
+    ) {
         match event {
             StoreEvent::Appended { ticket, .. } => {
                 if let Some(Ticket::Append {
@@ -409,100 +693,224 @@ impl Bin24Service {
             }
             StoreEvent::Loaded {
                 ticket,
-                user,
                 frames,
+                more,
+                ..
             } => {
-                let Some(Ticket::Load { conn }) = self.tickets.remove(&ticket) else {
+                let Some(Ticket::Load {
+                    conn,
+                    user,
+                    reserved_bytes,
+                }) = self.tickets.remove(&ticket)
+                else {
                     return;
                 };
-                let Some(name) = Name::new(&user) else {
-                    return;
-                };
-                // Only if the connection that asked still holds the name; otherwise the frames
-                // stay stored for whoever connects next.
-                if self.users.get(&name) != Some(&conn) {
-                    return;
-                }
-                if let Some(state) = self.conns.get_mut(conn) {
-                    state.backlog.extend(frames);
-                }
-                self.pump_backlog(conn, name, out);
+                self.on_page(conn, user, reserved_bytes, Ok((frames, more)), out, store);
             }
             StoreEvent::Failed { ticket, error } => {
                 warn!("offline store failed: {error}");
-                if let Some(Ticket::Append {
-                    sender,
-                    recipient,
-                    message_id,
-                }) = ticket.and_then(|t| self.tickets.remove(&t))
-                {
-                    // Not durable: the sender must not be told "300".
-                    self.answer(sender, recipient, message_id, codec::ANSWER_STORE_FULL, out);
+                match ticket.and_then(|t| self.tickets.remove(&t)) {
+                    Some(Ticket::Append {
+                        sender,
+                        recipient,
+                        message_id,
+                    }) => {
+                        // Not durable: the sender must not be told "300".
+                        self.answer(sender, recipient, message_id, codec::ANSWER_STORE_FULL, out);
+                    }
+                    Some(Ticket::Load {
+                        conn,
+                        user,
+                        reserved_bytes,
+                    }) => self.on_page(conn, user, reserved_bytes, Err(()), out, store),
+                    None => {}
                 }
             }
         }
     }
 
-    /// Queue stored frames to `conn` while less than a window of them is unwritten.
-    fn pump_backlog<O: Outbox>(&mut self, conn: ConnId, user: Name, out: &mut O) {
-        let window_bytes = self.config.offline_window_bytes;
-        loop {
-            let Some(state) = self.conns.get_mut(conn) else {
-                return;
-            };
-            if state.backlog_in_flight_bytes >= window_bytes {
-                return;
-            }
-            let Some((seq, bytes)) = state.backlog.pop_front() else {
-                return;
-            };
-            let frame_bytes = bytes.len();
-            let note = self.next_note;
-            self.next_note += 1;
-            if !out.send_notify(conn, bytes, note) {
-                // The connection is going away: the rest stays stored for next time.
-                state.backlog.clear();
-                return;
-            }
-            state.backlog_in_flight_bytes += frame_bytes;
-            self.deliveries.insert(
-                note,
-                DeliveryNote {
-                    user,
-                    conn,
-                    seq,
-                    frame_bytes,
-                },
-            );
-        }
-    }
-
-    /// A frame sent with `send_notify` was written to the socket (`written`), or will never be
-    /// (the connection closed first). A written stored frame leaves the store, and the next
-    /// part of the backlog goes out.
-    pub fn on_notify<O: Outbox, S: StoreSink>(
+    /// A page of `user`'s backlog arrived for `conn` (or its load failed).
+    fn on_page<O: Outbox, S: StoreSink>(
         &mut self,
-        note: u64,
-        written: bool,
+        conn: ConnId,
+        user: Name,
+        reserved_bytes: usize,
+        page: Result<(Vec<(u64, Bytes)>, bool), ()>,
         out: &mut O,
         store: &mut S,
     ) {
-        let Some(delivery) = self.deliveries.remove(&note) else {
+        self.loading_users.remove(&user);
+        self.loaded_bytes = self.loaded_bytes.saturating_sub(reserved_bytes);
+        let holder = self.users.get(&user).copied();
+        if holder == Some(conn) {
+            if let Some(state) = self.conns.get_mut(conn) {
+                state.loading = false;
+                match page {
+                    Ok((frames, more)) => {
+                        let bytes: usize = frames.iter().map(|(_, frame)| frame.len()).sum();
+                        if let Some(&(last_seq, _)) = frames.last() {
+                            state.cursor_seq = last_seq;
+                        }
+                        state.more_stored = more;
+                        state.backlog.extend(frames);
+                        state.backlog_bytes += bytes;
+                        self.loaded_bytes += bytes;
+                    }
+                    // The frames stay stored; they are tried again at the next login.
+                    Err(()) => state.more_stored = false,
+                }
+            }
+            self.pump_backlog(conn, out, store);
+        } else if let Some(holder) = holder {
+            // The page was for a connection replaced meanwhile: the name's holder now may
+            // load (one load per user at a time).
+            self.pump_backlog(holder, out, store);
+        }
+        self.serve_load_waiters(out, store);
+    }
+
+    /// Queue stored frames to `conn` while its window and its unconfirmed budget allow, and
+    /// ask for the next page when the loaded ones are all queued.
+    fn pump_backlog<O: Outbox, S: StoreSink>(&mut self, conn: ConnId, out: &mut O, store: &mut S) {
+        let window_bytes = self.config.offline_window_bytes;
+        let unconfirmed_max = self.config.unconfirmed_bytes_per_conn_max;
+        let Some(state) = self.conns.get_mut(conn) else {
             return;
         };
-        if !written {
+        let Some(user) = state.user else {
+            return;
+        };
+        while state.sent_unacked_bytes < window_bytes
+            && state.sent_unconfirmed_bytes < unconfirmed_max
+        {
+            let Some((seq, bytes)) = state.backlog.pop_front() else {
+                break;
+            };
+            let frame_bytes = bytes.len();
+            state.backlog_bytes = state.backlog_bytes.saturating_sub(frame_bytes);
+            let (src, message_id) = stored_frame_key(&bytes);
+            let note = state.next_note;
+            state.next_note += 1;
+            if !out.send_notify(conn, bytes, note) {
+                // The connection is going away: the rest stays stored for next time.
+                self.loaded_bytes = self
+                    .loaded_bytes
+                    .saturating_sub(frame_bytes + state.backlog_bytes);
+                state.backlog.clear();
+                state.backlog_bytes = 0;
+                state.more_stored = false;
+                return;
+            }
+            state.sent_unacked_bytes += frame_bytes;
+            state.sent_unconfirmed_bytes += frame_bytes;
+            state.sent.push_back(Sent {
+                seq,
+                src,
+                message_id,
+                frame_bytes,
+                note,
+                acked_at_ms: None,
+            });
+        }
+        let wants_page = state.backlog.is_empty()
+            && state.more_stored
+            && !state.loading
+            && !state.waiting_for_budget
+            && state.sent_unacked_bytes < window_bytes
+            && state.sent_unconfirmed_bytes < unconfirmed_max;
+        if wants_page && !self.loading_users.contains(&user) {
+            self.request_page(conn, user, store);
+        }
+    }
+
+    /// Load `user`'s next page for `conn` if the global budget has room, else wait in line.
+    fn request_page<S: StoreSink>(&mut self, conn: ConnId, user: Name, store: &mut S) {
+        let page_bytes = self.config.offline_window_bytes.max(codec::FRAME_BYTES_MAX);
+        let Some(state) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if self.loaded_bytes.saturating_add(page_bytes) > self.config.loaded_bytes_max
+            && self.loaded_bytes > 0
+        {
+            state.waiting_for_budget = true;
+            self.load_waiters.push_back(conn);
             return;
         }
-        store.submit(StoreRequest::Remove {
-            user: delivery.user.as_bytes().to_vec(),
-            seqs: vec![delivery.seq],
+        state.loading = true;
+        let after_seq = state.cursor_seq;
+        self.loaded_bytes += page_bytes;
+        self.loading_users.insert(user);
+        let ticket = self.ticket(Ticket::Load {
+            conn,
+            user,
+            reserved_bytes: page_bytes,
         });
-        if let Some(state) = self.conns.get_mut(delivery.conn) {
-            state.backlog_in_flight_bytes = state
-                .backlog_in_flight_bytes
-                .saturating_sub(delivery.frame_bytes);
-            self.pump_backlog(delivery.conn, delivery.user, out);
+        store.submit(StoreRequest::Load {
+            ticket,
+            user: user.as_bytes().to_vec(),
+            after_seq,
+            bytes_max: page_bytes,
+        });
+    }
+
+    /// Give freed budget to the connections waiting for it, in order.
+    fn serve_load_waiters<O: Outbox, S: StoreSink>(&mut self, out: &mut O, store: &mut S) {
+        let page_bytes = self.config.offline_window_bytes.max(codec::FRAME_BYTES_MAX);
+        while !self.load_waiters.is_empty()
+            && (self.loaded_bytes.saturating_add(page_bytes) <= self.config.loaded_bytes_max
+                || self.loaded_bytes == 0)
+        {
+            let Some(conn) = self.load_waiters.pop_front() else {
+                break;
+            };
+            if let Some(state) = self.conns.get_mut(conn) {
+                state.waiting_for_budget = false;
+                self.pump_backlog(conn, out, store);
+            }
         }
+    }
+
+    /// A stored frame sent with `send_notify` to `conn` was acknowledged by the peer's TCP
+    /// (`acked`), or never will be (the connection closed first: nothing to do, it is still
+    /// stored). An acknowledged frame is delivered once the grace passes with the connection
+    /// still up; the next part of the backlog goes out.
+    pub fn on_notify<O: Outbox, S: StoreSink>(
+        &mut self,
+        conn: ConnId,
+        note: u64,
+        acked: bool,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        if !acked {
+            return;
+        }
+        let Some(state) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let Ok(at) = state.sent.binary_search_by_key(&note, |sent| sent.note) else {
+            // Already delivered (answered before its acknowledgement was seen).
+            return;
+        };
+        let Some(sent) = state.sent.get_mut(at) else {
+            return;
+        };
+        if sent.acked_at_ms.is_some() {
+            return;
+        }
+        sent.acked_at_ms = Some(now_ms);
+        let frame_bytes = sent.frame_bytes;
+        state.sent_unacked_bytes = state.sent_unacked_bytes.saturating_sub(frame_bytes);
+        self.loaded_bytes = self.loaded_bytes.saturating_sub(frame_bytes);
+        let due = now_ms.saturating_add(self.config.delivery_grace_ms);
+        match self.grace.back_mut() {
+            // Acknowledgements come in bursts: one entry per connection and instant.
+            Some(last) if last.0 == due && last.1 == conn => last.2 = last.2.max(note),
+            _ => self.grace.push_back((due, conn, note)),
+        }
+        self.pump_backlog(conn, out, store);
+        self.serve_load_waiters(out, store);
     }
 
     /// Answer `sender` (wherever it is connected now) about its message to `recipient`, in the

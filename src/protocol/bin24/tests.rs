@@ -9,6 +9,11 @@ use crate::protocol::{CloseMode, CloseReason, ConnId};
 use crate::store::{StoreEvent, StoreRequest};
 
 const ACK_MS: u64 = 3_000;
+const GRACE_MS: u64 = 500;
+
+fn ip(text: &str) -> std::net::IpAddr {
+    text.parse().expect("test addresses are valid")
+}
 
 #[derive(Default)]
 struct RecordingStore {
@@ -41,7 +46,7 @@ impl RecordingStore {
         self.requests
             .iter()
             .filter_map(|request| match request {
-                StoreRequest::Load { ticket, user } => Some((*ticket, user.clone())),
+                StoreRequest::Load { ticket, user, .. } => Some((*ticket, user.clone())),
                 _ => None,
             })
             .collect()
@@ -93,6 +98,10 @@ impl Harness {
                     ack_timeout_ms: ACK_MS,
                     unacked_per_recipient_max: 4,
                     offline_window_bytes: 100,
+                    delivery_grace_ms: GRACE_MS,
+                    unconfirmed_bytes_per_conn_max: 1 << 20,
+                    loaded_bytes_max: 1 << 20,
+                    users: None,
                     timer_tick_ms: 10,
                 },
                 0,
@@ -113,7 +122,7 @@ impl Harness {
     /// Accept `id` and register it as `user` with a harmless first frame (an answer to a
     /// user who is offline, which is dropped).
     fn connect(&mut self, id: ConnId, user: &str) {
-        self.service.on_accept(id);
+        self.service.on_accept(id, ip("127.0.0.1"));
         self.feed(id, &answer(9999, user, "nobody", b"200"));
     }
 
@@ -124,11 +133,32 @@ impl Harness {
     }
 
     fn complete(&mut self, event: StoreEvent) {
-        self.service.on_store_event(event, &mut self.out);
+        self.service
+            .on_store_event(event, &mut self.out, &mut self.store);
     }
 
     fn close(&mut self, id: ConnId) {
-        self.service.on_close(id, &mut self.store);
+        self.close_for(id, CloseReason::PeerReset);
+    }
+
+    fn close_for(&mut self, id: ConnId, reason: CloseReason) {
+        self.service
+            .on_close(id, reason, &mut self.out, &mut self.store);
+    }
+
+    /// The reactor reports the peer's TCP acknowledged (or never will) the buffer of `note`.
+    fn notify(&mut self, id: ConnId, note: u64, acked: bool) {
+        self.service
+            .on_notify(id, note, acked, self.now_ms, &mut self.out, &mut self.store);
+    }
+
+    /// Every stored seq removed so far, in order.
+    fn removed(&self) -> Vec<u64> {
+        self.store
+            .removes()
+            .into_iter()
+            .flat_map(|(_, seqs)| seqs)
+            .collect()
     }
 }
 
@@ -160,7 +190,7 @@ fn a_message_to_an_online_user_is_forwarded_verbatim_and_its_answer_goes_back() 
 #[test]
 fn the_first_frame_registers_the_user_and_asks_the_store_for_its_frames() {
     let mut h = Harness::new();
-    h.service.on_accept(conn(1));
+    h.service.on_accept(conn(1), ip("127.0.0.1"));
     h.feed(conn(1), &message(0, "alice", "bob", "x"));
     assert_eq!(h.store.loads().len(), 1);
     assert_eq!(h.store.loads()[0].1, b"alice");
@@ -303,10 +333,21 @@ fn a_newer_connection_for_a_name_wins() {
         h.out.closed,
         [(conn(2), CloseReason::Replaced, CloseMode::Now)]
     );
-    // The old connection's unanswered message went to the store, ahead of the new Load.
+    // The old connection's unanswered message went to the store.
     assert_eq!(h.store.appends_for("bob").len(), 1);
+    // The old connection's page load is still in flight (one per user): once it is back,
+    // the new connection loads from the start, so it sees that message too.
+    let (old_load, _) = h.store.loads()[1].clone();
+    h.complete(StoreEvent::Loaded {
+        ticket: old_load,
+        user: b"bob".to_vec(),
+        frames: Vec::new(),
+        more: false,
+    });
     let last_request = h.store.requests.last().expect("a request");
-    assert!(matches!(last_request, StoreRequest::Load { user, .. } if user == b"bob"));
+    assert!(
+        matches!(last_request, StoreRequest::Load { user, after_seq: 0, .. } if user == b"bob")
+    );
     // New messages go to the new connection; the old one's close changes nothing.
     h.close(conn(2));
     let msg = message(2, "alice", "bob", "to the new bob");
@@ -357,7 +398,7 @@ fn bad_types_lengths_and_empty_names_close_the_connection() {
         .expect("frame"),
     ] {
         let mut h = Harness::new();
-        h.service.on_accept(conn(1));
+        h.service.on_accept(conn(1), ip("127.0.0.1"));
         h.feed(conn(1), &bad);
         assert_eq!(
             h.out.closed,
@@ -411,9 +452,9 @@ fn an_answer_to_an_offline_user_is_dropped() {
 }
 
 #[test]
-fn stored_frames_are_delivered_in_order_and_removed_only_once_written() {
+fn stored_frames_leave_the_store_only_once_acknowledged_and_the_grace_passed() {
     let mut h = Harness::new();
-    h.service.on_accept(conn(1));
+    h.service.on_accept(conn(1), ip("127.0.0.1"));
     h.feed(conn(1), &answer(0, "carol", "nobody", b"200"));
     let (ticket, _) = h.store.loads()[0].clone();
     let first = frame(codec::TYPE_OFFLINE, 0, "alice", "carol", b"one");
@@ -422,6 +463,7 @@ fn stored_frames_are_delivered_in_order_and_removed_only_once_written() {
         ticket,
         user: b"carol".to_vec(),
         frames: vec![(10, first.clone()), (11, second.clone())],
+        more: false,
     });
     let delivered: Vec<(ConnId, Bytes)> = h
         .out
@@ -430,22 +472,112 @@ fn stored_frames_are_delivered_in_order_and_removed_only_once_written() {
         .map(|(to, bytes, _)| (*to, bytes.clone()))
         .collect();
     assert_eq!(delivered, [(conn(1), first), (conn(1), second)]);
-    assert!(
-        h.store.removes().is_empty(),
-        "nothing removed before it is written"
-    );
 
     let notes: Vec<u64> = h.out.notified.iter().map(|(_, _, note)| *note).collect();
-    h.service
-        .on_notify(notes[0], true, &mut h.out, &mut h.store);
-    // The second was never written (the connection closed): it stays stored.
-    h.service
-        .on_notify(notes[1], false, &mut h.out, &mut h.store);
-    assert_eq!(h.store.removes(), [(b"carol".to_vec(), vec![10])]);
+    h.advance_to(100);
+    h.notify(conn(1), notes[0], true);
+    assert!(
+        h.store.removes().is_empty(),
+        "acknowledged by TCP is not read by the program: nothing leaves before the grace"
+    );
+    h.advance_to(100 + GRACE_MS - 1);
+    assert!(h.store.removes().is_empty());
+    h.advance_to(100 + GRACE_MS);
+    // The second was never acknowledged: it stays stored.
+    assert_eq!(h.removed(), [10]);
+    assert_eq!(h.service.custody().delivered_grace, 1);
     // A note reported twice does nothing more.
-    h.service
-        .on_notify(notes[0], true, &mut h.out, &mut h.store);
-    assert_eq!(h.store.removes().len(), 1);
+    h.notify(conn(1), notes[0], true);
+    h.advance_to(100 + 3 * GRACE_MS);
+    assert_eq!(h.removed(), [10]);
+}
+
+#[test]
+fn a_reset_within_the_grace_keeps_acknowledged_frames_stored() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "carol");
+    let (ticket, _) = h.store.loads()[0].clone();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: vec![(1, frame(codec::TYPE_OFFLINE, 0, "alice", "carol", b"x"))],
+        more: false,
+    });
+    let note = h.out.notified[0].2;
+    h.advance_to(10);
+    h.notify(conn(1), note, true);
+    // The program closed with the frame unread: its kernel sent a reset.
+    h.close_for(conn(1), CloseReason::PeerReset);
+    h.advance_to(10 * GRACE_MS);
+    assert!(h.store.removes().is_empty(), "kept for the next login");
+    assert_eq!(h.service.custody().kept_for_redelivery, 1);
+}
+
+#[test]
+fn a_clean_close_delivers_what_was_acknowledged_and_keeps_the_rest() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "carol");
+    let (ticket, _) = h.store.loads()[0].clone();
+    let frames = (1..=3u64)
+        .map(|seq| {
+            (
+                seq,
+                frame(codec::TYPE_OFFLINE, seq as u32, "alice", "carol", b"x"),
+            )
+        })
+        .collect();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames,
+        more: false,
+    });
+    let notes: Vec<u64> = h.out.notified.iter().map(|(_, _, note)| *note).collect();
+    h.notify(conn(1), notes[0], true);
+    h.notify(conn(1), notes[1], true);
+    // A FIN: the program read everything that had arrived before it closed.
+    h.close_for(conn(1), CloseReason::PeerClosed);
+    assert_eq!(h.removed(), [1, 2]);
+    assert_eq!(h.service.custody().delivered_clean_close, 2);
+    assert_eq!(h.service.custody().kept_for_redelivery, 1);
+}
+
+#[test]
+fn an_answer_to_a_stored_frame_delivers_it_and_every_frame_before_it_at_once() {
+    let mut h = Harness::new();
+    h.connect(conn(2), "alice");
+    h.connect(conn(1), "carol");
+    let (ticket, _) = h.store.loads()[1].clone();
+    let frames = (1..=3u64)
+        .map(|seq| {
+            (
+                seq,
+                frame(codec::TYPE_OFFLINE, 40 + seq as u32, "alice", "carol", b"x"),
+            )
+        })
+        .collect();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames,
+        more: false,
+    });
+    h.out.clear();
+    // An answer naming no stored frame confirms nothing.
+    h.feed(conn(1), &answer(7, "carol", "alice", b"200"));
+    assert!(h.store.removes().is_empty());
+    // carol answers the second frame (alice's messageID 42): the first was read before it.
+    let reply = answer(42, "carol", "alice", b"200");
+    h.feed(conn(1), &reply);
+    assert_eq!(h.removed(), [1, 2]);
+    assert_eq!(h.service.custody().delivered_answered, 2);
+    // Rule 5 holds: the answer is relayed to alice.
+    assert!(h.out.sent_to(conn(2)).contains(&reply));
+    // Its late acknowledgement changes nothing; the third still waits.
+    let notes: Vec<u64> = h.out.notified.iter().map(|(_, _, note)| *note).collect();
+    assert!(notes.is_empty(), "cleared above; nothing new was sent");
+    h.close_for(conn(1), CloseReason::PeerReset);
+    assert_eq!(h.removed(), [1, 2]);
 }
 
 #[test]
@@ -458,6 +590,7 @@ fn stored_frames_are_not_sent_to_a_connection_that_no_longer_holds_the_name() {
         ticket,
         user: b"carol".to_vec(),
         frames: vec![(1, frame(codec::TYPE_OFFLINE, 0, "alice", "carol", b"x"))],
+        more: false,
     });
     assert!(h.out.notified.is_empty());
 }
@@ -517,7 +650,7 @@ fn frames_split_at_every_byte_are_handled_the_same() {
     for split in 0..=stream.len() {
         let mut h = Harness::new();
         h.connect(conn(2), "bob");
-        h.service.on_accept(conn(1));
+        h.service.on_accept(conn(1), ip("127.0.0.1"));
         h.out.clear();
         let mut input = BytesMut::new();
         for part in [&stream[..split], &stream[split..]] {
@@ -529,84 +662,211 @@ fn frames_split_at_every_byte_are_handled_the_same() {
     }
 }
 
-#[test]
-fn a_large_backlog_goes_out_a_window_at_a_time() {
-    // The harness window is 100 bytes; each stored frame here is 64 bytes.
-    let mut h = Harness::new();
-    h.service.on_accept(conn(1));
-    h.feed(conn(1), &answer(0, "carol", "nobody", b"200"));
-    let (ticket, _) = h.store.loads()[0].clone();
-    let frames: Vec<(u64, Bytes)> = (0..10u64)
-        .map(|seq| {
-            let body = [b'x'; 40];
-            (
-                seq,
-                frame(codec::TYPE_OFFLINE, seq as u32, "alice", "carol", &body),
-            )
-        })
-        .collect();
-    h.complete(StoreEvent::Loaded {
-        ticket,
-        user: b"carol".to_vec(),
-        frames: frames.clone(),
-    });
-    assert_eq!(
-        h.out.notified.len(),
-        2,
-        "64 + 64 bytes reach the 100-byte window"
-    );
+fn stored(seqs: std::ops::Range<u64>) -> Vec<(u64, Bytes)> {
+    seqs.map(|seq| {
+        (
+            seq,
+            frame(
+                codec::TYPE_OFFLINE,
+                seq as u32,
+                "alice",
+                "carol",
+                &[b'x'; 40],
+            ),
+        )
+    })
+    .collect()
+}
 
-    // Each written frame lets the next one out, in order, and leaves the store.
-    let mut next = 0;
-    while next < h.out.notified.len() {
-        let note = h.out.notified[next].2;
-        h.service.on_notify(note, true, &mut h.out, &mut h.store);
-        next += 1;
+#[test]
+fn a_large_backlog_goes_out_a_window_at_a_time_in_pages() {
+    // The harness window (and page) is 100 bytes; each stored frame here is 64 bytes.
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1), ip("127.0.0.1"));
+    h.feed(conn(1), &answer(0, "carol", "nobody", b"200"));
+    let frames = stored(0..10);
+    let mut next_page = 0;
+    for acked in 0..100 {
+        // Answer the load in flight with the next page of two frames.
+        if let Some(StoreRequest::Load {
+            ticket,
+            after_seq,
+            bytes_max,
+            ..
+        }) = h.store.requests.last().cloned()
+        {
+            assert_eq!(bytes_max, codec::FRAME_BYTES_MAX, "a page, never the whole");
+            if next_page < frames.len() && (next_page == 0 || after_seq == next_page as u64 - 1) {
+                let page: Vec<_> = frames[next_page..(next_page + 2).min(frames.len())].to_vec();
+                next_page += page.len();
+                h.complete(StoreEvent::Loaded {
+                    ticket,
+                    user: b"carol".to_vec(),
+                    frames: page,
+                    more: next_page < frames.len(),
+                });
+            }
+        }
+        // The window holds at most two 64-byte frames unacknowledged.
+        let unacked = h.out.notified.len() - acked;
+        assert!(unacked <= 2, "{unacked} frames in flight");
+        if acked == h.out.notified.len() {
+            break;
+        }
+        let note = h.out.notified[acked].2;
+        h.notify(conn(1), note, true);
     }
     let delivered: Vec<Bytes> = h.out.notified.iter().map(|(_, b, _)| b.clone()).collect();
     let expected: Vec<Bytes> = frames.iter().map(|(_, b)| b.clone()).collect();
     assert_eq!(delivered, expected);
-    let removed: Vec<u64> = h
-        .store
-        .removes()
-        .into_iter()
-        .flat_map(|(_, seqs)| seqs)
-        .collect();
-    assert_eq!(removed, (0..10).collect::<Vec<u64>>());
+    h.advance_to(GRACE_MS);
+    assert_eq!(h.removed(), (0..10).collect::<Vec<u64>>());
+    assert_eq!(h.service.loaded_bytes(), 0, "nothing stays accounted");
 }
 
 #[test]
 fn a_backlog_stops_when_its_connection_goes_away() {
     let mut h = Harness::new();
-    h.service.on_accept(conn(1));
+    h.service.on_accept(conn(1), ip("127.0.0.1"));
     h.feed(conn(1), &answer(0, "carol", "nobody", b"200"));
     let (ticket, _) = h.store.loads()[0].clone();
-    let frames: Vec<(u64, Bytes)> = (0..10u64)
-        .map(|seq| {
-            (
-                seq,
-                frame(
-                    codec::TYPE_OFFLINE,
-                    seq as u32,
-                    "alice",
-                    "carol",
-                    &[b'x'; 40],
-                ),
-            )
-        })
-        .collect();
     h.complete(StoreEvent::Loaded {
         ticket,
         user: b"carol".to_vec(),
-        frames,
+        frames: stored(0..10),
+        more: true,
     });
     let first_note = h.out.notified[0].2;
-    // The connection closed before the first frame was written: nothing is removed and
-    // nothing more is sent.
-    h.service
-        .on_notify(first_note, false, &mut h.out, &mut h.store);
+    // The connection closed before the first frame was acknowledged: nothing is removed,
+    // nothing more is sent or loaded, and its memory is given back.
+    h.notify(conn(1), first_note, false);
+    h.close(conn(1));
     assert_eq!(h.out.notified.len(), 2);
     assert!(h.store.removes().is_empty());
+    assert_eq!(h.store.loads().len(), 1);
+    assert_eq!(h.service.loaded_bytes(), 0);
+}
+
+#[test]
+fn reconnects_never_have_more_than_one_page_loading_per_user() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "carol");
+    assert_eq!(h.store.loads().len(), 1);
+    // A storm of logins as carol while the first page is still loading.
+    for slot in 2..50 {
+        h.connect(conn(slot), "carol");
+    }
+    assert_eq!(h.store.loads().len(), 1, "one load in flight per user");
+    let (ticket, _) = h.store.loads()[0].clone();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: stored(0..2),
+        more: true,
+    });
+    // The page was for a connection replaced since: the holder loads from the start.
+    assert!(h.out.notified.is_empty());
+    assert_eq!(h.store.loads().len(), 2);
+    match h.store.requests.last() {
+        Some(StoreRequest::Load { after_seq, .. }) => assert_eq!(*after_seq, 0),
+        other => panic!("not a load: {other:?}"),
+    }
+    assert!(h.service.loaded_bytes() <= codec::FRAME_BYTES_MAX);
+}
+
+#[test]
+fn the_global_budget_makes_backlogs_wait_their_turn() {
+    let mut h = Harness::new();
+    h.service = Bin24Service::new(
+        Bin24Config {
+            offline_window_bytes: 100,
+            // Room for one page (a page is at least one largest frame, 1024 bytes).
+            loaded_bytes_max: 1500,
+            delivery_grace_ms: GRACE_MS,
+            ..Bin24Config::default()
+        },
+        0,
+    );
+    h.connect(conn(1), "carol");
+    h.connect(conn(2), "dave");
+    assert_eq!(h.store.loads().len(), 1, "dave waits for the budget");
+    let (ticket, _) = h.store.loads()[0].clone();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: stored(0..1),
+        more: false,
+    });
+    // carol's page arrived (64 bytes held): dave's page now fits.
+    assert_eq!(h.store.loads().len(), 2);
+    assert_eq!(h.store.loads()[1].1, b"dave");
+}
+
+#[test]
+fn a_users_list_decides_who_logs_in_from_where() {
+    let mut h = Harness::new();
+    let users = super::users::UserList::parse(
+        "alice 127.0.0.1
+bob 10.0.0.0/8
+",
+    )
+    .unwrap();
+    h.service = Bin24Service::new(
+        Bin24Config {
+            users: Some(users),
+            ..Bin24Config::default()
+        },
+        0,
+    );
+    h.service.on_accept(conn(1), ip("127.0.0.1"));
+    h.feed(conn(1), &message(0, "alice", "bob", "hi"));
+    h.service.on_accept(conn(2), ip("127.0.0.1"));
+    h.feed(conn(2), &message(0, "bob", "alice", "from the wrong place"));
+    h.service.on_accept(conn(3), ip("10.1.2.3"));
+    h.feed(conn(3), &message(0, "mallory", "alice", "not listed"));
+    assert_eq!(h.out.identified, [conn(1)]);
+    assert!(h
+        .out
+        .closed
+        .iter()
+        .any(|c| *c == (conn(2), CloseReason::ProtocolError, CloseMode::Now)));
+    assert!(h
+        .out
+        .closed
+        .iter()
+        .any(|c| *c == (conn(3), CloseReason::ProtocolError, CloseMode::Now)));
+    assert_eq!(h.service.custody().logins_refused, 2);
+    // Only alice's message was stored (for bob, listed but offline); a message to a name
+    // that can never log in is refused with "507", not stored.
+    h.feed(conn(1), &message(1, "alice", "nobody", "lost cause"));
+    assert_eq!(h.store.appends_for("bob").len(), 1);
+    assert!(h.store.appends_for("nobody").is_empty());
+    let refused = h.out.sent_to(conn(1));
+    assert_eq!(
+        refused.last().map(|f| &f[24..]),
+        Some(&b"507"[..]),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_newer_login_replaces_the_holder_only_from_the_holders_address() {
+    let mut h = Harness::new();
+    h.service.on_accept(conn(1), ip("127.0.0.1"));
+    h.feed(conn(1), &answer(0, "bob", "nobody", b"200"));
+    h.service.on_accept(conn(2), ip("127.0.0.2"));
+    h.feed(conn(2), &answer(0, "bob", "nobody", b"200"));
+    assert_eq!(
+        h.out.closed,
+        [(conn(2), CloseReason::ProtocolError, CloseMode::Now)],
+        "another address cannot push bob off"
+    );
+    h.service.on_accept(conn(3), ip("127.0.0.1"));
+    h.feed(conn(3), &answer(0, "bob", "nobody", b"200"));
+    assert!(h
+        .out
+        .closed
+        .contains(&(conn(1), CloseReason::Replaced, CloseMode::Now)));
 }
 
 #[test]
@@ -614,7 +874,7 @@ fn only_a_valid_first_frame_marks_the_connection_identified() {
     // The reactor closes a connection that is not identified within its handshake deadline;
     // BIN24 identifies a user by its first valid frame, and by nothing less.
     let mut h = Harness::new();
-    h.service.on_accept(conn(1));
+    h.service.on_accept(conn(1), ip("127.0.0.1"));
     // Half a header: not yet a frame.
     let whole = message(1, "alice", "bob", "hi");
     let mut input = BytesMut::from(&whole[..10]);
@@ -630,9 +890,9 @@ fn only_a_valid_first_frame_marks_the_connection_identified() {
     assert_eq!(h.out.identified, [conn(1)]);
 
     // A first frame with an empty SRC, or a type a client may not send, identifies nobody.
-    h.service.on_accept(conn(2));
+    h.service.on_accept(conn(2), ip("127.0.0.1"));
     h.feed(conn(2), &message(1, "", "bob", "hi"));
-    h.service.on_accept(conn(3));
+    h.service.on_accept(conn(3), ip("127.0.0.1"));
     h.feed(conn(3), &frame(7, 1, "carol", "bob", b"x"));
     assert_eq!(h.out.identified, [conn(1)]);
 }
