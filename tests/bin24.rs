@@ -437,3 +437,376 @@ fn chatd_refuses_to_start_on_a_corrupt_store_and_leaves_it_alone() {
         "the file is untouched"
     );
 }
+
+// Custody of stored frames: a frame leaves the store only when the recipient really has it.
+// These tests attack that promise the way a client that does not read would.
+
+/// A server whose delivery grace outlasts every test: an acknowledged frame counts as
+/// delivered only by an answer or a clean close.
+fn custody_config(data: &TempDir) -> Config {
+    Config {
+        bin24_delivery_grace_ms: 60_000,
+        ..config(data)
+    }
+}
+
+/// `count` messages from `from` to the offline `to`, each answered "300"; their messageIDs.
+fn store_messages(from: &mut Peer, to: &str, count: usize) -> Vec<u32> {
+    let ids: Vec<u32> = (0..count)
+        .map(|index| from.send(to, &format!("stored {index}")))
+        .collect();
+    for _ in 0..count {
+        let answer = from.recv();
+        assert_eq!(answer.body, b"300", "{answer:?}");
+    }
+    ids
+}
+
+/// Wait (bounded) until at least `bytes` have arrived in the socket's receive queue, reading
+/// none of them.
+fn wait_unread(stream: &TcpStream, bytes: usize) {
+    let deadline = Instant::now() + WAIT;
+    let mut peek = vec![0u8; bytes];
+    loop {
+        let queued = stream.peek(&mut peek).expect("peek");
+        if queued >= bytes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {queued} of {bytes} bytes arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The size of each frame `store_messages` stored, as delivered (type 2).
+fn stored_frame_bytes(index: usize) -> usize {
+    24 + format!("stored {index}").len()
+}
+
+/// Collect stored (type 2) frames until every id of `want` has come; returns every stored
+/// frame received, duplicates included.
+fn collect_stored(peer: &mut Peer, want: &[u32]) -> Vec<u32> {
+    let mut missing: std::collections::BTreeSet<u32> = want.iter().copied().collect();
+    let mut got = Vec::new();
+    while !missing.is_empty() {
+        let frame = peer.recv();
+        if frame.frame_type == codec::TYPE_OFFLINE {
+            missing.remove(&frame.message_id);
+            got.push(frame.message_id);
+        }
+    }
+    got
+}
+
+#[test]
+fn stored_frames_left_unread_by_a_connection_that_resets_are_delivered_next_time() {
+    const MESSAGES: usize = 200;
+    let data = TempDir::new("bin24-reset-unread");
+    let server = TestServer::start(custody_config(&data));
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    let ids = store_messages(&mut alice, "bob", MESSAGES);
+
+    // bob logs in, lets every stored frame arrive in his kernel, reads none and closes:
+    // Linux answers unread data with a reset.
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register();
+    let all_bytes: usize = (0..MESSAGES).map(stored_frame_bytes).sum();
+    wait_unread(&bob.stream, all_bytes);
+    drop(bob);
+    server.wait_connections(1);
+
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register();
+    let got = collect_stored(&mut bob, &ids);
+    assert_eq!(got.len(), MESSAGES, "every frame once more, none lost");
+}
+
+#[test]
+fn after_a_partial_read_and_a_reset_every_unread_frame_comes_again() {
+    const MESSAGES: usize = 200;
+    const READ: usize = 50;
+    let data = TempDir::new("bin24-reset-partial");
+    let server = TestServer::start(custody_config(&data));
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    let ids = store_messages(&mut alice, "bob", MESSAGES);
+
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register();
+    let first: Vec<u32> = (0..READ).map(|_| bob.recv().message_id).collect();
+    let rest_bytes: usize = (READ..MESSAGES).map(stored_frame_bytes).sum();
+    wait_unread(&bob.stream, rest_bytes.saturating_sub(bob.buffer.len()));
+    drop(bob);
+    server.wait_connections(1);
+
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register();
+    let unread: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| !first.contains(id))
+        .collect();
+    let second = collect_stored(&mut bob, &unread);
+    let duplicates = second.iter().filter(|id| first.contains(id)).count();
+    // Nothing was confirmed (no answer, no clean close, the grace not over), so the read
+    // frames come again too: duplicates, never a loss.
+    assert_eq!(second.len(), MESSAGES);
+    assert_eq!(duplicates, READ);
+}
+
+#[test]
+fn answered_stored_frames_leave_the_store_at_once() {
+    const MESSAGES: usize = 20;
+    let data = TempDir::new("bin24-answered");
+    let server = TestServer::start(custody_config(&data));
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    let ids = store_messages(&mut alice, "bob", MESSAGES);
+
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register();
+    for _ in 0..MESSAGES {
+        let frame = bob.recv();
+        assert_eq!(frame.frame_type, codec::TYPE_OFFLINE);
+        bob.answer(&frame);
+    }
+    // The answers reach alice (rule 5): once the last is back, every answer was processed.
+    let mut answered = Vec::new();
+    while answered.len() < MESSAGES {
+        let frame = alice.recv();
+        assert_eq!(frame.frame_type, codec::TYPE_ANSWER);
+        answered.push(frame.message_id);
+    }
+    assert_eq!(answered, ids);
+    // A reset now, inside the grace, cannot bring them back: they were answered.
+    socket2::SockRef::from(&bob.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0 makes the close a reset");
+    drop(bob);
+    server.wait_connections(1);
+    let mut bob = Peer::connect(addr, "bob");
+    assert!(
+        bob.register_and_wait().is_empty(),
+        "nothing stored any more"
+    );
+}
+
+#[test]
+fn acknowledged_frames_are_delivered_when_the_connection_outlives_the_grace() {
+    const MESSAGES: usize = 20;
+    let data = TempDir::new("bin24-grace");
+    let server = TestServer::start(Config {
+        bin24_delivery_grace_ms: 200,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    let ids = store_messages(&mut alice, "bob", MESSAGES);
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register();
+    assert_eq!(collect_stored(&mut bob, &ids).len(), MESSAGES);
+    // Past the grace, bob is still connected: they count as delivered. Then a reset.
+    std::thread::sleep(Duration::from_millis(600));
+    socket2::SockRef::from(&bob.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0 makes the close a reset");
+    drop(bob);
+    server.wait_connections(1);
+    let mut bob = Peer::connect(addr, "bob");
+    assert!(bob.register_and_wait().is_empty(), "delivered, not stored");
+}
+
+#[test]
+fn a_storm_of_logins_claiming_a_name_loses_none_of_its_frames() {
+    const MESSAGES: usize = 2000;
+    let data = TempDir::new("bin24-storm");
+    let server = TestServer::start(Config {
+        bin24_offline_window_bytes: 4096,
+        ..custody_config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    let ids = store_messages(&mut alice, "bob", MESSAGES);
+    // 100 connections in a row, each claiming bob with one frame and gone at once.
+    for _ in 0..100 {
+        let mut claim = Peer::connect(addr, "bob");
+        claim.register();
+        drop(claim);
+    }
+    server.wait_connections(1);
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register();
+    let got = collect_stored(&mut bob, &ids);
+    assert!(got.len() >= MESSAGES);
+}
+
+#[test]
+fn the_store_wide_cap_answers_507_whoever_the_recipient() {
+    let data = TempDir::new("bin24-global-cap");
+    let server = TestServer::start(Config {
+        store_frames_max: 5,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    // Five recipients, one frame each: far under the per-user limits, at the store's.
+    for (index, to) in ["r1", "r2", "r3", "r4", "r5"].iter().enumerate() {
+        let id = alice.send(to, &format!("m{index}"));
+        expect_answer(&alice.recv(), id, to, "alice", b"300");
+    }
+    let id = alice.send("r6", "one too many");
+    expect_answer(&alice.recv(), id, "r6", "alice", b"507");
+    // Delivery frees room: r1 reads its frame and closes cleanly.
+    let mut r1 = Peer::connect(addr, "r1");
+    r1.register();
+    assert_eq!(r1.recv().frame_type, codec::TYPE_OFFLINE);
+    drop(r1);
+    server.wait_connections(1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let id = alice.send("r6", "now it fits");
+        let answer = alice.recv();
+        if answer.body == b"300" {
+            break;
+        }
+        expect_answer(&answer, id, "r6", "alice", b"507");
+        assert!(Instant::now() < deadline, "room never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_full() {
+    const SENDERS: usize = 4;
+    const MESSAGES: usize = 1000;
+    let data = TempDir::new("bin24-flood");
+    let server = TestServer::start(Config {
+        // A tiny queue: the senders outrun the storage thread and must be paused.
+        store_requests_max: 4,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let threads: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            std::thread::spawn(move || {
+                let mut peer = Peer::connect(addr, &format!("s{sender}"));
+                let body = "f".repeat(900);
+                let frames: Vec<u8> = (0..MESSAGES)
+                    .flat_map(|index| {
+                        codec::encode(
+                            codec::TYPE_MESSAGE,
+                            index as u32,
+                            name(&format!("s{sender}")),
+                            name(&format!("o{}", index % 97)),
+                            body.as_bytes(),
+                        )
+                        .expect("frame")
+                        .to_vec()
+                    })
+                    .collect();
+                // Written while answers come back: a second thread would be needed if the
+                // answers could fill our receive window first; 1,000 27-byte answers cannot.
+                peer.send_raw(&frames);
+                let mut stored = 0;
+                for _ in 0..MESSAGES {
+                    let answer = peer.recv();
+                    assert_eq!(answer.body, b"300", "{answer:?}");
+                    stored += 1;
+                }
+                stored
+            })
+        })
+        .collect();
+    let stored: usize = threads
+        .into_iter()
+        .map(|thread| thread.join().expect("sender"))
+        .sum();
+    assert_eq!(
+        stored,
+        SENDERS * MESSAGES,
+        "every frame stored, none refused"
+    );
+}
+
+#[test]
+fn a_users_list_decides_who_logs_in_and_a_name_moves_only_from_its_address() {
+    let data = TempDir::new("bin24-users");
+    let users = switchboard::protocol::bin24::UserList::parse(
+        "alice 127.0.0.1\nbob 127.0.0.0/8\ncarol 10.0.0.0/8\n",
+    )
+    .expect("list");
+    let server = TestServer::start(Config {
+        bin24_users: Some(users),
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    assert!(alice.register_and_wait().is_empty());
+    // Not listed, or listed elsewhere: closed at the first frame.
+    for user in ["mallory", "carol"] {
+        let mut peer = Peer::connect(addr, user);
+        peer.register();
+        peer.expect_closed();
+    }
+    // A message to a name that can never log in is refused, not stored.
+    let id = alice.send("mallory", "nobody reads this");
+    expect_answer(&alice.recv(), id, "mallory", "alice", b"507");
+
+    // bob from 127.0.0.1 holds the name; bob from 127.0.0.2 may not push him off.
+    let mut bob = Peer::connect(addr, "bob");
+    assert!(bob.register_and_wait().is_empty());
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .expect("bind 127.0.0.2");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut intruder = Peer {
+        user: "bob".to_string(),
+        stream,
+        buffer: Vec::new(),
+        next_id: 0,
+    };
+    intruder.register();
+    intruder.expect_closed();
+    // The real bob is still there.
+    let id = alice.send("bob", "still yours");
+    let got = bob.recv();
+    assert_eq!((got.frame_type, got.message_id), (codec::TYPE_MESSAGE, id));
+}
+
+#[test]
+fn frames_sent_when_chatd_is_killed_mid_backlog_arrive_after_restart() {
+    const MESSAGES: usize = 3000;
+    let data = TempDir::new("bin24-kill-backlog");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut child = spawn_chatd(port, &data);
+    let mut alice = connect_when_listening(addr, "alice");
+    let ids = store_messages(&mut alice, "dave", MESSAGES);
+    let mut dave = Peer::connect(addr, "dave");
+    dave.register();
+    let first: Vec<u32> = (0..MESSAGES / 3).map(|_| dave.recv().message_id).collect();
+    // Killed in the middle of the backlog, with frames written, acknowledged and unread.
+    child.kill().expect("SIGKILL chatd");
+    child.wait().expect("reap chatd");
+    drop(dave);
+
+    let mut child = spawn_chatd(port, &data);
+    let mut dave = connect_when_listening(addr, "dave");
+    dave.register();
+    let unread: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| !first.contains(id))
+        .collect();
+    let second = collect_stored(&mut dave, &unread);
+    assert!(second.len() >= unread.len());
+    child.kill().expect("kill chatd");
+    child.wait().expect("reap chatd");
+}
