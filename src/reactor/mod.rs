@@ -538,12 +538,9 @@ impl Server {
             self.serve_udp();
             self.on_store_events();
             self.fire_timers();
-            self.heap_trim.observe(self.table.out_bytes_total);
+            self.heap_trim.observe(self.held_bytes());
             self.flush_and_close();
-            if self
-                .heap_trim
-                .maybe_trim(self.now_ms, self.table.out_bytes_total)
-            {
+            if self.heap_trim.maybe_trim(self.now_ms, self.held_bytes()) {
                 debug!(
                     "heap trimmed after a burst ({} trims)",
                     self.heap_trim.trims()
@@ -573,6 +570,13 @@ impl Server {
         let stats = self.stats();
         info!("stopped: {stats}");
         Ok(stats)
+    }
+
+    /// Bytes held for clients now: queued output, stored frames in memory, and (at most a
+    /// frame each) requests waiting for the storage thread. A burst of it is what a heap trim
+    /// gives back once it is over.
+    fn held_bytes(&self) -> usize {
+        self.table.out_bytes_total + self.services.held_bytes()
     }
 
     /// Hand store completions to their protocol, and resume the BIN24 connections paused for

@@ -452,6 +452,19 @@ impl Services {
             .is_some_and(|bin24| bin24.store.pending() >= bin24.requests_max)
     }
 
+    /// Bytes BIN24 and its store hold for clients: stored frames in memory, and requests
+    /// waiting for the storage thread (counted at the largest frame each).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.bin24.as_ref().map_or(0, |bin24| {
+            bin24.service.loaded_bytes().saturating_add(
+                bin24
+                    .store
+                    .pending()
+                    .saturating_mul(crate::protocol::bin24::codec::FRAME_BYTES_MAX),
+            )
+        })
+    }
+
     /// The store's gauges and counters, when BIN24 (and so the store) is enabled.
     pub(crate) fn store_metrics(&self) -> Option<StoreMetrics> {
         self.bin24.as_ref().map(|bin24| {

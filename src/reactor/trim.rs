@@ -6,7 +6,10 @@
 //! peak. Measured on a 10,000-member ROOM after its join storm: 40.3 MB resident, of which 8.1 MB
 //! in use; `malloc_trim(0)` brought it to 10.1 MB. So after a burst whose queued output reached
 //! `TRIM_AFTER_QUEUED_BYTES`, once everything is written and at most once per
-//! `TRIM_INTERVAL_MS`, the loop asks glibc to return its free pages.
+//! `TRIM_INTERVAL_MS`, the loop asks glibc to return its free pages. What counts as held is
+//! queued output plus BIN24's stored frames in memory and the store's queued requests: a
+//! flood to offline users allocates on the storage thread's side, and `malloc_trim` returns
+//! the free pages of every arena, that thread's included.
 
 /// Queued output at once (all connections) that makes a later trim worth its cost.
 const TRIM_AFTER_QUEUED_BYTES: usize = 4 << 20;
