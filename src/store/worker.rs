@@ -31,8 +31,11 @@ const LAYOUT_VERSION: u64 = 1;
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 
 /// redb's page cache. Its default (1 GiB) is sized for a database server; the store's working
-/// set is the tail of the frames table and the users being loaded.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// set is the tail of the frames table and the page of a backlog being loaded, and the OS page
+/// cache holds the rest. Measured under a 15 s flood to 30,000 offline users (4 senders):
+/// with 64 MiB the resident size stayed 72 MB above the idle server's after the flood; with
+/// 8 MiB, 12 MB, at the same append rate.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 pub(crate) struct Worker {
     db: Database,
