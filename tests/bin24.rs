@@ -810,3 +810,40 @@ fn frames_sent_when_chatd_is_killed_mid_backlog_arrive_after_restart() {
     child.kill().expect("kill chatd");
     child.wait().expect("reap chatd");
 }
+
+#[test]
+fn the_store_file_stays_within_a_small_multiple_of_the_store_wide_cap() {
+    const CAP_BYTES: u64 = 512 * 1024;
+    let data = TempDir::new("bin24-disk-cap");
+    let server = TestServer::start(Config {
+        store_bytes_max: CAP_BYTES,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Peer::connect(addr, "alice");
+    let body = "d".repeat(1000);
+    let mut stored = 0;
+    let mut refused = 0;
+    for round in 0..4 {
+        for index in 0..1000 {
+            alice.send(&format!("u{}", (round * 1000 + index) % 300), &body);
+        }
+        for _ in 0..1000 {
+            match alice.recv().body.as_slice() {
+                b"300" => stored += 1,
+                b"507" => refused += 1,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    assert_eq!(stored, CAP_BYTES as usize / 1024, "as many as fit, no more");
+    assert_eq!(stored + refused, 4000);
+    let file_bytes = std::fs::metadata(data.0.join(switchboard::store::FILE_NAME))
+        .expect("the store's file")
+        .len();
+    eprintln!("store file: {file_bytes} bytes for a {CAP_BYTES}-byte cap");
+    assert!(
+        file_bytes <= 4 * CAP_BYTES + 2 * 1024 * 1024,
+        "{file_bytes} bytes on disk for a {CAP_BYTES}-byte cap"
+    );
+}
