@@ -600,6 +600,7 @@ fn acknowledged_frames_are_delivered_when_the_connection_outlives_the_grace() {
     let data = TempDir::new("bin24-grace");
     let server = TestServer::start(Config {
         bin24_delivery_grace_ms: 200,
+        admin_port: Some(0),
         ..config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
@@ -609,7 +610,10 @@ fn acknowledged_frames_are_delivered_when_the_connection_outlives_the_grace() {
     bob.register();
     assert_eq!(collect_stored(&mut bob, &ids).len(), MESSAGES);
     // Past the grace, bob is still connected: they count as delivered. Then a reset.
-    std::thread::sleep(Duration::from_millis(600));
+    server.wait_metric(
+        "chatd_bin24_stored_delivered_total{how=\"grace\"}",
+        MESSAGES as f64,
+    );
     socket2::SockRef::from(&bob.stream)
         .set_linger(Some(Duration::ZERO))
         .expect("linger 0 makes the close a reset");
@@ -683,12 +687,27 @@ fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_ful
     const SENDERS: usize = 4;
     const MESSAGES: usize = 1000;
     let data = TempDir::new("bin24-flood");
+    const QUEUE_MAX: usize = 4;
     let server = TestServer::start(Config {
         // A tiny queue: the senders outrun the storage thread and must be paused.
-        store_requests_max: 4,
+        store_requests_max: QUEUE_MAX,
+        admin_port: Some(0),
         ..config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let server = std::sync::Arc::new(server);
+    let sampler = {
+        let (server, flooding) = (server.clone(), flooding.clone());
+        std::thread::spawn(move || {
+            let mut deepest = 0.0f64;
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                let depth = server.metric("chatd_store_pending_requests").unwrap_or(0.0);
+                deepest = deepest.max(depth);
+            }
+            deepest
+        })
+    };
     let threads: Vec<_> = (0..SENDERS)
         .map(|sender| {
             std::thread::spawn(move || {
@@ -728,6 +747,15 @@ fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_ful
         stored,
         SENDERS * MESSAGES,
         "every frame stored, none refused"
+    );
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let deepest = sampler.join().expect("sampler");
+    // Reading stops once the queue is full; the read in progress may add its frames: one
+    // 16 KiB read holds at most 18 of these 924-byte frames.
+    let bound = (QUEUE_MAX + 16 * 1024 / 924 + 1) as f64;
+    assert!(
+        deepest <= bound,
+        "{deepest} store requests queued, bound {bound}"
     );
 }
 

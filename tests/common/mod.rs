@@ -28,6 +28,8 @@ pub struct TestServer {
     pub ocm_udp: Option<SocketAddr>,
     /// Set when the config enables the stage-1 relay (UDP).
     pub ocm_relay: Option<SocketAddr>,
+    /// Set when the config enables the admin port.
+    pub admin: Option<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -44,6 +46,7 @@ impl TestServer {
         let ocm_tcp = server.local_addr(ProtocolKind::Ocm);
         let ocm_udp = server.local_udp_addr(UdpKind::OcmChat);
         let ocm_relay = server.local_udp_addr(UdpKind::OcmRelay);
+        let admin = server.local_admin_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
@@ -54,8 +57,44 @@ impl TestServer {
             ocm_tcp,
             ocm_udp,
             ocm_relay,
+            admin,
             handle,
             thread: Some(thread),
+        }
+    }
+
+    /// The value of the metric sample `line_start` (a name with its labels, as the admin port
+    /// writes it), read from the admin port, which the config must enable.
+    pub fn metric(&self, line_start: &str) -> Option<f64> {
+        let admin = self
+            .admin
+            .expect("the admin port enabled in the test config");
+        let mut stream = std::net::TcpStream::connect(admin).expect("connect to the admin port");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("ask for the metrics");
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).expect("read the metrics");
+        answer.lines().find_map(|line| {
+            line.strip_prefix(line_start)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|value| value.trim().parse().ok())
+        })
+    }
+
+    /// Wait (bounded) until the metric sample `line_start` reaches `at_least`.
+    pub fn wait_metric(&self, line_start: &str, at_least: f64) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let value = self.metric(line_start).unwrap_or(0.0);
+            if value >= at_least {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{line_start} is {value}, never reached {at_least}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
