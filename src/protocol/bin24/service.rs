@@ -459,22 +459,28 @@ impl Bin24Service {
         store: &mut S,
     ) {
         let key = (frame.dst(), frame.message_id());
-        if self
+        let settles_live = self
             .pending
             .get(&key)
-            .is_some_and(|pending| pending.recipient == answerer)
-        {
+            .is_some_and(|pending| pending.recipient == answerer);
+        if settles_live {
             if let Some(pending) = self.pending.remove(&key) {
                 self.ack_deadlines.cancel(pending.timer);
                 self.forget_unacked(pending.recipient_conn, key);
             }
         }
-        let answered = self.conns.get(id).and_then(|conn| {
-            conn.sent
-                .iter()
-                .take(ANSWER_SCAN_MAX)
-                .position(|sent| (sent.src, sent.message_id) == key)
-        });
+        // A sender that restarted its messageIDs may have a live message and a stored one with
+        // the same key: one answer settles one of them (the live one, whose timeout would
+        // close the recipient); the client's answer to the other settles the other.
+        let answered = (!settles_live)
+            .then(|| self.conns.get(id))
+            .flatten()
+            .and_then(|conn| {
+                conn.sent
+                    .iter()
+                    .take(ANSWER_SCAN_MAX)
+                    .position(|sent| (sent.src, sent.message_id) == key)
+            });
         if let Some(at) = answered {
             let count = self.confirm(id, at + 1, store);
             self.custody.delivered_answered += count;

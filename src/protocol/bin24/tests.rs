@@ -896,3 +896,26 @@ fn only_a_valid_first_frame_marks_the_connection_identified() {
     h.feed(conn(3), &frame(7, 1, "carol", "bob", b"x"));
     assert_eq!(h.out.identified, [conn(1)]);
 }
+
+#[test]
+fn one_answer_settles_one_of_a_live_and_a_stored_message_with_the_same_key() {
+    let mut h = Harness::new();
+    h.connect(conn(2), "alice");
+    h.connect(conn(1), "carol");
+    let (ticket, _) = h.store.loads()[1].clone();
+    // A stored frame from alice's earlier session, messageID 5...
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: vec![(1, frame(codec::TYPE_OFFLINE, 5, "alice", "carol", b"old"))],
+        more: false,
+    });
+    // ...and a live one from her new session with the same messageID.
+    h.feed(conn(2), &message(5, "alice", "carol", "new"));
+    assert_eq!(h.service.unacked_count(), 1);
+    h.feed(conn(1), &answer(5, "carol", "alice", b"200"));
+    assert_eq!(h.service.unacked_count(), 0, "the live one first");
+    assert!(h.store.removes().is_empty());
+    h.feed(conn(1), &answer(5, "carol", "alice", b"200"));
+    assert_eq!(h.removed(), [1], "the second answer settles the stored one");
+}
