@@ -32,6 +32,7 @@ use switchboard::protocol::ccm::codec::{
 };
 
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::text::render;
 
 /// The encoding of everything this client sends, declared in `Message-Encoding`.
 const ENCODING: &[u8] = b"utf-8";
@@ -76,8 +77,9 @@ pub const LONG_ABOUT: &str = "Send and receive CCM messages.\n\n\
       chat: error unknown-addressee: no user has that name\n      \
         an Error answer from the server, with its reason and sentence\n\
     Text is decoded with its Message-Encoding (utf-8, us-ascii, utf-16, iso-8859-1, ...). \
-    When standard output is a terminal, control characters in received text are shown as \
-    U+FFFD, so nobody can send escape sequences to your terminal.\n\n\
+    When standard output is a terminal, control characters (tabs excepted), bidirectional \
+    controls and zero-width characters in received text are shown as U+FFFD, so nobody can \
+    send escape sequences to your terminal or disguise text.\n\n\
     The server checks that the client is alive with a `Connect` message after 5 seconds of \
     silence; this client answers it at once, without showing anything.\n\n\
     The session ends on end of input or /quit (a `Disconnect` is sent first), Ctrl-C or \
@@ -676,24 +678,6 @@ fn shown(mut line: String) -> Action {
     Action::Show(line)
 }
 
-/// Received text for one line of output: when `sanitize`, control characters (line breaks
-/// included, so a message cannot forge a line of its own) as U+FFFD.
-fn render(text: &str, sanitize: bool) -> String {
-    if sanitize {
-        text.chars()
-            .map(|c| {
-                if c.is_control() && c != '\t' {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect()
-    } else {
-        text.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -875,6 +859,13 @@ mod tests {
         assert_eq!(
             receive(&mut s, &text("alice", "utf-8", "héllo\x1b[2J".as_bytes())),
             [show("carol: héllo\u{fffd}[2J")]
+        );
+        assert_eq!(
+            receive(
+                &mut s,
+                &text("alice", "utf-8", "a\tb\u{202e}c\u{feff}".as_bytes())
+            ),
+            [show("carol: a\tb\u{fffd}c\u{fffd}")]
         );
         assert_eq!(
             receive(&mut s, &text("*", "utf-16", b"h\0i\0")),

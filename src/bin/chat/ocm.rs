@@ -38,6 +38,7 @@ use switchboard::protocol::ocm::codec::{
 use switchboard::protocol::ocm::json;
 
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::text::render;
 
 /// Largest TCRP answer body accepted. Real answers are under 300 bytes; the 29-byte size field
 /// could announce far more, which is refused from the header before anything is buffered.
@@ -81,8 +82,9 @@ pub const LONG_ABOUT: &str = "Create or join an OCM chat room, then chat in it.\
       bob: hi                             bob said hi\n  \
       bobがlobbyから退出しました。        bob left the room\n\
     Only datagrams from the server's UDP address are shown; anything else is ignored. When \
-    standard output is a terminal, control characters in received text are shown as U+FFFD, \
-    so nobody can send escape sequences to your terminal.\n\n\
+    standard output is a terminal, control characters (tabs excepted), bidirectional controls \
+    and zero-width characters in received text are shown as U+FFFD, so nobody can send \
+    escape sequences to your terminal or disguise text.\n\n\
     When the host leaves, the server closes the room: its text \
     `...\\nホストが退出したため、チャットルーム:ROOMを終了します。` is shown, a note on stderr says \
     the room is closed, and the client exits with status 0. There is no keepalive in OCM: the \
@@ -793,24 +795,6 @@ fn shown(mut line: String) -> Action {
     Action::Show(line)
 }
 
-/// Received text for one line of output: when `sanitize`, control characters (line breaks
-/// included, so a message cannot forge a line of its own) as U+FFFD.
-fn render(text: &str, sanitize: bool) -> String {
-    if sanitize {
-        text.chars()
-            .map(|c| {
-                if c.is_control() && c != '\t' {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect()
-    } else {
-        text.to_owned()
-    }
-}
-
 /// The server's TCRP message for one line of stderr: its line breaks (the 500 message has
 /// one) as spaces, other control characters as U+FFFD.
 fn render_message(message: &str) -> String {
@@ -1036,6 +1020,10 @@ mod tests {
         assert_eq!(
             text(&s, "bob: a\x1b[2J\nfake"),
             [show("bob: a\u{fffd}[2J\u{fffd}fake")]
+        );
+        assert_eq!(
+            text(&s, "bob: a\tb\u{2066}c\u{200d}"),
+            [show("bob: a\tb\u{fffd}c\u{fffd}")]
         );
         assert_eq!(
             text(&s, "bobがlobbyから退出しました。"),

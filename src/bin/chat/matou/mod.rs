@@ -89,8 +89,9 @@ pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send file
     and on standard error:\n  \
       chat: error 4 (unknown user): ...             an ERROR from the server, with its code\n\
     plus notes on refused lines and failures. When standard output is a terminal, control \
-    characters in received text are shown as U+FFFD, so nobody can send escape sequences to \
-    your terminal. When standard error is a terminal, each running transfer has a progress \
+    characters (tabs excepted), bidirectional controls and zero-width characters in received \
+    text are shown as U+FFFD, so nobody can send escape sequences to your terminal or \
+    disguise text. When standard error is a terminal, each running transfer has a progress \
     bar there, with its rate and the time left.\n\n\
     Private links: after /private bob and bob's /accept alice, the server gives alice bob's \
     address; alice listens on two new ports (messages, files) and the server passes them to \

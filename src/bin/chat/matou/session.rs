@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use switchboard::protocol::matou::codec::{self, ErrorCode, Packet};
 
+pub(super) use crate::text::render;
+
 /// The contract's limits on what a client sends.
 pub(super) const NAME_BYTES_MAX: usize = 32;
 pub(super) const MESSAGE_BYTES_MAX: usize = 512;
@@ -868,24 +870,6 @@ fn error_line(code: i32, reason: &[u8]) -> String {
 fn shown(mut line: String) -> Action {
     line.push('\n');
     Action::Show(line)
-}
-
-/// Received text for one line of output: when `sanitize`, control characters (line breaks
-/// included, so a message cannot forge a line of its own) as U+FFFD.
-pub(super) fn render(text: &str, sanitize: bool) -> String {
-    if sanitize {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect()
-    } else {
-        text.to_owned()
-    }
 }
 
 #[cfg(test)]

@@ -212,6 +212,14 @@ fn server_notifications_are_shown() {
         receive(&mut s, &codec::public_broadcast(b"bob", b"hi \x1b[2J")),
         [show("bob: hi \u{fffd}[2J")]
     );
+    // As in every client: bidi controls and zero-width characters go, a tab stays.
+    assert_eq!(
+        receive(
+            &mut s,
+            &codec::public_broadcast("b\u{200b}ob".as_bytes(), "a\tb\u{202e}c".as_bytes())
+        ),
+        [show("b\u{fffd}ob: a\tb\u{fffd}c")]
+    );
     assert_eq!(
         receive(&mut s, &codec::sign_out_notify(b"bob")),
         [show("* bob left")]
