@@ -304,7 +304,9 @@ fn answers_show_what_became_of_each_message() {
         .stdout
         .wait_for("-> bob: three  [refused: bob's store is full]\n");
     peer.send(&encode_answer(3, name("bob"), name("alice"), b"418 teapot"));
-    client.stdout.wait_for("-> bob: four  [answer: 418 teapot]\n");
+    client
+        .stdout
+        .wait_for("-> bob: four  [answer: 418 teapot]\n");
     // bob got #1 from the store after all.
     peer.send(&encode_answer(1, name("bob"), name("alice"), b"200"));
     client.stdout.wait_for("-> bob: two  [delivered]\n");

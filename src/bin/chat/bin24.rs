@@ -567,9 +567,14 @@ impl Fate {
 enum SignIn {
     /// The registration is out; the server echoes it at once, so silence past `hint_at`
     /// deserves a note (once).
-    Waiting { port: u16, hint_at: Instant },
+    Waiting {
+        port: u16,
+        hint_at: Instant,
+    },
     /// Waiting still, the note is out.
-    Hinted { port: u16 },
+    Hinted {
+        port: u16,
+    },
     Done,
 }
 
@@ -806,11 +811,7 @@ impl Session {
                 self.sign_in = SignIn::Hinted { port };
                 out.push(Action::Note(format!(
                     "no answer to signing in: {}",
-                    hints::silent(
-                        port,
-                        Protocol::Bin24,
-                        "echoes the sign-in at once"
-                    )
+                    hints::silent(port, Protocol::Bin24, "echoes the sign-in at once")
                 )));
             }
         }
@@ -984,7 +985,13 @@ mod tests {
     fn answers_show_the_fate_of_each_message() {
         let now = Instant::now();
         let mut s = session();
-        for text in ["bob: one", "bob: two", "bob: three", "bob: four", "bob: five"] {
+        for text in [
+            "bob: one",
+            "bob: two",
+            "bob: three",
+            "bob: four",
+            "bob: five",
+        ] {
             line(&mut s, text, now);
         }
         let answer = |id, text: &[u8]| encode_answer(id, name("bob"), name("alice"), text);
@@ -1091,9 +1098,7 @@ mod tests {
         s.on_timer(start + Duration::from_secs(60), &mut out);
         assert_eq!(out, []);
         // A close before the sign-in is explained; after it, it is an ordinary close.
-        assert!(
-            matches!(s.on_closed(), Event::ClosedBeforeSignIn(m) if m.contains("may be held"))
-        );
+        assert!(matches!(s.on_closed(), Event::ClosedBeforeSignIn(m) if m.contains("may be held")));
         receive(&mut s, registration_frame(name("alice")));
         assert!(matches!(s.on_closed(), Event::ServerClosed));
 

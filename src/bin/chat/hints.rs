@@ -193,7 +193,10 @@ mod tests {
         );
         assert!(hint.contains("55555"), "{hint}");
         let hint = answered_like(7000, Protocol::Room, b"\x7fELF");
-        assert!(hint.contains("does not answer like a ROOM server"), "{hint}");
+        assert!(
+            hint.contains("does not answer like a ROOM server"),
+            "{hint}"
+        );
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         let message = connect_failed("127.0.0.1:7000", Protocol::Bin24, &refused);
         assert!(message.contains(START_CHATD), "{message}");

@@ -99,7 +99,8 @@ mod tests {
             assert_eq!(safe_line(&format!("al{c}ice")), "al\u{fffd}ice");
         }
         // Ordinary text of any script is kept, right-to-left scripts included.
-        for fine in ["café ☕", "部屋一", "مرحبا", "שלום", "Łukasz", "ａｌｉｃｅ"] {
+        for fine in ["café ☕", "部屋一", "مرحبا", "שלום", "Łukasz", "ａｌｉｃｅ"]
+        {
             assert_eq!(safe_line(fine), fine);
         }
     }
