@@ -386,8 +386,14 @@ fn receive(stream: &TcpStream, nick: &[u8], gate: &Gate, server: &Server) -> Eve
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     // A ROOM server asks for the alias at once; the first read waits only so long before
     // the wrong-port note, then for as long as it takes. A failure to set it loses the note.
-    let _ = stream.set_read_timeout(Some(server.silence_hint.max(Duration::from_millis(1))));
+    let mut waiting_hint = stream
+        .set_read_timeout(Some(server.silence_hint.max(Duration::from_millis(1))))
+        .is_ok();
     loop {
+        if waiting_hint && handshake.phase != Phase::AwaitingRequest {
+            waiting_hint = false;
+            let _ = stream.set_read_timeout(None);
+        }
         let (n, end) = match (&*stream).read(&mut buf) {
             Ok(0) => {
                 handshake.on_eof(&mut actions);
@@ -413,6 +419,7 @@ fn receive(stream: &TcpStream, nick: &[u8], gate: &Gate, server: &Server) -> Eve
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
+                waiting_hint = false;
                 let _ = stream.set_read_timeout(None);
                 if handshake.phase == Phase::AwaitingRequest {
                     eprintln!(

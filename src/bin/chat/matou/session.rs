@@ -798,13 +798,12 @@ pub(super) fn name_problem(name: &str) -> Option<String> {
             "a user name is at most {NAME_BYTES_MAX} bytes (this one has {})",
             name.len()
         ))
-    } else if let Some(odd) = name.chars().find(|c| !c.is_alphanumeric()) {
+    } else {
+        let odd = name.chars().find(|c| !c.is_alphanumeric())?;
         Some(format!(
             "a user name has only letters and digits, and {} is not one",
             char_shown(odd)
         ))
-    } else {
-        None
     }
 }
 
