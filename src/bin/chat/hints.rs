@@ -41,6 +41,18 @@ impl Protocol {
         }
     }
 
+    /// Which protocol's server listens on `port` by default.
+    fn by_default_on(port: u16) -> Option<Protocol> {
+        match port {
+            55555 => Some(Protocol::Room),
+            7000 => Some(Protocol::Bin24),
+            5454 => Some(Protocol::Ccm),
+            7777 => Some(Protocol::Matou),
+            9002 => Some(Protocol::Ocm),
+            _ => None,
+        }
+    }
+
     fn command(self) -> &'static str {
         match self {
             Protocol::Room => "room",
@@ -85,11 +97,20 @@ pub(crate) fn answered_like(port: u16, expected: Protocol, data: &[u8]) -> Strin
             expected.default_port()
         ),
         None => format!(
-            "port {port} does not answer like a {} server (the {} port is {} by default)",
+            "port {port} does not answer like a {} server{} (the {} port is {} by default)",
             expected.name(),
+            default_of_another(port, expected),
             expected.name(),
             expected.default_port()
         ),
+    }
+}
+
+/// `; 7000 is BIN24's default port`, when `port` is another protocol's default.
+fn default_of_another(port: u16, expected: Protocol) -> String {
+    match Protocol::by_default_on(port).filter(|&other| other != expected) {
+        Some(other) => format!("; {port} is {}'s default port", other.name()),
+        None => String::new(),
     }
 }
 
@@ -98,10 +119,11 @@ pub(crate) fn answered_like(port: u16, expected: Protocol, data: &[u8]) -> Strin
 pub(crate) fn silent(port: u16, expected: Protocol, what: &str) -> String {
     format!(
         "nothing from port {port} yet, where a {} server {what}: is it the {} port? (it is {} \
-         by default; still waiting)",
+         by default{}; still waiting)",
         expected.name(),
         expected.name(),
-        expected.default_port()
+        expected.default_port(),
+        default_of_another(port, expected)
     )
 }
 
@@ -194,9 +216,16 @@ mod tests {
         assert!(hint.contains("55555"), "{hint}");
         let hint = answered_like(7000, Protocol::Room, b"\x7fELF");
         assert!(
-            hint.contains("does not answer like a ROOM server"),
+            hint.contains("does not answer like a ROOM server; 7000 is BIN24's default port"),
             "{hint}"
         );
+        let hint = silent(7000, Protocol::Room, "asks `alias?` at once");
+        assert!(
+            hint.contains("(it is 55555 by default; 7000 is BIN24's default port; still"),
+            "{hint}"
+        );
+        assert!(!silent(55555, Protocol::Room, "x").contains("default port"));
+        assert!(!silent(1234, Protocol::Room, "x").contains("default port"));
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         let message = connect_failed("127.0.0.1:7000", Protocol::Bin24, &refused);
         assert!(message.contains(START_CHATD), "{message}");
