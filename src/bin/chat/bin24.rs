@@ -4,7 +4,9 @@
 //! user, whose client answers it "200" (type 1); the server answers "300" itself when the
 //! recipient is offline and the message is stored, "507" when that store is full, and hands a
 //! user the messages stored for it (type 2) when it comes back. This client shows each message
-//! as a line, answers "200" for the user, and shows what became of each message it sent.
+//! as a line (`<- bob: hi`), answers "200" for the user, stored messages included (the original
+//! client does not answer those, so the server cannot tell they arrived), and shows what became
+//! of each message it sent (`-> bob: hi  [delivered]`).
 //!
 //! Threads, as in the ROOM client, because std cannot wait on a socket and stdin at once: one
 //! reads frames from the socket, one reads lines from stdin, one turns signals into events. A

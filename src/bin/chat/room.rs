@@ -2,7 +2,9 @@
 //!
 //! ROOM is an unframed byte stream, so the only structure the client can rely on is the one the
 //! original client.py relied on: the server's `alias?` arrives alone, everything else is shown
-//! one read per line, and every typed line goes out as one `<nick>: <line>` write.
+//! one read per line, and every typed line goes out as one `<nick>: <line>` write. The one
+//! structure added on top: the server's own notices, which it writes back to back, are found
+//! inside each read by their exact form and shown each on its own line, in English.
 //!
 //! Threads rather than an event loop: a terminal client has exactly two blocking inputs (the
 //! socket and stdin) and std cannot wait on both at once, so each gets a thread, and a third
@@ -58,7 +60,8 @@ const READER_GRACE: Duration = Duration::from_secs(1);
 pub const LONG_ABOUT: &str = "Join the ROOM nickname chat room.\n\n\
     Connects to the server, answers its `alias?` request with the nick, then prints everything \
     the server sends (other members' messages, your own messages echoed back, and the \
-    server's notices), one received chunk per line. Each line typed on standard input is sent \
+    server's notices), one line per received chunk (more if it holds line breaks). Each line \
+    typed on standard input is sent \
     to the room as `<nick>: <line>`; lines typed before the server has accepted the nick are \
     held and sent once it has. Lines longer than 65536 bytes are refused with a message on \
     stderr.\n\n\
@@ -607,7 +610,11 @@ enum Piece<'a> {
 }
 
 /// Cuts a chunk around the server's notices, wherever they are in it: the protocol has no
-/// framing, so a notice may come glued to another or to a message, before or after it.
+/// framing, so a notice may come glued to another or to a message, before or after it. A
+/// notice cut in two by the reads is not recognised (its halves show as text): the server
+/// writes each notice whole and a read takes up to 64 KiB, so this needs a notice to straddle
+/// the kernel's buffer boundary, and waiting for a possible second half would hold back every
+/// message that ends like the start of a notice.
 fn pieces(chunk: &[u8]) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
     let mut text_from = 0;
