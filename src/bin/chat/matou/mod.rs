@@ -112,8 +112,9 @@ pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send file
     than --max-file-bytes, or one that would take a peer past --receive-files-max files or \
     --receive-bytes-max bytes in the session, is refused with a note before anything is \
     written, and closes the link (the protocol cannot refuse one file and keep the link).\n\n\
-    Wrong port: another protocol's bytes get a note naming it; a refused connection suggests \
-    starting chatd.\n\n\
+    Wrong port: another protocol's bytes, or no answer to the name within 5 seconds, get a \
+    note naming the protocol that seems to answer; a refused connection suggests starting \
+    chatd.\n\n\
     The session ends on end of input or /quit, Ctrl-C or SIGTERM (every private link and the \
     server are signed out of first; exit status 0), when the server closes the connection \
     (exit status 0, with a message on stderr), or on a connection error, a refused name or a \
