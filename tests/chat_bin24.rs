@@ -225,12 +225,18 @@ fn registration_echo_is_not_shown() {
     peer.send(&encode_answer(u32::MAX, name("alice"), name("alice"), b""));
     client.stderr.wait_for("signed in as alice");
     peer.send(&message(TYPE_OFFLINE, 0, "bob", "alice", b"first"));
-    client.stdout.wait_for("bob (offline): first\n");
+    client
+        .stdout
+        .wait_for("<- bob: first  [stored while you were offline]\n");
+    assert_frame(&peer.frame(), TYPE_ANSWER, 0, "alice", "bob", b"200");
 
     client.close_stdin();
     peer.expect_close();
     assert!(client.wait_exit().success());
-    assert_eq!(client.stdout.wait_closed(), "bob (offline): first\n");
+    assert_eq!(
+        client.stdout.wait_closed(),
+        "<- bob: first  [stored while you were offline]\n"
+    );
 }
 
 #[test]
@@ -240,19 +246,19 @@ fn incoming_message_is_shown_and_answered_200() {
     let mut peer = server.accept_registered("alice");
 
     peer.send(&message(TYPE_MESSAGE, 41, "carol", "alice", b"hello"));
-    client.stdout.wait_for("carol: hello\n");
+    client.stdout.wait_for("<- carol: hello\n");
     let answer = peer.frame();
     assert_frame(&answer, TYPE_ANSWER, 41, "alice", "carol", b"200");
     peer.expect_quiet("one message, one answer");
 
     // Bytes that are not UTF-8 are shown lossily, and still answered.
     peer.send(&message(TYPE_MESSAGE, 42, "carol", "alice", b"caf\xe9"));
-    client.stdout.wait_for("carol: caf\u{fffd}\n");
+    client.stdout.wait_for("<- carol: caf\u{fffd}\n");
     assert_frame(&peer.frame(), TYPE_ANSWER, 42, "alice", "carol", b"200");
 }
 
 #[test]
-fn offline_message_is_shown_and_not_answered() {
+fn offline_message_is_shown_and_answered_200_like_a_live_one() {
     let server = FakeServer::start();
     let mut client = Client::bin24(server.port, "alice");
     let mut peer = server.accept_registered("alice");
@@ -266,8 +272,9 @@ fn offline_message_is_shown_and_not_answered() {
     ));
     client
         .stdout
-        .wait_for("dave (offline): while you were out\n");
-    peer.expect_quiet("a stored message expects no answer");
+        .wait_for("<- dave: while you were out  [stored while you were offline]\n");
+    assert_frame(&peer.frame(), TYPE_ANSWER, 3, "alice", "dave", b"200");
+    peer.expect_quiet("one stored message, one answer");
 }
 
 #[test]
@@ -287,21 +294,26 @@ fn answers_show_what_became_of_each_message() {
         name("alice"),
         b"200\0garbage",
     ));
-    client.stdout.wait_for("-> bob #0 delivered\n");
+    client.stdout.wait_for("-> bob: one  [delivered]\n");
     peer.send(&encode_answer(1, name("bob"), name("alice"), b"300"));
     client
         .stdout
-        .wait_for("-> bob #1 stored for later (recipient offline)\n");
+        .wait_for("-> bob: two  [stored for later: bob is offline]\n");
     peer.send(&encode_answer(2, name("bob"), name("alice"), b"507"));
     client
         .stdout
-        .wait_for("-> bob #2 refused: recipient's store is full\n");
+        .wait_for("-> bob: three  [refused: bob's store is full]\n");
     peer.send(&encode_answer(3, name("bob"), name("alice"), b"418 teapot"));
-    client.stdout.wait_for("-> bob #3 answer 418 teapot\n");
+    client
+        .stdout
+        .wait_for("-> bob: four  [answer: 418 teapot]\n");
+    // bob got #1 from the store after all.
+    peer.send(&encode_answer(1, name("bob"), name("alice"), b"200"));
+    client.stdout.wait_for("-> bob: two  [delivered]\n");
     peer.send(&encode_answer(99, name("eve"), name("alice"), b"200"));
     client
         .stdout
-        .wait_for("-> eve #99 answer to a message not sent in this session: 200\n");
+        .wait_for("-> eve: (message #99, not sent in this session)  [delivered]\n");
 
     client.close_stdin();
     peer.expect_close();
@@ -369,7 +381,9 @@ fn quit_and_stdin_eof_exit_0() {
 fn server_hangup_exits_0_with_a_message() {
     let server = FakeServer::start();
     let mut client = Client::bin24(server.port, "alice");
-    let peer = server.accept_registered("alice");
+    let mut peer = server.accept_registered("alice");
+    peer.send(&encode_answer(u32::MAX, name("alice"), name("alice"), b""));
+    client.stderr.wait_for("signed in as alice");
 
     drop(peer);
     let status = client.wait_exit();
@@ -425,6 +439,57 @@ fn connection_refused_exits_1_naming_the_address() {
         stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("connect"),
         "stderr: {stderr:?}"
     );
+    assert!(
+        stderr.contains("cargo run --release --bin chatd"),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn another_protocols_server_is_named() {
+    // A ROOM server speaks first, `alias?`, which is no BIN24 frame.
+    let server = FakeServer::start();
+    let mut client = Client::bin24(server.port, "alice");
+    let mut peer = server.accept_registered("alice");
+    peer.send(b"alias?");
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains(&format!(
+            "port {} answered like ROOM, not BIN24",
+            server.port
+        )),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn silence_after_signing_in_gets_a_wrong_port_note_then_a_close_is_explained() {
+    let server = FakeServer::start();
+    let mut client = Client::spawn(&[
+        "bin24",
+        "--user",
+        "alice",
+        "--port",
+        &server.port.to_string(),
+        "--silence-hint-ms",
+        "50",
+    ]);
+    let peer = server.accept_registered("alice");
+    client.stderr.wait_for(&format!(
+        "nothing from port {} yet, where a BIN24 server echoes the sign-in at once",
+        server.port
+    ));
+    // Still connected: the note is a hint, not an end.
+    drop(peer);
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert!(status.success(), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains("closed the connection before signing you in"),
+        "stderr: {stderr:?}"
+    );
 }
 
 #[test]
@@ -452,12 +517,14 @@ fn help_explains_the_input_and_the_fates() {
         "/to bob",
         "/quit",
         "\"200\"",
-        "delivered",
-        "stored for later",
-        "refused: recipient's store is full",
-        "no answer yet",
-        "(offline)",
+        "-> bob: hello there  [delivered]",
+        "[stored for later: bob is offline]",
+        "[refused: bob's store is full]",
+        "[no answer yet]",
+        "<- carol: hi",
+        "[stored while you were offline]",
         "1000 bytes",
+        "bidirectional controls",
     ] {
         assert!(help.contains(needle), "{needle:?} missing from {help}");
     }
@@ -559,18 +626,23 @@ fn two_clients_talk_through_the_real_server() {
     alice.stderr.wait_for("signed in as alice");
 
     alice.type_text(b"bob: hello bob\n");
-    bob.stdout.wait_for("alice: hello bob\n");
-    alice.stdout.wait_for("-> bob #0 delivered\n");
+    bob.stdout.wait_for("<- alice: hello bob\n");
+    alice.stdout.wait_for("-> bob: hello bob  [delivered]\n");
 
     // Nobody named zed is connected: the server stores the message and says so.
     alice.type_text(b"/to zed\nare you there?\n");
     alice
         .stdout
-        .wait_for("-> zed #1 stored for later (recipient offline)\n");
+        .wait_for("-> zed: are you there?  [stored for later: zed is offline]\n");
 
-    // ...and delivers it when zed comes, unanswered.
+    // ...and delivers it when zed comes; zed's client answers it, the server passes the
+    // answer on, and alice sees the message delivered after all.
     let mut zed = Client::bin24(server.port, "zed");
-    zed.stdout.wait_for("alice (offline): are you there?\n");
+    zed.stdout
+        .wait_for("<- alice: are you there?  [stored while you were offline]\n");
+    alice
+        .stdout
+        .wait_for("-> zed: are you there?  [delivered]\n");
 
     // Signing in as bob again replaces the first bob, which is told and exits 0.
     let _bob_again = Client::bin24(server.port, "bob");
@@ -588,4 +660,61 @@ fn two_clients_talk_through_the_real_server() {
         !alice.stdout.wait_closed().contains("no answer yet"),
         "every message was answered"
     );
+}
+
+/// The server's end of a raw BIN24 connection, for checking exact frames.
+struct RawUser {
+    peer: Peer,
+}
+
+impl RawUser {
+    /// Connects and signs in as `user` with an empty answer to itself, as the client does.
+    fn sign_in(port: u16, user: &str) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to chatd");
+        let mut peer = Peer {
+            stream,
+            pending: BytesMut::new(),
+        };
+        peer.send(&encode_answer(u32::MAX, name(user), name(user), b""));
+        let echo = peer.frame();
+        assert_frame(&echo, TYPE_ANSWER, u32::MAX, user, user, b"");
+        RawUser { peer }
+    }
+}
+
+#[test]
+fn a_stored_frame_is_answered_with_its_message_id_through_the_real_server() {
+    let data = TempDir::new();
+    let server = Chatd::start(&data);
+
+    // alice stores a frame for the offline bob, with an id no client would count to soon.
+    let mut alice = RawUser::sign_in(server.port, "alice");
+    alice
+        .peer
+        .send(&message(TYPE_MESSAGE, 7_000_001, "alice", "bob", b"ping"));
+    assert_frame(
+        &alice.peer.frame(),
+        TYPE_ANSWER,
+        7_000_001,
+        "bob",
+        "alice",
+        b"300",
+    );
+
+    // bob's client gets it as type 2 and answers it: the server forwards the answer to alice.
+    let mut bob = Client::bin24(server.port, "bob");
+    bob.stdout
+        .wait_for("<- alice: ping  [stored while you were offline]\n");
+    assert_frame(
+        &alice.peer.frame(),
+        TYPE_ANSWER,
+        7_000_001,
+        "bob",
+        "alice",
+        b"200",
+    );
+    alice.peer.expect_quiet("one stored frame, one answer");
+
+    bob.close_stdin();
+    assert!(bob.wait_exit().success());
 }

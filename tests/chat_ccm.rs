@@ -484,6 +484,50 @@ fn connection_refused_exits_1_naming_the_address() {
         stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("connect"),
         "stderr: {stderr:?}"
     );
+    assert!(
+        stderr.contains("cargo run --release --bin chatd"),
+        "stderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn wrong_ports_are_hinted() {
+    // A ROOM server asks `alias?` first: no CCM message ever starts so.
+    let server = FakeServer::start();
+    let mut client = Client::ccm(server.port, "alice");
+    let mut peer = server.accept_identifying("alice");
+    peer.send(b"alias?");
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains(&format!("port {} answered like ROOM, not CCM", server.port)),
+        "stderr: {stderr:?}"
+    );
+
+    // Silence (an OCM port waits for more bytes): a note; then the close is explained.
+    let server = FakeServer::start();
+    let mut client = Client::spawn(&[
+        "ccm",
+        "--name",
+        "alice",
+        "--port",
+        &server.port.to_string(),
+        "--silence-hint-ms",
+        "50",
+    ]);
+    let peer = server.accept_identifying("alice");
+    client.stderr.wait_for(&format!(
+        "nothing from port {} yet, where a CCM server answers the name at once",
+        server.port
+    ));
+    drop(peer);
+    assert!(client.wait_exit().success());
+    let stderr = client.stderr.wait_closed();
+    assert!(
+        stderr.contains("closed the connection before answering the name"),
+        "stderr: {stderr:?}"
+    );
 }
 
 #[test]

@@ -14,9 +14,10 @@ use std::sync::mpsc::{self};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod chatd;
 mod child;
 
-use child::{show, Client};
+use child::{show, Client, Output};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -172,9 +173,9 @@ fn join(server: &FakeServer, client: &mut Client, nick: &str) -> Peer {
 fn welcome(peer: &mut Peer, client: &mut Client, nick: &str) {
     let notice = format!("b'{nick}' esta conectado ao chat");
     peer.send(notice.as_bytes());
-    client.stdout.wait_for(&format!("{notice}\n"));
+    client.stdout.wait_for(&format!("* {nick} joined\n"));
     peer.send(WELCOME.as_bytes());
-    client.stdout.wait_for(&format!("{WELCOME}\n"));
+    client.stdout.wait_for("* connected: you are in the room\n");
 }
 
 #[test]
@@ -232,7 +233,10 @@ fn received_chunks_are_printed_one_per_line() {
     peer.send(b"alias?");
     client.stdout.wait_for("alias?\n");
     peer.send(b"b'bob' acabou de sair do chat!");
-    client.stdout.wait_for("b'bob' acabou de sair do chat!\n");
+    client.stdout.wait_for("* bob left\n");
+    // No framing: notices and messages glued in one chunk are cut apart.
+    peer.send(b"b'carol' esta conectado ao chatcarol: hib'd\\xc3\\xa9' acabou de sair do chat!");
+    client.stdout.wait_for("* d\u{e9} left\n");
 
     client.close_stdin();
     assert_eq!(
@@ -243,13 +247,16 @@ fn received_chunks_are_printed_one_per_line() {
     assert!(client.wait_exit().success());
     assert_eq!(
         client.stdout.wait_closed(),
-        "b'alice' esta conectado ao chat\n\
-         Voce esta conectado ao servidor!\n\
+        "* alice joined\n\
+         * connected: you are in the room\n\
          bob: hi alice\n\
          bob: caf\u{fffd} \u{fffd}!\n\
          bob: already a line\n\
          alias?\n\
-         b'bob' acabou de sair do chat!\n"
+         * bob left\n\
+         * carol joined\n\
+         carol: hi\n\
+         * d\u{e9} left\n"
     );
 }
 
@@ -318,7 +325,51 @@ fn connection_refused_exits_1_naming_the_address() {
         stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("connect"),
         "stderr: {stderr:?}"
     );
-    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr:?}");
+    assert!(
+        stderr.contains("is chatd running? Start it with `cargo run --release --bin chatd`"),
+        "stderr: {stderr:?}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 2, "stderr: {stderr:?}");
+}
+
+#[test]
+fn a_server_that_does_not_ask_for_the_alias_gets_a_wrong_port_note() {
+    // Silence, as from a BIN24, CCM, MATOU or OCM port, which wait for the client.
+    let server = FakeServer::start();
+    let mut client = Client::spawn(&[
+        "room",
+        "--nick",
+        "alice",
+        "--port",
+        &server.port.to_string(),
+        "--silence-hint-ms",
+        "50",
+    ]);
+    let mut peer = server.accept();
+    client.stderr.wait_for(&format!(
+        "nothing from port {} yet, where a ROOM server asks `alias?` at once",
+        server.port
+    ));
+    // Still waiting: a late `alias?` is answered.
+    peer.send(b"alias?");
+    peer.expect(b"alice");
+
+    // Another protocol's bytes are named: here a CCM server's answer to a stranger.
+    let server = FakeServer::start();
+    let mut client = Client::room(server.port, "alice");
+    let mut peer = server.accept();
+    peer.send(b"HTTP/1.1 400 Bad Request\r\n");
+    client
+        .stderr
+        .wait_for(&format!("port {} answered like CCM, not ROOM", server.port));
+    drop(peer);
+    let status = client.wait_exit();
+    let stderr = client.stderr.wait_closed();
+    assert!(status.success(), "stderr: {stderr:?}");
+    assert!(
+        stderr.contains("closed the connection before asking for the nick"),
+        "stderr: {stderr:?}"
+    );
 }
 
 #[test]
@@ -374,4 +425,78 @@ fn long_lines_are_sent_whole_up_to_64_kib() {
     client.type_text(format!("{longest}y\nshort\n").as_bytes());
     peer.expect(b"alice: short");
     client.stderr.wait_for("not sent");
+}
+
+// ---- against the real server ----
+
+/// The real server serving ROOM only, killed when dropped.
+struct Chatd {
+    child: std::process::Child,
+    port: u16,
+    _stderr: Output,
+}
+
+impl Chatd {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = chatd::command(&[("--room-port", port)])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the chatd binary");
+        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
+        let deadline = Instant::now() + WAIT;
+        // Polls with a connect, since nothing else says when the port is open; the probe
+        // closes before sending an alias, so it never joins.
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("chatd exited with {status} before listening");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chatd did not listen within {WAIT:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Chatd {
+            child,
+            port,
+            _stderr: stderr,
+        }
+    }
+}
+
+impl Drop for Chatd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_real_servers_glued_notices_are_shown_one_per_line() {
+    let server = Chatd::start();
+    let mut alice = Client::room(server.port, "alice");
+    // chatd writes the join notice and the greeting back to back: one chunk, usually.
+    alice
+        .stdout
+        .wait_for("* alice joined\n* connected: you are in the room\n");
+
+    let mut bob = Client::room(server.port, "bob");
+    bob.stdout.wait_for("* connected: you are in the room\n");
+    alice.stdout.wait_for("* bob joined\n");
+    bob.type_text(b"hi alice\n");
+    alice.stdout.wait_for("bob: hi alice\n");
+    bob.close_stdin();
+    assert!(bob.wait_exit().success());
+    alice.stdout.wait_for("* bob left\n");
+
+    alice.close_stdin();
+    assert!(alice.wait_exit().success());
+    let out = alice.stdout.wait_closed();
+    assert!(!out.contains("esta conectado"), "{out}");
 }

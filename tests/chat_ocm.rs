@@ -291,7 +291,9 @@ fn received_text_is_shown_and_strangers_are_ignored() {
     server.send_to("bob: hi", udp);
     client.stdout.wait_for("bob: hi\n");
     server.send_to("bobがlobbyから退出しました。", udp);
-    client.stdout.wait_for("bobがlobbyから退出しました。\n");
+    client
+        .stdout
+        .wait_for("bobがlobbyから退出しました。  (bob left lobby)\n");
     // Not a terminal: text is shown as it is.
     server.send_to("carol: a\tb", udp);
     client.stdout.wait_for("carol: a\tb\n");
@@ -302,7 +304,7 @@ fn received_text_is_shown_and_strangers_are_ignored() {
     assert_exit(&mut client, 0);
     assert_eq!(
         client.stdout.wait_closed(),
-        "bob: hi\nbobがlobbyから退出しました。\ncarol: a\tb\n"
+        "bob: hi\nbobがlobbyから退出しました。  (bob left lobby)\ncarol: a\tb\n"
     );
 }
 
@@ -379,7 +381,7 @@ fn own_leave_text_means_removed_and_exits_0_without_exit() {
     );
     assert_eq!(
         client.stdout.wait_closed(),
-        "aliceがlobbyから退出しました。\n"
+        "aliceがlobbyから退出しました。  (the server removed you from lobby)\n"
     );
     server.expect_quiet("a removed member says no more");
 }
@@ -400,27 +402,38 @@ fn the_hosts_leave_closes_the_room_and_exits_0() {
         stderr.contains("chat: room lobby is closed: its host left\n"),
         "{stderr:?}"
     );
-    assert_eq!(client.stdout.wait_closed(), format!("{closing}\n"));
+    assert_eq!(
+        client.stdout.wait_closed(),
+        "carolがlobbyから退出しました。  (carol left lobby)\n\
+         ホストが退出したため、チャットルーム:lobbyを終了します。  (the host left, so room lobby \
+         is closed)\n"
+    );
     server.expect_quiet("the room is gone: no exit");
 }
 
 #[test]
-fn refusals_exit_1_with_the_servers_message() {
+fn refusals_exit_1_saying_which_with_the_servers_message() {
     for (operation, answer, message) in [
         (
             "create",
             EXISTS,
-            "cannot create room lobby: 部屋 lobby はすでに存在します",
+            "cannot create room lobby: a room named lobby already exists; join it with `chat \
+             ocm join lobby --name alice`, or create one with another name (the server said: \
+             部屋 lobby はすでに存在します)",
         ),
         (
             "join",
             MISSING,
-            "cannot join room nowhere: 部屋 nowhere は存在しません",
+            "cannot join room nowhere: no room is named nowhere; create it with `chat ocm \
+             create nowhere --name alice`, or check the name (the server said: 部屋 nowhere は\
+             存在しません)",
         ),
         (
             "create",
             MALFORMED,
-            "cannot create room x: リクエストを完了できませんでした。 入力し直してください。",
+            "cannot create room x: the server could not serve the request (it found it \
+             malformed, or could not create the room now); try again (the server said: \
+             リクエストを完了できませんでした。 入力し直してください。)",
         ),
     ] {
         let server = FakeServer::start();
@@ -474,6 +487,24 @@ fn malformed_answers_exit_1() {
 }
 
 #[test]
+fn another_protocols_server_is_named() {
+    // What a ROOM server says first, and a MATOU server's ERROR to a stranger.
+    for (answer, protocol) in [
+        (&b"alias?"[..], "ROOM"),
+        (&[0, 0, 0, 17, 0, 0, 0, 1, 0, 0, 0, 0][..], "MATOU"),
+    ] {
+        let server = FakeServer::start();
+        let mut client = server.client(&["create", "lobby", "--name", "alice"]);
+        let (mut stream, _request, _udp) = server.request();
+        stream.write_all(answer).expect("answer");
+        drop(stream);
+        let stderr = assert_exit(&mut client, 1);
+        let hint = format!("answered like {protocol}, not OCM");
+        assert!(stderr.contains(&hint), "{protocol}: {stderr:?}");
+    }
+}
+
+#[test]
 fn connection_refused_exits_1_naming_the_address() {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -491,6 +522,10 @@ fn connection_refused_exits_1_naming_the_address() {
     let stderr = assert_exit(&mut client, 1);
     assert!(
         stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("connect"),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.contains("cargo run --release --bin chatd"),
         "{stderr:?}"
     );
 }
@@ -642,6 +677,8 @@ impl Drop for Chatd {
     }
 }
 
+const LEFT_BOB: &str = "bobがlobbyから退出しました。  (bob left lobby)";
+
 #[test]
 fn members_talk_through_the_real_server_and_the_host_closes_the_room() {
     let server = Chatd::start(&[]);
@@ -657,17 +694,22 @@ fn members_talk_through_the_real_server_and_the_host_closes_the_room() {
     let mut again = server.client("create", "lobby", "eve");
     let stderr = assert_exit(&mut again, 1);
     assert!(
-        stderr.contains("部屋 lobby はすでに存在します"),
+        stderr.contains("a room named lobby already exists")
+            && stderr.contains("部屋 lobby はすでに存在します"),
         "{stderr:?}"
     );
     let mut lost = server.client("join", "nowhere", "eve");
     let stderr = assert_exit(&mut lost, 1);
-    assert!(stderr.contains("部屋 nowhere は存在しません"), "{stderr:?}");
+    assert!(
+        stderr.contains("no room is named nowhere")
+            && stderr.contains("部屋 nowhere は存在しません"),
+        "{stderr:?}"
+    );
 
     // A guest leaves: the host is told.
     bob.type_text(b"exit\n");
     assert_exit(&mut bob, 0);
-    alice.stdout.wait_for("bobがlobbyから退出しました。\n");
+    alice.stdout.wait_for(&format!("{LEFT_BOB}\n"));
     // Nobody echoes a member's own lines back to it.
     assert_eq!(bob.stdout.wait_closed(), "alice: hello bob\n");
 
@@ -684,12 +726,13 @@ fn members_talk_through_the_real_server_and_the_host_closes_the_room() {
     );
     assert_eq!(
         carol.stdout.wait_closed(),
-        "alice: bye\naliceがlobbyから退出しました。\n\
-         ホストが退出したため、チャットルーム:lobbyを終了します。\n"
+        "alice: bye\naliceがlobbyから退出しました。  (alice left lobby)\n\
+         ホストが退出したため、チャットルーム:lobbyを終了します。  (the host left, so room lobby \
+         is closed)\n"
     );
     assert_eq!(
         alice.stdout.wait_closed(),
-        "bob: こんにちは alice\nbobがlobbyから退出しました。\n"
+        format!("bob: こんにちは alice\n{LEFT_BOB}\n")
     );
 
     // The name is free again.
@@ -709,7 +752,7 @@ fn a_silent_member_is_removed_by_the_real_server() {
     );
     assert_eq!(
         alice.stdout.wait_closed(),
-        "aliceがquietから退出しました。\n"
+        "aliceがquietから退出しました。  (the server removed you from quiet)\n"
     );
     // The host's removal closed the room: its name can be created again.
     let mut bob = server.member("create", "quiet", "bob");

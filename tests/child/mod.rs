@@ -120,7 +120,19 @@ pub struct Client {
 
 impl Client {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+        Client::spawn_with_env(args, &[])
+    }
+
+    /// Like [`Client::spawn`], with environment variables set (`Some`) or removed (`None`).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, Option<&std::ffi::OsStr>)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat"));
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -4,7 +4,9 @@
 //! user, whose client answers it "200" (type 1); the server answers "300" itself when the
 //! recipient is offline and the message is stored, "507" when that store is full, and hands a
 //! user the messages stored for it (type 2) when it comes back. This client shows each message
-//! as a line, answers "200" for the user, and shows what became of each message it sent.
+//! as a line (`<- bob: hi`), answers "200" for the user, stored messages included (the original
+//! client does not answer those, so the server cannot tell they arrived), and shows what became
+//! of each message it sent (`-> bob: hi  [delivered]`).
 //!
 //! Threads, as in the ROOM client, because std cannot wait on a socket and stdin at once: one
 //! reads frames from the socket, one reads lines from stdin, one turns signals into events. A
@@ -33,7 +35,9 @@ use switchboard::protocol::bin24::codec::{
     TYPE_OFFLINE,
 };
 
+use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::text::{preview, render_bytes};
 
 /// The messageID of the registration frame (see [`registration_frame`]). Message IDs count up
 /// from 0, so this one is never reached by a real message in a session.
@@ -58,14 +62,17 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// oldest are forgotten beyond it (a later answer to one of them is shown as unknown).
 const SENT_REMEMBERED_MAX: usize = 100_000;
 
+/// How much of a sent message its status lines repeat, in characters.
+const PREVIEW_CHARS_MAX: usize = 40;
+
 /// After the session ends, how long the session thread may take to finish the line it is
 /// printing. Bounded because it may be stuck writing to a stdout nobody reads.
 const SESSION_GRACE: Duration = Duration::from_secs(1);
 
 pub const LONG_ABOUT: &str = "Send and receive BIN24 direct messages.\n\n\
     Connects to the server and signs in as --user at once (the server learns who you are from \
-    the first frame; a note `signed in` on stderr confirms it). The server then delivers the \
-    messages stored for you while you were offline.\n\n\
+    the first frame; a note `signed in` on stderr confirms it, and a note says how to send). \
+    The server then delivers the messages stored for you while you were offline.\n\n\
     Input, one line at a time on standard input:\n  \
       bob: hello there   send `hello there` to bob\n  \
       /to bob            plain lines go to bob from now on\n  \
@@ -75,26 +82,32 @@ pub const LONG_ABOUT: &str = "Send and receive BIN24 direct messages.\n\n\
     `: `; to send such a line to the /to user, address it explicitly (`bob: note: ...`). A \
     message is at most 1000 bytes: a longer line is refused with a message on stderr, never \
     cut. Empty lines are ignored.\n\n\
-    Output, on standard output:\n  \
-      carol: hi\n      \
+    Output, on standard output: `<-` is what you receive, `->` what became of what you sent \
+    (the message is repeated, cut to 40 characters, with its state in brackets):\n  \
+      <- carol: hi\n      \
         a message from carol; it is answered \"200\" (received) automatically\n  \
-      carol (offline): hi\n      \
-        stored for you while you were offline; no answer is expected\n  \
-      -> bob #3 delivered\n      \
-        bob's client received your message number 3 (it answered \"200\")\n  \
-      -> bob #3 stored for later (recipient offline)\n      \
-        the server answered \"300\": bob gets it when he next signs in\n  \
-      -> bob #3 refused: recipient's store is full\n      \
+      <- carol: hi  [stored while you were offline]\n      \
+        stored for you while you were offline; it is answered \"200\" too, so the server and \
+        carol know you have it\n  \
+      -> bob: hello there  [delivered]\n      \
+        bob's client received your message (it answered \"200\")\n  \
+      -> bob: hello there  [stored for later: bob is offline]\n      \
+        the server answered \"300\": bob gets it when he next signs in; if his client says \
+        so while you are still here, a line `[delivered]` follows\n  \
+      -> bob: hello there  [refused: bob's store is full]\n      \
         the server answered \"507\": the message is not delivered\n  \
-      -> bob #3 answer TEXT\n      \
+      -> bob: hello there  [answer: TEXT]\n      \
         any other answer, shown as is\n  \
-      -> bob #3 no answer yet\n      \
+      -> bob: hello there  [no answer yet]\n      \
         nothing came back within 10 seconds (shown once; the server normally answers within 3)\n\
-    Messages are numbered from 0 in the order you send them. Bytes that are not valid UTF-8 \
-    are shown as U+FFFD; when standard output is a terminal, control characters are too, so \
-    nobody can send escape sequences to your terminal.\n\n\
+    Bytes that are not valid UTF-8 are shown as U+FFFD; when standard output is a terminal, \
+    control characters, bidirectional controls and zero-width characters are too (tabs are \
+    kept), so nobody can send escape sequences to your terminal or disguise text.\n\n\
     Only one connection per user name: signing in again elsewhere makes the server close the \
     older connection.\n\n\
+    Wrong port: bytes of another protocol, or no answer to signing in within 5 seconds, get a \
+    note naming the protocol that seems to answer (`port 55555 answered like ROOM, not \
+    BIN24`); a refused connection suggests starting chatd.\n\n\
     The session ends on end of input or /quit, Ctrl-C or SIGTERM (exit status 0), when the \
     server closes the connection (exit status 0, with a message on stderr), or on a \
     connection error or a malformed frame from the server (exit status 1).";
@@ -113,6 +126,11 @@ pub struct Bin24Args {
     /// Server TCP port of the BIN24 protocol
     #[arg(long, default_value_t = 7000, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
+
+    /// Milliseconds without an answer to signing in before the wrong-port note (tests make
+    /// it short)
+    #[arg(long, default_value_t = 5000, hide = true)]
+    silence_hint_ms: u64,
 }
 
 /// Rejects what the 8-byte SRC field cannot carry, before any connection is made.
@@ -147,6 +165,9 @@ enum Event {
     /// End of input or `/quit`.
     InputEnded,
     ServerClosed,
+    /// The server closed the connection before the sign-in was confirmed; the text says what
+    /// that may mean. Exit status 0, as for any close by the server.
+    ClosedBeforeSignIn(String),
     /// Anything that ends the session with exit status 1; the text is shown as is.
     Failed(String),
     /// The session thread has returned; nothing more will be printed.
@@ -243,6 +264,10 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Event::InputEnded | Event::SessionDone | Event::Connected(_) => ExitCode::SUCCESS,
+        Event::ClosedBeforeSignIn(message) => {
+            eprintln!("{message}");
+            ExitCode::SUCCESS
+        }
         Event::ServerClosed => {
             // The server closes the older connection when the same user signs in again, but
             // also on a protocol error or an unanswered message; the client cannot tell which.
@@ -278,7 +303,7 @@ fn session(args: &Bin24Args, tx: &Sender<Event>) -> Event {
     let addr = display_addr(&args.host, args.port);
     let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(format!("chat: cannot connect to {addr}: {e}")),
+        Err(e) => return Event::Failed(hints::connect_failed(&addr, Protocol::Bin24, &e)),
     };
     // Frames are small and each should leave at once: an answer "200" is due within the
     // server's 3 s. Failing to set it only costs latency.
@@ -296,9 +321,10 @@ fn session(args: &Bin24Args, tx: &Sender<Event>) -> Event {
     let (input_tx, input_rx) = mpsc::channel();
     let reader = {
         let (stream, input_tx, addr) = (Arc::clone(&stream), input_tx.clone(), addr.clone());
+        let port = args.port;
         thread::Builder::new()
             .name("socket".into())
-            .spawn(move || read_frames(&stream, &input_tx, &addr))
+            .spawn(move || read_frames(&stream, &input_tx, &addr, port))
     };
     if let Err(e) = reader {
         return Event::Failed(format!("chat: cannot start the socket thread: {e}"));
@@ -311,6 +337,11 @@ fn session(args: &Bin24Args, tx: &Sender<Event>) -> Event {
     }
 
     let mut session = Session::new(args.user, io::stdout().is_terminal(), addr.clone());
+    session.expect_sign_in(
+        args.port,
+        Instant::now() + Duration::from_millis(args.silence_hint_ms),
+    );
+    eprintln!("chat: {}", session.how_to_send());
     converse(&stream, &mut session, &input_rx, &addr)
 }
 
@@ -365,7 +396,7 @@ fn converse(
             Some(Input::StdinFailed(message) | Input::ReadFailed(message)) => {
                 return Event::Failed(message)
             }
-            Some(Input::Closed) => return Event::ServerClosed,
+            Some(Input::Closed) => return session.on_closed(),
         }
         // Also after an input: a steady flow of them must not starve the notes.
         session.on_timer(now, &mut actions);
@@ -399,25 +430,34 @@ fn internal_error() -> Event {
 }
 
 /// The socket thread: cuts frames from the stream; its last input is always an end.
-fn read_frames(stream: &TcpStream, tx: &Sender<Input>, addr: &str) {
-    let end = receive(stream, tx, addr);
+fn read_frames(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) {
+    let end = receive(stream, tx, addr, port);
     let _ = tx.send(end);
 }
 
-fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str) -> Input {
+fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
     let mut pending = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let mut framed_any = false;
     loop {
         loop {
             match decode(&mut pending) {
                 Ok(Some(frame)) => {
+                    framed_any = true;
                     if tx.send(Input::Frame(frame)).is_err() {
                         // The session is over; nobody listens.
                         return Input::Closed;
                     }
                 }
                 Ok(None) => break,
-                // Framing is lost: nothing after this can be trusted.
+                // Framing is lost: nothing after this can be trusted. Garbage from the start is
+                // most likely another protocol's server.
+                Err(e) if !framed_any => {
+                    return Input::ReadFailed(format!(
+                        "chat: bad frame from the server: {e}\nchat: {}",
+                        hints::answered_like(port, Protocol::Bin24, &pending)
+                    ))
+                }
                 Err(e) => {
                     return Input::ReadFailed(format!("chat: bad frame from the server: {e}"))
                 }
@@ -479,7 +519,65 @@ enum Action {
 #[derive(Debug)]
 struct Sent {
     to: Name,
-    answered: bool,
+    /// The start of the message, for its status lines.
+    preview: String,
+    /// What the last answer said; `None` until one came.
+    fate: Option<Fate>,
+}
+
+/// What an answer says about the message it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fate {
+    /// "200", or what the original client answers instead (see [`Fate::of`]).
+    Delivered,
+    /// "300": the recipient is offline, the server keeps the message for it.
+    Stored,
+    /// "507": the recipient's store is full; the message is lost.
+    Refused,
+    /// Anything else, rendered.
+    Other(String),
+}
+
+impl Fate {
+    fn of(body: &[u8], sanitize: bool) -> Fate {
+        // The original client answers with the received message's length: "200" cut to it
+        // (so "", "2" or "20" for short messages), or followed by garbage for longer ones.
+        if body.starts_with(b"20") || DELIVERED.starts_with(body) {
+            Fate::Delivered
+        } else if body == b"300" {
+            Fate::Stored
+        } else if body == b"507" {
+            Fate::Refused
+        } else {
+            Fate::Other(render_bytes(body, sanitize))
+        }
+    }
+
+    /// The bracketed state of a `->` line.
+    fn describe(&self, to: Name) -> String {
+        match self {
+            Fate::Delivered => "delivered".into(),
+            Fate::Stored => format!("stored for later: {to} is offline"),
+            Fate::Refused => format!("refused: {to}'s store is full"),
+            Fate::Other(text) => format!("answer: {text}"),
+        }
+    }
+}
+
+/// Where the sign-in stands, for the wrong-port hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SignIn {
+    /// The registration is out; the server echoes it at once, so silence past `hint_at`
+    /// deserves a note (once).
+    Waiting {
+        port: u16,
+        hint_at: Instant,
+    },
+    /// Waiting still, the note is out.
+    Hinted {
+        port: u16,
+    },
+    Done,
 }
 
 /// The conversation, without I/O: lines and frames in, actions out.
@@ -497,6 +595,7 @@ struct Session {
     /// When each sent message deserves its `no answer yet` note, in sending order (so in
     /// deadline order).
     notes_due: VecDeque<(Instant, u32)>,
+    sign_in: SignIn,
 }
 
 impl Session {
@@ -509,6 +608,39 @@ impl Session {
             default_to: None,
             sent: BTreeMap::new(),
             notes_due: VecDeque::new(),
+            sign_in: SignIn::Done,
+        }
+    }
+
+    /// The registration is out on `port`: without its echo by `hint_at`, a note suggests the
+    /// port is wrong.
+    fn expect_sign_in(&mut self, port: u16, hint_at: Instant) {
+        self.sign_in = SignIn::Waiting { port, hint_at };
+    }
+
+    /// The note at start: how to send, and how the output tells sent from received.
+    fn how_to_send(&self) -> String {
+        format!(
+            "connected to {} as {}; send with `bob: hello` (or `/to bob`, then plain lines), \
+             leave with /quit; `-> bob: ...  [delivered]` is what you sent and what became of \
+             it, `<- bob: ...` what you received",
+            self.addr, self.user
+        )
+    }
+
+    /// The server closed the connection: before the sign-in was confirmed, that may be a
+    /// refused name or another protocol's server.
+    fn on_closed(&self) -> Event {
+        match self.sign_in {
+            SignIn::Done => Event::ServerClosed,
+            SignIn::Waiting { port, .. } | SignIn::Hinted { port } => {
+                Event::ClosedBeforeSignIn(format!(
+                    "chat: the server at {} closed the connection before signing you in: the \
+                     name {} may be held by a CCM or MATOU user (choose another --user), or \
+                     port {port} is not a BIN24 port (7000 by default)",
+                    self.addr, self.user
+                ))
+            }
         }
     }
 
@@ -561,7 +693,7 @@ impl Session {
             _ => out.push(Action::Note(format!(
                 "unknown command {}: the commands are `/to NAME` and `/quit` (to send a line \
                  starting with `/`, address it: `bob: /...`)",
-                render(command, true)
+                render_bytes(command, true)
             ))),
         }
     }
@@ -588,11 +720,13 @@ impl Session {
             REGISTRATION_ID => 0,
             next => next,
         };
+        let preview = preview(&render_bytes(body, true), PREVIEW_CHARS_MAX);
         self.sent.insert(
             id,
             Sent {
                 to,
-                answered: false,
+                preview,
+                fate: None,
             },
         );
         if self.sent.len() > SENT_REMEMBERED_MAX {
@@ -607,19 +741,22 @@ impl Session {
         let id = frame.message_id();
         let body = frame.body();
         match frame.frame_type() {
-            TYPE_MESSAGE => {
+            // A stored message is answered like a live one: the answer tells the server (and
+            // the sender, if online) that this client has it, so the server can count it as
+            // delivered at once instead of guessing from the transport.
+            kind @ (TYPE_MESSAGE | TYPE_OFFLINE) => {
                 // Answered before it is shown: the answer is due within the server's timeout,
                 // and showing may wait on a slow terminal.
                 out.push(Action::Send(encode_answer(id, self.user, src, DELIVERED)));
-                out.push(shown(format!("{src}: {}", render(&body, self.sanitize))));
-            }
-            TYPE_OFFLINE => {
-                out.push(shown(format!(
-                    "{src} (offline): {}",
-                    render(&body, self.sanitize)
-                )));
+                let text = render_bytes(&body, self.sanitize);
+                out.push(shown(if kind == TYPE_OFFLINE {
+                    format!("<- {src}: {text}  [stored while you were offline]")
+                } else {
+                    format!("<- {src}: {text}")
+                }));
             }
             TYPE_ANSWER if self.is_registration_echo(frame) => {
+                self.sign_in = SignIn::Done;
                 out.push(Action::Note(format!(
                     "signed in as {} at {}",
                     self.user, self.addr
@@ -627,13 +764,23 @@ impl Session {
             }
             TYPE_ANSWER => match self.sent.get_mut(&id) {
                 Some(sent) => {
-                    sent.answered = true;
-                    let fate = fate(&body, self.sanitize);
-                    out.push(shown(format!("-> {} #{id} {fate}", sent.to)));
+                    let fate = Fate::of(&body, self.sanitize);
+                    // Only news is shown: the first answer, and a change, such as the "200"
+                    // of a recipient who got the message from the store; a repeated answer
+                    // (at-least-once delivery) is not.
+                    if sent.fate.as_ref() != Some(&fate) {
+                        out.push(shown(format!(
+                            "-> {}: {}  [{}]",
+                            sent.to,
+                            sent.preview,
+                            fate.describe(sent.to)
+                        )));
+                        sent.fate = Some(fate);
+                    }
                 }
                 None => out.push(shown(format!(
-                    "-> {src} #{id} answer to a message not sent in this session: {}",
-                    render(&body, self.sanitize)
+                    "-> {src}: (message #{id}, not sent in this session)  [{}]",
+                    Fate::of(&body, self.sanitize).describe(src)
                 ))),
             },
             other => out.push(Action::BadFrame(format!(
@@ -656,16 +803,30 @@ impl Session {
                 break;
             }
             self.notes_due.pop_front();
-            if let Some(sent) = self.sent.get(&id).filter(|sent| !sent.answered) {
-                let line = format!("-> {} #{id} no answer yet", sent.to);
+            if let Some(sent) = self.sent.get(&id).filter(|sent| sent.fate.is_none()) {
+                let line = format!("-> {}: {}  [no answer yet]", sent.to, sent.preview);
                 out.push(shown(line));
+            }
+        }
+        if let SignIn::Waiting { port, hint_at } = self.sign_in {
+            if hint_at <= now {
+                self.sign_in = SignIn::Hinted { port };
+                out.push(Action::Note(format!(
+                    "no answer to signing in: {}",
+                    hints::silent(port, Protocol::Bin24, "echoes the sign-in at once")
+                )));
             }
         }
     }
 
     /// When [`Session::on_timer`] next has something to do.
     fn next_deadline(&self) -> Option<Instant> {
-        self.notes_due.front().map(|&(due, _)| due)
+        let note = self.notes_due.front().map(|&(due, _)| due);
+        let hint = match self.sign_in {
+            SignIn::Waiting { hint_at, .. } => Some(hint_at),
+            _ => None,
+        };
+        note.into_iter().chain(hint).min()
     }
 }
 
@@ -689,40 +850,6 @@ fn addressed(line: &[u8]) -> Option<(Name, &[u8])> {
         _ => return None,
     };
     parse_name(name).ok().map(|to| (to, body))
-}
-
-/// What an answer says about the message it answers.
-fn fate(body: &[u8], sanitize: bool) -> String {
-    // The original client answers with the received message's length: "200" cut to it (so
-    // "", "2" or "20" for short messages), or followed by garbage for longer ones.
-    if body.starts_with(b"20") || DELIVERED.starts_with(body) {
-        "delivered".into()
-    } else if body == b"300" {
-        "stored for later (recipient offline)".into()
-    } else if body == b"507" {
-        "refused: recipient's store is full".into()
-    } else {
-        format!("answer {}", render(body, sanitize))
-    }
-}
-
-/// Received text for one line of output: lossy UTF-8, and when `sanitize`, control characters
-/// (line breaks included, so a message cannot forge a line of its own) as U+FFFD.
-fn render(text: &[u8], sanitize: bool) -> String {
-    let text = String::from_utf8_lossy(text);
-    if sanitize {
-        text.chars()
-            .map(|c| {
-                if c.is_control() && c != '\t' {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect()
-    } else {
-        text.into_owned()
-    }
 }
 
 #[cfg(test)]
@@ -835,19 +962,24 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_answered_200_and_offline_ones_are_not() {
+    fn messages_live_and_stored_are_answered_200_and_shown_incoming() {
         let mut s = session();
         assert_eq!(
-            receive(&mut s, message(7, "carol", "alice", "hi\x1b[2J")),
+            receive(&mut s, message(7, "carol", "alice", "hi\x1b[2J\u{202e}")),
             [
                 Action::Send(encode_answer(7, name("alice"), name("carol"), b"200")),
-                show("carol: hi\u{fffd}[2J"),
+                show("<- carol: hi\u{fffd}[2J\u{fffd}"),
             ]
         );
+        // A stored message gets the same answer, with its own messageID and SRC, so the
+        // server can count it as delivered.
         let stored = encode(TYPE_OFFLINE, 3, name("dave"), name("alice"), b"caf\xe9").unwrap();
         assert_eq!(
             receive(&mut s, stored),
-            [show("dave (offline): caf\u{fffd}")]
+            [
+                Action::Send(encode_answer(3, name("alice"), name("dave"), b"200")),
+                show("<- dave: caf\u{fffd}  [stored while you were offline]"),
+            ]
         );
     }
 
@@ -855,25 +987,67 @@ mod tests {
     fn answers_show_the_fate_of_each_message() {
         let now = Instant::now();
         let mut s = session();
-        for _ in 0..5 {
-            line(&mut s, "bob: x", now);
+        for text in [
+            "bob: one",
+            "bob: two",
+            "bob: three",
+            "bob: four",
+            "bob: five",
+        ] {
+            line(&mut s, text, now);
         }
         let answer = |id, text: &[u8]| encode_answer(id, name("bob"), name("alice"), text);
         let cases: [(u32, &[u8], &str); 6] = [
-            (0, b"200\0garbage", "-> bob #0 delivered"),
-            (1, b"300", "-> bob #1 stored for later (recipient offline)"),
-            (2, b"507", "-> bob #2 refused: recipient's store is full"),
-            (3, b"404 what", "-> bob #3 answer 404 what"),
-            (4, b"2", "-> bob #4 delivered"),
+            (0, b"200\0garbage", "-> bob: one  [delivered]"),
+            (1, b"300", "-> bob: two  [stored for later: bob is offline]"),
+            (2, b"507", "-> bob: three  [refused: bob's store is full]"),
+            (3, b"404 what", "-> bob: four  [answer: 404 what]"),
+            (4, b"2", "-> bob: five  [delivered]"),
             (
                 9,
                 b"200",
-                "-> bob #9 answer to a message not sent in this session: 200",
+                "-> bob: (message #9, not sent in this session)  [delivered]",
             ),
         ];
         for (id, text, shown) in cases {
             assert_eq!(receive(&mut s, answer(id, text)), [show(shown)]);
         }
+    }
+
+    #[test]
+    fn a_late_200_updates_a_stored_message_and_repeats_are_not_shown() {
+        let now = Instant::now();
+        let mut s = session();
+        line(&mut s, "bob: see you", now);
+        let answer = |text: &[u8]| encode_answer(0, name("bob"), name("alice"), text);
+        assert_eq!(
+            receive(&mut s, answer(b"300")),
+            [show("-> bob: see you  [stored for later: bob is offline]")]
+        );
+        assert_eq!(receive(&mut s, answer(b"300")), []);
+        // bob signed in, got it from the store and answered.
+        assert_eq!(
+            receive(&mut s, answer(b"200")),
+            [show("-> bob: see you  [delivered]")]
+        );
+        // At-least-once: the same message may be delivered, and answered, again.
+        assert_eq!(receive(&mut s, answer(b"200")), []);
+    }
+
+    #[test]
+    fn status_lines_repeat_the_start_of_the_message() {
+        let now = Instant::now();
+        let mut s = session();
+        let long = "x".repeat(100);
+        line(&mut s, &format!("bob: {long}"), now);
+        line(&mut s, "bob: a\x1bb", now);
+        let answer = |id| encode_answer(id, name("bob"), name("alice"), b"200");
+        let cut = format!("-> bob: {}…  [delivered]", "x".repeat(PREVIEW_CHARS_MAX));
+        assert_eq!(receive(&mut s, answer(0)), [show(&cut)]);
+        assert_eq!(
+            receive(&mut s, answer(1)),
+            [show("-> bob: a\u{fffd}b  [delivered]")]
+        );
     }
 
     #[test]
@@ -899,11 +1073,52 @@ mod tests {
         s.on_timer(start + Duration::from_secs(9), &mut out);
         assert_eq!(out, []);
         s.on_timer(start + Duration::from_secs(20), &mut out);
-        assert_eq!(out, [show("-> bob #0 no answer yet")]);
+        assert_eq!(out, [show("-> bob: one  [no answer yet]")]);
         assert_eq!(s.next_deadline(), None);
         out.clear();
         s.on_timer(start + Duration::from_secs(30), &mut out);
         assert_eq!(out, []);
+    }
+
+    #[test]
+    fn silence_after_signing_in_gets_one_wrong_port_note() {
+        let start = Instant::now();
+        let mut s = session();
+        s.expect_sign_in(9002, start + Duration::from_secs(5));
+        assert_eq!(s.next_deadline(), Some(start + Duration::from_secs(5)));
+        let mut out = Vec::new();
+        s.on_timer(start + Duration::from_secs(4), &mut out);
+        assert_eq!(out, []);
+        s.on_timer(start + Duration::from_secs(5), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Note(n)] if n.contains("nothing from port 9002 yet")
+                && n.contains("BIN24")),
+            "{out:?}"
+        );
+        assert_eq!(s.next_deadline(), None);
+        out.clear();
+        s.on_timer(start + Duration::from_secs(60), &mut out);
+        assert_eq!(out, []);
+        // A close before the sign-in is explained; after it, it is an ordinary close.
+        assert!(matches!(s.on_closed(), Event::ClosedBeforeSignIn(m) if m.contains("may be held")));
+        receive(&mut s, registration_frame(name("alice")));
+        assert!(matches!(s.on_closed(), Event::ServerClosed));
+
+        // The echo in time: no note.
+        let mut s = session();
+        s.expect_sign_in(7000, start + Duration::from_secs(5));
+        receive(&mut s, registration_frame(name("alice")));
+        assert_eq!(s.next_deadline(), None);
+        s.on_timer(start + Duration::from_secs(60), &mut out);
+        assert_eq!(out, []);
+    }
+
+    #[test]
+    fn the_start_note_says_how_to_send_and_read() {
+        let note = session().how_to_send();
+        for needle in ["bob: hello", "/to bob", "/quit", "->", "<-", "[delivered]"] {
+            assert!(note.contains(needle), "{needle:?} missing from {note}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,7 +31,9 @@ use switchboard::protocol::ccm::codec::{
     decode, decode_text, encode, Message, MessageType, HEADER_BYTES_MAX,
 };
 
+use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::text::render;
 
 /// The encoding of everything this client sends, declared in `Message-Encoding`.
 const ENCODING: &[u8] = b"utf-8";
@@ -76,10 +78,14 @@ pub const LONG_ABOUT: &str = "Send and receive CCM messages.\n\n\
       chat: error unknown-addressee: no user has that name\n      \
         an Error answer from the server, with its reason and sentence\n\
     Text is decoded with its Message-Encoding (utf-8, us-ascii, utf-16, iso-8859-1, ...). \
-    When standard output is a terminal, control characters in received text are shown as \
-    U+FFFD, so nobody can send escape sequences to your terminal.\n\n\
+    When standard output is a terminal, control characters (tabs excepted), bidirectional \
+    controls and zero-width characters in received text are shown as U+FFFD, so nobody can \
+    send escape sequences to your terminal or disguise text.\n\n\
     The server checks that the client is alive with a `Connect` message after 5 seconds of \
     silence; this client answers it at once, without showing anything.\n\n\
+    Wrong port: another protocol's bytes, or no answer to the name within 5 seconds, get a \
+    note naming the protocol that seems to answer; a refused connection suggests starting \
+    chatd.\n\n\
     The session ends on end of input or /quit (a `Disconnect` is sent first), Ctrl-C or \
     SIGTERM (exit status 0), when the server closes the connection (exit status 0, with a \
     message on stderr), or on a connection error, a refused name or a malformed message from \
@@ -99,6 +105,11 @@ pub struct CcmArgs {
     /// Server TCP port of the CCM protocol
     #[arg(long, default_value_t = 5454, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
+
+    /// Milliseconds without an answer to the identification before the wrong-port note
+    /// (tests make it short)
+    #[arg(long, default_value_t = 5000, hide = true)]
+    silence_hint_ms: u64,
 }
 
 /// Refuses, before any connection is made, a name nobody could address with `@NAME `.
@@ -250,7 +261,7 @@ fn session(args: &CcmArgs, tx: &Sender<Event>) -> Event {
     let addr = display_addr(&args.host, args.port);
     let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(format!("chat: cannot connect to {addr}: {e}")),
+        Err(e) => return Event::Failed(hints::connect_failed(&addr, Protocol::Ccm, &e)),
     };
     // Messages are small and each should leave at once: a keepalive answer is due within the
     // server's 3.6 s. Failing to set it only costs latency.
@@ -268,9 +279,10 @@ fn session(args: &CcmArgs, tx: &Sender<Event>) -> Event {
     let (input_tx, input_rx) = mpsc::channel();
     let reader = {
         let (stream, input_tx, addr) = (Arc::clone(&stream), input_tx.clone(), addr.clone());
+        let port = args.port;
         thread::Builder::new()
             .name("socket".into())
-            .spawn(move || read_messages(&stream, &input_tx, &addr))
+            .spawn(move || read_messages(&stream, &input_tx, &addr, port))
     };
     if let Err(e) = reader {
         return Event::Failed(format!("chat: cannot start the socket thread: {e}"));
@@ -283,7 +295,17 @@ fn session(args: &CcmArgs, tx: &Sender<Event>) -> Event {
     }
 
     let mut session = Session::new(args.name.clone(), io::stdout().is_terminal());
-    converse(&stream, &mut session, &input_rx, &addr)
+    let hint = Hint {
+        port: args.port,
+        at: Instant::now() + Duration::from_millis(args.silence_hint_ms),
+    };
+    converse(&stream, &mut session, &input_rx, &addr, hint)
+}
+
+/// When to say that the server is silent where a CCM server answers at once.
+struct Hint {
+    port: u16,
+    at: Instant,
 }
 
 /// The first message of the connection: `NotDefined`, as the original client sends it, with
@@ -302,13 +324,36 @@ fn converse(
     session: &mut Session,
     inputs: &Receiver<Input>,
     addr: &str,
+    hint: Hint,
 ) -> Event {
     let stdout = io::stdout();
     let mut actions = Vec::new();
+    let mut hint = Some(hint);
     loop {
-        let Ok(input) = inputs.recv() else {
-            return Event::Failed("chat: internal error: the input threads ended".into());
+        let received = match &hint {
+            Some(due) => inputs.recv_timeout(due.at.saturating_duration_since(Instant::now())),
+            None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
+        let input = match received {
+            Ok(input) => input,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(due) = hint.take() {
+                    if session.identifying() {
+                        eprintln!(
+                            "chat: {}",
+                            hints::silent(due.port, Protocol::Ccm, "answers the name at once")
+                        );
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Event::Failed("chat: internal error: the input threads ended".into())
+            }
+        };
+        if hint.is_some() && !session.identifying() {
+            hint = None;
+        }
         match input {
             Input::Line(line) => session.on_line(&line, &mut actions),
             Input::LineTooLong => session.on_line_too_long(&mut actions),
@@ -317,7 +362,15 @@ fn converse(
             Input::StdinFailed(message) | Input::ReadFailed(message) => {
                 return Event::Failed(message)
             }
-            Input::Closed => return Event::ServerClosed,
+            Input::Closed => {
+                if session.identifying() {
+                    eprintln!(
+                        "chat: the server closed the connection before answering the name: is \
+                         {addr} the CCM port? (5454 by default)"
+                    );
+                }
+                return Event::ServerClosed;
+            }
         }
         for action in actions.drain(..) {
             match action {
@@ -344,21 +397,32 @@ fn converse(
 }
 
 /// The socket thread: cuts messages from the stream; its last input is always an end.
-fn read_messages(stream: &TcpStream, tx: &Sender<Input>, addr: &str) {
-    let end = receive(stream, tx, addr);
+fn read_messages(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) {
+    let end = receive(stream, tx, addr, port);
     let _ = tx.send(end);
 }
 
 /// The server always writes `Content-Length`, which frames its messages whatever the reads
 /// look like. Without it, the contract's rule applies: one read burst is one message, so the
 /// end of each read counts as the end of a burst.
-fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str) -> Input {
+fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
     let mut pending = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    let mut decoded_any = false;
     loop {
+        // A CCM server's every message starts with `CCM\`: anything else from the start is
+        // most likely another protocol's server (a ROOM server's `alias?` would otherwise wait
+        // for a header end that never comes).
+        if !decoded_any && pending.len() >= 4 && !pending[..4].eq_ignore_ascii_case(b"CCM\\") {
+            return Input::ReadFailed(format!(
+                "chat: the server does not speak CCM\nchat: {}",
+                hints::answered_like(port, Protocol::Ccm, &pending)
+            ));
+        }
         loop {
             match decode(&mut pending, true) {
                 Ok(Some(message)) => {
+                    decoded_any = true;
                     if tx.send(Input::Message(message)).is_err() {
                         // The session is over; nobody listens.
                         return Input::Closed;
@@ -460,6 +524,11 @@ impl Session {
                 input_ended: false,
             },
         }
+    }
+
+    /// Whether the server has yet to answer the identification.
+    fn identifying(&self) -> bool {
+        matches!(self.state, State::Identifying { .. })
     }
 
     /// One typed line, without its line end.
@@ -676,24 +745,6 @@ fn shown(mut line: String) -> Action {
     Action::Show(line)
 }
 
-/// Received text for one line of output: when `sanitize`, control characters (line breaks
-/// included, so a message cannot forge a line of its own) as U+FFFD.
-fn render(text: &str, sanitize: bool) -> String {
-    if sanitize {
-        text.chars()
-            .map(|c| {
-                if c.is_control() && c != '\t' {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect()
-    } else {
-        text.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -875,6 +926,13 @@ mod tests {
         assert_eq!(
             receive(&mut s, &text("alice", "utf-8", "héllo\x1b[2J".as_bytes())),
             [show("carol: héllo\u{fffd}[2J")]
+        );
+        assert_eq!(
+            receive(
+                &mut s,
+                &text("alice", "utf-8", "a\tb\u{202e}c\u{feff}".as_bytes())
+            ),
+            [show("carol: a\tb\u{fffd}c\u{fffd}")]
         );
         assert_eq!(
             receive(&mut s, &text("*", "utf-16", b"h\0i\0")),

@@ -6,10 +6,12 @@
 
 mod bin24;
 mod ccm;
+mod hints;
 mod input;
 mod matou;
 mod ocm;
 mod room;
+mod text;
 
 use std::process::ExitCode;
 

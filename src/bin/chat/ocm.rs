@@ -31,13 +31,16 @@ use clap::{Args, ValueEnum};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use switchboard::protocol::ocm::codec::{
-    decode_answer, encode_datagram, encode_request, host_leave_text, leave_text, EncodeError,
-    TcrpAnswer, DATAGRAM_BYTES_MAX, DATAGRAM_HEADER_BYTES, EXIT_MESSAGE, OPERATION_CREATE,
-    OPERATION_JOIN, STATE_ACK, STATE_DONE, STATE_ERROR, STATE_REQUEST, STATUS_DONE,
+    decode_answer, encode_datagram, encode_request, host_leave_text, leave_text,
+    room_exists_message, room_missing_message, EncodeError, TcrpAnswer, DATAGRAM_BYTES_MAX,
+    DATAGRAM_HEADER_BYTES, EXIT_MESSAGE, MESSAGE_FAILED, OPERATION_CREATE, OPERATION_JOIN,
+    STATE_ACK, STATE_DONE, STATE_ERROR, STATE_REQUEST, STATUS_DONE,
 };
 use switchboard::protocol::ocm::json;
 
+use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::text::render;
 
 /// Largest TCRP answer body accepted. Real answers are under 300 bytes; the 29-byte size field
 /// could announce far more, which is refused from the header before anything is buffered.
@@ -65,9 +68,9 @@ pub const LONG_ABOUT: &str = "Create or join an OCM chat room, then chat in it.\
     `chat ocm create ROOM --name alice` asks the server over TCP (--tcp-port, TCRP) to create \
     ROOM with you as its host; `chat ocm join ROOM --name bob` joins an existing room. The \
     server answers with a token, and a note `created ROOM as alice` or `joined ROOM as bob` on \
-    stderr confirms it. If the server refuses (the room already exists, the room does not \
-    exist, or the request could not be served), its message is shown and the client exits with \
-    status 1.\n\n\
+    stderr confirms it. If the server refuses, the client says why in English (the room \
+    already exists, the room does not exist, or the request could not be served), with the \
+    server's own Japanese message, and exits with status 1.\n\n\
     Then the chat goes over UDP (--udp-port), from a socket bound before the request, on the \
     address the TCP connection used: the server only accepts datagrams from the IP address the \
     token was given to.\n\n\
@@ -77,12 +80,14 @@ pub const LONG_ABOUT: &str = "Create or join an OCM chat room, then chat in it.\
     A line is sent as it is, as UTF-8, in one datagram of at most 4096 bytes with the room \
     name and the token; a longer line is refused with a message on stderr. Empty lines are \
     ignored. Since `exit` is how the protocol says goodbye, a message cannot be just `exit`.\n\n\
-    Output, on standard output, what the server relays, as it comes:\n  \
-      bob: hi                             bob said hi\n  \
-      bobがlobbyから退出しました。        bob left the room\n\
+    Output, on standard output, what the server relays, as it comes; the server's own texts \
+    are Japanese (unchanged on the wire), and the client adds an English gloss in brackets:\n  \
+      bob: hi                                               bob said hi\n  \
+      bobがlobbyから退出しました。  (bob left lobby)        bob left the room\n\
     Only datagrams from the server's UDP address are shown; anything else is ignored. When \
-    standard output is a terminal, control characters in received text are shown as U+FFFD, \
-    so nobody can send escape sequences to your terminal.\n\n\
+    standard output is a terminal, control characters (tabs excepted), bidirectional controls \
+    and zero-width characters in received text are shown as U+FFFD, so nobody can send \
+    escape sequences to your terminal or disguise text.\n\n\
     When the host leaves, the server closes the room: its text \
     `...\\nホストが退出したため、チャットルーム:ROOMを終了します。` is shown, a note on stderr says \
     the room is closed, and the client exits with status 0. There is no keepalive in OCM: the \
@@ -335,7 +340,7 @@ fn session(args: &OcmArgs, tx: &Sender<Event>) -> Event {
     let tcp_addr = display_addr(&args.host, args.tcp_port);
     let stream = match TcpStream::connect((args.host.as_str(), args.tcp_port)) {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(format!("chat: cannot connect to {tcp_addr}: {e}")),
+        Err(e) => return Event::Failed(hints::connect_failed(&tcp_addr, Protocol::Ocm, &e)),
     };
     let stream = Arc::new(stream);
     if tx.send(Event::Connected(Arc::clone(&stream))).is_err() {
@@ -370,14 +375,14 @@ fn session(args: &OcmArgs, tx: &Sender<Event>) -> Event {
     if let Err(e) = (&*stream).write_all(&request) {
         return Event::Failed(format!("chat: cannot send the request to {tcp_addr}: {e}"));
     }
-    let token = match read_answer(&stream, args.operation, &tcp_addr) {
+    let token = match read_answer(&stream, args.operation, &tcp_addr, args.tcp_port) {
         Ok(token) => token,
         Err(Refusal::Refused(message)) => {
             return Event::Failed(format!(
                 "chat: cannot {} room {}: {}",
                 args.operation.verb(),
                 render(&args.room, true),
-                render_message(&message)
+                explain_refusal(args.operation, &args.room, &args.name, &message)
             ))
         }
         Err(Refusal::Failed(message)) => return Event::Failed(format!("chat: {message}")),
@@ -461,15 +466,38 @@ enum Verdict {
 }
 
 /// Reads answers until the one that decides: the token, or why not.
-fn read_answer(stream: &TcpStream, operation: Operation, addr: &str) -> Result<Vec<u8>, Refusal> {
+fn read_answer(
+    stream: &TcpStream,
+    operation: Operation,
+    addr: &str,
+    port: u16,
+) -> Result<Vec<u8>, Refusal> {
     let deadline = Instant::now() + ANSWER_WAIT;
     let mut pending = BytesMut::with_capacity(1024);
     let mut buf = vec![0u8; 4096];
     let mut acked = false;
+    let mut answered = false;
+    // What a wrong port most likely is, for a failure before any answer was decoded.
+    let wrong_port = |pending: &[u8], answered: bool| {
+        if answered {
+            String::new()
+        } else {
+            format!(
+                "\nchat: {}",
+                hints::answered_like(port, Protocol::Ocm, pending)
+            )
+        }
+    };
     loop {
-        while let Some(answer) = decode_answer(&mut pending, ANSWER_PAYLOAD_BYTES_MAX)
-            .map_err(|e| Refusal::Failed(format!("malformed answer from the server: {e}")))?
+        while let Some(answer) =
+            decode_answer(&mut pending, ANSWER_PAYLOAD_BYTES_MAX).map_err(|e| {
+                Refusal::Failed(format!(
+                    "malformed answer from the server: {e}{}",
+                    wrong_port(&pending, answered)
+                ))
+            })?
         {
+            answered = true;
             match judge(operation.code(), &answer, acked).map_err(|problem| {
                 Refusal::Failed(format!("malformed answer from the server: {problem}"))
             })? {
@@ -481,7 +509,9 @@ fn read_answer(stream: &TcpStream, operation: Operation, addr: &str) -> Result<V
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Refusal::Failed(format!(
-                "no answer from {addr} within {} s",
+                "no answer from {addr} within {} s: is port {port} the OCM TCP port? (9002 by \
+                 default; a ROOM server would have asked `alias?`, the others wait for their \
+                 own protocol)",
                 ANSWER_WAIT.as_secs()
             )));
         }
@@ -491,14 +521,16 @@ fn read_answer(stream: &TcpStream, operation: Operation, addr: &str) -> Result<V
         match (&*stream).read(&mut buf) {
             Ok(0) if pending.is_empty() => {
                 return Err(Refusal::Failed(format!(
-                    "{addr} closed the connection without answering"
+                    "{addr} closed the connection without answering: is port {port} the OCM \
+                     TCP port? (9002 by default)"
                 )))
             }
             Ok(0) => {
                 return Err(Refusal::Failed(format!(
                     "malformed answer from the server: the connection closed after {} bytes \
-                     of an incomplete answer",
-                    pending.len()
+                     of an incomplete answer{}",
+                    pending.len(),
+                    wrong_port(&pending, answered)
                 )))
             }
             Ok(n) => pending.extend_from_slice(&buf[..n]),
@@ -737,10 +769,10 @@ impl Session {
     fn on_text(&self, datagram: &[u8], out: &mut Vec<Action>) {
         let text = String::from_utf8_lossy(datagram);
         match hear(&self.name, &self.room, &text) {
-            Heard::Chat => out.push(shown(render(&text, self.sanitize))),
+            Heard::Chat => out.push(self.glossed(&text)),
             Heard::Removed { closed } => {
                 for line in text.split('\n') {
-                    out.push(shown(render(line, self.sanitize)));
+                    out.push(self.glossed(line));
                 }
                 out.push(Action::Note(format!(
                     "the server removed you from room {}{} (silent too long, or messages to \
@@ -751,8 +783,8 @@ impl Session {
                 out.push(Action::End);
             }
             Heard::RoomClosed(left, closing) => {
-                out.push(shown(render(left, self.sanitize)));
-                out.push(shown(render(closing, self.sanitize)));
+                out.push(self.glossed(left));
+                out.push(self.glossed(closing));
                 out.push(Action::Note(format!(
                     "room {} is closed: its host left",
                     render(&self.room, true)
@@ -761,6 +793,71 @@ impl Session {
             }
         }
     }
+}
+
+impl Session {
+    /// One line of the server's text, with an English gloss when it is one of the server's
+    /// own (Japanese) texts.
+    fn glossed(&self, line: &str) -> Action {
+        let mut shown_line = render(line, self.sanitize);
+        let own = line == leave_text(&self.name, &self.room);
+        let gloss = if own {
+            Some(format!("the server removed you from {}", self.room))
+        } else {
+            gloss(&self.room, line)
+        };
+        if let Some(gloss) = gloss {
+            shown_line.push_str("  (");
+            shown_line.push_str(&render(&gloss, true));
+            shown_line.push(')');
+        }
+        shown(shown_line)
+    }
+}
+
+/// An English gloss of one line of the server's text in `room`, when it is one of the
+/// server's own: a member's leave line, or the line saying the room closes. Any member can
+/// send the same text as a message whose sender name ends the same way: the protocol cannot
+/// tell them apart, and neither can the gloss.
+fn gloss(room: &str, line: &str) -> Option<String> {
+    let any_leave = leave_text("", room);
+    let host_leave = host_leave_text("", room);
+    let closing = host_leave
+        .strip_prefix(&any_leave)
+        .unwrap_or(&host_leave)
+        .trim_start_matches('\n');
+    if line == closing {
+        return Some(format!("the host left, so room {room} is closed"));
+    }
+    let name = line.strip_suffix(&any_leave)?;
+    (!name.is_empty() && !name.contains('\n')).then(|| format!("{name} left {room}"))
+}
+
+/// Why the server refused, in English, with its own message: a taken room name and a
+/// missing room are told apart, with what to do about each.
+fn explain_refusal(operation: Operation, room: &str, name: &str, message: &str) -> String {
+    let room_shown = render(room, true);
+    let name_shown = render(name, true);
+    let why = if message == room_exists_message(room) {
+        format!(
+            "a room named {room_shown} already exists; join it with `chat ocm join \
+             {room_shown} --name {name_shown}`, or create one with another name"
+        )
+    } else if message == room_missing_message(room) {
+        format!(
+            "no room is named {room_shown}; create it with `chat ocm create {room_shown} --name \
+             {name_shown}`, or check the name"
+        )
+    } else if message == MESSAGE_FAILED {
+        format!(
+            "the server could not serve the request (it found it malformed, or could not {} \
+             the room now); try again",
+            operation.verb()
+        )
+    } else {
+        "the server refused".into()
+    };
+    format!("{why} (the server said: {})", render_message(message))
 }
 
 /// Recognises the server's texts that end this session. A member's leave text
@@ -791,24 +888,6 @@ fn hear<'a>(name: &str, room: &str, text: &'a str) -> Heard<'a> {
 fn shown(mut line: String) -> Action {
     line.push('\n');
     Action::Show(line)
-}
-
-/// Received text for one line of output: when `sanitize`, control characters (line breaks
-/// included, so a message cannot forge a line of its own) as U+FFFD.
-fn render(text: &str, sanitize: bool) -> String {
-    if sanitize {
-        text.chars()
-            .map(|c| {
-                if c.is_control() && c != '\t' {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect()
-    } else {
-        text.to_owned()
-    }
 }
 
 /// The server's TCRP message for one line of stderr: its line breaks (the 500 message has
@@ -917,6 +996,52 @@ mod tests {
         assert_eq!(
             render_message(&message),
             "リクエストを完了できませんでした。 入力し直してください。"
+        );
+    }
+
+    #[test]
+    fn refusals_say_which_in_english() {
+        let exists = explain_refusal(
+            Operation::Create,
+            "lobby",
+            "alice",
+            "部屋 lobby はすでに存在します",
+        );
+        assert!(
+            exists.starts_with(
+                "a room named lobby already exists; join it with `chat ocm join \
+                 lobby --name alice`"
+            ),
+            "{exists}"
+        );
+        assert!(
+            exists.ends_with("(the server said: 部屋 lobby はすでに存在します)"),
+            "{exists}"
+        );
+        let missing = explain_refusal(
+            Operation::Join,
+            "nowhere",
+            "bob",
+            "部屋 nowhere は存在しません",
+        );
+        assert!(
+            missing.starts_with(
+                "no room is named nowhere; create it with `chat ocm create \
+                 nowhere --name bob`"
+            ),
+            "{missing}"
+        );
+        let failed = explain_refusal(Operation::Join, "x", "bob", MESSAGE_FAILED);
+        assert!(
+            failed.contains("could not serve the request")
+                && failed.contains("リクエストを完了できませんでした。 入力し直してください。"),
+            "{failed}"
+        );
+        // Another room's message, or an unknown one, is not guessed at.
+        let other = explain_refusal(Operation::Join, "x", "bob", "部屋 y は存在しません");
+        assert_eq!(
+            other,
+            "the server refused (the server said: 部屋 y は存在しません)"
         );
     }
 
@@ -1038,9 +1163,21 @@ mod tests {
             [show("bob: a\u{fffd}[2J\u{fffd}fake")]
         );
         assert_eq!(
-            text(&s, "bobがlobbyから退出しました。"),
-            [show("bobがlobbyから退出しました。")]
+            text(&s, "bob: a\tb\u{2066}c\u{200d}"),
+            [show("bob: a\tb\u{fffd}c\u{fffd}")]
         );
+        assert_eq!(
+            text(&s, "bobがlobbyから退出しました。"),
+            [show("bobがlobbyから退出しました。  (bob left lobby)")]
+        );
+        // Not a leave line: another room, nobody named, or more text after it.
+        for other in [
+            "bobがmainから退出しました。",
+            "がlobbyから退出しました。",
+            "bobがlobbyから退出しました。!",
+        ] {
+            assert_eq!(text(&s, other), [show(other)], "{other}");
+        }
         let mut out = Vec::new();
         s.on_text(b"bob: \xff", &mut out);
         assert_eq!(out, [show("bob: \u{fffd}")]);
@@ -1053,7 +1190,10 @@ mod tests {
     fn own_leave_text_means_removed() {
         let s = session();
         let out = text(&s, "aliceがlobbyから退出しました。");
-        assert_eq!(out[0], show("aliceがlobbyから退出しました。"));
+        assert_eq!(
+            out[0],
+            show("aliceがlobbyから退出しました。  (the server removed you from lobby)")
+        );
         assert!(matches!(&out[1], Action::Note(n) if n.contains("removed you from room lobby")));
         assert_eq!(out[2], Action::End);
         assert_eq!(out.len(), 3);
@@ -1061,11 +1201,18 @@ mod tests {
         // Not this member: another room, another name, or more text.
         for other in [
             "aliceがlobby2から退出しました。",
-            "malice: aliceがlobbyから退出しました。",
             "aliceがlobbyから退出しました。!",
         ] {
             assert_eq!(text(&s, other), [show(other)], "{other}");
         }
+        // Someone else's leave line, glossed as such (the protocol cannot tell it from a
+        // message).
+        assert_eq!(
+            text(&s, "malice: aliceがlobbyから退出しました。"),
+            [show(
+                "malice: aliceがlobbyから退出しました。  (malice: alice left lobby)"
+            )]
+        );
     }
 
     #[test]
@@ -1078,8 +1225,11 @@ mod tests {
         assert_eq!(
             out[..2],
             [
-                show("carolがlobbyから退出しました。"),
-                show("ホストが退出したため、チャットルーム:lobbyを終了します。"),
+                show("carolがlobbyから退出しました。  (carol left lobby)"),
+                show(
+                    "ホストが退出したため、チャットルーム:lobbyを終了します。  (the host left, \
+                     so room lobby is closed)"
+                ),
             ]
         );
         assert_eq!(

@@ -24,7 +24,7 @@ use indicatif::ProgressBar;
 use mio::{Events, Interest, Poll, Token, Waker};
 use switchboard::protocol::matou::codec::{self, decode_from_peer, Limits, Packet};
 
-use super::files::Download;
+use super::files::Downloads;
 use super::screen::Screen;
 use super::session::{LinkId, PeerEvent, MESSAGE_BYTES_MAX};
 use super::Input;
@@ -49,7 +49,8 @@ const WAKE: Token = Token(1);
 pub(super) struct LinkContext {
     pub(super) tx: Sender<Input>,
     pub(super) screen: Arc<Screen>,
-    pub(super) download_dir: PathBuf,
+    /// Where received files go, and what each peer has sent.
+    pub(super) downloads: Arc<Downloads>,
     pub(super) max_file_bytes: u64,
 }
 
@@ -423,6 +424,15 @@ fn receive_files(id: LinkId, peer: &str, stream: &TcpStream, context: &LinkConte
             });
             return;
         }
+        // Over a cap, the file is refused before anything is written; its bytes follow on the
+        // connection and the protocol has no way to refuse them, so the link closes.
+        if let Err(reason) = context.downloads.admit(peer, size) {
+            send(PeerEvent::FileFailed {
+                reason,
+                fatal: true,
+            });
+            return;
+        }
         if !send(PeerEvent::FileIncoming(size)) {
             return;
         }
@@ -449,14 +459,13 @@ fn receive_one(
     pending: &mut BytesMut,
     context: &LinkContext,
 ) -> Result<PathBuf, (String, bool)> {
-    let mut download = Download::create(&context.download_dir, peer).map_err(|e| {
-        (
-            format!(
-                "cannot save a file from {peer} in {}: {e}",
-                context.download_dir.display()
-            ),
-            true,
-        )
+    let downloads = &context.downloads;
+    let mut download = downloads.create(peer).map_err(|e| {
+        let reason = match downloads.dir() {
+            Ok(dir) => format!("cannot save a file from {peer} in {}: {e}", dir.display()),
+            Err(_) => format!("cannot save a file from {peer}: {e}"),
+        };
+        (reason, true)
     })?;
     let bar = context.screen.bar(size, &format!("from {peer}"));
     let mut left = size;
@@ -508,7 +517,7 @@ fn receive_one(
         context.screen.remove_bar(&bar);
     }
     match outcome {
-        Ok(()) => download.finish().map_err(|e| {
+        Ok(()) => download.finish(downloads).map_err(|e| {
             (
                 format!("cannot save the file from {peer}: {e}; partial file removed"),
                 false,

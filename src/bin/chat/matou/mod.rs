@@ -36,10 +36,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use switchboard::protocol::matou::codec::{decode_from_server, Limits, Packet};
 
+use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use files::{Downloads, ReceiveLimits};
 use link::{Link, LinkContext, Pending};
 use screen::Screen;
-use session::{name_problem, Action, LinkId, PeerEvent, Session};
+use session::{own_name_problem, Action, LinkId, PeerEvent, Session};
 
 /// Longest input line held in memory; anything longer is skipped whole. Far above the
 /// 512-byte message limit, so that a long line gets a clear "too long" note rather than a
@@ -59,11 +61,13 @@ const SESSION_GRACE: Duration = Duration::from_secs(1);
 
 pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send files to other \
     users directly over private links.\n\n\
-    Connects to the server with the name --user (letters and digits only, at most 32 bytes); \
-    a note `connected as NAME` on stderr confirms it. If the server refuses the name (another \
-    user has it, or it is empty, too long or has a character that is not a letter or a \
-    digit), the client says so and exits with status 1: run it again with another --user. \
-    Lines typed before the server has answered are held and handled once it has.\n\n\
+    Connects to the server with the name --user (ASCII letters and digits only, at most 32 \
+    bytes); a note `connected as NAME` on stderr confirms it. A name that breaks a rule (empty, \
+    too long, a character that is not an ASCII letter or digit) is refused before connecting, \
+    with the rule it breaks (exit status 2); a name the server refuses is taken (another user, \
+    of MATOU or of another protocol, has it): the client says so and exits with status 1, run \
+    it again with another --user. Lines typed before the server has answered are held and \
+    handled once it has.\n\n\
     Input, one line at a time on standard input:\n  \
       hello everyone     send `hello everyone` to everyone (at most 512 bytes, no control \
     characters; //TEXT sends a TEXT that starts with /)\n  \
@@ -83,14 +87,16 @@ pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send file
       * private link with bob open: ...             the link is up\n  \
       bob (private): hi                             a private message from bob\n  \
       * bob is sending a file of 1048576 bytes      a file is arriving\n  \
-      * received 1048576 bytes from bob: downloads/from-bob-1.bin\n  \
+      * received 1048576 bytes from bob: /home/alice/.local/share/switchboard/downloads/\
+    from-bob-1.bin\n  \
       * sending 1048576 bytes to bob: PATH          and `* sent ...` when done\n  \
       * bob closed the private link                 bob signed out of the link\n\
     and on standard error:\n  \
       chat: error 4 (unknown user): ...             an ERROR from the server, with its code\n\
     plus notes on refused lines and failures. When standard output is a terminal, control \
-    characters in received text are shown as U+FFFD, so nobody can send escape sequences to \
-    your terminal. When standard error is a terminal, each running transfer has a progress \
+    characters (tabs excepted), bidirectional controls and zero-width characters in received \
+    text are shown as U+FFFD, so nobody can send escape sequences to your terminal or \
+    disguise text. When standard error is a terminal, each running transfer has a progress \
     bar there, with its rate and the time left.\n\n\
     Private links: after /private bob and bob's /accept alice, the server gives alice bob's \
     address; alice listens on two new ports (messages, files) and the server passes them to \
@@ -98,10 +104,17 @@ pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send file
     links may be open at once. Messages and files take separate connections and threads: a \
     file transfer never holds up messages, typing, or another transfer.\n\n\
     Files: MATOU sends no file name, so a received file is saved in --download-dir (created \
-    if missing) as from-NAME-N.bin with the first free N: never a name from the network, never \
-    over an existing file. It is written under a temporary name and renamed when complete; an \
-    incomplete transfer leaves nothing. A file announced larger than --max-file-bytes closes \
-    the link.\n\n\
+    if missing; by default the per-user data folder, $XDG_DATA_HOME/switchboard/downloads or \
+    ~/.local/share/switchboard/downloads; `--download-dir downloads` uses the current \
+    folder's) as from-NAME-N.bin, N counting on from the highest already there: never a name \
+    from the network, never over an existing file. It is written under a temporary name and \
+    renamed when complete; an incomplete transfer leaves nothing. A file announced larger \
+    than --max-file-bytes, or one that would take a peer past --receive-files-max files or \
+    --receive-bytes-max bytes in the session, is refused with a note before anything is \
+    written, and closes the link (the protocol cannot refuse one file and keep the link).\n\n\
+    Wrong port: another protocol's bytes, or no answer to the name within 5 seconds, get a \
+    note naming the protocol that seems to answer; a refused connection suggests starting \
+    chatd.\n\n\
     The session ends on end of input or /quit, Ctrl-C or SIGTERM (every private link and the \
     server are signed out of first; exit status 0), when the server closes the connection \
     (exit status 0, with a message on stderr), or on a connection error, a refused name or a \
@@ -111,7 +124,7 @@ pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send file
 /// Arguments of `chat matou`.
 #[derive(Args, Debug)]
 pub struct MatouArgs {
-    /// Your user name: letters and digits, at most 32 bytes
+    /// Your user name: ASCII letters and digits, at most 32 bytes
     #[arg(long, value_parser = parse_user_name)]
     user: String,
 
@@ -123,18 +136,36 @@ pub struct MatouArgs {
     #[arg(long, default_value_t = 7777, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
 
-    /// Folder for received files (created when the first file arrives)
-    #[arg(long, value_name = "DIR", default_value = "downloads")]
-    download_dir: PathBuf,
+    /// Folder for received files, created when the first file arrives [default: the per-user
+    /// data folder, $XDG_DATA_HOME/switchboard/downloads or
+    /// ~/.local/share/switchboard/downloads; `--download-dir downloads` for the current
+    /// folder's]
+    #[arg(long, value_name = "DIR")]
+    download_dir: Option<PathBuf>,
 
     /// Largest file accepted from a peer, in bytes; a larger announcement closes the link
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 30)]
     max_file_bytes: u64,
+
+    /// Most files accepted from one peer in a session; the next one is refused and closes the
+    /// link
+    #[arg(long, value_name = "FILES", default_value_t = 1000)]
+    receive_files_max: u64,
+
+    /// Most bytes accepted from one peer in a session, all files together; a file that would
+    /// pass it is refused and closes the link
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 30)]
+    receive_bytes_max: u64,
+
+    /// Milliseconds without an answer to the name before the wrong-port note (tests make it
+    /// short)
+    #[arg(long, default_value_t = 5000, hide = true)]
+    silence_hint_ms: u64,
 }
 
 /// Refuses, before any connection is made, a name the server would refuse.
 fn parse_user_name(name: &str) -> Result<String, String> {
-    match name_problem(name) {
+    match own_name_problem(name) {
         Some(problem) => Err(problem),
         None => Ok(name.to_string()),
     }
@@ -168,6 +199,8 @@ enum Input {
     ServerClosed,
     /// Reading failed or the server sent a malformed packet; the text is shown as is.
     ServerFailed(String),
+    /// The time a MATOU server takes to answer the name has passed.
+    SilenceHintDue,
     /// As Src, the ports of a link are open (or could not be).
     Listening {
         id: LinkId,
@@ -314,7 +347,7 @@ fn session(
     let addr = display_addr(&args.host, args.port);
     let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(format!("chat: cannot connect to {addr}: {e}")),
+        Err(e) => return Event::Failed(hints::connect_failed(&addr, Protocol::Matou, &e)),
     };
     // Packets are small and each should leave at once. Failing to set it only costs latency.
     let _ = stream.set_nodelay(true);
@@ -334,11 +367,12 @@ fn session(
         return Event::Failed(format!("chat: cannot send the name to {addr}: {e}"));
     }
 
+    let port = args.port;
     let reader = {
         let (stream, inputs, addr) = (Arc::clone(&stream), inputs.clone(), addr.clone());
         thread::Builder::new()
             .name("socket".into())
-            .spawn(move || read_packets(&stream, &inputs, &addr))
+            .spawn(move || read_packets(&stream, &inputs, &addr, port))
     };
     if let Err(e) = reader {
         return Event::Failed(format!("chat: cannot start the socket thread: {e}"));
@@ -354,14 +388,36 @@ fn session(
     }
 
     let screen = Arc::new(Screen::new(io::stderr().is_terminal()));
+    // The timer of the wrong-port note: a thread that waits, since the session thread waits
+    // on its queue only. Failing to start it only loses the note.
+    let silence_hint = Duration::from_millis(args.silence_hint_ms);
+    let timer_inputs = inputs.clone();
+    let _ = thread::Builder::new()
+        .name("hint-timer".into())
+        .spawn(move || {
+            thread::sleep(silence_hint);
+            let _ = timer_inputs.send(Input::SilenceHintDue);
+        });
     let mut io = Io {
         server: stream,
         addr,
+        port,
         local_ip,
         context: LinkContext {
             tx: inputs,
             screen,
-            download_dir: args.download_dir,
+            downloads: Arc::new(Downloads::new(
+                args.download_dir.clone().map(Ok).unwrap_or_else(|| {
+                    files::default_download_dir(
+                        std::env::var_os("XDG_DATA_HOME").as_deref(),
+                        std::env::var_os("HOME").as_deref(),
+                    )
+                }),
+                ReceiveLimits {
+                    files_max: args.receive_files_max,
+                    bytes_max: args.receive_bytes_max,
+                },
+            )),
             max_file_bytes: args.max_file_bytes,
         },
         pending: HashMap::new(),
@@ -377,6 +433,8 @@ fn session(
 struct Io {
     server: Arc<TcpStream>,
     addr: String,
+    /// The server's port, for the wrong-port notes.
+    port: u16,
     local_ip: IpAddr,
     context: LinkContext,
     /// Links being set up.
@@ -409,7 +467,24 @@ fn converse(io: &mut Io, session: &mut Session, inputs: &Receiver<Input>) -> Eve
             Input::StdinFailed(message) | Input::ServerFailed(message) => {
                 return Event::Failed(message)
             }
-            Input::ServerClosed => return Event::ServerClosed,
+            Input::ServerClosed => {
+                if !session.joined() {
+                    io.context.screen.err(&format!(
+                        "chat: the server closed the connection before answering the name: is \
+                         port {} the MATOU port? (7777 by default)",
+                        io.port
+                    ));
+                }
+                return Event::ServerClosed;
+            }
+            Input::SilenceHintDue => {
+                if !session.joined() {
+                    io.context.screen.err(&format!(
+                        "chat: {}",
+                        hints::silent(io.port, Protocol::Matou, "answers the name at once")
+                    ));
+                }
+            }
             Input::Listening { id, ports } => session.on_listening(id, ports, &mut actions),
             Input::LinkUp { id, message, file } => {
                 if io.link_up(id, message, file) {
@@ -548,12 +623,13 @@ impl Io {
 }
 
 /// The socket thread: cuts packets from the stream; its last input is always an end.
-fn read_packets(stream: &TcpStream, tx: &Sender<Input>, addr: &str) {
-    let end = receive(stream, tx, addr);
+fn read_packets(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) {
+    let end = receive(stream, tx, addr, port);
     let _ = tx.send(end);
 }
 
-fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str) -> Input {
+fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
+    let mut decoded_any = false;
     let limits = Limits {
         string_bytes_max: SERVER_STRING_BYTES_MAX,
         file_bytes_max: 0,
@@ -564,6 +640,7 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str) -> Input {
         loop {
             match decode_from_server(&mut pending, &limits) {
                 Ok(Some(packet)) => {
+                    decoded_any = true;
                     if tx.send(Input::Packet(packet)).is_err() {
                         // The session is over; nobody listens.
                         return Input::ServerClosed;
@@ -572,9 +649,18 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str) -> Input {
                 Ok(None) => break,
                 // Framing is lost: nothing after this can be trusted.
                 Err(e) => {
+                    // Garbage from the start is most likely another protocol's server.
+                    let hint = if decoded_any {
+                        String::new()
+                    } else {
+                        format!(
+                            "\nchat: {}",
+                            hints::answered_like(port, Protocol::Matou, &pending)
+                        )
+                    };
                     return Input::ServerFailed(format!(
-                        "chat: malformed packet from the server: {e}"
-                    ))
+                        "chat: malformed packet from the server: {e}{hint}"
+                    ));
                 }
             }
         }

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use switchboard::protocol::matou::codec::{self, ErrorCode, Packet};
 
+pub(super) use crate::text::render;
+
 /// The contract's limits on what a client sends.
 pub(super) const NAME_BYTES_MAX: usize = 32;
 pub(super) const MESSAGE_BYTES_MAX: usize = 512;
@@ -196,6 +198,11 @@ impl Session {
             next_id: 1,
             leaving: false,
         }
+    }
+
+    /// Whether the server has accepted the name.
+    pub(super) fn joined(&self) -> bool {
+        matches!(self.state, State::Joined)
     }
 
     /// The first packet of the connection.
@@ -491,10 +498,11 @@ impl Session {
             return;
         };
         if !accepted {
+            // The name passed every rule the server has before it was sent (see
+            // `own_name_problem`), so what is left is that somebody has it.
             out.push(Action::Fail(format!(
-                "the server refused the name {}: a name is refused when another user has it, \
-                 or when it is empty, longer than {NAME_BYTES_MAX} bytes, or has a character \
-                 that is not a letter or a digit; run again with another --user",
+                "the server refused the name {}: it is taken (another user, of MATOU or of \
+                 another protocol, has it); run again with another --user",
                 self.name
             )));
             return;
@@ -754,7 +762,34 @@ fn abandoned(link: &Link, out: &mut Vec<Action>) {
     }
 }
 
-/// Why the server would refuse `name`, or `None`.
+/// Why the server would refuse `name` as this user's own, in one line, or `None`: empty, too
+/// long, or a character that is not an ASCII letter or digit. Stricter than [`name_problem`]:
+/// the server's rule is "alphanumeric", which our server read as Unicode's and now reads as
+/// ASCII's (look-alike names such as a Cyrillic `а` in `аlice`), so a name that passes here
+/// passes any of them, and a refusal after it means the name is taken.
+pub(super) fn own_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return name_problem(name);
+    }
+    let odd = name.chars().find(|c| !c.is_ascii_alphanumeric())?;
+    Some(format!(
+        "a user name has only ASCII letters and digits (a-z, A-Z, 0-9), and {} is not one",
+        char_shown(odd)
+    ))
+}
+
+/// A character for a message: itself in quotes when printable, else its code point.
+fn char_shown(c: char) -> String {
+    if crate::text::is_unsafe(c) || c.is_whitespace() {
+        format!("U+{:04X}", u32::from(c))
+    } else {
+        format!("`{c}` (U+{:04X})", u32::from(c))
+    }
+}
+
+/// Why no MATOU server would accept `name`, or `None`: the structural rules (not empty, at
+/// most 32 bytes, letters and digits of any script). Names from the server and in commands
+/// are checked with it, so that a peer on a server that allows `José` still works.
 pub(super) fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         Some("a user name must not be empty".into())
@@ -763,10 +798,12 @@ pub(super) fn name_problem(name: &str) -> Option<String> {
             "a user name is at most {NAME_BYTES_MAX} bytes (this one has {})",
             name.len()
         ))
-    } else if !name.chars().all(char::is_alphanumeric) {
-        Some("a user name has only letters and digits".into())
     } else {
-        None
+        let odd = name.chars().find(|c| !c.is_alphanumeric())?;
+        Some(format!(
+            "a user name has only letters and digits, and {} is not one",
+            char_shown(odd)
+        ))
     }
 }
 
@@ -868,24 +905,6 @@ fn error_line(code: i32, reason: &[u8]) -> String {
 fn shown(mut line: String) -> Action {
     line.push('\n');
     Action::Show(line)
-}
-
-/// Received text for one line of output: when `sanitize`, control characters (line breaks
-/// included, so a message cannot forge a line of its own) as U+FFFD.
-pub(super) fn render(text: &str, sanitize: bool) -> String {
-    if sanitize {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    char::REPLACEMENT_CHARACTER
-                } else {
-                    c
-                }
-            })
-            .collect()
-    } else {
-        text.to_owned()
-    }
 }
 
 #[cfg(test)]

@@ -124,7 +124,30 @@ fn names_and_messages_are_validated() {
     assert!(name_problem(&"a".repeat(33)).unwrap().contains("32 bytes"));
     for bad in ["a b", "a_b", "a/b", "a\nb", ".."] {
         assert!(name_problem(bad).unwrap().contains("letters"), "{bad:?}");
+        assert!(
+            own_name_problem(bad).unwrap().contains("letters"),
+            "{bad:?}"
+        );
     }
+    // One's own name: ASCII only, each refusal in one line saying which rule.
+    assert_eq!(own_name_problem("alice42"), None);
+    assert!(own_name_problem("").unwrap().contains("empty"));
+    assert!(own_name_problem(&"a".repeat(33))
+        .unwrap()
+        .contains("at most 32 bytes (this one has 33)"));
+    assert_eq!(
+        own_name_problem("Zoé").unwrap(),
+        "a user name has only ASCII letters and digits (a-z, A-Z, 0-9), and `é` (U+00E9) is \
+         not one"
+    );
+    // Cyrillic а, fullwidth ａ: look-alikes.
+    assert!(own_name_problem("\u{430}lice").unwrap().contains("U+0430"));
+    assert!(own_name_problem("\u{ff41}lice").unwrap().contains("U+FF41"));
+    assert_eq!(
+        name_problem("a\u{202e}b").unwrap(),
+        "a user name has only letters and digits, and U+202E is not one"
+    );
+    assert!(!own_name_problem("a\nb").unwrap().contains('\n'));
     assert_eq!(message_problem(""), None);
     assert_eq!(message_problem(&"é".repeat(256)), None);
     assert!(message_problem(&"é".repeat(257))
@@ -158,21 +181,17 @@ fn lines_before_the_answer_are_held_then_handled() {
 }
 
 #[test]
-fn a_refused_name_fails_with_the_reasons() {
+fn a_refused_name_fails_saying_it_is_taken_in_one_line() {
     let mut s = Session::new("alice".into(), true);
     let out = receive(&mut s, &codec::connect_response(false));
     let [Action::Fail(problem)] = &out[..] else {
         panic!("{out:?}");
     };
-    for reason in [
-        "another user has it",
-        "empty",
-        "32 bytes",
-        "letter or a digit",
-        "--user",
-    ] {
-        assert!(problem.contains(reason), "{reason:?} missing: {problem}");
-    }
+    assert_eq!(
+        problem,
+        "the server refused the name alice: it is taken (another user, of MATOU or of another \
+         protocol, has it); run again with another --user"
+    );
 }
 
 #[test]
@@ -211,6 +230,14 @@ fn server_notifications_are_shown() {
     assert_eq!(
         receive(&mut s, &codec::public_broadcast(b"bob", b"hi \x1b[2J")),
         [show("bob: hi \u{fffd}[2J")]
+    );
+    // As in every client: bidi controls and zero-width characters go, a tab stays.
+    assert_eq!(
+        receive(
+            &mut s,
+            &codec::public_broadcast("b\u{200b}ob".as_bytes(), "a\tb\u{202e}c".as_bytes())
+        ),
+        [show("b\u{fffd}ob: a\tb\u{fffd}c")]
     );
     assert_eq!(
         receive(&mut s, &codec::sign_out_notify(b"bob")),
