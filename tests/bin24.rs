@@ -875,3 +875,46 @@ fn the_store_file_stays_within_a_small_multiple_of_the_store_wide_cap() {
         "{file_bytes} bytes on disk for a {CAP_BYTES}-byte cap"
     );
 }
+
+#[test]
+fn chatd_reads_its_users_file_and_refuses_a_bad_one_naming_the_line() {
+    let data = TempDir::new("bin24-users-file");
+    std::fs::create_dir_all(&data.0).expect("mkdir");
+    let bad = data.0.join("users-bad");
+    std::fs::write(&bad, "alice 127.0.0.1\nbob 127.0.0.1/40\n").expect("write");
+    let output = chatd::command(&[("--bin24-port", free_port())])
+        .arg("--data-dir")
+        .arg(&data.0)
+        .arg("--bin24-users")
+        .arg(&bad)
+        .output()
+        .expect("run chatd");
+    assert_eq!(output.status.code(), Some(2));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("users-bad, line 2") && log.contains("prefix"),
+        "log: {log}"
+    );
+
+    // A good file: alice may log in, mallory may not.
+    let good = data.0.join("users");
+    std::fs::write(&good, "# who may log in\nalice 127.0.0.1\n").expect("write");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut child = chatd::command(&[("--bin24-port", port)])
+        .arg("--data-dir")
+        .arg(&data.0)
+        .arg("--bin24-users")
+        .arg(&good)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chatd");
+    let mut alice = connect_when_listening(addr, "alice");
+    assert!(alice.register_and_wait().is_empty());
+    let mut mallory = Peer::connect(addr, "mallory");
+    mallory.register();
+    mallory.expect_closed();
+    child.kill().expect("kill chatd");
+    child.wait().expect("reap chatd");
+}
