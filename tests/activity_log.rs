@@ -109,7 +109,7 @@ fn each_connect_and_disconnect_is_one_info_line() {
 #[test]
 fn a_burst_of_connections_is_rate_limited_and_summed_up() {
     const CONNECTIONS: usize = 6 * LINES_PER_WINDOW;
-    let mut chatd = Chatd::start();
+    let chatd = Chatd::start();
     let clients: Vec<TcpStream> = (0..CONNECTIONS)
         .map(|_| TcpStream::connect(chatd.room).expect("connect"))
         .collect();
