@@ -33,42 +33,43 @@ payload_bytes=64
 saturation=1000000,2000000,3000000,4000000,6000000,8000000
 saturation_duration=3s
 
-die() { echo "compare-redis: $*" >&2; exit 1; }
+script_name=compare-redis
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rates) rates=${2:?--rates needs a value}; shift 2 ;;
-    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
-    --duration) duration=${2:?--duration needs a value}; shift 2 ;;
-    --clients) clients=${2:?--clients needs a value}; shift 2 ;;
-    --senders) senders=${2:?--senders needs a value}; shift 2 ;;
-    --payload-bytes) payload_bytes=${2:?--payload-bytes needs a value}; shift 2 ;;
-    --saturation) saturation=${2:?--saturation needs a value}; shift 2 ;;
-    --saturation-duration) saturation_duration=${2:?--saturation-duration needs a value}; shift 2 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown option $1 (see --help)" ;;
+    --rates) rates=$(option_value "$@"); shift 2 ;;
+    --runs) runs=$(option_value "$@"); shift 2 ;;
+    --duration) duration=$(option_value "$@"); shift 2 ;;
+    --clients) clients=$(option_value "$@"); shift 2 ;;
+    --senders) senders=$(option_value "$@"); shift 2 ;;
+    --payload-bytes) payload_bytes=$(option_value "$@"); shift 2 ;;
+    --saturation) saturation=$(option_value "$@"); shift 2 ;;
+    --saturation-duration) saturation_duration=$(option_value "$@"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage_error "unknown option $1" ;;
   esac
 done
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
-is_count "$runs" && [ "$runs" -le 20 ] || die "--runs must be 1 to 20"
-is_count "$clients" || die "--clients must be a positive integer"
-is_count "$senders" || die "--senders must be a positive integer"
-is_count "$payload_bytes" || die "--payload-bytes must be a positive integer"
-[[ $duration =~ ^[0-9]+(ms|s|m)$ ]] || die "--duration must look like 500ms, 10s or 1m"
-[[ $saturation_duration =~ ^[0-9]+(ms|s|m)$ ]] || die "--saturation-duration must look like 3s"
+is_count "$runs" && [ "$runs" -le 20 ] || usage_error "--runs must be 1 to 20"
+is_count "$clients" || usage_error "--clients must be a positive integer"
+is_count "$senders" || usage_error "--senders must be a positive integer"
+is_count "$payload_bytes" || usage_error "--payload-bytes must be a positive integer"
+[[ $duration =~ ^[0-9]+(ms|s|m)$ ]] || usage_error "--duration must look like 500ms, 10s or 1m"
+[[ $saturation_duration =~ ^[0-9]+(ms|s|m)$ ]] || usage_error "--saturation-duration must look like 3s"
 duration_s() { case "$1" in *ms) echo $(( ${1%ms} / 1000 + 1 )) ;; *s) echo "${1%s}" ;; *m) echo $(( ${1%m} * 60 )) ;; esac; }
-[ "$(duration_s "$duration")" -le 120 ] || die "--duration at most 2m (the run must stay bounded)"
-[ "$(duration_s "$saturation_duration")" -le 60 ] || die "--saturation-duration at most 1m"
+[ "$(duration_s "$duration")" -le 120 ] || usage_error "--duration at most 2m (the run must stay bounded)"
+[ "$(duration_s "$saturation_duration")" -le 60 ] || usage_error "--saturation-duration at most 1m"
 IFS=, read -r -a rate_list <<<"$rates"
 for r in "${rate_list[@]}"; do
-  is_count "$r" || die "--rates: $r is not a positive integer"
-  [ $(( r % clients )) -eq 0 ] || die "--rates: $r is not a multiple of --clients ($clients): the message rate is deliveries/s / clients"
+  is_count "$r" || usage_error "--rates: $r is not a positive integer"
+  [ $(( r % clients )) -eq 0 ] || usage_error "--rates: $r is not a multiple of --clients ($clients): the message rate is deliveries/s / clients"
 done
 sat_list=()
 if [ "$saturation" != none ]; then
   IFS=, read -r -a sat_list <<<"$saturation"
   for r in "${sat_list[@]}"; do
-    is_count "$r" || die "--saturation: $r is not a positive integer"
-    [ $(( r % clients )) -eq 0 ] || die "--saturation: $r is not a multiple of --clients ($clients)"
+    is_count "$r" || usage_error "--saturation: $r is not a positive integer"
+    [ $(( r % clients )) -eq 0 ] || usage_error "--saturation: $r is not a multiple of --clients ($clients)"
   done
 fi
 

@@ -26,6 +26,8 @@
 #   --frequency HZ       samples per second (default 999)
 set -euo pipefail
 script_name=flamegraph.sh
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 clients=100
 senders=10
@@ -33,32 +35,30 @@ rate=5000
 duration=5s
 call_graph=dwarf
 frequency=999
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case $1 in
-    --clients) clients=${2:?--clients needs a value}; shift 2 ;;
-    --senders) senders=${2:?--senders needs a value}; shift 2 ;;
-    --rate) rate=${2:?--rate needs a value}; shift 2 ;;
-    --duration) duration=${2:?--duration needs a value}; shift 2 ;;
-    --call-graph) call_graph=${2:?--call-graph needs a value}; shift 2 ;;
-    --frequency) frequency=${2:?--frequency needs a value}; shift 2 ;;
+    --clients) clients=$(option_value "$@"); shift 2 ;;
+    --senders) senders=$(option_value "$@"); shift 2 ;;
+    --rate) rate=$(option_value "$@"); shift 2 ;;
+    --duration) duration=$(option_value "$@"); shift 2 ;;
+    --call-graph) call_graph=$(option_value "$@"); shift 2 ;;
+    --frequency) frequency=$(option_value "$@"); shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) echo "$script_name: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    *) usage_error "unknown argument $1" ;;
   esac
 done
-for n in "$clients" "$senders" "$rate" "$frequency"; do
-  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "$script_name: $n is not a positive integer" >&2; exit 2; }
-done
-[[ $duration =~ ^[0-9]+(ms|s|m)$ ]] || { echo "$script_name: --duration $duration: expected e.g. 5s, 500ms, 1m" >&2; exit 2; }
+is_count "$clients" || usage_error "--clients $clients is not a positive integer"
+is_count "$senders" || usage_error "--senders $senders is not a positive integer"
+is_count "$rate" || usage_error "--rate $rate is not a positive integer"
+is_count "$frequency" || usage_error "--frequency $frequency is not a positive integer"
+[[ $duration =~ ^[0-9]+(ms|s|m)$ ]] || usage_error "--duration $duration: expected e.g. 5s, 500ms, 1m"
 case $call_graph in
   dwarf | fp) ;;
-  *) echo "$script_name: --call-graph must be dwarf or fp" >&2; exit 2 ;;
+  *) usage_error "--call-graph must be dwarf or fp" ;;
 esac
 duration_s=$(python3 -c "import re; n,u=re.fullmatch(r'(\d+)(ms|s|m)','$duration').groups(); print(int(int(n)*{'ms':0.001,'s':1,'m':60}[u])+1)")
 
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 perf=${PERF:-/usr/bin/perf}
 [ -x "$perf" ] || die "perf not found at $perf (set PERF=/path/to/perf; Debian: apt-get install linux-perf)"
 if ! command -v inferno-flamegraph >/dev/null || ! command -v inferno-collapse-perf >/dev/null; then

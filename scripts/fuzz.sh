@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run every fuzz target (fuzz/, a cargo-fuzz project) for SECONDS each.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 600 s, every target)
+# Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 600 s, every target)
+#   TARGET is a file name in fuzz/fuzz_targets/ without .rs (e.g. room_codec).
 #
 # cargo-fuzz needs nightly-only flags (-Z sanitizer coverage options); no nightly toolchain
 # can be fetched on these machines, so the installed stable toolchain is told to accept them
@@ -15,14 +16,18 @@
 # Environment: FUZZ_WORK_DIR, FUZZ_TARGET_DIR (build output, default fuzz/target),
 # FUZZ_RSS_LIMIT_MB (default 2048), FUZZ_TIMEOUT_S (one input, default 10).
 set -euo pipefail
+script_name=fuzz.sh
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
+case ${1:-} in -h | --help) usage; exit 0 ;; -*) usage_error "unknown option $1" ;; esac
 seconds=${1:-600}
 shift || true
-if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
-  echo "usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]" >&2
-  exit 2
-fi
+is_count "$seconds" || usage_error "SECONDS_PER_TARGET $seconds is not a positive integer"
+for target in "$@"; do
+  [ -f "fuzz/fuzz_targets/$target.rs" ] || usage_error "no fuzz target $target (fuzz/fuzz_targets/)"
+done
 work=${FUZZ_WORK_DIR:-fuzz/work}
 target_dir=${FUZZ_TARGET_DIR:-fuzz/target}
 rss_limit_mb=${FUZZ_RSS_LIMIT_MB:-2048}

@@ -1,7 +1,48 @@
-# Shared by scripts/load.sh, scripts/perf-stat.sh, scripts/flamegraph.sh, scripts/smoke.sh and
-# scripts/soak.sh (sourced, not run).
+# Shared by every script in scripts/ (sourced, not run): each sources it before reading its
+# arguments, so that --help and bad arguments are answered before anything is built or started.
 # Every command that matters goes through `run`, which prints it and appends it to the results
 # folder's commands.txt, so a results folder says exactly how its figures were made.
+#
+# Usage: source "$(dirname "$0")/lib.sh"      (from a script in scripts/; set script_name first)
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  # Run instead of sourced: there is nothing to do.
+  case ${1:-} in
+    -h | --help) sed -n '1,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "lib.sh: sourced by the other scripts in scripts/, not run (see --help)" >&2; exit 2 ;;
+  esac
+fi
+
+# The running script's usage: its header comment, from the line after the shebang down to
+# `set -euo pipefail`.
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+
+# A bad argument: says which, prints the usage on stderr and exits 2, before anything is built
+# or started.
+usage_error() {
+  echo "$script_name: $*" >&2
+  usage >&2
+  exit 2
+}
+
+# The value of option $1 (the rest of the command line is $2...): `x=$(option_value "$@")`.
+# A usage error when there is none (under `set -e` the assignment then exits 2).
+option_value() {
+  [ $# -ge 2 ] || usage_error "$1 needs a value"
+  printf '%s\n' "$2"
+}
+
+# Whether $1 is a positive integer.
+is_count() {
+  [[ $1 =~ ^[1-9][0-9]*$ ]]
+}
+
+# Whether $1 is a duration in loadgen syntax: 500ms, 10s, 1m.
+is_duration() {
+  [[ $1 =~ ^[0-9]+(ms|s|m)$ ]]
+}
 
 # fd 3 is the terminal's stderr even inside redirected groups (`{ time run ...; } 2>file`).
 exec 3>&2

@@ -21,6 +21,8 @@
 #   --payload-bytes N  bytes per message on the wire (default 64)
 set -euo pipefail
 script_name=load.sh
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 clients=100
 senders=10
@@ -28,23 +30,22 @@ deliveries_list=100000,200000,500000,1000000,2000000
 rates_list=
 duration=10s
 payload_bytes=64
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case $1 in
-    --clients) clients=${2:?--clients needs a value}; shift 2 ;;
-    --senders) senders=${2:?--senders needs a value}; shift 2 ;;
-    --deliveries) deliveries_list=${2:?--deliveries needs a value}; shift 2 ;;
-    --rates) rates_list=${2:?--rates needs a value}; shift 2 ;;
-    --duration) duration=${2:?--duration needs a value}; shift 2 ;;
-    --payload-bytes) payload_bytes=${2:?--payload-bytes needs a value}; shift 2 ;;
+    --clients) clients=$(option_value "$@"); shift 2 ;;
+    --senders) senders=$(option_value "$@"); shift 2 ;;
+    --deliveries) deliveries_list=$(option_value "$@"); shift 2 ;;
+    --rates) rates_list=$(option_value "$@"); shift 2 ;;
+    --duration) duration=$(option_value "$@"); shift 2 ;;
+    --payload-bytes) payload_bytes=$(option_value "$@"); shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) echo "$script_name: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    *) usage_error "unknown argument $1" ;;
   esac
 done
-for n in "$clients" "$senders" "$payload_bytes"; do
-  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "$script_name: $n is not a positive integer" >&2; exit 2; }
-done
-[[ $duration =~ ^[0-9]+(ms|s|m)$ ]] || { echo "$script_name: --duration $duration: expected e.g. 10s, 500ms, 1m" >&2; exit 2; }
+is_count "$clients" || usage_error "--clients $clients is not a positive integer"
+is_count "$senders" || usage_error "--senders $senders is not a positive integer"
+is_count "$payload_bytes" || usage_error "--payload-bytes $payload_bytes is not a positive integer"
+[[ $duration =~ ^[0-9]+(ms|s|m)$ ]] || usage_error "--duration $duration: expected e.g. 10s, 500ms, 1m"
 
 # Message rates of the steps.
 rates=()
@@ -53,22 +54,20 @@ if [ -n "$rates_list" ]; then
 else
   IFS=, read -r -a targets <<<"$deliveries_list"
   for d in "${targets[@]}"; do
-    [[ $d =~ ^[1-9][0-9]*$ ]] || { echo "$script_name: deliveries $d is not a positive integer" >&2; exit 2; }
+    [[ $d =~ ^[1-9][0-9]*$ ]] || usage_error "deliveries $d is not a positive integer"
     rate=$((d / clients))
-    [ "$rate" -ge 1 ] || { echo "$script_name: $d deliveries/s over $clients clients is under 1 msg/s" >&2; exit 2; }
+    [ "$rate" -ge 1 ] || usage_error "$d deliveries/s over $clients clients is under 1 msg/s"
     rates+=("$rate")
   done
 fi
 for r in "${rates[@]}"; do
-  [[ $r =~ ^[1-9][0-9]*$ ]] || { echo "$script_name: rate $r is not a positive integer" >&2; exit 2; }
+  [[ $r =~ ^[1-9][0-9]*$ ]] || usage_error "rate $r is not a positive integer"
 done
 # Each step's loadgen must finish: ramp-up, warmup (1 s), duration, drain (2 s), plus margin.
 duration_s=$(python3 -c "import re,sys; n,u=re.fullmatch(r'(\d+)(ms|s|m)','$duration').groups(); print(int(int(n)*{'ms':0.001,'s':1,'m':60}[u])+1)")
 step_timeout_s=$((duration_s + 120))
 
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 make_results_dir load
 build_release
 trap stop_chatd_hard EXIT

@@ -7,16 +7,22 @@
 # Usage: scripts/smoke.sh [CLIENTS] [SENDERS] [RATE_PER_S] [DURATION]
 # Builds release binaries if needed. Loopback only; bounded in time; stops by itself.
 set -euo pipefail
+script_name=smoke
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
+case ${1:-} in -h | --help) usage; exit 0 ;; -*) usage_error "unknown option $1" ;; esac
+[ $# -le 4 ] || usage_error "at most four arguments, CLIENTS SENDERS RATE_PER_S DURATION"
 clients=${1:-200}
 senders=${2:-10}
 rate=${3:-2000}
 duration=${4:-3s}
+is_count "$clients" || usage_error "CLIENTS $clients is not a positive integer"
+is_count "$senders" || usage_error "SENDERS $senders is not a positive integer"
+is_count "$rate" || usage_error "RATE_PER_S $rate is not a positive integer"
+is_duration "$duration" || usage_error "DURATION $duration: expected e.g. 3s, 500ms, 1m"
 
 cd "$(dirname "$0")/.."
-script_name=smoke
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 build_release
 
 port=$(free_port)

@@ -14,17 +14,20 @@
 # Environment: MIX_CLIENTS (default 1000), RSS_SLACK_KIB (default 16384).
 # Builds release binaries if needed. Loopback only; bounded in time; stops by itself.
 set -euo pipefail
+script_name=soak
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
+case ${1:-} in -h | --help) usage; exit 0 ;; -*) usage_error "unknown option $1" ;; esac
+[ $# -le 2 ] || usage_error "at most two arguments, CONNECTS and DURATION"
 connects=${1:-100000}
 duration=${2:-60s}
 mix_clients=${MIX_CLIENTS:-1000}
 rss_slack_kib=${RSS_SLACK_KIB:-16384}
-
-cd "$(dirname "$0")/.."
-script_name=soak
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
-build_release
+is_count "$connects" || usage_error "CONNECTS $connects is not a positive integer"
+[[ $duration =~ ^[0-9]+(ms|s|m)?$ ]] || usage_error "DURATION $duration: expected e.g. 60s, 2m, 500ms"
+is_count "$mix_clients" || usage_error "MIX_CLIENTS $mix_clients is not a positive integer"
+is_count "$rss_slack_kib" || usage_error "RSS_SLACK_KIB $rss_slack_kib is not a positive integer"
 
 # Seconds in DURATION (accepts 90, 90s, 2m, 500ms).
 seconds_of() {
@@ -36,10 +39,13 @@ seconds_of() {
   esac
 }
 duration_s=$(seconds_of "$duration")
-[ "$duration_s" -ge 1 ] || { echo "soak: DURATION must be at least 1s" >&2; exit 2; }
+[ "$duration_s" -ge 1 ] || usage_error "DURATION must be at least 1s"
 # Churn spreads its connects over the mix's duration.
 connect_rate=$(( (connects + duration_s - 1) / duration_s ))
-[ "$connect_rate" -le 100000 ] || { echo "soak: CONNECTS/DURATION above 100000/s" >&2; exit 2; }
+[ "$connect_rate" -le 100000 ] || usage_error "CONNECTS/DURATION above 100000/s"
+
+cd "$(dirname "$0")/.."
+build_release
 
 room_port=$(free_port); bin24_port=$(free_port); ccm_port=$(free_port); matou_port=$(free_port)
 ocm_tcp_port=$(free_port); ocm_udp_port=$(free_udp_port); ocm_relay_port=$(free_udp_port)

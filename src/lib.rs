@@ -3,17 +3,22 @@
 //! Module map and dependency rules (they point one way; keep them so):
 //!
 //! ```text
-//! reactor  ->  protocol  ->  chat  ->  timer
+//! reactor  ->  protocol  ->  chat/store  ->  timer
 //!                  \-> protocol/<name>/codec  (depends on `bytes` only)
 //! ```
 //!
 //! - [`reactor`] is the only code that touches mio or socket2 and the only code that reads the
 //!   clock. It owns the sockets, the connection slab, the output queues and the loop phases.
-//! - [`protocol`] holds one folder per wire protocol. `codec.rs` is pure decode/encode over
-//!   `BytesMut`/`Bytes`; `mod.rs` is the protocol's server logic, sans-io: bytes and `now_ms`
-//!   in, effects out through the [`protocol::Outbox`] trait. Everything there is testable with
-//!   fabricated bytes and fabricated time.
+//! - [`protocol`] holds one folder per wire protocol (ROOM, BIN24, CCM, MATOU, OCM).
+//!   `codec.rs` is pure decode/encode over `BytesMut`/`Bytes`; `service.rs` is the protocol's
+//!   server logic (ROOM's, the first and smallest, is in its `mod.rs`), sans-io: bytes and
+//!   `now_ms` in, effects out through the [`protocol::Outbox`] trait (and
+//!   [`protocol::DatagramOut`] for UDP). Everything there is testable with fabricated bytes and
+//!   fabricated time.
 //! - [`chat`] holds what the protocols share (per-connection state maps, member lists).
+//! - [`store`] is BIN24's durable offline store: a storage thread over redb, reached from the
+//!   protocol only through a trait (`bin24::StoreSink`) and answering with events the reactor
+//!   hands back, so BIN24's rules are tested without a disk.
 //! - [`timer`] is the hashed timer wheel; it is given `now`, it never reads the clock.
 //! - [`limits`] is the arithmetic of the anti-abuse limits (token buckets, per-IP counts,
 //!   handshake deadlines); like the timer it is given `now`; the reactor applies it.

@@ -3,7 +3,7 @@
 //!
 //! The requests and datagrams are built here by hand from the contract, not with the
 //! library's codec, so a codec bug cannot hide behind a matching test helper. Answers are
-//! compared byte for byte with the contract's vectors (../shared/vectors/ocm-tcrp-answers.tsv).
+//! compared byte for byte with the contract's vectors (tests/vectors/ocm-tcrp-answers.tsv, a copy; see its README).
 //!
 //! UDP on loopback is not lossy at these rates, and the server sends each member's datagrams
 //! from one socket in order, so "B's line did not reach B" is checked by sending a later line
@@ -93,7 +93,7 @@ fn token_of(answer: &[u8]) -> String {
 fn vector_answer(case: &str, token: Option<&str>) -> Vec<u8> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/ocm-tcrp-answers.tsv"
+        "/tests/vectors/ocm-tcrp-answers.tsv"
     );
     let text = std::fs::read_to_string(path).expect("read the answers vector");
     let line = text

@@ -50,7 +50,7 @@ impl Drop for Original {
 #[test]
 fn the_original_python_client_joins_sends_and_receives() {
     if !python3_available() {
-        eprintln!("skipped: python3 is not installed (CI installs it)");
+        common::cannot_run("python3 is not installed (CI installs it)");
         return;
     }
     let server = TestServer::start(Config::for_tests());

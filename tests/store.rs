@@ -1,6 +1,9 @@
 //! The durable offline store against real files in temporary directories: order, visibility,
 //! removal, sequence numbers, limits, group commit, clear errors at open, and durability
-//! across close, drop and kill -9 (a child process killed while it appends).
+//! across close, drop and kill -9 (a child process killed while it appends); and `chatd` stopping
+//! with a clear error when its data directory cannot be used (as root too).
+
+mod chatd;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -636,6 +639,91 @@ fn a_store_open_elsewhere_is_a_clear_locked_error() {
     Harness::open(config(dir.path())).close();
 }
 
+/// Runs `chatd` (BIN24 on, so it opens its store in `data`) until it exits, bounded by
+/// [`WAIT`]; returns its exit code and stderr. `as_nobody` runs it as uid/gid 65534, for a
+/// test running as root, where file permissions would not apply to chatd.
+#[cfg(unix)]
+fn chatd_exit(scratch: &Path, data: &Path, as_nobody: bool) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let mut command = if as_nobody {
+        // A copy that uid 65534 can run wherever the build lives (say, below a 0700 home).
+        let binary = scratch.join("chatd");
+        fs::copy(env!("CARGO_BIN_EXE_chatd"), &binary).expect("copy chatd");
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut command = Command::new(binary);
+        command.uid(65534).gid(65534);
+        command
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_chatd"))
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    command
+        .args(chatd::port_args(&[("--bin24-port", port)]))
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start chatd");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    // Its stderr ends when it exits; a chatd that serves instead is killed and fails the test.
+    let Ok(stderr) = rx.recv_timeout(WAIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "chatd with the data directory {} did not exit",
+            data.display()
+        );
+    };
+    let status = child.wait().expect("wait for chatd");
+    (status.code(), stderr)
+}
+
+/// chatd stops at once, with exit status 1 and one error line naming the path and why.
+#[cfg(unix)]
+fn assert_chatd_refuses(exit: (Option<i32>, String), expected: &str) {
+    let (code, stderr) = exit;
+    assert_eq!(code, Some(1), "exit status; stderr: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error line in {stderr:?}"));
+    assert!(
+        line.contains(&format!("cannot open the offline store: {expected}")),
+        "{line:?} does not say {expected:?}"
+    );
+    assert!(!stderr.contains("listening on"), "it served: {stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_data_dir_that_cannot_be_created_stops_chatd_with_a_clear_error() {
+    let dir = TempDir::new("uncreatable");
+    let file = dir.path().join("file");
+    fs::write(&file, b"not a directory").unwrap();
+    // Root too: no permission lets a directory be created below a regular file.
+    let data = file.join("data");
+    assert_chatd_refuses(
+        chatd_exit(dir.path(), &data, false),
+        &format!(
+            "cannot create the offline store's data directory {}: Not a directory",
+            data.display()
+        ),
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn an_unreadable_data_dir_is_a_clear_error() {
@@ -645,22 +733,24 @@ fn an_unreadable_data_dir_is_a_clear_error() {
     let data = dir.path().join("data");
     Harness::open(config(&data)).close();
     fs::set_permissions(&data, fs::Permissions::from_mode(0o000)).unwrap();
-    // Root (and CAP_DAC_OVERRIDE) ignores permissions: then there is nothing to test.
-    if fs::read_dir(&data).is_ok() {
-        eprintln!("skipped: this process ignores file permissions (running as root?)");
-        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
-        return;
-    }
-    let result = Harness::try_open(config(&data));
+    // Root (and CAP_DAC_OVERRIDE) ignores permissions: then chatd runs as nobody (uid 65534),
+    // for which they apply, and the store is checked through chatd only.
+    let as_root = fs::read_dir(&data).is_ok();
+    let library = (!as_root).then(|| Harness::try_open(config(&data)));
+    let chatd = chatd_exit(dir.path(), &data, as_root);
     fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
-    let error = result.err().expect("open must fail");
-    let message = error.to_string();
-    assert!(matches!(error, StoreError::Io { .. }), "{error:?}");
-    assert!(message.contains("ermission denied"), "{message}");
-    assert!(
-        message.contains(&data.join(FILE_NAME).display().to_string()),
-        "{message}"
+    let store_file = data.join(FILE_NAME).display().to_string();
+    assert_chatd_refuses(
+        chatd,
+        &format!("cannot open the offline store {store_file}: Permission denied"),
     );
+    if let Some(result) = library {
+        let error = result.err().expect("open must fail");
+        let message = error.to_string();
+        assert!(matches!(error, StoreError::Io { .. }), "{error:?}");
+        assert!(message.contains("ermission denied"), "{message}");
+        assert!(message.contains(&store_file), "{message}");
+    }
 }
 
 /// The child side of the crash test: does nothing unless the parent test set the variable.

@@ -15,6 +15,7 @@
 //! Connections are freed only in phase 4, so an id handed to a protocol stays valid for the
 //! whole turn, and a slot is never reused while an event for it may still be in the batch.
 
+mod activity;
 mod admin;
 mod conn;
 mod listen;
@@ -229,6 +230,8 @@ pub struct Server {
     input_limit: RateLimit,
     per_ip_log: LimitLog,
     input_rate_log: LimitLog,
+    /// Connect and disconnect lines at info, rate-limited.
+    activity_log: activity::ActivityLog,
     /// The admin port, when enabled.
     admin: Option<Admin>,
     /// Busy time of each loop turn, for the metrics.
@@ -425,6 +428,7 @@ impl Server {
             },
             per_ip_log: LimitLog::default(),
             input_rate_log: LimitLog::default(),
+            activity_log: activity::ActivityLog::default(),
             admin,
             loop_turns: Histogram::default(),
             heap_trim: trim::HeapTrim::default(),
@@ -567,6 +571,7 @@ impl Server {
         if let Err(err) = self.services.close_store() {
             log::error!("closing the offline store: {err}");
         }
+        self.activity_log.flush();
         let stats = self.stats();
         info!("stopped: {stats}");
         Ok(stats)
@@ -639,6 +644,7 @@ impl Server {
             self.admin.as_ref().and_then(Admin::next_deadline_ms),
             self.heap_trim.next_deadline_ms(self.now_ms),
             self.table.next_ack_check_ms(),
+            self.activity_log.next_deadline_ms(),
         ];
         let earliest = deadlines.into_iter().flatten().min()?;
         Some(Duration::from_millis(earliest.saturating_sub(self.now_ms)))
@@ -942,6 +948,7 @@ impl Server {
             self.accept_gate.paused_until_ms = None;
         }
         self.expire_admin();
+        self.activity_log.on_timer(now_ms);
         if let Some(next_ms) = self.stats_next_ms {
             if now_ms >= next_ms {
                 info!("stats: {}", self.stats());
@@ -1003,12 +1010,16 @@ impl Server {
         if let Err(err) = self.poll.registry().deregister(&mut conn.stream) {
             debug!("deregister {id}: {err}");
         }
-        debug!(
-            "{} {} ({id}) closed: {}",
-            conn.kind.name(),
-            conn.peer,
-            reason.as_str()
-        );
+        let open = self.table.stats.connections_open.saturating_sub(1);
+        self.activity_log
+            .log(self.now_ms, activity::Activity::Disconnect, || {
+                format!(
+                    "{} {} ({id}) closed: {} ({open} open)",
+                    conn.kind.name(),
+                    conn.peer,
+                    reason.as_str()
+                )
+            });
         match reason {
             CloseReason::HandshakeTimeout => self.table.stats.handshake_timeouts += 1,
             CloseReason::InputRate => self.table.stats.input_rate_closes += 1,
@@ -1177,7 +1188,11 @@ impl Server {
         self.shared
             .connections_open
             .store(self.table.stats.connections_open, Ordering::Relaxed);
-        debug!("{} {peer} ({id}) connected", kind.name());
+        let open = self.table.stats.connections_open;
+        self.activity_log
+            .log(self.now_ms, activity::Activity::Connect, || {
+                format!("{} {peer} ({id}) connected ({open} open)", kind.name())
+            });
         let now_ms = self.now_ms;
         self.services
             .on_accept(kind, id, peer, now_ms, &mut self.table);

@@ -224,7 +224,7 @@ fn a_message_to_an_offline_user_is_stored_and_answered_300_once_durable() {
 
 #[test]
 fn the_contract_vector_for_300_matches() {
-    // shared/vectors/bin24-frames.tsv: "the server answering alice: nobody is offline, id 3".
+    // tests/vectors/bin24-frames.tsv: "the server answering alice: nobody is offline, id 3".
     let bytes = codec::encode_answer(3, name("nobody"), name("alice"), b"300");
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(

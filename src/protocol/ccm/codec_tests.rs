@@ -1,8 +1,19 @@
 use super::*;
 
-/// The original client's identity message (shared/vectors/ccm.txt), copied so the crate's
-/// tests do not depend on a file outside the repository.
+/// The original client's identity message (tests/vectors/ccm.txt, itself a copy of the
+/// contract's); `the_identity_vector_is_the_vector_file_s` keeps the two the same.
 const VECTOR_IDENTITY: &str = "43434d5c312e30204e6f74446566696e65640a53656e64446174653a2031302f31312f323032312031313b31363b31390a4d6573736167652d456e636f64696e673a207574662d380a0a4a75616e446f75676c6173";
+
+#[test]
+fn the_identity_vector_is_the_vector_file_s() {
+    let file = include_str!("../../../tests/vectors/ccm.txt");
+    let mut lines = file.lines();
+    assert_eq!(
+        lines.next(),
+        Some("original client identity message (hex):")
+    );
+    assert_eq!(lines.next(), Some(VECTOR_IDENTITY));
+}
 
 fn unhex(hex: &str) -> Vec<u8> {
     (0..hex.len())

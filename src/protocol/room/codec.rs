@@ -112,8 +112,8 @@ pub fn take_chunk(input: &mut BytesMut) -> Option<Bytes> {
 mod tests {
     use super::*;
 
-    /// The contract's vectors (shared/vectors/room-notices.tsv), copied so the crate's tests
-    /// do not depend on a file outside the repository.
+    /// The contract's vectors (tests/vectors/room-notices.tsv, itself a copy of the
+    /// contract's), as a table; `the_table_is_the_vector_file` keeps the two the same.
     const NOTICE_VECTORS: &[(&str, &str)] = &[
         ("616c696365", "b'alice'"),
         ("6a6f73c3a9", "b'jos\\xc3\\xa9'"),
@@ -134,6 +134,18 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn the_table_is_the_vector_file() {
+        let file = include_str!("../../../tests/vectors/room-notices.tsv");
+        let rows: Vec<&str> = file.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(rows.len(), NOTICE_VECTORS.len());
+        for (row, (hex, repr)) in rows.iter().zip(NOTICE_VECTORS) {
+            let expected =
+                format!("{hex}\t{repr} esta conectado ao chat\t{repr} acabou de sair do chat!");
+            assert_eq!(*row, expected);
+        }
     }
 
     #[test]
