@@ -6,7 +6,7 @@ script_name=bin24-attack.sh
 
 usage() {
   cat <<'TXT'
-usage: scripts/bin24-attack.sh flood|storm [SECONDS] [CHATD]
+Usage: scripts/bin24-attack.sh flood|storm [SECONDS] [CHATD]
 
   flood   4 senders send 1024-byte BIN24 frames as fast as they can to 30,000 offline
           users for SECONDS (default 15), reading the answers; reports the frames sent and
