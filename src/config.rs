@@ -139,10 +139,20 @@ pub struct Config {
     /// OCM: send the document's state-1 acknowledgement before the answer. Off by default:
     /// the original client takes the first answer as final.
     pub ocm_ack_state1: bool,
-    /// Stage-1 relay: most peers remembered at once.
+    /// Stage-1 relay: most peers remembered at once, and from one IP address (0: no limit).
     pub ocm_relay_peers_max: usize,
+    pub ocm_relay_peers_per_ip_max: u32,
     /// UDP: most datagrams read from one socket per loop turn before others are served.
     pub udp_datagrams_per_turn_max: usize,
+    /// UDP (OCM chat and the relay): datagrams sent per second by one socket's fan-outs, in
+    /// total and for the datagrams of one source address; a datagram whose fan-out the budget
+    /// cannot cover is relayed to no one, and counted (fanout_budget). 0: no limit.
+    pub udp_sends_per_s_max: u64,
+    pub udp_sends_per_source_per_s_max: u64,
+    /// UDP: once a socket's fan-outs have sent this many datagrams in one loop turn, no more
+    /// datagrams are read from it that turn (the rest wait in its receive buffer), so one
+    /// socket cannot hold the loop while others wait.
+    pub udp_sends_per_turn_max: usize,
     /// UDP: send and receive buffer asked of the kernel for each UDP socket (the kernel may
     /// cap it at net.core.rmem_max / wmem_max).
     pub udp_socket_buffer_bytes: usize,
@@ -215,10 +225,14 @@ impl Default for Config {
             ocm_idle_timeout_ms: 600_000,
             ocm_send_failures_max: 3,
             ocm_rooms_max: 10_000,
-            ocm_room_members_max: 10_000,
+            ocm_room_members_max: 1_000,
             ocm_ack_state1: false,
-            ocm_relay_peers_max: 10_000,
+            ocm_relay_peers_max: 1_000,
+            ocm_relay_peers_per_ip_max: 100,
             udp_datagrams_per_turn_max: 1024,
+            udp_sends_per_s_max: 250_000,
+            udp_sends_per_source_per_s_max: 20_000,
+            udp_sends_per_turn_max: 1_024,
             udp_socket_buffer_bytes: 4 * 1024 * 1024,
             data_dir: PathBuf::from("data"),
             offline_frames_per_user_max: 100_000,

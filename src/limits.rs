@@ -75,6 +75,17 @@ impl TokenBucket {
         }
     }
 
+    /// Whether `amount` units could be taken at `now_ms`, taking nothing. A shared bucket is
+    /// checked this way before the taker's own is charged, so a refusal by one does not cost
+    /// credit in the other.
+    pub fn covers(&mut self, limit: RateLimit, amount: u64, now_ms: u64) -> bool {
+        if limit.is_unlimited() {
+            return true;
+        }
+        self.refill(limit, now_ms);
+        self.credit_milli >= amount.saturating_mul(1000)
+    }
+
     /// Whether the bucket would be full at `now_ms`: it then holds no more information than a
     /// new one, and may be forgotten.
     pub fn is_full_at(&self, limit: RateLimit, now_ms: u64) -> bool {
@@ -129,6 +140,11 @@ impl<K: Hash + Eq + Copy> SourceBuckets<K> {
 
     /// Count one datagram from `source` at `now_ms`.
     pub fn admit(&mut self, source: K, now_ms: u64) -> Admission {
+        self.admit_n(source, 1, now_ms)
+    }
+
+    /// Count `amount` units from `source` at `now_ms`, all or nothing.
+    pub fn admit_n(&mut self, source: K, amount: u64, now_ms: u64) -> Admission {
         let limit = self.limit;
         if limit.is_unlimited() {
             return Admission::Admitted;
@@ -143,7 +159,7 @@ impl<K: Hash + Eq + Copy> SourceBuckets<K> {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => entry.insert(TokenBucket::full(limit, now_ms)),
         };
-        if bucket.take(limit, 1, now_ms) {
+        if bucket.take(limit, amount, now_ms) {
             Admission::Admitted
         } else {
             Admission::RateLimited
@@ -164,6 +180,50 @@ impl<K: Hash + Eq + Copy> SourceBuckets<K> {
                 .saturating_mul(1000)
                 .div_ceil(limit.rate_per_s.max(1));
             self.no_sweep_before_ms = now_ms.saturating_add(refill_ms.clamp(1, 1000));
+        }
+    }
+}
+
+/// What a fan-out of datagrams may send: one datagram in makes as many out as its room or relay
+/// has other members, so the outgoing datagrams are what an amplification attack multiplies.
+/// They are budgeted per sending source address and in total (per socket), in sends per second,
+/// all or nothing per datagram: a datagram either goes to every member or to none (a partial
+/// fan-out would favour whoever comes first in the member list).
+#[derive(Debug)]
+pub struct FanoutBudget<K> {
+    per_source: SourceBuckets<K>,
+    total_limit: RateLimit,
+    total: TokenBucket,
+}
+
+impl<K: Hash + Eq + Copy> FanoutBudget<K> {
+    /// `total` and `per_source` in sends per second (0: no limit); `sources_max` bounds the
+    /// table of per-source buckets as in [`SourceBuckets`].
+    pub fn new(total: RateLimit, per_source: RateLimit, sources_max: usize, now_ms: u64) -> Self {
+        FanoutBudget {
+            per_source: SourceBuckets::new(per_source, sources_max),
+            total_limit: total,
+            total: TokenBucket::full(total, now_ms),
+        }
+    }
+
+    /// May `source` send a datagram to `sends` recipients at `now_ms`? When it may, the sends
+    /// are taken from both budgets; when it may not, the total budget is left untouched (an
+    /// over-budget source must not use up the others' share), and a source over its own rate
+    /// keeps an empty bucket while the flood goes on.
+    pub fn admit(&mut self, source: K, sends: u64, now_ms: u64) -> Admission {
+        if sends == 0 {
+            return Admission::Admitted;
+        }
+        if !self.total.covers(self.total_limit, sends, now_ms) {
+            return Admission::RateLimited;
+        }
+        match self.per_source.admit_n(source, sends, now_ms) {
+            Admission::Admitted => {
+                self.total.take(self.total_limit, sends, now_ms);
+                Admission::Admitted
+            }
+            refused => refused,
         }
     }
 }
@@ -387,6 +447,46 @@ mod tests {
         assert_eq!(sources.no_sweep_before_ms, 100);
         assert_eq!(sources.admit(addr(2), 99), Admission::TableFull);
         assert_eq!(sources.admit(addr(2), 100), Admission::Admitted);
+    }
+
+    #[test]
+    fn a_fanout_is_charged_per_source_and_in_total_all_or_nothing() {
+        let total = RateLimit {
+            rate_per_s: 1000,
+            burst: 1000,
+        };
+        let per_source = RateLimit {
+            rate_per_s: 400,
+            burst: 400,
+        };
+        let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut budget = FanoutBudget::new(total, per_source, 16, 0);
+        assert_eq!(budget.admit(addr(1), 300, 0), Admission::Admitted);
+        // 100 left for source 1: a fan-out of 200 is refused whole, nothing sent.
+        assert_eq!(budget.admit(addr(1), 200, 0), Admission::RateLimited);
+        // Others have their own share of the total (700 left of it).
+        assert_eq!(budget.admit(addr(2), 400, 0), Admission::Admitted);
+        assert_eq!(budget.admit(addr(3), 300, 0), Admission::Admitted);
+        // The total is spent: even a fresh source is refused, and its own bucket untouched.
+        assert_eq!(budget.admit(addr(4), 1, 0), Admission::RateLimited);
+        // 1000 a second in total: 100 more after 100 ms; source 4 still has its whole 400.
+        assert_eq!(budget.admit(addr(4), 100, 100), Admission::Admitted);
+        assert_eq!(budget.admit(addr(4), 1, 100), Admission::RateLimited);
+        // A datagram nobody receives costs nothing.
+        assert_eq!(budget.admit(addr(1), 0, 100), Admission::Admitted);
+    }
+
+    #[test]
+    fn an_unlimited_fanout_budget_admits_everything() {
+        let none = RateLimit {
+            rate_per_s: 0,
+            burst: 0,
+        };
+        let mut budget = FanoutBudget::new(none, none, 1, 0);
+        for port in 0..100 {
+            let from = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            assert_eq!(budget.admit(from, 1_000_000, 0), Admission::Admitted);
+        }
     }
 
     #[test]

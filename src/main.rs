@@ -180,7 +180,8 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     ocm_rooms_max: u64,
 
-    /// OCM: most members in one room; a join beyond it is answered 500.
+    /// OCM: most members in one room; a join beyond it is answered 500. Each datagram goes to
+    /// every other member, so this bounds what one datagram costs.
     #[arg(long, value_name = "N", default_value_t = Config::default().ocm_room_members_max as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     ocm_room_members_max: u64,
@@ -195,6 +196,31 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().ocm_relay_peers_max as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     ocm_relay_peers_max: u64,
+
+    /// Stage-1 relay: most peers from one IP address, so one host with many ports cannot fill
+    /// the relay (further ones are dropped, counted as over_limit). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_relay_peers_per_ip_max)]
+    ocm_relay_peers_per_ip_max: u32,
+
+    /// UDP (OCM chat socket and stage-1 relay): datagrams one socket's fan-outs may send per
+    /// second, all sources together (a datagram to 99 members is 99 sends). A datagram whose
+    /// fan-out the budget cannot cover goes to no one and is counted as fanout_budget. 0: no
+    /// limit. Above loadgen's largest OCM run (250,000 deliveries/s).
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_s_max)]
+    udp_sends_per_s_max: u64,
+
+    /// UDP: datagrams the fan-outs of one source address (IP and port) may cause per second;
+    /// beyond it as --udp-sends-per-s-max. 0: no limit. The bucket holds a second of it, and
+    /// at least one fan-out to a full room (or relay).
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_source_per_s_max)]
+    udp_sends_per_source_per_s_max: u64,
+
+    /// UDP: once one socket's fan-outs have sent this many datagrams in a loop turn, it is not
+    /// read again until the next turn (what waits stays in its receive buffer), so a socket
+    /// cannot hold the loop while TCP clients wait. About 1 us a send on loopback.
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_turn_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    udp_sends_per_turn_max: u64,
 
     /// UDP: most datagrams read from one socket per loop turn before other work is served.
     #[arg(long, value_name = "N", default_value_t = Config::default().udp_datagrams_per_turn_max as u64,
@@ -430,6 +456,10 @@ impl Args {
             ocm_room_members_max: to_usize(self.ocm_room_members_max),
             ocm_ack_state1: self.ocm_ack_state1,
             ocm_relay_peers_max: to_usize(self.ocm_relay_peers_max),
+            ocm_relay_peers_per_ip_max: self.ocm_relay_peers_per_ip_max,
+            udp_sends_per_s_max: self.udp_sends_per_s_max,
+            udp_sends_per_source_per_s_max: self.udp_sends_per_source_per_s_max,
+            udp_sends_per_turn_max: to_usize(self.udp_sends_per_turn_max),
             udp_datagrams_per_turn_max: to_usize(self.udp_datagrams_per_turn_max),
             udp_socket_buffer_bytes: to_usize(self.udp_socket_buffer_bytes),
             ccm_keepalive_idle_ms: self.ccm_keepalive_idle_ms,

@@ -688,9 +688,14 @@ impl Server {
         }
         let now_ms = self.now_ms;
         let budget = self.config.udp_datagrams_per_turn_max.max(1);
+        let sends_budget = self.config.udp_sends_per_turn_max.max(1) as u64;
         for entry in &mut self.udp {
             let mut served = 0;
-            while entry.ready && served < budget {
+            let sends_before = entry.counters.sends_attempted();
+            while entry.ready
+                && served < budget
+                && entry.counters.sends_attempted() - sends_before < sends_budget
+            {
                 served += 1;
                 let (len, from) = match entry.recv(&mut self.udp_scratch) {
                     Received::Datagram(len, from) => (len, from),

@@ -50,6 +50,11 @@ impl UdpCounters {
         }
     }
 
+    /// Every send tried, whatever became of it: what the per-turn send budget counts.
+    pub(crate) fn sends_attempted(&self) -> u64 {
+        self.datagrams_out + self.send_dropped + self.send_failed
+    }
+
     pub(crate) fn count_dropped_in(&mut self, why: DatagramDrop) {
         self.dropped_in += 1;
         self.dropped_by_reason[why.index()] += 1;

@@ -14,7 +14,9 @@ use slab::Slab;
 
 use super::codec::{self, TcrpError, TcrpRequest};
 use super::json::{self, JsonError};
+use super::relay::fanout_limit;
 use crate::chat::ConnMap;
+use crate::limits::{Admission, FanoutBudget};
 use crate::protocol::{
     CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox,
 };
@@ -46,6 +48,10 @@ pub struct OcmConfig {
     pub rooms_max: usize,
     /// Members of one room, host included.
     pub room_members_max: usize,
+    /// Chat datagrams relayed per second, counted in sends (a text to 99 members is 99): in
+    /// total, and per sending address. A datagram the budget cannot cover goes to no one.
+    pub sends_per_s_max: u64,
+    pub sends_per_source_per_s_max: u64,
     /// Send the document's state-1 acknowledgement before the answer. Off by default: the
     /// original client reads one answer and crashes on a state-1 one.
     pub ack_state1: bool,
@@ -62,7 +68,9 @@ impl Default for OcmConfig {
             idle_timeout_ms: 600_000,
             send_failures_max: 3,
             rooms_max: 10_000,
-            room_members_max: 10_000,
+            room_members_max: 1_000,
+            sends_per_s_max: 250_000,
+            sends_per_source_per_s_max: 20_000,
             ack_state1: false,
             timer_tick_ms: 10,
         }
@@ -79,6 +87,10 @@ const TOKEN_ATTEMPTS: usize = 4;
 /// 10 ms ticks: one revolution is about 41 s, past the request timeout; the 600 s idle timer
 /// waits through a few revolutions, one skip each.
 const WHEEL_SLOT_COUNT: usize = 4096;
+
+/// Most sending addresses whose fan-out budget is tracked; buckets that refilled are forgotten
+/// when room is needed, so this bounds memory, not who may speak.
+const SOURCES_MAX: usize = 65_536;
 
 /// A TCP connection that has not yet sent its request.
 #[derive(Debug)]
@@ -157,12 +169,21 @@ pub struct OcmService {
     text: Vec<u8>,
     /// Members to remove once the current fan-out is over, with why; kept for its allocation.
     doomed: Vec<(usize, Leave)>,
+    budget: FanoutBudget<SocketAddr>,
 }
 
 impl OcmService {
     pub fn new(config: OcmConfig, tokens: TokenSource, now_ms: u64) -> Self {
         let timers = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
+        let budget = FanoutBudget::new(
+            fanout_limit(config.sends_per_s_max, config.room_members_max),
+            fanout_limit(config.sends_per_source_per_s_max, config.room_members_max),
+            // Only members' datagrams are relayed; bounded as the per-source datagram table is.
+            SOURCES_MAX,
+            now_ms,
+        );
         OcmService {
+            budget,
             config,
             conns: ConnMap::new(),
             rooms: Slab::new(),
@@ -524,9 +545,19 @@ impl OcmService {
             self.text.extend_from_slice(b": ");
             self.text.extend_from_slice(datagram.message);
         }
-        out.count_datagram_in();
         member.address = Some(from);
         member.last_seen_ms = now_ms;
+        if !exit {
+            let sends = self
+                .rooms
+                .get(room_key)
+                .map_or(0, |room| room.members.len().saturating_sub(1));
+            if self.budget.admit(from, sends as u64, now_ms) != Admission::Admitted {
+                out.count_dropped_in(DatagramDrop::FanoutBudget);
+                return;
+            }
+        }
+        out.count_datagram_in();
         if exit {
             self.doomed.push((member_key, Leave::Exit));
         } else {

@@ -48,6 +48,8 @@ fn config() -> OcmConfig {
         send_failures_max: 3,
         rooms_max: 4,
         room_members_max: 3,
+        sends_per_s_max: 0,
+        sends_per_source_per_s_max: 0,
         ack_state1: false,
         timer_tick_ms: 10,
     }
@@ -613,6 +615,38 @@ fn chat_goes_to_every_other_member_and_not_back() {
 }
 
 #[test]
+fn a_rooms_fanout_is_budgeted_per_sender_and_cut_whole() {
+    let mut h = Harness::with(
+        OcmConfig {
+            // Each text costs 2 sends: alice may send 2 a second (4 sends), everyone 3 (6).
+            sends_per_source_per_s_max: 4,
+            sends_per_s_max: 6,
+            ..config()
+        },
+        counting_tokens(),
+    );
+    let [alice, bob, _carol] = h.lobby();
+    for n in 0..3 {
+        h.say(ALICE, "lobby", &alice, &format!("a{n}"));
+    }
+    assert_eq!(h.texts_to(BOB), ["alice: a0", "alice: a1"]);
+    assert_eq!(h.texts_to(CAROL), ["alice: a0", "alice: a1"]);
+    assert_eq!(h.udp.dropped_in, [DatagramDrop::FanoutBudget]);
+    // Bob has his own budget, but only one text's worth of the total is left.
+    h.say(BOB, "lobby", &bob, "b0");
+    h.say(BOB, "lobby", &bob, "b1");
+    assert_eq!(h.texts_to(CAROL), ["alice: a0", "alice: a1", "bob: b0"]);
+    assert_eq!(h.udp.dropped_in.len(), 2);
+    // A second later everyone's budget is back; exits are never refused.
+    h.now_ms = 1000;
+    h.say(ALICE, "lobby", &alice, "a3");
+    assert_eq!(h.texts_to(BOB).last().map(String::as_str), Some("alice: a3"));
+    h.say(BOB, "lobby", &bob, "exit");
+    h.say(BOB, "lobby", &bob, "exit");
+    assert_eq!(h.service.members(), 2);
+}
+
+#[test]
 fn rooms_are_separate() {
     let mut h = Harness::new();
     let alice = h.create("lobby", "alice", 1, 40001);
@@ -956,9 +990,79 @@ fn relay_config() -> RelayConfig {
         idle_timeout_ms: IDLE_MS,
         send_failures_max: 3,
         peers_max: 3,
+        peers_per_ip_max: 0,
+        sends_per_s_max: 0,
+        sends_per_source_per_s_max: 0,
         datagram_bytes_max: 4096,
         timer_tick_ms: 10,
     }
+}
+
+#[test]
+fn one_ip_cannot_fill_the_relay() {
+    let mut relay = RelayService::new(
+        RelayConfig {
+            peers_max: 10,
+            peers_per_ip_max: 2,
+            ..relay_config()
+        },
+        0,
+    );
+    let mut out = RecordingDatagrams::default();
+    for port in 1..=5 {
+        relay.on_datagram(udp(1, port), b"hi", 0, &mut out);
+    }
+    assert_eq!(relay.peers(), 2);
+    assert_eq!(out.dropped_in, [DatagramDrop::OverLimit; 3]);
+    // Another host still gets in, and a forgotten peer frees its address's place.
+    relay.on_datagram(udp(2, 1), b"hi", 0, &mut out);
+    assert_eq!(relay.peers(), 3);
+    relay.on_datagram(udp(2, 1), b"still here", IDLE_MS / 2, &mut out);
+    relay.on_timers(IDLE_MS);
+    assert_eq!(relay.peers(), 1);
+    relay.on_datagram(udp(1, 9), b"back", IDLE_MS, &mut out);
+    assert_eq!(relay.peers(), 2);
+}
+
+/// The attack 1: every new socket's first datagram went to every peer before it, so
+/// n sockets cost n^2/2 sends. The fan-out budget bounds the sends per second however many
+/// sockets send.
+#[test]
+fn the_relay_fanout_is_budgeted_per_source_and_in_total() {
+    let mut relay = RelayService::new(
+        RelayConfig {
+            peers_max: 100,
+            sends_per_s_max: 200,
+            sends_per_source_per_s_max: 50,
+            ..relay_config()
+        },
+        0,
+    );
+    let mut udp = RecordingDatagrams::default();
+    for n in 1..=100 {
+        relay.on_datagram(udp_addr(n), b"x", 0, &mut udp);
+    }
+    assert_eq!(relay.peers(), 100);
+    // The buckets hold at least one whole fan-out (99 sends) even below the rate; within the
+    // first 200 sends of the total, every fan-out was whole.
+    let sent = udp.sent.len();
+    assert!(sent <= 200, "{sent} sends at once");
+    assert!(sent >= 100, "{sent}");
+    let refused = udp
+        .dropped_in
+        .iter()
+        .filter(|&&why| why == DatagramDrop::FanoutBudget)
+        .count();
+    assert_eq!(refused as u64 + udp.datagrams_in, 100);
+    // One source is held to its own rate: a second datagram from a peer that just used its
+    // bucket is refused, while the total refills for the others.
+    udp.clear();
+    relay.on_datagram(udp_addr(1), b"y", 1000, &mut udp);
+    assert_eq!(udp.sent.len(), 99, "a whole fan-out after a second");
+    relay.on_datagram(udp_addr(1), b"z", 1000, &mut udp);
+    assert_eq!(udp.dropped_in.last(), Some(&DatagramDrop::FanoutBudget));
+    relay.on_datagram(udp_addr(2), b"w", 1000, &mut udp);
+    assert_eq!(udp.sent.len(), 2 * 99, "another source still gets through");
 }
 
 #[test]
