@@ -60,6 +60,11 @@ pub struct Config {
     /// How long accepting pauses after the process runs out of descriptors (EMFILE, ENFILE).
     pub accept_pause_ms: u64,
 
+    /// SO_SNDBUF of every accepted TCP connection (set on the listeners, inherited), so a reader
+    /// that stops reading costs bounded kernel memory (Linux keeps about twice this) and writes
+    /// to it stop early. 0: the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum).
+    pub tcp_send_buffer_bytes: usize,
+
     /// Most bytes one read from a socket returns (the size of the reactor's scratch buffer;
     /// a connection's own buffer grows by what arrived).
     pub read_chunk_bytes: usize,
@@ -68,6 +73,10 @@ pub struct Config {
     pub read_budget_bytes: usize,
     /// Most buffers handed to one vectored write.
     pub write_iovecs_max: usize,
+    /// Most bytes written to connections per loop turn, all together; connections not served
+    /// when it runs out are first in line next turn. Bounds the time a turn spends copying to
+    /// the kernel (a fan-out to many members that read, or a burst after they were slow).
+    pub write_budget_bytes: usize,
 
     /// Output queued for one connection beyond this closes it at once as a slow consumer.
     pub output_hard_bytes_max: usize,
@@ -193,9 +202,11 @@ impl Default for Config {
             listen_backlog: 1024,
             accepts_per_turn_max: 256,
             accept_pause_ms: 100,
+            tcp_send_buffer_bytes: 128 * 1024,
             read_chunk_bytes: 16 * 1024,
             read_budget_bytes: 256 * 1024,
             write_iovecs_max: 64,
+            write_budget_bytes: 4 * 1024 * 1024,
             output_hard_bytes_max: 4 * 1024 * 1024,
             output_soft_bytes_max: 1024 * 1024,
             output_soft_duration_ms: 10_000,

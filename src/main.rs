@@ -336,6 +336,15 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     accept_pause_ms: u64,
 
+    /// SO_SNDBUF of every accepted chat connection (set on the listeners, inherited): Linux
+    /// keeps about twice this in the kernel for a client that stops reading (instead of
+    /// autotuning up to net.ipv4.tcp_wmem's maximum, 4 MiB), and a write to it stops there.
+    /// What does not fit waits in the server's own queue, under the output limits. 0: kernel
+    /// autotuning.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().tcp_send_buffer_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1_073_741_824))]
+    tcp_send_buffer_bytes: u64,
+
     /// Bytes taken from a socket per read.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().read_chunk_bytes as u64,
           value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
@@ -350,6 +359,13 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().write_iovecs_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=256))]
     write_iovecs_max: u64,
+
+    /// Bytes written to connections per loop turn, all together; the connections not served
+    /// when it runs out are written first next turn (which polls without sleeping). Bounds a
+    /// turn's copying into the kernel: about 1 to 2 ms for 4 MiB on loopback.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().write_budget_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
+    write_budget_bytes: u64,
 
     /// Output queued for one connection beyond this closes it at once (slow consumer).
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().output_hard_bytes_max as u64,
@@ -476,9 +492,11 @@ impl Args {
             listen_backlog: self.listen_backlog,
             accepts_per_turn_max: to_usize(self.accepts_per_turn_max),
             accept_pause_ms: self.accept_pause_ms,
+            tcp_send_buffer_bytes: to_usize(self.tcp_send_buffer_bytes),
             read_chunk_bytes: to_usize(self.read_chunk_bytes),
             read_budget_bytes: to_usize(self.read_budget_bytes),
             write_iovecs_max: to_usize(self.write_iovecs_max),
+            write_budget_bytes: to_usize(self.write_budget_bytes),
             output_hard_bytes_max: to_usize(self.output_hard_bytes_max),
             output_soft_bytes_max: to_usize(self.output_soft_bytes_max),
             output_soft_duration_ms: self.output_soft_duration_ms,

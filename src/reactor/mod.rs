@@ -258,28 +258,53 @@ impl Server {
         let mut listeners = Vec::new();
         if let Some(port) = config.room_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("ROOM", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "ROOM",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Room));
         }
         if let Some(port) = config.bin24_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("BIN24", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "BIN24",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Bin24));
         }
         if let Some(port) = config.ccm_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("CCM", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "CCM",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Ccm));
         }
         if let Some(port) = config.matou_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("MATOU", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "MATOU",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Matou));
         }
         let mut udp_sockets = Vec::new();
         if let (Some(tcp_port), Some(udp_port)) = (config.ocm_tcp_port, config.ocm_udp_port) {
             let addr = SocketAddr::new(config.bind_addr, tcp_port);
-            let listener = listen::bind_tcp("OCM", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "OCM",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Ocm));
             let addr = SocketAddr::new(config.bind_addr, udp_port);
             let socket = listen::bind_udp("OCM-UDP", addr, config.udp_socket_buffer_bytes)?;
@@ -366,7 +391,7 @@ impl Server {
             None => None,
             Some(port) => {
                 let addr = SocketAddr::new(config.admin_bind_addr, port);
-                let mut listener = listen::bind_tcp("ADMIN", addr, config.listen_backlog)?;
+                let mut listener = listen::bind_tcp("ADMIN", addr, config.listen_backlog, 0)?;
                 let fail = |step, source| BindError {
                     protocol: "ADMIN",
                     addr,
@@ -927,8 +952,13 @@ impl Server {
     /// Flush all pending output, then free closed connections; repeat while closing produces
     /// new output (leave notices) or new closes (a failed flush).
     fn flush_and_close(&mut self) {
+        // One budget for the whole phase, however often closing makes more output.
+        let mut budget_bytes = self.config.write_budget_bytes.max(1);
         loop {
-            self.table.flush_pending(self.config.write_iovecs_max);
+            let written = self
+                .table
+                .flush_pending(self.config.write_iovecs_max, budget_bytes);
+            budget_bytes = budget_bytes.saturating_sub(written);
             if self.table.close_list.is_empty() {
                 return;
             }
