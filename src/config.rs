@@ -123,6 +123,10 @@ pub struct Config {
     pub ccm_keepalive_answer_ms: u64,
     /// CCM: longest user name, in bytes.
     pub ccm_name_bytes_max: usize,
+    /// CCM: bytes one user's messages may make others receive per second, in all and to one
+    /// other user; over either the sender gets Error `rate-limited`. 0: no limit.
+    pub ccm_sender_bytes_per_s_max: u64,
+    pub ccm_pair_bytes_per_s_max: u64,
     /// MATOU: longest user name and public message, in bytes (the contract's 32 and 512),
     /// and the framing limit of any string: a larger size is a protocol error that closes.
     pub matou_name_bytes_max: usize,
@@ -130,6 +134,10 @@ pub struct Config {
     pub matou_string_bytes_max: usize,
     /// MATOU: most private-link requests one user may have waiting for an answer.
     pub matou_pending_requests_per_user_max: usize,
+    /// MATOU: private requests per second from one user, and from one user to one other;
+    /// beyond either the sender gets ERROR 12 and the recipient nothing. 0: no limit.
+    pub matou_private_requests_per_s_max: u64,
+    pub matou_private_requests_per_pair_per_s_max: u64,
     /// OCM: largest TCRP payload accepted, in bytes; larger is answered 500 from the header.
     pub ocm_tcrp_payload_bytes_max: usize,
     /// OCM: a TCRP connection that has not sent a whole request this long after connecting
@@ -225,10 +233,14 @@ impl Default for Config {
             ccm_keepalive_idle_ms: 5_000,
             ccm_keepalive_answer_ms: 3_600,
             ccm_name_bytes_max: 64,
+            ccm_sender_bytes_per_s_max: 8 * 1024 * 1024,
+            ccm_pair_bytes_per_s_max: 2 * 1024 * 1024,
             matou_name_bytes_max: 32,
             matou_message_bytes_max: 512,
             matou_string_bytes_max: 4096,
             matou_pending_requests_per_user_max: 64,
+            matou_private_requests_per_s_max: 20,
+            matou_private_requests_per_pair_per_s_max: 2,
             ocm_tcrp_payload_bytes_max: 64 * 1024,
             ocm_tcrp_request_timeout_ms: 10_000,
             ocm_room_name_bytes_max: 255,

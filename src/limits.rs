@@ -228,6 +228,63 @@ impl<K: Hash + Eq + Copy> FanoutBudget<K> {
     }
 }
 
+/// What one sender may make others receive (issue 15: "the one who causes output pays"): a
+/// bucket for everything it sends to others, and one per recipient it sent to lately. Charged
+/// all or nothing, so a refusal by one costs nothing in the other; a refused send is refused to
+/// its sender and never reaches (or closes) its recipient.
+#[derive(Debug)]
+pub struct SenderBudget<K> {
+    total: TokenBucket,
+    per_recipient: HashMap<K, TokenBucket>,
+}
+
+/// Recipients a sender may have tracked before the buckets that are full again (what a new
+/// recipient gets anyway) are swept out.
+const SENDER_RECIPIENTS_SWEEP_AT: usize = 64;
+
+impl<K: Hash + Eq + Copy> SenderBudget<K> {
+    pub fn new(total: RateLimit, now_ms: u64) -> Self {
+        SenderBudget {
+            total: TokenBucket::full(total, now_ms),
+            per_recipient: HashMap::new(),
+        }
+    }
+
+    /// May the sender make `to` receive `amount` (`None`: a broadcast, charged to the total
+    /// only) at `now_ms`?
+    pub fn admit(
+        &mut self,
+        to: Option<K>,
+        amount: u64,
+        total: RateLimit,
+        pair: RateLimit,
+        now_ms: u64,
+    ) -> bool {
+        let Some(to) = to.filter(|_| !pair.is_unlimited()) else {
+            return self.total.take(total, amount, now_ms);
+        };
+        if self.per_recipient.len() >= SENDER_RECIPIENTS_SWEEP_AT
+            && !self.per_recipient.contains_key(&to)
+        {
+            self.per_recipient
+                .retain(|_, bucket| !bucket.is_full_at(pair, now_ms));
+        }
+        let bucket = self
+            .per_recipient
+            .entry(to)
+            .or_insert_with(|| TokenBucket::full(pair, now_ms));
+        if !bucket.covers(pair, amount, now_ms) || !self.total.take(total, amount, now_ms) {
+            return false;
+        }
+        bucket.take(pair, amount, now_ms)
+    }
+
+    /// Recipients tracked now.
+    pub fn recipients(&self) -> usize {
+        self.per_recipient.len()
+    }
+}
+
 /// Open connections per peer IP address, for the per-IP connection limit.
 #[derive(Debug, Default)]
 pub struct PerIpCounts {
@@ -474,6 +531,35 @@ mod tests {
         assert_eq!(budget.admit(addr(4), 1, 100), Admission::RateLimited);
         // A datagram nobody receives costs nothing.
         assert_eq!(budget.admit(addr(1), 0, 100), Admission::Admitted);
+    }
+
+    #[test]
+    fn a_sender_budget_limits_each_pair_and_the_sender_and_forgets_idle_pairs() {
+        let total = RateLimit {
+            rate_per_s: 10,
+            burst: 10,
+        };
+        let pair = RateLimit {
+            rate_per_s: 2,
+            burst: 2,
+        };
+        let mut budget = SenderBudget::new(total, 0);
+        assert!(budget.admit(Some(1), 1, total, pair, 0));
+        assert!(budget.admit(Some(1), 1, total, pair, 0));
+        assert!(!budget.admit(Some(1), 1, total, pair, 0), "the pair's rate");
+        for to in 2..6 {
+            assert!(budget.admit(Some(to), 2, total, pair, 0));
+        }
+        // The pairs refused above did not cost the total: 10 - 2 - 8 = 0 left now.
+        assert!(!budget.admit(Some(7), 1, total, pair, 0), "the sender's rate");
+        assert!(!budget.admit(None, 1, total, pair, 0));
+        assert!(budget.admit(None, 1, total, pair, 100), "10 a second");
+        // Full buckets are forgotten once the map is large.
+        for to in 100..(100 + SENDER_RECIPIENTS_SWEEP_AT as u32) {
+            budget.admit(Some(to), 0, total, pair, 10_000);
+        }
+        assert!(budget.admit(Some(1), 1, total, pair, 20_000));
+        assert!(budget.recipients() < 8, "{}", budget.recipients());
     }
 
     #[test]

@@ -75,6 +75,18 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     ccm_name_bytes_max: u64,
 
+    /// CCM: bytes one user's messages may make others receive per second (a `*` message counts
+    /// once per recipient); over it the sender gets Error `rate-limited` and nobody receives
+    /// the message, so a flood is cut at its sender rather than by closing its recipient as a
+    /// slow consumer. At least one largest message (about 1 MiB) may always pass. 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ccm_sender_bytes_per_s_max)]
+    ccm_sender_bytes_per_s_max: u64,
+
+    /// CCM: bytes per second one user may send to one other user; beyond it as above.
+    /// 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ccm_pair_bytes_per_s_max)]
+    ccm_pair_bytes_per_s_max: u64,
+
     /// MATOU port (binary: unique names, public room, private links brokered between clients).
     /// 0 disables MATOU.
     #[arg(long, value_name = "PORT", default_value_t = MATOU_PORT_DEFAULT)]
@@ -100,6 +112,17 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().matou_pending_requests_per_user_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     matou_pending_requests_per_user_max: u64,
+
+    /// MATOU: private requests one user may send per second (a second's worth at once); each
+    /// makes its recipient receive a packet, so beyond it the sender gets ERROR 12 and the
+    /// recipient nothing: a flood is cut at its sender, not by closing its victim. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().matou_private_requests_per_s_max)]
+    matou_private_requests_per_s_max: u64,
+
+    /// MATOU: private requests per second from one user to one other (a repeat while pending
+    /// notifies again); beyond it ERROR 12, as above. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().matou_private_requests_per_pair_per_s_max)]
+    matou_private_requests_per_pair_per_s_max: u64,
 
     /// OCM TCRP port (TCP: create and join rooms). 0 disables OCM (with --ocm-udp-port 0).
     #[arg(long, value_name = "PORT", default_value_t = OCM_TCP_PORT_DEFAULT)]
@@ -454,6 +477,9 @@ impl Args {
             matou_message_bytes_max: to_usize(self.matou_message_bytes_max),
             matou_string_bytes_max: to_usize(self.matou_string_bytes_max),
             matou_pending_requests_per_user_max: to_usize(self.matou_pending_requests_per_user_max),
+            matou_private_requests_per_s_max: self.matou_private_requests_per_s_max,
+            matou_private_requests_per_pair_per_s_max: self
+                .matou_private_requests_per_pair_per_s_max,
             ocm_tcp_port: port(self.ocm_tcp_port),
             ocm_udp_port: port(self.ocm_udp_port),
             ocm_relay_port: port(self.ocm_relay_port),
@@ -481,6 +507,8 @@ impl Args {
             ccm_keepalive_idle_ms: self.ccm_keepalive_idle_ms,
             ccm_keepalive_answer_ms: self.ccm_keepalive_answer_ms,
             ccm_name_bytes_max: to_usize(self.ccm_name_bytes_max),
+            ccm_sender_bytes_per_s_max: self.ccm_sender_bytes_per_s_max,
+            ccm_pair_bytes_per_s_max: self.ccm_pair_bytes_per_s_max,
             bin24_ack_timeout_ms: self.bin24_ack_timeout_ms,
             bin24_unacked_per_recipient_max: to_usize(self.bin24_unacked_per_recipient_max),
             bin24_offline_window_bytes: to_usize(self.bin24_offline_window_bytes),

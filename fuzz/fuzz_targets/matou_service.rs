@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
                 if conns.is_open(slot) {
                     let id = conns.id(slot);
                     conns.input[slot].extend_from_slice(bytes);
-                    service.on_data(id, &mut conns.input[slot], &mut out);
+                    service.on_data(id, &mut conns.input[slot], 0, &mut out);
                 }
             }
         }

@@ -167,6 +167,8 @@ impl Services {
                     keepalive_idle_ms: config.ccm_keepalive_idle_ms,
                     keepalive_answer_ms: config.ccm_keepalive_answer_ms,
                     name_bytes_max: config.ccm_name_bytes_max,
+                    sender_bytes_per_s_max: config.ccm_sender_bytes_per_s_max,
+                    pair_bytes_per_s_max: config.ccm_pair_bytes_per_s_max,
                     timer_tick_ms: config.timer_tick_ms,
                 },
                 os_token_source(),
@@ -179,6 +181,9 @@ impl Services {
                 message_bytes_max: config.matou_message_bytes_max,
                 string_bytes_max: config.matou_string_bytes_max,
                 pending_requests_per_user_max: config.matou_pending_requests_per_user_max,
+                private_requests_per_s_max: config.matou_private_requests_per_s_max,
+                private_requests_per_pair_per_s_max: config
+                    .matou_private_requests_per_pair_per_s_max,
             })
         });
         let ocm = config.ocm_tcp_port.and(config.ocm_udp_port).map(|_| {
@@ -293,7 +298,7 @@ impl Services {
             }
             ProtocolKind::Matou => {
                 if let Some(matou) = self.matou.as_mut() {
-                    matou.on_data(id, input, out);
+                    matou.on_data(id, input, now_ms, out);
                 }
             }
             ProtocolKind::Ocm => {
