@@ -221,7 +221,7 @@ impl Default for Config {
             close_linger_ms: 2_000,
             room_handshake_timeout_ms: 60_000,
             handshake_timeout_ms: 10_000,
-            connections_per_ip_max: 5_000,
+            connections_per_ip_max: 256,
             input_bytes_per_s_max: 64 * 1024 * 1024,
             input_burst_bytes_max: 16 * 1024 * 1024,
             udp_datagrams_per_source_per_s_max: 10_000,

@@ -374,6 +374,60 @@ impl HandshakeDeadlines {
     }
 }
 
+/// Connections still in their handshake, oldest first: at the connection cap the oldest is
+/// evicted to admit a newcomer, so silent connections cannot hold every slot (issue 15, attack
+/// 4). Entries of connections that identified or closed are skipped lazily; `is_handshaking`
+/// says which.
+#[derive(Debug, Default)]
+pub struct HandshakeQueue {
+    queue: VecDeque<ConnId>,
+}
+
+impl HandshakeQueue {
+    pub fn push(&mut self, id: ConnId) {
+        self.queue.push_back(id);
+    }
+
+    /// The oldest connection still handshaking, taken off the queue; stale entries before it
+    /// go too.
+    pub fn pop_oldest(&mut self, is_handshaking: impl Fn(ConnId) -> bool) -> Option<ConnId> {
+        while let Some(id) = self.queue.pop_front() {
+            if is_handshaking(id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// The oldest connection still handshaking, left on the queue; stale entries before it go.
+    pub fn peek_oldest(&mut self, is_handshaking: impl Fn(ConnId) -> bool) -> Option<ConnId> {
+        while let Some(&id) = self.queue.front() {
+            if is_handshaking(id) {
+                return Some(id);
+            }
+            self.queue.pop_front();
+        }
+        None
+    }
+
+    /// Drops stale entries once the queue has grown past `len_max` (connections that identified
+    /// stay in the queue until they reach its front otherwise), so its length stays within a
+    /// small multiple of the connections open.
+    pub fn compact(&mut self, len_max: usize, is_handshaking: impl Fn(ConnId) -> bool) {
+        if self.queue.len() > len_max {
+            self.queue.retain(|&id| is_handshaking(id));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +666,30 @@ mod tests {
         assert!(counts.try_add(ip, 1));
         assert!(!counts.try_add(mapped, 1));
         assert!(counts.try_add(IpAddr::V6(Ipv6Addr::LOCALHOST), 1));
+    }
+
+    #[test]
+    fn the_oldest_still_handshaking_is_evicted_first_and_stale_entries_go() {
+        let mut queue = HandshakeQueue::default();
+        let ids: Vec<ConnId> = (0..5).map(|n| ConnId::new(n, 1)).collect();
+        for &id in &ids {
+            queue.push(id);
+        }
+        // 0 identified, 1 closed: 2 is the oldest still handshaking.
+        let live = |id: ConnId| id.slot >= 2;
+        assert_eq!(queue.peek_oldest(live), Some(ids[2]));
+        assert_eq!(queue.len(), 3, "peeking drops the stale entries only");
+        assert_eq!(queue.pop_oldest(live), Some(ids[2]));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.pop_oldest(|id| id.slot == 4), Some(ids[4]));
+        assert_eq!(queue.pop_oldest(live), None);
+        for &id in &ids {
+            queue.push(id);
+        }
+        queue.compact(10, |_| false);
+        assert_eq!(queue.len(), 5, "under its bound nothing is scanned");
+        queue.compact(4, |id| id.slot % 2 == 0);
+        assert_eq!(queue.len(), 3);
     }
 
     #[test]

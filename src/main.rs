@@ -323,9 +323,9 @@ struct Args {
 
     /// Most connections open at once from one peer IP address, all TCP protocols together;
     /// a further one is closed as soon as it is accepted (counted as refused_per_ip). 0: no
-    /// limit. Default 5000: half of --connections-max, so one address cannot take every slot,
-    /// while loopback runs still fit: loadgen's largest documented run opens 1,000
-    /// connections from 127.0.0.1, and a mix of its four TCP scenarios at that size 4,000.
+    /// limit. Default 256: a household or an office behind one address, not a fortieth of
+    /// --connections-max. loadgen connects from 127.0.0.1 only for its first 32 clients and
+    /// spreads the rest over 127.0.0.0/8, so loopback runs fit.
     #[arg(long, value_name = "N", default_value_t = Config::default().connections_per_ip_max)]
     connections_per_ip_max: u32,
 

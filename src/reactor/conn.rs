@@ -75,8 +75,9 @@ pub(crate) struct Conn {
     written_bytes_total: u64,
     /// (end offset, note) of buffers queued with `send_notify`, in queue order.
     notes: VecDeque<(u64, u64)>,
-    /// The protocol said the user is identified, or the protocol keeps its own handshake
-    /// deadline: the reactor's handshake deadline no longer applies.
+    /// The protocol said the user is identified (ROOM: its alias taken; OCM's TCRP
+    /// connections never are): the reactor's handshake deadline no longer applies, and the
+    /// connection is no longer evictable at the connection cap.
     pub(crate) identified: bool,
     /// Input budget (`--input-bytes-per-s-max`), taken from by every read.
     pub(crate) input_budget: TokenBucket,

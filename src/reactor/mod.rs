@@ -37,7 +37,8 @@ use crate::chat::ConnId;
 use crate::config::Config;
 use crate::histogram::Histogram;
 use crate::limits::{
-    Admission, HandshakeDeadlines, PerIpCounts, RateLimit, SourceBuckets, TokenBucket,
+    Admission, HandshakeDeadlines, HandshakeQueue, PerIpCounts, RateLimit, SourceBuckets,
+    TokenBucket,
 };
 use crate::protocol::{CloseMode, CloseReason, DatagramDrop, Outbox};
 use crate::stats::Stats;
@@ -106,6 +107,13 @@ enum Source {
     AdminListener,
     AdminConn(usize),
     Unknown,
+}
+
+/// `id` is open, not closing, and not yet identified by its protocol: evictable at the cap.
+fn is_handshaking(table: &ConnTable, id: ConnId) -> bool {
+    table.slab.get(id.slot as usize).is_some_and(|conn| {
+        conn.generation == id.generation && !conn.identified && conn.closing().is_none()
+    })
 }
 
 fn conn_token(id: ConnId) -> Token {
@@ -226,9 +234,12 @@ pub struct Server {
     per_ip: PerIpCounts,
     /// `--handshake-timeout-ms` deadlines of the protocols that have one in the reactor.
     handshake_deadlines: HandshakeDeadlines,
+    /// Every connection not yet identified, oldest first: evicted at the connection cap.
+    handshaking: HandshakeQueue,
     input_limit: RateLimit,
     per_ip_log: LimitLog,
     input_rate_log: LimitLog,
+    eviction_log: LimitLog,
     /// The admin port, when enabled.
     admin: Option<Admin>,
     /// Busy time of each loop turn, for the metrics.
@@ -442,12 +453,14 @@ impl Server {
             stats_next_ms,
             per_ip: PerIpCounts::default(),
             handshake_deadlines: HandshakeDeadlines::default(),
+            handshaking: HandshakeQueue::default(),
             input_limit: RateLimit {
                 rate_per_s: config.input_bytes_per_s_max,
                 burst: config.input_burst_bytes_max,
             },
             per_ip_log: LimitLog::default(),
             input_rate_log: LimitLog::default(),
+            eviction_log: LimitLog::default(),
             admin,
             loop_turns: Histogram::default(),
             heap_trim: trim::HeapTrim::default(),
@@ -1036,7 +1049,8 @@ impl Server {
                 && self.listeners[index].ready
                 && accepted < self.config.accepts_per_turn_max
             {
-                if self.table.slab.len() >= self.config.connections_max {
+                let at_cap = self.table.slab.len() >= self.config.connections_max;
+                if at_cap && !self.has_evictable() {
                     if !self.accept_gate.at_cap {
                         debug!(
                             "at the connection cap ({}): accepting paused",
@@ -1054,12 +1068,56 @@ impl Server {
                             self.refuse_per_ip(stream, peer, index);
                             continue;
                         }
+                        // Only for a newcomer actually accepted: a listener still marked ready
+                        // may have nothing left in its backlog.
+                        if at_cap && !self.evict_oldest_handshaking() {
+                            continue;
+                        }
                         self.add_conn(stream, peer, self.listeners[index].kind);
                     }
                     Err(err) => self.accept_failed(index, &err),
                 }
             }
         }
+    }
+
+    /// Whether a connection still in its handshake could be evicted (stale entries before the
+    /// oldest one are dropped on the way).
+    fn has_evictable(&mut self) -> bool {
+        let table = &self.table;
+        self.handshaking
+            .peek_oldest(|id| is_handshaking(table, id))
+            .is_some()
+    }
+
+    /// At the connection cap with a newcomer accepted: close the oldest connection still in its
+    /// handshake at once and free its slot now (through the close phase, so the slot is never
+    /// freed twice). False when every connection is past its handshake.
+    fn evict_oldest_handshaking(&mut self) -> bool {
+        let table = &self.table;
+        let Some(id) = self
+            .handshaking
+            .pop_oldest(|id| is_handshaking(table, id))
+        else {
+            return false;
+        };
+        let (kind, peer) = match self.table.get_mut(id) {
+            Some(conn) => (conn.kind, conn.peer),
+            None => return false,
+        };
+        debug!("{} {peer} ({id}): evicted at the connection cap, still in its handshake", kind.name());
+        self.table.stats.handshake_evictions += 1;
+        let cap = self.config.connections_max;
+        self.eviction_log.warn(self.now_ms, || {
+            format!(
+                "at the connection cap ({cap}): evicted {} {peer}, the oldest connection still in its handshake",
+                kind.name()
+            )
+        });
+        self.table
+            .close(id, CloseReason::HandshakeTimeout, CloseMode::Now);
+        self.flush_and_close();
+        true
     }
 
     /// `peer`'s address has its most connections open: close the new one at once (dropping
@@ -1117,7 +1175,7 @@ impl Server {
             warn!("cannot register connection from {peer}: {err}");
             return;
         }
-        let mut conn = Conn::new(
+        let conn = Conn::new(
             stream,
             generation,
             kind,
@@ -1133,10 +1191,14 @@ impl Server {
             ));
             let deadline_ms = accepted_ms.saturating_add(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push(id, deadline_ms);
-        } else {
-            conn.identified = true;
         }
         entry.insert(conn);
+        self.handshaking.push(id);
+        let table = &self.table;
+        self.handshaking
+            .compact(2 * self.config.connections_max.max(1024), |id| {
+                is_handshaking(table, id)
+            });
         // Unlimited here: the limit was checked before accepting.
         self.per_ip.try_add(peer.ip(), 0);
         self.table.stats.connections_accepted += 1;
