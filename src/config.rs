@@ -152,6 +152,11 @@ pub struct Config {
     pub ocm_send_failures_max: u32,
     /// OCM: most rooms, and most members in one room.
     pub ocm_rooms_max: usize,
+    /// OCM: most rooms whose host came from one IP address (0: no limit).
+    pub ocm_rooms_per_ip_max: u32,
+    /// OCM: a room none of whose members sent an accepted datagram this long after its
+    /// creation is closed (0: never).
+    pub ocm_room_silent_timeout_ms: u64,
     pub ocm_room_members_max: usize,
     /// OCM: send the document's state-1 acknowledgement before the answer. Off by default:
     /// the original client takes the first answer as final.
@@ -248,6 +253,8 @@ impl Default for Config {
             ocm_idle_timeout_ms: 600_000,
             ocm_send_failures_max: 3,
             ocm_rooms_max: 10_000,
+            ocm_rooms_per_ip_max: 32,
+            ocm_room_silent_timeout_ms: 120_000,
             ocm_room_members_max: 1_000,
             ocm_ack_state1: false,
             ocm_relay_peers_max: 1_000,

@@ -203,6 +203,18 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     ocm_rooms_max: u64,
 
+    /// OCM: most rooms open at once whose host came from one IP address; a create beyond it
+    /// is answered 500. One host must not take every room (10,000 rooms from one address in
+    /// 0.8 s locked everyone out for the 600 s idle timeout). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_rooms_per_ip_max)]
+    ocm_rooms_per_ip_max: u32,
+
+    /// OCM: a room none of whose members has sent an accepted datagram this long after its
+    /// creation is closed, as if its host had left (its members get the host's leave text).
+    /// Rooms made and abandoned do not wait out --ocm-idle-timeout-ms. 0: never.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().ocm_room_silent_timeout_ms)]
+    ocm_room_silent_timeout_ms: u64,
+
     /// OCM: most members in one room; a join beyond it is answered 500. Each datagram goes to
     /// every other member, so this bounds what one datagram costs.
     #[arg(long, value_name = "N", default_value_t = Config::default().ocm_room_members_max as u64,
@@ -495,6 +507,8 @@ impl Args {
             ocm_idle_timeout_ms: self.ocm_idle_timeout_ms,
             ocm_send_failures_max: self.ocm_send_failures_max,
             ocm_rooms_max: to_usize(self.ocm_rooms_max),
+            ocm_rooms_per_ip_max: self.ocm_rooms_per_ip_max,
+            ocm_room_silent_timeout_ms: self.ocm_room_silent_timeout_ms,
             ocm_room_members_max: to_usize(self.ocm_room_members_max),
             ocm_ack_state1: self.ocm_ack_state1,
             ocm_relay_peers_max: to_usize(self.ocm_relay_peers_max),

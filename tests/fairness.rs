@@ -478,3 +478,39 @@ fn a_newcomer_at_the_connection_cap_is_served_at_once() {
     eprintln!("{stats}");
     assert!(stats.handshake_evictions >= CAP as u64, "{stats}");
 }
+
+/// A TCRP create (operation 1) of `room` by `name`, from `source`; returns the answer's JSON.
+fn tcrp_create(server: SocketAddr, source: IpAddr, room: &str, name: &str) -> String {
+    let payload = format!("{{\"user_name\": \"{name}\", \"user_address\": [\"{source}\", 40000]}}");
+    let mut request = vec![room.len() as u8, 1, 0];
+    request.extend_from_slice(&[0u8; 21]);
+    request.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    request.extend_from_slice(room.as_bytes());
+    request.extend_from_slice(payload.as_bytes());
+    let mut stream = connect_from(source, server);
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream.write_all(&request).expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("answer");
+    String::from_utf8_lossy(answer.get(32..).unwrap_or_default()).into_owned()
+}
+
+/// Attack 3: one address creating rooms as fast as it can used to take all 10,000 and lock
+/// everyone else out for the 600 s idle timeout. Now it gets 32, and others still create.
+#[test]
+fn one_address_cannot_take_every_ocm_room() {
+    let server = server_with(|config| {
+        config.ocm_tcp_port = Some(0);
+        config.ocm_udp_port = Some(0);
+    });
+    let tcrp = server.ocm_tcp.expect("OCM");
+    let attacker = loopback(3000);
+    let answers: Vec<String> = (0..100)
+        .map(|n| tcrp_create(tcrp, attacker, &format!("room{n}"), "host"))
+        .collect();
+    let created = answers.iter().filter(|a| a.contains("202")).count();
+    assert_eq!(created, 32, "{:?}", answers.last());
+    assert!(answers[99].contains("500"), "{}", answers[99]);
+    let other = tcrp_create(tcrp, loopback(3001), "mine", "alice");
+    assert!(other.contains("202"), "{other}");
+}

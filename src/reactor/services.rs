@@ -196,6 +196,8 @@ impl Services {
                     idle_timeout_ms: config.ocm_idle_timeout_ms,
                     send_failures_max: config.ocm_send_failures_max,
                     rooms_max: config.ocm_rooms_max,
+                    rooms_per_ip_max: config.ocm_rooms_per_ip_max,
+                    room_silent_timeout_ms: config.ocm_room_silent_timeout_ms,
                     room_members_max: config.ocm_room_members_max,
                     sends_per_s_max: config.udp_sends_per_s_max,
                     sends_per_source_per_s_max: config.udp_sends_per_source_per_s_max,

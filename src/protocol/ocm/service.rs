@@ -16,7 +16,7 @@ use super::codec::{self, TcrpError, TcrpRequest};
 use super::json::{self, JsonError};
 use super::relay::fanout_limit;
 use crate::chat::ConnMap;
-use crate::limits::{Admission, FanoutBudget};
+use crate::limits::{Admission, FanoutBudget, PerIpCounts};
 use crate::protocol::{
     CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox,
 };
@@ -46,6 +46,13 @@ pub struct OcmConfig {
     /// A member whose datagrams fail to send this many times in a row is removed.
     pub send_failures_max: u32,
     pub rooms_max: usize,
+    /// Rooms whose host came from one IP address, so one host cannot take every room (issue
+    /// 15: 10,000 rooms from one IP locked everyone out). 0: no limit.
+    pub rooms_per_ip_max: u32,
+    /// A room none of whose members has sent an accepted datagram this long after it was
+    /// created is closed, as if its host had left: rooms made and abandoned do not wait out
+    /// the idle timeout. 0: never.
+    pub room_silent_timeout_ms: u64,
     /// Members of one room, host included.
     pub room_members_max: usize,
     /// Chat datagrams relayed per second, counted in sends (a text to 99 members is 99): in
@@ -68,6 +75,8 @@ impl Default for OcmConfig {
             idle_timeout_ms: 600_000,
             send_failures_max: 3,
             rooms_max: 10_000,
+            rooms_per_ip_max: 32,
+            room_silent_timeout_ms: 120_000,
             room_members_max: 1_000,
             sends_per_s_max: 250_000,
             sends_per_source_per_s_max: 20_000,
@@ -121,6 +130,12 @@ struct Room {
     name: Box<str>,
     /// Member key of the creator; the room lives as long as the host.
     host: usize,
+    /// The IP its host's request came from (canonical), for the per-IP room limit.
+    host_ip: IpAddr,
+    /// Told apart from a later room in the same slot, for its silence timer.
+    serial: u64,
+    /// A member has sent an accepted datagram.
+    heard: bool,
     /// Member keys, in no particular order.
     members: Vec<usize>,
 }
@@ -131,6 +146,8 @@ enum Timer {
     Request(ConnId),
     /// A member's idle check, re-armed for the remainder when it fires early.
     Idle(usize),
+    /// A room's check that someone has spoken: (room key, room serial).
+    Silent(usize, u64),
 }
 
 /// Why a member leaves.
@@ -170,6 +187,9 @@ pub struct OcmService {
     /// Members to remove once the current fan-out is over, with why; kept for its allocation.
     doomed: Vec<(usize, Leave)>,
     budget: FanoutBudget<SocketAddr>,
+    /// Rooms open per host IP.
+    rooms_per_ip: PerIpCounts,
+    next_room_serial: u64,
 }
 
 impl OcmService {
@@ -184,6 +204,8 @@ impl OcmService {
         );
         OcmService {
             budget,
+            rooms_per_ip: PerIpCounts::default(),
+            next_room_serial: 0,
             config,
             conns: ConnMap::new(),
             rooms: Slab::new(),
@@ -379,6 +401,10 @@ impl OcmService {
                 if self.rooms.len() >= self.config.rooms_max {
                     return Outcome::Failed("rooms_max reached");
                 }
+                let per_ip_max = self.config.rooms_per_ip_max;
+                if per_ip_max != 0 && self.rooms_per_ip.count(peer_ip) >= per_ip_max {
+                    return Outcome::Failed("rooms_per_ip_max reached");
+                }
                 None
             }
             (_, None) => return Outcome::Refused(codec::room_missing_message(room)),
@@ -414,13 +440,24 @@ impl OcmService {
         let room_key = match room_key {
             Some(key) => key,
             None => {
+                let serial = self.next_room_serial;
+                self.next_room_serial += 1;
+                let host_ip = peer_ip.to_canonical();
                 let key = self.rooms.insert(Room {
                     name: room.into(),
                     // Set by add_member right below.
                     host: usize::MAX,
+                    host_ip,
+                    serial,
+                    heard: false,
                     members: Vec::new(),
                 });
                 self.room_keys.insert(room.into(), key);
+                self.rooms_per_ip.try_add(host_ip, 0);
+                if self.config.room_silent_timeout_ms != 0 {
+                    let due_ms = now_ms.saturating_add(self.config.room_silent_timeout_ms);
+                    self.timers.insert(due_ms, Timer::Silent(key, serial));
+                }
                 key
             }
         };
@@ -547,6 +584,9 @@ impl OcmService {
         }
         member.address = Some(from);
         member.last_seen_ms = now_ms;
+        if let Some(room) = self.rooms.get_mut(room_key) {
+            room.heard = true;
+        }
         if !exit {
             let sends = self
                 .rooms
@@ -647,6 +687,7 @@ impl OcmService {
             return;
         };
         self.room_keys.remove(&room.name);
+        self.rooms_per_ip.remove(room.host_ip);
         for &key in &room.members {
             let Some(member) = self.members.try_remove(key) else {
                 continue;
@@ -710,6 +751,21 @@ impl OcmService {
                         self.remove_doomed(datagrams);
                     } else {
                         member.idle = self.timers.insert(due_ms, Timer::Idle(key));
+                    }
+                }
+                Timer::Silent(key, serial) => {
+                    let silent = self
+                        .rooms
+                        .get(key)
+                        .filter(|room| room.serial == serial && !room.heard);
+                    if let Some(room) = silent {
+                        debug!("OCM room {} closed: nobody spoke", room.name);
+                        let host_name = self
+                            .members
+                            .get(room.host)
+                            .map_or_else(String::new, |host| host.name.to_string());
+                        let text = codec::host_leave_text(&host_name, &room.name);
+                        self.close_room(key, text.as_bytes(), datagrams);
                     }
                 }
             }

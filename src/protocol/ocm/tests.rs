@@ -47,6 +47,8 @@ fn config() -> OcmConfig {
         idle_timeout_ms: IDLE_MS,
         send_failures_max: 3,
         rooms_max: 4,
+        rooms_per_ip_max: 0,
+        room_silent_timeout_ms: 0,
         room_members_max: 3,
         sends_per_s_max: 0,
         sends_per_source_per_s_max: 0,
@@ -456,6 +458,76 @@ fn limits_on_rooms_and_members_answer_500() {
     let sent = h.request(ip(4), OPERATION_JOIN, "a", &payload("g3", udp(4, 1)));
     assert_eq!(sent, failed(1, OPERATION_JOIN));
     assert_eq!(h.out.rejected, 2);
+}
+
+/// The attack 3: one IP created every room and locked everyone out.
+#[test]
+fn one_ip_cannot_take_every_room() {
+    let mut h = Harness::with(
+        OcmConfig {
+            rooms_per_ip_max: 2,
+            ..config()
+        },
+        counting_tokens(),
+    );
+    h.create("a", "host", 1, 40001);
+    h.create("b", "host", 1, 40002);
+    let sent = h.request(ip(1), OPERATION_CREATE, "c", &payload("host", udp(1, 1)));
+    assert_eq!(sent, failed(1, OPERATION_CREATE));
+    // Another address still creates; joining is not limited.
+    h.create("c", "other", 2, 40001);
+    h.join("a", "guest", 1, 40003);
+    // A room closed frees its place for its host's address.
+    let a_host = token(1);
+    h.say(udp(1, 40001), "a", &a_host, "exit");
+    h.create("d", "host", 1, 40004);
+    assert_eq!(h.service.rooms(), 3);
+}
+
+#[test]
+fn rooms_nobody_speaks_in_are_closed_soon_and_others_stay() {
+    let mut h = Harness::with(
+        OcmConfig {
+            room_silent_timeout_ms: 5_000,
+            ..config()
+        },
+        counting_tokens(),
+    );
+    let quiet = h.create("quiet", "alice", 1, 40001);
+    h.join("quiet", "bob", 2, 40002);
+    let alive = h.create("alive", "carol", 3, 40003);
+    h.advance_to(1_000);
+    h.say(CAROL, "alive", &alive, "hi");
+    h.advance_to(4_990);
+    assert_eq!(h.service.rooms(), 2);
+    h.advance_to(5_000);
+    assert_eq!(h.service.rooms(), 1, "the quiet room is gone");
+    // Its members knew their addresses from the request: they are told, as when a host leaves.
+    let closing =
+        "aliceがquietから退出しました。\nホストが退出したため、チャットルーム:quietを終了します。";
+    assert_eq!(h.texts_to(BOB), [closing]);
+    h.say(ALICE, "quiet", &quiet, "too late");
+    assert_eq!(h.udp.dropped_in, [DatagramDrop::UnknownRoom]);
+    // A new room under the same name gets its own timer, not the old one's.
+    h.advance_to(7_000);
+    let again = h.create("quiet", "dave", 4, 40004);
+    h.advance_to(11_000);
+    h.say(udp(4, 40004), "quiet", &again, "spoken");
+    h.advance_to(12_000);
+    assert_eq!(h.service.rooms(), 2);
+    // A room that closed early leaves its timer behind; the room that takes its slot is not
+    // closed by that timer, only by its own.
+    h.advance_to(20_000);
+    let gone = h.create("gone", "eve", 5, 40005);
+    h.say(udp(5, 40005), "gone", &gone, "exit");
+    h.advance_to(20_010);
+    h.create("next", "frank", 6, 40006);
+    h.advance_to(25_000);
+    assert_eq!(h.service.rooms(), 3, "the old timer spared the new room");
+    h.advance_to(25_010);
+    assert_eq!(h.service.rooms(), 2);
+    h.advance_to(60_000);
+    assert_eq!(h.service.rooms(), 2, "rooms that spoke live on");
 }
 
 #[test]
