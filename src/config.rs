@@ -38,8 +38,8 @@ pub struct Config {
     /// Address the admin port binds to: loopback by default, apart from `bind_addr`, so that
     /// exposing the chat ports does not expose the metrics too.
     pub admin_bind_addr: IpAddr,
-    /// Most admin connections open at once (at most [`ADMIN_CONNECTIONS_CAP`]); more wait in
-    /// the kernel's backlog until one closes.
+    /// Most admin connections open at once (at most [`ADMIN_CONNECTIONS_CAP`]); one more is
+    /// answered 503 and closed as soon as it is accepted.
     pub admin_connections_max: usize,
     /// An admin connection must send its whole request, and take the whole answer, this long
     /// after it was accepted, or it is closed.

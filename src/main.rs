@@ -149,7 +149,8 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     admin_bind: IpAddr,
 
-    /// Most admin connections open at once (at most 8); more wait in the kernel's backlog.
+    /// Most admin connections open at once (at most 8); a connection beyond them is answered
+    /// 503 and closed at once, so idle ones cannot leave a request waiting in the backlog.
     #[arg(long, value_name = "N", default_value_t = Config::default().admin_connections_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=ADMIN_CONNECTIONS_CAP as u64))]
     admin_connections_max: u64,
