@@ -409,7 +409,12 @@ impl Server {
                         | io::ErrorKind::Interrupted => continue,
                         // Out of descriptors: the next connection attempt brings a new edge;
                         // retrying now would only spin.
-                        _ => warn!("accept on the admin port {} failed: {err}", admin.addr),
+                        _ => {
+                            let addr = admin.addr;
+                            self.accept_fail_log.warn(now_ms, || {
+                                format!("accept on the admin port {addr} failed: {err}")
+                            });
+                        }
                     }
                     admin.ready = false;
                     return;

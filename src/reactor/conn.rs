@@ -6,7 +6,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 
 use bytes::{Buf, Bytes, BytesMut};
-use log::{debug, warn};
+use log::debug;
 use mio::net::TcpStream;
 use slab::Slab;
 
@@ -253,6 +253,7 @@ pub(crate) struct ConnTable {
     pub(crate) out_bytes_total: usize,
     /// Notes of `send_notify` that are due: (connection, its protocol, note, written).
     pub(crate) notes_due: Vec<(ConnId, ProtocolKind, u64, bool)>,
+    slow_consumer_log: super::LimitLog,
 }
 
 impl ConnTable {
@@ -269,6 +270,7 @@ impl ConnTable {
             now_ms: 0,
             out_bytes_total: 0,
             notes_due: Vec::new(),
+            slow_consumer_log: super::LimitLog::default(),
         }
     }
 
@@ -442,10 +444,14 @@ impl ConnTable {
                 .is_some_and(|since| now_ms.saturating_sub(since) >= limits.soft_duration_ms);
         if queued_bytes > limits.hard_bytes_max || over_soft_too_long {
             let peer = conn.peer;
-            warn!(
-                "closing {peer} ({to}): slow consumer, {queued_bytes} bytes queued (hard limit {}, soft {} for {} ms)",
-                limits.hard_bytes_max, limits.soft_bytes_max, limits.soft_duration_ms
-            );
+            // Once a second at most, with a count: 200 slow members closed at once would
+            // otherwise be 200 lines.
+            self.slow_consumer_log.warn(now_ms, || {
+                format!(
+                    "closing {peer} ({to}): slow consumer, {queued_bytes} bytes queued (hard limit {}, soft {} for {} ms)",
+                    limits.hard_bytes_max, limits.soft_bytes_max, limits.soft_duration_ms
+                )
+            });
             self.stats.slow_consumer_closes += 1;
             if queued_bytes > limits.hard_bytes_max {
                 self.stats.slow_consumer_hard_closes += 1;

@@ -84,17 +84,22 @@ struct LimitLog {
 
 impl LimitLog {
     fn warn(&mut self, now_ms: u64, message: impl FnOnce() -> String) {
+        match self.admit(now_ms) {
+            None => {}
+            Some(0) => warn!("{}", message()),
+            Some(suppressed) => warn!("{} (and {suppressed} more not logged)", message()),
+        }
+    }
+
+    /// Whether a line may be logged at `now_ms`, and how many were not since the last one.
+    fn admit(&mut self, now_ms: u64) -> Option<u64> {
         if now_ms < self.next_ms {
             self.suppressed += 1;
-            return;
+            return None;
         }
-        if self.suppressed > 0 {
-            warn!("{} (and {} more not logged)", message(), self.suppressed);
-        } else {
-            warn!("{}", message());
-        }
-        self.suppressed = 0;
+        let suppressed = std::mem::take(&mut self.suppressed);
         self.next_ms = now_ms + LIMIT_LOG_INTERVAL_MS;
+        Some(suppressed)
     }
 }
 
@@ -240,6 +245,8 @@ pub struct Server {
     per_ip_log: LimitLog,
     input_rate_log: LimitLog,
     eviction_log: LimitLog,
+    /// Accept failures for lack of descriptors or memory, chat and admin listeners.
+    accept_fail_log: LimitLog,
     /// The admin port, when enabled.
     admin: Option<Admin>,
     /// Busy time of each loop turn, for the metrics.
@@ -461,6 +468,7 @@ impl Server {
             per_ip_log: LimitLog::default(),
             input_rate_log: LimitLog::default(),
             eviction_log: LimitLog::default(),
+            accept_fail_log: LimitLog::default(),
             admin,
             loop_turns: Histogram::default(),
             heap_trim: trim::HeapTrim::default(),
@@ -1143,12 +1151,13 @@ impl Server {
             | io::ErrorKind::Interrupted => {}
             _ => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. Pause instead of
-                // spinning; established connections keep being served meanwhile.
+                // spinning; established connections keep being served meanwhile. Logged at
+                // most once a second with a count (it was a line every pause, 150 in 15 s).
                 self.table.stats.accept_pauses += 1;
-                warn!(
-                    "accept on {} failed: {err}; pausing accepts for {} ms",
-                    self.listeners[index].addr, self.config.accept_pause_ms
-                );
+                let (addr, pause_ms) = (self.listeners[index].addr, self.config.accept_pause_ms);
+                self.accept_fail_log.warn(self.now_ms, || {
+                    format!("accept on {addr} failed: {err}; pausing accepts for {pause_ms} ms")
+                });
                 self.accept_gate.paused_until_ms =
                     Some(self.now_ms + self.config.accept_pause_ms.max(1));
             }
@@ -1259,5 +1268,26 @@ impl Server {
             entry.ready = false;
         }
         self.shutdown_deadline_ms = Some(self.now_ms + self.config.shutdown_grace_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_log_logs_once_a_second_with_the_count_of_the_rest() {
+        let mut log = LimitLog::default();
+        assert_eq!(log.admit(0), Some(0));
+        // An EMFILE every 100 ms for 15 s: 15 lines, each counting the 9 before it.
+        let mut lines = vec![Some(0)];
+        for tick in 1..150 {
+            let admitted = log.admit(tick * 100);
+            if admitted.is_some() {
+                lines.push(admitted);
+            }
+        }
+        assert_eq!(lines.len(), 15);
+        assert!(lines[1..].iter().all(|&line| line == Some(9)), "{lines:?}");
     }
 }
