@@ -171,9 +171,9 @@ pub struct Config {
     /// cannot cover is relayed to no one, and counted (fanout_budget). 0: no limit.
     pub udp_sends_per_s_max: u64,
     pub udp_sends_per_source_per_s_max: u64,
-    /// UDP: once a socket's fan-outs have sent this many datagrams in one loop turn, no more
-    /// datagrams are read from it that turn (the rest wait in its receive buffer), so one
-    /// socket cannot hold the loop while others wait.
+    /// UDP: most datagrams one socket sends per loop turn; the rest wait in a bounded queue
+    /// for the next turns (nothing new is read from the socket meanwhile), so one socket
+    /// cannot hold the loop while others wait.
     pub udp_sends_per_turn_max: usize,
     /// UDP: send and receive buffer asked of the kernel for each UDP socket (the kernel may
     /// cap it at net.core.rmem_max / wmem_max).
@@ -262,7 +262,7 @@ impl Default for Config {
             udp_datagrams_per_turn_max: 1024,
             udp_sends_per_s_max: 250_000,
             udp_sends_per_source_per_s_max: 20_000,
-            udp_sends_per_turn_max: 1_024,
+            udp_sends_per_turn_max: 512,
             udp_socket_buffer_bytes: 4 * 1024 * 1024,
             data_dir: PathBuf::from("data"),
             offline_frames_per_user_max: 100_000,

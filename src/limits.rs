@@ -605,7 +605,10 @@ mod tests {
             assert!(budget.admit(Some(to), 2, total, pair, 0));
         }
         // The pairs refused above did not cost the total: 10 - 2 - 8 = 0 left now.
-        assert!(!budget.admit(Some(7), 1, total, pair, 0), "the sender's rate");
+        assert!(
+            !budget.admit(Some(7), 1, total, pair, 0),
+            "the sender's rate"
+        );
         assert!(!budget.admit(None, 1, total, pair, 0));
         assert!(budget.admit(None, 1, total, pair, 100), "10 a second");
         // Full buckets are forgotten once the map is large.

@@ -251,9 +251,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_source_per_s_max)]
     udp_sends_per_source_per_s_max: u64,
 
-    /// UDP: once one socket's fan-outs have sent this many datagrams in a loop turn, it is not
-    /// read again until the next turn (what waits stays in its receive buffer), so a socket
-    /// cannot hold the loop while TCP clients wait. About 1 us a send on loopback.
+    /// UDP: datagrams one socket sends per loop turn. Sends beyond it (the rest of a fan-out
+    /// to a large room) wait, in order, for the next turns, up to 65,536 of them (more are
+    /// dropped, counted as send_dropped), and nothing new is read from the socket meanwhile,
+    /// so a socket cannot hold the loop while TCP clients wait. About 5 to 10 us a send on
+    /// loopback.
     #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_turn_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     udp_sends_per_turn_max: u64,

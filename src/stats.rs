@@ -51,6 +51,8 @@ pub struct Stats {
     pub datagrams_dropped_in: u64,
     pub datagrams_send_dropped: u64,
     pub datagrams_send_failed: u64,
+    /// Sends put off to a later turn by `--udp-sends-per-turn-max`.
+    pub datagrams_sends_deferred: u64,
     /// `datagrams_dropped_in` by reason, indexed by [`DatagramDrop::index`].
     pub datagrams_dropped_by_reason: [u64; DatagramDrop::ALL.len()],
     /// Limit closes: connections closed for not identifying within their handshake deadline
@@ -78,7 +80,7 @@ impl fmt::Display for Stats {
             "connections open={} accepted={} closed={} | frames in={} out={} | bytes in={} out={} \
              | read_calls={} write_calls={} | drops={} slow_consumer_closes={} rejected={} \
              accept_pauses={} | datagrams in={} accepted={} out={} dropped_in={} \
-             send_dropped={} send_failed={} ({}) | handshake_timeouts={} evicted={} \
+             send_dropped={} send_failed={} deferred={} ({}) | handshake_timeouts={} evicted={} \
              refused_per_ip={} input_rate_closes={}",
             self.connections_open,
             self.connections_accepted,
@@ -99,6 +101,7 @@ impl fmt::Display for Stats {
             self.datagrams_dropped_in,
             self.datagrams_send_dropped,
             self.datagrams_send_failed,
+            self.datagrams_sends_deferred,
             DroppedByReason(&self.datagrams_dropped_by_reason),
             self.handshake_timeouts,
             self.handshake_evictions,

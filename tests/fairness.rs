@@ -20,6 +20,16 @@ use common::{Client, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard::protocol::DatagramDrop;
 
+/// The attacks are run one at a time, whatever the test harness's threads: one test's attack
+/// must not be measured by another's witnesses.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The issue's target for the witnesses' worst echo during attacks 1 and 2.
 const WITNESS_MAX: Duration = Duration::from_millis(50);
 const WITNESS_PERIOD: Duration = Duration::from_millis(50);
@@ -80,7 +90,11 @@ impl MatouPeer {
 
     fn string(&mut self) -> String {
         let len = self.int();
-        assert!((0..=4096).contains(&len), "{}: string size {len}", self.name);
+        assert!(
+            (0..=4096).contains(&len),
+            "{}: string size {len}",
+            self.name
+        );
         String::from_utf8_lossy(&self.read_exact(len as usize)).into_owned()
     }
 
@@ -166,7 +180,10 @@ impl Witnesses {
 
 /// Calls `echo(n, until)` every [`WITNESS_PERIOD`]; it sends message `n`, returns when its
 /// echo arrived, and may go on reading until `until`.
-fn echo_loop(stop: &AtomicBool, mut echo: impl FnMut(usize, Instant) -> Instant) -> (Duration, usize) {
+fn echo_loop(
+    stop: &AtomicBool,
+    mut echo: impl FnMut(usize, Instant) -> Instant,
+) -> (Duration, usize) {
     let mut worst = Duration::ZERO;
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -228,6 +245,7 @@ fn loopback(n: usize) -> IpAddr {
 /// addresses so the per-IP peer limit alone does not stop it.
 #[test]
 fn relay_amplification_does_not_stall_the_loop() {
+    let _serial = one_at_a_time();
     let server = server_with(|config| config.ocm_relay_port = Some(0));
     let relay = server.ocm_relay.expect("relay enabled");
     let witnesses = Witnesses::start(&server);
@@ -286,6 +304,7 @@ fn kernel_tcp_bytes() -> u64 {
 /// nor cost unbounded kernel memory.
 #[test]
 fn slow_members_and_a_flooder_do_not_stall_the_fanout() {
+    let _serial = one_at_a_time();
     let server = server_with(|_| {});
     let kernel_before = kernel_tcp_bytes();
     let witnesses = Witnesses::start(&server);
@@ -325,7 +344,7 @@ fn slow_members_and_a_flooder_do_not_stall_the_fanout() {
             break;
         }
         sent += chunk.len();
-        if sent % (1 << 20) == 0 {
+        if sent.is_multiple_of(1 << 20) {
             kernel_peak = kernel_peak.max(kernel_tcp_bytes());
         }
     }
@@ -357,6 +376,7 @@ fn slow_members_and_a_flooder_do_not_stall_the_fanout() {
 /// a couple, the flooder gets ERROR 12 for the rest, and the victim stays.
 #[test]
 fn a_private_request_flood_is_cut_at_its_sender_and_the_victim_stays() {
+    let _serial = one_at_a_time();
     let server = server_with(|_| {});
     let matou = server.matou.expect("MATOU");
     let witnesses = Witnesses::start(&server);
@@ -376,7 +396,12 @@ fn a_private_request_flood_is_cut_at_its_sender_and_the_victim_stays() {
         total
     });
     let request = matou_packet(6, &[&matou_string(b"victim")]);
-    let batch: Vec<u8> = request.iter().copied().cycle().take(request.len() * 1000).collect();
+    let batch: Vec<u8> = request
+        .iter()
+        .copied()
+        .cycle()
+        .take(request.len() * 1000)
+        .collect();
     let started = Instant::now();
     let mut requests = 0usize;
     while started.elapsed() < Duration::from_secs(1) {
@@ -451,6 +476,7 @@ fn connect_from(source: IpAddr, server: SocketAddr) -> TcpStream {
 /// 400 here (not 10,000) so the test needs few descriptors; the rule does not depend on it.
 #[test]
 fn a_newcomer_at_the_connection_cap_is_served_at_once() {
+    let _serial = one_at_a_time();
     const CAP: usize = 400;
     let server = server_with(|config| config.connections_max = CAP);
     // 8 addresses, 50 silent connections each: within the per-IP limit.
@@ -499,6 +525,7 @@ fn tcrp_create(server: SocketAddr, source: IpAddr, room: &str, name: &str) -> St
 /// everyone else out for the 600 s idle timeout. Now it gets 32, and others still create.
 #[test]
 fn one_address_cannot_take_every_ocm_room() {
+    let _serial = one_at_a_time();
     let server = server_with(|config| {
         config.ocm_tcp_port = Some(0);
         config.ocm_udp_port = Some(0);
@@ -513,4 +540,102 @@ fn one_address_cannot_take_every_ocm_room() {
     assert!(answers[99].contains("500"), "{}", answers[99]);
     let other = tcrp_create(tcrp, loopback(3001), "mine", "alice");
     assert!(other.contains("202"), "{other}");
+}
+
+/// A TCRP request (`operation` 1 create, 2 join) of `room` by `name` whose chat goes to `udp`;
+/// returns the member's token.
+fn tcrp_enter(
+    server: SocketAddr,
+    operation: u8,
+    room: &str,
+    name: &str,
+    udp: SocketAddr,
+) -> String {
+    let payload = format!(
+        "{{\"user_name\": \"{name}\", \"user_address\": [\"{}\", {}]}}",
+        udp.ip(),
+        udp.port()
+    );
+    let mut request = vec![room.len() as u8, operation, 0];
+    request.extend_from_slice(&[0u8; 21]);
+    request.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    request.extend_from_slice(room.as_bytes());
+    request.extend_from_slice(payload.as_bytes());
+    let mut stream = TcpStream::connect(server).expect("connect TCRP");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    stream.write_all(&request).expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("answer");
+    let json = String::from_utf8_lossy(answer.get(32..).unwrap_or_default()).into_owned();
+    let at = json
+        .find("\"token\": \"")
+        .unwrap_or_else(|| panic!("{name}: no token in {json}"))
+        + 10;
+    json[at..at + 64].to_string()
+}
+
+/// Attack 1, OCM's variant: a full room, and one member sending 4 KB datagrams as fast as it
+/// can. Each went to every member (a 2,000-member room and 2,000 datagrams stalled the loop
+/// for over 2 s); the room is now at most 1,000 members, and the sender's fan-outs are held to
+/// 20,000 sends a second.
+#[test]
+fn a_full_ocm_room_flooded_with_large_datagrams_does_not_stall_the_loop() {
+    let _serial = one_at_a_time();
+    let server = server_with(|config| {
+        config.ocm_tcp_port = Some(0);
+        config.ocm_udp_port = Some(0);
+    });
+    let (tcrp, chat) = (
+        server.ocm_tcp.expect("OCM"),
+        server.ocm_udp.expect("OCM UDP"),
+    );
+    const MEMBERS: usize = 1_000;
+    let sockets: Vec<UdpSocket> = (0..MEMBERS)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind UDP"))
+        .collect();
+    let addr = |n: usize| sockets[n].local_addr().expect("addr");
+    let host_token = tcrp_enter(tcrp, 1, "big", "m0", addr(0));
+    for n in 1..MEMBERS {
+        tcrp_enter(tcrp, 2, "big", &format!("m{n}"), addr(n));
+    }
+    let witnesses = Witnesses::start(&server);
+    std::thread::sleep(WITNESS_PERIOD * 2);
+
+    let mut datagram = vec![3u8, 64];
+    datagram.extend_from_slice(b"big");
+    datagram.extend_from_slice(host_token.as_bytes());
+    datagram.extend_from_slice(&[b'x'; 4000]);
+    let started = Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < Duration::from_secs(1) && sent < 2_000 {
+        let _ = sockets[0].send_to(&datagram, chat);
+        sent += 1;
+        if sent.is_multiple_of(100) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    witnesses.finish(WITNESS_MAX);
+    let stats = server.stop();
+    let attack_s = started.elapsed().as_secs_f64();
+    let budget = stats.datagrams_dropped_by_reason[DatagramDrop::FanoutBudget.index()];
+    eprintln!(
+        "{sent} datagrams of 4 KB to a room of {MEMBERS}: {} in, {} relayed, {} sends, {budget} \
+         refused for the fan-out budget",
+        stats.datagrams_in, stats.datagrams_accepted, stats.datagrams_out
+    );
+    // 20,000 sends a second for one source, a second's worth at once: whole fan-outs only.
+    let allowed = 20_000.0 * (1.0 + attack_s);
+    assert!(
+        (stats.datagrams_out as f64) <= allowed,
+        "{} sends in {attack_s:.2} s",
+        stats.datagrams_out
+    );
+    let attempted =
+        stats.datagrams_out + stats.datagrams_send_dropped + stats.datagrams_send_failed;
+    assert!(
+        attempted.is_multiple_of(MEMBERS as u64 - 1),
+        "whole fan-outs: {attempted}"
+    );
+    assert!(budget > 0);
 }

@@ -610,7 +610,11 @@ mod tests {
         assert_eq!(written, 48 * 1024);
         let order: Vec<usize> = table.flush_list.clone();
         let slots: Vec<usize> = ids.iter().map(|id| id.slot as usize).collect();
-        assert_eq!(order, [slots[1], slots[2], slots[0]], "the unserved go first");
+        assert_eq!(
+            order,
+            [slots[1], slots[2], slots[0]],
+            "the unserved go first"
+        );
         // A new output for a waiting connection does not list it twice.
         table.send(ids[1], chunk.clone());
         assert_eq!(table.flush_list.len(), 3);

@@ -49,7 +49,7 @@ use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
 use services::Services;
 pub use services::{ProtocolKind, UdpKind};
-use udp::{NoDatagrams, Received, UdpCounters, UdpEntry, UdpOut};
+use udp::{DeferredSends, NoDatagrams, Received, UdpCounters, UdpEntry, UdpOut};
 
 // Tokens pack a connection's generation into the high 32 bits, so a stale event for a reused
 // slot is recognised; that needs a 64-bit usize.
@@ -67,6 +67,10 @@ const CONN_TOKEN_BASE: usize = 64;
 
 /// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
 const UDP_DATAGRAM_BYTES_MAX: usize = 65_507;
+
+/// Sends one UDP socket may have put off to later turns (about 64 ms of sends); beyond it a
+/// send is dropped and counted. Datagrams put off by one fan-out share one copy.
+const UDP_DEFERRED_SENDS_MAX: usize = 65_536;
 
 /// Consecutive failures of `poll` itself after which the server gives up.
 const POLL_ERRORS_MAX: u32 = 8;
@@ -403,6 +407,7 @@ impl Server {
                 ready: false,
                 counters: UdpCounters::default(),
                 sources: SourceBuckets::new(datagram_limit, config.udp_sources_max),
+                deferred: DeferredSends::new(UDP_DEFERRED_SENDS_MAX),
             });
         }
         let admin = match config.admin_port {
@@ -645,7 +650,10 @@ impl Server {
         if !self.table.ready_list.is_empty()
             || !self.table.flush_list.is_empty()
             || self.accept_pending()
-            || self.udp.iter().any(|entry| entry.ready)
+            || self
+                .udp
+                .iter()
+                .any(|entry| entry.ready || !entry.deferred.is_empty())
             || (self.shutdown_deadline_ms.is_none()
                 && self.admin.as_ref().is_some_and(Admin::accept_pending))
         {
@@ -734,13 +742,18 @@ impl Server {
         }
         let now_ms = self.now_ms;
         let budget = self.config.udp_datagrams_per_turn_max.max(1);
-        let sends_budget = self.config.udp_sends_per_turn_max.max(1) as u64;
+        let sends_budget = self.config.udp_sends_per_turn_max.max(1);
         for entry in &mut self.udp {
+            // What earlier turns put off goes first; while any waits, nothing new is read (it
+            // waits in the kernel's receive buffer, whose overflow the kernel drops).
+            entry
+                .deferred
+                .start_turn(sends_budget, &entry.socket, &mut entry.counters);
             let mut served = 0;
-            let sends_before = entry.counters.sends_attempted();
             while entry.ready
                 && served < budget
-                && entry.counters.sends_attempted() - sends_before < sends_budget
+                && entry.deferred.sends_left > 0
+                && entry.deferred.is_empty()
             {
                 served += 1;
                 let (len, from) = match entry.recv(&mut self.udp_scratch) {
@@ -762,12 +775,10 @@ impl Server {
                         continue;
                     }
                 }
-                let mut out = UdpOut {
-                    socket: &entry.socket,
-                    counters: &mut entry.counters,
-                };
+                let kind = entry.kind;
+                let mut out = UdpOut::new(entry);
                 self.services
-                    .on_datagram(entry.kind, from, datagram, now_ms, &mut out);
+                    .on_datagram(kind, from, datagram, now_ms, &mut out);
             }
         }
     }
@@ -900,10 +911,7 @@ impl Server {
             .find(|entry| entry.kind == UdpKind::OcmChat)
         {
             Some(entry) => {
-                let mut datagrams = UdpOut {
-                    socket: &entry.socket,
-                    counters: &mut entry.counters,
-                };
+                let mut datagrams = UdpOut::new(entry);
                 self.services
                     .on_timers(now_ms, &mut self.table, &mut datagrams);
             }
@@ -1103,17 +1111,17 @@ impl Server {
     /// freed twice). False when every connection is past its handshake.
     fn evict_oldest_handshaking(&mut self) -> bool {
         let table = &self.table;
-        let Some(id) = self
-            .handshaking
-            .pop_oldest(|id| is_handshaking(table, id))
-        else {
+        let Some(id) = self.handshaking.pop_oldest(|id| is_handshaking(table, id)) else {
             return false;
         };
         let (kind, peer) = match self.table.get_mut(id) {
             Some(conn) => (conn.kind, conn.peer),
             None => return false,
         };
-        debug!("{} {peer} ({id}): evicted at the connection cap, still in its handshake", kind.name());
+        debug!(
+            "{} {peer} ({id}): evicted at the connection cap, still in its handshake",
+            kind.name()
+        );
         self.table.stats.handshake_evictions += 1;
         let cap = self.config.connections_max;
         self.eviction_log.warn(self.now_ms, || {

@@ -519,10 +519,20 @@ fn addressed_floods_are_refused_to_their_sender_not_delivered() {
     for _ in 0..16 {
         h.burst(conn(1), &text("victim", &body));
     }
-    let delivered = h.out.sent_to(conn(2)).iter().map(|b| b.len()).sum::<usize>() as u64;
+    let delivered = h
+        .out
+        .sent_to(conn(2))
+        .iter()
+        .map(|b| b.len())
+        .sum::<usize>() as u64;
     // The pair's 2 MiB: 7 messages of 256 KiB and their headers.
-    assert!(delivered <= 2 * MIB && delivered > 2 * MIB - 300 * 1024, "{delivered}");
-    let errors = h.text_to(conn(1))[0].matches("Reason: rate-limited").count();
+    assert!(
+        delivered <= 2 * MIB && delivered > 2 * MIB - 300 * 1024,
+        "{delivered}"
+    );
+    let errors = h.text_to(conn(1))[0]
+        .matches("Reason: rate-limited")
+        .count();
     assert_eq!(errors, 16 - 7);
     assert!(h.out.closed.is_empty(), "nobody is closed for it");
     // The sender's total (3 MiB, 1.75 of it spent) still lets it reach someone else: 4 more.

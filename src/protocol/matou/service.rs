@@ -211,9 +211,7 @@ impl MatouService {
                 out,
             ),
             Packet::PublicMessage { message } => self.public_message(id, &message, out),
-            Packet::PrivateRequest { username } => {
-                self.private_request(id, &username, now_ms, out)
-            }
+            Packet::PrivateRequest { username } => self.private_request(id, &username, now_ms, out),
             Packet::PrivateAccept { username } => self.private_accept(id, &username, out),
             Packet::PrivateSrcPorts {
                 username,

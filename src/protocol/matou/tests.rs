@@ -412,7 +412,10 @@ fn private_request_floods_are_refused_to_their_sender_per_pair_and_per_sender() 
     // The other 3 of alice's 5 go to other users; then she is refused for anyone.
     h.forget();
     for n in 0..10 {
-        h.data(alice(), &codec::private_request(format!("user{n}").as_bytes()));
+        h.data(
+            alice(),
+            &codec::private_request(format!("user{n}").as_bytes()),
+        );
     }
     let notified = (0..10)
         .filter(|&n| !h.out.sent_to(conn(10 + n)).is_empty())
@@ -926,7 +929,8 @@ fn data_for_a_connection_never_accepted_is_dropped() {
     assert!(h.out.sent.is_empty());
     // Nor does a stale generation of a live slot speak for it.
     let mut input = BytesMut::from(&codec::public_message(b"stale")[..]);
-    h.service.on_data(ConnId::new(1, 7), &mut input, h.now_ms, &mut h.out);
+    h.service
+        .on_data(ConnId::new(1, 7), &mut input, h.now_ms, &mut h.out);
     assert!(h.out.sent.is_empty());
     h.service.on_close(ConnId::new(1, 7), &mut h.out);
     assert!(h.out.sent.is_empty());
@@ -972,7 +976,8 @@ fn random_streams_never_break_the_service_or_its_output() {
             bytes.truncate(rng.below(bytes.len() + 1));
         }
         buffers[slot].extend_from_slice(&bytes);
-        h.service.on_data(id, &mut buffers[slot], h.now_ms, &mut h.out);
+        h.service
+            .on_data(id, &mut buffers[slot], h.now_ms, &mut h.out);
         if rng.below(50) == 0 || h.out.closed.iter().any(|(closed, _, _)| *closed == id) {
             h.service.on_close(id, &mut h.out);
             buffers[slot].clear();

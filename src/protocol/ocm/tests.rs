@@ -712,7 +712,10 @@ fn a_rooms_fanout_is_budgeted_per_sender_and_cut_whole() {
     // A second later everyone's budget is back; exits are never refused.
     h.now_ms = 1000;
     h.say(ALICE, "lobby", &alice, "a3");
-    assert_eq!(h.texts_to(BOB).last().map(String::as_str), Some("alice: a3"));
+    assert_eq!(
+        h.texts_to(BOB).last().map(String::as_str),
+        Some("alice: a3")
+    );
     h.say(BOB, "lobby", &bob, "exit");
     h.say(BOB, "lobby", &bob, "exit");
     assert_eq!(h.service.members(), 2);
