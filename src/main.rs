@@ -388,7 +388,8 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     read_chunk_bytes: u64,
 
-    /// Most bytes read from one connection per readiness event before others are served.
+    /// Most bytes read from one connection per readiness event before others are served (the
+    /// rest next turn): the slice of a turn one client's input can take.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().read_budget_bytes as u64,
           value_parser = clap::value_parser!(u64).range(1024..))]
     read_budget_bytes: u64,
