@@ -76,6 +76,7 @@ impl UdpCounters {
             dropped_in: self.dropped_by_reason,
             send_dropped: self.send_dropped,
             send_failed: self.send_failed,
+            sends_deferred: self.sends_deferred,
         }
     }
 }
