@@ -38,8 +38,8 @@ pub struct Config {
     /// Address the admin port binds to: loopback by default, apart from `bind_addr`, so that
     /// exposing the chat ports does not expose the metrics too.
     pub admin_bind_addr: IpAddr,
-    /// Most admin connections open at once (at most [`ADMIN_CONNECTIONS_CAP`]); more wait in
-    /// the kernel's backlog until one closes.
+    /// Most admin connections open at once (at most [`ADMIN_CONNECTIONS_CAP`]); one more is
+    /// answered 503 and closed as soon as it is accepted.
     pub admin_connections_max: usize,
     /// An admin connection must send its whole request, and take the whole answer, this long
     /// after it was accepted, or it is closed.
@@ -60,14 +60,24 @@ pub struct Config {
     /// How long accepting pauses after the process runs out of descriptors (EMFILE, ENFILE).
     pub accept_pause_ms: u64,
 
+    /// SO_SNDBUF of every accepted TCP connection (set on the listeners, inherited), so a reader
+    /// that stops reading costs bounded kernel memory (Linux keeps about twice this) and writes
+    /// to it stop early. 0: the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum).
+    pub tcp_send_buffer_bytes: usize,
+
     /// Most bytes one read from a socket returns (the size of the reactor's scratch buffer;
     /// a connection's own buffer grows by what arrived).
     pub read_chunk_bytes: usize,
     /// Most bytes read from one connection per readiness event before the loop serves others;
-    /// the connection stays on the ready list and is served again next turn.
+    /// the connection stays on the ready list and is served again next turn. 64 KiB: what one
+    /// source may make a turn do (64 KiB of the smallest MATOU packets is 4,700 of them).
     pub read_budget_bytes: usize,
     /// Most buffers handed to one vectored write.
     pub write_iovecs_max: usize,
+    /// Most bytes written to connections per loop turn, all together; connections not served
+    /// when it runs out are first in line next turn. Bounds the time a turn spends copying to
+    /// the kernel (a fan-out to many members that read, or a burst after they were slow).
+    pub write_budget_bytes: usize,
 
     /// Output queued for one connection beyond this closes it at once as a slow consumer.
     pub output_hard_bytes_max: usize,
@@ -114,6 +124,10 @@ pub struct Config {
     pub ccm_keepalive_answer_ms: u64,
     /// CCM: longest user name, in bytes.
     pub ccm_name_bytes_max: usize,
+    /// CCM: bytes one user's messages may make others receive per second, in all and to one
+    /// other user; over either the sender gets Error `rate-limited`. 0: no limit.
+    pub ccm_sender_bytes_per_s_max: u64,
+    pub ccm_pair_bytes_per_s_max: u64,
     /// MATOU: longest user name and public message, in bytes (the contract's 32 and 512),
     /// and the framing limit of any string: a larger size is a protocol error that closes.
     pub matou_name_bytes_max: usize,
@@ -121,6 +135,10 @@ pub struct Config {
     pub matou_string_bytes_max: usize,
     /// MATOU: most private-link requests one user may have waiting for an answer.
     pub matou_pending_requests_per_user_max: usize,
+    /// MATOU: private requests per second from one user, and from one user to one other;
+    /// beyond either the sender gets ERROR 12 and the recipient nothing. 0: no limit.
+    pub matou_private_requests_per_s_max: u64,
+    pub matou_private_requests_per_pair_per_s_max: u64,
     /// OCM: largest TCRP payload accepted, in bytes; larger is answered 500 from the header.
     pub ocm_tcrp_payload_bytes_max: usize,
     /// OCM: a TCRP connection that has not sent a whole request this long after connecting
@@ -135,14 +153,29 @@ pub struct Config {
     pub ocm_send_failures_max: u32,
     /// OCM: most rooms, and most members in one room.
     pub ocm_rooms_max: usize,
+    /// OCM: most rooms whose host came from one IP address (0: no limit).
+    pub ocm_rooms_per_ip_max: u32,
+    /// OCM: a room none of whose members sent an accepted datagram this long after its
+    /// creation is closed (0: never).
+    pub ocm_room_silent_timeout_ms: u64,
     pub ocm_room_members_max: usize,
     /// OCM: send the document's state-1 acknowledgement before the answer. Off by default:
     /// the original client takes the first answer as final.
     pub ocm_ack_state1: bool,
-    /// Stage-1 relay: most peers remembered at once.
+    /// Stage-1 relay: most peers remembered at once, and from one IP address (0: no limit).
     pub ocm_relay_peers_max: usize,
+    pub ocm_relay_peers_per_ip_max: u32,
     /// UDP: most datagrams read from one socket per loop turn before others are served.
     pub udp_datagrams_per_turn_max: usize,
+    /// UDP (OCM chat and the relay): datagrams sent per second by one socket's fan-outs, in
+    /// total and for the datagrams of one source address; a datagram whose fan-out the budget
+    /// cannot cover is relayed to no one, and counted (fanout_budget). 0: no limit.
+    pub udp_sends_per_s_max: u64,
+    pub udp_sends_per_source_per_s_max: u64,
+    /// UDP: most datagrams one socket sends per loop turn; the rest wait in a bounded queue
+    /// for the next turns (nothing new is read from the socket meanwhile), so one socket
+    /// cannot hold the loop while others wait.
+    pub udp_sends_per_turn_max: usize,
     /// UDP: send and receive buffer asked of the kernel for each UDP socket (the kernel may
     /// cap it at net.core.rmem_max / wmem_max).
     pub udp_socket_buffer_bytes: usize,
@@ -199,16 +232,18 @@ impl Default for Config {
             listen_backlog: 1024,
             accepts_per_turn_max: 256,
             accept_pause_ms: 100,
+            tcp_send_buffer_bytes: 128 * 1024,
             read_chunk_bytes: 16 * 1024,
-            read_budget_bytes: 256 * 1024,
+            read_budget_bytes: 64 * 1024,
             write_iovecs_max: 64,
+            write_budget_bytes: 4 * 1024 * 1024,
             output_hard_bytes_max: 4 * 1024 * 1024,
             output_soft_bytes_max: 1024 * 1024,
             output_soft_duration_ms: 10_000,
             close_linger_ms: 2_000,
             room_handshake_timeout_ms: 60_000,
             handshake_timeout_ms: 10_000,
-            connections_per_ip_max: 5_000,
+            connections_per_ip_max: 256,
             input_bytes_per_s_max: 64 * 1024 * 1024,
             input_burst_bytes_max: 16 * 1024 * 1024,
             udp_datagrams_per_source_per_s_max: 10_000,
@@ -220,10 +255,14 @@ impl Default for Config {
             ccm_keepalive_idle_ms: 5_000,
             ccm_keepalive_answer_ms: 3_600,
             ccm_name_bytes_max: 64,
+            ccm_sender_bytes_per_s_max: 8 * 1024 * 1024,
+            ccm_pair_bytes_per_s_max: 2 * 1024 * 1024,
             matou_name_bytes_max: 32,
             matou_message_bytes_max: 512,
             matou_string_bytes_max: 4096,
             matou_pending_requests_per_user_max: 64,
+            matou_private_requests_per_s_max: 20,
+            matou_private_requests_per_pair_per_s_max: 2,
             ocm_tcrp_payload_bytes_max: 64 * 1024,
             ocm_tcrp_request_timeout_ms: 10_000,
             ocm_room_name_bytes_max: 255,
@@ -231,10 +270,16 @@ impl Default for Config {
             ocm_idle_timeout_ms: 600_000,
             ocm_send_failures_max: 3,
             ocm_rooms_max: 10_000,
-            ocm_room_members_max: 10_000,
+            ocm_rooms_per_ip_max: 32,
+            ocm_room_silent_timeout_ms: 120_000,
+            ocm_room_members_max: 1_000,
             ocm_ack_state1: false,
-            ocm_relay_peers_max: 10_000,
+            ocm_relay_peers_max: 1_000,
+            ocm_relay_peers_per_ip_max: 100,
             udp_datagrams_per_turn_max: 1024,
+            udp_sends_per_s_max: 250_000,
+            udp_sends_per_source_per_s_max: 20_000,
+            udp_sends_per_turn_max: 512,
             udp_socket_buffer_bytes: 4 * 1024 * 1024,
             data_dir: PathBuf::from("data"),
             offline_frames_per_user_max: 100_000,

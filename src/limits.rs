@@ -75,6 +75,17 @@ impl TokenBucket {
         }
     }
 
+    /// Whether `amount` units could be taken at `now_ms`, taking nothing. A shared bucket is
+    /// checked this way before the taker's own is charged, so a refusal by one does not cost
+    /// credit in the other.
+    pub fn covers(&mut self, limit: RateLimit, amount: u64, now_ms: u64) -> bool {
+        if limit.is_unlimited() {
+            return true;
+        }
+        self.refill(limit, now_ms);
+        self.credit_milli >= amount.saturating_mul(1000)
+    }
+
     /// Whether the bucket would be full at `now_ms`: it then holds no more information than a
     /// new one, and may be forgotten.
     pub fn is_full_at(&self, limit: RateLimit, now_ms: u64) -> bool {
@@ -129,6 +140,11 @@ impl<K: Hash + Eq + Copy> SourceBuckets<K> {
 
     /// Count one datagram from `source` at `now_ms`.
     pub fn admit(&mut self, source: K, now_ms: u64) -> Admission {
+        self.admit_n(source, 1, now_ms)
+    }
+
+    /// Count `amount` units from `source` at `now_ms`, all or nothing.
+    pub fn admit_n(&mut self, source: K, amount: u64, now_ms: u64) -> Admission {
         let limit = self.limit;
         if limit.is_unlimited() {
             return Admission::Admitted;
@@ -143,7 +159,7 @@ impl<K: Hash + Eq + Copy> SourceBuckets<K> {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => entry.insert(TokenBucket::full(limit, now_ms)),
         };
-        if bucket.take(limit, 1, now_ms) {
+        if bucket.take(limit, amount, now_ms) {
             Admission::Admitted
         } else {
             Admission::RateLimited
@@ -165,6 +181,107 @@ impl<K: Hash + Eq + Copy> SourceBuckets<K> {
                 .div_ceil(limit.rate_per_s.max(1));
             self.no_sweep_before_ms = now_ms.saturating_add(refill_ms.clamp(1, 1000));
         }
+    }
+}
+
+/// What a fan-out of datagrams may send: one datagram in makes as many out as its room or relay
+/// has other members, so the outgoing datagrams are what an amplification attack multiplies.
+/// They are budgeted per sending source address and in total (per socket), in sends per second,
+/// all or nothing per datagram: a datagram either goes to every member or to none (a partial
+/// fan-out would favour whoever comes first in the member list).
+#[derive(Debug)]
+pub struct FanoutBudget<K> {
+    per_source: SourceBuckets<K>,
+    total_limit: RateLimit,
+    total: TokenBucket,
+}
+
+impl<K: Hash + Eq + Copy> FanoutBudget<K> {
+    /// `total` and `per_source` in sends per second (0: no limit); `sources_max` bounds the
+    /// table of per-source buckets as in [`SourceBuckets`].
+    pub fn new(total: RateLimit, per_source: RateLimit, sources_max: usize, now_ms: u64) -> Self {
+        FanoutBudget {
+            per_source: SourceBuckets::new(per_source, sources_max),
+            total_limit: total,
+            total: TokenBucket::full(total, now_ms),
+        }
+    }
+
+    /// May `source` send a datagram to `sends` recipients at `now_ms`? When it may, the sends
+    /// are taken from both budgets; when it may not, the total budget is left untouched (an
+    /// over-budget source must not use up the others' share), and a source over its own rate
+    /// keeps an empty bucket while the flood goes on.
+    pub fn admit(&mut self, source: K, sends: u64, now_ms: u64) -> Admission {
+        if sends == 0 {
+            return Admission::Admitted;
+        }
+        if !self.total.covers(self.total_limit, sends, now_ms) {
+            return Admission::RateLimited;
+        }
+        match self.per_source.admit_n(source, sends, now_ms) {
+            Admission::Admitted => {
+                self.total.take(self.total_limit, sends, now_ms);
+                Admission::Admitted
+            }
+            refused => refused,
+        }
+    }
+}
+
+/// What one sender may make others receive (issue 15: "the one who causes output pays"): a
+/// bucket for everything it sends to others, and one per recipient it sent to lately. Charged
+/// all or nothing, so a refusal by one costs nothing in the other; a refused send is refused to
+/// its sender and never reaches (or closes) its recipient.
+#[derive(Debug)]
+pub struct SenderBudget<K> {
+    total: TokenBucket,
+    per_recipient: HashMap<K, TokenBucket>,
+}
+
+/// Recipients a sender may have tracked before the buckets that are full again (what a new
+/// recipient gets anyway) are swept out.
+const SENDER_RECIPIENTS_SWEEP_AT: usize = 64;
+
+impl<K: Hash + Eq + Copy> SenderBudget<K> {
+    pub fn new(total: RateLimit, now_ms: u64) -> Self {
+        SenderBudget {
+            total: TokenBucket::full(total, now_ms),
+            per_recipient: HashMap::new(),
+        }
+    }
+
+    /// May the sender make `to` receive `amount` (`None`: a broadcast, charged to the total
+    /// only) at `now_ms`?
+    pub fn admit(
+        &mut self,
+        to: Option<K>,
+        amount: u64,
+        total: RateLimit,
+        pair: RateLimit,
+        now_ms: u64,
+    ) -> bool {
+        let Some(to) = to.filter(|_| !pair.is_unlimited()) else {
+            return self.total.take(total, amount, now_ms);
+        };
+        if self.per_recipient.len() >= SENDER_RECIPIENTS_SWEEP_AT
+            && !self.per_recipient.contains_key(&to)
+        {
+            self.per_recipient
+                .retain(|_, bucket| !bucket.is_full_at(pair, now_ms));
+        }
+        let bucket = self
+            .per_recipient
+            .entry(to)
+            .or_insert_with(|| TokenBucket::full(pair, now_ms));
+        if !bucket.covers(pair, amount, now_ms) || !self.total.take(total, amount, now_ms) {
+            return false;
+        }
+        bucket.take(pair, amount, now_ms)
+    }
+
+    /// Recipients tracked now.
+    pub fn recipients(&self) -> usize {
+        self.per_recipient.len()
     }
 }
 
@@ -245,6 +362,60 @@ impl HandshakeDeadlines {
                 Some(id)
             }
             _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// Connections still in their handshake, oldest first: at the connection cap the oldest is
+/// evicted to admit a newcomer, so silent connections cannot hold every slot (issue 15, attack
+/// 4). Entries of connections that identified or closed are skipped lazily; `is_handshaking`
+/// says which.
+#[derive(Debug, Default)]
+pub struct HandshakeQueue {
+    queue: VecDeque<ConnId>,
+}
+
+impl HandshakeQueue {
+    pub fn push(&mut self, id: ConnId) {
+        self.queue.push_back(id);
+    }
+
+    /// The oldest connection still handshaking, taken off the queue; stale entries before it
+    /// go too.
+    pub fn pop_oldest(&mut self, is_handshaking: impl Fn(ConnId) -> bool) -> Option<ConnId> {
+        while let Some(id) = self.queue.pop_front() {
+            if is_handshaking(id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// The oldest connection still handshaking, left on the queue; stale entries before it go.
+    pub fn peek_oldest(&mut self, is_handshaking: impl Fn(ConnId) -> bool) -> Option<ConnId> {
+        while let Some(&id) = self.queue.front() {
+            if is_handshaking(id) {
+                return Some(id);
+            }
+            self.queue.pop_front();
+        }
+        None
+    }
+
+    /// Drops stale entries once the queue has grown past `len_max` (connections that identified
+    /// stay in the queue until they reach its front otherwise), so its length stays within a
+    /// small multiple of the connections open.
+    pub fn compact(&mut self, len_max: usize, is_handshaking: impl Fn(ConnId) -> bool) {
+        if self.queue.len() > len_max {
+            self.queue.retain(|&id| is_handshaking(id));
         }
     }
 
@@ -390,6 +561,78 @@ mod tests {
     }
 
     #[test]
+    fn a_fanout_is_charged_per_source_and_in_total_all_or_nothing() {
+        let total = RateLimit {
+            rate_per_s: 1000,
+            burst: 1000,
+        };
+        let per_source = RateLimit {
+            rate_per_s: 400,
+            burst: 400,
+        };
+        let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut budget = FanoutBudget::new(total, per_source, 16, 0);
+        assert_eq!(budget.admit(addr(1), 300, 0), Admission::Admitted);
+        // 100 left for source 1: a fan-out of 200 is refused whole, nothing sent.
+        assert_eq!(budget.admit(addr(1), 200, 0), Admission::RateLimited);
+        // Others have their own share of the total (700 left of it).
+        assert_eq!(budget.admit(addr(2), 400, 0), Admission::Admitted);
+        assert_eq!(budget.admit(addr(3), 300, 0), Admission::Admitted);
+        // The total is spent: even a fresh source is refused, and its own bucket untouched.
+        assert_eq!(budget.admit(addr(4), 1, 0), Admission::RateLimited);
+        // 1000 a second in total: 100 more after 100 ms; source 4 still has its whole 400.
+        assert_eq!(budget.admit(addr(4), 100, 100), Admission::Admitted);
+        assert_eq!(budget.admit(addr(4), 1, 100), Admission::RateLimited);
+        // A datagram nobody receives costs nothing.
+        assert_eq!(budget.admit(addr(1), 0, 100), Admission::Admitted);
+    }
+
+    #[test]
+    fn a_sender_budget_limits_each_pair_and_the_sender_and_forgets_idle_pairs() {
+        let total = RateLimit {
+            rate_per_s: 10,
+            burst: 10,
+        };
+        let pair = RateLimit {
+            rate_per_s: 2,
+            burst: 2,
+        };
+        let mut budget = SenderBudget::new(total, 0);
+        assert!(budget.admit(Some(1), 1, total, pair, 0));
+        assert!(budget.admit(Some(1), 1, total, pair, 0));
+        assert!(!budget.admit(Some(1), 1, total, pair, 0), "the pair's rate");
+        for to in 2..6 {
+            assert!(budget.admit(Some(to), 2, total, pair, 0));
+        }
+        // The pairs refused above did not cost the total: 10 - 2 - 8 = 0 left now.
+        assert!(
+            !budget.admit(Some(7), 1, total, pair, 0),
+            "the sender's rate"
+        );
+        assert!(!budget.admit(None, 1, total, pair, 0));
+        assert!(budget.admit(None, 1, total, pair, 100), "10 a second");
+        // Full buckets are forgotten once the map is large.
+        for to in 100..(100 + SENDER_RECIPIENTS_SWEEP_AT as u32) {
+            budget.admit(Some(to), 0, total, pair, 10_000);
+        }
+        assert!(budget.admit(Some(1), 1, total, pair, 20_000));
+        assert!(budget.recipients() < 8, "{}", budget.recipients());
+    }
+
+    #[test]
+    fn an_unlimited_fanout_budget_admits_everything() {
+        let none = RateLimit {
+            rate_per_s: 0,
+            burst: 0,
+        };
+        let mut budget = FanoutBudget::new(none, none, 1, 0);
+        for port in 0..100 {
+            let from = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            assert_eq!(budget.admit(from, 1_000_000, 0), Admission::Admitted);
+        }
+    }
+
+    #[test]
     fn per_ip_counts_refuse_the_next_connection_at_the_limit_and_accept_after_a_close() {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -426,6 +669,30 @@ mod tests {
         assert!(counts.try_add(ip, 1));
         assert!(!counts.try_add(mapped, 1));
         assert!(counts.try_add(IpAddr::V6(Ipv6Addr::LOCALHOST), 1));
+    }
+
+    #[test]
+    fn the_oldest_still_handshaking_is_evicted_first_and_stale_entries_go() {
+        let mut queue = HandshakeQueue::default();
+        let ids: Vec<ConnId> = (0..5).map(|n| ConnId::new(n, 1)).collect();
+        for &id in &ids {
+            queue.push(id);
+        }
+        // 0 identified, 1 closed: 2 is the oldest still handshaking.
+        let live = |id: ConnId| id.slot >= 2;
+        assert_eq!(queue.peek_oldest(live), Some(ids[2]));
+        assert_eq!(queue.len(), 3, "peeking drops the stale entries only");
+        assert_eq!(queue.pop_oldest(live), Some(ids[2]));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.pop_oldest(|id| id.slot == 4), Some(ids[4]));
+        assert_eq!(queue.pop_oldest(live), None);
+        for &id in &ids {
+            queue.push(id);
+        }
+        queue.compact(10, |_| false);
+        assert_eq!(queue.len(), 5, "under its bound nothing is scanned");
+        queue.compact(4, |id| id.slot % 2 == 0);
+        assert_eq!(queue.len(), 3);
     }
 
     #[test]

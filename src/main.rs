@@ -76,6 +76,18 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     ccm_name_bytes_max: u64,
 
+    /// CCM: bytes one user's messages may make others receive per second (a `*` message counts
+    /// once per recipient); over it the sender gets Error `rate-limited` and nobody receives
+    /// the message, so a flood is cut at its sender rather than by closing its recipient as a
+    /// slow consumer. At least one largest message (about 1 MiB) may always pass. 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ccm_sender_bytes_per_s_max)]
+    ccm_sender_bytes_per_s_max: u64,
+
+    /// CCM: bytes per second one user may send to one other user; beyond it as above.
+    /// 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().ccm_pair_bytes_per_s_max)]
+    ccm_pair_bytes_per_s_max: u64,
+
     /// MATOU port (binary: unique names, public room, private links brokered between clients).
     /// 0 disables MATOU.
     #[arg(long, value_name = "PORT", default_value_t = MATOU_PORT_DEFAULT)]
@@ -102,6 +114,17 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     matou_pending_requests_per_user_max: u64,
 
+    /// MATOU: private requests one user may send per second (a second's worth at once); each
+    /// makes its recipient receive a packet, so beyond it the sender gets ERROR 12 and the
+    /// recipient nothing: a flood is cut at its sender, not by closing its victim. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().matou_private_requests_per_s_max)]
+    matou_private_requests_per_s_max: u64,
+
+    /// MATOU: private requests per second from one user to one other (a repeat while pending
+    /// notifies again); beyond it ERROR 12, as above. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().matou_private_requests_per_pair_per_s_max)]
+    matou_private_requests_per_pair_per_s_max: u64,
+
     /// OCM TCRP port (TCP: create and join rooms). 0 disables OCM (with --ocm-udp-port 0).
     #[arg(long, value_name = "PORT", default_value_t = OCM_TCP_PORT_DEFAULT)]
     ocm_tcp_port: u16,
@@ -127,7 +150,8 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     admin_bind: IpAddr,
 
-    /// Most admin connections open at once (at most 8); more wait in the kernel's backlog.
+    /// Most admin connections open at once (at most 8); a connection beyond them is answered
+    /// 503 and closed at once, so idle ones cannot leave a request waiting in the backlog.
     #[arg(long, value_name = "N", default_value_t = Config::default().admin_connections_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=ADMIN_CONNECTIONS_CAP as u64))]
     admin_connections_max: u64,
@@ -181,7 +205,20 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     ocm_rooms_max: u64,
 
-    /// OCM: most members in one room; a join beyond it is answered 500.
+    /// OCM: most rooms open at once whose host came from one IP address; a create beyond it
+    /// is answered 500. One host must not take every room (10,000 rooms from one address in
+    /// 0.8 s locked everyone out for the 600 s idle timeout). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_rooms_per_ip_max)]
+    ocm_rooms_per_ip_max: u32,
+
+    /// OCM: a room none of whose members has sent an accepted datagram this long after its
+    /// creation is closed, as if its host had left (its members get the host's leave text).
+    /// Rooms made and abandoned do not wait out --ocm-idle-timeout-ms. 0: never.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().ocm_room_silent_timeout_ms)]
+    ocm_room_silent_timeout_ms: u64,
+
+    /// OCM: most members in one room; a join beyond it is answered 500. Each datagram goes to
+    /// every other member, so this bounds what one datagram costs.
     #[arg(long, value_name = "N", default_value_t = Config::default().ocm_room_members_max as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     ocm_room_members_max: u64,
@@ -196,6 +233,33 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().ocm_relay_peers_max as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     ocm_relay_peers_max: u64,
+
+    /// Stage-1 relay: most peers from one IP address, so one host with many ports cannot fill
+    /// the relay (further ones are dropped, counted as over_limit). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().ocm_relay_peers_per_ip_max)]
+    ocm_relay_peers_per_ip_max: u32,
+
+    /// UDP (OCM chat socket and stage-1 relay): datagrams one socket's fan-outs may send per
+    /// second, all sources together (a datagram to 99 members is 99 sends). A datagram whose
+    /// fan-out the budget cannot cover goes to no one and is counted as fanout_budget. 0: no
+    /// limit. Above loadgen's largest OCM run (250,000 deliveries/s).
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_s_max)]
+    udp_sends_per_s_max: u64,
+
+    /// UDP: datagrams the fan-outs of one source address (IP and port) may cause per second;
+    /// beyond it as --udp-sends-per-s-max. 0: no limit. The bucket holds a second of it, and
+    /// at least one fan-out to a full room (or relay).
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_source_per_s_max)]
+    udp_sends_per_source_per_s_max: u64,
+
+    /// UDP: datagrams one socket sends per loop turn. Sends beyond it (the rest of a fan-out
+    /// to a large room) wait, in order, for the next turns, up to 65,536 of them (more are
+    /// dropped, counted as send_dropped), and nothing new is read from the socket meanwhile,
+    /// so a socket cannot hold the loop while TCP clients wait. About 5 to 10 us a send on
+    /// loopback.
+    #[arg(long, value_name = "N", default_value_t = Config::default().udp_sends_per_turn_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    udp_sends_per_turn_max: u64,
 
     /// UDP: most datagrams read from one socket per loop turn before other work is served.
     #[arg(long, value_name = "N", default_value_t = Config::default().udp_datagrams_per_turn_max as u64,
@@ -318,9 +382,9 @@ struct Args {
 
     /// Most connections open at once from one peer IP address, all TCP protocols together;
     /// a further one is closed as soon as it is accepted (counted as refused_per_ip). 0: no
-    /// limit. Default 5000: half of --connections-max, so one address cannot take every slot,
-    /// while loopback runs still fit: loadgen's largest documented run opens 1,000
-    /// connections from 127.0.0.1, and a mix of its four TCP scenarios at that size 4,000.
+    /// limit. Default 256: a household or an office behind one address, not a fortieth of
+    /// --connections-max. loadgen connects from 127.0.0.1 only for its first 32 clients and
+    /// spreads the rest over 127.0.0.0/8, so loopback runs fit.
     #[arg(long, value_name = "N", default_value_t = Config::default().connections_per_ip_max)]
     connections_per_ip_max: u32,
 
@@ -354,12 +418,22 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     accept_pause_ms: u64,
 
+    /// SO_SNDBUF of every accepted chat connection (set on the listeners, inherited): Linux
+    /// keeps about twice this in the kernel for a client that stops reading (instead of
+    /// autotuning up to net.ipv4.tcp_wmem's maximum, 4 MiB), and a write to it stops there.
+    /// What does not fit waits in the server's own queue, under the output limits. 0: kernel
+    /// autotuning.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().tcp_send_buffer_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1_073_741_824))]
+    tcp_send_buffer_bytes: u64,
+
     /// Bytes taken from a socket per read.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().read_chunk_bytes as u64,
           value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     read_chunk_bytes: u64,
 
-    /// Most bytes read from one connection per readiness event before others are served.
+    /// Most bytes read from one connection per readiness event before others are served (the
+    /// rest next turn): the slice of a turn one client's input can take.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().read_budget_bytes as u64,
           value_parser = clap::value_parser!(u64).range(1024..))]
     read_budget_bytes: u64,
@@ -368,6 +442,13 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().write_iovecs_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=256))]
     write_iovecs_max: u64,
+
+    /// Bytes written to connections per loop turn, all together; the connections not served
+    /// when it runs out are written first next turn (which polls without sleeping). Bounds a
+    /// turn's copying into the kernel: about 1 to 2 ms for 4 MiB on loopback.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().write_budget_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(4096..=1_073_741_824))]
+    write_budget_bytes: u64,
 
     /// Output queued for one connection beyond this closes it at once (slow consumer).
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().output_hard_bytes_max as u64,
@@ -466,6 +547,9 @@ impl Args {
             matou_message_bytes_max: to_usize(self.matou_message_bytes_max),
             matou_string_bytes_max: to_usize(self.matou_string_bytes_max),
             matou_pending_requests_per_user_max: to_usize(self.matou_pending_requests_per_user_max),
+            matou_private_requests_per_s_max: self.matou_private_requests_per_s_max,
+            matou_private_requests_per_pair_per_s_max: self
+                .matou_private_requests_per_pair_per_s_max,
             ocm_tcp_port: port(self.ocm_tcp_port),
             ocm_udp_port: port(self.ocm_udp_port),
             ocm_relay_port: port(self.ocm_relay_port),
@@ -481,14 +565,22 @@ impl Args {
             ocm_idle_timeout_ms: self.ocm_idle_timeout_ms,
             ocm_send_failures_max: self.ocm_send_failures_max,
             ocm_rooms_max: to_usize(self.ocm_rooms_max),
+            ocm_rooms_per_ip_max: self.ocm_rooms_per_ip_max,
+            ocm_room_silent_timeout_ms: self.ocm_room_silent_timeout_ms,
             ocm_room_members_max: to_usize(self.ocm_room_members_max),
             ocm_ack_state1: self.ocm_ack_state1,
             ocm_relay_peers_max: to_usize(self.ocm_relay_peers_max),
+            ocm_relay_peers_per_ip_max: self.ocm_relay_peers_per_ip_max,
+            udp_sends_per_s_max: self.udp_sends_per_s_max,
+            udp_sends_per_source_per_s_max: self.udp_sends_per_source_per_s_max,
+            udp_sends_per_turn_max: to_usize(self.udp_sends_per_turn_max),
             udp_datagrams_per_turn_max: to_usize(self.udp_datagrams_per_turn_max),
             udp_socket_buffer_bytes: to_usize(self.udp_socket_buffer_bytes),
             ccm_keepalive_idle_ms: self.ccm_keepalive_idle_ms,
             ccm_keepalive_answer_ms: self.ccm_keepalive_answer_ms,
             ccm_name_bytes_max: to_usize(self.ccm_name_bytes_max),
+            ccm_sender_bytes_per_s_max: self.ccm_sender_bytes_per_s_max,
+            ccm_pair_bytes_per_s_max: self.ccm_pair_bytes_per_s_max,
             bin24_ack_timeout_ms: self.bin24_ack_timeout_ms,
             bin24_unacked_per_recipient_max: to_usize(self.bin24_unacked_per_recipient_max),
             bin24_offline_window_bytes: to_usize(self.bin24_offline_window_bytes),
@@ -509,9 +601,11 @@ impl Args {
             listen_backlog: self.listen_backlog,
             accepts_per_turn_max: to_usize(self.accepts_per_turn_max),
             accept_pause_ms: self.accept_pause_ms,
+            tcp_send_buffer_bytes: to_usize(self.tcp_send_buffer_bytes),
             read_chunk_bytes: to_usize(self.read_chunk_bytes),
             read_budget_bytes: to_usize(self.read_budget_bytes),
             write_iovecs_max: to_usize(self.write_iovecs_max),
+            write_budget_bytes: to_usize(self.write_budget_bytes),
             output_hard_bytes_max: to_usize(self.output_hard_bytes_max),
             output_soft_bytes_max: to_usize(self.output_soft_bytes_max),
             output_soft_duration_ms: self.output_soft_duration_ms,

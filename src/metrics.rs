@@ -31,6 +31,8 @@ pub struct UdpSocketMetrics {
     /// Sends dropped on a full socket buffer, and sends that failed.
     pub send_dropped: u64,
     pub send_failed: u64,
+    /// Sends put off to a later turn by the per-turn send budget.
+    pub sends_deferred: u64,
 }
 
 /// The admin port's own counters.
@@ -167,6 +169,12 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         vec![sample(&[], stats.rejected)],
     );
     out.counter(
+        "chatd_handshake_evictions_total",
+        "Connections still in their handshake closed at the connection cap to admit a newcomer \
+         (also among the handshake_timeout closes).",
+        vec![sample(&[], stats.handshake_evictions)],
+    );
+    out.counter(
         "chatd_accept_pauses_total",
         "Times accepting paused for lack of descriptors.",
         vec![sample(&[], stats.accept_pauses)],
@@ -191,6 +199,11 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         "chatd_udp_datagrams_sent_total",
         "Datagrams sent, by socket.",
         per_socket(|socket| socket.datagrams_sent),
+    );
+    out.counter(
+        "chatd_udp_sends_deferred_total",
+        "Datagrams put off to a later loop turn by the per-turn send budget, by socket.",
+        per_socket(|socket| socket.sends_deferred),
     );
     let drops = udp
         .iter()
@@ -412,6 +425,7 @@ mod tests {
             datagrams_received: 9,
             bytes_in: 900,
             send_dropped: 2,
+            sends_deferred: 5,
             ..UdpSocketMetrics::default()
         };
         udp.dropped_in[DatagramDrop::BadToken.index()] = 3;
@@ -484,6 +498,7 @@ mod tests {
             drops: 11,
             slow_consumer_hard_closes: 1,
             slow_consumer_soft_closes: 2,
+            handshake_evictions: 4,
             ..Stats::default()
         };
         let turns = Histogram::default();
@@ -542,6 +557,14 @@ mod tests {
             2.0
         );
         assert_eq!(value(&samples, "chatd_output_buffers_dropped_total"), 11.0);
+        assert_eq!(value(&samples, "chatd_handshake_evictions_total"), 4.0);
+        assert_eq!(
+            value(
+                &samples,
+                "chatd_udp_sends_deferred_total{socket=\"ocm-udp\"}"
+            ),
+            5.0
+        );
         assert_eq!(value(&samples, "chatd_store_frames"), 7.0);
         assert_eq!(
             value(&samples, "chatd_admin_responses_total{code=\"404\"}"),

@@ -51,12 +51,18 @@ pub struct Stats {
     pub datagrams_dropped_in: u64,
     pub datagrams_send_dropped: u64,
     pub datagrams_send_failed: u64,
+    /// Sends put off to a later turn by `--udp-sends-per-turn-max`.
+    pub datagrams_sends_deferred: u64,
     /// `datagrams_dropped_in` by reason, indexed by [`DatagramDrop::index`].
     pub datagrams_dropped_by_reason: [u64; DatagramDrop::ALL.len()],
     /// Limit closes: connections closed for not identifying within their handshake deadline
     /// (every TCP protocol), connections refused at accept for passing the per-IP limit, and
     /// connections closed for sending beyond their input budget.
     pub handshake_timeouts: u64,
+    /// Connections still in their handshake closed at the connection cap, oldest first, to
+    /// admit a newcomer (also counted in `handshake_timeouts`: their handshake ran out of time
+    /// early).
+    pub handshake_evictions: u64,
     pub connections_refused_per_ip: u64,
     pub input_rate_closes: u64,
     /// Slow-consumer closes split by the limit that closed them: the hard limit at once, or the
@@ -74,8 +80,8 @@ impl fmt::Display for Stats {
             "connections open={} accepted={} closed={} | frames in={} out={} | bytes in={} out={} \
              | read_calls={} write_calls={} | drops={} slow_consumer_closes={} rejected={} \
              accept_pauses={} | datagrams in={} accepted={} out={} dropped_in={} \
-             send_dropped={} send_failed={} ({}) | handshake_timeouts={} refused_per_ip={} \
-             input_rate_closes={}",
+             send_dropped={} send_failed={} deferred={} ({}) | handshake_timeouts={} evicted={} \
+             refused_per_ip={} input_rate_closes={}",
             self.connections_open,
             self.connections_accepted,
             self.connections_closed,
@@ -95,8 +101,10 @@ impl fmt::Display for Stats {
             self.datagrams_dropped_in,
             self.datagrams_send_dropped,
             self.datagrams_send_failed,
+            self.datagrams_sends_deferred,
             DroppedByReason(&self.datagrams_dropped_by_reason),
             self.handshake_timeouts,
+            self.handshake_evictions,
             self.connections_refused_per_ip,
             self.input_rate_closes
         )

@@ -100,6 +100,12 @@ fn each_connect_and_disconnect_is_one_info_line() {
     assert!(connected.contains(" INFO "), "{connected}");
     assert!(connected.ends_with("connected (1 open)"), "{connected}");
 
+    // Read the prompt first: a close with unread data is a reset ("peer reset").
+    let mut prompt = [0u8; 6];
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    std::io::Read::read_exact(&mut &client, &mut prompt).expect("alias?");
     drop(client);
     let closed = chatd.next_line_with(&format!("ROOM {peer} ("));
     assert!(closed.contains(" INFO "), "{closed}");

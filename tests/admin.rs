@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{Client, WAIT};
 
@@ -341,20 +341,24 @@ fn a_silent_admin_connection_is_closed_at_its_deadline_and_frees_its_slot() {
     // Holds the only slot, sends nothing.
     let mut silent = TcpStream::connect(admin).expect("connect");
     silent.set_read_timeout(Some(WAIT)).expect("timeout");
-    // Waits in the backlog until the slot frees, then is served.
-    let waiting_answer =
-        std::thread::spawn(move || exchange(admin, b"GET /metrics HTTP/1.1\r\n\r\n"));
+    // Over the cap: answered 503 at once, not left in the backlog.
+    let refused = exchange(admin, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body, "service unavailable\n");
     let mut rest = Vec::new();
     silent
         .read_to_end(&mut rest)
         .expect("closed, not timed out on our side");
     assert!(rest.is_empty(), "no answer to no request");
-    let answer = waiting_answer.join().expect("the waiting request");
+    // The slot is free again: served, alone.
+    let answer = exchange(admin, b"GET /metrics HTTP/1.1\r\n\r\n");
     assert_eq!(answer.status, 200);
-    // Served only once the silent one had gone: it was alone. (Without the cap it would have
-    // been answered at once, beside the silent connection.)
     let samples = parse_exposition(&answer.body);
     assert_eq!(value(&samples, "chatd_admin_connections_open"), 1.0);
+    assert_eq!(
+        value(&samples, "chatd_admin_responses_total{code=\"503\"}"),
+        1.0
+    );
 
     alice.send(b"alice: after");
     alice.expect(b"alice: after");
@@ -369,4 +373,23 @@ fn without_the_flag_there_is_no_admin_port() {
         !logged.iter().any(|line| line.contains("ADMIN")),
         "{logged:?}"
     );
+}
+
+/// The attack 6: idle connections to the admin port. The slots fill, and every
+/// connection beyond them is answered 503 and closed at once, so a real request never waits
+/// behind the idle ones in the backlog (it used to get no answer within 60 s).
+#[test]
+fn idle_admin_connections_cannot_starve_a_request() {
+    let mut chatd = Chatd::start(&["--admin-port", "0"]);
+    let admin = chatd.admin();
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(admin).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    let answer = exchange(admin, b"GET /metrics HTTP/1.1\r\n\r\n");
+    let waited = started.elapsed();
+    // The 4 slots are held by idle connections until their 2 s deadline: a 503, at once.
+    assert_eq!(answer.status, 503);
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    drop(idle);
 }

@@ -35,6 +35,8 @@ fuzz_target!(|data: &[u8]| {
             keepalive_idle_ms: 5_000,
             keepalive_answer_ms: 3_600,
             name_bytes_max: 16,
+            sender_bytes_per_s_max: 8 * 1024 * 1024,
+            pair_bytes_per_s_max: 2 * 1024 * 1024,
             timer_tick_ms: 10,
         },
         counting_tokens(),

@@ -32,6 +32,8 @@ fuzz_target!(|data: &[u8]| {
         message_bytes_max: 64,
         string_bytes_max: 256,
         pending_requests_per_user_max: 2,
+        private_requests_per_s_max: 4,
+        private_requests_per_pair_per_s_max: 2,
     });
     let mut out = RecordingOutbox::default();
     let mut conns = Conns::default();
@@ -72,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
                 if conns.is_open(slot) {
                     let id = conns.id(slot);
                     conns.input[slot].extend_from_slice(bytes);
-                    service.on_data(id, &mut conns.input[slot], &mut out);
+                    service.on_data(id, &mut conns.input[slot], 0, &mut out);
                 }
             }
         }

@@ -30,10 +30,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Clients below this index connect from 127.0.0.1 (the kernel picks the source address). A
-/// thousand ephemeral ports are always there to take unless something else exhausted them, and
-/// then the EADDRNOTAVAIL retry spreads those clients too.
-pub const SPREAD_FROM_CLIENT: usize = 1_000;
+/// Clients below this index connect from 127.0.0.1 (the kernel picks the source address). Few
+/// enough that several loadgen processes side by side stay under chatd's per-IP limit
+/// (`--connections-per-ip-max`, 256 by default); 32 ephemeral ports are always there to take
+/// unless something else exhausted them, and then the EADDRNOTAVAIL retry spreads those
+/// clients too.
+pub const SPREAD_FROM_CLIENT: usize = 32;
 
 /// Spread addresses: 127.0.0.2 to 127.255.255.254, skipping 127.0.0.0 (the network),
 /// 127.0.0.1 (what unspread clients use) and 127.255.255.255 (the broadcast address).

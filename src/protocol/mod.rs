@@ -185,17 +185,21 @@ pub enum DatagramDrop {
     OverLimit,
     /// Its source address sent faster than `--udp-datagrams-per-source-per-s-max`.
     RateLimited,
+    /// Relaying it would pass the fan-out budget (`--udp-sends-per-s-max` in total,
+    /// `--udp-sends-per-source-per-s-max` for its source): it is sent to no one.
+    FanoutBudget,
 }
 
 impl DatagramDrop {
     /// Every reason, in the order of [`DatagramDrop::index`].
-    pub const ALL: [DatagramDrop; 6] = [
+    pub const ALL: [DatagramDrop; 7] = [
         DatagramDrop::Malformed,
         DatagramDrop::UnknownRoom,
         DatagramDrop::BadToken,
         DatagramDrop::WrongAddress,
         DatagramDrop::OverLimit,
         DatagramDrop::RateLimited,
+        DatagramDrop::FanoutBudget,
     ];
     pub const COUNT: usize = DatagramDrop::ALL.len();
 
@@ -217,6 +221,7 @@ impl DatagramDrop {
             DatagramDrop::WrongAddress => "wrong_address",
             DatagramDrop::OverLimit => "over_limit",
             DatagramDrop::RateLimited => "rate_limited",
+            DatagramDrop::FanoutBudget => "fanout_budget",
         }
     }
 }

@@ -5,7 +5,10 @@
 //! (not counted against `--connections-max`, not seen by any protocol): each sends one request
 //! (read with a size limit), gets one answer and is closed; one that takes longer than
 //! `--admin-request-timeout-ms` from accept to the end of its answer is closed without one.
-//! At most `--admin-connections-max` are open at once; more wait in the kernel's backlog.
+//! At most `--admin-connections-max` are open at once; a connection beyond them is answered 503
+//! and closed as soon as it is accepted, so idle connections holding the slots cannot leave a
+//! real request waiting in the kernel's backlog (issue 15: 1,000 idle connections kept a GET
+//! unanswered for over 60 s).
 //!
 //! Tokens: the listener is token 2 and connections take tokens 8..16, by slab slot, from the
 //! range the reactor keeps unused below its TCP listeners. A slot is reused only by an accept,
@@ -43,15 +46,17 @@ pub(crate) enum Status {
     NotFound,
     MethodNotAllowed,
     InternalError,
+    ServiceUnavailable,
 }
 
 impl Status {
-    const ALL: [Status; 5] = [
+    const ALL: [Status; 6] = [
         Status::Ok,
         Status::BadRequest,
         Status::NotFound,
         Status::MethodNotAllowed,
         Status::InternalError,
+        Status::ServiceUnavailable,
     ];
 
     fn index(self) -> usize {
@@ -61,6 +66,7 @@ impl Status {
             Status::NotFound => 2,
             Status::MethodNotAllowed => 3,
             Status::InternalError => 4,
+            Status::ServiceUnavailable => 5,
         }
     }
 
@@ -71,6 +77,7 @@ impl Status {
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::InternalError => 500,
+            Status::ServiceUnavailable => 503,
         }
     }
 
@@ -81,6 +88,7 @@ impl Status {
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
             Status::InternalError => "Internal Server Error",
+            Status::ServiceUnavailable => "Service Unavailable",
         }
     }
 }
@@ -144,6 +152,10 @@ fn refusal(status: Status) -> Vec<u8> {
     response(status, "text/plain; charset=utf-8", body.as_bytes())
 }
 
+/// Connections refused with 503 in one loop turn at most: each costs an accept, a read, a
+/// write and a close, and a flood of them must not hold the loop.
+const ADMIN_REFUSALS_PER_TURN_MAX: usize = 64;
+
 struct AdminConn {
     stream: TcpStream,
     peer: SocketAddr,
@@ -194,9 +206,28 @@ impl Admin {
         self.ready = true;
     }
 
-    /// A connection is waiting in the backlog and there is room for it.
+    /// A connection may be waiting in the backlog: to be served, or refused with 503 when
+    /// every slot is taken.
     pub(super) fn accept_pending(&self) -> bool {
-        self.ready && self.conns.len() < self.connections_max
+        self.ready
+    }
+
+    /// Answers a connection accepted beyond `--admin-connections-max` with 503 and closes it,
+    /// without registering it: what the client sent so far is read and thrown away first (a
+    /// close with unread input would reset the connection, and the client might never see
+    /// the answer), the answer is a single small write into an empty send buffer, and the
+    /// write side is shut so the client reads the answer, then EOF.
+    fn refuse_over_cap(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let mut discard = [0u8; 1024];
+        while matches!(stream.read(&mut discard), Ok(n) if n > 0) {}
+        let answer = refusal(Status::ServiceUnavailable);
+        match stream.write(&answer) {
+            Ok(written) if written == answer.len() => {}
+            Ok(_) | Err(_) => debug!("admin connection {peer}: 503 not written whole"),
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        self.responses[Status::ServiceUnavailable.index()] += 1;
+        debug!("admin connection {peer} refused: {} open", self.conns.len());
     }
 
     pub(super) fn next_deadline_ms(&self) -> Option<u64> {
@@ -356,11 +387,16 @@ impl Server {
             return;
         }
         let now_ms = self.now_ms;
+        let mut refused = 0;
         loop {
             let Some(admin) = self.admin.as_mut() else {
                 return;
             };
             if !admin.accept_pending() {
+                return;
+            }
+            if refused >= ADMIN_REFUSALS_PER_TURN_MAX {
+                // The listener stays ready: the rest are refused next turn.
                 return;
             }
             let (mut stream, peer) = match admin.listener.accept() {
@@ -373,12 +409,22 @@ impl Server {
                         | io::ErrorKind::Interrupted => continue,
                         // Out of descriptors: the next connection attempt brings a new edge;
                         // retrying now would only spin.
-                        _ => warn!("accept on the admin port {} failed: {err}", admin.addr),
+                        _ => {
+                            let addr = admin.addr;
+                            self.accept_fail_log.warn(now_ms, || {
+                                format!("accept on the admin port {addr} failed: {err}")
+                            });
+                        }
                     }
                     admin.ready = false;
                     return;
                 }
             };
+            if admin.conns.len() >= admin.connections_max {
+                refused += 1;
+                admin.refuse_over_cap(stream, peer);
+                continue;
+            }
             let entry = admin.conns.vacant_entry();
             let slot = entry.key();
             if slot >= ADMIN_CONNECTIONS_CAP {

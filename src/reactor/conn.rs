@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use bytes::{Buf, Bytes, BytesMut};
-use log::{debug, warn};
+use log::debug;
 use mio::net::TcpStream;
 use slab::Slab;
 
@@ -110,8 +110,9 @@ pub(crate) struct Conn {
     /// When to ask the kernel again what the peer acknowledged, while notes wait on it.
     ack_check_at_ms: Option<u64>,
     ack_check_interval_ms: u64,
-    /// The protocol said the user is identified, or the protocol keeps its own handshake
-    /// deadline: the reactor's handshake deadline no longer applies.
+    /// The protocol said the user is identified (ROOM: its alias taken; OCM's TCRP
+    /// connections never are): the reactor's handshake deadline no longer applies, and the
+    /// connection is no longer evictable at the connection cap.
     pub(crate) identified: bool,
     /// Input budget (`--input-bytes-per-s-max`), taken from by every read.
     pub(crate) input_budget: TokenBucket,
@@ -189,13 +190,14 @@ impl Conn {
         }
     }
 
-    /// Write queued output until the queue is empty or the kernel pushes back.
+    /// Write queued output until the queue is empty, the kernel pushes back, or `bytes_max`
+    /// have been written (the turn's write budget; what is left goes out next turn).
     /// Returns the outcome, the bytes written and the write calls made.
-    pub(crate) fn flush(&mut self, iovecs_max: usize) -> (IoOutcome, usize, u64) {
+    pub(crate) fn flush(&mut self, iovecs_max: usize, bytes_max: usize) -> (IoOutcome, usize, u64) {
         let iovecs_max = iovecs_max.clamp(1, IOVECS_CAP);
         let mut written_total = 0;
         let mut calls = 0;
-        while !self.out.is_empty() {
+        while !self.out.is_empty() && written_total < bytes_max {
             let mut slices = [IoSlice::new(&[]); IOVECS_CAP];
             let mut count = 0;
             for (slot, chunk) in slices.iter_mut().zip(self.out.iter().take(iovecs_max)) {
@@ -339,6 +341,7 @@ pub(crate) struct ConnTable {
     pub(crate) notes_due: Vec<(ConnId, ProtocolKind, u64, bool)>,
     /// Connections whose written notes wait for the peer's acknowledgement.
     ack_watch: Vec<ConnId>,
+    slow_consumer_log: super::LimitLog,
 }
 
 impl ConnTable {
@@ -356,6 +359,7 @@ impl ConnTable {
             out_bytes_total: 0,
             notes_due: Vec::new(),
             ack_watch: Vec::new(),
+            slow_consumer_log: super::LimitLog::default(),
         }
     }
 
@@ -459,11 +463,23 @@ impl ConnTable {
         }
     }
 
-    /// Flush every connection with pending output once. Connections whose output drained
-    /// while closing after flush move to the close list.
-    pub(crate) fn flush_pending(&mut self, iovecs_max: usize) {
+    /// Flush every connection with pending output once, until `budget_bytes` have been
+    /// written in all; the connections not reached, and those with output left over when the
+    /// budget ran out, stay on the flush list, first in line next turn. Connections whose
+    /// output drained while closing after flush move to the close list. Returns the bytes
+    /// written.
+    pub(crate) fn flush_pending(&mut self, iovecs_max: usize, budget_bytes: usize) -> usize {
         let mut list = std::mem::take(&mut self.flush_list);
-        for &slot in &list {
+        let mut written_turn = 0;
+        let mut deferred = Vec::new();
+        // The connection the budget ran out in: after the ones not reached at all.
+        let mut cut = None;
+        for (at, &slot) in list.iter().enumerate() {
+            if written_turn >= budget_bytes {
+                // Still flagged in_flush_list: they keep their place.
+                deferred.extend_from_slice(&list[at..]);
+                break;
+            }
             let Some(conn) = self.slab.get_mut(slot) else {
                 continue;
             };
@@ -473,7 +489,8 @@ impl ConnTable {
                 continue;
             }
             let before = conn.out_bytes;
-            let (outcome, written, calls) = conn.flush(iovecs_max);
+            let (outcome, written, calls) = conn.flush(iovecs_max, budget_bytes - written_turn);
+            written_turn += written;
             self.stats.bytes_out += written as u64;
             self.stats.by_protocol[conn.kind.index()].bytes_out += written as u64;
             self.stats.write_calls += calls;
@@ -496,6 +513,11 @@ impl ConnTable {
             conn.release_idle_memory();
             let drained_while_closing =
                 conn.out.is_empty() && matches!(conn.closing, Some((_, CloseMode::AfterFlush)));
+            let budget_cut = outcome == IoOutcome::Continue && !conn.out.is_empty();
+            if budget_cut {
+                conn.in_flush_list = true;
+                cut = Some(slot);
+            }
             match outcome {
                 IoOutcome::Continue | IoOutcome::WouldBlock => {
                     if drained_while_closing {
@@ -509,12 +531,13 @@ impl ConnTable {
             }
         }
         list.clear();
-        // Keep the allocation; anything queued during this pass was pushed to the new list.
-        if self.flush_list.is_empty() {
-            self.flush_list = list;
-        } else {
-            self.flush_list.append(&mut list);
-        }
+        // Keep the allocation; anything queued during this pass was pushed to the new list,
+        // and goes after what the budget deferred.
+        list.append(&mut deferred);
+        list.extend(cut);
+        list.append(&mut self.flush_list);
+        self.flush_list = list;
+        written_turn
     }
 
     /// Close `id` at once even if it is already closing after flush.
@@ -571,10 +594,14 @@ impl ConnTable {
                 .is_some_and(|since| now_ms.saturating_sub(since) >= limits.soft_duration_ms);
         if queued_bytes > limits.hard_bytes_max || over_soft_too_long {
             let peer = conn.peer;
-            warn!(
-                "closing {peer} ({to}): slow consumer, {queued_bytes} bytes queued (hard limit {}, soft {} for {} ms)",
-                limits.hard_bytes_max, limits.soft_bytes_max, limits.soft_duration_ms
-            );
+            // Once a second at most, with a count: 200 slow members closed at once would
+            // otherwise be 200 lines.
+            self.slow_consumer_log.warn(now_ms, || {
+                format!(
+                    "closing {peer} ({to}): slow consumer, {queued_bytes} bytes queued (hard limit {}, soft {} for {} ms)",
+                    limits.hard_bytes_max, limits.soft_bytes_max, limits.soft_duration_ms
+                )
+            });
             self.stats.slow_consumer_closes += 1;
             if queued_bytes > limits.hard_bytes_max {
                 self.stats.slow_consumer_hard_closes += 1;
@@ -697,11 +724,53 @@ mod tests {
         conn.read_buf.clear();
         assert!(conn.out.capacity() >= 512);
 
-        let (outcome, written, _) = conn.flush(64);
+        let (outcome, written, _) = conn.flush(64, usize::MAX);
         assert_eq!((outcome, written), (IoOutcome::Continue, 512 * 8));
         conn.release_idle_memory();
         assert_eq!(conn.out.capacity(), 0);
         assert_eq!(conn.read_buf.capacity(), 0);
+    }
+
+    #[test]
+    fn a_turns_write_budget_defers_the_rest_to_the_front_of_the_next_turn() {
+        let limits = OutputLimits {
+            hard_bytes_max: 1 << 30,
+            soft_bytes_max: 1 << 30,
+            soft_duration_ms: 1000,
+        };
+        let mut table = ConnTable::new(limits, 1000);
+        let mut clients = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let (conn, client) = conn_pair();
+            let slot = table.slab.insert(conn);
+            ids.push(ConnId::new(slot as u32, 0));
+            clients.push(client);
+        }
+        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+        for &id in &ids {
+            for _ in 0..4 {
+                table.send(id, chunk.clone());
+            }
+        }
+        // 40 KiB: the first connection takes it all (its writes stop at the budget, within
+        // one vectored write's worth), the other two wait.
+        let written = table.flush_pending(1, 40 * 1024);
+        assert_eq!(written, 48 * 1024);
+        let order: Vec<usize> = table.flush_list.clone();
+        let slots: Vec<usize> = ids.iter().map(|id| id.slot as usize).collect();
+        assert_eq!(
+            order,
+            [slots[1], slots[2], slots[0]],
+            "the unserved go first"
+        );
+        // A new output for a waiting connection does not list it twice.
+        table.send(ids[1], chunk.clone());
+        assert_eq!(table.flush_list.len(), 3);
+        let written = table.flush_pending(64, usize::MAX);
+        assert_eq!(written, 16 * 1024 + 5 * 16 * 1024 + 4 * 16 * 1024);
+        assert!(table.flush_list.is_empty());
+        assert_eq!(table.out_bytes_total, 0);
     }
 
     #[test]

@@ -38,7 +38,8 @@ use crate::chat::ConnId;
 use crate::config::Config;
 use crate::histogram::Histogram;
 use crate::limits::{
-    Admission, HandshakeDeadlines, PerIpCounts, RateLimit, SourceBuckets, TokenBucket,
+    Admission, HandshakeDeadlines, HandshakeQueue, PerIpCounts, RateLimit, SourceBuckets,
+    TokenBucket,
 };
 use crate::protocol::{CloseMode, CloseReason, DatagramDrop, Outbox};
 use crate::stats::Stats;
@@ -49,7 +50,7 @@ use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
 use services::Services;
 pub use services::{ProtocolKind, UdpKind};
-use udp::{NoDatagrams, Received, UdpCounters, UdpEntry, UdpOut};
+use udp::{DeferredSends, NoDatagrams, Received, UdpCounters, UdpEntry, UdpOut};
 
 // Tokens pack a connection's generation into the high 32 bits, so a stale event for a reused
 // slot is recognised; that needs a 64-bit usize.
@@ -68,6 +69,10 @@ const CONN_TOKEN_BASE: usize = 64;
 /// The largest UDP payload over IPv4 (65,535 less the IP and UDP headers).
 const UDP_DATAGRAM_BYTES_MAX: usize = 65_507;
 
+/// Sends one UDP socket may have put off to later turns (about 64 ms of sends); beyond it a
+/// send is dropped and counted. Datagrams put off by one fan-out share one copy.
+const UDP_DEFERRED_SENDS_MAX: usize = 65_536;
+
 /// Consecutive failures of `poll` itself after which the server gives up.
 const POLL_ERRORS_MAX: u32 = 8;
 
@@ -84,17 +89,22 @@ struct LimitLog {
 
 impl LimitLog {
     fn warn(&mut self, now_ms: u64, message: impl FnOnce() -> String) {
+        match self.admit(now_ms) {
+            None => {}
+            Some(0) => warn!("{}", message()),
+            Some(suppressed) => warn!("{} (and {suppressed} more not logged)", message()),
+        }
+    }
+
+    /// Whether a line may be logged at `now_ms`, and how many were not since the last one.
+    fn admit(&mut self, now_ms: u64) -> Option<u64> {
         if now_ms < self.next_ms {
             self.suppressed += 1;
-            return;
+            return None;
         }
-        if self.suppressed > 0 {
-            warn!("{} (and {} more not logged)", message(), self.suppressed);
-        } else {
-            warn!("{}", message());
-        }
-        self.suppressed = 0;
+        let suppressed = std::mem::take(&mut self.suppressed);
         self.next_ms = now_ms + LIMIT_LOG_INTERVAL_MS;
+        Some(suppressed)
     }
 }
 
@@ -107,6 +117,13 @@ enum Source {
     AdminListener,
     AdminConn(usize),
     Unknown,
+}
+
+/// `id` is open, not closing, and not yet identified by its protocol: evictable at the cap.
+fn is_handshaking(table: &ConnTable, id: ConnId) -> bool {
+    table.slab.get(id.slot as usize).is_some_and(|conn| {
+        conn.generation == id.generation && !conn.identified && conn.closing().is_none()
+    })
 }
 
 fn conn_token(id: ConnId) -> Token {
@@ -227,11 +244,16 @@ pub struct Server {
     per_ip: PerIpCounts,
     /// `--handshake-timeout-ms` deadlines of the protocols that have one in the reactor.
     handshake_deadlines: HandshakeDeadlines,
+    /// Every connection not yet identified, oldest first: evicted at the connection cap.
+    handshaking: HandshakeQueue,
     input_limit: RateLimit,
     per_ip_log: LimitLog,
     input_rate_log: LimitLog,
     /// Connect and disconnect lines at info, rate-limited.
     activity_log: activity::ActivityLog,
+    eviction_log: LimitLog,
+    /// Accept failures for lack of descriptors or memory, chat and admin listeners.
+    accept_fail_log: LimitLog,
     /// The admin port, when enabled.
     admin: Option<Admin>,
     /// Busy time of each loop turn, for the metrics.
@@ -263,28 +285,53 @@ impl Server {
         let mut listeners = Vec::new();
         if let Some(port) = config.room_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("ROOM", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "ROOM",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Room));
         }
         if let Some(port) = config.bin24_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("BIN24", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "BIN24",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Bin24));
         }
         if let Some(port) = config.ccm_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("CCM", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "CCM",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Ccm));
         }
         if let Some(port) = config.matou_port {
             let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp("MATOU", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "MATOU",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Matou));
         }
         let mut udp_sockets = Vec::new();
         if let (Some(tcp_port), Some(udp_port)) = (config.ocm_tcp_port, config.ocm_udp_port) {
             let addr = SocketAddr::new(config.bind_addr, tcp_port);
-            let listener = listen::bind_tcp("OCM", addr, config.listen_backlog)?;
+            let listener = listen::bind_tcp(
+                "OCM",
+                addr,
+                config.listen_backlog,
+                config.tcp_send_buffer_bytes,
+            )?;
             listeners.push((listener, ProtocolKind::Ocm));
             let addr = SocketAddr::new(config.bind_addr, udp_port);
             let socket = listen::bind_udp("OCM-UDP", addr, config.udp_socket_buffer_bytes)?;
@@ -365,13 +412,14 @@ impl Server {
                 ready: false,
                 counters: UdpCounters::default(),
                 sources: SourceBuckets::new(datagram_limit, config.udp_sources_max),
+                deferred: DeferredSends::new(UDP_DEFERRED_SENDS_MAX),
             });
         }
         let admin = match config.admin_port {
             None => None,
             Some(port) => {
                 let addr = SocketAddr::new(config.admin_bind_addr, port);
-                let mut listener = listen::bind_tcp("ADMIN", addr, config.listen_backlog)?;
+                let mut listener = listen::bind_tcp("ADMIN", addr, config.listen_backlog, 0)?;
                 let fail = |step, source| BindError {
                     protocol: "ADMIN",
                     addr,
@@ -422,6 +470,7 @@ impl Server {
             stats_next_ms,
             per_ip: PerIpCounts::default(),
             handshake_deadlines: HandshakeDeadlines::default(),
+            handshaking: HandshakeQueue::default(),
             input_limit: RateLimit {
                 rate_per_s: config.input_bytes_per_s_max,
                 burst: config.input_burst_bytes_max,
@@ -429,6 +478,8 @@ impl Server {
             per_ip_log: LimitLog::default(),
             input_rate_log: LimitLog::default(),
             activity_log: activity::ActivityLog::default(),
+            eviction_log: LimitLog::default(),
+            accept_fail_log: LimitLog::default(),
             admin,
             loop_turns: Histogram::default(),
             heap_trim: trim::HeapTrim::default(),
@@ -628,7 +679,10 @@ impl Server {
         if !self.table.ready_list.is_empty()
             || !self.table.flush_list.is_empty()
             || self.accept_pending()
-            || self.udp.iter().any(|entry| entry.ready)
+            || self
+                .udp
+                .iter()
+                .any(|entry| entry.ready || !entry.deferred.is_empty())
             || (self.shutdown_deadline_ms.is_none()
                 && self.admin.as_ref().is_some_and(Admin::accept_pending))
         {
@@ -719,9 +773,19 @@ impl Server {
         }
         let now_ms = self.now_ms;
         let budget = self.config.udp_datagrams_per_turn_max.max(1);
+        let sends_budget = self.config.udp_sends_per_turn_max.max(1);
         for entry in &mut self.udp {
+            // What earlier turns put off goes first; while any waits, nothing new is read (it
+            // waits in the kernel's receive buffer, whose overflow the kernel drops).
+            entry
+                .deferred
+                .start_turn(sends_budget, &entry.socket, &mut entry.counters);
             let mut served = 0;
-            while entry.ready && served < budget {
+            while entry.ready
+                && served < budget
+                && entry.deferred.sends_left > 0
+                && entry.deferred.is_empty()
+            {
                 served += 1;
                 let (len, from) = match entry.recv(&mut self.udp_scratch) {
                     Received::Datagram(len, from) => (len, from),
@@ -742,12 +806,10 @@ impl Server {
                         continue;
                     }
                 }
-                let mut out = UdpOut {
-                    socket: &entry.socket,
-                    counters: &mut entry.counters,
-                };
+                let kind = entry.kind;
+                let mut out = UdpOut::new(entry);
                 self.services
-                    .on_datagram(entry.kind, from, datagram, now_ms, &mut out);
+                    .on_datagram(kind, from, datagram, now_ms, &mut out);
             }
         }
     }
@@ -894,10 +956,7 @@ impl Server {
             .find(|entry| entry.kind == UdpKind::OcmChat)
         {
             Some(entry) => {
-                let mut datagrams = UdpOut {
-                    socket: &entry.socket,
-                    counters: &mut entry.counters,
-                };
+                let mut datagrams = UdpOut::new(entry);
                 self.services
                     .on_timers(now_ms, &mut self.table, &mut datagrams);
             }
@@ -968,8 +1027,13 @@ impl Server {
     /// Flush all pending output, then free closed connections; repeat while closing produces
     /// new output (leave notices) or new closes (a failed flush).
     fn flush_and_close(&mut self) {
+        // One budget for the whole phase, however often closing makes more output.
+        let mut budget_bytes = self.config.write_budget_bytes.max(1);
         loop {
-            self.table.flush_pending(self.config.write_iovecs_max);
+            let written = self
+                .table
+                .flush_pending(self.config.write_iovecs_max, budget_bytes);
+            budget_bytes = budget_bytes.saturating_sub(written);
             if self.table.close_list.is_empty() {
                 return;
             }
@@ -1077,7 +1141,8 @@ impl Server {
                 && self.listeners[index].ready
                 && accepted < self.config.accepts_per_turn_max
             {
-                if self.table.slab.len() >= self.config.connections_max {
+                let at_cap = self.table.slab.len() >= self.config.connections_max;
+                if at_cap && !self.has_evictable() {
                     if !self.accept_gate.at_cap {
                         debug!(
                             "at the connection cap ({}): accepting paused",
@@ -1095,12 +1160,56 @@ impl Server {
                             self.refuse_per_ip(stream, peer, index);
                             continue;
                         }
+                        // Only for a newcomer actually accepted: a listener still marked ready
+                        // may have nothing left in its backlog.
+                        if at_cap && !self.evict_oldest_handshaking() {
+                            continue;
+                        }
                         self.add_conn(stream, peer, self.listeners[index].kind);
                     }
                     Err(err) => self.accept_failed(index, &err),
                 }
             }
         }
+    }
+
+    /// Whether a connection still in its handshake could be evicted (stale entries before the
+    /// oldest one are dropped on the way).
+    fn has_evictable(&mut self) -> bool {
+        let table = &self.table;
+        self.handshaking
+            .peek_oldest(|id| is_handshaking(table, id))
+            .is_some()
+    }
+
+    /// At the connection cap with a newcomer accepted: close the oldest connection still in its
+    /// handshake at once and free its slot now (through the close phase, so the slot is never
+    /// freed twice). False when every connection is past its handshake.
+    fn evict_oldest_handshaking(&mut self) -> bool {
+        let table = &self.table;
+        let Some(id) = self.handshaking.pop_oldest(|id| is_handshaking(table, id)) else {
+            return false;
+        };
+        let (kind, peer) = match self.table.get_mut(id) {
+            Some(conn) => (conn.kind, conn.peer),
+            None => return false,
+        };
+        debug!(
+            "{} {peer} ({id}): evicted at the connection cap, still in its handshake",
+            kind.name()
+        );
+        self.table.stats.handshake_evictions += 1;
+        let cap = self.config.connections_max;
+        self.eviction_log.warn(self.now_ms, || {
+            format!(
+                "at the connection cap ({cap}): evicted {} {peer}, the oldest connection still in its handshake",
+                kind.name()
+            )
+        });
+        self.table
+            .close(id, CloseReason::HandshakeTimeout, CloseMode::Now);
+        self.flush_and_close();
+        true
     }
 
     /// `peer`'s address has its most connections open: close the new one at once (dropping
@@ -1126,12 +1235,13 @@ impl Server {
             | io::ErrorKind::Interrupted => {}
             _ => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. Pause instead of
-                // spinning; established connections keep being served meanwhile.
+                // spinning; established connections keep being served meanwhile. Logged at
+                // most once a second with a count (it was a line every pause, 150 in 15 s).
                 self.table.stats.accept_pauses += 1;
-                warn!(
-                    "accept on {} failed: {err}; pausing accepts for {} ms",
-                    self.listeners[index].addr, self.config.accept_pause_ms
-                );
+                let (addr, pause_ms) = (self.listeners[index].addr, self.config.accept_pause_ms);
+                self.accept_fail_log.warn(self.now_ms, || {
+                    format!("accept on {addr} failed: {err}; pausing accepts for {pause_ms} ms")
+                });
                 self.accept_gate.paused_until_ms =
                     Some(self.now_ms + self.config.accept_pause_ms.max(1));
             }
@@ -1158,7 +1268,7 @@ impl Server {
             warn!("cannot register connection from {peer}: {err}");
             return;
         }
-        let mut conn = Conn::new(
+        let conn = Conn::new(
             stream,
             generation,
             kind,
@@ -1174,10 +1284,14 @@ impl Server {
             ));
             let deadline_ms = accepted_ms.saturating_add(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push(id, deadline_ms);
-        } else {
-            conn.identified = true;
         }
         entry.insert(conn);
+        self.handshaking.push(id);
+        let table = &self.table;
+        self.handshaking
+            .compact(2 * self.config.connections_max.max(1024), |id| {
+                is_handshaking(table, id)
+            });
         // Unlimited here: the limit was checked before accepting.
         self.per_ip.try_add(peer.ip(), 0);
         self.table.stats.connections_accepted += 1;
@@ -1242,5 +1356,26 @@ impl Server {
             entry.ready = false;
         }
         self.shutdown_deadline_ms = Some(self.now_ms + self.config.shutdown_grace_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_log_logs_once_a_second_with_the_count_of_the_rest() {
+        let mut log = LimitLog::default();
+        assert_eq!(log.admit(0), Some(0));
+        // An EMFILE every 100 ms for 15 s: 15 lines, each counting the 9 before it.
+        let mut lines = vec![Some(0)];
+        for tick in 1..150 {
+            let admitted = log.admit(tick * 100);
+            if admitted.is_some() {
+                lines.push(admitted);
+            }
+        }
+        assert_eq!(lines.len(), 15);
+        assert!(lines[1..].iter().all(|&line| line == Some(9)), "{lines:?}");
     }
 }

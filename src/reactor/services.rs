@@ -179,6 +179,8 @@ impl Services {
                     keepalive_idle_ms: config.ccm_keepalive_idle_ms,
                     keepalive_answer_ms: config.ccm_keepalive_answer_ms,
                     name_bytes_max: config.ccm_name_bytes_max,
+                    sender_bytes_per_s_max: config.ccm_sender_bytes_per_s_max,
+                    pair_bytes_per_s_max: config.ccm_pair_bytes_per_s_max,
                     timer_tick_ms: config.timer_tick_ms,
                 },
                 os_token_source(),
@@ -191,6 +193,9 @@ impl Services {
                 message_bytes_max: config.matou_message_bytes_max,
                 string_bytes_max: config.matou_string_bytes_max,
                 pending_requests_per_user_max: config.matou_pending_requests_per_user_max,
+                private_requests_per_s_max: config.matou_private_requests_per_s_max,
+                private_requests_per_pair_per_s_max: config
+                    .matou_private_requests_per_pair_per_s_max,
             })
         });
         let ocm = config.ocm_tcp_port.and(config.ocm_udp_port).map(|_| {
@@ -203,7 +208,11 @@ impl Services {
                     idle_timeout_ms: config.ocm_idle_timeout_ms,
                     send_failures_max: config.ocm_send_failures_max,
                     rooms_max: config.ocm_rooms_max,
+                    rooms_per_ip_max: config.ocm_rooms_per_ip_max,
+                    room_silent_timeout_ms: config.ocm_room_silent_timeout_ms,
                     room_members_max: config.ocm_room_members_max,
+                    sends_per_s_max: config.udp_sends_per_s_max,
+                    sends_per_source_per_s_max: config.udp_sends_per_source_per_s_max,
                     ack_state1: config.ocm_ack_state1,
                     timer_tick_ms: config.timer_tick_ms,
                 },
@@ -217,6 +226,9 @@ impl Services {
                     idle_timeout_ms: config.ocm_idle_timeout_ms,
                     send_failures_max: config.ocm_send_failures_max,
                     peers_max: config.ocm_relay_peers_max,
+                    peers_per_ip_max: config.ocm_relay_peers_per_ip_max,
+                    sends_per_s_max: config.udp_sends_per_s_max,
+                    sends_per_source_per_s_max: config.udp_sends_per_source_per_s_max,
                     datagram_bytes_max: UDP_DATAGRAM_IN_BYTES_MAX,
                     timer_tick_ms: config.timer_tick_ms,
                 },
@@ -300,7 +312,7 @@ impl Services {
             }
             ProtocolKind::Matou => {
                 if let Some(matou) = self.matou.as_mut() {
-                    matou.on_data(id, input, out);
+                    matou.on_data(id, input, now_ms, out);
                 }
             }
             ProtocolKind::Ocm => {

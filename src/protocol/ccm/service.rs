@@ -8,6 +8,7 @@ use log::debug;
 
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
+use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -27,6 +28,13 @@ pub struct CcmConfig {
     pub keepalive_answer_ms: u64,
     /// Longest user name, in bytes of its UTF-8 form.
     pub name_bytes_max: usize,
+    /// Bytes one user may make others receive per second, in all (a `*` message counts once
+    /// per recipient) and to one other user; over either the sender gets Error `rate-limited`
+    /// and nobody receives the message, so a flood is cut at its sender instead of closing its
+    /// recipient as a slow consumer. A second's worth, and at least one largest message, may
+    /// come at once. 0: no limit.
+    pub sender_bytes_per_s_max: u64,
+    pub pair_bytes_per_s_max: u64,
     pub timer_tick_ms: u64,
 }
 
@@ -36,6 +44,8 @@ impl Default for CcmConfig {
             keepalive_idle_ms: 5_000,
             keepalive_answer_ms: 3_600,
             name_bytes_max: 64,
+            sender_bytes_per_s_max: 8 * 1024 * 1024,
+            pair_bytes_per_s_max: 2 * 1024 * 1024,
             timer_tick_ms: 10,
         }
     }
@@ -50,6 +60,9 @@ pub enum Reason {
     TooLarge,
     InvalidToken,
     NotIdentified,
+    /// Ours: the sender is over its rate (`--ccm-sender-bytes-per-s-max`, per pair
+    /// `--ccm-pair-bytes-per-s-max`); the message was not delivered.
+    RateLimited,
 }
 
 impl Reason {
@@ -61,6 +74,7 @@ impl Reason {
             Reason::TooLarge => "too-large",
             Reason::InvalidToken => "invalid-token",
             Reason::NotIdentified => "not-identified",
+            Reason::RateLimited => "rate-limited",
         }
     }
 }
@@ -84,6 +98,19 @@ struct CcmConn {
     /// When the keepalive `Connect` went out, if it is awaiting an answer.
     ping_sent_ms: Option<u64>,
     keepalive: Option<TimerKey>,
+    /// What this user's messages may make others receive; set once it is identified.
+    budget: Option<SenderBudget<ConnId>>,
+}
+
+/// The largest message one delivery can carry (content, header, and the header the server
+/// writes), which every budget's bucket must hold or that message could never pass.
+const DELIVERY_BYTES_MAX: u64 = (codec::CONTENT_BYTES_MAX + codec::HEADER_BYTES_MAX + 1024) as u64;
+
+fn byte_rate(rate_per_s: u64) -> RateLimit {
+    RateLimit {
+        rate_per_s,
+        burst: rate_per_s.max(DELIVERY_BYTES_MAX),
+    }
 }
 
 pub struct CcmService {
@@ -122,6 +149,7 @@ impl CcmService {
                 last_heard_ms: now_ms,
                 ping_sent_ms: None,
                 keepalive: None,
+                budget: None,
             },
         );
     }
@@ -226,7 +254,7 @@ impl CcmService {
                     self.fail(id, Reason::BadHeader, "a message needs an Addressee", out);
                     return false;
                 };
-                self.deliver(id, &name, kind, &addressee, &message, out);
+                self.deliver(id, &name, kind, &addressee, &message, now_ms, out);
                 true
             }
             // The keepalive answer; hearing it already reset the keepalive.
@@ -300,6 +328,10 @@ impl CcmService {
                 token: token.clone(),
             };
             conn.keepalive = Some(keepalive);
+            conn.budget = Some(SenderBudget::new(
+                byte_rate(self.config.sender_bytes_per_s_max),
+                now_ms,
+            ));
         }
         out.mark_identified(id);
         out.send(id, codec::encode("Identity", &[("User", &token)], b""));
@@ -307,6 +339,9 @@ impl CcmService {
 
     /// Deliver to `addressee`, or to every other identified user for `*`. The header is encoded
     /// once and the content is shared: each recipient gets two reference-counted buffers.
+    // The message's parts as the caller checked them, and the time for the sender's budget: a
+    // struct made for this one call would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn deliver<O: Outbox>(
         &mut self,
         from: ConnId,
@@ -314,6 +349,7 @@ impl CcmService {
         kind: MessageType,
         addressee: &Bytes,
         message: &Message,
+        now_ms: u64,
         out: &mut O,
     ) {
         let encoding = message
@@ -335,16 +371,45 @@ impl CcmService {
                 out.send(to, message.content.clone());
             }
         };
+        let delivery_bytes = (head.len() + message.content.len()) as u64;
+        let (to, amount) = if &addressee[..] == b"*" {
+            let others = self.users.len().saturating_sub(1) as u64;
+            (None, delivery_bytes.saturating_mul(others))
+        } else {
+            match self.users.get(addressee) {
+                Some(&to) => (Some(to), delivery_bytes),
+                None => {
+                    self.answer_error(from, Reason::UnknownAddressee, "no user has that name", out);
+                    return;
+                }
+            }
+        };
+        let total = byte_rate(self.config.sender_bytes_per_s_max);
+        let pair = byte_rate(self.config.pair_bytes_per_s_max);
+        let admitted = self
+            .conns
+            .get_mut(from)
+            .and_then(|conn| conn.budget.as_mut())
+            .is_some_and(|budget| budget.admit(to, amount, total, pair, now_ms));
+        if !admitted {
+            debug!("{from}: over its sending rate; message not delivered");
+            out.count_rejected();
+            self.answer_error(
+                from,
+                Reason::RateLimited,
+                "sending faster than allowed: the message was not delivered",
+                out,
+            );
+            return;
+        }
         if &addressee[..] == b"*" {
             for &to in self.users.values() {
                 if to != from {
                     send_to(to, out);
                 }
             }
-        } else if let Some(&to) = self.users.get(addressee) {
+        } else if let Some(to) = to {
             send_to(to, out);
-        } else {
-            self.answer_error(from, Reason::UnknownAddressee, "no user has that name", out);
         }
     }
 

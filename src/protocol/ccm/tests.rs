@@ -43,12 +43,18 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Harness::with_rates(0, 0)
+    }
+
+    fn with_rates(sender_bytes_per_s_max: u64, pair_bytes_per_s_max: u64) -> Self {
         Harness {
             service: CcmService::new(
                 CcmConfig {
                     keepalive_idle_ms: IDLE_MS,
                     keepalive_answer_ms: ANSWER_MS,
                     name_bytes_max: 16,
+                    sender_bytes_per_s_max,
+                    pair_bytes_per_s_max,
                     timer_tick_ms: 10,
                 },
                 counting_tokens(),
@@ -495,4 +501,52 @@ fn a_stranger_answered_with_http_gets_nothing_more_at_the_deadline() {
     h.service.on_handshake_timeout(conn(1), 10_000, &mut h.out);
     assert!(h.out.sent.is_empty());
     assert!(h.out.closed.is_empty());
+}
+
+/// "The one who causes output pays": addressed messages are budgeted per sender and per pair
+/// in bytes delivered; what is over is refused to the sender (Error rate-limited), never
+/// queued for its recipient. Buckets hold at least one largest message (about 1 MiB), so the
+/// rates here are set in MiB.
+#[test]
+fn addressed_floods_are_refused_to_their_sender_not_delivered() {
+    const MIB: u64 = 1024 * 1024;
+    let mut h = Harness::with_rates(3 * MIB, 2 * MIB);
+    h.connect(conn(1), "mallory");
+    h.connect(conn(2), "victim");
+    h.connect(conn(3), "other");
+    h.out.clear();
+    let body = "x".repeat(256 * 1024);
+    for _ in 0..16 {
+        h.burst(conn(1), &text("victim", &body));
+    }
+    let delivered = h
+        .out
+        .sent_to(conn(2))
+        .iter()
+        .map(|b| b.len())
+        .sum::<usize>() as u64;
+    // The pair's 2 MiB: 7 messages of 256 KiB and their headers.
+    assert!(
+        delivered <= 2 * MIB && delivered > 2 * MIB - 300 * 1024,
+        "{delivered}"
+    );
+    let errors = h.text_to(conn(1))[0]
+        .matches("Reason: rate-limited")
+        .count();
+    assert_eq!(errors, 16 - 7);
+    assert!(h.out.closed.is_empty(), "nobody is closed for it");
+    // The sender's total (3 MiB, 1.75 of it spent) still lets it reach someone else: 4 more.
+    h.out.clear();
+    for _ in 0..8 {
+        h.burst(conn(1), &text("other", &body));
+    }
+    let to_other = h.out.sent_to(conn(3)).len() / 2;
+    assert_eq!(to_other, 4);
+    // The victim may still talk back, and a second later mallory may send again.
+    h.out.clear();
+    h.burst(conn(2), &text("mallory", "stop it"));
+    assert!(h.text_to(conn(1))[0].ends_with("stop it"));
+    h.now_ms = 1000;
+    h.burst(conn(1), &text("victim", "sorry"));
+    assert!(h.text_to(conn(2))[0].ends_with("sorry"));
 }

@@ -108,6 +108,7 @@ impl Default for Limits {
 /// | 9    | AlreadySignedIn        | CONNECT_REQUEST after the name was accepted                  | stays    |
 /// | 10   | TooManyPendingRequests | the sender has too many private requests pending             | stays    |
 /// | 11   | BadPort                | a port outside 1..=65535                                     | stays    |
+/// | 12   | TooManyRequests        | private requests faster than the sender's or the pair's rate | stays    |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     UnknownType = 1,
@@ -121,10 +122,11 @@ pub enum ErrorCode {
     AlreadySignedIn = 9,
     TooManyPendingRequests = 10,
     BadPort = 11,
+    TooManyRequests = 12,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::UnknownType,
         ErrorCode::BadSize,
         ErrorCode::InvalidMessage,
@@ -136,6 +138,7 @@ impl ErrorCode {
         ErrorCode::AlreadySignedIn,
         ErrorCode::TooManyPendingRequests,
         ErrorCode::BadPort,
+        ErrorCode::TooManyRequests,
     ];
 
     /// The number on the wire.
@@ -162,6 +165,7 @@ impl ErrorCode {
             ErrorCode::AlreadySignedIn => "already signed in",
             ErrorCode::TooManyPendingRequests => "too many pending private requests",
             ErrorCode::BadPort => "bad port",
+            ErrorCode::TooManyRequests => "too many private requests",
         }
     }
 }

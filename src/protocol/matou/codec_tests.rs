@@ -637,15 +637,15 @@ fn any_non_zero_acceptation_byte_is_acceptance() {
 // ---- errors ----
 
 #[test]
-fn error_codes_are_numbered_1_to_11_and_parse_back() {
+fn error_codes_are_numbered_1_to_12_and_parse_back() {
     let codes: Vec<i32> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
-    assert_eq!(codes, (1..=11).collect::<Vec<i32>>());
+    assert_eq!(codes, (1..=12).collect::<Vec<i32>>());
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::from_code(code.code()), Some(code));
         assert!(!code.as_str().is_empty());
     }
     assert_eq!(ErrorCode::from_code(0), None);
-    assert_eq!(ErrorCode::from_code(12), None);
+    assert_eq!(ErrorCode::from_code(13), None);
     assert_eq!(ErrorCode::BadPort.to_string(), "bad port (11)");
 }
 

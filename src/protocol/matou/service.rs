@@ -12,6 +12,7 @@ use log::debug;
 
 use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
 use crate::chat::{ConnId, ConnMap, MemberList};
+use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 
 #[derive(Clone, Debug)]
@@ -25,6 +26,13 @@ pub struct MatouConfig {
     pub string_bytes_max: usize,
     /// Private requests one user may have waiting for an answer at once.
     pub pending_requests_per_user_max: usize,
+    /// Private requests one user may send per second, to anyone, and to one other user (a
+    /// repeat while pending notifies Dst again). Each request makes its Dst receive a packet:
+    /// over either rate the sender gets ERROR 12 and Dst nothing, so a flood is cut at its
+    /// sender instead of closing its victim as a slow consumer. A second's worth may come at
+    /// once. 0: no limit.
+    pub private_requests_per_s_max: u64,
+    pub private_requests_per_pair_per_s_max: u64,
 }
 
 impl Default for MatouConfig {
@@ -34,6 +42,8 @@ impl Default for MatouConfig {
             message_bytes_max: 512,
             string_bytes_max: 4096,
             pending_requests_per_user_max: 64,
+            private_requests_per_s_max: 20,
+            private_requests_per_pair_per_s_max: 2,
         }
     }
 }
@@ -60,6 +70,15 @@ struct User {
     /// The users who asked this one (as Dst) for a link, so that leaving can drop their links
     /// without a scan of every user.
     links_in: HashSet<ConnId>,
+    /// This user's private requests: to anyone, and to each Dst.
+    requests: SenderBudget<ConnId>,
+}
+
+fn per_second(rate_per_s: u64) -> RateLimit {
+    RateLimit {
+        rate_per_s,
+        burst: rate_per_s,
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +98,9 @@ pub struct MatouService {
     users: HashMap<Bytes, ConnId>,
     /// Accepted users, for fan-out without walking a hash map.
     members: MemberList,
+    /// ERROR 12, encoded once: a flood of requests is answered with as many of these, so
+    /// each costs a reference count, not an allocation.
+    too_many_requests: Bytes,
 }
 
 impl MatouService {
@@ -93,6 +115,10 @@ impl MatouService {
             conns: ConnMap::new(),
             users: HashMap::new(),
             members: MemberList::default(),
+            too_many_requests: codec::error(
+                ErrorCode::TooManyRequests,
+                b"private requests too fast: wait before asking again",
+            ),
         }
     }
 
@@ -119,9 +145,15 @@ impl MatouService {
         );
     }
 
-    /// Bytes arrived: every complete packet in `input` is handled; a partial one is left there
-    /// for the next call.
-    pub fn on_data<O: Outbox>(&mut self, id: ConnId, input: &mut BytesMut, out: &mut O) {
+    /// Bytes arrived at `now_ms`: every complete packet in `input` is handled; a partial one is
+    /// left there for the next call.
+    pub fn on_data<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        input: &mut BytesMut,
+        now_ms: u64,
+        out: &mut O,
+    ) {
         loop {
             match self.conns.get(id) {
                 Some(conn) if !conn.closing => {}
@@ -140,7 +172,7 @@ impl MatouService {
                 }
             };
             out.count_frame_in();
-            self.on_packet(id, packet, out);
+            self.on_packet(id, packet, now_ms, out);
         }
     }
 
@@ -160,10 +192,12 @@ impl MatouService {
         self.conns.remove(id);
     }
 
-    fn on_packet<O: Outbox>(&mut self, id: ConnId, packet: Packet, out: &mut O) {
+    fn on_packet<O: Outbox>(&mut self, id: ConnId, packet: Packet, now_ms: u64, out: &mut O) {
         let signed_in = self.user(id).is_some();
         match packet {
-            Packet::ConnectRequest { username } if !signed_in => self.connect(id, &username, out),
+            Packet::ConnectRequest { username } if !signed_in => {
+                self.connect(id, &username, now_ms, out)
+            }
             Packet::ConnectRequest { .. } => self.refuse(
                 id,
                 ErrorCode::AlreadySignedIn,
@@ -177,7 +211,7 @@ impl MatouService {
                 out,
             ),
             Packet::PublicMessage { message } => self.public_message(id, &message, out),
-            Packet::PrivateRequest { username } => self.private_request(id, &username, out),
+            Packet::PrivateRequest { username } => self.private_request(id, &username, now_ms, out),
             Packet::PrivateAccept { username } => self.private_accept(id, &username, out),
             Packet::PrivateSrcPorts {
                 username,
@@ -193,14 +227,14 @@ impl MatouService {
         }
     }
 
-    /// A name is accepted when it is free, 1..=name_bytes_max bytes of UTF-8, and every
-    /// character is alphanumeric in Unicode's sense (`char::is_alphanumeric`: letters and
-    /// digits of any script, so "José" and "Łukasz" are names). The seed says "alphanumeric"
-    /// and its strings are UTF-8, so ASCII-only would refuse names the seed allows.
-    fn connect<O: Outbox>(&mut self, id: ConnId, name: &[u8], out: &mut O) {
+    /// A name is accepted when it is free, 1..=name_bytes_max bytes, and every byte is an
+    /// ASCII letter or digit. Unicode's alphanumerics were allowed once, but they let one user
+    /// pass for another: a Cyrillic "аlice" or a fullwidth "ａｌｉｃｅ" reads as "alice"
+    /// (issue 15), and no rule short of ASCII keeps every look-alike out.
+    fn connect<O: Outbox>(&mut self, id: ConnId, name: &[u8], now_ms: u64, out: &mut O) {
         let valid = !name.is_empty()
             && name.len() <= self.config.name_bytes_max
-            && std::str::from_utf8(name).is_ok_and(|s| s.chars().all(char::is_alphanumeric));
+            && name.iter().all(u8::is_ascii_alphanumeric);
         if !valid || self.users.contains_key(name) {
             debug!("{id}: name refused");
             out.count_rejected();
@@ -219,6 +253,10 @@ impl MatouService {
                 links_out: HashMap::new(),
                 pending_count: 0,
                 links_in: HashSet::new(),
+                requests: SenderBudget::new(
+                    per_second(self.config.private_requests_per_s_max),
+                    now_ms,
+                ),
             });
         }
         out.mark_identified(id);
@@ -250,7 +288,13 @@ impl MatouService {
     }
 
     /// Src (`id`) asks Dst for a private link.
-    fn private_request<O: Outbox>(&mut self, id: ConnId, dst_name: &[u8], out: &mut O) {
+    fn private_request<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        dst_name: &[u8],
+        now_ms: u64,
+        out: &mut O,
+    ) {
         let Some(&dst) = self.users.get(dst_name) else {
             self.refuse(id, ErrorCode::UnknownUser, "no user has that name", out);
             return;
@@ -265,9 +309,19 @@ impl MatouService {
             return;
         }
         let pending_max = self.config.pending_requests_per_user_max;
+        let sender_limit = per_second(self.config.private_requests_per_s_max);
+        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
         let Some(src) = self.user_mut(id) else {
             return;
         };
+        if !src
+            .requests
+            .admit(Some(dst), 1, sender_limit, pair_limit, now_ms)
+        {
+            out.count_rejected();
+            out.send(id, self.too_many_requests.clone());
+            return;
+        }
         // Asking again while pending only repeats the notification; asking again after an
         // accept starts over, so Dst must accept again.
         if src.links_out.get(&dst) != Some(&Link::Pending) {

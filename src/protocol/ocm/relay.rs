@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use log::debug;
 use slab::Slab;
 
+use crate::limits::{Admission, FanoutBudget, PerIpCounts, RateLimit};
 use crate::protocol::{DatagramDrop, DatagramOut, DatagramSent};
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -21,6 +22,13 @@ pub struct RelayConfig {
     /// A peer whose datagrams fail to send this many times in a row is forgotten.
     pub send_failures_max: u32,
     pub peers_max: usize,
+    /// Most peers from one IP address: one host with many ports must not fill the table.
+    /// 0: no limit.
+    pub peers_per_ip_max: u32,
+    /// Datagrams relayed per second, counted in sends (one datagram to 99 peers is 99): in
+    /// total, and per sending address. A datagram the budget cannot cover goes to no one.
+    pub sends_per_s_max: u64,
+    pub sends_per_source_per_s_max: u64,
     /// Larger datagrams are dropped, not relayed.
     pub datagram_bytes_max: usize,
     pub timer_tick_ms: u64,
@@ -31,7 +39,10 @@ impl Default for RelayConfig {
         RelayConfig {
             idle_timeout_ms: 600_000,
             send_failures_max: 3,
-            peers_max: 10_000,
+            peers_max: 1_000,
+            peers_per_ip_max: 100,
+            sends_per_s_max: 250_000,
+            sends_per_source_per_s_max: 20_000,
             datagram_bytes_max: 4096,
             timer_tick_ms: 10,
         }
@@ -56,17 +67,37 @@ pub struct RelayService {
     timers: TimerWheel<usize>,
     /// Peers to forget once the current fan-out is over; kept for its allocation.
     unreachable: Vec<usize>,
+    per_ip: PerIpCounts,
+    budget: FanoutBudget<SocketAddr>,
+}
+
+/// A send budget whose bucket holds one second of its rate, and at least one whole fan-out to
+/// `fanout_max` recipients (a smaller bucket could never cover the largest room's datagram).
+pub(crate) fn fanout_limit(rate_per_s: u64, fanout_max: usize) -> RateLimit {
+    RateLimit {
+        rate_per_s,
+        burst: rate_per_s.max(fanout_max as u64),
+    }
 }
 
 impl RelayService {
     pub fn new(config: RelayConfig, now_ms: u64) -> Self {
         let timers = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
+        let budget = FanoutBudget::new(
+            fanout_limit(config.sends_per_s_max, config.peers_max),
+            fanout_limit(config.sends_per_source_per_s_max, config.peers_max),
+            // Every source that can be relayed is a peer.
+            config.peers_max,
+            now_ms,
+        );
         RelayService {
             config,
             peers: Slab::new(),
             by_address: HashMap::new(),
             timers,
             unreachable: Vec::new(),
+            per_ip: PerIpCounts::default(),
+            budget,
         }
     }
 
@@ -93,7 +124,9 @@ impl RelayService {
         }
         let sender = match self.by_address.get(&from) {
             Some(&key) => key,
-            None if self.peers.len() >= self.config.peers_max => {
+            None if self.peers.len() >= self.config.peers_max
+                || !self.per_ip.try_add(from.ip(), self.config.peers_per_ip_max) =>
+            {
                 out.count_dropped_in(DatagramDrop::OverLimit);
                 return;
             }
@@ -112,10 +145,16 @@ impl RelayService {
                 key
             }
         };
-        out.count_datagram_in();
         if let Some(peer) = self.peers.get_mut(sender) {
             peer.last_seen_ms = now_ms;
         }
+        // Idle peers not yet forgotten are counted too: an upper bound, never an underestimate.
+        let sends = self.peers.len().saturating_sub(1) as u64;
+        if self.budget.admit(from, sends, now_ms) != Admission::Admitted {
+            out.count_dropped_in(DatagramDrop::FanoutBudget);
+            return;
+        }
+        out.count_datagram_in();
         let idle_ms = self.config.idle_timeout_ms;
         for (key, peer) in self.peers.iter_mut() {
             // The timer forgets an idle peer at its tick; until then it is skipped here, so
@@ -162,6 +201,7 @@ impl RelayService {
         if let Some(peer) = self.peers.try_remove(key) {
             self.timers.cancel(peer.idle);
             self.by_address.remove(&peer.address);
+            self.per_ip.remove(peer.address.ip());
         }
     }
 }

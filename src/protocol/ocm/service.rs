@@ -14,7 +14,9 @@ use slab::Slab;
 
 use super::codec::{self, TcrpError, TcrpRequest};
 use super::json::{self, JsonError};
+use super::relay::fanout_limit;
 use crate::chat::ConnMap;
+use crate::limits::{Admission, FanoutBudget, PerIpCounts};
 use crate::protocol::{
     CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox,
 };
@@ -44,8 +46,19 @@ pub struct OcmConfig {
     /// A member whose datagrams fail to send this many times in a row is removed.
     pub send_failures_max: u32,
     pub rooms_max: usize,
+    /// Rooms whose host came from one IP address, so one host cannot take every room (issue
+    /// 15: 10,000 rooms from one IP locked everyone out). 0: no limit.
+    pub rooms_per_ip_max: u32,
+    /// A room none of whose members has sent an accepted datagram this long after it was
+    /// created is closed, as if its host had left: rooms made and abandoned do not wait out
+    /// the idle timeout. 0: never.
+    pub room_silent_timeout_ms: u64,
     /// Members of one room, host included.
     pub room_members_max: usize,
+    /// Chat datagrams relayed per second, counted in sends (a text to 99 members is 99): in
+    /// total, and per sending address. A datagram the budget cannot cover goes to no one.
+    pub sends_per_s_max: u64,
+    pub sends_per_source_per_s_max: u64,
     /// Send the document's state-1 acknowledgement before the answer. Off by default: the
     /// original client reads one answer and crashes on a state-1 one.
     pub ack_state1: bool,
@@ -62,7 +75,11 @@ impl Default for OcmConfig {
             idle_timeout_ms: 600_000,
             send_failures_max: 3,
             rooms_max: 10_000,
-            room_members_max: 10_000,
+            rooms_per_ip_max: 32,
+            room_silent_timeout_ms: 120_000,
+            room_members_max: 1_000,
+            sends_per_s_max: 250_000,
+            sends_per_source_per_s_max: 20_000,
             ack_state1: false,
             timer_tick_ms: 10,
         }
@@ -79,6 +96,10 @@ const TOKEN_ATTEMPTS: usize = 4;
 /// 10 ms ticks: one revolution is about 41 s, past the request timeout; the 600 s idle timer
 /// waits through a few revolutions, one skip each.
 const WHEEL_SLOT_COUNT: usize = 4096;
+
+/// Most sending addresses whose fan-out budget is tracked; buckets that refilled are forgotten
+/// when room is needed, so this bounds memory, not who may speak.
+const SOURCES_MAX: usize = 65_536;
 
 /// A TCP connection that has not yet sent its request.
 #[derive(Debug)]
@@ -109,6 +130,12 @@ struct Room {
     name: Box<str>,
     /// Member key of the creator; the room lives as long as the host.
     host: usize,
+    /// The IP its host's request came from (canonical), for the per-IP room limit.
+    host_ip: IpAddr,
+    /// Told apart from a later room in the same slot, for its silence timer.
+    serial: u64,
+    /// A member has sent an accepted datagram.
+    heard: bool,
     /// Member keys, in no particular order.
     members: Vec<usize>,
 }
@@ -119,6 +146,8 @@ enum Timer {
     Request(ConnId),
     /// A member's idle check, re-armed for the remainder when it fires early.
     Idle(usize),
+    /// A room's check that someone has spoken: (room key, room serial).
+    Silent(usize, u64),
 }
 
 /// Why a member leaves.
@@ -157,12 +186,26 @@ pub struct OcmService {
     text: Vec<u8>,
     /// Members to remove once the current fan-out is over, with why; kept for its allocation.
     doomed: Vec<(usize, Leave)>,
+    budget: FanoutBudget<SocketAddr>,
+    /// Rooms open per host IP.
+    rooms_per_ip: PerIpCounts,
+    next_room_serial: u64,
 }
 
 impl OcmService {
     pub fn new(config: OcmConfig, tokens: TokenSource, now_ms: u64) -> Self {
         let timers = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
+        let budget = FanoutBudget::new(
+            fanout_limit(config.sends_per_s_max, config.room_members_max),
+            fanout_limit(config.sends_per_source_per_s_max, config.room_members_max),
+            // Only members' datagrams are relayed; bounded as the per-source datagram table is.
+            SOURCES_MAX,
+            now_ms,
+        );
         OcmService {
+            budget,
+            rooms_per_ip: PerIpCounts::default(),
+            next_room_serial: 0,
             config,
             conns: ConnMap::new(),
             rooms: Slab::new(),
@@ -358,6 +401,10 @@ impl OcmService {
                 if self.rooms.len() >= self.config.rooms_max {
                     return Outcome::Failed("rooms_max reached");
                 }
+                let per_ip_max = self.config.rooms_per_ip_max;
+                if per_ip_max != 0 && self.rooms_per_ip.count(peer_ip) >= per_ip_max {
+                    return Outcome::Failed("rooms_per_ip_max reached");
+                }
                 None
             }
             (_, None) => return Outcome::Refused(codec::room_missing_message(room)),
@@ -393,13 +440,24 @@ impl OcmService {
         let room_key = match room_key {
             Some(key) => key,
             None => {
+                let serial = self.next_room_serial;
+                self.next_room_serial += 1;
+                let host_ip = peer_ip.to_canonical();
                 let key = self.rooms.insert(Room {
                     name: room.into(),
                     // Set by add_member right below.
                     host: usize::MAX,
+                    host_ip,
+                    serial,
+                    heard: false,
                     members: Vec::new(),
                 });
                 self.room_keys.insert(room.into(), key);
+                self.rooms_per_ip.try_add(host_ip, 0);
+                if self.config.room_silent_timeout_ms != 0 {
+                    let due_ms = now_ms.saturating_add(self.config.room_silent_timeout_ms);
+                    self.timers.insert(due_ms, Timer::Silent(key, serial));
+                }
                 key
             }
         };
@@ -524,9 +582,22 @@ impl OcmService {
             self.text.extend_from_slice(b": ");
             self.text.extend_from_slice(datagram.message);
         }
-        out.count_datagram_in();
         member.address = Some(from);
         member.last_seen_ms = now_ms;
+        if let Some(room) = self.rooms.get_mut(room_key) {
+            room.heard = true;
+        }
+        if !exit {
+            let sends = self
+                .rooms
+                .get(room_key)
+                .map_or(0, |room| room.members.len().saturating_sub(1));
+            if self.budget.admit(from, sends as u64, now_ms) != Admission::Admitted {
+                out.count_dropped_in(DatagramDrop::FanoutBudget);
+                return;
+            }
+        }
+        out.count_datagram_in();
         if exit {
             self.doomed.push((member_key, Leave::Exit));
         } else {
@@ -616,6 +687,7 @@ impl OcmService {
             return;
         };
         self.room_keys.remove(&room.name);
+        self.rooms_per_ip.remove(room.host_ip);
         for &key in &room.members {
             let Some(member) = self.members.try_remove(key) else {
                 continue;
@@ -679,6 +751,21 @@ impl OcmService {
                         self.remove_doomed(datagrams);
                     } else {
                         member.idle = self.timers.insert(due_ms, Timer::Idle(key));
+                    }
+                }
+                Timer::Silent(key, serial) => {
+                    let silent = self
+                        .rooms
+                        .get(key)
+                        .filter(|room| room.serial == serial && !room.heard);
+                    if let Some(room) = silent {
+                        debug!("OCM room {} closed: nobody spoke", room.name);
+                        let host_name = self
+                            .members
+                            .get(room.host)
+                            .map_or_else(String::new, |host| host.name.to_string());
+                        let text = codec::host_leave_text(&host_name, &room.name);
+                        self.close_room(key, text.as_bytes(), datagrams);
                     }
                 }
             }

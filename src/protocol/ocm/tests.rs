@@ -47,7 +47,11 @@ fn config() -> OcmConfig {
         idle_timeout_ms: IDLE_MS,
         send_failures_max: 3,
         rooms_max: 4,
+        rooms_per_ip_max: 0,
+        room_silent_timeout_ms: 0,
         room_members_max: 3,
+        sends_per_s_max: 0,
+        sends_per_source_per_s_max: 0,
         ack_state1: false,
         timer_tick_ms: 10,
     }
@@ -456,6 +460,76 @@ fn limits_on_rooms_and_members_answer_500() {
     assert_eq!(h.out.rejected, 2);
 }
 
+/// The attack 3: one IP created every room and locked everyone out.
+#[test]
+fn one_ip_cannot_take_every_room() {
+    let mut h = Harness::with(
+        OcmConfig {
+            rooms_per_ip_max: 2,
+            ..config()
+        },
+        counting_tokens(),
+    );
+    h.create("a", "host", 1, 40001);
+    h.create("b", "host", 1, 40002);
+    let sent = h.request(ip(1), OPERATION_CREATE, "c", &payload("host", udp(1, 1)));
+    assert_eq!(sent, failed(1, OPERATION_CREATE));
+    // Another address still creates; joining is not limited.
+    h.create("c", "other", 2, 40001);
+    h.join("a", "guest", 1, 40003);
+    // A room closed frees its place for its host's address.
+    let a_host = token(1);
+    h.say(udp(1, 40001), "a", &a_host, "exit");
+    h.create("d", "host", 1, 40004);
+    assert_eq!(h.service.rooms(), 3);
+}
+
+#[test]
+fn rooms_nobody_speaks_in_are_closed_soon_and_others_stay() {
+    let mut h = Harness::with(
+        OcmConfig {
+            room_silent_timeout_ms: 5_000,
+            ..config()
+        },
+        counting_tokens(),
+    );
+    let quiet = h.create("quiet", "alice", 1, 40001);
+    h.join("quiet", "bob", 2, 40002);
+    let alive = h.create("alive", "carol", 3, 40003);
+    h.advance_to(1_000);
+    h.say(CAROL, "alive", &alive, "hi");
+    h.advance_to(4_990);
+    assert_eq!(h.service.rooms(), 2);
+    h.advance_to(5_000);
+    assert_eq!(h.service.rooms(), 1, "the quiet room is gone");
+    // Its members knew their addresses from the request: they are told, as when a host leaves.
+    let closing =
+        "aliceがquietから退出しました。\nホストが退出したため、チャットルーム:quietを終了します。";
+    assert_eq!(h.texts_to(BOB), [closing]);
+    h.say(ALICE, "quiet", &quiet, "too late");
+    assert_eq!(h.udp.dropped_in, [DatagramDrop::UnknownRoom]);
+    // A new room under the same name gets its own timer, not the old one's.
+    h.advance_to(7_000);
+    let again = h.create("quiet", "dave", 4, 40004);
+    h.advance_to(11_000);
+    h.say(udp(4, 40004), "quiet", &again, "spoken");
+    h.advance_to(12_000);
+    assert_eq!(h.service.rooms(), 2);
+    // A room that closed early leaves its timer behind; the room that takes its slot is not
+    // closed by that timer, only by its own.
+    h.advance_to(20_000);
+    let gone = h.create("gone", "eve", 5, 40005);
+    h.say(udp(5, 40005), "gone", &gone, "exit");
+    h.advance_to(20_010);
+    h.create("next", "frank", 6, 40006);
+    h.advance_to(25_000);
+    assert_eq!(h.service.rooms(), 3, "the old timer spared the new room");
+    h.advance_to(25_010);
+    assert_eq!(h.service.rooms(), 2);
+    h.advance_to(60_000);
+    assert_eq!(h.service.rooms(), 2, "rooms that spoke live on");
+}
+
 #[test]
 fn one_request_per_connection_the_rest_is_ignored() {
     let mut h = Harness::new();
@@ -610,6 +684,41 @@ fn chat_goes_to_every_other_member_and_not_back() {
     assert_eq!(h.texts_to(BOB), ["alice: hello"]);
     assert_eq!(h.udp.datagrams_in, 2);
     assert!(h.udp.dropped_in.is_empty());
+}
+
+#[test]
+fn a_rooms_fanout_is_budgeted_per_sender_and_cut_whole() {
+    let mut h = Harness::with(
+        OcmConfig {
+            // Each text costs 2 sends: alice may send 2 a second (4 sends), everyone 3 (6).
+            sends_per_source_per_s_max: 4,
+            sends_per_s_max: 6,
+            ..config()
+        },
+        counting_tokens(),
+    );
+    let [alice, bob, _carol] = h.lobby();
+    for n in 0..3 {
+        h.say(ALICE, "lobby", &alice, &format!("a{n}"));
+    }
+    assert_eq!(h.texts_to(BOB), ["alice: a0", "alice: a1"]);
+    assert_eq!(h.texts_to(CAROL), ["alice: a0", "alice: a1"]);
+    assert_eq!(h.udp.dropped_in, [DatagramDrop::FanoutBudget]);
+    // Bob has his own budget, but only one text's worth of the total is left.
+    h.say(BOB, "lobby", &bob, "b0");
+    h.say(BOB, "lobby", &bob, "b1");
+    assert_eq!(h.texts_to(CAROL), ["alice: a0", "alice: a1", "bob: b0"]);
+    assert_eq!(h.udp.dropped_in.len(), 2);
+    // A second later everyone's budget is back; exits are never refused.
+    h.now_ms = 1000;
+    h.say(ALICE, "lobby", &alice, "a3");
+    assert_eq!(
+        h.texts_to(BOB).last().map(String::as_str),
+        Some("alice: a3")
+    );
+    h.say(BOB, "lobby", &bob, "exit");
+    h.say(BOB, "lobby", &bob, "exit");
+    assert_eq!(h.service.members(), 2);
 }
 
 #[test]
@@ -956,9 +1065,79 @@ fn relay_config() -> RelayConfig {
         idle_timeout_ms: IDLE_MS,
         send_failures_max: 3,
         peers_max: 3,
+        peers_per_ip_max: 0,
+        sends_per_s_max: 0,
+        sends_per_source_per_s_max: 0,
         datagram_bytes_max: 4096,
         timer_tick_ms: 10,
     }
+}
+
+#[test]
+fn one_ip_cannot_fill_the_relay() {
+    let mut relay = RelayService::new(
+        RelayConfig {
+            peers_max: 10,
+            peers_per_ip_max: 2,
+            ..relay_config()
+        },
+        0,
+    );
+    let mut out = RecordingDatagrams::default();
+    for port in 1..=5 {
+        relay.on_datagram(udp(1, port), b"hi", 0, &mut out);
+    }
+    assert_eq!(relay.peers(), 2);
+    assert_eq!(out.dropped_in, [DatagramDrop::OverLimit; 3]);
+    // Another host still gets in, and a forgotten peer frees its address's place.
+    relay.on_datagram(udp(2, 1), b"hi", 0, &mut out);
+    assert_eq!(relay.peers(), 3);
+    relay.on_datagram(udp(2, 1), b"still here", IDLE_MS / 2, &mut out);
+    relay.on_timers(IDLE_MS);
+    assert_eq!(relay.peers(), 1);
+    relay.on_datagram(udp(1, 9), b"back", IDLE_MS, &mut out);
+    assert_eq!(relay.peers(), 2);
+}
+
+/// The attack 1: every new socket's first datagram went to every peer before it, so
+/// n sockets cost n^2/2 sends. The fan-out budget bounds the sends per second however many
+/// sockets send.
+#[test]
+fn the_relay_fanout_is_budgeted_per_source_and_in_total() {
+    let mut relay = RelayService::new(
+        RelayConfig {
+            peers_max: 100,
+            sends_per_s_max: 200,
+            sends_per_source_per_s_max: 50,
+            ..relay_config()
+        },
+        0,
+    );
+    let mut udp = RecordingDatagrams::default();
+    for n in 1..=100 {
+        relay.on_datagram(udp_addr(n), b"x", 0, &mut udp);
+    }
+    assert_eq!(relay.peers(), 100);
+    // The buckets hold at least one whole fan-out (99 sends) even below the rate; within the
+    // first 200 sends of the total, every fan-out was whole.
+    let sent = udp.sent.len();
+    assert!(sent <= 200, "{sent} sends at once");
+    assert!(sent >= 100, "{sent}");
+    let refused = udp
+        .dropped_in
+        .iter()
+        .filter(|&&why| why == DatagramDrop::FanoutBudget)
+        .count();
+    assert_eq!(refused as u64 + udp.datagrams_in, 100);
+    // One source is held to its own rate: a second datagram from a peer that just used its
+    // bucket is refused, while the total refills for the others.
+    udp.clear();
+    relay.on_datagram(udp_addr(1), b"y", 1000, &mut udp);
+    assert_eq!(udp.sent.len(), 99, "a whole fan-out after a second");
+    relay.on_datagram(udp_addr(1), b"z", 1000, &mut udp);
+    assert_eq!(udp.dropped_in.last(), Some(&DatagramDrop::FanoutBudget));
+    relay.on_datagram(udp_addr(2), b"w", 1000, &mut udp);
+    assert_eq!(udp.sent.len(), 2 * 99, "another source still gets through");
 }
 
 #[test]

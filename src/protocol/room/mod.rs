@@ -152,6 +152,8 @@ impl RoomService {
         ) {
             self.handshake_deadlines.cancel(deadline);
         }
+        // Past its handshake: no longer among those evicted first at the connection cap.
+        out.mark_identified(id);
         self.broadcast(codec::join_notice(&alias_repr), out);
         out.send(id, Bytes::from_static(codec::GREETING));
     }
