@@ -289,7 +289,7 @@ impl Default for Config {
             store_bytes_max: 1024 * 1024 * 1024,
             store_requests_max: 4096,
             bin24_delivery_grace_ms: 5_000,
-            bin24_unconfirmed_bytes_per_conn_max: 16 * 1024 * 1024,
+            bin24_unconfirmed_bytes_per_conn_max: 64 * 1024 * 1024,
             bin24_loaded_bytes_max: 64 * 1024 * 1024,
             bin24_users: None,
             timer_tick_ms: 10,

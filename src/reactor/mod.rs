@@ -829,7 +829,7 @@ impl Server {
                 return;
             }
             let kind = conn.kind;
-            if kind == ProtocolKind::Bin24 && self.services.bin24_input_paused() {
+            if kind == ProtocolKind::Bin24 && self.services.bin24_hold_input(self.now_ms) {
                 // Backpressure: the store's queue is full. The bytes wait in the kernel (and
                 // the sender's TCP window closes) until the storage thread catches up.
                 if !conn.input_paused {

@@ -464,6 +464,18 @@ impl Services {
             .is_some_and(|bin24| bin24.store.pending() >= bin24.requests_max)
     }
 
+    /// Whether to hold a BIN24 connection's input back now (see `bin24_input_paused`); when
+    /// so, BIN24 is told, so that answers waiting unread meanwhile do not time out.
+    pub(crate) fn bin24_hold_input(&mut self, now_ms: u64) -> bool {
+        let held = self.bin24_input_paused();
+        if held {
+            if let Some(bin24) = self.bin24.as_mut() {
+                bin24.service.note_input_held(now_ms);
+            }
+        }
+        held
+    }
+
     /// Bytes BIN24 and its store hold for clients: stored frames in memory, and requests
     /// waiting for the storage thread (counted at the largest frame each).
     pub(crate) fn held_bytes(&self) -> usize {

@@ -56,7 +56,7 @@ impl Default for Bin24Config {
             unacked_per_recipient_max: 10_000,
             offline_window_bytes: 256 * 1024,
             delivery_grace_ms: 5_000,
-            unconfirmed_bytes_per_conn_max: 16 * 1024 * 1024,
+            unconfirmed_bytes_per_conn_max: 64 * 1024 * 1024,
             loaded_bytes_max: 64 * 1024 * 1024,
             users: None,
             timer_tick_ms: 10,
@@ -189,6 +189,9 @@ pub struct Bin24Service {
     /// if their connection is still up. Pushed in time order, so a queue is a timer.
     grace: VecDeque<(u64, ConnId, u64)>,
     custody: CustodyCounts,
+    /// The last time the server held BIN24 input back (store queue full): answers may have
+    /// waited in its sockets, so ack timeouts in the window after do not count.
+    input_held_at_ms: Option<u64>,
 }
 
 /// Slots of the ack wheel: 10 ms ticks, so one revolution covers about 5 s, more than the
@@ -230,6 +233,7 @@ impl Bin24Service {
             load_waiters: VecDeque::new(),
             grace: VecDeque::new(),
             custody: CustodyCounts::default(),
+            input_held_at_ms: None,
         }
     }
 
@@ -255,6 +259,12 @@ impl Bin24Service {
 
     pub fn custody(&self) -> CustodyCounts {
         self.custody
+    }
+
+    /// The reactor did not read a BIN24 connection at `now_ms` because the store's queue was
+    /// full (backpressure).
+    pub fn note_input_held(&mut self, now_ms: u64) {
+        self.input_held_at_ms = Some(now_ms);
     }
 
     pub fn on_accept(&mut self, id: ConnId, peer_ip: IpAddr) {
@@ -603,10 +613,23 @@ impl Bin24Service {
     /// Acknowledged stored frames whose grace has passed are delivered.
     pub fn on_timers<O: Outbox, S: StoreSink>(&mut self, now_ms: u64, out: &mut O, store: &mut S) {
         while let Some(key) = self.ack_deadlines.poll_expired(now_ms) {
-            let Some(pending) = self.pending.get(&key) else {
+            let Some(pending) = self.pending.get_mut(&key) else {
                 continue;
             };
             let recipient_conn = pending.recipient_conn;
+            let window_start_ms = now_ms.saturating_sub(self.config.ack_timeout_ms);
+            if self
+                .input_held_at_ms
+                .is_some_and(|at| at >= window_start_ms)
+            {
+                // The server itself held BIN24 input back (the store's queue was full) within
+                // the answer window: the answer may be waiting unread in our own socket. Not
+                // the recipient's fault, so it gets a whole new window.
+                pending.timer = self
+                    .ack_deadlines
+                    .insert(now_ms.saturating_add(self.config.ack_timeout_ms), key);
+                continue;
+            }
             debug!(
                 "{recipient_conn}: no answer to {}#{} in {} ms",
                 key.0, key.1, self.config.ack_timeout_ms

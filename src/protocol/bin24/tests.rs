@@ -919,3 +919,24 @@ fn one_answer_settles_one_of_a_live_and_a_stored_message_with_the_same_key() {
     h.feed(conn(1), &answer(5, "carol", "alice", b"200"));
     assert_eq!(h.removed(), [1], "the second answer settles the stored one");
 }
+
+#[test]
+fn an_answer_the_server_held_back_does_not_time_its_recipient_out() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.feed(conn(1), &message(0, "alice", "bob", "hi"));
+    // The store's queue filled and the server stopped reading for a while: bob's answer may
+    // be sitting unread in bob's socket.
+    h.service.note_input_held(ACK_MS - 100);
+    h.advance_to(ACK_MS + 10);
+    assert!(h.out.closed.is_empty(), "not bob's fault");
+    // A whole new window; without another hold, no answer in it closes bob as usual.
+    h.advance_to(2 * ACK_MS - 100);
+    assert!(h.out.closed.is_empty());
+    h.advance_to(2 * ACK_MS + 20);
+    assert_eq!(
+        h.out.closed,
+        [(conn(2), CloseReason::Timeout, CloseMode::Now)]
+    );
+}
