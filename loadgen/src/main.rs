@@ -45,6 +45,7 @@ mod resp;
 mod room;
 mod sockio;
 mod stats;
+mod textstamp;
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
