@@ -31,7 +31,7 @@ use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::resp;
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{Drained, OutBuf};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -213,9 +213,7 @@ struct Queued {
 
 struct Sender {
     client: usize,
-    /// Bytes due and not yet written are `out[written..]`.
-    out: Vec<u8>,
-    written: usize,
+    out: OutBuf,
     queue: VecDeque<Queued>,
     next_seq: u64,
     /// Messages fully written.
@@ -568,8 +566,7 @@ impl Run<'_> {
                 self.clients[client].sender = Some(ordinal);
                 Sender {
                     client,
-                    out: Vec::with_capacity(4 * self.cfg.message_bytes),
-                    written: 0,
+                    out: OutBuf::default(),
                     queue: VecDeque::new(),
                     next_seq: 0,
                     sent: 0,
@@ -617,16 +614,16 @@ impl Run<'_> {
             let framed_bytes = framing.message_prefix.len()
                 + self.cfg.message_bytes
                 + framing.message_suffix.len();
-            let unwritten_bytes = sender.out.len() - sender.written;
             if sender.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || unwritten_bytes + framed_bytes > SEND_QUEUE_BYTES_MAX
+                || sender.out.pending() + framed_bytes > SEND_QUEUE_BYTES_MAX
             {
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
-            let start = sender.out.len();
-            sender.out.resize(start + framed_bytes, 0);
-            let (prefix, rest) = sender.out[start..].split_at_mut(framing.message_prefix.len());
+            let (prefix, rest) = sender
+                .out
+                .append(framed_bytes)
+                .split_at_mut(framing.message_prefix.len());
             prefix.copy_from_slice(&framing.message_prefix);
             let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
             suffix.copy_from_slice(framing.message_suffix);
@@ -641,13 +638,13 @@ impl Run<'_> {
             if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
                 // The argument limits keep every field in range; should that ever break, the
                 // message is counted as not sent rather than written wrong.
-                sender.out.truncate(start);
+                sender.out.unappend(framed_bytes);
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
             sender.next_seq += 1;
             sender.queue.push_back(Queued {
-                end: sender.out.len(),
+                end: sender.out.end(),
                 intended_us,
                 noticed_us: now_us,
             });
@@ -688,7 +685,7 @@ impl Run<'_> {
         // not time spent waiting for the socket to become writable. It stays in the send lag.
         let attempt_us = self.clock.now_us();
         let mut failure = None;
-        match write_pending(stream, &sender.out, &mut sender.written) {
+        match sender.out.write_to(stream) {
             Drained::All => {}
             Drained::WouldBlock => client.writable = false,
             Drained::Failed(why) => failure = Some(why),
@@ -696,7 +693,7 @@ impl Run<'_> {
         let done_us = self.clock.now_us();
         let plan = self.plan.as_ref();
         while let Some(queued) = sender.queue.front().copied() {
-            if queued.end > sender.written {
+            if queued.end > sender.out.written() {
                 break;
             }
             sender.queue.pop_front();
@@ -714,18 +711,6 @@ impl Run<'_> {
                 if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
                     self.m.sent_in_window += 1;
                 }
-            }
-        }
-        // Reclaim the written prefix: all of it when everything is out, else once it is large.
-        if sender.written == sender.out.len() {
-            sender.out.clear();
-            sender.written = 0;
-        } else if sender.written >= 64 * 1024 && sender.written * 2 >= sender.out.len() {
-            let shift = sender.written;
-            sender.out.drain(..shift);
-            sender.written = 0;
-            for queued in &mut sender.queue {
-                queued.end -= shift;
             }
         }
         if let Some(why) = failure {
@@ -760,9 +745,7 @@ impl Run<'_> {
                     self.read(index);
                 }
                 if let Some(ordinal) = self.clients[index].sender {
-                    if self.clients[index].writable
-                        && self.senders[ordinal].written < self.senders[ordinal].out.len()
-                    {
+                    if self.clients[index].writable && self.senders[ordinal].out.has_pending() {
                         self.flush(ordinal);
                     }
                 }
@@ -1045,7 +1028,6 @@ impl Run<'_> {
             self.m.not_sent_connection_lost += sender.queue.len() as u64;
             sender.queue.clear();
             sender.out.clear();
-            sender.written = 0;
         }
         if let Some(mut stream) = client.stream.take() {
             // Closing the socket deregisters it from epoll; deregistering first is tidier.

@@ -47,7 +47,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{Drained, OutBuf};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -232,9 +232,8 @@ struct User {
     readable: bool,
     writable: bool,
     inbuf: BytesMut,
-    /// Bytes to write are `out[written..]`: the hello, answers, messages.
-    out: Vec<u8>,
-    written: usize,
+    /// Bytes to write: the hello, answers, messages.
+    out: OutBuf,
     queue: VecDeque<Queued>,
     dirty: bool,
     intended_connect_us: u64,
@@ -344,8 +343,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
             readable: false,
             writable: false,
             inbuf: BytesMut::new(),
-            out: Vec::new(),
-            written: 0,
+            out: OutBuf::default(),
             queue: VecDeque::new(),
             dirty: false,
             intended_connect_us: 0,
@@ -689,7 +687,7 @@ impl Run<'_> {
             }
             let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
             if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || user.out.len() - user.written + frame_bytes > SEND_QUEUE_BYTES_MAX
+                || user.out.pending() + frame_bytes > SEND_QUEUE_BYTES_MAX
             {
                 self.m.not_sent_queue_full += 1;
                 continue;
@@ -712,9 +710,9 @@ impl Run<'_> {
                 continue;
             };
             let user = &mut self.users[u];
-            user.out.extend_from_slice(&frame);
+            user.out.extend(&frame);
             user.queue.push_back(Queued {
-                end: user.out.len(),
+                end: user.out.end(),
                 g,
                 intended_us,
                 noticed_us: now_us,
@@ -759,7 +757,7 @@ impl Run<'_> {
         };
         let attempt_us = self.clock.now_us();
         let mut failure = None;
-        match write_pending(stream, &user.out, &mut user.written) {
+        match user.out.write_to(stream) {
             Drained::All => {}
             Drained::WouldBlock => user.writable = false,
             Drained::Failed(why) => failure = Some(why),
@@ -767,7 +765,7 @@ impl Run<'_> {
         let done_us = self.clock.now_us();
         if let Some(plan) = self.plan.as_ref() {
             while let Some(queued) = user.queue.front().copied() {
-                if queued.end > user.written {
+                if queued.end > user.out.written() {
                     break;
                 }
                 user.queue.pop_front();
@@ -787,17 +785,6 @@ impl Run<'_> {
                 if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
                     self.m.sent_in_window += 1;
                 }
-            }
-        }
-        if user.written == user.out.len() {
-            user.out.clear();
-            user.written = 0;
-        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
-            let shift = user.written;
-            user.out.drain(..shift);
-            user.written = 0;
-            for queued in &mut user.queue {
-                queued.end -= shift;
             }
         }
         if let Some(why) = failure {
@@ -822,7 +809,7 @@ impl Run<'_> {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.written < user.out.len() {
+                if user.writable && user.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -848,7 +835,7 @@ impl Run<'_> {
                 // forwards back once the name is registered.
                 let hello = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY);
                 if let Some(hello) = hello {
-                    user.out.extend_from_slice(&hello);
+                    user.out.extend(&hello);
                 }
                 user.phase = UserPhase::AwaitEcho;
                 user.readable = true;
@@ -912,7 +899,7 @@ impl Run<'_> {
                 };
                 self.on_frame(u, &frame, now_us);
             }
-            if self.users[u].written < self.users[u].out.len() {
+            if self.users[u].out.has_pending() {
                 self.mark_dirty(u); // the answers
             }
             self.bytes_since_send_check += n;
@@ -935,7 +922,7 @@ impl Run<'_> {
                     frame.src(),
                     ANSWER_DELIVERED,
                 ) {
-                    self.users[u].out.extend_from_slice(&answer);
+                    self.users[u].out.extend(&answer);
                 }
                 if is_hello {
                     self.on_echo(u, now_us);
@@ -1168,7 +1155,6 @@ impl Run<'_> {
         self.m.not_sent_connection_lost += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         if let Some(mut stream) = user.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
@@ -1194,7 +1180,6 @@ impl Run<'_> {
         self.m.not_sent_at_end += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         user.readable = false;
         user.writable = false;

@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{Drained, OutBuf};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -197,8 +197,7 @@ struct User {
     readable: bool,
     writable: bool,
     inbuf: BytesMut,
-    out: Vec<u8>,
-    written: usize,
+    out: OutBuf,
     queue: VecDeque<Queued>,
     dirty: bool,
     intended_connect_us: u64,
@@ -303,8 +302,7 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, CcmError> {
                 readable: false,
                 writable: false,
                 inbuf: BytesMut::new(),
-                out: Vec::new(),
-                written: 0,
+                out: OutBuf::default(),
                 queue: VecDeque::new(),
                 dirty: false,
                 intended_connect_us: 0,
@@ -621,15 +619,15 @@ impl Run<'_> {
             }
             let message = wire::text(&user.token, &self.users[user.partner].name, content);
             if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || user.out.len() - user.written + message.len() > SEND_QUEUE_BYTES_MAX
+                || user.out.pending() + message.len() > SEND_QUEUE_BYTES_MAX
             {
                 self.not_sent_queue_full += 1;
                 continue;
             }
             let user = &mut self.users[u];
-            user.out.extend_from_slice(&message);
+            user.out.extend(&message);
             user.queue.push_back(Queued {
-                end: user.out.len(),
+                end: user.out.end(),
                 intended_us,
                 noticed_us: now_us,
             });
@@ -668,19 +666,19 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_mut() else {
             return;
         };
-        if user.written == user.out.len() {
+        if !user.out.has_pending() {
             return;
         }
         let attempt_us = self.clock.now_us();
         let mut failure = None;
-        match write_pending(stream, &user.out, &mut user.written) {
+        match user.out.write_to(stream) {
             Drained::All => {}
             Drained::WouldBlock => user.writable = false,
             Drained::Failed(why) => failure = Some(why),
         }
         let done_us = self.clock.now_us();
         while let Some(queued) = user.queue.front().copied() {
-            if queued.end > user.written {
+            if queued.end > user.out.written() {
                 break;
             }
             user.queue.pop_front();
@@ -702,17 +700,8 @@ impl Run<'_> {
                 }
             }
         }
-        if user.written == user.out.len() {
-            user.out.clear();
-            user.written = 0;
+        if !user.out.has_pending() {
             user.last_write_us = done_us;
-        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
-            let shift = user.written;
-            user.out.drain(..shift);
-            user.written = 0;
-            for queued in &mut user.queue {
-                queued.end -= shift;
-            }
         }
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
@@ -735,7 +724,7 @@ impl Run<'_> {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.written < user.out.len() {
+                if user.writable && user.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -757,7 +746,7 @@ impl Run<'_> {
         };
         match outcome {
             Ok(true) => {
-                user.out.extend_from_slice(&wire::identify(&user.name));
+                user.out.extend(&wire::identify(&user.name));
                 user.phase = UserPhase::AwaitIdentity;
                 user.readable = true;
                 self.mark_dirty(u);
@@ -826,7 +815,7 @@ impl Run<'_> {
                 };
                 self.on_message(u, &message, now_us);
             }
-            if self.users[u].written < self.users[u].out.len() {
+            if self.users[u].out.has_pending() {
                 self.mark_dirty(u); // keepalive answers
             }
             self.bytes_since_send_check += n;
@@ -894,7 +883,7 @@ impl Run<'_> {
                     }
                 }
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
-                    user.out.extend_from_slice(&reply);
+                    user.out.extend(&reply);
                     self.keepalives_answered += 1;
                     self.mark_dirty(u);
                 }
@@ -998,7 +987,6 @@ impl Run<'_> {
         self.not_sent_connection_lost += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         if let Some(mut stream) = user.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);

@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{Drained, OutBuf};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -223,8 +223,7 @@ struct User {
     readable: bool,
     writable: bool,
     inbuf: BytesMut,
-    out: Vec<u8>,
-    written: usize,
+    out: OutBuf,
     /// Public messages in `out`, for the send accounting (brokering packets have no entry).
     queue: VecDeque<Queued>,
     dirty: bool,
@@ -334,8 +333,7 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, MatouError> {
             readable: false,
             writable: false,
             inbuf: BytesMut::new(),
-            out: Vec::new(),
-            written: 0,
+            out: OutBuf::default(),
             queue: VecDeque::new(),
             dirty: false,
             intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
@@ -577,7 +575,7 @@ impl Run<'_> {
             self.not_sent_at_end += user.queue.len() as u64;
             user.queue.clear();
             if user.phase == UserPhase::Joined {
-                user.out.extend_from_slice(&wire::public_sign_out());
+                user.out.extend(&wire::public_sign_out());
                 user.phase = UserPhase::SigningOut;
                 self.signed_out += 1;
                 self.mark_dirty(u);
@@ -705,14 +703,14 @@ impl Run<'_> {
         let packet = wire::public_message(content);
         let user = &mut self.users[u];
         if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-            || user.out.len() - user.written + packet.len() > SEND_QUEUE_BYTES_MAX
+            || user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX
         {
             self.not_sent_queue_full += 1;
             return;
         }
-        user.out.extend_from_slice(&packet);
+        user.out.extend(&packet);
         user.queue.push_back(Queued {
-            end: user.out.len(),
+            end: user.out.end(),
             intended_us,
             noticed_us: now_us,
         });
@@ -755,7 +753,7 @@ impl Run<'_> {
         }
         let packet = wire::private_request(&self.users[dst].name);
         let user = &self.users[src];
-        if user.out.len() - user.written + packet.len() > SEND_QUEUE_BYTES_MAX {
+        if user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX {
             self.links_not_sent_queue_full += 1;
             return;
         }
@@ -768,7 +766,7 @@ impl Run<'_> {
             self.links_requested_in_window += 1;
         }
         self.links.open(src as u32, dst as u32, intended_us);
-        self.users[src].out.extend_from_slice(&packet);
+        self.users[src].out.extend(&packet);
         self.mark_dirty(src);
     }
 
@@ -798,19 +796,19 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_mut() else {
             return;
         };
-        if user.written == user.out.len() {
+        if !user.out.has_pending() {
             return;
         }
         let attempt_us = self.clock.now_us();
         let mut failure = None;
-        match write_pending(stream, &user.out, &mut user.written) {
+        match user.out.write_to(stream) {
             Drained::All => {}
             Drained::WouldBlock => user.writable = false,
             Drained::Failed(why) => failure = Some(why),
         }
         let done_us = self.clock.now_us();
         while let Some(queued) = user.queue.front().copied() {
-            if queued.end > user.written {
+            if queued.end > user.out.written() {
                 break;
             }
             user.queue.pop_front();
@@ -830,17 +828,6 @@ impl Run<'_> {
                 if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
                     self.sent_in_window += 1;
                 }
-            }
-        }
-        if user.written == user.out.len() {
-            user.out.clear();
-            user.written = 0;
-        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
-            let shift = user.written;
-            user.out.drain(..shift);
-            user.written = 0;
-            for queued in &mut user.queue {
-                queued.end -= shift;
             }
         }
         if let Some(why) = failure {
@@ -864,7 +851,7 @@ impl Run<'_> {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.written < user.out.len() {
+                if user.writable && user.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -887,8 +874,7 @@ impl Run<'_> {
         match outcome {
             Ok(Some(ip)) => {
                 user.ip = Some(ip);
-                user.out
-                    .extend_from_slice(&wire::connect_request(&user.name));
+                user.out.extend(&wire::connect_request(&user.name));
                 user.phase = UserPhase::AwaitResponse;
                 user.readable = true;
                 self.mark_dirty(u);
@@ -953,7 +939,7 @@ impl Run<'_> {
                 };
                 self.on_packet(u, incoming, now_us);
             }
-            if self.users[u].written < self.users[u].out.len() {
+            if self.users[u].out.has_pending() {
                 self.mark_dirty(u); // brokering answers
             }
             self.bytes_since_send_check += n;
@@ -1052,7 +1038,7 @@ impl Run<'_> {
                             }
                         }
                         let accept = wire::private_accept(&self.users[src].name);
-                        self.users[u].out.extend_from_slice(&accept);
+                        self.users[u].out.extend(&accept);
                         self.mark_dirty(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
@@ -1065,7 +1051,7 @@ impl Run<'_> {
                         let (message_port, file_port) = links::ports(k);
                         let ports =
                             wire::private_src_ports(&self.users[dst].name, message_port, file_port);
-                        self.users[u].out.extend_from_slice(&ports);
+                        self.users[u].out.extend(&ports);
                         self.mark_dirty(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
@@ -1192,7 +1178,6 @@ impl Run<'_> {
         self.not_sent_connection_lost += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         if let Some(mut stream) = user.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
