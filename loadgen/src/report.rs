@@ -397,11 +397,8 @@ impl Report {
     pub fn to_text(&self) -> String {
         let s = &self.settings;
         let l = &self.latency_ms;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "{} against {}: {} clients, {} senders, {} msg/s for {:.3} s (+{:.3} s warmup), \
@@ -416,7 +413,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} requested, {} joined, {} failed; ramp-up {:.3} s",
@@ -426,14 +423,14 @@ impl Report {
                 self.connections.ramp_up_ms / 1e3
             ),
         );
-        line(
+        out.line(
             "connect latency",
             format!(
                 "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
                 l.connect.p50_ms, l.connect.p99_ms, l.connect.max_ms
             ),
         );
-        line(
+        out.line(
             "send rate",
             format!(
                 "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
@@ -443,7 +440,7 @@ impl Report {
                 self.send.sent
             ),
         );
-        line(
+        out.line(
             "not sent",
             format!(
                 "{} (queue full {}, connection lost {}, still queued at the end {})",
@@ -453,26 +450,15 @@ impl Report {
                 self.not_sent.at_end
             ),
         );
-        line(
+        out.line(
             "deliveries",
             format!(
                 "{} expected, {} delivered, {:.1}/s in the measured window",
                 self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
             ),
         );
-        line(
-            "delivery latency",
-            format!(
-                "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
-                l.delivery.p50_ms,
-                l.delivery.p90_ms,
-                l.delivery.p99_ms,
-                l.delivery.p999_ms,
-                l.delivery.max_ms,
-                l.delivery.count
-            ),
-        );
-        line(
+        out.line("delivery latency", l.delivery.percentiles_text());
+        out.line(
             "send lag",
             format!(
                 "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
@@ -485,18 +471,18 @@ impl Report {
                 l.socket_blocked.max_ms
             ),
         );
-        line(
+        out.line(
             "losses",
             format!(
                 "{} ({} in gaps, {} never delivered)",
                 self.losses.total, self.losses.gaps, self.losses.undelivered
             ),
         );
-        line(
+        out.line(
             "duplicates",
             format!("{} (duplicates or reorders)", self.duplicates_or_reorders),
         );
-        line(
+        out.line(
             "errors",
             format!(
                 "connect {}, read {}, write {}, protocol {}",
@@ -504,16 +490,16 @@ impl Report {
             ),
         );
         for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
+            out.line("", format!("first {} error: {}", first.kind, first.first));
         }
-        line(
+        out.line(
             "notices",
             format!(
                 "joins {}, leaves {}, greetings {} (counted, not errors)",
                 self.notices.joins, self.notices.leaves, self.notices.greetings
             ),
         );
-        line(
+        out.line(
             "drain",
             format!(
                 "{:.3} s{}",
@@ -525,23 +511,37 @@ impl Report {
                 }
             ),
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
     }
 }
 
 /// The lines every scenario's text report ends with: its notes, the validity verdict and the
 /// result (pass, or what failed, with the exit code).
+/// A text report being written: one labelled line after another, the labels in one column.
+#[derive(Default)]
+pub struct Lines(String);
+
+impl Lines {
+    pub fn line(&mut self, label: &str, text: String) {
+        let _ = writeln!(self.0, "{label:<18}{text}");
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 pub fn write_closing_lines(
-    line: &mut impl FnMut(&str, String),
+    out: &mut Lines,
     notes: &[String],
     verdict: &Verdict,
     outcome: &Outcome,
 ) {
     for note in notes {
-        line("note", note.clone());
+        out.line("note", note.clone());
     }
-    line(
+    out.line(
         "verdict",
         if verdict.valid {
             "VALID".to_string()
@@ -549,7 +549,7 @@ pub fn write_closing_lines(
             format!("INVALID: {}", verdict.reasons.join("; "))
         },
     );
-    line(
+    out.line(
         "result",
         if outcome.passed {
             format!("PASS (exit {})", outcome.exit_code)

@@ -2,14 +2,12 @@
 //! outcome, as text and JSON. The verdict rule and the shared figures are ROOM's
 //! (`crate::report`).
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{Bin24Config, Bin24Outcome, Tally};
 use crate::report::{
-    verdict, write_closing_lines, Connections, ErrorLine, Errors, NotSent, Outcome, SendFigures,
-    ValidityInputs, Verdict,
+    verdict, write_closing_lines, Connections, ErrorLine, Errors, Lines, NotSent, Outcome,
+    SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -314,27 +312,8 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let t = &self.messages;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "BIN24 against {}: {} users ({}), {} offline, {} senders, {} msg/s for {:.3} s \
@@ -350,7 +329,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} online requested, {} joined, {} failed; ramp-up {:.3} s; connect p50 {:.3} \
@@ -364,7 +343,7 @@ impl Report {
                 l.connect.max_ms
             ),
         );
-        line(
+        out.line(
             "send rate",
             format!(
                 "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
@@ -374,7 +353,7 @@ impl Report {
                 self.send.sent
             ),
         );
-        line(
+        out.line(
             "not sent",
             format!(
                 "{} (queue full {}, connection lost {}, still queued at the end {})",
@@ -384,7 +363,7 @@ impl Report {
                 self.not_sent.at_end
             ),
         );
-        line(
+        out.line(
             "messages",
             format!(
                 "{} sent: {} live (type 0 + \"200\"), {} stored (\"300\" + type 2), {} refused \
@@ -393,7 +372,7 @@ impl Report {
             ),
         );
         if t.lost.total > 0 {
-            line(
+            out.line(
                 "",
                 format!(
                     "lost: {} never answered, {} never answered after the server closed their \
@@ -407,7 +386,7 @@ impl Report {
             );
         }
         if t.incomplete.total > 0 {
-            line(
+            out.line(
                 "",
                 format!(
                     "incomplete: {} delivered but never answered, {} delivered but their sender \
@@ -420,20 +399,20 @@ impl Report {
                 ),
             );
         }
-        line(
+        out.line(
             "answers",
             format!(
                 "{:.1}/s in the measured window; {} messages never answered",
                 self.answers.per_s, self.answers.missing
             ),
         );
-        line("ack 200", percentiles(&l.ack_200));
-        line("ack 300 (stored)", percentiles(&l.ack_300));
+        out.line("ack 200", l.ack_200.percentiles_or_none());
+        out.line("ack 300 (stored)", l.ack_300.percentiles_or_none());
         if l.ack_507.count > 0 {
-            line("ack 507 (full)", percentiles(&l.ack_507));
+            out.line("ack 507 (full)", l.ack_507.percentiles_or_none());
         }
-        line("delivery live", percentiles(&l.delivery_live));
-        line(
+        out.line("delivery live", l.delivery_live.percentiles_or_none());
+        out.line(
             "reconnects",
             format!(
                 "{} users ({} had been online), {} joined, {} retries, {} stored frames in \
@@ -453,14 +432,14 @@ impl Report {
                 l.reconnect.max_ms
             ),
         );
-        line(
+        out.line(
             "stored delivery",
             format!(
                 "from reconnect: {}",
-                percentiles(&l.delivery_stored_after_reconnect)
+                l.delivery_stored_after_reconnect.percentiles_or_none()
             ),
         );
-        line(
+        out.line(
             "service time",
             format!(
                 "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (first answer minus actual write; \
@@ -468,7 +447,7 @@ impl Report {
                 l.service_time.p50_ms, l.service_time.p99_ms, l.service_time.max_ms
             ),
         );
-        line(
+        out.line(
             "send lag",
             format!(
                 "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
@@ -481,7 +460,7 @@ impl Report {
                 l.socket_blocked.max_ms
             ),
         );
-        line(
+        out.line(
             "duplicates",
             format!(
                 "{} allowed (redelivered from the store after a reconnect), {} in the normal \
@@ -492,7 +471,7 @@ impl Report {
                 t.duplicates.conflicting_answers
             ),
         );
-        line(
+        out.line(
             "errors",
             format!(
                 "connect {}, read {}, write {}, protocol {}",
@@ -500,10 +479,10 @@ impl Report {
             ),
         );
         for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
+            out.line("", format!("first {} error: {}", first.kind, first.first));
         }
         if self.foreign_frames > 0 || self.stored_hellos > 0 {
-            line(
+            out.line(
                 "other frames",
                 format!(
                     "{} not this run's, {} of its hellos back as type 2 (not counted as messages)",
@@ -511,7 +490,7 @@ impl Report {
                 ),
             );
         }
-        line(
+        out.line(
             "drain",
             format!(
                 "{:.3} s{}",
@@ -523,8 +502,8 @@ impl Report {
                 }
             ),
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
     }
 }
 

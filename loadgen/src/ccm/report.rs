@@ -1,14 +1,12 @@
 //! The CCM report: deliveries, losses, keepalives and the silent users' closes, with the shared
 //! verdict and outcome rules (`crate::report`), as text and JSON.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{CcmConfig, CcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Losses,
-    NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Lines,
+    Losses, NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -266,27 +264,8 @@ impl Report {
     pub fn to_text(&self) -> String {
         let s = &self.settings;
         let l = &self.latency_ms;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "CCM against {}: {} users ({}), {} silent, {} senders, {} msg/s for {:.3} s \
@@ -302,7 +281,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} requested, {} joined, {} failed; ramp-up {:.3} s; identify p50 {:.3} ms \
@@ -316,7 +295,7 @@ impl Report {
                 l.connect.max_ms
             ),
         );
-        line(
+        out.line(
             "send rate",
             format!(
                 "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
@@ -326,7 +305,7 @@ impl Report {
                 self.send.sent
             ),
         );
-        line(
+        out.line(
             "not sent",
             format!(
                 "{} (queue full {}, connection lost {}, still queued at the end {})",
@@ -336,15 +315,15 @@ impl Report {
                 self.not_sent.at_end
             ),
         );
-        line(
+        out.line(
             "deliveries",
             format!(
                 "{} delivered, {:.1}/s in the measured window",
                 self.deliveries.delivered, self.deliveries.per_s
             ),
         );
-        line("delivery", percentiles(&l.delivery));
-        line(
+        out.line("delivery", l.delivery.percentiles_or_none());
+        out.line(
             "losses",
             format!(
                 "{} ({} gaps, {} never delivered); duplicates or reorders {}",
@@ -354,7 +333,7 @@ impl Report {
                 self.duplicates_or_reorders
             ),
         );
-        line(
+        out.line(
             "keepalives",
             format!(
                 "{} received by active users, {} answered; {} received by silent users",
@@ -365,7 +344,7 @@ impl Report {
         );
         let sl = &self.silent;
         if sl.requested > 0 {
-            line(
+            out.line(
                 "silent users",
                 format!(
                     "{} requested, {} joined, {} closed by the server, {} never closed, {} closed \
@@ -378,7 +357,7 @@ impl Report {
                     sl.wait_ms / 1e3
                 ),
             );
-            line(
+            out.line(
                 "closed after",
                 format!(
                     "p50 {:.3} ms  max {:.3} ms after their last write ({} closed); keepalive \
@@ -391,7 +370,7 @@ impl Report {
                 ),
             );
         }
-        line(
+        out.line(
             "send lag",
             format!(
                 "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
@@ -404,7 +383,7 @@ impl Report {
                 l.socket_blocked.max_ms
             ),
         );
-        line(
+        out.line(
             "errors",
             format!(
                 "connect {}, read {}, write {}, protocol {}",
@@ -412,15 +391,15 @@ impl Report {
             ),
         );
         for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
+            out.line("", format!("first {} error: {}", first.kind, first.first));
         }
         if self.foreign_messages > 0 {
-            line(
+            out.line(
                 "other messages",
                 format!("{} not this run's", self.foreign_messages),
             );
         }
-        line(
+        out.line(
             "drain",
             format!(
                 "{:.3} s{}",
@@ -432,8 +411,8 @@ impl Report {
                 }
             ),
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
     }
 }
 

@@ -1,14 +1,12 @@
 //! The MATOU report: public deliveries, brokered links, join and sign-out notices, with the
 //! shared verdict and outcome rules (`crate::report`), as text and JSON.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{MatouConfig, MatouOutcome, Notices};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Losses,
-    NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Lines,
+    Losses, NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -398,27 +396,8 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let k = &self.links;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "MATOU against {}: {} users, {} senders, {} msg/s ({} deliveries/s) and {} \
@@ -434,7 +413,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} requested, {} joined, {} failed ({} refused); ramp-up {:.3} s; login p50 \
@@ -450,7 +429,7 @@ impl Report {
             ),
         );
         let jn = &self.join_notices;
-        line(
+        out.line(
             "join notices",
             format!(
                 "{} received of {} expected; {} duplicates, {} users never told of themselves, \
@@ -463,7 +442,7 @@ impl Report {
                 jn.pairs_both
             ),
         );
-        line(
+        out.line(
             "send rate",
             format!(
                 "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
@@ -473,7 +452,7 @@ impl Report {
                 self.send.sent
             ),
         );
-        line(
+        out.line(
             "not sent",
             format!(
                 "{} (queue full {}, connection lost {}, still queued at the end {})",
@@ -483,15 +462,15 @@ impl Report {
                 self.not_sent.at_end
             ),
         );
-        line(
+        out.line(
             "deliveries",
             format!(
                 "{} expected, {} delivered, {:.1}/s in the measured window",
                 self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
             ),
         );
-        line("delivery latency", percentiles(&l.delivery));
-        line(
+        out.line("delivery latency", l.delivery.percentiles_or_none());
+        out.line(
             "losses",
             format!(
                 "{} ({} in gaps, {} never delivered); duplicates or reorders {}",
@@ -501,7 +480,7 @@ impl Report {
                 self.duplicates_or_reorders
             ),
         );
-        line(
+        out.line(
             "links",
             format!(
                 "target {:.1}/s, requested {:.1}/s, completed {:.1}/s ({} planned, {} requested, \
@@ -514,9 +493,9 @@ impl Report {
                 k.complete
             ),
         );
-        line("link latency", percentiles(&k.latency_ms));
-        line("link notify", percentiles(&k.notify_latency_ms));
-        line(
+        out.line("link latency", k.latency_ms.percentiles_or_none());
+        out.line("link notify", k.notify_latency_ms.percentiles_or_none());
+        out.line(
             "links lost",
             format!(
                 "{} incomplete (stuck: {} requested, {} accepted, {} ports sent; {} broken by a \
@@ -534,7 +513,7 @@ impl Report {
                 k.address_mismatches
             ),
         );
-        line(
+        out.line(
             "send lag",
             format!(
                 "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
@@ -549,7 +528,7 @@ impl Report {
         );
         let so = &self.sign_out;
         let sn = &self.sign_out_notices;
-        line(
+        out.line(
             "sign-out",
             format!(
                 "{} signed out, {} closed by the server, {} not closed (waited {:.3} s); \
@@ -562,7 +541,7 @@ impl Report {
                 sn.expected
             ),
         );
-        line(
+        out.line(
             "errors",
             format!(
                 "connect {}, read {}, write {}, protocol {} (ERROR packets {}, refusals {}, \
@@ -577,10 +556,10 @@ impl Report {
             ),
         );
         for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
+            out.line("", format!("first {} error: {}", first.kind, first.first));
         }
         if self.foreign_messages + self.foreign_notices > 0 {
-            line(
+            out.line(
                 "other clients",
                 format!(
                     "{} broadcasts and {} notices not this run's",
@@ -588,7 +567,7 @@ impl Report {
                 ),
             );
         }
-        line(
+        out.line(
             "drain",
             format!(
                 "{:.3} s{}",
@@ -600,8 +579,8 @@ impl Report {
                 }
             ),
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
     }
 }
 

@@ -3,14 +3,12 @@
 //! phase (leave texts), the loadgen's own receive buffers, drops and lag; with the shared
 //! verdict and outcome rules (`crate::report`), as text and JSON.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{OcmConfig, OcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, ErrorLine, Errors, FailureInputs, NotSent, Outcome,
-    SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, ErrorLine, Errors, FailureInputs, Lines, NotSent,
+    Outcome, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -436,27 +434,8 @@ impl Report {
     pub fn to_text(&self) -> String {
         let s = &self.settings;
         let l = &self.latency_ms;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "OCM against TCP {} / UDP {}: {} rooms x {} members, {} senders, {} msg/s \
@@ -474,7 +453,7 @@ impl Report {
             ),
         );
         let r = &self.rooms;
-        line(
+        out.line(
             "rooms",
             format!(
                 "{} of {} created at {} rooms/s in {:.3} s; members {} joined, {} failed, {} not \
@@ -494,9 +473,9 @@ impl Report {
                 }
             ),
         );
-        line("tcrp create", percentiles(&l.create));
-        line("tcrp join", percentiles(&l.join));
-        line(
+        out.line("tcrp create", l.create.percentiles_or_none());
+        out.line("tcrp join", l.join.percentiles_or_none());
+        out.line(
             "send rate",
             format!(
                 "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
@@ -506,7 +485,7 @@ impl Report {
                 self.send.sent
             ),
         );
-        line(
+        out.line(
             "not sent",
             format!(
                 "{} (queue full {}, member gone or send failed {}, still queued at the end {})",
@@ -517,7 +496,7 @@ impl Report {
             ),
         );
         let d = &self.deliveries;
-        line(
+        out.line(
             "deliveries",
             format!(
                 "{} expected, {} delivered, {:.1}/s in the measured window; late {}, \
@@ -525,9 +504,9 @@ impl Report {
                 d.expected, d.delivered, d.per_s, d.late, d.duplicates, d.echoes
             ),
         );
-        line("udp delivery", percentiles(&l.delivery));
+        out.line("udp delivery", l.delivery.percentiles_or_none());
         let loss = &self.udp_loss;
-        line(
+        out.line(
             "udp loss",
             format!(
                 "{} of {} deliveries ({:.4}%: {} skipped, {} never after the last arrival); \
@@ -548,7 +527,7 @@ impl Report {
             ),
         );
         let rb = &self.receive_buffers;
-        line(
+        out.line(
             "loadgen sockets",
             format!(
                 "{} UDP sockets, receive buffer asked {} B, granted {}{}; dropped by the \
@@ -569,9 +548,9 @@ impl Report {
                     .map_or_else(|| "unknown".to_string(), |n| n.to_string())
             ),
         );
-        line("receive lag", percentiles(&l.receive_lag));
+        out.line("receive lag", l.receive_lag.percentiles_or_none());
         let e = &self.exit;
-        line(
+        out.line(
             "exit",
             format!(
                 "{} of {} exits sent; leave texts {} of {} received, {} missing, {} twice \
@@ -590,8 +569,8 @@ impl Report {
                 }
             ),
         );
-        line("leave texts", percentiles(&l.leave));
-        line(
+        out.line("leave texts", l.leave.percentiles_or_none());
+        out.line(
             "send lag",
             format!(
                 "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
@@ -604,7 +583,7 @@ impl Report {
                 l.socket_blocked.max_ms
             ),
         );
-        line(
+        out.line(
             "errors",
             format!(
                 "connect {}, read {}, write {}, protocol {}",
@@ -612,10 +591,10 @@ impl Report {
             ),
         );
         for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
+            out.line("", format!("first {} error: {}", first.kind, first.first));
         }
         if self.foreign_texts > 0 {
-            line(
+            out.line(
                 "other datagrams",
                 format!(
                     "{} not from the server or not this run's",
@@ -623,7 +602,7 @@ impl Report {
                 ),
             );
         }
-        line(
+        out.line(
             "drain",
             format!(
                 "{:.3} s{}",
@@ -635,8 +614,8 @@ impl Report {
                 }
             ),
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
     }
 }
 
