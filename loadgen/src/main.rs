@@ -64,7 +64,7 @@ use crate::matou::{MatouConfig, MatouError};
 use crate::ocm::{OcmConfig, OcmError};
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
-use crate::report::Report;
+use crate::report::{Report, ScenarioReport};
 use crate::room::{RoomConfig, RoomError, Wire};
 use crate::stats::LatencyHistogram;
 
@@ -700,6 +700,49 @@ impl LatencyOut<'_> {
     }
 }
 
+/// Where a run's results go besides stdout: the JSON report, the .hgrm files and the plot, all
+/// opened (or checked) before the run.
+struct Outputs<'a> {
+    latency: LatencyOut<'a>,
+    json: JsonOut<'a>,
+}
+
+impl<'a> Outputs<'a> {
+    fn prepare(common: &'a CommonArgs) -> Result<Outputs<'a>, String> {
+        let latency = LatencyOut::prepare(common)?;
+        match create_json(common.json.as_ref()) {
+            Ok(json) => Ok(Outputs { latency, json }),
+            Err(why) => {
+                latency.discard();
+                Err(why)
+            }
+        }
+    }
+
+    /// The run gave no results: leave no empty files behind.
+    fn discard(mut self) {
+        discard_json(&mut self.json);
+        self.latency.discard();
+    }
+
+    /// Writes the histograms and the plot, prints the report, writes its JSON; the exit code.
+    fn deliver(
+        mut self,
+        scenario: &str,
+        title: String,
+        plotted: &[(&'static str, &LatencyHistogram)],
+        diagnostic: &[(&'static str, &LatencyHistogram)],
+        report: &impl ScenarioReport,
+    ) -> ExitCode {
+        let (verdict, outcome, text) = report.closing();
+        let latency_written =
+            self.latency
+                .write(scenario, &plot_title(title, verdict), plotted, diagnostic);
+        let exit_code = deliver_report(text, report, outcome.exit_code, &mut self.json);
+        finish(exit_code, latency_written)
+    }
+}
+
 /// The plot's title: the scenario's settings, and a warning when the run is not to be trusted.
 fn plot_title(settings: String, verdict: &report::Verdict) -> String {
     if verdict.valid {
@@ -773,16 +816,9 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files((clients + publishers) as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
 
     let cfg = RoomConfig {
@@ -802,8 +838,7 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
     let outcome = match room::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
                 RoomError::Unreachable(why) => refuse(format!(
                     "no client could join a {} server at {target}: {why}",
@@ -826,19 +861,13 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
         "{server}: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         scenario,
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_bin24(args: Bin24Args) -> ExitCode {
@@ -883,16 +912,9 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
 
     let cfg = Bin24Config {
@@ -912,8 +934,7 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
     let outcome = match bin24::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
                 Bin24Error::Unreachable(why) => refuse(format!(
                     "no user could join a BIN24 server at {target}: {why}"
@@ -930,19 +951,13 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         args.payload_bytes,
         common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "bin24",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_ccm(args: CcmArgs) -> ExitCode {
@@ -979,16 +994,9 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files((users + silent) as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
     let cfg = CcmConfig {
         target,
@@ -1008,8 +1016,7 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
     let outcome = match ccm::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
                 CcmError::Unreachable(why) => refuse(format!(
                     "no user could join a CCM server at {target}: {why}"
@@ -1023,19 +1030,13 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         "CCM: {users} users ({pattern:?}), {silent} silent, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "ccm",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_ocm(args: OcmArgs) -> ExitCode {
@@ -1092,16 +1093,9 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(2 * total as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
     let cfg = OcmConfig {
         tcp_target,
@@ -1122,8 +1116,7 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
     let outcome = match ocm::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
                 OcmError::Unreachable(why) => refuse(format!(
                     "no room could be created on an OCM server at TCP {tcp_target} / UDP \
@@ -1139,19 +1132,13 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
         "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "ocm",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_matou(args: MatouArgs) -> ExitCode {
@@ -1203,16 +1190,9 @@ fn run_matou(args: MatouArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
     let cfg = MatouConfig {
         target,
@@ -1233,8 +1213,7 @@ fn run_matou(args: MatouArgs) -> ExitCode {
     let outcome = match matou::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
                 MatouError::Unreachable(why) => refuse(format!(
                     "no user could join a MATOU server at {target}: {why}"
@@ -1248,19 +1227,13 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         "MATOU: {users} users, {senders_requested} senders, {} msg/s, {} links/s, {} B, {:?}",
         args.rate, args.private_rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "matou",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 /// A run id for the message stamps: differs between runs, so frames an earlier run left in

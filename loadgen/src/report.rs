@@ -518,6 +518,18 @@ impl Report {
 
 /// The lines every scenario's text report ends with: its notes, the validity verdict and the
 /// result (pass, or what failed, with the exit code).
+/// What delivering any scenario's report needs besides its JSON form: its verdict, its outcome
+/// and its text.
+pub trait ScenarioReport: Serialize {
+    fn closing(&self) -> (&Verdict, &Outcome, String);
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
+    }
+}
+
 /// A text report being written: one labelled line after another, the labels in one column.
 #[derive(Default)]
 pub struct Lines(String);

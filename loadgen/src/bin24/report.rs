@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Bin24Config, Bin24Outcome, Tally};
 use crate::report::{
     verdict, write_closing_lines, Connections, ErrorLine, Errors, Lines, NotSent, Outcome,
-    SendFigures, ValidityInputs, Verdict,
+    ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -504,6 +504,12 @@ impl Report {
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()
+    }
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{MatouConfig, MatouOutcome, Notices};
 use crate::report::{
     outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Lines,
-    Losses, NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+    Losses, NotSent, Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -581,6 +581,12 @@ impl Report {
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()
+    }
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

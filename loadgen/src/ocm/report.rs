@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{OcmConfig, OcmOutcome};
 use crate::report::{
     outcome, verdict, write_closing_lines, ErrorLine, Errors, FailureInputs, Lines, NotSent,
-    Outcome, SendFigures, ValidityInputs, Verdict,
+    Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -616,6 +616,12 @@ impl Report {
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()
+    }
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 
