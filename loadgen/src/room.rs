@@ -31,7 +31,7 @@ use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::resp;
-use crate::sockio::{Drained, OutBuf};
+use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -203,18 +203,10 @@ struct Client {
     joined: bool,
 }
 
-/// One queued message of a sender: where it ends in `out`, and its times.
-#[derive(Clone, Copy, Debug)]
-struct Queued {
-    end: usize,
-    intended_us: u64,
-    noticed_us: u64,
-}
-
 struct Sender {
     client: usize,
     out: OutBuf,
-    queue: VecDeque<Queued>,
+    queue: VecDeque<Queued<()>>,
     next_seq: u64,
     /// Messages fully written.
     sent: u64,
@@ -647,6 +639,7 @@ impl Run<'_> {
                 end: sender.out.end(),
                 intended_us,
                 noticed_us: now_us,
+                tag: (),
             });
             if !warmup {
                 self.m
@@ -680,38 +673,29 @@ impl Run<'_> {
         let Some(stream) = client.stream.as_mut() else {
             return;
         };
-        // Socket-blocked time ends when a write is attempted, not when it returns: the time
-        // inside write() (on loopback it includes handing the bytes to the server's socket) is
-        // not time spent waiting for the socket to become writable. It stays in the send lag.
-        let attempt_us = self.clock.now_us();
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            socket_blocked: &mut self.m.socket_blocked,
+            send_lag: &mut self.m.send_lag,
+            sent_in_window: &mut self.m.sent_in_window,
+        };
+        let sent_total = &mut self.m.sent_total;
+        let drained = flush_queued(
+            stream,
+            &mut sender.out,
+            &mut sender.queue,
+            &self.clock,
+            lags,
+            |_, _| {
+                sender.sent += 1;
+                *sent_total += 1;
+            },
+        );
         let mut failure = None;
-        match sender.out.write_to(stream) {
+        match drained {
             Drained::All => {}
             Drained::WouldBlock => client.writable = false,
             Drained::Failed(why) => failure = Some(why),
-        }
-        let done_us = self.clock.now_us();
-        let plan = self.plan.as_ref();
-        while let Some(queued) = sender.queue.front().copied() {
-            if queued.end > sender.out.written() {
-                break;
-            }
-            sender.queue.pop_front();
-            sender.sent += 1;
-            self.m.sent_total += 1;
-            if let Some(plan) = plan {
-                if !plan.is_warmup(queued.intended_us) {
-                    self.m
-                        .socket_blocked
-                        .record(attempt_us.saturating_sub(queued.noticed_us));
-                    self.m
-                        .send_lag
-                        .record(done_us.saturating_sub(queued.intended_us));
-                }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                    self.m.sent_in_window += 1;
-                }
-            }
         }
         if let Some(why) = failure {
             self.fail(index, ErrorKind::Write, || why);

@@ -1,6 +1,11 @@
 //! Writing a connection's pending bytes, shared by every TCP scenario.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
+
+use crate::clock::Clock;
+use crate::plan::Plan;
+use crate::stats::LatencyHistogram;
 
 /// What writing a connection's pending bytes came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,6 +109,67 @@ impl OutBuf {
         }
         drained
     }
+}
+
+/// A message in a connection's [`OutBuf`], waiting to be fully written.
+#[derive(Clone, Copy, Debug)]
+pub struct Queued<T> {
+    /// The buffer offset just past its last byte: it is out once `written()` reaches it.
+    pub end: usize,
+    pub intended_us: u64,
+    /// When the loadgen found it due: socket-blocked time runs from here to the write attempt.
+    pub noticed_us: u64,
+    /// What the scenario needs to account for it (BIN24: its ledger index).
+    pub tag: T,
+}
+
+/// Where a flush records the loadgen's own lags, measured the same way in every scenario.
+pub struct SendLags<'a> {
+    /// `None` before the sending phase: nothing is measured.
+    pub plan: Option<&'a Plan>,
+    pub socket_blocked: &'a mut LatencyHistogram,
+    pub send_lag: &'a mut LatencyHistogram,
+    /// Messages fully written within the measured window.
+    pub sent_in_window: &'a mut u64,
+}
+
+/// Writes a connection's pending bytes until done or `WouldBlock`, then takes every message now
+/// fully out off `queue`: `on_sent` gets it and its send lag (µs from its intended time to the
+/// end of the write), and outside the warmup its socket-blocked time and send lag are recorded.
+///
+/// Socket-blocked time ends when a write is attempted, not when it returns: the time inside
+/// write() (on loopback it includes handing the bytes to the server's socket) is not time spent
+/// waiting for the socket to become writable. It stays in the send lag.
+pub fn flush_queued<T: Copy>(
+    stream: &mut impl Write,
+    out: &mut OutBuf,
+    queue: &mut VecDeque<Queued<T>>,
+    clock: &Clock,
+    lags: SendLags<'_>,
+    mut on_sent: impl FnMut(&Queued<T>, u64),
+) -> Drained {
+    let attempt_us = clock.now_us();
+    let drained = out.write_to(stream);
+    let done_us = clock.now_us();
+    while let Some(queued) = queue.front().copied() {
+        if queued.end > out.written() {
+            break;
+        }
+        queue.pop_front();
+        let lag_us = done_us.saturating_sub(queued.intended_us);
+        on_sent(&queued, lag_us);
+        if let Some(plan) = lags.plan {
+            if !plan.is_warmup(queued.intended_us) {
+                lags.socket_blocked
+                    .record(attempt_us.saturating_sub(queued.noticed_us));
+                lags.send_lag.record(lag_us);
+            }
+            if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+                *lags.sent_in_window += 1;
+            }
+        }
+    }
+    drained
 }
 
 #[cfg(test)]
@@ -224,6 +290,51 @@ mod tests {
         assert_eq!((out.written(), out.pending(), out.bytes.len()), (5, 5, 10));
         out.clear();
         assert_eq!((out.written(), out.end(), out.pending()), (10, 10, 0));
+    }
+
+    #[test]
+    fn a_flush_accounts_for_the_messages_fully_written_and_only_those() {
+        let clock = Clock::start().unwrap();
+        // Measured from 1 µs on for a long while: the message intended at 0 is warmup.
+        let plan = Plan::new(1, 1, 0, 1, 1 << 40);
+        let (mut socket_blocked, mut send_lag) = (LatencyHistogram::new(), LatencyHistogram::new());
+        let mut sent_in_window = 0;
+        let mut out = OutBuf::default();
+        let mut queue = VecDeque::new();
+        for (tag, intended_us) in [(7u64, 0), (8, 5), (9, 6)] {
+            out.extend(b"0123");
+            queue.push_back(Queued {
+                end: out.end(),
+                intended_us,
+                noticed_us: intended_us,
+                tag,
+            });
+        }
+        let mut sink = Sink {
+            taken: Vec::new(),
+            chunk: usize::MAX,
+            capacity: 10,
+            interrupt_once: false,
+        };
+        let mut sent = Vec::new();
+        let lags = SendLags {
+            plan: Some(&plan),
+            socket_blocked: &mut socket_blocked,
+            send_lag: &mut send_lag,
+            sent_in_window: &mut sent_in_window,
+        };
+        let drained = flush_queued(&mut sink, &mut out, &mut queue, &clock, lags, |q, _| {
+            sent.push(q.tag)
+        });
+        assert_eq!(drained, Drained::WouldBlock);
+        assert_eq!(sent, [7, 8], "the third message is only half written");
+        assert_eq!(queue.len(), 1);
+        assert_eq!(
+            (socket_blocked.len(), send_lag.len()),
+            (1, 1),
+            "warmup not recorded"
+        );
+        assert_eq!(sent_in_window, 2);
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{Drained, OutBuf};
+use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -212,15 +212,6 @@ enum UserPhase {
     Failed,
 }
 
-/// One queued message of a sender: where it ends in `out`, and its times.
-#[derive(Clone, Copy, Debug)]
-struct Queued {
-    end: usize,
-    g: u64,
-    intended_us: u64,
-    noticed_us: u64,
-}
-
 struct User {
     name: Name,
     partner: usize,
@@ -234,7 +225,7 @@ struct User {
     inbuf: BytesMut,
     /// Bytes to write: the hello, answers, messages.
     out: OutBuf,
-    queue: VecDeque<Queued>,
+    queue: VecDeque<Queued<u64>>,
     dirty: bool,
     intended_connect_us: u64,
     /// Part of the current connection wave and not yet joined or failed.
@@ -713,9 +704,9 @@ impl Run<'_> {
             user.out.extend(&frame);
             user.queue.push_back(Queued {
                 end: user.out.end(),
-                g,
                 intended_us,
                 noticed_us: now_us,
+                tag: g,
             });
             if !plan.is_warmup(intended_us) {
                 self.m
@@ -755,37 +746,36 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_mut() else {
             return;
         };
-        let attempt_us = self.clock.now_us();
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            socket_blocked: &mut self.m.latency.socket_blocked,
+            send_lag: &mut self.m.latency.send_lag,
+            sent_in_window: &mut self.m.sent_in_window,
+        };
+        let (ledger, sent_total, write_lag_us) = (
+            &mut self.ledger,
+            &mut self.m.sent_total,
+            &mut self.write_lag_us,
+        );
+        let drained = flush_queued(
+            stream,
+            &mut user.out,
+            &mut user.queue,
+            &self.clock,
+            lags,
+            |queued, lag_us| {
+                ledger.mark_written(queued.tag);
+                *sent_total += 1;
+                if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
+                    *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+                }
+            },
+        );
         let mut failure = None;
-        match user.out.write_to(stream) {
+        match drained {
             Drained::All => {}
             Drained::WouldBlock => user.writable = false,
             Drained::Failed(why) => failure = Some(why),
-        }
-        let done_us = self.clock.now_us();
-        if let Some(plan) = self.plan.as_ref() {
-            while let Some(queued) = user.queue.front().copied() {
-                if queued.end > user.out.written() {
-                    break;
-                }
-                user.queue.pop_front();
-                self.ledger.mark_written(queued.g);
-                self.m.sent_total += 1;
-                let lag_us = done_us.saturating_sub(queued.intended_us);
-                if let Some(slot) = self.write_lag_us.get_mut(queued.g as usize) {
-                    *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
-                }
-                if !plan.is_warmup(queued.intended_us) {
-                    self.m
-                        .latency
-                        .socket_blocked
-                        .record(attempt_us.saturating_sub(queued.noticed_us));
-                    self.m.latency.send_lag.record(lag_us);
-                }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                    self.m.sent_in_window += 1;
-                }
-            }
         }
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);

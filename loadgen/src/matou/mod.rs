@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
-use crate::sockio::{Drained, OutBuf};
+use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -205,13 +205,6 @@ enum UserPhase {
     Failed,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Queued {
-    end: usize,
-    intended_us: u64,
-    noticed_us: u64,
-}
-
 struct User {
     name: String,
     /// This user's address as the server sees it (its socket's local address).
@@ -225,7 +218,7 @@ struct User {
     inbuf: BytesMut,
     out: OutBuf,
     /// Public messages in `out`, for the send accounting (brokering packets have no entry).
-    queue: VecDeque<Queued>,
+    queue: VecDeque<Queued<()>>,
     dirty: bool,
     intended_connect_us: u64,
     in_ramp: bool,
@@ -713,6 +706,7 @@ impl Run<'_> {
             end: user.out.end(),
             intended_us,
             noticed_us: now_us,
+            tag: (),
         });
         if !plan.is_warmup(intended_us) {
             self.latency
@@ -799,36 +793,31 @@ impl Run<'_> {
         if !user.out.has_pending() {
             return;
         }
-        let attempt_us = self.clock.now_us();
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            socket_blocked: &mut self.latency.socket_blocked,
+            send_lag: &mut self.latency.send_lag,
+            sent_in_window: &mut self.sent_in_window,
+        };
+        let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
+        let drained = flush_queued(
+            stream,
+            &mut user.out,
+            &mut user.queue,
+            &self.clock,
+            lags,
+            |_, _| {
+                *sent += 1;
+                if let Some(ordinal) = sender {
+                    accounting.on_sent(ordinal as usize);
+                }
+            },
+        );
         let mut failure = None;
-        match user.out.write_to(stream) {
+        match drained {
             Drained::All => {}
             Drained::WouldBlock => user.writable = false,
             Drained::Failed(why) => failure = Some(why),
-        }
-        let done_us = self.clock.now_us();
-        while let Some(queued) = user.queue.front().copied() {
-            if queued.end > user.out.written() {
-                break;
-            }
-            user.queue.pop_front();
-            self.sent += 1;
-            if let Some(ordinal) = user.sender {
-                self.accounting.on_sent(ordinal as usize);
-            }
-            if let Some(plan) = self.plan.as_ref() {
-                if !plan.is_warmup(queued.intended_us) {
-                    self.latency
-                        .socket_blocked
-                        .record(attempt_us.saturating_sub(queued.noticed_us));
-                    self.latency
-                        .send_lag
-                        .record(done_us.saturating_sub(queued.intended_us));
-                }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                    self.sent_in_window += 1;
-                }
-            }
         }
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
