@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 
 use crate::clock::Clock;
 use crate::driver::{self, Reactor, SentReceived};
@@ -501,30 +501,18 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, index: usize) {
-        match crate::connect::connect_tcp(self.cfg.target, index) {
-            Ok(mut stream) => {
-                // No Nagle: a sender writes one small message per interval, and Nagle would hold
-                // it back until the previous one is acknowledged, which the server's delayed ACK
-                // can stretch to 40 ms: the loadgen's own socket would add latency it then
-                // blames on the server.
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(index, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(index + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(index, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(
+            self.poll.registry(),
+            self.cfg.target,
+            index,
+            Token(index + 1),
+        ) {
+            Ok(stream) => {
                 let client = &mut self.clients[index];
                 client.stream = Some(stream);
                 client.phase = ClientPhase::Connecting;
             }
-            Err(e) => self.fail(index, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(index, ErrorKind::Connect, || why),
         }
     }
 

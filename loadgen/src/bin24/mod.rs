@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use switchboard::protocol::bin24::codec::{
     self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
     TYPE_MESSAGE, TYPE_OFFLINE,
@@ -561,30 +561,15 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::connect_tcp(self.cfg.target, u) {
-            Ok(mut stream) => {
-                // No Nagle: small frames, and an answer held back by Nagle would be the
-                // loadgen's delay blamed on the server.
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(u + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
+            Ok(stream) => {
                 let user = &mut self.users[u];
                 user.stream = Some(stream);
                 user.phase = UserPhase::Connecting;
                 user.readable = false;
                 user.writable = false;
             }
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
 

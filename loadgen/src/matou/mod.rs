@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
@@ -584,26 +584,13 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::connect_tcp(self.cfg.target, u) {
-            Ok(mut stream) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(u + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
+            Ok(stream) => {
                 let user = &mut self.users[u];
                 user.stream = Some(stream);
                 user.phase = UserPhase::Connecting;
             }
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
 

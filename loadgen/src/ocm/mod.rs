@@ -619,21 +619,13 @@ impl Run<'_> {
     /// Member `u` connects to the TCRP port; its request goes out once connected.
     fn start_request(&mut self, u: usize, intended_us: u64) {
         self.members[u].request_intended_us = intended_us;
-        match crate::connect::connect_tcp(self.cfg.tcp_target, u) {
-            Ok(mut stream) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(1 + self.total() + u),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(
+            self.poll.registry(),
+            self.cfg.tcp_target,
+            u,
+            Token(1 + self.total() + u),
+        ) {
+            Ok(stream) => {
                 let member = &mut self.members[u];
                 member.tcrp = Some(Tcrp {
                     stream,
@@ -646,7 +638,7 @@ impl Run<'_> {
                 });
                 member.phase = MemberPhase::Requesting;
             }
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
 
