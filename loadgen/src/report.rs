@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::plan::Plan;
 use crate::record::NoticeCounts;
 use crate::room::{RoomConfig, RoomOutcome, Wire};
-use crate::stats::LatencySummary;
+use crate::stats::{LatencyHistogram, LatencySummary};
 
 /// The schedule-lateness p99 above which a run is INVALID:
 ///
@@ -76,6 +77,23 @@ pub struct ValidityInputs {
     pub delivery_p99_us: Option<u64>,
     /// Messages of the measured window that were sent (0: nothing was measured).
     pub measured_messages: u64,
+}
+
+impl ValidityInputs {
+    /// What every scenario measures alike: its own schedule lateness against its plan's pace,
+    /// and the delivery latency it judges the server by.
+    pub fn measured(
+        plan: &Plan,
+        schedule_lateness: &LatencyHistogram,
+        delivery: &LatencyHistogram,
+    ) -> ValidityInputs {
+        ValidityInputs {
+            schedule_lateness_p99_us: schedule_lateness.value_at_quantile_us(0.99),
+            sender_interval_us: plan.sender_interval_us(),
+            delivery_p99_us: (delivery.len() > 0).then(|| delivery.value_at_quantile_us(0.99)),
+            measured_messages: schedule_lateness.len(),
+        }
+    }
 }
 
 pub fn verdict(inputs: &ValidityInputs) -> Verdict {
@@ -217,6 +235,27 @@ pub struct Losses {
     pub undelivered: u64,
 }
 
+impl NotSent {
+    pub fn new(queue_full: u64, connection_lost: u64, at_end: u64) -> NotSent {
+        NotSent {
+            total: queue_full + connection_lost + at_end,
+            queue_full,
+            connection_lost,
+            at_end,
+        }
+    }
+}
+
+impl Losses {
+    pub fn new(gaps: u64, undelivered: u64) -> Losses {
+        Losses {
+            total: gaps + undelivered,
+            gaps,
+            undelivered,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ErrorLine {
     pub kind: String,
@@ -264,32 +303,17 @@ impl Report {
         run: &RoomOutcome,
     ) -> Report {
         let plan = &run.plan;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
-        let losses = Losses {
-            total: run.seq.gap_losses + run.undelivered,
-            gaps: run.seq.gap_losses,
-            undelivered: run.undelivered,
-        };
-        let verdict = verdict(&ValidityInputs {
-            schedule_lateness_p99_us: run.schedule_lateness.value_at_quantile_us(0.99),
-            sender_interval_us: plan.sender_interval_us(),
-            delivery_p99_us: (run.delivery_latency.len() > 0)
-                .then(|| run.delivery_latency.value_at_quantile_us(0.99)),
-            measured_messages: run.schedule_lateness.len(),
-        });
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
+        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
+        let verdict = verdict(&ValidityInputs::measured(
+            plan,
+            &run.schedule_lateness,
+            &run.delivery_latency,
+        ));
         let outcome = outcome(
             &FailureInputs {
                 losses: losses.total,
@@ -351,13 +375,13 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             deliveries: Deliveries {
                 expected: run.sent * run.clients_joined as u64,
                 delivered: run.seq.delivered,
-                per_s: per_s(run.delivered_in_window),
+                per_s: plan.per_s(run.delivered_in_window),
             },
             latency_ms: Latencies {
                 delivery: run.delivery_latency.summary(),

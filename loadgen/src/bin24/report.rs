@@ -147,28 +147,17 @@ pub fn outcome(
 impl Report {
     pub fn new(cfg: &Bin24Config, seed: u64, strict: bool, run: &Bin24Outcome) -> Report {
         let plan = &run.plan;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
         let l = &run.latency;
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
-        let verdict = verdict(&ValidityInputs {
-            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
-            sender_interval_us: plan.sender_interval_us(),
-            delivery_p99_us: (l.delivery_live.len() > 0)
-                .then(|| l.delivery_live.value_at_quantile_us(0.99)),
-            measured_messages: l.schedule_lateness.len(),
-        });
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
+        let verdict = verdict(&ValidityInputs::measured(
+            plan,
+            &l.schedule_lateness,
+            &l.delivery_live,
+        ));
         let outcome = outcome(
             &run.tally,
             run.errors.total(),
@@ -257,18 +246,18 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             messages: run.tally,
             answers: Answers {
-                per_s: per_s(run.answered_in_window),
+                per_s: plan.per_s(run.answered_in_window),
                 missing: run.tally.lost.no_answer
                     + run.tally.lost.sender_closed
                     + run.tally.incomplete.delivered_no_answer
                     + run.tally.incomplete.sender_closed,
             },
-            deliveries_live_per_s: per_s(run.delivered_live_in_window),
+            deliveries_live_per_s: plan.per_s(run.delivered_live_in_window),
             latency_ms: Latencies {
                 ack_200: l.ack_delivered.summary(),
                 ack_300: l.ack_stored.summary(),

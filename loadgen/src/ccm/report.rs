@@ -120,31 +120,17 @@ impl Report {
     pub fn new(cfg: &CcmConfig, seed: u64, strict: bool, run: &CcmOutcome) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
-        let losses = Losses {
-            total: run.seq.gap_losses + run.undelivered,
-            gaps: run.seq.gap_losses,
-            undelivered: run.undelivered,
-        };
-        let verdict = verdict(&ValidityInputs {
-            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
-            sender_interval_us: plan.sender_interval_us(),
-            delivery_p99_us: (l.delivery.len() > 0).then(|| l.delivery.value_at_quantile_us(0.99)),
-            measured_messages: l.schedule_lateness.len(),
-        });
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
+        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
+        let verdict = verdict(&ValidityInputs::measured(
+            plan,
+            &l.schedule_lateness,
+            &l.delivery,
+        ));
         let outcome = ccm_outcome(
             &FailureInputs {
                 losses: losses.total,
@@ -206,12 +192,12 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             deliveries: Deliveries {
                 delivered: run.seq.delivered,
-                per_s: per_s(run.delivered_in_window),
+                per_s: plan.per_s(run.delivered_in_window),
             },
             latency_ms: Latencies {
                 delivery: l.delivery.summary(),

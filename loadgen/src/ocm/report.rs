@@ -236,31 +236,16 @@ impl Report {
     ) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
         let losses = run.losses;
         let percent = losses.percent();
         let rb = &run.recv_buffers;
         let verdict = ocm_verdict(
-            &ValidityInputs {
-                schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
-                sender_interval_us: plan.sender_interval_us(),
-                delivery_p99_us: (l.delivery.len() > 0)
-                    .then(|| l.delivery.value_at_quantile_us(0.99)),
-                measured_messages: l.schedule_lateness.len(),
-            },
+            &ValidityInputs::measured(plan, &l.schedule_lateness, &l.delivery),
             (l.receive_lag.len() > 0).then(|| l.receive_lag.value_at_quantile_us(0.99)),
             rb.dropped,
         );
@@ -359,13 +344,13 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             deliveries: Deliveries {
                 expected: losses.expected,
                 delivered: run.counts.delivered,
-                per_s: per_s(run.delivered_in_window),
+                per_s: plan.per_s(run.delivered_in_window),
                 late: run.counts.late,
                 duplicates: run.counts.duplicates,
                 echoes: run.echoes,
