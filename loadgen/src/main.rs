@@ -58,14 +58,15 @@ use serde::Serialize;
 
 use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
-use crate::bin24::{Bin24Config, Bin24Error, STAMP_BYTES};
-use crate::ccm::{CcmConfig, CcmError};
-use crate::matou::{MatouConfig, MatouError};
-use crate::ocm::{OcmConfig, OcmError};
+use crate::bin24::{Bin24Config, STAMP_BYTES};
+use crate::ccm::CcmConfig;
+use crate::driver::RunError;
+use crate::matou::MatouConfig;
+use crate::ocm::OcmConfig;
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::report::{Report, ScenarioReport};
-use crate::room::{RoomConfig, RoomError, Wire};
+use crate::room::{RoomConfig, Wire};
 use crate::stats::LatencyHistogram;
 
 /// Exit codes: 0 all delivered, 1 something lost/duplicated/failed, 2 cannot run at all.
@@ -840,14 +841,14 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
         Err(e) => {
             outputs.discard();
             return match e {
-                RoomError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no client could join a {} server at {target}: {why}",
                     match cfg.wire {
                         Wire::Room => "ROOM",
                         Wire::Resp { .. } => "Redis (RESP)",
                     }
                 )),
-                RoomError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -936,10 +937,10 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         Err(e) => {
             outputs.discard();
             return match e {
-                Bin24Error::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no user could join a BIN24 server at {target}: {why}"
                 )),
-                Bin24Error::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -1018,10 +1019,10 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         Err(e) => {
             outputs.discard();
             return match e {
-                CcmError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no user could join a CCM server at {target}: {why}"
                 )),
-                CcmError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -1118,11 +1119,11 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
         Err(e) => {
             outputs.discard();
             return match e {
-                OcmError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no room could be created on an OCM server at TCP {tcp_target} / UDP \
                      {udp_target}: {why}"
                 )),
-                OcmError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -1215,10 +1216,10 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         Err(e) => {
             outputs.discard();
             return match e {
-                MatouError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no user could join a MATOU server at {target}: {why}"
                 )),
-                MatouError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };

@@ -26,7 +26,7 @@ use mio::net::TcpStream;
 use mio::{Poll, Token};
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
@@ -91,15 +91,6 @@ pub struct RoomConfig {
     pub seed: u64,
     /// Print a progress line to stderr once a second (only when stderr is a terminal).
     pub progress: bool,
-}
-
-/// Why a run could not produce results at all.
-#[derive(Debug)]
-pub enum RoomError {
-    /// The loadgen could not set itself up (poll, timer).
-    Setup(String),
-    /// Not one client could join: there is no server to measure.
-    Unreachable(String),
 }
 
 /// Everything measured, raw; the report computes the figures.
@@ -304,7 +295,7 @@ pub struct Run<'a> {
 }
 
 /// Runs the scenario to the end (it stops by itself: every phase has a deadline).
-pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
+pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -312,8 +303,8 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
-    let setup = |what: &str, e: io::Error| RoomError::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -396,7 +387,7 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(RoomError);
+    driver::reactor_common!(RunError);
     driver::drive_connections!(clients);
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -407,14 +398,14 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RoomError> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         self.end_progress_line();
         Ok(())
     }
 
     /// Phase work that depends on the clock: connects, sends, deadlines, progress.
-    fn advance(&mut self) -> Result<(), RoomError> {
+    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -517,7 +508,7 @@ impl Run<'_> {
     }
 
     /// Every client is joined or failed: choose the senders and fix the plan.
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RoomError> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         let joined: Vec<usize> = (0..self.clients.len())
             .filter(|&i| self.clients[i].phase == ClientPhase::Joined && !self.clients[i].publisher)
@@ -529,7 +520,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no client joined".to_string(), |(_, what)| what.clone());
-            return Err(RoomError::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         let chosen = choose_senders(&joined, self.cfg.senders, self.cfg.seed);
         self.senders = chosen
@@ -1404,7 +1395,7 @@ mod tests {
             channel: b"lg-test".to_vec(),
         };
         match run(&cfg) {
-            Err(RoomError::Unreachable(why)) => {
+            Err(RunError::Unreachable(why)) => {
                 assert!(why.contains("UnexpectedType(43)"), "{why}");
             }
             other => panic!("expected Unreachable, got {other:?}"),
@@ -1421,6 +1412,6 @@ mod tests {
         let mut cfg = config(addr);
         cfg.clients = 2;
         cfg.senders = 1;
-        assert!(matches!(run(&cfg), Err(RoomError::Unreachable(_))));
+        assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
     }
 }

@@ -44,7 +44,7 @@ use switchboard::protocol::bin24::codec::{
 };
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
@@ -102,14 +102,6 @@ pub struct Bin24Config {
     /// Written into every stamp; stored frames of an earlier run carry another.
     pub run_id: u32,
     pub progress: bool,
-}
-
-#[derive(Debug)]
-pub enum Bin24Error {
-    /// The loadgen could not set itself up (poll, timer).
-    Setup(String),
-    /// Not one online user could join: there is no server to measure.
-    Unreachable(String),
 }
 
 /// The latencies, in µs. Ack and delivery latencies are measured from the intended send time.
@@ -307,7 +299,7 @@ pub struct Run<'a> {
 }
 
 /// Runs the scenario to the end (every phase has a deadline).
-pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, Bin24Error> {
+pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -315,8 +307,8 @@ pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, Bin24Error> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
-    let setup = |what: &str, e: io::Error| Bin24Error::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -398,7 +390,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(Bin24Error);
+    driver::reactor_common!(RunError);
     driver::drive_connections!(users, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -409,7 +401,7 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), Bin24Error> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
@@ -418,7 +410,7 @@ impl Run<'_> {
     }
 
     /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
-    fn advance(&mut self) -> Result<(), Bin24Error> {
+    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -574,7 +566,7 @@ impl Run<'_> {
     }
 
     /// The ramp-up is over: every online user that joined sends; fix the plan.
-    fn start_sending(&mut self, now_us: u64) -> Result<(), Bin24Error> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         self.senders = (0..self.users.len())
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
@@ -586,7 +578,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(Bin24Error::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.users[u].sender = Some(ordinal as u32);

@@ -31,7 +31,7 @@ use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
@@ -87,13 +87,6 @@ pub struct CcmConfig {
     pub connect_rate_per_s: u64,
     pub run_id: u32,
     pub progress: bool,
-}
-
-#[derive(Debug)]
-pub enum CcmError {
-    Setup(String),
-    /// Not one active user could join.
-    Unreachable(String),
 }
 
 #[derive(Debug, Default)]
@@ -254,7 +247,7 @@ pub struct Run<'a> {
     order: Vec<usize>,
 }
 
-pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, CcmError> {
+pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -262,8 +255,8 @@ pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, CcmError> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, CcmError> {
-    let setup = |what: &str, e: io::Error| CcmError::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -375,8 +368,8 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(CcmError, own_phase_work);
-    fn advance(&mut self) -> Result<(), CcmError> {
+    driver::reactor_common!(RunError, own_phase_work);
+    fn advance(&mut self) -> Result<(), RunError> {
         let order = std::mem::take(&mut self.order);
         let advanced = self.advance(&order);
         self.order = order;
@@ -395,7 +388,7 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), CcmError> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
@@ -403,7 +396,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn advance(&mut self, order: &[usize]) -> Result<(), CcmError> {
+    fn advance(&mut self, order: &[usize]) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -535,7 +528,7 @@ impl Run<'_> {
         }
     }
 
-    fn start_sending(&mut self, now_us: u64) -> Result<(), CcmError> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         self.senders = (0..self.cfg.users)
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
@@ -546,7 +539,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(CcmError::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.users[u].sender = Some(ordinal as u32);

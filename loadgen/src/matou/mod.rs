@@ -37,7 +37,7 @@ use mio::{Poll, Token};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
 use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
@@ -92,13 +92,6 @@ pub struct MatouConfig {
     pub seed: u64,
     pub run_id: u32,
     pub progress: bool,
-}
-
-#[derive(Debug)]
-pub enum MatouError {
-    Setup(String),
-    /// Not one user could join.
-    Unreachable(String),
 }
 
 #[derive(Debug, Default)]
@@ -298,7 +291,7 @@ pub struct Run<'a> {
     bytes_since_send_check: usize,
 }
 
-pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
+pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -306,8 +299,8 @@ pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, MatouError> {
-    let setup = |what: &str, e: io::Error| MatouError::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -405,7 +398,7 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(MatouError);
+    driver::reactor_common!(RunError);
     driver::drive_connections!(users, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -416,7 +409,7 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), MatouError> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
@@ -424,7 +417,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn advance(&mut self) -> Result<(), MatouError> {
+    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -594,7 +587,7 @@ impl Run<'_> {
         }
     }
 
-    fn start_sending(&mut self, now_us: u64) -> Result<(), MatouError> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         self.pool = (0..self.users.len())
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
@@ -605,7 +598,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(MatouError::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         for &u in &self.pool {
             self.users[u].in_room_after_ramp = true;
