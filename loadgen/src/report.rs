@@ -454,26 +454,8 @@ impl Report {
                 l.connect.p50_ms, l.connect.p99_ms, l.connect.max_ms
             ),
         );
-        out.line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        out.line(
-            "not sent",
-            format!(
-                "{} (queue full {}, connection lost {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "connection lost");
         out.line(
             "deliveries",
             format!(
@@ -482,19 +464,7 @@ impl Report {
             ),
         );
         out.line("delivery latency", l.delivery.percentiles_text());
-        out.line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
         out.line(
             "losses",
             format!(
@@ -506,16 +476,7 @@ impl Report {
             "duplicates",
             format!("{} (duplicates or reorders)", self.duplicates_or_reorders),
         );
-        out.line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {}",
-                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
-            ),
-        );
-        for first in &self.errors.first_of_each_kind {
-            out.line("", format!("first {} error: {}", first.kind, first.first));
-        }
+        out.errors(&self.errors, "");
         out.line(
             "notices",
             format!(
@@ -523,17 +484,11 @@ impl Report {
                 self.notices.joins, self.notices.leaves, self.notices.greetings
             ),
         );
-        out.line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with deliveries missing)"
-                } else {
-                    " (everything sent had arrived at every connected member)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with deliveries missing",
+            "everything sent had arrived at every connected member",
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()
@@ -565,6 +520,70 @@ impl Lines {
 
     pub fn into_string(self) -> String {
         self.0
+    }
+
+    pub fn send_rate(&mut self, send: &SendFigures) {
+        self.line(
+            "send rate",
+            format!(
+                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
+                send.target_rate_per_s, send.achieved_rate_per_s, send.planned, send.sent
+            ),
+        );
+    }
+
+    /// `lost`: what the scenario calls a message due after its sender's connection was lost.
+    pub fn not_sent(&mut self, not_sent: &NotSent, lost: &str) {
+        self.line(
+            "not sent",
+            format!(
+                "{} (queue full {}, {lost} {}, still queued at the end {})",
+                not_sent.total, not_sent.queue_full, not_sent.connection_lost, not_sent.at_end
+            ),
+        );
+    }
+
+    /// The loadgen's own lags: the whole send lag, and the two parts of it it can tell apart.
+    pub fn send_lag(
+        &mut self,
+        send_lag: &LatencySummary,
+        schedule_lateness: &LatencySummary,
+        socket_blocked: &LatencySummary,
+    ) {
+        self.line(
+            "send lag",
+            format!(
+                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
+                 socket blocked p99 {:.3} ms max {:.3} ms)",
+                send_lag.p99_ms,
+                send_lag.max_ms,
+                schedule_lateness.p99_ms,
+                schedule_lateness.max_ms,
+                socket_blocked.p99_ms,
+                socket_blocked.max_ms
+            ),
+        );
+    }
+
+    /// The error counts (`more`: what the scenario adds to the line), then the first error of
+    /// each kind.
+    pub fn errors(&mut self, errors: &Errors, more: &str) {
+        self.line(
+            "errors",
+            format!(
+                "connect {}, read {}, write {}, protocol {}{more}",
+                errors.connect, errors.read, errors.write, errors.protocol
+            ),
+        );
+        for first in &errors.first_of_each_kind {
+            self.line("", format!("first {} error: {}", first.kind, first.first));
+        }
+    }
+
+    /// How long the drain took, and whether it ended on its deadline or had nothing left.
+    pub fn drain(&mut self, drain_ms: f64, timed_out: bool, if_timed_out: &str, if_done: &str) {
+        let why = if timed_out { if_timed_out } else { if_done };
+        self.line("drain", format!("{:.3} s ({why})", drain_ms / 1e3));
     }
 }
 

@@ -281,26 +281,8 @@ impl Report {
                 l.connect.max_ms
             ),
         );
-        out.line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        out.line(
-            "not sent",
-            format!(
-                "{} (queue full {}, connection lost {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "connection lost");
         out.line(
             "deliveries",
             format!(
@@ -356,46 +338,19 @@ impl Report {
                 ),
             );
         }
-        out.line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
-        out.line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {}",
-                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
-            ),
-        );
-        for first in &self.errors.first_of_each_kind {
-            out.line("", format!("first {} error: {}", first.kind, first.first));
-        }
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.errors(&self.errors, "");
         if self.foreign_messages > 0 {
             out.line(
                 "other messages",
                 format!("{} not this run's", self.foreign_messages),
             );
         }
-        out.line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with messages undelivered)"
-                } else {
-                    " (every written message was delivered)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with messages undelivered",
+            "every written message was delivered",
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()

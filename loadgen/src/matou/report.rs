@@ -428,26 +428,8 @@ impl Report {
                 jn.pairs_both
             ),
         );
-        out.line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        out.line(
-            "not sent",
-            format!(
-                "{} (queue full {}, connection lost {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "connection lost");
         out.line(
             "deliveries",
             format!(
@@ -499,19 +481,7 @@ impl Report {
                 k.address_mismatches
             ),
         );
-        out.line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
         let so = &self.sign_out;
         let sn = &self.sign_out_notices;
         out.line(
@@ -527,23 +497,13 @@ impl Report {
                 sn.expected
             ),
         );
-        out.line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {} (ERROR packets {}, refusals {}, \
-                 decode errors {})",
-                self.errors.connect,
-                self.errors.read,
-                self.errors.write,
-                self.errors.protocol,
-                self.error_packets,
-                self.refusals,
-                self.decode_errors
+        out.errors(
+            &self.errors,
+            &format!(
+                " (ERROR packets {}, refusals {}, decode errors {})",
+                self.error_packets, self.refusals, self.decode_errors
             ),
         );
-        for first in &self.errors.first_of_each_kind {
-            out.line("", format!("first {} error: {}", first.kind, first.first));
-        }
         if self.foreign_messages + self.foreign_notices > 0 {
             out.line(
                 "other clients",
@@ -553,17 +513,11 @@ impl Report {
                 ),
             );
         }
-        out.line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with messages undelivered or links incomplete)"
-                } else {
-                    " (every written message reached every user, every link completed)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with messages undelivered or links incomplete",
+            "every written message reached every user, every link completed",
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()

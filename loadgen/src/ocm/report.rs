@@ -460,26 +460,8 @@ impl Report {
         );
         out.line("tcrp create", l.create.percentiles_or_none());
         out.line("tcrp join", l.join.percentiles_or_none());
-        out.line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        out.line(
-            "not sent",
-            format!(
-                "{} (queue full {}, member gone or send failed {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "member gone or send failed");
         let d = &self.deliveries;
         out.line(
             "deliveries",
@@ -555,29 +537,8 @@ impl Report {
             ),
         );
         out.line("leave texts", l.leave.percentiles_or_none());
-        out.line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
-        out.line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {}",
-                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
-            ),
-        );
-        for first in &self.errors.first_of_each_kind {
-            out.line("", format!("first {} error: {}", first.kind, first.first));
-        }
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.errors(&self.errors, "");
         if self.foreign_texts > 0 {
             out.line(
                 "other datagrams",
@@ -587,17 +548,11 @@ impl Report {
                 ),
             );
         }
-        out.line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with deliveries missing)"
-                } else {
-                    " (every delivery arrived)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with deliveries missing",
+            "every delivery arrived",
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()
