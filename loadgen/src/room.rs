@@ -31,7 +31,7 @@ use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::resp;
-use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, DirtySet, Drained, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -201,7 +201,6 @@ struct Sender {
     next_seq: u64,
     /// Messages fully written.
     sent: u64,
-    dirty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,7 +270,7 @@ pub struct Run<'a> {
     read_buf: Vec<u8>,
     m: Measurements,
     /// Senders with bytes to flush.
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     /// Clients that hit their read budget with data left: no edge will come for them.
     still_ready: Vec<usize>,
     phase: Phase,
@@ -366,7 +365,7 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
             sent_total: 0,
             publish_replies: 0,
         },
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -541,7 +540,6 @@ impl Run<'_> {
                     queue: VecDeque::new(),
                     next_seq: 0,
                     sent: 0,
-                    dirty: false,
                 }
             })
             .collect();
@@ -625,17 +623,13 @@ impl Run<'_> {
                     .schedule_lateness
                     .record(now_us.saturating_sub(intended_us));
             }
-            if !sender.dirty {
-                sender.dirty = true;
-                self.dirty.push(ordinal);
-            }
+            self.dirty.mark(ordinal);
         }
         self.flush_dirty();
     }
 
     fn flush_dirty(&mut self) {
-        for ordinal in std::mem::take(&mut self.dirty) {
-            self.senders[ordinal].dirty = false;
+        for ordinal in self.dirty.take() {
             self.flush(ordinal);
         }
     }

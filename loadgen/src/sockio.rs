@@ -111,6 +111,34 @@ impl OutBuf {
     }
 }
 
+/// The connections with bytes queued since the last flush, each listed once: a turn's sends and
+/// answers go out in one write per connection, not one per message.
+#[derive(Debug, Default)]
+pub struct DirtySet {
+    marked: Vec<bool>,
+    list: Vec<usize>,
+}
+
+impl DirtySet {
+    pub fn mark(&mut self, i: usize) {
+        if i >= self.marked.len() {
+            self.marked.resize(i + 1, false);
+        }
+        if !self.marked[i] {
+            self.marked[i] = true;
+            self.list.push(i);
+        }
+    }
+
+    /// The connections marked so far, in the order marked; all unmarked.
+    pub fn take(&mut self) -> Vec<usize> {
+        for &i in &self.list {
+            self.marked[i] = false;
+        }
+        std::mem::take(&mut self.list)
+    }
+}
+
 /// A message in a connection's [`OutBuf`], waiting to be fully written.
 #[derive(Clone, Copy, Debug)]
 pub struct Queued<T> {
@@ -335,6 +363,18 @@ mod tests {
             "warmup not recorded"
         );
         assert_eq!(sent_in_window, 2);
+    }
+
+    #[test]
+    fn a_dirty_connection_is_listed_once_until_taken() {
+        let mut dirty = DirtySet::default();
+        for i in [3, 0, 3, 7, 0] {
+            dirty.mark(i);
+        }
+        assert_eq!(dirty.take(), [3, 0, 7]);
+        assert!(dirty.take().is_empty());
+        dirty.mark(3);
+        assert_eq!(dirty.take(), [3], "taking unmarks");
     }
 
     #[test]

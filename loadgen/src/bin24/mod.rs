@@ -47,7 +47,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, DirtySet, Drained, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -218,7 +218,6 @@ struct User {
     /// Bytes to write: the hello, answers, messages.
     out: OutBuf,
     queue: VecDeque<Queued<u64>>,
-    dirty: bool,
     intended_connect_us: u64,
     /// Part of the current connection wave and not yet joined or failed.
     in_wave: bool,
@@ -274,7 +273,7 @@ pub struct Run<'a> {
     read_buf: Vec<u8>,
     body_buf: Vec<u8>,
     m: Measurements,
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
@@ -328,7 +327,6 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
             inbuf: BytesMut::new(),
             out: OutBuf::default(),
             queue: VecDeque::new(),
-            dirty: false,
             intended_connect_us: 0,
             in_wave: false,
             reconnecting: false,
@@ -362,7 +360,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
             stored_hellos: 0,
             stored_frames: 0,
         },
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -691,24 +689,13 @@ impl Run<'_> {
                     .schedule_lateness
                     .record(now_us.saturating_sub(intended_us));
             }
-            if !user.dirty {
-                user.dirty = true;
-                self.dirty.push(u);
-            }
+            self.dirty.mark(u);
         }
         self.flush_dirty();
     }
 
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.users[u].dirty {
-            self.users[u].dirty = true;
-            self.dirty.push(u);
-        }
-    }
-
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.users[u].dirty = false;
+        for u in self.dirty.take() {
             self.flush(u);
         }
     }
@@ -806,7 +793,7 @@ impl Run<'_> {
                 }
                 user.phase = UserPhase::AwaitEcho;
                 user.readable = true;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
             Ok(false) => {}
             Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
@@ -867,7 +854,7 @@ impl Run<'_> {
                 self.on_frame(u, &frame, now_us);
             }
             if self.users[u].out.has_pending() {
-                self.mark_dirty(u); // the answers
+                self.dirty.mark(u); // the answers
             }
             self.bytes_since_send_check += n;
             if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {

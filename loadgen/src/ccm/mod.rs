@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, DirtySet, Drained, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -185,7 +185,6 @@ struct User {
     inbuf: BytesMut,
     out: OutBuf,
     queue: VecDeque<Queued<()>>,
-    dirty: bool,
     intended_connect_us: u64,
     in_ramp: bool,
     token: Bytes,
@@ -226,7 +225,7 @@ pub struct Run<'a> {
     keepalives_silent: u64,
     silent_closed: u64,
     silent_closed_without_keepalive: u64,
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
@@ -290,7 +289,6 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
                 inbuf: BytesMut::new(),
                 out: OutBuf::default(),
                 queue: VecDeque::new(),
-                dirty: false,
                 intended_connect_us: 0,
                 in_ramp: true,
                 token: Bytes::new(),
@@ -322,7 +320,7 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
         keepalives_silent: 0,
         silent_closed: 0,
         silent_closed_without_keepalive: 0,
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -610,24 +608,13 @@ impl Run<'_> {
                     .schedule_lateness
                     .record(now_us.saturating_sub(intended_us));
             }
-            if !user.dirty {
-                user.dirty = true;
-                self.dirty.push(u);
-            }
+            self.dirty.mark(u);
         }
         self.flush_dirty();
     }
 
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.users[u].dirty {
-            self.users[u].dirty = true;
-            self.dirty.push(u);
-        }
-    }
-
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.users[u].dirty = false;
+        for u in self.dirty.take() {
             self.flush(u);
         }
     }
@@ -718,7 +705,7 @@ impl Run<'_> {
                 user.out.extend(&wire::identify(&user.name));
                 user.phase = UserPhase::AwaitIdentity;
                 user.readable = true;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
             Ok(false) => {}
             Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
@@ -785,7 +772,7 @@ impl Run<'_> {
                 self.on_message(u, &message, now_us);
             }
             if self.users[u].out.has_pending() {
-                self.mark_dirty(u); // keepalive answers
+                self.dirty.mark(u); // keepalive answers
             }
             self.bytes_since_send_check += n;
             if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
@@ -854,7 +841,7 @@ impl Run<'_> {
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
                     user.out.extend(&reply);
                     self.keepalives_answered += 1;
-                    self.mark_dirty(u);
+                    self.dirty.mark(u);
                 }
             }
             Incoming::Text {

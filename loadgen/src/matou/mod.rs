@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
-use crate::sockio::{flush_queued, Drained, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, DirtySet, Drained, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -212,7 +212,6 @@ struct User {
     out: OutBuf,
     /// Public messages in `out`, for the send accounting (brokering packets have no entry).
     queue: VecDeque<Queued<()>>,
-    dirty: bool,
     intended_connect_us: u64,
     in_ramp: bool,
     /// Joined at some point: its deliveries count as expected from then on.
@@ -270,7 +269,7 @@ pub struct Run<'a> {
     decode_errors: u64,
     foreign_messages: u64,
     foreign_notices: u64,
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
@@ -321,7 +320,6 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
             inbuf: BytesMut::new(),
             out: OutBuf::default(),
             queue: VecDeque::new(),
-            dirty: false,
             intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
             in_ramp: true,
             joined: false,
@@ -365,7 +363,7 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
         decode_errors: 0,
         foreign_messages: 0,
         foreign_notices: 0,
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -564,7 +562,7 @@ impl Run<'_> {
                 user.out.extend(&wire::public_sign_out());
                 user.phase = UserPhase::SigningOut;
                 self.signed_out += 1;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
         }
         self.flush_dirty();
@@ -693,7 +691,7 @@ impl Run<'_> {
                 .schedule_lateness
                 .record(now_us.saturating_sub(intended_us));
         }
-        self.mark_dirty(u);
+        self.dirty.mark(u);
     }
 
     /// Draws a free (Src, Dst) pair and queues Src's PRIVATE_REQUEST.
@@ -741,19 +739,11 @@ impl Run<'_> {
         }
         self.links.open(src as u32, dst as u32, intended_us);
         self.users[src].out.extend(&packet);
-        self.mark_dirty(src);
-    }
-
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.users[u].dirty {
-            self.users[u].dirty = true;
-            self.dirty.push(u);
-        }
+        self.dirty.mark(src);
     }
 
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.users[u].dirty = false;
+        for u in self.dirty.take() {
             self.flush(u);
         }
     }
@@ -846,7 +836,7 @@ impl Run<'_> {
                 user.out.extend(&wire::connect_request(&user.name));
                 user.phase = UserPhase::AwaitResponse;
                 user.readable = true;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
             Ok(None) => {}
             Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
@@ -909,7 +899,7 @@ impl Run<'_> {
                 self.on_packet(u, incoming, now_us);
             }
             if self.users[u].out.has_pending() {
-                self.mark_dirty(u); // brokering answers
+                self.dirty.mark(u); // brokering answers
             }
             self.bytes_since_send_check += n;
             if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
@@ -1008,7 +998,7 @@ impl Run<'_> {
                         }
                         let accept = wire::private_accept(&self.users[src].name);
                         self.users[u].out.extend(&accept);
-                        self.mark_dirty(u);
+                        self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
                 }
@@ -1021,7 +1011,7 @@ impl Run<'_> {
                         let ports =
                             wire::private_src_ports(&self.users[dst].name, message_port, file_port);
                         self.users[u].out.extend(&ports);
-                        self.mark_dirty(u);
+                        self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
                 }
