@@ -31,7 +31,7 @@ use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::resp;
-use crate::sockio::{flush_queued, DirtySet, Drained, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -664,12 +664,7 @@ impl Run<'_> {
                 *sent_total += 1;
             },
         );
-        let mut failure = None;
-        match drained {
-            Drained::All => {}
-            Drained::WouldBlock => client.writable = false,
-            Drained::Failed(why) => failure = Some(why),
-        }
+        let failure = drained.failure(&mut client.writable);
         if let Some(why) = failure {
             self.fail(index, ErrorKind::Write, || why);
         }

@@ -18,6 +18,21 @@ pub enum Drained {
     Failed(String),
 }
 
+impl Drained {
+    /// What the scenario does with the outcome: on `WouldBlock` it clears `writable` (the next
+    /// writable edge resumes); a failure is handed back to be counted and the connection closed.
+    pub fn failure(self, writable: &mut bool) -> Option<String> {
+        match self {
+            Drained::All => None,
+            Drained::WouldBlock => {
+                *writable = false;
+                None
+            }
+            Drained::Failed(why) => Some(why),
+        }
+    }
+}
+
 /// Write `out[*written..]` until it is all written or the socket would block, advancing
 /// `written` by what the kernel took.
 pub fn write_pending(stream: &mut impl Write, out: &[u8], written: &mut usize) -> Drained {

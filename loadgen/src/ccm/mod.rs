@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{flush_queued, DirtySet, Drained, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -650,12 +650,7 @@ impl Run<'_> {
                 }
             },
         );
-        let mut failure = None;
-        match drained {
-            Drained::All => {}
-            Drained::WouldBlock => user.writable = false,
-            Drained::Failed(why) => failure = Some(why),
-        }
+        let failure = drained.failure(&mut user.writable);
         if !user.out.has_pending() {
             user.last_write_us = self.clock.now_us();
         }

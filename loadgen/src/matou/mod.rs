@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
-use crate::sockio::{flush_queued, DirtySet, Drained, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -783,12 +783,7 @@ impl Run<'_> {
                 }
             },
         );
-        let mut failure = None;
-        match drained {
-            Drained::All => {}
-            Drained::WouldBlock => user.writable = false,
-            Drained::Failed(why) => failure = Some(why),
-        }
+        let failure = drained.failure(&mut user.writable);
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
         }
