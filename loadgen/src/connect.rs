@@ -28,6 +28,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Clients below this index connect from 127.0.0.1 (the kernel picks the source address). Few
@@ -41,6 +42,28 @@ pub const SPREAD_FROM_CLIENT: usize = 32;
 /// 127.0.0.1 (what unspread clients use) and 127.255.255.255 (the broadcast address).
 const SPREAD_FIRST: u32 = u32::from_be_bytes([127, 0, 0, 2]);
 const SPREAD_COUNT: u32 = u32::from_be_bytes([127, 255, 255, 254]) - SPREAD_FIRST + 1;
+
+/// Starts client `client`'s connection to `target` ([`connect_tcp`]) without Nagle, registered
+/// under `token` for both edges. The error says which step failed.
+///
+/// No Nagle: a sender writes one small message per interval, and Nagle would hold it back until
+/// the previous one is acknowledged, which the server's delayed ACK can stretch to 40 ms: the
+/// loadgen's own socket would add latency it then blames on the server.
+pub fn open(
+    registry: &Registry,
+    target: SocketAddr,
+    client: usize,
+    token: Token,
+) -> Result<TcpStream, String> {
+    let mut stream = connect_tcp(target, client).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    registry
+        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        .map_err(|e| format!("register: {e}"))?;
+    Ok(stream)
+}
 
 /// Starts a non-blocking connect of client `client` to `target`; the connection is complete
 /// when the stream reports writable and SO_ERROR is clear, as with mio's own `connect`.

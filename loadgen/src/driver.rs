@@ -31,6 +31,15 @@ const EVENTS_CAPACITY: usize = 1024;
 /// only bounds a sleep should a wake-up ever be missed (every scenario is then turned).
 pub const OUTER_POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
 
+/// Why a scenario could not run at all (the loadgen exits 2, with no report).
+#[derive(Debug)]
+pub enum RunError {
+    /// The loadgen could not set itself up (poll, timer).
+    Setup(String),
+    /// Not one client could join (or, for OCM, create its room): no server to measure.
+    Unreachable(String),
+}
+
 /// What one turn left behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Turn {

@@ -45,6 +45,7 @@ mod resp;
 mod room;
 mod sockio;
 mod stats;
+mod textstamp;
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -57,14 +58,15 @@ use serde::Serialize;
 
 use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
-use crate::bin24::{Bin24Config, Bin24Error, STAMP_BYTES};
-use crate::ccm::{CcmConfig, CcmError};
-use crate::matou::{MatouConfig, MatouError};
-use crate::ocm::{OcmConfig, OcmError};
+use crate::bin24::{Bin24Config, STAMP_BYTES};
+use crate::ccm::CcmConfig;
+use crate::driver::RunError;
+use crate::matou::MatouConfig;
+use crate::ocm::OcmConfig;
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
-use crate::report::Report;
-use crate::room::{RoomConfig, RoomError, Wire};
+use crate::report::{Report, ScenarioReport};
+use crate::room::{RoomConfig, Wire};
 use crate::stats::LatencyHistogram;
 
 /// Exit codes: 0 all delivered, 1 something lost/duplicated/failed, 2 cannot run at all.
@@ -699,6 +701,49 @@ impl LatencyOut<'_> {
     }
 }
 
+/// Where a run's results go besides stdout: the JSON report, the .hgrm files and the plot, all
+/// opened (or checked) before the run.
+struct Outputs<'a> {
+    latency: LatencyOut<'a>,
+    json: JsonOut<'a>,
+}
+
+impl<'a> Outputs<'a> {
+    fn prepare(common: &'a CommonArgs) -> Result<Outputs<'a>, String> {
+        let latency = LatencyOut::prepare(common)?;
+        match create_json(common.json.as_ref()) {
+            Ok(json) => Ok(Outputs { latency, json }),
+            Err(why) => {
+                latency.discard();
+                Err(why)
+            }
+        }
+    }
+
+    /// The run gave no results: leave no empty files behind.
+    fn discard(mut self) {
+        discard_json(&mut self.json);
+        self.latency.discard();
+    }
+
+    /// Writes the histograms and the plot, prints the report, writes its JSON; the exit code.
+    fn deliver(
+        mut self,
+        scenario: &str,
+        title: String,
+        plotted: &[(&'static str, &LatencyHistogram)],
+        diagnostic: &[(&'static str, &LatencyHistogram)],
+        report: &impl ScenarioReport,
+    ) -> ExitCode {
+        let (verdict, outcome, text) = report.closing();
+        let latency_written =
+            self.latency
+                .write(scenario, &plot_title(title, verdict), plotted, diagnostic);
+        let exit_code = deliver_report(text, report, outcome.exit_code, &mut self.json);
+        finish(exit_code, latency_written)
+    }
+}
+
 /// The plot's title: the scenario's settings, and a warning when the run is not to be trusted.
 fn plot_title(settings: String, verdict: &report::Verdict) -> String {
     if verdict.valid {
@@ -772,16 +817,9 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files((clients + publishers) as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
 
     let cfg = RoomConfig {
@@ -801,17 +839,16 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
     let outcome = match room::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
-                RoomError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no client could join a {} server at {target}: {why}",
                     match cfg.wire {
                         Wire::Room => "ROOM",
                         Wire::Resp { .. } => "Redis (RESP)",
                     }
                 )),
-                RoomError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -825,19 +862,13 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
         "{server}: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         scenario,
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_bin24(args: Bin24Args) -> ExitCode {
@@ -882,16 +913,9 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
 
     let cfg = Bin24Config {
@@ -911,13 +935,12 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
     let outcome = match bin24::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
-                Bin24Error::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no user could join a BIN24 server at {target}: {why}"
                 )),
-                Bin24Error::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -929,19 +952,13 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         args.payload_bytes,
         common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "bin24",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_ccm(args: CcmArgs) -> ExitCode {
@@ -978,16 +995,9 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files((users + silent) as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
     let cfg = CcmConfig {
         target,
@@ -1007,13 +1017,12 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
     let outcome = match ccm::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
-                CcmError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no user could join a CCM server at {target}: {why}"
                 )),
-                CcmError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -1022,19 +1031,13 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         "CCM: {users} users ({pattern:?}), {silent} silent, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "ccm",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_ocm(args: OcmArgs) -> ExitCode {
@@ -1091,16 +1094,9 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(2 * total as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
     let cfg = OcmConfig {
         tcp_target,
@@ -1121,14 +1117,13 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
     let outcome = match ocm::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
-                OcmError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no room could be created on an OCM server at TCP {tcp_target} / UDP \
                      {udp_target}: {why}"
                 )),
-                OcmError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -1138,19 +1133,13 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
         "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "ocm",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 fn run_matou(args: MatouArgs) -> ExitCode {
@@ -1202,16 +1191,9 @@ fn run_matou(args: MatouArgs) -> ExitCode {
     if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
         return refuse(why);
     }
-    let latency_out = match LatencyOut::prepare(common) {
-        Ok(latency_out) => latency_out,
+    let outputs = match Outputs::prepare(common) {
+        Ok(outputs) => outputs,
         Err(why) => return refuse(why),
-    };
-    let mut json_out = match create_json(common.json.as_ref()) {
-        Ok(json_out) => json_out,
-        Err(why) => {
-            latency_out.discard();
-            return refuse(why);
-        }
     };
     let cfg = MatouConfig {
         target,
@@ -1232,13 +1214,12 @@ fn run_matou(args: MatouArgs) -> ExitCode {
     let outcome = match matou::run(&cfg) {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard_json(&mut json_out);
-            latency_out.discard();
+            outputs.discard();
             return match e {
-                MatouError::Unreachable(why) => refuse(format!(
+                RunError::Unreachable(why) => refuse(format!(
                     "no user could join a MATOU server at {target}: {why}"
                 )),
-                MatouError::Setup(why) => refuse(format!("setup failed: {why}")),
+                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
             };
         }
     };
@@ -1247,19 +1228,13 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         "MATOU: {users} users, {senders_requested} senders, {} msg/s, {} links/s, {} B, {:?}",
         args.rate, args.private_rate, args.payload_bytes, common.duration
     );
-    let latency_written = latency_out.write(
+    outputs.deliver(
         "matou",
-        &plot_title(title, &report.verdict),
+        title,
         &outcome.latency_histograms(),
         &outcome.diagnostic_histograms(),
-    );
-    let exit_code = deliver_report(
-        report.to_text(),
         &report,
-        report.outcome.exit_code,
-        &mut json_out,
-    );
-    finish(exit_code, latency_written)
+    )
 }
 
 /// A run id for the message stamps: differs between runs, so frames an earlier run left in

@@ -19,14 +19,14 @@ use serde::Serialize;
 
 use crate::args::resolve_loopback;
 use crate::bin24::topology::{self, Pattern};
-use crate::bin24::{self, Bin24Config, Bin24Error};
-use crate::ccm::{self, CcmConfig, CcmError};
+use crate::bin24::{self, Bin24Config};
+use crate::ccm::{self, CcmConfig};
 use crate::churn::Protocol;
-use crate::driver::{self, Driven, ProgressCell, Reactor, Scenario};
-use crate::matou::{self, MatouConfig, MatouError};
-use crate::ocm::{self, OcmConfig, OcmError};
+use crate::driver::{self, Driven, ProgressCell, Reactor, RunError, Scenario};
+use crate::matou::{self, MatouConfig};
+use crate::ocm::{self, OcmConfig};
 use crate::report::Report;
-use crate::room::{self, RoomConfig, RoomError, Wire};
+use crate::room::{self, RoomConfig, Wire};
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
     check_common, create_json, deliver_report, discard_json, limits, refuse, run_id, CommonArgs,
@@ -967,37 +967,32 @@ fn build(setup: &Setup, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finish
 }
 
 /// A scenario's error as the mix reports it (the single run's message, less the address).
-macro_rules! describe {
-    ($name:ident, $error:ident, $unreachable:literal) => {
-        fn $name(e: $error) -> String {
-            match e {
-                $error::Unreachable(why) => format!(concat!($unreachable, ": {}"), why),
-                $error::Setup(why) => format!("setup failed: {why}"),
-            }
-        }
-    };
+fn describe(unreachable: &str, e: RunError) -> String {
+    match e {
+        RunError::Unreachable(why) => format!("{unreachable}: {why}"),
+        RunError::Setup(why) => format!("setup failed: {why}"),
+    }
 }
-describe!(
-    describe_room,
-    RoomError,
-    "no client could join the ROOM server"
-);
-describe!(
-    describe_bin24,
-    Bin24Error,
-    "no user could join the BIN24 server"
-);
-describe!(describe_ccm, CcmError, "no user could join the CCM server");
-describe!(
-    describe_matou,
-    MatouError,
-    "no user could join the MATOU server"
-);
-describe!(
-    describe_ocm,
-    OcmError,
-    "no room could be created on the OCM server"
-);
+
+fn describe_room(e: RunError) -> String {
+    describe("no client could join the ROOM server", e)
+}
+
+fn describe_bin24(e: RunError) -> String {
+    describe("no user could join the BIN24 server", e)
+}
+
+fn describe_ccm(e: RunError) -> String {
+    describe("no user could join the CCM server", e)
+}
+
+fn describe_matou(e: RunError) -> String {
+    describe("no user could join the MATOU server", e)
+}
+
+fn describe_ocm(e: RunError) -> String {
+    describe("no room could be created on the OCM server", e)
+}
 
 fn progress_line(started: Instant, names: &[&str], cells: &[ProgressCell]) -> String {
     let mut line = format!("[{:6.1}s] mix", started.elapsed().as_secs_f64());

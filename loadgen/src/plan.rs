@@ -79,6 +79,16 @@ impl Plan {
         self.measure_start_us() + self.duration_us
     }
 
+    /// `count` per second of the measured window (0 for an empty window).
+    pub fn per_s(&self, count: u64) -> f64 {
+        let duration_s = self.duration_us as f64 / 1e6;
+        if duration_s > 0.0 {
+            count as f64 / duration_s
+        } else {
+            0.0
+        }
+    }
+
     /// Whether a message intended at `intended_us` belongs to the warmup.
     #[inline]
     pub fn is_warmup(&self, intended_us: u64) -> bool {

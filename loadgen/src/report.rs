@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::plan::Plan;
 use crate::record::NoticeCounts;
 use crate::room::{RoomConfig, RoomOutcome, Wire};
-use crate::stats::LatencySummary;
+use crate::stats::{LatencyHistogram, LatencySummary};
 
 /// The schedule-lateness p99 above which a run is INVALID:
 ///
@@ -76,6 +77,23 @@ pub struct ValidityInputs {
     pub delivery_p99_us: Option<u64>,
     /// Messages of the measured window that were sent (0: nothing was measured).
     pub measured_messages: u64,
+}
+
+impl ValidityInputs {
+    /// What every scenario measures alike: its own schedule lateness against its plan's pace,
+    /// and the delivery latency it judges the server by.
+    pub fn measured(
+        plan: &Plan,
+        schedule_lateness: &LatencyHistogram,
+        delivery: &LatencyHistogram,
+    ) -> ValidityInputs {
+        ValidityInputs {
+            schedule_lateness_p99_us: schedule_lateness.value_at_quantile_us(0.99),
+            sender_interval_us: plan.sender_interval_us(),
+            delivery_p99_us: (delivery.len() > 0).then(|| delivery.value_at_quantile_us(0.99)),
+            measured_messages: schedule_lateness.len(),
+        }
+    }
 }
 
 pub fn verdict(inputs: &ValidityInputs) -> Verdict {
@@ -217,6 +235,27 @@ pub struct Losses {
     pub undelivered: u64,
 }
 
+impl NotSent {
+    pub fn new(queue_full: u64, connection_lost: u64, at_end: u64) -> NotSent {
+        NotSent {
+            total: queue_full + connection_lost + at_end,
+            queue_full,
+            connection_lost,
+            at_end,
+        }
+    }
+}
+
+impl Losses {
+    pub fn new(gaps: u64, undelivered: u64) -> Losses {
+        Losses {
+            total: gaps + undelivered,
+            gaps,
+            undelivered,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ErrorLine {
     pub kind: String,
@@ -264,32 +303,17 @@ impl Report {
         run: &RoomOutcome,
     ) -> Report {
         let plan = &run.plan;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
-        let losses = Losses {
-            total: run.seq.gap_losses + run.undelivered,
-            gaps: run.seq.gap_losses,
-            undelivered: run.undelivered,
-        };
-        let verdict = verdict(&ValidityInputs {
-            schedule_lateness_p99_us: run.schedule_lateness.value_at_quantile_us(0.99),
-            sender_interval_us: plan.sender_interval_us(),
-            delivery_p99_us: (run.delivery_latency.len() > 0)
-                .then(|| run.delivery_latency.value_at_quantile_us(0.99)),
-            measured_messages: run.schedule_lateness.len(),
-        });
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
+        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
+        let verdict = verdict(&ValidityInputs::measured(
+            plan,
+            &run.schedule_lateness,
+            &run.delivery_latency,
+        ));
         let outcome = outcome(
             &FailureInputs {
                 losses: losses.total,
@@ -351,13 +375,13 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             deliveries: Deliveries {
                 expected: run.sent * run.clients_joined as u64,
                 delivered: run.seq.delivered,
-                per_s: per_s(run.delivered_in_window),
+                per_s: plan.per_s(run.delivered_in_window),
             },
             latency_ms: Latencies {
                 delivery: run.delivery_latency.summary(),
@@ -397,11 +421,8 @@ impl Report {
     pub fn to_text(&self) -> String {
         let s = &self.settings;
         let l = &self.latency_ms;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "{} against {}: {} clients, {} senders, {} msg/s for {:.3} s (+{:.3} s warmup), \
@@ -416,7 +437,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} requested, {} joined, {} failed; ramp-up {:.3} s",
@@ -426,122 +447,156 @@ impl Report {
                 self.connections.ramp_up_ms / 1e3
             ),
         );
-        line(
+        out.line(
             "connect latency",
             format!(
                 "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
                 l.connect.p50_ms, l.connect.p99_ms, l.connect.max_ms
             ),
         );
-        line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        line(
-            "not sent",
-            format!(
-                "{} (queue full {}, connection lost {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
-        line(
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "connection lost");
+        out.line(
             "deliveries",
             format!(
                 "{} expected, {} delivered, {:.1}/s in the measured window",
                 self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
             ),
         );
-        line(
-            "delivery latency",
-            format!(
-                "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
-                l.delivery.p50_ms,
-                l.delivery.p90_ms,
-                l.delivery.p99_ms,
-                l.delivery.p999_ms,
-                l.delivery.max_ms,
-                l.delivery.count
-            ),
-        );
-        line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
-        line(
+        out.line("delivery latency", l.delivery.percentiles_text());
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.line(
             "losses",
             format!(
                 "{} ({} in gaps, {} never delivered)",
                 self.losses.total, self.losses.gaps, self.losses.undelivered
             ),
         );
-        line(
+        out.line(
             "duplicates",
             format!("{} (duplicates or reorders)", self.duplicates_or_reorders),
         );
-        line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {}",
-                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
-            ),
-        );
-        for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
-        }
-        line(
+        out.errors(&self.errors, "");
+        out.line(
             "notices",
             format!(
                 "joins {}, leaves {}, greetings {} (counted, not errors)",
                 self.notices.joins, self.notices.leaves, self.notices.greetings
             ),
         );
-        line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with deliveries missing)"
-                } else {
-                    " (everything sent had arrived at every connected member)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with deliveries missing",
+            "everything sent had arrived at every connected member",
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
     }
 }
 
 /// The lines every scenario's text report ends with: its notes, the validity verdict and the
 /// result (pass, or what failed, with the exit code).
+/// What delivering any scenario's report needs besides its JSON form: its verdict, its outcome
+/// and its text.
+pub trait ScenarioReport: Serialize {
+    fn closing(&self) -> (&Verdict, &Outcome, String);
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
+    }
+}
+
+/// A text report being written: one labelled line after another, the labels in one column.
+#[derive(Default)]
+pub struct Lines(String);
+
+impl Lines {
+    pub fn line(&mut self, label: &str, text: String) {
+        let _ = writeln!(self.0, "{label:<18}{text}");
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    pub fn send_rate(&mut self, send: &SendFigures) {
+        self.line(
+            "send rate",
+            format!(
+                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
+                send.target_rate_per_s, send.achieved_rate_per_s, send.planned, send.sent
+            ),
+        );
+    }
+
+    /// `lost`: what the scenario calls a message due after its sender's connection was lost.
+    pub fn not_sent(&mut self, not_sent: &NotSent, lost: &str) {
+        self.line(
+            "not sent",
+            format!(
+                "{} (queue full {}, {lost} {}, still queued at the end {})",
+                not_sent.total, not_sent.queue_full, not_sent.connection_lost, not_sent.at_end
+            ),
+        );
+    }
+
+    /// The loadgen's own lags: the whole send lag, and the two parts of it it can tell apart.
+    pub fn send_lag(
+        &mut self,
+        send_lag: &LatencySummary,
+        schedule_lateness: &LatencySummary,
+        socket_blocked: &LatencySummary,
+    ) {
+        self.line(
+            "send lag",
+            format!(
+                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
+                 socket blocked p99 {:.3} ms max {:.3} ms)",
+                send_lag.p99_ms,
+                send_lag.max_ms,
+                schedule_lateness.p99_ms,
+                schedule_lateness.max_ms,
+                socket_blocked.p99_ms,
+                socket_blocked.max_ms
+            ),
+        );
+    }
+
+    /// The error counts (`more`: what the scenario adds to the line), then the first error of
+    /// each kind.
+    pub fn errors(&mut self, errors: &Errors, more: &str) {
+        self.line(
+            "errors",
+            format!(
+                "connect {}, read {}, write {}, protocol {}{more}",
+                errors.connect, errors.read, errors.write, errors.protocol
+            ),
+        );
+        for first in &errors.first_of_each_kind {
+            self.line("", format!("first {} error: {}", first.kind, first.first));
+        }
+    }
+
+    /// How long the drain took, and whether it ended on its deadline or had nothing left.
+    pub fn drain(&mut self, drain_ms: f64, timed_out: bool, if_timed_out: &str, if_done: &str) {
+        let why = if timed_out { if_timed_out } else { if_done };
+        self.line("drain", format!("{:.3} s ({why})", drain_ms / 1e3));
+    }
+}
+
 pub fn write_closing_lines(
-    line: &mut impl FnMut(&str, String),
+    out: &mut Lines,
     notes: &[String],
     verdict: &Verdict,
     outcome: &Outcome,
 ) {
     for note in notes {
-        line("note", note.clone());
+        out.line("note", note.clone());
     }
-    line(
+    out.line(
         "verdict",
         if verdict.valid {
             "VALID".to_string()
@@ -549,7 +604,7 @@ pub fn write_closing_lines(
             format!("INVALID: {}", verdict.reasons.join("; "))
         },
     );
-    line(
+    out.line(
         "result",
         if outcome.passed {
             format!("PASS (exit {})", outcome.exit_code)

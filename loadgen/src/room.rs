@@ -23,15 +23,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::resp;
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -91,15 +91,6 @@ pub struct RoomConfig {
     pub seed: u64,
     /// Print a progress line to stderr once a second (only when stderr is a terminal).
     pub progress: bool,
-}
-
-/// Why a run could not produce results at all.
-#[derive(Debug)]
-pub enum RoomError {
-    /// The loadgen could not set itself up (poll, timer).
-    Setup(String),
-    /// Not one client could join: there is no server to measure.
-    Unreachable(String),
 }
 
 /// Everything measured, raw; the report computes the figures.
@@ -203,24 +194,13 @@ struct Client {
     joined: bool,
 }
 
-/// One queued message of a sender: where it ends in `out`, and its times.
-#[derive(Clone, Copy, Debug)]
-struct Queued {
-    end: usize,
-    intended_us: u64,
-    noticed_us: u64,
-}
-
 struct Sender {
     client: usize,
-    /// Bytes due and not yet written are `out[written..]`.
-    out: Vec<u8>,
-    written: usize,
-    queue: VecDeque<Queued>,
+    out: OutBuf,
+    queue: VecDeque<Queued<()>>,
     next_seq: u64,
     /// Messages fully written.
     sent: u64,
-    dirty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,7 +270,7 @@ pub struct Run<'a> {
     read_buf: Vec<u8>,
     m: Measurements,
     /// Senders with bytes to flush.
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     /// Clients that hit their read budget with data left: no edge will come for them.
     still_ready: Vec<usize>,
     phase: Phase,
@@ -314,7 +294,7 @@ pub struct Run<'a> {
 }
 
 /// Runs the scenario to the end (it stops by itself: every phase has a deadline).
-pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
+pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -322,8 +302,8 @@ pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RoomError> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
-    let setup = |what: &str, e: io::Error| RoomError::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -385,7 +365,7 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
             sent_total: 0,
             publish_replies: 0,
         },
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -406,7 +386,7 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RoomError> {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(RoomError);
+    driver::reactor_common!(RunError);
     driver::drive_connections!(clients);
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -417,14 +397,14 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RoomError> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         self.end_progress_line();
         Ok(())
     }
 
     /// Phase work that depends on the clock: connects, sends, deadlines, progress.
-    fn advance(&mut self) -> Result<(), RoomError> {
+    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -511,35 +491,23 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, index: usize) {
-        match crate::connect::connect_tcp(self.cfg.target, index) {
-            Ok(mut stream) => {
-                // No Nagle: a sender writes one small message per interval, and Nagle would hold
-                // it back until the previous one is acknowledged, which the server's delayed ACK
-                // can stretch to 40 ms: the loadgen's own socket would add latency it then
-                // blames on the server.
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(index, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(index + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(index, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(
+            self.poll.registry(),
+            self.cfg.target,
+            index,
+            Token(index + 1),
+        ) {
+            Ok(stream) => {
                 let client = &mut self.clients[index];
                 client.stream = Some(stream);
                 client.phase = ClientPhase::Connecting;
             }
-            Err(e) => self.fail(index, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(index, ErrorKind::Connect, || why),
         }
     }
 
     /// Every client is joined or failed: choose the senders and fix the plan.
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RoomError> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         let joined: Vec<usize> = (0..self.clients.len())
             .filter(|&i| self.clients[i].phase == ClientPhase::Joined && !self.clients[i].publisher)
@@ -551,7 +519,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no client joined".to_string(), |(_, what)| what.clone());
-            return Err(RoomError::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         let chosen = choose_senders(&joined, self.cfg.senders, self.cfg.seed);
         self.senders = chosen
@@ -568,12 +536,10 @@ impl Run<'_> {
                 self.clients[client].sender = Some(ordinal);
                 Sender {
                     client,
-                    out: Vec::with_capacity(4 * self.cfg.message_bytes),
-                    written: 0,
+                    out: OutBuf::default(),
                     queue: VecDeque::new(),
                     next_seq: 0,
                     sent: 0,
-                    dirty: false,
                 }
             })
             .collect();
@@ -617,16 +583,16 @@ impl Run<'_> {
             let framed_bytes = framing.message_prefix.len()
                 + self.cfg.message_bytes
                 + framing.message_suffix.len();
-            let unwritten_bytes = sender.out.len() - sender.written;
             if sender.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || unwritten_bytes + framed_bytes > SEND_QUEUE_BYTES_MAX
+                || sender.out.pending() + framed_bytes > SEND_QUEUE_BYTES_MAX
             {
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
-            let start = sender.out.len();
-            sender.out.resize(start + framed_bytes, 0);
-            let (prefix, rest) = sender.out[start..].split_at_mut(framing.message_prefix.len());
+            let (prefix, rest) = sender
+                .out
+                .append(framed_bytes)
+                .split_at_mut(framing.message_prefix.len());
             prefix.copy_from_slice(&framing.message_prefix);
             let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
             suffix.copy_from_slice(framing.message_suffix);
@@ -641,32 +607,29 @@ impl Run<'_> {
             if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
                 // The argument limits keep every field in range; should that ever break, the
                 // message is counted as not sent rather than written wrong.
-                sender.out.truncate(start);
+                sender.out.unappend(framed_bytes);
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
             sender.next_seq += 1;
             sender.queue.push_back(Queued {
-                end: sender.out.len(),
+                end: sender.out.end(),
                 intended_us,
                 noticed_us: now_us,
+                tag: (),
             });
             if !warmup {
                 self.m
                     .schedule_lateness
                     .record(now_us.saturating_sub(intended_us));
             }
-            if !sender.dirty {
-                sender.dirty = true;
-                self.dirty.push(ordinal);
-            }
+            self.dirty.mark(ordinal);
         }
         self.flush_dirty();
     }
 
     fn flush_dirty(&mut self) {
-        for ordinal in std::mem::take(&mut self.dirty) {
-            self.senders[ordinal].dirty = false;
+        for ordinal in self.dirty.take() {
             self.flush(ordinal);
         }
     }
@@ -683,51 +646,25 @@ impl Run<'_> {
         let Some(stream) = client.stream.as_mut() else {
             return;
         };
-        // Socket-blocked time ends when a write is attempted, not when it returns: the time
-        // inside write() (on loopback it includes handing the bytes to the server's socket) is
-        // not time spent waiting for the socket to become writable. It stays in the send lag.
-        let attempt_us = self.clock.now_us();
-        let mut failure = None;
-        match write_pending(stream, &sender.out, &mut sender.written) {
-            Drained::All => {}
-            Drained::WouldBlock => client.writable = false,
-            Drained::Failed(why) => failure = Some(why),
-        }
-        let done_us = self.clock.now_us();
-        let plan = self.plan.as_ref();
-        while let Some(queued) = sender.queue.front().copied() {
-            if queued.end > sender.written {
-                break;
-            }
-            sender.queue.pop_front();
-            sender.sent += 1;
-            self.m.sent_total += 1;
-            if let Some(plan) = plan {
-                if !plan.is_warmup(queued.intended_us) {
-                    self.m
-                        .socket_blocked
-                        .record(attempt_us.saturating_sub(queued.noticed_us));
-                    self.m
-                        .send_lag
-                        .record(done_us.saturating_sub(queued.intended_us));
-                }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                    self.m.sent_in_window += 1;
-                }
-            }
-        }
-        // Reclaim the written prefix: all of it when everything is out, else once it is large.
-        if sender.written == sender.out.len() {
-            sender.out.clear();
-            sender.written = 0;
-        } else if sender.written >= 64 * 1024 && sender.written * 2 >= sender.out.len() {
-            let shift = sender.written;
-            sender.out.drain(..shift);
-            sender.written = 0;
-            for queued in &mut sender.queue {
-                queued.end -= shift;
-            }
-        }
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            socket_blocked: &mut self.m.socket_blocked,
+            send_lag: &mut self.m.send_lag,
+            sent_in_window: &mut self.m.sent_in_window,
+        };
+        let sent_total = &mut self.m.sent_total;
+        let drained = flush_queued(
+            stream,
+            &mut sender.out,
+            &mut sender.queue,
+            &self.clock,
+            lags,
+            |_, _| {
+                sender.sent += 1;
+                *sent_total += 1;
+            },
+        );
+        let failure = drained.failure(&mut client.writable);
         if let Some(why) = failure {
             self.fail(index, ErrorKind::Write, || why);
         }
@@ -760,9 +697,7 @@ impl Run<'_> {
                     self.read(index);
                 }
                 if let Some(ordinal) = self.clients[index].sender {
-                    if self.clients[index].writable
-                        && self.senders[ordinal].written < self.senders[ordinal].out.len()
-                    {
+                    if self.clients[index].writable && self.senders[ordinal].out.has_pending() {
                         self.flush(ordinal);
                     }
                 }
@@ -1045,7 +980,6 @@ impl Run<'_> {
             self.m.not_sent_connection_lost += sender.queue.len() as u64;
             sender.queue.clear();
             sender.out.clear();
-            sender.written = 0;
         }
         if let Some(mut stream) = client.stream.take() {
             // Closing the socket deregisters it from epoll; deregistering first is tidier.
@@ -1460,7 +1394,7 @@ mod tests {
             channel: b"lg-test".to_vec(),
         };
         match run(&cfg) {
-            Err(RoomError::Unreachable(why)) => {
+            Err(RunError::Unreachable(why)) => {
                 assert!(why.contains("UnexpectedType(43)"), "{why}");
             }
             other => panic!("expected Unreachable, got {other:?}"),
@@ -1477,6 +1411,6 @@ mod tests {
         let mut cfg = config(addr);
         cfg.clients = 2;
         cfg.senders = 1;
-        assert!(matches!(run(&cfg), Err(RoomError::Unreachable(_))));
+        assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
     }
 }

@@ -1,6 +1,11 @@
 //! Writing a connection's pending bytes, shared by every TCP scenario.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
+
+use crate::clock::Clock;
+use crate::plan::Plan;
+use crate::stats::LatencyHistogram;
 
 /// What writing a connection's pending bytes came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -11,6 +16,21 @@ pub enum Drained {
     WouldBlock,
     /// The connection cannot take writes any more; the text says why.
     Failed(String),
+}
+
+impl Drained {
+    /// What the scenario does with the outcome: on `WouldBlock` it clears `writable` (the next
+    /// writable edge resumes); a failure is handed back to be counted and the connection closed.
+    pub fn failure(self, writable: &mut bool) -> Option<String> {
+        match self {
+            Drained::All => None,
+            Drained::WouldBlock => {
+                *writable = false;
+                None
+            }
+            Drained::Failed(why) => Some(why),
+        }
+    }
 }
 
 /// Write `out[*written..]` until it is all written or the socket would block, advancing
@@ -26,6 +46,173 @@ pub fn write_pending(stream: &mut impl Write, out: &[u8], written: &mut usize) -
         }
     }
     Drained::All
+}
+
+/// A connection's bytes due to go out: appended at the end, written from the front.
+///
+/// Offsets ([`OutBuf::end`], [`OutBuf::written`]) count every byte the buffer ever took, so a
+/// message remembered by the offset just past its last byte is out once `written()` reaches it,
+/// whatever was reclaimed from the front in between.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    bytes: Vec<u8>,
+    /// `bytes[..written]` are out.
+    written: usize,
+    /// Bytes reclaimed from the front (or dropped by `clear`) so far.
+    dropped: usize,
+}
+
+/// Below this, a written prefix is left in place: moving the unwritten rest costs more than the
+/// memory it frees.
+const RECLAIM_BYTES_MIN: usize = 64 * 1024;
+
+impl OutBuf {
+    /// Bytes appended and not yet written.
+    pub fn pending(&self) -> usize {
+        self.bytes.len() - self.written
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.written < self.bytes.len()
+    }
+
+    /// The offset just past the last byte appended.
+    pub fn end(&self) -> usize {
+        self.dropped + self.bytes.len()
+    }
+
+    /// The offset just past the last byte written.
+    pub fn written(&self) -> usize {
+        self.dropped + self.written
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Appends `n` zero bytes for the caller to fill in place.
+    pub fn append(&mut self, n: usize) -> &mut [u8] {
+        let start = self.bytes.len();
+        self.bytes.resize(start + n, 0);
+        &mut self.bytes[start..]
+    }
+
+    /// Takes back the last `n` bytes appended (none of them written yet).
+    pub fn unappend(&mut self, n: usize) {
+        let keep = self.bytes.len().saturating_sub(n).max(self.written);
+        self.bytes.truncate(keep);
+    }
+
+    /// Drops everything not yet written (the connection is gone).
+    pub fn clear(&mut self) {
+        self.dropped += self.bytes.len();
+        self.bytes.clear();
+        self.written = 0;
+    }
+
+    /// Writes the pending bytes until done or `WouldBlock` (see [`write_pending`]), then
+    /// reclaims the written prefix: all of it when everything is out, else once it is large
+    /// and at least half the buffer.
+    pub fn write_to(&mut self, stream: &mut impl Write) -> Drained {
+        let drained = write_pending(stream, &self.bytes, &mut self.written);
+        if self.written == self.bytes.len() {
+            self.clear();
+        } else if self.written >= RECLAIM_BYTES_MIN && self.written * 2 >= self.bytes.len() {
+            self.bytes.drain(..self.written);
+            self.dropped += self.written;
+            self.written = 0;
+        }
+        drained
+    }
+}
+
+/// The connections with bytes queued since the last flush, each listed once: a turn's sends and
+/// answers go out in one write per connection, not one per message.
+#[derive(Debug, Default)]
+pub struct DirtySet {
+    marked: Vec<bool>,
+    list: Vec<usize>,
+}
+
+impl DirtySet {
+    pub fn mark(&mut self, i: usize) {
+        if i >= self.marked.len() {
+            self.marked.resize(i + 1, false);
+        }
+        if !self.marked[i] {
+            self.marked[i] = true;
+            self.list.push(i);
+        }
+    }
+
+    /// The connections marked so far, in the order marked; all unmarked.
+    pub fn take(&mut self) -> Vec<usize> {
+        for &i in &self.list {
+            self.marked[i] = false;
+        }
+        std::mem::take(&mut self.list)
+    }
+}
+
+/// A message in a connection's [`OutBuf`], waiting to be fully written.
+#[derive(Clone, Copy, Debug)]
+pub struct Queued<T> {
+    /// The buffer offset just past its last byte: it is out once `written()` reaches it.
+    pub end: usize,
+    pub intended_us: u64,
+    /// When the loadgen found it due: socket-blocked time runs from here to the write attempt.
+    pub noticed_us: u64,
+    /// What the scenario needs to account for it (BIN24: its ledger index).
+    pub tag: T,
+}
+
+/// Where a flush records the loadgen's own lags, measured the same way in every scenario.
+pub struct SendLags<'a> {
+    /// `None` before the sending phase: nothing is measured.
+    pub plan: Option<&'a Plan>,
+    pub socket_blocked: &'a mut LatencyHistogram,
+    pub send_lag: &'a mut LatencyHistogram,
+    /// Messages fully written within the measured window.
+    pub sent_in_window: &'a mut u64,
+}
+
+/// Writes a connection's pending bytes until done or `WouldBlock`, then takes every message now
+/// fully out off `queue`: `on_sent` gets it and its send lag (µs from its intended time to the
+/// end of the write), and outside the warmup its socket-blocked time and send lag are recorded.
+///
+/// Socket-blocked time ends when a write is attempted, not when it returns: the time inside
+/// write() (on loopback it includes handing the bytes to the server's socket) is not time spent
+/// waiting for the socket to become writable. It stays in the send lag.
+pub fn flush_queued<T: Copy>(
+    stream: &mut impl Write,
+    out: &mut OutBuf,
+    queue: &mut VecDeque<Queued<T>>,
+    clock: &Clock,
+    lags: SendLags<'_>,
+    mut on_sent: impl FnMut(&Queued<T>, u64),
+) -> Drained {
+    let attempt_us = clock.now_us();
+    let drained = out.write_to(stream);
+    let done_us = clock.now_us();
+    while let Some(queued) = queue.front().copied() {
+        if queued.end > out.written() {
+            break;
+        }
+        queue.pop_front();
+        let lag_us = done_us.saturating_sub(queued.intended_us);
+        on_sent(&queued, lag_us);
+        if let Some(plan) = lags.plan {
+            if !plan.is_warmup(queued.intended_us) {
+                lags.socket_blocked
+                    .record(attempt_us.saturating_sub(queued.noticed_us));
+                lags.send_lag.record(lag_us);
+            }
+            if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+                *lags.sent_in_window += 1;
+            }
+        }
+    }
+    drained
 }
 
 #[cfg(test)]
@@ -97,6 +284,112 @@ mod tests {
             Drained::All
         );
         assert_eq!(sink.taken, b"0123456789");
+    }
+
+    #[test]
+    fn out_buf_offsets_survive_reclaiming_the_written_prefix() {
+        let mut sink = Sink {
+            taken: Vec::new(),
+            chunk: usize::MAX,
+            capacity: RECLAIM_BYTES_MIN + 10,
+            interrupt_once: false,
+        };
+        let mut out = OutBuf::default();
+        out.extend(&[1; RECLAIM_BYTES_MIN]);
+        let first_end = out.end();
+        out.extend(&[2; 20]);
+        let second_end = out.end();
+        assert_eq!(out.write_to(&mut sink), Drained::WouldBlock);
+        assert!(out.written() >= first_end && out.written() < second_end);
+        assert_eq!(out.pending(), 10);
+        // The written prefix was large and most of the buffer: reclaimed, offsets unchanged.
+        assert_eq!(out.bytes.len(), 10);
+        assert_eq!(out.end(), second_end);
+        out.append(3).copy_from_slice(b"abc");
+        out.unappend(3);
+        assert_eq!(out.end(), second_end);
+        sink.capacity += 10;
+        assert_eq!(out.write_to(&mut sink), Drained::All);
+        assert_eq!(out.written(), second_end);
+        assert!(!out.has_pending());
+        assert!(
+            out.bytes.is_empty(),
+            "everything out: the buffer is emptied"
+        );
+        assert_eq!(&sink.taken[RECLAIM_BYTES_MIN..], &[2; 20]);
+    }
+
+    #[test]
+    fn out_buf_keeps_a_small_written_prefix() {
+        let mut sink = Sink {
+            taken: Vec::new(),
+            chunk: usize::MAX,
+            capacity: 5,
+            interrupt_once: false,
+        };
+        let mut out = OutBuf::default();
+        out.extend(b"0123456789");
+        assert_eq!(out.write_to(&mut sink), Drained::WouldBlock);
+        assert_eq!((out.written(), out.pending(), out.bytes.len()), (5, 5, 10));
+        out.clear();
+        assert_eq!((out.written(), out.end(), out.pending()), (10, 10, 0));
+    }
+
+    #[test]
+    fn a_flush_accounts_for_the_messages_fully_written_and_only_those() {
+        let clock = Clock::start().unwrap();
+        // Measured from 1 µs on for a long while: the message intended at 0 is warmup.
+        let plan = Plan::new(1, 1, 0, 1, 1 << 40);
+        let (mut socket_blocked, mut send_lag) = (LatencyHistogram::new(), LatencyHistogram::new());
+        let mut sent_in_window = 0;
+        let mut out = OutBuf::default();
+        let mut queue = VecDeque::new();
+        for (tag, intended_us) in [(7u64, 0), (8, 5), (9, 6)] {
+            out.extend(b"0123");
+            queue.push_back(Queued {
+                end: out.end(),
+                intended_us,
+                noticed_us: intended_us,
+                tag,
+            });
+        }
+        let mut sink = Sink {
+            taken: Vec::new(),
+            chunk: usize::MAX,
+            capacity: 10,
+            interrupt_once: false,
+        };
+        let mut sent = Vec::new();
+        let lags = SendLags {
+            plan: Some(&plan),
+            socket_blocked: &mut socket_blocked,
+            send_lag: &mut send_lag,
+            sent_in_window: &mut sent_in_window,
+        };
+        let drained = flush_queued(&mut sink, &mut out, &mut queue, &clock, lags, |q, _| {
+            sent.push(q.tag)
+        });
+        assert_eq!(drained, Drained::WouldBlock);
+        assert_eq!(sent, [7, 8], "the third message is only half written");
+        assert_eq!(queue.len(), 1);
+        assert_eq!(
+            (socket_blocked.len(), send_lag.len()),
+            (1, 1),
+            "warmup not recorded"
+        );
+        assert_eq!(sent_in_window, 2);
+    }
+
+    #[test]
+    fn a_dirty_connection_is_listed_once_until_taken() {
+        let mut dirty = DirtySet::default();
+        for i in [3, 0, 3, 7, 0] {
+            dirty.mark(i);
+        }
+        assert_eq!(dirty.take(), [3, 0, 7]);
+        assert!(dirty.take().is_empty());
+        dirty.mark(3);
+        assert_eq!(dirty.take(), [3], "taking unmarks");
     }
 
     #[test]

@@ -93,6 +93,25 @@ pub struct LatencySummary {
     pub clamped: u64,
 }
 
+impl LatencySummary {
+    /// The report's percentile line: p50 to max, and the sample count.
+    pub fn percentiles_text(&self) -> String {
+        format!(
+            "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms, self.count
+        )
+    }
+
+    /// [`Self::percentiles_text`], or "(no samples)" when there are none.
+    pub fn percentiles_or_none(&self) -> String {
+        if self.count == 0 {
+            "(no samples)".to_string()
+        } else {
+            self.percentiles_text()
+        }
+    }
+}
+
 /// What one received record means for its (receiver, sender) stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeqOutcome {

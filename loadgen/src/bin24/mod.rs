@@ -37,17 +37,17 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use switchboard::protocol::bin24::codec::{
     self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -102,14 +102,6 @@ pub struct Bin24Config {
     /// Written into every stamp; stored frames of an earlier run carry another.
     pub run_id: u32,
     pub progress: bool,
-}
-
-#[derive(Debug)]
-pub enum Bin24Error {
-    /// The loadgen could not set itself up (poll, timer).
-    Setup(String),
-    /// Not one online user could join: there is no server to measure.
-    Unreachable(String),
 }
 
 /// The latencies, in µs. Ack and delivery latencies are measured from the intended send time.
@@ -212,15 +204,6 @@ enum UserPhase {
     Failed,
 }
 
-/// One queued message of a sender: where it ends in `out`, and its times.
-#[derive(Clone, Copy, Debug)]
-struct Queued {
-    end: usize,
-    g: u64,
-    intended_us: u64,
-    noticed_us: u64,
-}
-
 struct User {
     name: Name,
     partner: usize,
@@ -232,11 +215,9 @@ struct User {
     readable: bool,
     writable: bool,
     inbuf: BytesMut,
-    /// Bytes to write are `out[written..]`: the hello, answers, messages.
-    out: Vec<u8>,
-    written: usize,
-    queue: VecDeque<Queued>,
-    dirty: bool,
+    /// Bytes to write: the hello, answers, messages.
+    out: OutBuf,
+    queue: VecDeque<Queued<u64>>,
     intended_connect_us: u64,
     /// Part of the current connection wave and not yet joined or failed.
     in_wave: bool,
@@ -292,7 +273,7 @@ pub struct Run<'a> {
     read_buf: Vec<u8>,
     body_buf: Vec<u8>,
     m: Measurements,
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
@@ -317,7 +298,7 @@ pub struct Run<'a> {
 }
 
 /// Runs the scenario to the end (every phase has a deadline).
-pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, Bin24Error> {
+pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -325,8 +306,8 @@ pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, Bin24Error> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
-    let setup = |what: &str, e: io::Error| Bin24Error::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -344,10 +325,8 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
             readable: false,
             writable: false,
             inbuf: BytesMut::new(),
-            out: Vec::new(),
-            written: 0,
+            out: OutBuf::default(),
             queue: VecDeque::new(),
-            dirty: false,
             intended_connect_us: 0,
             in_wave: false,
             reconnecting: false,
@@ -381,7 +360,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
             stored_hellos: 0,
             stored_frames: 0,
         },
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -409,7 +388,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, Bin24Error> {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(Bin24Error);
+    driver::reactor_common!(RunError);
     driver::drive_connections!(users, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -420,7 +399,7 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), Bin24Error> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
@@ -429,7 +408,7 @@ impl Run<'_> {
     }
 
     /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
-    fn advance(&mut self) -> Result<(), Bin24Error> {
+    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -572,35 +551,20 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::connect_tcp(self.cfg.target, u) {
-            Ok(mut stream) => {
-                // No Nagle: small frames, and an answer held back by Nagle would be the
-                // loadgen's delay blamed on the server.
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(u + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
+            Ok(stream) => {
                 let user = &mut self.users[u];
                 user.stream = Some(stream);
                 user.phase = UserPhase::Connecting;
                 user.readable = false;
                 user.writable = false;
             }
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
 
     /// The ramp-up is over: every online user that joined sends; fix the plan.
-    fn start_sending(&mut self, now_us: u64) -> Result<(), Bin24Error> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         self.senders = (0..self.users.len())
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
@@ -612,7 +576,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(Bin24Error::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.users[u].sender = Some(ordinal as u32);
@@ -689,7 +653,7 @@ impl Run<'_> {
             }
             let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
             if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || user.out.len() - user.written + frame_bytes > SEND_QUEUE_BYTES_MAX
+                || user.out.pending() + frame_bytes > SEND_QUEUE_BYTES_MAX
             {
                 self.m.not_sent_queue_full += 1;
                 continue;
@@ -712,12 +676,12 @@ impl Run<'_> {
                 continue;
             };
             let user = &mut self.users[u];
-            user.out.extend_from_slice(&frame);
+            user.out.extend(&frame);
             user.queue.push_back(Queued {
-                end: user.out.len(),
-                g,
+                end: user.out.end(),
                 intended_us,
                 noticed_us: now_us,
+                tag: g,
             });
             if !plan.is_warmup(intended_us) {
                 self.m
@@ -725,24 +689,13 @@ impl Run<'_> {
                     .schedule_lateness
                     .record(now_us.saturating_sub(intended_us));
             }
-            if !user.dirty {
-                user.dirty = true;
-                self.dirty.push(u);
-            }
+            self.dirty.mark(u);
         }
         self.flush_dirty();
     }
 
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.users[u].dirty {
-            self.users[u].dirty = true;
-            self.dirty.push(u);
-        }
-    }
-
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.users[u].dirty = false;
+        for u in self.dirty.take() {
             self.flush(u);
         }
     }
@@ -757,49 +710,32 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_mut() else {
             return;
         };
-        let attempt_us = self.clock.now_us();
-        let mut failure = None;
-        match write_pending(stream, &user.out, &mut user.written) {
-            Drained::All => {}
-            Drained::WouldBlock => user.writable = false,
-            Drained::Failed(why) => failure = Some(why),
-        }
-        let done_us = self.clock.now_us();
-        if let Some(plan) = self.plan.as_ref() {
-            while let Some(queued) = user.queue.front().copied() {
-                if queued.end > user.written {
-                    break;
-                }
-                user.queue.pop_front();
-                self.ledger.mark_written(queued.g);
-                self.m.sent_total += 1;
-                let lag_us = done_us.saturating_sub(queued.intended_us);
-                if let Some(slot) = self.write_lag_us.get_mut(queued.g as usize) {
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            socket_blocked: &mut self.m.latency.socket_blocked,
+            send_lag: &mut self.m.latency.send_lag,
+            sent_in_window: &mut self.m.sent_in_window,
+        };
+        let (ledger, sent_total, write_lag_us) = (
+            &mut self.ledger,
+            &mut self.m.sent_total,
+            &mut self.write_lag_us,
+        );
+        let drained = flush_queued(
+            stream,
+            &mut user.out,
+            &mut user.queue,
+            &self.clock,
+            lags,
+            |queued, lag_us| {
+                ledger.mark_written(queued.tag);
+                *sent_total += 1;
+                if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
                     *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
                 }
-                if !plan.is_warmup(queued.intended_us) {
-                    self.m
-                        .latency
-                        .socket_blocked
-                        .record(attempt_us.saturating_sub(queued.noticed_us));
-                    self.m.latency.send_lag.record(lag_us);
-                }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                    self.m.sent_in_window += 1;
-                }
-            }
-        }
-        if user.written == user.out.len() {
-            user.out.clear();
-            user.written = 0;
-        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
-            let shift = user.written;
-            user.out.drain(..shift);
-            user.written = 0;
-            for queued in &mut user.queue {
-                queued.end -= shift;
-            }
-        }
+            },
+        );
+        let failure = drained.failure(&mut user.writable);
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
         }
@@ -822,7 +758,7 @@ impl Run<'_> {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.written < user.out.len() {
+                if user.writable && user.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -848,11 +784,11 @@ impl Run<'_> {
                 // forwards back once the name is registered.
                 let hello = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY);
                 if let Some(hello) = hello {
-                    user.out.extend_from_slice(&hello);
+                    user.out.extend(&hello);
                 }
                 user.phase = UserPhase::AwaitEcho;
                 user.readable = true;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
             Ok(false) => {}
             Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
@@ -912,8 +848,8 @@ impl Run<'_> {
                 };
                 self.on_frame(u, &frame, now_us);
             }
-            if self.users[u].written < self.users[u].out.len() {
-                self.mark_dirty(u); // the answers
+            if self.users[u].out.has_pending() {
+                self.dirty.mark(u); // the answers
             }
             self.bytes_since_send_check += n;
             if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
@@ -935,7 +871,7 @@ impl Run<'_> {
                     frame.src(),
                     ANSWER_DELIVERED,
                 ) {
-                    self.users[u].out.extend_from_slice(&answer);
+                    self.users[u].out.extend(&answer);
                 }
                 if is_hello {
                     self.on_echo(u, now_us);
@@ -1168,7 +1104,6 @@ impl Run<'_> {
         self.m.not_sent_connection_lost += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         if let Some(mut stream) = user.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
@@ -1194,7 +1129,6 @@ impl Run<'_> {
         self.m.not_sent_at_end += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         user.readable = false;
         user.writable = false;

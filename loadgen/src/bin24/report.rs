@@ -2,14 +2,12 @@
 //! outcome, as text and JSON. The verdict rule and the shared figures are ROOM's
 //! (`crate::report`).
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{Bin24Config, Bin24Outcome, Tally};
 use crate::report::{
-    verdict, write_closing_lines, Connections, ErrorLine, Errors, NotSent, Outcome, SendFigures,
-    ValidityInputs, Verdict,
+    verdict, write_closing_lines, Connections, ErrorLine, Errors, Lines, NotSent, Outcome,
+    ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -149,28 +147,17 @@ pub fn outcome(
 impl Report {
     pub fn new(cfg: &Bin24Config, seed: u64, strict: bool, run: &Bin24Outcome) -> Report {
         let plan = &run.plan;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
         let l = &run.latency;
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
-        let verdict = verdict(&ValidityInputs {
-            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
-            sender_interval_us: plan.sender_interval_us(),
-            delivery_p99_us: (l.delivery_live.len() > 0)
-                .then(|| l.delivery_live.value_at_quantile_us(0.99)),
-            measured_messages: l.schedule_lateness.len(),
-        });
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
+        let verdict = verdict(&ValidityInputs::measured(
+            plan,
+            &l.schedule_lateness,
+            &l.delivery_live,
+        ));
         let outcome = outcome(
             &run.tally,
             run.errors.total(),
@@ -259,18 +246,18 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             messages: run.tally,
             answers: Answers {
-                per_s: per_s(run.answered_in_window),
+                per_s: plan.per_s(run.answered_in_window),
                 missing: run.tally.lost.no_answer
                     + run.tally.lost.sender_closed
                     + run.tally.incomplete.delivered_no_answer
                     + run.tally.incomplete.sender_closed,
             },
-            deliveries_live_per_s: per_s(run.delivered_live_in_window),
+            deliveries_live_per_s: plan.per_s(run.delivered_live_in_window),
             latency_ms: Latencies {
                 ack_200: l.ack_delivered.summary(),
                 ack_300: l.ack_stored.summary(),
@@ -314,27 +301,8 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let t = &self.messages;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "BIN24 against {}: {} users ({}), {} offline, {} senders, {} msg/s for {:.3} s \
@@ -350,7 +318,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} online requested, {} joined, {} failed; ramp-up {:.3} s; connect p50 {:.3} \
@@ -364,27 +332,9 @@ impl Report {
                 l.connect.max_ms
             ),
         );
-        line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        line(
-            "not sent",
-            format!(
-                "{} (queue full {}, connection lost {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
-        line(
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "connection lost");
+        out.line(
             "messages",
             format!(
                 "{} sent: {} live (type 0 + \"200\"), {} stored (\"300\" + type 2), {} refused \
@@ -393,7 +343,7 @@ impl Report {
             ),
         );
         if t.lost.total > 0 {
-            line(
+            out.line(
                 "",
                 format!(
                     "lost: {} never answered, {} never answered after the server closed their \
@@ -407,7 +357,7 @@ impl Report {
             );
         }
         if t.incomplete.total > 0 {
-            line(
+            out.line(
                 "",
                 format!(
                     "incomplete: {} delivered but never answered, {} delivered but their sender \
@@ -420,20 +370,20 @@ impl Report {
                 ),
             );
         }
-        line(
+        out.line(
             "answers",
             format!(
                 "{:.1}/s in the measured window; {} messages never answered",
                 self.answers.per_s, self.answers.missing
             ),
         );
-        line("ack 200", percentiles(&l.ack_200));
-        line("ack 300 (stored)", percentiles(&l.ack_300));
+        out.line("ack 200", l.ack_200.percentiles_or_none());
+        out.line("ack 300 (stored)", l.ack_300.percentiles_or_none());
         if l.ack_507.count > 0 {
-            line("ack 507 (full)", percentiles(&l.ack_507));
+            out.line("ack 507 (full)", l.ack_507.percentiles_or_none());
         }
-        line("delivery live", percentiles(&l.delivery_live));
-        line(
+        out.line("delivery live", l.delivery_live.percentiles_or_none());
+        out.line(
             "reconnects",
             format!(
                 "{} users ({} had been online), {} joined, {} retries, {} stored frames in \
@@ -453,14 +403,14 @@ impl Report {
                 l.reconnect.max_ms
             ),
         );
-        line(
+        out.line(
             "stored delivery",
             format!(
                 "from reconnect: {}",
-                percentiles(&l.delivery_stored_after_reconnect)
+                l.delivery_stored_after_reconnect.percentiles_or_none()
             ),
         );
-        line(
+        out.line(
             "service time",
             format!(
                 "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (first answer minus actual write; \
@@ -468,20 +418,8 @@ impl Report {
                 l.service_time.p50_ms, l.service_time.p99_ms, l.service_time.max_ms
             ),
         );
-        line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
-        line(
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.line(
             "duplicates",
             format!(
                 "{} allowed (redelivered from the store after a reconnect), {} in the normal \
@@ -492,18 +430,9 @@ impl Report {
                 t.duplicates.conflicting_answers
             ),
         );
-        line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {}",
-                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
-            ),
-        );
-        for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
-        }
+        out.errors(&self.errors, "");
         if self.foreign_frames > 0 || self.stored_hellos > 0 {
-            line(
+            out.line(
                 "other frames",
                 format!(
                     "{} not this run's, {} of its hellos back as type 2 (not counted as messages)",
@@ -511,20 +440,20 @@ impl Report {
                 ),
             );
         }
-        line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with answers missing)"
-                } else {
-                    " (every written message had its answer)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with answers missing",
+            "every written message had its answer",
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
+    }
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

@@ -311,5 +311,5 @@ fn no_server_is_unreachable() {
     let mut cfg = config(addr);
     cfg.users = 2;
     cfg.offline = vec![false, false];
-    assert!(matches!(run(&cfg), Err(Bin24Error::Unreachable(_))));
+    assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
 }

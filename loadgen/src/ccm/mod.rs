@@ -26,15 +26,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -87,13 +87,6 @@ pub struct CcmConfig {
     pub connect_rate_per_s: u64,
     pub run_id: u32,
     pub progress: bool,
-}
-
-#[derive(Debug)]
-pub enum CcmError {
-    Setup(String),
-    /// Not one active user could join.
-    Unreachable(String),
 }
 
 #[derive(Debug, Default)]
@@ -180,13 +173,6 @@ enum UserPhase {
     Failed,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Queued {
-    end: usize,
-    intended_us: u64,
-    noticed_us: u64,
-}
-
 struct User {
     name: String,
     role: Role,
@@ -197,10 +183,8 @@ struct User {
     readable: bool,
     writable: bool,
     inbuf: BytesMut,
-    out: Vec<u8>,
-    written: usize,
-    queue: VecDeque<Queued>,
-    dirty: bool,
+    out: OutBuf,
+    queue: VecDeque<Queued<()>>,
     intended_connect_us: u64,
     in_ramp: bool,
     token: Bytes,
@@ -241,7 +225,7 @@ pub struct Run<'a> {
     keepalives_silent: u64,
     silent_closed: u64,
     silent_closed_without_keepalive: u64,
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
@@ -262,7 +246,7 @@ pub struct Run<'a> {
     order: Vec<usize>,
 }
 
-pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, CcmError> {
+pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -270,8 +254,8 @@ pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, CcmError> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, CcmError> {
-    let setup = |what: &str, e: io::Error| CcmError::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -303,10 +287,8 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, CcmError> {
                 readable: false,
                 writable: false,
                 inbuf: BytesMut::new(),
-                out: Vec::new(),
-                written: 0,
+                out: OutBuf::default(),
                 queue: VecDeque::new(),
-                dirty: false,
                 intended_connect_us: 0,
                 in_ramp: true,
                 token: Bytes::new(),
@@ -338,7 +320,7 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, CcmError> {
         keepalives_silent: 0,
         silent_closed: 0,
         silent_closed_without_keepalive: 0,
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -384,8 +366,8 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(CcmError, own_phase_work);
-    fn advance(&mut self) -> Result<(), CcmError> {
+    driver::reactor_common!(RunError, own_phase_work);
+    fn advance(&mut self) -> Result<(), RunError> {
         let order = std::mem::take(&mut self.order);
         let advanced = self.advance(&order);
         self.order = order;
@@ -404,7 +386,7 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), CcmError> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
@@ -412,7 +394,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn advance(&mut self, order: &[usize]) -> Result<(), CcmError> {
+    fn advance(&mut self, order: &[usize]) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -534,30 +516,17 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::connect_tcp(self.cfg.target, u) {
-            Ok(mut stream) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(u + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
+            Ok(stream) => {
                 let user = &mut self.users[u];
                 user.stream = Some(stream);
                 user.phase = UserPhase::Connecting;
             }
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
 
-    fn start_sending(&mut self, now_us: u64) -> Result<(), CcmError> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         self.senders = (0..self.cfg.users)
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
@@ -568,7 +537,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(CcmError::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.users[u].sender = Some(ordinal as u32);
@@ -621,41 +590,31 @@ impl Run<'_> {
             }
             let message = wire::text(&user.token, &self.users[user.partner].name, content);
             if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || user.out.len() - user.written + message.len() > SEND_QUEUE_BYTES_MAX
+                || user.out.pending() + message.len() > SEND_QUEUE_BYTES_MAX
             {
                 self.not_sent_queue_full += 1;
                 continue;
             }
             let user = &mut self.users[u];
-            user.out.extend_from_slice(&message);
+            user.out.extend(&message);
             user.queue.push_back(Queued {
-                end: user.out.len(),
+                end: user.out.end(),
                 intended_us,
                 noticed_us: now_us,
+                tag: (),
             });
             if !plan.is_warmup(intended_us) {
                 self.latency
                     .schedule_lateness
                     .record(now_us.saturating_sub(intended_us));
             }
-            if !user.dirty {
-                user.dirty = true;
-                self.dirty.push(u);
-            }
+            self.dirty.mark(u);
         }
         self.flush_dirty();
     }
 
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.users[u].dirty {
-            self.users[u].dirty = true;
-            self.dirty.push(u);
-        }
-    }
-
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.users[u].dirty = false;
+        for u in self.dirty.take() {
             self.flush(u);
         }
     }
@@ -668,51 +627,32 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_mut() else {
             return;
         };
-        if user.written == user.out.len() {
+        if !user.out.has_pending() {
             return;
         }
-        let attempt_us = self.clock.now_us();
-        let mut failure = None;
-        match write_pending(stream, &user.out, &mut user.written) {
-            Drained::All => {}
-            Drained::WouldBlock => user.writable = false,
-            Drained::Failed(why) => failure = Some(why),
-        }
-        let done_us = self.clock.now_us();
-        while let Some(queued) = user.queue.front().copied() {
-            if queued.end > user.written {
-                break;
-            }
-            user.queue.pop_front();
-            self.sent += 1;
-            if let Some(ordinal) = user.sender {
-                self.accounting.on_sent(ordinal as usize);
-            }
-            if let Some(plan) = self.plan.as_ref() {
-                if !plan.is_warmup(queued.intended_us) {
-                    self.latency
-                        .socket_blocked
-                        .record(attempt_us.saturating_sub(queued.noticed_us));
-                    self.latency
-                        .send_lag
-                        .record(done_us.saturating_sub(queued.intended_us));
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            socket_blocked: &mut self.latency.socket_blocked,
+            send_lag: &mut self.latency.send_lag,
+            sent_in_window: &mut self.sent_in_window,
+        };
+        let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
+        let drained = flush_queued(
+            stream,
+            &mut user.out,
+            &mut user.queue,
+            &self.clock,
+            lags,
+            |_, _| {
+                *sent += 1;
+                if let Some(ordinal) = sender {
+                    accounting.on_sent(ordinal as usize);
                 }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                    self.sent_in_window += 1;
-                }
-            }
-        }
-        if user.written == user.out.len() {
-            user.out.clear();
-            user.written = 0;
-            user.last_write_us = done_us;
-        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
-            let shift = user.written;
-            user.out.drain(..shift);
-            user.written = 0;
-            for queued in &mut user.queue {
-                queued.end -= shift;
-            }
+            },
+        );
+        let failure = drained.failure(&mut user.writable);
+        if !user.out.has_pending() {
+            user.last_write_us = self.clock.now_us();
         }
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
@@ -735,7 +675,7 @@ impl Run<'_> {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.written < user.out.len() {
+                if user.writable && user.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -757,10 +697,10 @@ impl Run<'_> {
         };
         match outcome {
             Ok(true) => {
-                user.out.extend_from_slice(&wire::identify(&user.name));
+                user.out.extend(&wire::identify(&user.name));
                 user.phase = UserPhase::AwaitIdentity;
                 user.readable = true;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
             Ok(false) => {}
             Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
@@ -826,8 +766,8 @@ impl Run<'_> {
                 };
                 self.on_message(u, &message, now_us);
             }
-            if self.users[u].written < self.users[u].out.len() {
-                self.mark_dirty(u); // keepalive answers
+            if self.users[u].out.has_pending() {
+                self.dirty.mark(u); // keepalive answers
             }
             self.bytes_since_send_check += n;
             if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
@@ -894,9 +834,9 @@ impl Run<'_> {
                     }
                 }
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
-                    user.out.extend_from_slice(&reply);
+                    user.out.extend(&reply);
                     self.keepalives_answered += 1;
-                    self.mark_dirty(u);
+                    self.dirty.mark(u);
                 }
             }
             Incoming::Text {
@@ -998,7 +938,6 @@ impl Run<'_> {
         self.not_sent_connection_lost += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         if let Some(mut stream) = user.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);

@@ -1,14 +1,12 @@
 //! The CCM report: deliveries, losses, keepalives and the silent users' closes, with the shared
 //! verdict and outcome rules (`crate::report`), as text and JSON.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{CcmConfig, CcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Losses,
-    NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Lines,
+    Losses, NotSent, Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -122,31 +120,17 @@ impl Report {
     pub fn new(cfg: &CcmConfig, seed: u64, strict: bool, run: &CcmOutcome) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
-        let losses = Losses {
-            total: run.seq.gap_losses + run.undelivered,
-            gaps: run.seq.gap_losses,
-            undelivered: run.undelivered,
-        };
-        let verdict = verdict(&ValidityInputs {
-            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
-            sender_interval_us: plan.sender_interval_us(),
-            delivery_p99_us: (l.delivery.len() > 0).then(|| l.delivery.value_at_quantile_us(0.99)),
-            measured_messages: l.schedule_lateness.len(),
-        });
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
+        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
+        let verdict = verdict(&ValidityInputs::measured(
+            plan,
+            &l.schedule_lateness,
+            &l.delivery,
+        ));
         let outcome = ccm_outcome(
             &FailureInputs {
                 losses: losses.total,
@@ -208,12 +192,12 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             deliveries: Deliveries {
                 delivered: run.seq.delivered,
-                per_s: per_s(run.delivered_in_window),
+                per_s: plan.per_s(run.delivered_in_window),
             },
             latency_ms: Latencies {
                 delivery: l.delivery.summary(),
@@ -266,27 +250,8 @@ impl Report {
     pub fn to_text(&self) -> String {
         let s = &self.settings;
         let l = &self.latency_ms;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "CCM against {}: {} users ({}), {} silent, {} senders, {} msg/s for {:.3} s \
@@ -302,7 +267,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} requested, {} joined, {} failed; ramp-up {:.3} s; identify p50 {:.3} ms \
@@ -316,35 +281,17 @@ impl Report {
                 l.connect.max_ms
             ),
         );
-        line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        line(
-            "not sent",
-            format!(
-                "{} (queue full {}, connection lost {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
-        line(
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "connection lost");
+        out.line(
             "deliveries",
             format!(
                 "{} delivered, {:.1}/s in the measured window",
                 self.deliveries.delivered, self.deliveries.per_s
             ),
         );
-        line("delivery", percentiles(&l.delivery));
-        line(
+        out.line("delivery", l.delivery.percentiles_or_none());
+        out.line(
             "losses",
             format!(
                 "{} ({} gaps, {} never delivered); duplicates or reorders {}",
@@ -354,7 +301,7 @@ impl Report {
                 self.duplicates_or_reorders
             ),
         );
-        line(
+        out.line(
             "keepalives",
             format!(
                 "{} received by active users, {} answered; {} received by silent users",
@@ -365,7 +312,7 @@ impl Report {
         );
         let sl = &self.silent;
         if sl.requested > 0 {
-            line(
+            out.line(
                 "silent users",
                 format!(
                     "{} requested, {} joined, {} closed by the server, {} never closed, {} closed \
@@ -378,7 +325,7 @@ impl Report {
                     sl.wait_ms / 1e3
                 ),
             );
-            line(
+            out.line(
                 "closed after",
                 format!(
                     "p50 {:.3} ms  max {:.3} ms after their last write ({} closed); keepalive \
@@ -391,49 +338,28 @@ impl Report {
                 ),
             );
         }
-        line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
-        line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {}",
-                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
-            ),
-        );
-        for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
-        }
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.errors(&self.errors, "");
         if self.foreign_messages > 0 {
-            line(
+            out.line(
                 "other messages",
                 format!("{} not this run's", self.foreign_messages),
             );
         }
-        line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with messages undelivered)"
-                } else {
-                    " (every written message was delivered)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with messages undelivered",
+            "every written message was delivered",
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
+    }
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

@@ -33,14 +33,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
-use mio::{Interest, Poll, Token};
+use mio::{Poll, Token};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan, SplitMix64};
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -92,13 +92,6 @@ pub struct MatouConfig {
     pub seed: u64,
     pub run_id: u32,
     pub progress: bool,
-}
-
-#[derive(Debug)]
-pub enum MatouError {
-    Setup(String),
-    /// Not one user could join.
-    Unreachable(String),
 }
 
 #[derive(Debug, Default)]
@@ -205,13 +198,6 @@ enum UserPhase {
     Failed,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Queued {
-    end: usize,
-    intended_us: u64,
-    noticed_us: u64,
-}
-
 struct User {
     name: String,
     /// This user's address as the server sees it (its socket's local address).
@@ -223,11 +209,9 @@ struct User {
     readable: bool,
     writable: bool,
     inbuf: BytesMut,
-    out: Vec<u8>,
-    written: usize,
+    out: OutBuf,
     /// Public messages in `out`, for the send accounting (brokering packets have no entry).
-    queue: VecDeque<Queued>,
-    dirty: bool,
+    queue: VecDeque<Queued<()>>,
     intended_connect_us: u64,
     in_ramp: bool,
     /// Joined at some point: its deliveries count as expected from then on.
@@ -285,7 +269,7 @@ pub struct Run<'a> {
     decode_errors: u64,
     foreign_messages: u64,
     foreign_notices: u64,
-    dirty: Vec<usize>,
+    dirty: DirtySet,
     still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
@@ -306,7 +290,7 @@ pub struct Run<'a> {
     bytes_since_send_check: usize,
 }
 
-pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
+pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -314,8 +298,8 @@ pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, MatouError> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, MatouError> {
-    let setup = |what: &str, e: io::Error| MatouError::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -334,10 +318,8 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, MatouError> {
             readable: false,
             writable: false,
             inbuf: BytesMut::new(),
-            out: Vec::new(),
-            written: 0,
+            out: OutBuf::default(),
             queue: VecDeque::new(),
-            dirty: false,
             intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
             in_ramp: true,
             joined: false,
@@ -381,7 +363,7 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, MatouError> {
         decode_errors: 0,
         foreign_messages: 0,
         foreign_notices: 0,
-        dirty: Vec::new(),
+        dirty: DirtySet::default(),
         still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
@@ -414,7 +396,7 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(MatouError);
+    driver::reactor_common!(RunError);
     driver::drive_connections!(users, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -425,7 +407,7 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), MatouError> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
@@ -433,7 +415,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn advance(&mut self) -> Result<(), MatouError> {
+    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Ramp => {
@@ -577,10 +559,10 @@ impl Run<'_> {
             self.not_sent_at_end += user.queue.len() as u64;
             user.queue.clear();
             if user.phase == UserPhase::Joined {
-                user.out.extend_from_slice(&wire::public_sign_out());
+                user.out.extend(&wire::public_sign_out());
                 user.phase = UserPhase::SigningOut;
                 self.signed_out += 1;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
         }
         self.flush_dirty();
@@ -593,30 +575,17 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::connect_tcp(self.cfg.target, u) {
-            Ok(mut stream) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(u + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
+            Ok(stream) => {
                 let user = &mut self.users[u];
                 user.stream = Some(stream);
                 user.phase = UserPhase::Connecting;
             }
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
 
-    fn start_sending(&mut self, now_us: u64) -> Result<(), MatouError> {
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
         self.ramp_end_us = now_us;
         self.pool = (0..self.users.len())
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
@@ -627,7 +596,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(MatouError::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         for &u in &self.pool {
             self.users[u].in_room_after_ramp = true;
@@ -705,23 +674,24 @@ impl Run<'_> {
         let packet = wire::public_message(content);
         let user = &mut self.users[u];
         if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-            || user.out.len() - user.written + packet.len() > SEND_QUEUE_BYTES_MAX
+            || user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX
         {
             self.not_sent_queue_full += 1;
             return;
         }
-        user.out.extend_from_slice(&packet);
+        user.out.extend(&packet);
         user.queue.push_back(Queued {
-            end: user.out.len(),
+            end: user.out.end(),
             intended_us,
             noticed_us: now_us,
+            tag: (),
         });
         if !plan.is_warmup(intended_us) {
             self.latency
                 .schedule_lateness
                 .record(now_us.saturating_sub(intended_us));
         }
-        self.mark_dirty(u);
+        self.dirty.mark(u);
     }
 
     /// Draws a free (Src, Dst) pair and queues Src's PRIVATE_REQUEST.
@@ -755,7 +725,7 @@ impl Run<'_> {
         }
         let packet = wire::private_request(&self.users[dst].name);
         let user = &self.users[src];
-        if user.out.len() - user.written + packet.len() > SEND_QUEUE_BYTES_MAX {
+        if user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX {
             self.links_not_sent_queue_full += 1;
             return;
         }
@@ -768,20 +738,12 @@ impl Run<'_> {
             self.links_requested_in_window += 1;
         }
         self.links.open(src as u32, dst as u32, intended_us);
-        self.users[src].out.extend_from_slice(&packet);
-        self.mark_dirty(src);
-    }
-
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.users[u].dirty {
-            self.users[u].dirty = true;
-            self.dirty.push(u);
-        }
+        self.users[src].out.extend(&packet);
+        self.dirty.mark(src);
     }
 
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.users[u].dirty = false;
+        for u in self.dirty.take() {
             self.flush(u);
         }
     }
@@ -798,51 +760,30 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_mut() else {
             return;
         };
-        if user.written == user.out.len() {
+        if !user.out.has_pending() {
             return;
         }
-        let attempt_us = self.clock.now_us();
-        let mut failure = None;
-        match write_pending(stream, &user.out, &mut user.written) {
-            Drained::All => {}
-            Drained::WouldBlock => user.writable = false,
-            Drained::Failed(why) => failure = Some(why),
-        }
-        let done_us = self.clock.now_us();
-        while let Some(queued) = user.queue.front().copied() {
-            if queued.end > user.written {
-                break;
-            }
-            user.queue.pop_front();
-            self.sent += 1;
-            if let Some(ordinal) = user.sender {
-                self.accounting.on_sent(ordinal as usize);
-            }
-            if let Some(plan) = self.plan.as_ref() {
-                if !plan.is_warmup(queued.intended_us) {
-                    self.latency
-                        .socket_blocked
-                        .record(attempt_us.saturating_sub(queued.noticed_us));
-                    self.latency
-                        .send_lag
-                        .record(done_us.saturating_sub(queued.intended_us));
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            socket_blocked: &mut self.latency.socket_blocked,
+            send_lag: &mut self.latency.send_lag,
+            sent_in_window: &mut self.sent_in_window,
+        };
+        let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
+        let drained = flush_queued(
+            stream,
+            &mut user.out,
+            &mut user.queue,
+            &self.clock,
+            lags,
+            |_, _| {
+                *sent += 1;
+                if let Some(ordinal) = sender {
+                    accounting.on_sent(ordinal as usize);
                 }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                    self.sent_in_window += 1;
-                }
-            }
-        }
-        if user.written == user.out.len() {
-            user.out.clear();
-            user.written = 0;
-        } else if user.written >= 64 * 1024 && user.written * 2 >= user.out.len() {
-            let shift = user.written;
-            user.out.drain(..shift);
-            user.written = 0;
-            for queued in &mut user.queue {
-                queued.end -= shift;
-            }
-        }
+            },
+        );
+        let failure = drained.failure(&mut user.writable);
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
         }
@@ -864,7 +805,7 @@ impl Run<'_> {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.written < user.out.len() {
+                if user.writable && user.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -887,11 +828,10 @@ impl Run<'_> {
         match outcome {
             Ok(Some(ip)) => {
                 user.ip = Some(ip);
-                user.out
-                    .extend_from_slice(&wire::connect_request(&user.name));
+                user.out.extend(&wire::connect_request(&user.name));
                 user.phase = UserPhase::AwaitResponse;
                 user.readable = true;
-                self.mark_dirty(u);
+                self.dirty.mark(u);
             }
             Ok(None) => {}
             Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
@@ -953,8 +893,8 @@ impl Run<'_> {
                 };
                 self.on_packet(u, incoming, now_us);
             }
-            if self.users[u].written < self.users[u].out.len() {
-                self.mark_dirty(u); // brokering answers
+            if self.users[u].out.has_pending() {
+                self.dirty.mark(u); // brokering answers
             }
             self.bytes_since_send_check += n;
             if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
@@ -1052,8 +992,8 @@ impl Run<'_> {
                             }
                         }
                         let accept = wire::private_accept(&self.users[src].name);
-                        self.users[u].out.extend_from_slice(&accept);
-                        self.mark_dirty(u);
+                        self.users[u].out.extend(&accept);
+                        self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
                 }
@@ -1065,8 +1005,8 @@ impl Run<'_> {
                         let (message_port, file_port) = links::ports(k);
                         let ports =
                             wire::private_src_ports(&self.users[dst].name, message_port, file_port);
-                        self.users[u].out.extend_from_slice(&ports);
-                        self.mark_dirty(u);
+                        self.users[u].out.extend(&ports);
+                        self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
                 }
@@ -1192,7 +1132,6 @@ impl Run<'_> {
         self.not_sent_connection_lost += user.queue.len() as u64;
         user.queue.clear();
         user.out.clear();
-        user.written = 0;
         user.inbuf.clear();
         if let Some(mut stream) = user.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);

@@ -1,14 +1,12 @@
 //! The MATOU report: public deliveries, brokered links, join and sign-out notices, with the
 //! shared verdict and outcome rules (`crate::report`), as text and JSON.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{MatouConfig, MatouOutcome, Notices};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Losses,
-    NotSent, Outcome, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Lines,
+    Losses, NotSent, Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -213,25 +211,12 @@ impl Report {
     ) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
-        let losses = Losses {
-            total: run.seq.gap_losses + run.undelivered,
-            gaps: run.seq.gap_losses,
-            undelivered: run.undelivered,
-        };
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
+        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
         let links_not_sent = LinksNotSent {
             total: run.links_not_sent_busy
                 + run.links_not_sent_connection_lost
@@ -243,12 +228,11 @@ impl Report {
         let join_notices = NoticeFigures::new(&run.join_notices);
         let sign_out_notices = NoticeFigures::new(&run.sign_out_notices);
         let not_closed = run.signed_out - run.closed_after_sign_out;
-        let verdict = verdict(&ValidityInputs {
-            schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
-            sender_interval_us: plan.sender_interval_us(),
-            delivery_p99_us: (l.delivery.len() > 0).then(|| l.delivery.value_at_quantile_us(0.99)),
-            measured_messages: l.schedule_lateness.len(),
-        });
+        let verdict = verdict(&ValidityInputs::measured(
+            plan,
+            &l.schedule_lateness,
+            &l.delivery,
+        ));
         let outcome = matou_outcome(
             &FailureInputs {
                 losses: losses.total,
@@ -324,13 +308,13 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             deliveries: Deliveries {
                 expected: run.expected_deliveries,
                 delivered: run.seq.delivered,
-                per_s: per_s(run.delivered_in_window),
+                per_s: plan.per_s(run.delivered_in_window),
             },
             latency_ms: Latencies {
                 delivery: l.delivery.summary(),
@@ -398,27 +382,8 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let k = &self.links;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "MATOU against {}: {} users, {} senders, {} msg/s ({} deliveries/s) and {} \
@@ -434,7 +399,7 @@ impl Report {
                 s.payload_bytes
             ),
         );
-        line(
+        out.line(
             "connections",
             format!(
                 "{} requested, {} joined, {} failed ({} refused); ramp-up {:.3} s; login p50 \
@@ -450,7 +415,7 @@ impl Report {
             ),
         );
         let jn = &self.join_notices;
-        line(
+        out.line(
             "join notices",
             format!(
                 "{} received of {} expected; {} duplicates, {} users never told of themselves, \
@@ -463,35 +428,17 @@ impl Report {
                 jn.pairs_both
             ),
         );
-        line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        line(
-            "not sent",
-            format!(
-                "{} (queue full {}, connection lost {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
-        line(
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "connection lost");
+        out.line(
             "deliveries",
             format!(
                 "{} expected, {} delivered, {:.1}/s in the measured window",
                 self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
             ),
         );
-        line("delivery latency", percentiles(&l.delivery));
-        line(
+        out.line("delivery latency", l.delivery.percentiles_or_none());
+        out.line(
             "losses",
             format!(
                 "{} ({} in gaps, {} never delivered); duplicates or reorders {}",
@@ -501,7 +448,7 @@ impl Report {
                 self.duplicates_or_reorders
             ),
         );
-        line(
+        out.line(
             "links",
             format!(
                 "target {:.1}/s, requested {:.1}/s, completed {:.1}/s ({} planned, {} requested, \
@@ -514,9 +461,9 @@ impl Report {
                 k.complete
             ),
         );
-        line("link latency", percentiles(&k.latency_ms));
-        line("link notify", percentiles(&k.notify_latency_ms));
-        line(
+        out.line("link latency", k.latency_ms.percentiles_or_none());
+        out.line("link notify", k.notify_latency_ms.percentiles_or_none());
+        out.line(
             "links lost",
             format!(
                 "{} incomplete (stuck: {} requested, {} accepted, {} ports sent; {} broken by a \
@@ -534,22 +481,10 @@ impl Report {
                 k.address_mismatches
             ),
         );
-        line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
         let so = &self.sign_out;
         let sn = &self.sign_out_notices;
-        line(
+        out.line(
             "sign-out",
             format!(
                 "{} signed out, {} closed by the server, {} not closed (waited {:.3} s); \
@@ -562,25 +497,15 @@ impl Report {
                 sn.expected
             ),
         );
-        line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {} (ERROR packets {}, refusals {}, \
-                 decode errors {})",
-                self.errors.connect,
-                self.errors.read,
-                self.errors.write,
-                self.errors.protocol,
-                self.error_packets,
-                self.refusals,
-                self.decode_errors
+        out.errors(
+            &self.errors,
+            &format!(
+                " (ERROR packets {}, refusals {}, decode errors {})",
+                self.error_packets, self.refusals, self.decode_errors
             ),
         );
-        for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
-        }
         if self.foreign_messages + self.foreign_notices > 0 {
-            line(
+            out.line(
                 "other clients",
                 format!(
                     "{} broadcasts and {} notices not this run's",
@@ -588,20 +513,20 @@ impl Report {
                 ),
             );
         }
-        line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with messages undelivered or links incomplete)"
-                } else {
-                    " (every written message reached every user, every link completed)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with messages undelivered or links incomplete",
+            "every written message reached every user, every link completed",
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
+    }
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

@@ -315,5 +315,5 @@ fn no_server_is_unreachable() {
         .unwrap();
     let mut cfg = config(addr);
     cfg.users = 2;
-    assert!(matches!(run(&cfg), Err(MatouError::Unreachable(_))));
+    assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
 }

@@ -47,7 +47,7 @@ use mio::{Interest, Poll, Token};
 use switchboard::protocol::ocm::codec;
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, SentReceived};
+use crate::driver::{self, Reactor, RunError, SentReceived};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::sockio::{write_pending, Drained};
@@ -105,13 +105,6 @@ pub struct OcmConfig {
     pub recv_buffer_bytes: usize,
     pub run_id: u32,
     pub progress: bool,
-}
-
-#[derive(Debug)]
-pub enum OcmError {
-    Setup(String),
-    /// Not one room could be created.
-    Unreachable(String),
 }
 
 #[derive(Debug, Default)]
@@ -333,7 +326,7 @@ pub struct Run<'a> {
     received_since_send_check: usize,
 }
 
-pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, OcmError> {
+pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, RunError> {
     let mut run = start(cfg)?;
     run.event_loop()?;
     Ok(run.finish())
@@ -341,8 +334,8 @@ pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, OcmError> {
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, OcmError> {
-    let setup = |what: &str, e: io::Error| OcmError::Setup(format!("{what}: {e}"));
+pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
     let clock = Clock::start().map_err(|e| setup("clock", e))?;
     let poll = Poll::new().map_err(|e| setup("poll", e))?;
     let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
@@ -435,7 +428,7 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, OcmError> {
 }
 
 impl Reactor for Run<'_> {
-    driver::reactor_common!(OcmError);
+    driver::reactor_common!(RunError);
     fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
         let total = self.total();
         if index < total {
@@ -480,7 +473,7 @@ impl Run<'_> {
         self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
     }
 
-    fn event_loop(&mut self) -> Result<(), OcmError> {
+    fn event_loop(&mut self) -> Result<(), RunError> {
         driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
         if self.cfg.progress {
             eprintln!();
@@ -488,7 +481,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn advance(&mut self) -> Result<(), OcmError> {
+    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
             Phase::Rooms => {
@@ -619,21 +612,13 @@ impl Run<'_> {
     /// Member `u` connects to the TCRP port; its request goes out once connected.
     fn start_request(&mut self, u: usize, intended_us: u64) {
         self.members[u].request_intended_us = intended_us;
-        match crate::connect::connect_tcp(self.cfg.tcp_target, u) {
-            Ok(mut stream) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    self.fail(u, ErrorKind::Connect, || format!("TCP_NODELAY: {e}"));
-                    return;
-                }
-                let registered = self.poll.registry().register(
-                    &mut stream,
-                    Token(1 + self.total() + u),
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-                if let Err(e) = registered {
-                    self.fail(u, ErrorKind::Connect, || format!("register: {e}"));
-                    return;
-                }
+        match crate::connect::open(
+            self.poll.registry(),
+            self.cfg.tcp_target,
+            u,
+            Token(1 + self.total() + u),
+        ) {
+            Ok(stream) => {
                 let member = &mut self.members[u];
                 member.tcrp = Some(Tcrp {
                     stream,
@@ -646,7 +631,7 @@ impl Run<'_> {
                 });
                 member.phase = MemberPhase::Requesting;
             }
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
 
@@ -857,7 +842,7 @@ impl Run<'_> {
         }
     }
 
-    fn start_chat(&mut self, now_us: u64) -> Result<(), OcmError> {
+    fn start_chat(&mut self, now_us: u64) -> Result<(), RunError> {
         self.rooms_end_us = now_us;
         self.senders = (0..self.total())
             .filter(|&u| self.members[u].phase == MemberPhase::Joined)
@@ -868,7 +853,7 @@ impl Run<'_> {
                 .first
                 .first()
                 .map_or_else(|| "no room was created".to_string(), |(_, w)| w.clone());
-            return Err(OcmError::Unreachable(why));
+            return Err(RunError::Unreachable(why));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.members[u].sender = Some(ordinal as u32);

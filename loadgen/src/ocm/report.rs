@@ -3,14 +3,12 @@
 //! phase (leave texts), the loadgen's own receive buffers, drops and lag; with the shared
 //! verdict and outcome rules (`crate::report`), as text and JSON.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{OcmConfig, OcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, ErrorLine, Errors, FailureInputs, NotSent, Outcome,
-    SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, ErrorLine, Errors, FailureInputs, Lines, NotSent,
+    Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -238,31 +236,16 @@ impl Report {
     ) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let duration_s = plan.duration_us as f64 / 1e6;
-        let per_s = |count: u64| {
-            if duration_s > 0.0 {
-                count as f64 / duration_s
-            } else {
-                0.0
-            }
-        };
-        let not_sent = NotSent {
-            total: run.not_sent_queue_full + run.not_sent_connection_lost + run.not_sent_at_end,
-            queue_full: run.not_sent_queue_full,
-            connection_lost: run.not_sent_connection_lost,
-            at_end: run.not_sent_at_end,
-        };
+        let not_sent = NotSent::new(
+            run.not_sent_queue_full,
+            run.not_sent_connection_lost,
+            run.not_sent_at_end,
+        );
         let losses = run.losses;
         let percent = losses.percent();
         let rb = &run.recv_buffers;
         let verdict = ocm_verdict(
-            &ValidityInputs {
-                schedule_lateness_p99_us: l.schedule_lateness.value_at_quantile_us(0.99),
-                sender_interval_us: plan.sender_interval_us(),
-                delivery_p99_us: (l.delivery.len() > 0)
-                    .then(|| l.delivery.value_at_quantile_us(0.99)),
-                measured_messages: l.schedule_lateness.len(),
-            },
+            &ValidityInputs::measured(plan, &l.schedule_lateness, &l.delivery),
             (l.receive_lag.len() > 0).then(|| l.receive_lag.value_at_quantile_us(0.99)),
             rb.dropped,
         );
@@ -361,13 +344,13 @@ impl Report {
                 planned: plan.messages,
                 sent: run.sent,
                 target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: per_s(run.sent_in_window),
+                achieved_rate_per_s: plan.per_s(run.sent_in_window),
             },
             not_sent,
             deliveries: Deliveries {
                 expected: losses.expected,
                 delivered: run.counts.delivered,
-                per_s: per_s(run.delivered_in_window),
+                per_s: plan.per_s(run.delivered_in_window),
                 late: run.counts.late,
                 duplicates: run.counts.duplicates,
                 echoes: run.echoes,
@@ -436,27 +419,8 @@ impl Report {
     pub fn to_text(&self) -> String {
         let s = &self.settings;
         let l = &self.latency_ms;
-        let mut out = String::new();
-        let mut line = |label: &str, text: String| {
-            let _ = writeln!(out, "{label:<18}{text}");
-        };
-        let percentiles = |summary: &LatencySummary| {
-            if summary.count == 0 {
-                "(no samples)".to_string()
-            } else {
-                format!(
-                    "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
-                     ({} samples)",
-                    summary.p50_ms,
-                    summary.p90_ms,
-                    summary.p99_ms,
-                    summary.p999_ms,
-                    summary.max_ms,
-                    summary.count
-                )
-            }
-        };
-        line(
+        let mut out = Lines::default();
+        out.line(
             "scenario",
             format!(
                 "OCM against TCP {} / UDP {}: {} rooms x {} members, {} senders, {} msg/s \
@@ -474,7 +438,7 @@ impl Report {
             ),
         );
         let r = &self.rooms;
-        line(
+        out.line(
             "rooms",
             format!(
                 "{} of {} created at {} rooms/s in {:.3} s; members {} joined, {} failed, {} not \
@@ -494,30 +458,12 @@ impl Report {
                 }
             ),
         );
-        line("tcrp create", percentiles(&l.create));
-        line("tcrp join", percentiles(&l.join));
-        line(
-            "send rate",
-            format!(
-                "target {:.1} msg/s, achieved {:.1} msg/s ({} planned, {} sent)",
-                self.send.target_rate_per_s,
-                self.send.achieved_rate_per_s,
-                self.send.planned,
-                self.send.sent
-            ),
-        );
-        line(
-            "not sent",
-            format!(
-                "{} (queue full {}, member gone or send failed {}, still queued at the end {})",
-                self.not_sent.total,
-                self.not_sent.queue_full,
-                self.not_sent.connection_lost,
-                self.not_sent.at_end
-            ),
-        );
+        out.line("tcrp create", l.create.percentiles_or_none());
+        out.line("tcrp join", l.join.percentiles_or_none());
+        out.send_rate(&self.send);
+        out.not_sent(&self.not_sent, "member gone or send failed");
         let d = &self.deliveries;
-        line(
+        out.line(
             "deliveries",
             format!(
                 "{} expected, {} delivered, {:.1}/s in the measured window; late {}, \
@@ -525,9 +471,9 @@ impl Report {
                 d.expected, d.delivered, d.per_s, d.late, d.duplicates, d.echoes
             ),
         );
-        line("udp delivery", percentiles(&l.delivery));
+        out.line("udp delivery", l.delivery.percentiles_or_none());
         let loss = &self.udp_loss;
-        line(
+        out.line(
             "udp loss",
             format!(
                 "{} of {} deliveries ({:.4}%: {} skipped, {} never after the last arrival); \
@@ -548,7 +494,7 @@ impl Report {
             ),
         );
         let rb = &self.receive_buffers;
-        line(
+        out.line(
             "loadgen sockets",
             format!(
                 "{} UDP sockets, receive buffer asked {} B, granted {}{}; dropped by the \
@@ -569,9 +515,9 @@ impl Report {
                     .map_or_else(|| "unknown".to_string(), |n| n.to_string())
             ),
         );
-        line("receive lag", percentiles(&l.receive_lag));
+        out.line("receive lag", l.receive_lag.percentiles_or_none());
         let e = &self.exit;
-        line(
+        out.line(
             "exit",
             format!(
                 "{} of {} exits sent; leave texts {} of {} received, {} missing, {} twice \
@@ -590,32 +536,11 @@ impl Report {
                 }
             ),
         );
-        line("leave texts", percentiles(&l.leave));
-        line(
-            "send lag",
-            format!(
-                "p99 {:.3} ms  max {:.3} ms  (schedule lateness p99 {:.3} ms max {:.3} ms; \
-                 socket blocked p99 {:.3} ms max {:.3} ms)",
-                l.send_lag.p99_ms,
-                l.send_lag.max_ms,
-                l.schedule_lateness.p99_ms,
-                l.schedule_lateness.max_ms,
-                l.socket_blocked.p99_ms,
-                l.socket_blocked.max_ms
-            ),
-        );
-        line(
-            "errors",
-            format!(
-                "connect {}, read {}, write {}, protocol {}",
-                self.errors.connect, self.errors.read, self.errors.write, self.errors.protocol
-            ),
-        );
-        for first in &self.errors.first_of_each_kind {
-            line("", format!("first {} error: {}", first.kind, first.first));
-        }
+        out.line("leave texts", l.leave.percentiles_or_none());
+        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.errors(&self.errors, "");
         if self.foreign_texts > 0 {
-            line(
+            out.line(
                 "other datagrams",
                 format!(
                     "{} not from the server or not this run's",
@@ -623,20 +548,20 @@ impl Report {
                 ),
             );
         }
-        line(
-            "drain",
-            format!(
-                "{:.3} s{}",
-                self.drain_ms / 1e3,
-                if self.drain_timed_out {
-                    " (deadline reached with deliveries missing)"
-                } else {
-                    " (every delivery arrived)"
-                }
-            ),
+        out.drain(
+            self.drain_ms,
+            self.drain_timed_out,
+            "deadline reached with deliveries missing",
+            "every delivery arrived",
         );
-        write_closing_lines(&mut line, &self.notes, &self.verdict, &self.outcome);
-        out
+        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
+        out.into_string()
+    }
+}
+
+impl ScenarioReport for Report {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

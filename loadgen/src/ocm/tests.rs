@@ -302,7 +302,7 @@ fn refused_creates_and_no_server_are_unreachable() {
     let mut cfg = config(&server);
     cfg.rooms = 2;
     match run(&cfg) {
-        Err(OcmError::Unreachable(why)) => assert!(why.contains("status 400"), "{why}"),
+        Err(RunError::Unreachable(why)) => assert!(why.contains("status 400"), "{why}"),
         other => panic!("{other:?}"),
     }
     // Bind then drop a listener: its port is very likely free for the next few ms.
@@ -310,5 +310,5 @@ fn refused_creates_and_no_server_are_unreachable() {
         .unwrap()
         .local_addr()
         .unwrap();
-    assert!(matches!(run(&cfg), Err(OcmError::Unreachable(_))));
+    assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
 }
