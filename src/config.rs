@@ -203,6 +203,10 @@ pub struct Config {
     pub bin24_loaded_bytes_max: usize,
     /// BIN24: who may log in, and from where (`--bin24-users`); None lets anyone.
     pub bin24_users: Option<crate::protocol::bin24::UserList>,
+    /// BIN24: bytes one user's messages may make online users receive per second, in all and
+    /// to one recipient; over either the sender is answered "429". 0: no limit.
+    pub bin24_sender_bytes_per_s_max: u64,
+    pub bin24_pair_bytes_per_s_max: u64,
 
     /// Granularity of the timer wheel; timers fire at most one tick late, never early.
     pub timer_tick_ms: u64,
@@ -292,6 +296,8 @@ impl Default for Config {
             bin24_unconfirmed_bytes_per_conn_max: 64 * 1024 * 1024,
             bin24_loaded_bytes_max: 64 * 1024 * 1024,
             bin24_users: None,
+            bin24_sender_bytes_per_s_max: 8 * 1024 * 1024,
+            bin24_pair_bytes_per_s_max: 2 * 1024 * 1024,
             timer_tick_ms: 10,
             shutdown_grace_ms: 2_000,
             stats_interval_ms: 0,

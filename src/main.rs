@@ -369,6 +369,17 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     bin24_users: Option<PathBuf>,
 
+    /// BIN24: bytes one user's messages may make online users receive per second; over it the
+    /// sender is answered "429" and the message is neither delivered nor stored, so a flood is cut at its sender rather than by closing its recipient as a
+    /// slow consumer. One largest frame (1024 bytes) may always pass. 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().bin24_sender_bytes_per_s_max)]
+    bin24_sender_bytes_per_s_max: u64,
+
+    /// BIN24: bytes per second one user may send to one other user; beyond it as above.
+    /// 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().bin24_pair_bytes_per_s_max)]
+    bin24_pair_bytes_per_s_max: u64,
+
     /// Offline store: most requests made durable by one commit (group commit).
     #[arg(long, value_name = "N", default_value_t = Config::default().store_group_commit_max as u64,
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
@@ -597,6 +608,8 @@ impl Args {
             ),
             bin24_loaded_bytes_max: to_usize(self.bin24_loaded_bytes_max),
             bin24_users,
+            bin24_sender_bytes_per_s_max: self.bin24_sender_bytes_per_s_max,
+            bin24_pair_bytes_per_s_max: self.bin24_pair_bytes_per_s_max,
             connections_max: to_usize(self.connections_max),
             listen_backlog: self.listen_backlog,
             accepts_per_turn_max: to_usize(self.accepts_per_turn_max),

@@ -48,6 +48,9 @@ fuzz_target!(|data: &[u8]| {
             unconfirmed_bytes_per_conn_max: 8_192,
             loaded_bytes_max: LOADED_BYTES_MAX,
             users: None,
+            // Small enough that a fuzzed flood reaches the "429" refusals.
+            sender_bytes_per_s_max: 8_192,
+            pair_bytes_per_s_max: 4_096,
             timer_tick_ms: 10,
         },
         0,

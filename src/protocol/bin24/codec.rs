@@ -37,6 +37,10 @@ pub const ANSWER_DELIVERED: &[u8] = b"200";
 pub const ANSWER_STORED: &[u8] = b"300";
 /// The server's answer: the recipient's offline store is full, the message is dropped.
 pub const ANSWER_STORE_FULL: &[u8] = b"507";
+/// Ours, not the original's: the sender is over its rate (`--bin24-sender-bytes-per-s-max`,
+/// per recipient `--bin24-pair-bytes-per-s-max`); the message was neither delivered nor
+/// stored, so a flood is cut at its sender instead of closing its recipient.
+pub const ANSWER_RATE_LIMITED: &[u8] = b"429";
 
 const OFFSET_TYPE: usize = 2;
 const OFFSET_ID: usize = 4;

@@ -11,6 +11,7 @@ use log::{debug, warn};
 use super::codec::{self, Frame, Name};
 use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
+use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::store::{StoreEvent, StoreRequest};
 use crate::timer::{TimerKey, TimerWheel};
@@ -46,6 +47,10 @@ pub struct Bin24Config {
     /// With a list, only its users log in, from their addresses; a message to anyone else is
     /// refused with "507" (it could never be delivered).
     pub users: Option<UserList>,
+    /// Bytes of messages one user may make online users receive per second, in all and to
+    /// one recipient; over either the sender is answered "429". 0: no limit.
+    pub sender_bytes_per_s_max: u64,
+    pub pair_bytes_per_s_max: u64,
     pub timer_tick_ms: u64,
 }
 
@@ -59,6 +64,8 @@ impl Default for Bin24Config {
             unconfirmed_bytes_per_conn_max: 64 * 1024 * 1024,
             loaded_bytes_max: 64 * 1024 * 1024,
             users: None,
+            sender_bytes_per_s_max: 8 * 1024 * 1024,
+            pair_bytes_per_s_max: 2 * 1024 * 1024,
             timer_tick_ms: 10,
         }
     }
@@ -130,6 +137,8 @@ struct Bin24Conn {
     loading: bool,
     /// Waiting in `load_waiters` for room in the global budget.
     waiting_for_budget: bool,
+    /// What this user's messages may make others receive; set at login.
+    sending: Option<SenderBudget<Name>>,
 }
 
 impl Bin24Conn {
@@ -148,6 +157,7 @@ impl Bin24Conn {
             more_stored: false,
             loading: false,
             waiting_for_budget: false,
+            sending: None,
         }
     }
 }
@@ -167,6 +177,14 @@ pub struct CustodyCounts {
     /// Logins refused: not in `--bin24-users`, or from another address than the name's
     /// current holder.
     pub logins_refused: u64,
+}
+
+/// A byte rate whose burst always holds one largest frame, or that frame could never pass.
+fn frame_rate(rate_per_s: u64) -> RateLimit {
+    RateLimit {
+        rate_per_s,
+        burst: rate_per_s.max(codec::FRAME_BYTES_MAX as u64),
+    }
 }
 
 pub struct Bin24Service {
@@ -342,7 +360,7 @@ impl Bin24Service {
             }
         };
         match frame_type {
-            codec::TYPE_MESSAGE => self.on_message(frame, now_ms, out, store),
+            codec::TYPE_MESSAGE => self.on_message(id, frame, now_ms, out, store),
             _ => self.on_answer(id, src, frame, out, store),
         }
         if first_frame {
@@ -404,6 +422,7 @@ impl Bin24Service {
 
     fn on_message<O: Outbox, S: StoreSink>(
         &mut self,
+        id: ConnId,
         frame: Frame,
         now_ms: u64,
         out: &mut O,
@@ -431,6 +450,20 @@ impl Bin24Service {
             self.store_for(recipient, sender, message_id, &frame, store);
             return;
         };
+        // Only a live delivery is charged: a stored frame reaches its recipient paced by the
+        // backlog window, and the store has its own per-user and store-wide limits.
+        if !self.admit_sending(id, recipient, frame.as_bytes().len(), now_ms) {
+            debug!("{id}: {sender} over its sending rate; message to {recipient} refused");
+            out.count_rejected();
+            self.answer(
+                sender,
+                recipient,
+                message_id,
+                codec::ANSWER_RATE_LIMITED,
+                out,
+            );
+            return;
+        }
         // A messageID still pending (a client restarted its counter) resolves the older
         // message first: it goes to its recipient's store, so nothing is lost.
         if let Some(older) = self.pending.remove(&(sender, message_id)) {
@@ -455,6 +488,25 @@ impl Bin24Service {
         if let Some(state) = self.conns.get_mut(recipient_conn) {
             state.unacked.push((sender, message_id));
         }
+    }
+
+    /// Charges a live delivery of `frame_bytes` from connection `id` to `recipient` against
+    /// the sender's budget.
+    fn admit_sending(
+        &mut self,
+        id: ConnId,
+        recipient: Name,
+        frame_bytes: usize,
+        now_ms: u64,
+    ) -> bool {
+        let total = frame_rate(self.config.sender_bytes_per_s_max);
+        let pair = frame_rate(self.config.pair_bytes_per_s_max);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        conn.sending
+            .get_or_insert_with(|| SenderBudget::new(total, now_ms))
+            .admit(Some(recipient), frame_bytes as u64, total, pair, now_ms)
     }
 
     /// Rule 5: forwarded verbatim (the original client's answers carry garbage after "200"),

@@ -102,6 +102,8 @@ impl Harness {
                     unconfirmed_bytes_per_conn_max: 1 << 20,
                     loaded_bytes_max: 1 << 20,
                     users: None,
+                    sender_bytes_per_s_max: Bin24Config::default().sender_bytes_per_s_max,
+                    pair_bytes_per_s_max: Bin24Config::default().pair_bytes_per_s_max,
                     timer_tick_ms: 10,
                 },
                 0,
@@ -939,4 +941,52 @@ fn an_answer_the_server_held_back_does_not_time_its_recipient_out() {
         h.out.closed,
         [(conn(2), CloseReason::Timeout, CloseMode::Now)]
     );
+}
+
+#[test]
+fn a_sender_over_its_rates_is_answered_429_and_its_recipient_gets_nothing() {
+    let mut h = Harness::new();
+    h.service = Bin24Service::new(
+        Bin24Config {
+            sender_bytes_per_s_max: 4096,
+            pair_bytes_per_s_max: 2048,
+            ..Bin24Config::default()
+        },
+        0,
+    );
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.out.clear();
+    let body = "x".repeat(codec::BODY_BYTES_MAX);
+    // Two largest frames fill the pair's 2048 bytes; the third is refused, not forwarded.
+    for id in 1..=3 {
+        h.feed(conn(1), &message(id, "alice", "bob", &body));
+    }
+    assert_eq!(h.out.sent_to(conn(2)).len(), 2);
+    assert_eq!(
+        h.out.sent_to(conn(1)),
+        [answer(3, "bob", "alice", codec::ANSWER_RATE_LIMITED)]
+    );
+    assert_eq!(h.out.rejected, 1);
+    // Another recipient has its own pair budget, until the sender's total (4096) runs out.
+    h.connect(conn(3), "dave");
+    for id in 4..=6 {
+        h.feed(conn(1), &message(id, "alice", "dave", &body));
+    }
+    assert_eq!(h.out.sent_to(conn(3)).len(), 2);
+    assert_eq!(
+        h.out.sent_to(conn(1)).last(),
+        Some(&answer(6, "dave", "alice", codec::ANSWER_RATE_LIMITED))
+    );
+    // Frames for an offline user are not charged: the store has its own limits, and a
+    // backlog reaches its user paced.
+    for id in 10..=13 {
+        h.feed(conn(1), &message(id, "alice", "carol", &body));
+    }
+    assert_eq!(h.store.appends_for("carol").len(), 4);
+    // Nobody was closed for the flood, and a second later the sender may send again.
+    assert!(h.out.closed.is_empty());
+    h.advance_to(1_000);
+    h.feed(conn(1), &message(14, "alice", "bob", "again"));
+    assert_eq!(h.out.sent_to(conn(2)).len(), 3);
 }
