@@ -918,3 +918,158 @@ fn chatd_reads_its_users_file_and_refuses_a_bad_one_naming_the_line() {
     child.kill().expect("kill chatd");
     child.wait().expect("reap chatd");
 }
+
+/// A flood within the input budget (`--input-bytes-per-s-max`, 64 MiB/s, beyond which the
+/// flooder itself is closed): 16 MiB/s, 8 MiB in half a second, twice the recipient's output
+/// limit.
+const FLOOD_BYTES_PER_S: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// Sleeps until `bytes` are due at [`FLOOD_BYTES_PER_S`] since `started`.
+fn pace(started: Instant, bytes: usize) {
+    let due = Duration::from_secs_f64(bytes as f64 / FLOOD_BYTES_PER_S);
+    std::thread::sleep(due.saturating_sub(started.elapsed()));
+}
+
+/// What one sender's answers came to, counted on its own reading thread.
+#[derive(Debug, Default)]
+struct AnswerCounts {
+    delivered: usize,
+    stored: usize,
+    refused_rate: usize,
+    other: usize,
+}
+
+/// A flood of direct messages is cut at its sender, answered "429", instead of closing its
+/// recipient as a slow consumer: bob reads nothing while mallory writes largest frames to him
+/// at 16 MiB/s for half a second (before the limit, bob's queue passed the 4 MiB output
+/// limit within that time and bob was closed, his frames going to the store).
+#[test]
+fn a_direct_message_flood_is_answered_429_and_its_recipient_stays() {
+    let data = TempDir::new("bin24-flood");
+    let server = TestServer::start(Config {
+        // bob answers only after the flood; the ack timeout must not be what closes him.
+        bin24_ack_timeout_ms: 20_000,
+        admin_port: Some(0),
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut bob = Peer::connect(addr, "bob");
+    bob.register_and_wait();
+    let mut mallory = Peer::connect(addr, "mallory");
+    mallory.register_and_wait();
+    let frames_before = server
+        .metric("chatd_frames_in_total{protocol=\"bin24\"}")
+        .expect("frames metric");
+
+    let mut reader = Peer {
+        user: "mallory (answers)".to_string(),
+        stream: mallory.stream.try_clone().expect("clone"),
+        buffer: Vec::new(),
+        next_id: 0,
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
+    reader
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let answers = std::thread::spawn(move || {
+        let mut counts = AnswerCounts::default();
+        // Told how many frames were sent, it reads until each has had its answer.
+        let mut expected = None;
+        let deadline = Instant::now() + 2 * WAIT;
+        loop {
+            if expected.is_none() {
+                expected = done_rx.try_recv().ok();
+            }
+            let total = counts.delivered + counts.stored + counts.refused_rate + counts.other;
+            if expected == Some(total) {
+                return counts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "answers missing: {counts:?} of {expected:?}"
+            );
+            if let Some(frame) = reader.try_frame() {
+                match &frame.body[..frame.body.len().min(3)] {
+                    b"200" => counts.delivered += 1,
+                    b"300" => counts.stored += 1,
+                    b"429" => counts.refused_rate += 1,
+                    _ => counts.other += 1,
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 65536];
+            match reader.stream.read(&mut chunk) {
+                Ok(0) => panic!("mallory was closed: {counts:?}"),
+                Ok(n) => reader.buffer.extend_from_slice(&chunk[..n]),
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(err) => panic!("mallory's answers: {err}"),
+            }
+        }
+    });
+
+    mallory
+        .stream
+        .set_write_timeout(Some(WAIT))
+        .expect("write timeout");
+    let body = "x".repeat(codec::BODY_BYTES_MAX);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_millis(500) {
+        let mut batch = Vec::with_capacity(64 * codec::FRAME_BYTES_MAX);
+        for _ in 0..64 {
+            let frame = codec::encode(
+                codec::TYPE_MESSAGE,
+                mallory.next_id,
+                name("mallory"),
+                name("bob"),
+                body.as_bytes(),
+            )
+            .expect("frame");
+            mallory.next_id += 1;
+            batch.extend_from_slice(&frame);
+        }
+        mallory.stream.write_all(&batch).expect("mallory's flood");
+        sent += 64;
+        pace(started, sent * codec::FRAME_BYTES_MAX);
+    }
+    let flood_s = started.elapsed().as_secs_f64();
+    // Once the server has read every frame, a message bob sends himself queues behind every
+    // flood frame that was forwarded to him.
+    server.wait_metric(
+        "chatd_frames_in_total{protocol=\"bin24\"}",
+        frames_before + sent as f64,
+    );
+    done_tx.send(sent).expect("answer counter");
+    let sync = bob.send("bob", "after the flood");
+    let mut forwarded = 0usize;
+    loop {
+        let frame = bob.recv();
+        if frame.frame_type == codec::TYPE_MESSAGE {
+            bob.answer(&frame);
+            if frame.src == "bob" && frame.message_id == sync {
+                break;
+            }
+            forwarded += 1;
+        }
+    }
+    let counts = answers.join().expect("answer counter");
+    eprintln!("mallory sent {sent} frames in {flood_s:.2} s; bob got {forwarded}; {counts:?}");
+    assert_eq!(
+        counts.delivered, forwarded,
+        "bob answered every frame he got"
+    );
+    assert_eq!(
+        counts.stored, 0,
+        "bob was never closed, so nothing was stored"
+    );
+    assert_eq!(counts.other, 0);
+    assert_eq!(counts.refused_rate, sent - forwarded);
+    assert!(counts.refused_rate > 0, "the flood passed the limit");
+    // The pair limit: a 2 MiB burst plus 2 MiB/s, in 1024-byte frames (plus what the server
+    // read after the timer stopped: at most the time it took to read the rest).
+    let allowed = 2048.0 + 2048.0 * (started.elapsed().as_secs_f64());
+    assert!((forwarded as f64) <= allowed, "{forwarded} > {allowed}");
+    let stats = server.stop();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats}");
+}

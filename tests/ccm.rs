@@ -144,3 +144,96 @@ fn a_disconnect_frees_the_name() {
     server.wait_connections(0);
     identify(&server, "alice");
 }
+
+/// A flood of addressed messages is cut at its sender with Error `rate-limited`, instead of
+/// closing its recipient as a slow consumer: bob reads nothing while mallory writes 60 KiB
+/// messages to him at 16 MiB/s for half a second (without the limit, bob's queue passes
+/// the 4 MiB output limit within that time).
+#[test]
+fn an_addressed_flood_is_refused_to_its_sender_and_its_recipient_stays() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        admin_port: Some(0),
+        ..Config::for_tests()
+    });
+    let (mut bob, bob_token) = identify(&server, "bob");
+    let (mut mallory, mallory_token) = identify(&server, "mallory");
+    let frames_before = server
+        .metric("chatd_frames_in_total{protocol=\"ccm\"}")
+        .expect("frames metric");
+
+    let mut reader = mallory.stream.try_clone().expect("clone");
+    reader
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
+    let refusals = std::thread::spawn(move || {
+        let needle = b"CCM\\1.0 Error\nReason: rate-limited\n";
+        let mut received = Vec::new();
+        let mut expected = None;
+        let deadline = Instant::now() + 2 * common::WAIT;
+        loop {
+            if expected.is_none() {
+                expected = done_rx.try_recv().ok();
+            }
+            let refused = common::count(&received, needle);
+            if expected == Some(refused) {
+                return (refused, common::count(&received, b"CCM\\1.0 Error"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{refused} refusals of {expected:?}"
+            );
+            let mut chunk = [0u8; 65536];
+            match reader.read(&mut chunk) {
+                Ok(0) => panic!("mallory was closed after {refused} refusals"),
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(err) => panic!("mallory's answers: {err}"),
+            }
+        }
+    });
+
+    let message = text(&mallory_token, "bob", &"x".repeat(60 * 1024));
+    let batch = message.repeat(8);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_millis(500) {
+        mallory.stream.write_all(&batch).expect("mallory's flood");
+        sent += 8;
+        // Within the input budget (`--input-bytes-per-s-max`, 64 MiB/s, beyond which the
+        // flooder itself is closed): 16 MiB/s, 8 MiB in the half second, twice bob's limit.
+        let due = Duration::from_secs_f64((sent * message.len()) as f64 / (16.0 * 1048576.0));
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
+    }
+    // Once the server has read every message, one bob sends himself queues behind every
+    // flood message that was delivered to him.
+    server.wait_metric(
+        "chatd_frames_in_total{protocol=\"ccm\"}",
+        frames_before + sent as f64,
+    );
+    let expected_delivered_max =
+        2.0 * 1024.0 * 1024.0 * (1.0 + started.elapsed().as_secs_f64()) / message.len() as f64;
+    bob.send(&text(&bob_token, "bob", "after the flood"));
+    let before_sync = bob.read_through(b"\n\nafter the flood");
+    let delivered = common::count(&before_sync, b"Sender: mallory\n");
+    // Every message was either delivered or refused, and only refused ones got an Error.
+    let refused = sent - delivered;
+    done_tx.send(refused).expect("refusal counter");
+    let (counted, errors) = refusals.join().expect("refusal counter");
+    eprintln!("mallory sent {sent} messages; bob got {delivered}; {counted} refused");
+    assert_eq!(counted, refused);
+    assert_eq!(errors, refused, "no other error");
+    assert!(refused > 0, "the flood passed the limit");
+    assert!(
+        (delivered as f64) <= expected_delivered_max,
+        "{delivered} > {expected_delivered_max}"
+    );
+    let stats = server.stop();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats}");
+}
