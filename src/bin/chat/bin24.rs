@@ -2,7 +2,7 @@
 //!
 //! BIN24 carries direct messages in fixed-header binary frames: a message (type 0) goes to one
 //! user, whose client answers it "200" (type 1); the server answers "300" itself when the
-//! recipient is offline and the message is stored, "507" when that store is full, and hands a
+//! recipient is offline and the message is stored, "507" when that store is full ("429" when the sender is over its rate), and hands a
 //! user the messages stored for it (type 2) when it comes back. This client shows each message
 //! as a line (`<- bob: hi`), answers "200" for the user, stored messages included (the original
 //! client does not answer those, so the server cannot tell they arrived), and shows what became
@@ -96,6 +96,9 @@ pub const LONG_ABOUT: &str = "Send and receive BIN24 direct messages.\n\n\
         so while you are still here, a line `[delivered]` follows\n  \
       -> bob: hello there  [refused: bob's store is full]\n      \
         the server answered \"507\": the message is not delivered\n  \
+      -> bob: hello there  [refused: sending too fast]\n      \
+        the server answered \"429\": you sent bob (or everyone) more than the server allows \
+        a second; the message is not delivered\n  \
       -> bob: hello there  [answer: TEXT]\n      \
         any other answer, shown as is\n  \
       -> bob: hello there  [no answer yet]\n      \
@@ -534,6 +537,8 @@ enum Fate {
     Stored,
     /// "507": the recipient's store is full; the message is lost.
     Refused,
+    /// "429": the sender is over its rate; the message is not delivered.
+    RateLimited,
     /// Anything else, rendered.
     Other(String),
 }
@@ -548,6 +553,8 @@ impl Fate {
             Fate::Stored
         } else if body == b"507" {
             Fate::Refused
+        } else if body == b"429" {
+            Fate::RateLimited
         } else {
             Fate::Other(render_bytes(body, sanitize))
         }
@@ -559,6 +566,7 @@ impl Fate {
             Fate::Delivered => "delivered".into(),
             Fate::Stored => format!("stored for later: {to} is offline"),
             Fate::Refused => format!("refused: {to}'s store is full"),
+            Fate::RateLimited => "refused: sending too fast".into(),
             Fate::Other(text) => format!("answer: {text}"),
         }
     }
@@ -993,16 +1001,18 @@ mod tests {
             "bob: three",
             "bob: four",
             "bob: five",
+            "bob: six",
         ] {
             line(&mut s, text, now);
         }
         let answer = |id, text: &[u8]| encode_answer(id, name("bob"), name("alice"), text);
-        let cases: [(u32, &[u8], &str); 6] = [
+        let cases: [(u32, &[u8], &str); 7] = [
             (0, b"200\0garbage", "-> bob: one  [delivered]"),
             (1, b"300", "-> bob: two  [stored for later: bob is offline]"),
             (2, b"507", "-> bob: three  [refused: bob's store is full]"),
             (3, b"404 what", "-> bob: four  [answer: 404 what]"),
             (4, b"2", "-> bob: five  [delivered]"),
+            (5, b"429", "-> bob: six  [refused: sending too fast]"),
             (
                 9,
                 b"200",
