@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the committed seed corpora, fuzz/corpus/<target>/, from the contract's examples
-(shared protocols.md and vectors, copied here so that the repository stands alone) and the
-unit tests' vectors. Run it from anywhere; it replaces only the files it names.
+(shared protocols.md's examples; the vectors are read from tests/vectors) and the unit
+tests' vectors. Run it from anywhere; it replaces only the files it names.
 
 Codec targets take a split byte first (see fuzz/src/lib.rs `split_reads`: below 128 one cut
 at that fraction, from 128 on reads of `byte - 127` bytes). Service targets take a program
@@ -12,6 +12,15 @@ import os
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def vectors(name):
+    """The hex column (the last) of a contract vector file in tests/vectors, in file order:
+    read from there, so the seeds cannot drift from what the tests check."""
+    path = os.path.join(HERE, "..", "tests", "vectors", name)
+    with open(path, encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip() and not line.startswith("#")]
+    return [row[-1] for row in rows]
 
 
 def write(target, name, data):
@@ -47,12 +56,8 @@ write("room_service", "handshake_timeout", bytes([ACCEPT, 0, ACCEPT, 1]) + data(
       + data(1, b"carol") + time(4000) + time(2000) + data(0, b"late"))
 
 # ---- BIN24 ----
-VECTORS_BIN24 = [
-    # the contract's vectors (bin24-frames.tsv)
-    "1e00000000000000616c696365000000626f620000000000686920626f62",
-    "1a00010007000000616c696365000000626f6200000000003230",
-    "1b000100030000006e6f626f64790000616c696365000000333030",
-    "1e00020000000000616c696365000000626f620000000000686920626f62",
+VECTORS_BIN24 = vectors("bin24-frames.tsv") + [
+    # an 8-byte SRC, no NUL (the codec's unit tests)
     "19000000010000006162636465666768626f62000000000078",
 ]
 
@@ -147,15 +152,7 @@ write("matou_service", "cut_and_bad", bytes([ACCEPT, 3]) + data(3, connect_alice
       + data(3, matou(4, mstr(b"\x01ctl"))) + data(3, matou(6, mstr(b"alice"))) + data(3, matou(99)))
 
 # ---- OCM ----
-TCRP_REQUESTS = [
-    # the contract's vectors (ocm-tcrp-requests.tsv)
-    "050100000000000000000000000000000000000000000000000000000000003c6c6f6262797b22757365725f6e61"
-    "6d65223a2022616c696365222c2022757365725f61646472657373223a205b223132372e302e302e31222c203430"
-    "3030315d7d",
-    "0902000000000000000000000000000000000000000000000000000000000043e983a8e5b18be4b8807b22757365"
-    "725f6e616d65223a20225c75353932615c7539306365222c2022757365725f61646472657373223a205b22313237"
-    "2e302e302e31222c2034303030325d7d",
-]
+TCRP_REQUESTS = vectors("ocm-tcrp-requests.tsv")
 
 
 def tcrp(operation, state, room, payload):
