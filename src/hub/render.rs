@@ -47,7 +47,7 @@ pub fn line(sender: &[u8], text: &[u8]) -> Bytes {
 }
 
 /// The OCM datagram for a lobby message, if OCM can carry it: UTF-8 text of at most
-/// [`FormLimits::ocm_text_bytes_max`] bytes. `line` is [`line`]`(sender, text)`, shared with
+/// [`FormLimits::ocm_text_bytes_max`] bytes. `line` is [`line()`] of N and T, shared with
 /// ROOM's form.
 pub fn ocm_line_fits(line: &[u8], limits: &FormLimits) -> bool {
     line.len() <= limits.ocm_text_bytes_max && std::str::from_utf8(line).is_ok()
