@@ -5,6 +5,7 @@
 //! ```text
 //! reactor  ->  protocol  ->  chat/store  ->  timer
 //!                  \-> protocol/<name>/codec  (depends on `bytes` only)
+//! protocol services  ->  hub  ->  protocol/<name>/codec, chat  (wiring pending)
 //! ```
 //!
 //! - [`reactor`] is the only code that touches mio or socket2 and the only code that reads the
@@ -15,6 +16,9 @@
 //!   `now_ms` in, effects out through the [`protocol::Outbox`] trait (and
 //!   [`protocol::DatagramOut`] for UDP). Everything there is testable with fabricated bytes and
 //!   fabricated time.
+//! - [`hub`] is the switchboard between the protocols: one lobby and one name space, its own
+//!   vocabulary of plain-data events, and each event rendered once per recipient wire form.
+//!   It uses the protocols' codecs, never their services; sans-io like them (wiring pending).
 //! - [`chat`] holds what the protocols share (per-connection state maps, member lists).
 //! - [`store`] is BIN24's durable offline store: a storage thread over redb, reached from the
 //!   protocol only through a trait (`bin24::StoreSink`) and answering with events the reactor
@@ -29,6 +33,7 @@
 pub mod chat;
 pub mod config;
 pub mod histogram;
+pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

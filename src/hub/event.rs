@@ -1,0 +1,147 @@
+//! The hub's vocabulary: who a user is, and the events that cross between protocols.
+//!
+//! Everything here is plain data (`Bytes`, integers, small enums): no socket, no service, no
+//! wire format. These events are what the cluster will carry between nodes, so they say only
+//! what any node needs to act on them: the origin protocol, names and text.
+
+use bytes::Bytes;
+
+use crate::chat::ConnId;
+
+/// The five wire protocols, in the order (and with the indices) the reactor's `ProtocolKind`
+/// and the statistics use. The hub has its own enum because it sits below the reactor and may
+/// not import from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Room,
+    Bin24,
+    Ccm,
+    Matou,
+    Ocm,
+}
+
+impl Protocol {
+    /// Every protocol, in [`Protocol::index`] order.
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Room,
+        Protocol::Bin24,
+        Protocol::Ccm,
+        Protocol::Matou,
+        Protocol::Ocm,
+    ];
+    pub const COUNT: usize = Protocol::ALL.len();
+
+    /// A dense index, for counters kept per protocol (the same as `ProtocolKind::index`).
+    pub fn index(self) -> usize {
+        match self {
+            Protocol::Room => 0,
+            Protocol::Bin24 => 1,
+            Protocol::Ccm => 2,
+            Protocol::Matou => 3,
+            Protocol::Ocm => 4,
+        }
+    }
+
+    /// A metric label value: lowercase, like the admin port's `protocol` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Room => "room",
+            Protocol::Bin24 => "bin24",
+            Protocol::Ccm => "ccm",
+            Protocol::Matou => "matou",
+            Protocol::Ocm => "ocm",
+        }
+    }
+
+    /// Whether this protocol's users can be in the lobby (every protocol but BIN24, which has
+    /// no broadcast).
+    pub fn has_lobby(self) -> bool {
+        self != Protocol::Bin24
+    }
+}
+
+/// The protocols whose users hold names in the one name space (contract rule 1). ROOM aliases
+/// and OCM user names are display names: not held, not addressable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NamedProtocol {
+    Bin24,
+    Ccm,
+    Matou,
+}
+
+impl NamedProtocol {
+    pub fn protocol(self) -> Protocol {
+        match self {
+            NamedProtocol::Bin24 => Protocol::Bin24,
+            NamedProtocol::Ccm => Protocol::Ccm,
+            NamedProtocol::Matou => Protocol::Matou,
+        }
+    }
+}
+
+/// An OCM member as the OCM service numbers it. OCM members are not connections (they chat
+/// over UDP from an address the OCM service knows), so the OCM service picks a number unique
+/// among its live members and maps it back to an address when the hub delivers to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OcmMemberId(pub u64);
+
+/// Where a user is reached on this node: a TCP connection (ROOM, BIN24, CCM, MATOU), or an
+/// OCM member of the lobby room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Conn(ConnId),
+    Ocm(OcmMemberId),
+}
+
+/// A user as the hub knows it: its protocol of origin, where it is reached, and its name
+/// (held for BIN24, CCM and MATOU; a display name for ROOM and OCM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub protocol: Protocol,
+    pub endpoint: Endpoint,
+    pub name: Bytes,
+}
+
+/// Something said to the lobby: the origin protocol, the sender's display name N and the text
+/// T (contract rule 2; [`LobbyMessage::from_room`] and its siblings say where N and T come
+/// from). It reaches every lobby member of the other protocols.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LobbyMessage {
+    pub origin: Protocol,
+    pub sender: Bytes,
+    pub text: Bytes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceKind {
+    Entered,
+    Left,
+}
+
+/// A user entered or left the lobby (contract rule 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    pub origin: Protocol,
+    pub name: Bytes,
+    pub kind: PresenceKind,
+}
+
+/// A message from one named user to another across protocols (contract rule 4: BIN24 and
+/// CCM). `message_id` is BIN24's: the BIN24 sender's own for a message from BIN24, the hub's
+/// counter for the CCM sender for a message from CCM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectMessage {
+    pub origin: Protocol,
+    pub sender: Bytes,
+    pub recipient: Bytes,
+    pub message_id: u32,
+    pub body: Bytes,
+}
+
+/// One thing the hub acted on: the unit that will cross node boundaries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubEvent {
+    Said(LobbyMessage),
+    Presence(Presence),
+    Direct(DirectMessage),
+}

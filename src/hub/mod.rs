@@ -1,0 +1,640 @@
+//! The hub (the switchboard): one lobby and one name space across the protocols.
+//!
+//! Contract section "SWITCHBOARD". The services translate their wire into the hub's vocabulary
+//! ([`event`]: a user, a lobby message, presence, a direct message) and the hub answers with
+//! deliveries already written in each recipient's wire form ([`render`]), one `Bytes` per form
+//! shared by every recipient of that form. It never sees a socket or a clock, and no service
+//! sees another: a service asks the hub, the hub answers through [`HubOut`] or a return value.
+//!
+//! Wiring is pending (issue 18, after the protocol trait of issue 17): nothing calls the hub
+//! yet. `--isolate` will build it with [`HubConfig::isolated`], where it is inert.
+
+pub mod event;
+pub mod render;
+pub mod testing;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+pub use event::{
+    DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId, Presence,
+    PresenceKind, Protocol, User,
+};
+pub use render::FormLimits;
+
+use crate::chat::ConnId;
+use crate::protocol::bin24::codec::{self as bin24, Frame, Name};
+use crate::protocol::ccm::codec::MessageType;
+use crate::protocol::ccm::Reason;
+use crate::protocol::matou::codec as matou;
+
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// `--isolate`: the protocols stay apart exactly as their own sections say. Every claim is
+    /// granted (each service's own rules still apply), nothing crosses, nothing is counted.
+    pub isolated: bool,
+    /// `--lobby-ocm-room`: the OCM room whose members are in the lobby.
+    pub ocm_lobby_room: String,
+    pub limits: FormLimits,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            isolated: false,
+            ocm_lobby_room: "lobby".to_string(),
+            limits: FormLimits::default(),
+        }
+    }
+}
+
+/// Where the hub's lobby deliveries go. The wiring sends to a connection through the reactor's
+/// `Outbox`, and to an OCM member through the OCM service (which knows its address and its
+/// fan-out budget); tests record ([`testing::RecordingHubOut`]).
+pub trait HubOut {
+    /// Queue `bytes` for `to`, a lobby member of `protocol`. A fan-out passes clones of one
+    /// `Bytes` per wire form (a reference count, not a copy).
+    fn deliver(&mut self, protocol: Protocol, to: Endpoint, bytes: Bytes);
+
+    /// Every event the hub acted on, as plain data: what a cluster will publish to the other
+    /// nodes. Nothing by default.
+    fn event(&mut self, _event: &HubEvent) {}
+}
+
+/// Why a name claim was refused: it is held in another protocol (or, for CCM and MATOU, by
+/// another connection of the same one, which their services refuse before asking).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub newcomer: NamedProtocol,
+    pub holder: NamedProtocol,
+}
+
+impl Refusal {
+    /// The refusal in the newcomer's own way (rule 1): CCM's `Error` with `Reason: name-taken`
+    /// and MATOU's CONNECT_RESPONSE 0, after which the connection stays open for another try;
+    /// `None` for BIN24, which has no refusal frame: close the connection.
+    pub fn answer(&self) -> Option<Bytes> {
+        match self.newcomer {
+            NamedProtocol::Ccm => Some(render::ccm_error(Reason::NameTaken, "that name is in use")),
+            NamedProtocol::Matou => Some(matou::connect_response(false)),
+            NamedProtocol::Bin24 => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The connection holds the name now (a BIN24 newcomer may have replaced a BIN24 holder,
+    /// which BIN24's service decides and carries out itself).
+    Granted,
+    Refused(Refusal),
+}
+
+/// What becomes of a CCM `Text` or `Raw` to a named addressee (rule 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CcmDirect {
+    /// Not the hub's: CCM's own rules apply (a CCM addressee, or `unknown-addressee`).
+    NotCrossing,
+    /// The addressee is an online BIN24 user: BIN24's service forwards `frame` (type 0) to
+    /// `to` and keeps its answer timer, as for a frame from a BIN24 sender: an answer ends the
+    /// exchange, a timeout closes the recipient and stores the frame (BIN24 rule 6).
+    ToBin24 {
+        to: ConnId,
+        frame: Frame,
+        message: DirectMessage,
+    },
+    /// BIN24 cannot carry it: answer the CCM sender with `error` (`too-large`); the connection
+    /// stays open.
+    Refused { error: Bytes },
+}
+
+/// Identifies a BIN24-to-CCM delivery whose writing the hub waits for: the note of the
+/// reactor's `send_notify`, handed back to [`Hub::on_written`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WrittenNote(pub u64);
+
+/// What becomes of a BIN24 type-0 frame (rule 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bin24Direct {
+    /// DST is not an online CCM user: BIN24's own rules (a live BIN24 user, else the store).
+    NotCrossing,
+    /// DST is an online CCM user: queue `bytes` to `to` with `send_notify(to, bytes,
+    /// note.0)`, and report the outcome to [`Hub::on_written`] (also when `send_notify`
+    /// refuses: report it unwritten at once).
+    ToCcm {
+        to: ConnId,
+        bytes: Bytes,
+        note: WrittenNote,
+        message: DirectMessage,
+    },
+}
+
+/// What a reported [`WrittenNote`] comes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The CCM recipient was written to: BIN24's service sends `answer` ("200": type 1, same
+    /// messageID, SRC = the CCM user, DST = the sender) to `sender` wherever it is connected
+    /// now, as it sends its own answers.
+    Answered { sender: Name, answer: Bytes },
+    /// The CCM recipient closed before the bytes were written: BIN24's rules for an offline
+    /// DST, so nothing is lost: BIN24's service stores `frame` for `recipient` (as type 2) and
+    /// answers "300" once it is durable.
+    Unwritten {
+        recipient: Name,
+        sender: Name,
+        message_id: u32,
+        frame: Frame,
+    },
+}
+
+/// Cross-protocol traffic by origin and destination protocol (rule 5), `[origin][destination]`
+/// by [`Protocol::index`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Lobby and direct messages handed to a recipient (one per recipient).
+    pub messages: [[u64; Protocol::COUNT]; Protocol::COUNT],
+    /// Presence notices handed to a recipient.
+    pub notices: [[u64; Protocol::COUNT]; Protocol::COUNT],
+    /// Messages and notices not delivered because the recipient's protocol cannot carry them
+    /// (sizes, encodings; one per recipient), or refused direct messages (one each).
+    pub over_limit: [[u64; Protocol::COUNT]; Protocol::COUNT],
+}
+
+impl Counts {
+    pub fn messages(&self, from: Protocol, to: Protocol) -> u64 {
+        self.messages[from.index()][to.index()]
+    }
+
+    pub fn notices(&self, from: Protocol, to: Protocol) -> u64 {
+        self.notices[from.index()][to.index()]
+    }
+
+    pub fn over_limit(&self, from: Protocol, to: Protocol) -> u64 {
+        self.over_limit[from.index()][to.index()]
+    }
+}
+
+/// Who holds a name.
+#[derive(Clone, Copy, Debug)]
+struct Holder {
+    protocol: NamedProtocol,
+    conn: ConnId,
+}
+
+/// The name a connection holds.
+#[derive(Debug)]
+struct Held {
+    name: Bytes,
+    protocol: NamedProtocol,
+    /// The messageID of this CCM user's next message to a BIN24 user.
+    next_message_id: u32,
+}
+
+/// A lobby member.
+#[derive(Debug)]
+struct Seat {
+    protocol: Protocol,
+    name: Bytes,
+    /// Its place in `Lobby::members[protocol]`.
+    index: usize,
+}
+
+#[derive(Debug, Default)]
+struct Lobby {
+    /// Members per protocol, for fan-out without walking a hash map; swap-removed.
+    members: [Vec<Endpoint>; Protocol::COUNT],
+    seats: HashMap<Endpoint, Seat>,
+}
+
+/// A BIN24 frame delivered to a CCM user, waiting for its bytes to be written.
+#[derive(Debug)]
+struct AwaitingWrite {
+    sender: Name,
+    recipient: Name,
+    frame: Frame,
+}
+
+pub struct Hub {
+    config: HubConfig,
+    names: HashMap<Bytes, Holder>,
+    held: HashMap<ConnId, Held>,
+    lobby: Lobby,
+    awaiting_write: HashMap<WrittenNote, AwaitingWrite>,
+    next_note: u64,
+    counts: Counts,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Hub {
+            config,
+            names: HashMap::new(),
+            held: HashMap::new(),
+            lobby: Lobby::default(),
+            awaiting_write: HashMap::new(),
+            next_note: 0,
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.config.isolated
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Names held, across BIN24, CCM and MATOU.
+    pub fn names_held(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Lobby members of `protocol`.
+    pub fn lobby_count(&self, protocol: Protocol) -> usize {
+        self.lobby.members[protocol.index()].len()
+    }
+
+    /// BIN24-to-CCM deliveries whose writing has not been reported yet.
+    pub fn awaiting_write_count(&self) -> usize {
+        self.awaiting_write.len()
+    }
+
+    /// Whether `room` is the OCM room whose members are in the lobby.
+    pub fn is_ocm_lobby_room(&self, room: &[u8]) -> bool {
+        room == self.config.ocm_lobby_room.as_bytes()
+    }
+
+    // ---- rule 1: one name space ----
+
+    /// `conn`, of `protocol`, asks to hold `name` (compared as bytes). Call it after the
+    /// service's own rules accepted the name, before acting on it; on `Refused`, answer with
+    /// [`Refusal::answer`] (or close, for BIN24). A connection holds one name: claiming
+    /// another releases the first.
+    pub fn claim_name(&mut self, protocol: NamedProtocol, conn: ConnId, name: &[u8]) -> Claim {
+        if self.config.isolated {
+            return Claim::Granted;
+        }
+        match self.names.get(name).copied() {
+            Some(holder) if holder.conn == conn => return Claim::Granted,
+            Some(holder)
+                if holder.protocol == NamedProtocol::Bin24 && protocol == NamedProtocol::Bin24 =>
+            {
+                // BIN24's own rule, between BIN24 connections only: the newer login replaces
+                // the older, which BIN24's service closes.
+                self.held.remove(&holder.conn);
+            }
+            Some(holder) => {
+                return Claim::Refused(Refusal {
+                    newcomer: protocol,
+                    holder: holder.protocol,
+                })
+            }
+            None => {}
+        }
+        self.release_name(conn);
+        // A copy, so that a name held for a whole session does not pin the read buffer it
+        // arrived in.
+        let name = Bytes::copy_from_slice(name);
+        self.names.insert(name.clone(), Holder { protocol, conn });
+        self.held.insert(
+            conn,
+            Held {
+                name,
+                protocol,
+                next_message_id: 0,
+            },
+        );
+        Claim::Granted
+    }
+
+    /// `conn` no longer holds its name (it left, signed out, was closed or replaced). Returns
+    /// the name it held, if it still held one.
+    pub fn release_name(&mut self, conn: ConnId) -> Option<Bytes> {
+        let held = self.held.remove(&conn)?;
+        if self
+            .names
+            .get(&held.name)
+            .is_some_and(|holder| holder.conn == conn)
+        {
+            self.names.remove(&held.name);
+        }
+        Some(held.name)
+    }
+
+    /// Who holds `name`, if anyone.
+    pub fn holder(&self, name: &[u8]) -> Option<(NamedProtocol, ConnId)> {
+        self.names
+            .get(name)
+            .map(|holder| (holder.protocol, holder.conn))
+    }
+
+    /// The name `conn` holds, if any.
+    pub fn name_of(&self, conn: ConnId) -> Option<&Bytes> {
+        self.held.get(&conn).map(|held| &held.name)
+    }
+
+    // ---- rules 2 and 3: the lobby and presence ----
+
+    /// `user` entered the lobby: a ROOM member past its alias, a MATOU user signed in, a CCM
+    /// user identified, an OCM member of the lobby room. The lobby members of the other
+    /// protocols are told (rule 3). False when nothing changed: isolated, a BIN24 user (not
+    /// in the lobby), or an endpoint already seated.
+    pub fn enter_lobby<O: HubOut>(&mut self, user: User, out: &mut O) -> bool {
+        if self.config.isolated
+            || !user.protocol.has_lobby()
+            || self.lobby.seats.contains_key(&user.endpoint)
+        {
+            return false;
+        }
+        // A copy, so that a name kept for a whole session does not pin the read buffer it
+        // arrived in (a ROOM alias is a slice of one).
+        let name = Bytes::copy_from_slice(&user.name);
+        let members = &mut self.lobby.members[user.protocol.index()];
+        members.push(user.endpoint);
+        self.lobby.seats.insert(
+            user.endpoint,
+            Seat {
+                protocol: user.protocol,
+                name: name.clone(),
+                index: members.len() - 1,
+            },
+        );
+        self.announce(
+            Presence {
+                origin: user.protocol,
+                name,
+                kind: PresenceKind::Entered,
+            },
+            out,
+        );
+        true
+    }
+
+    /// `endpoint` left the lobby (closed, signed out, left the OCM lobby room): the lobby
+    /// members of the other protocols are told. False if it was not in the lobby.
+    pub fn leave_lobby<O: HubOut>(&mut self, endpoint: Endpoint, out: &mut O) -> bool {
+        let Some(seat) = self.lobby.seats.remove(&endpoint) else {
+            return false;
+        };
+        let members = &mut self.lobby.members[seat.protocol.index()];
+        if seat.index < members.len() {
+            members.swap_remove(seat.index);
+        }
+        if let Some(&moved) = members.get(seat.index) {
+            if let Some(moved_seat) = self.lobby.seats.get_mut(&moved) {
+                moved_seat.index = seat.index;
+            }
+        }
+        self.announce(
+            Presence {
+                origin: seat.protocol,
+                name: seat.name,
+                kind: PresenceKind::Left,
+            },
+            out,
+        );
+        true
+    }
+
+    /// A connection is gone: it leaves the lobby (announced) and its name is free.
+    pub fn disconnect<O: HubOut>(&mut self, conn: ConnId, out: &mut O) {
+        self.leave_lobby(Endpoint::Conn(conn), out);
+        self.release_name(conn);
+    }
+
+    /// Tell the lobby members of the other protocols that a user entered or left: ROOM members
+    /// get ROOM's notice, MATOU users MATOU's notify; CCM and OCM have no presence message.
+    /// Public for the cluster, which will announce other nodes' presence here.
+    pub fn announce<O: HubOut>(&mut self, presence: Presence, out: &mut O) {
+        if self.config.isolated {
+            return;
+        }
+        let origin = presence.origin;
+        if origin != Protocol::Room && self.lobby_count(Protocol::Room) > 0 {
+            let bytes = render::room_presence(&presence.name, presence.kind);
+            let n = self.fan_out(Protocol::Room, &bytes, out);
+            self.counts.notices[origin.index()][Protocol::Room.index()] += n;
+        }
+        if origin != Protocol::Matou {
+            let recipients = self.lobby_count(Protocol::Matou) as u64;
+            if recipients > 0 {
+                let rendered =
+                    render::matou_presence(&presence.name, presence.kind, &self.config.limits);
+                let counter = match rendered {
+                    Some(bytes) => {
+                        self.fan_out(Protocol::Matou, &bytes, out);
+                        &mut self.counts.notices
+                    }
+                    None => &mut self.counts.over_limit,
+                };
+                counter[origin.index()][Protocol::Matou.index()] += recipients;
+            }
+        }
+        out.event(&HubEvent::Presence(presence));
+    }
+
+    /// A lobby message (rule 2): every lobby member of the other protocols receives it in its
+    /// own form. Each form is rendered once, only if it has recipients, and its one `Bytes` is
+    /// shared by all of them. A form the recipient's protocol cannot carry (rule 5) reaches
+    /// none of them and is counted in [`Counts::over_limit`].
+    pub fn say<O: HubOut>(&mut self, message: LobbyMessage, out: &mut O) {
+        if self.config.isolated {
+            return;
+        }
+        let origin = message.origin;
+        let sender = &message.sender[..];
+        let text = &message.text[..];
+        // ROOM's form and OCM's are the same bytes: rendered once for both.
+        let mut line: Option<Bytes> = None;
+        for to in [
+            Protocol::Room,
+            Protocol::Matou,
+            Protocol::Ccm,
+            Protocol::Ocm,
+        ] {
+            let recipients = self.lobby_count(to) as u64;
+            if to == origin || recipients == 0 {
+                continue;
+            }
+            let rendered = match to {
+                Protocol::Room => Some(
+                    line.get_or_insert_with(|| render::line(sender, text))
+                        .clone(),
+                ),
+                Protocol::Ocm => {
+                    let line = line.get_or_insert_with(|| render::line(sender, text));
+                    render::ocm_line_fits(line, &self.config.limits).then(|| line.clone())
+                }
+                Protocol::Matou => render::matou_broadcast(sender, text, &self.config.limits),
+                Protocol::Ccm => render::ccm_lobby(sender, text),
+                Protocol::Bin24 => None,
+            };
+            let counter = match rendered {
+                Some(bytes) => {
+                    self.fan_out(to, &bytes, out);
+                    &mut self.counts.messages
+                }
+                None => &mut self.counts.over_limit,
+            };
+            counter[origin.index()][to.index()] += recipients;
+        }
+        out.event(&HubEvent::Said(message));
+    }
+
+    /// `bytes` (one rendering) to every lobby member of `to`; returns how many.
+    fn fan_out<O: HubOut>(&self, to: Protocol, bytes: &Bytes, out: &mut O) -> u64 {
+        let members = &self.lobby.members[to.index()];
+        for &member in members {
+            out.deliver(to, member, bytes.clone());
+        }
+        members.len() as u64
+    }
+
+    // ---- rule 4: direct messages between BIN24 and CCM ----
+
+    /// The identified CCM user on `from` sent a `kind` message to `addressee` (not `*`) with
+    /// `content`. A `Text` or `Raw` to an online BIN24 user becomes a BIN24 type-0 frame:
+    /// SRC = the CCM sender's name, DST = the addressee, messageID from a counter the hub keeps
+    /// per CCM sender (from 0, for as long as it holds its name), message = the content.
+    pub fn ccm_direct<O: HubOut>(
+        &mut self,
+        from: ConnId,
+        kind: MessageType,
+        addressee: &[u8],
+        content: &Bytes,
+        out: &mut O,
+    ) -> CcmDirect {
+        if self.config.isolated || !matches!(kind, MessageType::Text | MessageType::Raw) {
+            return CcmDirect::NotCrossing;
+        }
+        let Some(Holder {
+            protocol: NamedProtocol::Bin24,
+            conn: to,
+        }) = self.names.get(addressee).copied()
+        else {
+            return CcmDirect::NotCrossing;
+        };
+        let Some((sender_name, message_id)) = self
+            .held
+            .get(&from)
+            .filter(|held| held.protocol == NamedProtocol::Ccm)
+            .map(|held| (held.name.clone(), held.next_message_id))
+        else {
+            return CcmDirect::NotCrossing;
+        };
+        // The addressee holds its name in BIN24, so it fits BIN24's field; the sender's may
+        // not (CCM names go up to 64 bytes).
+        let (Some(sender), Some(recipient)) = (Name::new(&sender_name), Name::new(addressee))
+        else {
+            return self
+                .refuse_ccm("your name is longer than the 8 bytes a BIN24 user can be sent from");
+        };
+        let frame = bin24::encode(bin24::TYPE_MESSAGE, message_id, sender, recipient, content)
+            .and_then(|bytes| Frame::from_bytes(bytes).ok());
+        let Some(frame) = frame else {
+            return self.refuse_ccm("a message to a BIN24 user is at most 1000 bytes");
+        };
+        if let Some(held) = self.held.get_mut(&from) {
+            held.next_message_id = message_id.wrapping_add(1);
+        }
+        self.counts.messages[Protocol::Ccm.index()][Protocol::Bin24.index()] += 1;
+        let message = DirectMessage {
+            origin: Protocol::Ccm,
+            sender: sender_name,
+            recipient: Bytes::copy_from_slice(addressee),
+            message_id,
+            body: frame.body(),
+        };
+        out.event(&HubEvent::Direct(message.clone()));
+        CcmDirect::ToBin24 { to, frame, message }
+    }
+
+    fn refuse_ccm(&mut self, sentence: &str) -> CcmDirect {
+        self.counts.over_limit[Protocol::Ccm.index()][Protocol::Bin24.index()] += 1;
+        CcmDirect::Refused {
+            error: render::ccm_error(Reason::TooLarge, sentence),
+        }
+    }
+
+    /// A BIN24 type-0 `frame` (from the connection holding its SRC). To an online CCM user D,
+    /// D gets `CCM\1.0 Text` with `Sender: <SRC>`, `Addressee: D` and the message bytes as
+    /// content; once they are written the sender is answered "200" ([`Hub::on_written`]).
+    ///
+    /// A CCM header is UTF-8: a SRC that is not is written with U+FFFD in its place (the
+    /// message still arrives; a reply to that name cannot).
+    pub fn bin24_direct<O: HubOut>(&mut self, frame: &Frame, out: &mut O) -> Bin24Direct {
+        if self.config.isolated || frame.frame_type() != bin24::TYPE_MESSAGE {
+            return Bin24Direct::NotCrossing;
+        }
+        let recipient = frame.dst();
+        let Some(Holder {
+            protocol: NamedProtocol::Ccm,
+            conn: to,
+        }) = self.names.get(recipient.as_bytes()).copied()
+        else {
+            return Bin24Direct::NotCrossing;
+        };
+        let sender = frame.src();
+        let sender_text = String::from_utf8_lossy(sender.as_bytes());
+        let body = frame.body();
+        let bytes = render::ccm_text(sender_text.as_bytes(), recipient.as_bytes(), &body);
+        let note = WrittenNote(self.next_note);
+        self.next_note = self.next_note.wrapping_add(1);
+        self.awaiting_write.insert(
+            note,
+            AwaitingWrite {
+                sender,
+                recipient,
+                frame: frame.clone(),
+            },
+        );
+        self.counts.messages[Protocol::Bin24.index()][Protocol::Ccm.index()] += 1;
+        let message = DirectMessage {
+            origin: Protocol::Bin24,
+            sender: Bytes::copy_from_slice(sender.as_bytes()),
+            recipient: Bytes::copy_from_slice(recipient.as_bytes()),
+            message_id: frame.message_id(),
+            body,
+        };
+        out.event(&HubEvent::Direct(message.clone()));
+        Bin24Direct::ToCcm {
+            to,
+            bytes,
+            note,
+            message,
+        }
+    }
+
+    /// The reactor reported a [`Bin24Direct::ToCcm`] delivery: `written` to the CCM user's
+    /// socket, or not (the connection closed first). `None` for a note the hub does not know
+    /// (reported twice).
+    pub fn on_written(&mut self, note: WrittenNote, written: bool) -> Option<Written> {
+        let AwaitingWrite {
+            sender,
+            recipient,
+            frame,
+        } = self.awaiting_write.remove(&note)?;
+        Some(if written {
+            Written::Answered {
+                sender,
+                answer: render::bin24_delivered(frame.message_id(), recipient, sender),
+            }
+        } else {
+            Written::Unwritten {
+                recipient,
+                sender,
+                message_id: frame.message_id(),
+                frame,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
