@@ -675,8 +675,11 @@ impl Outbox for ConnTable {
         self.stats.rejected += 1;
     }
 
-    fn count_frame_in(&mut self) {
+    fn count_frame_in(&mut self, from: ConnId) {
         self.stats.frames_in += 1;
+        if let Some(conn) = self.slab.get(from.slot as usize) {
+            self.stats.by_protocol[conn.kind.index()].frames_in += 1;
+        }
     }
 
     fn mark_identified(&mut self, id: ConnId) {
