@@ -259,7 +259,8 @@ pub struct Server {
     loop_turns: Histogram,
     /// Returns freed heap to the kernel after a large burst of queued output.
     heap_trim: trim::HeapTrim,
-    /// BIN24 connections not read while the store's queue is full, resumed when it drains.
+    /// Connections not read while their service holds input back (BIN24: the store's queue is
+    /// full), resumed when it no longer does.
     input_paused: Vec<ConnId>,
     /// The last clock reading, since `start`: `now_ms` at full resolution.
     clock: Duration,
@@ -457,7 +458,7 @@ impl Server {
             }
             self.serve_ready_list(carried);
             self.serve_udp();
-            self.on_store_events();
+            self.on_wake();
             self.fire_timers();
             self.heap_trim.observe(self.held_bytes());
             self.flush_and_close();
@@ -501,9 +502,9 @@ impl Server {
         self.table.out_bytes_total + self.services.held_bytes()
     }
 
-    /// Hand store completions to their protocol, and resume the BIN24 connections paused for
-    /// backpressure once the store's queue is below its cap.
-    fn on_store_events(&mut self) {
+    /// Hand work completed off the loop's thread (BIN24's store) to its service, and resume
+    /// the connections held back for backpressure once no service holds input any more.
+    fn on_wake(&mut self) {
         let clock = self.service_clock();
         self.services.on_wake(&clock, &mut self.table);
         if self.input_paused.is_empty() || self.services.input_held() {
@@ -581,7 +582,7 @@ impl Server {
             }
             Source::Signal => self.handle_signals_event(),
             Source::Waker => {
-                self.on_store_events();
+                self.on_wake();
                 if self.shared.shutdown_requested.load(Ordering::SeqCst) {
                     self.begin_shutdown("shutdown requested");
                 }
