@@ -342,3 +342,92 @@ impl Services {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::protocol::room::codec::ALIAS_PROMPT;
+    use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
+    use crate::protocol::CloseMode;
+
+    fn room_and_matou() -> Services {
+        let config = Config {
+            matou_port: Some(0),
+            ..Config::for_tests()
+        };
+        match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("no store is opened without BIN24: {err}"),
+        }
+    }
+
+    fn cx(now_ms: u64) -> Context {
+        Clock {
+            now_ms,
+            unix_ms: 1_700_000_000_000 + now_ms,
+        }
+        .with_peer(SocketAddr::from(([127, 0, 0, 1], 40_000)))
+    }
+
+    #[test]
+    fn each_kind_reaches_its_own_service_and_a_disabled_one_none() {
+        let mut services = room_and_matou();
+        let mut out = RecordingOutbox::default();
+        let (room_conn, matou_conn, ccm_conn) =
+            (ConnId::new(0, 1), ConnId::new(1, 2), ConnId::new(2, 3));
+        services.on_accept(ProtocolKind::Room, room_conn, &cx(0), &mut out);
+        services.on_accept(ProtocolKind::Matou, matou_conn, &cx(0), &mut out);
+        services.on_accept(ProtocolKind::Ccm, ccm_conn, &cx(0), &mut out);
+        // Only ROOM greets at accept; CCM is disabled, so nothing answers its connection.
+        assert_eq!(out.sent_to(room_conn), [ALIAS_PROMPT]);
+        assert!(out.sent_to(matou_conn).is_empty());
+        assert!(out.sent_to(ccm_conn).is_empty());
+
+        // The reactor's handshake deadline is MATOU's, not ROOM's (ROOM keeps its own).
+        assert!(services.reactor_handshake_deadline(ProtocolKind::Matou));
+        assert!(!services.reactor_handshake_deadline(ProtocolKind::Room));
+        assert!(!services.reactor_handshake_deadline(ProtocolKind::Ccm));
+
+        // MATOU says why before the close; a disabled protocol's connection is still closed.
+        services.on_handshake_timeout(ProtocolKind::Matou, matou_conn, 10, &cx(10), &mut out);
+        assert_eq!(out.sent_to(matou_conn).len(), 1, "MATOU's ERROR 8");
+        services.on_handshake_timeout(ProtocolKind::Ccm, ccm_conn, 10, &cx(10), &mut out);
+        assert!(out
+            .closed
+            .contains(&(ccm_conn, CloseReason::HandshakeTimeout, CloseMode::Now)));
+    }
+
+    #[test]
+    fn deadlines_and_timers_come_from_every_enabled_service() {
+        let mut services = room_and_matou();
+        let mut out = RecordingOutbox::default();
+        assert_eq!(services.next_deadline_ms(), None);
+        let id = ConnId::new(0, 1);
+        services.on_accept(ProtocolKind::Room, id, &cx(0), &mut out);
+        // As the reactor does: sleep until the earliest deadline, run the timers, repeat (a
+        // wheel may ask to be looked at before the deadline itself, once per revolution).
+        let mut turns = 0;
+        while out.closed.is_empty() {
+            let Some(deadline_ms) = services.next_deadline_ms() else {
+                panic!("ROOM's handshake deadline is pending");
+            };
+            services.on_timers(&cx(deadline_ms).clock(), &mut out);
+            turns += 1;
+            assert!(turns < 1_000, "the deadline never came");
+        }
+        assert!(out
+            .closed
+            .contains(&(id, CloseReason::HandshakeTimeout, CloseMode::Now)));
+
+        // No UDP service is enabled: a datagram for one reaches nothing.
+        let mut datagrams = RecordingDatagrams::default();
+        services.on_datagram(UdpKind::OcmRelay, b"hello", &cx(1), &mut datagrams);
+        assert!(datagrams.sent.is_empty() && datagrams.dropped_in.is_empty());
+        assert!(!services.input_held());
+        assert_eq!(services.held_bytes(), 0);
+        assert!(services.store_metrics().is_none());
+        assert!(services.shut_down().is_ok());
+    }
+}

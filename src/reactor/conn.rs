@@ -777,6 +777,34 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_in_is_counted_for_its_senders_protocol() {
+        let limits = OutputLimits {
+            hard_bytes_max: 1 << 20,
+            soft_bytes_max: 1 << 20,
+            soft_duration_ms: 1000,
+        };
+        let mut table = ConnTable::new(limits, 1000);
+        let (room, _room_client) = conn_pair();
+        let (mut ccm, _ccm_client) = conn_pair();
+        ccm.kind = ProtocolKind::Ccm;
+        let room = ConnId::new(table.slab.insert(room) as u32, 0);
+        let ccm = ConnId::new(table.slab.insert(ccm) as u32, 0);
+        table.count_frame_in(room);
+        table.count_frame_in(ccm);
+        table.count_frame_in(ccm);
+        assert_eq!(table.stats.frames_in, 3);
+        let by = |kind: ProtocolKind| table.stats.by_protocol[kind.index()].frames_in;
+        assert_eq!(
+            (
+                by(ProtocolKind::Room),
+                by(ProtocolKind::Ccm),
+                by(ProtocolKind::Bin24)
+            ),
+            (1, 2, 0)
+        );
+    }
+
+    #[test]
     fn small_buffers_and_queues_in_use_are_kept() {
         let (mut conn, _client) = conn_pair();
         conn.read_buf.extend_from_slice(b"partial fr");
