@@ -6,6 +6,10 @@
 //! so the figure is header parsing plus the reference counting, per frame. The buffer is
 //! refilled outside the measured routine.
 
+// Benches may unwrap, expect and panic: a failed assumption is a failed run (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -8,6 +8,10 @@
 //! refilled outside the measured routine. Encode measures the whole message, and the header
 //! alone as the fan-out path writes it.
 
+// Benches may unwrap, expect and panic: a failed assumption is a failed run (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -4,6 +4,10 @@
 //! count); the outbox appends to per-connection queues the way the reactor's does, so the
 //! figure is the protocol's cost per delivery without the socket writes.
 
+// Benches may unwrap, expect and panic: a failed assumption is a failed run (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::VecDeque;
 use std::hint::black_box;
 

@@ -7,6 +7,10 @@
 //! routine. Encode builds one broadcast (an 8-byte name, a 64-byte message) in a buffer of its
 //! own, as the server does once per public message before cloning it to every recipient.
 
+// Benches may unwrap, expect and panic: a failed assumption is a failed run (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

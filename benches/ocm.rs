@@ -10,6 +10,10 @@
 //! measure the server's side of a fan-out (lookup, checks, text encoding once, the loop over
 //! the members), not the kernel's `sendto`. Throughput is in deliveries.
 
+// Benches may unwrap, expect and panic: a failed assumption is a failed run (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

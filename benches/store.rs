@@ -10,6 +10,10 @@
 //! Results read as elements/s: messages appended, or frames loaded and removed, per second.
 //! The files live in the system temp dir, so the figures are that disk's fsync.
 
+// Benches may unwrap, expect and panic: a failed assumption is a failed run (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};

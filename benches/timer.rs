@@ -6,6 +6,10 @@
 //! Results read as elements/s: timers inserted, cancelled or handed out per second, and for
 //! `steady_insert_cancel` insert+cancel pairs per second.
 
+// Benches may unwrap, expect and panic: a failed assumption is a failed run (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -10,7 +10,10 @@
 //!
 //! - [`reactor`] is the only code that touches mio or socket2 and the only code that reads the
 //!   clock. It owns the sockets, the connection slab, the output queues and the loop phases.
-//! - [`protocol`] holds one folder per wire protocol (ROOM, BIN24, CCM, MATOU, OCM).
+//! - [`protocol`] holds one folder per wire protocol (ROOM, BIN24, CCM, MATOU, OCM), and the
+//!   seam the reactor drives them through: [`protocol::StreamService`] and
+//!   [`protocol::DatagramService`], [`protocol::ProtocolKind`] and [`protocol::UdpKind`] with
+//!   their ports, and [`protocol::registry::Services`], the one place a kind picks a service.
 //!   `codec.rs` is pure decode/encode over `BytesMut`/`Bytes`; `service.rs` is the protocol's
 //!   server logic (ROOM's, the first and smallest, is in its `mod.rs`), sans-io: bytes and
 //!   `now_ms` in, effects out through the [`protocol::Outbox`] trait (and

@@ -2,10 +2,7 @@
 
 use std::fmt;
 
-use crate::protocol::{CloseReason, DatagramDrop};
-
-/// TCP protocols with their own counters (`reactor::ProtocolKind::index` indexes them).
-pub const PROTOCOL_COUNT: usize = 5;
+use crate::protocol::{CloseReason, DatagramDrop, ProtocolKind};
 
 /// One TCP protocol's share of the connection and traffic counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,8 +66,9 @@ pub struct Stats {
     /// soft limit held too long (together `slow_consumer_closes`).
     pub slow_consumer_hard_closes: u64,
     pub slow_consumer_soft_closes: u64,
-    /// The counters above split by TCP protocol (UDP sockets keep their own), for the metrics.
-    pub by_protocol: [ProtocolStats; PROTOCOL_COUNT],
+    /// The counters above split by TCP protocol (UDP sockets keep their own), for the metrics,
+    /// indexed by [`ProtocolKind::index`].
+    pub by_protocol: [ProtocolStats; ProtocolKind::COUNT],
 }
 
 impl fmt::Display for Stats {

@@ -11,6 +11,10 @@
 //! Frames are written by hand from the contract, not with the library's codecs, so a codec
 //! bug cannot hide behind a matching helper.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{ErrorKind, Read, Write};

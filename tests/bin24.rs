@@ -1,5 +1,9 @@
 //! BIN24 over real sockets: the real server on ephemeral ports, a real offline store.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod chatd;
 mod common;
 

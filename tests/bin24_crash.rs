@@ -15,6 +15,10 @@
 //!
 //! The rounds are random: the seed is printed, and `BIN24_CRASH_SEED=<seed>` replays them.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod chatd;
 mod child;
 mod common;

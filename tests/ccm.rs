@@ -1,5 +1,9 @@
 //! CCM over real sockets: the real server on an ephemeral port.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -8,6 +8,10 @@
 //! bounded by `WAIT`, so a broken client fails with a message instead of hanging the suite.
 //! The child is killed on every path by `Client`'s `Drop`, panics included.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc::{self};

@@ -5,6 +5,10 @@
 //!
 //! Timers and budgets are configured small, so every test runs in well under a second.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::Write;

@@ -6,6 +6,10 @@
 //! between two clients) runs over sockets the test opens itself, with the addresses and ports
 //! the server brokered.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{Read, Write};

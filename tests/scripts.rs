@@ -7,6 +7,10 @@
 //! replaced by a stub that records its call, and with `CARGO_TARGET_DIR` pointing at a folder
 //! whose `release/chatd` and `release/loadgen` are such stubs too.
 
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,13 @@
 //! The protocols' server logic and codecs, sans-io.
 //!
-//! A protocol service is driven by the reactor with four kinds of input (a connection was
-//! accepted, bytes arrived, a connection is gone, time passed) and answers through an
-//! [`Outbox`]: bytes to queue for a connection, or a connection to close. It never sees a
-//! socket or a clock, so every rule is testable with fabricated bytes and `now_ms` values.
+//! A protocol service is driven by the reactor through one seam, [`StreamService`] (TCP) or
+//! [`DatagramService`] (UDP): a connection was accepted, bytes arrived, a connection is gone,
+//! time passed, a datagram arrived; each call gets a [`Context`] (the time, the wall clock for
+//! dated answers, the peer). It answers through an [`Outbox`]: bytes to queue for a
+//! connection, or a connection to close (or a [`DatagramOut`]). It never sees a socket or a
+//! clock, so every rule is testable with fabricated bytes and `now_ms` values. Which protocols
+//! exist and on which ports is [`ProtocolKind`] and [`UdpKind`]; [`registry::Services`] holds
+//! the enabled services and is the one place that picks a service by kind.
 
 use std::net::SocketAddr;
 
@@ -13,10 +17,16 @@ pub use crate::chat::ConnId;
 
 pub mod bin24;
 pub mod ccm;
+mod kind;
 pub mod matou;
 pub mod ocm;
+pub mod registry;
 pub mod room;
+mod service;
 pub mod testing;
+
+pub use kind::{ProtocolKind, UdpKind};
+pub use service::{Clock, Context, DatagramService, StreamService};
 
 /// Why a connection is closed. Logged, and counted in the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,8 +159,9 @@ pub trait Outbox {
     /// Count a rejected input (malformed, oversized, out of order) in the statistics.
     fn count_rejected(&mut self) {}
 
-    /// Count one frame (message, chunk) received, in the statistics.
-    fn count_frame_in(&mut self) {}
+    /// Count one frame (message, chunk) received from `from`, in the statistics (in total and
+    /// for `from`'s protocol).
+    fn count_frame_in(&mut self, _from: ConnId) {}
 
     /// `id` has identified its user (BIN24's first valid frame, CCM's accepted name, MATOU's
     /// name taken): the reactor's handshake deadline no longer applies to it.

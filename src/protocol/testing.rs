@@ -56,7 +56,7 @@ impl Outbox for RecordingOutbox {
         self.rejected += 1;
     }
 
-    fn count_frame_in(&mut self) {
+    fn count_frame_in(&mut self, _from: ConnId) {
         self.frames_in += 1;
     }
 

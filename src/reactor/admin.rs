@@ -23,8 +23,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 use slab::Slab;
 
+use super::listen::{bind_tcp, BindError};
 use super::Server;
-use crate::config::ADMIN_CONNECTIONS_CAP;
+use crate::config::{Config, ADMIN_CONNECTIONS_CAP};
 use crate::metrics::{self, AdminMetrics, MetricsSnapshot};
 
 pub(super) const ADMIN_LISTENER_TOKEN: usize = 2;
@@ -183,7 +184,40 @@ pub(super) struct Admin {
 }
 
 impl Admin {
-    pub(super) fn new(
+    /// The admin listener `config` asks for (`--admin-port`, on `--admin-bind`), registered on
+    /// its token; `None` when there is none.
+    pub(super) fn bind(poll: &mio::Poll, config: &Config) -> Result<Option<Admin>, BindError> {
+        let Some(port) = config.admin_port else {
+            return Ok(None);
+        };
+        let addr = SocketAddr::new(config.admin_bind_addr, port);
+        let mut listener = bind_tcp("ADMIN", addr, config.listen_backlog, 0)?;
+        let fail = |step, source| BindError {
+            protocol: "ADMIN",
+            addr,
+            step,
+            source,
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|source| fail("getsockname", source))?;
+        poll.registry()
+            .register(
+                &mut listener,
+                Token(ADMIN_LISTENER_TOKEN),
+                Interest::READABLE,
+            )
+            .map_err(|source| fail("epoll_ctl", source))?;
+        Ok(Some(Admin::new(
+            listener,
+            addr,
+            config.admin_connections_max,
+            config.admin_request_timeout_ms,
+            config.admin_request_bytes_max,
+        )))
+    }
+
+    fn new(
         listener: TcpListener,
         addr: SocketAddr,
         connections_max: usize,

@@ -675,8 +675,11 @@ impl Outbox for ConnTable {
         self.stats.rejected += 1;
     }
 
-    fn count_frame_in(&mut self) {
+    fn count_frame_in(&mut self, from: ConnId) {
         self.stats.frames_in += 1;
+        if let Some(conn) = self.slab.get(from.slot as usize) {
+            self.stats.by_protocol[conn.kind.index()].frames_in += 1;
+        }
     }
 
     fn mark_identified(&mut self, id: ConnId) {
@@ -771,6 +774,34 @@ mod tests {
         assert_eq!(written, 16 * 1024 + 5 * 16 * 1024 + 4 * 16 * 1024);
         assert!(table.flush_list.is_empty());
         assert_eq!(table.out_bytes_total, 0);
+    }
+
+    #[test]
+    fn a_frame_in_is_counted_for_its_senders_protocol() {
+        let limits = OutputLimits {
+            hard_bytes_max: 1 << 20,
+            soft_bytes_max: 1 << 20,
+            soft_duration_ms: 1000,
+        };
+        let mut table = ConnTable::new(limits, 1000);
+        let (room, _room_client) = conn_pair();
+        let (mut ccm, _ccm_client) = conn_pair();
+        ccm.kind = ProtocolKind::Ccm;
+        let room = ConnId::new(table.slab.insert(room) as u32, 0);
+        let ccm = ConnId::new(table.slab.insert(ccm) as u32, 0);
+        table.count_frame_in(room);
+        table.count_frame_in(ccm);
+        table.count_frame_in(ccm);
+        assert_eq!(table.stats.frames_in, 3);
+        let by = |kind: ProtocolKind| table.stats.by_protocol[kind.index()].frames_in;
+        assert_eq!(
+            (
+                by(ProtocolKind::Room),
+                by(ProtocolKind::Ccm),
+                by(ProtocolKind::Bin24)
+            ),
+            (1, 2, 0)
+        );
     }
 
     #[test]

@@ -1,11 +1,109 @@
-//! Listening sockets, set up with socket2 so every option is explicit.
+//! Listening sockets, set up with socket2 so every option is explicit, and the table of them
+//! built from `Config`: one listener per enabled [`ProtocolKind`], one UDP socket per enabled
+//! [`UdpKind`], in their `ALL` order, each registered on its token. A protocol's port is its
+//! one entry in that table (`ProtocolKind::port`, `UdpKind::port`).
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
 use mio::net::TcpListener;
+use mio::{Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::udp::{DeferredSends, UdpCounters, UdpEntry};
+use super::{
+    ListenerEntry, CONN_TOKEN_BASE, LISTENER_TOKEN_BASE, LISTENER_TOKEN_END,
+    UDP_DEFERRED_SENDS_MAX, UDP_TOKEN_BASE,
+};
+use crate::config::Config;
+use crate::limits::{RateLimit, SourceBuckets};
+use crate::protocol::{ProtocolKind, UdpKind};
+
+// Every protocol and datagram socket has a token of its own range.
+const _: () = assert!(ProtocolKind::COUNT <= LISTENER_TOKEN_END - LISTENER_TOKEN_BASE);
+const _: () = assert!(UdpKind::ALL.len() <= CONN_TOKEN_BASE - UDP_TOKEN_BASE);
+
+/// A listener for every protocol `config` enables, registered on tokens 16.. in
+/// `ProtocolKind::ALL` order.
+pub(super) fn bind_listeners(
+    poll: &Poll,
+    config: &Config,
+) -> Result<Vec<ListenerEntry>, BindError> {
+    let mut entries = Vec::new();
+    for kind in ProtocolKind::ALL {
+        let Some(port) = kind.port(config) else {
+            continue;
+        };
+        let addr = SocketAddr::new(config.bind_addr, port);
+        let mut listener = bind_tcp(
+            kind.name(),
+            addr,
+            config.listen_backlog,
+            config.tcp_send_buffer_bytes,
+        )?;
+        let fail = |step, source| BindError {
+            protocol: kind.name(),
+            addr,
+            step,
+            source,
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|source| fail("getsockname", source))?;
+        let token = Token(LISTENER_TOKEN_BASE + entries.len());
+        poll.registry()
+            .register(&mut listener, token, Interest::READABLE)
+            .map_err(|source| fail("epoll_ctl", source))?;
+        entries.push(ListenerEntry {
+            listener,
+            kind,
+            addr,
+            ready: false,
+        });
+    }
+    Ok(entries)
+}
+
+/// A UDP socket for every datagram protocol `config` enables, registered on tokens 48.. in
+/// `UdpKind::ALL` order, each with its per-source rate limit and its queue of deferred sends.
+pub(super) fn bind_udp_sockets(poll: &Poll, config: &Config) -> Result<Vec<UdpEntry>, BindError> {
+    let datagram_limit = RateLimit {
+        rate_per_s: config.udp_datagrams_per_source_per_s_max,
+        burst: config.udp_datagrams_per_source_burst_max,
+    };
+    let mut entries = Vec::new();
+    for kind in UdpKind::ALL {
+        let Some(port) = kind.port(config) else {
+            continue;
+        };
+        let addr = SocketAddr::new(config.bind_addr, port);
+        let mut socket = bind_udp(kind.name(), addr, config.udp_socket_buffer_bytes)?;
+        let fail = |step, source| BindError {
+            protocol: kind.name(),
+            addr,
+            step,
+            source,
+        };
+        let addr = socket
+            .local_addr()
+            .map_err(|source| fail("getsockname", source))?;
+        let token = Token(UDP_TOKEN_BASE + entries.len());
+        poll.registry()
+            .register(&mut socket, token, Interest::READABLE)
+            .map_err(|source| fail("epoll_ctl", source))?;
+        entries.push(UdpEntry {
+            socket,
+            kind,
+            addr,
+            ready: false,
+            counters: UdpCounters::default(),
+            sources: SourceBuckets::new(datagram_limit, config.udp_sources_max),
+            deferred: DeferredSends::new(UDP_DEFERRED_SENDS_MAX),
+        });
+    }
+    Ok(entries)
+}
 
 /// A listener could not be set up; names the protocol, the address and the failing step.
 #[derive(Debug)]

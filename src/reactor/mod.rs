@@ -19,7 +19,6 @@ mod activity;
 mod admin;
 mod conn;
 mod listen;
-mod services;
 mod trim;
 mod udp;
 
@@ -38,19 +37,19 @@ use crate::chat::ConnId;
 use crate::config::Config;
 use crate::histogram::Histogram;
 use crate::limits::{
-    Admission, HandshakeDeadlines, HandshakeQueue, PerIpCounts, RateLimit, SourceBuckets,
-    TokenBucket,
+    Admission, HandshakeDeadlines, HandshakeQueue, PerIpCounts, RateLimit, TokenBucket,
 };
-use crate::protocol::{CloseMode, CloseReason, DatagramDrop, Outbox};
+use crate::protocol::registry::Services;
+use crate::protocol::{Clock, CloseMode, CloseReason, DatagramDrop, Outbox};
 use crate::stats::Stats;
 
+pub use crate::protocol::{ProtocolKind, UdpKind};
 pub use crate::store::StoreError;
 use admin::{Admin, ADMIN_CONN_TOKEN_BASE, ADMIN_CONN_TOKEN_END, ADMIN_LISTENER_TOKEN};
 use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
-use services::Services;
-pub use services::{ProtocolKind, UdpKind};
-use udp::{DeferredSends, NoDatagrams, Received, UdpCounters, UdpEntry, UdpOut};
+use listen::{bind_listeners, bind_udp_sockets};
+use udp::{Received, UdpEntry, UdpOut};
 
 // Tokens pack a connection's generation into the high 32 bits, so a stale event for a reused
 // slot is recognised; that needs a 64-bit usize.
@@ -260,10 +259,14 @@ pub struct Server {
     loop_turns: Histogram,
     /// Returns freed heap to the kernel after a large burst of queued output.
     heap_trim: trim::HeapTrim,
-    /// BIN24 connections not read while the store's queue is full, resumed when it drains.
+    /// Connections not read while their service holds input back (BIN24: the store's queue is
+    /// full), resumed when it no longer does.
     input_paused: Vec<ConnId>,
     /// The last clock reading, since `start`: `now_ms` at full resolution.
     clock: Duration,
+    /// The Unix time in ms when `start` was taken: later wall times are this plus `now_ms`,
+    /// for answers that carry a date.
+    wall_start_unix_ms: u64,
 }
 
 impl Server {
@@ -282,66 +285,8 @@ impl Server {
             step: "eventfd",
             source,
         })?;
-        let mut listeners = Vec::new();
-        if let Some(port) = config.room_port {
-            let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp(
-                "ROOM",
-                addr,
-                config.listen_backlog,
-                config.tcp_send_buffer_bytes,
-            )?;
-            listeners.push((listener, ProtocolKind::Room));
-        }
-        if let Some(port) = config.bin24_port {
-            let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp(
-                "BIN24",
-                addr,
-                config.listen_backlog,
-                config.tcp_send_buffer_bytes,
-            )?;
-            listeners.push((listener, ProtocolKind::Bin24));
-        }
-        if let Some(port) = config.ccm_port {
-            let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp(
-                "CCM",
-                addr,
-                config.listen_backlog,
-                config.tcp_send_buffer_bytes,
-            )?;
-            listeners.push((listener, ProtocolKind::Ccm));
-        }
-        if let Some(port) = config.matou_port {
-            let addr = SocketAddr::new(config.bind_addr, port);
-            let listener = listen::bind_tcp(
-                "MATOU",
-                addr,
-                config.listen_backlog,
-                config.tcp_send_buffer_bytes,
-            )?;
-            listeners.push((listener, ProtocolKind::Matou));
-        }
-        let mut udp_sockets = Vec::new();
-        if let (Some(tcp_port), Some(udp_port)) = (config.ocm_tcp_port, config.ocm_udp_port) {
-            let addr = SocketAddr::new(config.bind_addr, tcp_port);
-            let listener = listen::bind_tcp(
-                "OCM",
-                addr,
-                config.listen_backlog,
-                config.tcp_send_buffer_bytes,
-            )?;
-            listeners.push((listener, ProtocolKind::Ocm));
-            let addr = SocketAddr::new(config.bind_addr, udp_port);
-            let socket = listen::bind_udp("OCM-UDP", addr, config.udp_socket_buffer_bytes)?;
-            udp_sockets.push((socket, UdpKind::OcmChat));
-        }
-        if let Some(port) = config.ocm_relay_port {
-            let addr = SocketAddr::new(config.bind_addr, port);
-            let socket = listen::bind_udp("OCM-RELAY", addr, config.udp_socket_buffer_bytes)?;
-            udp_sockets.push((socket, UdpKind::OcmRelay));
-        }
+        let listeners = bind_listeners(&poll, &config)?;
+        let udp = bind_udp_sockets(&poll, &config)?;
         let waker = Arc::new(waker);
         let store_waker = Arc::clone(&waker);
         let wake = Box::new(move || {
@@ -356,95 +301,8 @@ impl Server {
             .map_or(0, |elapsed| {
                 u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
             });
-        let services =
-            Services::new(&config, 0, wall_start_unix_ms, wake).map_err(StartError::Store)?;
-        let mut entries = Vec::new();
-        for (index, (mut listener, kind)) in listeners.into_iter().enumerate() {
-            let fail = |step, source| BindError {
-                protocol: kind.name(),
-                addr: SocketAddr::new(config.bind_addr, 0),
-                step,
-                source,
-            };
-            let addr = listener
-                .local_addr()
-                .map_err(|source| fail("getsockname", source))?;
-            poll.registry()
-                .register(
-                    &mut listener,
-                    Token(LISTENER_TOKEN_BASE + index),
-                    Interest::READABLE,
-                )
-                .map_err(|source| fail("epoll_ctl", source))?;
-            entries.push(ListenerEntry {
-                listener,
-                kind,
-                addr,
-                ready: false,
-            });
-        }
-        let datagram_limit = RateLimit {
-            rate_per_s: config.udp_datagrams_per_source_per_s_max,
-            burst: config.udp_datagrams_per_source_burst_max,
-        };
-        let mut udp = Vec::new();
-        for (index, (mut socket, kind)) in udp_sockets.into_iter().enumerate() {
-            let fail = |step, source| BindError {
-                protocol: kind.name(),
-                addr: SocketAddr::new(config.bind_addr, 0),
-                step,
-                source,
-            };
-            let addr = socket
-                .local_addr()
-                .map_err(|source| fail("getsockname", source))?;
-            poll.registry()
-                .register(
-                    &mut socket,
-                    Token(UDP_TOKEN_BASE + index),
-                    Interest::READABLE,
-                )
-                .map_err(|source| fail("epoll_ctl", source))?;
-            udp.push(UdpEntry {
-                socket,
-                kind,
-                addr,
-                ready: false,
-                counters: UdpCounters::default(),
-                sources: SourceBuckets::new(datagram_limit, config.udp_sources_max),
-                deferred: DeferredSends::new(UDP_DEFERRED_SENDS_MAX),
-            });
-        }
-        let admin = match config.admin_port {
-            None => None,
-            Some(port) => {
-                let addr = SocketAddr::new(config.admin_bind_addr, port);
-                let mut listener = listen::bind_tcp("ADMIN", addr, config.listen_backlog, 0)?;
-                let fail = |step, source| BindError {
-                    protocol: "ADMIN",
-                    addr,
-                    step,
-                    source,
-                };
-                let addr = listener
-                    .local_addr()
-                    .map_err(|source| fail("getsockname", source))?;
-                poll.registry()
-                    .register(
-                        &mut listener,
-                        Token(ADMIN_LISTENER_TOKEN),
-                        Interest::READABLE,
-                    )
-                    .map_err(|source| fail("epoll_ctl", source))?;
-                Some(Admin::new(
-                    listener,
-                    addr,
-                    config.admin_connections_max,
-                    config.admin_request_timeout_ms,
-                    config.admin_request_bytes_max,
-                ))
-            }
-        };
+        let services = Services::new(&config, 0, wake).map_err(StartError::Store)?;
+        let admin = Admin::bind(&poll, &config)?;
         let limits = OutputLimits {
             hard_bytes_max: config.output_hard_bytes_max,
             soft_bytes_max: config.output_soft_bytes_max,
@@ -454,7 +312,7 @@ impl Server {
         Ok(Server {
             poll,
             table: ConnTable::new(limits, config.close_linger_ms),
-            listeners: entries,
+            listeners,
             udp,
             services,
             scratch: vec![0; config.read_chunk_bytes.max(1)],
@@ -485,8 +343,17 @@ impl Server {
             heap_trim: trim::HeapTrim::default(),
             input_paused: Vec::new(),
             clock: Duration::ZERO,
+            wall_start_unix_ms,
             config,
         })
+    }
+
+    /// The time now, for a service.
+    fn service_clock(&self) -> Clock {
+        Clock {
+            now_ms: self.now_ms,
+            unix_ms: self.wall_start_unix_ms.saturating_add(self.now_ms),
+        }
     }
 
     /// The address each enabled protocol listens on (useful with ephemeral ports).
@@ -591,7 +458,7 @@ impl Server {
             }
             self.serve_ready_list(carried);
             self.serve_udp();
-            self.on_store_events();
+            self.on_wake();
             self.fire_timers();
             self.heap_trim.observe(self.held_bytes());
             self.flush_and_close();
@@ -619,7 +486,7 @@ impl Server {
                 }
             }
         }
-        if let Err(err) = self.services.close_store() {
+        if let Err(err) = self.services.shut_down() {
             log::error!("closing the offline store: {err}");
         }
         self.activity_log.flush();
@@ -635,11 +502,12 @@ impl Server {
         self.table.out_bytes_total + self.services.held_bytes()
     }
 
-    /// Hand store completions to their protocol, and resume the BIN24 connections paused for
-    /// backpressure once the store's queue is below its cap.
-    fn on_store_events(&mut self) {
-        self.services.on_store_events(&mut self.table);
-        if self.input_paused.is_empty() || self.services.bin24_input_paused() {
+    /// Hand work completed off the loop's thread (BIN24's store) to its service, and resume
+    /// the connections held back for backpressure once no service holds input any more.
+    fn on_wake(&mut self) {
+        let clock = self.service_clock();
+        self.services.on_wake(&clock, &mut self.table);
+        if self.input_paused.is_empty() || self.services.input_held() {
             return;
         }
         for id in std::mem::take(&mut self.input_paused) {
@@ -658,10 +526,10 @@ impl Server {
         // Reported notes may queue more output (the next part of a backlog); it is flushed
         // next turn, which polls without sleeping because the flush list is not empty.
         let notes = std::mem::take(&mut self.table.notes_due);
-        let now_ms = self.now_ms;
+        let clock = self.service_clock();
         for &(id, kind, note, acked) in &notes {
             self.services
-                .on_notify(kind, id, note, acked, now_ms, &mut self.table);
+                .on_notify(kind, id, note, acked, &clock, &mut self.table);
         }
     }
 
@@ -714,7 +582,7 @@ impl Server {
             }
             Source::Signal => self.handle_signals_event(),
             Source::Waker => {
-                self.on_store_events();
+                self.on_wake();
                 if self.shared.shutdown_requested.load(Ordering::SeqCst) {
                     self.begin_shutdown("shutdown requested");
                 }
@@ -772,6 +640,7 @@ impl Server {
             return;
         }
         let now_ms = self.now_ms;
+        let clock = self.service_clock();
         let budget = self.config.udp_datagrams_per_turn_max.max(1);
         let sends_budget = self.config.udp_sends_per_turn_max.max(1);
         for entry in &mut self.udp {
@@ -809,7 +678,7 @@ impl Server {
                 let kind = entry.kind;
                 let mut out = UdpOut::new(entry);
                 self.services
-                    .on_datagram(kind, from, datagram, now_ms, &mut out);
+                    .on_datagram(kind, datagram, &clock.with_peer(from), &mut out);
             }
         }
     }
@@ -820,6 +689,7 @@ impl Server {
             return;
         }
         let budget_bytes = self.config.read_budget_bytes;
+        let clock = self.service_clock();
         let mut read_bytes = 0;
         loop {
             let Some(conn) = self.table.get_mut(id) else {
@@ -829,9 +699,9 @@ impl Server {
                 return;
             }
             let kind = conn.kind;
-            if kind == ProtocolKind::Bin24 && self.services.bin24_hold_input(self.now_ms) {
-                // Backpressure: the store's queue is full. The bytes wait in the kernel (and
-                // the sender's TCP window closes) until the storage thread catches up.
+            if self.services.hold_input(kind, &clock) {
+                // Backpressure (BIN24: the store's queue is full). The bytes wait in the kernel
+                // (and the sender's TCP window closes) until the service catches up.
                 if !conn.input_paused {
                     conn.input_paused = true;
                     self.input_paused.push(id);
@@ -912,15 +782,11 @@ impl Server {
         let Some(conn) = self.table.get_mut(id) else {
             return;
         };
-        let kind = conn.kind;
+        let (kind, peer) = (conn.kind, conn.peer);
         let mut input = std::mem::take(&mut conn.read_buf);
-        let now_ms = self.now_ms;
-        let frames_before = self.table.stats.frames_in;
+        let cx = self.service_clock().with_peer(peer);
         self.services
-            .on_data(kind, id, &mut input, now_ms, &mut self.table);
-        // Protocols count frames through the Outbox, which does not say whose they are.
-        let frames = self.table.stats.frames_in - frames_before;
-        self.table.stats.by_protocol[kind.index()].frames_in += frames;
+            .on_data(kind, id, &mut input, &cx, &mut self.table);
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
             conn.release_idle_memory();
@@ -935,14 +801,11 @@ impl Server {
         if conn.read_buf.is_empty() || !conn.accepts_input() {
             return;
         }
-        let kind = conn.kind;
+        let (kind, peer) = (conn.kind, conn.peer);
         let mut input = std::mem::take(&mut conn.read_buf);
-        let now_ms = self.now_ms;
-        let frames_before = self.table.stats.frames_in;
+        let cx = self.service_clock().with_peer(peer);
         self.services
-            .on_burst_end(kind, id, &mut input, now_ms, &mut self.table);
-        let frames = self.table.stats.frames_in - frames_before;
-        self.table.stats.by_protocol[kind.index()].frames_in += frames;
+            .on_burst_end(kind, id, &mut input, &cx, &mut self.table);
         if let Some(conn) = self.table.get_mut(id) {
             conn.read_buf = input;
         }
@@ -950,19 +813,13 @@ impl Server {
 
     fn fire_timers(&mut self) {
         let now_ms = self.now_ms;
-        match self
-            .udp
-            .iter_mut()
-            .find(|entry| entry.kind == UdpKind::OcmChat)
-        {
-            Some(entry) => {
-                let mut datagrams = UdpOut::new(entry);
-                self.services
-                    .on_timers(now_ms, &mut self.table, &mut datagrams);
-            }
-            None => self
-                .services
-                .on_timers(now_ms, &mut self.table, &mut NoDatagrams),
+        let clock = self.service_clock();
+        self.services.on_timers(&clock, &mut self.table);
+        for entry in &mut self.udp {
+            let kind = entry.kind;
+            let mut datagrams = UdpOut::new(entry);
+            self.services
+                .on_datagram_timers(kind, &clock, &mut self.table, &mut datagrams);
         }
         while let Some(id) = self.handshake_deadlines.pop_expired(now_ms) {
             let Some(conn) = self.table.get_mut(id) else {
@@ -972,11 +829,12 @@ impl Server {
                 continue;
             }
             debug!("{id}: not identified within the handshake deadline");
-            let kind = conn.kind;
+            let (kind, peer) = (conn.kind, conn.peer);
             self.services.on_handshake_timeout(
                 kind,
                 id,
                 self.config.handshake_timeout_ms,
+                &clock.with_peer(peer),
                 &mut self.table,
             );
         }
@@ -1090,7 +948,7 @@ impl Server {
             _ => {}
         }
         self.per_ip.remove(conn.peer.ip());
-        let kind = conn.kind;
+        let (kind, peer) = (conn.kind, conn.peer);
         drop(conn);
         // A reset that followed the FIN makes it a reset for the protocol too.
         let reason = if reason == CloseReason::PeerClosed && !clean_close {
@@ -1111,7 +969,9 @@ impl Server {
         // Notes first (acknowledged, or never), then the close, so the protocol sees them in
         // the order they happened.
         self.dispatch_notes();
-        self.services.on_close(kind, id, reason, &mut self.table);
+        let cx = self.service_clock().with_peer(peer);
+        self.services
+            .on_close(kind, id, reason, &cx, &mut self.table);
         if self.accept_gate.at_cap && self.table.slab.len() <= self.resume_below() {
             self.accept_gate.at_cap = false;
         }
@@ -1275,7 +1135,7 @@ impl Server {
             peer,
             TokenBucket::full(self.input_limit, self.now_ms),
         );
-        if kind.has_reactor_handshake_deadline() {
+        if self.services.reactor_handshake_deadline(kind) {
             // `now_ms` is the clock rounded down; rounding up instead means the deadline is never
             // reached before `handshake_timeout_ms` have passed since the client's connect
             // completed (at most 1 ms late, never early).
@@ -1307,9 +1167,8 @@ impl Server {
             .log(self.now_ms, activity::Activity::Connect, || {
                 format!("{} {peer} ({id}) connected ({open} open)", kind.name())
             });
-        let now_ms = self.now_ms;
-        self.services
-            .on_accept(kind, id, peer, now_ms, &mut self.table);
+        let cx = self.service_clock().with_peer(peer);
+        self.services.on_accept(kind, id, &cx, &mut self.table);
     }
 
     fn handle_signals_event(&mut self) {

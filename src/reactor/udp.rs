@@ -12,9 +12,9 @@ use bytes::Bytes;
 use log::debug;
 use mio::net::UdpSocket;
 
-use super::services::UdpKind;
 use crate::limits::SourceBuckets;
 use crate::metrics::UdpSocketMetrics;
+use crate::protocol::UdpKind;
 use crate::protocol::{DatagramDrop, DatagramOut, DatagramSent};
 use crate::stats::Stats;
 
@@ -255,17 +255,6 @@ impl DatagramOut for UdpOut<'_> {
     fn count_datagram_in(&mut self) {
         self.counters.datagrams_accepted += 1;
     }
-}
-
-/// Stands in for OCM's chat socket when OCM is disabled: nothing to send to.
-pub(crate) struct NoDatagrams;
-
-impl DatagramOut for NoDatagrams {
-    fn send_to(&mut self, _to: SocketAddr, _bytes: &[u8]) -> DatagramSent {
-        DatagramSent::Dropped
-    }
-
-    fn count_dropped_in(&mut self, _why: DatagramDrop) {}
 }
 
 #[cfg(test)]

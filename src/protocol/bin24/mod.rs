@@ -3,9 +3,11 @@
 
 pub mod codec;
 mod service;
+mod stored;
 pub mod users;
 
 pub use service::{Bin24Config, Bin24Service, CustodyCounts, StoreSink};
+pub use stored::Bin24Stored;
 pub use users::{UserList, UsersFileError};
 
 #[cfg(test)]

@@ -313,7 +313,7 @@ impl Bin24Service {
                     return;
                 }
             };
-            out.count_frame_in();
+            out.count_frame_in(id);
             if !self.on_frame(id, frame, now_ms, out, store) {
                 input.clear();
                 return;

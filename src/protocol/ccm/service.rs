@@ -9,7 +9,7 @@ use log::debug;
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, Outbox};
+use crate::protocol::{Clock, CloseMode, CloseReason, Context, Outbox, StreamService};
 use crate::timer::{TimerKey, TimerWheel};
 
 /// Fills 16 bytes with randomness; false when no randomness could be had.
@@ -202,7 +202,7 @@ impl CcmService {
                     return;
                 }
             };
-            out.count_frame_in();
+            out.count_frame_in(id);
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.last_heard_ms = now_ms;
                 conn.ping_sent_ms = None;
@@ -514,4 +514,58 @@ fn hex(bytes: &[u8]) -> Vec<u8> {
         .iter()
         .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]])
         .collect()
+}
+
+/// CCM's message without Content-Length ends with a read burst, its HTTP answer is dated, and
+/// it says why before a handshake-timeout close.
+impl StreamService for CcmService {
+    fn reactor_handshake_deadline(&self) -> bool {
+        true
+    }
+
+    fn on_accept<O: Outbox>(&mut self, id: ConnId, cx: &Context, _out: &mut O) {
+        self.on_accept(id, cx.now_ms);
+    }
+
+    fn on_data<O: Outbox>(&mut self, id: ConnId, input: &mut BytesMut, cx: &Context, out: &mut O) {
+        self.on_data(id, input, false, cx.now_ms, cx.unix_secs(), out);
+    }
+
+    fn on_burst_end<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        input: &mut BytesMut,
+        cx: &Context,
+        out: &mut O,
+    ) {
+        self.on_data(id, input, true, cx.now_ms, cx.unix_secs(), out);
+    }
+
+    fn on_close<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        _reason: CloseReason,
+        _cx: &Context,
+        _out: &mut O,
+    ) {
+        self.on_close(id);
+    }
+
+    fn on_handshake_timeout<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        timeout_ms: u64,
+        _cx: &Context,
+        out: &mut O,
+    ) {
+        self.on_handshake_timeout(id, timeout_ms, out);
+    }
+
+    fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        self.on_timers(clock.now_ms, out);
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        self.next_deadline_ms()
+    }
 }

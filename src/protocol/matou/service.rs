@@ -13,7 +13,7 @@ use log::debug;
 use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
 use crate::chat::{ConnId, ConnMap, MemberList};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, Outbox};
+use crate::protocol::{CloseMode, CloseReason, Context, Outbox, StreamService};
 
 #[derive(Clone, Debug)]
 pub struct MatouConfig {
@@ -171,7 +171,7 @@ impl MatouService {
                     return;
                 }
             };
-            out.count_frame_in();
+            out.count_frame_in(id);
             self.on_packet(id, packet, now_ms, out);
         }
     }
@@ -495,5 +495,40 @@ impl MatouService {
 
     fn user_mut(&mut self, id: ConnId) -> Option<&mut User> {
         self.conns.get_mut(id)?.user.as_mut()
+    }
+}
+
+/// MATOU has no timers; it answers ERROR 8 before a handshake-timeout close.
+impl StreamService for MatouService {
+    fn reactor_handshake_deadline(&self) -> bool {
+        true
+    }
+
+    fn on_accept<O: Outbox>(&mut self, id: ConnId, cx: &Context, _out: &mut O) {
+        self.on_accept(id, cx.peer.ip());
+    }
+
+    fn on_data<O: Outbox>(&mut self, id: ConnId, input: &mut BytesMut, cx: &Context, out: &mut O) {
+        self.on_data(id, input, cx.now_ms, out);
+    }
+
+    fn on_close<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        _reason: CloseReason,
+        _cx: &Context,
+        out: &mut O,
+    ) {
+        self.on_close(id, out);
+    }
+
+    fn on_handshake_timeout<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        timeout_ms: u64,
+        _cx: &Context,
+        out: &mut O,
+    ) {
+        self.on_handshake_timeout(id, timeout_ms, out);
     }
 }

@@ -12,7 +12,9 @@ use log::debug;
 use slab::Slab;
 
 use crate::limits::{Admission, FanoutBudget, PerIpCounts, RateLimit};
-use crate::protocol::{DatagramDrop, DatagramOut, DatagramSent};
+use crate::protocol::{
+    Clock, Context, DatagramDrop, DatagramOut, DatagramSent, DatagramService, Outbox,
+};
 use crate::timer::{TimerKey, TimerWheel};
 
 #[derive(Clone, Debug)]
@@ -203,5 +205,25 @@ impl RelayService {
             self.by_address.remove(&peer.address);
             self.per_ip.remove(peer.address.ip());
         }
+    }
+}
+
+/// The stage-1 relay: every datagram to every other recent peer.
+impl DatagramService for RelayService {
+    fn on_datagram<D: DatagramOut>(&mut self, datagram: &[u8], cx: &Context, out: &mut D) {
+        self.on_datagram(cx.peer, datagram, cx.now_ms, out);
+    }
+
+    fn on_timers<O: Outbox, D: DatagramOut>(
+        &mut self,
+        clock: &Clock,
+        _out: &mut O,
+        _datagrams: &mut D,
+    ) {
+        self.on_timers(clock.now_ms);
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        self.next_deadline_ms()
     }
 }

@@ -18,7 +18,8 @@ use super::relay::fanout_limit;
 use crate::chat::ConnMap;
 use crate::limits::{Admission, FanoutBudget, PerIpCounts};
 use crate::protocol::{
-    CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox,
+    Clock, CloseMode, CloseReason, ConnId, Context, DatagramDrop, DatagramOut, DatagramSent,
+    DatagramService, Outbox, StreamService,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -260,7 +261,7 @@ impl OcmService {
         match codec::decode_request(input, self.config.tcrp_payload_bytes_max) {
             Ok(None) => return,
             Ok(Some(request)) => {
-                out.count_frame_in();
+                out.count_frame_in(id);
                 self.answer(id, peer_ip, &request, now_ms, out);
                 out.close(id, CloseReason::Done, CloseMode::AfterFlush);
             }
@@ -792,4 +793,47 @@ fn hex_token(raw: &[u8; 32]) -> Token {
         pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
     token
+}
+
+/// OCM's TCRP connections carry one request each; their request timeout is OCM's own
+/// handshake deadline (the reactor's does not apply). Its timers run on the datagram side,
+/// where the chat socket (to tell a removed member) is at hand.
+impl StreamService for OcmService {
+    fn on_accept<O: Outbox>(&mut self, id: ConnId, cx: &Context, _out: &mut O) {
+        self.on_accept(id, cx.peer.ip(), cx.now_ms);
+    }
+
+    fn on_data<O: Outbox>(&mut self, id: ConnId, input: &mut BytesMut, cx: &Context, out: &mut O) {
+        self.on_data(id, input, cx.now_ms, out);
+    }
+
+    fn on_close<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        _reason: CloseReason,
+        _cx: &Context,
+        _out: &mut O,
+    ) {
+        self.on_close(id);
+    }
+}
+
+/// OCM's chat socket: datagrams with a room and a token.
+impl DatagramService for OcmService {
+    fn on_datagram<D: DatagramOut>(&mut self, datagram: &[u8], cx: &Context, out: &mut D) {
+        self.on_datagram(cx.peer, datagram, cx.now_ms, out);
+    }
+
+    fn on_timers<O: Outbox, D: DatagramOut>(
+        &mut self,
+        clock: &Clock,
+        out: &mut O,
+        datagrams: &mut D,
+    ) {
+        self.on_timers(clock.now_ms, out, datagrams);
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        self.next_deadline_ms()
+    }
 }

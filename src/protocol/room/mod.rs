@@ -9,6 +9,7 @@ pub mod codec;
 use bytes::{Bytes, BytesMut};
 
 use crate::chat::{ConnMap, MemberList};
+use crate::protocol::{Clock, Context, StreamService};
 use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox};
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -95,7 +96,7 @@ impl RoomService {
                 }
                 Some(RoomConn::Member { .. }) => {
                     if let Some(chunk) = codec::take_chunk(input) {
-                        out.count_frame_in();
+                        out.count_frame_in(id);
                         self.broadcast(chunk, out);
                     }
                     return;
@@ -163,6 +164,36 @@ impl RoomService {
         for &member in self.members.as_slice() {
             out.send(member, bytes.clone());
         }
+    }
+}
+
+/// ROOM keeps its own handshake deadline (`--room-handshake-timeout-ms`, with `alias?` asked
+/// again on an empty alias), so the reactor's does not apply.
+impl StreamService for RoomService {
+    fn on_accept<O: Outbox>(&mut self, id: ConnId, cx: &Context, out: &mut O) {
+        self.on_accept(id, cx.now_ms, out);
+    }
+
+    fn on_data<O: Outbox>(&mut self, id: ConnId, input: &mut BytesMut, _cx: &Context, out: &mut O) {
+        self.on_data(id, input, out);
+    }
+
+    fn on_close<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        _reason: CloseReason,
+        _cx: &Context,
+        out: &mut O,
+    ) {
+        self.on_close(id, out);
+    }
+
+    fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        self.on_timers(clock.now_ms, out);
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        self.next_deadline_ms()
     }
 }
 

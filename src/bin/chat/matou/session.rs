@@ -269,7 +269,11 @@ impl Session {
             }
             Command::Send(peer, path) => match self.open_link(peer) {
                 Ok(id) => {
-                    let link = self.link_mut(id).expect("open_link found it");
+                    // open_link just found or made it; should it be gone, say so, not panic.
+                    let Some(link) = self.link_mut(id) else {
+                        out.push(Action::Note(format!("file not sent: no link to {peer}")));
+                        return;
+                    };
                     if link.sending > 0 {
                         out.push(Action::Note(format!(
                             "{path} queued: it goes once the {} file(s) before it to {peer} \

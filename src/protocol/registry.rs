@@ -1,0 +1,433 @@
+//! Every protocol's service, built from `Config`, and the one place that maps a
+//! [`ProtocolKind`] or [`UdpKind`] to its service. The reactor calls these methods with a kind
+//! and never names a protocol; a new protocol is a field here, its construction in
+//! [`Services::new`] and an arm in `stream!` (or `datagram!`).
+
+use bytes::BytesMut;
+
+use super::bin24::{Bin24Config, Bin24Service, Bin24Stored};
+use super::ccm::{os_token_source, CcmConfig, CcmService};
+use super::matou::{MatouConfig, MatouService};
+use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
+use super::room::{RoomConfig, RoomService};
+use super::{
+    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, Outbox, ProtocolKind,
+    StreamService, UdpKind,
+};
+use crate::config::Config;
+use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
+
+/// The largest datagram the stage-1 relay takes, as OCM's chat socket (the contract's 4096).
+const UDP_DATAGRAM_IN_BYTES_MAX: usize = 4096;
+
+/// One service per enabled protocol; `None` where the protocol is disabled.
+pub struct Services {
+    room: Option<RoomService>,
+    bin24: Option<Bin24Stored>,
+    ccm: Option<CcmService>,
+    matou: Option<MatouService>,
+    /// OCM's rooms: TCRP connections and the chat socket's datagrams, one service for both.
+    ocm: Option<OcmService>,
+    relay: Option<RelayService>,
+}
+
+/// `$svc` bound to the stream service of `$kind` (through `$get`: `as_ref` or `as_mut`), then
+/// `$body`; `None` when that protocol is disabled. The one match from protocol to service: each
+/// arm is compiled for its own service type, so the call inside is static.
+macro_rules! stream {
+    ($services:expr, $get:ident, $kind:expr, $svc:ident => $body:expr) => {
+        match $kind {
+            ProtocolKind::Room => $services.room.$get().map(|$svc| $body),
+            ProtocolKind::Bin24 => $services.bin24.$get().map(|$svc| $body),
+            ProtocolKind::Ccm => $services.ccm.$get().map(|$svc| $body),
+            ProtocolKind::Matou => $services.matou.$get().map(|$svc| $body),
+            ProtocolKind::Ocm => $services.ocm.$get().map(|$svc| $body),
+        }
+    };
+}
+
+/// As `stream!`, for the service behind a UDP socket.
+macro_rules! datagram {
+    ($services:expr, $get:ident, $kind:expr, $svc:ident => $body:expr) => {
+        match $kind {
+            UdpKind::OcmChat => $services.ocm.$get().map(|$svc| $body),
+            UdpKind::OcmRelay => $services.relay.$get().map(|$svc| $body),
+        }
+    };
+}
+
+impl Services {
+    /// Build the service of every protocol that has a port in `config`. `wake` is called by the
+    /// storage thread when store completions are ready (it wakes the reactor).
+    pub fn new(
+        config: &Config,
+        now_ms: u64,
+        wake: Box<dyn Fn() + Send>,
+    ) -> Result<Self, StoreError> {
+        let room = ProtocolKind::Room.port(config).map(|_| {
+            RoomService::new(
+                RoomConfig {
+                    handshake_timeout_ms: config.room_handshake_timeout_ms,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                now_ms,
+            )
+        });
+        let bin24 = match ProtocolKind::Bin24.port(config) {
+            None => None,
+            Some(_) => {
+                let store = OfflineStore::open(
+                    StoreConfig {
+                        data_dir: config.data_dir.clone(),
+                        frames_per_user_max: config.offline_frames_per_user_max,
+                        bytes_per_user_max: config.offline_bytes_per_user_max,
+                        frames_max: config.store_frames_max,
+                        bytes_max: config.store_bytes_max,
+                        group_commit_max: config.store_group_commit_max,
+                    },
+                    wake,
+                )?;
+                let service = Bin24Service::new(
+                    Bin24Config {
+                        ack_timeout_ms: config.bin24_ack_timeout_ms,
+                        unacked_per_recipient_max: config.bin24_unacked_per_recipient_max,
+                        offline_window_bytes: config.bin24_offline_window_bytes,
+                        delivery_grace_ms: config.bin24_delivery_grace_ms,
+                        unconfirmed_bytes_per_conn_max: config.bin24_unconfirmed_bytes_per_conn_max,
+                        loaded_bytes_max: config.bin24_loaded_bytes_max,
+                        users: config.bin24_users.clone(),
+                        timer_tick_ms: config.timer_tick_ms,
+                    },
+                    now_ms,
+                );
+                Some(Bin24Stored::new(service, store, config.store_requests_max))
+            }
+        };
+        let ccm = ProtocolKind::Ccm.port(config).map(|_| {
+            CcmService::new(
+                CcmConfig {
+                    keepalive_idle_ms: config.ccm_keepalive_idle_ms,
+                    keepalive_answer_ms: config.ccm_keepalive_answer_ms,
+                    name_bytes_max: config.ccm_name_bytes_max,
+                    sender_bytes_per_s_max: config.ccm_sender_bytes_per_s_max,
+                    pair_bytes_per_s_max: config.ccm_pair_bytes_per_s_max,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                os_token_source(),
+                now_ms,
+            )
+        });
+        let matou = ProtocolKind::Matou.port(config).map(|_| {
+            MatouService::new(MatouConfig {
+                name_bytes_max: config.matou_name_bytes_max,
+                message_bytes_max: config.matou_message_bytes_max,
+                string_bytes_max: config.matou_string_bytes_max,
+                pending_requests_per_user_max: config.matou_pending_requests_per_user_max,
+                private_requests_per_s_max: config.matou_private_requests_per_s_max,
+                private_requests_per_pair_per_s_max: config
+                    .matou_private_requests_per_pair_per_s_max,
+            })
+        });
+        let ocm = ProtocolKind::Ocm.port(config).map(|_| {
+            OcmService::new(
+                OcmConfig {
+                    tcrp_payload_bytes_max: config.ocm_tcrp_payload_bytes_max,
+                    room_name_bytes_max: config.ocm_room_name_bytes_max,
+                    user_name_bytes_max: config.ocm_user_name_bytes_max,
+                    tcrp_request_timeout_ms: config.ocm_tcrp_request_timeout_ms,
+                    idle_timeout_ms: config.ocm_idle_timeout_ms,
+                    send_failures_max: config.ocm_send_failures_max,
+                    rooms_max: config.ocm_rooms_max,
+                    rooms_per_ip_max: config.ocm_rooms_per_ip_max,
+                    room_silent_timeout_ms: config.ocm_room_silent_timeout_ms,
+                    room_members_max: config.ocm_room_members_max,
+                    sends_per_s_max: config.udp_sends_per_s_max,
+                    sends_per_source_per_s_max: config.udp_sends_per_source_per_s_max,
+                    ack_state1: config.ocm_ack_state1,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                ocm::os_token_source(),
+                now_ms,
+            )
+        });
+        let relay = UdpKind::OcmRelay.port(config).map(|_| {
+            RelayService::new(
+                RelayConfig {
+                    idle_timeout_ms: config.ocm_idle_timeout_ms,
+                    send_failures_max: config.ocm_send_failures_max,
+                    peers_max: config.ocm_relay_peers_max,
+                    peers_per_ip_max: config.ocm_relay_peers_per_ip_max,
+                    sends_per_s_max: config.udp_sends_per_s_max,
+                    sends_per_source_per_s_max: config.udp_sends_per_source_per_s_max,
+                    datagram_bytes_max: UDP_DATAGRAM_IN_BYTES_MAX,
+                    timer_tick_ms: config.timer_tick_ms,
+                },
+                now_ms,
+            )
+        });
+        Ok(Services {
+            room,
+            bin24,
+            ccm,
+            matou,
+            ocm,
+            relay,
+        })
+    }
+
+    /// See [`StreamService::reactor_handshake_deadline`].
+    pub fn reactor_handshake_deadline(&self, kind: ProtocolKind) -> bool {
+        stream!(self, as_ref, kind, s => s.reactor_handshake_deadline()).unwrap_or(false)
+    }
+
+    pub fn on_accept<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        cx: &Context,
+        out: &mut O,
+    ) {
+        stream!(self, as_mut, kind, s => StreamService::on_accept(s, id, cx, out));
+    }
+
+    pub fn on_data<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        input: &mut BytesMut,
+        cx: &Context,
+        out: &mut O,
+    ) {
+        stream!(self, as_mut, kind, s => StreamService::on_data(s, id, input, cx, out));
+    }
+
+    pub fn on_burst_end<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        input: &mut BytesMut,
+        cx: &Context,
+        out: &mut O,
+    ) {
+        stream!(self, as_mut, kind, s => StreamService::on_burst_end(s, id, input, cx, out));
+    }
+
+    pub fn on_handshake_timeout<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        timeout_ms: u64,
+        cx: &Context,
+        out: &mut O,
+    ) {
+        let handled = stream!(self, as_mut, kind, s => {
+            StreamService::on_handshake_timeout(s, id, timeout_ms, cx, out)
+        });
+        if handled.is_none() {
+            // No service to say why (not reachable: only enabled protocols have connections).
+            out.close(id, CloseReason::HandshakeTimeout, super::CloseMode::Now);
+        }
+    }
+
+    pub fn on_close<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        reason: CloseReason,
+        cx: &Context,
+        out: &mut O,
+    ) {
+        stream!(self, as_mut, kind, s => StreamService::on_close(s, id, reason, cx, out));
+    }
+
+    pub fn on_notify<O: Outbox>(
+        &mut self,
+        kind: ProtocolKind,
+        id: ConnId,
+        note: u64,
+        acked: bool,
+        clock: &Clock,
+        out: &mut O,
+    ) {
+        stream!(self, as_mut, kind, s => StreamService::on_notify(s, id, note, acked, clock, out));
+    }
+
+    /// See [`StreamService::hold_input`].
+    pub fn hold_input(&mut self, kind: ProtocolKind, clock: &Clock) -> bool {
+        stream!(self, as_mut, kind, s => StreamService::hold_input(s, clock)).unwrap_or(false)
+    }
+
+    /// Whether any service still holds input back.
+    pub fn input_held(&self) -> bool {
+        ProtocolKind::ALL
+            .into_iter()
+            .any(|kind| stream!(self, as_ref, kind, s => s.input_held()).unwrap_or(false))
+    }
+
+    /// A datagram arrived on the UDP socket of `kind`; answers go out through `out` (that
+    /// socket).
+    pub fn on_datagram<D: DatagramOut>(
+        &mut self,
+        kind: UdpKind,
+        datagram: &[u8],
+        cx: &Context,
+        out: &mut D,
+    ) {
+        datagram!(self, as_mut, kind, s => DatagramService::on_datagram(s, datagram, cx, out));
+    }
+
+    /// Run the due timers of every stream service.
+    pub fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        for kind in ProtocolKind::ALL {
+            stream!(self, as_mut, kind, s => StreamService::on_timers(s, clock, out));
+        }
+    }
+
+    /// Run the due timers of the service behind the UDP socket of `kind`, which sends on
+    /// `datagrams`.
+    pub fn on_datagram_timers<O: Outbox, D: DatagramOut>(
+        &mut self,
+        kind: UdpKind,
+        clock: &Clock,
+        out: &mut O,
+        datagrams: &mut D,
+    ) {
+        datagram!(self, as_mut, kind, s => DatagramService::on_timers(s, clock, out, datagrams));
+    }
+
+    /// The earliest deadline of any service.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let streams = ProtocolKind::ALL.into_iter().filter_map(|kind| {
+            stream!(self, as_ref, kind, s => StreamService::next_deadline_ms(s)).flatten()
+        });
+        let datagrams = UdpKind::ALL.into_iter().filter_map(|kind| {
+            datagram!(self, as_ref, kind, s => DatagramService::next_deadline_ms(s)).flatten()
+        });
+        streams.chain(datagrams).min()
+    }
+
+    /// Hand work completed off the loop's thread to its service.
+    pub fn on_wake<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        for kind in ProtocolKind::ALL {
+            stream!(self, as_mut, kind, s => s.on_wake(clock, out));
+        }
+    }
+
+    /// Bytes the services hold for clients beyond the output queues.
+    pub fn held_bytes(&self) -> usize {
+        ProtocolKind::ALL
+            .into_iter()
+            .filter_map(|kind| stream!(self, as_ref, kind, s => s.held_bytes()))
+            .fold(0, usize::saturating_add)
+    }
+
+    /// The offline store's gauges and counters, when a service has a store.
+    pub fn store_metrics(&self) -> Option<StoreMetrics> {
+        ProtocolKind::ALL
+            .into_iter()
+            .find_map(|kind| stream!(self, as_ref, kind, s => s.store_metrics()).flatten())
+    }
+
+    /// The server is stopping: every service makes durable what must survive. The first
+    /// failure is returned, after every service has been asked.
+    pub fn shut_down(&mut self) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        for kind in ProtocolKind::ALL {
+            if let Some(Err(err)) = stream!(self, as_mut, kind, s => s.shut_down()) {
+                if result.is_ok() {
+                    result = Err(err);
+                }
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::protocol::room::codec::ALIAS_PROMPT;
+    use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
+    use crate::protocol::CloseMode;
+
+    fn room_and_matou() -> Services {
+        let config = Config {
+            matou_port: Some(0),
+            ..Config::for_tests()
+        };
+        match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("no store is opened without BIN24: {err}"),
+        }
+    }
+
+    fn cx(now_ms: u64) -> Context {
+        Clock {
+            now_ms,
+            unix_ms: 1_700_000_000_000 + now_ms,
+        }
+        .with_peer(SocketAddr::from(([127, 0, 0, 1], 40_000)))
+    }
+
+    #[test]
+    fn each_kind_reaches_its_own_service_and_a_disabled_one_none() {
+        let mut services = room_and_matou();
+        let mut out = RecordingOutbox::default();
+        let (room_conn, matou_conn, ccm_conn) =
+            (ConnId::new(0, 1), ConnId::new(1, 2), ConnId::new(2, 3));
+        services.on_accept(ProtocolKind::Room, room_conn, &cx(0), &mut out);
+        services.on_accept(ProtocolKind::Matou, matou_conn, &cx(0), &mut out);
+        services.on_accept(ProtocolKind::Ccm, ccm_conn, &cx(0), &mut out);
+        // Only ROOM greets at accept; CCM is disabled, so nothing answers its connection.
+        assert_eq!(out.sent_to(room_conn), [ALIAS_PROMPT]);
+        assert!(out.sent_to(matou_conn).is_empty());
+        assert!(out.sent_to(ccm_conn).is_empty());
+
+        // The reactor's handshake deadline is MATOU's, not ROOM's (ROOM keeps its own).
+        assert!(services.reactor_handshake_deadline(ProtocolKind::Matou));
+        assert!(!services.reactor_handshake_deadline(ProtocolKind::Room));
+        assert!(!services.reactor_handshake_deadline(ProtocolKind::Ccm));
+
+        // MATOU says why before the close; a disabled protocol's connection is still closed.
+        services.on_handshake_timeout(ProtocolKind::Matou, matou_conn, 10, &cx(10), &mut out);
+        assert_eq!(out.sent_to(matou_conn).len(), 1, "MATOU's ERROR 8");
+        services.on_handshake_timeout(ProtocolKind::Ccm, ccm_conn, 10, &cx(10), &mut out);
+        assert!(out
+            .closed
+            .contains(&(ccm_conn, CloseReason::HandshakeTimeout, CloseMode::Now)));
+    }
+
+    #[test]
+    fn deadlines_and_timers_come_from_every_enabled_service() {
+        let mut services = room_and_matou();
+        let mut out = RecordingOutbox::default();
+        assert_eq!(services.next_deadline_ms(), None);
+        let id = ConnId::new(0, 1);
+        services.on_accept(ProtocolKind::Room, id, &cx(0), &mut out);
+        // As the reactor does: sleep until the earliest deadline, run the timers, repeat (a
+        // wheel may ask to be looked at before the deadline itself, once per revolution).
+        let mut turns = 0;
+        while out.closed.is_empty() {
+            let Some(deadline_ms) = services.next_deadline_ms() else {
+                panic!("ROOM's handshake deadline is pending");
+            };
+            services.on_timers(&cx(deadline_ms).clock(), &mut out);
+            turns += 1;
+            assert!(turns < 1_000, "the deadline never came");
+        }
+        assert!(out
+            .closed
+            .contains(&(id, CloseReason::HandshakeTimeout, CloseMode::Now)));
+
+        // No UDP service is enabled: a datagram for one reaches nothing.
+        let mut datagrams = RecordingDatagrams::default();
+        services.on_datagram(UdpKind::OcmRelay, b"hello", &cx(1), &mut datagrams);
+        assert!(datagrams.sent.is_empty() && datagrams.dropped_in.is_empty());
+        assert!(!services.input_held());
+        assert_eq!(services.held_bytes(), 0);
+        assert!(services.store_metrics().is_none());
+        assert!(services.shut_down().is_ok());
+    }
+}
