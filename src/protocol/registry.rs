@@ -96,6 +96,8 @@ impl Services {
                         unconfirmed_bytes_per_conn_max: config.bin24_unconfirmed_bytes_per_conn_max,
                         loaded_bytes_max: config.bin24_loaded_bytes_max,
                         users: config.bin24_users.clone(),
+                        sender_bytes_per_s_max: config.bin24_sender_bytes_per_s_max,
+                        pair_bytes_per_s_max: config.bin24_pair_bytes_per_s_max,
                         timer_tick_ms: config.timer_tick_ms,
                     },
                     now_ms,
