@@ -1,11 +1,11 @@
-//! Writing a connection's pending bytes, shared by every TCP scenario.
+//! Reading a connection's bytes and writing its pending ones, shared by every TCP scenario.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use crate::clock::Clock;
-use crate::plan::Plan;
-use crate::stats::LatencyHistogram;
+use crate::plan::{Due, Plan};
+use crate::stats::OwnLags;
 
 /// What writing a connection's pending bytes came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +30,44 @@ impl Drained {
             }
             Drained::Failed(why) => Some(why),
         }
+    }
+}
+
+/// What one read from a connection came to.
+#[derive(Debug)]
+pub enum Chunk {
+    /// This many bytes are at the front of the buffer.
+    Bytes(usize),
+    /// Nothing more to read: `readable` was cleared, the next readable edge resumes.
+    Drained,
+    /// The server closed the connection.
+    Eof,
+    Failed(io::Error),
+}
+
+impl Chunk {
+    /// Why the connection ended, for a `Eof` or `Failed` chunk.
+    pub fn why(&self) -> String {
+        match self {
+            Chunk::Failed(e) => format!("read: {e}"),
+            _ => "the server closed the connection".to_string(),
+        }
+    }
+}
+
+/// One read into `buf`, retried when interrupted; clears `readable` when the socket is drained.
+pub fn read_chunk(stream: &mut impl Read, buf: &mut [u8], readable: &mut bool) -> Chunk {
+    loop {
+        return match stream.read(buf) {
+            Ok(0) => Chunk::Eof,
+            Ok(n) => Chunk::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *readable = false;
+                Chunk::Drained
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Chunk::Failed(e),
+        };
     }
 }
 
@@ -166,12 +204,24 @@ pub struct Queued<T> {
     pub tag: T,
 }
 
+impl<T> Queued<T> {
+    /// The message `due` that was just appended to `out`.
+    #[inline]
+    pub fn new(out: &OutBuf, due: &Due, tag: T) -> Queued<T> {
+        Queued {
+            end: out.end(),
+            intended_us: due.intended_us,
+            noticed_us: due.noticed_us,
+            tag,
+        }
+    }
+}
+
 /// Where a flush records the loadgen's own lags, measured the same way in every scenario.
 pub struct SendLags<'a> {
     /// `None` before the sending phase: nothing is measured.
     pub plan: Option<&'a Plan>,
-    pub socket_blocked: &'a mut LatencyHistogram,
-    pub send_lag: &'a mut LatencyHistogram,
+    pub own: &'a mut OwnLags,
     /// Messages fully written within the measured window.
     pub sent_in_window: &'a mut u64,
 }
@@ -203,9 +253,10 @@ pub fn flush_queued<T: Copy>(
         on_sent(&queued, lag_us);
         if let Some(plan) = lags.plan {
             if !plan.is_warmup(queued.intended_us) {
-                lags.socket_blocked
+                lags.own
+                    .socket_blocked
                     .record(attempt_us.saturating_sub(queued.noticed_us));
-                lags.send_lag.record(lag_us);
+                lags.own.send_lag.record(lag_us);
             }
             if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
                 *lags.sent_in_window += 1;
@@ -340,7 +391,7 @@ mod tests {
         let clock = Clock::start().unwrap();
         // Measured from 1 µs on for a long while: the message intended at 0 is warmup.
         let plan = Plan::new(1, 1, 0, 1, 1 << 40);
-        let (mut socket_blocked, mut send_lag) = (LatencyHistogram::new(), LatencyHistogram::new());
+        let mut own = OwnLags::default();
         let mut sent_in_window = 0;
         let mut out = OutBuf::default();
         let mut queue = VecDeque::new();
@@ -362,8 +413,7 @@ mod tests {
         let mut sent = Vec::new();
         let lags = SendLags {
             plan: Some(&plan),
-            socket_blocked: &mut socket_blocked,
-            send_lag: &mut send_lag,
+            own: &mut own,
             sent_in_window: &mut sent_in_window,
         };
         let drained = flush_queued(&mut sink, &mut out, &mut queue, &clock, lags, |q, _| {
@@ -373,7 +423,7 @@ mod tests {
         assert_eq!(sent, [7, 8], "the third message is only half written");
         assert_eq!(queue.len(), 1);
         assert_eq!(
-            (socket_blocked.len(), send_lag.len()),
+            (own.socket_blocked.len(), own.send_lag.len()),
             (1, 1),
             "warmup not recorded"
         );

@@ -31,9 +31,7 @@ pub mod topology;
 mod tests;
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
@@ -44,45 +42,31 @@ use switchboard::protocol::bin24::codec::{
 };
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, RunError, SentReceived};
+use crate::driver::{
+    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, READ_BUDGET_BYTES,
+    READ_BUF_BYTES, START_DELAY_US,
+};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
+use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
 use stamp::Stamp;
 pub use stamp::STAMP_BYTES;
 use topology::{user_name, Pattern};
 
-/// The pacer's token; user `i` has token `i + 1`.
-const TIMER: Token = Token(0);
 /// The messageID of the hello each connection sends to itself first.
 const HELLO_ID: u32 = 0;
 const HELLO_BODY: &[u8] = b"hello";
-const READ_BUF_BYTES: usize = 64 * 1024;
-/// Most bytes read from one connection per turn before the others get their turn.
-const READ_BUDGET_BYTES: usize = 256 * 1024;
-/// Messages a sender may hold while its socket is not writable; beyond this (or the byte cap)
-/// a due message is counted "not sent". Answers are never dropped: the server closes a
-/// recipient that does not answer, so they are queued whatever the backlog.
-const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
-const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
-/// Look for due sends after this many events or bytes read (see `room.rs`).
-const EVENTS_PER_SEND_CHECK: usize = 64;
-const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
-/// Between the last join and the first planned message.
-const START_DELAY_US: u64 = 50_000;
-const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
 /// A connection wave (ramp-up, reconnect) gives up after max(this, 3 times its planned time).
 const WAVE_TIMEOUT_MIN_US: u64 = 10_000_000;
 /// Connections per user in the reconnect phase: a user the server closes while stored messages
 /// for it are still missing connects again, at most this many times in all.
 const RECONNECT_ATTEMPTS_MAX: u32 = 3;
 const RECONNECT_RETRY_DELAY_US: u64 = 10_000;
-/// How often to look at the send queues for the drain's completion check.
-const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
-const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
 /// The scenario's settings, validated by the caller.
 #[derive(Clone, Debug)]
@@ -123,9 +107,7 @@ pub struct Latencies {
     pub connect: LatencyHistogram,
     /// Same, for the reconnect phase.
     pub reconnect: LatencyHistogram,
-    pub send_lag: LatencyHistogram,
-    pub schedule_lateness: LatencyHistogram,
-    pub socket_blocked: LatencyHistogram,
+    pub own: OwnLags,
 }
 
 /// Everything measured, raw; the report computes the figures.
@@ -164,32 +146,6 @@ pub struct Bin24Outcome {
     pub drain_timed_out: bool,
     pub reconnect_used_us: u64,
     pub reconnect_timed_out: bool,
-}
-
-/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
-impl Bin24Outcome {
-    /// The latencies the report measures the server by: written and plotted.
-    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("ack200", &self.latency.ack_delivered),
-            ("ack300", &self.latency.ack_stored),
-            ("ack507", &self.latency.ack_full),
-            ("delivery-live", &self.latency.delivery_live),
-            ("delivery-stored", &self.latency.delivery_stored),
-            ("connect", &self.latency.connect),
-            ("reconnect", &self.latency.reconnect),
-        ]
-    }
-
-    /// The service time (from the actual write) and the loadgen's own lags: written, not plotted.
-    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("service-time", &self.latency.service_time),
-            ("send-lag", &self.latency.send_lag),
-            ("schedule-lateness", &self.latency.schedule_lateness),
-            ("socket-blocked", &self.latency.socket_blocked),
-        ]
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,23 +253,63 @@ pub struct Run<'a> {
     bytes_since_send_check: usize,
 }
 
-/// Runs the scenario to the end (every phase has a deadline).
-pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, RunError> {
-    let mut run = start(cfg)?;
-    run.event_loop()?;
-    Ok(run.finish())
+/// The scenario as the registry lists it.
+pub struct Bin24;
+
+impl ScenarioKind for Bin24 {
+    const PROTOCOL: Protocol = Protocol::Bin24;
+    const MAIN_HISTOGRAM: &'static str = "ack200";
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
+    type Config = Bin24Config;
+    type Run<'a> = Run<'a>;
+    type Outcome = Bin24Outcome;
+    type Report = report::Report;
+
+    fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
+        start(cfg)
+    }
+    fn finish(run: Run<'_>) -> Bin24Outcome {
+        run.finish()
+    }
+    fn report(
+        cfg: &Bin24Config,
+        seed: u64,
+        strict: bool,
+        outcome: &Bin24Outcome,
+    ) -> report::Report {
+        report::Report::new(cfg, seed, strict, outcome)
+    }
+    /// The latencies the report measures the server by (written and plotted), then the
+    /// loadgen's own lags (written, not plotted).
+    fn histograms(outcome: &Bin24Outcome) -> (Named<'_>, Named<'_>) {
+        (
+            vec![
+                ("ack200", &outcome.latency.ack_delivered),
+                ("ack300", &outcome.latency.ack_stored),
+                ("ack507", &outcome.latency.ack_full),
+                ("delivery-live", &outcome.latency.delivery_live),
+                ("delivery-stored", &outcome.latency.delivery_stored),
+                ("connect", &outcome.latency.connect),
+                ("reconnect", &outcome.latency.reconnect),
+            ],
+            [("service-time", &outcome.latency.service_time)]
+                .into_iter()
+                .chain(outcome.latency.own.named())
+                .collect(),
+        )
+    }
+    fn progress(cfg: &Bin24Config) -> bool {
+        cfg.progress
+    }
+    fn unreachable(cfg: &Bin24Config) -> String {
+        format!("no user could join a BIN24 server at {}", cfg.target)
+    }
 }
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts()?;
     let users = (0..cfg.users)
         .map(|i| User {
             name: user_name(i),
@@ -399,14 +395,6 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RunError> {
-        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
-        if self.cfg.progress {
-            eprintln!();
-        }
-        Ok(())
-    }
-
     /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
     fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
@@ -570,13 +558,7 @@ impl Run<'_> {
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
         if self.senders.is_empty() {
-            let why = self
-                .m
-                .errors
-                .first
-                .first()
-                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(RunError::Unreachable(why));
+            return Err(self.m.errors.unreachable("no user joined"));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.users[u].sender = Some(ordinal as u32);
@@ -637,24 +619,18 @@ impl Run<'_> {
         self.bytes_since_send_check = 0;
         let now_us = self.clock.now_us();
         let senders = u64::from(plan.senders);
-        while self.next_g < plan.messages {
-            let intended_us = plan.intended_us(self.next_g);
-            if intended_us > now_us {
-                break;
-            }
-            let g = self.next_g;
-            self.next_g += 1;
-            let u = self.senders[plan.sender_of(g) as usize];
-            let seq = g / senders;
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let u = self.senders[plan.sender_of(due.g) as usize];
+            let seq = due.g / senders;
             let user = &self.users[u];
             if user.phase != UserPhase::Joined {
                 self.m.not_sent_connection_lost += 1;
                 continue;
             }
             let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
-            if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || user.out.pending() + frame_bytes > SEND_QUEUE_BYTES_MAX
-            {
+            // Only messages: answers are never dropped (the server closes a recipient that does not
+            // answer), so they are queued whatever the backlog.
+            if queue_full(user.queue.len(), user.out.pending(), frame_bytes) {
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
@@ -663,7 +639,7 @@ impl Run<'_> {
                 run_id: self.cfg.run_id,
                 sender: u as u32,
                 seq: seq as u32,
-                intended_us,
+                intended_us: due.intended_us,
             };
             let partner = self.users[user.partner].name;
             // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
@@ -677,18 +653,8 @@ impl Run<'_> {
             };
             let user = &mut self.users[u];
             user.out.extend(&frame);
-            user.queue.push_back(Queued {
-                end: user.out.end(),
-                intended_us,
-                noticed_us: now_us,
-                tag: g,
-            });
-            if !plan.is_warmup(intended_us) {
-                self.m
-                    .latency
-                    .schedule_lateness
-                    .record(now_us.saturating_sub(intended_us));
-            }
+            user.queue.push_back(Queued::new(&user.out, &due, due.g));
+            plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
             self.dirty.mark(u);
         }
         self.flush_dirty();
@@ -712,8 +678,7 @@ impl Run<'_> {
         };
         let lags = SendLags {
             plan: self.plan.as_ref(),
-            socket_blocked: &mut self.m.latency.socket_blocked,
-            send_lag: &mut self.m.latency.send_lag,
+            own: &mut self.m.latency.own,
             sent_in_window: &mut self.m.sent_in_window,
         };
         let (ledger, sent_total, write_lag_us) = (
@@ -770,15 +735,7 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_ref() else {
             return;
         };
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                Err(e) => Err(e),
-            },
-        };
-        match outcome {
+        match crate::connect::is_connected(stream) {
             Ok(true) => {
                 // The first frame makes the user exist: a hello to itself, which the server
                 // forwards back once the name is registered.
@@ -807,29 +764,16 @@ impl Run<'_> {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match stream.read(&mut self.read_buf) {
-                Ok(0) => {
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.readable) {
+                Chunk::Bytes(n) => n,
+                Chunk::Drained => return,
+                ended => {
                     let kind = if user.phase == UserPhase::Joined {
                         ErrorKind::Read
                     } else {
                         ErrorKind::Connect
                     };
-                    self.fail(u, kind, || "the server closed the connection".to_string());
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    user.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let kind = if user.phase == UserPhase::Joined {
-                        ErrorKind::Read
-                    } else {
-                        ErrorKind::Connect
-                    };
-                    self.fail(u, kind, || format!("read: {e}"));
+                    self.fail(u, kind, || ended.why());
                     return;
                 }
             };

@@ -27,9 +27,7 @@ pub mod wire;
 mod tests;
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
@@ -37,28 +35,20 @@ use mio::{Poll, Token};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, RunError, SentReceived};
+use crate::driver::{
+    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
+    READ_BUDGET_BYTES, READ_BUF_BYTES, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
+};
 use crate::pacer::Pacer;
-use crate::plan::{choose_senders, Plan, SplitMix64};
-use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
+use crate::plan::{choose_senders, Due, Plan, SplitMix64};
+use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, NoticeCheck, NoticeLedger, Peer};
 
-const TIMER: Token = Token(0);
-const READ_BUF_BYTES: usize = 64 * 1024;
-const READ_BUDGET_BYTES: usize = 256 * 1024;
-const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
-const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
-const EVENTS_PER_SEND_CHECK: usize = 64;
-const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
-const START_DELAY_US: u64 = 50_000;
-const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
-/// The ramp-up gives up after max(this, 3 times its planned time).
-const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
-const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
-const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 /// Draws of a (Src, Dst) pair for one link before it is given up as "every pair busy".
 const PAIR_DRAWS_MAX: usize = 64;
 /// Mixed into `--seed` for the link pairs, so they do not repeat the senders' choice.
@@ -100,10 +90,8 @@ pub struct Latencies {
     pub delivery: LatencyHistogram,
     /// CONNECT_RESPONSE 1 minus intended connect time.
     pub connect: LatencyHistogram,
-    pub send_lag: LatencyHistogram,
-    /// Public messages and link requests: noticed minus intended.
-    pub schedule_lateness: LatencyHistogram,
-    pub socket_blocked: LatencyHistogram,
+    /// Its schedule lateness covers public messages and link requests.
+    pub own: OwnLags,
     /// PRIVATE_SRC_ADDRESS at Dst minus the request's intended time.
     pub link: LatencyHistogram,
     /// PRIVATE_REQUEST_NOTIFY at Dst minus the request's intended time.
@@ -161,28 +149,6 @@ pub struct MatouOutcome {
     pub drain_used_us: u64,
     pub drain_timed_out: bool,
     pub sign_out_wait_used_us: u64,
-}
-
-/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
-impl MatouOutcome {
-    /// The latencies the report measures the server by: written and plotted.
-    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("delivery", &self.latency.delivery),
-            ("connect", &self.latency.connect),
-            ("link", &self.latency.link),
-            ("link-notify", &self.latency.link_notify),
-        ]
-    }
-
-    /// The loadgen's own lags: written, not plotted.
-    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("send-lag", &self.latency.send_lag),
-            ("schedule-lateness", &self.latency.schedule_lateness),
-            ("socket-blocked", &self.latency.socket_blocked),
-        ]
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,22 +256,56 @@ pub struct Run<'a> {
     bytes_since_send_check: usize,
 }
 
-pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, RunError> {
-    let mut run = start(cfg)?;
-    run.event_loop()?;
-    Ok(run.finish())
+/// The scenario as the registry lists it.
+pub struct Matou;
+
+impl ScenarioKind for Matou {
+    const PROTOCOL: Protocol = Protocol::Matou;
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
+    type Config = MatouConfig;
+    type Run<'a> = Run<'a>;
+    type Outcome = MatouOutcome;
+    type Report = report::Report;
+
+    fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
+        start(cfg)
+    }
+    fn finish(run: Run<'_>) -> MatouOutcome {
+        run.finish()
+    }
+    fn report(
+        cfg: &MatouConfig,
+        _seed: u64,
+        strict: bool,
+        outcome: &MatouOutcome,
+    ) -> report::Report {
+        report::Report::new(cfg, cfg.senders, strict, outcome)
+    }
+    /// The latencies the report measures the server by (written and plotted), then the
+    /// loadgen's own lags (written, not plotted).
+    fn histograms(outcome: &MatouOutcome) -> (Named<'_>, Named<'_>) {
+        (
+            vec![
+                ("delivery", &outcome.latency.delivery),
+                ("connect", &outcome.latency.connect),
+                ("link", &outcome.latency.link),
+                ("link-notify", &outcome.latency.link_notify),
+            ],
+            outcome.latency.own.named().to_vec(),
+        )
+    }
+    fn progress(cfg: &MatouConfig) -> bool {
+        cfg.progress
+    }
+    fn unreachable(cfg: &MatouConfig) -> String {
+        format!("no user could join a MATOU server at {}", cfg.target)
+    }
 }
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts()?;
     let now_us = clock.now_us();
     let rate = cfg.connect_rate_per_s.max(1);
     let users: Vec<User> = (0..cfg.users)
@@ -407,14 +407,6 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RunError> {
-        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
-        if self.cfg.progress {
-            eprintln!();
-        }
-        Ok(())
-    }
-
     fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
@@ -591,12 +583,7 @@ impl Run<'_> {
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
         if self.pool.is_empty() {
-            let why = self
-                .errors
-                .first
-                .first()
-                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(RunError::Unreachable(why));
+            return Err(self.errors.unreachable("no user joined"));
         }
         for &u in &self.pool {
             self.users[u].in_room_after_ramp = true;
@@ -653,9 +640,13 @@ impl Run<'_> {
         let Some(plan) = self.plan.as_ref() else {
             return;
         };
-        let g = self.next_g;
+        let due = Due {
+            g: self.next_g,
+            intended_us,
+            noticed_us: now_us,
+        };
         self.next_g += 1;
-        let u = self.senders[plan.sender_of(g) as usize];
+        let u = self.senders[plan.sender_of(due.g) as usize];
         if self.users[u].phase != UserPhase::Joined {
             self.not_sent_connection_lost += 1;
             return;
@@ -664,7 +655,7 @@ impl Run<'_> {
         let stamp = Stamp {
             run_id: self.cfg.run_id,
             sender: u as u32,
-            seq: (g / u64::from(plan.senders)) as u32,
+            seq: (due.g / u64::from(plan.senders)) as u32,
             intended_us,
         };
         if stamp::write(content, &stamp).is_err() {
@@ -673,24 +664,13 @@ impl Run<'_> {
         }
         let packet = wire::public_message(content);
         let user = &mut self.users[u];
-        if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-            || user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX
-        {
+        if queue_full(user.queue.len(), user.out.pending(), packet.len()) {
             self.not_sent_queue_full += 1;
             return;
         }
         user.out.extend(&packet);
-        user.queue.push_back(Queued {
-            end: user.out.end(),
-            intended_us,
-            noticed_us: now_us,
-            tag: (),
-        });
-        if !plan.is_warmup(intended_us) {
-            self.latency
-                .schedule_lateness
-                .record(now_us.saturating_sub(intended_us));
-        }
+        user.queue.push_back(Queued::new(&user.out, &due, ()));
+        plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
         self.dirty.mark(u);
     }
 
@@ -731,6 +711,7 @@ impl Run<'_> {
         }
         if !plan.is_warmup(intended_us) {
             self.latency
+                .own
                 .schedule_lateness
                 .record(now_us.saturating_sub(intended_us));
         }
@@ -765,8 +746,7 @@ impl Run<'_> {
         }
         let lags = SendLags {
             plan: self.plan.as_ref(),
-            socket_blocked: &mut self.latency.socket_blocked,
-            send_lag: &mut self.latency.send_lag,
+            own: &mut self.latency.own,
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
@@ -817,13 +797,10 @@ impl Run<'_> {
         let Some(stream) = user.stream.as_ref() else {
             return;
         };
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => stream.local_addr().map(|local| Some(local.ip())),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
-                Err(e) => Err(e),
-            },
+        let outcome = match crate::connect::is_connected(stream) {
+            Ok(true) => stream.local_addr().map(|local| Some(local.ip())),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(Some(ip)) => {
@@ -849,19 +826,11 @@ impl Run<'_> {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match stream.read(&mut self.read_buf) {
-                Ok(0) => {
-                    self.on_server_close(u, "the server closed the connection".to_string());
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    user.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.on_server_close(u, format!("read: {e}"));
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.readable) {
+                Chunk::Bytes(n) => n,
+                Chunk::Drained => return,
+                ended => {
+                    self.on_server_close(u, ended.why());
                     return;
                 }
             };
