@@ -152,16 +152,17 @@ macro_rules! reactor_common {
 pub(crate) use reactor_common;
 
 /// `on_event` and `end_turn` of a scenario whose sockets are `self.$conns[index]`, each with
-/// `readable`/`writable` flags and driven by `self.drive(index)`; `end_turn` drives the
-/// still-ready ones, then calls `$after` (e.g. `flush_dirty`) if given.
+/// `readable`/`writable` flags (in its field `$ready` if given) and driven by
+/// `self.drive(index)`; `end_turn` drives the still-ready ones, then calls `$after` (e.g.
+/// `flush_dirty`) if given.
 macro_rules! drive_connections {
-    ($conns:ident $(, $after:ident)?) => {
+    ($conns:ident $(. $ready:ident)? $(, $after:ident)?) => {
         fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
             let Some(conn) = self.$conns.get_mut(index) else {
                 return; // not ours; cannot happen, and must not panic
             };
-            conn.readable |= readable;
-            conn.writable |= writable;
+            conn$(.$ready)?.readable |= readable;
+            conn$(.$ready)?.writable |= writable;
             self.drive(index);
         }
         fn end_turn(&mut self) {

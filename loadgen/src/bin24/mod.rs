@@ -30,12 +30,9 @@ pub mod topology;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
-use mio::net::TcpStream;
-use mio::{Poll, Token};
+use mio::Poll;
 use switchboard::protocol::bin24::codec::{
     self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
     TYPE_MESSAGE, TYPE_OFFLINE,
@@ -50,7 +47,7 @@ use crate::driver::{
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -166,14 +163,8 @@ struct User {
     offline: bool,
     /// The sender ordinal in the plan, if it sends.
     sender: Option<u32>,
-    stream: Option<TcpStream>,
+    conn: Conn<u64>,
     phase: UserPhase,
-    readable: bool,
-    writable: bool,
-    inbuf: BytesMut,
-    /// Bytes to write: the hello, answers, messages.
-    out: OutBuf,
-    queue: VecDeque<Queued<u64>>,
     intended_connect_us: u64,
     /// Part of the current connection wave and not yet joined or failed.
     in_wave: bool,
@@ -316,13 +307,8 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
             partner: cfg.pattern.partner(i, cfg.users),
             offline: cfg.offline.get(i).copied().unwrap_or(false),
             sender: None,
-            stream: None,
+            conn: Conn::default(),
             phase: UserPhase::Idle,
-            readable: false,
-            writable: false,
-            inbuf: BytesMut::new(),
-            out: OutBuf::default(),
-            queue: VecDeque::new(),
             intended_connect_us: 0,
             in_wave: false,
             reconnecting: false,
@@ -385,7 +371,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
 
 impl Reactor for Run<'_> {
     driver::reactor_common!(RunError);
-    driver::drive_connections!(users, flush_dirty);
+    driver::drive_connections!(users.conn, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.m.sent_total,
@@ -424,7 +410,7 @@ impl Run<'_> {
                 self.flush_dirty();
                 if now_us >= self.next_check_us {
                     self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
-                    let queued = self.users.iter().any(|u| !u.queue.is_empty());
+                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
                     if !queued && self.ledger.unresolved() == 0 {
                         self.start_reconnect(now_us);
                     } else if now_us >= deadline_us {
@@ -539,14 +525,9 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
-            Ok(stream) => {
-                let user = &mut self.users[u];
-                user.stream = Some(stream);
-                user.phase = UserPhase::Connecting;
-                user.readable = false;
-                user.writable = false;
-            }
+        let user = &mut self.users[u];
+        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+            Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
@@ -590,7 +571,7 @@ impl Run<'_> {
         }
         let wave: Vec<usize> = (0..self.users.len()).filter(|&u| wanted[u]).collect();
         for &u in &wave {
-            if self.users[u].stream.is_some() || self.users[u].phase == UserPhase::Failed {
+            if self.users[u].conn.stream.is_some() || self.users[u].phase == UserPhase::Failed {
                 self.reconnect_of_online += 1;
             }
             self.close_quietly(u);
@@ -630,7 +611,7 @@ impl Run<'_> {
             let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
             // Only messages: answers are never dropped (the server closes a recipient that does not
             // answer), so they are queued whatever the backlog.
-            if queue_full(user.queue.len(), user.out.pending(), frame_bytes) {
+            if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
@@ -652,8 +633,10 @@ impl Run<'_> {
                 continue;
             };
             let user = &mut self.users[u];
-            user.out.extend(&frame);
-            user.queue.push_back(Queued::new(&user.out, &due, due.g));
+            user.conn.out.extend(&frame);
+            user.conn
+                .queue
+                .push_back(Queued::new(&user.conn.out, &due, due.g));
             plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
             self.dirty.mark(u);
         }
@@ -670,12 +653,9 @@ impl Run<'_> {
     /// message that went out completely.
     fn flush(&mut self, u: usize) {
         let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitEcho | UserPhase::Joined) || !user.writable {
+        if !matches!(user.phase, UserPhase::AwaitEcho | UserPhase::Joined) || !user.conn.writable {
             return; // the writable edge will call back
         }
-        let Some(stream) = user.stream.as_mut() else {
-            return;
-        };
         let lags = SendLags {
             plan: self.plan.as_ref(),
             own: &mut self.m.latency.own,
@@ -686,21 +666,13 @@ impl Run<'_> {
             &mut self.m.sent_total,
             &mut self.write_lag_us,
         );
-        let drained = flush_queued(
-            stream,
-            &mut user.out,
-            &mut user.queue,
-            &self.clock,
-            lags,
-            |queued, lag_us| {
-                ledger.mark_written(queued.tag);
-                *sent_total += 1;
-                if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
-                    *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
-                }
-            },
-        );
-        let failure = drained.failure(&mut user.writable);
+        let failure = user.conn.flush(&self.clock, lags, |queued, lag_us| {
+            ledger.mark_written(queued.tag);
+            *sent_total += 1;
+            if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
+                *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+            }
+        });
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
         }
@@ -711,7 +683,7 @@ impl Run<'_> {
         match self.users[u].phase {
             UserPhase::Idle | UserPhase::Failed => {}
             UserPhase::Connecting => {
-                if self.users[u].readable || self.users[u].writable {
+                if self.users[u].conn.readable || self.users[u].conn.writable {
                     self.check_connected(u);
                 }
                 if self.users[u].phase != UserPhase::Connecting {
@@ -719,11 +691,11 @@ impl Run<'_> {
                 }
             }
             UserPhase::AwaitEcho | UserPhase::Joined => {
-                if self.users[u].readable {
+                if self.users[u].conn.readable {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.out.has_pending() {
+                if user.conn.writable && user.conn.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -732,19 +704,16 @@ impl Run<'_> {
 
     fn check_connected(&mut self, u: usize) {
         let user = &mut self.users[u];
-        let Some(stream) = user.stream.as_ref() else {
-            return;
-        };
-        match crate::connect::is_connected(stream) {
+        match user.conn.is_connected() {
             Ok(true) => {
                 // The first frame makes the user exist: a hello to itself, which the server
                 // forwards back once the name is registered.
                 let hello = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY);
                 if let Some(hello) = hello {
-                    user.out.extend(&hello);
+                    user.conn.out.extend(&hello);
                 }
                 user.phase = UserPhase::AwaitEcho;
-                user.readable = true;
+                user.conn.readable = true;
                 self.dirty.mark(u);
             }
             Ok(false) => {}
@@ -757,14 +726,14 @@ impl Run<'_> {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let user = &mut self.users[u];
-            let Some(stream) = user.stream.as_mut() else {
+            let Some(stream) = user.conn.stream.as_mut() else {
                 return;
             };
             if budget == 0 {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.readable) {
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
                 Chunk::Bytes(n) => n,
                 Chunk::Drained => return,
                 ended => {
@@ -778,11 +747,11 @@ impl Run<'_> {
                 }
             };
             budget = budget.saturating_sub(n);
-            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
             // One clock read per read(): every frame in this chunk arrived together.
             let now_us = self.clock.now_us();
             loop {
-                let frame = match codec::decode(&mut self.users[u].inbuf) {
+                let frame = match codec::decode(&mut self.users[u].conn.inbuf) {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(e) => {
@@ -792,7 +761,7 @@ impl Run<'_> {
                 };
                 self.on_frame(u, &frame, now_us);
             }
-            if self.users[u].out.has_pending() {
+            if self.users[u].conn.out.has_pending() {
                 self.dirty.mark(u); // the answers
             }
             self.bytes_since_send_check += n;
@@ -815,7 +784,7 @@ impl Run<'_> {
                     frame.src(),
                     ANSWER_DELIVERED,
                 ) {
-                    self.users[u].out.extend(&answer);
+                    self.users[u].conn.out.extend(&answer);
                 }
                 if is_hello {
                     self.on_echo(u, now_us);
@@ -1045,13 +1014,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.m.not_sent_connection_lost += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
+        self.m.not_sent_connection_lost += user.conn.close(self.poll.registry());
         let name = user.name;
         // Answers to its messages go to this connection only: those still unanswered can no
         // longer be (the messages themselves may have died unread with the connection).
@@ -1070,16 +1033,8 @@ impl Run<'_> {
     /// Closes a connection the loadgen is done with (before reconnecting the user).
     fn close_quietly(&mut self, u: usize) {
         let user = &mut self.users[u];
-        self.m.not_sent_at_end += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        user.readable = false;
-        user.writable = false;
+        self.m.not_sent_at_end += user.conn.close(self.poll.registry());
         user.phase = UserPhase::Idle;
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
     }
 
     fn progress_line(&self, now_us: u64) {
@@ -1119,10 +1074,7 @@ impl Run<'_> {
         let end_us = self.clock.now_us();
         let mut not_sent_at_end = self.m.not_sent_at_end;
         for user in &mut self.users {
-            not_sent_at_end += user.queue.len() as u64;
-            if let Some(mut stream) = user.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
+            not_sent_at_end += user.conn.close(self.poll.registry());
         }
         let plan = self
             .plan

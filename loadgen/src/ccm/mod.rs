@@ -19,12 +19,10 @@ pub mod report;
 pub mod stamp;
 pub mod wire;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use bytes::{Bytes, BytesMut};
-use mio::net::TcpStream;
-use mio::{Poll, Token};
+use bytes::Bytes;
+use mio::Poll;
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
@@ -37,7 +35,7 @@ use crate::driver::{
 use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -140,13 +138,8 @@ struct User {
     role: Role,
     partner: usize,
     sender: Option<u32>,
-    stream: Option<TcpStream>,
+    conn: Conn<()>,
     phase: UserPhase,
-    readable: bool,
-    writable: bool,
-    inbuf: BytesMut,
-    out: OutBuf,
-    queue: VecDeque<Queued<()>>,
     intended_connect_us: u64,
     in_ramp: bool,
     token: Bytes,
@@ -279,13 +272,8 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
                 role,
                 partner,
                 sender: None,
-                stream: None,
+                conn: Conn::default(),
                 phase: UserPhase::Idle,
-                readable: false,
-                writable: false,
-                inbuf: BytesMut::new(),
-                out: OutBuf::default(),
-                queue: VecDeque::new(),
                 intended_connect_us: 0,
                 in_ramp: true,
                 token: Bytes::new(),
@@ -373,7 +361,7 @@ impl Reactor for Run<'_> {
     fn next_wake_us(&self) -> u64 {
         self.next_wake_us(&self.order)
     }
-    driver::drive_connections!(users, flush_dirty);
+    driver::drive_connections!(users.conn, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,
@@ -427,7 +415,7 @@ impl Run<'_> {
                 self.flush_dirty();
                 if now_us >= self.next_check_us {
                     self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
-                    let queued = self.users.iter().any(|u| !u.queue.is_empty());
+                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
                     let complete = !queued && self.accounting.undelivered() == 0;
                     if complete || now_us >= deadline_us {
                         self.drain_timed_out = !complete;
@@ -505,12 +493,9 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
-            Ok(stream) => {
-                let user = &mut self.users[u];
-                user.stream = Some(stream);
-                user.phase = UserPhase::Connecting;
-            }
+        let user = &mut self.users[u];
+        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+            Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
@@ -567,13 +552,19 @@ impl Run<'_> {
                 continue;
             }
             let message = wire::text(&user.token, &self.users[user.partner].name, content);
-            if queue_full(user.queue.len(), user.out.pending(), message.len()) {
+            if queue_full(
+                user.conn.queue.len(),
+                user.conn.out.pending(),
+                message.len(),
+            ) {
                 self.not_sent_queue_full += 1;
                 continue;
             }
             let user = &mut self.users[u];
-            user.out.extend(&message);
-            user.queue.push_back(Queued::new(&user.out, &due, ()));
+            user.conn.out.extend(&message);
+            user.conn
+                .queue
+                .push_back(Queued::new(&user.conn.out, &due, ()));
             plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
             self.dirty.mark(u);
         }
@@ -588,13 +579,12 @@ impl Run<'_> {
 
     fn flush(&mut self, u: usize) {
         let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitIdentity | UserPhase::Joined) || !user.writable {
+        if !matches!(user.phase, UserPhase::AwaitIdentity | UserPhase::Joined)
+            || !user.conn.writable
+        {
             return;
         }
-        let Some(stream) = user.stream.as_mut() else {
-            return;
-        };
-        if !user.out.has_pending() {
+        if user.conn.stream.is_none() || !user.conn.out.has_pending() {
             return;
         }
         let lags = SendLags {
@@ -603,21 +593,13 @@ impl Run<'_> {
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let drained = flush_queued(
-            stream,
-            &mut user.out,
-            &mut user.queue,
-            &self.clock,
-            lags,
-            |_, _| {
-                *sent += 1;
-                if let Some(ordinal) = sender {
-                    accounting.on_sent(ordinal as usize);
-                }
-            },
-        );
-        let failure = drained.failure(&mut user.writable);
-        if !user.out.has_pending() {
+        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
+        if !user.conn.out.has_pending() {
             user.last_write_us = self.clock.now_us();
         }
         if let Some(why) = failure {
@@ -629,7 +611,7 @@ impl Run<'_> {
         match self.users[u].phase {
             UserPhase::Idle | UserPhase::Failed | UserPhase::ClosedByServer => {}
             UserPhase::Connecting => {
-                if self.users[u].readable || self.users[u].writable {
+                if self.users[u].conn.readable || self.users[u].conn.writable {
                     self.check_connected(u);
                 }
                 if self.users[u].phase != UserPhase::Connecting {
@@ -637,11 +619,11 @@ impl Run<'_> {
                 }
             }
             UserPhase::AwaitIdentity | UserPhase::Joined => {
-                if self.users[u].readable {
+                if self.users[u].conn.readable {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.out.has_pending() {
+                if user.conn.writable && user.conn.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -650,14 +632,11 @@ impl Run<'_> {
 
     fn check_connected(&mut self, u: usize) {
         let user = &mut self.users[u];
-        let Some(stream) = user.stream.as_ref() else {
-            return;
-        };
-        match crate::connect::is_connected(stream) {
+        match user.conn.is_connected() {
             Ok(true) => {
-                user.out.extend(&wire::identify(&user.name));
+                user.conn.out.extend(&wire::identify(&user.name));
                 user.phase = UserPhase::AwaitIdentity;
-                user.readable = true;
+                user.conn.readable = true;
                 self.dirty.mark(u);
             }
             Ok(false) => {}
@@ -669,21 +648,21 @@ impl Run<'_> {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let user = &mut self.users[u];
-            let Some(stream) = user.stream.as_mut() else {
+            let Some(stream) = user.conn.stream.as_mut() else {
                 return;
             };
             if budget == 0 {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.readable) {
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
                 Chunk::Bytes(n) => n,
                 Chunk::Drained => {
                     // The server always writes Content-Length: a message it cut short of one
                     // would wait here forever, so a whole burst is decoded as a last resort.
-                    if !user.inbuf.is_empty() {
+                    if !user.conn.inbuf.is_empty() {
                         let now_us = self.clock.now_us();
-                        match codec::decode(&mut self.users[u].inbuf, true) {
+                        match codec::decode(&mut self.users[u].conn.inbuf, true) {
                             Ok(Some(message)) => self.on_message(u, &message, now_us),
                             Ok(None) => {}
                             Err(e) => {
@@ -699,7 +678,7 @@ impl Run<'_> {
                 }
             };
             budget = budget.saturating_sub(n);
-            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
             let now_us = self.clock.now_us();
             loop {
                 if !matches!(
@@ -708,7 +687,7 @@ impl Run<'_> {
                 ) {
                     return;
                 }
-                let message = match codec::decode(&mut self.users[u].inbuf, false) {
+                let message = match codec::decode(&mut self.users[u].conn.inbuf, false) {
                     Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(e) => {
@@ -718,7 +697,7 @@ impl Run<'_> {
                 };
                 self.on_message(u, &message, now_us);
             }
-            if self.users[u].out.has_pending() {
+            if self.users[u].conn.out.has_pending() {
                 self.dirty.mark(u); // keepalive answers
             }
             self.bytes_since_send_check += n;
@@ -740,7 +719,7 @@ impl Run<'_> {
             user.phase = UserPhase::ClosedByServer;
             let keepalives = user.keepalives;
             let name = user.name.clone();
-            if let Some(mut stream) = user.stream.take() {
+            if let Some(mut stream) = user.conn.stream.take() {
                 let _ = self.poll.registry().deregister(&mut stream);
             }
             if keepalives == 0 {
@@ -786,7 +765,7 @@ impl Run<'_> {
                     }
                 }
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
-                    user.out.extend(&reply);
+                    user.conn.out.extend(&reply);
                     self.keepalives_answered += 1;
                     self.dirty.mark(u);
                 }
@@ -887,13 +866,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
+        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -935,10 +908,7 @@ impl Run<'_> {
         let end_us = self.clock.now_us();
         let mut not_sent_at_end = 0;
         for user in &mut self.users {
-            not_sent_at_end += user.queue.len() as u64;
-            if let Some(mut stream) = user.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
+            not_sent_at_end += user.conn.close(self.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us

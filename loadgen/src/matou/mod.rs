@@ -26,12 +26,9 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::BytesMut;
-use mio::net::TcpStream;
-use mio::{Poll, Token};
+use mio::Poll;
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
@@ -43,7 +40,7 @@ use crate::driver::{
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -170,14 +167,8 @@ struct User {
     ip: Option<IpAddr>,
     /// Sender ordinal in the public plan.
     sender: Option<u32>,
-    stream: Option<TcpStream>,
+    conn: Conn<()>,
     phase: UserPhase,
-    readable: bool,
-    writable: bool,
-    inbuf: BytesMut,
-    out: OutBuf,
-    /// Public messages in `out`, for the send accounting (brokering packets have no entry).
-    queue: VecDeque<Queued<()>>,
     intended_connect_us: u64,
     in_ramp: bool,
     /// Joined at some point: its deliveries count as expected from then on.
@@ -313,13 +304,8 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
             name: wire::user_name(cfg.run_id, i),
             ip: None,
             sender: None,
-            stream: None,
+            conn: Conn::default(),
             phase: UserPhase::Idle,
-            readable: false,
-            writable: false,
-            inbuf: BytesMut::new(),
-            out: OutBuf::default(),
-            queue: VecDeque::new(),
             intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
             in_ramp: true,
             joined: false,
@@ -397,7 +383,7 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
 
 impl Reactor for Run<'_> {
     driver::reactor_common!(RunError);
-    driver::drive_connections!(users, flush_dirty);
+    driver::drive_connections!(users.conn, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,
@@ -521,7 +507,7 @@ impl Run<'_> {
     /// Drain: nothing queued, every written message at every user still in the room, every
     /// link complete (or broken).
     fn everything_arrived(&self) -> bool {
-        if self.users.iter().any(|u| !u.queue.is_empty()) || self.links.open_count() > 0 {
+        if self.users.iter().any(|u| !u.conn.queue.is_empty()) || self.links.open_count() > 0 {
             return false;
         }
         let users = &self.users;
@@ -548,10 +534,10 @@ impl Run<'_> {
         };
         for u in 0..self.users.len() {
             let user = &mut self.users[u];
-            self.not_sent_at_end += user.queue.len() as u64;
-            user.queue.clear();
+            self.not_sent_at_end += user.conn.queue.len() as u64;
+            user.conn.queue.clear();
             if user.phase == UserPhase::Joined {
-                user.out.extend(&wire::public_sign_out());
+                user.conn.out.extend(&wire::public_sign_out());
                 user.phase = UserPhase::SigningOut;
                 self.signed_out += 1;
                 self.dirty.mark(u);
@@ -567,12 +553,9 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
-            Ok(stream) => {
-                let user = &mut self.users[u];
-                user.stream = Some(stream);
-                user.phase = UserPhase::Connecting;
-            }
+        let user = &mut self.users[u];
+        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+            Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
@@ -664,12 +647,14 @@ impl Run<'_> {
         }
         let packet = wire::public_message(content);
         let user = &mut self.users[u];
-        if queue_full(user.queue.len(), user.out.pending(), packet.len()) {
+        if queue_full(user.conn.queue.len(), user.conn.out.pending(), packet.len()) {
             self.not_sent_queue_full += 1;
             return;
         }
-        user.out.extend(&packet);
-        user.queue.push_back(Queued::new(&user.out, &due, ()));
+        user.conn.out.extend(&packet);
+        user.conn
+            .queue
+            .push_back(Queued::new(&user.conn.out, &due, ()));
         plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
         self.dirty.mark(u);
     }
@@ -705,7 +690,7 @@ impl Run<'_> {
         }
         let packet = wire::private_request(&self.users[dst].name);
         let user = &self.users[src];
-        if user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX {
+        if user.conn.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX {
             self.links_not_sent_queue_full += 1;
             return;
         }
@@ -719,7 +704,7 @@ impl Run<'_> {
             self.links_requested_in_window += 1;
         }
         self.links.open(src as u32, dst as u32, intended_us);
-        self.users[src].out.extend(&packet);
+        self.users[src].conn.out.extend(&packet);
         self.dirty.mark(src);
     }
 
@@ -734,14 +719,11 @@ impl Run<'_> {
         if !matches!(
             user.phase,
             UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
-        ) || !user.writable
+        ) || !user.conn.writable
         {
             return;
         }
-        let Some(stream) = user.stream.as_mut() else {
-            return;
-        };
-        if !user.out.has_pending() {
+        if !user.conn.out.has_pending() {
             return;
         }
         let lags = SendLags {
@@ -750,20 +732,12 @@ impl Run<'_> {
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let drained = flush_queued(
-            stream,
-            &mut user.out,
-            &mut user.queue,
-            &self.clock,
-            lags,
-            |_, _| {
-                *sent += 1;
-                if let Some(ordinal) = sender {
-                    accounting.on_sent(ordinal as usize);
-                }
-            },
-        );
-        let failure = drained.failure(&mut user.writable);
+        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
         }
@@ -773,7 +747,7 @@ impl Run<'_> {
         match self.users[u].phase {
             UserPhase::Idle | UserPhase::Failed | UserPhase::Closed => {}
             UserPhase::Connecting => {
-                if self.users[u].readable || self.users[u].writable {
+                if self.users[u].conn.readable || self.users[u].conn.writable {
                     self.check_connected(u);
                 }
                 if self.users[u].phase != UserPhase::Connecting {
@@ -781,11 +755,11 @@ impl Run<'_> {
                 }
             }
             UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut => {
-                if self.users[u].readable {
+                if self.users[u].conn.readable {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.out.has_pending() {
+                if user.conn.writable && user.conn.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -794,20 +768,19 @@ impl Run<'_> {
 
     fn check_connected(&mut self, u: usize) {
         let user = &mut self.users[u];
-        let Some(stream) = user.stream.as_ref() else {
-            return;
-        };
-        let outcome = match crate::connect::is_connected(stream) {
-            Ok(true) => stream.local_addr().map(|local| Some(local.ip())),
+        let outcome = match user.conn.is_connected() {
+            Ok(true) => user.conn.stream.as_ref().map_or(Ok(None), |stream| {
+                stream.local_addr().map(|local| Some(local.ip()))
+            }),
             Ok(false) => Ok(None),
             Err(e) => Err(e),
         };
         match outcome {
             Ok(Some(ip)) => {
                 user.ip = Some(ip);
-                user.out.extend(&wire::connect_request(&user.name));
+                user.conn.out.extend(&wire::connect_request(&user.name));
                 user.phase = UserPhase::AwaitResponse;
-                user.readable = true;
+                user.conn.readable = true;
                 self.dirty.mark(u);
             }
             Ok(None) => {}
@@ -819,14 +792,14 @@ impl Run<'_> {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let user = &mut self.users[u];
-            let Some(stream) = user.stream.as_mut() else {
+            let Some(stream) = user.conn.stream.as_mut() else {
                 return;
             };
             if budget == 0 {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.readable) {
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
                 Chunk::Bytes(n) => n,
                 Chunk::Drained => return,
                 ended => {
@@ -835,7 +808,7 @@ impl Run<'_> {
                 }
             };
             budget = budget.saturating_sub(n);
-            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
             // One clock read per read(): every packet in this chunk arrived together.
             let now_us = self.clock.now_us();
             loop {
@@ -846,7 +819,7 @@ impl Run<'_> {
                     return;
                 }
                 let decoded = wire::decode(
-                    &mut self.users[u].inbuf,
+                    &mut self.users[u].conn.inbuf,
                     &self.limits,
                     self.cfg.run_id,
                     self.cfg.users,
@@ -862,7 +835,7 @@ impl Run<'_> {
                 };
                 self.on_packet(u, incoming, now_us);
             }
-            if self.users[u].out.has_pending() {
+            if self.users[u].conn.out.has_pending() {
                 self.dirty.mark(u); // brokering answers
             }
             self.bytes_since_send_check += n;
@@ -878,7 +851,7 @@ impl Run<'_> {
         if user.phase == UserPhase::SigningOut {
             user.phase = UserPhase::Closed;
             self.closed_after_sign_out += 1;
-            if let Some(mut stream) = user.stream.take() {
+            if let Some(mut stream) = user.conn.stream.take() {
                 let _ = self.poll.registry().deregister(&mut stream);
             }
             return;
@@ -961,7 +934,7 @@ impl Run<'_> {
                             }
                         }
                         let accept = wire::private_accept(&self.users[src].name);
-                        self.users[u].out.extend(&accept);
+                        self.users[u].conn.out.extend(&accept);
                         self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
@@ -974,7 +947,7 @@ impl Run<'_> {
                         let (message_port, file_port) = links::ports(k);
                         let ports =
                             wire::private_src_ports(&self.users[dst].name, message_port, file_port);
-                        self.users[u].out.extend(&ports);
+                        self.users[u].conn.out.extend(&ports);
                         self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
@@ -1098,13 +1071,7 @@ impl Run<'_> {
         self.links.break_user(u as u32);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
+        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -1141,10 +1108,7 @@ impl Run<'_> {
     pub fn finish(mut self) -> MatouOutcome {
         let end_us = self.clock.now_us();
         for user in &mut self.users {
-            self.not_sent_at_end += user.queue.len() as u64;
-            if let Some(mut stream) = user.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
+            self.not_sent_at_end += user.conn.close(self.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us

@@ -53,7 +53,7 @@ use crate::driver::{
 use crate::pacer::Pacer;
 use crate::plan::{Due, Plan};
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, write_pending, Chunk, Drained};
+use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 use accounting::{Accounting, Arrival};
 pub use accounting::{Counts, Losses};
@@ -1036,18 +1036,12 @@ impl Run<'_> {
         };
         self.sent += 1;
         self.accounting.on_sent(u);
-        let Some(plan) = self.plan.as_ref() else {
-            return;
+        let mut lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.latency.own,
+            sent_in_window: &mut self.sent_in_window,
         };
-        if !plan.is_warmup(intended_us) {
-            let own = &mut self.latency.own;
-            own.socket_blocked
-                .record(attempt_us.saturating_sub(noticed_us));
-            own.send_lag.record(done_us.saturating_sub(intended_us));
-        }
-        if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-            self.sent_in_window += 1;
-        }
+        lags.record(intended_us, noticed_us, attempt_us, done_us);
     }
 
     fn drive_udp(&mut self, u: usize) {
