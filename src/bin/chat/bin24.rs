@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::bin24::codec::{
     decode, encode, encode_answer, Frame, Name, BODY_BYTES_MAX, TYPE_ANSWER, TYPE_MESSAGE,
     TYPE_OFFLINE,
@@ -37,6 +35,7 @@ use switchboard::protocol::bin24::codec::{
 
 use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::shell;
 use crate::text::{preview, render_bytes};
 
 /// The messageID of the registration frame (see [`registration_frame`]). Message IDs count up
@@ -189,49 +188,19 @@ enum Input {
 }
 
 pub fn run(args: Bin24Args) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
-
-    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
-    // instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
+    let started = shell::start(
+        || Event::Signal,
+        ("session", "session thread"),
+        move |tx| {
+            let end = session(&args, &tx);
+            let _ = tx.send(end);
+            let _ = tx.send(Event::SessionDone);
+        },
+    );
+    match started {
+        Ok(rx) => finish(&rx),
+        Err(code) => code,
     }
-
-    // The connect may block for long; doing it off the main thread keeps main free to react
-    // to a signal meanwhile.
-    let session_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("session".into())
-        .spawn(move || {
-            let end = session(&args, &session_tx);
-            let _ = session_tx.send(end);
-            let _ = session_tx.send(Event::SessionDone);
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the session thread: {e}");
-        return ExitCode::FAILURE;
-    }
-    drop(tx);
-
-    finish(&rx)
 }
 
 /// Waits for the event that ends the session, closes the connection and reports.
@@ -251,7 +220,7 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
         // sends the FIN now and wakes a blocked read or write.
         let _ = stream.shutdown(Shutdown::Both);
         if !matches!(outcome, Event::SessionDone) {
-            wait_for_session(rx);
+            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
         }
     }
 
@@ -280,19 +249,6 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
         Event::Failed(message) => {
             eprintln!("{message}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the session thread finish the line it is printing so that output does not stop
-/// mid-line.
-fn wait_for_session(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + SESSION_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::SessionDone) | Err(_) => return,
-            Ok(_) => {}
         }
     }
 }

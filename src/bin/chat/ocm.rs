@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use clap::{Args, ValueEnum};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::ocm::codec::{
     decode_answer, encode_datagram, encode_request, host_leave_text, leave_text,
     room_exists_message, room_missing_message, EncodeError, TcrpAnswer, DATAGRAM_BYTES_MAX,
@@ -40,6 +38,7 @@ use switchboard::protocol::ocm::json;
 
 use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::shell;
 use crate::text::render;
 
 /// Largest TCRP answer body accepted. Real answers are under 300 bytes; the 29-byte size field
@@ -225,49 +224,19 @@ enum Input {
 }
 
 pub fn run(args: OcmArgs) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
-
-    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
-    // instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
+    let started = shell::start(
+        || Event::Signal,
+        ("session", "session thread"),
+        move |tx| {
+            let end = session(&args, &tx);
+            let _ = tx.send(end);
+            let _ = tx.send(Event::SessionDone);
+        },
+    );
+    match started {
+        Ok(rx) => finish(&rx),
+        Err(code) => code,
     }
-
-    // The connect and the answer may take long; doing them off the main thread keeps main
-    // free to react to a signal meanwhile.
-    let session_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("session".into())
-        .spawn(move || {
-            let end = session(&args, &session_tx);
-            let _ = session_tx.send(end);
-            let _ = session_tx.send(Event::SessionDone);
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the session thread: {e}");
-        return ExitCode::FAILURE;
-    }
-    drop(tx);
-
-    finish(&rx)
 }
 
 /// Waits for the event that ends the session, says goodbye if the session could not, and
@@ -293,13 +262,13 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
         }
         if !matches!(outcome, Event::SessionDone) {
             let _ = joined.inputs.send(Input::Stop);
-            wait_for_session(rx);
+            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
         }
     } else if let Some(stream) = &stream {
         // Still asking: shutdown wakes the session thread's blocked read.
         let _ = stream.shutdown(Shutdown::Both);
         if !matches!(outcome, Event::SessionDone) {
-            wait_for_session(rx);
+            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
         }
     }
 
@@ -317,19 +286,6 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
         Event::Failed(message) => {
             eprintln!("{message}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the session thread finish the line it is printing so that output does not stop
-/// mid-line.
-fn wait_for_session(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + SESSION_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::SessionDone) | Err(_) => return,
-            Ok(_) => {}
         }
     }
 }

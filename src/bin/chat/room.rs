@@ -15,18 +15,17 @@
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::room::codec::{bytes_repr, ALIAS_BYTES_MAX, GREETING};
 
 use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::shell;
 use crate::text::render_bytes;
 
 /// What the server sends, alone, when it wants the nick.
@@ -138,45 +137,15 @@ enum Event {
 }
 
 pub fn run(args: RoomArgs) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
-
-    // Installed before the prompt and the connect so that Ctrl-C at any moment takes the same
-    // clean path instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
+    // The prompt for a nick may block too: it runs on the session thread.
+    match shell::start(
+        || Event::Signal,
+        ("stdin", "input thread"),
+        move |tx| session(args, &tx),
+    ) {
+        Ok(rx) => finish(&rx),
+        Err(code) => code,
     }
-
-    // The prompt and the connect may block for long; doing them off the main thread keeps main
-    // free to react to a signal meanwhile.
-    let session_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || session(args, &session_tx));
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the input thread: {e}");
-        return ExitCode::FAILURE;
-    }
-    drop(tx);
-
-    finish(&rx)
 }
 
 /// Waits for the event that ends the session, closes the connection and reports.
@@ -196,7 +165,7 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
         // sends the FIN now and wakes that thread's blocked read.
         let _ = stream.shutdown(Shutdown::Both);
         if !matches!(outcome, Event::ReaderDone) {
-            wait_for_reader(rx);
+            shell::wait_for(rx, READER_GRACE, |e| matches!(e, Event::ReaderDone));
         }
     }
     let _ = io::stdout().flush();
@@ -217,18 +186,6 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
         Event::Failed(message) => {
             eprintln!("{message}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the reader finish the chunk it is printing so that output does not stop mid-line.
-fn wait_for_reader(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + READER_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::ReaderDone) | Err(_) => return,
-            Ok(_) => {}
         }
     }
 }

@@ -32,12 +32,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use clap::Args;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::matou::codec::{decode_from_server, Limits, Packet};
 
 use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::shell;
 use files::{Downloads, ReceiveLimits};
 use link::{Link, LinkContext, Pending};
 use screen::Screen;
@@ -222,51 +221,21 @@ enum Input {
 }
 
 pub fn run(args: MatouArgs) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
     let (input_tx, input_rx) = mpsc::channel();
-
-    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
-    // instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
-    }
-
-    // The connect may block for long; doing it off the main thread keeps main free to react
-    // to a signal meanwhile.
-    let session_tx = tx.clone();
     let inputs = input_tx.clone();
-    let spawned = thread::Builder::new()
-        .name("session".into())
-        .spawn(move || {
-            let end = session(args, &session_tx, inputs, &input_rx);
-            let _ = session_tx.send(end);
-            let _ = session_tx.send(Event::SessionDone);
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the session thread: {e}");
-        return ExitCode::FAILURE;
+    let started = shell::start(
+        || Event::Signal,
+        ("session", "session thread"),
+        move |tx| {
+            let end = session(args, &tx, inputs, &input_rx);
+            let _ = tx.send(end);
+            let _ = tx.send(Event::SessionDone);
+        },
+    );
+    match started {
+        Ok(rx) => finish(&rx, &input_tx),
+        Err(code) => code,
     }
-    drop(tx);
-
-    finish(&rx, &input_tx)
 }
 
 /// Waits for the event that ends the session, closes the connection and reports.
@@ -302,7 +271,7 @@ fn finish(rx: &Receiver<Event>, inputs: &Sender<Input>) -> ExitCode {
         // sends the FIN now and wakes a blocked read or write.
         let _ = stream.shutdown(Shutdown::Both);
         if !matches!(outcome, Event::SessionDone) {
-            wait_for_session(rx);
+            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
         }
     }
 
@@ -319,19 +288,6 @@ fn finish(rx: &Receiver<Event>, inputs: &Sender<Input>) -> ExitCode {
         Event::Failed(message) => {
             eprintln!("{message}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the session thread finish the line it is printing so that output does not stop
-/// mid-line.
-fn wait_for_session(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + SESSION_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::SessionDone) | Err(_) => return,
-            Ok(_) => {}
         }
     }
 }

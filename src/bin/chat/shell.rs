@@ -1,0 +1,62 @@
+//! The shell every subcommand runs its session in: a thread for SIGINT/SIGTERM, a thread for
+//! the session, and main waiting for whichever ends it first.
+
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Starts the signal thread, which sends `signal()` for every SIGINT or SIGTERM, and the
+/// session thread (named `name`, `what` in an error), which runs `session` with the sender.
+/// Returns what main waits on, or the exit status when a thread cannot start (the reason is
+/// printed).
+pub(crate) fn start<E: Send + 'static>(
+    signal: impl Fn() -> E + Send + 'static,
+    (name, what): (&str, &str),
+    session: impl FnOnce(Sender<E>) + Send + 'static,
+) -> Result<Receiver<E>, ExitCode> {
+    let fail = |why: String| {
+        eprintln!("chat: {why}");
+        ExitCode::FAILURE
+    };
+    let (tx, rx) = mpsc::channel();
+    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
+    // instead of the default kill.
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
+    let signal_tx = tx.clone();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if signal_tx.send(signal()).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| fail(format!("cannot start the signal thread: {e}")))?;
+    // The connect may block for long; doing it off the main thread keeps main free to react
+    // to a signal meanwhile.
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || session(tx))
+        .map_err(|e| fail(format!("cannot start the {what}: {e}")))?;
+    Ok(rx)
+}
+
+/// Lets the session thread finish the line it is printing so that output does not stop
+/// mid-line: waits at most `grace` for the event `done` recognises.
+pub(crate) fn wait_for<E>(rx: &Receiver<E>, grace: Duration, done: impl Fn(&E) -> bool) {
+    let deadline = Instant::now() + grace;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(event) if done(&event) => return,
+            Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
