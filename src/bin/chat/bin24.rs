@@ -34,8 +34,8 @@ use switchboard::protocol::bin24::codec::{
 };
 
 use crate::hints::{self, Protocol};
-use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
-use crate::shell;
+use crate::input::display_addr;
+use crate::shell::{self, Stdin};
 use crate::text::{preview, render_bytes};
 
 /// The messageID of the registration frame (see [`registration_frame`]). Message IDs count up
@@ -175,11 +175,8 @@ enum Event {
 
 /// What the session thread waits for.
 enum Input {
-    /// A line typed, without its line end.
-    Line(Vec<u8>),
-    LineTooLong,
-    StdinEnd,
-    StdinFailed(String),
+    /// Standard input: a line typed, or its end.
+    Stdin(Stdin),
     Frame(Frame),
     /// The server closed the connection (or it was shut down from our side).
     Closed,
@@ -345,11 +342,11 @@ fn converse(
         let now = Instant::now();
         match input {
             None => {}
-            Some(Input::Line(line)) => session.on_line(&line, now, &mut actions),
-            Some(Input::LineTooLong) => session.on_line_too_long(&mut actions),
+            Some(Input::Stdin(Stdin::Line(line))) => session.on_line(&line, now, &mut actions),
+            Some(Input::Stdin(Stdin::LineTooLong)) => session.on_line_too_long(&mut actions),
             Some(Input::Frame(frame)) => session.on_frame(&frame, &mut actions),
-            Some(Input::StdinEnd) => return Event::InputEnded,
-            Some(Input::StdinFailed(message) | Input::ReadFailed(message)) => {
+            Some(Input::Stdin(Stdin::End)) => return Event::InputEnded,
+            Some(Input::Stdin(Stdin::Failed(message)) | Input::ReadFailed(message)) => {
                 return Event::Failed(message)
             }
             Some(Input::Closed) => return session.on_closed(),
@@ -440,21 +437,7 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Inp
 
 /// The stdin thread: one input per line, then the end of input.
 fn read_lines(tx: &Sender<Input>) {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
-    loop {
-        let next = match read_line_limited(&mut input, &mut line, MAX_LINE_BYTES) {
-            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
-            Ok(LineRead::TooLong) => Input::LineTooLong,
-            Ok(LineRead::Eof) => Input::StdinEnd,
-            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
-        };
-        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
-        if tx.send(next).is_err() || last {
-            return;
-        }
-    }
+    shell::read_lines(tx, MAX_LINE_BYTES, Input::Stdin);
 }
 
 /// What the session asks the I/O around it to do, in order.
@@ -811,6 +794,7 @@ fn addressed(line: &[u8]) -> Option<(Name, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::{read_line_limited, trim_line_end, LineRead};
 
     fn name(text: &str) -> Name {
         Name::new(text.as_bytes()).unwrap()

@@ -30,8 +30,8 @@ use switchboard::protocol::ccm::codec::{
 };
 
 use crate::hints::{self, Protocol};
-use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
-use crate::shell;
+use crate::input::display_addr;
+use crate::shell::{self, Stdin};
 use crate::text::render;
 
 /// The encoding of everything this client sends, declared in `Message-Encoding`.
@@ -142,11 +142,8 @@ enum Event {
 
 /// What the session thread waits for.
 enum Input {
-    /// A line typed, without its line end.
-    Line(Vec<u8>),
-    LineTooLong,
-    StdinEnd,
-    StdinFailed(String),
+    /// Standard input: a line typed, or its end.
+    Stdin(Stdin),
     Message(Message),
     /// The server closed the connection (or it was shut down from our side).
     Closed,
@@ -311,11 +308,11 @@ fn converse(
             hint = None;
         }
         match input {
-            Input::Line(line) => session.on_line(&line, &mut actions),
-            Input::LineTooLong => session.on_line_too_long(&mut actions),
-            Input::StdinEnd => session.on_input_end(&mut actions),
+            Input::Stdin(Stdin::Line(line)) => session.on_line(&line, &mut actions),
+            Input::Stdin(Stdin::LineTooLong) => session.on_line_too_long(&mut actions),
+            Input::Stdin(Stdin::End) => session.on_input_end(&mut actions),
             Input::Message(message) => session.on_message(&message, &mut actions),
-            Input::StdinFailed(message) | Input::ReadFailed(message) => {
+            Input::Stdin(Stdin::Failed(message)) | Input::ReadFailed(message) => {
                 return Event::Failed(message)
             }
             Input::Closed => {
@@ -414,21 +411,7 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Inp
 
 /// The stdin thread: one input per line, then the end of input.
 fn read_lines(tx: &Sender<Input>) {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
-    loop {
-        let next = match read_line_limited(&mut input, &mut line, MAX_LINE_BYTES) {
-            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
-            Ok(LineRead::TooLong) => Input::LineTooLong,
-            Ok(LineRead::Eof) => Input::StdinEnd,
-            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
-        };
-        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
-        if tx.send(next).is_err() || last {
-            return;
-        }
-    }
+    shell::read_lines(tx, MAX_LINE_BYTES, Input::Stdin);
 }
 
 /// What the session asks the I/O around it to do, in order.
@@ -704,6 +687,7 @@ fn shown(mut line: String) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::{read_line_limited, trim_line_end, LineRead};
 
     const TOKEN: &[u8] = b"0123456789abcdef0123456789abcdef";
 

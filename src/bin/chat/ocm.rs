@@ -37,8 +37,8 @@ use switchboard::protocol::ocm::codec::{
 use switchboard::protocol::ocm::json;
 
 use crate::hints::{self, Protocol};
-use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
-use crate::shell;
+use crate::input::display_addr;
+use crate::shell::{self, Stdin};
 use crate::text::render;
 
 /// Largest TCRP answer body accepted. Real answers are under 300 bytes; the 29-byte size field
@@ -210,11 +210,8 @@ struct Joined {
 
 /// What the session thread waits for once the room is joined.
 enum Input {
-    /// A line typed, without its line end.
-    Line(Vec<u8>),
-    LineTooLong,
-    StdinEnd,
-    StdinFailed(String),
+    /// Standard input: a line typed, or its end.
+    Stdin(Stdin),
     /// A datagram from the server.
     Text(Vec<u8>),
     /// Receiving failed; the text is shown as is.
@@ -546,11 +543,11 @@ fn converse(
             return Event::Failed("chat: internal error: the input threads ended".into());
         };
         match input {
-            Input::Line(line) => session.on_line(&line, &mut actions),
-            Input::LineTooLong => session.on_line_too_long(&mut actions),
-            Input::StdinEnd => session.on_input_end(&mut actions),
+            Input::Stdin(Stdin::Line(line)) => session.on_line(&line, &mut actions),
+            Input::Stdin(Stdin::LineTooLong) => session.on_line_too_long(&mut actions),
+            Input::Stdin(Stdin::End) => session.on_input_end(&mut actions),
             Input::Text(text) => session.on_text(&text, &mut actions),
-            Input::StdinFailed(message) | Input::ReceiveFailed(message) => {
+            Input::Stdin(Stdin::Failed(message)) | Input::ReceiveFailed(message) => {
                 return Event::Failed(message)
             }
             Input::Stop => return Event::Ended,
@@ -612,22 +609,8 @@ fn receive(socket: &UdpSocket, server: SocketAddr, tx: &Sender<Input>) {
 
 /// The stdin thread: one input per line, then the end of input.
 fn read_lines(tx: &Sender<Input>) {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
-    loop {
-        // No line longer than a whole datagram can be sent, whatever the room and token.
-        let next = match read_line_limited(&mut input, &mut line, DATAGRAM_BYTES_MAX) {
-            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
-            Ok(LineRead::TooLong) => Input::LineTooLong,
-            Ok(LineRead::Eof) => Input::StdinEnd,
-            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
-        };
-        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
-        if tx.send(next).is_err() || last {
-            return;
-        }
-    }
+    // No line longer than a whole datagram can be sent, whatever the room and token.
+    shell::read_lines(tx, DATAGRAM_BYTES_MAX, Input::Stdin);
 }
 
 /// What the session asks the I/O around it to do, in order.

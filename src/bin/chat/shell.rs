@@ -1,6 +1,7 @@
 //! The shell every subcommand runs its session in: a thread for SIGINT/SIGTERM, a thread for
 //! the session, and main waiting for whichever ends it first.
 
+use std::io;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+use crate::input::{read_line_limited, trim_line_end, LineRead};
 
 /// Starts the signal thread, which sends `signal()` for every SIGINT or SIGTERM, and the
 /// session thread (named `name`, `what` in an error), which runs `session` with the sender.
@@ -57,6 +60,35 @@ pub(crate) fn wait_for<E>(rx: &Receiver<E>, grace: Duration, done: impl Fn(&E) -
             Ok(event) if done(&event) => return,
             Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+/// What the session thread gets from standard input.
+pub(crate) enum Stdin {
+    /// A line typed, without its line end.
+    Line(Vec<u8>),
+    LineTooLong,
+    End,
+    Failed(String),
+}
+
+/// Reads standard input line by line, skipping lines over `max` bytes, and sends each as
+/// `wrap` makes it, until its end, a read error or nobody listening.
+pub(crate) fn read_lines<I>(tx: &Sender<I>, max: usize, wrap: impl Fn(Stdin) -> I) {
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let mut line = Vec::new();
+    loop {
+        let next = match read_line_limited(&mut input, &mut line, max) {
+            Ok(LineRead::Line) => Stdin::Line(trim_line_end(&line).to_vec()),
+            Ok(LineRead::TooLong) => Stdin::LineTooLong,
+            Ok(LineRead::Eof) => Stdin::End,
+            Err(e) => Stdin::Failed(format!("chat: cannot read standard input: {e}")),
+        };
+        let last = matches!(next, Stdin::End | Stdin::Failed(_));
+        if tx.send(wrap(next)).is_err() || last {
+            return;
         }
     }
 }

@@ -35,8 +35,8 @@ use clap::Args;
 use switchboard::protocol::matou::codec::{decode_from_server, Limits, Packet};
 
 use crate::hints::{self, Protocol};
-use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
-use crate::shell;
+use crate::input::display_addr;
+use crate::shell::{self, Stdin};
 use files::{Downloads, ReceiveLimits};
 use link::{Link, LinkContext, Pending};
 use screen::Screen;
@@ -187,11 +187,8 @@ enum Event {
 
 /// What the session thread waits for.
 enum Input {
-    /// A line typed, without its line end.
-    Line(Vec<u8>),
-    LineTooLong,
-    StdinEnd,
-    StdinFailed(String),
+    /// Standard input: a line typed, or its end.
+    Stdin(Stdin),
     Signal,
     Packet(Packet),
     /// The server closed the connection (or it was shut down from our side).
@@ -415,12 +412,12 @@ fn converse(io: &mut Io, session: &mut Session, inputs: &Receiver<Input>) -> Eve
             },
         };
         match input {
-            Input::Line(line) => session.on_line(&line, &mut actions),
-            Input::LineTooLong => session.on_line_too_long(&mut actions),
-            Input::StdinEnd => session.on_input_end(&mut actions),
+            Input::Stdin(Stdin::Line(line)) => session.on_line(&line, &mut actions),
+            Input::Stdin(Stdin::LineTooLong) => session.on_line_too_long(&mut actions),
+            Input::Stdin(Stdin::End) => session.on_input_end(&mut actions),
             Input::Signal => session.on_signal(&mut actions),
             Input::Packet(packet) => session.on_server(packet, &mut actions),
-            Input::StdinFailed(message) | Input::ServerFailed(message) => {
+            Input::Stdin(Stdin::Failed(message)) | Input::ServerFailed(message) => {
                 return Event::Failed(message)
             }
             Input::ServerClosed => {
@@ -641,19 +638,5 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Inp
 
 /// The stdin thread: one input per line, then the end of input.
 fn read_lines(tx: &Sender<Input>) {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
-    loop {
-        let next = match read_line_limited(&mut input, &mut line, MAX_LINE_BYTES) {
-            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
-            Ok(LineRead::TooLong) => Input::LineTooLong,
-            Ok(LineRead::Eof) => Input::StdinEnd,
-            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
-        };
-        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
-        if tx.send(next).is_err() || last {
-            return;
-        }
-    }
+    shell::read_lines(tx, MAX_LINE_BYTES, Input::Stdin);
 }
