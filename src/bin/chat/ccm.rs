@@ -16,7 +16,7 @@
 //! and a signal is handled even while the session thread is blocked.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -169,42 +169,25 @@ pub fn run(args: CcmArgs) -> ExitCode {
 
 /// Waits for the event that ends the session, closes the connection and reports.
 fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let mut stream = None;
-    let outcome = loop {
-        match rx.recv() {
-            Ok(Event::Connected(s)) => stream = Some(s),
-            Ok(event) => break event,
-            // Every sender is gone without a word: nothing sensible is left to do but stop.
-            Err(_) => break Event::Failed("chat: internal error: all worker threads ended".into()),
-        }
-    };
-
-    if let Some(stream) = &stream {
-        // Shutdown rather than drop: the other threads hold the socket too, and shutdown both
-        // sends the FIN now and wakes a blocked read or write.
-        let _ = stream.shutdown(Shutdown::Both);
-        if !matches!(outcome, Event::SessionDone) {
-            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
-        }
-    }
+    let outcome = shell::await_end(
+        rx,
+        SESSION_GRACE,
+        |event| match event {
+            Event::Connected(stream) => Ok(stream),
+            other => Err(other),
+        },
+        |event| matches!(event, Event::SessionDone),
+        Event::Failed,
+    );
 
     match outcome {
-        Event::Signal => {
-            // The terminal echoed `^C` without a newline; give the shell prompt its own line.
-            if io::stderr().is_terminal() {
-                eprintln!();
-            }
-            ExitCode::SUCCESS
-        }
+        Event::Signal => shell::signalled(),
         Event::InputEnded | Event::SessionDone | Event::Connected(_) => ExitCode::SUCCESS,
         Event::ServerClosed => {
             eprintln!("chat: connection closed by the server");
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 

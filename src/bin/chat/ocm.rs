@@ -270,20 +270,11 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
     }
 
     match outcome {
-        Event::Signal => {
-            // The terminal echoed `^C` without a newline; give the shell prompt its own line.
-            if io::stderr().is_terminal() {
-                eprintln!();
-            }
-            ExitCode::SUCCESS
-        }
+        Event::Signal => shell::signalled(),
         Event::Ended | Event::SessionDone | Event::Connected(_) | Event::Joined(_) => {
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 

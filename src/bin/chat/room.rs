@@ -13,7 +13,7 @@
 //! one place.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -150,43 +150,26 @@ pub fn run(args: RoomArgs) -> ExitCode {
 
 /// Waits for the event that ends the session, closes the connection and reports.
 fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let mut stream = None;
-    let outcome = loop {
-        match rx.recv() {
-            Ok(Event::Connected(s)) => stream = Some(s),
-            Ok(event) => break event,
-            // Every sender is gone without a word: nothing sensible is left to do but stop.
-            Err(_) => break Event::Failed("chat: internal error: all worker threads ended".into()),
-        }
-    };
-
-    if let Some(stream) = &stream {
-        // Shutdown rather than drop: the reader thread holds the socket too, and shutdown both
-        // sends the FIN now and wakes that thread's blocked read.
-        let _ = stream.shutdown(Shutdown::Both);
-        if !matches!(outcome, Event::ReaderDone) {
-            shell::wait_for(rx, READER_GRACE, |e| matches!(e, Event::ReaderDone));
-        }
-    }
+    let outcome = shell::await_end(
+        rx,
+        READER_GRACE,
+        |event| match event {
+            Event::Connected(stream) => Ok(stream),
+            other => Err(other),
+        },
+        |event| matches!(event, Event::ReaderDone),
+        Event::Failed,
+    );
     let _ = io::stdout().flush();
 
     match outcome {
-        Event::Signal => {
-            // The terminal echoed `^C` without a newline; give the shell prompt its own line.
-            if io::stderr().is_terminal() {
-                eprintln!();
-            }
-            ExitCode::SUCCESS
-        }
+        Event::Signal => shell::signalled(),
         Event::StdinEof | Event::ReaderDone | Event::Connected(_) => ExitCode::SUCCESS,
         Event::ServerClosed => {
             eprintln!("chat: connection closed by the server");
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 

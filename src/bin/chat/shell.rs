@@ -1,9 +1,11 @@
 //! The shell every subcommand runs its session in: a thread for SIGINT/SIGTERM, a thread for
 //! the session, and main waiting for whichever ends it first.
 
-use std::io;
+use std::io::{self, IsTerminal};
+use std::net::{Shutdown, TcpStream};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -91,4 +93,48 @@ pub(crate) fn read_lines<I>(tx: &Sender<I>, max: usize, wrap: impl Fn(Stdin) -> 
             return;
         }
     }
+}
+
+/// Waits for the event that ends the session (the first `connection` does not take), then
+/// shuts the connection it was handed down, if any, and gives the session thread `grace` to
+/// finish its line (until `done`). Shutdown rather than drop: the other threads hold the socket
+/// too, and shutdown both sends the FIN now and wakes a blocked read or write. `orphaned` is
+/// the end when every sender is gone without a word.
+pub(crate) fn await_end<E>(
+    rx: &Receiver<E>,
+    grace: Duration,
+    connection: impl Fn(E) -> Result<Arc<TcpStream>, E>,
+    done: impl Fn(&E) -> bool,
+    orphaned: impl FnOnce(String) -> E,
+) -> E {
+    let mut stream = None;
+    let outcome = loop {
+        match rx.recv().map(&connection) {
+            Ok(Ok(connected)) => stream = Some(connected),
+            Ok(Err(event)) => break event,
+            Err(_) => break orphaned("chat: internal error: all worker threads ended".into()),
+        }
+    };
+    if let Some(stream) = &stream {
+        let _ = stream.shutdown(Shutdown::Both);
+        if !done(&outcome) {
+            wait_for(rx, grace, done);
+        }
+    }
+    outcome
+}
+
+/// A session the user ended with SIGINT or SIGTERM: exit status 0, and the shell prompt on a
+/// line of its own (the terminal echoed `^C` without a newline).
+pub(crate) fn signalled() -> ExitCode {
+    if io::stderr().is_terminal() {
+        eprintln!();
+    }
+    ExitCode::SUCCESS
+}
+
+/// A session that ended with exit status 1; `message` is shown as is.
+pub(crate) fn failed(message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::FAILURE
 }

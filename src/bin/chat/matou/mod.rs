@@ -282,10 +282,7 @@ fn finish(rx: &Receiver<Event>, inputs: &Sender<Input>) -> ExitCode {
             eprintln!("chat: connection closed by the server");
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 
