@@ -15,7 +15,7 @@
 //! session, closes the connection and picks the exit status, so every exit path is in one place
 //! and a signal is handled even while the session thread is blocked.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -373,21 +373,10 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Inp
                 }
             }
         }
-        match (&*stream).read(&mut buf) {
-            Ok(0) => return Input::Closed,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // The server dropping a connection with our bytes still unread shows as a reset:
-            // it is the server closing all the same.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return Input::Closed
-            }
-            Err(e) => return Input::ReadFailed(format!("chat: connection to {addr} lost: {e}")),
+        match shell::read_more(stream, &mut buf, &mut pending, addr) {
+            Ok(true) => {}
+            Ok(false) => return Input::Closed,
+            Err(why) => return Input::ReadFailed(why),
         }
     }
 }

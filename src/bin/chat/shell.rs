@@ -1,7 +1,7 @@
 //! The shell every subcommand runs its session in: a thread for SIGINT/SIGTERM, a thread for
 //! the session, and main waiting for whichever ends it first.
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Read};
 use std::net::{Shutdown, TcpStream};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -137,4 +138,33 @@ pub(crate) fn signalled() -> ExitCode {
 pub(crate) fn failed(message: &str) -> ExitCode {
     eprintln!("{message}");
     ExitCode::FAILURE
+}
+
+/// One read from the server into `pending` (through `buf`): `Ok(true)` to go on, `Ok(false)`
+/// when the server closed the connection, or why it was lost, in words for the user.
+pub(crate) fn read_more(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    pending: &mut BytesMut,
+    addr: &str,
+) -> Result<bool, String> {
+    match (&*stream).read(buf) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            pending.extend_from_slice(&buf[..n]);
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+        // The server dropping a connection with our bytes still unread shows as a reset: it is
+        // the server closing all the same.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(format!("chat: connection to {addr} lost: {e}")),
+    }
 }

@@ -21,7 +21,7 @@ mod screen;
 mod session;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -614,21 +614,10 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Inp
                 }
             }
         }
-        match (&*stream).read(&mut buf) {
-            Ok(0) => return Input::ServerClosed,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // The server dropping a connection with our bytes still unread shows as a reset:
-            // it is the server closing all the same.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return Input::ServerClosed
-            }
-            Err(e) => return Input::ServerFailed(format!("chat: connection to {addr} lost: {e}")),
+        match shell::read_more(stream, &mut buf, &mut pending, addr) {
+            Ok(true) => {}
+            Ok(false) => return Input::ServerClosed,
+            Err(why) => return Input::ServerFailed(why),
         }
     }
 }
