@@ -28,40 +28,19 @@ use serde::Serialize;
 use slab::Slab;
 
 use crate::clock::Clock;
+use crate::driver::{self, RunError, TIMER};
 use crate::pacer::Pacer;
 use crate::plan::SplitMix64;
+pub use crate::registry::Protocol;
 use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, LatencySummary};
 
-const TIMER: Token = Token(0);
 const FIRST_CONN_TOKEN: usize = 1;
 const READ_BUF_BYTES: usize = 16 * 1024;
 /// Most bytes a sign-in answer may take before it counts as a protocol error (a MATOU client
 /// also hears others' CONNECT_NOTIFY; a CCM client may hear a keepalive).
 const ANSWER_BYTES_MAX: usize = 64 * 1024;
 const PROGRESS_INTERVAL_US: u64 = 1_000_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Room,
-    Bin24,
-    Ccm,
-    Matou,
-    Ocm,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Room => "room",
-            Protocol::Bin24 => "bin24",
-            Protocol::Ccm => "ccm",
-            Protocol::Matou => "matou",
-            Protocol::Ocm => "ocm",
-        }
-    }
-}
 
 /// How a connection leaves once signed in (or, for `BeforeSignIn`, instead of signing in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,18 +208,14 @@ struct Run<'a> {
 /// Runs the whole plan; stops by itself when every connection has ended (each is bounded by
 /// the sign-in timeout).
 pub fn run(cfg: &ChurnConfig) -> Result<ChurnReport, ChurnError> {
-    let setup = |what: &str, e: io::Error| ChurnError::Setup(format!("{what}: {e}"));
     if cfg.targets.is_empty() || cfg.rate_per_s == 0 || cfg.concurrency_max == 0 {
         return Err(ChurnError::Setup(
             "churn needs a protocol, a rate and a concurrency above 0".to_string(),
         ));
     }
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts().map_err(|e| match e {
+        RunError::Setup(why) | RunError::Unreachable(why) => ChurnError::Setup(why),
+    })?;
     let start_us = clock.now_us();
     let mut run = Run {
         cfg,
@@ -745,13 +720,7 @@ fn churn_name(protocol: Protocol, index: u64) -> String {
         *digit = DIGITS[(rest % 36) as usize];
         rest /= 36;
     }
-    let prefix = match protocol {
-        Protocol::Room => "r",
-        Protocol::Bin24 => "k",
-        Protocol::Ccm => "c",
-        Protocol::Matou => "m",
-        Protocol::Ocm => "o",
-    };
+    let prefix = protocol.info().churn_prefix;
     format!("{prefix}{}", String::from_utf8_lossy(&digits))
 }
 

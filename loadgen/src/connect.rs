@@ -31,6 +31,20 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Whether a non-blocking connect has completed: a failed one reports its error through
+/// SO_ERROR; until the handshake is done, `peer_addr` says ENOTCONN (then `Ok(false)`: the next
+/// edge will tell).
+pub fn is_connected(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Clients below this index connect from 127.0.0.1 (the kernel picks the source address). Few
 /// enough that several loadgen processes side by side stay under chatd's per-IP limit
 /// (`--connections-per-ip-max`, 256 by default); 32 ephemeral ports are always there to take

@@ -21,15 +21,47 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::clock::Clock;
 use crate::pacer::Pacer;
 
 /// Every scenario's pacer token; a socket's token is its index + 1.
 pub const TIMER: Token = Token(0);
 /// Events taken from a poll per turn.
 const EVENTS_CAPACITY: usize = 1024;
-/// The outer loop's sleep when nothing is ready. Every scenario's pacer wakes it on time; this
-/// only bounds a sleep should a wake-up ever be missed (every scenario is then turned).
-pub const OUTER_POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+/// A loop's sleep when nothing is ready. Every scenario's pacer wakes it on time; this only
+/// bounds a sleep should a wake-up ever be missed (the outer loop then turns every scenario).
+pub const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
+
+/// One read buffer per loop, shared by its connections (the loop is single-threaded).
+pub const READ_BUF_BYTES: usize = 64 * 1024;
+/// Most bytes read from one connection per turn before the others get their turn.
+pub const READ_BUDGET_BYTES: usize = 256 * 1024;
+/// Messages a sender may hold while its socket is not writable. Beyond this (or the byte cap),
+/// a due message is counted "not sent" instead of growing memory: the clock of the queued
+/// messages keeps running, so the backlog already shows in the latencies.
+pub const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
+pub const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
+/// While working through a burst of socket events, look at the clock for due sends after this
+/// many events or this many bytes read, whichever comes first, so a long burst does not delay
+/// the plan. A loadgen that fell behind finds much data waiting on every socket, so counting
+/// events alone would let its bursts, and its lateness, grow on themselves; 64 KiB is about a
+/// thousand records, well under 100 µs of work.
+pub const EVENTS_PER_SEND_CHECK: usize = 64;
+pub const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
+/// Between the last join and the first planned message, so the last join notices are out of the
+/// way and message 0 is not late by construction.
+pub const START_DELAY_US: u64 = 50_000;
+/// The ramp-up gives up after max(this, 3 times the planned ramp duration).
+pub const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
+/// How often, during the drain, to confirm "everything arrived" with a full walk of the tables.
+pub const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
+pub const PROGRESS_INTERVAL_US: u64 = 1_000_000;
+
+/// Whether a message of `adding` bytes would overflow a send queue holding `queued` messages
+/// and `pending` bytes (then it is counted "not sent").
+pub fn queue_full(queued: usize, pending: usize, adding: usize) -> bool {
+    queued >= SEND_QUEUE_MESSAGES_MAX || pending + adding > SEND_QUEUE_BYTES_MAX
+}
 
 /// Why a scenario could not run at all (the loadgen exits 2, with no report).
 #[derive(Debug)]
@@ -120,16 +152,17 @@ macro_rules! reactor_common {
 pub(crate) use reactor_common;
 
 /// `on_event` and `end_turn` of a scenario whose sockets are `self.$conns[index]`, each with
-/// `readable`/`writable` flags and driven by `self.drive(index)`; `end_turn` drives the
-/// still-ready ones, then calls `$after` (e.g. `flush_dirty`) if given.
+/// `readable`/`writable` flags (in its field `$ready` if given) and driven by
+/// `self.drive(index)`; `end_turn` drives the still-ready ones, then calls `$after` (e.g.
+/// `flush_dirty`) if given.
 macro_rules! drive_connections {
-    ($conns:ident $(, $after:ident)?) => {
+    ($conns:ident $(. $ready:ident)? $(, $after:ident)?) => {
         fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
             let Some(conn) = self.$conns.get_mut(index) else {
                 return; // not ours; cannot happen, and must not panic
             };
-            conn.readable |= readable;
-            conn.writable |= writable;
+            conn$(.$ready)?.readable |= readable;
+            conn$(.$ready)?.writable |= writable;
             self.drive(index);
         }
         fn end_turn(&mut self) {
@@ -141,6 +174,18 @@ macro_rules! drive_connections {
     };
 }
 pub(crate) use drive_connections;
+
+/// A scenario loop's clock, its poll and its pacer, registered in the poll as [`TIMER`].
+pub fn loop_parts() -> Result<(Clock, Poll, Pacer), RunError> {
+    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
+    let clock = Clock::start().map_err(|e| setup("clock", e))?;
+    let poll = Poll::new().map_err(|e| setup("poll", e))?;
+    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
+    pacer
+        .register(poll.registry(), TIMER)
+        .map_err(|e| setup("register timerfd", e))?;
+    Ok((clock, poll, pacer))
+}
 
 /// The first half of a turn, also the start of a run: phase work, then the pacer armed for the
 /// next wake-up. Returns whether the scenario is Done.
@@ -404,7 +449,6 @@ fn rusage_cpu_us(who: libc::c_int) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
     use std::os::fd::AsRawFd;
 
     /// A scenario with no socket at all: its pacer is its only source of wake-ups. It ticks

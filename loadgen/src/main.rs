@@ -22,7 +22,10 @@
 //! - `hgrm`, `plot`: `--hgrm` percentile distributions and the `--plot` SVG of a run's histograms
 //! - `limits`: the open-files limit
 //! - `connect`: the one TCP connect every scenario uses, spreading loopback sources over 127/8
-//! - `sockio`: writing a connection's pending bytes until done or WouldBlock
+//! - `sockio`: reading a connection's bytes, writing its pending ones until done or WouldBlock
+//! - `driver`: the loop turn every scenario shares, and the mix's outer loop
+//! - `registry`: the one list of protocols that `main`, `mix` and `churn` read, and the
+//!   [`registry::ScenarioKind`] each protocol's scenario implements
 
 mod args;
 mod bin24;
@@ -40,6 +43,7 @@ mod pacer;
 mod plan;
 mod plot;
 mod record;
+mod registry;
 mod report;
 mod resp;
 mod room;
@@ -60,12 +64,11 @@ use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{Bin24Config, STAMP_BYTES};
 use crate::ccm::CcmConfig;
-use crate::driver::RunError;
 use crate::matou::MatouConfig;
 use crate::ocm::OcmConfig;
 use crate::plan::SplitMix64;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
-use crate::report::{Report, ScenarioReport};
+use crate::report::ScenarioReport;
 use crate::room::{RoomConfig, Wire};
 use crate::stats::LatencyHistogram;
 
@@ -814,14 +817,6 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
         Wire::Room => 0,
         Wire::Resp { .. } => senders,
     };
-    if let Err(why) = limits::ensure_open_files((clients + publishers) as u64 + SPARE_FILES) {
-        return refuse(why);
-    }
-    let outputs = match Outputs::prepare(common) {
-        Ok(outputs) => outputs,
-        Err(why) => return refuse(why),
-    };
-
     let cfg = RoomConfig {
         wire,
         target,
@@ -836,39 +831,16 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
         seed: common.seed,
         progress: std::io::stderr().is_terminal(),
     };
-    let outcome = match room::run(&cfg) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            outputs.discard();
-            return match e {
-                RunError::Unreachable(why) => refuse(format!(
-                    "no client could join a {} server at {target}: {why}",
-                    match cfg.wire {
-                        Wire::Room => "ROOM",
-                        Wire::Resp { .. } => "Redis (RESP)",
-                    }
-                )),
-                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
-            };
-        }
-    };
-
-    let report = Report::room(&cfg, senders, common.strict, &outcome);
-    let (scenario, server) = match cfg.wire {
-        Wire::Room => ("room", "ROOM"),
-        Wire::Resp { .. } => ("resp", "RESP (Redis pub/sub)"),
+    let server = match cfg.wire {
+        Wire::Room => "ROOM",
+        Wire::Resp { .. } => "RESP (Redis pub/sub)",
     };
     let title = format!(
         "{server}: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    outputs.deliver(
-        scenario,
-        title,
-        &outcome.latency_histograms(),
-        &outcome.diagnostic_histograms(),
-        &report,
-    )
+    let files = (clients + publishers) as u64;
+    registry::run_single::<room::Room>(common, &cfg, files, title)
 }
 
 fn run_bin24(args: Bin24Args) -> ExitCode {
@@ -910,14 +882,6 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         Ok(target) => target,
         Err(why) => return refuse(why),
     };
-    if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
-        return refuse(why);
-    }
-    let outputs = match Outputs::prepare(common) {
-        Ok(outputs) => outputs,
-        Err(why) => return refuse(why),
-    };
-
     let cfg = Bin24Config {
         target,
         users,
@@ -932,19 +896,6 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         run_id: run_id(),
         progress: std::io::stderr().is_terminal(),
     };
-    let outcome = match bin24::run(&cfg) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            outputs.discard();
-            return match e {
-                RunError::Unreachable(why) => refuse(format!(
-                    "no user could join a BIN24 server at {target}: {why}"
-                )),
-                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
-            };
-        }
-    };
-    let report = bin24::report::Report::new(&cfg, common.seed, common.strict, &outcome);
     let title = format!(
         "BIN24: {users} users ({pattern:?}), {}% offline, {} msg/s, {} B, {:?}",
         args.offline_share * 100.0,
@@ -952,13 +903,7 @@ fn run_bin24(args: Bin24Args) -> ExitCode {
         args.payload_bytes,
         common.duration
     );
-    outputs.deliver(
-        "bin24",
-        title,
-        &outcome.latency_histograms(),
-        &outcome.diagnostic_histograms(),
-        &report,
-    )
+    registry::run_single::<bin24::Bin24>(common, &cfg, users as u64, title)
 }
 
 fn run_ccm(args: CcmArgs) -> ExitCode {
@@ -992,13 +937,6 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         Ok(target) => target,
         Err(why) => return refuse(why),
     };
-    if let Err(why) = limits::ensure_open_files((users + silent) as u64 + SPARE_FILES) {
-        return refuse(why);
-    }
-    let outputs = match Outputs::prepare(common) {
-        Ok(outputs) => outputs,
-        Err(why) => return refuse(why),
-    };
     let cfg = CcmConfig {
         target,
         users,
@@ -1014,30 +952,11 @@ fn run_ccm(args: CcmArgs) -> ExitCode {
         run_id: run_id(),
         progress: std::io::stderr().is_terminal(),
     };
-    let outcome = match ccm::run(&cfg) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            outputs.discard();
-            return match e {
-                RunError::Unreachable(why) => refuse(format!(
-                    "no user could join a CCM server at {target}: {why}"
-                )),
-                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
-            };
-        }
-    };
-    let report = ccm::report::Report::new(&cfg, common.seed, common.strict, &outcome);
     let title = format!(
         "CCM: {users} users ({pattern:?}), {silent} silent, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    outputs.deliver(
-        "ccm",
-        title,
-        &outcome.latency_histograms(),
-        &outcome.diagnostic_histograms(),
-        &report,
-    )
+    registry::run_single::<ccm::Ccm>(common, &cfg, (users + silent) as u64, title)
 }
 
 fn run_ocm(args: OcmArgs) -> ExitCode {
@@ -1090,14 +1009,6 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
         Ok(target) => target,
         Err(why) => return refuse(why),
     };
-    // A UDP socket per member, and a TCP connection each while the tokens are handed out.
-    if let Err(why) = limits::ensure_open_files(2 * total as u64 + SPARE_FILES) {
-        return refuse(why);
-    }
-    let outputs = match Outputs::prepare(common) {
-        Ok(outputs) => outputs,
-        Err(why) => return refuse(why),
-    };
     let cfg = OcmConfig {
         tcp_target,
         udp_target,
@@ -1111,35 +1022,16 @@ fn run_ocm(args: OcmArgs) -> ExitCode {
         exit_wait_us: args.exit_wait.as_micros() as u64,
         message_bytes: args.payload_bytes,
         recv_buffer_bytes: args.recv_buffer_bytes,
+        loss_max_percent: args.loss_max,
         run_id: run_id(),
         progress: std::io::stderr().is_terminal(),
     };
-    let outcome = match ocm::run(&cfg) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            outputs.discard();
-            return match e {
-                RunError::Unreachable(why) => refuse(format!(
-                    "no room could be created on an OCM server at TCP {tcp_target} / UDP \
-                     {udp_target}: {why}"
-                )),
-                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
-            };
-        }
-    };
-    let report =
-        ocm::report::Report::new(&cfg, common.seed, common.strict, args.loss_max, &outcome);
     let title = format!(
         "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
         args.rate, args.payload_bytes, common.duration
     );
-    outputs.deliver(
-        "ocm",
-        title,
-        &outcome.latency_histograms(),
-        &outcome.diagnostic_histograms(),
-        &report,
-    )
+    // A UDP socket per member, and a TCP connection each while the tokens are handed out.
+    registry::run_single::<ocm::Ocm>(common, &cfg, 2 * total as u64, title)
 }
 
 fn run_matou(args: MatouArgs) -> ExitCode {
@@ -1188,13 +1080,6 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         Ok(target) => target,
         Err(why) => return refuse(why),
     };
-    if let Err(why) = limits::ensure_open_files(users as u64 + SPARE_FILES) {
-        return refuse(why);
-    }
-    let outputs = match Outputs::prepare(common) {
-        Ok(outputs) => outputs,
-        Err(why) => return refuse(why),
-    };
     let cfg = MatouConfig {
         target,
         users,
@@ -1211,30 +1096,11 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         run_id: run_id(),
         progress: std::io::stderr().is_terminal(),
     };
-    let outcome = match matou::run(&cfg) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            outputs.discard();
-            return match e {
-                RunError::Unreachable(why) => refuse(format!(
-                    "no user could join a MATOU server at {target}: {why}"
-                )),
-                RunError::Setup(why) => refuse(format!("setup failed: {why}")),
-            };
-        }
-    };
-    let report = matou::report::Report::new(&cfg, senders_requested, common.strict, &outcome);
     let title = format!(
         "MATOU: {users} users, {senders_requested} senders, {} msg/s, {} links/s, {} B, {:?}",
         args.rate, args.private_rate, args.payload_bytes, common.duration
     );
-    outputs.deliver(
-        "matou",
-        title,
-        &outcome.latency_histograms(),
-        &outcome.diagnostic_histograms(),
-        &report,
-    )
+    registry::run_single::<matou::Matou>(common, &cfg, users as u64, title)
 }
 
 /// A run id for the message stamps: differs between runs, so frames an earlier run left in

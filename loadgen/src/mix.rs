@@ -21,11 +21,11 @@ use crate::args::resolve_loopback;
 use crate::bin24::topology::{self, Pattern};
 use crate::bin24::{self, Bin24Config};
 use crate::ccm::{self, CcmConfig};
-use crate::churn::Protocol;
-use crate::driver::{self, Driven, ProgressCell, Reactor, RunError, Scenario};
+use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
 use crate::matou::{self, MatouConfig};
 use crate::ocm::{self, OcmConfig};
-use crate::report::Report;
+use crate::registry::{Protocol, ScenarioKind};
+use crate::report::ScenarioReport;
 use crate::room::{self, RoomConfig, Wire};
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
@@ -55,16 +55,6 @@ const OCM_EXIT_WAIT: Duration = Duration::from_secs(2);
 const RATE_PER_CLIENT_MAX: f64 = 1_000.0;
 /// How often the live progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
-
-impl Protocol {
-    /// Fewest clients the scenario runs with.
-    fn clients_min(self) -> usize {
-        match self {
-            Protocol::Room => 1,
-            _ => 2,
-        }
-    }
-}
 
 /// Most clients of one mix: the issue's 19,000 concurrent connections from one process, which
 /// the per-process open-files limit here (20,000) allows with a little to spare.
@@ -173,13 +163,13 @@ pub fn split_clients(clients: usize, protocols: &[Protocol]) -> Result<Vec<Share
         }
     }
     for s in &shares {
-        if s.clients < s.protocol.clients_min() {
+        if s.clients < s.protocol.info().clients_min {
             return Err(format!(
                 "--clients {clients} over {n} protocols leaves {} {} clients; it needs at least \
                  {} (raise --clients or include fewer --protocols)",
                 s.clients,
                 s.protocol.name(),
-                s.protocol.clients_min()
+                s.protocol.info().clients_min
             ));
         }
     }
@@ -202,15 +192,56 @@ pub fn senders_for(clients: usize) -> usize {
     ((clients as f64 * SENDER_SHARE).round() as usize).clamp(1, SENDERS_MAX.min(clients))
 }
 
-/// A scenario's setup, validated.
-enum Setup {
-    Room(RoomConfig),
-    Bin24(Bin24Config),
-    Ccm(CcmConfig),
-    Matou(MatouConfig),
-    Ocm(OcmConfig),
+/// A scenario's setup, validated: its protocol's config, ready to be started on a thread.
+struct Setup {
+    protocol: Protocol,
+    job: Box<dyn MixJob + Sync>,
 }
 
+impl Setup {
+    fn of<K: ScenarioKind + 'static>(cfg: K::Config) -> Setup {
+        Setup {
+            protocol: K::PROTOCOL,
+            job: Box::new(Job::<K>(cfg)),
+        }
+    }
+}
+
+/// A protocol's config, started and finished by its [`ScenarioKind`].
+struct Job<K: ScenarioKind>(K::Config);
+
+trait MixJob {
+    fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>>;
+}
+
+impl<K: ScenarioKind> MixJob for Job<K> {
+    fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
+        let cfg = &self.0;
+        let run = K::start(cfg).map_err(|e| Box::new(failed(K::PROTOCOL, describe::<K>(e))))?;
+        Ok(Box::new(Driven {
+            run,
+            describe: describe::<K>,
+            finish: move |run| {
+                let outcome = K::finish(run);
+                let report = K::report(cfg, seed, strict, &outcome);
+                let (plotted, diagnostic) = K::histograms(&outcome);
+                finished(K::PROTOCOL, report.closing().2, &report).with_histograms(
+                    K::MAIN_HISTOGRAM,
+                    plotted,
+                    diagnostic,
+                )
+            },
+        }))
+    }
+}
+
+/// A scenario's error as the mix reports it (the single run's message, less the address).
+fn describe<K: ScenarioKind>(e: RunError) -> String {
+    match e {
+        RunError::Unreachable(why) => format!("{}: {why}", K::UNREACHABLE_IN_MIX),
+        RunError::Setup(why) => format!("setup failed: {why}"),
+    }
+}
 /// One row of the summary table.
 #[derive(Clone, Debug, Serialize)]
 pub struct SummaryRow {
@@ -581,7 +612,7 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
             check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
             fanout_check(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
             (
-                Setup::Room(RoomConfig {
+                Setup::of::<room::Room>(RoomConfig {
                     target: resolve_loopback(host, args.room_port)?,
                     clients,
                     senders: senders_for(clients),
@@ -609,7 +640,7 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
                 ));
             }
             (
-                Setup::Bin24(Bin24Config {
+                Setup::of::<bin24::Bin24>(Bin24Config {
                     target: resolve_loopback(host, args.bin24_port)?,
                     users: clients,
                     pattern,
@@ -629,7 +660,7 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
         Protocol::Ccm => {
             check_bytes(CCM_CONTENT_BYTES_MIN, CCM_CONTENT_BYTES_MAX)?;
             (
-                Setup::Ccm(CcmConfig {
+                Setup::of::<ccm::Ccm>(CcmConfig {
                     target: resolve_loopback(host, args.ccm_port)?,
                     users: clients,
                     pattern,
@@ -653,7 +684,7 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
             let private_rate = (clients as u64 / 10 * MATOU_LINKS_PER_S_PER_10_USERS)
                 .min(MATOU_LINK_RATE_PER_S_MAX);
             (
-                Setup::Matou(MatouConfig {
+                Setup::of::<matou::Matou>(MatouConfig {
                     target: resolve_loopback(host, args.matou_port)?,
                     users: clients,
                     senders: senders_for(clients),
@@ -684,7 +715,7 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
             )?;
             fanout_check(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
             (
-                Setup::Ocm(OcmConfig {
+                Setup::of::<ocm::Ocm>(OcmConfig {
                     tcp_target: resolve_loopback(host, args.ocm_tcp_port)?,
                     udp_target: resolve_loopback(host, args.ocm_udp_port)?,
                     rooms,
@@ -697,6 +728,8 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
                     exit_wait_us: OCM_EXIT_WAIT.as_micros() as u64,
                     message_bytes: bytes,
                     recv_buffer_bytes: OCM_RECV_BUFFER_DEFAULT,
+                    // Loss allowed: none, as the single run's default.
+                    loss_max_percent: 0.0,
                     run_id,
                     progress: false,
                 }),
@@ -729,12 +762,12 @@ fn run_thread(
     let mut running: Vec<Protocol> = Vec::new();
     let mut slots = Vec::with_capacity(mine.len());
     for &i in mine {
-        match build(&setups[i], strict, seed) {
+        match setups[i].job.build(strict, seed) {
             Ok(scenario) => {
                 slots.push(Slot::Running(scenarios.len()));
                 scenarios.push(scenario);
                 progress.push(&cells[i]);
-                running.push(protocol_of(&setups[i]));
+                running.push(setups[i].protocol);
             }
             Err(f) => {
                 cells[i].done.store(true, Ordering::Relaxed);
@@ -742,7 +775,7 @@ fn run_thread(
             }
         }
     }
-    let ended = match driver::run_outer(&mut scenarios, &progress, driver::OUTER_POLL_TIMEOUT_MAX) {
+    let ended = match driver::run_outer(&mut scenarios, &progress, driver::POLL_TIMEOUT_MAX) {
         Ok((ended, _)) => ended,
         Err(why) => vec![Err(why); scenarios.len()],
     };
@@ -761,19 +794,9 @@ fn run_thread(
             Slot::Running(k) => ran
                 .get_mut(k)
                 .and_then(Option::take)
-                .unwrap_or_else(|| failed(protocol_of(&setups[i]), "not run".into())),
+                .unwrap_or_else(|| failed(setups[i].protocol, "not run".into())),
         })
         .collect()
-}
-
-fn protocol_of(setup: &Setup) -> Protocol {
-    match setup {
-        Setup::Room(_) => Protocol::Room,
-        Setup::Bin24(_) => Protocol::Bin24,
-        Setup::Ccm(_) => Protocol::Ccm,
-        Setup::Matou(_) => Protocol::Matou,
-        Setup::Ocm(_) => Protocol::Ocm,
-    }
 }
 
 /// A scenario that could not run: a row with the reason and exit code 2, no report.
@@ -801,49 +824,13 @@ fn failed(protocol: Protocol, why: String) -> Finished {
     }
 }
 
-/// Where a report keeps what its summary row shows (JSON pointers into the report), apart from
-/// what every report has in the same place (`/send`, `/errors`, `/verdict`, `/outcome`).
-struct RowSource {
-    requested: &'static str,
-    joined: &'static str,
-    /// "delivery", or "ack" for BIN24 (the sender's "200").
-    latency: &'static str,
-    latency_path: &'static str,
-    losses: &'static str,
-}
-
-impl Protocol {
-    fn row_source(self) -> RowSource {
-        let (requested, joined) = match self {
-            Protocol::Ocm => ("/rooms/members_requested", "/rooms/members_joined"),
-            _ => ("/connections/requested", "/connections/joined"),
-        };
-        let (latency, latency_path) = match self {
-            Protocol::Bin24 => ("ack", "/latency_ms/ack_200"),
-            _ => ("delivery", "/latency_ms/delivery"),
-        };
-        let losses = match self {
-            Protocol::Bin24 => "/messages/lost/total",
-            Protocol::Ocm => "/udp_loss/lost",
-            _ => "/losses/total",
-        };
-        RowSource {
-            requested,
-            joined,
-            latency,
-            latency_path,
-            losses,
-        }
-    }
-}
-
 /// A finished scenario's report: its text, its JSON and its summary row.
 fn finished(protocol: Protocol, text: String, report: &impl Serialize) -> Finished {
     let json = match serde_json::to_value(report) {
         Ok(json) => json,
         Err(e) => return failed(protocol, format!("its report could not be serialized: {e}")),
     };
-    let source = protocol.row_source();
+    let source = &protocol.info().row;
     let u = |path: &str| {
         json.pointer(path)
             .and_then(serde_json::Value::as_u64)
@@ -897,101 +884,6 @@ fn finished(protocol: Protocol, text: String, report: &impl Serialize) -> Finish
         histograms: Vec::new(),
         main_histogram: "delivery",
     }
-}
-
-/// A started scenario as the mix holds it, or why it could not start.
-fn boxed<'a, R: Reactor + 'a>(
-    protocol: Protocol,
-    started: Result<R, R::Error>,
-    describe: fn(R::Error) -> String,
-    finish: impl FnOnce(R) -> Finished + 'a,
-) -> Result<Boxed<'a>, Box<Finished>> {
-    let run = started.map_err(|e| Box::new(failed(protocol, describe(e))))?;
-    Ok(Box::new(Driven {
-        run,
-        describe,
-        finish,
-    }))
-}
-
-fn build(setup: &Setup, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
-    use Protocol as P;
-    match setup {
-        Setup::Room(cfg) => boxed(P::Room, room::start(cfg), describe_room, move |run| {
-            let outcome = run.finish();
-            let r = Report::room(cfg, cfg.senders, strict, &outcome);
-            finished(P::Room, r.to_text(), &r).with_histograms(
-                "delivery",
-                outcome.latency_histograms(),
-                outcome.diagnostic_histograms(),
-            )
-        }),
-        Setup::Bin24(cfg) => boxed(P::Bin24, bin24::start(cfg), describe_bin24, move |run| {
-            let outcome = run.finish();
-            let r = bin24::report::Report::new(cfg, seed, strict, &outcome);
-            finished(P::Bin24, r.to_text(), &r).with_histograms(
-                "ack200",
-                outcome.latency_histograms(),
-                outcome.diagnostic_histograms(),
-            )
-        }),
-        Setup::Ccm(cfg) => boxed(P::Ccm, ccm::start(cfg), describe_ccm, move |run| {
-            let outcome = run.finish();
-            let r = ccm::report::Report::new(cfg, seed, strict, &outcome);
-            finished(P::Ccm, r.to_text(), &r).with_histograms(
-                "delivery",
-                outcome.latency_histograms(),
-                outcome.diagnostic_histograms(),
-            )
-        }),
-        Setup::Matou(cfg) => boxed(P::Matou, matou::start(cfg), describe_matou, move |run| {
-            let outcome = run.finish();
-            let r = matou::report::Report::new(cfg, cfg.senders, strict, &outcome);
-            finished(P::Matou, r.to_text(), &r).with_histograms(
-                "delivery",
-                outcome.latency_histograms(),
-                outcome.diagnostic_histograms(),
-            )
-        }),
-        // Loss allowed: none, as the single run's default.
-        Setup::Ocm(cfg) => boxed(P::Ocm, ocm::start(cfg), describe_ocm, move |run| {
-            let outcome = run.finish();
-            let r = ocm::report::Report::new(cfg, seed, strict, 0.0, &outcome);
-            finished(P::Ocm, r.to_text(), &r).with_histograms(
-                "delivery",
-                outcome.latency_histograms(),
-                outcome.diagnostic_histograms(),
-            )
-        }),
-    }
-}
-
-/// A scenario's error as the mix reports it (the single run's message, less the address).
-fn describe(unreachable: &str, e: RunError) -> String {
-    match e {
-        RunError::Unreachable(why) => format!("{unreachable}: {why}"),
-        RunError::Setup(why) => format!("setup failed: {why}"),
-    }
-}
-
-fn describe_room(e: RunError) -> String {
-    describe("no client could join the ROOM server", e)
-}
-
-fn describe_bin24(e: RunError) -> String {
-    describe("no user could join the BIN24 server", e)
-}
-
-fn describe_ccm(e: RunError) -> String {
-    describe("no user could join the CCM server", e)
-}
-
-fn describe_matou(e: RunError) -> String {
-    describe("no user could join the MATOU server", e)
-}
-
-fn describe_ocm(e: RunError) -> String {
-    describe("no room could be created on the OCM server", e)
 }
 
 fn progress_line(started: Instant, names: &[&str], cells: &[ProgressCell]) -> String {

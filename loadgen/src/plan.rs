@@ -14,6 +14,8 @@
 //! instead of arriving as one burst per interval. Because intended times grow with `g`, the
 //! loop finds the next due message by looking at one counter, with no timer heap.
 
+use crate::stats::LatencyHistogram;
+
 /// Intended times of one run's messages, all in µs since the loadgen's epoch.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -28,6 +30,15 @@ pub struct Plan {
     pub duration_us: u64,
     /// Number of messages in the plan: those intended before the end of the measured window.
     pub messages: u64,
+}
+
+/// A planned message found due: its number in the plan, when it was meant to go, and when the
+/// loop noticed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    pub g: u64,
+    pub intended_us: u64,
+    pub noticed_us: u64,
 }
 
 impl Plan {
@@ -93,6 +104,34 @@ impl Plan {
     #[inline]
     pub fn is_warmup(&self, intended_us: u64) -> bool {
         intended_us < self.measure_start_us()
+    }
+
+    /// The next message of the plan, `*next`, if it is due by `now_us`; `*next` moves past it.
+    #[inline]
+    pub fn take_due(&self, next: &mut u64, now_us: u64) -> Option<Due> {
+        if *next >= self.messages {
+            return None;
+        }
+        let intended_us = self.intended_us(*next);
+        if intended_us > now_us {
+            return None;
+        }
+        let due = Due {
+            g: *next,
+            intended_us,
+            noticed_us: now_us,
+        };
+        *next += 1;
+        Some(due)
+    }
+
+    /// Outside the warmup, records how late the loop noticed `due`: the loadgen's own fault,
+    /// the first part of every send lag (the rest is measured when the write completes).
+    #[inline]
+    pub fn record_lateness(&self, due: &Due, lateness: &mut LatencyHistogram) {
+        if !self.is_warmup(due.intended_us) {
+            lateness.record(due.noticed_us.saturating_sub(due.intended_us));
+        }
     }
 
     /// The spacing between two messages of one sender, in µs (fractional: the rounding of

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::plan::Plan;
 use crate::record::NoticeCounts;
 use crate::room::{RoomConfig, RoomOutcome, Wire};
-use crate::stats::{LatencyHistogram, LatencySummary};
+use crate::stats::{ErrorCounts, LatencyHistogram, LatencySummary, OwnLags};
 
 /// The schedule-lateness p99 above which a run is INVALID:
 ///
@@ -217,6 +217,13 @@ pub struct Latencies {
     pub delivery: LatencySummary,
     /// Greeting received minus intended connect time.
     pub connect: LatencySummary,
+    #[serde(flatten)]
+    pub own: OwnLagSummaries,
+}
+
+/// The loadgen's own lags, in every report's `latency_ms` alike.
+#[derive(Clone, Debug, Serialize)]
+pub struct OwnLagSummaries {
     /// Write completed minus intended send time.
     pub send_lag: LatencySummary,
     /// Loop noticed the due message minus intended send time (the loadgen's own delay).
@@ -224,6 +231,16 @@ pub struct Latencies {
     /// Last write attempt minus noticed (queued behind a socket that was not writable).
     /// send_lag = schedule_lateness + socket_blocked + the time inside write() itself.
     pub socket_blocked: LatencySummary,
+}
+
+impl OwnLagSummaries {
+    pub fn of(own: &OwnLags) -> OwnLagSummaries {
+        OwnLagSummaries {
+            send_lag: own.send_lag.summary(),
+            schedule_lateness: own.schedule_lateness.summary(),
+            socket_blocked: own.socket_blocked.summary(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -271,6 +288,25 @@ pub struct Errors {
     pub first_of_each_kind: Vec<ErrorLine>,
 }
 
+impl Errors {
+    pub fn of(errors: &ErrorCounts) -> Errors {
+        Errors {
+            connect: errors.connect,
+            read: errors.read,
+            write: errors.write,
+            protocol: errors.protocol,
+            first_of_each_kind: errors
+                .first
+                .iter()
+                .map(|(kind, first)| ErrorLine {
+                    kind: kind.clone(),
+                    first: first.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
@@ -311,7 +347,7 @@ impl Report {
         let losses = Losses::new(run.seq.gap_losses, run.undelivered);
         let verdict = verdict(&ValidityInputs::measured(
             plan,
-            &run.schedule_lateness,
+            &run.own.schedule_lateness,
             &run.delivery_latency,
         ));
         let outcome = outcome(
@@ -343,7 +379,7 @@ impl Report {
             );
         }
         let clamped =
-            run.delivery_latency.clamped + run.send_lag.clamped + run.connect_latency.clamped;
+            run.delivery_latency.clamped + run.own.send_lag.clamped + run.connect_latency.clamped;
         if clamped > 0 {
             notes.push(format!(
                 "{clamped} latencies above 60 s were counted as 60 s"
@@ -386,27 +422,11 @@ impl Report {
             latency_ms: Latencies {
                 delivery: run.delivery_latency.summary(),
                 connect: run.connect_latency.summary(),
-                send_lag: run.send_lag.summary(),
-                schedule_lateness: run.schedule_lateness.summary(),
-                socket_blocked: run.socket_blocked.summary(),
+                own: OwnLagSummaries::of(&run.own),
             },
             losses,
             duplicates_or_reorders: run.seq.duplicates_or_reorders,
-            errors: Errors {
-                connect: run.errors.connect,
-                read: run.errors.read,
-                write: run.errors.write,
-                protocol: run.errors.protocol,
-                first_of_each_kind: run
-                    .errors
-                    .first
-                    .iter()
-                    .map(|(kind, first)| ErrorLine {
-                        kind: kind.clone(),
-                        first: first.clone(),
-                    })
-                    .collect(),
-            },
+            errors: Errors::of(&run.errors),
             notices: run.notices,
             incomplete_bytes_at_end: run.incomplete_bytes_at_end,
             drain_ms: run.drain_used_us as f64 / 1e3,
@@ -464,7 +484,7 @@ impl Report {
             ),
         );
         out.line("delivery latency", l.delivery.percentiles_text());
-        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.send_lag(&l.own);
         out.line(
             "losses",
             format!(
@@ -544,12 +564,12 @@ impl Lines {
     }
 
     /// The loadgen's own lags: the whole send lag, and the two parts of it it can tell apart.
-    pub fn send_lag(
-        &mut self,
-        send_lag: &LatencySummary,
-        schedule_lateness: &LatencySummary,
-        socket_blocked: &LatencySummary,
-    ) {
+    pub fn send_lag(&mut self, own: &OwnLagSummaries) {
+        let OwnLagSummaries {
+            send_lag,
+            schedule_lateness,
+            socket_blocked,
+        } = own;
         self.line(
             "send lag",
             format!(

@@ -18,52 +18,28 @@
 //! next writable edge with its messages queued.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use mio::net::TcpStream;
 use mio::{Poll, Token};
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, RunError, SentReceived};
+use crate::driver::{
+    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
+    READ_BUDGET_BYTES, READ_BUF_BYTES, START_DELAY_US,
+};
 use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
+use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::resp;
-use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqTracker};
+use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
 const PROMPT: &[u8] = b"alias?";
-/// The pacer's token; client `i` has token `i + 1`.
-const TIMER: Token = Token(0);
-/// One read buffer, shared by every connection (the loop is single-threaded).
-const READ_BUF_BYTES: usize = 64 * 1024;
-/// Most bytes read from one connection per turn before the others get their turn.
-const READ_BUDGET_BYTES: usize = 256 * 1024;
-/// Messages a sender may hold while its socket is not writable. Beyond this (or the byte cap),
-/// a due message is counted "not sent" instead of growing memory: the clock of the queued
-/// messages keeps running, so the backlog already shows in the latencies.
-const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
-const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
-/// While working through a burst of socket events, look at the clock for due sends after this
-/// many events or this many bytes read, whichever comes first, so a long burst does not delay
-/// the plan. A loadgen that fell behind finds much data waiting on every socket, so counting
-/// events alone would let its bursts, and its lateness, grow on themselves; 64 KiB is about a
-/// thousand records, well under 100 µs of work.
-const EVENTS_PER_SEND_CHECK: usize = 64;
-const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
-/// Between the last join and the first planned message, so the last join notices are out of the
-/// way and message 0 is not late by construction.
-const START_DELAY_US: u64 = 50_000;
-/// The pacer normally wakes the loop; this only bounds a sleep should a wake-up ever be missed.
-const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
-/// The ramp-up gives up after max(this, 3 times the planned ramp duration).
-const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
-/// How often, during the drain, to confirm "everything arrived" with a full table walk.
-const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
-const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
 /// Which server, and so which handshake and framing, a fan-out run speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,13 +77,7 @@ pub struct RoomOutcome {
     pub plan: Plan,
     pub connect_latency: LatencyHistogram,
     pub delivery_latency: LatencyHistogram,
-    /// Actual write completion minus intended send time.
-    pub send_lag: LatencyHistogram,
-    /// The part of the send lag that is the loop noticing the due time late.
-    pub schedule_lateness: LatencyHistogram,
-    /// The part of the send lag spent queued behind a socket that was not writable (until the
-    /// write attempt that sent the message's last byte).
-    pub socket_blocked: LatencyHistogram,
+    pub own: OwnLags,
     pub errors: ErrorCounts,
     pub seq: SeqCounts,
     /// Messages sent but never delivered to a joined receiver by the end of the drain.
@@ -130,26 +100,6 @@ pub struct RoomOutcome {
     pub drain_used_us: u64,
     /// The drain reached its deadline before every connected receiver had every message.
     pub drain_timed_out: bool,
-}
-
-/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
-impl RoomOutcome {
-    /// The latencies the report measures the server by: written and plotted.
-    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("delivery", &self.delivery_latency),
-            ("connect", &self.connect_latency),
-        ]
-    }
-
-    /// The loadgen's own lags: written, not plotted.
-    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("send-lag", &self.send_lag),
-            ("schedule-lateness", &self.schedule_lateness),
-            ("socket-blocked", &self.socket_blocked),
-        ]
-    }
 }
 
 /// Where a client is in its life.
@@ -215,9 +165,7 @@ enum Phase {
 struct Measurements {
     connect_latency: LatencyHistogram,
     delivery_latency: LatencyHistogram,
-    send_lag: LatencyHistogram,
-    schedule_lateness: LatencyHistogram,
-    socket_blocked: LatencyHistogram,
+    own: OwnLags,
     errors: ErrorCounts,
     tracker: SeqTracker,
     sent_in_window: u64,
@@ -293,23 +241,67 @@ pub struct Run<'a> {
     bytes_since_send_check: usize,
 }
 
-/// Runs the scenario to the end (it stops by itself: every phase has a deadline).
-pub fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RunError> {
-    let mut run = start(cfg)?;
-    run.event_loop()?;
-    Ok(run.finish())
+/// The scenario as the registry lists it.
+pub struct Room;
+
+impl ScenarioKind for Room {
+    const PROTOCOL: Protocol = Protocol::Room;
+    const UNREACHABLE_IN_MIX: &'static str = "no client could join the ROOM server";
+    type Config = RoomConfig;
+    type Run<'a> = Run<'a>;
+    type Outcome = RoomOutcome;
+    type Report = crate::report::Report;
+
+    fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
+        start(cfg)
+    }
+    fn finish(run: Run<'_>) -> RoomOutcome {
+        run.finish()
+    }
+    fn report(
+        cfg: &RoomConfig,
+        _seed: u64,
+        strict: bool,
+        outcome: &RoomOutcome,
+    ) -> crate::report::Report {
+        crate::report::Report::room(cfg, cfg.senders, strict, outcome)
+    }
+    /// The latencies the report measures the server by (written and plotted), then the
+    /// loadgen's own lags (written, not plotted).
+    fn histograms(outcome: &RoomOutcome) -> (Named<'_>, Named<'_>) {
+        (
+            vec![
+                ("delivery", &outcome.delivery_latency),
+                ("connect", &outcome.connect_latency),
+            ],
+            outcome.own.named().to_vec(),
+        )
+    }
+    fn progress(cfg: &RoomConfig) -> bool {
+        cfg.progress
+    }
+    fn unreachable(cfg: &RoomConfig) -> String {
+        format!(
+            "no client could join a {} server at {}",
+            match cfg.wire {
+                Wire::Room => "ROOM",
+                Wire::Resp { .. } => "Redis (RESP)",
+            },
+            cfg.target
+        )
+    }
+    fn file_name(cfg: &RoomConfig) -> &'static str {
+        match cfg.wire {
+            Wire::Room => "room",
+            Wire::Resp { .. } => "resp",
+        }
+    }
 }
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts()?;
 
     let ramp_start_us = clock.now_us();
     let publishers = match cfg.wire {
@@ -353,9 +345,7 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
         m: Measurements {
             connect_latency: LatencyHistogram::new(),
             delivery_latency: LatencyHistogram::new(),
-            send_lag: LatencyHistogram::new(),
-            schedule_lateness: LatencyHistogram::new(),
-            socket_blocked: LatencyHistogram::new(),
+            own: OwnLags::default(),
             errors: ErrorCounts::default(),
             tracker: SeqTracker::new(0, 0),
             sent_in_window: 0,
@@ -397,12 +387,6 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RunError> {
-        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
-        self.end_progress_line();
-        Ok(())
-    }
-
     /// Phase work that depends on the clock: connects, sends, deadlines, progress.
     fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
@@ -513,13 +497,7 @@ impl Run<'_> {
             .filter(|&i| self.clients[i].phase == ClientPhase::Joined && !self.clients[i].publisher)
             .collect();
         if joined.is_empty() {
-            let why = self
-                .m
-                .errors
-                .first
-                .first()
-                .map_or_else(|| "no client joined".to_string(), |(_, what)| what.clone());
-            return Err(RunError::Unreachable(why));
+            return Err(self.m.errors.unreachable("no client joined"));
         }
         let chosen = choose_senders(&joined, self.cfg.senders, self.cfg.seed);
         self.senders = chosen
@@ -565,14 +543,8 @@ impl Run<'_> {
         }
         self.bytes_since_send_check = 0;
         let now_us = self.clock.now_us();
-        while self.next_g < plan.messages {
-            let intended_us = plan.intended_us(self.next_g);
-            if intended_us > now_us {
-                break;
-            }
-            let ordinal = plan.sender_of(self.next_g) as usize;
-            self.next_g += 1;
-            let warmup = plan.is_warmup(intended_us);
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let ordinal = plan.sender_of(due.g) as usize;
             let sender = &mut self.senders[ordinal];
             let client = &self.clients[sender.client];
             if client.phase != ClientPhase::Joined {
@@ -583,9 +555,7 @@ impl Run<'_> {
             let framed_bytes = framing.message_prefix.len()
                 + self.cfg.message_bytes
                 + framing.message_suffix.len();
-            if sender.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || sender.out.pending() + framed_bytes > SEND_QUEUE_BYTES_MAX
-            {
+            if queue_full(sender.queue.len(), sender.out.pending(), framed_bytes) {
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
@@ -601,7 +571,7 @@ impl Run<'_> {
             let stamp = Record {
                 sender: ordinal as u32,
                 seq: sender.next_seq,
-                intended_us,
+                intended_us: due.intended_us,
                 len: self.cfg.message_bytes - ALIAS_PREFIX_LEN,
             };
             if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
@@ -612,17 +582,8 @@ impl Run<'_> {
                 continue;
             }
             sender.next_seq += 1;
-            sender.queue.push_back(Queued {
-                end: sender.out.end(),
-                intended_us,
-                noticed_us: now_us,
-                tag: (),
-            });
-            if !warmup {
-                self.m
-                    .schedule_lateness
-                    .record(now_us.saturating_sub(intended_us));
-            }
+            sender.queue.push_back(Queued::new(&sender.out, &due, ()));
+            plan.record_lateness(&due, &mut self.m.own.schedule_lateness);
             self.dirty.mark(ordinal);
         }
         self.flush_dirty();
@@ -648,8 +609,7 @@ impl Run<'_> {
         };
         let lags = SendLags {
             plan: self.plan.as_ref(),
-            socket_blocked: &mut self.m.socket_blocked,
-            send_lag: &mut self.m.send_lag,
+            own: &mut self.m.own,
             sent_in_window: &mut self.m.sent_in_window,
         };
         let sent_total = &mut self.m.sent_total;
@@ -710,17 +670,7 @@ impl Run<'_> {
         let Some(stream) = client.stream.as_ref() else {
             return;
         };
-        // A failed non-blocking connect reports its error through SO_ERROR; until the
-        // handshake is done, peer_addr says ENOTCONN.
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                Err(e) => Err(e),
-            },
-        };
-        match outcome {
+        match crate::connect::is_connected(stream) {
             Ok(true) => {
                 // The connection's readiness was its writable edge; the prompt may be there.
                 client.readable = true;
@@ -788,31 +738,19 @@ impl Run<'_> {
                 self.still_ready.push(index);
                 return;
             }
-            let n = match stream.read(&mut self.read_buf) {
-                Ok(0) => {
+            let n = match read_chunk(stream, &mut self.read_buf, &mut client.readable) {
+                Chunk::Bytes(n) => n,
+                Chunk::Drained => return,
+                ended => {
                     let (kind, when) = if client.phase == ClientPhase::Joined {
                         (ErrorKind::Read, "after joining")
                     } else {
                         (ErrorKind::Connect, "during the handshake")
                     };
-                    self.fail(index, kind, || {
-                        format!("server closed the connection {when}")
+                    self.fail(index, kind, || match ended {
+                        Chunk::Failed(e) => format!("read: {e}"),
+                        _ => format!("server closed the connection {when}"),
                     });
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    client.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let kind = if client.phase == ClientPhase::Joined {
-                        ErrorKind::Read
-                    } else {
-                        ErrorKind::Connect
-                    };
-                    self.fail(index, kind, || format!("read: {e}"));
                     return;
                 }
             };
@@ -1047,12 +985,6 @@ impl Run<'_> {
         );
     }
 
-    fn end_progress_line(&self) {
-        if self.cfg.progress {
-            eprintln!();
-        }
-    }
-
     /// Closes everything and hands the measurements over.
     pub fn finish(mut self) -> RoomOutcome {
         let end_us = self.clock.now_us();
@@ -1088,9 +1020,7 @@ impl Run<'_> {
             clients_joined: self.clients.iter().filter(|c| c.joined).count(),
             connect_latency: self.m.connect_latency,
             delivery_latency: self.m.delivery_latency,
-            send_lag: self.m.send_lag,
-            schedule_lateness: self.m.schedule_lateness,
-            socket_blocked: self.m.socket_blocked,
+            own: self.m.own,
             errors: self.m.errors,
             seq: self.m.tracker.counts,
             undelivered,
@@ -1158,9 +1088,15 @@ fn on_scanned(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::sync::{Arc, Mutex};
     use std::thread;
+
+    /// The scenario run to its end, as `loadgen room` runs it.
+    fn run(cfg: &RoomConfig) -> Result<RoomOutcome, RunError> {
+        crate::registry::run_alone::<Room>(cfg)
+    }
 
     /// A minimal ROOM relay on an ephemeral loopback port, one thread per connection: the
     /// handshake, join notices, and every chunk relayed to every member. `drop_every` drops

@@ -1,11 +1,93 @@
-//! Writing a connection's pending bytes, shared by every TCP scenario.
+//! Reading a connection's bytes and writing its pending ones, shared by every TCP scenario.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use mio::{Registry, Token};
 
 use crate::clock::Clock;
-use crate::plan::Plan;
-use crate::stats::LatencyHistogram;
+use crate::plan::{Due, Plan};
+use crate::stats::OwnLags;
+
+/// A TCP client connection as the scenarios keep it: the socket, its readiness (kept in
+/// userland: an edge is reported once), the bytes read and not yet decoded, and the bytes and
+/// messages waiting to go out.
+#[derive(Debug)]
+pub struct Conn<T> {
+    pub stream: Option<TcpStream>,
+    pub readable: bool,
+    pub writable: bool,
+    pub inbuf: BytesMut,
+    pub out: OutBuf,
+    /// The messages in `out`, for the send accounting (other bytes, such as answers, have none).
+    pub queue: VecDeque<Queued<T>>,
+}
+
+impl<T> Default for Conn<T> {
+    fn default() -> Conn<T> {
+        Conn {
+            stream: None,
+            readable: false,
+            writable: false,
+            inbuf: BytesMut::new(),
+            out: OutBuf::default(),
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<T: Copy> Conn<T> {
+    /// Starts a non-blocking connect to `target` as client `index` (its token `index + 1`).
+    pub fn open(
+        &mut self,
+        registry: &Registry,
+        target: SocketAddr,
+        index: usize,
+    ) -> Result<(), String> {
+        let stream = crate::connect::open(registry, target, index, Token(index + 1))?;
+        self.stream = Some(stream);
+        self.readable = false;
+        self.writable = false;
+        Ok(())
+    }
+
+    /// Whether its non-blocking connect has completed (see [`crate::connect::is_connected`]);
+    /// not without a socket.
+    pub fn is_connected(&self) -> io::Result<bool> {
+        self.stream
+            .as_ref()
+            .map_or(Ok(false), crate::connect::is_connected)
+    }
+
+    /// Writes the pending bytes and accounts for the messages now out (see [`flush_queued`]);
+    /// why, if the connection cannot take writes any more.
+    pub fn flush(
+        &mut self,
+        clock: &Clock,
+        lags: SendLags<'_>,
+        on_sent: impl FnMut(&Queued<T>, u64),
+    ) -> Option<String> {
+        let stream = self.stream.as_mut()?;
+        flush_queued(stream, &mut self.out, &mut self.queue, clock, lags, on_sent)
+            .failure(&mut self.writable)
+    }
+
+    /// Closes the socket (deregistered first, which is tidier) and drops what was waiting;
+    /// returns how many messages will now never go out.
+    pub fn close(&mut self, registry: &Registry) -> u64 {
+        let unsent = self.queue.len() as u64;
+        self.queue.clear();
+        self.out.clear();
+        self.inbuf.clear();
+        if let Some(mut stream) = self.stream.take() {
+            let _ = registry.deregister(&mut stream);
+        }
+        unsent
+    }
+}
 
 /// What writing a connection's pending bytes came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +112,44 @@ impl Drained {
             }
             Drained::Failed(why) => Some(why),
         }
+    }
+}
+
+/// What one read from a connection came to.
+#[derive(Debug)]
+pub enum Chunk {
+    /// This many bytes are at the front of the buffer.
+    Bytes(usize),
+    /// Nothing more to read: `readable` was cleared, the next readable edge resumes.
+    Drained,
+    /// The server closed the connection.
+    Eof,
+    Failed(io::Error),
+}
+
+impl Chunk {
+    /// Why the connection ended, for a `Eof` or `Failed` chunk.
+    pub fn why(&self) -> String {
+        match self {
+            Chunk::Failed(e) => format!("read: {e}"),
+            _ => "the server closed the connection".to_string(),
+        }
+    }
+}
+
+/// One read into `buf`, retried when interrupted; clears `readable` when the socket is drained.
+pub fn read_chunk(stream: &mut impl Read, buf: &mut [u8], readable: &mut bool) -> Chunk {
+    loop {
+        return match stream.read(buf) {
+            Ok(0) => Chunk::Eof,
+            Ok(n) => Chunk::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *readable = false;
+                Chunk::Drained
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Chunk::Failed(e),
+        };
     }
 }
 
@@ -166,12 +286,24 @@ pub struct Queued<T> {
     pub tag: T,
 }
 
+impl<T> Queued<T> {
+    /// The message `due` that was just appended to `out`.
+    #[inline]
+    pub fn new(out: &OutBuf, due: &Due, tag: T) -> Queued<T> {
+        Queued {
+            end: out.end(),
+            intended_us: due.intended_us,
+            noticed_us: due.noticed_us,
+            tag,
+        }
+    }
+}
+
 /// Where a flush records the loadgen's own lags, measured the same way in every scenario.
 pub struct SendLags<'a> {
     /// `None` before the sending phase: nothing is measured.
     pub plan: Option<&'a Plan>,
-    pub socket_blocked: &'a mut LatencyHistogram,
-    pub send_lag: &'a mut LatencyHistogram,
+    pub own: &'a mut OwnLags,
     /// Messages fully written within the measured window.
     pub sent_in_window: &'a mut u64,
 }
@@ -188,7 +320,7 @@ pub fn flush_queued<T: Copy>(
     out: &mut OutBuf,
     queue: &mut VecDeque<Queued<T>>,
     clock: &Clock,
-    lags: SendLags<'_>,
+    mut lags: SendLags<'_>,
     mut on_sent: impl FnMut(&Queued<T>, u64),
 ) -> Drained {
     let attempt_us = clock.now_us();
@@ -201,18 +333,32 @@ pub fn flush_queued<T: Copy>(
         queue.pop_front();
         let lag_us = done_us.saturating_sub(queued.intended_us);
         on_sent(&queued, lag_us);
-        if let Some(plan) = lags.plan {
-            if !plan.is_warmup(queued.intended_us) {
-                lags.socket_blocked
-                    .record(attempt_us.saturating_sub(queued.noticed_us));
-                lags.send_lag.record(lag_us);
-            }
-            if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-                *lags.sent_in_window += 1;
-            }
-        }
+        lags.record(queued.intended_us, queued.noticed_us, attempt_us, done_us);
     }
     drained
+}
+
+impl SendLags<'_> {
+    /// A message due at `intended_us` and noticed at `noticed_us` went out with the write
+    /// attempted at `attempt_us` and done at `done_us`: outside the warmup, its socket-blocked
+    /// time and its send lag; within the measured window, one more sent in it.
+    #[inline]
+    pub fn record(&mut self, intended_us: u64, noticed_us: u64, attempt_us: u64, done_us: u64) {
+        let Some(plan) = self.plan else {
+            return;
+        };
+        if !plan.is_warmup(intended_us) {
+            self.own
+                .socket_blocked
+                .record(attempt_us.saturating_sub(noticed_us));
+            self.own
+                .send_lag
+                .record(done_us.saturating_sub(intended_us));
+        }
+        if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
+            *self.sent_in_window += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -340,7 +486,7 @@ mod tests {
         let clock = Clock::start().unwrap();
         // Measured from 1 µs on for a long while: the message intended at 0 is warmup.
         let plan = Plan::new(1, 1, 0, 1, 1 << 40);
-        let (mut socket_blocked, mut send_lag) = (LatencyHistogram::new(), LatencyHistogram::new());
+        let mut own = OwnLags::default();
         let mut sent_in_window = 0;
         let mut out = OutBuf::default();
         let mut queue = VecDeque::new();
@@ -362,8 +508,7 @@ mod tests {
         let mut sent = Vec::new();
         let lags = SendLags {
             plan: Some(&plan),
-            socket_blocked: &mut socket_blocked,
-            send_lag: &mut send_lag,
+            own: &mut own,
             sent_in_window: &mut sent_in_window,
         };
         let drained = flush_queued(&mut sink, &mut out, &mut queue, &clock, lags, |q, _| {
@@ -373,7 +518,7 @@ mod tests {
         assert_eq!(sent, [7, 8], "the third message is only half written");
         assert_eq!(queue.len(), 1);
         assert_eq!(
-            (socket_blocked.len(), send_lag.len()),
+            (own.socket_blocked.len(), own.send_lag.len()),
             (1, 1),
             "warmup not recorded"
         );

@@ -4,6 +4,8 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::driver::RunError;
+
 /// Highest trackable latency: one minute, in µs. Larger values are clamped and counted.
 pub const LATENCY_US_MAX: u64 = 60_000_000;
 
@@ -66,6 +68,30 @@ impl LatencyHistogram {
     /// The histogram itself (µs), for the writers that walk its distribution (`hgrm`, `plot`).
     pub fn histogram(&self) -> &Histogram<u64> {
         &self.hist
+    }
+}
+
+/// The loadgen's own lags, measured the same way in every scenario: whether it kept its plan
+/// (see `Plan::record_lateness` and `sockio::flush_queued`).
+#[derive(Debug, Default)]
+pub struct OwnLags {
+    /// Actual write completion minus intended send time.
+    pub send_lag: LatencyHistogram,
+    /// The part of the send lag that is the loop noticing the due time late.
+    pub schedule_lateness: LatencyHistogram,
+    /// The part of the send lag spent queued behind a socket that was not writable (until the
+    /// write attempt that sent the message's last byte).
+    pub socket_blocked: LatencyHistogram,
+}
+
+impl OwnLags {
+    /// By name, for `--hgrm`.
+    pub fn named(&self) -> [(&'static str, &LatencyHistogram); 3] {
+        [
+            ("send-lag", &self.send_lag),
+            ("schedule-lateness", &self.schedule_lateness),
+            ("socket-blocked", &self.socket_blocked),
+        ]
     }
 }
 
@@ -230,6 +256,15 @@ pub struct ErrorCounts {
 }
 
 impl ErrorCounts {
+    /// Why a run that joined nobody cannot go on: the first error counted, or `none`.
+    pub fn unreachable(&self, none: &str) -> RunError {
+        RunError::Unreachable(
+            self.first
+                .first()
+                .map_or_else(|| none.to_string(), |(_, what)| what.clone()),
+        )
+    }
+
     /// Counts one error; `describe` is only called for the first of its kind.
     pub fn count(&mut self, kind: ErrorKind, describe: impl FnOnce() -> String) {
         let (slot, name) = match kind {

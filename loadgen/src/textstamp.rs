@@ -18,6 +18,9 @@
 //! Every byte is printable ASCII. The check and the padding catch a message the server altered;
 //! one without the magic, or with another run's id, is foreign: counted, never mistaken for one
 //! of this run's messages.
+//!
+//! [`Stamp`] and [`Read`] are BIN24's too: its frames carry the same fields in a binary layout
+//! (`bin24::stamp`).
 
 /// The smallest message: the stamp without padding.
 pub const STAMP_BYTES: usize = 52;

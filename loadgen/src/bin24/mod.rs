@@ -30,59 +30,40 @@ pub mod topology;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use bytes::BytesMut;
-use mio::net::TcpStream;
-use mio::{Poll, Token};
+use mio::Poll;
 use switchboard::protocol::bin24::codec::{
     self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, RunError, SentReceived};
+use crate::driver::{
+    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, READ_BUDGET_BYTES,
+    READ_BUF_BYTES, START_DELAY_US,
+};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
+use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
 use stamp::Stamp;
 pub use stamp::STAMP_BYTES;
 use topology::{user_name, Pattern};
 
-/// The pacer's token; user `i` has token `i + 1`.
-const TIMER: Token = Token(0);
 /// The messageID of the hello each connection sends to itself first.
 const HELLO_ID: u32 = 0;
 const HELLO_BODY: &[u8] = b"hello";
-const READ_BUF_BYTES: usize = 64 * 1024;
-/// Most bytes read from one connection per turn before the others get their turn.
-const READ_BUDGET_BYTES: usize = 256 * 1024;
-/// Messages a sender may hold while its socket is not writable; beyond this (or the byte cap)
-/// a due message is counted "not sent". Answers are never dropped: the server closes a
-/// recipient that does not answer, so they are queued whatever the backlog.
-const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
-const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
-/// Look for due sends after this many events or bytes read (see `room.rs`).
-const EVENTS_PER_SEND_CHECK: usize = 64;
-const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
-/// Between the last join and the first planned message.
-const START_DELAY_US: u64 = 50_000;
-const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
 /// A connection wave (ramp-up, reconnect) gives up after max(this, 3 times its planned time).
 const WAVE_TIMEOUT_MIN_US: u64 = 10_000_000;
 /// Connections per user in the reconnect phase: a user the server closes while stored messages
 /// for it are still missing connects again, at most this many times in all.
 const RECONNECT_ATTEMPTS_MAX: u32 = 3;
 const RECONNECT_RETRY_DELAY_US: u64 = 10_000;
-/// How often to look at the send queues for the drain's completion check.
-const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
-const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
 /// The scenario's settings, validated by the caller.
 #[derive(Clone, Debug)]
@@ -123,9 +104,7 @@ pub struct Latencies {
     pub connect: LatencyHistogram,
     /// Same, for the reconnect phase.
     pub reconnect: LatencyHistogram,
-    pub send_lag: LatencyHistogram,
-    pub schedule_lateness: LatencyHistogram,
-    pub socket_blocked: LatencyHistogram,
+    pub own: OwnLags,
 }
 
 /// Everything measured, raw; the report computes the figures.
@@ -166,32 +145,6 @@ pub struct Bin24Outcome {
     pub reconnect_timed_out: bool,
 }
 
-/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
-impl Bin24Outcome {
-    /// The latencies the report measures the server by: written and plotted.
-    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("ack200", &self.latency.ack_delivered),
-            ("ack300", &self.latency.ack_stored),
-            ("ack507", &self.latency.ack_full),
-            ("delivery-live", &self.latency.delivery_live),
-            ("delivery-stored", &self.latency.delivery_stored),
-            ("connect", &self.latency.connect),
-            ("reconnect", &self.latency.reconnect),
-        ]
-    }
-
-    /// The service time (from the actual write) and the loadgen's own lags: written, not plotted.
-    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("service-time", &self.latency.service_time),
-            ("send-lag", &self.latency.send_lag),
-            ("schedule-lateness", &self.latency.schedule_lateness),
-            ("socket-blocked", &self.latency.socket_blocked),
-        ]
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UserPhase {
     /// Not connected (offline, waiting for its turn, or closed by the loadgen to reconnect).
@@ -210,14 +163,8 @@ struct User {
     offline: bool,
     /// The sender ordinal in the plan, if it sends.
     sender: Option<u32>,
-    stream: Option<TcpStream>,
+    conn: Conn<u64>,
     phase: UserPhase,
-    readable: bool,
-    writable: bool,
-    inbuf: BytesMut,
-    /// Bytes to write: the hello, answers, messages.
-    out: OutBuf,
-    queue: VecDeque<Queued<u64>>,
     intended_connect_us: u64,
     /// Part of the current connection wave and not yet joined or failed.
     in_wave: bool,
@@ -297,36 +244,71 @@ pub struct Run<'a> {
     bytes_since_send_check: usize,
 }
 
-/// Runs the scenario to the end (every phase has a deadline).
-pub fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, RunError> {
-    let mut run = start(cfg)?;
-    run.event_loop()?;
-    Ok(run.finish())
+/// The scenario as the registry lists it.
+pub struct Bin24;
+
+impl ScenarioKind for Bin24 {
+    const PROTOCOL: Protocol = Protocol::Bin24;
+    const MAIN_HISTOGRAM: &'static str = "ack200";
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
+    type Config = Bin24Config;
+    type Run<'a> = Run<'a>;
+    type Outcome = Bin24Outcome;
+    type Report = report::Report;
+
+    fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
+        start(cfg)
+    }
+    fn finish(run: Run<'_>) -> Bin24Outcome {
+        run.finish()
+    }
+    fn report(
+        cfg: &Bin24Config,
+        seed: u64,
+        strict: bool,
+        outcome: &Bin24Outcome,
+    ) -> report::Report {
+        report::Report::new(cfg, seed, strict, outcome)
+    }
+    /// The latencies the report measures the server by (written and plotted), then the
+    /// loadgen's own lags (written, not plotted).
+    fn histograms(outcome: &Bin24Outcome) -> (Named<'_>, Named<'_>) {
+        (
+            vec![
+                ("ack200", &outcome.latency.ack_delivered),
+                ("ack300", &outcome.latency.ack_stored),
+                ("ack507", &outcome.latency.ack_full),
+                ("delivery-live", &outcome.latency.delivery_live),
+                ("delivery-stored", &outcome.latency.delivery_stored),
+                ("connect", &outcome.latency.connect),
+                ("reconnect", &outcome.latency.reconnect),
+            ],
+            [("service-time", &outcome.latency.service_time)]
+                .into_iter()
+                .chain(outcome.latency.own.named())
+                .collect(),
+        )
+    }
+    fn progress(cfg: &Bin24Config) -> bool {
+        cfg.progress
+    }
+    fn unreachable(cfg: &Bin24Config) -> String {
+        format!("no user could join a BIN24 server at {}", cfg.target)
+    }
 }
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts()?;
     let users = (0..cfg.users)
         .map(|i| User {
             name: user_name(i),
             partner: cfg.pattern.partner(i, cfg.users),
             offline: cfg.offline.get(i).copied().unwrap_or(false),
             sender: None,
-            stream: None,
+            conn: Conn::default(),
             phase: UserPhase::Idle,
-            readable: false,
-            writable: false,
-            inbuf: BytesMut::new(),
-            out: OutBuf::default(),
-            queue: VecDeque::new(),
             intended_connect_us: 0,
             in_wave: false,
             reconnecting: false,
@@ -389,7 +371,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
 
 impl Reactor for Run<'_> {
     driver::reactor_common!(RunError);
-    driver::drive_connections!(users, flush_dirty);
+    driver::drive_connections!(users.conn, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.m.sent_total,
@@ -399,14 +381,6 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RunError> {
-        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
-        if self.cfg.progress {
-            eprintln!();
-        }
-        Ok(())
-    }
-
     /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
     fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
@@ -436,7 +410,7 @@ impl Run<'_> {
                 self.flush_dirty();
                 if now_us >= self.next_check_us {
                     self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
-                    let queued = self.users.iter().any(|u| !u.queue.is_empty());
+                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
                     if !queued && self.ledger.unresolved() == 0 {
                         self.start_reconnect(now_us);
                     } else if now_us >= deadline_us {
@@ -551,14 +525,9 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
-            Ok(stream) => {
-                let user = &mut self.users[u];
-                user.stream = Some(stream);
-                user.phase = UserPhase::Connecting;
-                user.readable = false;
-                user.writable = false;
-            }
+        let user = &mut self.users[u];
+        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+            Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
@@ -570,13 +539,7 @@ impl Run<'_> {
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
         if self.senders.is_empty() {
-            let why = self
-                .m
-                .errors
-                .first
-                .first()
-                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(RunError::Unreachable(why));
+            return Err(self.m.errors.unreachable("no user joined"));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.users[u].sender = Some(ordinal as u32);
@@ -608,7 +571,7 @@ impl Run<'_> {
         }
         let wave: Vec<usize> = (0..self.users.len()).filter(|&u| wanted[u]).collect();
         for &u in &wave {
-            if self.users[u].stream.is_some() || self.users[u].phase == UserPhase::Failed {
+            if self.users[u].conn.stream.is_some() || self.users[u].phase == UserPhase::Failed {
                 self.reconnect_of_online += 1;
             }
             self.close_quietly(u);
@@ -637,24 +600,18 @@ impl Run<'_> {
         self.bytes_since_send_check = 0;
         let now_us = self.clock.now_us();
         let senders = u64::from(plan.senders);
-        while self.next_g < plan.messages {
-            let intended_us = plan.intended_us(self.next_g);
-            if intended_us > now_us {
-                break;
-            }
-            let g = self.next_g;
-            self.next_g += 1;
-            let u = self.senders[plan.sender_of(g) as usize];
-            let seq = g / senders;
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let u = self.senders[plan.sender_of(due.g) as usize];
+            let seq = due.g / senders;
             let user = &self.users[u];
             if user.phase != UserPhase::Joined {
                 self.m.not_sent_connection_lost += 1;
                 continue;
             }
             let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
-            if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || user.out.pending() + frame_bytes > SEND_QUEUE_BYTES_MAX
-            {
+            // Only messages: answers are never dropped (the server closes a recipient that does not
+            // answer), so they are queued whatever the backlog.
+            if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
                 self.m.not_sent_queue_full += 1;
                 continue;
             }
@@ -663,7 +620,7 @@ impl Run<'_> {
                 run_id: self.cfg.run_id,
                 sender: u as u32,
                 seq: seq as u32,
-                intended_us,
+                intended_us: due.intended_us,
             };
             let partner = self.users[user.partner].name;
             // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
@@ -676,19 +633,11 @@ impl Run<'_> {
                 continue;
             };
             let user = &mut self.users[u];
-            user.out.extend(&frame);
-            user.queue.push_back(Queued {
-                end: user.out.end(),
-                intended_us,
-                noticed_us: now_us,
-                tag: g,
-            });
-            if !plan.is_warmup(intended_us) {
-                self.m
-                    .latency
-                    .schedule_lateness
-                    .record(now_us.saturating_sub(intended_us));
-            }
+            user.conn.out.extend(&frame);
+            user.conn
+                .queue
+                .push_back(Queued::new(&user.conn.out, &due, due.g));
+            plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
             self.dirty.mark(u);
         }
         self.flush_dirty();
@@ -704,16 +653,12 @@ impl Run<'_> {
     /// message that went out completely.
     fn flush(&mut self, u: usize) {
         let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitEcho | UserPhase::Joined) || !user.writable {
+        if !matches!(user.phase, UserPhase::AwaitEcho | UserPhase::Joined) || !user.conn.writable {
             return; // the writable edge will call back
         }
-        let Some(stream) = user.stream.as_mut() else {
-            return;
-        };
         let lags = SendLags {
             plan: self.plan.as_ref(),
-            socket_blocked: &mut self.m.latency.socket_blocked,
-            send_lag: &mut self.m.latency.send_lag,
+            own: &mut self.m.latency.own,
             sent_in_window: &mut self.m.sent_in_window,
         };
         let (ledger, sent_total, write_lag_us) = (
@@ -721,21 +666,13 @@ impl Run<'_> {
             &mut self.m.sent_total,
             &mut self.write_lag_us,
         );
-        let drained = flush_queued(
-            stream,
-            &mut user.out,
-            &mut user.queue,
-            &self.clock,
-            lags,
-            |queued, lag_us| {
-                ledger.mark_written(queued.tag);
-                *sent_total += 1;
-                if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
-                    *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
-                }
-            },
-        );
-        let failure = drained.failure(&mut user.writable);
+        let failure = user.conn.flush(&self.clock, lags, |queued, lag_us| {
+            ledger.mark_written(queued.tag);
+            *sent_total += 1;
+            if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
+                *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+            }
+        });
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
         }
@@ -746,7 +683,7 @@ impl Run<'_> {
         match self.users[u].phase {
             UserPhase::Idle | UserPhase::Failed => {}
             UserPhase::Connecting => {
-                if self.users[u].readable || self.users[u].writable {
+                if self.users[u].conn.readable || self.users[u].conn.writable {
                     self.check_connected(u);
                 }
                 if self.users[u].phase != UserPhase::Connecting {
@@ -754,11 +691,11 @@ impl Run<'_> {
                 }
             }
             UserPhase::AwaitEcho | UserPhase::Joined => {
-                if self.users[u].readable {
+                if self.users[u].conn.readable {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.out.has_pending() {
+                if user.conn.writable && user.conn.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -767,27 +704,16 @@ impl Run<'_> {
 
     fn check_connected(&mut self, u: usize) {
         let user = &mut self.users[u];
-        let Some(stream) = user.stream.as_ref() else {
-            return;
-        };
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                Err(e) => Err(e),
-            },
-        };
-        match outcome {
+        match user.conn.is_connected() {
             Ok(true) => {
                 // The first frame makes the user exist: a hello to itself, which the server
                 // forwards back once the name is registered.
                 let hello = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY);
                 if let Some(hello) = hello {
-                    user.out.extend(&hello);
+                    user.conn.out.extend(&hello);
                 }
                 user.phase = UserPhase::AwaitEcho;
-                user.readable = true;
+                user.conn.readable = true;
                 self.dirty.mark(u);
             }
             Ok(false) => {}
@@ -800,45 +726,32 @@ impl Run<'_> {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let user = &mut self.users[u];
-            let Some(stream) = user.stream.as_mut() else {
+            let Some(stream) = user.conn.stream.as_mut() else {
                 return;
             };
             if budget == 0 {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match stream.read(&mut self.read_buf) {
-                Ok(0) => {
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
+                Chunk::Bytes(n) => n,
+                Chunk::Drained => return,
+                ended => {
                     let kind = if user.phase == UserPhase::Joined {
                         ErrorKind::Read
                     } else {
                         ErrorKind::Connect
                     };
-                    self.fail(u, kind, || "the server closed the connection".to_string());
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    user.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let kind = if user.phase == UserPhase::Joined {
-                        ErrorKind::Read
-                    } else {
-                        ErrorKind::Connect
-                    };
-                    self.fail(u, kind, || format!("read: {e}"));
+                    self.fail(u, kind, || ended.why());
                     return;
                 }
             };
             budget = budget.saturating_sub(n);
-            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
             // One clock read per read(): every frame in this chunk arrived together.
             let now_us = self.clock.now_us();
             loop {
-                let frame = match codec::decode(&mut self.users[u].inbuf) {
+                let frame = match codec::decode(&mut self.users[u].conn.inbuf) {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(e) => {
@@ -848,7 +761,7 @@ impl Run<'_> {
                 };
                 self.on_frame(u, &frame, now_us);
             }
-            if self.users[u].out.has_pending() {
+            if self.users[u].conn.out.has_pending() {
                 self.dirty.mark(u); // the answers
             }
             self.bytes_since_send_check += n;
@@ -871,7 +784,7 @@ impl Run<'_> {
                     frame.src(),
                     ANSWER_DELIVERED,
                 ) {
-                    self.users[u].out.extend(&answer);
+                    self.users[u].conn.out.extend(&answer);
                 }
                 if is_hello {
                     self.on_echo(u, now_us);
@@ -1101,13 +1014,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.m.not_sent_connection_lost += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
+        self.m.not_sent_connection_lost += user.conn.close(self.poll.registry());
         let name = user.name;
         // Answers to its messages go to this connection only: those still unanswered can no
         // longer be (the messages themselves may have died unread with the connection).
@@ -1126,16 +1033,8 @@ impl Run<'_> {
     /// Closes a connection the loadgen is done with (before reconnecting the user).
     fn close_quietly(&mut self, u: usize) {
         let user = &mut self.users[u];
-        self.m.not_sent_at_end += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        user.readable = false;
-        user.writable = false;
+        self.m.not_sent_at_end += user.conn.close(self.poll.registry());
         user.phase = UserPhase::Idle;
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
     }
 
     fn progress_line(&self, now_us: u64) {
@@ -1175,10 +1074,7 @@ impl Run<'_> {
         let end_us = self.clock.now_us();
         let mut not_sent_at_end = self.m.not_sent_at_end;
         for user in &mut self.users {
-            not_sent_at_end += user.queue.len() as u64;
-            if let Some(mut stream) = user.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
+            not_sent_at_end += user.conn.close(self.poll.registry());
         }
         let plan = self
             .plan

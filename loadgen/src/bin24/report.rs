@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Bin24Config, Bin24Outcome, Tally};
 use crate::report::{
-    verdict, write_closing_lines, Connections, ErrorLine, Errors, Lines, NotSent, Outcome,
+    verdict, write_closing_lines, Connections, Errors, Lines, NotSent, Outcome, OwnLagSummaries,
     ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
@@ -72,9 +72,8 @@ pub struct Latencies {
     /// Hello echoed minus intended connect time.
     pub connect: LatencySummary,
     pub reconnect: LatencySummary,
-    pub send_lag: LatencySummary,
-    pub schedule_lateness: LatencySummary,
-    pub socket_blocked: LatencySummary,
+    #[serde(flatten)]
+    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -155,7 +154,7 @@ impl Report {
         );
         let verdict = verdict(&ValidityInputs::measured(
             plan,
-            &l.schedule_lateness,
+            &l.own.schedule_lateness,
             &l.delivery_live,
         ));
         let outcome = outcome(
@@ -198,7 +197,7 @@ impl Report {
         let clamped = l.ack_delivered.clamped
             + l.ack_stored.clamped
             + l.delivery_live.clamped
-            + l.send_lag.clamped;
+            + l.own.send_lag.clamped;
         if clamped > 0 {
             notes.push(format!(
                 "{clamped} latencies above 60 s were counted as 60 s"
@@ -267,25 +266,9 @@ impl Report {
                 service_time: l.service_time.summary(),
                 connect: l.connect.summary(),
                 reconnect: l.reconnect.summary(),
-                send_lag: l.send_lag.summary(),
-                schedule_lateness: l.schedule_lateness.summary(),
-                socket_blocked: l.socket_blocked.summary(),
+                own: OwnLagSummaries::of(&l.own),
             },
-            errors: Errors {
-                connect: run.errors.connect,
-                read: run.errors.read,
-                write: run.errors.write,
-                protocol: run.errors.protocol,
-                first_of_each_kind: run
-                    .errors
-                    .first
-                    .iter()
-                    .map(|(kind, first)| ErrorLine {
-                        kind: kind.clone(),
-                        first: first.clone(),
-                    })
-                    .collect(),
-            },
+            errors: Errors::of(&run.errors),
             foreign_frames: run.foreign_frames,
             stored_hellos: run.stored_hellos,
             drain_ms: run.drain_used_us as f64 / 1e3,
@@ -418,7 +401,7 @@ impl Report {
                 l.service_time.p50_ms, l.service_time.p99_ms, l.service_time.max_ms
             ),
         );
-        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.send_lag(&l.own);
         out.line(
             "duplicates",
             format!(

@@ -8,7 +8,7 @@
 //! offset 4   u32     run id: stored frames left over by an earlier run are told apart
 //! offset 8   u32     sender, the user index
 //! offset 12  u32     seq, the message's number within its sender's plan (messageID - 1)
-//! offset 20  u64     intended send time, µs since the loadgen's epoch
+//! offset 16  u64     intended send time, µs since the loadgen's epoch
 //! offset 24  u32     check: FNV-1a of bytes 0..24
 //! offset 28  padding '.' up to the body size
 //! ```
@@ -17,30 +17,14 @@
 //! with another run's id, is foreign (an earlier run's stored frame, another client): counted,
 //! never mistaken for one of this run's messages.
 
+// The same stamp and reading as the text protocols', in a binary layout.
+pub use crate::textstamp::{Read, Stamp};
+
 /// The smallest body: the stamp without padding.
 pub const STAMP_BYTES: usize = 28;
 const MAGIC: [u8; 4] = *b"LG24";
 const PAD: u8 = b'.';
 const CHECKED_BYTES: usize = 24;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stamp {
-    pub run_id: u32,
-    pub sender: u32,
-    pub seq: u32,
-    pub intended_us: u64,
-}
-
-/// What a received body is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Read {
-    /// One of this run's messages.
-    Ours(Stamp),
-    /// Not this run's: no magic, or another run id.
-    Foreign,
-    /// This run's magic and id, but damaged.
-    Malformed(&'static str),
-}
 
 /// Writes `stamp` into `out` and pads the rest. `out` is at least [`STAMP_BYTES`] long (the
 /// argument checks make it so); a shorter one is left untouched and reported.

@@ -13,6 +13,11 @@ use switchboard::protocol::bin24::codec::{self, Name};
 
 use super::*;
 
+/// The scenario run to its end, as `loadgen bin24` runs it.
+fn run(cfg: &Bin24Config) -> Result<Bin24Outcome, RunError> {
+    crate::registry::run_alone::<Bin24>(cfg)
+}
+
 #[derive(Clone, Copy, Default)]
 struct Behaviour {
     /// Answer "507" instead of storing.

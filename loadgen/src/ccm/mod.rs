@@ -19,39 +19,26 @@ pub mod report;
 pub mod stamp;
 pub mod wire;
 
-use std::collections::VecDeque;
-use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use mio::net::TcpStream;
-use mio::{Poll, Token};
+use bytes::Bytes;
+use mio::Poll;
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, RunError, SentReceived};
+use crate::driver::{
+    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
+    READ_BUDGET_BYTES, READ_BUF_BYTES, START_DELAY_US,
+};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
+use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
-
-const TIMER: Token = Token(0);
-const READ_BUF_BYTES: usize = 64 * 1024;
-const READ_BUDGET_BYTES: usize = 256 * 1024;
-const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
-const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
-const EVENTS_PER_SEND_CHECK: usize = 64;
-const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
-const START_DELAY_US: u64 = 50_000;
-const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
-/// The ramp-up gives up after max(this, 3 times its planned time).
-const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
-const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
-const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
 /// The name of active user `i`: `lg00001`, `lg00002`, ...
 pub fn active_name(i: usize) -> String {
@@ -95,9 +82,7 @@ pub struct Latencies {
     pub delivery: LatencyHistogram,
     /// Identity received minus intended connect time.
     pub connect: LatencyHistogram,
-    pub send_lag: LatencyHistogram,
-    pub schedule_lateness: LatencyHistogram,
-    pub socket_blocked: LatencyHistogram,
+    pub own: OwnLags,
     /// Silent users: server's `Connect` minus the user's last write.
     pub silent_keepalive_after: LatencyHistogram,
     /// Silent users: close seen minus the user's last write.
@@ -137,31 +122,6 @@ pub struct CcmOutcome {
     pub silent_wait_used_us: u64,
 }
 
-/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
-impl CcmOutcome {
-    /// The latencies the report measures the server by: written and plotted.
-    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("delivery", &self.latency.delivery),
-            ("connect", &self.latency.connect),
-        ]
-    }
-
-    /// The loadgen's own lags and the silent users' timers (seconds, not latencies): written, not plotted.
-    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("send-lag", &self.latency.send_lag),
-            ("schedule-lateness", &self.latency.schedule_lateness),
-            ("socket-blocked", &self.latency.socket_blocked),
-            (
-                "silent-keepalive-after",
-                &self.latency.silent_keepalive_after,
-            ),
-            ("silent-closed-after", &self.latency.silent_closed_after),
-        ]
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UserPhase {
     Idle,
@@ -178,13 +138,8 @@ struct User {
     role: Role,
     partner: usize,
     sender: Option<u32>,
-    stream: Option<TcpStream>,
+    conn: Conn<()>,
     phase: UserPhase,
-    readable: bool,
-    writable: bool,
-    inbuf: BytesMut,
-    out: OutBuf,
-    queue: VecDeque<Queued<()>>,
     intended_connect_us: u64,
     in_ramp: bool,
     token: Bytes,
@@ -246,22 +201,57 @@ pub struct Run<'a> {
     order: Vec<usize>,
 }
 
-pub fn run(cfg: &CcmConfig) -> Result<CcmOutcome, RunError> {
-    let mut run = start(cfg)?;
-    run.event_loop()?;
-    Ok(run.finish())
+/// The scenario as the registry lists it.
+pub struct Ccm;
+
+impl ScenarioKind for Ccm {
+    const PROTOCOL: Protocol = Protocol::Ccm;
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the CCM server";
+    type Config = CcmConfig;
+    type Run<'a> = Run<'a>;
+    type Outcome = CcmOutcome;
+    type Report = report::Report;
+
+    fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
+        start(cfg)
+    }
+    fn finish(run: Run<'_>) -> CcmOutcome {
+        run.finish()
+    }
+    fn report(cfg: &CcmConfig, seed: u64, strict: bool, outcome: &CcmOutcome) -> report::Report {
+        report::Report::new(cfg, seed, strict, outcome)
+    }
+    /// The latencies the report measures the server by (written and plotted), then the
+    /// loadgen's own lags (written, not plotted).
+    fn histograms(outcome: &CcmOutcome) -> (Named<'_>, Named<'_>) {
+        (
+            vec![
+                ("delivery", &outcome.latency.delivery),
+                ("connect", &outcome.latency.connect),
+            ],
+            (outcome.latency.own.named().into_iter())
+                .chain([
+                    (
+                        "silent-keepalive-after",
+                        &outcome.latency.silent_keepalive_after,
+                    ),
+                    ("silent-closed-after", &outcome.latency.silent_closed_after),
+                ])
+                .collect(),
+        )
+    }
+    fn progress(cfg: &CcmConfig) -> bool {
+        cfg.progress
+    }
+    fn unreachable(cfg: &CcmConfig) -> String {
+        format!("no user could join a CCM server at {}", cfg.target)
+    }
 }
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts()?;
     let now_us = clock.now_us();
     let rate = cfg.connect_rate_per_s.max(1);
     let total = cfg.users + cfg.silent;
@@ -282,13 +272,8 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
                 role,
                 partner,
                 sender: None,
-                stream: None,
+                conn: Conn::default(),
                 phase: UserPhase::Idle,
-                readable: false,
-                writable: false,
-                inbuf: BytesMut::new(),
-                out: OutBuf::default(),
-                queue: VecDeque::new(),
                 intended_connect_us: 0,
                 in_ramp: true,
                 token: Bytes::new(),
@@ -376,7 +361,7 @@ impl Reactor for Run<'_> {
     fn next_wake_us(&self) -> u64 {
         self.next_wake_us(&self.order)
     }
-    driver::drive_connections!(users, flush_dirty);
+    driver::drive_connections!(users.conn, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,
@@ -386,14 +371,6 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RunError> {
-        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
-        if self.cfg.progress {
-            eprintln!();
-        }
-        Ok(())
-    }
-
     fn advance(&mut self, order: &[usize]) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
@@ -438,7 +415,7 @@ impl Run<'_> {
                 self.flush_dirty();
                 if now_us >= self.next_check_us {
                     self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
-                    let queued = self.users.iter().any(|u| !u.queue.is_empty());
+                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
                     let complete = !queued && self.accounting.undelivered() == 0;
                     if complete || now_us >= deadline_us {
                         self.drain_timed_out = !complete;
@@ -516,12 +493,9 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
-            Ok(stream) => {
-                let user = &mut self.users[u];
-                user.stream = Some(stream);
-                user.phase = UserPhase::Connecting;
-            }
+        let user = &mut self.users[u];
+        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+            Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
@@ -532,12 +506,7 @@ impl Run<'_> {
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
         if self.senders.is_empty() {
-            let why = self
-                .errors
-                .first
-                .first()
-                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(RunError::Unreachable(why));
+            return Err(self.errors.unreachable("no user joined"));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.users[u].sender = Some(ordinal as u32);
@@ -564,14 +533,8 @@ impl Run<'_> {
         self.bytes_since_send_check = 0;
         let now_us = self.clock.now_us();
         let senders = u64::from(plan.senders);
-        while self.next_g < plan.messages {
-            let intended_us = plan.intended_us(self.next_g);
-            if intended_us > now_us {
-                break;
-            }
-            let g = self.next_g;
-            self.next_g += 1;
-            let u = self.senders[plan.sender_of(g) as usize];
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let u = self.senders[plan.sender_of(due.g) as usize];
             let user = &self.users[u];
             if user.phase != UserPhase::Joined {
                 self.not_sent_connection_lost += 1;
@@ -581,33 +544,28 @@ impl Run<'_> {
             let stamp = Stamp {
                 run_id: self.cfg.run_id,
                 sender: u as u32,
-                seq: (g / senders) as u32,
-                intended_us,
+                seq: (due.g / senders) as u32,
+                intended_us: due.intended_us,
             };
             if stamp::write(content, &stamp).is_err() {
                 self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
                 continue;
             }
             let message = wire::text(&user.token, &self.users[user.partner].name, content);
-            if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-                || user.out.pending() + message.len() > SEND_QUEUE_BYTES_MAX
-            {
+            if queue_full(
+                user.conn.queue.len(),
+                user.conn.out.pending(),
+                message.len(),
+            ) {
                 self.not_sent_queue_full += 1;
                 continue;
             }
             let user = &mut self.users[u];
-            user.out.extend(&message);
-            user.queue.push_back(Queued {
-                end: user.out.end(),
-                intended_us,
-                noticed_us: now_us,
-                tag: (),
-            });
-            if !plan.is_warmup(intended_us) {
-                self.latency
-                    .schedule_lateness
-                    .record(now_us.saturating_sub(intended_us));
-            }
+            user.conn.out.extend(&message);
+            user.conn
+                .queue
+                .push_back(Queued::new(&user.conn.out, &due, ()));
+            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
             self.dirty.mark(u);
         }
         self.flush_dirty();
@@ -621,37 +579,27 @@ impl Run<'_> {
 
     fn flush(&mut self, u: usize) {
         let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitIdentity | UserPhase::Joined) || !user.writable {
+        if !matches!(user.phase, UserPhase::AwaitIdentity | UserPhase::Joined)
+            || !user.conn.writable
+        {
             return;
         }
-        let Some(stream) = user.stream.as_mut() else {
-            return;
-        };
-        if !user.out.has_pending() {
+        if user.conn.stream.is_none() || !user.conn.out.has_pending() {
             return;
         }
         let lags = SendLags {
             plan: self.plan.as_ref(),
-            socket_blocked: &mut self.latency.socket_blocked,
-            send_lag: &mut self.latency.send_lag,
+            own: &mut self.latency.own,
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let drained = flush_queued(
-            stream,
-            &mut user.out,
-            &mut user.queue,
-            &self.clock,
-            lags,
-            |_, _| {
-                *sent += 1;
-                if let Some(ordinal) = sender {
-                    accounting.on_sent(ordinal as usize);
-                }
-            },
-        );
-        let failure = drained.failure(&mut user.writable);
-        if !user.out.has_pending() {
+        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
+        if !user.conn.out.has_pending() {
             user.last_write_us = self.clock.now_us();
         }
         if let Some(why) = failure {
@@ -663,7 +611,7 @@ impl Run<'_> {
         match self.users[u].phase {
             UserPhase::Idle | UserPhase::Failed | UserPhase::ClosedByServer => {}
             UserPhase::Connecting => {
-                if self.users[u].readable || self.users[u].writable {
+                if self.users[u].conn.readable || self.users[u].conn.writable {
                     self.check_connected(u);
                 }
                 if self.users[u].phase != UserPhase::Connecting {
@@ -671,11 +619,11 @@ impl Run<'_> {
                 }
             }
             UserPhase::AwaitIdentity | UserPhase::Joined => {
-                if self.users[u].readable {
+                if self.users[u].conn.readable {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.out.has_pending() {
+                if user.conn.writable && user.conn.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -684,22 +632,11 @@ impl Run<'_> {
 
     fn check_connected(&mut self, u: usize) {
         let user = &mut self.users[u];
-        let Some(stream) = user.stream.as_ref() else {
-            return;
-        };
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                Err(e) => Err(e),
-            },
-        };
-        match outcome {
+        match user.conn.is_connected() {
             Ok(true) => {
-                user.out.extend(&wire::identify(&user.name));
+                user.conn.out.extend(&wire::identify(&user.name));
                 user.phase = UserPhase::AwaitIdentity;
-                user.readable = true;
+                user.conn.readable = true;
                 self.dirty.mark(u);
             }
             Ok(false) => {}
@@ -711,26 +648,21 @@ impl Run<'_> {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let user = &mut self.users[u];
-            let Some(stream) = user.stream.as_mut() else {
+            let Some(stream) = user.conn.stream.as_mut() else {
                 return;
             };
             if budget == 0 {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match stream.read(&mut self.read_buf) {
-                Ok(0) => {
-                    self.on_server_close(u, "the server closed the connection".to_string());
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    user.readable = false;
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
+                Chunk::Bytes(n) => n,
+                Chunk::Drained => {
                     // The server always writes Content-Length: a message it cut short of one
                     // would wait here forever, so a whole burst is decoded as a last resort.
-                    if !user.inbuf.is_empty() {
+                    if !user.conn.inbuf.is_empty() {
                         let now_us = self.clock.now_us();
-                        match codec::decode(&mut self.users[u].inbuf, true) {
+                        match codec::decode(&mut self.users[u].conn.inbuf, true) {
                             Ok(Some(message)) => self.on_message(u, &message, now_us),
                             Ok(None) => {}
                             Err(e) => {
@@ -740,14 +672,13 @@ impl Run<'_> {
                     }
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.on_server_close(u, format!("read: {e}"));
+                ended => {
+                    self.on_server_close(u, ended.why());
                     return;
                 }
             };
             budget = budget.saturating_sub(n);
-            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
             let now_us = self.clock.now_us();
             loop {
                 if !matches!(
@@ -756,7 +687,7 @@ impl Run<'_> {
                 ) {
                     return;
                 }
-                let message = match codec::decode(&mut self.users[u].inbuf, false) {
+                let message = match codec::decode(&mut self.users[u].conn.inbuf, false) {
                     Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(e) => {
@@ -766,7 +697,7 @@ impl Run<'_> {
                 };
                 self.on_message(u, &message, now_us);
             }
-            if self.users[u].out.has_pending() {
+            if self.users[u].conn.out.has_pending() {
                 self.dirty.mark(u); // keepalive answers
             }
             self.bytes_since_send_check += n;
@@ -788,7 +719,7 @@ impl Run<'_> {
             user.phase = UserPhase::ClosedByServer;
             let keepalives = user.keepalives;
             let name = user.name.clone();
-            if let Some(mut stream) = user.stream.take() {
+            if let Some(mut stream) = user.conn.stream.take() {
                 let _ = self.poll.registry().deregister(&mut stream);
             }
             if keepalives == 0 {
@@ -834,7 +765,7 @@ impl Run<'_> {
                     }
                 }
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
-                    user.out.extend(&reply);
+                    user.conn.out.extend(&reply);
                     self.keepalives_answered += 1;
                     self.dirty.mark(u);
                 }
@@ -935,13 +866,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
+        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -983,10 +908,7 @@ impl Run<'_> {
         let end_us = self.clock.now_us();
         let mut not_sent_at_end = 0;
         for user in &mut self.users {
-            not_sent_at_end += user.queue.len() as u64;
-            if let Some(mut stream) = user.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
+            not_sent_at_end += user.conn.close(self.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us

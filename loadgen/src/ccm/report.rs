@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::{CcmConfig, CcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Lines,
-    Losses, NotSent, Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Lines, Losses,
+    NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -69,9 +69,8 @@ pub struct Latencies {
     pub delivery: LatencySummary,
     /// Identity received minus intended connect time.
     pub connect: LatencySummary,
-    pub send_lag: LatencySummary,
-    pub schedule_lateness: LatencySummary,
-    pub socket_blocked: LatencySummary,
+    #[serde(flatten)]
+    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -128,7 +127,7 @@ impl Report {
         let losses = Losses::new(run.seq.gap_losses, run.undelivered);
         let verdict = verdict(&ValidityInputs::measured(
             plan,
-            &l.schedule_lateness,
+            &l.own.schedule_lateness,
             &l.delivery,
         ));
         let outcome = ccm_outcome(
@@ -151,7 +150,7 @@ impl Report {
                     .to_string(),
             );
         }
-        let clamped = l.delivery.clamped + l.send_lag.clamped + l.connect.clamped;
+        let clamped = l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped;
         if clamped > 0 {
             notes.push(format!(
                 "{clamped} latencies above 60 s were counted as 60 s"
@@ -202,9 +201,7 @@ impl Report {
             latency_ms: Latencies {
                 delivery: l.delivery.summary(),
                 connect: l.connect.summary(),
-                send_lag: l.send_lag.summary(),
-                schedule_lateness: l.schedule_lateness.summary(),
-                socket_blocked: l.socket_blocked.summary(),
+                own: OwnLagSummaries::of(&l.own),
             },
             losses,
             duplicates_or_reorders: run.seq.duplicates_or_reorders,
@@ -223,21 +220,7 @@ impl Report {
                 keepalive_after_ms: l.silent_keepalive_after.summary(),
                 wait_ms: run.silent_wait_used_us as f64 / 1e3,
             },
-            errors: Errors {
-                connect: run.errors.connect,
-                read: run.errors.read,
-                write: run.errors.write,
-                protocol: run.errors.protocol,
-                first_of_each_kind: run
-                    .errors
-                    .first
-                    .iter()
-                    .map(|(kind, first)| ErrorLine {
-                        kind: kind.clone(),
-                        first: first.clone(),
-                    })
-                    .collect(),
-            },
+            errors: Errors::of(&run.errors),
             foreign_messages: run.foreign_messages,
             drain_ms: run.drain_used_us as f64 / 1e3,
             drain_timed_out: run.drain_timed_out,
@@ -338,7 +321,7 @@ impl Report {
                 ),
             );
         }
-        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.send_lag(&l.own);
         out.errors(&self.errors, "");
         if self.foreign_messages > 0 {
             out.line(

@@ -26,39 +26,26 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
-use bytes::BytesMut;
-use mio::net::TcpStream;
-use mio::{Poll, Token};
+use mio::Poll;
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, RunError, SentReceived};
+use crate::driver::{
+    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
+    READ_BUDGET_BYTES, READ_BUF_BYTES, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
+};
 use crate::pacer::Pacer;
-use crate::plan::{choose_senders, Plan, SplitMix64};
-use crate::sockio::{flush_queued, DirtySet, OutBuf, Queued, SendLags};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, SeqCounts, SeqOutcome};
+use crate::plan::{choose_senders, Due, Plan, SplitMix64};
+use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, NoticeCheck, NoticeLedger, Peer};
 
-const TIMER: Token = Token(0);
-const READ_BUF_BYTES: usize = 64 * 1024;
-const READ_BUDGET_BYTES: usize = 256 * 1024;
-const SEND_QUEUE_MESSAGES_MAX: usize = 4_096;
-const SEND_QUEUE_BYTES_MAX: usize = 1 << 20;
-const EVENTS_PER_SEND_CHECK: usize = 64;
-const BYTES_PER_SEND_CHECK: usize = 64 * 1024;
-const START_DELAY_US: u64 = 50_000;
-const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
-/// The ramp-up gives up after max(this, 3 times its planned time).
-const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
-const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
-const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 /// Draws of a (Src, Dst) pair for one link before it is given up as "every pair busy".
 const PAIR_DRAWS_MAX: usize = 64;
 /// Mixed into `--seed` for the link pairs, so they do not repeat the senders' choice.
@@ -100,10 +87,8 @@ pub struct Latencies {
     pub delivery: LatencyHistogram,
     /// CONNECT_RESPONSE 1 minus intended connect time.
     pub connect: LatencyHistogram,
-    pub send_lag: LatencyHistogram,
-    /// Public messages and link requests: noticed minus intended.
-    pub schedule_lateness: LatencyHistogram,
-    pub socket_blocked: LatencyHistogram,
+    /// Its schedule lateness covers public messages and link requests.
+    pub own: OwnLags,
     /// PRIVATE_SRC_ADDRESS at Dst minus the request's intended time.
     pub link: LatencyHistogram,
     /// PRIVATE_REQUEST_NOTIFY at Dst minus the request's intended time.
@@ -163,28 +148,6 @@ pub struct MatouOutcome {
     pub sign_out_wait_used_us: u64,
 }
 
-/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
-impl MatouOutcome {
-    /// The latencies the report measures the server by: written and plotted.
-    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("delivery", &self.latency.delivery),
-            ("connect", &self.latency.connect),
-            ("link", &self.latency.link),
-            ("link-notify", &self.latency.link_notify),
-        ]
-    }
-
-    /// The loadgen's own lags: written, not plotted.
-    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("send-lag", &self.latency.send_lag),
-            ("schedule-lateness", &self.latency.schedule_lateness),
-            ("socket-blocked", &self.latency.socket_blocked),
-        ]
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UserPhase {
     Idle,
@@ -204,14 +167,8 @@ struct User {
     ip: Option<IpAddr>,
     /// Sender ordinal in the public plan.
     sender: Option<u32>,
-    stream: Option<TcpStream>,
+    conn: Conn<()>,
     phase: UserPhase,
-    readable: bool,
-    writable: bool,
-    inbuf: BytesMut,
-    out: OutBuf,
-    /// Public messages in `out`, for the send accounting (brokering packets have no entry).
-    queue: VecDeque<Queued<()>>,
     intended_connect_us: u64,
     in_ramp: bool,
     /// Joined at some point: its deliveries count as expected from then on.
@@ -290,22 +247,56 @@ pub struct Run<'a> {
     bytes_since_send_check: usize,
 }
 
-pub fn run(cfg: &MatouConfig) -> Result<MatouOutcome, RunError> {
-    let mut run = start(cfg)?;
-    run.event_loop()?;
-    Ok(run.finish())
+/// The scenario as the registry lists it.
+pub struct Matou;
+
+impl ScenarioKind for Matou {
+    const PROTOCOL: Protocol = Protocol::Matou;
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
+    type Config = MatouConfig;
+    type Run<'a> = Run<'a>;
+    type Outcome = MatouOutcome;
+    type Report = report::Report;
+
+    fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
+        start(cfg)
+    }
+    fn finish(run: Run<'_>) -> MatouOutcome {
+        run.finish()
+    }
+    fn report(
+        cfg: &MatouConfig,
+        _seed: u64,
+        strict: bool,
+        outcome: &MatouOutcome,
+    ) -> report::Report {
+        report::Report::new(cfg, cfg.senders, strict, outcome)
+    }
+    /// The latencies the report measures the server by (written and plotted), then the
+    /// loadgen's own lags (written, not plotted).
+    fn histograms(outcome: &MatouOutcome) -> (Named<'_>, Named<'_>) {
+        (
+            vec![
+                ("delivery", &outcome.latency.delivery),
+                ("connect", &outcome.latency.connect),
+                ("link", &outcome.latency.link),
+                ("link-notify", &outcome.latency.link_notify),
+            ],
+            outcome.latency.own.named().to_vec(),
+        )
+    }
+    fn progress(cfg: &MatouConfig) -> bool {
+        cfg.progress
+    }
+    fn unreachable(cfg: &MatouConfig) -> String {
+        format!("no user could join a MATOU server at {}", cfg.target)
+    }
 }
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts()?;
     let now_us = clock.now_us();
     let rate = cfg.connect_rate_per_s.max(1);
     let users: Vec<User> = (0..cfg.users)
@@ -313,13 +304,8 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
             name: wire::user_name(cfg.run_id, i),
             ip: None,
             sender: None,
-            stream: None,
+            conn: Conn::default(),
             phase: UserPhase::Idle,
-            readable: false,
-            writable: false,
-            inbuf: BytesMut::new(),
-            out: OutBuf::default(),
-            queue: VecDeque::new(),
             intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
             in_ramp: true,
             joined: false,
@@ -397,7 +383,7 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
 
 impl Reactor for Run<'_> {
     driver::reactor_common!(RunError);
-    driver::drive_connections!(users, flush_dirty);
+    driver::drive_connections!(users.conn, flush_dirty);
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,
@@ -407,14 +393,6 @@ impl Reactor for Run<'_> {
 }
 
 impl Run<'_> {
-    fn event_loop(&mut self) -> Result<(), RunError> {
-        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
-        if self.cfg.progress {
-            eprintln!();
-        }
-        Ok(())
-    }
-
     fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.clock.now_us();
         match self.phase {
@@ -529,7 +507,7 @@ impl Run<'_> {
     /// Drain: nothing queued, every written message at every user still in the room, every
     /// link complete (or broken).
     fn everything_arrived(&self) -> bool {
-        if self.users.iter().any(|u| !u.queue.is_empty()) || self.links.open_count() > 0 {
+        if self.users.iter().any(|u| !u.conn.queue.is_empty()) || self.links.open_count() > 0 {
             return false;
         }
         let users = &self.users;
@@ -556,10 +534,10 @@ impl Run<'_> {
         };
         for u in 0..self.users.len() {
             let user = &mut self.users[u];
-            self.not_sent_at_end += user.queue.len() as u64;
-            user.queue.clear();
+            self.not_sent_at_end += user.conn.queue.len() as u64;
+            user.conn.queue.clear();
             if user.phase == UserPhase::Joined {
-                user.out.extend(&wire::public_sign_out());
+                user.conn.out.extend(&wire::public_sign_out());
                 user.phase = UserPhase::SigningOut;
                 self.signed_out += 1;
                 self.dirty.mark(u);
@@ -575,12 +553,9 @@ impl Run<'_> {
     }
 
     fn connect(&mut self, u: usize) {
-        match crate::connect::open(self.poll.registry(), self.cfg.target, u, Token(u + 1)) {
-            Ok(stream) => {
-                let user = &mut self.users[u];
-                user.stream = Some(stream);
-                user.phase = UserPhase::Connecting;
-            }
+        let user = &mut self.users[u];
+        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+            Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
     }
@@ -591,12 +566,7 @@ impl Run<'_> {
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
         if self.pool.is_empty() {
-            let why = self
-                .errors
-                .first
-                .first()
-                .map_or_else(|| "no user joined".to_string(), |(_, what)| what.clone());
-            return Err(RunError::Unreachable(why));
+            return Err(self.errors.unreachable("no user joined"));
         }
         for &u in &self.pool {
             self.users[u].in_room_after_ramp = true;
@@ -653,9 +623,13 @@ impl Run<'_> {
         let Some(plan) = self.plan.as_ref() else {
             return;
         };
-        let g = self.next_g;
+        let due = Due {
+            g: self.next_g,
+            intended_us,
+            noticed_us: now_us,
+        };
         self.next_g += 1;
-        let u = self.senders[plan.sender_of(g) as usize];
+        let u = self.senders[plan.sender_of(due.g) as usize];
         if self.users[u].phase != UserPhase::Joined {
             self.not_sent_connection_lost += 1;
             return;
@@ -664,7 +638,7 @@ impl Run<'_> {
         let stamp = Stamp {
             run_id: self.cfg.run_id,
             sender: u as u32,
-            seq: (g / u64::from(plan.senders)) as u32,
+            seq: (due.g / u64::from(plan.senders)) as u32,
             intended_us,
         };
         if stamp::write(content, &stamp).is_err() {
@@ -673,24 +647,15 @@ impl Run<'_> {
         }
         let packet = wire::public_message(content);
         let user = &mut self.users[u];
-        if user.queue.len() >= SEND_QUEUE_MESSAGES_MAX
-            || user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX
-        {
+        if queue_full(user.conn.queue.len(), user.conn.out.pending(), packet.len()) {
             self.not_sent_queue_full += 1;
             return;
         }
-        user.out.extend(&packet);
-        user.queue.push_back(Queued {
-            end: user.out.end(),
-            intended_us,
-            noticed_us: now_us,
-            tag: (),
-        });
-        if !plan.is_warmup(intended_us) {
-            self.latency
-                .schedule_lateness
-                .record(now_us.saturating_sub(intended_us));
-        }
+        user.conn.out.extend(&packet);
+        user.conn
+            .queue
+            .push_back(Queued::new(&user.conn.out, &due, ()));
+        plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
         self.dirty.mark(u);
     }
 
@@ -725,12 +690,13 @@ impl Run<'_> {
         }
         let packet = wire::private_request(&self.users[dst].name);
         let user = &self.users[src];
-        if user.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX {
+        if user.conn.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX {
             self.links_not_sent_queue_full += 1;
             return;
         }
         if !plan.is_warmup(intended_us) {
             self.latency
+                .own
                 .schedule_lateness
                 .record(now_us.saturating_sub(intended_us));
         }
@@ -738,7 +704,7 @@ impl Run<'_> {
             self.links_requested_in_window += 1;
         }
         self.links.open(src as u32, dst as u32, intended_us);
-        self.users[src].out.extend(&packet);
+        self.users[src].conn.out.extend(&packet);
         self.dirty.mark(src);
     }
 
@@ -753,37 +719,25 @@ impl Run<'_> {
         if !matches!(
             user.phase,
             UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
-        ) || !user.writable
+        ) || !user.conn.writable
         {
             return;
         }
-        let Some(stream) = user.stream.as_mut() else {
-            return;
-        };
-        if !user.out.has_pending() {
+        if !user.conn.out.has_pending() {
             return;
         }
         let lags = SendLags {
             plan: self.plan.as_ref(),
-            socket_blocked: &mut self.latency.socket_blocked,
-            send_lag: &mut self.latency.send_lag,
+            own: &mut self.latency.own,
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let drained = flush_queued(
-            stream,
-            &mut user.out,
-            &mut user.queue,
-            &self.clock,
-            lags,
-            |_, _| {
-                *sent += 1;
-                if let Some(ordinal) = sender {
-                    accounting.on_sent(ordinal as usize);
-                }
-            },
-        );
-        let failure = drained.failure(&mut user.writable);
+        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
         }
@@ -793,7 +747,7 @@ impl Run<'_> {
         match self.users[u].phase {
             UserPhase::Idle | UserPhase::Failed | UserPhase::Closed => {}
             UserPhase::Connecting => {
-                if self.users[u].readable || self.users[u].writable {
+                if self.users[u].conn.readable || self.users[u].conn.writable {
                     self.check_connected(u);
                 }
                 if self.users[u].phase != UserPhase::Connecting {
@@ -801,11 +755,11 @@ impl Run<'_> {
                 }
             }
             UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut => {
-                if self.users[u].readable {
+                if self.users[u].conn.readable {
                     self.read(u);
                 }
                 let user = &self.users[u];
-                if user.writable && user.out.has_pending() {
+                if user.conn.writable && user.conn.out.has_pending() {
                     self.flush(u);
                 }
             }
@@ -814,23 +768,19 @@ impl Run<'_> {
 
     fn check_connected(&mut self, u: usize) {
         let user = &mut self.users[u];
-        let Some(stream) = user.stream.as_ref() else {
-            return;
-        };
-        let outcome = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => stream.local_addr().map(|local| Some(local.ip())),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
-                Err(e) => Err(e),
-            },
+        let outcome = match user.conn.is_connected() {
+            Ok(true) => user.conn.stream.as_ref().map_or(Ok(None), |stream| {
+                stream.local_addr().map(|local| Some(local.ip()))
+            }),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(Some(ip)) => {
                 user.ip = Some(ip);
-                user.out.extend(&wire::connect_request(&user.name));
+                user.conn.out.extend(&wire::connect_request(&user.name));
                 user.phase = UserPhase::AwaitResponse;
-                user.readable = true;
+                user.conn.readable = true;
                 self.dirty.mark(u);
             }
             Ok(None) => {}
@@ -842,31 +792,23 @@ impl Run<'_> {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let user = &mut self.users[u];
-            let Some(stream) = user.stream.as_mut() else {
+            let Some(stream) = user.conn.stream.as_mut() else {
                 return;
             };
             if budget == 0 {
                 self.still_ready.push(u);
                 return;
             }
-            let n = match stream.read(&mut self.read_buf) {
-                Ok(0) => {
-                    self.on_server_close(u, "the server closed the connection".to_string());
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    user.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.on_server_close(u, format!("read: {e}"));
+            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
+                Chunk::Bytes(n) => n,
+                Chunk::Drained => return,
+                ended => {
+                    self.on_server_close(u, ended.why());
                     return;
                 }
             };
             budget = budget.saturating_sub(n);
-            user.inbuf.extend_from_slice(&self.read_buf[..n]);
+            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
             // One clock read per read(): every packet in this chunk arrived together.
             let now_us = self.clock.now_us();
             loop {
@@ -877,7 +819,7 @@ impl Run<'_> {
                     return;
                 }
                 let decoded = wire::decode(
-                    &mut self.users[u].inbuf,
+                    &mut self.users[u].conn.inbuf,
                     &self.limits,
                     self.cfg.run_id,
                     self.cfg.users,
@@ -893,7 +835,7 @@ impl Run<'_> {
                 };
                 self.on_packet(u, incoming, now_us);
             }
-            if self.users[u].out.has_pending() {
+            if self.users[u].conn.out.has_pending() {
                 self.dirty.mark(u); // brokering answers
             }
             self.bytes_since_send_check += n;
@@ -909,7 +851,7 @@ impl Run<'_> {
         if user.phase == UserPhase::SigningOut {
             user.phase = UserPhase::Closed;
             self.closed_after_sign_out += 1;
-            if let Some(mut stream) = user.stream.take() {
+            if let Some(mut stream) = user.conn.stream.take() {
                 let _ = self.poll.registry().deregister(&mut stream);
             }
             return;
@@ -992,7 +934,7 @@ impl Run<'_> {
                             }
                         }
                         let accept = wire::private_accept(&self.users[src].name);
-                        self.users[u].out.extend(&accept);
+                        self.users[u].conn.out.extend(&accept);
                         self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
@@ -1005,7 +947,7 @@ impl Run<'_> {
                         let (message_port, file_port) = links::ports(k);
                         let ports =
                             wire::private_src_ports(&self.users[dst].name, message_port, file_port);
-                        self.users[u].out.extend(&ports);
+                        self.users[u].conn.out.extend(&ports);
                         self.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
@@ -1129,13 +1071,7 @@ impl Run<'_> {
         self.links.break_user(u as u32);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.queue.len() as u64;
-        user.queue.clear();
-        user.out.clear();
-        user.inbuf.clear();
-        if let Some(mut stream) = user.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-        }
+        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -1172,10 +1108,7 @@ impl Run<'_> {
     pub fn finish(mut self) -> MatouOutcome {
         let end_us = self.clock.now_us();
         for user in &mut self.users {
-            self.not_sent_at_end += user.queue.len() as u64;
-            if let Some(mut stream) = user.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
+            self.not_sent_at_end += user.conn.close(self.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us

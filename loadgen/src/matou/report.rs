@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::{MatouConfig, MatouOutcome, Notices};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, ErrorLine, Errors, FailureInputs, Lines,
-    Losses, NotSent, Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Lines, Losses,
+    NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -46,10 +46,9 @@ pub struct Latencies {
     pub delivery: LatencySummary,
     /// CONNECT_RESPONSE 1 minus intended connect time.
     pub connect: LatencySummary,
-    pub send_lag: LatencySummary,
-    /// Public messages and link requests: loop noticed minus intended.
-    pub schedule_lateness: LatencySummary,
-    pub socket_blocked: LatencySummary,
+    /// Its schedule lateness covers public messages and link requests.
+    #[serde(flatten)]
+    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -230,7 +229,7 @@ impl Report {
         let not_closed = run.signed_out - run.closed_after_sign_out;
         let verdict = verdict(&ValidityInputs::measured(
             plan,
-            &l.schedule_lateness,
+            &l.own.schedule_lateness,
             &l.delivery,
         ));
         let outcome = matou_outcome(
@@ -263,7 +262,8 @@ impl Report {
                 sign_out_notices.duplicates
             ));
         }
-        let clamped = l.delivery.clamped + l.send_lag.clamped + l.connect.clamped + l.link.clamped;
+        let clamped =
+            l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped + l.link.clamped;
         if clamped > 0 {
             notes.push(format!(
                 "{clamped} latencies above 60 s were counted as 60 s"
@@ -319,9 +319,7 @@ impl Report {
             latency_ms: Latencies {
                 delivery: l.delivery.summary(),
                 connect: l.connect.summary(),
-                send_lag: l.send_lag.summary(),
-                schedule_lateness: l.schedule_lateness.summary(),
-                socket_blocked: l.socket_blocked.summary(),
+                own: OwnLagSummaries::of(&l.own),
             },
             losses,
             duplicates_or_reorders: run.seq.duplicates_or_reorders,
@@ -350,21 +348,7 @@ impl Report {
                 not_closed,
                 wait_ms: run.sign_out_wait_used_us as f64 / 1e3,
             },
-            errors: Errors {
-                connect: run.errors.connect,
-                read: run.errors.read,
-                write: run.errors.write,
-                protocol: run.errors.protocol,
-                first_of_each_kind: run
-                    .errors
-                    .first
-                    .iter()
-                    .map(|(kind, first)| ErrorLine {
-                        kind: kind.clone(),
-                        first: first.clone(),
-                    })
-                    .collect(),
-            },
+            errors: Errors::of(&run.errors),
             error_packets: run.error_packets,
             refusals: run.refusals,
             decode_errors: run.decode_errors,
@@ -481,7 +465,7 @@ impl Report {
                 k.address_mismatches
             ),
         );
-        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.send_lag(&l.own);
         let so = &self.sign_out;
         let sn = &self.sign_out_notices;
         out.line(

@@ -13,6 +13,11 @@ use switchboard::protocol::matou::codec::{self, ErrorCode, Packet};
 use super::report::Report;
 use super::*;
 
+/// The scenario run to its end, as `loadgen matou` runs it.
+fn run(cfg: &MatouConfig) -> Result<MatouOutcome, RunError> {
+    crate::registry::run_alone::<Matou>(cfg)
+}
+
 #[derive(Clone, Copy, Default)]
 struct Behaviour {
     /// Drop every n-th broadcast towards the first user that joined (0: none).

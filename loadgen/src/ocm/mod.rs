@@ -36,10 +36,9 @@ pub mod wire;
 mod tests;
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpStream, UdpSocket};
@@ -47,19 +46,23 @@ use mio::{Interest, Poll, Token};
 use switchboard::protocol::ocm::codec;
 
 use crate::clock::Clock;
-use crate::driver::{self, Reactor, RunError, SentReceived};
+use crate::driver::{
+    self, Reactor, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK,
+    PROGRESS_INTERVAL_US, START_DELAY_US,
+};
 use crate::pacer::Pacer;
-use crate::plan::Plan;
-use crate::sockio::{write_pending, Drained};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram};
+use crate::plan::{Due, Plan};
+use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendLags};
+use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 use accounting::{Accounting, Arrival};
 pub use accounting::{Counts, Losses};
 use stamp::Stamp;
 use wire::{Answer, ExpectedLeave, LeaveMatch};
 
-/// The pacer's token; member `u`'s UDP socket has token `1 + u`, its TCRP connection
-/// `1 + members + u`.
-const TIMER: Token = Token(0);
+// Tokens: the pacer's is `driver::TIMER` (0); member `u`'s UDP socket has token `1 + u`, its
+// TCRP connection `1 + members + u`.
+
 /// TCRP reads, and a copy of each datagram (at most `udp::SLOT_BYTES`).
 const RECV_BUF_BYTES: usize = 65_536;
 /// Datagrams read from one socket per turn before the others get theirs.
@@ -70,16 +73,9 @@ const RECV_BATCH_DATAGRAMS: usize = 16;
 const TCRP_ANSWER_BYTES_MAX: usize = 64 * 1024;
 /// Datagrams a member may hold while its socket is not writable; beyond, "not sent".
 const SEND_QUEUE_MESSAGES_MAX: usize = 1_024;
-/// Look for due sends after this many events, or datagrams received (see `room.rs`).
-const EVENTS_PER_SEND_CHECK: usize = 64;
 const DATAGRAMS_PER_SEND_CHECK: usize = 256;
-/// Between the end of the rooms phase and the first planned message (and the first exit).
-const START_DELAY_US: u64 = 50_000;
-const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(250);
 /// The rooms phase gives up after max(this, 3 times its planned time).
 const ROOMS_TIMEOUT_MIN_US: u64 = 10_000_000;
-const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
-const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
 pub struct OcmConfig {
@@ -103,6 +99,8 @@ pub struct OcmConfig {
     pub message_bytes: usize,
     /// SO_RCVBUF asked for on every UDP socket.
     pub recv_buffer_bytes: usize,
+    /// UDP loss allowed, in percent of the expected deliveries; more fails the run.
+    pub loss_max_percent: f64,
     pub run_id: u32,
     pub progress: bool,
 }
@@ -120,9 +118,7 @@ pub struct Latencies {
     /// The loop reading a datagram minus the kernel queueing it on the socket (its receive
     /// timestamp): the loadgen's own share of every delivery latency.
     pub receive_lag: LatencyHistogram,
-    pub send_lag: LatencyHistogram,
-    pub schedule_lateness: LatencyHistogram,
-    pub socket_blocked: LatencyHistogram,
+    pub own: OwnLags,
 }
 
 /// What the kernel made of the receive buffers asked for.
@@ -181,29 +177,6 @@ pub struct OcmOutcome {
     pub drain_timed_out: bool,
     pub exit_used_us: u64,
     pub exit_timed_out: bool,
-}
-
-/// The run's histograms by name, for `--hgrm` (files `<scenario>-<name>.hgrm`) and `--plot`.
-impl OcmOutcome {
-    /// The latencies the report measures the server by: written and plotted.
-    pub fn latency_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("create", &self.latency.create),
-            ("join", &self.latency.join),
-            ("delivery", &self.latency.delivery),
-            ("leave", &self.latency.leave),
-        ]
-    }
-
-    /// The loadgen's own lags: written, not plotted.
-    pub fn diagnostic_histograms(&self) -> Vec<(&'static str, &LatencyHistogram)> {
-        vec![
-            ("receive-lag", &self.latency.receive_lag),
-            ("send-lag", &self.latency.send_lag),
-            ("schedule-lateness", &self.latency.schedule_lateness),
-            ("socket-blocked", &self.latency.socket_blocked),
-        ]
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,22 +299,57 @@ pub struct Run<'a> {
     received_since_send_check: usize,
 }
 
-pub fn run(cfg: &OcmConfig) -> Result<OcmOutcome, RunError> {
-    let mut run = start(cfg)?;
-    run.event_loop()?;
-    Ok(run.finish())
+/// The scenario as the registry lists it.
+pub struct Ocm;
+
+impl ScenarioKind for Ocm {
+    const PROTOCOL: Protocol = Protocol::Ocm;
+    const UNREACHABLE_IN_MIX: &'static str = "no room could be created on the OCM server";
+    type Config = OcmConfig;
+    type Run<'a> = Run<'a>;
+    type Outcome = OcmOutcome;
+    type Report = report::Report;
+
+    fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
+        start(cfg)
+    }
+    fn finish(run: Run<'_>) -> OcmOutcome {
+        run.finish()
+    }
+    fn report(cfg: &OcmConfig, seed: u64, strict: bool, outcome: &OcmOutcome) -> report::Report {
+        report::Report::new(cfg, seed, strict, cfg.loss_max_percent, outcome)
+    }
+    /// The latencies the report measures the server by (written and plotted), then the
+    /// loadgen's own lags (written, not plotted).
+    fn histograms(outcome: &OcmOutcome) -> (Named<'_>, Named<'_>) {
+        (
+            vec![
+                ("create", &outcome.latency.create),
+                ("join", &outcome.latency.join),
+                ("delivery", &outcome.latency.delivery),
+                ("leave", &outcome.latency.leave),
+            ],
+            [("receive-lag", &outcome.latency.receive_lag)]
+                .into_iter()
+                .chain(outcome.latency.own.named())
+                .collect(),
+        )
+    }
+    fn progress(cfg: &OcmConfig) -> bool {
+        cfg.progress
+    }
+    fn unreachable(cfg: &OcmConfig) -> String {
+        format!(
+            "no room could be created on an OCM server at TCP {} / UDP {}",
+            cfg.tcp_target, cfg.udp_target
+        )
+    }
 }
 
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
+    let (clock, poll, pacer) = driver::loop_parts()?;
     let now_us = clock.now_us();
     let total = cfg.rooms * cfg.members;
     let members = (0..total)
@@ -471,14 +479,6 @@ impl Run<'_> {
     /// The intended time of the `i`-th exit, on the chat plan's overall spacing.
     fn exit_intended_us(&self, i: usize) -> u64 {
         self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
-    }
-
-    fn event_loop(&mut self) -> Result<(), RunError> {
-        driver::run_to_end(self, POLL_TIMEOUT_MAX)?;
-        if self.cfg.progress {
-            eprintln!();
-        }
-        Ok(())
     }
 
     fn advance(&mut self) -> Result<(), RunError> {
@@ -672,19 +672,13 @@ impl Run<'_> {
         let Some(tcrp) = self.members[u].tcrp.as_mut() else {
             return Ok(false);
         };
-        if let Some(e) = tcrp.stream.take_error()? {
-            return Err(e);
+        let connected = crate::connect::is_connected(&tcrp.stream)?;
+        if connected {
+            tcrp.connected = true;
+            // A connect completes with a writable edge; anything readable is read next.
+            tcrp.readable = true;
         }
-        match tcrp.stream.peer_addr() {
-            Ok(_) => {
-                tcrp.connected = true;
-                // A connect completes with a writable edge; anything readable is read next.
-                tcrp.readable = true;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(connected)
     }
 
     /// Binds the member's UDP socket on the IP its TCRP connection uses (the server binds the
@@ -768,21 +762,17 @@ impl Run<'_> {
             let Some(tcrp) = self.members[u].tcrp.as_mut() else {
                 return;
             };
-            let n = match tcrp.stream.read(&mut self.recv_buf) {
-                Ok(0) => {
+            let n = match read_chunk(&mut tcrp.stream, &mut self.recv_buf, &mut tcrp.readable) {
+                Chunk::Bytes(n) => n,
+                Chunk::Drained => return,
+                Chunk::Eof => {
                     let got = tcrp.inbuf.len();
                     self.fail(u, ErrorKind::Connect, || {
                         format!("the server closed the TCRP connection after {got} answer bytes")
                     });
                     return;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tcrp.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Chunk::Failed(e) => {
                     self.fail(u, ErrorKind::Read, || format!("TCRP read: {e}"));
                     return;
                 }
@@ -848,12 +838,7 @@ impl Run<'_> {
             .filter(|&u| self.members[u].phase == MemberPhase::Joined)
             .collect();
         if !self.room_created.iter().any(|&c| c) {
-            let why = self
-                .errors
-                .first
-                .first()
-                .map_or_else(|| "no room was created".to_string(), |(_, w)| w.clone());
-            return Err(RunError::Unreachable(why));
+            return Err(self.errors.unreachable("no room was created"));
         }
         for (ordinal, &u) in self.senders.iter().enumerate() {
             self.members[u].sender = Some(ordinal as u32);
@@ -880,19 +865,10 @@ impl Run<'_> {
             return;
         };
         let now_us = self.clock.now_us();
-        while self.next_g < plan.messages {
-            let intended_us = plan.intended_us(self.next_g);
-            if intended_us > now_us {
-                break;
-            }
-            let g = self.next_g;
-            self.next_g += 1;
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let Due { g, intended_us, .. } = due;
             let u = self.senders[plan.sender_of(g) as usize];
-            if !plan.is_warmup(intended_us) {
-                self.latency
-                    .schedule_lateness
-                    .record(now_us.saturating_sub(intended_us));
-            }
+            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
             if self.members[u].phase != MemberPhase::Joined {
                 self.not_sent_connection_lost += 1;
                 continue;
@@ -1060,20 +1036,12 @@ impl Run<'_> {
         };
         self.sent += 1;
         self.accounting.on_sent(u);
-        let Some(plan) = self.plan.as_ref() else {
-            return;
+        let mut lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.latency.own,
+            sent_in_window: &mut self.sent_in_window,
         };
-        if !plan.is_warmup(intended_us) {
-            self.latency
-                .socket_blocked
-                .record(attempt_us.saturating_sub(noticed_us));
-            self.latency
-                .send_lag
-                .record(done_us.saturating_sub(intended_us));
-        }
-        if (plan.measure_start_us()..plan.measure_end_us()).contains(&done_us) {
-            self.sent_in_window += 1;
-        }
+        lags.record(intended_us, noticed_us, attempt_us, done_us);
     }
 
     fn drive_udp(&mut self, u: usize) {

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::{OcmConfig, OcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, ErrorLine, Errors, FailureInputs, Lines, NotSent,
-    Outcome, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Errors, FailureInputs, Lines, NotSent, Outcome,
+    OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -119,9 +119,8 @@ pub struct Latencies {
     pub leave: LatencySummary,
     /// Datagram read by the loop minus queued by the kernel (the loadgen's own share).
     pub receive_lag: LatencySummary,
-    pub send_lag: LatencySummary,
-    pub schedule_lateness: LatencySummary,
-    pub socket_blocked: LatencySummary,
+    #[serde(flatten)]
+    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -245,7 +244,7 @@ impl Report {
         let percent = losses.percent();
         let rb = &run.recv_buffers;
         let verdict = ocm_verdict(
-            &ValidityInputs::measured(plan, &l.schedule_lateness, &l.delivery),
+            &ValidityInputs::measured(plan, &l.own.schedule_lateness, &l.delivery),
             (l.receive_lag.len() > 0).then(|| l.receive_lag.value_at_quantile_us(0.99)),
             rb.dropped,
         );
@@ -301,7 +300,8 @@ impl Report {
                 run.counts.missing_not_remembered
             ));
         }
-        let clamped = l.delivery.clamped + l.send_lag.clamped + l.create.clamped + l.join.clamped;
+        let clamped =
+            l.delivery.clamped + l.own.send_lag.clamped + l.create.clamped + l.join.clamped;
         if clamped > 0 {
             notes.push(format!(
                 "{clamped} latencies above 60 s were counted as 60 s"
@@ -361,9 +361,7 @@ impl Report {
                 delivery: l.delivery.summary(),
                 leave: l.leave.summary(),
                 receive_lag: l.receive_lag.summary(),
-                send_lag: l.send_lag.summary(),
-                schedule_lateness: l.schedule_lateness.summary(),
-                socket_blocked: l.socket_blocked.summary(),
+                own: OwnLagSummaries::of(&l.own),
             },
             udp_loss: UdpLoss {
                 lost: losses.lost,
@@ -392,21 +390,7 @@ impl Report {
                 sockets: rb.sockets,
                 loadgen_dropped: rb.dropped,
             },
-            errors: Errors {
-                connect: run.errors.connect,
-                read: run.errors.read,
-                write: run.errors.write,
-                protocol: run.errors.protocol,
-                first_of_each_kind: run
-                    .errors
-                    .first
-                    .iter()
-                    .map(|(kind, first)| ErrorLine {
-                        kind: kind.clone(),
-                        first: first.clone(),
-                    })
-                    .collect(),
-            },
+            errors: Errors::of(&run.errors),
             foreign_texts: run.foreign_texts,
             drain_ms: run.drain_used_us as f64 / 1e3,
             drain_timed_out: run.drain_timed_out,
@@ -537,7 +521,7 @@ impl Report {
             ),
         );
         out.line("leave texts", l.leave.percentiles_or_none());
-        out.send_lag(&l.send_lag, &l.schedule_lateness, &l.socket_blocked);
+        out.send_lag(&l.own);
         out.errors(&self.errors, "");
         if self.foreign_texts > 0 {
             out.line(

@@ -13,6 +13,11 @@ use switchboard::protocol::ocm::json;
 
 use super::*;
 
+/// The scenario run to its end, as `loadgen ocm` runs it.
+fn run(cfg: &OcmConfig) -> Result<OcmOutcome, RunError> {
+    crate::registry::run_alone::<Ocm>(cfg)
+}
+
 #[derive(Clone, Copy, Default)]
 struct Behaviour {
     /// Drop every n-th chat delivery (0: none).
@@ -186,6 +191,7 @@ fn config(server: &Server) -> OcmConfig {
         exit_wait_us: 1_000_000,
         message_bytes: 64,
         recv_buffer_bytes: 1 << 20,
+        loss_max_percent: 0.0,
         run_id: 0x0c0f_fee0,
         progress: false,
     }

@@ -15,8 +15,8 @@
 //! session, closes the connection and picks the exit status, so every exit path is in one place
 //! and a signal is handled even while the session thread is blocked.
 
-use std::io::{self, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::{self, IsTerminal, Write};
+use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -25,14 +25,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::ccm::codec::{
     decode, decode_text, encode, Message, MessageType, HEADER_BYTES_MAX,
 };
 
 use crate::hints::{self, Protocol};
-use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::input::display_addr;
+use crate::shell::{self, Stdin};
 use crate::text::render;
 
 /// The encoding of everything this client sends, declared in `Message-Encoding`.
@@ -143,11 +142,8 @@ enum Event {
 
 /// What the session thread waits for.
 enum Input {
-    /// A line typed, without its line end.
-    Line(Vec<u8>),
-    LineTooLong,
-    StdinEnd,
-    StdinFailed(String),
+    /// Standard input: a line typed, or its end.
+    Stdin(Stdin),
     Message(Message),
     /// The server closed the connection (or it was shut down from our side).
     Closed,
@@ -156,102 +152,42 @@ enum Input {
 }
 
 pub fn run(args: CcmArgs) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
-
-    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
-    // instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
+    let started = shell::start(
+        || Event::Signal,
+        ("session", "session thread"),
+        move |tx| {
+            let end = session(&args, &tx);
+            let _ = tx.send(end);
+            let _ = tx.send(Event::SessionDone);
+        },
+    );
+    match started {
+        Ok(rx) => finish(&rx),
+        Err(code) => code,
     }
-
-    // The connect may block for long; doing it off the main thread keeps main free to react
-    // to a signal meanwhile.
-    let session_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("session".into())
-        .spawn(move || {
-            let end = session(&args, &session_tx);
-            let _ = session_tx.send(end);
-            let _ = session_tx.send(Event::SessionDone);
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the session thread: {e}");
-        return ExitCode::FAILURE;
-    }
-    drop(tx);
-
-    finish(&rx)
 }
 
 /// Waits for the event that ends the session, closes the connection and reports.
 fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let mut stream = None;
-    let outcome = loop {
-        match rx.recv() {
-            Ok(Event::Connected(s)) => stream = Some(s),
-            Ok(event) => break event,
-            // Every sender is gone without a word: nothing sensible is left to do but stop.
-            Err(_) => break Event::Failed("chat: internal error: all worker threads ended".into()),
-        }
-    };
-
-    if let Some(stream) = &stream {
-        // Shutdown rather than drop: the other threads hold the socket too, and shutdown both
-        // sends the FIN now and wakes a blocked read or write.
-        let _ = stream.shutdown(Shutdown::Both);
-        if !matches!(outcome, Event::SessionDone) {
-            wait_for_session(rx);
-        }
-    }
+    let outcome = shell::await_end(
+        rx,
+        SESSION_GRACE,
+        |event| match event {
+            Event::Connected(stream) => Ok(stream),
+            other => Err(other),
+        },
+        |event| matches!(event, Event::SessionDone),
+        Event::Failed,
+    );
 
     match outcome {
-        Event::Signal => {
-            // The terminal echoed `^C` without a newline; give the shell prompt its own line.
-            if io::stderr().is_terminal() {
-                eprintln!();
-            }
-            ExitCode::SUCCESS
-        }
+        Event::Signal => shell::signalled(),
         Event::InputEnded | Event::SessionDone | Event::Connected(_) => ExitCode::SUCCESS,
         Event::ServerClosed => {
             eprintln!("chat: connection closed by the server");
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the session thread finish the line it is printing so that output does not stop
-/// mid-line.
-fn wait_for_session(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + SESSION_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::SessionDone) | Err(_) => return,
-            Ok(_) => {}
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 
@@ -355,11 +291,11 @@ fn converse(
             hint = None;
         }
         match input {
-            Input::Line(line) => session.on_line(&line, &mut actions),
-            Input::LineTooLong => session.on_line_too_long(&mut actions),
-            Input::StdinEnd => session.on_input_end(&mut actions),
+            Input::Stdin(Stdin::Line(line)) => session.on_line(&line, &mut actions),
+            Input::Stdin(Stdin::LineTooLong) => session.on_line_too_long(&mut actions),
+            Input::Stdin(Stdin::End) => session.on_input_end(&mut actions),
             Input::Message(message) => session.on_message(&message, &mut actions),
-            Input::StdinFailed(message) | Input::ReadFailed(message) => {
+            Input::Stdin(Stdin::Failed(message)) | Input::ReadFailed(message) => {
                 return Event::Failed(message)
             }
             Input::Closed => {
@@ -437,42 +373,17 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Inp
                 }
             }
         }
-        match (&*stream).read(&mut buf) {
-            Ok(0) => return Input::Closed,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // The server dropping a connection with our bytes still unread shows as a reset:
-            // it is the server closing all the same.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return Input::Closed
-            }
-            Err(e) => return Input::ReadFailed(format!("chat: connection to {addr} lost: {e}")),
+        match shell::read_more(stream, &mut buf, &mut pending, addr) {
+            Ok(true) => {}
+            Ok(false) => return Input::Closed,
+            Err(why) => return Input::ReadFailed(why),
         }
     }
 }
 
 /// The stdin thread: one input per line, then the end of input.
 fn read_lines(tx: &Sender<Input>) {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
-    loop {
-        let next = match read_line_limited(&mut input, &mut line, MAX_LINE_BYTES) {
-            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
-            Ok(LineRead::TooLong) => Input::LineTooLong,
-            Ok(LineRead::Eof) => Input::StdinEnd,
-            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
-        };
-        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
-        if tx.send(next).is_err() || last {
-            return;
-        }
-    }
+    shell::read_lines(tx, MAX_LINE_BYTES, Input::Stdin);
 }
 
 /// What the session asks the I/O around it to do, in order.
@@ -748,6 +659,7 @@ fn shown(mut line: String) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::{read_line_limited, trim_line_end, LineRead};
 
     const TOKEN: &[u8] = b"0123456789abcdef0123456789abcdef";
 

@@ -11,6 +11,7 @@ mod input;
 mod matou;
 mod ocm;
 mod room;
+mod shell;
 mod text;
 
 use std::process::ExitCode;

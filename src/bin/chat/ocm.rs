@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use clap::{Args, ValueEnum};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::ocm::codec::{
     decode_answer, encode_datagram, encode_request, host_leave_text, leave_text,
     room_exists_message, room_missing_message, EncodeError, TcrpAnswer, DATAGRAM_BYTES_MAX,
@@ -39,7 +37,8 @@ use switchboard::protocol::ocm::codec::{
 use switchboard::protocol::ocm::json;
 
 use crate::hints::{self, Protocol};
-use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::input::display_addr;
+use crate::shell::{self, Stdin};
 use crate::text::render;
 
 /// Largest TCRP answer body accepted. Real answers are under 300 bytes; the 29-byte size field
@@ -211,11 +210,8 @@ struct Joined {
 
 /// What the session thread waits for once the room is joined.
 enum Input {
-    /// A line typed, without its line end.
-    Line(Vec<u8>),
-    LineTooLong,
-    StdinEnd,
-    StdinFailed(String),
+    /// Standard input: a line typed, or its end.
+    Stdin(Stdin),
     /// A datagram from the server.
     Text(Vec<u8>),
     /// Receiving failed; the text is shown as is.
@@ -225,49 +221,19 @@ enum Input {
 }
 
 pub fn run(args: OcmArgs) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
-
-    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
-    // instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
+    let started = shell::start(
+        || Event::Signal,
+        ("session", "session thread"),
+        move |tx| {
+            let end = session(&args, &tx);
+            let _ = tx.send(end);
+            let _ = tx.send(Event::SessionDone);
+        },
+    );
+    match started {
+        Ok(rx) => finish(&rx),
+        Err(code) => code,
     }
-
-    // The connect and the answer may take long; doing them off the main thread keeps main
-    // free to react to a signal meanwhile.
-    let session_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("session".into())
-        .spawn(move || {
-            let end = session(&args, &session_tx);
-            let _ = session_tx.send(end);
-            let _ = session_tx.send(Event::SessionDone);
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the session thread: {e}");
-        return ExitCode::FAILURE;
-    }
-    drop(tx);
-
-    finish(&rx)
 }
 
 /// Waits for the event that ends the session, says goodbye if the session could not, and
@@ -293,44 +259,22 @@ fn finish(rx: &Receiver<Event>) -> ExitCode {
         }
         if !matches!(outcome, Event::SessionDone) {
             let _ = joined.inputs.send(Input::Stop);
-            wait_for_session(rx);
+            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
         }
     } else if let Some(stream) = &stream {
         // Still asking: shutdown wakes the session thread's blocked read.
         let _ = stream.shutdown(Shutdown::Both);
         if !matches!(outcome, Event::SessionDone) {
-            wait_for_session(rx);
+            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
         }
     }
 
     match outcome {
-        Event::Signal => {
-            // The terminal echoed `^C` without a newline; give the shell prompt its own line.
-            if io::stderr().is_terminal() {
-                eprintln!();
-            }
-            ExitCode::SUCCESS
-        }
+        Event::Signal => shell::signalled(),
         Event::Ended | Event::SessionDone | Event::Connected(_) | Event::Joined(_) => {
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the session thread finish the line it is printing so that output does not stop
-/// mid-line.
-fn wait_for_session(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + SESSION_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::SessionDone) | Err(_) => return,
-            Ok(_) => {}
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 
@@ -590,11 +534,11 @@ fn converse(
             return Event::Failed("chat: internal error: the input threads ended".into());
         };
         match input {
-            Input::Line(line) => session.on_line(&line, &mut actions),
-            Input::LineTooLong => session.on_line_too_long(&mut actions),
-            Input::StdinEnd => session.on_input_end(&mut actions),
+            Input::Stdin(Stdin::Line(line)) => session.on_line(&line, &mut actions),
+            Input::Stdin(Stdin::LineTooLong) => session.on_line_too_long(&mut actions),
+            Input::Stdin(Stdin::End) => session.on_input_end(&mut actions),
             Input::Text(text) => session.on_text(&text, &mut actions),
-            Input::StdinFailed(message) | Input::ReceiveFailed(message) => {
+            Input::Stdin(Stdin::Failed(message)) | Input::ReceiveFailed(message) => {
                 return Event::Failed(message)
             }
             Input::Stop => return Event::Ended,
@@ -656,22 +600,8 @@ fn receive(socket: &UdpSocket, server: SocketAddr, tx: &Sender<Input>) {
 
 /// The stdin thread: one input per line, then the end of input.
 fn read_lines(tx: &Sender<Input>) {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
-    loop {
-        // No line longer than a whole datagram can be sent, whatever the room and token.
-        let next = match read_line_limited(&mut input, &mut line, DATAGRAM_BYTES_MAX) {
-            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
-            Ok(LineRead::TooLong) => Input::LineTooLong,
-            Ok(LineRead::Eof) => Input::StdinEnd,
-            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
-        };
-        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
-        if tx.send(next).is_err() || last {
-            return;
-        }
-    }
+    // No line longer than a whole datagram can be sent, whatever the room and token.
+    shell::read_lines(tx, DATAGRAM_BYTES_MAX, Input::Stdin);
 }
 
 /// What the session asks the I/O around it to do, in order.

@@ -13,20 +13,19 @@
 //! one place.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::room::codec::{bytes_repr, ALIAS_BYTES_MAX, GREETING};
 
 use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::shell;
 use crate::text::render_bytes;
 
 /// What the server sends, alone, when it wants the nick.
@@ -138,98 +137,39 @@ enum Event {
 }
 
 pub fn run(args: RoomArgs) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
-
-    // Installed before the prompt and the connect so that Ctrl-C at any moment takes the same
-    // clean path instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
+    // The prompt for a nick may block too: it runs on the session thread.
+    match shell::start(
+        || Event::Signal,
+        ("stdin", "input thread"),
+        move |tx| session(args, &tx),
+    ) {
+        Ok(rx) => finish(&rx),
+        Err(code) => code,
     }
-
-    // The prompt and the connect may block for long; doing them off the main thread keeps main
-    // free to react to a signal meanwhile.
-    let session_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || session(args, &session_tx));
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the input thread: {e}");
-        return ExitCode::FAILURE;
-    }
-    drop(tx);
-
-    finish(&rx)
 }
 
 /// Waits for the event that ends the session, closes the connection and reports.
 fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let mut stream = None;
-    let outcome = loop {
-        match rx.recv() {
-            Ok(Event::Connected(s)) => stream = Some(s),
-            Ok(event) => break event,
-            // Every sender is gone without a word: nothing sensible is left to do but stop.
-            Err(_) => break Event::Failed("chat: internal error: all worker threads ended".into()),
-        }
-    };
-
-    if let Some(stream) = &stream {
-        // Shutdown rather than drop: the reader thread holds the socket too, and shutdown both
-        // sends the FIN now and wakes that thread's blocked read.
-        let _ = stream.shutdown(Shutdown::Both);
-        if !matches!(outcome, Event::ReaderDone) {
-            wait_for_reader(rx);
-        }
-    }
+    let outcome = shell::await_end(
+        rx,
+        READER_GRACE,
+        |event| match event {
+            Event::Connected(stream) => Ok(stream),
+            other => Err(other),
+        },
+        |event| matches!(event, Event::ReaderDone),
+        Event::Failed,
+    );
     let _ = io::stdout().flush();
 
     match outcome {
-        Event::Signal => {
-            // The terminal echoed `^C` without a newline; give the shell prompt its own line.
-            if io::stderr().is_terminal() {
-                eprintln!();
-            }
-            ExitCode::SUCCESS
-        }
+        Event::Signal => shell::signalled(),
         Event::StdinEof | Event::ReaderDone | Event::Connected(_) => ExitCode::SUCCESS,
         Event::ServerClosed => {
             eprintln!("chat: connection closed by the server");
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the reader finish the chunk it is printing so that output does not stop mid-line.
-fn wait_for_reader(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + READER_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::ReaderDone) | Err(_) => return,
-            Ok(_) => {}
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 

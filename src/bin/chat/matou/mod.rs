@@ -21,7 +21,7 @@ mod screen;
 mod session;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,12 +32,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use clap::Args;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use switchboard::protocol::matou::codec::{decode_from_server, Limits, Packet};
 
 use crate::hints::{self, Protocol};
-use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
+use crate::input::display_addr;
+use crate::shell::{self, Stdin};
 use files::{Downloads, ReceiveLimits};
 use link::{Link, LinkContext, Pending};
 use screen::Screen;
@@ -188,11 +187,8 @@ enum Event {
 
 /// What the session thread waits for.
 enum Input {
-    /// A line typed, without its line end.
-    Line(Vec<u8>),
-    LineTooLong,
-    StdinEnd,
-    StdinFailed(String),
+    /// Standard input: a line typed, or its end.
+    Stdin(Stdin),
     Signal,
     Packet(Packet),
     /// The server closed the connection (or it was shut down from our side).
@@ -222,51 +218,21 @@ enum Input {
 }
 
 pub fn run(args: MatouArgs) -> ExitCode {
-    let (tx, rx) = mpsc::channel();
     let (input_tx, input_rx) = mpsc::channel();
-
-    // Installed before the connect so that Ctrl-C at any moment takes the same clean path
-    // instead of the default kill.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("chat: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal_tx = tx.clone();
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if signal_tx.send(Event::Signal).is_err() {
-                    break;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
-    }
-
-    // The connect may block for long; doing it off the main thread keeps main free to react
-    // to a signal meanwhile.
-    let session_tx = tx.clone();
     let inputs = input_tx.clone();
-    let spawned = thread::Builder::new()
-        .name("session".into())
-        .spawn(move || {
-            let end = session(args, &session_tx, inputs, &input_rx);
-            let _ = session_tx.send(end);
-            let _ = session_tx.send(Event::SessionDone);
-        });
-    if let Err(e) = spawned {
-        eprintln!("chat: cannot start the session thread: {e}");
-        return ExitCode::FAILURE;
+    let started = shell::start(
+        || Event::Signal,
+        ("session", "session thread"),
+        move |tx| {
+            let end = session(args, &tx, inputs, &input_rx);
+            let _ = tx.send(end);
+            let _ = tx.send(Event::SessionDone);
+        },
+    );
+    match started {
+        Ok(rx) => finish(&rx, &input_tx),
+        Err(code) => code,
     }
-    drop(tx);
-
-    finish(&rx, &input_tx)
 }
 
 /// Waits for the event that ends the session, closes the connection and reports.
@@ -302,7 +268,7 @@ fn finish(rx: &Receiver<Event>, inputs: &Sender<Input>) -> ExitCode {
         // sends the FIN now and wakes a blocked read or write.
         let _ = stream.shutdown(Shutdown::Both);
         if !matches!(outcome, Event::SessionDone) {
-            wait_for_session(rx);
+            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
         }
     }
 
@@ -316,23 +282,7 @@ fn finish(rx: &Receiver<Event>, inputs: &Sender<Input>) -> ExitCode {
             eprintln!("chat: connection closed by the server");
             ExitCode::SUCCESS
         }
-        Event::Failed(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets the session thread finish the line it is printing so that output does not stop
-/// mid-line.
-fn wait_for_session(rx: &Receiver<Event>) {
-    let deadline = Instant::now() + SESSION_GRACE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::SessionDone) | Err(_) => return,
-            Ok(_) => {}
-        }
+        Event::Failed(message) => shell::failed(&message),
     }
 }
 
@@ -459,12 +409,12 @@ fn converse(io: &mut Io, session: &mut Session, inputs: &Receiver<Input>) -> Eve
             },
         };
         match input {
-            Input::Line(line) => session.on_line(&line, &mut actions),
-            Input::LineTooLong => session.on_line_too_long(&mut actions),
-            Input::StdinEnd => session.on_input_end(&mut actions),
+            Input::Stdin(Stdin::Line(line)) => session.on_line(&line, &mut actions),
+            Input::Stdin(Stdin::LineTooLong) => session.on_line_too_long(&mut actions),
+            Input::Stdin(Stdin::End) => session.on_input_end(&mut actions),
             Input::Signal => session.on_signal(&mut actions),
             Input::Packet(packet) => session.on_server(packet, &mut actions),
-            Input::StdinFailed(message) | Input::ServerFailed(message) => {
+            Input::Stdin(Stdin::Failed(message)) | Input::ServerFailed(message) => {
                 return Event::Failed(message)
             }
             Input::ServerClosed => {
@@ -664,40 +614,15 @@ fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Inp
                 }
             }
         }
-        match (&*stream).read(&mut buf) {
-            Ok(0) => return Input::ServerClosed,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // The server dropping a connection with our bytes still unread shows as a reset:
-            // it is the server closing all the same.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return Input::ServerClosed
-            }
-            Err(e) => return Input::ServerFailed(format!("chat: connection to {addr} lost: {e}")),
+        match shell::read_more(stream, &mut buf, &mut pending, addr) {
+            Ok(true) => {}
+            Ok(false) => return Input::ServerClosed,
+            Err(why) => return Input::ServerFailed(why),
         }
     }
 }
 
 /// The stdin thread: one input per line, then the end of input.
 fn read_lines(tx: &Sender<Input>) {
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
-    loop {
-        let next = match read_line_limited(&mut input, &mut line, MAX_LINE_BYTES) {
-            Ok(LineRead::Line) => Input::Line(trim_line_end(&line).to_vec()),
-            Ok(LineRead::TooLong) => Input::LineTooLong,
-            Ok(LineRead::Eof) => Input::StdinEnd,
-            Err(e) => Input::StdinFailed(format!("chat: cannot read standard input: {e}")),
-        };
-        let last = matches!(next, Input::StdinEnd | Input::StdinFailed(_));
-        if tx.send(next).is_err() || last {
-            return;
-        }
-    }
+    shell::read_lines(tx, MAX_LINE_BYTES, Input::Stdin);
 }

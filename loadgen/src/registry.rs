@@ -1,0 +1,187 @@
+//! The one list of the loadgen's protocols, which `main`, `mix` and `churn` all read.
+//!
+//! Each protocol's folder implements [`ScenarioKind`] for its marker type (`room::Room`,
+//! `bin24::Bin24`, ...): how its run starts and ends, what its report is, which histograms it
+//! writes and what it says when no server answered. The single-protocol subcommand
+//! ([`run_single`]) and the mix ([`MixJob`]) drive every protocol through that one trait, so
+//! adding a protocol is its folder, a [`Protocol`] variant here and its arm in [`Protocol`]'s
+//! table.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::driver::{self, Reactor, RunError};
+use crate::report::ScenarioReport;
+use crate::stats::LatencyHistogram;
+
+/// The protocols, in the order `--protocols` lists them by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Room,
+    Bin24,
+    Ccm,
+    Matou,
+    Ocm,
+}
+
+/// What the mix and churn need to know of a protocol beyond its scenario.
+pub struct ProtocolInfo {
+    /// Its name in `--protocols`, the JSON keys and the mix's rows.
+    pub name: &'static str,
+    /// Fewest clients its scenario runs with.
+    pub clients_min: usize,
+    /// Churn: the first letter of every connection's name (unique per connection and protocol).
+    pub churn_prefix: &'static str,
+    /// Where its report keeps what the mix's summary row shows (JSON pointers).
+    pub row: RowSource,
+}
+
+/// Where a report keeps what its summary row shows (JSON pointers into the report), apart from
+/// what every report has in the same place (`/send`, `/errors`, `/verdict`, `/outcome`).
+pub struct RowSource {
+    pub requested: &'static str,
+    pub joined: &'static str,
+    /// "delivery", or "ack" for BIN24 (the sender's "200").
+    pub latency: &'static str,
+    pub latency_path: &'static str,
+    pub losses: &'static str,
+}
+
+const CONNECTIONS: (&str, &str) = ("/connections/requested", "/connections/joined");
+const DELIVERY: (&str, &str) = ("delivery", "/latency_ms/delivery");
+const LOSSES: &str = "/losses/total";
+
+const fn info(
+    name: &'static str,
+    clients_min: usize,
+    churn_prefix: &'static str,
+    (requested, joined): (&'static str, &'static str),
+    (latency, latency_path): (&'static str, &'static str),
+    losses: &'static str,
+) -> ProtocolInfo {
+    ProtocolInfo {
+        name,
+        clients_min,
+        churn_prefix,
+        row: RowSource {
+            requested,
+            joined,
+            latency,
+            latency_path,
+            losses,
+        },
+    }
+}
+
+static ROOM: ProtocolInfo = info("room", 1, "r", CONNECTIONS, DELIVERY, LOSSES);
+static BIN24: ProtocolInfo = info(
+    "bin24",
+    2,
+    "k",
+    CONNECTIONS,
+    ("ack", "/latency_ms/ack_200"),
+    "/messages/lost/total",
+);
+static CCM: ProtocolInfo = info("ccm", 2, "c", CONNECTIONS, DELIVERY, LOSSES);
+static MATOU: ProtocolInfo = info("matou", 2, "m", CONNECTIONS, DELIVERY, LOSSES);
+static OCM: ProtocolInfo = info(
+    "ocm",
+    2,
+    "o",
+    ("/rooms/members_requested", "/rooms/members_joined"),
+    DELIVERY,
+    "/udp_loss/lost",
+);
+
+impl Protocol {
+    pub fn info(self) -> &'static ProtocolInfo {
+        match self {
+            Protocol::Room => &ROOM,
+            Protocol::Bin24 => &BIN24,
+            Protocol::Ccm => &CCM,
+            Protocol::Matou => &MATOU,
+            Protocol::Ocm => &OCM,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+}
+
+/// Named histograms of a run: (name, histogram).
+pub type Named<'a> = Vec<(&'static str, &'a LatencyHistogram)>;
+
+/// One protocol's scenario, as `main` and the mix drive it.
+pub trait ScenarioKind {
+    const PROTOCOL: Protocol;
+    /// The histogram the mix plots as this protocol's curve (its summary row's latency).
+    const MAIN_HISTOGRAM: &'static str = "delivery";
+    /// The mix's words when no client reached the server ("no user could join the CCM server").
+    const UNREACHABLE_IN_MIX: &'static str;
+    /// The settings, validated by the caller.
+    type Config: Sync;
+    type Run<'a>: Reactor<Error = RunError> + 'a;
+    type Outcome;
+    type Report: ScenarioReport;
+
+    /// Sets the run up; nothing happens until it is driven.
+    fn start(cfg: &Self::Config) -> Result<Self::Run<'_>, RunError>;
+    /// Closes everything and hands the measurements over.
+    fn finish(run: Self::Run<'_>) -> Self::Outcome;
+    fn report(cfg: &Self::Config, seed: u64, strict: bool, outcome: &Self::Outcome)
+        -> Self::Report;
+    /// The latencies the server is measured by (written and plotted), then the loadgen's own
+    /// lags (written only).
+    fn histograms(outcome: &Self::Outcome) -> (Named<'_>, Named<'_>);
+    /// Whether the run draws a progress line (then it ends that line when done).
+    fn progress(cfg: &Self::Config) -> bool;
+    /// The single run's words when no client reached the server, with its address.
+    fn unreachable(cfg: &Self::Config) -> String;
+    /// The prefix of its --hgrm files (RESP runs the ROOM scenario under its own name).
+    fn file_name(_cfg: &Self::Config) -> &'static str {
+        Self::PROTOCOL.name()
+    }
+}
+
+/// Runs the scenario to its end on a loop of its own.
+pub fn run_alone<K: ScenarioKind>(cfg: &K::Config) -> Result<K::Outcome, RunError> {
+    let mut run = K::start(cfg)?;
+    driver::run_to_end(&mut run, driver::POLL_TIMEOUT_MAX)?;
+    if K::progress(cfg) {
+        eprintln!();
+    }
+    Ok(K::finish(run))
+}
+
+/// A single-protocol run from its validated config: the open-files limit for `files` sockets,
+/// the output files, the run, the report.
+pub fn run_single<K: ScenarioKind>(
+    common: &crate::CommonArgs,
+    cfg: &K::Config,
+    files: u64,
+    title: String,
+) -> ExitCode {
+    if let Err(why) = crate::limits::ensure_open_files(files + crate::SPARE_FILES) {
+        return crate::refuse(why);
+    }
+    let outputs = match crate::Outputs::prepare(common) {
+        Ok(outputs) => outputs,
+        Err(why) => return crate::refuse(why),
+    };
+    let outcome = match run_alone::<K>(cfg) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            outputs.discard();
+            return crate::refuse(match e {
+                RunError::Unreachable(why) => format!("{}: {why}", K::unreachable(cfg)),
+                RunError::Setup(why) => format!("setup failed: {why}"),
+            });
+        }
+    };
+    let report = K::report(cfg, common.seed, common.strict, &outcome);
+    let (plotted, diagnostic) = K::histograms(&outcome);
+    outputs.deliver(K::file_name(cfg), title, &plotted, &diagnostic, &report)
+}
