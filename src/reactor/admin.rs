@@ -1,32 +1,38 @@
 //! The admin port: `GET /metrics` answered with the server's statistics in the Prometheus text
 //! format, by the same reactor as everything else.
 //!
-//! Admin connections are ordinary non-blocking sockets kept apart from the chat connections
-//! (not counted against `--connections-max`, not seen by any protocol): each sends one request
-//! (read with a size limit), gets one answer and is closed; one that takes longer than
-//! `--admin-request-timeout-ms` from accept to the end of its answer is closed without one.
-//! At most `--admin-connections-max` are open at once; a connection beyond them is answered 503
-//! and closed as soon as it is accepted, so idle connections holding the slots cannot leave a
-//! real request waiting in the kernel's backlog (issue 15: 1,000 idle connections kept a GET
-//! unanswered for over 60 s).
+//! Admin connections are the reactor's connections of their own kind ([`AdminHttp`]), in a
+//! [`ConnTable`] of their own: read, queued, flushed, closed after their answer and timed out by
+//! the same machinery as the chat connections, but never counted against `--connections-max`
+//! or per IP, never in the handshake queue or the chat statistics, never seen by a protocol.
+//! Each sends one request (read with a size limit), gets one answer and is closed; one that
+//! takes longer than `--admin-request-timeout-ms` from accept to the end of its answer is closed
+//! without one. At most `--admin-connections-max` are open at once; a connection beyond them is
+//! answered 503 and closed as soon as it is accepted, so idle connections holding the slots
+//! cannot leave a real request waiting in the kernel's backlog (issue 15: 1,000 idle
+//! connections kept a GET unanswered for over 60 s).
 //!
-//! Tokens: the listener is token 2 and connections take tokens 8..16, by slab slot, from the
-//! range the reactor keeps unused below its TCP listeners. A slot is reused only by an accept,
-//! which runs after every event of the turn, and a freed socket is deregistered and closed,
-//! so no stale event can reach a newcomer and no generation is needed.
+//! Tokens: the listener is token 2 and connections take tokens 8..16 by slot (the generation
+//! in the high bits, as for chat connections), from the range the reactor keeps unused below
+//! its TCP listeners.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
-use slab::Slab;
 
+use super::conn::{ConnKind, ConnTable, IoOutcome, OutputLimits};
 use super::listen::{bind_tcp, BindError};
-use super::Server;
+use super::{insert_conn, note_readiness, Server};
+use crate::chat::ConnId;
 use crate::config::{Config, ADMIN_CONNECTIONS_CAP};
+use crate::limits::{HandshakeDeadlines, RateLimit, TokenBucket};
 use crate::metrics::{self, AdminMetrics, MetricsSnapshot};
+use crate::protocol::{CloseMode, CloseReason, Outbox};
+use crate::stats::{ProtocolStats, Stats};
 
 pub(super) const ADMIN_LISTENER_TOKEN: usize = 2;
 pub(super) const ADMIN_CONN_TOKEN_BASE: usize = 8;
@@ -157,16 +163,15 @@ fn refusal(status: Status) -> Vec<u8> {
 /// write and a close, and a flood of them must not hold the loop.
 const ADMIN_REFUSALS_PER_TURN_MAX: usize = 64;
 
-struct AdminConn {
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// The request so far, at most the size limit.
-    request: Vec<u8>,
-    /// The answer and how much of it is written; `None` while the request is incomplete.
-    answer: Option<(Vec<u8>, usize)>,
-    deadline_ms: u64,
-    read_ready: bool,
-    write_ready: bool,
+/// The kind of an admin connection: one HTTP exchange, its traffic counted in no protocol's
+/// counters.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AdminHttp;
+
+impl ConnKind for AdminHttp {
+    fn counters(self, _stats: &mut Stats) -> Option<&mut ProtocolStats> {
+        None
+    }
 }
 
 /// The admin listener, its connections and its counters.
@@ -175,7 +180,12 @@ pub(super) struct Admin {
     pub(super) addr: SocketAddr,
     /// Edge-triggered, as the other listeners: cleared only by WouldBlock.
     ready: bool,
-    conns: Slab<AdminConn>,
+    /// The connections, in a table of their own, so no chat limit, queue or counter sees
+    /// them. Its statistics are never reported: the admin port's are `responses`.
+    pub(super) table: ConnTable<AdminHttp>,
+    /// Each connection's `--admin-request-timeout-ms` deadline, in accept order; entries of
+    /// connections already gone are skipped when they expire.
+    deadlines: HandshakeDeadlines,
     connections_max: usize,
     request_timeout_ms: u64,
     request_bytes_max: usize,
@@ -208,32 +218,25 @@ impl Admin {
                 Interest::READABLE,
             )
             .map_err(|source| fail("epoll_ctl", source))?;
-        Ok(Some(Admin::new(
-            listener,
-            addr,
-            config.admin_connections_max,
-            config.admin_request_timeout_ms,
-            config.admin_request_bytes_max,
-        )))
-    }
-
-    fn new(
-        listener: TcpListener,
-        addr: SocketAddr,
-        connections_max: usize,
-        request_timeout_ms: u64,
-        request_bytes_max: usize,
-    ) -> Admin {
-        Admin {
+        // An answer is one buffer, queued once, and the request deadline bounds how long it
+        // may take to write: no output limit applies. The linger time is the same deadline
+        // counted from the answer, so the request deadline always comes first.
+        let unlimited = OutputLimits {
+            hard_bytes_max: usize::MAX,
+            soft_bytes_max: usize::MAX,
+            soft_duration_ms: u64::MAX,
+        };
+        Ok(Some(Admin {
             listener,
             addr,
             ready: false,
-            conns: Slab::new(),
-            connections_max: connections_max.clamp(1, ADMIN_CONNECTIONS_CAP),
-            request_timeout_ms,
-            request_bytes_max: request_bytes_max.max(16),
+            table: ConnTable::new(unlimited, config.admin_request_timeout_ms),
+            deadlines: HandshakeDeadlines::default(),
+            connections_max: config.admin_connections_max.clamp(1, ADMIN_CONNECTIONS_CAP),
+            request_timeout_ms: config.admin_request_timeout_ms,
+            request_bytes_max: config.admin_request_bytes_max.max(16),
             responses: [0; Status::ALL.len()],
-        }
+        }))
     }
 
     pub(super) fn set_ready(&mut self) {
@@ -261,16 +264,19 @@ impl Admin {
         }
         let _ = stream.shutdown(std::net::Shutdown::Write);
         self.responses[Status::ServiceUnavailable.index()] += 1;
-        debug!("admin connection {peer} refused: {} open", self.conns.len());
+        debug!(
+            "admin connection {peer} refused: {} open",
+            self.table.slab.len()
+        );
     }
 
     pub(super) fn next_deadline_ms(&self) -> Option<u64> {
-        self.conns.iter().map(|(_, conn)| conn.deadline_ms).min()
+        self.deadlines.next_deadline_ms()
     }
 
     pub(super) fn metrics(&self) -> AdminMetrics {
         AdminMetrics {
-            connections_open: self.conns.len() as u64,
+            connections_open: self.table.slab.len() as u64,
             responses: Status::ALL
                 .iter()
                 .map(|status| (status.code(), self.responses[status.index()]))
@@ -279,140 +285,105 @@ impl Admin {
     }
 }
 
-/// What to do with an admin connection after serving an event.
-enum Next {
-    Keep,
-    Close,
-}
-
 impl Server {
-    /// An event for admin connection `slot`.
-    pub(super) fn handle_admin_event(&mut self, slot: usize, event: &mio::event::Event) {
+    /// An event for admin connection `id`.
+    pub(super) fn handle_admin_event(&mut self, id: ConnId, event: &mio::event::Event) {
         let Some(admin) = self.admin.as_mut() else {
             return;
         };
-        let Some(conn) = admin.conns.get_mut(slot) else {
-            return;
-        };
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            conn.read_ready = true;
-        }
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
-            conn.write_ready = true;
-        }
-        if let Next::Close = self.serve_admin_conn(slot) {
-            self.close_admin_conn(slot);
+        if note_readiness(&mut admin.table, id, event) {
+            self.read_admin_request(id);
         }
     }
 
-    /// Read the request until it is whole, answer it, write the answer.
-    fn serve_admin_conn(&mut self, slot: usize) -> Next {
+    /// Read the request until it is whole, then queue its answer and close after it. The
+    /// request is never read past `--admin-request-bytes-max`.
+    fn read_admin_request(&mut self, id: ConnId) {
         let Some(admin) = self.admin.as_mut() else {
-            return Next::Close;
+            return;
         };
         let bytes_max = admin.request_bytes_max;
-        let Some(conn) = admin.conns.get_mut(slot) else {
-            return Next::Close;
-        };
-        if conn.answer.is_none() {
-            let mut chunk = [0u8; 2048];
-            let request = loop {
-                if !conn.read_ready {
-                    return Next::Keep;
-                }
-                let room = bytes_max
-                    .saturating_sub(conn.request.len())
-                    .min(chunk.len());
-                match conn.stream.read(&mut chunk[..room]) {
-                    // EOF before a whole request: nothing to answer.
-                    Ok(0) => return Next::Close,
-                    Ok(n) => {
-                        conn.request.extend_from_slice(&chunk[..n]);
-                        match classify(&conn.request, bytes_max) {
-                            Request::Incomplete => {}
-                            request => break request,
-                        }
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        conn.read_ready = false;
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        debug!("admin read from {}: {err}", conn.peer);
-                        return Next::Close;
-                    }
-                }
+        let request = loop {
+            let Some(conn) = admin.table.get_mut(id) else {
+                return;
             };
-            let (status, bytes) = match request {
-                Request::Metrics => match self.metrics_text() {
-                    Ok(text) => (
-                        Status::Ok,
-                        response(Status::Ok, metrics::CONTENT_TYPE, text.as_bytes()),
-                    ),
-                    Err(err) => {
-                        warn!("rendering the metrics failed: {err}");
-                        (Status::InternalError, refusal(Status::InternalError))
-                    }
+            if !conn.accepts_input() || !conn.read_ready {
+                return;
+            }
+            // At least one byte: a request still incomplete is shorter than the limit.
+            let chunk = bytes_max
+                .saturating_sub(conn.read_buf.len())
+                .min(self.scratch.len());
+            let reason = match conn.read_once(&mut self.scratch[..chunk]).0 {
+                IoOutcome::Continue => match classify(&conn.read_buf, bytes_max) {
+                    Request::Incomplete => continue,
+                    request => break request,
                 },
-                Request::Refuse(status) => (status, refusal(status)),
-                Request::Incomplete => return Next::Keep,
-            };
-            let Some(admin) = self.admin.as_mut() else {
-                return Next::Close;
-            };
-            admin.responses[status.index()] += 1;
-            let Some(conn) = admin.conns.get_mut(slot) else {
-                return Next::Close;
-            };
-            conn.answer = Some((bytes, 0));
-        }
-        let Some(conn) = self
-            .admin
-            .as_mut()
-            .and_then(|admin| admin.conns.get_mut(slot))
-        else {
-            return Next::Close;
-        };
-        let Some((bytes, written)) = conn.answer.as_mut() else {
-            return Next::Keep;
-        };
-        while *written < bytes.len() {
-            if !conn.write_ready {
-                return Next::Keep;
-            }
-            match conn.stream.write(&bytes[*written..]) {
-                Ok(0) => return Next::Close,
-                Ok(n) => *written += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => conn.write_ready = false,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    debug!("admin write to {}: {err}", conn.peer);
-                    return Next::Close;
+                IoOutcome::WouldBlock => {
+                    conn.read_ready = false;
+                    return;
                 }
-            }
-        }
-        Next::Close
-    }
-
-    fn close_admin_conn(&mut self, slot: usize) {
+                // EOF before a whole request: nothing to answer.
+                IoOutcome::Closed => CloseReason::PeerClosed,
+                IoOutcome::Reset => CloseReason::PeerReset,
+                IoOutcome::Error => CloseReason::IoError,
+            };
+            admin.table.close(id, reason, CloseMode::Now);
+            return;
+        };
+        let (status, bytes) = match request {
+            Request::Metrics => match self.metrics_text() {
+                Ok(text) => (
+                    Status::Ok,
+                    response(Status::Ok, metrics::CONTENT_TYPE, text.as_bytes()),
+                ),
+                Err(err) => {
+                    warn!("rendering the metrics failed: {err}");
+                    (Status::InternalError, refusal(Status::InternalError))
+                }
+            },
+            Request::Refuse(status) => (status, refusal(status)),
+            Request::Incomplete => return,
+        };
         let Some(admin) = self.admin.as_mut() else {
             return;
         };
-        let Some(mut conn) = admin.conns.try_remove(slot) else {
+        admin.responses[status.index()] += 1;
+        admin.table.send(id, Bytes::from(bytes));
+        admin
+            .table
+            .close(id, CloseReason::Done, CloseMode::AfterFlush);
+    }
+
+    /// Write the queued answers, then free the admin connections marked for closing (phase 4).
+    pub(super) fn flush_and_close_admin(&mut self) {
+        let Some(admin) = self.admin.as_mut() else {
             return;
         };
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < DRAIN_BYTES_MAX {
-            match conn.stream.read(&mut sink) {
-                Ok(n) if n > 0 => drained += n,
-                _ => break,
+        // No turn budget: at most `ADMIN_CONNECTIONS_CAP` answers are ever queued.
+        admin
+            .table
+            .flush_pending(self.config.write_iovecs_max, usize::MAX);
+        for slot in std::mem::take(&mut admin.table.close_list) {
+            admin.table.discard_output(slot);
+            let Some(mut conn) = admin.table.slab.try_remove(slot) else {
+                continue;
+            };
+            // Read what the peer may still have sent, so that the close is not a reset that
+            // could discard the answer on its side.
+            let mut sink = [0u8; 4096];
+            let mut drained = 0;
+            while drained < DRAIN_BYTES_MAX {
+                match conn.stream.read(&mut sink) {
+                    Ok(n) if n > 0 => drained += n,
+                    _ => break,
+                }
             }
+            if let Err(err) = self.poll.registry().deregister(&mut conn.stream) {
+                debug!("deregister admin connection {}: {err}", conn.peer);
+            }
+            debug!("admin connection {} closed", conn.peer);
         }
-        if let Err(err) = self.poll.registry().deregister(&mut conn.stream) {
-            debug!("deregister admin connection {}: {err}", conn.peer);
-        }
-        debug!("admin connection {} closed", conn.peer);
     }
 
     /// Accept admin connections while there is room (phase 5).
@@ -433,7 +404,7 @@ impl Server {
                 // The listener stays ready: the rest are refused next turn.
                 return;
             }
-            let (mut stream, peer) = match admin.listener.accept() {
+            let (stream, peer) = match admin.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     match err.kind() {
@@ -454,54 +425,47 @@ impl Server {
                     return;
                 }
             };
-            if admin.conns.len() >= admin.connections_max {
+            // Below the cap, so the new slot, and with it the token, stays in the admin range.
+            if admin.table.slab.len() >= admin.connections_max {
                 refused += 1;
                 admin.refuse_over_cap(stream, peer);
                 continue;
             }
-            let entry = admin.conns.vacant_entry();
-            let slot = entry.key();
-            if slot >= ADMIN_CONNECTIONS_CAP {
-                // Not reachable: the slab never holds more than `connections_max`.
+            // Never drawn from: the request size limit bounds an admin connection's input.
+            let unlimited = RateLimit {
+                rate_per_s: 0,
+                burst: 0,
+            };
+            let Some(id) = insert_conn(
+                &self.poll,
+                &mut self.next_generation,
+                &mut admin.table,
+                ADMIN_CONN_TOKEN_BASE,
+                (stream, peer),
+                AdminHttp,
+                TokenBucket::full(unlimited, now_ms),
+            ) else {
                 continue;
-            }
-            if let Err(err) = self.poll.registry().register(
-                &mut stream,
-                Token(ADMIN_CONN_TOKEN_BASE + slot),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                warn!("cannot register admin connection from {peer}: {err}");
-                continue;
-            }
+            };
+            admin
+                .deadlines
+                .push(id, now_ms.saturating_add(admin.request_timeout_ms));
             debug!("admin connection {peer} accepted");
-            entry.insert(AdminConn {
-                stream,
-                peer,
-                request: Vec::new(),
-                answer: None,
-                deadline_ms: now_ms.saturating_add(admin.request_timeout_ms),
-                read_ready: false,
-                write_ready: true,
-            });
         }
     }
 
-    /// Close admin connections past their deadline (timers phase).
+    /// Close admin connections past their deadline, answered or not (timers phase).
     pub(super) fn expire_admin(&mut self) {
-        let now_ms = self.now_ms;
-        let Some(admin) = self.admin.as_ref() else {
+        let Some(admin) = self.admin.as_mut() else {
             return;
         };
-        let expired: Vec<usize> = admin
-            .conns
-            .iter()
-            .filter(|(_, conn)| now_ms >= conn.deadline_ms)
-            .map(|(slot, _)| slot)
-            .collect();
-        for slot in expired {
-            debug!("admin connection timed out");
-            self.close_admin_conn(slot);
+        while let Some(id) = admin.deadlines.pop_expired(self.now_ms) {
+            if admin.table.get_mut(id).is_some() {
+                debug!("admin connection {id} timed out");
+                admin.table.close_now_overriding(id, CloseReason::Timeout);
+            }
         }
+        admin.table.expire_lingering();
     }
 
     /// Stop serving the admin port (shutdown): the listener and every connection go.
@@ -512,7 +476,7 @@ impl Server {
         if let Err(err) = self.poll.registry().deregister(&mut admin.listener) {
             debug!("deregister admin listener {}: {err}", admin.addr);
         }
-        for mut conn in admin.conns.drain() {
+        for (_, conn) in admin.table.slab.iter_mut() {
             if let Err(err) = self.poll.registry().deregister(&mut conn.stream) {
                 debug!("deregister admin connection {}: {err}", conn.peer);
             }

@@ -14,9 +14,25 @@ use slab::Slab;
 use crate::chat::ConnId;
 use crate::limits::TokenBucket;
 use crate::protocol::{CloseMode, CloseReason, Outbox};
-use crate::stats::Stats;
+use crate::stats::{ProtocolStats, Stats};
 
 use super::ProtocolKind;
+
+/// What a table's connections are: a chat table's are of a [`ProtocolKind`], whose traffic
+/// adds to `Stats::by_protocol`; the admin port's are counted apart. A table is generic over
+/// it, rather than a connection carrying a kind to branch on, so a send costs the same as
+/// before the admin port shared the table.
+pub(crate) trait ConnKind: Copy {
+    /// The per-protocol counters this kind's traffic adds to, if any.
+    fn counters(self, stats: &mut Stats) -> Option<&mut ProtocolStats>;
+}
+
+impl ConnKind for ProtocolKind {
+    #[inline]
+    fn counters(self, stats: &mut Stats) -> Option<&mut ProtocolStats> {
+        stats.by_protocol.get_mut(self.index())
+    }
+}
 
 /// Most buffers one vectored write may carry (Linux's IOV_MAX is 1024; more gains nothing).
 const IOVECS_CAP: usize = 256;
@@ -82,10 +98,10 @@ fn unacked_bytes(stream: &TcpStream) -> io::Result<u64> {
 const ACK_CHECK_INTERVAL_MIN_MS: u64 = 1;
 const ACK_CHECK_INTERVAL_MAX_MS: u64 = 250;
 
-pub(crate) struct Conn {
+pub(crate) struct Conn<K = ProtocolKind> {
     pub(crate) stream: TcpStream,
     pub(crate) generation: u32,
-    pub(crate) kind: ProtocolKind,
+    pub(crate) kind: K,
     pub(crate) peer: SocketAddr,
     /// Edge-triggered readiness kept in userland: set by an event, cleared by WouldBlock.
     pub(crate) read_ready: bool,
@@ -120,11 +136,11 @@ pub(crate) struct Conn {
     pub(crate) input_paused: bool,
 }
 
-impl Conn {
+impl<K> Conn<K> {
     pub(crate) fn new(
         stream: TcpStream,
         generation: u32,
-        kind: ProtocolKind,
+        kind: K,
         peer: SocketAddr,
         input_budget: TokenBucket,
     ) -> Self {
@@ -321,8 +337,8 @@ pub(crate) struct OutputLimits {
 
 /// Every connection, plus the lists the loop phases work through. Protocols see it only as an
 /// [`Outbox`].
-pub(crate) struct ConnTable {
-    pub(crate) slab: Slab<Conn>,
+pub(crate) struct ConnTable<K = ProtocolKind> {
+    pub(crate) slab: Slab<Conn<K>>,
     /// Connections with queued output, flushed once per turn before the loop sleeps.
     pub(crate) flush_list: Vec<usize>,
     /// Connections that hit their read budget: no new edge will come, so serve them next turn.
@@ -338,13 +354,13 @@ pub(crate) struct ConnTable {
     /// Output queued across all connections (the shutdown waits for it to reach zero).
     pub(crate) out_bytes_total: usize,
     /// Notes of `send_notify` that are due: (connection, its protocol, note, acknowledged).
-    pub(crate) notes_due: Vec<(ConnId, ProtocolKind, u64, bool)>,
+    pub(crate) notes_due: Vec<(ConnId, K, u64, bool)>,
     /// Connections whose written notes wait for the peer's acknowledgement.
     ack_watch: Vec<ConnId>,
     slow_consumer_log: super::LimitLog,
 }
 
-impl ConnTable {
+impl<K: ConnKind> ConnTable<K> {
     pub(crate) fn new(limits: OutputLimits, close_linger_ms: u64) -> Self {
         ConnTable {
             slab: Slab::new(),
@@ -418,7 +434,7 @@ impl ConnTable {
     }
 
     /// The live connection `id` names, if its generation still matches.
-    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn<K>> {
         self.slab
             .get_mut(id.slot as usize)
             .filter(|conn| conn.generation == id.generation)
@@ -492,7 +508,9 @@ impl ConnTable {
             let (outcome, written, calls) = conn.flush(iovecs_max, budget_bytes - written_turn);
             written_turn += written;
             self.stats.bytes_out += written as u64;
-            self.stats.by_protocol[conn.kind.index()].bytes_out += written as u64;
+            if let Some(counters) = conn.kind.counters(&mut self.stats) {
+                counters.bytes_out += written as u64;
+            }
             self.stats.write_calls += calls;
             self.out_bytes_total -= before - conn.out_bytes;
             if conn.out_bytes <= self.limits.soft_bytes_max {
@@ -548,6 +566,33 @@ impl ConnTable {
         self.close(id, reason, CloseMode::Now);
     }
 
+    /// Close at once every connection closing after flush whose linger time is over with
+    /// output still queued (timers phase).
+    pub(crate) fn expire_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let lingering = std::mem::take(&mut self.lingering);
+        let mut keep = Vec::with_capacity(lingering.len());
+        for (id, deadline_ms) in lingering {
+            let Some(conn) = self.get_mut(id) else {
+                continue;
+            };
+            match conn.closing {
+                Some((reason, CloseMode::AfterFlush)) if now_ms >= deadline_ms => {
+                    debug!("{id}: output not drained within the linger time");
+                    conn.read_ready = false;
+                    // Escalate: `close` ignores a second request of the same mode.
+                    self.close_now_overriding(id, reason);
+                }
+                Some((_, CloseMode::AfterFlush)) => keep.push((id, deadline_ms)),
+                _ => {}
+            }
+        }
+        self.lingering.extend(keep);
+    }
+
     /// Remove a connection's queued output from the accounting (it is being closed).
     pub(crate) fn discard_output(&mut self, slot: usize) -> usize {
         let Some(conn) = self.slab.get_mut(slot) else {
@@ -566,7 +611,7 @@ impl ConnTable {
     }
 }
 
-impl ConnTable {
+impl<K: ConnKind> ConnTable<K> {
     /// Queue `bytes` for `to`; false when they were not queued (connection gone or closing,
     /// or closed for passing an output limit).
     fn queue(&mut self, to: ConnId, bytes: Bytes) -> bool {
@@ -620,13 +665,15 @@ impl ConnTable {
         self.out_bytes_total += bytes.len();
         conn.out.push_back(bytes);
         self.stats.frames_out += 1;
-        self.stats.by_protocol[conn.kind.index()].frames_out += 1;
+        if let Some(counters) = conn.kind.counters(&mut self.stats) {
+            counters.frames_out += 1;
+        }
         self.mark_flush(to.slot as usize);
         true
     }
 }
 
-impl Outbox for ConnTable {
+impl<K: ConnKind> Outbox for ConnTable<K> {
     fn send(&mut self, to: ConnId, bytes: Bytes) {
         self.queue(to, bytes);
     }
@@ -678,7 +725,9 @@ impl Outbox for ConnTable {
     fn count_frame_in(&mut self, from: ConnId) {
         self.stats.frames_in += 1;
         if let Some(conn) = self.slab.get(from.slot as usize) {
-            self.stats.by_protocol[conn.kind.index()].frames_in += 1;
+            if let Some(counters) = conn.kind.counters(&mut self.stats) {
+                counters.frames_in += 1;
+            }
         }
     }
 

@@ -46,7 +46,7 @@ use crate::stats::Stats;
 pub use crate::protocol::{ProtocolKind, UdpKind};
 pub use crate::store::StoreError;
 use admin::{Admin, ADMIN_CONN_TOKEN_BASE, ADMIN_CONN_TOKEN_END, ADMIN_LISTENER_TOKEN};
-use conn::{Conn, ConnTable, IoOutcome, OutputLimits};
+use conn::{Conn, ConnKind, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
 use listen::{bind_listeners, bind_udp_sockets};
 use udp::{Received, UdpEntry, UdpOut};
@@ -114,7 +114,7 @@ enum Source {
     Udp(usize),
     Conn(ConnId),
     AdminListener,
-    AdminConn(usize),
+    AdminConn(ConnId),
     Unknown,
 }
 
@@ -125,27 +125,79 @@ fn is_handshaking(table: &ConnTable, id: ConnId) -> bool {
     })
 }
 
-fn conn_token(id: ConnId) -> Token {
-    Token(((id.generation as usize) << 32) | (id.slot as usize + CONN_TOKEN_BASE))
+/// The token of connection `id` in the table whose tokens start at `base` (`CONN_TOKEN_BASE`
+/// for chat connections, `ADMIN_CONN_TOKEN_BASE` for the admin port's).
+fn conn_token(base: usize, id: ConnId) -> Token {
+    Token(((id.generation as usize) << 32) | (id.slot as usize + base))
 }
 
 fn source_of(token: Token) -> Source {
-    let raw = token.0;
-    if raw >= CONN_TOKEN_BASE {
-        let slot = (raw & 0xffff_ffff) - CONN_TOKEN_BASE;
-        return Source::Conn(ConnId::new(slot as u32, (raw >> 32) as u32));
-    }
-    match raw {
+    let (low, generation) = (token.0 & 0xffff_ffff, (token.0 >> 32) as u32);
+    let id = |base: usize| ConnId::new((low - base) as u32, generation);
+    match low {
+        CONN_TOKEN_BASE.. => Source::Conn(id(CONN_TOKEN_BASE)),
+        ADMIN_CONN_TOKEN_BASE..ADMIN_CONN_TOKEN_END => Source::AdminConn(id(ADMIN_CONN_TOKEN_BASE)),
         0 => Source::Signal,
         1 => Source::Waker,
-        LISTENER_TOKEN_BASE..LISTENER_TOKEN_END => Source::Listener(raw - LISTENER_TOKEN_BASE),
-        UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp(raw - UDP_TOKEN_BASE),
+        LISTENER_TOKEN_BASE..LISTENER_TOKEN_END => Source::Listener(low - LISTENER_TOKEN_BASE),
+        UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp(low - UDP_TOKEN_BASE),
         ADMIN_LISTENER_TOKEN => Source::AdminListener,
-        ADMIN_CONN_TOKEN_BASE..ADMIN_CONN_TOKEN_END => {
-            Source::AdminConn(raw - ADMIN_CONN_TOKEN_BASE)
-        }
         _ => Source::Unknown,
     }
+}
+
+/// Note the readiness an event brings to connection `id` of `table`, listing it for a flush
+/// when it became writable with output queued. Returns whether it is ready to read; false
+/// when `id` is gone (a stale event: its slot may hold a newcomer).
+fn note_readiness<K: ConnKind>(table: &mut ConnTable<K>, id: ConnId, event: &Event) -> bool {
+    let Some(conn) = table.get_mut(id) else {
+        return false;
+    };
+    if event.is_readable() || event.is_read_closed() || event.is_error() {
+        conn.read_ready = true;
+    }
+    let mut wants_flush = false;
+    if event.is_writable() || event.is_write_closed() || event.is_error() {
+        conn.write_ready = true;
+        wants_flush = !conn.out_is_empty();
+    }
+    let read_ready = conn.read_ready;
+    if wants_flush {
+        table.mark_flush(id.slot as usize);
+    }
+    read_ready
+}
+
+/// Register an accepted stream for READABLE | WRITABLE and add it to `table` under a new id,
+/// its token counted from `token_base`. None (the stream dropped) when it cannot be registered.
+fn insert_conn<K: ConnKind>(
+    poll: &Poll,
+    next_generation: &mut u32,
+    table: &mut ConnTable<K>,
+    token_base: usize,
+    (mut stream, peer): (mio::net::TcpStream, SocketAddr),
+    kind: K,
+    input_budget: TokenBucket,
+) -> Option<ConnId> {
+    // Output is batched per loop turn already; Nagle would only add delay on top.
+    if let Err(err) = stream.set_nodelay(true) {
+        debug!("TCP_NODELAY on {peer}: {err}");
+    }
+    let entry = table.slab.vacant_entry();
+    let slot = u32::try_from(entry.key()).ok()?;
+    let generation = *next_generation;
+    *next_generation = next_generation.wrapping_add(1).max(1);
+    let id = ConnId::new(slot, generation);
+    if let Err(err) = poll.registry().register(
+        &mut stream,
+        conn_token(token_base, id),
+        Interest::READABLE | Interest::WRITABLE,
+    ) {
+        warn!("cannot register connection from {peer}: {err}");
+        return None;
+    }
+    entry.insert(Conn::new(stream, generation, kind, peer, input_budget));
+    Some(id)
 }
 
 struct ListenerEntry {
@@ -462,6 +514,7 @@ impl Server {
             self.fire_timers();
             self.heap_trim.observe(self.held_bytes());
             self.flush_and_close();
+            self.flush_and_close_admin();
             if self.heap_trim.maybe_trim(self.now_ms, self.held_bytes()) {
                 debug!(
                     "heap trimmed after a burst ({} trims)",
@@ -538,6 +591,9 @@ impl Server {
         let elapsed_ms = u64::try_from(self.clock.as_millis()).unwrap_or(u64::MAX);
         self.now_ms = elapsed_ms;
         self.table.now_ms = elapsed_ms;
+        if let Some(admin) = self.admin.as_mut() {
+            admin.table.now_ms = elapsed_ms;
+        }
     }
 
     /// Zero when work is left over; otherwise until the earliest deadline; None to sleep until
@@ -551,8 +607,10 @@ impl Server {
                 .udp
                 .iter()
                 .any(|entry| entry.ready || !entry.deferred.is_empty())
-            || (self.shutdown_deadline_ms.is_none()
-                && self.admin.as_ref().is_some_and(Admin::accept_pending))
+            || self.admin.as_ref().is_some_and(|admin| {
+                !admin.table.flush_list.is_empty()
+                    || (self.shutdown_deadline_ms.is_none() && admin.accept_pending())
+            })
         {
             return Some(Duration::ZERO);
         }
@@ -597,29 +655,13 @@ impl Server {
                     admin.set_ready();
                 }
             }
-            Source::AdminConn(slot) => self.handle_admin_event(slot, event),
+            Source::AdminConn(id) => self.handle_admin_event(id, event),
             Source::Unknown => {}
         }
     }
 
     fn handle_conn_event(&mut self, id: ConnId, event: &Event) {
-        let Some(conn) = self.table.get_mut(id) else {
-            // A stale event for a connection freed earlier: its slot may hold a newcomer.
-            return;
-        };
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            conn.read_ready = true;
-        }
-        let mut wants_flush = false;
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
-            conn.write_ready = true;
-            wants_flush = !conn.out_is_empty();
-        }
-        let read_ready = conn.read_ready;
-        if wants_flush {
-            self.table.mark_flush(id.slot as usize);
-        }
-        if read_ready {
+        if note_readiness(&mut self.table, id, event) {
             self.read_conn(id);
         }
     }
@@ -838,25 +880,7 @@ impl Server {
                 &mut self.table,
             );
         }
-        if !self.table.lingering.is_empty() {
-            let lingering = std::mem::take(&mut self.table.lingering);
-            let mut keep = Vec::with_capacity(lingering.len());
-            for (id, deadline_ms) in lingering {
-                let Some(conn) = self.table.get_mut(id) else {
-                    continue;
-                };
-                match conn.closing() {
-                    Some((reason, CloseMode::AfterFlush)) if now_ms >= deadline_ms => {
-                        debug!("{id}: output not drained within the linger time");
-                        // Escalate: `close` ignores a second request of the same mode.
-                        self.force_close(id, reason);
-                    }
-                    Some((_, CloseMode::AfterFlush)) => keep.push((id, deadline_ms)),
-                    _ => {}
-                }
-            }
-            self.table.lingering.extend(keep);
-        }
+        self.table.expire_lingering();
         if self
             .accept_gate
             .paused_until_ms
@@ -872,14 +896,6 @@ impl Server {
                 self.stats_next_ms = Some(now_ms + self.config.stats_interval_ms);
             }
         }
-    }
-
-    fn force_close(&mut self, id: ConnId, reason: CloseReason) {
-        if let Some(conn) = self.table.get_mut(id) {
-            conn.read_ready = false;
-        }
-        // A connection already closing after flush is upgraded by marking it anew.
-        self.table.close_now_overriding(id, reason);
     }
 
     /// Flush all pending output, then free closed connections; repeat while closing produces
@@ -1108,33 +1124,18 @@ impl Server {
         }
     }
 
-    fn add_conn(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, kind: ProtocolKind) {
-        // Output is batched per loop turn already; Nagle would only add delay on top.
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!("TCP_NODELAY on {peer}: {err}");
-        }
-        let entry = self.table.slab.vacant_entry();
-        let Ok(slot) = u32::try_from(entry.key()) else {
+    fn add_conn(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, kind: ProtocolKind) {
+        let Some(id) = insert_conn(
+            &self.poll,
+            &mut self.next_generation,
+            &mut self.table,
+            CONN_TOKEN_BASE,
+            (stream, peer),
+            kind,
+            TokenBucket::full(self.input_limit, self.now_ms),
+        ) else {
             return;
         };
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        let id = ConnId::new(slot, generation);
-        if let Err(err) = self.poll.registry().register(
-            &mut stream,
-            conn_token(id),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("cannot register connection from {peer}: {err}");
-            return;
-        }
-        let conn = Conn::new(
-            stream,
-            generation,
-            kind,
-            peer,
-            TokenBucket::full(self.input_limit, self.now_ms),
-        );
         if self.services.reactor_handshake_deadline(kind) {
             // `now_ms` is the clock rounded down; rounding up instead means the deadline is never
             // reached before `handshake_timeout_ms` have passed since the client's connect
@@ -1145,7 +1146,6 @@ impl Server {
             let deadline_ms = accepted_ms.saturating_add(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push(id, deadline_ms);
         }
-        entry.insert(conn);
         self.handshaking.push(id);
         let table = &self.table;
         self.handshaking
