@@ -22,10 +22,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Token};
+use mio::Token;
 
 use super::conn::{ConnKind, ConnTable, IoOutcome, OutputLimits};
-use super::listen::{bind_tcp, BindError};
+use super::listen::{listen_tcp, BindError};
 use super::{insert_conn, note_readiness, Server};
 use crate::chat::ConnId;
 use crate::config::{Config, ADMIN_CONNECTIONS_CAP};
@@ -200,24 +200,14 @@ impl Admin {
         let Some(port) = config.admin_port else {
             return Ok(None);
         };
-        let addr = SocketAddr::new(config.admin_bind_addr, port);
-        let mut listener = bind_tcp("ADMIN", addr, config.listen_backlog, 0)?;
-        let fail = |step, source| BindError {
-            protocol: "ADMIN",
-            addr,
-            step,
-            source,
-        };
-        let addr = listener
-            .local_addr()
-            .map_err(|source| fail("getsockname", source))?;
-        poll.registry()
-            .register(
-                &mut listener,
-                Token(ADMIN_LISTENER_TOKEN),
-                Interest::READABLE,
-            )
-            .map_err(|source| fail("epoll_ctl", source))?;
+        let (listener, addr) = listen_tcp(
+            poll,
+            "ADMIN",
+            SocketAddr::new(config.admin_bind_addr, port),
+            config.listen_backlog,
+            0,
+            Token(ADMIN_LISTENER_TOKEN),
+        )?;
         // An answer is one buffer, queued once, and the request deadline bounds how long it
         // may take to write: no output limit applies. The linger time is the same deadline
         // counted from the answer, so the request deadline always comes first.

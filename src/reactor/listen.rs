@@ -35,26 +35,14 @@ pub(super) fn bind_listeners(
         let Some(port) = kind.port(config) else {
             continue;
         };
-        let addr = SocketAddr::new(config.bind_addr, port);
-        let mut listener = bind_tcp(
+        let (listener, addr) = listen_tcp(
+            poll,
             kind.name(),
-            addr,
+            SocketAddr::new(config.bind_addr, port),
             config.listen_backlog,
             config.tcp_send_buffer_bytes,
+            Token(LISTENER_TOKEN_BASE + entries.len()),
         )?;
-        let fail = |step, source| BindError {
-            protocol: kind.name(),
-            addr,
-            step,
-            source,
-        };
-        let addr = listener
-            .local_addr()
-            .map_err(|source| fail("getsockname", source))?;
-        let token = Token(LISTENER_TOKEN_BASE + entries.len());
-        poll.registry()
-            .register(&mut listener, token, Interest::READABLE)
-            .map_err(|source| fail("epoll_ctl", source))?;
         entries.push(ListenerEntry {
             listener,
             kind,
@@ -168,6 +156,32 @@ pub(crate) fn bind_tcp(
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(fail("listen"))?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// A listener from [`bind_tcp`], registered for READABLE on `token`, and the address it got
+/// (its port, when 0 was asked for).
+pub(super) fn listen_tcp(
+    poll: &Poll,
+    protocol: &'static str,
+    addr: SocketAddr,
+    backlog: u32,
+    send_buffer_bytes: usize,
+    token: Token,
+) -> Result<(TcpListener, SocketAddr), BindError> {
+    let mut listener = bind_tcp(protocol, addr, backlog, send_buffer_bytes)?;
+    let fail = |step, source| BindError {
+        protocol,
+        addr,
+        step,
+        source,
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|source| fail("getsockname", source))?;
+    poll.registry()
+        .register(&mut listener, token, Interest::READABLE)
+        .map_err(|source| fail("epoll_ctl", source))?;
+    Ok((listener, addr))
 }
 
 /// A non-blocking UDP socket on `addr`, with send and receive buffers of `buffer_bytes` asked
