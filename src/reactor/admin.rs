@@ -579,6 +579,47 @@ mod tests {
     }
 
     #[test]
+    fn admin_traffic_adds_to_no_protocols_counters() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, peer) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let unlimited = RateLimit {
+            rate_per_s: 0,
+            burst: 0,
+        };
+        let conn = super::super::conn::Conn::new(
+            TcpStream::from_std(accepted),
+            1,
+            AdminHttp,
+            peer,
+            TokenBucket::full(unlimited, 0),
+        );
+        let limits = OutputLimits {
+            hard_bytes_max: usize::MAX,
+            soft_bytes_max: usize::MAX,
+            soft_duration_ms: u64::MAX,
+        };
+        let mut table = ConnTable::new(limits, 1000);
+        let id = ConnId::new(table.slab.insert(conn) as u32, 1);
+        let answer = refusal(Status::NotFound);
+        table.count_frame_in(id);
+        table.send(id, Bytes::from(answer.clone()));
+        table.close(id, CloseReason::Done, CloseMode::AfterFlush);
+        assert_eq!(table.flush_pending(64, usize::MAX), answer.len());
+        assert_eq!(table.close_list, [id.slot as usize], "closed once written");
+        let mut received = vec![0; answer.len()];
+        client.read_exact(&mut received).expect("the answer");
+        assert_eq!(received, answer);
+        assert!(table
+            .stats
+            .by_protocol
+            .iter()
+            .all(|counters| *counters == ProtocolStats::default()));
+    }
+
+    #[test]
     fn answers_carry_their_length_and_close() {
         let answer = response(Status::Ok, metrics::CONTENT_TYPE, b"a 1\n");
         assert_eq!(
