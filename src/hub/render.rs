@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::event::{LobbyMessage, PresenceKind, Protocol};
+use super::event::{LobbyMessage, PresenceKind, ProtocolKind};
 use crate::protocol::bin24::codec::{self as bin24, Name};
 use crate::protocol::ccm::codec::{self as ccm, Message, MessageType};
 use crate::protocol::ccm::Reason;
@@ -142,7 +142,7 @@ impl LobbyMessage {
             chunk.clone()
         };
         LobbyMessage {
-            origin: Protocol::Room,
+            origin: ProtocolKind::Room,
             sender: alias.clone(),
             text,
         }
@@ -152,7 +152,7 @@ impl LobbyMessage {
     /// own rules accepted.
     pub fn from_matou(username: &Bytes, message: &Bytes) -> LobbyMessage {
         LobbyMessage {
-            origin: Protocol::Matou,
+            origin: ProtocolKind::Matou,
             sender: username.clone(),
             text: message.clone(),
         }
@@ -187,7 +187,7 @@ impl LobbyMessage {
             Bytes::from(ccm::decode_text(content, encoding)?.into_bytes())
         };
         Ok(Some(LobbyMessage {
-            origin: Protocol::Ccm,
+            origin: ProtocolKind::Ccm,
             sender: name.clone(),
             text,
         }))
@@ -205,7 +205,7 @@ impl LobbyMessage {
             return None;
         }
         Some(LobbyMessage {
-            origin: Protocol::Ocm,
+            origin: ProtocolKind::Ocm,
             sender: Bytes::copy_from_slice(name.as_bytes()),
             text: Bytes::copy_from_slice(message),
         })

@@ -3,7 +3,7 @@
 //! and never names a protocol; a new protocol is a field here, its construction in
 //! [`Services::new`] and an arm in `stream!` (or `datagram!`).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::bin24::{Bin24Config, Bin24Service, Bin24Stored};
 use super::ccm::{os_token_source, CcmConfig, CcmService};
@@ -11,10 +11,11 @@ use super::matou::{MatouConfig, MatouService};
 use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
 use super::{
-    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, Outbox, ProtocolKind,
-    StreamService, UdpKind,
+    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, Outbox,
+    ProtocolKind, StreamService, Switched, UdpKind,
 };
 use crate::config::Config;
+use crate::hub::{Endpoint, FormLimits, Hub, HubConfig, OcmMemberId};
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
 
 /// The largest datagram the stage-1 relay takes, as OCM's chat socket (the contract's 4096).
@@ -29,6 +30,12 @@ pub struct Services {
     /// OCM's rooms: TCRP connections and the chat socket's datagrams, one service for both.
     ocm: Option<OcmService>,
     relay: Option<RelayService>,
+    /// The switchboard, between the services (`--isolate`: inert, and no service sees it).
+    hub: Hub,
+    /// What the hub produced during the current call, drained after it.
+    hub_queue: HubQueue,
+    /// Lobby deliveries to OCM members, waiting for the OCM chat socket.
+    ocm_deliveries: Vec<(OcmMemberId, Bytes)>,
 }
 
 /// `$svc` bound to the stream service of `$kind` (through `$get`: `as_ref` or `as_mut`), then
@@ -96,6 +103,8 @@ impl Services {
                         unconfirmed_bytes_per_conn_max: config.bin24_unconfirmed_bytes_per_conn_max,
                         loaded_bytes_max: config.bin24_loaded_bytes_max,
                         users: config.bin24_users.clone(),
+                        sender_bytes_per_s_max: config.bin24_sender_bytes_per_s_max,
+                        pair_bytes_per_s_max: config.bin24_pair_bytes_per_s_max,
                         timer_tick_ms: config.timer_tick_ms,
                     },
                     now_ms,
@@ -165,6 +174,15 @@ impl Services {
                 now_ms,
             )
         });
+        let hub = Hub::new(HubConfig {
+            isolated: config.isolate,
+            ocm_lobby_room: config.lobby_ocm_room.clone(),
+            limits: FormLimits {
+                matou_message_bytes_max: config.matou_message_bytes_max,
+                matou_string_bytes_max: config.matou_string_bytes_max,
+                ..FormLimits::default()
+            },
+        });
         Ok(Services {
             room,
             bin24,
@@ -172,7 +190,43 @@ impl Services {
             matou,
             ocm,
             relay,
+            hub,
+            hub_queue: HubQueue::default(),
+            ocm_deliveries: Vec::new(),
         })
+    }
+
+    /// The switchboard.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Hand what the hub produced during the last call to where it goes: deliveries to
+    /// connections through `out` (connection ids are global across protocols), to OCM members
+    /// to the OCM socket's queue, and each outcome to its service (whose call may produce
+    /// more). One check when the hub produced nothing, as on every ROOM-only chunk.
+    #[inline]
+    fn drain<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        if !self.hub_queue.is_empty() {
+            self.drain_queue(clock, out);
+        }
+    }
+
+    fn drain_queue<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        while !self.hub_queue.is_empty() {
+            for (_, endpoint, bytes) in self.hub_queue.deliveries.drain(..) {
+                match endpoint {
+                    Endpoint::Conn(id) => out.send(id, bytes),
+                    Endpoint::Ocm(member) => self.ocm_deliveries.push((member, bytes)),
+                }
+            }
+            let outcomes = std::mem::take(&mut self.hub_queue.outcomes);
+            for outcome in outcomes {
+                let kind = outcome.service();
+                let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+                stream!(self, as_mut, kind, s => s.on_hub(outcome, clock, &mut switched));
+            }
+        }
     }
 
     /// See [`StreamService::reactor_handshake_deadline`].
@@ -187,7 +241,9 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_accept(s, id, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_accept(s, id, cx, &mut switched));
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_data<O: Outbox>(
@@ -198,7 +254,9 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_data(s, id, input, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_data(s, id, input, cx, &mut switched));
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_burst_end<O: Outbox>(
@@ -209,7 +267,9 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_burst_end(s, id, input, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_burst_end(s, id, input, cx, &mut switched));
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_handshake_timeout<O: Outbox>(
@@ -220,13 +280,15 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
         let handled = stream!(self, as_mut, kind, s => {
-            StreamService::on_handshake_timeout(s, id, timeout_ms, cx, out)
+            StreamService::on_handshake_timeout(s, id, timeout_ms, cx, &mut switched)
         });
         if handled.is_none() {
             // No service to say why (not reachable: only enabled protocols have connections).
             out.close(id, CloseReason::HandshakeTimeout, super::CloseMode::Now);
         }
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_close<O: Outbox>(
@@ -237,7 +299,14 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_close(s, id, reason, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_close(s, id, reason, cx, &mut switched));
+        // Whatever the protocol: the connection leaves the lobby (announced to the others) and
+        // its name is free. After the service, whose own users hear of it first.
+        if !self.hub.is_isolated() {
+            self.hub.disconnect(id, &mut self.hub_queue);
+        }
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_notify<O: Outbox>(
@@ -249,7 +318,9 @@ impl Services {
         clock: &Clock,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_notify(s, id, note, acked, clock, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_notify(s, id, note, acked, clock, &mut switched));
+        self.drain(clock, out);
     }
 
     /// See [`StreamService::hold_input`].
@@ -279,7 +350,9 @@ impl Services {
     /// Run the due timers of every stream service.
     pub fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         for kind in ProtocolKind::ALL {
-            stream!(self, as_mut, kind, s => StreamService::on_timers(s, clock, out));
+            let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+            stream!(self, as_mut, kind, s => StreamService::on_timers(s, clock, &mut switched));
+            self.drain(clock, out);
         }
     }
 
@@ -292,7 +365,11 @@ impl Services {
         out: &mut O,
         datagrams: &mut D,
     ) {
-        datagram!(self, as_mut, kind, s => DatagramService::on_timers(s, clock, out, datagrams));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        datagram!(self, as_mut, kind, s => {
+            DatagramService::on_timers(s, clock, &mut switched, datagrams)
+        });
+        self.drain(clock, out);
     }
 
     /// The earliest deadline of any service.
@@ -309,7 +386,9 @@ impl Services {
     /// Hand work completed off the loop's thread to its service.
     pub fn on_wake<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         for kind in ProtocolKind::ALL {
-            stream!(self, as_mut, kind, s => s.on_wake(clock, out));
+            let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+            stream!(self, as_mut, kind, s => s.on_wake(clock, &mut switched));
+            self.drain(clock, out);
         }
     }
 
