@@ -265,6 +265,20 @@ impl Hub {
         self.awaiting_write.len()
     }
 
+    /// Whether a lobby message from `origin` would reach anyone: the lobby has members in
+    /// another protocol. The check a service makes before building a [`LobbyMessage`], so
+    /// that a protocol used alone pays nothing more for the switchboard.
+    #[inline]
+    pub fn has_audience_besides(&self, origin: ProtocolKind) -> bool {
+        !self.config.isolated
+            && self
+                .lobby
+                .members
+                .iter()
+                .enumerate()
+                .any(|(at, members)| at != origin.index() && !members.is_empty())
+    }
+
     /// Whether `room` is the OCM room whose members are in the lobby.
     pub fn is_ocm_lobby_room(&self, room: &[u8]) -> bool {
         room == self.config.ocm_lobby_room.as_bytes()

@@ -130,10 +130,12 @@ pub fn bin24_delivered(message_id: u32, recipient: Name, sender: Name) -> Bytes 
 
 impl LobbyMessage {
     /// ROOM: N = the member's alias; T = the chunk without a leading `<alias>: ` (the original
-    /// client sends `alias: text`), else the whole chunk. T is a slice of the chunk, no copy.
+    /// client sends `alias: text`), else the whole chunk; then without one trailing line
+    /// ending (`\r\n` or `\n`): in ROOM it is the terminal's framing, and MATOU forbids
+    /// control characters in a message. T is a slice of the chunk, no copy.
     pub fn from_room(alias: &Bytes, chunk: &Bytes) -> LobbyMessage {
         let prefix = alias.len() + 2;
-        let text = if chunk.len() >= prefix
+        let mut text = if chunk.len() >= prefix
             && chunk.starts_with(alias)
             && &chunk[alias.len()..prefix] == b": "
         {
@@ -141,6 +143,12 @@ impl LobbyMessage {
         } else {
             chunk.clone()
         };
+        let line_ending = if text.ends_with(b"\r\n") {
+            2
+        } else {
+            usize::from(text.ends_with(b"\n"))
+        };
+        text.truncate(text.len() - line_ending);
         LobbyMessage {
             origin: ProtocolKind::Room,
             sender: alias.clone(),

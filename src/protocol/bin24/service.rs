@@ -11,6 +11,7 @@ use log::{debug, warn};
 use super::codec::{self, Frame, Name};
 use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
+use crate::hub::{Claim, NamedProtocol};
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::store::{StoreEvent, StoreRequest};
@@ -402,6 +403,18 @@ impl Bin24Service {
                     "not allowed by the users list"
                 }
             );
+            self.custody.logins_refused += 1;
+            self.reject(id, out);
+            return false;
+        }
+        // Switchboard rule 1: a name held in CCM or MATOU is refused, BIN24's only way (it
+        // has no refusal frame). A BIN24 holder is BIN24's own rule above.
+        let claim = out.hub().map(|link| {
+            link.hub
+                .claim_name(NamedProtocol::Bin24, id, src.as_bytes())
+        });
+        if let Some(Claim::Refused(_)) = claim {
+            debug!("{id}: login as {src} refused (the name is held in another protocol)");
             self.custody.logins_refused += 1;
             self.reject(id, out);
             return false;

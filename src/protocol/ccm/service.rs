@@ -8,8 +8,11 @@ use log::debug;
 
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
+use crate::hub::{Claim, Endpoint, LobbyMessage, NamedProtocol, User};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{Clock, CloseMode, CloseReason, Context, Outbox, StreamService};
+use crate::protocol::{
+    Clock, CloseMode, CloseReason, Context, Outbox, ProtocolKind, StreamService,
+};
 use crate::timer::{TimerKey, TimerWheel};
 
 /// Fills 16 bytes with randomness; false when no randomness could be had.
@@ -261,6 +264,7 @@ impl CcmService {
             Some(MessageType::Connect) => true,
             Some(MessageType::Disconnect) => {
                 self.forget(id);
+                leave_hub(id, out);
                 out.close(id, CloseReason::Done, CloseMode::AfterFlush);
                 false
             }
@@ -312,6 +316,19 @@ impl CcmService {
             self.answer_error(id, Reason::NameTaken, "that name is in use", out);
             return;
         }
+        // Switchboard rule 1: a name held in BIN24 or MATOU is refused too, CCM's own way
+        // (the connection stays open for another try).
+        let refused =
+            out.hub().and_then(
+                |link| match link.hub.claim_name(NamedProtocol::Ccm, id, &name) {
+                    Claim::Granted => None,
+                    Claim::Refused(refusal) => refusal.answer(),
+                },
+            );
+        if let Some(answer) = refused {
+            out.send(id, answer);
+            return;
+        }
         let mut random = [0u8; 16];
         if !(self.tokens)(&mut random) {
             log::error!("{id}: no randomness for a token; closing the connection");
@@ -324,7 +341,7 @@ impl CcmService {
         let keepalive = self.keepalives.insert(deadline, id);
         if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Identified {
-                name,
+                name: name.clone(),
                 token: token.clone(),
             };
             conn.keepalive = Some(keepalive);
@@ -335,6 +352,14 @@ impl CcmService {
         }
         out.mark_identified(id);
         out.send(id, codec::encode("Identity", &[("User", &token)], b""));
+        if let Some(link) = out.hub() {
+            let user = User {
+                protocol: ProtocolKind::Ccm,
+                endpoint: Endpoint::Conn(id),
+                name,
+            };
+            link.hub.enter_lobby(user, link.queue);
+        }
     }
 
     /// Deliver to `addressee`, or to every other identified user for `*`. The header is encoded
@@ -408,6 +433,15 @@ impl CcmService {
                     send_to(to, out);
                 }
             }
+            if let Some(link) = out.hub() {
+                if link.hub.has_audience_besides(ProtocolKind::Ccm) {
+                    // Content not valid in its encoding reached CCM's users as bytes; the
+                    // other protocols carry text only.
+                    if let Ok(Some(said)) = LobbyMessage::from_ccm(sender, message) {
+                        link.hub.say(said, link.queue);
+                    }
+                }
+            }
         } else if let Some(to) = to {
             send_to(to, out);
         }
@@ -431,6 +465,7 @@ impl CcmService {
         out.close(id, CloseReason::ProtocolError, CloseMode::AfterFlush);
         // Nothing more from it is processed; its name and token go now.
         self.forget(id);
+        leave_hub(id, out);
     }
 
     /// Invalidate the token, free the name, stop the keepalive.
@@ -463,6 +498,7 @@ impl CcmService {
         );
         out.close(id, CloseReason::HandshakeTimeout, CloseMode::AfterFlush);
         self.forget(id);
+        leave_hub(id, out);
     }
 
     /// `id` is gone: its token is invalid and its name free.
@@ -505,6 +541,14 @@ impl CcmService {
             };
             conn.keepalive = Some(self.keepalives.insert(next_ms, id));
         }
+    }
+}
+
+/// `id` no longer takes part in the switchboard (it is closing): out of the lobby, its name
+/// free, now rather than when the close completes.
+fn leave_hub<O: Outbox>(id: ConnId, out: &mut O) {
+    if let Some(link) = out.hub() {
+        link.hub.disconnect(id, link.queue);
     }
 }
 

@@ -1,0 +1,463 @@
+//! The switchboard over real sockets (contract section SWITCHBOARD): one name space for BIN24,
+//! CCM and MATOU, one lobby for ROOM, MATOU, CCM and the OCM lobby room, presence notices,
+//! BIN24<->CCM direct messages, counts by origin and destination; and `--isolate`, which keeps
+//! every protocol apart.
+//!
+//! Each protocol's client is played by hand from the contract's wire formats (not with the
+//! library's codecs, except BIN24's fixed frame layout), so a rendering bug cannot hide behind
+//! a matching helper.
+
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Client, TempDir, TestServer, WAIT};
+use switchboard::config::Config;
+use switchboard::protocol::bin24::codec::{self as bin24, Name};
+
+const ACK_TIMEOUT_MS: u64 = 300;
+
+/// ROOM, BIN24, CCM, MATOU and the admin port (and OCM when `ocm` is set), the switchboard on
+/// unless `isolate`.
+fn server(data: &TempDir, isolate: bool) -> TestServer {
+    TestServer::start(Config {
+        bin24_port: Some(0),
+        bin24_ack_timeout_ms: ACK_TIMEOUT_MS,
+        data_dir: data.0.clone(),
+        ccm_port: Some(0),
+        matou_port: Some(0),
+        admin_port: Some(0),
+        isolate,
+        ..Config::for_tests()
+    })
+}
+
+// ---- CCM ----
+
+fn ccm_connect(server: &TestServer, label: &str) -> Client {
+    Client::connect(server.ccm.expect("CCM enabled"), label)
+}
+
+fn ccm_identify_message(name: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+        name.len()
+    )
+    .into_bytes()
+}
+
+/// Identify as `name`; returns the client and its token.
+fn ccm_identify(server: &TestServer, name: &str) -> (Client, String) {
+    let mut client = ccm_connect(server, name);
+    client.send(&ccm_identify_message(name));
+    let token = ccm_expect_identity(&mut client);
+    (client, token)
+}
+
+fn ccm_expect_identity(client: &mut Client) -> String {
+    client.expect(b"CCM\\1.0 Identity\nUser: ");
+    let token = client.read_through(b"\n");
+    client.expect(b"Content-Length: 0\n\n");
+    String::from_utf8(token[..token.len() - 1].to_vec()).expect("hex token")
+}
+
+fn ccm_text(token: &str, to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nUser: {token}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn ccm_delivered(from: &str, to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nSender: {from}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The exact bytes of a CCM `Error` with `Reason: <reason>` and `sentence`.
+fn ccm_error(reason: &str, sentence: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Error\nReason: {reason}\nContent-Length: {}\n\n{sentence}",
+        sentence.len()
+    )
+    .into_bytes()
+}
+
+const NAME_TAKEN: &str = "that name is in use";
+
+// ---- MATOU ----
+
+fn string(bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+struct Matou {
+    stream: TcpStream,
+    name: String,
+}
+
+impl Matou {
+    fn connect(server: &TestServer, name: &str) -> Matou {
+        let stream = TcpStream::connect(server.matou.expect("MATOU enabled")).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Matou {
+            stream,
+            name: name.to_string(),
+        }
+    }
+
+    /// Connect and sign in as `name`; consumes the own CONNECT_NOTIFY.
+    fn sign_in(server: &TestServer, name: &str) -> Matou {
+        let mut peer = Matou::connect(server, name);
+        peer.login(name, true);
+        peer.expect_notify(3, name);
+        peer
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    fn read_exact(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.stream
+            .read_exact(&mut buf)
+            .unwrap_or_else(|err| panic!("{}: reading {len} bytes: {err}", self.name));
+        buf
+    }
+
+    fn int(&mut self) -> i32 {
+        let bytes = self.read_exact(4);
+        i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+
+    fn string(&mut self) -> String {
+        let len = self.int();
+        assert!(
+            (0..=4096).contains(&len),
+            "{}: string size {len}",
+            self.name
+        );
+        String::from_utf8(self.read_exact(len as usize)).expect("UTF-8")
+    }
+
+    fn expect_type(&mut self, expected: i32) {
+        assert_eq!(self.int(), expected, "{}: packet type", self.name);
+    }
+
+    fn login(&mut self, name: &str, accepted: bool) {
+        let mut packet = 1i32.to_be_bytes().to_vec();
+        packet.extend(string(name.as_bytes()));
+        self.send(&packet);
+        self.expect_type(2);
+        assert_eq!(
+            self.read_exact(1)[0],
+            u8::from(accepted),
+            "{}: acceptation for {name}",
+            self.name
+        );
+    }
+
+    fn say(&mut self, message: &str) {
+        let mut packet = 4i32.to_be_bytes().to_vec();
+        packet.extend(string(message.as_bytes()));
+        self.send(&packet);
+    }
+
+    fn expect_notify(&mut self, kind: i32, name: &str) {
+        self.expect_type(kind);
+        assert_eq!(self.string(), name, "{}: notification", self.name);
+    }
+
+    fn expect_broadcast(&mut self, from: &str, message: &str) {
+        self.expect_type(5);
+        assert_eq!(self.string(), from, "{}: broadcast sender", self.name);
+        assert_eq!(self.string(), message, "{}: broadcast message", self.name);
+    }
+
+    fn expect_nothing_for(&mut self, quiet: Duration) {
+        self.stream.set_read_timeout(Some(quiet)).expect("timeout");
+        let mut buf = [0u8; 64];
+        let result = self.stream.read(&mut buf);
+        self.stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        match result {
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(n) => panic!("{}: expected silence, got {:?}", self.name, &buf[..n]),
+            Err(err) => panic!("{}: {err}", self.name),
+        }
+    }
+}
+
+// ---- BIN24 ----
+
+fn name(text: &str) -> Name {
+    Name::new(text.as_bytes()).expect("valid name")
+}
+
+#[derive(Debug)]
+struct Frame {
+    frame_type: u16,
+    message_id: u32,
+    src: String,
+    dst: String,
+    body: Vec<u8>,
+}
+
+struct Bin24 {
+    user: String,
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    next_id: u32,
+}
+
+impl Bin24 {
+    fn connect(server: &TestServer, user: &str) -> Bin24 {
+        let stream = TcpStream::connect(server.bin24.expect("BIN24 enabled")).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Bin24 {
+            user: user.to_string(),
+            stream,
+            buffer: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Connect and log in as `user`, waiting until the server knows the name (a message to
+    /// oneself comes back, answered).
+    fn log_in(server: &TestServer, user: &str) -> Bin24 {
+        let mut peer = Bin24::connect(server, user);
+        let id = peer.send(user, "sync");
+        let echo = peer.recv();
+        assert_eq!((echo.frame_type, echo.message_id), (0, id), "{echo:?}");
+        assert_eq!(
+            (&echo.dst[..], &echo.body[..]),
+            (user, &b"sync"[..]),
+            "{echo:?}"
+        );
+        peer.answer(&echo);
+        let answer = peer.recv();
+        assert_eq!(
+            (answer.frame_type, answer.message_id),
+            (1, id),
+            "{answer:?}"
+        );
+        peer
+    }
+
+    fn send(&mut self, to: &str, text: &str) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = bin24::encode(
+            bin24::TYPE_MESSAGE,
+            id,
+            name(&self.user),
+            name(to),
+            text.as_bytes(),
+        )
+        .expect("frame");
+        self.stream.write_all(&frame).expect("send");
+        id
+    }
+
+    fn answer(&mut self, to: &Frame) {
+        let frame = bin24::encode(
+            bin24::TYPE_ANSWER,
+            to.message_id,
+            name(&self.user),
+            name(&to.src),
+            b"200",
+        )
+        .expect("frame");
+        self.stream.write_all(&frame).expect("send");
+    }
+
+    fn try_frame(&mut self) -> Option<Frame> {
+        if self.buffer.len() < 2 {
+            return None;
+        }
+        let len = usize::from(u16::from_le_bytes([self.buffer[0], self.buffer[1]]));
+        if self.buffer.len() < len {
+            return None;
+        }
+        let raw: Vec<u8> = self.buffer.drain(..len).collect();
+        let field = |at: usize| {
+            let bytes: [u8; 8] = raw[at..at + 8].try_into().expect("8 bytes");
+            String::from_utf8_lossy(Name::from_field(&bytes).as_bytes()).into_owned()
+        };
+        Some(Frame {
+            frame_type: u16::from_le_bytes([raw[2], raw[3]]),
+            message_id: u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]),
+            src: field(8),
+            dst: field(16),
+            body: raw[24..].to_vec(),
+        })
+    }
+
+    fn recv(&mut self) -> Frame {
+        loop {
+            if let Some(frame) = self.try_frame() {
+                return frame;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("{}: closed while waiting for a frame", self.user),
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(err) => panic!("{}: no frame arrived: {err}", self.user),
+            }
+        }
+    }
+
+    /// The server closes this connection (bounded wait).
+    fn expect_closed(&mut self) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => return,
+                Err(err) => panic!("{}: not closed: {err}", self.user),
+            }
+        }
+    }
+}
+
+// ---- ROOM ----
+
+fn room_join(server: &TestServer, alias: &str) -> Client {
+    Client::join(server.room, alias)
+}
+
+// ---- rule 1 ----
+
+#[test]
+fn rule1_a_name_held_in_one_protocol_is_refused_by_the_others_each_in_its_own_way() {
+    let data = TempDir::new("switchboard-names");
+    let server = server(&data, false);
+
+    // ana holds her name in BIN24: CCM and MATOU refuse it, each its own way.
+    let _ana = Bin24::log_in(&server, "ana");
+    let mut ccm = ccm_connect(&server, "ccm");
+    ccm.send(&ccm_identify_message("ana"));
+    ccm.expect(&ccm_error("name-taken", NAME_TAKEN));
+    let mut matou = Matou::connect(&server, "matou");
+    matou.login("ana", false);
+
+    // Both connections stay open for another try: CCM takes "bia", MATOU "caio".
+    ccm.send(&ccm_identify_message("bia"));
+    ccm_expect_identity(&mut ccm);
+    matou.login("caio", true);
+    matou.expect_notify(3, "caio");
+
+    // Names held in CCM and MATOU: MATOU refuses bia, CCM refuses caio, BIN24 closes both.
+    let mut matou2 = Matou::connect(&server, "matou2");
+    matou2.login("bia", false);
+    let mut ccm2 = ccm_connect(&server, "ccm2");
+    ccm2.send(&ccm_identify_message("caio"));
+    ccm2.expect(&ccm_error("name-taken", NAME_TAKEN));
+    for held in ["bia", "caio"] {
+        let mut bin = Bin24::connect(&server, held);
+        bin.send(held, "mine?");
+        bin.expect_closed();
+    }
+
+    // BIN24's own rule still holds between BIN24 connections: a newer ana replaces the older.
+    let _newer = Bin24::log_in(&server, "ana");
+
+    // A name is free again once its holder leaves: caio signs out of MATOU, CCM may take it.
+    drop(matou);
+    let mut ccm3 = ccm_connect(&server, "ccm3");
+    let refused = ccm_error("name-taken", NAME_TAKEN);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        ccm3.send(&ccm_identify_message("caio"));
+        ccm3.expect(b"CCM\\1.0 ");
+        if ccm3.read_through(b"\n") == b"Identity\n" {
+            break;
+        }
+        // MATOU's close has not been handled yet: the refusal, then try again (bounded).
+        ccm3.expect(&refused[b"CCM\\1.0 Error\n".len()..]);
+        assert!(std::time::Instant::now() < deadline, "caio was never freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.stop();
+}
+
+// ---- rules 2 and 3 ----
+
+#[test]
+fn rules2_and_3_room_matou_and_ccm_users_share_one_lobby_with_presence() {
+    let data = TempDir::new("switchboard-lobby");
+    let server = server(&data, false);
+
+    let mut rui = room_join(&server, "rui");
+    let mut mia = Matou::sign_in(&server, "mia");
+    rui.expect(b"b'mia' esta conectado ao chat");
+    let (mut cid, cid_token) = ccm_identify(&server, "cid");
+    rui.expect(b"b'cid' esta conectado ao chat");
+    mia.expect_notify(3, "cid");
+
+    // ROOM: the original client sends `alias: text` with a line ending; ROOM echoes it, the
+    // others get N = rui and T without the prefix and the line ending.
+    rui.send(b"rui: hello there\n");
+    rui.expect(b"rui: hello there\n");
+    mia.expect_broadcast("rui", "hello there");
+    cid.expect(&ccm_delivered("rui", "*", "hello there"));
+
+    // MATOU: PUBLIC_MESSAGE reaches ROOM as `N: T` and CCM as a Text to `*`.
+    mia.say("oi gente");
+    mia.expect_broadcast("mia", "oi gente");
+    rui.expect(b"mia: oi gente");
+    cid.expect(&ccm_delivered("mia", "*", "oi gente"));
+
+    // CCM: a Text to `*`, not echoed to its sender.
+    cid.send(&ccm_text(&cid_token, "*", "ola"));
+    rui.expect(b"cid: ola");
+    mia.expect_broadcast("cid", "ola");
+    cid.expect_nothing_for(Duration::from_millis(100));
+
+    // Leaving: ROOM's leave notice and MATOU's SIGN_OUT_NOTIFY; CCM has no presence message.
+    drop(cid);
+    rui.expect(b"b'cid' acabou de sair do chat!");
+    mia.expect_notify(16, "cid");
+    drop(rui);
+    mia.expect_notify(16, "rui");
+    drop(mia);
+    server.stop();
+}
+
+// ---- --isolate ----
+
+#[test]
+fn isolate_keeps_every_protocol_apart_exactly_as_before() {
+    let data = TempDir::new("switchboard-isolate");
+    let server = server(&data, true);
+
+    // One name in three protocols: each accepts it.
+    let _ana = Bin24::log_in(&server, "ana");
+    let (mut ana_ccm, _) = ccm_identify(&server, "ana");
+    let mut ana_matou = Matou::sign_in(&server, "ana");
+
+    // A ROOM line reaches ROOM only; a MATOU message MATOU only.
+    let mut rui = room_join(&server, "rui");
+    rui.send(b"rui: anyone?\n");
+    rui.expect(b"rui: anyone?\n");
+    ana_matou.say("so alone");
+    ana_matou.expect_broadcast("ana", "so alone");
+    rui.expect_nothing_for(Duration::from_millis(200));
+    ana_matou.expect_nothing_for(Duration::from_millis(50));
+    ana_ccm.expect_nothing_for(Duration::from_millis(50));
+    server.stop();
+}
