@@ -428,6 +428,55 @@ fn rules2_and_3_room_matou_and_ccm_users_share_one_lobby_with_presence() {
     mia.expect_broadcast("cid", "ola");
     cid.expect_nothing_for(Duration::from_millis(100));
 
+    // Rule 5: what MATOU cannot carry (a control character) does not reach MATOU, and is
+    // counted; CCM carries it. The next line shows MATOU skipped only that one.
+    rui.send(b"rui: tab\there\n");
+    rui.expect(b"rui: tab\there\n");
+    cid.expect(&ccm_delivered("rui", "*", "tab\there"));
+    rui.send(b"rui: plain\n");
+    rui.expect(b"rui: plain\n");
+    mia.expect_broadcast("rui", "plain");
+    cid.expect(&ccm_delivered("rui", "*", "plain"));
+    let crossing = |family: &str, origin: &str, destination: &str| {
+        let series = format!("{family}{{origin=\"{origin}\",destination=\"{destination}\"}}");
+        server
+            .metric(&series)
+            .unwrap_or_else(|| panic!("{series} missing"))
+    };
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "room", "matou"),
+        2.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "room", "ccm"),
+        3.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_over_limit_total", "room", "matou"),
+        1.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "matou", "room"),
+        1.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "ccm", "matou"),
+        1.0
+    );
+    // Presence: ROOM heard of mia and cid, MATOU of cid.
+    assert_eq!(
+        crossing("chatd_switchboard_notices_total", "matou", "room"),
+        1.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_notices_total", "ccm", "room"),
+        1.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_notices_total", "ccm", "matou"),
+        1.0
+    );
+
     // Leaving: ROOM's leave notice and MATOU's SIGN_OUT_NOTIFY; CCM has no presence message.
     drop(cid);
     rui.expect(b"b'cid' acabou de sair do chat!");
@@ -459,5 +508,10 @@ fn isolate_keeps_every_protocol_apart_exactly_as_before() {
     rui.expect_nothing_for(Duration::from_millis(200));
     ana_matou.expect_nothing_for(Duration::from_millis(50));
     ana_ccm.expect_nothing_for(Duration::from_millis(50));
+    // Nothing crossed, so nothing is counted: the switchboard's families are not even shown.
+    assert_eq!(
+        server.metric("chatd_switchboard_messages_total{origin=\"room\",destination=\"matou\"}"),
+        None
+    );
     server.stop();
 }

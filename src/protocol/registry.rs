@@ -201,6 +201,21 @@ impl Services {
         &self.hub
     }
 
+    /// The switchboard's counts and lobby, for the admin port; `None` under `--isolate`.
+    pub fn switchboard_metrics(&self) -> Option<crate::metrics::SwitchboardMetrics> {
+        if self.hub.is_isolated() {
+            return None;
+        }
+        let mut lobby_members = [0; ProtocolKind::COUNT];
+        for kind in ProtocolKind::ALL {
+            lobby_members[kind.index()] = self.hub.lobby_count(kind) as u64;
+        }
+        Some(crate::metrics::SwitchboardMetrics {
+            counts: *self.hub.counts(),
+            lobby_members,
+        })
+    }
+
     /// Hand what the hub produced during the last call to where it goes: deliveries to
     /// connections through `out` (connection ids are global across protocols), to OCM members
     /// to the OCM socket's queue, and each outcome to its service (whose call may produce
