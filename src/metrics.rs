@@ -47,6 +47,8 @@ pub struct AdminMetrics {
 /// The switchboard's counts (contract SWITCHBOARD rule 5) and lobby size.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SwitchboardMetrics {
+    /// The enabled protocols: only they are shown, as everywhere on the admin port.
+    pub protocols: Vec<ProtocolKind>,
     pub counts: Counts,
     /// Lobby members by protocol, by `ProtocolKind::index`.
     pub lobby_members: [u64; ProtocolKind::COUNT],
@@ -401,14 +403,19 @@ fn seconds(micros: u64) -> f64 {
     micros as f64 / 1_000_000.0
 }
 
-/// Deliveries across protocols by origin and destination (every pair of two different
+/// Deliveries across protocols by origin and destination (every pair of two different enabled
 /// protocols, zeros included, so a rate can be taken from the first scrape), and the lobby.
+/// Left out when fewer than two protocols are enabled: nothing can cross.
 fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
+    let enabled = &switchboard.protocols;
+    if enabled.len() < 2 {
+        return;
+    }
     let pairs = |matrix: &[[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT]| -> Vec<Metric> {
-        ProtocolKind::ALL
+        enabled
             .iter()
             .flat_map(|&origin| {
-                ProtocolKind::ALL
+                enabled
                     .iter()
                     .filter(move |&&destination| destination != origin)
                     .map(move |&destination| {
@@ -444,7 +451,7 @@ fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
     out.gauge(
         "chatd_switchboard_lobby_members",
         "Members of the switchboard's lobby, by protocol.",
-        ProtocolKind::ALL
+        enabled
             .iter()
             .filter(|kind| kind.has_lobby())
             .map(|kind| {
@@ -519,7 +526,10 @@ mod tests {
                 ..StoreMetrics::default()
             }),
             switchboard: Some({
-                let mut switchboard = SwitchboardMetrics::default();
+                let mut switchboard = SwitchboardMetrics {
+                    protocols: ProtocolKind::ALL.to_vec(),
+                    ..SwitchboardMetrics::default()
+                };
                 let (room, matou) = (ProtocolKind::Room.index(), ProtocolKind::Matou.index());
                 switchboard.counts.messages[room][matou] = 3;
                 switchboard.counts.over_limit[room][matou] = 1;

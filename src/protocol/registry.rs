@@ -210,7 +210,12 @@ impl Services {
         for kind in ProtocolKind::ALL {
             lobby_members[kind.index()] = self.hub.lobby_count(kind) as u64;
         }
+        let protocols = ProtocolKind::ALL
+            .into_iter()
+            .filter(|&kind| stream!(self, as_ref, kind, _s => ()).is_some())
+            .collect();
         Some(crate::metrics::SwitchboardMetrics {
+            protocols,
             counts: *self.hub.counts(),
             lobby_members,
         })
