@@ -515,3 +515,110 @@ fn isolate_keeps_every_protocol_apart_exactly_as_before() {
     );
     server.stop();
 }
+
+// ---- rule 4 ----
+
+#[test]
+fn rule4_bin24_and_ccm_users_message_each_other_and_200_and_the_store_keep_their_meaning() {
+    let data = TempDir::new("switchboard-direct");
+    let server = server(&data, false);
+    let mut bob = Bin24::log_in(&server, "bob");
+    let (mut cat, cat_token) = ccm_identify(&server, "cat");
+
+    // CCM -> BIN24: a type 0 with SRC = cat, DST = bob, messageIDs from cat's own counter.
+    cat.send(&ccm_text(&cat_token, "bob", "hi bob"));
+    let frame = bob.recv();
+    assert_eq!(
+        (
+            frame.frame_type,
+            frame.message_id,
+            &frame.src[..],
+            &frame.dst[..]
+        ),
+        (0, 0, "cat", "bob")
+    );
+    assert_eq!(frame.body, b"hi bob");
+    // bob's answer ends the exchange: CCM has nothing to show for it.
+    bob.answer(&frame);
+
+    // BIN24 -> CCM: cat gets a Text from bob; bob hears "200" from cat once it is written.
+    let id = bob.send("cat", "hi cat");
+    cat.expect(&ccm_delivered("bob", "cat", "hi cat"));
+    let answer = bob.recv();
+    assert_eq!(
+        (
+            answer.frame_type,
+            answer.message_id,
+            &answer.src[..],
+            &answer.dst[..]
+        ),
+        (1, id, "cat", "bob")
+    );
+    assert_eq!(answer.body, b"200");
+
+    // What BIN24 cannot carry is refused to the CCM sender, whose connection stays open.
+    cat.send(&ccm_text(&cat_token, "bob", &"x".repeat(1001)));
+    cat.expect(&ccm_error(
+        "too-large",
+        "a message to a BIN24 user is at most 1000 bytes",
+    ));
+    let (mut longname, longname_token) = ccm_identify(&server, "ninebytes");
+    longname.send(&ccm_text(&longname_token, "bob", "hello"));
+    longname.expect(&ccm_error(
+        "too-large",
+        "your name is longer than the 8 bytes a BIN24 user can be sent from",
+    ));
+    // Nobody online anywhere by that name: CCM's own answer.
+    cat.send(&ccm_text(&cat_token, "nobody", "hello?"));
+    cat.expect(&ccm_error("unknown-addressee", "no user has that name"));
+
+    // bob does not answer within the ack timeout: BIN24 rule 6, he is closed and the message
+    // waits in his store; it reaches him, once, when he comes back.
+    cat.send(&ccm_text(&cat_token, "bob", "still there?"));
+    let unanswered = bob.recv();
+    assert_eq!(
+        (unanswered.message_id, &unanswered.body[..]),
+        (1, &b"still there?"[..])
+    );
+    bob.expect_closed();
+    // A CCM sender hears no "300"; the store's own gauge says when the frame is durable.
+    server.wait_metric("chatd_store_frames", 1.0);
+    // Log in with an answer to nobody (dropped by the server, so it registers without side
+    // effects): the stored frame follows, as type 2.
+    let mut bob = Bin24::connect(&server, "bob");
+    let register = bin24::encode(
+        bin24::TYPE_ANSWER,
+        u32::MAX,
+        name("bob"),
+        name("nobody"),
+        b"200",
+    )
+    .expect("frame");
+    bob.stream.write_all(&register).expect("send");
+    let stored = bob.recv();
+    assert_eq!(
+        (stored.frame_type, stored.message_id, &stored.src[..]),
+        (bin24::TYPE_OFFLINE, 1, "cat")
+    );
+    assert_eq!(stored.body, b"still there?");
+
+    let crossing = |family: &str, origin: &str, destination: &str| {
+        let series = format!("{family}{{origin=\"{origin}\",destination=\"{destination}\"}}");
+        server
+            .metric(&series)
+            .unwrap_or_else(|| panic!("{series} missing"))
+    };
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "ccm", "bin24"),
+        2.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "bin24", "ccm"),
+        1.0
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_over_limit_total", "ccm", "bin24"),
+        2.0
+    );
+    server.stop();
+}

@@ -8,10 +8,12 @@ use log::debug;
 
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
-use crate::hub::{Claim, Endpoint, LobbyMessage, NamedProtocol, User};
+use crate::hub::{
+    CcmDirect, Claim, Endpoint, LobbyMessage, NamedProtocol, User, Written, WrittenNote,
+};
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
-    Clock, CloseMode, CloseReason, Context, Outbox, ProtocolKind, StreamService,
+    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -404,7 +406,28 @@ impl CcmService {
             match self.users.get(addressee) {
                 Some(&to) => (Some(to), delivery_bytes),
                 None => {
-                    self.answer_error(from, Reason::UnknownAddressee, "no user has that name", out);
+                    // Switchboard rule 4: an online BIN24 user gets it as a BIN24 message.
+                    let direct = out.hub().map(|link| {
+                        link.hub
+                            .ccm_direct(from, kind, addressee, &message.content, link.queue)
+                    });
+                    match direct {
+                        Some(CcmDirect::ToBin24 { to, frame, .. }) => {
+                            if let Some(link) = out.hub() {
+                                link.queue.hand_over(HubOutcome::Bin24Forward { to, frame });
+                            }
+                        }
+                        Some(CcmDirect::Refused { error }) => {
+                            out.count_rejected();
+                            out.send(from, error);
+                        }
+                        Some(CcmDirect::NotCrossing) | None => self.answer_error(
+                            from,
+                            Reason::UnknownAddressee,
+                            "no user has that name",
+                            out,
+                        ),
+                    }
                     return;
                 }
             }
@@ -607,6 +630,38 @@ impl StreamService for CcmService {
 
     fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         self.on_timers(clock.now_ms, out);
+    }
+
+    /// A note is only ever the switchboard's (CCM queues nothing with `send_notify` of its
+    /// own): a BIN24 user's message was written to this CCM user, or never will be.
+    fn on_notify<O: Outbox>(
+        &mut self,
+        _id: ConnId,
+        note: u64,
+        acked: bool,
+        _clock: &Clock,
+        out: &mut O,
+    ) {
+        let Some(link) = out.hub() else {
+            return;
+        };
+        match link.hub.on_written(WrittenNote(note), acked) {
+            Some(Written::Answered { sender, answer }) => link
+                .queue
+                .hand_over(HubOutcome::Bin24Answer { sender, answer }),
+            Some(Written::Unwritten {
+                recipient,
+                sender,
+                message_id,
+                frame,
+            }) => link.queue.hand_over(HubOutcome::Bin24Store {
+                recipient,
+                sender,
+                message_id,
+                frame,
+            }),
+            None => {}
+        }
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
