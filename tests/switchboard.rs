@@ -14,7 +14,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::{Client, TempDir, TestServer, WAIT};
@@ -334,6 +334,84 @@ impl Bin24 {
     }
 }
 
+// ---- OCM ----
+
+/// An OCM chat member: joined (or created) its room over TCRP, chats over UDP.
+struct Ocm {
+    name: String,
+    room: String,
+    token: String,
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Ocm {
+    /// `operation` 1 creates the room, 2 joins it.
+    fn enter(server: &TestServer, operation: u8, room: &str, name: &str) -> Ocm {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        socket.set_read_timeout(Some(WAIT)).expect("timeout");
+        let udp = socket.local_addr().expect("addr");
+        let payload = format!(
+            "{{\"user_name\": \"{name}\", \"user_address\": [\"{}\", {}]}}",
+            udp.ip(),
+            udp.port()
+        );
+        let mut request = vec![room.len() as u8, operation, 0];
+        request.extend_from_slice(&[0u8; 21]);
+        request.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        request.extend_from_slice(room.as_bytes());
+        request.extend_from_slice(payload.as_bytes());
+        let mut tcrp = TcpStream::connect(server.ocm_tcp.expect("OCM enabled")).expect("connect");
+        tcrp.set_read_timeout(Some(WAIT)).expect("timeout");
+        tcrp.write_all(&request).expect("send request");
+        let mut answer = Vec::new();
+        tcrp.read_to_end(&mut answer)
+            .expect("answered, then closed");
+        let json = String::from_utf8_lossy(&answer[32.min(answer.len())..]).into_owned();
+        assert_eq!(
+            answer.get(2),
+            Some(&2),
+            "{name}: success expected, got {json}"
+        );
+        let at = json.find("\"token\": \"").expect("token") + 10;
+        Ocm {
+            name: name.to_string(),
+            room: room.to_string(),
+            token: json[at..at + 64].to_string(),
+            socket,
+            server: server.ocm_udp.expect("OCM UDP"),
+        }
+    }
+
+    fn say(&self, message: &str) {
+        let mut bytes = vec![self.room.len() as u8, self.token.len() as u8];
+        bytes.extend_from_slice(self.room.as_bytes());
+        bytes.extend_from_slice(self.token.as_bytes());
+        bytes.extend_from_slice(message.as_bytes());
+        self.socket.send_to(&bytes, self.server).expect("send");
+    }
+
+    /// The next datagram from the server must be exactly `expected`.
+    fn expect(&self, expected: &str) {
+        let mut buf = [0u8; 65536];
+        loop {
+            let (len, from) = self
+                .socket
+                .recv_from(&mut buf)
+                .unwrap_or_else(|err| panic!("{}: waiting for {expected:?}: {err}", self.name));
+            if from == self.server {
+                assert_eq!(
+                    String::from_utf8_lossy(&buf[..len]),
+                    expected,
+                    "{}",
+                    self.name
+                );
+                return;
+            }
+        }
+    }
+}
+
 // ---- ROOM ----
 
 fn room_join(server: &TestServer, alias: &str) -> Client {
@@ -619,6 +697,106 @@ fn rule4_bin24_and_ccm_users_message_each_other_and_200_and_the_store_keep_their
     assert_eq!(
         crossing("chatd_switchboard_over_limit_total", "ccm", "bin24"),
         2.0
+    );
+    server.stop();
+}
+
+// ---- all five at once ----
+
+#[test]
+fn all_five_protocols_at_once_one_lobby_one_name_space_and_direct_messages() {
+    let data = TempDir::new("switchboard-all");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        bin24_ack_timeout_ms: ACK_TIMEOUT_MS,
+        data_dir: data.0.clone(),
+        ccm_port: Some(0),
+        matou_port: Some(0),
+        ocm_tcp_port: Some(0),
+        ocm_udp_port: Some(0),
+        admin_port: Some(0),
+        lobby_ocm_room: "sala".to_string(),
+        ..Config::for_tests()
+    });
+
+    // OCM: oli hosts the lobby room ("sala", by --lobby-ocm-room); ze is in a room named
+    // "lobby", which is not the lobby here.
+    let oli = Ocm::enter(&server, 1, "sala", "oli");
+    let ze = Ocm::enter(&server, 1, "lobby", "ze");
+    let mut bob = Bin24::log_in(&server, "bob");
+    let mut rui = room_join(&server, "rui");
+    let mut mia = Matou::sign_in(&server, "mia");
+    rui.expect(b"b'mia' esta conectado ao chat");
+    let (mut cid, cid_token) = ccm_identify(&server, "cid");
+    rui.expect(b"b'cid' esta conectado ao chat");
+    mia.expect_notify(3, "cid");
+
+    // One name space across BIN24, CCM and MATOU, with everyone present.
+    let mut taken = Matou::connect(&server, "taken");
+    taken.login("bob", false);
+    taken.login("cid", false);
+
+    // Each origin reaches the other four forms (BIN24 has no lobby).
+    rui.send(b"rui: ola a todos\n");
+    rui.expect(b"rui: ola a todos\n");
+    mia.expect_broadcast("rui", "ola a todos");
+    cid.expect(&ccm_delivered("rui", "*", "ola a todos"));
+    oli.expect("rui: ola a todos");
+
+    oli.say("oi do ocm");
+    rui.expect(b"oli: oi do ocm");
+    mia.expect_broadcast("oli", "oi do ocm");
+    cid.expect(&ccm_delivered("oli", "*", "oi do ocm"));
+
+    mia.say("oi do matou");
+    mia.expect_broadcast("mia", "oi do matou");
+    rui.expect(b"mia: oi do matou");
+    cid.expect(&ccm_delivered("mia", "*", "oi do matou"));
+    oli.expect("mia: oi do matou");
+
+    cid.send(&ccm_text(&cid_token, "*", "oi do ccm"));
+    rui.expect(b"cid: oi do ccm");
+    mia.expect_broadcast("cid", "oi do ccm");
+    oli.expect("cid: oi do ccm");
+
+    // Direct messages between BIN24 and CCM, with the lobby busy around them.
+    cid.send(&ccm_text(&cid_token, "bob", "psst"));
+    let frame = bob.recv();
+    assert_eq!((&frame.src[..], &frame.body[..]), ("cid", &b"psst"[..]));
+    bob.answer(&frame);
+    let id = bob.send("cid", "oi cid");
+    cid.expect(&ccm_delivered("bob", "cid", "oi cid"));
+    let answer = bob.recv();
+    assert_eq!((answer.message_id, &answer.body[..]), (id, &b"200"[..]));
+
+    // The host leaves the lobby room: ROOM and MATOU are told; the room closes.
+    oli.say("exit");
+    rui.expect(b"b'oli' acabou de sair do chat!");
+    mia.expect_notify(16, "oli");
+
+    // ze's room is not the lobby: nothing of the above reached it, and what it says stays.
+    ze.say("so aqui");
+    ze.socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut buf = [0u8; 1024];
+    assert!(
+        ze.socket.recv_from(&mut buf).is_err(),
+        "ze got {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    rui.expect_nothing_for(Duration::from_millis(100));
+
+    let lobby = |protocol: &str| {
+        server
+            .metric(&format!(
+                "chatd_switchboard_lobby_members{{protocol=\"{protocol}\"}}"
+            ))
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        [lobby("room"), lobby("matou"), lobby("ccm"), lobby("ocm")],
+        [1.0, 1.0, 1.0, 0.0]
     );
     server.stop();
 }

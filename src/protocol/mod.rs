@@ -28,7 +28,7 @@ pub mod testing;
 
 pub use kind::{ProtocolKind, UdpKind};
 pub use service::{Clock, Context, DatagramService, StreamService};
-pub use switch::{HubLink, HubOutcome, HubQueue, Switched};
+pub use switch::{HubLink, HubOutcome, HubQueue, Switched, SwitchedDatagrams};
 
 /// Why a connection is closed. Logged, and counted in the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +257,11 @@ pub trait DatagramOut {
 
     /// Count one datagram accepted (relayed, or acted on).
     fn count_datagram_in(&mut self) {}
+
+    /// The switchboard's hub, as [`Outbox::hub`], for a datagram protocol's calls.
+    fn hub(&mut self) -> Option<HubLink<'_>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
 use super::{
     Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, Outbox,
-    ProtocolKind, StreamService, Switched, UdpKind,
+    ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
 };
 use crate::config::Config;
 use crate::hub::{Endpoint, FormLimits, Hub, HubConfig, OcmMemberId};
@@ -356,15 +356,46 @@ impl Services {
     }
 
     /// A datagram arrived on the UDP socket of `kind`; answers go out through `out` (that
-    /// socket).
-    pub fn on_datagram<D: DatagramOut>(
+    /// socket), and what the switchboard delivers to connections through `conns`.
+    pub fn on_datagram<O: Outbox, D: DatagramOut>(
         &mut self,
         kind: UdpKind,
         datagram: &[u8],
         cx: &Context,
+        conns: &mut O,
         out: &mut D,
     ) {
-        datagram!(self, as_mut, kind, s => DatagramService::on_datagram(s, datagram, cx, out));
+        let mut switched = SwitchedDatagrams::new(out, &mut self.hub, &mut self.hub_queue);
+        datagram!(self, as_mut, kind, s => {
+            DatagramService::on_datagram(s, datagram, cx, &mut switched)
+        });
+        self.drain(&cx.clock(), conns);
+        if kind == UdpKind::OcmChat {
+            self.flush_ocm_deliveries(out);
+        }
+    }
+
+    /// Whether the switchboard has lobby deliveries waiting for the OCM chat socket (queued
+    /// during a call that did not have it): the reactor then calls
+    /// [`Services::flush_ocm_deliveries`] with it, once per turn.
+    #[inline]
+    pub fn has_ocm_deliveries(&self) -> bool {
+        !self.ocm_deliveries.is_empty()
+    }
+
+    /// Send the waiting lobby deliveries to OCM members through `out`, the OCM chat socket.
+    pub fn flush_ocm_deliveries<D: DatagramOut>(&mut self, out: &mut D) {
+        if self.ocm_deliveries.is_empty() {
+            return;
+        }
+        match self.ocm.as_mut() {
+            Some(ocm) => {
+                for (member, bytes) in self.ocm_deliveries.drain(..) {
+                    DatagramService::on_hub_delivery(ocm, member, &bytes, out);
+                }
+            }
+            None => self.ocm_deliveries.clear(),
+        }
     }
 
     /// Run the due timers of every stream service.
@@ -385,11 +416,15 @@ impl Services {
         out: &mut O,
         datagrams: &mut D,
     ) {
-        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        // The hub is reached through the socket: OCM's timers remove members over it.
+        let mut switched = SwitchedDatagrams::new(datagrams, &mut self.hub, &mut self.hub_queue);
         datagram!(self, as_mut, kind, s => {
-            DatagramService::on_timers(s, clock, &mut switched, datagrams)
+            DatagramService::on_timers(s, clock, out, &mut switched)
         });
         self.drain(clock, out);
+        if kind == UdpKind::OcmChat {
+            self.flush_ocm_deliveries(datagrams);
+        }
     }
 
     /// The earliest deadline of any service.
@@ -522,11 +557,93 @@ mod tests {
 
         // No UDP service is enabled: a datagram for one reaches nothing.
         let mut datagrams = RecordingDatagrams::default();
-        services.on_datagram(UdpKind::OcmRelay, b"hello", &cx(1), &mut datagrams);
+        services.on_datagram(
+            UdpKind::OcmRelay,
+            b"hello",
+            &cx(1),
+            &mut out,
+            &mut datagrams,
+        );
         assert!(datagrams.sent.is_empty() && datagrams.dropped_in.is_empty());
         assert!(!services.input_held());
         assert_eq!(services.held_bytes(), 0);
         assert!(services.store_metrics().is_none());
         assert!(services.shut_down().is_ok());
+    }
+
+    fn room_and_matou_isolated(isolate: bool) -> Services {
+        let config = Config {
+            matou_port: Some(0),
+            isolate,
+            ..Config::for_tests()
+        };
+        match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("no store is opened without BIN24: {err}"),
+        }
+    }
+
+    /// A ROOM member `rui` and a MATOU user `mia`; returns their ids.
+    fn seat_rui_and_mia(services: &mut Services, out: &mut RecordingOutbox) -> (ConnId, ConnId) {
+        use crate::protocol::matou::codec as matou;
+        let (rui, mia) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        services.on_accept(ProtocolKind::Room, rui, &cx(0), out);
+        services.on_data(
+            ProtocolKind::Room,
+            rui,
+            &mut BytesMut::from(&b"rui"[..]),
+            &cx(0),
+            out,
+        );
+        services.on_accept(ProtocolKind::Matou, mia, &cx(0), out);
+        let mut login = BytesMut::from(&1i32.to_be_bytes()[..]);
+        login.extend_from_slice(&3i32.to_be_bytes());
+        login.extend_from_slice(b"mia");
+        services.on_data(ProtocolKind::Matou, mia, &mut login, &cx(0), out);
+        assert!(out.sent_to(mia).contains(&matou::connect_response(true)));
+        out.clear();
+        (rui, mia)
+    }
+
+    #[test]
+    fn a_room_line_reaches_a_matou_user_through_the_hub_and_not_when_isolated() {
+        use crate::protocol::matou::codec as matou;
+        for isolate in [false, true] {
+            let mut services = room_and_matou_isolated(isolate);
+            let mut out = RecordingOutbox::default();
+            let (rui, mia) = seat_rui_and_mia(&mut services, &mut out);
+            services.on_data(
+                ProtocolKind::Room,
+                rui,
+                &mut BytesMut::from(&b"rui: hi\n"[..]),
+                &cx(1),
+                &mut out,
+            );
+            // ROOM's own echo either way; MATOU hears it only through the switchboard.
+            assert_eq!(out.sent_to(rui), [Bytes::from_static(b"rui: hi\n")]);
+            let expected = if isolate {
+                vec![]
+            } else {
+                vec![matou::public_broadcast(b"rui", b"hi")]
+            };
+            assert_eq!(out.sent_to(mia), expected, "isolate: {isolate}");
+            assert_eq!(services.switchboard_metrics().is_none(), isolate);
+
+            // rui leaves: MATOU is told (SIGN_OUT_NOTIFY) unless isolated.
+            out.clear();
+            services.on_close(
+                ProtocolKind::Room,
+                rui,
+                CloseReason::PeerClosed,
+                &cx(2),
+                &mut out,
+            );
+            let expected = if isolate {
+                vec![]
+            } else {
+                vec![matou::sign_out_notify(b"rui")]
+            };
+            assert_eq!(out.sent_to(mia), expected, "isolate: {isolate}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 
 use super::{CloseMode, CloseReason, ConnId, DatagramOut, HubOutcome, Outbox};
+use crate::hub::OcmMemberId;
 use crate::store::{StoreError, StoreMetrics};
 
 /// What time it is, for a call that is not about one peer (timers, completions).
@@ -186,4 +187,8 @@ pub trait DatagramService {
     fn next_deadline_ms(&self) -> Option<u64> {
         None
     }
+
+    /// Send `bytes`, a lobby delivery of the switchboard, to this service's member `to` (OCM:
+    /// a member of the lobby room), through `out`, its socket.
+    fn on_hub_delivery<D: DatagramOut>(&mut self, _to: OcmMemberId, _bytes: &[u8], _out: &mut D) {}
 }

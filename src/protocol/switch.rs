@@ -12,7 +12,11 @@
 use bytes::Bytes;
 
 use super::bin24::codec::{Frame, Name};
-use super::{CloseMode, CloseReason, ConnId, Outbox, ProtocolKind};
+use std::net::SocketAddr;
+
+use super::{
+    CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox, ProtocolKind,
+};
 use crate::hub::{Endpoint, Hub, HubOut};
 
 /// Something the hub decided that another service than the caller's must carry out.
@@ -114,6 +118,40 @@ impl<O: Outbox> Outbox for Switched<'_, O> {
 
     fn mark_identified(&mut self, id: ConnId) {
         self.out.mark_identified(id);
+    }
+
+    fn hub(&mut self) -> Option<HubLink<'_>> {
+        self.link.as_mut().map(|link| HubLink {
+            hub: &mut *link.hub,
+            queue: &mut *link.queue,
+        })
+    }
+}
+
+/// A UDP socket's [`DatagramOut`] with the hub at hand, as [`Switched`] for connections.
+pub struct SwitchedDatagrams<'a, D> {
+    out: &'a mut D,
+    link: Option<HubLink<'a>>,
+}
+
+impl<'a, D: DatagramOut> SwitchedDatagrams<'a, D> {
+    pub fn new(out: &'a mut D, hub: &'a mut Hub, queue: &'a mut HubQueue) -> Self {
+        let link = (!hub.is_isolated()).then_some(HubLink { hub, queue });
+        SwitchedDatagrams { out, link }
+    }
+}
+
+impl<D: DatagramOut> DatagramOut for SwitchedDatagrams<'_, D> {
+    fn send_to(&mut self, to: SocketAddr, bytes: &[u8]) -> DatagramSent {
+        self.out.send_to(to, bytes)
+    }
+
+    fn count_dropped_in(&mut self, why: DatagramDrop) {
+        self.out.count_dropped_in(why);
+    }
+
+    fn count_datagram_in(&mut self) {
+        self.out.count_datagram_in();
     }
 
     fn hub(&mut self) -> Option<HubLink<'_>> {
