@@ -6,8 +6,9 @@
 //! shared by every recipient of that form. It never sees a socket or a clock, and no service
 //! sees another: a service asks the hub, the hub answers through [`HubOut`] or a return value.
 //!
-//! Wiring is pending (issue 18, after the protocol trait of issue 17): nothing calls the hub
-//! yet. `--isolate` will build it with [`HubConfig::isolated`], where it is inert.
+//! The registry owns the hub and the services reach it through `Outbox::hub` during their
+//! calls (`protocol::switch`). `--isolate` builds it with [`HubConfig::isolated`], where it is
+//! inert and no service is handed it.
 
 pub mod event;
 pub mod render;
@@ -49,9 +50,9 @@ impl Default for HubConfig {
     }
 }
 
-/// Where the hub's lobby deliveries go. The wiring sends to a connection through the reactor's
-/// `Outbox`, and to an OCM member through the OCM service (which knows its address and its
-/// fan-out budget); tests record ([`testing::RecordingHubOut`]).
+/// Where the hub's lobby deliveries go. The server's is `protocol::HubQueue`, drained after
+/// each service call: to a connection through the reactor's `Outbox`, to an OCM member through
+/// the OCM service (which knows its address); tests record ([`testing::RecordingHubOut`]).
 pub trait HubOut {
     /// Queue `bytes` for `to`, a lobby member of `protocol`. A fan-out passes clones of one
     /// `Bytes` per wire form (a reference count, not a copy).
