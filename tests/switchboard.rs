@@ -800,3 +800,77 @@ fn all_five_protocols_at_once_one_lobby_one_name_space_and_direct_messages() {
     );
     server.stop();
 }
+
+// ---- the original ROOM client in the lobby ----
+
+#[test]
+fn the_original_python_room_client_talks_with_matou_and_ccm_users_unchanged() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    let python = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !python {
+        common::cannot_run("python3 is not installed (CI installs it)");
+        return;
+    }
+    let data = TempDir::new("switchboard-original");
+    let server = server(&data, false);
+    let mut mia = Matou::sign_in(&server, "mia");
+    let (mut cid, cid_token) = ccm_identify(&server, "cid");
+    mia.expect_notify(3, "cid");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/original/client.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .env("ROOM_PORT", server.room.port().to_string())
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn python3");
+    let stdout = child.stdout.take().expect("stdout");
+    let (line_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().expect("stdin");
+    // ROOM has no framing: the client prints whatever one recv returned; look for the text.
+    let expect_printed = |expected: &str| loop {
+        match lines.recv_timeout(WAIT) {
+            Ok(line) if line.contains(expected) => return,
+            Ok(_) => continue,
+            Err(err) => panic!("the original client never printed {expected:?}: {err}"),
+        }
+    };
+
+    writeln!(stdin, "alice").expect("type nick");
+    mia.expect_notify(3, "alice");
+    writeln!(stdin, "ola, tudo bem?").expect("type line");
+    mia.expect_broadcast("alice", "ola, tudo bem?");
+    cid.expect(&ccm_delivered("alice", "*", "ola, tudo bem?"));
+
+    mia.say("oi alice");
+    mia.expect_broadcast("mia", "oi alice");
+    expect_printed("mia: oi alice");
+    cid.send(&ccm_text(&cid_token, "*", "bem-vinda"));
+    expect_printed("cid: bem-vinda");
+    mia.expect_broadcast("cid", "bem-vinda");
+
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    mia.expect_notify(16, "alice");
+    server.stop();
+}
