@@ -646,4 +646,89 @@ mod tests {
             assert_eq!(out.sent_to(mia), expected, "isolate: {isolate}");
         }
     }
+
+    /// A BIN24 user's message to a CCM user: "200" once it is written, and when the CCM user
+    /// closes before that, the frame goes to the BIN24 store (its sender hears "300" once it
+    /// is durable). The note travels BIN24 -> CCM's `on_notify` -> hub -> BIN24's `on_hub`.
+    #[test]
+    fn a_bin24_message_to_a_ccm_user_is_answered_200_when_written_and_stored_when_not() {
+        use crate::protocol::bin24::codec as bin24;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-written",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config {
+            bin24_port: Some(0),
+            ccm_port: Some(0),
+            data_dir: dir.clone(),
+            ..Config::for_tests()
+        };
+        let mut services = match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("the store opens in a fresh directory: {err}"),
+        };
+        let mut out = RecordingOutbox::default();
+        let (bob, cat) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        let name = |text: &str| match bin24::Name::new(text.as_bytes()) {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        services.on_accept(ProtocolKind::Ccm, cat, &cx(0), &mut out);
+        let identify = b"CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: 3\n\ncat";
+        services.on_data(
+            ProtocolKind::Ccm,
+            cat,
+            &mut BytesMut::from(&identify[..]),
+            &cx(0),
+            &mut out,
+        );
+        services.on_accept(ProtocolKind::Bin24, bob, &cx(0), &mut out);
+        out.clear();
+
+        let frame =
+            |id: u32| match bin24::encode(bin24::TYPE_MESSAGE, id, name("bob"), name("cat"), b"oi")
+            {
+                Some(frame) => BytesMut::from(&frame[..]),
+                None => panic!("a valid frame"),
+            };
+        // Written: bob hears "200" from cat.
+        services.on_data(ProtocolKind::Bin24, bob, &mut frame(7), &cx(1), &mut out);
+        let &[(to, ref bytes, note)] = &out.notified[..] else {
+            panic!("one notified send to cat: {:?}", out.notified);
+        };
+        assert_eq!(to, cat);
+        assert_eq!(bytes, &crate::hub::render::ccm_text(b"bob", b"cat", b"oi"));
+        services.on_notify(ProtocolKind::Ccm, cat, note, true, &cx(2).clock(), &mut out);
+        let delivered = bin24::encode_answer(7, name("cat"), name("bob"), bin24::ANSWER_DELIVERED);
+        assert_eq!(out.sent_to(bob), [delivered]);
+
+        // Not written (cat closed first): stored for cat, and bob hears "300" once durable.
+        out.clear();
+        services.on_data(ProtocolKind::Bin24, bob, &mut frame(8), &cx(3), &mut out);
+        let &[(_, _, note)] = &out.notified[..] else {
+            panic!("one notified send to cat: {:?}", out.notified);
+        };
+        services.on_notify(
+            ProtocolKind::Ccm,
+            cat,
+            note,
+            false,
+            &cx(4).clock(),
+            &mut out,
+        );
+        let stored = bin24::encode_answer(8, name("cat"), name("bob"), bin24::ANSWER_STORED);
+        let started = std::time::Instant::now();
+        while !out.sent_to(bob).contains(&stored) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never stored: {:?}",
+                out.sent_to(bob)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            services.on_wake(&cx(5).clock(), &mut out);
+        }
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
