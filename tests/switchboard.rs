@@ -874,3 +874,33 @@ fn the_original_python_room_client_talks_with_matou_and_ccm_users_unchanged() {
     mia.expect_notify(16, "alice");
     server.stop();
 }
+
+// ---- rule 5: a crossing is charged like any live delivery ----
+
+#[test]
+fn a_bin24_flood_to_a_ccm_user_is_answered_429_as_within_bin24() {
+    let data = TempDir::new("switchboard-rate");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        data_dir: data.0.clone(),
+        ccm_port: Some(0),
+        // One full frame of burst, then a byte a second: the second big message is refused.
+        bin24_sender_bytes_per_s_max: 1,
+        ..Config::for_tests()
+    });
+    let mut bob = Bin24::log_in(&server, "bob");
+    let (mut cat, _) = ccm_identify(&server, "cat");
+    let big = "x".repeat(900);
+
+    let first = bob.send("cat", &big);
+    cat.expect(&ccm_delivered("bob", "cat", &big));
+    let answer = bob.recv();
+    assert_eq!((answer.message_id, &answer.body[..]), (first, &b"200"[..]));
+
+    let second = bob.send("cat", &big);
+    let answer = bob.recv();
+    assert_eq!((answer.message_id, &answer.body[..]), (second, &b"429"[..]));
+    assert_eq!((&answer.src[..], &answer.dst[..]), ("cat", "bob"));
+    cat.expect_nothing_for(Duration::from_millis(100));
+    server.stop();
+}

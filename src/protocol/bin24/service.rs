@@ -446,6 +446,25 @@ impl Bin24Service {
         let message_id = frame.message_id();
         // Switchboard rule 4: to an online CCM user, the hub writes it in CCM's form; once it
         // is written (the note comes back to CCM's service, then here) the sender hears "200".
+        // A live delivery like any other: charged to the sender's budget first.
+        let to_ccm = out.hub().is_some_and(|link| {
+            matches!(
+                link.hub.holder(recipient.as_bytes()),
+                Some((NamedProtocol::Ccm, _))
+            )
+        });
+        if to_ccm && !self.admit_sending(id, recipient, frame.as_bytes().len(), now_ms) {
+            debug!("{id}: {sender} over its sending rate; message to {recipient} refused");
+            out.count_rejected();
+            self.answer(
+                sender,
+                recipient,
+                message_id,
+                codec::ANSWER_RATE_LIMITED,
+                out,
+            );
+            return;
+        }
         let crossing = out
             .hub()
             .map(|link| link.hub.bin24_direct(&frame, link.queue));

@@ -406,7 +406,19 @@ impl CcmService {
             match self.users.get(addressee) {
                 Some(&to) => (Some(to), delivery_bytes),
                 None => {
-                    // Switchboard rule 4: an online BIN24 user gets it as a BIN24 message.
+                    // Switchboard rule 4: an online BIN24 user gets it as a BIN24 message,
+                    // charged to the sender's budget as a delivery to a CCM user would be.
+                    let bin24_holder =
+                        out.hub().and_then(|link| match link.hub.holder(addressee) {
+                            Some((NamedProtocol::Bin24, conn)) => Some(conn),
+                            _ => None,
+                        });
+                    if let Some(holder) = bin24_holder {
+                        if !self.admit(from, Some(holder), delivery_bytes, now_ms) {
+                            self.refuse_rate(from, out);
+                            return;
+                        }
+                    }
                     let direct = out.hub().map(|link| {
                         link.hub
                             .ccm_direct(from, kind, addressee, &message.content, link.queue)
@@ -432,22 +444,8 @@ impl CcmService {
                 }
             }
         };
-        let total = byte_rate(self.config.sender_bytes_per_s_max);
-        let pair = byte_rate(self.config.pair_bytes_per_s_max);
-        let admitted = self
-            .conns
-            .get_mut(from)
-            .and_then(|conn| conn.budget.as_mut())
-            .is_some_and(|budget| budget.admit(to, amount, total, pair, now_ms));
-        if !admitted {
-            debug!("{from}: over its sending rate; message not delivered");
-            out.count_rejected();
-            self.answer_error(
-                from,
-                Reason::RateLimited,
-                "sending faster than allowed: the message was not delivered",
-                out,
-            );
+        if !self.admit(from, to, amount, now_ms) {
+            self.refuse_rate(from, out);
             return;
         }
         if &addressee[..] == b"*" {
@@ -468,6 +466,27 @@ impl CcmService {
         } else if let Some(to) = to {
             send_to(to, out);
         }
+    }
+
+    /// Charge `amount` bytes to `from`'s sending budget (and its pair budget with `to`).
+    fn admit(&mut self, from: ConnId, to: Option<ConnId>, amount: u64, now_ms: u64) -> bool {
+        let total = byte_rate(self.config.sender_bytes_per_s_max);
+        let pair = byte_rate(self.config.pair_bytes_per_s_max);
+        self.conns
+            .get_mut(from)
+            .and_then(|conn| conn.budget.as_mut())
+            .is_some_and(|budget| budget.admit(to, amount, total, pair, now_ms))
+    }
+
+    fn refuse_rate<O: Outbox>(&mut self, from: ConnId, out: &mut O) {
+        debug!("{from}: over its sending rate; message not delivered");
+        out.count_rejected();
+        self.answer_error(
+            from,
+            Reason::RateLimited,
+            "sending faster than allowed: the message was not delivered",
+            out,
+        );
     }
 
     fn answer_error<O: Outbox>(&mut self, id: ConnId, reason: Reason, sentence: &str, out: &mut O) {
