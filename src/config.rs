@@ -162,6 +162,11 @@ pub struct Config {
     /// OCM: send the document's state-1 acknowledgement before the answer. Off by default:
     /// the original client takes the first answer as final.
     pub ocm_ack_state1: bool,
+    /// `--isolate`: the switchboard is off, every protocol stays apart exactly as its own
+    /// section says (contract section SWITCHBOARD).
+    pub isolate: bool,
+    /// `--lobby-ocm-room`: the OCM room whose members are in the switchboard's lobby.
+    pub lobby_ocm_room: String,
     /// Stage-1 relay: most peers remembered at once, and from one IP address (0: no limit).
     pub ocm_relay_peers_max: usize,
     pub ocm_relay_peers_per_ip_max: u32,
@@ -278,6 +283,8 @@ impl Default for Config {
             ocm_room_silent_timeout_ms: 120_000,
             ocm_room_members_max: 1_000,
             ocm_ack_state1: false,
+            isolate: false,
+            lobby_ocm_room: "lobby".to_string(),
             ocm_relay_peers_max: 1_000,
             ocm_relay_peers_per_ip_max: 100,
             udp_datagrams_per_turn_max: 1024,

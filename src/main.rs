@@ -228,6 +228,15 @@ struct Args {
     #[arg(long)]
     ocm_ack_state1: bool,
 
+    /// Turn the switchboard off: every protocol stays apart exactly as its own section says
+    /// (no shared names, no lobby across protocols, no BIN24<->CCM messages).
+    #[arg(long)]
+    isolate: bool,
+
+    /// The OCM room whose members are in the switchboard's lobby.
+    #[arg(long, value_name = "NAME", default_value_t = Config::default().lobby_ocm_room)]
+    lobby_ocm_room: String,
+
     /// Stage-1 relay: most peers remembered at once; datagrams from further new peers are
     /// dropped and counted.
     #[arg(long, value_name = "N", default_value_t = Config::default().ocm_relay_peers_max as u64,
@@ -580,6 +589,8 @@ impl Args {
             ocm_room_silent_timeout_ms: self.ocm_room_silent_timeout_ms,
             ocm_room_members_max: to_usize(self.ocm_room_members_max),
             ocm_ack_state1: self.ocm_ack_state1,
+            isolate: self.isolate,
+            lobby_ocm_room: self.lobby_ocm_room,
             ocm_relay_peers_max: to_usize(self.ocm_relay_peers_max),
             ocm_relay_peers_per_ip_max: self.ocm_relay_peers_per_ip_max,
             udp_sends_per_s_max: self.udp_sends_per_s_max,

@@ -9,7 +9,8 @@ use prometheus::proto::{Bucket, Counter, Gauge, LabelPair, Metric, MetricFamily,
 use prometheus::{Encoder, TextEncoder};
 
 use crate::histogram::{Histogram, BUCKET_BOUNDS_US};
-use crate::protocol::{CloseReason, DatagramDrop};
+use crate::hub::Counts;
+use crate::protocol::{CloseReason, DatagramDrop, ProtocolKind};
 use crate::stats::{ProtocolStats, Stats};
 use crate::store::StoreMetrics;
 
@@ -43,6 +44,16 @@ pub struct AdminMetrics {
     pub responses: Vec<(u16, u64)>,
 }
 
+/// The switchboard's counts (contract SWITCHBOARD rule 5) and lobby size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwitchboardMetrics {
+    /// The enabled protocols: only they are shown, as everywhere on the admin port.
+    pub protocols: Vec<ProtocolKind>,
+    pub counts: Counts,
+    /// Lobby members by protocol, by `ProtocolKind::index`.
+    pub lobby_members: [u64; ProtocolKind::COUNT],
+}
+
 /// Everything [`render`] shows, read from the reactor at request time.
 #[derive(Clone, Debug)]
 pub struct MetricsSnapshot<'a> {
@@ -53,6 +64,8 @@ pub struct MetricsSnapshot<'a> {
     pub udp_sockets: Vec<UdpSocketMetrics>,
     /// When BIN24 (and so the store) is enabled.
     pub store: Option<StoreMetrics>,
+    /// The switchboard's traffic across protocols and its lobby, unless `--isolate`.
+    pub switchboard: Option<SwitchboardMetrics>,
     /// Busy time of each reactor loop turn (from poll's return to the next poll).
     pub loop_turns: &'a Histogram,
     pub connections_max: u64,
@@ -231,6 +244,10 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         drops,
     );
 
+    if let Some(switchboard) = &snapshot.switchboard {
+        switchboard_families(&mut out, switchboard);
+    }
+
     if let Some(store) = &snapshot.store {
         out.gauge(
             "chatd_store_pending_requests",
@@ -386,6 +403,67 @@ fn seconds(micros: u64) -> f64 {
     micros as f64 / 1_000_000.0
 }
 
+/// Deliveries across protocols by origin and destination (every pair of two different enabled
+/// protocols, zeros included, so a rate can be taken from the first scrape), and the lobby.
+/// Left out when fewer than two protocols are enabled: nothing can cross.
+fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
+    let enabled = &switchboard.protocols;
+    if enabled.len() < 2 {
+        return;
+    }
+    let pairs = |matrix: &[[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT]| -> Vec<Metric> {
+        enabled
+            .iter()
+            .flat_map(|&origin| {
+                enabled
+                    .iter()
+                    .filter(move |&&destination| destination != origin)
+                    .map(move |&destination| {
+                        sample(
+                            &[
+                                ("origin", origin.label()),
+                                ("destination", destination.label()),
+                            ],
+                            matrix[origin.index()][destination.index()],
+                        )
+                    })
+            })
+            .collect()
+    };
+    let counts = &switchboard.counts;
+    out.counter(
+        "chatd_switchboard_messages_total",
+        "Lobby and direct messages handed to a recipient of another protocol, by origin and \
+         destination protocol (one per recipient).",
+        pairs(&counts.messages),
+    );
+    out.counter(
+        "chatd_switchboard_notices_total",
+        "Presence notices handed to a recipient of another protocol, by origin and destination.",
+        pairs(&counts.notices),
+    );
+    out.counter(
+        "chatd_switchboard_over_limit_total",
+        "Messages and notices the destination protocol could not carry (sizes, encodings; one \
+         per recipient), and refused direct messages, by origin and destination.",
+        pairs(&counts.over_limit),
+    );
+    out.gauge(
+        "chatd_switchboard_lobby_members",
+        "Members of the switchboard's lobby, by protocol.",
+        enabled
+            .iter()
+            .filter(|kind| kind.has_lobby())
+            .map(|kind| {
+                sample(
+                    &[("protocol", kind.label())],
+                    switchboard.lobby_members[kind.index()],
+                )
+            })
+            .collect(),
+    );
+}
+
 /// A sample with its labels, its value held as a gauge until its family says otherwise.
 fn sample(labels: &[(&str, &str)], value: u64) -> Metric {
     let pairs = labels
@@ -446,6 +524,17 @@ mod tests {
                 stored_bytes: 700,
                 stored_users: 2,
                 ..StoreMetrics::default()
+            }),
+            switchboard: Some({
+                let mut switchboard = SwitchboardMetrics {
+                    protocols: ProtocolKind::ALL.to_vec(),
+                    ..SwitchboardMetrics::default()
+                };
+                let (room, matou) = (ProtocolKind::Room.index(), ProtocolKind::Matou.index());
+                switchboard.counts.messages[room][matou] = 3;
+                switchboard.counts.over_limit[room][matou] = 1;
+                switchboard.lobby_members[matou] = 2;
+                switchboard
             }),
             loop_turns: turns,
             connections_max: 10_000,
@@ -508,6 +597,40 @@ mod tests {
             value(&samples, "chatd_connections_open{protocol=\"room\"}"),
             2.0
         );
+        let crossing = |family: &str, origin: &str, destination: &str| {
+            value(
+                &samples,
+                &format!("{family}{{origin=\"{origin}\",destination=\"{destination}\"}}"),
+            )
+        };
+        assert_eq!(
+            crossing("chatd_switchboard_messages_total", "room", "matou"),
+            3.0
+        );
+        assert_eq!(
+            crossing("chatd_switchboard_messages_total", "matou", "room"),
+            0.0
+        );
+        assert_eq!(
+            crossing("chatd_switchboard_over_limit_total", "room", "matou"),
+            1.0
+        );
+        assert_eq!(
+            crossing("chatd_switchboard_notices_total", "ccm", "ocm"),
+            0.0
+        );
+        assert!(
+            !text.contains("origin=\"room\",destination=\"room\"")
+                && !text.contains("destination=\"room\",origin=\"room\"")
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "chatd_switchboard_lobby_members{protocol=\"matou\"}"
+            ),
+            2.0
+        );
+        assert!(!text.contains("chatd_switchboard_lobby_members{protocol=\"bin24\"}"));
         assert_eq!(
             value(&samples, "chatd_connections_open{protocol=\"bin24\"}"),
             0.0

@@ -7,58 +7,7 @@
 use bytes::Bytes;
 
 use crate::chat::ConnId;
-
-/// The five wire protocols, in the order (and with the indices) the reactor's `ProtocolKind`
-/// and the statistics use. The hub has its own enum because it sits below the reactor and may
-/// not import from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Room,
-    Bin24,
-    Ccm,
-    Matou,
-    Ocm,
-}
-
-impl Protocol {
-    /// Every protocol, in [`Protocol::index`] order.
-    pub const ALL: [Protocol; 5] = [
-        Protocol::Room,
-        Protocol::Bin24,
-        Protocol::Ccm,
-        Protocol::Matou,
-        Protocol::Ocm,
-    ];
-    pub const COUNT: usize = Protocol::ALL.len();
-
-    /// A dense index, for counters kept per protocol (the same as `ProtocolKind::index`).
-    pub fn index(self) -> usize {
-        match self {
-            Protocol::Room => 0,
-            Protocol::Bin24 => 1,
-            Protocol::Ccm => 2,
-            Protocol::Matou => 3,
-            Protocol::Ocm => 4,
-        }
-    }
-
-    /// A metric label value: lowercase, like the admin port's `protocol` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Room => "room",
-            Protocol::Bin24 => "bin24",
-            Protocol::Ccm => "ccm",
-            Protocol::Matou => "matou",
-            Protocol::Ocm => "ocm",
-        }
-    }
-
-    /// Whether this protocol's users can be in the lobby (every protocol but BIN24, which has
-    /// no broadcast).
-    pub fn has_lobby(self) -> bool {
-        self != Protocol::Bin24
-    }
-}
+pub use crate::protocol::ProtocolKind;
 
 /// The protocols whose users hold names in the one name space (contract rule 1). ROOM aliases
 /// and OCM user names are display names: not held, not addressable.
@@ -70,11 +19,11 @@ pub enum NamedProtocol {
 }
 
 impl NamedProtocol {
-    pub fn protocol(self) -> Protocol {
+    pub fn protocol(self) -> ProtocolKind {
         match self {
-            NamedProtocol::Bin24 => Protocol::Bin24,
-            NamedProtocol::Ccm => Protocol::Ccm,
-            NamedProtocol::Matou => Protocol::Matou,
+            NamedProtocol::Bin24 => ProtocolKind::Bin24,
+            NamedProtocol::Ccm => ProtocolKind::Ccm,
+            NamedProtocol::Matou => ProtocolKind::Matou,
         }
     }
 }
@@ -97,7 +46,7 @@ pub enum Endpoint {
 /// (held for BIN24, CCM and MATOU; a display name for ROOM and OCM).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
-    pub protocol: Protocol,
+    pub protocol: ProtocolKind,
     pub endpoint: Endpoint,
     pub name: Bytes,
 }
@@ -107,7 +56,7 @@ pub struct User {
 /// from). It reaches every lobby member of the other protocols.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LobbyMessage {
-    pub origin: Protocol,
+    pub origin: ProtocolKind,
     pub sender: Bytes,
     pub text: Bytes,
 }
@@ -121,7 +70,7 @@ pub enum PresenceKind {
 /// A user entered or left the lobby (contract rule 3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Presence {
-    pub origin: Protocol,
+    pub origin: ProtocolKind,
     pub name: Bytes,
     pub kind: PresenceKind,
 }
@@ -131,7 +80,7 @@ pub struct Presence {
 /// counter for the CCM sender for a message from CCM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectMessage {
-    pub origin: Protocol,
+    pub origin: ProtocolKind,
     pub sender: Bytes,
     pub recipient: Bytes,
     pub message_id: u32,

@@ -6,8 +6,9 @@
 //! shared by every recipient of that form. It never sees a socket or a clock, and no service
 //! sees another: a service asks the hub, the hub answers through [`HubOut`] or a return value.
 //!
-//! Wiring is pending (issue 18, after the protocol trait of issue 17): nothing calls the hub
-//! yet. `--isolate` will build it with [`HubConfig::isolated`], where it is inert.
+//! The registry owns the hub and the services reach it through `Outbox::hub` during their
+//! calls (`protocol::switch`). `--isolate` builds it with [`HubConfig::isolated`], where it is
+//! inert and no service is handed it.
 
 pub mod event;
 pub mod render;
@@ -19,7 +20,7 @@ use bytes::Bytes;
 
 pub use event::{
     DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId, Presence,
-    PresenceKind, Protocol, User,
+    PresenceKind, ProtocolKind, User,
 };
 pub use render::FormLimits;
 
@@ -49,13 +50,13 @@ impl Default for HubConfig {
     }
 }
 
-/// Where the hub's lobby deliveries go. The wiring sends to a connection through the reactor's
-/// `Outbox`, and to an OCM member through the OCM service (which knows its address and its
-/// fan-out budget); tests record ([`testing::RecordingHubOut`]).
+/// Where the hub's lobby deliveries go. The server's is `protocol::HubQueue`, drained after
+/// each service call: to a connection through the reactor's `Outbox`, to an OCM member through
+/// the OCM service (which knows its address); tests record ([`testing::RecordingHubOut`]).
 pub trait HubOut {
     /// Queue `bytes` for `to`, a lobby member of `protocol`. A fan-out passes clones of one
     /// `Bytes` per wire form (a reference count, not a copy).
-    fn deliver(&mut self, protocol: Protocol, to: Endpoint, bytes: Bytes);
+    fn deliver(&mut self, protocol: ProtocolKind, to: Endpoint, bytes: Bytes);
 
     /// Every event the hub acted on, as plain data: what a cluster will publish to the other
     /// nodes. Nothing by default.
@@ -149,28 +150,28 @@ pub enum Written {
 }
 
 /// Cross-protocol traffic by origin and destination protocol (rule 5), `[origin][destination]`
-/// by [`Protocol::index`].
+/// by [`ProtocolKind::index`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Lobby and direct messages handed to a recipient (one per recipient).
-    pub messages: [[u64; Protocol::COUNT]; Protocol::COUNT],
+    pub messages: [[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT],
     /// Presence notices handed to a recipient.
-    pub notices: [[u64; Protocol::COUNT]; Protocol::COUNT],
+    pub notices: [[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT],
     /// Messages and notices not delivered because the recipient's protocol cannot carry them
     /// (sizes, encodings; one per recipient), or refused direct messages (one each).
-    pub over_limit: [[u64; Protocol::COUNT]; Protocol::COUNT],
+    pub over_limit: [[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT],
 }
 
 impl Counts {
-    pub fn messages(&self, from: Protocol, to: Protocol) -> u64 {
+    pub fn messages(&self, from: ProtocolKind, to: ProtocolKind) -> u64 {
         self.messages[from.index()][to.index()]
     }
 
-    pub fn notices(&self, from: Protocol, to: Protocol) -> u64 {
+    pub fn notices(&self, from: ProtocolKind, to: ProtocolKind) -> u64 {
         self.notices[from.index()][to.index()]
     }
 
-    pub fn over_limit(&self, from: Protocol, to: Protocol) -> u64 {
+    pub fn over_limit(&self, from: ProtocolKind, to: ProtocolKind) -> u64 {
         self.over_limit[from.index()][to.index()]
     }
 }
@@ -194,7 +195,7 @@ struct Held {
 /// A lobby member.
 #[derive(Debug)]
 struct Seat {
-    protocol: Protocol,
+    protocol: ProtocolKind,
     name: Bytes,
     /// Its place in `Lobby::members[protocol]`.
     index: usize,
@@ -203,7 +204,7 @@ struct Seat {
 #[derive(Debug, Default)]
 struct Lobby {
     /// Members per protocol, for fan-out without walking a hash map; swap-removed.
-    members: [Vec<Endpoint>; Protocol::COUNT],
+    members: [Vec<Endpoint>; ProtocolKind::COUNT],
     seats: HashMap<Endpoint, Seat>,
 }
 
@@ -256,13 +257,27 @@ impl Hub {
     }
 
     /// Lobby members of `protocol`.
-    pub fn lobby_count(&self, protocol: Protocol) -> usize {
+    pub fn lobby_count(&self, protocol: ProtocolKind) -> usize {
         self.lobby.members[protocol.index()].len()
     }
 
     /// BIN24-to-CCM deliveries whose writing has not been reported yet.
     pub fn awaiting_write_count(&self) -> usize {
         self.awaiting_write.len()
+    }
+
+    /// Whether a lobby message from `origin` would reach anyone: the lobby has members in
+    /// another protocol. The check a service makes before building a [`LobbyMessage`], so
+    /// that a protocol used alone pays nothing more for the switchboard.
+    #[inline]
+    pub fn has_audience_besides(&self, origin: ProtocolKind) -> bool {
+        !self.config.isolated
+            && self
+                .lobby
+                .members
+                .iter()
+                .enumerate()
+                .any(|(at, members)| at != origin.index() && !members.is_empty())
     }
 
     /// Whether `room` is the OCM room whose members are in the lobby.
@@ -416,24 +431,24 @@ impl Hub {
             return;
         }
         let origin = presence.origin;
-        if origin != Protocol::Room && self.lobby_count(Protocol::Room) > 0 {
+        if origin != ProtocolKind::Room && self.lobby_count(ProtocolKind::Room) > 0 {
             let bytes = render::room_presence(&presence.name, presence.kind);
-            let n = self.fan_out(Protocol::Room, &bytes, out);
-            self.counts.notices[origin.index()][Protocol::Room.index()] += n;
+            let n = self.fan_out(ProtocolKind::Room, &bytes, out);
+            self.counts.notices[origin.index()][ProtocolKind::Room.index()] += n;
         }
-        if origin != Protocol::Matou {
-            let recipients = self.lobby_count(Protocol::Matou) as u64;
+        if origin != ProtocolKind::Matou {
+            let recipients = self.lobby_count(ProtocolKind::Matou) as u64;
             if recipients > 0 {
                 let rendered =
                     render::matou_presence(&presence.name, presence.kind, &self.config.limits);
                 let counter = match rendered {
                     Some(bytes) => {
-                        self.fan_out(Protocol::Matou, &bytes, out);
+                        self.fan_out(ProtocolKind::Matou, &bytes, out);
                         &mut self.counts.notices
                     }
                     None => &mut self.counts.over_limit,
                 };
-                counter[origin.index()][Protocol::Matou.index()] += recipients;
+                counter[origin.index()][ProtocolKind::Matou.index()] += recipients;
             }
         }
         out.event(&HubEvent::Presence(presence));
@@ -453,27 +468,27 @@ impl Hub {
         // ROOM's form and OCM's are the same bytes: rendered once for both.
         let mut line: Option<Bytes> = None;
         for to in [
-            Protocol::Room,
-            Protocol::Matou,
-            Protocol::Ccm,
-            Protocol::Ocm,
+            ProtocolKind::Room,
+            ProtocolKind::Matou,
+            ProtocolKind::Ccm,
+            ProtocolKind::Ocm,
         ] {
             let recipients = self.lobby_count(to) as u64;
             if to == origin || recipients == 0 {
                 continue;
             }
             let rendered = match to {
-                Protocol::Room => Some(
+                ProtocolKind::Room => Some(
                     line.get_or_insert_with(|| render::line(sender, text))
                         .clone(),
                 ),
-                Protocol::Ocm => {
+                ProtocolKind::Ocm => {
                     let line = line.get_or_insert_with(|| render::line(sender, text));
                     render::ocm_line_fits(line, &self.config.limits).then(|| line.clone())
                 }
-                Protocol::Matou => render::matou_broadcast(sender, text, &self.config.limits),
-                Protocol::Ccm => render::ccm_lobby(sender, text),
-                Protocol::Bin24 => None,
+                ProtocolKind::Matou => render::matou_broadcast(sender, text, &self.config.limits),
+                ProtocolKind::Ccm => render::ccm_lobby(sender, text),
+                ProtocolKind::Bin24 => None,
             };
             let counter = match rendered {
                 Some(bytes) => {
@@ -488,7 +503,7 @@ impl Hub {
     }
 
     /// `bytes` (one rendering) to every lobby member of `to`; returns how many.
-    fn fan_out<O: HubOut>(&self, to: Protocol, bytes: &Bytes, out: &mut O) -> u64 {
+    fn fan_out<O: HubOut>(&self, to: ProtocolKind, bytes: &Bytes, out: &mut O) -> u64 {
         let members = &self.lobby.members[to.index()];
         for &member in members {
             out.deliver(to, member, bytes.clone());
@@ -543,9 +558,9 @@ impl Hub {
         if let Some(held) = self.held.get_mut(&from) {
             held.next_message_id = message_id.wrapping_add(1);
         }
-        self.counts.messages[Protocol::Ccm.index()][Protocol::Bin24.index()] += 1;
+        self.counts.messages[ProtocolKind::Ccm.index()][ProtocolKind::Bin24.index()] += 1;
         let message = DirectMessage {
-            origin: Protocol::Ccm,
+            origin: ProtocolKind::Ccm,
             sender: sender_name,
             recipient: Bytes::copy_from_slice(addressee),
             message_id,
@@ -556,7 +571,7 @@ impl Hub {
     }
 
     fn refuse_ccm(&mut self, sentence: &str) -> CcmDirect {
-        self.counts.over_limit[Protocol::Ccm.index()][Protocol::Bin24.index()] += 1;
+        self.counts.over_limit[ProtocolKind::Ccm.index()][ProtocolKind::Bin24.index()] += 1;
         CcmDirect::Refused {
             error: render::ccm_error(Reason::TooLarge, sentence),
         }
@@ -594,9 +609,9 @@ impl Hub {
                 frame: frame.clone(),
             },
         );
-        self.counts.messages[Protocol::Bin24.index()][Protocol::Ccm.index()] += 1;
+        self.counts.messages[ProtocolKind::Bin24.index()][ProtocolKind::Ccm.index()] += 1;
         let message = DirectMessage {
-            origin: Protocol::Bin24,
+            origin: ProtocolKind::Bin24,
             sender: Bytes::copy_from_slice(sender.as_bytes()),
             recipient: Bytes::copy_from_slice(recipient.as_bytes()),
             message_id: frame.message_id(),

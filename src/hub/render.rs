@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::event::{LobbyMessage, PresenceKind, Protocol};
+use super::event::{LobbyMessage, PresenceKind, ProtocolKind};
 use crate::protocol::bin24::codec::{self as bin24, Name};
 use crate::protocol::ccm::codec::{self as ccm, Message, MessageType};
 use crate::protocol::ccm::Reason;
@@ -130,10 +130,12 @@ pub fn bin24_delivered(message_id: u32, recipient: Name, sender: Name) -> Bytes 
 
 impl LobbyMessage {
     /// ROOM: N = the member's alias; T = the chunk without a leading `<alias>: ` (the original
-    /// client sends `alias: text`), else the whole chunk. T is a slice of the chunk, no copy.
+    /// client sends `alias: text`), else the whole chunk; then without one trailing line
+    /// ending (`\r\n` or `\n`): in ROOM it is the terminal's framing, and MATOU forbids
+    /// control characters in a message. T is a slice of the chunk, no copy.
     pub fn from_room(alias: &Bytes, chunk: &Bytes) -> LobbyMessage {
         let prefix = alias.len() + 2;
-        let text = if chunk.len() >= prefix
+        let mut text = if chunk.len() >= prefix
             && chunk.starts_with(alias)
             && &chunk[alias.len()..prefix] == b": "
         {
@@ -141,8 +143,14 @@ impl LobbyMessage {
         } else {
             chunk.clone()
         };
+        let line_ending = if text.ends_with(b"\r\n") {
+            2
+        } else {
+            usize::from(text.ends_with(b"\n"))
+        };
+        text.truncate(text.len() - line_ending);
         LobbyMessage {
-            origin: Protocol::Room,
+            origin: ProtocolKind::Room,
             sender: alias.clone(),
             text,
         }
@@ -152,7 +160,7 @@ impl LobbyMessage {
     /// own rules accepted.
     pub fn from_matou(username: &Bytes, message: &Bytes) -> LobbyMessage {
         LobbyMessage {
-            origin: Protocol::Matou,
+            origin: ProtocolKind::Matou,
             sender: username.clone(),
             text: message.clone(),
         }
@@ -187,7 +195,7 @@ impl LobbyMessage {
             Bytes::from(ccm::decode_text(content, encoding)?.into_bytes())
         };
         Ok(Some(LobbyMessage {
-            origin: Protocol::Ccm,
+            origin: ProtocolKind::Ccm,
             sender: name.clone(),
             text,
         }))
@@ -205,7 +213,7 @@ impl LobbyMessage {
             return None;
         }
         Some(LobbyMessage {
-            origin: Protocol::Ocm,
+            origin: ProtocolKind::Ocm,
             sender: Bytes::copy_from_slice(name.as_bytes()),
             text: Bytes::copy_from_slice(message),
         })

@@ -2,12 +2,12 @@
 
 use bytes::Bytes;
 
-use super::{Endpoint, HubEvent, HubOut, Protocol};
+use super::{Endpoint, HubEvent, HubOut, ProtocolKind};
 
 #[derive(Debug, Default)]
 pub struct RecordingHubOut {
     /// Every delivery, in order.
-    pub delivered: Vec<(Protocol, Endpoint, Bytes)>,
+    pub delivered: Vec<(ProtocolKind, Endpoint, Bytes)>,
     /// Every event the hub acted on, in order.
     pub events: Vec<HubEvent>,
 }
@@ -30,7 +30,7 @@ impl RecordingHubOut {
 }
 
 impl HubOut for RecordingHubOut {
-    fn deliver(&mut self, protocol: Protocol, to: Endpoint, bytes: Bytes) {
+    fn deliver(&mut self, protocol: ProtocolKind, to: Endpoint, bytes: Bytes) {
         self.delivered.push((protocol, to, bytes));
     }
 

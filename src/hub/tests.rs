@@ -33,7 +33,7 @@ fn isolated_hub() -> Hub {
     })
 }
 
-fn user(protocol: Protocol, endpoint: Endpoint, name: &str) -> User {
+fn user(protocol: ProtocolKind, endpoint: Endpoint, name: &str) -> User {
     User {
         protocol,
         endpoint,
@@ -41,7 +41,7 @@ fn user(protocol: Protocol, endpoint: Endpoint, name: &str) -> User {
     }
 }
 
-fn said(origin: Protocol, sender: &[u8], text: &[u8]) -> LobbyMessage {
+fn said(origin: ProtocolKind, sender: &[u8], text: &[u8]) -> LobbyMessage {
     LobbyMessage {
         origin,
         sender: Bytes::copy_from_slice(sender),
@@ -59,10 +59,10 @@ fn full_lobby() -> (Hub, RecordingHubOut) {
     let mut hub = hub();
     let mut out = RecordingHubOut::default();
     for (protocol, endpoints, names) in [
-        (Protocol::Room, [at(1), at(2)], ["ra", "rb"]),
-        (Protocol::Matou, [at(11), at(12)], ["ma", "mb"]),
-        (Protocol::Ccm, [at(21), at(22)], ["ca", "cb"]),
-        (Protocol::Ocm, [ocm(31), ocm(32)], ["oa", "ob"]),
+        (ProtocolKind::Room, [at(1), at(2)], ["ra", "rb"]),
+        (ProtocolKind::Matou, [at(11), at(12)], ["ma", "mb"]),
+        (ProtocolKind::Ccm, [at(21), at(22)], ["ca", "cb"]),
+        (ProtocolKind::Ocm, [ocm(31), ocm(32)], ["oa", "ob"]),
     ] {
         for (endpoint, name) in endpoints.into_iter().zip(names) {
             assert!(hub.enter_lobby(user(protocol, endpoint, name), &mut out));
@@ -105,7 +105,7 @@ fn attributes(message: &Message) -> Vec<(String, String)> {
 }
 
 /// What `out` delivered, per recipient protocol, as (endpoint, bytes).
-fn delivered_to_protocol(out: &RecordingHubOut, protocol: Protocol) -> Vec<(Endpoint, Bytes)> {
+fn delivered_to_protocol(out: &RecordingHubOut, protocol: ProtocolKind) -> Vec<(Endpoint, Bytes)> {
     out.delivered
         .iter()
         .filter(|(p, _, _)| *p == protocol)
@@ -117,17 +117,17 @@ fn delivered_to_protocol(out: &RecordingHubOut, protocol: Protocol) -> Vec<(Endp
 
 #[test]
 fn protocols_index_their_own_counters_and_labels_are_distinct() {
-    for (at, protocol) in Protocol::ALL.iter().enumerate() {
+    for (at, protocol) in ProtocolKind::ALL.iter().enumerate() {
         assert_eq!(protocol.index(), at, "{protocol:?}");
     }
-    let mut labels: Vec<_> = Protocol::ALL.iter().map(|p| p.label()).collect();
+    let mut labels: Vec<_> = ProtocolKind::ALL.iter().map(|p| p.label()).collect();
     labels.sort_unstable();
     labels.dedup();
-    assert_eq!(labels.len(), Protocol::COUNT);
-    assert!(!Protocol::Bin24.has_lobby());
+    assert_eq!(labels.len(), ProtocolKind::COUNT);
+    assert!(!ProtocolKind::Bin24.has_lobby());
     assert_eq!(
-        Protocol::ALL.iter().filter(|p| p.has_lobby()).count(),
-        Protocol::COUNT - 1
+        ProtocolKind::ALL.iter().filter(|p| p.has_lobby()).count(),
+        ProtocolKind::COUNT - 1
     );
 }
 
@@ -331,11 +331,11 @@ fn a_room_message_reaches_the_other_protocols_in_their_own_forms() {
     hub.say(LobbyMessage::from_room(&alias, &chunk), &mut out);
 
     assert!(
-        delivered_to_protocol(&out, Protocol::Room).is_empty(),
+        delivered_to_protocol(&out, ProtocolKind::Room).is_empty(),
         "ROOM relays its own"
     );
 
-    let matou = delivered_to_protocol(&out, Protocol::Matou);
+    let matou = delivered_to_protocol(&out, ProtocolKind::Matou);
     assert_eq!(
         matou.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
         vec![at(11), at(12)]
@@ -352,7 +352,7 @@ fn a_room_message_reaches_the_other_protocols_in_their_own_forms() {
         );
     }
 
-    let ccm = delivered_to_protocol(&out, Protocol::Ccm);
+    let ccm = delivered_to_protocol(&out, ProtocolKind::Ccm);
     assert_eq!(
         ccm.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
         vec![at(21), at(22)]
@@ -375,7 +375,7 @@ fn a_room_message_reaches_the_other_protocols_in_their_own_forms() {
         assert_eq!(&message.content[..], b"hello there");
     }
 
-    let to_ocm = delivered_to_protocol(&out, Protocol::Ocm);
+    let to_ocm = delivered_to_protocol(&out, ProtocolKind::Ocm);
     assert_eq!(
         to_ocm.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
         vec![ocm(31), ocm(32)]
@@ -385,28 +385,28 @@ fn a_room_message_reaches_the_other_protocols_in_their_own_forms() {
     }
 
     let counts = hub.counts();
-    assert_eq!(counts.messages(Protocol::Room, Protocol::Matou), 2);
-    assert_eq!(counts.messages(Protocol::Room, Protocol::Ccm), 2);
-    assert_eq!(counts.messages(Protocol::Room, Protocol::Ocm), 2);
-    assert_eq!(counts.messages(Protocol::Room, Protocol::Room), 0);
+    assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Matou), 2);
+    assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Ccm), 2);
+    assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Ocm), 2);
+    assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Room), 0);
     assert_eq!(out.delivered.len(), 6);
 }
 
 #[test]
 fn every_origin_reaches_every_other_lobby_protocol_and_never_its_own() {
     for origin in [
-        Protocol::Room,
-        Protocol::Matou,
-        Protocol::Ccm,
-        Protocol::Ocm,
+        ProtocolKind::Room,
+        ProtocolKind::Matou,
+        ProtocolKind::Ccm,
+        ProtocolKind::Ocm,
     ] {
         let (mut hub, mut out) = full_lobby();
         hub.say(said(origin, b"bob", b"hey"), &mut out);
         for to in [
-            Protocol::Room,
-            Protocol::Matou,
-            Protocol::Ccm,
-            Protocol::Ocm,
+            ProtocolKind::Room,
+            ProtocolKind::Matou,
+            ProtocolKind::Ccm,
+            ProtocolKind::Ocm,
         ] {
             let got = delivered_to_protocol(&out, to);
             if to == origin {
@@ -415,12 +415,12 @@ fn every_origin_reaches_every_other_lobby_protocol_and_never_its_own() {
             }
             assert_eq!(got.len(), 2, "{origin:?} to {to:?}");
             let expected: Bytes = match to {
-                Protocol::Room | Protocol::Ocm => Bytes::from_static(b"bob: hey"),
-                Protocol::Matou => matou_codec::public_broadcast(b"bob", b"hey"),
-                Protocol::Ccm => Bytes::from_static(
+                ProtocolKind::Room | ProtocolKind::Ocm => Bytes::from_static(b"bob: hey"),
+                ProtocolKind::Matou => matou_codec::public_broadcast(b"bob", b"hey"),
+                ProtocolKind::Ccm => Bytes::from_static(
                     b"CCM\\1.0 Text\nSender: bob\nAddressee: *\nMessage-Encoding: utf-8\nContent-Length: 3\n\nhey",
                 ),
-                Protocol::Bin24 => unreachable!(),
+                ProtocolKind::Bin24 => unreachable!(),
             };
             for (_, bytes) in got {
                 assert_eq!(bytes, expected, "{origin:?} to {to:?}");
@@ -435,14 +435,14 @@ fn every_origin_reaches_every_other_lobby_protocol_and_never_its_own() {
 fn one_bytes_per_form_is_shared_by_every_recipient_of_that_form() {
     let (mut hub, mut out) = full_lobby();
     for slot in 100..147 {
-        assert!(hub.enter_lobby(user(Protocol::Room, at(slot), "r"), &mut out));
+        assert!(hub.enter_lobby(user(ProtocolKind::Room, at(slot), "r"), &mut out));
     }
     out.clear();
-    hub.say(said(Protocol::Matou, b"ma", b"zero copy"), &mut out);
-    let room = delivered_to_protocol(&out, Protocol::Room);
+    hub.say(said(ProtocolKind::Matou, b"ma", b"zero copy"), &mut out);
+    let room = delivered_to_protocol(&out, ProtocolKind::Room);
     assert_eq!(room.len(), 49);
-    let to_ocm = delivered_to_protocol(&out, Protocol::Ocm);
-    let ccm = delivered_to_protocol(&out, Protocol::Ccm);
+    let to_ocm = delivered_to_protocol(&out, ProtocolKind::Ocm);
+    let ccm = delivered_to_protocol(&out, ProtocolKind::Ccm);
     // ROOM's `N: T` and OCM's datagram are the same bytes: one buffer for both.
     let line_ptr = room[0].1.as_ptr();
     for (_, bytes) in room.iter().chain(&to_ocm) {
@@ -453,8 +453,8 @@ fn one_bytes_per_form_is_shared_by_every_recipient_of_that_form() {
     assert_ne!(ccm_ptr, line_ptr);
 
     out.clear();
-    hub.say(said(Protocol::Ccm, b"ca", b"again"), &mut out);
-    let matou = delivered_to_protocol(&out, Protocol::Matou);
+    hub.say(said(ProtocolKind::Ccm, b"ca", b"again"), &mut out);
+    let matou = delivered_to_protocol(&out, ProtocolKind::Matou);
     assert_eq!(matou.len(), 2);
     assert_eq!(matou[0].1.as_ptr(), matou[1].1.as_ptr());
 }
@@ -464,17 +464,17 @@ fn a_message_without_recipients_in_other_protocols_delivers_nothing() {
     let mut hub = hub();
     let mut out = RecordingHubOut::default();
     for slot in 1..4 {
-        hub.enter_lobby(user(Protocol::Room, at(slot), "r"), &mut out);
+        hub.enter_lobby(user(ProtocolKind::Room, at(slot), "r"), &mut out);
     }
     out.clear();
-    hub.say(said(Protocol::Room, b"r", b"only rooms here"), &mut out);
+    hub.say(said(ProtocolKind::Room, b"r", b"only rooms here"), &mut out);
     assert!(out.delivered.is_empty());
     assert_eq!(hub.counts(), &Counts::default());
     // The event still happened: a cluster would carry it to other nodes.
     assert_eq!(
         out.events,
         vec![HubEvent::Said(said(
-            Protocol::Room,
+            ProtocolKind::Room,
             b"r",
             b"only rooms here"
         ))]
@@ -486,51 +486,77 @@ fn a_form_the_recipient_protocol_cannot_carry_is_not_delivered_and_is_counted() 
     // MATOU: over 512 bytes.
     let (mut hub, mut out) = full_lobby();
     let long = vec![b'a'; 513];
-    hub.say(said(Protocol::Room, b"r", &long), &mut out);
-    assert!(delivered_to_protocol(&out, Protocol::Matou).is_empty());
-    assert_eq!(delivered_to_protocol(&out, Protocol::Ccm).len(), 2);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Ocm).len(), 2);
-    assert_eq!(hub.counts().over_limit(Protocol::Room, Protocol::Matou), 2);
-    assert_eq!(hub.counts().messages(Protocol::Room, Protocol::Matou), 0);
+    hub.say(said(ProtocolKind::Room, b"r", &long), &mut out);
+    assert!(delivered_to_protocol(&out, ProtocolKind::Matou).is_empty());
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Ccm).len(), 2);
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Ocm).len(), 2);
+    assert_eq!(
+        hub.counts()
+            .over_limit(ProtocolKind::Room, ProtocolKind::Matou),
+        2
+    );
+    assert_eq!(
+        hub.counts()
+            .messages(ProtocolKind::Room, ProtocolKind::Matou),
+        0
+    );
 
     // 512 bytes is MATOU's limit exactly: delivered.
     let (mut hub, mut out) = full_lobby();
-    hub.say(said(Protocol::Room, b"r", &vec![b'a'; 512]), &mut out);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Matou).len(), 2);
+    hub.say(said(ProtocolKind::Room, b"r", &vec![b'a'; 512]), &mut out);
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Matou).len(), 2);
 
     // MATOU: a control character (a ROOM chunk typed with `nc` ends in LF).
     let (mut hub, mut out) = full_lobby();
-    hub.say(said(Protocol::Room, b"r", b"hi\n"), &mut out);
-    assert!(delivered_to_protocol(&out, Protocol::Matou).is_empty());
-    assert_eq!(delivered_to_protocol(&out, Protocol::Ocm).len(), 2);
-    assert_eq!(hub.counts().over_limit(Protocol::Room, Protocol::Matou), 2);
+    hub.say(said(ProtocolKind::Room, b"r", b"hi\n"), &mut out);
+    assert!(delivered_to_protocol(&out, ProtocolKind::Matou).is_empty());
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Ocm).len(), 2);
+    assert_eq!(
+        hub.counts()
+            .over_limit(ProtocolKind::Room, ProtocolKind::Matou),
+        2
+    );
 
     // OCM: `N: T` over 4094 bytes. 4094 exactly fits.
     let (mut hub, mut out) = full_lobby();
-    hub.say(said(Protocol::Matou, b"ab", &vec![b'x'; 4090]), &mut out);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Ocm).len(), 2);
-    hub.say(said(Protocol::Matou, b"ab", &vec![b'x'; 4091]), &mut out);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Ocm).len(), 2);
-    assert_eq!(hub.counts().over_limit(Protocol::Matou, Protocol::Ocm), 2);
-    assert_eq!(hub.counts().messages(Protocol::Matou, Protocol::Ocm), 2);
+    hub.say(
+        said(ProtocolKind::Matou, b"ab", &vec![b'x'; 4090]),
+        &mut out,
+    );
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Ocm).len(), 2);
+    hub.say(
+        said(ProtocolKind::Matou, b"ab", &vec![b'x'; 4091]),
+        &mut out,
+    );
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Ocm).len(), 2);
+    assert_eq!(
+        hub.counts()
+            .over_limit(ProtocolKind::Matou, ProtocolKind::Ocm),
+        2
+    );
+    assert_eq!(
+        hub.counts()
+            .messages(ProtocolKind::Matou, ProtocolKind::Ocm),
+        2
+    );
     // ROOM has no such limit.
-    assert_eq!(delivered_to_protocol(&out, Protocol::Room).len(), 4);
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Room).len(), 4);
 
     // Bytes that are not UTF-8 (ROOM is raw bytes) only ROOM can carry.
     let (mut hub, mut out) = full_lobby();
-    hub.say(said(Protocol::Ocm, b"o", b"\xff\xfe"), &mut out);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Room).len(), 2);
-    assert!(delivered_to_protocol(&out, Protocol::Matou).is_empty());
-    assert!(delivered_to_protocol(&out, Protocol::Ccm).is_empty());
+    hub.say(said(ProtocolKind::Ocm, b"o", b"\xff\xfe"), &mut out);
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Room).len(), 2);
+    assert!(delivered_to_protocol(&out, ProtocolKind::Matou).is_empty());
+    assert!(delivered_to_protocol(&out, ProtocolKind::Ccm).is_empty());
     let (mut hub, mut out) = full_lobby();
-    hub.say(said(Protocol::Room, b"\xffname", b"text"), &mut out);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Room).len(), 0);
+    hub.say(said(ProtocolKind::Room, b"\xffname", b"text"), &mut out);
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Room).len(), 0);
     assert!(
         out.delivered.is_empty(),
         "a non-UTF-8 alias: no other form can carry it"
     );
-    for to in [Protocol::Matou, Protocol::Ccm, Protocol::Ocm] {
-        assert_eq!(hub.counts().over_limit(Protocol::Room, to), 2, "{to:?}");
+    for to in [ProtocolKind::Matou, ProtocolKind::Ccm, ProtocolKind::Ocm] {
+        assert_eq!(hub.counts().over_limit(ProtocolKind::Room, to), 2, "{to:?}");
     }
 }
 
@@ -538,10 +564,10 @@ fn a_form_the_recipient_protocol_cannot_carry_is_not_delivered_and_is_counted() 
 fn a_sender_name_cannot_forge_ccm_attributes() {
     let (mut hub, mut out) = full_lobby();
     hub.say(
-        said(Protocol::Room, b"eve\nAddressee: bob\n", b"boo"),
+        said(ProtocolKind::Room, b"eve\nAddressee: bob\n", b"boo"),
         &mut out,
     );
-    let ccm = delivered_to_protocol(&out, Protocol::Ccm);
+    let ccm = delivered_to_protocol(&out, ProtocolKind::Ccm);
     assert_eq!(ccm.len(), 2);
     let message = decode_ccm(&ccm[0].1);
     assert_eq!(
@@ -561,7 +587,7 @@ fn a_sender_name_cannot_forge_ccm_attributes() {
 // ---- where N and T come from ----
 
 #[test]
-fn a_room_chunk_loses_a_leading_alias_prefix_and_nothing_else() {
+fn a_room_chunk_loses_a_leading_alias_prefix_and_one_line_ending_and_nothing_else() {
     let alias = Bytes::from_static(b"alice");
     let cases: &[(&[u8], &[u8])] = &[
         (b"alice: hello", b"hello"),
@@ -572,12 +598,18 @@ fn a_room_chunk_loses_a_leading_alias_prefix_and_nothing_else() {
         (b"alice", b"alice"),
         (b"bob: hello", b"bob: hello"),
         (b"Alice: hello", b"Alice: hello"),
-        (b"alice: hi\n", b"hi\n"),
+        // One line ending is ROOM's terminal framing, not text (and MATOU forbids control
+        // characters); only one, and only at the end.
+        (b"alice: hi\n", b"hi"),
+        (b"alice: hi\r\n", b"hi"),
+        (b"hi\n\n", b"hi\n"),
+        (b"a\nb", b"a\nb"),
+        (b"hi\r", b"hi\r"),
     ];
     for &(chunk, text) in cases {
         let chunk = Bytes::copy_from_slice(chunk);
         let message = LobbyMessage::from_room(&alias, &chunk);
-        assert_eq!(message.origin, Protocol::Room);
+        assert_eq!(message.origin, ProtocolKind::Room);
         assert_eq!(&message.sender[..], b"alice");
         assert_eq!(&message.text[..], text, "{chunk:?}");
         // A slice of the chunk, not a copy (an empty slice is `Bytes`'s static empty one).
@@ -592,7 +624,7 @@ fn a_room_chunk_loses_a_leading_alias_prefix_and_nothing_else() {
 #[test]
 fn matou_n_and_t_are_the_username_and_the_public_message() {
     let message = LobbyMessage::from_matou(&Bytes::from_static(b"bob"), &Bytes::from_static(b"hi"));
-    assert_eq!(message, said(Protocol::Matou, b"bob", b"hi"));
+    assert_eq!(message, said(ProtocolKind::Matou, b"bob", b"hi"));
 }
 
 fn ccm_message(raw: &[u8]) -> Message {
@@ -609,7 +641,7 @@ fn a_ccm_text_to_everyone_is_a_lobby_message_with_its_content_as_utf8() {
     let message = LobbyMessage::from_ccm(&carol, &utf8)
         .expect("decodable")
         .expect("a lobby message");
-    assert_eq!(message, said(Protocol::Ccm, b"carol", "olá".as_bytes()));
+    assert_eq!(message, said(ProtocolKind::Ccm, b"carol", "olá".as_bytes()));
     assert_eq!(
         message.text.as_ptr(),
         utf8.content.as_ptr(),
@@ -620,21 +652,21 @@ fn a_ccm_text_to_everyone_is_a_lobby_message_with_its_content_as_utf8() {
     let bare = ccm_message(b"CCM\\1.0 text\nAddressee: *\n\nhi");
     assert_eq!(
         LobbyMessage::from_ccm(&carol, &bare).expect("ok"),
-        Some(said(Protocol::Ccm, b"carol", b"hi"))
+        Some(said(ProtocolKind::Ccm, b"carol", b"hi"))
     );
 
     // UTF-16 (the original's .NET clients): decoded to UTF-8.
     let utf16 = ccm_message(b"CCM\\1.0 Text\nAddressee: *\nMessage-Encoding: unicode\n\nh\0i\0");
     assert_eq!(
         LobbyMessage::from_ccm(&carol, &utf16).expect("ok"),
-        Some(said(Protocol::Ccm, b"carol", b"hi"))
+        Some(said(ProtocolKind::Ccm, b"carol", b"hi"))
     );
 
     // A UTF-8 BOM is dropped, as CCM's decoder drops it.
     let bom = ccm_message(b"CCM\\1.0 Text\nAddressee: *\n\n\xef\xbb\xbfhi");
     assert_eq!(
         LobbyMessage::from_ccm(&carol, &bom).expect("ok"),
-        Some(said(Protocol::Ccm, b"carol", b"hi"))
+        Some(said(ProtocolKind::Ccm, b"carol", b"hi"))
     );
 
     // Not lobby messages: a named addressee, another type, no addressee.
@@ -669,7 +701,7 @@ fn a_ccm_text_to_everyone_is_a_lobby_message_with_its_content_as_utf8() {
 fn an_ocm_datagram_is_a_lobby_message_only_in_the_lobby_room_and_not_exit() {
     assert_eq!(
         LobbyMessage::from_ocm("lobby", b"lobby", "oscar", b"hello"),
-        Some(said(Protocol::Ocm, b"oscar", b"hello"))
+        Some(said(ProtocolKind::Ocm, b"oscar", b"hello"))
     );
     assert_eq!(
         LobbyMessage::from_ocm("lobby", b"lobby", "oscar", b"exit"),
@@ -685,7 +717,7 @@ fn an_ocm_datagram_is_a_lobby_message_only_in_the_lobby_room_and_not_exit() {
     );
     assert_eq!(
         LobbyMessage::from_ocm("hall", b"hall", "oscar", b"exit now"),
-        Some(said(Protocol::Ocm, b"oscar", b"exit now"))
+        Some(said(ProtocolKind::Ocm, b"oscar", b"exit now"))
     );
     let hub = Hub::new(HubConfig {
         ocm_lobby_room: "hall".to_string(),
@@ -700,14 +732,14 @@ fn an_ocm_datagram_is_a_lobby_message_only_in_the_lobby_room_and_not_exit() {
 #[test]
 fn entering_and_leaving_are_announced_to_room_and_matou_only() {
     let (mut hub, mut out) = full_lobby();
-    assert!(hub.enter_lobby(user(Protocol::Ccm, at(23), "carol"), &mut out));
-    let room = delivered_to_protocol(&out, Protocol::Room);
+    assert!(hub.enter_lobby(user(ProtocolKind::Ccm, at(23), "carol"), &mut out));
+    let room = delivered_to_protocol(&out, ProtocolKind::Room);
     assert_eq!(room.len(), 2);
     for (_, bytes) in &room {
         assert_eq!(&bytes[..], b"b'carol' esta conectado ao chat");
     }
     assert_eq!(room[0].1.as_ptr(), room[1].1.as_ptr());
-    let matou = delivered_to_protocol(&out, Protocol::Matou);
+    let matou = delivered_to_protocol(&out, ProtocolKind::Matou);
     assert_eq!(matou.len(), 2);
     for (_, bytes) in &matou {
         assert_eq!(&bytes[..], b"\x00\x00\x00\x03\x00\x00\x00\x05carol");
@@ -718,20 +750,26 @@ fn entering_and_leaving_are_announced_to_room_and_matou_only() {
             }
         );
     }
-    assert!(delivered_to_protocol(&out, Protocol::Ccm).is_empty());
-    assert!(delivered_to_protocol(&out, Protocol::Ocm).is_empty());
+    assert!(delivered_to_protocol(&out, ProtocolKind::Ccm).is_empty());
+    assert!(delivered_to_protocol(&out, ProtocolKind::Ocm).is_empty());
     // 4 each from the lobby's own two CCM users, then these 2.
-    assert_eq!(hub.counts().notices(Protocol::Ccm, Protocol::Room), 6);
-    assert_eq!(hub.counts().notices(Protocol::Ccm, Protocol::Matou), 6);
+    assert_eq!(
+        hub.counts().notices(ProtocolKind::Ccm, ProtocolKind::Room),
+        6
+    );
+    assert_eq!(
+        hub.counts().notices(ProtocolKind::Ccm, ProtocolKind::Matou),
+        6
+    );
 
     out.clear();
     assert!(hub.leave_lobby(at(23), &mut out));
-    let room = delivered_to_protocol(&out, Protocol::Room);
+    let room = delivered_to_protocol(&out, ProtocolKind::Room);
     assert_eq!(room.len(), 2);
     for (_, bytes) in &room {
         assert_eq!(&bytes[..], b"b'carol' acabou de sair do chat!");
     }
-    for (_, bytes) in delivered_to_protocol(&out, Protocol::Matou) {
+    for (_, bytes) in delivered_to_protocol(&out, ProtocolKind::Matou) {
         assert_eq!(&bytes[..], b"\x00\x00\x00\x10\x00\x00\x00\x05carol");
         assert_eq!(
             decode_matou(&bytes),
@@ -748,17 +786,17 @@ fn entering_and_leaving_are_announced_to_room_and_matou_only() {
 fn a_protocol_does_not_hear_the_hub_announce_its_own_users() {
     // Each service announces its own users itself; the hub only adds the others.
     let (mut hub, mut out) = full_lobby();
-    hub.enter_lobby(user(Protocol::Room, at(3), "rc"), &mut out);
-    assert!(delivered_to_protocol(&out, Protocol::Room).is_empty());
-    assert_eq!(delivered_to_protocol(&out, Protocol::Matou).len(), 2);
+    hub.enter_lobby(user(ProtocolKind::Room, at(3), "rc"), &mut out);
+    assert!(delivered_to_protocol(&out, ProtocolKind::Room).is_empty());
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Matou).len(), 2);
     out.clear();
-    hub.enter_lobby(user(Protocol::Matou, at(13), "mc"), &mut out);
-    assert!(delivered_to_protocol(&out, Protocol::Matou).is_empty());
-    assert_eq!(delivered_to_protocol(&out, Protocol::Room).len(), 3);
+    hub.enter_lobby(user(ProtocolKind::Matou, at(13), "mc"), &mut out);
+    assert!(delivered_to_protocol(&out, ProtocolKind::Matou).is_empty());
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Room).len(), 3);
     out.clear();
-    hub.enter_lobby(user(Protocol::Ocm, ocm(33), "oc"), &mut out);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Room).len(), 3);
-    assert_eq!(delivered_to_protocol(&out, Protocol::Matou).len(), 3);
+    hub.enter_lobby(user(ProtocolKind::Ocm, ocm(33), "oc"), &mut out);
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Room).len(), 3);
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Matou).len(), 3);
     assert_eq!(out.delivered.len(), 6);
 }
 
@@ -766,14 +804,14 @@ fn a_protocol_does_not_hear_the_hub_announce_its_own_users() {
 fn room_notices_write_the_name_as_a_python_bytes_repr() {
     let mut hub = hub();
     let mut out = RecordingHubOut::default();
-    hub.enter_lobby(user(Protocol::Room, at(1), "r"), &mut out);
+    hub.enter_lobby(user(ProtocolKind::Room, at(1), "r"), &mut out);
     let cases: [(&str, &[u8]); 2] = [
         ("josé", b"b'jos\\xc3\\xa9' esta conectado ao chat"),
         ("o'neil", b"b\"o'neil\" esta conectado ao chat"),
     ];
     for (name, notice) in cases {
         out.clear();
-        hub.enter_lobby(user(Protocol::Ocm, ocm(9), name), &mut out);
+        hub.enter_lobby(user(ProtocolKind::Ocm, ocm(9), name), &mut out);
         assert_eq!(
             out.delivered_to(at(1)),
             vec![Bytes::copy_from_slice(notice)]
@@ -786,30 +824,38 @@ fn room_notices_write_the_name_as_a_python_bytes_repr() {
 fn a_name_matou_cannot_carry_is_not_announced_to_matou() {
     let mut hub = hub();
     let mut out = RecordingHubOut::default();
-    hub.enter_lobby(user(Protocol::Matou, at(1), "m"), &mut out);
-    hub.enter_lobby(user(Protocol::Ccm, at(2), "c"), &mut out);
+    hub.enter_lobby(user(ProtocolKind::Matou, at(1), "m"), &mut out);
+    hub.enter_lobby(user(ProtocolKind::Ccm, at(2), "c"), &mut out);
     out.clear();
     hub.enter_lobby(
         User {
-            protocol: Protocol::Room,
+            protocol: ProtocolKind::Room,
             endpoint: at(3),
             name: Bytes::from_static(b"\xffbad"),
         },
         &mut out,
     );
     assert!(out.delivered.is_empty());
-    assert_eq!(hub.counts().over_limit(Protocol::Room, Protocol::Matou), 1);
-    assert_eq!(hub.counts().notices(Protocol::Room, Protocol::Matou), 0);
+    assert_eq!(
+        hub.counts()
+            .over_limit(ProtocolKind::Room, ProtocolKind::Matou),
+        1
+    );
+    assert_eq!(
+        hub.counts()
+            .notices(ProtocolKind::Room, ProtocolKind::Matou),
+        0
+    );
 }
 
 #[test]
 fn bin24_users_are_not_in_the_lobby_and_an_endpoint_enters_once() {
     let (mut hub, mut out) = full_lobby();
-    assert!(!hub.enter_lobby(user(Protocol::Bin24, at(40), "bob"), &mut out));
-    assert_eq!(hub.lobby_count(Protocol::Bin24), 0);
-    assert!(!hub.enter_lobby(user(Protocol::Room, at(1), "again"), &mut out));
+    assert!(!hub.enter_lobby(user(ProtocolKind::Bin24, at(40), "bob"), &mut out));
+    assert_eq!(hub.lobby_count(ProtocolKind::Bin24), 0);
+    assert!(!hub.enter_lobby(user(ProtocolKind::Room, at(1), "again"), &mut out));
     assert!(out.delivered.is_empty());
-    assert_eq!(hub.lobby_count(Protocol::Room), 2);
+    assert_eq!(hub.lobby_count(ProtocolKind::Room), 2);
 }
 
 #[test]
@@ -817,16 +863,16 @@ fn leaving_keeps_the_remaining_members_reachable() {
     let mut hub = hub();
     let mut out = RecordingHubOut::default();
     for slot in 1..=5 {
-        hub.enter_lobby(user(Protocol::Room, at(slot), "r"), &mut out);
+        hub.enter_lobby(user(ProtocolKind::Room, at(slot), "r"), &mut out);
     }
     // Swap-removal moves the last member into the hole: the moved one must stay reachable
     // and removable.
     hub.disconnect(conn(2), &mut out);
     hub.disconnect(conn(5), &mut out);
     hub.disconnect(conn(1), &mut out);
-    assert_eq!(hub.lobby_count(Protocol::Room), 2);
+    assert_eq!(hub.lobby_count(ProtocolKind::Room), 2);
     out.clear();
-    hub.say(said(Protocol::Ocm, b"o", b"hi"), &mut out);
+    hub.say(said(ProtocolKind::Ocm, b"o", b"hi"), &mut out);
     let mut reached: Vec<_> = out.delivered.iter().map(|(_, e, _)| *e).collect();
     reached.sort_by_key(|e| match e {
         Endpoint::Conn(c) => c.slot,
@@ -835,7 +881,7 @@ fn leaving_keeps_the_remaining_members_reachable() {
     assert_eq!(reached, vec![at(3), at(4)]);
     assert!(hub.leave_lobby(at(4), &mut out));
     assert!(hub.leave_lobby(at(3), &mut out));
-    assert_eq!(hub.lobby_count(Protocol::Room), 0);
+    assert_eq!(hub.lobby_count(ProtocolKind::Room), 0);
 }
 
 #[test]
@@ -847,21 +893,21 @@ fn a_disconnect_leaves_the_lobby_and_frees_the_name() {
     );
     hub.disconnect(conn(11), &mut out);
     assert_eq!(hub.holder(b"ma"), None);
-    assert_eq!(hub.lobby_count(Protocol::Matou), 1);
-    for (_, bytes) in delivered_to_protocol(&out, Protocol::Room) {
+    assert_eq!(hub.lobby_count(ProtocolKind::Matou), 1);
+    for (_, bytes) in delivered_to_protocol(&out, ProtocolKind::Room) {
         assert_eq!(&bytes[..], b"b'ma' acabou de sair do chat!");
     }
     assert_eq!(
         out.events,
         vec![HubEvent::Presence(Presence {
-            origin: Protocol::Matou,
+            origin: ProtocolKind::Matou,
             name: Bytes::from_static(b"ma"),
             kind: PresenceKind::Left,
         })]
     );
     // An OCM member leaves by its own identity.
     assert!(hub.leave_lobby(ocm(31), &mut out));
-    assert_eq!(hub.lobby_count(Protocol::Ocm), 1);
+    assert_eq!(hub.lobby_count(ProtocolKind::Ocm), 1);
 }
 
 // ---- rule 4: direct messages ----
@@ -905,7 +951,7 @@ fn a_ccm_text_to_a_bin24_user_becomes_a_type0_frame_with_a_counter_per_ccm_sende
     assert_eq!(
         message,
         DirectMessage {
-            origin: Protocol::Ccm,
+            origin: ProtocolKind::Ccm,
             sender: Bytes::from_static(b"carol"),
             recipient: Bytes::from_static(b"bob"),
             message_id: 0,
@@ -939,7 +985,11 @@ fn a_ccm_text_to_a_bin24_user_becomes_a_type0_frame_with_a_counter_per_ccm_sende
         panic!("not routed");
     };
     assert_eq!(frame.message_id(), 2);
-    assert_eq!(hub.counts().messages(Protocol::Ccm, Protocol::Bin24), 4);
+    assert_eq!(
+        hub.counts()
+            .messages(ProtocolKind::Ccm, ProtocolKind::Bin24),
+        4
+    );
 }
 
 #[test]
@@ -987,8 +1037,16 @@ fn what_bin24_cannot_carry_from_ccm_gets_a_ccm_too_large_error() {
         decode_ccm(&error).attribute("Reason").map(|r| &r[..]),
         Some(&b"too-large"[..])
     );
-    assert_eq!(hub.counts().over_limit(Protocol::Ccm, Protocol::Bin24), 2);
-    assert_eq!(hub.counts().messages(Protocol::Ccm, Protocol::Bin24), 2);
+    assert_eq!(
+        hub.counts()
+            .over_limit(ProtocolKind::Ccm, ProtocolKind::Bin24),
+        2
+    );
+    assert_eq!(
+        hub.counts()
+            .messages(ProtocolKind::Ccm, ProtocolKind::Bin24),
+        2
+    );
     // Refused messages use no messageID: the next one is the counter's next.
     let CcmDirect::ToBin24 { frame, .. } =
         hub.ccm_direct(conn(2), MessageType::Text, b"bob", &fits, &mut out)
@@ -1061,7 +1119,11 @@ fn a_bin24_message_to_a_ccm_user_is_a_ccm_text_and_200_once_written() {
     assert_eq!(message.message_id, 7);
     assert_eq!(out.events, vec![HubEvent::Direct(message)]);
     assert_eq!(hub.awaiting_write_count(), 1);
-    assert_eq!(hub.counts().messages(Protocol::Bin24, Protocol::Ccm), 1);
+    assert_eq!(
+        hub.counts()
+            .messages(ProtocolKind::Bin24, ProtocolKind::Ccm),
+        1
+    );
 
     // Written: the sender hears "200": type 1, same messageID, SRC = carol, DST = bob.
     let Some(Written::Answered { sender, answer }) = hub.on_written(note, true) else {
@@ -1161,12 +1223,12 @@ fn an_isolated_hub_is_inert() {
         assert_eq!(hub.claim_name(protocol, conn(1), b"same"), Claim::Granted);
     }
     assert_eq!(hub.names_held(), 0);
-    assert!(!hub.enter_lobby(user(Protocol::Room, at(1), "r"), &mut out));
-    assert!(!hub.enter_lobby(user(Protocol::Matou, at(2), "m"), &mut out));
-    hub.say(said(Protocol::Ccm, b"c", b"anyone?"), &mut out);
+    assert!(!hub.enter_lobby(user(ProtocolKind::Room, at(1), "r"), &mut out));
+    assert!(!hub.enter_lobby(user(ProtocolKind::Matou, at(2), "m"), &mut out));
+    hub.say(said(ProtocolKind::Ccm, b"c", b"anyone?"), &mut out);
     hub.announce(
         Presence {
-            origin: Protocol::Ocm,
+            origin: ProtocolKind::Ocm,
             name: Bytes::from_static(b"o"),
             kind: PresenceKind::Entered,
         },
@@ -1187,7 +1249,7 @@ fn an_isolated_hub_is_inert() {
     assert!(out.delivered.is_empty());
     assert!(out.events.is_empty());
     assert_eq!(hub.counts(), &Counts::default());
-    assert_eq!(hub.lobby_count(Protocol::Room), 0);
+    assert_eq!(hub.lobby_count(ProtocolKind::Room), 0);
 }
 
 // ---- events and counts ----
@@ -1196,9 +1258,9 @@ fn an_isolated_hub_is_inert() {
 fn the_hub_reports_every_event_it_acts_on_as_plain_data() {
     let mut hub = hub();
     let mut out = RecordingHubOut::default();
-    hub.enter_lobby(user(Protocol::Room, at(1), "ra"), &mut out);
-    hub.enter_lobby(user(Protocol::Ocm, ocm(2), "oa"), &mut out);
-    hub.say(said(Protocol::Ocm, b"oa", b"hi"), &mut out);
+    hub.enter_lobby(user(ProtocolKind::Room, at(1), "ra"), &mut out);
+    hub.enter_lobby(user(ProtocolKind::Ocm, ocm(2), "oa"), &mut out);
+    hub.say(said(ProtocolKind::Ocm, b"oa", b"hi"), &mut out);
     hub.leave_lobby(ocm(2), &mut out);
     let presence = |origin, name: &'static [u8], kind| {
         HubEvent::Presence(Presence {
@@ -1210,10 +1272,10 @@ fn the_hub_reports_every_event_it_acts_on_as_plain_data() {
     assert_eq!(
         out.events,
         vec![
-            presence(Protocol::Room, b"ra", PresenceKind::Entered),
-            presence(Protocol::Ocm, b"oa", PresenceKind::Entered),
-            HubEvent::Said(said(Protocol::Ocm, b"oa", b"hi")),
-            presence(Protocol::Ocm, b"oa", PresenceKind::Left),
+            presence(ProtocolKind::Room, b"ra", PresenceKind::Entered),
+            presence(ProtocolKind::Ocm, b"oa", PresenceKind::Entered),
+            HubEvent::Said(said(ProtocolKind::Ocm, b"oa", b"hi")),
+            presence(ProtocolKind::Ocm, b"oa", PresenceKind::Left),
         ]
     );
 }
@@ -1225,28 +1287,43 @@ fn counts_are_kept_by_origin_and_destination() {
     // and MATOU members who were already there.
     let notices = hub.counts().notices;
     assert_eq!(
-        notices[Protocol::Room.index()][Protocol::Matou.index()],
+        notices[ProtocolKind::Room.index()][ProtocolKind::Matou.index()],
         0,
         "MATOU came later"
     );
-    assert_eq!(notices[Protocol::Matou.index()][Protocol::Room.index()], 4);
-    assert_eq!(notices[Protocol::Ccm.index()][Protocol::Room.index()], 4);
-    assert_eq!(notices[Protocol::Ccm.index()][Protocol::Matou.index()], 4);
-    assert_eq!(notices[Protocol::Ocm.index()][Protocol::Room.index()], 4);
-    assert_eq!(notices[Protocol::Ocm.index()][Protocol::Matou.index()], 4);
+    assert_eq!(
+        notices[ProtocolKind::Matou.index()][ProtocolKind::Room.index()],
+        4
+    );
+    assert_eq!(
+        notices[ProtocolKind::Ccm.index()][ProtocolKind::Room.index()],
+        4
+    );
+    assert_eq!(
+        notices[ProtocolKind::Ccm.index()][ProtocolKind::Matou.index()],
+        4
+    );
+    assert_eq!(
+        notices[ProtocolKind::Ocm.index()][ProtocolKind::Room.index()],
+        4
+    );
+    assert_eq!(
+        notices[ProtocolKind::Ocm.index()][ProtocolKind::Matou.index()],
+        4
+    );
     let total: u64 = notices.iter().flatten().sum();
     assert_eq!(total, 20);
 
     for _ in 0..3 {
-        hub.say(said(Protocol::Ccm, b"ca", b"m"), &mut out);
+        hub.say(said(ProtocolKind::Ccm, b"ca", b"m"), &mut out);
     }
-    hub.say(said(Protocol::Room, b"ra", b"m"), &mut out);
+    hub.say(said(ProtocolKind::Room, b"ra", b"m"), &mut out);
     let counts = hub.counts();
-    assert_eq!(counts.messages(Protocol::Ccm, Protocol::Room), 6);
-    assert_eq!(counts.messages(Protocol::Ccm, Protocol::Matou), 6);
-    assert_eq!(counts.messages(Protocol::Ccm, Protocol::Ocm), 6);
-    assert_eq!(counts.messages(Protocol::Ccm, Protocol::Ccm), 0);
-    assert_eq!(counts.messages(Protocol::Room, Protocol::Ccm), 2);
+    assert_eq!(counts.messages(ProtocolKind::Ccm, ProtocolKind::Room), 6);
+    assert_eq!(counts.messages(ProtocolKind::Ccm, ProtocolKind::Matou), 6);
+    assert_eq!(counts.messages(ProtocolKind::Ccm, ProtocolKind::Ocm), 6);
+    assert_eq!(counts.messages(ProtocolKind::Ccm, ProtocolKind::Ccm), 0);
+    assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Ccm), 2);
     let total: u64 = counts.messages.iter().flatten().sum();
     assert_eq!(total, 24);
     assert_eq!(total as usize, out.delivered.len());
@@ -1352,8 +1429,8 @@ fn room_notices_are_what_the_room_service_itself_writes() {
     );
     let mut hub = hub();
     let mut hub_out = RecordingHubOut::default();
-    hub.enter_lobby(user(Protocol::Room, at(2), "watcher"), &mut hub_out);
-    hub.enter_lobby(user(Protocol::Ocm, ocm(1), "rémi"), &mut hub_out);
+    hub.enter_lobby(user(ProtocolKind::Room, at(2), "watcher"), &mut hub_out);
+    hub.enter_lobby(user(ProtocolKind::Ocm, ocm(1), "rémi"), &mut hub_out);
     service.on_accept(conn(3), 0, &mut out);
     out.clear();
     service.on_data(conn(3), &mut BytesMut::from("rémi".as_bytes()), &mut out);

@@ -4,8 +4,9 @@
 
 use crate::config::Config;
 
-/// Which wire protocol a listener or connection speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which wire protocol a listener or connection speaks (and, for the hub, which protocol a
+/// user came from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProtocolKind {
     Room,
     Bin24,
@@ -41,6 +42,23 @@ impl ProtocolKind {
             ProtocolKind::Matou => "MATOU",
             ProtocolKind::Ocm => "OCM",
         }
+    }
+
+    /// A metric label value: lowercase, like the admin port's `protocol` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProtocolKind::Room => "room",
+            ProtocolKind::Bin24 => "bin24",
+            ProtocolKind::Ccm => "ccm",
+            ProtocolKind::Matou => "matou",
+            ProtocolKind::Ocm => "ocm",
+        }
+    }
+
+    /// Whether this protocol's users can be in the switchboard's lobby (every protocol but
+    /// BIN24, which has no broadcast).
+    pub fn has_lobby(self) -> bool {
+        self != ProtocolKind::Bin24
     }
 
     /// The TCP port `config` gives this protocol; `None` when it is disabled. OCM's TCRP

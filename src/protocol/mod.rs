@@ -23,10 +23,12 @@ pub mod ocm;
 pub mod registry;
 pub mod room;
 mod service;
+pub mod switch;
 pub mod testing;
 
 pub use kind::{ProtocolKind, UdpKind};
 pub use service::{Clock, Context, DatagramService, StreamService};
+pub use switch::{HubLink, HubOutcome, HubQueue, Switched, SwitchedDatagrams};
 
 /// Why a connection is closed. Logged, and counted in the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +168,13 @@ pub trait Outbox {
     /// `id` has identified its user (BIN24's first valid frame, CCM's accepted name, MATOU's
     /// name taken): the reactor's handshake deadline no longer applies to it.
     fn mark_identified(&mut self, _id: ConnId) {}
+
+    /// The switchboard's hub and the queue its answers go to, for this call; `None` under
+    /// `--isolate` (and where no hub is wired, as in a service's own tests). See
+    /// [`switch`].
+    fn hub(&mut self) -> Option<HubLink<'_>> {
+        None
+    }
 }
 
 /// What became of one datagram handed to [`DatagramOut::send_to`].
@@ -248,6 +257,11 @@ pub trait DatagramOut {
 
     /// Count one datagram accepted (relayed, or acted on).
     fn count_datagram_in(&mut self) {}
+
+    /// The switchboard's hub, as [`Outbox::hub`], for a datagram protocol's calls.
+    fn hub(&mut self) -> Option<HubLink<'_>> {
+        None
+    }
 }
 
 #[cfg(test)]

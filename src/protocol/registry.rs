@@ -3,7 +3,7 @@
 //! and never names a protocol; a new protocol is a field here, its construction in
 //! [`Services::new`] and an arm in `stream!` (or `datagram!`).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::bin24::{Bin24Config, Bin24Service, Bin24Stored};
 use super::ccm::{os_token_source, CcmConfig, CcmService};
@@ -11,10 +11,11 @@ use super::matou::{MatouConfig, MatouService};
 use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
 use super::{
-    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, Outbox, ProtocolKind,
-    StreamService, UdpKind,
+    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, Outbox,
+    ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
 };
 use crate::config::Config;
+use crate::hub::{Endpoint, FormLimits, Hub, HubConfig, OcmMemberId};
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
 
 /// The largest datagram the stage-1 relay takes, as OCM's chat socket (the contract's 4096).
@@ -29,6 +30,12 @@ pub struct Services {
     /// OCM's rooms: TCRP connections and the chat socket's datagrams, one service for both.
     ocm: Option<OcmService>,
     relay: Option<RelayService>,
+    /// The switchboard, between the services (`--isolate`: inert, and no service sees it).
+    hub: Hub,
+    /// What the hub produced during the current call, drained after it.
+    hub_queue: HubQueue,
+    /// Lobby deliveries to OCM members, waiting for the OCM chat socket.
+    ocm_deliveries: Vec<(OcmMemberId, Bytes)>,
 }
 
 /// `$svc` bound to the stream service of `$kind` (through `$get`: `as_ref` or `as_mut`), then
@@ -167,6 +174,15 @@ impl Services {
                 now_ms,
             )
         });
+        let hub = Hub::new(HubConfig {
+            isolated: config.isolate,
+            ocm_lobby_room: config.lobby_ocm_room.clone(),
+            limits: FormLimits {
+                matou_message_bytes_max: config.matou_message_bytes_max,
+                matou_string_bytes_max: config.matou_string_bytes_max,
+                ..FormLimits::default()
+            },
+        });
         Ok(Services {
             room,
             bin24,
@@ -174,7 +190,63 @@ impl Services {
             matou,
             ocm,
             relay,
+            hub,
+            hub_queue: HubQueue::default(),
+            ocm_deliveries: Vec::new(),
         })
+    }
+
+    /// The switchboard.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The switchboard's counts and lobby, for the admin port; `None` under `--isolate`.
+    pub fn switchboard_metrics(&self) -> Option<crate::metrics::SwitchboardMetrics> {
+        if self.hub.is_isolated() {
+            return None;
+        }
+        let mut lobby_members = [0; ProtocolKind::COUNT];
+        for kind in ProtocolKind::ALL {
+            lobby_members[kind.index()] = self.hub.lobby_count(kind) as u64;
+        }
+        let protocols = ProtocolKind::ALL
+            .into_iter()
+            .filter(|&kind| stream!(self, as_ref, kind, _s => ()).is_some())
+            .collect();
+        Some(crate::metrics::SwitchboardMetrics {
+            protocols,
+            counts: *self.hub.counts(),
+            lobby_members,
+        })
+    }
+
+    /// Hand what the hub produced during the last call to where it goes: deliveries to
+    /// connections through `out` (connection ids are global across protocols), to OCM members
+    /// to the OCM socket's queue, and each outcome to its service (whose call may produce
+    /// more). One check when the hub produced nothing, as on every ROOM-only chunk.
+    #[inline]
+    fn drain<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        if !self.hub_queue.is_empty() {
+            self.drain_queue(clock, out);
+        }
+    }
+
+    fn drain_queue<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        while !self.hub_queue.is_empty() {
+            for (_, endpoint, bytes) in self.hub_queue.deliveries.drain(..) {
+                match endpoint {
+                    Endpoint::Conn(id) => out.send(id, bytes),
+                    Endpoint::Ocm(member) => self.ocm_deliveries.push((member, bytes)),
+                }
+            }
+            let outcomes = std::mem::take(&mut self.hub_queue.outcomes);
+            for outcome in outcomes {
+                let kind = outcome.service();
+                let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+                stream!(self, as_mut, kind, s => s.on_hub(outcome, clock, &mut switched));
+            }
+        }
     }
 
     /// See [`StreamService::reactor_handshake_deadline`].
@@ -189,7 +261,9 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_accept(s, id, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_accept(s, id, cx, &mut switched));
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_data<O: Outbox>(
@@ -200,7 +274,9 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_data(s, id, input, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_data(s, id, input, cx, &mut switched));
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_burst_end<O: Outbox>(
@@ -211,7 +287,9 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_burst_end(s, id, input, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_burst_end(s, id, input, cx, &mut switched));
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_handshake_timeout<O: Outbox>(
@@ -222,13 +300,15 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
         let handled = stream!(self, as_mut, kind, s => {
-            StreamService::on_handshake_timeout(s, id, timeout_ms, cx, out)
+            StreamService::on_handshake_timeout(s, id, timeout_ms, cx, &mut switched)
         });
         if handled.is_none() {
             // No service to say why (not reachable: only enabled protocols have connections).
             out.close(id, CloseReason::HandshakeTimeout, super::CloseMode::Now);
         }
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_close<O: Outbox>(
@@ -239,7 +319,14 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_close(s, id, reason, cx, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_close(s, id, reason, cx, &mut switched));
+        // Whatever the protocol: the connection leaves the lobby (announced to the others) and
+        // its name is free. After the service, whose own users hear of it first.
+        if !self.hub.is_isolated() {
+            self.hub.disconnect(id, &mut self.hub_queue);
+        }
+        self.drain(&cx.clock(), out);
     }
 
     pub fn on_notify<O: Outbox>(
@@ -251,7 +338,9 @@ impl Services {
         clock: &Clock,
         out: &mut O,
     ) {
-        stream!(self, as_mut, kind, s => StreamService::on_notify(s, id, note, acked, clock, out));
+        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+        stream!(self, as_mut, kind, s => StreamService::on_notify(s, id, note, acked, clock, &mut switched));
+        self.drain(clock, out);
     }
 
     /// See [`StreamService::hold_input`].
@@ -267,21 +356,54 @@ impl Services {
     }
 
     /// A datagram arrived on the UDP socket of `kind`; answers go out through `out` (that
-    /// socket).
-    pub fn on_datagram<D: DatagramOut>(
+    /// socket), and what the switchboard delivers to connections through `conns`.
+    pub fn on_datagram<O: Outbox, D: DatagramOut>(
         &mut self,
         kind: UdpKind,
         datagram: &[u8],
         cx: &Context,
+        conns: &mut O,
         out: &mut D,
     ) {
-        datagram!(self, as_mut, kind, s => DatagramService::on_datagram(s, datagram, cx, out));
+        let mut switched = SwitchedDatagrams::new(out, &mut self.hub, &mut self.hub_queue);
+        datagram!(self, as_mut, kind, s => {
+            DatagramService::on_datagram(s, datagram, cx, &mut switched)
+        });
+        self.drain(&cx.clock(), conns);
+        if kind == UdpKind::OcmChat {
+            self.flush_ocm_deliveries(out);
+        }
+    }
+
+    /// Whether the switchboard has lobby deliveries waiting for the OCM chat socket (queued
+    /// during a call that did not have it): the reactor then calls
+    /// [`Services::flush_ocm_deliveries`] with it, once per turn.
+    #[inline]
+    pub fn has_ocm_deliveries(&self) -> bool {
+        !self.ocm_deliveries.is_empty()
+    }
+
+    /// Send the waiting lobby deliveries to OCM members through `out`, the OCM chat socket.
+    pub fn flush_ocm_deliveries<D: DatagramOut>(&mut self, out: &mut D) {
+        if self.ocm_deliveries.is_empty() {
+            return;
+        }
+        match self.ocm.as_mut() {
+            Some(ocm) => {
+                for (member, bytes) in self.ocm_deliveries.drain(..) {
+                    DatagramService::on_hub_delivery(ocm, member, &bytes, out);
+                }
+            }
+            None => self.ocm_deliveries.clear(),
+        }
     }
 
     /// Run the due timers of every stream service.
     pub fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         for kind in ProtocolKind::ALL {
-            stream!(self, as_mut, kind, s => StreamService::on_timers(s, clock, out));
+            let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+            stream!(self, as_mut, kind, s => StreamService::on_timers(s, clock, &mut switched));
+            self.drain(clock, out);
         }
     }
 
@@ -294,7 +416,15 @@ impl Services {
         out: &mut O,
         datagrams: &mut D,
     ) {
-        datagram!(self, as_mut, kind, s => DatagramService::on_timers(s, clock, out, datagrams));
+        // The hub is reached through the socket: OCM's timers remove members over it.
+        let mut switched = SwitchedDatagrams::new(datagrams, &mut self.hub, &mut self.hub_queue);
+        datagram!(self, as_mut, kind, s => {
+            DatagramService::on_timers(s, clock, out, &mut switched)
+        });
+        self.drain(clock, out);
+        if kind == UdpKind::OcmChat {
+            self.flush_ocm_deliveries(datagrams);
+        }
     }
 
     /// The earliest deadline of any service.
@@ -311,7 +441,9 @@ impl Services {
     /// Hand work completed off the loop's thread to its service.
     pub fn on_wake<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         for kind in ProtocolKind::ALL {
-            stream!(self, as_mut, kind, s => s.on_wake(clock, out));
+            let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
+            stream!(self, as_mut, kind, s => s.on_wake(clock, &mut switched));
+            self.drain(clock, out);
         }
     }
 
@@ -425,11 +557,178 @@ mod tests {
 
         // No UDP service is enabled: a datagram for one reaches nothing.
         let mut datagrams = RecordingDatagrams::default();
-        services.on_datagram(UdpKind::OcmRelay, b"hello", &cx(1), &mut datagrams);
+        services.on_datagram(
+            UdpKind::OcmRelay,
+            b"hello",
+            &cx(1),
+            &mut out,
+            &mut datagrams,
+        );
         assert!(datagrams.sent.is_empty() && datagrams.dropped_in.is_empty());
         assert!(!services.input_held());
         assert_eq!(services.held_bytes(), 0);
         assert!(services.store_metrics().is_none());
         assert!(services.shut_down().is_ok());
+    }
+
+    fn room_and_matou_isolated(isolate: bool) -> Services {
+        let config = Config {
+            matou_port: Some(0),
+            isolate,
+            ..Config::for_tests()
+        };
+        match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("no store is opened without BIN24: {err}"),
+        }
+    }
+
+    /// A ROOM member `rui` and a MATOU user `mia`; returns their ids.
+    fn seat_rui_and_mia(services: &mut Services, out: &mut RecordingOutbox) -> (ConnId, ConnId) {
+        use crate::protocol::matou::codec as matou;
+        let (rui, mia) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        services.on_accept(ProtocolKind::Room, rui, &cx(0), out);
+        services.on_data(
+            ProtocolKind::Room,
+            rui,
+            &mut BytesMut::from(&b"rui"[..]),
+            &cx(0),
+            out,
+        );
+        services.on_accept(ProtocolKind::Matou, mia, &cx(0), out);
+        let mut login = BytesMut::from(&1i32.to_be_bytes()[..]);
+        login.extend_from_slice(&3i32.to_be_bytes());
+        login.extend_from_slice(b"mia");
+        services.on_data(ProtocolKind::Matou, mia, &mut login, &cx(0), out);
+        assert!(out.sent_to(mia).contains(&matou::connect_response(true)));
+        out.clear();
+        (rui, mia)
+    }
+
+    #[test]
+    fn a_room_line_reaches_a_matou_user_through_the_hub_and_not_when_isolated() {
+        use crate::protocol::matou::codec as matou;
+        for isolate in [false, true] {
+            let mut services = room_and_matou_isolated(isolate);
+            let mut out = RecordingOutbox::default();
+            let (rui, mia) = seat_rui_and_mia(&mut services, &mut out);
+            services.on_data(
+                ProtocolKind::Room,
+                rui,
+                &mut BytesMut::from(&b"rui: hi\n"[..]),
+                &cx(1),
+                &mut out,
+            );
+            // ROOM's own echo either way; MATOU hears it only through the switchboard.
+            assert_eq!(out.sent_to(rui), [Bytes::from_static(b"rui: hi\n")]);
+            let expected = if isolate {
+                vec![]
+            } else {
+                vec![matou::public_broadcast(b"rui", b"hi")]
+            };
+            assert_eq!(out.sent_to(mia), expected, "isolate: {isolate}");
+            assert_eq!(services.switchboard_metrics().is_none(), isolate);
+
+            // rui leaves: MATOU is told (SIGN_OUT_NOTIFY) unless isolated.
+            out.clear();
+            services.on_close(
+                ProtocolKind::Room,
+                rui,
+                CloseReason::PeerClosed,
+                &cx(2),
+                &mut out,
+            );
+            let expected = if isolate {
+                vec![]
+            } else {
+                vec![matou::sign_out_notify(b"rui")]
+            };
+            assert_eq!(out.sent_to(mia), expected, "isolate: {isolate}");
+        }
+    }
+
+    /// A BIN24 user's message to a CCM user: "200" once it is written, and when the CCM user
+    /// closes before that, the frame goes to the BIN24 store (its sender hears "300" once it
+    /// is durable). The note travels BIN24 -> CCM's `on_notify` -> hub -> BIN24's `on_hub`.
+    #[test]
+    fn a_bin24_message_to_a_ccm_user_is_answered_200_when_written_and_stored_when_not() {
+        use crate::protocol::bin24::codec as bin24;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-written",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config {
+            bin24_port: Some(0),
+            ccm_port: Some(0),
+            data_dir: dir.clone(),
+            ..Config::for_tests()
+        };
+        let mut services = match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("the store opens in a fresh directory: {err}"),
+        };
+        let mut out = RecordingOutbox::default();
+        let (bob, cat) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        let name = |text: &str| match bin24::Name::new(text.as_bytes()) {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        services.on_accept(ProtocolKind::Ccm, cat, &cx(0), &mut out);
+        let identify = b"CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: 3\n\ncat";
+        services.on_data(
+            ProtocolKind::Ccm,
+            cat,
+            &mut BytesMut::from(&identify[..]),
+            &cx(0),
+            &mut out,
+        );
+        services.on_accept(ProtocolKind::Bin24, bob, &cx(0), &mut out);
+        out.clear();
+
+        let frame =
+            |id: u32| match bin24::encode(bin24::TYPE_MESSAGE, id, name("bob"), name("cat"), b"oi")
+            {
+                Some(frame) => BytesMut::from(&frame[..]),
+                None => panic!("a valid frame"),
+            };
+        // Written: bob hears "200" from cat.
+        services.on_data(ProtocolKind::Bin24, bob, &mut frame(7), &cx(1), &mut out);
+        let &[(to, ref bytes, note)] = &out.notified[..] else {
+            panic!("one notified send to cat: {:?}", out.notified);
+        };
+        assert_eq!(to, cat);
+        assert_eq!(bytes, &crate::hub::render::ccm_text(b"bob", b"cat", b"oi"));
+        services.on_notify(ProtocolKind::Ccm, cat, note, true, &cx(2).clock(), &mut out);
+        let delivered = bin24::encode_answer(7, name("cat"), name("bob"), bin24::ANSWER_DELIVERED);
+        assert_eq!(out.sent_to(bob), [delivered]);
+
+        // Not written (cat closed first): stored for cat, and bob hears "300" once durable.
+        out.clear();
+        services.on_data(ProtocolKind::Bin24, bob, &mut frame(8), &cx(3), &mut out);
+        let &[(_, _, note)] = &out.notified[..] else {
+            panic!("one notified send to cat: {:?}", out.notified);
+        };
+        services.on_notify(
+            ProtocolKind::Ccm,
+            cat,
+            note,
+            false,
+            &cx(4).clock(),
+            &mut out,
+        );
+        let stored = bin24::encode_answer(8, name("cat"), name("bob"), bin24::ANSWER_STORED);
+        let started = std::time::Instant::now();
+        while !out.sent_to(bob).contains(&stored) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never stored: {:?}",
+                out.sent_to(bob)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            services.on_wake(&cx(5).clock(), &mut out);
+        }
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

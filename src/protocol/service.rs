@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 
-use super::{CloseMode, CloseReason, ConnId, DatagramOut, Outbox};
+use super::{CloseMode, CloseReason, ConnId, DatagramOut, HubOutcome, Outbox};
+use crate::hub::OcmMemberId;
 use crate::store::{StoreError, StoreMetrics};
 
 /// What time it is, for a call that is not about one peer (timers, completions).
@@ -124,6 +125,10 @@ pub trait StreamService {
     /// Run what is due by `clock.now_ms`.
     fn on_timers<O: Outbox>(&mut self, _clock: &Clock, _out: &mut O) {}
 
+    /// The hub decided, during another service's call, that this service must act
+    /// ([`HubOutcome::service`] names it). The registry hands it over once that call returns.
+    fn on_hub<O: Outbox>(&mut self, _outcome: HubOutcome, _clock: &Clock, _out: &mut O) {}
+
     /// The earliest time [`StreamService::on_timers`] has work, if any.
     fn next_deadline_ms(&self) -> Option<u64> {
         None
@@ -182,4 +187,8 @@ pub trait DatagramService {
     fn next_deadline_ms(&self) -> Option<u64> {
         None
     }
+
+    /// Send `bytes`, a lobby delivery of the switchboard, to this service's member `to` (OCM:
+    /// a member of the lobby room), through `out`, its socket.
+    fn on_hub_delivery<D: DatagramOut>(&mut self, _to: OcmMemberId, _bytes: &[u8], _out: &mut D) {}
 }

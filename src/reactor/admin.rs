@@ -502,6 +502,7 @@ impl Server {
             protocols,
             udp_sockets,
             store: self.services.store_metrics(),
+            switchboard: self.services.switchboard_metrics(),
             loop_turns: &self.loop_turns,
             connections_max: self.config.connections_max as u64,
             admin: self.admin.as_ref().map(Admin::metrics).unwrap_or_default(),

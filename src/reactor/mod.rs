@@ -512,6 +512,7 @@ impl Server {
             self.serve_udp();
             self.on_wake();
             self.fire_timers();
+            self.flush_hub_datagrams();
             self.heap_trim.observe(self.held_bytes());
             self.flush_and_close();
             self.flush_and_close_admin();
@@ -677,6 +678,23 @@ impl Server {
 
     /// Read every ready UDP socket until WouldBlock or its per-turn budget, handing each
     /// datagram to its protocol; answers are sent from inside the protocol's call.
+    /// Lobby deliveries the switchboard queued for OCM members during calls that had no OCM
+    /// socket (a ROOM line, a MATOU message): sent now, in the turn they were made. One check
+    /// when there are none.
+    fn flush_hub_datagrams(&mut self) {
+        if !self.services.has_ocm_deliveries() {
+            return;
+        }
+        let entry = self
+            .udp
+            .iter_mut()
+            .find(|entry| entry.kind == UdpKind::OcmChat);
+        if let Some(entry) = entry {
+            let mut out = UdpOut::new(entry);
+            self.services.flush_ocm_deliveries(&mut out);
+        }
+    }
+
     fn serve_udp(&mut self) {
         if self.shutdown_deadline_ms.is_some() {
             return;
@@ -719,8 +737,13 @@ impl Server {
                 }
                 let kind = entry.kind;
                 let mut out = UdpOut::new(entry);
-                self.services
-                    .on_datagram(kind, datagram, &clock.with_peer(from), &mut out);
+                self.services.on_datagram(
+                    kind,
+                    datagram,
+                    &clock.with_peer(from),
+                    &mut self.table,
+                    &mut out,
+                );
             }
         }
     }

@@ -11,8 +11,9 @@ use log::{debug, warn};
 use super::codec::{self, Frame, Name};
 use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
+use crate::hub::{Bin24Direct, Claim, NamedProtocol, Written};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, Outbox};
+use crate::protocol::{CloseMode, CloseReason, HubOutcome, Outbox};
 use crate::store::{StoreEvent, StoreRequest};
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -406,6 +407,18 @@ impl Bin24Service {
             self.reject(id, out);
             return false;
         }
+        // Switchboard rule 1: a name held in CCM or MATOU is refused, BIN24's only way (it
+        // has no refusal frame). A BIN24 holder is BIN24's own rule above.
+        let claim = out.hub().map(|link| {
+            link.hub
+                .claim_name(NamedProtocol::Bin24, id, src.as_bytes())
+        });
+        if let Some(Claim::Refused(_)) = claim {
+            debug!("{id}: login as {src} refused (the name is held in another protocol)");
+            self.custody.logins_refused += 1;
+            self.reject(id, out);
+            return false;
+        }
         if let Some(conn) = self.conns.get_mut(id) {
             conn.user = Some(src);
         }
@@ -431,6 +444,49 @@ impl Bin24Service {
         let sender = frame.src();
         let recipient = frame.dst();
         let message_id = frame.message_id();
+        // Switchboard rule 4: to an online CCM user, the hub writes it in CCM's form; once it
+        // is written (the note comes back to CCM's service, then here) the sender hears "200".
+        // A live delivery like any other: charged to the sender's budget first.
+        let to_ccm = out.hub().is_some_and(|link| {
+            matches!(
+                link.hub.holder(recipient.as_bytes()),
+                Some((NamedProtocol::Ccm, _))
+            )
+        });
+        if to_ccm && !self.admit_sending(id, recipient, frame.as_bytes().len(), now_ms) {
+            debug!("{id}: {sender} over its sending rate; message to {recipient} refused");
+            out.count_rejected();
+            self.answer(
+                sender,
+                recipient,
+                message_id,
+                codec::ANSWER_RATE_LIMITED,
+                out,
+            );
+            return;
+        }
+        let crossing = out
+            .hub()
+            .map(|link| link.hub.bin24_direct(&frame, link.queue));
+        if let Some(Bin24Direct::ToCcm {
+            to, bytes, note, ..
+        }) = crossing
+        {
+            if !out.send_notify(to, bytes, note.0) {
+                // Never queued (the CCM user is closing): as for an offline recipient.
+                let unwritten = out.hub().and_then(|link| link.hub.on_written(note, false));
+                if let Some(Written::Unwritten {
+                    recipient,
+                    sender,
+                    message_id,
+                    frame,
+                }) = unwritten
+                {
+                    self.store_for(recipient, sender, message_id, &frame, store);
+                }
+            }
+            return;
+        }
         if self
             .config
             .users
@@ -464,6 +520,23 @@ impl Bin24Service {
             );
             return;
         }
+        self.deliver_live(recipient_conn, frame, now_ms, out, store);
+    }
+
+    /// Send `frame` (type 0) to its recipient, online on `recipient_conn`, and wait for the
+    /// answer within the ack timeout (rule 6), whoever sent it: a BIN24 user, or a CCM user
+    /// through the switchboard.
+    fn deliver_live<O: Outbox, S: StoreSink>(
+        &mut self,
+        recipient_conn: ConnId,
+        frame: Frame,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let sender = frame.src();
+        let recipient = frame.dst();
+        let message_id = frame.message_id();
         // A messageID still pending (a client restarted its counter) resolves the older
         // message first: it goes to its recipient's store, so nothing is lost.
         if let Some(older) = self.pending.remove(&(sender, message_id)) {
@@ -992,6 +1065,43 @@ impl Bin24Service {
         }
         self.pump_backlog(conn, out, store);
         self.serve_load_waiters(out, store);
+    }
+
+    /// What the switchboard hands BIN24 (rule 4): a CCM user's message to deliver as BIN24's
+    /// own, a "200" for a BIN24 sender whose message a CCM user was written, or a message a
+    /// CCM user closed before receiving, which BIN24 stores as for an offline recipient.
+    pub fn on_hub<O: Outbox, S: StoreSink>(
+        &mut self,
+        outcome: HubOutcome,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        match outcome {
+            HubOutcome::Bin24Forward { to, frame } => {
+                let recipient = frame.dst();
+                let live = self.users.get(&recipient) == Some(&to)
+                    && self.conns.get(to).is_some_and(|state| {
+                        state.unacked.len() < self.config.unacked_per_recipient_max
+                    });
+                if live {
+                    self.deliver_live(to, frame, now_ms, out, store);
+                } else {
+                    self.store_for(recipient, frame.src(), frame.message_id(), &frame, store);
+                }
+            }
+            HubOutcome::Bin24Answer { sender, answer } => {
+                if let Some(&to) = self.users.get(&sender) {
+                    out.send(to, answer);
+                }
+            }
+            HubOutcome::Bin24Store {
+                recipient,
+                sender,
+                message_id,
+                frame,
+            } => self.store_for(recipient, sender, message_id, &frame, store),
+        }
     }
 
     /// Answer `sender` (wherever it is connected now) about its message to `recipient`, in the

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use super::codec::FRAME_BYTES_MAX;
 use super::{Bin24Service, StoreSink};
-use crate::protocol::{Clock, CloseReason, ConnId, Context, Outbox, StreamService};
+use crate::protocol::{Clock, CloseReason, ConnId, Context, HubOutcome, Outbox, StreamService};
 use crate::store::{OfflineStore, StoreError, StoreMetrics, StoreRequest};
 
 impl StoreSink for OfflineStore {
@@ -89,6 +89,10 @@ impl StreamService for Bin24Stored {
 
     fn next_deadline_ms(&self) -> Option<u64> {
         self.service.next_deadline_ms()
+    }
+
+    fn on_hub<O: Outbox>(&mut self, outcome: HubOutcome, clock: &Clock, out: &mut O) {
+        with_store!(self, store => self.service.on_hub(outcome, clock.now_ms, out, store));
     }
 
     fn on_wake<O: Outbox>(&mut self, _clock: &Clock, out: &mut O) {

@@ -8,8 +8,13 @@ use log::debug;
 
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
+use crate::hub::{
+    CcmDirect, Claim, Endpoint, LobbyMessage, NamedProtocol, User, Written, WrittenNote,
+};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{Clock, CloseMode, CloseReason, Context, Outbox, StreamService};
+use crate::protocol::{
+    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
+};
 use crate::timer::{TimerKey, TimerWheel};
 
 /// Fills 16 bytes with randomness; false when no randomness could be had.
@@ -261,6 +266,7 @@ impl CcmService {
             Some(MessageType::Connect) => true,
             Some(MessageType::Disconnect) => {
                 self.forget(id);
+                leave_hub(id, out);
                 out.close(id, CloseReason::Done, CloseMode::AfterFlush);
                 false
             }
@@ -312,6 +318,19 @@ impl CcmService {
             self.answer_error(id, Reason::NameTaken, "that name is in use", out);
             return;
         }
+        // Switchboard rule 1: a name held in BIN24 or MATOU is refused too, CCM's own way
+        // (the connection stays open for another try).
+        let refused =
+            out.hub().and_then(
+                |link| match link.hub.claim_name(NamedProtocol::Ccm, id, &name) {
+                    Claim::Granted => None,
+                    Claim::Refused(refusal) => refusal.answer(),
+                },
+            );
+        if let Some(answer) = refused {
+            out.send(id, answer);
+            return;
+        }
         let mut random = [0u8; 16];
         if !(self.tokens)(&mut random) {
             log::error!("{id}: no randomness for a token; closing the connection");
@@ -324,7 +343,7 @@ impl CcmService {
         let keepalive = self.keepalives.insert(deadline, id);
         if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Identified {
-                name,
+                name: name.clone(),
                 token: token.clone(),
             };
             conn.keepalive = Some(keepalive);
@@ -335,6 +354,14 @@ impl CcmService {
         }
         out.mark_identified(id);
         out.send(id, codec::encode("Identity", &[("User", &token)], b""));
+        if let Some(link) = out.hub() {
+            let user = User {
+                protocol: ProtocolKind::Ccm,
+                endpoint: Endpoint::Conn(id),
+                name,
+            };
+            link.hub.enter_lobby(user, link.queue);
+        }
     }
 
     /// Deliver to `addressee`, or to every other identified user for `*`. The header is encoded
@@ -379,27 +406,46 @@ impl CcmService {
             match self.users.get(addressee) {
                 Some(&to) => (Some(to), delivery_bytes),
                 None => {
-                    self.answer_error(from, Reason::UnknownAddressee, "no user has that name", out);
+                    // Switchboard rule 4: an online BIN24 user gets it as a BIN24 message,
+                    // charged to the sender's budget as a delivery to a CCM user would be.
+                    let bin24_holder =
+                        out.hub().and_then(|link| match link.hub.holder(addressee) {
+                            Some((NamedProtocol::Bin24, conn)) => Some(conn),
+                            _ => None,
+                        });
+                    if let Some(holder) = bin24_holder {
+                        if !self.admit(from, Some(holder), delivery_bytes, now_ms) {
+                            self.refuse_rate(from, out);
+                            return;
+                        }
+                    }
+                    let direct = out.hub().map(|link| {
+                        link.hub
+                            .ccm_direct(from, kind, addressee, &message.content, link.queue)
+                    });
+                    match direct {
+                        Some(CcmDirect::ToBin24 { to, frame, .. }) => {
+                            if let Some(link) = out.hub() {
+                                link.queue.hand_over(HubOutcome::Bin24Forward { to, frame });
+                            }
+                        }
+                        Some(CcmDirect::Refused { error }) => {
+                            out.count_rejected();
+                            out.send(from, error);
+                        }
+                        Some(CcmDirect::NotCrossing) | None => self.answer_error(
+                            from,
+                            Reason::UnknownAddressee,
+                            "no user has that name",
+                            out,
+                        ),
+                    }
                     return;
                 }
             }
         };
-        let total = byte_rate(self.config.sender_bytes_per_s_max);
-        let pair = byte_rate(self.config.pair_bytes_per_s_max);
-        let admitted = self
-            .conns
-            .get_mut(from)
-            .and_then(|conn| conn.budget.as_mut())
-            .is_some_and(|budget| budget.admit(to, amount, total, pair, now_ms));
-        if !admitted {
-            debug!("{from}: over its sending rate; message not delivered");
-            out.count_rejected();
-            self.answer_error(
-                from,
-                Reason::RateLimited,
-                "sending faster than allowed: the message was not delivered",
-                out,
-            );
+        if !self.admit(from, to, amount, now_ms) {
+            self.refuse_rate(from, out);
             return;
         }
         if &addressee[..] == b"*" {
@@ -408,9 +454,39 @@ impl CcmService {
                     send_to(to, out);
                 }
             }
+            if let Some(link) = out.hub() {
+                if link.hub.has_audience_besides(ProtocolKind::Ccm) {
+                    // Content not valid in its encoding reached CCM's users as bytes; the
+                    // other protocols carry text only.
+                    if let Ok(Some(said)) = LobbyMessage::from_ccm(sender, message) {
+                        link.hub.say(said, link.queue);
+                    }
+                }
+            }
         } else if let Some(to) = to {
             send_to(to, out);
         }
+    }
+
+    /// Charge `amount` bytes to `from`'s sending budget (and its pair budget with `to`).
+    fn admit(&mut self, from: ConnId, to: Option<ConnId>, amount: u64, now_ms: u64) -> bool {
+        let total = byte_rate(self.config.sender_bytes_per_s_max);
+        let pair = byte_rate(self.config.pair_bytes_per_s_max);
+        self.conns
+            .get_mut(from)
+            .and_then(|conn| conn.budget.as_mut())
+            .is_some_and(|budget| budget.admit(to, amount, total, pair, now_ms))
+    }
+
+    fn refuse_rate<O: Outbox>(&mut self, from: ConnId, out: &mut O) {
+        debug!("{from}: over its sending rate; message not delivered");
+        out.count_rejected();
+        self.answer_error(
+            from,
+            Reason::RateLimited,
+            "sending faster than allowed: the message was not delivered",
+            out,
+        );
     }
 
     fn answer_error<O: Outbox>(&mut self, id: ConnId, reason: Reason, sentence: &str, out: &mut O) {
@@ -431,6 +507,7 @@ impl CcmService {
         out.close(id, CloseReason::ProtocolError, CloseMode::AfterFlush);
         // Nothing more from it is processed; its name and token go now.
         self.forget(id);
+        leave_hub(id, out);
     }
 
     /// Invalidate the token, free the name, stop the keepalive.
@@ -463,6 +540,7 @@ impl CcmService {
         );
         out.close(id, CloseReason::HandshakeTimeout, CloseMode::AfterFlush);
         self.forget(id);
+        leave_hub(id, out);
     }
 
     /// `id` is gone: its token is invalid and its name free.
@@ -505,6 +583,14 @@ impl CcmService {
             };
             conn.keepalive = Some(self.keepalives.insert(next_ms, id));
         }
+    }
+}
+
+/// `id` no longer takes part in the switchboard (it is closing): out of the lobby, its name
+/// free, now rather than when the close completes.
+fn leave_hub<O: Outbox>(id: ConnId, out: &mut O) {
+    if let Some(link) = out.hub() {
+        link.hub.disconnect(id, link.queue);
     }
 }
 
@@ -563,6 +649,38 @@ impl StreamService for CcmService {
 
     fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         self.on_timers(clock.now_ms, out);
+    }
+
+    /// A note is only ever the switchboard's (CCM queues nothing with `send_notify` of its
+    /// own): a BIN24 user's message was written to this CCM user, or never will be.
+    fn on_notify<O: Outbox>(
+        &mut self,
+        _id: ConnId,
+        note: u64,
+        acked: bool,
+        _clock: &Clock,
+        out: &mut O,
+    ) {
+        let Some(link) = out.hub() else {
+            return;
+        };
+        match link.hub.on_written(WrittenNote(note), acked) {
+            Some(Written::Answered { sender, answer }) => link
+                .queue
+                .hand_over(HubOutcome::Bin24Answer { sender, answer }),
+            Some(Written::Unwritten {
+                recipient,
+                sender,
+                message_id,
+                frame,
+            }) => link.queue.hand_over(HubOutcome::Bin24Store {
+                recipient,
+                sender,
+                message_id,
+                frame,
+            }),
+            None => {}
+        }
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {

@@ -12,8 +12,9 @@ use log::debug;
 
 use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
 use crate::chat::{ConnId, ConnMap, MemberList};
+use crate::hub::{Claim, Endpoint, LobbyMessage, NamedProtocol, User as HubUser};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, Context, Outbox, StreamService};
+use crate::protocol::{CloseMode, CloseReason, Context, Outbox, ProtocolKind, StreamService};
 
 #[derive(Clone, Debug)]
 pub struct MatouConfig {
@@ -210,7 +211,7 @@ impl MatouService {
                 "send CONNECT_REQUEST and wait for acceptance first",
                 out,
             ),
-            Packet::PublicMessage { message } => self.public_message(id, &message, out),
+            Packet::PublicMessage { message } => self.public_message(id, message, out),
             Packet::PrivateRequest { username } => self.private_request(id, &username, now_ms, out),
             Packet::PrivateAccept { username } => self.private_accept(id, &username, out),
             Packet::PrivateSrcPorts {
@@ -241,6 +242,20 @@ impl MatouService {
             out.send(id, codec::connect_response(false));
             return;
         }
+        // Switchboard rule 1: a name held in BIN24 or CCM is refused too, MATOU's own way.
+        let refused =
+            out.hub().and_then(
+                |link| match link.hub.claim_name(NamedProtocol::Matou, id, name) {
+                    Claim::Granted => None,
+                    Claim::Refused(refusal) => refusal.answer(),
+                },
+            );
+        if let Some(answer) = refused {
+            debug!("{id}: name refused (held in another protocol)");
+            out.count_rejected();
+            out.send(id, answer);
+            return;
+        }
         // A copy, so that a name held for the whole session does not pin the read buffer it
         // arrived in.
         let name = Bytes::copy_from_slice(name);
@@ -262,13 +277,21 @@ impl MatouService {
         out.mark_identified(id);
         out.send(id, codec::connect_response(true));
         self.broadcast(codec::connect_notify(&name), out);
+        if let Some(link) = out.hub() {
+            let user = HubUser {
+                protocol: ProtocolKind::Matou,
+                endpoint: Endpoint::Conn(id),
+                name,
+            };
+            link.hub.enter_lobby(user, link.queue);
+        }
     }
 
-    fn public_message<O: Outbox>(&mut self, id: ConnId, message: &[u8], out: &mut O) {
+    fn public_message<O: Outbox>(&mut self, id: ConnId, message: Bytes, out: &mut O) {
         let problem = if message.len() > self.config.message_bytes_max {
             Some("the message is over the size limit")
         } else {
-            match std::str::from_utf8(message) {
+            match std::str::from_utf8(&message) {
                 Err(_) => Some("the message is not UTF-8"),
                 Ok(text) if text.chars().any(char::is_control) => {
                     Some("the message has a control character")
@@ -283,8 +306,15 @@ impl MatouService {
         let Some(user) = self.user(id) else {
             return;
         };
-        let frame = codec::public_broadcast(&user.name, message);
+        let frame = codec::public_broadcast(&user.name, &message);
+        let name = user.name.clone();
         self.broadcast(frame, out);
+        if let Some(link) = out.hub() {
+            if link.hub.has_audience_besides(ProtocolKind::Matou) {
+                link.hub
+                    .say(LobbyMessage::from_matou(&name, &message), link.queue);
+            }
+        }
     }
 
     /// Src (`id`) asks Dst for a private link.
@@ -480,6 +510,9 @@ impl MatouService {
             }
         }
         self.broadcast(codec::sign_out_notify(&user.name), out);
+        if let Some(link) = out.hub() {
+            link.hub.disconnect(id, link.queue);
+        }
     }
 
     /// One encoded frame to every accepted user: each gets a reference-counted clone.

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use log::debug;
 use slab::Slab;
 
@@ -16,10 +16,11 @@ use super::codec::{self, TcrpError, TcrpRequest};
 use super::json::{self, JsonError};
 use super::relay::fanout_limit;
 use crate::chat::ConnMap;
+use crate::hub::{Endpoint, LobbyMessage, OcmMemberId, User};
 use crate::limits::{Admission, FanoutBudget, PerIpCounts};
 use crate::protocol::{
     Clock, CloseMode, CloseReason, ConnId, Context, DatagramDrop, DatagramOut, DatagramSent,
-    DatagramService, Outbox, StreamService,
+    DatagramService, Outbox, ProtocolKind, StreamService,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -317,6 +318,21 @@ impl OcmService {
             debug!("{id}: malformed or refused TCRP request: {why}");
             out.count_rejected();
         }
+        if let (Outcome::Done(token), Some(link)) = (&outcome, out.hub()) {
+            // A member of the lobby room is in the switchboard's lobby from its join on (what
+            // is said before its first datagram, which gives its address, does not reach it).
+            let member = self.tokens.get(token).copied();
+            if let Some(key) = member.filter(|_| link.hub.is_ocm_lobby_room(&request.room)) {
+                if let Some(member) = self.members.get(key) {
+                    let user = User {
+                        protocol: ProtocolKind::Ocm,
+                        endpoint: lobby_endpoint(key),
+                        name: Bytes::copy_from_slice(member.name.as_bytes()),
+                    };
+                    link.hub.enter_lobby(user, link.queue);
+                }
+            }
+        }
         self.send_answer(id, room_chars, request.operation, &outcome, out);
     }
 
@@ -605,6 +621,22 @@ impl OcmService {
             let text = std::mem::take(&mut self.text);
             self.fan_out(room_key, Some(member_key), &text, out);
             self.text = text;
+            if let Some(link) = out.hub() {
+                if link.hub.has_audience_besides(ProtocolKind::Ocm) {
+                    let lobby_room = &link.hub.config().ocm_lobby_room;
+                    let said = self.members.get(member_key).and_then(|member| {
+                        LobbyMessage::from_ocm(
+                            lobby_room,
+                            datagram.room,
+                            &member.name,
+                            datagram.message,
+                        )
+                    });
+                    if let Some(said) = said {
+                        link.hub.say(said, link.queue);
+                    }
+                }
+            }
         }
         self.remove_doomed(out);
     }
@@ -661,6 +693,7 @@ impl OcmService {
         let Some(member) = self.remove_member(key) else {
             return;
         };
+        leave_lobby(key, out);
         let Some(room) = self.rooms.get(member.room) else {
             return;
         };
@@ -693,6 +726,7 @@ impl OcmService {
             let Some(member) = self.members.try_remove(key) else {
                 continue;
             };
+            leave_lobby(key, out);
             self.timers.cancel(member.idle);
             self.tokens.remove(&member.token);
             if let Some(address) = member.address {
@@ -795,6 +829,19 @@ fn hex_token(raw: &[u8; 32]) -> Token {
     token
 }
 
+/// How the switchboard knows member `key`: a member key is unique among live members, and
+/// every removal tells the hub before the key can be reused.
+fn lobby_endpoint(key: usize) -> Endpoint {
+    Endpoint::Ocm(OcmMemberId(key as u64))
+}
+
+/// Member `key` is gone: out of the switchboard's lobby, if it was in it.
+fn leave_lobby<D: DatagramOut>(key: usize, out: &mut D) {
+    if let Some(link) = out.hub() {
+        link.hub.leave_lobby(lobby_endpoint(key), link.queue);
+    }
+}
+
 /// OCM's TCRP connections carry one request each; their request timeout is OCM's own
 /// handshake deadline (the reactor's does not apply). Its timers run on the datagram side,
 /// where the chat socket (to tell a removed member) is at hand.
@@ -835,5 +882,31 @@ impl DatagramService for OcmService {
 
     fn next_deadline_ms(&self) -> Option<u64> {
         self.next_deadline_ms()
+    }
+
+    /// A lobby line (`N: T`) for a member of the lobby room, sent as OCM sends its own chat;
+    /// a member whose address is not known yet gets nothing, as in its own room.
+    fn on_hub_delivery<D: DatagramOut>(&mut self, to: OcmMemberId, bytes: &[u8], out: &mut D) {
+        let Some(key) = usize::try_from(to.0).ok() else {
+            return;
+        };
+        let Some(member) = self.members.get_mut(key) else {
+            return;
+        };
+        let Some(address) = member.address else {
+            return;
+        };
+        match out.send_to(address, bytes) {
+            DatagramSent::Sent => member.send_failures = 0,
+            DatagramSent::Dropped => {}
+            DatagramSent::Failed => {
+                member.send_failures = member.send_failures.saturating_add(1);
+                if member.send_failures >= self.config.send_failures_max {
+                    // Removed by the next call that removes members (a datagram, a timer),
+                    // which tells the hub: this one has no way to.
+                    self.doomed.push((key, Leave::Unreachable));
+                }
+            }
+        }
     }
 }

@@ -9,8 +9,9 @@ pub mod codec;
 use bytes::{Bytes, BytesMut};
 
 use crate::chat::{ConnMap, MemberList};
+use crate::hub::{Endpoint, LobbyMessage, User};
 use crate::protocol::{Clock, Context, StreamService};
-use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox};
+use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox, ProtocolKind};
 use crate::timer::{TimerKey, TimerWheel};
 
 #[derive(Clone, Debug)]
@@ -33,8 +34,13 @@ impl Default for RoomConfig {
 enum RoomConn {
     /// Asked for its alias; not a member yet, receives nothing else.
     AwaitingAlias { deadline: TimerKey },
-    /// In the room. `index` is its place in the member list.
-    Member { alias_repr: Bytes, index: usize },
+    /// In the room. `index` is its place in the member list; `alias` is kept for the
+    /// switchboard (the sender's name N of what it says), `alias_repr` for ROOM's notices.
+    Member {
+        alias: Bytes,
+        alias_repr: Bytes,
+        index: usize,
+    },
 }
 
 /// The ROOM server logic, sans-io.
@@ -94,10 +100,20 @@ impl RoomService {
                         self.join(id, &alias, out);
                     }
                 }
-                Some(RoomConn::Member { .. }) => {
+                Some(RoomConn::Member { alias, .. }) => {
                     if let Some(chunk) = codec::take_chunk(input) {
                         out.count_frame_in(id);
+                        // The switchboard costs a ROOM-only server one check per chunk.
+                        let said = match out.hub() {
+                            Some(link) if link.hub.has_audience_besides(ProtocolKind::Room) => {
+                                Some(LobbyMessage::from_room(alias, &chunk))
+                            }
+                            _ => None,
+                        };
                         self.broadcast(chunk, out);
+                        if let (Some(said), Some(link)) = (said, out.hub()) {
+                            link.hub.say(said, link.queue);
+                        }
                     }
                     return;
                 }
@@ -112,7 +128,9 @@ impl RoomService {
             Some(RoomConn::AwaitingAlias { deadline }) => {
                 self.handshake_deadlines.cancel(deadline);
             }
-            Some(RoomConn::Member { alias_repr, index }) => {
+            Some(RoomConn::Member {
+                alias_repr, index, ..
+            }) => {
                 if let Some(moved) = self.members.remove(index) {
                     if let Some(RoomConn::Member {
                         index: moved_index, ..
@@ -143,10 +161,13 @@ impl RoomService {
 
     fn join<O: Outbox>(&mut self, id: ConnId, alias: &[u8], out: &mut O) {
         let alias_repr = Bytes::from(codec::bytes_repr(alias));
+        // A copy, so that an alias kept for the whole session does not pin a read buffer.
+        let alias = Bytes::copy_from_slice(alias);
         let index = self.members.push(id);
         if let Some(RoomConn::AwaitingAlias { deadline }) = self.conns.insert(
             id,
             RoomConn::Member {
+                alias: alias.clone(),
                 alias_repr: alias_repr.clone(),
                 index,
             },
@@ -157,6 +178,14 @@ impl RoomService {
         out.mark_identified(id);
         self.broadcast(codec::join_notice(&alias_repr), out);
         out.send(id, Bytes::from_static(codec::GREETING));
+        if let Some(link) = out.hub() {
+            let user = User {
+                protocol: ProtocolKind::Room,
+                endpoint: Endpoint::Conn(id),
+                name: alias,
+            };
+            link.hub.enter_lobby(user, link.queue);
+        }
     }
 
     /// One buffer, shared by every member: each send is a reference count, not a copy.

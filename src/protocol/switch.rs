@@ -1,0 +1,163 @@
+//! The switchboard's side of the seam: how a service reaches the [`Hub`] during its calls, and
+//! how what the hub decides for another service gets there.
+//!
+//! The registry owns the hub. For every call it wraps the reactor's [`Outbox`] in a
+//! [`Switched`], whose [`Outbox::hub`] gives the service the hub and a [`HubQueue`] to answer
+//! into. When the call returns, the registry drains the queue: deliveries to connections go out
+//! through the same connection table (connection ids are global across protocols), deliveries
+//! to OCM members wait for the OCM socket, and each [`HubOutcome`] is handed to the service it
+//! belongs to through [`super::StreamService::on_hub`]. No service sees another, and all of it
+//! is sans-io: tests drive it with a `RecordingOutbox`.
+
+use bytes::Bytes;
+
+use super::bin24::codec::{Frame, Name};
+use std::net::SocketAddr;
+
+use super::{
+    CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox, ProtocolKind,
+};
+use crate::hub::{Endpoint, Hub, HubOut};
+
+/// Something the hub decided that another service than the caller's must carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubOutcome {
+    /// A CCM user's message to the online BIN24 user on `to` (rule 4): BIN24 forwards `frame`
+    /// (type 0) and keeps its answer timer, as for a frame from a BIN24 sender.
+    Bin24Forward { to: ConnId, frame: Frame },
+    /// A BIN24 user's message was written to a CCM user: BIN24 sends `answer` ("200") to
+    /// `sender` wherever it is connected now.
+    Bin24Answer { sender: Name, answer: Bytes },
+    /// A BIN24 user's message to a CCM user was not written (the CCM user closed first):
+    /// BIN24's rules for an offline recipient, so it is stored, never lost.
+    Bin24Store {
+        recipient: Name,
+        sender: Name,
+        message_id: u32,
+        frame: Frame,
+    },
+}
+
+impl HubOutcome {
+    /// The protocol whose service carries this out.
+    pub fn service(&self) -> ProtocolKind {
+        match self {
+            HubOutcome::Bin24Forward { .. }
+            | HubOutcome::Bin24Answer { .. }
+            | HubOutcome::Bin24Store { .. } => ProtocolKind::Bin24,
+        }
+    }
+}
+
+/// What the hub produced during one service call, drained by the registry after it.
+#[derive(Debug, Default)]
+pub struct HubQueue {
+    /// Lobby deliveries, in order: one `Bytes` per rendered form, cloned per recipient.
+    pub deliveries: Vec<(ProtocolKind, Endpoint, Bytes)>,
+    /// Work for other services.
+    pub outcomes: Vec<HubOutcome>,
+}
+
+impl HubQueue {
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty() && self.outcomes.is_empty()
+    }
+
+    /// Hand `outcome` to the service it belongs to, once the current call returns.
+    pub fn hand_over(&mut self, outcome: HubOutcome) {
+        self.outcomes.push(outcome);
+    }
+}
+
+impl HubOut for HubQueue {
+    fn deliver(&mut self, protocol: ProtocolKind, to: Endpoint, bytes: Bytes) {
+        self.deliveries.push((protocol, to, bytes));
+    }
+}
+
+/// The hub and the queue its answers go to, for the length of one service call.
+pub struct HubLink<'a> {
+    pub hub: &'a mut Hub,
+    pub queue: &'a mut HubQueue,
+}
+
+/// The reactor's [`Outbox`] with the hub at hand: what every service call is given. `link` is
+/// `None` under `--isolate`, so an isolated service does exactly what it did before the hub.
+pub struct Switched<'a, O> {
+    out: &'a mut O,
+    link: Option<HubLink<'a>>,
+}
+
+impl<'a, O: Outbox> Switched<'a, O> {
+    pub fn new(out: &'a mut O, hub: &'a mut Hub, queue: &'a mut HubQueue) -> Self {
+        let link = (!hub.is_isolated()).then_some(HubLink { hub, queue });
+        Switched { out, link }
+    }
+}
+
+impl<O: Outbox> Outbox for Switched<'_, O> {
+    fn send(&mut self, to: ConnId, bytes: Bytes) {
+        self.out.send(to, bytes);
+    }
+
+    fn send_notify(&mut self, to: ConnId, bytes: Bytes, note: u64) -> bool {
+        self.out.send_notify(to, bytes, note)
+    }
+
+    fn close(&mut self, id: ConnId, reason: CloseReason, mode: CloseMode) {
+        self.out.close(id, reason, mode);
+    }
+
+    fn count_rejected(&mut self) {
+        self.out.count_rejected();
+    }
+
+    fn count_frame_in(&mut self, from: ConnId) {
+        self.out.count_frame_in(from);
+    }
+
+    fn mark_identified(&mut self, id: ConnId) {
+        self.out.mark_identified(id);
+    }
+
+    fn hub(&mut self) -> Option<HubLink<'_>> {
+        self.link.as_mut().map(|link| HubLink {
+            hub: &mut *link.hub,
+            queue: &mut *link.queue,
+        })
+    }
+}
+
+/// A UDP socket's [`DatagramOut`] with the hub at hand, as [`Switched`] for connections.
+pub struct SwitchedDatagrams<'a, D> {
+    out: &'a mut D,
+    link: Option<HubLink<'a>>,
+}
+
+impl<'a, D: DatagramOut> SwitchedDatagrams<'a, D> {
+    pub fn new(out: &'a mut D, hub: &'a mut Hub, queue: &'a mut HubQueue) -> Self {
+        let link = (!hub.is_isolated()).then_some(HubLink { hub, queue });
+        SwitchedDatagrams { out, link }
+    }
+}
+
+impl<D: DatagramOut> DatagramOut for SwitchedDatagrams<'_, D> {
+    fn send_to(&mut self, to: SocketAddr, bytes: &[u8]) -> DatagramSent {
+        self.out.send_to(to, bytes)
+    }
+
+    fn count_dropped_in(&mut self, why: DatagramDrop) {
+        self.out.count_dropped_in(why);
+    }
+
+    fn count_datagram_in(&mut self) {
+        self.out.count_datagram_in();
+    }
+
+    fn hub(&mut self) -> Option<HubLink<'_>> {
+        self.link.as_mut().map(|link| HubLink {
+            hub: &mut *link.hub,
+            queue: &mut *link.queue,
+        })
+    }
+}
