@@ -138,21 +138,23 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
     let matou_addr = server.matou.expect("MATOU");
     let ocm_addr = server.ocm_tcp.expect("OCM");
 
-    // Identified clients, which must outlive the deadline.
+    // Identified clients, which must outlive the deadline. One name per user: BIN24, CCM
+    // and MATOU share one name space (the switchboard).
     let mut bin24_alice = Client::connect(bin24_addr, "bin24 alice");
     bin24_alice.send(&bin24_message(1, "alice", "carol", "to someone offline"));
     bin24_alice.read_through(b"300");
     let mut ccm_alice = Client::connect(ccm_addr, "ccm alice");
-    ccm_alice.send(&ccm_identity("alice"));
+    ccm_alice.send(&ccm_identity("cathy"));
     ccm_alice.read_through(b"Content-Length: 0\n\n");
     let mut ccm_bob = Client::connect(ccm_addr, "ccm bob");
     ccm_bob.send(&ccm_identity("bob"));
     ccm_bob.read_through(b"Content-Length: 0\n\n");
     let mut matou_alice = Client::connect(matou_addr, "matou alice");
-    matou_alice.send(&matou::connect_request(b"alice"));
+    matou_alice.send(&matou::connect_request(b"maria"));
     matou_alice.expect(&matou::connect_response(true));
-    let host = Member::enter(&server, 1, "lobby", "host");
-    let guest = Member::enter(&server, 2, "lobby", "guest");
+    // Not the OCM room named `lobby`, which the other protocols' lobby messages reach.
+    let host = Member::enter(&server, 1, "den", "host");
+    let guest = Member::enter(&server, 2, "den", "guest");
     server.wait_connections(4);
 
     let started = Instant::now();
@@ -167,10 +169,10 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
     let mut bin24_partial = Client::connect(bin24_addr, "bin24 partial");
     bin24_partial.send(&bin24_message(1, "mallory", "alice", "hi")[..10]);
     let mut ccm_taken = Client::connect(ccm_addr, "ccm taken name");
-    ccm_taken.send(&ccm_identity("alice"));
+    ccm_taken.send(&ccm_identity("cathy"));
     ccm_taken.read_through(b"name-taken");
     let mut matou_taken = Client::connect(matou_addr, "matou taken name");
-    matou_taken.send(&matou::connect_request(b"alice"));
+    matou_taken.send(&matou::connect_request(b"maria"));
     matou_taken.expect(&matou::connect_response(false));
     let mut ocm_partial = Client::connect(ocm_addr, "ocm partial");
     ocm_partial.send(&[5, 1, 0]);
@@ -187,7 +189,7 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
 
     // The identified ones are still served, past the deadline.
     let mut bin24_bob = Client::connect(bin24_addr, "bin24 bob");
-    bin24_bob.send(&bin24_message(1, "bob", "alice", "still there?"));
+    bin24_bob.send(&bin24_message(1, "bert", "alice", "still there?"));
     bin24_alice.read_through(b"still there?");
     ccm_alice.send(&ccm_text("bob", "still there?"));
     ccm_bob.read_through(b"still there?");

@@ -345,7 +345,7 @@ struct CcmArgs {
     #[arg(long, default_value_t = 5_454)]
     port: u16,
 
-    /// Active users, named lg00001, lg00002, ...: each has its own connection, identifies,
+    /// Active users, named lc00001, lc00002, ...: each has its own connection, identifies,
     /// sends to its partner and receives from it. From 2 to 10000.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=USERS_MAX as u64))]
     users: u64,
@@ -367,7 +367,7 @@ struct CcmArgs {
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
 
-    /// Extra silent users, as a share of --users (rounded): they identify (lgq00001, ...) and
+    /// Extra silent users, as a share of --users (rounded): they identify (lcq00001, ...) and
     /// then send nothing, not even keepalive answers; the report shows when the server closed
     /// each, from its last write. From 0 to 1.
     #[arg(long, default_value_t = 0.0)]

@@ -40,14 +40,16 @@ use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts,
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
 
-/// The name of active user `i`: `lg00001`, `lg00002`, ...
+/// The name of active user `i`: `lc00001`, `lc00002`, ... BIN24, CCM and MATOU share one name
+/// space in chatd (the switchboard), so CCM's names differ from BIN24's `lg00001`: `loadgen
+/// mix` runs both against one server.
 pub fn active_name(i: usize) -> String {
-    format!("lg{:05}", i + 1)
+    format!("lc{:05}", i + 1)
 }
 
-/// The name of silent user `k`: `lgq00001`, ... (never an addressee).
+/// The name of silent user `k`: `lcq00001`, ... (never an addressee).
 pub fn silent_name(k: usize) -> String {
-    format!("lgq{:05}", k + 1)
+    format!("lcq{:05}", k + 1)
 }
 
 /// How many silent users `share` of `users` makes: rounded to the nearest user.
@@ -970,9 +972,9 @@ mod tests {
 
     #[test]
     fn names_and_silent_counts() {
-        assert_eq!(active_name(0), "lg00001");
-        assert_eq!(active_name(9_999), "lg10000");
-        assert_eq!(silent_name(0), "lgq00001");
+        assert_eq!(active_name(0), "lc00001");
+        assert_eq!(active_name(9_999), "lc10000");
+        assert_eq!(silent_name(0), "lcq00001");
         assert_eq!(silent_count(100, 0.1), 10);
         assert_eq!(silent_count(100, 0.0), 0);
         assert_eq!(silent_count(10, 0.15), 2);
