@@ -30,24 +30,22 @@ pub mod topology;
 #[cfg(test)]
 mod tests;
 
+use std::io;
 use std::net::SocketAddr;
 
-use mio::Poll;
 use switchboard::protocol::bin24::codec::{
     self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
-use crate::clock::Clock;
 use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, READ_BUDGET_BYTES,
-    READ_BUF_BYTES, START_DELAY_US,
+    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
+    START_DELAY_US,
 };
-use crate::pacer::Pacer;
+use crate::engine::{self, Link, Loop, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -207,9 +205,7 @@ struct Measurements {
 
 pub struct Run<'a> {
     cfg: &'a Bin24Config,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     users: Vec<User>,
     /// User index of each sender ordinal.
     senders: Vec<usize>,
@@ -217,11 +213,8 @@ pub struct Run<'a> {
     /// service time).
     write_lag_us: Vec<u32>,
     ledger: Ledger,
-    read_buf: Vec<u8>,
     body_buf: Vec<u8>,
     m: Measurements,
-    dirty: DirtySet,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     next_g: u64,
@@ -241,7 +234,6 @@ pub struct Run<'a> {
     reconnect_retries: u64,
     next_check_us: u64,
     progress_next_us: u64,
-    bytes_since_send_check: usize,
 }
 
 /// The scenario as the registry lists it.
@@ -300,7 +292,7 @@ impl ScenarioKind for Bin24 {
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
+    let io = Loop::new()?;
     let users = (0..cfg.users)
         .map(|i| User {
             name: user_name(i),
@@ -316,17 +308,14 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
             reconnect_attempts: 0,
         })
         .collect();
-    let now_us = clock.now_us();
+    let now_us = io.clock.now_us();
     let mut run = Run {
         cfg,
-        clock,
-        poll,
-        pacer,
+        io,
         users,
         senders: Vec::new(),
         write_lag_us: Vec::new(),
         ledger: Ledger::default(),
-        read_buf: vec![0; READ_BUF_BYTES],
         body_buf: vec![0; cfg.body_bytes.max(STAMP_BYTES)],
         m: Measurements {
             latency: Latencies::default(),
@@ -342,8 +331,6 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
             stored_hellos: 0,
             stored_frames: 0,
         },
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
         next_g: 0,
@@ -362,16 +349,69 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
         reconnect_retries: 0,
         next_check_us: now_us,
         progress_next_us: now_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
     };
     let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
     run.start_wave(online, now_us);
     Ok(run)
 }
 
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
-    driver::drive_connections!(users.conn, flush_dirty);
+impl Wire for Run<'_> {
+    type Tag = u64;
+    type Message = Frame;
+
+    fn io(&self) -> &Loop {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
+    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<u64>)> {
+        let user = self.users.get_mut(u)?;
+        Some((&mut self.io, &mut user.conn))
+    }
+    fn link(&self, u: usize) -> Link {
+        match self.users.get(u).map(|user| user.phase) {
+            Some(UserPhase::Connecting) => Link::Connecting,
+            Some(UserPhase::AwaitEcho) => Link::Greeting,
+            Some(UserPhase::Joined) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_connected(&mut self, u: usize) -> io::Result<()> {
+        let user = &mut self.users[u];
+        // The first frame makes the user exist: a hello to itself, which the server forwards
+        // back once the name is registered.
+        if let Some(hello) = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY)
+        {
+            user.conn.out.extend(&hello);
+        }
+        user.phase = UserPhase::AwaitEcho;
+        Ok(())
+    }
+    fn decode(&mut self, u: usize) -> Result<Option<Frame>, String> {
+        codec::decode(&mut self.users[u].conn.inbuf).map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, u: usize, frame: Frame, now_us: u64) {
+        self.on_frame(u, &frame, now_us);
+    }
+    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
+        Run::fail(self, u, kind, || why);
+    }
+    fn flush(&mut self, u: usize) {
+        Run::flush(self, u);
+    }
+    fn advance(&mut self) -> Result<(), RunError> {
+        Run::advance(self)
+    }
+    fn next_wake_us(&self) -> u64 {
+        Run::next_wake_us(self)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.m.sent_total,
@@ -383,7 +423,7 @@ impl Reactor for Run<'_> {
 impl Run<'_> {
     /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Ramp => {
                 self.connect_due(now_us);
@@ -398,7 +438,7 @@ impl Run<'_> {
                     .as_ref()
                     .is_some_and(|p| self.next_g >= p.messages)
                 {
-                    let now_us = self.clock.now_us();
+                    let now_us = self.io.clock.now_us();
                     self.drain_start_us = Some(now_us);
                     self.next_check_us = now_us;
                     self.phase = Phase::Drain {
@@ -407,7 +447,7 @@ impl Run<'_> {
                 }
             }
             Phase::Drain { deadline_us } => {
-                self.flush_dirty();
+                engine::flush_dirty(self);
                 if now_us >= self.next_check_us {
                     self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
                     let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
@@ -526,7 +566,7 @@ impl Run<'_> {
 
     fn connect(&mut self, u: usize) {
         let user = &mut self.users[u];
-        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
             Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
@@ -597,8 +637,8 @@ impl Run<'_> {
         if self.phase != Phase::Send {
             return;
         }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
         let senders = u64::from(plan.senders);
         while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
             let u = self.senders[plan.sender_of(due.g) as usize];
@@ -638,15 +678,9 @@ impl Run<'_> {
                 .queue
                 .push_back(Queued::new(&user.conn.out, &due, due.g));
             plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
-            self.dirty.mark(u);
+            self.io.dirty.mark(u);
         }
-        self.flush_dirty();
-    }
-
-    fn flush_dirty(&mut self) {
-        for u in self.dirty.take() {
-            self.flush(u);
-        }
+        engine::flush_dirty(self);
     }
 
     /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
@@ -666,7 +700,7 @@ impl Run<'_> {
             &mut self.m.sent_total,
             &mut self.write_lag_us,
         );
-        let failure = user.conn.flush(&self.clock, lags, |queued, lag_us| {
+        let failure = user.conn.flush(&self.io.clock, lags, |queued, lag_us| {
             ledger.mark_written(queued.tag);
             *sent_total += 1;
             if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
@@ -675,99 +709,6 @@ impl Run<'_> {
         });
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
-        }
-    }
-
-    /// Acts on a user's readiness according to its phase.
-    fn drive(&mut self, u: usize) {
-        match self.users[u].phase {
-            UserPhase::Idle | UserPhase::Failed => {}
-            UserPhase::Connecting => {
-                if self.users[u].conn.readable || self.users[u].conn.writable {
-                    self.check_connected(u);
-                }
-                if self.users[u].phase != UserPhase::Connecting {
-                    self.drive(u);
-                }
-            }
-            UserPhase::AwaitEcho | UserPhase::Joined => {
-                if self.users[u].conn.readable {
-                    self.read(u);
-                }
-                let user = &self.users[u];
-                if user.conn.writable && user.conn.out.has_pending() {
-                    self.flush(u);
-                }
-            }
-        }
-    }
-
-    fn check_connected(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.is_connected() {
-            Ok(true) => {
-                // The first frame makes the user exist: a hello to itself, which the server
-                // forwards back once the name is registered.
-                let hello = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY);
-                if let Some(hello) = hello {
-                    user.conn.out.extend(&hello);
-                }
-                user.phase = UserPhase::AwaitEcho;
-                user.conn.readable = true;
-                self.dirty.mark(u);
-            }
-            Ok(false) => {}
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
-        }
-    }
-
-    /// Reads until `WouldBlock` (or the budget), handling every whole frame.
-    fn read(&mut self, u: usize) {
-        let mut budget = READ_BUDGET_BYTES;
-        loop {
-            let user = &mut self.users[u];
-            let Some(stream) = user.conn.stream.as_mut() else {
-                return;
-            };
-            if budget == 0 {
-                self.still_ready.push(u);
-                return;
-            }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
-                Chunk::Bytes(n) => n,
-                Chunk::Drained => return,
-                ended => {
-                    let kind = if user.phase == UserPhase::Joined {
-                        ErrorKind::Read
-                    } else {
-                        ErrorKind::Connect
-                    };
-                    self.fail(u, kind, || ended.why());
-                    return;
-                }
-            };
-            budget = budget.saturating_sub(n);
-            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
-            // One clock read per read(): every frame in this chunk arrived together.
-            let now_us = self.clock.now_us();
-            loop {
-                let frame = match codec::decode(&mut self.users[u].conn.inbuf) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
-                        return;
-                    }
-                };
-                self.on_frame(u, &frame, now_us);
-            }
-            if self.users[u].conn.out.has_pending() {
-                self.dirty.mark(u); // the answers
-            }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
-                self.send_due();
-            }
         }
     }
 
@@ -992,7 +933,7 @@ impl Run<'_> {
             .wave
             .last()
             .map_or(0, |&last| self.users[last].intended_connect_us);
-        let intended_us = (self.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
+        let intended_us = (self.io.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
         let user = &mut self.users[u];
         user.reconnect_attempts += 1;
         user.phase = UserPhase::Idle;
@@ -1014,7 +955,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.m.not_sent_connection_lost += user.conn.close(self.poll.registry());
+        self.m.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name;
         // Answers to its messages go to this connection only: those still unanswered can no
         // longer be (the messages themselves may have died unread with the connection).
@@ -1033,7 +974,7 @@ impl Run<'_> {
     /// Closes a connection the loadgen is done with (before reconnecting the user).
     fn close_quietly(&mut self, u: usize) {
         let user = &mut self.users[u];
-        self.m.not_sent_at_end += user.conn.close(self.poll.registry());
+        self.m.not_sent_at_end += user.conn.close(self.io.poll.registry());
         user.phase = UserPhase::Idle;
     }
 
@@ -1071,10 +1012,10 @@ impl Run<'_> {
     }
 
     pub fn finish(mut self) -> Bin24Outcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         let mut not_sent_at_end = self.m.not_sent_at_end;
         for user in &mut self.users {
-            not_sent_at_end += user.conn.close(self.poll.registry());
+            not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let plan = self
             .plan

@@ -19,23 +19,21 @@ pub mod report;
 pub mod stamp;
 pub mod wire;
 
+use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use mio::Poll;
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
-use crate::clock::Clock;
 use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    READ_BUDGET_BYTES, READ_BUF_BYTES, START_DELAY_US,
+    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
+    RAMP_TIMEOUT_MIN_US, START_DELAY_US,
 };
-use crate::pacer::Pacer;
+use crate::engine::{self, Link, Loop, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -159,13 +157,10 @@ enum Phase {
 
 pub struct Run<'a> {
     cfg: &'a CcmConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     users: Vec<User>,
     senders: Vec<usize>,
     accounting: Accounting,
-    read_buf: Vec<u8>,
     content_buf: Vec<u8>,
     latency: Latencies,
     errors: ErrorCounts,
@@ -180,8 +175,6 @@ pub struct Run<'a> {
     keepalives_silent: u64,
     silent_closed: u64,
     silent_closed_without_keepalive: u64,
-    dirty: DirtySet,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     next_g: u64,
@@ -196,7 +189,6 @@ pub struct Run<'a> {
     done_us: u64,
     next_check_us: u64,
     progress_next_us: u64,
-    bytes_since_send_check: usize,
     /// The order users connect in (`connect_order`).
     order: Vec<usize>,
 }
@@ -251,8 +243,8 @@ impl ScenarioKind for Ccm {
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-    let now_us = clock.now_us();
+    let io = Loop::new()?;
+    let now_us = io.clock.now_us();
     let rate = cfg.connect_rate_per_s.max(1);
     let total = cfg.users + cfg.silent;
     // Silent users are spread through the ramp-up rather than left to its end.
@@ -284,13 +276,10 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
         .collect();
     let mut run = Run {
         cfg,
-        clock,
-        poll,
-        pacer,
+        io,
         users,
         senders: Vec::new(),
         accounting: Accounting::new(0),
-        read_buf: vec![0; READ_BUF_BYTES],
         content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
         latency: Latencies::default(),
         errors: ErrorCounts::default(),
@@ -305,8 +294,6 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
         keepalives_silent: 0,
         silent_closed: 0,
         silent_closed_without_keepalive: 0,
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
         next_g: 0,
@@ -322,7 +309,6 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
         done_us: now_us,
         next_check_us: now_us,
         progress_next_us: now_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
         order: connect_order(cfg.users, cfg.silent),
     };
     for (k, &u) in run.order.iter().enumerate() {
@@ -350,18 +336,79 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
     order
 }
 
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError, own_phase_work);
+impl Wire for Run<'_> {
+    type Tag = ();
+    type Message = codec::Message;
+
+    fn io(&self) -> &Loop {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
+    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
+        let user = self.users.get_mut(u)?;
+        Some((&mut self.io, &mut user.conn))
+    }
+    fn link(&self, u: usize) -> Link {
+        match self.users.get(u).map(|user| user.phase) {
+            Some(UserPhase::Connecting) => Link::Connecting,
+            Some(UserPhase::AwaitIdentity) => Link::Greeting,
+            Some(UserPhase::Joined) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_connected(&mut self, u: usize) -> io::Result<()> {
+        let user = &mut self.users[u];
+        user.conn.out.extend(&wire::identify(&user.name));
+        user.phase = UserPhase::AwaitIdentity;
+        Ok(())
+    }
+    fn decode(&mut self, u: usize) -> Result<Option<codec::Message>, String> {
+        codec::decode(&mut self.users[u].conn.inbuf, false).map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, u: usize, message: codec::Message, now_us: u64) {
+        Run::on_message(self, u, &message, now_us);
+    }
+    fn on_drained(&mut self, u: usize) {
+        // The server always writes Content-Length: a message it cut short of one would wait
+        // here forever, so a whole burst is decoded as a last resort.
+        if self.users[u].conn.inbuf.is_empty() {
+            return;
+        }
+        let now_us = self.io.clock.now_us();
+        match codec::decode(&mut self.users[u].conn.inbuf, true) {
+            Ok(Some(message)) => Run::on_message(self, u, &message, now_us),
+            Ok(None) => {}
+            Err(e) => Run::fail(self, u, ErrorKind::Protocol, || {
+                format!("framing lost: {e}")
+            }),
+        }
+    }
+    fn on_server_close(&mut self, u: usize, why: String) {
+        Run::on_server_close(self, u, why);
+    }
+    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
+        Run::fail(self, u, kind, || why);
+    }
+    fn flush(&mut self, u: usize) {
+        Run::flush(self, u);
+    }
     fn advance(&mut self) -> Result<(), RunError> {
         let order = std::mem::take(&mut self.order);
-        let advanced = self.advance(&order);
+        let advanced = Run::advance(self, &order);
         self.order = order;
         advanced
     }
     fn next_wake_us(&self) -> u64 {
-        self.next_wake_us(&self.order)
+        Run::next_wake_us(self, &self.order)
     }
-    driver::drive_connections!(users.conn, flush_dirty);
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,
@@ -372,7 +419,7 @@ impl Reactor for Run<'_> {
 
 impl Run<'_> {
     fn advance(&mut self, order: &[usize]) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Ramp => {
                 while let Some(&u) = order.get(self.next_connect) {
@@ -403,7 +450,7 @@ impl Run<'_> {
                     .as_ref()
                     .is_some_and(|p| self.next_g >= p.messages)
                 {
-                    let now_us = self.clock.now_us();
+                    let now_us = self.io.clock.now_us();
                     self.drain_start_us = Some(now_us);
                     self.next_check_us = now_us;
                     self.phase = Phase::Drain {
@@ -412,7 +459,7 @@ impl Run<'_> {
                 }
             }
             Phase::Drain { deadline_us } => {
-                self.flush_dirty();
+                engine::flush_dirty(self);
                 if now_us >= self.next_check_us {
                     self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
                     let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
@@ -494,7 +541,7 @@ impl Run<'_> {
 
     fn connect(&mut self, u: usize) {
         let user = &mut self.users[u];
-        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
             Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
@@ -530,8 +577,8 @@ impl Run<'_> {
         if self.phase != Phase::Send {
             return;
         }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
         let senders = u64::from(plan.senders);
         while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
             let u = self.senders[plan.sender_of(due.g) as usize];
@@ -566,15 +613,9 @@ impl Run<'_> {
                 .queue
                 .push_back(Queued::new(&user.conn.out, &due, ()));
             plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-            self.dirty.mark(u);
+            self.io.dirty.mark(u);
         }
-        self.flush_dirty();
-    }
-
-    fn flush_dirty(&mut self) {
-        for u in self.dirty.take() {
-            self.flush(u);
-        }
+        engine::flush_dirty(self);
     }
 
     fn flush(&mut self, u: usize) {
@@ -593,117 +634,17 @@ impl Run<'_> {
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
             *sent += 1;
             if let Some(ordinal) = sender {
                 accounting.on_sent(ordinal as usize);
             }
         });
         if !user.conn.out.has_pending() {
-            user.last_write_us = self.clock.now_us();
+            user.last_write_us = self.io.clock.now_us();
         }
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
-        }
-    }
-
-    fn drive(&mut self, u: usize) {
-        match self.users[u].phase {
-            UserPhase::Idle | UserPhase::Failed | UserPhase::ClosedByServer => {}
-            UserPhase::Connecting => {
-                if self.users[u].conn.readable || self.users[u].conn.writable {
-                    self.check_connected(u);
-                }
-                if self.users[u].phase != UserPhase::Connecting {
-                    self.drive(u);
-                }
-            }
-            UserPhase::AwaitIdentity | UserPhase::Joined => {
-                if self.users[u].conn.readable {
-                    self.read(u);
-                }
-                let user = &self.users[u];
-                if user.conn.writable && user.conn.out.has_pending() {
-                    self.flush(u);
-                }
-            }
-        }
-    }
-
-    fn check_connected(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.is_connected() {
-            Ok(true) => {
-                user.conn.out.extend(&wire::identify(&user.name));
-                user.phase = UserPhase::AwaitIdentity;
-                user.conn.readable = true;
-                self.dirty.mark(u);
-            }
-            Ok(false) => {}
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
-        }
-    }
-
-    fn read(&mut self, u: usize) {
-        let mut budget = READ_BUDGET_BYTES;
-        loop {
-            let user = &mut self.users[u];
-            let Some(stream) = user.conn.stream.as_mut() else {
-                return;
-            };
-            if budget == 0 {
-                self.still_ready.push(u);
-                return;
-            }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
-                Chunk::Bytes(n) => n,
-                Chunk::Drained => {
-                    // The server always writes Content-Length: a message it cut short of one
-                    // would wait here forever, so a whole burst is decoded as a last resort.
-                    if !user.conn.inbuf.is_empty() {
-                        let now_us = self.clock.now_us();
-                        match codec::decode(&mut self.users[u].conn.inbuf, true) {
-                            Ok(Some(message)) => self.on_message(u, &message, now_us),
-                            Ok(None) => {}
-                            Err(e) => {
-                                self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"))
-                            }
-                        }
-                    }
-                    return;
-                }
-                ended => {
-                    self.on_server_close(u, ended.why());
-                    return;
-                }
-            };
-            budget = budget.saturating_sub(n);
-            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
-            let now_us = self.clock.now_us();
-            loop {
-                if !matches!(
-                    self.users[u].phase,
-                    UserPhase::AwaitIdentity | UserPhase::Joined
-                ) {
-                    return;
-                }
-                let message = match codec::decode(&mut self.users[u].conn.inbuf, false) {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
-                        return;
-                    }
-                };
-                self.on_message(u, &message, now_us);
-            }
-            if self.users[u].conn.out.has_pending() {
-                self.dirty.mark(u); // keepalive answers
-            }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
-                self.send_due();
-            }
         }
     }
 
@@ -711,7 +652,7 @@ impl Run<'_> {
     fn on_server_close(&mut self, u: usize, why: String) {
         let user = &mut self.users[u];
         if user.role == Role::Silent && user.phase == UserPhase::Joined {
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             self.latency
                 .silent_closed_after
                 .record(now_us.saturating_sub(user.last_write_us));
@@ -720,7 +661,7 @@ impl Run<'_> {
             let keepalives = user.keepalives;
             let name = user.name.clone();
             if let Some(mut stream) = user.conn.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.io.poll.registry().deregister(&mut stream);
             }
             if keepalives == 0 {
                 self.silent_closed_without_keepalive += 1;
@@ -730,12 +671,7 @@ impl Run<'_> {
             }
             return;
         }
-        let kind = if user.phase == UserPhase::Joined {
-            ErrorKind::Read
-        } else {
-            ErrorKind::Connect
-        };
-        self.fail(u, kind, || why);
+        engine::lost(self, u, why);
     }
 
     fn on_message(&mut self, u: usize, message: &codec::Message, now_us: u64) {
@@ -767,7 +703,7 @@ impl Run<'_> {
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
                     user.conn.out.extend(&reply);
                     self.keepalives_answered += 1;
-                    self.dirty.mark(u);
+                    self.io.dirty.mark(u);
                 }
             }
             Incoming::Text {
@@ -866,7 +802,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
+        self.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -905,10 +841,10 @@ impl Run<'_> {
     }
 
     pub fn finish(mut self) -> CcmOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         let mut not_sent_at_end = 0;
         for user in &mut self.users {
-            not_sent_at_end += user.conn.close(self.poll.registry());
+            not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us

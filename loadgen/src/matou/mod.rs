@@ -26,21 +26,19 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use mio::Poll;
 use switchboard::protocol::matou::codec::Limits;
 
-use crate::clock::Clock;
 use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    READ_BUDGET_BYTES, READ_BUF_BYTES, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
+    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
+    RAMP_TIMEOUT_MIN_US, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
 };
-use crate::pacer::Pacer;
+use crate::engine::{self, Link, Loop, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -188,9 +186,7 @@ enum Phase {
 
 pub struct Run<'a> {
     cfg: &'a MatouConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     users: Vec<User>,
     /// User index of each sender ordinal.
     senders: Vec<usize>,
@@ -203,7 +199,6 @@ pub struct Run<'a> {
     link_rng: SplitMix64,
     /// The decoder's size limits: the codec's defaults, far above what this run's packets need.
     limits: Limits,
-    read_buf: Vec<u8>,
     content_buf: Vec<u8>,
     latency: Latencies,
     errors: ErrorCounts,
@@ -226,8 +221,6 @@ pub struct Run<'a> {
     decode_errors: u64,
     foreign_messages: u64,
     foreign_notices: u64,
-    dirty: DirtySet,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     link_plan: Option<Plan>,
@@ -244,7 +237,6 @@ pub struct Run<'a> {
     done_us: u64,
     next_check_us: u64,
     progress_next_us: u64,
-    bytes_since_send_check: usize,
 }
 
 /// The scenario as the registry lists it.
@@ -296,8 +288,8 @@ impl ScenarioKind for Matou {
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-    let now_us = clock.now_us();
+    let io = Loop::new()?;
+    let now_us = io.clock.now_us();
     let rate = cfg.connect_rate_per_s.max(1);
     let users: Vec<User> = (0..cfg.users)
         .map(|i| User {
@@ -314,9 +306,7 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
         .collect();
     let run = Run {
         cfg,
-        clock,
-        poll,
-        pacer,
+        io,
         users,
         senders: Vec::new(),
         pool: Vec::new(),
@@ -326,7 +316,6 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
         sign_out_ledger: NoticeLedger::new(cfg.users),
         link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
         limits: Limits::default(),
-        read_buf: vec![0; READ_BUF_BYTES],
         content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
         latency: Latencies::default(),
         errors: ErrorCounts::default(),
@@ -349,8 +338,6 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
         decode_errors: 0,
         foreign_messages: 0,
         foreign_notices: 0,
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
         link_plan: None,
@@ -368,7 +355,6 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
         done_us: now_us,
         next_check_us: now_us,
         progress_next_us: now_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
     };
     Ok(run)
 }
@@ -381,9 +367,75 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
     }
 }
 
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
-    driver::drive_connections!(users.conn, flush_dirty);
+impl Wire for Run<'_> {
+    type Tag = ();
+    type Message = Incoming;
+
+    fn io(&self) -> &Loop {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
+    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
+        let user = self.users.get_mut(u)?;
+        Some((&mut self.io, &mut user.conn))
+    }
+    fn link(&self, u: usize) -> Link {
+        match self.users.get(u).map(|user| user.phase) {
+            Some(UserPhase::Connecting) => Link::Connecting,
+            Some(UserPhase::AwaitResponse) => Link::Greeting,
+            Some(UserPhase::Joined | UserPhase::SigningOut) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_connected(&mut self, u: usize) -> io::Result<()> {
+        let user = &mut self.users[u];
+        // The server tells peers this address: the checks compare against it.
+        let local = user.conn.stream.as_ref().map(|stream| stream.local_addr());
+        if let Some(local) = local {
+            user.ip = Some(local?.ip());
+        }
+        user.conn.out.extend(&wire::connect_request(&user.name));
+        user.phase = UserPhase::AwaitResponse;
+        Ok(())
+    }
+    fn decode(&mut self, u: usize) -> Result<Option<Incoming>, String> {
+        let decoded = wire::decode(
+            &mut self.users[u].conn.inbuf,
+            &self.limits,
+            self.cfg.run_id,
+            self.cfg.users,
+        );
+        if decoded.is_err() {
+            self.decode_errors += 1;
+        }
+        decoded.map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, u: usize, incoming: Incoming, now_us: u64) {
+        self.on_packet(u, incoming, now_us);
+    }
+    fn on_server_close(&mut self, u: usize, why: String) {
+        Run::on_server_close(self, u, why);
+    }
+    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
+        Run::fail(self, u, kind, || why);
+    }
+    fn flush(&mut self, u: usize) {
+        Run::flush(self, u);
+    }
+    fn advance(&mut self) -> Result<(), RunError> {
+        Run::advance(self)
+    }
+    fn next_wake_us(&self) -> u64 {
+        Run::next_wake_us(self)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.sent,
@@ -394,7 +446,7 @@ impl Reactor for Run<'_> {
 
 impl Run<'_> {
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Ramp => {
                 while self.next_connect < self.users.len()
@@ -420,7 +472,7 @@ impl Run<'_> {
             Phase::Send => {
                 self.send_due();
                 if self.plans_done() {
-                    let now_us = self.clock.now_us();
+                    let now_us = self.io.clock.now_us();
                     self.drain_start_us = Some(now_us);
                     self.next_check_us = now_us;
                     self.phase = Phase::Drain {
@@ -429,7 +481,7 @@ impl Run<'_> {
                 }
             }
             Phase::Drain { deadline_us } => {
-                self.flush_dirty();
+                engine::flush_dirty(self);
                 if now_us >= self.next_check_us {
                     self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
                     let complete = self.everything_arrived();
@@ -540,10 +592,10 @@ impl Run<'_> {
                 user.conn.out.extend(&wire::public_sign_out());
                 user.phase = UserPhase::SigningOut;
                 self.signed_out += 1;
-                self.dirty.mark(u);
+                self.io.dirty.mark(u);
             }
         }
-        self.flush_dirty();
+        engine::flush_dirty(self);
     }
 
     fn settle(&mut self, u: usize) {
@@ -554,7 +606,7 @@ impl Run<'_> {
 
     fn connect(&mut self, u: usize) {
         let user = &mut self.users[u];
-        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
             Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
@@ -603,8 +655,8 @@ impl Run<'_> {
         if self.phase != Phase::Send {
             return;
         }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
         loop {
             let (public_us, link_us) = self.next_due_us();
             if public_us.min(link_us) > now_us {
@@ -616,7 +668,7 @@ impl Run<'_> {
                 self.request_link(link_us, now_us);
             }
         }
-        self.flush_dirty();
+        engine::flush_dirty(self);
     }
 
     fn send_public(&mut self, intended_us: u64, now_us: u64) {
@@ -656,7 +708,7 @@ impl Run<'_> {
             .queue
             .push_back(Queued::new(&user.conn.out, &due, ()));
         plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-        self.dirty.mark(u);
+        self.io.dirty.mark(u);
     }
 
     /// Draws a free (Src, Dst) pair and queues Src's PRIVATE_REQUEST.
@@ -705,13 +757,7 @@ impl Run<'_> {
         }
         self.links.open(src as u32, dst as u32, intended_us);
         self.users[src].conn.out.extend(&packet);
-        self.dirty.mark(src);
-    }
-
-    fn flush_dirty(&mut self) {
-        for u in self.dirty.take() {
-            self.flush(u);
-        }
+        self.io.dirty.mark(src);
     }
 
     fn flush(&mut self, u: usize) {
@@ -732,7 +778,7 @@ impl Run<'_> {
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
             *sent += 1;
             if let Some(ordinal) = sender {
                 accounting.on_sent(ordinal as usize);
@@ -743,108 +789,6 @@ impl Run<'_> {
         }
     }
 
-    fn drive(&mut self, u: usize) {
-        match self.users[u].phase {
-            UserPhase::Idle | UserPhase::Failed | UserPhase::Closed => {}
-            UserPhase::Connecting => {
-                if self.users[u].conn.readable || self.users[u].conn.writable {
-                    self.check_connected(u);
-                }
-                if self.users[u].phase != UserPhase::Connecting {
-                    self.drive(u);
-                }
-            }
-            UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut => {
-                if self.users[u].conn.readable {
-                    self.read(u);
-                }
-                let user = &self.users[u];
-                if user.conn.writable && user.conn.out.has_pending() {
-                    self.flush(u);
-                }
-            }
-        }
-    }
-
-    fn check_connected(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        let outcome = match user.conn.is_connected() {
-            Ok(true) => user.conn.stream.as_ref().map_or(Ok(None), |stream| {
-                stream.local_addr().map(|local| Some(local.ip()))
-            }),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(Some(ip)) => {
-                user.ip = Some(ip);
-                user.conn.out.extend(&wire::connect_request(&user.name));
-                user.phase = UserPhase::AwaitResponse;
-                user.conn.readable = true;
-                self.dirty.mark(u);
-            }
-            Ok(None) => {}
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
-        }
-    }
-
-    fn read(&mut self, u: usize) {
-        let mut budget = READ_BUDGET_BYTES;
-        loop {
-            let user = &mut self.users[u];
-            let Some(stream) = user.conn.stream.as_mut() else {
-                return;
-            };
-            if budget == 0 {
-                self.still_ready.push(u);
-                return;
-            }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
-                Chunk::Bytes(n) => n,
-                Chunk::Drained => return,
-                ended => {
-                    self.on_server_close(u, ended.why());
-                    return;
-                }
-            };
-            budget = budget.saturating_sub(n);
-            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
-            // One clock read per read(): every packet in this chunk arrived together.
-            let now_us = self.clock.now_us();
-            loop {
-                if !matches!(
-                    self.users[u].phase,
-                    UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
-                ) {
-                    return;
-                }
-                let decoded = wire::decode(
-                    &mut self.users[u].conn.inbuf,
-                    &self.limits,
-                    self.cfg.run_id,
-                    self.cfg.users,
-                );
-                let incoming = match decoded {
-                    Ok(Some(incoming)) => incoming,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.decode_errors += 1;
-                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
-                        return;
-                    }
-                };
-                self.on_packet(u, incoming, now_us);
-            }
-            if self.users[u].conn.out.has_pending() {
-                self.dirty.mark(u); // brokering answers
-            }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
-                self.send_due();
-            }
-        }
-    }
-
     /// EOF or a read error: expected after a sign-out, an error otherwise.
     fn on_server_close(&mut self, u: usize, why: String) {
         let user = &mut self.users[u];
@@ -852,16 +796,11 @@ impl Run<'_> {
             user.phase = UserPhase::Closed;
             self.closed_after_sign_out += 1;
             if let Some(mut stream) = user.conn.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.io.poll.registry().deregister(&mut stream);
             }
             return;
         }
-        let kind = if user.phase == UserPhase::Joined {
-            ErrorKind::Read
-        } else {
-            ErrorKind::Connect
-        };
-        self.fail(u, kind, || why);
+        engine::lost(self, u, why);
     }
 
     fn violation(&mut self, u: usize, why: impl FnOnce() -> String) {
@@ -935,7 +874,7 @@ impl Run<'_> {
                         }
                         let accept = wire::private_accept(&self.users[src].name);
                         self.users[u].conn.out.extend(&accept);
-                        self.dirty.mark(u);
+                        self.io.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
                 }
@@ -948,7 +887,7 @@ impl Run<'_> {
                         let ports =
                             wire::private_src_ports(&self.users[dst].name, message_port, file_port);
                         self.users[u].conn.out.extend(&ports);
-                        self.dirty.mark(u);
+                        self.io.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
                 }
@@ -1071,7 +1010,7 @@ impl Run<'_> {
         self.links.break_user(u as u32);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
+        self.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -1106,9 +1045,9 @@ impl Run<'_> {
     }
 
     pub fn finish(mut self) -> MatouOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         for user in &mut self.users {
-            self.not_sent_at_end += user.conn.close(self.poll.registry());
+            self.not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us
