@@ -23,20 +23,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Token};
 use serde::Serialize;
 use slab::Slab;
 
-use crate::clock::Clock;
-use crate::driver::{self, RunError, TIMER};
-use crate::pacer::Pacer;
+use crate::driver::{Loop, RunError, TIMER};
 use crate::plan::SplitMix64;
 pub use crate::registry::Protocol;
 use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, LatencySummary};
 
 const FIRST_CONN_TOKEN: usize = 1;
-const READ_BUF_BYTES: usize = 16 * 1024;
 /// Most bytes a sign-in answer may take before it counts as a protocol error (a MATOU client
 /// also hears others' CONNECT_NOTIFY; a CCM client may hear a keepalive).
 const ANSWER_BYTES_MAX: usize = 64 * 1024;
@@ -189,14 +186,11 @@ struct Conn {
 
 struct Run<'a> {
     cfg: &'a ChurnConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     conns: Slab<Conn>,
     rng: SplitMix64,
     next_index: u64,
     start_us: u64,
-    read_buf: Vec<u8>,
     latency: LatencyHistogram,
     errors: ErrorCounts,
     endings: EndingCounts,
@@ -213,20 +207,17 @@ pub fn run(cfg: &ChurnConfig) -> Result<ChurnReport, ChurnError> {
             "churn needs a protocol, a rate and a concurrency above 0".to_string(),
         ));
     }
-    let (clock, poll, pacer) = driver::loop_parts().map_err(|e| match e {
+    let io = Loop::new().map_err(|e| match e {
         RunError::Setup(why) | RunError::Unreachable(why) => ChurnError::Setup(why),
     })?;
-    let start_us = clock.now_us();
+    let start_us = io.clock.now_us();
     let mut run = Run {
         cfg,
-        clock,
-        poll,
-        pacer,
+        io,
         conns: Slab::with_capacity(cfg.concurrency_max),
         rng: SplitMix64(cfg.seed),
         next_index: 0,
         start_us,
-        read_buf: vec![0; READ_BUF_BYTES],
         latency: LatencyHistogram::new(),
         errors: ErrorCounts::default(),
         endings: EndingCounts::default(),
@@ -246,7 +237,7 @@ impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), ChurnError> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             self.start_due(now_us);
             self.expire(now_us);
             if self.cfg.progress && now_us >= self.progress_next_us {
@@ -256,10 +247,11 @@ impl Run<'_> {
             if self.next_index >= self.cfg.connects && self.conns.is_empty() {
                 break;
             }
-            self.pacer
+            self.io
+                .pacer
                 .arm_at(self.next_wake_us())
                 .map_err(|e| ChurnError::Setup(format!("arming the timerfd: {e}")))?;
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if let Err(e) = self.io.poll.poll(&mut events, Some(Duration::from_secs(1))) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -267,7 +259,8 @@ impl Run<'_> {
             }
             for event in events.iter() {
                 if event.token() == TIMER {
-                    self.pacer
+                    self.io
+                        .pacer
                         .acknowledge()
                         .map_err(|e| ChurnError::Setup(format!("reading the timerfd: {e}")))?;
                     continue;
@@ -333,7 +326,7 @@ impl Run<'_> {
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = self.io.poll.registry().register(
             &mut stream,
             Token(key + FIRST_CONN_TOKEN),
             Interest::READABLE | Interest::WRITABLE,
@@ -380,7 +373,7 @@ impl Run<'_> {
 
     fn remove(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            let _ = self.io.poll.registry().deregister(&mut conn.stream);
         }
     }
 
@@ -476,7 +469,7 @@ impl Run<'_> {
     fn read(&mut self, key: usize) {
         loop {
             let conn = &mut self.conns[key];
-            match conn.stream.read(&mut self.read_buf) {
+            match conn.stream.read(&mut self.io.read_buf) {
                 Ok(0) => {
                     if conn.stage == Stage::ServerClose {
                         if find(&conn.input, b"\"status\": 400").is_some() {
@@ -500,7 +493,7 @@ impl Run<'_> {
                         self.fail(key, ErrorKind::Protocol, "answer too long".to_string());
                         return;
                     }
-                    conn.input.extend_from_slice(&self.read_buf[..n]);
+                    conn.input.extend_from_slice(&self.io.read_buf[..n]);
                     if !self.advance(key) {
                         return;
                     }
@@ -610,7 +603,7 @@ impl Run<'_> {
     }
 
     fn signed_in_now(&mut self, key: usize) {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         let conn = &self.conns[key];
         self.latency
             .record(now_us.saturating_sub(conn.intended_us).max(1));
@@ -622,7 +615,7 @@ impl Run<'_> {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.io.poll.registry().deregister(&mut conn.stream);
         match conn.ending {
             Ending::Clean | Ending::BeforeSignIn => {
                 if conn.ending == Ending::Clean {
@@ -660,7 +653,7 @@ impl Run<'_> {
     }
 
     fn report(self) -> ChurnReport {
-        let elapsed_s = (self.clock.now_us() - self.start_us) as f64 / 1e6;
+        let elapsed_s = (self.io.clock.now_us() - self.start_us) as f64 / 1e6;
         ChurnReport {
             connects_planned: self.cfg.connects,
             connects_started: self.next_index,

@@ -11,49 +11,10 @@
 //! A protocol's `Run` implements [`Wire`] and is a [`Reactor`] by that alone.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 
-use mio::Poll;
-
-use crate::clock::Clock;
-use crate::driver::{
-    self, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK, EVENTS_PER_SEND_CHECK,
-    READ_BUDGET_BYTES, READ_BUF_BYTES,
-};
-use crate::pacer::Pacer;
-use crate::sockio::{read_chunk, Chunk, Conn, DirtySet};
+use crate::driver::{Loop, Phases, Reactor, BYTES_PER_SEND_CHECK, READ_BUDGET_BYTES};
+use crate::sockio::{read_chunk, Chunk, Conn};
 use crate::stats::ErrorKind;
-
-/// What one scenario loop keeps apart from its clients: the clock, the poll and pacer, the
-/// read buffer its connections share, and the connections the turn still owes work to.
-pub struct Loop {
-    pub clock: Clock,
-    pub poll: Poll,
-    pub pacer: Pacer,
-    /// One read buffer for every connection (the loop is single-threaded).
-    pub read_buf: Vec<u8>,
-    /// Connections with bytes to flush, written once at the end of the work that queued them.
-    pub dirty: DirtySet,
-    /// Connections that hit their read budget with data left: no edge will come for them.
-    pub still_ready: Vec<usize>,
-    /// Bytes read since due sends were last looked at.
-    pub bytes_since_send_check: usize,
-}
-
-impl Loop {
-    pub fn new() -> Result<Loop, RunError> {
-        let (clock, poll, pacer) = driver::loop_parts()?;
-        Ok(Loop {
-            clock,
-            poll,
-            pacer,
-            read_buf: vec![0; READ_BUF_BYTES],
-            dirty: DirtySet::default(),
-            still_ready: Vec::new(),
-            bytes_since_send_check: 0,
-        })
-    }
-}
 
 /// Where a client's connection stands, as far as the engine is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,14 +30,12 @@ pub enum Link {
 }
 
 /// A protocol's part of a TCP scenario: what the engine cannot know.
-pub trait Wire {
+pub trait Wire: Phases {
     /// What a queued message carries for its send accounting.
     type Tag: Copy;
     /// One decoded message from the server.
     type Message;
 
-    fn io(&self) -> &Loop;
-    fn io_mut(&mut self) -> &mut Loop;
     /// The loop and client `u`'s connection, borrowed together.
     fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<Self::Tag>)>;
     fn link(&self, u: usize) -> Link;
@@ -96,15 +55,6 @@ pub trait Wire {
     fn fail(&mut self, u: usize, kind: ErrorKind, why: String);
     /// Writes client `u`'s pending bytes and accounts for the messages that went out.
     fn flush(&mut self, u: usize);
-
-    /// Phase work that depends on the clock: connects, sends, deadlines, progress.
-    fn advance(&mut self) -> Result<(), RunError>;
-    /// When the loop must wake at the latest (µs on the run's clock).
-    fn next_wake_us(&self) -> u64;
-    fn is_done(&self) -> bool;
-    /// Sends what the plan has due by now.
-    fn send_due(&mut self);
-    fn counts(&self) -> SentReceived;
 }
 
 /// A connection the server ended unexpectedly: a read error once joined, a failed connect
@@ -221,31 +171,6 @@ fn read<W: Wire>(w: &mut W, u: usize) {
 }
 
 impl<W: Wire> Reactor for W {
-    type Error = RunError;
-    const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
-
-    fn setup_error(why: String) -> RunError {
-        RunError::Setup(why)
-    }
-    fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
-        let io = self.io_mut();
-        (&mut io.poll, &mut io.pacer)
-    }
-    fn poll_fd(&self) -> RawFd {
-        self.io().poll.as_raw_fd()
-    }
-    fn advance(&mut self) -> Result<(), RunError> {
-        Wire::advance(self)
-    }
-    fn is_done(&self) -> bool {
-        Wire::is_done(self)
-    }
-    fn next_wake_us(&self) -> u64 {
-        Wire::next_wake_us(self)
-    }
-    fn has_still_ready(&self) -> bool {
-        !self.io().still_ready.is_empty()
-    }
     fn on_event(&mut self, u: usize, readable: bool, writable: bool) {
         let Some((_, conn)) = self.conn(u) else {
             return; // not ours; cannot happen, and must not panic
@@ -254,16 +179,10 @@ impl<W: Wire> Reactor for W {
         conn.writable |= writable;
         drive(self, u);
     }
-    fn send_due(&mut self) {
-        Wire::send_due(self);
-    }
     fn end_turn(&mut self) {
         for u in std::mem::take(&mut self.io_mut().still_ready) {
             drive(self, u);
         }
         flush_dirty(self);
-    }
-    fn counts(&self) -> SentReceived {
-        Wire::counts(self)
     }
 }

@@ -123,7 +123,7 @@ pub trait ScenarioKind {
     const UNREACHABLE_IN_MIX: &'static str;
     /// The settings, validated by the caller.
     type Config: Sync;
-    type Run<'a>: Reactor<Error = RunError> + 'a;
+    type Run<'a>: Reactor + 'a;
     type Outcome;
     type Report: ScenarioReport;
 

@@ -22,20 +22,18 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
-use mio::{Poll, Token};
+use mio::Token;
 
-use crate::clock::Clock;
 use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    READ_BUDGET_BYTES, READ_BUF_BYTES, START_DELAY_US,
+    queue_full, Loop, Phases, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US, READ_BUDGET_BYTES,
+    START_DELAY_US,
 };
-use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::resp;
-use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, read_chunk, Chunk, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -206,21 +204,15 @@ impl Framing {
 
 pub struct Run<'a> {
     cfg: &'a RoomConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    /// Its dirty set holds sender ordinals; its other parts are per client.
+    io: Loop,
     /// The members first; RESP appends one publisher per sender.
     clients: Vec<Client>,
     senders: Vec<Sender>,
     framing: Framing,
     /// Receivers joined and not failed since: what a PUBLISH reply must say.
     live_receivers: u64,
-    read_buf: Vec<u8>,
     m: Measurements,
-    /// Senders with bytes to flush.
-    dirty: DirtySet,
-    /// Clients that hit their read budget with data left: no edge will come for them.
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     /// Next global message number of the plan to send.
@@ -237,8 +229,6 @@ pub struct Run<'a> {
     /// The drain ended because everything had arrived, not at its deadline.
     drain_completed: bool,
     progress_next_us: u64,
-    /// Bytes read since due sends were last looked at.
-    bytes_since_send_check: usize,
 }
 
 /// The scenario as the registry lists it.
@@ -301,9 +291,8 @@ impl ScenarioKind for Room {
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-
-    let ramp_start_us = clock.now_us();
+    let io = Loop::new()?;
+    let ramp_start_us = io.clock.now_us();
     let publishers = match cfg.wire {
         Wire::Room => 0,
         Wire::Resp { .. } => cfg.senders,
@@ -334,14 +323,11 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
         .collect();
     let run = Run {
         cfg,
-        clock,
-        poll,
-        pacer,
+        io,
         clients,
         senders: Vec::new(),
         framing: Framing::new(&cfg.wire, cfg.message_bytes),
         live_receivers: 0,
-        read_buf: vec![0; READ_BUF_BYTES],
         m: Measurements {
             connect_latency: LatencyHistogram::new(),
             delivery_latency: LatencyHistogram::new(),
@@ -355,8 +341,6 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
             sent_total: 0,
             publish_replies: 0,
         },
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
         phase: Phase::Ramp,
         plan: None,
         next_g: 0,
@@ -370,14 +354,29 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
         drain_next_check_us: 0,
         drain_completed: false,
         progress_next_us: ramp_start_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
     };
     Ok(run)
 }
 
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
-    driver::drive_connections!(clients);
+impl Phases for Run<'_> {
+    fn io(&self) -> &Loop {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
+    fn advance(&mut self) -> Result<(), RunError> {
+        Run::advance(self)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn next_wake_us(&self) -> u64 {
+        Run::next_wake_us(self)
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
     fn counts(&self) -> SentReceived {
         SentReceived {
             sent: self.m.sent_total,
@@ -386,10 +385,26 @@ impl Reactor for Run<'_> {
     }
 }
 
+impl Reactor for Run<'_> {
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(client) = self.clients.get_mut(index) else {
+            return; // not ours; cannot happen, and must not panic
+        };
+        client.readable |= readable;
+        client.writable |= writable;
+        self.drive(index);
+    }
+    fn end_turn(&mut self) {
+        for index in std::mem::take(&mut self.io.still_ready) {
+            self.drive(index);
+        }
+    }
+}
+
 impl Run<'_> {
     /// Phase work that depends on the clock: connects, sends, deadlines, progress.
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Ramp => {
                 while self.next_connect < self.clients.len()
@@ -423,7 +438,7 @@ impl Run<'_> {
                     .as_ref()
                     .is_some_and(|p| self.next_g >= p.messages)
                 {
-                    let now_us = self.clock.now_us();
+                    let now_us = self.io.clock.now_us();
                     self.drain_start_us = now_us;
                     self.drain_next_check_us = now_us;
                     self.phase = Phase::Drain {
@@ -476,7 +491,7 @@ impl Run<'_> {
 
     fn connect(&mut self, index: usize) {
         match crate::connect::open(
-            self.poll.registry(),
+            self.io.poll.registry(),
             self.cfg.target,
             index,
             Token(index + 1),
@@ -541,8 +556,8 @@ impl Run<'_> {
         if self.phase != Phase::Send {
             return;
         }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
         while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
             let ordinal = plan.sender_of(due.g) as usize;
             let sender = &mut self.senders[ordinal];
@@ -584,13 +599,13 @@ impl Run<'_> {
             sender.next_seq += 1;
             sender.queue.push_back(Queued::new(&sender.out, &due, ()));
             plan.record_lateness(&due, &mut self.m.own.schedule_lateness);
-            self.dirty.mark(ordinal);
+            self.io.dirty.mark(ordinal);
         }
         self.flush_dirty();
     }
 
     fn flush_dirty(&mut self) {
-        for ordinal in self.dirty.take() {
+        for ordinal in self.io.dirty.take() {
             self.flush(ordinal);
         }
     }
@@ -617,7 +632,7 @@ impl Run<'_> {
             stream,
             &mut sender.out,
             &mut sender.queue,
-            &self.clock,
+            &self.io.clock,
             lags,
             |_, _| {
                 sender.sent += 1;
@@ -735,10 +750,10 @@ impl Run<'_> {
                 return;
             };
             if budget == 0 {
-                self.still_ready.push(index);
+                self.io.still_ready.push(index);
                 return;
             }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut client.readable) {
+            let n = match read_chunk(stream, &mut self.io.read_buf, &mut client.readable) {
                 Chunk::Bytes(n) => n,
                 Chunk::Drained => return,
                 ended => {
@@ -756,18 +771,18 @@ impl Run<'_> {
             };
             budget = budget.saturating_sub(n);
             // One clock read per read(): every record in this chunk arrived together.
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             if !self.on_bytes(index, n, now_us) {
                 return;
             }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
+            self.io.bytes_since_send_check += n;
+            if self.io.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
                 self.send_due(); // may fail this very client: the loop re-checks its stream
             }
         }
     }
 
-    /// Handles `self.read_buf[..n]` for client `index`; false when the client failed.
+    /// Handles `self.io.read_buf[..n]` for client `index`; false when the client failed.
     fn on_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
         if self.clients[index].resp.is_some() {
             return self.on_resp_bytes(index, n, now_us);
@@ -775,8 +790,8 @@ impl Run<'_> {
         let mut from = 0;
         if let ClientPhase::AwaitPrompt { mut got } = self.clients[index].phase {
             while got < PROMPT.len() && from < n {
-                if self.read_buf[from] != PROMPT[got] {
-                    let seen = String::from_utf8_lossy(&self.read_buf[..n]).into_owned();
+                if self.io.read_buf[from] != PROMPT[got] {
+                    let seen = String::from_utf8_lossy(&self.io.read_buf[..n]).into_owned();
                     self.fail(index, ErrorKind::Connect, || {
                         format!("expected `alias?` from the server, got {seen:?}")
                     });
@@ -790,7 +805,7 @@ impl Run<'_> {
                 return true;
             }
             if from < n {
-                let extra = String::from_utf8_lossy(&self.read_buf[from..n]).into_owned();
+                let extra = String::from_utf8_lossy(&self.io.read_buf[from..n]).into_owned();
                 self.fail(index, ErrorKind::Connect, || {
                     format!("the server sent {extra:?} after `alias?`, before the alias")
                 });
@@ -805,9 +820,10 @@ impl Run<'_> {
             clients,
             m,
             plan,
-            read_buf,
+            io,
             ..
         } = &mut *self;
+        let read_buf = &io.read_buf;
         let client = &mut clients[index];
         let plan = plan.as_ref();
         client.scanner.feed(&read_buf[from..n], |found| {
@@ -832,7 +848,7 @@ impl Run<'_> {
             .record(now_us.saturating_sub(client.intended_connect_us));
     }
 
-    /// RESP: frames `self.read_buf[..n]` for client `index`, hands payloads to its scanner and
+    /// RESP: frames `self.io.read_buf[..n]` for client `index`, hands payloads to its scanner and
     /// checks the replies; false when the client failed.
     fn on_resp_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
         // Only receivers change it, and a publisher's bytes are not a receiver's.
@@ -843,9 +859,10 @@ impl Run<'_> {
             clients,
             m,
             plan,
-            read_buf,
+            io,
             ..
         } = &mut *self;
+        let read_buf = &io.read_buf;
         let target = cfg.target;
         let plan = plan.as_ref();
         let Client {
@@ -921,7 +938,7 @@ impl Run<'_> {
         }
         if let Some(mut stream) = client.stream.take() {
             // Closing the socket deregisters it from epoll; deregistering first is tidier.
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.io.poll.registry().deregister(&mut stream);
         }
         let target = self.cfg.target;
         self.m
@@ -987,7 +1004,7 @@ impl Run<'_> {
 
     /// Closes everything and hands the measurements over.
     pub fn finish(mut self) -> RoomOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         let not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
         let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
         let clients = &self.clients;
@@ -1008,7 +1025,7 @@ impl Run<'_> {
         }
         for client in &mut self.clients {
             if let Some(mut stream) = client.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.io.poll.registry().deregister(&mut stream);
             }
         }
         let plan = self

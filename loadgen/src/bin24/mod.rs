@@ -42,7 +42,8 @@ use crate::driver::{
     queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
     START_DELAY_US,
 };
-use crate::engine::{self, Link, Loop, Wire};
+use crate::driver::{Loop, Phases};
+use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendLags};
@@ -355,16 +356,37 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
     Ok(run)
 }
 
-impl Wire for Run<'_> {
-    type Tag = u64;
-    type Message = Frame;
-
+impl Phases for Run<'_> {
     fn io(&self) -> &Loop {
         &self.io
     }
     fn io_mut(&mut self) -> &mut Loop {
         &mut self.io
     }
+    fn advance(&mut self) -> Result<(), RunError> {
+        Run::advance(self)
+    }
+    fn next_wake_us(&self) -> u64 {
+        Run::next_wake_us(self)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
+        }
+    }
+}
+
+impl Wire for Run<'_> {
+    type Tag = u64;
+    type Message = Frame;
+
     fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<u64>)> {
         let user = self.users.get_mut(u)?;
         Some((&mut self.io, &mut user.conn))
@@ -399,24 +421,6 @@ impl Wire for Run<'_> {
     }
     fn flush(&mut self, u: usize) {
         Run::flush(self, u);
-    }
-    fn advance(&mut self) -> Result<(), RunError> {
-        Run::advance(self)
-    }
-    fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self)
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.m.sent_total,
-            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
-        }
     }
 }
 

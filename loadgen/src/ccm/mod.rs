@@ -30,7 +30,8 @@ use crate::driver::{
     queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
     RAMP_TIMEOUT_MIN_US, START_DELAY_US,
 };
-use crate::engine::{self, Link, Loop, Wire};
+use crate::driver::{Loop, Phases};
+use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendLags};
@@ -336,16 +337,40 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
     order
 }
 
-impl Wire for Run<'_> {
-    type Tag = ();
-    type Message = codec::Message;
-
+impl Phases for Run<'_> {
     fn io(&self) -> &Loop {
         &self.io
     }
     fn io_mut(&mut self) -> &mut Loop {
         &mut self.io
     }
+    fn advance(&mut self) -> Result<(), RunError> {
+        let order = std::mem::take(&mut self.order);
+        let advanced = Run::advance(self, &order);
+        self.order = order;
+        advanced
+    }
+    fn next_wake_us(&self) -> u64 {
+        Run::next_wake_us(self, &self.order)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts().delivered,
+        }
+    }
+}
+
+impl Wire for Run<'_> {
+    type Tag = ();
+    type Message = codec::Message;
+
     fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
         let user = self.users.get_mut(u)?;
         Some((&mut self.io, &mut user.conn))
@@ -393,27 +418,6 @@ impl Wire for Run<'_> {
     }
     fn flush(&mut self, u: usize) {
         Run::flush(self, u);
-    }
-    fn advance(&mut self) -> Result<(), RunError> {
-        let order = std::mem::take(&mut self.order);
-        let advanced = Run::advance(self, &order);
-        self.order = order;
-        advanced
-    }
-    fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self, &self.order)
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sent,
-            received: self.accounting.counts().delivered,
-        }
     }
 }
 

@@ -35,7 +35,8 @@ use crate::driver::{
     queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
     RAMP_TIMEOUT_MIN_US, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
 };
-use crate::engine::{self, Link, Loop, Wire};
+use crate::driver::{Loop, Phases};
+use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendLags};
@@ -367,16 +368,37 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
     }
 }
 
-impl Wire for Run<'_> {
-    type Tag = ();
-    type Message = Incoming;
-
+impl Phases for Run<'_> {
     fn io(&self) -> &Loop {
         &self.io
     }
     fn io_mut(&mut self) -> &mut Loop {
         &mut self.io
     }
+    fn advance(&mut self) -> Result<(), RunError> {
+        Run::advance(self)
+    }
+    fn next_wake_us(&self) -> u64 {
+        Run::next_wake_us(self)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts().delivered,
+        }
+    }
+}
+
+impl Wire for Run<'_> {
+    type Tag = ();
+    type Message = Incoming;
+
     fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
         let user = self.users.get_mut(u)?;
         Some((&mut self.io, &mut user.conn))
@@ -423,24 +445,6 @@ impl Wire for Run<'_> {
     }
     fn flush(&mut self, u: usize) {
         Run::flush(self, u);
-    }
-    fn advance(&mut self) -> Result<(), RunError> {
-        Run::advance(self)
-    }
-    fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self)
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sent,
-            received: self.accounting.counts().delivered,
-        }
     }
 }
 

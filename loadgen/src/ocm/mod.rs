@@ -42,15 +42,13 @@ use std::os::fd::AsRawFd;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpStream, UdpSocket};
-use mio::{Interest, Poll, Token};
+use mio::{Interest, Token};
 use switchboard::protocol::ocm::codec;
 
-use crate::clock::Clock;
 use crate::driver::{
-    self, Reactor, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK,
-    PROGRESS_INTERVAL_US, START_DELAY_US,
+    Loop, Phases, Reactor, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
+    START_DELAY_US,
 };
-use crate::pacer::Pacer;
 use crate::plan::{Due, Plan};
 use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendLags};
@@ -63,8 +61,9 @@ use wire::{Answer, ExpectedLeave, LeaveMatch};
 // Tokens: the pacer's is `driver::TIMER` (0); member `u`'s UDP socket has token `1 + u`, its
 // TCRP connection `1 + members + u`.
 
-/// TCRP reads, and a copy of each datagram (at most `udp::SLOT_BYTES`).
-const RECV_BUF_BYTES: usize = 65_536;
+// Each datagram is copied into the loop's read buffer.
+const _: () = assert!(udp::SLOT_BYTES <= crate::driver::READ_BUF_BYTES);
+
 /// Datagrams read from one socket per turn before the others get theirs.
 const RECV_BUDGET_DATAGRAMS: usize = 64;
 /// Datagrams read per `recvmmsg`.
@@ -228,7 +227,6 @@ struct Member {
     /// Ordinal among the plan's senders.
     sender: Option<u32>,
     queue: VecDeque<Pending>,
-    dirty: bool,
     /// The leave texts it must receive in the exit phase.
     leaves: Vec<ExpectedLeave>,
     exit_intended_us: u64,
@@ -246,16 +244,13 @@ enum Phase {
 
 pub struct Run<'a> {
     cfg: &'a OcmConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    /// Its read buffer takes the TCRP answers, and each datagram copied from the batch.
+    io: Loop,
     members: Vec<Member>,
     room_names: Vec<String>,
     room_created: Vec<bool>,
     senders: Vec<usize>,
     accounting: Accounting,
-    /// TCRP answers are read here, and each datagram is copied here from the batch.
-    recv_buf: Vec<u8>,
     batch: udp::RecvBatch,
     message_buf: Vec<u8>,
     /// Inodes of the UDP sockets, to read their drop counters at the end.
@@ -275,8 +270,6 @@ pub struct Run<'a> {
     leaves_expected: u64,
     leaves_received: u64,
     leaves_again: u64,
-    dirty: Vec<usize>,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     next_g: u64,
@@ -349,8 +342,8 @@ impl ScenarioKind for Ocm {
 /// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
 /// driven, by [`run`] or by the mix ([`driver`]).
 pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-    let now_us = clock.now_us();
+    let io = Loop::new()?;
+    let now_us = io.clock.now_us();
     let total = cfg.rooms * cfg.members;
     let members = (0..total)
         .map(|u| Member {
@@ -367,7 +360,6 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
             in_rooms_phase: true,
             sender: None,
             queue: VecDeque::new(),
-            dirty: false,
             leaves: Vec::new(),
             exit_intended_us: 0,
         })
@@ -377,9 +369,7 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
     let planned_us = (cfg.rooms as u64 * 1_000_000).div_ceil(room_rate);
     let run = Run {
         cfg,
-        clock,
-        poll,
-        pacer,
+        io,
         members,
         room_names: (0..cfg.rooms)
             .map(|r| wire::room_name(cfg.run_id, r))
@@ -387,7 +377,6 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
         room_created: vec![false; cfg.rooms],
         senders: Vec::new(),
         accounting: Accounting::new(cfg.rooms, cfg.members),
-        recv_buf: vec![0; RECV_BUF_BYTES],
         batch: udp::RecvBatch::new(RECV_BATCH_DATAGRAMS),
         udp_inodes: HashSet::new(),
         message_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
@@ -410,8 +399,6 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
         leaves_expected: 0,
         leaves_received: 0,
         leaves_again: 0,
-        dirty: Vec::new(),
-        still_ready: Vec::new(),
         phase: Phase::Rooms,
         plan: None,
         next_g: 0,
@@ -435,8 +422,34 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
     Ok(run)
 }
 
+impl Phases for Run<'_> {
+    fn io(&self) -> &Loop {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
+    fn advance(&mut self) -> Result<(), RunError> {
+        Run::advance(self)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    fn next_wake_us(&self) -> u64 {
+        Run::next_wake_us(self)
+    }
+    fn send_due(&mut self) {
+        Run::send_due(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts.delivered,
+        }
+    }
+}
+
 impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
     fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
         let total = self.total();
         if index < total {
@@ -453,16 +466,10 @@ impl Reactor for Run<'_> {
         }
     }
     fn end_turn(&mut self) {
-        for u in std::mem::take(&mut self.still_ready) {
+        for u in std::mem::take(&mut self.io.still_ready) {
             self.drive_udp(u);
         }
         self.flush_dirty();
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sent,
-            received: self.accounting.counts.delivered,
-        }
     }
 }
 
@@ -482,7 +489,7 @@ impl Run<'_> {
     }
 
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Rooms => {
                 while self.next_room < self.cfg.rooms
@@ -507,7 +514,7 @@ impl Run<'_> {
                     .as_ref()
                     .is_some_and(|p| self.next_g >= p.messages)
                 {
-                    let now_us = self.clock.now_us();
+                    let now_us = self.io.clock.now_us();
                     self.drain_start_us = Some(now_us);
                     self.next_check_us = now_us;
                     self.phase = Phase::Drain {
@@ -613,7 +620,7 @@ impl Run<'_> {
     fn start_request(&mut self, u: usize, intended_us: u64) {
         self.members[u].request_intended_us = intended_us;
         match crate::connect::open(
-            self.poll.registry(),
+            self.io.poll.registry(),
             self.cfg.tcp_target,
             u,
             Token(1 + self.total() + u),
@@ -707,7 +714,8 @@ impl Run<'_> {
             .local_addr()
             .map_err(|e| format!("UDP local address: {e}"))?;
         let mut udp = UdpSocket::from_std(std_socket);
-        self.poll
+        self.io
+            .poll
             .registry()
             .register(
                 &mut udp,
@@ -762,7 +770,7 @@ impl Run<'_> {
             let Some(tcrp) = self.members[u].tcrp.as_mut() else {
                 return;
             };
-            let n = match read_chunk(&mut tcrp.stream, &mut self.recv_buf, &mut tcrp.readable) {
+            let n = match read_chunk(&mut tcrp.stream, &mut self.io.read_buf, &mut tcrp.readable) {
                 Chunk::Bytes(n) => n,
                 Chunk::Drained => return,
                 Chunk::Eof => {
@@ -777,8 +785,8 @@ impl Run<'_> {
                     return;
                 }
             };
-            tcrp.inbuf.extend_from_slice(&self.recv_buf[..n]);
-            let now_us = self.clock.now_us();
+            tcrp.inbuf.extend_from_slice(&self.io.read_buf[..n]);
+            let now_us = self.io.clock.now_us();
             loop {
                 let Some(tcrp) = self.members[u].tcrp.as_mut() else {
                     return;
@@ -817,7 +825,7 @@ impl Run<'_> {
         let is_host = member.is_host;
         let room = member.room;
         if let Some(mut tcrp) = member.tcrp.take() {
-            let _ = self.poll.registry().deregister(&mut tcrp.stream);
+            let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
         }
         self.settle(u);
         if is_host {
@@ -864,7 +872,7 @@ impl Run<'_> {
         let Some(plan) = self.plan.clone() else {
             return;
         };
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
             let Due { g, intended_us, .. } = due;
             let u = self.senders[plan.sender_of(g) as usize];
@@ -919,7 +927,7 @@ impl Run<'_> {
     }
 
     fn send_exits_due(&mut self) {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         while self.next_exit < self.exit_order.len()
             && self.exit_intended_us(self.next_exit) <= now_us
         {
@@ -944,19 +952,11 @@ impl Run<'_> {
             return;
         }
         member.queue.push_back(pending);
-        self.mark_dirty(u);
-    }
-
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.members[u].dirty {
-            self.members[u].dirty = true;
-            self.dirty.push(u);
-        }
+        self.io.dirty.mark(u);
     }
 
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.members[u].dirty = false;
+        for u in self.io.dirty.take() {
             self.flush(u);
         }
     }
@@ -1002,11 +1002,11 @@ impl Run<'_> {
             let Some(udp) = member.udp.as_ref() else {
                 return;
             };
-            let attempt_us = self.clock.now_us();
+            let attempt_us = self.io.clock.now_us();
             match udp.send_to(&datagram, self.cfg.udp_target) {
                 Ok(_) => {
                     member.queue.pop_front();
-                    let done_us = self.clock.now_us();
+                    let done_us = self.io.clock.now_us();
                     self.on_datagram_sent(u, pending, attempt_us, done_us);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => member.writable = false,
@@ -1079,13 +1079,13 @@ impl Run<'_> {
                 }
             };
             // One reading of each clock per batch: its datagrams were all read just now.
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             let now_realtime_ns = udp::realtime_ns();
             for i in 0..n {
                 let facts = self.batch.facts(i);
                 let datagram = self.batch.datagram(i);
                 let len = datagram.len();
-                self.recv_buf[..len].copy_from_slice(datagram);
+                self.io.read_buf[..len].copy_from_slice(datagram);
                 match facts.queued_realtime_ns {
                     Some(queued_ns) => self
                         .latency
@@ -1108,16 +1108,16 @@ impl Run<'_> {
             }
         }
         // Budget spent with the socket still readable: no new edge will come for it.
-        self.still_ready.push(u);
+        self.io.still_ready.push(u);
     }
 
-    /// One datagram of `n` bytes (in `recv_buf`) arrived at member `u`.
+    /// One datagram of `n` bytes (in `io.read_buf`) arrived at member `u`.
     fn on_text(&mut self, u: usize, from: Option<SocketAddr>, n: usize, now_us: u64) {
         if from != Some(self.cfg.udp_target) {
             self.foreign_texts += 1;
             return;
         }
-        let text = &self.recv_buf[..n];
+        let text = &self.io.read_buf[..n];
         if n > codec::TEXT_BYTES_MAX {
             let name = self.members[u].name.clone();
             self.errors.count(ErrorKind::Protocol, || {
@@ -1141,7 +1141,7 @@ impl Run<'_> {
                 stamp::Read::Foreign => {}
             }
         }
-        match wire::match_leave(&mut self.members[u].leaves, &self.recv_buf[..n]) {
+        match wire::match_leave(&mut self.members[u].leaves, &self.io.read_buf[..n]) {
             LeaveMatch::Expected(i) => {
                 let leaver = self.members[u].leaves[i].leaver;
                 self.leaves_received += 1;
@@ -1158,7 +1158,7 @@ impl Run<'_> {
             }
             LeaveMatch::Unexpected => {
                 let me = self.members[u].name.clone();
-                let text = String::from_utf8_lossy(&self.recv_buf[..n.min(200)]).into_owned();
+                let text = String::from_utf8_lossy(&self.io.read_buf[..n.min(200)]).into_owned();
                 self.errors.count(ErrorKind::Protocol, || {
                     format!("member {me}: a text it should not get: {text:?}")
                 });
@@ -1166,7 +1166,7 @@ impl Run<'_> {
         }
     }
 
-    /// A chat text from `recv_buf[..name_end]` carrying this run's `stamp` arrived at `u`.
+    /// A chat text from `io.read_buf[..name_end]` carrying this run's `stamp` arrived at `u`.
     fn on_chat(&mut self, u: usize, name_end: usize, stamp: &Stamp, now_us: u64) {
         let sender = stamp.sender as usize;
         if sender == u {
@@ -1179,7 +1179,7 @@ impl Run<'_> {
         }
         let Some(g) = self.check_chat(u, name_end, stamp) else {
             let me = self.members[u].name.clone();
-            let name = String::from_utf8_lossy(&self.recv_buf[..name_end]).into_owned();
+            let name = String::from_utf8_lossy(&self.io.read_buf[..name_end]).into_owned();
             let stamp = *stamp;
             self.errors.count(ErrorKind::Protocol, || {
                 format!(
@@ -1206,7 +1206,7 @@ impl Run<'_> {
 
     /// The plan number of a chat delivery, if its name, room and stamp agree with the plan.
     fn check_chat(&self, u: usize, name_end: usize, stamp: &Stamp) -> Option<u64> {
-        let name = &self.recv_buf[..name_end];
+        let name = &self.io.read_buf[..name_end];
         let plan = self.plan.as_ref()?;
         let sender = stamp.sender as usize;
         if !self.accounting.same_room(u, sender) {
@@ -1234,10 +1234,10 @@ impl Run<'_> {
             }
         }
         if let Some(mut tcrp) = member.tcrp.take() {
-            let _ = self.poll.registry().deregister(&mut tcrp.stream);
+            let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
         }
         if let Some(mut udp) = member.udp.take() {
-            let _ = self.poll.registry().deregister(&mut udp);
+            let _ = self.io.poll.registry().deregister(&mut udp);
         }
         let name = member.name.clone();
         let is_host = member.is_host;
@@ -1290,7 +1290,7 @@ impl Run<'_> {
     }
 
     pub fn finish(mut self) -> OcmOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         // While the sockets are still open, so the kernel still lists them.
         self.recv_buffers.dropped = udp::drops(&self.udp_inodes);
         let mut not_sent_at_end = 0;
@@ -1301,10 +1301,10 @@ impl Run<'_> {
                 .filter(|p| matches!(p, Pending::Chat { .. }))
                 .count() as u64;
             if let Some(mut udp) = member.udp.take() {
-                let _ = self.poll.registry().deregister(&mut udp);
+                let _ = self.io.poll.registry().deregister(&mut udp);
             }
             if let Some(mut tcrp) = member.tcrp.take() {
-                let _ = self.poll.registry().deregister(&mut tcrp.stream);
+                let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
             }
         }
         let done_us = if self.phase == Phase::Done {
