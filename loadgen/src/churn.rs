@@ -34,6 +34,9 @@ use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, LatencySummary};
 
 const FIRST_CONN_TOKEN: usize = 1;
+/// Bytes taken per read: an answer is judged as it grows, before the next read can make it
+/// too long.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Most bytes a sign-in answer may take before it counts as a protocol error (a MATOU client
 /// also hears others' CONNECT_NOTIFY; a CCM client may hear a keepalive).
 const ANSWER_BYTES_MAX: usize = 64 * 1024;
@@ -469,7 +472,7 @@ impl Run<'_> {
     fn read(&mut self, key: usize) {
         loop {
             let conn = &mut self.conns[key];
-            match conn.stream.read(&mut self.io.read_buf) {
+            match conn.stream.read(&mut self.io.read_buf[..READ_CHUNK_BYTES]) {
                 Ok(0) => {
                     if conn.stage == Stage::ServerClose {
                         if find(&conn.input, b"\"status\": 400").is_some() {
