@@ -61,6 +61,46 @@ pub const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
 pub const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
 pub const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
+/// The progress line on stderr (`--progress`): redrawn in place once a second.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    enabled: bool,
+    next_us: u64,
+}
+
+impl Progress {
+    pub fn new(enabled: bool, now_us: u64) -> Progress {
+        Progress {
+            enabled,
+            next_us: now_us + PROGRESS_INTERVAL_US,
+        }
+    }
+
+    /// Whether a line is due now; the next one is then a second away.
+    pub fn due(&mut self, now_us: u64) -> bool {
+        if !self.enabled || now_us < self.next_us {
+            return false;
+        }
+        self.next_us = now_us + PROGRESS_INTERVAL_US;
+        true
+    }
+
+    /// The loop's wake-up: the phase's, or the next line's if that comes first.
+    pub fn wake_us(&self, phase_us: u64) -> u64 {
+        if self.enabled {
+            phase_us.min(self.next_us)
+        } else {
+            phase_us
+        }
+    }
+
+    /// Draws `what` the run is doing, `start_us` into it, and its error count.
+    pub fn draw(start_us: u64, now_us: u64, what: &str, errors: u64) {
+        let elapsed_s = now_us.saturating_sub(start_us) as f64 / 1e6;
+        eprint!("\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {errors}");
+    }
+}
+
 /// Whether a message of `adding` bytes would overflow a send queue holding `queued` messages
 /// and `pending` bytes (then it is counted "not sent").
 pub fn queue_full(queued: usize, pending: usize, adding: usize) -> bool {

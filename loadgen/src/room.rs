@@ -25,9 +25,8 @@ use mio::net::TcpStream;
 use mio::Token;
 
 use crate::driver::{
-    queue_full, Loop, Phases, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US, READ_BUDGET_BYTES,
-    START_DELAY_US,
+    queue_full, Loop, Phases, Progress, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, RAMP_TIMEOUT_MIN_US, READ_BUDGET_BYTES, START_DELAY_US,
 };
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
@@ -228,7 +227,7 @@ pub struct Run<'a> {
     drain_next_check_us: u64,
     /// The drain ended because everything had arrived, not at its deadline.
     drain_completed: bool,
-    progress_next_us: u64,
+    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -353,7 +352,7 @@ pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
         drain_start_us: 0,
         drain_next_check_us: 0,
         drain_completed: false,
-        progress_next_us: ramp_start_us + PROGRESS_INTERVAL_US,
+        progress: Progress::new(cfg.progress, ramp_start_us),
     };
     Ok(run)
 }
@@ -457,9 +456,8 @@ impl Run<'_> {
             }
             Phase::Done => {}
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
@@ -482,11 +480,7 @@ impl Run<'_> {
             Phase::Drain { deadline_us } => deadline_us.min(self.drain_next_check_us),
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
-        }
+        self.progress.wake_us(phase_us)
     }
 
     fn connect(&mut self, index: usize) {
@@ -977,7 +971,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
@@ -996,10 +989,7 @@ impl Run<'_> {
             ),
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.m.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.m.errors.total());
     }
 
     /// Closes everything and hands the measurements over.

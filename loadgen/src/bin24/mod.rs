@@ -38,11 +38,8 @@ use switchboard::protocol::bin24::codec::{
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
-use crate::driver::{
-    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
-    START_DELAY_US,
-};
-use crate::driver::{Loop, Phases};
+use crate::driver::{queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, START_DELAY_US};
+use crate::driver::{Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
@@ -234,7 +231,7 @@ pub struct Run<'a> {
     reconnect_of_online: usize,
     reconnect_retries: u64,
     next_check_us: u64,
-    progress_next_us: u64,
+    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -349,7 +346,7 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
         reconnect_of_online: 0,
         reconnect_retries: 0,
         next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        progress: Progress::new(cfg.progress, now_us),
     };
     let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
     run.start_wave(online, now_us);
@@ -489,9 +486,8 @@ impl Run<'_> {
         if self.phase == Phase::Done {
             self.done_us = now_us;
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
@@ -515,11 +511,7 @@ impl Run<'_> {
             } => deadline_us,
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
-        }
+        self.progress.wake_us(phase_us)
     }
 
     /// Starts connecting `users`, spaced at the connect rate from `now_us`.
@@ -983,7 +975,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let joined = self
             .wave
             .iter()
@@ -1009,10 +1000,7 @@ impl Run<'_> {
             ),
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.m.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.m.errors.total());
     }
 
     pub fn finish(mut self) -> Bin24Outcome {

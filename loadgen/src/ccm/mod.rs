@@ -27,10 +27,10 @@ use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
 use crate::driver::{
-    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
-    RAMP_TIMEOUT_MIN_US, START_DELAY_US,
+    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
+    START_DELAY_US,
 };
-use crate::driver::{Loop, Phases};
+use crate::driver::{Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
@@ -189,7 +189,7 @@ pub struct Run<'a> {
     silent_start_us: Option<u64>,
     done_us: u64,
     next_check_us: u64,
-    progress_next_us: u64,
+    progress: Progress,
     /// The order users connect in (`connect_order`).
     order: Vec<usize>,
 }
@@ -309,7 +309,7 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
         silent_start_us: None,
         done_us: now_us,
         next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        progress: Progress::new(cfg.progress, now_us),
         order: connect_order(cfg.users, cfg.silent),
     };
     for (k, &u) in run.order.iter().enumerate() {
@@ -484,9 +484,8 @@ impl Run<'_> {
         if self.phase == Phase::Done {
             self.done_us = now_us;
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
@@ -506,11 +505,7 @@ impl Run<'_> {
             Phase::SilentWait { deadline_us } => deadline_us,
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
-        }
+        self.progress.wake_us(phase_us)
     }
 
     /// Silent users the server has not closed yet.
@@ -814,7 +809,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
@@ -838,10 +832,7 @@ impl Run<'_> {
             }
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.errors.total());
     }
 
     pub fn finish(mut self) -> CcmOutcome {

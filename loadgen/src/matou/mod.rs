@@ -32,10 +32,10 @@ use std::net::{IpAddr, SocketAddr};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::driver::{
-    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
-    RAMP_TIMEOUT_MIN_US, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
+    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
+    SEND_QUEUE_BYTES_MAX, START_DELAY_US,
 };
-use crate::driver::{Loop, Phases};
+use crate::driver::{Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{Named, Protocol, ScenarioKind};
@@ -237,7 +237,7 @@ pub struct Run<'a> {
     sign_out_start_us: Option<u64>,
     done_us: u64,
     next_check_us: u64,
-    progress_next_us: u64,
+    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -355,7 +355,7 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
         sign_out_start_us: None,
         done_us: now_us,
         next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        progress: Progress::new(cfg.progress, now_us),
     };
     Ok(run)
 }
@@ -505,9 +505,8 @@ impl Run<'_> {
         if self.phase == Phase::Done {
             self.done_us = now_us;
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
@@ -553,11 +552,7 @@ impl Run<'_> {
             Phase::SignOut { deadline_us } => deadline_us,
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
-        }
+        self.progress.wake_us(phase_us)
     }
 
     /// Drain: nothing queued, every written message at every user still in the room, every
@@ -1022,7 +1017,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
@@ -1042,10 +1036,7 @@ impl Run<'_> {
             }
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.errors.total());
     }
 
     pub fn finish(mut self) -> MatouOutcome {

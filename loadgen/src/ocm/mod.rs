@@ -46,7 +46,7 @@ use mio::{Interest, Token};
 use switchboard::protocol::ocm::codec;
 
 use crate::driver::{
-    Loop, Phases, Reactor, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, PROGRESS_INTERVAL_US,
+    Loop, Phases, Progress, Reactor, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US,
     START_DELAY_US,
 };
 use crate::plan::{Due, Plan};
@@ -288,7 +288,7 @@ pub struct Run<'a> {
     exit_timed_out: bool,
     done_us: u64,
     next_check_us: u64,
-    progress_next_us: u64,
+    progress: Progress,
     received_since_send_check: usize,
 }
 
@@ -416,7 +416,7 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
         exit_timed_out: false,
         done_us: now_us,
         next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
+        progress: Progress::new(cfg.progress, now_us),
         received_since_send_check: 0,
     };
     Ok(run)
@@ -557,9 +557,8 @@ impl Run<'_> {
         if self.phase == Phase::Done {
             self.done_us = now_us;
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
@@ -584,11 +583,7 @@ impl Run<'_> {
             Phase::ExitWait { deadline_us } => deadline_us,
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
-        }
+        self.progress.wake_us(phase_us)
     }
 
     fn settle(&mut self, u: usize) {
@@ -1256,7 +1251,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.rooms_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Rooms => format!(
                 "rooms: {} of {} created, {} of {} members joined",
@@ -1283,10 +1277,7 @@ impl Run<'_> {
             ),
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.errors.total()
-        );
+        Progress::draw(self.rooms_start_us, now_us, &what, self.errors.total());
     }
 
     pub fn finish(mut self) -> OcmOutcome {
