@@ -213,9 +213,11 @@ pub struct Deliveries {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Latencies {
-    /// Receive time minus intended send time, at every receiver.
+    /// Receive time minus intended send time, at every receiver (ROOM's record, CCM's Text,
+    /// MATOU's PUBLIC_BROADCAST).
     pub delivery: LatencySummary,
-    /// Greeting received minus intended connect time.
+    /// The server's confirmation minus intended connect time (ROOM's greeting, CCM's Identity,
+    /// MATOU's CONNECT_RESPONSE 1).
     pub connect: LatencySummary,
     #[serde(flatten)]
     pub own: OwnLagSummaries,

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use super::{CcmConfig, CcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Lines, Losses,
-    NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Latencies, Lines,
+    Losses, NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs,
+    Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -61,16 +62,6 @@ pub struct Silent {
     /// First `Connect` minus the user's last write, ms (expected about the idle timer).
     pub keepalive_after_ms: LatencySummary,
     pub wait_ms: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Latencies {
-    /// Text at the receiver minus intended send time.
-    pub delivery: LatencySummary,
-    /// Identity received minus intended connect time.
-    pub connect: LatencySummary,
-    #[serde(flatten)]
-    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]

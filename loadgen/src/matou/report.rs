@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use super::{MatouConfig, MatouOutcome, Notices};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Lines, Losses,
-    NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, Deliveries, Errors, FailureInputs,
+    Latencies, Lines, Losses, NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures,
+    ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -29,26 +30,6 @@ pub struct Settings {
     pub seed: u64,
     pub strict: bool,
     pub run_id: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Deliveries {
-    /// Messages written times the users that joined.
-    pub expected: u64,
-    pub delivered: u64,
-    /// Deliveries received in the measured window, per second of it.
-    pub per_s: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Latencies {
-    /// PUBLIC_BROADCAST at each user minus intended send time.
-    pub delivery: LatencySummary,
-    /// CONNECT_RESPONSE 1 minus intended connect time.
-    pub connect: LatencySummary,
-    /// Its schedule lateness covers public messages and link requests.
-    #[serde(flatten)]
-    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -138,6 +119,7 @@ pub struct Report {
     pub send: SendFigures,
     pub not_sent: NotSent,
     pub deliveries: Deliveries,
+    /// Its schedule lateness covers public messages and link requests.
     pub latency_ms: Latencies,
     pub losses: Losses,
     pub duplicates_or_reorders: u64,
