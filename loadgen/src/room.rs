@@ -364,43 +364,6 @@ impl Phases for Run<'_> {
     fn io_mut(&mut self) -> &mut Loop {
         &mut self.io
     }
-    fn advance(&mut self) -> Result<(), RunError> {
-        Run::advance(self)
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self)
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.m.sent_total,
-            received: self.m.tracker.counts.delivered,
-        }
-    }
-}
-
-impl Reactor for Run<'_> {
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let Some(client) = self.clients.get_mut(index) else {
-            return; // not ours; cannot happen, and must not panic
-        };
-        client.readable |= readable;
-        client.writable |= writable;
-        self.drive(index);
-    }
-    fn end_turn(&mut self) {
-        for index in std::mem::take(&mut self.io.still_ready) {
-            self.drive(index);
-        }
-    }
-}
-
-impl Run<'_> {
     /// Phase work that depends on the clock: connects, sends, deadlines, progress.
     fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.io.clock.now_us();
@@ -461,7 +424,9 @@ impl Run<'_> {
         }
         Ok(())
     }
-
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
     /// When the loop must wake at the latest: the next connect, the next planned message, or
     /// a phase deadline.
     fn next_wake_us(&self) -> u64 {
@@ -482,7 +447,86 @@ impl Run<'_> {
         };
         self.progress.wake_us(phase_us)
     }
+    /// Queues every planned message that is due, then writes.
+    fn send_due(&mut self) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let ordinal = plan.sender_of(due.g) as usize;
+            let sender = &mut self.senders[ordinal];
+            let client = &self.clients[sender.client];
+            if client.phase != ClientPhase::Joined {
+                self.m.not_sent_connection_lost += 1;
+                continue;
+            }
+            let framing = &self.framing;
+            let framed_bytes = framing.message_prefix.len()
+                + self.cfg.message_bytes
+                + framing.message_suffix.len();
+            if queue_full(sender.queue.len(), sender.out.pending(), framed_bytes) {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            let (prefix, rest) = sender
+                .out
+                .append(framed_bytes)
+                .split_at_mut(framing.message_prefix.len());
+            prefix.copy_from_slice(&framing.message_prefix);
+            let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
+            suffix.copy_from_slice(framing.message_suffix);
+            message[..8].copy_from_slice(&client.alias);
+            message[8..ALIAS_PREFIX_LEN].copy_from_slice(b": ");
+            let stamp = Record {
+                sender: ordinal as u32,
+                seq: sender.next_seq,
+                intended_us: due.intended_us,
+                len: self.cfg.message_bytes - ALIAS_PREFIX_LEN,
+            };
+            if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
+                // The argument limits keep every field in range; should that ever break, the
+                // message is counted as not sent rather than written wrong.
+                sender.out.unappend(framed_bytes);
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            sender.next_seq += 1;
+            sender.queue.push_back(Queued::new(&sender.out, &due, ()));
+            plan.record_lateness(&due, &mut self.m.own.schedule_lateness);
+            self.io.dirty.mark(ordinal);
+        }
+        self.flush_dirty();
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.tracker.counts.delivered,
+        }
+    }
+}
 
+impl Reactor for Run<'_> {
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(client) = self.clients.get_mut(index) else {
+            return; // not ours; cannot happen, and must not panic
+        };
+        client.readable |= readable;
+        client.writable |= writable;
+        self.drive(index);
+    }
+    fn end_turn(&mut self) {
+        for index in std::mem::take(&mut self.io.still_ready) {
+            self.drive(index);
+        }
+    }
+}
+
+impl Run<'_> {
     fn connect(&mut self, index: usize) {
         match crate::connect::open(
             self.io.poll.registry(),
@@ -540,62 +584,6 @@ impl Run<'_> {
         ));
         self.phase = Phase::Send;
         Ok(())
-    }
-
-    /// Queues every planned message that is due, then writes.
-    fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
-            return;
-        };
-        if self.phase != Phase::Send {
-            return;
-        }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
-            let ordinal = plan.sender_of(due.g) as usize;
-            let sender = &mut self.senders[ordinal];
-            let client = &self.clients[sender.client];
-            if client.phase != ClientPhase::Joined {
-                self.m.not_sent_connection_lost += 1;
-                continue;
-            }
-            let framing = &self.framing;
-            let framed_bytes = framing.message_prefix.len()
-                + self.cfg.message_bytes
-                + framing.message_suffix.len();
-            if queue_full(sender.queue.len(), sender.out.pending(), framed_bytes) {
-                self.m.not_sent_queue_full += 1;
-                continue;
-            }
-            let (prefix, rest) = sender
-                .out
-                .append(framed_bytes)
-                .split_at_mut(framing.message_prefix.len());
-            prefix.copy_from_slice(&framing.message_prefix);
-            let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
-            suffix.copy_from_slice(framing.message_suffix);
-            message[..8].copy_from_slice(&client.alias);
-            message[8..ALIAS_PREFIX_LEN].copy_from_slice(b": ");
-            let stamp = Record {
-                sender: ordinal as u32,
-                seq: sender.next_seq,
-                intended_us: due.intended_us,
-                len: self.cfg.message_bytes - ALIAS_PREFIX_LEN,
-            };
-            if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
-                // The argument limits keep every field in range; should that ever break, the
-                // message is counted as not sent rather than written wrong.
-                sender.out.unappend(framed_bytes);
-                self.m.not_sent_queue_full += 1;
-                continue;
-            }
-            sender.next_seq += 1;
-            sender.queue.push_back(Queued::new(&sender.out, &due, ()));
-            plan.record_lateness(&due, &mut self.m.own.schedule_lateness);
-            self.io.dirty.mark(ordinal);
-        }
-        self.flush_dirty();
     }
 
     fn flush_dirty(&mut self) {

@@ -360,68 +360,6 @@ impl Phases for Run<'_> {
     fn io_mut(&mut self) -> &mut Loop {
         &mut self.io
     }
-    fn advance(&mut self) -> Result<(), RunError> {
-        Run::advance(self)
-    }
-    fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self)
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.m.sent_total,
-            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
-        }
-    }
-}
-
-impl Wire for Run<'_> {
-    type Tag = u64;
-    type Message = Frame;
-
-    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<u64>)> {
-        let user = self.users.get_mut(u)?;
-        Some((&mut self.io, &mut user.conn))
-    }
-    fn link(&self, u: usize) -> Link {
-        match self.users.get(u).map(|user| user.phase) {
-            Some(UserPhase::Connecting) => Link::Connecting,
-            Some(UserPhase::AwaitEcho) => Link::Greeting,
-            Some(UserPhase::Joined) => Link::Joined,
-            _ => Link::Down,
-        }
-    }
-    fn on_connected(&mut self, u: usize) -> io::Result<()> {
-        let user = &mut self.users[u];
-        // The first frame makes the user exist: a hello to itself, which the server forwards
-        // back once the name is registered.
-        if let Some(hello) = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY)
-        {
-            user.conn.out.extend(&hello);
-        }
-        user.phase = UserPhase::AwaitEcho;
-        Ok(())
-    }
-    fn decode(&mut self, u: usize) -> Result<Option<Frame>, String> {
-        codec::decode(&mut self.users[u].conn.inbuf).map_err(|e| e.to_string())
-    }
-    fn on_message(&mut self, u: usize, frame: Frame, now_us: u64) {
-        self.on_frame(u, &frame, now_us);
-    }
-    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
-        Run::fail(self, u, kind, || why);
-    }
-    fn flush(&mut self, u: usize) {
-        Run::flush(self, u);
-    }
-}
-
-impl Run<'_> {
     /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
     fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.io.clock.now_us();
@@ -491,7 +429,6 @@ impl Run<'_> {
         }
         Ok(())
     }
-
     fn next_wake_us(&self) -> u64 {
         let next_connect_us = self
             .wave
@@ -513,7 +450,112 @@ impl Run<'_> {
         };
         self.progress.wake_us(phase_us)
     }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    /// Queues every planned message that is due, then writes.
+    fn send_due(&mut self) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
+        let senders = u64::from(plan.senders);
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let u = self.senders[plan.sender_of(due.g) as usize];
+            let seq = due.g / senders;
+            let user = &self.users[u];
+            if user.phase != UserPhase::Joined {
+                self.m.not_sent_connection_lost += 1;
+                continue;
+            }
+            let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
+            // Only messages: answers are never dropped (the server closes a recipient that does not
+            // answer), so they are queued whatever the backlog.
+            if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            let body = &mut self.body_buf[..self.cfg.body_bytes];
+            let stamp = Stamp {
+                run_id: self.cfg.run_id,
+                sender: u as u32,
+                seq: seq as u32,
+                intended_us: due.intended_us,
+            };
+            let partner = self.users[user.partner].name;
+            // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
+            // so neither can fail; if one ever did, the message counts as not sent.
+            let frame = stamp::write(body, &stamp).ok().and_then(|()| {
+                codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
+            });
+            let Some(frame) = frame else {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            };
+            let user = &mut self.users[u];
+            user.conn.out.extend(&frame);
+            user.conn
+                .queue
+                .push_back(Queued::new(&user.conn.out, &due, due.g));
+            plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
+            self.io.dirty.mark(u);
+        }
+        engine::flush_dirty(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
+        }
+    }
+}
 
+impl Wire for Run<'_> {
+    type Tag = u64;
+    type Message = Frame;
+
+    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<u64>)> {
+        let user = self.users.get_mut(u)?;
+        Some((&mut self.io, &mut user.conn))
+    }
+    fn link(&self, u: usize) -> Link {
+        match self.users.get(u).map(|user| user.phase) {
+            Some(UserPhase::Connecting) => Link::Connecting,
+            Some(UserPhase::AwaitEcho) => Link::Greeting,
+            Some(UserPhase::Joined) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_connected(&mut self, u: usize) -> io::Result<()> {
+        let user = &mut self.users[u];
+        // The first frame makes the user exist: a hello to itself, which the server forwards
+        // back once the name is registered.
+        if let Some(hello) = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY)
+        {
+            user.conn.out.extend(&hello);
+        }
+        user.phase = UserPhase::AwaitEcho;
+        Ok(())
+    }
+    fn decode(&mut self, u: usize) -> Result<Option<Frame>, String> {
+        codec::decode(&mut self.users[u].conn.inbuf).map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, u: usize, frame: Frame, now_us: u64) {
+        self.on_frame(u, &frame, now_us);
+    }
+    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
+        Run::fail(self, u, kind, || why);
+    }
+    fn flush(&mut self, u: usize) {
+        Run::flush(self, u);
+    }
+}
+
+impl Run<'_> {
     /// Starts connecting `users`, spaced at the connect rate from `now_us`.
     fn start_wave(&mut self, users: Vec<usize>, now_us: u64) {
         let rate = self.cfg.connect_rate_per_s.max(1);
@@ -623,60 +665,6 @@ impl Run<'_> {
         let plan = self.plan.as_ref()?;
         let sender = *self.senders.get(plan.sender_of(g) as usize)?;
         Some(self.users[sender].partner)
-    }
-
-    /// Queues every planned message that is due, then writes.
-    fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
-            return;
-        };
-        if self.phase != Phase::Send {
-            return;
-        }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        let senders = u64::from(plan.senders);
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
-            let u = self.senders[plan.sender_of(due.g) as usize];
-            let seq = due.g / senders;
-            let user = &self.users[u];
-            if user.phase != UserPhase::Joined {
-                self.m.not_sent_connection_lost += 1;
-                continue;
-            }
-            let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
-            // Only messages: answers are never dropped (the server closes a recipient that does not
-            // answer), so they are queued whatever the backlog.
-            if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
-                self.m.not_sent_queue_full += 1;
-                continue;
-            }
-            let body = &mut self.body_buf[..self.cfg.body_bytes];
-            let stamp = Stamp {
-                run_id: self.cfg.run_id,
-                sender: u as u32,
-                seq: seq as u32,
-                intended_us: due.intended_us,
-            };
-            let partner = self.users[user.partner].name;
-            // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
-            // so neither can fail; if one ever did, the message counts as not sent.
-            let frame = stamp::write(body, &stamp).ok().and_then(|()| {
-                codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
-            });
-            let Some(frame) = frame else {
-                self.m.not_sent_queue_full += 1;
-                continue;
-            };
-            let user = &mut self.users[u];
-            user.conn.out.extend(&frame);
-            user.conn
-                .queue
-                .push_back(Queued::new(&user.conn.out, &due, due.g));
-            plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
-            self.io.dirty.mark(u);
-        }
-        engine::flush_dirty(self);
     }
 
     /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every

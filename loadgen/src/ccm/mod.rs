@@ -357,7 +357,51 @@ impl Phases for Run<'_> {
         self.phase == Phase::Done
     }
     fn send_due(&mut self) {
-        Run::send_due(self);
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
+        let senders = u64::from(plan.senders);
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let u = self.senders[plan.sender_of(due.g) as usize];
+            let user = &self.users[u];
+            if user.phase != UserPhase::Joined {
+                self.not_sent_connection_lost += 1;
+                continue;
+            }
+            let content = &mut self.content_buf[..self.cfg.content_bytes];
+            let stamp = Stamp {
+                run_id: self.cfg.run_id,
+                sender: u as u32,
+                seq: (due.g / senders) as u32,
+                intended_us: due.intended_us,
+            };
+            if stamp::write(content, &stamp).is_err() {
+                self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+                continue;
+            }
+            let message = wire::text(&user.token, &self.users[user.partner].name, content);
+            if queue_full(
+                user.conn.queue.len(),
+                user.conn.out.pending(),
+                message.len(),
+            ) {
+                self.not_sent_queue_full += 1;
+                continue;
+            }
+            let user = &mut self.users[u];
+            user.conn.out.extend(&message);
+            user.conn
+                .queue
+                .push_back(Queued::new(&user.conn.out, &due, ()));
+            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
+            self.io.dirty.mark(u);
+        }
+        engine::flush_dirty(self);
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -567,54 +611,6 @@ impl Run<'_> {
         ));
         self.phase = Phase::Send;
         Ok(())
-    }
-
-    fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
-            return;
-        };
-        if self.phase != Phase::Send {
-            return;
-        }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        let senders = u64::from(plan.senders);
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
-            let u = self.senders[plan.sender_of(due.g) as usize];
-            let user = &self.users[u];
-            if user.phase != UserPhase::Joined {
-                self.not_sent_connection_lost += 1;
-                continue;
-            }
-            let content = &mut self.content_buf[..self.cfg.content_bytes];
-            let stamp = Stamp {
-                run_id: self.cfg.run_id,
-                sender: u as u32,
-                seq: (due.g / senders) as u32,
-                intended_us: due.intended_us,
-            };
-            if stamp::write(content, &stamp).is_err() {
-                self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
-                continue;
-            }
-            let message = wire::text(&user.token, &self.users[user.partner].name, content);
-            if queue_full(
-                user.conn.queue.len(),
-                user.conn.out.pending(),
-                message.len(),
-            ) {
-                self.not_sent_queue_full += 1;
-                continue;
-            }
-            let user = &mut self.users[u];
-            user.conn.out.extend(&message);
-            user.conn
-                .queue
-                .push_back(Queued::new(&user.conn.out, &due, ()));
-            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-            self.io.dirty.mark(u);
-        }
-        engine::flush_dirty(self);
     }
 
     fn flush(&mut self, u: usize) {

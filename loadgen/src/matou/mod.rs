@@ -376,16 +376,106 @@ impl Phases for Run<'_> {
         &mut self.io
     }
     fn advance(&mut self) -> Result<(), RunError> {
-        Run::advance(self)
+        let now_us = self.io.clock.now_us();
+        match self.phase {
+            Phase::Ramp => {
+                while self.next_connect < self.users.len()
+                    && self.users[self.next_connect].intended_connect_us <= now_us
+                {
+                    self.connect(self.next_connect);
+                    self.next_connect += 1;
+                }
+                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
+                    for u in 0..self.users.len() {
+                        if self.users[u].in_ramp {
+                            self.fail(u, ErrorKind::Connect, || {
+                                "timed out before its CONNECT_RESPONSE came back".to_string()
+                            });
+                        }
+                    }
+                    self.next_connect = self.users.len();
+                }
+                if self.next_connect == self.users.len() && self.ramp_unsettled == 0 {
+                    self.start_sending(now_us)?;
+                }
+            }
+            Phase::Send => {
+                self.send_due();
+                if self.plans_done() {
+                    let now_us = self.io.clock.now_us();
+                    self.drain_start_us = Some(now_us);
+                    self.next_check_us = now_us;
+                    self.phase = Phase::Drain {
+                        deadline_us: now_us + self.cfg.drain_us,
+                    };
+                }
+            }
+            Phase::Drain { deadline_us } => {
+                engine::flush_dirty(self);
+                if now_us >= self.next_check_us {
+                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                    let complete = self.everything_arrived();
+                    if complete || now_us >= deadline_us {
+                        self.drain_timed_out = !complete;
+                        self.start_sign_out(now_us);
+                    }
+                }
+            }
+            Phase::SignOut { deadline_us } => {
+                if self.signing_out() == 0 || now_us >= deadline_us {
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+        if self.phase == Phase::Done {
+            self.done_us = now_us;
+        }
+        if self.progress.due(now_us) {
+            self.progress_line(now_us);
+        }
+        Ok(())
     }
     fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self)
+        let phase_us = match self.phase {
+            Phase::Ramp => self
+                .users
+                .get(self.next_connect)
+                .map_or(u64::MAX, |u| u.intended_connect_us)
+                .min(self.ramp_deadline_us),
+            Phase::Send => {
+                let (public, link) = self.next_due_us();
+                public.min(link)
+            }
+            Phase::Drain { .. } => self.next_check_us,
+            // A close wakes the poll by itself.
+            Phase::SignOut { deadline_us } => deadline_us,
+            Phase::Done => u64::MAX,
+        };
+        self.progress.wake_us(phase_us)
     }
     fn is_done(&self) -> bool {
         self.phase == Phase::Done
     }
+    /// Queues every due public message and link request, in intended-time order, then writes.
     fn send_due(&mut self) {
-        Run::send_due(self);
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
+        loop {
+            let (public_us, link_us) = self.next_due_us();
+            if public_us.min(link_us) > now_us {
+                break;
+            }
+            if public_us <= link_us {
+                self.send_public(public_us, now_us);
+            } else {
+                self.request_link(link_us, now_us);
+            }
+        }
+        engine::flush_dirty(self);
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
@@ -449,68 +539,6 @@ impl Wire for Run<'_> {
 }
 
 impl Run<'_> {
-    fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.io.clock.now_us();
-        match self.phase {
-            Phase::Ramp => {
-                while self.next_connect < self.users.len()
-                    && self.users[self.next_connect].intended_connect_us <= now_us
-                {
-                    self.connect(self.next_connect);
-                    self.next_connect += 1;
-                }
-                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
-                    for u in 0..self.users.len() {
-                        if self.users[u].in_ramp {
-                            self.fail(u, ErrorKind::Connect, || {
-                                "timed out before its CONNECT_RESPONSE came back".to_string()
-                            });
-                        }
-                    }
-                    self.next_connect = self.users.len();
-                }
-                if self.next_connect == self.users.len() && self.ramp_unsettled == 0 {
-                    self.start_sending(now_us)?;
-                }
-            }
-            Phase::Send => {
-                self.send_due();
-                if self.plans_done() {
-                    let now_us = self.io.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
-                }
-            }
-            Phase::Drain { deadline_us } => {
-                engine::flush_dirty(self);
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
-                    let complete = self.everything_arrived();
-                    if complete || now_us >= deadline_us {
-                        self.drain_timed_out = !complete;
-                        self.start_sign_out(now_us);
-                    }
-                }
-            }
-            Phase::SignOut { deadline_us } => {
-                if self.signing_out() == 0 || now_us >= deadline_us {
-                    self.phase = Phase::Done;
-                }
-            }
-            Phase::Done => {}
-        }
-        if self.phase == Phase::Done {
-            self.done_us = now_us;
-        }
-        if self.progress.due(now_us) {
-            self.progress_line(now_us);
-        }
-        Ok(())
-    }
-
     fn plans_done(&self) -> bool {
         self.plan
             .as_ref()
@@ -534,25 +562,6 @@ impl Run<'_> {
             .filter(|p| self.next_link < p.messages)
             .map_or(u64::MAX, |p| p.intended_us(self.next_link));
         (public, link)
-    }
-
-    fn next_wake_us(&self) -> u64 {
-        let phase_us = match self.phase {
-            Phase::Ramp => self
-                .users
-                .get(self.next_connect)
-                .map_or(u64::MAX, |u| u.intended_connect_us)
-                .min(self.ramp_deadline_us),
-            Phase::Send => {
-                let (public, link) = self.next_due_us();
-                public.min(link)
-            }
-            Phase::Drain { .. } => self.next_check_us,
-            // A close wakes the poll by itself.
-            Phase::SignOut { deadline_us } => deadline_us,
-            Phase::Done => u64::MAX,
-        };
-        self.progress.wake_us(phase_us)
     }
 
     /// Drain: nothing queued, every written message at every user still in the room, every
@@ -647,27 +656,6 @@ impl Run<'_> {
         }
         self.phase = Phase::Send;
         Ok(())
-    }
-
-    /// Queues every due public message and link request, in intended-time order, then writes.
-    fn send_due(&mut self) {
-        if self.phase != Phase::Send {
-            return;
-        }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        loop {
-            let (public_us, link_us) = self.next_due_us();
-            if public_us.min(link_us) > now_us {
-                break;
-            }
-            if public_us <= link_us {
-                self.send_public(public_us, now_us);
-            } else {
-                self.request_link(link_us, now_us);
-            }
-        }
-        engine::flush_dirty(self);
     }
 
     fn send_public(&mut self, intended_us: u64, now_us: u64) {

@@ -430,65 +430,6 @@ impl Phases for Run<'_> {
         &mut self.io
     }
     fn advance(&mut self) -> Result<(), RunError> {
-        Run::advance(self)
-    }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
-    }
-    fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self)
-    }
-    fn send_due(&mut self) {
-        Run::send_due(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sent,
-            received: self.accounting.counts.delivered,
-        }
-    }
-}
-
-impl Reactor for Run<'_> {
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let total = self.total();
-        if index < total {
-            let member = &mut self.members[index];
-            member.readable |= readable;
-            member.writable |= writable;
-            self.drive_udp(index);
-        } else if let Some(member) = self.members.get_mut(index - total) {
-            if let Some(tcrp) = member.tcrp.as_mut() {
-                tcrp.readable |= readable;
-                tcrp.writable |= writable;
-            }
-            self.drive_tcrp(index - total);
-        }
-    }
-    fn end_turn(&mut self) {
-        for u in std::mem::take(&mut self.io.still_ready) {
-            self.drive_udp(u);
-        }
-        self.flush_dirty();
-    }
-}
-
-impl Run<'_> {
-    fn total(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Room `r`'s planned time.
-    fn room_intended_us(&self, r: usize) -> u64 {
-        self.rooms_start_us + (r as u64 * 1_000_000) / self.cfg.room_rate_per_s.max(1)
-    }
-
-    /// The intended time of the `i`-th exit, on the chat plan's overall spacing.
-    fn exit_intended_us(&self, i: usize) -> u64 {
-        self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
-    }
-
-    fn advance(&mut self) -> Result<(), RunError> {
         let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Rooms => {
@@ -562,7 +503,9 @@ impl Run<'_> {
         }
         Ok(())
     }
-
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
     fn next_wake_us(&self) -> u64 {
         let phase_us = match self.phase {
             Phase::Rooms => {
@@ -584,6 +527,81 @@ impl Run<'_> {
             Phase::Done => u64::MAX,
         };
         self.progress.wake_us(phase_us)
+    }
+    fn send_due(&mut self) {
+        self.received_since_send_check = 0;
+        if self.phase != Phase::Chat {
+            return;
+        }
+        // A copy (a few integers): the loop below needs `self` mutably.
+        let Some(plan) = self.plan.clone() else {
+            return;
+        };
+        let now_us = self.io.clock.now_us();
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let Due { g, intended_us, .. } = due;
+            let u = self.senders[plan.sender_of(g) as usize];
+            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
+            if self.members[u].phase != MemberPhase::Joined {
+                self.not_sent_connection_lost += 1;
+                continue;
+            }
+            self.enqueue(
+                u,
+                Pending::Chat {
+                    g,
+                    intended_us,
+                    noticed_us: now_us,
+                },
+            );
+        }
+        self.flush_dirty();
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts.delivered,
+        }
+    }
+}
+
+impl Reactor for Run<'_> {
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let total = self.total();
+        if index < total {
+            let member = &mut self.members[index];
+            member.readable |= readable;
+            member.writable |= writable;
+            self.drive_udp(index);
+        } else if let Some(member) = self.members.get_mut(index - total) {
+            if let Some(tcrp) = member.tcrp.as_mut() {
+                tcrp.readable |= readable;
+                tcrp.writable |= writable;
+            }
+            self.drive_tcrp(index - total);
+        }
+    }
+    fn end_turn(&mut self) {
+        for u in std::mem::take(&mut self.io.still_ready) {
+            self.drive_udp(u);
+        }
+        self.flush_dirty();
+    }
+}
+
+impl Run<'_> {
+    fn total(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Room `r`'s planned time.
+    fn room_intended_us(&self, r: usize) -> u64 {
+        self.rooms_start_us + (r as u64 * 1_000_000) / self.cfg.room_rate_per_s.max(1)
+    }
+
+    /// The intended time of the `i`-th exit, on the chat plan's overall spacing.
+    fn exit_intended_us(&self, i: usize) -> u64 {
+        self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
     }
 
     fn settle(&mut self, u: usize) {
@@ -856,36 +874,6 @@ impl Run<'_> {
         ));
         self.phase = Phase::Chat;
         Ok(())
-    }
-
-    fn send_due(&mut self) {
-        self.received_since_send_check = 0;
-        if self.phase != Phase::Chat {
-            return;
-        }
-        // A copy (a few integers): the loop below needs `self` mutably.
-        let Some(plan) = self.plan.clone() else {
-            return;
-        };
-        let now_us = self.io.clock.now_us();
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
-            let Due { g, intended_us, .. } = due;
-            let u = self.senders[plan.sender_of(g) as usize];
-            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-            if self.members[u].phase != MemberPhase::Joined {
-                self.not_sent_connection_lost += 1;
-                continue;
-            }
-            self.enqueue(
-                u,
-                Pending::Chat {
-                    g,
-                    intended_us,
-                    noticed_us: now_us,
-                },
-            );
-        }
-        self.flush_dirty();
     }
 
     fn start_exit(&mut self, now_us: u64) {
