@@ -61,6 +61,34 @@ pub const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
 pub const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
 pub const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
+/// The drain after the last planned message: when it started, when to look next whether
+/// everything arrived (a full walk of the tables, so not on every turn), and whether its
+/// deadline cut it short.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Drain {
+    pub start_us: Option<u64>,
+    pub next_check_us: u64,
+    pub timed_out: bool,
+}
+
+impl Drain {
+    /// Starts it at `now_us`, checking at once; returns its deadline.
+    pub fn start(&mut self, now_us: u64, drain_us: u64) -> u64 {
+        self.start_us = Some(now_us);
+        self.next_check_us = now_us;
+        now_us + drain_us
+    }
+
+    /// Whether to look now; the next look is then [`DRAIN_CHECK_INTERVAL_US`] away.
+    pub fn check_due(&mut self, now_us: u64) -> bool {
+        if now_us < self.next_check_us {
+            return false;
+        }
+        self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+        true
+    }
+}
+
 /// The progress line on stderr (`--progress`): redrawn in place once a second.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {

@@ -395,11 +395,7 @@ impl Phases for Run<'_> {
             }
             Phase::Send => {
                 self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
                     let now_us = self.io.clock.now_us();
                     self.drain_start_us = now_us;
                     self.drain_next_check_us = now_us;

@@ -38,8 +38,8 @@ use switchboard::protocol::bin24::codec::{
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
-use crate::driver::{queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, START_DELAY_US};
-use crate::driver::{Loop, Phases, Progress};
+use crate::driver::{queue_full, RunError, SentReceived, START_DELAY_US};
+use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
@@ -223,14 +223,12 @@ pub struct Run<'a> {
     wave_deadline_us: u64,
     ramp_start_us: u64,
     ramp_end_us: u64,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     reconnect_start_us: Option<u64>,
     reconnect_timed_out: bool,
     done_us: u64,
     reconnect_of_online: usize,
     reconnect_retries: u64,
-    next_check_us: u64,
     progress: Progress,
 }
 
@@ -338,14 +336,12 @@ pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
         wave_deadline_us: 0,
         ramp_start_us: now_us,
         ramp_end_us: now_us,
-        drain_start_us: None,
-        drain_timed_out: false,
+        drain: Drain::default(),
         reconnect_start_us: None,
         reconnect_timed_out: false,
         done_us: now_us,
         reconnect_of_online: 0,
         reconnect_retries: 0,
-        next_check_us: now_us,
         progress: Progress::new(cfg.progress, now_us),
     };
     let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
@@ -372,28 +368,19 @@ impl Phases for Run<'_> {
             }
             Phase::Send => {
                 self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
-                    let now_us = self.io.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
                 }
             }
             Phase::Drain { deadline_us } => {
                 engine::flush_dirty(self);
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                if self.drain.check_due(now_us) {
                     let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
                     if !queued && self.ledger.unresolved() == 0 {
                         self.start_reconnect(now_us);
                     } else if now_us >= deadline_us {
-                        self.drain_timed_out = true;
+                        self.drain.timed_out = true;
                         self.start_reconnect(now_us);
                     }
                 }
@@ -441,7 +428,7 @@ impl Phases for Run<'_> {
                 .as_ref()
                 .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
             // The deadline is looked at with the completion check, on its cadence.
-            Phase::Drain { .. } => self.next_check_us,
+            Phase::Drain { .. } => self.drain.next_check_us,
             Phase::Reconnect { deadline_us: None } => next_connect_us.min(self.wave_deadline_us),
             Phase::Reconnect {
                 deadline_us: Some(deadline_us),
@@ -1006,7 +993,7 @@ impl Run<'_> {
         } else {
             end_us
         };
-        let drain_used_us = self.drain_start_us.map_or(0, |start| {
+        let drain_used_us = self.drain.start_us.map_or(0, |start| {
             self.reconnect_start_us
                 .unwrap_or(done_us)
                 .saturating_sub(start)
@@ -1041,7 +1028,7 @@ impl Run<'_> {
             stored_frames: self.m.stored_frames,
             ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
             drain_used_us,
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             reconnect_used_us,
             reconnect_timed_out: self.reconnect_timed_out,
         }

@@ -26,11 +26,8 @@ use bytes::Bytes;
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
-use crate::driver::{
-    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    START_DELAY_US,
-};
-use crate::driver::{Loop, Phases, Progress};
+use crate::driver::{queue_full, RunError, SentReceived, RAMP_TIMEOUT_MIN_US, START_DELAY_US};
+use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
@@ -184,11 +181,9 @@ pub struct Run<'a> {
     ramp_deadline_us: u64,
     ramp_start_us: u64,
     ramp_end_us: u64,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     silent_start_us: Option<u64>,
     done_us: u64,
-    next_check_us: u64,
     progress: Progress,
     /// The order users connect in (`connect_order`).
     order: Vec<usize>,
@@ -304,11 +299,9 @@ pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
             + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
         ramp_start_us: now_us,
         ramp_end_us: now_us,
-        drain_start_us: None,
-        drain_timed_out: false,
+        drain: Drain::default(),
         silent_start_us: None,
         done_us: now_us,
-        next_check_us: now_us,
         progress: Progress::new(cfg.progress, now_us),
         order: connect_order(cfg.users, cfg.silent),
     };
@@ -493,27 +486,18 @@ impl Run<'_> {
             }
             Phase::Send => {
                 self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
-                    let now_us = self.io.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
                 }
             }
             Phase::Drain { deadline_us } => {
                 engine::flush_dirty(self);
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                if self.drain.check_due(now_us) {
                     let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
                     let complete = !queued && self.accounting.undelivered() == 0;
                     if complete || now_us >= deadline_us {
-                        self.drain_timed_out = !complete;
+                        self.drain.timed_out = !complete;
                         self.start_silent_wait(now_us);
                     }
                 }
@@ -544,7 +528,7 @@ impl Run<'_> {
                 .plan
                 .as_ref()
                 .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            Phase::Drain { .. } => self.next_check_us,
+            Phase::Drain { .. } => self.drain.next_check_us,
             // A close wakes the poll by itself.
             Phase::SilentWait { deadline_us } => deadline_us,
             Phase::Done => u64::MAX,
@@ -878,12 +862,12 @@ impl Run<'_> {
             keepalives_answered: self.keepalives_answered,
             keepalives_silent: self.keepalives_silent,
             ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: self.drain_start_us.map_or(0, |start| {
+            drain_used_us: self.drain.start_us.map_or(0, |start| {
                 self.silent_start_us
                     .unwrap_or(done_us)
                     .saturating_sub(start)
             }),
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             silent_wait_used_us: self
                 .silent_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),

@@ -32,10 +32,9 @@ use std::net::{IpAddr, SocketAddr};
 use switchboard::protocol::matou::codec::Limits;
 
 use crate::driver::{
-    queue_full, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    SEND_QUEUE_BYTES_MAX, START_DELAY_US,
+    queue_full, RunError, SentReceived, RAMP_TIMEOUT_MIN_US, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
 };
-use crate::driver::{Loop, Phases, Progress};
+use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{Named, Protocol, ScenarioKind};
@@ -232,11 +231,9 @@ pub struct Run<'a> {
     ramp_deadline_us: u64,
     ramp_start_us: u64,
     ramp_end_us: u64,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     sign_out_start_us: Option<u64>,
     done_us: u64,
-    next_check_us: u64,
     progress: Progress,
 }
 
@@ -350,11 +347,9 @@ pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
             + RAMP_TIMEOUT_MIN_US.max((cfg.users as u64 * 1_000_000).div_ceil(rate) * 3),
         ramp_start_us: now_us,
         ramp_end_us: now_us,
-        drain_start_us: None,
-        drain_timed_out: false,
+        drain: Drain::default(),
         sign_out_start_us: None,
         done_us: now_us,
-        next_check_us: now_us,
         progress: Progress::new(cfg.progress, now_us),
     };
     Ok(run)
@@ -402,21 +397,16 @@ impl Phases for Run<'_> {
             Phase::Send => {
                 self.send_due();
                 if self.plans_done() {
-                    let now_us = self.io.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
                 }
             }
             Phase::Drain { deadline_us } => {
                 engine::flush_dirty(self);
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                if self.drain.check_due(now_us) {
                     let complete = self.everything_arrived();
                     if complete || now_us >= deadline_us {
-                        self.drain_timed_out = !complete;
+                        self.drain.timed_out = !complete;
                         self.start_sign_out(now_us);
                     }
                 }
@@ -447,7 +437,7 @@ impl Phases for Run<'_> {
                 let (public, link) = self.next_due_us();
                 public.min(link)
             }
-            Phase::Drain { .. } => self.next_check_us,
+            Phase::Drain { .. } => self.drain.next_check_us,
             // A close wakes the poll by itself.
             Phase::SignOut { deadline_us } => deadline_us,
             Phase::Done => u64::MAX,
@@ -540,9 +530,7 @@ impl Wire for Run<'_> {
 
 impl Run<'_> {
     fn plans_done(&self) -> bool {
-        self.plan
-            .as_ref()
-            .is_some_and(|p| self.next_g >= p.messages)
+        Plan::all_taken(self.plan.as_ref(), self.next_g)
             && self
                 .link_plan
                 .as_ref()
@@ -1091,12 +1079,12 @@ impl Run<'_> {
             foreign_messages: self.foreign_messages,
             foreign_notices: self.foreign_notices,
             ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: self.drain_start_us.map_or(0, |start| {
+            drain_used_us: self.drain.start_us.map_or(0, |start| {
                 self.sign_out_start_us
                     .unwrap_or(done_us)
                     .saturating_sub(start)
             }),
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             sign_out_wait_used_us: self
                 .sign_out_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),

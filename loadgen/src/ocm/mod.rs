@@ -46,8 +46,7 @@ use mio::{Interest, Token};
 use switchboard::protocol::ocm::codec;
 
 use crate::driver::{
-    Loop, Phases, Progress, Reactor, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US,
-    START_DELAY_US,
+    Drain, Loop, Phases, Progress, Reactor, RunError, SentReceived, START_DELAY_US,
 };
 use crate::plan::{Due, Plan};
 use crate::registry::{Named, Protocol, ScenarioKind};
@@ -282,12 +281,10 @@ pub struct Run<'a> {
     exit_order: Vec<usize>,
     exit_start_us: u64,
     next_exit: usize,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     exit_phase_start_us: Option<u64>,
     exit_timed_out: bool,
     done_us: u64,
-    next_check_us: u64,
     progress: Progress,
     received_since_send_check: usize,
 }
@@ -410,12 +407,10 @@ pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
         exit_order: Vec::new(),
         exit_start_us: 0,
         next_exit: 0,
-        drain_start_us: None,
-        drain_timed_out: false,
+        drain: Drain::default(),
         exit_phase_start_us: None,
         exit_timed_out: false,
         done_us: now_us,
-        next_check_us: now_us,
         progress: Progress::new(cfg.progress, now_us),
         received_since_send_check: 0,
     };
@@ -450,27 +445,18 @@ impl Phases for Run<'_> {
             }
             Phase::Chat => {
                 self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
-                    let now_us = self.io.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
                 }
             }
             Phase::Drain { deadline_us } => {
                 self.flush_dirty();
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                if self.drain.check_due(now_us) {
                     let queued = self.members.iter().any(|m| !m.queue.is_empty());
                     let complete = !queued && self.accounting.outstanding() == 0;
                     if complete || now_us >= deadline_us {
-                        self.drain_timed_out = !complete;
+                        self.drain.timed_out = !complete;
                         self.start_exit(now_us);
                     }
                 }
@@ -520,7 +506,7 @@ impl Phases for Run<'_> {
                 .plan
                 .as_ref()
                 .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            Phase::Drain { .. } => self.next_check_us,
+            Phase::Drain { .. } => self.drain.next_check_us,
             Phase::Exit => self.exit_intended_us(self.next_exit),
             // Arrivals wake the poll by themselves; the deadline bounds the wait.
             Phase::ExitWait { deadline_us } => deadline_us,
@@ -1331,12 +1317,12 @@ impl Run<'_> {
             leaves_again: self.leaves_again,
             recv_buffers,
             rooms_phase_us: self.rooms_end_us.saturating_sub(self.rooms_start_us),
-            drain_used_us: self.drain_start_us.map_or(0, |start| {
+            drain_used_us: self.drain.start_us.map_or(0, |start| {
                 self.exit_phase_start_us
                     .unwrap_or(done_us)
                     .saturating_sub(start)
             }),
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             exit_used_us: self
                 .exit_phase_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),
