@@ -444,31 +444,20 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
             format!(
-                "{} against {}: {} clients, {} senders, {} msg/s for {:.3} s (+{:.3} s warmup), \
-                 {}-byte messages",
+                "{} against {}: {} clients",
                 self.scenario.to_uppercase(),
                 self.target,
-                s.clients,
-                s.senders,
-                s.rate_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                s.clients
             ),
+            s.senders,
+            format!("{} msg/s", s.rate_per_s),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "messages"),
         );
-        out.line(
-            "connections",
-            format!(
-                "{} requested, {} joined, {} failed; ramp-up {:.3} s",
-                self.connections.requested,
-                self.connections.joined,
-                self.connections.failed,
-                self.connections.ramp_up_ms / 1e3
-            ),
-        );
+        out.connections(&self.connections, "requested", "", None);
         out.line(
             "connect latency",
             format!(
@@ -542,6 +531,55 @@ impl Lines {
 
     pub fn into_string(self) -> String {
         self.0
+    }
+
+    /// The first line: `who` (protocol, target, clients) and the plan's figures, which every
+    /// scenario words alike; `rate` is the send rate as the scenario states it, `payload` the
+    /// size of a message's payload and what the protocol calls it.
+    pub fn scenario(
+        &mut self,
+        who: String,
+        senders: impl std::fmt::Display,
+        rate: String,
+        duration_ms: f64,
+        warmup_ms: f64,
+        (payload_bytes, payload): (usize, &str),
+    ) {
+        self.line(
+            "scenario",
+            format!(
+                "{who}, {senders} senders, {rate} for {:.3} s (+{:.3} s warmup), \
+                 {payload_bytes}-byte {payload}",
+                duration_ms / 1e3,
+                warmup_ms / 1e3
+            ),
+        );
+    }
+
+    /// `requested`: what was asked for ("requested", "online requested"); `failed_more`
+    /// follows the failed count; `handshake`: the server's confirmation and its latency.
+    pub fn connections(
+        &mut self,
+        c: &Connections,
+        requested: &str,
+        failed_more: &str,
+        handshake: Option<(&str, &LatencySummary)>,
+    ) {
+        let mut text = format!(
+            "{} {requested}, {} joined, {} failed{failed_more}; ramp-up {:.3} s",
+            c.requested,
+            c.joined,
+            c.failed,
+            c.ramp_up_ms / 1e3
+        );
+        if let Some((name, l)) = handshake {
+            let _ = write!(
+                text,
+                "; {name} p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
+        self.line("connections", text);
     }
 
     pub fn send_rate(&mut self, send: &SendFigures) {

@@ -349,36 +349,22 @@ impl Report {
         let l = &self.latency_ms;
         let k = &self.links;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
+            format!("MATOU against {}: {} users", self.target, s.users),
+            s.senders,
             format!(
-                "MATOU against {}: {} users, {} senders, {} msg/s ({} deliveries/s) and {} \
-                 links/s for {:.3} s (+{:.3} s warmup), {}-byte messages",
-                self.target,
-                s.users,
-                s.senders,
-                s.rate_per_s,
-                s.planned_deliveries_per_s,
-                s.private_rate_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                "{} msg/s ({} deliveries/s) and {} links/s",
+                s.rate_per_s, s.planned_deliveries_per_s, s.private_rate_per_s
             ),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "messages"),
         );
-        out.line(
-            "connections",
-            format!(
-                "{} requested, {} joined, {} failed ({} refused); ramp-up {:.3} s; login p50 \
-                 {:.3} ms p99 {:.3} ms max {:.3} ms",
-                self.connections.requested,
-                self.connections.joined,
-                self.connections.failed,
-                self.refusals,
-                self.connections.ramp_up_ms / 1e3,
-                l.connect.p50_ms,
-                l.connect.p99_ms,
-                l.connect.max_ms
-            ),
+        out.connections(
+            &self.connections,
+            "requested",
+            &format!(" ({} refused)", self.refusals),
+            Some(("login", &l.connect)),
         );
         let jn = &self.join_notices;
         out.line(

@@ -404,22 +404,19 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
             format!(
-                "OCM against TCP {} / UDP {}: {} rooms x {} members, {} senders, {} msg/s \
-                 ({} deliveries/s) for {:.3} s (+{:.3} s warmup), {}-byte messages",
-                self.tcp_target,
-                self.udp_target,
-                s.rooms,
-                s.members,
-                s.senders,
-                s.rate_per_s,
-                s.deliveries_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                "OCM against TCP {} / UDP {}: {} rooms x {} members",
+                self.tcp_target, self.udp_target, s.rooms, s.members
             ),
+            s.senders,
+            format!(
+                "{} msg/s ({} deliveries/s)",
+                s.rate_per_s, s.deliveries_per_s
+            ),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "messages"),
         );
         let r = &self.rooms;
         out.line(
