@@ -254,6 +254,30 @@ pub struct Losses {
     pub undelivered: u64,
 }
 
+impl Connections {
+    /// `ramp_us`: the ramp-up's length.
+    pub fn new(requested: usize, joined: usize, ramp_us: u64) -> Connections {
+        Connections {
+            requested,
+            joined,
+            failed: requested - joined,
+            ramp_up_ms: ramp_us as f64 / 1e3,
+        }
+    }
+}
+
+impl SendFigures {
+    /// `sent_in_window`: the messages whose write completed in the plan's measured window.
+    pub fn new(plan: &Plan, sent: u64, sent_in_window: u64, rate_per_s: u64) -> SendFigures {
+        SendFigures {
+            planned: plan.messages,
+            sent,
+            target_rate_per_s: rate_per_s as f64,
+            achieved_rate_per_s: plan.per_s(sent_in_window),
+        }
+    }
+}
+
 impl NotSent {
     pub fn new(queue_full: u64, connection_lost: u64, at_end: u64) -> NotSent {
         NotSent {
@@ -403,18 +427,8 @@ impl Report {
                 seed: cfg.seed,
                 strict,
             },
-            connections: Connections {
-                requested: run.clients_requested,
-                joined: run.clients_joined,
-                failed: run.clients_requested - run.clients_joined,
-                ramp_up_ms: run.ramp_us as f64 / 1e3,
-            },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             deliveries: Deliveries {
                 expected: run.sent * run.clients_joined as u64,

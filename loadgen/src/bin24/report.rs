@@ -226,12 +226,7 @@ impl Report {
                 strict,
                 run_id: format!("{:08x}", cfg.run_id),
             },
-            connections: Connections {
-                requested: run.online_requested,
-                joined: run.online_joined,
-                failed: run.online_requested - run.online_joined,
-                ramp_up_ms: run.ramp_us as f64 / 1e3,
-            },
+            connections: Connections::new(run.online_requested, run.online_joined, run.ramp_us),
             reconnects: Reconnects {
                 requested: run.reconnect_requested,
                 joined: run.reconnect_joined,
@@ -241,12 +236,7 @@ impl Report {
                 duration_ms: run.reconnect_used_us as f64 / 1e3,
                 timed_out: run.reconnect_timed_out,
             },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             messages: run.tally,
             answers: Answers {

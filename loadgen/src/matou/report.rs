@@ -280,18 +280,8 @@ impl Report {
                 strict,
                 run_id: format!("{:08x}", cfg.run_id),
             },
-            connections: Connections {
-                requested: run.users_requested,
-                joined: run.users_joined,
-                failed: run.users_requested - run.users_joined,
-                ramp_up_ms: run.ramp_us as f64 / 1e3,
-            },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             deliveries: Deliveries {
                 expected: run.expected_deliveries,

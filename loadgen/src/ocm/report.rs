@@ -340,12 +340,7 @@ impl Report {
                 acknowledgements: run.tcrp_acknowledgements,
                 duration_ms: run.rooms_phase_us as f64 / 1e3,
             },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             deliveries: Deliveries {
                 expected: losses.expected,
