@@ -163,7 +163,7 @@ impl ChurnReport {
 
 /// What a connection waits for before it may leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
+pub enum Stage {
     Connecting,
     /// ROOM only: waiting for `alias?` before sending the alias.
     Prompt,
@@ -428,29 +428,7 @@ impl Run<'_> {
             return;
         }
         let name = churn_name(conn.protocol, conn.index);
-        match conn.protocol {
-            Protocol::Room => conn.stage = Stage::Prompt,
-            Protocol::Bin24 => {
-                conn.out = bin24_frame(0, 0, &name, &name, b"churn");
-                conn.stage = Stage::Answer;
-            }
-            Protocol::Ccm => {
-                conn.out = format!(
-                    "CCM\\1.0 Identity\nContent-Length: {}\n\n{name}",
-                    name.len()
-                )
-                .into_bytes();
-                conn.stage = Stage::Answer;
-            }
-            Protocol::Matou => {
-                conn.out = matou_connect(&name);
-                conn.stage = Stage::Answer;
-            }
-            Protocol::Ocm => {
-                conn.out = tcrp_join_missing(&name);
-                conn.stage = Stage::Answer;
-            }
-        }
+        (conn.out, conn.stage) = (conn.protocol.info().sign_in.hello)(&name);
         conn.written = 0;
     }
 
@@ -515,78 +493,26 @@ impl Run<'_> {
     fn advance(&mut self, key: usize) -> bool {
         let conn = &mut self.conns[key];
         let name = churn_name(conn.protocol, conn.index);
-        match (conn.protocol, conn.stage) {
-            (Protocol::Room, Stage::Prompt) => {
-                match check_prefix(&conn.input, b"alias?") {
-                    Check::Wait => return true,
-                    Check::Bad => return self.unexpected(key),
-                    Check::Done => {}
-                }
-                conn.input.clear();
-                conn.out = name.into_bytes();
-                conn.written = 0;
-                conn.stage = Stage::Answer;
-                return self.flush(key);
-            }
-            (Protocol::Room, Stage::Answer) => {
-                // The join notice comes first and may be preceded by others' notices: only
-                // the greeting, which goes to the newcomer alone, proves the join.
-                if find(&conn.input, b"Voce esta conectado ao servidor!").is_none() {
-                    return true;
-                }
-            }
-            (Protocol::Bin24, Stage::Answer) => {
-                let echo = bin24_frame(0, 0, &name, &name, b"churn");
-                match check_prefix(&conn.input, &echo) {
-                    Check::Wait => return true,
-                    Check::Bad => return self.unexpected(key),
-                    Check::Done => {}
-                }
-                conn.input.drain(..echo.len());
-                conn.out = bin24_frame(1, 0, &name, &name, b"200");
-                conn.written = 0;
-                conn.stage = Stage::AnswerEcho;
-                return self.flush(key);
-            }
-            (Protocol::Bin24, Stage::AnswerEcho) => {
-                let echo = bin24_frame(1, 0, &name, &name, b"200");
-                match check_prefix(&conn.input, &echo) {
-                    Check::Wait => return true,
-                    Check::Bad => return self.unexpected(key),
-                    Check::Done => {}
-                }
-            }
-            (Protocol::Ccm, Stage::Answer) => {
-                let Some(end) = find(&conn.input, b"\n\n") else {
-                    return true;
-                };
-                if !conn.input[..end].starts_with(b"CCM\\1.0 Identity\nUser: ") {
-                    return self.unexpected(key);
-                }
-            }
-            (Protocol::Matou, Stage::Answer) => match check_prefix(&conn.input, &[0, 0, 0, 2, 1]) {
-                Check::Wait => return true,
-                Check::Bad => return self.unexpected(key),
-                Check::Done => {}
-            },
-            (Protocol::Ocm, Stage::Answer) => {
-                // RoomNameSize, operation 2 echoed, state 0, then the size and a 400 JSON.
-                if conn.input.len() < 3 {
-                    return true;
-                }
-                if conn.input[1..3] != [2, 0] {
-                    return self.unexpected(key);
-                }
-                conn.stage = Stage::ServerClose;
+        match (conn.protocol.info().sign_in.answer)(&name, conn.stage, &conn.input) {
+            Step::Wait => return true,
+            Step::Unexpected => return self.unexpected(key),
+            Step::Then(stage) => {
+                conn.stage = stage;
                 return true;
             }
-            // The answer is checked whole at the server's close.
-            (Protocol::Ocm, Stage::ServerClose) => return true,
-            (_, stage) => {
-                let why = format!("bytes at stage {stage:?}");
+            Step::Reply { read, out, then } => {
+                conn.input.drain(..read);
+                conn.out = out;
+                conn.written = 0;
+                conn.stage = then;
+                return self.flush(key);
+            }
+            Step::Stray => {
+                let why = format!("bytes at stage {:?}", conn.stage);
                 self.fail(key, ErrorKind::Protocol, why);
                 return false;
             }
+            Step::SignedIn => {}
         }
         self.signed_in_now(key);
         self.leave(key);
@@ -682,14 +608,14 @@ impl Run<'_> {
     }
 }
 
-enum Check {
+pub enum Check {
     Wait,
     Bad,
     Done,
 }
 
 /// Whether `input` starts with `expected`: not yet (a prefix of it), no, or yes.
-fn check_prefix(input: &[u8], expected: &[u8]) -> Check {
+pub fn check_prefix(input: &[u8], expected: &[u8]) -> Check {
     let n = input.len().min(expected.len());
     if input[..n] != expected[..n] {
         Check::Bad
@@ -700,7 +626,7 @@ fn check_prefix(input: &[u8], expected: &[u8]) -> Check {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
@@ -720,63 +646,54 @@ fn churn_name(protocol: Protocol, index: u64) -> String {
     format!("{prefix}{}", String::from_utf8_lossy(&digits))
 }
 
-/// BIN24: len (LE u16, header included), type, messageID (LE u32), SRC, DST, body.
-fn bin24_frame(kind: u16, id: u32, src: &str, dst: &str, body: &[u8]) -> Vec<u8> {
-    let len = (24 + body.len()) as u16;
-    let mut frame = Vec::with_capacity(usize::from(len));
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&kind.to_le_bytes());
-    frame.extend_from_slice(&id.to_le_bytes());
-    for name in [src, dst] {
-        let mut field = [0u8; 8];
-        let bytes = name.as_bytes();
-        let n = bytes.len().min(8);
-        field[..n].copy_from_slice(&bytes[..n]);
-        frame.extend_from_slice(&field);
-    }
-    frame.extend_from_slice(body);
-    frame
-}
-
-fn matou_string(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-fn matou_connect(name: &str) -> Vec<u8> {
-    let mut packet = 1i32.to_be_bytes().to_vec();
-    matou_string(&mut packet, name);
-    packet
-}
-
-/// A join (operation 2) of a room nobody creates: answered 400 and closed by the server.
-fn tcrp_join_missing(name: &str) -> Vec<u8> {
-    const ROOM: &[u8] = b"churn-no-such-room";
-    let payload = format!("{{\"user_name\": \"{name}\", \"user_address\": [\"127.0.0.1\", 9]}}");
-    let mut request = vec![ROOM.len() as u8, 2, 0];
-    request.extend_from_slice(&[0u8; 21]);
-    request.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    request.extend_from_slice(ROOM);
-    request.extend_from_slice(payload.as_bytes());
-    request
-}
-
 /// The first half of a frame the protocol would accept after sign-in.
 fn partial_frame(protocol: Protocol, index: u64) -> Vec<u8> {
-    let name = churn_name(protocol, index);
-    let mut whole = match protocol {
-        Protocol::Room => b"a message cut short".to_vec(),
-        Protocol::Bin24 => bin24_frame(0, 1, &name, &name, b"never finished"),
-        Protocol::Ccm => b"CCM\\1.0 Text\nAddressee: nobody\nContent-Length: 40\n\nhalf".to_vec(),
-        Protocol::Matou => {
-            let mut packet = 4i32.to_be_bytes().to_vec();
-            matou_string(&mut packet, "never finished");
-            packet
-        }
-        Protocol::Ocm => tcrp_join_missing(&name),
-    };
+    let mut whole = (protocol.info().sign_in.frame)(&churn_name(protocol, index));
     whole.truncate(whole.len() / 2);
     whole
+}
+
+/// How one protocol's client signs in, for churn: each protocol's folder has one, which the
+/// registry lists.
+pub struct SignIn {
+    /// What the client writes once connected (nothing if the server speaks first), and the
+    /// stage it then waits in.
+    pub hello: fn(name: &str) -> (Vec<u8>, Stage),
+    /// What the server's bytes so far mean at a stage.
+    pub answer: fn(name: &str, stage: Stage, input: &[u8]) -> Step,
+    /// A whole frame the protocol would accept after sign-in (churn sends half of it).
+    pub frame: fn(name: &str) -> Vec<u8>,
+}
+
+/// What a protocol makes of the server's bytes so far.
+pub enum Step {
+    /// Not enough yet.
+    Wait,
+    /// Not what the server should have said.
+    Unexpected,
+    /// The sign-in is proven.
+    SignedIn,
+    /// Consume `read` bytes, write `out` and wait in stage `then`.
+    Reply {
+        read: usize,
+        out: Vec<u8>,
+        then: Stage,
+    },
+    /// Wait in stage `then` for the rest (OCM: the server's close).
+    Then(Stage),
+    /// The protocol expects no bytes at this stage.
+    Stray,
+}
+
+impl Check {
+    /// `Wait` and `Bad` as a [`Step`], `Done` as `done`.
+    pub fn step(self, done: impl FnOnce() -> Step) -> Step {
+        match self {
+            Check::Wait => Step::Wait,
+            Check::Bad => Step::Unexpected,
+            Check::Done => done(),
+        }
+    }
 }
 
 #[cfg(test)]

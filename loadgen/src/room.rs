@@ -1076,6 +1076,34 @@ fn on_scanned(
     }
 }
 
+/// ROOM's sign-in for `loadgen churn`: wait for `alias?`, send an alias, wait for the greeting.
+pub mod churn {
+    use crate::churn::{check_prefix, find, SignIn, Stage, Step};
+
+    pub static SIGN_IN: SignIn = SignIn {
+        hello: |_| (Vec::new(), Stage::Prompt),
+        answer,
+        frame: |_| b"a message cut short".to_vec(),
+    };
+
+    fn answer(name: &str, stage: Stage, input: &[u8]) -> Step {
+        match stage {
+            Stage::Prompt => check_prefix(input, b"alias?").step(|| Step::Reply {
+                read: input.len(),
+                out: name.as_bytes().to_vec(),
+                then: Stage::Answer,
+            }),
+            // The join notice comes first and may be preceded by others' notices: only the
+            // greeting, which goes to the newcomer alone, proves the join.
+            Stage::Answer if find(input, b"Voce esta conectado ao servidor!").is_none() => {
+                Step::Wait
+            }
+            Stage::Answer => Step::SignedIn,
+            _ => Step::Stray,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

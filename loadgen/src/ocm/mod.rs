@@ -27,6 +27,7 @@
 //! kernel granted is reported.
 
 mod accounting;
+pub mod churn;
 pub mod report;
 pub mod stamp;
 mod udp;
