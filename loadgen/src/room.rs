@@ -242,7 +242,72 @@ impl ScenarioKind for Room {
     type Report = crate::report::Report;
 
     fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let ramp_start_us = io.clock.now_us();
+        let publishers = match cfg.wire {
+            Wire::Room => 0,
+            Wire::Resp { .. } => cfg.senders,
+        };
+        let connections = cfg.clients + publishers;
+        let planned_ramp_us = (connections as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
+        let clients = (0..connections)
+            .map(|i| {
+                let mut alias = [0u8; 8];
+                record::write_alias(&mut alias, i as u32);
+                Client {
+                    stream: None,
+                    phase: ClientPhase::Idle,
+                    readable: false,
+                    writable: false,
+                    scanner: Scanner::new(),
+                    resp: match &cfg.wire {
+                        Wire::Room => None,
+                        Wire::Resp { channel } => Some(resp::Reader::new(channel)),
+                    },
+                    publisher: i >= cfg.clients,
+                    sender: None,
+                    intended_connect_us: ramp_start_us
+                        + i as u64 * 1_000_000 / cfg.connect_rate_per_s,
+                    alias,
+                    joined: false,
+                }
+            })
+            .collect();
+        let run = Run {
+            cfg,
+            io,
+            clients,
+            senders: Vec::new(),
+            framing: Framing::new(&cfg.wire, cfg.message_bytes),
+            live_receivers: 0,
+            m: Measurements {
+                connect_latency: LatencyHistogram::new(),
+                delivery_latency: LatencyHistogram::new(),
+                own: OwnLags::default(),
+                errors: ErrorCounts::default(),
+                tracker: SeqTracker::new(0, 0),
+                sent_in_window: 0,
+                delivered_in_window: 0,
+                not_sent_queue_full: 0,
+                not_sent_connection_lost: 0,
+                sent_total: 0,
+                publish_replies: 0,
+            },
+            phase: Phase::Ramp,
+            plan: None,
+            next_g: 0,
+            next_connect: 0,
+            ramp_start_us,
+            ramp_deadline_us: ramp_start_us + RAMP_TIMEOUT_MIN_US.max(planned_ramp_us * 3),
+            ramp_end_us: 0,
+            joined_count: 0,
+            settled_count: 0,
+            drain_start_us: 0,
+            drain_next_check_us: 0,
+            drain_completed: false,
+            progress: Progress::new(cfg.progress, ramp_start_us),
+        };
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> RoomOutcome {
         run.finish()
@@ -285,76 +350,6 @@ impl ScenarioKind for Room {
             Wire::Resp { .. } => "resp",
         }
     }
-}
-
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
-    let io = Loop::new()?;
-    let ramp_start_us = io.clock.now_us();
-    let publishers = match cfg.wire {
-        Wire::Room => 0,
-        Wire::Resp { .. } => cfg.senders,
-    };
-    let connections = cfg.clients + publishers;
-    let planned_ramp_us = (connections as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
-    let clients = (0..connections)
-        .map(|i| {
-            let mut alias = [0u8; 8];
-            record::write_alias(&mut alias, i as u32);
-            Client {
-                stream: None,
-                phase: ClientPhase::Idle,
-                readable: false,
-                writable: false,
-                scanner: Scanner::new(),
-                resp: match &cfg.wire {
-                    Wire::Room => None,
-                    Wire::Resp { channel } => Some(resp::Reader::new(channel)),
-                },
-                publisher: i >= cfg.clients,
-                sender: None,
-                intended_connect_us: ramp_start_us + i as u64 * 1_000_000 / cfg.connect_rate_per_s,
-                alias,
-                joined: false,
-            }
-        })
-        .collect();
-    let run = Run {
-        cfg,
-        io,
-        clients,
-        senders: Vec::new(),
-        framing: Framing::new(&cfg.wire, cfg.message_bytes),
-        live_receivers: 0,
-        m: Measurements {
-            connect_latency: LatencyHistogram::new(),
-            delivery_latency: LatencyHistogram::new(),
-            own: OwnLags::default(),
-            errors: ErrorCounts::default(),
-            tracker: SeqTracker::new(0, 0),
-            sent_in_window: 0,
-            delivered_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
-            sent_total: 0,
-            publish_replies: 0,
-        },
-        phase: Phase::Ramp,
-        plan: None,
-        next_g: 0,
-        next_connect: 0,
-        ramp_start_us,
-        ramp_deadline_us: ramp_start_us + RAMP_TIMEOUT_MIN_US.max(planned_ramp_us * 3),
-        ramp_end_us: 0,
-        joined_count: 0,
-        settled_count: 0,
-        drain_start_us: 0,
-        drain_next_check_us: 0,
-        drain_completed: false,
-        progress: Progress::new(cfg.progress, ramp_start_us),
-    };
-    Ok(run)
 }
 
 impl Phases for Run<'_> {

@@ -246,7 +246,65 @@ impl ScenarioKind for Bin24 {
     type Report = report::Report;
 
     fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let users = (0..cfg.users)
+            .map(|i| User {
+                name: user_name(i),
+                partner: cfg.pattern.partner(i, cfg.users),
+                offline: cfg.offline.get(i).copied().unwrap_or(false),
+                sender: None,
+                conn: Conn::default(),
+                phase: UserPhase::Idle,
+                intended_connect_us: 0,
+                in_wave: false,
+                reconnecting: false,
+                ever_joined: false,
+                reconnect_attempts: 0,
+            })
+            .collect();
+        let now_us = io.clock.now_us();
+        let mut run = Run {
+            cfg,
+            io,
+            users,
+            senders: Vec::new(),
+            write_lag_us: Vec::new(),
+            ledger: Ledger::default(),
+            body_buf: vec![0; cfg.body_bytes.max(STAMP_BYTES)],
+            m: Measurements {
+                latency: Latencies::default(),
+                errors: ErrorCounts::default(),
+                sent_total: 0,
+                sent_in_window: 0,
+                answered_in_window: 0,
+                delivered_live_in_window: 0,
+                not_sent_queue_full: 0,
+                not_sent_connection_lost: 0,
+                not_sent_at_end: 0,
+                foreign_frames: 0,
+                stored_hellos: 0,
+                stored_frames: 0,
+            },
+            phase: Phase::Ramp,
+            plan: None,
+            next_g: 0,
+            wave: Vec::new(),
+            next_connect: 0,
+            wave_unsettled: 0,
+            wave_deadline_us: 0,
+            ramp_start_us: now_us,
+            ramp_end_us: now_us,
+            drain: Drain::default(),
+            reconnect_start_us: None,
+            reconnect_timed_out: false,
+            done_us: now_us,
+            reconnect_of_online: 0,
+            reconnect_retries: 0,
+            progress: Progress::new(cfg.progress, now_us),
+        };
+        let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
+        run.start_wave(online, now_us);
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> Bin24Outcome {
         run.finish()
@@ -284,70 +342,6 @@ impl ScenarioKind for Bin24 {
     fn unreachable(cfg: &Bin24Config) -> String {
         format!("no user could join a BIN24 server at {}", cfg.target)
     }
-}
-
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-    let io = Loop::new()?;
-    let users = (0..cfg.users)
-        .map(|i| User {
-            name: user_name(i),
-            partner: cfg.pattern.partner(i, cfg.users),
-            offline: cfg.offline.get(i).copied().unwrap_or(false),
-            sender: None,
-            conn: Conn::default(),
-            phase: UserPhase::Idle,
-            intended_connect_us: 0,
-            in_wave: false,
-            reconnecting: false,
-            ever_joined: false,
-            reconnect_attempts: 0,
-        })
-        .collect();
-    let now_us = io.clock.now_us();
-    let mut run = Run {
-        cfg,
-        io,
-        users,
-        senders: Vec::new(),
-        write_lag_us: Vec::new(),
-        ledger: Ledger::default(),
-        body_buf: vec![0; cfg.body_bytes.max(STAMP_BYTES)],
-        m: Measurements {
-            latency: Latencies::default(),
-            errors: ErrorCounts::default(),
-            sent_total: 0,
-            sent_in_window: 0,
-            answered_in_window: 0,
-            delivered_live_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
-            not_sent_at_end: 0,
-            foreign_frames: 0,
-            stored_hellos: 0,
-            stored_frames: 0,
-        },
-        phase: Phase::Ramp,
-        plan: None,
-        next_g: 0,
-        wave: Vec::new(),
-        next_connect: 0,
-        wave_unsettled: 0,
-        wave_deadline_us: 0,
-        ramp_start_us: now_us,
-        ramp_end_us: now_us,
-        drain: Drain::default(),
-        reconnect_start_us: None,
-        reconnect_timed_out: false,
-        done_us: now_us,
-        reconnect_of_online: 0,
-        reconnect_retries: 0,
-        progress: Progress::new(cfg.progress, now_us),
-    };
-    let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
-    run.start_wave(online, now_us);
-    Ok(run)
 }
 
 impl Phases for Run<'_> {

@@ -202,7 +202,76 @@ impl ScenarioKind for Ccm {
     type Report = report::Report;
 
     fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let now_us = io.clock.now_us();
+        let rate = cfg.connect_rate_per_s.max(1);
+        let total = cfg.users + cfg.silent;
+        // Silent users are spread through the ramp-up rather than left to its end.
+        let users: Vec<User> = (0..total)
+            .map(|i| {
+                let (name, role, partner) = if i < cfg.users {
+                    (
+                        active_name(i),
+                        Role::Active,
+                        cfg.pattern.partner(i, cfg.users),
+                    )
+                } else {
+                    (silent_name(i - cfg.users), Role::Silent, i)
+                };
+                User {
+                    name,
+                    role,
+                    partner,
+                    sender: None,
+                    conn: Conn::default(),
+                    phase: UserPhase::Idle,
+                    intended_connect_us: 0,
+                    in_ramp: true,
+                    token: Bytes::new(),
+                    last_write_us: 0,
+                    keepalives: 0,
+                }
+            })
+            .collect();
+        let mut run = Run {
+            cfg,
+            io,
+            users,
+            senders: Vec::new(),
+            accounting: Accounting::new(0),
+            content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
+            latency: Latencies::default(),
+            errors: ErrorCounts::default(),
+            sent: 0,
+            sent_in_window: 0,
+            delivered_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            foreign_messages: 0,
+            keepalives_active: 0,
+            keepalives_answered: 0,
+            keepalives_silent: 0,
+            silent_closed: 0,
+            silent_closed_without_keepalive: 0,
+            phase: Phase::Ramp,
+            plan: None,
+            next_g: 0,
+            next_connect: 0,
+            ramp_unsettled: total,
+            ramp_deadline_us: now_us
+                + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
+            ramp_start_us: now_us,
+            ramp_end_us: now_us,
+            drain: Drain::default(),
+            silent_start_us: None,
+            done_us: now_us,
+            progress: Progress::new(cfg.progress, now_us),
+            order: connect_order(cfg.users, cfg.silent),
+        };
+        for (k, &u) in run.order.iter().enumerate() {
+            run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
+        }
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> CcmOutcome {
         run.finish()
@@ -235,81 +304,6 @@ impl ScenarioKind for Ccm {
     fn unreachable(cfg: &CcmConfig) -> String {
         format!("no user could join a CCM server at {}", cfg.target)
     }
-}
-
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
-    let io = Loop::new()?;
-    let now_us = io.clock.now_us();
-    let rate = cfg.connect_rate_per_s.max(1);
-    let total = cfg.users + cfg.silent;
-    // Silent users are spread through the ramp-up rather than left to its end.
-    let users: Vec<User> = (0..total)
-        .map(|i| {
-            let (name, role, partner) = if i < cfg.users {
-                (
-                    active_name(i),
-                    Role::Active,
-                    cfg.pattern.partner(i, cfg.users),
-                )
-            } else {
-                (silent_name(i - cfg.users), Role::Silent, i)
-            };
-            User {
-                name,
-                role,
-                partner,
-                sender: None,
-                conn: Conn::default(),
-                phase: UserPhase::Idle,
-                intended_connect_us: 0,
-                in_ramp: true,
-                token: Bytes::new(),
-                last_write_us: 0,
-                keepalives: 0,
-            }
-        })
-        .collect();
-    let mut run = Run {
-        cfg,
-        io,
-        users,
-        senders: Vec::new(),
-        accounting: Accounting::new(0),
-        content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
-        latency: Latencies::default(),
-        errors: ErrorCounts::default(),
-        sent: 0,
-        sent_in_window: 0,
-        delivered_in_window: 0,
-        not_sent_queue_full: 0,
-        not_sent_connection_lost: 0,
-        foreign_messages: 0,
-        keepalives_active: 0,
-        keepalives_answered: 0,
-        keepalives_silent: 0,
-        silent_closed: 0,
-        silent_closed_without_keepalive: 0,
-        phase: Phase::Ramp,
-        plan: None,
-        next_g: 0,
-        next_connect: 0,
-        ramp_unsettled: total,
-        ramp_deadline_us: now_us
-            + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
-        ramp_start_us: now_us,
-        ramp_end_us: now_us,
-        drain: Drain::default(),
-        silent_start_us: None,
-        done_us: now_us,
-        progress: Progress::new(cfg.progress, now_us),
-        order: connect_order(cfg.users, cfg.silent),
-    };
-    for (k, &u) in run.order.iter().enumerate() {
-        run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
-    }
-    Ok(run)
 }
 
 /// The order users connect in: the silent ones (indices `users..`) spread evenly among the

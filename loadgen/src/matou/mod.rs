@@ -250,7 +250,73 @@ impl ScenarioKind for Matou {
     type Report = report::Report;
 
     fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let now_us = io.clock.now_us();
+        let rate = cfg.connect_rate_per_s.max(1);
+        let users: Vec<User> = (0..cfg.users)
+            .map(|i| User {
+                name: wire::user_name(cfg.run_id, i),
+                ip: None,
+                sender: None,
+                conn: Conn::default(),
+                phase: UserPhase::Idle,
+                intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
+                in_ramp: true,
+                joined: false,
+                in_room_after_ramp: false,
+            })
+            .collect();
+        let run = Run {
+            cfg,
+            io,
+            users,
+            senders: Vec::new(),
+            pool: Vec::new(),
+            accounting: Accounting::new(0, 0),
+            links: Links::new(),
+            join_ledger: NoticeLedger::new(cfg.users),
+            sign_out_ledger: NoticeLedger::new(cfg.users),
+            link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
+            limits: Limits::default(),
+            content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
+            latency: Latencies::default(),
+            errors: ErrorCounts::default(),
+            sent: 0,
+            sent_in_window: 0,
+            delivered_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            not_sent_at_end: 0,
+            links_not_sent_connection_lost: 0,
+            links_not_sent_queue_full: 0,
+            links_not_sent_busy: 0,
+            links_requested_in_window: 0,
+            links_completed_in_window: 0,
+            address_mismatches: 0,
+            signed_out: 0,
+            closed_after_sign_out: 0,
+            error_packets: 0,
+            refusals: 0,
+            decode_errors: 0,
+            foreign_messages: 0,
+            foreign_notices: 0,
+            phase: Phase::Ramp,
+            plan: None,
+            link_plan: None,
+            next_g: 0,
+            next_link: 0,
+            next_connect: 0,
+            ramp_unsettled: cfg.users,
+            ramp_deadline_us: now_us
+                + RAMP_TIMEOUT_MIN_US.max((cfg.users as u64 * 1_000_000).div_ceil(rate) * 3),
+            ramp_start_us: now_us,
+            ramp_end_us: now_us,
+            drain: Drain::default(),
+            sign_out_start_us: None,
+            done_us: now_us,
+            progress: Progress::new(cfg.progress, now_us),
+        };
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> MatouOutcome {
         run.finish()
@@ -282,78 +348,6 @@ impl ScenarioKind for Matou {
     fn unreachable(cfg: &MatouConfig) -> String {
         format!("no user could join a MATOU server at {}", cfg.target)
     }
-}
-
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-    let io = Loop::new()?;
-    let now_us = io.clock.now_us();
-    let rate = cfg.connect_rate_per_s.max(1);
-    let users: Vec<User> = (0..cfg.users)
-        .map(|i| User {
-            name: wire::user_name(cfg.run_id, i),
-            ip: None,
-            sender: None,
-            conn: Conn::default(),
-            phase: UserPhase::Idle,
-            intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
-            in_ramp: true,
-            joined: false,
-            in_room_after_ramp: false,
-        })
-        .collect();
-    let run = Run {
-        cfg,
-        io,
-        users,
-        senders: Vec::new(),
-        pool: Vec::new(),
-        accounting: Accounting::new(0, 0),
-        links: Links::new(),
-        join_ledger: NoticeLedger::new(cfg.users),
-        sign_out_ledger: NoticeLedger::new(cfg.users),
-        link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
-        limits: Limits::default(),
-        content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
-        latency: Latencies::default(),
-        errors: ErrorCounts::default(),
-        sent: 0,
-        sent_in_window: 0,
-        delivered_in_window: 0,
-        not_sent_queue_full: 0,
-        not_sent_connection_lost: 0,
-        not_sent_at_end: 0,
-        links_not_sent_connection_lost: 0,
-        links_not_sent_queue_full: 0,
-        links_not_sent_busy: 0,
-        links_requested_in_window: 0,
-        links_completed_in_window: 0,
-        address_mismatches: 0,
-        signed_out: 0,
-        closed_after_sign_out: 0,
-        error_packets: 0,
-        refusals: 0,
-        decode_errors: 0,
-        foreign_messages: 0,
-        foreign_notices: 0,
-        phase: Phase::Ramp,
-        plan: None,
-        link_plan: None,
-        next_g: 0,
-        next_link: 0,
-        next_connect: 0,
-        ramp_unsettled: cfg.users,
-        ramp_deadline_us: now_us
-            + RAMP_TIMEOUT_MIN_US.max((cfg.users as u64 * 1_000_000).div_ceil(rate) * 3),
-        ramp_start_us: now_us,
-        ramp_end_us: now_us,
-        drain: Drain::default(),
-        sign_out_start_us: None,
-        done_us: now_us,
-        progress: Progress::new(cfg.progress, now_us),
-    };
-    Ok(run)
 }
 
 /// Whether `address` (the bytes of a PRIVATE_*_ADDRESS) is `ip`: 4 bytes for IPv4, 16 for IPv6.

@@ -302,7 +302,82 @@ impl ScenarioKind for Ocm {
     type Report = report::Report;
 
     fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let now_us = io.clock.now_us();
+        let total = cfg.rooms * cfg.members;
+        let members = (0..total)
+            .map(|u| Member {
+                name: wire::member_name(u),
+                room: u / cfg.members,
+                is_host: u % cfg.members == 0,
+                phase: MemberPhase::Idle,
+                udp: None,
+                readable: false,
+                writable: false,
+                tcrp: None,
+                token: Bytes::new(),
+                request_intended_us: 0,
+                in_rooms_phase: true,
+                sender: None,
+                queue: VecDeque::new(),
+                leaves: Vec::new(),
+                exit_intended_us: 0,
+            })
+            .collect();
+        let start_us = now_us + START_DELAY_US;
+        let room_rate = cfg.room_rate_per_s.max(1);
+        let planned_us = (cfg.rooms as u64 * 1_000_000).div_ceil(room_rate);
+        let run = Run {
+            cfg,
+            io,
+            members,
+            room_names: (0..cfg.rooms)
+                .map(|r| wire::room_name(cfg.run_id, r))
+                .collect(),
+            room_created: vec![false; cfg.rooms],
+            senders: Vec::new(),
+            accounting: Accounting::new(cfg.rooms, cfg.members),
+            batch: udp::RecvBatch::new(RECV_BATCH_DATAGRAMS),
+            udp_inodes: HashSet::new(),
+            message_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
+            latency: Latencies::default(),
+            errors: ErrorCounts::default(),
+            recv_buffers: RecvBuffers {
+                requested_bytes: cfg.recv_buffer_bytes,
+                granted_min_bytes: usize::MAX,
+                ..RecvBuffers::default()
+            },
+            tcrp_acknowledgements: 0,
+            echoes: 0,
+            sent: 0,
+            sent_in_window: 0,
+            delivered_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            foreign_texts: 0,
+            exits_sent: 0,
+            leaves_expected: 0,
+            leaves_received: 0,
+            leaves_again: 0,
+            phase: Phase::Rooms,
+            plan: None,
+            next_g: 0,
+            next_room: 0,
+            rooms_start_us: start_us,
+            rooms_deadline_us: start_us + ROOMS_TIMEOUT_MIN_US.max(planned_us * 3),
+            rooms_end_us: start_us,
+            unsettled: total,
+            exit_order: Vec::new(),
+            exit_start_us: 0,
+            next_exit: 0,
+            drain: Drain::default(),
+            exit_phase_start_us: None,
+            exit_timed_out: false,
+            done_us: now_us,
+            progress: Progress::new(cfg.progress, now_us),
+            received_since_send_check: 0,
+        };
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> OcmOutcome {
         run.finish()
@@ -335,87 +410,6 @@ impl ScenarioKind for Ocm {
             cfg.tcp_target, cfg.udp_target
         )
     }
-}
-
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
-    let io = Loop::new()?;
-    let now_us = io.clock.now_us();
-    let total = cfg.rooms * cfg.members;
-    let members = (0..total)
-        .map(|u| Member {
-            name: wire::member_name(u),
-            room: u / cfg.members,
-            is_host: u % cfg.members == 0,
-            phase: MemberPhase::Idle,
-            udp: None,
-            readable: false,
-            writable: false,
-            tcrp: None,
-            token: Bytes::new(),
-            request_intended_us: 0,
-            in_rooms_phase: true,
-            sender: None,
-            queue: VecDeque::new(),
-            leaves: Vec::new(),
-            exit_intended_us: 0,
-        })
-        .collect();
-    let start_us = now_us + START_DELAY_US;
-    let room_rate = cfg.room_rate_per_s.max(1);
-    let planned_us = (cfg.rooms as u64 * 1_000_000).div_ceil(room_rate);
-    let run = Run {
-        cfg,
-        io,
-        members,
-        room_names: (0..cfg.rooms)
-            .map(|r| wire::room_name(cfg.run_id, r))
-            .collect(),
-        room_created: vec![false; cfg.rooms],
-        senders: Vec::new(),
-        accounting: Accounting::new(cfg.rooms, cfg.members),
-        batch: udp::RecvBatch::new(RECV_BATCH_DATAGRAMS),
-        udp_inodes: HashSet::new(),
-        message_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
-        latency: Latencies::default(),
-        errors: ErrorCounts::default(),
-        recv_buffers: RecvBuffers {
-            requested_bytes: cfg.recv_buffer_bytes,
-            granted_min_bytes: usize::MAX,
-            ..RecvBuffers::default()
-        },
-        tcrp_acknowledgements: 0,
-        echoes: 0,
-        sent: 0,
-        sent_in_window: 0,
-        delivered_in_window: 0,
-        not_sent_queue_full: 0,
-        not_sent_connection_lost: 0,
-        foreign_texts: 0,
-        exits_sent: 0,
-        leaves_expected: 0,
-        leaves_received: 0,
-        leaves_again: 0,
-        phase: Phase::Rooms,
-        plan: None,
-        next_g: 0,
-        next_room: 0,
-        rooms_start_us: start_us,
-        rooms_deadline_us: start_us + ROOMS_TIMEOUT_MIN_US.max(planned_us * 3),
-        rooms_end_us: start_us,
-        unsettled: total,
-        exit_order: Vec::new(),
-        exit_start_us: 0,
-        next_exit: 0,
-        drain: Drain::default(),
-        exit_phase_start_us: None,
-        exit_timed_out: false,
-        done_us: now_us,
-        progress: Progress::new(cfg.progress, now_us),
-        received_since_send_check: 0,
-    };
-    Ok(run)
 }
 
 impl Phases for Run<'_> {
