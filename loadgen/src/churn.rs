@@ -23,20 +23,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Token};
 use serde::Serialize;
 use slab::Slab;
 
-use crate::clock::Clock;
-use crate::driver::{self, RunError, TIMER};
-use crate::pacer::Pacer;
+use crate::driver::{Loop, RunError, TIMER};
 use crate::plan::SplitMix64;
 pub use crate::registry::Protocol;
 use crate::sockio::{write_pending, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, LatencySummary};
 
 const FIRST_CONN_TOKEN: usize = 1;
-const READ_BUF_BYTES: usize = 16 * 1024;
+/// Bytes taken per read: an answer is judged as it grows, before the next read can make it
+/// too long.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Most bytes a sign-in answer may take before it counts as a protocol error (a MATOU client
 /// also hears others' CONNECT_NOTIFY; a CCM client may hear a keepalive).
 const ANSWER_BYTES_MAX: usize = 64 * 1024;
@@ -163,7 +163,7 @@ impl ChurnReport {
 
 /// What a connection waits for before it may leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
+pub enum Stage {
     Connecting,
     /// ROOM only: waiting for `alias?` before sending the alias.
     Prompt,
@@ -189,14 +189,11 @@ struct Conn {
 
 struct Run<'a> {
     cfg: &'a ChurnConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     conns: Slab<Conn>,
     rng: SplitMix64,
     next_index: u64,
     start_us: u64,
-    read_buf: Vec<u8>,
     latency: LatencyHistogram,
     errors: ErrorCounts,
     endings: EndingCounts,
@@ -213,20 +210,17 @@ pub fn run(cfg: &ChurnConfig) -> Result<ChurnReport, ChurnError> {
             "churn needs a protocol, a rate and a concurrency above 0".to_string(),
         ));
     }
-    let (clock, poll, pacer) = driver::loop_parts().map_err(|e| match e {
+    let io = Loop::new().map_err(|e| match e {
         RunError::Setup(why) | RunError::Unreachable(why) => ChurnError::Setup(why),
     })?;
-    let start_us = clock.now_us();
+    let start_us = io.clock.now_us();
     let mut run = Run {
         cfg,
-        clock,
-        poll,
-        pacer,
+        io,
         conns: Slab::with_capacity(cfg.concurrency_max),
         rng: SplitMix64(cfg.seed),
         next_index: 0,
         start_us,
-        read_buf: vec![0; READ_BUF_BYTES],
         latency: LatencyHistogram::new(),
         errors: ErrorCounts::default(),
         endings: EndingCounts::default(),
@@ -246,7 +240,7 @@ impl Run<'_> {
     fn event_loop(&mut self) -> Result<(), ChurnError> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             self.start_due(now_us);
             self.expire(now_us);
             if self.cfg.progress && now_us >= self.progress_next_us {
@@ -256,10 +250,11 @@ impl Run<'_> {
             if self.next_index >= self.cfg.connects && self.conns.is_empty() {
                 break;
             }
-            self.pacer
+            self.io
+                .pacer
                 .arm_at(self.next_wake_us())
                 .map_err(|e| ChurnError::Setup(format!("arming the timerfd: {e}")))?;
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if let Err(e) = self.io.poll.poll(&mut events, Some(Duration::from_secs(1))) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -267,7 +262,8 @@ impl Run<'_> {
             }
             for event in events.iter() {
                 if event.token() == TIMER {
-                    self.pacer
+                    self.io
+                        .pacer
                         .acknowledge()
                         .map_err(|e| ChurnError::Setup(format!("reading the timerfd: {e}")))?;
                     continue;
@@ -333,7 +329,7 @@ impl Run<'_> {
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = self.io.poll.registry().register(
             &mut stream,
             Token(key + FIRST_CONN_TOKEN),
             Interest::READABLE | Interest::WRITABLE,
@@ -380,7 +376,7 @@ impl Run<'_> {
 
     fn remove(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            let _ = self.io.poll.registry().deregister(&mut conn.stream);
         }
     }
 
@@ -432,29 +428,7 @@ impl Run<'_> {
             return;
         }
         let name = churn_name(conn.protocol, conn.index);
-        match conn.protocol {
-            Protocol::Room => conn.stage = Stage::Prompt,
-            Protocol::Bin24 => {
-                conn.out = bin24_frame(0, 0, &name, &name, b"churn");
-                conn.stage = Stage::Answer;
-            }
-            Protocol::Ccm => {
-                conn.out = format!(
-                    "CCM\\1.0 Identity\nContent-Length: {}\n\n{name}",
-                    name.len()
-                )
-                .into_bytes();
-                conn.stage = Stage::Answer;
-            }
-            Protocol::Matou => {
-                conn.out = matou_connect(&name);
-                conn.stage = Stage::Answer;
-            }
-            Protocol::Ocm => {
-                conn.out = tcrp_join_missing(&name);
-                conn.stage = Stage::Answer;
-            }
-        }
+        (conn.out, conn.stage) = (conn.protocol.info().sign_in.hello)(&name);
         conn.written = 0;
     }
 
@@ -476,7 +450,7 @@ impl Run<'_> {
     fn read(&mut self, key: usize) {
         loop {
             let conn = &mut self.conns[key];
-            match conn.stream.read(&mut self.read_buf) {
+            match conn.stream.read(&mut self.io.read_buf[..READ_CHUNK_BYTES]) {
                 Ok(0) => {
                     if conn.stage == Stage::ServerClose {
                         if find(&conn.input, b"\"status\": 400").is_some() {
@@ -500,7 +474,7 @@ impl Run<'_> {
                         self.fail(key, ErrorKind::Protocol, "answer too long".to_string());
                         return;
                     }
-                    conn.input.extend_from_slice(&self.read_buf[..n]);
+                    conn.input.extend_from_slice(&self.io.read_buf[..n]);
                     if !self.advance(key) {
                         return;
                     }
@@ -519,78 +493,26 @@ impl Run<'_> {
     fn advance(&mut self, key: usize) -> bool {
         let conn = &mut self.conns[key];
         let name = churn_name(conn.protocol, conn.index);
-        match (conn.protocol, conn.stage) {
-            (Protocol::Room, Stage::Prompt) => {
-                match check_prefix(&conn.input, b"alias?") {
-                    Check::Wait => return true,
-                    Check::Bad => return self.unexpected(key),
-                    Check::Done => {}
-                }
-                conn.input.clear();
-                conn.out = name.into_bytes();
-                conn.written = 0;
-                conn.stage = Stage::Answer;
-                return self.flush(key);
-            }
-            (Protocol::Room, Stage::Answer) => {
-                // The join notice comes first and may be preceded by others' notices: only
-                // the greeting, which goes to the newcomer alone, proves the join.
-                if find(&conn.input, b"Voce esta conectado ao servidor!").is_none() {
-                    return true;
-                }
-            }
-            (Protocol::Bin24, Stage::Answer) => {
-                let echo = bin24_frame(0, 0, &name, &name, b"churn");
-                match check_prefix(&conn.input, &echo) {
-                    Check::Wait => return true,
-                    Check::Bad => return self.unexpected(key),
-                    Check::Done => {}
-                }
-                conn.input.drain(..echo.len());
-                conn.out = bin24_frame(1, 0, &name, &name, b"200");
-                conn.written = 0;
-                conn.stage = Stage::AnswerEcho;
-                return self.flush(key);
-            }
-            (Protocol::Bin24, Stage::AnswerEcho) => {
-                let echo = bin24_frame(1, 0, &name, &name, b"200");
-                match check_prefix(&conn.input, &echo) {
-                    Check::Wait => return true,
-                    Check::Bad => return self.unexpected(key),
-                    Check::Done => {}
-                }
-            }
-            (Protocol::Ccm, Stage::Answer) => {
-                let Some(end) = find(&conn.input, b"\n\n") else {
-                    return true;
-                };
-                if !conn.input[..end].starts_with(b"CCM\\1.0 Identity\nUser: ") {
-                    return self.unexpected(key);
-                }
-            }
-            (Protocol::Matou, Stage::Answer) => match check_prefix(&conn.input, &[0, 0, 0, 2, 1]) {
-                Check::Wait => return true,
-                Check::Bad => return self.unexpected(key),
-                Check::Done => {}
-            },
-            (Protocol::Ocm, Stage::Answer) => {
-                // RoomNameSize, operation 2 echoed, state 0, then the size and a 400 JSON.
-                if conn.input.len() < 3 {
-                    return true;
-                }
-                if conn.input[1..3] != [2, 0] {
-                    return self.unexpected(key);
-                }
-                conn.stage = Stage::ServerClose;
+        match (conn.protocol.info().sign_in.answer)(&name, conn.stage, &conn.input) {
+            Step::Wait => return true,
+            Step::Unexpected => return self.unexpected(key),
+            Step::Then(stage) => {
+                conn.stage = stage;
                 return true;
             }
-            // The answer is checked whole at the server's close.
-            (Protocol::Ocm, Stage::ServerClose) => return true,
-            (_, stage) => {
-                let why = format!("bytes at stage {stage:?}");
+            Step::Reply { read, out, then } => {
+                conn.input.drain(..read);
+                conn.out = out;
+                conn.written = 0;
+                conn.stage = then;
+                return self.flush(key);
+            }
+            Step::Stray => {
+                let why = format!("bytes at stage {:?}", conn.stage);
                 self.fail(key, ErrorKind::Protocol, why);
                 return false;
             }
+            Step::SignedIn => {}
         }
         self.signed_in_now(key);
         self.leave(key);
@@ -610,7 +532,7 @@ impl Run<'_> {
     }
 
     fn signed_in_now(&mut self, key: usize) {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         let conn = &self.conns[key];
         self.latency
             .record(now_us.saturating_sub(conn.intended_us).max(1));
@@ -622,7 +544,7 @@ impl Run<'_> {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.io.poll.registry().deregister(&mut conn.stream);
         match conn.ending {
             Ending::Clean | Ending::BeforeSignIn => {
                 if conn.ending == Ending::Clean {
@@ -660,7 +582,7 @@ impl Run<'_> {
     }
 
     fn report(self) -> ChurnReport {
-        let elapsed_s = (self.clock.now_us() - self.start_us) as f64 / 1e6;
+        let elapsed_s = (self.io.clock.now_us() - self.start_us) as f64 / 1e6;
         ChurnReport {
             connects_planned: self.cfg.connects,
             connects_started: self.next_index,
@@ -686,14 +608,14 @@ impl Run<'_> {
     }
 }
 
-enum Check {
+pub enum Check {
     Wait,
     Bad,
     Done,
 }
 
 /// Whether `input` starts with `expected`: not yet (a prefix of it), no, or yes.
-fn check_prefix(input: &[u8], expected: &[u8]) -> Check {
+pub fn check_prefix(input: &[u8], expected: &[u8]) -> Check {
     let n = input.len().min(expected.len());
     if input[..n] != expected[..n] {
         Check::Bad
@@ -704,7 +626,7 @@ fn check_prefix(input: &[u8], expected: &[u8]) -> Check {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())
         .position(|window| window == needle)
@@ -724,63 +646,54 @@ fn churn_name(protocol: Protocol, index: u64) -> String {
     format!("{prefix}{}", String::from_utf8_lossy(&digits))
 }
 
-/// BIN24: len (LE u16, header included), type, messageID (LE u32), SRC, DST, body.
-fn bin24_frame(kind: u16, id: u32, src: &str, dst: &str, body: &[u8]) -> Vec<u8> {
-    let len = (24 + body.len()) as u16;
-    let mut frame = Vec::with_capacity(usize::from(len));
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&kind.to_le_bytes());
-    frame.extend_from_slice(&id.to_le_bytes());
-    for name in [src, dst] {
-        let mut field = [0u8; 8];
-        let bytes = name.as_bytes();
-        let n = bytes.len().min(8);
-        field[..n].copy_from_slice(&bytes[..n]);
-        frame.extend_from_slice(&field);
-    }
-    frame.extend_from_slice(body);
-    frame
-}
-
-fn matou_string(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-fn matou_connect(name: &str) -> Vec<u8> {
-    let mut packet = 1i32.to_be_bytes().to_vec();
-    matou_string(&mut packet, name);
-    packet
-}
-
-/// A join (operation 2) of a room nobody creates: answered 400 and closed by the server.
-fn tcrp_join_missing(name: &str) -> Vec<u8> {
-    const ROOM: &[u8] = b"churn-no-such-room";
-    let payload = format!("{{\"user_name\": \"{name}\", \"user_address\": [\"127.0.0.1\", 9]}}");
-    let mut request = vec![ROOM.len() as u8, 2, 0];
-    request.extend_from_slice(&[0u8; 21]);
-    request.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    request.extend_from_slice(ROOM);
-    request.extend_from_slice(payload.as_bytes());
-    request
-}
-
 /// The first half of a frame the protocol would accept after sign-in.
 fn partial_frame(protocol: Protocol, index: u64) -> Vec<u8> {
-    let name = churn_name(protocol, index);
-    let mut whole = match protocol {
-        Protocol::Room => b"a message cut short".to_vec(),
-        Protocol::Bin24 => bin24_frame(0, 1, &name, &name, b"never finished"),
-        Protocol::Ccm => b"CCM\\1.0 Text\nAddressee: nobody\nContent-Length: 40\n\nhalf".to_vec(),
-        Protocol::Matou => {
-            let mut packet = 4i32.to_be_bytes().to_vec();
-            matou_string(&mut packet, "never finished");
-            packet
-        }
-        Protocol::Ocm => tcrp_join_missing(&name),
-    };
+    let mut whole = (protocol.info().sign_in.frame)(&churn_name(protocol, index));
     whole.truncate(whole.len() / 2);
     whole
+}
+
+/// How one protocol's client signs in, for churn: each protocol's folder has one, which the
+/// registry lists.
+pub struct SignIn {
+    /// What the client writes once connected (nothing if the server speaks first), and the
+    /// stage it then waits in.
+    pub hello: fn(name: &str) -> (Vec<u8>, Stage),
+    /// What the server's bytes so far mean at a stage.
+    pub answer: fn(name: &str, stage: Stage, input: &[u8]) -> Step,
+    /// A whole frame the protocol would accept after sign-in (churn sends half of it).
+    pub frame: fn(name: &str) -> Vec<u8>,
+}
+
+/// What a protocol makes of the server's bytes so far.
+pub enum Step {
+    /// Not enough yet.
+    Wait,
+    /// Not what the server should have said.
+    Unexpected,
+    /// The sign-in is proven.
+    SignedIn,
+    /// Consume `read` bytes, write `out` and wait in stage `then`.
+    Reply {
+        read: usize,
+        out: Vec<u8>,
+        then: Stage,
+    },
+    /// Wait in stage `then` for the rest (OCM: the server's close).
+    Then(Stage),
+    /// The protocol expects no bytes at this stage.
+    Stray,
+}
+
+impl Check {
+    /// `Wait` and `Bad` as a [`Step`], `Done` as `done`.
+    pub fn step(self, done: impl FnOnce() -> Step) -> Step {
+        match self {
+            Check::Wait => Step::Wait,
+            Check::Bad => Step::Unexpected,
+            Check::Done => done(),
+        }
+    }
 }
 
 #[cfg(test)]

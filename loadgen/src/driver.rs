@@ -1,6 +1,9 @@
 //! The loop turn every scenario shares, and the outer loop that runs several scenarios at once.
 //!
-//! A scenario's `Run` owns a mio `Poll` with its sockets and its [`Pacer`] in it. One turn is
+//! A scenario's `Run` owns a [`Loop`]: a mio `Poll` with its sockets and its [`Pacer`] in it, and
+//! what its connections share. It lends the turn its [`Phases`] (the clock-driven work) and, as
+//! a [`Reactor`], what its socket events do: the TCP scenarios get that half from
+//! [`crate::engine`], ROOM and OCM write their own. One turn is
 //! poll -> handle the events -> drive the connections left with data -> advance the clock-driven
 //! phase work -> arm the pacer at the next wake-up. A single-protocol run calls [`run_to_end`],
 //! which turns until the phase is Done and sleeps in its own poll.
@@ -14,7 +17,7 @@
 //! is turned again before the outer loop sleeps.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -23,6 +26,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::clock::Clock;
 use crate::pacer::Pacer;
+use crate::sockio::DirtySet;
 
 /// Every scenario's pacer token; a socket's token is its index + 1.
 pub const TIMER: Token = Token(0);
@@ -57,6 +61,74 @@ pub const RAMP_TIMEOUT_MIN_US: u64 = 10_000_000;
 pub const DRAIN_CHECK_INTERVAL_US: u64 = 10_000;
 pub const PROGRESS_INTERVAL_US: u64 = 1_000_000;
 
+/// The drain after the last planned message: when it started, when to look next whether
+/// everything arrived (a full walk of the tables, so not on every turn), and whether its
+/// deadline cut it short.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Drain {
+    pub start_us: Option<u64>,
+    pub next_check_us: u64,
+    pub timed_out: bool,
+}
+
+impl Drain {
+    /// Starts it at `now_us`, checking at once; returns its deadline.
+    pub fn start(&mut self, now_us: u64, drain_us: u64) -> u64 {
+        self.start_us = Some(now_us);
+        self.next_check_us = now_us;
+        now_us + drain_us
+    }
+
+    /// Whether to look now; the next look is then [`DRAIN_CHECK_INTERVAL_US`] away.
+    pub fn check_due(&mut self, now_us: u64) -> bool {
+        if now_us < self.next_check_us {
+            return false;
+        }
+        self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+        true
+    }
+}
+
+/// The progress line on stderr (`--progress`): redrawn in place once a second.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    enabled: bool,
+    next_us: u64,
+}
+
+impl Progress {
+    pub fn new(enabled: bool, now_us: u64) -> Progress {
+        Progress {
+            enabled,
+            next_us: now_us + PROGRESS_INTERVAL_US,
+        }
+    }
+
+    /// Whether a line is due now; the next one is then a second away.
+    pub fn due(&mut self, now_us: u64) -> bool {
+        if !self.enabled || now_us < self.next_us {
+            return false;
+        }
+        self.next_us = now_us + PROGRESS_INTERVAL_US;
+        true
+    }
+
+    /// The loop's wake-up: the phase's, or the next line's if that comes first.
+    pub fn wake_us(&self, phase_us: u64) -> u64 {
+        if self.enabled {
+            phase_us.min(self.next_us)
+        } else {
+            phase_us
+        }
+    }
+
+    /// Draws `what` the run is doing, `start_us` into it, and its error count.
+    pub fn draw(start_us: u64, now_us: u64, what: &str, errors: u64) {
+        let elapsed_s = now_us.saturating_sub(start_us) as f64 / 1e6;
+        eprint!("\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {errors}");
+    }
+}
+
 /// Whether a message of `adding` bytes would overflow a send queue holding `queued` messages
 /// and `pending` bytes (then it is counted "not sent").
 pub fn queue_full(queued: usize, pending: usize, adding: usize) -> bool {
@@ -88,117 +160,79 @@ pub struct SentReceived {
     pub received: u64,
 }
 
-/// What a scenario's `Run` lends the shared turn. Each method is one the scenario already had
-/// in its own loop; the loop itself is here, once.
-pub trait Reactor {
-    type Error;
-    /// Read events handled before looking at the clock for due sends again.
-    const EVENTS_PER_SEND_CHECK: usize;
-    fn setup_error(why: String) -> Self::Error;
-    fn parts(&mut self) -> (&mut Poll, &mut Pacer);
-    fn poll_fd(&self) -> RawFd;
-    /// Phase work that depends on the clock: connects, sends, deadlines, progress.
-    fn advance(&mut self) -> Result<(), Self::Error>;
+/// What every scenario's loop holds apart from its clients: the clock, the poll with the pacer
+/// in it (as [`TIMER`]), the read buffer its connections share, and the connections the turn
+/// still owes work to.
+pub struct Loop {
+    pub clock: Clock,
+    pub poll: Poll,
+    pub pacer: Pacer,
+    /// One read buffer for every connection (the loop is single-threaded).
+    pub read_buf: Vec<u8>,
+    /// Connections with bytes to flush, written once at the end of the work that queued them.
+    pub dirty: DirtySet,
+    /// Connections that hit their read budget with data left: no edge will come for them.
+    pub still_ready: Vec<usize>,
+    /// Bytes read since due sends were last looked at.
+    pub bytes_since_send_check: usize,
+}
+
+impl Loop {
+    pub fn new() -> Result<Loop, RunError> {
+        let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
+        let clock = Clock::start().map_err(|e| setup("clock", e))?;
+        let poll = Poll::new().map_err(|e| setup("poll", e))?;
+        let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
+        pacer
+            .register(poll.registry(), TIMER)
+            .map_err(|e| setup("register timerfd", e))?;
+        Ok(Loop {
+            clock,
+            poll,
+            pacer,
+            read_buf: vec![0; READ_BUF_BYTES],
+            dirty: DirtySet::default(),
+            still_ready: Vec::new(),
+            bytes_since_send_check: 0,
+        })
+    }
+}
+
+/// A scenario's phase work, which depends on the clock alone.
+pub trait Phases {
+    fn io(&self) -> &Loop;
+    fn io_mut(&mut self) -> &mut Loop;
+    /// Connects, sends, deadlines, progress.
+    fn advance(&mut self) -> Result<(), RunError>;
     fn is_done(&self) -> bool;
     /// When the loop must wake at the latest (µs on the scenario's clock).
     fn next_wake_us(&self) -> u64;
-    /// Connections hit their read budget with data left: no edge will come for them.
-    fn has_still_ready(&self) -> bool;
-    /// One socket event; `index` is the token minus one.
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool);
+    /// Sends what the plan has due by now.
     fn send_due(&mut self);
-    /// After the events: drive the connections left with data, flush what is pending.
-    fn end_turn(&mut self);
     fn counts(&self) -> SentReceived;
 }
 
-/// The [`Reactor`] items every scenario's `Run` fills the same way, from its fields `poll`,
-/// `pacer`, `phase` (ending in `Phase::Done`) and `still_ready`, its `send_due`, its
-/// `EVENTS_PER_SEND_CHECK` and its error's `Setup` variant; unless told `own_phase_work`, also
-/// `advance` and `next_wake_us` from its methods of those names.
-macro_rules! reactor_common {
-    ($error:ident) => {
-        $crate::driver::reactor_common!($error, own_phase_work);
-        fn advance(&mut self) -> Result<(), $error> {
-            self.advance()
-        }
-        fn next_wake_us(&self) -> u64 {
-            self.next_wake_us()
-        }
-    };
-    ($error:ident, own_phase_work) => {
-        type Error = $error;
-        const EVENTS_PER_SEND_CHECK: usize = EVENTS_PER_SEND_CHECK;
-        fn setup_error(why: String) -> $error {
-            $error::Setup(why)
-        }
-        fn parts(&mut self) -> (&mut Poll, &mut $crate::pacer::Pacer) {
-            (&mut self.poll, &mut self.pacer)
-        }
-        fn poll_fd(&self) -> std::os::fd::RawFd {
-            std::os::fd::AsRawFd::as_raw_fd(&self.poll)
-        }
-        fn is_done(&self) -> bool {
-            self.phase == Phase::Done
-        }
-        fn has_still_ready(&self) -> bool {
-            !self.still_ready.is_empty()
-        }
-        fn send_due(&mut self) {
-            Run::send_due(self);
-        }
-    };
-}
-pub(crate) use reactor_common;
-
-/// `on_event` and `end_turn` of a scenario whose sockets are `self.$conns[index]`, each with
-/// `readable`/`writable` flags (in its field `$ready` if given) and driven by
-/// `self.drive(index)`; `end_turn` drives the still-ready ones, then calls `$after` (e.g.
-/// `flush_dirty`) if given.
-macro_rules! drive_connections {
-    ($conns:ident $(. $ready:ident)? $(, $after:ident)?) => {
-        fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-            let Some(conn) = self.$conns.get_mut(index) else {
-                return; // not ours; cannot happen, and must not panic
-            };
-            conn$(.$ready)?.readable |= readable;
-            conn$(.$ready)?.writable |= writable;
-            self.drive(index);
-        }
-        fn end_turn(&mut self) {
-            for index in std::mem::take(&mut self.still_ready) {
-                self.drive(index);
-            }
-            $(self.$after();)?
-        }
-    };
-}
-pub(crate) use drive_connections;
-
-/// A scenario loop's clock, its poll and its pacer, registered in the poll as [`TIMER`].
-pub fn loop_parts() -> Result<(Clock, Poll, Pacer), RunError> {
-    let setup = |what: &str, e: io::Error| RunError::Setup(format!("{what}: {e}"));
-    let clock = Clock::start().map_err(|e| setup("clock", e))?;
-    let poll = Poll::new().map_err(|e| setup("poll", e))?;
-    let pacer = Pacer::new(clock).map_err(|e| setup("timerfd", e))?;
-    pacer
-        .register(poll.registry(), TIMER)
-        .map_err(|e| setup("register timerfd", e))?;
-    Ok((clock, poll, pacer))
+/// What a scenario's `Run` lends the shared turn besides its phases: what its sockets' events
+/// do. The TCP scenarios get it from the engine ([`crate::engine::Wire`]).
+pub trait Reactor: Phases {
+    /// One socket event; `index` is the token minus one.
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool);
+    /// After the events: drive the connections left with data, flush what is pending.
+    fn end_turn(&mut self);
 }
 
 /// The first half of a turn, also the start of a run: phase work, then the pacer armed for the
 /// next wake-up. Returns whether the scenario is Done.
-pub fn advance_and_arm<R: Reactor>(r: &mut R) -> Result<bool, R::Error> {
+pub fn advance_and_arm<R: Reactor>(r: &mut R) -> Result<bool, RunError> {
     r.advance()?;
     if r.is_done() {
         return Ok(true);
     }
     let wake_us = r.next_wake_us();
-    r.parts()
-        .1
+    r.io_mut()
+        .pacer
         .arm_at(wake_us)
-        .map_err(|e| R::setup_error(format!("arming the timerfd: {e}")))?;
+        .map_err(|e| RunError::Setup(format!("arming the timerfd: {e}")))?;
     Ok(false)
 }
 
@@ -208,29 +242,29 @@ pub fn turn<R: Reactor>(
     r: &mut R,
     events: &mut Events,
     timeout: Duration,
-) -> Result<Turn, R::Error> {
-    let timeout = if r.has_still_ready() {
+) -> Result<Turn, RunError> {
+    let timeout = if has_still_ready(r) {
         Duration::ZERO
     } else {
         timeout
     };
     // An interrupted poll took nothing: what was ready still is, but its edge is spent.
     let mut interrupted = false;
-    match r.parts().0.poll(events, Some(timeout)) {
+    match r.io_mut().poll.poll(events, Some(timeout)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {
             events.clear();
             interrupted = true;
         }
-        Err(e) => return Err(R::setup_error(format!("poll: {e}"))),
+        Err(e) => return Err(RunError::Setup(format!("poll: {e}"))),
     }
     let mut handled = 0usize;
     let mut seen = 0usize;
     for event in events.iter() {
         seen += 1;
         if event.token() == TIMER {
-            if let Err(e) = r.parts().1.acknowledge() {
-                return Err(R::setup_error(format!("reading the timerfd: {e}")));
+            if let Err(e) = r.io_mut().pacer.acknowledge() {
+                return Err(RunError::Setup(format!("reading the timerfd: {e}")));
             }
             continue;
         }
@@ -238,7 +272,7 @@ pub fn turn<R: Reactor>(
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         r.on_event(event.token().0 - 1, readable, writable);
         handled += 1;
-        if handled.is_multiple_of(R::EVENTS_PER_SEND_CHECK) {
+        if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
             r.send_due();
         }
     }
@@ -246,13 +280,18 @@ pub fn turn<R: Reactor>(
     let done = advance_and_arm(r)?;
     Ok(Turn {
         done,
-        again: !done && (interrupted || r.has_still_ready() || seen >= events.capacity()),
+        again: !done && (interrupted || has_still_ready(r) || seen >= events.capacity()),
     })
+}
+
+/// Connections hit their read budget with data left: no edge will come for them.
+fn has_still_ready<R: Reactor>(r: &R) -> bool {
+    !r.io().still_ready.is_empty()
 }
 
 /// Runs one scenario on its own loop until Done, sleeping in its poll (at most `idle_timeout`,
 /// which only bounds a sleep should the pacer ever miss a wake-up).
-pub fn run_to_end<R: Reactor>(r: &mut R, idle_timeout: Duration) -> Result<(), R::Error> {
+pub fn run_to_end<R: Reactor>(r: &mut R, idle_timeout: Duration) -> Result<(), RunError> {
     let mut events = Events::with_capacity(EVENTS_CAPACITY);
     if advance_and_arm(r)? {
         return Ok(());
@@ -396,7 +435,7 @@ pub fn run_outer<T>(
 /// measurements into the mix's output by `finish`.
 pub struct Driven<R: Reactor, F> {
     pub run: R,
-    pub describe: fn(R::Error) -> String,
+    pub describe: fn(RunError) -> String,
     pub finish: F,
 }
 
@@ -404,7 +443,7 @@ impl<R: Reactor, T, F: FnOnce(R) -> T> Scenario for Driven<R, F> {
     type Output = T;
 
     fn poll_fd(&self) -> RawFd {
-        self.run.poll_fd()
+        self.run.io().poll.as_raw_fd()
     }
 
     fn start(&mut self) -> Result<bool, String> {
@@ -449,14 +488,11 @@ fn rusage_cpu_us(who: libc::c_int) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     /// A scenario with no socket at all: its pacer is its only source of wake-ups. It ticks
     /// every 2 ms and is Done after `ticks_max` ticks.
     struct Ticker {
-        clock: Clock,
-        poll: Poll,
-        pacer: Pacer,
+        io: Loop,
         next_us: u64,
         ticks: u64,
         ticks_max: u64,
@@ -467,17 +503,23 @@ mod tests {
 
     impl Ticker {
         fn new(ticks_max: u64, register_pacer: bool) -> Ticker {
-            let clock = Clock::start().unwrap();
-            let poll = Poll::new().unwrap();
-            let pacer = Pacer::new(clock).unwrap();
-            if register_pacer {
-                pacer.register(poll.registry(), TIMER).unwrap();
-            }
+            let io = if register_pacer {
+                Loop::new().unwrap()
+            } else {
+                let clock = Clock::start().unwrap();
+                Loop {
+                    clock,
+                    poll: Poll::new().unwrap(),
+                    pacer: Pacer::new(clock).unwrap(),
+                    read_buf: Vec::new(),
+                    dirty: DirtySet::default(),
+                    still_ready: Vec::new(),
+                    bytes_since_send_check: 0,
+                }
+            };
             Ticker {
-                next_us: clock.now_us() + TICK_US,
-                clock,
-                poll,
-                pacer,
+                next_us: io.clock.now_us() + TICK_US,
+                io,
                 ticks: 0,
                 ticks_max,
                 register_pacer,
@@ -485,22 +527,17 @@ mod tests {
         }
     }
 
-    impl Reactor for Ticker {
-        type Error = String;
-        const EVENTS_PER_SEND_CHECK: usize = 64;
-        fn setup_error(why: String) -> String {
-            why
+    impl Phases for Ticker {
+        fn io(&self) -> &Loop {
+            &self.io
         }
-        fn parts(&mut self) -> (&mut Poll, &mut Pacer) {
-            (&mut self.poll, &mut self.pacer)
+        fn io_mut(&mut self) -> &mut Loop {
+            &mut self.io
         }
-        fn poll_fd(&self) -> RawFd {
-            self.poll.as_raw_fd()
-        }
-        fn advance(&mut self) -> Result<(), String> {
-            if self.clock.now_us() >= self.next_us {
+        fn advance(&mut self) -> Result<(), RunError> {
+            if self.io.clock.now_us() >= self.next_us {
                 self.ticks += 1;
-                self.next_us = self.clock.now_us() + TICK_US;
+                self.next_us = self.io.clock.now_us() + TICK_US;
             }
             Ok(())
         }
@@ -510,12 +547,7 @@ mod tests {
         fn next_wake_us(&self) -> u64 {
             self.next_us
         }
-        fn has_still_ready(&self) -> bool {
-            false
-        }
-        fn on_event(&mut self, _: usize, _: bool, _: bool) {}
         fn send_due(&mut self) {}
-        fn end_turn(&mut self) {}
         fn counts(&self) -> SentReceived {
             SentReceived {
                 sent: self.ticks,
@@ -524,10 +556,15 @@ mod tests {
         }
     }
 
+    impl Reactor for Ticker {
+        fn on_event(&mut self, _: usize, _: bool, _: bool) {}
+        fn end_turn(&mut self) {}
+    }
+
     fn driven(ticker: Ticker) -> Box<dyn Scenario<Output = u64>> {
         Box::new(Driven {
             run: ticker,
-            describe: |e| e,
+            describe: |e| format!("{e:?}"),
             finish: |t: Ticker| t.ticks,
         })
     }

@@ -34,6 +34,7 @@ mod churn;
 mod clock;
 mod connect;
 mod driver;
+mod engine;
 mod hgrm;
 mod limits;
 mod matou;

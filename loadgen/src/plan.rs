@@ -106,6 +106,11 @@ impl Plan {
         intended_us < self.measure_start_us()
     }
 
+    /// Whether every message of `plan` (if it has one yet) was taken, `next` being the next.
+    pub fn all_taken(plan: Option<&Plan>, next: u64) -> bool {
+        plan.is_some_and(|p| next >= p.messages)
+    }
+
     /// The next message of the plan, `*next`, if it is due by `now_us`; `*next` moves past it.
     #[inline]
     pub fn take_due(&self, next: &mut u64, now_us: u64) -> Option<Due> {

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use crate::churn::SignIn;
 use crate::driver::{self, Reactor, RunError};
 use crate::report::ScenarioReport;
 use crate::stats::LatencyHistogram;
@@ -36,6 +37,8 @@ pub struct ProtocolInfo {
     pub churn_prefix: &'static str,
     /// Where its report keeps what the mix's summary row shows (JSON pointers).
     pub row: RowSource,
+    /// How churn signs its connections in.
+    pub sign_in: &'static SignIn,
 }
 
 /// Where a report keeps what its summary row shows (JSON pointers into the report), apart from
@@ -60,6 +63,7 @@ const fn info(
     (requested, joined): (&'static str, &'static str),
     (latency, latency_path): (&'static str, &'static str),
     losses: &'static str,
+    sign_in: &'static SignIn,
 ) -> ProtocolInfo {
     ProtocolInfo {
         name,
@@ -72,10 +76,19 @@ const fn info(
             latency_path,
             losses,
         },
+        sign_in,
     }
 }
 
-static ROOM: ProtocolInfo = info("room", 1, "r", CONNECTIONS, DELIVERY, LOSSES);
+static ROOM: ProtocolInfo = info(
+    "room",
+    1,
+    "r",
+    CONNECTIONS,
+    DELIVERY,
+    LOSSES,
+    &crate::room::churn::SIGN_IN,
+);
 static BIN24: ProtocolInfo = info(
     "bin24",
     2,
@@ -83,9 +96,26 @@ static BIN24: ProtocolInfo = info(
     CONNECTIONS,
     ("ack", "/latency_ms/ack_200"),
     "/messages/lost/total",
+    &crate::bin24::churn::SIGN_IN,
 );
-static CCM: ProtocolInfo = info("ccm", 2, "c", CONNECTIONS, DELIVERY, LOSSES);
-static MATOU: ProtocolInfo = info("matou", 2, "m", CONNECTIONS, DELIVERY, LOSSES);
+static CCM: ProtocolInfo = info(
+    "ccm",
+    2,
+    "c",
+    CONNECTIONS,
+    DELIVERY,
+    LOSSES,
+    &crate::ccm::churn::SIGN_IN,
+);
+static MATOU: ProtocolInfo = info(
+    "matou",
+    2,
+    "m",
+    CONNECTIONS,
+    DELIVERY,
+    LOSSES,
+    &crate::matou::churn::SIGN_IN,
+);
 static OCM: ProtocolInfo = info(
     "ocm",
     2,
@@ -93,6 +123,7 @@ static OCM: ProtocolInfo = info(
     ("/rooms/members_requested", "/rooms/members_joined"),
     DELIVERY,
     "/udp_loss/lost",
+    &crate::ocm::churn::SIGN_IN,
 );
 
 impl Protocol {
@@ -123,7 +154,7 @@ pub trait ScenarioKind {
     const UNREACHABLE_IN_MIX: &'static str;
     /// The settings, validated by the caller.
     type Config: Sync;
-    type Run<'a>: Reactor<Error = RunError> + 'a;
+    type Run<'a>: Reactor + 'a;
     type Outcome;
     type Report: ScenarioReport;
 

@@ -213,9 +213,11 @@ pub struct Deliveries {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Latencies {
-    /// Receive time minus intended send time, at every receiver.
+    /// Receive time minus intended send time, at every receiver (ROOM's record, CCM's Text,
+    /// MATOU's PUBLIC_BROADCAST).
     pub delivery: LatencySummary,
-    /// Greeting received minus intended connect time.
+    /// The server's confirmation minus intended connect time (ROOM's greeting, CCM's Identity,
+    /// MATOU's CONNECT_RESPONSE 1).
     pub connect: LatencySummary,
     #[serde(flatten)]
     pub own: OwnLagSummaries,
@@ -250,6 +252,30 @@ pub struct Losses {
     pub gaps: u64,
     /// Messages never delivered by the end of the drain.
     pub undelivered: u64,
+}
+
+impl Connections {
+    /// `ramp_us`: the ramp-up's length.
+    pub fn new(requested: usize, joined: usize, ramp_us: u64) -> Connections {
+        Connections {
+            requested,
+            joined,
+            failed: requested - joined,
+            ramp_up_ms: ramp_us as f64 / 1e3,
+        }
+    }
+}
+
+impl SendFigures {
+    /// `sent_in_window`: the messages whose write completed in the plan's measured window.
+    pub fn new(plan: &Plan, sent: u64, sent_in_window: u64, rate_per_s: u64) -> SendFigures {
+        SendFigures {
+            planned: plan.messages,
+            sent,
+            target_rate_per_s: rate_per_s as f64,
+            achieved_rate_per_s: plan.per_s(sent_in_window),
+        }
+    }
 }
 
 impl NotSent {
@@ -401,18 +427,8 @@ impl Report {
                 seed: cfg.seed,
                 strict,
             },
-            connections: Connections {
-                requested: run.clients_requested,
-                joined: run.clients_joined,
-                failed: run.clients_requested - run.clients_joined,
-                ramp_up_ms: run.ramp_us as f64 / 1e3,
-            },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             deliveries: Deliveries {
                 expected: run.sent * run.clients_joined as u64,
@@ -442,31 +458,20 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
             format!(
-                "{} against {}: {} clients, {} senders, {} msg/s for {:.3} s (+{:.3} s warmup), \
-                 {}-byte messages",
+                "{} against {}: {} clients",
                 self.scenario.to_uppercase(),
                 self.target,
-                s.clients,
-                s.senders,
-                s.rate_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                s.clients
             ),
+            s.senders,
+            format!("{} msg/s", s.rate_per_s),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "messages"),
         );
-        out.line(
-            "connections",
-            format!(
-                "{} requested, {} joined, {} failed; ramp-up {:.3} s",
-                self.connections.requested,
-                self.connections.joined,
-                self.connections.failed,
-                self.connections.ramp_up_ms / 1e3
-            ),
-        );
+        out.connections(&self.connections, "requested", "", None);
         out.line(
             "connect latency",
             format!(
@@ -540,6 +545,55 @@ impl Lines {
 
     pub fn into_string(self) -> String {
         self.0
+    }
+
+    /// The first line: `who` (protocol, target, clients) and the plan's figures, which every
+    /// scenario words alike; `rate` is the send rate as the scenario states it, `payload` the
+    /// size of a message's payload and what the protocol calls it.
+    pub fn scenario(
+        &mut self,
+        who: String,
+        senders: impl std::fmt::Display,
+        rate: String,
+        duration_ms: f64,
+        warmup_ms: f64,
+        (payload_bytes, payload): (usize, &str),
+    ) {
+        self.line(
+            "scenario",
+            format!(
+                "{who}, {senders} senders, {rate} for {:.3} s (+{:.3} s warmup), \
+                 {payload_bytes}-byte {payload}",
+                duration_ms / 1e3,
+                warmup_ms / 1e3
+            ),
+        );
+    }
+
+    /// `requested`: what was asked for ("requested", "online requested"); `failed_more`
+    /// follows the failed count; `handshake`: the server's confirmation and its latency.
+    pub fn connections(
+        &mut self,
+        c: &Connections,
+        requested: &str,
+        failed_more: &str,
+        handshake: Option<(&str, &LatencySummary)>,
+    ) {
+        let mut text = format!(
+            "{} {requested}, {} joined, {} failed{failed_more}; ramp-up {:.3} s",
+            c.requested,
+            c.joined,
+            c.failed,
+            c.ramp_up_ms / 1e3
+        );
+        if let Some((name, l)) = handshake {
+            let _ = write!(
+                text,
+                "; {name} p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
+        self.line("connections", text);
     }
 
     pub fn send_rate(&mut self, send: &SendFigures) {

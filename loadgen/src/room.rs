@@ -22,20 +22,17 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
-use mio::{Poll, Token};
+use mio::Token;
 
-use crate::clock::Clock;
 use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    READ_BUDGET_BYTES, READ_BUF_BYTES, START_DELAY_US,
+    queue_full, Loop, Phases, Progress, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
+    DRAIN_CHECK_INTERVAL_US, RAMP_TIMEOUT_MIN_US, READ_BUDGET_BYTES, START_DELAY_US,
 };
-use crate::pacer::Pacer;
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::resp;
-use crate::sockio::{flush_queued, read_chunk, Chunk, DirtySet, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, read_chunk, Chunk, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -206,21 +203,15 @@ impl Framing {
 
 pub struct Run<'a> {
     cfg: &'a RoomConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    /// Its dirty set holds sender ordinals; its other parts are per client.
+    io: Loop,
     /// The members first; RESP appends one publisher per sender.
     clients: Vec<Client>,
     senders: Vec<Sender>,
     framing: Framing,
     /// Receivers joined and not failed since: what a PUBLISH reply must say.
     live_receivers: u64,
-    read_buf: Vec<u8>,
     m: Measurements,
-    /// Senders with bytes to flush.
-    dirty: DirtySet,
-    /// Clients that hit their read budget with data left: no edge will come for them.
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     /// Next global message number of the plan to send.
@@ -236,9 +227,7 @@ pub struct Run<'a> {
     drain_next_check_us: u64,
     /// The drain ended because everything had arrived, not at its deadline.
     drain_completed: bool,
-    progress_next_us: u64,
-    /// Bytes read since due sends were last looked at.
-    bytes_since_send_check: usize,
+    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -253,7 +242,72 @@ impl ScenarioKind for Room {
     type Report = crate::report::Report;
 
     fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let ramp_start_us = io.clock.now_us();
+        let publishers = match cfg.wire {
+            Wire::Room => 0,
+            Wire::Resp { .. } => cfg.senders,
+        };
+        let connections = cfg.clients + publishers;
+        let planned_ramp_us = (connections as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
+        let clients = (0..connections)
+            .map(|i| {
+                let mut alias = [0u8; 8];
+                record::write_alias(&mut alias, i as u32);
+                Client {
+                    stream: None,
+                    phase: ClientPhase::Idle,
+                    readable: false,
+                    writable: false,
+                    scanner: Scanner::new(),
+                    resp: match &cfg.wire {
+                        Wire::Room => None,
+                        Wire::Resp { channel } => Some(resp::Reader::new(channel)),
+                    },
+                    publisher: i >= cfg.clients,
+                    sender: None,
+                    intended_connect_us: ramp_start_us
+                        + i as u64 * 1_000_000 / cfg.connect_rate_per_s,
+                    alias,
+                    joined: false,
+                }
+            })
+            .collect();
+        let run = Run {
+            cfg,
+            io,
+            clients,
+            senders: Vec::new(),
+            framing: Framing::new(&cfg.wire, cfg.message_bytes),
+            live_receivers: 0,
+            m: Measurements {
+                connect_latency: LatencyHistogram::new(),
+                delivery_latency: LatencyHistogram::new(),
+                own: OwnLags::default(),
+                errors: ErrorCounts::default(),
+                tracker: SeqTracker::new(0, 0),
+                sent_in_window: 0,
+                delivered_in_window: 0,
+                not_sent_queue_full: 0,
+                not_sent_connection_lost: 0,
+                sent_total: 0,
+                publish_replies: 0,
+            },
+            phase: Phase::Ramp,
+            plan: None,
+            next_g: 0,
+            next_connect: 0,
+            ramp_start_us,
+            ramp_deadline_us: ramp_start_us + RAMP_TIMEOUT_MIN_US.max(planned_ramp_us * 3),
+            ramp_end_us: 0,
+            joined_count: 0,
+            settled_count: 0,
+            drain_start_us: 0,
+            drain_next_check_us: 0,
+            drain_completed: false,
+            progress: Progress::new(cfg.progress, ramp_start_us),
+        };
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> RoomOutcome {
         run.finish()
@@ -298,98 +352,16 @@ impl ScenarioKind for Room {
     }
 }
 
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-
-    let ramp_start_us = clock.now_us();
-    let publishers = match cfg.wire {
-        Wire::Room => 0,
-        Wire::Resp { .. } => cfg.senders,
-    };
-    let connections = cfg.clients + publishers;
-    let planned_ramp_us = (connections as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
-    let clients = (0..connections)
-        .map(|i| {
-            let mut alias = [0u8; 8];
-            record::write_alias(&mut alias, i as u32);
-            Client {
-                stream: None,
-                phase: ClientPhase::Idle,
-                readable: false,
-                writable: false,
-                scanner: Scanner::new(),
-                resp: match &cfg.wire {
-                    Wire::Room => None,
-                    Wire::Resp { channel } => Some(resp::Reader::new(channel)),
-                },
-                publisher: i >= cfg.clients,
-                sender: None,
-                intended_connect_us: ramp_start_us + i as u64 * 1_000_000 / cfg.connect_rate_per_s,
-                alias,
-                joined: false,
-            }
-        })
-        .collect();
-    let run = Run {
-        cfg,
-        clock,
-        poll,
-        pacer,
-        clients,
-        senders: Vec::new(),
-        framing: Framing::new(&cfg.wire, cfg.message_bytes),
-        live_receivers: 0,
-        read_buf: vec![0; READ_BUF_BYTES],
-        m: Measurements {
-            connect_latency: LatencyHistogram::new(),
-            delivery_latency: LatencyHistogram::new(),
-            own: OwnLags::default(),
-            errors: ErrorCounts::default(),
-            tracker: SeqTracker::new(0, 0),
-            sent_in_window: 0,
-            delivered_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
-            sent_total: 0,
-            publish_replies: 0,
-        },
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
-        phase: Phase::Ramp,
-        plan: None,
-        next_g: 0,
-        next_connect: 0,
-        ramp_start_us,
-        ramp_deadline_us: ramp_start_us + RAMP_TIMEOUT_MIN_US.max(planned_ramp_us * 3),
-        ramp_end_us: 0,
-        joined_count: 0,
-        settled_count: 0,
-        drain_start_us: 0,
-        drain_next_check_us: 0,
-        drain_completed: false,
-        progress_next_us: ramp_start_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
-    };
-    Ok(run)
-}
-
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
-    driver::drive_connections!(clients);
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.m.sent_total,
-            received: self.m.tracker.counts.delivered,
-        }
+impl Phases for Run<'_> {
+    fn io(&self) -> &Loop {
+        &self.io
     }
-}
-
-impl Run<'_> {
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
     /// Phase work that depends on the clock: connects, sends, deadlines, progress.
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Ramp => {
                 while self.next_connect < self.clients.len()
@@ -418,12 +390,8 @@ impl Run<'_> {
             }
             Phase::Send => {
                 self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
-                    let now_us = self.clock.now_us();
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
+                    let now_us = self.io.clock.now_us();
                     self.drain_start_us = now_us;
                     self.drain_next_check_us = now_us;
                     self.phase = Phase::Drain {
@@ -442,13 +410,14 @@ impl Run<'_> {
             }
             Phase::Done => {}
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
-
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
     /// When the loop must wake at the latest: the next connect, the next planned message, or
     /// a phase deadline.
     fn next_wake_us(&self) -> u64 {
@@ -467,16 +436,91 @@ impl Run<'_> {
             Phase::Drain { deadline_us } => deadline_us.min(self.drain_next_check_us),
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
+        self.progress.wake_us(phase_us)
+    }
+    /// Queues every planned message that is due, then writes.
+    fn send_due(&mut self) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let ordinal = plan.sender_of(due.g) as usize;
+            let sender = &mut self.senders[ordinal];
+            let client = &self.clients[sender.client];
+            if client.phase != ClientPhase::Joined {
+                self.m.not_sent_connection_lost += 1;
+                continue;
+            }
+            let framing = &self.framing;
+            let framed_bytes = framing.message_prefix.len()
+                + self.cfg.message_bytes
+                + framing.message_suffix.len();
+            if queue_full(sender.queue.len(), sender.out.pending(), framed_bytes) {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            let (prefix, rest) = sender
+                .out
+                .append(framed_bytes)
+                .split_at_mut(framing.message_prefix.len());
+            prefix.copy_from_slice(&framing.message_prefix);
+            let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
+            suffix.copy_from_slice(framing.message_suffix);
+            message[..8].copy_from_slice(&client.alias);
+            message[8..ALIAS_PREFIX_LEN].copy_from_slice(b": ");
+            let stamp = Record {
+                sender: ordinal as u32,
+                seq: sender.next_seq,
+                intended_us: due.intended_us,
+                len: self.cfg.message_bytes - ALIAS_PREFIX_LEN,
+            };
+            if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
+                // The argument limits keep every field in range; should that ever break, the
+                // message is counted as not sent rather than written wrong.
+                sender.out.unappend(framed_bytes);
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            sender.next_seq += 1;
+            sender.queue.push_back(Queued::new(&sender.out, &due, ()));
+            plan.record_lateness(&due, &mut self.m.own.schedule_lateness);
+            self.io.dirty.mark(ordinal);
+        }
+        self.flush_dirty();
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.tracker.counts.delivered,
         }
     }
+}
 
+impl Reactor for Run<'_> {
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(client) = self.clients.get_mut(index) else {
+            return; // not ours; cannot happen, and must not panic
+        };
+        client.readable |= readable;
+        client.writable |= writable;
+        self.drive(index);
+    }
+    fn end_turn(&mut self) {
+        for index in std::mem::take(&mut self.io.still_ready) {
+            self.drive(index);
+        }
+    }
+}
+
+impl Run<'_> {
     fn connect(&mut self, index: usize) {
         match crate::connect::open(
-            self.poll.registry(),
+            self.io.poll.registry(),
             self.cfg.target,
             index,
             Token(index + 1),
@@ -533,64 +577,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Queues every planned message that is due, then writes.
-    fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
-            return;
-        };
-        if self.phase != Phase::Send {
-            return;
-        }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
-            let ordinal = plan.sender_of(due.g) as usize;
-            let sender = &mut self.senders[ordinal];
-            let client = &self.clients[sender.client];
-            if client.phase != ClientPhase::Joined {
-                self.m.not_sent_connection_lost += 1;
-                continue;
-            }
-            let framing = &self.framing;
-            let framed_bytes = framing.message_prefix.len()
-                + self.cfg.message_bytes
-                + framing.message_suffix.len();
-            if queue_full(sender.queue.len(), sender.out.pending(), framed_bytes) {
-                self.m.not_sent_queue_full += 1;
-                continue;
-            }
-            let (prefix, rest) = sender
-                .out
-                .append(framed_bytes)
-                .split_at_mut(framing.message_prefix.len());
-            prefix.copy_from_slice(&framing.message_prefix);
-            let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
-            suffix.copy_from_slice(framing.message_suffix);
-            message[..8].copy_from_slice(&client.alias);
-            message[8..ALIAS_PREFIX_LEN].copy_from_slice(b": ");
-            let stamp = Record {
-                sender: ordinal as u32,
-                seq: sender.next_seq,
-                intended_us: due.intended_us,
-                len: self.cfg.message_bytes - ALIAS_PREFIX_LEN,
-            };
-            if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
-                // The argument limits keep every field in range; should that ever break, the
-                // message is counted as not sent rather than written wrong.
-                sender.out.unappend(framed_bytes);
-                self.m.not_sent_queue_full += 1;
-                continue;
-            }
-            sender.next_seq += 1;
-            sender.queue.push_back(Queued::new(&sender.out, &due, ()));
-            plan.record_lateness(&due, &mut self.m.own.schedule_lateness);
-            self.dirty.mark(ordinal);
-        }
-        self.flush_dirty();
-    }
-
     fn flush_dirty(&mut self) {
-        for ordinal in self.dirty.take() {
+        for ordinal in self.io.dirty.take() {
             self.flush(ordinal);
         }
     }
@@ -617,7 +605,7 @@ impl Run<'_> {
             stream,
             &mut sender.out,
             &mut sender.queue,
-            &self.clock,
+            &self.io.clock,
             lags,
             |_, _| {
                 sender.sent += 1;
@@ -735,10 +723,10 @@ impl Run<'_> {
                 return;
             };
             if budget == 0 {
-                self.still_ready.push(index);
+                self.io.still_ready.push(index);
                 return;
             }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut client.readable) {
+            let n = match read_chunk(stream, &mut self.io.read_buf, &mut client.readable) {
                 Chunk::Bytes(n) => n,
                 Chunk::Drained => return,
                 ended => {
@@ -756,18 +744,18 @@ impl Run<'_> {
             };
             budget = budget.saturating_sub(n);
             // One clock read per read(): every record in this chunk arrived together.
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             if !self.on_bytes(index, n, now_us) {
                 return;
             }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
+            self.io.bytes_since_send_check += n;
+            if self.io.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
                 self.send_due(); // may fail this very client: the loop re-checks its stream
             }
         }
     }
 
-    /// Handles `self.read_buf[..n]` for client `index`; false when the client failed.
+    /// Handles `self.io.read_buf[..n]` for client `index`; false when the client failed.
     fn on_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
         if self.clients[index].resp.is_some() {
             return self.on_resp_bytes(index, n, now_us);
@@ -775,8 +763,8 @@ impl Run<'_> {
         let mut from = 0;
         if let ClientPhase::AwaitPrompt { mut got } = self.clients[index].phase {
             while got < PROMPT.len() && from < n {
-                if self.read_buf[from] != PROMPT[got] {
-                    let seen = String::from_utf8_lossy(&self.read_buf[..n]).into_owned();
+                if self.io.read_buf[from] != PROMPT[got] {
+                    let seen = String::from_utf8_lossy(&self.io.read_buf[..n]).into_owned();
                     self.fail(index, ErrorKind::Connect, || {
                         format!("expected `alias?` from the server, got {seen:?}")
                     });
@@ -790,7 +778,7 @@ impl Run<'_> {
                 return true;
             }
             if from < n {
-                let extra = String::from_utf8_lossy(&self.read_buf[from..n]).into_owned();
+                let extra = String::from_utf8_lossy(&self.io.read_buf[from..n]).into_owned();
                 self.fail(index, ErrorKind::Connect, || {
                     format!("the server sent {extra:?} after `alias?`, before the alias")
                 });
@@ -805,9 +793,10 @@ impl Run<'_> {
             clients,
             m,
             plan,
-            read_buf,
+            io,
             ..
         } = &mut *self;
+        let read_buf = &io.read_buf;
         let client = &mut clients[index];
         let plan = plan.as_ref();
         client.scanner.feed(&read_buf[from..n], |found| {
@@ -832,7 +821,7 @@ impl Run<'_> {
             .record(now_us.saturating_sub(client.intended_connect_us));
     }
 
-    /// RESP: frames `self.read_buf[..n]` for client `index`, hands payloads to its scanner and
+    /// RESP: frames `self.io.read_buf[..n]` for client `index`, hands payloads to its scanner and
     /// checks the replies; false when the client failed.
     fn on_resp_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
         // Only receivers change it, and a publisher's bytes are not a receiver's.
@@ -843,9 +832,10 @@ impl Run<'_> {
             clients,
             m,
             plan,
-            read_buf,
+            io,
             ..
         } = &mut *self;
+        let read_buf = &io.read_buf;
         let target = cfg.target;
         let plan = plan.as_ref();
         let Client {
@@ -921,7 +911,7 @@ impl Run<'_> {
         }
         if let Some(mut stream) = client.stream.take() {
             // Closing the socket deregisters it from epoll; deregistering first is tidier.
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.io.poll.registry().deregister(&mut stream);
         }
         let target = self.cfg.target;
         self.m
@@ -960,7 +950,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
@@ -979,15 +968,12 @@ impl Run<'_> {
             ),
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.m.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.m.errors.total());
     }
 
     /// Closes everything and hands the measurements over.
     pub fn finish(mut self) -> RoomOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         let not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
         let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
         let clients = &self.clients;
@@ -1008,7 +994,7 @@ impl Run<'_> {
         }
         for client in &mut self.clients {
             if let Some(mut stream) = client.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.io.poll.registry().deregister(&mut stream);
             }
         }
         let plan = self
@@ -1082,6 +1068,34 @@ fn on_scanned(
     }
     if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
         m.delivered_in_window += 1;
+    }
+}
+
+/// ROOM's sign-in for `loadgen churn`: wait for `alias?`, send an alias, wait for the greeting.
+pub mod churn {
+    use crate::churn::{check_prefix, find, SignIn, Stage, Step};
+
+    pub static SIGN_IN: SignIn = SignIn {
+        hello: |_| (Vec::new(), Stage::Prompt),
+        answer,
+        frame: |_| b"a message cut short".to_vec(),
+    };
+
+    fn answer(name: &str, stage: Stage, input: &[u8]) -> Step {
+        match stage {
+            Stage::Prompt => check_prefix(input, b"alias?").step(|| Step::Reply {
+                read: input.len(),
+                out: name.as_bytes().to_vec(),
+                then: Stage::Answer,
+            }),
+            // The join notice comes first and may be preceded by others' notices: only the
+            // greeting, which goes to the newcomer alone, proves the join.
+            Stage::Answer if find(input, b"Voce esta conectado ao servidor!").is_none() => {
+                Step::Wait
+            }
+            Stage::Answer => Step::SignedIn,
+            _ => Step::Stray,
+        }
     }
 }
 

@@ -22,6 +22,7 @@
 //! The loop is ROOM's (see `room.rs`): one mio poll, sockets registered READABLE|WRITABLE once,
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
+pub mod churn;
 mod ledger;
 pub mod report;
 mod stamp;
@@ -30,24 +31,20 @@ pub mod topology;
 #[cfg(test)]
 mod tests;
 
+use std::io;
 use std::net::SocketAddr;
 
-use mio::Poll;
 use switchboard::protocol::bin24::codec::{
     self, Frame, Name, ANSWER_DELIVERED, ANSWER_STORED, ANSWER_STORE_FULL, TYPE_ANSWER,
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
-use crate::clock::Clock;
-use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, READ_BUDGET_BYTES,
-    READ_BUF_BYTES, START_DELAY_US,
-};
-use crate::pacer::Pacer;
+use crate::driver::{queue_full, RunError, SentReceived, START_DELAY_US};
+use crate::driver::{Drain, Loop, Phases, Progress};
+use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -207,9 +204,7 @@ struct Measurements {
 
 pub struct Run<'a> {
     cfg: &'a Bin24Config,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     users: Vec<User>,
     /// User index of each sender ordinal.
     senders: Vec<usize>,
@@ -217,11 +212,8 @@ pub struct Run<'a> {
     /// service time).
     write_lag_us: Vec<u32>,
     ledger: Ledger,
-    read_buf: Vec<u8>,
     body_buf: Vec<u8>,
     m: Measurements,
-    dirty: DirtySet,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     next_g: u64,
@@ -232,16 +224,13 @@ pub struct Run<'a> {
     wave_deadline_us: u64,
     ramp_start_us: u64,
     ramp_end_us: u64,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     reconnect_start_us: Option<u64>,
     reconnect_timed_out: bool,
     done_us: u64,
     reconnect_of_online: usize,
     reconnect_retries: u64,
-    next_check_us: u64,
-    progress_next_us: u64,
-    bytes_since_send_check: usize,
+    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -257,7 +246,65 @@ impl ScenarioKind for Bin24 {
     type Report = report::Report;
 
     fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let users = (0..cfg.users)
+            .map(|i| User {
+                name: user_name(i),
+                partner: cfg.pattern.partner(i, cfg.users),
+                offline: cfg.offline.get(i).copied().unwrap_or(false),
+                sender: None,
+                conn: Conn::default(),
+                phase: UserPhase::Idle,
+                intended_connect_us: 0,
+                in_wave: false,
+                reconnecting: false,
+                ever_joined: false,
+                reconnect_attempts: 0,
+            })
+            .collect();
+        let now_us = io.clock.now_us();
+        let mut run = Run {
+            cfg,
+            io,
+            users,
+            senders: Vec::new(),
+            write_lag_us: Vec::new(),
+            ledger: Ledger::default(),
+            body_buf: vec![0; cfg.body_bytes.max(STAMP_BYTES)],
+            m: Measurements {
+                latency: Latencies::default(),
+                errors: ErrorCounts::default(),
+                sent_total: 0,
+                sent_in_window: 0,
+                answered_in_window: 0,
+                delivered_live_in_window: 0,
+                not_sent_queue_full: 0,
+                not_sent_connection_lost: 0,
+                not_sent_at_end: 0,
+                foreign_frames: 0,
+                stored_hellos: 0,
+                stored_frames: 0,
+            },
+            phase: Phase::Ramp,
+            plan: None,
+            next_g: 0,
+            wave: Vec::new(),
+            next_connect: 0,
+            wave_unsettled: 0,
+            wave_deadline_us: 0,
+            ramp_start_us: now_us,
+            ramp_end_us: now_us,
+            drain: Drain::default(),
+            reconnect_start_us: None,
+            reconnect_timed_out: false,
+            done_us: now_us,
+            reconnect_of_online: 0,
+            reconnect_retries: 0,
+            progress: Progress::new(cfg.progress, now_us),
+        };
+        let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
+        run.start_wave(online, now_us);
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> Bin24Outcome {
         run.finish()
@@ -297,93 +344,16 @@ impl ScenarioKind for Bin24 {
     }
 }
 
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-    let users = (0..cfg.users)
-        .map(|i| User {
-            name: user_name(i),
-            partner: cfg.pattern.partner(i, cfg.users),
-            offline: cfg.offline.get(i).copied().unwrap_or(false),
-            sender: None,
-            conn: Conn::default(),
-            phase: UserPhase::Idle,
-            intended_connect_us: 0,
-            in_wave: false,
-            reconnecting: false,
-            ever_joined: false,
-            reconnect_attempts: 0,
-        })
-        .collect();
-    let now_us = clock.now_us();
-    let mut run = Run {
-        cfg,
-        clock,
-        poll,
-        pacer,
-        users,
-        senders: Vec::new(),
-        write_lag_us: Vec::new(),
-        ledger: Ledger::default(),
-        read_buf: vec![0; READ_BUF_BYTES],
-        body_buf: vec![0; cfg.body_bytes.max(STAMP_BYTES)],
-        m: Measurements {
-            latency: Latencies::default(),
-            errors: ErrorCounts::default(),
-            sent_total: 0,
-            sent_in_window: 0,
-            answered_in_window: 0,
-            delivered_live_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
-            not_sent_at_end: 0,
-            foreign_frames: 0,
-            stored_hellos: 0,
-            stored_frames: 0,
-        },
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
-        phase: Phase::Ramp,
-        plan: None,
-        next_g: 0,
-        wave: Vec::new(),
-        next_connect: 0,
-        wave_unsettled: 0,
-        wave_deadline_us: 0,
-        ramp_start_us: now_us,
-        ramp_end_us: now_us,
-        drain_start_us: None,
-        drain_timed_out: false,
-        reconnect_start_us: None,
-        reconnect_timed_out: false,
-        done_us: now_us,
-        reconnect_of_online: 0,
-        reconnect_retries: 0,
-        next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
-    };
-    let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
-    run.start_wave(online, now_us);
-    Ok(run)
-}
-
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
-    driver::drive_connections!(users.conn, flush_dirty);
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.m.sent_total,
-            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
-        }
+impl Phases for Run<'_> {
+    fn io(&self) -> &Loop {
+        &self.io
     }
-}
-
-impl Run<'_> {
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
     /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Ramp => {
                 self.connect_due(now_us);
@@ -393,28 +363,19 @@ impl Run<'_> {
             }
             Phase::Send => {
                 self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
-                    let now_us = self.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
                 }
             }
             Phase::Drain { deadline_us } => {
-                self.flush_dirty();
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                engine::flush_dirty(self);
+                if self.drain.check_due(now_us) {
                     let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
                     if !queued && self.ledger.unresolved() == 0 {
                         self.start_reconnect(now_us);
                     } else if now_us >= deadline_us {
-                        self.drain_timed_out = true;
+                        self.drain.timed_out = true;
                         self.start_reconnect(now_us);
                     }
                 }
@@ -445,13 +406,11 @@ impl Run<'_> {
         if self.phase == Phase::Done {
             self.done_us = now_us;
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
-
     fn next_wake_us(&self) -> u64 {
         let next_connect_us = self
             .wave
@@ -464,20 +423,121 @@ impl Run<'_> {
                 .as_ref()
                 .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
             // The deadline is looked at with the completion check, on its cadence.
-            Phase::Drain { .. } => self.next_check_us,
+            Phase::Drain { .. } => self.drain.next_check_us,
             Phase::Reconnect { deadline_us: None } => next_connect_us.min(self.wave_deadline_us),
             Phase::Reconnect {
                 deadline_us: Some(deadline_us),
             } => deadline_us,
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
+        self.progress.wake_us(phase_us)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    /// Queues every planned message that is due, then writes.
+    fn send_due(&mut self) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
+        let senders = u64::from(plan.senders);
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let u = self.senders[plan.sender_of(due.g) as usize];
+            let seq = due.g / senders;
+            let user = &self.users[u];
+            if user.phase != UserPhase::Joined {
+                self.m.not_sent_connection_lost += 1;
+                continue;
+            }
+            let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
+            // Only messages: answers are never dropped (the server closes a recipient that does not
+            // answer), so they are queued whatever the backlog.
+            if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            }
+            let body = &mut self.body_buf[..self.cfg.body_bytes];
+            let stamp = Stamp {
+                run_id: self.cfg.run_id,
+                sender: u as u32,
+                seq: seq as u32,
+                intended_us: due.intended_us,
+            };
+            let partner = self.users[user.partner].name;
+            // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
+            // so neither can fail; if one ever did, the message counts as not sent.
+            let frame = stamp::write(body, &stamp).ok().and_then(|()| {
+                codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
+            });
+            let Some(frame) = frame else {
+                self.m.not_sent_queue_full += 1;
+                continue;
+            };
+            let user = &mut self.users[u];
+            user.conn.out.extend(&frame);
+            user.conn
+                .queue
+                .push_back(Queued::new(&user.conn.out, &due, due.g));
+            plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
+            self.io.dirty.mark(u);
+        }
+        engine::flush_dirty(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.m.sent_total,
+            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
         }
     }
+}
 
+impl Wire for Run<'_> {
+    type Tag = u64;
+    type Message = Frame;
+
+    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<u64>)> {
+        let user = self.users.get_mut(u)?;
+        Some((&mut self.io, &mut user.conn))
+    }
+    fn link(&self, u: usize) -> Link {
+        match self.users.get(u).map(|user| user.phase) {
+            Some(UserPhase::Connecting) => Link::Connecting,
+            Some(UserPhase::AwaitEcho) => Link::Greeting,
+            Some(UserPhase::Joined) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_connected(&mut self, u: usize) -> io::Result<()> {
+        let user = &mut self.users[u];
+        // The first frame makes the user exist: a hello to itself, which the server forwards
+        // back once the name is registered.
+        if let Some(hello) = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY)
+        {
+            user.conn.out.extend(&hello);
+        }
+        user.phase = UserPhase::AwaitEcho;
+        Ok(())
+    }
+    fn decode(&mut self, u: usize) -> Result<Option<Frame>, String> {
+        codec::decode(&mut self.users[u].conn.inbuf).map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, u: usize, frame: Frame, now_us: u64) {
+        self.on_frame(u, &frame, now_us);
+    }
+    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
+        Run::fail(self, u, kind, || why);
+    }
+    fn flush(&mut self, u: usize) {
+        Run::flush(self, u);
+    }
+}
+
+impl Run<'_> {
     /// Starts connecting `users`, spaced at the connect rate from `now_us`.
     fn start_wave(&mut self, users: Vec<usize>, now_us: u64) {
         let rate = self.cfg.connect_rate_per_s.max(1);
@@ -526,7 +586,7 @@ impl Run<'_> {
 
     fn connect(&mut self, u: usize) {
         let user = &mut self.users[u];
-        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
             Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
@@ -589,66 +649,6 @@ impl Run<'_> {
         Some(self.users[sender].partner)
     }
 
-    /// Queues every planned message that is due, then writes.
-    fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
-            return;
-        };
-        if self.phase != Phase::Send {
-            return;
-        }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
-        let senders = u64::from(plan.senders);
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
-            let u = self.senders[plan.sender_of(due.g) as usize];
-            let seq = due.g / senders;
-            let user = &self.users[u];
-            if user.phase != UserPhase::Joined {
-                self.m.not_sent_connection_lost += 1;
-                continue;
-            }
-            let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
-            // Only messages: answers are never dropped (the server closes a recipient that does not
-            // answer), so they are queued whatever the backlog.
-            if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
-                self.m.not_sent_queue_full += 1;
-                continue;
-            }
-            let body = &mut self.body_buf[..self.cfg.body_bytes];
-            let stamp = Stamp {
-                run_id: self.cfg.run_id,
-                sender: u as u32,
-                seq: seq as u32,
-                intended_us: due.intended_us,
-            };
-            let partner = self.users[user.partner].name;
-            // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
-            // so neither can fail; if one ever did, the message counts as not sent.
-            let frame = stamp::write(body, &stamp).ok().and_then(|()| {
-                codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
-            });
-            let Some(frame) = frame else {
-                self.m.not_sent_queue_full += 1;
-                continue;
-            };
-            let user = &mut self.users[u];
-            user.conn.out.extend(&frame);
-            user.conn
-                .queue
-                .push_back(Queued::new(&user.conn.out, &due, due.g));
-            plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
-            self.dirty.mark(u);
-        }
-        self.flush_dirty();
-    }
-
-    fn flush_dirty(&mut self) {
-        for u in self.dirty.take() {
-            self.flush(u);
-        }
-    }
-
     /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
     /// message that went out completely.
     fn flush(&mut self, u: usize) {
@@ -666,7 +666,7 @@ impl Run<'_> {
             &mut self.m.sent_total,
             &mut self.write_lag_us,
         );
-        let failure = user.conn.flush(&self.clock, lags, |queued, lag_us| {
+        let failure = user.conn.flush(&self.io.clock, lags, |queued, lag_us| {
             ledger.mark_written(queued.tag);
             *sent_total += 1;
             if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
@@ -675,99 +675,6 @@ impl Run<'_> {
         });
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
-        }
-    }
-
-    /// Acts on a user's readiness according to its phase.
-    fn drive(&mut self, u: usize) {
-        match self.users[u].phase {
-            UserPhase::Idle | UserPhase::Failed => {}
-            UserPhase::Connecting => {
-                if self.users[u].conn.readable || self.users[u].conn.writable {
-                    self.check_connected(u);
-                }
-                if self.users[u].phase != UserPhase::Connecting {
-                    self.drive(u);
-                }
-            }
-            UserPhase::AwaitEcho | UserPhase::Joined => {
-                if self.users[u].conn.readable {
-                    self.read(u);
-                }
-                let user = &self.users[u];
-                if user.conn.writable && user.conn.out.has_pending() {
-                    self.flush(u);
-                }
-            }
-        }
-    }
-
-    fn check_connected(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.is_connected() {
-            Ok(true) => {
-                // The first frame makes the user exist: a hello to itself, which the server
-                // forwards back once the name is registered.
-                let hello = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY);
-                if let Some(hello) = hello {
-                    user.conn.out.extend(&hello);
-                }
-                user.phase = UserPhase::AwaitEcho;
-                user.conn.readable = true;
-                self.dirty.mark(u);
-            }
-            Ok(false) => {}
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
-        }
-    }
-
-    /// Reads until `WouldBlock` (or the budget), handling every whole frame.
-    fn read(&mut self, u: usize) {
-        let mut budget = READ_BUDGET_BYTES;
-        loop {
-            let user = &mut self.users[u];
-            let Some(stream) = user.conn.stream.as_mut() else {
-                return;
-            };
-            if budget == 0 {
-                self.still_ready.push(u);
-                return;
-            }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
-                Chunk::Bytes(n) => n,
-                Chunk::Drained => return,
-                ended => {
-                    let kind = if user.phase == UserPhase::Joined {
-                        ErrorKind::Read
-                    } else {
-                        ErrorKind::Connect
-                    };
-                    self.fail(u, kind, || ended.why());
-                    return;
-                }
-            };
-            budget = budget.saturating_sub(n);
-            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
-            // One clock read per read(): every frame in this chunk arrived together.
-            let now_us = self.clock.now_us();
-            loop {
-                let frame = match codec::decode(&mut self.users[u].conn.inbuf) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
-                        return;
-                    }
-                };
-                self.on_frame(u, &frame, now_us);
-            }
-            if self.users[u].conn.out.has_pending() {
-                self.dirty.mark(u); // the answers
-            }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
-                self.send_due();
-            }
         }
     }
 
@@ -992,7 +899,7 @@ impl Run<'_> {
             .wave
             .last()
             .map_or(0, |&last| self.users[last].intended_connect_us);
-        let intended_us = (self.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
+        let intended_us = (self.io.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
         let user = &mut self.users[u];
         user.reconnect_attempts += 1;
         user.phase = UserPhase::Idle;
@@ -1014,7 +921,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.m.not_sent_connection_lost += user.conn.close(self.poll.registry());
+        self.m.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name;
         // Answers to its messages go to this connection only: those still unanswered can no
         // longer be (the messages themselves may have died unread with the connection).
@@ -1033,12 +940,11 @@ impl Run<'_> {
     /// Closes a connection the loadgen is done with (before reconnecting the user).
     fn close_quietly(&mut self, u: usize) {
         let user = &mut self.users[u];
-        self.m.not_sent_at_end += user.conn.close(self.poll.registry());
+        self.m.not_sent_at_end += user.conn.close(self.io.poll.registry());
         user.phase = UserPhase::Idle;
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let joined = self
             .wave
             .iter()
@@ -1064,17 +970,14 @@ impl Run<'_> {
             ),
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.m.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.m.errors.total());
     }
 
     pub fn finish(mut self) -> Bin24Outcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         let mut not_sent_at_end = self.m.not_sent_at_end;
         for user in &mut self.users {
-            not_sent_at_end += user.conn.close(self.poll.registry());
+            not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let plan = self
             .plan
@@ -1085,7 +988,7 @@ impl Run<'_> {
         } else {
             end_us
         };
-        let drain_used_us = self.drain_start_us.map_or(0, |start| {
+        let drain_used_us = self.drain.start_us.map_or(0, |start| {
             self.reconnect_start_us
                 .unwrap_or(done_us)
                 .saturating_sub(start)
@@ -1120,7 +1023,7 @@ impl Run<'_> {
             stored_frames: self.m.stored_frames,
             ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
             drain_used_us,
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             reconnect_used_us,
             reconnect_timed_out: self.reconnect_timed_out,
         }

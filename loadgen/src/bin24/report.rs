@@ -226,12 +226,7 @@ impl Report {
                 strict,
                 run_id: format!("{:08x}", cfg.run_id),
             },
-            connections: Connections {
-                requested: run.online_requested,
-                joined: run.online_joined,
-                failed: run.online_requested - run.online_joined,
-                ramp_up_ms: run.ramp_us as f64 / 1e3,
-            },
+            connections: Connections::new(run.online_requested, run.online_joined, run.ramp_us),
             reconnects: Reconnects {
                 requested: run.reconnect_requested,
                 joined: run.reconnect_joined,
@@ -241,12 +236,7 @@ impl Report {
                 duration_ms: run.reconnect_used_us as f64 / 1e3,
                 timed_out: run.reconnect_timed_out,
             },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             messages: run.tally,
             answers: Answers {
@@ -285,35 +275,22 @@ impl Report {
         let l = &self.latency_ms;
         let t = &self.messages;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
             format!(
-                "BIN24 against {}: {} users ({}), {} offline, {} senders, {} msg/s for {:.3} s \
-                 (+{:.3} s warmup), {}-byte bodies",
-                self.target,
-                s.users,
-                s.pattern,
-                s.offline_users,
-                s.senders,
-                s.rate_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                "BIN24 against {}: {} users ({}), {} offline",
+                self.target, s.users, s.pattern, s.offline_users
             ),
+            s.senders,
+            format!("{} msg/s", s.rate_per_s),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "bodies"),
         );
-        out.line(
-            "connections",
-            format!(
-                "{} online requested, {} joined, {} failed; ramp-up {:.3} s; connect p50 {:.3} \
-                 ms p99 {:.3} ms max {:.3} ms",
-                self.connections.requested,
-                self.connections.joined,
-                self.connections.failed,
-                self.connections.ramp_up_ms / 1e3,
-                l.connect.p50_ms,
-                l.connect.p99_ms,
-                l.connect.max_ms
-            ),
+        out.connections(
+            &self.connections,
+            "online requested",
+            "",
+            Some(("connect", &l.connect)),
         );
         out.send_rate(&self.send);
         out.not_sent(&self.not_sent, "connection lost");

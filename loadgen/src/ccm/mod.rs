@@ -15,27 +15,24 @@
 //! The loop is ROOM's and BIN24's: one mio poll, sockets registered READABLE|WRITABLE once,
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
+pub mod churn;
 pub mod report;
 pub mod stamp;
 pub mod wire;
 
+use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use mio::Poll;
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
-use crate::clock::Clock;
-use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    READ_BUDGET_BYTES, READ_BUF_BYTES, START_DELAY_US,
-};
-use crate::pacer::Pacer;
+use crate::driver::{queue_full, RunError, SentReceived, RAMP_TIMEOUT_MIN_US, START_DELAY_US};
+use crate::driver::{Drain, Loop, Phases, Progress};
+use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -161,13 +158,10 @@ enum Phase {
 
 pub struct Run<'a> {
     cfg: &'a CcmConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     users: Vec<User>,
     senders: Vec<usize>,
     accounting: Accounting,
-    read_buf: Vec<u8>,
     content_buf: Vec<u8>,
     latency: Latencies,
     errors: ErrorCounts,
@@ -182,8 +176,6 @@ pub struct Run<'a> {
     keepalives_silent: u64,
     silent_closed: u64,
     silent_closed_without_keepalive: u64,
-    dirty: DirtySet,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     next_g: u64,
@@ -192,13 +184,10 @@ pub struct Run<'a> {
     ramp_deadline_us: u64,
     ramp_start_us: u64,
     ramp_end_us: u64,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     silent_start_us: Option<u64>,
     done_us: u64,
-    next_check_us: u64,
-    progress_next_us: u64,
-    bytes_since_send_check: usize,
+    progress: Progress,
     /// The order users connect in (`connect_order`).
     order: Vec<usize>,
 }
@@ -215,7 +204,76 @@ impl ScenarioKind for Ccm {
     type Report = report::Report;
 
     fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let now_us = io.clock.now_us();
+        let rate = cfg.connect_rate_per_s.max(1);
+        let total = cfg.users + cfg.silent;
+        // Silent users are spread through the ramp-up rather than left to its end.
+        let users: Vec<User> = (0..total)
+            .map(|i| {
+                let (name, role, partner) = if i < cfg.users {
+                    (
+                        active_name(i),
+                        Role::Active,
+                        cfg.pattern.partner(i, cfg.users),
+                    )
+                } else {
+                    (silent_name(i - cfg.users), Role::Silent, i)
+                };
+                User {
+                    name,
+                    role,
+                    partner,
+                    sender: None,
+                    conn: Conn::default(),
+                    phase: UserPhase::Idle,
+                    intended_connect_us: 0,
+                    in_ramp: true,
+                    token: Bytes::new(),
+                    last_write_us: 0,
+                    keepalives: 0,
+                }
+            })
+            .collect();
+        let mut run = Run {
+            cfg,
+            io,
+            users,
+            senders: Vec::new(),
+            accounting: Accounting::new(0),
+            content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
+            latency: Latencies::default(),
+            errors: ErrorCounts::default(),
+            sent: 0,
+            sent_in_window: 0,
+            delivered_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            foreign_messages: 0,
+            keepalives_active: 0,
+            keepalives_answered: 0,
+            keepalives_silent: 0,
+            silent_closed: 0,
+            silent_closed_without_keepalive: 0,
+            phase: Phase::Ramp,
+            plan: None,
+            next_g: 0,
+            next_connect: 0,
+            ramp_unsettled: total,
+            ramp_deadline_us: now_us
+                + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
+            ramp_start_us: now_us,
+            ramp_end_us: now_us,
+            drain: Drain::default(),
+            silent_start_us: None,
+            done_us: now_us,
+            progress: Progress::new(cfg.progress, now_us),
+            order: connect_order(cfg.users, cfg.silent),
+        };
+        for (k, &u) in run.order.iter().enumerate() {
+            run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
+        }
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> CcmOutcome {
         run.finish()
@@ -250,89 +308,6 @@ impl ScenarioKind for Ccm {
     }
 }
 
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-    let now_us = clock.now_us();
-    let rate = cfg.connect_rate_per_s.max(1);
-    let total = cfg.users + cfg.silent;
-    // Silent users are spread through the ramp-up rather than left to its end.
-    let users: Vec<User> = (0..total)
-        .map(|i| {
-            let (name, role, partner) = if i < cfg.users {
-                (
-                    active_name(i),
-                    Role::Active,
-                    cfg.pattern.partner(i, cfg.users),
-                )
-            } else {
-                (silent_name(i - cfg.users), Role::Silent, i)
-            };
-            User {
-                name,
-                role,
-                partner,
-                sender: None,
-                conn: Conn::default(),
-                phase: UserPhase::Idle,
-                intended_connect_us: 0,
-                in_ramp: true,
-                token: Bytes::new(),
-                last_write_us: 0,
-                keepalives: 0,
-            }
-        })
-        .collect();
-    let mut run = Run {
-        cfg,
-        clock,
-        poll,
-        pacer,
-        users,
-        senders: Vec::new(),
-        accounting: Accounting::new(0),
-        read_buf: vec![0; READ_BUF_BYTES],
-        content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
-        latency: Latencies::default(),
-        errors: ErrorCounts::default(),
-        sent: 0,
-        sent_in_window: 0,
-        delivered_in_window: 0,
-        not_sent_queue_full: 0,
-        not_sent_connection_lost: 0,
-        foreign_messages: 0,
-        keepalives_active: 0,
-        keepalives_answered: 0,
-        keepalives_silent: 0,
-        silent_closed: 0,
-        silent_closed_without_keepalive: 0,
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
-        phase: Phase::Ramp,
-        plan: None,
-        next_g: 0,
-        next_connect: 0,
-        ramp_unsettled: total,
-        ramp_deadline_us: now_us
-            + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
-        ramp_start_us: now_us,
-        ramp_end_us: now_us,
-        drain_start_us: None,
-        drain_timed_out: false,
-        silent_start_us: None,
-        done_us: now_us,
-        next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
-        order: connect_order(cfg.users, cfg.silent),
-    };
-    for (k, &u) in run.order.iter().enumerate() {
-        run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
-    }
-    Ok(run)
-}
-
 /// The order users connect in: the silent ones (indices `users..`) spread evenly among the
 /// active ones.
 fn connect_order(users: usize, silent: usize) -> Vec<usize> {
@@ -352,179 +327,25 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
     order
 }
 
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError, own_phase_work);
+impl Phases for Run<'_> {
+    fn io(&self) -> &Loop {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
     fn advance(&mut self) -> Result<(), RunError> {
         let order = std::mem::take(&mut self.order);
-        let advanced = self.advance(&order);
+        let advanced = Run::advance(self, &order);
         self.order = order;
         advanced
     }
     fn next_wake_us(&self) -> u64 {
-        self.next_wake_us(&self.order)
+        Run::next_wake_us(self, &self.order)
     }
-    driver::drive_connections!(users.conn, flush_dirty);
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sent,
-            received: self.accounting.counts().delivered,
-        }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
     }
-}
-
-impl Run<'_> {
-    fn advance(&mut self, order: &[usize]) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
-        match self.phase {
-            Phase::Ramp => {
-                while let Some(&u) = order.get(self.next_connect) {
-                    if self.users[u].intended_connect_us > now_us {
-                        break;
-                    }
-                    self.next_connect += 1;
-                    self.connect(u);
-                }
-                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
-                    for u in 0..self.users.len() {
-                        if self.users[u].in_ramp {
-                            self.fail(u, ErrorKind::Connect, || {
-                                "timed out before its Identity came back".to_string()
-                            });
-                        }
-                    }
-                    self.next_connect = order.len();
-                }
-                if self.next_connect == order.len() && self.ramp_unsettled == 0 {
-                    self.start_sending(now_us)?;
-                }
-            }
-            Phase::Send => {
-                self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
-                    let now_us = self.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
-                }
-            }
-            Phase::Drain { deadline_us } => {
-                self.flush_dirty();
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
-                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
-                    let complete = !queued && self.accounting.undelivered() == 0;
-                    if complete || now_us >= deadline_us {
-                        self.drain_timed_out = !complete;
-                        self.start_silent_wait(now_us);
-                    }
-                }
-            }
-            Phase::SilentWait { deadline_us } => {
-                if self.silent_open() == 0 || now_us >= deadline_us {
-                    self.phase = Phase::Done;
-                }
-            }
-            Phase::Done => {}
-        }
-        if self.phase == Phase::Done {
-            self.done_us = now_us;
-        }
-        if self.cfg.progress && now_us >= self.progress_next_us {
-            self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
-        }
-        Ok(())
-    }
-
-    fn next_wake_us(&self, order: &[usize]) -> u64 {
-        let phase_us = match self.phase {
-            Phase::Ramp => order
-                .get(self.next_connect)
-                .map_or(u64::MAX, |&u| self.users[u].intended_connect_us)
-                .min(self.ramp_deadline_us),
-            Phase::Send => self
-                .plan
-                .as_ref()
-                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            Phase::Drain { .. } => self.next_check_us,
-            // A close wakes the poll by itself.
-            Phase::SilentWait { deadline_us } => deadline_us,
-            Phase::Done => u64::MAX,
-        };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
-        }
-    }
-
-    /// Silent users the server has not closed yet.
-    fn silent_open(&self) -> usize {
-        self.users
-            .iter()
-            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
-            .count()
-    }
-
-    fn start_silent_wait(&mut self, now_us: u64) {
-        self.silent_start_us = Some(now_us);
-        let last_us = self
-            .users
-            .iter()
-            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
-            .map(|u| u.last_write_us)
-            .max();
-        self.phase = match last_us {
-            Some(last_us) => Phase::SilentWait {
-                deadline_us: (last_us + self.cfg.silent_wait_us).max(now_us),
-            },
-            None => Phase::Done,
-        };
-    }
-
-    fn settle(&mut self, u: usize) {
-        if std::mem::take(&mut self.users[u].in_ramp) {
-            self.ramp_unsettled -= 1;
-        }
-    }
-
-    fn connect(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
-            Ok(()) => user.phase = UserPhase::Connecting,
-            Err(why) => self.fail(u, ErrorKind::Connect, || why),
-        }
-    }
-
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.ramp_end_us = now_us;
-        self.senders = (0..self.cfg.users)
-            .filter(|&u| self.users[u].phase == UserPhase::Joined)
-            .collect();
-        if self.senders.is_empty() {
-            return Err(self.errors.unreachable("no user joined"));
-        }
-        for (ordinal, &u) in self.senders.iter().enumerate() {
-            self.users[u].sender = Some(ordinal as u32);
-        }
-        self.accounting = Accounting::new(self.senders.len());
-        self.plan = Some(Plan::new(
-            self.senders.len() as u32,
-            self.cfg.rate_per_s,
-            now_us + START_DELAY_US,
-            self.cfg.warmup_us,
-            self.cfg.duration_us,
-        ));
-        self.phase = Phase::Send;
-        Ok(())
-    }
-
     fn send_due(&mut self) {
         let Some(plan) = self.plan.as_ref() else {
             return;
@@ -532,8 +353,8 @@ impl Run<'_> {
         if self.phase != Phase::Send {
             return;
         }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
         let senders = u64::from(plan.senders);
         while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
             let u = self.senders[plan.sender_of(due.g) as usize];
@@ -568,15 +389,209 @@ impl Run<'_> {
                 .queue
                 .push_back(Queued::new(&user.conn.out, &due, ()));
             plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-            self.dirty.mark(u);
+            self.io.dirty.mark(u);
         }
-        self.flush_dirty();
+        engine::flush_dirty(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts().delivered,
+        }
+    }
+}
+
+impl Wire for Run<'_> {
+    type Tag = ();
+    type Message = codec::Message;
+
+    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
+        let user = self.users.get_mut(u)?;
+        Some((&mut self.io, &mut user.conn))
+    }
+    fn link(&self, u: usize) -> Link {
+        match self.users.get(u).map(|user| user.phase) {
+            Some(UserPhase::Connecting) => Link::Connecting,
+            Some(UserPhase::AwaitIdentity) => Link::Greeting,
+            Some(UserPhase::Joined) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_connected(&mut self, u: usize) -> io::Result<()> {
+        let user = &mut self.users[u];
+        user.conn.out.extend(&wire::identify(&user.name));
+        user.phase = UserPhase::AwaitIdentity;
+        Ok(())
+    }
+    fn decode(&mut self, u: usize) -> Result<Option<codec::Message>, String> {
+        codec::decode(&mut self.users[u].conn.inbuf, false).map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, u: usize, message: codec::Message, now_us: u64) {
+        Run::on_message(self, u, &message, now_us);
+    }
+    fn on_drained(&mut self, u: usize) {
+        // The server always writes Content-Length: a message it cut short of one would wait
+        // here forever, so a whole burst is decoded as a last resort.
+        if self.users[u].conn.inbuf.is_empty() {
+            return;
+        }
+        let now_us = self.io.clock.now_us();
+        match codec::decode(&mut self.users[u].conn.inbuf, true) {
+            Ok(Some(message)) => Run::on_message(self, u, &message, now_us),
+            Ok(None) => {}
+            Err(e) => Run::fail(self, u, ErrorKind::Protocol, || {
+                format!("framing lost: {e}")
+            }),
+        }
+    }
+    fn on_server_close(&mut self, u: usize, why: String) {
+        Run::on_server_close(self, u, why);
+    }
+    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
+        Run::fail(self, u, kind, || why);
+    }
+    fn flush(&mut self, u: usize) {
+        Run::flush(self, u);
+    }
+}
+
+impl Run<'_> {
+    fn advance(&mut self, order: &[usize]) -> Result<(), RunError> {
+        let now_us = self.io.clock.now_us();
+        match self.phase {
+            Phase::Ramp => {
+                while let Some(&u) = order.get(self.next_connect) {
+                    if self.users[u].intended_connect_us > now_us {
+                        break;
+                    }
+                    self.next_connect += 1;
+                    self.connect(u);
+                }
+                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
+                    for u in 0..self.users.len() {
+                        if self.users[u].in_ramp {
+                            self.fail(u, ErrorKind::Connect, || {
+                                "timed out before its Identity came back".to_string()
+                            });
+                        }
+                    }
+                    self.next_connect = order.len();
+                }
+                if self.next_connect == order.len() && self.ramp_unsettled == 0 {
+                    self.start_sending(now_us)?;
+                }
+            }
+            Phase::Send => {
+                self.send_due();
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
+                }
+            }
+            Phase::Drain { deadline_us } => {
+                engine::flush_dirty(self);
+                if self.drain.check_due(now_us) {
+                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
+                    let complete = !queued && self.accounting.undelivered() == 0;
+                    if complete || now_us >= deadline_us {
+                        self.drain.timed_out = !complete;
+                        self.start_silent_wait(now_us);
+                    }
+                }
+            }
+            Phase::SilentWait { deadline_us } => {
+                if self.silent_open() == 0 || now_us >= deadline_us {
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+        if self.phase == Phase::Done {
+            self.done_us = now_us;
+        }
+        if self.progress.due(now_us) {
+            self.progress_line(now_us);
+        }
+        Ok(())
     }
 
-    fn flush_dirty(&mut self) {
-        for u in self.dirty.take() {
-            self.flush(u);
+    fn next_wake_us(&self, order: &[usize]) -> u64 {
+        let phase_us = match self.phase {
+            Phase::Ramp => order
+                .get(self.next_connect)
+                .map_or(u64::MAX, |&u| self.users[u].intended_connect_us)
+                .min(self.ramp_deadline_us),
+            Phase::Send => self
+                .plan
+                .as_ref()
+                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
+            Phase::Drain { .. } => self.drain.next_check_us,
+            // A close wakes the poll by itself.
+            Phase::SilentWait { deadline_us } => deadline_us,
+            Phase::Done => u64::MAX,
+        };
+        self.progress.wake_us(phase_us)
+    }
+
+    /// Silent users the server has not closed yet.
+    fn silent_open(&self) -> usize {
+        self.users
+            .iter()
+            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+            .count()
+    }
+
+    fn start_silent_wait(&mut self, now_us: u64) {
+        self.silent_start_us = Some(now_us);
+        let last_us = self
+            .users
+            .iter()
+            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+            .map(|u| u.last_write_us)
+            .max();
+        self.phase = match last_us {
+            Some(last_us) => Phase::SilentWait {
+                deadline_us: (last_us + self.cfg.silent_wait_us).max(now_us),
+            },
+            None => Phase::Done,
+        };
+    }
+
+    fn settle(&mut self, u: usize) {
+        if std::mem::take(&mut self.users[u].in_ramp) {
+            self.ramp_unsettled -= 1;
         }
+    }
+
+    fn connect(&mut self, u: usize) {
+        let user = &mut self.users[u];
+        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
+            Ok(()) => user.phase = UserPhase::Connecting,
+            Err(why) => self.fail(u, ErrorKind::Connect, || why),
+        }
+    }
+
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
+        self.ramp_end_us = now_us;
+        self.senders = (0..self.cfg.users)
+            .filter(|&u| self.users[u].phase == UserPhase::Joined)
+            .collect();
+        if self.senders.is_empty() {
+            return Err(self.errors.unreachable("no user joined"));
+        }
+        for (ordinal, &u) in self.senders.iter().enumerate() {
+            self.users[u].sender = Some(ordinal as u32);
+        }
+        self.accounting = Accounting::new(self.senders.len());
+        self.plan = Some(Plan::new(
+            self.senders.len() as u32,
+            self.cfg.rate_per_s,
+            now_us + START_DELAY_US,
+            self.cfg.warmup_us,
+            self.cfg.duration_us,
+        ));
+        self.phase = Phase::Send;
+        Ok(())
     }
 
     fn flush(&mut self, u: usize) {
@@ -595,117 +610,17 @@ impl Run<'_> {
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
             *sent += 1;
             if let Some(ordinal) = sender {
                 accounting.on_sent(ordinal as usize);
             }
         });
         if !user.conn.out.has_pending() {
-            user.last_write_us = self.clock.now_us();
+            user.last_write_us = self.io.clock.now_us();
         }
         if let Some(why) = failure {
             self.fail(u, ErrorKind::Write, || why);
-        }
-    }
-
-    fn drive(&mut self, u: usize) {
-        match self.users[u].phase {
-            UserPhase::Idle | UserPhase::Failed | UserPhase::ClosedByServer => {}
-            UserPhase::Connecting => {
-                if self.users[u].conn.readable || self.users[u].conn.writable {
-                    self.check_connected(u);
-                }
-                if self.users[u].phase != UserPhase::Connecting {
-                    self.drive(u);
-                }
-            }
-            UserPhase::AwaitIdentity | UserPhase::Joined => {
-                if self.users[u].conn.readable {
-                    self.read(u);
-                }
-                let user = &self.users[u];
-                if user.conn.writable && user.conn.out.has_pending() {
-                    self.flush(u);
-                }
-            }
-        }
-    }
-
-    fn check_connected(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.is_connected() {
-            Ok(true) => {
-                user.conn.out.extend(&wire::identify(&user.name));
-                user.phase = UserPhase::AwaitIdentity;
-                user.conn.readable = true;
-                self.dirty.mark(u);
-            }
-            Ok(false) => {}
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
-        }
-    }
-
-    fn read(&mut self, u: usize) {
-        let mut budget = READ_BUDGET_BYTES;
-        loop {
-            let user = &mut self.users[u];
-            let Some(stream) = user.conn.stream.as_mut() else {
-                return;
-            };
-            if budget == 0 {
-                self.still_ready.push(u);
-                return;
-            }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
-                Chunk::Bytes(n) => n,
-                Chunk::Drained => {
-                    // The server always writes Content-Length: a message it cut short of one
-                    // would wait here forever, so a whole burst is decoded as a last resort.
-                    if !user.conn.inbuf.is_empty() {
-                        let now_us = self.clock.now_us();
-                        match codec::decode(&mut self.users[u].conn.inbuf, true) {
-                            Ok(Some(message)) => self.on_message(u, &message, now_us),
-                            Ok(None) => {}
-                            Err(e) => {
-                                self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"))
-                            }
-                        }
-                    }
-                    return;
-                }
-                ended => {
-                    self.on_server_close(u, ended.why());
-                    return;
-                }
-            };
-            budget = budget.saturating_sub(n);
-            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
-            let now_us = self.clock.now_us();
-            loop {
-                if !matches!(
-                    self.users[u].phase,
-                    UserPhase::AwaitIdentity | UserPhase::Joined
-                ) {
-                    return;
-                }
-                let message = match codec::decode(&mut self.users[u].conn.inbuf, false) {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
-                        return;
-                    }
-                };
-                self.on_message(u, &message, now_us);
-            }
-            if self.users[u].conn.out.has_pending() {
-                self.dirty.mark(u); // keepalive answers
-            }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
-                self.send_due();
-            }
         }
     }
 
@@ -713,7 +628,7 @@ impl Run<'_> {
     fn on_server_close(&mut self, u: usize, why: String) {
         let user = &mut self.users[u];
         if user.role == Role::Silent && user.phase == UserPhase::Joined {
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             self.latency
                 .silent_closed_after
                 .record(now_us.saturating_sub(user.last_write_us));
@@ -722,7 +637,7 @@ impl Run<'_> {
             let keepalives = user.keepalives;
             let name = user.name.clone();
             if let Some(mut stream) = user.conn.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.io.poll.registry().deregister(&mut stream);
             }
             if keepalives == 0 {
                 self.silent_closed_without_keepalive += 1;
@@ -732,12 +647,7 @@ impl Run<'_> {
             }
             return;
         }
-        let kind = if user.phase == UserPhase::Joined {
-            ErrorKind::Read
-        } else {
-            ErrorKind::Connect
-        };
-        self.fail(u, kind, || why);
+        engine::lost(self, u, why);
     }
 
     fn on_message(&mut self, u: usize, message: &codec::Message, now_us: u64) {
@@ -769,7 +679,7 @@ impl Run<'_> {
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
                     user.conn.out.extend(&reply);
                     self.keepalives_answered += 1;
-                    self.dirty.mark(u);
+                    self.io.dirty.mark(u);
                 }
             }
             Incoming::Text {
@@ -868,7 +778,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
+        self.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -876,7 +786,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
@@ -900,17 +809,14 @@ impl Run<'_> {
             }
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.errors.total());
     }
 
     pub fn finish(mut self) -> CcmOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         let mut not_sent_at_end = 0;
         for user in &mut self.users {
-            not_sent_at_end += user.conn.close(self.poll.registry());
+            not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us
@@ -953,12 +859,12 @@ impl Run<'_> {
             keepalives_answered: self.keepalives_answered,
             keepalives_silent: self.keepalives_silent,
             ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: self.drain_start_us.map_or(0, |start| {
+            drain_used_us: self.drain.start_us.map_or(0, |start| {
                 self.silent_start_us
                     .unwrap_or(done_us)
                     .saturating_sub(start)
             }),
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             silent_wait_used_us: self
                 .silent_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use super::{CcmConfig, CcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Lines, Losses,
-    NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Latencies, Lines,
+    Losses, NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs,
+    Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -61,16 +62,6 @@ pub struct Silent {
     /// First `Connect` minus the user's last write, ms (expected about the idle timer).
     pub keepalive_after_ms: LatencySummary,
     pub wait_ms: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Latencies {
-    /// Text at the receiver minus intended send time.
-    pub delivery: LatencySummary,
-    /// Identity received minus intended connect time.
-    pub connect: LatencySummary,
-    #[serde(flatten)]
-    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -181,18 +172,8 @@ impl Report {
                 strict,
                 run_id: format!("{:08x}", cfg.run_id),
             },
-            connections: Connections {
-                requested: run.users_requested,
-                joined: run.users_joined,
-                failed: run.users_requested - run.users_joined,
-                ramp_up_ms: run.ramp_us as f64 / 1e3,
-            },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             deliveries: Deliveries {
                 delivered: run.seq.delivered,
@@ -234,35 +215,22 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
             format!(
-                "CCM against {}: {} users ({}), {} silent, {} senders, {} msg/s for {:.3} s \
-                 (+{:.3} s warmup), {}-byte contents",
-                self.target,
-                s.users,
-                s.pattern,
-                s.silent_users,
-                s.senders,
-                s.rate_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                "CCM against {}: {} users ({}), {} silent",
+                self.target, s.users, s.pattern, s.silent_users
             ),
+            s.senders,
+            format!("{} msg/s", s.rate_per_s),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "contents"),
         );
-        out.line(
-            "connections",
-            format!(
-                "{} requested, {} joined, {} failed; ramp-up {:.3} s; identify p50 {:.3} ms \
-                 p99 {:.3} ms max {:.3} ms",
-                self.connections.requested,
-                self.connections.joined,
-                self.connections.failed,
-                self.connections.ramp_up_ms / 1e3,
-                l.connect.p50_ms,
-                l.connect.p99_ms,
-                l.connect.max_ms
-            ),
+        out.connections(
+            &self.connections,
+            "requested",
+            "",
+            Some(("identify", &l.connect)),
         );
         out.send_rate(&self.send);
         out.not_sent(&self.not_sent, "connection lost");

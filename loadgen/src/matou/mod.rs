@@ -18,6 +18,7 @@
 //! The loop is ROOM's and CCM's: one mio poll, sockets registered READABLE|WRITABLE once,
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
+pub mod churn;
 pub mod links;
 pub mod report;
 pub mod stamp;
@@ -26,21 +27,19 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use mio::Poll;
 use switchboard::protocol::matou::codec::Limits;
 
-use crate::clock::Clock;
 use crate::driver::{
-    self, queue_full, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK, PROGRESS_INTERVAL_US, RAMP_TIMEOUT_MIN_US,
-    READ_BUDGET_BYTES, READ_BUF_BYTES, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
+    queue_full, RunError, SentReceived, RAMP_TIMEOUT_MIN_US, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
 };
-use crate::pacer::Pacer;
+use crate::driver::{Drain, Loop, Phases, Progress};
+use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, Chunk, Conn, DirtySet, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -188,9 +187,7 @@ enum Phase {
 
 pub struct Run<'a> {
     cfg: &'a MatouConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    io: Loop,
     users: Vec<User>,
     /// User index of each sender ordinal.
     senders: Vec<usize>,
@@ -203,7 +200,6 @@ pub struct Run<'a> {
     link_rng: SplitMix64,
     /// The decoder's size limits: the codec's defaults, far above what this run's packets need.
     limits: Limits,
-    read_buf: Vec<u8>,
     content_buf: Vec<u8>,
     latency: Latencies,
     errors: ErrorCounts,
@@ -226,8 +222,6 @@ pub struct Run<'a> {
     decode_errors: u64,
     foreign_messages: u64,
     foreign_notices: u64,
-    dirty: DirtySet,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     link_plan: Option<Plan>,
@@ -238,13 +232,10 @@ pub struct Run<'a> {
     ramp_deadline_us: u64,
     ramp_start_us: u64,
     ramp_end_us: u64,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     sign_out_start_us: Option<u64>,
     done_us: u64,
-    next_check_us: u64,
-    progress_next_us: u64,
-    bytes_since_send_check: usize,
+    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -259,7 +250,73 @@ impl ScenarioKind for Matou {
     type Report = report::Report;
 
     fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let now_us = io.clock.now_us();
+        let rate = cfg.connect_rate_per_s.max(1);
+        let users: Vec<User> = (0..cfg.users)
+            .map(|i| User {
+                name: wire::user_name(cfg.run_id, i),
+                ip: None,
+                sender: None,
+                conn: Conn::default(),
+                phase: UserPhase::Idle,
+                intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
+                in_ramp: true,
+                joined: false,
+                in_room_after_ramp: false,
+            })
+            .collect();
+        let run = Run {
+            cfg,
+            io,
+            users,
+            senders: Vec::new(),
+            pool: Vec::new(),
+            accounting: Accounting::new(0, 0),
+            links: Links::new(),
+            join_ledger: NoticeLedger::new(cfg.users),
+            sign_out_ledger: NoticeLedger::new(cfg.users),
+            link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
+            limits: Limits::default(),
+            content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
+            latency: Latencies::default(),
+            errors: ErrorCounts::default(),
+            sent: 0,
+            sent_in_window: 0,
+            delivered_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            not_sent_at_end: 0,
+            links_not_sent_connection_lost: 0,
+            links_not_sent_queue_full: 0,
+            links_not_sent_busy: 0,
+            links_requested_in_window: 0,
+            links_completed_in_window: 0,
+            address_mismatches: 0,
+            signed_out: 0,
+            closed_after_sign_out: 0,
+            error_packets: 0,
+            refusals: 0,
+            decode_errors: 0,
+            foreign_messages: 0,
+            foreign_notices: 0,
+            phase: Phase::Ramp,
+            plan: None,
+            link_plan: None,
+            next_g: 0,
+            next_link: 0,
+            next_connect: 0,
+            ramp_unsettled: cfg.users,
+            ramp_deadline_us: now_us
+                + RAMP_TIMEOUT_MIN_US.max((cfg.users as u64 * 1_000_000).div_ceil(rate) * 3),
+            ramp_start_us: now_us,
+            ramp_end_us: now_us,
+            drain: Drain::default(),
+            sign_out_start_us: None,
+            done_us: now_us,
+            progress: Progress::new(cfg.progress, now_us),
+        };
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> MatouOutcome {
         run.finish()
@@ -293,86 +350,6 @@ impl ScenarioKind for Matou {
     }
 }
 
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-    let now_us = clock.now_us();
-    let rate = cfg.connect_rate_per_s.max(1);
-    let users: Vec<User> = (0..cfg.users)
-        .map(|i| User {
-            name: wire::user_name(cfg.run_id, i),
-            ip: None,
-            sender: None,
-            conn: Conn::default(),
-            phase: UserPhase::Idle,
-            intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
-            in_ramp: true,
-            joined: false,
-            in_room_after_ramp: false,
-        })
-        .collect();
-    let run = Run {
-        cfg,
-        clock,
-        poll,
-        pacer,
-        users,
-        senders: Vec::new(),
-        pool: Vec::new(),
-        accounting: Accounting::new(0, 0),
-        links: Links::new(),
-        join_ledger: NoticeLedger::new(cfg.users),
-        sign_out_ledger: NoticeLedger::new(cfg.users),
-        link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
-        limits: Limits::default(),
-        read_buf: vec![0; READ_BUF_BYTES],
-        content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
-        latency: Latencies::default(),
-        errors: ErrorCounts::default(),
-        sent: 0,
-        sent_in_window: 0,
-        delivered_in_window: 0,
-        not_sent_queue_full: 0,
-        not_sent_connection_lost: 0,
-        not_sent_at_end: 0,
-        links_not_sent_connection_lost: 0,
-        links_not_sent_queue_full: 0,
-        links_not_sent_busy: 0,
-        links_requested_in_window: 0,
-        links_completed_in_window: 0,
-        address_mismatches: 0,
-        signed_out: 0,
-        closed_after_sign_out: 0,
-        error_packets: 0,
-        refusals: 0,
-        decode_errors: 0,
-        foreign_messages: 0,
-        foreign_notices: 0,
-        dirty: DirtySet::default(),
-        still_ready: Vec::new(),
-        phase: Phase::Ramp,
-        plan: None,
-        link_plan: None,
-        next_g: 0,
-        next_link: 0,
-        next_connect: 0,
-        ramp_unsettled: cfg.users,
-        ramp_deadline_us: now_us
-            + RAMP_TIMEOUT_MIN_US.max((cfg.users as u64 * 1_000_000).div_ceil(rate) * 3),
-        ramp_start_us: now_us,
-        ramp_end_us: now_us,
-        drain_start_us: None,
-        drain_timed_out: false,
-        sign_out_start_us: None,
-        done_us: now_us,
-        next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
-        bytes_since_send_check: 0,
-    };
-    Ok(run)
-}
-
 /// Whether `address` (the bytes of a PRIVATE_*_ADDRESS) is `ip`: 4 bytes for IPv4, 16 for IPv6.
 pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
     match ip {
@@ -381,20 +358,15 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
     }
 }
 
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
-    driver::drive_connections!(users.conn, flush_dirty);
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sent,
-            received: self.accounting.counts().delivered,
-        }
+impl Phases for Run<'_> {
+    fn io(&self) -> &Loop {
+        &self.io
     }
-}
-
-impl Run<'_> {
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
+    }
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Ramp => {
                 while self.next_connect < self.users.len()
@@ -420,21 +392,16 @@ impl Run<'_> {
             Phase::Send => {
                 self.send_due();
                 if self.plans_done() {
-                    let now_us = self.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
                 }
             }
             Phase::Drain { deadline_us } => {
-                self.flush_dirty();
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                engine::flush_dirty(self);
+                if self.drain.check_due(now_us) {
                     let complete = self.everything_arrived();
                     if complete || now_us >= deadline_us {
-                        self.drain_timed_out = !complete;
+                        self.drain.timed_out = !complete;
                         self.start_sign_out(now_us);
                     }
                 }
@@ -449,17 +416,116 @@ impl Run<'_> {
         if self.phase == Phase::Done {
             self.done_us = now_us;
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
+    fn next_wake_us(&self) -> u64 {
+        let phase_us = match self.phase {
+            Phase::Ramp => self
+                .users
+                .get(self.next_connect)
+                .map_or(u64::MAX, |u| u.intended_connect_us)
+                .min(self.ramp_deadline_us),
+            Phase::Send => {
+                let (public, link) = self.next_due_us();
+                public.min(link)
+            }
+            Phase::Drain { .. } => self.drain.next_check_us,
+            // A close wakes the poll by itself.
+            Phase::SignOut { deadline_us } => deadline_us,
+            Phase::Done => u64::MAX,
+        };
+        self.progress.wake_us(phase_us)
+    }
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+    /// Queues every due public message and link request, in intended-time order, then writes.
+    fn send_due(&mut self) {
+        if self.phase != Phase::Send {
+            return;
+        }
+        self.io.bytes_since_send_check = 0;
+        let now_us = self.io.clock.now_us();
+        loop {
+            let (public_us, link_us) = self.next_due_us();
+            if public_us.min(link_us) > now_us {
+                break;
+            }
+            if public_us <= link_us {
+                self.send_public(public_us, now_us);
+            } else {
+                self.request_link(link_us, now_us);
+            }
+        }
+        engine::flush_dirty(self);
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts().delivered,
+        }
+    }
+}
 
+impl Wire for Run<'_> {
+    type Tag = ();
+    type Message = Incoming;
+
+    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
+        let user = self.users.get_mut(u)?;
+        Some((&mut self.io, &mut user.conn))
+    }
+    fn link(&self, u: usize) -> Link {
+        match self.users.get(u).map(|user| user.phase) {
+            Some(UserPhase::Connecting) => Link::Connecting,
+            Some(UserPhase::AwaitResponse) => Link::Greeting,
+            Some(UserPhase::Joined | UserPhase::SigningOut) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_connected(&mut self, u: usize) -> io::Result<()> {
+        let user = &mut self.users[u];
+        // The server tells peers this address: the checks compare against it.
+        let local = user.conn.stream.as_ref().map(|stream| stream.local_addr());
+        if let Some(local) = local {
+            user.ip = Some(local?.ip());
+        }
+        user.conn.out.extend(&wire::connect_request(&user.name));
+        user.phase = UserPhase::AwaitResponse;
+        Ok(())
+    }
+    fn decode(&mut self, u: usize) -> Result<Option<Incoming>, String> {
+        let decoded = wire::decode(
+            &mut self.users[u].conn.inbuf,
+            &self.limits,
+            self.cfg.run_id,
+            self.cfg.users,
+        );
+        if decoded.is_err() {
+            self.decode_errors += 1;
+        }
+        decoded.map_err(|e| e.to_string())
+    }
+    fn on_message(&mut self, u: usize, incoming: Incoming, now_us: u64) {
+        self.on_packet(u, incoming, now_us);
+    }
+    fn on_server_close(&mut self, u: usize, why: String) {
+        Run::on_server_close(self, u, why);
+    }
+    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
+        Run::fail(self, u, kind, || why);
+    }
+    fn flush(&mut self, u: usize) {
+        Run::flush(self, u);
+    }
+}
+
+impl Run<'_> {
     fn plans_done(&self) -> bool {
-        self.plan
-            .as_ref()
-            .is_some_and(|p| self.next_g >= p.messages)
+        Plan::all_taken(self.plan.as_ref(), self.next_g)
             && self
                 .link_plan
                 .as_ref()
@@ -479,29 +545,6 @@ impl Run<'_> {
             .filter(|p| self.next_link < p.messages)
             .map_or(u64::MAX, |p| p.intended_us(self.next_link));
         (public, link)
-    }
-
-    fn next_wake_us(&self) -> u64 {
-        let phase_us = match self.phase {
-            Phase::Ramp => self
-                .users
-                .get(self.next_connect)
-                .map_or(u64::MAX, |u| u.intended_connect_us)
-                .min(self.ramp_deadline_us),
-            Phase::Send => {
-                let (public, link) = self.next_due_us();
-                public.min(link)
-            }
-            Phase::Drain { .. } => self.next_check_us,
-            // A close wakes the poll by itself.
-            Phase::SignOut { deadline_us } => deadline_us,
-            Phase::Done => u64::MAX,
-        };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
-        }
     }
 
     /// Drain: nothing queued, every written message at every user still in the room, every
@@ -540,10 +583,10 @@ impl Run<'_> {
                 user.conn.out.extend(&wire::public_sign_out());
                 user.phase = UserPhase::SigningOut;
                 self.signed_out += 1;
-                self.dirty.mark(u);
+                self.io.dirty.mark(u);
             }
         }
-        self.flush_dirty();
+        engine::flush_dirty(self);
     }
 
     fn settle(&mut self, u: usize) {
@@ -554,7 +597,7 @@ impl Run<'_> {
 
     fn connect(&mut self, u: usize) {
         let user = &mut self.users[u];
-        match user.conn.open(self.poll.registry(), self.cfg.target, u) {
+        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
             Ok(()) => user.phase = UserPhase::Connecting,
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
         }
@@ -598,27 +641,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Queues every due public message and link request, in intended-time order, then writes.
-    fn send_due(&mut self) {
-        if self.phase != Phase::Send {
-            return;
-        }
-        self.bytes_since_send_check = 0;
-        let now_us = self.clock.now_us();
-        loop {
-            let (public_us, link_us) = self.next_due_us();
-            if public_us.min(link_us) > now_us {
-                break;
-            }
-            if public_us <= link_us {
-                self.send_public(public_us, now_us);
-            } else {
-                self.request_link(link_us, now_us);
-            }
-        }
-        self.flush_dirty();
-    }
-
     fn send_public(&mut self, intended_us: u64, now_us: u64) {
         let Some(plan) = self.plan.as_ref() else {
             return;
@@ -656,7 +678,7 @@ impl Run<'_> {
             .queue
             .push_back(Queued::new(&user.conn.out, &due, ()));
         plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-        self.dirty.mark(u);
+        self.io.dirty.mark(u);
     }
 
     /// Draws a free (Src, Dst) pair and queues Src's PRIVATE_REQUEST.
@@ -705,13 +727,7 @@ impl Run<'_> {
         }
         self.links.open(src as u32, dst as u32, intended_us);
         self.users[src].conn.out.extend(&packet);
-        self.dirty.mark(src);
-    }
-
-    fn flush_dirty(&mut self) {
-        for u in self.dirty.take() {
-            self.flush(u);
-        }
+        self.io.dirty.mark(src);
     }
 
     fn flush(&mut self, u: usize) {
@@ -732,7 +748,7 @@ impl Run<'_> {
             sent_in_window: &mut self.sent_in_window,
         };
         let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.clock, lags, |_, _| {
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
             *sent += 1;
             if let Some(ordinal) = sender {
                 accounting.on_sent(ordinal as usize);
@@ -743,108 +759,6 @@ impl Run<'_> {
         }
     }
 
-    fn drive(&mut self, u: usize) {
-        match self.users[u].phase {
-            UserPhase::Idle | UserPhase::Failed | UserPhase::Closed => {}
-            UserPhase::Connecting => {
-                if self.users[u].conn.readable || self.users[u].conn.writable {
-                    self.check_connected(u);
-                }
-                if self.users[u].phase != UserPhase::Connecting {
-                    self.drive(u);
-                }
-            }
-            UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut => {
-                if self.users[u].conn.readable {
-                    self.read(u);
-                }
-                let user = &self.users[u];
-                if user.conn.writable && user.conn.out.has_pending() {
-                    self.flush(u);
-                }
-            }
-        }
-    }
-
-    fn check_connected(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        let outcome = match user.conn.is_connected() {
-            Ok(true) => user.conn.stream.as_ref().map_or(Ok(None), |stream| {
-                stream.local_addr().map(|local| Some(local.ip()))
-            }),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(Some(ip)) => {
-                user.ip = Some(ip);
-                user.conn.out.extend(&wire::connect_request(&user.name));
-                user.phase = UserPhase::AwaitResponse;
-                user.conn.readable = true;
-                self.dirty.mark(u);
-            }
-            Ok(None) => {}
-            Err(e) => self.fail(u, ErrorKind::Connect, || format!("connect: {e}")),
-        }
-    }
-
-    fn read(&mut self, u: usize) {
-        let mut budget = READ_BUDGET_BYTES;
-        loop {
-            let user = &mut self.users[u];
-            let Some(stream) = user.conn.stream.as_mut() else {
-                return;
-            };
-            if budget == 0 {
-                self.still_ready.push(u);
-                return;
-            }
-            let n = match read_chunk(stream, &mut self.read_buf, &mut user.conn.readable) {
-                Chunk::Bytes(n) => n,
-                Chunk::Drained => return,
-                ended => {
-                    self.on_server_close(u, ended.why());
-                    return;
-                }
-            };
-            budget = budget.saturating_sub(n);
-            user.conn.inbuf.extend_from_slice(&self.read_buf[..n]);
-            // One clock read per read(): every packet in this chunk arrived together.
-            let now_us = self.clock.now_us();
-            loop {
-                if !matches!(
-                    self.users[u].phase,
-                    UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
-                ) {
-                    return;
-                }
-                let decoded = wire::decode(
-                    &mut self.users[u].conn.inbuf,
-                    &self.limits,
-                    self.cfg.run_id,
-                    self.cfg.users,
-                );
-                let incoming = match decoded {
-                    Ok(Some(incoming)) => incoming,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.decode_errors += 1;
-                        self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}"));
-                        return;
-                    }
-                };
-                self.on_packet(u, incoming, now_us);
-            }
-            if self.users[u].conn.out.has_pending() {
-                self.dirty.mark(u); // brokering answers
-            }
-            self.bytes_since_send_check += n;
-            if self.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
-                self.send_due();
-            }
-        }
-    }
-
     /// EOF or a read error: expected after a sign-out, an error otherwise.
     fn on_server_close(&mut self, u: usize, why: String) {
         let user = &mut self.users[u];
@@ -852,16 +766,11 @@ impl Run<'_> {
             user.phase = UserPhase::Closed;
             self.closed_after_sign_out += 1;
             if let Some(mut stream) = user.conn.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
+                let _ = self.io.poll.registry().deregister(&mut stream);
             }
             return;
         }
-        let kind = if user.phase == UserPhase::Joined {
-            ErrorKind::Read
-        } else {
-            ErrorKind::Connect
-        };
-        self.fail(u, kind, || why);
+        engine::lost(self, u, why);
     }
 
     fn violation(&mut self, u: usize, why: impl FnOnce() -> String) {
@@ -935,7 +844,7 @@ impl Run<'_> {
                         }
                         let accept = wire::private_accept(&self.users[src].name);
                         self.users[u].conn.out.extend(&accept);
-                        self.dirty.mark(u);
+                        self.io.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
                 }
@@ -948,7 +857,7 @@ impl Run<'_> {
                         let ports =
                             wire::private_src_ports(&self.users[dst].name, message_port, file_port);
                         self.users[u].conn.out.extend(&ports);
-                        self.dirty.mark(u);
+                        self.io.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
                 }
@@ -1071,7 +980,7 @@ impl Run<'_> {
         self.links.break_user(u as u32);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.conn.close(self.poll.registry());
+        self.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -1079,7 +988,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.ramp_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
@@ -1099,16 +1007,13 @@ impl Run<'_> {
             }
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.errors.total()
-        );
+        Progress::draw(self.ramp_start_us, now_us, &what, self.errors.total());
     }
 
     pub fn finish(mut self) -> MatouOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         for user in &mut self.users {
-            self.not_sent_at_end += user.conn.close(self.poll.registry());
+            self.not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us
@@ -1169,12 +1074,12 @@ impl Run<'_> {
             foreign_messages: self.foreign_messages,
             foreign_notices: self.foreign_notices,
             ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: self.drain_start_us.map_or(0, |start| {
+            drain_used_us: self.drain.start_us.map_or(0, |start| {
                 self.sign_out_start_us
                     .unwrap_or(done_us)
                     .saturating_sub(start)
             }),
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             sign_out_wait_used_us: self
                 .sign_out_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use super::{MatouConfig, MatouOutcome, Notices};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Lines, Losses,
-    NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    outcome, verdict, write_closing_lines, Connections, Deliveries, Errors, FailureInputs,
+    Latencies, Lines, Losses, NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures,
+    ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -29,26 +30,6 @@ pub struct Settings {
     pub seed: u64,
     pub strict: bool,
     pub run_id: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Deliveries {
-    /// Messages written times the users that joined.
-    pub expected: u64,
-    pub delivered: u64,
-    /// Deliveries received in the measured window, per second of it.
-    pub per_s: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Latencies {
-    /// PUBLIC_BROADCAST at each user minus intended send time.
-    pub delivery: LatencySummary,
-    /// CONNECT_RESPONSE 1 minus intended connect time.
-    pub connect: LatencySummary,
-    /// Its schedule lateness covers public messages and link requests.
-    #[serde(flatten)]
-    pub own: OwnLagSummaries,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -138,6 +119,7 @@ pub struct Report {
     pub send: SendFigures,
     pub not_sent: NotSent,
     pub deliveries: Deliveries,
+    /// Its schedule lateness covers public messages and link requests.
     pub latency_ms: Latencies,
     pub losses: Losses,
     pub duplicates_or_reorders: u64,
@@ -298,18 +280,8 @@ impl Report {
                 strict,
                 run_id: format!("{:08x}", cfg.run_id),
             },
-            connections: Connections {
-                requested: run.users_requested,
-                joined: run.users_joined,
-                failed: run.users_requested - run.users_joined,
-                ramp_up_ms: run.ramp_us as f64 / 1e3,
-            },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             deliveries: Deliveries {
                 expected: run.expected_deliveries,
@@ -367,36 +339,22 @@ impl Report {
         let l = &self.latency_ms;
         let k = &self.links;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
+            format!("MATOU against {}: {} users", self.target, s.users),
+            s.senders,
             format!(
-                "MATOU against {}: {} users, {} senders, {} msg/s ({} deliveries/s) and {} \
-                 links/s for {:.3} s (+{:.3} s warmup), {}-byte messages",
-                self.target,
-                s.users,
-                s.senders,
-                s.rate_per_s,
-                s.planned_deliveries_per_s,
-                s.private_rate_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                "{} msg/s ({} deliveries/s) and {} links/s",
+                s.rate_per_s, s.planned_deliveries_per_s, s.private_rate_per_s
             ),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "messages"),
         );
-        out.line(
-            "connections",
-            format!(
-                "{} requested, {} joined, {} failed ({} refused); ramp-up {:.3} s; login p50 \
-                 {:.3} ms p99 {:.3} ms max {:.3} ms",
-                self.connections.requested,
-                self.connections.joined,
-                self.connections.failed,
-                self.refusals,
-                self.connections.ramp_up_ms / 1e3,
-                l.connect.p50_ms,
-                l.connect.p99_ms,
-                l.connect.max_ms
-            ),
+        out.connections(
+            &self.connections,
+            "requested",
+            &format!(" ({} refused)", self.refusals),
+            Some(("login", &l.connect)),
         );
         let jn = &self.join_notices;
         out.line(

@@ -27,6 +27,7 @@
 //! kernel granted is reported.
 
 mod accounting;
+pub mod churn;
 pub mod report;
 pub mod stamp;
 mod udp;
@@ -42,15 +43,12 @@ use std::os::fd::AsRawFd;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpStream, UdpSocket};
-use mio::{Interest, Poll, Token};
+use mio::{Interest, Token};
 use switchboard::protocol::ocm::codec;
 
-use crate::clock::Clock;
 use crate::driver::{
-    self, Reactor, RunError, SentReceived, DRAIN_CHECK_INTERVAL_US, EVENTS_PER_SEND_CHECK,
-    PROGRESS_INTERVAL_US, START_DELAY_US,
+    Drain, Loop, Phases, Progress, Reactor, RunError, SentReceived, START_DELAY_US,
 };
-use crate::pacer::Pacer;
 use crate::plan::{Due, Plan};
 use crate::registry::{Named, Protocol, ScenarioKind};
 use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendLags};
@@ -63,8 +61,9 @@ use wire::{Answer, ExpectedLeave, LeaveMatch};
 // Tokens: the pacer's is `driver::TIMER` (0); member `u`'s UDP socket has token `1 + u`, its
 // TCRP connection `1 + members + u`.
 
-/// TCRP reads, and a copy of each datagram (at most `udp::SLOT_BYTES`).
-const RECV_BUF_BYTES: usize = 65_536;
+// Each datagram is copied into the loop's read buffer.
+const _: () = assert!(udp::SLOT_BYTES <= crate::driver::READ_BUF_BYTES);
+
 /// Datagrams read from one socket per turn before the others get theirs.
 const RECV_BUDGET_DATAGRAMS: usize = 64;
 /// Datagrams read per `recvmmsg`.
@@ -228,7 +227,6 @@ struct Member {
     /// Ordinal among the plan's senders.
     sender: Option<u32>,
     queue: VecDeque<Pending>,
-    dirty: bool,
     /// The leave texts it must receive in the exit phase.
     leaves: Vec<ExpectedLeave>,
     exit_intended_us: u64,
@@ -246,16 +244,13 @@ enum Phase {
 
 pub struct Run<'a> {
     cfg: &'a OcmConfig,
-    clock: Clock,
-    poll: Poll,
-    pacer: Pacer,
+    /// Its read buffer takes the TCRP answers, and each datagram copied from the batch.
+    io: Loop,
     members: Vec<Member>,
     room_names: Vec<String>,
     room_created: Vec<bool>,
     senders: Vec<usize>,
     accounting: Accounting,
-    /// TCRP answers are read here, and each datagram is copied here from the batch.
-    recv_buf: Vec<u8>,
     batch: udp::RecvBatch,
     message_buf: Vec<u8>,
     /// Inodes of the UDP sockets, to read their drop counters at the end.
@@ -275,8 +270,6 @@ pub struct Run<'a> {
     leaves_expected: u64,
     leaves_received: u64,
     leaves_again: u64,
-    dirty: Vec<usize>,
-    still_ready: Vec<usize>,
     phase: Phase,
     plan: Option<Plan>,
     next_g: u64,
@@ -289,13 +282,11 @@ pub struct Run<'a> {
     exit_order: Vec<usize>,
     exit_start_us: u64,
     next_exit: usize,
-    drain_start_us: Option<u64>,
-    drain_timed_out: bool,
+    drain: Drain,
     exit_phase_start_us: Option<u64>,
     exit_timed_out: bool,
     done_us: u64,
-    next_check_us: u64,
-    progress_next_us: u64,
+    progress: Progress,
     received_since_send_check: usize,
 }
 
@@ -311,7 +302,82 @@ impl ScenarioKind for Ocm {
     type Report = report::Report;
 
     fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
-        start(cfg)
+        let io = Loop::new()?;
+        let now_us = io.clock.now_us();
+        let total = cfg.rooms * cfg.members;
+        let members = (0..total)
+            .map(|u| Member {
+                name: wire::member_name(u),
+                room: u / cfg.members,
+                is_host: u % cfg.members == 0,
+                phase: MemberPhase::Idle,
+                udp: None,
+                readable: false,
+                writable: false,
+                tcrp: None,
+                token: Bytes::new(),
+                request_intended_us: 0,
+                in_rooms_phase: true,
+                sender: None,
+                queue: VecDeque::new(),
+                leaves: Vec::new(),
+                exit_intended_us: 0,
+            })
+            .collect();
+        let start_us = now_us + START_DELAY_US;
+        let room_rate = cfg.room_rate_per_s.max(1);
+        let planned_us = (cfg.rooms as u64 * 1_000_000).div_ceil(room_rate);
+        let run = Run {
+            cfg,
+            io,
+            members,
+            room_names: (0..cfg.rooms)
+                .map(|r| wire::room_name(cfg.run_id, r))
+                .collect(),
+            room_created: vec![false; cfg.rooms],
+            senders: Vec::new(),
+            accounting: Accounting::new(cfg.rooms, cfg.members),
+            batch: udp::RecvBatch::new(RECV_BATCH_DATAGRAMS),
+            udp_inodes: HashSet::new(),
+            message_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
+            latency: Latencies::default(),
+            errors: ErrorCounts::default(),
+            recv_buffers: RecvBuffers {
+                requested_bytes: cfg.recv_buffer_bytes,
+                granted_min_bytes: usize::MAX,
+                ..RecvBuffers::default()
+            },
+            tcrp_acknowledgements: 0,
+            echoes: 0,
+            sent: 0,
+            sent_in_window: 0,
+            delivered_in_window: 0,
+            not_sent_queue_full: 0,
+            not_sent_connection_lost: 0,
+            foreign_texts: 0,
+            exits_sent: 0,
+            leaves_expected: 0,
+            leaves_received: 0,
+            leaves_again: 0,
+            phase: Phase::Rooms,
+            plan: None,
+            next_g: 0,
+            next_room: 0,
+            rooms_start_us: start_us,
+            rooms_deadline_us: start_us + ROOMS_TIMEOUT_MIN_US.max(planned_us * 3),
+            rooms_end_us: start_us,
+            unsettled: total,
+            exit_order: Vec::new(),
+            exit_start_us: 0,
+            next_exit: 0,
+            drain: Drain::default(),
+            exit_phase_start_us: None,
+            exit_timed_out: false,
+            done_us: now_us,
+            progress: Progress::new(cfg.progress, now_us),
+            received_since_send_check: 0,
+        };
+        Ok(run)
     }
     fn finish(run: Run<'_>) -> OcmOutcome {
         run.finish()
@@ -346,143 +412,15 @@ impl ScenarioKind for Ocm {
     }
 }
 
-/// Sets the run up (clock, poll, pacer, plan of connects); nothing happens until it is
-/// driven, by [`run`] or by the mix ([`driver`]).
-pub fn start(cfg: &OcmConfig) -> Result<Run<'_>, RunError> {
-    let (clock, poll, pacer) = driver::loop_parts()?;
-    let now_us = clock.now_us();
-    let total = cfg.rooms * cfg.members;
-    let members = (0..total)
-        .map(|u| Member {
-            name: wire::member_name(u),
-            room: u / cfg.members,
-            is_host: u % cfg.members == 0,
-            phase: MemberPhase::Idle,
-            udp: None,
-            readable: false,
-            writable: false,
-            tcrp: None,
-            token: Bytes::new(),
-            request_intended_us: 0,
-            in_rooms_phase: true,
-            sender: None,
-            queue: VecDeque::new(),
-            dirty: false,
-            leaves: Vec::new(),
-            exit_intended_us: 0,
-        })
-        .collect();
-    let start_us = now_us + START_DELAY_US;
-    let room_rate = cfg.room_rate_per_s.max(1);
-    let planned_us = (cfg.rooms as u64 * 1_000_000).div_ceil(room_rate);
-    let run = Run {
-        cfg,
-        clock,
-        poll,
-        pacer,
-        members,
-        room_names: (0..cfg.rooms)
-            .map(|r| wire::room_name(cfg.run_id, r))
-            .collect(),
-        room_created: vec![false; cfg.rooms],
-        senders: Vec::new(),
-        accounting: Accounting::new(cfg.rooms, cfg.members),
-        recv_buf: vec![0; RECV_BUF_BYTES],
-        batch: udp::RecvBatch::new(RECV_BATCH_DATAGRAMS),
-        udp_inodes: HashSet::new(),
-        message_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
-        latency: Latencies::default(),
-        errors: ErrorCounts::default(),
-        recv_buffers: RecvBuffers {
-            requested_bytes: cfg.recv_buffer_bytes,
-            granted_min_bytes: usize::MAX,
-            ..RecvBuffers::default()
-        },
-        tcrp_acknowledgements: 0,
-        echoes: 0,
-        sent: 0,
-        sent_in_window: 0,
-        delivered_in_window: 0,
-        not_sent_queue_full: 0,
-        not_sent_connection_lost: 0,
-        foreign_texts: 0,
-        exits_sent: 0,
-        leaves_expected: 0,
-        leaves_received: 0,
-        leaves_again: 0,
-        dirty: Vec::new(),
-        still_ready: Vec::new(),
-        phase: Phase::Rooms,
-        plan: None,
-        next_g: 0,
-        next_room: 0,
-        rooms_start_us: start_us,
-        rooms_deadline_us: start_us + ROOMS_TIMEOUT_MIN_US.max(planned_us * 3),
-        rooms_end_us: start_us,
-        unsettled: total,
-        exit_order: Vec::new(),
-        exit_start_us: 0,
-        next_exit: 0,
-        drain_start_us: None,
-        drain_timed_out: false,
-        exit_phase_start_us: None,
-        exit_timed_out: false,
-        done_us: now_us,
-        next_check_us: now_us,
-        progress_next_us: now_us + PROGRESS_INTERVAL_US,
-        received_since_send_check: 0,
-    };
-    Ok(run)
-}
-
-impl Reactor for Run<'_> {
-    driver::reactor_common!(RunError);
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let total = self.total();
-        if index < total {
-            let member = &mut self.members[index];
-            member.readable |= readable;
-            member.writable |= writable;
-            self.drive_udp(index);
-        } else if let Some(member) = self.members.get_mut(index - total) {
-            if let Some(tcrp) = member.tcrp.as_mut() {
-                tcrp.readable |= readable;
-                tcrp.writable |= writable;
-            }
-            self.drive_tcrp(index - total);
-        }
+impl Phases for Run<'_> {
+    fn io(&self) -> &Loop {
+        &self.io
     }
-    fn end_turn(&mut self) {
-        for u in std::mem::take(&mut self.still_ready) {
-            self.drive_udp(u);
-        }
-        self.flush_dirty();
+    fn io_mut(&mut self) -> &mut Loop {
+        &mut self.io
     }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sent,
-            received: self.accounting.counts.delivered,
-        }
-    }
-}
-
-impl Run<'_> {
-    fn total(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Room `r`'s planned time.
-    fn room_intended_us(&self, r: usize) -> u64 {
-        self.rooms_start_us + (r as u64 * 1_000_000) / self.cfg.room_rate_per_s.max(1)
-    }
-
-    /// The intended time of the `i`-th exit, on the chat plan's overall spacing.
-    fn exit_intended_us(&self, i: usize) -> u64 {
-        self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
-    }
-
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         match self.phase {
             Phase::Rooms => {
                 while self.next_room < self.cfg.rooms
@@ -502,27 +440,18 @@ impl Run<'_> {
             }
             Phase::Chat => {
                 self.send_due();
-                if self
-                    .plan
-                    .as_ref()
-                    .is_some_and(|p| self.next_g >= p.messages)
-                {
-                    let now_us = self.clock.now_us();
-                    self.drain_start_us = Some(now_us);
-                    self.next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
+                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
+                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    self.phase = Phase::Drain { deadline_us };
                 }
             }
             Phase::Drain { deadline_us } => {
                 self.flush_dirty();
-                if now_us >= self.next_check_us {
-                    self.next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
+                if self.drain.check_due(now_us) {
                     let queued = self.members.iter().any(|m| !m.queue.is_empty());
                     let complete = !queued && self.accounting.outstanding() == 0;
                     if complete || now_us >= deadline_us {
-                        self.drain_timed_out = !complete;
+                        self.drain.timed_out = !complete;
                         self.start_exit(now_us);
                     }
                 }
@@ -550,13 +479,14 @@ impl Run<'_> {
         if self.phase == Phase::Done {
             self.done_us = now_us;
         }
-        if self.cfg.progress && now_us >= self.progress_next_us {
+        if self.progress.due(now_us) {
             self.progress_line(now_us);
-            self.progress_next_us = now_us + PROGRESS_INTERVAL_US;
         }
         Ok(())
     }
-
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
     fn next_wake_us(&self) -> u64 {
         let phase_us = match self.phase {
             Phase::Rooms => {
@@ -571,17 +501,88 @@ impl Run<'_> {
                 .plan
                 .as_ref()
                 .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            Phase::Drain { .. } => self.next_check_us,
+            Phase::Drain { .. } => self.drain.next_check_us,
             Phase::Exit => self.exit_intended_us(self.next_exit),
             // Arrivals wake the poll by themselves; the deadline bounds the wait.
             Phase::ExitWait { deadline_us } => deadline_us,
             Phase::Done => u64::MAX,
         };
-        if self.cfg.progress {
-            phase_us.min(self.progress_next_us)
-        } else {
-            phase_us
+        self.progress.wake_us(phase_us)
+    }
+    fn send_due(&mut self) {
+        self.received_since_send_check = 0;
+        if self.phase != Phase::Chat {
+            return;
         }
+        // A copy (a few integers): the loop below needs `self` mutably.
+        let Some(plan) = self.plan.clone() else {
+            return;
+        };
+        let now_us = self.io.clock.now_us();
+        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+            let Due { g, intended_us, .. } = due;
+            let u = self.senders[plan.sender_of(g) as usize];
+            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
+            if self.members[u].phase != MemberPhase::Joined {
+                self.not_sent_connection_lost += 1;
+                continue;
+            }
+            self.enqueue(
+                u,
+                Pending::Chat {
+                    g,
+                    intended_us,
+                    noticed_us: now_us,
+                },
+            );
+        }
+        self.flush_dirty();
+    }
+    fn counts(&self) -> SentReceived {
+        SentReceived {
+            sent: self.sent,
+            received: self.accounting.counts.delivered,
+        }
+    }
+}
+
+impl Reactor for Run<'_> {
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let total = self.total();
+        if index < total {
+            let member = &mut self.members[index];
+            member.readable |= readable;
+            member.writable |= writable;
+            self.drive_udp(index);
+        } else if let Some(member) = self.members.get_mut(index - total) {
+            if let Some(tcrp) = member.tcrp.as_mut() {
+                tcrp.readable |= readable;
+                tcrp.writable |= writable;
+            }
+            self.drive_tcrp(index - total);
+        }
+    }
+    fn end_turn(&mut self) {
+        for u in std::mem::take(&mut self.io.still_ready) {
+            self.drive_udp(u);
+        }
+        self.flush_dirty();
+    }
+}
+
+impl Run<'_> {
+    fn total(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Room `r`'s planned time.
+    fn room_intended_us(&self, r: usize) -> u64 {
+        self.rooms_start_us + (r as u64 * 1_000_000) / self.cfg.room_rate_per_s.max(1)
+    }
+
+    /// The intended time of the `i`-th exit, on the chat plan's overall spacing.
+    fn exit_intended_us(&self, i: usize) -> u64 {
+        self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
     }
 
     fn settle(&mut self, u: usize) {
@@ -613,7 +614,7 @@ impl Run<'_> {
     fn start_request(&mut self, u: usize, intended_us: u64) {
         self.members[u].request_intended_us = intended_us;
         match crate::connect::open(
-            self.poll.registry(),
+            self.io.poll.registry(),
             self.cfg.tcp_target,
             u,
             Token(1 + self.total() + u),
@@ -707,7 +708,8 @@ impl Run<'_> {
             .local_addr()
             .map_err(|e| format!("UDP local address: {e}"))?;
         let mut udp = UdpSocket::from_std(std_socket);
-        self.poll
+        self.io
+            .poll
             .registry()
             .register(
                 &mut udp,
@@ -762,7 +764,7 @@ impl Run<'_> {
             let Some(tcrp) = self.members[u].tcrp.as_mut() else {
                 return;
             };
-            let n = match read_chunk(&mut tcrp.stream, &mut self.recv_buf, &mut tcrp.readable) {
+            let n = match read_chunk(&mut tcrp.stream, &mut self.io.read_buf, &mut tcrp.readable) {
                 Chunk::Bytes(n) => n,
                 Chunk::Drained => return,
                 Chunk::Eof => {
@@ -777,8 +779,8 @@ impl Run<'_> {
                     return;
                 }
             };
-            tcrp.inbuf.extend_from_slice(&self.recv_buf[..n]);
-            let now_us = self.clock.now_us();
+            tcrp.inbuf.extend_from_slice(&self.io.read_buf[..n]);
+            let now_us = self.io.clock.now_us();
             loop {
                 let Some(tcrp) = self.members[u].tcrp.as_mut() else {
                     return;
@@ -817,7 +819,7 @@ impl Run<'_> {
         let is_host = member.is_host;
         let room = member.room;
         if let Some(mut tcrp) = member.tcrp.take() {
-            let _ = self.poll.registry().deregister(&mut tcrp.stream);
+            let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
         }
         self.settle(u);
         if is_host {
@@ -855,36 +857,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn send_due(&mut self) {
-        self.received_since_send_check = 0;
-        if self.phase != Phase::Chat {
-            return;
-        }
-        // A copy (a few integers): the loop below needs `self` mutably.
-        let Some(plan) = self.plan.clone() else {
-            return;
-        };
-        let now_us = self.clock.now_us();
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
-            let Due { g, intended_us, .. } = due;
-            let u = self.senders[plan.sender_of(g) as usize];
-            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-            if self.members[u].phase != MemberPhase::Joined {
-                self.not_sent_connection_lost += 1;
-                continue;
-            }
-            self.enqueue(
-                u,
-                Pending::Chat {
-                    g,
-                    intended_us,
-                    noticed_us: now_us,
-                },
-            );
-        }
-        self.flush_dirty();
-    }
-
     fn start_exit(&mut self, now_us: u64) {
         self.exit_phase_start_us = Some(now_us);
         self.exit_start_us = now_us + START_DELAY_US;
@@ -919,7 +891,7 @@ impl Run<'_> {
     }
 
     fn send_exits_due(&mut self) {
-        let now_us = self.clock.now_us();
+        let now_us = self.io.clock.now_us();
         while self.next_exit < self.exit_order.len()
             && self.exit_intended_us(self.next_exit) <= now_us
         {
@@ -944,19 +916,11 @@ impl Run<'_> {
             return;
         }
         member.queue.push_back(pending);
-        self.mark_dirty(u);
-    }
-
-    fn mark_dirty(&mut self, u: usize) {
-        if !self.members[u].dirty {
-            self.members[u].dirty = true;
-            self.dirty.push(u);
-        }
+        self.io.dirty.mark(u);
     }
 
     fn flush_dirty(&mut self) {
-        for u in std::mem::take(&mut self.dirty) {
-            self.members[u].dirty = false;
+        for u in self.io.dirty.take() {
             self.flush(u);
         }
     }
@@ -1002,11 +966,11 @@ impl Run<'_> {
             let Some(udp) = member.udp.as_ref() else {
                 return;
             };
-            let attempt_us = self.clock.now_us();
+            let attempt_us = self.io.clock.now_us();
             match udp.send_to(&datagram, self.cfg.udp_target) {
                 Ok(_) => {
                     member.queue.pop_front();
-                    let done_us = self.clock.now_us();
+                    let done_us = self.io.clock.now_us();
                     self.on_datagram_sent(u, pending, attempt_us, done_us);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => member.writable = false,
@@ -1079,13 +1043,13 @@ impl Run<'_> {
                 }
             };
             // One reading of each clock per batch: its datagrams were all read just now.
-            let now_us = self.clock.now_us();
+            let now_us = self.io.clock.now_us();
             let now_realtime_ns = udp::realtime_ns();
             for i in 0..n {
                 let facts = self.batch.facts(i);
                 let datagram = self.batch.datagram(i);
                 let len = datagram.len();
-                self.recv_buf[..len].copy_from_slice(datagram);
+                self.io.read_buf[..len].copy_from_slice(datagram);
                 match facts.queued_realtime_ns {
                     Some(queued_ns) => self
                         .latency
@@ -1108,16 +1072,16 @@ impl Run<'_> {
             }
         }
         // Budget spent with the socket still readable: no new edge will come for it.
-        self.still_ready.push(u);
+        self.io.still_ready.push(u);
     }
 
-    /// One datagram of `n` bytes (in `recv_buf`) arrived at member `u`.
+    /// One datagram of `n` bytes (in `io.read_buf`) arrived at member `u`.
     fn on_text(&mut self, u: usize, from: Option<SocketAddr>, n: usize, now_us: u64) {
         if from != Some(self.cfg.udp_target) {
             self.foreign_texts += 1;
             return;
         }
-        let text = &self.recv_buf[..n];
+        let text = &self.io.read_buf[..n];
         if n > codec::TEXT_BYTES_MAX {
             let name = self.members[u].name.clone();
             self.errors.count(ErrorKind::Protocol, || {
@@ -1141,7 +1105,7 @@ impl Run<'_> {
                 stamp::Read::Foreign => {}
             }
         }
-        match wire::match_leave(&mut self.members[u].leaves, &self.recv_buf[..n]) {
+        match wire::match_leave(&mut self.members[u].leaves, &self.io.read_buf[..n]) {
             LeaveMatch::Expected(i) => {
                 let leaver = self.members[u].leaves[i].leaver;
                 self.leaves_received += 1;
@@ -1158,7 +1122,7 @@ impl Run<'_> {
             }
             LeaveMatch::Unexpected => {
                 let me = self.members[u].name.clone();
-                let text = String::from_utf8_lossy(&self.recv_buf[..n.min(200)]).into_owned();
+                let text = String::from_utf8_lossy(&self.io.read_buf[..n.min(200)]).into_owned();
                 self.errors.count(ErrorKind::Protocol, || {
                     format!("member {me}: a text it should not get: {text:?}")
                 });
@@ -1166,7 +1130,7 @@ impl Run<'_> {
         }
     }
 
-    /// A chat text from `recv_buf[..name_end]` carrying this run's `stamp` arrived at `u`.
+    /// A chat text from `io.read_buf[..name_end]` carrying this run's `stamp` arrived at `u`.
     fn on_chat(&mut self, u: usize, name_end: usize, stamp: &Stamp, now_us: u64) {
         let sender = stamp.sender as usize;
         if sender == u {
@@ -1179,7 +1143,7 @@ impl Run<'_> {
         }
         let Some(g) = self.check_chat(u, name_end, stamp) else {
             let me = self.members[u].name.clone();
-            let name = String::from_utf8_lossy(&self.recv_buf[..name_end]).into_owned();
+            let name = String::from_utf8_lossy(&self.io.read_buf[..name_end]).into_owned();
             let stamp = *stamp;
             self.errors.count(ErrorKind::Protocol, || {
                 format!(
@@ -1206,7 +1170,7 @@ impl Run<'_> {
 
     /// The plan number of a chat delivery, if its name, room and stamp agree with the plan.
     fn check_chat(&self, u: usize, name_end: usize, stamp: &Stamp) -> Option<u64> {
-        let name = &self.recv_buf[..name_end];
+        let name = &self.io.read_buf[..name_end];
         let plan = self.plan.as_ref()?;
         let sender = stamp.sender as usize;
         if !self.accounting.same_room(u, sender) {
@@ -1234,10 +1198,10 @@ impl Run<'_> {
             }
         }
         if let Some(mut tcrp) = member.tcrp.take() {
-            let _ = self.poll.registry().deregister(&mut tcrp.stream);
+            let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
         }
         if let Some(mut udp) = member.udp.take() {
-            let _ = self.poll.registry().deregister(&mut udp);
+            let _ = self.io.poll.registry().deregister(&mut udp);
         }
         let name = member.name.clone();
         let is_host = member.is_host;
@@ -1256,7 +1220,6 @@ impl Run<'_> {
     }
 
     fn progress_line(&self, now_us: u64) {
-        let elapsed_s = now_us.saturating_sub(self.rooms_start_us) as f64 / 1e6;
         let what = match self.phase {
             Phase::Rooms => format!(
                 "rooms: {} of {} created, {} of {} members joined",
@@ -1283,14 +1246,11 @@ impl Run<'_> {
             ),
             Phase::Done => String::new(),
         };
-        eprint!(
-            "\r\x1b[2K[{elapsed_s:6.1}s] {what}, errors {}",
-            self.errors.total()
-        );
+        Progress::draw(self.rooms_start_us, now_us, &what, self.errors.total());
     }
 
     pub fn finish(mut self) -> OcmOutcome {
-        let end_us = self.clock.now_us();
+        let end_us = self.io.clock.now_us();
         // While the sockets are still open, so the kernel still lists them.
         self.recv_buffers.dropped = udp::drops(&self.udp_inodes);
         let mut not_sent_at_end = 0;
@@ -1301,10 +1261,10 @@ impl Run<'_> {
                 .filter(|p| matches!(p, Pending::Chat { .. }))
                 .count() as u64;
             if let Some(mut udp) = member.udp.take() {
-                let _ = self.poll.registry().deregister(&mut udp);
+                let _ = self.io.poll.registry().deregister(&mut udp);
             }
             if let Some(mut tcrp) = member.tcrp.take() {
-                let _ = self.poll.registry().deregister(&mut tcrp.stream);
+                let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
             }
         }
         let done_us = if self.phase == Phase::Done {
@@ -1352,12 +1312,12 @@ impl Run<'_> {
             leaves_again: self.leaves_again,
             recv_buffers,
             rooms_phase_us: self.rooms_end_us.saturating_sub(self.rooms_start_us),
-            drain_used_us: self.drain_start_us.map_or(0, |start| {
+            drain_used_us: self.drain.start_us.map_or(0, |start| {
                 self.exit_phase_start_us
                     .unwrap_or(done_us)
                     .saturating_sub(start)
             }),
-            drain_timed_out: self.drain_timed_out,
+            drain_timed_out: self.drain.timed_out,
             exit_used_us: self
                 .exit_phase_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),

@@ -340,12 +340,7 @@ impl Report {
                 acknowledgements: run.tcrp_acknowledgements,
                 duration_ms: run.rooms_phase_us as f64 / 1e3,
             },
-            send: SendFigures {
-                planned: plan.messages,
-                sent: run.sent,
-                target_rate_per_s: cfg.rate_per_s as f64,
-                achieved_rate_per_s: plan.per_s(run.sent_in_window),
-            },
+            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
             not_sent,
             deliveries: Deliveries {
                 expected: losses.expected,
@@ -404,22 +399,19 @@ impl Report {
         let s = &self.settings;
         let l = &self.latency_ms;
         let mut out = Lines::default();
-        out.line(
-            "scenario",
+        out.scenario(
             format!(
-                "OCM against TCP {} / UDP {}: {} rooms x {} members, {} senders, {} msg/s \
-                 ({} deliveries/s) for {:.3} s (+{:.3} s warmup), {}-byte messages",
-                self.tcp_target,
-                self.udp_target,
-                s.rooms,
-                s.members,
-                s.senders,
-                s.rate_per_s,
-                s.deliveries_per_s,
-                s.duration_ms / 1e3,
-                s.warmup_ms / 1e3,
-                s.payload_bytes
+                "OCM against TCP {} / UDP {}: {} rooms x {} members",
+                self.tcp_target, self.udp_target, s.rooms, s.members
             ),
+            s.senders,
+            format!(
+                "{} msg/s ({} deliveries/s)",
+                s.rate_per_s, s.deliveries_per_s
+            ),
+            s.duration_ms,
+            s.warmup_ms,
+            (s.payload_bytes, "messages"),
         );
         let r = &self.rooms;
         out.line(
