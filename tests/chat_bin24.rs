@@ -30,6 +30,7 @@ use switchboard::protocol::bin24::codec::{
 };
 
 mod child;
+mod lobby;
 
 use child::{Client, Output};
 
@@ -721,4 +722,28 @@ fn a_stored_frame_is_answered_with_its_message_id_through_the_real_server() {
 
     bob.close_stdin();
     assert!(bob.wait_exit().success());
+}
+
+/// The switchboard: a CCM user's Text to a BIN24 user's name arrives as a BIN24 message whose
+/// SRC is the CCM name, so `chat bin24` shows it like any other, and its answer reaches the CCM
+/// user; lobby traffic around it (ROOM, CCM `*`) does not reach BIN24, which has no lobby.
+#[test]
+fn a_direct_message_from_a_ccm_user_shows_its_sender_and_can_be_answered() {
+    let server = lobby::Lobby::start();
+    let mut bob = server.bin24("bob");
+    let mut cid = server.ccm("cid");
+    let mut rui = server.room("rui");
+    rui.type_text(b"hello lobby\n");
+    cid.stdout.wait_for("rui (to all): hello lobby\n");
+
+    cid.type_text(b"@bob hi there\n");
+    bob.stdout.wait_for("<- cid: hi there\n");
+    bob.type_text(b"cid: hi back\n");
+    cid.stdout.wait_for("bob: hi back\n");
+    bob.stdout.wait_for("[delivered]");
+
+    bob.close_stdin();
+    assert!(bob.wait_exit().success());
+    let out = bob.stdout.wait_closed();
+    assert!(!out.contains("hello lobby"), "{out}");
 }

@@ -26,6 +26,7 @@ use bytes::BytesMut;
 use switchboard::protocol::ccm::codec::{decode, encode, Message};
 
 mod child;
+mod lobby;
 
 use child::{show, Client, Output};
 
@@ -659,4 +660,37 @@ fn two_clients_talk_through_the_real_server() {
     assert!(bob.wait_exit().success());
     assert_eq!(bob.stdout.wait_closed(), "alice: hello bob\n");
     assert_eq!(alice.stdout.wait_closed(), "bob (to all): hi everyone\n");
+}
+
+/// The switchboard: a lobby message from ROOM, MATOU or the OCM room `lobby` arrives as a Text
+/// from its sender's name to `*`, and a BIN24 user's direct message as a Text from that user to
+/// this one, so `chat ccm` shows them as it shows CCM users' (the wire says nothing of their
+/// protocol). Presence is not sent to CCM, so none is shown.
+#[test]
+fn lobby_messages_and_direct_messages_from_other_protocols_show_their_sender() {
+    let server = lobby::Lobby::start();
+    let mut cid = server.ccm("cid");
+
+    let mut rui = server.room("rui");
+    rui.type_text(b"hello cid\n");
+    cid.stdout.wait_for("rui (to all): hello cid\n");
+
+    let mut mia = server.matou("mia", &std::env::temp_dir());
+    mia.type_text("olá\n".as_bytes());
+    cid.stdout.wait_for("mia (to all): olá\n");
+
+    let mut olga = server.ocm("create", "olga");
+    olga.type_text("こんにちは\n".as_bytes());
+    cid.stdout.wait_for("olga (to all): こんにちは\n");
+
+    let mut bob = server.bin24("bob");
+    bob.type_text(b"cid: psst\n");
+    cid.stdout.wait_for("bob: psst\n");
+    bob.stdout.wait_for("[delivered]");
+
+    cid.close_stdin();
+    assert!(cid.wait_exit().success());
+    let out = cid.stdout.wait_closed();
+    // Presence is not sent to CCM: four lines, the four messages.
+    assert_eq!(out.lines().count(), 4, "{out}");
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 mod chatd;
 mod child;
+mod lobby;
 
 use child::{show, Client, Output};
 
@@ -503,4 +504,41 @@ fn the_real_servers_glued_notices_are_shown_one_per_line() {
     assert!(alice.wait_exit().success());
     let out = alice.stdout.wait_closed();
     assert!(!out.contains("esta conectado"), "{out}");
+}
+
+/// The switchboard: users of CCM, MATOU and the OCM room `lobby` are in ROOM's room too. Their
+/// messages arrive as `N: T` and their comings and goings as ROOM's own notices, so `chat room`
+/// shows them as it shows ROOM members (the wire says nothing of their protocol).
+#[test]
+fn lobby_users_of_other_protocols_are_shown_with_their_names_and_presence() {
+    let server = lobby::Lobby::start();
+    let mut rui = server.room("rui");
+
+    let mut cid = server.ccm("cid");
+    rui.stdout.wait_for("* cid joined\n");
+    cid.type_text(b"@* hello rui\n");
+    rui.stdout.wait_for("cid: hello rui\n");
+
+    let mut mia = server.matou("mia", &std::env::temp_dir());
+    rui.stdout.wait_for("* mia joined\n");
+    mia.type_text("olá rui\n".as_bytes());
+    rui.stdout.wait_for("mia: olá rui\n");
+
+    let mut olga = server.ocm("create", "olga");
+    rui.stdout.wait_for("* olga joined\n");
+    olga.type_text("こんにちは\n".as_bytes());
+    rui.stdout.wait_for("olga: こんにちは\n");
+
+    cid.close_stdin();
+    assert!(cid.wait_exit().success());
+    rui.stdout.wait_for("* cid left\n");
+    mia.close_stdin();
+    assert!(mia.wait_exit().success());
+    rui.stdout.wait_for("* mia left\n");
+
+    rui.close_stdin();
+    assert!(rui.wait_exit().success());
+    let out = rui.stdout.wait_closed();
+    assert!(!out.contains("esta conectado"), "{out}");
+    assert!(!out.contains("acabou de sair"), "{out}");
 }

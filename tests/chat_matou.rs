@@ -32,6 +32,7 @@ use switchboard::protocol::matou::codec::{
 };
 
 mod child;
+mod lobby;
 
 use child::{Client, Output};
 
@@ -1258,4 +1259,53 @@ fn two_clients_link_through_the_real_server_and_exchange_messages_and_files() {
     bob.stdout.wait_for("* alice left\n");
     bob.close_stdin();
     assert!(bob.wait_exit().success());
+}
+
+/// The switchboard: ROOM members, identified CCM users and the OCM room `lobby` are in the
+/// public room too. Their messages arrive as PUBLIC_BROADCAST from their name and their
+/// comings and goings as CONNECT_NOTIFY / SIGN_OUT_NOTIFY, so `chat matou` shows them as it
+/// shows MATOU users (the wire says nothing of their protocol).
+#[test]
+fn lobby_users_of_other_protocols_are_shown_with_their_names_and_presence() {
+    let server = lobby::Lobby::start();
+    let scratch = Scratch::new("lobby");
+    let mut mia = server.matou("mia", &scratch.downloads());
+
+    let mut rui = server.room("rui");
+    mia.stdout.wait_for("* rui joined\n");
+    // `chat room` sends `rui: hello mia`; the server takes off the alias prefix.
+    rui.type_text(b"hello mia\n");
+    mia.stdout.wait_for("rui: hello mia\n");
+
+    let mut cid = server.ccm("cid");
+    mia.stdout.wait_for("* cid joined\n");
+    cid.type_text(b"@* hi all\n");
+    mia.stdout.wait_for("cid: hi all\n");
+
+    let mut olga = server.ocm("create", "olga");
+    mia.stdout.wait_for("* olga joined\n");
+    olga.type_text("こんにちは\n".as_bytes());
+    mia.stdout.wait_for("olga: こんにちは\n");
+
+    // A user of another protocol has no MATOU connection to link with.
+    mia.type_text(b"/private rui\n");
+    mia.stderr.wait_for("chat: error 4");
+
+    rui.close_stdin();
+    assert!(rui.wait_exit().success());
+    mia.stdout.wait_for("* rui left\n");
+    cid.close_stdin();
+    assert!(cid.wait_exit().success());
+    mia.stdout.wait_for("* cid left\n");
+
+    mia.close_stdin();
+    assert!(mia.wait_exit().success());
+    let out = mia.stdout.wait_closed();
+    assert!(
+        out.starts_with(
+            "* mia joined
+"
+        ),
+        "{out}"
+    );
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use switchboard::protocol::ocm::json;
 
 mod child;
+mod lobby;
 
 use child::{show, Client, Output};
 
@@ -774,4 +775,31 @@ fn the_real_servers_acknowledgement_first_is_accepted() {
     alice.close_stdin();
     assert_exit(&mut alice, 0);
     assert_exit(&mut bob, 0);
+}
+
+/// The switchboard: in the OCM room `lobby`, a lobby message from ROOM, CCM or MATOU arrives as
+/// the datagram `N: T`, as a member's own line would, so `chat ocm` shows it with its sender's
+/// name (the wire says nothing of its protocol). Presence is not sent to OCM.
+#[test]
+fn in_the_lobby_room_lines_from_other_protocols_show_their_sender() {
+    let server = lobby::Lobby::start();
+    let mut olga = server.ocm("create", "olga");
+
+    let mut rui = server.room("rui");
+    rui.type_text(b"hello olga\n");
+    olga.stdout.wait_for("rui: hello olga\n");
+
+    let mut cid = server.ccm("cid");
+    cid.type_text(b"@* hi all\n");
+    olga.stdout.wait_for("cid: hi all\n");
+
+    let mut mia = server.matou("mia", &std::env::temp_dir());
+    mia.type_text("olá\n".as_bytes());
+    olga.stdout.wait_for("mia: olá\n");
+
+    olga.close_stdin();
+    assert!(olga.wait_exit().success());
+    let out = olga.stdout.wait_closed();
+    // Presence is not sent to OCM: three lines, the three messages.
+    assert_eq!(out.lines().count(), 3, "{out}");
 }

@@ -107,6 +107,9 @@ pub const LONG_ABOUT: &str = "Send and receive BIN24 direct messages.\n\n\
     kept), so nobody can send escape sequences to your terminal or disguise text.\n\n\
     Only one connection per user name: signing in again elsewhere makes the server close the \
     older connection.\n\n\
+    With chatd's switchboard on (its default), CCM users are reached the same way, by name \
+    (`cid: hi`), and their messages arrive like any other (`<- cid: hi`); the wire does not \
+    say which protocol a name comes from.\n\n\
     Wrong port: bytes of another protocol, or no answer to signing in within 5 seconds, get a \
     note naming the protocol that seems to answer (`port 55555 answered like ROOM, not \
     BIN24`); a refused connection suggests starting chatd.\n\n\

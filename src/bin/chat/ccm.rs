@@ -80,6 +80,10 @@ pub const LONG_ABOUT: &str = "Send and receive CCM messages.\n\n\
     When standard output is a terminal, control characters (tabs excepted), bidirectional \
     controls and zero-width characters in received text are shown as U+FFFD, so nobody can \
     send escape sequences to your terminal or disguise text.\n\n\
+    With chatd's switchboard on (its default), ROOM members, MATOU users and members of the OCM \
+    room `lobby` write to everyone too (`rui (to all): hi`), and BIN24 users can be written to by \
+    name (`@bob hi`) and write to you (`bob: hi`); the wire does not say which protocol a \
+    name comes from. Their comings and goings are not sent to CCM.\n\n\
     The server checks that the client is alive with a `Connect` message after 5 seconds of \
     silence; this client answers it at once, without showing anything.\n\n\
     Wrong port: another protocol's bytes, or no answer to the name within 5 seconds, get a \

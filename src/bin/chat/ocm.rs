@@ -87,6 +87,10 @@ pub const LONG_ABOUT: &str = "Create or join an OCM chat room, then chat in it.\
     standard output is a terminal, control characters (tabs excepted), bidirectional controls \
     and zero-width characters in received text are shown as U+FFFD, so nobody can send \
     escape sequences to your terminal or disguise text.\n\n\
+    With chatd's switchboard on (its default), the room named `lobby` (chatd's \
+    --lobby-ocm-room) is shared with ROOM, MATOU and CCM users: their messages arrive as \
+    `rui: hi` like a member's, since the wire does not say which protocol a name comes from, \
+    and their comings and goings are not sent to OCM.\n\n\
     When the host leaves, the server closes the room: its text \
     `...\\nホストが退出したため、チャットルーム:ROOMを終了します。` is shown, a note on stderr says \
     the room is closed, and the client exits with status 0. There is no keepalive in OCM: the \

@@ -73,6 +73,9 @@ pub const LONG_ABOUT: &str = "Join the ROOM nickname chat room.\n\n\
     The name in a notice is the alias as sent, decoded from the server's b'...' form (so \
     b'jos\\xc3\\xa9' shows as josé). Any member can send the same bytes as a message, and it \
     shows the same way: the protocol cannot tell them apart.\n\n\
+    With chatd's switchboard on (its default), users of MATOU, CCM and the OCM room `lobby` \
+    are in this room too, and look exactly like members (`mia: hi`, `* mia joined`): the wire \
+    does not say which protocol a name comes from.\n\n\
     Bytes that are not valid UTF-8 are shown as U+FFFD. When standard output is a terminal, \
     control characters (tabs excepted), bidirectional controls and zero-width characters in \
     received text are also shown as U+FFFD, so another member cannot send escape sequences \

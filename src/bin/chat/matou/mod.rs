@@ -97,6 +97,10 @@ pub const LONG_ABOUT: &str = "Join the MATOU public room, and talk and send file
     text are shown as U+FFFD, so nobody can send escape sequences to your terminal or \
     disguise text. When standard error is a terminal, each running transfer has a progress \
     bar there, with its rate and the time left.\n\n\
+    With chatd's switchboard on (its default), ROOM members, CCM users and members of the OCM \
+    room `lobby` are in the public room too, and look exactly like MATOU users (`rui: hi`, \
+    `* rui joined`): the wire does not say which protocol a name comes from. They cannot be \
+    asked for a private link.\n\n\
     Private links: after /private bob and bob's /accept alice, the server gives alice bob's \
     address; alice listens on two new ports (messages, files) and the server passes them to \
     bob, whose client connects. Connections from any address but bob's are refused. Several \
