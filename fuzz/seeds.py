@@ -227,3 +227,78 @@ write("relay_service", "three_peers", relay(0, b"hi") + relay(1, b"hello") + rel
       + bytes([4, 1]) + relay(0, b"again") + relay(2, b"and again") + time(15000) + relay(0, b"x" * 70)
       + bytes([5]) + relay(3, b"full") + bytes([5]) + time(25000) + relay(2, b"alone"))
 write("relay_service", "crowd", b"".join(relay(i, b"m%d" % i) for i in range(8)))
+
+# ---- the switchboard: every protocol behind one hub ----
+# Operations (fuzz_targets/switchboard.rs): 0 accept SLOT KIND, 1 data SLOT LEN BYTES (then the
+# read burst ends), 2 the same without the burst's end, 3 close REASON SLOT, 4 time MS (u16 LE),
+# 5 handshake deadline SLOT, 6 report a send HOW (even: written), 7 the store answers,
+# 8 datagram FROM TOKEN_SLOT LEN BYTES. `$T` stands for the slot's last token (CCM's User, OCM's).
+SB_ROOM, SB_BIN24, SB_CCM, SB_MATOU, SB_OCM = range(5)
+SB_PEER_CLOSED = 0
+
+
+def sb_accept(slot, kind):
+    return bytes([0, slot, kind])
+
+
+def sb_data(slot, payload, burst_end=True):
+    assert len(payload) < 256
+    return bytes([1 if burst_end else 2, slot, len(payload)]) + payload
+
+
+def sb_close(slot):
+    return bytes([3, SB_PEER_CLOSED, slot])
+
+
+def sb_time(ms):
+    return bytes([4]) + struct.pack("<H", ms)
+
+
+def sb_report(written):
+    return bytes([6, 0 if written else 1])
+
+
+SB_STORE = bytes([7])
+
+
+def sb_datagram(source, token_slot, payload):
+    return bytes([8, source, token_slot, len(payload)]) + payload
+
+
+def ccm_identify(name):
+    return ccm(b"NotDefined", [(b"Message-Encoding", b"utf-8"), (b"Content-Length", b"%d" % len(name))], name)
+
+
+def ccm_text(to, content):
+    return ccm(b"Text", [(b"User", b"$T"), (b"Addressee", to), (b"Content-Length", b"%d" % len(content))], content)
+
+
+write("switchboard", "room_line_to_matou_and_ccm",
+      sb_accept(0, SB_ROOM) + sb_accept(1, SB_MATOU) + sb_accept(2, SB_CCM)
+      + sb_data(0, b"rui\n") + sb_data(1, matou(1, mstr(b"mia"))) + sb_data(2, ccm_identify(b"cat"))
+      + sb_data(0, b"rui: hi all\n") + sb_report(True)
+      + sb_data(1, matou(4, mstr(b"hello from matou"))) + sb_data(2, ccm_text(b"*", b"hello from ccm"))
+      + sb_close(0) + sb_time(6000) + sb_time(3000) + sb_close(1) + sb_close(2))
+write("switchboard", "ccm_and_bin24_direct",
+      sb_accept(0, SB_BIN24) + sb_accept(1, SB_CCM) + sb_data(1, ccm_identify(b"cat"))
+      + sb_data(0, bin24(0, 7, b"bob", b"cat", b"oi cat")) + sb_report(True)
+      + sb_data(1, ccm_text(b"bob", b"oi bob")) + SB_STORE
+      + sb_data(0, bin24(1, 1, b"bob", b"cat", b"200"))
+      + sb_data(0, bin24(0, 8, b"bob", b"cat", b"again")) + sb_report(False) + SB_STORE + SB_STORE
+      + sb_close(1) + sb_data(0, bin24(0, 9, b"bob", b"cat", b"gone")) + SB_STORE
+      + sb_accept(2, SB_BIN24) + sb_data(2, bin24(0, 1, b"cat", b"bob", b"back")) + SB_STORE
+      + SB_STORE + sb_report(True) + sb_time(3500) + SB_STORE)
+write("switchboard", "name_claimed_twice",
+      sb_accept(0, SB_MATOU) + sb_accept(1, SB_CCM) + sb_accept(2, SB_BIN24) + sb_accept(3, SB_ROOM)
+      + sb_data(0, matou(1, mstr(b"alice"))) + sb_data(1, ccm_identify(b"alice"))
+      + sb_data(2, bin24(0, 1, b"alice", b"bob", b"x")) + sb_data(3, b"alice\n")
+      + sb_close(0) + sb_data(1, ccm_identify(b"alice")) + sb_accept(4, SB_MATOU)
+      + sb_data(4, matou(1, mstr(b"alice"))) + sb_accept(0, SB_BIN24)
+      + sb_data(0, bin24(0, 1, b"alice", b"bob", b"y")) + SB_STORE + bytes([5, 4]))
+# Slot 3's IP is 127.0.0.4: datagram source 3 is that IP, port 40000, as its request names.
+write("switchboard", "ocm_lobby_with_room_and_ccm",
+      sb_accept(3, SB_OCM) + sb_data(3, tcrp(1, 0, b"lobby", request_json("olga", "127.0.0.4", 40000)))
+      + sb_accept(0, SB_ROOM) + sb_data(0, b"rui\n") + sb_accept(1, SB_CCM) + sb_data(1, ccm_identify(b"cat"))
+      + sb_datagram(3, 3, bytes([5, 64]) + b"lobby$Thello from ocm") + sb_data(0, b"rui: hi olga\n")
+      + sb_data(1, ccm_text(b"*", b"hi olga")) + sb_time(21000)
+      + sb_datagram(3, 3, bytes([5, 64]) + b"lobby$Texit"))
