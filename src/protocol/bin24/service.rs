@@ -453,16 +453,7 @@ impl Bin24Service {
                 Some((NamedProtocol::Ccm, _))
             )
         });
-        if to_ccm && !self.admit_sending(id, recipient, frame.as_bytes().len(), now_ms) {
-            debug!("{id}: {sender} over its sending rate; message to {recipient} refused");
-            out.count_rejected();
-            self.answer(
-                sender,
-                recipient,
-                message_id,
-                codec::ANSWER_RATE_LIMITED,
-                out,
-            );
+        if to_ccm && !self.charge_live(id, &frame, now_ms, out) {
             return;
         }
         let crossing = out
@@ -508,16 +499,7 @@ impl Bin24Service {
         };
         // Only a live delivery is charged: a stored frame reaches its recipient paced by the
         // backlog window, and the store has its own per-user and store-wide limits.
-        if !self.admit_sending(id, recipient, frame.as_bytes().len(), now_ms) {
-            debug!("{id}: {sender} over its sending rate; message to {recipient} refused");
-            out.count_rejected();
-            self.answer(
-                sender,
-                recipient,
-                message_id,
-                codec::ANSWER_RATE_LIMITED,
-                out,
-            );
+        if !self.charge_live(id, &frame, now_ms, out) {
             return;
         }
         self.deliver_live(recipient_conn, frame, now_ms, out, store);
@@ -561,6 +543,33 @@ impl Bin24Service {
         if let Some(state) = self.conns.get_mut(recipient_conn) {
             state.unacked.push((sender, message_id));
         }
+    }
+
+    /// Charges the live delivery of `frame` from connection `id` to its sender's budget; over
+    /// it the sender is answered "429" and false is returned: the frame is neither delivered
+    /// nor stored.
+    fn charge_live<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        frame: &Frame,
+        now_ms: u64,
+        out: &mut O,
+    ) -> bool {
+        let (sender, recipient) = (frame.src(), frame.dst());
+        if self.admit_sending(id, recipient, frame.as_bytes().len(), now_ms) {
+            return true;
+        }
+        debug!("{id}: {sender} over its sending rate; message to {recipient} refused");
+        out.count_rejected();
+        let message_id = frame.message_id();
+        self.answer(
+            sender,
+            recipient,
+            message_id,
+            codec::ANSWER_RATE_LIMITED,
+            out,
+        );
+        false
     }
 
     /// Charges a live delivery of `frame_bytes` from connection `id` to `recipient` against
