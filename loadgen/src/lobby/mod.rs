@@ -60,6 +60,8 @@ pub const DELIVERIES_PER_S_MAX: u64 = 1_000_000;
 /// The largest TCRP answer read (the contract's are a few hundred bytes).
 const TCRP_ANSWER_BYTES_MAX: usize = 64 * 1024;
 const RECV_BATCH_DATAGRAMS: usize = 16;
+/// Times the first OCM member switches between create and join before it gives up.
+const OCM_FIRST_ATTEMPTS_MAX: u32 = 5;
 
 #[derive(Clone, Debug)]
 pub struct LobbyConfig {
@@ -229,6 +231,8 @@ pub struct Run<'a> {
     /// The OCM member that creates (or first joins) the lobby room, and whether it is in.
     ocm_first: Option<usize>,
     ocm_room_ready: bool,
+    /// Requests the first OCM member made beyond its first.
+    ocm_first_attempts: u32,
     ocm_room_created: bool,
     ocm_exits_sent: u64,
     text_buf: Vec<u8>,
@@ -308,6 +312,7 @@ impl ScenarioKind for Lobby {
             progress: Progress::new(cfg.progress, now_us),
             ocm_first,
             ocm_room_ready: false,
+            ocm_first_attempts: 0,
             ocm_room_created: false,
             ocm_exits_sent: 0,
             text_buf: vec![0; cfg.message_bytes.max(wire::STAMP_BYTES)],
@@ -332,12 +337,14 @@ impl ScenarioKind for Lobby {
         report::Report::new(cfg, seed, strict, outcome)
     }
     /// Plotted: same-protocol and cross-protocol delivery, and the joins. Written only: every
-    /// (origin, destination) pair (`room-to-ccm`, ...), all deliveries, the loadgen's own lags.
+    /// (origin, destination) pair of the protocols in the run (`room-to-ccm`, ...), all
+    /// deliveries, the loadgen's own lags.
     fn histograms(outcome: &LobbyOutcome) -> (Named<'_>, Named<'_>) {
         let l = &outcome.latency;
         let mut diagnostic: Named<'_> = vec![("delivery", &l.all)];
-        for origin in KINDS {
-            for destination in KINDS {
+        let present = |kind: Kind| outcome.requested[kind.index()] > 0;
+        for origin in KINDS.into_iter().filter(|&k| present(k)) {
+            for destination in KINDS.into_iter().filter(|&k| present(k)) {
                 diagnostic.push((
                     pair_name(origin, destination),
                     &l.by_pair[origin.index()][destination.index()],
@@ -850,15 +857,21 @@ impl Run<'_> {
                     }
                 }
             }
-            ocm_wire::Answer::Refused(why)
-                if Some(u) == self.ocm_first && operation == ocm_codec::OPERATION_CREATE =>
+            ocm_wire::Answer::Refused(_)
+                if Some(u) == self.ocm_first
+                    && self.ocm_first_attempts < OCM_FIRST_ATTEMPTS_MAX =>
             {
-                // Most likely the room exists (another client's lobby members are in it): join
-                // it; should that be refused too, the join's answer says why.
-                let _ = why;
+                // A create is refused when the room exists (another client's members are in
+                // it), a join when it does not: the room may also be closing as this member
+                // asks (the last run's creator left just before), so it tries the other.
+                self.ocm_first_attempts += 1;
                 let member = &mut self.members[u];
                 member.conn.close(self.io.poll.registry());
-                member.ocm_operation = ocm_codec::OPERATION_JOIN;
+                member.ocm_operation = if operation == ocm_codec::OPERATION_CREATE {
+                    ocm_codec::OPERATION_JOIN
+                } else {
+                    ocm_codec::OPERATION_CREATE
+                };
                 self.connect(u);
             }
             ocm_wire::Answer::Refused(why) => {
