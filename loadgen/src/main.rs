@@ -249,7 +249,8 @@ struct CommonArgs {
     plot: Option<PathBuf>,
 
     /// Seed for the run's random choices (room and matou: which clients send, and matou's link
-    /// pairs; bin24: which users stay offline; ocm has none), so a run can be repeated.
+    /// pairs; bin24: which users stay offline; ocm and lobby have none), so a run can be
+    /// repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
@@ -492,10 +493,13 @@ struct MatouArgs {
 
 #[derive(Args, Debug)]
 struct LobbyArgs {
+    /// Server port of the ROOM listener.
     #[arg(long, default_value_t = 55_555)]
     room_port: u16,
+    /// Server port of the MATOU listener.
     #[arg(long, default_value_t = 7_777)]
     matou_port: u16,
+    /// Server port of the CCM listener.
     #[arg(long, default_value_t = 5_454)]
     ccm_port: u16,
     /// The OCM TCRP listener (TCP), where the OCM members join the lobby room.
