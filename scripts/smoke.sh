@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Loadgen smoke run against a real chatd: short ROOM, BIN24 (with offline users, so the
 # durable store is used), CCM (with silent users, so the keepalive closes them), MATOU and OCM
-# runs, then a short `loadgen mix` of all five at once, each failing on any lost or duplicated
+# runs, a short `loadgen lobby` (ROOM, MATOU, CCM and OCM members in the switchboard's one
+# lobby), then a short `loadgen mix` of all five at once, each failing on any lost or duplicated
 # message, then SIGTERM, which must make chatd exit 0.
 #
 # Usage: scripts/smoke.sh [CLIENTS] [SENDERS] [RATE_PER_S] [DURATION]
@@ -72,6 +73,12 @@ ocm_status=0
 timeout 120 "$loadgen" ocm --tcp-port "$ocm_tcp_port" --udp-port "$ocm_udp_port" --rooms 10 \
   --members 10 --rate 1000 --duration "$duration" || ocm_status=$?
 
+echo "+ $loadgen lobby --room 10 --matou 10 --ccm 10 --ocm 10 --rate 200 --duration $duration"
+lobby_status=0
+timeout 120 "$loadgen" lobby --room-port "$port" --matou-port "$matou_port" --ccm-port "$ccm_port" \
+  --ocm-tcp-port "$ocm_tcp_port" --ocm-udp-port "$ocm_udp_port" --room 10 --matou 10 --ccm 10 \
+  --ocm 10 --rate 200 --duration "$duration" || lobby_status=$?
+
 echo "+ $loadgen mix --clients 200 --duration $duration (all five protocols at once)"
 mix_status=0
 timeout 120 "$loadgen" mix --clients 200 --duration "$duration" --room-port "$port" \
@@ -106,6 +113,10 @@ if [ "$matou_status" -ne 0 ]; then
 fi
 if [ "$ocm_status" -ne 0 ]; then
   echo "smoke: loadgen ocm failed (exit $ocm_status): datagrams lost, leave texts missing, or errors" >&2
+  exit 1
+fi
+if [ "$lobby_status" -ne 0 ]; then
+  echo "smoke: loadgen lobby failed (exit $lobby_status): lobby messages lost or duplicated, or errors" >&2
   exit 1
 fi
 if [ "$mix_status" -ne 0 ]; then

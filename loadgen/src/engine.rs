@@ -55,6 +55,9 @@ pub trait Wire: Phases {
     fn fail(&mut self, u: usize, kind: ErrorKind, why: String);
     /// Writes client `u`'s pending bytes and accounts for the messages that went out.
     fn flush(&mut self, u: usize);
+    /// An event on a socket that is no client's connection (the lobby's OCM UDP sockets, which
+    /// share the loop with its TCP clients); `index` is the token minus one.
+    fn on_other_event(&mut self, _index: usize, _readable: bool, _writable: bool) {}
 }
 
 /// A connection the server ended unexpectedly: a read error once joined, a failed connect
@@ -173,7 +176,8 @@ fn read<W: Wire>(w: &mut W, u: usize) {
 impl<W: Wire> Reactor for W {
     fn on_event(&mut self, u: usize, readable: bool, writable: bool) {
         let Some((_, conn)) = self.conn(u) else {
-            return; // not ours; cannot happen, and must not panic
+            self.on_other_event(u, readable, writable);
+            return;
         };
         conn.readable |= readable;
         conn.writable |= writable;

@@ -19,6 +19,9 @@
 //!   texts at the end; UDP loss as a figure, failing the run above `--loss-max`
 //! - `matou`: the MATOU scenario: its loop, the text stamp, the client side of the contract
 //!   (names, packets, notice and delivery accounting), link brokering and its report
+//! - `lobby`: the switchboard's lobby: ROOM, MATOU, CCM and OCM members all sending, every
+//!   member checking every lobby message whatever protocol it came from, latency per
+//!   (origin, destination) pair and same- vs cross-protocol
 //! - `hgrm`, `plot`: `--hgrm` percentile distributions and the `--plot` SVG of a run's histograms
 //! - `limits`: the open-files limit
 //! - `connect`: the one TCP connect every scenario uses, spreading loopback sources over 127/8
@@ -37,6 +40,7 @@ mod driver;
 mod engine;
 mod hgrm;
 mod limits;
+mod lobby;
 mod matou;
 mod mix;
 mod ocm;
@@ -108,6 +112,7 @@ const BIN24_MESSAGES_MAX: u64 = 20_000_000;
 const BIN24_BODY_BYTES_MIN: usize = STAMP_BYTES;
 const BIN24_BODY_BYTES_MAX: usize = switchboard::protocol::bin24::codec::BODY_BYTES_MAX;
 const OCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
+const LOBBY_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
 /// OCM: rooms x members is at most CLIENTS_MAX (each member has a UDP socket, and a TCP
 /// connection while it asks for its token); a room has at most this many members, so the loss
 /// table (one counter per ordered pair of members of a room) stays under 40 MB.
@@ -168,6 +173,12 @@ enum Scenario {
     /// links are brokered on a second plan (request, accept, addresses), each timed from its
     /// intended time to the address at Dst. Join and sign-out notices are checked per pair.
     Matou(MatouArgs),
+    /// LOBBY: members of ROOM, MATOU, CCM and OCM in chatd's one lobby (the switchboard), every
+    /// one of them sending on one plan; every member times and checks every lobby message it
+    /// must get, whatever protocol it was said in (ROOM and MATOU members get their own back).
+    /// Latency per (origin, destination) protocol pair, and same-protocol against
+    /// cross-protocol. Not part of `mix`.
+    Lobby(LobbyArgs),
     /// Churn: short-lived connections on an open-loop plan, dealt round-robin over the
     /// protocols: each signs in, waits for the server's answer, then leaves cleanly, with a
     /// reset, in the middle of a frame, or before signing in. For soak runs beside a scenario
@@ -208,7 +219,7 @@ struct CommonArgs {
     /// How long to wait after the last planned send for messages still in flight; messages not
     /// delivered (room, ccm, matou, ocm) or not answered (bin24) by then are losses, and for
     /// matou so are links not brokered by then. The run ends earlier once everything has arrived.
-    /// Default 2s for room, ccm, matou and ocm, 5s for bin24 (more than the server's 3 s answer
+    /// Default 2s for room, ccm, matou, ocm and lobby, 5s for bin24 (more than the server's 3 s answer
     /// timeout). At most 10m.
     #[arg(long, value_parser = parse_duration)]
     drain: Option<Duration>,
@@ -238,7 +249,8 @@ struct CommonArgs {
     plot: Option<PathBuf>,
 
     /// Seed for the run's random choices (room and matou: which clients send, and matou's link
-    /// pairs; bin24: which users stay offline; ocm has none), so a run can be repeated.
+    /// pairs; bin24: which users stay offline; ocm and lobby have none), so a run can be
+    /// repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
@@ -480,6 +492,64 @@ struct MatouArgs {
 }
 
 #[derive(Args, Debug)]
+struct LobbyArgs {
+    /// Server port of the ROOM listener.
+    #[arg(long, default_value_t = 55_555)]
+    room_port: u16,
+    /// Server port of the MATOU listener.
+    #[arg(long, default_value_t = 7_777)]
+    matou_port: u16,
+    /// Server port of the CCM listener.
+    #[arg(long, default_value_t = 5_454)]
+    ccm_port: u16,
+    /// The OCM TCRP listener (TCP), where the OCM members join the lobby room.
+    #[arg(long, default_value_t = 9_002)]
+    ocm_tcp_port: u16,
+    /// The OCM chat socket (UDP).
+    #[arg(long, default_value_t = 9_003)]
+    ocm_udp_port: u16,
+
+    /// ROOM members (aliases lyr<run id>00001, ...); 0 leaves ROOM out. At most 1000 per
+    /// protocol and 2000 in all.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_PER_PROTOCOL_MAX as u64))]
+    room: u64,
+    /// MATOU users (lym<run id>00001, ...); 0 leaves MATOU out.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_PER_PROTOCOL_MAX as u64))]
+    matou: u64,
+    /// CCM users (lyc<run id>00001, ...), sending to `*`; 0 leaves CCM out.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_PER_PROTOCOL_MAX as u64))]
+    ccm: u64,
+    /// OCM members of the lobby room (lyo<run id>00001, ...; the first creates the room, or
+    /// joins it if it exists); 0 leaves OCM out.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_PER_PROTOCOL_MAX as u64))]
+    ocm: u64,
+
+    /// The OCM room that is chatd's lobby (its --lobby-ocm-room).
+    #[arg(long, default_value = "lobby")]
+    ocm_room: String,
+
+    /// Lobby messages per second over all members together (every member that joined sends
+    /// rate/members per second, evenly spaced, phase-shifted). Messages, not deliveries: each
+    /// reaches every other member, and its sender too in ROOM and MATOU, so the server
+    /// delivers about rate x members per second (e.g. 250 with 400 members: 100,000/s); at
+    /// most 1000000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=RATE_PER_S_MAX))]
+    rate: u64,
+
+    /// Bytes of every lobby text: the 52-byte stamp, padded. From 52 to 512 (MATOU's largest
+    /// message, the smallest of the four protocols' limits).
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+
+    /// SO_RCVBUF asked for on every OCM member's UDP socket, in bytes.
+    #[arg(long, default_value_t = OCM_RECV_BUFFER_DEFAULT)]
+    recv_buffer_bytes: usize,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
 struct ChurnArgs {
     /// Server host. Only loopback addresses are allowed (127.0.0.0/8, ::1, localhost).
     #[arg(long, default_value = "127.0.0.1")]
@@ -609,6 +679,7 @@ fn main() -> ExitCode {
         Scenario::Ccm(args) => run_ccm(args),
         Scenario::Ocm(args) => run_ocm(args),
         Scenario::Matou(args) => run_matou(args),
+        Scenario::Lobby(args) => run_lobby(args),
         Scenario::Churn(args) => run_churn(args),
         Scenario::Mix(args) => mix::run_mix(args),
     }
@@ -1102,6 +1173,85 @@ fn run_matou(args: MatouArgs) -> ExitCode {
         args.rate, args.private_rate, args.payload_bytes, common.duration
     );
     registry::run_single::<matou::Matou>(common, &cfg, users as u64, title)
+}
+
+fn run_lobby(args: LobbyArgs) -> ExitCode {
+    let common = &args.common;
+    if let Err(why) = check_common(common) {
+        return refuse(why);
+    }
+    let members = [args.room, args.matou, args.ccm, args.ocm].map(|n| n as usize);
+    let total: usize = members.iter().sum();
+    if !(2..=lobby::MEMBERS_MAX).contains(&total) {
+        return refuse(format!(
+            "--room + --matou + --ccm + --ocm is {total}; from 2 to {} members in all",
+            lobby::MEMBERS_MAX
+        ));
+    }
+    let deliveries_per_s = args.rate * total as u64;
+    if deliveries_per_s > lobby::DELIVERIES_PER_S_MAX {
+        return refuse(format!(
+            "--rate x members plans up to {deliveries_per_s} deliveries/s; at most {} (every \
+             delivery is read and checked by one loop)",
+            lobby::DELIVERIES_PER_S_MAX
+        ));
+    }
+    if !(lobby::wire::STAMP_BYTES..=lobby::wire::MESSAGE_BYTES_MAX).contains(&args.payload_bytes) {
+        return refuse(format!(
+            "--payload-bytes must be between {} (the stamp) and {} (the largest MATOU message)",
+            lobby::wire::STAMP_BYTES,
+            lobby::wire::MESSAGE_BYTES_MAX
+        ));
+    }
+    if args.ocm_room.is_empty() || args.ocm_room.len() > 255 {
+        return refuse("--ocm-room must be 1 to 255 bytes");
+    }
+    if !(1..=OCM_RECV_BUFFER_MAX).contains(&args.recv_buffer_bytes) {
+        return refuse(format!(
+            "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
+        ));
+    }
+    let target = |port| resolve_loopback(&common.host, port);
+    let targets = (
+        target(args.room_port),
+        target(args.matou_port),
+        target(args.ccm_port),
+        target(args.ocm_tcp_port),
+        target(args.ocm_udp_port),
+    );
+    let (room, matou, ccm, ocm_tcp, ocm_udp) = match targets {
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
+        (Err(why), ..) => return refuse(why),
+        (_, Err(why), ..) | (_, _, Err(why), ..) | (.., Err(why), _) | (.., Err(why)) => {
+            return refuse(why)
+        }
+    };
+    let cfg = lobby::LobbyConfig {
+        room_target: room,
+        matou_target: matou,
+        ccm_target: ccm,
+        ocm_tcp_target: ocm_tcp,
+        ocm_udp_target: ocm_udp,
+        members,
+        ocm_room: args.ocm_room.clone(),
+        rate_per_s: args.rate,
+        duration_us: common.duration.as_micros() as u64,
+        warmup_us: common.warmup.as_micros() as u64,
+        drain_us: common.drain.unwrap_or(LOBBY_DRAIN_DEFAULT).as_micros() as u64,
+        message_bytes: args.payload_bytes,
+        connect_rate_per_s: common.connect_rate,
+        recv_buffer_bytes: args.recv_buffer_bytes,
+        run_id: run_id(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let title = format!(
+        "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}, {} msg/s (up to {deliveries_per_s} \
+         deliveries/s), {} B, {:?}",
+        args.room, args.matou, args.ccm, args.ocm, args.rate, args.payload_bytes, common.duration
+    );
+    // A TCP connection per member, and a UDP socket per OCM member.
+    let files = (total + members[3]) as u64;
+    registry::run_single::<lobby::Lobby>(common, &cfg, files, title)
 }
 
 /// A run id for the message stamps: differs between runs, so frames an earlier run left in

@@ -24,7 +24,7 @@ use crate::ccm::{self, CcmConfig};
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
 use crate::matou::{self, MatouConfig};
 use crate::ocm::{self, OcmConfig};
-use crate::registry::{Protocol, ScenarioKind};
+use crate::registry::{InMix, Protocol};
 use crate::report::ScenarioReport;
 use crate::room::{self, RoomConfig, Wire};
 use crate::stats::{LatencyHistogram, LatencySummary};
@@ -199,7 +199,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn of<K: ScenarioKind + 'static>(cfg: K::Config) -> Setup {
+    fn of<K: InMix + 'static>(cfg: K::Config) -> Setup {
         Setup {
             protocol: K::PROTOCOL,
             job: Box::new(Job::<K>(cfg)),
@@ -208,13 +208,13 @@ impl Setup {
 }
 
 /// A protocol's config, started and finished by its [`ScenarioKind`].
-struct Job<K: ScenarioKind>(K::Config);
+struct Job<K: InMix>(K::Config);
 
 trait MixJob {
     fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>>;
 }
 
-impl<K: ScenarioKind> MixJob for Job<K> {
+impl<K: InMix> MixJob for Job<K> {
     fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
         let cfg = &self.0;
         let run = K::start(cfg).map_err(|e| Box::new(failed(K::PROTOCOL, describe::<K>(e))))?;
@@ -236,7 +236,7 @@ impl<K: ScenarioKind> MixJob for Job<K> {
 }
 
 /// A scenario's error as the mix reports it (the single run's message, less the address).
-fn describe<K: ScenarioKind>(e: RunError) -> String {
+fn describe<K: InMix>(e: RunError) -> String {
     match e {
         RunError::Unreachable(why) => format!("{}: {why}", K::UNREACHABLE_IN_MIX),
         RunError::Setup(why) => format!("setup failed: {why}"),

@@ -3,9 +3,10 @@
 //! Each protocol's folder implements [`ScenarioKind`] for its marker type (`room::Room`,
 //! `bin24::Bin24`, ...): how its run starts and ends, what its report is, which histograms it
 //! writes and what it says when no server answered. The single-protocol subcommand
-//! ([`run_single`]) and the mix ([`MixJob`]) drive every protocol through that one trait, so
-//! adding a protocol is its folder, a [`Protocol`] variant here and its arm in [`Protocol`]'s
-//! table.
+//! ([`run_single`]) and the mix drive every protocol through that one trait (the mix through
+//! [`InMix`] too), so adding a protocol is its folder, a [`Protocol`] variant here and its arm
+//! in [`Protocol`]'s table. The lobby (`lobby::Lobby`) is a scenario but no protocol of its own:
+//! it implements [`ScenarioKind`] alone.
 
 use std::process::ExitCode;
 
@@ -145,13 +146,11 @@ impl Protocol {
 /// Named histograms of a run: (name, histogram).
 pub type Named<'a> = Vec<(&'static str, &'a LatencyHistogram)>;
 
-/// One protocol's scenario, as `main` and the mix drive it.
+/// One scenario, as `main` drives it (and the mix, for a protocol's scenario: [`InMix`]).
 pub trait ScenarioKind {
-    const PROTOCOL: Protocol;
-    /// The histogram the mix plots as this protocol's curve (its summary row's latency).
-    const MAIN_HISTOGRAM: &'static str = "delivery";
-    /// The mix's words when no client reached the server ("no user could join the CCM server").
-    const UNREACHABLE_IN_MIX: &'static str;
+    /// Its subcommand, and the prefix of its --hgrm files unless [`Self::file_name`] says
+    /// otherwise.
+    const NAME: &'static str;
     /// The settings, validated by the caller.
     type Config: Sync;
     type Run<'a>: Reactor + 'a;
@@ -173,8 +172,18 @@ pub trait ScenarioKind {
     fn unreachable(cfg: &Self::Config) -> String;
     /// The prefix of its --hgrm files (RESP runs the ROOM scenario under its own name).
     fn file_name(_cfg: &Self::Config) -> &'static str {
-        Self::PROTOCOL.name()
+        Self::NAME
     }
+}
+
+/// A protocol's own scenario, which the mix runs beside the others' (the lobby, which spans
+/// protocols, is not one).
+pub trait InMix: ScenarioKind {
+    const PROTOCOL: Protocol;
+    /// The histogram the mix plots as this protocol's curve (its summary row's latency).
+    const MAIN_HISTOGRAM: &'static str = "delivery";
+    /// The mix's words when no client reached the server ("no user could join the CCM server").
+    const UNREACHABLE_IN_MIX: &'static str;
 }
 
 /// Runs the scenario to its end on a loop of its own.

@@ -30,7 +30,7 @@ use crate::driver::{
 };
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
-use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, ScenarioKind};
 use crate::resp;
 use crate::sockio::{flush_queued, read_chunk, Chunk, OutBuf, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
@@ -234,8 +234,7 @@ pub struct Run<'a> {
 pub struct Room;
 
 impl ScenarioKind for Room {
-    const PROTOCOL: Protocol = Protocol::Room;
-    const UNREACHABLE_IN_MIX: &'static str = "no client could join the ROOM server";
+    const NAME: &'static str = "room";
     type Config = RoomConfig;
     type Run<'a> = Run<'a>;
     type Outcome = RoomOutcome;
@@ -350,6 +349,11 @@ impl ScenarioKind for Room {
             Wire::Resp { .. } => "resp",
         }
     }
+}
+
+impl InMix for Room {
+    const PROTOCOL: Protocol = Protocol::Room;
+    const UNREACHABLE_IN_MIX: &'static str = "no client could join the ROOM server";
 }
 
 impl Phases for Run<'_> {

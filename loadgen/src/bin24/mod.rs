@@ -43,7 +43,7 @@ use crate::driver::{queue_full, RunError, SentReceived, START_DELAY_US};
 use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
-use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
@@ -237,9 +237,7 @@ pub struct Run<'a> {
 pub struct Bin24;
 
 impl ScenarioKind for Bin24 {
-    const PROTOCOL: Protocol = Protocol::Bin24;
-    const MAIN_HISTOGRAM: &'static str = "ack200";
-    const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
+    const NAME: &'static str = "bin24";
     type Config = Bin24Config;
     type Run<'a> = Run<'a>;
     type Outcome = Bin24Outcome;
@@ -342,6 +340,12 @@ impl ScenarioKind for Bin24 {
     fn unreachable(cfg: &Bin24Config) -> String {
         format!("no user could join a BIN24 server at {}", cfg.target)
     }
+}
+
+impl InMix for Bin24 {
+    const PROTOCOL: Protocol = Protocol::Bin24;
+    const MAIN_HISTOGRAM: &'static str = "ack200";
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
 }
 
 impl Phases for Run<'_> {

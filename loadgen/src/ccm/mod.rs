@@ -31,7 +31,7 @@ use crate::driver::{queue_full, RunError, SentReceived, RAMP_TIMEOUT_MIN_US, STA
 use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
-use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
@@ -196,8 +196,7 @@ pub struct Run<'a> {
 pub struct Ccm;
 
 impl ScenarioKind for Ccm {
-    const PROTOCOL: Protocol = Protocol::Ccm;
-    const UNREACHABLE_IN_MIX: &'static str = "no user could join the CCM server";
+    const NAME: &'static str = "ccm";
     type Config = CcmConfig;
     type Run<'a> = Run<'a>;
     type Outcome = CcmOutcome;
@@ -306,6 +305,11 @@ impl ScenarioKind for Ccm {
     fn unreachable(cfg: &CcmConfig) -> String {
         format!("no user could join a CCM server at {}", cfg.target)
     }
+}
+
+impl InMix for Ccm {
+    const PROTOCOL: Protocol = Protocol::Ccm;
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the CCM server";
 }
 
 /// The order users connect in: the silent ones (indices `users..`) spread evenly among the

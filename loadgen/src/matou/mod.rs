@@ -38,7 +38,7 @@ use crate::driver::{
 use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
-use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
@@ -242,8 +242,7 @@ pub struct Run<'a> {
 pub struct Matou;
 
 impl ScenarioKind for Matou {
-    const PROTOCOL: Protocol = Protocol::Matou;
-    const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
+    const NAME: &'static str = "matou";
     type Config = MatouConfig;
     type Run<'a> = Run<'a>;
     type Outcome = MatouOutcome;
@@ -348,6 +347,11 @@ impl ScenarioKind for Matou {
     fn unreachable(cfg: &MatouConfig) -> String {
         format!("no user could join a MATOU server at {}", cfg.target)
     }
+}
+
+impl InMix for Matou {
+    const PROTOCOL: Protocol = Protocol::Matou;
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
 }
 
 /// Whether `address` (the bytes of a PRIVATE_*_ADDRESS) is `ip`: 4 bytes for IPv4, 16 for IPv6.

@@ -30,7 +30,7 @@ mod accounting;
 pub mod churn;
 pub mod report;
 pub mod stamp;
-mod udp;
+pub(crate) mod udp;
 pub mod wire;
 
 #[cfg(test)]
@@ -50,7 +50,7 @@ use crate::driver::{
     Drain, Loop, Phases, Progress, Reactor, RunError, SentReceived, START_DELAY_US,
 };
 use crate::plan::{Due, Plan};
-use crate::registry::{Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, ScenarioKind};
 use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 use accounting::{Accounting, Arrival};
@@ -294,8 +294,7 @@ pub struct Run<'a> {
 pub struct Ocm;
 
 impl ScenarioKind for Ocm {
-    const PROTOCOL: Protocol = Protocol::Ocm;
-    const UNREACHABLE_IN_MIX: &'static str = "no room could be created on the OCM server";
+    const NAME: &'static str = "ocm";
     type Config = OcmConfig;
     type Run<'a> = Run<'a>;
     type Outcome = OcmOutcome;
@@ -410,6 +409,11 @@ impl ScenarioKind for Ocm {
             cfg.tcp_target, cfg.udp_target
         )
     }
+}
+
+impl InMix for Ocm {
+    const PROTOCOL: Protocol = Protocol::Ocm;
+    const UNREACHABLE_IN_MIX: &'static str = "no room could be created on the OCM server";
 }
 
 impl Phases for Run<'_> {
