@@ -17,11 +17,6 @@ mod chatd;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -32,7 +27,8 @@ use switchboard::protocol::bin24::codec::{
 mod child;
 mod lobby;
 
-use child::{Client, Output};
+use chatd::Chatd;
+use child::Client;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -56,21 +52,12 @@ impl FakeServer {
         FakeServer { listener, port }
     }
 
-    /// Accepts the client's connection. std has no accept timeout, so a helper thread accepts
-    /// and the wait is on its channel; on timeout it stays blocked until the test process ends.
+    /// Accepts the client's connection, waiting at most `WAIT`.
     fn accept(&self) -> Peer {
-        let listener = self.listener.try_clone().expect("clone the listener");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(listener.accept());
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(Ok((stream, _))) => Peer {
-                stream,
-                pending: BytesMut::new(),
-            },
-            Ok(Err(e)) => panic!("fake server: accept failed: {e}"),
-            Err(_) => panic!("fake server: the client did not connect within {WAIT:?}"),
+        let stream = child::accept_within(&self.listener, "fake server");
+        Peer {
+            stream,
+            pending: BytesMut::new(),
         }
     }
 
@@ -435,7 +422,7 @@ fn sigterm_and_sigint_exit_0() {
 
 #[test]
 fn connection_refused_exits_1_naming_the_address() {
-    let port = free_port();
+    let port = chatd::free_tcp_port();
     let mut client = Client::bin24(port, "alice");
     let status = client.wait_exit();
     let stderr = client.stderr.wait_closed();
@@ -537,97 +524,14 @@ fn help_explains_the_input_and_the_fates() {
 
 // ---- against the real server ----
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "chat-bin24-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The real server, killed when dropped.
-struct Chatd {
-    child: Child,
-    port: u16,
-    _stderr: Output,
-}
-
-impl Chatd {
-    fn start(data: &TempDir) -> Self {
-        let port = free_port();
-        let mut child = chatd::command(&[("--bin24-port", port)])
-            .arg("--data-dir")
-            .arg(&data.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the chatd binary");
-        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
-        let mut server = Chatd {
-            child,
-            port,
-            _stderr: stderr,
-        };
-        server.wait_listening();
-        server
-    }
-
-    /// Polls with a connect, since nothing else says when the port is open. The probe sends
-    /// nothing, so it never becomes a user.
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("chatd exited with {status} before listening");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chatd did not listen on port {} within {WAIT:?}",
-                self.port
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Chatd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn two_clients_talk_through_the_real_server() {
-    let data = TempDir::new();
-    let server = Chatd::start(&data);
+    let server = Chatd::start(&["--bin24-port"], &[]);
+    let port = server.port("--bin24-port");
 
-    let mut bob = Client::bin24(server.port, "bob");
+    let mut bob = Client::bin24(port, "bob");
     bob.stderr.wait_for("signed in as bob");
-    let mut alice = Client::bin24(server.port, "alice");
+    let mut alice = Client::bin24(port, "alice");
     alice.stderr.wait_for("signed in as alice");
 
     alice.type_text(b"bob: hello bob\n");
@@ -642,7 +546,7 @@ fn two_clients_talk_through_the_real_server() {
 
     // ...and delivers it when zed comes; zed's client answers it, the server passes the
     // answer on, and alice sees the message delivered after all.
-    let mut zed = Client::bin24(server.port, "zed");
+    let mut zed = Client::bin24(port, "zed");
     zed.stdout
         .wait_for("<- alice: are you there?  [stored while you were offline]\n");
     alice
@@ -650,7 +554,7 @@ fn two_clients_talk_through_the_real_server() {
         .wait_for("-> zed: are you there?  [delivered]\n");
 
     // Signing in as bob again replaces the first bob, which is told and exits 0.
-    let _bob_again = Client::bin24(server.port, "bob");
+    let _bob_again = Client::bin24(port, "bob");
     let status = bob.wait_exit();
     let stderr = bob.stderr.wait_closed();
     assert!(status.success(), "status {status}, stderr: {stderr:?}");
@@ -689,11 +593,11 @@ impl RawUser {
 
 #[test]
 fn a_stored_frame_is_answered_with_its_message_id_through_the_real_server() {
-    let data = TempDir::new();
-    let server = Chatd::start(&data);
+    let server = Chatd::start(&["--bin24-port"], &[]);
+    let port = server.port("--bin24-port");
 
     // alice stores a frame for the offline bob, with an id no client would count to soon.
-    let mut alice = RawUser::sign_in(server.port, "alice");
+    let mut alice = RawUser::sign_in(port, "alice");
     alice
         .peer
         .send(&message(TYPE_MESSAGE, 7_000_001, "alice", "bob", b"ping"));
@@ -707,7 +611,7 @@ fn a_stored_frame_is_answered_with_its_message_id_through_the_real_server() {
     );
 
     // bob's client gets it as type 2 and answers it: the server forwards the answer to alice.
-    let mut bob = Client::bin24(server.port, "bob");
+    let mut bob = Client::bin24(port, "bob");
     bob.stdout
         .wait_for("<- alice: ping  [stored while you were offline]\n");
     assert_frame(

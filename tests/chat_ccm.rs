@@ -17,8 +17,6 @@ mod chatd;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{self};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,8 @@ use switchboard::protocol::ccm::codec::{decode, encode, Message};
 mod child;
 mod lobby;
 
-use child::{show, Client, Output};
+use chatd::Chatd;
+use child::{show, Client};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -50,21 +49,12 @@ impl FakeServer {
         FakeServer { listener, port }
     }
 
-    /// Accepts the client's connection. std has no accept timeout, so a helper thread accepts
-    /// and the wait is on its channel; on timeout it stays blocked until the test process ends.
+    /// Accepts the client's connection, waiting at most `WAIT`.
     fn accept(&self) -> Peer {
-        let listener = self.listener.try_clone().expect("clone the listener");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(listener.accept());
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(Ok((stream, _))) => Peer {
-                stream,
-                pending: BytesMut::new(),
-            },
-            Ok(Err(e)) => panic!("fake server: accept failed: {e}"),
-            Err(_) => panic!("fake server: the client did not connect within {WAIT:?}"),
+        let stream = child::accept_within(&self.listener, "fake server");
+        Peer {
+            stream,
+            pending: BytesMut::new(),
         }
     }
 
@@ -480,7 +470,7 @@ fn sigterm_and_sigint_exit_0() {
 
 #[test]
 fn connection_refused_exits_1_naming_the_address() {
-    let port = free_port();
+    let port = chatd::free_tcp_port();
     let mut client = Client::ccm(port, "alice");
     let status = client.wait_exit();
     let stderr = client.stderr.wait_closed();
@@ -570,72 +560,14 @@ fn help_explains_the_input_and_the_output() {
 
 // ---- against the real server ----
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-/// The real server with only CCM on, killed when dropped.
-struct Chatd {
-    child: Child,
-    port: u16,
-    _stderr: Output,
-}
-
-impl Chatd {
-    fn start() -> Self {
-        let port = free_port();
-        let mut child = chatd::command(&[("--ccm-port", port)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the chatd binary");
-        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
-        let mut server = Chatd {
-            child,
-            port,
-            _stderr: stderr,
-        };
-        server.wait_listening();
-        server
-    }
-
-    /// Polls with a connect, since nothing else says when the port is open. The probe sends
-    /// nothing, so it never becomes a user.
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("chatd exited with {status} before listening");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chatd did not listen on port {} within {WAIT:?}",
-                self.port
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Chatd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn two_clients_talk_through_the_real_server() {
-    let server = Chatd::start();
+    let server = Chatd::start(&["--ccm-port"], &[]);
+    let port = server.port("--ccm-port");
 
-    let mut bob = Client::ccm(server.port, "bob");
+    let mut bob = Client::ccm(port, "bob");
     bob.stderr.wait_for("chat: identified as bob\n");
-    let mut alice = Client::ccm(server.port, "alice");
+    let mut alice = Client::ccm(port, "alice");
     alice.stderr.wait_for("chat: identified as alice\n");
 
     alice.type_text(b"@bob hello bob\n");
@@ -648,7 +580,7 @@ fn two_clients_talk_through_the_real_server() {
     alice.stderr.wait_for("chat: error unknown-addressee: ");
 
     // The name is taken while alice is connected.
-    let mut alice_again = Client::ccm(server.port, "alice");
+    let mut alice_again = Client::ccm(port, "alice");
     let status = alice_again.wait_exit();
     let stderr = alice_again.stderr.wait_closed();
     assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");

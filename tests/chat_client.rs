@@ -14,15 +14,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc::{self};
-use std::thread;
 use std::time::{Duration, Instant};
 
 mod chatd;
 mod child;
 mod lobby;
 
-use child::{show, Client, Output};
+use chatd::Chatd;
+use child::{show, Client};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -44,19 +43,10 @@ impl FakeServer {
         FakeServer { listener, port }
     }
 
-    /// Accepts the client's connection. std has no accept timeout, so a helper thread accepts
-    /// and the wait is on its channel; on timeout it stays blocked until the test process ends.
+    /// Accepts the client's connection, waiting at most `WAIT`.
     fn accept(&self) -> Peer {
-        let listener = self.listener.try_clone().expect("clone the listener");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(listener.accept());
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(Ok((stream, _))) => Peer { stream },
-            Ok(Err(e)) => panic!("fake server: accept failed: {e}"),
-            Err(_) => panic!("fake server: the client did not connect within {WAIT:?}"),
-        }
+        let stream = child::accept_within(&self.listener, "fake server");
+        Peer { stream }
     }
 }
 
@@ -434,64 +424,17 @@ fn long_lines_are_sent_whole_up_to_64_kib() {
 
 // ---- against the real server ----
 
-/// The real server serving ROOM only, killed when dropped.
-struct Chatd {
-    child: std::process::Child,
-    port: u16,
-    _stderr: Output,
-}
-
-impl Chatd {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut child = chatd::command(&[("--room-port", port)])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the chatd binary");
-        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
-        let deadline = Instant::now() + WAIT;
-        // Polls with a connect, since nothing else says when the port is open; the probe
-        // closes before sending an alias, so it never joins.
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("chatd exited with {status} before listening");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chatd did not listen within {WAIT:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        Chatd {
-            child,
-            port,
-            _stderr: stderr,
-        }
-    }
-}
-
-impl Drop for Chatd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn the_real_servers_glued_notices_are_shown_one_per_line() {
-    let server = Chatd::start();
-    let mut alice = Client::room(server.port, "alice");
+    let server = Chatd::start(&["--room-port"], &[]);
+    let port = server.port("--room-port");
+    let mut alice = Client::room(port, "alice");
     // chatd writes the join notice and the greeting back to back: one chunk, usually.
     alice
         .stdout
         .wait_for("* alice joined\n* connected: you are in the room\n");
 
-    let mut bob = Client::room(server.port, "bob");
+    let mut bob = Client::room(port, "bob");
     bob.stdout.wait_for("* connected: you are in the room\n");
     alice.stdout.wait_for("* bob joined\n");
     bob.type_text(b"hi alice\n");

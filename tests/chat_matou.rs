@@ -21,9 +21,6 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -34,7 +31,8 @@ use switchboard::protocol::matou::codec::{
 mod child;
 mod lobby;
 
-use child::{Client, Output};
+use chatd::Chatd;
+use child::Client;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -97,21 +95,6 @@ struct FakeServer {
     port: u16,
 }
 
-/// Accepts on `listener` with a bound: std has no accept timeout, so a helper thread accepts
-/// and the wait is on its channel; on timeout it stays blocked until the test process ends.
-fn accept_within(listener: &TcpListener, what: &str) -> TcpStream {
-    let listener = listener.try_clone().expect("clone the listener");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(listener.accept());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(Ok((stream, _))) => stream,
-        Ok(Err(e)) => panic!("{what}: accept failed: {e}"),
-        Err(_) => panic!("{what}: the client did not connect within {WAIT:?}"),
-    }
-}
-
 impl FakeServer {
     fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake server");
@@ -120,7 +103,10 @@ impl FakeServer {
     }
 
     fn accept(&self) -> Wire {
-        Wire::new(accept_within(&self.listener, "fake server"), Side::Server)
+        Wire::new(
+            child::accept_within(&self.listener, "fake server"),
+            Side::Server,
+        )
     }
 
     /// Accepts the client and checks that its first packet is exactly CONNECT_REQUEST.
@@ -359,8 +345,11 @@ fn link_as_dst(server: &mut Wire, client: &mut Client, peer: &str) -> FakeLink {
         port(&file),
     ));
     let link = FakeLink {
-        message: Wire::new(accept_within(&message, "the message port"), Side::Peer),
-        file: Wire::new(accept_within(&file, "the file port"), Side::Peer),
+        message: Wire::new(
+            child::accept_within(&message, "the message port"),
+            Side::Peer,
+        ),
+        file: Wire::new(child::accept_within(&file, "the file port"), Side::Peer),
     };
     client
         .stdout
@@ -1099,65 +1088,6 @@ fn help_explains_the_commands_and_the_output() {
 
 // ---- against the real server ----
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-/// The real server with only MATOU on, killed when dropped.
-struct Chatd {
-    child: Child,
-    port: u16,
-    _stderr: Output,
-}
-
-impl Chatd {
-    fn start() -> Self {
-        let port = free_port();
-        let mut child = chatd::command(&[("--matou-port", port)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the chatd binary");
-        let stderr = Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
-        let mut server = Chatd {
-            child,
-            port,
-            _stderr: stderr,
-        };
-        server.wait_listening();
-        server
-    }
-
-    /// Polls with a connect, since nothing else says when the port is open. The probe sends
-    /// nothing, so it never becomes a user.
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("chatd exited with {status} before listening");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chatd did not listen on port {} within {WAIT:?}",
-                self.port
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Chatd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Where `want` first appears in `text`, or a failure naming both.
 #[track_caller]
 fn position(text: &str, want: &str) -> usize {
@@ -1167,17 +1097,18 @@ fn position(text: &str, want: &str) -> usize {
 
 #[test]
 fn two_clients_link_through_the_real_server_and_exchange_messages_and_files() {
-    let server = Chatd::start();
+    let server = Chatd::start(&["--matou-port"], &[]);
+    let port = server.port("--matou-port");
     let (scratch_a, scratch_b) = (Scratch::new("real-alice"), Scratch::new("real-bob"));
 
-    let mut bob = Client::matou(server.port, "bob", &scratch_b);
+    let mut bob = Client::matou(port, "bob", &scratch_b);
     bob.stderr.wait_for("chat: connected as bob\n");
-    let mut alice = Client::matou(server.port, "alice", &scratch_a);
+    let mut alice = Client::matou(port, "alice", &scratch_a);
     alice.stderr.wait_for("chat: connected as alice\n");
     bob.stdout.wait_for("* alice joined\n");
 
     // The name is taken while alice is connected.
-    let mut again = Client::matou(server.port, "alice", &scratch_a);
+    let mut again = Client::matou(port, "alice", &scratch_a);
     let status = again.wait_exit();
     let stderr = again.stderr.wait_closed();
     assert_eq!(status.code(), Some(1), "stderr: {stderr:?}");

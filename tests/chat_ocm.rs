@@ -18,8 +18,6 @@ mod chatd;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,7 +26,8 @@ use switchboard::protocol::ocm::json;
 mod child;
 mod lobby;
 
-use child::{show, Client, Output};
+use chatd::Chatd;
+use child::{show, Client};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -106,24 +105,13 @@ impl FakeServer {
         Client::spawn(&all)
     }
 
-    /// Accepts the client's connection. std has no accept timeout, so a helper thread accepts
-    /// and the wait is on its channel; on timeout it stays blocked until the test process ends.
+    /// Accepts the client's connection, waiting at most `WAIT`.
     fn accept(&self) -> TcpStream {
-        let listener = self.listener.try_clone().expect("clone the listener");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(listener.accept());
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(Ok((stream, _))) => {
-                stream
-                    .set_read_timeout(Some(WAIT))
-                    .expect("fake server: set read timeout");
-                stream
-            }
-            Ok(Err(e)) => panic!("fake server: accept failed: {e}"),
-            Err(_) => panic!("fake server: the client did not connect within {WAIT:?}"),
-        }
+        let stream = child::accept_within(&self.listener, "fake server");
+        stream
+            .set_read_timeout(Some(WAIT))
+            .expect("fake server: set read timeout");
+        stream
     }
 
     /// Accepts and reads one whole request; returns the connection, the request's bytes and
@@ -585,65 +573,12 @@ fn help_explains_the_phases_the_input_and_the_output() {
 
 // ---- against the real server ----
 
-fn free_tcp_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
+/// The real server with only OCM on.
+struct OcmChatd(Chatd);
 
-fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("address").port()
-}
-
-/// The real server with only OCM on, killed when dropped.
-struct Chatd {
-    child: Child,
-    tcp_port: u16,
-    udp_port: u16,
-    stderr: Output,
-}
-
-impl Chatd {
-    /// Starts chatd on free ports. A port is only free when it is looked at: another process
-    /// may take it before chatd binds it, and a probe connecting to it could then reach that
-    /// other process. So readiness is chatd saying it listens on both ports, and a chatd that
-    /// exits first (its bind failed) is started again on other ports.
+impl OcmChatd {
     fn start(extra: &[&str]) -> Self {
-        for _ in 0..5 {
-            let (tcp_port, udp_port) = (free_tcp_port(), free_udp_port());
-            let mut child =
-                chatd::command(&[("--ocm-tcp-port", tcp_port), ("--ocm-udp-port", udp_port)])
-                    .args(extra)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("start the chatd binary");
-            let stderr =
-                Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
-            // Built at once, so that Drop kills chatd on every path, panics included.
-            let mut server = Chatd {
-                child,
-                tcp_port,
-                udp_port,
-                stderr,
-            };
-            let listening = [
-                format!("listening on 127.0.0.1:{tcp_port}\n"),
-                format!("listening on 127.0.0.1:{udp_port} (UDP)"),
-            ];
-            if listening
-                .iter()
-                .all(|line| server.stderr.wait_for_or_close(line).is_some())
-            {
-                return server;
-            }
-            eprintln!(
-                "chatd did not start, trying other ports: {:?}",
-                server.stderr.text()
-            );
-        }
-        panic!("chatd did not start on free ports in 5 attempts");
+        OcmChatd(Chatd::start(&["--ocm-tcp-port", "--ocm-udp-port"], extra))
     }
 
     fn client(&self, operation: &str, room: &str, name: &str) -> Client {
@@ -654,9 +589,9 @@ impl Chatd {
             "--name",
             name,
             "--tcp-port",
-            &self.tcp_port.to_string(),
+            &self.0.port("--ocm-tcp-port").to_string(),
             "--udp-port",
-            &self.udp_port.to_string(),
+            &self.0.port("--ocm-udp-port").to_string(),
         ])
     }
 
@@ -675,18 +610,11 @@ impl Chatd {
     }
 }
 
-impl Drop for Chatd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const LEFT_BOB: &str = "bobがlobbyから退出しました。  (bob left lobby)";
 
 #[test]
 fn members_talk_through_the_real_server_and_the_host_closes_the_room() {
-    let server = Chatd::start(&[]);
+    let server = OcmChatd::start(&[]);
     let mut alice = server.member("create", "lobby", "alice");
     let mut bob = server.member("join", "lobby", "bob");
 
@@ -748,7 +676,7 @@ fn members_talk_through_the_real_server_and_the_host_closes_the_room() {
 
 #[test]
 fn a_silent_member_is_removed_by_the_real_server() {
-    let server = Chatd::start(&["--ocm-idle-timeout-ms", "300"]);
+    let server = OcmChatd::start(&["--ocm-idle-timeout-ms", "300"]);
     let mut alice = server.member("create", "quiet", "alice");
     let stderr = assert_exit(&mut alice, 0);
     assert!(
@@ -767,7 +695,7 @@ fn a_silent_member_is_removed_by_the_real_server() {
 
 #[test]
 fn the_real_servers_acknowledgement_first_is_accepted() {
-    let server = Chatd::start(&["--ocm-ack-state1"]);
+    let server = OcmChatd::start(&["--ocm-ack-state1"]);
     let mut alice = server.member("create", "acked", "alice");
     let mut bob = server.member("join", "acked", "bob");
     alice.type_text(b"hi\n");

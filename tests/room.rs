@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod chatd;
+mod child; // chatd::Chatd collects its stderr with it
 mod common;
 
 use std::io::{Read, Write};

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod chatd;
+mod child; // chatd::Chatd collects its stderr with it
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

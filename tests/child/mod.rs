@@ -192,3 +192,18 @@ impl Drop for Client {
         let _ = self.child.wait();
     }
 }
+
+/// Accepts on `listener` with a bound: std has no accept timeout, so a helper thread accepts
+/// and the wait is on its channel; on timeout it stays blocked until the test process ends.
+pub fn accept_within(listener: &std::net::TcpListener, what: &str) -> std::net::TcpStream {
+    let listener = listener.try_clone().expect("clone the listener");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(listener.accept());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(Ok((stream, _))) => stream,
+        Ok(Err(e)) => panic!("{what}: accept failed: {e}"),
+        Err(_) => panic!("{what}: the client did not connect within {WAIT:?}"),
+    }
+}

@@ -4,105 +4,38 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::net::{TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use super::chatd;
-use super::child::{Client, Output};
+use super::chatd::{self, Chatd};
+use super::child::Client;
 
 /// chatd serving all five protocols on free loopback ports, killed (and its data directory
 /// removed) when dropped.
 pub struct Lobby {
-    child: Child,
-    data: PathBuf,
+    pub chatd: Chatd,
     pub room: u16,
     pub bin24: u16,
     pub ccm: u16,
     pub matou: u16,
     pub ocm_tcp: u16,
     pub ocm_udp: u16,
-    pub stderr: Output,
-}
-
-fn free_tcp_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("address").port()
 }
 
 impl Lobby {
-    /// Starts chatd. A port is only free when it is looked at, so readiness is chatd saying it
-    /// listens on every port, and a chatd that exits first (a bind failed) is started again on
-    /// other ports.
     pub fn start() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        for _ in 0..5 {
-            let data = std::env::temp_dir().join(format!(
-                "chat-lobby-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&data).expect("create a temp dir");
-            let (room, bin24, ccm, matou, ocm_tcp) = (
-                free_tcp_port(),
-                free_tcp_port(),
-                free_tcp_port(),
-                free_tcp_port(),
-                free_tcp_port(),
-            );
-            let ocm_udp = free_udp_port();
-            let mut child = chatd::command(&[
-                ("--room-port", room),
-                ("--bin24-port", bin24),
-                ("--ccm-port", ccm),
-                ("--matou-port", matou),
-                ("--ocm-tcp-port", ocm_tcp),
-                ("--ocm-udp-port", ocm_udp),
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the chatd binary");
-            let stderr =
-                Output::collect("chatd stderr", child.stderr.take().expect("piped stderr"));
-            // Built at once, so that Drop kills chatd on every path, panics included.
-            let mut server = Lobby {
-                child,
-                data,
-                room,
-                bin24,
-                ccm,
-                matou,
-                ocm_tcp,
-                ocm_udp,
-                stderr,
-            };
-            let mut listening: Vec<String> = [room, bin24, ccm, matou, ocm_tcp]
-                .iter()
-                .map(|port| format!("listening on 127.0.0.1:{port}\n"))
-                .collect();
-            listening.push(format!("listening on 127.0.0.1:{ocm_udp} (UDP)"));
-            if listening
-                .iter()
-                .all(|line| server.stderr.wait_for_or_close(line).is_some())
-            {
-                return server;
-            }
-            eprintln!(
-                "chatd did not start, trying other ports: {:?}",
-                server.stderr.text()
-            );
+        // Every protocol but the stage-1 relay, which is not in the lobby.
+        let flags: Vec<&'static str> = chatd::PORT_FLAGS
+            .into_iter()
+            .filter(|&flag| flag != "--ocm-relay-port")
+            .collect();
+        let chatd = Chatd::start(&flags, &[]);
+        Lobby {
+            room: chatd.port("--room-port"),
+            bin24: chatd.port("--bin24-port"),
+            ccm: chatd.port("--ccm-port"),
+            matou: chatd.port("--matou-port"),
+            ocm_tcp: chatd.port("--ocm-tcp-port"),
+            ocm_udp: chatd.port("--ocm-udp-port"),
+            chatd,
         }
-        panic!("chatd did not start on free ports in 5 attempts");
     }
 
     /// `chat room` as `nick`, once it is in the room.
@@ -164,13 +97,5 @@ impl Lobby {
             .stderr
             .wait_for(&format!("chat: {done} lobby as {name}\n"));
         client
-    }
-}
-
-impl Drop for Lobby {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
     }
 }

@@ -161,23 +161,7 @@ fn parse_name(name: &[u8]) -> Result<Name, String> {
     })
 }
 
-/// Everything that can end the session, plus the one event that does not (`Connected`).
-enum Event {
-    /// The connection is up; main needs it to close it whatever ends the session.
-    Connected(Arc<TcpStream>),
-    /// SIGINT or SIGTERM: the user asked to leave, so it is a normal end.
-    Signal,
-    /// End of input or `/quit`.
-    InputEnded,
-    ServerClosed,
-    /// The server closed the connection before the sign-in was confirmed; the text says what
-    /// that may mean. Exit status 0, as for any close by the server.
-    ClosedBeforeSignIn(String),
-    /// Anything that ends the session with exit status 1; the text is shown as is.
-    Failed(String),
-    /// The session thread has returned; nothing more will be printed.
-    SessionDone,
-}
+type Event = shell::Event;
 
 /// What the session thread waits for.
 enum Input {
@@ -191,52 +175,10 @@ enum Input {
 }
 
 pub fn run(args: Bin24Args) -> ExitCode {
-    let started = shell::start(
-        || Event::Signal,
-        ("session", "session thread"),
-        move |tx| {
-            let end = session(&args, &tx);
-            let _ = tx.send(end);
-            let _ = tx.send(Event::SessionDone);
-        },
-    );
-    match started {
-        Ok(rx) => finish(&rx),
-        Err(code) => code,
-    }
-}
-
-/// Waits for the event that ends the session, closes the connection and reports.
-fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let outcome = shell::await_end(
-        rx,
-        SESSION_GRACE,
-        |event| match event {
-            Event::Connected(stream) => Ok(stream),
-            other => Err(other),
-        },
-        |event| matches!(event, Event::SessionDone),
-        Event::Failed,
-    );
-
-    match outcome {
-        Event::Signal => shell::signalled(),
-        Event::InputEnded | Event::SessionDone | Event::Connected(_) => ExitCode::SUCCESS,
-        Event::ClosedBeforeSignIn(message) => {
-            eprintln!("{message}");
-            ExitCode::SUCCESS
-        }
-        Event::ServerClosed => {
-            // The server closes the older connection when the same user signs in again, but
-            // also on a protocol error or an unanswered message; the client cannot tell which.
-            eprintln!(
-                "chat: connection closed by the server (another connection with this user name \
-                 replaced this one, or the server closed it)"
-            );
-            ExitCode::SUCCESS
-        }
-        Event::Failed(message) => shell::failed(&message),
-    }
+    shell::run(
+        move |tx| session(&args, tx),
+        shell::Finish::closing(SESSION_GRACE),
+    )
 }
 
 /// The session thread: connects, signs in, starts the socket and stdin readers, then handles
@@ -334,7 +276,7 @@ fn converse(
             Some(Input::Stdin(Stdin::Line(line))) => session.on_line(&line, now, &mut actions),
             Some(Input::Stdin(Stdin::LineTooLong)) => session.on_line_too_long(&mut actions),
             Some(Input::Frame(frame)) => session.on_frame(&frame, &mut actions),
-            Some(Input::Stdin(Stdin::End)) => return Event::InputEnded,
+            Some(Input::Stdin(Stdin::End)) => return Event::Ended,
             Some(Input::Stdin(Stdin::Failed(message)) | Input::ReadFailed(message)) => {
                 return Event::Failed(message)
             }
@@ -358,7 +300,7 @@ fn converse(
                     }
                 }
                 Action::Note(note) => eprintln!("chat: {note}"),
-                Action::Quit => return Event::InputEnded,
+                Action::Quit => return Event::Ended,
                 Action::BadFrame(problem) => {
                     return Event::Failed(format!("chat: bad frame from the server: {problem}"))
                 }
@@ -554,15 +496,19 @@ impl Session {
     /// refused name or another protocol's server.
     fn on_closed(&self) -> Event {
         match self.sign_in {
-            SignIn::Done => Event::ServerClosed,
-            SignIn::Waiting { port, .. } | SignIn::Hinted { port } => {
-                Event::ClosedBeforeSignIn(format!(
-                    "chat: the server at {} closed the connection before signing you in: the \
+            // The server closes the older connection when the same user signs in again, but
+            // also on a protocol error or an unanswered message; the client cannot tell which.
+            SignIn::Done => Event::Closed(
+                "chat: connection closed by the server (another connection with this user name \
+                 replaced this one, or the server closed it)"
+                    .into(),
+            ),
+            SignIn::Waiting { port, .. } | SignIn::Hinted { port } => Event::Closed(format!(
+                "chat: the server at {} closed the connection before signing you in: the \
                      name {} may be held by a CCM or MATOU user (choose another --user), or \
                      port {port} is not a BIN24 port (7000 by default)",
-                    self.addr, self.user
-                ))
-            }
+                self.addr, self.user
+            )),
         }
     }
 
@@ -1025,9 +971,9 @@ mod tests {
         s.on_timer(start + Duration::from_secs(60), &mut out);
         assert_eq!(out, []);
         // A close before the sign-in is explained; after it, it is an ordinary close.
-        assert!(matches!(s.on_closed(), Event::ClosedBeforeSignIn(m) if m.contains("may be held")));
+        assert!(matches!(s.on_closed(), Event::Closed(m) if m.contains("may be held")));
         receive(&mut s, registration_frame(name("alice")));
-        assert!(matches!(s.on_closed(), Event::ServerClosed));
+        assert!(matches!(s.on_closed(), Event::Closed(m) if m.contains("replaced this one")));
 
         // The echo in time: no note.
         let mut s = session();

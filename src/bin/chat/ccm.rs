@@ -129,20 +129,7 @@ fn parse_user_name(name: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
-/// Everything that can end the session, plus the one event that does not (`Connected`).
-enum Event {
-    /// The connection is up; main needs it to close it whatever ends the session.
-    Connected(Arc<TcpStream>),
-    /// SIGINT or SIGTERM: the user asked to leave, so it is a normal end.
-    Signal,
-    /// End of input or `/quit`, after the `Disconnect` went out.
-    InputEnded,
-    ServerClosed,
-    /// Anything that ends the session with exit status 1; the text is shown as is.
-    Failed(String),
-    /// The session thread has returned; nothing more will be printed.
-    SessionDone,
-}
+type Event = shell::Event;
 
 /// What the session thread waits for.
 enum Input {
@@ -156,43 +143,10 @@ enum Input {
 }
 
 pub fn run(args: CcmArgs) -> ExitCode {
-    let started = shell::start(
-        || Event::Signal,
-        ("session", "session thread"),
-        move |tx| {
-            let end = session(&args, &tx);
-            let _ = tx.send(end);
-            let _ = tx.send(Event::SessionDone);
-        },
-    );
-    match started {
-        Ok(rx) => finish(&rx),
-        Err(code) => code,
-    }
-}
-
-/// Waits for the event that ends the session, closes the connection and reports.
-fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let outcome = shell::await_end(
-        rx,
-        SESSION_GRACE,
-        |event| match event {
-            Event::Connected(stream) => Ok(stream),
-            other => Err(other),
-        },
-        |event| matches!(event, Event::SessionDone),
-        Event::Failed,
-    );
-
-    match outcome {
-        Event::Signal => shell::signalled(),
-        Event::InputEnded | Event::SessionDone | Event::Connected(_) => ExitCode::SUCCESS,
-        Event::ServerClosed => {
-            eprintln!("chat: connection closed by the server");
-            ExitCode::SUCCESS
-        }
-        Event::Failed(message) => shell::failed(&message),
-    }
+    shell::run(
+        move |tx| session(&args, tx),
+        shell::Finish::closing(SESSION_GRACE),
+    )
 }
 
 /// The session thread: connects, identifies, starts the socket and stdin readers, then handles
@@ -309,7 +263,7 @@ fn converse(
                          {addr} the CCM port? (5454 by default)"
                     );
                 }
-                return Event::ServerClosed;
+                return Event::closed_by_server();
             }
         }
         for action in actions.drain(..) {
@@ -328,8 +282,8 @@ fn converse(
                     }
                 }
                 Action::Note(note) => eprintln!("chat: {note}"),
-                Action::Quit => return Event::InputEnded,
-                Action::ServerLeft => return Event::ServerClosed,
+                Action::Quit => return Event::Ended,
+                Action::ServerLeft => return Event::closed_by_server(),
                 Action::Fail(problem) => return Event::Failed(format!("chat: {problem}")),
             }
         }

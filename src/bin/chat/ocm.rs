@@ -185,23 +185,10 @@ fn parse_user_name(name: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
-/// Everything that can end the session, plus the two events that do not (`Connected`,
-/// `Joined`).
-enum Event {
-    /// The TCP connection is up; main needs it to close it if a signal comes meanwhile.
-    Connected(Arc<TcpStream>),
-    /// The room is joined: what main needs to say goodbye if the session cannot.
-    Joined(Joined),
-    /// SIGINT or SIGTERM: the user asked to leave, so it is a normal end.
-    Signal,
-    /// The session is over with exit status 0 and the server needs no goodbye: it was sent,
-    /// or this member or its room is gone.
-    Ended,
-    /// Anything that ends the session with exit status 1; the text is shown as is.
-    Failed(String),
-    /// The session thread has returned; nothing more will be printed.
-    SessionDone,
-}
+/// [`Event::Joined`] carries what main needs to say goodbye if the session cannot;
+/// [`Event::Ended`] also means the server needs no goodbye (it was sent, or this member or its
+/// room is gone).
+type Event = shell::Event<Joined>;
 
 struct Joined {
     socket: Arc<UdpSocket>,
@@ -225,61 +212,24 @@ enum Input {
 }
 
 pub fn run(args: OcmArgs) -> ExitCode {
-    let started = shell::start(
-        || Event::Signal,
-        ("session", "session thread"),
-        move |tx| {
-            let end = session(&args, &tx);
-            let _ = tx.send(end);
-            let _ = tx.send(Event::SessionDone);
+    shell::run(
+        move |tx| session(&args, tx),
+        shell::Finish {
+            grace: SESSION_GRACE,
+            forward_signal: None,
+            joined_end: &|joined: &Joined, outcome: &Event| {
+                // A signal or a failure: the session did not say goodbye, so main does, or the
+                // server would keep this member until its idle limit. Best effort: it is the
+                // last word.
+                if matches!(outcome, Event::Signal | Event::Failed(_)) {
+                    let _ = joined.socket.send_to(&joined.goodbye, joined.server);
+                }
+                if !matches!(outcome, Event::SessionDone) {
+                    let _ = joined.inputs.send(Input::Stop);
+                }
+            },
         },
-    );
-    match started {
-        Ok(rx) => finish(&rx),
-        Err(code) => code,
-    }
-}
-
-/// Waits for the event that ends the session, says goodbye if the session could not, and
-/// reports.
-fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let mut stream = None;
-    let mut joined = None;
-    let outcome = loop {
-        match rx.recv() {
-            Ok(Event::Connected(s)) => stream = Some(s),
-            Ok(Event::Joined(j)) => joined = Some(j),
-            Ok(event) => break event,
-            // Every sender is gone without a word: nothing sensible is left to do but stop.
-            Err(_) => break Event::Failed("chat: internal error: all worker threads ended".into()),
-        }
-    };
-
-    if let Some(joined) = &joined {
-        // A signal or a failure: the session did not say goodbye, so main does, or the server
-        // would keep this member until its idle limit. Best effort: it is the last word.
-        if matches!(outcome, Event::Signal | Event::Failed(_)) {
-            let _ = joined.socket.send_to(&joined.goodbye, joined.server);
-        }
-        if !matches!(outcome, Event::SessionDone) {
-            let _ = joined.inputs.send(Input::Stop);
-            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
-        }
-    } else if let Some(stream) = &stream {
-        // Still asking: shutdown wakes the session thread's blocked read.
-        let _ = stream.shutdown(Shutdown::Both);
-        if !matches!(outcome, Event::SessionDone) {
-            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
-        }
-    }
-
-    match outcome {
-        Event::Signal => shell::signalled(),
-        Event::Ended | Event::SessionDone | Event::Connected(_) | Event::Joined(_) => {
-            ExitCode::SUCCESS
-        }
-        Event::Failed(message) => shell::failed(&message),
-    }
+    )
 }
 
 /// The session thread: binds the UDP socket, asks for the room over TCP, starts the datagram

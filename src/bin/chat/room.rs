@@ -15,7 +15,7 @@
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -125,19 +125,9 @@ fn parse_nick(nick: &str) -> Result<String, String> {
     Ok(nick.to_owned())
 }
 
-/// Everything that can end the session, plus the one event that does not (`Connected`).
-enum Event {
-    /// The connection is up; main needs it to close it whatever ends the session.
-    Connected(Arc<TcpStream>),
-    /// SIGINT or SIGTERM: the user asked to leave, so it is a normal end.
-    Signal,
-    StdinEof,
-    ServerClosed,
-    /// Anything that ends the session with exit status 1; the text is shown as is.
-    Failed(String),
-    /// The socket reader has returned; nothing more will be printed.
-    ReaderDone,
-}
+/// The session thread ends with [`Event::Ended`] at the end of input; the socket reader's last
+/// word is [`Event::SessionDone`].
+type Event = shell::Event;
 
 pub fn run(args: RoomArgs) -> ExitCode {
     // The prompt for a nick may block too: it runs on the session thread.
@@ -146,33 +136,8 @@ pub fn run(args: RoomArgs) -> ExitCode {
         ("stdin", "input thread"),
         move |tx| session(args, &tx),
     ) {
-        Ok(rx) => finish(&rx),
+        Ok(rx) => shell::finish(&rx, shell::Finish::closing(READER_GRACE)),
         Err(code) => code,
-    }
-}
-
-/// Waits for the event that ends the session, closes the connection and reports.
-fn finish(rx: &Receiver<Event>) -> ExitCode {
-    let outcome = shell::await_end(
-        rx,
-        READER_GRACE,
-        |event| match event {
-            Event::Connected(stream) => Ok(stream),
-            other => Err(other),
-        },
-        |event| matches!(event, Event::ReaderDone),
-        Event::Failed,
-    );
-    let _ = io::stdout().flush();
-
-    match outcome {
-        Event::Signal => shell::signalled(),
-        Event::StdinEof | Event::ReaderDone | Event::Connected(_) => ExitCode::SUCCESS,
-        Event::ServerClosed => {
-            eprintln!("chat: connection closed by the server");
-            ExitCode::SUCCESS
-        }
-        Event::Failed(message) => shell::failed(&message),
     }
 }
 
@@ -282,7 +247,7 @@ fn send_lines(stream: &TcpStream, nick: &str, gate: &Gate, tx: &Sender<Event>, a
                 continue;
             }
             Ok(LineRead::Eof) => {
-                let _ = tx.send(Event::StdinEof);
+                let _ = tx.send(Event::Ended);
                 return;
             }
             Err(e) => {
@@ -320,7 +285,7 @@ fn read_server(stream: &TcpStream, nick: &[u8], gate: &Gate, tx: &Sender<Event>,
     let end = receive(stream, nick, gate, server);
     gate.shut();
     let _ = tx.send(end);
-    let _ = tx.send(Event::ReaderDone);
+    let _ = tx.send(Event::SessionDone);
 }
 
 fn receive(stream: &TcpStream, nick: &[u8], gate: &Gate, server: &Server) -> Event {
@@ -355,7 +320,7 @@ fn receive(stream: &TcpStream, nick: &[u8], gate: &Gate, server: &Server) -> Eve
                         server.port
                     );
                 }
-                (0, Some(Event::ServerClosed))
+                (0, Some(Event::closed_by_server()))
             }
             Ok(n) => (n, None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -1,10 +1,11 @@
 //! The shell every subcommand runs its session in: a thread for SIGINT/SIGTERM, a thread for
 //! the session, and main waiting for whichever ends it first.
 
-use std::io::{self, IsTerminal, Read};
+use std::convert::Infallible;
+use std::io::{self, IsTerminal, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -96,42 +97,136 @@ pub(crate) fn read_lines<I>(tx: &Sender<I>, max: usize, wrap: impl Fn(Stdin) -> 
     }
 }
 
-/// Waits for the event that ends the session (the first `connection` does not take), then
-/// shuts the connection it was handed down, if any, and gives the session thread `grace` to
-/// finish its line (until `done`). Shutdown rather than drop: the other threads hold the socket
-/// too, and shutdown both sends the FIN now and wakes a blocked read or write. `orphaned` is
-/// the end when every sender is gone without a word.
-pub(crate) fn await_end<E>(
-    rx: &Receiver<E>,
-    grace: Duration,
-    connection: impl Fn(E) -> Result<Arc<TcpStream>, E>,
-    done: impl Fn(&E) -> bool,
-    orphaned: impl FnOnce(String) -> E,
-) -> E {
-    let mut stream = None;
-    let outcome = loop {
-        match rx.recv().map(&connection) {
-            Ok(Ok(connected)) => stream = Some(connected),
-            Ok(Err(event)) => break event,
-            Err(_) => break orphaned("chat: internal error: all worker threads ended".into()),
-        }
-    };
-    if let Some(stream) = &stream {
-        let _ = stream.shutdown(Shutdown::Both);
-        if !done(&outcome) {
-            wait_for(rx, grace, done);
-        }
-    }
-    outcome
+/// What main hears from a subcommand's threads: the connection to close, the one event that
+/// ends the session, and the session thread's last word. `J` is what a protocol hands main
+/// once joined so that main can end the membership itself ([`Finish::joined_end`]); the
+/// subcommands that need nothing of the kind leave it uninhabited.
+pub(crate) enum Event<J = Infallible> {
+    /// The connection is up; main needs it to close it whatever ends the session.
+    Connected(Arc<TcpStream>),
+    /// Joined: what main needs to end the membership if the session cannot.
+    Joined(J),
+    /// SIGINT or SIGTERM: the user asked to leave, so it is a normal end.
+    Signal,
+    /// The session is over with exit status 0: end of input, `/quit`, signed out, left.
+    Ended,
+    /// The server closed the connection; the text says so to the user (exit status 0).
+    Closed(String),
+    /// Anything that ends the session with exit status 1; the text is shown as is.
+    Failed(String),
+    /// The session thread has returned; nothing more will be printed.
+    SessionDone,
 }
 
-/// A session the user ended with SIGINT or SIGTERM: exit status 0, and the shell prompt on a
-/// line of its own (the terminal echoed `^C` without a newline).
-pub(crate) fn signalled() -> ExitCode {
-    if io::stderr().is_terminal() {
+impl<J> Event<J> {
+    /// The server closed the connection, in the words every subcommand uses.
+    pub(crate) fn closed_by_server() -> Self {
+        Event::Closed("chat: connection closed by the server".into())
+    }
+}
+
+/// Runs `session` on its own thread beside the signal thread, then [`finish`]es: the session
+/// returns its end, and is done once that is sent.
+pub(crate) fn run<J: Send + 'static>(
+    session: impl FnOnce(&Sender<Event<J>>) -> Event<J> + Send + 'static,
+    how: Finish<'_, J>,
+) -> ExitCode {
+    let started = start(
+        || Event::Signal,
+        ("session", "session thread"),
+        move |tx| {
+            let end = session(&tx);
+            let _ = tx.send(end);
+            let _ = tx.send(Event::SessionDone);
+        },
+    );
+    match started {
+        Ok(rx) => finish(&rx, how),
+        Err(code) => code,
+    }
+}
+
+/// What differs between the subcommands in how main ends a session.
+pub(crate) struct Finish<'a, J> {
+    /// How long the session thread may take to finish the line it prints after its end.
+    pub grace: Duration,
+    /// Set where the session itself must act on a signal (MATOU signs out): main passes the
+    /// signal on and waits `grace` for the session's own end, instead of ending at once.
+    pub forward_signal: Option<&'a dyn Fn()>,
+    /// Ends a joined membership that the session did not end itself, given the outcome (OCM
+    /// says goodbye); the connection is then left alone.
+    pub joined_end: &'a dyn Fn(&J, &Event<J>),
+}
+
+impl<J> Finish<'_, J> {
+    /// A session main ends by closing its connection.
+    pub(crate) fn closing(grace: Duration) -> Self {
+        Finish {
+            grace,
+            forward_signal: None,
+            joined_end: &|_, _| {},
+        }
+    }
+}
+
+/// Waits for the event that ends the session, ends the membership or shuts the connection
+/// down, gives the session thread its grace to finish its line, and reports. Shutdown rather
+/// than drop: the other threads hold the socket too, and shutdown both sends the FIN now and
+/// wakes a blocked read or write.
+pub(crate) fn finish<J>(rx: &Receiver<Event<J>>, how: Finish<'_, J>) -> ExitCode {
+    let mut stream = None;
+    let mut joined = None;
+    let mut signal_deadline: Option<Instant> = None;
+    let outcome = loop {
+        let event = match signal_deadline {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+        };
+        match event {
+            Ok(Event::Connected(connected)) => stream = Some(connected),
+            Ok(Event::Joined(j)) => joined = Some(j),
+            Ok(Event::Signal) if how.forward_signal.is_some() => {
+                if let (None, Some(forward)) = (signal_deadline, how.forward_signal) {
+                    // If the session is stuck (connecting, writing), leave without it.
+                    forward();
+                    signal_deadline = Some(Instant::now() + how.grace);
+                }
+            }
+            Ok(event) => break event,
+            Err(RecvTimeoutError::Timeout) => break Event::Ended,
+            // Every sender is gone without a word: nothing sensible is left to do but stop.
+            Err(RecvTimeoutError::Disconnected) => {
+                break Event::Failed("chat: internal error: all worker threads ended".into())
+            }
+        }
+    };
+    let session_done = matches!(outcome, Event::SessionDone);
+    if let Some(joined) = &joined {
+        (how.joined_end)(joined, &outcome);
+    } else if let Some(stream) = &stream {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    if !session_done && (joined.is_some() || stream.is_some()) {
+        wait_for(rx, how.grace, |event| matches!(event, Event::SessionDone));
+    }
+    let _ = io::stdout().flush();
+    if (signal_deadline.is_some() || matches!(outcome, Event::Signal)) && io::stderr().is_terminal()
+    {
+        // The terminal echoed `^C` without a newline; give the shell prompt its own line.
         eprintln!();
     }
-    ExitCode::SUCCESS
+    match outcome {
+        Event::Closed(message) => {
+            eprintln!("{message}");
+            ExitCode::SUCCESS
+        }
+        Event::Failed(message) => failed(&message),
+        Event::Signal
+        | Event::Ended
+        | Event::SessionDone
+        | Event::Connected(_)
+        | Event::Joined(_) => ExitCode::SUCCESS,
+    }
 }
 
 /// A session that ended with exit status 1; `message` is shown as is.

@@ -22,13 +22,13 @@ mod session;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IsTerminal, Write};
-use std::net::{IpAddr, Shutdown, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use clap::Args;
@@ -174,20 +174,8 @@ fn parse_user_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// What main waits for: everything that can end the session, plus two events that do not.
-enum Event {
-    /// The connection is up; main needs it to close it whatever ends the session.
-    Connected(Arc<TcpStream>),
-    /// SIGINT or SIGTERM: passed to the session thread, which signs out.
-    Signal,
-    /// The session ended normally (/quit, end of input, a signal), after signing out.
-    Left,
-    ServerClosed,
-    /// Anything that ends the session with exit status 1; the text is shown as is.
-    Failed(String),
-    /// The session thread has returned; nothing more will be printed.
-    SessionDone,
-}
+/// A signal is passed to the session thread, which signs out and ends with [`Event::Ended`].
+type Event = shell::Event;
 
 /// What the session thread waits for.
 enum Input {
@@ -224,70 +212,17 @@ enum Input {
 pub fn run(args: MatouArgs) -> ExitCode {
     let (input_tx, input_rx) = mpsc::channel();
     let inputs = input_tx.clone();
-    let started = shell::start(
-        || Event::Signal,
-        ("session", "session thread"),
-        move |tx| {
-            let end = session(args, &tx, inputs, &input_rx);
-            let _ = tx.send(end);
-            let _ = tx.send(Event::SessionDone);
-        },
-    );
-    match started {
-        Ok(rx) => finish(&rx, &input_tx),
-        Err(code) => code,
-    }
-}
-
-/// Waits for the event that ends the session, closes the connection and reports.
-fn finish(rx: &Receiver<Event>, inputs: &Sender<Input>) -> ExitCode {
-    let mut stream = None;
-    let mut signal_deadline: Option<Instant> = None;
-    let outcome = loop {
-        let event = match signal_deadline {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
-        };
-        match event {
-            Ok(Event::Connected(s)) => stream = Some(s),
-            Ok(Event::Signal) => {
-                if signal_deadline.is_none() {
-                    // The session thread signs out; if it is stuck (connecting, writing),
-                    // leave without it.
-                    let _ = inputs.send(Input::Signal);
-                    signal_deadline = Some(Instant::now() + SESSION_GRACE);
-                }
-            }
-            Ok(event) => break event,
-            Err(RecvTimeoutError::Timeout) => break Event::Left,
-            // Every sender is gone without a word: nothing sensible is left to do but stop.
-            Err(RecvTimeoutError::Disconnected) => {
-                break Event::Failed("chat: internal error: all worker threads ended".into())
-            }
-        }
+    let forward = move || {
+        let _ = input_tx.send(Input::Signal);
     };
-
-    if let Some(stream) = &stream {
-        // Shutdown rather than drop: the other threads hold the socket too, and shutdown both
-        // sends the FIN now and wakes a blocked read or write.
-        let _ = stream.shutdown(Shutdown::Both);
-        if !matches!(outcome, Event::SessionDone) {
-            shell::wait_for(rx, SESSION_GRACE, |e| matches!(e, Event::SessionDone));
-        }
-    }
-
-    if signal_deadline.is_some() && io::stderr().is_terminal() {
-        // The terminal echoed `^C` without a newline; give the shell prompt its own line.
-        eprintln!();
-    }
-    match outcome {
-        Event::Left | Event::SessionDone | Event::Signal | Event::Connected(_) => ExitCode::SUCCESS,
-        Event::ServerClosed => {
-            eprintln!("chat: connection closed by the server");
-            ExitCode::SUCCESS
-        }
-        Event::Failed(message) => shell::failed(&message),
-    }
+    shell::run(
+        move |tx| session(args, tx, inputs, &input_rx),
+        shell::Finish {
+            grace: SESSION_GRACE,
+            forward_signal: Some(&forward),
+            joined_end: &|_, _| {},
+        },
+    )
 }
 
 /// The session thread: connects, asks for the name, starts the socket and stdin readers, then
@@ -429,7 +364,7 @@ fn converse(io: &mut Io, session: &mut Session, inputs: &Receiver<Input>) -> Eve
                         io.port
                     ));
                 }
-                return Event::ServerClosed;
+                return Event::closed_by_server();
             }
             Input::SilenceHintDue => {
                 if !session.joined() {
@@ -539,7 +474,7 @@ impl Io {
                     link.close();
                 }
             }
-            Action::Quit => return Some(Event::Left),
+            Action::Quit => return Some(Event::Ended),
             Action::Fail(problem) => return Some(Event::Failed(format!("chat: {problem}"))),
         }
         None
