@@ -159,7 +159,8 @@ pub struct Counts {
     /// Presence notices handed to a recipient.
     pub notices: [[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT],
     /// Messages and notices not delivered because the recipient's protocol cannot carry them
-    /// (sizes, encodings; one per recipient), or refused direct messages (one each).
+    /// (sizes, encodings) or a sending limit refused them (the sender's own budget, or the
+    /// recipient protocol's), one per recipient; refused direct messages, one each.
     pub over_limit: [[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT],
 }
 
