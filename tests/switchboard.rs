@@ -884,6 +884,7 @@ fn a_bin24_flood_to_a_ccm_user_is_answered_429_as_within_bin24() {
         bin24_port: Some(0),
         data_dir: data.0.clone(),
         ccm_port: Some(0),
+        admin_port: Some(0),
         // One full frame of burst, then a byte a second: the second big message is refused.
         bin24_sender_bytes_per_s_max: 1,
         ..Config::for_tests()
@@ -902,6 +903,10 @@ fn a_bin24_flood_to_a_ccm_user_is_answered_429_as_within_bin24() {
     assert_eq!((answer.message_id, &answer.body[..]), (second, &b"429"[..]));
     assert_eq!((&answer.src[..], &answer.dst[..]), ("cat", "bob"));
     cat.expect_nothing_for(Duration::from_millis(100));
+    assert_eq!(
+        server.metric("chatd_switchboard_over_limit_total{origin=\"bin24\",destination=\"ccm\"}"),
+        Some(1.0)
+    );
     server.stop();
 }
 
