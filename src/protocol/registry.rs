@@ -1090,4 +1090,80 @@ mod tests {
         );
         assert_eq!(udp.failed, 3);
     }
+
+    /// A CCM message to a BIN24 user over the CCM sender's own budget is refused to it and
+    /// counted over the limit, as one over BIN24's limits is.
+    #[test]
+    fn a_ccm_message_to_a_bin24_user_over_the_ccm_budget_is_counted_over_the_limit() {
+        use crate::protocol::bin24::codec as bin24;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-ccm-rate",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config {
+            bin24_port: Some(0),
+            ccm_port: Some(0),
+            data_dir: dir.clone(),
+            // CCM's pair limit only: its smallest burst, one largest CCM delivery.
+            ccm_pair_bytes_per_s_max: 1,
+            bin24_sender_bytes_per_s_max: 0,
+            bin24_pair_bytes_per_s_max: 0,
+            ..Config::for_tests()
+        };
+        let mut services = match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("the store opens in a fresh directory: {err}"),
+        };
+        let mut out = RecordingOutbox::default();
+        let (bob, cat) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        services.on_accept(ProtocolKind::Bin24, bob, &cx(0), &mut out);
+        let bob_name = match bin24::Name::new(b"bob") {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let Some(login) = bin24::encode(bin24::TYPE_ANSWER, 0, bob_name, bob_name, b"200") else {
+            panic!("a valid frame");
+        };
+        let mut input = BytesMut::from(&login[..]);
+        services.on_data(ProtocolKind::Bin24, bob, &mut input, &cx(0), &mut out);
+        ccm_user(&mut services, &mut out, cat, "cat");
+        out.clear();
+
+        let text = "x".repeat(1000);
+        let message = format!(
+            "CCM\\1.0 Text\nAddressee: bob\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{text}",
+            text.len()
+        );
+        for _ in 0..1_200 {
+            let mut input = BytesMut::from(message.as_bytes());
+            services.on_data(ProtocolKind::Ccm, cat, &mut input, &cx(1), &mut out);
+        }
+        let refused = render::ccm_error(
+            Reason::RateLimited,
+            "sending faster than allowed: the message was not delivered",
+        );
+        let refusals = out
+            .sent_to(cat)
+            .iter()
+            .filter(|sent| **sent == refused)
+            .count();
+        let delivered = out.sent_to(bob).len();
+        assert!(
+            refusals > 0 && delivered > 0,
+            "{refusals} refused, {delivered} delivered"
+        );
+        assert_eq!(refusals + delivered, 1_200);
+        let counts = *services.hub().counts();
+        assert_eq!(
+            counts.over_limit(ProtocolKind::Ccm, ProtocolKind::Bin24),
+            refusals as u64
+        );
+        assert_eq!(
+            counts.messages(ProtocolKind::Ccm, ProtocolKind::Bin24),
+            delivered as u64
+        );
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
