@@ -444,8 +444,9 @@ fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
     );
     out.counter(
         "chatd_switchboard_over_limit_total",
-        "Messages and notices the destination protocol could not carry (sizes, encodings; one \
-         per recipient), and refused direct messages, by origin and destination.",
+        "Messages and notices the destination protocol could not carry (sizes, encodings) or \
+         a sending limit refused (the sender's own, or the destination protocol's), one per \
+         recipient, and refused direct messages, by origin and destination.",
         pairs(&counts.over_limit),
     );
     out.gauge(

@@ -884,6 +884,7 @@ fn a_bin24_flood_to_a_ccm_user_is_answered_429_as_within_bin24() {
         bin24_port: Some(0),
         data_dir: data.0.clone(),
         ccm_port: Some(0),
+        admin_port: Some(0),
         // One full frame of burst, then a byte a second: the second big message is refused.
         bin24_sender_bytes_per_s_max: 1,
         ..Config::for_tests()
@@ -902,5 +903,138 @@ fn a_bin24_flood_to_a_ccm_user_is_answered_429_as_within_bin24() {
     assert_eq!((answer.message_id, &answer.body[..]), (second, &b"429"[..]));
     assert_eq!((&answer.src[..], &answer.dst[..]), ("cat", "bob"));
     cat.expect_nothing_for(Duration::from_millis(100));
+    assert_eq!(
+        server.metric("chatd_switchboard_over_limit_total{origin=\"bin24\",destination=\"ccm\"}"),
+        Some(1.0)
+    );
+    server.stop();
+}
+
+/// Issue 18: BIN24's sending limits hold for a CCM sender too (rule 5, the recipient
+/// protocol's limits): over them the CCM sender gets CCM's `rate-limited` Error and the BIN24
+/// user nothing, and stays connected.
+#[test]
+fn a_ccm_flood_to_a_bin24_user_is_refused_to_its_sender_and_the_bin24_user_stays() {
+    let data = TempDir::new("switchboard-ccm-rate");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        data_dir: data.0.clone(),
+        ccm_port: Some(0),
+        admin_port: Some(0),
+        // One full frame of burst, then a byte a second: the second big message is refused.
+        bin24_sender_bytes_per_s_max: 1,
+        ..Config::for_tests()
+    });
+    let mut bob = Bin24::log_in(&server, "bob");
+    let (mut cat, cat_token) = ccm_identify(&server, "cat");
+    let big = "x".repeat(900);
+
+    cat.send(&ccm_text(&cat_token, "bob", &big));
+    let frame = bob.recv();
+    assert_eq!(
+        (frame.frame_type, &frame.src[..], &frame.dst[..]),
+        (0, "cat", "bob"),
+        "{frame:?}"
+    );
+    assert_eq!(frame.body, big.as_bytes());
+    bob.answer(&frame);
+
+    for _ in 0..3 {
+        cat.send(&ccm_text(&cat_token, "bob", &big));
+        cat.expect(&ccm_error(
+            "rate-limited",
+            "sending to BIN24 users faster than allowed: the message was not delivered",
+        ));
+    }
+    // bob is still connected and got none of them: the next frame he reads is the answer
+    // to his own message to cat, which cat receives.
+    let id = bob.send("cat", "still here");
+    cat.expect(&ccm_delivered("bob", "cat", "still here"));
+    let answer = bob.recv();
+    assert_eq!(
+        (answer.frame_type, answer.message_id, &answer.body[..]),
+        (1, id, &b"200"[..]),
+        "{answer:?}"
+    );
+    assert_eq!(
+        server.metric("chatd_switchboard_over_limit_total{origin=\"ccm\",destination=\"bin24\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        server.metric("chatd_switchboard_messages_total{origin=\"ccm\",destination=\"bin24\"}"),
+        Some(1.0)
+    );
+    server.stop();
+}
+
+/// Issue 18: a CCM `*` is charged to its sender's budget for every lobby member of the other
+/// protocols it reaches, so a CCM user alone in CCM cannot push more into ROOM and MATOU than
+/// CCM's own rate allows; over it the sender gets `rate-limited`, and the lobby members get
+/// nothing and stay connected.
+#[test]
+fn a_ccm_lobby_flood_is_refused_to_its_sender_and_the_other_lobby_members_stay() {
+    let data = TempDir::new("switchboard-ccm-lobby-rate");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        data_dir: data.0.clone(),
+        ccm_port: Some(0),
+        matou_port: Some(0),
+        admin_port: Some(0),
+        // A byte a second: the budget is its burst, one largest CCM delivery (1 MiB + 9 KiB).
+        ccm_sender_bytes_per_s_max: 1,
+        ..Config::for_tests()
+    });
+    let mut rui = room_join(&server, "rui");
+    let mut mia = Matou::sign_in(&server, "mia");
+    rui.expect(b"b'mia' esta conectado ao chat");
+    let (mut carol, carol_token) = ccm_identify(&server, "carol");
+    rui.expect(b"b'carol' esta conectado ao chat");
+    mia.expect_notify(3, "carol");
+
+    // carol is alone in CCM: what she says costs her only what ROOM and MATOU receive.
+    carol.send(&ccm_text(&carol_token, "*", "hi"));
+    rui.expect(b"carol: hi");
+    mia.expect_broadcast("carol", "hi");
+
+    // 200,007 bytes to rui each (MATOU cannot carry 200,000 bytes, so mia costs nothing):
+    // five fit in the budget, the sixth does not.
+    let big = "x".repeat(200_000);
+    let line = format!("carol: {big}");
+    for _ in 0..5 {
+        carol.send(&ccm_text(&carol_token, "*", &big));
+        rui.expect(line.as_bytes());
+    }
+    carol.send(&ccm_text(&carol_token, "*", &big));
+    carol.expect(&ccm_error(
+        "rate-limited",
+        "sending faster than allowed: the message was not delivered",
+    ));
+
+    // Both stay connected, and the sixth reached neither: what each reads next is mia's.
+    mia.say("still here");
+    mia.expect_broadcast("mia", "still here");
+    rui.expect(b"mia: still here");
+    carol.expect(&ccm_delivered("mia", "*", "still here"));
+    let crossing = |family: &str, destination: &str| {
+        let series = format!("{family}{{origin=\"ccm\",destination=\"{destination}\"}}");
+        server.metric(&series)
+    };
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "room"),
+        Some(6.0)
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_over_limit_total", "room"),
+        Some(1.0)
+    );
+    assert_eq!(
+        crossing("chatd_switchboard_messages_total", "matou"),
+        Some(1.0)
+    );
+    // Five too large for MATOU, and the one refused.
+    assert_eq!(
+        crossing("chatd_switchboard_over_limit_total", "matou"),
+        Some(6.0)
+    );
     server.stop();
 }

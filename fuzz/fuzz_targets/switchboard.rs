@@ -258,7 +258,11 @@ impl Run {
     fn settle(&mut self) {
         loop {
             if self.services.has_ocm_deliveries() {
-                self.services.flush_ocm_deliveries(&mut self.udp);
+                self.services.flush_ocm_deliveries(
+                    &clock(self.now_ms),
+                    &mut self.out,
+                    &mut self.udp,
+                );
             }
             for (to, _) in &self.out.sent {
                 assert!(

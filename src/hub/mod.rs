@@ -25,6 +25,7 @@ pub use event::{
 pub use render::FormLimits;
 
 use crate::chat::ConnId;
+use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::bin24::codec::{self as bin24, Frame, Name};
 use crate::protocol::ccm::codec::MessageType;
 use crate::protocol::ccm::Reason;
@@ -158,7 +159,8 @@ pub struct Counts {
     /// Presence notices handed to a recipient.
     pub notices: [[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT],
     /// Messages and notices not delivered because the recipient's protocol cannot carry them
-    /// (sizes, encodings; one per recipient), or refused direct messages (one each).
+    /// (sizes, encodings) or a sending limit refused them (the sender's own budget, or the
+    /// recipient protocol's), one per recipient; refused direct messages, one each.
     pub over_limit: [[u64; ProtocolKind::COUNT]; ProtocolKind::COUNT],
 }
 
@@ -176,6 +178,57 @@ impl Counts {
     }
 }
 
+/// A lobby message rendered for the other protocols' lobby members and not sent yet
+/// ([`Hub::price`]).
+#[derive(Debug)]
+pub struct Priced {
+    message: LobbyMessage,
+    /// Per recipient protocol, by [`ProtocolKind::index`].
+    forms: [Form; ProtocolKind::COUNT],
+}
+
+/// One recipient protocol's rendering of a priced message.
+#[derive(Debug, Default)]
+struct Form {
+    /// Lobby members of that protocol when it was priced.
+    recipients: u64,
+    /// `None`: the protocol cannot carry it (rule 5).
+    bytes: Option<Bytes>,
+}
+
+/// What a lobby message makes the other protocols' members receive: what its sender is
+/// charged for the crossing, in its own protocol's unit (CCM bytes, OCM sends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Crossing {
+    /// Recipients of forms their protocol can carry (one per lobby member).
+    pub recipients: u64,
+    /// The bytes those recipients receive in all.
+    pub bytes: u64,
+}
+
+impl Priced {
+    pub fn message(&self) -> &LobbyMessage {
+        &self.message
+    }
+
+    /// What sending it would cost.
+    pub fn crossing(&self) -> Crossing {
+        self.forms
+            .iter()
+            .filter_map(|form| {
+                let bytes = form.bytes.as_ref()?;
+                Some(Crossing {
+                    recipients: form.recipients,
+                    bytes: form.recipients.saturating_mul(bytes.len() as u64),
+                })
+            })
+            .fold(Crossing::default(), |sum, form| Crossing {
+                recipients: sum.recipients + form.recipients,
+                bytes: sum.bytes.saturating_add(form.bytes),
+            })
+    }
+}
+
 /// Who holds a name.
 #[derive(Clone, Copy, Debug)]
 struct Holder {
@@ -190,6 +243,9 @@ struct Held {
     protocol: NamedProtocol,
     /// The messageID of this CCM user's next message to a BIN24 user.
     next_message_id: u32,
+    /// What this CCM user's messages may make BIN24 users receive, by BIN24's own sending
+    /// limits; set at its first message to one.
+    bin24_sending: Option<SenderBudget<Name>>,
 }
 
 /// A lobby member.
@@ -323,6 +379,7 @@ impl Hub {
                 name,
                 protocol,
                 next_message_id: 0,
+                bin24_sending: None,
             },
         );
         Claim::Granted
@@ -455,12 +512,23 @@ impl Hub {
     }
 
     /// A lobby message (rule 2): every lobby member of the other protocols receives it in its
-    /// own form. Each form is rendered once, only if it has recipients, and its one `Bytes` is
-    /// shared by all of them. A form the recipient's protocol cannot carry (rule 5) reaches
-    /// none of them and is counted in [`Counts::over_limit`].
+    /// own form. [`Hub::price`] then [`Hub::say_priced`], with nothing charged and every
+    /// recipient protocol admitting it: for the cluster and tests. A service says through
+    /// `HubLink::say` (`protocol::switch`), which charges the crossing first.
     pub fn say<O: HubOut>(&mut self, message: LobbyMessage, out: &mut O) {
+        let priced = self.price(message);
+        self.say_priced(priced, out, |_, _| true);
+    }
+
+    /// Renders `message` for the lobby members of the other protocols, without sending it:
+    /// what it would cost ([`Priced::crossing`]) is charged to its sender before
+    /// [`Hub::say_priced`] sends it or [`Hub::refuse_priced`] counts it refused. Each form is
+    /// rendered once, only if it has recipients, and its one `Bytes` is shared by all of them;
+    /// a form the recipient's protocol cannot carry (rule 5) is not rendered.
+    pub fn price(&self, message: LobbyMessage) -> Priced {
+        let mut forms: [Form; ProtocolKind::COUNT] = Default::default();
         if self.config.isolated {
-            return;
+            return Priced { message, forms };
         }
         let origin = message.origin;
         let sender = &message.sender[..];
@@ -477,7 +545,7 @@ impl Hub {
             if to == origin || recipients == 0 {
                 continue;
             }
-            let rendered = match to {
+            let bytes = match to {
                 ProtocolKind::Room => Some(
                     line.get_or_insert_with(|| render::line(sender, text))
                         .clone(),
@@ -490,16 +558,55 @@ impl Hub {
                 ProtocolKind::Ccm => render::ccm_lobby(sender, text),
                 ProtocolKind::Bin24 => None,
             };
-            let counter = match rendered {
-                Some(bytes) => {
-                    self.fan_out(to, &bytes, out);
-                    &mut self.counts.messages
-                }
-                None => &mut self.counts.over_limit,
+            forms[to.index()] = Form { recipients, bytes };
+        }
+        Priced { message, forms }
+    }
+
+    /// Sends a priced lobby message to every lobby member of the other protocols, once its
+    /// sender was charged for it. `admit(to, recipients)` is the recipient protocol's own rate
+    /// limit on the fan-out to its members (OCM's fan-out budget), all or nothing per
+    /// protocol. What a protocol cannot carry or does not admit reaches none of its members
+    /// and is counted in [`Counts::over_limit`] (one per recipient).
+    pub fn say_priced<O: HubOut>(
+        &mut self,
+        priced: Priced,
+        out: &mut O,
+        mut admit: impl FnMut(ProtocolKind, u64) -> bool,
+    ) {
+        if self.config.isolated {
+            return;
+        }
+        let Priced { message, forms } = priced;
+        let origin = message.origin;
+        for (at, form) in forms.into_iter().enumerate() {
+            let Some(to) = ProtocolKind::ALL.get(at).copied() else {
+                continue;
             };
-            counter[origin.index()][to.index()] += recipients;
+            if form.recipients == 0 {
+                continue;
+            }
+            let counter = match form.bytes {
+                Some(bytes) if admit(to, form.recipients) => {
+                    let sent = self.fan_out(to, &bytes, out);
+                    self.counts.messages[origin.index()][to.index()] += sent;
+                    continue;
+                }
+                _ => &mut self.counts.over_limit,
+            };
+            counter[origin.index()][to.index()] += form.recipients;
         }
         out.event(&HubEvent::Said(message));
+    }
+
+    /// A priced lobby message its sender's budget did not cover: nobody in another protocol
+    /// receives it, and every recipient it would have had is counted in
+    /// [`Counts::over_limit`].
+    pub fn refuse_priced(&mut self, priced: Priced) {
+        let origin = priced.message.origin;
+        for (at, form) in priced.forms.iter().enumerate() {
+            self.counts.over_limit[origin.index()][at] += form.recipients;
+        }
     }
 
     /// `bytes` (one rendering) to every lobby member of `to`; returns how many.
@@ -517,12 +624,18 @@ impl Hub {
     /// `content`. A `Text` or `Raw` to an online BIN24 user becomes a BIN24 type-0 frame:
     /// SRC = the CCM sender's name, DST = the addressee, messageID from a counter the hub keeps
     /// per CCM sender (from 0, for as long as it holds its name), message = the content.
+    ///
+    /// BIN24's sending limits apply to it as to a BIN24 sender's frame (rule 5: the recipient
+    /// protocol's limits): over `FormLimits::bin24_sender_bytes_per_s_max`, or
+    /// `bin24_pair_bytes_per_s_max` to this addressee, at `now_ms`, it is refused with CCM's
+    /// `Error` `rate-limited` (where a BIN24 sender hears "429") and not delivered.
     pub fn ccm_direct<O: HubOut>(
         &mut self,
         from: ConnId,
         kind: MessageType,
         addressee: &[u8],
         content: &Bytes,
+        now_ms: u64,
         out: &mut O,
     ) -> CcmDirect {
         if self.config.isolated || !matches!(kind, MessageType::Text | MessageType::Raw) {
@@ -555,6 +668,28 @@ impl Hub {
         let Some(frame) = frame else {
             return self.refuse_ccm("a message to a BIN24 user is at most 1000 bytes");
         };
+        let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
+        let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
+        let admitted = self.held.get_mut(&from).is_some_and(|held| {
+            held.bin24_sending
+                .get_or_insert_with(|| SenderBudget::new(total, now_ms))
+                .admit(
+                    Some(recipient),
+                    frame.as_bytes().len() as u64,
+                    total,
+                    pair,
+                    now_ms,
+                )
+        });
+        if !admitted {
+            self.count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
+            return CcmDirect::Refused {
+                error: render::ccm_error(
+                    Reason::RateLimited,
+                    "sending to BIN24 users faster than allowed: the message was not delivered",
+                ),
+            };
+        }
         if let Some(held) = self.held.get_mut(&from) {
             held.next_message_id = message_id.wrapping_add(1);
         }
@@ -570,8 +705,16 @@ impl Hub {
         CcmDirect::ToBin24 { to, frame, message }
     }
 
+    /// A direct message from `origin` to a user of `destination` refused by a sending limit
+    /// (the sender's own protocol's, checked by its service): counted over the limit.
+    pub fn count_refused(&mut self, origin: ProtocolKind, destination: ProtocolKind) {
+        if !self.config.isolated {
+            self.counts.over_limit[origin.index()][destination.index()] += 1;
+        }
+    }
+
     fn refuse_ccm(&mut self, sentence: &str) -> CcmDirect {
-        self.counts.over_limit[ProtocolKind::Ccm.index()][ProtocolKind::Bin24.index()] += 1;
+        self.count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
         CcmDirect::Refused {
             error: render::ccm_error(Reason::TooLarge, sentence),
         }
@@ -648,6 +791,15 @@ impl Hub {
                 frame,
             }
         })
+    }
+}
+
+/// BIN24's byte rate for a sender, as its service builds it: the burst always holds one
+/// largest frame, or that frame could never pass.
+fn bin24_frame_rate(rate_per_s: u64) -> RateLimit {
+    RateLimit {
+        rate_per_s,
+        burst: rate_per_s.max(bin24::FRAME_BYTES_MAX as u64),
     }
 }
 

@@ -24,6 +24,11 @@ pub struct FormLimits {
     pub matou_string_bytes_max: usize,
     /// OCM's server-to-client text limit (its section, rule 4).
     pub ocm_text_bytes_max: usize,
+    /// BIN24's sending limits (`--bin24-sender-bytes-per-s-max`, per recipient
+    /// `--bin24-pair-bytes-per-s-max`), which a CCM user's messages to BIN24 users obey as a
+    /// BIN24 sender's frames do. 0: no limit.
+    pub bin24_sender_bytes_per_s_max: u64,
+    pub bin24_pair_bytes_per_s_max: u64,
 }
 
 impl Default for FormLimits {
@@ -32,6 +37,8 @@ impl Default for FormLimits {
             matou_message_bytes_max: 512,
             matou_string_bytes_max: matou::Limits::default().string_bytes_max,
             ocm_text_bytes_max: crate::protocol::ocm::codec::TEXT_BYTES_MAX,
+            bin24_sender_bytes_per_s_max: 8 * 1024 * 1024,
+            bin24_pair_bytes_per_s_max: 2 * 1024 * 1024,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The hub without sockets: fabricated connections, names and bytes. Every wire rendering is
 //! checked byte for byte against the contract, and read back with the protocol's own decoder.
-//! The hub keeps no timer (BIN24's answer timeout stays BIN24's), so no test needs time.
+//! The hub keeps no timer (BIN24's answer timeout stays BIN24's); the one rate it applies
+//! (BIN24's sending limits on CCM senders) is given the time, fabricated here.
 
 use bytes::{Bytes, BytesMut};
 
@@ -934,7 +935,7 @@ fn a_ccm_text_to_a_bin24_user_becomes_a_type0_frame_with_a_counter_per_ccm_sende
     let mut out = RecordingHubOut::default();
     let content = Bytes::from_static(b"hello bob");
     let CcmDirect::ToBin24 { to, frame, message } =
-        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &content, &mut out)
+        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &content, 0, &mut out)
     else {
         panic!("not routed to BIN24");
     };
@@ -962,7 +963,7 @@ fn a_ccm_text_to_a_bin24_user_becomes_a_type0_frame_with_a_counter_per_ccm_sende
 
     // Raw crosses too; the counter goes on.
     let CcmDirect::ToBin24 { frame, .. } =
-        hub.ccm_direct(conn(2), MessageType::Raw, b"bob", &content, &mut out)
+        hub.ccm_direct(conn(2), MessageType::Raw, b"bob", &content, 0, &mut out)
     else {
         panic!("Raw not routed");
     };
@@ -974,13 +975,13 @@ fn a_ccm_text_to_a_bin24_user_becomes_a_type0_frame_with_a_counter_per_ccm_sende
         Claim::Granted
     );
     let CcmDirect::ToBin24 { frame, .. } =
-        hub.ccm_direct(conn(4), MessageType::Text, b"bob", &content, &mut out)
+        hub.ccm_direct(conn(4), MessageType::Text, b"bob", &content, 0, &mut out)
     else {
         panic!("not routed");
     };
     assert_eq!(frame.message_id(), 0);
     let CcmDirect::ToBin24 { frame, .. } =
-        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &content, &mut out)
+        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &content, 0, &mut out)
     else {
         panic!("not routed");
     };
@@ -992,6 +993,108 @@ fn a_ccm_text_to_a_bin24_user_becomes_a_type0_frame_with_a_counter_per_ccm_sende
     );
 }
 
+/// Issue 18: rule 5, BIN24's sending limits, applied to a CCM sender as to a BIN24 one.
+#[test]
+fn a_ccm_flood_to_a_bin24_user_is_refused_by_bin24s_sending_limits() {
+    let mut hub = Hub::new(HubConfig {
+        limits: FormLimits {
+            // A byte a second, per sender: the burst is one largest BIN24 frame (1024 bytes).
+            bin24_sender_bytes_per_s_max: 1,
+            ..FormLimits::default()
+        },
+        ..HubConfig::default()
+    });
+    for (protocol, slot, name) in [
+        (NamedProtocol::Bin24, 1, "bob"),
+        (NamedProtocol::Ccm, 2, "carol"),
+        (NamedProtocol::Ccm, 3, "dave"),
+    ] {
+        assert_eq!(
+            hub.claim_name(protocol, conn(slot), name.as_bytes()),
+            Claim::Granted
+        );
+    }
+    let mut out = RecordingHubOut::default();
+    let big = Bytes::from(vec![b'a'; 900]);
+    let first = hub.ccm_direct(conn(2), MessageType::Text, b"bob", &big, 0, &mut out);
+    assert!(matches!(first, CcmDirect::ToBin24 { .. }), "{first:?}");
+    let refused = CcmDirect::Refused {
+        error: render::ccm_error(
+            Reason::RateLimited,
+            "sending to BIN24 users faster than allowed: the message was not delivered",
+        ),
+    };
+    assert_eq!(
+        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &big, 10, &mut out),
+        refused
+    );
+    // dave has his own budget; carol's is back once its bytes have trickled in.
+    let CcmDirect::ToBin24 { frame, .. } =
+        hub.ccm_direct(conn(3), MessageType::Text, b"bob", &big, 10, &mut out)
+    else {
+        panic!("dave is not over his own rate");
+    };
+    assert_eq!(frame.message_id(), 0);
+    let CcmDirect::ToBin24 { frame, .. } = hub.ccm_direct(
+        conn(2),
+        MessageType::Text,
+        b"bob",
+        &big,
+        1_000_000,
+        &mut out,
+    ) else {
+        panic!("carol's budget refills");
+    };
+    // The refused message took no messageID.
+    assert_eq!(frame.message_id(), 1);
+    let counts = hub.counts();
+    assert_eq!(counts.messages(ProtocolKind::Ccm, ProtocolKind::Bin24), 3);
+    assert_eq!(counts.over_limit(ProtocolKind::Ccm, ProtocolKind::Bin24), 1);
+}
+
+/// Issue 18: a lobby message priced and refused reaches nobody, and every recipient it
+/// would have had is counted over the limit, carried or not.
+#[test]
+fn a_priced_lobby_message_costs_its_carried_forms_and_a_refusal_counts_every_recipient() {
+    let (mut hub, mut out) = full_lobby();
+    out.clear();
+    let priced = hub.price(said(ProtocolKind::Room, b"rui", b"hi"));
+    // ROOM's lobby is the origin's: MATOU, CCM and OCM each have two members.
+    let matou = matou_codec::public_broadcast(b"rui", b"hi").len() as u64;
+    let ccm = render::ccm_lobby(b"rui", b"hi").map_or(0, |bytes| bytes.len() as u64);
+    let ocm = b"rui: hi".len() as u64;
+    assert_eq!(
+        priced.crossing(),
+        Crossing {
+            recipients: 6,
+            bytes: 2 * (matou + ccm + ocm),
+        }
+    );
+    hub.refuse_priced(priced);
+    assert!(out.delivered.is_empty() && out.events.is_empty());
+    for to in [ProtocolKind::Matou, ProtocolKind::Ccm, ProtocolKind::Ocm] {
+        assert_eq!(hub.counts().over_limit(ProtocolKind::Room, to), 2, "{to:?}");
+        assert_eq!(hub.counts().messages(ProtocolKind::Room, to), 0, "{to:?}");
+    }
+    // A control character MATOU cannot carry is not charged for MATOU's members.
+    let priced = hub.price(said(ProtocolKind::Room, b"rui", b"a\tb"));
+    assert_eq!(priced.crossing().recipients, 4);
+    // A recipient protocol that does not admit the fan-out gets nothing, counted.
+    hub.say_priced(priced, &mut out, |to, _| to != ProtocolKind::Ocm);
+    assert!(delivered_to_protocol(&out, ProtocolKind::Ocm).is_empty());
+    assert_eq!(delivered_to_protocol(&out, ProtocolKind::Ccm).len(), 2);
+    assert_eq!(
+        hub.counts()
+            .over_limit(ProtocolKind::Room, ProtocolKind::Ocm),
+        4
+    );
+    assert_eq!(
+        hub.counts()
+            .over_limit(ProtocolKind::Room, ProtocolKind::Matou),
+        4
+    );
+}
+
 #[test]
 fn what_bin24_cannot_carry_from_ccm_gets_a_ccm_too_large_error() {
     let mut hub = named_hub();
@@ -999,12 +1102,12 @@ fn what_bin24_cannot_carry_from_ccm_gets_a_ccm_too_large_error() {
     // Content: 1000 bytes fit, 1001 do not.
     let fits = Bytes::from(vec![b'a'; 1000]);
     assert!(matches!(
-        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &fits, &mut out),
+        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &fits, 0, &mut out),
         CcmDirect::ToBin24 { .. }
     ));
     let over = Bytes::from(vec![b'a'; 1001]);
     let CcmDirect::Refused { error } =
-        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &over, &mut out)
+        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &over, 0, &mut out)
     else {
         panic!("1001 bytes not refused");
     };
@@ -1021,7 +1124,7 @@ fn what_bin24_cannot_carry_from_ccm_gets_a_ccm_too_large_error() {
         Claim::Granted
     );
     assert!(matches!(
-        hub.ccm_direct(conn(5), MessageType::Text, b"bob", &fits, &mut out),
+        hub.ccm_direct(conn(5), MessageType::Text, b"bob", &fits, 0, &mut out),
         CcmDirect::ToBin24 { .. }
     ));
     assert_eq!(
@@ -1029,7 +1132,7 @@ fn what_bin24_cannot_carry_from_ccm_gets_a_ccm_too_large_error() {
         Claim::Granted
     );
     let CcmDirect::Refused { error } =
-        hub.ccm_direct(conn(6), MessageType::Text, b"bob", &fits, &mut out)
+        hub.ccm_direct(conn(6), MessageType::Text, b"bob", &fits, 0, &mut out)
     else {
         panic!("a 9-byte sender not refused");
     };
@@ -1049,7 +1152,7 @@ fn what_bin24_cannot_carry_from_ccm_gets_a_ccm_too_large_error() {
     );
     // Refused messages use no messageID: the next one is the counter's next.
     let CcmDirect::ToBin24 { frame, .. } =
-        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &fits, &mut out)
+        hub.ccm_direct(conn(2), MessageType::Text, b"bob", &fits, 0, &mut out)
     else {
         panic!("not routed");
     };
@@ -1075,7 +1178,7 @@ fn ccm_messages_to_anyone_but_an_online_bin24_user_follow_ccm_rules() {
     ];
     for (from, kind, addressee) in cases {
         assert_eq!(
-            hub.ccm_direct(from, kind, addressee, &content, &mut out),
+            hub.ccm_direct(from, kind, addressee, &content, 0, &mut out),
             CcmDirect::NotCrossing,
             "{from:?} {kind:?} {}",
             String::from_utf8_lossy(addressee)
@@ -1240,6 +1343,7 @@ fn an_isolated_hub_is_inert() {
             MessageType::Text,
             b"same",
             &Bytes::from_static(b"x"),
+            0,
             &mut out
         ),
         CcmDirect::NotCrossing

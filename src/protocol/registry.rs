@@ -11,7 +11,7 @@ use super::matou::{MatouConfig, MatouService};
 use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
 use super::{
-    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, Outbox,
+    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, LobbyGate, Outbox,
     ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
 };
 use crate::config::Config;
@@ -51,6 +51,55 @@ macro_rules! stream {
             ProtocolKind::Ocm => $services.ocm.$get().map(|$svc| $body),
         }
     };
+}
+
+/// `$svc` bound to the stream service of `$kind` and `$sw` to a [`Switched`] over `$out` at
+/// `$now_ms`, then `$body`; `None` when that protocol is disabled. As `stream!`, and the hub's
+/// link is handed OCM's [`LobbyGate`], so that a lobby line from any other protocol passes
+/// OCM's fan-out budget (not when OCM is the service called: its lines never go to OCM
+/// through the hub).
+macro_rules! switched {
+    ($services:expr, $kind:expr, $out:expr, $now_ms:expr, $svc:ident, $sw:ident => $body:expr) => {{
+        let Services {
+            room,
+            bin24,
+            ccm,
+            matou,
+            ocm,
+            hub,
+            hub_queue,
+            ..
+        } = &mut *$services;
+        let now_ms: u64 = $now_ms;
+        let out = $out;
+        match $kind {
+            ProtocolKind::Room => room.as_mut().map(|$svc| {
+                let mut $sw = Switched::new(out, hub, hub_queue, ocm_gate(ocm), now_ms);
+                $body
+            }),
+            ProtocolKind::Bin24 => bin24.as_mut().map(|$svc| {
+                let mut $sw = Switched::new(out, hub, hub_queue, ocm_gate(ocm), now_ms);
+                $body
+            }),
+            ProtocolKind::Ccm => ccm.as_mut().map(|$svc| {
+                let mut $sw = Switched::new(out, hub, hub_queue, ocm_gate(ocm), now_ms);
+                $body
+            }),
+            ProtocolKind::Matou => matou.as_mut().map(|$svc| {
+                let mut $sw = Switched::new(out, hub, hub_queue, ocm_gate(ocm), now_ms);
+                $body
+            }),
+            ProtocolKind::Ocm => ocm.as_mut().map(|$svc| {
+                let mut $sw = Switched::new(out, hub, hub_queue, None, now_ms);
+                $body
+            }),
+        }
+    }};
+}
+
+/// OCM's gate for lobby lines from the other protocols, when OCM is enabled.
+fn ocm_gate(ocm: &mut Option<OcmService>) -> Option<&mut dyn LobbyGate> {
+    ocm.as_mut().map(|ocm| ocm as &mut dyn LobbyGate)
 }
 
 /// As `stream!`, for the service behind a UDP socket.
@@ -180,6 +229,8 @@ impl Services {
             limits: FormLimits {
                 matou_message_bytes_max: config.matou_message_bytes_max,
                 matou_string_bytes_max: config.matou_string_bytes_max,
+                bin24_sender_bytes_per_s_max: config.bin24_sender_bytes_per_s_max,
+                bin24_pair_bytes_per_s_max: config.bin24_pair_bytes_per_s_max,
                 ..FormLimits::default()
             },
         });
@@ -243,8 +294,7 @@ impl Services {
             let outcomes = std::mem::take(&mut self.hub_queue.outcomes);
             for outcome in outcomes {
                 let kind = outcome.service();
-                let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-                stream!(self, as_mut, kind, s => s.on_hub(outcome, clock, &mut switched));
+                switched!(self, kind, &mut *out, clock.now_ms, s, sw => s.on_hub(outcome, clock, &mut sw));
             }
         }
     }
@@ -261,8 +311,7 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-        stream!(self, as_mut, kind, s => StreamService::on_accept(s, id, cx, &mut switched));
+        switched!(self, kind, &mut *out, cx.now_ms, s, sw => StreamService::on_accept(s, id, cx, &mut sw));
         self.drain(&cx.clock(), out);
     }
 
@@ -274,8 +323,7 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-        stream!(self, as_mut, kind, s => StreamService::on_data(s, id, input, cx, &mut switched));
+        switched!(self, kind, &mut *out, cx.now_ms, s, sw => StreamService::on_data(s, id, input, cx, &mut sw));
         self.drain(&cx.clock(), out);
     }
 
@@ -287,8 +335,7 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-        stream!(self, as_mut, kind, s => StreamService::on_burst_end(s, id, input, cx, &mut switched));
+        switched!(self, kind, &mut *out, cx.now_ms, s, sw => StreamService::on_burst_end(s, id, input, cx, &mut sw));
         self.drain(&cx.clock(), out);
     }
 
@@ -300,9 +347,8 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-        let handled = stream!(self, as_mut, kind, s => {
-            StreamService::on_handshake_timeout(s, id, timeout_ms, cx, &mut switched)
+        let handled = switched!(self, kind, &mut *out, cx.now_ms, s, sw => {
+            StreamService::on_handshake_timeout(s, id, timeout_ms, cx, &mut sw)
         });
         if handled.is_none() {
             // No service to say why (not reachable: only enabled protocols have connections).
@@ -319,8 +365,7 @@ impl Services {
         cx: &Context,
         out: &mut O,
     ) {
-        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-        stream!(self, as_mut, kind, s => StreamService::on_close(s, id, reason, cx, &mut switched));
+        switched!(self, kind, &mut *out, cx.now_ms, s, sw => StreamService::on_close(s, id, reason, cx, &mut sw));
         // Whatever the protocol: the connection leaves the lobby (announced to the others) and
         // its name is free. After the service, whose own users hear of it first.
         if !self.hub.is_isolated() {
@@ -338,8 +383,7 @@ impl Services {
         clock: &Clock,
         out: &mut O,
     ) {
-        let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-        stream!(self, as_mut, kind, s => StreamService::on_notify(s, id, note, acked, clock, &mut switched));
+        switched!(self, kind, &mut *out, clock.now_ms, s, sw => StreamService::on_notify(s, id, note, acked, clock, &mut sw));
         self.drain(clock, out);
     }
 
@@ -365,13 +409,14 @@ impl Services {
         conns: &mut O,
         out: &mut D,
     ) {
-        let mut switched = SwitchedDatagrams::new(out, &mut self.hub, &mut self.hub_queue);
+        let mut switched =
+            SwitchedDatagrams::new(out, &mut self.hub, &mut self.hub_queue, cx.now_ms);
         datagram!(self, as_mut, kind, s => {
             DatagramService::on_datagram(s, datagram, cx, &mut switched)
         });
         self.drain(&cx.clock(), conns);
         if kind == UdpKind::OcmChat {
-            self.flush_ocm_deliveries(out);
+            self.flush_ocm_deliveries(&cx.clock(), conns, out);
         }
     }
 
@@ -383,26 +428,35 @@ impl Services {
         !self.ocm_deliveries.is_empty()
     }
 
-    /// Send the waiting lobby deliveries to OCM members through `out`, the OCM chat socket.
-    pub fn flush_ocm_deliveries<D: DatagramOut>(&mut self, out: &mut D) {
+    /// Send the waiting lobby deliveries to OCM members through `out`, the OCM chat socket. A
+    /// member found unreachable leaves at once, and what the hub says of it (presence) goes to
+    /// connections through `conns`.
+    pub fn flush_ocm_deliveries<O: Outbox, D: DatagramOut>(
+        &mut self,
+        clock: &Clock,
+        conns: &mut O,
+        out: &mut D,
+    ) {
         if self.ocm_deliveries.is_empty() {
             return;
         }
         match self.ocm.as_mut() {
             Some(ocm) => {
+                let mut switched =
+                    SwitchedDatagrams::new(out, &mut self.hub, &mut self.hub_queue, clock.now_ms);
                 for (member, bytes) in self.ocm_deliveries.drain(..) {
-                    DatagramService::on_hub_delivery(ocm, member, &bytes, out);
+                    DatagramService::on_hub_delivery(ocm, member, &bytes, &mut switched);
                 }
             }
             None => self.ocm_deliveries.clear(),
         }
+        self.drain(clock, conns);
     }
 
     /// Run the due timers of every stream service.
     pub fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         for kind in ProtocolKind::ALL {
-            let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-            stream!(self, as_mut, kind, s => StreamService::on_timers(s, clock, &mut switched));
+            switched!(self, kind, &mut *out, clock.now_ms, s, sw => StreamService::on_timers(s, clock, &mut sw));
             self.drain(clock, out);
         }
     }
@@ -417,13 +471,14 @@ impl Services {
         datagrams: &mut D,
     ) {
         // The hub is reached through the socket: OCM's timers remove members over it.
-        let mut switched = SwitchedDatagrams::new(datagrams, &mut self.hub, &mut self.hub_queue);
+        let mut switched =
+            SwitchedDatagrams::new(datagrams, &mut self.hub, &mut self.hub_queue, clock.now_ms);
         datagram!(self, as_mut, kind, s => {
             DatagramService::on_timers(s, clock, out, &mut switched)
         });
         self.drain(clock, out);
         if kind == UdpKind::OcmChat {
-            self.flush_ocm_deliveries(datagrams);
+            self.flush_ocm_deliveries(clock, out, datagrams);
         }
     }
 
@@ -441,8 +496,7 @@ impl Services {
     /// Hand work completed off the loop's thread to its service.
     pub fn on_wake<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         for kind in ProtocolKind::ALL {
-            let mut switched = Switched::new(out, &mut self.hub, &mut self.hub_queue);
-            stream!(self, as_mut, kind, s => s.on_wake(clock, &mut switched));
+            switched!(self, kind, &mut *out, clock.now_ms, s, sw => s.on_wake(clock, &mut sw));
             self.drain(clock, out);
         }
     }
@@ -482,9 +536,12 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+    use crate::hub::render;
+    use crate::protocol::ccm::Reason;
+    use crate::protocol::ocm::{codec as ocm_codec, json as ocm_json};
     use crate::protocol::room::codec::ALIAS_PROMPT;
     use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
-    use crate::protocol::CloseMode;
+    use crate::protocol::{CloseMode, DatagramDrop};
 
     fn room_and_matou() -> Services {
         let config = Config {
@@ -728,6 +785,384 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
             services.on_wake(&cx(5).clock(), &mut out);
         }
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    // ---- rule 5: what crosses is charged, and the recipient protocol's limits apply ----
+
+    fn cx_from(now_ms: u64, peer: SocketAddr) -> Context {
+        Clock {
+            now_ms,
+            unix_ms: 1_700_000_000_000 + now_ms,
+        }
+        .with_peer(peer)
+    }
+
+    /// ROOM, CCM, MATOU and OCM (TCRP and chat socket) behind one hub, as `edit` sets them.
+    fn lobby_services(edit: impl FnOnce(&mut Config)) -> Services {
+        let mut config = Config {
+            ccm_port: Some(0),
+            matou_port: Some(0),
+            ocm_tcp_port: Some(0),
+            ocm_udp_port: Some(0),
+            ..Config::for_tests()
+        };
+        edit(&mut config);
+        match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("no store is opened without BIN24: {err}"),
+        }
+    }
+
+    fn room_member(services: &mut Services, out: &mut RecordingOutbox, id: ConnId, alias: &str) {
+        services.on_accept(ProtocolKind::Room, id, &cx(0), out);
+        let mut input = BytesMut::from(alias.as_bytes());
+        services.on_data(ProtocolKind::Room, id, &mut input, &cx(0), out);
+    }
+
+    fn room_says(services: &mut Services, out: &mut RecordingOutbox, id: ConnId, line: &str) {
+        let mut input = BytesMut::from(line.as_bytes());
+        services.on_data(ProtocolKind::Room, id, &mut input, &cx(0), out);
+    }
+
+    fn ccm_user(services: &mut Services, out: &mut RecordingOutbox, id: ConnId, name: &str) {
+        services.on_accept(ProtocolKind::Ccm, id, &cx(0), out);
+        let identify = format!(
+            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+            name.len()
+        );
+        let mut input = BytesMut::from(identify.as_bytes());
+        services.on_data(ProtocolKind::Ccm, id, &mut input, &cx(0), out);
+    }
+
+    /// `name` creates (`host`) or joins the OCM room `room` from 127.0.0.`last`, chatting from
+    /// port 40000 there; returns its token and that address.
+    fn ocm_member(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        id: ConnId,
+        room: &str,
+        name: &str,
+        last: u8,
+        host: bool,
+    ) -> (String, SocketAddr) {
+        let chat = SocketAddr::from(([127, 0, 0, last], 40_000));
+        let operation = if host {
+            ocm_codec::OPERATION_CREATE
+        } else {
+            ocm_codec::OPERATION_JOIN
+        };
+        let payload = ocm_json::encode_request(name, chat);
+        let request = match ocm_codec::encode_request(
+            operation,
+            ocm_codec::STATE_REQUEST,
+            room.as_bytes(),
+            &payload,
+        ) {
+            Ok(request) => request,
+            Err(err) => panic!("a valid request: {err}"),
+        };
+        let tcp = SocketAddr::from(([127, 0, 0, last], 50_000));
+        services.on_accept(ProtocolKind::Ocm, id, &cx_from(0, tcp), out);
+        let mut input = BytesMut::from(&request[..]);
+        services.on_data(ProtocolKind::Ocm, id, &mut input, &cx_from(0, tcp), out);
+        let Some(answer) = out.sent_to(id).pop() else {
+            panic!("{name} was not answered");
+        };
+        let mut answer = BytesMut::from(&answer[..]);
+        let token = ocm_codec::decode_answer(&mut answer, 4096)
+            .ok()
+            .flatten()
+            .and_then(|answer| {
+                let json = String::from_utf8(answer.json.to_vec()).ok()?;
+                ocm_json::parse_answer(&json).ok()?.token
+            });
+        match token {
+            Some(token) => (token, chat),
+            None => panic!("{name} got no token"),
+        }
+    }
+
+    fn ocm_says(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        udp: &mut RecordingDatagrams,
+        (room, token, from): (&str, &str, SocketAddr),
+        message: &str,
+    ) {
+        let datagram =
+            match ocm_codec::encode_datagram(room.as_bytes(), token.as_bytes(), message.as_bytes())
+            {
+                Ok(datagram) => datagram,
+                Err(err) => panic!("a valid datagram: {err}"),
+            };
+        services.on_datagram(UdpKind::OcmChat, &datagram, &cx_from(0, from), out, udp);
+    }
+
+    fn texts(udp: &RecordingDatagrams, to: SocketAddr) -> Vec<String> {
+        udp.sent_to(to)
+            .iter()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .collect()
+    }
+
+    /// Issue 18: a CCM `*` was charged for its CCM recipients only, so a CCM user alone in CCM
+    /// could push without limit into the other protocols' lobby members.
+    #[test]
+    fn a_ccm_lobby_flood_is_charged_for_its_crossing_and_refused_to_its_sender() {
+        // A byte a second: the budget is its smallest burst, one largest CCM delivery.
+        let mut services = lobby_services(|config| config.ccm_sender_bytes_per_s_max = 1);
+        let mut out = RecordingOutbox::default();
+        let (rui, rita, carol) = (ConnId::new(0, 1), ConnId::new(1, 2), ConnId::new(2, 3));
+        room_member(&mut services, &mut out, rui, "rui");
+        room_member(&mut services, &mut out, rita, "rita");
+        ccm_user(&mut services, &mut out, carol, "carol");
+        out.clear();
+
+        // Each crossing costs the two ROOM lines: 2 * 100,007 bytes, so 5 pass the burst
+        // (1 MiB + 9 KiB) and the 6th does not.
+        let text = "x".repeat(100_000);
+        let message = format!(
+            "CCM\\1.0 Text\nAddressee: *\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{text}",
+            text.len()
+        );
+        for _ in 0..6 {
+            let mut input = BytesMut::from(message.as_bytes());
+            services.on_data(ProtocolKind::Ccm, carol, &mut input, &cx(1), &mut out);
+        }
+        let line = render::line(b"carol", text.as_bytes());
+        assert_eq!(out.sent_to(rui), vec![line.clone(); 5]);
+        assert_eq!(out.sent_to(rita), vec![line; 5]);
+        let refused = render::ccm_error(
+            Reason::RateLimited,
+            "sending faster than allowed: the message was not delivered",
+        );
+        assert_eq!(out.sent_to(carol), [refused]);
+        assert!(out.closed.is_empty(), "nobody is closed: {:?}", out.closed);
+        let counts = *services.hub().counts();
+        assert_eq!(counts.messages(ProtocolKind::Ccm, ProtocolKind::Room), 10);
+        assert_eq!(counts.over_limit(ProtocolKind::Ccm, ProtocolKind::Room), 2);
+    }
+
+    /// Issue 18: an OCM lobby datagram was charged for the OCM room's members only, not for
+    /// the other protocols' lobby members it also reaches.
+    #[test]
+    fn an_ocm_lobby_datagram_is_charged_for_its_crossing_to_its_fan_out_budget() {
+        // Three sends a second per source (the burst is the larger of that and a room).
+        let mut services = lobby_services(|config| {
+            config.udp_sends_per_source_per_s_max = 3;
+            config.ocm_room_members_max = 2;
+        });
+        let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
+        let (rui, rita) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        room_member(&mut services, &mut out, rui, "rui");
+        room_member(&mut services, &mut out, rita, "rita");
+        let (alice, alice_at) = ocm_member(
+            &mut services,
+            &mut out,
+            ConnId::new(2, 3),
+            "lobby",
+            "alice",
+            1,
+            true,
+        );
+        out.clear();
+
+        // Alone in her room, alice's text reaches the two ROOM members: 2 sends of 3, then
+        // 2 more are over her budget, and the datagram goes to no one.
+        ocm_says(
+            &mut services,
+            &mut out,
+            &mut udp,
+            ("lobby", &alice, alice_at),
+            "one",
+        );
+        ocm_says(
+            &mut services,
+            &mut out,
+            &mut udp,
+            ("lobby", &alice, alice_at),
+            "two",
+        );
+        for member in [rui, rita] {
+            assert_eq!(out.sent_to(member), [Bytes::from_static(b"alice: one")]);
+        }
+        assert_eq!(udp.dropped_in, [DatagramDrop::FanoutBudget]);
+        let counts = *services.hub().counts();
+        assert_eq!(counts.messages(ProtocolKind::Ocm, ProtocolKind::Room), 2);
+        assert_eq!(counts.over_limit(ProtocolKind::Ocm, ProtocolKind::Room), 2);
+    }
+
+    /// Issue 18: lobby lines to OCM members did not pass OCM's fan-out budget.
+    #[test]
+    fn lobby_lines_to_ocm_members_pass_ocms_fan_out_budget_per_sender() {
+        let mut services = lobby_services(|config| {
+            config.udp_sends_per_source_per_s_max = 3;
+            config.ocm_room_members_max = 2;
+        });
+        let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
+        let (rui, rita) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        room_member(&mut services, &mut out, rui, "rui");
+        room_member(&mut services, &mut out, rita, "rita");
+        let (_, alice_at) = ocm_member(
+            &mut services,
+            &mut out,
+            ConnId::new(2, 3),
+            "lobby",
+            "alice",
+            1,
+            true,
+        );
+        let (_, bob_at) = ocm_member(
+            &mut services,
+            &mut out,
+            ConnId::new(3, 4),
+            "lobby",
+            "bob",
+            2,
+            false,
+        );
+        out.clear();
+
+        // Each line costs its sender 2 of its 3 sends: rui's second is over, rita has her own.
+        for (from, line) in [
+            (rui, "rui: one\n"),
+            (rui, "rui: two\n"),
+            (rita, "rita: one\n"),
+        ] {
+            room_says(&mut services, &mut out, from, line);
+            services.flush_ocm_deliveries(&cx(0).clock(), &mut out, &mut udp);
+        }
+        for at in [alice_at, bob_at] {
+            assert_eq!(texts(&udp, at), ["rui: one", "rita: one"]);
+        }
+        // ROOM itself is not limited: both members heard all three.
+        assert_eq!(out.sent_to(rui).len(), 3);
+        let counts = *services.hub().counts();
+        assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Ocm), 4);
+        assert_eq!(counts.over_limit(ProtocolKind::Room, ProtocolKind::Ocm), 2);
+    }
+
+    /// Issue 18: an OCM member found unreachable during a lobby delivery stayed in the lobby
+    /// until OCM's next datagram or timer.
+    #[test]
+    fn an_ocm_member_unreachable_during_a_lobby_delivery_leaves_the_lobby_at_once() {
+        let mut services = lobby_services(|_| {});
+        let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
+        let rui = ConnId::new(0, 1);
+        room_member(&mut services, &mut out, rui, "rui");
+        let (_, alice_at) = ocm_member(
+            &mut services,
+            &mut out,
+            ConnId::new(1, 2),
+            "lobby",
+            "alice",
+            1,
+            true,
+        );
+        let (_, bob_at) = ocm_member(
+            &mut services,
+            &mut out,
+            ConnId::new(2, 3),
+            "lobby",
+            "bob",
+            2,
+            false,
+        );
+        assert_eq!(services.hub().lobby_count(ProtocolKind::Ocm), 2);
+        udp.failing.push(bob_at);
+        out.clear();
+
+        // `--ocm-send-failures-max` (3) failures in a row: bob leaves with the third.
+        for n in 1..=3 {
+            room_says(&mut services, &mut out, rui, &format!("rui: {n}\n"));
+            services.flush_ocm_deliveries(&cx(0).clock(), &mut out, &mut udp);
+        }
+        assert_eq!(services.hub().lobby_count(ProtocolKind::Ocm), 1);
+        assert!(out
+            .sent_to(rui)
+            .contains(&Bytes::from_static(b"b'bob' acabou de sair do chat!")));
+        let left = ocm_codec::leave_text("bob", "lobby");
+        assert_eq!(
+            texts(&udp, alice_at),
+            ["rui: 1", "rui: 2", "rui: 3", left.as_str()]
+        );
+        assert_eq!(udp.failed, 3);
+    }
+
+    /// A CCM message to a BIN24 user over the CCM sender's own budget is refused to it and
+    /// counted over the limit, as one over BIN24's limits is.
+    #[test]
+    fn a_ccm_message_to_a_bin24_user_over_the_ccm_budget_is_counted_over_the_limit() {
+        use crate::protocol::bin24::codec as bin24;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-ccm-rate",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config {
+            bin24_port: Some(0),
+            ccm_port: Some(0),
+            data_dir: dir.clone(),
+            // CCM's pair limit only: its smallest burst, one largest CCM delivery.
+            ccm_pair_bytes_per_s_max: 1,
+            bin24_sender_bytes_per_s_max: 0,
+            bin24_pair_bytes_per_s_max: 0,
+            ..Config::for_tests()
+        };
+        let mut services = match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("the store opens in a fresh directory: {err}"),
+        };
+        let mut out = RecordingOutbox::default();
+        let (bob, cat) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        services.on_accept(ProtocolKind::Bin24, bob, &cx(0), &mut out);
+        let bob_name = match bin24::Name::new(b"bob") {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let Some(login) = bin24::encode(bin24::TYPE_ANSWER, 0, bob_name, bob_name, b"200") else {
+            panic!("a valid frame");
+        };
+        let mut input = BytesMut::from(&login[..]);
+        services.on_data(ProtocolKind::Bin24, bob, &mut input, &cx(0), &mut out);
+        ccm_user(&mut services, &mut out, cat, "cat");
+        out.clear();
+
+        let text = "x".repeat(1000);
+        let message = format!(
+            "CCM\\1.0 Text\nAddressee: bob\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{text}",
+            text.len()
+        );
+        for _ in 0..1_200 {
+            let mut input = BytesMut::from(message.as_bytes());
+            services.on_data(ProtocolKind::Ccm, cat, &mut input, &cx(1), &mut out);
+        }
+        let refused = render::ccm_error(
+            Reason::RateLimited,
+            "sending faster than allowed: the message was not delivered",
+        );
+        let refusals = out
+            .sent_to(cat)
+            .iter()
+            .filter(|sent| **sent == refused)
+            .count();
+        let delivered = out.sent_to(bob).len();
+        assert!(
+            refusals > 0 && delivered > 0,
+            "{refusals} refused, {delivered} delivered"
+        );
+        assert_eq!(refusals + delivered, 1_200);
+        let counts = *services.hub().counts();
+        assert_eq!(
+            counts.over_limit(ProtocolKind::Ccm, ProtocolKind::Bin24),
+            refusals as u64
+        );
+        assert_eq!(
+            counts.messages(ProtocolKind::Ccm, ProtocolKind::Bin24),
+            delivered as u64
+        );
         assert!(services.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use super::{
     CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox, ProtocolKind,
 };
-use crate::hub::{Endpoint, Hub, HubOut};
+use crate::hub::{Crossing, Endpoint, Hub, HubOut, LobbyMessage, Priced};
 
 /// Something the hub decided that another service than the caller's must carry out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,10 +75,61 @@ impl HubOut for HubQueue {
     }
 }
 
+/// A recipient protocol's own rate limit on what the lobby makes its members receive (rule 5):
+/// OCM's fan-out budget, per source and for its socket, which a lobby line from another
+/// protocol passes as a chat datagram does.
+pub trait LobbyGate {
+    /// May a lobby message from `source` (the sender's endpoint) go to `recipients` lobby
+    /// members at `now_ms`? All or nothing; a yes takes it from the budget.
+    fn admit_lobby(&mut self, source: Endpoint, recipients: u64, now_ms: u64) -> bool;
+}
+
 /// The hub and the queue its answers go to, for the length of one service call.
 pub struct HubLink<'a> {
     pub hub: &'a mut Hub,
     pub queue: &'a mut HubQueue,
+    /// OCM's gate for lobby lines to its members; `None` when OCM is disabled, or is the
+    /// service called (OCM's own lobby messages never go to OCM members through the hub).
+    pub ocm_gate: Option<&'a mut dyn LobbyGate>,
+    /// The time of the call, for the gate.
+    pub now_ms: u64,
+}
+
+impl HubLink<'_> {
+    /// Say `message` to the lobby for `source`, the one place every lobby message crosses:
+    /// the crossing is priced and `charge`d to the sender's budget in its own protocol
+    /// (CCM bytes, OCM sends; ROOM and MATOU have no per-sender budget and pass `|_| true`),
+    /// with whatever it sends in its own protocol, all or nothing. Refused: nobody receives
+    /// it and its would-be recipients are counted over the limit; returns false. Admitted:
+    /// each recipient protocol's own limits apply ([`HubLink::say_priced`]).
+    pub fn say(
+        &mut self,
+        message: LobbyMessage,
+        source: Endpoint,
+        charge: impl FnOnce(Crossing) -> bool,
+    ) -> bool {
+        let priced = self.hub.price(message);
+        if !charge(priced.crossing()) {
+            self.hub.refuse_priced(priced);
+            return false;
+        }
+        self.say_priced(priced, source);
+        true
+    }
+
+    /// Send a message whose sender was charged: OCM members get it only if OCM's fan-out
+    /// budget admits it ([`LobbyGate`]), every other protocol through its connections' own
+    /// output limits.
+    pub fn say_priced(&mut self, priced: Priced, source: Endpoint) {
+        let now_ms = self.now_ms;
+        let gate = &mut self.ocm_gate;
+        self.hub.say_priced(priced, self.queue, |to, recipients| {
+            to != ProtocolKind::Ocm
+                || gate
+                    .as_mut()
+                    .is_none_or(|gate| gate.admit_lobby(source, recipients, now_ms))
+        });
+    }
 }
 
 /// The reactor's [`Outbox`] with the hub at hand: what every service call is given. `link` is
@@ -89,9 +140,33 @@ pub struct Switched<'a, O> {
 }
 
 impl<'a, O: Outbox> Switched<'a, O> {
-    pub fn new(out: &'a mut O, hub: &'a mut Hub, queue: &'a mut HubQueue) -> Self {
-        let link = (!hub.is_isolated()).then_some(HubLink { hub, queue });
+    pub fn new(
+        out: &'a mut O,
+        hub: &'a mut Hub,
+        queue: &'a mut HubQueue,
+        ocm_gate: Option<&'a mut dyn LobbyGate>,
+        now_ms: u64,
+    ) -> Self {
+        let link = (!hub.is_isolated()).then_some(HubLink {
+            hub,
+            queue,
+            ocm_gate,
+            now_ms,
+        });
         Switched { out, link }
+    }
+}
+
+/// A shorter borrow of `link`, for one `hub()` call.
+fn reborrow<'s>(link: &'s mut HubLink<'_>) -> HubLink<'s> {
+    HubLink {
+        hub: &mut *link.hub,
+        queue: &mut *link.queue,
+        ocm_gate: match &mut link.ocm_gate {
+            Some(gate) => Some(&mut **gate),
+            None => None,
+        },
+        now_ms: link.now_ms,
     }
 }
 
@@ -121,10 +196,7 @@ impl<O: Outbox> Outbox for Switched<'_, O> {
     }
 
     fn hub(&mut self) -> Option<HubLink<'_>> {
-        self.link.as_mut().map(|link| HubLink {
-            hub: &mut *link.hub,
-            queue: &mut *link.queue,
-        })
+        self.link.as_mut().map(reborrow)
     }
 }
 
@@ -135,8 +207,14 @@ pub struct SwitchedDatagrams<'a, D> {
 }
 
 impl<'a, D: DatagramOut> SwitchedDatagrams<'a, D> {
-    pub fn new(out: &'a mut D, hub: &'a mut Hub, queue: &'a mut HubQueue) -> Self {
-        let link = (!hub.is_isolated()).then_some(HubLink { hub, queue });
+    /// No OCM gate: the OCM service itself is behind this socket.
+    pub fn new(out: &'a mut D, hub: &'a mut Hub, queue: &'a mut HubQueue, now_ms: u64) -> Self {
+        let link = (!hub.is_isolated()).then_some(HubLink {
+            hub,
+            queue,
+            ocm_gate: None,
+            now_ms,
+        });
         SwitchedDatagrams { out, link }
     }
 }
@@ -155,9 +233,6 @@ impl<D: DatagramOut> DatagramOut for SwitchedDatagrams<'_, D> {
     }
 
     fn hub(&mut self) -> Option<HubLink<'_>> {
-        self.link.as_mut().map(|link| HubLink {
-            hub: &mut *link.hub,
-            queue: &mut *link.queue,
-        })
+        self.link.as_mut().map(reborrow)
     }
 }

@@ -685,13 +685,15 @@ impl Server {
         if !self.services.has_ocm_deliveries() {
             return;
         }
+        let clock = self.service_clock();
         let entry = self
             .udp
             .iter_mut()
             .find(|entry| entry.kind == UdpKind::OcmChat);
         if let Some(entry) = entry {
             let mut out = UdpOut::new(entry);
-            self.services.flush_ocm_deliveries(&mut out);
+            self.services
+                .flush_ocm_deliveries(&clock, &mut self.table, &mut out);
         }
     }
 

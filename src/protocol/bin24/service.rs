@@ -13,7 +13,7 @@ use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
 use crate::hub::{Bin24Direct, Claim, NamedProtocol, Written};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, HubOutcome, Outbox};
+use crate::protocol::{CloseMode, CloseReason, HubOutcome, Outbox, ProtocolKind};
 use crate::store::{StoreEvent, StoreRequest};
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -454,6 +454,10 @@ impl Bin24Service {
             )
         });
         if to_ccm && !self.charge_live(id, &frame, now_ms, out) {
+            if let Some(link) = out.hub() {
+                link.hub
+                    .count_refused(ProtocolKind::Bin24, ProtocolKind::Ccm);
+            }
             return;
         }
         let crossing = out

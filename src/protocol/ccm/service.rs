@@ -415,13 +415,19 @@ impl CcmService {
                         });
                     if let Some(holder) = bin24_holder {
                         if !self.admit(from, Some(holder), delivery_bytes, now_ms) {
+                            if let Some(link) = out.hub() {
+                                link.hub
+                                    .count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
+                            }
                             self.refuse_rate(from, out);
                             return;
                         }
                     }
+                    // BIN24's own sending limits are the hub's to apply (rule 5).
                     let direct = out.hub().map(|link| {
+                        let content = &message.content;
                         link.hub
-                            .ccm_direct(from, kind, addressee, &message.content, link.queue)
+                            .ccm_direct(from, kind, addressee, content, now_ms, link.queue)
                     });
                     match direct {
                         Some(CcmDirect::ToBin24 { to, frame, .. }) => {
@@ -444,7 +450,24 @@ impl CcmService {
                 }
             }
         };
-        if !self.admit(from, to, amount, now_ms) {
+        // A `*` said to the lobby reaches the other protocols' lobby members too: charged to
+        // the same budget with its CCM recipients, all or nothing, so the switchboard is no
+        // way around CCM's sending rate. Content not valid in its encoding reaches CCM's users
+        // as bytes; the other protocols carry text only.
+        let crosses = &addressee[..] == b"*"
+            && out
+                .hub()
+                .is_some_and(|link| link.hub.has_audience_besides(ProtocolKind::Ccm));
+        let said = crosses
+            .then(|| LobbyMessage::from_ccm(sender, message).ok().flatten())
+            .flatten();
+        let admitted = match (said, out.hub()) {
+            (Some(said), Some(mut link)) => link.say(said, Endpoint::Conn(from), |crossing| {
+                self.admit(from, to, amount.saturating_add(crossing.bytes), now_ms)
+            }),
+            _ => self.admit(from, to, amount, now_ms),
+        };
+        if !admitted {
             self.refuse_rate(from, out);
             return;
         }
@@ -452,15 +475,6 @@ impl CcmService {
             for &to in self.users.values() {
                 if to != from {
                     send_to(to, out);
-                }
-            }
-            if let Some(link) = out.hub() {
-                if link.hub.has_audience_besides(ProtocolKind::Ccm) {
-                    // Content not valid in its encoding reached CCM's users as bytes; the
-                    // other protocols carry text only.
-                    if let Ok(Some(said)) = LobbyMessage::from_ccm(sender, message) {
-                        link.hub.say(said, link.queue);
-                    }
                 }
             }
         } else if let Some(to) = to {

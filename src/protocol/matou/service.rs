@@ -309,10 +309,12 @@ impl MatouService {
         let frame = codec::public_broadcast(&user.name, &message);
         let name = user.name.clone();
         self.broadcast(frame, out);
-        if let Some(link) = out.hub() {
+        if let Some(mut link) = out.hub() {
             if link.hub.has_audience_besides(ProtocolKind::Matou) {
-                link.hub
-                    .say(LobbyMessage::from_matou(&name, &message), link.queue);
+                // MATOU has no per-sender budget for public messages to charge (its input
+                // rate and each recipient's output limits bound a sender, as in MATOU).
+                let said = LobbyMessage::from_matou(&name, &message);
+                link.say(said, Endpoint::Conn(id), |_| true);
             }
         }
     }

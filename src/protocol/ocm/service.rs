@@ -20,7 +20,7 @@ use crate::hub::{Endpoint, LobbyMessage, OcmMemberId, User};
 use crate::limits::{Admission, FanoutBudget, PerIpCounts};
 use crate::protocol::{
     Clock, CloseMode, CloseReason, ConnId, Context, DatagramDrop, DatagramOut, DatagramSent,
-    DatagramService, Outbox, ProtocolKind, StreamService,
+    DatagramService, LobbyGate, Outbox, ProtocolKind, StreamService,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -102,6 +102,14 @@ const WHEEL_SLOT_COUNT: usize = 4096;
 /// Most sending addresses whose fan-out budget is tracked; buckets that refilled are forgotten
 /// when room is needed, so this bounds memory, not who may speak.
 const SOURCES_MAX: usize = 65_536;
+
+/// Who a fan-out is charged to: the address a chat datagram came from, or the sender in
+/// another protocol of a lobby line the switchboard brings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum FanoutSource {
+    Datagram(SocketAddr),
+    Lobby(Endpoint),
+}
 
 /// A TCP connection that has not yet sent its request.
 #[derive(Debug)]
@@ -188,7 +196,8 @@ pub struct OcmService {
     text: Vec<u8>,
     /// Members to remove once the current fan-out is over, with why; kept for its allocation.
     doomed: Vec<(usize, Leave)>,
-    budget: FanoutBudget<SocketAddr>,
+    /// Chat datagrams' fan-outs and the switchboard's lobby lines, one budget for the socket.
+    budget: FanoutBudget<FanoutSource>,
     /// Rooms open per host IP.
     rooms_per_ip: PerIpCounts,
     next_room_serial: u64,
@@ -604,40 +613,50 @@ impl OcmService {
         if let Some(room) = self.rooms.get_mut(room_key) {
             room.heard = true;
         }
-        if !exit {
-            let sends = self
-                .rooms
-                .get(room_key)
-                .map_or(0, |room| room.members.len().saturating_sub(1));
-            if self.budget.admit(from, sends as u64, now_ms) != Admission::Admitted {
-                out.count_dropped_in(DatagramDrop::FanoutBudget);
-                return;
+        if exit {
+            out.count_datagram_in();
+            self.doomed.push((member_key, Leave::Exit));
+            self.remove_doomed(out);
+            return;
+        }
+        let sends = self
+            .rooms
+            .get(room_key)
+            .map_or(0, |room| room.members.len().saturating_sub(1)) as u64;
+        // Said in the lobby room, it also reaches the other protocols' lobby members: their
+        // deliveries are charged to the same budget, with the room's, all or nothing.
+        let said = match out.hub() {
+            Some(link) if link.hub.has_audience_besides(ProtocolKind::Ocm) => {
+                let lobby_room = &link.hub.config().ocm_lobby_room;
+                self.members.get(member_key).and_then(|member| {
+                    LobbyMessage::from_ocm(
+                        lobby_room,
+                        datagram.room,
+                        &member.name,
+                        datagram.message,
+                    )
+                })
             }
+            _ => None,
+        };
+        let source = FanoutSource::Datagram(from);
+        let budget = &mut self.budget;
+        let admitted = match (said, out.hub()) {
+            (Some(said), Some(mut link)) => {
+                link.say(said, lobby_endpoint(member_key), |crossing| {
+                    budget.admit(source, sends + crossing.recipients, now_ms) == Admission::Admitted
+                })
+            }
+            _ => budget.admit(source, sends, now_ms) == Admission::Admitted,
+        };
+        if !admitted {
+            out.count_dropped_in(DatagramDrop::FanoutBudget);
+            return;
         }
         out.count_datagram_in();
-        if exit {
-            self.doomed.push((member_key, Leave::Exit));
-        } else {
-            let text = std::mem::take(&mut self.text);
-            self.fan_out(room_key, Some(member_key), &text, out);
-            self.text = text;
-            if let Some(link) = out.hub() {
-                if link.hub.has_audience_besides(ProtocolKind::Ocm) {
-                    let lobby_room = &link.hub.config().ocm_lobby_room;
-                    let said = self.members.get(member_key).and_then(|member| {
-                        LobbyMessage::from_ocm(
-                            lobby_room,
-                            datagram.room,
-                            &member.name,
-                            datagram.message,
-                        )
-                    });
-                    if let Some(said) = said {
-                        link.hub.say(said, link.queue);
-                    }
-                }
-            }
-        }
+        let text = std::mem::take(&mut self.text);
+        self.fan_out(room_key, Some(member_key), &text, out);
+        self.text = text;
         self.remove_doomed(out);
     }
 
@@ -902,11 +921,22 @@ impl DatagramService for OcmService {
             DatagramSent::Failed => {
                 member.send_failures = member.send_failures.saturating_add(1);
                 if member.send_failures >= self.config.send_failures_max {
-                    // Removed by the next call that removes members (a datagram, a timer),
-                    // which tells the hub: this one has no way to.
+                    // Removed now, as a member whose chat cannot reach it: the hub is told
+                    // through `out`, so presence and lobby counts are right at once.
                     self.doomed.push((key, Leave::Unreachable));
+                    self.remove_doomed(out);
                 }
             }
         }
+    }
+}
+
+/// Lobby lines from the other protocols pass OCM's fan-out budget as a chat datagram does:
+/// per sender (its endpoint) and for the socket.
+impl LobbyGate for OcmService {
+    fn admit_lobby(&mut self, source: Endpoint, recipients: u64, now_ms: u64) -> bool {
+        self.budget
+            .admit(FanoutSource::Lobby(source), recipients, now_ms)
+            == Admission::Admitted
     }
 }

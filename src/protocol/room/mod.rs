@@ -111,8 +111,10 @@ impl RoomService {
                             _ => None,
                         };
                         self.broadcast(chunk, out);
-                        if let (Some(said), Some(link)) = (said, out.hub()) {
-                            link.hub.say(said, link.queue);
+                        if let (Some(said), Some(mut link)) = (said, out.hub()) {
+                            // ROOM has no per-sender budget to charge (its input rate and
+                            // each recipient's output limits bound a sender, as in ROOM).
+                            link.say(said, Endpoint::Conn(id), |_| true);
                         }
                     }
                     return;
