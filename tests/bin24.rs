@@ -13,9 +13,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::bin24::{name, Bin24, Received};
 use common::{TempDir, TestServer, WAIT};
 use switchboard::config::Config;
-use switchboard::protocol::bin24::codec::{self, Name};
+use switchboard::protocol::bin24::codec;
 
 const ACK_TIMEOUT_MS: u64 = 300;
 
@@ -25,169 +26,6 @@ fn config(data: &TempDir) -> Config {
         bin24_ack_timeout_ms: ACK_TIMEOUT_MS,
         data_dir: data.0.clone(),
         ..Config::for_tests()
-    }
-}
-
-fn name(text: &str) -> Name {
-    Name::new(text.as_bytes()).expect("valid name")
-}
-
-/// A BIN24 client that reads whole frames.
-struct Peer {
-    user: String,
-    stream: TcpStream,
-    buffer: Vec<u8>,
-    next_id: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Received {
-    frame_type: u16,
-    message_id: u32,
-    src: String,
-    dst: String,
-    body: Vec<u8>,
-    raw: Vec<u8>,
-}
-
-impl Peer {
-    fn connect(addr: SocketAddr, user: &str) -> Peer {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Peer {
-            user: user.to_string(),
-            stream,
-            buffer: Vec::new(),
-            next_id: 0,
-        }
-    }
-
-    fn send_raw(&mut self, frame: &[u8]) {
-        self.stream.write_all(frame).expect("send");
-    }
-
-    /// Send a message to `to`; returns its messageID.
-    fn send(&mut self, to: &str, text: &str) -> u32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = codec::encode(
-            codec::TYPE_MESSAGE,
-            id,
-            name(&self.user),
-            name(to),
-            text.as_bytes(),
-        )
-        .expect("frame");
-        self.send_raw(&frame);
-        id
-    }
-
-    /// Answer a received message the way the original client does: same len, type 1, SRC and
-    /// DST swapped, the first len-24 bytes of "200\\0" followed by garbage.
-    fn answer(&mut self, to: &Received) {
-        let mut body = b"200\0".to_vec();
-        body.resize(to.body.len().max(3), b'?');
-        body.truncate(to.body.len().max(3));
-        let frame = codec::encode(
-            codec::TYPE_ANSWER,
-            to.message_id,
-            name(&self.user),
-            name(&to.src),
-            &body,
-        )
-        .expect("frame");
-        self.send_raw(&frame);
-    }
-
-    fn try_frame(&mut self) -> Option<Received> {
-        if self.buffer.len() < 2 {
-            return None;
-        }
-        let len = usize::from(u16::from_le_bytes([self.buffer[0], self.buffer[1]]));
-        if self.buffer.len() < len {
-            return None;
-        }
-        let raw: Vec<u8> = self.buffer.drain(..len).collect();
-        let field = |at: usize| {
-            let bytes: [u8; 8] = raw[at..at + 8].try_into().expect("8 bytes");
-            String::from_utf8_lossy(Name::from_field(&bytes).as_bytes()).into_owned()
-        };
-        Some(Received {
-            frame_type: u16::from_le_bytes([raw[2], raw[3]]),
-            message_id: u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]),
-            src: field(8),
-            dst: field(16),
-            body: raw[24..].to_vec(),
-            raw,
-        })
-    }
-
-    /// The next frame, waiting for it (bounded).
-    fn recv(&mut self) -> Received {
-        loop {
-            if let Some(frame) = self.try_frame() {
-                return frame;
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("{}: connection closed while waiting for a frame", self.user),
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) => panic!("{}: no frame arrived: {err}", self.user),
-            }
-        }
-    }
-
-    /// The server closes this connection (bounded wait); frames before the close are returned.
-    fn expect_closed(&mut self) -> Vec<Received> {
-        let mut frames = Vec::new();
-        loop {
-            while let Some(frame) = self.try_frame() {
-                frames.push(frame);
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return frames,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == ErrorKind::ConnectionReset => return frames,
-                Err(err) => panic!("{}: not closed: {err}", self.user),
-            }
-        }
-    }
-
-    /// Register with the server: the first frame's SRC names the user. An answer to nobody
-    /// is dropped by the server, so it registers without side effects.
-    fn register(&mut self) {
-        let frame = codec::encode(
-            codec::TYPE_ANSWER,
-            u32::MAX,
-            name(&self.user),
-            name("nobody"),
-            b"200",
-        )
-        .expect("frame");
-        self.send_raw(&frame);
-    }
-}
-
-impl Peer {
-    /// Register and wait until the server knows the name: a message to oneself comes back once
-    /// it does. Returns any frames that arrived first (stored ones).
-    fn register_and_wait(&mut self) -> Vec<Received> {
-        let id = self.send(&self.user.clone(), "sync");
-        let mut before = Vec::new();
-        loop {
-            let frame = self.recv();
-            if frame.frame_type == codec::TYPE_MESSAGE && frame.message_id == id {
-                // Answer it; the answer comes back too (its DST is ourselves).
-                self.answer(&frame);
-                continue;
-            }
-            if frame.frame_type == codec::TYPE_ANSWER && frame.message_id == id {
-                return before;
-            }
-            before.push(frame);
-        }
     }
 }
 
@@ -205,9 +43,9 @@ fn a_message_to_an_online_user_is_delivered_and_answered_200() {
     let data = TempDir::new("bin24-online");
     let server = TestServer::start(config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     assert!(bob.register_and_wait().is_empty());
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     assert!(alice.register_and_wait().is_empty());
 
     let id = alice.send("bob", "hi bob");
@@ -240,13 +78,13 @@ fn a_message_to_an_offline_user_gets_300_then_reaches_it_once_as_type_2() {
     let data = TempDir::new("bin24-offline");
     let server = TestServer::start(config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let first = alice.send("carol", "one");
     expect_answer(&alice.recv(), first, "carol", "alice", b"300");
     let second = alice.send("carol", "two");
     expect_answer(&alice.recv(), second, "carol", "alice", b"300");
 
-    let mut carol = Peer::connect(addr, "carol");
+    let mut carol = Bin24::connect(addr, "carol");
     carol.register();
     for (id, body) in [(first, "one"), (second, "two")] {
         let got = carol.recv();
@@ -259,7 +97,7 @@ fn a_message_to_an_offline_user_gets_300_then_reaches_it_once_as_type_2() {
 
     // Delivered frames left the store: a new connection gets nothing stored. A live message
     // proves the connection is registered and that nothing came before it.
-    let mut carol = Peer::connect(addr, "carol");
+    let mut carol = Bin24::connect(addr, "carol");
     assert!(
         carol.register_and_wait().is_empty(),
         "no stored frame may come again"
@@ -271,9 +109,9 @@ fn an_unanswering_recipient_is_closed_at_the_ack_timeout_and_gets_its_messages_l
     let data = TempDir::new("bin24-timeout");
     let server = TestServer::start(config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     assert!(bob.register_and_wait().is_empty());
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     assert!(alice.register_and_wait().is_empty());
 
     let started = Instant::now();
@@ -286,7 +124,7 @@ fn an_unanswering_recipient_is_closed_at_the_ack_timeout_and_gets_its_messages_l
     bob.expect_closed();
 
     // When bob comes back, the unanswered message is waiting for him as type 2.
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     let again = bob.recv();
     assert_eq!(again.frame_type, codec::TYPE_OFFLINE);
@@ -299,12 +137,12 @@ fn a_bad_frame_closes_only_its_connection() {
     let data = TempDir::new("bin24-bad");
     let server = TestServer::start(config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     assert!(alice.register_and_wait().is_empty());
-    let mut mallory = Peer::connect(addr, "mallory");
+    let mut mallory = Bin24::connect(addr, "mallory");
     mallory.send_raw(&[0xff, 0xff, 0, 0]); // len 65535
     mallory.expect_closed();
-    let mut eve = Peer::connect(addr, "eve");
+    let mut eve = Bin24::connect(addr, "eve");
     eve.register();
     let spoofed =
         codec::encode(codec::TYPE_MESSAGE, 0, name("alice"), name("alice"), b"x").expect("frame");
@@ -331,13 +169,13 @@ fn spawn_chatd(port: u16, data: &TempDir) -> std::process::Child {
         .expect("spawn chatd")
 }
 
-fn connect_when_listening(addr: SocketAddr, user: &str) -> Peer {
+fn connect_when_listening(addr: SocketAddr, user: &str) -> Bin24 {
     let deadline = Instant::now() + WAIT;
     loop {
         match TcpStream::connect(addr) {
             Ok(stream) => {
                 drop(stream);
-                return Peer::connect(addr, user);
+                return Bin24::connect(addr, user);
             }
             Err(err) => {
                 assert!(Instant::now() < deadline, "chatd never listened: {err}");
@@ -397,7 +235,7 @@ fn a_backlog_larger_than_the_output_limit_is_delivered_whole() {
     let data = TempDir::new("bin24-backlog");
     let server = TestServer::start(config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let body = "b".repeat(990);
     for _ in 0..MESSAGES {
         alice.send("erin", &body);
@@ -406,7 +244,7 @@ fn a_backlog_larger_than_the_output_limit_is_delivered_whole() {
         let answer = alice.recv();
         assert_eq!(answer.body, b"300", "{answer:?}");
     }
-    let mut erin = Peer::connect(addr, "erin");
+    let mut erin = Bin24::connect(addr, "erin");
     erin.register();
     for id in 0..MESSAGES {
         let got = erin.recv();
@@ -456,7 +294,7 @@ fn custody_config(data: &TempDir) -> Config {
 }
 
 /// `count` messages from `from` to the offline `to`, each answered "300"; their messageIDs.
-fn store_messages(from: &mut Peer, to: &str, count: usize) -> Vec<u32> {
+fn store_messages(from: &mut Bin24, to: &str, count: usize) -> Vec<u32> {
     let ids: Vec<u32> = (0..count)
         .map(|index| from.send(to, &format!("stored {index}")))
         .collect();
@@ -492,7 +330,7 @@ fn stored_frame_bytes(index: usize) -> usize {
 
 /// Collect stored (type 2) frames until every id of `want` has come; returns every stored
 /// frame received, duplicates included.
-fn collect_stored(peer: &mut Peer, want: &[u32]) -> Vec<u32> {
+fn collect_stored(peer: &mut Bin24, want: &[u32]) -> Vec<u32> {
     let mut missing: std::collections::BTreeSet<u32> = want.iter().copied().collect();
     let mut got = Vec::new();
     while !missing.is_empty() {
@@ -511,19 +349,19 @@ fn stored_frames_left_unread_by_a_connection_that_resets_are_delivered_next_time
     let data = TempDir::new("bin24-reset-unread");
     let server = TestServer::start(custody_config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let ids = store_messages(&mut alice, "bob", MESSAGES);
 
     // bob logs in, lets every stored frame arrive in his kernel, reads none and closes:
     // Linux answers unread data with a reset.
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     let all_bytes: usize = (0..MESSAGES).map(stored_frame_bytes).sum();
     wait_unread(&bob.stream, all_bytes);
     drop(bob);
     server.wait_connections(1);
 
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     let got = collect_stored(&mut bob, &ids);
     assert_eq!(got.len(), MESSAGES, "every frame once more, none lost");
@@ -536,18 +374,18 @@ fn after_a_partial_read_and_a_reset_every_unread_frame_comes_again() {
     let data = TempDir::new("bin24-reset-partial");
     let server = TestServer::start(custody_config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let ids = store_messages(&mut alice, "bob", MESSAGES);
 
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     let first: Vec<u32> = (0..READ).map(|_| bob.recv().message_id).collect();
     let rest_bytes: usize = (READ..MESSAGES).map(stored_frame_bytes).sum();
-    wait_unread(&bob.stream, rest_bytes.saturating_sub(bob.buffer.len()));
+    wait_unread(&bob.stream, rest_bytes.saturating_sub(bob.buffered()));
     drop(bob);
     server.wait_connections(1);
 
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     let unread: Vec<u32> = ids
         .iter()
@@ -568,10 +406,10 @@ fn answered_stored_frames_leave_the_store_at_once() {
     let data = TempDir::new("bin24-answered");
     let server = TestServer::start(custody_config(&data));
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let ids = store_messages(&mut alice, "bob", MESSAGES);
 
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     for _ in 0..MESSAGES {
         let frame = bob.recv();
@@ -592,7 +430,7 @@ fn answered_stored_frames_leave_the_store_at_once() {
         .expect("linger 0 makes the close a reset");
     drop(bob);
     server.wait_connections(1);
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     assert!(
         bob.register_and_wait().is_empty(),
         "nothing stored any more"
@@ -609,9 +447,9 @@ fn acknowledged_frames_are_delivered_when_the_connection_outlives_the_grace() {
         ..config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let ids = store_messages(&mut alice, "bob", MESSAGES);
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     assert_eq!(collect_stored(&mut bob, &ids).len(), MESSAGES);
     // Past the grace, bob is still connected: they count as delivered. Then a reset.
@@ -624,7 +462,7 @@ fn acknowledged_frames_are_delivered_when_the_connection_outlives_the_grace() {
         .expect("linger 0 makes the close a reset");
     drop(bob);
     server.wait_connections(1);
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     assert!(bob.register_and_wait().is_empty(), "delivered, not stored");
 }
 
@@ -637,16 +475,16 @@ fn a_storm_of_logins_claiming_a_name_loses_none_of_its_frames() {
         ..custody_config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let ids = store_messages(&mut alice, "bob", MESSAGES);
     // 100 connections in a row, each claiming bob with one frame and gone at once.
     for _ in 0..100 {
-        let mut claim = Peer::connect(addr, "bob");
+        let mut claim = Bin24::connect(addr, "bob");
         claim.register();
         drop(claim);
     }
     server.wait_connections(1);
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register();
     let got = collect_stored(&mut bob, &ids);
     assert!(got.len() >= MESSAGES);
@@ -660,7 +498,7 @@ fn the_store_wide_cap_answers_507_whoever_the_recipient() {
         ..config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     // Five recipients, one frame each: far under the per-user limits, at the store's.
     for (index, to) in ["r1", "r2", "r3", "r4", "r5"].iter().enumerate() {
         let id = alice.send(to, &format!("m{index}"));
@@ -669,7 +507,7 @@ fn the_store_wide_cap_answers_507_whoever_the_recipient() {
     let id = alice.send("r6", "one too many");
     expect_answer(&alice.recv(), id, "r6", "alice", b"507");
     // Delivery frees room: r1 reads its frame and closes cleanly.
-    let mut r1 = Peer::connect(addr, "r1");
+    let mut r1 = Bin24::connect(addr, "r1");
     r1.register();
     assert_eq!(r1.recv().frame_type, codec::TYPE_OFFLINE);
     drop(r1);
@@ -716,7 +554,7 @@ fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_ful
     let threads: Vec<_> = (0..SENDERS)
         .map(|sender| {
             std::thread::spawn(move || {
-                let mut peer = Peer::connect(addr, &format!("s{sender}"));
+                let mut peer = Bin24::connect(addr, &format!("s{sender}"));
                 let body = "f".repeat(900);
                 let frames: Vec<u8> = (0..MESSAGES)
                     .flat_map(|index| {
@@ -776,11 +614,11 @@ fn a_users_list_decides_who_logs_in_and_a_name_moves_only_from_its_address() {
         ..config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     assert!(alice.register_and_wait().is_empty());
     // Not listed, or listed elsewhere: closed at the first frame.
     for user in ["mallory", "carol"] {
-        let mut peer = Peer::connect(addr, user);
+        let mut peer = Bin24::connect(addr, user);
         peer.register();
         peer.expect_closed();
     }
@@ -789,7 +627,7 @@ fn a_users_list_decides_who_logs_in_and_a_name_moves_only_from_its_address() {
     expect_answer(&alice.recv(), id, "mallory", "alice", b"507");
 
     // bob from 127.0.0.1 holds the name; bob from 127.0.0.2 may not push him off.
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     assert!(bob.register_and_wait().is_empty());
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
@@ -799,12 +637,7 @@ fn a_users_list_decides_who_logs_in_and_a_name_moves_only_from_its_address() {
     socket.connect(&addr.into()).expect("connect");
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut intruder = Peer {
-        user: "bob".to_string(),
-        stream,
-        buffer: Vec::new(),
-        next_id: 0,
-    };
+    let mut intruder = Bin24::wrap(stream, "bob");
     intruder.register();
     intruder.expect_closed();
     // The real bob is still there.
@@ -822,7 +655,7 @@ fn frames_sent_when_chatd_is_killed_mid_backlog_arrive_after_restart() {
     let mut child = spawn_chatd(port, &data);
     let mut alice = connect_when_listening(addr, "alice");
     let ids = store_messages(&mut alice, "dave", MESSAGES);
-    let mut dave = Peer::connect(addr, "dave");
+    let mut dave = Bin24::connect(addr, "dave");
     dave.register();
     let first: Vec<u32> = (0..MESSAGES / 3).map(|_| dave.recv().message_id).collect();
     // Killed in the middle of the backlog, with frames written, acknowledged and unread.
@@ -853,7 +686,7 @@ fn the_store_file_stays_within_a_small_multiple_of_the_store_wide_cap() {
         ..config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut alice = Peer::connect(addr, "alice");
+    let mut alice = Bin24::connect(addr, "alice");
     let body = "d".repeat(1000);
     let mut stored = 0;
     let mut refused = 0;
@@ -917,7 +750,7 @@ fn chatd_reads_its_users_file_and_refuses_a_bad_one_naming_the_line() {
         .expect("spawn chatd");
     let mut alice = connect_when_listening(addr, "alice");
     assert!(alice.register_and_wait().is_empty());
-    let mut mallory = Peer::connect(addr, "mallory");
+    let mut mallory = Bin24::connect(addr, "mallory");
     mallory.register();
     mallory.expect_closed();
     child.kill().expect("kill chatd");
@@ -958,20 +791,18 @@ fn a_direct_message_flood_is_answered_429_and_its_recipient_stays() {
         ..config(&data)
     });
     let addr = server.bin24.expect("BIN24 enabled");
-    let mut bob = Peer::connect(addr, "bob");
+    let mut bob = Bin24::connect(addr, "bob");
     bob.register_and_wait();
-    let mut mallory = Peer::connect(addr, "mallory");
+    let mut mallory = Bin24::connect(addr, "mallory");
     mallory.register_and_wait();
     let frames_before = server
         .metric("chatd_frames_in_total{protocol=\"bin24\"}")
         .expect("frames metric");
 
-    let mut reader = Peer {
-        user: "mallory (answers)".to_string(),
-        stream: mallory.stream.try_clone().expect("clone"),
-        buffer: Vec::new(),
-        next_id: 0,
-    };
+    let mut reader = Bin24::wrap(
+        mallory.stream.try_clone().expect("clone"),
+        "mallory (answers)",
+    );
     let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
     reader
         .stream

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::matou::{packet, string, Matou};
 use common::{Client, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard::protocol::DatagramDrop;
@@ -41,89 +42,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// 250 to 736 ms and attack 1 for seconds.
 const WITNESS_MAX: Duration = Duration::from_millis(200);
 const WITNESS_PERIOD: Duration = Duration::from_millis(50);
-
-fn matou_string(bytes: &[u8]) -> Vec<u8> {
-    let mut out = (bytes.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
-
-fn matou_packet(kind: i32, fields: &[&[u8]]) -> Vec<u8> {
-    let mut out = kind.to_be_bytes().to_vec();
-    for field in fields {
-        out.extend_from_slice(field);
-    }
-    out
-}
-
-/// A blocking MATOU client reading whole packets (types from the contract's table).
-struct MatouPeer {
-    stream: TcpStream,
-    name: String,
-}
-
-impl MatouPeer {
-    fn login(server: SocketAddr, name: &str) -> MatouPeer {
-        let stream = TcpStream::connect(server).expect("connect MATOU");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut peer = MatouPeer {
-            stream,
-            name: name.to_string(),
-        };
-        peer.send(&matou_packet(1, &[&matou_string(name.as_bytes())]));
-        assert_eq!(peer.int(), 2, "{name}: CONNECT_ACCEPTATION");
-        assert_eq!(peer.read_exact(1), [1], "{name}: name accepted");
-        assert_eq!(peer.int(), 3, "{name}: own CONNECT_NOTIFY");
-        assert_eq!(peer.string(), name);
-        peer
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-    }
-
-    fn read_exact(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        self.stream
-            .read_exact(&mut buf)
-            .unwrap_or_else(|err| panic!("{}: reading {len} bytes: {err}", self.name));
-        buf
-    }
-
-    fn int(&mut self) -> i32 {
-        let bytes = self.read_exact(4);
-        i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
-    }
-
-    fn string(&mut self) -> String {
-        let len = self.int();
-        assert!(
-            (0..=4096).contains(&len),
-            "{}: string size {len}",
-            self.name
-        );
-        String::from_utf8_lossy(&self.read_exact(len as usize)).into_owned()
-    }
-
-    /// Reads packets until a PUBLIC_BROADCAST of `message` from `from`, skipping notices.
-    fn await_broadcast(&mut self, from: &str, message: &str) {
-        loop {
-            match self.int() {
-                3 | 16 => {
-                    self.string();
-                }
-                5 => {
-                    let (who, what) = (self.string(), self.string());
-                    if who == from && what == message {
-                        return;
-                    }
-                }
-                other => panic!("{}: unexpected packet type {other}", self.name),
-            }
-        }
-    }
-}
 
 /// A ROOM member and a MATOU member, each on its own thread, sending a message every
 /// [`WITNESS_PERIOD`] and timing how long its echo takes; they stop when told and report
@@ -154,14 +72,14 @@ impl Witnesses {
             }),
         ));
         if let Some(matou) = server.matou {
-            let mut peer = MatouPeer::login(matou, "witness");
+            let mut peer = Matou::sign_in_at(matou, "witness");
             let matou_stop = Arc::clone(&stop);
             threads.push((
                 "MATOU",
                 std::thread::spawn(move || {
                     echo_loop(&matou_stop, |n, _| {
                         let message = format!("echo {n}");
-                        peer.send(&matou_packet(4, &[&matou_string(message.as_bytes())]));
+                        peer.send(&packet(4, &[&string(message.as_bytes())]));
                         peer.await_broadcast("witness", &message);
                         Instant::now()
                     })
@@ -388,8 +306,8 @@ fn a_private_request_flood_is_cut_at_its_sender_and_the_victim_stays() {
     let server = server_with(|_| {});
     let matou = server.matou.expect("MATOU");
     let witnesses = Witnesses::start(&server);
-    let mut victim = MatouPeer::login(matou, "victim");
-    let mut flooder = MatouPeer::login(matou, "mallory");
+    let mut victim = Matou::sign_in_at(matou, "victim");
+    let mut flooder = Matou::sign_in_at(matou, "mallory");
 
     let mut reader = flooder.stream.try_clone().expect("clone");
     let drain = std::thread::spawn(move || {
@@ -403,7 +321,7 @@ fn a_private_request_flood_is_cut_at_its_sender_and_the_victim_stays() {
         }
         total
     });
-    let request = matou_packet(6, &[&matou_string(b"victim")]);
+    let request = packet(6, &[&string(b"victim")]);
     let batch: Vec<u8> = request
         .iter()
         .copied()
@@ -450,7 +368,7 @@ fn a_private_request_flood_is_cut_at_its_sender_and_the_victim_stays() {
             other => panic!("victim: unexpected packet type {other}"),
         }
     }
-    victim.send(&matou_packet(4, &[&matou_string(b"still here")]));
+    victim.send(&packet(4, &[&string(b"still here")]));
     victim.await_broadcast("victim", "still here");
     eprintln!(
         "mallory sent {requests} requests, received {flooder_received} bytes; the victim got \

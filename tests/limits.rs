@@ -15,6 +15,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::ocm::Ocm;
 use common::{Client, TempDir, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard::protocol::bin24::codec::{self as bin24, Name};
@@ -52,73 +53,6 @@ fn ccm_text(to: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A TCRP request as the original client writes it: header, room name, JSON payload.
-fn tcrp_request(room: &str, operation: u8, name: &str, udp: SocketAddr) -> Vec<u8> {
-    let payload = format!(
-        "{{\"user_name\": \"{name}\", \"user_address\": [\"{}\", {}]}}",
-        udp.ip(),
-        udp.port()
-    );
-    let mut bytes = vec![room.len() as u8, operation, 0];
-    bytes.extend_from_slice(&[0u8; 21]);
-    bytes.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    bytes.extend_from_slice(room.as_bytes());
-    bytes.extend_from_slice(payload.as_bytes());
-    bytes
-}
-
-/// An OCM chat member: its UDP socket and token.
-struct Member {
-    name: String,
-    room: String,
-    token: String,
-    socket: UdpSocket,
-    server: SocketAddr,
-}
-
-impl Member {
-    /// Create (operation 1) or join (2) `room` over TCRP.
-    fn enter(server: &TestServer, operation: u8, room: &str, name: &str) -> Member {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
-        socket.set_read_timeout(Some(WAIT)).expect("timeout");
-        let udp = socket.local_addr().expect("addr");
-        let mut tcrp = Client::connect(server.ocm_tcp.expect("OCM enabled"), name);
-        tcrp.send(&tcrp_request(room, operation, name, udp));
-        let answer = tcrp.expect_closed();
-        let json = String::from_utf8_lossy(answer.get(32..).unwrap_or_default()).into_owned();
-        let at = json.find("\"token\": \"").expect("a token in the answer") + 10;
-        Member {
-            name: name.to_string(),
-            room: room.to_string(),
-            token: json[at..at + 64].to_string(),
-            socket,
-            server: server.ocm_udp.expect("OCM UDP"),
-        }
-    }
-
-    fn say(&self, message: &str) {
-        let mut bytes = vec![self.room.len() as u8, self.token.len() as u8];
-        bytes.extend_from_slice(self.room.as_bytes());
-        bytes.extend_from_slice(self.token.as_bytes());
-        bytes.extend_from_slice(message.as_bytes());
-        self.socket.send_to(&bytes, self.server).expect("send");
-    }
-
-    fn expect(&self, expected: &str) {
-        let mut buf = [0u8; 65536];
-        loop {
-            let (len, from) = self
-                .socket
-                .recv_from(&mut buf)
-                .unwrap_or_else(|err| panic!("{}: waiting for {expected:?}: {err}", self.name));
-            if from == self.server {
-                assert_eq!(String::from_utf8_lossy(&buf[..len]), expected);
-                return;
-            }
-        }
-    }
-}
-
 #[test]
 fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_protocol() {
     let data = TempDir::new("limits-handshake");
@@ -153,8 +87,8 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
     matou_alice.send(&matou::connect_request(b"maria"));
     matou_alice.expect(&matou::connect_response(true));
     // Not the OCM room named `lobby`, which the other protocols' lobby messages reach.
-    let host = Member::enter(&server, 1, "den", "host");
-    let guest = Member::enter(&server, 2, "den", "guest");
+    let host = Ocm::enter(&server, 1, "den", "host");
+    let guest = Ocm::enter(&server, 2, "den", "guest");
     server.wait_connections(4);
 
     let started = Instant::now();
@@ -305,8 +239,8 @@ fn a_datagram_flood_is_dropped_and_counted_while_members_still_chat() {
         udp_datagrams_per_source_burst_max: BURST,
         ..Config::for_tests()
     });
-    let host = Member::enter(&server, 1, "lobby", "host");
-    let guest = Member::enter(&server, 2, "lobby", "guest");
+    let host = Ocm::enter(&server, 1, "lobby", "host");
+    let guest = Ocm::enter(&server, 2, "lobby", "guest");
     host.say("before");
     guest.expect("host: before");
 

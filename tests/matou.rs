@@ -12,11 +12,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 
+use common::matou::{int, packet, string, Matou as Peer};
 use common::{TestServer, WAIT};
 use switchboard::config::Config;
 
@@ -25,121 +26,6 @@ fn server() -> TestServer {
         matou_port: Some(0),
         ..Config::for_tests()
     })
-}
-
-fn string(bytes: &[u8]) -> Vec<u8> {
-    let mut out = (bytes.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
-
-fn packet(kind: i32, fields: &[&[u8]]) -> Vec<u8> {
-    let mut out = kind.to_be_bytes().to_vec();
-    for field in fields {
-        out.extend_from_slice(field);
-    }
-    out
-}
-
-fn int(value: i32) -> Vec<u8> {
-    value.to_be_bytes().to_vec()
-}
-
-/// A blocking MATOU peer that reads whole packets.
-struct Peer {
-    stream: TcpStream,
-    name: String,
-}
-
-impl Peer {
-    fn connect(server: &TestServer, name: &str) -> Peer {
-        let stream = TcpStream::connect(server.matou.expect("MATOU enabled")).expect("connect");
-        Peer::wrap(stream, name)
-    }
-
-    fn wrap(stream: TcpStream, name: &str) -> Peer {
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Peer {
-            stream,
-            name: name.to_string(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-    }
-
-    fn read_exact(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        self.stream
-            .read_exact(&mut buf)
-            .unwrap_or_else(|err| panic!("{}: reading {len} bytes: {err}", self.name));
-        buf
-    }
-
-    fn int(&mut self) -> i32 {
-        let bytes = self.read_exact(4);
-        i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
-    }
-
-    fn string(&mut self) -> String {
-        let len = self.int();
-        assert!(
-            (0..=4096).contains(&len),
-            "{}: string size {len}",
-            self.name
-        );
-        String::from_utf8(self.read_exact(len as usize)).expect("UTF-8")
-    }
-
-    fn expect_type(&mut self, expected: i32) {
-        let kind = self.int();
-        assert_eq!(kind, expected, "{}: packet type", self.name);
-    }
-
-    /// Log in; the server must answer `accepted`.
-    fn login(&mut self, name: &str, accepted: bool) {
-        self.send(&packet(1, &[&string(name.as_bytes())]));
-        self.expect_type(2);
-        let answer = self.read_exact(1)[0];
-        assert_eq!(
-            answer,
-            u8::from(accepted),
-            "{}: acceptation for {name}",
-            self.name
-        );
-    }
-
-    fn expect_notify(&mut self, kind: i32, name: &str) {
-        self.expect_type(kind);
-        assert_eq!(self.string(), name, "{}: notification", self.name);
-    }
-
-    fn expect_broadcast(&mut self, from: &str, message: &str) {
-        self.expect_type(5);
-        assert_eq!(self.string(), from);
-        assert_eq!(self.string(), message);
-    }
-
-    /// An ERROR packet; returns its code.
-    fn expect_error(&mut self) -> i32 {
-        self.expect_type(17);
-        let code = self.int();
-        let reason = self.string();
-        assert!(!reason.is_empty());
-        code
-    }
-
-    fn expect_closed(&mut self) {
-        let mut buf = [0u8; 64];
-        match self.stream.read(&mut buf) {
-            Ok(0) => {}
-            Ok(n) => panic!("{}: expected close, got {:?}", self.name, &buf[..n]),
-            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(err) => panic!("{}: expected close: {err}", self.name),
-        }
-    }
 }
 
 /// Log in `name` as a new client; everyone in `others` sees its CONNECT_NOTIFY.

@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
+use common::ocm::Ocm;
 use common::{TestServer, WAIT};
 use switchboard::config::Config;
 
@@ -116,84 +117,17 @@ fn vector_answer(case: &str, token: Option<&str>) -> Vec<u8> {
     bytes
 }
 
-/// A chat member: its UDP socket, and what it needs to send.
-struct Member {
-    name: String,
-    room: String,
-    token: String,
-    socket: UdpSocket,
-    server: SocketAddr,
+type Member = Ocm;
+
+fn new_socket(ip: &str) -> UdpSocket {
+    let socket = UdpSocket::bind((ip, 0)).expect("bind UDP");
+    socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    socket
 }
 
-impl Member {
-    fn new_socket(ip: &str) -> UdpSocket {
-        let socket = UdpSocket::bind((ip, 0)).expect("bind UDP");
-        socket.set_read_timeout(Some(WAIT)).expect("timeout");
-        socket
-    }
-
-    fn enter(server: &TestServer, operation: u8, room: &str, name: &str) -> Member {
-        let socket = Member::new_socket("127.0.0.1");
-        let payload = json_payload(name, socket.local_addr().expect("addr"));
-        let answer = exchange(server, &request(room, operation, &payload));
-        let token = token_of(&answer);
-        Member {
-            name: name.to_string(),
-            room: room.to_string(),
-            token,
-            socket,
-            server: server.ocm_udp.expect("OCM UDP"),
-        }
-    }
-
-    fn create(server: &TestServer, room: &str, name: &str) -> Member {
-        Member::enter(server, 1, room, name)
-    }
-
-    fn join(server: &TestServer, room: &str, name: &str) -> Member {
-        Member::enter(server, 2, room, name)
-    }
-
-    fn datagram(&self, message: &str) -> Vec<u8> {
-        let mut bytes = vec![self.room.len() as u8, self.token.len() as u8];
-        bytes.extend_from_slice(self.room.as_bytes());
-        bytes.extend_from_slice(self.token.as_bytes());
-        bytes.extend_from_slice(message.as_bytes());
-        bytes
-    }
-
-    fn say(&self, message: &str) {
-        self.socket
-            .send_to(&self.datagram(message), self.server)
-            .expect("send datagram");
-    }
-
-    /// The next datagram from the server must be exactly `expected`.
-    fn expect(&self, expected: &str) {
-        let mut buf = [0u8; 65536];
-        loop {
-            let (len, from) = self.socket.recv_from(&mut buf).unwrap_or_else(|err| {
-                panic!(
-                    "{}: nothing arrived while waiting for {expected:?}: {err}",
-                    self.name
-                )
-            });
-            if from != self.server {
-                continue;
-            }
-            assert_eq!(
-                String::from_utf8_lossy(&buf[..len]),
-                expected,
-                "{}: unexpected datagram",
-                self.name
-            );
-            return;
-        }
-    }
-
-    fn leave_text(&self) -> String {
-        format!("{}が{}{LEAVE_SUFFIX}", self.name, self.room)
-    }
+/// What the others are told when `member` leaves.
+fn leave_text(member: &Member) -> String {
+    format!("{}が{}{LEAVE_SUFFIX}", member.name, member.room)
 }
 
 #[test]
@@ -217,8 +151,8 @@ fn a_room_relays_each_line_to_the_other_members_and_closes_when_the_host_leaves(
 
     // A guest leaves: the others are told, and its token no longer works.
     bob.say("exit");
-    host.expect(&bob.leave_text());
-    carol.expect(&bob.leave_text());
+    host.expect(&leave_text(&bob));
+    carol.expect(&leave_text(&bob));
     bob.say("still here?");
     carol.say("after bob");
     host.expect("carol: after bob");
@@ -227,7 +161,7 @@ fn a_room_relays_each_line_to_the_other_members_and_closes_when_the_host_leaves(
     host.say("exit");
     carol.expect(&format!(
         "{}\nホストが退出したため、チャットルーム:lobbyを終了します。",
-        host.leave_text()
+        leave_text(&host)
     ));
     carol.say("anyone?");
     let again = Member::create(&server, "lobby", "dave");
@@ -239,7 +173,7 @@ fn a_room_relays_each_line_to_the_other_members_and_closes_when_the_host_leaves(
 #[test]
 fn answers_are_byte_exact_for_every_outcome() {
     let server = server();
-    let socket = Member::new_socket("127.0.0.1");
+    let socket = new_socket("127.0.0.1");
     let addr = socket.local_addr().expect("addr");
 
     let created = exchange(&server, &request("lobby", 1, &json_payload("alice", addr)));
@@ -273,7 +207,7 @@ fn answers_are_byte_exact_for_every_outcome() {
 #[test]
 fn every_token_is_new() {
     let server = server();
-    let socket = Member::new_socket("127.0.0.1");
+    let socket = new_socket("127.0.0.1");
     let addr = socket.local_addr().expect("addr");
     let mut tokens = std::collections::HashSet::new();
     tokens.insert(token_of(&exchange(
@@ -300,7 +234,7 @@ fn a_token_works_only_from_its_own_ip_and_room() {
     let other_room = Member::create(&server, "other", "zoe");
 
     // bob's token sent from another loopback address: dropped.
-    let elsewhere = Member::new_socket("127.0.0.2");
+    let elsewhere = new_socket("127.0.0.2");
     elsewhere
         .send_to(&bob.datagram("spoofed"), bob.server)
         .expect("send");
@@ -332,7 +266,7 @@ fn a_silent_member_is_removed_and_told_and_a_silent_host_closes_the_room() {
     let host = Member::create(&server, "lobby", "alice");
     let bob = Member::join(&server, "lobby", "bob");
     // alice keeps talking; bob stays silent and is removed after the idle limit.
-    let removed = bob.leave_text();
+    let removed = leave_text(&bob);
     let mut told_host = false;
     let mut buf = [0u8; 4096];
     host.socket
@@ -366,7 +300,7 @@ fn a_silent_member_is_removed_and_told_and_a_silent_host_closes_the_room() {
     loop {
         let (len, _) = host.socket.recv_from(&mut buf).expect("alice is told");
         let text = String::from_utf8_lossy(&buf[..len]).to_string();
-        if text == host.leave_text() {
+        if text == leave_text(&host) {
             break;
         }
     }
@@ -378,7 +312,7 @@ fn a_silent_member_is_removed_and_told_and_a_silent_host_closes_the_room() {
 fn the_stage1_relay_forwards_each_datagram_verbatim_to_the_other_peers() {
     let server = server();
     let relay = server.ocm_relay.expect("relay enabled");
-    let peers: Vec<UdpSocket> = (0..3).map(|_| Member::new_socket("127.0.0.1")).collect();
+    let peers: Vec<UdpSocket> = (0..3).map(|_| new_socket("127.0.0.1")).collect();
     let recv = |socket: &UdpSocket| {
         let mut buf = [0u8; 4096];
         let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");

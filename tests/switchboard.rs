@@ -13,13 +13,15 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::Write;
 use std::time::Duration;
 
+use common::bin24::{name, Bin24};
+use common::matou::Matou;
+use common::ocm::Ocm;
 use common::{Client, TempDir, TestServer, WAIT};
 use switchboard::config::Config;
-use switchboard::protocol::bin24::codec::{self as bin24, Name};
+use switchboard::protocol::bin24::codec as bin24;
 
 const ACK_TIMEOUT_MS: u64 = 300;
 
@@ -96,321 +98,9 @@ const NAME_TAKEN: &str = "that name is in use";
 
 // ---- MATOU ----
 
-fn string(bytes: &[u8]) -> Vec<u8> {
-    let mut out = (bytes.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
-
-struct Matou {
-    stream: TcpStream,
-    name: String,
-}
-
-impl Matou {
-    fn connect(server: &TestServer, name: &str) -> Matou {
-        let stream = TcpStream::connect(server.matou.expect("MATOU enabled")).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Matou {
-            stream,
-            name: name.to_string(),
-        }
-    }
-
-    /// Connect and sign in as `name`; consumes the own CONNECT_NOTIFY.
-    fn sign_in(server: &TestServer, name: &str) -> Matou {
-        let mut peer = Matou::connect(server, name);
-        peer.login(name, true);
-        peer.expect_notify(3, name);
-        peer
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-    }
-
-    fn read_exact(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        self.stream
-            .read_exact(&mut buf)
-            .unwrap_or_else(|err| panic!("{}: reading {len} bytes: {err}", self.name));
-        buf
-    }
-
-    fn int(&mut self) -> i32 {
-        let bytes = self.read_exact(4);
-        i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
-    }
-
-    fn string(&mut self) -> String {
-        let len = self.int();
-        assert!(
-            (0..=4096).contains(&len),
-            "{}: string size {len}",
-            self.name
-        );
-        String::from_utf8(self.read_exact(len as usize)).expect("UTF-8")
-    }
-
-    fn expect_type(&mut self, expected: i32) {
-        assert_eq!(self.int(), expected, "{}: packet type", self.name);
-    }
-
-    fn login(&mut self, name: &str, accepted: bool) {
-        let mut packet = 1i32.to_be_bytes().to_vec();
-        packet.extend(string(name.as_bytes()));
-        self.send(&packet);
-        self.expect_type(2);
-        assert_eq!(
-            self.read_exact(1)[0],
-            u8::from(accepted),
-            "{}: acceptation for {name}",
-            self.name
-        );
-    }
-
-    fn say(&mut self, message: &str) {
-        let mut packet = 4i32.to_be_bytes().to_vec();
-        packet.extend(string(message.as_bytes()));
-        self.send(&packet);
-    }
-
-    fn expect_notify(&mut self, kind: i32, name: &str) {
-        self.expect_type(kind);
-        assert_eq!(self.string(), name, "{}: notification", self.name);
-    }
-
-    fn expect_broadcast(&mut self, from: &str, message: &str) {
-        self.expect_type(5);
-        assert_eq!(self.string(), from, "{}: broadcast sender", self.name);
-        assert_eq!(self.string(), message, "{}: broadcast message", self.name);
-    }
-
-    fn expect_nothing_for(&mut self, quiet: Duration) {
-        self.stream.set_read_timeout(Some(quiet)).expect("timeout");
-        let mut buf = [0u8; 64];
-        let result = self.stream.read(&mut buf);
-        self.stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        match result {
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Ok(n) => panic!("{}: expected silence, got {:?}", self.name, &buf[..n]),
-            Err(err) => panic!("{}: {err}", self.name),
-        }
-    }
-}
-
 // ---- BIN24 ----
 
-fn name(text: &str) -> Name {
-    Name::new(text.as_bytes()).expect("valid name")
-}
-
-#[derive(Debug)]
-struct Frame {
-    frame_type: u16,
-    message_id: u32,
-    src: String,
-    dst: String,
-    body: Vec<u8>,
-}
-
-struct Bin24 {
-    user: String,
-    stream: TcpStream,
-    buffer: Vec<u8>,
-    next_id: u32,
-}
-
-impl Bin24 {
-    fn connect(server: &TestServer, user: &str) -> Bin24 {
-        let stream = TcpStream::connect(server.bin24.expect("BIN24 enabled")).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Bin24 {
-            user: user.to_string(),
-            stream,
-            buffer: Vec::new(),
-            next_id: 0,
-        }
-    }
-
-    /// Connect and log in as `user`, waiting until the server knows the name (a message to
-    /// oneself comes back, answered).
-    fn log_in(server: &TestServer, user: &str) -> Bin24 {
-        let mut peer = Bin24::connect(server, user);
-        let id = peer.send(user, "sync");
-        let echo = peer.recv();
-        assert_eq!((echo.frame_type, echo.message_id), (0, id), "{echo:?}");
-        assert_eq!(
-            (&echo.dst[..], &echo.body[..]),
-            (user, &b"sync"[..]),
-            "{echo:?}"
-        );
-        peer.answer(&echo);
-        let answer = peer.recv();
-        assert_eq!(
-            (answer.frame_type, answer.message_id),
-            (1, id),
-            "{answer:?}"
-        );
-        peer
-    }
-
-    fn send(&mut self, to: &str, text: &str) -> u32 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = bin24::encode(
-            bin24::TYPE_MESSAGE,
-            id,
-            name(&self.user),
-            name(to),
-            text.as_bytes(),
-        )
-        .expect("frame");
-        self.stream.write_all(&frame).expect("send");
-        id
-    }
-
-    fn answer(&mut self, to: &Frame) {
-        let frame = bin24::encode(
-            bin24::TYPE_ANSWER,
-            to.message_id,
-            name(&self.user),
-            name(&to.src),
-            b"200",
-        )
-        .expect("frame");
-        self.stream.write_all(&frame).expect("send");
-    }
-
-    fn try_frame(&mut self) -> Option<Frame> {
-        if self.buffer.len() < 2 {
-            return None;
-        }
-        let len = usize::from(u16::from_le_bytes([self.buffer[0], self.buffer[1]]));
-        if self.buffer.len() < len {
-            return None;
-        }
-        let raw: Vec<u8> = self.buffer.drain(..len).collect();
-        let field = |at: usize| {
-            let bytes: [u8; 8] = raw[at..at + 8].try_into().expect("8 bytes");
-            String::from_utf8_lossy(Name::from_field(&bytes).as_bytes()).into_owned()
-        };
-        Some(Frame {
-            frame_type: u16::from_le_bytes([raw[2], raw[3]]),
-            message_id: u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]),
-            src: field(8),
-            dst: field(16),
-            body: raw[24..].to_vec(),
-        })
-    }
-
-    fn recv(&mut self) -> Frame {
-        loop {
-            if let Some(frame) = self.try_frame() {
-                return frame;
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("{}: closed while waiting for a frame", self.user),
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) => panic!("{}: no frame arrived: {err}", self.user),
-            }
-        }
-    }
-
-    /// The server closes this connection (bounded wait).
-    fn expect_closed(&mut self) {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == ErrorKind::ConnectionReset => return,
-                Err(err) => panic!("{}: not closed: {err}", self.user),
-            }
-        }
-    }
-}
-
 // ---- OCM ----
-
-/// An OCM chat member: joined (or created) its room over TCRP, chats over UDP.
-struct Ocm {
-    name: String,
-    room: String,
-    token: String,
-    socket: UdpSocket,
-    server: SocketAddr,
-}
-
-impl Ocm {
-    /// `operation` 1 creates the room, 2 joins it.
-    fn enter(server: &TestServer, operation: u8, room: &str, name: &str) -> Ocm {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
-        socket.set_read_timeout(Some(WAIT)).expect("timeout");
-        let udp = socket.local_addr().expect("addr");
-        let payload = format!(
-            "{{\"user_name\": \"{name}\", \"user_address\": [\"{}\", {}]}}",
-            udp.ip(),
-            udp.port()
-        );
-        let mut request = vec![room.len() as u8, operation, 0];
-        request.extend_from_slice(&[0u8; 21]);
-        request.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        request.extend_from_slice(room.as_bytes());
-        request.extend_from_slice(payload.as_bytes());
-        let mut tcrp = TcpStream::connect(server.ocm_tcp.expect("OCM enabled")).expect("connect");
-        tcrp.set_read_timeout(Some(WAIT)).expect("timeout");
-        tcrp.write_all(&request).expect("send request");
-        let mut answer = Vec::new();
-        tcrp.read_to_end(&mut answer)
-            .expect("answered, then closed");
-        let json = String::from_utf8_lossy(&answer[32.min(answer.len())..]).into_owned();
-        assert_eq!(
-            answer.get(2),
-            Some(&2),
-            "{name}: success expected, got {json}"
-        );
-        let at = json.find("\"token\": \"").expect("token") + 10;
-        Ocm {
-            name: name.to_string(),
-            room: room.to_string(),
-            token: json[at..at + 64].to_string(),
-            socket,
-            server: server.ocm_udp.expect("OCM UDP"),
-        }
-    }
-
-    fn say(&self, message: &str) {
-        let mut bytes = vec![self.room.len() as u8, self.token.len() as u8];
-        bytes.extend_from_slice(self.room.as_bytes());
-        bytes.extend_from_slice(self.token.as_bytes());
-        bytes.extend_from_slice(message.as_bytes());
-        self.socket.send_to(&bytes, self.server).expect("send");
-    }
-
-    /// The next datagram from the server must be exactly `expected`.
-    fn expect(&self, expected: &str) {
-        let mut buf = [0u8; 65536];
-        loop {
-            let (len, from) = self
-                .socket
-                .recv_from(&mut buf)
-                .unwrap_or_else(|err| panic!("{}: waiting for {expected:?}: {err}", self.name));
-            if from == self.server {
-                assert_eq!(
-                    String::from_utf8_lossy(&buf[..len]),
-                    expected,
-                    "{}",
-                    self.name
-                );
-                return;
-            }
-        }
-    }
-}
 
 // ---- ROOM ----
 
@@ -446,7 +136,7 @@ fn rule1_a_name_held_in_one_protocol_is_refused_by_the_others_each_in_its_own_wa
     ccm2.send(&ccm_identify_message("caio"));
     ccm2.expect(&ccm_error("name-taken", NAME_TAKEN));
     for held in ["bia", "caio"] {
-        let mut bin = Bin24::connect(&server, held);
+        let mut bin = Bin24::connect(server.bin24.expect("BIN24 enabled"), held);
         bin.send(held, "mine?");
         bin.expect_closed();
     }
@@ -617,7 +307,7 @@ fn rule4_bin24_and_ccm_users_message_each_other_and_200_and_the_store_keep_their
     );
     assert_eq!(frame.body, b"hi bob");
     // bob's answer ends the exchange: CCM has nothing to show for it.
-    bob.answer(&frame);
+    bob.answer_with(&frame, b"200");
 
     // BIN24 -> CCM: cat gets a Text from bob; bob hears "200" from cat once it is written.
     let id = bob.send("cat", "hi cat");
@@ -663,7 +353,7 @@ fn rule4_bin24_and_ccm_users_message_each_other_and_200_and_the_store_keep_their
     server.wait_metric("chatd_store_frames", 1.0);
     // Log in with an answer to nobody (dropped by the server, so it registers without side
     // effects): the stored frame follows, as type 2.
-    let mut bob = Bin24::connect(&server, "bob");
+    let mut bob = Bin24::connect(server.bin24.expect("BIN24 enabled"), "bob");
     let register = bin24::encode(
         bin24::TYPE_ANSWER,
         u32::MAX,
@@ -763,7 +453,7 @@ fn all_five_protocols_at_once_one_lobby_one_name_space_and_direct_messages() {
     cid.send(&ccm_text(&cid_token, "bob", "psst"));
     let frame = bob.recv();
     assert_eq!((&frame.src[..], &frame.body[..]), ("cid", &b"psst"[..]));
-    bob.answer(&frame);
+    bob.answer_with(&frame, b"200");
     let id = bob.send("cid", "oi cid");
     cid.expect(&ccm_delivered("bob", "cid", "oi cid"));
     let answer = bob.recv();
@@ -937,7 +627,7 @@ fn a_ccm_flood_to_a_bin24_user_is_refused_to_its_sender_and_the_bin24_user_stays
         "{frame:?}"
     );
     assert_eq!(frame.body, big.as_bytes());
-    bob.answer(&frame);
+    bob.answer_with(&frame, b"200");
 
     for _ in 0..3 {
         cat.send(&ccm_text(&cat_token, "bob", &big));

@@ -8,6 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod bin24;
+pub mod matou;
+pub mod ocm;
+
 use switchboard::config::Config;
 use switchboard::reactor::{ProtocolKind, Server, ServerHandle, UdpKind};
 use switchboard::stats::Stats;
