@@ -23,7 +23,7 @@
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
 pub mod churn;
-mod ledger;
+pub mod ledger;
 pub mod report;
 mod stamp;
 pub mod topology;

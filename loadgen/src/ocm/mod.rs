@@ -26,7 +26,7 @@
 //! The UDP sockets ask for large receive buffers so the loadgen itself drops nothing; what the
 //! kernel granted is reported.
 
-mod accounting;
+pub mod accounting;
 pub mod churn;
 pub mod report;
 pub mod stamp;
