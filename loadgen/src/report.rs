@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::plan::Plan;
-use crate::record::NoticeCounts;
-use crate::room::{RoomConfig, RoomOutcome, Wire};
 use crate::stats::{ErrorCounts, LatencyHistogram, LatencySummary, OwnLags};
 
 /// The schedule-lateness p99 above which a run is INVALID:
@@ -138,40 +136,51 @@ pub struct FailureInputs {
 /// otherwise. An INVALID verdict fails only with `strict`: it says the loadgen, not the server,
 /// was the limit, which a CI smoke run on a busy machine should not turn into a red build.
 pub fn outcome(inputs: &FailureInputs, verdict: &Verdict, strict: bool) -> Outcome {
-    let mut failures = Vec::new();
-    let mut check = |count: u64, what: &str| {
-        if count > 0 {
-            failures.push(format!("{count} {what}"));
-        }
-    };
-    check(inputs.losses, "lost");
-    check(inputs.duplicates_or_reorders, "duplicated or reordered");
-    check(inputs.errors, "errors");
-    check(inputs.not_sent, "not sent");
-    if strict && !verdict.valid {
-        failures.push("INVALID run (--strict)".to_string());
-    }
-    let passed = failures.is_empty();
-    Outcome {
-        passed,
-        failures,
-        exit_code: if passed { 0 } else { 1 },
-    }
+    Failures::default().shared(inputs, verdict, strict).outcome()
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Settings {
-    pub clients: usize,
-    pub senders_requested: usize,
-    pub senders: u32,
-    pub rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
-    pub payload_bytes: usize,
-    pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
+/// What failed a run, in the order its result line lists it; any failure exits 1.
+#[derive(Clone, Debug, Default)]
+pub struct Failures(Vec<String>);
+
+impl Failures {
+    /// `count` of `what` failed the run (when it is not 0): "3 lost".
+    pub fn count(self, count: u64, what: &str) -> Failures {
+        self.when(count > 0, || format!("{count} {what}"))
+    }
+
+    /// A failure in the scenario's own words, when `failed`.
+    pub fn when(mut self, failed: bool, words: impl FnOnce() -> String) -> Failures {
+        if failed {
+            self.0.push(words());
+        }
+        self
+    }
+
+    /// An INVALID run fails only with `strict` (see [`outcome`]).
+    pub fn invalid(self, verdict: &Verdict, strict: bool) -> Failures {
+        self.when(strict && !verdict.valid, || {
+            "INVALID run (--strict)".to_string()
+        })
+    }
+
+    /// The rules every scenario with per-sender sequences shares (see [`outcome`]).
+    pub fn shared(self, inputs: &FailureInputs, verdict: &Verdict, strict: bool) -> Failures {
+        self.count(inputs.losses, "lost")
+            .count(inputs.duplicates_or_reorders, "duplicated or reordered")
+            .count(inputs.errors, "errors")
+            .count(inputs.not_sent, "not sent")
+            .invalid(verdict, strict)
+    }
+
+    pub fn outcome(self) -> Outcome {
+        let passed = self.0.is_empty();
+        Outcome {
+            passed,
+            failures: self.0,
+            exit_code: if passed { 0 } else { 1 },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -333,22 +342,55 @@ impl Errors {
     }
 }
 
+/// A protocol's part of its report: the sections only it has, and its words in the shared
+/// lines. [`Report`] places them among the shared sections, in JSON and in text alike.
+pub trait Sections: Sized {
+    /// What stands between `scenario` and `send`: the target(s), the settings, how the
+    /// clients joined.
+    type Head: Serialize + Clone + std::fmt::Debug;
+    /// What stands between `not_sent` and `errors`: deliveries, latencies, losses...
+    type Figures: Serialize + Clone + std::fmt::Debug;
+    /// What stands between `errors` and the drain: counts of what was not this run's...
+    type Others: Serialize + Clone + std::fmt::Debug;
+    /// What `not sent` calls a message due after its sender's connection was lost.
+    const NOT_SENT_LOST: &'static str = "connection lost";
+    /// The drain line's words when it reached its deadline, and when nothing was left.
+    const DRAIN_TIMED_OUT: &'static str;
+    const DRAIN_DONE: &'static str;
+
+    /// The `scenario` line and the lines before `send rate`.
+    fn opening(r: &Report<Self>, out: &mut Lines);
+    /// The lines between `not sent` and `send lag`.
+    fn figures(r: &Report<Self>, out: &mut Lines);
+    /// The loadgen's own lags, from the protocol's latencies.
+    fn own_lags(r: &Report<Self>) -> &OwnLagSummaries;
+    /// The lines between `send lag` and `errors`.
+    fn after_lags(_r: &Report<Self>, _out: &mut Lines) {}
+    /// What the `errors` line adds after its counts.
+    fn errors_more(_r: &Report<Self>) -> String {
+        String::new()
+    }
+    /// The lines between the errors and `drain`.
+    fn after_errors(_r: &Report<Self>, _out: &mut Lines) {}
+}
+
+/// One run's report: the sections every scenario has (its sends, errors, drain, notes,
+/// verdict and outcome) around the sections its protocol adds ([`Sections`]). The JSON keeps
+/// this order: `scenario`, the protocol's head, `send`, `not_sent`, its figures, `errors`, its
+/// other counts, `drain_ms`, `drain_timed_out`, `notes`, `verdict`, `outcome`.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+#[serde(bound = "")]
+pub struct Report<P: Sections> {
     pub scenario: &'static str,
-    pub target: String,
-    pub settings: Settings,
-    pub connections: Connections,
+    #[serde(flatten)]
+    pub head: P::Head,
     pub send: SendFigures,
     pub not_sent: NotSent,
-    pub deliveries: Deliveries,
-    pub latency_ms: Latencies,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
+    #[serde(flatten)]
+    pub figures: P::Figures,
     pub errors: Errors,
-    pub notices: NoticeCounts,
-    /// Bytes of records still unfinished in the receivers at the end.
-    pub incomplete_bytes_at_end: u64,
+    #[serde(flatten)]
+    pub others: P::Others,
     pub drain_ms: f64,
     pub drain_timed_out: bool,
     /// Hints for reading the figures (only when they apply).
@@ -357,181 +399,129 @@ pub struct Report {
     pub outcome: Outcome,
 }
 
-impl Report {
-    pub fn room(
-        cfg: &RoomConfig,
-        senders_requested: usize,
-        strict: bool,
-        run: &RoomOutcome,
-    ) -> Report {
-        let plan = &run.plan;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
-        );
-        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &run.own.schedule_lateness,
-            &run.delivery_latency,
-        ));
-        let outcome = outcome(
-            &FailureInputs {
-                losses: losses.total,
-                duplicates_or_reorders: run.seq.duplicates_or_reorders,
-                errors: run.errors.total(),
-                not_sent: not_sent.total,
-            },
-            &verdict,
-            strict,
-        );
-        let mut notes = Vec::new();
-        let resp = matches!(cfg.wire, Wire::Resp { .. });
-        if resp {
-            notes.push(format!(
-                "RESP: {} PUBLISH replies read, each checked against the subscribers joined \
-                 (a mismatch is a protocol error); one extra connection per sender publishes",
-                run.publish_replies
-            ));
+/// The shared sections of a report, figured from what every run counts alike; the protocol
+/// judges the run with them ([`Shared::failures`]) before the report is put together.
+pub struct Shared {
+    pub send: SendFigures,
+    pub not_sent: NotSent,
+    pub errors: Errors,
+    error_count: u64,
+    pub drain_ms: f64,
+    pub drain_timed_out: bool,
+    /// Notes every scenario may add (latencies clamped at 60 s), after the protocol's own.
+    clamped: u64,
+}
+
+/// What a run sent, and what it could not send (see [`NotSent`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SendCounts {
+    pub rate_per_s: u64,
+    pub sent: u64,
+    pub sent_in_window: u64,
+    pub not_sent_queue_full: u64,
+    pub not_sent_connection_lost: u64,
+    pub not_sent_at_end: u64,
+}
+
+impl Shared {
+    /// `clamped`: latencies above 60 s among those the report prints.
+    pub fn new(
+        plan: &Plan,
+        counts: SendCounts,
+        errors: &ErrorCounts,
+        (drain_used_us, drain_timed_out): (u64, bool),
+        clamped: u64,
+    ) -> Shared {
+        Shared {
+            send: SendFigures::new(plan, counts.sent, counts.sent_in_window, counts.rate_per_s),
+            not_sent: NotSent::new(
+                counts.not_sent_queue_full,
+                counts.not_sent_connection_lost,
+                counts.not_sent_at_end,
+            ),
+            errors: Errors::of(errors),
+            error_count: errors.total(),
+            drain_ms: drain_used_us as f64 / 1e3,
+            drain_timed_out,
+            clamped,
         }
-        if run.errors.protocol > 0 && !resp {
-            notes.push(
-                "malformed records: ROOM relays what one read returned, so a message the server \
-                 read in two pieces can reach members with another sender's chunk in between \
-                 (the server fell behind, or messages exceed its read size); the torn message \
-                 also counts as lost"
-                    .to_string(),
-            );
+    }
+
+    /// The shared failure rules' inputs, with the run's losses and duplicates.
+    pub fn failures(&self, losses: u64, duplicates_or_reorders: u64) -> FailureInputs {
+        FailureInputs {
+            losses,
+            duplicates_or_reorders,
+            errors: self.error_count,
+            not_sent: self.not_sent.total,
         }
-        let clamped =
-            run.delivery_latency.clamped + run.own.send_lag.clamped + run.connect_latency.clamped;
-        if clamped > 0 {
+    }
+
+    /// The report, with the protocol's sections, its notes and its judgement.
+    pub fn report<P: Sections>(
+        self,
+        scenario: &'static str,
+        (head, figures, others): (P::Head, P::Figures, P::Others),
+        mut notes: Vec<String>,
+        verdict: Verdict,
+        outcome: Outcome,
+    ) -> Report<P> {
+        if self.clamped > 0 {
             notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
+                "{} latencies above 60 s were counted as 60 s",
+                self.clamped
             ));
         }
         Report {
-            scenario: if resp { "resp" } else { "room" },
-            target: cfg.target.to_string(),
-            settings: Settings {
-                clients: cfg.clients,
-                senders_requested,
-                senders: plan.senders,
-                rate_per_s: cfg.rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
-                payload_bytes: cfg.message_bytes,
-                connect_rate_per_s: cfg.connect_rate_per_s,
-                seed: cfg.seed,
-                strict,
-            },
-            connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
-            deliveries: Deliveries {
-                expected: run.sent * run.clients_joined as u64,
-                delivered: run.seq.delivered,
-                per_s: plan.per_s(run.delivered_in_window),
-            },
-            latency_ms: Latencies {
-                delivery: run.delivery_latency.summary(),
-                connect: run.connect_latency.summary(),
-                own: OwnLagSummaries::of(&run.own),
-            },
-            losses,
-            duplicates_or_reorders: run.seq.duplicates_or_reorders,
-            errors: Errors::of(&run.errors),
-            notices: run.notices,
-            incomplete_bytes_at_end: run.incomplete_bytes_at_end,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
+            scenario,
+            head,
+            send: self.send,
+            not_sent: self.not_sent,
+            figures,
+            errors: self.errors,
+            others,
+            drain_ms: self.drain_ms,
+            drain_timed_out: self.drain_timed_out,
             notes,
             verdict,
             outcome,
         }
     }
+}
 
-    /// The human-readable report (stdout).
+impl<P: Sections> Report<P> {
+    /// The human-readable report (stdout): the protocol's lines among the shared ones.
     pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
         let mut out = Lines::default();
-        out.scenario(
-            format!(
-                "{} against {}: {} clients",
-                self.scenario.to_uppercase(),
-                self.target,
-                s.clients
-            ),
-            s.senders,
-            format!("{} msg/s", s.rate_per_s),
-            s.duration_ms,
-            s.warmup_ms,
-            (s.payload_bytes, "messages"),
-        );
-        out.connections(&self.connections, "requested", "", None);
-        out.line(
-            "connect latency",
-            format!(
-                "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-                l.connect.p50_ms, l.connect.p99_ms, l.connect.max_ms
-            ),
-        );
+        P::opening(self, &mut out);
         out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "connection lost");
-        out.line(
-            "deliveries",
-            format!(
-                "{} expected, {} delivered, {:.1}/s in the measured window",
-                self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
-            ),
-        );
-        out.line("delivery latency", l.delivery.percentiles_text());
-        out.send_lag(&l.own);
-        out.line(
-            "losses",
-            format!(
-                "{} ({} in gaps, {} never delivered)",
-                self.losses.total, self.losses.gaps, self.losses.undelivered
-            ),
-        );
-        out.line(
-            "duplicates",
-            format!("{} (duplicates or reorders)", self.duplicates_or_reorders),
-        );
-        out.errors(&self.errors, "");
-        out.line(
-            "notices",
-            format!(
-                "joins {}, leaves {}, greetings {} (counted, not errors)",
-                self.notices.joins, self.notices.leaves, self.notices.greetings
-            ),
-        );
+        out.not_sent(&self.not_sent, P::NOT_SENT_LOST);
+        P::figures(self, &mut out);
+        out.send_lag(P::own_lags(self));
+        P::after_lags(self, &mut out);
+        out.errors(&self.errors, &P::errors_more(self));
+        P::after_errors(self, &mut out);
         out.drain(
             self.drain_ms,
             self.drain_timed_out,
-            "deadline reached with deliveries missing",
-            "everything sent had arrived at every connected member",
+            P::DRAIN_TIMED_OUT,
+            P::DRAIN_DONE,
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()
     }
 }
 
-/// The lines every scenario's text report ends with: its notes, the validity verdict and the
-/// result (pass, or what failed, with the exit code).
+impl<P: Sections> ScenarioReport for Report<P> {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
+    }
+}
+
 /// What delivering any scenario's report needs besides its JSON form: its verdict, its outcome
 /// and its text.
 pub trait ScenarioReport: Serialize {
     fn closing(&self) -> (&Verdict, &Outcome, String);
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
-    }
 }
 
 /// A text report being written: one labelled line after another, the labels in one column.
@@ -661,6 +651,8 @@ impl Lines {
     }
 }
 
+/// The lines every scenario's text report ends with: its notes, the validity verdict and the
+/// result (pass, or what failed, with the exit code).
 pub fn write_closing_lines(
     out: &mut Lines,
     notes: &[String],

@@ -17,6 +17,8 @@
 //! waits on `still_ready` because no new edge will come), and a blocked writer waits for the
 //! next writable edge with its messages queued.
 
+pub mod report;
+
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -239,7 +241,7 @@ impl ScenarioKind for Room {
     type Config = RoomConfig;
     type Run<'a> = Run<'a>;
     type Outcome = RoomOutcome;
-    type Report = crate::report::Report;
+    type Report = report::Report;
 
     fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
         let io = Loop::new()?;
@@ -317,8 +319,8 @@ impl ScenarioKind for Room {
         _seed: u64,
         strict: bool,
         outcome: &RoomOutcome,
-    ) -> crate::report::Report {
-        crate::report::Report::room(cfg, cfg.senders, strict, outcome)
+    ) -> report::Report {
+        report::Report::new(cfg, cfg.senders, strict, outcome)
     }
     /// The latencies the report measures the server by (written and plotted), then the
     /// loadgen's own lags (written, not plotted).
