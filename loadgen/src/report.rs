@@ -405,7 +405,8 @@ pub struct Shared {
     pub send: SendFigures,
     pub not_sent: NotSent,
     pub errors: Errors,
-    error_count: u64,
+    /// The errors of every kind.
+    pub error_count: u64,
     pub drain_ms: f64,
     pub drain_timed_out: bool,
     /// Notes every scenario may add (latencies clamped at 60 s), after the protocol's own.
