@@ -3,13 +3,14 @@
 
 use serde::Serialize;
 
-use super::{CcmConfig, CcmOutcome};
+use super::{Ccm, CcmConfig, CcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Latencies, Lines,
-    Losses, NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs,
-    Verdict,
+    verdict, Connections, FailureInputs, Failures, Latencies, Lines, Losses, Outcome,
+    OwnLagSummaries, Sections, SendCounts, Shared, ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
+
+pub type Report = crate::report::Report<Ccm>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -65,27 +66,26 @@ pub struct Silent {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub scenario: &'static str,
+pub struct Head {
     pub target: String,
     pub settings: Settings,
     pub connections: Connections,
-    pub send: SendFigures,
-    pub not_sent: NotSent,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
     pub deliveries: Deliveries,
     pub latency_ms: Latencies,
     pub losses: Losses,
     pub duplicates_or_reorders: u64,
     pub keepalives: Keepalives,
     pub silent: Silent,
-    pub errors: Errors,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Others {
     /// Text messages that are not this run's.
     pub foreign_messages: u64,
-    pub drain_ms: f64,
-    pub drain_timed_out: bool,
-    pub notes: Vec<String>,
-    pub verdict: Verdict,
-    pub outcome: Outcome,
 }
 
 /// The shared outcome, plus the CCM-only failure: a silent user the server never closed.
@@ -95,25 +95,29 @@ pub fn ccm_outcome(
     verdict: &Verdict,
     strict: bool,
 ) -> Outcome {
-    let mut result = outcome(inputs, verdict, strict);
-    if silent_not_closed > 0 {
-        result.failures.push(format!(
-            "{silent_not_closed} silent users never closed by the server"
-        ));
-        result.passed = false;
-        result.exit_code = 1;
-    }
-    result
+    Failures::default()
+        .shared(inputs, verdict, strict)
+        .count(silent_not_closed, "silent users never closed by the server")
+        .outcome()
 }
 
 impl Report {
     pub fn new(cfg: &CcmConfig, seed: u64, strict: bool, run: &CcmOutcome) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
+        let shared = Shared::new(
+            plan,
+            SendCounts {
+                rate_per_s: cfg.rate_per_s,
+                sent: run.sent,
+                sent_in_window: run.sent_in_window,
+                not_sent_queue_full: run.not_sent_queue_full,
+                not_sent_connection_lost: run.not_sent_connection_lost,
+                not_sent_at_end: run.not_sent_at_end,
+            },
+            &run.errors,
+            (run.drain_used_us, run.drain_timed_out),
+            l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped,
         );
         let losses = Losses::new(run.seq.gap_losses, run.undelivered);
         let verdict = verdict(&ValidityInputs::measured(
@@ -122,12 +126,7 @@ impl Report {
             &l.delivery,
         ));
         let outcome = ccm_outcome(
-            &FailureInputs {
-                losses: losses.total,
-                duplicates_or_reorders: run.seq.duplicates_or_reorders,
-                errors: run.errors.total(),
-                not_sent: not_sent.total,
-            },
+            &shared.failures(losses.total, run.seq.duplicates_or_reorders),
             run.silent_not_closed,
             &verdict,
             strict,
@@ -141,15 +140,8 @@ impl Report {
                     .to_string(),
             );
         }
-        let clamped = l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped;
-        if clamped > 0 {
-            notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
-            ));
-        }
         let silent_users = run.silent_requested;
-        Report {
-            scenario: "ccm",
+        let head = Head {
             target: cfg.target.to_string(),
             settings: Settings {
                 users: cfg.users,
@@ -173,8 +165,8 @@ impl Report {
                 run_id: format!("{:08x}", cfg.run_id),
             },
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
+        };
+        let figures = Figures {
             deliveries: Deliveries {
                 delivered: run.seq.delivered,
                 per_s: plan.per_s(run.delivered_in_window),
@@ -201,24 +193,27 @@ impl Report {
                 keepalive_after_ms: l.silent_keepalive_after.summary(),
                 wait_ms: run.silent_wait_used_us as f64 / 1e3,
             },
-            errors: Errors::of(&run.errors),
+        };
+        let others = Others {
             foreign_messages: run.foreign_messages,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
-            notes,
-            verdict,
-            outcome,
-        }
+        };
+        shared.report("ccm", (head, figures, others), notes, verdict, outcome)
     }
+}
 
-    pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
-        let mut out = Lines::default();
+impl Sections for Ccm {
+    type Head = Head;
+    type Figures = Figures;
+    type Others = Others;
+    const DRAIN_TIMED_OUT: &'static str = "deadline reached with messages undelivered";
+    const DRAIN_DONE: &'static str = "every written message was delivered";
+
+    fn opening(r: &Report, out: &mut Lines) {
+        let s = &r.head.settings;
         out.scenario(
             format!(
                 "CCM against {}: {} users ({}), {} silent",
-                self.target, s.users, s.pattern, s.silent_users
+                r.head.target, s.users, s.pattern, s.silent_users
             ),
             s.senders,
             format!("{} msg/s", s.rate_per_s),
@@ -227,41 +222,43 @@ impl Report {
             (s.payload_bytes, "contents"),
         );
         out.connections(
-            &self.connections,
+            &r.head.connections,
             "requested",
             "",
-            Some(("identify", &l.connect)),
+            Some(("identify", &r.figures.latency_ms.connect)),
         );
-        out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "connection lost");
+    }
+
+    fn figures(r: &Report, out: &mut Lines) {
+        let f = &r.figures;
         out.line(
             "deliveries",
             format!(
                 "{} delivered, {:.1}/s in the measured window",
-                self.deliveries.delivered, self.deliveries.per_s
+                f.deliveries.delivered, f.deliveries.per_s
             ),
         );
-        out.line("delivery", l.delivery.percentiles_or_none());
+        out.line("delivery", f.latency_ms.delivery.percentiles_or_none());
         out.line(
             "losses",
             format!(
                 "{} ({} gaps, {} never delivered); duplicates or reorders {}",
-                self.losses.total,
-                self.losses.gaps,
-                self.losses.undelivered,
-                self.duplicates_or_reorders
+                f.losses.total,
+                f.losses.gaps,
+                f.losses.undelivered,
+                f.duplicates_or_reorders
             ),
         );
         out.line(
             "keepalives",
             format!(
                 "{} received by active users, {} answered; {} received by silent users",
-                self.keepalives.received_active,
-                self.keepalives.answered,
-                self.keepalives.received_silent
+                f.keepalives.received_active,
+                f.keepalives.answered,
+                f.keepalives.received_silent
             ),
         );
-        let sl = &self.silent;
+        let sl = &f.silent;
         if sl.requested > 0 {
             out.line(
                 "silent users",
@@ -289,28 +286,19 @@ impl Report {
                 ),
             );
         }
-        out.send_lag(&l.own);
-        out.errors(&self.errors, "");
-        if self.foreign_messages > 0 {
+    }
+
+    fn own_lags(r: &Report) -> &OwnLagSummaries {
+        &r.figures.latency_ms.own
+    }
+
+    fn after_errors(r: &Report, out: &mut Lines) {
+        if r.others.foreign_messages > 0 {
             out.line(
                 "other messages",
-                format!("{} not this run's", self.foreign_messages),
+                format!("{} not this run's", r.others.foreign_messages),
             );
         }
-        out.drain(
-            self.drain_ms,
-            self.drain_timed_out,
-            "deadline reached with messages undelivered",
-            "every written message was delivered",
-        );
-        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
-        out.into_string()
-    }
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 
