@@ -260,7 +260,7 @@ fn a_lossy_server_is_caught_and_fails_unless_allowed() {
     assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
     let failed = report::Report::new(&cfg, 1, false, 0.0, &run);
     assert_eq!(failed.outcome.exit_code, 1);
-    assert!(failed.udp_loss.fails_run);
+    assert!(failed.figures.udp_loss.fails_run);
     assert!(failed.to_text().contains("FAILS the run"));
     let allowed = report::Report::new(&cfg, 1, false, 6.0, &run);
     assert_eq!(allowed.outcome.exit_code, 0, "{:?}", allowed.outcome);
