@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::plan::Plan;
-use crate::stats::{ErrorCounts, LatencyHistogram, LatencySummary, OwnLags};
+use crate::stats::{ErrorCounts, LatencyHistogram, LatencySummary, OwnLags, SeqCounts};
 
 /// The schedule-lateness p99 above which a run is INVALID:
 ///
@@ -308,6 +308,50 @@ impl Losses {
     }
 }
 
+/// The head of a report whose clients join one server: its address, the settings, the joins.
+#[derive(Clone, Debug, Serialize)]
+pub struct Head<S> {
+    pub target: String,
+    pub settings: S,
+    pub connections: Connections,
+}
+
+/// What the scenarios of per-sender sequences (ROOM, CCM, MATOU) measure alike: deliveries
+/// (as the protocol counts them), the delivery and connect latencies, losses and duplicates.
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivered<D> {
+    pub deliveries: D,
+    pub latency_ms: Latencies,
+    pub losses: Losses,
+    pub duplicates_or_reorders: u64,
+}
+
+impl<D> Delivered<D> {
+    /// `undelivered`: messages never delivered by the end of the drain.
+    pub fn new(
+        deliveries: D,
+        (delivery, connect, own): (&LatencyHistogram, &LatencyHistogram, &OwnLags),
+        seq: &SeqCounts,
+        undelivered: u64,
+    ) -> Delivered<D> {
+        Delivered {
+            deliveries,
+            latency_ms: Latencies {
+                delivery: delivery.summary(),
+                connect: connect.summary(),
+                own: OwnLagSummaries::of(own),
+            },
+            losses: Losses::new(seq.gap_losses, undelivered),
+            duplicates_or_reorders: seq.duplicates_or_reorders,
+        }
+    }
+
+    /// The shared failure rules' inputs.
+    pub fn failures(&self, shared: &Shared) -> FailureInputs {
+        shared.failures(self.losses.total, self.duplicates_or_reorders)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ErrorLine {
     pub kind: String,
@@ -402,6 +446,9 @@ pub struct Report<P: Sections> {
 /// The shared sections of a report, figured from what every run counts alike; the protocol
 /// judges the run with them ([`Shared::failures`]) before the report is put together.
 pub struct Shared {
+    /// What the verdict is computed from: the plan, the loadgen's lateness, the delivery
+    /// latency the server is judged by.
+    pub validity: ValidityInputs,
     pub send: SendFigures,
     pub not_sent: NotSent,
     pub errors: Errors,
@@ -409,7 +456,7 @@ pub struct Shared {
     pub error_count: u64,
     pub drain_ms: f64,
     pub drain_timed_out: bool,
-    /// Notes every scenario may add (latencies clamped at 60 s), after the protocol's own.
+    /// Latencies clamped at 60 s: a note every scenario may add, after the protocol's own.
     clamped: u64,
 }
 
@@ -425,15 +472,18 @@ pub struct SendCounts {
 }
 
 impl Shared {
-    /// `clamped`: latencies above 60 s among those the report prints.
+    /// `judged_by`: the loadgen's own lags and the delivery latency the server is judged by;
+    /// `clamped_more`: latencies above 60 s in the other histograms the report prints.
     pub fn new(
         plan: &Plan,
         counts: SendCounts,
         errors: &ErrorCounts,
         (drain_used_us, drain_timed_out): (u64, bool),
-        clamped: u64,
+        (own, judged_by): (&OwnLags, &LatencyHistogram),
+        clamped_more: u64,
     ) -> Shared {
         Shared {
+            validity: ValidityInputs::measured(plan, &own.schedule_lateness, judged_by),
             send: SendFigures::new(plan, counts.sent, counts.sent_in_window, counts.rate_per_s),
             not_sent: NotSent::new(
                 counts.not_sent_queue_full,
@@ -444,8 +494,13 @@ impl Shared {
             error_count: errors.total(),
             drain_ms: drain_used_us as f64 / 1e3,
             drain_timed_out,
-            clamped,
+            clamped: own.send_lag.clamped + judged_by.clamped + clamped_more,
         }
+    }
+
+    /// The shared verdict (see [`verdict`]).
+    pub fn verdict(&self) -> Verdict {
+        verdict(&self.validity)
     }
 
     /// The shared failure rules' inputs, with the run's losses and duplicates.

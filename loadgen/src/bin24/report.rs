@@ -6,9 +6,10 @@ use serde::Serialize;
 
 use super::{Bin24, Bin24Config, Bin24Outcome, Tally};
 use crate::report::{
-    verdict, Connections, Failures, Lines, Outcome, OwnLagSummaries, Sections, SendCounts, Shared,
-    ValidityInputs, Verdict,
+    Connections, Failures, Lines, Outcome, OwnLagSummaries, Sections, SendCounts, Shared, Verdict,
 };
+#[cfg(test)]
+use crate::report::{verdict, ValidityInputs};
 use crate::stats::LatencySummary;
 
 pub type Report = crate::report::Report<Bin24>;
@@ -148,16 +149,10 @@ impl Report {
             },
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
-            l.ack_delivered.clamped
-                + l.ack_stored.clamped
-                + l.delivery_live.clamped
-                + l.own.send_lag.clamped,
+            (&l.own, &l.delivery_live),
+            l.ack_delivered.clamped + l.ack_stored.clamped,
         );
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &l.own.schedule_lateness,
-            &l.delivery_live,
-        ));
+        let verdict = shared.verdict();
         let outcome = outcome(
             &run.tally,
             shared.error_count,

@@ -5,10 +5,12 @@ use serde::Serialize;
 
 use super::{Ccm, CcmConfig, CcmOutcome};
 use crate::report::{
-    verdict, Connections, FailureInputs, Failures, Latencies, Lines, Losses, Outcome,
-    OwnLagSummaries, Sections, SendCounts, Shared, ValidityInputs, Verdict,
+    Connections, Delivered, FailureInputs, Failures, Head, Lines, Outcome, OwnLagSummaries,
+    Sections, SendCounts, Shared, Verdict,
 };
 use crate::stats::LatencySummary;
+#[cfg(test)]
+use crate::report::{verdict, ValidityInputs};
 
 pub type Report = crate::report::Report<Ccm>;
 
@@ -66,18 +68,9 @@ pub struct Silent {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Head {
-    pub target: String,
-    pub settings: Settings,
-    pub connections: Connections,
-}
-
-#[derive(Clone, Debug, Serialize)]
 pub struct Figures {
-    pub deliveries: Deliveries,
-    pub latency_ms: Latencies,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
+    #[serde(flatten)]
+    pub delivered: Delivered<Deliveries>,
     pub keepalives: Keepalives,
     pub silent: Silent,
 }
@@ -117,16 +110,21 @@ impl Report {
             },
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
-            l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped,
+            (&l.own, &l.delivery),
+            l.connect.clamped,
         );
-        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &l.own.schedule_lateness,
-            &l.delivery,
-        ));
+        let delivered = Delivered::new(
+            Deliveries {
+                delivered: run.seq.delivered,
+                per_s: plan.per_s(run.delivered_in_window),
+            },
+            (&l.delivery, &l.connect, &l.own),
+            &run.seq,
+            run.undelivered,
+        );
+        let verdict = shared.verdict();
         let outcome = ccm_outcome(
-            &shared.failures(losses.total, run.seq.duplicates_or_reorders),
+            &delivered.failures(&shared),
             run.silent_not_closed,
             &verdict,
             strict,
@@ -167,17 +165,7 @@ impl Report {
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
         };
         let figures = Figures {
-            deliveries: Deliveries {
-                delivered: run.seq.delivered,
-                per_s: plan.per_s(run.delivered_in_window),
-            },
-            latency_ms: Latencies {
-                delivery: l.delivery.summary(),
-                connect: l.connect.summary(),
-                own: OwnLagSummaries::of(&l.own),
-            },
-            losses,
-            duplicates_or_reorders: run.seq.duplicates_or_reorders,
+            delivered,
             keepalives: Keepalives {
                 received_active: run.keepalives_active,
                 answered: run.keepalives_answered,
@@ -202,7 +190,7 @@ impl Report {
 }
 
 impl Sections for Ccm {
-    type Head = Head;
+    type Head = Head<Settings>;
     type Figures = Figures;
     type Others = Others;
     const DRAIN_TIMED_OUT: &'static str = "deadline reached with messages undelivered";
@@ -225,12 +213,12 @@ impl Sections for Ccm {
             &r.head.connections,
             "requested",
             "",
-            Some(("identify", &r.figures.latency_ms.connect)),
+            Some(("identify", &r.figures.delivered.latency_ms.connect)),
         );
     }
 
     fn figures(r: &Report, out: &mut Lines) {
-        let f = &r.figures;
+        let f = &r.figures.delivered;
         out.line(
             "deliveries",
             format!(
@@ -253,12 +241,12 @@ impl Sections for Ccm {
             "keepalives",
             format!(
                 "{} received by active users, {} answered; {} received by silent users",
-                f.keepalives.received_active,
-                f.keepalives.answered,
-                f.keepalives.received_silent
+                r.figures.keepalives.received_active,
+                r.figures.keepalives.answered,
+                r.figures.keepalives.received_silent
             ),
         );
-        let sl = &f.silent;
+        let sl = &r.figures.silent;
         if sl.requested > 0 {
             out.line(
                 "silent users",
@@ -289,7 +277,7 @@ impl Sections for Ccm {
     }
 
     fn own_lags(r: &Report) -> &OwnLagSummaries {
-        &r.figures.latency_ms.own
+        &r.figures.delivered.latency_ms.own
     }
 
     fn after_errors(r: &Report, out: &mut Lines) {

@@ -5,10 +5,12 @@ use serde::Serialize;
 
 use super::{Matou, MatouConfig, MatouOutcome, Notices};
 use crate::report::{
-    verdict, Connections, Deliveries, FailureInputs, Failures, Latencies, Lines, Losses, Outcome,
-    OwnLagSummaries, Sections, SendCounts, Shared, ValidityInputs, Verdict,
+    Connections, Deliveries, Delivered, FailureInputs, Failures, Head, Lines, Outcome,
+    OwnLagSummaries, Sections, SendCounts, Shared, Verdict,
 };
 use crate::stats::LatencySummary;
+#[cfg(test)]
+use crate::report::{verdict, ValidityInputs};
 
 pub type Report = crate::report::Report<Matou>;
 
@@ -112,19 +114,10 @@ pub struct SignOut {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Head {
-    pub target: String,
-    pub settings: Settings,
-    pub connections: Connections,
-}
-
-#[derive(Clone, Debug, Serialize)]
 pub struct Figures {
-    pub deliveries: Deliveries,
     /// Its schedule lateness covers public messages and link requests.
-    pub latency_ms: Latencies,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
+    #[serde(flatten)]
+    pub delivered: Delivered<Deliveries>,
     pub links: LinkFigures,
     pub join_notices: NoticeFigures,
     /// Informational: checked only over the users the server closed after their sign-out.
@@ -195,9 +188,19 @@ impl Report {
             },
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
-            l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped + l.link.clamped,
+            (&l.own, &l.delivery),
+            l.connect.clamped + l.link.clamped,
         );
-        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
+        let delivered = Delivered::new(
+            Deliveries {
+                expected: run.expected_deliveries,
+                delivered: run.seq.delivered,
+                per_s: plan.per_s(run.delivered_in_window),
+            },
+            (&l.delivery, &l.connect, &l.own),
+            &run.seq,
+            run.undelivered,
+        );
         let links_not_sent = LinksNotSent {
             total: run.links_not_sent_busy
                 + run.links_not_sent_connection_lost
@@ -209,13 +212,9 @@ impl Report {
         let join_notices = NoticeFigures::new(&run.join_notices);
         let sign_out_notices = NoticeFigures::new(&run.sign_out_notices);
         let not_closed = run.signed_out - run.closed_after_sign_out;
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &l.own.schedule_lateness,
-            &l.delivery,
-        ));
+        let verdict = shared.verdict();
         let outcome = matou_outcome(
-            &shared.failures(losses.total, run.seq.duplicates_or_reorders),
+            &delivered.failures(&shared),
             &MatouFailures {
                 links_incomplete: run.links.incomplete(),
                 links_not_sent: links_not_sent.total,
@@ -270,18 +269,7 @@ impl Report {
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
         };
         let figures = Figures {
-            deliveries: Deliveries {
-                expected: run.expected_deliveries,
-                delivered: run.seq.delivered,
-                per_s: plan.per_s(run.delivered_in_window),
-            },
-            latency_ms: Latencies {
-                delivery: l.delivery.summary(),
-                connect: l.connect.summary(),
-                own: OwnLagSummaries::of(&l.own),
-            },
-            losses,
-            duplicates_or_reorders: run.seq.duplicates_or_reorders,
+            delivered,
             links: LinkFigures {
                 target_rate_per_s: cfg.private_rate_per_s as f64,
                 planned: link_plan.map_or(0, |p| p.messages),
@@ -320,7 +308,7 @@ impl Report {
 }
 
 impl Sections for Matou {
-    type Head = Head;
+    type Head = Head<Settings>;
     type Figures = Figures;
     type Others = Others;
     const DRAIN_TIMED_OUT: &'static str =
@@ -345,7 +333,7 @@ impl Sections for Matou {
             &r.head.connections,
             "requested",
             &format!(" ({} refused)", r.others.refusals),
-            Some(("login", &r.figures.latency_ms.connect)),
+            Some(("login", &r.figures.delivered.latency_ms.connect)),
         );
         let jn = &r.figures.join_notices;
         out.line(
@@ -364,8 +352,8 @@ impl Sections for Matou {
     }
 
     fn figures(r: &Report, out: &mut Lines) {
-        let f = &r.figures;
-        let k = &f.links;
+        let f = &r.figures.delivered;
+        let k = &r.figures.links;
         out.line(
             "deliveries",
             format!(
@@ -420,7 +408,7 @@ impl Sections for Matou {
     }
 
     fn own_lags(r: &Report) -> &OwnLagSummaries {
-        &r.figures.latency_ms.own
+        &r.figures.delivered.latency_ms.own
     }
 
     fn after_lags(r: &Report, out: &mut Lines) {

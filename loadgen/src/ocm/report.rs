@@ -242,13 +242,14 @@ impl Report {
             },
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
-            l.delivery.clamped + l.own.send_lag.clamped + l.create.clamped + l.join.clamped,
+            (&l.own, &l.delivery),
+            l.create.clamped + l.join.clamped,
         );
         let losses = run.losses;
         let percent = losses.percent();
         let rb = &run.recv_buffers;
         let verdict = ocm_verdict(
-            &ValidityInputs::measured(plan, &l.own.schedule_lateness, &l.delivery),
+            &shared.validity,
             (l.receive_lag.len() > 0).then(|| l.receive_lag.value_at_quantile_us(0.99)),
             rb.dropped,
         );

@@ -7,8 +7,8 @@ use serde::Serialize;
 use super::{Room, RoomConfig, RoomOutcome, Wire};
 use crate::record::NoticeCounts;
 use crate::report::{
-    outcome, verdict, Connections, Deliveries, Latencies, Lines, Losses, OwnLagSummaries,
-    Sections, SendCounts, Shared, ValidityInputs,
+    outcome, Connections, Deliveries, Delivered, Head, Lines, OwnLagSummaries, Sections,
+    SendCounts, Shared,
 };
 
 pub type Report = crate::report::Report<Room>;
@@ -26,21 +26,6 @@ pub struct Settings {
     pub connect_rate_per_s: u64,
     pub seed: u64,
     pub strict: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Head {
-    pub target: String,
-    pub settings: Settings,
-    pub connections: Connections,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Figures {
-    pub deliveries: Deliveries,
-    pub latency_ms: Latencies,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -70,19 +55,21 @@ impl Report {
             },
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
-            run.delivery_latency.clamped + run.own.send_lag.clamped + run.connect_latency.clamped,
+            (&run.own, &run.delivery_latency),
+            run.connect_latency.clamped,
         );
-        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &run.own.schedule_lateness,
-            &run.delivery_latency,
-        ));
-        let outcome = outcome(
-            &shared.failures(losses.total, run.seq.duplicates_or_reorders),
-            &verdict,
-            strict,
+        let figures = Delivered::new(
+            Deliveries {
+                expected: run.sent * run.clients_joined as u64,
+                delivered: run.seq.delivered,
+                per_s: plan.per_s(run.delivered_in_window),
+            },
+            (&run.delivery_latency, &run.connect_latency, &run.own),
+            &run.seq,
+            run.undelivered,
         );
+        let verdict = shared.verdict();
+        let outcome = outcome(&figures.failures(&shared), &verdict, strict);
         let mut notes = Vec::new();
         let resp = matches!(cfg.wire, Wire::Resp { .. });
         if resp {
@@ -118,20 +105,6 @@ impl Report {
             },
             connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
         };
-        let figures = Figures {
-            deliveries: Deliveries {
-                expected: run.sent * run.clients_joined as u64,
-                delivered: run.seq.delivered,
-                per_s: plan.per_s(run.delivered_in_window),
-            },
-            latency_ms: Latencies {
-                delivery: run.delivery_latency.summary(),
-                connect: run.connect_latency.summary(),
-                own: OwnLagSummaries::of(&run.own),
-            },
-            losses,
-            duplicates_or_reorders: run.seq.duplicates_or_reorders,
-        };
         let others = Others {
             notices: run.notices,
             incomplete_bytes_at_end: run.incomplete_bytes_at_end,
@@ -142,8 +115,8 @@ impl Report {
 }
 
 impl Sections for Room {
-    type Head = Head;
-    type Figures = Figures;
+    type Head = Head<Settings>;
+    type Figures = Delivered<Deliveries>;
     type Others = Others;
     const DRAIN_TIMED_OUT: &'static str = "deadline reached with deliveries missing";
     const DRAIN_DONE: &'static str = "everything sent had arrived at every connected member";
