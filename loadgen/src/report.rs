@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::plan::Plan;
+pub use crate::sockio::SendCounts;
 use crate::stats::{ErrorCounts, LatencyHistogram, LatencySummary, OwnLags, SeqCounts};
 
 /// The schedule-lateness p99 above which a run is INVALID:
@@ -136,7 +137,9 @@ pub struct FailureInputs {
 /// otherwise. An INVALID verdict fails only with `strict`: it says the loadgen, not the server,
 /// was the limit, which a CI smoke run on a busy machine should not turn into a red build.
 pub fn outcome(inputs: &FailureInputs, verdict: &Verdict, strict: bool) -> Outcome {
-    Failures::default().shared(inputs, verdict, strict).outcome()
+    Failures::default()
+        .shared(inputs, verdict, strict)
+        .outcome()
 }
 
 /// What failed a run, in the order its result line lists it; any failure exits 1.
@@ -460,22 +463,12 @@ pub struct Shared {
     clamped: u64,
 }
 
-/// What a run sent, and what it could not send (see [`NotSent`]).
-#[derive(Clone, Copy, Debug)]
-pub struct SendCounts {
-    pub rate_per_s: u64,
-    pub sent: u64,
-    pub sent_in_window: u64,
-    pub not_sent_queue_full: u64,
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
-}
-
 impl Shared {
     /// `judged_by`: the loadgen's own lags and the delivery latency the server is judged by;
     /// `clamped_more`: latencies above 60 s in the other histograms the report prints.
     pub fn new(
         plan: &Plan,
+        rate_per_s: u64,
         counts: SendCounts,
         errors: &ErrorCounts,
         (drain_used_us, drain_timed_out): (u64, bool),
@@ -484,7 +477,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             validity: ValidityInputs::measured(plan, &own.schedule_lateness, judged_by),
-            send: SendFigures::new(plan, counts.sent, counts.sent_in_window, counts.rate_per_s),
+            send: SendFigures::new(plan, counts.sent, counts.sent_in_window, rate_per_s),
             not_sent: NotSent::new(
                 counts.not_sent_queue_full,
                 counts.not_sent_connection_lost,

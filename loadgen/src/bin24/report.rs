@@ -5,11 +5,11 @@
 use serde::Serialize;
 
 use super::{Bin24, Bin24Config, Bin24Outcome, Tally};
-use crate::report::{
-    Connections, Failures, Lines, Outcome, OwnLagSummaries, Sections, SendCounts, Shared, Verdict,
-};
 #[cfg(test)]
 use crate::report::{verdict, ValidityInputs};
+use crate::report::{
+    Connections, Failures, Lines, Outcome, OwnLagSummaries, Sections, Shared, Verdict,
+};
 use crate::stats::LatencySummary;
 
 pub type Report = crate::report::Report<Bin24>;
@@ -139,14 +139,8 @@ impl Report {
         let l = &run.latency;
         let shared = Shared::new(
             plan,
-            SendCounts {
-                rate_per_s: cfg.rate_per_s,
-                sent: run.sent,
-                sent_in_window: run.sent_in_window,
-                not_sent_queue_full: run.not_sent_queue_full,
-                not_sent_connection_lost: run.not_sent_connection_lost,
-                not_sent_at_end: run.not_sent_at_end,
-            },
+            cfg.rate_per_s,
+            run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
             (&l.own, &l.delivery_live),

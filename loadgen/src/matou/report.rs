@@ -4,13 +4,13 @@
 use serde::Serialize;
 
 use super::{Matou, MatouConfig, MatouOutcome, Notices};
-use crate::report::{
-    Connections, Deliveries, Delivered, FailureInputs, Failures, Head, Lines, Outcome,
-    OwnLagSummaries, Sections, SendCounts, Shared, Verdict,
-};
-use crate::stats::LatencySummary;
 #[cfg(test)]
 use crate::report::{verdict, ValidityInputs};
+use crate::report::{
+    Connections, Delivered, Deliveries, FailureInputs, Failures, Head, Lines, Outcome,
+    OwnLagSummaries, Sections, Shared, Verdict,
+};
+use crate::stats::LatencySummary;
 
 pub type Report = crate::report::Report<Matou>;
 
@@ -178,14 +178,8 @@ impl Report {
         let l = &run.latency;
         let shared = Shared::new(
             plan,
-            SendCounts {
-                rate_per_s: cfg.rate_per_s,
-                sent: run.sent,
-                sent_in_window: run.sent_in_window,
-                not_sent_queue_full: run.not_sent_queue_full,
-                not_sent_connection_lost: run.not_sent_connection_lost,
-                not_sent_at_end: run.not_sent_at_end,
-            },
+            cfg.rate_per_s,
+            run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
             (&l.own, &l.delivery),
@@ -361,15 +355,15 @@ impl Sections for Matou {
                 f.deliveries.expected, f.deliveries.delivered, f.deliveries.per_s
             ),
         );
-        out.line("delivery latency", f.latency_ms.delivery.percentiles_or_none());
+        out.line(
+            "delivery latency",
+            f.latency_ms.delivery.percentiles_or_none(),
+        );
         out.line(
             "losses",
             format!(
                 "{} ({} in gaps, {} never delivered); duplicates or reorders {}",
-                f.losses.total,
-                f.losses.gaps,
-                f.losses.undelivered,
-                f.duplicates_or_reorders
+                f.losses.total, f.losses.gaps, f.losses.undelivered, f.duplicates_or_reorders
             ),
         );
         out.line(

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::{Ocm, OcmConfig, OcmOutcome};
 use crate::report::{
-    verdict, FailureInputs, Failures, Lines, Outcome, OwnLagSummaries, Sections, SendCounts,
-    Shared, ValidityInputs, Verdict,
+    verdict, FailureInputs, Failures, Lines, Outcome, OwnLagSummaries, Sections, Shared,
+    ValidityInputs, Verdict,
 };
 use crate::stats::LatencySummary;
 
@@ -232,14 +232,8 @@ impl Report {
         let l = &run.latency;
         let shared = Shared::new(
             plan,
-            SendCounts {
-                rate_per_s: cfg.rate_per_s,
-                sent: run.sent,
-                sent_in_window: run.sent_in_window,
-                not_sent_queue_full: run.not_sent_queue_full,
-                not_sent_connection_lost: run.not_sent_connection_lost,
-                not_sent_at_end: run.not_sent_at_end,
-            },
+            cfg.rate_per_s,
+            run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
             (&l.own, &l.delivery),

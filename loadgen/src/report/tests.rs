@@ -125,7 +125,6 @@ fn outcomes_and_exit_codes() {
     );
 }
 
-
 /// A histogram of `n` samples spread evenly from `from_us` to `to_us`.
 fn hist(n: u64, from_us: u64, to_us: u64) -> LatencyHistogram {
     let mut h = LatencyHistogram::new();
@@ -215,12 +214,14 @@ fn room_outcome(busy: bool) -> RoomOutcome {
         },
         undelivered: b(busy, 6),
         publish_replies: 1_000,
-        sent: 1_000,
-        sent_in_window: 800,
+        sends: SendCounts {
+            sent: 1_000,
+            sent_in_window: 800,
+            not_sent_queue_full: b(busy, 3),
+            not_sent_connection_lost: b(busy, 2),
+            not_sent_at_end: b(busy, 1),
+        },
         delivered_in_window: 29_600,
-        not_sent_queue_full: b(busy, 3),
-        not_sent_connection_lost: b(busy, 2),
-        not_sent_at_end: b(busy, 1),
         notices: crate::record::NoticeCounts {
             joins: 780,
             leaves: b(busy, 3),
@@ -308,13 +309,15 @@ fn bin24_outcome(busy: bool) -> Bin24Outcome {
             },
         },
         errors: errors(busy),
-        sent: 2_500,
-        sent_in_window: 2_000,
+        sends: SendCounts {
+            sent: 2_500,
+            sent_in_window: 2_000,
+            not_sent_queue_full: b(busy, 1),
+            not_sent_connection_lost: b(busy, 2),
+            not_sent_at_end: b(busy, 3),
+        },
         answered_in_window: 1_990,
         delivered_live_in_window: 1_500,
-        not_sent_queue_full: b(busy, 1),
-        not_sent_connection_lost: b(busy, 2),
-        not_sent_at_end: b(busy, 3),
         foreign_frames: b(busy, 9),
         stored_hellos: b(busy, 2),
         reconnect_requested: 2,
@@ -376,12 +379,14 @@ fn ccm_outcome(busy: bool) -> CcmOutcome {
         },
         undelivered: b(busy, 1),
         errors: errors(busy),
-        sent: 1_500,
-        sent_in_window: 1_200,
+        sends: SendCounts {
+            sent: 1_500,
+            sent_in_window: 1_200,
+            not_sent_queue_full: b(busy, 2),
+            not_sent_connection_lost: 0,
+            not_sent_at_end: b(busy, 1),
+        },
         delivered_in_window: 1_198,
-        not_sent_queue_full: b(busy, 2),
-        not_sent_connection_lost: 0,
-        not_sent_at_end: b(busy, 1),
         foreign_messages: b(busy, 5),
         keepalives_active: 12,
         keepalives_answered: 12,
@@ -450,12 +455,14 @@ fn matou_outcome(busy: bool) -> MatouOutcome {
         undelivered: b(busy, 7),
         expected_deliveries: 9_000,
         errors: errors(busy),
-        sent: 750,
-        sent_in_window: 600,
+        sends: SendCounts {
+            sent: 750,
+            sent_in_window: 600,
+            not_sent_queue_full: b(busy, 1),
+            not_sent_connection_lost: b(busy, 1),
+            not_sent_at_end: 0,
+        },
         delivered_in_window: 7_190,
-        not_sent_queue_full: b(busy, 1),
-        not_sent_connection_lost: b(busy, 1),
-        not_sent_at_end: 0,
         links: LinkCounts {
             opened: b(busy, 75),
             complete: b(busy, 70),
@@ -541,12 +548,14 @@ fn ocm_outcome(busy: bool) -> OcmOutcome {
         },
         echoes: b(busy, 1),
         errors: errors(busy),
-        sent: 500,
-        sent_in_window: 400,
+        sends: SendCounts {
+            sent: 500,
+            sent_in_window: 400,
+            not_sent_queue_full: b(busy, 1),
+            not_sent_connection_lost: b(busy, 2),
+            not_sent_at_end: 0,
+        },
         delivered_in_window: 1_190,
-        not_sent_queue_full: b(busy, 1),
-        not_sent_connection_lost: b(busy, 2),
-        not_sent_at_end: 0,
         foreign_texts: b(busy, 3),
         exits_planned: 12,
         exits_sent: if busy { 11 } else { 12 },
@@ -574,14 +583,21 @@ fn ocm_outcome(busy: bool) -> OcmOutcome {
 fn rendered<R: ScenarioReport>(report: &R) -> String {
     let (_, outcome, text) = report.closing();
     let json = serde_json::to_string_pretty(report).expect("reports serialize");
-    format!("{text}--- json\n{json}\n--- exit code {}\n", outcome.exit_code)
+    format!(
+        "{text}--- json\n{json}\n--- exit code {}\n",
+        outcome.exit_code
+    )
 }
 
 /// Every scenario's report, by file name.
 fn all_reports() -> Vec<(String, String)> {
     let mut all = Vec::new();
     for busy in [true, false] {
-        let (case, strict) = if busy { ("busy", true) } else { ("clean", false) };
+        let (case, strict) = if busy {
+            ("busy", true)
+        } else {
+            ("clean", false)
+        };
         let room = room_config(crate::room::Wire::Room);
         let resp = room_config(crate::room::Wire::Resp {
             channel: b"bench".to_vec(),
@@ -666,5 +682,9 @@ fn golden_reports_are_unchanged() {
             changed.push(format!("{name}:\n--- want\n{want}\n--- got\n{text}"));
         }
     }
-    assert!(changed.is_empty(), "reports changed:\n{}", changed.join("\n"));
+    assert!(
+        changed.is_empty(),
+        "reports changed:\n{}",
+        changed.join("\n")
+    );
 }

@@ -7,8 +7,7 @@ use serde::Serialize;
 use super::{Room, RoomConfig, RoomOutcome, Wire};
 use crate::record::NoticeCounts;
 use crate::report::{
-    outcome, Connections, Deliveries, Delivered, Head, Lines, OwnLagSummaries, Sections,
-    SendCounts, Shared,
+    outcome, Connections, Delivered, Deliveries, Head, Lines, OwnLagSummaries, Sections, Shared,
 };
 
 pub type Report = crate::report::Report<Room>;
@@ -45,14 +44,8 @@ impl Report {
         let plan = &run.plan;
         let shared = Shared::new(
             plan,
-            SendCounts {
-                rate_per_s: cfg.rate_per_s,
-                sent: run.sent,
-                sent_in_window: run.sent_in_window,
-                not_sent_queue_full: run.not_sent_queue_full,
-                not_sent_connection_lost: run.not_sent_connection_lost,
-                not_sent_at_end: run.not_sent_at_end,
-            },
+            cfg.rate_per_s,
+            run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
             (&run.own, &run.delivery_latency),
@@ -60,7 +53,7 @@ impl Report {
         );
         let figures = Delivered::new(
             Deliveries {
-                expected: run.sent * run.clients_joined as u64,
+                expected: run.sends.sent * run.clients_joined as u64,
                 delivered: run.seq.delivered,
                 per_s: plan.per_s(run.delivered_in_window),
             },
