@@ -311,6 +311,44 @@ impl Losses {
     }
 }
 
+/// The plan's windows as every scenario's settings state them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    pub duration_ms: f64,
+    pub warmup_ms: f64,
+    pub drain_ms: f64,
+}
+
+impl Window {
+    pub fn new(duration_us: u64, warmup_us: u64, drain_us: u64) -> Window {
+        Window {
+            duration_ms: duration_us as f64 / 1e3,
+            warmup_ms: warmup_us as f64 / 1e3,
+            drain_ms: drain_us as f64 / 1e3,
+        }
+    }
+}
+
+/// What the settings end with: the seed, whether an INVALID run fails, and the id stamped in
+/// the run's messages, in hex (ROOM stamps none).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunIds {
+    pub seed: u64,
+    pub strict: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+impl RunIds {
+    pub fn new(seed: u64, strict: bool, run_id: Option<u32>) -> RunIds {
+        RunIds {
+            seed,
+            strict,
+            run_id: run_id.map(|id| format!("{id:08x}")),
+        }
+    }
+}
+
 /// The head of a report whose clients join one server: its address, the settings, the joins.
 #[derive(Clone, Debug, Serialize)]
 pub struct Head<S> {

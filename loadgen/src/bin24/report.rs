@@ -8,7 +8,8 @@ use super::{Bin24, Bin24Config, Bin24Outcome, Tally};
 #[cfg(test)]
 use crate::report::{verdict, ValidityInputs};
 use crate::report::{
-    Connections, Failures, Lines, Outcome, OwnLagSummaries, Sections, Shared, Verdict,
+    Connections, Failures, Lines, Outcome, OwnLagSummaries, RunIds, Sections, Shared, Verdict,
+    Window,
 };
 use crate::stats::LatencySummary;
 
@@ -22,16 +23,13 @@ pub struct Settings {
     pub offline_users: usize,
     pub senders: u32,
     pub rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     /// Bytes of each message's body (the frame is 24 bytes more).
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
-    /// The id stamped in this run's messages, in hex.
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -197,14 +195,10 @@ impl Report {
                 offline_users,
                 senders: plan.senders,
                 rate_per_s: cfg.rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 payload_bytes: cfg.body_bytes,
                 connect_rate_per_s: cfg.connect_rate_per_s,
-                seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.online_requested, run.online_joined, run.ramp_us),
             reconnects: Reconnects {
@@ -263,8 +257,8 @@ impl Sections for Bin24 {
             ),
             s.senders,
             format!("{} msg/s", s.rate_per_s),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "bodies"),
         );
         out.connections(

@@ -7,8 +7,8 @@ use super::{Ccm, CcmConfig, CcmOutcome};
 #[cfg(test)]
 use crate::report::{verdict, ValidityInputs};
 use crate::report::{
-    Connections, Delivered, FailureInputs, Failures, Head, Lines, Outcome, OwnLagSummaries,
-    Sections, Shared, Verdict,
+    Connections, Delivered, FailureInputs, Failures, Head, Lines, Outcome, OwnLagSummaries, RunIds,
+    Sections, Shared, Verdict, Window,
 };
 use crate::stats::LatencySummary;
 
@@ -22,16 +22,14 @@ pub struct Settings {
     pub silent_users: usize,
     pub senders: u32,
     pub rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub silent_wait_ms: f64,
     /// Bytes of each message's content (the stamp included).
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -146,15 +144,11 @@ impl Report {
                 silent_users,
                 senders: plan.senders,
                 rate_per_s: cfg.rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 silent_wait_ms: cfg.silent_wait_us as f64 / 1e3,
                 payload_bytes: cfg.content_bytes,
                 connect_rate_per_s: cfg.connect_rate_per_s,
-                seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
         };
@@ -199,8 +193,8 @@ impl Sections for Ccm {
             ),
             s.senders,
             format!("{} msg/s", s.rate_per_s),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "contents"),
         );
         out.connections(

@@ -8,7 +8,7 @@ use super::{Matou, MatouConfig, MatouOutcome, Notices};
 use crate::report::{verdict, ValidityInputs};
 use crate::report::{
     Connections, Delivered, Deliveries, FailureInputs, Failures, Head, Lines, Outcome,
-    OwnLagSummaries, Sections, Shared, Verdict,
+    OwnLagSummaries, RunIds, Sections, Shared, Verdict, Window,
 };
 use crate::stats::LatencySummary;
 
@@ -23,16 +23,14 @@ pub struct Settings {
     /// rate x users: every message reaches every user.
     pub planned_deliveries_per_s: u64,
     pub private_rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub sign_out_wait_ms: f64,
     /// Bytes of each public message (the stamp included).
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -250,15 +248,11 @@ impl Report {
                 rate_per_s: cfg.rate_per_s,
                 planned_deliveries_per_s: cfg.rate_per_s * cfg.users as u64,
                 private_rate_per_s: cfg.private_rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 sign_out_wait_ms: cfg.sign_out_wait_us as f64 / 1e3,
                 payload_bytes: cfg.message_bytes,
                 connect_rate_per_s: cfg.connect_rate_per_s,
-                seed: cfg.seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(cfg.seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
         };
@@ -319,8 +313,8 @@ impl Sections for Matou {
                 "{} msg/s ({} deliveries/s) and {} links/s",
                 s.rate_per_s, s.planned_deliveries_per_s, s.private_rate_per_s
             ),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "messages"),
         );
         out.connections(

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::{Ocm, OcmConfig, OcmOutcome};
 use crate::report::{
-    verdict, FailureInputs, Failures, Lines, Outcome, OwnLagSummaries, Sections, Shared,
-    ValidityInputs, Verdict,
+    verdict, FailureInputs, Failures, Lines, Outcome, OwnLagSummaries, RunIds, Sections, Shared,
+    ValidityInputs, Verdict, Window,
 };
 use crate::stats::LatencySummary;
 
@@ -24,18 +24,16 @@ pub struct Settings {
     /// Deliveries the plan calls for per second: rate x (members - 1).
     pub deliveries_per_s: u64,
     pub room_rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub exit_wait_ms: f64,
     /// Bytes of each chat message (the stamp included).
     pub payload_bytes: usize,
     pub recv_buffer_bytes: usize,
     /// UDP loss, in percent of the expected deliveries, above which the run fails.
     pub loss_max_percent: f64,
-    pub seed: u64,
-    pub strict: bool,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -305,16 +303,12 @@ impl Report {
                 rate_per_s: cfg.rate_per_s,
                 deliveries_per_s: cfg.rate_per_s * (cfg.members as u64 - 1),
                 room_rate_per_s: cfg.room_rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 exit_wait_ms: cfg.exit_wait_us as f64 / 1e3,
                 payload_bytes: cfg.message_bytes,
                 recv_buffer_bytes: cfg.recv_buffer_bytes,
                 loss_max_percent,
-                seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             rooms: Rooms {
                 requested: run.rooms_requested,
@@ -400,8 +394,8 @@ impl Sections for Ocm {
                 "{} msg/s ({} deliveries/s)",
                 s.rate_per_s, s.deliveries_per_s
             ),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "messages"),
         );
         let r = &report.head.rooms;

@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::{Room, RoomConfig, RoomOutcome, Wire};
 use crate::record::NoticeCounts;
 use crate::report::{
-    outcome, Connections, Delivered, Deliveries, Head, Lines, OwnLagSummaries, Sections, Shared,
+    outcome, Connections, Delivered, Deliveries, Head, Lines, OwnLagSummaries, RunIds, Sections,
+    Shared, Window,
 };
 
 pub type Report = crate::report::Report<Room>;
@@ -18,13 +19,12 @@ pub struct Settings {
     pub senders_requested: usize,
     pub senders: u32,
     pub rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -88,13 +88,10 @@ impl Report {
                 senders_requested,
                 senders: plan.senders,
                 rate_per_s: cfg.rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 payload_bytes: cfg.message_bytes,
                 connect_rate_per_s: cfg.connect_rate_per_s,
-                seed: cfg.seed,
-                strict,
+                ids: RunIds::new(cfg.seed, strict, None),
             },
             connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
         };
@@ -126,8 +123,8 @@ impl Sections for Room {
             ),
             s.senders,
             format!("{} msg/s", s.rate_per_s),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "messages"),
         );
         out.connections(&r.head.connections, "requested", "", None);
