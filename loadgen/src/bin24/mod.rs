@@ -520,8 +520,30 @@ impl Wire for Run<'_> {
     fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
         Run::fail(self, u, kind, || why);
     }
+    /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
+    /// message that went out completely.
     fn flush(&mut self, u: usize) {
-        Run::flush(self, u);
+        let user = &mut self.users[u];
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.m.latency.own,
+            sent_in_window: &mut self.m.sends.sent_in_window,
+        };
+        let (ledger, sent_total, write_lag_us) = (
+            &mut self.ledger,
+            &mut self.m.sends.sent,
+            &mut self.write_lag_us,
+        );
+        let failure = user.conn.flush(&self.io.clock, lags, |queued, lag_us| {
+            ledger.mark_written(queued.tag);
+            *sent_total += 1;
+            if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
+                *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+            }
+        });
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
     }
 }
 
@@ -635,35 +657,6 @@ impl Run<'_> {
         let plan = self.plan.as_ref()?;
         let sender = *self.senders.get(plan.sender_of(g) as usize)?;
         Some(self.users[sender].partner)
-    }
-
-    /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
-    /// message that went out completely.
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitEcho | UserPhase::Joined) || !user.conn.writable {
-            return; // the writable edge will call back
-        }
-        let lags = SendLags {
-            plan: self.plan.as_ref(),
-            own: &mut self.m.latency.own,
-            sent_in_window: &mut self.m.sends.sent_in_window,
-        };
-        let (ledger, sent_total, write_lag_us) = (
-            &mut self.ledger,
-            &mut self.m.sends.sent,
-            &mut self.write_lag_us,
-        );
-        let failure = user.conn.flush(&self.io.clock, lags, |queued, lag_us| {
-            ledger.mark_written(queued.tag);
-            *sent_total += 1;
-            if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
-                *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
-            }
-        });
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
-        }
     }
 
     fn on_frame(&mut self, u: usize, frame: &Frame, now_us: u64) {

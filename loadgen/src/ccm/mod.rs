@@ -441,7 +441,25 @@ impl Wire for Run<'_> {
         Run::fail(self, u, kind, || why);
     }
     fn flush(&mut self, u: usize) {
-        Run::flush(self, u);
+        let user = &mut self.users[u];
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.latency.own,
+            sent_in_window: &mut self.sends.sent_in_window,
+        };
+        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
+        if !user.conn.out.has_pending() {
+            user.last_write_us = self.io.clock.now_us();
+        }
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
     }
 }
 
@@ -582,36 +600,6 @@ impl Run<'_> {
         ));
         self.phase = Phase::Send;
         Ok(())
-    }
-
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitIdentity | UserPhase::Joined)
-            || !user.conn.writable
-        {
-            return;
-        }
-        if user.conn.stream.is_none() || !user.conn.out.has_pending() {
-            return;
-        }
-        let lags = SendLags {
-            plan: self.plan.as_ref(),
-            own: &mut self.latency.own,
-            sent_in_window: &mut self.sends.sent_in_window,
-        };
-        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
-            *sent += 1;
-            if let Some(ordinal) = sender {
-                accounting.on_sent(ordinal as usize);
-            }
-        });
-        if !user.conn.out.has_pending() {
-            user.last_write_us = self.io.clock.now_us();
-        }
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
-        }
     }
 
     /// EOF or a read error: expected for a silent user (measured), an error for anyone else.

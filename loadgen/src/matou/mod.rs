@@ -507,7 +507,22 @@ impl Wire for Run<'_> {
         Run::fail(self, u, kind, || why);
     }
     fn flush(&mut self, u: usize) {
-        Run::flush(self, u);
+        let user = &mut self.users[u];
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.latency.own,
+            sent_in_window: &mut self.sends.sent_in_window,
+        };
+        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
     }
 }
 
@@ -716,35 +731,6 @@ impl Run<'_> {
         self.links.open(src as u32, dst as u32, intended_us);
         self.users[src].conn.out.extend(&packet);
         self.io.dirty.mark(src);
-    }
-
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        if !matches!(
-            user.phase,
-            UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
-        ) || !user.conn.writable
-        {
-            return;
-        }
-        if !user.conn.out.has_pending() {
-            return;
-        }
-        let lags = SendLags {
-            plan: self.plan.as_ref(),
-            own: &mut self.latency.own,
-            sent_in_window: &mut self.sends.sent_in_window,
-        };
-        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
-            *sent += 1;
-            if let Some(ordinal) = sender {
-                accounting.on_sent(ordinal as usize);
-            }
-        });
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
-        }
     }
 
     /// EOF or a read error: expected after a sign-out, an error otherwise.
