@@ -53,7 +53,8 @@ pub trait Wire: Phases {
     }
     /// Counts the error, closes the connection and takes the client out of the run.
     fn fail(&mut self, u: usize, kind: ErrorKind, why: String);
-    /// Writes client `u`'s pending bytes and accounts for the messages that went out.
+    /// Writes client `u`'s pending bytes and accounts for the messages that went out; called
+    /// only when it is connected, writable and has bytes pending.
     fn flush(&mut self, u: usize);
     /// An event on a socket that is no client's connection (the lobby's OCM UDP sockets, which
     /// share the loop with its TCP clients); `index` is the token minus one.
@@ -74,6 +75,19 @@ pub fn lost<W: Wire + ?Sized>(w: &mut W, u: usize, why: String) {
 /// Flushes every connection marked dirty.
 pub fn flush_dirty<W: Wire>(w: &mut W) {
     for u in w.io_mut().dirty.take() {
+        flush_ready(w, u);
+    }
+}
+
+/// Hands client `u` to the protocol's flush when there is something to write and a socket to
+/// take it: connected (greeting or joined), writable, bytes pending. Otherwise the next
+/// writable edge, or the next byte queued, calls again.
+fn flush_ready<W: Wire>(w: &mut W, u: usize) {
+    if matches!(w.link(u), Link::Greeting | Link::Joined)
+        && w.conn(u).is_some_and(|(_, conn)| {
+            conn.writable && conn.stream.is_some() && conn.out.has_pending()
+        })
+    {
         w.flush(u);
     }
 }
@@ -109,11 +123,7 @@ fn drive<W: Wire>(w: &mut W, u: usize) {
             if w.conn(u).is_some_and(|(_, conn)| conn.readable) {
                 read(w, u);
             }
-            if w.conn(u)
-                .is_some_and(|(_, conn)| conn.writable && conn.out.has_pending())
-            {
-                w.flush(u);
-            }
+            flush_ready(w, u);
         }
     }
 }

@@ -7,9 +7,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::plan::Plan;
-use crate::record::NoticeCounts;
-use crate::room::{RoomConfig, RoomOutcome, Wire};
-use crate::stats::{ErrorCounts, LatencyHistogram, LatencySummary, OwnLags};
+pub use crate::sockio::SendCounts;
+use crate::stats::{ErrorCounts, LatencyHistogram, LatencySummary, OwnLags, SeqCounts};
 
 /// The schedule-lateness p99 above which a run is INVALID:
 ///
@@ -138,40 +137,53 @@ pub struct FailureInputs {
 /// otherwise. An INVALID verdict fails only with `strict`: it says the loadgen, not the server,
 /// was the limit, which a CI smoke run on a busy machine should not turn into a red build.
 pub fn outcome(inputs: &FailureInputs, verdict: &Verdict, strict: bool) -> Outcome {
-    let mut failures = Vec::new();
-    let mut check = |count: u64, what: &str| {
-        if count > 0 {
-            failures.push(format!("{count} {what}"));
-        }
-    };
-    check(inputs.losses, "lost");
-    check(inputs.duplicates_or_reorders, "duplicated or reordered");
-    check(inputs.errors, "errors");
-    check(inputs.not_sent, "not sent");
-    if strict && !verdict.valid {
-        failures.push("INVALID run (--strict)".to_string());
-    }
-    let passed = failures.is_empty();
-    Outcome {
-        passed,
-        failures,
-        exit_code: if passed { 0 } else { 1 },
-    }
+    Failures::default()
+        .shared(inputs, verdict, strict)
+        .outcome()
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Settings {
-    pub clients: usize,
-    pub senders_requested: usize,
-    pub senders: u32,
-    pub rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
-    pub payload_bytes: usize,
-    pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
+/// What failed a run, in the order its result line lists it; any failure exits 1.
+#[derive(Clone, Debug, Default)]
+pub struct Failures(Vec<String>);
+
+impl Failures {
+    /// `count` of `what` failed the run (when it is not 0): "3 lost".
+    pub fn count(self, count: u64, what: &str) -> Failures {
+        self.when(count > 0, || format!("{count} {what}"))
+    }
+
+    /// A failure in the scenario's own words, when `failed`.
+    pub fn when(mut self, failed: bool, words: impl FnOnce() -> String) -> Failures {
+        if failed {
+            self.0.push(words());
+        }
+        self
+    }
+
+    /// An INVALID run fails only with `strict` (see [`outcome`]).
+    pub fn invalid(self, verdict: &Verdict, strict: bool) -> Failures {
+        self.when(strict && !verdict.valid, || {
+            "INVALID run (--strict)".to_string()
+        })
+    }
+
+    /// The rules every scenario with per-sender sequences shares (see [`outcome`]).
+    pub fn shared(self, inputs: &FailureInputs, verdict: &Verdict, strict: bool) -> Failures {
+        self.count(inputs.losses, "lost")
+            .count(inputs.duplicates_or_reorders, "duplicated or reordered")
+            .count(inputs.errors, "errors")
+            .count(inputs.not_sent, "not sent")
+            .invalid(verdict, strict)
+    }
+
+    pub fn outcome(self) -> Outcome {
+        let passed = self.0.is_empty();
+        Outcome {
+            passed,
+            failures: self.0,
+            exit_code: if passed { 0 } else { 1 },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -299,6 +311,88 @@ impl Losses {
     }
 }
 
+/// The plan's windows as every scenario's settings state them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    pub duration_ms: f64,
+    pub warmup_ms: f64,
+    pub drain_ms: f64,
+}
+
+impl Window {
+    pub fn new(duration_us: u64, warmup_us: u64, drain_us: u64) -> Window {
+        Window {
+            duration_ms: duration_us as f64 / 1e3,
+            warmup_ms: warmup_us as f64 / 1e3,
+            drain_ms: drain_us as f64 / 1e3,
+        }
+    }
+}
+
+/// What the settings end with: the seed, whether an INVALID run fails, and the id stamped in
+/// the run's messages, in hex (ROOM stamps none).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunIds {
+    pub seed: u64,
+    pub strict: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+impl RunIds {
+    pub fn new(seed: u64, strict: bool, run_id: Option<u32>) -> RunIds {
+        RunIds {
+            seed,
+            strict,
+            run_id: run_id.map(|id| format!("{id:08x}")),
+        }
+    }
+}
+
+/// The head of a report whose clients join one server: its address, the settings, the joins.
+#[derive(Clone, Debug, Serialize)]
+pub struct Head<S> {
+    pub target: String,
+    pub settings: S,
+    pub connections: Connections,
+}
+
+/// What the scenarios of per-sender sequences (ROOM, CCM, MATOU) measure alike: deliveries
+/// (as the protocol counts them), the delivery and connect latencies, losses and duplicates.
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivered<D> {
+    pub deliveries: D,
+    pub latency_ms: Latencies,
+    pub losses: Losses,
+    pub duplicates_or_reorders: u64,
+}
+
+impl<D> Delivered<D> {
+    /// `undelivered`: messages never delivered by the end of the drain.
+    pub fn new(
+        deliveries: D,
+        (delivery, connect, own): (&LatencyHistogram, &LatencyHistogram, &OwnLags),
+        seq: &SeqCounts,
+        undelivered: u64,
+    ) -> Delivered<D> {
+        Delivered {
+            deliveries,
+            latency_ms: Latencies {
+                delivery: delivery.summary(),
+                connect: connect.summary(),
+                own: OwnLagSummaries::of(own),
+            },
+            losses: Losses::new(seq.gap_losses, undelivered),
+            duplicates_or_reorders: seq.duplicates_or_reorders,
+        }
+    }
+
+    /// The shared failure rules' inputs.
+    pub fn failures(&self, shared: &Shared) -> FailureInputs {
+        shared.failures(self.losses.total, self.duplicates_or_reorders)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ErrorLine {
     pub kind: String,
@@ -333,22 +427,55 @@ impl Errors {
     }
 }
 
+/// A protocol's part of its report: the sections only it has, and its words in the shared
+/// lines. [`Report`] places them among the shared sections, in JSON and in text alike.
+pub trait Sections: Sized {
+    /// What stands between `scenario` and `send`: the target(s), the settings, how the
+    /// clients joined.
+    type Head: Serialize + Clone + std::fmt::Debug;
+    /// What stands between `not_sent` and `errors`: deliveries, latencies, losses...
+    type Figures: Serialize + Clone + std::fmt::Debug;
+    /// What stands between `errors` and the drain: counts of what was not this run's...
+    type Others: Serialize + Clone + std::fmt::Debug;
+    /// What `not sent` calls a message due after its sender's connection was lost.
+    const NOT_SENT_LOST: &'static str = "connection lost";
+    /// The drain line's words when it reached its deadline, and when nothing was left.
+    const DRAIN_TIMED_OUT: &'static str;
+    const DRAIN_DONE: &'static str;
+
+    /// The `scenario` line and the lines before `send rate`.
+    fn opening(r: &Report<Self>, out: &mut Lines);
+    /// The lines between `not sent` and `send lag`.
+    fn figures(r: &Report<Self>, out: &mut Lines);
+    /// The loadgen's own lags, from the protocol's latencies.
+    fn own_lags(r: &Report<Self>) -> &OwnLagSummaries;
+    /// The lines between `send lag` and `errors`.
+    fn after_lags(_r: &Report<Self>, _out: &mut Lines) {}
+    /// What the `errors` line adds after its counts.
+    fn errors_more(_r: &Report<Self>) -> String {
+        String::new()
+    }
+    /// The lines between the errors and `drain`.
+    fn after_errors(_r: &Report<Self>, _out: &mut Lines) {}
+}
+
+/// One run's report: the sections every scenario has (its sends, errors, drain, notes,
+/// verdict and outcome) around the sections its protocol adds ([`Sections`]). The JSON keeps
+/// this order: `scenario`, the protocol's head, `send`, `not_sent`, its figures, `errors`, its
+/// other counts, `drain_ms`, `drain_timed_out`, `notes`, `verdict`, `outcome`.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+#[serde(bound = "")]
+pub struct Report<P: Sections> {
     pub scenario: &'static str,
-    pub target: String,
-    pub settings: Settings,
-    pub connections: Connections,
+    #[serde(flatten)]
+    pub head: P::Head,
     pub send: SendFigures,
     pub not_sent: NotSent,
-    pub deliveries: Deliveries,
-    pub latency_ms: Latencies,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
+    #[serde(flatten)]
+    pub figures: P::Figures,
     pub errors: Errors,
-    pub notices: NoticeCounts,
-    /// Bytes of records still unfinished in the receivers at the end.
-    pub incomplete_bytes_at_end: u64,
+    #[serde(flatten)]
+    pub others: P::Others,
     pub drain_ms: f64,
     pub drain_timed_out: bool,
     /// Hints for reading the figures (only when they apply).
@@ -357,181 +484,131 @@ pub struct Report {
     pub outcome: Outcome,
 }
 
-impl Report {
-    pub fn room(
-        cfg: &RoomConfig,
-        senders_requested: usize,
-        strict: bool,
-        run: &RoomOutcome,
-    ) -> Report {
-        let plan = &run.plan;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
-        );
-        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &run.own.schedule_lateness,
-            &run.delivery_latency,
-        ));
-        let outcome = outcome(
-            &FailureInputs {
-                losses: losses.total,
-                duplicates_or_reorders: run.seq.duplicates_or_reorders,
-                errors: run.errors.total(),
-                not_sent: not_sent.total,
-            },
-            &verdict,
-            strict,
-        );
-        let mut notes = Vec::new();
-        let resp = matches!(cfg.wire, Wire::Resp { .. });
-        if resp {
-            notes.push(format!(
-                "RESP: {} PUBLISH replies read, each checked against the subscribers joined \
-                 (a mismatch is a protocol error); one extra connection per sender publishes",
-                run.publish_replies
-            ));
+/// The shared sections of a report, figured from what every run counts alike; the protocol
+/// judges the run with them ([`Shared::failures`]) before the report is put together.
+pub struct Shared {
+    /// What the verdict is computed from: the plan, the loadgen's lateness, the delivery
+    /// latency the server is judged by.
+    pub validity: ValidityInputs,
+    pub send: SendFigures,
+    pub not_sent: NotSent,
+    pub errors: Errors,
+    /// The errors of every kind.
+    pub error_count: u64,
+    pub drain_ms: f64,
+    pub drain_timed_out: bool,
+    /// Latencies clamped at 60 s: a note every scenario may add, after the protocol's own.
+    clamped: u64,
+}
+
+impl Shared {
+    /// `judged_by`: the loadgen's own lags and the delivery latency the server is judged by;
+    /// `clamped_more`: latencies above 60 s in the other histograms the report prints.
+    pub fn new(
+        plan: &Plan,
+        rate_per_s: u64,
+        counts: SendCounts,
+        errors: &ErrorCounts,
+        (drain_used_us, drain_timed_out): (u64, bool),
+        (own, judged_by): (&OwnLags, &LatencyHistogram),
+        clamped_more: u64,
+    ) -> Shared {
+        Shared {
+            validity: ValidityInputs::measured(plan, &own.schedule_lateness, judged_by),
+            send: SendFigures::new(plan, counts.sent, counts.sent_in_window, rate_per_s),
+            not_sent: NotSent::new(
+                counts.not_sent_queue_full,
+                counts.not_sent_connection_lost,
+                counts.not_sent_at_end,
+            ),
+            errors: Errors::of(errors),
+            error_count: errors.total(),
+            drain_ms: drain_used_us as f64 / 1e3,
+            drain_timed_out,
+            clamped: own.send_lag.clamped + judged_by.clamped + clamped_more,
         }
-        if run.errors.protocol > 0 && !resp {
-            notes.push(
-                "malformed records: ROOM relays what one read returned, so a message the server \
-                 read in two pieces can reach members with another sender's chunk in between \
-                 (the server fell behind, or messages exceed its read size); the torn message \
-                 also counts as lost"
-                    .to_string(),
-            );
+    }
+
+    /// The shared verdict (see [`verdict`]).
+    pub fn verdict(&self) -> Verdict {
+        verdict(&self.validity)
+    }
+
+    /// The shared failure rules' inputs, with the run's losses and duplicates.
+    pub fn failures(&self, losses: u64, duplicates_or_reorders: u64) -> FailureInputs {
+        FailureInputs {
+            losses,
+            duplicates_or_reorders,
+            errors: self.error_count,
+            not_sent: self.not_sent.total,
         }
-        let clamped =
-            run.delivery_latency.clamped + run.own.send_lag.clamped + run.connect_latency.clamped;
-        if clamped > 0 {
+    }
+
+    /// The report, with the protocol's sections, its notes and its judgement.
+    pub fn report<P: Sections>(
+        self,
+        scenario: &'static str,
+        (head, figures, others): (P::Head, P::Figures, P::Others),
+        mut notes: Vec<String>,
+        verdict: Verdict,
+        outcome: Outcome,
+    ) -> Report<P> {
+        if self.clamped > 0 {
             notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
+                "{} latencies above 60 s were counted as 60 s",
+                self.clamped
             ));
         }
         Report {
-            scenario: if resp { "resp" } else { "room" },
-            target: cfg.target.to_string(),
-            settings: Settings {
-                clients: cfg.clients,
-                senders_requested,
-                senders: plan.senders,
-                rate_per_s: cfg.rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
-                payload_bytes: cfg.message_bytes,
-                connect_rate_per_s: cfg.connect_rate_per_s,
-                seed: cfg.seed,
-                strict,
-            },
-            connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
-            deliveries: Deliveries {
-                expected: run.sent * run.clients_joined as u64,
-                delivered: run.seq.delivered,
-                per_s: plan.per_s(run.delivered_in_window),
-            },
-            latency_ms: Latencies {
-                delivery: run.delivery_latency.summary(),
-                connect: run.connect_latency.summary(),
-                own: OwnLagSummaries::of(&run.own),
-            },
-            losses,
-            duplicates_or_reorders: run.seq.duplicates_or_reorders,
-            errors: Errors::of(&run.errors),
-            notices: run.notices,
-            incomplete_bytes_at_end: run.incomplete_bytes_at_end,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
+            scenario,
+            head,
+            send: self.send,
+            not_sent: self.not_sent,
+            figures,
+            errors: self.errors,
+            others,
+            drain_ms: self.drain_ms,
+            drain_timed_out: self.drain_timed_out,
             notes,
             verdict,
             outcome,
         }
     }
+}
 
-    /// The human-readable report (stdout).
+impl<P: Sections> Report<P> {
+    /// The human-readable report (stdout): the protocol's lines among the shared ones.
     pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
         let mut out = Lines::default();
-        out.scenario(
-            format!(
-                "{} against {}: {} clients",
-                self.scenario.to_uppercase(),
-                self.target,
-                s.clients
-            ),
-            s.senders,
-            format!("{} msg/s", s.rate_per_s),
-            s.duration_ms,
-            s.warmup_ms,
-            (s.payload_bytes, "messages"),
-        );
-        out.connections(&self.connections, "requested", "", None);
-        out.line(
-            "connect latency",
-            format!(
-                "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-                l.connect.p50_ms, l.connect.p99_ms, l.connect.max_ms
-            ),
-        );
+        P::opening(self, &mut out);
         out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "connection lost");
-        out.line(
-            "deliveries",
-            format!(
-                "{} expected, {} delivered, {:.1}/s in the measured window",
-                self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
-            ),
-        );
-        out.line("delivery latency", l.delivery.percentiles_text());
-        out.send_lag(&l.own);
-        out.line(
-            "losses",
-            format!(
-                "{} ({} in gaps, {} never delivered)",
-                self.losses.total, self.losses.gaps, self.losses.undelivered
-            ),
-        );
-        out.line(
-            "duplicates",
-            format!("{} (duplicates or reorders)", self.duplicates_or_reorders),
-        );
-        out.errors(&self.errors, "");
-        out.line(
-            "notices",
-            format!(
-                "joins {}, leaves {}, greetings {} (counted, not errors)",
-                self.notices.joins, self.notices.leaves, self.notices.greetings
-            ),
-        );
+        out.not_sent(&self.not_sent, P::NOT_SENT_LOST);
+        P::figures(self, &mut out);
+        out.send_lag(P::own_lags(self));
+        P::after_lags(self, &mut out);
+        out.errors(&self.errors, &P::errors_more(self));
+        P::after_errors(self, &mut out);
         out.drain(
             self.drain_ms,
             self.drain_timed_out,
-            "deadline reached with deliveries missing",
-            "everything sent had arrived at every connected member",
+            P::DRAIN_TIMED_OUT,
+            P::DRAIN_DONE,
         );
         write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
         out.into_string()
     }
 }
 
-/// The lines every scenario's text report ends with: its notes, the validity verdict and the
-/// result (pass, or what failed, with the exit code).
+impl<P: Sections> ScenarioReport for Report<P> {
+    fn closing(&self) -> (&Verdict, &Outcome, String) {
+        (&self.verdict, &self.outcome, self.to_text())
+    }
+}
+
 /// What delivering any scenario's report needs besides its JSON form: its verdict, its outcome
 /// and its text.
 pub trait ScenarioReport: Serialize {
     fn closing(&self) -> (&Verdict, &Outcome, String);
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
-    }
 }
 
 /// A text report being written: one labelled line after another, the labels in one column.
@@ -661,6 +738,8 @@ impl Lines {
     }
 }
 
+/// The lines every scenario's text report ends with: its notes, the validity verdict and the
+/// result (pass, or what failed, with the exit code).
 pub fn write_closing_lines(
     out: &mut Lines,
     notes: &[String],
@@ -693,107 +772,4 @@ pub fn write_closing_lines(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn inputs(lateness_p99_us: u64, interval_us: f64) -> ValidityInputs {
-        ValidityInputs {
-            schedule_lateness_p99_us: lateness_p99_us,
-            sender_interval_us: interval_us,
-            delivery_p99_us: None,
-            measured_messages: 100,
-        }
-    }
-
-    #[test]
-    fn lateness_limit_is_ten_percent_of_the_tighter_bound_with_a_floor() {
-        let limit = |interval_us, p99_us| lateness_limit_us(interval_us, p99_us).0;
-        assert_eq!(limit(100_000.0, None), 10_000, "10 msg/s per sender");
-        assert_eq!(limit(10_000.0, None), 1_000);
-        assert_eq!(limit(200.0, None), LATENESS_FLOOR_US, "floor");
-        assert_eq!(limit(0.5, None), LATENESS_FLOOR_US);
-        // The delivery p99 tightens a loose interval...
-        assert_eq!(limit(50_000.0, Some(30_000)), 3_000);
-        // ...but never below the floor, and never loosens a tight interval.
-        assert_eq!(limit(50_000.0, Some(500)), LATENESS_FLOOR_US);
-        assert_eq!(limit(20_000.0, Some(1_000_000)), 2_000);
-        assert!(lateness_limit_us(50_000.0, Some(30_000))
-            .1
-            .contains("delivery p99"));
-        assert!(lateness_limit_us(20_000.0, Some(1_000_000))
-            .1
-            .contains("send interval"));
-        assert!(lateness_limit_us(200.0, Some(100)).1.contains("floor"));
-    }
-
-    #[test]
-    fn verdicts() {
-        let ok = verdict(&inputs(900, 10_000.0));
-        assert!(ok.valid, "{ok:?}");
-        assert_eq!(ok.schedule_lateness_limit_ms, 1.0);
-        let at_limit = verdict(&inputs(1_000, 10_000.0));
-        assert!(at_limit.valid, "the limit itself is still valid");
-        let late = verdict(&inputs(1_001, 10_000.0));
-        assert!(!late.valid);
-        assert!(late.reasons[0].contains("fell behind"), "{late:?}");
-        // A slow sender tolerates more lateness, unless the latencies are small.
-        assert!(verdict(&inputs(4_700, 50_000.0)).valid);
-        let small_latencies = ValidityInputs {
-            delivery_p99_us: Some(31_000),
-            ..inputs(4_700, 50_000.0)
-        };
-        assert!(!verdict(&small_latencies).valid);
-        // Nothing measured is invalid whatever the lateness.
-        let empty = verdict(&ValidityInputs {
-            measured_messages: 0,
-            ..inputs(0, 10_000.0)
-        });
-        assert!(!empty.valid);
-        assert_eq!(empty.reasons.len(), 1);
-    }
-
-    #[test]
-    fn outcomes_and_exit_codes() {
-        let valid = verdict(&inputs(0, 10_000.0));
-        let invalid = verdict(&inputs(50_000, 10_000.0));
-        let clean = FailureInputs::default();
-        assert_eq!(outcome(&clean, &valid, false).exit_code, 0);
-        assert_eq!(
-            outcome(&clean, &invalid, false).exit_code,
-            0,
-            "INVALID alone passes"
-        );
-        let strict = outcome(&clean, &invalid, true);
-        assert_eq!(strict.exit_code, 1, "unless --strict");
-        assert!(strict.failures[0].contains("INVALID"));
-        for bad in [
-            FailureInputs { losses: 1, ..clean },
-            FailureInputs {
-                duplicates_or_reorders: 1,
-                ..clean
-            },
-            FailureInputs { errors: 1, ..clean },
-            FailureInputs {
-                not_sent: 1,
-                ..clean
-            },
-        ] {
-            let o = outcome(&bad, &valid, false);
-            assert!(!o.passed && o.exit_code == 1, "{bad:?} -> {o:?}");
-            assert_eq!(o.failures.len(), 1);
-        }
-        let many = outcome(
-            &FailureInputs {
-                losses: 3,
-                errors: 2,
-                ..clean
-            },
-            &valid,
-            false,
-        );
-        assert_eq!(
-            many.failures,
-            vec!["3 lost".to_string(), "2 errors".to_string()]
-        );
-    }
-}
+mod tests;

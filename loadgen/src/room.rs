@@ -17,6 +17,8 @@
 //! waits on `still_ready` because no new edge will come), and a blocked writer waits for the
 //! next writable edge with its messages queued.
 
+pub mod report;
+
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -32,7 +34,7 @@ use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::registry::{InMix, Named, Protocol, ScenarioKind};
 use crate::resp;
-use crate::sockio::{flush_queued, read_chunk, Chunk, OutBuf, Queued, SendLags};
+use crate::sockio::{flush_queued, read_chunk, Chunk, OutBuf, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -81,15 +83,9 @@ pub struct RoomOutcome {
     pub undelivered: u64,
     /// RESP: PUBLISH replies read (each checked against the subscribers there were).
     pub publish_replies: u64,
-    /// Messages fully written to a socket.
-    pub sent: u64,
-    /// Messages whose write completed inside the measured window.
-    pub sent_in_window: u64,
+    pub sends: SendCounts,
     /// Deliveries received inside the measured window.
     pub delivered_in_window: u64,
-    pub not_sent_queue_full: u64,
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
     pub notices: NoticeCounts,
     /// Bytes of unfinished records left in receivers at the end.
     pub incomplete_bytes_at_end: u64,
@@ -165,12 +161,8 @@ struct Measurements {
     own: OwnLags,
     errors: ErrorCounts,
     tracker: SeqTracker,
-    sent_in_window: u64,
+    sends: SendCounts,
     delivered_in_window: u64,
-    not_sent_queue_full: u64,
-    not_sent_connection_lost: u64,
-    /// Sum of `sent` over the senders, kept current for the drain's completion check.
-    sent_total: u64,
     /// RESP: PUBLISH replies read so far.
     publish_replies: u64,
 }
@@ -238,7 +230,7 @@ impl ScenarioKind for Room {
     type Config = RoomConfig;
     type Run<'a> = Run<'a>;
     type Outcome = RoomOutcome;
-    type Report = crate::report::Report;
+    type Report = report::Report;
 
     fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
         let io = Loop::new()?;
@@ -285,11 +277,8 @@ impl ScenarioKind for Room {
                 own: OwnLags::default(),
                 errors: ErrorCounts::default(),
                 tracker: SeqTracker::new(0, 0),
-                sent_in_window: 0,
+                sends: SendCounts::default(),
                 delivered_in_window: 0,
-                not_sent_queue_full: 0,
-                not_sent_connection_lost: 0,
-                sent_total: 0,
                 publish_replies: 0,
             },
             phase: Phase::Ramp,
@@ -311,13 +300,8 @@ impl ScenarioKind for Room {
     fn finish(run: Run<'_>) -> RoomOutcome {
         run.finish()
     }
-    fn report(
-        cfg: &RoomConfig,
-        _seed: u64,
-        strict: bool,
-        outcome: &RoomOutcome,
-    ) -> crate::report::Report {
-        crate::report::Report::room(cfg, cfg.senders, strict, outcome)
+    fn report(cfg: &RoomConfig, _seed: u64, strict: bool, outcome: &RoomOutcome) -> report::Report {
+        report::Report::new(cfg, cfg.senders, strict, outcome)
     }
     /// The latencies the report measures the server by (written and plotted), then the
     /// loadgen's own lags (written, not plotted).
@@ -457,7 +441,7 @@ impl Phases for Run<'_> {
             let sender = &mut self.senders[ordinal];
             let client = &self.clients[sender.client];
             if client.phase != ClientPhase::Joined {
-                self.m.not_sent_connection_lost += 1;
+                self.m.sends.not_sent_connection_lost += 1;
                 continue;
             }
             let framing = &self.framing;
@@ -465,7 +449,7 @@ impl Phases for Run<'_> {
                 + self.cfg.message_bytes
                 + framing.message_suffix.len();
             if queue_full(sender.queue.len(), sender.out.pending(), framed_bytes) {
-                self.m.not_sent_queue_full += 1;
+                self.m.sends.not_sent_queue_full += 1;
                 continue;
             }
             let (prefix, rest) = sender
@@ -487,7 +471,7 @@ impl Phases for Run<'_> {
                 // The argument limits keep every field in range; should that ever break, the
                 // message is counted as not sent rather than written wrong.
                 sender.out.unappend(framed_bytes);
-                self.m.not_sent_queue_full += 1;
+                self.m.sends.not_sent_queue_full += 1;
                 continue;
             }
             sender.next_seq += 1;
@@ -499,7 +483,7 @@ impl Phases for Run<'_> {
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
-            sent: self.m.sent_total,
+            sent: self.m.sends.sent,
             received: self.m.tracker.counts.delivered,
         }
     }
@@ -602,9 +586,9 @@ impl Run<'_> {
         let lags = SendLags {
             plan: self.plan.as_ref(),
             own: &mut self.m.own,
-            sent_in_window: &mut self.m.sent_in_window,
+            sent_in_window: &mut self.m.sends.sent_in_window,
         };
-        let sent_total = &mut self.m.sent_total;
+        let sent_total = &mut self.m.sends.sent;
         let drained = flush_queued(
             stream,
             &mut sender.out,
@@ -909,7 +893,7 @@ impl Run<'_> {
         if let Some(ordinal) = client.sender {
             // What it still held will never go out.
             let sender = &mut self.senders[ordinal];
-            self.m.not_sent_connection_lost += sender.queue.len() as u64;
+            self.m.sends.not_sent_connection_lost += sender.queue.len() as u64;
             sender.queue.clear();
             sender.out.clear();
         }
@@ -934,7 +918,7 @@ impl Run<'_> {
         }
         // Cheap necessary condition first: enough records advanced their streams.
         let reached = self.m.tracker.counts.delivered + self.m.tracker.counts.gap_losses;
-        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sent_total
+        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sends.sent
         {
             return false;
         }
@@ -943,7 +927,7 @@ impl Run<'_> {
             .iter()
             .filter(|c| c.phase == ClientPhase::Joined && !c.publisher)
             .count() as u64;
-        if reached < self.m.sent_total * live_receivers {
+        if reached < self.m.sends.sent * live_receivers {
             return false;
         }
         let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
@@ -966,7 +950,7 @@ impl Run<'_> {
                 } else {
                     "draining"
                 },
-                self.m.sent_total,
+                self.m.sends.sent,
                 self.plan.as_ref().map_or(0, |p| p.messages),
                 self.m.tracker.counts.delivered
             ),
@@ -978,13 +962,13 @@ impl Run<'_> {
     /// Closes everything and hands the measurements over.
     pub fn finish(mut self) -> RoomOutcome {
         let end_us = self.io.clock.now_us();
-        let not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
+        self.m.sends.not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
         let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
         let clients = &self.clients;
         let undelivered = self.m.tracker.undelivered(|r| clients[r].joined, &sent);
-        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sent_total
+        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sends.sent
         {
-            let missing = self.m.sent_total - self.m.publish_replies;
+            let missing = self.m.sends.sent - self.m.publish_replies;
             let target = self.cfg.target;
             self.m.errors.count(ErrorKind::Protocol, || {
                 format!("{target}: {missing} PUBLISH replies had not come by the end of the drain")
@@ -1015,12 +999,8 @@ impl Run<'_> {
             seq: self.m.tracker.counts,
             undelivered,
             publish_replies: self.m.publish_replies,
-            sent: self.m.sent_total,
-            sent_in_window: self.m.sent_in_window,
+            sends: self.m.sends,
             delivered_in_window: self.m.delivered_in_window,
-            not_sent_queue_full: self.m.not_sent_queue_full,
-            not_sent_connection_lost: self.m.not_sent_connection_lost,
-            not_sent_at_end,
             notices,
             incomplete_bytes_at_end,
             ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
@@ -1184,7 +1164,7 @@ mod tests {
         assert_eq!(run.clients_requested, 8);
         assert_eq!(run.clients_joined, 8);
         assert_eq!(run.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
-        assert_eq!(run.sent, 240);
+        assert_eq!(run.sends.sent, 240);
         assert_eq!(
             run.seq.delivered,
             240 * 8,
@@ -1193,7 +1173,7 @@ mod tests {
         assert_eq!(run.seq.gap_losses + run.undelivered, 0);
         assert_eq!(run.seq.duplicates_or_reorders, 0);
         assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
-        assert_eq!(run.not_sent_queue_full + run.not_sent_at_end, 0);
+        assert_eq!(run.sends.not_sent_queue_full + run.sends.not_sent_at_end, 0);
         assert!(!run.drain_timed_out);
         // Warmup messages are checked but not timed: 200 measured messages, 8 receivers.
         assert_eq!(run.delivery_latency.len(), 200 * 8);
@@ -1217,7 +1197,7 @@ mod tests {
         assert_eq!(run.clients_joined, 8);
         let lost = run.seq.gap_losses + run.undelivered;
         assert!(lost > 0, "member 0 missed chunks: {:?}", run.seq);
-        assert_eq!(run.seq.delivered + lost, run.sent * 8);
+        assert_eq!(run.seq.delivered + lost, run.sends.sent * 8);
     }
 
     /// A redis-server on a free loopback port, without persistence; killed on drop.

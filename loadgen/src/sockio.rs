@@ -299,6 +299,21 @@ impl<T> Queued<T> {
     }
 }
 
+/// What a run sent and could not send, counted as it goes (every scenario alike).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendCounts {
+    /// Messages fully written to a socket.
+    pub sent: u64,
+    /// Of them, those whose write completed inside the measured window.
+    pub sent_in_window: u64,
+    /// Due while the sender's local queue was full (its socket had not been writable).
+    pub not_sent_queue_full: u64,
+    /// Due after the sender's connection had failed.
+    pub not_sent_connection_lost: u64,
+    /// Still queued when the run ended.
+    pub not_sent_at_end: u64,
+}
+
 /// Where a flush records the loadgen's own lags, measured the same way in every scenario.
 pub struct SendLags<'a> {
     /// `None` before the sending phase: nothing is measured.

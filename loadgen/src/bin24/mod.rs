@@ -23,7 +23,7 @@
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
 pub mod churn;
-mod ledger;
+pub mod ledger;
 pub mod report;
 mod stamp;
 pub mod topology;
@@ -44,7 +44,7 @@ use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{InMix, Named, Protocol, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -113,14 +113,10 @@ pub struct Bin24Outcome {
     pub latency: Latencies,
     pub tally: Tally,
     pub errors: ErrorCounts,
-    pub sent: u64,
-    pub sent_in_window: u64,
+    pub sends: SendCounts,
     /// First answers received inside the measured window.
     pub answered_in_window: u64,
     pub delivered_live_in_window: u64,
-    pub not_sent_queue_full: u64,
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
     /// Frames not of this run: an earlier run's stored messages, another client's.
     pub foreign_frames: u64,
     /// This run's hellos delivered as type 2: stored when the server closed a connection
@@ -190,13 +186,9 @@ enum Phase {
 struct Measurements {
     latency: Latencies,
     errors: ErrorCounts,
-    sent_total: u64,
-    sent_in_window: u64,
+    sends: SendCounts,
     answered_in_window: u64,
     delivered_live_in_window: u64,
-    not_sent_queue_full: u64,
-    not_sent_connection_lost: u64,
-    not_sent_at_end: u64,
     foreign_frames: u64,
     stored_hellos: u64,
     stored_frames: u64,
@@ -272,13 +264,9 @@ impl ScenarioKind for Bin24 {
             m: Measurements {
                 latency: Latencies::default(),
                 errors: ErrorCounts::default(),
-                sent_total: 0,
-                sent_in_window: 0,
+                sends: SendCounts::default(),
                 answered_in_window: 0,
                 delivered_live_in_window: 0,
-                not_sent_queue_full: 0,
-                not_sent_connection_lost: 0,
-                not_sent_at_end: 0,
                 foreign_frames: 0,
                 stored_hellos: 0,
                 stored_frames: 0,
@@ -455,14 +443,14 @@ impl Phases for Run<'_> {
             let seq = due.g / senders;
             let user = &self.users[u];
             if user.phase != UserPhase::Joined {
-                self.m.not_sent_connection_lost += 1;
+                self.m.sends.not_sent_connection_lost += 1;
                 continue;
             }
             let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
             // Only messages: answers are never dropped (the server closes a recipient that does not
             // answer), so they are queued whatever the backlog.
             if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
-                self.m.not_sent_queue_full += 1;
+                self.m.sends.not_sent_queue_full += 1;
                 continue;
             }
             let body = &mut self.body_buf[..self.cfg.body_bytes];
@@ -479,7 +467,7 @@ impl Phases for Run<'_> {
                 codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
             });
             let Some(frame) = frame else {
-                self.m.not_sent_queue_full += 1;
+                self.m.sends.not_sent_queue_full += 1;
                 continue;
             };
             let user = &mut self.users[u];
@@ -494,8 +482,8 @@ impl Phases for Run<'_> {
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
-            sent: self.m.sent_total,
-            received: self.m.sent_total.saturating_sub(self.ledger.unresolved()),
+            sent: self.m.sends.sent,
+            received: self.m.sends.sent.saturating_sub(self.ledger.unresolved()),
         }
     }
 }
@@ -536,8 +524,30 @@ impl Wire for Run<'_> {
     fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
         Run::fail(self, u, kind, || why);
     }
+    /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
+    /// message that went out completely.
     fn flush(&mut self, u: usize) {
-        Run::flush(self, u);
+        let user = &mut self.users[u];
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.m.latency.own,
+            sent_in_window: &mut self.m.sends.sent_in_window,
+        };
+        let (ledger, sent_total, write_lag_us) = (
+            &mut self.ledger,
+            &mut self.m.sends.sent,
+            &mut self.write_lag_us,
+        );
+        let failure = user.conn.flush(&self.io.clock, lags, |queued, lag_us| {
+            ledger.mark_written(queued.tag);
+            *sent_total += 1;
+            if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
+                *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+            }
+        });
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
     }
 }
 
@@ -651,35 +661,6 @@ impl Run<'_> {
         let plan = self.plan.as_ref()?;
         let sender = *self.senders.get(plan.sender_of(g) as usize)?;
         Some(self.users[sender].partner)
-    }
-
-    /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
-    /// message that went out completely.
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitEcho | UserPhase::Joined) || !user.conn.writable {
-            return; // the writable edge will call back
-        }
-        let lags = SendLags {
-            plan: self.plan.as_ref(),
-            own: &mut self.m.latency.own,
-            sent_in_window: &mut self.m.sent_in_window,
-        };
-        let (ledger, sent_total, write_lag_us) = (
-            &mut self.ledger,
-            &mut self.m.sent_total,
-            &mut self.write_lag_us,
-        );
-        let failure = user.conn.flush(&self.io.clock, lags, |queued, lag_us| {
-            ledger.mark_written(queued.tag);
-            *sent_total += 1;
-            if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
-                *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
-            }
-        });
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
-        }
     }
 
     fn on_frame(&mut self, u: usize, frame: &Frame, now_us: u64) {
@@ -925,7 +906,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.m.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
+        self.m.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name;
         // Answers to its messages go to this connection only: those still unanswered can no
         // longer be (the messages themselves may have died unread with the connection).
@@ -944,7 +925,7 @@ impl Run<'_> {
     /// Closes a connection the loadgen is done with (before reconnecting the user).
     fn close_quietly(&mut self, u: usize) {
         let user = &mut self.users[u];
-        self.m.not_sent_at_end += user.conn.close(self.io.poll.registry());
+        self.m.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
         user.phase = UserPhase::Idle;
     }
 
@@ -963,7 +944,7 @@ impl Run<'_> {
                 } else {
                     "draining"
                 },
-                self.m.sent_total,
+                self.m.sends.sent,
                 self.plan.as_ref().map_or(0, |p| p.messages),
                 self.ledger.unresolved()
             ),
@@ -979,9 +960,8 @@ impl Run<'_> {
 
     pub fn finish(mut self) -> Bin24Outcome {
         let end_us = self.io.clock.now_us();
-        let mut not_sent_at_end = self.m.not_sent_at_end;
         for user in &mut self.users {
-            not_sent_at_end += user.conn.close(self.io.poll.registry());
+            self.m.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let plan = self
             .plan
@@ -1007,13 +987,9 @@ impl Run<'_> {
             latency: self.m.latency,
             tally: self.ledger.tally(),
             errors: self.m.errors,
-            sent: self.m.sent_total,
-            sent_in_window: self.m.sent_in_window,
+            sends: self.m.sends,
             answered_in_window: self.m.answered_in_window,
             delivered_live_in_window: self.m.delivered_live_in_window,
-            not_sent_queue_full: self.m.not_sent_queue_full,
-            not_sent_connection_lost: self.m.not_sent_connection_lost,
-            not_sent_at_end,
             foreign_frames: self.m.foreign_frames,
             stored_hellos: self.m.stored_hellos,
             reconnect_requested: self.users.iter().filter(|u| u.reconnecting).count(),

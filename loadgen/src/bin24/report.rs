@@ -4,12 +4,16 @@
 
 use serde::Serialize;
 
-use super::{Bin24Config, Bin24Outcome, Tally};
+use super::{Bin24, Bin24Config, Bin24Outcome, Tally};
+#[cfg(test)]
+use crate::report::{verdict, ValidityInputs};
 use crate::report::{
-    verdict, write_closing_lines, Connections, Errors, Lines, NotSent, Outcome, OwnLagSummaries,
-    ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    Connections, Failures, Lines, Outcome, OwnLagSummaries, RunIds, Sections, Shared, Verdict,
+    Window,
 };
 use crate::stats::LatencySummary;
+
+pub type Report = crate::report::Report<Bin24>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -19,16 +23,13 @@ pub struct Settings {
     pub offline_users: usize,
     pub senders: u32,
     pub rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     /// Bytes of each message's body (the frame is 24 bytes more).
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
-    /// The id stamped in this run's messages, in hex.
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,31 +78,30 @@ pub struct Latencies {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub scenario: &'static str,
+pub struct Head {
     pub target: String,
     pub settings: Settings,
     pub connections: Connections,
     pub reconnects: Reconnects,
-    pub send: SendFigures,
-    pub not_sent: NotSent,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
     /// Every written message by fate, with the duplicates.
     pub messages: Tally,
     pub answers: Answers,
     /// Live deliveries received in the measured window, per second of it.
     pub deliveries_live_per_s: f64,
     pub latency_ms: Latencies,
-    pub errors: Errors,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Others {
     /// Frames that are not this run's (an earlier run's stored messages, another client's).
     pub foreign_frames: u64,
     /// This run's hellos that came back as type 2 (stored when the server closed a connection
     /// before the hello was answered).
     pub stored_hellos: u64,
-    pub drain_ms: f64,
-    pub drain_timed_out: bool,
-    pub notes: Vec<String>,
-    pub verdict: Verdict,
-    pub outcome: Outcome,
 }
 
 /// Exit 0 when every written message is accounted for (live + "200", "300" + type 2, or a
@@ -114,53 +114,41 @@ pub fn outcome(
     verdict: &Verdict,
     strict: bool,
 ) -> Outcome {
-    let mut failures = Vec::new();
-    let mut check = |count: u64, what: &str| {
-        if count > 0 {
-            failures.push(format!("{count} {what}"));
-        }
-    };
-    check(tally.lost.total, "lost");
-    check(
-        tally.incomplete.total,
-        "delivered without the matching answer",
-    );
-    check(tally.duplicates.unexpected, "duplicated in the normal flow");
-    check(
-        tally.duplicates.repeated_answers + tally.duplicates.conflicting_answers,
-        "repeated or conflicting answers",
-    );
-    check(errors, "errors");
-    check(not_sent, "not sent");
-    if strict && !verdict.valid {
-        failures.push("INVALID run (--strict)".to_string());
-    }
-    let passed = failures.is_empty();
-    Outcome {
-        passed,
-        failures,
-        exit_code: if passed { 0 } else { 1 },
-    }
+    Failures::default()
+        .count(tally.lost.total, "lost")
+        .count(
+            tally.incomplete.total,
+            "delivered without the matching answer",
+        )
+        .count(tally.duplicates.unexpected, "duplicated in the normal flow")
+        .count(
+            tally.duplicates.repeated_answers + tally.duplicates.conflicting_answers,
+            "repeated or conflicting answers",
+        )
+        .count(errors, "errors")
+        .count(not_sent, "not sent")
+        .invalid(verdict, strict)
+        .outcome()
 }
 
 impl Report {
     pub fn new(cfg: &Bin24Config, seed: u64, strict: bool, run: &Bin24Outcome) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
-        );
-        let verdict = verdict(&ValidityInputs::measured(
+        let shared = Shared::new(
             plan,
-            &l.own.schedule_lateness,
-            &l.delivery_live,
-        ));
+            cfg.rate_per_s,
+            run.sends,
+            &run.errors,
+            (run.drain_used_us, run.drain_timed_out),
+            (&l.own, &l.delivery_live),
+            l.ack_delivered.clamped + l.ack_stored.clamped,
+        );
+        let verdict = shared.verdict();
         let outcome = outcome(
             &run.tally,
-            run.errors.total(),
-            not_sent.total,
+            shared.error_count,
+            shared.not_sent.total,
             &verdict,
             strict,
         );
@@ -194,17 +182,7 @@ impl Report {
                     .to_string(),
             );
         }
-        let clamped = l.ack_delivered.clamped
-            + l.ack_stored.clamped
-            + l.delivery_live.clamped
-            + l.own.send_lag.clamped;
-        if clamped > 0 {
-            notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
-            ));
-        }
-        Report {
-            scenario: "bin24",
+        let head = Head {
             target: cfg.target.to_string(),
             settings: Settings {
                 users: cfg.users,
@@ -217,14 +195,10 @@ impl Report {
                 offline_users,
                 senders: plan.senders,
                 rate_per_s: cfg.rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 payload_bytes: cfg.body_bytes,
                 connect_rate_per_s: cfg.connect_rate_per_s,
-                seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.online_requested, run.online_joined, run.ramp_us),
             reconnects: Reconnects {
@@ -236,8 +210,8 @@ impl Report {
                 duration_ms: run.reconnect_used_us as f64 / 1e3,
                 timed_out: run.reconnect_timed_out,
             },
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
+        };
+        let figures = Figures {
             messages: run.tally,
             answers: Answers {
                 per_s: plan.per_s(run.answered_in_window),
@@ -258,42 +232,46 @@ impl Report {
                 reconnect: l.reconnect.summary(),
                 own: OwnLagSummaries::of(&l.own),
             },
-            errors: Errors::of(&run.errors),
+        };
+        let others = Others {
             foreign_frames: run.foreign_frames,
             stored_hellos: run.stored_hellos,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
-            notes,
-            verdict,
-            outcome,
-        }
+        };
+        shared.report("bin24", (head, figures, others), notes, verdict, outcome)
     }
+}
 
-    /// The human-readable report (stdout).
-    pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
-        let t = &self.messages;
-        let mut out = Lines::default();
+impl Sections for Bin24 {
+    type Head = Head;
+    type Figures = Figures;
+    type Others = Others;
+    const DRAIN_TIMED_OUT: &'static str = "deadline reached with answers missing";
+    const DRAIN_DONE: &'static str = "every written message had its answer";
+
+    fn opening(r: &Report, out: &mut Lines) {
+        let s = &r.head.settings;
         out.scenario(
             format!(
                 "BIN24 against {}: {} users ({}), {} offline",
-                self.target, s.users, s.pattern, s.offline_users
+                r.head.target, s.users, s.pattern, s.offline_users
             ),
             s.senders,
             format!("{} msg/s", s.rate_per_s),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "bodies"),
         );
         out.connections(
-            &self.connections,
+            &r.head.connections,
             "online requested",
             "",
-            Some(("connect", &l.connect)),
+            Some(("connect", &r.figures.latency_ms.connect)),
         );
-        out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "connection lost");
+    }
+
+    fn figures(r: &Report, out: &mut Lines) {
+        let l = &r.figures.latency_ms;
+        let t = &r.figures.messages;
         out.line(
             "messages",
             format!(
@@ -334,7 +312,7 @@ impl Report {
             "answers",
             format!(
                 "{:.1}/s in the measured window; {} messages never answered",
-                self.answers.per_s, self.answers.missing
+                r.figures.answers.per_s, r.figures.answers.missing
             ),
         );
         out.line("ack 200", l.ack_200.percentiles_or_none());
@@ -348,13 +326,13 @@ impl Report {
             format!(
                 "{} users ({} had been online), {} joined, {} retries, {} stored frames in \
                  {:.3} s{}; reconnect p50 {:.3} ms max {:.3} ms",
-                self.reconnects.requested,
-                self.reconnects.previously_online,
-                self.reconnects.joined,
-                self.reconnects.retries,
-                self.reconnects.stored_frames,
-                self.reconnects.duration_ms / 1e3,
-                if self.reconnects.timed_out {
+                r.head.reconnects.requested,
+                r.head.reconnects.previously_online,
+                r.head.reconnects.joined,
+                r.head.reconnects.retries,
+                r.head.reconnects.stored_frames,
+                r.head.reconnects.duration_ms / 1e3,
+                if r.head.reconnects.timed_out {
                     " (deadline reached with stored messages missing)"
                 } else {
                     ""
@@ -378,7 +356,14 @@ impl Report {
                 l.service_time.p50_ms, l.service_time.p99_ms, l.service_time.max_ms
             ),
         );
-        out.send_lag(&l.own);
+    }
+
+    fn own_lags(r: &Report) -> &OwnLagSummaries {
+        &r.figures.latency_ms.own
+    }
+
+    fn after_lags(r: &Report, out: &mut Lines) {
+        let t = &r.figures.messages;
         out.line(
             "duplicates",
             format!(
@@ -390,30 +375,19 @@ impl Report {
                 t.duplicates.conflicting_answers
             ),
         );
-        out.errors(&self.errors, "");
-        if self.foreign_frames > 0 || self.stored_hellos > 0 {
+    }
+
+    fn after_errors(r: &Report, out: &mut Lines) {
+        let o = &r.others;
+        if o.foreign_frames > 0 || o.stored_hellos > 0 {
             out.line(
                 "other frames",
                 format!(
                     "{} not this run's, {} of its hellos back as type 2 (not counted as messages)",
-                    self.foreign_frames, self.stored_hellos
+                    o.foreign_frames, o.stored_hellos
                 ),
             );
         }
-        out.drain(
-            self.drain_ms,
-            self.drain_timed_out,
-            "deadline reached with answers missing",
-            "every written message had its answer",
-        );
-        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
-        out.into_string()
-    }
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

@@ -176,7 +176,7 @@ fn live_and_stored_messages_are_all_accounted_for() {
     assert_eq!((run.online_requested, run.online_joined), (6, 6));
     assert_eq!(run.plan.senders, 6);
     assert_eq!(run.plan.messages, 200, "(0.1 s + 0.4 s) at 400 msg/s");
-    assert_eq!(run.sent, 200);
+    assert_eq!(run.sends.sent, 200);
     let t = run.tally;
     assert_eq!(t.written, 200);
     assert_eq!(t.stored, TO_THE_STORE);

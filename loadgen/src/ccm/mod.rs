@@ -32,7 +32,7 @@ use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
 use crate::registry::{InMix, Named, Protocol, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -104,12 +104,8 @@ pub struct CcmOutcome {
     pub seq: SeqCounts,
     pub undelivered: u64,
     pub errors: ErrorCounts,
-    pub sent: u64,
-    pub sent_in_window: u64,
+    pub sends: SendCounts,
     pub delivered_in_window: u64,
-    pub not_sent_queue_full: u64,
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
     pub foreign_messages: u64,
     /// Keepalives received by active users (each answered at once) and by silent users.
     pub keepalives_active: u64,
@@ -165,11 +161,8 @@ pub struct Run<'a> {
     content_buf: Vec<u8>,
     latency: Latencies,
     errors: ErrorCounts,
-    sent: u64,
-    sent_in_window: u64,
+    sends: SendCounts,
     delivered_in_window: u64,
-    not_sent_queue_full: u64,
-    not_sent_connection_lost: u64,
     foreign_messages: u64,
     keepalives_active: u64,
     keepalives_answered: u64,
@@ -243,11 +236,8 @@ impl ScenarioKind for Ccm {
             content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
             latency: Latencies::default(),
             errors: ErrorCounts::default(),
-            sent: 0,
-            sent_in_window: 0,
+            sends: SendCounts::default(),
             delivered_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
             foreign_messages: 0,
             keepalives_active: 0,
             keepalives_answered: 0,
@@ -364,7 +354,7 @@ impl Phases for Run<'_> {
             let u = self.senders[plan.sender_of(due.g) as usize];
             let user = &self.users[u];
             if user.phase != UserPhase::Joined {
-                self.not_sent_connection_lost += 1;
+                self.sends.not_sent_connection_lost += 1;
                 continue;
             }
             let content = &mut self.content_buf[..self.cfg.content_bytes];
@@ -375,7 +365,7 @@ impl Phases for Run<'_> {
                 intended_us: due.intended_us,
             };
             if stamp::write(content, &stamp).is_err() {
-                self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+                self.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
                 continue;
             }
             let message = wire::text(&user.token, &self.users[user.partner].name, content);
@@ -384,7 +374,7 @@ impl Phases for Run<'_> {
                 user.conn.out.pending(),
                 message.len(),
             ) {
-                self.not_sent_queue_full += 1;
+                self.sends.not_sent_queue_full += 1;
                 continue;
             }
             let user = &mut self.users[u];
@@ -399,7 +389,7 @@ impl Phases for Run<'_> {
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
-            sent: self.sent,
+            sent: self.sends.sent,
             received: self.accounting.counts().delivered,
         }
     }
@@ -455,7 +445,25 @@ impl Wire for Run<'_> {
         Run::fail(self, u, kind, || why);
     }
     fn flush(&mut self, u: usize) {
-        Run::flush(self, u);
+        let user = &mut self.users[u];
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.latency.own,
+            sent_in_window: &mut self.sends.sent_in_window,
+        };
+        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
+        if !user.conn.out.has_pending() {
+            user.last_write_us = self.io.clock.now_us();
+        }
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
     }
 }
 
@@ -596,36 +604,6 @@ impl Run<'_> {
         ));
         self.phase = Phase::Send;
         Ok(())
-    }
-
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        if !matches!(user.phase, UserPhase::AwaitIdentity | UserPhase::Joined)
-            || !user.conn.writable
-        {
-            return;
-        }
-        if user.conn.stream.is_none() || !user.conn.out.has_pending() {
-            return;
-        }
-        let lags = SendLags {
-            plan: self.plan.as_ref(),
-            own: &mut self.latency.own,
-            sent_in_window: &mut self.sent_in_window,
-        };
-        let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
-            *sent += 1;
-            if let Some(ordinal) = sender {
-                accounting.on_sent(ordinal as usize);
-            }
-        });
-        if !user.conn.out.has_pending() {
-            user.last_write_us = self.io.clock.now_us();
-        }
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
-        }
     }
 
     /// EOF or a read error: expected for a silent user (measured), an error for anyone else.
@@ -782,7 +760,7 @@ impl Run<'_> {
         self.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
+        self.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -801,7 +779,7 @@ impl Run<'_> {
             ),
             Phase::Send | Phase::Drain { .. } => format!(
                 "sent {} of {}, undelivered {}",
-                self.sent,
+                self.sends.sent,
                 self.plan.as_ref().map_or(0, |p| p.messages),
                 self.accounting.undelivered()
             ),
@@ -818,9 +796,8 @@ impl Run<'_> {
 
     pub fn finish(mut self) -> CcmOutcome {
         let end_us = self.io.clock.now_us();
-        let mut not_sent_at_end = 0;
         for user in &mut self.users {
-            not_sent_at_end += user.conn.close(self.io.poll.registry());
+            self.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us
@@ -852,12 +829,8 @@ impl Run<'_> {
             seq: self.accounting.counts(),
             undelivered: self.accounting.undelivered(),
             errors: self.errors,
-            sent: self.sent,
-            sent_in_window: self.sent_in_window,
+            sends: self.sends,
             delivered_in_window: self.delivered_in_window,
-            not_sent_queue_full: self.not_sent_queue_full,
-            not_sent_connection_lost: self.not_sent_connection_lost,
-            not_sent_at_end,
             foreign_messages: self.foreign_messages,
             keepalives_active: self.keepalives_active,
             keepalives_answered: self.keepalives_answered,

@@ -3,13 +3,16 @@
 
 use serde::Serialize;
 
-use super::{CcmConfig, CcmOutcome};
+use super::{Ccm, CcmConfig, CcmOutcome};
+#[cfg(test)]
+use crate::report::{verdict, ValidityInputs};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Latencies, Lines,
-    Losses, NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs,
-    Verdict,
+    Connections, Delivered, FailureInputs, Failures, Head, Lines, Outcome, OwnLagSummaries, RunIds,
+    Sections, Shared, Verdict, Window,
 };
 use crate::stats::LatencySummary;
+
+pub type Report = crate::report::Report<Ccm>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -19,16 +22,14 @@ pub struct Settings {
     pub silent_users: usize,
     pub senders: u32,
     pub rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub silent_wait_ms: f64,
     /// Bytes of each message's content (the stamp included).
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -65,27 +66,17 @@ pub struct Silent {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub scenario: &'static str,
-    pub target: String,
-    pub settings: Settings,
-    pub connections: Connections,
-    pub send: SendFigures,
-    pub not_sent: NotSent,
-    pub deliveries: Deliveries,
-    pub latency_ms: Latencies,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
+pub struct Figures {
+    #[serde(flatten)]
+    pub delivered: Delivered<Deliveries>,
     pub keepalives: Keepalives,
     pub silent: Silent,
-    pub errors: Errors,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Others {
     /// Text messages that are not this run's.
     pub foreign_messages: u64,
-    pub drain_ms: f64,
-    pub drain_timed_out: bool,
-    pub notes: Vec<String>,
-    pub verdict: Verdict,
-    pub outcome: Outcome,
 }
 
 /// The shared outcome, plus the CCM-only failure: a silent user the server never closed.
@@ -95,39 +86,37 @@ pub fn ccm_outcome(
     verdict: &Verdict,
     strict: bool,
 ) -> Outcome {
-    let mut result = outcome(inputs, verdict, strict);
-    if silent_not_closed > 0 {
-        result.failures.push(format!(
-            "{silent_not_closed} silent users never closed by the server"
-        ));
-        result.passed = false;
-        result.exit_code = 1;
-    }
-    result
+    Failures::default()
+        .shared(inputs, verdict, strict)
+        .count(silent_not_closed, "silent users never closed by the server")
+        .outcome()
 }
 
 impl Report {
     pub fn new(cfg: &CcmConfig, seed: u64, strict: bool, run: &CcmOutcome) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
-        );
-        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
-        let verdict = verdict(&ValidityInputs::measured(
+        let shared = Shared::new(
             plan,
-            &l.own.schedule_lateness,
-            &l.delivery,
-        ));
-        let outcome = ccm_outcome(
-            &FailureInputs {
-                losses: losses.total,
-                duplicates_or_reorders: run.seq.duplicates_or_reorders,
-                errors: run.errors.total(),
-                not_sent: not_sent.total,
+            cfg.rate_per_s,
+            run.sends,
+            &run.errors,
+            (run.drain_used_us, run.drain_timed_out),
+            (&l.own, &l.delivery),
+            l.connect.clamped,
+        );
+        let delivered = Delivered::new(
+            Deliveries {
+                delivered: run.seq.delivered,
+                per_s: plan.per_s(run.delivered_in_window),
             },
+            (&l.delivery, &l.connect, &l.own),
+            &run.seq,
+            run.undelivered,
+        );
+        let verdict = shared.verdict();
+        let outcome = ccm_outcome(
+            &delivered.failures(&shared),
             run.silent_not_closed,
             &verdict,
             strict,
@@ -141,15 +130,8 @@ impl Report {
                     .to_string(),
             );
         }
-        let clamped = l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped;
-        if clamped > 0 {
-            notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
-            ));
-        }
         let silent_users = run.silent_requested;
-        Report {
-            scenario: "ccm",
+        let head = Head {
             target: cfg.target.to_string(),
             settings: Settings {
                 users: cfg.users,
@@ -162,30 +144,16 @@ impl Report {
                 silent_users,
                 senders: plan.senders,
                 rate_per_s: cfg.rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 silent_wait_ms: cfg.silent_wait_us as f64 / 1e3,
                 payload_bytes: cfg.content_bytes,
                 connect_rate_per_s: cfg.connect_rate_per_s,
-                seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
-            deliveries: Deliveries {
-                delivered: run.seq.delivered,
-                per_s: plan.per_s(run.delivered_in_window),
-            },
-            latency_ms: Latencies {
-                delivery: l.delivery.summary(),
-                connect: l.connect.summary(),
-                own: OwnLagSummaries::of(&l.own),
-            },
-            losses,
-            duplicates_or_reorders: run.seq.duplicates_or_reorders,
+        };
+        let figures = Figures {
+            delivered,
             keepalives: Keepalives {
                 received_active: run.keepalives_active,
                 answered: run.keepalives_answered,
@@ -201,67 +169,69 @@ impl Report {
                 keepalive_after_ms: l.silent_keepalive_after.summary(),
                 wait_ms: run.silent_wait_used_us as f64 / 1e3,
             },
-            errors: Errors::of(&run.errors),
+        };
+        let others = Others {
             foreign_messages: run.foreign_messages,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
-            notes,
-            verdict,
-            outcome,
-        }
+        };
+        shared.report("ccm", (head, figures, others), notes, verdict, outcome)
     }
+}
 
-    pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
-        let mut out = Lines::default();
+impl Sections for Ccm {
+    type Head = Head<Settings>;
+    type Figures = Figures;
+    type Others = Others;
+    const DRAIN_TIMED_OUT: &'static str = "deadline reached with messages undelivered";
+    const DRAIN_DONE: &'static str = "every written message was delivered";
+
+    fn opening(r: &Report, out: &mut Lines) {
+        let s = &r.head.settings;
         out.scenario(
             format!(
                 "CCM against {}: {} users ({}), {} silent",
-                self.target, s.users, s.pattern, s.silent_users
+                r.head.target, s.users, s.pattern, s.silent_users
             ),
             s.senders,
             format!("{} msg/s", s.rate_per_s),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "contents"),
         );
         out.connections(
-            &self.connections,
+            &r.head.connections,
             "requested",
             "",
-            Some(("identify", &l.connect)),
+            Some(("identify", &r.figures.delivered.latency_ms.connect)),
         );
-        out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "connection lost");
+    }
+
+    fn figures(r: &Report, out: &mut Lines) {
+        let f = &r.figures.delivered;
         out.line(
             "deliveries",
             format!(
                 "{} delivered, {:.1}/s in the measured window",
-                self.deliveries.delivered, self.deliveries.per_s
+                f.deliveries.delivered, f.deliveries.per_s
             ),
         );
-        out.line("delivery", l.delivery.percentiles_or_none());
+        out.line("delivery", f.latency_ms.delivery.percentiles_or_none());
         out.line(
             "losses",
             format!(
                 "{} ({} gaps, {} never delivered); duplicates or reorders {}",
-                self.losses.total,
-                self.losses.gaps,
-                self.losses.undelivered,
-                self.duplicates_or_reorders
+                f.losses.total, f.losses.gaps, f.losses.undelivered, f.duplicates_or_reorders
             ),
         );
         out.line(
             "keepalives",
             format!(
                 "{} received by active users, {} answered; {} received by silent users",
-                self.keepalives.received_active,
-                self.keepalives.answered,
-                self.keepalives.received_silent
+                r.figures.keepalives.received_active,
+                r.figures.keepalives.answered,
+                r.figures.keepalives.received_silent
             ),
         );
-        let sl = &self.silent;
+        let sl = &r.figures.silent;
         if sl.requested > 0 {
             out.line(
                 "silent users",
@@ -289,28 +259,19 @@ impl Report {
                 ),
             );
         }
-        out.send_lag(&l.own);
-        out.errors(&self.errors, "");
-        if self.foreign_messages > 0 {
+    }
+
+    fn own_lags(r: &Report) -> &OwnLagSummaries {
+        &r.figures.delivered.latency_ms.own
+    }
+
+    fn after_errors(r: &Report, out: &mut Lines) {
+        if r.others.foreign_messages > 0 {
             out.line(
                 "other messages",
-                format!("{} not this run's", self.foreign_messages),
+                format!("{} not this run's", r.others.foreign_messages),
             );
         }
-        out.drain(
-            self.drain_ms,
-            self.drain_timed_out,
-            "deadline reached with messages undelivered",
-            "every written message was delivered",
-        );
-        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
-        out.into_string()
-    }
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

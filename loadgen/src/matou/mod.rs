@@ -39,7 +39,7 @@ use crate::driver::{Drain, Loop, Phases, Progress};
 use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{InMix, Named, Protocol, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -114,12 +114,8 @@ pub struct MatouOutcome {
     /// Messages written times the users that joined.
     pub expected_deliveries: u64,
     pub errors: ErrorCounts,
-    pub sent: u64,
-    pub sent_in_window: u64,
+    pub sends: SendCounts,
     pub delivered_in_window: u64,
-    pub not_sent_queue_full: u64,
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
     pub links: LinkCounts,
     /// Links due whose Src or Dst had lost its connection, or whose Src's queue was full.
     pub links_not_sent_connection_lost: u64,
@@ -203,12 +199,8 @@ pub struct Run<'a> {
     content_buf: Vec<u8>,
     latency: Latencies,
     errors: ErrorCounts,
-    sent: u64,
-    sent_in_window: u64,
+    sends: SendCounts,
     delivered_in_window: u64,
-    not_sent_queue_full: u64,
-    not_sent_connection_lost: u64,
-    not_sent_at_end: u64,
     links_not_sent_connection_lost: u64,
     links_not_sent_queue_full: u64,
     links_not_sent_busy: u64,
@@ -280,12 +272,8 @@ impl ScenarioKind for Matou {
             content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
             latency: Latencies::default(),
             errors: ErrorCounts::default(),
-            sent: 0,
-            sent_in_window: 0,
+            sends: SendCounts::default(),
             delivered_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
-            not_sent_at_end: 0,
             links_not_sent_connection_lost: 0,
             links_not_sent_queue_full: 0,
             links_not_sent_busy: 0,
@@ -468,7 +456,7 @@ impl Phases for Run<'_> {
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
-            sent: self.sent,
+            sent: self.sends.sent,
             received: self.accounting.counts().delivered,
         }
     }
@@ -523,7 +511,22 @@ impl Wire for Run<'_> {
         Run::fail(self, u, kind, || why);
     }
     fn flush(&mut self, u: usize) {
-        Run::flush(self, u);
+        let user = &mut self.users[u];
+        let lags = SendLags {
+            plan: self.plan.as_ref(),
+            own: &mut self.latency.own,
+            sent_in_window: &mut self.sends.sent_in_window,
+        };
+        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
+        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
+            *sent += 1;
+            if let Some(ordinal) = sender {
+                accounting.on_sent(ordinal as usize);
+            }
+        });
+        if let Some(why) = failure {
+            self.fail(u, ErrorKind::Write, || why);
+        }
     }
 }
 
@@ -581,7 +584,7 @@ impl Run<'_> {
         };
         for u in 0..self.users.len() {
             let user = &mut self.users[u];
-            self.not_sent_at_end += user.conn.queue.len() as u64;
+            self.sends.not_sent_at_end += user.conn.queue.len() as u64;
             user.conn.queue.clear();
             if user.phase == UserPhase::Joined {
                 user.conn.out.extend(&wire::public_sign_out());
@@ -657,7 +660,7 @@ impl Run<'_> {
         self.next_g += 1;
         let u = self.senders[plan.sender_of(due.g) as usize];
         if self.users[u].phase != UserPhase::Joined {
-            self.not_sent_connection_lost += 1;
+            self.sends.not_sent_connection_lost += 1;
             return;
         }
         let content = &mut self.content_buf[..self.cfg.message_bytes];
@@ -668,13 +671,13 @@ impl Run<'_> {
             intended_us,
         };
         if stamp::write(content, &stamp).is_err() {
-            self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+            self.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
             return;
         }
         let packet = wire::public_message(content);
         let user = &mut self.users[u];
         if queue_full(user.conn.queue.len(), user.conn.out.pending(), packet.len()) {
-            self.not_sent_queue_full += 1;
+            self.sends.not_sent_queue_full += 1;
             return;
         }
         user.conn.out.extend(&packet);
@@ -732,35 +735,6 @@ impl Run<'_> {
         self.links.open(src as u32, dst as u32, intended_us);
         self.users[src].conn.out.extend(&packet);
         self.io.dirty.mark(src);
-    }
-
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        if !matches!(
-            user.phase,
-            UserPhase::AwaitResponse | UserPhase::Joined | UserPhase::SigningOut
-        ) || !user.conn.writable
-        {
-            return;
-        }
-        if !user.conn.out.has_pending() {
-            return;
-        }
-        let lags = SendLags {
-            plan: self.plan.as_ref(),
-            own: &mut self.latency.own,
-            sent_in_window: &mut self.sent_in_window,
-        };
-        let (sent, accounting, sender) = (&mut self.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
-            *sent += 1;
-            if let Some(ordinal) = sender {
-                accounting.on_sent(ordinal as usize);
-            }
-        });
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
-        }
     }
 
     /// EOF or a read error: expected after a sign-out, an error otherwise.
@@ -984,7 +958,7 @@ impl Run<'_> {
         self.links.break_user(u as u32);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
-        self.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
+        self.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name.clone();
         let target = self.cfg.target;
         self.errors
@@ -1000,7 +974,7 @@ impl Run<'_> {
             ),
             Phase::Send | Phase::Drain { .. } => format!(
                 "sent {} of {}, delivered {}, links {} of {}",
-                self.sent,
+                self.sends.sent,
                 self.plan.as_ref().map_or(0, |p| p.messages),
                 self.accounting.counts().delivered,
                 self.links.counts().complete,
@@ -1017,7 +991,7 @@ impl Run<'_> {
     pub fn finish(mut self) -> MatouOutcome {
         let end_us = self.io.clock.now_us();
         for user in &mut self.users {
-            self.not_sent_at_end += user.conn.close(self.io.poll.registry());
+            self.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us
@@ -1047,12 +1021,8 @@ impl Run<'_> {
             undelivered,
             expected_deliveries: self.accounting.sent_total() * users_joined as u64,
             errors: self.errors,
-            sent: self.sent,
-            sent_in_window: self.sent_in_window,
+            sends: self.sends,
             delivered_in_window: self.delivered_in_window,
-            not_sent_queue_full: self.not_sent_queue_full,
-            not_sent_connection_lost: self.not_sent_connection_lost,
-            not_sent_at_end: self.not_sent_at_end,
             links: self.links.counts(),
             links_not_sent_connection_lost: self.links_not_sent_connection_lost,
             links_not_sent_queue_full: self.links_not_sent_queue_full,

@@ -3,13 +3,16 @@
 
 use serde::Serialize;
 
-use super::{MatouConfig, MatouOutcome, Notices};
+use super::{Matou, MatouConfig, MatouOutcome, Notices};
+#[cfg(test)]
+use crate::report::{verdict, ValidityInputs};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Deliveries, Errors, FailureInputs,
-    Latencies, Lines, Losses, NotSent, Outcome, OwnLagSummaries, ScenarioReport, SendFigures,
-    ValidityInputs, Verdict,
+    Connections, Delivered, Deliveries, FailureInputs, Failures, Head, Lines, Outcome,
+    OwnLagSummaries, RunIds, Sections, Shared, Verdict, Window,
 };
 use crate::stats::LatencySummary;
+
+pub type Report = crate::report::Report<Matou>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -20,16 +23,14 @@ pub struct Settings {
     /// rate x users: every message reaches every user.
     pub planned_deliveries_per_s: u64,
     pub private_rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub sign_out_wait_ms: f64,
     /// Bytes of each public message (the stamp included).
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,24 +112,19 @@ pub struct SignOut {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub scenario: &'static str,
-    pub target: String,
-    pub settings: Settings,
-    pub connections: Connections,
-    pub send: SendFigures,
-    pub not_sent: NotSent,
-    pub deliveries: Deliveries,
+pub struct Figures {
     /// Its schedule lateness covers public messages and link requests.
-    pub latency_ms: Latencies,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
+    #[serde(flatten)]
+    pub delivered: Delivered<Deliveries>,
     pub links: LinkFigures,
     pub join_notices: NoticeFigures,
     /// Informational: checked only over the users the server closed after their sign-out.
     pub sign_out_notices: NoticeFigures,
     pub sign_out: SignOut,
-    pub errors: Errors,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Others {
     /// ERROR packets received (each also counted as a protocol or connect error).
     pub error_packets: u64,
     /// CONNECT_RESPONSE 0 (each also a connect error).
@@ -138,11 +134,6 @@ pub struct Report {
     /// Broadcasts that are not this run's, and notices about users that are not.
     pub foreign_messages: u64,
     pub foreign_notices: u64,
-    pub drain_ms: f64,
-    pub drain_timed_out: bool,
-    pub notes: Vec<String>,
-    pub verdict: Verdict,
-    pub outcome: Outcome,
 }
 
 /// What fails a MATOU run beyond the shared rules.
@@ -162,25 +153,16 @@ pub fn matou_outcome(
     verdict: &Verdict,
     strict: bool,
 ) -> Outcome {
-    let mut result = outcome(inputs, verdict, strict);
-    for (count, what) in [
-        (extra.links_incomplete, "links incomplete"),
-        (extra.links_not_sent, "links not requested"),
-        (extra.join_notice_problems, "join notice problems"),
-        (
+    Failures::default()
+        .shared(inputs, verdict, strict)
+        .count(extra.links_incomplete, "links incomplete")
+        .count(extra.links_not_sent, "links not requested")
+        .count(extra.join_notice_problems, "join notice problems")
+        .count(
             extra.not_closed_after_sign_out,
             "users not closed after PUBLIC_SIGN_OUT",
-        ),
-    ] {
-        if count > 0 {
-            result.failures.push(format!("{count} {what}"));
-        }
-    }
-    if !result.failures.is_empty() {
-        result.passed = false;
-        result.exit_code = 1;
-    }
-    result
+        )
+        .outcome()
 }
 
 impl Report {
@@ -192,12 +174,25 @@ impl Report {
     ) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
+        let shared = Shared::new(
+            plan,
+            cfg.rate_per_s,
+            run.sends,
+            &run.errors,
+            (run.drain_used_us, run.drain_timed_out),
+            (&l.own, &l.delivery),
+            l.connect.clamped + l.link.clamped,
         );
-        let losses = Losses::new(run.seq.gap_losses, run.undelivered);
+        let delivered = Delivered::new(
+            Deliveries {
+                expected: run.expected_deliveries,
+                delivered: run.seq.delivered,
+                per_s: plan.per_s(run.delivered_in_window),
+            },
+            (&l.delivery, &l.connect, &l.own),
+            &run.seq,
+            run.undelivered,
+        );
         let links_not_sent = LinksNotSent {
             total: run.links_not_sent_busy
                 + run.links_not_sent_connection_lost
@@ -209,18 +204,9 @@ impl Report {
         let join_notices = NoticeFigures::new(&run.join_notices);
         let sign_out_notices = NoticeFigures::new(&run.sign_out_notices);
         let not_closed = run.signed_out - run.closed_after_sign_out;
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &l.own.schedule_lateness,
-            &l.delivery,
-        ));
+        let verdict = shared.verdict();
         let outcome = matou_outcome(
-            &FailureInputs {
-                losses: losses.total,
-                duplicates_or_reorders: run.seq.duplicates_or_reorders,
-                errors: run.errors.total(),
-                not_sent: not_sent.total,
-            },
+            &delivered.failures(&shared),
             &MatouFailures {
                 links_incomplete: run.links.incomplete(),
                 links_not_sent: links_not_sent.total,
@@ -244,13 +230,6 @@ impl Report {
                 sign_out_notices.duplicates
             ));
         }
-        let clamped =
-            l.delivery.clamped + l.own.send_lag.clamped + l.connect.clamped + l.link.clamped;
-        if clamped > 0 {
-            notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
-            ));
-        }
         let link_plan = run.link_plan.as_ref();
         let link_duration_s = link_plan.map_or(0.0, |p| p.duration_us as f64 / 1e6);
         let link_per_s = |count: u64| {
@@ -260,8 +239,7 @@ impl Report {
                 0.0
             }
         };
-        Report {
-            scenario: "matou",
+        let head = Head {
             target: cfg.target.to_string(),
             settings: Settings {
                 users: cfg.users,
@@ -270,31 +248,16 @@ impl Report {
                 rate_per_s: cfg.rate_per_s,
                 planned_deliveries_per_s: cfg.rate_per_s * cfg.users as u64,
                 private_rate_per_s: cfg.private_rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 sign_out_wait_ms: cfg.sign_out_wait_us as f64 / 1e3,
                 payload_bytes: cfg.message_bytes,
                 connect_rate_per_s: cfg.connect_rate_per_s,
-                seed: cfg.seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(cfg.seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
-            deliveries: Deliveries {
-                expected: run.expected_deliveries,
-                delivered: run.seq.delivered,
-                per_s: plan.per_s(run.delivered_in_window),
-            },
-            latency_ms: Latencies {
-                delivery: l.delivery.summary(),
-                connect: l.connect.summary(),
-                own: OwnLagSummaries::of(&l.own),
-            },
-            losses,
-            duplicates_or_reorders: run.seq.duplicates_or_reorders,
+        };
+        let figures = Figures {
+            delivered,
             links: LinkFigures {
                 target_rate_per_s: cfg.private_rate_per_s as f64,
                 planned: link_plan.map_or(0, |p| p.messages),
@@ -320,43 +283,47 @@ impl Report {
                 not_closed,
                 wait_ms: run.sign_out_wait_used_us as f64 / 1e3,
             },
-            errors: Errors::of(&run.errors),
+        };
+        let others = Others {
             error_packets: run.error_packets,
             refusals: run.refusals,
             decode_errors: run.decode_errors,
             foreign_messages: run.foreign_messages,
             foreign_notices: run.foreign_notices,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
-            notes,
-            verdict,
-            outcome,
-        }
+        };
+        shared.report("matou", (head, figures, others), notes, verdict, outcome)
     }
+}
 
-    pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
-        let k = &self.links;
-        let mut out = Lines::default();
+impl Sections for Matou {
+    type Head = Head<Settings>;
+    type Figures = Figures;
+    type Others = Others;
+    const DRAIN_TIMED_OUT: &'static str =
+        "deadline reached with messages undelivered or links incomplete";
+    const DRAIN_DONE: &'static str =
+        "every written message reached every user, every link completed";
+
+    fn opening(r: &Report, out: &mut Lines) {
+        let s = &r.head.settings;
         out.scenario(
-            format!("MATOU against {}: {} users", self.target, s.users),
+            format!("MATOU against {}: {} users", r.head.target, s.users),
             s.senders,
             format!(
                 "{} msg/s ({} deliveries/s) and {} links/s",
                 s.rate_per_s, s.planned_deliveries_per_s, s.private_rate_per_s
             ),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "messages"),
         );
         out.connections(
-            &self.connections,
+            &r.head.connections,
             "requested",
-            &format!(" ({} refused)", self.refusals),
-            Some(("login", &l.connect)),
+            &format!(" ({} refused)", r.others.refusals),
+            Some(("login", &r.figures.delivered.latency_ms.connect)),
         );
-        let jn = &self.join_notices;
+        let jn = &r.figures.join_notices;
         out.line(
             "join notices",
             format!(
@@ -370,24 +337,27 @@ impl Report {
                 jn.pairs_both
             ),
         );
-        out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "connection lost");
+    }
+
+    fn figures(r: &Report, out: &mut Lines) {
+        let f = &r.figures.delivered;
+        let k = &r.figures.links;
         out.line(
             "deliveries",
             format!(
                 "{} expected, {} delivered, {:.1}/s in the measured window",
-                self.deliveries.expected, self.deliveries.delivered, self.deliveries.per_s
+                f.deliveries.expected, f.deliveries.delivered, f.deliveries.per_s
             ),
         );
-        out.line("delivery latency", l.delivery.percentiles_or_none());
+        out.line(
+            "delivery latency",
+            f.latency_ms.delivery.percentiles_or_none(),
+        );
         out.line(
             "losses",
             format!(
                 "{} ({} in gaps, {} never delivered); duplicates or reorders {}",
-                self.losses.total,
-                self.losses.gaps,
-                self.losses.undelivered,
-                self.duplicates_or_reorders
+                f.losses.total, f.losses.gaps, f.losses.undelivered, f.duplicates_or_reorders
             ),
         );
         out.line(
@@ -423,9 +393,15 @@ impl Report {
                 k.address_mismatches
             ),
         );
-        out.send_lag(&l.own);
-        let so = &self.sign_out;
-        let sn = &self.sign_out_notices;
+    }
+
+    fn own_lags(r: &Report) -> &OwnLagSummaries {
+        &r.figures.delivered.latency_ms.own
+    }
+
+    fn after_lags(r: &Report, out: &mut Lines) {
+        let so = &r.figures.sign_out;
+        let sn = &r.figures.sign_out_notices;
         out.line(
             "sign-out",
             format!(
@@ -439,36 +415,27 @@ impl Report {
                 sn.expected
             ),
         );
-        out.errors(
-            &self.errors,
-            &format!(
-                " (ERROR packets {}, refusals {}, decode errors {})",
-                self.error_packets, self.refusals, self.decode_errors
-            ),
-        );
-        if self.foreign_messages + self.foreign_notices > 0 {
+    }
+
+    fn errors_more(r: &Report) -> String {
+        let o = &r.others;
+        format!(
+            " (ERROR packets {}, refusals {}, decode errors {})",
+            o.error_packets, o.refusals, o.decode_errors
+        )
+    }
+
+    fn after_errors(r: &Report, out: &mut Lines) {
+        let o = &r.others;
+        if o.foreign_messages + o.foreign_notices > 0 {
             out.line(
                 "other clients",
                 format!(
                     "{} broadcasts and {} notices not this run's",
-                    self.foreign_messages, self.foreign_notices
+                    o.foreign_messages, o.foreign_notices
                 ),
             );
         }
-        out.drain(
-            self.drain_ms,
-            self.drain_timed_out,
-            "deadline reached with messages undelivered or links incomplete",
-            "every written message reached every user, every link completed",
-        );
-        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
-        out.into_string()
-    }
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

@@ -26,7 +26,7 @@
 //! The UDP sockets ask for large receive buffers so the loadgen itself drops nothing; what the
 //! kernel granted is reported.
 
-mod accounting;
+pub mod accounting;
 pub mod churn;
 pub mod report;
 pub mod stamp;
@@ -51,7 +51,7 @@ use crate::driver::{
 };
 use crate::plan::{Due, Plan};
 use crate::registry::{InMix, Named, Protocol, ScenarioKind};
-use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendLags};
+use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 use accounting::{Accounting, Arrival};
 pub use accounting::{Counts, Losses};
@@ -155,13 +155,10 @@ pub struct OcmOutcome {
     /// Members that got their own message back.
     pub echoes: u64,
     pub errors: ErrorCounts,
-    pub sent: u64,
-    pub sent_in_window: u64,
+    /// Not sent for a lost connection: due while the member had failed, or the send itself
+    /// failed.
+    pub sends: SendCounts,
     pub delivered_in_window: u64,
-    pub not_sent_queue_full: u64,
-    /// Due while the member had failed, or the send itself failed.
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
     /// Datagrams from another address than the server's chat port, or texts of another run.
     pub foreign_texts: u64,
     pub exits_planned: u64,
@@ -260,11 +257,8 @@ pub struct Run<'a> {
     recv_buffers: RecvBuffers,
     tcrp_acknowledgements: u64,
     echoes: u64,
-    sent: u64,
-    sent_in_window: u64,
+    sends: SendCounts,
     delivered_in_window: u64,
-    not_sent_queue_full: u64,
-    not_sent_connection_lost: u64,
     foreign_texts: u64,
     exits_sent: u64,
     leaves_expected: u64,
@@ -348,11 +342,8 @@ impl ScenarioKind for Ocm {
             },
             tcrp_acknowledgements: 0,
             echoes: 0,
-            sent: 0,
-            sent_in_window: 0,
+            sends: SendCounts::default(),
             delivered_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
             foreign_texts: 0,
             exits_sent: 0,
             leaves_expected: 0,
@@ -528,7 +519,7 @@ impl Phases for Run<'_> {
             let u = self.senders[plan.sender_of(g) as usize];
             plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
             if self.members[u].phase != MemberPhase::Joined {
-                self.not_sent_connection_lost += 1;
+                self.sends.not_sent_connection_lost += 1;
                 continue;
             }
             self.enqueue(
@@ -544,7 +535,7 @@ impl Phases for Run<'_> {
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
-            sent: self.sent,
+            sent: self.sends.sent,
             received: self.accounting.counts.delivered,
         }
     }
@@ -916,7 +907,7 @@ impl Run<'_> {
         // An exit is never dropped: one more datagram past the cap.
         if member.queue.len() >= SEND_QUEUE_MESSAGES_MAX && matches!(pending, Pending::Chat { .. })
         {
-            self.not_sent_queue_full += 1;
+            self.sends.not_sent_queue_full += 1;
             return;
         }
         member.queue.push_back(pending);
@@ -963,7 +954,7 @@ impl Run<'_> {
             let Some(datagram) = datagram else {
                 // Cannot happen: the message size is checked against the datagram limit.
                 self.members[u].queue.pop_front();
-                self.not_sent_queue_full += 1;
+                self.sends.not_sent_queue_full += 1;
                 continue;
             };
             let member = &mut self.members[u];
@@ -982,7 +973,7 @@ impl Run<'_> {
                 Err(e) => {
                     member.queue.pop_front();
                     if matches!(pending, Pending::Chat { .. }) {
-                        self.not_sent_connection_lost += 1;
+                        self.sends.not_sent_connection_lost += 1;
                     }
                     let name = member.name.clone();
                     self.errors
@@ -1002,12 +993,12 @@ impl Run<'_> {
             self.exits_sent += 1;
             return;
         };
-        self.sent += 1;
+        self.sends.sent += 1;
         self.accounting.on_sent(u);
         let mut lags = SendLags {
             plan: self.plan.as_ref(),
             own: &mut self.latency.own,
-            sent_in_window: &mut self.sent_in_window,
+            sent_in_window: &mut self.sends.sent_in_window,
         };
         lags.record(intended_us, noticed_us, attempt_us, done_us);
     }
@@ -1198,7 +1189,7 @@ impl Run<'_> {
         member.phase = MemberPhase::Failed;
         for pending in member.queue.drain(..) {
             if matches!(pending, Pending::Chat { .. }) {
-                self.not_sent_connection_lost += 1;
+                self.sends.not_sent_connection_lost += 1;
             }
         }
         if let Some(mut tcrp) = member.tcrp.take() {
@@ -1237,7 +1228,7 @@ impl Run<'_> {
             ),
             Phase::Chat | Phase::Drain { .. } => format!(
                 "sent {} of {}, deliveries outstanding {}",
-                self.sent,
+                self.sends.sent,
                 self.plan.as_ref().map_or(0, |p| p.messages),
                 self.accounting.outstanding()
             ),
@@ -1257,9 +1248,8 @@ impl Run<'_> {
         let end_us = self.io.clock.now_us();
         // While the sockets are still open, so the kernel still lists them.
         self.recv_buffers.dropped = udp::drops(&self.udp_inodes);
-        let mut not_sent_at_end = 0;
         for member in &mut self.members {
-            not_sent_at_end += member
+            self.sends.not_sent_at_end += member
                 .queue
                 .iter()
                 .filter(|p| matches!(p, Pending::Chat { .. }))
@@ -1302,12 +1292,8 @@ impl Run<'_> {
             losses: self.accounting.losses(),
             echoes: self.echoes,
             errors: self.errors,
-            sent: self.sent,
-            sent_in_window: self.sent_in_window,
+            sends: self.sends,
             delivered_in_window: self.delivered_in_window,
-            not_sent_queue_full: self.not_sent_queue_full,
-            not_sent_connection_lost: self.not_sent_connection_lost,
-            not_sent_at_end,
             foreign_texts: self.foreign_texts,
             exits_planned: self.exit_order.len() as u64,
             exits_sent: self.exits_sent,

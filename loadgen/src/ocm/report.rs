@@ -5,12 +5,14 @@
 
 use serde::Serialize;
 
-use super::{OcmConfig, OcmOutcome};
+use super::{Ocm, OcmConfig, OcmOutcome};
 use crate::report::{
-    outcome, verdict, write_closing_lines, Errors, FailureInputs, Lines, NotSent, Outcome,
-    OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
+    verdict, FailureInputs, Failures, Lines, Outcome, OwnLagSummaries, RunIds, Sections, Shared,
+    ValidityInputs, Verdict, Window,
 };
 use crate::stats::LatencySummary;
+
+pub type Report = crate::report::Report<Ocm>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -22,18 +24,16 @@ pub struct Settings {
     /// Deliveries the plan calls for per second: rate x (members - 1).
     pub deliveries_per_s: u64,
     pub room_rate_per_s: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub exit_wait_ms: f64,
     /// Bytes of each chat message (the stamp included).
     pub payload_bytes: usize,
     pub recv_buffer_bytes: usize,
     /// UDP loss, in percent of the expected deliveries, above which the run fails.
     pub loss_max_percent: f64,
-    pub seed: u64,
-    pub strict: bool,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -124,27 +124,26 @@ pub struct Latencies {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub scenario: &'static str,
+pub struct Head {
     pub tcp_target: String,
     pub udp_target: String,
     pub settings: Settings,
     pub rooms: Rooms,
-    pub send: SendFigures,
-    pub not_sent: NotSent,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
     pub deliveries: Deliveries,
     pub latency_ms: Latencies,
     pub udp_loss: UdpLoss,
     pub exit: Exit,
     pub receive_buffers: ReceiveBuffers,
-    pub errors: Errors,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Others {
     /// Datagrams from elsewhere than the server's chat port, or texts of another run.
     pub foreign_texts: u64,
-    pub drain_ms: f64,
-    pub drain_timed_out: bool,
-    pub notes: Vec<String>,
-    pub verdict: Verdict,
-    pub outcome: Outcome,
 }
 
 /// What OCM adds to the shared failure rules.
@@ -165,30 +164,24 @@ pub fn ocm_outcome(
     verdict: &Verdict,
     strict: bool,
 ) -> Outcome {
-    let loss_fails = loss_fails(ocm.lost, ocm.lost_percent, ocm.loss_max_percent);
     let shared = FailureInputs {
         losses: 0,
         ..*inputs
     };
-    let mut result = outcome(&shared, verdict, strict);
-    let mut extra = Vec::new();
-    if loss_fails {
-        extra.push(format!(
-            "{} lost ({:.4}% > --loss-max {}%)",
-            ocm.lost, ocm.lost_percent, ocm.loss_max_percent
-        ));
-    }
-    if ocm.leaves_missing > 0 {
-        extra.push(format!("{} leave texts missing", ocm.leaves_missing));
-    }
-    if !extra.is_empty() {
-        // Loss first, as the shared rules list it.
-        extra.append(&mut result.failures);
-        result.failures = extra;
-        result.passed = false;
-        result.exit_code = 1;
-    }
-    result
+    // Loss first, as the shared rules list it.
+    Failures::default()
+        .when(
+            loss_fails(ocm.lost, ocm.lost_percent, ocm.loss_max_percent),
+            || {
+                format!(
+                    "{} lost ({:.4}% > --loss-max {}%)",
+                    ocm.lost, ocm.lost_percent, ocm.loss_max_percent
+                )
+            },
+        )
+        .count(ocm.leaves_missing, "leave texts missing")
+        .shared(&shared, verdict, strict)
+        .outcome()
 }
 
 /// Loss fails the run when it is above the allowed percentage (any loss, at the default 0).
@@ -235,27 +228,26 @@ impl Report {
     ) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
+        let shared = Shared::new(
+            plan,
+            cfg.rate_per_s,
+            run.sends,
+            &run.errors,
+            (run.drain_used_us, run.drain_timed_out),
+            (&l.own, &l.delivery),
+            l.create.clamped + l.join.clamped,
         );
         let losses = run.losses;
         let percent = losses.percent();
         let rb = &run.recv_buffers;
         let verdict = ocm_verdict(
-            &ValidityInputs::measured(plan, &l.own.schedule_lateness, &l.delivery),
+            &shared.validity,
             (l.receive_lag.len() > 0).then(|| l.receive_lag.value_at_quantile_us(0.99)),
             rb.dropped,
         );
         let leaves_missing = run.leaves_expected.saturating_sub(run.leaves_received);
         let outcome = ocm_outcome(
-            &FailureInputs {
-                losses: losses.lost,
-                duplicates_or_reorders: run.counts.duplicates,
-                errors: run.errors.total(),
-                not_sent: not_sent.total,
-            },
+            &shared.failures(losses.lost, run.counts.duplicates),
             &OcmFailures {
                 lost: losses.lost,
                 lost_percent: percent,
@@ -300,16 +292,8 @@ impl Report {
                 run.counts.missing_not_remembered
             ));
         }
-        let clamped =
-            l.delivery.clamped + l.own.send_lag.clamped + l.create.clamped + l.join.clamped;
-        if clamped > 0 {
-            notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
-            ));
-        }
         let members_failed = run.members_requested - run.members_joined - run.members_not_attempted;
-        Report {
-            scenario: "ocm",
+        let head = Head {
             tcp_target: cfg.tcp_target.to_string(),
             udp_target: cfg.udp_target.to_string(),
             settings: Settings {
@@ -319,16 +303,12 @@ impl Report {
                 rate_per_s: cfg.rate_per_s,
                 deliveries_per_s: cfg.rate_per_s * (cfg.members as u64 - 1),
                 room_rate_per_s: cfg.room_rate_per_s,
-                duration_ms: cfg.duration_us as f64 / 1e3,
-                warmup_ms: cfg.warmup_us as f64 / 1e3,
-                drain_ms: cfg.drain_us as f64 / 1e3,
+                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
                 exit_wait_ms: cfg.exit_wait_us as f64 / 1e3,
                 payload_bytes: cfg.message_bytes,
                 recv_buffer_bytes: cfg.recv_buffer_bytes,
                 loss_max_percent,
-                seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             rooms: Rooms {
                 requested: run.rooms_requested,
@@ -340,8 +320,8 @@ impl Report {
                 acknowledgements: run.tcrp_acknowledgements,
                 duration_ms: run.rooms_phase_us as f64 / 1e3,
             },
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
+        };
+        let figures = Figures {
             deliveries: Deliveries {
                 expected: losses.expected,
                 delivered: run.counts.delivered,
@@ -385,35 +365,40 @@ impl Report {
                 sockets: rb.sockets,
                 loadgen_dropped: rb.dropped,
             },
-            errors: Errors::of(&run.errors),
+        };
+        let others = Others {
             foreign_texts: run.foreign_texts,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
-            notes,
-            verdict,
-            outcome,
-        }
+        };
+        shared.report("ocm", (head, figures, others), notes, verdict, outcome)
     }
+}
 
-    pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
-        let mut out = Lines::default();
+impl Sections for Ocm {
+    type Head = Head;
+    type Figures = Figures;
+    type Others = Others;
+    const NOT_SENT_LOST: &'static str = "member gone or send failed";
+    const DRAIN_TIMED_OUT: &'static str = "deadline reached with deliveries missing";
+    const DRAIN_DONE: &'static str = "every delivery arrived";
+
+    fn opening(report: &Report, out: &mut Lines) {
+        let s = &report.head.settings;
+        let l = &report.figures.latency_ms;
         out.scenario(
             format!(
                 "OCM against TCP {} / UDP {}: {} rooms x {} members",
-                self.tcp_target, self.udp_target, s.rooms, s.members
+                report.head.tcp_target, report.head.udp_target, s.rooms, s.members
             ),
             s.senders,
             format!(
                 "{} msg/s ({} deliveries/s)",
                 s.rate_per_s, s.deliveries_per_s
             ),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "messages"),
         );
-        let r = &self.rooms;
+        let r = &report.head.rooms;
         out.line(
             "rooms",
             format!(
@@ -436,9 +421,11 @@ impl Report {
         );
         out.line("tcrp create", l.create.percentiles_or_none());
         out.line("tcrp join", l.join.percentiles_or_none());
-        out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "member gone or send failed");
-        let d = &self.deliveries;
+    }
+
+    fn figures(r: &Report, out: &mut Lines) {
+        let l = &r.figures.latency_ms;
+        let d = &r.figures.deliveries;
         out.line(
             "deliveries",
             format!(
@@ -448,7 +435,7 @@ impl Report {
             ),
         );
         out.line("udp delivery", l.delivery.percentiles_or_none());
-        let loss = &self.udp_loss;
+        let loss = &r.figures.udp_loss;
         out.line(
             "udp loss",
             format!(
@@ -469,7 +456,7 @@ impl Report {
                 }
             ),
         );
-        let rb = &self.receive_buffers;
+        let rb = &r.figures.receive_buffers;
         out.line(
             "loadgen sockets",
             format!(
@@ -492,7 +479,7 @@ impl Report {
             ),
         );
         out.line("receive lag", l.receive_lag.percentiles_or_none());
-        let e = &self.exit;
+        let e = &r.figures.exit;
         out.line(
             "exit",
             format!(
@@ -513,31 +500,22 @@ impl Report {
             ),
         );
         out.line("leave texts", l.leave.percentiles_or_none());
-        out.send_lag(&l.own);
-        out.errors(&self.errors, "");
-        if self.foreign_texts > 0 {
+    }
+
+    fn own_lags(r: &Report) -> &OwnLagSummaries {
+        &r.figures.latency_ms.own
+    }
+
+    fn after_errors(r: &Report, out: &mut Lines) {
+        if r.others.foreign_texts > 0 {
             out.line(
                 "other datagrams",
                 format!(
                     "{} not from the server or not this run's",
-                    self.foreign_texts
+                    r.others.foreign_texts
                 ),
             );
         }
-        out.drain(
-            self.drain_ms,
-            self.drain_timed_out,
-            "deadline reached with deliveries missing",
-            "every delivery arrived",
-        );
-        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
-        out.into_string()
-    }
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
     }
 }
 

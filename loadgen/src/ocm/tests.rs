@@ -207,7 +207,7 @@ fn a_clean_server_delivers_everything_and_every_leave_text() {
     assert_eq!(run.latency.create.len(), 3);
     assert_eq!(run.latency.join.len(), 9);
     assert_eq!(run.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
-    assert_eq!(run.sent, 240);
+    assert_eq!(run.sends.sent, 240);
     assert_eq!(run.losses.expected, 240 * 3, "three others in each room");
     assert_eq!(run.counts.delivered, 240 * 3);
     assert_eq!(run.losses.lost, 0);
@@ -247,7 +247,7 @@ fn a_lossy_server_is_caught_and_fails_unless_allowed() {
     cfg.drain_us = 200_000;
     let run = run(&cfg).unwrap();
     assert_eq!(run.members_joined, 12);
-    assert_eq!(run.losses.expected, run.sent * 3);
+    assert_eq!(run.losses.expected, run.sends.sent * 3);
     // Every 20th delivery dropped: 5% of them.
     assert_eq!(
         run.losses.lost,
@@ -260,7 +260,7 @@ fn a_lossy_server_is_caught_and_fails_unless_allowed() {
     assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
     let failed = report::Report::new(&cfg, 1, false, 0.0, &run);
     assert_eq!(failed.outcome.exit_code, 1);
-    assert!(failed.udp_loss.fails_run);
+    assert!(failed.figures.udp_loss.fails_run);
     assert!(failed.to_text().contains("FAILS the run"));
     let allowed = report::Report::new(&cfg, 1, false, 6.0, &run);
     assert_eq!(allowed.outcome.exit_code, 0, "{:?}", allowed.outcome);
@@ -276,8 +276,8 @@ fn an_echo_to_the_sender_is_an_error() {
     let mut cfg = config(&server);
     cfg.rooms = 1;
     let run = run(&cfg).unwrap();
-    assert_eq!(run.echoes, run.sent);
-    assert_eq!(run.errors.protocol, run.sent);
+    assert_eq!(run.echoes, run.sends.sent);
+    assert_eq!(run.errors.protocol, run.sends.sent);
     assert_eq!(run.losses.lost, 0, "the others still got everything");
     let report = report::Report::new(&cfg, 1, false, 0.0, &run);
     assert_eq!(report.outcome.exit_code, 1);
