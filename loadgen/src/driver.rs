@@ -215,8 +215,9 @@ pub trait Phases {
 /// What a scenario's `Run` lends the shared turn besides its phases: what its sockets' events
 /// do. The TCP scenarios get it from the engine ([`crate::engine::Wire`]).
 pub trait Reactor: Phases {
-    /// One socket event; `index` is the token minus one.
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool);
+    /// One socket event; `index` is the token minus one. `hangup`: the event reported the
+    /// peer's FIN or an error (see [`crate::sockio::read_chunk`]).
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool, hangup: bool);
     /// After the events: drive the connections left with data, flush what is pending.
     fn end_turn(&mut self);
 }
@@ -270,7 +271,8 @@ pub fn turn<R: Reactor>(
         }
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-        r.on_event(event.token().0 - 1, readable, writable);
+        let hangup = event.is_read_closed() || event.is_error();
+        r.on_event(event.token().0 - 1, readable, writable, hangup);
         handled += 1;
         if handled.is_multiple_of(EVENTS_PER_SEND_CHECK) {
             r.send_due();
@@ -557,7 +559,7 @@ mod tests {
     }
 
     impl Reactor for Ticker {
-        fn on_event(&mut self, _: usize, _: bool, _: bool) {}
+        fn on_event(&mut self, _: usize, _: bool, _: bool, _: bool) {}
         fn end_turn(&mut self) {}
     }
 

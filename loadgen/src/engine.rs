@@ -128,7 +128,8 @@ fn drive<W: Wire>(w: &mut W, u: usize) {
     }
 }
 
-/// Reads until `WouldBlock` (or the budget), handing every whole message to the protocol.
+/// Reads until a short read or `WouldBlock` (see [`read_chunk`]) or the budget, handing every
+/// whole message to the protocol.
 fn read<W: Wire>(w: &mut W, u: usize) {
     let mut budget = READ_BUDGET_BYTES;
     loop {
@@ -142,17 +143,19 @@ fn read<W: Wire>(w: &mut W, u: usize) {
             io.still_ready.push(u);
             return;
         }
-        let n = match read_chunk(stream, &mut io.read_buf, &mut conn.readable) {
-            Chunk::Bytes(n) => n,
-            Chunk::Drained => {
-                w.on_drained(u);
-                return;
-            }
-            ended => {
-                w.on_server_close(u, ended.why());
-                return;
-            }
-        };
+        let (n, emptied) =
+            match read_chunk(stream, &mut io.read_buf, &mut conn.readable, conn.hangup) {
+                Chunk::Bytes(n) => (n, false),
+                Chunk::Emptied(n) => (n, true),
+                Chunk::Drained => {
+                    w.on_drained(u);
+                    return;
+                }
+                ended => {
+                    w.on_server_close(u, ended.why());
+                    return;
+                }
+            };
         budget = budget.saturating_sub(n);
         conn.inbuf.extend_from_slice(&io.read_buf[..n]);
         // One clock read per read: every message in this chunk arrived together.
@@ -180,17 +183,23 @@ fn read<W: Wire>(w: &mut W, u: usize) {
         if io.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
             w.send_due();
         }
+        if emptied {
+            // As `Drained`: the socket has no more (CCM decodes a whole burst on it).
+            w.on_drained(u);
+            return;
+        }
     }
 }
 
 impl<W: Wire> Reactor for W {
-    fn on_event(&mut self, u: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, u: usize, readable: bool, writable: bool, hangup: bool) {
         let Some((_, conn)) = self.conn(u) else {
             self.on_other_event(u, readable, writable);
             return;
         };
         conn.readable |= readable;
         conn.writable |= writable;
+        conn.hangup |= hangup;
         drive(self, u);
     }
     fn end_turn(&mut self) {

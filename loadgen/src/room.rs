@@ -13,9 +13,9 @@
 //! lateness check marks the run invalid: the loadgen cannot silently become the bottleneck.
 //!
 //! Sockets are registered READABLE|WRITABLE once (edge-triggered). Readiness is kept in
-//! userland: a read loop runs to `WouldBlock` (or a byte budget, after which the connection
-//! waits on `still_ready` because no new edge will come), and a blocked writer waits for the
-//! next writable edge with its messages queued.
+//! userland: a read loop runs to a short read or `WouldBlock` (see [`read_chunk`]), or to a
+//! byte budget, after which the connection waits on `still_ready` because no new edge will
+//! come; a blocked writer waits for the next writable edge with its messages queued.
 
 pub mod report;
 
@@ -123,6 +123,8 @@ struct Client {
     /// Readiness kept in userland (edge-triggered: an edge is reported once).
     readable: bool,
     writable: bool,
+    /// An event reported the server's FIN or an error (see [`read_chunk`]).
+    hangup: bool,
     scanner: Scanner,
     /// RESP only: frames the stream around the payloads the scanner reads.
     resp: Option<resp::Reader>,
@@ -250,6 +252,7 @@ impl ScenarioKind for Room {
                     phase: ClientPhase::Idle,
                     readable: false,
                     writable: false,
+                    hangup: false,
                     scanner: Scanner::new(),
                     resp: match &cfg.wire {
                         Wire::Room => None,
@@ -490,12 +493,13 @@ impl Phases for Run<'_> {
 }
 
 impl Reactor for Run<'_> {
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool, hangup: bool) {
         let Some(client) = self.clients.get_mut(index) else {
             return; // not ours; cannot happen, and must not panic
         };
         client.readable |= readable;
         client.writable |= writable;
+        client.hangup |= hangup;
         self.drive(index);
     }
     fn end_turn(&mut self) {
@@ -516,6 +520,7 @@ impl Run<'_> {
             Ok(stream) => {
                 let client = &mut self.clients[index];
                 client.stream = Some(stream);
+                client.hangup = false;
                 client.phase = ClientPhase::Connecting;
             }
             Err(why) => self.fail(index, ErrorKind::Connect, || why),
@@ -702,7 +707,8 @@ impl Run<'_> {
         client.readable = true; // the greeting may already be waiting
     }
 
-    /// Reads until `WouldBlock` (or the budget), handing each chunk to the phase's handler.
+    /// Reads until a short read or `WouldBlock` (or the budget; see [`read_chunk`]), handing
+    /// each chunk to the phase's handler.
     fn read(&mut self, index: usize) {
         let mut budget = READ_BUDGET_BYTES;
         loop {
@@ -714,22 +720,25 @@ impl Run<'_> {
                 self.io.still_ready.push(index);
                 return;
             }
-            let n = match read_chunk(stream, &mut self.io.read_buf, &mut client.readable) {
-                Chunk::Bytes(n) => n,
-                Chunk::Drained => return,
-                ended => {
-                    let (kind, when) = if client.phase == ClientPhase::Joined {
-                        (ErrorKind::Read, "after joining")
-                    } else {
-                        (ErrorKind::Connect, "during the handshake")
-                    };
-                    self.fail(index, kind, || match ended {
-                        Chunk::Failed(e) => format!("read: {e}"),
-                        _ => format!("server closed the connection {when}"),
-                    });
-                    return;
-                }
-            };
+            let hangup = client.hangup;
+            let (n, emptied) =
+                match read_chunk(stream, &mut self.io.read_buf, &mut client.readable, hangup) {
+                    Chunk::Bytes(n) => (n, false),
+                    Chunk::Emptied(n) => (n, true),
+                    Chunk::Drained => return,
+                    ended => {
+                        let (kind, when) = if client.phase == ClientPhase::Joined {
+                            (ErrorKind::Read, "after joining")
+                        } else {
+                            (ErrorKind::Connect, "during the handshake")
+                        };
+                        self.fail(index, kind, || match ended {
+                            Chunk::Failed(e) => format!("read: {e}"),
+                            _ => format!("server closed the connection {when}"),
+                        });
+                        return;
+                    }
+                };
             budget = budget.saturating_sub(n);
             // One clock read per read(): every record in this chunk arrived together.
             let now_us = self.io.clock.now_us();
@@ -739,6 +748,9 @@ impl Run<'_> {
             self.io.bytes_since_send_check += n;
             if self.io.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
                 self.send_due(); // may fail this very client: the loop re-checks its stream
+            }
+            if emptied {
+                return;
             }
         }
     }

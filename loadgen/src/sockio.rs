@@ -20,6 +20,8 @@ pub struct Conn<T> {
     pub stream: Option<TcpStream>,
     pub readable: bool,
     pub writable: bool,
+    /// An event reported the server's FIN or a socket error (see [`read_chunk`]).
+    pub hangup: bool,
     pub inbuf: BytesMut,
     pub out: OutBuf,
     /// The messages in `out`, for the send accounting (other bytes, such as answers, have none).
@@ -32,6 +34,7 @@ impl<T> Default for Conn<T> {
             stream: None,
             readable: false,
             writable: false,
+            hangup: false,
             inbuf: BytesMut::new(),
             out: OutBuf::default(),
             queue: VecDeque::new(),
@@ -51,6 +54,7 @@ impl<T: Copy> Conn<T> {
         self.stream = Some(stream);
         self.readable = false;
         self.writable = false;
+        self.hangup = false;
         Ok(())
     }
 
@@ -120,6 +124,10 @@ impl Drained {
 pub enum Chunk {
     /// This many bytes are at the front of the buffer.
     Bytes(usize),
+    /// This many bytes are at the front of the buffer, fewer than it holds: they emptied the
+    /// socket, `readable` was cleared, the next readable edge resumes (as `Drained`, without
+    /// the read that would only have returned `WouldBlock`).
+    Emptied(usize),
     /// Nothing more to read: `readable` was cleared, the next readable edge resumes.
     Drained,
     /// The server closed the connection.
@@ -138,10 +146,26 @@ impl Chunk {
 }
 
 /// One read into `buf`, retried when interrupted; clears `readable` when the socket is drained.
-pub fn read_chunk(stream: &mut impl Read, buf: &mut [u8], readable: &mut bool) -> Chunk {
+///
+/// A read that returns fewer bytes than `buf` holds found the receive queue empty, and with
+/// edge-triggered epoll any byte arriving later raises a new edge: it is `Emptied`, which saves
+/// the read that would only return `WouldBlock` (Tokio's `PollEvented::poll_read` relies on
+/// the same). Not when `hangup` (an event reported the peer's FIN or an error): those may have
+/// come with the data under one edge, and no new edge will announce them, so the caller
+/// reads on to the EOF or the error.
+pub fn read_chunk(
+    stream: &mut impl Read,
+    buf: &mut [u8],
+    readable: &mut bool,
+    hangup: bool,
+) -> Chunk {
     loop {
         return match stream.read(buf) {
             Ok(0) => Chunk::Eof,
+            Ok(n) if n < buf.len() && !hangup => {
+                *readable = false;
+                Chunk::Emptied(n)
+            }
             Ok(n) => Chunk::Bytes(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 *readable = false;
@@ -406,6 +430,72 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A socket's receive side as a script of what each read returns: `Ok(bytes)` (empty for
+    /// EOF) or an error kind; a finished script would block.
+    struct Source(VecDeque<Result<&'static [u8], io::ErrorKind>>);
+
+    impl Read for Source {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                Some(Ok(bytes)) => {
+                    assert!(bytes.len() <= buf.len(), "the script respects the buffer");
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    Ok(bytes.len())
+                }
+                Some(Err(kind)) => Err(kind.into()),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    fn chunks(source: &mut Source, buf_len: usize, hangup: bool) -> Vec<String> {
+        let mut buf = vec![0u8; buf_len];
+        let mut readable = true;
+        let mut seen = Vec::new();
+        while readable {
+            let chunk = read_chunk(source, &mut buf, &mut readable, hangup);
+            let done = matches!(chunk, Chunk::Eof | Chunk::Failed(_));
+            seen.push(format!("{chunk:?}"));
+            if done {
+                break;
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_short_read_empties_the_socket_without_a_would_block_read() {
+        let mut source = Source(VecDeque::from([Ok(&b"hello"[..]), Ok(b"never read")]));
+        assert_eq!(chunks(&mut source, 16, false), ["Emptied(5)"]);
+        assert_eq!(
+            source.0.len(),
+            1,
+            "the read after the short one was not made"
+        );
+    }
+
+    #[test]
+    fn a_full_read_reads_on() {
+        let mut source = Source(VecDeque::from([Ok(&b"12345678"[..]), Ok(b"9")]));
+        assert_eq!(chunks(&mut source, 8, false), ["Bytes(8)", "Emptied(1)"]);
+        let mut exact = Source(VecDeque::from([Ok(&b"12345678"[..])]));
+        assert_eq!(chunks(&mut exact, 8, false), ["Bytes(8)", "Drained"]);
+    }
+
+    #[test]
+    fn after_a_hangup_a_short_read_reads_on_to_the_eof_or_the_error() {
+        let mut fin = Source(VecDeque::from([Ok(&b"bye"[..]), Ok(b"")]));
+        assert_eq!(chunks(&mut fin, 16, true), ["Bytes(3)", "Eof"]);
+        let mut reset = Source(VecDeque::from([
+            Ok(&b"bye"[..]),
+            Err(io::ErrorKind::Interrupted),
+            Err(io::ErrorKind::ConnectionReset),
+        ]));
+        let seen = chunks(&mut reset, 16, true);
+        assert_eq!(seen[0], "Bytes(3)");
+        assert!(seen[1].starts_with("Failed("), "{seen:?}");
     }
 
     #[test]

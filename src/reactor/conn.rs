@@ -71,6 +71,14 @@ fn classify(err: &io::Error) -> IoOutcome {
     }
 }
 
+/// Whether a stream socket is still worth reading after a read returned `read` bytes of the
+/// `asked` it was given. A full read may have left more behind; a short one emptied the
+/// receive queue, and new bytes will raise a new edge, unless a FIN or an error arrived under
+/// the edge already seen (`hangup_seen`): nothing will announce those again.
+pub(crate) fn stays_read_ready(read: usize, asked: usize, hangup_seen: bool) -> bool {
+    read >= asked || hangup_seen
+}
+
 /// Bytes written to `stream` that its peer's TCP has not acknowledged yet (SIOCOUTQ).
 ///
 /// `unsafe` because no dependency wraps this ioctl, and it is the one way to learn what the
@@ -103,8 +111,13 @@ pub(crate) struct Conn<K = ProtocolKind> {
     pub(crate) generation: u32,
     pub(crate) kind: K,
     pub(crate) peer: SocketAddr,
-    /// Edge-triggered readiness kept in userland: set by an event, cleared by WouldBlock.
+    /// Edge-triggered readiness kept in userland: set by an event, cleared by WouldBlock or
+    /// by a short read (see [`Conn::read_once`]).
     pub(crate) read_ready: bool,
+    /// An event reported the peer's FIN or a socket error (`is_read_closed`/`is_error`).
+    /// Sticky: both are final. While set, a short read does not end readiness, because the
+    /// EOF or the error waits behind the data and no further edge will announce it.
+    pub(crate) hangup_seen: bool,
     pub(crate) write_ready: bool,
     pub(crate) read_buf: BytesMut,
     out: VecDeque<Bytes>,
@@ -150,6 +163,7 @@ impl<K> Conn<K> {
             kind,
             peer,
             read_ready: false,
+            hangup_seen: false,
             // A write that is not possible yet just returns WouldBlock, so start optimistic:
             // the first answer (a prompt) then goes out without waiting for an edge.
             write_ready: true,
@@ -183,6 +197,13 @@ impl<K> Conn<K> {
 
     /// One read of at most `scratch.len()` bytes, appended to the read buffer.
     ///
+    /// A read that returns fewer bytes than it asked for clears `read_ready`: the receive
+    /// queue was empty at that moment, and with edge-triggered epoll any byte arriving later
+    /// raises a new edge, so the read that would only return WouldBlock is saved (Tokio's
+    /// `PollEvented::poll_read` relies on the same). Not when `hangup_seen`: a FIN or an error
+    /// that came with the data under one edge raises no new one, so reading goes on to the
+    /// EOF or the error.
+    ///
     /// Reading goes through a reactor-wide scratch buffer because `Read::read` wants
     /// initialised memory: copying the bytes that arrived costs less than zeroing a whole
     /// chunk of the read buffer on every read, and needs no `unsafe`.
@@ -192,6 +213,9 @@ impl<K> Conn<K> {
                 Ok(0) => return (IoOutcome::Closed, 0),
                 Ok(n) => {
                     self.read_buf.extend_from_slice(&scratch[..n]);
+                    if !stays_read_ready(n, scratch.len(), self.hangup_seen) {
+                        self.read_ready = false;
+                    }
                     return (IoOutcome::Continue, n);
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -763,6 +787,66 @@ mod tests {
             budget,
         );
         (conn, client)
+    }
+
+    #[test]
+    fn only_a_full_read_or_a_hangup_keeps_a_connection_read_ready() {
+        assert!(
+            !stays_read_ready(5, 16, false),
+            "short: the queue was empty"
+        );
+        assert!(stays_read_ready(16, 16, false), "full: more may wait");
+        assert!(
+            stays_read_ready(5, 16, true),
+            "the FIN or error waits behind"
+        );
+    }
+
+    /// Wait (bounded) until `conn`'s socket has `bytes` to read, so one read sees them all.
+    fn wait_readable(conn: &Conn, bytes: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut peek = vec![0u8; bytes + 1];
+        while conn.stream.peek(&mut peek).unwrap_or(0) < bytes {
+            assert!(std::time::Instant::now() < deadline, "data never arrived");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_short_read_ends_readiness_unless_a_hangup_was_seen() {
+        let (mut conn, mut client) = conn_pair();
+        let mut scratch = [0u8; 16];
+        client.write_all(b"hello").expect("write");
+        wait_readable(&conn, 5);
+        conn.read_ready = true;
+        assert_eq!(conn.read_once(&mut scratch), (IoOutcome::Continue, 5));
+        assert!(!conn.read_ready, "a short read saves the WouldBlock read");
+
+        // The FIN came with the data: the read after it must happen, and return EOF.
+        client.write_all(b"bye").expect("write");
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        wait_readable(&conn, 3);
+        conn.read_ready = true;
+        conn.hangup_seen = true;
+        assert_eq!(conn.read_once(&mut scratch), (IoOutcome::Continue, 3));
+        assert!(conn.read_ready, "a hangup seen keeps reading");
+        assert_eq!(conn.read_once(&mut scratch).0, IoOutcome::Closed);
+        assert_eq!(conn.read_buf.as_ref(), b"hellobye");
+    }
+
+    #[test]
+    fn a_read_that_fills_the_buffer_keeps_readiness() {
+        let (mut conn, mut client) = conn_pair();
+        let mut scratch = [0u8; 8];
+        client.write_all(b"12345678").expect("write");
+        wait_readable(&conn, 8);
+        conn.read_ready = true;
+        assert_eq!(conn.read_once(&mut scratch), (IoOutcome::Continue, 8));
+        assert!(conn.read_ready, "more may wait behind a full read");
+        // Nothing did: the next read says so, and readiness ends there as before.
+        assert_eq!(conn.read_once(&mut scratch).0, IoOutcome::WouldBlock);
     }
 
     #[test]

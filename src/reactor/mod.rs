@@ -4,7 +4,9 @@
 //! Each loop turn runs its phases in a fixed order:
 //!
 //! 1. **poll**, with a timeout from the earliest timer, or zero when work is left over;
-//! 2. **events**: read until WouldBlock (within a per-event budget), decode, act;
+//! 2. **events**: read until a read comes back short of its buffer or WouldBlock (within a
+//!    per-event budget), decode, act; a FIN or error seen with the event keeps reading to the
+//!    EOF or the error;
 //!    connections that hit their budget are served again next turn (no edge will come);
 //! 3. **timers**: the protocols' wheels, linger deadlines, the accept pause, statistics;
 //! 4. **flush and close**: write every connection with queued output once (many messages
@@ -155,6 +157,9 @@ fn note_readiness<K: ConnKind>(table: &mut ConnTable<K>, id: ConnId, event: &Eve
     };
     if event.is_readable() || event.is_read_closed() || event.is_error() {
         conn.read_ready = true;
+    }
+    if event.is_read_closed() || event.is_error() {
+        conn.hangup_seen = true;
     }
     let mut wants_flush = false;
     if event.is_writable() || event.is_write_closed() || event.is_error() {
@@ -750,7 +755,9 @@ impl Server {
         }
     }
 
-    /// Read until WouldBlock, EOF, or the per-event budget, handing each read to the protocol.
+    /// Read until a short read or WouldBlock (either ends the burst: the socket had no more),
+    /// EOF, or the per-event budget, handing each read to the protocol. See `Conn::read_once`
+    /// for when a short read ends readiness.
     fn read_conn(&mut self, id: ConnId) {
         if self.shutdown_deadline_ms.is_some() {
             return;
@@ -778,6 +785,8 @@ impl Server {
             let (outcome, count) = conn.read_once(&mut self.scratch);
             match outcome {
                 IoOutcome::Continue => {
+                    // A short read emptied the socket: as WouldBlock would have said next.
+                    let drained = !conn.read_ready;
                     let within_budget =
                         conn.input_budget
                             .take(self.input_limit, count as u64, self.now_ms);
@@ -790,6 +799,10 @@ impl Server {
                         return;
                     }
                     self.deliver_input(id);
+                    if drained {
+                        self.end_burst(id);
+                        return;
+                    }
                     if read_bytes >= budget_bytes {
                         self.table.mark_ready(id.slot as usize);
                         return;

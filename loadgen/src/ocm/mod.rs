@@ -21,8 +21,8 @@
 //!    closing text the last guest. Ends when all arrived, or `--exit-wait` after the last exit.
 //!
 //! The loop is the other scenarios': one mio poll, every socket registered READABLE|WRITABLE
-//! once, readiness kept in userland, reads drained to `WouldBlock` within a budget (then the
-//! socket waits on `still_ready`), the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! once, readiness kept in userland, reads drained (to a short TCP read or `WouldBlock`) within
+//! a budget (then the socket waits on `still_ready`), the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 //! The UDP sockets ask for large receive buffers so the loadgen itself drops nothing; what the
 //! kernel granted is reported.
 
@@ -202,6 +202,8 @@ struct Tcrp {
     connected: bool,
     readable: bool,
     writable: bool,
+    /// An event reported the server's FIN or an error (see [`read_chunk`]).
+    hangup: bool,
     out: Bytes,
     written: usize,
     inbuf: BytesMut,
@@ -542,7 +544,7 @@ impl Phases for Run<'_> {
 }
 
 impl Reactor for Run<'_> {
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, index: usize, readable: bool, writable: bool, hangup: bool) {
         let total = self.total();
         if index < total {
             let member = &mut self.members[index];
@@ -553,6 +555,7 @@ impl Reactor for Run<'_> {
             if let Some(tcrp) = member.tcrp.as_mut() {
                 tcrp.readable |= readable;
                 tcrp.writable |= writable;
+                tcrp.hangup |= hangup;
             }
             self.drive_tcrp(index - total);
         }
@@ -621,6 +624,7 @@ impl Run<'_> {
                     connected: false,
                     readable: false,
                     writable: false,
+                    hangup: false,
                     out: Bytes::new(),
                     written: 0,
                     inbuf: BytesMut::new(),
@@ -759,8 +763,16 @@ impl Run<'_> {
             let Some(tcrp) = self.members[u].tcrp.as_mut() else {
                 return;
             };
-            let n = match read_chunk(&mut tcrp.stream, &mut self.io.read_buf, &mut tcrp.readable) {
-                Chunk::Bytes(n) => n,
+            let hangup = tcrp.hangup;
+            let read = read_chunk(
+                &mut tcrp.stream,
+                &mut self.io.read_buf,
+                &mut tcrp.readable,
+                hangup,
+            );
+            let (n, emptied) = match read {
+                Chunk::Bytes(n) => (n, false),
+                Chunk::Emptied(n) => (n, true),
                 Chunk::Drained => return,
                 Chunk::Eof => {
                     let got = tcrp.inbuf.len();
@@ -802,6 +814,9 @@ impl Run<'_> {
                         return;
                     }
                 }
+            }
+            if emptied {
+                return;
             }
         }
     }
