@@ -125,7 +125,6 @@ pub(crate) struct Conn<K = ProtocolKind> {
     out_bytes: usize,
     /// Since when `out_bytes` has been over the soft limit without a break.
     soft_over_since_ms: Option<u64>,
-    in_flush_list: bool,
     in_ready_list: bool,
     in_close_list: bool,
     closing: Option<(CloseReason, CloseMode)>,
@@ -171,7 +170,6 @@ impl<K> Conn<K> {
             out: VecDeque::new(),
             out_bytes: 0,
             soft_over_since_ms: None,
-            in_flush_list: false,
             in_ready_list: false,
             in_close_list: false,
             closing: None,
@@ -364,7 +362,7 @@ pub(crate) struct OutputLimits {
 pub(crate) struct ConnTable<K = ProtocolKind> {
     pub(crate) slab: Slab<Conn<K>>,
     /// Connections with queued output, flushed once per turn before the loop sleeps.
-    pub(crate) flush_list: Vec<usize>,
+    pub(crate) flush_list: FlushSet,
     /// Connections that hit their read budget: no new edge will come, so serve them next turn.
     pub(crate) ready_list: Vec<usize>,
     /// Connections to free at the end of the turn.
@@ -388,7 +386,7 @@ impl<K: ConnKind> ConnTable<K> {
     pub(crate) fn new(limits: OutputLimits, close_linger_ms: u64) -> Self {
         ConnTable {
             slab: Slab::new(),
-            flush_list: Vec::new(),
+            flush_list: FlushSet::default(),
             ready_list: Vec::new(),
             close_list: Vec::new(),
             lingering: Vec::new(),
@@ -486,11 +484,8 @@ impl<K: ConnKind> ConnTable<K> {
     }
 
     pub(crate) fn mark_flush(&mut self, slot: usize) {
-        if let Some(conn) = self.slab.get_mut(slot) {
-            if !conn.in_flush_list {
-                conn.in_flush_list = true;
-                self.flush_list.push(slot);
-            }
+        if self.slab.contains(slot) {
+            self.flush_list.insert(slot);
         }
     }
 
@@ -503,27 +498,32 @@ impl<K: ConnKind> ConnTable<K> {
         }
     }
 
-    /// Flush every connection with pending output once, until `budget_bytes` have been
-    /// written in all; the connections not reached, and those with output left over when the
-    /// budget ran out, stay on the flush list, first in line next turn. Connections whose
-    /// output drained while closing after flush move to the close list. Returns the bytes
-    /// written.
+    /// Flush every connection with pending output once, in slot order from where the last
+    /// turn left off, until `budget_bytes` have been written in all. Slot order, not the order
+    /// output was queued in, so that no protocol's members are written first: a lobby message
+    /// reaches its own protocol's members and the others' in one order (the switchboard queues
+    /// the others' copies after its own). The start moves on every turn, so no connection is
+    /// always first; when the budget runs out, the next turn starts with the first connection
+    /// not served, and the one the budget ran out in goes last. Connections whose output
+    /// drained while closing after flush move to the close list. Returns the bytes written.
     pub(crate) fn flush_pending(&mut self, iovecs_max: usize, budget_bytes: usize) -> usize {
-        let mut list = std::mem::take(&mut self.flush_list);
         let mut written_turn = 0;
-        let mut deferred = Vec::new();
+        let start = self.flush_list.cursor;
+        // Where the next turn starts: the first connection the budget left unserved, or one
+        // past this turn's start.
+        let mut next_start = None;
         // The connection the budget ran out in: after the ones not reached at all.
         let mut cut = None;
-        for (at, &slot) in list.iter().enumerate() {
+        let mut walk = self.flush_list.from(start);
+        while let Some(slot) = walk.next_in(&self.flush_list) {
             if written_turn >= budget_bytes {
-                // Still flagged in_flush_list: they keep their place.
-                deferred.extend_from_slice(&list[at..]);
+                next_start = Some(slot);
                 break;
             }
+            self.flush_list.remove(slot);
             let Some(conn) = self.slab.get_mut(slot) else {
                 continue;
             };
-            conn.in_flush_list = false;
             if !conn.write_ready || matches!(conn.closing, Some((_, CloseMode::Now))) {
                 // The next writable edge puts it back on the list.
                 continue;
@@ -555,9 +555,7 @@ impl<K: ConnKind> ConnTable<K> {
             conn.release_idle_memory();
             let drained_while_closing =
                 conn.out.is_empty() && matches!(conn.closing, Some((_, CloseMode::AfterFlush)));
-            let budget_cut = outcome == IoOutcome::Continue && !conn.out.is_empty();
-            if budget_cut {
-                conn.in_flush_list = true;
+            if outcome == IoOutcome::Continue && !conn.out.is_empty() {
                 cut = Some(slot);
             }
             match outcome {
@@ -572,13 +570,11 @@ impl<K: ConnKind> ConnTable<K> {
                 IoOutcome::Error => self.close(id, CloseReason::IoError, CloseMode::Now),
             }
         }
-        list.clear();
-        // Keep the allocation; anything queued during this pass was pushed to the new list,
-        // and goes after what the budget deferred.
-        list.append(&mut deferred);
-        list.extend(cut);
-        list.append(&mut self.flush_list);
-        self.flush_list = list;
+        if let Some(slot) = cut {
+            self.flush_list.insert(slot);
+            next_start = next_start.or(Some(slot + 1));
+        }
+        self.flush_list.cursor = next_start.unwrap_or(start + 1);
         written_turn
     }
 
@@ -623,6 +619,7 @@ impl<K: ConnKind> ConnTable<K> {
             return 0;
         };
         let dropped = conn.out.len();
+        self.flush_list.remove(slot);
         self.out_bytes_total -= conn.out_bytes;
         conn.out.clear();
         conn.out_bytes = 0;
@@ -762,6 +759,119 @@ impl<K: ConnKind> Outbox for ConnTable<K> {
     }
 }
 
+/// The connections with output to flush, as one bit per slot: each at most once, walked in
+/// slot order from any start.
+#[derive(Debug, Default)]
+pub(crate) struct FlushSet {
+    words: Vec<u64>,
+    len: usize,
+    /// Where the next walk starts (a slot; past the end wraps to 0).
+    cursor: usize,
+}
+
+impl FlushSet {
+    pub(crate) fn insert(&mut self, slot: usize) {
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        if self.words[word] & bit == 0 {
+            self.words[word] |= bit;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, slot: usize) {
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        if let Some(bits) = self.words.get_mut(word) {
+            if *bits & bit != 0 {
+                *bits &= !bit;
+                self.len -= 1;
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, slot: usize) -> bool {
+        self.words
+            .get(slot / 64)
+            .is_some_and(|bits| bits & (1u64 << (slot % 64)) != 0)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The order the next walk takes.
+    #[cfg(test)]
+    pub(crate) fn order(&self) -> Vec<usize> {
+        let mut walk = self.from(self.cursor);
+        std::iter::from_fn(|| walk.next_in(self)).collect()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The slots in the set, in slot order from `start`, wrapping around once. Each word is
+    /// read when the walk reaches it, so a slot inserted ahead of the walk is met in it, and
+    /// one inserted behind it waits for the next walk.
+    fn from(&self, start: usize) -> FlushWalk {
+        let words = self.words.len();
+        let start = if start >= words * 64 { 0 } else { start };
+        FlushWalk {
+            start_word: start / 64,
+            start_bit: start % 64,
+            step: 0,
+            words,
+            bits: None,
+        }
+    }
+}
+
+/// A walk over a [`FlushSet`]; it reads the set afresh at every word, so it holds no borrow
+/// (see [`FlushWalk::next_in`]).
+struct FlushWalk {
+    start_word: usize,
+    start_bit: usize,
+    /// Words visited so far; the start word is visited twice (its bits from the start, then
+    /// those before it).
+    step: usize,
+    words: usize,
+    /// What is left of the current word.
+    bits: Option<(usize, u64)>,
+}
+
+impl FlushWalk {
+    fn next_in(&mut self, set: &FlushSet) -> Option<usize> {
+        loop {
+            if let Some((word, bits)) = self.bits.as_mut() {
+                if *bits != 0 {
+                    let bit = bits.trailing_zeros() as usize;
+                    *bits &= *bits - 1;
+                    let slot = *word * 64 + bit;
+                    if set.contains(slot) {
+                        return Some(slot);
+                    }
+                    continue;
+                }
+            }
+            if self.words == 0 || self.step > self.words {
+                return None;
+            }
+            let word = (self.start_word + self.step) % self.words;
+            let mut bits = set.words.get(word).copied().unwrap_or(0);
+            if self.step == 0 {
+                bits &= !0u64 << self.start_bit;
+            } else if self.step == self.words {
+                bits &= (1u64 << self.start_bit).wrapping_sub(1);
+            }
+            self.step += 1;
+            self.bits = Some((word, bits));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,6 +978,99 @@ mod tests {
     }
 
     #[test]
+    fn the_flush_set_walks_its_slots_in_order_from_any_start_once_each() {
+        let mut set = FlushSet::default();
+        for slot in [3, 64, 65, 130, 0, 64] {
+            set.insert(slot);
+        }
+        assert_eq!(set.len(), 5, "a slot is in the set once");
+        let walk_from = |set: &FlushSet, start: usize| {
+            let mut walk = set.from(start);
+            std::iter::from_fn(|| walk.next_in(set)).collect::<Vec<_>>()
+        };
+        assert_eq!(walk_from(&set, 0), [0, 3, 64, 65, 130]);
+        assert_eq!(walk_from(&set, 4), [64, 65, 130, 0, 3]);
+        assert_eq!(walk_from(&set, 65), [65, 130, 0, 3, 64]);
+        assert_eq!(
+            walk_from(&set, 131),
+            [0, 3, 64, 65, 130],
+            "after the last: wraps"
+        );
+        assert_eq!(
+            walk_from(&set, 10_000),
+            [0, 3, 64, 65, 130],
+            "past the end: from 0"
+        );
+        set.remove(64);
+        set.remove(64);
+        assert_eq!(set.len(), 4);
+        assert_eq!(walk_from(&set, 64), [65, 130, 0, 3]);
+        // Removed while walking: not met; inserted ahead of the walk in a later word: met.
+        let mut walk = set.from(0);
+        assert_eq!(walk.next_in(&set), Some(0));
+        set.remove(3);
+        set.insert(129);
+        let rest: Vec<usize> = std::iter::from_fn(|| walk.next_in(&set)).collect();
+        assert_eq!(rest, [65, 129, 130]);
+        let empty = FlushSet::default();
+        assert_eq!(walk_from(&empty, 0), Vec::<usize>::new());
+    }
+
+    /// The switchboard queues a lobby message for its own protocol's members first and for the
+    /// others' after: the flush must not follow that order, or one protocol's members would
+    /// always be written first. They are written in slot order, from a start that moves on
+    /// every turn.
+    #[test]
+    fn output_goes_out_in_slot_order_from_a_start_that_moves_every_turn() {
+        let limits = OutputLimits {
+            hard_bytes_max: 1 << 30,
+            soft_bytes_max: 1 << 30,
+            soft_duration_ms: 1000,
+        };
+        let mut table = ConnTable::new(limits, 1000);
+        let mut ids = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (conn, client) = conn_pair();
+            let slot = table.slab.insert(conn);
+            ids.push(ConnId::new(slot as u32, 0));
+            clients.push(client);
+        }
+        let slots: Vec<usize> = ids.iter().map(|id| id.slot as usize).collect();
+        let mut firsts = Vec::new();
+        for _ in 0..4 {
+            // Queued in reverse slot order, as a protocol's own members after another's.
+            for &id in ids.iter().rev() {
+                table.send(id, Bytes::from_static(b"a lobby line"));
+            }
+            let order = table.flush_list.order();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, slots, "every connection once");
+            let turn = order
+                .iter()
+                .position(|&slot| slot == sorted[0])
+                .expect("in it");
+            let rotated: Vec<usize> = order[turn..]
+                .iter()
+                .chain(&order[..turn])
+                .copied()
+                .collect();
+            assert_eq!(rotated, slots, "slot order, wrapping around: {order:?}");
+            firsts.push(order[0]);
+            table.flush_pending(64, usize::MAX);
+            assert!(table.flush_list.is_empty());
+        }
+        firsts.sort_unstable();
+        firsts.dedup();
+        assert_eq!(
+            firsts.len(),
+            4,
+            "a different connection first on every turn"
+        );
+    }
+
+    #[test]
     fn a_turns_write_budget_defers_the_rest_to_the_front_of_the_next_turn() {
         let limits = OutputLimits {
             hard_bytes_max: 1 << 30,
@@ -893,7 +1096,7 @@ mod tests {
         // one vectored write's worth), the other two wait.
         let written = table.flush_pending(1, 40 * 1024);
         assert_eq!(written, 48 * 1024);
-        let order: Vec<usize> = table.flush_list.clone();
+        let order = table.flush_list.order();
         let slots: Vec<usize> = ids.iter().map(|id| id.slot as usize).collect();
         assert_eq!(
             order,
