@@ -43,7 +43,7 @@ use crate::course::{self, Course, Phase, Staged};
 use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
@@ -287,7 +287,7 @@ impl ScenarioKind for Bin24 {
 }
 
 impl InMix for Bin24 {
-    const PROTOCOL: Protocol = Protocol::Bin24;
+    const ROW: Row = Protocol::Bin24.row();
     const MAIN_HISTOGRAM: &'static str = "ack200";
     const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
 }

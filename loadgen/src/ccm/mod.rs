@@ -31,7 +31,7 @@ use crate::course::{self, Course, Phase, Staged};
 use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
@@ -260,7 +260,7 @@ impl ScenarioKind for Ccm {
 }
 
 impl InMix for Ccm {
-    const PROTOCOL: Protocol = Protocol::Ccm;
+    const ROW: Row = Protocol::Ccm.row();
     const UNREACHABLE_IN_MIX: &'static str = "no user could join the CCM server";
 }
 

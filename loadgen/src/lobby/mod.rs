@@ -45,7 +45,7 @@ use crate::engine::{self, Link, Wire};
 use crate::matou::wire as matou_wire;
 use crate::ocm::{udp, wire as ocm_wire};
 use crate::plan::Plan;
-use crate::registry::{Named, ScenarioKind};
+use crate::registry::{InMix, Named, Row, RowSource, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
 use ledger::{Kind, Ledger, PairCounts, PairLatencies, KINDS};
@@ -341,6 +341,23 @@ impl ScenarioKind for Lobby {
             cfg.room_target, cfg.matou_target, cfg.ccm_target, cfg.ocm_tcp_target
         )
     }
+}
+
+/// Where the lobby's report keeps its row in the mix: its deliveries, every pair together.
+static MIX_ROW: RowSource = RowSource {
+    requested: "/connections/requested",
+    joined: "/connections/joined",
+    latency: "delivery",
+    latency_path: "/latency_ms/all",
+    losses: "/losses/total",
+};
+
+impl InMix for Lobby {
+    const ROW: Row = Row {
+        name: "lobby",
+        source: &MIX_ROW,
+    };
+    const UNREACHABLE_IN_MIX: &'static str = "no member could join the lobby";
 }
 
 /// `room-to-ccm`, ...: a pair's histogram name.

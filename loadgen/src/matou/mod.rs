@@ -37,7 +37,7 @@ use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX, ST
 use crate::driver::{Loop, Phases};
 use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
@@ -305,7 +305,7 @@ impl ScenarioKind for Matou {
 }
 
 impl InMix for Matou {
-    const PROTOCOL: Protocol = Protocol::Matou;
+    const ROW: Row = Protocol::Matou.row();
     const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
 }
 
