@@ -46,7 +46,7 @@ use crate::matou::wire as matou_wire;
 use crate::ocm::{udp, wire as ocm_wire};
 use crate::plan::Plan;
 use crate::registry::{InMix, Named, Row, RowSource, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendLags};
+use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
 use ledger::{Kind, Ledger, PairCounts, PairLatencies, KINDS};
 use wire::{Read, RoomItem, RoomStage, Stamp};
@@ -123,12 +123,8 @@ pub struct LobbyOutcome {
     pub expected: [[u64; 4]; 4],
     pub undelivered: [[u64; 4]; 4],
     pub errors: ErrorCounts,
-    pub sent: u64,
-    pub sent_in_window: u64,
+    pub sends: SendCounts,
     pub delivered_in_window: u64,
-    pub not_sent_queue_full: u64,
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
     /// Lobby texts that are not this run's (another client's, another run's).
     pub foreign_messages: u64,
     /// Presence notices received (ROOM's join and leave lines are not counted: they are text
@@ -197,11 +193,8 @@ pub struct Run<'a> {
     connect: LatencyHistogram,
     own: OwnLags,
     errors: ErrorCounts,
-    sent: u64,
-    sent_in_window: u64,
+    sends: SendCounts,
     delivered_in_window: u64,
-    not_sent_queue_full: u64,
-    not_sent_connection_lost: u64,
     foreign_messages: u64,
     presence_notices: u64,
     keepalives_answered: u64,
@@ -265,11 +258,8 @@ impl ScenarioKind for Lobby {
             connect: LatencyHistogram::new(),
             own: OwnLags::default(),
             errors: ErrorCounts::default(),
-            sent: 0,
-            sent_in_window: 0,
+            sends: SendCounts::default(),
             delivered_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
             foreign_messages: 0,
             presence_notices: 0,
             keepalives_answered: 0,
@@ -428,7 +418,7 @@ impl Phases for Run<'_> {
             let u = self.senders[plan.sender_of(due.g) as usize];
             let member = &self.members[u];
             if member.phase != MemberPhase::Joined {
-                self.not_sent_connection_lost += 1;
+                self.sends.not_sent_connection_lost += 1;
                 continue;
             }
             let text = &mut self.text_buf[..self.cfg.message_bytes];
@@ -439,7 +429,7 @@ impl Phases for Run<'_> {
                 intended_us: due.intended_us,
             };
             if wire::FORMAT.write(text, &stamp).is_err() {
-                self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+                self.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
                 continue;
             }
             let message = match member.kind {
@@ -467,7 +457,7 @@ impl Phases for Run<'_> {
                 member.conn.out.pending(),
                 message.len(),
             ) {
-                self.not_sent_queue_full += 1;
+                self.sends.not_sent_queue_full += 1;
                 continue;
             }
             let member = &mut self.members[u];
@@ -484,7 +474,7 @@ impl Phases for Run<'_> {
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
-            sent: self.sent,
+            sent: self.sends.sent,
             received: self.ledger.totals().delivered,
         }
     }
@@ -572,9 +562,9 @@ impl Wire for Run<'_> {
         let lags = SendLags {
             plan: self.course.plan.as_ref(),
             own: &mut self.own,
-            sent_in_window: &mut self.sent_in_window,
+            sent_in_window: &mut self.sends.sent_in_window,
         };
-        let (sent, ledger) = (&mut self.sent, &mut self.ledger);
+        let (sent, ledger) = (&mut self.sends.sent, &mut self.ledger);
         let failure = member.conn.flush(&self.io.clock, lags, |_, _| {
             *sent += 1;
             ledger.on_sent(u);
@@ -648,7 +638,7 @@ impl Staged for Run<'_> {
             ),
             Phase::Send | Phase::Drain { .. } => format!(
                 "sent {} of {}, delivered {}",
-                self.sent,
+                self.sends.sent,
                 self.course.plan.as_ref().map_or(0, |p| p.messages),
                 self.ledger.totals().delivered
             ),
@@ -846,11 +836,11 @@ impl Run<'_> {
         noticed_us: u64,
     ) {
         let Some(datagram) = datagram else {
-            self.not_sent_queue_full += 1; // cannot happen: the size is checked
+            self.sends.not_sent_queue_full += 1; // cannot happen: the size is checked
             return;
         };
         let Some(socket) = self.members[u].udp.as_ref() else {
-            self.not_sent_connection_lost += 1;
+            self.sends.not_sent_connection_lost += 1;
             return;
         };
         let attempt_us = self.io.clock.now_us();
@@ -858,18 +848,18 @@ impl Run<'_> {
             Ok(_) => {
                 let done_us = self.io.clock.now_us();
                 self.members[u].next_seq += 1;
-                self.sent += 1;
+                self.sends.sent += 1;
                 self.ledger.on_sent(u);
                 SendLags {
                     plan: self.course.plan.as_ref(),
                     own: &mut self.own,
-                    sent_in_window: &mut self.sent_in_window,
+                    sent_in_window: &mut self.sends.sent_in_window,
                 }
                 .record(intended_us, noticed_us, attempt_us, done_us);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.not_sent_queue_full += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.sends.not_sent_queue_full += 1,
             Err(e) => {
-                self.not_sent_connection_lost += 1;
+                self.sends.not_sent_connection_lost += 1;
                 let name = self.members[u].name.clone();
                 self.errors.count(ErrorKind::Write, || {
                     format!("OCM member {name}: sendto: {e}")
@@ -977,7 +967,7 @@ impl Run<'_> {
         self.course.wave.settle(u);
         let member = &mut self.members[u];
         member.phase = MemberPhase::Failed;
-        self.not_sent_connection_lost += member.conn.close(self.io.poll.registry());
+        self.sends.not_sent_connection_lost += member.conn.close(self.io.poll.registry());
         if let Some(mut socket) = member.udp.take() {
             let _ = self.io.poll.registry().deregister(&mut socket);
         }
@@ -1031,7 +1021,6 @@ impl Run<'_> {
         self.send_exits();
         let undelivered = self.ledger.undelivered();
         let expected = self.ledger.expected();
-        let mut not_sent_at_end = 0;
         let mut requested = [0usize; 4];
         let mut joined = [0usize; 4];
         for u in 0..self.members.len() {
@@ -1040,7 +1029,7 @@ impl Run<'_> {
             if member.ever_joined {
                 joined[member.kind.index()] += 1;
             }
-            not_sent_at_end += member.conn.close(self.io.poll.registry());
+            self.sends.not_sent_at_end += member.conn.close(self.io.poll.registry());
             if let Some(mut socket) = member.udp.take() {
                 let _ = self.io.poll.registry().deregister(&mut socket);
             }
@@ -1056,12 +1045,8 @@ impl Run<'_> {
             expected,
             undelivered,
             errors: self.errors,
-            sent: self.sent,
-            sent_in_window: self.sent_in_window,
+            sends: self.sends,
             delivered_in_window: self.delivered_in_window,
-            not_sent_queue_full: self.not_sent_queue_full,
-            not_sent_connection_lost: self.not_sent_connection_lost,
-            not_sent_at_end,
             foreign_messages: self.foreign_messages,
             presence_notices: self.presence_notices,
             keepalives_answered: self.keepalives_answered,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::ledger::{Kind, KINDS};
 use super::{Lobby, LobbyConfig, LobbyOutcome};
-use crate::report::{outcome, Connections, Lines, OwnLagSummaries, Sections, SendCounts, Shared};
+use crate::report::{outcome, Connections, Lines, OwnLagSummaries, Sections, Shared};
 use crate::stats::LatencySummary;
 
 pub type Report = crate::report::Report<Lobby>;
@@ -131,13 +131,7 @@ impl Report {
         let shared = Shared::new(
             plan,
             cfg.rate_per_s,
-            SendCounts {
-                sent: run.sent,
-                sent_in_window: run.sent_in_window,
-                not_sent_queue_full: run.not_sent_queue_full,
-                not_sent_connection_lost: run.not_sent_connection_lost,
-                not_sent_at_end: run.not_sent_at_end,
-            },
+            run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
             (&run.own, &l.all),
