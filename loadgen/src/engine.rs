@@ -79,6 +79,29 @@ pub fn flush_dirty<W: Wire>(w: &mut W) {
     }
 }
 
+/// Whether some client still has messages queued (not written completely).
+pub fn any_queued<W: Wire + ?Sized>(w: &mut W) -> bool {
+    let mut u = 0;
+    while let Some((_, conn)) = w.conn(u) {
+        if !conn.queue.is_empty() {
+            return true;
+        }
+        u += 1;
+    }
+    false
+}
+
+/// Closes every client's connection at the end of the run; returns the messages that were
+/// still queued.
+pub fn close_all<W: Wire + ?Sized>(w: &mut W) -> u64 {
+    let (mut u, mut unsent) = (0, 0);
+    while let Some((io, conn)) = w.conn(u) {
+        unsent += conn.close(io.poll.registry());
+        u += 1;
+    }
+    unsent
+}
+
 /// Hands client `u` to the protocol's flush when there is something to write and a socket to
 /// take it: connected (greeting or joined), writable, bytes pending. Otherwise the next
 /// writable edge, or the next byte queued, calls again.

@@ -36,6 +36,7 @@ mod ccm;
 mod churn;
 mod clock;
 mod connect;
+mod course;
 mod driver;
 mod engine;
 mod hgrm;

@@ -22,19 +22,20 @@ use crate::bin24::topology::{self, Pattern};
 use crate::bin24::{self, Bin24Config};
 use crate::ccm::{self, CcmConfig};
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
+use crate::lobby::{self, LobbyConfig};
 use crate::matou::{self, MatouConfig};
 use crate::ocm::{self, OcmConfig};
-use crate::registry::{InMix, Protocol};
+use crate::registry::{InMix, Protocol, Row};
 use crate::report::ScenarioReport;
 use crate::room::{self, RoomConfig, Wire};
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
     check_common, create_json, deliver_report, discard_json, limits, refuse, run_id, CommonArgs,
     BIN24_BODY_BYTES_MAX, BIN24_BODY_BYTES_MIN, BIN24_DRAIN_DEFAULT, BIN24_MESSAGES_MAX,
-    CCM_CONTENT_BYTES_MAX, CCM_CONTENT_BYTES_MIN, CCM_DRAIN_DEFAULT, MATOU_DRAIN_DEFAULT,
-    MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN, OCM_DELIVERIES_PER_S_MAX, OCM_DRAIN_DEFAULT,
-    OCM_RECV_BUFFER_DEFAULT, OCM_ROOM_RATE_MAX, RATE_PER_S_MAX, ROOM_DRAIN_DEFAULT, SENDERS_MAX,
-    SPARE_FILES,
+    CCM_CONTENT_BYTES_MAX, CCM_CONTENT_BYTES_MIN, CCM_DRAIN_DEFAULT, LOBBY_DRAIN_DEFAULT,
+    MATOU_DRAIN_DEFAULT, MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN, OCM_DELIVERIES_PER_S_MAX,
+    OCM_DRAIN_DEFAULT, OCM_RECV_BUFFER_DEFAULT, OCM_ROOM_RATE_MAX, RATE_PER_S_MAX,
+    ROOM_DRAIN_DEFAULT, SENDERS_MAX, SPARE_FILES,
 };
 use crate::{hgrm, plot};
 
@@ -80,6 +81,13 @@ pub struct MixArgs {
         default_value = "room,bin24,ccm,matou,ocm"
     )]
     protocols: Vec<Protocol>,
+
+    /// Also run the lobby scenario (as `loadgen lobby`) beside the protocols' own, with this
+    /// many members more, split evenly over ROOM, MATOU, CCM and OCM (the first ones take the
+    /// remainder), at --rate-per-client each, on the ports below and the OCM room `lobby`; its
+    /// report and summary row come after the protocols'. 0: no lobby. From 2 to 2000.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_MAX as u64))]
+    lobby: u64,
 
     /// Messages per second per client (fractions allowed, e.g. 0.1): each protocol's planned
     /// rate is its clients x this, at least 1/s. ROOM and MATOU deliver every message to every
@@ -192,22 +200,22 @@ pub fn senders_for(clients: usize) -> usize {
     ((clients as f64 * SENDER_SHARE).round() as usize).clamp(1, SENDERS_MAX.min(clients))
 }
 
-/// A scenario's setup, validated: its protocol's config, ready to be started on a thread.
+/// A scenario's setup, validated: its config, ready to be started on a thread.
 struct Setup {
-    protocol: Protocol,
+    name: &'static str,
     job: Box<dyn MixJob + Sync>,
 }
 
 impl Setup {
     fn of<K: InMix + 'static>(cfg: K::Config) -> Setup {
         Setup {
-            protocol: K::PROTOCOL,
+            name: K::ROW.name,
             job: Box::new(Job::<K>(cfg)),
         }
     }
 }
 
-/// A protocol's config, started and finished by its [`ScenarioKind`].
+/// A scenario's config, started and finished by its [`ScenarioKind`].
 struct Job<K: InMix>(K::Config);
 
 trait MixJob {
@@ -217,7 +225,7 @@ trait MixJob {
 impl<K: InMix> MixJob for Job<K> {
     fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
         let cfg = &self.0;
-        let run = K::start(cfg).map_err(|e| Box::new(failed(K::PROTOCOL, describe::<K>(e))))?;
+        let run = K::start(cfg).map_err(|e| Box::new(failed(K::ROW.name, describe::<K>(e))))?;
         Ok(Box::new(Driven {
             run,
             describe: describe::<K>,
@@ -225,7 +233,7 @@ impl<K: InMix> MixJob for Job<K> {
                 let outcome = K::finish(run);
                 let report = K::report(cfg, seed, strict, &outcome);
                 let (plotted, diagnostic) = K::histograms(&outcome);
-                finished(K::PROTOCOL, report.closing().2, &report).with_histograms(
+                finished(K::ROW, report.closing().2, &report).with_histograms(
                     K::MAIN_HISTOGRAM,
                     plotted,
                     diagnostic,
@@ -337,13 +345,13 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
         Err(why) => return refuse(why),
     };
     let threads = args.threads as usize;
-    if threads > shares.len() {
+    let scenarios = shares.len() + usize::from(args.lobby > 0);
+    if threads > scenarios {
         return refuse(format!(
-            "--threads {threads} is more than the {} protocols of this run",
-            shares.len()
+            "--threads {threads} is more than the {scenarios} protocols of this run"
         ));
     }
-    let mut setups = Vec::with_capacity(shares.len());
+    let mut setups = Vec::with_capacity(scenarios);
     let mut files = SPARE_FILES + 2 * threads as u64;
     for share in &shares {
         match setup(&args, share) {
@@ -352,6 +360,15 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
                 files += files_needed;
             }
             Err(why) => return refuse(format!("{}: {why}", share.protocol.name())),
+        }
+    }
+    if args.lobby > 0 {
+        match lobby_setup(&args) {
+            Ok((setup, files_needed)) => {
+                setups.push(setup);
+                files += files_needed;
+            }
+            Err(why) => return refuse(format!("lobby: {why}")),
         }
     }
     if let Err(why) = limits::ensure_open_files(files) {
@@ -376,7 +393,7 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
     }
 
     let (report, text, histograms) = execute(
-        &shares,
+        shares.iter().map(|s| s.clients).sum::<usize>() + args.lobby as usize,
         &setups,
         args.rate_per_client,
         threads,
@@ -461,7 +478,7 @@ fn write_histograms(
 /// Runs the scenarios of `setups` over `threads` threads to their end and puts the reports
 /// together: the JSON report, and the text (every scenario's report, then the summary).
 fn execute(
-    shares: &[Share],
+    clients: usize,
     setups: &[Setup],
     rate_per_client: f64,
     threads: usize,
@@ -469,7 +486,7 @@ fn execute(
     seed: u64,
     progress: bool,
 ) -> (MixReport, String, Vec<ProtocolHistograms>) {
-    let names: Vec<&'static str> = shares.iter().map(|s| s.protocol.name()).collect();
+    let names: Vec<&'static str> = setups.iter().map(|s| s.name).collect();
     let cells: Vec<ProgressCell> = setups.iter().map(|_| ProgressCell::default()).collect();
     let started = Instant::now();
     let mut finished: Vec<Option<Finished>> = setups.iter().map(|_| None).collect();
@@ -537,7 +554,7 @@ fn execute(
     let mut rows = Vec::with_capacity(finished.len());
     let mut histograms = Vec::with_capacity(finished.len());
     for (i, f) in finished.into_iter().enumerate() {
-        let f = f.unwrap_or_else(|| failed(shares[i].protocol, "its thread ended early".into()));
+        let f = f.unwrap_or_else(|| failed(names[i], "its thread ended early".into()));
         text.push_str(&f.text);
         if !f.text.is_empty() {
             text.push('\n');
@@ -549,7 +566,7 @@ fn execute(
     let exit_code = rows.iter().map(|r| r.exit_code).max().unwrap_or(0);
     let report = MixReport {
         scenario: "mix",
-        clients: shares.iter().map(|s| s.clients).sum(),
+        clients,
         rate_per_client,
         threads,
         protocols,
@@ -584,9 +601,7 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
             ))
         }
     };
-    // Each protocol ramps up at its part of --connect-rate, so the ramps together keep it.
-    let total_clients = args.clients.max(1);
-    let connect_rate = (common.connect_rate * clients as u64 / total_clients).max(1);
+    let connect_rate = connect_rate_of(args, clients);
     let duration_us = common.duration.as_micros() as u64;
     let warmup_us = common.warmup.as_micros() as u64;
     let drain = |default: Duration| common.drain.unwrap_or(default).as_micros() as u64;
@@ -741,6 +756,61 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
     Ok(setup)
 }
 
+/// Each scenario ramps up at its part of --connect-rate, so the ramps together keep it.
+fn connect_rate_of(args: &MixArgs, clients: usize) -> u64 {
+    let total_clients = (args.clients + args.lobby).max(1);
+    (args.common.connect_rate * clients as u64 / total_clients).max(1)
+}
+
+/// The lobby of `--lobby` members, validated as `loadgen lobby` validates its own; also
+/// returns the descriptors it needs.
+fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
+    let common = &args.common;
+    let total = args.lobby as usize;
+    if total < 2 {
+        return Err("--lobby needs at least 2 members".to_string());
+    }
+    let members: [usize; 4] = std::array::from_fn(|i| total / 4 + usize::from(i < total % 4));
+    let rate = planned_rate(total, args.rate_per_client);
+    if rate * total as u64 > lobby::DELIVERIES_PER_S_MAX {
+        return Err(format!(
+            "{total} members at {rate} messages/s plan up to {} deliveries/s; at most {}",
+            rate * total as u64,
+            lobby::DELIVERIES_PER_S_MAX
+        ));
+    }
+    let bytes = args.payload_bytes;
+    if !(lobby::wire::STAMP_BYTES..=lobby::wire::MESSAGE_BYTES_MAX).contains(&bytes) {
+        return Err(format!(
+            "--payload-bytes {bytes} is outside its range {}..={}",
+            lobby::wire::STAMP_BYTES,
+            lobby::wire::MESSAGE_BYTES_MAX
+        ));
+    }
+    let target = |port| resolve_loopback(&common.host, port);
+    let cfg = LobbyConfig {
+        room_target: target(args.room_port)?,
+        matou_target: target(args.matou_port)?,
+        ccm_target: target(args.ccm_port)?,
+        ocm_tcp_target: target(args.ocm_tcp_port)?,
+        ocm_udp_target: target(args.ocm_udp_port)?,
+        members,
+        ocm_room: "lobby".to_string(),
+        rate_per_s: rate,
+        duration_us: common.duration.as_micros() as u64,
+        warmup_us: common.warmup.as_micros() as u64,
+        drain_us: common.drain.unwrap_or(LOBBY_DRAIN_DEFAULT).as_micros() as u64,
+        message_bytes: bytes,
+        connect_rate_per_s: connect_rate_of(args, total),
+        recv_buffer_bytes: OCM_RECV_BUFFER_DEFAULT,
+        run_id: run_id(),
+        progress: false,
+    };
+    // A TCP connection per member, and a UDP socket per OCM member.
+    let files = (total + members[3]) as u64;
+    Ok((Setup::of::<lobby::Lobby>(cfg), files))
+}
+
 type Boxed<'a> = Box<dyn Scenario<Output = Finished> + 'a>;
 
 /// One thread's share of the mix: set up, run to the end, reports.
@@ -759,7 +829,7 @@ fn run_thread(
     }
     let mut scenarios: Vec<Boxed<'_>> = Vec::new();
     let mut progress: Vec<&ProgressCell> = Vec::new();
-    let mut running: Vec<Protocol> = Vec::new();
+    let mut running: Vec<&'static str> = Vec::new();
     let mut slots = Vec::with_capacity(mine.len());
     for &i in mine {
         match setups[i].job.build(strict, seed) {
@@ -767,7 +837,7 @@ fn run_thread(
                 slots.push(Slot::Running(scenarios.len()));
                 scenarios.push(scenario);
                 progress.push(&cells[i]);
-                running.push(setups[i].protocol);
+                running.push(setups[i].name);
             }
             Err(f) => {
                 cells[i].done.store(true, Ordering::Relaxed);
@@ -780,10 +850,10 @@ fn run_thread(
         Err(why) => vec![Err(why); scenarios.len()],
     };
     let mut ran: Vec<Option<Finished>> = Vec::with_capacity(scenarios.len());
-    for ((scenario, end), protocol) in scenarios.into_iter().zip(ended).zip(running) {
+    for ((scenario, end), name) in scenarios.into_iter().zip(ended).zip(running) {
         ran.push(Some(match end {
             Ok(()) => scenario.finish(),
-            Err(why) => failed(protocol, why),
+            Err(why) => failed(name, why),
         }));
     }
     slots
@@ -794,18 +864,18 @@ fn run_thread(
             Slot::Running(k) => ran
                 .get_mut(k)
                 .and_then(Option::take)
-                .unwrap_or_else(|| failed(setups[i].protocol, "not run".into())),
+                .unwrap_or_else(|| failed(setups[i].name, "not run".into())),
         })
         .collect()
 }
 
 /// A scenario that could not run: a row with the reason and exit code 2, no report.
-fn failed(protocol: Protocol, why: String) -> Finished {
+fn failed(name: &'static str, why: String) -> Finished {
     Finished {
         text: String::new(),
         json: serde_json::json!({ "failure": why }),
         row: SummaryRow {
-            protocol: protocol.name(),
+            protocol: name,
             connections_requested: 0,
             connections: 0,
             target_rate_per_s: 0.0,
@@ -825,12 +895,12 @@ fn failed(protocol: Protocol, why: String) -> Finished {
 }
 
 /// A finished scenario's report: its text, its JSON and its summary row.
-fn finished(protocol: Protocol, text: String, report: &impl Serialize) -> Finished {
+fn finished(row: Row, text: String, report: &impl Serialize) -> Finished {
     let json = match serde_json::to_value(report) {
         Ok(json) => json,
-        Err(e) => return failed(protocol, format!("its report could not be serialized: {e}")),
+        Err(e) => return failed(row.name, format!("its report could not be serialized: {e}")),
     };
-    let source = &protocol.info().row;
+    let source = row.source;
     let u = |path: &str| {
         json.pointer(path)
             .and_then(serde_json::Value::as_u64)
@@ -848,7 +918,7 @@ fn finished(protocol: Protocol, text: String, report: &impl Serialize) -> Finish
     };
     let ms = |name: &str| f(&format!("{}/{name}", source.latency_path));
     let row = SummaryRow {
-        protocol: protocol.name(),
+        protocol: row.name,
         connections_requested: u(source.requested) as usize,
         connections: u(source.joined) as usize,
         target_rate_per_s: f("/send/target_rate_per_s"),
@@ -1075,10 +1145,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_short_mix_against_the_real_server_loses_nothing() {
+    /// A chatd on ephemeral ports with every listener, its data directory, and the mix's
+    /// arguments naming its ports.
+    fn chatd(tag: &str) -> (TempDir, Server, Vec<String>) {
         let data =
-            TempDir(std::env::temp_dir().join(format!("loadgen-mix-{}", std::process::id())));
+            TempDir(std::env::temp_dir().join(format!("loadgen-mix-{tag}{}", std::process::id())));
         let server = Server::bind(Config {
             room_port: Some(0),
             bin24_port: Some(0),
@@ -1097,15 +1168,7 @@ mod tests {
             .unwrap()
             .port()
             .to_string();
-        let args = mix_args(&[
-            "--clients".into(),
-            "100".into(),
-            "--duration".into(),
-            "2s".into(),
-            "--warmup".into(),
-            "500ms".into(),
-            "--threads".into(),
-            "2".into(),
+        let ports = vec![
             "--room-port".into(),
             port(ProtocolKind::Room),
             "--bin24-port".into(),
@@ -1118,13 +1181,33 @@ mod tests {
             port(ProtocolKind::Ocm),
             "--ocm-udp-port".into(),
             udp_port,
-        ]);
+        ];
+        (data, server, ports)
+    }
+
+    #[test]
+    fn a_short_mix_against_the_real_server_loses_nothing() {
+        let (_data, server, ports) = chatd("");
+        let mut argv: Vec<String> = [
+            "--clients",
+            "100",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--threads",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.extend(ports);
+        let args = mix_args(&argv);
         let handle = server.handle();
         let server_thread = std::thread::spawn(move || server.run());
 
         let shares = split_clients(args.clients as usize, &args.protocols).unwrap();
         let setups: Vec<Setup> = shares.iter().map(|s| setup(&args, s).unwrap().0).collect();
-        let (report, text, histograms) = execute(&shares, &setups, 1.0, 2, false, 1, false);
+        let (report, text, histograms) = execute(100, &setups, 1.0, 2, false, 1, false);
         handle.shutdown();
         server_thread.join().unwrap().unwrap();
 
@@ -1153,5 +1236,61 @@ mod tests {
                 .unwrap_or_else(|| panic!("{protocol}: no {main} histogram"));
             assert_eq!(hist.len(), row.latency_ms.count, "{protocol} {main}");
         }
+    }
+
+    /// `--lobby`: the lobby runs beside the protocols' scenarios against the same server, with
+    /// its own report and summary row after theirs, and every member gets every lobby message.
+    #[test]
+    fn a_mix_with_the_lobby_runs_it_beside_the_protocols() {
+        let (_data, server, ports) = chatd("lobby-");
+        let mut argv: Vec<String> = [
+            "--clients",
+            "4",
+            "--protocols",
+            "ccm",
+            "--lobby",
+            "8",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.extend(ports);
+        let args = mix_args(&argv);
+        let handle = server.handle();
+        let server_thread = std::thread::spawn(move || server.run());
+
+        let shares = split_clients(args.clients as usize, &args.protocols).unwrap();
+        let mut setups: Vec<Setup> = shares.iter().map(|s| setup(&args, s).unwrap().0).collect();
+        setups.push(lobby_setup(&args).unwrap().0);
+        let (report, text, histograms) = execute(12, &setups, 1.0, 1, false, 1, false);
+        handle.shutdown();
+        server_thread.join().unwrap().unwrap();
+
+        let names: Vec<&str> = report.summary.iter().map(|r| r.protocol).collect();
+        assert_eq!(names, ["ccm", "lobby"], "{text}");
+        let lobby = &report.summary[1];
+        assert_eq!(lobby.failure, None, "{text}");
+        assert_eq!(
+            (lobby.connections, lobby.connections_requested),
+            (8, 8),
+            "{text}"
+        );
+        assert_eq!((lobby.errors, lobby.losses), (0, 0), "{text}");
+        assert!(lobby.passed && lobby.latency_ms.count > 0, "{text}");
+        assert!(report.summary[0].passed, "{text}");
+        assert_eq!(report.clients, 12);
+        let pairs = report.protocols["lobby"]["pairs"].as_array().unwrap();
+        assert_eq!(pairs.len(), 16, "{text}");
+        assert!(
+            text.contains("LOBBY: ROOM 2, MATOU 2, CCM 2, OCM 2"),
+            "{text}"
+        );
+        let (name, main, hists) = &histograms[1];
+        assert_eq!((*name, *main), ("lobby", "delivery"));
+        let (_, hist) = hists.iter().find(|(n, _)| n == main).unwrap();
+        assert_eq!(hist.len(), lobby.latency_ms.count);
     }
 }

@@ -106,6 +106,31 @@ impl Plan {
         intended_us < self.measure_start_us()
     }
 
+    /// Whether `now_us` is inside the measured window.
+    #[inline]
+    pub fn in_window(&self, now_us: u64) -> bool {
+        (self.measure_start_us()..self.measure_end_us()).contains(&now_us)
+    }
+
+    /// What a message intended at `intended_us` arriving at `now_us` adds to a run's figures:
+    /// its latency in `latency` (outside the warmup), and one to `in_window` if it arrived
+    /// inside the measured window.
+    #[inline]
+    pub fn record_arrival(
+        &self,
+        intended_us: u64,
+        now_us: u64,
+        latency: &mut LatencyHistogram,
+        in_window: &mut u64,
+    ) {
+        if !self.is_warmup(intended_us) {
+            latency.record(now_us.saturating_sub(intended_us));
+        }
+        if self.in_window(now_us) {
+            *in_window += 1;
+        }
+    }
+
     /// Whether every message of `plan` (if it has one yet) was taken, `next` being the next.
     pub fn all_taken(plan: Option<&Plan>, next: u64) -> bool {
         plan.is_some_and(|p| next >= p.messages)

@@ -6,7 +6,7 @@
 //! ([`run_single`]) and the mix drive every protocol through that one trait (the mix through
 //! [`InMix`] too), so adding a protocol is its folder, a [`Protocol`] variant here and its arm
 //! in [`Protocol`]'s table. The lobby (`lobby::Lobby`) is a scenario but no protocol of its own:
-//! it implements [`ScenarioKind`] alone.
+//! it implements [`ScenarioKind`] and [`InMix`] (`mix --lobby`), not [`Protocol`].
 
 use std::process::ExitCode;
 
@@ -128,7 +128,7 @@ static OCM: ProtocolInfo = info(
 );
 
 impl Protocol {
-    pub fn info(self) -> &'static ProtocolInfo {
+    pub const fn info(self) -> &'static ProtocolInfo {
         match self {
             Protocol::Room => &ROOM,
             Protocol::Bin24 => &BIN24,
@@ -138,9 +138,26 @@ impl Protocol {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         self.info().name
     }
+
+    /// Its row in the mix.
+    pub const fn row(self) -> Row {
+        let info = self.info();
+        Row {
+            name: info.name,
+            source: &info.row,
+        }
+    }
+}
+
+/// A scenario's row in the mix's summary: its name (also its key in the mix's JSON) and where
+/// its report keeps the row's figures.
+#[derive(Clone, Copy)]
+pub struct Row {
+    pub name: &'static str,
+    pub source: &'static RowSource,
 }
 
 /// Named histograms of a run: (name, histogram).
@@ -176,10 +193,10 @@ pub trait ScenarioKind {
     }
 }
 
-/// A protocol's own scenario, which the mix runs beside the others' (the lobby, which spans
-/// protocols, is not one).
+/// A scenario the mix runs beside the others: every protocol's own, and the lobby (`mix
+/// --lobby`).
 pub trait InMix: ScenarioKind {
-    const PROTOCOL: Protocol;
+    const ROW: Row;
     /// The histogram the mix plots as this protocol's curve (its summary row's latency).
     const MAIN_HISTOGRAM: &'static str = "delivery";
     /// The mix's words when no client reached the server ("no user could join the CCM server").

@@ -32,7 +32,7 @@ use crate::driver::{
 };
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::resp;
 use crate::sockio::{flush_queued, read_chunk, Chunk, OutBuf, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
@@ -339,7 +339,7 @@ impl ScenarioKind for Room {
 }
 
 impl InMix for Room {
-    const PROTOCOL: Protocol = Protocol::Room;
+    const ROW: Row = Protocol::Room.row();
     const UNREACHABLE_IN_MIX: &'static str = "no client could join the ROOM server";
 }
 

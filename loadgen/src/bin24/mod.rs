@@ -39,11 +39,11 @@ use switchboard::protocol::bin24::codec::{
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
-use crate::driver::{queue_full, RunError, SentReceived, START_DELAY_US};
-use crate::driver::{Drain, Loop, Phases, Progress};
+use crate::course::{self, Course, Phase, Staged};
+use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
@@ -55,8 +55,6 @@ use topology::{user_name, Pattern};
 /// The messageID of the hello each connection sends to itself first.
 const HELLO_ID: u32 = 0;
 const HELLO_BODY: &[u8] = b"hello";
-/// A connection wave (ramp-up, reconnect) gives up after max(this, 3 times its planned time).
-const WAVE_TIMEOUT_MIN_US: u64 = 10_000_000;
 /// Connections per user in the reconnect phase: a user the server closes while stored messages
 /// for it are still missing connects again, at most this many times in all.
 const RECONNECT_ATTEMPTS_MAX: u32 = 3;
@@ -158,29 +156,11 @@ struct User {
     sender: Option<u32>,
     conn: Conn<u64>,
     phase: UserPhase,
-    intended_connect_us: u64,
-    /// Part of the current connection wave and not yet joined or failed.
-    in_wave: bool,
     /// Connected in the reconnect phase.
     reconnecting: bool,
     ever_joined: bool,
     /// Connections made in the reconnect phase.
     reconnect_attempts: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Ramp,
-    Send,
-    Drain {
-        deadline_us: u64,
-    },
-    /// `deadline_us` is set once every user of the wave has joined or failed: `--drain` more
-    /// to receive the stored messages.
-    Reconnect {
-        deadline_us: Option<u64>,
-    },
-    Done,
 }
 
 struct Measurements {
@@ -206,23 +186,10 @@ pub struct Run<'a> {
     ledger: Ledger,
     body_buf: Vec<u8>,
     m: Measurements,
-    phase: Phase,
-    plan: Option<Plan>,
-    next_g: u64,
-    /// The current connection wave, in connect order, and how far it has got.
-    wave: Vec<usize>,
-    next_connect: usize,
-    wave_unsettled: usize,
-    wave_deadline_us: u64,
-    ramp_start_us: u64,
-    ramp_end_us: u64,
-    drain: Drain,
-    reconnect_start_us: Option<u64>,
-    reconnect_timed_out: bool,
-    done_us: u64,
+    /// Its closing phase is the reconnect, a second wave.
+    course: Course,
     reconnect_of_online: usize,
     reconnect_retries: u64,
-    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -245,15 +212,14 @@ impl ScenarioKind for Bin24 {
                 sender: None,
                 conn: Conn::default(),
                 phase: UserPhase::Idle,
-                intended_connect_us: 0,
-                in_wave: false,
                 reconnecting: false,
                 ever_joined: false,
                 reconnect_attempts: 0,
             })
             .collect();
         let now_us = io.clock.now_us();
-        let mut run = Run {
+        let online = (0..cfg.users).filter(|&i| !cfg.offline.get(i).copied().unwrap_or(false));
+        Ok(Run {
             cfg,
             io,
             users,
@@ -271,26 +237,16 @@ impl ScenarioKind for Bin24 {
                 stored_hellos: 0,
                 stored_frames: 0,
             },
-            phase: Phase::Ramp,
-            plan: None,
-            next_g: 0,
-            wave: Vec::new(),
-            next_connect: 0,
-            wave_unsettled: 0,
-            wave_deadline_us: 0,
-            ramp_start_us: now_us,
-            ramp_end_us: now_us,
-            drain: Drain::default(),
-            reconnect_start_us: None,
-            reconnect_timed_out: false,
-            done_us: now_us,
+            course: Course::new(
+                cfg.users,
+                online.collect(),
+                now_us,
+                cfg.connect_rate_per_s,
+                cfg.progress,
+            ),
             reconnect_of_online: 0,
             reconnect_retries: 0,
-            progress: Progress::new(cfg.progress, now_us),
-        };
-        let online: Vec<usize> = (0..cfg.users).filter(|&i| !run.users[i].offline).collect();
-        run.start_wave(online, now_us);
-        Ok(run)
+        })
     }
     fn finish(run: Run<'_>) -> Bin24Outcome {
         run.finish()
@@ -331,7 +287,7 @@ impl ScenarioKind for Bin24 {
 }
 
 impl InMix for Bin24 {
-    const PROTOCOL: Protocol = Protocol::Bin24;
+    const ROW: Row = Protocol::Bin24.row();
     const MAIN_HISTOGRAM: &'static str = "ack200";
     const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
 }
@@ -343,102 +299,27 @@ impl Phases for Run<'_> {
     fn io_mut(&mut self) -> &mut Loop {
         &mut self.io
     }
-    /// Phase work that depends on the clock: connects, sends, deadlines, completion, progress.
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.io.clock.now_us();
-        match self.phase {
-            Phase::Ramp => {
-                self.connect_due(now_us);
-                if self.wave_settled() {
-                    self.start_sending(now_us)?;
-                }
-            }
-            Phase::Send => {
-                self.send_due();
-                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
-                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
-                    self.phase = Phase::Drain { deadline_us };
-                }
-            }
-            Phase::Drain { deadline_us } => {
-                engine::flush_dirty(self);
-                if self.drain.check_due(now_us) {
-                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
-                    if !queued && self.ledger.unresolved() == 0 {
-                        self.start_reconnect(now_us);
-                    } else if now_us >= deadline_us {
-                        self.drain.timed_out = true;
-                        self.start_reconnect(now_us);
-                    }
-                }
-            }
-            Phase::Reconnect { deadline_us } => {
-                self.connect_due(now_us);
-                if self.wave_settled() {
-                    if self.ledger.awaiting_redelivery() == 0 {
-                        self.phase = Phase::Done;
-                    } else {
-                        match deadline_us {
-                            None => {
-                                self.phase = Phase::Reconnect {
-                                    deadline_us: Some(now_us + self.cfg.drain_us),
-                                };
-                            }
-                            Some(deadline_us) if now_us >= deadline_us => {
-                                self.reconnect_timed_out = true;
-                                self.phase = Phase::Done;
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                }
-            }
-            Phase::Done => {}
-        }
-        if self.phase == Phase::Done {
-            self.done_us = now_us;
-        }
-        if self.progress.due(now_us) {
-            self.progress_line(now_us);
-        }
-        Ok(())
+        course::advance(self)
     }
     fn next_wake_us(&self) -> u64 {
-        let next_connect_us = self
-            .wave
-            .get(self.next_connect)
-            .map_or(u64::MAX, |&u| self.users[u].intended_connect_us);
-        let phase_us = match self.phase {
-            Phase::Ramp => next_connect_us.min(self.wave_deadline_us),
-            Phase::Send => self
-                .plan
-                .as_ref()
-                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            // The deadline is looked at with the completion check, on its cadence.
-            Phase::Drain { .. } => self.drain.next_check_us,
-            Phase::Reconnect { deadline_us: None } => next_connect_us.min(self.wave_deadline_us),
-            Phase::Reconnect {
-                deadline_us: Some(deadline_us),
-            } => deadline_us,
-            Phase::Done => u64::MAX,
-        };
-        self.progress.wake_us(phase_us)
+        course::next_wake_us(self)
     }
     fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+        course::is_done(self)
     }
     /// Queues every planned message that is due, then writes.
     fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
+        let Some(plan) = self.course.plan.as_ref() else {
             return;
         };
-        if self.phase != Phase::Send {
+        if self.course.phase != Phase::Send {
             return;
         }
         self.io.bytes_since_send_check = 0;
         let now_us = self.io.clock.now_us();
         let senders = u64::from(plan.senders);
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+        while let Some(due) = plan.take_due(&mut self.course.next_g, now_us) {
             let u = self.senders[plan.sender_of(due.g) as usize];
             let seq = due.g / senders;
             let user = &self.users[u];
@@ -529,7 +410,7 @@ impl Wire for Run<'_> {
     fn flush(&mut self, u: usize) {
         let user = &mut self.users[u];
         let lags = SendLags {
-            plan: self.plan.as_ref(),
+            plan: self.course.plan.as_ref(),
             own: &mut self.m.latency.own,
             sent_in_window: &mut self.m.sends.sent_in_window,
         };
@@ -551,64 +432,27 @@ impl Wire for Run<'_> {
     }
 }
 
-impl Run<'_> {
-    /// Starts connecting `users`, spaced at the connect rate from `now_us`.
-    fn start_wave(&mut self, users: Vec<usize>, now_us: u64) {
-        let rate = self.cfg.connect_rate_per_s.max(1);
-        for (k, &u) in users.iter().enumerate() {
-            let user = &mut self.users[u];
-            user.intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
-            user.in_wave = true;
-        }
-        let planned_us = (users.len() as u64 * 1_000_000).div_ceil(rate);
-        self.wave_deadline_us = now_us + WAVE_TIMEOUT_MIN_US.max(planned_us * 3);
-        self.wave_unsettled = users.len();
-        self.wave = users;
-        self.next_connect = 0;
-    }
+impl Staged for Run<'_> {
+    const WAVE_TIMEOUT: &'static str = "timed out before its hello came back";
 
-    /// Connects the wave's users that are due; fails those still unsettled at its deadline.
-    fn connect_due(&mut self, now_us: u64) {
-        while let Some(&u) = self.wave.get(self.next_connect) {
-            if self.users[u].intended_connect_us > now_us {
-                break;
-            }
-            self.next_connect += 1;
-            self.connect(u);
-        }
-        if now_us >= self.wave_deadline_us && self.wave_unsettled > 0 {
-            for u in self.wave.clone() {
-                if self.users[u].in_wave {
-                    self.close_failed(u, ErrorKind::Connect, || {
-                        "timed out before its hello came back".to_string()
-                    });
-                }
-            }
-            self.next_connect = self.wave.len();
-        }
+    fn course(&self) -> &Course {
+        &self.course
     }
-
-    fn wave_settled(&self) -> bool {
-        self.next_connect == self.wave.len() && self.wave_unsettled == 0
+    fn course_mut(&mut self) -> &mut Course {
+        &mut self.course
     }
-
-    fn settle(&mut self, u: usize) {
-        if std::mem::take(&mut self.users[u].in_wave) {
-            self.wave_unsettled -= 1;
-        }
+    fn target(&self, _u: usize) -> SocketAddr {
+        self.cfg.target
     }
-
-    fn connect(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
-            Ok(()) => user.phase = UserPhase::Connecting,
-            Err(why) => self.fail(u, ErrorKind::Connect, || why),
-        }
+    fn on_connecting(&mut self, u: usize) {
+        self.users[u].phase = UserPhase::Connecting;
     }
-
-    /// The ramp-up is over: every online user that joined sends; fix the plan.
+    /// No retry for a user its wave gave up on.
+    fn on_wave_timeout(&mut self, u: usize) {
+        self.close_failed(u, ErrorKind::Connect, || Self::WAVE_TIMEOUT.to_string());
+    }
+    /// Every online user that joined sends; fix the plan.
     fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.ramp_end_us = now_us;
         self.senders = (0..self.users.len())
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
@@ -629,14 +473,19 @@ impl Run<'_> {
         let messages = usize::try_from(plan.messages).unwrap_or(usize::MAX);
         self.ledger = Ledger::new(messages);
         self.write_lag_us = vec![0; messages];
-        self.plan = Some(plan);
-        self.phase = Phase::Send;
+        self.course.plan = Some(plan);
         Ok(())
     }
-
-    /// After the drain: connect the offline users and every user with stored messages pending.
-    fn start_reconnect(&mut self, now_us: u64) {
-        self.reconnect_start_us = Some(now_us);
+    fn drain_us(&self) -> u64 {
+        self.cfg.drain_us
+    }
+    /// Every written message has an answer.
+    fn everything_arrived(&self) -> bool {
+        self.ledger.unresolved() == 0
+    }
+    /// The reconnect: the offline users and every user with stored messages pending connect
+    /// (the others' connections are closed first).
+    fn start_closing(&mut self, now_us: u64) -> Phase {
         let mut wanted: Vec<bool> = self.users.iter().map(|u| u.offline).collect();
         for g in self.ledger.awaiting_redelivery_iter() {
             if let Some(recipient) = self.recipient_of(g) {
@@ -652,13 +501,58 @@ impl Run<'_> {
             self.users[u].reconnecting = true;
             self.users[u].reconnect_attempts = 1;
         }
-        self.start_wave(wave, now_us);
-        self.phase = Phase::Reconnect { deadline_us: None };
+        let rate = self.cfg.connect_rate_per_s;
+        self.course.wave.start(wave, now_us, rate);
+        Phase::Close { deadline_us: None }
     }
+    /// Every stored message was delivered; once the wave has settled, the wait for them is
+    /// `--drain`.
+    fn closed(&mut self, now_us: u64) -> bool {
+        if self.ledger.awaiting_redelivery() == 0 {
+            return true;
+        }
+        if self.course.phase == (Phase::Close { deadline_us: None }) {
+            let deadline_us = Some(now_us + self.cfg.drain_us);
+            self.course.phase = Phase::Close { deadline_us };
+        }
+        false
+    }
+    fn doing(&self) -> String {
+        let wave = self.course.wave.members();
+        let joined = wave
+            .iter()
+            .filter(|&&u| self.users[u].phase == UserPhase::Joined)
+            .count();
+        match self.course.phase {
+            Phase::Ramp => format!("ramp-up: {joined} of {} joined", wave.len()),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "{}: sent {} of {}, unanswered {}",
+                if self.course.phase == Phase::Send {
+                    "sending"
+                } else {
+                    "draining"
+                },
+                self.m.sends.sent,
+                self.course.plan.as_ref().map_or(0, |p| p.messages),
+                self.ledger.unresolved()
+            ),
+            Phase::Close { .. } => format!(
+                "reconnect: {joined} of {} joined, {} stored messages to come",
+                wave.len(),
+                self.ledger.awaiting_redelivery()
+            ),
+            Phase::Done => String::new(),
+        }
+    }
+    fn errors(&self) -> &ErrorCounts {
+        &self.m.errors
+    }
+}
 
+impl Run<'_> {
     /// The user that receives planned message `g`.
     fn recipient_of(&self, g: u64) -> Option<usize> {
-        let plan = self.plan.as_ref()?;
+        let plan = self.course.plan.as_ref()?;
         let sender = *self.senders.get(plan.sender_of(g) as usize)?;
         Some(self.users[sender].partner)
     }
@@ -711,13 +605,13 @@ impl Run<'_> {
         }
         user.phase = UserPhase::Joined;
         user.ever_joined = true;
-        let latency_us = now_us.saturating_sub(user.intended_connect_us);
+        let latency_us = now_us.saturating_sub(self.course.wave.intended_us(u));
         if user.reconnecting {
             self.m.latency.reconnect.record(latency_us);
         } else {
             self.m.latency.connect.record(latency_us);
         }
-        self.settle(u);
+        self.course.wave.settle(u);
     }
 
     /// A message arrived at recipient `u`, live or from the store.
@@ -756,23 +650,20 @@ impl Run<'_> {
         if before.deliveries(via) > 0 {
             return; // a duplicate: counted by the ledger, timed once
         }
-        let Some(plan) = self.plan.as_ref() else {
+        let Some(plan) = self.course.plan.as_ref() else {
             return;
         };
         match via {
             Via::Live => {
-                if !plan.is_warmup(stamp.intended_us) {
-                    self.m
-                        .latency
-                        .delivery_live
-                        .record(now_us.saturating_sub(stamp.intended_us));
-                }
-                if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
-                    self.m.delivered_live_in_window += 1;
-                }
+                let m = &mut self.m;
+                let (latency, in_window) = (
+                    &mut m.latency.delivery_live,
+                    &mut m.delivered_live_in_window,
+                );
+                plan.record_arrival(stamp.intended_us, now_us, latency, in_window);
             }
             Via::Store => {
-                let from_us = self.users[u].intended_connect_us;
+                let from_us = self.course.wave.intended_us(u);
                 self.m
                     .latency
                     .delivery_stored
@@ -784,7 +675,7 @@ impl Run<'_> {
     /// The plan's message number for a delivered frame, if every field agrees with the plan:
     /// sender, recipient, messageID and intended time.
     fn check_delivery(&self, u: usize, frame: &Frame, stamp: &Stamp) -> Option<u64> {
-        let plan = self.plan.as_ref()?;
+        let plan = self.course.plan.as_ref()?;
         let sender = usize::try_from(stamp.sender).ok()?;
         let sender_user = self.users.get(sender)?;
         let ordinal = u64::from(sender_user.sender?);
@@ -816,7 +707,7 @@ impl Run<'_> {
                 return;
             }
         };
-        let g = self.plan.as_ref().and_then(|plan| {
+        let g = self.course.plan.as_ref().and_then(|plan| {
             let user = &self.users[u];
             let ordinal = u64::from(user.sender?);
             let seq = u64::from(frame.message_id().checked_sub(1)?);
@@ -841,12 +732,12 @@ impl Run<'_> {
         if before.answers(answer) > 0 {
             return; // repeated: counted by the ledger
         }
-        let Some(plan) = self.plan.as_ref() else {
+        let Some(plan) = self.course.plan.as_ref() else {
             return;
         };
         let intended_us = plan.intended_us(g);
         if !before.is_resolved() {
-            if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+            if plan.in_window(now_us) {
                 self.m.answered_in_window += 1;
             }
             if !plan.is_warmup(intended_us) {
@@ -873,29 +764,23 @@ impl Run<'_> {
     fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
         self.close_failed(u, kind, describe);
         let user = &self.users[u];
-        let retry = matches!(self.phase, Phase::Reconnect { .. })
+        let retry = matches!(self.course.phase, Phase::Close { .. })
             && user.reconnecting
             && user.reconnect_attempts < RECONNECT_ATTEMPTS_MAX
             && self.ledger.awaiting_redelivery() > 0;
         if !retry {
             return;
         }
-        let last_us = self
-            .wave
-            .last()
-            .map_or(0, |&last| self.users[last].intended_connect_us);
+        let wave = &mut self.course.wave;
+        let last_us = (wave.members().last()).map_or(0, |&last| wave.intended_us(last));
         let intended_us = (self.io.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
+        wave.push(u, intended_us);
         let user = &mut self.users[u];
         user.reconnect_attempts += 1;
         user.phase = UserPhase::Idle;
-        user.intended_connect_us = intended_us;
-        user.in_wave = true;
-        self.wave.push(u);
-        self.wave_unsettled += 1;
-        self.wave_deadline_us = self.wave_deadline_us.max(intended_us + WAVE_TIMEOUT_MIN_US);
         self.reconnect_retries += 1;
         // The wait for stored messages starts again once this connection has settled.
-        self.phase = Phase::Reconnect { deadline_us: None };
+        self.course.phase = Phase::Close { deadline_us: None };
     }
 
     /// Counts the error, closes the connection and takes the user out of the run.
@@ -903,16 +788,16 @@ impl Run<'_> {
         if self.users[u].phase == UserPhase::Failed {
             return;
         }
-        self.settle(u);
+        self.course.wave.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
         self.m.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
         let name = user.name;
         // Answers to its messages go to this connection only: those still unanswered can no
         // longer be (the messages themselves may have died unread with the connection).
-        if let (Some(ordinal), Some(plan)) = (user.sender, self.plan.as_ref()) {
+        if let (Some(ordinal), Some(plan)) = (user.sender, self.course.plan.as_ref()) {
             let step = usize::try_from(plan.senders).unwrap_or(usize::MAX);
-            for g in (u64::from(ordinal)..self.next_g).step_by(step) {
+            for g in (u64::from(ordinal)..self.course.next_g).step_by(step) {
                 self.ledger.orphan(g);
             }
         }
@@ -929,61 +814,13 @@ impl Run<'_> {
         user.phase = UserPhase::Idle;
     }
 
-    fn progress_line(&self, now_us: u64) {
-        let joined = self
-            .wave
-            .iter()
-            .filter(|&&u| self.users[u].phase == UserPhase::Joined)
-            .count();
-        let what = match self.phase {
-            Phase::Ramp => format!("ramp-up: {joined} of {} joined", self.wave.len()),
-            Phase::Send | Phase::Drain { .. } => format!(
-                "{}: sent {} of {}, unanswered {}",
-                if self.phase == Phase::Send {
-                    "sending"
-                } else {
-                    "draining"
-                },
-                self.m.sends.sent,
-                self.plan.as_ref().map_or(0, |p| p.messages),
-                self.ledger.unresolved()
-            ),
-            Phase::Reconnect { .. } => format!(
-                "reconnect: {joined} of {} joined, {} stored messages to come",
-                self.wave.len(),
-                self.ledger.awaiting_redelivery()
-            ),
-            Phase::Done => String::new(),
-        };
-        Progress::draw(self.ramp_start_us, now_us, &what, self.m.errors.total());
-    }
-
     pub fn finish(mut self) -> Bin24Outcome {
-        let end_us = self.io.clock.now_us();
-        for user in &mut self.users {
-            self.m.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
-        }
-        let plan = self
-            .plan
-            .clone()
-            .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0));
-        let done_us = if self.phase == Phase::Done {
-            self.done_us
-        } else {
-            end_us
-        };
-        let drain_used_us = self.drain.start_us.map_or(0, |start| {
-            self.reconnect_start_us
-                .unwrap_or(done_us)
-                .saturating_sub(start)
-        });
-        let reconnect_used_us = self
-            .reconnect_start_us
-            .map_or(0, |start| done_us.saturating_sub(start));
+        let times = self.course.times(self.io.clock.now_us());
+        self.m.sends.not_sent_at_end += engine::close_all(&mut self);
         Bin24Outcome {
             online_requested: self.users.iter().filter(|u| !u.offline).count(),
             online_joined: self.senders.len(),
-            plan,
+            plan: self.course.plan_or_empty(),
             latency: self.m.latency,
             tally: self.ledger.tally(),
             errors: self.m.errors,
@@ -1001,11 +838,11 @@ impl Run<'_> {
             reconnect_of_online: self.reconnect_of_online,
             reconnect_retries: self.reconnect_retries,
             stored_frames: self.m.stored_frames,
-            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us,
-            drain_timed_out: self.drain.timed_out,
-            reconnect_used_us,
-            reconnect_timed_out: self.reconnect_timed_out,
+            ramp_us: times.ramp_us,
+            drain_used_us: times.drain_used_us,
+            drain_timed_out: times.drain_timed_out,
+            reconnect_used_us: times.close_used_us,
+            reconnect_timed_out: times.close_timed_out,
         }
     }
 }

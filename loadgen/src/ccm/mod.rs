@@ -27,11 +27,11 @@ use bytes::Bytes;
 use switchboard::protocol::ccm::codec;
 
 use crate::bin24::topology::Pattern;
-use crate::driver::{queue_full, RunError, SentReceived, RAMP_TIMEOUT_MIN_US, START_DELAY_US};
-use crate::driver::{Drain, Loop, Phases, Progress};
+use crate::course::{self, Course, Phase, Staged};
+use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
 use crate::engine::{self, Link, Wire};
 use crate::plan::Plan;
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
@@ -135,21 +135,10 @@ struct User {
     sender: Option<u32>,
     conn: Conn<()>,
     phase: UserPhase,
-    intended_connect_us: u64,
-    in_ramp: bool,
     token: Bytes,
     /// When the user's last bytes went out completely.
     last_write_us: u64,
     keepalives: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Ramp,
-    Send,
-    Drain { deadline_us: u64 },
-    SilentWait { deadline_us: u64 },
-    Done,
 }
 
 pub struct Run<'a> {
@@ -169,20 +158,7 @@ pub struct Run<'a> {
     keepalives_silent: u64,
     silent_closed: u64,
     silent_closed_without_keepalive: u64,
-    phase: Phase,
-    plan: Option<Plan>,
-    next_g: u64,
-    next_connect: usize,
-    ramp_unsettled: usize,
-    ramp_deadline_us: u64,
-    ramp_start_us: u64,
-    ramp_end_us: u64,
-    drain: Drain,
-    silent_start_us: Option<u64>,
-    done_us: u64,
-    progress: Progress,
-    /// The order users connect in (`connect_order`).
-    order: Vec<usize>,
+    course: Course,
 }
 
 /// The scenario as the registry lists it.
@@ -198,7 +174,6 @@ impl ScenarioKind for Ccm {
     fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
         let io = Loop::new()?;
         let now_us = io.clock.now_us();
-        let rate = cfg.connect_rate_per_s.max(1);
         let total = cfg.users + cfg.silent;
         // Silent users are spread through the ramp-up rather than left to its end.
         let users: Vec<User> = (0..total)
@@ -219,15 +194,13 @@ impl ScenarioKind for Ccm {
                     sender: None,
                     conn: Conn::default(),
                     phase: UserPhase::Idle,
-                    intended_connect_us: 0,
-                    in_ramp: true,
                     token: Bytes::new(),
                     last_write_us: 0,
                     keepalives: 0,
                 }
             })
             .collect();
-        let mut run = Run {
+        Ok(Run {
             cfg,
             io,
             users,
@@ -244,25 +217,14 @@ impl ScenarioKind for Ccm {
             keepalives_silent: 0,
             silent_closed: 0,
             silent_closed_without_keepalive: 0,
-            phase: Phase::Ramp,
-            plan: None,
-            next_g: 0,
-            next_connect: 0,
-            ramp_unsettled: total,
-            ramp_deadline_us: now_us
-                + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
-            ramp_start_us: now_us,
-            ramp_end_us: now_us,
-            drain: Drain::default(),
-            silent_start_us: None,
-            done_us: now_us,
-            progress: Progress::new(cfg.progress, now_us),
-            order: connect_order(cfg.users, cfg.silent),
-        };
-        for (k, &u) in run.order.iter().enumerate() {
-            run.users[u].intended_connect_us = now_us + k as u64 * 1_000_000 / rate;
-        }
-        Ok(run)
+            course: Course::new(
+                total,
+                connect_order(cfg.users, cfg.silent),
+                now_us,
+                cfg.connect_rate_per_s,
+                cfg.progress,
+            ),
+        })
     }
     fn finish(run: Run<'_>) -> CcmOutcome {
         run.finish()
@@ -298,7 +260,7 @@ impl ScenarioKind for Ccm {
 }
 
 impl InMix for Ccm {
-    const PROTOCOL: Protocol = Protocol::Ccm;
+    const ROW: Row = Protocol::Ccm.row();
     const UNREACHABLE_IN_MIX: &'static str = "no user could join the CCM server";
 }
 
@@ -329,28 +291,25 @@ impl Phases for Run<'_> {
         &mut self.io
     }
     fn advance(&mut self) -> Result<(), RunError> {
-        let order = std::mem::take(&mut self.order);
-        let advanced = Run::advance(self, &order);
-        self.order = order;
-        advanced
+        course::advance(self)
     }
     fn next_wake_us(&self) -> u64 {
-        Run::next_wake_us(self, &self.order)
+        course::next_wake_us(self)
     }
     fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+        course::is_done(self)
     }
     fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
+        let Some(plan) = self.course.plan.as_ref() else {
             return;
         };
-        if self.phase != Phase::Send {
+        if self.course.phase != Phase::Send {
             return;
         }
         self.io.bytes_since_send_check = 0;
         let now_us = self.io.clock.now_us();
         let senders = u64::from(plan.senders);
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+        while let Some(due) = plan.take_due(&mut self.course.next_g, now_us) {
             let u = self.senders[plan.sender_of(due.g) as usize];
             let user = &self.users[u];
             if user.phase != UserPhase::Joined {
@@ -447,7 +406,7 @@ impl Wire for Run<'_> {
     fn flush(&mut self, u: usize) {
         let user = &mut self.users[u];
         let lags = SendLags {
-            plan: self.plan.as_ref(),
+            plan: self.course.plan.as_ref(),
             own: &mut self.latency.own,
             sent_in_window: &mut self.sends.sent_in_window,
         };
@@ -467,124 +426,22 @@ impl Wire for Run<'_> {
     }
 }
 
-impl Run<'_> {
-    fn advance(&mut self, order: &[usize]) -> Result<(), RunError> {
-        let now_us = self.io.clock.now_us();
-        match self.phase {
-            Phase::Ramp => {
-                while let Some(&u) = order.get(self.next_connect) {
-                    if self.users[u].intended_connect_us > now_us {
-                        break;
-                    }
-                    self.next_connect += 1;
-                    self.connect(u);
-                }
-                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
-                    for u in 0..self.users.len() {
-                        if self.users[u].in_ramp {
-                            self.fail(u, ErrorKind::Connect, || {
-                                "timed out before its Identity came back".to_string()
-                            });
-                        }
-                    }
-                    self.next_connect = order.len();
-                }
-                if self.next_connect == order.len() && self.ramp_unsettled == 0 {
-                    self.start_sending(now_us)?;
-                }
-            }
-            Phase::Send => {
-                self.send_due();
-                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
-                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
-                    self.phase = Phase::Drain { deadline_us };
-                }
-            }
-            Phase::Drain { deadline_us } => {
-                engine::flush_dirty(self);
-                if self.drain.check_due(now_us) {
-                    let queued = self.users.iter().any(|u| !u.conn.queue.is_empty());
-                    let complete = !queued && self.accounting.undelivered() == 0;
-                    if complete || now_us >= deadline_us {
-                        self.drain.timed_out = !complete;
-                        self.start_silent_wait(now_us);
-                    }
-                }
-            }
-            Phase::SilentWait { deadline_us } => {
-                if self.silent_open() == 0 || now_us >= deadline_us {
-                    self.phase = Phase::Done;
-                }
-            }
-            Phase::Done => {}
-        }
-        if self.phase == Phase::Done {
-            self.done_us = now_us;
-        }
-        if self.progress.due(now_us) {
-            self.progress_line(now_us);
-        }
-        Ok(())
-    }
+impl Staged for Run<'_> {
+    const WAVE_TIMEOUT: &'static str = "timed out before its Identity came back";
 
-    fn next_wake_us(&self, order: &[usize]) -> u64 {
-        let phase_us = match self.phase {
-            Phase::Ramp => order
-                .get(self.next_connect)
-                .map_or(u64::MAX, |&u| self.users[u].intended_connect_us)
-                .min(self.ramp_deadline_us),
-            Phase::Send => self
-                .plan
-                .as_ref()
-                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            Phase::Drain { .. } => self.drain.next_check_us,
-            // A close wakes the poll by itself.
-            Phase::SilentWait { deadline_us } => deadline_us,
-            Phase::Done => u64::MAX,
-        };
-        self.progress.wake_us(phase_us)
+    fn course(&self) -> &Course {
+        &self.course
     }
-
-    /// Silent users the server has not closed yet.
-    fn silent_open(&self) -> usize {
-        self.users
-            .iter()
-            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
-            .count()
+    fn course_mut(&mut self) -> &mut Course {
+        &mut self.course
     }
-
-    fn start_silent_wait(&mut self, now_us: u64) {
-        self.silent_start_us = Some(now_us);
-        let last_us = self
-            .users
-            .iter()
-            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
-            .map(|u| u.last_write_us)
-            .max();
-        self.phase = match last_us {
-            Some(last_us) => Phase::SilentWait {
-                deadline_us: (last_us + self.cfg.silent_wait_us).max(now_us),
-            },
-            None => Phase::Done,
-        };
+    fn target(&self, _u: usize) -> SocketAddr {
+        self.cfg.target
     }
-
-    fn settle(&mut self, u: usize) {
-        if std::mem::take(&mut self.users[u].in_ramp) {
-            self.ramp_unsettled -= 1;
-        }
+    fn on_connecting(&mut self, u: usize) {
+        self.users[u].phase = UserPhase::Connecting;
     }
-
-    fn connect(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
-            Ok(()) => user.phase = UserPhase::Connecting,
-            Err(why) => self.fail(u, ErrorKind::Connect, || why),
-        }
-    }
-
     fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.ramp_end_us = now_us;
         self.senders = (0..self.cfg.users)
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
@@ -595,15 +452,77 @@ impl Run<'_> {
             self.users[u].sender = Some(ordinal as u32);
         }
         self.accounting = Accounting::new(self.senders.len());
-        self.plan = Some(Plan::new(
+        self.course.plan = Some(Plan::new(
             self.senders.len() as u32,
             self.cfg.rate_per_s,
             now_us + START_DELAY_US,
             self.cfg.warmup_us,
             self.cfg.duration_us,
         ));
-        self.phase = Phase::Send;
         Ok(())
+    }
+    fn drain_us(&self) -> u64 {
+        self.cfg.drain_us
+    }
+    fn everything_arrived(&self) -> bool {
+        self.accounting.undelivered() == 0
+    }
+    /// The silent wait: until the server has closed every silent user, or `--silent-wait`
+    /// after the last one's last write.
+    fn start_closing(&mut self, now_us: u64) -> Phase {
+        let last_us = self
+            .users
+            .iter()
+            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+            .map(|u| u.last_write_us)
+            .max();
+        match last_us {
+            Some(last_us) => Phase::Close {
+                deadline_us: Some((last_us + self.cfg.silent_wait_us).max(now_us)),
+            },
+            None => Phase::Done,
+        }
+    }
+    fn closed(&mut self, _now_us: u64) -> bool {
+        self.silent_open() == 0
+    }
+    fn doing(&self) -> String {
+        match self.course.phase {
+            Phase::Ramp => format!(
+                "ramp-up: {} of {} joined",
+                self.users
+                    .iter()
+                    .filter(|u| u.phase == UserPhase::Joined)
+                    .count(),
+                self.users.len()
+            ),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "sent {} of {}, undelivered {}",
+                self.sends.sent,
+                self.course.plan.as_ref().map_or(0, |p| p.messages),
+                self.accounting.undelivered()
+            ),
+            Phase::Close { .. } => {
+                format!(
+                    "waiting for {} silent users to be closed",
+                    self.silent_open()
+                )
+            }
+            Phase::Done => String::new(),
+        }
+    }
+    fn errors(&self) -> &ErrorCounts {
+        &self.errors
+    }
+}
+
+impl Run<'_> {
+    /// Silent users the server has not closed yet.
+    fn silent_open(&self) -> usize {
+        self.users
+            .iter()
+            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+            .count()
     }
 
     /// EOF or a read error: expected for a silent user (measured), an error for anyone else.
@@ -639,10 +558,11 @@ impl Run<'_> {
                 let user = &mut self.users[u];
                 user.token = token;
                 user.phase = UserPhase::Joined;
+                let intended_us = self.course.wave.intended_us(u);
                 self.latency
                     .connect
-                    .record(now_us.saturating_sub(user.intended_connect_us));
-                self.settle(u);
+                    .record(now_us.saturating_sub(intended_us));
+                self.course.wave.settle(u);
             }
             Incoming::Keepalive => {
                 let user = &mut self.users[u];
@@ -715,16 +635,11 @@ impl Run<'_> {
         if outcome == SeqOutcome::Behind {
             return; // a duplicate: counted, timed once
         }
-        let Some(plan) = self.plan.as_ref() else {
-            return;
-        };
-        if !plan.is_warmup(plan.intended_us(g)) {
-            self.latency
-                .delivery
-                .record(now_us.saturating_sub(stamp.intended_us));
-        }
-        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
-            self.delivered_in_window += 1;
+        if let Some(plan) = self.course.plan.as_ref() {
+            // The check found the plan's intended time for `g` in the stamp.
+            debug_assert_eq!(plan.intended_us(g), stamp.intended_us);
+            let (latency, in_window) = (&mut self.latency.delivery, &mut self.delivered_in_window);
+            plan.record_arrival(stamp.intended_us, now_us, latency, in_window);
         }
     }
 
@@ -736,7 +651,7 @@ impl Run<'_> {
         addressee: &[u8],
         stamp: &Stamp,
     ) -> Option<(usize, u64)> {
-        let plan = self.plan.as_ref()?;
+        let plan = self.course.plan.as_ref()?;
         let sender_user = self.users.get(usize::try_from(stamp.sender).ok()?)?;
         let ordinal = sender_user.sender?;
         let g = u64::from(stamp.seq) * u64::from(plan.senders) + u64::from(ordinal);
@@ -757,7 +672,7 @@ impl Run<'_> {
         ) {
             return;
         }
-        self.settle(u);
+        self.course.wave.settle(u);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
         self.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
@@ -767,43 +682,9 @@ impl Run<'_> {
             .count(kind, || format!("{target} user {name}: {}", describe()));
     }
 
-    fn progress_line(&self, now_us: u64) {
-        let what = match self.phase {
-            Phase::Ramp => format!(
-                "ramp-up: {} of {} joined",
-                self.users
-                    .iter()
-                    .filter(|u| u.phase == UserPhase::Joined)
-                    .count(),
-                self.users.len()
-            ),
-            Phase::Send | Phase::Drain { .. } => format!(
-                "sent {} of {}, undelivered {}",
-                self.sends.sent,
-                self.plan.as_ref().map_or(0, |p| p.messages),
-                self.accounting.undelivered()
-            ),
-            Phase::SilentWait { .. } => {
-                format!(
-                    "waiting for {} silent users to be closed",
-                    self.silent_open()
-                )
-            }
-            Phase::Done => String::new(),
-        };
-        Progress::draw(self.ramp_start_us, now_us, &what, self.errors.total());
-    }
-
     pub fn finish(mut self) -> CcmOutcome {
-        let end_us = self.io.clock.now_us();
-        for user in &mut self.users {
-            self.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
-        }
-        let done_us = if self.phase == Phase::Done {
-            self.done_us
-        } else {
-            end_us
-        };
+        let times = self.course.times(self.io.clock.now_us());
+        self.sends.not_sent_at_end += engine::close_all(&mut self);
         let silent = &self.users[self.cfg.users..];
         let silent_joined = silent
             .iter()
@@ -821,10 +702,7 @@ impl Run<'_> {
             silent_closed: self.silent_closed,
             silent_closed_without_keepalive: self.silent_closed_without_keepalive,
             silent_not_closed,
-            plan: self
-                .plan
-                .clone()
-                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            plan: self.course.plan_or_empty(),
             latency: self.latency,
             seq: self.accounting.counts(),
             undelivered: self.accounting.undelivered(),
@@ -835,16 +713,10 @@ impl Run<'_> {
             keepalives_active: self.keepalives_active,
             keepalives_answered: self.keepalives_answered,
             keepalives_silent: self.keepalives_silent,
-            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: self.drain.start_us.map_or(0, |start| {
-                self.silent_start_us
-                    .unwrap_or(done_us)
-                    .saturating_sub(start)
-            }),
-            drain_timed_out: self.drain.timed_out,
-            silent_wait_used_us: self
-                .silent_start_us
-                .map_or(0, |start| done_us.saturating_sub(start)),
+            ramp_us: times.ramp_us,
+            drain_used_us: times.drain_used_us,
+            drain_timed_out: times.drain_timed_out,
+            silent_wait_used_us: times.close_used_us,
         }
     }
 }

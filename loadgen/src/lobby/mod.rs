@@ -39,14 +39,14 @@ use switchboard::protocol::matou::codec::Limits as MatouLimits;
 use switchboard::protocol::ocm::codec as ocm_codec;
 
 use crate::ccm::wire as ccm_wire;
-use crate::driver::{queue_full, Drain, Loop, Phases, Progress, RunError, SentReceived};
-use crate::driver::{RAMP_TIMEOUT_MIN_US, START_DELAY_US};
+use crate::course::{self, Course, Phase, Staged};
+use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
 use crate::engine::{self, Link, Wire};
 use crate::matou::wire as matou_wire;
 use crate::ocm::{udp, wire as ocm_wire};
 use crate::plan::Plan;
-use crate::registry::{Named, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendLags};
+use crate::registry::{InMix, Named, Row, RowSource, ScenarioKind};
+use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
 use ledger::{Kind, Ledger, PairCounts, PairLatencies, KINDS};
 use wire::{Read, RoomItem, RoomStage, Stamp};
@@ -123,12 +123,8 @@ pub struct LobbyOutcome {
     pub expected: [[u64; 4]; 4],
     pub undelivered: [[u64; 4]; 4],
     pub errors: ErrorCounts,
-    pub sent: u64,
-    pub sent_in_window: u64,
+    pub sends: SendCounts,
     pub delivered_in_window: u64,
-    pub not_sent_queue_full: u64,
-    pub not_sent_connection_lost: u64,
-    pub not_sent_at_end: u64,
     /// Lobby texts that are not this run's (another client's, another run's).
     pub foreign_messages: u64,
     /// Presence notices received (ROOM's join and leave lines are not counted: they are text
@@ -165,20 +161,10 @@ struct Member {
     /// OCM: the UDP socket it chats from, and the TCRP operation it asks for.
     udp: Option<UdpSocket>,
     ocm_operation: u8,
-    intended_connect_us: u64,
-    in_ramp: bool,
     /// It joined the lobby at some point (it may have failed since).
     ever_joined: bool,
     /// Its next message's number: consecutive over the messages it queued.
     next_seq: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Ramp,
-    Send,
-    Drain { deadline_us: u64 },
-    Done,
 }
 
 /// One decoded message from the server, of whichever protocol the member speaks.
@@ -207,27 +193,14 @@ pub struct Run<'a> {
     connect: LatencyHistogram,
     own: OwnLags,
     errors: ErrorCounts,
-    sent: u64,
-    sent_in_window: u64,
+    sends: SendCounts,
     delivered_in_window: u64,
-    not_sent_queue_full: u64,
-    not_sent_connection_lost: u64,
     foreign_messages: u64,
     presence_notices: u64,
     keepalives_answered: u64,
-    phase: Phase,
-    plan: Option<Plan>,
-    next_g: u64,
+    course: Course,
     /// Members that send, by sender ordinal.
     senders: Vec<usize>,
-    next_connect: usize,
-    ramp_unsettled: usize,
-    ramp_start_us: u64,
-    ramp_deadline_us: u64,
-    ramp_end_us: u64,
-    drain: Drain,
-    done_us: u64,
-    progress: Progress,
     /// The OCM member that creates (or first joins) the lobby room, and whether it is in.
     ocm_first: Option<usize>,
     ocm_room_ready: bool,
@@ -253,13 +226,11 @@ impl ScenarioKind for Lobby {
     fn start(cfg: &LobbyConfig) -> Result<Run<'_>, RunError> {
         let io = Loop::new()?;
         let now_us = io.clock.now_us();
-        let rate = cfg.connect_rate_per_s.max(1);
         let kinds = interleave(cfg.members);
         let mut numbers = [0usize; 4];
         let members: Vec<Member> = kinds
             .iter()
-            .enumerate()
-            .map(|(i, &kind)| {
+            .map(|&kind| {
                 let number = numbers[kind.index()];
                 numbers[kind.index()] += 1;
                 Member {
@@ -271,8 +242,6 @@ impl ScenarioKind for Lobby {
                     token: Bytes::new(),
                     udp: None,
                     ocm_operation: ocm_codec::OPERATION_JOIN,
-                    intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
-                    in_ramp: true,
                     ever_joined: false,
                     next_seq: 0,
                 }
@@ -289,27 +258,19 @@ impl ScenarioKind for Lobby {
             connect: LatencyHistogram::new(),
             own: OwnLags::default(),
             errors: ErrorCounts::default(),
-            sent: 0,
-            sent_in_window: 0,
+            sends: SendCounts::default(),
             delivered_in_window: 0,
-            not_sent_queue_full: 0,
-            not_sent_connection_lost: 0,
             foreign_messages: 0,
             presence_notices: 0,
             keepalives_answered: 0,
-            phase: Phase::Ramp,
-            plan: None,
-            next_g: 0,
+            course: Course::new(
+                total,
+                (0..total).collect(),
+                now_us,
+                cfg.connect_rate_per_s,
+                cfg.progress,
+            ),
             senders: Vec::new(),
-            next_connect: 0,
-            ramp_unsettled: total,
-            ramp_start_us: now_us,
-            ramp_deadline_us: now_us
-                + RAMP_TIMEOUT_MIN_US.max((total as u64 * 1_000_000).div_ceil(rate) * 3),
-            ramp_end_us: now_us,
-            drain: Drain::default(),
-            done_us: now_us,
-            progress: Progress::new(cfg.progress, now_us),
             ocm_first,
             ocm_room_ready: false,
             ocm_first_attempts: 0,
@@ -372,6 +333,23 @@ impl ScenarioKind for Lobby {
     }
 }
 
+/// Where the lobby's report keeps its row in the mix: its deliveries, every pair together.
+static MIX_ROW: RowSource = RowSource {
+    requested: "/connections/requested",
+    joined: "/connections/joined",
+    latency: "delivery",
+    latency_path: "/latency_ms/all",
+    losses: "/losses/total",
+};
+
+impl InMix for Lobby {
+    const ROW: Row = Row {
+        name: "lobby",
+        source: &MIX_ROW,
+    };
+    const UNREACHABLE_IN_MIX: &'static str = "no member could join the lobby";
+}
+
 /// `room-to-ccm`, ...: a pair's histogram name.
 pub fn pair_name(origin: Kind, destination: Kind) -> &'static str {
     const NAMES: [[&str; 4]; 4] = [
@@ -417,97 +395,30 @@ impl Phases for Run<'_> {
         &mut self.io
     }
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.io.clock.now_us();
-        match self.phase {
-            Phase::Ramp => {
-                while let Some(member) = self.members.get(self.next_connect) {
-                    if member.intended_connect_us > now_us {
-                        break;
-                    }
-                    let u = self.next_connect;
-                    self.next_connect += 1;
-                    if member.kind == Kind::Ocm && Some(u) != self.ocm_first && !self.ocm_room_ready
-                    {
-                        self.members[u].phase = MemberPhase::WaitingForRoom;
-                    } else {
-                        self.connect(u);
-                    }
-                }
-                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
-                    for u in 0..self.members.len() {
-                        if self.members[u].in_ramp {
-                            self.fail(u, ErrorKind::Connect, || {
-                                "ramp-up timed out before it joined the lobby".to_string()
-                            });
-                        }
-                    }
-                    self.next_connect = self.members.len();
-                }
-                if self.next_connect == self.members.len() && self.ramp_unsettled == 0 {
-                    self.start_sending(now_us)?;
-                }
-            }
-            Phase::Send => {
-                self.send_due();
-                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
-                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
-                    self.phase = Phase::Drain { deadline_us };
-                }
-            }
-            Phase::Drain { deadline_us } => {
-                engine::flush_dirty(self);
-                if self.drain.check_due(now_us) {
-                    let queued = self.members.iter().any(|m| !m.conn.queue.is_empty());
-                    let complete = !queued && self.ledger.complete();
-                    if complete || now_us >= deadline_us {
-                        self.drain.timed_out = !complete;
-                        self.phase = Phase::Done;
-                        self.done_us = now_us;
-                    }
-                }
-            }
-            Phase::Done => {}
-        }
-        if self.progress.due(now_us) {
-            self.progress_line(now_us);
-        }
-        Ok(())
+        course::advance(self)
     }
     fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+        course::is_done(self)
     }
     fn next_wake_us(&self) -> u64 {
-        let phase_us = match self.phase {
-            Phase::Ramp => self
-                .members
-                .get(self.next_connect)
-                .map_or(u64::MAX, |m| m.intended_connect_us)
-                .min(self.ramp_deadline_us),
-            Phase::Send => self
-                .plan
-                .as_ref()
-                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            Phase::Drain { deadline_us } => deadline_us.min(self.drain.next_check_us),
-            Phase::Done => u64::MAX,
-        };
-        self.progress.wake_us(phase_us)
+        course::next_wake_us(self)
     }
     fn send_due(&mut self) {
         // A copy (a few integers), so an OCM datagram can be sent while the plan is read.
-        let Some(plan) = self.plan.clone() else {
+        let Some(plan) = self.course.plan.clone() else {
             return;
         };
         let plan = &plan;
-        if self.phase != Phase::Send {
+        if self.course.phase != Phase::Send {
             return;
         }
         self.io.bytes_since_send_check = 0;
         let now_us = self.io.clock.now_us();
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+        while let Some(due) = plan.take_due(&mut self.course.next_g, now_us) {
             let u = self.senders[plan.sender_of(due.g) as usize];
             let member = &self.members[u];
             if member.phase != MemberPhase::Joined {
-                self.not_sent_connection_lost += 1;
+                self.sends.not_sent_connection_lost += 1;
                 continue;
             }
             let text = &mut self.text_buf[..self.cfg.message_bytes];
@@ -518,7 +429,7 @@ impl Phases for Run<'_> {
                 intended_us: due.intended_us,
             };
             if wire::FORMAT.write(text, &stamp).is_err() {
-                self.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+                self.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
                 continue;
             }
             let message = match member.kind {
@@ -546,7 +457,7 @@ impl Phases for Run<'_> {
                 member.conn.out.pending(),
                 message.len(),
             ) {
-                self.not_sent_queue_full += 1;
+                self.sends.not_sent_queue_full += 1;
                 continue;
             }
             let member = &mut self.members[u];
@@ -563,7 +474,7 @@ impl Phases for Run<'_> {
     }
     fn counts(&self) -> SentReceived {
         SentReceived {
-            sent: self.sent,
+            sent: self.sends.sent,
             received: self.ledger.totals().delivered,
         }
     }
@@ -648,19 +559,12 @@ impl Wire for Run<'_> {
     }
     fn flush(&mut self, u: usize) {
         let member = &mut self.members[u];
-        if !matches!(member.phase, MemberPhase::Greeting | MemberPhase::Joined)
-            || !member.conn.writable
-            || member.conn.stream.is_none()
-            || !member.conn.out.has_pending()
-        {
-            return;
-        }
         let lags = SendLags {
-            plan: self.plan.as_ref(),
+            plan: self.course.plan.as_ref(),
             own: &mut self.own,
-            sent_in_window: &mut self.sent_in_window,
+            sent_in_window: &mut self.sends.sent_in_window,
         };
-        let (sent, ledger) = (&mut self.sent, &mut self.ledger);
+        let (sent, ledger) = (&mut self.sends.sent, &mut self.ledger);
         let failure = member.conn.flush(&self.io.clock, lags, |_, _| {
             *sent += 1;
             ledger.on_sent(u);
@@ -677,50 +581,85 @@ impl Wire for Run<'_> {
     }
 }
 
-impl Run<'_> {
-    fn connect(&mut self, u: usize) {
-        let target = self.cfg.target(self.members[u].kind);
-        let member = &mut self.members[u];
-        match member.conn.open(self.io.poll.registry(), target, u) {
-            Ok(()) => member.phase = MemberPhase::Connecting,
-            Err(why) => self.fail(u, ErrorKind::Connect, || why),
+impl Staged for Run<'_> {
+    const WAVE_TIMEOUT: &'static str = "ramp-up timed out before it joined the lobby";
+
+    fn course(&self) -> &Course {
+        &self.course
+    }
+    fn course_mut(&mut self) -> &mut Course {
+        &mut self.course
+    }
+    fn target(&self, u: usize) -> SocketAddr {
+        self.cfg.target(self.members[u].kind)
+    }
+    fn on_connecting(&mut self, u: usize) {
+        self.members[u].phase = MemberPhase::Connecting;
+    }
+    /// The OCM members but the first wait for the lobby room to exist.
+    fn on_connect_due(&mut self, u: usize) {
+        if self.members[u].kind == Kind::Ocm && Some(u) != self.ocm_first && !self.ocm_room_ready {
+            self.members[u].phase = MemberPhase::WaitingForRoom;
+        } else {
+            course::connect(self, u);
         }
     }
-
-    fn settle(&mut self, u: usize) {
-        if std::mem::take(&mut self.members[u].in_ramp) {
-            self.ramp_unsettled -= 1;
-        }
-    }
-
-    /// Member `u` is in the lobby.
-    fn joined(&mut self, u: usize, now_us: u64) {
-        let member = &mut self.members[u];
-        member.phase = MemberPhase::Joined;
-        member.ever_joined = true;
-        self.connect
-            .record(now_us.saturating_sub(member.intended_connect_us));
-        self.ledger.enter(u);
-        self.settle(u);
-    }
-
     fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.ramp_end_us = now_us;
         self.senders = (0..self.members.len())
             .filter(|&u| self.members[u].phase == MemberPhase::Joined)
             .collect();
         if self.senders.is_empty() {
             return Err(self.errors.unreachable("no member joined"));
         }
-        self.plan = Some(Plan::new(
+        self.course.plan = Some(Plan::new(
             self.senders.len() as u32,
             self.cfg.rate_per_s,
             now_us + START_DELAY_US,
             self.cfg.warmup_us,
             self.cfg.duration_us,
         ));
-        self.phase = Phase::Send;
         Ok(())
+    }
+    fn drain_us(&self) -> u64 {
+        self.cfg.drain_us
+    }
+    fn everything_arrived(&self) -> bool {
+        self.ledger.complete()
+    }
+    fn doing(&self) -> String {
+        match self.course.phase {
+            Phase::Ramp => format!(
+                "ramp-up: {} of {} joined",
+                self.members
+                    .iter()
+                    .filter(|m| m.phase == MemberPhase::Joined)
+                    .count(),
+                self.members.len()
+            ),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "sent {} of {}, delivered {}",
+                self.sends.sent,
+                self.course.plan.as_ref().map_or(0, |p| p.messages),
+                self.ledger.totals().delivered
+            ),
+            Phase::Close { .. } | Phase::Done => String::new(),
+        }
+    }
+    fn errors(&self) -> &ErrorCounts {
+        &self.errors
+    }
+}
+
+impl Run<'_> {
+    /// Member `u` is in the lobby.
+    fn joined(&mut self, u: usize, now_us: u64) {
+        let member = &mut self.members[u];
+        member.phase = MemberPhase::Joined;
+        member.ever_joined = true;
+        self.connect
+            .record(now_us.saturating_sub(self.course.wave.intended_us(u)));
+        self.ledger.enter(u);
+        self.course.wave.settle(u);
     }
 
     /// Binds OCM member `u`'s UDP socket on the IP its TCRP connection uses (the server binds
@@ -852,7 +791,7 @@ impl Run<'_> {
                     self.ocm_room_created = operation == ocm_codec::OPERATION_CREATE;
                     for v in 0..self.members.len() {
                         if self.members[v].phase == MemberPhase::WaitingForRoom {
-                            self.connect(v);
+                            course::connect(self, v);
                         }
                     }
                 }
@@ -872,7 +811,7 @@ impl Run<'_> {
                 } else {
                     ocm_codec::OPERATION_CREATE
                 };
-                self.connect(u);
+                course::connect(self, u);
             }
             ocm_wire::Answer::Refused(why) => {
                 let what = if operation == ocm_codec::OPERATION_CREATE {
@@ -897,11 +836,11 @@ impl Run<'_> {
         noticed_us: u64,
     ) {
         let Some(datagram) = datagram else {
-            self.not_sent_queue_full += 1; // cannot happen: the size is checked
+            self.sends.not_sent_queue_full += 1; // cannot happen: the size is checked
             return;
         };
         let Some(socket) = self.members[u].udp.as_ref() else {
-            self.not_sent_connection_lost += 1;
+            self.sends.not_sent_connection_lost += 1;
             return;
         };
         let attempt_us = self.io.clock.now_us();
@@ -909,18 +848,18 @@ impl Run<'_> {
             Ok(_) => {
                 let done_us = self.io.clock.now_us();
                 self.members[u].next_seq += 1;
-                self.sent += 1;
+                self.sends.sent += 1;
                 self.ledger.on_sent(u);
                 SendLags {
-                    plan: self.plan.as_ref(),
+                    plan: self.course.plan.as_ref(),
                     own: &mut self.own,
-                    sent_in_window: &mut self.sent_in_window,
+                    sent_in_window: &mut self.sends.sent_in_window,
                 }
                 .record(intended_us, noticed_us, attempt_us, done_us);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.not_sent_queue_full += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.sends.not_sent_queue_full += 1,
             Err(e) => {
-                self.not_sent_connection_lost += 1;
+                self.sends.not_sent_connection_lost += 1;
                 let name = self.members[u].name.clone();
                 self.errors.count(ErrorKind::Write, || {
                     format!("OCM member {name}: sendto: {e}")
@@ -993,7 +932,7 @@ impl Run<'_> {
             };
             named_right && self.ledger.expects(r, s) && stamp.intended_us <= now_us
         });
-        let Some(plan) = self.plan.as_ref().filter(|_| agrees) else {
+        let Some(plan) = self.course.plan.as_ref().filter(|_| agrees) else {
             let name = self.members[r].name.clone();
             let named = match named {
                 SenderName::Exact(n) | SenderName::Before(n) => {
@@ -1015,7 +954,7 @@ impl Run<'_> {
                 now_us.saturating_sub(stamp.intended_us),
             );
         }
-        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+        if plan.in_window(now_us) {
             self.delivered_in_window += 1;
         }
     }
@@ -1025,10 +964,10 @@ impl Run<'_> {
         if self.members[u].phase == MemberPhase::Failed {
             return;
         }
-        self.settle(u);
+        self.course.wave.settle(u);
         let member = &mut self.members[u];
         member.phase = MemberPhase::Failed;
-        self.not_sent_connection_lost += member.conn.close(self.io.poll.registry());
+        self.sends.not_sent_connection_lost += member.conn.close(self.io.poll.registry());
         if let Some(mut socket) = member.udp.take() {
             let _ = self.io.poll.registry().deregister(&mut socket);
         }
@@ -1050,27 +989,6 @@ impl Run<'_> {
                 }
             }
         }
-    }
-
-    fn progress_line(&self, now_us: u64) {
-        let what = match self.phase {
-            Phase::Ramp => format!(
-                "ramp-up: {} of {} joined",
-                self.members
-                    .iter()
-                    .filter(|m| m.phase == MemberPhase::Joined)
-                    .count(),
-                self.members.len()
-            ),
-            Phase::Send | Phase::Drain { .. } => format!(
-                "sent {} of {}, delivered {}",
-                self.sent,
-                self.plan.as_ref().map_or(0, |p| p.messages),
-                self.ledger.totals().delivered
-            ),
-            Phase::Done => String::new(),
-        };
-        Progress::draw(self.ramp_start_us, now_us, &what, self.errors.total());
     }
 
     /// The OCM members leave (`exit`), the room's creator last so the room closes after its
@@ -1099,11 +1017,10 @@ impl Run<'_> {
     }
 
     pub fn finish(mut self) -> LobbyOutcome {
-        let end_us = self.io.clock.now_us();
+        let times = self.course.times(self.io.clock.now_us());
         self.send_exits();
         let undelivered = self.ledger.undelivered();
         let expected = self.ledger.expected();
-        let mut not_sent_at_end = 0;
         let mut requested = [0usize; 4];
         let mut joined = [0usize; 4];
         for u in 0..self.members.len() {
@@ -1112,23 +1029,15 @@ impl Run<'_> {
             if member.ever_joined {
                 joined[member.kind.index()] += 1;
             }
-            not_sent_at_end += member.conn.close(self.io.poll.registry());
+            self.sends.not_sent_at_end += member.conn.close(self.io.poll.registry());
             if let Some(mut socket) = member.udp.take() {
                 let _ = self.io.poll.registry().deregister(&mut socket);
             }
         }
-        let done_us = if self.phase == Phase::Done {
-            self.done_us
-        } else {
-            end_us
-        };
         LobbyOutcome {
             requested,
             joined,
-            plan: self
-                .plan
-                .clone()
-                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            plan: self.course.plan_or_empty(),
             latency: self.latency,
             connect: self.connect,
             own: self.own,
@@ -1136,23 +1045,16 @@ impl Run<'_> {
             expected,
             undelivered,
             errors: self.errors,
-            sent: self.sent,
-            sent_in_window: self.sent_in_window,
+            sends: self.sends,
             delivered_in_window: self.delivered_in_window,
-            not_sent_queue_full: self.not_sent_queue_full,
-            not_sent_connection_lost: self.not_sent_connection_lost,
-            not_sent_at_end,
             foreign_messages: self.foreign_messages,
             presence_notices: self.presence_notices,
             keepalives_answered: self.keepalives_answered,
             ocm_room_created: self.ocm_room_created,
             ocm_exits_sent: self.ocm_exits_sent,
-            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: self
-                .drain
-                .start_us
-                .map_or(0, |start| done_us.saturating_sub(start)),
-            drain_timed_out: self.drain.timed_out,
+            ramp_us: times.ramp_us,
+            drain_used_us: times.drain_used_us,
+            drain_timed_out: times.drain_timed_out,
         }
     }
 }

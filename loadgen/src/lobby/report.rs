@@ -1,16 +1,15 @@
 //! The lobby report: deliveries, losses and latency per (origin, destination) protocol pair,
-//! the same-protocol and cross-protocol aggregates and their p99 ratio, with the shared verdict
-//! and outcome rules (`crate::report`), as text and JSON.
+//! the same-protocol and cross-protocol aggregates and their p99 ratio, placed among the shared
+//! sections with the shared verdict and outcome rules (`crate::report`), as text and JSON.
 
 use serde::Serialize;
 
 use super::ledger::{Kind, KINDS};
-use super::{LobbyConfig, LobbyOutcome};
-use crate::report::{
-    outcome, verdict, write_closing_lines, Connections, Errors, FailureInputs, Lines, NotSent,
-    Outcome, OwnLagSummaries, ScenarioReport, SendFigures, ValidityInputs, Verdict,
-};
+use super::{Lobby, LobbyConfig, LobbyOutcome};
+use crate::report::{outcome, Connections, Lines, OwnLagSummaries, Sections, Shared};
 use crate::stats::LatencySummary;
+
+pub type Report = crate::report::Report<Lobby>;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -71,41 +70,22 @@ pub struct Aggregates {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub scenario: &'static str,
-    pub targets: Targets,
-    pub settings: Settings,
-    pub members: Vec<Members>,
-    pub connections: Connections,
-    pub connect_ms: LatencySummary,
-    pub send: SendFigures,
-    pub not_sent: NotSent,
-    pub deliveries: Deliveries,
-    pub latency_ms: Aggregates,
-    pub own_ms: OwnLagSummaries,
-    pub pairs: Vec<Pair>,
-    pub losses: Losses,
-    pub duplicates_or_reorders: u64,
-    pub errors: Errors,
-    pub foreign_messages: u64,
-    pub presence_notices: u64,
-    pub keepalives_answered: u64,
-    pub ocm_room_created: bool,
-    pub ocm_exits_sent: u64,
-    pub drain_ms: f64,
-    pub drain_timed_out: bool,
-    pub notes: Vec<String>,
-    pub verdict: Verdict,
-    pub outcome: Outcome,
-}
-
-#[derive(Clone, Debug, Serialize)]
 pub struct Targets {
     pub room: String,
     pub matou: String,
     pub ccm: String,
     pub ocm_tcp: String,
     pub ocm_udp: String,
+}
+
+/// The lobby's targets, settings and joins, per protocol and in all.
+#[derive(Clone, Debug, Serialize)]
+pub struct Head {
+    pub targets: Targets,
+    pub settings: Settings,
+    pub members: Vec<Members>,
+    pub connections: Connections,
+    pub connect_ms: LatencySummary,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -125,14 +105,37 @@ pub struct Losses {
     pub cross_protocol: u64,
 }
 
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
+    pub deliveries: Deliveries,
+    pub latency_ms: Aggregates,
+    pub own_ms: OwnLagSummaries,
+    pub pairs: Vec<Pair>,
+    pub losses: Losses,
+    pub duplicates_or_reorders: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Others {
+    pub foreign_messages: u64,
+    pub presence_notices: u64,
+    pub keepalives_answered: u64,
+    pub ocm_room_created: bool,
+    pub ocm_exits_sent: u64,
+}
+
 impl Report {
     pub fn new(cfg: &LobbyConfig, seed: u64, strict: bool, run: &LobbyOutcome) -> Report {
         let plan = &run.plan;
         let l = &run.latency;
-        let not_sent = NotSent::new(
-            run.not_sent_queue_full,
-            run.not_sent_connection_lost,
-            run.not_sent_at_end,
+        let shared = Shared::new(
+            plan,
+            cfg.rate_per_s,
+            run.sends,
+            &run.errors,
+            (run.drain_used_us, run.drain_timed_out),
+            (&run.own, &l.all),
+            run.connect.clamped,
         );
         let mut pairs = Vec::new();
         let (mut gaps, mut undelivered, mut cross_lost, mut duplicates) = (0, 0, 0, 0);
@@ -171,21 +174,8 @@ impl Report {
             undelivered,
             cross_protocol: cross_lost,
         };
-        let verdict = verdict(&ValidityInputs::measured(
-            plan,
-            &run.own.schedule_lateness,
-            &l.all,
-        ));
-        let outcome = outcome(
-            &FailureInputs {
-                losses: losses.total,
-                duplicates_or_reorders: duplicates,
-                errors: run.errors.total(),
-                not_sent: not_sent.total,
-            },
-            &verdict,
-            strict,
-        );
+        let verdict = shared.verdict();
+        let outcome = outcome(&shared.failures(losses.total, duplicates), &verdict, strict);
         let same = l.same.summary();
         let cross = l.cross.summary();
         let mut notes = Vec::new();
@@ -196,22 +186,7 @@ impl Report {
                     .to_string(),
             );
         }
-        let clamped = l.all.clamped + run.own.send_lag.clamped + run.connect.clamped;
-        if clamped > 0 {
-            notes.push(format!(
-                "{clamped} latencies above 60 s were counted as 60 s"
-            ));
-        }
-        let members = KINDS
-            .iter()
-            .map(|&kind| Members {
-                protocol: kind,
-                requested: run.requested[kind.index()],
-                joined: run.joined[kind.index()],
-            })
-            .collect();
-        Report {
-            scenario: "lobby",
+        let head = Head {
             targets: Targets {
                 room: cfg.room_target.to_string(),
                 matou: cfg.matou_target.to_string(),
@@ -237,15 +212,21 @@ impl Report {
                 strict,
                 run_id: format!("{:08x}", cfg.run_id),
             },
-            members,
+            members: (KINDS.iter())
+                .map(|&kind| Members {
+                    protocol: kind,
+                    requested: run.requested[kind.index()],
+                    joined: run.joined[kind.index()],
+                })
+                .collect(),
             connections: Connections::new(
                 run.requested.iter().sum(),
                 run.joined.iter().sum(),
                 run.ramp_us,
             ),
             connect_ms: run.connect.summary(),
-            send: SendFigures::new(plan, run.sent, run.sent_in_window, cfg.rate_per_s),
-            not_sent,
+        };
+        let figures = Figures {
             deliveries: Deliveries {
                 expected,
                 delivered,
@@ -262,31 +243,32 @@ impl Report {
             pairs,
             losses,
             duplicates_or_reorders: duplicates,
-            errors: Errors::of(&run.errors),
+        };
+        let others = Others {
             foreign_messages: run.foreign_messages,
             presence_notices: run.presence_notices,
             keepalives_answered: run.keepalives_answered,
             ocm_room_created: run.ocm_room_created,
             ocm_exits_sent: run.ocm_exits_sent,
-            drain_ms: run.drain_used_us as f64 / 1e3,
-            drain_timed_out: run.drain_timed_out,
-            notes,
-            verdict,
-            outcome,
-        }
+        };
+        shared.report("lobby", (head, figures, others), notes, verdict, outcome)
     }
 
     #[cfg(test)]
     pub fn pair(&self, origin: Kind, destination: Kind) -> Option<&Pair> {
-        self.pairs
-            .iter()
-            .find(|p| p.origin == origin && p.destination == destination)
+        (self.figures.pairs.iter()).find(|p| p.origin == origin && p.destination == destination)
     }
+}
 
-    pub fn to_text(&self) -> String {
-        let s = &self.settings;
-        let l = &self.latency_ms;
-        let mut out = Lines::default();
+impl Sections for Lobby {
+    type Head = Head;
+    type Figures = Figures;
+    type Others = Others;
+    const DRAIN_TIMED_OUT: &'static str = "deadline reached with messages undelivered";
+    const DRAIN_DONE: &'static str = "every member had every message";
+
+    fn opening(r: &Report, out: &mut Lines) {
+        let s = &r.head.settings;
         out.scenario(
             format!(
                 "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {} (room {:?})",
@@ -302,26 +284,28 @@ impl Report {
             (s.payload_bytes, "texts"),
         );
         out.connections(
-            &self.connections,
+            &r.head.connections,
             "requested",
             "",
-            Some(("join", &self.connect_ms)),
+            Some(("join", &r.head.connect_ms)),
         );
         out.line(
             "members",
-            self.members
-                .iter()
+            (r.head.members.iter())
                 .map(|m| format!("{} {}/{}", m.protocol.name(), m.joined, m.requested))
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        out.send_rate(&self.send);
-        out.not_sent(&self.not_sent, "connection lost");
+    }
+
+    fn figures(r: &Report, out: &mut Lines) {
+        let f = &r.figures;
+        let l = &f.latency_ms;
         out.line(
             "deliveries",
             format!(
                 "{} of {} expected, {:.1}/s in the measured window",
-                self.deliveries.delivered, self.deliveries.expected, self.deliveries.per_s
+                f.deliveries.delivered, f.deliveries.expected, f.deliveries.per_s
             ),
         );
         out.line("same-protocol", l.same_protocol.percentiles_or_none());
@@ -334,7 +318,7 @@ impl Report {
             ),
         );
         out.line("all deliveries", l.all.percentiles_or_none());
-        for p in &self.pairs {
+        for p in &f.pairs {
             out.line(
                 &format!("{} -> {}", p.origin.name(), p.destination.name()),
                 format!(
@@ -355,34 +339,25 @@ impl Report {
             "losses",
             format!(
                 "{} ({} gaps, {} never delivered; {} crossed protocols); duplicates or reorders {}",
-                self.losses.total,
-                self.losses.gaps,
-                self.losses.undelivered,
-                self.losses.cross_protocol,
-                self.duplicates_or_reorders
+                f.losses.total,
+                f.losses.gaps,
+                f.losses.undelivered,
+                f.losses.cross_protocol,
+                f.duplicates_or_reorders
             ),
         );
-        out.send_lag(&self.own_ms);
-        out.errors(&self.errors, "");
-        if self.foreign_messages > 0 {
+    }
+
+    fn own_lags(r: &Report) -> &OwnLagSummaries {
+        &r.figures.own_ms
+    }
+
+    fn after_errors(r: &Report, out: &mut Lines) {
+        if r.others.foreign_messages > 0 {
             out.line(
                 "other messages",
-                format!("{} not this run's", self.foreign_messages),
+                format!("{} not this run's", r.others.foreign_messages),
             );
         }
-        out.drain(
-            self.drain_ms,
-            self.drain_timed_out,
-            "deadline reached with messages undelivered",
-            "every member had every message",
-        );
-        write_closing_lines(&mut out, &self.notes, &self.verdict, &self.outcome);
-        out.into_string()
-    }
-}
-
-impl ScenarioReport for Report {
-    fn closing(&self) -> (&Verdict, &Outcome, String) {
-        (&self.verdict, &self.outcome, self.to_text())
     }
 }

@@ -74,13 +74,13 @@ fn run_against_chatd(isolate: bool, per_protocol: usize, drain_us: u64) -> Repor
 fn every_protocol_reaches_every_other_in_the_lobby_and_nothing_is_lost() {
     let report = run_against_chatd(false, 4, 3_000_000);
     let text = report.to_text();
-    assert_eq!(report.connections.joined, 16, "{text}");
+    assert_eq!(report.head.connections.joined, 16, "{text}");
     assert_eq!(report.errors.connect + report.errors.protocol, 0, "{text}");
     assert_eq!(report.errors.read + report.errors.write, 0, "{text}");
-    assert_eq!(report.losses.total, 0, "{text}");
-    assert_eq!(report.duplicates_or_reorders, 0, "{text}");
+    assert_eq!(report.figures.losses.total, 0, "{text}");
+    assert_eq!(report.figures.duplicates_or_reorders, 0, "{text}");
     assert_eq!(report.not_sent.total, 0, "{text}");
-    assert_eq!(report.pairs.len(), 16, "{text}");
+    assert_eq!(report.figures.pairs.len(), 16, "{text}");
     for origin in KINDS {
         for destination in KINDS {
             let pair = report.pair(origin, destination).unwrap();
@@ -96,10 +96,13 @@ fn every_protocol_reaches_every_other_in_the_lobby_and_nothing_is_lost() {
     let ccm_to_ccm = report.pair(Kind::Ccm, Kind::Ccm).unwrap();
     let ccm_to_room = report.pair(Kind::Ccm, Kind::Room).unwrap();
     assert_eq!(ccm_to_ccm.expected * 4, ccm_to_room.expected * 3, "{text}");
-    assert!(report.latency_ms.same_protocol.count > 0, "{text}");
-    assert!(report.latency_ms.cross_protocol.count > 0, "{text}");
-    assert!(report.latency_ms.cross_over_same_p99.is_some(), "{text}");
-    assert!(report.ocm_room_created, "{text}");
+    assert!(report.figures.latency_ms.same_protocol.count > 0, "{text}");
+    assert!(report.figures.latency_ms.cross_protocol.count > 0, "{text}");
+    assert!(
+        report.figures.latency_ms.cross_over_same_p99.is_some(),
+        "{text}"
+    );
+    assert!(report.others.ocm_room_created, "{text}");
     assert_eq!(report.outcome.exit_code, 0, "{text}");
     assert!(text.contains("cross-protocol"), "{text}");
     assert!(text.contains("matou -> ocm"), "{text}");
@@ -109,7 +112,7 @@ fn every_protocol_reaches_every_other_in_the_lobby_and_nothing_is_lost() {
 fn with_the_switchboard_off_every_cross_protocol_delivery_is_lost() {
     let report = run_against_chatd(true, 2, 300_000);
     let text = report.to_text();
-    assert_eq!(report.connections.joined, 8, "{text}");
+    assert_eq!(report.head.connections.joined, 8, "{text}");
     for origin in KINDS {
         for destination in KINDS {
             let pair = report.pair(origin, destination).unwrap();
@@ -123,7 +126,10 @@ fn with_the_switchboard_off_every_cross_protocol_delivery_is_lost() {
             }
         }
     }
-    assert_eq!(report.losses.cross_protocol, report.losses.total, "{text}");
+    assert_eq!(
+        report.figures.losses.cross_protocol, report.figures.losses.total,
+        "{text}"
+    );
     assert_eq!(report.outcome.exit_code, 1, "{text}");
     assert!(text.contains("every loss crossed protocols"), "{text}");
 }

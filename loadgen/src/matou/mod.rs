@@ -32,13 +32,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use switchboard::protocol::matou::codec::Limits;
 
-use crate::driver::{
-    queue_full, RunError, SentReceived, RAMP_TIMEOUT_MIN_US, SEND_QUEUE_BYTES_MAX, START_DELAY_US,
-};
-use crate::driver::{Drain, Loop, Phases, Progress};
+use crate::course::{self, Course, Phase, Staged};
+use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX, START_DELAY_US};
+use crate::driver::{Loop, Phases};
 use crate::engine::{self, Link, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::sockio::{Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
@@ -164,21 +163,10 @@ struct User {
     sender: Option<u32>,
     conn: Conn<()>,
     phase: UserPhase,
-    intended_connect_us: u64,
-    in_ramp: bool,
     /// Joined at some point: its deliveries count as expected from then on.
     joined: bool,
     /// Still joined when the ramp-up ended: it heard every join notice.
     in_room_after_ramp: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Ramp,
-    Send,
-    Drain { deadline_us: u64 },
-    SignOut { deadline_us: u64 },
-    Done,
 }
 
 pub struct Run<'a> {
@@ -214,20 +202,9 @@ pub struct Run<'a> {
     decode_errors: u64,
     foreign_messages: u64,
     foreign_notices: u64,
-    phase: Phase,
-    plan: Option<Plan>,
+    course: Course,
     link_plan: Option<Plan>,
-    next_g: u64,
     next_link: u64,
-    next_connect: usize,
-    ramp_unsettled: usize,
-    ramp_deadline_us: u64,
-    ramp_start_us: u64,
-    ramp_end_us: u64,
-    drain: Drain,
-    sign_out_start_us: Option<u64>,
-    done_us: u64,
-    progress: Progress,
 }
 
 /// The scenario as the registry lists it.
@@ -243,7 +220,6 @@ impl ScenarioKind for Matou {
     fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
         let io = Loop::new()?;
         let now_us = io.clock.now_us();
-        let rate = cfg.connect_rate_per_s.max(1);
         let users: Vec<User> = (0..cfg.users)
             .map(|i| User {
                 name: wire::user_name(cfg.run_id, i),
@@ -251,13 +227,11 @@ impl ScenarioKind for Matou {
                 sender: None,
                 conn: Conn::default(),
                 phase: UserPhase::Idle,
-                intended_connect_us: now_us + i as u64 * 1_000_000 / rate,
-                in_ramp: true,
                 joined: false,
                 in_room_after_ramp: false,
             })
             .collect();
-        let run = Run {
+        Ok(Run {
             cfg,
             io,
             users,
@@ -287,23 +261,16 @@ impl ScenarioKind for Matou {
             decode_errors: 0,
             foreign_messages: 0,
             foreign_notices: 0,
-            phase: Phase::Ramp,
-            plan: None,
+            course: Course::new(
+                cfg.users,
+                (0..cfg.users).collect(),
+                now_us,
+                cfg.connect_rate_per_s,
+                cfg.progress,
+            ),
             link_plan: None,
-            next_g: 0,
             next_link: 0,
-            next_connect: 0,
-            ramp_unsettled: cfg.users,
-            ramp_deadline_us: now_us
-                + RAMP_TIMEOUT_MIN_US.max((cfg.users as u64 * 1_000_000).div_ceil(rate) * 3),
-            ramp_start_us: now_us,
-            ramp_end_us: now_us,
-            drain: Drain::default(),
-            sign_out_start_us: None,
-            done_us: now_us,
-            progress: Progress::new(cfg.progress, now_us),
-        };
-        Ok(run)
+        })
     }
     fn finish(run: Run<'_>) -> MatouOutcome {
         run.finish()
@@ -338,7 +305,7 @@ impl ScenarioKind for Matou {
 }
 
 impl InMix for Matou {
-    const PROTOCOL: Protocol = Protocol::Matou;
+    const ROW: Row = Protocol::Matou.row();
     const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
 }
 
@@ -358,85 +325,17 @@ impl Phases for Run<'_> {
         &mut self.io
     }
     fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.io.clock.now_us();
-        match self.phase {
-            Phase::Ramp => {
-                while self.next_connect < self.users.len()
-                    && self.users[self.next_connect].intended_connect_us <= now_us
-                {
-                    self.connect(self.next_connect);
-                    self.next_connect += 1;
-                }
-                if now_us >= self.ramp_deadline_us && self.ramp_unsettled > 0 {
-                    for u in 0..self.users.len() {
-                        if self.users[u].in_ramp {
-                            self.fail(u, ErrorKind::Connect, || {
-                                "timed out before its CONNECT_RESPONSE came back".to_string()
-                            });
-                        }
-                    }
-                    self.next_connect = self.users.len();
-                }
-                if self.next_connect == self.users.len() && self.ramp_unsettled == 0 {
-                    self.start_sending(now_us)?;
-                }
-            }
-            Phase::Send => {
-                self.send_due();
-                if self.plans_done() {
-                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
-                    self.phase = Phase::Drain { deadline_us };
-                }
-            }
-            Phase::Drain { deadline_us } => {
-                engine::flush_dirty(self);
-                if self.drain.check_due(now_us) {
-                    let complete = self.everything_arrived();
-                    if complete || now_us >= deadline_us {
-                        self.drain.timed_out = !complete;
-                        self.start_sign_out(now_us);
-                    }
-                }
-            }
-            Phase::SignOut { deadline_us } => {
-                if self.signing_out() == 0 || now_us >= deadline_us {
-                    self.phase = Phase::Done;
-                }
-            }
-            Phase::Done => {}
-        }
-        if self.phase == Phase::Done {
-            self.done_us = now_us;
-        }
-        if self.progress.due(now_us) {
-            self.progress_line(now_us);
-        }
-        Ok(())
+        course::advance(self)
     }
     fn next_wake_us(&self) -> u64 {
-        let phase_us = match self.phase {
-            Phase::Ramp => self
-                .users
-                .get(self.next_connect)
-                .map_or(u64::MAX, |u| u.intended_connect_us)
-                .min(self.ramp_deadline_us),
-            Phase::Send => {
-                let (public, link) = self.next_due_us();
-                public.min(link)
-            }
-            Phase::Drain { .. } => self.drain.next_check_us,
-            // A close wakes the poll by itself.
-            Phase::SignOut { deadline_us } => deadline_us,
-            Phase::Done => u64::MAX,
-        };
-        self.progress.wake_us(phase_us)
+        course::next_wake_us(self)
     }
     fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+        course::is_done(self)
     }
     /// Queues every due public message and link request, in intended-time order, then writes.
     fn send_due(&mut self) {
-        if self.phase != Phase::Send {
+        if self.course.phase != Phase::Send {
             return;
         }
         self.io.bytes_since_send_check = 0;
@@ -513,7 +412,7 @@ impl Wire for Run<'_> {
     fn flush(&mut self, u: usize) {
         let user = &mut self.users[u];
         let lags = SendLags {
-            plan: self.plan.as_ref(),
+            plan: self.course.plan.as_ref(),
             own: &mut self.latency.own,
             sent_in_window: &mut self.sends.sent_in_window,
         };
@@ -530,88 +429,22 @@ impl Wire for Run<'_> {
     }
 }
 
-impl Run<'_> {
-    fn plans_done(&self) -> bool {
-        Plan::all_taken(self.plan.as_ref(), self.next_g)
-            && self
-                .link_plan
-                .as_ref()
-                .is_none_or(|p| self.next_link >= p.messages)
-    }
+impl Staged for Run<'_> {
+    const WAVE_TIMEOUT: &'static str = "timed out before its CONNECT_RESPONSE came back";
 
-    /// The next public message's and the next link's intended times (`u64::MAX`: none left).
-    fn next_due_us(&self) -> (u64, u64) {
-        let public = self
-            .plan
-            .as_ref()
-            .filter(|p| self.next_g < p.messages)
-            .map_or(u64::MAX, |p| p.intended_us(self.next_g));
-        let link = self
-            .link_plan
-            .as_ref()
-            .filter(|p| self.next_link < p.messages)
-            .map_or(u64::MAX, |p| p.intended_us(self.next_link));
-        (public, link)
+    fn course(&self) -> &Course {
+        &self.course
     }
-
-    /// Drain: nothing queued, every written message at every user still in the room, every
-    /// link complete (or broken).
-    fn everything_arrived(&self) -> bool {
-        if self.users.iter().any(|u| !u.conn.queue.is_empty()) || self.links.open_count() > 0 {
-            return false;
-        }
-        let users = &self.users;
-        let live = users
-            .iter()
-            .filter(|u| u.phase == UserPhase::Joined)
-            .count() as u64;
-        self.accounting
-            .complete(|r| users[r].phase == UserPhase::Joined, live)
+    fn course_mut(&mut self) -> &mut Course {
+        &mut self.course
     }
-
-    fn signing_out(&self) -> usize {
-        self.users
-            .iter()
-            .filter(|u| u.phase == UserPhase::SigningOut)
-            .count()
+    fn target(&self, _u: usize) -> SocketAddr {
+        self.cfg.target
     }
-
-    /// Every user still in the room signs out. Public messages still queued will not be sent.
-    fn start_sign_out(&mut self, now_us: u64) {
-        self.sign_out_start_us = Some(now_us);
-        self.phase = Phase::SignOut {
-            deadline_us: now_us + self.cfg.sign_out_wait_us,
-        };
-        for u in 0..self.users.len() {
-            let user = &mut self.users[u];
-            self.sends.not_sent_at_end += user.conn.queue.len() as u64;
-            user.conn.queue.clear();
-            if user.phase == UserPhase::Joined {
-                user.conn.out.extend(&wire::public_sign_out());
-                user.phase = UserPhase::SigningOut;
-                self.signed_out += 1;
-                self.io.dirty.mark(u);
-            }
-        }
-        engine::flush_dirty(self);
+    fn on_connecting(&mut self, u: usize) {
+        self.users[u].phase = UserPhase::Connecting;
     }
-
-    fn settle(&mut self, u: usize) {
-        if std::mem::take(&mut self.users[u].in_ramp) {
-            self.ramp_unsettled -= 1;
-        }
-    }
-
-    fn connect(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        match user.conn.open(self.io.poll.registry(), self.cfg.target, u) {
-            Ok(()) => user.phase = UserPhase::Connecting,
-            Err(why) => self.fail(u, ErrorKind::Connect, || why),
-        }
-    }
-
     fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.ramp_end_us = now_us;
         self.pool = (0..self.users.len())
             .filter(|&u| self.users[u].phase == UserPhase::Joined)
             .collect();
@@ -627,7 +460,7 @@ impl Run<'_> {
         }
         self.accounting = Accounting::new(self.users.len(), self.senders.len());
         let start_us = now_us + START_DELAY_US;
-        self.plan = Some(Plan::new(
+        self.course.plan = Some(Plan::new(
             self.senders.len() as u32,
             self.cfg.rate_per_s,
             start_us,
@@ -644,20 +477,116 @@ impl Run<'_> {
                 self.cfg.duration_us,
             ));
         }
-        self.phase = Phase::Send;
         Ok(())
+    }
+    fn sends_over(&self) -> bool {
+        Plan::all_taken(self.course.plan.as_ref(), self.course.next_g)
+            && self
+                .link_plan
+                .as_ref()
+                .is_none_or(|p| self.next_link >= p.messages)
+    }
+    fn next_send_us(&self) -> u64 {
+        let (public, link) = self.next_due_us();
+        public.min(link)
+    }
+    fn drain_us(&self) -> u64 {
+        self.cfg.drain_us
+    }
+    /// Every written message at every user still in the room, every link complete (or
+    /// broken).
+    fn everything_arrived(&self) -> bool {
+        if self.links.open_count() > 0 {
+            return false;
+        }
+        let users = &self.users;
+        let live = users
+            .iter()
+            .filter(|u| u.phase == UserPhase::Joined)
+            .count() as u64;
+        self.accounting
+            .complete(|r| users[r].phase == UserPhase::Joined, live)
+    }
+    /// Every user still in the room signs out; the server must close each within
+    /// `--sign-out-wait`. Public messages still queued will not be sent.
+    fn start_closing(&mut self, now_us: u64) -> Phase {
+        for u in 0..self.users.len() {
+            let user = &mut self.users[u];
+            self.sends.not_sent_at_end += user.conn.queue.len() as u64;
+            user.conn.queue.clear();
+            if user.phase == UserPhase::Joined {
+                user.conn.out.extend(&wire::public_sign_out());
+                user.phase = UserPhase::SigningOut;
+                self.signed_out += 1;
+                self.io.dirty.mark(u);
+            }
+        }
+        engine::flush_dirty(self);
+        Phase::Close {
+            deadline_us: Some(now_us + self.cfg.sign_out_wait_us),
+        }
+    }
+    fn closed(&mut self, _now_us: u64) -> bool {
+        self.signing_out() == 0
+    }
+    fn doing(&self) -> String {
+        match self.course.phase {
+            Phase::Ramp => format!(
+                "ramp-up: {} of {} joined",
+                self.users.iter().filter(|u| u.joined).count(),
+                self.users.len()
+            ),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "sent {} of {}, delivered {}, links {} of {}",
+                self.sends.sent,
+                self.course.plan.as_ref().map_or(0, |p| p.messages),
+                self.accounting.counts().delivered,
+                self.links.counts().complete,
+                self.link_plan.as_ref().map_or(0, |p| p.messages),
+            ),
+            Phase::Close { .. } => {
+                format!("signing out: {} not closed yet", self.signing_out())
+            }
+            Phase::Done => String::new(),
+        }
+    }
+    fn errors(&self) -> &ErrorCounts {
+        &self.errors
+    }
+}
+
+impl Run<'_> {
+    /// The next public message's and the next link's intended times (`u64::MAX`: none left).
+    fn next_due_us(&self) -> (u64, u64) {
+        let (plan, next_g) = (self.course.plan.as_ref(), self.course.next_g);
+        let public = plan
+            .filter(|p| next_g < p.messages)
+            .map_or(u64::MAX, |p| p.intended_us(next_g));
+        let link = self
+            .link_plan
+            .as_ref()
+            .filter(|p| self.next_link < p.messages)
+            .map_or(u64::MAX, |p| p.intended_us(self.next_link));
+        (public, link)
+    }
+
+    fn signing_out(&self) -> usize {
+        self.users
+            .iter()
+            .filter(|u| u.phase == UserPhase::SigningOut)
+            .count()
     }
 
     fn send_public(&mut self, intended_us: u64, now_us: u64) {
-        let Some(plan) = self.plan.as_ref() else {
+        let Some(plan) = self.course.plan.as_ref() else {
             return;
         };
         let due = Due {
-            g: self.next_g,
+            g: self.course.next_g,
             intended_us,
             noticed_us: now_us,
         };
-        self.next_g += 1;
+        self.course.next_g += 1;
         let u = self.senders[plan.sender_of(due.g) as usize];
         if self.users[u].phase != UserPhase::Joined {
             self.sends.not_sent_connection_lost += 1;
@@ -729,7 +658,7 @@ impl Run<'_> {
                 .schedule_lateness
                 .record(now_us.saturating_sub(intended_us));
         }
-        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
+        if plan.in_window(now_us) {
             self.links_requested_in_window += 1;
         }
         self.links.open(src as u32, dst as u32, intended_us);
@@ -764,10 +693,11 @@ impl Run<'_> {
                     let user = &mut self.users[u];
                     user.phase = UserPhase::Joined;
                     user.joined = true;
+                    let intended_us = self.course.wave.intended_us(u);
                     self.latency
                         .connect
-                        .record(now_us.saturating_sub(user.intended_connect_us));
-                    self.settle(u);
+                        .record(now_us.saturating_sub(intended_us));
+                    self.course.wave.settle(u);
                 }
                 Incoming::ConnectResponse { accepted: false } => {
                     self.refusals += 1;
@@ -852,14 +782,9 @@ impl Run<'_> {
                 Ok(link) => {
                     self.check_address(u, "PRIVATE_SRC_ADDRESS", src, &address);
                     if let Some(plan) = self.link_plan.as_ref() {
-                        if !plan.is_warmup(link.intended_us) {
-                            self.latency
-                                .link
-                                .record(now_us.saturating_sub(link.intended_us));
-                        }
-                        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
-                            self.links_completed_in_window += 1;
-                        }
+                        let latency = &mut self.latency.link;
+                        let in_window = &mut self.links_completed_in_window;
+                        plan.record_arrival(link.intended_us, now_us, latency, in_window);
                     }
                 }
                 Err(e) => self.unexpected(u, "PRIVATE_SRC_ADDRESS", src, e),
@@ -924,22 +849,17 @@ impl Run<'_> {
         {
             return; // a duplicate: counted, timed once
         }
-        let Some(plan) = self.plan.as_ref() else {
-            return;
-        };
-        if !plan.is_warmup(plan.intended_us(g)) {
-            self.latency
-                .delivery
-                .record(now_us.saturating_sub(stamp.intended_us));
-        }
-        if (plan.measure_start_us()..plan.measure_end_us()).contains(&now_us) {
-            self.delivered_in_window += 1;
+        if let Some(plan) = self.course.plan.as_ref() {
+            // The check found the plan's intended time for `g` in the stamp.
+            debug_assert_eq!(plan.intended_us(g), stamp.intended_us);
+            let (latency, in_window) = (&mut self.latency.delivery, &mut self.delivered_in_window);
+            plan.record_arrival(stamp.intended_us, now_us, latency, in_window);
         }
     }
 
     /// The sender ordinal and plan number of a broadcast, if every field agrees with the plan.
     fn check_broadcast(&self, username: &[u8], stamp: &Stamp) -> Option<(usize, u64)> {
-        let plan = self.plan.as_ref()?;
+        let plan = self.course.plan.as_ref()?;
         let sender_user = self.users.get(usize::try_from(stamp.sender).ok()?)?;
         let ordinal = sender_user.sender?;
         let g = u64::from(stamp.seq) * u64::from(plan.senders) + u64::from(ordinal);
@@ -954,7 +874,7 @@ impl Run<'_> {
         if matches!(self.users[u].phase, UserPhase::Failed | UserPhase::Closed) {
             return;
         }
-        self.settle(u);
+        self.course.wave.settle(u);
         self.links.break_user(u as u32);
         let user = &mut self.users[u];
         user.phase = UserPhase::Failed;
@@ -965,39 +885,9 @@ impl Run<'_> {
             .count(kind, || format!("{target} user {name}: {}", describe()));
     }
 
-    fn progress_line(&self, now_us: u64) {
-        let what = match self.phase {
-            Phase::Ramp => format!(
-                "ramp-up: {} of {} joined",
-                self.users.iter().filter(|u| u.joined).count(),
-                self.users.len()
-            ),
-            Phase::Send | Phase::Drain { .. } => format!(
-                "sent {} of {}, delivered {}, links {} of {}",
-                self.sends.sent,
-                self.plan.as_ref().map_or(0, |p| p.messages),
-                self.accounting.counts().delivered,
-                self.links.counts().complete,
-                self.link_plan.as_ref().map_or(0, |p| p.messages),
-            ),
-            Phase::SignOut { .. } => {
-                format!("signing out: {} not closed yet", self.signing_out())
-            }
-            Phase::Done => String::new(),
-        };
-        Progress::draw(self.ramp_start_us, now_us, &what, self.errors.total());
-    }
-
     pub fn finish(mut self) -> MatouOutcome {
-        let end_us = self.io.clock.now_us();
-        for user in &mut self.users {
-            self.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
-        }
-        let done_us = if self.phase == Phase::Done {
-            self.done_us
-        } else {
-            end_us
-        };
+        let times = self.course.times(self.io.clock.now_us());
+        self.sends.not_sent_at_end += engine::close_all(&mut self);
         let users = &self.users;
         let users_joined = users.iter().filter(|u| u.joined).count();
         let undelivered = self.accounting.undelivered(|r| users[r].joined);
@@ -1011,10 +901,7 @@ impl Run<'_> {
         MatouOutcome {
             users_requested: self.cfg.users,
             users_joined,
-            plan: self
-                .plan
-                .clone()
-                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            plan: self.course.plan_or_empty(),
             link_plan: self.link_plan.clone(),
             latency: self.latency,
             seq: self.accounting.counts(),
@@ -1047,16 +934,10 @@ impl Run<'_> {
             decode_errors: self.decode_errors,
             foreign_messages: self.foreign_messages,
             foreign_notices: self.foreign_notices,
-            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: self.drain.start_us.map_or(0, |start| {
-                self.sign_out_start_us
-                    .unwrap_or(done_us)
-                    .saturating_sub(start)
-            }),
-            drain_timed_out: self.drain.timed_out,
-            sign_out_wait_used_us: self
-                .sign_out_start_us
-                .map_or(0, |start| done_us.saturating_sub(start)),
+            ramp_us: times.ramp_us,
+            drain_used_us: times.drain_used_us,
+            drain_timed_out: times.drain_timed_out,
+            sign_out_wait_used_us: times.close_used_us,
         }
     }
 }

@@ -50,7 +50,7 @@ use crate::driver::{
     Drain, Loop, Phases, Progress, Reactor, RunError, SentReceived, START_DELAY_US,
 };
 use crate::plan::{Due, Plan};
-use crate::registry::{InMix, Named, Protocol, ScenarioKind};
+use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 use accounting::{Accounting, Arrival};
@@ -405,7 +405,7 @@ impl ScenarioKind for Ocm {
 }
 
 impl InMix for Ocm {
-    const PROTOCOL: Protocol = Protocol::Ocm;
+    const ROW: Row = Protocol::Ocm.row();
     const UNREACHABLE_IN_MIX: &'static str = "no room could be created on the OCM server";
 }
 

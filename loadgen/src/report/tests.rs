@@ -16,6 +16,8 @@ use crate::bin24::ledger::{DuplicateCounts, IncompleteCounts, LostCounts};
 use crate::bin24::topology::Pattern;
 use crate::bin24::{self, Bin24, Bin24Config, Bin24Outcome, Tally};
 use crate::ccm::{self, Ccm, CcmConfig, CcmOutcome};
+use crate::lobby::ledger::{Kind, PairCounts, PairLatencies, KINDS};
+use crate::lobby::{Lobby, LobbyConfig, LobbyOutcome};
 use crate::matou::wire::NoticeCheck;
 use crate::matou::{self, links::LinkCounts, Matou, MatouConfig, MatouOutcome, Notices};
 use crate::ocm::accounting::{Counts, Losses as OcmLosses};
@@ -579,6 +581,93 @@ fn ocm_outcome(busy: bool) -> OcmOutcome {
     }
 }
 
+/// `ocm`: OCM members (0 leaves out every pair with OCM on either side).
+fn lobby_config(ocm: usize) -> LobbyConfig {
+    LobbyConfig {
+        room_target: target(7001),
+        matou_target: target(7005),
+        ccm_target: target(7004),
+        ocm_tcp_target: target(7006),
+        ocm_udp_target: target(7007),
+        members: [3, 2, 2, ocm],
+        ocm_room: "lobby".to_string(),
+        rate_per_s: 90,
+        duration_us: 2_000_000,
+        warmup_us: 500_000,
+        drain_us: 3_000_000,
+        message_bytes: 80,
+        connect_rate_per_s: 500,
+        recv_buffer_bytes: 1 << 20,
+        run_id: 0x1b0b_b7ff,
+        progress: false,
+    }
+}
+
+fn lobby_outcome(busy: bool) -> LobbyOutcome {
+    let mut latency = PairLatencies::default();
+    let (mut pairs, mut expected, mut undelivered) =
+        ([[PairCounts::default(); 4]; 4], [[0; 4]; 4], [[0; 4]; 4]);
+    for origin in KINDS {
+        for destination in KINDS {
+            let (o, d) = (origin.index(), destination.index());
+            let k = (4 * o + d) as u64;
+            for i in 0..20 {
+                latency.record(origin, destination, 200 + 37 * k + 11 * i);
+            }
+            expected[o][d] = 100 + k;
+            undelivered[o][d] = b(busy && origin != destination, k % 3);
+            pairs[o][d] = PairCounts {
+                delivered: 100 + k - undelivered[o][d] - b(busy, k % 2),
+                gap_losses: b(busy, k % 2),
+                duplicates_or_reorders: b(busy && o == d, 1),
+            };
+        }
+    }
+    LobbyOutcome {
+        requested: [3, 2, 2, 2],
+        joined: if busy { [3, 2, 1, 2] } else { [3, 2, 2, 2] },
+        plan: plan(9, 90),
+        latency,
+        connect: hist(9, 400, 7_000),
+        own: own(busy),
+        pairs,
+        expected,
+        undelivered,
+        errors: errors(busy),
+        sends: SendCounts {
+            sent: 225,
+            sent_in_window: 180,
+            not_sent_queue_full: b(busy, 2),
+            not_sent_connection_lost: b(busy, 3),
+            not_sent_at_end: b(busy, 1),
+        },
+        delivered_in_window: 1_440,
+        foreign_messages: b(busy, 4),
+        presence_notices: 12,
+        keepalives_answered: b(busy, 5),
+        ocm_room_created: !busy,
+        ocm_exits_sent: 2,
+        ramp_us: 18_250,
+        drain_used_us: if busy { 3_000_000 } else { 23_456 },
+        drain_timed_out: busy,
+    }
+}
+
+/// A lobby whose every loss crossed protocols (the switchboard off), without OCM members.
+fn lobby_isolated() -> LobbyOutcome {
+    let mut run = lobby_outcome(false);
+    run.requested[Kind::Ocm.index()] = 0;
+    run.joined[Kind::Ocm.index()] = 0;
+    for origin in KINDS {
+        for destination in KINDS.into_iter().filter(|&d| d != origin) {
+            let (o, d) = (origin.index(), destination.index());
+            run.undelivered[o][d] = run.expected[o][d];
+            run.pairs[o][d].delivered = 0;
+        }
+    }
+    run
+}
+
 /// The text, the JSON (as `--json` writes it) and the exit code of one report.
 fn rendered<R: ScenarioReport>(report: &R) -> String {
     let (_, outcome, text) = report.closing();
@@ -647,6 +736,15 @@ fn all_reports() -> Vec<(String, String)> {
                     &ocm_outcome(busy),
                 )),
             ),
+            (
+                "lobby",
+                rendered(&Lobby::report(
+                    &lobby_config(2),
+                    17,
+                    strict,
+                    &lobby_outcome(busy),
+                )),
+            ),
         ] {
             all.push((format!("{name}-{case}.txt"), rendered));
         }
@@ -658,6 +756,15 @@ fn all_reports() -> Vec<(String, String)> {
     all.push((
         "ocm-loss-within.txt".to_string(),
         rendered(&Ocm::report(&ocm_config(1.0), 13, false, &within)),
+    ));
+    all.push((
+        "lobby-isolated.txt".to_string(),
+        rendered(&Lobby::report(
+            &lobby_config(0),
+            17,
+            false,
+            &lobby_isolated(),
+        )),
     ));
     all
 }

@@ -1,0 +1,363 @@
+//! The phases every engine scenario (BIN24, CCM, MATOU, the lobby) goes through, written once:
+//! ramp-up, send, drain, the scenario's own closing phase if it has one, done.
+//!
+//! 1. Ramp-up: the [`Wave`]'s clients connect at the connect rate; it is over when every one
+//!    has joined or failed (or its deadline failed the rest). The scenario then fixes its plan.
+//! 2. Send: the plan is sent, until every planned message is taken.
+//! 3. Drain: until nothing is queued and the scenario says everything arrived, or `--drain`.
+//! 4. Close (optional): BIN24's reconnect, CCM's silent wait, MATOU's sign-out. It ends when
+//!    the scenario says so, or at its deadline.
+//!
+//! A scenario keeps its [`Course`] and says, through [`Staged`], what only it knows: where a
+//! client connects, how its ramp-up ends, what "everything arrived" means, how it closes.
+
+use std::net::SocketAddr;
+
+use crate::driver::{Drain, Progress, RunError, RAMP_TIMEOUT_MIN_US};
+use crate::engine::{self, Wire};
+use crate::plan::Plan;
+use crate::stats::{ErrorCounts, ErrorKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Ramp,
+    Send,
+    Drain {
+        deadline_us: u64,
+    },
+    /// The scenario's closing phase. Without a deadline (BIN24 sets it once its reconnect wave
+    /// has settled) it waits on the wave.
+    Close {
+        deadline_us: Option<u64>,
+    },
+    Done,
+}
+
+/// Clients connecting at the connect rate, each at its intended time; settled when every one
+/// has joined or failed. BIN24 runs a second wave (its reconnect) and adds retries to it.
+#[derive(Debug)]
+pub struct Wave {
+    /// The wave's clients, in connect order.
+    order: Vec<usize>,
+    next: usize,
+    /// Per client: its latest intended connect time, and whether it is in the current wave
+    /// and not yet settled.
+    intended_us: Vec<u64>,
+    unsettled: Vec<bool>,
+    unsettled_count: usize,
+    deadline_us: u64,
+}
+
+impl Wave {
+    pub fn new(clients: usize) -> Wave {
+        Wave {
+            order: Vec::new(),
+            next: 0,
+            intended_us: vec![0; clients],
+            unsettled: vec![false; clients],
+            unsettled_count: 0,
+            deadline_us: 0,
+        }
+    }
+
+    /// Starts a wave of `order`, spaced at `rate_per_s` from `now_us`; it gives up after
+    /// max([`RAMP_TIMEOUT_MIN_US`], 3 times its planned time).
+    pub fn start(&mut self, order: Vec<usize>, now_us: u64, rate_per_s: u64) {
+        let rate = rate_per_s.max(1);
+        for (k, &u) in order.iter().enumerate() {
+            self.intended_us[u] = now_us + k as u64 * 1_000_000 / rate;
+            self.unsettled[u] = true;
+        }
+        let planned_us = (order.len() as u64 * 1_000_000).div_ceil(rate);
+        self.deadline_us = now_us + RAMP_TIMEOUT_MIN_US.max(planned_us * 3);
+        self.unsettled_count = order.len();
+        self.order = order;
+        self.next = 0;
+    }
+
+    /// Adds `u` to the wave at `intended_us` (a retry), pushing the deadline out if need be.
+    pub fn push(&mut self, u: usize, intended_us: u64) {
+        self.intended_us[u] = intended_us;
+        self.unsettled[u] = true;
+        self.unsettled_count += 1;
+        self.order.push(u);
+        self.deadline_us = self.deadline_us.max(intended_us + RAMP_TIMEOUT_MIN_US);
+    }
+
+    /// Client `u` joined or failed.
+    pub fn settle(&mut self, u: usize) {
+        if std::mem::take(&mut self.unsettled[u]) {
+            self.unsettled_count -= 1;
+        }
+    }
+
+    pub fn settled(&self) -> bool {
+        self.next == self.order.len() && self.unsettled_count == 0
+    }
+
+    /// The next client whose connect time has come.
+    fn next_due(&mut self, now_us: u64) -> Option<usize> {
+        let u = *self.order.get(self.next)?;
+        if self.intended_us[u] > now_us {
+            return None;
+        }
+        self.next += 1;
+        Some(u)
+    }
+
+    /// At the deadline with clients unsettled: those clients, and no more connects.
+    fn give_up(&mut self, now_us: u64) -> Vec<usize> {
+        if now_us < self.deadline_us || self.unsettled_count == 0 {
+            return Vec::new();
+        }
+        self.next = self.order.len();
+        (self.order.iter().copied())
+            .filter(|&u| self.unsettled[u])
+            .collect()
+    }
+
+    fn next_wake_us(&self) -> u64 {
+        self.order
+            .get(self.next)
+            .map_or(u64::MAX, |&u| self.intended_us[u])
+            .min(self.deadline_us)
+    }
+
+    /// When client `u` was last meant to connect.
+    pub fn intended_us(&self, u: usize) -> u64 {
+        self.intended_us[u]
+    }
+
+    /// The wave's clients, in connect order.
+    pub fn members(&self) -> &[usize] {
+        &self.order
+    }
+}
+
+/// Where a run stands in its phases, and when it got there.
+#[derive(Debug)]
+pub struct Course {
+    pub phase: Phase,
+    pub wave: Wave,
+    pub plan: Option<Plan>,
+    /// The next planned message to send.
+    pub next_g: u64,
+    pub drain: Drain,
+    pub progress: Progress,
+    pub ramp_start_us: u64,
+    pub ramp_end_us: u64,
+    close_start_us: Option<u64>,
+    close_timed_out: bool,
+    done_us: u64,
+}
+
+/// How long a run's phases took, for its outcome.
+#[derive(Clone, Copy, Debug)]
+pub struct Times {
+    pub ramp_us: u64,
+    pub drain_used_us: u64,
+    pub drain_timed_out: bool,
+    pub close_used_us: u64,
+    pub close_timed_out: bool,
+}
+
+impl Course {
+    /// A run of `clients` starting its ramp-up at `now_us` with the first wave `order`.
+    pub fn new(
+        clients: usize,
+        order: Vec<usize>,
+        now_us: u64,
+        connect_rate_per_s: u64,
+        progress: bool,
+    ) -> Course {
+        let mut wave = Wave::new(clients);
+        wave.start(order, now_us, connect_rate_per_s);
+        Course {
+            phase: Phase::Ramp,
+            wave,
+            plan: None,
+            next_g: 0,
+            drain: Drain::default(),
+            progress: Progress::new(progress, now_us),
+            ramp_start_us: now_us,
+            ramp_end_us: now_us,
+            close_start_us: None,
+            close_timed_out: false,
+            done_us: now_us,
+        }
+    }
+
+    /// The plan, or an empty one when the run never got to fix it.
+    pub fn plan_or_empty(&self) -> Plan {
+        self.plan
+            .clone()
+            .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0))
+    }
+
+    /// The phases' durations; a run cut short (not Done) ends at `end_us`.
+    pub fn times(&self, end_us: u64) -> Times {
+        let done_us = if self.phase == Phase::Done {
+            self.done_us
+        } else {
+            end_us
+        };
+        let drain_end_us = self.close_start_us.unwrap_or(done_us);
+        Times {
+            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
+            drain_used_us: (self.drain.start_us)
+                .map_or(0, |start| drain_end_us.saturating_sub(start)),
+            drain_timed_out: self.drain.timed_out,
+            close_used_us: (self.close_start_us).map_or(0, |start| done_us.saturating_sub(start)),
+            close_timed_out: self.close_timed_out,
+        }
+    }
+}
+
+/// What a scenario tells its phases.
+pub trait Staged: Wire {
+    /// Why a client still unsettled at the ramp-up's deadline failed.
+    const WAVE_TIMEOUT: &'static str;
+
+    fn course(&self) -> &Course;
+    fn course_mut(&mut self) -> &mut Course;
+    /// Where client `u` connects.
+    fn target(&self, u: usize) -> SocketAddr;
+    /// Client `u`'s connect is in flight.
+    fn on_connecting(&mut self, u: usize);
+    /// Client `u`'s turn in the wave came (the lobby holds some back until its room exists).
+    fn on_connect_due(&mut self, u: usize) {
+        connect(self, u);
+    }
+    /// A client still unsettled at the wave's deadline.
+    fn on_wave_timeout(&mut self, u: usize) {
+        self.fail(u, ErrorKind::Connect, Self::WAVE_TIMEOUT.to_string());
+    }
+    /// The ramp-up is over: choose the senders and fix the plan. An error when none joined.
+    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError>;
+    /// Every planned message is taken.
+    fn sends_over(&self) -> bool {
+        let course = self.course();
+        Plan::all_taken(course.plan.as_ref(), course.next_g)
+    }
+    /// When the next planned message is due.
+    fn next_send_us(&self) -> u64 {
+        let course = self.course();
+        (course.plan.as_ref()).map_or(u64::MAX, |p| p.intended_us(course.next_g))
+    }
+    fn drain_us(&self) -> u64;
+    /// Everything written arrived (nothing is queued: the caller has looked).
+    fn everything_arrived(&self) -> bool;
+    /// The drain is over: start the closing phase (`Phase::Close`), or be done.
+    fn start_closing(&mut self, _now_us: u64) -> Phase {
+        Phase::Done
+    }
+    /// The closing phase is complete (asked once its wave has settled).
+    fn closed(&mut self, _now_us: u64) -> bool {
+        true
+    }
+    /// What the progress line says the run is doing.
+    fn doing(&self) -> String;
+    fn errors(&self) -> &ErrorCounts;
+}
+
+/// Opens client `u`'s connection to its target.
+pub fn connect<S: Staged + ?Sized>(s: &mut S, u: usize) {
+    let target = s.target(u);
+    let Some((io, conn)) = s.conn(u) else {
+        return;
+    };
+    match conn.open(io.poll.registry(), target, u) {
+        Ok(()) => s.on_connecting(u),
+        Err(why) => s.fail(u, ErrorKind::Connect, why),
+    }
+}
+
+/// Connects the wave's clients that are due; fails those still unsettled at its deadline.
+fn connect_due<S: Staged>(s: &mut S, now_us: u64) {
+    while let Some(u) = s.course_mut().wave.next_due(now_us) {
+        s.on_connect_due(u);
+    }
+    for u in s.course_mut().wave.give_up(now_us) {
+        s.on_wave_timeout(u);
+    }
+}
+
+/// The phase work that depends on the clock: connects, sends, deadlines, completion, progress.
+pub fn advance<S: Staged>(s: &mut S) -> Result<(), RunError> {
+    let now_us = s.io().clock.now_us();
+    match s.course().phase {
+        Phase::Ramp => {
+            connect_due(s, now_us);
+            if s.course().wave.settled() {
+                s.course_mut().ramp_end_us = now_us;
+                s.start_sending(now_us)?;
+                s.course_mut().phase = Phase::Send;
+            }
+        }
+        Phase::Send => {
+            s.send_due();
+            if s.sends_over() {
+                let (start_us, drain_us) = (s.io().clock.now_us(), s.drain_us());
+                let course = s.course_mut();
+                let deadline_us = course.drain.start(start_us, drain_us);
+                course.phase = Phase::Drain { deadline_us };
+            }
+        }
+        Phase::Drain { deadline_us } => {
+            engine::flush_dirty(s);
+            if s.course_mut().drain.check_due(now_us) {
+                let complete = !engine::any_queued(s) && s.everything_arrived();
+                if complete || now_us >= deadline_us {
+                    let course = s.course_mut();
+                    course.drain.timed_out = !complete;
+                    course.close_start_us = Some(now_us);
+                    let next = s.start_closing(now_us);
+                    s.course_mut().phase = next;
+                }
+            }
+        }
+        Phase::Close { deadline_us } => {
+            connect_due(s, now_us);
+            if s.course().wave.settled() {
+                if s.closed(now_us) {
+                    s.course_mut().phase = Phase::Done;
+                } else if deadline_us.is_some_and(|deadline_us| now_us >= deadline_us) {
+                    let course = s.course_mut();
+                    course.close_timed_out = true;
+                    course.phase = Phase::Done;
+                }
+            }
+        }
+        Phase::Done => {}
+    }
+    let course = s.course_mut();
+    if course.phase == Phase::Done {
+        course.done_us = now_us;
+    }
+    if course.progress.due(now_us) {
+        let start_us = course.ramp_start_us;
+        Progress::draw(start_us, now_us, &s.doing(), s.errors().total());
+    }
+    Ok(())
+}
+
+/// When the loop must wake at the latest for the phase work.
+pub fn next_wake_us<S: Staged>(s: &S) -> u64 {
+    let course = s.course();
+    let phase_us = match course.phase {
+        Phase::Ramp | Phase::Close { deadline_us: None } => course.wave.next_wake_us(),
+        Phase::Send => s.next_send_us(),
+        // The deadline is looked at with the completion check, on its cadence.
+        Phase::Drain { .. } => course.drain.next_check_us,
+        // A close wakes the poll by itself.
+        Phase::Close {
+            deadline_us: Some(deadline_us),
+        } => deadline_us,
+        Phase::Done => u64::MAX,
+    };
+    course.progress.wake_us(phase_us)
+}
+
+pub fn is_done<S: Staged>(s: &S) -> bool {
+    s.course().phase == Phase::Done
+}
