@@ -206,6 +206,9 @@ impl Admin {
             SocketAddr::new(config.admin_bind_addr, port),
             config.listen_backlog,
             0,
+            // Never shared, even under --reuse-port: a scrape must reach the node it names
+            // (each node of a cluster on one machine has an admin port of its own).
+            false,
             Token(ADMIN_LISTENER_TOKEN),
         )?;
         // An answer is one buffer, queued once, and the request deadline bounds how long it
