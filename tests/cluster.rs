@@ -94,11 +94,47 @@ impl Drop for Redis {
 /// subscription is confirmed.
 fn node(redis: &Redis, name: &str, flags: &[&'static str]) -> Chatd {
     let url = redis.url();
-    let mut node = Chatd::start(flags, &["--cluster", &url, "--node-name", name]);
+    let mut node = Chatd::start(
+        flags,
+        &["--cluster", &url, "--node-name", name, "--admin-port", "0"],
+    );
     node.stderr.wait_for(&format!(
         "cluster: node {name} subscribed to switchboard:lobby on {url}"
     ));
     node
+}
+
+/// A sample of the node's admin port (`--admin-port 0`: its address is in the log).
+fn metric(node: &mut Chatd, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let log = node.stderr.wait_for("ADMIN listening on ");
+    let rest = &log[log.find("ADMIN listening on ").unwrap() + "ADMIN listening on ".len()..];
+    let admin: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(&format!("{series} ")))
+        .unwrap_or_else(|| panic!("{series} missing: {text}"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// Waits (bounded by `WAIT`) until the node has handed `count` events of other nodes to its
+/// lobby.
+fn wait_received(node: &mut Chatd, count: f64) {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while metric(node, "chatd_cluster_events_received_total") < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {count} events received"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn addr(node: &Chatd, flag: &str) -> SocketAddr {
@@ -144,13 +180,15 @@ fn room_matou_and_ccm_users_on_two_nodes_share_one_lobby_with_presence_and_nothi
     let Some(redis) = Redis::start() else {
         return;
     };
-    let a = node(&redis, "node-a", &["--room-port", "--ccm-port"]);
-    let b = node(&redis, "node-b", &["--room-port", "--matou-port"]);
+    let mut a = node(&redis, "node-a", &["--room-port", "--ccm-port"]);
+    let mut b = node(&redis, "node-b", &["--room-port", "--matou-port"]);
 
     // On B: mia (MATOU) and rob (ROOM), who hear of each other locally.
     let mut mia = Matou::sign_in_at(addr(&b, "--matou-port"), "mia");
     let mut rob = Client::join(addr(&b, "--room-port"), "rob");
     mia.expect_notify(3, "rob");
+    // A has their arrivals before anyone is in its lobby: nobody there hears of them.
+    wait_received(&mut a, 2.0);
 
     // On A: rui (ROOM), whose arrival B's lobby members hear of through Redis, ROOM's own
     // protocol (rob) included.
@@ -205,6 +243,16 @@ fn room_matou_and_ccm_users_on_two_nodes_share_one_lobby_with_presence_and_nothi
     // Nothing else arrived: no event was delivered twice, nor echoed back to its node.
     rob.expect_nothing_for(Duration::from_millis(200));
     mia.expect_nothing_for(Duration::from_millis(50));
+
+    // Each node handed the other's six events to its lobby (A: rui and cid entering, their
+    // two messages, their leaving; B: mia and rob entering, mia's three lines, rob's), and
+    // none twice; every message on the channel decoded.
+    for node in [&mut a, &mut b] {
+        assert_eq!(metric(node, "chatd_cluster_events_received_total"), 6.0);
+        assert_eq!(metric(node, "chatd_cluster_events_duplicate_total"), 0.0);
+        assert_eq!(metric(node, "chatd_cluster_messages_malformed_total"), 0.0);
+        assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 0.0);
+    }
 }
 
 /// Redis unreachable at start: a clear error and exit status 1, before listening.

@@ -236,7 +236,11 @@ fn a_bad_count_or_a_missing_value_is_refused_before_anything_runs() {
         ("cluster.sh", &["many"], "N many"),
         ("cluster.sh", &["17"], "N 17"),
         ("cluster.sh", &[], "N (the number of nodes) is missing"),
-        ("cluster.sh", &["2", "--redis-port"], "--redis-port needs a value"),
+        (
+            "cluster.sh",
+            &["2", "--redis-port"],
+            "--redis-port needs a value",
+        ),
     ];
     let names = script_names();
     for &(name, args, says) in cases {

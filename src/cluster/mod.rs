@@ -221,6 +221,21 @@ impl Cluster {
         &self.stats
     }
 
+    /// The counters, for the admin port.
+    pub fn metrics(&self) -> crate::metrics::ClusterMetrics {
+        let stats = &self.stats;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        crate::metrics::ClusterMetrics {
+            published: load(&stats.published),
+            publish_dropped: load(&stats.publish_dropped),
+            received: load(&stats.received),
+            duplicates: load(&stats.duplicates),
+            malformed: load(&stats.malformed),
+            link_down: stats.link_down.load(Ordering::Acquire),
+            link_losses: load(&stats.link_losses),
+        }
+    }
+
     /// Queue a local hub event for the other nodes; never blocks. Direct messages do not
     /// cross yet and are skipped.
     pub fn publish(&mut self, event: &HubEvent) {

@@ -506,6 +506,7 @@ impl Server {
             udp_sockets,
             store: self.services.store_metrics(),
             switchboard: self.services.switchboard_metrics(),
+            cluster: self.services.cluster().map(|cluster| cluster.metrics()),
             loop_turns: &self.loop_turns,
             connections_max: self.config.connections_max as u64,
             admin: self.admin.as_ref().map(Admin::metrics).unwrap_or_default(),
