@@ -36,6 +36,7 @@ const OUTGOING_MAX: usize = 65_536;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the subscriber looks up from a quiet channel to notice shutdown.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,8 +106,8 @@ pub struct ClusterStats {
     pub duplicates: AtomicU64,
     /// Messages on the channel that did not decode.
     pub malformed: AtomicU64,
-    /// 1 while a Redis connection is down.
-    pub link_down: AtomicBool,
+    /// Redis connections down now (of two: the publisher's and the subscriber's).
+    pub links_down: AtomicU64,
     /// Times a Redis connection was lost.
     pub link_losses: AtomicU64,
 }
@@ -146,8 +147,7 @@ impl Cluster {
         }
         let client = redis::Client::open(config.url.as_str())
             .map_err(|err| ClusterError::Url(err.to_string()))?;
-        let publisher = client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
+        let publisher = publisher_connection(&client)
             .map_err(|err| ClusterError::Connect(format!("{}: {err}", config.url)))?;
         let stats = Arc::new(ClusterStats::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -231,7 +231,7 @@ impl Cluster {
             received: load(&stats.received),
             duplicates: load(&stats.duplicates),
             malformed: load(&stats.malformed),
-            link_down: stats.link_down.load(Ordering::Acquire),
+            link_down: stats.links_down.load(Ordering::Acquire) > 0,
             link_losses: load(&stats.link_losses),
         }
     }
@@ -323,6 +323,16 @@ fn accept(last_seen: &mut HashMap<Bytes, (u64, u64)>, envelope: &Envelope) -> bo
     true
 }
 
+/// The publishing connection, with deadlines: a Redis that stalls (stopped, or its host
+/// gone) is a lost link after `PUBLISH_TIMEOUT`, not a thread blocked for ever (the reactor
+/// would not block either way: it only ever `try_send`s to this thread).
+fn publisher_connection(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    conn.set_read_timeout(Some(PUBLISH_TIMEOUT))?;
+    conn.set_write_timeout(Some(PUBLISH_TIMEOUT))?;
+    Ok(conn)
+}
+
 fn run_publisher(
     client: redis::Client,
     conn: redis::Connection,
@@ -341,18 +351,16 @@ fn run_publisher(
                 Err(_) => break,
             }
         }
-        loop {
+        // A lost connection is retried once on a fresh one; a second failure drops the batch
+        // (counted) and waits before the next, so a Redis that refuses PUBLISH (or is gone)
+        // costs a connect attempt per delay, not a busy loop.
+        let mut sent = false;
+        for _attempt in 0..2 {
             if conn.is_none() {
-                match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
+                match publisher_connection(&client) {
                     Ok(fresh) => conn = Some(fresh),
                     Err(err) => {
                         debug!("cluster: publisher reconnect failed: {err}");
-                        // What waits meanwhile is bounded by the channel; this batch is lost.
-                        stats
-                            .publish_dropped
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(RECONNECT_DELAY_MAX);
                         break;
                     }
                 }
@@ -369,13 +377,7 @@ fn run_publisher(
             }
             match pipe.query::<()>(link) {
                 Ok(()) => {
-                    stats
-                        .published
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    if let Some(since) = down_since.take() {
-                        link_up(stats, "publisher", since);
-                    }
-                    delay = Duration::from_millis(50);
+                    sent = true;
                     break;
                 }
                 Err(err) => {
@@ -384,9 +386,24 @@ fn run_publisher(
                         down_since = Some(Instant::now());
                         link_down(stats, "publisher", &err);
                     }
-                    // Retried once on a fresh connection; a second failure drops the batch.
                 }
             }
+        }
+        if sent {
+            stats
+                .published
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if let Some(since) = down_since.take() {
+                link_up(stats, "publisher", since);
+            }
+            delay = Duration::from_millis(50);
+        } else {
+            // What waits meanwhile is bounded by the channel.
+            stats
+                .publish_dropped
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(RECONNECT_DELAY_MAX);
         }
     }
 }
@@ -494,7 +511,7 @@ impl Subscriber<'_> {
 }
 
 fn link_down(stats: &ClusterStats, which: &str, err: &redis::RedisError) {
-    stats.link_down.store(true, Ordering::Release);
+    stats.links_down.fetch_add(1, Ordering::AcqRel);
     stats.link_losses.fetch_add(1, Ordering::Relaxed);
     warn!(
         "cluster: the {which}'s link to Redis is down ({err}); serving local users, reconnecting"
@@ -502,7 +519,7 @@ fn link_down(stats: &ClusterStats, which: &str, err: &redis::RedisError) {
 }
 
 fn link_up(stats: &ClusterStats, which: &str, since: Instant) {
-    stats.link_down.store(false, Ordering::Release);
+    stats.links_down.fetch_sub(1, Ordering::AcqRel);
     info!(
         "cluster: the {which}'s link to Redis is back after {} ms",
         since.elapsed().as_millis()
