@@ -358,7 +358,17 @@ mod tests {
             bytes.truncate(len.max(1));
             let at = (state >> 8) as usize % bytes.len();
             bytes[at] = (state >> 16) as u8;
-            let _ = decode(bytes.into());
+            let bytes = Bytes::from(bytes);
+            // One form per event: what decodes re-encodes to the same bytes.
+            if let Ok(envelope) = decode(bytes.clone()) {
+                let again = encode(
+                    &envelope.node,
+                    envelope.incarnation,
+                    envelope.seq,
+                    &envelope.event,
+                );
+                assert_eq!(again.as_deref(), Ok(&bytes[..]));
+            }
         }
     }
 }
