@@ -302,3 +302,23 @@ write("switchboard", "ocm_lobby_with_room_and_ccm",
       + sb_datagram(3, 3, bytes([5, 64]) + b"lobby$Thello from ocm") + sb_data(0, b"rui: hi olga\n")
       + sb_data(1, ccm_text(b"*", b"hi olga")) + sb_time(21000)
       + sb_datagram(3, 3, bytes([5, 64]) + b"lobby$Texit"))
+
+
+# ---- cluster_codec: src/cluster/codec.rs's format, version 1 ----
+
+def cluster(node, incarnation, seq, body):
+    return bytes([1, len(node)]) + node + struct.pack(">QQ", incarnation, seq) + body
+
+
+def cluster_said(origin, sender, text):
+    return bytes([1, origin]) + struct.pack(">H", len(sender)) + sender + struct.pack(">I", len(text)) + text
+
+
+def cluster_presence(origin, kind, name):
+    return bytes([2, origin, kind]) + struct.pack(">H", len(name)) + name
+
+
+# Origins by ProtocolKind::index: 0 ROOM, 1 BIN24, 2 CCM, 3 MATOU, 4 OCM.
+write("cluster_codec", "said_matou", cluster(b"node-a", 7, 1, cluster_said(3, b"mia", b"oi gente")))
+write("cluster_codec", "presence_room_entered", cluster(b"node-b", 9, 2, cluster_presence(0, 0, b"b'rui'")))
+write("cluster_codec", "presence_matou_left", cluster(b"n", 1, 3, cluster_presence(3, 1, b"mia")))

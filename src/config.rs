@@ -167,6 +167,12 @@ pub struct Config {
     pub isolate: bool,
     /// `--lobby-ocm-room`: the OCM room whose members are in the switchboard's lobby.
     pub lobby_ocm_room: String,
+    /// `--cluster` and `--node-name`: join the nodes sharing this Redis (docs/CLUSTER.md).
+    /// `None`: a node alone, no network service needed.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// `--reuse-port`: SO_REUSEPORT on every TCP listener and UDP socket, so that several
+    /// nodes on one machine share the ports (the kernel spreads connections among them).
+    pub reuse_port: bool,
     /// Stage-1 relay: most peers remembered at once, and from one IP address (0: no limit).
     pub ocm_relay_peers_max: usize,
     pub ocm_relay_peers_per_ip_max: u32,
@@ -285,6 +291,8 @@ impl Default for Config {
             ocm_ack_state1: false,
             isolate: false,
             lobby_ocm_room: "lobby".to_string(),
+            cluster: None,
+            reuse_port: false,
             ocm_relay_peers_max: 1_000,
             ocm_relay_peers_per_ip_max: 100,
             udp_datagrams_per_turn_max: 1024,

@@ -26,6 +26,9 @@
 //! - [`store`] is BIN24's durable offline store: a storage thread over redb, reached from the
 //!   protocol only through a trait (`bin24::StoreSink`) and answering with events the reactor
 //!   hands back, so BIN24's rules are tested without a disk.
+//! - [`cluster`] is cluster mode (`--cluster`): two threads own the Redis connections and
+//!   exchange the hub's lobby events with the other nodes, handing them back through a waker
+//!   as the store does.
 //! - [`timer`] is the hashed timer wheel; it is given `now`, it never reads the clock.
 //! - [`limits`] is the arithmetic of the anti-abuse limits (token buckets, per-IP counts,
 //!   handshake deadlines); like the timer it is given `now`; the reactor applies it.
@@ -34,6 +37,7 @@
 //!   them in the Prometheus text format for the admin port, only when asked.
 
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod histogram;
 pub mod hub;

@@ -233,6 +233,22 @@ struct Args {
     #[arg(long)]
     isolate: bool,
 
+    /// Join a cluster: the nodes sharing this Redis serve one lobby (docs/CLUSTER.md). Redis
+    /// unreachable at start: chatd exits with status 1. Without it, no network service is
+    /// needed.
+    #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
+    cluster: Option<String>,
+
+    /// This node's name in the cluster (1 to 64 bytes, unique among the nodes). Default:
+    /// host, process id and a random number.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node_name: Option<String>,
+
+    /// Set SO_REUSEPORT on every TCP listener and UDP socket, so that several nodes on one
+    /// machine share the same ports (one node per core; the kernel spreads connections).
+    #[arg(long)]
+    reuse_port: bool,
+
     /// The OCM room whose members are in the switchboard's lobby.
     #[arg(long, value_name = "NAME", default_value_t = Config::default().lobby_ocm_room)]
     lobby_ocm_room: String,
@@ -537,6 +553,15 @@ impl Args {
                 self.input_burst_bytes_max, self.read_chunk_bytes
             ));
         }
+        if self.cluster.is_some() && self.isolate {
+            return Err("--cluster needs the switchboard: it cannot be used with --isolate".into());
+        }
+        let cluster = self.cluster.map(|url| switchboard::cluster::ClusterConfig {
+            url,
+            node_name: self
+                .node_name
+                .unwrap_or_else(switchboard::cluster::default_node_name),
+        });
         let to_usize = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         let port = |value: u16| (value != 0).then_some(value);
         let bin24_users = match &self.bin24_users {
@@ -591,6 +616,8 @@ impl Args {
             ocm_ack_state1: self.ocm_ack_state1,
             isolate: self.isolate,
             lobby_ocm_room: self.lobby_ocm_room,
+            cluster,
+            reuse_port: self.reuse_port,
             ocm_relay_peers_max: to_usize(self.ocm_relay_peers_max),
             ocm_relay_peers_per_ip_max: self.ocm_relay_peers_per_ip_max,
             udp_sends_per_s_max: self.udp_sends_per_s_max,

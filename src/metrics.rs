@@ -54,6 +54,18 @@ pub struct SwitchboardMetrics {
     pub lobby_members: [u64; ProtocolKind::COUNT],
 }
 
+/// Cluster mode's counters (`--cluster`), read from the Redis threads' atomics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    pub published: u64,
+    pub publish_dropped: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub malformed: u64,
+    pub link_down: bool,
+    pub link_losses: u64,
+}
+
 /// Everything [`render`] shows, read from the reactor at request time.
 #[derive(Clone, Debug)]
 pub struct MetricsSnapshot<'a> {
@@ -66,6 +78,8 @@ pub struct MetricsSnapshot<'a> {
     pub store: Option<StoreMetrics>,
     /// The switchboard's traffic across protocols and its lobby, unless `--isolate`.
     pub switchboard: Option<SwitchboardMetrics>,
+    /// With `--cluster`.
+    pub cluster: Option<ClusterMetrics>,
     /// Busy time of each reactor loop turn (from poll's return to the next poll).
     pub loop_turns: &'a Histogram,
     pub connections_max: u64,
@@ -246,6 +260,45 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
 
     if let Some(switchboard) = &snapshot.switchboard {
         switchboard_families(&mut out, switchboard);
+    }
+
+    if let Some(cluster) = &snapshot.cluster {
+        out.counter(
+            "chatd_cluster_events_published_total",
+            "Lobby events (messages, presence) this node published to the other nodes.",
+            vec![sample(&[], cluster.published)],
+        );
+        out.counter(
+            "chatd_cluster_events_publish_dropped_total",
+            "Lobby events not published: the queue to Redis was full (cut off or too slow) or \
+             a publish failed twice.",
+            vec![sample(&[], cluster.publish_dropped)],
+        );
+        out.counter(
+            "chatd_cluster_events_received_total",
+            "Other nodes' lobby events handed to this node's lobby.",
+            vec![sample(&[], cluster.received)],
+        );
+        out.counter(
+            "chatd_cluster_events_duplicate_total",
+            "Events not newer than the last one seen from their node: not delivered again.",
+            vec![sample(&[], cluster.duplicates)],
+        );
+        out.counter(
+            "chatd_cluster_messages_malformed_total",
+            "Messages on the lobby channel that did not decode.",
+            vec![sample(&[], cluster.malformed)],
+        );
+        out.gauge(
+            "chatd_cluster_redis_link_down",
+            "1 while a connection to Redis is down (local users are served meanwhile).",
+            vec![sample(&[], u64::from(cluster.link_down))],
+        );
+        out.counter(
+            "chatd_cluster_redis_link_losses_total",
+            "Times a connection to Redis was lost.",
+            vec![sample(&[], cluster.link_losses)],
+        );
     }
 
     if let Some(store) = &snapshot.store {
@@ -537,6 +590,12 @@ mod tests {
                 switchboard.lobby_members[matou] = 2;
                 switchboard
             }),
+            cluster: Some(ClusterMetrics {
+                published: 5,
+                received: 4,
+                link_down: true,
+                ..ClusterMetrics::default()
+            }),
             loop_turns: turns,
             connections_max: 10_000,
             admin: AdminMetrics {
@@ -632,6 +691,10 @@ mod tests {
             2.0
         );
         assert!(!text.contains("chatd_switchboard_lobby_members{protocol=\"bin24\"}"));
+        assert_eq!(value(&samples, "chatd_cluster_events_published_total"), 5.0);
+        assert_eq!(value(&samples, "chatd_cluster_events_received_total"), 4.0);
+        assert_eq!(value(&samples, "chatd_cluster_redis_link_down"), 1.0);
+        assert_eq!(value(&samples, "chatd_cluster_events_duplicate_total"), 0.0);
         assert_eq!(
             value(&samples, "chatd_connections_open{protocol=\"bin24\"}"),
             0.0

@@ -233,6 +233,14 @@ fn a_bad_count_or_a_missing_value_is_refused_before_anything_runs() {
         ("perf-stat.sh", &["--rate", "fast"], "--rate fast"),
         ("flamegraph.sh", &["--call-graph", "lbr"], "dwarf or fp"),
         ("compare-redis.sh", &["--runs", "many"], "--runs"),
+        ("cluster.sh", &["many"], "N many"),
+        ("cluster.sh", &["17"], "N 17"),
+        ("cluster.sh", &[], "N (the number of nodes) is missing"),
+        (
+            "cluster.sh",
+            &["2", "--redis-port"],
+            "--redis-port needs a value",
+        ),
     ];
     let names = script_names();
     for &(name, args, says) in cases {

@@ -39,11 +39,15 @@ pub struct HubConfig {
     /// `--lobby-ocm-room`: the OCM room whose members are in the lobby.
     pub ocm_lobby_room: String,
     pub limits: FormLimits,
+    /// `--cluster`: other nodes are lobby members too, so every lobby event is made and
+    /// reported ([`HubOut::event`]) even when no local member of another protocol hears it.
+    pub clustered: bool,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
+            clustered: false,
             isolated: false,
             ocm_lobby_room: "lobby".to_string(),
             limits: FormLimits::default(),
@@ -328,12 +332,13 @@ impl Hub {
     #[inline]
     pub fn has_audience_besides(&self, origin: ProtocolKind) -> bool {
         !self.config.isolated
-            && self
-                .lobby
-                .members
-                .iter()
-                .enumerate()
-                .any(|(at, members)| at != origin.index() && !members.is_empty())
+            && (self.config.clustered
+                || self
+                    .lobby
+                    .members
+                    .iter()
+                    .enumerate()
+                    .any(|(at, members)| at != origin.index() && !members.is_empty()))
     }
 
     /// Whether `room` is the OCM room whose members are in the lobby.
@@ -487,13 +492,34 @@ impl Hub {
         if self.config.isolated {
             return;
         }
+        self.notify_presence(&presence, Some(presence.origin), out);
+        out.event(&HubEvent::Presence(presence));
+    }
+
+    /// Another node's presence event (the cluster): the local lobby members of every protocol
+    /// that has presence notices are told, the origin's own included (its service here never
+    /// saw that user), and nothing is reported back as an event, so it is never published again.
+    pub fn announce_remote<O: HubOut>(&mut self, presence: &Presence, out: &mut O) {
+        if !self.config.isolated {
+            self.notify_presence(presence, None, out);
+        }
+    }
+
+    /// ROOM's notice and MATOU's notify to the lobby members of those protocols, except
+    /// `skip`'s.
+    fn notify_presence<O: HubOut>(
+        &mut self,
+        presence: &Presence,
+        skip: Option<ProtocolKind>,
+        out: &mut O,
+    ) {
         let origin = presence.origin;
-        if origin != ProtocolKind::Room && self.lobby_count(ProtocolKind::Room) > 0 {
+        if skip != Some(ProtocolKind::Room) && self.lobby_count(ProtocolKind::Room) > 0 {
             let bytes = render::room_presence(&presence.name, presence.kind);
             let n = self.fan_out(ProtocolKind::Room, &bytes, out);
             self.counts.notices[origin.index()][ProtocolKind::Room.index()] += n;
         }
-        if origin != ProtocolKind::Matou {
+        if skip != Some(ProtocolKind::Matou) {
             let recipients = self.lobby_count(ProtocolKind::Matou) as u64;
             if recipients > 0 {
                 let rendered =
@@ -508,7 +534,6 @@ impl Hub {
                 counter[origin.index()][ProtocolKind::Matou.index()] += recipients;
             }
         }
-        out.event(&HubEvent::Presence(presence));
     }
 
     /// A lobby message (rule 2): every lobby member of the other protocols receives it in its
@@ -526,11 +551,28 @@ impl Hub {
     /// rendered once, only if it has recipients, and its one `Bytes` is shared by all of them;
     /// a form the recipient's protocol cannot carry (rule 5) is not rendered.
     pub fn price(&self, message: LobbyMessage) -> Priced {
+        let skip = message.origin;
+        self.price_for(message, Some(skip))
+    }
+
+    /// Another node's lobby message (the cluster): every local lobby member receives it in its
+    /// own form, the origin protocol's members included (their service here never saw it).
+    /// Each recipient protocol's own form limits apply; OCM's per-source fan-out budget does
+    /// not yet (the source is on another node). Not reported as an event: it is never
+    /// published again.
+    pub fn say_remote<O: HubOut>(&mut self, message: LobbyMessage, out: &mut O) {
+        if self.config.isolated {
+            return;
+        }
+        let priced = self.price_for(message, None);
+        self.send_priced(priced, out, |_, _| true);
+    }
+
+    fn price_for(&self, message: LobbyMessage, skip: Option<ProtocolKind>) -> Priced {
         let mut forms: [Form; ProtocolKind::COUNT] = Default::default();
         if self.config.isolated {
             return Priced { message, forms };
         }
-        let origin = message.origin;
         let sender = &message.sender[..];
         let text = &message.text[..];
         // ROOM's form and OCM's are the same bytes: rendered once for both.
@@ -542,7 +584,7 @@ impl Hub {
             ProtocolKind::Ocm,
         ] {
             let recipients = self.lobby_count(to) as u64;
-            if to == origin || recipients == 0 {
+            if Some(to) == skip || recipients == 0 {
                 continue;
             }
             let bytes = match to {
@@ -572,11 +614,21 @@ impl Hub {
         &mut self,
         priced: Priced,
         out: &mut O,
-        mut admit: impl FnMut(ProtocolKind, u64) -> bool,
+        admit: impl FnMut(ProtocolKind, u64) -> bool,
     ) {
         if self.config.isolated {
             return;
         }
+        let message = self.send_priced(priced, out, admit);
+        out.event(&HubEvent::Said(message));
+    }
+
+    fn send_priced<O: HubOut>(
+        &mut self,
+        priced: Priced,
+        out: &mut O,
+        mut admit: impl FnMut(ProtocolKind, u64) -> bool,
+    ) -> LobbyMessage {
         let Priced { message, forms } = priced;
         let origin = message.origin;
         for (at, form) in forms.into_iter().enumerate() {
@@ -596,7 +648,7 @@ impl Hub {
             };
             counter[origin.index()][to.index()] += form.recipients;
         }
-        out.event(&HubEvent::Said(message));
+        message
     }
 
     /// A priced lobby message its sender's budget did not cover: nobody in another protocol

@@ -1540,3 +1540,73 @@ fn room_notices_are_what_the_room_service_itself_writes() {
     service.on_data(conn(3), &mut BytesMut::from("rémi".as_bytes()), &mut out);
     assert_eq!(out.sent_to(conn(2)), hub_out.delivered_to(at(2)));
 }
+
+/// Issue 20: another node's lobby message reaches every local lobby member, the origin
+/// protocol's own included (its service here never saw it), and is not reported as an event
+/// (so the cluster never publishes it again).
+#[test]
+fn a_remote_lobby_message_reaches_every_local_member_and_is_not_reported_again() {
+    let (mut hub, mut out) = full_lobby();
+    hub.say_remote(said(ProtocolKind::Room, b"rz", b"from afar"), &mut out);
+    let line = Bytes::from_static(b"rz: from afar");
+    for endpoint in [at(1), at(2), ocm(31), ocm(32)] {
+        assert_eq!(
+            out.delivered_to(endpoint),
+            vec![line.clone()],
+            "{endpoint:?}"
+        );
+    }
+    for endpoint in [at(11), at(12)] {
+        let delivered = out.delivered_to(endpoint);
+        assert_eq!(delivered.len(), 1);
+        assert_eq!(
+            delivered[0],
+            render::matou_broadcast(b"rz", b"from afar", &FormLimits::default()).unwrap()
+        );
+    }
+    for endpoint in [at(21), at(22)] {
+        assert_eq!(
+            out.delivered_to(endpoint),
+            vec![render::ccm_lobby(b"rz", b"from afar").unwrap()]
+        );
+    }
+    assert!(out.events.is_empty());
+}
+
+#[test]
+fn a_remote_presence_reaches_room_and_matou_members_of_every_origin_and_is_not_reported() {
+    let (mut hub, mut out) = full_lobby();
+    let presence = Presence {
+        origin: ProtocolKind::Matou,
+        name: Bytes::from_static(b"mz"),
+        kind: PresenceKind::Entered,
+    };
+    hub.announce_remote(&presence, &mut out);
+    let room = render::room_presence(b"mz", PresenceKind::Entered);
+    let matou = render::matou_presence(b"mz", PresenceKind::Entered, &FormLimits::default());
+    assert_eq!(out.delivered_to(at(1)), vec![room.clone()]);
+    assert_eq!(out.delivered_to(at(2)), vec![room]);
+    assert_eq!(out.delivered_to(at(11)), vec![matou.clone().unwrap()]);
+    assert_eq!(out.delivered_to(at(12)), vec![matou.unwrap()]);
+    assert!(out.delivered_to(at(21)).is_empty());
+    assert!(out.events.is_empty());
+}
+
+#[test]
+fn a_clustered_hub_reports_a_lobby_message_with_no_local_audience() {
+    let mut hub = Hub::new(HubConfig {
+        clustered: true,
+        ..HubConfig::default()
+    });
+    let mut out = RecordingHubOut::default();
+    assert!(hub.has_audience_besides(ProtocolKind::Room));
+    let message = said(ProtocolKind::Room, b"ra", b"anyone?");
+    hub.say(message.clone(), &mut out);
+    assert!(out.delivered.is_empty());
+    assert_eq!(out.events, vec![HubEvent::Said(message)]);
+    assert!(!hub_is_clustered_by_default());
+}
+
+fn hub_is_clustered_by_default() -> bool {
+    hub().has_audience_besides(ProtocolKind::Room)
+}

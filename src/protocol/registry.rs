@@ -14,8 +14,9 @@ use super::{
     Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, LobbyGate, Outbox,
     ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
 };
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::hub::{Endpoint, FormLimits, Hub, HubConfig, OcmMemberId};
+use crate::hub::{Endpoint, FormLimits, Hub, HubConfig, HubEvent, OcmMemberId};
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
 
 /// The largest datagram the stage-1 relay takes, as OCM's chat socket (the contract's 4096).
@@ -36,6 +37,8 @@ pub struct Services {
     hub_queue: HubQueue,
     /// Lobby deliveries to OCM members, waiting for the OCM chat socket.
     ocm_deliveries: Vec<(OcmMemberId, Bytes)>,
+    /// `--cluster`: where the hub's events go to and come from the other nodes.
+    cluster: Option<Cluster>,
 }
 
 /// `$svc` bound to the stream service of `$kind` (through `$get`: `as_ref` or `as_mut`), then
@@ -224,6 +227,7 @@ impl Services {
             )
         });
         let hub = Hub::new(HubConfig {
+            clustered: config.cluster.is_some(),
             isolated: config.isolate,
             ocm_lobby_room: config.lobby_ocm_room.clone(),
             limits: FormLimits {
@@ -244,7 +248,37 @@ impl Services {
             hub,
             hub_queue: HubQueue::default(),
             ocm_deliveries: Vec::new(),
+            cluster: None,
         })
+    }
+
+    /// Join the cluster: from now on every lobby event the hub acts on is published, and the
+    /// other nodes' events are handed to the hub in [`Services::on_wake`].
+    pub fn join_cluster(&mut self, cluster: Cluster) {
+        self.hub_queue.collect_events = true;
+        self.cluster = Some(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// The other nodes' events, not seen before, to the local lobby members (never published
+    /// again: the hub does not report them as events).
+    fn on_cluster<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        while let Some(event) = cluster.try_recv() {
+            match event {
+                HubEvent::Said(message) => self.hub.say_remote(message, &mut self.hub_queue),
+                HubEvent::Presence(presence) => {
+                    self.hub.announce_remote(&presence, &mut self.hub_queue)
+                }
+                HubEvent::Direct(_) => {}
+            }
+        }
+        self.drain(clock, out);
     }
 
     /// The switchboard.
@@ -290,6 +324,13 @@ impl Services {
                     Endpoint::Conn(id) => out.send(id, bytes),
                     Endpoint::Ocm(member) => self.ocm_deliveries.push((member, bytes)),
                 }
+            }
+            if let Some(cluster) = self.cluster.as_mut() {
+                for event in self.hub_queue.events.drain(..) {
+                    cluster.publish(&event);
+                }
+            } else {
+                self.hub_queue.events.clear();
             }
             let outcomes = std::mem::take(&mut self.hub_queue.outcomes);
             for outcome in outcomes {
@@ -499,6 +540,7 @@ impl Services {
             switched!(self, kind, &mut *out, clock.now_ms, s, sw => s.on_wake(clock, &mut sw));
             self.drain(clock, out);
         }
+        self.on_cluster(clock, out);
     }
 
     /// Bytes the services hold for clients beyond the output queues.
@@ -519,6 +561,9 @@ impl Services {
     /// The server is stopping: every service makes durable what must survive. The first
     /// failure is returned, after every service has been asked.
     pub fn shut_down(&mut self) -> Result<(), StoreError> {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.shut_down();
+        }
         let mut result = Ok(());
         for kind in ProtocolKind::ALL {
             if let Some(Err(err)) = stream!(self, as_mut, kind, s => s.shut_down()) {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use super::{
     CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox, ProtocolKind,
 };
-use crate::hub::{Crossing, Endpoint, Hub, HubOut, LobbyMessage, Priced};
+use crate::hub::{Crossing, Endpoint, Hub, HubEvent, HubOut, LobbyMessage, Priced};
 
 /// Something the hub decided that another service than the caller's must carry out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,11 +56,15 @@ pub struct HubQueue {
     pub deliveries: Vec<(ProtocolKind, Endpoint, Bytes)>,
     /// Work for other services.
     pub outcomes: Vec<HubOutcome>,
+    /// The events the hub acted on, for the cluster to publish; kept only when
+    /// `collect_events` is set (a node in a cluster), so a node alone pays nothing.
+    pub events: Vec<HubEvent>,
+    pub collect_events: bool,
 }
 
 impl HubQueue {
     pub fn is_empty(&self) -> bool {
-        self.deliveries.is_empty() && self.outcomes.is_empty()
+        self.deliveries.is_empty() && self.outcomes.is_empty() && self.events.is_empty()
     }
 
     /// Hand `outcome` to the service it belongs to, once the current call returns.
@@ -72,6 +76,13 @@ impl HubQueue {
 impl HubOut for HubQueue {
     fn deliver(&mut self, protocol: ProtocolKind, to: Endpoint, bytes: Bytes) {
         self.deliveries.push((protocol, to, bytes));
+    }
+
+    fn event(&mut self, event: &HubEvent) {
+        if self.collect_events {
+            // `Bytes` fields: reference counts, not copies.
+            self.events.push(event.clone());
+        }
     }
 }
 

@@ -206,6 +206,9 @@ impl Admin {
             SocketAddr::new(config.admin_bind_addr, port),
             config.listen_backlog,
             0,
+            // Never shared, even under --reuse-port: a scrape must reach the node it names
+            // (each node of a cluster on one machine has an admin port of its own).
+            false,
             Token(ADMIN_LISTENER_TOKEN),
         )?;
         // An answer is one buffer, queued once, and the request deadline bounds how long it
@@ -503,6 +506,7 @@ impl Server {
             udp_sockets,
             store: self.services.store_metrics(),
             switchboard: self.services.switchboard_metrics(),
+            cluster: self.services.cluster().map(|cluster| cluster.metrics()),
             loop_turns: &self.loop_turns,
             connections_max: self.config.connections_max as u64,
             admin: self.admin.as_ref().map(Admin::metrics).unwrap_or_default(),

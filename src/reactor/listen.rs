@@ -41,6 +41,7 @@ pub(super) fn bind_listeners(
             SocketAddr::new(config.bind_addr, port),
             config.listen_backlog,
             config.tcp_send_buffer_bytes,
+            config.reuse_port,
             Token(LISTENER_TOKEN_BASE + entries.len()),
         )?;
         entries.push(ListenerEntry {
@@ -66,7 +67,12 @@ pub(super) fn bind_udp_sockets(poll: &Poll, config: &Config) -> Result<Vec<UdpEn
             continue;
         };
         let addr = SocketAddr::new(config.bind_addr, port);
-        let mut socket = bind_udp(kind.name(), addr, config.udp_socket_buffer_bytes)?;
+        let mut socket = bind_udp(
+            kind.name(),
+            addr,
+            config.udp_socket_buffer_bytes,
+            config.reuse_port,
+        )?;
         let fail = |step, source| BindError {
             protocol: kind.name(),
             addr,
@@ -122,12 +128,15 @@ impl std::error::Error for BindError {
 /// the listener, which every accepted connection inherits (one call, not one per accept): the
 /// kernel then keeps at most about twice that queued for a slow reader instead of autotuning
 /// its buffer up to `net.ipv4.tcp_wmem`'s maximum (4 MiB), and a write to a reader that stopped
-/// reading returns WouldBlock after copying that much at most.
+/// reading returns WouldBlock after copying that much at most. `reuse_port` (`--reuse-port`)
+/// sets SO_REUSEPORT, so that several nodes on one machine listen on the same port and the
+/// kernel spreads new connections among them.
 pub(crate) fn bind_tcp(
     protocol: &'static str,
     addr: SocketAddr,
     backlog: u32,
     send_buffer_bytes: usize,
+    reuse_port: bool,
 ) -> Result<TcpListener, BindError> {
     let fail = |step: &'static str| {
         move |source| BindError {
@@ -143,6 +152,9 @@ pub(crate) fn bind_tcp(
     socket
         .set_reuse_address(true)
         .map_err(fail("SO_REUSEADDR"))?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(fail("SO_REUSEPORT"))?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(fail("IPV6_V6ONLY"))?;
     }
@@ -166,9 +178,10 @@ pub(super) fn listen_tcp(
     addr: SocketAddr,
     backlog: u32,
     send_buffer_bytes: usize,
+    reuse_port: bool,
     token: Token,
 ) -> Result<(TcpListener, SocketAddr), BindError> {
-    let mut listener = bind_tcp(protocol, addr, backlog, send_buffer_bytes)?;
+    let mut listener = bind_tcp(protocol, addr, backlog, send_buffer_bytes, reuse_port)?;
     let fail = |step, source| BindError {
         protocol,
         addr,
@@ -185,11 +198,13 @@ pub(super) fn listen_tcp(
 }
 
 /// A non-blocking UDP socket on `addr`, with send and receive buffers of `buffer_bytes` asked
-/// of the kernel: a relay's bursts queue there instead of being dropped.
+/// of the kernel: a relay's bursts queue there instead of being dropped. `reuse_port` as for
+/// [`bind_tcp`] (the kernel picks a socket per source address and port).
 pub(crate) fn bind_udp(
     protocol: &'static str,
     addr: SocketAddr,
     buffer_bytes: usize,
+    reuse_port: bool,
 ) -> Result<mio::net::UdpSocket, BindError> {
     let fail = |step: &'static str| {
         move |source| BindError {
@@ -201,6 +216,9 @@ pub(crate) fn bind_udp(
     };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(fail("socket"))?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(fail("SO_REUSEPORT"))?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(fail("IPV6_V6ONLY"))?;
     }
@@ -222,7 +240,7 @@ mod tests {
 
     fn accepted_send_buffer(send_buffer_bytes: usize) -> usize {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let listener = bind_tcp("TEST", addr, 16, send_buffer_bytes).expect("bind");
+        let listener = bind_tcp("TEST", addr, 16, send_buffer_bytes, false).expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let _client = std::net::TcpStream::connect(addr).expect("connect");
         let accepted = loop {
@@ -244,5 +262,20 @@ mod tests {
         // Linux doubles the asked size for its own bookkeeping.
         assert_eq!(accepted_send_buffer(64 * 1024), 128 * 1024);
         assert_eq!(accepted_send_buffer(128 * 1024), 256 * 1024);
+    }
+
+    #[test]
+    fn reuse_port_lets_two_sockets_share_a_port_and_its_absence_does_not() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let first = bind_tcp("TEST", any, 16, 0, true).expect("bind");
+        let taken = first.local_addr().expect("local addr");
+        assert!(bind_tcp("TEST", taken, 16, 0, true).is_ok());
+        let refused = bind_tcp("TEST", taken, 16, 0, false).expect_err("the port is taken");
+        assert_eq!(refused.step, "bind");
+
+        let udp = bind_udp("TEST", any, 0, true).expect("bind");
+        let taken = udp.local_addr().expect("local addr");
+        assert!(bind_udp("TEST", taken, 0, true).is_ok());
+        assert!(bind_udp("TEST", taken, 0, false).is_err());
     }
 }

@@ -248,6 +248,7 @@ impl ServerHandle {
 pub enum StartError {
     Bind(BindError),
     Store(StoreError),
+    Cluster(crate::cluster::ClusterError),
 }
 
 impl std::fmt::Display for StartError {
@@ -255,6 +256,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind(err) => err.fmt(f),
             StartError::Store(err) => write!(f, "cannot open the offline store: {err}"),
+            StartError::Cluster(err) => err.fmt(f),
         }
     }
 }
@@ -358,7 +360,18 @@ impl Server {
             .map_or(0, |elapsed| {
                 u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
             });
-        let services = Services::new(&config, 0, wake).map_err(StartError::Store)?;
+        let mut services = Services::new(&config, 0, wake).map_err(StartError::Store)?;
+        if let Some(cluster_config) = &config.cluster {
+            let cluster_waker = Arc::clone(&waker);
+            let wake = Box::new(move || {
+                if let Err(err) = cluster_waker.wake() {
+                    warn!("cannot wake the reactor for cluster events: {err}");
+                }
+            });
+            let cluster = crate::cluster::Cluster::connect(cluster_config, wake)
+                .map_err(StartError::Cluster)?;
+            services.join_cluster(cluster);
+        }
         let admin = Admin::bind(&poll, &config)?;
         let limits = OutputLimits {
             hard_bytes_max: config.output_hard_bytes_max,

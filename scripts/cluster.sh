@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# A chatd cluster on this machine (issue 20, docs/CLUSTER.md): a redis-server and N chatd
+# nodes, each with --reuse-port and --cluster, all on the default ports (the kernel spreads new
+# connections among the nodes: one node per core). Prints every command it runs; Ctrl-C or
+# SIGTERM stops every process it started (by pid) and removes its temporary directory.
+#
+# Usage: scripts/cluster.sh N [options]
+#   N                   nodes to start, 1 to 16
+#   --redis-port P      the port redis-server listens on (default 6379)
+#   --admin-base-port P give node i the admin port P+i-1 (default: no admin port); an admin
+#                       port is never shared, so each node's metrics stay its own
+#   --all-protocols     also serve BIN24 and OCM (off by default: neither crosses nodes yet, so
+#                       with shared ports a BIN24 user's stored messages and an OCM room live on
+#                       whichever node the kernel picked)
+#   --log-level LEVEL   chatd's --log-level (default info)
+#
+# Builds the release chatd first (cargo build --release). Nodes are named node-1..node-N;
+# their logs and data directories are in a temporary directory printed at start. Loopback
+# only: Redis binds 127.0.0.1 without persistence (--save '' --appendonly no).
+set -euo pipefail
+
+nodes=
+redis_port=6379
+admin_base_port=
+all_protocols=0
+log_level=info
+
+script_name=cluster
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --redis-port) redis_port=$(option_value "$@"); shift 2 ;;
+    --admin-base-port) admin_base_port=$(option_value "$@"); shift 2 ;;
+    --all-protocols) all_protocols=1; shift ;;
+    --log-level) log_level=$(option_value "$@"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) usage_error "unknown option $1" ;;
+    *)
+      [ -z "$nodes" ] || usage_error "one N only, not $nodes and $1"
+      nodes=$1; shift ;;
+  esac
+done
+[ -n "$nodes" ] || usage_error "N (the number of nodes) is missing"
+is_count "$nodes" && [ "$nodes" -le 16 ] || usage_error "N $nodes: must be 1 to 16"
+is_count "$redis_port" && [ "$redis_port" -le 65535 ] || usage_error "--redis-port $redis_port is not a port"
+if [ -n "$admin_base_port" ]; then
+  is_count "$admin_base_port" && [ $((admin_base_port + nodes - 1)) -le 65535 ] \
+    || usage_error "--admin-base-port $admin_base_port: node ports would not fit below 65536"
+fi
+case "$log_level" in error|warn|info|debug|trace) ;; *) usage_error "--log-level $log_level" ;; esac
+
+cd "$(dirname "$0")/.."
+command -v redis-server >/dev/null || die "redis-server is needed (apt-get install redis-server)"
+build_release
+
+work=$(mktemp -d -t chatd-cluster.XXXXXX)
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+  echo "$script_name: stopped" >&2
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Prints a command and starts it in the background, so that $! is the process itself (not a
+# subshell around `run`) and stop_all signals what it started.
+start() {
+  echo "+ $(printf '%q ' "$@")" >&3
+  "$@" &
+  pids+=($!)
+}
+
+echo "$script_name: logs and data in $work" >&2
+start redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$work" >"$work/redis.log" 2>&1
+for _ in $(seq 1 100); do
+  if grep -q "Ready to accept connections" "$work/redis.log"; then break; fi
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/redis.log" >&2; die "redis-server exited"; }
+  sleep 0.05
+done
+grep -q "Ready to accept connections" "$work/redis.log" || die "redis-server not ready within 5 s"
+
+protocol_args=()
+if [ "$all_protocols" = 0 ]; then
+  protocol_args=(--bin24-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0)
+fi
+for i in $(seq 1 "$nodes"); do
+  args=(--reuse-port --cluster "redis://127.0.0.1:$redis_port" --node-name "node-$i"
+    --data-dir "$work/node-$i" --log-level "$log_level" "${protocol_args[@]}")
+  if [ -n "$admin_base_port" ]; then args+=(--admin-port $((admin_base_port + i - 1))); fi
+  start "$chatd" "${args[@]}" 2>"$work/node-$i.log"
+  for _ in $(seq 1 100); do
+    if grep -q "subscribed to switchboard:lobby" "$work/node-$i.log" \
+      && grep -q "listening on" "$work/node-$i.log"; then break; fi
+    kill -0 "${pids[$i]}" 2>/dev/null || { cat "$work/node-$i.log" >&2; die "node-$i exited"; }
+    sleep 0.05
+  done
+  grep -q "subscribed to switchboard:lobby" "$work/node-$i.log" || die "node-$i did not join within 5 s"
+done
+echo "$script_name: $nodes node(s) up; Ctrl-C stops them all" >&2
+# Until a signal, or until any process started here exits.
+wait -n "${pids[@]}" || true
+echo "$script_name: a process exited; stopping the others" >&2

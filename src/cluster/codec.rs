@@ -1,0 +1,374 @@
+//! The cluster's message format: one hub event, with the node that published it and that
+//! node's sequence number, in a small explicit binary form (version 1).
+//!
+//! ```text
+//! u8   version (1)
+//! u8   node name length (1..=NODE_NAME_BYTES_MAX), then the node name
+//! u64  incarnation of that node (random per process, big-endian)
+//! u64  sequence number of this event on that node (big-endian, from 1)
+//! u8   event tag: 1 = Said, 2 = Presence
+//! u8   origin protocol (ProtocolKind::index)
+//! Said:     u16 sender length + sender, u32 text length + text
+//! Presence: u8 kind (0 entered, 1 left), u16 name length + name
+//! ```
+//!
+//! Hand-written rather than serde: the events are three fields of bytes, every length is
+//! bounded here (a message from Redis is input like any other), and decoding shares the
+//! payload's buffer (`Bytes::slice`) instead of copying the text. Anything else (an unknown
+//! version, tag or protocol, a length past its bound or past the end, trailing bytes) is a
+//! [`DecodeError`], never a panic.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::hub::{HubEvent, LobbyMessage, Presence, PresenceKind, ProtocolKind};
+
+pub const VERSION: u8 = 1;
+/// Longest node name (`--node-name`).
+pub const NODE_NAME_BYTES_MAX: usize = 64;
+/// Longest sender or presence name: far above every protocol's own name limit.
+pub const NAME_BYTES_MAX: usize = 1024;
+/// Longest lobby text: above every protocol's own line limit (ROOM's is the largest).
+pub const TEXT_BYTES_MAX: usize = 1 << 20;
+
+const TAG_SAID: u8 = 1;
+const TAG_PRESENCE: u8 = 2;
+
+/// One event as it crosses Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub node: Bytes,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub event: HubEvent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// Direct messages do not cross nodes yet.
+    NotCarried,
+    TooLong(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Version(u8),
+    Truncated,
+    TooLong(&'static str),
+    EmptyNodeName,
+    Tag(u8),
+    Protocol(u8),
+    PresenceKind(u8),
+    Trailing(usize),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Version(v) => write!(f, "unknown format version {v}"),
+            DecodeError::Truncated => write!(f, "truncated"),
+            DecodeError::TooLong(what) => write!(f, "{what} longer than allowed"),
+            DecodeError::EmptyNodeName => write!(f, "empty node name"),
+            DecodeError::Tag(tag) => write!(f, "unknown event tag {tag}"),
+            DecodeError::Protocol(p) => write!(f, "unknown protocol {p}"),
+            DecodeError::PresenceKind(k) => write!(f, "unknown presence kind {k}"),
+            DecodeError::Trailing(n) => write!(f, "{n} bytes after the event"),
+        }
+    }
+}
+
+pub fn encode(
+    node: &[u8],
+    incarnation: u64,
+    seq: u64,
+    event: &HubEvent,
+) -> Result<Bytes, EncodeError> {
+    if node.is_empty() || node.len() > NODE_NAME_BYTES_MAX {
+        return Err(EncodeError::TooLong("node name"));
+    }
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u8(VERSION);
+    out.put_u8(node.len() as u8);
+    out.put_slice(node);
+    out.put_u64(incarnation);
+    out.put_u64(seq);
+    match event {
+        HubEvent::Said(said) => {
+            if said.sender.len() > NAME_BYTES_MAX {
+                return Err(EncodeError::TooLong("sender"));
+            }
+            if said.text.len() > TEXT_BYTES_MAX {
+                return Err(EncodeError::TooLong("text"));
+            }
+            out.reserve(8 + said.sender.len() + said.text.len());
+            out.put_u8(TAG_SAID);
+            out.put_u8(said.origin.index() as u8);
+            out.put_u16(said.sender.len() as u16);
+            out.put_slice(&said.sender);
+            out.put_u32(said.text.len() as u32);
+            out.put_slice(&said.text);
+        }
+        HubEvent::Presence(presence) => {
+            if presence.name.len() > NAME_BYTES_MAX {
+                return Err(EncodeError::TooLong("name"));
+            }
+            out.put_u8(TAG_PRESENCE);
+            out.put_u8(presence.origin.index() as u8);
+            out.put_u8(match presence.kind {
+                PresenceKind::Entered => 0,
+                PresenceKind::Left => 1,
+            });
+            out.put_u16(presence.name.len() as u16);
+            out.put_slice(&presence.name);
+        }
+        HubEvent::Direct(_) => return Err(EncodeError::NotCarried),
+    }
+    Ok(out.freeze())
+}
+
+/// Reads `payload` front to back; every slice shares its buffer.
+struct Reader {
+    payload: Bytes,
+    at: usize,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        let end = self.at.checked_add(n).ok_or(DecodeError::Truncated)?;
+        if end > self.payload.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let bytes = self.payload.slice(self.at..end);
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn uint(&mut self, width: usize) -> Result<u64, DecodeError> {
+        Ok(self
+            .take(width)?
+            .iter()
+            .fold(0u64, |n, &b| (n << 8) | u64::from(b)))
+    }
+
+    fn field(
+        &mut self,
+        width: usize,
+        max: usize,
+        what: &'static str,
+    ) -> Result<Bytes, DecodeError> {
+        let len = self.uint(width)?;
+        if len > max as u64 {
+            return Err(DecodeError::TooLong(what));
+        }
+        self.take(len as usize)
+    }
+}
+
+fn protocol(byte: u8) -> Result<ProtocolKind, DecodeError> {
+    ProtocolKind::ALL
+        .get(byte as usize)
+        .copied()
+        .ok_or(DecodeError::Protocol(byte))
+}
+
+pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
+    let mut r = Reader { payload, at: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let node = r.field(1, NODE_NAME_BYTES_MAX, "node name")?;
+    if node.is_empty() {
+        return Err(DecodeError::EmptyNodeName);
+    }
+    let incarnation = r.uint(8)?;
+    let seq = r.uint(8)?;
+    let event = match r.u8()? {
+        TAG_SAID => {
+            let origin = protocol(r.u8()?)?;
+            let sender = r.field(2, NAME_BYTES_MAX, "sender")?;
+            let text = r.field(4, TEXT_BYTES_MAX, "text")?;
+            HubEvent::Said(LobbyMessage {
+                origin,
+                sender,
+                text,
+            })
+        }
+        TAG_PRESENCE => {
+            let origin = protocol(r.u8()?)?;
+            let kind = match r.u8()? {
+                0 => PresenceKind::Entered,
+                1 => PresenceKind::Left,
+                other => return Err(DecodeError::PresenceKind(other)),
+            };
+            let name = r.field(2, NAME_BYTES_MAX, "name")?;
+            HubEvent::Presence(Presence { origin, name, kind })
+        }
+        tag => return Err(DecodeError::Tag(tag)),
+    };
+    let left = r.payload.len() - r.at;
+    if left > 0 {
+        return Err(DecodeError::Trailing(left));
+    }
+    Ok(Envelope {
+        node,
+        incarnation,
+        seq,
+        event,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::DirectMessage;
+
+    fn said(sender: &str, text: &[u8]) -> HubEvent {
+        HubEvent::Said(LobbyMessage {
+            origin: ProtocolKind::Matou,
+            sender: Bytes::copy_from_slice(sender.as_bytes()),
+            text: Bytes::copy_from_slice(text),
+        })
+    }
+
+    fn presence(kind: PresenceKind) -> HubEvent {
+        HubEvent::Presence(Presence {
+            origin: ProtocolKind::Room,
+            name: Bytes::from_static(b"b'rui'"),
+            kind,
+        })
+    }
+
+    #[test]
+    fn every_carried_event_round_trips() {
+        let events = [
+            said("mia", b"hello"),
+            said("", b""),
+            said("x", &[0, 255, b'\n', 0xc3]),
+            presence(PresenceKind::Entered),
+            presence(PresenceKind::Left),
+        ];
+        for (seq, event) in events.into_iter().enumerate() {
+            let wire = encode(b"node-a", 5, seq as u64 + 1, &event).unwrap();
+            let back = decode(wire).unwrap();
+            assert_eq!(back.node, Bytes::from_static(b"node-a"));
+            assert_eq!(back.incarnation, 5);
+            assert_eq!(back.seq, seq as u64 + 1);
+            assert_eq!(back.event, event);
+        }
+        for origin in ProtocolKind::ALL {
+            let event = HubEvent::Said(LobbyMessage {
+                origin,
+                sender: Bytes::from_static(b"n"),
+                text: Bytes::from_static(b"t"),
+            });
+            assert_eq!(
+                decode(encode(b"n", u64::MAX, u64::MAX, &event).unwrap())
+                    .unwrap()
+                    .event,
+                event
+            );
+        }
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        let wire = encode(b"ab", 1, 2, &said("m", b"hi")).unwrap();
+        assert_eq!(
+            &wire[..],
+            &[
+                1, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 1, 3, 0, 1, b'm',
+                0, 0, 0, 2, b'h', b'i'
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_not_carried_or_too_long_is_refused_at_encoding() {
+        let direct = HubEvent::Direct(DirectMessage {
+            origin: ProtocolKind::Ccm,
+            sender: Bytes::from_static(b"a"),
+            recipient: Bytes::from_static(b"b"),
+            message_id: 1,
+            body: Bytes::new(),
+        });
+        assert_eq!(encode(b"n", 1, 1, &direct), Err(EncodeError::NotCarried));
+        assert!(encode(b"", 1, 1, &said("a", b"b")).is_err());
+        assert!(encode(&[b'n'; NODE_NAME_BYTES_MAX + 1], 1, 1, &said("a", b"b")).is_err());
+        let long_name = "n".repeat(NAME_BYTES_MAX + 1);
+        assert!(encode(b"n", 1, 1, &said(&long_name, b"b")).is_err());
+        assert!(encode(b"n", 1, 1, &said("a", &vec![b't'; TEXT_BYTES_MAX + 1])).is_err());
+        assert!(encode(b"n", 1, 1, &said("a", &vec![b't'; TEXT_BYTES_MAX])).is_ok());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_never_a_panic() {
+        let good = encode(b"ab", 3, 7, &said("mia", b"hello")).unwrap();
+        // Every truncation of a valid message.
+        for len in 0..good.len() {
+            assert_eq!(
+                decode(good.slice(..len)),
+                Err(DecodeError::Truncated),
+                "at {len}"
+            );
+        }
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert_eq!(decode(trailing.into()), Err(DecodeError::Trailing(1)));
+        let mut version = good.to_vec();
+        version[0] = 2;
+        assert_eq!(decode(version.into()), Err(DecodeError::Version(2)));
+        let mut empty_node = vec![1, 0];
+        empty_node.extend_from_slice(&good[4..]);
+        assert_eq!(decode(empty_node.into()), Err(DecodeError::EmptyNodeName));
+        let mut long_node = good.to_vec();
+        long_node[1] = NODE_NAME_BYTES_MAX as u8 + 1;
+        assert_eq!(
+            decode(long_node.into()),
+            Err(DecodeError::TooLong("node name"))
+        );
+        let mut tag = good.to_vec();
+        tag[20] = 9;
+        assert_eq!(decode(tag.into()), Err(DecodeError::Tag(9)));
+        let mut origin = good.to_vec();
+        origin[21] = ProtocolKind::COUNT as u8;
+        assert_eq!(
+            decode(origin.into()),
+            Err(DecodeError::Protocol(ProtocolKind::COUNT as u8))
+        );
+        let mut text_len = good.to_vec();
+        text_len[27..31].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(text_len.into()), Err(DecodeError::TooLong("text")));
+        let mut kind = encode(b"ab", 1, 1, &presence(PresenceKind::Left))
+            .unwrap()
+            .to_vec();
+        kind[22] = 2;
+        assert_eq!(decode(kind.into()), Err(DecodeError::PresenceKind(2)));
+        // Arbitrary bytes: only errors or events, never a panic.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 48) as usize;
+            let mut bytes = good.to_vec();
+            bytes.truncate(len.max(1));
+            let at = (state >> 8) as usize % bytes.len();
+            bytes[at] = (state >> 16) as u8;
+            let bytes = Bytes::from(bytes);
+            // One form per event: what decodes re-encodes to the same bytes.
+            if let Ok(envelope) = decode(bytes.clone()) {
+                let again = encode(
+                    &envelope.node,
+                    envelope.incarnation,
+                    envelope.seq,
+                    &envelope.event,
+                );
+                assert_eq!(again.as_deref(), Ok(&bytes[..]));
+            }
+        }
+    }
+}
