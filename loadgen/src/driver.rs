@@ -599,7 +599,9 @@ mod tests {
         let (ended, stats) = run_outer(&mut scenarios, &[&cell], Duration::from_millis(5)).unwrap();
         assert_eq!(ended, vec![Ok(())]);
         assert_eq!(stats.fd_wakes, 0, "{stats:?}");
-        assert!(stats.timeouts >= 3, "{stats:?}");
+        // Each tick comes 2 ms after the one before, so at least the last two needed an idle
+        // timeout each; the first may already be due in the start's turn on a loaded machine.
+        assert!(stats.timeouts >= 2, "{stats:?}");
     }
 
     #[test]
