@@ -546,11 +546,18 @@ impl Server {
             self.accept_admin();
 
             if let Some(deadline_ms) = self.shutdown_deadline_ms {
-                let drained = self.table.out_bytes_total == 0;
+                let drained = self.table.out_bytes_total == 0
+                    && self.udp.iter().all(|entry| entry.deferred.is_empty());
                 if drained || self.now_ms >= deadline_ms {
                     if !drained {
+                        let datagrams: usize = self
+                            .udp
+                            .iter_mut()
+                            .map(|entry| entry.deferred.discard(&mut entry.counters))
+                            .sum();
                         warn!(
-                            "shutdown grace period over with {} bytes still queued",
+                            "shutdown grace period over with {} bytes and {datagrams} datagrams \
+                             still queued (the datagrams are counted as send_dropped)",
                             self.table.out_bytes_total
                         );
                     }
@@ -716,13 +723,19 @@ impl Server {
     }
 
     fn serve_udp(&mut self) {
+        let sends_budget = self.config.udp_sends_per_turn_max.max(1);
         if self.shutdown_deadline_ms.is_some() {
+            // Nothing new is read, but what earlier turns put off still goes out.
+            for entry in &mut self.udp {
+                entry
+                    .deferred
+                    .start_turn(sends_budget, &entry.socket, &mut entry.counters);
+            }
             return;
         }
         let now_ms = self.now_ms;
         let clock = self.service_clock();
         let budget = self.config.udp_datagrams_per_turn_max.max(1);
-        let sends_budget = self.config.udp_sends_per_turn_max.max(1);
         for entry in &mut self.udp {
             // What earlier turns put off goes first; while any waits, nothing new is read (it
             // waits in the kernel's receive buffer, whose overflow the kernel drops).

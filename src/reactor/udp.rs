@@ -118,6 +118,15 @@ impl DeferredSends {
         self.queue.is_empty()
     }
 
+    /// Drops what still waits (the shutdown's grace is over), counting it as `send_dropped`:
+    /// nothing leaves uncounted. Returns how many were dropped.
+    pub(crate) fn discard(&mut self, counters: &mut UdpCounters) -> usize {
+        let dropped = self.queue.len();
+        counters.send_dropped += dropped as u64;
+        self.queue.clear();
+        dropped
+    }
+
     /// Starts a turn with `budget` sends, and sends what waits from earlier turns first.
     pub(crate) fn start_turn(
         &mut self,
@@ -318,5 +327,23 @@ mod tests {
         }
         assert_eq!(got[..5], vec![b"same".to_vec(); 5][..]);
         assert_eq!(got[5], b"5");
+
+        // What still waits when the shutdown's grace is over is dropped and counted.
+        deferred.sends_left = 0;
+        {
+            let mut out = UdpOut {
+                socket: &server,
+                counters: &mut counters,
+                deferred: &mut deferred,
+                last_deferred: None,
+            };
+            for _ in 0..3 {
+                assert_eq!(out.send_to(to, b"late"), DatagramSent::Sent);
+            }
+        }
+        let dropped_before = counters.send_dropped;
+        assert_eq!(deferred.discard(&mut counters), 3);
+        assert_eq!(counters.send_dropped, dropped_before + 3);
+        assert!(deferred.is_empty());
     }
 }
