@@ -104,11 +104,15 @@ impl Drop for Redis {
 /// A chatd node serving `flags`' protocols, joined to `redis` as `name`, once its lobby
 /// subscription is confirmed.
 fn node(redis: &Redis, name: &str, flags: &[&'static str]) -> Chatd {
+    node_with(redis, name, flags, &[])
+}
+
+/// As [`node`], with `extra` flags.
+fn node_with(redis: &Redis, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
     let url = redis.url();
-    let mut node = Chatd::start(
-        flags,
-        &["--cluster", &url, "--node-name", name, "--admin-port", "0"],
-    );
+    let mut args = vec!["--cluster", &url, "--node-name", name, "--admin-port", "0"];
+    args.extend_from_slice(extra);
+    let mut node = Chatd::start(flags, &args);
     node.stderr.wait_for(&format!(
         "cluster: node {name} subscribed to switchboard:lobby on {url}"
     ));
@@ -313,6 +317,58 @@ fn after_redis_is_killed_and_restarted_the_nodes_reconnect_and_the_lobby_spans_t
         String::from_utf8_lossy(&heard)
     );
     assert!(metric(&mut a, "chatd_cluster_redis_link_losses_total") >= 1.0);
+}
+
+/// A node killed with SIGKILL while a ROOM and a MATOU user are on it: its liveness key is
+/// not renewed, and within the lease (plus a quarter, the listing interval) the other node's
+/// ROOM and MATOU users are told each of them left, once; that node goes on serving.
+#[test]
+fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_lease() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    const LEASE_MS: u64 = 500;
+    let lease = ["--cluster-lease-ms", "500"];
+    let flags = &["--room-port", "--matou-port"];
+    let mut a = node_with(&redis, "node-a", flags, &lease);
+    let b = node_with(&redis, "node-b", flags, &lease);
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    let mut mae = Matou::sign_in_at(addr(&a, "--matou-port"), "mae");
+    rui.expect(b"b'mae' esta conectado ao chat");
+    let rob = Client::join(addr(&b, "--room-port"), "rob");
+    let mia = Matou::sign_in_at(addr(&b, "--matou-port"), "mia");
+    rui.expect(b"b'rob' esta conectado ao chat");
+    rui.expect(b"b'mia' esta conectado ao chat");
+    mae.expect_notify(3, "rob");
+    mae.expect_notify(3, "mia");
+
+    // Dropping a Chatd kills it with SIGKILL (Child::kill): no goodbye reaches Redis.
+    drop(b);
+    let killed = std::time::Instant::now();
+    rui.expect(b"b'rob' acabou de sair do chat!");
+    rui.expect(b"b'mia' acabou de sair do chat!");
+    mae.expect_notify(16, "rob");
+    mae.expect_notify(16, "mia");
+    let took = killed.elapsed();
+    eprintln!("leavings announced {} ms after the kill", took.as_millis());
+    // The key lapses at most a lease after the last renewal; A lists the keys every quarter
+    // lease. Slack above that for a loaded machine, far below "never" (common::WAIT).
+    assert!(
+        took < Duration::from_millis(4 * LEASE_MS),
+        "announced {} ms after the kill",
+        took.as_millis()
+    );
+    a.stderr.wait_for("cluster: node node-b (incarnation ");
+    a.stderr
+        .wait_for("is gone (its lease lapsed): 2 lobby members announced gone");
+
+    // A goes on serving, and each leaving was announced once.
+    rui.send(b"rui: still here\n");
+    rui.expect(b"rui: still here\n");
+    mae.expect_broadcast("rui", "still here");
+    rui.expect_nothing_for(Duration::from_millis(2 * LEASE_MS));
+    mae.expect_nothing_for(Duration::from_millis(50));
+    drop((rob, mia));
 }
 
 /// Redis unreachable at start: a clear error and exit status 1, before listening.
