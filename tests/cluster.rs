@@ -68,6 +68,15 @@ impl Redis {
         self.child.wait().expect("reap redis-server");
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to redis-server.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     fn start_again(&mut self) {
         let (child, mut stdout) = spawn_redis(self.port, &self.dir);
         self.child = child;
@@ -369,6 +378,79 @@ fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_leas
     rui.expect_nothing_for(Duration::from_millis(2 * LEASE_MS));
     mae.expect_nothing_for(Duration::from_millis(50));
     drop((rob, mia));
+}
+
+/// Redis frozen (SIGSTOP): no error reaches the nodes, only silence. Each node's subscriber
+/// PINGs a quiet Redis and takes no answer within its deadline (a quarter lease here) for a
+/// lost link: it logs it (with how long Redis has been silent), the gauge says so, and local
+/// users are served. After SIGCONT both resubscribe, the lobby spans them again, and nobody
+/// was taken for gone: the keys that lapsed while Redis was frozen are no news until every
+/// node had two leases to set its key again.
+#[test]
+fn a_frozen_redis_is_noticed_local_users_are_served_and_the_nodes_resume_after_it_thaws() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    const LEASE_MS: u64 = 500;
+    let lease = ["--cluster-lease-ms", "500"];
+    let mut a = node_with(&redis, "node-a", &["--room-port"], &lease);
+    let mut b = node_with(&redis, "node-b", &["--room-port"], &lease);
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    wait_received(&mut b, 1.0);
+    let mut rob = Client::join(addr(&b, "--room-port"), "rob");
+    rui.expect(b"b'rob' esta conectado ao chat");
+
+    redis.signal("-STOP");
+    for node in [&mut a, &mut b] {
+        node.stderr.wait_for(
+            "cluster: the subscriber's link to Redis is down (no answer to PING within 125 ms",
+        );
+        assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 1.0);
+    }
+    // Local users are served meanwhile; the reactor never waits for Redis.
+    rob.send(b"rob: alone\n");
+    rob.expect(b"rob: alone\n");
+    rui.send(b"rui: alone\n");
+    rui.expect(b"rui: alone\n");
+
+    redis.signal("-CONT");
+    for node in [&mut a, &mut b] {
+        node.stderr
+            .wait_for("cluster: the subscriber's link to Redis is back after");
+    }
+    // A line said while Redis was frozen may cross after it thawed, or not (it is lost, and
+    // counted); nothing else may come (a leave notice would).
+    let mut late_at_rob = Some(&b"rui: alone"[..]);
+    let mut late_at_rui = Some(&b"rob: alone"[..]);
+    rob.send(b"rob: after\n");
+    read_through_skipping(&mut rob, b"rob: after\n", &mut late_at_rob);
+    read_through_skipping(&mut rui, b"rob: after", &mut late_at_rui);
+    rui.send(b"rui: after\n");
+    read_through_skipping(&mut rui, b"rui: after\n", &mut late_at_rui);
+    read_through_skipping(&mut rob, b"rui: after", &mut late_at_rob);
+    // Past the grace after the link's return: still nobody announced gone.
+    rui.expect_nothing_for(Duration::from_millis(4 * LEASE_MS));
+    rob.expect_nothing_for(Duration::from_millis(50));
+    for node in [&mut a, &mut b] {
+        assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 0.0);
+    }
+}
+
+/// Reads up to and including `needle`; before it may come `late` (a line that may or may
+/// not cross, at most once), then taken, and nothing else.
+fn read_through_skipping(client: &mut Client, needle: &[u8], late: &mut Option<&[u8]>) {
+    let heard = client.read_through(needle);
+    let before = &heard[..heard.len() - needle.len()];
+    if before.is_empty() {
+        return;
+    }
+    assert_eq!(
+        Some(before),
+        late.take(),
+        "unexpected before {:?}: {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(before)
+    );
 }
 
 /// Redis unreachable at start: a clear error and exit status 1, before listening.
