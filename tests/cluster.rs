@@ -276,7 +276,11 @@ fn room_matou_and_ccm_users_on_two_nodes_share_one_lobby_with_presence_and_nothi
         assert_eq!(metric(node, "chatd_cluster_events_duplicate_total"), 0.0);
         assert_eq!(metric(node, "chatd_cluster_messages_malformed_total"), 0.0);
         assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 0.0);
+        assert_eq!(metric(node, "chatd_cluster_nodes_lapsed_total"), 0.0);
     }
+    // B's users are still there for A; A's all left.
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 2.0);
+    assert_eq!(metric(&mut b, "chatd_cluster_remote_lobby_members"), 0.0);
 }
 
 /// Redis killed (SIGKILL) and started again on its port: each node says its link is down,
@@ -329,8 +333,8 @@ fn after_redis_is_killed_and_restarted_the_nodes_reconnect_and_the_lobby_spans_t
 }
 
 /// A node killed with SIGKILL while a ROOM and a MATOU user are on it: its liveness key is
-/// not renewed, and within the lease (plus a quarter, the listing interval) the other node's
-/// ROOM and MATOU users are told each of them left, once; that node goes on serving.
+/// not renewed, and within the lease the other node's ROOM and MATOU users are told each of
+/// them left, once; that node goes on serving.
 #[test]
 fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_lease() {
     let Some(redis) = Redis::start() else {
@@ -350,6 +354,7 @@ fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_leas
     rui.expect(b"b'mia' esta conectado ao chat");
     mae.expect_notify(3, "rob");
     mae.expect_notify(3, "mia");
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 2.0);
 
     // Dropping a Chatd kills it with SIGKILL (Child::kill): no goodbye reaches Redis.
     drop(b);
@@ -360,16 +365,19 @@ fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_leas
     mae.expect_notify(16, "mia");
     let took = killed.elapsed();
     eprintln!("leavings announced {} ms after the kill", took.as_millis());
-    // The key lapses at most a lease after the last renewal; A lists the keys every quarter
-    // lease. Slack above that for a loaded machine, far below "never" (common::WAIT).
+    // The key expires at most three quarters of a lease after B's last renewal, and A lists
+    // the keys every quarter lease: within the lease (about 470 ms here). The bound allows a
+    // loaded machine's scheduling, and stays far below "never" (common::WAIT).
     assert!(
-        took < Duration::from_millis(4 * LEASE_MS),
+        took < Duration::from_millis(2 * LEASE_MS),
         "announced {} ms after the kill",
         took.as_millis()
     );
     a.stderr.wait_for("cluster: node node-b (incarnation ");
     a.stderr
         .wait_for("is gone (its lease lapsed): 2 lobby members announced gone");
+    assert_eq!(metric(&mut a, "chatd_cluster_nodes_lapsed_total"), 1.0);
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 0.0);
 
     // A goes on serving, and each leaving was announced once.
     rui.send(b"rui: still here\n");
@@ -433,6 +441,7 @@ fn a_frozen_redis_is_noticed_local_users_are_served_and_the_nodes_resume_after_i
     rob.expect_nothing_for(Duration::from_millis(50));
     for node in [&mut a, &mut b] {
         assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 0.0);
+        assert_eq!(metric(node, "chatd_cluster_nodes_lapsed_total"), 0.0);
     }
 }
 
@@ -472,7 +481,7 @@ fn an_unreachable_redis_at_start_is_a_clear_error_and_exit_status_1() {
     );
 }
 
-/// A bad URL or node name is refused at start.
+/// A bad URL, node name or lease is refused at start.
 #[test]
 fn a_bad_cluster_url_or_node_name_is_refused() {
     for (args, want) in [
@@ -489,6 +498,15 @@ fn a_bad_cluster_url_or_node_name_is_refused() {
         (
             vec!["--cluster", "redis://127.0.0.1:1", "--isolate"],
             "--isolate",
+        ),
+        (
+            vec![
+                "--cluster",
+                "redis://127.0.0.1:1",
+                "--cluster-lease-ms",
+                "3",
+            ],
+            "--cluster-lease-ms: at least 4 ms, not 3",
         ),
     ] {
         let output = chatd::command(&[("--room-port", chatd::free_tcp_port())])

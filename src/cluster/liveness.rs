@@ -1,9 +1,11 @@
 //! Node liveness, sans-io: which remote lobby members belong to which node, when a node is
 //! taken for dead, and when the publisher thread renews its own lease.
 //!
-//! Each node keeps a key `switchboard:node:<incarnation hex>:<name>` with a Redis lease
-//! (`--cluster-lease-ms`, `SET ... PX`), renewed every quarter lease, and lists the keys of
-//! the live nodes at each renewal. [`Members`] learns from the presence events received which
+//! Each node keeps a key `switchboard:node:<incarnation hex>:<name>` with a Redis expiry
+//! (`SET ... PX`) of three quarters of the lease (`--cluster-lease-ms`), renewed every quarter
+//! lease, and lists the keys of the live nodes at each renewal: a node that dies has its key
+//! expire within three quarters of a lease, and the others list the keys within the last
+//! quarter, so its members are announced gone within the lease. [`Members`] learns from the presence events received which
 //! node's users are in the lobby; given a list of live nodes it says which nodes are gone,
 //! and the `Left` presence of each of their members, once.
 
@@ -168,9 +170,15 @@ impl LeaseSchedule {
         }
     }
 
-    /// A quarter lease: three renewals may fail before the key lapses.
+    /// A quarter lease: two renewals in a row may fail before the key expires.
     fn interval(lease_ms: u64) -> u64 {
         (lease_ms / 4).max(1)
+    }
+
+    /// The key's expiry: the lease less one listing interval, so that a dead node's key
+    /// expires, and the others notice, within the lease.
+    pub fn key_expiry_ms(lease_ms: u64) -> u64 {
+        lease_ms.saturating_sub(Self::interval(lease_ms)).max(1)
     }
 
     /// Milliseconds until the next renewal is due.
@@ -326,6 +334,8 @@ mod tests {
     fn the_lease_is_renewed_every_quarter_and_a_list_is_trusted_two_leases_after_a_loss() {
         let mut schedule = LeaseSchedule::new(1000, 0);
         assert_eq!(schedule.wait_ms(0), 250);
+        assert_eq!(LeaseSchedule::key_expiry_ms(1000), 750);
+        assert_eq!(LeaseSchedule::key_expiry_ms(4), 3);
         assert!(!schedule.due(249));
         assert!(schedule.due(250));
         assert!(schedule.renewed(250));

@@ -12,6 +12,12 @@
 //! restarted under the same name starts afresh) and a sequence number: [`Cluster::try_recv`]
 //! drops this node's own events (Redis echoes them to its subscriber) and anything not newer
 //! than the last seen from that node, so nothing is delivered twice.
+//!
+//! Liveness (`liveness`): the publisher renews this node's key with a Redis expiry every
+//! quarter lease and lists the other nodes' keys; the reactor's side keeps which remote lobby
+//! members belong to which node and, when a node's key is gone (or it restarted), hands the
+//! hub their leaving, once. The subscriber PINGs a quiet Redis with a deadline, so a frozen
+//! one is a lost link, not silence for ever.
 
 pub mod codec;
 pub mod liveness;
@@ -293,6 +299,8 @@ impl Cluster {
             malformed: load(&stats.malformed),
             link_down: stats.links_down.load(Ordering::Acquire) > 0,
             link_losses: load(&stats.link_losses),
+            nodes_lapsed: load(&stats.nodes_lapsed),
+            remote_lobby_members: self.members.count() as u64,
         }
     }
 
@@ -435,7 +443,7 @@ fn renew_and_list(
         .arg(key)
         .arg(1)
         .arg("PX")
-        .arg(lease_ms)
+        .arg(liveness::LeaseSchedule::key_expiry_ms(lease_ms))
         .query::<()>(conn)?;
     let pattern = format!("{}*", liveness::NODE_KEY_PREFIX);
     let mut live = Vec::new();
