@@ -593,13 +593,23 @@ impl Publisher {
         down_since: &mut Option<Instant>,
     ) {
         let (key, lease_ms) = (self.key.clone(), self.lease_ms);
-        let result = match self.link() {
+        // A connection found broken (Redis restarted since the last command) is replaced at
+        // once: the key is set again now, not a quarter lease later.
+        let had_link = self.conn.is_some();
+        let mut result = match self.link() {
             Some(link) => renew_and_list(link, &key, lease_ms),
             None => {
                 schedule.failed(now_ms);
                 return;
             }
         };
+        if result.is_err() && had_link {
+            schedule.lost();
+            self.conn = None;
+            if let Some(link) = self.link() {
+                result = renew_and_list(link, &key, lease_ms);
+            }
+        }
         match result {
             Ok(live) => {
                 if let Some(since) = down_since.take() {
