@@ -388,6 +388,37 @@ fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_leas
     drop((rob, mia));
 }
 
+/// A node killed and started again under the same name, long before its lease could lapse:
+/// its first event is from a new incarnation, which ends the old one, so the other node's
+/// users are told the old node's users left, then hear of the new node's users.
+#[test]
+fn a_node_restarted_under_its_name_is_a_new_node_and_its_old_users_are_announced_gone() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // A lease far longer than the test: only the new incarnation can end the old one.
+    let lease = ["--cluster-lease-ms", "600000"];
+    let mut a = node_with(&redis, "node-a", &["--room-port"], &lease);
+    let b = node_with(&redis, "node-b", &["--room-port"], &lease);
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    let rob = Client::join(addr(&b, "--room-port"), "rob");
+    rui.expect(b"b'rob' esta conectado ao chat");
+
+    // SIGKILL (Child::kill) before rob's connection closes (no leave reaches Redis), then
+    // node-b again: a new process, a new incarnation.
+    drop(b);
+    drop(rob);
+    let b = node_with(&redis, "node-b", &["--room-port"], &lease);
+    let _neo = Client::join(addr(&b, "--room-port"), "neo");
+    rui.expect(b"b'rob' acabou de sair do chat!");
+    rui.expect(b"b'neo' esta conectado ao chat");
+    a.stderr
+        .wait_for("is gone (it restarted): 1 lobby members announced gone");
+    assert_eq!(metric(&mut a, "chatd_cluster_nodes_lapsed_total"), 1.0);
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 1.0);
+    rui.expect_nothing_for(Duration::from_millis(200));
+}
+
 /// Redis frozen (SIGSTOP): no error reaches the nodes, only silence. Each node's subscriber
 /// PINGs a quiet Redis and takes no answer within its deadline (a quarter lease here) for a
 /// lost link: it logs it (with how long Redis has been silent), the gauge says so, and local
