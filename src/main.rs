@@ -244,6 +244,11 @@ struct Args {
     #[arg(long, value_name = "NAME", requires = "cluster")]
     node_name: Option<String>,
 
+    /// A node whose liveness key is not renewed for this long is taken for dead: the other
+    /// nodes announce its lobby members gone. Renewed every quarter of it.
+    #[arg(long, value_name = "MS", default_value_t = switchboard::cluster::LEASE_MS_DEFAULT, requires = "cluster")]
+    cluster_lease_ms: u64,
+
     /// Set SO_REUSEPORT on every TCP listener and UDP socket, so that several nodes on one
     /// machine share the same ports (one node per core; the kernel spreads connections).
     #[arg(long)]
@@ -561,6 +566,7 @@ impl Args {
             node_name: self
                 .node_name
                 .unwrap_or_else(switchboard::cluster::default_node_name),
+            lease_ms: self.cluster_lease_ms,
         });
         let to_usize = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         let port = |value: u16| (value != 0).then_some(value);

@@ -64,6 +64,11 @@ pub struct ClusterMetrics {
     pub malformed: u64,
     pub link_down: bool,
     pub link_losses: u64,
+    /// Other nodes taken for dead (lease lapsed or restarted); their lobby members were
+    /// announced gone.
+    pub nodes_lapsed: u64,
+    /// Lobby members on other nodes, as this node learned them from presence events.
+    pub remote_lobby_members: u64,
 }
 
 /// Everything [`render`] shows, read from the reactor at request time.
@@ -298,6 +303,17 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
             "chatd_cluster_redis_link_losses_total",
             "Times a connection to Redis was lost.",
             vec![sample(&[], cluster.link_losses)],
+        );
+        out.counter(
+            "chatd_cluster_nodes_lapsed_total",
+            "Other nodes taken for dead (their lease lapsed, or they restarted); their lobby \
+             members were announced gone.",
+            vec![sample(&[], cluster.nodes_lapsed)],
+        );
+        out.gauge(
+            "chatd_cluster_remote_lobby_members",
+            "Lobby members on other nodes, as this node learned them from presence events.",
+            vec![sample(&[], cluster.remote_lobby_members)],
         );
     }
 

@@ -68,6 +68,15 @@ impl Redis {
         self.child.wait().expect("reap redis-server");
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to redis-server.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     fn start_again(&mut self) {
         let (child, mut stdout) = spawn_redis(self.port, &self.dir);
         self.child = child;
@@ -104,11 +113,15 @@ impl Drop for Redis {
 /// A chatd node serving `flags`' protocols, joined to `redis` as `name`, once its lobby
 /// subscription is confirmed.
 fn node(redis: &Redis, name: &str, flags: &[&'static str]) -> Chatd {
+    node_with(redis, name, flags, &[])
+}
+
+/// As [`node`], with `extra` flags.
+fn node_with(redis: &Redis, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
     let url = redis.url();
-    let mut node = Chatd::start(
-        flags,
-        &["--cluster", &url, "--node-name", name, "--admin-port", "0"],
-    );
+    let mut args = vec!["--cluster", &url, "--node-name", name, "--admin-port", "0"];
+    args.extend_from_slice(extra);
+    let mut node = Chatd::start(flags, &args);
     node.stderr.wait_for(&format!(
         "cluster: node {name} subscribed to switchboard:lobby on {url}"
     ));
@@ -263,7 +276,11 @@ fn room_matou_and_ccm_users_on_two_nodes_share_one_lobby_with_presence_and_nothi
         assert_eq!(metric(node, "chatd_cluster_events_duplicate_total"), 0.0);
         assert_eq!(metric(node, "chatd_cluster_messages_malformed_total"), 0.0);
         assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 0.0);
+        assert_eq!(metric(node, "chatd_cluster_nodes_lapsed_total"), 0.0);
     }
+    // B's users are still there for A; A's all left.
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 2.0);
+    assert_eq!(metric(&mut b, "chatd_cluster_remote_lobby_members"), 0.0);
 }
 
 /// Redis killed (SIGKILL) and started again on its port: each node says its link is down,
@@ -315,6 +332,167 @@ fn after_redis_is_killed_and_restarted_the_nodes_reconnect_and_the_lobby_spans_t
     assert!(metric(&mut a, "chatd_cluster_redis_link_losses_total") >= 1.0);
 }
 
+/// A node killed with SIGKILL while a ROOM and a MATOU user are on it: its liveness key is
+/// not renewed, and within the lease the other node's ROOM and MATOU users are told each of
+/// them left, once; that node goes on serving.
+#[test]
+fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_lease() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    const LEASE_MS: u64 = 500;
+    let lease = ["--cluster-lease-ms", "500"];
+    let flags = &["--room-port", "--matou-port"];
+    let mut a = node_with(&redis, "node-a", flags, &lease);
+    let b = node_with(&redis, "node-b", flags, &lease);
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    let mut mae = Matou::sign_in_at(addr(&a, "--matou-port"), "mae");
+    rui.expect(b"b'mae' esta conectado ao chat");
+    let rob = Client::join(addr(&b, "--room-port"), "rob");
+    let mia = Matou::sign_in_at(addr(&b, "--matou-port"), "mia");
+    rui.expect(b"b'rob' esta conectado ao chat");
+    rui.expect(b"b'mia' esta conectado ao chat");
+    mae.expect_notify(3, "rob");
+    mae.expect_notify(3, "mia");
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 2.0);
+
+    // Dropping a Chatd kills it with SIGKILL (Child::kill): no goodbye reaches Redis.
+    drop(b);
+    let killed = std::time::Instant::now();
+    rui.expect(b"b'rob' acabou de sair do chat!");
+    rui.expect(b"b'mia' acabou de sair do chat!");
+    mae.expect_notify(16, "rob");
+    mae.expect_notify(16, "mia");
+    let took = killed.elapsed();
+    eprintln!("leavings announced {} ms after the kill", took.as_millis());
+    // The key expires at most three quarters of a lease after B's last renewal, and A lists
+    // the keys every quarter lease: within the lease (about 470 ms here). The bound allows a
+    // loaded machine's scheduling, and stays far below "never" (common::WAIT).
+    assert!(
+        took < Duration::from_millis(2 * LEASE_MS),
+        "announced {} ms after the kill",
+        took.as_millis()
+    );
+    a.stderr.wait_for("cluster: node node-b (incarnation ");
+    a.stderr
+        .wait_for("is gone (its lease lapsed): 2 lobby members announced gone");
+    assert_eq!(metric(&mut a, "chatd_cluster_nodes_lapsed_total"), 1.0);
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 0.0);
+
+    // A goes on serving, and each leaving was announced once.
+    rui.send(b"rui: still here\n");
+    rui.expect(b"rui: still here\n");
+    mae.expect_broadcast("rui", "still here");
+    rui.expect_nothing_for(Duration::from_millis(2 * LEASE_MS));
+    mae.expect_nothing_for(Duration::from_millis(50));
+    drop((rob, mia));
+}
+
+/// A node killed and started again under the same name, long before its lease could lapse:
+/// its first event is from a new incarnation, which ends the old one, so the other node's
+/// users are told the old node's users left, then hear of the new node's users.
+#[test]
+fn a_node_restarted_under_its_name_is_a_new_node_and_its_old_users_are_announced_gone() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // A lease far longer than the test: only the new incarnation can end the old one.
+    let lease = ["--cluster-lease-ms", "600000"];
+    let mut a = node_with(&redis, "node-a", &["--room-port"], &lease);
+    let b = node_with(&redis, "node-b", &["--room-port"], &lease);
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    let rob = Client::join(addr(&b, "--room-port"), "rob");
+    rui.expect(b"b'rob' esta conectado ao chat");
+
+    // SIGKILL (Child::kill) before rob's connection closes (no leave reaches Redis), then
+    // node-b again: a new process, a new incarnation.
+    drop(b);
+    drop(rob);
+    let b = node_with(&redis, "node-b", &["--room-port"], &lease);
+    let _neo = Client::join(addr(&b, "--room-port"), "neo");
+    rui.expect(b"b'rob' acabou de sair do chat!");
+    rui.expect(b"b'neo' esta conectado ao chat");
+    a.stderr
+        .wait_for("is gone (it restarted): 1 lobby members announced gone");
+    assert_eq!(metric(&mut a, "chatd_cluster_nodes_lapsed_total"), 1.0);
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 1.0);
+    rui.expect_nothing_for(Duration::from_millis(200));
+}
+
+/// Redis frozen (SIGSTOP): no error reaches the nodes, only silence. Each node's subscriber
+/// PINGs a quiet Redis and takes no answer within its deadline (a quarter lease here) for a
+/// lost link: it logs it (with how long Redis has been silent), the gauge says so, and local
+/// users are served. After SIGCONT both resubscribe, the lobby spans them again, and nobody
+/// was taken for gone: the keys that lapsed while Redis was frozen are no news until every
+/// node had two leases to set its key again.
+#[test]
+fn a_frozen_redis_is_noticed_local_users_are_served_and_the_nodes_resume_after_it_thaws() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    const LEASE_MS: u64 = 500;
+    let lease = ["--cluster-lease-ms", "500"];
+    let mut a = node_with(&redis, "node-a", &["--room-port"], &lease);
+    let mut b = node_with(&redis, "node-b", &["--room-port"], &lease);
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    wait_received(&mut b, 1.0);
+    let mut rob = Client::join(addr(&b, "--room-port"), "rob");
+    rui.expect(b"b'rob' esta conectado ao chat");
+
+    redis.signal("-STOP");
+    for node in [&mut a, &mut b] {
+        node.stderr.wait_for(
+            "cluster: the subscriber's link to Redis is down (no answer to PING within 125 ms",
+        );
+        assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 1.0);
+    }
+    // Local users are served meanwhile; the reactor never waits for Redis.
+    rob.send(b"rob: alone\n");
+    rob.expect(b"rob: alone\n");
+    rui.send(b"rui: alone\n");
+    rui.expect(b"rui: alone\n");
+
+    redis.signal("-CONT");
+    for node in [&mut a, &mut b] {
+        node.stderr
+            .wait_for("cluster: the subscriber's link to Redis is back after");
+    }
+    // A line said while Redis was frozen may cross after it thawed, or not (it is lost, and
+    // counted); nothing else may come (a leave notice would).
+    let mut late_at_rob = Some(&b"rui: alone"[..]);
+    let mut late_at_rui = Some(&b"rob: alone"[..]);
+    rob.send(b"rob: after\n");
+    read_through_skipping(&mut rob, b"rob: after\n", &mut late_at_rob);
+    read_through_skipping(&mut rui, b"rob: after", &mut late_at_rui);
+    rui.send(b"rui: after\n");
+    read_through_skipping(&mut rui, b"rui: after\n", &mut late_at_rui);
+    read_through_skipping(&mut rob, b"rui: after", &mut late_at_rob);
+    // Past the grace after the link's return: still nobody announced gone.
+    rui.expect_nothing_for(Duration::from_millis(4 * LEASE_MS));
+    rob.expect_nothing_for(Duration::from_millis(50));
+    for node in [&mut a, &mut b] {
+        assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 0.0);
+        assert_eq!(metric(node, "chatd_cluster_nodes_lapsed_total"), 0.0);
+    }
+}
+
+/// Reads up to and including `needle`; before it may come `late` (a line that may or may
+/// not cross, at most once), then taken, and nothing else.
+fn read_through_skipping(client: &mut Client, needle: &[u8], late: &mut Option<&[u8]>) {
+    let heard = client.read_through(needle);
+    let before = &heard[..heard.len() - needle.len()];
+    if before.is_empty() {
+        return;
+    }
+    assert_eq!(
+        Some(before),
+        late.take(),
+        "unexpected before {:?}: {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(before)
+    );
+}
+
 /// Redis unreachable at start: a clear error and exit status 1, before listening.
 #[test]
 fn an_unreachable_redis_at_start_is_a_clear_error_and_exit_status_1() {
@@ -334,7 +512,7 @@ fn an_unreachable_redis_at_start_is_a_clear_error_and_exit_status_1() {
     );
 }
 
-/// A bad URL or node name is refused at start.
+/// A bad URL, node name or lease is refused at start.
 #[test]
 fn a_bad_cluster_url_or_node_name_is_refused() {
     for (args, want) in [
@@ -351,6 +529,15 @@ fn a_bad_cluster_url_or_node_name_is_refused() {
         (
             vec!["--cluster", "redis://127.0.0.1:1", "--isolate"],
             "--isolate",
+        ),
+        (
+            vec![
+                "--cluster",
+                "redis://127.0.0.1:1",
+                "--cluster-lease-ms",
+                "3",
+            ],
+            "--cluster-lease-ms: at least 4 ms, not 3",
         ),
     ] {
         let output = chatd::command(&[("--room-port", chatd::free_tcp_port())])

@@ -12,12 +12,19 @@
 //! restarted under the same name starts afresh) and a sequence number: [`Cluster::try_recv`]
 //! drops this node's own events (Redis echoes them to its subscriber) and anything not newer
 //! than the last seen from that node, so nothing is delivered twice.
+//!
+//! Liveness (`liveness`): the publisher renews this node's key with a Redis expiry every
+//! quarter lease and lists the other nodes' keys; the reactor's side keeps which remote lobby
+//! members belong to which node and, when a node's key is gone (or it restarted), hands the
+//! hub their leaving, once. The subscriber PINGs a quiet Redis with a deadline, so a frozen
+//! one is a lost link, not silence for ever.
 
 pub mod codec;
+pub mod liveness;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,7 +43,12 @@ const OUTGOING_MAX: usize = 65_536;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the subscriber looks up from a quiet channel to notice shutdown.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a Redis command may take before its link is taken for lost (a quarter lease
+/// when that is shorter: a stalled Redis must be noticed within the lease).
+const COMMAND_TIMEOUT_MAX: Duration = Duration::from_secs(2);
+const COMMAND_TIMEOUT_MIN: Duration = Duration::from_millis(50);
+/// Default `--cluster-lease-ms`.
+pub const LEASE_MS_DEFAULT: u64 = 3000;
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +57,24 @@ pub struct ClusterConfig {
     pub url: String,
     /// This node's name (`--node-name`), at most [`codec::NODE_NAME_BYTES_MAX`] bytes.
     pub node_name: String,
+    /// `--cluster-lease-ms`: a node silent this long (its liveness key not renewed) is taken
+    /// for dead, and its lobby members are announced gone.
+    pub lease_ms: u64,
+}
+
+impl ClusterConfig {
+    fn command_timeout(&self) -> Duration {
+        (Duration::from_millis(self.lease_ms) / 4).clamp(COMMAND_TIMEOUT_MIN, COMMAND_TIMEOUT_MAX)
+    }
+}
+
+/// What the Redis threads hand the reactor.
+#[derive(Debug)]
+enum Incoming {
+    /// An event on the lobby channel (the subscriber).
+    Event(Envelope),
+    /// The nodes whose liveness keys exist now (the publisher, at a renewal).
+    Live(Vec<liveness::NodeId>),
 }
 
 /// A name unique per process: host, pid and a random number.
@@ -78,6 +108,7 @@ fn random_u64() -> u64 {
 pub enum ClusterError {
     Url(String),
     NodeName(String),
+    Lease(String),
     Connect(String),
 }
 
@@ -86,6 +117,7 @@ impl std::fmt::Display for ClusterError {
         match self {
             ClusterError::Url(err) => write!(f, "--cluster: {err}"),
             ClusterError::NodeName(err) => write!(f, "--node-name: {err}"),
+            ClusterError::Lease(err) => write!(f, "--cluster-lease-ms: {err}"),
             ClusterError::Connect(err) => write!(f, "cannot join the cluster: {err}"),
         }
     }
@@ -110,6 +142,8 @@ pub struct ClusterStats {
     pub links_down: AtomicU64,
     /// Times a Redis connection was lost.
     pub link_losses: AtomicU64,
+    /// Other nodes taken for dead (their lease lapsed, or a new incarnation replaced them).
+    pub nodes_lapsed: AtomicU64,
 }
 
 /// The reactor's side of the cluster.
@@ -118,7 +152,11 @@ pub struct Cluster {
     incarnation: u64,
     next_seq: u64,
     outgoing: Option<SyncSender<Bytes>>,
-    incoming: Receiver<Envelope>,
+    incoming: Receiver<Incoming>,
+    /// Each other node's lobby members, to announce them gone when it dies.
+    members: liveness::Members,
+    /// Leavings of lapsed nodes' members, handed out before anything else.
+    lapsed_left: VecDeque<HubEvent>,
     /// Set by the subscriber when it queued something and woke the reactor; cleared before
     /// draining, so a burst costs one wake.
     pending: Arc<AtomicBool>,
@@ -135,7 +173,7 @@ impl Cluster {
     /// reconnect on their own.
     pub fn connect(
         config: &ClusterConfig,
-        wake: Box<dyn Fn() + Send>,
+        wake: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Cluster, ClusterError> {
         let node = config.node_name.as_bytes();
         if node.is_empty() || node.len() > codec::NODE_NAME_BYTES_MAX {
@@ -147,19 +185,42 @@ impl Cluster {
         }
         let client = redis::Client::open(config.url.as_str())
             .map_err(|err| ClusterError::Url(err.to_string()))?;
-        let publisher = publisher_connection(&client)
+        if config.lease_ms < 4 {
+            return Err(ClusterError::Lease(format!(
+                "at least 4 ms, not {}",
+                config.lease_ms
+            )));
+        }
+        let command_timeout = config.command_timeout();
+        let incarnation = random_u64();
+        let key = liveness::node_key(node, incarnation);
+        let mut publisher = publisher_connection(&client, command_timeout)
+            .map_err(|err| ClusterError::Connect(format!("{}: {err}", config.url)))?;
+        // The key exists before this node publishes anything: a node that lists the live
+        // nodes after receiving this node's first event finds it.
+        let first_live = renew_and_list(&mut publisher, &key, config.lease_ms)
             .map_err(|err| ClusterError::Connect(format!("{}: {err}", config.url)))?;
         let stats = Arc::new(ClusterStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicBool::new(false));
         let (outgoing, outgoing_rx) = mpsc::sync_channel::<Bytes>(OUTGOING_MAX);
         let (incoming_tx, incoming) = mpsc::channel();
+        let _ = incoming_tx.send(Incoming::Live(first_live));
         let publish_thread = {
-            let client = client.clone();
-            let stats = Arc::clone(&stats);
+            let publisher_thread = Publisher {
+                client: client.clone(),
+                conn: Some(publisher),
+                command_timeout,
+                key,
+                lease_ms: config.lease_ms,
+                incoming: incoming_tx.clone(),
+                pending: Arc::clone(&pending),
+                wake: Arc::clone(&wake),
+                stats: Arc::clone(&stats),
+            };
             std::thread::Builder::new()
                 .name("cluster-pub".into())
-                .spawn(move || run_publisher(client, publisher, outgoing_rx, &stats))
+                .spawn(move || publisher_thread.run(outgoing_rx))
                 .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?
         };
         // The subscriber's first subscription is made on its thread (a `PubSub` borrows its
@@ -170,11 +231,14 @@ impl Cluster {
             let stats = Arc::clone(&stats);
             let stop = Arc::clone(&stop);
             let pending = Arc::clone(&pending);
+            let config_lease_ms = config.lease_ms;
             std::thread::Builder::new()
                 .name("cluster-sub".into())
                 .spawn(move || {
                     let subscriber = Subscriber {
                         incoming: incoming_tx,
+                        ping_every: Duration::from_millis(config_lease_ms / 4),
+                        ping_timeout: command_timeout,
                         pending: &pending,
                         wake: &*wake,
                         stats: &stats,
@@ -201,10 +265,12 @@ impl Cluster {
         );
         Ok(Cluster {
             node: Bytes::copy_from_slice(node),
-            incarnation: random_u64(),
+            incarnation,
             next_seq: 1,
             outgoing: Some(outgoing),
             incoming,
+            members: liveness::Members::default(),
+            lapsed_left: VecDeque::new(),
             pending,
             last_seen: HashMap::new(),
             stats,
@@ -233,6 +299,8 @@ impl Cluster {
             malformed: load(&stats.malformed),
             link_down: stats.links_down.load(Ordering::Acquire) > 0,
             link_losses: load(&stats.link_losses),
+            nodes_lapsed: load(&stats.nodes_lapsed),
+            remote_lobby_members: self.members.count() as u64,
         }
     }
 
@@ -264,11 +332,21 @@ impl Cluster {
 
     /// The next event from another node, not seen before. Own events and repeats are
     /// dropped here.
+    /// The leavings of the members of nodes taken for dead come out here too, once each.
     pub fn try_recv(&mut self) -> Option<HubEvent> {
         self.pending.store(false, Ordering::Release);
         loop {
+            if let Some(left) = self.lapsed_left.pop_front() {
+                return Some(left);
+            }
             let envelope = match self.incoming.try_recv() {
-                Ok(envelope) => envelope,
+                Ok(Incoming::Event(envelope)) => envelope,
+                Ok(Incoming::Live(live)) => {
+                    for lapsed in self.members.on_live(&live) {
+                        self.lapsed(lapsed, "its lease lapsed");
+                    }
+                    continue;
+                }
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return None,
             };
             if envelope.node == self.node && envelope.incarnation == self.incarnation {
@@ -279,8 +357,27 @@ impl Cluster {
                 continue;
             }
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            return Some(envelope.event);
+            let node = (envelope.node, envelope.incarnation);
+            if let Some(lapsed) = self.members.on_event(&node, &envelope.event) {
+                self.lapsed(lapsed, "it restarted");
+            }
+            if self.lapsed_left.is_empty() {
+                return Some(envelope.event);
+            }
+            // The previous incarnation's members leave before the new one's event.
+            self.lapsed_left.push_back(envelope.event);
         }
+    }
+
+    fn lapsed(&mut self, lapsed: liveness::Lapsed, why: &str) {
+        self.stats.nodes_lapsed.fetch_add(1, Ordering::Relaxed);
+        let (name, incarnation) = &lapsed.node;
+        warn!(
+            "cluster: node {} (incarnation {incarnation:016x}) is gone ({why}): {} lobby members announced gone",
+            String::from_utf8_lossy(name),
+            lapsed.left.len()
+        );
+        self.lapsed_left.extend(lapsed.left);
     }
 
     /// Whether `envelope` is newer than anything seen from its node (a new incarnation starts
@@ -324,52 +421,128 @@ fn accept(last_seen: &mut HashMap<Bytes, (u64, u64)>, envelope: &Envelope) -> bo
 }
 
 /// The publishing connection, with deadlines: a Redis that stalls (stopped, or its host
-/// gone) is a lost link after `PUBLISH_TIMEOUT`, not a thread blocked for ever (the reactor
-/// would not block either way: it only ever `try_send`s to this thread).
-fn publisher_connection(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+/// gone) is a lost link after `timeout`, not a thread blocked for ever (the reactor would not
+/// block either way: it only ever `try_send`s to this thread).
+fn publisher_connection(
+    client: &redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<redis::Connection> {
     let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-    conn.set_read_timeout(Some(PUBLISH_TIMEOUT))?;
-    conn.set_write_timeout(Some(PUBLISH_TIMEOUT))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
     Ok(conn)
 }
 
-fn run_publisher(
-    client: redis::Client,
-    conn: redis::Connection,
-    outgoing: Receiver<Bytes>,
-    stats: &ClusterStats,
-) {
-    let mut conn = Some(conn);
-    let mut down_since: Option<Instant> = None;
-    let mut delay = Duration::from_millis(50);
-    // Ends when the reactor's side is dropped and everything queued was taken.
-    while let Ok(first) = outgoing.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match outgoing.try_recv() {
-                Ok(payload) => batch.push(payload),
-                Err(_) => break,
-            }
+/// Sets this node's liveness key for one more lease, and lists the live nodes' keys.
+fn renew_and_list(
+    conn: &mut redis::Connection,
+    key: &[u8],
+    lease_ms: u64,
+) -> redis::RedisResult<Vec<liveness::NodeId>> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(1)
+        .arg("PX")
+        .arg(liveness::LeaseSchedule::key_expiry_ms(lease_ms))
+        .query::<()>(conn)?;
+    let pattern = format!("{}*", liveness::NODE_KEY_PREFIX);
+    let mut live = Vec::new();
+    let mut cursor: u64 = 0;
+    // SCAN rather than KEYS: it does not hold Redis for the whole key space.
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)?;
+        live.extend(keys.iter().filter_map(|key| liveness::parse_node_key(key)));
+        if next == 0 {
+            return Ok(live);
         }
-        // A lost connection is retried once on a fresh one; a second failure drops the batch
-        // (counted) and waits before the next, so a Redis that refuses PUBLISH (or is gone)
-        // costs a connect attempt per delay, not a busy loop.
-        let mut sent = false;
-        for _attempt in 0..2 {
-            if conn.is_none() {
-                match publisher_connection(&client) {
-                    Ok(fresh) => conn = Some(fresh),
-                    Err(err) => {
-                        debug!("cluster: publisher reconnect failed: {err}");
-                        break;
+        cursor = next;
+    }
+}
+
+/// The publisher thread: publishes the reactor's events, renews this node's lease and hands
+/// the list of live nodes back.
+struct Publisher {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    command_timeout: Duration,
+    key: Vec<u8>,
+    lease_ms: u64,
+    incoming: mpsc::Sender<Incoming>,
+    pending: Arc<AtomicBool>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    stats: Arc<ClusterStats>,
+}
+
+impl Publisher {
+    fn run(mut self, outgoing: Receiver<Bytes>) {
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let mut schedule = liveness::LeaseSchedule::new(self.lease_ms, now_ms());
+        // Whether a link was lost since the last renewal: another node's key may have vanished
+        // with Redis meanwhile, so the next lists are not news for a while.
+        let mut lost = false;
+        let mut down_since: Option<Instant> = None;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let wait = Duration::from_millis(schedule.wait_ms(now_ms()));
+            let batch = match outgoing.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < 1024 {
+                        match outgoing.try_recv() {
+                            Ok(payload) => batch.push(payload),
+                            Err(_) => break,
+                        }
                     }
+                    Some(batch)
+                }
+                Err(RecvTimeoutError::Timeout) => None,
+                // The reactor's side is dropped and everything queued was taken.
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(batch) = batch {
+                if self.publish(&batch, &mut down_since, &mut lost) {
+                    delay = Duration::from_millis(50);
+                } else {
+                    // What waits meanwhile is bounded by the channel.
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(RECONNECT_DELAY_MAX);
                 }
             }
-            let Some(link) = conn.as_mut() else {
+            if std::mem::take(&mut lost) {
+                schedule.lost();
+            }
+            if schedule.due(now_ms()) {
+                self.renew(&mut schedule, now_ms(), &mut down_since);
+            }
+        }
+        // A clean stop: the other nodes need not wait for the lease.
+        if let Some(conn) = self.conn.as_mut() {
+            let _ = redis::cmd("DEL").arg(&self.key).query::<()>(conn);
+        }
+    }
+
+    /// A lost connection is retried once on a fresh one; a second failure drops the batch
+    /// (counted), and the caller waits before the next, so a Redis that refuses PUBLISH (or
+    /// is gone) costs a connect attempt per delay, not a busy loop.
+    fn publish(
+        &mut self,
+        batch: &[Bytes],
+        down_since: &mut Option<Instant>,
+        lost: &mut bool,
+    ) -> bool {
+        for _attempt in 0..2 {
+            let Some(link) = self.link() else {
                 break;
             };
             let mut pipe = redis::pipe();
-            for payload in &batch {
+            for payload in batch {
                 pipe.cmd("PUBLISH")
                     .arg(LOBBY_CHANNEL)
                     .arg(&payload[..])
@@ -377,40 +550,99 @@ fn run_publisher(
             }
             match pipe.query::<()>(link) {
                 Ok(()) => {
-                    sent = true;
-                    break;
+                    self.stats
+                        .published
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if let Some(since) = down_since.take() {
+                        link_up(&self.stats, "publisher", since);
+                    }
+                    return true;
                 }
                 Err(err) => {
-                    conn = None;
+                    self.conn = None;
+                    *lost = true;
                     if down_since.is_none() {
-                        down_since = Some(Instant::now());
-                        link_down(stats, "publisher", &err);
+                        *down_since = Some(Instant::now());
+                        link_down(&self.stats, "publisher", &err);
                     }
                 }
             }
         }
-        if sent {
-            stats
-                .published
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            if let Some(since) = down_since.take() {
-                link_up(stats, "publisher", since);
+        *lost = true;
+        self.stats
+            .publish_dropped
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        false
+    }
+
+    /// The connection, opened again if it was lost.
+    fn link(&mut self) -> Option<&mut redis::Connection> {
+        if self.conn.is_none() {
+            match publisher_connection(&self.client, self.command_timeout) {
+                Ok(fresh) => self.conn = Some(fresh),
+                Err(err) => debug!("cluster: publisher reconnect failed: {err}"),
             }
-            delay = Duration::from_millis(50);
-        } else {
-            // What waits meanwhile is bounded by the channel.
-            stats
-                .publish_dropped
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+        }
+        self.conn.as_mut()
+    }
+
+    fn renew(
+        &mut self,
+        schedule: &mut liveness::LeaseSchedule,
+        now_ms: u64,
+        down_since: &mut Option<Instant>,
+    ) {
+        let (key, lease_ms) = (self.key.clone(), self.lease_ms);
+        // A connection found broken (Redis restarted since the last command) is replaced at
+        // once: the key is set again now, not a quarter lease later.
+        let had_link = self.conn.is_some();
+        let mut result = match self.link() {
+            Some(link) => renew_and_list(link, &key, lease_ms),
+            None => {
+                schedule.failed(now_ms);
+                return;
+            }
+        };
+        if result.is_err() && had_link {
+            schedule.lost();
+            self.conn = None;
+            if let Some(link) = self.link() {
+                result = renew_and_list(link, &key, lease_ms);
+            }
+        }
+        match result {
+            Ok(live) => {
+                if let Some(since) = down_since.take() {
+                    link_up(&self.stats, "publisher", since);
+                }
+                // Right after Redis returns, other nodes may not have set their keys again:
+                // their absence would be no news.
+                if schedule.renewed(now_ms)
+                    && self.incoming.send(Incoming::Live(live)).is_ok()
+                    && !self.pending.swap(true, Ordering::AcqRel)
+                {
+                    (self.wake)();
+                }
+            }
+            Err(err) => {
+                self.conn = None;
+                schedule.failed(now_ms);
+                if down_since.is_none() {
+                    *down_since = Some(Instant::now());
+                    link_down(&self.stats, "publisher", &err);
+                }
+            }
         }
     }
 }
 
 /// The subscriber thread's state: what it hands events to, and the shared flags.
 struct Subscriber<'a> {
-    incoming: mpsc::Sender<Envelope>,
+    incoming: mpsc::Sender<Incoming>,
+    /// How often a quiet subscription asks Redis whether it is there, and how long the answer
+    /// may take: a stalled Redis (SIGSTOP) sends no error, only silence.
+    ping_every: Duration,
+    ping_timeout: Duration,
     pending: &'a AtomicBool,
     wake: &'a dyn Fn(),
     stats: &'a ClusterStats,
@@ -420,7 +652,7 @@ struct Subscriber<'a> {
 /// How a subscribed connection ended.
 enum Ended {
     Stopped,
-    Lost(redis::RedisError),
+    Lost(String),
 }
 
 impl Subscriber<'_> {
@@ -446,7 +678,7 @@ impl Subscriber<'_> {
             };
             let mut pubsub = conn.as_pubsub();
             let subscribed = pubsub
-                .set_read_timeout(Some(READ_TIMEOUT))
+                .set_read_timeout(Some(self.read_timeout()))
                 .and_then(|()| pubsub.subscribe(LOBBY_CHANNEL));
             if let Err(err) = subscribed {
                 if let Some(started) = started.take() {
@@ -478,12 +710,22 @@ impl Subscriber<'_> {
     }
 
     fn read(&self, pubsub: &mut redis::PubSub<'_>) -> Ended {
+        let mut heard = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             let message = match pubsub.get_message() {
                 Ok(message) => message,
-                Err(err) if err.is_timeout() => continue,
-                Err(err) => return Ended::Lost(err),
+                Err(err) if err.is_timeout() => {
+                    if heard.elapsed() >= self.ping_every {
+                        if let Err(lost) = self.ping(pubsub, heard) {
+                            return lost;
+                        }
+                        heard = Instant::now();
+                    }
+                    continue;
+                }
+                Err(err) => return Ended::Lost(err.to_string()),
             };
+            heard = Instant::now();
             let payload: Vec<u8> = match message.get_payload() {
                 Ok(payload) => payload,
                 Err(_) => {
@@ -493,7 +735,7 @@ impl Subscriber<'_> {
             };
             match codec::decode(Bytes::from(payload)) {
                 Ok(envelope) => {
-                    if self.incoming.send(envelope).is_err() {
+                    if self.incoming.send(Incoming::Event(envelope)).is_err() {
                         return Ended::Stopped;
                     }
                     if !self.pending.swap(true, Ordering::AcqRel) {
@@ -508,9 +750,29 @@ impl Subscriber<'_> {
         }
         Ended::Stopped
     }
+
+    /// A quiet subscription: is Redis still there? No answer within `ping_timeout` is a lost
+    /// link (the connection is dropped: a late reply would be out of step).
+    fn ping(&self, pubsub: &mut redis::PubSub<'_>, heard: Instant) -> Result<(), Ended> {
+        let asked = pubsub
+            .set_read_timeout(Some(self.ping_timeout))
+            .and_then(|()| pubsub.ping::<()>())
+            .and_then(|()| pubsub.set_read_timeout(Some(self.read_timeout())));
+        asked.map_err(|err| {
+            Ended::Lost(format!(
+                "no answer to PING within {} ms ({err}); last heard from Redis {} ms ago",
+                self.ping_timeout.as_millis(),
+                heard.elapsed().as_millis()
+            ))
+        })
+    }
+
+    fn read_timeout(&self) -> Duration {
+        READ_TIMEOUT.min(self.ping_every)
+    }
 }
 
-fn link_down(stats: &ClusterStats, which: &str, err: &redis::RedisError) {
+fn link_down(stats: &ClusterStats, which: &str, err: &dyn std::fmt::Display) {
     stats.links_down.fetch_add(1, Ordering::AcqRel);
     stats.link_losses.fetch_add(1, Ordering::Relaxed);
     warn!(

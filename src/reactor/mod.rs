@@ -363,7 +363,7 @@ impl Server {
         let mut services = Services::new(&config, 0, wake).map_err(StartError::Store)?;
         if let Some(cluster_config) = &config.cluster {
             let cluster_waker = Arc::clone(&waker);
-            let wake = Box::new(move || {
+            let wake = Arc::new(move || {
                 if let Err(err) = cluster_waker.wake() {
                     warn!("cannot wake the reactor for cluster events: {err}");
                 }
