@@ -18,24 +18,30 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::args::resolve_loopback;
+use crate::bin24::args::{
+    BIN24_BODY_BYTES_MAX, BIN24_BODY_BYTES_MIN, BIN24_DRAIN_DEFAULT, BIN24_MESSAGES_MAX,
+};
 use crate::bin24::topology::{self, Pattern};
 use crate::bin24::{self, Bin24Config};
+use crate::ccm::args::{CCM_CONTENT_BYTES_MAX, CCM_CONTENT_BYTES_MIN, CCM_DRAIN_DEFAULT};
 use crate::ccm::{self, CcmConfig};
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
+use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
 use crate::lobby::{self, LobbyConfig};
+use crate::matou::args::MATOU_DRAIN_DEFAULT;
 use crate::matou::{self, MatouConfig};
+use crate::ocm::args::{
+    OCM_DELIVERIES_PER_S_MAX, OCM_DRAIN_DEFAULT, OCM_RECV_BUFFER_DEFAULT, OCM_ROOM_RATE_MAX,
+};
 use crate::ocm::{self, OcmConfig};
 use crate::registry::{InMix, Protocol, Row};
 use crate::report::ScenarioReport;
+use crate::room::args::{MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN, ROOM_DRAIN_DEFAULT};
 use crate::room::{self, RoomConfig, Wire};
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
     check_common, create_json, deliver_report, discard_json, limits, refuse, run_id, CommonArgs,
-    BIN24_BODY_BYTES_MAX, BIN24_BODY_BYTES_MIN, BIN24_DRAIN_DEFAULT, BIN24_MESSAGES_MAX,
-    CCM_CONTENT_BYTES_MAX, CCM_CONTENT_BYTES_MIN, CCM_DRAIN_DEFAULT, LOBBY_DRAIN_DEFAULT,
-    MATOU_DRAIN_DEFAULT, MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN, OCM_DELIVERIES_PER_S_MAX,
-    OCM_DRAIN_DEFAULT, OCM_RECV_BUFFER_DEFAULT, OCM_ROOM_RATE_MAX, RATE_PER_S_MAX,
-    ROOM_DRAIN_DEFAULT, SENDERS_MAX, SPARE_FILES,
+    RATE_PER_S_MAX, SENDERS_MAX, SPARE_FILES,
 };
 use crate::{hgrm, plot};
 
