@@ -335,13 +335,13 @@ fn run_churn(args: ChurnArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.scenario {
-        Scenario::Room(args) => room::args::run_room(args),
-        Scenario::Resp(args) => room::args::run_resp(args),
-        Scenario::Bin24(args) => bin24::args::run(args),
-        Scenario::Ccm(args) => ccm::args::run(args),
-        Scenario::Ocm(args) => ocm::args::run(args),
-        Scenario::Matou(args) => matou::args::run(args),
-        Scenario::Lobby(args) => lobby::args::run(args),
+        Scenario::Room(args) => registry::run_args(&args),
+        Scenario::Resp(args) => registry::run_args(&args),
+        Scenario::Bin24(args) => registry::run_args(&args),
+        Scenario::Ccm(args) => registry::run_args(&args),
+        Scenario::Ocm(args) => registry::run_args(&args),
+        Scenario::Matou(args) => registry::run_args(&args),
+        Scenario::Lobby(args) => registry::run_args(&args),
         Scenario::Churn(args) => run_churn(args),
         Scenario::Mix(args) => mix::run_mix(args),
     }

@@ -242,3 +242,24 @@ pub fn run_single<K: ScenarioKind>(
     let (plotted, diagnostic) = K::histograms(&outcome);
     outputs.deliver(K::file_name(cfg), title, &plotted, &diagnostic, &report)
 }
+
+/// What a subcommand's flags give [`run_single`]: the config, the sockets the run needs (for
+/// the open-files limit) and the plot's title.
+pub type Single<K> = (<K as ScenarioKind>::Config, u64, String);
+
+/// A single-protocol subcommand's flags, checked and turned into its scenario's config in the
+/// scenario's own folder (`<proto>/args.rs`).
+pub trait ScenarioArgs {
+    type Kind: ScenarioKind;
+    fn common(&self) -> &crate::CommonArgs;
+    /// The run these flags ask for, or why they cannot run (exit 2).
+    fn config(&self) -> Result<Single<Self::Kind>, String>;
+}
+
+/// A single-protocol subcommand, from its flags to its exit code.
+pub fn run_args<A: ScenarioArgs>(args: &A) -> ExitCode {
+    match args.config() {
+        Ok((cfg, files, title)) => run_single::<A::Kind>(args.common(), &cfg, files, title),
+        Err(why) => crate::refuse(why),
+    }
+}

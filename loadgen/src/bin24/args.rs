@@ -1,7 +1,6 @@
 //! `loadgen bin24`'s flags and their translation into the BIN24 scenario's config.
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
@@ -9,7 +8,8 @@ use clap::Args;
 use crate::args::resolve_loopback;
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{self, Bin24Config, STAMP_BYTES};
-use crate::{check_common, refuse, registry, run_id, CommonArgs, RATE_PER_S_MAX};
+use crate::registry::{ScenarioArgs, Single};
+use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX};
 
 /// Default `--drain`: more than the server's 3 s answer timeout, so a recipient the server
 /// gives up on still has its messages answered "300" within the drain.
@@ -62,65 +62,66 @@ pub(crate) struct Bin24Args {
     common: CommonArgs,
 }
 
-pub(crate) fn run(args: Bin24Args) -> ExitCode {
-    let common = &args.common;
-    if let Err(why) = check_common(common) {
-        return refuse(why);
+impl ScenarioArgs for Bin24Args {
+    type Kind = bin24::Bin24;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    let users = args.users as usize;
-    let pattern = if args.ring {
-        Pattern::Ring
-    } else {
-        Pattern::Pairs
-    };
-    if let Err(why) = pattern.check(users) {
-        return refuse(why);
-    }
-    if !(0.0..1.0).contains(&args.offline_share) {
-        return refuse("--offline-share must be at least 0 and below 1");
-    }
-    if topology::offline_count(users, args.offline_share) >= users {
-        return refuse("--offline-share leaves no user online to send");
-    }
-    if !(BIN24_BODY_BYTES_MIN..=BIN24_BODY_BYTES_MAX).contains(&args.payload_bytes) {
-        return refuse(format!(
-            "--payload-bytes must be between {BIN24_BODY_BYTES_MIN} (the stamp) and \
+
+    fn config(&self) -> Result<Single<bin24::Bin24>, String> {
+        let common = &self.common;
+        check_common(common)?;
+        let users = self.users as usize;
+        let pattern = if self.ring {
+            Pattern::Ring
+        } else {
+            Pattern::Pairs
+        };
+        pattern.check(users)?;
+        if !(0.0..1.0).contains(&self.offline_share) {
+            return Err("--offline-share must be at least 0 and below 1".into());
+        }
+        if topology::offline_count(users, self.offline_share) >= users {
+            return Err("--offline-share leaves no user online to send".into());
+        }
+        if !(BIN24_BODY_BYTES_MIN..=BIN24_BODY_BYTES_MAX).contains(&self.payload_bytes) {
+            return Err(format!(
+                "--payload-bytes must be between {BIN24_BODY_BYTES_MIN} (the stamp) and \
              {BIN24_BODY_BYTES_MAX} (the largest BIN24 body)"
-        ));
-    }
-    let drain = common.drain.unwrap_or(BIN24_DRAIN_DEFAULT);
-    let window_us = (common.warmup + common.duration).as_micros();
-    let planned = (window_us * u128::from(args.rate)).div_ceil(1_000_000);
-    if planned > u128::from(BIN24_MESSAGES_MAX) {
-        return refuse(format!(
-            "--rate x (--warmup + --duration) plans {planned} messages; at most \
+            ));
+        }
+        let drain = common.drain.unwrap_or(BIN24_DRAIN_DEFAULT);
+        let window_us = (common.warmup + common.duration).as_micros();
+        let planned = (window_us * u128::from(self.rate)).div_ceil(1_000_000);
+        if planned > u128::from(BIN24_MESSAGES_MAX) {
+            return Err(format!(
+                "--rate x (--warmup + --duration) plans {planned} messages; at most \
              {BIN24_MESSAGES_MAX} (every message is tracked until it is accounted for)"
-        ));
+            ));
+        }
+        let target = resolve_loopback(&common.host, self.port)?;
+        let cfg = Bin24Config {
+            target,
+            users,
+            pattern,
+            offline: topology::choose_offline(users, self.offline_share, common.seed),
+            rate_per_s: self.rate,
+            duration_us: common.duration.as_micros() as u64,
+            warmup_us: common.warmup.as_micros() as u64,
+            drain_us: drain.as_micros() as u64,
+            body_bytes: self.payload_bytes,
+            connect_rate_per_s: common.connect_rate,
+            run_id: run_id(),
+            progress: std::io::stderr().is_terminal(),
+        };
+        let title = format!(
+            "BIN24: {users} users ({pattern:?}), {}% offline, {} msg/s, {} B, {:?}",
+            self.offline_share * 100.0,
+            self.rate,
+            self.payload_bytes,
+            common.duration
+        );
+        Ok((cfg, users as u64, title))
     }
-    let target = match resolve_loopback(&common.host, args.port) {
-        Ok(target) => target,
-        Err(why) => return refuse(why),
-    };
-    let cfg = Bin24Config {
-        target,
-        users,
-        pattern,
-        offline: topology::choose_offline(users, args.offline_share, common.seed),
-        rate_per_s: args.rate,
-        duration_us: common.duration.as_micros() as u64,
-        warmup_us: common.warmup.as_micros() as u64,
-        drain_us: drain.as_micros() as u64,
-        body_bytes: args.payload_bytes,
-        connect_rate_per_s: common.connect_rate,
-        run_id: run_id(),
-        progress: std::io::stderr().is_terminal(),
-    };
-    let title = format!(
-        "BIN24: {users} users ({pattern:?}), {}% offline, {} msg/s, {} B, {:?}",
-        args.offline_share * 100.0,
-        args.rate,
-        args.payload_bytes,
-        common.duration
-    );
-    registry::run_single::<bin24::Bin24>(common, &cfg, users as u64, title)
 }

@@ -1,7 +1,6 @@
 //! `loadgen ccm`'s flags and their translation into the CCM scenario's config.
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
@@ -9,7 +8,8 @@ use clap::Args;
 use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{Pattern, USERS_MAX};
 use crate::ccm::{self, CcmConfig};
-use crate::{check_common, refuse, registry, run_id, CommonArgs, RATE_PER_S_MAX, WARMUP_MAX};
+use crate::registry::{ScenarioArgs, Single};
+use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX, WARMUP_MAX};
 
 /// Default `--drain`.
 pub(crate) const CCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -63,55 +63,56 @@ pub(crate) struct CcmArgs {
     common: CommonArgs,
 }
 
-pub(crate) fn run(args: CcmArgs) -> ExitCode {
-    let common = &args.common;
-    if let Err(why) = check_common(common) {
-        return refuse(why);
+impl ScenarioArgs for CcmArgs {
+    type Kind = ccm::Ccm;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    let users = args.users as usize;
-    let pattern = if args.ring {
-        Pattern::Ring
-    } else {
-        Pattern::Pairs
-    };
-    if let Err(why) = pattern.check(users) {
-        return refuse(why);
-    }
-    if !(0.0..=1.0).contains(&args.silent_share) {
-        return refuse("--silent-share must be between 0 and 1");
-    }
-    if args.silent_wait > WARMUP_MAX {
-        return refuse("--silent-wait must be at most 10m");
-    }
-    if !(CCM_CONTENT_BYTES_MIN..=CCM_CONTENT_BYTES_MAX).contains(&args.payload_bytes) {
-        return refuse(format!(
-            "--payload-bytes must be between {CCM_CONTENT_BYTES_MIN} (the stamp) and \
+
+    fn config(&self) -> Result<Single<ccm::Ccm>, String> {
+        let common = &self.common;
+        check_common(common)?;
+        let users = self.users as usize;
+        let pattern = if self.ring {
+            Pattern::Ring
+        } else {
+            Pattern::Pairs
+        };
+        pattern.check(users)?;
+        if !(0.0..=1.0).contains(&self.silent_share) {
+            return Err("--silent-share must be between 0 and 1".into());
+        }
+        if self.silent_wait > WARMUP_MAX {
+            return Err("--silent-wait must be at most 10m".into());
+        }
+        if !(CCM_CONTENT_BYTES_MIN..=CCM_CONTENT_BYTES_MAX).contains(&self.payload_bytes) {
+            return Err(format!(
+                "--payload-bytes must be between {CCM_CONTENT_BYTES_MIN} (the stamp) and \
              {CCM_CONTENT_BYTES_MAX}"
-        ));
+            ));
+        }
+        let silent = ccm::silent_count(users, self.silent_share);
+        let target = resolve_loopback(&common.host, self.port)?;
+        let cfg = CcmConfig {
+            target,
+            users,
+            pattern,
+            silent,
+            rate_per_s: self.rate,
+            duration_us: common.duration.as_micros() as u64,
+            warmup_us: common.warmup.as_micros() as u64,
+            drain_us: common.drain.unwrap_or(CCM_DRAIN_DEFAULT).as_micros() as u64,
+            silent_wait_us: self.silent_wait.as_micros() as u64,
+            content_bytes: self.payload_bytes,
+            connect_rate_per_s: common.connect_rate,
+            run_id: run_id(),
+            progress: std::io::stderr().is_terminal(),
+        };
+        let title = format!(
+            "CCM: {users} users ({pattern:?}), {silent} silent, {} msg/s, {} B, {:?}",
+            self.rate, self.payload_bytes, common.duration
+        );
+        Ok((cfg, (users + silent) as u64, title))
     }
-    let silent = ccm::silent_count(users, args.silent_share);
-    let target = match resolve_loopback(&common.host, args.port) {
-        Ok(target) => target,
-        Err(why) => return refuse(why),
-    };
-    let cfg = CcmConfig {
-        target,
-        users,
-        pattern,
-        silent,
-        rate_per_s: args.rate,
-        duration_us: common.duration.as_micros() as u64,
-        warmup_us: common.warmup.as_micros() as u64,
-        drain_us: common.drain.unwrap_or(CCM_DRAIN_DEFAULT).as_micros() as u64,
-        silent_wait_us: args.silent_wait.as_micros() as u64,
-        content_bytes: args.payload_bytes,
-        connect_rate_per_s: common.connect_rate,
-        run_id: run_id(),
-        progress: std::io::stderr().is_terminal(),
-    };
-    let title = format!(
-        "CCM: {users} users ({pattern:?}), {silent} silent, {} msg/s, {} B, {:?}",
-        args.rate, args.payload_bytes, common.duration
-    );
-    registry::run_single::<ccm::Ccm>(common, &cfg, (users + silent) as u64, title)
 }

@@ -1,7 +1,6 @@
 //! `loadgen lobby`'s flags and their translation into the LOBBY scenario's config.
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
@@ -9,7 +8,8 @@ use clap::Args;
 use crate::args::resolve_loopback;
 use crate::lobby;
 use crate::ocm::args::{OCM_RECV_BUFFER_DEFAULT, OCM_RECV_BUFFER_MAX};
-use crate::{check_common, refuse, registry, run_id, CommonArgs, RATE_PER_S_MAX};
+use crate::registry::{ScenarioArgs, Single};
+use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX};
 
 /// Default `--drain`.
 pub(crate) const LOBBY_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -72,81 +72,81 @@ pub(crate) struct LobbyArgs {
     common: CommonArgs,
 }
 
-pub(crate) fn run(args: LobbyArgs) -> ExitCode {
-    let common = &args.common;
-    if let Err(why) = check_common(common) {
-        return refuse(why);
+impl ScenarioArgs for LobbyArgs {
+    type Kind = lobby::Lobby;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    let members = [args.room, args.matou, args.ccm, args.ocm].map(|n| n as usize);
-    let total: usize = members.iter().sum();
-    if !(2..=lobby::MEMBERS_MAX).contains(&total) {
-        return refuse(format!(
-            "--room + --matou + --ccm + --ocm is {total}; from 2 to {} members in all",
-            lobby::MEMBERS_MAX
-        ));
-    }
-    let deliveries_per_s = args.rate * total as u64;
-    if deliveries_per_s > lobby::DELIVERIES_PER_S_MAX {
-        return refuse(format!(
-            "--rate x members plans up to {deliveries_per_s} deliveries/s; at most {} (every \
-             delivery is read and checked by one loop)",
-            lobby::DELIVERIES_PER_S_MAX
-        ));
-    }
-    if !(lobby::wire::STAMP_BYTES..=lobby::wire::MESSAGE_BYTES_MAX).contains(&args.payload_bytes) {
-        return refuse(format!(
-            "--payload-bytes must be between {} (the stamp) and {} (the largest MATOU message)",
-            lobby::wire::STAMP_BYTES,
-            lobby::wire::MESSAGE_BYTES_MAX
-        ));
-    }
-    if args.ocm_room.is_empty() || args.ocm_room.len() > 255 {
-        return refuse("--ocm-room must be 1 to 255 bytes");
-    }
-    if !(1..=OCM_RECV_BUFFER_MAX).contains(&args.recv_buffer_bytes) {
-        return refuse(format!(
-            "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
-        ));
-    }
-    let target = |port| resolve_loopback(&common.host, port);
-    let targets = (
-        target(args.room_port),
-        target(args.matou_port),
-        target(args.ccm_port),
-        target(args.ocm_tcp_port),
-        target(args.ocm_udp_port),
-    );
-    let (room, matou, ccm, ocm_tcp, ocm_udp) = match targets {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
-        (Err(why), ..) => return refuse(why),
-        (_, Err(why), ..) | (_, _, Err(why), ..) | (.., Err(why), _) | (.., Err(why)) => {
-            return refuse(why)
+
+    fn config(&self) -> Result<Single<lobby::Lobby>, String> {
+        let common = &self.common;
+        check_common(common)?;
+        let members = [self.room, self.matou, self.ccm, self.ocm].map(|n| n as usize);
+        let total: usize = members.iter().sum();
+        if !(2..=lobby::MEMBERS_MAX).contains(&total) {
+            return Err(format!(
+                "--room + --matou + --ccm + --ocm is {total}; from 2 to {} members in all",
+                lobby::MEMBERS_MAX
+            ));
         }
-    };
-    let cfg = lobby::LobbyConfig {
-        room_target: room,
-        matou_target: matou,
-        ccm_target: ccm,
-        ocm_tcp_target: ocm_tcp,
-        ocm_udp_target: ocm_udp,
-        members,
-        ocm_room: args.ocm_room.clone(),
-        rate_per_s: args.rate,
-        duration_us: common.duration.as_micros() as u64,
-        warmup_us: common.warmup.as_micros() as u64,
-        drain_us: common.drain.unwrap_or(LOBBY_DRAIN_DEFAULT).as_micros() as u64,
-        message_bytes: args.payload_bytes,
-        connect_rate_per_s: common.connect_rate,
-        recv_buffer_bytes: args.recv_buffer_bytes,
-        run_id: run_id(),
-        progress: std::io::stderr().is_terminal(),
-    };
-    let title = format!(
-        "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}, {} msg/s (up to {deliveries_per_s} \
+        let deliveries_per_s = self.rate * total as u64;
+        if deliveries_per_s > lobby::DELIVERIES_PER_S_MAX {
+            return Err(format!(
+                "--rate x members plans up to {deliveries_per_s} deliveries/s; at most {} (every \
+             delivery is read and checked by one loop)",
+                lobby::DELIVERIES_PER_S_MAX
+            ));
+        }
+        if !(lobby::wire::STAMP_BYTES..=lobby::wire::MESSAGE_BYTES_MAX)
+            .contains(&self.payload_bytes)
+        {
+            return Err(format!(
+                "--payload-bytes must be between {} (the stamp) and {} (the largest MATOU message)",
+                lobby::wire::STAMP_BYTES,
+                lobby::wire::MESSAGE_BYTES_MAX
+            ));
+        }
+        if self.ocm_room.is_empty() || self.ocm_room.len() > 255 {
+            return Err("--ocm-room must be 1 to 255 bytes".into());
+        }
+        if !(1..=OCM_RECV_BUFFER_MAX).contains(&self.recv_buffer_bytes) {
+            return Err(format!(
+                "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
+            ));
+        }
+        let target = |port| resolve_loopback(&common.host, port);
+        let cfg = lobby::LobbyConfig {
+            room_target: target(self.room_port)?,
+            matou_target: target(self.matou_port)?,
+            ccm_target: target(self.ccm_port)?,
+            ocm_tcp_target: target(self.ocm_tcp_port)?,
+            ocm_udp_target: target(self.ocm_udp_port)?,
+            members,
+            ocm_room: self.ocm_room.clone(),
+            rate_per_s: self.rate,
+            duration_us: common.duration.as_micros() as u64,
+            warmup_us: common.warmup.as_micros() as u64,
+            drain_us: common.drain.unwrap_or(LOBBY_DRAIN_DEFAULT).as_micros() as u64,
+            message_bytes: self.payload_bytes,
+            connect_rate_per_s: common.connect_rate,
+            recv_buffer_bytes: self.recv_buffer_bytes,
+            run_id: run_id(),
+            progress: std::io::stderr().is_terminal(),
+        };
+        let title = format!(
+            "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}, {} msg/s (up to {deliveries_per_s} \
          deliveries/s), {} B, {:?}",
-        args.room, args.matou, args.ccm, args.ocm, args.rate, args.payload_bytes, common.duration
-    );
-    // A TCP connection per member, and a UDP socket per OCM member.
-    let files = (total + members[3]) as u64;
-    registry::run_single::<lobby::Lobby>(common, &cfg, files, title)
+            self.room,
+            self.matou,
+            self.ccm,
+            self.ocm,
+            self.rate,
+            self.payload_bytes,
+            common.duration
+        );
+        // A TCP connection per member, and a UDP socket per OCM member.
+        let files = (total + members[3]) as u64;
+        Ok((cfg, files, title))
+    }
 }

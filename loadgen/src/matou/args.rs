@@ -1,7 +1,6 @@
 //! `loadgen matou`'s flags and their translation into the MATOU scenario's config.
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
@@ -9,9 +8,8 @@ use clap::Args;
 use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::USERS_MAX;
 use crate::matou::{self, MatouConfig};
-use crate::{
-    check_common, refuse, registry, run_id, CommonArgs, RATE_PER_S_MAX, SENDERS_MAX, WARMUP_MAX,
-};
+use crate::registry::{ScenarioArgs, Single};
+use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX, SENDERS_MAX, WARMUP_MAX};
 
 /// Default `--drain`.
 pub(crate) const MATOU_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -57,71 +55,75 @@ pub(crate) struct MatouArgs {
     common: CommonArgs,
 }
 
-pub(crate) fn run(args: MatouArgs) -> ExitCode {
-    let common = &args.common;
-    if let Err(why) = check_common(common) {
-        return refuse(why);
+impl ScenarioArgs for MatouArgs {
+    type Kind = matou::Matou;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    let users = args.users as usize;
-    let senders_requested = args.senders.map_or(users.min(SENDERS_MAX), |s| s as usize);
-    if senders_requested > users {
-        return refuse(format!(
-            "--senders ({senders_requested}) cannot exceed --users ({users})"
-        ));
-    }
-    if !(matou::stamp::STAMP_BYTES..=matou::stamp::MESSAGE_BYTES_MAX).contains(&args.payload_bytes)
-    {
-        return refuse(format!(
-            "--payload-bytes must be between {} (the stamp) and {} (the largest MATOU message)",
-            matou::stamp::STAMP_BYTES,
-            matou::stamp::MESSAGE_BYTES_MAX
-        ));
-    }
-    if args.sign_out_wait > WARMUP_MAX {
-        return refuse("--sign-out-wait must be at most 10m");
-    }
-    // Every message is delivered to every user: past a few million deliveries a second this
-    // one loop cannot read and time them all, and the run would measure the loadgen.
-    let deliveries_per_s = args.rate * args.users;
-    if deliveries_per_s > matou::DELIVERIES_PER_S_MAX {
-        return refuse(format!(
+
+    fn config(&self) -> Result<Single<matou::Matou>, String> {
+        let common = &self.common;
+        check_common(common)?;
+        let users = self.users as usize;
+        let senders_requested = self.senders.map_or(users.min(SENDERS_MAX), |s| s as usize);
+        if senders_requested > users {
+            return Err(format!(
+                "--senders ({senders_requested}) cannot exceed --users ({users})"
+            ));
+        }
+        if !(matou::stamp::STAMP_BYTES..=matou::stamp::MESSAGE_BYTES_MAX)
+            .contains(&self.payload_bytes)
+        {
+            return Err(format!(
+                "--payload-bytes must be between {} (the stamp) and {} (the largest MATOU message)",
+                matou::stamp::STAMP_BYTES,
+                matou::stamp::MESSAGE_BYTES_MAX
+            ));
+        }
+        if self.sign_out_wait > WARMUP_MAX {
+            return Err("--sign-out-wait must be at most 10m".into());
+        }
+        // Every message is delivered to every user: past a few million deliveries a second this
+        // one loop cannot read and time them all, and the run would measure the loadgen.
+        let deliveries_per_s = self.rate * self.users;
+        if deliveries_per_s > matou::DELIVERIES_PER_S_MAX {
+            return Err(format!(
             "--rate x --users plans {deliveries_per_s} deliveries/s; at most {} (every message \
              reaches every user, and every delivery is read and timed by one loop)",
             matou::DELIVERIES_PER_S_MAX
         ));
-    }
-    let window_us = (common.warmup + common.duration).as_micros();
-    let links_planned = (window_us * u128::from(args.private_rate)).div_ceil(1_000_000);
-    if links_planned > u128::from(matou::LINKS_MAX) {
-        return refuse(format!(
-            "--private-rate x (--warmup + --duration) plans {links_planned} links; at most {} \
+        }
+        let window_us = (common.warmup + common.duration).as_micros();
+        let links_planned = (window_us * u128::from(self.private_rate)).div_ceil(1_000_000);
+        if links_planned > u128::from(matou::LINKS_MAX) {
+            return Err(format!(
+                "--private-rate x (--warmup + --duration) plans {links_planned} links; at most {} \
              (every link is tracked until the report)",
-            matou::LINKS_MAX
-        ));
+                matou::LINKS_MAX
+            ));
+        }
+        let target = resolve_loopback(&common.host, self.port)?;
+        let cfg = MatouConfig {
+            target,
+            users,
+            senders: senders_requested,
+            rate_per_s: self.rate,
+            private_rate_per_s: self.private_rate,
+            duration_us: common.duration.as_micros() as u64,
+            warmup_us: common.warmup.as_micros() as u64,
+            drain_us: common.drain.unwrap_or(MATOU_DRAIN_DEFAULT).as_micros() as u64,
+            sign_out_wait_us: self.sign_out_wait.as_micros() as u64,
+            message_bytes: self.payload_bytes,
+            connect_rate_per_s: common.connect_rate,
+            seed: common.seed,
+            run_id: run_id(),
+            progress: std::io::stderr().is_terminal(),
+        };
+        let title = format!(
+            "MATOU: {users} users, {senders_requested} senders, {} msg/s, {} links/s, {} B, {:?}",
+            self.rate, self.private_rate, self.payload_bytes, common.duration
+        );
+        Ok((cfg, users as u64, title))
     }
-    let target = match resolve_loopback(&common.host, args.port) {
-        Ok(target) => target,
-        Err(why) => return refuse(why),
-    };
-    let cfg = MatouConfig {
-        target,
-        users,
-        senders: senders_requested,
-        rate_per_s: args.rate,
-        private_rate_per_s: args.private_rate,
-        duration_us: common.duration.as_micros() as u64,
-        warmup_us: common.warmup.as_micros() as u64,
-        drain_us: common.drain.unwrap_or(MATOU_DRAIN_DEFAULT).as_micros() as u64,
-        sign_out_wait_us: args.sign_out_wait.as_micros() as u64,
-        message_bytes: args.payload_bytes,
-        connect_rate_per_s: common.connect_rate,
-        seed: common.seed,
-        run_id: run_id(),
-        progress: std::io::stderr().is_terminal(),
-    };
-    let title = format!(
-        "MATOU: {users} users, {senders_requested} senders, {} msg/s, {} links/s, {} B, {:?}",
-        args.rate, args.private_rate, args.payload_bytes, common.duration
-    );
-    registry::run_single::<matou::Matou>(common, &cfg, users as u64, title)
 }

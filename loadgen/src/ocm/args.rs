@@ -1,16 +1,14 @@
 //! `loadgen ocm`'s flags and their translation into the OCM scenario's config.
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::args::{parse_duration, resolve_loopback};
 use crate::ocm::{self, OcmConfig};
-use crate::{
-    check_common, refuse, registry, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, WARMUP_MAX,
-};
+use crate::registry::{ScenarioArgs, Single};
+use crate::{check_common, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, WARMUP_MAX};
 
 /// Default `--drain`.
 pub(crate) const OCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -86,77 +84,77 @@ pub(crate) struct OcmArgs {
     common: CommonArgs,
 }
 
-pub(crate) fn run(args: OcmArgs) -> ExitCode {
-    let common = &args.common;
-    if let Err(why) = check_common(common) {
-        return refuse(why);
+impl ScenarioArgs for OcmArgs {
+    type Kind = ocm::Ocm;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    let rooms = args.rooms as usize;
-    let members = args.members as usize;
-    let total = rooms * members;
-    if total > CLIENTS_MAX {
-        return refuse(format!(
-            "--rooms x --members is {total}; at most {CLIENTS_MAX} members in all"
-        ));
-    }
-    let deliveries_per_s = args.rate * (args.members - 1);
-    if deliveries_per_s > OCM_DELIVERIES_PER_S_MAX {
-        return refuse(format!(
-            "--rate x (--members - 1) plans {deliveries_per_s} deliveries/s; at most \
+
+    fn config(&self) -> Result<Single<ocm::Ocm>, String> {
+        let common = &self.common;
+        check_common(common)?;
+        let rooms = self.rooms as usize;
+        let members = self.members as usize;
+        let total = rooms * members;
+        if total > CLIENTS_MAX {
+            return Err(format!(
+                "--rooms x --members is {total}; at most {CLIENTS_MAX} members in all"
+            ));
+        }
+        let deliveries_per_s = self.rate * (self.members - 1);
+        if deliveries_per_s > OCM_DELIVERIES_PER_S_MAX {
+            return Err(format!(
+                "--rate x (--members - 1) plans {deliveries_per_s} deliveries/s; at most \
              {OCM_DELIVERIES_PER_S_MAX} (one loadgen thread reads them all)"
-        ));
-    }
-    // The longest names of this run: rooms `lgXXXXXXXX-NNNNN`, members `lgNNNNN`.
-    let room_bytes = ocm::wire::room_name(0, rooms - 1).len();
-    let name_bytes = ocm::wire::member_name(total - 1).len();
-    let payload_max = ocm::wire::message_bytes_max(room_bytes, name_bytes);
-    if !(ocm::stamp::STAMP_BYTES..=payload_max).contains(&args.payload_bytes) {
-        return refuse(format!(
-            "--payload-bytes must be between {} (the stamp) and {payload_max} (what fits a \
+            ));
+        }
+        // The longest names of this run: rooms `lgXXXXXXXX-NNNNN`, members `lgNNNNN`.
+        let room_bytes = ocm::wire::room_name(0, rooms - 1).len();
+        let name_bytes = ocm::wire::member_name(total - 1).len();
+        let payload_max = ocm::wire::message_bytes_max(room_bytes, name_bytes);
+        if !(ocm::stamp::STAMP_BYTES..=payload_max).contains(&self.payload_bytes) {
+            return Err(format!(
+                "--payload-bytes must be between {} (the stamp) and {payload_max} (what fits a \
              datagram with this run's names)",
-            ocm::stamp::STAMP_BYTES
-        ));
+                ocm::stamp::STAMP_BYTES
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.loss_max) {
+            return Err("--loss-max is a percentage: between 0 and 100".into());
+        }
+        if self.exit_wait > WARMUP_MAX {
+            return Err("--exit-wait must be at most 10m".into());
+        }
+        if !(1..=OCM_RECV_BUFFER_MAX).contains(&self.recv_buffer_bytes) {
+            return Err(format!(
+                "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
+            ));
+        }
+        let tcp_target = resolve_loopback(&common.host, self.tcp_port)?;
+        let udp_target = resolve_loopback(&common.host, self.udp_port)?;
+        let cfg = OcmConfig {
+            tcp_target,
+            udp_target,
+            rooms,
+            members,
+            rate_per_s: self.rate,
+            room_rate_per_s: self.room_rate,
+            duration_us: common.duration.as_micros() as u64,
+            warmup_us: common.warmup.as_micros() as u64,
+            drain_us: common.drain.unwrap_or(OCM_DRAIN_DEFAULT).as_micros() as u64,
+            exit_wait_us: self.exit_wait.as_micros() as u64,
+            message_bytes: self.payload_bytes,
+            recv_buffer_bytes: self.recv_buffer_bytes,
+            loss_max_percent: self.loss_max,
+            run_id: run_id(),
+            progress: std::io::stderr().is_terminal(),
+        };
+        let title = format!(
+            "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
+            self.rate, self.payload_bytes, common.duration
+        );
+        // A UDP socket per member, and a TCP connection each while the tokens are handed out.
+        Ok((cfg, 2 * total as u64, title))
     }
-    if !(0.0..=100.0).contains(&args.loss_max) {
-        return refuse("--loss-max is a percentage: between 0 and 100");
-    }
-    if args.exit_wait > WARMUP_MAX {
-        return refuse("--exit-wait must be at most 10m");
-    }
-    if !(1..=OCM_RECV_BUFFER_MAX).contains(&args.recv_buffer_bytes) {
-        return refuse(format!(
-            "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
-        ));
-    }
-    let tcp_target = match resolve_loopback(&common.host, args.tcp_port) {
-        Ok(target) => target,
-        Err(why) => return refuse(why),
-    };
-    let udp_target = match resolve_loopback(&common.host, args.udp_port) {
-        Ok(target) => target,
-        Err(why) => return refuse(why),
-    };
-    let cfg = OcmConfig {
-        tcp_target,
-        udp_target,
-        rooms,
-        members,
-        rate_per_s: args.rate,
-        room_rate_per_s: args.room_rate,
-        duration_us: common.duration.as_micros() as u64,
-        warmup_us: common.warmup.as_micros() as u64,
-        drain_us: common.drain.unwrap_or(OCM_DRAIN_DEFAULT).as_micros() as u64,
-        exit_wait_us: args.exit_wait.as_micros() as u64,
-        message_bytes: args.payload_bytes,
-        recv_buffer_bytes: args.recv_buffer_bytes,
-        loss_max_percent: args.loss_max,
-        run_id: run_id(),
-        progress: std::io::stderr().is_terminal(),
-    };
-    let title = format!(
-        "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
-        args.rate, args.payload_bytes, common.duration
-    );
-    // A UDP socket per member, and a TCP connection each while the tokens are handed out.
-    registry::run_single::<ocm::Ocm>(common, &cfg, 2 * total as u64, title)
 }

@@ -2,17 +2,15 @@
 //! scenario's config (ROOM, or the same scenario against Redis pub/sub).
 
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::args::resolve_loopback;
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
+use crate::registry::{ScenarioArgs, Single};
 use crate::room::{self, RoomConfig, Wire};
-use crate::{
-    check_common, refuse, registry, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, SENDERS_MAX,
-};
+use crate::{check_common, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, SENDERS_MAX};
 
 /// RESP channel names: short, as real ones are; the name is in every message on the wire.
 pub(crate) const CHANNEL_BYTES_MAX: usize = 64;
@@ -77,48 +75,60 @@ pub(crate) struct FanoutArgs {
     pub(crate) common: CommonArgs,
 }
 
-pub(crate) fn run_room(args: RoomArgs) -> ExitCode {
-    run_fanout(Wire::Room, args.port, args.fanout)
+impl ScenarioArgs for RoomArgs {
+    type Kind = room::Room;
+
+    fn common(&self) -> &CommonArgs {
+        &self.fanout.common
+    }
+
+    fn config(&self) -> Result<Single<room::Room>, String> {
+        fanout_config(Wire::Room, self.port, &self.fanout)
+    }
 }
 
-pub(crate) fn run_resp(args: RespArgs) -> ExitCode {
-    let channel = args
-        .channel
-        .unwrap_or_else(|| format!("lg-{:08x}", run_id()));
-    if channel.is_empty() || channel.len() > CHANNEL_BYTES_MAX {
-        return refuse(format!("--channel must be 1 to {CHANNEL_BYTES_MAX} bytes"));
+impl ScenarioArgs for RespArgs {
+    type Kind = room::Room;
+
+    fn common(&self) -> &CommonArgs {
+        &self.fanout.common
     }
-    let wire = Wire::Resp {
-        channel: channel.into_bytes(),
-    };
-    run_fanout(wire, args.port, args.fanout)
+
+    fn config(&self) -> Result<Single<room::Room>, String> {
+        let channel = self
+            .channel
+            .clone()
+            .unwrap_or_else(|| format!("lg-{:08x}", run_id()));
+        if channel.is_empty() || channel.len() > CHANNEL_BYTES_MAX {
+            return Err(format!("--channel must be 1 to {CHANNEL_BYTES_MAX} bytes"));
+        }
+        let wire = Wire::Resp {
+            channel: channel.into_bytes(),
+        };
+        fanout_config(wire, self.port, &self.fanout)
+    }
 }
 
 /// ROOM, or the same scenario against Redis (RESP).
-fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
+fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room::Room>, String> {
     let common = &args.common;
-    if let Err(why) = check_common(common) {
-        return refuse(why);
-    }
+    check_common(common)?;
     let clients = args.clients as usize;
     let senders = args.senders as usize;
     if senders > clients {
-        return refuse(format!(
+        return Err(format!(
             "--senders ({senders}) cannot exceed --clients ({clients})"
         ));
     }
     if !(MESSAGE_BYTES_MIN..=MESSAGE_BYTES_MAX).contains(&args.payload_bytes)
         || args.payload_bytes - ALIAS_PREFIX_LEN > RECORD_LEN_MAX
     {
-        return refuse(format!(
+        return Err(format!(
             "--payload-bytes must be between {MESSAGE_BYTES_MIN} (the alias prefix and the \
              stamp) and {MESSAGE_BYTES_MAX}"
         ));
     }
-    let target = match resolve_loopback(&common.host, port) {
-        Ok(target) => target,
-        Err(why) => return refuse(why),
-    };
+    let target = resolve_loopback(&common.host, port)?;
     let publishers = match wire {
         Wire::Room => 0,
         Wire::Resp { .. } => senders,
@@ -146,5 +156,5 @@ fn run_fanout(wire: Wire, port: u16, args: FanoutArgs) -> ExitCode {
         args.rate, args.payload_bytes, common.duration
     );
     let files = (clients + publishers) as u64;
-    registry::run_single::<room::Room>(common, &cfg, files, title)
+    Ok((cfg, files, title))
 }
