@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::churn::SignIn;
 use crate::driver::{self, Reactor, RunError};
+use crate::mix::{MixShare, Setup};
 use crate::report::ScenarioReport;
 use crate::stats::LatencyHistogram;
 
@@ -40,7 +41,12 @@ pub struct ProtocolInfo {
     pub row: RowSource,
     /// How churn signs its connections in.
     pub sign_in: &'static SignIn,
+    /// Its share of the mix, checked and turned into its config (its folder's `args::in_mix`).
+    pub in_mix: InMixSetup,
 }
+
+/// A protocol's share of the mix, as its scenario's config; also the descriptors it needs.
+pub type InMixSetup = fn(&MixShare<'_>) -> Result<(Setup, u64), String>;
 
 /// Where a report keeps what its summary row shows (JSON pointers into the report), apart from
 /// what every report has in the same place (`/send`, `/errors`, `/verdict`, `/outcome`).
@@ -64,7 +70,7 @@ const fn info(
     (requested, joined): (&'static str, &'static str),
     (latency, latency_path): (&'static str, &'static str),
     losses: &'static str,
-    sign_in: &'static SignIn,
+    (sign_in, in_mix): (&'static SignIn, InMixSetup),
 ) -> ProtocolInfo {
     ProtocolInfo {
         name,
@@ -78,6 +84,7 @@ const fn info(
             losses,
         },
         sign_in,
+        in_mix,
     }
 }
 
@@ -88,7 +95,7 @@ static ROOM: ProtocolInfo = info(
     CONNECTIONS,
     DELIVERY,
     LOSSES,
-    &crate::room::churn::SIGN_IN,
+    (&crate::room::churn::SIGN_IN, crate::room::args::in_mix),
 );
 static BIN24: ProtocolInfo = info(
     "bin24",
@@ -97,7 +104,7 @@ static BIN24: ProtocolInfo = info(
     CONNECTIONS,
     ("ack", "/latency_ms/ack_200"),
     "/messages/lost/total",
-    &crate::bin24::churn::SIGN_IN,
+    (&crate::bin24::churn::SIGN_IN, crate::bin24::args::in_mix),
 );
 static CCM: ProtocolInfo = info(
     "ccm",
@@ -106,7 +113,7 @@ static CCM: ProtocolInfo = info(
     CONNECTIONS,
     DELIVERY,
     LOSSES,
-    &crate::ccm::churn::SIGN_IN,
+    (&crate::ccm::churn::SIGN_IN, crate::ccm::args::in_mix),
 );
 static MATOU: ProtocolInfo = info(
     "matou",
@@ -115,7 +122,7 @@ static MATOU: ProtocolInfo = info(
     CONNECTIONS,
     DELIVERY,
     LOSSES,
-    &crate::matou::churn::SIGN_IN,
+    (&crate::matou::churn::SIGN_IN, crate::matou::args::in_mix),
 );
 static OCM: ProtocolInfo = info(
     "ocm",
@@ -124,7 +131,7 @@ static OCM: ProtocolInfo = info(
     ("/rooms/members_requested", "/rooms/members_joined"),
     DELIVERY,
     "/udp_loss/lost",
-    &crate::ocm::churn::SIGN_IN,
+    (&crate::ocm::churn::SIGN_IN, crate::ocm::args::in_mix),
 );
 
 impl Protocol {

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::args::resolve_loopback;
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{self, Bin24Config, STAMP_BYTES};
+use crate::mix::{MixShare, Setup};
 use crate::registry::{ScenarioArgs, Single};
 use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX};
 
@@ -124,4 +125,48 @@ impl ScenarioArgs for Bin24Args {
         );
         Ok((cfg, users as u64, title))
     }
+}
+
+/// BIN24 in a mix: the share of its users that stay offline until the end (as the
+/// subcommand's default).
+const MIX_OFFLINE_SHARE: f64 = 0.1;
+
+/// This scenario's share of `loadgen mix`, checked and turned into its config; also the
+/// descriptors it needs.
+pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
+    let MixShare {
+        args,
+        clients,
+        rate,
+        connect_rate,
+    } = *m;
+    let (common, bytes) = (&args.common, args.payload_bytes);
+    let (duration_us, warmup_us, drain_us) = m.window_us(BIN24_DRAIN_DEFAULT);
+    let pattern = m.pattern();
+    m.check_bytes(BIN24_BODY_BYTES_MIN, BIN24_BODY_BYTES_MAX)?;
+    let window_us = (common.warmup + common.duration).as_micros();
+    let planned = (window_us * u128::from(rate)).div_ceil(1_000_000);
+    if planned > u128::from(BIN24_MESSAGES_MAX) {
+        return Err(format!(
+            "{rate} messages/s over the warmup and duration plan {planned} messages; at \
+             most {BIN24_MESSAGES_MAX}"
+        ));
+    }
+    Ok((
+        Setup::of::<bin24::Bin24>(Bin24Config {
+            target: resolve_loopback(&common.host, args.bin24_port)?,
+            users: clients,
+            pattern,
+            offline: topology::choose_offline(clients, MIX_OFFLINE_SHARE, common.seed),
+            rate_per_s: rate,
+            duration_us,
+            warmup_us,
+            drain_us,
+            body_bytes: bytes,
+            connect_rate_per_s: connect_rate,
+            run_id: run_id(),
+            progress: false,
+        }),
+        clients as u64,
+    ))
 }

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::{Pattern, USERS_MAX};
 use crate::ccm::{self, CcmConfig};
+use crate::mix::{MixShare, Setup};
 use crate::registry::{ScenarioArgs, Single};
 use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX, WARMUP_MAX};
 
@@ -115,4 +116,41 @@ impl ScenarioArgs for CcmArgs {
         );
         Ok((cfg, (users + silent) as u64, title))
     }
+}
+
+/// CCM in a mix: the wait after the last planned message (no silent users; the subcommand's
+/// default).
+const MIX_SILENT_WAIT: Duration = Duration::from_secs(20);
+
+/// This scenario's share of `loadgen mix`, checked and turned into its config; also the
+/// descriptors it needs.
+pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
+    let MixShare {
+        args,
+        clients,
+        rate,
+        connect_rate,
+    } = *m;
+    let (common, bytes) = (&args.common, args.payload_bytes);
+    let (duration_us, warmup_us, drain_us) = m.window_us(CCM_DRAIN_DEFAULT);
+    let pattern = m.pattern();
+    m.check_bytes(CCM_CONTENT_BYTES_MIN, CCM_CONTENT_BYTES_MAX)?;
+    Ok((
+        Setup::of::<ccm::Ccm>(CcmConfig {
+            target: resolve_loopback(&common.host, args.ccm_port)?,
+            users: clients,
+            pattern,
+            silent: 0,
+            rate_per_s: rate,
+            duration_us,
+            warmup_us,
+            drain_us,
+            silent_wait_us: MIX_SILENT_WAIT.as_micros() as u64,
+            content_bytes: bytes,
+            connect_rate_per_s: connect_rate,
+            run_id: run_id(),
+            progress: false,
+        }),
+        clients as u64,
+    ))
 }

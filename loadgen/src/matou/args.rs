@@ -8,6 +8,7 @@ use clap::Args;
 use crate::args::{parse_duration, resolve_loopback};
 use crate::bin24::topology::USERS_MAX;
 use crate::matou::{self, MatouConfig};
+use crate::mix::{senders_for, MixShare, Setup};
 use crate::registry::{ScenarioArgs, Single};
 use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX, SENDERS_MAX, WARMUP_MAX};
 
@@ -126,4 +127,46 @@ impl ScenarioArgs for MatouArgs {
         );
         Ok((cfg, users as u64, title))
     }
+}
+
+/// MATOU in a mix: private links brokered per second, per 10 users, at most the subcommand's
+/// default 50; the sign-out wait is the subcommand's default.
+const MIX_LINKS_PER_S_PER_10_USERS: u64 = 1;
+const MIX_LINK_RATE_PER_S_MAX: u64 = 50;
+const MIX_SIGN_OUT_WAIT: Duration = Duration::from_secs(5);
+
+/// This scenario's share of `loadgen mix`, checked and turned into its config; also the
+/// descriptors it needs.
+pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
+    let MixShare {
+        args,
+        clients,
+        rate,
+        connect_rate,
+    } = *m;
+    let (common, bytes) = (&args.common, args.payload_bytes);
+    let (duration_us, warmup_us, drain_us) = m.window_us(MATOU_DRAIN_DEFAULT);
+    m.check_bytes(matou::stamp::STAMP_BYTES, matou::stamp::MESSAGE_BYTES_MAX)?;
+    m.check_fanout(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
+    let private_rate =
+        (clients as u64 / 10 * MIX_LINKS_PER_S_PER_10_USERS).min(MIX_LINK_RATE_PER_S_MAX);
+    Ok((
+        Setup::of::<matou::Matou>(MatouConfig {
+            target: resolve_loopback(&common.host, args.matou_port)?,
+            users: clients,
+            senders: senders_for(clients),
+            rate_per_s: rate,
+            private_rate_per_s: private_rate,
+            duration_us,
+            warmup_us,
+            drain_us,
+            sign_out_wait_us: MIX_SIGN_OUT_WAIT.as_micros() as u64,
+            message_bytes: bytes,
+            connect_rate_per_s: connect_rate,
+            seed: common.seed,
+            run_id: run_id(),
+            progress: false,
+        }),
+        clients as u64,
+    ))
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::args::{parse_duration, resolve_loopback};
+use crate::mix::{ocm_rooms, MixShare, Setup};
 use crate::ocm::{self, OcmConfig};
 use crate::registry::{ScenarioArgs, Single};
 use crate::{check_common, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, WARMUP_MAX};
@@ -157,4 +158,52 @@ impl ScenarioArgs for OcmArgs {
         // A UDP socket per member, and a TCP connection each while the tokens are handed out.
         Ok((cfg, 2 * total as u64, title))
     }
+}
+
+/// OCM in a mix: the wait for the leave texts (the subcommand's default).
+const MIX_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// This scenario's share of `loadgen mix`, checked and turned into its config; also the
+/// descriptors it needs.
+pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
+    let MixShare {
+        args,
+        clients,
+        rate,
+        connect_rate,
+    } = *m;
+    let (common, bytes) = (&args.common, args.payload_bytes);
+    let (duration_us, warmup_us, drain_us) = m.window_us(OCM_DRAIN_DEFAULT);
+    let (rooms, members) = ocm_rooms(clients);
+    let total = rooms * members;
+    let run_id = run_id();
+    let room_bytes = ocm::wire::room_name(run_id, rooms - 1).len();
+    let name_bytes = ocm::wire::member_name(total - 1).len();
+    m.check_bytes(
+        ocm::stamp::STAMP_BYTES,
+        ocm::wire::message_bytes_max(room_bytes, name_bytes),
+    )?;
+    m.check_fanout(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
+    Ok((
+        Setup::of::<ocm::Ocm>(OcmConfig {
+            tcp_target: resolve_loopback(&common.host, args.ocm_tcp_port)?,
+            udp_target: resolve_loopback(&common.host, args.ocm_udp_port)?,
+            rooms,
+            members,
+            rate_per_s: rate,
+            room_rate_per_s: (connect_rate / members as u64).clamp(1, OCM_ROOM_RATE_MAX),
+            duration_us,
+            warmup_us,
+            drain_us,
+            exit_wait_us: MIX_EXIT_WAIT.as_micros() as u64,
+            message_bytes: bytes,
+            recv_buffer_bytes: OCM_RECV_BUFFER_DEFAULT,
+            // Loss allowed: none, as the single run's default.
+            loss_max_percent: 0.0,
+            run_id,
+            progress: false,
+        }),
+        // A UDP socket per member, and a TCP connection each while it asks for its token.
+        2 * total as u64,
+    ))
 }

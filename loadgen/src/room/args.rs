@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::args::resolve_loopback;
+use crate::matou;
+use crate::mix::{senders_for, MixShare, Setup};
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
 use crate::registry::{ScenarioArgs, Single};
 use crate::room::{self, RoomConfig, Wire};
@@ -157,4 +159,36 @@ fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room
     );
     let files = (clients + publishers) as u64;
     Ok((cfg, files, title))
+}
+
+/// This scenario's share of `loadgen mix`, checked and turned into its config; also the
+/// descriptors it needs.
+pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
+    let MixShare {
+        args,
+        clients,
+        rate,
+        connect_rate,
+    } = *m;
+    let (common, bytes) = (&args.common, args.payload_bytes);
+    let (duration_us, warmup_us, drain_us) = m.window_us(ROOM_DRAIN_DEFAULT);
+    m.check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
+    m.check_fanout(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
+    Ok((
+        Setup::of::<room::Room>(RoomConfig {
+            target: resolve_loopback(&common.host, args.room_port)?,
+            clients,
+            senders: senders_for(clients),
+            rate_per_s: rate,
+            duration_us,
+            warmup_us,
+            drain_us,
+            message_bytes: bytes,
+            connect_rate_per_s: connect_rate,
+            seed: common.seed,
+            progress: false,
+            wire: Wire::Room,
+        }),
+        clients as u64,
+    ))
 }
