@@ -29,6 +29,8 @@
 //! - `driver`: the loop turn every scenario shares, and the mix's outer loop
 //! - `registry`: the one list of protocols that `main`, `mix` and `churn` read, and the
 //!   [`registry::ScenarioKind`] each protocol's scenario implements
+//! - `<scenario>/args.rs`: the scenario's subcommand flags and their checks, turned into its
+//!   config ([`registry::ScenarioArgs`]), and its share of `mix` turned into the same config
 
 mod args;
 mod bin24;

@@ -5,7 +5,8 @@
 //! writes and what it says when no server answered. The single-protocol subcommand
 //! ([`run_single`]) and the mix drive every protocol through that one trait (the mix through
 //! [`InMix`] too), so adding a protocol is its folder, a [`Protocol`] variant here and its arm
-//! in [`Protocol`]'s table. The lobby (`lobby::Lobby`) is a scenario but no protocol of its own:
+//! in [`Protocol`]'s table. Its folder's `args.rs` turns its subcommand's flags into its config
+//! ([`ScenarioArgs`]) and its share of the mix into the same config (`in_mix`, in its row). The lobby (`lobby::Lobby`) is a scenario but no protocol of its own:
 //! it implements [`ScenarioKind`] and [`InMix`] (`mix --lobby`), not [`Protocol`].
 
 use std::process::ExitCode;

@@ -89,7 +89,7 @@ impl ScenarioArgs for Bin24Args {
         if !(BIN24_BODY_BYTES_MIN..=BIN24_BODY_BYTES_MAX).contains(&self.payload_bytes) {
             return Err(format!(
                 "--payload-bytes must be between {BIN24_BODY_BYTES_MIN} (the stamp) and \
-             {BIN24_BODY_BYTES_MAX} (the largest BIN24 body)"
+                 {BIN24_BODY_BYTES_MAX} (the largest BIN24 body)"
             ));
         }
         let drain = common.drain.unwrap_or(BIN24_DRAIN_DEFAULT);
@@ -98,7 +98,7 @@ impl ScenarioArgs for Bin24Args {
         if planned > u128::from(BIN24_MESSAGES_MAX) {
             return Err(format!(
                 "--rate x (--warmup + --duration) plans {planned} messages; at most \
-             {BIN24_MESSAGES_MAX} (every message is tracked until it is accounted for)"
+                 {BIN24_MESSAGES_MAX} (every message is tracked until it is accounted for)"
             ));
         }
         let target = resolve_loopback(&common.host, self.port)?;

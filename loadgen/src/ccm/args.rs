@@ -90,7 +90,7 @@ impl ScenarioArgs for CcmArgs {
         if !(CCM_CONTENT_BYTES_MIN..=CCM_CONTENT_BYTES_MAX).contains(&self.payload_bytes) {
             return Err(format!(
                 "--payload-bytes must be between {CCM_CONTENT_BYTES_MIN} (the stamp) and \
-             {CCM_CONTENT_BYTES_MAX}"
+                 {CCM_CONTENT_BYTES_MAX}"
             ));
         }
         let silent = ccm::silent_count(users, self.silent_share);

@@ -94,7 +94,7 @@ impl ScenarioArgs for LobbyArgs {
         if deliveries_per_s > lobby::DELIVERIES_PER_S_MAX {
             return Err(format!(
                 "--rate x members plans up to {deliveries_per_s} deliveries/s; at most {} (every \
-             delivery is read and checked by one loop)",
+                 delivery is read and checked by one loop)",
                 lobby::DELIVERIES_PER_S_MAX
             ));
         }
@@ -136,7 +136,7 @@ impl ScenarioArgs for LobbyArgs {
         };
         let title = format!(
             "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}, {} msg/s (up to {deliveries_per_s} \
-         deliveries/s), {} B, {:?}",
+             deliveries/s), {} B, {:?}",
             self.room,
             self.matou,
             self.ccm,

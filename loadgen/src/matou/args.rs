@@ -100,7 +100,7 @@ impl ScenarioArgs for MatouArgs {
         if links_planned > u128::from(matou::LINKS_MAX) {
             return Err(format!(
                 "--private-rate x (--warmup + --duration) plans {links_planned} links; at most {} \
-             (every link is tracked until the report)",
+                 (every link is tracked until the report)",
                 matou::LINKS_MAX
             ));
         }

@@ -107,7 +107,7 @@ impl ScenarioArgs for OcmArgs {
         if deliveries_per_s > OCM_DELIVERIES_PER_S_MAX {
             return Err(format!(
                 "--rate x (--members - 1) plans {deliveries_per_s} deliveries/s; at most \
-             {OCM_DELIVERIES_PER_S_MAX} (one loadgen thread reads them all)"
+                 {OCM_DELIVERIES_PER_S_MAX} (one loadgen thread reads them all)"
             ));
         }
         // The longest names of this run: rooms `lgXXXXXXXX-NNNNN`, members `lgNNNNN`.
@@ -117,7 +117,7 @@ impl ScenarioArgs for OcmArgs {
         if !(ocm::stamp::STAMP_BYTES..=payload_max).contains(&self.payload_bytes) {
             return Err(format!(
                 "--payload-bytes must be between {} (the stamp) and {payload_max} (what fits a \
-             datagram with this run's names)",
+                 datagram with this run's names)",
                 ocm::stamp::STAMP_BYTES
             ));
         }
