@@ -583,7 +583,6 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
 }
 
 /// One protocol's part of the mix, before its folder's `args::in_mix` turns it into its config.
-#[derive(Clone, Copy)]
 pub struct MixShare<'a> {
     pub args: &'a MixArgs,
     pub clients: usize,

@@ -134,12 +134,7 @@ const MIX_OFFLINE_SHARE: f64 = 0.1;
 /// This scenario's share of `loadgen mix`, checked and turned into its config; also the
 /// descriptors it needs.
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
-    let MixShare {
-        args,
-        clients,
-        rate,
-        connect_rate,
-    } = *m;
+    let (args, clients, rate, connect_rate) = (m.args, m.clients, m.rate, m.connect_rate);
     let (common, bytes) = (&args.common, args.payload_bytes);
     let (duration_us, warmup_us, drain_us) = m.window_us(BIN24_DRAIN_DEFAULT);
     let pattern = m.pattern();

@@ -164,12 +164,7 @@ fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room
 /// This scenario's share of `loadgen mix`, checked and turned into its config; also the
 /// descriptors it needs.
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
-    let MixShare {
-        args,
-        clients,
-        rate,
-        connect_rate,
-    } = *m;
+    let (args, clients, rate, connect_rate) = (m.args, m.clients, m.rate, m.connect_rate);
     let (common, bytes) = (&args.common, args.payload_bytes);
     let (duration_us, warmup_us, drain_us) = m.window_us(ROOM_DRAIN_DEFAULT);
     m.check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
