@@ -18,24 +18,17 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::args::resolve_loopback;
-use crate::bin24::topology::{self, Pattern};
-use crate::bin24::{self, Bin24Config};
-use crate::ccm::{self, CcmConfig};
+use crate::bin24::topology::Pattern;
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
+use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
 use crate::lobby::{self, LobbyConfig};
-use crate::matou::{self, MatouConfig};
-use crate::ocm::{self, OcmConfig};
+use crate::ocm::args::OCM_RECV_BUFFER_DEFAULT;
 use crate::registry::{InMix, Protocol, Row};
 use crate::report::ScenarioReport;
-use crate::room::{self, RoomConfig, Wire};
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
     check_common, create_json, deliver_report, discard_json, limits, refuse, run_id, CommonArgs,
-    BIN24_BODY_BYTES_MAX, BIN24_BODY_BYTES_MIN, BIN24_DRAIN_DEFAULT, BIN24_MESSAGES_MAX,
-    CCM_CONTENT_BYTES_MAX, CCM_CONTENT_BYTES_MIN, CCM_DRAIN_DEFAULT, LOBBY_DRAIN_DEFAULT,
-    MATOU_DRAIN_DEFAULT, MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN, OCM_DELIVERIES_PER_S_MAX,
-    OCM_DRAIN_DEFAULT, OCM_RECV_BUFFER_DEFAULT, OCM_ROOM_RATE_MAX, RATE_PER_S_MAX,
-    ROOM_DRAIN_DEFAULT, SENDERS_MAX, SPARE_FILES,
+    RATE_PER_S_MAX, SENDERS_MAX, SPARE_FILES,
 };
 use crate::{hgrm, plot};
 
@@ -43,16 +36,6 @@ use crate::{hgrm, plot};
 pub const OCM_ROOM_MEMBERS: usize = 10;
 /// ROOM and MATOU: the share of their clients that send (the others only receive).
 const SENDER_SHARE: f64 = 0.1;
-/// BIN24: the share of its users that stay offline until the end (as its scenario's default).
-const BIN24_OFFLINE_SHARE: f64 = 0.1;
-/// MATOU: private links brokered per second, per 10 users, at most the scenario's default 50.
-const MATOU_LINKS_PER_S_PER_10_USERS: u64 = 1;
-const MATOU_LINK_RATE_PER_S_MAX: u64 = 50;
-/// The waits after the last planned message of CCM (silent users: none in a mix), MATOU
-/// (sign-out) and OCM (leave texts): the scenarios' defaults.
-const CCM_SILENT_WAIT: Duration = Duration::from_secs(20);
-const MATOU_SIGN_OUT_WAIT: Duration = Duration::from_secs(5);
-const OCM_EXIT_WAIT: Duration = Duration::from_secs(2);
 const RATE_PER_CLIENT_MAX: f64 = 1_000.0;
 /// How often the live progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -72,7 +55,7 @@ pub struct MixArgs {
     /// until the end (its stored messages are checked); CCM has no silent users; MATOU brokers
     /// one private link per second per 10 users (at most 50/s); OCM allows no UDP loss.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=MIX_CLIENTS_MAX))]
-    clients: u64,
+    pub(crate) clients: u64,
 
     /// Which protocols to include, comma-separated.
     #[arg(
@@ -80,54 +63,54 @@ pub struct MixArgs {
         value_delimiter = ',',
         default_value = "room,bin24,ccm,matou,ocm"
     )]
-    protocols: Vec<Protocol>,
+    pub(crate) protocols: Vec<Protocol>,
 
     /// Also run the lobby scenario (as `loadgen lobby`) beside the protocols' own, with this
     /// many members more, split evenly over ROOM, MATOU, CCM and OCM (the first ones take the
     /// remainder), at --rate-per-client each, on the ports below and the OCM room `lobby`; its
     /// report and summary row come after the protocols'. 0: no lobby. From 2 to 2000.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_MAX as u64))]
-    lobby: u64,
+    pub(crate) lobby: u64,
 
     /// Messages per second per client (fractions allowed, e.g. 0.1): each protocol's planned
     /// rate is its clients x this, at least 1/s. ROOM and MATOU deliver every message to every
     /// member, so their deliveries grow with the square of their clients. At most 1000.
     #[arg(long, default_value_t = 1.0)]
-    rate_per_client: f64,
+    pub(crate) rate_per_client: f64,
 
     /// Bytes of each message, as each scenario counts them (ROOM: the line on the wire; BIN24:
     /// the body; CCM: the content; MATOU, OCM: the message). From 63 to 512 (the smallest
     /// maximum of the five).
     #[arg(long, default_value_t = 64)]
-    payload_bytes: usize,
+    pub(crate) payload_bytes: usize,
 
     /// OS threads to run the scenarios on, each a single-threaded loop over its share of them
     /// (dealt round-robin), at most one per included protocol. The default 1 leaves the other
     /// core to the server. (A single-protocol subcommand always runs on one loop.)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
-    threads: u64,
+    pub(crate) threads: u64,
 
     /// Server port of the ROOM listener.
     #[arg(long, default_value_t = 55_555)]
-    room_port: u16,
+    pub(crate) room_port: u16,
     /// Server port of the BIN24 listener.
     #[arg(long, default_value_t = 7_000)]
-    bin24_port: u16,
+    pub(crate) bin24_port: u16,
     /// Server port of the CCM listener.
     #[arg(long, default_value_t = 5_454)]
-    ccm_port: u16,
+    pub(crate) ccm_port: u16,
     /// Server port of the MATOU listener.
     #[arg(long, default_value_t = 7_777)]
-    matou_port: u16,
+    pub(crate) matou_port: u16,
     /// Server port of the OCM TCRP listener (TCP).
     #[arg(long, default_value_t = 9_002)]
-    ocm_tcp_port: u16,
+    pub(crate) ocm_tcp_port: u16,
     /// Server port of the OCM chat socket (UDP).
     #[arg(long, default_value_t = 9_003)]
-    ocm_udp_port: u16,
+    pub(crate) ocm_udp_port: u16,
 
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// One protocol's clients in the mix.
@@ -201,13 +184,13 @@ pub fn senders_for(clients: usize) -> usize {
 }
 
 /// A scenario's setup, validated: its config, ready to be started on a thread.
-struct Setup {
+pub struct Setup {
     name: &'static str,
     job: Box<dyn MixJob + Sync>,
 }
 
 impl Setup {
-    fn of<K: InMix + 'static>(cfg: K::Config) -> Setup {
+    pub fn of<K: InMix + 'static>(cfg: K::Config) -> Setup {
         Setup {
             name: K::ROW.name,
             job: Box::new(Job::<K>(cfg)),
@@ -580,9 +563,9 @@ fn execute(
     (report, text, histograms)
 }
 
-/// Validates one protocol's share and builds its config; also returns the descriptors it needs.
+/// Validates one protocol's share and builds its config (in its folder's `args::in_mix`); also
+/// returns the descriptors it needs.
 fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
-    let common = &args.common;
     let clients = share.clients;
     let rate = planned_rate(clients, args.rate_per_client);
     if rate > RATE_PER_S_MAX {
@@ -591,8 +574,28 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
              {RATE_PER_S_MAX}"
         ));
     }
-    let bytes = args.payload_bytes;
-    let check_bytes = |min: usize, max: usize| {
+    (share.protocol.info().in_mix)(&MixShare {
+        args,
+        clients,
+        rate,
+        connect_rate: connect_rate_of(args, clients),
+    })
+}
+
+/// One protocol's part of the mix, before its folder's `args::in_mix` turns it into its config.
+pub struct MixShare<'a> {
+    pub args: &'a MixArgs,
+    pub clients: usize,
+    /// Its planned messages per second.
+    pub rate: u64,
+    /// Its part of --connect-rate.
+    pub connect_rate: u64,
+}
+
+impl MixShare<'_> {
+    /// --payload-bytes, if within this protocol's range.
+    pub fn check_bytes(&self, min: usize, max: usize) -> Result<(), String> {
+        let bytes = self.args.payload_bytes;
         if (min..=max).contains(&bytes) {
             Ok(())
         } else {
@@ -600,160 +603,40 @@ fn setup(args: &MixArgs, share: &Share) -> Result<(Setup, u64), String> {
                 "--payload-bytes {bytes} is outside its range {min}..={max}"
             ))
         }
-    };
-    let connect_rate = connect_rate_of(args, clients);
-    let duration_us = common.duration.as_micros() as u64;
-    let warmup_us = common.warmup.as_micros() as u64;
-    let drain = |default: Duration| common.drain.unwrap_or(default).as_micros() as u64;
-    let pattern = if clients.is_multiple_of(2) {
-        Pattern::Pairs
-    } else {
-        Pattern::Ring
-    };
-    let host = &common.host;
-    let fanout_check = |deliveries_per_s: u64, max: u64| {
+    }
+
+    /// The deliveries per second this share plans, if the loadgen can read them all.
+    pub fn check_fanout(&self, deliveries_per_s: u64, max: u64) -> Result<(), String> {
         if deliveries_per_s > max {
             Err(format!(
-                "{clients} clients at {rate} messages/s plan {deliveries_per_s} deliveries/s; at \
-                 most {max} (every delivery is read and timed by the loadgen): lower \
-                 --rate-per-client or --clients"
+                "{} clients at {} messages/s plan {deliveries_per_s} deliveries/s; at most \
+                 {max} (every delivery is read and timed by the loadgen): lower \
+                 --rate-per-client or --clients",
+                self.clients, self.rate
             ))
         } else {
             Ok(())
         }
-    };
-    let setup = match share.protocol {
-        Protocol::Room => {
-            check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
-            fanout_check(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
-            (
-                Setup::of::<room::Room>(RoomConfig {
-                    target: resolve_loopback(host, args.room_port)?,
-                    clients,
-                    senders: senders_for(clients),
-                    rate_per_s: rate,
-                    duration_us,
-                    warmup_us,
-                    drain_us: drain(ROOM_DRAIN_DEFAULT),
-                    message_bytes: bytes,
-                    connect_rate_per_s: connect_rate,
-                    seed: common.seed,
-                    progress: false,
-                    wire: Wire::Room,
-                }),
-                clients as u64,
-            )
+    }
+
+    /// BIN24 and CCM partners: pairs when the share is even, else a ring.
+    pub fn pattern(&self) -> Pattern {
+        if self.clients.is_multiple_of(2) {
+            Pattern::Pairs
+        } else {
+            Pattern::Ring
         }
-        Protocol::Bin24 => {
-            check_bytes(BIN24_BODY_BYTES_MIN, BIN24_BODY_BYTES_MAX)?;
-            let window_us = (common.warmup + common.duration).as_micros();
-            let planned = (window_us * u128::from(rate)).div_ceil(1_000_000);
-            if planned > u128::from(BIN24_MESSAGES_MAX) {
-                return Err(format!(
-                    "{rate} messages/s over the warmup and duration plan {planned} messages; at \
-                     most {BIN24_MESSAGES_MAX}"
-                ));
-            }
-            (
-                Setup::of::<bin24::Bin24>(Bin24Config {
-                    target: resolve_loopback(host, args.bin24_port)?,
-                    users: clients,
-                    pattern,
-                    offline: topology::choose_offline(clients, BIN24_OFFLINE_SHARE, common.seed),
-                    rate_per_s: rate,
-                    duration_us,
-                    warmup_us,
-                    drain_us: drain(BIN24_DRAIN_DEFAULT),
-                    body_bytes: bytes,
-                    connect_rate_per_s: connect_rate,
-                    run_id: run_id(),
-                    progress: false,
-                }),
-                clients as u64,
-            )
-        }
-        Protocol::Ccm => {
-            check_bytes(CCM_CONTENT_BYTES_MIN, CCM_CONTENT_BYTES_MAX)?;
-            (
-                Setup::of::<ccm::Ccm>(CcmConfig {
-                    target: resolve_loopback(host, args.ccm_port)?,
-                    users: clients,
-                    pattern,
-                    silent: 0,
-                    rate_per_s: rate,
-                    duration_us,
-                    warmup_us,
-                    drain_us: drain(CCM_DRAIN_DEFAULT),
-                    silent_wait_us: CCM_SILENT_WAIT.as_micros() as u64,
-                    content_bytes: bytes,
-                    connect_rate_per_s: connect_rate,
-                    run_id: run_id(),
-                    progress: false,
-                }),
-                clients as u64,
-            )
-        }
-        Protocol::Matou => {
-            check_bytes(matou::stamp::STAMP_BYTES, matou::stamp::MESSAGE_BYTES_MAX)?;
-            fanout_check(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
-            let private_rate = (clients as u64 / 10 * MATOU_LINKS_PER_S_PER_10_USERS)
-                .min(MATOU_LINK_RATE_PER_S_MAX);
-            (
-                Setup::of::<matou::Matou>(MatouConfig {
-                    target: resolve_loopback(host, args.matou_port)?,
-                    users: clients,
-                    senders: senders_for(clients),
-                    rate_per_s: rate,
-                    private_rate_per_s: private_rate,
-                    duration_us,
-                    warmup_us,
-                    drain_us: drain(MATOU_DRAIN_DEFAULT),
-                    sign_out_wait_us: MATOU_SIGN_OUT_WAIT.as_micros() as u64,
-                    message_bytes: bytes,
-                    connect_rate_per_s: connect_rate,
-                    seed: common.seed,
-                    run_id: run_id(),
-                    progress: false,
-                }),
-                clients as u64,
-            )
-        }
-        Protocol::Ocm => {
-            let (rooms, members) = ocm_rooms(clients);
-            let total = rooms * members;
-            let run_id = run_id();
-            let room_bytes = ocm::wire::room_name(run_id, rooms - 1).len();
-            let name_bytes = ocm::wire::member_name(total - 1).len();
-            check_bytes(
-                ocm::stamp::STAMP_BYTES,
-                ocm::wire::message_bytes_max(room_bytes, name_bytes),
-            )?;
-            fanout_check(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
-            (
-                Setup::of::<ocm::Ocm>(OcmConfig {
-                    tcp_target: resolve_loopback(host, args.ocm_tcp_port)?,
-                    udp_target: resolve_loopback(host, args.ocm_udp_port)?,
-                    rooms,
-                    members,
-                    rate_per_s: rate,
-                    room_rate_per_s: (connect_rate / members as u64).clamp(1, OCM_ROOM_RATE_MAX),
-                    duration_us,
-                    warmup_us,
-                    drain_us: drain(OCM_DRAIN_DEFAULT),
-                    exit_wait_us: OCM_EXIT_WAIT.as_micros() as u64,
-                    message_bytes: bytes,
-                    recv_buffer_bytes: OCM_RECV_BUFFER_DEFAULT,
-                    // Loss allowed: none, as the single run's default.
-                    loss_max_percent: 0.0,
-                    run_id,
-                    progress: false,
-                }),
-                // A UDP socket per member, and a TCP connection each while it asks for its token.
-                2 * total as u64,
-            )
-        }
-    };
-    Ok(setup)
+    }
+
+    /// --duration, --warmup and --drain (or the scenario's default), in µs.
+    pub fn window_us(&self, drain_default: Duration) -> (u64, u64, u64) {
+        let common = &self.args.common;
+        (
+            common.duration.as_micros() as u64,
+            common.warmup.as_micros() as u64,
+            common.drain.unwrap_or(drain_default).as_micros() as u64,
+        )
+    }
 }
 
 /// Each scenario ramps up at its part of --connect-rate, so the ramps together keep it.

@@ -5,7 +5,8 @@
 //! writes and what it says when no server answered. The single-protocol subcommand
 //! ([`run_single`]) and the mix drive every protocol through that one trait (the mix through
 //! [`InMix`] too), so adding a protocol is its folder, a [`Protocol`] variant here and its arm
-//! in [`Protocol`]'s table. The lobby (`lobby::Lobby`) is a scenario but no protocol of its own:
+//! in [`Protocol`]'s table. Its folder's `args.rs` turns its subcommand's flags into its config
+//! ([`ScenarioArgs`]) and its share of the mix into the same config (`in_mix`, in its row). The lobby (`lobby::Lobby`) is a scenario but no protocol of its own:
 //! it implements [`ScenarioKind`] and [`InMix`] (`mix --lobby`), not [`Protocol`].
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use crate::churn::SignIn;
 use crate::driver::{self, Reactor, RunError};
+use crate::mix::{MixShare, Setup};
 use crate::report::ScenarioReport;
 use crate::stats::LatencyHistogram;
 
@@ -40,7 +42,12 @@ pub struct ProtocolInfo {
     pub row: RowSource,
     /// How churn signs its connections in.
     pub sign_in: &'static SignIn,
+    /// Its share of the mix, checked and turned into its config (its folder's `args::in_mix`).
+    pub in_mix: InMixSetup,
 }
+
+/// A protocol's share of the mix, as its scenario's config; also the descriptors it needs.
+pub type InMixSetup = fn(&MixShare<'_>) -> Result<(Setup, u64), String>;
 
 /// Where a report keeps what its summary row shows (JSON pointers into the report), apart from
 /// what every report has in the same place (`/send`, `/errors`, `/verdict`, `/outcome`).
@@ -64,7 +71,7 @@ const fn info(
     (requested, joined): (&'static str, &'static str),
     (latency, latency_path): (&'static str, &'static str),
     losses: &'static str,
-    sign_in: &'static SignIn,
+    (sign_in, in_mix): (&'static SignIn, InMixSetup),
 ) -> ProtocolInfo {
     ProtocolInfo {
         name,
@@ -78,6 +85,7 @@ const fn info(
             losses,
         },
         sign_in,
+        in_mix,
     }
 }
 
@@ -88,7 +96,7 @@ static ROOM: ProtocolInfo = info(
     CONNECTIONS,
     DELIVERY,
     LOSSES,
-    &crate::room::churn::SIGN_IN,
+    (&crate::room::churn::SIGN_IN, crate::room::args::in_mix),
 );
 static BIN24: ProtocolInfo = info(
     "bin24",
@@ -97,7 +105,7 @@ static BIN24: ProtocolInfo = info(
     CONNECTIONS,
     ("ack", "/latency_ms/ack_200"),
     "/messages/lost/total",
-    &crate::bin24::churn::SIGN_IN,
+    (&crate::bin24::churn::SIGN_IN, crate::bin24::args::in_mix),
 );
 static CCM: ProtocolInfo = info(
     "ccm",
@@ -106,7 +114,7 @@ static CCM: ProtocolInfo = info(
     CONNECTIONS,
     DELIVERY,
     LOSSES,
-    &crate::ccm::churn::SIGN_IN,
+    (&crate::ccm::churn::SIGN_IN, crate::ccm::args::in_mix),
 );
 static MATOU: ProtocolInfo = info(
     "matou",
@@ -115,7 +123,7 @@ static MATOU: ProtocolInfo = info(
     CONNECTIONS,
     DELIVERY,
     LOSSES,
-    &crate::matou::churn::SIGN_IN,
+    (&crate::matou::churn::SIGN_IN, crate::matou::args::in_mix),
 );
 static OCM: ProtocolInfo = info(
     "ocm",
@@ -124,7 +132,7 @@ static OCM: ProtocolInfo = info(
     ("/rooms/members_requested", "/rooms/members_joined"),
     DELIVERY,
     "/udp_loss/lost",
-    &crate::ocm::churn::SIGN_IN,
+    (&crate::ocm::churn::SIGN_IN, crate::ocm::args::in_mix),
 );
 
 impl Protocol {
@@ -241,4 +249,25 @@ pub fn run_single<K: ScenarioKind>(
     let report = K::report(cfg, common.seed, common.strict, &outcome);
     let (plotted, diagnostic) = K::histograms(&outcome);
     outputs.deliver(K::file_name(cfg), title, &plotted, &diagnostic, &report)
+}
+
+/// What a subcommand's flags give [`run_single`]: the config, the sockets the run needs (for
+/// the open-files limit) and the plot's title.
+pub type Single<K> = (<K as ScenarioKind>::Config, u64, String);
+
+/// A single-protocol subcommand's flags, checked and turned into its scenario's config in the
+/// scenario's own folder (`<proto>/args.rs`).
+pub trait ScenarioArgs {
+    type Kind: ScenarioKind;
+    fn common(&self) -> &crate::CommonArgs;
+    /// The run these flags ask for, or why they cannot run (exit 2).
+    fn config(&self) -> Result<Single<Self::Kind>, String>;
+}
+
+/// A single-protocol subcommand, from its flags to its exit code.
+pub fn run_args<A: ScenarioArgs>(args: &A) -> ExitCode {
+    match args.config() {
+        Ok((cfg, files, title)) => run_single::<A::Kind>(args.common(), &cfg, files, title),
+        Err(why) => crate::refuse(why),
+    }
 }

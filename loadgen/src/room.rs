@@ -17,6 +17,7 @@
 //! byte budget, after which the connection waits on `still_ready` because no new edge will
 //! come; a blocked writer waits for the next writable edge with its messages queued.
 
+pub mod args;
 pub mod report;
 
 use std::collections::VecDeque;

@@ -22,6 +22,7 @@
 //! The loop is ROOM's (see `room.rs`): one mio poll, sockets registered READABLE|WRITABLE once,
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
+pub mod args;
 pub mod churn;
 pub mod ledger;
 pub mod report;

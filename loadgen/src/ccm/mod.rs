@@ -15,6 +15,7 @@
 //! The loop is ROOM's and BIN24's: one mio poll, sockets registered READABLE|WRITABLE once,
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
+pub mod args;
 pub mod churn;
 pub mod report;
 pub mod stamp;

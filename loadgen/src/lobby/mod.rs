@@ -20,6 +20,7 @@
 //! asks for its token) is a client of the engine; the OCM members' UDP sockets, which the
 //! engine does not drive, come through [`Wire::on_other_event`].
 
+pub mod args;
 pub mod ledger;
 pub mod report;
 pub mod wire;

@@ -18,6 +18,7 @@
 //! The loop is ROOM's and CCM's: one mio poll, sockets registered READABLE|WRITABLE once,
 //! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
 
+pub mod args;
 pub mod churn;
 pub mod links;
 pub mod report;

@@ -27,6 +27,7 @@
 //! kernel granted is reported.
 
 pub mod accounting;
+pub mod args;
 pub mod churn;
 pub mod report;
 pub mod stamp;
