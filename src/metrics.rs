@@ -354,6 +354,12 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
              --store-bytes-max.",
             vec![sample(&[], store.refused_store_full)],
         );
+        out.gauge(
+            "chatd_store_stopped",
+            "1 once a batch of the offline store failed (I/O error, corruption met at run time): \
+             appends are refused (\"507\") and stored frames wait until chatd is restarted.",
+            vec![sample(&[], u64::from(store.stopped))],
+        );
         out.counter(
             "chatd_bin24_stored_delivered_total",
             "Stored frames counted as delivered and removed, by how: the client answered them, \

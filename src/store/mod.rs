@@ -21,7 +21,7 @@ mod worker;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     stored_users: AtomicU64,
     /// Appends refused because the whole store was at its limit.
     refused_store_full: AtomicU64,
+    /// A batch failed and the storage thread stopped using the database until a restart.
+    stopped: AtomicBool,
     wake: Mutex<Box<dyn Fn() + Send>>,
 }
 
@@ -138,6 +140,7 @@ impl Shared {
             stored_bytes: AtomicU64::new(0),
             stored_users: AtomicU64::new(0),
             refused_store_full: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
             wake: Mutex::new(wake),
         }
     }
@@ -174,6 +177,9 @@ pub struct StoreMetrics {
     /// Appends refused ("507") because the whole store was at `--store-frames-max` or
     /// `--store-bytes-max`.
     pub refused_store_full: u64,
+    /// A batch failed (I/O error, corruption met at run time): since then every append is
+    /// refused ("507") and every load and remove fails (frames stay stored) until a restart.
+    pub stopped: bool,
     /// Filled in by the server from BIN24's custody of stored frames (the store itself does
     /// not know them): frames delivered by how, frames kept for redelivery, refused logins,
     /// and stored bytes held in memory.
@@ -206,10 +212,31 @@ impl OfflineStore {
         config: StoreConfig,
         wake: Box<dyn Fn() + Send>,
     ) -> Result<OfflineStore, StoreError> {
+        OfflineStore::open_on(config, worker::Source::File, wake)
+    }
+
+    /// [`OfflineStore::open`] on a redb storage backend the caller supplies instead of the file
+    /// [`FILE_NAME`] in `config.data_dir` (which is still created, and names the store in
+    /// messages). For tests that make the disk fail or watch what reaches it: a backend that
+    /// wraps redb's `FileBackend` on that file, fails its writes or syncs, and records them.
+    /// `chatd` always opens the file.
+    pub fn open_on_backend(
+        config: StoreConfig,
+        backend: impl redb::StorageBackend,
+        wake: Box<dyn Fn() + Send>,
+    ) -> Result<OfflineStore, StoreError> {
+        OfflineStore::open_on(config, worker::Source::backend(backend), wake)
+    }
+
+    fn open_on(
+        config: StoreConfig,
+        source: worker::Source,
+        wake: Box<dyn Fn() + Send>,
+    ) -> Result<OfflineStore, StoreError> {
         prepare_dir(&config.data_dir)?;
         let path = config.data_dir.join(FILE_NAME);
         let shared = Arc::new(Shared::new(wake));
-        let worker = worker::Worker::open(&path, &config, Arc::clone(&shared))?;
+        let worker = worker::Worker::open(&path, source, &config, Arc::clone(&shared))?;
         let (requests, requests_rx) = mpsc::channel();
         let (events_tx, events) = mpsc::channel();
         let thread_events = events_tx.clone();
@@ -277,6 +304,7 @@ impl OfflineStore {
             stored_bytes: self.shared.stored_bytes.load(Ordering::Relaxed),
             stored_users: self.shared.stored_users.load(Ordering::Relaxed),
             refused_store_full: self.shared.refused_store_full.load(Ordering::Relaxed),
+            stopped: self.shared.stopped.load(Ordering::Relaxed),
             ..StoreMetrics::default()
         }
     }

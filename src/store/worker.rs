@@ -12,8 +12,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use log::{debug, error, info, warn};
 use redb::{
-    Builder, Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Builder, Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata,
+    StorageBackend, TableDefinition, WriteTransaction,
 };
 
 use super::keys::{self, Name};
@@ -42,8 +42,13 @@ pub(crate) struct Worker {
     path: PathBuf,
     ledger: Ledger,
     shared: Arc<Shared>,
-    /// Set after a panic inside a batch: the database's state is unknown, so every later request
-    /// is answered `Failed` without touching it.
+    /// Set after a batch failed (an I/O error, corruption met at run time, a panic): every later
+    /// request is answered `Failed` without touching the database, until a restart reopens it.
+    /// Not retried in place: redb latches an I/O error (every later operation of this
+    /// `Database` fails with `PreviousIo`), and reopening after a failed fsync is what Linux
+    /// makes unsafe (the kernel may drop the pages it could not write while its cache still
+    /// shows them, so a reopen would build on data that is not on disk). A restart runs redb's
+    /// recovery from the file.
     broken: Option<String>,
     failed_batches: u64,
     first_failure: Option<String>,
@@ -58,17 +63,35 @@ struct BatchCounts {
     removes: usize,
 }
 
+/// Where the database lives: the file (production), or a backend a test supplies.
+pub(crate) enum Source {
+    File,
+    Backend(Box<dyn FnOnce(&Builder) -> Result<Database, DatabaseError> + Send>),
+}
+
+impl Source {
+    /// `backend` in place of the file at `path` (which still names the store in messages).
+    pub(crate) fn backend(backend: impl StorageBackend) -> Source {
+        Source::Backend(Box::new(move |builder: &Builder| {
+            builder.create_with_backend(backend)
+        }))
+    }
+}
+
 impl Worker {
-    /// Open (or create) the database at `path`, verify it and load the counters.
+    /// Open (or create) the database at `path` (or on the backend `source` names), verify it
+    /// and load the counters.
     pub(crate) fn open(
         path: &Path,
+        source: Source,
         config: &StoreConfig,
         shared: Arc<Shared>,
     ) -> Result<Worker, StoreError> {
         let started = Instant::now();
         // redb promises no panic on a corrupt file only with the integrity check; a panic anyway
         // (a bug) is still an error for the caller, not a crash.
-        let opened = panic::catch_unwind(|| open_database(path)).unwrap_or_else(|_| {
+        let opened = panic::catch_unwind(AssertUnwindSafe(|| open_database(path, source)))
+            .unwrap_or_else(|_| {
             Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
                 detail: "the database panicked while opening it".to_string(),
@@ -174,24 +197,30 @@ impl Worker {
         }
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.try_execute(&batch)))
             .unwrap_or_else(|payload| {
-                let why = format!(
-                    "the storage thread panicked ({}); the store is stopped",
+                Err(format!(
+                    "the storage thread panicked ({})",
                     panic_message(payload.as_ref())
-                );
-                self.broken = Some(why.clone());
-                Err(why)
+                ))
             });
         match outcome {
             Ok(events) => events,
             Err(why) => {
                 self.ledger.rollback();
                 self.failed_batches += 1;
+                // The commit's fate is unknown to us (an fsync that failed may have left it whole
+                // in the file, never half: redb commits are atomic), so no request of the batch
+                // may be answered as durable; the store stops (see `broken`).
                 error!(
-                    "offline store {}: a batch of {} request(s) failed, nothing of it is stored: {why}",
+                    "offline store {}: a batch of {} request(s) failed: {why}; none of it is \
+                     reported durable, and the store is stopped: appends are refused (\"507\") \
+                     and stored frames wait until chatd is restarted",
                     self.path.display(),
                     batch.len()
                 );
                 self.first_failure.get_or_insert_with(|| why.clone());
+                let stopped = format!("the store stopped after a failure ({why})");
+                self.broken.get_or_insert(stopped);
+                self.shared.stopped.store(true, Ordering::Relaxed);
                 failed_events(&batch, &why)
             }
         }
@@ -432,7 +461,7 @@ type Opened = (Database, HashMap<Name, Usage>, u64);
 
 /// Open or create the file, with its integrity checked, make the tables, and read back what
 /// the ledger needs: each user's usage and the next sequence number.
-fn open_database(path: &Path) -> Result<Opened, StoreError> {
+fn open_database(path: &Path, source: Source) -> Result<Opened, StoreError> {
     let redb_error = |e: redb::Error| StoreError::from_redb(path, e);
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_path_buf(),
@@ -456,7 +485,11 @@ fn open_database(path: &Path) -> Result<Opened, StoreError> {
                 );
             }
         });
-    let db = builder.create(path).map_err(|e| redb_error(e.into()))?;
+    let db = match source {
+        Source::File => builder.create(path),
+        Source::Backend(create) => create(&builder),
+    }
+    .map_err(|e| redb_error(e.into()))?;
 
     let txn = db.begin_write().map_err(|e| redb_error(e.into()))?;
     let (usage, next_seq) = {
@@ -558,7 +591,13 @@ mod tests {
             ..StoreConfig::default()
         };
         let shared = Arc::new(Shared::new(Box::new(|| {})));
-        Worker::open(&dir.0.join(super::super::FILE_NAME), &config, shared).unwrap()
+        Worker::open(
+            &dir.0.join(super::super::FILE_NAME),
+            Source::File,
+            &config,
+            shared,
+        )
+        .unwrap()
     }
 
     fn append(ticket: u64, user: &str, frame: &str) -> StoreRequest {
