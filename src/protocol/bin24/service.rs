@@ -211,6 +211,9 @@ pub struct Bin24Service {
     /// The last time the server held BIN24 input back (store queue full): answers may have
     /// waited in its sockets, so ack timeouts in the window after do not count.
     input_held_at_ms: Option<u64>,
+    /// Store failures seen; logged at the 1st, 2nd, 4th, 8th...: a stopped store fails every
+    /// request, and one warning per message to an offline user would flood the log.
+    store_failures: u64,
 }
 
 /// Slots of the ack wheel: 10 ms ticks, so one revolution covers about 5 s, more than the
@@ -249,6 +252,7 @@ impl Bin24Service {
             next_ticket: 0,
             loading_users: HashSet::new(),
             loaded_bytes: 0,
+            store_failures: 0,
             load_waiters: VecDeque::new(),
             grace: VecDeque::new(),
             custody: CustodyCounts::default(),
@@ -875,7 +879,13 @@ impl Bin24Service {
                 self.on_page(conn, user, reserved_bytes, Ok((frames, more)), out, store);
             }
             StoreEvent::Failed { ticket, error } => {
-                warn!("offline store failed: {error}");
+                self.store_failures += 1;
+                if self.store_failures.is_power_of_two() {
+                    warn!(
+                        "offline store failed ({} failure(s) so far): {error}",
+                        self.store_failures
+                    );
+                }
                 match ticket.and_then(|t| self.tickets.remove(&t)) {
                     Some(Ticket::Append {
                         sender,
