@@ -492,7 +492,11 @@ fn a_commit_whose_fsync_fails_fails_its_whole_batch_and_the_file_holds_it_whole_
         stored.is_empty() || stored.len() == batch.len(),
         "half a batch after reopening: {stored:?} of {batch:?}"
     );
-    assert_eq!(ann.len() + bob.len(), 2 + stored.len(), "ann {ann:?} bob {bob:?}");
+    assert_eq!(
+        ann.len() + bob.len(),
+        2 + stored.len(),
+        "ann {ann:?} bob {bob:?}"
+    );
     h.append("carol", b"after the restart");
     assert_eq!(texts(&h.load("carol")), ["after the restart"]);
     h.store.close().unwrap();
@@ -557,9 +561,13 @@ fn a_disk_failure_answers_507_to_bin24_senders_never_300_and_bin24_goes_on() {
     };
     let alice = ConnId::new(1, 1);
     let carol = ConnId::new(2, 1);
-    let answer = |id: u32, text: &[u8]| codec::encode_answer(id, name("carol"), name("alice"), text);
+    let answer =
+        |id: u32, text: &[u8]| codec::encode_answer(id, name("carol"), name("alice"), text);
     b.service.on_accept(alice, "127.0.0.1".parse().unwrap());
-    b.feed(alice, &message(1, "alice", "carol", "stored before the failure"));
+    b.feed(
+        alice,
+        &message(1, "alice", "carol", "stored before the failure"),
+    );
     b.drain_until(|out| out.sent_to(alice).len() == 1);
     assert_eq!(b.out.sent_to(alice), [answer(1, b"300")]);
 
@@ -575,7 +583,11 @@ fn a_disk_failure_answers_507_to_bin24_senders_never_300_and_bin24_goes_on() {
     let expected: Vec<Bytes> = std::iter::once(answer(1, b"300"))
         .chain((2..=7).map(|id| answer(id, b"507")))
         .collect();
-    assert_eq!(b.out.sent_to(alice), expected, "507 for every frame not durable");
+    assert_eq!(
+        b.out.sent_to(alice),
+        expected,
+        "507 for every frame not durable"
+    );
 
     // carol logs in: her backlog cannot be loaded now (it stays stored), and she is served live.
     b.service.on_accept(carol, "127.0.0.1".parse().unwrap());
@@ -585,8 +597,15 @@ fn a_disk_failure_answers_507_to_bin24_senders_never_300_and_bin24_goes_on() {
         b.out.sent_to(alice)[7],
         message(1, "carol", "alice", "hello alice")
     );
-    assert!(b.out.closed.is_empty(), "nobody is closed: {:?}", b.out.closed);
-    assert!(b.out.notified.is_empty(), "no stored frame is sent: the load failed");
+    assert!(
+        b.out.closed.is_empty(),
+        "nobody is closed: {:?}",
+        b.out.closed
+    );
+    assert!(
+        b.out.notified.is_empty(),
+        "no stored frame is sent: the load failed"
+    );
 
     let Bin24OnDisk { h, .. } = b;
     assert!(h.store.close().is_err(), "the failure is reported at close");

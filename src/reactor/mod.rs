@@ -528,6 +528,13 @@ impl Server {
             }
             self.serve_ready_list(carried);
             self.serve_udp();
+            // Read before `on_wake` drains the store's events: idle then means every answer of
+            // the store has been handed to its protocol this turn.
+            let store_idle = self.shutdown_deadline_ms.is_none()
+                || self
+                    .services
+                    .store_metrics()
+                    .is_none_or(|store| store.pending_requests == 0);
             self.on_wake();
             self.fire_timers();
             self.flush_hub_datagrams();
@@ -546,8 +553,11 @@ impl Server {
             self.accept_admin();
 
             if let Some(deadline_ms) = self.shutdown_deadline_ms {
+                // Store requests still running are waited for too (within the grace), so that
+                // a frame made durable gets its "300" out instead of only at the store's close.
                 let drained = self.table.out_bytes_total == 0
-                    && self.udp.iter().all(|entry| entry.deferred.is_empty());
+                    && self.udp.iter().all(|entry| entry.deferred.is_empty())
+                    && store_idle;
                 if drained || self.now_ms >= deadline_ms {
                     if !drained {
                         let datagrams: usize = self
@@ -555,9 +565,15 @@ impl Server {
                             .iter_mut()
                             .map(|entry| entry.deferred.discard(&mut entry.counters))
                             .sum();
+                        let store_requests = self
+                            .services
+                            .store_metrics()
+                            .map_or(0, |store| store.pending_requests);
                         warn!(
                             "shutdown grace period over with {} bytes and {datagrams} datagrams \
-                             still queued (the datagrams are counted as send_dropped)",
+                             still queued (the datagrams are counted as send_dropped) and \
+                             {store_requests} store requests running (made durable at the \
+                             store's close, unanswered)",
                             self.table.out_bytes_total
                         );
                     }

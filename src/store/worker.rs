@@ -63,10 +63,13 @@ struct BatchCounts {
     removes: usize,
 }
 
+/// Creates the database on a backend, given the builder's settings.
+type CreateOnBackend = Box<dyn FnOnce(&Builder) -> Result<Database, DatabaseError> + Send>;
+
 /// Where the database lives: the file (production), or a backend a test supplies.
 pub(crate) enum Source {
     File,
-    Backend(Box<dyn FnOnce(&Builder) -> Result<Database, DatabaseError> + Send>),
+    Backend(CreateOnBackend),
 }
 
 impl Source {
@@ -92,11 +95,11 @@ impl Worker {
         // (a bug) is still an error for the caller, not a crash.
         let opened = panic::catch_unwind(AssertUnwindSafe(|| open_database(path, source)))
             .unwrap_or_else(|_| {
-            Err(StoreError::Corrupt {
-                path: path.to_path_buf(),
-                detail: "the database panicked while opening it".to_string(),
-            })
-        })?;
+                Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "the database panicked while opening it".to_string(),
+                })
+            })?;
         let (db, usage, next_seq) = opened;
         let limits = Limits {
             frames_per_user_max: config.frames_per_user_max,
