@@ -1,0 +1,108 @@
+//! BIN24 messages that cross the switchboard to a CCM user, over real sockets: what the
+//! sender's "200" promises, and the window it leaves (docs/PROTOCOLS.md, switchboard rule 4;
+//! docs/RELIABILITY.md, "BIN24 custody").
+
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::bin24::Bin24;
+use common::{Client, TempDir, TestServer, WAIT};
+use switchboard::config::Config;
+use switchboard::protocol::bin24::codec;
+
+fn server(data: &TempDir) -> TestServer {
+    TestServer::start(Config {
+        bin24_port: Some(0),
+        ccm_port: Some(0),
+        admin_port: Some(0),
+        data_dir: data.0.clone(),
+        ..Config::for_tests()
+    })
+}
+
+/// Identify over CCM as `name` (the contract's wire format, written by hand).
+fn ccm_identify(server: &TestServer, name: &str) -> Client {
+    let mut client = Client::connect(server.ccm.expect("CCM enabled"), name);
+    client.send(
+        format!(
+            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+            name.len()
+        )
+        .as_bytes(),
+    );
+    client.expect(b"CCM\\1.0 Identity\nUser: ");
+    client.read_through(b"\n");
+    client.expect(b"Content-Length: 0\n\n");
+    client
+}
+
+/// Wait (bounded) until exactly `bytes` wait unread in the socket's receive queue.
+fn wait_unread(stream: &TcpStream, bytes: usize) {
+    let deadline = Instant::now() + WAIT;
+    let mut peek = vec![0u8; bytes + 1];
+    loop {
+        let queued = stream.peek(&mut peek).expect("peek");
+        if queued == bytes {
+            return;
+        }
+        assert!(queued < bytes, "more than the message arrived: {queued}");
+        assert!(
+            Instant::now() < deadline,
+            "only {queued} of {bytes} bytes arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The documented window: "200" means the CCM user's TCP acknowledged the bytes (the contract
+/// asks only that they were written), not that the program read them. A CCM client that lets
+/// the message arrive, never reads it and resets loses it, and nothing is stored for it. CCM
+/// has no answer frame, so the server cannot know better; a BIN24 recipient that answers has
+/// no such window. Should this window be closed one day, this test fails and the docs change
+/// with it.
+#[test]
+fn a_bin24_message_answered_200_is_lost_when_the_ccm_user_resets_with_it_unread() {
+    let data = TempDir::new("bin24-ccm-window");
+    let server = server(&data);
+    let mut bob = Bin24::log_in(&server, "bob");
+    let cat = ccm_identify(&server, "cat");
+    server.wait_connections(2);
+
+    let id = bob.send("cat", "are you there?");
+    let delivered = "CCM\\1.0 Text\nSender: bob\nAddressee: cat\nMessage-Encoding: utf-8\n\
+                     Content-Length: 14\n\nare you there?";
+    // In cat's kernel, acknowledged by its TCP, read by nobody; bob hears "200" for it.
+    wait_unread(&cat.stream, delivered.len());
+    let answer = bob.recv();
+    assert_eq!(
+        (
+            answer.frame_type,
+            answer.message_id,
+            &answer.src[..],
+            &answer.body[..]
+        ),
+        (codec::TYPE_ANSWER, id, "cat", codec::ANSWER_DELIVERED)
+    );
+    let mut peek = vec![0u8; delivered.len()];
+    cat.stream.peek(&mut peek).expect("peek");
+    assert_eq!(String::from_utf8_lossy(&peek), delivered);
+
+    // cat closes with the message unread: Linux sends a reset, and the message is gone.
+    drop(cat);
+    server.wait_connections(1);
+    // A store request made at cat's close would be seen by this login's load (the store runs
+    // requests in order), and its frame would come before the answer to the sync message.
+    let mut cat_over_bin24 = Bin24::connect(server.bin24.expect("BIN24 enabled"), "cat");
+    assert!(
+        cat_over_bin24.register_and_wait().is_empty(),
+        "no stored frame waits for the name"
+    );
+    assert_eq!(server.metric("chatd_store_frames"), Some(0.0));
+    server.stop();
+}
