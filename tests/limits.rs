@@ -137,6 +137,173 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
     assert_eq!(stats.handshake_timeouts, 8, "{stats}");
 }
 
+/// One hostile client of the trickle test: what it sends at each step, and when it was
+/// closed.
+struct Trickler {
+    client: Client,
+    /// Sent one at a time, a step apart; each keeps the connection unidentified.
+    steps: Vec<Vec<u8>>,
+    sent: usize,
+    closed_after: Option<Duration>,
+}
+
+impl Trickler {
+    fn new(client: Client, steps: Vec<Vec<u8>>) -> Trickler {
+        Trickler {
+            client,
+            steps,
+            sent: 0,
+            closed_after: None,
+        }
+    }
+
+    /// Whether the server has closed the connection, waiting at most `wait` for news.
+    fn closed_within(&mut self, wait: Duration) -> bool {
+        use std::io::{ErrorKind, Read};
+        self.client
+            .stream
+            .set_read_timeout(Some(wait))
+            .expect("set timeout");
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.client.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                // Prompts and refusals (`alias?`, name-taken) arrive while it trickles.
+                Ok(_) => continue,
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return false
+                }
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => return true,
+                Err(err) => panic!("{}: read failed: {err}", self.client.name),
+            }
+        }
+    }
+}
+
+/// Input that keeps arriving must not buy time: a client that trickles a partial frame byte
+/// by byte, or retries a refused name, is closed at the deadline counted from accept, not
+/// from its last byte. Each sends a quarter deadline apart for up to ten deadlines, so a
+/// deadline that restarted on data would never close any of them.
+#[test]
+fn trickling_input_does_not_move_the_handshake_deadline_on_any_tcp_protocol() {
+    let data = TempDir::new("limits-trickle");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        ccm_port: Some(0),
+        matou_port: Some(0),
+        ocm_tcp_port: Some(0),
+        ocm_udp_port: Some(0),
+        data_dir: data.0.clone(),
+        handshake_timeout_ms: HANDSHAKE_MS,
+        room_handshake_timeout_ms: HANDSHAKE_MS,
+        ocm_tcrp_request_timeout_ms: HANDSHAKE_MS,
+        ..Config::for_tests()
+    });
+    let mut ccm_holder = Client::connect(server.ccm.expect("CCM"), "ccm holder");
+    ccm_holder.send(&ccm_identity("cathy"));
+    ccm_holder.read_through(b"Content-Length: 0\n\n");
+    let mut matou_holder = Client::connect(server.matou.expect("MATOU"), "matou holder");
+    matou_holder.send(&matou::connect_request(b"maria"));
+    matou_holder.expect(&matou::connect_response(true));
+
+    let bytes = |frame: &[u8]| -> Vec<Vec<u8>> { frame.iter().map(|&b| vec![b]).collect() };
+    let retries = |attempt: &[u8]| -> Vec<Vec<u8>> { vec![attempt.to_vec(); 40] };
+    // A BIN24 frame with a body long enough that 40 bytes never complete it.
+    let bin24_frame = bin24_message(1, "mallory", "alice", &"x".repeat(200));
+    // A CCM header that never ends, a MATOU request and an OCM TCRP request cut short.
+    let ccm_header = format!(
+        "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8{}",
+        "x".repeat(64)
+    );
+    let matou_request = matou::connect_request(&[b'm'; 60]);
+    // Its 32-byte header alone, never finished.
+    let mut ocm_request = vec![5u8, 1, 0];
+    ocm_request.resize(32, 0);
+    let connect = |addr: Option<SocketAddr>, name: &str| Client::connect(addr.expect(name), name);
+    let mut tricklers = vec![
+        Trickler::new(connect(server.bin24, "bin24 partial frame"), {
+            let mut steps = bytes(&bin24_frame);
+            steps.truncate(40);
+            steps
+        }),
+        Trickler::new(connect(server.ccm, "ccm endless header"), {
+            let mut steps = bytes(ccm_header.as_bytes());
+            steps.truncate(40);
+            steps
+        }),
+        Trickler::new(
+            connect(server.ccm, "ccm taken name"),
+            retries(&ccm_identity("cathy")),
+        ),
+        Trickler::new(connect(server.matou, "matou partial request"), {
+            let mut steps = bytes(&matou_request);
+            steps.truncate(40);
+            steps
+        }),
+        Trickler::new(
+            connect(server.matou, "matou taken name"),
+            retries(&matou::connect_request(b"maria")),
+        ),
+        Trickler::new(connect(server.ocm_tcp, "ocm partial request"), {
+            let mut steps = bytes(&ocm_request);
+            steps.truncate(31);
+            steps
+        }),
+        Trickler::new(
+            Client::connect(server.room, "room empty alias"),
+            retries(b"\n"),
+        ),
+    ];
+    assert!(
+        tricklers.iter().all(|t| t.steps.len() > 4),
+        "every trickle outlasts the deadline"
+    );
+
+    let step = Duration::from_millis(HANDSHAKE_MS / 4);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(HANDSHAKE_MS * 10) {
+        let mut open = 0;
+        for trickler in tricklers.iter_mut().filter(|t| t.closed_after.is_none()) {
+            if trickler.sent < trickler.steps.len() {
+                // A write racing the server's close may fail: the read below tells.
+                let _ = trickler
+                    .client
+                    .stream
+                    .write_all(&trickler.steps[trickler.sent]);
+                trickler.sent += 1;
+            }
+            if trickler.closed_within(step / 8) {
+                trickler.closed_after = Some(started.elapsed());
+            } else {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        std::thread::sleep(step);
+    }
+    for trickler in &tricklers {
+        let closed_after = trickler
+            .closed_after
+            .unwrap_or_else(|| panic!("{}: still open after ten deadlines", trickler.client.name));
+        assert!(
+            trickler.sent < trickler.steps.len(),
+            "{}: closed only after its trickle ended ({closed_after:?})",
+            trickler.client.name
+        );
+    }
+
+    // The identified ones are still served.
+    ccm_holder.send(&ccm_text("nobody", "still there?"));
+    ccm_holder.read_through(b"unknown-addressee");
+    matou_holder.send(&matou::public_message(b"still there"));
+    matou_holder.read_through(b"still there");
+    let stats = server.stop();
+    // All seven, ROOM included: none was closed for anything but its deadline.
+    assert_eq!(stats.handshake_timeouts, 7, "{stats}");
+}
+
 /// A TCP connection to `to` from the local address `from` (another loopback address).
 fn connect_from(from: &str, to: SocketAddr, name: &str) -> Client {
     let socket =
