@@ -447,3 +447,65 @@ fn a_datagram_flood_is_dropped_and_counted_while_members_still_chat() {
     );
     assert!(stats.datagrams_dropped_in >= rate_limited);
 }
+
+/// A connection closing after its output is flushed (`CloseMode::AfterFlush`) while its
+/// reader never reads: the close must come at `--close-linger-ms`, not wait for a flush that
+/// never ends and hold the descriptor for ever.
+#[test]
+fn a_close_after_flush_to_a_reader_that_never_reads_ends_at_the_linger_time() {
+    const LINGER_MS: u64 = 300;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        close_linger_ms: LINGER_MS,
+        // Neither the CCM rate limits nor the slow-consumer limits may close rita first.
+        ccm_sender_bytes_per_s_max: 0,
+        ccm_pair_bytes_per_s_max: 0,
+        // Nor may a keepalive close anyone during the test.
+        ccm_keepalive_idle_ms: 60_000,
+        ..Config::for_tests()
+    });
+    let addr = server.ccm.expect("CCM");
+    // rita's receive buffer is small, so most of what she is sent stays queued in chatd.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut rita = Client {
+        stream,
+        received: Vec::new(),
+        name: "rita".to_string(),
+    };
+    rita.send(&ccm_identity("rita"));
+    rita.read_through(b"Content-Length: 0\n\n");
+    let mut sam = Client::connect(addr, "sam");
+    sam.send(&ccm_identity("sam"));
+    sam.read_through(b"Content-Length: 0\n\n");
+
+    // 704 KiB for rita: more than chatd's socket buffer (--tcp-send-buffer-bytes, 128 KiB,
+    // doubled by the kernel) and hers hold, under the 1 MiB soft output limit.
+    let body = "r".repeat(64 * 1024);
+    for _ in 0..11 {
+        sam.send(&ccm_text("rita", &body));
+    }
+    // sam's texts are handled in order: once his next one is refused, all of rita's are queued.
+    sam.send(&ccm_text("nobody", "x"));
+    sam.read_through(b"unknown-addressee");
+
+    // A malformed header: CCM answers Error, then closes rita after the flush.
+    let asked = Instant::now();
+    rita.send(b"CCM\\1.0 Text\nthis line has no colon\n\nx");
+    server.wait_connections(1);
+    let closed_after = asked.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(LINGER_MS),
+        "closed after {closed_after:?}: before the linger time, so nothing was waiting to flush"
+    );
+    // It was rita who was closed: what the kernel held for her, then the end.
+    rita.expect_closed();
+    // sam is still served.
+    sam.send(&ccm_text("nobody", "y"));
+    sam.read_through(b"unknown-addressee");
+    drop(server);
+}
