@@ -551,3 +551,55 @@ fn a_bad_cluster_url_or_node_name_is_refused() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
 }
+
+/// While Redis is frozen nothing is published, and what waits for it is bounded in bytes,
+/// not only in events: a CCM `*` flood of 1 MiB messages (160 MiB in all) leaves chatd's
+/// memory well under what it sent, the excess is dropped and counted, and the sender is
+/// still served.
+#[test]
+fn events_waiting_for_a_frozen_redis_are_bounded_in_bytes() {
+    const MESSAGES: usize = 160;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut a = node_with(
+        &redis,
+        "a",
+        &["--ccm-port"],
+        &[
+            "--ccm-sender-bytes-per-s-max",
+            "0",
+            "--ccm-pair-bytes-per-s-max",
+            "0",
+            // The flood is faster than one connection's input limit allows.
+            "--input-bytes-per-s-max",
+            "0",
+            // Long: the node must not take Redis's silence for its own death meanwhile.
+            "--cluster-lease-ms",
+            "60000",
+        ],
+    );
+    let (mut sender, token) = ccm_identify(addr(&a, "--ccm-port"), "flooder");
+    let before_kib = a.rss_kib();
+    redis.signal("-STOP");
+    let body = "f".repeat(1024 * 1024 - 64);
+    for _ in 0..MESSAGES {
+        sender.send(&ccm_text(&token, "*", &body));
+    }
+    // Texts are handled in order: once the next one is refused, the flood has been handled.
+    sender.send(&ccm_text(&token, "nobody", "x"));
+    sender.read_through(b"unknown-addressee");
+    let grew_kib = a.rss_kib().saturating_sub(before_kib);
+    let dropped = metric(&mut a, "chatd_cluster_events_publish_dropped_total");
+    redis.signal("-CONT");
+    eprintln!("chatd grew by {grew_kib} KiB; {dropped} events dropped");
+    // 64 MiB may wait for the publisher and 4 MiB be in its hands; the flood was 160 MiB.
+    assert!(
+        grew_kib < 100 * 1024,
+        "chatd grew by {grew_kib} KiB while Redis was frozen"
+    );
+    assert!(
+        dropped > 0.0,
+        "nothing was dropped: was anything published?"
+    );
+}

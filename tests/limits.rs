@@ -137,6 +137,173 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
     assert_eq!(stats.handshake_timeouts, 8, "{stats}");
 }
 
+/// One hostile client of the trickle test: what it sends at each step, and when it was
+/// closed.
+struct Trickler {
+    client: Client,
+    /// Sent one at a time, a step apart; each keeps the connection unidentified.
+    steps: Vec<Vec<u8>>,
+    sent: usize,
+    closed_after: Option<Duration>,
+}
+
+impl Trickler {
+    fn new(client: Client, steps: Vec<Vec<u8>>) -> Trickler {
+        Trickler {
+            client,
+            steps,
+            sent: 0,
+            closed_after: None,
+        }
+    }
+
+    /// Whether the server has closed the connection, waiting at most `wait` for news.
+    fn closed_within(&mut self, wait: Duration) -> bool {
+        use std::io::{ErrorKind, Read};
+        self.client
+            .stream
+            .set_read_timeout(Some(wait))
+            .expect("set timeout");
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.client.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                // Prompts and refusals (`alias?`, name-taken) arrive while it trickles.
+                Ok(_) => continue,
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return false
+                }
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => return true,
+                Err(err) => panic!("{}: read failed: {err}", self.client.name),
+            }
+        }
+    }
+}
+
+/// Input that keeps arriving must not buy time: a client that trickles a partial frame byte
+/// by byte, or retries a refused name, is closed at the deadline counted from accept, not
+/// from its last byte. Each sends a quarter deadline apart for up to ten deadlines, so a
+/// deadline that restarted on data would never close any of them.
+#[test]
+fn trickling_input_does_not_move_the_handshake_deadline_on_any_tcp_protocol() {
+    let data = TempDir::new("limits-trickle");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        ccm_port: Some(0),
+        matou_port: Some(0),
+        ocm_tcp_port: Some(0),
+        ocm_udp_port: Some(0),
+        data_dir: data.0.clone(),
+        handshake_timeout_ms: HANDSHAKE_MS,
+        room_handshake_timeout_ms: HANDSHAKE_MS,
+        ocm_tcrp_request_timeout_ms: HANDSHAKE_MS,
+        ..Config::for_tests()
+    });
+    let mut ccm_holder = Client::connect(server.ccm.expect("CCM"), "ccm holder");
+    ccm_holder.send(&ccm_identity("cathy"));
+    ccm_holder.read_through(b"Content-Length: 0\n\n");
+    let mut matou_holder = Client::connect(server.matou.expect("MATOU"), "matou holder");
+    matou_holder.send(&matou::connect_request(b"maria"));
+    matou_holder.expect(&matou::connect_response(true));
+
+    let bytes = |frame: &[u8]| -> Vec<Vec<u8>> { frame.iter().map(|&b| vec![b]).collect() };
+    let retries = |attempt: &[u8]| -> Vec<Vec<u8>> { vec![attempt.to_vec(); 40] };
+    // A BIN24 frame with a body long enough that 40 bytes never complete it.
+    let bin24_frame = bin24_message(1, "mallory", "alice", &"x".repeat(200));
+    // A CCM header that never ends, a MATOU request and an OCM TCRP request cut short.
+    let ccm_header = format!(
+        "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8{}",
+        "x".repeat(64)
+    );
+    let matou_request = matou::connect_request(&[b'm'; 60]);
+    // Its 32-byte header alone, never finished.
+    let mut ocm_request = vec![5u8, 1, 0];
+    ocm_request.resize(32, 0);
+    let connect = |addr: Option<SocketAddr>, name: &str| Client::connect(addr.expect(name), name);
+    let mut tricklers = vec![
+        Trickler::new(connect(server.bin24, "bin24 partial frame"), {
+            let mut steps = bytes(&bin24_frame);
+            steps.truncate(40);
+            steps
+        }),
+        Trickler::new(connect(server.ccm, "ccm endless header"), {
+            let mut steps = bytes(ccm_header.as_bytes());
+            steps.truncate(40);
+            steps
+        }),
+        Trickler::new(
+            connect(server.ccm, "ccm taken name"),
+            retries(&ccm_identity("cathy")),
+        ),
+        Trickler::new(connect(server.matou, "matou partial request"), {
+            let mut steps = bytes(&matou_request);
+            steps.truncate(40);
+            steps
+        }),
+        Trickler::new(
+            connect(server.matou, "matou taken name"),
+            retries(&matou::connect_request(b"maria")),
+        ),
+        Trickler::new(connect(server.ocm_tcp, "ocm partial request"), {
+            let mut steps = bytes(&ocm_request);
+            steps.truncate(31);
+            steps
+        }),
+        Trickler::new(
+            Client::connect(server.room, "room empty alias"),
+            retries(b"\n"),
+        ),
+    ];
+    assert!(
+        tricklers.iter().all(|t| t.steps.len() > 4),
+        "every trickle outlasts the deadline"
+    );
+
+    let step = Duration::from_millis(HANDSHAKE_MS / 4);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(HANDSHAKE_MS * 10) {
+        let mut open = 0;
+        for trickler in tricklers.iter_mut().filter(|t| t.closed_after.is_none()) {
+            if trickler.sent < trickler.steps.len() {
+                // A write racing the server's close may fail: the read below tells.
+                let _ = trickler
+                    .client
+                    .stream
+                    .write_all(&trickler.steps[trickler.sent]);
+                trickler.sent += 1;
+            }
+            if trickler.closed_within(step / 8) {
+                trickler.closed_after = Some(started.elapsed());
+            } else {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        std::thread::sleep(step);
+    }
+    for trickler in &tricklers {
+        let closed_after = trickler
+            .closed_after
+            .unwrap_or_else(|| panic!("{}: still open after ten deadlines", trickler.client.name));
+        assert!(
+            trickler.sent < trickler.steps.len(),
+            "{}: closed only after its trickle ended ({closed_after:?})",
+            trickler.client.name
+        );
+    }
+
+    // The identified ones are still served.
+    ccm_holder.send(&ccm_text("nobody", "still there?"));
+    ccm_holder.read_through(b"unknown-addressee");
+    matou_holder.send(&matou::public_message(b"still there"));
+    matou_holder.read_through(b"still there");
+    let stats = server.stop();
+    // All seven, ROOM included: none was closed for anything but its deadline.
+    assert_eq!(stats.handshake_timeouts, 7, "{stats}");
+}
+
 /// A TCP connection to `to` from the local address `from` (another loopback address).
 fn connect_from(from: &str, to: SocketAddr, name: &str) -> Client {
     let socket =
@@ -208,7 +375,13 @@ fn a_client_flooding_beyond_its_input_budget_is_closed_and_others_are_not() {
     });
     flooder.expect_closed();
     write_thread.join().expect("writer");
-    normal.read_through(b"b'flooder' acabou de sair do chat!");
+    let seen = normal.read_through(b"b'flooder' acabou de sair do chat!");
+    // What the budget let through was relayed; nothing beyond it reached the protocol.
+    let relayed = seen.iter().filter(|&&byte| byte == b'.').count();
+    assert!(
+        relayed <= 64 * 1024,
+        "{relayed} bytes of the flood reached the room, over the 64 KiB burst"
+    );
 
     // A client within its budget is served as before.
     for line in 0..20 {
@@ -279,4 +452,66 @@ fn a_datagram_flood_is_dropped_and_counted_while_members_still_chat() {
         "rate-limited drops: {rate_limited}; {stats}"
     );
     assert!(stats.datagrams_dropped_in >= rate_limited);
+}
+
+/// A connection closing after its output is flushed (`CloseMode::AfterFlush`) while its
+/// reader never reads: the close must come at `--close-linger-ms`, not wait for a flush that
+/// never ends and hold the descriptor for ever.
+#[test]
+fn a_close_after_flush_to_a_reader_that_never_reads_ends_at_the_linger_time() {
+    const LINGER_MS: u64 = 300;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        close_linger_ms: LINGER_MS,
+        // Neither the CCM rate limits nor the slow-consumer limits may close rita first.
+        ccm_sender_bytes_per_s_max: 0,
+        ccm_pair_bytes_per_s_max: 0,
+        // Nor may a keepalive close anyone during the test.
+        ccm_keepalive_idle_ms: 60_000,
+        ..Config::for_tests()
+    });
+    let addr = server.ccm.expect("CCM");
+    // rita's receive buffer is small, so most of what she is sent stays queued in chatd.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut rita = Client {
+        stream,
+        received: Vec::new(),
+        name: "rita".to_string(),
+    };
+    rita.send(&ccm_identity("rita"));
+    rita.read_through(b"Content-Length: 0\n\n");
+    let mut sam = Client::connect(addr, "sam");
+    sam.send(&ccm_identity("sam"));
+    sam.read_through(b"Content-Length: 0\n\n");
+
+    // 704 KiB for rita: more than chatd's socket buffer (--tcp-send-buffer-bytes, 128 KiB,
+    // doubled by the kernel) and hers hold, under the 1 MiB soft output limit.
+    let body = "r".repeat(64 * 1024);
+    for _ in 0..11 {
+        sam.send(&ccm_text("rita", &body));
+    }
+    // sam's texts are handled in order: once his next one is refused, all of rita's are queued.
+    sam.send(&ccm_text("nobody", "x"));
+    sam.read_through(b"unknown-addressee");
+
+    // A malformed header: CCM answers Error, then closes rita after the flush.
+    let asked = Instant::now();
+    rita.send(b"CCM\\1.0 Text\nthis line has no colon\n\nx");
+    server.wait_connections(1);
+    let closed_after = asked.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(LINGER_MS),
+        "closed after {closed_after:?}: before the linger time, so nothing was waiting to flush"
+    );
+    // It was rita who was closed: what the kernel held for her, then the end.
+    rita.expect_closed();
+    // sam is still served.
+    sam.send(&ccm_text("nobody", "y"));
+    sam.read_through(b"unknown-addressee");
+    drop(server);
 }

@@ -377,6 +377,136 @@ fn chatd_exits_zero_on_sigterm_within_the_grace_period() {
     assert!(log.contains("stopped: connections"), "log: {log}");
 }
 
+/// A chatd child whose member `sloth` never reads while 640 KiB wait for it in chatd's
+/// queue (more than the kernel's buffers hold, under the slow-consumer limits).
+struct UnreadBacklog {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _sloth: Client,
+    flooder: Client,
+}
+
+impl Drop for UnreadBacklog {
+    fn drop(&mut self) {
+        // A failed test leaves no chatd behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chatd_with_an_unread_backlog(shutdown_grace_ms: &str) -> UnreadBacklog {
+    let port = free_port();
+    let mut child = chatd::command(&[("--room-port", port)])
+        .args(["--shutdown-grace-ms", shutdown_grace_ms])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chatd");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_listening(&mut child, addr);
+    // sloth's receive buffer is small, so what it is sent stays queued in chatd.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut sloth = Client {
+        stream,
+        received: Vec::new(),
+        name: "sloth".to_string(),
+    };
+    sloth.expect(b"alias?");
+    sloth.send(b"sloth");
+    sloth.read_through(b"Voce esta conectado ao servidor!");
+    let mut flooder = Client::join(addr, "flooder");
+    // ROOM echoes a line to its sender too: once the last echo is back, every copy for
+    // sloth has been queued.
+    let line = format!("{}\n", "f".repeat(1023));
+    for _ in 0..639 {
+        flooder.send(line.as_bytes());
+    }
+    flooder.send(b"LAST\n");
+    flooder.read_through(b"LAST");
+    UnreadBacklog {
+        child,
+        addr,
+        _sloth: sloth,
+        flooder,
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Wait (bounded by [`WAIT`]) for the child to exit; its status and its log.
+fn exit_and_log(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "chatd did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("read log");
+    (exit, log)
+}
+
+#[test]
+fn output_a_member_never_reads_is_dropped_at_the_shutdown_grace_and_chatd_exits_zero() {
+    const GRACE_MS: u64 = 500;
+    let mut backlog = chatd_with_an_unread_backlog(&GRACE_MS.to_string());
+    let signalled = Instant::now();
+    signal(&backlog.child, "TERM");
+    let (exit, log) = exit_and_log(&mut backlog.child);
+    let took = signalled.elapsed();
+    assert!(exit.success(), "chatd exited with {exit}; log: {log}");
+    assert!(
+        took >= Duration::from_millis(GRACE_MS),
+        "exited after {took:?}, before the grace: nothing was left to flush"
+    );
+    assert!(
+        log.contains("shutdown grace period over with"),
+        "the dropped output is not reported; log: {log}"
+    );
+    // The flooder, who read along, got the rest of its echoes and the close.
+    backlog.flooder.expect_closed();
+}
+
+#[test]
+fn a_second_signal_exits_at_once_however_long_the_grace() {
+    let mut backlog = chatd_with_an_unread_backlog("60000");
+    let signalled = Instant::now();
+    signal(&backlog.child, "TERM");
+    // The first signal was taken once chatd has closed its listener.
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(backlog.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "chatd still accepts after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(&backlog.child, "INT");
+    let (exit, log) = exit_and_log(&mut backlog.child);
+    assert!(exit.success(), "chatd exited with {exit}; log: {log}");
+    assert!(log.contains("second signal"), "log: {log}");
+    // Well inside the 60 s grace: the second signal ended it (WAIT bounds the wait).
+    assert!(signalled.elapsed() < WAIT, "took {:?}", signalled.elapsed());
+}
+
 #[test]
 fn input_beyond_the_read_budget_is_served_on_later_turns_without_a_new_edge() {
     // With a 1 KiB budget a 1 MB burst takes about a thousand turns. Edge-triggered epoll

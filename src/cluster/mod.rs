@@ -23,7 +23,7 @@ pub mod codec;
 pub mod liveness;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,6 +40,12 @@ pub use codec::Envelope;
 pub const LOBBY_CHANNEL: &str = "switchboard:lobby";
 /// Events waiting for the publisher; beyond this they are dropped (and counted).
 const OUTGOING_MAX: usize = 65_536;
+/// Bytes of encoded events waiting for the publisher; beyond this they are dropped (and
+/// counted). A lobby text may be 1 MiB: counted in events alone, a cut-off Redis could hold
+/// 64 GiB here.
+pub const OUTGOING_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes one PUBLISH pipeline carries at most (also at least one event).
+const PIPELINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the subscriber looks up from a quiet channel to notice shutdown.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
@@ -152,6 +158,8 @@ pub struct Cluster {
     incarnation: u64,
     next_seq: u64,
     outgoing: Option<SyncSender<Bytes>>,
+    /// Bytes in `outgoing` (added here, taken off by the publisher).
+    outgoing_bytes: Arc<AtomicUsize>,
     incoming: Receiver<Incoming>,
     /// Each other node's lobby members, to announce them gone when it dies.
     members: liveness::Members,
@@ -204,6 +212,7 @@ impl Cluster {
         let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicBool::new(false));
         let (outgoing, outgoing_rx) = mpsc::sync_channel::<Bytes>(OUTGOING_MAX);
+        let outgoing_bytes = Arc::new(AtomicUsize::new(0));
         let (incoming_tx, incoming) = mpsc::channel();
         let _ = incoming_tx.send(Incoming::Live(first_live));
         let publish_thread = {
@@ -213,6 +222,7 @@ impl Cluster {
                 command_timeout,
                 key,
                 lease_ms: config.lease_ms,
+                outgoing_bytes: Arc::clone(&outgoing_bytes),
                 incoming: incoming_tx.clone(),
                 pending: Arc::clone(&pending),
                 wake: Arc::clone(&wake),
@@ -268,6 +278,7 @@ impl Cluster {
             incarnation,
             next_seq: 1,
             outgoing: Some(outgoing),
+            outgoing_bytes,
             incoming,
             members: liveness::Members::default(),
             lapsed_left: VecDeque::new(),
@@ -322,9 +333,15 @@ impl Cluster {
         let Some(outgoing) = &self.outgoing else {
             return;
         };
+        let len = payload.len();
+        if !reserve(&self.outgoing_bytes, len, OUTGOING_BYTES_MAX) {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match outgoing.try_send(payload) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.outgoing_bytes.fetch_sub(len, Ordering::AcqRel);
                 self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -404,6 +421,16 @@ impl Drop for Cluster {
     }
 }
 
+/// Count `len` more bytes into `queued` unless that would pass `max` (only the reactor adds,
+/// so the check and the add need not be one atomic step).
+fn reserve(queued: &AtomicUsize, len: usize, max: usize) -> bool {
+    if queued.load(Ordering::Acquire).saturating_add(len) > max {
+        return false;
+    }
+    queued.fetch_add(len, Ordering::AcqRel);
+    true
+}
+
 fn accept(last_seen: &mut HashMap<Bytes, (u64, u64)>, envelope: &Envelope) -> bool {
     match last_seen.get_mut(&envelope.node) {
         Some((incarnation, seq)) if *incarnation == envelope.incarnation => {
@@ -473,6 +500,7 @@ struct Publisher {
     command_timeout: Duration,
     key: Vec<u8>,
     lease_ms: u64,
+    outgoing_bytes: Arc<AtomicUsize>,
     incoming: mpsc::Sender<Incoming>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
@@ -493,13 +521,19 @@ impl Publisher {
             let wait = Duration::from_millis(schedule.wait_ms(now_ms()));
             let batch = match outgoing.recv_timeout(wait) {
                 Ok(first) => {
+                    let mut bytes = first.len();
                     let mut batch = vec![first];
-                    while batch.len() < 1024 {
+                    while batch.len() < 1024 && bytes < PIPELINE_BYTES_MAX {
                         match outgoing.try_recv() {
-                            Ok(payload) => batch.push(payload),
+                            Ok(payload) => {
+                                bytes += payload.len();
+                                batch.push(payload);
+                            }
                             Err(_) => break,
                         }
                     }
+                    // Out of the channel: published or dropped, no longer waiting.
+                    self.outgoing_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     Some(batch)
                 }
                 Err(RecvTimeoutError::Timeout) => None,
@@ -817,6 +851,19 @@ mod tests {
         // Restarted under the same name: its numbers start again.
         assert!(accept(&mut seen, &envelope(b"a", 2, 1)));
         assert!(!accept(&mut seen, &envelope(b"a", 2, 1)));
+    }
+
+    #[test]
+    fn waiting_bytes_are_bounded_whatever_the_event_count() {
+        let queued = AtomicUsize::new(0);
+        assert!(reserve(&queued, 600, 1000));
+        assert!(!reserve(&queued, 401, 1000), "over the bound");
+        assert!(reserve(&queued, 400, 1000), "exactly the bound");
+        assert_eq!(queued.load(Ordering::Acquire), 1000);
+        // The publisher takes a batch off: room again.
+        queued.fetch_sub(600, Ordering::AcqRel);
+        assert!(reserve(&queued, 600, 1000));
+        assert!(!reserve(&queued, 1, 1000));
     }
 
     #[test]

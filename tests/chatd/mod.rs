@@ -132,6 +132,18 @@ impl Chatd {
         panic!("chatd did not start on free ports in 5 attempts");
     }
 
+    /// chatd's resident memory now (VmRSS), in KiB.
+    #[allow(dead_code)] // Not every test crate that includes this module samples memory.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read chatd's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in chatd's /proc status")
+    }
+
     /// The port chatd serves `flag`'s protocol on; the test must have named the flag.
     pub fn port(&self, flag: &str) -> u16 {
         self.ports

@@ -186,6 +186,24 @@ fn an_empty_name_is_refused() {
 }
 
 #[test]
+fn a_name_over_its_limit_is_too_large_and_the_connection_stays_for_another_try() {
+    let mut h = Harness::new();
+    // The harness's limit is 16 bytes: 17 is refused, exactly 16 is taken.
+    h.connect(conn(1), "abcdefghijklmnopq");
+    let answer = &h.text_to(conn(1))[0];
+    assert!(
+        answer.starts_with("CCM\\1.0 Error\nReason: too-large\n"),
+        "{answer}"
+    );
+    assert_eq!(h.service.identified_count(), 0);
+    assert!(h.out.closed.is_empty());
+    h.out.clear();
+    h.burst(conn(1), &identity("abcdefghijklmnop"));
+    assert_eq!(h.text_to(conn(1)), [identity_answer(1)]);
+    assert_eq!(h.service.identified_count(), 1);
+}
+
+#[test]
 fn a_text_reaches_its_addressee_with_sender_and_content_length() {
     let mut h = Harness::new();
     h.connect(conn(1), "alice");
