@@ -123,6 +123,32 @@ impl Services {
         now_ms: u64,
         wake: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
+        Services::build(config, now_ms, wake, OfflineStore::open)
+    }
+
+    /// As [`Services::new`], with BIN24's offline store in memory (redb's in-memory backend)
+    /// instead of a file in `config.data_dir`: for fuzz targets and tests, where opening and
+    /// syncing a file per input costs most of the run. chatd always uses [`Services::new`].
+    pub fn with_store_in_memory(
+        config: &Config,
+        now_ms: u64,
+        wake: Box<dyn Fn() + Send>,
+    ) -> Result<Self, StoreError> {
+        Services::build(config, now_ms, wake, |store_config, wake| {
+            OfflineStore::open_on_backend(
+                store_config,
+                redb::backends::InMemoryBackend::new(),
+                wake,
+            )
+        })
+    }
+
+    fn build(
+        config: &Config,
+        now_ms: u64,
+        wake: Box<dyn Fn() + Send>,
+        open_store: impl FnOnce(StoreConfig, Box<dyn Fn() + Send>) -> Result<OfflineStore, StoreError>,
+    ) -> Result<Self, StoreError> {
         let room = ProtocolKind::Room.port(config).map(|_| {
             RoomService::new(
                 RoomConfig {
@@ -135,7 +161,7 @@ impl Services {
         let bin24 = match ProtocolKind::Bin24.port(config) {
             None => None,
             Some(_) => {
-                let store = OfflineStore::open(
+                let store = open_store(
                     StoreConfig {
                         data_dir: config.data_dir.clone(),
                         frames_per_user_max: config.offline_frames_per_user_max,
