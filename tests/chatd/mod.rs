@@ -132,6 +132,12 @@ impl Chatd {
         panic!("chatd did not start on free ports in 5 attempts");
     }
 
+    /// chatd's process id.
+    #[allow(dead_code)] // Not every test crate that includes this module needs it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// chatd's resident memory now (VmRSS), in KiB.
     #[allow(dead_code)] // Not every test crate that includes this module samples memory.
     pub fn rss_kib(&self) -> u64 {
