@@ -515,3 +515,73 @@ fn a_close_after_flush_to_a_reader_that_never_reads_ends_at_the_linger_time() {
     sam.read_through(b"unknown-addressee");
     drop(server);
 }
+
+/// `--accepts-per-turn-max`: a burst of connections is taken a few per turn, so one turn
+/// never spends itself on accepting. With one per turn, 200 connections cost at least 200
+/// turns (the loop comes back to the listener without a new edge), and a member already
+/// in the room is served meanwhile.
+#[test]
+fn a_connect_burst_is_accepted_at_most_accepts_per_turn_max_a_turn() {
+    const CONNECTIONS: u64 = 200;
+    let server = TestServer::start(Config {
+        accepts_per_turn_max: 1,
+        admin_port: Some(0),
+        ..Config::for_tests()
+    });
+    let mut member = Client::join(server.room, "member");
+    let turns = || {
+        server
+            .metric("chatd_loop_turn_duration_seconds_count")
+            .expect("the turn histogram")
+    };
+    let turns_before = turns();
+    let burst: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| TcpStream::connect(server.room).expect("connect"))
+        .collect();
+    member.send(b"member: during the burst");
+    member.read_through(b"member: during the burst");
+    server.wait_connections(CONNECTIONS + 1);
+    let turns_taken = turns() - turns_before;
+    assert!(
+        turns_taken >= CONNECTIONS as f64,
+        "{CONNECTIONS} connections accepted in {turns_taken} turns"
+    );
+    drop(burst);
+}
+
+/// `--udp-datagrams-per-turn-max`: a burst of datagrams on one socket is read a few per turn,
+/// so other work is served in between. With 4 a turn, 200 datagrams cost at least 50 turns.
+#[test]
+fn a_datagram_burst_is_read_at_most_udp_datagrams_per_turn_max_a_turn() {
+    const DATAGRAMS: u64 = 200;
+    const PER_TURN: usize = 4;
+    let server = TestServer::start(Config {
+        ocm_relay_port: Some(0),
+        udp_datagrams_per_turn_max: PER_TURN,
+        admin_port: Some(0),
+        ..Config::for_tests()
+    });
+    let relay = server.ocm_relay.expect("relay");
+    let turns = || {
+        server
+            .metric("chatd_loop_turn_duration_seconds_count")
+            .expect("the turn histogram")
+    };
+    let turns_before = turns();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    // Small datagrams: 200 fit in the server's default receive buffer, so none is lost.
+    for n in 0..DATAGRAMS {
+        socket
+            .send_to(format!("d{n}").as_bytes(), relay)
+            .expect("send");
+    }
+    server.wait_metric(
+        "chatd_udp_datagrams_received_total{socket=\"ocm-relay\"}",
+        DATAGRAMS as f64,
+    );
+    let turns_taken = turns() - turns_before;
+    assert!(
+        turns_taken >= (DATAGRAMS / PER_TURN as u64) as f64,
+        "{DATAGRAMS} datagrams read in {turns_taken} turns"
+    );
+}
