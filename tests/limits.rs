@@ -585,3 +585,42 @@ fn a_datagram_burst_is_read_at_most_udp_datagrams_per_turn_max_a_turn() {
         "{DATAGRAMS} datagrams read in {turns_taken} turns"
     );
 }
+
+/// `--udp-sends-per-turn-max`: a fan-out larger than the budget is sent over several turns
+/// (the rest waits in the socket's bounded queue), so no turn spends itself on one socket.
+/// 50 relay peers joining one by one cause 1,225 sends; at 8 a turn that is at least 153 turns.
+#[test]
+fn relay_fan_outs_are_sent_at_most_udp_sends_per_turn_max_a_turn() {
+    const PEERS: usize = 50;
+    const PER_TURN: usize = 8;
+    let server = TestServer::start(Config {
+        ocm_relay_port: Some(0),
+        udp_sends_per_turn_max: PER_TURN,
+        admin_port: Some(0),
+        ..Config::for_tests()
+    });
+    let relay = server.ocm_relay.expect("relay");
+    let turns = || {
+        server
+            .metric("chatd_loop_turn_duration_seconds_count")
+            .expect("the turn histogram")
+    };
+    let turns_before = turns();
+    // Each peer's first datagram goes to every peer before it: 0 + 1 + ... + 49 sends.
+    let peers: Vec<UdpSocket> = (0..PEERS)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind UDP"))
+        .collect();
+    for peer in &peers {
+        peer.send_to(b"hi", relay).expect("send");
+    }
+    let sends = (PEERS * (PEERS - 1) / 2) as f64;
+    server.wait_metric(
+        "chatd_udp_datagrams_sent_total{socket=\"ocm-relay\"}",
+        sends,
+    );
+    let turns_taken = turns() - turns_before;
+    assert!(
+        turns_taken >= (sends / PER_TURN as f64).floor(),
+        "{sends} sends in {turns_taken} turns"
+    );
+}
