@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod liveness;
+pub mod names;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -165,6 +166,8 @@ pub struct Cluster {
     stats: Arc<ClusterStats>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Names unique across the nodes (`names`).
+    names: names::Names,
 }
 
 impl Cluster {
@@ -223,6 +226,16 @@ impl Cluster {
                 .spawn(move || publisher_thread.run(outgoing_rx))
                 .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?
         };
+        let names = names::Names::start(
+            client.clone(),
+            node,
+            incarnation,
+            config.lease_ms,
+            command_timeout,
+            Arc::clone(&wake),
+            Arc::clone(&stats),
+        )
+        .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?;
         // The subscriber's first subscription is made on its thread (a `PubSub` borrows its
         // connection and unsubscribes when dropped, so it lives there) and reported back: an
         // unreachable Redis is still an error at start.
@@ -276,6 +289,7 @@ impl Cluster {
             stats,
             stop,
             threads: vec![publish_thread, subscribe_thread],
+            names,
         })
     }
 
@@ -390,6 +404,7 @@ impl Cluster {
     pub fn shut_down(&mut self) {
         self.stop.store(true, Ordering::Release);
         self.outgoing = None;
+        self.names.shut_down();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 warn!("cluster: a Redis thread panicked");

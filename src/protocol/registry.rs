@@ -11,12 +11,15 @@ use super::matou::{MatouConfig, MatouService};
 use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
 use super::{
-    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, LobbyGate, Outbox,
-    ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
+    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubOutcome, HubQueue,
+    LobbyGate, Outbox, ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
 };
+use crate::cluster::names::NameAnswer;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::hub::{Endpoint, FormLimits, Hub, HubConfig, HubEvent, OcmMemberId};
+use crate::hub::{
+    ClaimConfig, ClaimDecided, Endpoint, FormLimits, Hub, HubConfig, HubEvent, NameOp, OcmMemberId,
+};
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
 
 /// The largest datagram the stage-1 relay takes, as OCM's chat socket (the contract's 4096).
@@ -228,6 +231,10 @@ impl Services {
         });
         let hub = Hub::new(HubConfig {
             clustered: config.cluster.is_some(),
+            name_claims: config.cluster.as_ref().map(|cluster| ClaimConfig {
+                wait_ms: crate::cluster::names::claim_wait_ms(cluster.lease_ms),
+                pending_max: crate::cluster::names::CLAIMS_PENDING_MAX,
+            }),
             isolated: config.isolate,
             ocm_lobby_room: config.lobby_ocm_room.clone(),
             limits: FormLimits {
@@ -278,12 +285,89 @@ impl Services {
                 HubEvent::Direct(_) => {}
             }
         }
+        self.on_name_answers(out);
         self.drain(clock, out);
+    }
+
+    /// The names thread's answers: each waiting claim is decided (its service told through
+    /// the hub queue); a name another node took from this one closes its holder here.
+    fn on_name_answers<O: Outbox>(&mut self, out: &mut O) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        while let Some(answer) = cluster.try_recv_name() {
+            match answer {
+                NameAnswer::Claimed {
+                    token,
+                    name,
+                    answer,
+                } => {
+                    if let Some(decided) = self.hub.on_claim_answer(token, &name, answer) {
+                        self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
+                    }
+                }
+                NameAnswer::Lost { name } => {
+                    if let Some(conn) = self.hub.on_name_lost(&name) {
+                        out.close(conn, CloseReason::Replaced, super::CloseMode::Now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims whose deadline passed without the cluster's answer are refused (their services
+    /// told through the hub queue).
+    fn expire_claims(&mut self, now_ms: u64) {
+        for decided in self.hub.expire_claims(now_ms) {
+            log::warn!(
+                "{}: name claim not confirmed by the cluster within its deadline; refused",
+                decided.conn
+            );
+            self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
+        }
+    }
+
+    /// The hub's name operations to the names thread, in order. One that cannot be queued
+    /// (the thread is far behind) is a claim refused as unconfirmed at once, or a release
+    /// left to the key's expiry.
+    fn send_name_ops(&mut self) {
+        while self.hub.has_name_ops() {
+            for op in self.hub.take_name_ops() {
+                let refused = match self
+                    .cluster
+                    .as_mut()
+                    .map(|cluster| cluster.send_name_op(op))
+                {
+                    Some(Err(NameOp::Claim { token, name })) => Some((token, name)),
+                    _ => None,
+                };
+                let decided: Option<ClaimDecided> = refused.and_then(|(token, name)| {
+                    self.hub
+                        .on_claim_answer(token, &name, crate::hub::ClaimAnswer::Unavailable)
+                });
+                if let Some(decided) = decided {
+                    self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
+                }
+            }
+        }
     }
 
     /// The switchboard.
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Names claimed across the cluster, for the admin port; `None` for a node alone.
+    pub fn name_metrics(&self) -> Option<crate::metrics::NameMetrics> {
+        let counts = self.hub.claim_counts()?;
+        Some(crate::metrics::NameMetrics {
+            held: self
+                .hub
+                .names_held()
+                .saturating_sub(self.hub.claims_waiting()) as u64,
+            waiting: self.hub.claims_waiting() as u64,
+            counts,
+        })
     }
 
     /// The switchboard's counts and lobby, for the admin port; `None` under `--isolate`.
@@ -312,13 +396,14 @@ impl Services {
     /// more). One check when the hub produced nothing, as on every ROOM-only chunk.
     #[inline]
     fn drain<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
-        if !self.hub_queue.is_empty() {
+        if !self.hub_queue.is_empty() || self.hub.has_name_ops() {
             self.drain_queue(clock, out);
         }
     }
 
     fn drain_queue<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
-        while !self.hub_queue.is_empty() {
+        while !self.hub_queue.is_empty() || self.hub.has_name_ops() {
+            self.send_name_ops();
             for (_, endpoint, bytes) in self.hub_queue.deliveries.drain(..) {
                 match endpoint {
                     Endpoint::Conn(id) => out.send(id, bytes),
@@ -494,8 +579,16 @@ impl Services {
         self.drain(clock, conns);
     }
 
-    /// Run the due timers of every stream service.
+    /// Run the due timers of every stream service, and the deadlines of name claims.
     pub fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        if self
+            .hub
+            .next_claim_deadline_ms()
+            .is_some_and(|deadline| deadline <= clock.now_ms)
+        {
+            self.expire_claims(clock.now_ms);
+            self.drain(clock, out);
+        }
         for kind in ProtocolKind::ALL {
             switched!(self, kind, &mut *out, clock.now_ms, s, sw => StreamService::on_timers(s, clock, &mut sw));
             self.drain(clock, out);
@@ -531,7 +624,10 @@ impl Services {
         let datagrams = UdpKind::ALL.into_iter().filter_map(|kind| {
             datagram!(self, as_ref, kind, s => DatagramService::next_deadline_ms(s)).flatten()
         });
-        streams.chain(datagrams).min()
+        streams
+            .chain(datagrams)
+            .chain(self.hub.next_claim_deadline_ms())
+            .min()
     }
 
     /// Hand work completed off the loop's thread to its service.

@@ -12,9 +12,12 @@ use log::debug;
 
 use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
 use crate::chat::{ConnId, ConnMap, MemberList};
-use crate::hub::{Claim, Endpoint, LobbyMessage, NamedProtocol, User as HubUser};
+use crate::hub::{Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User as HubUser};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, Context, Outbox, ProtocolKind, StreamService};
+use crate::protocol::{
+    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
+    HELD_INPUT_BYTES_MAX,
+};
 
 #[derive(Clone, Debug)]
 pub struct MatouConfig {
@@ -89,6 +92,9 @@ struct MatouConn {
     user: Option<User>,
     /// A close was asked for (sign-out or protocol error): further input is ignored.
     closing: bool,
+    /// In a cluster: the name asked for while the other nodes decide; input is left unread
+    /// until then, so what follows the request is handled after its answer, in order.
+    claiming: Option<Bytes>,
 }
 
 pub struct MatouService {
@@ -142,6 +148,7 @@ impl MatouService {
                 address,
                 user: None,
                 closing: false,
+                claiming: None,
             },
         );
     }
@@ -157,6 +164,15 @@ impl MatouService {
     ) {
         loop {
             match self.conns.get(id) {
+                Some(conn) if conn.claiming.is_some() => {
+                    if input.len() > HELD_INPUT_BYTES_MAX {
+                        debug!("{id}: over {HELD_INPUT_BYTES_MAX} bytes sent before its sign-in answer");
+                        out.count_rejected();
+                        self.close(id, CloseReason::ProtocolError, out);
+                        input.clear();
+                    }
+                    return;
+                }
                 Some(conn) if !conn.closing => {}
                 _ => {
                     input.clear();
@@ -243,19 +259,27 @@ impl MatouService {
             return;
         }
         // Switchboard rule 1: a name held in BIN24 or CCM is refused too, MATOU's own way.
-        let refused =
-            out.hub().and_then(
-                |link| match link.hub.claim_name(NamedProtocol::Matou, id, name) {
-                    Claim::Granted => None,
-                    Claim::Refused(refusal) => refusal.answer(),
-                },
-            );
-        if let Some(answer) = refused {
-            debug!("{id}: name refused (held in another protocol)");
-            out.count_rejected();
-            out.send(id, answer);
+        // In a cluster the other nodes are asked first: the answer comes to `on_hub`.
+        let claim = out
+            .hub()
+            .map(|mut link| link.claim_name(NamedProtocol::Matou, id, name));
+        if claim == Some(Claim::Pending) {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.claiming = Some(Bytes::copy_from_slice(name));
+            }
             return;
         }
+        if let Some(answer) = claim.and_then(|claim| claim.refusal(NamedProtocol::Matou)) {
+            debug!("{id}: name refused (held in another protocol, or unconfirmed)");
+            out.count_rejected();
+            out.send(id, answer.unwrap_or_else(|| codec::connect_response(false)));
+            return;
+        }
+        self.sign_in(id, name, now_ms, out);
+    }
+
+    /// `name` is `id`'s now: accepted, and announced to the others.
+    fn sign_in<O: Outbox>(&mut self, id: ConnId, name: &[u8], now_ms: u64, out: &mut O) {
         // A copy, so that a name held for the whole session does not pin the read buffer it
         // arrived in.
         let name = Bytes::copy_from_slice(name);
@@ -517,6 +541,29 @@ impl MatouService {
         }
     }
 
+    /// The cluster decided `id`'s claim (switchboard rule 1 across nodes): sign it in, or
+    /// refuse the name as a name held elsewhere is refused; then its held input is read.
+    pub fn on_claim_decided<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        decision: Decision,
+        now_ms: u64,
+        out: &mut O,
+    ) {
+        let Some(name) = self.conns.get_mut(id).and_then(|conn| conn.claiming.take()) else {
+            return;
+        };
+        match decision {
+            Decision::Granted => self.sign_in(id, &name, now_ms, out),
+            Decision::Refused { answer } => {
+                debug!("{id}: name refused by the cluster");
+                out.count_rejected();
+                out.send(id, answer.unwrap_or_else(|| codec::connect_response(false)));
+            }
+        }
+        out.resume_input(id);
+    }
+
     /// One encoded frame to every accepted user: each gets a reference-counted clone.
     fn broadcast<O: Outbox>(&self, frame: Bytes, out: &mut O) {
         for &to in self.members.as_slice() {
@@ -565,5 +612,11 @@ impl StreamService for MatouService {
         out: &mut O,
     ) {
         self.on_handshake_timeout(id, timeout_ms, out);
+    }
+
+    fn on_hub<O: Outbox>(&mut self, outcome: HubOutcome, clock: &Clock, out: &mut O) {
+        if let HubOutcome::NameClaim(decided) = outcome {
+            self.on_claim_decided(decided.conn, decided.decision, clock.now_ms, out);
+        }
     }
 }
