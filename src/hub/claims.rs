@@ -161,3 +161,288 @@ impl Claims {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Claim, Hub, HubConfig, Refusal};
+    use super::*;
+    use crate::protocol::ccm::codec as ccm;
+
+    const WAIT_MS: u64 = 100;
+
+    fn conn(slot: u32) -> ConnId {
+        ConnId::new(slot, 1)
+    }
+
+    fn clustered(pending_max: usize) -> Hub {
+        Hub::new(HubConfig {
+            clustered: true,
+            name_claims: Some(ClaimConfig {
+                wait_ms: WAIT_MS,
+                pending_max,
+            }),
+            ..HubConfig::default()
+        })
+    }
+
+    fn claim(token: u64, name: &'static [u8]) -> NameOp {
+        NameOp::Claim {
+            token,
+            name: Bytes::from_static(name),
+        }
+    }
+
+    fn release(name: &'static [u8]) -> NameOp {
+        NameOp::Release {
+            name: Bytes::from_static(name),
+        }
+    }
+
+    #[test]
+    fn a_claim_waits_for_the_cluster_and_reserves_the_name_locally_meanwhile() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Pending
+        );
+        assert_eq!(hub.take_name_ops(), [claim(1, b"mia")]);
+        // Asked again by the same connection: still waiting, nothing sent twice.
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 5),
+            Claim::Pending
+        );
+        assert!(!hub.has_name_ops());
+        // Reserved: another local claim, in any protocol, is refused at once, the way a held
+        // name is, even BIN24's (a claim in doubt is not a holder BIN24 may replace).
+        for (slot, protocol) in [
+            (2, NamedProtocol::Ccm),
+            (3, NamedProtocol::Matou),
+            (4, NamedProtocol::Bin24),
+        ] {
+            assert_eq!(
+                hub.claim_name_at(protocol, conn(slot), b"mia", 10),
+                Claim::Refused(Refusal {
+                    newcomer: protocol,
+                    holder: NamedProtocol::Matou,
+                })
+            );
+        }
+        // Not a holder yet: nothing is addressed to it.
+        assert_eq!(hub.holder(b"mia"), None);
+        assert_eq!(hub.claims_waiting(), 1);
+
+        let decided = hub.on_claim_answer(1, b"mia", ClaimAnswer::Granted);
+        assert_eq!(
+            decided,
+            Some(ClaimDecided {
+                protocol: NamedProtocol::Matou,
+                conn: conn(1),
+                decision: Decision::Granted,
+            })
+        );
+        assert_eq!(hub.holder(b"mia"), Some((NamedProtocol::Matou, conn(1))));
+        assert_eq!(hub.claims_waiting(), 0);
+        // Once granted, its deadline passing is nothing, and a repeated answer neither.
+        assert!(hub.expire_claims(WAIT_MS).is_empty());
+        assert_eq!(hub.on_claim_answer(1, b"mia", ClaimAnswer::Taken), None);
+        assert_eq!(hub.holder(b"mia"), Some((NamedProtocol::Matou, conn(1))));
+        // Held by this node: a second claim is refused locally, without asking Redis.
+        assert!(matches!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(2), b"mia", 20),
+            Claim::Refused(_)
+        ));
+        assert!(!hub.has_name_ops());
+        let counts = hub.claim_counts().unwrap_or_default();
+        assert_eq!((counts.asked, counts.granted), (1, 1));
+    }
+
+    #[test]
+    fn a_name_another_node_holds_is_refused_in_the_newcomers_own_way_and_is_free_here() {
+        let mut hub = clustered(16);
+        for (slot, protocol) in [
+            (1, NamedProtocol::Ccm),
+            (2, NamedProtocol::Matou),
+            (3, NamedProtocol::Bin24),
+        ] {
+            let name: &'static [u8] = match protocol {
+                NamedProtocol::Ccm => b"cid",
+                NamedProtocol::Matou => b"mia",
+                NamedProtocol::Bin24 => b"bob",
+            };
+            assert_eq!(
+                hub.claim_name_at(protocol, conn(slot), name, 0),
+                Claim::Pending
+            );
+            let decided = hub.on_claim_answer(u64::from(slot), name, ClaimAnswer::Taken);
+            let Some(ClaimDecided {
+                decision: Decision::Refused { answer },
+                ..
+            }) = decided
+            else {
+                panic!("{protocol:?}: not refused: {decided:?}");
+            };
+            match protocol {
+                NamedProtocol::Ccm => {
+                    let mut wire = bytes::BytesMut::from(&answer.unwrap_or_default()[..]);
+                    let message = ccm::decode(&mut wire, true).ok().flatten();
+                    let reason = message
+                        .as_ref()
+                        .and_then(|m| m.attribute("Reason").cloned());
+                    assert_eq!(reason.as_deref(), Some(&b"name-taken"[..]));
+                }
+                NamedProtocol::Matou => assert_eq!(answer, Some(matou::connect_response(false))),
+                NamedProtocol::Bin24 => assert_eq!(answer, None, "BIN24 closes"),
+            }
+            // Free here: the connection may try another name, or the same one later.
+            assert_eq!(hub.holder(name), None);
+            assert_eq!(hub.name_of(conn(slot)), None);
+        }
+        // A refusal is not this node's key: nothing to release.
+        let ops = hub.take_name_ops();
+        assert!(
+            ops.iter().all(|op| matches!(op, NameOp::Claim { .. })),
+            "{ops:?}"
+        );
+        assert_eq!(hub.claim_counts().unwrap_or_default().taken, 3);
+    }
+
+    #[test]
+    fn a_claim_not_answered_by_its_deadline_is_refused_once_and_released_after_it() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(1), b"cid", 1_000),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(2), b"mia", 1_050),
+            Claim::Pending
+        );
+        assert_eq!(hub.next_claim_deadline_ms(), Some(1_000 + WAIT_MS));
+        assert!(hub.expire_claims(1_000 + WAIT_MS - 1).is_empty());
+        let expired = hub.expire_claims(1_000 + WAIT_MS);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].conn, conn(1));
+        assert_eq!(
+            expired[0].decision,
+            Decision::Refused {
+                answer: unconfirmed_answer(NamedProtocol::Ccm)
+            }
+        );
+        // The claim may still land in Redis: its release follows it, in order.
+        assert_eq!(
+            hub.take_name_ops(),
+            [claim(1, b"cid"), claim(2, b"mia"), release(b"cid")]
+        );
+        // A late answer is nothing more.
+        assert_eq!(hub.on_claim_answer(1, b"cid", ClaimAnswer::Granted), None);
+        assert_eq!(hub.holder(b"cid"), None);
+        assert_eq!(hub.next_claim_deadline_ms(), Some(1_050 + WAIT_MS));
+        assert_eq!(hub.expire_claims(u64::MAX).len(), 1);
+        assert_eq!(hub.next_claim_deadline_ms(), None);
+        assert_eq!(hub.claims_waiting(), 0);
+        assert_eq!(hub.claim_counts().unwrap_or_default().unconfirmed, 2);
+    }
+
+    #[test]
+    fn a_connection_gone_while_its_claim_waits_releases_the_name_after_the_claim() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Pending
+        );
+        assert_eq!(hub.release_name(conn(1)), Some(Bytes::from_static(b"mia")));
+        assert_eq!(hub.claims_waiting(), 0);
+        // Free locally at once: another connection asks for it in turn.
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(2), b"mia", 1),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.take_name_ops(),
+            [claim(1, b"mia"), release(b"mia"), claim(2, b"mia")]
+        );
+        // The first claim's answer concerns nobody now; the second's decides conn 2.
+        assert_eq!(hub.on_claim_answer(1, b"mia", ClaimAnswer::Granted), None);
+        let decided = hub.on_claim_answer(2, b"mia", ClaimAnswer::Granted);
+        assert_eq!(decided.map(|d| d.conn), Some(conn(2)));
+        // Its deadline passing later decides nothing again.
+        assert!(hub.expire_claims(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn claims_waiting_are_bounded_and_one_more_is_unconfirmed_at_once() {
+        let mut hub = clustered(2);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(1), b"a", 0),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(2), b"b", 0),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(3), b"c", 0),
+            Claim::Unconfirmed
+        );
+        assert_eq!(
+            Claim::Unconfirmed.refusal(NamedProtocol::Matou),
+            Some(Some(matou::connect_response(false)))
+        );
+        assert_eq!(hub.holder(b"c"), None);
+        // A decided claim makes room.
+        let _ = hub.on_claim_answer(1, b"a", ClaimAnswer::Unavailable);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(3), b"c", 0),
+            Claim::Pending
+        );
+    }
+
+    #[test]
+    fn a_held_name_another_node_took_meanwhile_closes_its_holder_here() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Pending
+        );
+        let _ = hub.on_claim_answer(1, b"mia", ClaimAnswer::Granted);
+        assert_eq!(hub.on_name_lost(b"mia"), Some(conn(1)));
+        assert_eq!(hub.holder(b"mia"), None);
+        // Its close releases nothing: the key is the other node's.
+        let _ = hub.take_name_ops();
+        assert_eq!(hub.release_name(conn(1)), None);
+        assert!(!hub.has_name_ops());
+        assert_eq!(hub.on_name_lost(b"mia"), None);
+        assert_eq!(hub.claim_counts().unwrap_or_default().lost, 1);
+    }
+
+    #[test]
+    fn a_newer_bin24_login_replaces_a_held_bin24_name_without_asking_the_cluster() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Bin24, conn(1), b"bob", 0),
+            Claim::Pending
+        );
+        let _ = hub.on_claim_answer(1, b"bob", ClaimAnswer::Granted);
+        let _ = hub.take_name_ops();
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Bin24, conn(2), b"bob", 5),
+            Claim::Granted
+        );
+        assert!(!hub.has_name_ops(), "this node holds the key already");
+        assert_eq!(hub.holder(b"bob"), Some((NamedProtocol::Bin24, conn(2))));
+    }
+
+    #[test]
+    fn a_node_alone_decides_at_once_and_sends_nothing() {
+        let mut hub = Hub::new(HubConfig::default());
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Granted
+        );
+        assert!(!hub.has_name_ops());
+        assert_eq!(hub.next_claim_deadline_ms(), None);
+        assert_eq!(hub.claim_counts(), None);
+        assert_eq!(hub.release_name(conn(1)), Some(Bytes::from_static(b"mia")));
+        assert!(hub.take_name_ops().is_empty());
+    }
+}

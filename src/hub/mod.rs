@@ -400,6 +400,8 @@ impl Hub {
         if self.config.isolated {
             return Claim::Granted;
         }
+        // BIN24 replacing BIN24: this node holds the name already, nothing to ask.
+        let mut replacing = false;
         match self.names.get(name).copied() {
             Some(holder) if holder.conn == conn => {
                 return match holder.claim {
@@ -416,6 +418,7 @@ impl Hub {
                 // the older, which BIN24's service closes. In a cluster this node holds the
                 // name already: nothing to ask.
                 self.held.remove(&holder.conn);
+                replacing = true;
             }
             // Held, or claimed and waiting (even by BIN24: a newer BIN24 login replaces only
             // a holder, not a claim still in doubt).
@@ -428,7 +431,7 @@ impl Hub {
             None => {}
         }
         self.release_name(conn);
-        if self.claims.as_ref().is_some_and(claims::Claims::is_full) {
+        if !replacing && self.claims.as_ref().is_some_and(claims::Claims::is_full) {
             if let Some(claims) = self.claims.as_mut() {
                 claims.counts.unconfirmed += 1;
             }
@@ -437,7 +440,7 @@ impl Hub {
         // A copy, so that a name held for a whole session does not pin the read buffer it
         // arrived in.
         let name = Bytes::copy_from_slice(name);
-        let (claim, answer) = match self.claims.as_mut() {
+        let (claim, answer) = match self.claims.as_mut().filter(|_| !replacing) {
             Some(claims) => (Some(claims.ask(name.clone(), now_ms)), Claim::Pending),
             None => (None, Claim::Granted),
         };

@@ -289,27 +289,29 @@ impl Services {
         self.drain(clock, out);
     }
 
-    /// The names thread's answers: each waiting claim is decided (its service told through
-    /// the hub queue); a name another node took from this one closes its holder here.
+    /// The names thread's answers.
     fn on_name_answers<O: Outbox>(&mut self, out: &mut O) {
-        let Some(cluster) = self.cluster.as_mut() else {
-            return;
-        };
-        while let Some(answer) = cluster.try_recv_name() {
-            match answer {
-                NameAnswer::Claimed {
-                    token,
-                    name,
-                    answer,
-                } => {
-                    if let Some(decided) = self.hub.on_claim_answer(token, &name, answer) {
-                        self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
-                    }
+        while let Some(answer) = self.cluster.as_mut().and_then(Cluster::try_recv_name) {
+            self.on_name_answer(answer, out);
+        }
+    }
+
+    /// A waiting claim is decided (its service is told through the hub queue); a name another
+    /// node took from this one closes its holder here.
+    fn on_name_answer<O: Outbox>(&mut self, answer: NameAnswer, out: &mut O) {
+        match answer {
+            NameAnswer::Claimed {
+                token,
+                name,
+                answer,
+            } => {
+                if let Some(decided) = self.hub.on_claim_answer(token, &name, answer) {
+                    self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
                 }
-                NameAnswer::Lost { name } => {
-                    if let Some(conn) = self.hub.on_name_lost(&name) {
-                        out.close(conn, CloseReason::Replaced, super::CloseMode::Now);
-                    }
+            }
+            NameAnswer::Lost { name } => {
+                if let Some(conn) = self.hub.on_name_lost(&name) {
+                    out.close(conn, CloseReason::Replaced, super::CloseMode::Now);
                 }
             }
         }
@@ -669,6 +671,15 @@ impl Services {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+impl Services {
+    /// An answer as if from the names thread (no Redis in unit tests).
+    fn answer_name<O: Outbox>(&mut self, answer: NameAnswer, clock: &Clock, out: &mut O) {
+        self.on_name_answer(answer, out);
+        self.drain(clock, out);
     }
 }
 
@@ -1304,6 +1315,202 @@ mod tests {
             counts.messages(ProtocolKind::Ccm, ProtocolKind::Bin24),
             delivered as u64
         );
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn clustered(dir: &std::path::Path) -> Services {
+        let config = Config {
+            matou_port: Some(0),
+            ccm_port: Some(0),
+            bin24_port: Some(0),
+            data_dir: dir.to_path_buf(),
+            cluster: Some(crate::cluster::ClusterConfig {
+                url: "redis://127.0.0.1:1".to_string(),
+                node_name: "unit".to_string(),
+                lease_ms: 500,
+            }),
+            ..Config::for_tests()
+        };
+        match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("the store opens in a fresh directory: {err}"),
+        }
+    }
+
+    fn claimed(token: u64, name: &'static [u8], answer: crate::hub::ClaimAnswer) -> NameAnswer {
+        NameAnswer::Claimed {
+            token,
+            name: Bytes::from_static(name),
+            answer,
+        }
+    }
+
+    /// In a cluster a sign-in waits for Redis's answer: nothing is answered meanwhile, the
+    /// connection's further input stays unread (in order, after the answer), and the answer
+    /// signs it in or refuses it in its own protocol's way, then its input is read again.
+    #[test]
+    fn a_clustered_sign_in_waits_for_the_cluster_and_its_input_after_it_is_read_then() {
+        use crate::hub::ClaimAnswer;
+        use crate::protocol::bin24::codec as bin24;
+        use crate::protocol::matou::codec as matou;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-claims",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut services = clustered(&dir);
+        let mut out = RecordingOutbox::default();
+        let (mia, mia2, cid) = (ConnId::new(0, 1), ConnId::new(1, 2), ConnId::new(2, 3));
+
+        // MATOU: the request and a public message in one read.
+        services.on_accept(ProtocolKind::Matou, mia, &cx(0), &mut out);
+        let mut input = BytesMut::from(&matou::connect_request(b"mia")[..]);
+        input.extend_from_slice(&matou::public_message(b"hi"));
+        services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(0), &mut out);
+        assert!(
+            out.sent_to(mia).is_empty(),
+            "nothing before the cluster answers"
+        );
+        assert_eq!(
+            &input[..],
+            &matou::public_message(b"hi")[..],
+            "held, unread"
+        );
+        assert!(out.identified.is_empty());
+        assert_eq!(
+            services.next_deadline_ms(),
+            Some(500),
+            "the claim's deadline"
+        );
+
+        // The same name on this node meanwhile: refused at once, MATOU's way.
+        services.on_accept(ProtocolKind::Matou, mia2, &cx(1), &mut out);
+        let mut again = BytesMut::from(&matou::connect_request(b"mia")[..]);
+        services.on_data(ProtocolKind::Matou, mia2, &mut again, &cx(1), &mut out);
+        assert_eq!(out.sent_to(mia2), [matou::connect_response(false)]);
+
+        // More input while waiting is still held.
+        services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(2), &mut out);
+        assert!(out.sent_to(mia).is_empty());
+
+        services.answer_name(
+            claimed(1, b"mia", ClaimAnswer::Granted),
+            &cx(3).clock(),
+            &mut out,
+        );
+        assert_eq!(
+            out.sent_to(mia),
+            [matou::connect_response(true), matou::connect_notify(b"mia")]
+        );
+        assert_eq!(out.identified, [mia]);
+        assert_eq!(out.resumed, [mia], "its held input is to be read again");
+        // What the reactor does then: the public message follows the sign-in.
+        services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(3), &mut out);
+        assert!(input.is_empty());
+        assert_eq!(
+            out.sent_to(mia).last(),
+            Some(&matou::public_broadcast(b"mia", b"hi"))
+        );
+
+        // CCM: refused by the cluster (another node holds it), CCM's way; the connection
+        // may try again, and waits again.
+        out.clear();
+        services.on_accept(ProtocolKind::Ccm, cid, &cx(4), &mut out);
+        let identify = |name: &str| {
+            BytesMut::from(
+                format!(
+                    "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+                    name.len()
+                )
+                .as_bytes(),
+            )
+        };
+        services.on_data(
+            ProtocolKind::Ccm,
+            cid,
+            &mut identify("cid"),
+            &cx(4),
+            &mut out,
+        );
+        assert!(out.sent_to(cid).is_empty());
+        services.answer_name(
+            claimed(2, b"cid", ClaimAnswer::Taken),
+            &cx(5).clock(),
+            &mut out,
+        );
+        assert_eq!(
+            out.sent_to(cid),
+            [render::ccm_error(Reason::NameTaken, "that name is in use")]
+        );
+        services.on_data(
+            ProtocolKind::Ccm,
+            cid,
+            &mut identify("cid2"),
+            &cx(6),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(cid).len(), 1, "waiting again");
+
+        // No answer by the deadline (the claim was made at 6 ms, the wait is the lease):
+        // refused as unconfirmed, and a late answer changes nothing.
+        services.on_timers(&cx(505).clock(), &mut out);
+        assert_eq!(out.sent_to(cid).len(), 1);
+        services.on_timers(&cx(506).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(cid).last(),
+            crate::hub::claims::unconfirmed_answer(crate::hub::NamedProtocol::Ccm).as_ref()
+        );
+        services.answer_name(
+            claimed(3, b"cid2", ClaimAnswer::Granted),
+            &cx(507).clock(),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(cid).len(), 2);
+        assert_eq!(services.hub().holder(b"cid2"), None);
+
+        // BIN24: the first frame waits with the login; refused, the connection is closed.
+        let bob = ConnId::new(3, 4);
+        services.on_accept(ProtocolKind::Bin24, bob, &cx(600), &mut out);
+        let bob_name = match bin24::Name::new(b"bob") {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let Some(message) = bin24::encode(bin24::TYPE_MESSAGE, 7, bob_name, bob_name, b"me") else {
+            panic!("a valid frame");
+        };
+        let mut input = BytesMut::from(&message[..]);
+        services.on_data(ProtocolKind::Bin24, bob, &mut input, &cx(600), &mut out);
+        assert!(out.sent_to(bob).is_empty() && input.is_empty());
+        // Granted: the held frame is handled as the first one (a message to oneself comes
+        // back).
+        services.answer_name(
+            claimed(4, b"bob", ClaimAnswer::Granted),
+            &cx(601).clock(),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(bob).len(), 1, "the held frame was delivered");
+        assert_eq!(out.resumed.last(), Some(&bob));
+        let ben = ConnId::new(4, 5);
+        services.on_accept(ProtocolKind::Bin24, ben, &cx(602), &mut out);
+        let ben_name = match bin24::Name::new(b"ben") {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let Some(login) = bin24::encode(bin24::TYPE_ANSWER, 0, ben_name, ben_name, b"200") else {
+            panic!("a valid frame");
+        };
+        let mut input = BytesMut::from(&login[..]);
+        services.on_data(ProtocolKind::Bin24, ben, &mut input, &cx(602), &mut out);
+        assert!(!out.closed.iter().any(|(id, _, _)| *id == ben));
+        services.answer_name(
+            claimed(5, b"ben", ClaimAnswer::Taken),
+            &cx(603).clock(),
+            &mut out,
+        );
+        assert!(out
+            .closed
+            .contains(&(ben, CloseReason::ProtocolError, CloseMode::Now)));
         assert!(services.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
