@@ -139,7 +139,7 @@ pub struct ClusterStats {
     pub duplicates: AtomicU64,
     /// Messages on the channel that did not decode.
     pub malformed: AtomicU64,
-    /// Redis connections down now (of two: the publisher's and the subscriber's).
+    /// Redis connections down now (of three: publisher, subscriber, names thread).
     pub links_down: AtomicU64,
     /// Times a Redis connection was lost.
     pub link_losses: AtomicU64,

@@ -286,7 +286,12 @@ impl NamesThread {
         match opened {
             Ok(conn) => {
                 self.conn = Some(conn);
-                self.held.is_empty() || self.renew_once()
+                if self.held.is_empty() {
+                    self.up();
+                    true
+                } else {
+                    self.renew_once()
+                }
             }
             Err(err) => {
                 debug!("cluster: names reconnect failed: {err}");
@@ -409,6 +414,11 @@ impl NamesThread {
     /// Extend (or set again) every name this node holds, every quarter lease.
     fn renew(&mut self) {
         if self.held.is_empty() {
+            // Nothing to renew; a lost link is still made again, so that the logs and the
+            // gauge say when Redis is back.
+            if self.conn.is_none() {
+                self.ensure();
+            }
             return;
         }
         if self.conn.is_none() {
