@@ -802,3 +802,50 @@ fn after_redis_restarts_empty_the_nodes_set_their_names_again() {
         0.0
     );
 }
+
+/// CCM's addressed delivery across nodes: a `Text` to a CCM user on the other node reaches it
+/// in CCM's form, in the order sent, each once; the answer comes back the same way; a name no
+/// node holds is `unknown-addressee`, as on one node.
+#[test]
+fn a_ccm_message_to_a_user_on_another_node_is_delivered_in_order_and_nobody_is_unknown() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut a = node(&redis, "node-a", &["--ccm-port"]);
+    let b = node(&redis, "node-b", &["--ccm-port", "--matou-port"]);
+    let (mut cid, cid_token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
+    let (mut cat, cat_token) = ccm_identify(addr(&b, "--ccm-port"), "cat");
+    let mut mia = Matou::sign_in_at(addr(&b, "--matou-port"), "mia");
+
+    for body in ["one", "two", "three"] {
+        cid.send(&ccm_text(&cid_token, "cat", body));
+    }
+    for body in ["one", "two", "three"] {
+        cat.expect(&ccm_addressed("cid", "cat", body));
+    }
+    cat.send(&ccm_text(&cat_token, "cid", "back"));
+    cid.expect(&ccm_addressed("cat", "cid", "back"));
+
+    // Nobody, and a MATOU user on B (CCM does not cross to MATOU, as on one node): both
+    // unknown, in order.
+    for to in ["nobody", "mia"] {
+        cid.send(&ccm_text(&cid_token, to, "lost?"));
+        cid.expect(b"CCM\\1.0 Error\nReason: unknown-addressee\n");
+        cid.read_through(b"no user has that name");
+    }
+    mia.expect_nothing_for(Duration::from_millis(50));
+    cat.expect_nothing_for(Duration::from_millis(200));
+    cid.expect_nothing_for(Duration::from_millis(50));
+    assert_eq!(
+        metric(&mut a, "chatd_cluster_messages_malformed_total"),
+        0.0
+    );
+}
+
+fn ccm_addressed(from: &str, to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nSender: {from}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}

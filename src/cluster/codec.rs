@@ -6,10 +6,14 @@
 //! u8   node name length (1..=NODE_NAME_BYTES_MAX), then the node name
 //! u64  incarnation of that node (random per process, big-endian)
 //! u64  sequence number of this event on that node (big-endian, from 1)
-//! u8   event tag: 1 = Said, 2 = Presence
-//! u8   origin protocol (ProtocolKind::index)
-//! Said:     u16 sender length + sender, u32 text length + text
-//! Presence: u8 kind (0 entered, 1 left), u16 name length + name
+//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed
+//! Said:      u8 origin protocol (ProtocolKind::index), u16 sender length + sender,
+//!            u32 text length + text
+//! Presence:  u8 origin protocol, u8 kind (0 entered, 1 left), u16 name length + name
+//! Addressed: u8 target node length (1..=64) + target node, u64 target incarnation,
+//!            u8 CCM type length (<= 16) + type, u16 sender length + sender,
+//!            u16 addressee length + addressee, u8 encoding length (<= 64) + encoding,
+//!            u32 content length + content
 //! ```
 //!
 //! Hand-written rather than serde: the events are three fields of bytes, every length is
@@ -20,7 +24,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::hub::{HubEvent, LobbyMessage, Presence, PresenceKind, ProtocolKind};
+use crate::hub::{Addressed, HubEvent, LobbyMessage, Presence, PresenceKind, ProtocolKind};
 
 pub const VERSION: u8 = 1;
 /// Longest node name (`--node-name`).
@@ -30,8 +34,14 @@ pub const NAME_BYTES_MAX: usize = 1024;
 /// Longest lobby text: above every protocol's own line limit (ROOM's is the largest).
 pub const TEXT_BYTES_MAX: usize = 1 << 20;
 
+/// Longest CCM message type carried (`Streaming` is the longest CCM has).
+pub const KIND_BYTES_MAX: usize = 16;
+/// Longest Message-Encoding carried.
+pub const ENCODING_BYTES_MAX: usize = 64;
+
 const TAG_SAID: u8 = 1;
 const TAG_PRESENCE: u8 = 2;
+const TAG_ADDRESSED: u8 = 3;
 
 /// One event as it crosses Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +131,37 @@ pub fn encode(
             out.put_slice(&presence.name);
         }
         HubEvent::Direct(_) => return Err(EncodeError::NotCarried),
+        HubEvent::Addressed(addressed) => {
+            let bounds = [
+                (addressed.to_node.len(), NODE_NAME_BYTES_MAX, "target node"),
+                (addressed.kind.len(), KIND_BYTES_MAX, "type"),
+                (addressed.sender.len(), NAME_BYTES_MAX, "sender"),
+                (addressed.recipient.len(), NAME_BYTES_MAX, "addressee"),
+                (addressed.encoding.len(), ENCODING_BYTES_MAX, "encoding"),
+                (addressed.body.len(), TEXT_BYTES_MAX, "content"),
+            ];
+            if let Some(&(_, _, what)) = bounds.iter().find(|(len, max, _)| len > max) {
+                return Err(EncodeError::TooLong(what));
+            }
+            if addressed.to_node.is_empty() {
+                return Err(EncodeError::TooLong("target node"));
+            }
+            out.reserve(32 + bounds.iter().map(|(len, _, _)| len).sum::<usize>());
+            out.put_u8(TAG_ADDRESSED);
+            out.put_u8(addressed.to_node.len() as u8);
+            out.put_slice(&addressed.to_node);
+            out.put_u64(addressed.to_incarnation);
+            out.put_u8(addressed.kind.len() as u8);
+            out.put_slice(&addressed.kind);
+            out.put_u16(addressed.sender.len() as u16);
+            out.put_slice(&addressed.sender);
+            out.put_u16(addressed.recipient.len() as u16);
+            out.put_slice(&addressed.recipient);
+            out.put_u8(addressed.encoding.len() as u8);
+            out.put_slice(&addressed.encoding);
+            out.put_u32(addressed.body.len() as u32);
+            out.put_slice(&addressed.body);
+        }
     }
     Ok(out.freeze())
 }
@@ -207,6 +248,21 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
             let name = r.field(2, NAME_BYTES_MAX, "name")?;
             HubEvent::Presence(Presence { origin, name, kind })
         }
+        TAG_ADDRESSED => {
+            let to_node = r.field(1, NODE_NAME_BYTES_MAX, "target node")?;
+            if to_node.is_empty() {
+                return Err(DecodeError::EmptyNodeName);
+            }
+            HubEvent::Addressed(Box::new(Addressed {
+                to_node,
+                to_incarnation: r.uint(8)?,
+                kind: r.field(1, KIND_BYTES_MAX, "type")?,
+                sender: r.field(2, NAME_BYTES_MAX, "sender")?,
+                recipient: r.field(2, NAME_BYTES_MAX, "addressee")?,
+                encoding: r.field(1, ENCODING_BYTES_MAX, "encoding")?,
+                body: r.field(4, TEXT_BYTES_MAX, "content")?,
+            }))
+        }
         tag => return Err(DecodeError::Tag(tag)),
     };
     let left = r.payload.len() - r.at;
@@ -272,6 +328,66 @@ mod tests {
                 event
             );
         }
+    }
+
+    fn addressed(body: &[u8]) -> HubEvent {
+        HubEvent::Addressed(Box::new(Addressed {
+            to_node: Bytes::from_static(b"node-b"),
+            to_incarnation: 0xfeed,
+            kind: Bytes::from_static(b"Text"),
+            sender: Bytes::from_static(b"cid"),
+            recipient: Bytes::from_static(b"cat"),
+            encoding: Bytes::from_static(b"utf-8"),
+            body: Bytes::copy_from_slice(body),
+        }))
+    }
+
+    #[test]
+    fn an_addressed_message_round_trips_its_layout_is_the_documented_one_and_bounds_hold() {
+        for event in [
+            addressed(b"oi"),
+            addressed(b""),
+            addressed(&[0, 255, b'\n']),
+        ] {
+            assert_eq!(
+                decode(encode(b"node-a", 5, 9, &event).unwrap())
+                    .unwrap()
+                    .event,
+                event
+            );
+        }
+        let wire = encode(b"a", 1, 2, &addressed(b"hi")).unwrap();
+        let mut want = vec![
+            1, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 3,
+        ];
+        want.extend_from_slice(&[6, b'n', b'o', b'd', b'e', b'-', b'b']);
+        want.extend_from_slice(&0xfeed_u64.to_be_bytes());
+        want.extend_from_slice(&[4, b'T', b'e', b'x', b't', 0, 3, b'c', b'i', b'd', 0, 3]);
+        want.extend_from_slice(b"cat");
+        want.extend_from_slice(&[5, b'u', b't', b'f', b'-', b'8', 0, 0, 0, 2, b'h', b'i']);
+        assert_eq!(&wire[..], &want[..]);
+        // Every truncation is an error; an empty target node too.
+        for len in 0..wire.len() {
+            assert_eq!(
+                decode(wire.slice(..len)),
+                Err(DecodeError::Truncated),
+                "at {len}"
+            );
+        }
+        let mut empty_target = want.clone();
+        empty_target[20] = 0;
+        assert!(decode(empty_target.into()).is_err());
+        let HubEvent::Addressed(mut long) = addressed(b"x") else {
+            unreachable!()
+        };
+        long.kind = Bytes::from(vec![b'k'; KIND_BYTES_MAX + 1]);
+        assert_eq!(
+            encode(b"n", 1, 1, &HubEvent::Addressed(long.clone())),
+            Err(EncodeError::TooLong("type"))
+        );
+        long.kind = Bytes::from_static(b"Text");
+        long.to_node = Bytes::new();
+        assert!(encode(b"n", 1, 1, &HubEvent::Addressed(long)).is_err());
     }
 
     #[test]

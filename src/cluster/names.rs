@@ -1,7 +1,8 @@
 //! Names unique across the nodes (switchboard rule 1 in a cluster; docs/CLUSTER.md).
 //!
-//! Each name a node holds is a key `switchboard:name:<name>` whose value names the node's
-//! incarnation (`<incarnation, 16 hex digits>:<node name>`), with the same expiry as the
+//! Each name a node holds is a key `switchboard:name:<name>` whose value names the holder's
+//! protocol and the node's incarnation (`<b|c|m>:<incarnation, 16 hex digits>:<node name>`:
+//! BIN24, CCM or MATOU; another node addressing the name needs both), with the same expiry as the
 //! node's liveness key (three quarters of the lease), renewed every quarter lease. A claim is
 //! a small Lua script (take the key if it is free, or if it is already this node's), so two
 //! nodes claiming one name at once get one yes between them; a release deletes the key only if
@@ -17,7 +18,7 @@
 //! another node holds by then is reported [`NameAnswer::Lost`] (Redis's holder wins: other
 //! nodes have acted on it already).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -28,7 +29,8 @@ use bytes::Bytes;
 use log::{debug, warn};
 
 use super::{link_down, link_up, liveness, ClusterStats, RECONNECT_DELAY_MAX};
-use crate::hub::{ClaimAnswer, NameOp};
+use crate::hub::claims::Holder;
+use crate::hub::{ClaimAnswer, NameOp, NamedProtocol};
 
 /// Prefix of the name keys.
 pub const NAME_KEY_PREFIX: &str = "switchboard:name:";
@@ -51,28 +53,31 @@ const BATCH_MAX: usize = 1024;
 /// Keys renewed by one script call (one call holds Redis for its length).
 const RENEW_KEYS_PER_CALL: usize = 1000;
 
-/// Take `KEYS[1]` for `ARGV[1]` (this node) for `ARGV[2]` ms unless another node holds it.
+/// Take `KEYS[1]` as `ARGV[3]` (its full value) for `ARGV[2]` ms unless a node other than
+/// `ARGV[1]` (this node's part of the value, after the protocol and its colon) holds it.
 /// 1: this node's now (or already was: a retried claim); 0: another node's.
 const CLAIM_SCRIPT: &str = "\
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
-if redis.call('GET', KEYS[1]) == ARGV[1] then \
-  redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
+if redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[2]) then return 1 end \
+local v = redis.call('GET', KEYS[1]) \
+if v and string.sub(v, 3) == ARGV[1] then \
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2]) return 1 end \
 return 0";
 
-/// Delete `KEYS[1]` only if it is still `ARGV[1]`'s.
+/// Delete `KEYS[1]` only if it is still node `ARGV[1]`'s.
 const RELEASE_SCRIPT: &str = "\
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
+local v = redis.call('GET', KEYS[1]) \
+if v and string.sub(v, 3) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
 return 0";
 
-/// Extend each of `KEYS` that is `ARGV[1]`'s by `ARGV[2]` ms, set again those that are gone
-/// (Redis restarted empty, or they lapsed while this node was cut off), and return the
-/// (1-based) indexes of those another node holds now.
+/// Extend each of `KEYS` that is node `ARGV[1]`'s by `ARGV[2]` ms, set again (to `ARGV[2+i]`,
+/// its full value) those that are gone (Redis restarted empty, or they lapsed while this node
+/// was cut off), and return the (1-based) indexes of those another node holds now.
 const RENEW_SCRIPT: &str = "\
 local lost = {} \
 for i, key in ipairs(KEYS) do \
   local v = redis.call('GET', key) \
-  if v == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) \
-  elseif not v then redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) \
+  if v and string.sub(v, 3) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) \
+  elseif not v then redis.call('SET', key, ARGV[2 + i], 'PX', ARGV[2]) \
   else lost[#lost + 1] = i end \
 end \
 return lost";
@@ -83,12 +88,38 @@ pub fn name_key(name: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The value of this node's name keys: its incarnation and name, as its liveness key has
-/// them.
+/// This node's part of its name keys' values: its incarnation and name, as its liveness key
+/// has them.
 pub fn holder_value(node: &[u8], incarnation: u64) -> Vec<u8> {
     let mut value = format!("{incarnation:016x}:").into_bytes();
     value.extend_from_slice(node);
     value
+}
+
+fn protocol_letter(protocol: NamedProtocol) -> u8 {
+    match protocol {
+        NamedProtocol::Bin24 => b'b',
+        NamedProtocol::Ccm => b'c',
+        NamedProtocol::Matou => b'm',
+    }
+}
+
+/// A name key's whole value: the holder's protocol, then the node's part.
+pub fn key_value(protocol: NamedProtocol, node_value: &[u8]) -> Vec<u8> {
+    let mut value = vec![protocol_letter(protocol), b':'];
+    value.extend_from_slice(node_value);
+    value
+}
+
+/// Who a name key's value names: the holder's protocol and the node's part, unparsed.
+fn split_key_value(value: &[u8]) -> Option<(NamedProtocol, &[u8])> {
+    let protocol = match value.first()? {
+        b'b' => NamedProtocol::Bin24,
+        b'c' => NamedProtocol::Ccm,
+        b'm' => NamedProtocol::Matou,
+        _ => return None,
+    };
+    (value.get(1) == Some(&b':')).then_some((protocol, value.get(2..)?))
 }
 
 /// What the names thread hands the reactor.
@@ -101,6 +132,20 @@ pub enum NameAnswer {
     },
     /// A name this node held is another node's now (found when Redis came back).
     Lost { name: Bytes },
+    /// Which other node holds the name of the [`NameOp::Locate`] `token`: its name,
+    /// incarnation and the holder's protocol; `None` when no other node does (or Redis could
+    /// not be asked).
+    Located { token: u64, holder: Option<Holder> },
+}
+
+/// The node a name key's value names (see [`holder_value`]).
+pub fn parse_holder_value(value: &[u8]) -> Option<(Bytes, u64)> {
+    let (hex, node) = (value.get(..16)?, value.get(17..)?);
+    if value.get(16) != Some(&b':') || node.is_empty() {
+        return None;
+    }
+    let incarnation = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    Some((Bytes::copy_from_slice(node), incarnation))
 }
 
 /// The reactor's side of the names thread.
@@ -133,7 +178,7 @@ impl Names {
             value: holder_value(node, incarnation),
             lease_ms,
             command_timeout,
-            held: HashSet::new(),
+            held: HashMap::new(),
             answers: answers_tx,
             pending: Arc::clone(&pending),
             wake,
@@ -198,6 +243,11 @@ impl super::Cluster {
     pub fn try_recv_name(&mut self) -> Option<NameAnswer> {
         self.names.try_recv()
     }
+
+    /// This node's incarnation (random per process), as the other nodes know it.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
 }
 
 struct NamesThread {
@@ -207,8 +257,8 @@ struct NamesThread {
     value: Vec<u8>,
     lease_ms: u64,
     command_timeout: Duration,
-    /// The names this node holds in Redis, as far as it knows.
-    held: HashSet<Bytes>,
+    /// The names this node holds in Redis, as far as it knows, and their holders' protocols.
+    held: HashMap<Bytes, NamedProtocol>,
     answers: mpsc::Sender<NameAnswer>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
@@ -249,7 +299,7 @@ impl NamesThread {
         // A clean stop: the names are free at once, not a lease later.
         if let Some(conn) = self.conn.as_mut() {
             let mut pipe = redis::pipe();
-            for name in &self.held {
+            for name in self.held.keys() {
                 pipe.cmd("EVAL")
                     .arg(RELEASE_SCRIPT)
                     .arg(1)
@@ -354,18 +404,29 @@ impl NamesThread {
         let expiry_ms = self.expiry_ms();
         let mut pipe = redis::pipe();
         for op in &batch {
-            let (script, name) = match op {
-                NameOp::Claim { name, .. } => (CLAIM_SCRIPT, name),
-                NameOp::Release { name } => (RELEASE_SCRIPT, name),
-            };
-            pipe.cmd("EVAL")
-                .arg(script)
-                .arg(1)
-                .arg(name_key(name))
-                .arg(&self.value)
-                .arg(expiry_ms);
+            match op {
+                NameOp::Claim { name, protocol, .. } => {
+                    pipe.cmd("EVAL")
+                        .arg(CLAIM_SCRIPT)
+                        .arg(1)
+                        .arg(name_key(name))
+                        .arg(&self.value)
+                        .arg(expiry_ms)
+                        .arg(key_value(*protocol, &self.value));
+                }
+                NameOp::Release { name } => {
+                    pipe.cmd("EVAL")
+                        .arg(RELEASE_SCRIPT)
+                        .arg(1)
+                        .arg(name_key(name))
+                        .arg(&self.value);
+                }
+                NameOp::Locate { name, .. } => {
+                    pipe.cmd("GET").arg(name_key(name));
+                }
+            }
         }
-        let results = match self.query::<Vec<i64>>(&pipe) {
+        let results = match self.query::<Vec<redis::Value>>(&pipe) {
             Some(results) if results.len() == batch.len() => results,
             _ => {
                 self.unavailable(batch);
@@ -374,9 +435,13 @@ impl NamesThread {
         };
         for (op, result) in batch.into_iter().zip(results) {
             match op {
-                NameOp::Claim { token, name } => {
-                    let answer = if result == 1 {
-                        self.held.insert(name.clone());
+                NameOp::Claim {
+                    token,
+                    name,
+                    protocol,
+                } => {
+                    let answer = if result == redis::Value::Int(1) {
+                        self.held.insert(name.clone(), protocol);
                         ClaimAnswer::Granted
                     } else {
                         ClaimAnswer::Taken
@@ -390,6 +455,18 @@ impl NamesThread {
                 NameOp::Release { name } => {
                     self.held.remove(&name);
                 }
+                NameOp::Locate { token, .. } => {
+                    let holder = match &result {
+                        redis::Value::BulkString(value) => split_key_value(value)
+                            .filter(|(_, node)| *node != &self.value[..])
+                            .and_then(|(protocol, node)| {
+                                let (name, incarnation) = parse_holder_value(node)?;
+                                Some((name, incarnation, protocol))
+                            }),
+                        _ => None,
+                    };
+                    self.answer(NameAnswer::Located { token, holder });
+                }
             }
         }
     }
@@ -399,7 +476,7 @@ impl NamesThread {
     fn unavailable(&mut self, batch: Vec<NameOp>) {
         for op in batch {
             match op {
-                NameOp::Claim { token, name } => self.answer(NameAnswer::Claimed {
+                NameOp::Claim { token, name, .. } => self.answer(NameAnswer::Claimed {
                     token,
                     name,
                     answer: ClaimAnswer::Unavailable,
@@ -407,6 +484,10 @@ impl NamesThread {
                 NameOp::Release { name } => {
                     self.held.remove(&name);
                 }
+                NameOp::Locate { token, .. } => self.answer(NameAnswer::Located {
+                    token,
+                    holder: None,
+                }),
             }
         }
     }
@@ -436,14 +517,21 @@ impl NamesThread {
     /// Renew on the connection there is; report the names another node took. False when the
     /// link failed.
     fn renew_once(&mut self) -> bool {
-        let names: Vec<Bytes> = self.held.iter().cloned().collect();
+        let held: Vec<(Bytes, NamedProtocol)> = self
+            .held
+            .iter()
+            .map(|(name, &protocol)| (name.clone(), protocol))
+            .collect();
         let mut pipe = redis::pipe();
-        for chunk in names.chunks(RENEW_KEYS_PER_CALL) {
+        for chunk in held.chunks(RENEW_KEYS_PER_CALL) {
             pipe.cmd("EVAL").arg(RENEW_SCRIPT).arg(chunk.len());
-            for name in chunk {
+            for (name, _) in chunk {
                 pipe.arg(name_key(name));
             }
             pipe.arg(&self.value).arg(self.expiry_ms());
+            for &(_, protocol) in chunk {
+                pipe.arg(key_value(protocol, &self.value));
+            }
         }
         let Some(conn) = self.conn.as_mut() else {
             return false;
@@ -456,9 +544,9 @@ impl NamesThread {
             }
         };
         self.up();
-        for (chunk, lost) in names.chunks(RENEW_KEYS_PER_CALL).zip(lost) {
+        for (chunk, lost) in held.chunks(RENEW_KEYS_PER_CALL).zip(lost) {
             for index in lost {
-                let Some(name) = usize::try_from(index)
+                let Some((name, _)) = usize::try_from(index)
                     .ok()
                     .and_then(|index| chunk.get(index.checked_sub(1)?))
                 else {
@@ -496,5 +584,29 @@ mod tests {
             holder_value(b"node-1", 0xab),
             b"00000000000000ab:node-1".to_vec()
         );
+        assert_eq!(
+            parse_holder_value(&holder_value(b"node-1", 0xab)),
+            Some((Bytes::from_static(b"node-1"), 0xab))
+        );
+        for bad in [
+            &b""[..],
+            b"00000000000000ab:",
+            b"00000000000000ab-n",
+            b"0000000000000zab:n",
+        ] {
+            assert_eq!(parse_holder_value(bad), None, "{bad:?}");
+        }
+        let node = holder_value(b"n", 1);
+        for protocol in [
+            NamedProtocol::Bin24,
+            NamedProtocol::Ccm,
+            NamedProtocol::Matou,
+        ] {
+            let value = key_value(protocol, &node);
+            assert_eq!(split_key_value(&value), Some((protocol, &node[..])));
+        }
+        assert_eq!(split_key_value(b"x:0000000000000001:n"), None);
+        assert_eq!(split_key_value(b"c0000000000000001:n"), None);
+        assert_eq!(split_key_value(b""), None);
     }
 }

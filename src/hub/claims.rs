@@ -12,12 +12,12 @@
 //! release made while its claim is still on the way is carried out after the claim: a claim
 //! that lands after its connection closed (or after its deadline) is deleted again.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
 use super::render;
-use super::NamedProtocol;
+use super::{Addressed, HubEvent, NamedProtocol};
 use crate::chat::ConnId;
 use crate::protocol::ccm::Reason;
 use crate::protocol::matou::codec as matou;
@@ -35,9 +35,29 @@ pub struct ClaimConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NameOp {
     /// Take `name` for this node unless another node holds it; answer with `token`.
-    Claim { token: u64, name: Bytes },
+    Claim {
+        token: u64,
+        name: Bytes,
+        /// The claimant's protocol, kept with the name: another node addressing it needs it.
+        protocol: NamedProtocol,
+    },
     /// This node no longer holds `name` (delete its key if it is still this node's).
     Release { name: Bytes },
+    /// Which other node holds `name`? Answer with `token`.
+    Locate { token: u64, name: Bytes },
+}
+
+/// The node holding a name, as its key says: node name, incarnation, the holder's protocol.
+pub type Holder = (Bytes, u64, NamedProtocol);
+
+/// What becomes of a message to a name held on another node, once located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Located {
+    /// Publish this event: the node holding the name delivers it.
+    Send(HubEvent),
+    /// No other node holds the name (or the cluster could not say in time): the sender,
+    /// `from`, is told CCM's `unknown-addressee`.
+    Unknown { from: ConnId, recipient: Bytes },
 }
 
 /// Redis's answer to a [`NameOp::Claim`].
@@ -111,6 +131,10 @@ pub(super) struct Claims {
     next_token: u64,
     pub(super) ops: Vec<NameOp>,
     pub(super) counts: ClaimCounts,
+    /// Messages waiting to learn which node holds their addressee, by token, and their
+    /// deadlines in the order asked.
+    locating: HashMap<u64, (ConnId, Addressed)>,
+    locate_deadlines: VecDeque<(u64, u64)>,
 }
 
 impl Claims {
@@ -122,7 +146,62 @@ impl Claims {
             next_token: 1,
             ops: Vec::new(),
             counts: ClaimCounts::default(),
+            locating: HashMap::new(),
+            locate_deadlines: VecDeque::new(),
         }
+    }
+
+    /// Ask which node holds `message.recipient`, for `from`'s message; false when too many
+    /// messages wait already.
+    pub(super) fn locate(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
+        if self.locating.len() >= self.config.pending_max {
+            return false;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.ops.push(NameOp::Locate {
+            token,
+            name: message.recipient.clone(),
+        });
+        self.locating.insert(token, (from, message));
+        self.locate_deadlines
+            .push_back((now_ms.saturating_add(self.config.wait_ms), token));
+        true
+    }
+
+    /// The answer for `token`: the holder's node, incarnation and protocol, or nobody. Only
+    /// a CCM holder is sent to: CCM's messages do not cross to MATOU (as on one node), nor,
+    /// yet, to a BIN24 user on another node.
+    pub(super) fn located(&mut self, token: u64, holder: Option<Holder>) -> Option<Located> {
+        let (from, mut message) = self.locating.remove(&token)?;
+        Some(match holder {
+            Some((node, incarnation, NamedProtocol::Ccm)) => {
+                message.to_node = node;
+                message.to_incarnation = incarnation;
+                Located::Send(HubEvent::Addressed(Box::new(message)))
+            }
+            Some(_) | None => Located::Unknown {
+                from,
+                recipient: message.recipient,
+            },
+        })
+    }
+
+    /// Messages not located by `now_ms`: their senders are told the addressee is unknown.
+    pub(super) fn expire_locates(&mut self, now_ms: u64) -> Vec<Located> {
+        let mut expired = Vec::new();
+        while let Some(&(deadline, token)) = self.locate_deadlines.front() {
+            if deadline > now_ms {
+                break;
+            }
+            self.locate_deadlines.pop_front();
+            expired.extend(self.located(token, None));
+        }
+        expired
+    }
+
+    pub(super) fn next_locate_deadline_ms(&self) -> Option<u64> {
+        self.locate_deadlines.front().map(|&(deadline, _)| deadline)
     }
 
     pub(super) fn is_full(&self) -> bool {
@@ -130,7 +209,7 @@ impl Claims {
     }
 
     /// Record a claim of `name` made at `now_ms` and queue it for the cluster; its token.
-    pub(super) fn ask(&mut self, name: Bytes, now_ms: u64) -> u64 {
+    pub(super) fn ask(&mut self, name: Bytes, protocol: NamedProtocol, now_ms: u64) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
         self.waiting += 1;
@@ -140,7 +219,11 @@ impl Claims {
             token,
             name.clone(),
         ));
-        self.ops.push(NameOp::Claim { token, name });
+        self.ops.push(NameOp::Claim {
+            token,
+            name,
+            protocol,
+        });
         token
     }
 
@@ -185,10 +268,11 @@ mod tests {
         })
     }
 
-    fn claim(token: u64, name: &'static [u8]) -> NameOp {
+    fn claim(token: u64, name: &'static [u8], protocol: NamedProtocol) -> NameOp {
         NameOp::Claim {
             token,
             name: Bytes::from_static(name),
+            protocol,
         }
     }
 
@@ -205,7 +289,10 @@ mod tests {
             hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
             Claim::Pending
         );
-        assert_eq!(hub.take_name_ops(), [claim(1, b"mia")]);
+        assert_eq!(
+            hub.take_name_ops(),
+            [claim(1, b"mia", NamedProtocol::Matou)]
+        );
         // Asked again by the same connection: still waiting, nothing sent twice.
         assert_eq!(
             hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 5),
@@ -331,7 +418,11 @@ mod tests {
         // The claim may still land in Redis: its release follows it, in order.
         assert_eq!(
             hub.take_name_ops(),
-            [claim(1, b"cid"), claim(2, b"mia"), release(b"cid")]
+            [
+                claim(1, b"cid", NamedProtocol::Ccm),
+                claim(2, b"mia", NamedProtocol::Matou),
+                release(b"cid")
+            ]
         );
         // A late answer is nothing more.
         assert_eq!(hub.on_claim_answer(1, b"cid", ClaimAnswer::Granted), None);
@@ -359,7 +450,11 @@ mod tests {
         );
         assert_eq!(
             hub.take_name_ops(),
-            [claim(1, b"mia"), release(b"mia"), claim(2, b"mia")]
+            [
+                claim(1, b"mia", NamedProtocol::Matou),
+                release(b"mia"),
+                claim(2, b"mia", NamedProtocol::Ccm)
+            ]
         );
         // The first claim's answer concerns nobody now; the second's decides conn 2.
         assert_eq!(hub.on_claim_answer(1, b"mia", ClaimAnswer::Granted), None);
@@ -444,5 +539,69 @@ mod tests {
         assert_eq!(hub.claim_counts(), None);
         assert_eq!(hub.release_name(conn(1)), Some(Bytes::from_static(b"mia")));
         assert!(hub.take_name_ops().is_empty());
+    }
+
+    fn message(to: &'static [u8], body: &'static [u8]) -> Addressed {
+        Addressed {
+            to_node: Bytes::new(),
+            to_incarnation: 0,
+            kind: Bytes::from_static(b"Text"),
+            sender: Bytes::from_static(b"cid"),
+            recipient: Bytes::from_static(to),
+            encoding: Bytes::from_static(b"utf-8"),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn a_message_to_a_name_held_elsewhere_goes_to_its_ccm_holders_node_or_is_unknown() {
+        let mut hub = clustered(2);
+        assert!(hub.address_remote(conn(1), message(b"cat", b"one"), 0));
+        assert!(hub.address_remote(conn(1), message(b"mia", b"two"), 10));
+        // Bounded: one more waits for nothing.
+        assert!(!hub.address_remote(conn(1), message(b"x", b"three"), 10));
+        assert_eq!(
+            hub.take_name_ops(),
+            [
+                NameOp::Locate {
+                    token: 1,
+                    name: Bytes::from_static(b"cat")
+                },
+                NameOp::Locate {
+                    token: 2,
+                    name: Bytes::from_static(b"mia")
+                },
+            ]
+        );
+        let node = Bytes::from_static(b"node-b");
+        let mut sent = message(b"cat", b"one");
+        sent.to_node = node.clone();
+        sent.to_incarnation = 7;
+        assert_eq!(
+            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Ccm))),
+            Some(Located::Send(HubEvent::Addressed(Box::new(sent))))
+        );
+        // A MATOU holder: CCM does not cross to MATOU, as on one node.
+        assert_eq!(
+            hub.on_located(2, Some((node, 7, NamedProtocol::Matou))),
+            Some(Located::Unknown {
+                from: conn(1),
+                recipient: Bytes::from_static(b"mia")
+            })
+        );
+        assert_eq!(hub.on_located(2, None), None, "answered once");
+        // Not located by its deadline: unknown, once.
+        assert!(hub.address_remote(conn(2), message(b"dan", b"four"), 100));
+        assert_eq!(hub.next_claim_deadline_ms(), Some(WAIT_MS));
+        assert!(hub.expire_locates(100 + WAIT_MS - 1).is_empty());
+        assert_eq!(
+            hub.expire_locates(100 + WAIT_MS),
+            [Located::Unknown {
+                from: conn(2),
+                recipient: Bytes::from_static(b"dan")
+            }]
+        );
+        assert_eq!(hub.on_located(3, None), None);
+        assert!(!Hub::new(HubConfig::default()).address_remote(conn(1), message(b"a", b""), 0));
     }
 }

@@ -87,10 +87,27 @@ pub struct DirectMessage {
     pub body: Bytes,
 }
 
+/// A CCM message to a named user whom another node holds (the cluster): for that node only,
+/// which hands it to its CCM user in CCM's own form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addressed {
+    /// The node that holds the addressee, and its incarnation (a restarted node is another).
+    pub to_node: Bytes,
+    pub to_incarnation: u64,
+    /// CCM's message type (`Text`, `Raw`, `Audio`, `Streaming`).
+    pub kind: Bytes,
+    pub sender: Bytes,
+    pub recipient: Bytes,
+    pub encoding: Bytes,
+    pub body: Bytes,
+}
+
 /// One thing the hub acted on: the unit that will cross node boundaries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
     Said(LobbyMessage),
     Presence(Presence),
     Direct(DirectMessage),
+    /// Boxed: far larger than the others, and rare beside lobby traffic.
+    Addressed(Box<Addressed>),
 }

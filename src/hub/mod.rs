@@ -19,10 +19,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-pub use claims::{ClaimAnswer, ClaimConfig, ClaimCounts, ClaimDecided, Decision, NameOp};
+pub use claims::{ClaimAnswer, ClaimConfig, ClaimCounts, ClaimDecided, Decision, Located, NameOp};
 pub use event::{
-    DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId, Presence,
-    PresenceKind, ProtocolKind, User,
+    Addressed, DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId,
+    Presence, PresenceKind, ProtocolKind, User,
 };
 pub use render::FormLimits;
 
@@ -441,7 +441,10 @@ impl Hub {
         // arrived in.
         let name = Bytes::copy_from_slice(name);
         let (claim, answer) = match self.claims.as_mut().filter(|_| !replacing) {
-            Some(claims) => (Some(claims.ask(name.clone(), now_ms)), Claim::Pending),
+            Some(claims) => (
+                Some(claims.ask(name.clone(), protocol, now_ms)),
+                Claim::Pending,
+            ),
             None => (None, Claim::Granted),
         };
         self.names.insert(
@@ -598,11 +601,42 @@ impl Hub {
         }
     }
 
-    /// The earliest claim deadline, if any claim was made.
+    /// The earliest deadline of a claim or of a message being located, if any.
     pub fn next_claim_deadline_ms(&self) -> Option<u64> {
+        let claims = self.claims.as_ref()?;
+        claims
+            .next_deadline_ms()
+            .into_iter()
+            .chain(claims.next_locate_deadline_ms())
+            .min()
+    }
+
+    /// In a cluster: whether a name this node does not hold may be held by another node.
+    pub fn spans_nodes(&self) -> bool {
+        self.claims.is_some()
+    }
+
+    /// A CCM message from `from` to a name no user of this node holds: ask which node holds
+    /// it ([`NameOp::Locate`]); the answer comes to [`Hub::on_located`]. False for a node
+    /// alone, or when too many messages wait already (answer `unknown-addressee` then).
+    pub fn address_remote(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
         self.claims
-            .as_ref()
-            .and_then(claims::Claims::next_deadline_ms)
+            .as_mut()
+            .is_some_and(|claims| claims.locate(from, message, now_ms))
+    }
+
+    /// The cluster answered where the addressee of the message `token` is: another node
+    /// (`holder`: its name and incarnation), or nowhere.
+    pub fn on_located(&mut self, token: u64, holder: Option<claims::Holder>) -> Option<Located> {
+        self.claims.as_mut()?.located(token, holder)
+    }
+
+    /// Messages whose addressee was not located by `now_ms`.
+    pub fn expire_locates(&mut self, now_ms: u64) -> Vec<Located> {
+        self.claims
+            .as_mut()
+            .map(|claims| claims.expire_locates(now_ms))
+            .unwrap_or_default()
     }
 
     /// Another node holds `name` now, which this node held (its key lapsed while this node

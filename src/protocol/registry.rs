@@ -18,7 +18,8 @@ use crate::cluster::names::NameAnswer;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{
-    ClaimConfig, ClaimDecided, Endpoint, FormLimits, Hub, HubConfig, HubEvent, NameOp, OcmMemberId,
+    Addressed, ClaimConfig, ClaimDecided, Endpoint, FormLimits, Hub, HubConfig, HubEvent, Located,
+    NameOp, NamedProtocol, OcmMemberId,
 };
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
 
@@ -101,6 +102,43 @@ macro_rules! switched {
             }),
         }
     }};
+}
+
+/// Another node's CCM message to a CCM user of this node, in CCM's form; nothing if the
+/// addressee is not (or no longer) a CCM user here.
+fn deliver_addressed<O: Outbox>(hub: &Hub, addressed: &Addressed, out: &mut O) {
+    use crate::protocol::ccm::codec::{self as ccm, MessageType};
+    let kind = MessageType::parse(&addressed.kind).filter(|kind| {
+        matches!(
+            kind,
+            MessageType::Text | MessageType::Raw | MessageType::Audio | MessageType::Streaming
+        )
+    });
+    let (kind, to) = match (kind, hub.holder(&addressed.recipient)) {
+        (Some(kind), Some((NamedProtocol::Ccm, to))) => (kind, to),
+        _ => {
+            log::debug!(
+                "cluster: a message for {:?}, not a CCM user here, dropped",
+                String::from_utf8_lossy(&addressed.recipient)
+            );
+            return;
+        }
+    };
+    out.send(
+        to,
+        ccm::encode_head(
+            kind.as_str(),
+            &[
+                ("Sender", &addressed.sender),
+                ("Addressee", &addressed.recipient),
+                ("Message-Encoding", &addressed.encoding),
+            ],
+            addressed.body.len(),
+        ),
+    );
+    if !addressed.body.is_empty() {
+        out.send(to, addressed.body.clone());
+    }
 }
 
 /// OCM's gate for lobby lines from the other protocols, when OCM is enabled.
@@ -283,6 +321,13 @@ impl Services {
                     self.hub.announce_remote(&presence, &mut self.hub_queue)
                 }
                 HubEvent::Direct(_) => {}
+                HubEvent::Addressed(addressed) => {
+                    if addressed.to_node[..] == *cluster.node_name()
+                        && addressed.to_incarnation == cluster.incarnation()
+                    {
+                        deliver_addressed(&self.hub, &addressed, out);
+                    }
+                }
             }
         }
         self.on_name_answers(out);
@@ -314,12 +359,45 @@ impl Services {
                     out.close(conn, CloseReason::Replaced, super::CloseMode::Now);
                 }
             }
+            NameAnswer::Located { token, holder } => {
+                if let Some(located) = self.hub.on_located(token, holder) {
+                    self.on_located(located, out);
+                }
+            }
+        }
+    }
+
+    /// A message to a name held elsewhere: published for the node that holds it, or its
+    /// sender told no user has that name.
+    fn on_located<O: Outbox>(&mut self, located: Located, out: &mut O) {
+        match located {
+            Located::Send(event) => {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.publish(&event);
+                }
+            }
+            Located::Unknown { from, recipient } => {
+                log::debug!(
+                    "{from}: no node holds {:?}",
+                    String::from_utf8_lossy(&recipient)
+                );
+                out.send(
+                    from,
+                    crate::hub::render::ccm_error(
+                        crate::protocol::ccm::Reason::UnknownAddressee,
+                        "no user has that name",
+                    ),
+                );
+            }
         }
     }
 
     /// Claims whose deadline passed without the cluster's answer are refused (their services
     /// told through the hub queue).
-    fn expire_claims(&mut self, now_ms: u64) {
+    fn expire_claims<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
+        for located in self.hub.expire_locates(now_ms) {
+            self.on_located(located, out);
+        }
         for decided in self.hub.expire_claims(now_ms) {
             log::warn!(
                 "{}: name claim not confirmed by the cluster within its deadline; refused",
@@ -340,7 +418,7 @@ impl Services {
                     .as_mut()
                     .map(|cluster| cluster.send_name_op(op))
                 {
-                    Some(Err(NameOp::Claim { token, name })) => Some((token, name)),
+                    Some(Err(NameOp::Claim { token, name, .. })) => Some((token, name)),
                     _ => None,
                 };
                 let decided: Option<ClaimDecided> = refused.and_then(|(token, name)| {
@@ -588,7 +666,7 @@ impl Services {
             .next_claim_deadline_ms()
             .is_some_and(|deadline| deadline <= clock.now_ms)
         {
-            self.expire_claims(clock.now_ms);
+            self.expire_claims(clock.now_ms, out);
             self.drain(clock, out);
         }
         for kind in ProtocolKind::ALL {

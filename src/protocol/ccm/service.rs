@@ -9,7 +9,8 @@ use log::debug;
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
 use crate::hub::{
-    CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User, Written, WrittenNote,
+    Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User, Written,
+    WrittenNote,
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
@@ -496,6 +497,39 @@ impl CcmService {
                         Some(CcmDirect::Refused { error }) => {
                             out.count_rejected();
                             out.send(from, error);
+                        }
+                        Some(CcmDirect::NotCrossing)
+                            if out.hub().is_some_and(|link| {
+                                link.hub.spans_nodes() && link.hub.holder(addressee).is_none()
+                            }) =>
+                        {
+                            // In a cluster another node may hold the name: charged as a
+                            // delivery, then located and sent there, or refused as unknown
+                            // once no node is found to hold it.
+                            if !self.admit(from, None, delivery_bytes, now_ms) {
+                                self.refuse_rate(from, out);
+                                return;
+                            }
+                            let addressed = Addressed {
+                                to_node: Bytes::new(),
+                                to_incarnation: 0,
+                                kind: Bytes::from_static(kind.as_str().as_bytes()),
+                                sender: sender.clone(),
+                                recipient: addressee.clone(),
+                                encoding: encoding.clone(),
+                                body: message.content.clone(),
+                            };
+                            let asked = out.hub().is_some_and(|link| {
+                                link.hub.address_remote(from, addressed, now_ms)
+                            });
+                            if !asked {
+                                self.answer_error(
+                                    from,
+                                    Reason::UnknownAddressee,
+                                    "no user has that name (the cluster cannot be asked now)",
+                                    out,
+                                );
+                            }
                         }
                         Some(CcmDirect::NotCrossing) | None => self.answer_error(
                             from,
