@@ -849,3 +849,43 @@ fn ccm_addressed(from: &str, to: &str, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A name this node holds that another node holds when this node renews it (this node's key
+/// lapsed while it was cut off, and the other node was granted the name meanwhile, as written
+/// into Redis here): Redis's holder wins, the holder here is closed, and this node does not
+/// touch the other node's key.
+#[test]
+fn a_name_another_node_took_while_this_one_was_cut_off_closes_its_holder_here() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut a = node_with(
+        &redis,
+        "node-a",
+        &["--matou-port"],
+        &["--cluster-lease-ms", "500"],
+    );
+    let mut mia = Matou::sign_in_at(addr(&a, "--matou-port"), "mia");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let other = "m:00000000000000ff:node-x";
+    redis::cmd("SET")
+        .arg("switchboard:name:mia")
+        .arg(other)
+        .query::<()>(&mut conn)
+        .unwrap();
+    // A's next renewal (a quarter lease) finds it.
+    mia.expect_closed();
+    a.stderr
+        .wait_for("cluster: the name \"mia\" is another node's now");
+    assert_eq!(metric(&mut a, "chatd_cluster_names_lost_total"), 1.0);
+    assert_eq!(metric(&mut a, "chatd_cluster_names_held"), 0.0);
+    let value: String = redis::cmd("GET")
+        .arg("switchboard:name:mia")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(value, other);
+    // The name is the other node's: refused here now.
+    let mut again = Matou::connect_to(addr(&a, "--matou-port"), "mia again");
+    again.login("mia", false);
+}
