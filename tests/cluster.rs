@@ -889,3 +889,51 @@ fn a_name_another_node_took_while_this_one_was_cut_off_closes_its_holder_here() 
     let mut again = Matou::connect_to(addr(&a, "--matou-port"), "mia again");
     again.login("mia", false);
 }
+
+/// MATOU's brokered private link between users on two nodes: the request reaches Dst on B,
+/// the acceptance gives Src on A Dst's real address, Src's ports give Dst Src's address and
+/// ports; a name no MATOU user holds on any node is ERROR 4 (unknown user), as on one node
+/// (a CCM user's name too: private links need two MATOU users).
+#[test]
+fn a_matou_private_link_is_brokered_between_users_on_two_nodes() {
+    use common::matou::{int, packet, string};
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", &["--matou-port"]);
+    let b = node(&redis, "node-b", &["--matou-port", "--ccm-port"]);
+    let mut mia = Matou::sign_in_at(addr(&a, "--matou-port"), "mia");
+    let mut max = Matou::sign_in_at(addr(&b, "--matou-port"), "max");
+    mia.expect_notify(3, "max");
+    let _cat = ccm_identify(addr(&b, "--ccm-port"), "cat");
+    max.expect_notify(3, "cat");
+    mia.expect_notify(3, "cat");
+
+    mia.send(&packet(6, &[&string(b"max")]));
+    max.expect_notify(7, "mia");
+    max.send(&packet(8, &[&string(b"mia")]));
+    mia.expect_type(9);
+    assert_eq!(mia.string(), "max");
+    assert_eq!(mia.int(), 4);
+    assert_eq!(mia.read_exact(4), [127, 0, 0, 1]);
+    mia.send(&packet(10, &[&string(b"max"), &int(5000), &int(5001)]));
+    max.expect_type(11);
+    assert_eq!(max.string(), "mia");
+    assert_eq!(max.int(), 4);
+    assert_eq!(max.read_exact(4), [127, 0, 0, 1]);
+    assert_eq!((max.int(), max.int()), (5000, 5001));
+
+    // The link is brokered: its ports again are refused (ERROR 7), as on one node.
+    mia.send(&packet(10, &[&string(b"max"), &int(5000), &int(5001)]));
+    assert_eq!(mia.expect_error(), 7);
+    // Nobody, and a CCM user on B: unknown user.
+    for to in [&b"nobody"[..], b"cat"] {
+        mia.send(&packet(6, &[&string(to)]));
+        assert_eq!(mia.expect_error(), 4);
+    }
+    // An acceptance nobody asked for: ERROR 6, as on one node.
+    max.send(&packet(8, &[&string(b"mia")]));
+    assert_eq!(max.expect_error(), 6);
+    max.expect_nothing_for(Duration::from_millis(100));
+    mia.expect_nothing_for(Duration::from_millis(50));
+}

@@ -3,7 +3,8 @@
 //!
 //! Invariants: decoding never panics; whatever decodes re-encodes to exactly the same bytes
 //! (the format has one form per event: exact lengths, nothing optional), within the bounds;
-//! a CCM message addressed to another node names a node (seed: `addressed_ccm_text`).
+//! a CCM message or a MATOU private link step addressed to another node names its nodes
+//! (seeds: `addressed_ccm_text`, `private_src_ports`).
 #![no_main]
 
 use bytes::Bytes;
@@ -14,12 +15,16 @@ use switchboard::hub::HubEvent;
 fuzz_target!(|data: &[u8]| {
     if let Ok(envelope) = codec::decode(Bytes::copy_from_slice(data)) {
         assert!(!envelope.node.is_empty() && envelope.node.len() <= codec::NODE_NAME_BYTES_MAX);
+        // Only the node named acts on it, and answers the one that sent it: never empty.
         if let HubEvent::Addressed(addressed) = &envelope.event {
-            // Only the node named acts on it: never an empty name.
             assert!(
                 !addressed.to_node.is_empty()
                     && addressed.to_node.len() <= codec::NODE_NAME_BYTES_MAX
             );
+        }
+        if let HubEvent::Private(link) = &envelope.event {
+            assert!(!link.to_node.is_empty() && !link.from_node.is_empty());
+            assert!(link.address.len() <= codec::ADDRESS_BYTES_MAX);
         }
         let encoded = codec::encode(
             &envelope.node,

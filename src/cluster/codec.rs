@@ -14,6 +14,11 @@
 //!            u8 CCM type length (<= 16) + type, u16 sender length + sender,
 //!            u16 addressee length + addressee, u8 encoding length (<= 64) + encoding,
 //!            u32 content length + content
+//! Private:   u8 target node length (1..=64) + target node, u64 target incarnation,
+//!            u8 sending node length (1..=64) + sending node, u64 its incarnation,
+//!            u8 step (0 request, 1 accept, 2 source ports), u16 Src length + Src,
+//!            u16 Dst length + Dst, u8 address length (<= 16) + address,
+//!            i32 message port, i32 file port
 //! ```
 //!
 //! Hand-written rather than serde: the events are three fields of bytes, every length is
@@ -24,7 +29,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::hub::{Addressed, HubEvent, LobbyMessage, Presence, PresenceKind, ProtocolKind};
+use crate::hub::{
+    Addressed, HubEvent, LobbyMessage, Presence, PresenceKind, PrivateLink, PrivateStep,
+    ProtocolKind,
+};
 
 pub const VERSION: u8 = 1;
 /// Longest node name (`--node-name`).
@@ -42,6 +50,9 @@ pub const ENCODING_BYTES_MAX: usize = 64;
 const TAG_SAID: u8 = 1;
 const TAG_PRESENCE: u8 = 2;
 const TAG_ADDRESSED: u8 = 3;
+const TAG_PRIVATE: u8 = 4;
+/// Longest address carried (IPv6).
+pub const ADDRESS_BYTES_MAX: usize = 16;
 
 /// One event as it crosses Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +79,7 @@ pub enum DecodeError {
     Tag(u8),
     Protocol(u8),
     PresenceKind(u8),
+    Step(u8),
     Trailing(usize),
 }
 
@@ -81,6 +93,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Tag(tag) => write!(f, "unknown event tag {tag}"),
             DecodeError::Protocol(p) => write!(f, "unknown protocol {p}"),
             DecodeError::PresenceKind(k) => write!(f, "unknown presence kind {k}"),
+            DecodeError::Step(s) => write!(f, "unknown private link step {s}"),
             DecodeError::Trailing(n) => write!(f, "{n} bytes after the event"),
         }
     }
@@ -161,6 +174,41 @@ pub fn encode(
             out.put_slice(&addressed.encoding);
             out.put_u32(addressed.body.len() as u32);
             out.put_slice(&addressed.body);
+        }
+        HubEvent::Private(link) => {
+            let bounds = [
+                (link.to_node.len(), NODE_NAME_BYTES_MAX, "target node"),
+                (link.from_node.len(), NODE_NAME_BYTES_MAX, "sending node"),
+                (link.src.len(), NAME_BYTES_MAX, "src"),
+                (link.dst.len(), NAME_BYTES_MAX, "dst"),
+                (link.address.len(), ADDRESS_BYTES_MAX, "address"),
+            ];
+            if let Some(&(_, _, what)) = bounds.iter().find(|(len, max, _)| len > max) {
+                return Err(EncodeError::TooLong(what));
+            }
+            if link.to_node.is_empty() || link.from_node.is_empty() {
+                return Err(EncodeError::TooLong("node"));
+            }
+            out.put_u8(TAG_PRIVATE);
+            out.put_u8(link.to_node.len() as u8);
+            out.put_slice(&link.to_node);
+            out.put_u64(link.to_incarnation);
+            out.put_u8(link.from_node.len() as u8);
+            out.put_slice(&link.from_node);
+            out.put_u64(link.from_incarnation);
+            out.put_u8(match link.step {
+                PrivateStep::Request => 0,
+                PrivateStep::Accept => 1,
+                PrivateStep::SrcPorts => 2,
+            });
+            out.put_u16(link.src.len() as u16);
+            out.put_slice(&link.src);
+            out.put_u16(link.dst.len() as u16);
+            out.put_slice(&link.dst);
+            out.put_u8(link.address.len() as u8);
+            out.put_slice(&link.address);
+            out.put_i32(link.message_port);
+            out.put_i32(link.file_port);
         }
     }
     Ok(out.freeze())
@@ -261,6 +309,33 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
                 recipient: r.field(2, NAME_BYTES_MAX, "addressee")?,
                 encoding: r.field(1, ENCODING_BYTES_MAX, "encoding")?,
                 body: r.field(4, TEXT_BYTES_MAX, "content")?,
+            }))
+        }
+        TAG_PRIVATE => {
+            let to_node = r.field(1, NODE_NAME_BYTES_MAX, "target node")?;
+            let to_incarnation = r.uint(8)?;
+            let from_node = r.field(1, NODE_NAME_BYTES_MAX, "sending node")?;
+            if to_node.is_empty() || from_node.is_empty() {
+                return Err(DecodeError::EmptyNodeName);
+            }
+            let from_incarnation = r.uint(8)?;
+            let step = match r.u8()? {
+                0 => PrivateStep::Request,
+                1 => PrivateStep::Accept,
+                2 => PrivateStep::SrcPorts,
+                other => return Err(DecodeError::Step(other)),
+            };
+            HubEvent::Private(Box::new(PrivateLink {
+                to_node,
+                to_incarnation,
+                from_node,
+                from_incarnation,
+                step,
+                src: r.field(2, NAME_BYTES_MAX, "src")?,
+                dst: r.field(2, NAME_BYTES_MAX, "dst")?,
+                address: r.field(1, ADDRESS_BYTES_MAX, "address")?,
+                message_port: r.uint(4)? as u32 as i32,
+                file_port: r.uint(4)? as u32 as i32,
             }))
         }
         tag => return Err(DecodeError::Tag(tag)),
@@ -388,6 +463,59 @@ mod tests {
         long.kind = Bytes::from_static(b"Text");
         long.to_node = Bytes::new();
         assert!(encode(b"n", 1, 1, &HubEvent::Addressed(long)).is_err());
+    }
+
+    #[test]
+    fn a_private_link_step_round_trips_and_its_bounds_hold() {
+        for (step, address, ports) in [
+            (PrivateStep::Request, &b""[..], (0, 0)),
+            (PrivateStep::Accept, &[127, 0, 0, 1][..], (0, 0)),
+            (PrivateStep::SrcPorts, &[0xfe; 16][..], (5000, -1)),
+        ] {
+            let event = HubEvent::Private(Box::new(PrivateLink {
+                to_node: Bytes::from_static(b"node-b"),
+                to_incarnation: 3,
+                from_node: Bytes::from_static(b"node-a"),
+                from_incarnation: u64::MAX,
+                step,
+                src: Bytes::from_static(b"mia"),
+                dst: Bytes::from_static(b"max"),
+                address: Bytes::copy_from_slice(address),
+                message_port: ports.0,
+                file_port: ports.1,
+            }));
+            let wire = encode(b"node-a", 1, 2, &event).unwrap();
+            assert_eq!(decode(wire.clone()).unwrap().event, event);
+            for len in 0..wire.len() {
+                assert_eq!(
+                    decode(wire.slice(..len)),
+                    Err(DecodeError::Truncated),
+                    "at {len}"
+                );
+            }
+            // The step byte: after the header (version, "node-a", incarnation, sequence
+            // number), the tag, both nodes and their incarnations.
+            let header = 1 + 1 + 6 + 8 + 8;
+            let mut bad = wire.to_vec();
+            bad[header + 1 + 1 + 6 + 8 + 1 + 6 + 8] = 3;
+            assert_eq!(decode(bad.into()), Err(DecodeError::Step(3)));
+        }
+        let too_long = HubEvent::Private(Box::new(PrivateLink {
+            to_node: Bytes::from_static(b"b"),
+            to_incarnation: 0,
+            from_node: Bytes::from_static(b"a"),
+            from_incarnation: 0,
+            step: PrivateStep::Accept,
+            src: Bytes::new(),
+            dst: Bytes::new(),
+            address: Bytes::from(vec![0; ADDRESS_BYTES_MAX + 1]),
+            message_port: 0,
+            file_port: 0,
+        }));
+        assert_eq!(
+            encode(b"n", 1, 1, &too_long),
+            Err(EncodeError::TooLong("address"))
+        );
     }
 
     #[test]

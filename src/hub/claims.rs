@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use super::render;
-use super::{Addressed, HubEvent, NamedProtocol};
+use super::{Addressed, HubEvent, NamedProtocol, PrivateLink};
 use crate::chat::ConnId;
 use crate::protocol::ccm::Reason;
 use crate::protocol::matou::codec as matou;
@@ -58,6 +58,21 @@ pub enum Located {
     /// No other node holds the name (or the cluster could not say in time): the sender,
     /// `from`, is told CCM's `unknown-addressee`.
     Unknown { from: ConnId, recipient: Bytes },
+    /// A MATOU private request of `from`: `found` says whether a MATOU user of another node
+    /// holds Dst; if so `link` (addressed to that node) is to be published. MATOU's service
+    /// is told either way.
+    Private {
+        from: ConnId,
+        link: Box<PrivateLink>,
+        found: bool,
+    },
+}
+
+/// What waits for a name to be located.
+#[derive(Debug)]
+enum Locating {
+    Ccm(Addressed),
+    Private(PrivateLink),
 }
 
 /// Redis's answer to a [`NameOp::Claim`].
@@ -133,7 +148,7 @@ pub(super) struct Claims {
     pub(super) counts: ClaimCounts,
     /// Messages waiting to learn which node holds their addressee, by token, and their
     /// deadlines in the order asked.
-    locating: HashMap<u64, (ConnId, Addressed)>,
+    locating: HashMap<u64, (ConnId, Locating)>,
     locate_deadlines: VecDeque<(u64, u64)>,
 }
 
@@ -154,16 +169,24 @@ impl Claims {
     /// Ask which node holds `message.recipient`, for `from`'s message; false when too many
     /// messages wait already.
     pub(super) fn locate(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
+        let name = message.recipient.clone();
+        self.locate_any(from, name, Locating::Ccm(message), now_ms)
+    }
+
+    /// Ask which node holds `link.dst`, for `from`'s private request.
+    pub(super) fn locate_private(&mut self, from: ConnId, link: PrivateLink, now_ms: u64) -> bool {
+        let name = link.dst.clone();
+        self.locate_any(from, name, Locating::Private(link), now_ms)
+    }
+
+    fn locate_any(&mut self, from: ConnId, name: Bytes, what: Locating, now_ms: u64) -> bool {
         if self.locating.len() >= self.config.pending_max {
             return false;
         }
         let token = self.next_token;
         self.next_token += 1;
-        self.ops.push(NameOp::Locate {
-            token,
-            name: message.recipient.clone(),
-        });
-        self.locating.insert(token, (from, message));
+        self.ops.push(NameOp::Locate { token, name });
+        self.locating.insert(token, (from, what));
         self.locate_deadlines
             .push_back((now_ms.saturating_add(self.config.wait_ms), token));
         true
@@ -173,16 +196,31 @@ impl Claims {
     /// a CCM holder is sent to: CCM's messages do not cross to MATOU (as on one node), nor,
     /// yet, to a BIN24 user on another node.
     pub(super) fn located(&mut self, token: u64, holder: Option<Holder>) -> Option<Located> {
-        let (from, mut message) = self.locating.remove(&token)?;
-        Some(match holder {
-            Some((node, incarnation, NamedProtocol::Ccm)) => {
+        let (from, what) = self.locating.remove(&token)?;
+        Some(match (what, holder) {
+            (Locating::Ccm(mut message), Some((node, incarnation, NamedProtocol::Ccm))) => {
                 message.to_node = node;
                 message.to_incarnation = incarnation;
                 Located::Send(HubEvent::Addressed(Box::new(message)))
             }
-            Some(_) | None => Located::Unknown {
+            (Locating::Ccm(message), _) => Located::Unknown {
                 from,
                 recipient: message.recipient,
+            },
+            // Private links need two MATOU users, as on one node.
+            (Locating::Private(mut link), Some((node, incarnation, NamedProtocol::Matou))) => {
+                link.to_node = node;
+                link.to_incarnation = incarnation;
+                Located::Private {
+                    from,
+                    link: Box::new(link),
+                    found: true,
+                }
+            }
+            (Locating::Private(link), _) => Located::Private {
+                from,
+                link: Box::new(link),
+                found: false,
             },
         })
     }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 pub use claims::{ClaimAnswer, ClaimConfig, ClaimCounts, ClaimDecided, Decision, Located, NameOp};
 pub use event::{
     Addressed, DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId,
-    Presence, PresenceKind, ProtocolKind, User,
+    Presence, PresenceKind, PrivateLink, PrivateStep, ProtocolKind, User,
 };
 pub use render::FormLimits;
 
@@ -623,6 +623,14 @@ impl Hub {
         self.claims
             .as_mut()
             .is_some_and(|claims| claims.locate(from, message, now_ms))
+    }
+
+    /// A MATOU private request from `from` to a name no user of this node holds: ask which
+    /// node holds it; false for a node alone or too many waiting.
+    pub fn address_private(&mut self, from: ConnId, link: PrivateLink, now_ms: u64) -> bool {
+        self.claims
+            .as_mut()
+            .is_some_and(|claims| claims.locate_private(from, link, now_ms))
     }
 
     /// The cluster answered where the addressee of the message `token` is: another node

@@ -328,6 +328,13 @@ impl Services {
                         deliver_addressed(&self.hub, &addressed, out);
                     }
                 }
+                HubEvent::Private(link) => {
+                    if link.to_node[..] == *cluster.node_name()
+                        && link.to_incarnation == cluster.incarnation()
+                    {
+                        self.hub_queue.hand_over(HubOutcome::MatouRemote(link));
+                    }
+                }
             }
         }
         self.on_name_answers(out);
@@ -375,6 +382,15 @@ impl Services {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.publish(&event);
                 }
+            }
+            Located::Private { from, link, found } => {
+                let at = found.then(|| (link.to_node.clone(), link.to_incarnation));
+                let dst = link.dst.clone();
+                if found {
+                    self.hub_queue.publish(HubEvent::Private(link));
+                }
+                self.hub_queue
+                    .hand_over(HubOutcome::MatouLocated { from, dst, at });
             }
             Located::Unknown { from, recipient } => {
                 log::debug!(
@@ -491,7 +507,12 @@ impl Services {
                 }
             }
             if let Some(cluster) = self.cluster.as_mut() {
-                for event in self.hub_queue.events.drain(..) {
+                for mut event in self.hub_queue.events.drain(..) {
+                    if let HubEvent::Private(link) = &mut event {
+                        // Its answer comes back to this node.
+                        link.from_node = Bytes::copy_from_slice(cluster.node_name());
+                        link.from_incarnation = cluster.incarnation();
+                    }
                     cluster.publish(&event);
                 }
             } else {

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::hub::{
     Claim, ClaimDecided, Crossing, Endpoint, Hub, HubEvent, HubOut, LobbyMessage, NamedProtocol,
-    Priced,
+    Priced, PrivateLink,
 };
 
 /// The most input a connection may send while its name claim waits for the cluster (its
@@ -46,6 +46,15 @@ pub enum HubOutcome {
     /// A name claim that waited for the cluster is decided: the claiming connection's
     /// service signs it in or refuses it, and reads its held input again.
     NameClaim(ClaimDecided),
+    /// MATOU: a private request of `from` to `dst`, a name no MATOU user of this node holds,
+    /// was located: on the node named (whose request was published), or nowhere.
+    MatouLocated {
+        from: ConnId,
+        dst: Bytes,
+        at: Option<(Bytes, u64)>,
+    },
+    /// MATOU: a step of a private link from another node, for a user of this one.
+    MatouRemote(Box<PrivateLink>),
 }
 
 impl HubOutcome {
@@ -56,6 +65,7 @@ impl HubOutcome {
             | HubOutcome::Bin24Answer { .. }
             | HubOutcome::Bin24Store { .. } => ProtocolKind::Bin24,
             HubOutcome::NameClaim(decided) => decided.protocol.protocol(),
+            HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
         }
     }
 }
@@ -76,6 +86,14 @@ pub struct HubQueue {
 impl HubQueue {
     pub fn is_empty(&self) -> bool {
         self.deliveries.is_empty() && self.outcomes.is_empty() && self.events.is_empty()
+    }
+
+    /// Publish `event` to the other nodes (a step of a MATOU private link, addressed to the
+    /// node that holds its peer); nothing for a node alone.
+    pub fn publish(&mut self, event: HubEvent) {
+        if self.collect_events {
+            self.events.push(event);
+        }
     }
 
     /// Hand `outcome` to the service it belongs to, once the current call returns.

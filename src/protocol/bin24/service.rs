@@ -1204,6 +1204,8 @@ impl Bin24Service {
             HubOutcome::NameClaim(decided) => {
                 self.on_claim_decided(decided.conn, decided.decision, now_ms, out, store)
             }
+            // MATOU's.
+            HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => {}
         }
     }
 
