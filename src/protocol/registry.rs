@@ -780,6 +780,18 @@ impl Services {
         self.on_name_answer(answer, out);
         self.drain(clock, out);
     }
+
+    /// A step of a MATOU private link as if from another node.
+    fn private_from_node<O: Outbox>(
+        &mut self,
+        link: crate::hub::PrivateLink,
+        clock: &Clock,
+        out: &mut O,
+    ) {
+        self.hub_queue
+            .hand_over(HubOutcome::MatouRemote(Box::new(link)));
+        self.drain(clock, out);
+    }
 }
 
 #[cfg(test)]
@@ -1610,6 +1622,129 @@ mod tests {
         assert!(out
             .closed
             .contains(&(ben, CloseReason::ProtocolError, CloseMode::Now)));
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// MATOU private links with a user of another node, without Redis: the request is
+    /// located (answers fabricated), each step from the other node is handed over as the
+    /// cluster would, and every answer is MATOU's own.
+    #[test]
+    fn matou_private_links_with_users_of_other_nodes_follow_the_brokers_three_steps() {
+        use crate::hub::{ClaimAnswer, PrivateLink, PrivateStep};
+        use crate::protocol::matou::codec::{self as matou, ErrorCode};
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-private",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut services = clustered(&dir);
+        let mut out = RecordingOutbox::default();
+        let mia = ConnId::new(0, 1);
+        services.on_accept(ProtocolKind::Matou, mia, &cx(0), &mut out);
+        let mut login = BytesMut::from(&matou::connect_request(b"mia")[..]);
+        services.on_data(ProtocolKind::Matou, mia, &mut login, &cx(0), &mut out);
+        services.answer_name(
+            claimed(1, b"mia", ClaimAnswer::Granted),
+            &cx(0).clock(),
+            &mut out,
+        );
+        out.clear();
+        let step =
+            |step, src: &'static [u8], dst: &'static [u8], from: &'static [u8]| PrivateLink {
+                to_node: Bytes::from_static(b"unit"),
+                to_incarnation: 0,
+                from_node: Bytes::from_static(from),
+                from_incarnation: 9,
+                step,
+                src: Bytes::from_static(src),
+                dst: Bytes::from_static(dst),
+                address: Bytes::from_static(&[10, 0, 0, 2]),
+                message_port: 5000,
+                file_port: 5001,
+            };
+        let send = |services: &mut Services, out: &mut RecordingOutbox, packet: Bytes| {
+            let mut input = BytesMut::from(&packet[..]);
+            services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(1), out);
+        };
+
+        // mia asks for max, whom no user here holds: located, then sent to node-b.
+        send(&mut services, &mut out, matou::private_request(b"max"));
+        assert!(out.sent_to(mia).is_empty());
+        let located = NameAnswer::Located {
+            token: 2,
+            holder: Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Matou)),
+        };
+        services.answer_name(located, &cx(2).clock(), &mut out);
+        assert!(out.sent_to(mia).is_empty());
+        // An acceptance from another node than max's is not max's.
+        services.private_from_node(
+            step(PrivateStep::Accept, b"mia", b"max", b"node-c"),
+            &cx(3).clock(),
+            &mut out,
+        );
+        assert!(out.sent_to(mia).is_empty());
+        services.private_from_node(
+            step(PrivateStep::Accept, b"mia", b"max", b"node-b"),
+            &cx(3).clock(),
+            &mut out,
+        );
+        assert_eq!(
+            out.sent_to(mia),
+            [matou::private_dst_address(b"max", &[10, 0, 0, 2])]
+        );
+        // mia's ports go to max's node; once only.
+        send(
+            &mut services,
+            &mut out,
+            matou::private_src_ports(b"max", 1, 2),
+        );
+        assert_eq!(out.sent_to(mia).len(), 1);
+        send(
+            &mut services,
+            &mut out,
+            matou::private_src_ports(b"max", 1, 2),
+        );
+        assert_eq!(
+            out.sent_to(mia).last().map(|packet| packet[..8].to_vec()),
+            Some(matou::error(ErrorCode::LinkNotAccepted, b"")[..8].to_vec())
+        );
+
+        // zed, on node-b, asks mia: notified; mia accepts; zed's ports reach mia, once.
+        out.clear();
+        services.private_from_node(
+            step(PrivateStep::Request, b"zed", b"mia", b"node-b"),
+            &cx(4).clock(),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(mia), [matou::private_request_notify(b"zed")]);
+        send(&mut services, &mut out, matou::private_accept(b"zed"));
+        assert_eq!(out.sent_to(mia).len(), 1, "the acceptance went to node-b");
+        let ports = step(PrivateStep::SrcPorts, b"zed", b"mia", b"node-b");
+        services.private_from_node(ports.clone(), &cx(5).clock(), &mut out);
+        services.private_from_node(ports, &cx(5).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(mia)[1..],
+            [matou::private_src_address(
+                b"zed",
+                &[10, 0, 0, 2],
+                5000,
+                5001
+            )]
+        );
+
+        // Nobody holds "ned": ERROR 4 once located, and the request no longer counts.
+        out.clear();
+        send(&mut services, &mut out, matou::private_request(b"ned"));
+        let nowhere = NameAnswer::Located {
+            token: 3,
+            holder: None,
+        };
+        services.answer_name(nowhere, &cx(6).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(mia).last().map(|packet| packet[..8].to_vec()),
+            Some(matou::error(ErrorCode::UnknownUser, b"")[..8].to_vec())
+        );
         assert!(services.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
