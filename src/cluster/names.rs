@@ -253,7 +253,7 @@ impl super::Cluster {
 struct NamesThread {
     client: redis::Client,
     conn: Option<redis::Connection>,
-    /// This node's value in the name keys.
+    /// This node's part of its name keys' values (after the protocol letter).
     value: Vec<u8>,
     lease_ms: u64,
     command_timeout: Duration,
