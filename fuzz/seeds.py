@@ -322,3 +322,24 @@ def cluster_presence(origin, kind, name):
 write("cluster_codec", "said_matou", cluster(b"node-a", 7, 1, cluster_said(3, b"mia", b"oi gente")))
 write("cluster_codec", "presence_room_entered", cluster(b"node-b", 9, 2, cluster_presence(0, 0, b"b'rui'")))
 write("cluster_codec", "presence_matou_left", cluster(b"n", 1, 3, cluster_presence(3, 1, b"mia")))
+
+
+def cluster_addressed(to_node, to_incarnation, kind, sender, recipient, encoding, body):
+    return (bytes([3, len(to_node)]) + to_node + struct.pack(">Q", to_incarnation)
+            + bytes([len(kind)]) + kind + struct.pack(">H", len(sender)) + sender
+            + struct.pack(">H", len(recipient)) + recipient + bytes([len(encoding)]) + encoding
+            + struct.pack(">I", len(body)) + body)
+
+
+def cluster_private(to_node, to_inc, from_node, from_inc, step, src, dst, address, ports):
+    return (bytes([4, len(to_node)]) + to_node + struct.pack(">Q", to_inc)
+            + bytes([len(from_node)]) + from_node + struct.pack(">Q", from_inc) + bytes([step])
+            + struct.pack(">H", len(src)) + src + struct.pack(">H", len(dst)) + dst
+            + bytes([len(address)]) + address + struct.pack(">ii", *ports))
+
+
+write("cluster_codec", "private_src_ports",
+      cluster(b"node-a", 7, 5, cluster_private(b"node-b", 9, b"node-a", 7, 2, b"mia", b"max",
+                                               bytes([127, 0, 0, 1]), (5000, 5001))))
+write("cluster_codec", "addressed_ccm_text",
+      cluster(b"node-a", 7, 4, cluster_addressed(b"node-b", 9, b"Text", b"cid", b"cat", b"utf-8", b"oi")))

@@ -71,6 +71,16 @@ pub struct ClusterMetrics {
     pub remote_lobby_members: u64,
 }
 
+/// Names in a cluster (`--cluster`): the hub's claims waiting for Redis and their outcomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameMetrics {
+    /// Names held on this node (granted, across BIN24, CCM and MATOU).
+    pub held: u64,
+    /// Claims waiting for Redis's answer now.
+    pub waiting: u64,
+    pub counts: crate::hub::ClaimCounts,
+}
+
 /// Everything [`render`] shows, read from the reactor at request time.
 #[derive(Clone, Debug)]
 pub struct MetricsSnapshot<'a> {
@@ -85,6 +95,8 @@ pub struct MetricsSnapshot<'a> {
     pub switchboard: Option<SwitchboardMetrics>,
     /// With `--cluster`.
     pub cluster: Option<ClusterMetrics>,
+    /// With `--cluster`: names claimed across the nodes.
+    pub names: Option<NameMetrics>,
     /// Busy time of each reactor loop turn (from poll's return to the next poll).
     pub loop_turns: &'a Histogram,
     pub connections_max: u64,
@@ -317,6 +329,10 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         );
     }
 
+    if let Some(names) = &snapshot.names {
+        name_families(&mut out, names);
+    }
+
     if let Some(store) = &snapshot.store {
         out.gauge(
             "chatd_store_pending_requests",
@@ -481,6 +497,46 @@ fn seconds(micros: u64) -> f64 {
 /// Deliveries across protocols by origin and destination (every pair of two different enabled
 /// protocols, zeros included, so a rate can be taken from the first scrape), and the lobby.
 /// Left out when fewer than two protocols are enabled: nothing can cross.
+fn name_families(out: &mut Families, names: &NameMetrics) {
+    out.gauge(
+        "chatd_cluster_names_held",
+        "Names held on this node (BIN24, CCM, MATOU), each a key in Redis renewed with the lease.",
+        vec![sample(&[], names.held)],
+    );
+    out.gauge(
+        "chatd_cluster_name_claims_waiting",
+        "Name claims waiting for Redis's answer now.",
+        vec![sample(&[], names.waiting)],
+    );
+    out.counter(
+        "chatd_cluster_name_claims_total",
+        "Name claims this node asked of Redis.",
+        vec![sample(&[], names.counts.asked)],
+    );
+    out.counter(
+        "chatd_cluster_name_claims_granted_total",
+        "Name claims Redis granted to this node.",
+        vec![sample(&[], names.counts.granted)],
+    );
+    out.counter(
+        "chatd_cluster_name_claims_taken_total",
+        "Name claims refused because another node holds the name.",
+        vec![sample(&[], names.counts.taken)],
+    );
+    out.counter(
+        "chatd_cluster_name_claims_unconfirmed_total",
+        "Name claims refused because the cluster could not confirm them (Redis unreachable or \
+         late, or too many claims waiting).",
+        vec![sample(&[], names.counts.unconfirmed)],
+    );
+    out.counter(
+        "chatd_cluster_names_lost_total",
+        "Names this node held that another node held when Redis came back (this node's keys \
+         had lapsed): their holders here were closed.",
+        vec![sample(&[], names.counts.lost)],
+    );
+}
+
 fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
     let enabled = &switchboard.protocols;
     if enabled.len() < 2 {
@@ -618,6 +674,17 @@ mod tests {
                 link_down: true,
                 ..ClusterMetrics::default()
             }),
+            names: Some(NameMetrics {
+                held: 3,
+                waiting: 1,
+                counts: crate::hub::ClaimCounts {
+                    asked: 6,
+                    granted: 3,
+                    taken: 1,
+                    unconfirmed: 1,
+                    lost: 0,
+                },
+            }),
             loop_turns: turns,
             connections_max: 10_000,
             admin: AdminMetrics {
@@ -716,6 +783,22 @@ mod tests {
         assert_eq!(value(&samples, "chatd_cluster_events_published_total"), 5.0);
         assert_eq!(value(&samples, "chatd_cluster_events_received_total"), 4.0);
         assert_eq!(value(&samples, "chatd_cluster_redis_link_down"), 1.0);
+        assert_eq!(value(&samples, "chatd_cluster_names_held"), 3.0);
+        assert_eq!(value(&samples, "chatd_cluster_name_claims_waiting"), 1.0);
+        assert_eq!(value(&samples, "chatd_cluster_name_claims_total"), 6.0);
+        assert_eq!(
+            value(&samples, "chatd_cluster_name_claims_granted_total"),
+            3.0
+        );
+        assert_eq!(
+            value(&samples, "chatd_cluster_name_claims_taken_total"),
+            1.0
+        );
+        assert_eq!(
+            value(&samples, "chatd_cluster_name_claims_unconfirmed_total"),
+            1.0
+        );
+        assert_eq!(value(&samples, "chatd_cluster_names_lost_total"), 0.0);
         assert_eq!(value(&samples, "chatd_cluster_events_duplicate_total"), 0.0);
         assert_eq!(
             value(&samples, "chatd_connections_open{protocol=\"bin24\"}"),

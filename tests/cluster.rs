@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chatd::Chatd;
+use common::bin24::Bin24;
 use common::matou::Matou;
 use common::{Client, TempDir};
 
@@ -195,6 +196,51 @@ fn ccm_delivered(from: &str, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// CCM's refusal of a name, with its sentence.
+fn ccm_name_taken(sentence: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Error\nReason: name-taken\nContent-Length: {}\n\n{sentence}",
+        sentence.len()
+    )
+    .into_bytes()
+}
+
+/// CCM's identification as `name`, on a connection already open.
+fn ccm_identity(name: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+        name.len()
+    )
+    .into_bytes()
+}
+
+/// The sentence of CCM's refusal of a name held on this node or another.
+const NAME_IN_USE: &str = "that name is in use";
+/// ... and of a name the cluster could not confirm (Redis unreachable).
+const NAME_UNCONFIRMED: &str = "the cluster could not confirm that name now; try again";
+
+/// Signs in as `name` on `client`, asking again while the answer is no (another node's
+/// release of the name is on its way), bounded by `common::WAIT`; how long it took.
+fn matou_login_once_free(client: &mut Matou, name: &str) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        client.send(&common::matou::packet(
+            1,
+            &[&common::matou::string(name.as_bytes())],
+        ));
+        client.expect_type(2);
+        if client.read_exact(1)[0] == 1 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "{name} was never freed for {}",
+            client.name
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Every check reads the exact next bytes a client receives, so an event delivered twice
@@ -550,6 +596,346 @@ fn a_bad_cluster_url_or_node_name_is_refused() {
         assert_ne!(output.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
+}
+
+/// Rule 1 across nodes: a name held on node A (in MATOU, CCM or BIN24) is refused on node B in
+/// each protocol's own way: MATOU CONNECT_RESPONSE 0 and CCM `name-taken` (both connections
+/// stay open for another try), BIN24 closes. A name freed on A (its holder left) can be taken
+/// on B.
+#[test]
+fn a_name_held_on_one_node_is_refused_on_another_in_each_protocols_own_way() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let flags = &["--ccm-port", "--matou-port", "--bin24-port"];
+    let a = node(&redis, "node-a", flags);
+    let mut b = node(&redis, "node-b", flags);
+
+    let mia = Matou::sign_in_at(addr(&a, "--matou-port"), "mia");
+    let (cid, _) = ccm_identify(addr(&a, "--ccm-port"), "cid");
+    let mut bob = Bin24::connect(addr(&a, "--bin24-port"), "bob");
+    assert!(bob.register_and_wait().is_empty());
+
+    let mut matou_b = Matou::connect_to(addr(&b, "--matou-port"), "matou on B");
+    let mut ccm_b = Client::connect(addr(&b, "--ccm-port"), "ccm on B");
+    for name in ["mia", "cid", "bob"] {
+        matou_b.login(name, false);
+        ccm_b.send(&ccm_identity(name));
+        ccm_b.expect(&ccm_name_taken(NAME_IN_USE));
+        let mut bin24_b = Bin24::connect(addr(&b, "--bin24-port"), name);
+        bin24_b.register();
+        assert!(bin24_b.expect_closed().is_empty(), "{name}: BIN24 on B");
+    }
+
+    // The holders leave A: their names free (A deletes its keys), and B grants them.
+    drop((mia, cid, bob));
+    let took = matou_login_once_free(&mut matou_b, "mia");
+    eprintln!("mia free on B {} ms after leaving A", took.as_millis());
+    matou_b.expect_notify(3, "mia");
+    let mut tries = 0;
+    loop {
+        ccm_b.send(&ccm_identity("cid"));
+        let head = ccm_b.read_through(b"\n");
+        if head == b"CCM\\1.0 Identity\n" {
+            break;
+        }
+        ccm_b.expect(&ccm_name_taken(NAME_IN_USE)[head.len()..]);
+        tries += 1;
+        assert!(tries < 1000, "cid never freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut bob_b = Bin24::connect(addr(&b, "--bin24-port"), "bob");
+    assert!(bob_b.register_and_wait().is_empty());
+    // The claims B sent: the nine refused (three names in three protocols) and the three
+    // granted at last, at least.
+    assert!(metric(&mut b, "chatd_cluster_name_claims_taken_total") >= 9.0);
+    assert!(metric(&mut b, "chatd_cluster_name_claims_granted_total") >= 3.0);
+    assert_eq!(
+        metric(&mut b, "chatd_cluster_name_claims_unconfirmed_total"),
+        0.0
+    );
+}
+
+/// Two nodes claim one name at the same moment, many times: exactly one of each pair gets it.
+#[test]
+fn of_two_nodes_claiming_one_name_at_once_exactly_one_gets_it() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", &["--matou-port"]);
+    let b = node(&redis, "node-b", &["--matou-port"]);
+    for round in 0..20 {
+        let name = format!("race{round}");
+        let mut at_a = Matou::connect_to(addr(&a, "--matou-port"), "at A");
+        let mut at_b = Matou::connect_to(addr(&b, "--matou-port"), "at B");
+        let request = common::matou::packet(1, &[&common::matou::string(name.as_bytes())]);
+        at_a.send(&request);
+        at_b.send(&request);
+        let mut granted = 0;
+        for client in [&mut at_a, &mut at_b] {
+            client.expect_type(2);
+            granted += u32::from(client.read_exact(1)[0]);
+        }
+        assert_eq!(granted, 1, "{name}: granted {granted} times");
+    }
+}
+
+/// A node killed with SIGKILL holds names it never releases: their keys lapse within the
+/// lease (they are renewed every quarter lease and set to expire after three quarters), and
+/// another node grants them then, not before.
+#[test]
+fn the_names_of_a_killed_node_free_within_the_lease() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    const LEASE_MS: u64 = 500;
+    let lease = ["--cluster-lease-ms", "500"];
+    let flags = &["--ccm-port", "--matou-port"];
+    let a = node_with(&redis, "node-a", flags, &lease);
+    let b = node_with(&redis, "node-b", flags, &lease);
+    let _mae = Matou::sign_in_at(addr(&a, "--matou-port"), "mae");
+    let _cat = ccm_identify(addr(&a, "--ccm-port"), "cat");
+    let mut matou_b = Matou::connect_to(addr(&b, "--matou-port"), "matou on B");
+    // Held while A lives, for longer than a lease (A renews them).
+    matou_b.login("mae", false);
+    std::thread::sleep(Duration::from_millis(LEASE_MS));
+    matou_b.login("mae", false);
+
+    drop(a);
+    let took = matou_login_once_free(&mut matou_b, "mae");
+    eprintln!(
+        "a killed node's name free on another {} ms after the kill (lease {LEASE_MS} ms)",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_millis(2 * LEASE_MS),
+        "free {} ms after the kill",
+        took.as_millis()
+    );
+    let (_cat_b, _) = ccm_identify(addr(&b, "--ccm-port"), "cat");
+}
+
+/// Redis frozen (SIGSTOP) while a name is claimed: the claim is refused within its bound
+/// (the names thread's command deadline, a quarter lease), in each protocol's refusal form,
+/// CCM's saying the cluster could not confirm it; meanwhile the node serves its other users
+/// at once. After SIGCONT the name is granted.
+#[test]
+fn a_claim_while_redis_is_frozen_is_refused_in_bounded_time_and_the_node_keeps_serving() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    const LEASE_MS: u64 = 500;
+    let lease = ["--cluster-lease-ms", "500"];
+    let mut a = node_with(
+        &redis,
+        "node-a",
+        &["--room-port", "--ccm-port", "--matou-port"],
+        &lease,
+    );
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    let mut mia = Matou::connect_to(addr(&a, "--matou-port"), "mia");
+    let mut cid = Client::connect(addr(&a, "--ccm-port"), "cid");
+
+    redis.signal("-STOP");
+    let asked = std::time::Instant::now();
+    mia.send(&common::matou::packet(1, &[&common::matou::string(b"mia")]));
+    cid.send(&ccm_identity("cid"));
+    // The ROOM user is served while the claims wait.
+    rui.send(b"rui: still served\n");
+    rui.expect(b"rui: still served\n");
+    let served = asked.elapsed();
+    mia.expect_type(2);
+    assert_eq!(mia.read_exact(1)[0], 0, "mia refused while Redis is frozen");
+    let refused = asked.elapsed();
+    cid.expect(&ccm_name_taken(NAME_UNCONFIRMED));
+    eprintln!(
+        "Redis frozen: ROOM served after {} ms, MATOU claim refused after {} ms (lease {LEASE_MS} ms)",
+        served.as_millis(),
+        refused.as_millis()
+    );
+    assert!(served < refused, "the ROOM user waited for the claim");
+    assert!(
+        refused < Duration::from_millis(2 * LEASE_MS),
+        "refused after {} ms",
+        refused.as_millis()
+    );
+    a.stderr
+        .wait_for("cluster: the names thread's link to Redis is down");
+    assert!(metric(&mut a, "chatd_cluster_name_claims_unconfirmed_total") >= 2.0);
+
+    redis.signal("-CONT");
+    let took = matou_login_once_free(&mut mia, "mia");
+    eprintln!("mia granted {} ms after Redis thawed", took.as_millis());
+    mia.expect_notify(3, "mia");
+    cid.send(&ccm_identity("cid"));
+    cid.expect(b"CCM\\1.0 Identity\nUser: ");
+}
+
+/// Redis killed and started again, empty: each node sets its names again when its link is
+/// back (before any new claim), so a name held on A stays refused on B.
+#[test]
+fn after_redis_restarts_empty_the_nodes_set_their_names_again() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let lease = ["--cluster-lease-ms", "500"];
+    let flags = &["--ccm-port", "--matou-port"];
+    let mut a = node_with(&redis, "node-a", flags, &lease);
+    let mut b = node_with(&redis, "node-b", flags, &lease);
+    let _mia = Matou::sign_in_at(addr(&a, "--matou-port"), "mia");
+    let mut ccm_b = Client::connect(addr(&b, "--ccm-port"), "ccm on B");
+    ccm_b.send(&ccm_identity("mia"));
+    ccm_b.expect(&ccm_name_taken(NAME_IN_USE));
+
+    redis.kill();
+    a.stderr
+        .wait_for("cluster: the names thread's link to Redis is down");
+    redis.start_again();
+    a.stderr
+        .wait_for("cluster: the names thread's link to Redis is back after");
+    // B's link may still be the old one: its first command finds it broken and retries on a
+    // new connection at once, so the answer is Redis's, not "could not confirm".
+    ccm_b.send(&ccm_identity("mia"));
+    ccm_b.expect(&ccm_name_taken(NAME_IN_USE));
+    assert_eq!(
+        metric(&mut b, "chatd_cluster_name_claims_unconfirmed_total"),
+        0.0
+    );
+}
+
+/// CCM's addressed delivery across nodes: a `Text` to a CCM user on the other node reaches it
+/// in CCM's form, in the order sent, each once; the answer comes back the same way; a name no
+/// node holds is `unknown-addressee`, as on one node.
+#[test]
+fn a_ccm_message_to_a_user_on_another_node_is_delivered_in_order_and_nobody_is_unknown() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut a = node(&redis, "node-a", &["--ccm-port"]);
+    let b = node(&redis, "node-b", &["--ccm-port", "--matou-port"]);
+    let (mut cid, cid_token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
+    let (mut cat, cat_token) = ccm_identify(addr(&b, "--ccm-port"), "cat");
+    let mut mia = Matou::sign_in_at(addr(&b, "--matou-port"), "mia");
+
+    for body in ["one", "two", "three"] {
+        cid.send(&ccm_text(&cid_token, "cat", body));
+    }
+    for body in ["one", "two", "three"] {
+        cat.expect(&ccm_addressed("cid", "cat", body));
+    }
+    cat.send(&ccm_text(&cat_token, "cid", "back"));
+    cid.expect(&ccm_addressed("cat", "cid", "back"));
+
+    // Nobody, and a MATOU user on B (CCM does not cross to MATOU, as on one node): both
+    // unknown, in order.
+    for to in ["nobody", "mia"] {
+        cid.send(&ccm_text(&cid_token, to, "lost?"));
+        cid.expect(b"CCM\\1.0 Error\nReason: unknown-addressee\n");
+        cid.read_through(b"no user has that name");
+    }
+    mia.expect_nothing_for(Duration::from_millis(50));
+    cat.expect_nothing_for(Duration::from_millis(200));
+    cid.expect_nothing_for(Duration::from_millis(50));
+    assert_eq!(
+        metric(&mut a, "chatd_cluster_messages_malformed_total"),
+        0.0
+    );
+}
+
+fn ccm_addressed(from: &str, to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nSender: {from}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A name this node holds that another node holds when this node renews it (this node's key
+/// lapsed while it was cut off, and the other node was granted the name meanwhile, as written
+/// into Redis here): Redis's holder wins, the holder here is closed, and this node does not
+/// touch the other node's key.
+#[test]
+fn a_name_another_node_took_while_this_one_was_cut_off_closes_its_holder_here() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut a = node_with(
+        &redis,
+        "node-a",
+        &["--matou-port"],
+        &["--cluster-lease-ms", "500"],
+    );
+    let mut mia = Matou::sign_in_at(addr(&a, "--matou-port"), "mia");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let other = "m:00000000000000ff:node-x";
+    redis::cmd("SET")
+        .arg("switchboard:name:mia")
+        .arg(other)
+        .query::<()>(&mut conn)
+        .unwrap();
+    // A's next renewal (a quarter lease) finds it.
+    mia.expect_closed();
+    a.stderr
+        .wait_for("cluster: the name \"mia\" is another node's now");
+    assert_eq!(metric(&mut a, "chatd_cluster_names_lost_total"), 1.0);
+    assert_eq!(metric(&mut a, "chatd_cluster_names_held"), 0.0);
+    let value: String = redis::cmd("GET")
+        .arg("switchboard:name:mia")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(value, other);
+    // The name is the other node's: refused here now.
+    let mut again = Matou::connect_to(addr(&a, "--matou-port"), "mia again");
+    again.login("mia", false);
+}
+
+/// MATOU's brokered private link between users on two nodes: the request reaches Dst on B,
+/// the acceptance gives Src on A Dst's real address, Src's ports give Dst Src's address and
+/// ports; a name no MATOU user holds on any node is ERROR 4 (unknown user), as on one node
+/// (a CCM user's name too: private links need two MATOU users).
+#[test]
+fn a_matou_private_link_is_brokered_between_users_on_two_nodes() {
+    use common::matou::{int, packet, string};
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", &["--matou-port"]);
+    let b = node(&redis, "node-b", &["--matou-port", "--ccm-port"]);
+    let mut mia = Matou::sign_in_at(addr(&a, "--matou-port"), "mia");
+    let mut max = Matou::sign_in_at(addr(&b, "--matou-port"), "max");
+    mia.expect_notify(3, "max");
+    let _cat = ccm_identify(addr(&b, "--ccm-port"), "cat");
+    max.expect_notify(3, "cat");
+    mia.expect_notify(3, "cat");
+
+    mia.send(&packet(6, &[&string(b"max")]));
+    max.expect_notify(7, "mia");
+    max.send(&packet(8, &[&string(b"mia")]));
+    mia.expect_type(9);
+    assert_eq!(mia.string(), "max");
+    assert_eq!(mia.int(), 4);
+    assert_eq!(mia.read_exact(4), [127, 0, 0, 1]);
+    mia.send(&packet(10, &[&string(b"max"), &int(5000), &int(5001)]));
+    max.expect_type(11);
+    assert_eq!(max.string(), "mia");
+    assert_eq!(max.int(), 4);
+    assert_eq!(max.read_exact(4), [127, 0, 0, 1]);
+    assert_eq!((max.int(), max.int()), (5000, 5001));
+
+    // The link is brokered: its ports again are refused (ERROR 7), as on one node.
+    mia.send(&packet(10, &[&string(b"max"), &int(5000), &int(5001)]));
+    assert_eq!(mia.expect_error(), 7);
+    // Nobody, and a CCM user on B: unknown user.
+    for to in [&b"nobody"[..], b"cat"] {
+        mia.send(&packet(6, &[&string(to)]));
+        assert_eq!(mia.expect_error(), 4);
+    }
+    // An acceptance nobody asked for: ERROR 6, as on one node.
+    max.send(&packet(8, &[&string(b"mia")]));
+    assert_eq!(max.expect_error(), 6);
+    max.expect_nothing_for(Duration::from_millis(100));
+    mia.expect_nothing_for(Duration::from_millis(50));
 }
 
 /// While Redis is frozen nothing is published, and what waits for it is bounded in bytes,

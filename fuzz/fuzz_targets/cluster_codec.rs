@@ -2,16 +2,30 @@
 //! channel is input like any other.
 //!
 //! Invariants: decoding never panics; whatever decodes re-encodes to exactly the same bytes
-//! (the format has one form per event: exact lengths, nothing optional), within the bounds.
+//! (the format has one form per event: exact lengths, nothing optional), within the bounds;
+//! a CCM message or a MATOU private link step addressed to another node names its nodes
+//! (seeds: `addressed_ccm_text`, `private_src_ports`).
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use switchboard::cluster::codec;
+use switchboard::hub::HubEvent;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(envelope) = codec::decode(Bytes::copy_from_slice(data)) {
         assert!(!envelope.node.is_empty() && envelope.node.len() <= codec::NODE_NAME_BYTES_MAX);
+        // Only the node named acts on it, and answers the one that sent it: never empty.
+        if let HubEvent::Addressed(addressed) = &envelope.event {
+            assert!(
+                !addressed.to_node.is_empty()
+                    && addressed.to_node.len() <= codec::NODE_NAME_BYTES_MAX
+            );
+        }
+        if let HubEvent::Private(link) = &envelope.event {
+            assert!(!link.to_node.is_empty() && !link.from_node.is_empty());
+            assert!(link.address.len() <= codec::ADDRESS_BYTES_MAX);
+        }
         let encoded = codec::encode(
             &envelope.node,
             envelope.incarnation,

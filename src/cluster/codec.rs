@@ -6,10 +6,19 @@
 //! u8   node name length (1..=NODE_NAME_BYTES_MAX), then the node name
 //! u64  incarnation of that node (random per process, big-endian)
 //! u64  sequence number of this event on that node (big-endian, from 1)
-//! u8   event tag: 1 = Said, 2 = Presence
-//! u8   origin protocol (ProtocolKind::index)
-//! Said:     u16 sender length + sender, u32 text length + text
-//! Presence: u8 kind (0 entered, 1 left), u16 name length + name
+//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed
+//! Said:      u8 origin protocol (ProtocolKind::index), u16 sender length + sender,
+//!            u32 text length + text
+//! Presence:  u8 origin protocol, u8 kind (0 entered, 1 left), u16 name length + name
+//! Addressed: u8 target node length (1..=64) + target node, u64 target incarnation,
+//!            u8 CCM type length (<= 16) + type, u16 sender length + sender,
+//!            u16 addressee length + addressee, u8 encoding length (<= 64) + encoding,
+//!            u32 content length + content
+//! Private:   u8 target node length (1..=64) + target node, u64 target incarnation,
+//!            u8 sending node length (1..=64) + sending node, u64 its incarnation,
+//!            u8 step (0 request, 1 accept, 2 source ports), u16 Src length + Src,
+//!            u16 Dst length + Dst, u8 address length (<= 16) + address,
+//!            i32 message port, i32 file port
 //! ```
 //!
 //! Hand-written rather than serde: the events are three fields of bytes, every length is
@@ -20,7 +29,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::hub::{HubEvent, LobbyMessage, Presence, PresenceKind, ProtocolKind};
+use crate::hub::{
+    Addressed, HubEvent, LobbyMessage, Presence, PresenceKind, PrivateLink, PrivateStep,
+    ProtocolKind,
+};
 
 pub const VERSION: u8 = 1;
 /// Longest node name (`--node-name`).
@@ -30,8 +42,17 @@ pub const NAME_BYTES_MAX: usize = 1024;
 /// Longest lobby text: above every protocol's own line limit (ROOM's is the largest).
 pub const TEXT_BYTES_MAX: usize = 1 << 20;
 
+/// Longest CCM message type carried (`Streaming` is the longest CCM has).
+pub const KIND_BYTES_MAX: usize = 16;
+/// Longest Message-Encoding carried.
+pub const ENCODING_BYTES_MAX: usize = 64;
+
 const TAG_SAID: u8 = 1;
 const TAG_PRESENCE: u8 = 2;
+const TAG_ADDRESSED: u8 = 3;
+const TAG_PRIVATE: u8 = 4;
+/// Longest address carried (IPv6).
+pub const ADDRESS_BYTES_MAX: usize = 16;
 
 /// One event as it crosses Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +79,7 @@ pub enum DecodeError {
     Tag(u8),
     Protocol(u8),
     PresenceKind(u8),
+    Step(u8),
     Trailing(usize),
 }
 
@@ -71,6 +93,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Tag(tag) => write!(f, "unknown event tag {tag}"),
             DecodeError::Protocol(p) => write!(f, "unknown protocol {p}"),
             DecodeError::PresenceKind(k) => write!(f, "unknown presence kind {k}"),
+            DecodeError::Step(s) => write!(f, "unknown private link step {s}"),
             DecodeError::Trailing(n) => write!(f, "{n} bytes after the event"),
         }
     }
@@ -121,6 +144,72 @@ pub fn encode(
             out.put_slice(&presence.name);
         }
         HubEvent::Direct(_) => return Err(EncodeError::NotCarried),
+        HubEvent::Addressed(addressed) => {
+            let bounds = [
+                (addressed.to_node.len(), NODE_NAME_BYTES_MAX, "target node"),
+                (addressed.kind.len(), KIND_BYTES_MAX, "type"),
+                (addressed.sender.len(), NAME_BYTES_MAX, "sender"),
+                (addressed.recipient.len(), NAME_BYTES_MAX, "addressee"),
+                (addressed.encoding.len(), ENCODING_BYTES_MAX, "encoding"),
+                (addressed.body.len(), TEXT_BYTES_MAX, "content"),
+            ];
+            if let Some(&(_, _, what)) = bounds.iter().find(|(len, max, _)| len > max) {
+                return Err(EncodeError::TooLong(what));
+            }
+            if addressed.to_node.is_empty() {
+                return Err(EncodeError::TooLong("target node"));
+            }
+            out.reserve(32 + bounds.iter().map(|(len, _, _)| len).sum::<usize>());
+            out.put_u8(TAG_ADDRESSED);
+            out.put_u8(addressed.to_node.len() as u8);
+            out.put_slice(&addressed.to_node);
+            out.put_u64(addressed.to_incarnation);
+            out.put_u8(addressed.kind.len() as u8);
+            out.put_slice(&addressed.kind);
+            out.put_u16(addressed.sender.len() as u16);
+            out.put_slice(&addressed.sender);
+            out.put_u16(addressed.recipient.len() as u16);
+            out.put_slice(&addressed.recipient);
+            out.put_u8(addressed.encoding.len() as u8);
+            out.put_slice(&addressed.encoding);
+            out.put_u32(addressed.body.len() as u32);
+            out.put_slice(&addressed.body);
+        }
+        HubEvent::Private(link) => {
+            let bounds = [
+                (link.to_node.len(), NODE_NAME_BYTES_MAX, "target node"),
+                (link.from_node.len(), NODE_NAME_BYTES_MAX, "sending node"),
+                (link.src.len(), NAME_BYTES_MAX, "src"),
+                (link.dst.len(), NAME_BYTES_MAX, "dst"),
+                (link.address.len(), ADDRESS_BYTES_MAX, "address"),
+            ];
+            if let Some(&(_, _, what)) = bounds.iter().find(|(len, max, _)| len > max) {
+                return Err(EncodeError::TooLong(what));
+            }
+            if link.to_node.is_empty() || link.from_node.is_empty() {
+                return Err(EncodeError::TooLong("node"));
+            }
+            out.put_u8(TAG_PRIVATE);
+            out.put_u8(link.to_node.len() as u8);
+            out.put_slice(&link.to_node);
+            out.put_u64(link.to_incarnation);
+            out.put_u8(link.from_node.len() as u8);
+            out.put_slice(&link.from_node);
+            out.put_u64(link.from_incarnation);
+            out.put_u8(match link.step {
+                PrivateStep::Request => 0,
+                PrivateStep::Accept => 1,
+                PrivateStep::SrcPorts => 2,
+            });
+            out.put_u16(link.src.len() as u16);
+            out.put_slice(&link.src);
+            out.put_u16(link.dst.len() as u16);
+            out.put_slice(&link.dst);
+            out.put_u8(link.address.len() as u8);
+            out.put_slice(&link.address);
+            out.put_i32(link.message_port);
+            out.put_i32(link.file_port);
+        }
     }
     Ok(out.freeze())
 }
@@ -207,6 +296,48 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
             let name = r.field(2, NAME_BYTES_MAX, "name")?;
             HubEvent::Presence(Presence { origin, name, kind })
         }
+        TAG_ADDRESSED => {
+            let to_node = r.field(1, NODE_NAME_BYTES_MAX, "target node")?;
+            if to_node.is_empty() {
+                return Err(DecodeError::EmptyNodeName);
+            }
+            HubEvent::Addressed(Box::new(Addressed {
+                to_node,
+                to_incarnation: r.uint(8)?,
+                kind: r.field(1, KIND_BYTES_MAX, "type")?,
+                sender: r.field(2, NAME_BYTES_MAX, "sender")?,
+                recipient: r.field(2, NAME_BYTES_MAX, "addressee")?,
+                encoding: r.field(1, ENCODING_BYTES_MAX, "encoding")?,
+                body: r.field(4, TEXT_BYTES_MAX, "content")?,
+            }))
+        }
+        TAG_PRIVATE => {
+            let to_node = r.field(1, NODE_NAME_BYTES_MAX, "target node")?;
+            let to_incarnation = r.uint(8)?;
+            let from_node = r.field(1, NODE_NAME_BYTES_MAX, "sending node")?;
+            if to_node.is_empty() || from_node.is_empty() {
+                return Err(DecodeError::EmptyNodeName);
+            }
+            let from_incarnation = r.uint(8)?;
+            let step = match r.u8()? {
+                0 => PrivateStep::Request,
+                1 => PrivateStep::Accept,
+                2 => PrivateStep::SrcPorts,
+                other => return Err(DecodeError::Step(other)),
+            };
+            HubEvent::Private(Box::new(PrivateLink {
+                to_node,
+                to_incarnation,
+                from_node,
+                from_incarnation,
+                step,
+                src: r.field(2, NAME_BYTES_MAX, "src")?,
+                dst: r.field(2, NAME_BYTES_MAX, "dst")?,
+                address: r.field(1, ADDRESS_BYTES_MAX, "address")?,
+                message_port: r.uint(4)? as u32 as i32,
+                file_port: r.uint(4)? as u32 as i32,
+            }))
+        }
         tag => return Err(DecodeError::Tag(tag)),
     };
     let left = r.payload.len() - r.at;
@@ -272,6 +403,119 @@ mod tests {
                 event
             );
         }
+    }
+
+    fn addressed(body: &[u8]) -> HubEvent {
+        HubEvent::Addressed(Box::new(Addressed {
+            to_node: Bytes::from_static(b"node-b"),
+            to_incarnation: 0xfeed,
+            kind: Bytes::from_static(b"Text"),
+            sender: Bytes::from_static(b"cid"),
+            recipient: Bytes::from_static(b"cat"),
+            encoding: Bytes::from_static(b"utf-8"),
+            body: Bytes::copy_from_slice(body),
+        }))
+    }
+
+    #[test]
+    fn an_addressed_message_round_trips_its_layout_is_the_documented_one_and_bounds_hold() {
+        for event in [
+            addressed(b"oi"),
+            addressed(b""),
+            addressed(&[0, 255, b'\n']),
+        ] {
+            assert_eq!(
+                decode(encode(b"node-a", 5, 9, &event).unwrap())
+                    .unwrap()
+                    .event,
+                event
+            );
+        }
+        let wire = encode(b"a", 1, 2, &addressed(b"hi")).unwrap();
+        let mut want = vec![
+            1, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 3,
+        ];
+        want.extend_from_slice(&[6, b'n', b'o', b'd', b'e', b'-', b'b']);
+        want.extend_from_slice(&0xfeed_u64.to_be_bytes());
+        want.extend_from_slice(&[4, b'T', b'e', b'x', b't', 0, 3, b'c', b'i', b'd', 0, 3]);
+        want.extend_from_slice(b"cat");
+        want.extend_from_slice(&[5, b'u', b't', b'f', b'-', b'8', 0, 0, 0, 2, b'h', b'i']);
+        assert_eq!(&wire[..], &want[..]);
+        // Every truncation is an error; an empty target node too.
+        for len in 0..wire.len() {
+            assert_eq!(
+                decode(wire.slice(..len)),
+                Err(DecodeError::Truncated),
+                "at {len}"
+            );
+        }
+        let mut empty_target = want.clone();
+        empty_target[20] = 0;
+        assert!(decode(empty_target.into()).is_err());
+        let HubEvent::Addressed(mut long) = addressed(b"x") else {
+            unreachable!()
+        };
+        long.kind = Bytes::from(vec![b'k'; KIND_BYTES_MAX + 1]);
+        assert_eq!(
+            encode(b"n", 1, 1, &HubEvent::Addressed(long.clone())),
+            Err(EncodeError::TooLong("type"))
+        );
+        long.kind = Bytes::from_static(b"Text");
+        long.to_node = Bytes::new();
+        assert!(encode(b"n", 1, 1, &HubEvent::Addressed(long)).is_err());
+    }
+
+    #[test]
+    fn a_private_link_step_round_trips_and_its_bounds_hold() {
+        for (step, address, ports) in [
+            (PrivateStep::Request, &b""[..], (0, 0)),
+            (PrivateStep::Accept, &[127, 0, 0, 1][..], (0, 0)),
+            (PrivateStep::SrcPorts, &[0xfe; 16][..], (5000, -1)),
+        ] {
+            let event = HubEvent::Private(Box::new(PrivateLink {
+                to_node: Bytes::from_static(b"node-b"),
+                to_incarnation: 3,
+                from_node: Bytes::from_static(b"node-a"),
+                from_incarnation: u64::MAX,
+                step,
+                src: Bytes::from_static(b"mia"),
+                dst: Bytes::from_static(b"max"),
+                address: Bytes::copy_from_slice(address),
+                message_port: ports.0,
+                file_port: ports.1,
+            }));
+            let wire = encode(b"node-a", 1, 2, &event).unwrap();
+            assert_eq!(decode(wire.clone()).unwrap().event, event);
+            for len in 0..wire.len() {
+                assert_eq!(
+                    decode(wire.slice(..len)),
+                    Err(DecodeError::Truncated),
+                    "at {len}"
+                );
+            }
+            // The step byte: after the header (version, "node-a", incarnation, sequence
+            // number), the tag, both nodes and their incarnations.
+            let header = 1 + 1 + 6 + 8 + 8;
+            let mut bad = wire.to_vec();
+            bad[header + 1 + 1 + 6 + 8 + 1 + 6 + 8] = 3;
+            assert_eq!(decode(bad.into()), Err(DecodeError::Step(3)));
+        }
+        let too_long = HubEvent::Private(Box::new(PrivateLink {
+            to_node: Bytes::from_static(b"b"),
+            to_incarnation: 0,
+            from_node: Bytes::from_static(b"a"),
+            from_incarnation: 0,
+            step: PrivateStep::Accept,
+            src: Bytes::new(),
+            dst: Bytes::new(),
+            address: Bytes::from(vec![0; ADDRESS_BYTES_MAX + 1]),
+            message_port: 0,
+            file_port: 0,
+        }));
+        assert_eq!(
+            encode(b"n", 1, 1, &too_long),
+            Err(EncodeError::TooLong("address"))
+        );
     }
 
     #[test]

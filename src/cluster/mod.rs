@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod liveness;
+pub mod names;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -144,7 +145,7 @@ pub struct ClusterStats {
     pub duplicates: AtomicU64,
     /// Messages on the channel that did not decode.
     pub malformed: AtomicU64,
-    /// Redis connections down now (of two: the publisher's and the subscriber's).
+    /// Redis connections down now (of three: publisher, subscriber, names thread).
     pub links_down: AtomicU64,
     /// Times a Redis connection was lost.
     pub link_losses: AtomicU64,
@@ -173,6 +174,8 @@ pub struct Cluster {
     stats: Arc<ClusterStats>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Names unique across the nodes (`names`).
+    names: names::Names,
 }
 
 impl Cluster {
@@ -233,6 +236,16 @@ impl Cluster {
                 .spawn(move || publisher_thread.run(outgoing_rx))
                 .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?
         };
+        let names = names::Names::start(
+            client.clone(),
+            node,
+            incarnation,
+            config.lease_ms,
+            command_timeout,
+            Arc::clone(&wake),
+            Arc::clone(&stats),
+        )
+        .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?;
         // The subscriber's first subscription is made on its thread (a `PubSub` borrows its
         // connection and unsubscribes when dropped, so it lives there) and reported back: an
         // unreachable Redis is still an error at start.
@@ -287,6 +300,7 @@ impl Cluster {
             stats,
             stop,
             threads: vec![publish_thread, subscribe_thread],
+            names,
         })
     }
 
@@ -407,6 +421,7 @@ impl Cluster {
     pub fn shut_down(&mut self) {
         self.stop.store(true, Ordering::Release);
         self.outgoing = None;
+        self.names.shut_down();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 warn!("cluster: a Redis thread panicked");

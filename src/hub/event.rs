@@ -87,10 +87,57 @@ pub struct DirectMessage {
     pub body: Bytes,
 }
 
+/// A CCM message to a named user whom another node holds (the cluster): for that node only,
+/// which hands it to its CCM user in CCM's own form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addressed {
+    /// The node that holds the addressee, and its incarnation (a restarted node is another).
+    pub to_node: Bytes,
+    pub to_incarnation: u64,
+    /// CCM's message type (`Text`, `Raw`, `Audio`, `Streaming`).
+    pub kind: Bytes,
+    pub sender: Bytes,
+    pub recipient: Bytes,
+    pub encoding: Bytes,
+    pub body: Bytes,
+}
+
+/// Which step of MATOU's brokered private link crosses to another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivateStep {
+    /// Src asks Dst (Dst's node notifies Dst).
+    Request,
+    /// Dst accepts (Src's node gives Src Dst's address).
+    Accept,
+    /// Src gives its ports (Dst's node gives Dst Src's address and ports).
+    SrcPorts,
+}
+
+/// A step of a MATOU private link between users on two nodes: for the node named only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrivateLink {
+    pub to_node: Bytes,
+    pub to_incarnation: u64,
+    /// The node that sent it, for the answer (filled in when it is published).
+    pub from_node: Bytes,
+    pub from_incarnation: u64,
+    pub step: PrivateStep,
+    pub src: Bytes,
+    pub dst: Bytes,
+    /// The sending user's address (Dst's at `Accept`, Src's at `SrcPorts`): 4 or 16 bytes,
+    /// empty at `Request`.
+    pub address: Bytes,
+    pub message_port: i32,
+    pub file_port: i32,
+}
+
 /// One thing the hub acted on: the unit that will cross node boundaries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
     Said(LobbyMessage),
     Presence(Presence),
     Direct(DirectMessage),
+    /// Boxed: far larger than the others, and rare beside lobby traffic.
+    Addressed(Box<Addressed>),
+    Private(Box<PrivateLink>),
 }

@@ -10,6 +10,7 @@
 //! calls (`protocol::switch`). `--isolate` builds it with [`HubConfig::isolated`], where it is
 //! inert and no service is handed it.
 
+pub mod claims;
 pub mod event;
 pub mod render;
 pub mod testing;
@@ -18,9 +19,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+pub use claims::{ClaimAnswer, ClaimConfig, ClaimCounts, ClaimDecided, Decision, Located, NameOp};
 pub use event::{
-    DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId, Presence,
-    PresenceKind, ProtocolKind, User,
+    Addressed, DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId,
+    Presence, PresenceKind, PrivateLink, PrivateStep, ProtocolKind, User,
 };
 pub use render::FormLimits;
 
@@ -42,12 +44,16 @@ pub struct HubConfig {
     /// `--cluster`: other nodes are lobby members too, so every lobby event is made and
     /// reported ([`HubOut::event`]) even when no local member of another protocol hears it.
     pub clustered: bool,
+    /// `--cluster`: names are unique across the nodes, so a claim waits for Redis's answer
+    /// ([`Claim::Pending`]); `None`: claims are decided at once from this node's table.
+    pub name_claims: Option<ClaimConfig>,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             clustered: false,
+            name_claims: None,
             isolated: false,
             ocm_lobby_room: "lobby".to_string(),
             limits: FormLimits::default(),
@@ -95,6 +101,25 @@ pub enum Claim {
     /// which BIN24's service decides and carries out itself).
     Granted,
     Refused(Refusal),
+    /// In a cluster: the name is reserved on this node (a second local claim is refused at
+    /// once) and waits for the other nodes' answer, which comes to the connection's service
+    /// as a [`ClaimDecided`]. Hold the connection's further input until then.
+    Pending,
+    /// In a cluster: refused at once because the cluster cannot confirm the name now (too
+    /// many claims waiting); answer with [`claims::unconfirmed_answer`].
+    Unconfirmed,
+}
+
+impl Claim {
+    /// The refusal to send for a refused or unconfirmed claim of `newcomer` (`Some(None)`:
+    /// BIN24, close); `None` when granted or pending.
+    pub fn refusal(&self, newcomer: NamedProtocol) -> Option<Option<Bytes>> {
+        match self {
+            Claim::Granted | Claim::Pending => None,
+            Claim::Refused(refusal) => Some(refusal.answer()),
+            Claim::Unconfirmed => Some(claims::unconfirmed_answer(newcomer)),
+        }
+    }
 }
 
 /// What becomes of a CCM `Text` or `Raw` to a named addressee (rule 4).
@@ -238,6 +263,8 @@ impl Priced {
 struct Holder {
     protocol: NamedProtocol,
     conn: ConnId,
+    /// In a cluster, while the other nodes have not answered: the claim's token.
+    claim: Option<u64>,
 }
 
 /// The name a connection holds.
@@ -284,18 +311,21 @@ pub struct Hub {
     awaiting_write: HashMap<WrittenNote, AwaitingWrite>,
     next_note: u64,
     counts: Counts,
+    /// In a cluster: claims waiting for Redis, and what to send it.
+    claims: Option<claims::Claims>,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Self {
         Hub {
-            config,
             names: HashMap::new(),
             held: HashMap::new(),
             lobby: Lobby::default(),
             awaiting_write: HashMap::new(),
             next_note: 0,
             counts: Counts::default(),
+            claims: config.name_claims.map(claims::Claims::new),
+            config,
         }
     }
 
@@ -351,20 +381,47 @@ impl Hub {
     /// `conn`, of `protocol`, asks to hold `name` (compared as bytes). Call it after the
     /// service's own rules accepted the name, before acting on it; on `Refused`, answer with
     /// [`Refusal::answer`] (or close, for BIN24). A connection holds one name: claiming
-    /// another releases the first.
+    /// another releases the first. For a node alone; in a cluster use
+    /// [`Hub::claim_name_at`], which may answer [`Claim::Pending`].
     pub fn claim_name(&mut self, protocol: NamedProtocol, conn: ConnId, name: &[u8]) -> Claim {
+        self.claim_name_at(protocol, conn, name, 0)
+    }
+
+    /// [`Hub::claim_name`] at `now_ms`. In a cluster a name this node does not hold yet is
+    /// reserved and asked of the other nodes: [`Claim::Pending`], decided later through a
+    /// [`ClaimDecided`] ([`Hub::on_claim_answer`], [`Hub::expire_claims`]).
+    pub fn claim_name_at(
+        &mut self,
+        protocol: NamedProtocol,
+        conn: ConnId,
+        name: &[u8],
+        now_ms: u64,
+    ) -> Claim {
         if self.config.isolated {
             return Claim::Granted;
         }
+        // BIN24 replacing BIN24: this node holds the name already, nothing to ask.
+        let mut replacing = false;
         match self.names.get(name).copied() {
-            Some(holder) if holder.conn == conn => return Claim::Granted,
+            Some(holder) if holder.conn == conn => {
+                return match holder.claim {
+                    Some(_) => Claim::Pending,
+                    None => Claim::Granted,
+                }
+            }
             Some(holder)
-                if holder.protocol == NamedProtocol::Bin24 && protocol == NamedProtocol::Bin24 =>
+                if holder.protocol == NamedProtocol::Bin24
+                    && protocol == NamedProtocol::Bin24
+                    && holder.claim.is_none() =>
             {
                 // BIN24's own rule, between BIN24 connections only: the newer login replaces
-                // the older, which BIN24's service closes.
+                // the older, which BIN24's service closes. In a cluster this node holds the
+                // name already: nothing to ask.
                 self.held.remove(&holder.conn);
+                replacing = true;
             }
+            // Held, or claimed and waiting (even by BIN24: a newer BIN24 login replaces only
+            // a holder, not a claim still in doubt).
             Some(holder) => {
                 return Claim::Refused(Refusal {
                     newcomer: protocol,
@@ -374,10 +431,30 @@ impl Hub {
             None => {}
         }
         self.release_name(conn);
+        if !replacing && self.claims.as_ref().is_some_and(claims::Claims::is_full) {
+            if let Some(claims) = self.claims.as_mut() {
+                claims.counts.unconfirmed += 1;
+            }
+            return Claim::Unconfirmed;
+        }
         // A copy, so that a name held for a whole session does not pin the read buffer it
         // arrived in.
         let name = Bytes::copy_from_slice(name);
-        self.names.insert(name.clone(), Holder { protocol, conn });
+        let (claim, answer) = match self.claims.as_mut().filter(|_| !replacing) {
+            Some(claims) => (
+                Some(claims.ask(name.clone(), protocol, now_ms)),
+                Claim::Pending,
+            ),
+            None => (None, Claim::Granted),
+        };
+        self.names.insert(
+            name.clone(),
+            Holder {
+                protocol,
+                conn,
+                claim,
+            },
+        );
         self.held.insert(
             conn,
             Held {
@@ -387,28 +464,204 @@ impl Hub {
                 bin24_sending: None,
             },
         );
-        Claim::Granted
+        answer
     }
 
     /// `conn` no longer holds its name (it left, signed out, was closed or replaced). Returns
-    /// the name it held, if it still held one.
+    /// the name it held, if it still held one. In a cluster the other nodes are told (after
+    /// its claim, if that is still on its way).
     pub fn release_name(&mut self, conn: ConnId) -> Option<Bytes> {
         let held = self.held.remove(&conn)?;
-        if self
+        if let Some(holder) = self
             .names
             .get(&held.name)
-            .is_some_and(|holder| holder.conn == conn)
+            .copied()
+            .filter(|holder| holder.conn == conn)
         {
             self.names.remove(&held.name);
+            if let Some(claims) = self.claims.as_mut() {
+                if holder.claim.is_some() {
+                    claims.waiting -= 1;
+                }
+                claims.ops.push(NameOp::Release {
+                    name: held.name.clone(),
+                });
+            }
         }
         Some(held.name)
     }
 
-    /// Who holds `name`, if anyone.
+    /// Who holds `name`, if anyone (a claim still waiting for the cluster holds nothing yet).
     pub fn holder(&self, name: &[u8]) -> Option<(NamedProtocol, ConnId)> {
         self.names
             .get(name)
+            .filter(|holder| holder.claim.is_none())
             .map(|holder| (holder.protocol, holder.conn))
+    }
+
+    // ---- rule 1 across a cluster ----
+
+    /// What to send the cluster's names thread, in order; empty for a node alone.
+    pub fn take_name_ops(&mut self) -> Vec<NameOp> {
+        self.claims
+            .as_mut()
+            .map(|claims| std::mem::take(&mut claims.ops))
+            .unwrap_or_default()
+    }
+
+    pub fn has_name_ops(&self) -> bool {
+        self.claims
+            .as_ref()
+            .is_some_and(|claims| !claims.ops.is_empty())
+    }
+
+    /// Claims waiting for the cluster now.
+    pub fn claims_waiting(&self) -> usize {
+        self.claims.as_ref().map_or(0, |claims| claims.waiting)
+    }
+
+    pub fn claim_counts(&self) -> Option<ClaimCounts> {
+        self.claims.as_ref().map(|claims| claims.counts)
+    }
+
+    /// The cluster answered the claim `token` of `name`. The connection that waits for it (if
+    /// it still does) is decided; a late answer for a connection gone is nothing more (its
+    /// release followed its claim to Redis).
+    pub fn on_claim_answer(
+        &mut self,
+        token: u64,
+        name: &[u8],
+        answer: ClaimAnswer,
+    ) -> Option<ClaimDecided> {
+        let holder = self
+            .names
+            .get(name)
+            .copied()
+            .filter(|holder| holder.claim == Some(token))?;
+        let claims = self.claims.as_mut()?;
+        claims.waiting -= 1;
+        let decision = match answer {
+            ClaimAnswer::Granted => {
+                claims.counts.granted += 1;
+                if let Some(holder) = self.names.get_mut(name) {
+                    holder.claim = None;
+                }
+                Decision::Granted
+            }
+            ClaimAnswer::Taken => {
+                claims.counts.taken += 1;
+                let answer = Refusal {
+                    newcomer: holder.protocol,
+                    // Held on another node, in a protocol this node does not know; the
+                    // answer depends only on the newcomer's.
+                    holder: holder.protocol,
+                }
+                .answer();
+                self.names.remove(name);
+                self.held.remove(&holder.conn);
+                Decision::Refused { answer }
+            }
+            ClaimAnswer::Unavailable => {
+                claims.counts.unconfirmed += 1;
+                // The claim may have reached Redis after all (a reply lost, a deadline passed):
+                // released after it, in order.
+                claims.ops.push(NameOp::Release {
+                    name: Bytes::copy_from_slice(name),
+                });
+                self.names.remove(name);
+                self.held.remove(&holder.conn);
+                Decision::Refused {
+                    answer: claims::unconfirmed_answer(holder.protocol),
+                }
+            }
+        };
+        Some(ClaimDecided {
+            protocol: holder.protocol,
+            conn: holder.conn,
+            decision,
+        })
+    }
+
+    /// Claims not answered by `now_ms` are refused as unconfirmed, each once; the name is
+    /// released too, in case the claim still lands in Redis.
+    pub fn expire_claims(&mut self, now_ms: u64) -> Vec<ClaimDecided> {
+        let mut decided = Vec::new();
+        loop {
+            let Some((token, name)) = self.claims.as_mut().and_then(|c| c.pop_due(now_ms)) else {
+                return decided;
+            };
+            let waiting = self
+                .names
+                .get(&name)
+                .is_some_and(|holder| holder.claim == Some(token));
+            if !waiting {
+                continue;
+            }
+            decided.extend(self.on_claim_answer(token, &name, ClaimAnswer::Unavailable));
+        }
+    }
+
+    /// The earliest deadline of a claim or of a message being located, if any.
+    pub fn next_claim_deadline_ms(&self) -> Option<u64> {
+        let claims = self.claims.as_ref()?;
+        claims
+            .next_deadline_ms()
+            .into_iter()
+            .chain(claims.next_locate_deadline_ms())
+            .min()
+    }
+
+    /// In a cluster: whether a name this node does not hold may be held by another node.
+    pub fn spans_nodes(&self) -> bool {
+        self.claims.is_some()
+    }
+
+    /// A CCM message from `from` to a name no user of this node holds: ask which node holds
+    /// it ([`NameOp::Locate`]); the answer comes to [`Hub::on_located`]. False for a node
+    /// alone, or when too many messages wait already (answer `unknown-addressee` then).
+    pub fn address_remote(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
+        self.claims
+            .as_mut()
+            .is_some_and(|claims| claims.locate(from, message, now_ms))
+    }
+
+    /// A MATOU private request from `from` to a name no user of this node holds: ask which
+    /// node holds it; false for a node alone or too many waiting.
+    pub fn address_private(&mut self, from: ConnId, link: PrivateLink, now_ms: u64) -> bool {
+        self.claims
+            .as_mut()
+            .is_some_and(|claims| claims.locate_private(from, link, now_ms))
+    }
+
+    /// The cluster answered where the addressee of the message `token` is: another node
+    /// (`holder`: its name and incarnation), or nowhere.
+    pub fn on_located(&mut self, token: u64, holder: Option<claims::Holder>) -> Option<Located> {
+        self.claims.as_mut()?.located(token, holder)
+    }
+
+    /// Messages whose addressee was not located by `now_ms`.
+    pub fn expire_locates(&mut self, now_ms: u64) -> Vec<Located> {
+        self.claims
+            .as_mut()
+            .map(|claims| claims.expire_locates(now_ms))
+            .unwrap_or_default()
+    }
+
+    /// Another node holds `name` now, which this node held (its key lapsed while this node
+    /// was cut off from Redis, and another node took it): the connection that holds it here,
+    /// to be closed. Redis's holder wins: other nodes have already acted on it.
+    pub fn on_name_lost(&mut self, name: &[u8]) -> Option<ConnId> {
+        let holder = self
+            .names
+            .get(name)
+            .copied()
+            .filter(|holder| holder.claim.is_none())?;
+        if let Some(claims) = self.claims.as_mut() {
+            claims.counts.lost += 1;
+        }
+        self.names.remove(name);
+        self.held.remove(&holder.conn);
+        Some(holder.conn)
     }
 
     /// The name `conn` holds, if any.
@@ -696,6 +949,7 @@ impl Hub {
         let Some(Holder {
             protocol: NamedProtocol::Bin24,
             conn: to,
+            claim: None,
         }) = self.names.get(addressee).copied()
         else {
             return CcmDirect::NotCrossing;
@@ -786,6 +1040,7 @@ impl Hub {
         let Some(Holder {
             protocol: NamedProtocol::Ccm,
             conn: to,
+            claim: None,
         }) = self.names.get(recipient.as_bytes()).copied()
         else {
             return Bin24Direct::NotCrossing;

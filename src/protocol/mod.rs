@@ -28,7 +28,9 @@ pub mod testing;
 
 pub use kind::{ProtocolKind, UdpKind};
 pub use service::{Clock, Context, DatagramService, StreamService};
-pub use switch::{HubLink, HubOutcome, HubQueue, LobbyGate, Switched, SwitchedDatagrams};
+pub use switch::{
+    HubLink, HubOutcome, HubQueue, LobbyGate, Switched, SwitchedDatagrams, HELD_INPUT_BYTES_MAX,
+};
 
 /// Why a connection is closed. Logged, and counted in the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +170,10 @@ pub trait Outbox {
     /// `id` has identified its user (BIN24's first valid frame, CCM's accepted name, MATOU's
     /// name taken): the reactor's handshake deadline no longer applies to it.
     fn mark_identified(&mut self, _id: ConnId) {}
+
+    /// `id`'s service left input unread while it waited (a name claim in a cluster) and now
+    /// reads again: the reactor hands it what is buffered, without waiting for more bytes.
+    fn resume_input(&mut self, _id: ConnId) {}
 
     /// The switchboard's hub and the queue its answers go to, for this call; `None` under
     /// `--isolate` (and where no hub is wired, as in a service's own tests). See

@@ -11,12 +11,16 @@ use super::matou::{MatouConfig, MatouService};
 use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
 use super::{
-    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubQueue, LobbyGate, Outbox,
-    ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
+    Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubOutcome, HubQueue,
+    LobbyGate, Outbox, ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
 };
+use crate::cluster::names::NameAnswer;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::hub::{Endpoint, FormLimits, Hub, HubConfig, HubEvent, OcmMemberId};
+use crate::hub::{
+    Addressed, ClaimConfig, ClaimDecided, Endpoint, FormLimits, Hub, HubConfig, HubEvent, Located,
+    NameOp, NamedProtocol, OcmMemberId,
+};
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
 
 /// The largest datagram the stage-1 relay takes, as OCM's chat socket (the contract's 4096).
@@ -98,6 +102,43 @@ macro_rules! switched {
             }),
         }
     }};
+}
+
+/// Another node's CCM message to a CCM user of this node, in CCM's form; nothing if the
+/// addressee is not (or no longer) a CCM user here.
+fn deliver_addressed<O: Outbox>(hub: &Hub, addressed: &Addressed, out: &mut O) {
+    use crate::protocol::ccm::codec::{self as ccm, MessageType};
+    let kind = MessageType::parse(&addressed.kind).filter(|kind| {
+        matches!(
+            kind,
+            MessageType::Text | MessageType::Raw | MessageType::Audio | MessageType::Streaming
+        )
+    });
+    let (kind, to) = match (kind, hub.holder(&addressed.recipient)) {
+        (Some(kind), Some((NamedProtocol::Ccm, to))) => (kind, to),
+        _ => {
+            log::debug!(
+                "cluster: a message for {:?}, not a CCM user here, dropped",
+                String::from_utf8_lossy(&addressed.recipient)
+            );
+            return;
+        }
+    };
+    out.send(
+        to,
+        ccm::encode_head(
+            kind.as_str(),
+            &[
+                ("Sender", &addressed.sender),
+                ("Addressee", &addressed.recipient),
+                ("Message-Encoding", &addressed.encoding),
+            ],
+            addressed.body.len(),
+        ),
+    );
+    if !addressed.body.is_empty() {
+        out.send(to, addressed.body.clone());
+    }
 }
 
 /// OCM's gate for lobby lines from the other protocols, when OCM is enabled.
@@ -254,6 +295,10 @@ impl Services {
         });
         let hub = Hub::new(HubConfig {
             clustered: config.cluster.is_some(),
+            name_claims: config.cluster.as_ref().map(|cluster| ClaimConfig {
+                wait_ms: crate::cluster::names::claim_wait_ms(cluster.lease_ms),
+                pending_max: crate::cluster::names::CLAIMS_PENDING_MAX,
+            }),
             isolated: config.isolate,
             ocm_lobby_room: config.lobby_ocm_room.clone(),
             limits: FormLimits {
@@ -302,14 +347,149 @@ impl Services {
                     self.hub.announce_remote(&presence, &mut self.hub_queue)
                 }
                 HubEvent::Direct(_) => {}
+                HubEvent::Addressed(addressed) => {
+                    if addressed.to_node[..] == *cluster.node_name()
+                        && addressed.to_incarnation == cluster.incarnation()
+                    {
+                        deliver_addressed(&self.hub, &addressed, out);
+                    }
+                }
+                HubEvent::Private(link) => {
+                    if link.to_node[..] == *cluster.node_name()
+                        && link.to_incarnation == cluster.incarnation()
+                    {
+                        self.hub_queue.hand_over(HubOutcome::MatouRemote(link));
+                    }
+                }
             }
         }
+        self.on_name_answers(out);
         self.drain(clock, out);
+    }
+
+    /// The names thread's answers.
+    fn on_name_answers<O: Outbox>(&mut self, out: &mut O) {
+        while let Some(answer) = self.cluster.as_mut().and_then(Cluster::try_recv_name) {
+            self.on_name_answer(answer, out);
+        }
+    }
+
+    /// A waiting claim is decided (its service is told through the hub queue); a name another
+    /// node took from this one closes its holder here.
+    fn on_name_answer<O: Outbox>(&mut self, answer: NameAnswer, out: &mut O) {
+        match answer {
+            NameAnswer::Claimed {
+                token,
+                name,
+                answer,
+            } => {
+                if let Some(decided) = self.hub.on_claim_answer(token, &name, answer) {
+                    self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
+                }
+            }
+            NameAnswer::Lost { name } => {
+                if let Some(conn) = self.hub.on_name_lost(&name) {
+                    out.close(conn, CloseReason::Replaced, super::CloseMode::Now);
+                }
+            }
+            NameAnswer::Located { token, holder } => {
+                if let Some(located) = self.hub.on_located(token, holder) {
+                    self.on_located(located, out);
+                }
+            }
+        }
+    }
+
+    /// A message to a name held elsewhere: published for the node that holds it, or its
+    /// sender told no user has that name.
+    fn on_located<O: Outbox>(&mut self, located: Located, out: &mut O) {
+        match located {
+            Located::Send(event) => {
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.publish(&event);
+                }
+            }
+            Located::Private { from, link, found } => {
+                let at = found.then(|| (link.to_node.clone(), link.to_incarnation));
+                let dst = link.dst.clone();
+                if found {
+                    self.hub_queue.publish(HubEvent::Private(link));
+                }
+                self.hub_queue
+                    .hand_over(HubOutcome::MatouLocated { from, dst, at });
+            }
+            Located::Unknown { from, recipient } => {
+                log::debug!(
+                    "{from}: no node holds {:?}",
+                    String::from_utf8_lossy(&recipient)
+                );
+                out.send(
+                    from,
+                    crate::hub::render::ccm_error(
+                        crate::protocol::ccm::Reason::UnknownAddressee,
+                        "no user has that name",
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Claims whose deadline passed without the cluster's answer are refused (their services
+    /// told through the hub queue).
+    fn expire_claims<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
+        for located in self.hub.expire_locates(now_ms) {
+            self.on_located(located, out);
+        }
+        for decided in self.hub.expire_claims(now_ms) {
+            log::warn!(
+                "{}: name claim not confirmed by the cluster within its deadline; refused",
+                decided.conn
+            );
+            self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
+        }
+    }
+
+    /// The hub's name operations to the names thread, in order. One that cannot be queued
+    /// (the thread is far behind) is a claim refused as unconfirmed at once, or a release
+    /// left to the key's expiry.
+    fn send_name_ops(&mut self) {
+        while self.hub.has_name_ops() {
+            for op in self.hub.take_name_ops() {
+                let refused = match self
+                    .cluster
+                    .as_mut()
+                    .map(|cluster| cluster.send_name_op(op))
+                {
+                    Some(Err(NameOp::Claim { token, name, .. })) => Some((token, name)),
+                    _ => None,
+                };
+                let decided: Option<ClaimDecided> = refused.and_then(|(token, name)| {
+                    self.hub
+                        .on_claim_answer(token, &name, crate::hub::ClaimAnswer::Unavailable)
+                });
+                if let Some(decided) = decided {
+                    self.hub_queue.hand_over(HubOutcome::NameClaim(decided));
+                }
+            }
+        }
     }
 
     /// The switchboard.
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Names claimed across the cluster, for the admin port; `None` for a node alone.
+    pub fn name_metrics(&self) -> Option<crate::metrics::NameMetrics> {
+        let counts = self.hub.claim_counts()?;
+        Some(crate::metrics::NameMetrics {
+            held: self
+                .hub
+                .names_held()
+                .saturating_sub(self.hub.claims_waiting()) as u64,
+            waiting: self.hub.claims_waiting() as u64,
+            counts,
+        })
     }
 
     /// The switchboard's counts and lobby, for the admin port; `None` under `--isolate`.
@@ -338,13 +518,14 @@ impl Services {
     /// more). One check when the hub produced nothing, as on every ROOM-only chunk.
     #[inline]
     fn drain<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
-        if !self.hub_queue.is_empty() {
+        if !self.hub_queue.is_empty() || self.hub.has_name_ops() {
             self.drain_queue(clock, out);
         }
     }
 
     fn drain_queue<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
-        while !self.hub_queue.is_empty() {
+        while !self.hub_queue.is_empty() || self.hub.has_name_ops() {
+            self.send_name_ops();
             for (_, endpoint, bytes) in self.hub_queue.deliveries.drain(..) {
                 match endpoint {
                     Endpoint::Conn(id) => out.send(id, bytes),
@@ -352,7 +533,12 @@ impl Services {
                 }
             }
             if let Some(cluster) = self.cluster.as_mut() {
-                for event in self.hub_queue.events.drain(..) {
+                for mut event in self.hub_queue.events.drain(..) {
+                    if let HubEvent::Private(link) = &mut event {
+                        // Its answer comes back to this node.
+                        link.from_node = Bytes::copy_from_slice(cluster.node_name());
+                        link.from_incarnation = cluster.incarnation();
+                    }
                     cluster.publish(&event);
                 }
             } else {
@@ -520,8 +706,16 @@ impl Services {
         self.drain(clock, conns);
     }
 
-    /// Run the due timers of every stream service.
+    /// Run the due timers of every stream service, and the deadlines of name claims.
     pub fn on_timers<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        if self
+            .hub
+            .next_claim_deadline_ms()
+            .is_some_and(|deadline| deadline <= clock.now_ms)
+        {
+            self.expire_claims(clock.now_ms, out);
+            self.drain(clock, out);
+        }
         for kind in ProtocolKind::ALL {
             switched!(self, kind, &mut *out, clock.now_ms, s, sw => StreamService::on_timers(s, clock, &mut sw));
             self.drain(clock, out);
@@ -557,7 +751,10 @@ impl Services {
         let datagrams = UdpKind::ALL.into_iter().filter_map(|kind| {
             datagram!(self, as_ref, kind, s => DatagramService::next_deadline_ms(s)).flatten()
         });
-        streams.chain(datagrams).min()
+        streams
+            .chain(datagrams)
+            .chain(self.hub.next_claim_deadline_ms())
+            .min()
     }
 
     /// Hand work completed off the loop's thread to its service.
@@ -599,6 +796,27 @@ impl Services {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+impl Services {
+    /// An answer as if from the names thread (no Redis in unit tests).
+    fn answer_name<O: Outbox>(&mut self, answer: NameAnswer, clock: &Clock, out: &mut O) {
+        self.on_name_answer(answer, out);
+        self.drain(clock, out);
+    }
+
+    /// A step of a MATOU private link as if from another node.
+    fn private_from_node<O: Outbox>(
+        &mut self,
+        link: crate::hub::PrivateLink,
+        clock: &Clock,
+        out: &mut O,
+    ) {
+        self.hub_queue
+            .hand_over(HubOutcome::MatouRemote(Box::new(link)));
+        self.drain(clock, out);
     }
 }
 
@@ -1233,6 +1451,325 @@ mod tests {
         assert_eq!(
             counts.messages(ProtocolKind::Ccm, ProtocolKind::Bin24),
             delivered as u64
+        );
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn clustered(dir: &std::path::Path) -> Services {
+        let config = Config {
+            matou_port: Some(0),
+            ccm_port: Some(0),
+            bin24_port: Some(0),
+            data_dir: dir.to_path_buf(),
+            cluster: Some(crate::cluster::ClusterConfig {
+                url: "redis://127.0.0.1:1".to_string(),
+                node_name: "unit".to_string(),
+                lease_ms: 500,
+            }),
+            ..Config::for_tests()
+        };
+        match Services::new(&config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("the store opens in a fresh directory: {err}"),
+        }
+    }
+
+    fn claimed(token: u64, name: &'static [u8], answer: crate::hub::ClaimAnswer) -> NameAnswer {
+        NameAnswer::Claimed {
+            token,
+            name: Bytes::from_static(name),
+            answer,
+        }
+    }
+
+    /// In a cluster a sign-in waits for Redis's answer: nothing is answered meanwhile, the
+    /// connection's further input stays unread (in order, after the answer), and the answer
+    /// signs it in or refuses it in its own protocol's way, then its input is read again.
+    #[test]
+    fn a_clustered_sign_in_waits_for_the_cluster_and_its_input_after_it_is_read_then() {
+        use crate::hub::ClaimAnswer;
+        use crate::protocol::bin24::codec as bin24;
+        use crate::protocol::matou::codec as matou;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-claims",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut services = clustered(&dir);
+        let mut out = RecordingOutbox::default();
+        let (mia, mia2, cid) = (ConnId::new(0, 1), ConnId::new(1, 2), ConnId::new(2, 3));
+
+        // MATOU: the request and a public message in one read.
+        services.on_accept(ProtocolKind::Matou, mia, &cx(0), &mut out);
+        let mut input = BytesMut::from(&matou::connect_request(b"mia")[..]);
+        input.extend_from_slice(&matou::public_message(b"hi"));
+        services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(0), &mut out);
+        assert!(
+            out.sent_to(mia).is_empty(),
+            "nothing before the cluster answers"
+        );
+        assert_eq!(
+            &input[..],
+            &matou::public_message(b"hi")[..],
+            "held, unread"
+        );
+        assert!(out.identified.is_empty());
+        assert_eq!(
+            services.next_deadline_ms(),
+            Some(500),
+            "the claim's deadline"
+        );
+
+        // The same name on this node meanwhile: refused at once, MATOU's way.
+        services.on_accept(ProtocolKind::Matou, mia2, &cx(1), &mut out);
+        let mut again = BytesMut::from(&matou::connect_request(b"mia")[..]);
+        services.on_data(ProtocolKind::Matou, mia2, &mut again, &cx(1), &mut out);
+        assert_eq!(out.sent_to(mia2), [matou::connect_response(false)]);
+
+        // More input while waiting is still held.
+        services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(2), &mut out);
+        assert!(out.sent_to(mia).is_empty());
+
+        services.answer_name(
+            claimed(1, b"mia", ClaimAnswer::Granted),
+            &cx(3).clock(),
+            &mut out,
+        );
+        assert_eq!(
+            out.sent_to(mia),
+            [matou::connect_response(true), matou::connect_notify(b"mia")]
+        );
+        assert_eq!(out.identified, [mia]);
+        assert_eq!(out.resumed, [mia], "its held input is to be read again");
+        // What the reactor does then: the public message follows the sign-in.
+        services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(3), &mut out);
+        assert!(input.is_empty());
+        assert_eq!(
+            out.sent_to(mia).last(),
+            Some(&matou::public_broadcast(b"mia", b"hi"))
+        );
+
+        // CCM: refused by the cluster (another node holds it), CCM's way; the connection
+        // may try again, and waits again.
+        out.clear();
+        services.on_accept(ProtocolKind::Ccm, cid, &cx(4), &mut out);
+        let identify = |name: &str| {
+            BytesMut::from(
+                format!(
+                    "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+                    name.len()
+                )
+                .as_bytes(),
+            )
+        };
+        services.on_data(
+            ProtocolKind::Ccm,
+            cid,
+            &mut identify("cid"),
+            &cx(4),
+            &mut out,
+        );
+        assert!(out.sent_to(cid).is_empty());
+        services.answer_name(
+            claimed(2, b"cid", ClaimAnswer::Taken),
+            &cx(5).clock(),
+            &mut out,
+        );
+        assert_eq!(
+            out.sent_to(cid),
+            [render::ccm_error(Reason::NameTaken, "that name is in use")]
+        );
+        services.on_data(
+            ProtocolKind::Ccm,
+            cid,
+            &mut identify("cid2"),
+            &cx(6),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(cid).len(), 1, "waiting again");
+
+        // No answer by the deadline (the claim was made at 6 ms, the wait is the lease):
+        // refused as unconfirmed, and a late answer changes nothing.
+        services.on_timers(&cx(505).clock(), &mut out);
+        assert_eq!(out.sent_to(cid).len(), 1);
+        services.on_timers(&cx(506).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(cid).last(),
+            crate::hub::claims::unconfirmed_answer(crate::hub::NamedProtocol::Ccm).as_ref()
+        );
+        services.answer_name(
+            claimed(3, b"cid2", ClaimAnswer::Granted),
+            &cx(507).clock(),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(cid).len(), 2);
+        assert_eq!(services.hub().holder(b"cid2"), None);
+
+        // BIN24: the first frame waits with the login; refused, the connection is closed.
+        let bob = ConnId::new(3, 4);
+        services.on_accept(ProtocolKind::Bin24, bob, &cx(600), &mut out);
+        let bob_name = match bin24::Name::new(b"bob") {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let Some(message) = bin24::encode(bin24::TYPE_MESSAGE, 7, bob_name, bob_name, b"me") else {
+            panic!("a valid frame");
+        };
+        let mut input = BytesMut::from(&message[..]);
+        services.on_data(ProtocolKind::Bin24, bob, &mut input, &cx(600), &mut out);
+        assert!(out.sent_to(bob).is_empty() && input.is_empty());
+        // Granted: the held frame is handled as the first one (a message to oneself comes
+        // back).
+        services.answer_name(
+            claimed(4, b"bob", ClaimAnswer::Granted),
+            &cx(601).clock(),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(bob).len(), 1, "the held frame was delivered");
+        assert_eq!(out.resumed.last(), Some(&bob));
+        let ben = ConnId::new(4, 5);
+        services.on_accept(ProtocolKind::Bin24, ben, &cx(602), &mut out);
+        let ben_name = match bin24::Name::new(b"ben") {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let Some(login) = bin24::encode(bin24::TYPE_ANSWER, 0, ben_name, ben_name, b"200") else {
+            panic!("a valid frame");
+        };
+        let mut input = BytesMut::from(&login[..]);
+        services.on_data(ProtocolKind::Bin24, ben, &mut input, &cx(602), &mut out);
+        assert!(!out.closed.iter().any(|(id, _, _)| *id == ben));
+        services.answer_name(
+            claimed(5, b"ben", ClaimAnswer::Taken),
+            &cx(603).clock(),
+            &mut out,
+        );
+        assert!(out
+            .closed
+            .contains(&(ben, CloseReason::ProtocolError, CloseMode::Now)));
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// MATOU private links with a user of another node, without Redis: the request is
+    /// located (answers fabricated), each step from the other node is handed over as the
+    /// cluster would, and every answer is MATOU's own.
+    #[test]
+    fn matou_private_links_with_users_of_other_nodes_follow_the_brokers_three_steps() {
+        use crate::hub::{ClaimAnswer, PrivateLink, PrivateStep};
+        use crate::protocol::matou::codec::{self as matou, ErrorCode};
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-private",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut services = clustered(&dir);
+        let mut out = RecordingOutbox::default();
+        let mia = ConnId::new(0, 1);
+        services.on_accept(ProtocolKind::Matou, mia, &cx(0), &mut out);
+        let mut login = BytesMut::from(&matou::connect_request(b"mia")[..]);
+        services.on_data(ProtocolKind::Matou, mia, &mut login, &cx(0), &mut out);
+        services.answer_name(
+            claimed(1, b"mia", ClaimAnswer::Granted),
+            &cx(0).clock(),
+            &mut out,
+        );
+        out.clear();
+        let step =
+            |step, src: &'static [u8], dst: &'static [u8], from: &'static [u8]| PrivateLink {
+                to_node: Bytes::from_static(b"unit"),
+                to_incarnation: 0,
+                from_node: Bytes::from_static(from),
+                from_incarnation: 9,
+                step,
+                src: Bytes::from_static(src),
+                dst: Bytes::from_static(dst),
+                address: Bytes::from_static(&[10, 0, 0, 2]),
+                message_port: 5000,
+                file_port: 5001,
+            };
+        let send = |services: &mut Services, out: &mut RecordingOutbox, packet: Bytes| {
+            let mut input = BytesMut::from(&packet[..]);
+            services.on_data(ProtocolKind::Matou, mia, &mut input, &cx(1), out);
+        };
+
+        // mia asks for max, whom no user here holds: located, then sent to node-b.
+        send(&mut services, &mut out, matou::private_request(b"max"));
+        assert!(out.sent_to(mia).is_empty());
+        let located = NameAnswer::Located {
+            token: 2,
+            holder: Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Matou)),
+        };
+        services.answer_name(located, &cx(2).clock(), &mut out);
+        assert!(out.sent_to(mia).is_empty());
+        // An acceptance from another node than max's is not max's.
+        services.private_from_node(
+            step(PrivateStep::Accept, b"mia", b"max", b"node-c"),
+            &cx(3).clock(),
+            &mut out,
+        );
+        assert!(out.sent_to(mia).is_empty());
+        services.private_from_node(
+            step(PrivateStep::Accept, b"mia", b"max", b"node-b"),
+            &cx(3).clock(),
+            &mut out,
+        );
+        assert_eq!(
+            out.sent_to(mia),
+            [matou::private_dst_address(b"max", &[10, 0, 0, 2])]
+        );
+        // mia's ports go to max's node; once only.
+        send(
+            &mut services,
+            &mut out,
+            matou::private_src_ports(b"max", 1, 2),
+        );
+        assert_eq!(out.sent_to(mia).len(), 1);
+        send(
+            &mut services,
+            &mut out,
+            matou::private_src_ports(b"max", 1, 2),
+        );
+        assert_eq!(
+            out.sent_to(mia).last().map(|packet| packet[..8].to_vec()),
+            Some(matou::error(ErrorCode::LinkNotAccepted, b"")[..8].to_vec())
+        );
+
+        // zed, on node-b, asks mia: notified; mia accepts; zed's ports reach mia, once.
+        out.clear();
+        services.private_from_node(
+            step(PrivateStep::Request, b"zed", b"mia", b"node-b"),
+            &cx(4).clock(),
+            &mut out,
+        );
+        assert_eq!(out.sent_to(mia), [matou::private_request_notify(b"zed")]);
+        send(&mut services, &mut out, matou::private_accept(b"zed"));
+        assert_eq!(out.sent_to(mia).len(), 1, "the acceptance went to node-b");
+        let ports = step(PrivateStep::SrcPorts, b"zed", b"mia", b"node-b");
+        services.private_from_node(ports.clone(), &cx(5).clock(), &mut out);
+        services.private_from_node(ports, &cx(5).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(mia)[1..],
+            [matou::private_src_address(
+                b"zed",
+                &[10, 0, 0, 2],
+                5000,
+                5001
+            )]
+        );
+
+        // Nobody holds "ned": ERROR 4 once located, and the request no longer counts.
+        out.clear();
+        send(&mut services, &mut out, matou::private_request(b"ned"));
+        let nowhere = NameAnswer::Located {
+            token: 3,
+            holder: None,
+        };
+        services.answer_name(nowhere, &cx(6).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(mia).last().map(|packet| packet[..8].to_vec()),
+            Some(matou::error(ErrorCode::UnknownUser, b"")[..8].to_vec())
         );
         assert!(services.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);

@@ -17,7 +17,14 @@ use std::net::SocketAddr;
 use super::{
     CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox, ProtocolKind,
 };
-use crate::hub::{Crossing, Endpoint, Hub, HubEvent, HubOut, LobbyMessage, Priced};
+use crate::hub::{
+    Claim, ClaimDecided, Crossing, Endpoint, Hub, HubEvent, HubOut, LobbyMessage, NamedProtocol,
+    Priced, PrivateLink,
+};
+
+/// The most input a connection may send while its name claim waits for the cluster (its
+/// service reads none of it until the claim is decided); past it, the connection is closed.
+pub const HELD_INPUT_BYTES_MAX: usize = 64 * 1024;
 
 /// Something the hub decided that another service than the caller's must carry out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +43,18 @@ pub enum HubOutcome {
         message_id: u32,
         frame: Frame,
     },
+    /// A name claim that waited for the cluster is decided: the claiming connection's
+    /// service signs it in or refuses it, and reads its held input again.
+    NameClaim(ClaimDecided),
+    /// MATOU: a private request of `from` to `dst`, a name no MATOU user of this node holds,
+    /// was located: on the node named (whose request was published), or nowhere.
+    MatouLocated {
+        from: ConnId,
+        dst: Bytes,
+        at: Option<(Bytes, u64)>,
+    },
+    /// MATOU: a step of a private link from another node, for a user of this one.
+    MatouRemote(Box<PrivateLink>),
 }
 
 impl HubOutcome {
@@ -45,6 +64,8 @@ impl HubOutcome {
             HubOutcome::Bin24Forward { .. }
             | HubOutcome::Bin24Answer { .. }
             | HubOutcome::Bin24Store { .. } => ProtocolKind::Bin24,
+            HubOutcome::NameClaim(decided) => decided.protocol.protocol(),
+            HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
         }
     }
 }
@@ -65,6 +86,14 @@ pub struct HubQueue {
 impl HubQueue {
     pub fn is_empty(&self) -> bool {
         self.deliveries.is_empty() && self.outcomes.is_empty() && self.events.is_empty()
+    }
+
+    /// Publish `event` to the other nodes (a step of a MATOU private link, addressed to the
+    /// node that holds its peer); nothing for a node alone.
+    pub fn publish(&mut self, event: HubEvent) {
+        if self.collect_events {
+            self.events.push(event);
+        }
     }
 
     /// Hand `outcome` to the service it belongs to, once the current call returns.
@@ -107,6 +136,11 @@ pub struct HubLink<'a> {
 }
 
 impl HubLink<'_> {
+    /// [`Hub::claim_name_at`] at the time of the call.
+    pub fn claim_name(&mut self, protocol: NamedProtocol, conn: ConnId, name: &[u8]) -> Claim {
+        self.hub.claim_name_at(protocol, conn, name, self.now_ms)
+    }
+
     /// Say `message` to the lobby for `source`, the one place every lobby message crosses:
     /// the crossing is priced and `charge`d to the sender's budget in its own protocol
     /// (CCM bytes, OCM sends; ROOM and MATOU have no per-sender budget and pass `|_| true`),
@@ -204,6 +238,10 @@ impl<O: Outbox> Outbox for Switched<'_, O> {
 
     fn mark_identified(&mut self, id: ConnId) {
         self.out.mark_identified(id);
+    }
+
+    fn resume_input(&mut self, id: ConnId) {
+        self.out.resume_input(id);
     }
 
     fn hub(&mut self) -> Option<HubLink<'_>> {

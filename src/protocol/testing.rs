@@ -18,6 +18,8 @@ pub struct RecordingOutbox {
     pub frames_in: u64,
     /// Every `mark_identified`, in order.
     pub identified: Vec<ConnId>,
+    /// Every `resume_input`, in order.
+    pub resumed: Vec<ConnId>,
 }
 
 impl RecordingOutbox {
@@ -62,6 +64,10 @@ impl Outbox for RecordingOutbox {
 
     fn mark_identified(&mut self, id: ConnId) {
         self.identified.push(id);
+    }
+
+    fn resume_input(&mut self, id: ConnId) {
+        self.resumed.push(id);
     }
 }
 

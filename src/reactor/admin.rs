@@ -507,6 +507,7 @@ impl Server {
             store: self.services.store_metrics(),
             switchboard: self.services.switchboard_metrics(),
             cluster: self.services.cluster().map(|cluster| cluster.metrics()),
+            names: self.services.name_metrics(),
             loop_turns: &self.loop_turns,
             connections_max: self.config.connections_max as u64,
             admin: self.admin.as_ref().map(Admin::metrics).unwrap_or_default(),

@@ -377,6 +377,9 @@ pub(crate) struct ConnTable<K = ProtocolKind> {
     pub(crate) out_bytes_total: usize,
     /// Notes of `send_notify` that are due: (connection, its protocol, note, acknowledged).
     pub(crate) notes_due: Vec<(ConnId, K, u64, bool)>,
+    /// Connections whose service reads again the input it left while it waited
+    /// ([`Outbox::resume_input`]).
+    pub(crate) resumed: Vec<ConnId>,
     /// Connections whose written notes wait for the peer's acknowledgement.
     ack_watch: Vec<ConnId>,
     slow_consumer_log: super::LimitLog,
@@ -396,6 +399,7 @@ impl<K: ConnKind> ConnTable<K> {
             now_ms: 0,
             out_bytes_total: 0,
             notes_due: Vec::new(),
+            resumed: Vec::new(),
             ack_watch: Vec::new(),
             slow_consumer_log: super::LimitLog::default(),
         }
@@ -755,6 +759,12 @@ impl<K: ConnKind> Outbox for ConnTable<K> {
     fn mark_identified(&mut self, id: ConnId) {
         if let Some(conn) = self.get_mut(id) {
             conn.identified = true;
+        }
+    }
+
+    fn resume_input(&mut self, id: ConnId) {
+        if self.get_mut(id).is_some() {
+            self.resumed.push(id);
         }
     }
 }

@@ -537,6 +537,7 @@ impl Server {
                     .is_none_or(|store| store.pending_requests == 0);
             self.on_wake();
             self.fire_timers();
+            self.resume_input();
             self.flush_hub_datagrams();
             self.heap_trim.observe(self.held_bytes());
             self.flush_and_close();
@@ -609,6 +610,26 @@ impl Server {
             if let Some(conn) = self.table.get_mut(id) {
                 conn.input_paused = false;
                 self.table.mark_ready(id.slot as usize);
+            }
+        }
+    }
+
+    /// Hand the services that read again (a name claim decided) the input they left: what
+    /// arrived meanwhile, and the end of its burst if the socket has nothing more.
+    fn resume_input(&mut self) {
+        while !self.table.resumed.is_empty() {
+            for id in std::mem::take(&mut self.table.resumed) {
+                let Some(conn) = self.table.get_mut(id) else {
+                    continue;
+                };
+                if conn.read_buf.is_empty() || !conn.accepts_input() {
+                    continue;
+                }
+                let drained = !conn.read_ready;
+                self.deliver_input(id);
+                if drained {
+                    self.end_burst(id);
+                }
             }
         }
     }

@@ -11,9 +11,11 @@ use log::{debug, warn};
 use super::codec::{self, Frame, Name};
 use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
-use crate::hub::{Bin24Direct, Claim, NamedProtocol, Written};
+use crate::hub::{Bin24Direct, Claim, Decision, NamedProtocol, Written};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, HubOutcome, Outbox, ProtocolKind};
+use crate::protocol::{
+    CloseMode, CloseReason, HubOutcome, Outbox, ProtocolKind, HELD_INPUT_BYTES_MAX,
+};
 use crate::store::{StoreEvent, StoreRequest};
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -114,6 +116,15 @@ struct Sent {
     acked_at_ms: Option<u64>,
 }
 
+/// What became of a login.
+enum Login {
+    Done,
+    /// Refused, and the connection closed.
+    Refused,
+    /// In a cluster: waiting for the other nodes.
+    Pending,
+}
+
 #[derive(Debug)]
 struct Bin24Conn {
     peer_ip: IpAddr,
@@ -140,6 +151,9 @@ struct Bin24Conn {
     waiting_for_budget: bool,
     /// What this user's messages may make others receive; set at login.
     sending: Option<SenderBudget<Name>>,
+    /// In a cluster: the first frame, whose SRC is asked of the other nodes. It is handled
+    /// once the name is granted; input is left unread until then.
+    claiming: Option<Frame>,
 }
 
 impl Bin24Conn {
@@ -159,6 +173,7 @@ impl Bin24Conn {
             loading: false,
             waiting_for_budget: false,
             sending: None,
+            claiming: None,
         }
     }
 }
@@ -304,8 +319,18 @@ impl Bin24Service {
         store: &mut S,
     ) {
         loop {
-            if self.conns.get(id).is_none() {
+            let Some(conn) = self.conns.get(id) else {
                 input.clear();
+                return;
+            };
+            if conn.claiming.is_some() {
+                if input.len() > HELD_INPUT_BYTES_MAX {
+                    debug!(
+                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent before its login was decided"
+                    );
+                    self.reject(id, out);
+                    input.clear();
+                }
                 return;
             }
             let frame = match codec::decode(input) {
@@ -357,13 +382,61 @@ impl Bin24Service {
                 self.reject(id, out);
                 return false;
             }
-            None => {
-                if !self.login(id, src, out, store) {
-                    return false;
+            None => match self.login(id, src, out, store) {
+                Login::Refused => return false,
+                Login::Done => true,
+                Login::Pending => {
+                    if let Some(conn) = self.conns.get_mut(id) {
+                        conn.claiming = Some(frame);
+                    }
+                    return true;
                 }
-                true
-            }
+            },
         };
+        self.after_login(id, frame, first_frame, now_ms, out, store);
+        true
+    }
+
+    /// The cluster decided the login of `id` (its first frame waited): on a grant, the login
+    /// and that frame are carried out as on a node alone; on a refusal it is closed, BIN24's
+    /// only refusal. Then its held input is read.
+    fn on_claim_decided<O: Outbox, S: StoreSink>(
+        &mut self,
+        id: ConnId,
+        decision: Decision,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let Some(frame) = self.conns.get_mut(id).and_then(|conn| conn.claiming.take()) else {
+            return;
+        };
+        match decision {
+            Decision::Granted => {
+                self.logged_in(id, frame.src(), out, store);
+                self.after_login(id, frame, true, now_ms, out, store);
+                out.resume_input(id);
+            }
+            Decision::Refused { .. } => {
+                debug!("{id}: login as {} refused by the cluster", frame.src());
+                self.custody.logins_refused += 1;
+                self.reject(id, out);
+            }
+        }
+    }
+
+    /// A frame of a logged-in connection; after its first, the stored frames follow.
+    fn after_login<O: Outbox, S: StoreSink>(
+        &mut self,
+        id: ConnId,
+        frame: Frame,
+        first_frame: bool,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let src = frame.src();
+        let frame_type = frame.frame_type();
         match frame_type {
             codec::TYPE_MESSAGE => self.on_message(id, frame, now_ms, out, store),
             _ => self.on_answer(id, src, frame, out, store),
@@ -375,7 +448,6 @@ impl Bin24Service {
             }
             self.pump_backlog(id, out, store);
         }
-        true
     }
 
     /// `src` claims connection `id`. Refused (closed, as BIN24 has no refusal frame) when a
@@ -387,9 +459,9 @@ impl Bin24Service {
         src: Name,
         out: &mut O,
         store: &mut S,
-    ) -> bool {
+    ) -> Login {
         let Some(peer_ip) = self.conns.get(id).map(|conn| conn.peer_ip) else {
-            return false;
+            return Login::Refused;
         };
         let listed = self
             .config
@@ -409,20 +481,36 @@ impl Bin24Service {
             );
             self.custody.logins_refused += 1;
             self.reject(id, out);
-            return false;
+            return Login::Refused;
         }
         // Switchboard rule 1: a name held in CCM or MATOU is refused, BIN24's only way (it
-        // has no refusal frame). A BIN24 holder is BIN24's own rule above.
-        let claim = out.hub().map(|link| {
-            link.hub
-                .claim_name(NamedProtocol::Bin24, id, src.as_bytes())
-        });
-        if let Some(Claim::Refused(_)) = claim {
-            debug!("{id}: login as {src} refused (the name is held in another protocol)");
-            self.custody.logins_refused += 1;
-            self.reject(id, out);
-            return false;
+        // has no refusal frame). A BIN24 holder is BIN24's own rule above. In a cluster the
+        // other nodes are asked first: the answer comes to `on_hub`.
+        let claim = out
+            .hub()
+            .map(|mut link| link.claim_name(NamedProtocol::Bin24, id, src.as_bytes()));
+        match claim {
+            Some(Claim::Pending) => return Login::Pending,
+            Some(Claim::Refused(_) | Claim::Unconfirmed) => {
+                debug!("{id}: login as {src} refused (the name is held in another protocol, or unconfirmed)");
+                self.custody.logins_refused += 1;
+                self.reject(id, out);
+                return Login::Refused;
+            }
+            Some(Claim::Granted) | None => {}
         }
+        self.logged_in(id, src, out, store);
+        Login::Done
+    }
+
+    /// `src` is `id`'s now; an older BIN24 connection of `src` gives way.
+    fn logged_in<O: Outbox, S: StoreSink>(
+        &mut self,
+        id: ConnId,
+        src: Name,
+        out: &mut O,
+        store: &mut S,
+    ) {
         if let Some(conn) = self.conns.get_mut(id) {
             conn.user = Some(src);
         }
@@ -434,7 +522,6 @@ impl Bin24Service {
             self.users.insert(src, id);
             out.close(older, CloseReason::Replaced, CloseMode::Now);
         }
-        true
     }
 
     fn on_message<O: Outbox, S: StoreSink>(
@@ -1124,6 +1211,11 @@ impl Bin24Service {
                 message_id,
                 frame,
             } => self.store_for(recipient, sender, message_id, &frame, store),
+            HubOutcome::NameClaim(decided) => {
+                self.on_claim_decided(decided.conn, decided.decision, now_ms, out, store)
+            }
+            // MATOU's.
+            HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => {}
         }
     }
 

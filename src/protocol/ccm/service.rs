@@ -9,11 +9,13 @@ use log::debug;
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
 use crate::hub::{
-    CcmDirect, Claim, Endpoint, LobbyMessage, NamedProtocol, User, Written, WrittenNote,
+    Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User, Written,
+    WrittenNote,
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
     Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
+    HELD_INPUT_BYTES_MAX,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -90,6 +92,11 @@ enum Phase {
     Detecting,
     /// CCM, not yet identified: the next message names the user.
     Unidentified,
+    /// In a cluster: `name` is asked of the other nodes. Input is left unread until the
+    /// answer, so what follows the identification is handled after it, in order.
+    Claiming {
+        name: Bytes,
+    },
     Identified {
         name: Bytes,
         token: Bytes,
@@ -176,6 +183,18 @@ impl CcmService {
                 input.clear();
                 return;
             };
+            if let Phase::Claiming { .. } = conn.phase {
+                if input.len() > HELD_INPUT_BYTES_MAX {
+                    self.fail(
+                        id,
+                        Reason::TooLarge,
+                        "too much sent before the identification was answered",
+                        out,
+                    );
+                    input.clear();
+                }
+                return;
+            }
             if let Phase::Detecting = conn.phase {
                 match codec::detect(input) {
                     Detection::NeedMore => return,
@@ -319,18 +338,58 @@ impl CcmService {
             return;
         }
         // Switchboard rule 1: a name held in BIN24 or MATOU is refused too, CCM's own way
-        // (the connection stays open for another try).
-        let refused =
-            out.hub().and_then(
-                |link| match link.hub.claim_name(NamedProtocol::Ccm, id, &name) {
-                    Claim::Granted => None,
-                    Claim::Refused(refusal) => refusal.answer(),
-                },
-            );
-        if let Some(answer) = refused {
-            out.send(id, answer);
+        // (the connection stays open for another try). In a cluster the other nodes are asked
+        // first: the answer comes to `on_hub`.
+        let claim = out
+            .hub()
+            .map(|mut link| link.claim_name(NamedProtocol::Ccm, id, &name));
+        if claim == Some(Claim::Pending) {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.phase = Phase::Claiming { name };
+            }
             return;
         }
+        if let Some(answer) = claim.and_then(|claim| claim.refusal(NamedProtocol::Ccm)) {
+            if let Some(answer) = answer {
+                out.send(id, answer);
+            }
+            return;
+        }
+        self.identified(id, name, now_ms, out);
+    }
+
+    /// The cluster decided `id`'s claim: identify it, or refuse the name CCM's way (the
+    /// connection stays open for another try); then its held input is read.
+    pub fn on_claim_decided<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        decision: Decision,
+        now_ms: u64,
+        out: &mut O,
+    ) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let name = match std::mem::replace(&mut conn.phase, Phase::Unidentified) {
+            Phase::Claiming { name } => name,
+            other => {
+                conn.phase = other;
+                return;
+            }
+        };
+        match decision {
+            Decision::Granted => self.identified(id, name, now_ms, out),
+            Decision::Refused { answer } => {
+                if let Some(answer) = answer {
+                    out.send(id, answer);
+                }
+            }
+        }
+        out.resume_input(id);
+    }
+
+    /// `name` is `id`'s now: its token, its keepalive, and the lobby.
+    fn identified<O: Outbox>(&mut self, id: ConnId, name: Bytes, now_ms: u64, out: &mut O) {
         let mut random = [0u8; 16];
         if !(self.tokens)(&mut random) {
             log::error!("{id}: no randomness for a token; closing the connection");
@@ -438,6 +497,39 @@ impl CcmService {
                         Some(CcmDirect::Refused { error }) => {
                             out.count_rejected();
                             out.send(from, error);
+                        }
+                        Some(CcmDirect::NotCrossing)
+                            if out.hub().is_some_and(|link| {
+                                link.hub.spans_nodes() && link.hub.holder(addressee).is_none()
+                            }) =>
+                        {
+                            // In a cluster another node may hold the name: charged as a
+                            // delivery, then located and sent there, or refused as unknown
+                            // once no node is found to hold it.
+                            if !self.admit(from, None, delivery_bytes, now_ms) {
+                                self.refuse_rate(from, out);
+                                return;
+                            }
+                            let addressed = Addressed {
+                                to_node: Bytes::new(),
+                                to_incarnation: 0,
+                                kind: Bytes::from_static(kind.as_str().as_bytes()),
+                                sender: sender.clone(),
+                                recipient: addressee.clone(),
+                                encoding: encoding.clone(),
+                                body: message.content.clone(),
+                            };
+                            let asked = out.hub().is_some_and(|link| {
+                                link.hub.address_remote(from, addressed, now_ms)
+                            });
+                            if !asked {
+                                self.answer_error(
+                                    from,
+                                    Reason::UnknownAddressee,
+                                    "no user has that name (the cluster cannot be asked now)",
+                                    out,
+                                );
+                            }
                         }
                         Some(CcmDirect::NotCrossing) | None => self.answer_error(
                             from,
@@ -699,5 +791,11 @@ impl StreamService for CcmService {
 
     fn next_deadline_ms(&self) -> Option<u64> {
         self.next_deadline_ms()
+    }
+
+    fn on_hub<O: Outbox>(&mut self, outcome: HubOutcome, clock: &Clock, out: &mut O) {
+        if let HubOutcome::NameClaim(decided) = outcome {
+            self.on_claim_decided(decided.conn, decided.decision, clock.now_ms, out);
+        }
     }
 }

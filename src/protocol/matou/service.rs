@@ -12,9 +12,15 @@ use log::debug;
 
 use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
 use crate::chat::{ConnId, ConnMap, MemberList};
-use crate::hub::{Claim, Endpoint, LobbyMessage, NamedProtocol, User as HubUser};
+use crate::hub::{
+    Claim, Decision, Endpoint, HubEvent, LobbyMessage, NamedProtocol, PrivateLink, PrivateStep,
+    User as HubUser,
+};
 use crate::limits::{RateLimit, SenderBudget};
-use crate::protocol::{CloseMode, CloseReason, Context, Outbox, ProtocolKind, StreamService};
+use crate::protocol::{
+    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
+    HELD_INPUT_BYTES_MAX,
+};
 
 #[derive(Clone, Debug)]
 pub struct MatouConfig {
@@ -73,7 +79,28 @@ struct User {
     links_in: HashSet<ConnId>,
     /// This user's private requests: to anyone, and to each Dst.
     requests: SenderBudget<ConnId>,
+    /// In a cluster: links this user asked for to users of other nodes, by Dst's name
+    /// (counted in `pending_count` until accepted).
+    remote_out: HashMap<Bytes, RemoteLink>,
+    /// In a cluster: users of other nodes who asked this one for a link, by Src's name, with
+    /// Src's node and incarnation (where the answer goes).
+    remote_in: HashMap<Bytes, (Bytes, u64)>,
 }
+
+/// A link asked of a user on another node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RemoteLink {
+    /// The node holding Dst is being looked up.
+    Locating,
+    /// The request went to Dst's node; Dst has not accepted.
+    Pending { node: Bytes, incarnation: u64 },
+    /// Dst accepted; its node waits for Src's ports.
+    Accepted { node: Bytes, incarnation: u64 },
+}
+
+/// Requests from other nodes' users one user keeps at once; past it they are dropped (the
+/// requester's own node bounds its pending requests, but many requesters could add up).
+const REMOTE_REQUESTS_IN_MAX: usize = 256;
 
 fn per_second(rate_per_s: u64) -> RateLimit {
     RateLimit {
@@ -89,6 +116,9 @@ struct MatouConn {
     user: Option<User>,
     /// A close was asked for (sign-out or protocol error): further input is ignored.
     closing: bool,
+    /// In a cluster: the name asked for while the other nodes decide; input is left unread
+    /// until then, so what follows the request is handled after its answer, in order.
+    claiming: Option<Bytes>,
 }
 
 pub struct MatouService {
@@ -142,6 +172,7 @@ impl MatouService {
                 address,
                 user: None,
                 closing: false,
+                claiming: None,
             },
         );
     }
@@ -157,6 +188,15 @@ impl MatouService {
     ) {
         loop {
             match self.conns.get(id) {
+                Some(conn) if conn.claiming.is_some() => {
+                    if input.len() > HELD_INPUT_BYTES_MAX {
+                        debug!("{id}: over {HELD_INPUT_BYTES_MAX} bytes sent before its sign-in answer");
+                        out.count_rejected();
+                        self.close(id, CloseReason::ProtocolError, out);
+                        input.clear();
+                    }
+                    return;
+                }
                 Some(conn) if !conn.closing => {}
                 _ => {
                     input.clear();
@@ -243,19 +283,27 @@ impl MatouService {
             return;
         }
         // Switchboard rule 1: a name held in BIN24 or CCM is refused too, MATOU's own way.
-        let refused =
-            out.hub().and_then(
-                |link| match link.hub.claim_name(NamedProtocol::Matou, id, name) {
-                    Claim::Granted => None,
-                    Claim::Refused(refusal) => refusal.answer(),
-                },
-            );
-        if let Some(answer) = refused {
-            debug!("{id}: name refused (held in another protocol)");
-            out.count_rejected();
-            out.send(id, answer);
+        // In a cluster the other nodes are asked first: the answer comes to `on_hub`.
+        let claim = out
+            .hub()
+            .map(|mut link| link.claim_name(NamedProtocol::Matou, id, name));
+        if claim == Some(Claim::Pending) {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.claiming = Some(Bytes::copy_from_slice(name));
+            }
             return;
         }
+        if let Some(answer) = claim.and_then(|claim| claim.refusal(NamedProtocol::Matou)) {
+            debug!("{id}: name refused (held in another protocol, or unconfirmed)");
+            out.count_rejected();
+            out.send(id, answer.unwrap_or_else(|| codec::connect_response(false)));
+            return;
+        }
+        self.sign_in(id, name, now_ms, out);
+    }
+
+    /// `name` is `id`'s now: accepted, and announced to the others.
+    fn sign_in<O: Outbox>(&mut self, id: ConnId, name: &[u8], now_ms: u64, out: &mut O) {
         // A copy, so that a name held for the whole session does not pin the read buffer it
         // arrived in.
         let name = Bytes::copy_from_slice(name);
@@ -272,6 +320,8 @@ impl MatouService {
                     per_second(self.config.private_requests_per_s_max),
                     now_ms,
                 ),
+                remote_out: HashMap::new(),
+                remote_in: HashMap::new(),
             });
         }
         out.mark_identified(id);
@@ -328,7 +378,7 @@ impl MatouService {
         out: &mut O,
     ) {
         let Some(&dst) = self.users.get(dst_name) else {
-            self.refuse(id, ErrorCode::UnknownUser, "no user has that name", out);
+            self.private_request_remote(id, dst_name, now_ms, out);
             return;
         };
         if dst == id {
@@ -376,8 +426,192 @@ impl MatouService {
         out.send(dst, notify);
     }
 
+    /// In a cluster, Dst may be a MATOU user of another node: the request goes there once
+    /// located (the answer comes to `on_hub`); otherwise no user has that name.
+    fn private_request_remote<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        dst_name: &[u8],
+        now_ms: u64,
+        out: &mut O,
+    ) {
+        let may_be_remote = out
+            .hub()
+            .is_some_and(|link| link.hub.spans_nodes() && link.hub.holder(dst_name).is_none());
+        if !may_be_remote {
+            self.refuse(id, ErrorCode::UnknownUser, "no user has that name", out);
+            return;
+        }
+        let pending_max = self.config.pending_requests_per_user_max;
+        let sender_limit = per_second(self.config.private_requests_per_s_max);
+        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
+        let Some(src) = self.user_mut(id) else {
+            return;
+        };
+        // The pair limit is kept per local Dst; a remote Dst is charged to the sender's total.
+        if !src
+            .requests
+            .admit(None, 1, sender_limit, pair_limit, now_ms)
+        {
+            out.count_rejected();
+            out.send(id, self.too_many_requests.clone());
+            return;
+        }
+        let dst = Bytes::copy_from_slice(dst_name);
+        let request = PrivateLink {
+            to_node: Bytes::new(),
+            to_incarnation: 0,
+            from_node: Bytes::new(),
+            from_incarnation: 0,
+            step: PrivateStep::Request,
+            src: src.name.clone(),
+            dst: dst.clone(),
+            address: Bytes::new(),
+            message_port: 0,
+            file_port: 0,
+        };
+        match src.remote_out.get(&dst).cloned() {
+            // Asking again while pending only repeats the notification.
+            Some(RemoteLink::Pending { node, incarnation }) => {
+                if let Some(link) = out.hub() {
+                    link.queue.publish(HubEvent::Private(Box::new(PrivateLink {
+                        to_node: node,
+                        to_incarnation: incarnation,
+                        ..request
+                    })));
+                }
+                return;
+            }
+            Some(RemoteLink::Locating) => return,
+            Some(RemoteLink::Accepted { .. }) | None => {}
+        }
+        if src.pending_count >= pending_max {
+            self.refuse(
+                id,
+                ErrorCode::TooManyPendingRequests,
+                "too many private requests are waiting for an answer",
+                out,
+            );
+            return;
+        }
+        let asked = out
+            .hub()
+            .is_some_and(|link| link.hub.address_private(id, request, now_ms));
+        if !asked {
+            self.refuse(id, ErrorCode::UnknownUser, "no user has that name", out);
+            return;
+        }
+        if let Some(src) = self.user_mut(id) {
+            src.remote_out.insert(dst, RemoteLink::Locating);
+            src.pending_count += 1;
+        }
+    }
+
+    /// A private request of `id` to `dst` was located: sent to the node named, or no MATOU
+    /// user has that name.
+    fn on_private_located<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        dst: Bytes,
+        at: Option<(Bytes, u64)>,
+        out: &mut O,
+    ) {
+        let Some(src) = self.user_mut(id) else {
+            return;
+        };
+        if src.remote_out.get(&dst) != Some(&RemoteLink::Locating) {
+            return;
+        }
+        match at {
+            Some((node, incarnation)) => {
+                src.remote_out
+                    .insert(dst, RemoteLink::Pending { node, incarnation });
+            }
+            None => {
+                src.remote_out.remove(&dst);
+                src.pending_count = src.pending_count.saturating_sub(1);
+                self.refuse(id, ErrorCode::UnknownUser, "no user has that name", out);
+            }
+        }
+    }
+
+    /// A step of a private link from another node's user, for a user of this node.
+    fn on_private_remote<O: Outbox>(&mut self, link: PrivateLink, out: &mut O) {
+        match link.step {
+            PrivateStep::Request => {
+                let Some(&dst) = self.users.get(&link.dst) else {
+                    return;
+                };
+                let Some(dst_user) = self.user_mut(dst) else {
+                    return;
+                };
+                if dst_user.remote_in.len() >= REMOTE_REQUESTS_IN_MAX
+                    && !dst_user.remote_in.contains_key(&link.src)
+                {
+                    debug!("{dst}: too many private requests from other nodes; one dropped");
+                    return;
+                }
+                dst_user
+                    .remote_in
+                    .insert(link.src.clone(), (link.from_node, link.from_incarnation));
+                out.send(dst, codec::private_request_notify(&link.src));
+            }
+            PrivateStep::Accept => {
+                let Some(&src) = self.users.get(&link.src) else {
+                    return;
+                };
+                let Some(src_user) = self.user_mut(src) else {
+                    return;
+                };
+                let pending = matches!(
+                    src_user.remote_out.get(&link.dst),
+                    Some(RemoteLink::Pending { node, incarnation })
+                        if *node == link.from_node && *incarnation == link.from_incarnation
+                );
+                if !pending {
+                    return;
+                }
+                src_user.remote_out.insert(
+                    link.dst.clone(),
+                    RemoteLink::Accepted {
+                        node: link.from_node,
+                        incarnation: link.from_incarnation,
+                    },
+                );
+                src_user.pending_count = src_user.pending_count.saturating_sub(1);
+                out.send(src, codec::private_dst_address(&link.dst, &link.address));
+            }
+            PrivateStep::SrcPorts => {
+                let Some(&dst) = self.users.get(&link.dst) else {
+                    return;
+                };
+                let Some(dst_user) = self.user_mut(dst) else {
+                    return;
+                };
+                let asked = dst_user.remote_in.get(&link.src)
+                    == Some(&(link.from_node.clone(), link.from_incarnation));
+                if !asked {
+                    return;
+                }
+                dst_user.remote_in.remove(&link.src);
+                out.send(
+                    dst,
+                    codec::private_src_address(
+                        &link.src,
+                        &link.address,
+                        link.message_port,
+                        link.file_port,
+                    ),
+                );
+            }
+        }
+    }
+
     /// Dst (`id`) accepts Src's request: Src gets Dst's address.
     fn private_accept<O: Outbox>(&mut self, id: ConnId, src_name: &[u8], out: &mut O) {
+        if !self.users.contains_key(src_name) && self.accept_remote(id, src_name, out) {
+            return;
+        }
         let src = self.users.get(src_name).copied();
         let link = src.and_then(|src| self.user_mut(src)).and_then(|src_user| {
             let link = src_user.links_out.get_mut(&id)?;
@@ -409,6 +643,77 @@ impl MatouService {
         );
     }
 
+    /// Dst (`id`) accepts a request from a user of another node: the acceptance, with Dst's
+    /// address, goes to Src's node. False when no such request is known.
+    fn accept_remote<O: Outbox>(&mut self, id: ConnId, src_name: &[u8], out: &mut O) -> bool {
+        let Some(conn) = self.conns.get(id) else {
+            return false;
+        };
+        let Some(dst_user) = &conn.user else {
+            return false;
+        };
+        let Some((node, incarnation)) = dst_user.remote_in.get(src_name).cloned() else {
+            return false;
+        };
+        let accept = PrivateLink {
+            to_node: node,
+            to_incarnation: incarnation,
+            from_node: Bytes::new(),
+            from_incarnation: 0,
+            step: PrivateStep::Accept,
+            src: Bytes::copy_from_slice(src_name),
+            dst: dst_user.name.clone(),
+            address: conn.address.clone(),
+            message_port: 0,
+            file_port: 0,
+        };
+        if let Some(link) = out.hub() {
+            link.queue.publish(HubEvent::Private(Box::new(accept)));
+        }
+        true
+    }
+
+    /// Src (`id`) gives its ports for a link with a user of another node who accepted: they
+    /// go to Dst's node. False when no such accepted link is known.
+    fn src_ports_remote<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        dst_name: &[u8],
+        message_port: i32,
+        file_port: i32,
+        out: &mut O,
+    ) -> bool {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        let address = conn.address.clone();
+        let Some(src_user) = conn.user.as_mut() else {
+            return false;
+        };
+        let Some(RemoteLink::Accepted { node, incarnation }) =
+            src_user.remote_out.get(dst_name).cloned()
+        else {
+            return false;
+        };
+        src_user.remote_out.remove(dst_name);
+        let ports = PrivateLink {
+            to_node: node,
+            to_incarnation: incarnation,
+            from_node: Bytes::new(),
+            from_incarnation: 0,
+            step: PrivateStep::SrcPorts,
+            src: src_user.name.clone(),
+            dst: Bytes::copy_from_slice(dst_name),
+            address,
+            message_port,
+            file_port,
+        };
+        if let Some(link) = out.hub() {
+            link.queue.publish(HubEvent::Private(Box::new(ports)));
+        }
+        true
+    }
+
     /// Src (`id`) gives the ports it listens on: Dst gets Src's address and ports, and the
     /// server's part in this link is over.
     fn private_src_ports<O: Outbox>(
@@ -422,6 +727,11 @@ impl MatouService {
         let port_range = 1..=i32::from(u16::MAX);
         if !port_range.contains(&message_port) || !port_range.contains(&file_port) {
             self.refuse(id, ErrorCode::BadPort, "a port outside 1..=65535", out);
+            return;
+        }
+        if !self.users.contains_key(dst_name)
+            && self.src_ports_remote(id, dst_name, message_port, file_port, out)
+        {
             return;
         }
         let dst = self.users.get(dst_name).copied();
@@ -517,6 +827,29 @@ impl MatouService {
         }
     }
 
+    /// The cluster decided `id`'s claim (switchboard rule 1 across nodes): sign it in, or
+    /// refuse the name as a name held elsewhere is refused; then its held input is read.
+    pub fn on_claim_decided<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        decision: Decision,
+        now_ms: u64,
+        out: &mut O,
+    ) {
+        let Some(name) = self.conns.get_mut(id).and_then(|conn| conn.claiming.take()) else {
+            return;
+        };
+        match decision {
+            Decision::Granted => self.sign_in(id, &name, now_ms, out),
+            Decision::Refused { answer } => {
+                debug!("{id}: name refused by the cluster");
+                out.count_rejected();
+                out.send(id, answer.unwrap_or_else(|| codec::connect_response(false)));
+            }
+        }
+        out.resume_input(id);
+    }
+
     /// One encoded frame to every accepted user: each gets a reference-counted clone.
     fn broadcast<O: Outbox>(&self, frame: Bytes, out: &mut O) {
         for &to in self.members.as_slice() {
@@ -565,5 +898,18 @@ impl StreamService for MatouService {
         out: &mut O,
     ) {
         self.on_handshake_timeout(id, timeout_ms, out);
+    }
+
+    fn on_hub<O: Outbox>(&mut self, outcome: HubOutcome, clock: &Clock, out: &mut O) {
+        match outcome {
+            HubOutcome::NameClaim(decided) => {
+                self.on_claim_decided(decided.conn, decided.decision, clock.now_ms, out)
+            }
+            HubOutcome::MatouLocated { from, dst, at } => {
+                self.on_private_located(from, dst, at, out)
+            }
+            HubOutcome::MatouRemote(link) => self.on_private_remote(*link, out),
+            _ => {}
+        }
     }
 }

@@ -1,0 +1,645 @@
+//! Names claimed across a cluster (issue 20): the hub's side, sans-io.
+//!
+//! A node alone decides a claim at once from its own table. In a cluster the name must also be
+//! free on every other node, which only Redis knows, and the reactor never waits for Redis:
+//! the hub reserves the name locally (a second local claim is refused at once), records the
+//! claim here with a deadline, and hands a [`NameOp`] to the cluster's names thread. The
+//! answer comes back through [`super::Hub::on_claim_answer`]; a claim not answered by its
+//! deadline is refused as unconfirmed ([`super::Hub::expire_claims`]). Either way the waiting
+//! connection's service is told through a [`ClaimDecided`].
+//!
+//! Operations reach the names thread in the order they were made, on one connection, so a
+//! release made while its claim is still on the way is carried out after the claim: a claim
+//! that lands after its connection closed (or after its deadline) is deleted again.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::render;
+use super::{Addressed, HubEvent, NamedProtocol, PrivateLink};
+use crate::chat::ConnId;
+use crate::protocol::ccm::Reason;
+use crate::protocol::matou::codec as matou;
+
+/// How claims wait for the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimConfig {
+    /// The longest a claim waits for Redis's answer before it is refused as unconfirmed.
+    pub wait_ms: u64,
+    /// Claims waiting at once, on this node; one more is refused as unconfirmed at once.
+    pub pending_max: usize,
+}
+
+/// What the hub asks of the cluster's names thread, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameOp {
+    /// Take `name` for this node unless another node holds it; answer with `token`.
+    Claim {
+        token: u64,
+        name: Bytes,
+        /// The claimant's protocol, kept with the name: another node addressing it needs it.
+        protocol: NamedProtocol,
+    },
+    /// This node no longer holds `name` (delete its key if it is still this node's).
+    Release { name: Bytes },
+    /// Which other node holds `name`? Answer with `token`.
+    Locate { token: u64, name: Bytes },
+}
+
+/// The node holding a name, as its key says: node name, incarnation, the holder's protocol.
+pub type Holder = (Bytes, u64, NamedProtocol);
+
+/// What becomes of a message to a name held on another node, once located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Located {
+    /// Publish this event: the node holding the name delivers it.
+    Send(HubEvent),
+    /// No other node holds the name (or the cluster could not say in time): the sender,
+    /// `from`, is told CCM's `unknown-addressee`.
+    Unknown { from: ConnId, recipient: Bytes },
+    /// A MATOU private request of `from`: `found` says whether a MATOU user of another node
+    /// holds Dst; if so `link` (addressed to that node) is to be published. MATOU's service
+    /// is told either way.
+    Private {
+        from: ConnId,
+        link: Box<PrivateLink>,
+        found: bool,
+    },
+}
+
+/// What waits for a name to be located.
+#[derive(Debug)]
+enum Locating {
+    Ccm(Addressed),
+    Private(PrivateLink),
+}
+
+/// Redis's answer to a [`NameOp::Claim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimAnswer {
+    /// The name is this node's now.
+    Granted,
+    /// Another node holds it.
+    Taken,
+    /// Redis could not be asked (the link is down or did not answer in time).
+    Unavailable,
+}
+
+/// What a waiting connection's service is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Granted,
+    /// Refused: send `answer` (the contract's refusal in the newcomer's own way) and keep the
+    /// connection open for another try; `None` for BIN24, which has no refusal frame: close.
+    Refused {
+        answer: Option<Bytes>,
+    },
+}
+
+/// A claim that waited for the cluster, decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimDecided {
+    pub protocol: NamedProtocol,
+    pub conn: ConnId,
+    pub decision: Decision,
+}
+
+/// Why a claim was refused without the name being held anywhere known: the cluster could not
+/// confirm it (Redis unreachable, no answer in time, or too many claims waiting).
+pub fn unconfirmed_answer(newcomer: NamedProtocol) -> Option<Bytes> {
+    match newcomer {
+        // CCM's only refusal of a name; the sentence says it is worth another try.
+        NamedProtocol::Ccm => Some(render::ccm_error(
+            Reason::NameTaken,
+            "the cluster could not confirm that name now; try again",
+        )),
+        NamedProtocol::Matou => Some(matou::connect_response(false)),
+        NamedProtocol::Bin24 => None,
+    }
+}
+
+/// Counters, for the admin port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimCounts {
+    /// Claims sent to the cluster.
+    pub asked: u64,
+    pub granted: u64,
+    /// Refused because another node holds the name.
+    pub taken: u64,
+    /// Refused because the cluster could not confirm them (down, late, or too many waiting).
+    pub unconfirmed: u64,
+    /// Names this node held that another node holds now (after an outage): their holders
+    /// were closed.
+    pub lost: u64,
+}
+
+/// The claims waiting for the cluster, and what is to be sent to it.
+#[derive(Debug)]
+pub(super) struct Claims {
+    pub(super) config: ClaimConfig,
+    /// (deadline, token, name) in the order made: deadlines grow with it, so the front is the
+    /// earliest. Entries whose claim was decided (or whose connection left) stay until their
+    /// deadline passes and are skipped then; `waiting` counts the live ones.
+    deadlines: VecDeque<(u64, u64, Bytes)>,
+    pub(super) waiting: usize,
+    next_token: u64,
+    pub(super) ops: Vec<NameOp>,
+    pub(super) counts: ClaimCounts,
+    /// Messages waiting to learn which node holds their addressee, by token, and their
+    /// deadlines in the order asked.
+    locating: HashMap<u64, (ConnId, Locating)>,
+    locate_deadlines: VecDeque<(u64, u64)>,
+}
+
+impl Claims {
+    pub(super) fn new(config: ClaimConfig) -> Self {
+        Claims {
+            config,
+            deadlines: VecDeque::new(),
+            waiting: 0,
+            next_token: 1,
+            ops: Vec::new(),
+            counts: ClaimCounts::default(),
+            locating: HashMap::new(),
+            locate_deadlines: VecDeque::new(),
+        }
+    }
+
+    /// Ask which node holds `message.recipient`, for `from`'s message; false when too many
+    /// messages wait already.
+    pub(super) fn locate(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
+        let name = message.recipient.clone();
+        self.locate_any(from, name, Locating::Ccm(message), now_ms)
+    }
+
+    /// Ask which node holds `link.dst`, for `from`'s private request.
+    pub(super) fn locate_private(&mut self, from: ConnId, link: PrivateLink, now_ms: u64) -> bool {
+        let name = link.dst.clone();
+        self.locate_any(from, name, Locating::Private(link), now_ms)
+    }
+
+    fn locate_any(&mut self, from: ConnId, name: Bytes, what: Locating, now_ms: u64) -> bool {
+        if self.locating.len() >= self.config.pending_max {
+            return false;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.ops.push(NameOp::Locate { token, name });
+        self.locating.insert(token, (from, what));
+        self.locate_deadlines
+            .push_back((now_ms.saturating_add(self.config.wait_ms), token));
+        true
+    }
+
+    /// The answer for `token`: the holder's node, incarnation and protocol, or nobody. Only
+    /// a CCM holder is sent to: CCM's messages do not cross to MATOU (as on one node), nor,
+    /// yet, to a BIN24 user on another node.
+    pub(super) fn located(&mut self, token: u64, holder: Option<Holder>) -> Option<Located> {
+        let (from, what) = self.locating.remove(&token)?;
+        Some(match (what, holder) {
+            (Locating::Ccm(mut message), Some((node, incarnation, NamedProtocol::Ccm))) => {
+                message.to_node = node;
+                message.to_incarnation = incarnation;
+                Located::Send(HubEvent::Addressed(Box::new(message)))
+            }
+            (Locating::Ccm(message), _) => Located::Unknown {
+                from,
+                recipient: message.recipient,
+            },
+            // Private links need two MATOU users, as on one node.
+            (Locating::Private(mut link), Some((node, incarnation, NamedProtocol::Matou))) => {
+                link.to_node = node;
+                link.to_incarnation = incarnation;
+                Located::Private {
+                    from,
+                    link: Box::new(link),
+                    found: true,
+                }
+            }
+            (Locating::Private(link), _) => Located::Private {
+                from,
+                link: Box::new(link),
+                found: false,
+            },
+        })
+    }
+
+    /// Messages not located by `now_ms`: their senders are told the addressee is unknown.
+    pub(super) fn expire_locates(&mut self, now_ms: u64) -> Vec<Located> {
+        let mut expired = Vec::new();
+        while let Some(&(deadline, token)) = self.locate_deadlines.front() {
+            if deadline > now_ms {
+                break;
+            }
+            self.locate_deadlines.pop_front();
+            expired.extend(self.located(token, None));
+        }
+        expired
+    }
+
+    pub(super) fn next_locate_deadline_ms(&self) -> Option<u64> {
+        self.locate_deadlines.front().map(|&(deadline, _)| deadline)
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.waiting >= self.config.pending_max
+    }
+
+    /// Record a claim of `name` made at `now_ms` and queue it for the cluster; its token.
+    pub(super) fn ask(&mut self, name: Bytes, protocol: NamedProtocol, now_ms: u64) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.waiting += 1;
+        self.counts.asked += 1;
+        self.deadlines.push_back((
+            now_ms.saturating_add(self.config.wait_ms),
+            token,
+            name.clone(),
+        ));
+        self.ops.push(NameOp::Claim {
+            token,
+            name,
+            protocol,
+        });
+        token
+    }
+
+    /// The earliest deadline still recorded (maybe of a decided claim: looking then costs a
+    /// pop).
+    pub(super) fn next_deadline_ms(&self) -> Option<u64> {
+        self.deadlines.front().map(|&(deadline, _, _)| deadline)
+    }
+
+    /// The next claim whose deadline is due by `now_ms`: (token, name).
+    pub(super) fn pop_due(&mut self, now_ms: u64) -> Option<(u64, Bytes)> {
+        match self.deadlines.front() {
+            Some(&(deadline, _, _)) if deadline <= now_ms => self
+                .deadlines
+                .pop_front()
+                .map(|(_, token, name)| (token, name)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Claim, Hub, HubConfig, Refusal};
+    use super::*;
+    use crate::protocol::ccm::codec as ccm;
+
+    const WAIT_MS: u64 = 100;
+
+    fn conn(slot: u32) -> ConnId {
+        ConnId::new(slot, 1)
+    }
+
+    fn clustered(pending_max: usize) -> Hub {
+        Hub::new(HubConfig {
+            clustered: true,
+            name_claims: Some(ClaimConfig {
+                wait_ms: WAIT_MS,
+                pending_max,
+            }),
+            ..HubConfig::default()
+        })
+    }
+
+    fn claim(token: u64, name: &'static [u8], protocol: NamedProtocol) -> NameOp {
+        NameOp::Claim {
+            token,
+            name: Bytes::from_static(name),
+            protocol,
+        }
+    }
+
+    fn release(name: &'static [u8]) -> NameOp {
+        NameOp::Release {
+            name: Bytes::from_static(name),
+        }
+    }
+
+    #[test]
+    fn a_claim_waits_for_the_cluster_and_reserves_the_name_locally_meanwhile() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.take_name_ops(),
+            [claim(1, b"mia", NamedProtocol::Matou)]
+        );
+        // Asked again by the same connection: still waiting, nothing sent twice.
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 5),
+            Claim::Pending
+        );
+        assert!(!hub.has_name_ops());
+        // Reserved: another local claim, in any protocol, is refused at once, the way a held
+        // name is, even BIN24's (a claim in doubt is not a holder BIN24 may replace).
+        for (slot, protocol) in [
+            (2, NamedProtocol::Ccm),
+            (3, NamedProtocol::Matou),
+            (4, NamedProtocol::Bin24),
+        ] {
+            assert_eq!(
+                hub.claim_name_at(protocol, conn(slot), b"mia", 10),
+                Claim::Refused(Refusal {
+                    newcomer: protocol,
+                    holder: NamedProtocol::Matou,
+                })
+            );
+        }
+        // Not a holder yet: nothing is addressed to it.
+        assert_eq!(hub.holder(b"mia"), None);
+        assert_eq!(hub.claims_waiting(), 1);
+
+        let decided = hub.on_claim_answer(1, b"mia", ClaimAnswer::Granted);
+        assert_eq!(
+            decided,
+            Some(ClaimDecided {
+                protocol: NamedProtocol::Matou,
+                conn: conn(1),
+                decision: Decision::Granted,
+            })
+        );
+        assert_eq!(hub.holder(b"mia"), Some((NamedProtocol::Matou, conn(1))));
+        assert_eq!(hub.claims_waiting(), 0);
+        // Once granted, its deadline passing is nothing, and a repeated answer neither.
+        assert!(hub.expire_claims(WAIT_MS).is_empty());
+        assert_eq!(hub.on_claim_answer(1, b"mia", ClaimAnswer::Taken), None);
+        assert_eq!(hub.holder(b"mia"), Some((NamedProtocol::Matou, conn(1))));
+        // Held by this node: a second claim is refused locally, without asking Redis.
+        assert!(matches!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(2), b"mia", 20),
+            Claim::Refused(_)
+        ));
+        assert!(!hub.has_name_ops());
+        let counts = hub.claim_counts().unwrap_or_default();
+        assert_eq!((counts.asked, counts.granted), (1, 1));
+    }
+
+    #[test]
+    fn a_name_another_node_holds_is_refused_in_the_newcomers_own_way_and_is_free_here() {
+        let mut hub = clustered(16);
+        for (slot, protocol) in [
+            (1, NamedProtocol::Ccm),
+            (2, NamedProtocol::Matou),
+            (3, NamedProtocol::Bin24),
+        ] {
+            let name: &'static [u8] = match protocol {
+                NamedProtocol::Ccm => b"cid",
+                NamedProtocol::Matou => b"mia",
+                NamedProtocol::Bin24 => b"bob",
+            };
+            assert_eq!(
+                hub.claim_name_at(protocol, conn(slot), name, 0),
+                Claim::Pending
+            );
+            let decided = hub.on_claim_answer(u64::from(slot), name, ClaimAnswer::Taken);
+            let Some(ClaimDecided {
+                decision: Decision::Refused { answer },
+                ..
+            }) = decided
+            else {
+                panic!("{protocol:?}: not refused: {decided:?}");
+            };
+            match protocol {
+                NamedProtocol::Ccm => {
+                    let mut wire = bytes::BytesMut::from(&answer.unwrap_or_default()[..]);
+                    let message = ccm::decode(&mut wire, true).ok().flatten();
+                    let reason = message
+                        .as_ref()
+                        .and_then(|m| m.attribute("Reason").cloned());
+                    assert_eq!(reason.as_deref(), Some(&b"name-taken"[..]));
+                }
+                NamedProtocol::Matou => assert_eq!(answer, Some(matou::connect_response(false))),
+                NamedProtocol::Bin24 => assert_eq!(answer, None, "BIN24 closes"),
+            }
+            // Free here: the connection may try another name, or the same one later.
+            assert_eq!(hub.holder(name), None);
+            assert_eq!(hub.name_of(conn(slot)), None);
+        }
+        // A refusal is not this node's key: nothing to release.
+        let ops = hub.take_name_ops();
+        assert!(
+            ops.iter().all(|op| matches!(op, NameOp::Claim { .. })),
+            "{ops:?}"
+        );
+        assert_eq!(hub.claim_counts().unwrap_or_default().taken, 3);
+    }
+
+    #[test]
+    fn a_claim_not_answered_by_its_deadline_is_refused_once_and_released_after_it() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(1), b"cid", 1_000),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(2), b"mia", 1_050),
+            Claim::Pending
+        );
+        assert_eq!(hub.next_claim_deadline_ms(), Some(1_000 + WAIT_MS));
+        assert!(hub.expire_claims(1_000 + WAIT_MS - 1).is_empty());
+        let expired = hub.expire_claims(1_000 + WAIT_MS);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].conn, conn(1));
+        assert_eq!(
+            expired[0].decision,
+            Decision::Refused {
+                answer: unconfirmed_answer(NamedProtocol::Ccm)
+            }
+        );
+        // The claim may still land in Redis: its release follows it, in order.
+        assert_eq!(
+            hub.take_name_ops(),
+            [
+                claim(1, b"cid", NamedProtocol::Ccm),
+                claim(2, b"mia", NamedProtocol::Matou),
+                release(b"cid")
+            ]
+        );
+        // A late answer is nothing more.
+        assert_eq!(hub.on_claim_answer(1, b"cid", ClaimAnswer::Granted), None);
+        assert_eq!(hub.holder(b"cid"), None);
+        assert_eq!(hub.next_claim_deadline_ms(), Some(1_050 + WAIT_MS));
+        assert_eq!(hub.expire_claims(u64::MAX).len(), 1);
+        assert_eq!(hub.next_claim_deadline_ms(), None);
+        assert_eq!(hub.claims_waiting(), 0);
+        assert_eq!(hub.claim_counts().unwrap_or_default().unconfirmed, 2);
+    }
+
+    #[test]
+    fn a_connection_gone_while_its_claim_waits_releases_the_name_after_the_claim() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Pending
+        );
+        assert_eq!(hub.release_name(conn(1)), Some(Bytes::from_static(b"mia")));
+        assert_eq!(hub.claims_waiting(), 0);
+        // Free locally at once: another connection asks for it in turn.
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(2), b"mia", 1),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.take_name_ops(),
+            [
+                claim(1, b"mia", NamedProtocol::Matou),
+                release(b"mia"),
+                claim(2, b"mia", NamedProtocol::Ccm)
+            ]
+        );
+        // The first claim's answer concerns nobody now; the second's decides conn 2.
+        assert_eq!(hub.on_claim_answer(1, b"mia", ClaimAnswer::Granted), None);
+        let decided = hub.on_claim_answer(2, b"mia", ClaimAnswer::Granted);
+        assert_eq!(decided.map(|d| d.conn), Some(conn(2)));
+        // Its deadline passing later decides nothing again.
+        assert!(hub.expire_claims(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn claims_waiting_are_bounded_and_one_more_is_unconfirmed_at_once() {
+        let mut hub = clustered(2);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(1), b"a", 0),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(2), b"b", 0),
+            Claim::Pending
+        );
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(3), b"c", 0),
+            Claim::Unconfirmed
+        );
+        assert_eq!(
+            Claim::Unconfirmed.refusal(NamedProtocol::Matou),
+            Some(Some(matou::connect_response(false)))
+        );
+        assert_eq!(hub.holder(b"c"), None);
+        // A decided claim makes room.
+        let _ = hub.on_claim_answer(1, b"a", ClaimAnswer::Unavailable);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Ccm, conn(3), b"c", 0),
+            Claim::Pending
+        );
+    }
+
+    #[test]
+    fn a_held_name_another_node_took_meanwhile_closes_its_holder_here() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Pending
+        );
+        let _ = hub.on_claim_answer(1, b"mia", ClaimAnswer::Granted);
+        assert_eq!(hub.on_name_lost(b"mia"), Some(conn(1)));
+        assert_eq!(hub.holder(b"mia"), None);
+        // Its close releases nothing: the key is the other node's.
+        let _ = hub.take_name_ops();
+        assert_eq!(hub.release_name(conn(1)), None);
+        assert!(!hub.has_name_ops());
+        assert_eq!(hub.on_name_lost(b"mia"), None);
+        assert_eq!(hub.claim_counts().unwrap_or_default().lost, 1);
+    }
+
+    #[test]
+    fn a_newer_bin24_login_replaces_a_held_bin24_name_without_asking_the_cluster() {
+        let mut hub = clustered(16);
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Bin24, conn(1), b"bob", 0),
+            Claim::Pending
+        );
+        let _ = hub.on_claim_answer(1, b"bob", ClaimAnswer::Granted);
+        let _ = hub.take_name_ops();
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Bin24, conn(2), b"bob", 5),
+            Claim::Granted
+        );
+        assert!(!hub.has_name_ops(), "this node holds the key already");
+        assert_eq!(hub.holder(b"bob"), Some((NamedProtocol::Bin24, conn(2))));
+    }
+
+    #[test]
+    fn a_node_alone_decides_at_once_and_sends_nothing() {
+        let mut hub = Hub::new(HubConfig::default());
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Matou, conn(1), b"mia", 0),
+            Claim::Granted
+        );
+        assert!(!hub.has_name_ops());
+        assert_eq!(hub.next_claim_deadline_ms(), None);
+        assert_eq!(hub.claim_counts(), None);
+        assert_eq!(hub.release_name(conn(1)), Some(Bytes::from_static(b"mia")));
+        assert!(hub.take_name_ops().is_empty());
+    }
+
+    fn message(to: &'static [u8], body: &'static [u8]) -> Addressed {
+        Addressed {
+            to_node: Bytes::new(),
+            to_incarnation: 0,
+            kind: Bytes::from_static(b"Text"),
+            sender: Bytes::from_static(b"cid"),
+            recipient: Bytes::from_static(to),
+            encoding: Bytes::from_static(b"utf-8"),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn a_message_to_a_name_held_elsewhere_goes_to_its_ccm_holders_node_or_is_unknown() {
+        let mut hub = clustered(2);
+        assert!(hub.address_remote(conn(1), message(b"cat", b"one"), 0));
+        assert!(hub.address_remote(conn(1), message(b"mia", b"two"), 10));
+        // Bounded: one more waits for nothing.
+        assert!(!hub.address_remote(conn(1), message(b"x", b"three"), 10));
+        assert_eq!(
+            hub.take_name_ops(),
+            [
+                NameOp::Locate {
+                    token: 1,
+                    name: Bytes::from_static(b"cat")
+                },
+                NameOp::Locate {
+                    token: 2,
+                    name: Bytes::from_static(b"mia")
+                },
+            ]
+        );
+        let node = Bytes::from_static(b"node-b");
+        let mut sent = message(b"cat", b"one");
+        sent.to_node = node.clone();
+        sent.to_incarnation = 7;
+        assert_eq!(
+            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Ccm))),
+            Some(Located::Send(HubEvent::Addressed(Box::new(sent))))
+        );
+        // A MATOU holder: CCM does not cross to MATOU, as on one node.
+        assert_eq!(
+            hub.on_located(2, Some((node, 7, NamedProtocol::Matou))),
+            Some(Located::Unknown {
+                from: conn(1),
+                recipient: Bytes::from_static(b"mia")
+            })
+        );
+        assert_eq!(hub.on_located(2, None), None, "answered once");
+        // Not located by its deadline: unknown, once.
+        assert!(hub.address_remote(conn(2), message(b"dan", b"four"), 100));
+        assert_eq!(hub.next_claim_deadline_ms(), Some(WAIT_MS));
+        assert!(hub.expire_locates(100 + WAIT_MS - 1).is_empty());
+        assert_eq!(
+            hub.expire_locates(100 + WAIT_MS),
+            [Located::Unknown {
+                from: conn(2),
+                recipient: Bytes::from_static(b"dan")
+            }]
+        );
+        assert_eq!(hub.on_located(3, None), None);
+        assert!(!Hub::new(HubConfig::default()).address_remote(conn(1), message(b"a", b""), 0));
+    }
+}
