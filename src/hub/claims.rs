@@ -53,8 +53,9 @@ pub type Holder = (Bytes, u64, NamedProtocol);
 /// What becomes of a message to a name held on another node, once located.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Located {
-    /// Publish this event: the node holding the name delivers it.
-    Send(HubEvent),
+    /// Publish this event: the node holding the name delivers it. `from` (the CCM sender)
+    /// held its further input meanwhile, to keep its messages in order.
+    Send { from: ConnId, event: HubEvent },
     /// No other node holds the name (or the cluster could not say in time): the sender,
     /// `from`, is told CCM's `unknown-addressee`.
     Unknown { from: ConnId, recipient: Bytes },
@@ -201,7 +202,10 @@ impl Claims {
             (Locating::Ccm(mut message), Some((node, incarnation, NamedProtocol::Ccm))) => {
                 message.to_node = node;
                 message.to_incarnation = incarnation;
-                Located::Send(HubEvent::Addressed(Box::new(message)))
+                Located::Send {
+                    from,
+                    event: HubEvent::Addressed(Box::new(message)),
+                }
             }
             (Locating::Ccm(message), _) => Located::Unknown {
                 from,
@@ -617,7 +621,10 @@ mod tests {
         sent.to_incarnation = 7;
         assert_eq!(
             hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Ccm))),
-            Some(Located::Send(HubEvent::Addressed(Box::new(sent))))
+            Some(Located::Send {
+                from: conn(1),
+                event: HubEvent::Addressed(Box::new(sent))
+            })
         );
         // A MATOU holder: CCM does not cross to MATOU, as on one node.
         assert_eq!(

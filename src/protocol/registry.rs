@@ -404,10 +404,11 @@ impl Services {
     /// sender told no user has that name.
     fn on_located<O: Outbox>(&mut self, located: Located, out: &mut O) {
         match located {
-            Located::Send(event) => {
+            Located::Send { from, event } => {
                 if let Some(cluster) = self.cluster.as_mut() {
                     cluster.publish(&event);
                 }
+                self.hub_queue.hand_over(HubOutcome::CcmLocated { from });
             }
             Located::Private { from, link, found } => {
                 let at = found.then(|| (link.to_node.clone(), link.to_incarnation));
@@ -430,6 +431,7 @@ impl Services {
                         "no user has that name",
                     ),
                 );
+                self.hub_queue.hand_over(HubOutcome::CcmLocated { from });
             }
         }
     }
@@ -1648,6 +1650,88 @@ mod tests {
         assert!(out
             .closed
             .contains(&(ben, CloseReason::ProtocolError, CloseMode::Now)));
+        assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Per-sender order across nodes: while a CCM user's message to a name held elsewhere is
+    /// being located, its next messages (here a `*` one, which would reach the lobby at once)
+    /// wait unread; they are handled once the cluster answered, in order.
+    #[test]
+    fn a_ccm_users_messages_after_one_being_located_wait_for_it() {
+        use crate::hub::ClaimAnswer;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-locate-order",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut services = clustered(&dir);
+        let mut out = RecordingOutbox::default();
+        let (cid, cal) = (ConnId::new(0, 1), ConnId::new(1, 2));
+        let message = |head: &str, body: &str| {
+            BytesMut::from(
+                format!(
+                    "CCM\\1.0 {head}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+        };
+        for (token, (id, name)) in [(cid, "cid"), (cal, "cal")].into_iter().enumerate() {
+            services.on_accept(ProtocolKind::Ccm, id, &cx(0), &mut out);
+            services.on_data(
+                ProtocolKind::Ccm,
+                id,
+                &mut message("NotDefined", name),
+                &cx(0),
+                &mut out,
+            );
+            let answer = NameAnswer::Claimed {
+                token: token as u64 + 1,
+                name: Bytes::copy_from_slice(name.as_bytes()),
+                answer: ClaimAnswer::Granted,
+            };
+            services.answer_name(answer, &cx(0).clock(), &mut out);
+            services.on_data(
+                ProtocolKind::Ccm,
+                id,
+                &mut BytesMut::new(),
+                &cx(0),
+                &mut out,
+            );
+        }
+        out.clear();
+
+        // To rex, whom no user here holds, then to everyone: one read.
+        let mut input = message("Text\nAddressee: rex", "first");
+        let star = message("Text\nAddressee: *", "second");
+        input.extend_from_slice(&star);
+        services.on_data(ProtocolKind::Ccm, cid, &mut input, &cx(1), &mut out);
+        assert!(out.sent_to(cal).is_empty(), "the `*` waits for the first");
+        assert_eq!(&input[..], &star[..], "held, unread");
+
+        // Nobody holds rex: cid is told, then its `*` message is read and reaches cal.
+        let located = NameAnswer::Located {
+            token: 3,
+            holder: None,
+        };
+        services.answer_name(located, &cx(2).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(cid),
+            [render::ccm_error(
+                Reason::UnknownAddressee,
+                "no user has that name"
+            )]
+        );
+        assert_eq!(out.resumed.last(), Some(&cid));
+        services.on_data(ProtocolKind::Ccm, cid, &mut input, &cx(2), &mut out);
+        assert!(input.is_empty());
+        let to_cal = out.sent_to(cal).concat();
+        assert!(
+            to_cal.ends_with(b"Addressee: *\nMessage-Encoding: utf-8\nContent-Length: 6\n\nsecond"),
+            "the `*` message, after the answer: {:?}",
+            String::from_utf8_lossy(&to_cal)
+        );
         assert!(services.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -55,6 +55,10 @@ pub enum HubOutcome {
     },
     /// MATOU: a step of a private link from another node, for a user of this one.
     MatouRemote(Box<PrivateLink>),
+    /// CCM: the addressee of `from`'s message, a name no user of this node holds, was
+    /// located (the message published for its node, or `from` told it is unknown): `from`'s
+    /// held input is read again.
+    CcmLocated { from: ConnId },
 }
 
 impl HubOutcome {
@@ -66,6 +70,7 @@ impl HubOutcome {
             | HubOutcome::Bin24Store { .. } => ProtocolKind::Bin24,
             HubOutcome::NameClaim(decided) => decided.protocol.protocol(),
             HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
+            HubOutcome::CcmLocated { .. } => ProtocolKind::Ccm,
         }
     }
 }

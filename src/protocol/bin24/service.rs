@@ -1215,7 +1215,9 @@ impl Bin24Service {
                 self.on_claim_decided(decided.conn, decided.decision, now_ms, out, store)
             }
             // MATOU's.
-            HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => {}
+            HubOutcome::MatouLocated { .. }
+            | HubOutcome::MatouRemote(_)
+            | HubOutcome::CcmLocated { .. } => {}
         }
     }
 

@@ -112,6 +112,10 @@ struct CcmConn {
     keepalive: Option<TimerKey>,
     /// What this user's messages may make others receive; set once it is identified.
     budget: Option<SenderBudget<ConnId>>,
+    /// In a cluster: messages of this user whose addressee is being located on the other
+    /// nodes. Its further input is left unread until none is, so a `*` or another message
+    /// sent after one of them is not delivered before it (per-sender order).
+    locating: u32,
 }
 
 /// The largest message one delivery can carry (content, header, and the header the server
@@ -162,6 +166,7 @@ impl CcmService {
                 ping_sent_ms: None,
                 keepalive: None,
                 budget: None,
+                locating: 0,
             },
         );
     }
@@ -183,12 +188,12 @@ impl CcmService {
                 input.clear();
                 return;
             };
-            if let Phase::Claiming { .. } = conn.phase {
+            if matches!(conn.phase, Phase::Claiming { .. }) || conn.locating > 0 {
                 if input.len() > HELD_INPUT_BYTES_MAX {
                     self.fail(
                         id,
                         Reason::TooLarge,
-                        "too much sent before the identification was answered",
+                        "too much sent while waiting for the cluster's answer",
                         out,
                     );
                     input.clear();
@@ -529,6 +534,8 @@ impl CcmService {
                                     "no user has that name (the cluster cannot be asked now)",
                                     out,
                                 );
+                            } else if let Some(conn) = self.conns.get_mut(from) {
+                                conn.locating += 1;
                             }
                         }
                         Some(CcmDirect::NotCrossing) | None => self.answer_error(
@@ -794,8 +801,19 @@ impl StreamService for CcmService {
     }
 
     fn on_hub<O: Outbox>(&mut self, outcome: HubOutcome, clock: &Clock, out: &mut O) {
-        if let HubOutcome::NameClaim(decided) = outcome {
-            self.on_claim_decided(decided.conn, decided.decision, clock.now_ms, out);
+        match outcome {
+            HubOutcome::NameClaim(decided) => {
+                self.on_claim_decided(decided.conn, decided.decision, clock.now_ms, out);
+            }
+            HubOutcome::CcmLocated { from } => {
+                if let Some(conn) = self.conns.get_mut(from) {
+                    conn.locating = conn.locating.saturating_sub(1);
+                    if conn.locating == 0 {
+                        out.resume_input(from);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
