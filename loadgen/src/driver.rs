@@ -213,7 +213,7 @@ pub trait Phases {
 }
 
 /// What a scenario's `Run` lends the shared turn besides its phases: what its sockets' events
-/// do. The TCP scenarios get it from the engine ([`crate::engine::Wire`]).
+/// do. The TCP scenarios get it from the engine ([`crate::engine::Run`]).
 pub trait Reactor: Phases {
     /// One socket event; `index` is the token minus one. `hangup`: the event reported the
     /// peer's FIN or an error (see [`crate::sockio::read_chunk`]).
