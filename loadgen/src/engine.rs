@@ -1,5 +1,5 @@
 //! The TCP scenarios' engine: one generic scenario, [`Run`], over a per-protocol [`Wire`] part
-//! (BIN24, CCM, MATOU, the lobby).
+//! (ROOM and RESP, BIN24, CCM, MATOU, the lobby).
 //!
 //! [`Run`] owns what every such scenario repeats: the [`Loop`], the [`Course`] of its phases,
 //! the clients with their connections and stages, the senders, the error and send counts and
@@ -96,27 +96,33 @@ pub trait Wire: Sized {
 
     /// Where client `c` connects.
     fn target(&self, c: &ClientOf<Self>) -> SocketAddr;
-    /// Who client `c` is in an error line ("127.0.0.1:7000 user lg00001").
-    fn who(&self, c: &ClientOf<Self>) -> String;
-    /// The connect completed: queue what the client sends first (the engine then moves it to
-    /// [`Stage::Greeting`]).
+    /// Who client `u` (`c`) is in an error line ("127.0.0.1:7000 user lg00001").
+    fn who(&self, u: usize, c: &ClientOf<Self>) -> String;
+    /// The connect completed and the client is at [`Stage::Greeting`]: queue what it sends
+    /// first (or move it on).
     fn greet(run: &mut Run<Self>, u: usize) -> io::Result<()>;
     /// The next whole message in client `u`'s read bytes, if there is one.
     fn decode(run: &mut Run<Self>, u: usize) -> Result<Option<Self::Message>, String>;
     /// What the message means for the run: all bookkeeping, and any answer queued.
     fn on_message(run: &mut Run<Self>, u: usize, message: Self::Message, now_us: u64);
+    /// `run.io.read_buf[..n]` came from client `u`'s socket at `now_us`: by default, they are
+    /// appended to its read bytes and every whole message is decoded and handed over (ROOM
+    /// scans them where they are). False when the client can read no more.
+    fn on_read(run: &mut Run<Self>, u: usize, n: usize, now_us: u64) -> bool {
+        run.decode_read(u, n, now_us)
+    }
     /// The socket has nothing more to read for now.
     fn on_drained(_run: &mut Run<Self>, _u: usize) {}
-    /// EOF or a read error; an error unless the protocol expected it.
-    fn on_server_close(run: &mut Run<Self>, u: usize, why: String) {
-        run.lost(u, why);
+    /// EOF or a read error (`ended`); an error unless the protocol expected it.
+    fn on_server_close(run: &mut Run<Self>, u: usize, ended: Chunk) {
+        run.lost(u, ended.why());
     }
     /// The engine's way to fail a client; BIN24 retries some (see [`Run::close_failed`]).
     fn fail(run: &mut Run<Self>, u: usize, kind: ErrorKind, why: String) {
         run.close_failed(u, kind, || why);
     }
-    /// Client `u` has just failed (closed, counted): what the protocol undoes.
-    fn failed(_run: &mut Run<Self>, _u: usize) {}
+    /// Client `u` has just failed (closed, counted) at stage `was`: what the protocol undoes.
+    fn failed(_run: &mut Run<Self>, _u: usize, _was: Stage) {}
     /// A message of client `u` (sender `sender`) went out completely, `lag_us` after its
     /// intended time.
     fn on_sent(&mut self, u: usize, sender: Option<u32>, queued: &Queued<Self::Tag>, lag_us: u64);
@@ -231,11 +237,11 @@ impl<W: Wire> Run<W> {
         }
         self.course.wave.settle(u);
         let client = &mut self.clients[u];
-        client.stage = Stage::Failed;
+        let was = std::mem::replace(&mut client.stage, Stage::Failed);
         self.sends.not_sent_connection_lost += client.conn.close(self.io.poll.registry());
-        let who = self.p.who(&self.clients[u]);
+        let who = self.p.who(u, &self.clients[u]);
         self.errors.count(kind, || format!("{who}: {}", describe()));
-        W::failed(self, u);
+        W::failed(self, u, was);
     }
 
     /// A connection the server ended unexpectedly: a read error once joined, a failed connect
@@ -352,6 +358,26 @@ impl<W: Wire> Run<W> {
         }
     }
 
+    /// [`Wire::on_read`]'s default: appends the bytes read to client `u`'s and hands every whole
+    /// message to the protocol; false when the client can read no more.
+    pub fn decode_read(&mut self, u: usize, n: usize, now_us: u64) -> bool {
+        let (io, conn) = (&self.io, &mut self.clients[u].conn);
+        conn.inbuf.extend_from_slice(&io.read_buf[..n]);
+        loop {
+            if !matches!(W::link(self, u), Link::Greeting | Link::Joined) {
+                return false;
+            }
+            match W::decode(self, u) {
+                Ok(Some(message)) => W::on_message(self, u, message, now_us),
+                Ok(None) => return true,
+                Err(e) => {
+                    self.fail(u, ErrorKind::Protocol, format!("framing lost: {e}"));
+                    return false;
+                }
+            }
+        }
+    }
+
     /// The connection of client `u`, with the loop.
     fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<W::Tag>)> {
         let client = self.clients.get_mut(u)?;
@@ -433,16 +459,19 @@ impl<W: Wire> Run<W> {
                 if !(conn.readable || conn.writable) {
                     return;
                 }
-                match conn.is_connected() {
-                    Ok(true) => match W::greet(self, u) {
-                        Ok(()) => {
-                            self.clients[u].stage = Stage::Greeting;
-                            // The server may have written already; its edge is spent.
-                            self.clients[u].conn.readable = true;
-                            self.io.dirty.mark(u);
-                        }
-                        Err(e) => self.fail(u, ErrorKind::Connect, format!("connect: {e}")),
-                    },
+                let greeted = conn.is_connected().and_then(|connected| {
+                    if !connected {
+                        return Ok(false);
+                    }
+                    self.clients[u].stage = Stage::Greeting;
+                    W::greet(self, u).map(|()| true)
+                });
+                match greeted {
+                    Ok(true) => {
+                        // The server may have written already; its edge is spent.
+                        self.clients[u].conn.readable = true;
+                        self.io.dirty.mark(u);
+                    }
                     Ok(false) => return,
                     Err(e) => self.fail(u, ErrorKind::Connect, format!("connect: {e}")),
                 }
@@ -481,26 +510,15 @@ impl<W: Wire> Run<W> {
                         return;
                     }
                     ended => {
-                        W::on_server_close(self, u, ended.why());
+                        W::on_server_close(self, u, ended);
                         return;
                     }
                 };
             budget = budget.saturating_sub(n);
-            conn.inbuf.extend_from_slice(&io.read_buf[..n]);
             // One clock read per read: every message in this chunk arrived together.
             let now_us = io.clock.now_us();
-            loop {
-                if !matches!(W::link(self, u), Link::Greeting | Link::Joined) {
-                    return;
-                }
-                match W::decode(self, u) {
-                    Ok(Some(message)) => W::on_message(self, u, message, now_us),
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fail(u, ErrorKind::Protocol, format!("framing lost: {e}"));
-                        return;
-                    }
-                }
+            if !W::on_read(self, u, n, now_us) {
+                return;
             }
             let Some((io, conn)) = self.conn(u) else {
                 return;

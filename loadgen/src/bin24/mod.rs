@@ -260,7 +260,7 @@ impl Wire for Part<'_> {
     fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
         self.cfg.target
     }
-    fn who(&self, c: &ClientOf<Self>) -> String {
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
         format!("{} user {}", self.cfg.target, c.name)
     }
     fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
@@ -304,7 +304,7 @@ impl Wire for Part<'_> {
     }
     /// Answers to its messages go to this connection only: those still unanswered can no
     /// longer be (the messages themselves may have died unread with the connection).
-    fn failed(run: &mut Run<'_>, u: usize) {
+    fn failed(run: &mut Run<'_>, u: usize, _was: Stage) {
         if let (Some(ordinal), Some(plan)) = (run.clients[u].sender, run.course.plan.as_ref()) {
             let step = usize::try_from(plan.senders).unwrap_or(usize::MAX);
             for g in (u64::from(ordinal)..run.course.next_g).step_by(step) {

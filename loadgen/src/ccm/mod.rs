@@ -34,7 +34,7 @@ use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage, Wire};
 use crate::plan::Plan;
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Queued, SendCounts};
+use crate::sockio::{Chunk, Queued, SendCounts};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -257,7 +257,7 @@ impl Wire for Part<'_> {
     fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
         self.cfg.target
     }
-    fn who(&self, c: &ClientOf<Self>) -> String {
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
         format!("{} user {}", self.cfg.target, c.name)
     }
     fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
@@ -285,10 +285,10 @@ impl Wire for Part<'_> {
         }
     }
     /// EOF or a read error: expected for a silent user (measured), an error for anyone else.
-    fn on_server_close(run: &mut Run<'_>, u: usize, why: String) {
+    fn on_server_close(run: &mut Run<'_>, u: usize, ended: Chunk) {
         let user = &mut run.clients[u];
         if !(user.role == Role::Silent && user.stage == Stage::Joined) {
-            run.lost(u, why);
+            run.lost(u, ended.why());
             return;
         }
         let now_us = run.io.clock.now_us();

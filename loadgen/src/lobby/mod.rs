@@ -363,7 +363,7 @@ impl Wire for Part<'_> {
     fn target(&self, c: &ClientOf<Self>) -> SocketAddr {
         self.cfg.target(c.kind)
     }
-    fn who(&self, c: &ClientOf<Self>) -> String {
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
         format!("{} member {}", c.kind.name().to_uppercase(), c.name)
     }
     fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
@@ -420,7 +420,7 @@ impl Wire for Part<'_> {
     }
     /// Its UDP socket closes too; it leaves the lobby. Should the room's creator fail, those
     /// waiting for the room fail with it.
-    fn failed(run: &mut Run<'_>, u: usize) {
+    fn failed(run: &mut Run<'_>, u: usize, _was: Stage) {
         if let Some(mut socket) = run.clients[u].udp.take() {
             let _ = run.io.poll.registry().deregister(&mut socket);
         }

@@ -38,7 +38,7 @@ use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX};
 use crate::engine::{self, ClientOf, Stage, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Queued, SendCounts};
+use crate::sockio::{Chunk, Queued, SendCounts};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -289,7 +289,7 @@ impl Wire for Part<'_> {
     fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
         self.cfg.target
     }
-    fn who(&self, c: &ClientOf<Self>) -> String {
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
         format!("{} user {}", self.cfg.target, c.name)
     }
     fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
@@ -315,15 +315,15 @@ impl Wire for Part<'_> {
         run.on_packet(u, incoming, now_us);
     }
     /// EOF or a read error: expected after a sign-out, an error otherwise.
-    fn on_server_close(run: &mut Run<'_>, u: usize, why: String) {
+    fn on_server_close(run: &mut Run<'_>, u: usize, ended: Chunk) {
         if run.clients[u].stage == Stage::Leaving {
             run.closed_by_server(u);
             run.p.closed_after_sign_out += 1;
             return;
         }
-        run.lost(u, why);
+        run.lost(u, ended.why());
     }
-    fn failed(run: &mut Run<'_>, u: usize) {
+    fn failed(run: &mut Run<'_>, u: usize, _was: Stage) {
         run.p.links.break_user(u as u32);
     }
     fn on_sent(&mut self, _u: usize, sender: Option<u32>, _queued: &Queued<()>, _lag_us: u64) {
