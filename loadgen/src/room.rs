@@ -20,6 +20,7 @@ pub mod report;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::args::Pace;
 use crate::course::Phase;
 use crate::driver::{queue_full, RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage};
@@ -49,16 +50,10 @@ pub struct RoomConfig {
     pub target: SocketAddr,
     pub clients: usize,
     pub senders: usize,
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Whole message size on the wire: `lgNNNNNN: ` + record.
     pub message_bytes: usize,
-    pub connect_rate_per_s: u64,
-    pub seed: u64,
-    /// Print a progress line to stderr once a second (only when stderr is a terminal).
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 /// Everything measured, raw; the report computes the figures.
@@ -211,7 +206,13 @@ impl ScenarioKind for Room {
             sent: Vec::new(),
         };
         let order = |n| (0..n).collect();
-        engine::Run::new(part, clients, order, cfg.connect_rate_per_s, cfg.progress)
+        engine::Run::new(
+            part,
+            clients,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> RoomOutcome {
         run.finish()
@@ -231,7 +232,7 @@ impl ScenarioKind for Room {
         )
     }
     fn progress(cfg: &RoomConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &RoomConfig) -> String {
         format!(
@@ -383,7 +384,7 @@ impl engine::Wire for Part<'_> {
         if joined.is_empty() {
             return Err(run.errors.unreachable("no client joined"));
         }
-        let chosen = choose_senders(&joined, cfg.senders, cfg.seed);
+        let chosen = choose_senders(&joined, cfg.senders, cfg.pace.seed);
         let senders: Vec<usize> = (chosen.iter().enumerate())
             .map(|(ordinal, &member)| {
                 let client = match cfg.wire {
@@ -397,12 +398,16 @@ impl engine::Wire for Part<'_> {
         let count = senders.len();
         (run.p.next_seq, run.p.sent) = (vec![0; count], vec![0; count]);
         run.p.tally.tracker = SeqTracker::new(cfg.clients, count);
-        let timing = (cfg.rate_per_s, cfg.warmup_us, cfg.duration_us);
+        let timing = (
+            cfg.pace.rate_per_s,
+            cfg.pace.warmup_us,
+            cfg.pace.duration_us,
+        );
         run.plan_over(senders, timing, now_us);
         Ok(())
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
     /// Every joined receiver has every message that was sent (RESP: and every PUBLISH has
     /// its reply).
@@ -768,14 +773,16 @@ mod tests {
             target,
             clients: 8,
             senders: 2,
-            rate_per_s: 400,
-            duration_us: 500_000,
-            warmup_us: 100_000,
-            drain_us: 2_000_000,
             message_bytes: 100,
-            connect_rate_per_s: 1_000,
-            seed: 7,
-            progress: false,
+            pace: Pace {
+                rate_per_s: 400,
+                duration_us: 500_000,
+                warmup_us: 100_000,
+                drain_us: 2_000_000,
+                connect_rate_per_s: 1_000,
+                seed: 7,
+                progress: false,
+            },
         }
     }
 
@@ -812,7 +819,7 @@ mod tests {
     #[test]
     fn a_lossy_relay_is_caught() {
         let mut cfg = config(spawn_relay(25));
-        cfg.drain_us = 300_000;
+        cfg.pace.drain_us = 300_000;
         let run = run(&cfg).unwrap();
         assert_eq!(run.clients_joined, 8);
         let lost = run.seq.gap_losses + run.undelivered;

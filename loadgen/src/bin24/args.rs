@@ -161,13 +161,8 @@ fn build(
         users,
         pattern,
         offline: topology::choose_offline(users, offline_share, pace.seed),
-        rate_per_s: pace.rate_per_s,
-        duration_us: pace.duration_us,
-        warmup_us: pace.warmup_us,
-        drain_us: pace.drain_us,
         body_bytes,
-        connect_rate_per_s: pace.connect_rate_per_s,
         run_id: run_id(),
-        progress: pace.progress,
+        pace,
     }
 }

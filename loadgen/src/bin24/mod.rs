@@ -40,6 +40,7 @@ use switchboard::protocol::bin24::codec::{
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
+use crate::args::Pace;
 use crate::course::Phase;
 use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage, Wire};
@@ -69,16 +70,12 @@ pub struct Bin24Config {
     pub pattern: Pattern,
     /// Which users stay offline until the reconnect phase (`offline[i]`).
     pub offline: Vec<bool>,
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Bytes of each message's body (after the 24-byte header), the stamp included.
     pub body_bytes: usize,
-    pub connect_rate_per_s: u64,
     /// Written into every stamp; stored frames of an earlier run carry another.
     pub run_id: u32,
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 /// The latencies, in µs. Ack and delivery latencies are measured from the intended send time.
@@ -205,7 +202,13 @@ impl ScenarioKind for Bin24 {
                 .filter(|&i| !cfg.offline.get(i).copied().unwrap_or(false))
                 .collect()
         };
-        engine::Run::new(part, users, online, cfg.connect_rate_per_s, cfg.progress)
+        engine::Run::new(
+            part,
+            users,
+            online,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> Bin24Outcome {
         run.finish()
@@ -238,7 +241,7 @@ impl ScenarioKind for Bin24 {
         )
     }
     fn progress(cfg: &Bin24Config) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &Bin24Config) -> String {
         format!("no user could join a BIN24 server at {}", cfg.target)
@@ -358,7 +361,11 @@ impl Wire for Part<'_> {
     /// Every online user that joined sends; fix the plan.
     fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
         let cfg = run.p.cfg;
-        let timing = (cfg.rate_per_s, cfg.warmup_us, cfg.duration_us);
+        let timing = (
+            cfg.pace.rate_per_s,
+            cfg.pace.warmup_us,
+            cfg.pace.duration_us,
+        );
         let senders = run.joined_among(run.clients.len());
         let plan = run.fix_plan(senders, timing, now_us, "no user joined")?;
         // The caller bounds the plan's size (see `main.rs`), so it fits in memory and in usize.
@@ -368,7 +375,7 @@ impl Wire for Part<'_> {
         Ok(())
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
     /// Every written message has an answer.
     fn everything_arrived(run: &Run<'_>) -> bool {
@@ -395,7 +402,7 @@ impl Wire for Part<'_> {
             user.reconnecting = true;
             user.reconnect_attempts = 1;
         }
-        let rate = run.p.cfg.connect_rate_per_s;
+        let rate = run.p.cfg.pace.connect_rate_per_s;
         run.course.wave.start(wave, now_us, rate);
         Phase::Close { deadline_us: None }
     }
@@ -406,7 +413,7 @@ impl Wire for Part<'_> {
             return true;
         }
         if run.course.phase == (Phase::Close { deadline_us: None }) {
-            let deadline_us = Some(now_us + run.p.cfg.drain_us);
+            let deadline_us = Some(now_us + run.p.cfg.pace.drain_us);
             run.course.phase = Phase::Close { deadline_us };
         }
         false

@@ -138,14 +138,9 @@ fn build(
         users,
         pattern,
         silent,
-        rate_per_s: pace.rate_per_s,
-        duration_us: pace.duration_us,
-        warmup_us: pace.warmup_us,
-        drain_us: pace.drain_us,
         silent_wait_us: silent_wait.as_micros() as u64,
         content_bytes,
-        connect_rate_per_s: pace.connect_rate_per_s,
         run_id: run_id(),
-        progress: pace.progress,
+        pace,
     }
 }

@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use switchboard::protocol::ccm::codec;
 
+use crate::args::Pace;
 use crate::bin24::topology::Pattern;
 use crate::clock::Clock;
 use crate::course::Phase;
@@ -64,17 +65,13 @@ pub struct CcmConfig {
     pub pattern: Pattern,
     /// Extra users that identify and then stay silent.
     pub silent: usize,
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Longest wait, after a silent user's identification, for the server to close it.
     pub silent_wait_us: u64,
     /// Bytes of each message's content, the stamp included.
     pub content_bytes: usize,
-    pub connect_rate_per_s: u64,
     pub run_id: u32,
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 #[derive(Debug, Default)]
@@ -189,7 +186,13 @@ impl ScenarioKind for Ccm {
         };
         // Silent users are spread through the ramp-up rather than left to its end.
         let order = |_| connect_order(cfg.users, cfg.silent);
-        engine::Run::new(part, users, order, cfg.connect_rate_per_s, cfg.progress)
+        engine::Run::new(
+            part,
+            users,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> CcmOutcome {
         run.finish()
@@ -217,7 +220,7 @@ impl ScenarioKind for Ccm {
         )
     }
     fn progress(cfg: &CcmConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &CcmConfig) -> String {
         format!("no user could join a CCM server at {}", cfg.target)
@@ -342,14 +345,18 @@ impl Wire for Part<'_> {
     fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
         let cfg = run.p.cfg;
         let senders = run.joined_among(cfg.users);
-        let timing = (cfg.rate_per_s, cfg.warmup_us, cfg.duration_us);
+        let timing = (
+            cfg.pace.rate_per_s,
+            cfg.pace.warmup_us,
+            cfg.pace.duration_us,
+        );
         let senders_count = senders.len();
         run.fix_plan(senders, timing, now_us, "no user joined")?;
         run.p.accounting = Accounting::new(senders_count);
         Ok(())
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
     fn everything_arrived(run: &Run<'_>) -> bool {
         run.p.accounting.undelivered() == 0

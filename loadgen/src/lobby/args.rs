@@ -161,14 +161,9 @@ pub(crate) fn build(
         ocm_udp_target: target(ocm_udp)?,
         members,
         ocm_room,
-        rate_per_s: pace.rate_per_s,
-        duration_us: pace.duration_us,
-        warmup_us: pace.warmup_us,
-        drain_us: pace.drain_us,
         message_bytes,
-        connect_rate_per_s: pace.connect_rate_per_s,
         recv_buffer_bytes,
         run_id: run_id(),
-        progress: pace.progress,
+        pace,
     })
 }

@@ -39,6 +39,7 @@ use switchboard::protocol::ccm::codec as ccm_codec;
 use switchboard::protocol::matou::codec::Limits as MatouLimits;
 use switchboard::protocol::ocm::codec as ocm_codec;
 
+use crate::args::Pace;
 use crate::ccm::wire as ccm_wire;
 use crate::course::Phase;
 use crate::driver::{RunError, SentReceived};
@@ -75,18 +76,14 @@ pub struct LobbyConfig {
     pub members: [usize; 4],
     /// The OCM room chatd's lobby is made of (its `--lobby-ocm-room`).
     pub ocm_room: String,
-    /// Lobby messages per second over all senders together.
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Bytes of every lobby text: the stamp, padded.
     pub message_bytes: usize,
-    pub connect_rate_per_s: u64,
     /// SO_RCVBUF asked for on every OCM member's UDP socket.
     pub recv_buffer_bytes: usize,
     pub run_id: u32,
-    pub progress: bool,
+    /// Its lobby messages per second over all senders together, phases' lengths, ramp-up
+    /// pace and progress line.
+    pub pace: Pace,
 }
 
 impl LobbyConfig {
@@ -97,7 +94,7 @@ impl LobbyConfig {
     /// Deliveries the plan makes per second: every message reaches every other member, and its
     /// sender too in ROOM and MATOU; at most rate x members.
     pub fn deliveries_per_s_max(&self) -> u64 {
-        self.rate_per_s * self.total() as u64
+        self.pace.rate_per_s * self.total() as u64
     }
 
     fn target(&self, kind: Kind) -> SocketAddr {
@@ -251,7 +248,13 @@ impl ScenarioKind for Lobby {
             matou_limits: MatouLimits::default(),
         };
         let order = |n| (0..n).collect();
-        engine::Run::new(part, members, order, cfg.connect_rate_per_s, cfg.progress)
+        engine::Run::new(
+            part,
+            members,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> LobbyOutcome {
         run.finish()
@@ -290,7 +293,7 @@ impl ScenarioKind for Lobby {
         )
     }
     fn progress(cfg: &LobbyConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &LobbyConfig) -> String {
         format!(
@@ -512,12 +515,16 @@ impl Wire for Part<'_> {
     fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
         let cfg = run.p.cfg;
         let senders = run.joined_among(run.clients.len());
-        let timing = (cfg.rate_per_s, cfg.warmup_us, cfg.duration_us);
+        let timing = (
+            cfg.pace.rate_per_s,
+            cfg.pace.warmup_us,
+            cfg.pace.duration_us,
+        );
         run.fix_plan(senders, timing, now_us, "no member joined")?;
         Ok(())
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
     fn everything_arrived(run: &Run<'_>) -> bool {
         run.p.ledger.complete()

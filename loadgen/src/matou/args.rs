@@ -159,16 +159,10 @@ fn build(
         target,
         users,
         senders,
-        rate_per_s: pace.rate_per_s,
         private_rate_per_s,
-        duration_us: pace.duration_us,
-        warmup_us: pace.warmup_us,
-        drain_us: pace.drain_us,
         sign_out_wait_us: sign_out_wait.as_micros() as u64,
         message_bytes,
-        connect_rate_per_s: pace.connect_rate_per_s,
-        seed: pace.seed,
         run_id: run_id(),
-        progress: pace.progress,
+        pace,
     }
 }

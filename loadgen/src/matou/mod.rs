@@ -33,6 +33,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use switchboard::protocol::matou::codec::Limits;
 
+use crate::args::Pace;
 use crate::course::Phase;
 use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX};
 use crate::engine::{self, ClientOf, Stage, Wire};
@@ -63,20 +64,15 @@ pub struct MatouConfig {
     pub users: usize,
     /// Users that send public messages (chosen among those that joined, with `seed`).
     pub senders: usize,
-    pub rate_per_s: u64,
     /// Links requested per second (0: none).
     pub private_rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Longest wait, after the sign-outs, for the server to close every user.
     pub sign_out_wait_us: u64,
     /// Bytes of each public message, the stamp included.
     pub message_bytes: usize,
-    pub connect_rate_per_s: u64,
-    pub seed: u64,
     pub run_id: u32,
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 #[derive(Debug, Default)]
@@ -211,7 +207,7 @@ impl ScenarioKind for Matou {
             links: Links::new(),
             join_ledger: NoticeLedger::new(cfg.users),
             sign_out_ledger: NoticeLedger::new(cfg.users),
-            link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
+            link_rng: SplitMix64(cfg.pace.seed ^ LINK_SEED_SALT),
             limits: Limits::default(),
             content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
             latency: Latencies::default(),
@@ -233,7 +229,13 @@ impl ScenarioKind for Matou {
             next_link: 0,
         };
         let order = |n| (0..n).collect();
-        engine::Run::new(part, users, order, cfg.connect_rate_per_s, cfg.progress)
+        engine::Run::new(
+            part,
+            users,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> MatouOutcome {
         run.finish()
@@ -260,7 +262,7 @@ impl ScenarioKind for Matou {
         )
     }
     fn progress(cfg: &MatouConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &MatouConfig) -> String {
         format!("no user could join a MATOU server at {}", cfg.target)
@@ -360,9 +362,13 @@ impl Wire for Part<'_> {
         for &u in &run.p.pool {
             run.clients[u].in_room_after_ramp = true;
         }
-        let senders = choose_senders(&run.p.pool, cfg.senders, cfg.seed);
+        let senders = choose_senders(&run.p.pool, cfg.senders, cfg.pace.seed);
         let senders_count = senders.len();
-        let timing = (cfg.rate_per_s, cfg.warmup_us, cfg.duration_us);
+        let timing = (
+            cfg.pace.rate_per_s,
+            cfg.pace.warmup_us,
+            cfg.pace.duration_us,
+        );
         let start_us = run.plan_over(senders, timing, now_us).start_us;
         run.p.accounting = Accounting::new(run.clients.len(), senders_count);
         // A link needs two users.
@@ -371,8 +377,8 @@ impl Wire for Part<'_> {
                 1,
                 cfg.private_rate_per_s,
                 start_us,
-                cfg.warmup_us,
-                cfg.duration_us,
+                cfg.pace.warmup_us,
+                cfg.pace.duration_us,
             ));
         }
         Ok(())
@@ -386,7 +392,7 @@ impl Wire for Part<'_> {
         public.min(link)
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
     /// Every written message at every user still in the room, every link complete (or
     /// broken).

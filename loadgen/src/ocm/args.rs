@@ -205,16 +205,12 @@ fn build(
         udp_target,
         rooms,
         members,
-        rate_per_s: pace.rate_per_s,
         room_rate_per_s,
-        duration_us: pace.duration_us,
-        warmup_us: pace.warmup_us,
-        drain_us: pace.drain_us,
         exit_wait_us: exit_wait.as_micros() as u64,
         message_bytes,
         recv_buffer_bytes,
         loss_max_percent,
         run_id,
-        progress: pace.progress,
+        pace,
     }
 }

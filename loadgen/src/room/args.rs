@@ -183,13 +183,7 @@ fn build(
         target,
         clients,
         senders,
-        rate_per_s: pace.rate_per_s,
-        duration_us: pace.duration_us,
-        warmup_us: pace.warmup_us,
-        drain_us: pace.drain_us,
         message_bytes,
-        connect_rate_per_s: pace.connect_rate_per_s,
-        seed: pace.seed,
-        progress: pace.progress,
+        pace,
     }
 }
