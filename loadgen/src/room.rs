@@ -12,7 +12,7 @@
 //! sending and receiving share the loop, a loadgen too slow to keep up with its receive load
 //! also sends late, and the schedule lateness check marks the run invalid: the loadgen cannot
 //! silently become the bottleneck. A member's bytes are scanned for records where they were
-//! read ([`Wire::on_read`]), never copied first.
+//! read ([`engine::Wire::on_read`]), never copied first.
 
 pub mod args;
 pub mod report;

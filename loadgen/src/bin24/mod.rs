@@ -19,8 +19,9 @@
 //!    messages arrive as type 2. Ends when every "300" message has been delivered, or
 //!    `--drain` after the last of these users joined.
 //!
-//! The loop is ROOM's (see `room.rs`): one mio poll, sockets registered READABLE|WRITABLE once,
-//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! It runs on the engine ([`crate::engine::Run`]), as the other TCP scenarios: one mio poll,
+//! sockets registered READABLE|WRITABLE once, readiness kept in userland, the pacer's timerfd
+//! waking it on the plan's microsecond.
 
 pub mod args;
 pub mod churn;

@@ -12,8 +12,9 @@
 //! 4. Silent wait: until the server has closed every silent user, or `--silent-wait` after the
 //!    last one's identification. Active users keep answering keepalives meanwhile.
 //!
-//! The loop is ROOM's and BIN24's: one mio poll, sockets registered READABLE|WRITABLE once,
-//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! It runs on the engine ([`crate::engine::Run`]), as the other TCP scenarios: one mio poll,
+//! sockets registered READABLE|WRITABLE once, readiness kept in userland, the pacer's timerfd
+//! waking it on the plan's microsecond.
 
 pub mod args;
 pub mod churn;

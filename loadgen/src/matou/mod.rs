@@ -15,8 +15,9 @@
 //! 4. Sign-out: every user sends PUBLIC_SIGN_OUT; the server must close each, within
 //!    `--sign-out-wait`. SIGN_OUT_NOTIFYs are recorded as the join notices are.
 //!
-//! The loop is ROOM's and CCM's: one mio poll, sockets registered READABLE|WRITABLE once,
-//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! It runs on the engine ([`crate::engine::Run`]), as the other TCP scenarios: one mio poll,
+//! sockets registered READABLE|WRITABLE once, readiness kept in userland, the pacer's timerfd
+//! waking it on the plan's microsecond.
 
 pub mod args;
 pub mod churn;
