@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 
+use crate::args::Pace;
 use crate::clock::Clock;
 use crate::course::{Course, Phase};
 use crate::driver::{
@@ -286,32 +287,27 @@ impl<W: Wire> Run<W> {
     pub fn fix_plan(
         &mut self,
         senders: Vec<usize>,
-        timing: (u64, u64, u64),
+        pace: &Pace,
         now_us: u64,
         none: &str,
     ) -> Result<&Plan, RunError> {
         if senders.is_empty() {
             return Err(self.errors.unreachable(none));
         }
-        Ok(self.plan_over(senders, timing, now_us))
+        Ok(self.plan_over(senders, pace, now_us))
     }
 
-    /// [`Run::fix_plan`] without the check: `(rate_per_s, warmup_us, duration_us)`.
-    pub fn plan_over(
-        &mut self,
-        senders: Vec<usize>,
-        (rate_per_s, warmup_us, duration_us): (u64, u64, u64),
-        now_us: u64,
-    ) -> &Plan {
+    /// [`Run::fix_plan`] without the check: `pace`'s rate over its window.
+    pub fn plan_over(&mut self, senders: Vec<usize>, pace: &Pace, now_us: u64) -> &Plan {
         for (ordinal, &u) in senders.iter().enumerate() {
             self.clients[u].sender = Some(ordinal as u32);
         }
         let plan = Plan::new(
             senders.len() as u32,
-            rate_per_s,
+            pace.rate_per_s,
             now_us + crate::driver::START_DELAY_US,
-            warmup_us,
-            duration_us,
+            pace.warmup_us,
+            pace.duration_us,
         );
         self.senders = senders;
         self.course.plan.insert(plan)

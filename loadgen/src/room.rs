@@ -398,12 +398,7 @@ impl engine::Wire for Part<'_> {
         let count = senders.len();
         (run.p.next_seq, run.p.sent) = (vec![0; count], vec![0; count]);
         run.p.tally.tracker = SeqTracker::new(cfg.clients, count);
-        let timing = (
-            cfg.pace.rate_per_s,
-            cfg.pace.warmup_us,
-            cfg.pace.duration_us,
-        );
-        run.plan_over(senders, timing, now_us);
+        run.plan_over(senders, &cfg.pace, now_us);
         Ok(())
     }
     fn drain_us(&self) -> u64 {

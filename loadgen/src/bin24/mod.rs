@@ -362,13 +362,8 @@ impl Wire for Part<'_> {
     /// Every online user that joined sends; fix the plan.
     fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
         let cfg = run.p.cfg;
-        let timing = (
-            cfg.pace.rate_per_s,
-            cfg.pace.warmup_us,
-            cfg.pace.duration_us,
-        );
         let senders = run.joined_among(run.clients.len());
-        let plan = run.fix_plan(senders, timing, now_us, "no user joined")?;
+        let plan = run.fix_plan(senders, &cfg.pace, now_us, "no user joined")?;
         // The caller bounds the plan's size (see `main.rs`), so it fits in memory and in usize.
         let messages = usize::try_from(plan.messages).unwrap_or(usize::MAX);
         run.p.ledger = Ledger::new(messages);

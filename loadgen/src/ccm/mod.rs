@@ -346,13 +346,8 @@ impl Wire for Part<'_> {
     fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
         let cfg = run.p.cfg;
         let senders = run.joined_among(cfg.users);
-        let timing = (
-            cfg.pace.rate_per_s,
-            cfg.pace.warmup_us,
-            cfg.pace.duration_us,
-        );
         let senders_count = senders.len();
-        run.fix_plan(senders, timing, now_us, "no user joined")?;
+        run.fix_plan(senders, &cfg.pace, now_us, "no user joined")?;
         run.p.accounting = Accounting::new(senders_count);
         Ok(())
     }

@@ -515,12 +515,7 @@ impl Wire for Part<'_> {
     fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
         let cfg = run.p.cfg;
         let senders = run.joined_among(run.clients.len());
-        let timing = (
-            cfg.pace.rate_per_s,
-            cfg.pace.warmup_us,
-            cfg.pace.duration_us,
-        );
-        run.fix_plan(senders, timing, now_us, "no member joined")?;
+        run.fix_plan(senders, &cfg.pace, now_us, "no member joined")?;
         Ok(())
     }
     fn drain_us(&self) -> u64 {

@@ -365,12 +365,7 @@ impl Wire for Part<'_> {
         }
         let senders = choose_senders(&run.p.pool, cfg.senders, cfg.pace.seed);
         let senders_count = senders.len();
-        let timing = (
-            cfg.pace.rate_per_s,
-            cfg.pace.warmup_us,
-            cfg.pace.duration_us,
-        );
-        let start_us = run.plan_over(senders, timing, now_us).start_us;
+        let start_us = run.plan_over(senders, &cfg.pace, now_us).start_us;
         run.p.accounting = Accounting::new(run.clients.len(), senders_count);
         // A link needs two users.
         if cfg.private_rate_per_s > 0 && run.p.pool.len() >= 2 {
