@@ -1,7 +1,59 @@
-//! Argument helpers shared by every scenario: the duration parser and the loopback-only target.
+//! Argument helpers shared by every scenario: the duration parser, the loopback-only target,
+//! and the pace every scenario's config takes alike from its flags or its share of the mix.
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+use crate::CommonArgs;
+
+/// What every scenario's config takes alike from its subcommand's flags or from its share of
+/// `loadgen mix`: its rate, its phases' lengths, its ramp-up's pace, its seed, and whether it
+/// draws a progress line.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub rate_per_s: u64,
+    pub duration_us: u64,
+    pub warmup_us: u64,
+    pub drain_us: u64,
+    pub connect_rate_per_s: u64,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+impl Pace {
+    /// `rate_per_s` over --duration, --warmup and --drain (else `drain_default`), ramping up
+    /// at `connect_rate_per_s`.
+    pub fn of(
+        common: &CommonArgs,
+        rate_per_s: u64,
+        drain_default: Duration,
+        connect_rate_per_s: u64,
+        progress: bool,
+    ) -> Pace {
+        Pace {
+            rate_per_s,
+            duration_us: common.duration.as_micros() as u64,
+            warmup_us: common.warmup.as_micros() as u64,
+            drain_us: common.drain.unwrap_or(drain_default).as_micros() as u64,
+            connect_rate_per_s,
+            seed: common.seed,
+            progress,
+        }
+    }
+
+    /// A subcommand's: at --connect-rate, with a progress line when stderr is a terminal.
+    pub fn single(common: &CommonArgs, rate_per_s: u64, drain_default: Duration) -> Pace {
+        let progress = std::io::stderr().is_terminal();
+        Pace::of(
+            common,
+            rate_per_s,
+            drain_default,
+            common.connect_rate,
+            progress,
+        )
+    }
+}
 
 /// Parses `10s`, `500ms`, `2m`, `1.5s`, `250us`, `1h`: a decimal number followed by a unit.
 /// A bare number is refused: `--duration 10` is ambiguous, and a wrong guess makes a run 1000

@@ -18,7 +18,7 @@
 //! - OCM (TCRP): ask to join a room that does not exist, wait for the 400 answer and the
 //!   server's close (no room is created, so churn leaves no state behind on the server).
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use slab::Slab;
 use crate::driver::{Loop, RunError, TIMER};
 use crate::plan::SplitMix64;
 pub use crate::registry::Protocol;
-use crate::sockio::{write_pending, Drained};
+use crate::sockio::{read_chunk, write_pending, Chunk, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, LatencySummary};
 
 const FIRST_CONN_TOKEN: usize = 1;
@@ -268,7 +268,9 @@ impl Run<'_> {
                         .map_err(|e| ChurnError::Setup(format!("reading the timerfd: {e}")))?;
                     continue;
                 }
-                self.drive(event.token().0 - FIRST_CONN_TOKEN);
+                // The peer's FIN or an error may have come with the data under this one edge.
+                let hangup = event.is_read_closed() || event.is_error();
+                self.drive(event.token().0 - FIRST_CONN_TOKEN, hangup);
             }
         }
         if self.cfg.progress {
@@ -388,7 +390,7 @@ impl Run<'_> {
         self.remove(key);
     }
 
-    fn drive(&mut self, key: usize) {
+    fn drive(&mut self, key: usize, hangup: bool) {
         if !self.conns.contains(key) {
             return; // an event for a connection that already left
         }
@@ -412,7 +414,7 @@ impl Run<'_> {
         if !self.flush(key) {
             return;
         }
-        self.read(key);
+        self.read(key, hangup);
     }
 
     fn connected(&mut self, key: usize) {
@@ -447,11 +449,19 @@ impl Run<'_> {
         }
     }
 
-    fn read(&mut self, key: usize) {
+    /// Reads until a short read or `WouldBlock`, as the rest of the loadgen (see
+    /// [`read_chunk`]), judging the answer as it grows.
+    fn read(&mut self, key: usize, hangup: bool) {
         loop {
             let conn = &mut self.conns[key];
-            match conn.stream.read(&mut self.io.read_buf[..READ_CHUNK_BYTES]) {
-                Ok(0) => {
+            // Every event reads (the readiness is not kept): the flag is not needed.
+            let mut readable = true;
+            let buf = &mut self.io.read_buf[..READ_CHUNK_BYTES];
+            let (n, emptied) = match read_chunk(&mut conn.stream, buf, &mut readable, hangup) {
+                Chunk::Bytes(n) => (n, false),
+                Chunk::Emptied(n) => (n, true),
+                Chunk::Drained => return,
+                Chunk::Eof => {
                     if conn.stage == Stage::ServerClose {
                         if find(&conn.input, b"\"status\": 400").is_some() {
                             self.signed_in_now(key);
@@ -469,22 +479,18 @@ impl Run<'_> {
                     }
                     return;
                 }
-                Ok(n) => {
-                    if conn.input.len() + n > ANSWER_BYTES_MAX {
-                        self.fail(key, ErrorKind::Protocol, "answer too long".to_string());
-                        return;
-                    }
-                    conn.input.extend_from_slice(&self.io.read_buf[..n]);
-                    if !self.advance(key) {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Chunk::Failed(e) => {
                     self.fail(key, ErrorKind::Read, e.to_string());
                     return;
                 }
+            };
+            if conn.input.len() + n > ANSWER_BYTES_MAX {
+                self.fail(key, ErrorKind::Protocol, "answer too long".to_string());
+                return;
+            }
+            conn.input.extend_from_slice(&self.io.read_buf[..n]);
+            if !self.advance(key) || emptied {
+                return;
             }
         }
     }

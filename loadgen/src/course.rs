@@ -8,15 +8,12 @@
 //! 4. Close (optional): BIN24's reconnect, CCM's silent wait, MATOU's sign-out. It ends when
 //!    the scenario says so, or at its deadline.
 //!
-//! A scenario keeps its [`Course`] and says, through [`Staged`], what only it knows: where a
+//! The engine's [`Run`] keeps the [`Course`]; its protocol ([`Wire`]) says what only it knows: where a
 //! client connects, how its ramp-up ends, what "everything arrived" means, how it closes.
 
-use std::net::SocketAddr;
-
-use crate::driver::{Drain, Progress, RunError, RAMP_TIMEOUT_MIN_US};
-use crate::engine::{self, Wire};
+use crate::driver::{Drain, Phases, Progress, RunError, RAMP_TIMEOUT_MIN_US};
+use crate::engine::{Run, Wire};
 use crate::plan::Plan;
-use crate::stats::{ErrorCounts, ErrorKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -146,9 +143,9 @@ pub struct Course {
     pub progress: Progress,
     pub ramp_start_us: u64,
     pub ramp_end_us: u64,
-    close_start_us: Option<u64>,
-    close_timed_out: bool,
-    done_us: u64,
+    pub close_start_us: Option<u64>,
+    pub close_timed_out: bool,
+    pub done_us: u64,
 }
 
 /// How long a run's phases took, for its outcome.
@@ -213,140 +210,77 @@ impl Course {
     }
 }
 
-/// What a scenario tells its phases.
-pub trait Staged: Wire {
-    /// Why a client still unsettled at the ramp-up's deadline failed.
-    const WAVE_TIMEOUT: &'static str;
-
-    fn course(&self) -> &Course;
-    fn course_mut(&mut self) -> &mut Course;
-    /// Where client `u` connects.
-    fn target(&self, u: usize) -> SocketAddr;
-    /// Client `u`'s connect is in flight.
-    fn on_connecting(&mut self, u: usize);
-    /// Client `u`'s turn in the wave came (the lobby holds some back until its room exists).
-    fn on_connect_due(&mut self, u: usize) {
-        connect(self, u);
-    }
-    /// A client still unsettled at the wave's deadline.
-    fn on_wave_timeout(&mut self, u: usize) {
-        self.fail(u, ErrorKind::Connect, Self::WAVE_TIMEOUT.to_string());
-    }
-    /// The ramp-up is over: choose the senders and fix the plan. An error when none joined.
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError>;
-    /// Every planned message is taken.
-    fn sends_over(&self) -> bool {
-        let course = self.course();
-        Plan::all_taken(course.plan.as_ref(), course.next_g)
-    }
-    /// When the next planned message is due.
-    fn next_send_us(&self) -> u64 {
-        let course = self.course();
-        (course.plan.as_ref()).map_or(u64::MAX, |p| p.intended_us(course.next_g))
-    }
-    fn drain_us(&self) -> u64;
-    /// Everything written arrived (nothing is queued: the caller has looked).
-    fn everything_arrived(&self) -> bool;
-    /// The drain is over: start the closing phase (`Phase::Close`), or be done.
-    fn start_closing(&mut self, _now_us: u64) -> Phase {
-        Phase::Done
-    }
-    /// The closing phase is complete (asked once its wave has settled).
-    fn closed(&mut self, _now_us: u64) -> bool {
-        true
-    }
-    /// What the progress line says the run is doing.
-    fn doing(&self) -> String;
-    fn errors(&self) -> &ErrorCounts;
-}
-
-/// Opens client `u`'s connection to its target.
-pub fn connect<S: Staged + ?Sized>(s: &mut S, u: usize) {
-    let target = s.target(u);
-    let Some((io, conn)) = s.conn(u) else {
-        return;
-    };
-    match conn.open(io.poll.registry(), target, u) {
-        Ok(()) => s.on_connecting(u),
-        Err(why) => s.fail(u, ErrorKind::Connect, why),
-    }
-}
-
 /// Connects the wave's clients that are due; fails those still unsettled at its deadline.
-fn connect_due<S: Staged>(s: &mut S, now_us: u64) {
-    while let Some(u) = s.course_mut().wave.next_due(now_us) {
-        s.on_connect_due(u);
+fn connect_due<W: Wire>(run: &mut Run<W>, now_us: u64) {
+    while let Some(u) = run.course.wave.next_due(now_us) {
+        W::on_connect_due(run, u);
     }
-    for u in s.course_mut().wave.give_up(now_us) {
-        s.on_wave_timeout(u);
+    for u in run.course.wave.give_up(now_us) {
+        W::on_wave_timeout(run, u);
     }
 }
 
 /// The phase work that depends on the clock: connects, sends, deadlines, completion, progress.
-pub fn advance<S: Staged>(s: &mut S) -> Result<(), RunError> {
-    let now_us = s.io().clock.now_us();
-    match s.course().phase {
+pub fn advance<W: Wire>(run: &mut Run<W>) -> Result<(), RunError> {
+    let now_us = run.io.clock.now_us();
+    match run.course.phase {
         Phase::Ramp => {
-            connect_due(s, now_us);
-            if s.course().wave.settled() {
-                s.course_mut().ramp_end_us = now_us;
-                s.start_sending(now_us)?;
-                s.course_mut().phase = Phase::Send;
+            connect_due(run, now_us);
+            if run.course.wave.settled() {
+                run.course.ramp_end_us = now_us;
+                W::start_sending(run, now_us)?;
+                run.course.phase = Phase::Send;
             }
         }
         Phase::Send => {
-            s.send_due();
-            if s.sends_over() {
-                let (start_us, drain_us) = (s.io().clock.now_us(), s.drain_us());
-                let course = s.course_mut();
-                let deadline_us = course.drain.start(start_us, drain_us);
-                course.phase = Phase::Drain { deadline_us };
+            run.send_due();
+            if W::sends_over(run) {
+                let (start_us, drain_us) = (run.io.clock.now_us(), run.p.drain_us());
+                let deadline_us = run.course.drain.start(start_us, drain_us);
+                run.course.phase = Phase::Drain { deadline_us };
             }
         }
         Phase::Drain { deadline_us } => {
-            engine::flush_dirty(s);
-            if s.course_mut().drain.check_due(now_us) {
-                let complete = !engine::any_queued(s) && s.everything_arrived();
+            run.flush_dirty();
+            if run.course.drain.check_due(now_us) {
+                let complete = !run.any_queued() && W::everything_arrived(run);
                 if complete || now_us >= deadline_us {
-                    let course = s.course_mut();
-                    course.drain.timed_out = !complete;
-                    course.close_start_us = Some(now_us);
-                    let next = s.start_closing(now_us);
-                    s.course_mut().phase = next;
+                    run.course.drain.timed_out = !complete;
+                    run.course.close_start_us = Some(now_us);
+                    run.course.phase = W::start_closing(run, now_us);
                 }
             }
         }
         Phase::Close { deadline_us } => {
-            connect_due(s, now_us);
-            if s.course().wave.settled() {
-                if s.closed(now_us) {
-                    s.course_mut().phase = Phase::Done;
+            connect_due(run, now_us);
+            if run.course.wave.settled() {
+                if W::closed(run, now_us) {
+                    run.course.phase = Phase::Done;
                 } else if deadline_us.is_some_and(|deadline_us| now_us >= deadline_us) {
-                    let course = s.course_mut();
-                    course.close_timed_out = true;
-                    course.phase = Phase::Done;
+                    run.course.close_timed_out = true;
+                    run.course.phase = Phase::Done;
                 }
             }
         }
         Phase::Done => {}
     }
-    let course = s.course_mut();
+    let course = &mut run.course;
     if course.phase == Phase::Done {
         course.done_us = now_us;
     }
     if course.progress.due(now_us) {
         let start_us = course.ramp_start_us;
-        Progress::draw(start_us, now_us, &s.doing(), s.errors().total());
+        Progress::draw(start_us, now_us, &W::doing(run), run.errors.total());
     }
     Ok(())
 }
 
 /// When the loop must wake at the latest for the phase work.
-pub fn next_wake_us<S: Staged>(s: &S) -> u64 {
-    let course = s.course();
+pub fn next_wake_us<W: Wire>(run: &Run<W>) -> u64 {
+    let course = &run.course;
     let phase_us = match course.phase {
         Phase::Ramp | Phase::Close { deadline_us: None } => course.wave.next_wake_us(),
-        Phase::Send => s.next_send_us(),
+        Phase::Send => W::next_send_us(run),
         // The deadline is looked at with the completion check, on its cadence.
         Phase::Drain { .. } => course.drain.next_check_us,
         // A close wakes the poll by itself.
@@ -356,8 +290,4 @@ pub fn next_wake_us<S: Staged>(s: &S) -> u64 {
         Phase::Done => u64::MAX,
     };
     course.progress.wake_us(phase_us)
-}
-
-pub fn is_done<S: Staged>(s: &S) -> bool {
-    s.course().phase == Phase::Done
 }

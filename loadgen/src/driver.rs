@@ -3,7 +3,7 @@
 //! A scenario's `Run` owns a [`Loop`]: a mio `Poll` with its sockets and its [`Pacer`] in it, and
 //! what its connections share. It lends the turn its [`Phases`] (the clock-driven work) and, as
 //! a [`Reactor`], what its socket events do: the TCP scenarios get that half from
-//! [`crate::engine`], ROOM and OCM write their own. One turn is
+//! [`crate::engine`], OCM writes its own. One turn is
 //! poll -> handle the events -> drive the connections left with data -> advance the clock-driven
 //! phase work -> arm the pacer at the next wake-up. A single-protocol run calls [`run_to_end`],
 //! which turns until the phase is Done and sleeps in its own poll.
@@ -213,7 +213,7 @@ pub trait Phases {
 }
 
 /// What a scenario's `Run` lends the shared turn besides its phases: what its sockets' events
-/// do. The TCP scenarios get it from the engine ([`crate::engine::Wire`]).
+/// do. The TCP scenarios get it from the engine ([`crate::engine::Run`]).
 pub trait Reactor: Phases {
     /// One socket event; `index` is the token minus one. `hangup`: the event reported the
     /// peer's FIN or an error (see [`crate::sockio::read_chunk`]).

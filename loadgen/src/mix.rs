@@ -17,17 +17,17 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use crate::args::resolve_loopback;
+use crate::args::Pace;
 use crate::bin24::topology::Pattern;
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
+use crate::lobby;
 use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
-use crate::lobby::{self, LobbyConfig};
 use crate::ocm::args::OCM_RECV_BUFFER_DEFAULT;
 use crate::registry::{InMix, Protocol, Row};
 use crate::report::ScenarioReport;
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
-    check_common, create_json, deliver_report, discard_json, limits, refuse, run_id, CommonArgs,
+    check_common, create_json, deliver_report, discard_json, limits, refuse, CommonArgs,
     RATE_PER_S_MAX, SENDERS_MAX, SPARE_FILES,
 };
 use crate::{hgrm, plot};
@@ -628,13 +628,15 @@ impl MixShare<'_> {
         }
     }
 
-    /// --duration, --warmup and --drain (or the scenario's default), in µs.
-    pub fn window_us(&self, drain_default: Duration) -> (u64, u64, u64) {
-        let common = &self.args.common;
-        (
-            common.duration.as_micros() as u64,
-            common.warmup.as_micros() as u64,
-            common.drain.unwrap_or(drain_default).as_micros() as u64,
+    /// Its rate over --duration, --warmup and --drain (or the scenario's default), at its part
+    /// of --connect-rate, without a progress line (the mix draws its own).
+    pub fn pace(&self, drain_default: Duration) -> Pace {
+        Pace::of(
+            &self.args.common,
+            self.rate,
+            drain_default,
+            self.connect_rate,
+            false,
         )
     }
 }
@@ -670,25 +672,17 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
             lobby::wire::MESSAGE_BYTES_MAX
         ));
     }
-    let target = |port| resolve_loopback(&common.host, port);
-    let cfg = LobbyConfig {
-        room_target: target(args.room_port)?,
-        matou_target: target(args.matou_port)?,
-        ccm_target: target(args.ccm_port)?,
-        ocm_tcp_target: target(args.ocm_tcp_port)?,
-        ocm_udp_target: target(args.ocm_udp_port)?,
-        members,
-        ocm_room: "lobby".to_string(),
-        rate_per_s: rate,
-        duration_us: common.duration.as_micros() as u64,
-        warmup_us: common.warmup.as_micros() as u64,
-        drain_us: common.drain.unwrap_or(LOBBY_DRAIN_DEFAULT).as_micros() as u64,
-        message_bytes: bytes,
-        connect_rate_per_s: connect_rate_of(args, total),
-        recv_buffer_bytes: OCM_RECV_BUFFER_DEFAULT,
-        run_id: run_id(),
-        progress: false,
-    };
+    let ports = [
+        args.room_port,
+        args.matou_port,
+        args.ccm_port,
+        args.ocm_tcp_port,
+        args.ocm_udp_port,
+    ];
+    let connect_rate = connect_rate_of(args, total);
+    let pace = Pace::of(common, rate, LOBBY_DRAIN_DEFAULT, connect_rate, false);
+    let ocm = ("lobby".to_string(), OCM_RECV_BUFFER_DEFAULT);
+    let cfg = lobby::args::build(&common.host, ports, members, ocm, bytes, pace)?;
     // A TCP connection per member, and a UDP socket per OCM member.
     let files = (total + members[3]) as u64;
     Ok((Setup::of::<lobby::Lobby>(cfg), files))

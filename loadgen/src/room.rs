@@ -7,35 +7,28 @@
 //! the same stamped message, so both servers are measured by the same code; only the handshake
 //! and the framing differ.
 //!
-//! One single-threaded mio loop drives everything: connects during the ramp-up, sends when the
-//! plan says so (woken by the [`Pacer`]), and reads. Because sending and receiving share the
-//! loop, a loadgen too slow to keep up with its receive load also sends late, and the schedule
-//! lateness check marks the run invalid: the loadgen cannot silently become the bottleneck.
-//!
-//! Sockets are registered READABLE|WRITABLE once (edge-triggered). Readiness is kept in
-//! userland: a read loop runs to a short read or `WouldBlock` (see [`read_chunk`]), or to a
-//! byte budget, after which the connection waits on `still_ready` because no new edge will
-//! come; a blocked writer waits for the next writable edge with its messages queued.
+//! It runs on the engine ([`engine::Run`]) as the other TCP scenarios: one single-threaded
+//! mio loop connects during the ramp-up, sends when the plan says so, and reads. Because
+//! sending and receiving share the loop, a loadgen too slow to keep up with its receive load
+//! also sends late, and the schedule lateness check marks the run invalid: the loadgen cannot
+//! silently become the bottleneck. A member's bytes are scanned for records where they were
+//! read ([`engine::Wire::on_read`]), never copied first.
 
 pub mod args;
 pub mod report;
 
-use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
-use mio::Token;
-
-use crate::driver::{
-    queue_full, Loop, Phases, Progress, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
-    DRAIN_CHECK_INTERVAL_US, RAMP_TIMEOUT_MIN_US, READ_BUDGET_BYTES, START_DELAY_US,
-};
+use crate::args::Pace;
+use crate::course::Phase;
+use crate::driver::{queue_full, RunError, SentReceived};
+use crate::engine::{self, ClientOf, Stage};
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::resp;
-use crate::sockio::{flush_queued, read_chunk, Chunk, OutBuf, Queued, SendCounts, SendLags};
+use crate::sockio::{Chunk, Queued, SendCounts};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -57,16 +50,10 @@ pub struct RoomConfig {
     pub target: SocketAddr,
     pub clients: usize,
     pub senders: usize,
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Whole message size on the wire: `lgNNNNNN: ` + record.
     pub message_bytes: usize,
-    pub connect_rate_per_s: u64,
-    pub seed: u64,
-    /// Print a progress line to stderr once a second (only when stderr is a terminal).
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 /// Everything measured, raw; the report computes the figures.
@@ -96,78 +83,34 @@ pub struct RoomOutcome {
     pub drain_timed_out: bool,
 }
 
-/// Where a client is in its life.
+/// Where a member is in ROOM's handshake, while it is at [`Stage::Greeting`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ClientPhase {
-    /// Not connected yet (waiting for its turn in the ramp-up).
-    Idle,
-    /// Non-blocking connect in progress.
-    Connecting,
-    /// Connected; `got` bytes of `alias?` received so far (ROOM only).
-    AwaitPrompt {
-        got: usize,
-    },
-    /// Writing the alias (ROOM) or the SUBSCRIBE command (RESP); `written` bytes of it are out.
-    SendAlias {
-        written: usize,
-    },
-    /// Waiting for `Voce esta conectado ao servidor!` (ROOM) or the subscribe confirmation.
+enum Handshake {
+    /// `got` bytes of `alias?` received so far (ROOM only).
+    AwaitPrompt { got: usize },
+    /// The alias (ROOM) or the SUBSCRIBE command (RESP) is queued or out; waiting for `Voce esta
+    /// conectado ao servidor!` (ROOM) or the subscribe confirmation.
     AwaitGreeting,
-    Joined,
-    /// Gave up on this connection (the error was counted); its socket is closed.
-    Failed,
 }
 
-struct Client {
-    stream: Option<TcpStream>,
-    phase: ClientPhase,
-    /// Readiness kept in userland (edge-triggered: an edge is reported once).
-    readable: bool,
-    writable: bool,
-    /// An event reported the server's FIN or an error (see [`read_chunk`]).
-    hangup: bool,
+pub struct Client {
+    handshake: Handshake,
     scanner: Scanner,
     /// RESP only: frames the stream around the payloads the scanner reads.
     resp: Option<resp::Reader>,
     /// RESP only: a sender's PUBLISH connection, which receives nothing but replies. It is
     /// never a receiver, and it is `Joined` (ready to send) once connected.
     publisher: bool,
-    /// This client's sender ordinal, if it sends.
-    sender: Option<usize>,
-    intended_connect_us: u64,
     alias: [u8; 8],
     /// Ever joined: its deliveries count as expected from then on.
     joined: bool,
 }
 
-struct Sender {
-    client: usize,
-    out: OutBuf,
-    queue: VecDeque<Queued<()>>,
-    next_seq: u64,
-    /// Messages fully written.
-    sent: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Ramp,
-    Send,
-    Drain { deadline_us: u64 },
-    Done,
-}
-
-/// The measurements, apart from the connections so both can be borrowed at once.
-struct Measurements {
-    connect_latency: LatencyHistogram,
+/// What the receivers' records add up to.
+struct Tally {
     delivery_latency: LatencyHistogram,
-    own: OwnLags,
-    errors: ErrorCounts,
     tracker: SeqTracker,
-    sends: SendCounts,
     delivered_in_window: u64,
-    /// RESP: PUBLISH replies read so far.
-    publish_replies: u64,
 }
 
 /// The bytes that frame the run's wire: built once, shared by every connection.
@@ -196,33 +139,25 @@ impl Framing {
     }
 }
 
-pub struct Run<'a> {
+/// The run: the engine's, over ROOM's (or RESP's) part. Its clients are the members first;
+/// RESP appends one publisher per sender.
+pub type Run<'a> = engine::Run<Part<'a>>;
+
+/// ROOM's part of the run.
+pub struct Part<'a> {
     cfg: &'a RoomConfig,
-    /// Its dirty set holds sender ordinals; its other parts are per client.
-    io: Loop,
-    /// The members first; RESP appends one publisher per sender.
-    clients: Vec<Client>,
-    senders: Vec<Sender>,
     framing: Framing,
     /// Receivers joined and not failed since: what a PUBLISH reply must say.
     live_receivers: u64,
-    m: Measurements,
-    phase: Phase,
-    plan: Option<Plan>,
-    /// Next global message number of the plan to send.
-    next_g: u64,
-    /// Next client to connect, and the ramp-up's times.
-    next_connect: usize,
-    ramp_start_us: u64,
-    ramp_deadline_us: u64,
-    ramp_end_us: u64,
+    /// Members that joined.
     joined_count: usize,
-    settled_count: usize,
-    drain_start_us: u64,
-    drain_next_check_us: u64,
-    /// The drain ended because everything had arrived, not at its deadline.
-    drain_completed: bool,
-    progress: Progress,
+    connect_latency: LatencyHistogram,
+    tally: Tally,
+    /// RESP: PUBLISH replies read so far.
+    publish_replies: u64,
+    /// Per sender ordinal: its next message's number, and its messages fully written.
+    next_seq: Vec<u64>,
+    sent: Vec<u64>,
 }
 
 /// The scenario as the registry lists it.
@@ -236,70 +171,48 @@ impl ScenarioKind for Room {
     type Report = report::Report;
 
     fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
-        let io = Loop::new()?;
-        let ramp_start_us = io.clock.now_us();
         let publishers = match cfg.wire {
             Wire::Room => 0,
             Wire::Resp { .. } => cfg.senders,
         };
-        let connections = cfg.clients + publishers;
-        let planned_ramp_us = (connections as u64 * 1_000_000).div_ceil(cfg.connect_rate_per_s);
-        let clients = (0..connections)
-            .map(|i| {
-                let mut alias = [0u8; 8];
-                record::write_alias(&mut alias, i as u32);
-                Client {
-                    stream: None,
-                    phase: ClientPhase::Idle,
-                    readable: false,
-                    writable: false,
-                    hangup: false,
-                    scanner: Scanner::new(),
-                    resp: match &cfg.wire {
-                        Wire::Room => None,
-                        Wire::Resp { channel } => Some(resp::Reader::new(channel)),
-                    },
-                    publisher: i >= cfg.clients,
-                    sender: None,
-                    intended_connect_us: ramp_start_us
-                        + i as u64 * 1_000_000 / cfg.connect_rate_per_s,
-                    alias,
-                    joined: false,
-                }
-            })
-            .collect();
-        let run = Run {
+        let clients = (0..cfg.clients + publishers).map(|i| {
+            let mut alias = [0u8; 8];
+            record::write_alias(&mut alias, i as u32);
+            Client {
+                handshake: Handshake::AwaitPrompt { got: 0 },
+                scanner: Scanner::new(),
+                resp: match &cfg.wire {
+                    Wire::Room => None,
+                    Wire::Resp { channel } => Some(resp::Reader::new(channel)),
+                },
+                publisher: i >= cfg.clients,
+                alias,
+                joined: false,
+            }
+        });
+        let part = Part {
             cfg,
-            io,
-            clients,
-            senders: Vec::new(),
             framing: Framing::new(&cfg.wire, cfg.message_bytes),
             live_receivers: 0,
-            m: Measurements {
-                connect_latency: LatencyHistogram::new(),
-                delivery_latency: LatencyHistogram::new(),
-                own: OwnLags::default(),
-                errors: ErrorCounts::default(),
-                tracker: SeqTracker::new(0, 0),
-                sends: SendCounts::default(),
-                delivered_in_window: 0,
-                publish_replies: 0,
-            },
-            phase: Phase::Ramp,
-            plan: None,
-            next_g: 0,
-            next_connect: 0,
-            ramp_start_us,
-            ramp_deadline_us: ramp_start_us + RAMP_TIMEOUT_MIN_US.max(planned_ramp_us * 3),
-            ramp_end_us: 0,
             joined_count: 0,
-            settled_count: 0,
-            drain_start_us: 0,
-            drain_next_check_us: 0,
-            drain_completed: false,
-            progress: Progress::new(cfg.progress, ramp_start_us),
+            connect_latency: LatencyHistogram::new(),
+            tally: Tally {
+                delivery_latency: LatencyHistogram::new(),
+                tracker: SeqTracker::new(0, 0),
+                delivered_in_window: 0,
+            },
+            publish_replies: 0,
+            next_seq: Vec::new(),
+            sent: Vec::new(),
         };
-        Ok(run)
+        let order = |n| (0..n).collect();
+        engine::Run::new(
+            part,
+            clients,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> RoomOutcome {
         run.finish()
@@ -319,7 +232,7 @@ impl ScenarioKind for Room {
         )
     }
     fn progress(cfg: &RoomConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &RoomConfig) -> String {
         format!(
@@ -344,429 +257,206 @@ impl InMix for Room {
     const UNREACHABLE_IN_MIX: &'static str = "no client could join the ROOM server";
 }
 
-impl Phases for Run<'_> {
-    fn io(&self) -> &Loop {
-        &self.io
+impl engine::Wire for Part<'_> {
+    type User = Client;
+    type Tag = ();
+    type Message = ();
+    const WAVE_TIMEOUT: &'static str = "ramp-up timed out before the client joined";
+
+    fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
+        self.cfg.target
     }
-    fn io_mut(&mut self) -> &mut Loop {
-        &mut self.io
+    fn who(&self, u: usize, _c: &ClientOf<Self>) -> String {
+        format!("{} client {u}", self.cfg.target)
     }
-    /// Phase work that depends on the clock: connects, sends, deadlines, progress.
-    fn advance(&mut self) -> Result<(), RunError> {
-        let now_us = self.io.clock.now_us();
-        match self.phase {
-            Phase::Ramp => {
-                while self.next_connect < self.clients.len()
-                    && self.clients[self.next_connect].intended_connect_us <= now_us
-                {
-                    self.connect(self.next_connect);
-                    self.next_connect += 1;
-                }
-                if now_us >= self.ramp_deadline_us {
-                    for index in 0..self.clients.len() {
-                        if !matches!(
-                            self.clients[index].phase,
-                            ClientPhase::Joined | ClientPhase::Failed
-                        ) {
-                            self.fail(index, ErrorKind::Connect, || {
-                                "ramp-up timed out before the client joined".to_string()
-                            });
-                        }
-                    }
-                }
-                if self.next_connect == self.clients.len()
-                    && self.settled_count == self.clients.len()
-                {
-                    self.start_sending(now_us)?;
-                }
+    /// ROOM: the server speaks first (`alias?`). RESP: Redis speaks only when spoken to, so a
+    /// member subscribes at once; a publisher is ready to send.
+    fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
+        let client = &mut run.clients[u];
+        match (&run.p.framing.hello, client.publisher) {
+            (None, _) => client.handshake = Handshake::AwaitPrompt { got: 0 },
+            (Some(hello), false) => {
+                client.conn.out.extend(hello);
+                client.handshake = Handshake::AwaitGreeting;
             }
-            Phase::Send => {
-                self.send_due();
-                if Plan::all_taken(self.plan.as_ref(), self.next_g) {
-                    let now_us = self.io.clock.now_us();
-                    self.drain_start_us = now_us;
-                    self.drain_next_check_us = now_us;
-                    self.phase = Phase::Drain {
-                        deadline_us: now_us + self.cfg.drain_us,
-                    };
-                }
+            (Some(_), true) => {
+                client.stage = Stage::Joined;
+                run.course.wave.settle(u);
             }
-            Phase::Drain { deadline_us } => {
-                self.flush_dirty();
-                if self.everything_arrived(now_us) {
-                    self.drain_completed = true;
-                    self.phase = Phase::Done;
-                } else if now_us >= deadline_us {
-                    self.phase = Phase::Done;
-                }
-            }
-            Phase::Done => {}
-        }
-        if self.progress.due(now_us) {
-            self.progress_line(now_us);
         }
         Ok(())
     }
-    fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+    fn decode(_run: &mut Run<'_>, _u: usize) -> Result<Option<()>, String> {
+        Ok(None) // never called: `on_read` scans the bytes where they are
     }
-    /// When the loop must wake at the latest: the next connect, the next planned message, or
-    /// a phase deadline.
-    fn next_wake_us(&self) -> u64 {
-        let phase_us = match self.phase {
-            Phase::Ramp => {
-                let next_connect_us = self
-                    .clients
-                    .get(self.next_connect)
-                    .map_or(u64::MAX, |c| c.intended_connect_us);
-                next_connect_us.min(self.ramp_deadline_us)
-            }
-            Phase::Send => self
-                .plan
-                .as_ref()
-                .map_or(u64::MAX, |p| p.intended_us(self.next_g)),
-            Phase::Drain { deadline_us } => deadline_us.min(self.drain_next_check_us),
-            Phase::Done => u64::MAX,
-        };
-        self.progress.wake_us(phase_us)
+    fn on_message(_run: &mut Run<'_>, _u: usize, _message: (), _now_us: u64) {}
+    fn on_read(run: &mut Run<'_>, u: usize, n: usize, now_us: u64) -> bool {
+        run.on_bytes(u, n, now_us)
     }
-    /// Queues every planned message that is due, then writes.
-    fn send_due(&mut self) {
-        let Some(plan) = self.plan.as_ref() else {
-            return;
+    fn on_server_close(run: &mut Run<'_>, u: usize, ended: Chunk) {
+        let (kind, when) = if run.clients[u].stage == Stage::Joined {
+            (ErrorKind::Read, "after joining")
+        } else {
+            (ErrorKind::Connect, "during the handshake")
         };
-        if self.phase != Phase::Send {
-            return;
+        run.close_failed(u, kind, || match ended {
+            Chunk::Failed(e) => format!("read: {e}"),
+            _ => format!("server closed the connection {when}"),
+        });
+    }
+    /// A write that fails before the client joined was its alias (or its SUBSCRIBE).
+    fn fail(run: &mut Run<'_>, u: usize, kind: ErrorKind, why: String) {
+        if kind == ErrorKind::Write && run.clients[u].stage == Stage::Greeting {
+            run.close_failed(u, ErrorKind::Connect, || {
+                format!("sending the alias: {why}")
+            });
+        } else {
+            run.close_failed(u, kind, || why);
         }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        while let Some(due) = plan.take_due(&mut self.next_g, now_us) {
+    }
+    fn failed(run: &mut Run<'_>, u: usize, was: Stage) {
+        if was == Stage::Joined && !run.clients[u].publisher {
+            run.p.live_receivers = run.p.live_receivers.saturating_sub(1);
+        }
+    }
+    fn on_sent(&mut self, _u: usize, sender: Option<u32>, _queued: &Queued<()>, _lag_us: u64) {
+        if let Some(sent) = sender.and_then(|ordinal| self.sent.get_mut(ordinal as usize)) {
+            *sent += 1;
+        }
+    }
+    /// Queues every planned message that is due, framed in place in its sender's buffer.
+    fn send_due(run: &mut Run<'_>, now_us: u64) {
+        let Some(plan) = run.course.plan.as_ref() else {
+            return;
+        };
+        let (cfg, framing) = (run.p.cfg, &run.p.framing);
+        let framed_bytes =
+            framing.message_prefix.len() + cfg.message_bytes + framing.message_suffix.len();
+        while let Some(due) = plan.take_due(&mut run.course.next_g, now_us) {
             let ordinal = plan.sender_of(due.g) as usize;
-            let sender = &mut self.senders[ordinal];
-            let client = &self.clients[sender.client];
-            if client.phase != ClientPhase::Joined {
-                self.m.sends.not_sent_connection_lost += 1;
+            let client = &mut run.clients[run.senders[ordinal]];
+            if client.stage != Stage::Joined {
+                run.sends.not_sent_connection_lost += 1;
                 continue;
             }
-            let framing = &self.framing;
-            let framed_bytes = framing.message_prefix.len()
-                + self.cfg.message_bytes
-                + framing.message_suffix.len();
-            if queue_full(sender.queue.len(), sender.out.pending(), framed_bytes) {
-                self.m.sends.not_sent_queue_full += 1;
+            let conn = &mut client.conn;
+            if queue_full(conn.queue.len(), conn.out.pending(), framed_bytes) {
+                run.sends.not_sent_queue_full += 1;
                 continue;
             }
-            let (prefix, rest) = sender
-                .out
-                .append(framed_bytes)
-                .split_at_mut(framing.message_prefix.len());
+            let (prefix, rest) =
+                (conn.out.append(framed_bytes)).split_at_mut(framing.message_prefix.len());
             prefix.copy_from_slice(&framing.message_prefix);
-            let (message, suffix) = rest.split_at_mut(self.cfg.message_bytes);
+            let (message, suffix) = rest.split_at_mut(cfg.message_bytes);
             suffix.copy_from_slice(framing.message_suffix);
-            message[..8].copy_from_slice(&client.alias);
+            message[..8].copy_from_slice(&client.user.alias);
             message[8..ALIAS_PREFIX_LEN].copy_from_slice(b": ");
             let stamp = Record {
                 sender: ordinal as u32,
-                seq: sender.next_seq,
+                seq: run.p.next_seq[ordinal],
                 intended_us: due.intended_us,
-                len: self.cfg.message_bytes - ALIAS_PREFIX_LEN,
+                len: cfg.message_bytes - ALIAS_PREFIX_LEN,
             };
             if record::encode_into(&mut message[ALIAS_PREFIX_LEN..], &stamp).is_err() {
                 // The argument limits keep every field in range; should that ever break, the
                 // message is counted as not sent rather than written wrong.
-                sender.out.unappend(framed_bytes);
-                self.m.sends.not_sent_queue_full += 1;
+                conn.out.unappend(framed_bytes);
+                run.sends.not_sent_queue_full += 1;
                 continue;
             }
-            sender.next_seq += 1;
-            sender.queue.push_back(Queued::new(&sender.out, &due, ()));
-            plan.record_lateness(&due, &mut self.m.own.schedule_lateness);
-            self.io.dirty.mark(ordinal);
+            run.p.next_seq[ordinal] += 1;
+            conn.queue.push_back(Queued::new(&conn.out, &due, ()));
+            plan.record_lateness(&due, &mut run.own.schedule_lateness);
+            run.io.dirty.mark(run.senders[ordinal]);
         }
-        self.flush_dirty();
     }
-    fn counts(&self) -> SentReceived {
+    fn counts(run: &Run<'_>) -> SentReceived {
         SentReceived {
-            sent: self.m.sends.sent,
-            received: self.m.tracker.counts.delivered,
+            sent: run.sends.sent,
+            received: run.p.tally.tracker.counts.delivered,
         }
     }
-}
-
-impl Reactor for Run<'_> {
-    fn on_event(&mut self, index: usize, readable: bool, writable: bool, hangup: bool) {
-        let Some(client) = self.clients.get_mut(index) else {
-            return; // not ours; cannot happen, and must not panic
-        };
-        client.readable |= readable;
-        client.writable |= writable;
-        client.hangup |= hangup;
-        self.drive(index);
+    /// Every member that joined is a candidate; the chosen ones send (RESP: through their
+    /// publishers, under their aliases so the bytes are the same as ROOM's).
+    fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
+        let cfg = run.p.cfg;
+        let joined = run.joined_among(cfg.clients);
+        if joined.is_empty() {
+            return Err(run.errors.unreachable("no client joined"));
+        }
+        let chosen = choose_senders(&joined, cfg.senders, cfg.pace.seed);
+        let senders: Vec<usize> = (chosen.iter().enumerate())
+            .map(|(ordinal, &member)| {
+                let client = match cfg.wire {
+                    Wire::Room => member,
+                    Wire::Resp { .. } => cfg.clients + ordinal,
+                };
+                run.clients[client].alias = run.clients[member].alias;
+                client
+            })
+            .collect();
+        let count = senders.len();
+        (run.p.next_seq, run.p.sent) = (vec![0; count], vec![0; count]);
+        run.p.tally.tracker = SeqTracker::new(cfg.clients, count);
+        run.plan_over(senders, &cfg.pace, now_us);
+        Ok(())
     }
-    fn end_turn(&mut self) {
-        for index in std::mem::take(&mut self.io.still_ready) {
-            self.drive(index);
+    fn drain_us(&self) -> u64 {
+        self.cfg.pace.drain_us
+    }
+    /// Every joined receiver has every message that was sent (RESP: and every PUBLISH has
+    /// its reply).
+    fn everything_arrived(run: &Run<'_>) -> bool {
+        let p = &run.p;
+        // Cheap necessary condition first: enough records advanced their streams.
+        let reached = p.tally.tracker.counts.delivered + p.tally.tracker.counts.gap_losses;
+        if matches!(p.cfg.wire, Wire::Resp { .. }) && p.publish_replies < run.sends.sent {
+            return false;
+        }
+        let clients = &run.clients;
+        let live = (clients.iter())
+            .filter(|c| c.stage == Stage::Joined && !c.publisher)
+            .count() as u64;
+        if reached < run.sends.sent * live {
+            return false;
+        }
+        (p.tally.tracker).all_reached(|r| clients[r].stage == Stage::Joined, &p.sent)
+    }
+    fn doing(run: &Run<'_>) -> String {
+        let phase = run.course.phase;
+        match phase {
+            Phase::Ramp => format!(
+                "ramp-up: {} of {} joined",
+                run.p.joined_count, run.p.cfg.clients
+            ),
+            Phase::Send | Phase::Drain { .. } => format!(
+                "{}: sent {} of {}, delivered {}",
+                if phase == Phase::Send {
+                    "sending"
+                } else {
+                    "draining"
+                },
+                run.sends.sent,
+                run.course.plan.as_ref().map_or(0, |p| p.messages),
+                run.p.tally.tracker.counts.delivered
+            ),
+            Phase::Close { .. } | Phase::Done => String::new(),
         }
     }
 }
 
 impl Run<'_> {
-    fn connect(&mut self, index: usize) {
-        match crate::connect::open(
-            self.io.poll.registry(),
-            self.cfg.target,
-            index,
-            Token(index + 1),
-        ) {
-            Ok(stream) => {
-                let client = &mut self.clients[index];
-                client.stream = Some(stream);
-                client.hangup = false;
-                client.phase = ClientPhase::Connecting;
-            }
-            Err(why) => self.fail(index, ErrorKind::Connect, || why),
-        }
-    }
-
-    /// Every client is joined or failed: choose the senders and fix the plan.
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.ramp_end_us = now_us;
-        let joined: Vec<usize> = (0..self.clients.len())
-            .filter(|&i| self.clients[i].phase == ClientPhase::Joined && !self.clients[i].publisher)
-            .collect();
-        if joined.is_empty() {
-            return Err(self.m.errors.unreachable("no client joined"));
-        }
-        let chosen = choose_senders(&joined, self.cfg.senders, self.cfg.seed);
-        self.senders = chosen
-            .iter()
-            .enumerate()
-            .map(|(ordinal, &member)| {
-                // RESP: the member reads its own messages; its publisher writes them, under
-                // the member's alias so the bytes are the same as ROOM's.
-                let client = match self.cfg.wire {
-                    Wire::Room => member,
-                    Wire::Resp { .. } => self.cfg.clients + ordinal,
-                };
-                self.clients[client].alias = self.clients[member].alias;
-                self.clients[client].sender = Some(ordinal);
-                Sender {
-                    client,
-                    out: OutBuf::default(),
-                    queue: VecDeque::new(),
-                    next_seq: 0,
-                    sent: 0,
-                }
-            })
-            .collect();
-        self.m.tracker = SeqTracker::new(self.cfg.clients, self.senders.len());
-        self.plan = Some(Plan::new(
-            self.senders.len() as u32,
-            self.cfg.rate_per_s,
-            now_us + START_DELAY_US,
-            self.cfg.warmup_us,
-            self.cfg.duration_us,
-        ));
-        self.phase = Phase::Send;
-        Ok(())
-    }
-
-    fn flush_dirty(&mut self) {
-        for ordinal in self.io.dirty.take() {
-            self.flush(ordinal);
-        }
-    }
-
-    /// Writes a sender's queued bytes until done or `WouldBlock`, and accounts for every
-    /// message that went out completely.
-    fn flush(&mut self, ordinal: usize) {
-        let sender = &mut self.senders[ordinal];
-        let index = sender.client;
-        let client = &mut self.clients[index];
-        if client.phase != ClientPhase::Joined || !client.writable {
-            return; // the writable edge will call back
-        }
-        let Some(stream) = client.stream.as_mut() else {
-            return;
-        };
-        let lags = SendLags {
-            plan: self.plan.as_ref(),
-            own: &mut self.m.own,
-            sent_in_window: &mut self.m.sends.sent_in_window,
-        };
-        let sent_total = &mut self.m.sends.sent;
-        let drained = flush_queued(
-            stream,
-            &mut sender.out,
-            &mut sender.queue,
-            &self.io.clock,
-            lags,
-            |_, _| {
-                sender.sent += 1;
-                *sent_total += 1;
-            },
-        );
-        let failure = drained.failure(&mut client.writable);
-        if let Some(why) = failure {
-            self.fail(index, ErrorKind::Write, || why);
-        }
-    }
-
-    /// Acts on a client's readiness according to its phase.
-    fn drive(&mut self, index: usize) {
-        match self.clients[index].phase {
-            ClientPhase::Idle | ClientPhase::Failed => {}
-            ClientPhase::Connecting => {
-                if self.clients[index].readable || self.clients[index].writable {
-                    self.check_connected(index);
-                }
-                if self.clients[index].phase != ClientPhase::Connecting {
-                    self.drive(index);
-                }
-            }
-            ClientPhase::SendAlias { .. } => {
-                if self.clients[index].writable {
-                    self.send_alias(index);
-                }
-                // The server sends nothing before it has the alias; anything readable now is
-                // read (and judged) once the alias is out.
-                if self.clients[index].phase == ClientPhase::AwaitGreeting {
-                    self.drive(index);
-                }
-            }
-            ClientPhase::AwaitPrompt { .. } | ClientPhase::AwaitGreeting | ClientPhase::Joined => {
-                if self.clients[index].readable {
-                    self.read(index);
-                }
-                if let Some(ordinal) = self.clients[index].sender {
-                    if self.clients[index].writable && self.senders[ordinal].out.has_pending() {
-                        self.flush(ordinal);
-                    }
-                }
-            }
-        }
-    }
-
-    fn check_connected(&mut self, index: usize) {
-        let client = &mut self.clients[index];
-        let Some(stream) = client.stream.as_ref() else {
-            return;
-        };
-        match crate::connect::is_connected(stream) {
-            Ok(true) => {
-                // The connection's readiness was its writable edge; the prompt may be there.
-                client.readable = true;
-                client.phase = match (&client.resp, client.publisher) {
-                    (None, _) => ClientPhase::AwaitPrompt { got: 0 },
-                    // Redis speaks only when spoken to: subscribe at once.
-                    (Some(_), false) => ClientPhase::SendAlias { written: 0 },
-                    (Some(_), true) => {
-                        self.settled_count += 1;
-                        ClientPhase::Joined
-                    }
-                };
-            }
-            Ok(false) => {} // still connecting: the next edge will tell
-            Err(e) => self.fail(index, ErrorKind::Connect, || format!("connect: {e}")),
-        }
-    }
-
-    fn send_alias(&mut self, index: usize) {
-        let client = &mut self.clients[index];
-        let ClientPhase::SendAlias { mut written } = client.phase else {
-            return;
-        };
-        let hello: &[u8] = self.framing.hello.as_deref().unwrap_or(&client.alias);
-        let Some(stream) = client.stream.as_mut() else {
-            return;
-        };
-        while written < hello.len() {
-            match stream.write(&hello[written..]) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    client.writable = false;
-                    client.phase = ClientPhase::SendAlias { written };
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.fail(index, ErrorKind::Connect, || {
-                        format!("sending the alias: {e}")
-                    });
-                    return;
-                }
-            }
-        }
-        if written < hello.len() {
-            self.fail(index, ErrorKind::Connect, || {
-                "sending the alias: write returned 0".to_string()
-            });
-            return;
-        }
-        client.phase = ClientPhase::AwaitGreeting;
-        client.readable = true; // the greeting may already be waiting
-    }
-
-    /// Reads until a short read or `WouldBlock` (or the budget; see [`read_chunk`]), handing
-    /// each chunk to the phase's handler.
-    fn read(&mut self, index: usize) {
-        let mut budget = READ_BUDGET_BYTES;
-        loop {
-            let client = &mut self.clients[index];
-            let Some(stream) = client.stream.as_mut() else {
-                return;
-            };
-            if budget == 0 {
-                self.io.still_ready.push(index);
-                return;
-            }
-            let hangup = client.hangup;
-            let (n, emptied) =
-                match read_chunk(stream, &mut self.io.read_buf, &mut client.readable, hangup) {
-                    Chunk::Bytes(n) => (n, false),
-                    Chunk::Emptied(n) => (n, true),
-                    Chunk::Drained => return,
-                    ended => {
-                        let (kind, when) = if client.phase == ClientPhase::Joined {
-                            (ErrorKind::Read, "after joining")
-                        } else {
-                            (ErrorKind::Connect, "during the handshake")
-                        };
-                        self.fail(index, kind, || match ended {
-                            Chunk::Failed(e) => format!("read: {e}"),
-                            _ => format!("server closed the connection {when}"),
-                        });
-                        return;
-                    }
-                };
-            budget = budget.saturating_sub(n);
-            // One clock read per read(): every record in this chunk arrived together.
-            let now_us = self.io.clock.now_us();
-            if !self.on_bytes(index, n, now_us) {
-                return;
-            }
-            self.io.bytes_since_send_check += n;
-            if self.io.bytes_since_send_check >= BYTES_PER_SEND_CHECK {
-                self.send_due(); // may fail this very client: the loop re-checks its stream
-            }
-            if emptied {
-                return;
-            }
-        }
-    }
-
-    /// Handles `self.io.read_buf[..n]` for client `index`; false when the client failed.
-    fn on_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
-        if self.clients[index].resp.is_some() {
-            return self.on_resp_bytes(index, n, now_us);
+    /// Handles `self.io.read_buf[..n]` for client `u`; false when the client failed.
+    fn on_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
+        if self.clients[u].resp.is_some() {
+            return self.on_resp_bytes(u, n, now_us);
         }
         let mut from = 0;
-        if let ClientPhase::AwaitPrompt { mut got } = self.clients[index].phase {
+        if let Handshake::AwaitPrompt { mut got } = self.clients[u].handshake {
             while got < PROMPT.len() && from < n {
                 if self.io.read_buf[from] != PROMPT[got] {
                     let seen = String::from_utf8_lossy(&self.io.read_buf[..n]).into_owned();
-                    self.fail(index, ErrorKind::Connect, || {
+                    self.close_failed(u, ErrorKind::Connect, || {
                         format!("expected `alias?` from the server, got {seen:?}")
                     });
                     return false;
@@ -775,114 +465,122 @@ impl Run<'_> {
                 from += 1;
             }
             if got < PROMPT.len() {
-                self.clients[index].phase = ClientPhase::AwaitPrompt { got };
+                self.clients[u].handshake = Handshake::AwaitPrompt { got };
                 return true;
             }
             if from < n {
                 let extra = String::from_utf8_lossy(&self.io.read_buf[from..n]).into_owned();
-                self.fail(index, ErrorKind::Connect, || {
+                self.close_failed(u, ErrorKind::Connect, || {
                     format!("the server sent {extra:?} after `alias?`, before the alias")
                 });
                 return false;
             }
-            self.clients[index].phase = ClientPhase::SendAlias { written: 0 };
-            self.send_alias(index);
-            return self.clients[index].phase != ClientPhase::Failed;
+            // The alias goes out with this read's flush.
+            let client = &mut self.clients[u];
+            let alias = client.user.alias;
+            client.conn.out.extend(&alias);
+            client.handshake = Handshake::AwaitGreeting;
+            return true;
         }
-
-        let Run {
+        let engine::Run {
             clients,
-            m,
-            plan,
+            errors,
+            course,
             io,
+            p,
             ..
-        } = &mut *self;
-        let read_buf = &io.read_buf;
-        let client = &mut clients[index];
-        let plan = plan.as_ref();
-        client.scanner.feed(&read_buf[from..n], |found| {
-            on_scanned(m, plan, index, now_us, found);
+        } = self;
+        let client = &mut clients[u];
+        let (tally, plan) = (&mut p.tally, course.plan.as_ref());
+        client.user.scanner.feed(&io.read_buf[from..n], |found| {
+            on_scanned(errors, tally, plan, u, now_us, found);
         });
-        if client.phase == ClientPhase::AwaitGreeting && client.scanner.notices().greetings > 0 {
-            self.mark_joined(index, now_us);
+        if client.stage == Stage::Greeting && client.scanner.notices().greetings > 0 {
+            self.mark_joined(u, now_us);
         }
         true
     }
 
-    /// The server confirmed member `index`'s join: it receives from now on.
-    fn mark_joined(&mut self, index: usize, now_us: u64) {
-        let client = &mut self.clients[index];
-        client.phase = ClientPhase::Joined;
+    /// The server confirmed member `u`'s join: it receives from now on.
+    fn mark_joined(&mut self, u: usize, now_us: u64) {
+        let client = &mut self.clients[u];
+        client.stage = Stage::Joined;
         client.joined = true;
-        self.joined_count += 1;
-        self.settled_count += 1;
-        self.live_receivers += 1;
-        self.m
-            .connect_latency
-            .record(now_us.saturating_sub(client.intended_connect_us));
+        self.p.joined_count += 1;
+        self.p.live_receivers += 1;
+        let intended_us = self.course.wave.intended_us(u);
+        (self.p.connect_latency).record(now_us.saturating_sub(intended_us));
+        self.course.wave.settle(u);
     }
 
-    /// RESP: frames `self.io.read_buf[..n]` for client `index`, hands payloads to its scanner and
+    /// RESP: frames `self.io.read_buf[..n]` for client `u`, hands payloads to its scanner and
     /// checks the replies; false when the client failed.
-    fn on_resp_bytes(&mut self, index: usize, n: usize, now_us: u64) -> bool {
+    fn on_resp_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
         // Only receivers change it, and a publisher's bytes are not a receiver's.
-        let live = self.live_receivers;
+        let live = self.p.live_receivers;
         let mut confirmed = false;
-        let Run {
-            cfg,
+        let engine::Run {
             clients,
-            m,
-            plan,
+            errors,
+            course,
             io,
+            p,
             ..
-        } = &mut *self;
+        } = self;
         let read_buf = &io.read_buf;
-        let target = cfg.target;
-        let plan = plan.as_ref();
+        let target = p.cfg.target;
+        let (tally, publish_replies) = (&mut p.tally, &mut p.publish_replies);
+        let plan = course.plan.as_ref();
+        let client = &mut clients[u];
+        let stage = client.stage;
         let Client {
             resp,
             scanner,
-            phase,
             publisher,
             ..
-        } = &mut clients[index];
+        } = &mut client.user;
         let Some(reader) = resp.as_mut() else {
             return true;
         };
         let publisher = *publisher;
         let result = reader.feed(&read_buf[..n], |event| match event {
-            resp::Event::Payload(bytes) if !publisher && *phase == ClientPhase::Joined => {
-                scanner.feed(bytes, |found| on_scanned(m, plan, index, now_us, found));
+            resp::Event::Payload(bytes) if !publisher && (stage == Stage::Joined || confirmed) => {
+                scanner.feed(bytes, |found| {
+                    on_scanned(errors, tally, plan, u, now_us, found)
+                });
             }
-            resp::Event::MessageEnd if !publisher && *phase == ClientPhase::Joined => {}
-            resp::Event::Subscribed(_) if !publisher && *phase == ClientPhase::AwaitGreeting => {
+            resp::Event::MessageEnd if !publisher && (stage == Stage::Joined || confirmed) => {}
+            resp::Event::Subscribed(_) if !publisher && stage == Stage::Greeting && !confirmed => {
                 // At once, so the payloads behind it in this read are taken.
-                *phase = ClientPhase::Joined;
                 confirmed = true;
             }
             resp::Event::Integer(subscribers) if publisher => {
-                m.publish_replies += 1;
+                *publish_replies += 1;
                 if u64::try_from(subscribers) != Ok(live) {
-                    m.errors.count(ErrorKind::Protocol, || {
+                    errors.count(ErrorKind::Protocol, || {
                         format!(
-                            "{target} client {index}: PUBLISH reached {subscribers} \
+                            "{target} client {u}: PUBLISH reached {subscribers} \
                              subscribers, {live} were subscribed"
                         )
                     });
                 }
             }
             other => {
-                let phase = *phase;
-                m.errors.count(ErrorKind::Protocol, || {
-                    format!("{target} client {index}: unexpected {other:?} ({phase:?})")
+                let phase = match (stage, confirmed) {
+                    (Stage::Greeting, false) => "AwaitGreeting",
+                    (Stage::Joined, _) | (_, true) => "Joined",
+                    _ => "Failed",
+                };
+                errors.count(ErrorKind::Protocol, || {
+                    format!("{target} client {u}: unexpected {other:?} ({phase})")
                 });
             }
         });
         if confirmed {
-            self.mark_joined(index, now_us);
+            self.mark_joined(u, now_us);
         }
         if let Err(why) = result {
-            self.fail(index, ErrorKind::Protocol, || {
+            self.close_failed(u, ErrorKind::Protocol, || {
                 format!("not a RESP pub/sub stream: {why:?}")
             });
             return false;
@@ -890,100 +588,17 @@ impl Run<'_> {
         true
     }
 
-    /// Counts the error, closes the connection and takes the client out of the run.
-    fn fail(&mut self, index: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
-        let client = &mut self.clients[index];
-        if client.phase == ClientPhase::Failed {
-            return;
-        }
-        if client.phase != ClientPhase::Joined {
-            // It had not settled yet (the ramp-up waits for every client to join or fail).
-            self.settled_count += 1;
-        } else if !client.publisher {
-            self.live_receivers = self.live_receivers.saturating_sub(1);
-        }
-        client.phase = ClientPhase::Failed;
-        if let Some(ordinal) = client.sender {
-            // What it still held will never go out.
-            let sender = &mut self.senders[ordinal];
-            self.m.sends.not_sent_connection_lost += sender.queue.len() as u64;
-            sender.queue.clear();
-            sender.out.clear();
-        }
-        if let Some(mut stream) = client.stream.take() {
-            // Closing the socket deregisters it from epoll; deregistering first is tidier.
-            let _ = self.io.poll.registry().deregister(&mut stream);
-        }
-        let target = self.cfg.target;
-        self.m
-            .errors
-            .count(kind, || format!("{target} client {index}: {}", describe()));
-    }
-
-    /// During the drain: every joined receiver has every message that was sent.
-    fn everything_arrived(&mut self, now_us: u64) -> bool {
-        if now_us < self.drain_next_check_us {
-            return false;
-        }
-        self.drain_next_check_us = now_us + DRAIN_CHECK_INTERVAL_US;
-        if self.senders.iter().any(|s| !s.queue.is_empty()) {
-            return false;
-        }
-        // Cheap necessary condition first: enough records advanced their streams.
-        let reached = self.m.tracker.counts.delivered + self.m.tracker.counts.gap_losses;
-        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sends.sent
-        {
-            return false;
-        }
-        let live_receivers = self
-            .clients
-            .iter()
-            .filter(|c| c.phase == ClientPhase::Joined && !c.publisher)
-            .count() as u64;
-        if reached < self.m.sends.sent * live_receivers {
-            return false;
-        }
-        let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
-        let clients = &self.clients;
-        self.m
-            .tracker
-            .all_reached(|r| clients[r].phase == ClientPhase::Joined, &sent)
-    }
-
-    fn progress_line(&self, now_us: u64) {
-        let what = match self.phase {
-            Phase::Ramp => format!(
-                "ramp-up: {} of {} joined",
-                self.joined_count, self.cfg.clients
-            ),
-            Phase::Send | Phase::Drain { .. } => format!(
-                "{}: sent {} of {}, delivered {}",
-                if self.phase == Phase::Send {
-                    "sending"
-                } else {
-                    "draining"
-                },
-                self.m.sends.sent,
-                self.plan.as_ref().map_or(0, |p| p.messages),
-                self.m.tracker.counts.delivered
-            ),
-            Phase::Done => String::new(),
-        };
-        Progress::draw(self.ramp_start_us, now_us, &what, self.m.errors.total());
-    }
-
     /// Closes everything and hands the measurements over.
     pub fn finish(mut self) -> RoomOutcome {
-        let end_us = self.io.clock.now_us();
-        self.m.sends.not_sent_at_end = self.senders.iter().map(|s| s.queue.len() as u64).sum();
-        let sent: Vec<u64> = self.senders.iter().map(|s| s.sent).collect();
+        let times = self.course.times(self.io.clock.now_us());
+        self.close_all();
+        let p = &self.p;
         let clients = &self.clients;
-        let undelivered = self.m.tracker.undelivered(|r| clients[r].joined, &sent);
-        if matches!(self.cfg.wire, Wire::Resp { .. }) && self.m.publish_replies < self.m.sends.sent
-        {
-            let missing = self.m.sends.sent - self.m.publish_replies;
-            let target = self.cfg.target;
-            self.m.errors.count(ErrorKind::Protocol, || {
+        let undelivered = p.tally.tracker.undelivered(|r| clients[r].joined, &p.sent);
+        if matches!(p.cfg.wire, Wire::Resp { .. }) && p.publish_replies < self.sends.sent {
+            let missing = self.sends.sent - p.publish_replies;
+            let target = p.cfg.target;
+            self.errors.count(ErrorKind::Protocol, || {
                 format!("{target}: {missing} PUBLISH replies had not come by the end of the drain")
             });
         }
@@ -993,33 +608,24 @@ impl Run<'_> {
             notices.add(&client.scanner.notices());
             incomplete_bytes_at_end += client.scanner.pending_bytes() as u64;
         }
-        for client in &mut self.clients {
-            if let Some(mut stream) = client.stream.take() {
-                let _ = self.io.poll.registry().deregister(&mut stream);
-            }
-        }
-        let plan = self
-            .plan
-            .clone()
-            .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0));
         RoomOutcome {
-            clients_requested: self.cfg.clients,
+            clients_requested: self.p.cfg.clients,
             clients_joined: self.clients.iter().filter(|c| c.joined).count(),
-            connect_latency: self.m.connect_latency,
-            delivery_latency: self.m.delivery_latency,
-            own: self.m.own,
-            errors: self.m.errors,
-            seq: self.m.tracker.counts,
+            plan: self.course.plan_or_empty(),
+            connect_latency: self.p.connect_latency,
+            delivery_latency: self.p.tally.delivery_latency,
+            own: self.own,
+            errors: self.errors,
+            seq: self.p.tally.tracker.counts,
             undelivered,
-            publish_replies: self.m.publish_replies,
-            sends: self.m.sends,
-            delivered_in_window: self.m.delivered_in_window,
+            publish_replies: self.p.publish_replies,
+            sends: self.sends,
+            delivered_in_window: self.p.tally.delivered_in_window,
             notices,
             incomplete_bytes_at_end,
-            ramp_us: self.ramp_end_us.saturating_sub(self.ramp_start_us),
-            drain_used_us: end_us.saturating_sub(self.drain_start_us),
-            drain_timed_out: !self.drain_completed,
-            plan,
+            ramp_us: times.ramp_us,
+            drain_used_us: times.drain_used_us,
+            drain_timed_out: times.drain_timed_out,
         }
     }
 }
@@ -1027,7 +633,8 @@ impl Run<'_> {
 /// Accounts for one record (or malformed record) found in receiver `receiver`'s stream.
 #[inline]
 fn on_scanned(
-    m: &mut Measurements,
+    errors: &mut ErrorCounts,
+    m: &mut Tally,
     plan: Option<&Plan>,
     receiver: usize,
     now_us: u64,
@@ -1036,14 +643,14 @@ fn on_scanned(
     let record = match found {
         Scanned::Record(record) => record,
         Scanned::Malformed(why) => {
-            m.errors.count(ErrorKind::Protocol, || {
+            errors.count(ErrorKind::Protocol, || {
                 format!("client {receiver}: malformed record ({why:?})")
             });
             return;
         }
     };
     let Some(plan) = plan else {
-        m.errors.count(ErrorKind::Protocol, || {
+        errors.count(ErrorKind::Protocol, || {
             format!("client {receiver}: a record arrived before any was sent")
         });
         return;
@@ -1051,7 +658,7 @@ fn on_scanned(
     let sender = record.sender as usize;
     if sender >= m.tracker.senders() || record.intended_us > now_us {
         // A sender that does not exist, or a message from the future: corrupt bytes.
-        m.errors.count(ErrorKind::Protocol, || {
+        errors.count(ErrorKind::Protocol, || {
             format!("client {receiver}: impossible record {record:?} at {now_us} µs")
         });
         return;
@@ -1099,7 +706,7 @@ pub mod churn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
     use std::sync::{Arc, Mutex};
     use std::thread;
@@ -1161,14 +768,16 @@ mod tests {
             target,
             clients: 8,
             senders: 2,
-            rate_per_s: 400,
-            duration_us: 500_000,
-            warmup_us: 100_000,
-            drain_us: 2_000_000,
             message_bytes: 100,
-            connect_rate_per_s: 1_000,
-            seed: 7,
-            progress: false,
+            pace: Pace {
+                rate_per_s: 400,
+                duration_us: 500_000,
+                warmup_us: 100_000,
+                drain_us: 2_000_000,
+                connect_rate_per_s: 1_000,
+                seed: 7,
+                progress: false,
+            },
         }
     }
 
@@ -1205,7 +814,7 @@ mod tests {
     #[test]
     fn a_lossy_relay_is_caught() {
         let mut cfg = config(spawn_relay(25));
-        cfg.drain_us = 300_000;
+        cfg.pace.drain_us = 300_000;
         let run = run(&cfg).unwrap();
         assert_eq!(run.clients_joined, 8);
         let lost = run.seq.gap_losses + run.undelivered;

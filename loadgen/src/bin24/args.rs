@@ -1,11 +1,11 @@
 //! `loadgen bin24`'s flags and their translation into the BIN24 scenario's config.
 
-use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::resolve_loopback;
+use crate::args::{resolve_loopback, Pace};
 use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{self, Bin24Config, STAMP_BYTES};
 use crate::mix::{MixShare, Setup};
@@ -92,7 +92,6 @@ impl ScenarioArgs for Bin24Args {
                  {BIN24_BODY_BYTES_MAX} (the largest BIN24 body)"
             ));
         }
-        let drain = common.drain.unwrap_or(BIN24_DRAIN_DEFAULT);
         let window_us = (common.warmup + common.duration).as_micros();
         let planned = (window_us * u128::from(self.rate)).div_ceil(1_000_000);
         if planned > u128::from(BIN24_MESSAGES_MAX) {
@@ -102,20 +101,16 @@ impl ScenarioArgs for Bin24Args {
             ));
         }
         let target = resolve_loopback(&common.host, self.port)?;
-        let cfg = Bin24Config {
+        let pace = Pace::single(common, self.rate, BIN24_DRAIN_DEFAULT);
+        let offline_share = self.offline_share;
+        let cfg = build(
             target,
             users,
             pattern,
-            offline: topology::choose_offline(users, self.offline_share, common.seed),
-            rate_per_s: self.rate,
-            duration_us: common.duration.as_micros() as u64,
-            warmup_us: common.warmup.as_micros() as u64,
-            drain_us: drain.as_micros() as u64,
-            body_bytes: self.payload_bytes,
-            connect_rate_per_s: common.connect_rate,
-            run_id: run_id(),
-            progress: std::io::stderr().is_terminal(),
-        };
+            offline_share,
+            self.payload_bytes,
+            pace,
+        );
         let title = format!(
             "BIN24: {users} users ({pattern:?}), {}% offline, {} msg/s, {} B, {:?}",
             self.offline_share * 100.0,
@@ -134,9 +129,8 @@ const MIX_OFFLINE_SHARE: f64 = 0.1;
 /// This scenario's share of `loadgen mix`, checked and turned into its config; also the
 /// descriptors it needs.
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
-    let (args, clients, rate, connect_rate) = (m.args, m.clients, m.rate, m.connect_rate);
+    let (args, clients, rate) = (m.args, m.clients, m.rate);
     let (common, bytes) = (&args.common, args.payload_bytes);
-    let (duration_us, warmup_us, drain_us) = m.window_us(BIN24_DRAIN_DEFAULT);
     let pattern = m.pattern();
     m.check_bytes(BIN24_BODY_BYTES_MIN, BIN24_BODY_BYTES_MAX)?;
     let window_us = (common.warmup + common.duration).as_micros();
@@ -147,21 +141,28 @@ pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
              most {BIN24_MESSAGES_MAX}"
         ));
     }
-    Ok((
-        Setup::of::<bin24::Bin24>(Bin24Config {
-            target: resolve_loopback(&common.host, args.bin24_port)?,
-            users: clients,
-            pattern,
-            offline: topology::choose_offline(clients, MIX_OFFLINE_SHARE, common.seed),
-            rate_per_s: rate,
-            duration_us,
-            warmup_us,
-            drain_us,
-            body_bytes: bytes,
-            connect_rate_per_s: connect_rate,
-            run_id: run_id(),
-            progress: false,
-        }),
-        clients as u64,
-    ))
+    let target = resolve_loopback(&common.host, args.bin24_port)?;
+    let pace = m.pace(BIN24_DRAIN_DEFAULT);
+    let cfg = build(target, clients, pattern, MIX_OFFLINE_SHARE, bytes, pace);
+    Ok((Setup::of::<bin24::Bin24>(cfg), clients as u64))
+}
+
+/// The scenario's config, from the subcommand's flags or from its share of the mix.
+fn build(
+    target: SocketAddr,
+    users: usize,
+    pattern: Pattern,
+    offline_share: f64,
+    body_bytes: usize,
+    pace: Pace,
+) -> Bin24Config {
+    Bin24Config {
+        target,
+        users,
+        pattern,
+        offline: topology::choose_offline(users, offline_share, pace.seed),
+        body_bytes,
+        run_id: run_id(),
+        pace,
+    }
 }

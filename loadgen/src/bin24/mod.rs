@@ -19,8 +19,9 @@
 //!    messages arrive as type 2. Ends when every "300" message has been delivered, or
 //!    `--drain` after the last of these users joined.
 //!
-//! The loop is ROOM's (see `room.rs`): one mio poll, sockets registered READABLE|WRITABLE once,
-//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! It runs on the engine ([`crate::engine::Run`]), as the other TCP scenarios: one mio poll,
+//! sockets registered READABLE|WRITABLE once, readiness kept in userland, the pacer's timerfd
+//! waking it on the plan's microsecond.
 
 pub mod args;
 pub mod churn;
@@ -40,12 +41,13 @@ use switchboard::protocol::bin24::codec::{
     TYPE_MESSAGE, TYPE_OFFLINE,
 };
 
-use crate::course::{self, Course, Phase, Staged};
-use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
-use crate::engine::{self, Link, Wire};
+use crate::args::Pace;
+use crate::course::Phase;
+use crate::driver::{RunError, SentReceived};
+use crate::engine::{self, ClientOf, Stage, Wire};
 use crate::plan::Plan;
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendCounts, SendLags};
+use crate::sockio::{Queued, SendCounts};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
@@ -69,16 +71,12 @@ pub struct Bin24Config {
     pub pattern: Pattern,
     /// Which users stay offline until the reconnect phase (`offline[i]`).
     pub offline: Vec<bool>,
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Bytes of each message's body (after the 24-byte header), the stamp included.
     pub body_bytes: usize,
-    pub connect_rate_per_s: u64,
     /// Written into every stamp; stored frames of an earlier run carry another.
     pub run_id: u32,
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 /// The latencies, in µs. Ack and delivery latencies are measured from the intended send time.
@@ -137,58 +135,33 @@ pub struct Bin24Outcome {
     pub reconnect_timed_out: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UserPhase {
-    /// Not connected (offline, waiting for its turn, or closed by the loadgen to reconnect).
-    Idle,
-    Connecting,
-    /// Connected, the hello is (being) written; waiting for it to come back.
-    AwaitEcho,
-    Joined,
-    /// Gave up on this connection (the error was counted).
-    Failed,
-}
-
-struct User {
+pub struct User {
     name: Name,
     partner: usize,
     offline: bool,
-    /// The sender ordinal in the plan, if it sends.
-    sender: Option<u32>,
-    conn: Conn<u64>,
-    phase: UserPhase,
     /// Connected in the reconnect phase.
     reconnecting: bool,
-    ever_joined: bool,
     /// Connections made in the reconnect phase.
     reconnect_attempts: u32,
 }
 
-struct Measurements {
-    latency: Latencies,
-    errors: ErrorCounts,
-    sends: SendCounts,
-    answered_in_window: u64,
-    delivered_live_in_window: u64,
-    foreign_frames: u64,
-    stored_hellos: u64,
-    stored_frames: u64,
-}
+/// The run: the engine's, over BIN24's part.
+pub type Run<'a> = engine::Run<Part<'a>>;
 
-pub struct Run<'a> {
+/// BIN24's part of the run.
+pub struct Part<'a> {
     cfg: &'a Bin24Config,
-    io: Loop,
-    users: Vec<User>,
-    /// User index of each sender ordinal.
-    senders: Vec<usize>,
     /// Per planned message: actual write completion minus intended time, µs (for the
     /// service time).
     write_lag_us: Vec<u32>,
     ledger: Ledger,
     body_buf: Vec<u8>,
-    m: Measurements,
-    /// Its closing phase is the reconnect, a second wave.
-    course: Course,
+    latency: Latencies,
+    answered_in_window: u64,
+    delivered_live_in_window: u64,
+    foreign_frames: u64,
+    stored_hellos: u64,
+    stored_frames: u64,
     reconnect_of_online: usize,
     reconnect_retries: u64,
 }
@@ -204,50 +177,39 @@ impl ScenarioKind for Bin24 {
     type Report = report::Report;
 
     fn start(cfg: &Bin24Config) -> Result<Run<'_>, RunError> {
-        let io = Loop::new()?;
-        let users = (0..cfg.users)
-            .map(|i| User {
-                name: user_name(i),
-                partner: cfg.pattern.partner(i, cfg.users),
-                offline: cfg.offline.get(i).copied().unwrap_or(false),
-                sender: None,
-                conn: Conn::default(),
-                phase: UserPhase::Idle,
-                reconnecting: false,
-                ever_joined: false,
-                reconnect_attempts: 0,
-            })
-            .collect();
-        let now_us = io.clock.now_us();
-        let online = (0..cfg.users).filter(|&i| !cfg.offline.get(i).copied().unwrap_or(false));
-        Ok(Run {
+        let users = (0..cfg.users).map(|i| User {
+            name: user_name(i),
+            partner: cfg.pattern.partner(i, cfg.users),
+            offline: cfg.offline.get(i).copied().unwrap_or(false),
+            reconnecting: false,
+            reconnect_attempts: 0,
+        });
+        let part = Part {
             cfg,
-            io,
-            users,
-            senders: Vec::new(),
             write_lag_us: Vec::new(),
             ledger: Ledger::default(),
             body_buf: vec![0; cfg.body_bytes.max(STAMP_BYTES)],
-            m: Measurements {
-                latency: Latencies::default(),
-                errors: ErrorCounts::default(),
-                sends: SendCounts::default(),
-                answered_in_window: 0,
-                delivered_live_in_window: 0,
-                foreign_frames: 0,
-                stored_hellos: 0,
-                stored_frames: 0,
-            },
-            course: Course::new(
-                cfg.users,
-                online.collect(),
-                now_us,
-                cfg.connect_rate_per_s,
-                cfg.progress,
-            ),
+            latency: Latencies::default(),
+            answered_in_window: 0,
+            delivered_live_in_window: 0,
+            foreign_frames: 0,
+            stored_hellos: 0,
+            stored_frames: 0,
             reconnect_of_online: 0,
             reconnect_retries: 0,
-        })
+        };
+        let online = |n| {
+            (0..n)
+                .filter(|&i| !cfg.offline.get(i).copied().unwrap_or(false))
+                .collect()
+        };
+        engine::Run::new(
+            part,
+            users,
+            online,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> Bin24Outcome {
         run.finish()
@@ -280,7 +242,7 @@ impl ScenarioKind for Bin24 {
         )
     }
     fn progress(cfg: &Bin24Config) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &Bin24Config) -> String {
         format!("no user could join a BIN24 server at {}", cfg.target)
@@ -293,260 +255,190 @@ impl InMix for Bin24 {
     const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
 }
 
-impl Phases for Run<'_> {
-    fn io(&self) -> &Loop {
-        &self.io
-    }
-    fn io_mut(&mut self) -> &mut Loop {
-        &mut self.io
-    }
-    fn advance(&mut self) -> Result<(), RunError> {
-        course::advance(self)
-    }
-    fn next_wake_us(&self) -> u64 {
-        course::next_wake_us(self)
-    }
-    fn is_done(&self) -> bool {
-        course::is_done(self)
-    }
-    /// Queues every planned message that is due, then writes.
-    fn send_due(&mut self) {
-        let Some(plan) = self.course.plan.as_ref() else {
-            return;
-        };
-        if self.course.phase != Phase::Send {
-            return;
-        }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        let senders = u64::from(plan.senders);
-        while let Some(due) = plan.take_due(&mut self.course.next_g, now_us) {
-            let u = self.senders[plan.sender_of(due.g) as usize];
-            let seq = due.g / senders;
-            let user = &self.users[u];
-            if user.phase != UserPhase::Joined {
-                self.m.sends.not_sent_connection_lost += 1;
-                continue;
-            }
-            let frame_bytes = codec::HEADER_BYTES + self.cfg.body_bytes;
-            // Only messages: answers are never dropped (the server closes a recipient that does not
-            // answer), so they are queued whatever the backlog.
-            if queue_full(user.conn.queue.len(), user.conn.out.pending(), frame_bytes) {
-                self.m.sends.not_sent_queue_full += 1;
-                continue;
-            }
-            let body = &mut self.body_buf[..self.cfg.body_bytes];
-            let stamp = Stamp {
-                run_id: self.cfg.run_id,
-                sender: u as u32,
-                seq: seq as u32,
-                intended_us: due.intended_us,
-            };
-            let partner = self.users[user.partner].name;
-            // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
-            // so neither can fail; if one ever did, the message counts as not sent.
-            let frame = stamp::write(body, &stamp).ok().and_then(|()| {
-                codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
-            });
-            let Some(frame) = frame else {
-                self.m.sends.not_sent_queue_full += 1;
-                continue;
-            };
-            let user = &mut self.users[u];
-            user.conn.out.extend(&frame);
-            user.conn
-                .queue
-                .push_back(Queued::new(&user.conn.out, &due, due.g));
-            plan.record_lateness(&due, &mut self.m.latency.own.schedule_lateness);
-            self.io.dirty.mark(u);
-        }
-        engine::flush_dirty(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.m.sends.sent,
-            received: self.m.sends.sent.saturating_sub(self.ledger.unresolved()),
-        }
-    }
-}
-
-impl Wire for Run<'_> {
+impl Wire for Part<'_> {
+    type User = User;
     type Tag = u64;
     type Message = Frame;
+    const WAVE_TIMEOUT: &'static str = "timed out before its hello came back";
 
-    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<u64>)> {
-        let user = self.users.get_mut(u)?;
-        Some((&mut self.io, &mut user.conn))
+    fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
+        self.cfg.target
     }
-    fn link(&self, u: usize) -> Link {
-        match self.users.get(u).map(|user| user.phase) {
-            Some(UserPhase::Connecting) => Link::Connecting,
-            Some(UserPhase::AwaitEcho) => Link::Greeting,
-            Some(UserPhase::Joined) => Link::Joined,
-            _ => Link::Down,
-        }
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
+        format!("{} user {}", self.cfg.target, c.name)
     }
-    fn on_connected(&mut self, u: usize) -> io::Result<()> {
-        let user = &mut self.users[u];
+    fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
+        let user = &mut run.clients[u];
         // The first frame makes the user exist: a hello to itself, which the server forwards
         // back once the name is registered.
         if let Some(hello) = codec::encode(TYPE_MESSAGE, HELLO_ID, user.name, user.name, HELLO_BODY)
         {
             user.conn.out.extend(&hello);
         }
-        user.phase = UserPhase::AwaitEcho;
         Ok(())
     }
-    fn decode(&mut self, u: usize) -> Result<Option<Frame>, String> {
-        codec::decode(&mut self.users[u].conn.inbuf).map_err(|e| e.to_string())
+    fn decode(run: &mut Run<'_>, u: usize) -> Result<Option<Frame>, String> {
+        codec::decode(&mut run.clients[u].conn.inbuf).map_err(|e| e.to_string())
     }
-    fn on_message(&mut self, u: usize, frame: Frame, now_us: u64) {
-        self.on_frame(u, &frame, now_us);
+    fn on_message(run: &mut Run<'_>, u: usize, frame: Frame, now_us: u64) {
+        run.on_frame(u, &frame, now_us);
     }
-    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
-        Run::fail(self, u, kind, || why);
+    /// Fails the user; in the reconnect phase, a user whose stored messages may still be
+    /// waiting connects again (see [`RECONNECT_ATTEMPTS_MAX`]).
+    fn fail(run: &mut Run<'_>, u: usize, kind: ErrorKind, why: String) {
+        run.close_failed(u, kind, || why);
+        let user = &run.clients[u];
+        let retry = matches!(run.course.phase, Phase::Close { .. })
+            && user.reconnecting
+            && user.reconnect_attempts < RECONNECT_ATTEMPTS_MAX
+            && run.p.ledger.awaiting_redelivery() > 0;
+        if !retry {
+            return;
+        }
+        let wave = &mut run.course.wave;
+        let last_us = (wave.members().last()).map_or(0, |&last| wave.intended_us(last));
+        let intended_us = (run.io.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
+        wave.push(u, intended_us);
+        let user = &mut run.clients[u];
+        user.reconnect_attempts += 1;
+        user.stage = Stage::Idle;
+        run.p.reconnect_retries += 1;
+        // The wait for stored messages starts again once this connection has settled.
+        run.course.phase = Phase::Close { deadline_us: None };
     }
-    /// Writes a user's pending bytes until done or `WouldBlock`, and accounts for every
-    /// message that went out completely.
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        let lags = SendLags {
-            plan: self.course.plan.as_ref(),
-            own: &mut self.m.latency.own,
-            sent_in_window: &mut self.m.sends.sent_in_window,
-        };
-        let (ledger, sent_total, write_lag_us) = (
-            &mut self.ledger,
-            &mut self.m.sends.sent,
-            &mut self.write_lag_us,
-        );
-        let failure = user.conn.flush(&self.io.clock, lags, |queued, lag_us| {
-            ledger.mark_written(queued.tag);
-            *sent_total += 1;
-            if let Some(slot) = write_lag_us.get_mut(queued.tag as usize) {
-                *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+    /// Answers to its messages go to this connection only: those still unanswered can no
+    /// longer be (the messages themselves may have died unread with the connection).
+    fn failed(run: &mut Run<'_>, u: usize, _was: Stage) {
+        if let (Some(ordinal), Some(plan)) = (run.clients[u].sender, run.course.plan.as_ref()) {
+            let step = usize::try_from(plan.senders).unwrap_or(usize::MAX);
+            for g in (u64::from(ordinal)..run.course.next_g).step_by(step) {
+                run.p.ledger.orphan(g);
             }
-        });
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
         }
     }
-}
-
-impl Staged for Run<'_> {
-    const WAVE_TIMEOUT: &'static str = "timed out before its hello came back";
-
-    fn course(&self) -> &Course {
-        &self.course
+    fn on_sent(&mut self, _u: usize, _sender: Option<u32>, queued: &Queued<u64>, lag_us: u64) {
+        self.ledger.mark_written(queued.tag);
+        if let Some(slot) = self.write_lag_us.get_mut(queued.tag as usize) {
+            *slot = u32::try_from(lag_us).unwrap_or(u32::MAX);
+        }
     }
-    fn course_mut(&mut self) -> &mut Course {
-        &mut self.course
+    /// Queues every planned message that is due.
+    fn send_due(run: &mut Run<'_>, now_us: u64) {
+        run.send_planned(now_us, |run, u, due, plan| {
+            let seq = due.g / u64::from(plan.senders);
+            let cfg = run.p.cfg;
+            let body = &mut run.p.body_buf[..cfg.body_bytes];
+            let stamp = Stamp {
+                run_id: cfg.run_id,
+                sender: u as u32,
+                seq: seq as u32,
+                intended_us: due.intended_us,
+            };
+            let user = &run.clients[u];
+            let partner = run.clients[user.partner].name;
+            // The argument checks keep the body within 28..=1000 bytes and seq + 1 within u32,
+            // so neither can fail; if one ever did, the message counts as not sent.
+            let frame = stamp::write(body, &stamp).ok().and_then(|()| {
+                codec::encode(TYPE_MESSAGE, seq as u32 + 1, user.name, partner, body)
+            });
+            if frame.is_none() {
+                run.sends.not_sent_queue_full += 1;
+            }
+            // Only messages are dropped on a full queue: answers never are (the server closes
+            // a recipient that does not answer), so they are queued whatever the backlog.
+            Some((frame?, due.g))
+        });
     }
-    fn target(&self, _u: usize) -> SocketAddr {
-        self.cfg.target
-    }
-    fn on_connecting(&mut self, u: usize) {
-        self.users[u].phase = UserPhase::Connecting;
+    fn counts(run: &Run<'_>) -> SentReceived {
+        SentReceived {
+            sent: run.sends.sent,
+            received: run.sends.sent.saturating_sub(run.p.ledger.unresolved()),
+        }
     }
     /// No retry for a user its wave gave up on.
-    fn on_wave_timeout(&mut self, u: usize) {
-        self.close_failed(u, ErrorKind::Connect, || Self::WAVE_TIMEOUT.to_string());
+    fn on_wave_timeout(run: &mut Run<'_>, u: usize) {
+        run.close_failed(u, ErrorKind::Connect, || Self::WAVE_TIMEOUT.to_string());
     }
     /// Every online user that joined sends; fix the plan.
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.senders = (0..self.users.len())
-            .filter(|&u| self.users[u].phase == UserPhase::Joined)
-            .collect();
-        if self.senders.is_empty() {
-            return Err(self.m.errors.unreachable("no user joined"));
-        }
-        for (ordinal, &u) in self.senders.iter().enumerate() {
-            self.users[u].sender = Some(ordinal as u32);
-        }
-        let plan = Plan::new(
-            self.senders.len() as u32,
-            self.cfg.rate_per_s,
-            now_us + START_DELAY_US,
-            self.cfg.warmup_us,
-            self.cfg.duration_us,
-        );
+    fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
+        let cfg = run.p.cfg;
+        let senders = run.joined_among(run.clients.len());
+        let plan = run.fix_plan(senders, &cfg.pace, now_us, "no user joined")?;
         // The caller bounds the plan's size (see `main.rs`), so it fits in memory and in usize.
         let messages = usize::try_from(plan.messages).unwrap_or(usize::MAX);
-        self.ledger = Ledger::new(messages);
-        self.write_lag_us = vec![0; messages];
-        self.course.plan = Some(plan);
+        run.p.ledger = Ledger::new(messages);
+        run.p.write_lag_us = vec![0; messages];
         Ok(())
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
     /// Every written message has an answer.
-    fn everything_arrived(&self) -> bool {
-        self.ledger.unresolved() == 0
+    fn everything_arrived(run: &Run<'_>) -> bool {
+        run.p.ledger.unresolved() == 0
     }
     /// The reconnect: the offline users and every user with stored messages pending connect
     /// (the others' connections are closed first).
-    fn start_closing(&mut self, now_us: u64) -> Phase {
-        let mut wanted: Vec<bool> = self.users.iter().map(|u| u.offline).collect();
-        for g in self.ledger.awaiting_redelivery_iter() {
-            if let Some(recipient) = self.recipient_of(g) {
+    fn start_closing(run: &mut Run<'_>, now_us: u64) -> Phase {
+        let mut wanted: Vec<bool> = run.clients.iter().map(|u| u.offline).collect();
+        for g in run.p.ledger.awaiting_redelivery_iter() {
+            if let Some(recipient) = run.recipient_of(g) {
                 wanted[recipient] = true;
             }
         }
-        let wave: Vec<usize> = (0..self.users.len()).filter(|&u| wanted[u]).collect();
+        let wave: Vec<usize> = (0..run.clients.len()).filter(|&u| wanted[u]).collect();
         for &u in &wave {
-            if self.users[u].conn.stream.is_some() || self.users[u].phase == UserPhase::Failed {
-                self.reconnect_of_online += 1;
+            let user = &mut run.clients[u];
+            if user.conn.stream.is_some() || user.stage == Stage::Failed {
+                run.p.reconnect_of_online += 1;
             }
-            self.close_quietly(u);
-            self.users[u].reconnecting = true;
-            self.users[u].reconnect_attempts = 1;
+            // Closed by the loadgen, which is done with it (before reconnecting it).
+            run.sends.not_sent_at_end += user.conn.close(run.io.poll.registry());
+            user.stage = Stage::Idle;
+            user.reconnecting = true;
+            user.reconnect_attempts = 1;
         }
-        let rate = self.cfg.connect_rate_per_s;
-        self.course.wave.start(wave, now_us, rate);
+        let rate = run.p.cfg.pace.connect_rate_per_s;
+        run.course.wave.start(wave, now_us, rate);
         Phase::Close { deadline_us: None }
     }
     /// Every stored message was delivered; once the wave has settled, the wait for them is
     /// `--drain`.
-    fn closed(&mut self, now_us: u64) -> bool {
-        if self.ledger.awaiting_redelivery() == 0 {
+    fn closed(run: &mut Run<'_>, now_us: u64) -> bool {
+        if run.p.ledger.awaiting_redelivery() == 0 {
             return true;
         }
-        if self.course.phase == (Phase::Close { deadline_us: None }) {
-            let deadline_us = Some(now_us + self.cfg.drain_us);
-            self.course.phase = Phase::Close { deadline_us };
+        if run.course.phase == (Phase::Close { deadline_us: None }) {
+            let deadline_us = Some(now_us + run.p.cfg.pace.drain_us);
+            run.course.phase = Phase::Close { deadline_us };
         }
         false
     }
-    fn doing(&self) -> String {
-        let wave = self.course.wave.members();
-        let joined = wave
-            .iter()
-            .filter(|&&u| self.users[u].phase == UserPhase::Joined)
+    fn doing(run: &Run<'_>) -> String {
+        let wave = run.course.wave.members();
+        let joined = (wave.iter())
+            .filter(|&&u| run.clients[u].stage == Stage::Joined)
             .count();
-        match self.course.phase {
+        match run.course.phase {
             Phase::Ramp => format!("ramp-up: {joined} of {} joined", wave.len()),
             Phase::Send | Phase::Drain { .. } => format!(
                 "{}: sent {} of {}, unanswered {}",
-                if self.course.phase == Phase::Send {
+                if run.course.phase == Phase::Send {
                     "sending"
                 } else {
                     "draining"
                 },
-                self.m.sends.sent,
-                self.course.plan.as_ref().map_or(0, |p| p.messages),
-                self.ledger.unresolved()
+                run.sends.sent,
+                run.course.plan.as_ref().map_or(0, |p| p.messages),
+                run.p.ledger.unresolved()
             ),
             Phase::Close { .. } => format!(
                 "reconnect: {joined} of {} joined, {} stored messages to come",
                 wave.len(),
-                self.ledger.awaiting_redelivery()
+                run.p.ledger.awaiting_redelivery()
             ),
             Phase::Done => String::new(),
         }
-    }
-    fn errors(&self) -> &ErrorCounts {
-        &self.m.errors
     }
 }
 
@@ -555,11 +447,11 @@ impl Run<'_> {
     fn recipient_of(&self, g: u64) -> Option<usize> {
         let plan = self.course.plan.as_ref()?;
         let sender = *self.senders.get(plan.sender_of(g) as usize)?;
-        Some(self.users[sender].partner)
+        Some(self.clients[sender].partner)
     }
 
     fn on_frame(&mut self, u: usize, frame: &Frame, now_us: u64) {
-        let me = self.users[u].name;
+        let me = self.clients[u].name;
         let is_hello = frame.message_id() == HELLO_ID && frame.src() == me && frame.dst() == me;
         match frame.frame_type() {
             TYPE_MESSAGE => {
@@ -571,7 +463,7 @@ impl Run<'_> {
                     frame.src(),
                     ANSWER_DELIVERED,
                 ) {
-                    self.users[u].conn.out.extend(&answer);
+                    self.clients[u].conn.out.extend(&answer);
                 }
                 if is_hello {
                     self.on_echo(u, now_us);
@@ -587,12 +479,12 @@ impl Run<'_> {
             TYPE_OFFLINE => {
                 if is_hello {
                     // An earlier connection's hello, stored when it left unanswered.
-                    self.m.stored_hellos += 1;
+                    self.p.stored_hellos += 1;
                 } else {
                     self.on_delivery(u, frame, Via::Store, now_us);
                 }
             }
-            other => self.m.errors.count(ErrorKind::Protocol, || {
+            other => self.errors.count(ErrorKind::Protocol, || {
                 format!("user {me}: frame type {other} from the server")
             }),
         }
@@ -600,50 +492,49 @@ impl Run<'_> {
 
     /// The user's hello came back: the server knows its name.
     fn on_echo(&mut self, u: usize, now_us: u64) {
-        let user = &mut self.users[u];
-        if user.phase != UserPhase::AwaitEcho {
+        let user = &mut self.clients[u];
+        if user.stage != Stage::Greeting {
             return; // a repeat: harmless
         }
-        user.phase = UserPhase::Joined;
-        user.ever_joined = true;
+        user.stage = Stage::Joined;
         let latency_us = now_us.saturating_sub(self.course.wave.intended_us(u));
         if user.reconnecting {
-            self.m.latency.reconnect.record(latency_us);
+            self.p.latency.reconnect.record(latency_us);
         } else {
-            self.m.latency.connect.record(latency_us);
+            self.p.latency.connect.record(latency_us);
         }
         self.course.wave.settle(u);
     }
 
     /// A message arrived at recipient `u`, live or from the store.
     fn on_delivery(&mut self, u: usize, frame: &Frame, via: Via, now_us: u64) {
-        let me = self.users[u].name;
+        let me = self.clients[u].name;
         let body = frame.body();
-        let stamp = match stamp::read(&body, self.cfg.run_id) {
+        let stamp = match stamp::read(&body, self.p.cfg.run_id) {
             stamp::Read::Ours(stamp) => stamp,
             stamp::Read::Foreign => {
-                self.m.foreign_frames += 1;
+                self.p.foreign_frames += 1;
                 return;
             }
             stamp::Read::Malformed(why) => {
-                self.m.errors.count(ErrorKind::Protocol, || {
+                self.errors.count(ErrorKind::Protocol, || {
                     format!("user {me}: {why} in {frame:?}")
                 });
                 return;
             }
         };
         if via == Via::Store {
-            self.m.stored_frames += 1;
+            self.p.stored_frames += 1;
         }
         let Some(g) = self.check_delivery(u, frame, &stamp) else {
-            self.m.errors.count(ErrorKind::Protocol, || {
+            self.errors.count(ErrorKind::Protocol, || {
                 format!("user {me}: a message that does not match the plan: {frame:?} {stamp:?}")
             });
             return;
         };
-        let repeat_connection = self.users[u].reconnect_attempts > 1;
-        let Some(before) = self.ledger.deliver(g, via, repeat_connection) else {
-            self.m.errors.count(ErrorKind::Protocol, || {
+        let repeat_connection = self.clients[u].reconnect_attempts > 1;
+        let Some(before) = self.p.ledger.deliver(g, via, repeat_connection) else {
+            self.errors.count(ErrorKind::Protocol, || {
                 format!("user {me}: delivery of a message never sent: {frame:?} {stamp:?}")
             });
             return;
@@ -656,7 +547,7 @@ impl Run<'_> {
         };
         match via {
             Via::Live => {
-                let m = &mut self.m;
+                let m = &mut self.p;
                 let (latency, in_window) = (
                     &mut m.latency.delivery_live,
                     &mut m.delivered_live_in_window,
@@ -665,7 +556,7 @@ impl Run<'_> {
             }
             Via::Store => {
                 let from_us = self.course.wave.intended_us(u);
-                self.m
+                self.p
                     .latency
                     .delivery_stored
                     .record(now_us.saturating_sub(from_us));
@@ -678,12 +569,12 @@ impl Run<'_> {
     fn check_delivery(&self, u: usize, frame: &Frame, stamp: &Stamp) -> Option<u64> {
         let plan = self.course.plan.as_ref()?;
         let sender = usize::try_from(stamp.sender).ok()?;
-        let sender_user = self.users.get(sender)?;
+        let sender_user = self.clients.get(sender)?;
         let ordinal = u64::from(sender_user.sender?);
         let g = u64::from(stamp.seq) * u64::from(plan.senders) + ordinal;
         let agrees = sender_user.partner == u
             && frame.src() == sender_user.name
-            && frame.dst() == self.users[u].name
+            && frame.dst() == self.clients[u].name
             && u64::from(frame.message_id()) == u64::from(stamp.seq) + 1
             && g < plan.messages
             && plan.intended_us(g) == stamp.intended_us;
@@ -692,14 +583,14 @@ impl Run<'_> {
 
     /// An answer arrived at sender `u`.
     fn on_answer(&mut self, u: usize, frame: &Frame, now_us: u64) {
-        let me = self.users[u].name;
+        let me = self.clients[u].name;
         let body = frame.body();
         let answer = match body.get(..3) {
             Some(text) if text == ANSWER_DELIVERED => Answer::Delivered,
             Some(text) if text == ANSWER_STORED => Answer::Stored,
             Some(text) if text == ANSWER_STORE_FULL => Answer::Full,
             _ => {
-                self.m.errors.count(ErrorKind::Protocol, || {
+                self.errors.count(ErrorKind::Protocol, || {
                     format!(
                         "user {me}: answer text {:?} in {frame:?}",
                         String::from_utf8_lossy(&body)
@@ -709,23 +600,23 @@ impl Run<'_> {
             }
         };
         let g = self.course.plan.as_ref().and_then(|plan| {
-            let user = &self.users[u];
+            let user = &self.clients[u];
             let ordinal = u64::from(user.sender?);
             let seq = u64::from(frame.message_id().checked_sub(1)?);
             let g = seq * u64::from(plan.senders) + ordinal;
             let agrees = frame.dst() == me
-                && frame.src() == self.users[user.partner].name
+                && frame.src() == self.clients[user.partner].name
                 && g < plan.messages;
             agrees.then_some(g)
         });
         let Some(g) = g else {
-            self.m.errors.count(ErrorKind::Protocol, || {
+            self.errors.count(ErrorKind::Protocol, || {
                 format!("user {me}: an answer that does not match the plan: {frame:?}")
             });
             return;
         };
-        let Some(before) = self.ledger.answer(g, answer) else {
-            self.m.errors.count(ErrorKind::Protocol, || {
+        let Some(before) = self.p.ledger.answer(g, answer) else {
+            self.errors.count(ErrorKind::Protocol, || {
                 format!("user {me}: answer to a message never sent: {frame:?}")
             });
             return;
@@ -739,11 +630,11 @@ impl Run<'_> {
         let intended_us = plan.intended_us(g);
         if !before.is_resolved() {
             if plan.in_window(now_us) {
-                self.m.answered_in_window += 1;
+                self.p.answered_in_window += 1;
             }
             if !plan.is_warmup(intended_us) {
-                let lag_us = u64::from(self.write_lag_us.get(g as usize).copied().unwrap_or(0));
-                self.m
+                let lag_us = u64::from(self.p.write_lag_us.get(g as usize).copied().unwrap_or(0));
+                self.p
                     .latency
                     .service_time
                     .record(now_us.saturating_sub(intended_us + lag_us));
@@ -752,93 +643,37 @@ impl Run<'_> {
         if !plan.is_warmup(intended_us) {
             let latency_us = now_us.saturating_sub(intended_us);
             let histogram = match answer {
-                Answer::Delivered => &mut self.m.latency.ack_delivered,
-                Answer::Stored => &mut self.m.latency.ack_stored,
-                Answer::Full => &mut self.m.latency.ack_full,
+                Answer::Delivered => &mut self.p.latency.ack_delivered,
+                Answer::Stored => &mut self.p.latency.ack_stored,
+                Answer::Full => &mut self.p.latency.ack_full,
             };
             histogram.record(latency_us);
         }
     }
 
-    /// Counts the error and closes the connection; in the reconnect phase, a user whose stored
-    /// messages may still be waiting connects again (see [`RECONNECT_ATTEMPTS_MAX`]).
-    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
-        self.close_failed(u, kind, describe);
-        let user = &self.users[u];
-        let retry = matches!(self.course.phase, Phase::Close { .. })
-            && user.reconnecting
-            && user.reconnect_attempts < RECONNECT_ATTEMPTS_MAX
-            && self.ledger.awaiting_redelivery() > 0;
-        if !retry {
-            return;
-        }
-        let wave = &mut self.course.wave;
-        let last_us = (wave.members().last()).map_or(0, |&last| wave.intended_us(last));
-        let intended_us = (self.io.clock.now_us() + RECONNECT_RETRY_DELAY_US).max(last_us);
-        wave.push(u, intended_us);
-        let user = &mut self.users[u];
-        user.reconnect_attempts += 1;
-        user.phase = UserPhase::Idle;
-        self.reconnect_retries += 1;
-        // The wait for stored messages starts again once this connection has settled.
-        self.course.phase = Phase::Close { deadline_us: None };
-    }
-
-    /// Counts the error, closes the connection and takes the user out of the run.
-    fn close_failed(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
-        if self.users[u].phase == UserPhase::Failed {
-            return;
-        }
-        self.course.wave.settle(u);
-        let user = &mut self.users[u];
-        user.phase = UserPhase::Failed;
-        self.m.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
-        let name = user.name;
-        // Answers to its messages go to this connection only: those still unanswered can no
-        // longer be (the messages themselves may have died unread with the connection).
-        if let (Some(ordinal), Some(plan)) = (user.sender, self.course.plan.as_ref()) {
-            let step = usize::try_from(plan.senders).unwrap_or(usize::MAX);
-            for g in (u64::from(ordinal)..self.course.next_g).step_by(step) {
-                self.ledger.orphan(g);
-            }
-        }
-        let target = self.cfg.target;
-        self.m
-            .errors
-            .count(kind, || format!("{target} user {name}: {}", describe()));
-    }
-
-    /// Closes a connection the loadgen is done with (before reconnecting the user).
-    fn close_quietly(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        self.m.sends.not_sent_at_end += user.conn.close(self.io.poll.registry());
-        user.phase = UserPhase::Idle;
-    }
-
     pub fn finish(mut self) -> Bin24Outcome {
         let times = self.course.times(self.io.clock.now_us());
-        self.m.sends.not_sent_at_end += engine::close_all(&mut self);
+        self.close_all();
+        self.p.latency.own = self.own;
         Bin24Outcome {
-            online_requested: self.users.iter().filter(|u| !u.offline).count(),
+            online_requested: self.clients.iter().filter(|u| !u.offline).count(),
             online_joined: self.senders.len(),
             plan: self.course.plan_or_empty(),
-            latency: self.m.latency,
-            tally: self.ledger.tally(),
-            errors: self.m.errors,
-            sends: self.m.sends,
-            answered_in_window: self.m.answered_in_window,
-            delivered_live_in_window: self.m.delivered_live_in_window,
-            foreign_frames: self.m.foreign_frames,
-            stored_hellos: self.m.stored_hellos,
-            reconnect_requested: self.users.iter().filter(|u| u.reconnecting).count(),
-            reconnect_joined: self
-                .users
-                .iter()
-                .filter(|u| u.reconnecting && u.phase == UserPhase::Joined)
+            latency: self.p.latency,
+            tally: self.p.ledger.tally(),
+            errors: self.errors,
+            sends: self.sends,
+            answered_in_window: self.p.answered_in_window,
+            delivered_live_in_window: self.p.delivered_live_in_window,
+            foreign_frames: self.p.foreign_frames,
+            stored_hellos: self.p.stored_hellos,
+            reconnect_requested: self.clients.iter().filter(|u| u.reconnecting).count(),
+            reconnect_joined: (self.clients.iter())
+                .filter(|u| u.reconnecting && u.stage == Stage::Joined)
                 .count(),
-            reconnect_of_online: self.reconnect_of_online,
-            reconnect_retries: self.reconnect_retries,
-            stored_frames: self.m.stored_frames,
+            reconnect_of_online: self.p.reconnect_of_online,
+            reconnect_retries: self.p.reconnect_retries,
+            stored_frames: self.p.stored_frames,
             ramp_us: times.ramp_us,
             drain_used_us: times.drain_used_us,
             drain_timed_out: times.drain_timed_out,

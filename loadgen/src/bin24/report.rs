@@ -137,7 +137,7 @@ impl Report {
         let l = &run.latency;
         let shared = Shared::new(
             plan,
-            cfg.rate_per_s,
+            cfg.pace.rate_per_s,
             run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
@@ -194,10 +194,10 @@ impl Report {
                 },
                 offline_users,
                 senders: plan.senders,
-                rate_per_s: cfg.rate_per_s,
-                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
+                rate_per_s: cfg.pace.rate_per_s,
+                window: Window::new(cfg.pace.duration_us, cfg.pace.warmup_us, cfg.pace.drain_us),
                 payload_bytes: cfg.body_bytes,
-                connect_rate_per_s: cfg.connect_rate_per_s,
+                connect_rate_per_s: cfg.pace.connect_rate_per_s,
                 ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.online_requested, run.online_joined, run.ramp_us),

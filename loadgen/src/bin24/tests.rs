@@ -155,14 +155,17 @@ fn config(target: SocketAddr) -> Bin24Config {
         users: 8,
         pattern: Pattern::Pairs,
         offline,
-        rate_per_s: 400,
-        duration_us: 400_000,
-        warmup_us: 100_000,
-        drain_us: 1_000_000,
         body_bytes: 64,
-        connect_rate_per_s: 1_000,
         run_id: 0x1234_5678,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 400,
+            duration_us: 400_000,
+            warmup_us: 100_000,
+            drain_us: 1_000_000,
+            connect_rate_per_s: 1_000,
+            seed: 0,
+            progress: false,
+        },
     }
 }
 

@@ -1,11 +1,11 @@
 //! `loadgen ccm`'s flags and their translation into the CCM scenario's config.
 
-use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::{parse_duration, resolve_loopback};
+use crate::args::{parse_duration, resolve_loopback, Pace};
 use crate::bin24::topology::{Pattern, USERS_MAX};
 use crate::ccm::{self, CcmConfig};
 use crate::mix::{MixShare, Setup};
@@ -95,21 +95,9 @@ impl ScenarioArgs for CcmArgs {
         }
         let silent = ccm::silent_count(users, self.silent_share);
         let target = resolve_loopback(&common.host, self.port)?;
-        let cfg = CcmConfig {
-            target,
-            users,
-            pattern,
-            silent,
-            rate_per_s: self.rate,
-            duration_us: common.duration.as_micros() as u64,
-            warmup_us: common.warmup.as_micros() as u64,
-            drain_us: common.drain.unwrap_or(CCM_DRAIN_DEFAULT).as_micros() as u64,
-            silent_wait_us: self.silent_wait.as_micros() as u64,
-            content_bytes: self.payload_bytes,
-            connect_rate_per_s: common.connect_rate,
-            run_id: run_id(),
-            progress: std::io::stderr().is_terminal(),
-        };
+        let pace = Pace::single(common, self.rate, CCM_DRAIN_DEFAULT);
+        let silence = (silent, self.silent_wait);
+        let cfg = build(target, users, pattern, silence, self.payload_bytes, pace);
         let title = format!(
             "CCM: {users} users ({pattern:?}), {silent} silent, {} msg/s, {} B, {:?}",
             self.rate, self.payload_bytes, common.duration
@@ -125,27 +113,34 @@ const MIX_SILENT_WAIT: Duration = Duration::from_secs(20);
 /// This scenario's share of `loadgen mix`, checked and turned into its config; also the
 /// descriptors it needs.
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
-    let (args, clients, rate, connect_rate) = (m.args, m.clients, m.rate, m.connect_rate);
+    let (args, clients) = (m.args, m.clients);
     let (common, bytes) = (&args.common, args.payload_bytes);
-    let (duration_us, warmup_us, drain_us) = m.window_us(CCM_DRAIN_DEFAULT);
     let pattern = m.pattern();
     m.check_bytes(CCM_CONTENT_BYTES_MIN, CCM_CONTENT_BYTES_MAX)?;
-    Ok((
-        Setup::of::<ccm::Ccm>(CcmConfig {
-            target: resolve_loopback(&common.host, args.ccm_port)?,
-            users: clients,
-            pattern,
-            silent: 0,
-            rate_per_s: rate,
-            duration_us,
-            warmup_us,
-            drain_us,
-            silent_wait_us: MIX_SILENT_WAIT.as_micros() as u64,
-            content_bytes: bytes,
-            connect_rate_per_s: connect_rate,
-            run_id: run_id(),
-            progress: false,
-        }),
-        clients as u64,
-    ))
+    let target = resolve_loopback(&common.host, args.ccm_port)?;
+    let pace = m.pace(CCM_DRAIN_DEFAULT);
+    let cfg = build(target, clients, pattern, (0, MIX_SILENT_WAIT), bytes, pace);
+    Ok((Setup::of::<ccm::Ccm>(cfg), clients as u64))
+}
+
+/// The scenario's config, from the subcommand's flags or from its share of the mix: `silence`
+/// is the silent users and the longest wait for the server to close each.
+fn build(
+    target: SocketAddr,
+    users: usize,
+    pattern: Pattern,
+    (silent, silent_wait): (usize, Duration),
+    content_bytes: usize,
+    pace: Pace,
+) -> CcmConfig {
+    CcmConfig {
+        target,
+        users,
+        pattern,
+        silent,
+        silent_wait_us: silent_wait.as_micros() as u64,
+        content_bytes,
+        run_id: run_id(),
+        pace,
+    }
 }

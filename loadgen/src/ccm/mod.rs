@@ -12,8 +12,9 @@
 //! 4. Silent wait: until the server has closed every silent user, or `--silent-wait` after the
 //!    last one's identification. Active users keep answering keepalives meanwhile.
 //!
-//! The loop is ROOM's and BIN24's: one mio poll, sockets registered READABLE|WRITABLE once,
-//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! It runs on the engine ([`crate::engine::Run`]), as the other TCP scenarios: one mio poll,
+//! sockets registered READABLE|WRITABLE once, readiness kept in userland, the pacer's timerfd
+//! waking it on the plan's microsecond.
 
 pub mod args;
 pub mod churn;
@@ -27,13 +28,15 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use switchboard::protocol::ccm::codec;
 
+use crate::args::Pace;
 use crate::bin24::topology::Pattern;
-use crate::course::{self, Course, Phase, Staged};
-use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
-use crate::engine::{self, Link, Wire};
+use crate::clock::Clock;
+use crate::course::Phase;
+use crate::driver::{RunError, SentReceived};
+use crate::engine::{self, ClientOf, Stage, Wire};
 use crate::plan::Plan;
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendCounts, SendLags};
+use crate::sockio::{Chunk, Queued, SendCounts};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
@@ -63,17 +66,13 @@ pub struct CcmConfig {
     pub pattern: Pattern,
     /// Extra users that identify and then stay silent.
     pub silent: usize,
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Longest wait, after a silent user's identification, for the server to close it.
     pub silent_wait_us: u64,
     /// Bytes of each message's content, the stamp included.
     pub content_bytes: usize,
-    pub connect_rate_per_s: u64,
     pub run_id: u32,
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 #[derive(Debug, Default)]
@@ -118,40 +117,25 @@ pub struct CcmOutcome {
     pub silent_wait_used_us: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UserPhase {
-    Idle,
-    Connecting,
-    AwaitIdentity,
-    Joined,
-    /// A silent user the server closed (measured).
-    ClosedByServer,
-    Failed,
-}
-
-struct User {
+pub struct User {
     name: String,
     role: Role,
     partner: usize,
-    sender: Option<u32>,
-    conn: Conn<()>,
-    phase: UserPhase,
     token: Bytes,
     /// When the user's last bytes went out completely.
     last_write_us: u64,
     keepalives: u64,
 }
 
-pub struct Run<'a> {
+/// The run: the engine's, over CCM's part.
+pub type Run<'a> = engine::Run<Part<'a>>;
+
+/// CCM's part of the run.
+pub struct Part<'a> {
     cfg: &'a CcmConfig,
-    io: Loop,
-    users: Vec<User>,
-    senders: Vec<usize>,
     accounting: Accounting,
     content_buf: Vec<u8>,
     latency: Latencies,
-    errors: ErrorCounts,
-    sends: SendCounts,
     delivered_in_window: u64,
     foreign_messages: u64,
     keepalives_active: u64,
@@ -159,7 +143,6 @@ pub struct Run<'a> {
     keepalives_silent: u64,
     silent_closed: u64,
     silent_closed_without_keepalive: u64,
-    course: Course,
 }
 
 /// The scenario as the registry lists it.
@@ -173,44 +156,27 @@ impl ScenarioKind for Ccm {
     type Report = report::Report;
 
     fn start(cfg: &CcmConfig) -> Result<Run<'_>, RunError> {
-        let io = Loop::new()?;
-        let now_us = io.clock.now_us();
-        let total = cfg.users + cfg.silent;
-        // Silent users are spread through the ramp-up rather than left to its end.
-        let users: Vec<User> = (0..total)
-            .map(|i| {
-                let (name, role, partner) = if i < cfg.users {
-                    (
-                        active_name(i),
-                        Role::Active,
-                        cfg.pattern.partner(i, cfg.users),
-                    )
-                } else {
-                    (silent_name(i - cfg.users), Role::Silent, i)
-                };
-                User {
-                    name,
-                    role,
-                    partner,
-                    sender: None,
-                    conn: Conn::default(),
-                    phase: UserPhase::Idle,
-                    token: Bytes::new(),
-                    last_write_us: 0,
-                    keepalives: 0,
-                }
-            })
-            .collect();
-        Ok(Run {
+        let users = (0..cfg.users + cfg.silent).map(|i| {
+            let (name, role, partner) = if i < cfg.users {
+                let partner = cfg.pattern.partner(i, cfg.users);
+                (active_name(i), Role::Active, partner)
+            } else {
+                (silent_name(i - cfg.users), Role::Silent, i)
+            };
+            User {
+                name,
+                role,
+                partner,
+                token: Bytes::new(),
+                last_write_us: 0,
+                keepalives: 0,
+            }
+        });
+        let part = Part {
             cfg,
-            io,
-            users,
-            senders: Vec::new(),
             accounting: Accounting::new(0),
             content_buf: vec![0; cfg.content_bytes.max(stamp::STAMP_BYTES)],
             latency: Latencies::default(),
-            errors: ErrorCounts::default(),
-            sends: SendCounts::default(),
             delivered_in_window: 0,
             foreign_messages: 0,
             keepalives_active: 0,
@@ -218,14 +184,16 @@ impl ScenarioKind for Ccm {
             keepalives_silent: 0,
             silent_closed: 0,
             silent_closed_without_keepalive: 0,
-            course: Course::new(
-                total,
-                connect_order(cfg.users, cfg.silent),
-                now_us,
-                cfg.connect_rate_per_s,
-                cfg.progress,
-            ),
-        })
+        };
+        // Silent users are spread through the ramp-up rather than left to its end.
+        let order = |_| connect_order(cfg.users, cfg.silent);
+        engine::Run::new(
+            part,
+            users,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> CcmOutcome {
         run.finish()
@@ -253,7 +221,7 @@ impl ScenarioKind for Ccm {
         )
     }
     fn progress(cfg: &CcmConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &CcmConfig) -> String {
         format!("no user could join a CCM server at {}", cfg.target)
@@ -284,296 +252,185 @@ fn connect_order(users: usize, silent: usize) -> Vec<usize> {
     order
 }
 
-impl Phases for Run<'_> {
-    fn io(&self) -> &Loop {
-        &self.io
+impl Wire for Part<'_> {
+    type User = User;
+    type Tag = ();
+    type Message = codec::Message;
+    const WAVE_TIMEOUT: &'static str = "timed out before its Identity came back";
+
+    fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
+        self.cfg.target
     }
-    fn io_mut(&mut self) -> &mut Loop {
-        &mut self.io
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
+        format!("{} user {}", self.cfg.target, c.name)
     }
-    fn advance(&mut self) -> Result<(), RunError> {
-        course::advance(self)
+    fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
+        let user = &mut run.clients[u];
+        user.conn.out.extend(&wire::identify(&user.name));
+        Ok(())
     }
-    fn next_wake_us(&self) -> u64 {
-        course::next_wake_us(self)
+    fn decode(run: &mut Run<'_>, u: usize) -> Result<Option<codec::Message>, String> {
+        codec::decode(&mut run.clients[u].conn.inbuf, false).map_err(|e| e.to_string())
     }
-    fn is_done(&self) -> bool {
-        course::is_done(self)
+    fn on_message(run: &mut Run<'_>, u: usize, message: codec::Message, now_us: u64) {
+        run.on_message(u, &message, now_us);
     }
-    fn send_due(&mut self) {
-        let Some(plan) = self.course.plan.as_ref() else {
-            return;
-        };
-        if self.course.phase != Phase::Send {
+    fn on_drained(run: &mut Run<'_>, u: usize) {
+        // The server always writes Content-Length: a message it cut short of one would wait
+        // here forever, so a whole burst is decoded as a last resort.
+        if run.clients[u].conn.inbuf.is_empty() {
             return;
         }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        let senders = u64::from(plan.senders);
-        while let Some(due) = plan.take_due(&mut self.course.next_g, now_us) {
-            let u = self.senders[plan.sender_of(due.g) as usize];
-            let user = &self.users[u];
-            if user.phase != UserPhase::Joined {
-                self.sends.not_sent_connection_lost += 1;
-                continue;
-            }
-            let content = &mut self.content_buf[..self.cfg.content_bytes];
+        let now_us = run.io.clock.now_us();
+        match codec::decode(&mut run.clients[u].conn.inbuf, true) {
+            Ok(Some(message)) => run.on_message(u, &message, now_us),
+            Ok(None) => {}
+            Err(e) => run.fail(u, ErrorKind::Protocol, format!("framing lost: {e}")),
+        }
+    }
+    /// EOF or a read error: expected for a silent user (measured), an error for anyone else.
+    fn on_server_close(run: &mut Run<'_>, u: usize, ended: Chunk) {
+        let user = &mut run.clients[u];
+        if !(user.role == Role::Silent && user.stage == Stage::Joined) {
+            run.lost(u, ended.why());
+            return;
+        }
+        let now_us = run.io.clock.now_us();
+        (run.p.latency.silent_closed_after).record(now_us.saturating_sub(user.last_write_us));
+        run.p.silent_closed += 1;
+        let keepalives = user.keepalives;
+        let name = user.name.clone();
+        run.closed_by_server(u);
+        if keepalives == 0 {
+            run.p.silent_closed_without_keepalive += 1;
+            run.errors.count(ErrorKind::Protocol, || {
+                format!("silent user {name} was closed without a Connect keepalive first")
+            });
+        }
+    }
+    fn on_sent(&mut self, _u: usize, sender: Option<u32>, _queued: &Queued<()>, _lag_us: u64) {
+        if let Some(ordinal) = sender {
+            self.accounting.on_sent(ordinal as usize);
+        }
+    }
+    fn on_written(c: &mut ClientOf<Self>, clock: &Clock) {
+        c.last_write_us = clock.now_us();
+    }
+    fn send_due(run: &mut Run<'_>, now_us: u64) {
+        run.send_planned(now_us, |run, u, due, plan| {
+            let cfg = run.p.cfg;
+            let content = &mut run.p.content_buf[..cfg.content_bytes];
             let stamp = Stamp {
-                run_id: self.cfg.run_id,
+                run_id: cfg.run_id,
                 sender: u as u32,
-                seq: (due.g / senders) as u32,
+                seq: (due.g / u64::from(plan.senders)) as u32,
                 intended_us: due.intended_us,
             };
             if stamp::write(content, &stamp).is_err() {
-                self.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
-                continue;
+                run.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+                return None;
             }
-            let message = wire::text(&user.token, &self.users[user.partner].name, content);
-            if queue_full(
-                user.conn.queue.len(),
-                user.conn.out.pending(),
-                message.len(),
-            ) {
-                self.sends.not_sent_queue_full += 1;
-                continue;
-            }
-            let user = &mut self.users[u];
-            user.conn.out.extend(&message);
-            user.conn
-                .queue
-                .push_back(Queued::new(&user.conn.out, &due, ()));
-            plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
-            self.io.dirty.mark(u);
-        }
-        engine::flush_dirty(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sends.sent,
-            received: self.accounting.counts().delivered,
-        }
-    }
-}
-
-impl Wire for Run<'_> {
-    type Tag = ();
-    type Message = codec::Message;
-
-    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
-        let user = self.users.get_mut(u)?;
-        Some((&mut self.io, &mut user.conn))
-    }
-    fn link(&self, u: usize) -> Link {
-        match self.users.get(u).map(|user| user.phase) {
-            Some(UserPhase::Connecting) => Link::Connecting,
-            Some(UserPhase::AwaitIdentity) => Link::Greeting,
-            Some(UserPhase::Joined) => Link::Joined,
-            _ => Link::Down,
-        }
-    }
-    fn on_connected(&mut self, u: usize) -> io::Result<()> {
-        let user = &mut self.users[u];
-        user.conn.out.extend(&wire::identify(&user.name));
-        user.phase = UserPhase::AwaitIdentity;
-        Ok(())
-    }
-    fn decode(&mut self, u: usize) -> Result<Option<codec::Message>, String> {
-        codec::decode(&mut self.users[u].conn.inbuf, false).map_err(|e| e.to_string())
-    }
-    fn on_message(&mut self, u: usize, message: codec::Message, now_us: u64) {
-        Run::on_message(self, u, &message, now_us);
-    }
-    fn on_drained(&mut self, u: usize) {
-        // The server always writes Content-Length: a message it cut short of one would wait
-        // here forever, so a whole burst is decoded as a last resort.
-        if self.users[u].conn.inbuf.is_empty() {
-            return;
-        }
-        let now_us = self.io.clock.now_us();
-        match codec::decode(&mut self.users[u].conn.inbuf, true) {
-            Ok(Some(message)) => Run::on_message(self, u, &message, now_us),
-            Ok(None) => {}
-            Err(e) => Run::fail(self, u, ErrorKind::Protocol, || {
-                format!("framing lost: {e}")
-            }),
-        }
-    }
-    fn on_server_close(&mut self, u: usize, why: String) {
-        Run::on_server_close(self, u, why);
-    }
-    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
-        Run::fail(self, u, kind, || why);
-    }
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        let lags = SendLags {
-            plan: self.course.plan.as_ref(),
-            own: &mut self.latency.own,
-            sent_in_window: &mut self.sends.sent_in_window,
-        };
-        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
-            *sent += 1;
-            if let Some(ordinal) = sender {
-                accounting.on_sent(ordinal as usize);
-            }
+            let user = &run.clients[u];
+            Some((
+                wire::text(&user.token, &run.clients[user.partner].name, content),
+                (),
+            ))
         });
-        if !user.conn.out.has_pending() {
-            user.last_write_us = self.io.clock.now_us();
+    }
+    fn counts(run: &Run<'_>) -> SentReceived {
+        SentReceived {
+            sent: run.sends.sent,
+            received: run.p.accounting.counts().delivered,
         }
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
-        }
     }
-}
-
-impl Staged for Run<'_> {
-    const WAVE_TIMEOUT: &'static str = "timed out before its Identity came back";
-
-    fn course(&self) -> &Course {
-        &self.course
-    }
-    fn course_mut(&mut self) -> &mut Course {
-        &mut self.course
-    }
-    fn target(&self, _u: usize) -> SocketAddr {
-        self.cfg.target
-    }
-    fn on_connecting(&mut self, u: usize) {
-        self.users[u].phase = UserPhase::Connecting;
-    }
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.senders = (0..self.cfg.users)
-            .filter(|&u| self.users[u].phase == UserPhase::Joined)
-            .collect();
-        if self.senders.is_empty() {
-            return Err(self.errors.unreachable("no user joined"));
-        }
-        for (ordinal, &u) in self.senders.iter().enumerate() {
-            self.users[u].sender = Some(ordinal as u32);
-        }
-        self.accounting = Accounting::new(self.senders.len());
-        self.course.plan = Some(Plan::new(
-            self.senders.len() as u32,
-            self.cfg.rate_per_s,
-            now_us + START_DELAY_US,
-            self.cfg.warmup_us,
-            self.cfg.duration_us,
-        ));
+    fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
+        let cfg = run.p.cfg;
+        let senders = run.joined_among(cfg.users);
+        let senders_count = senders.len();
+        run.fix_plan(senders, &cfg.pace, now_us, "no user joined")?;
+        run.p.accounting = Accounting::new(senders_count);
         Ok(())
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
-    fn everything_arrived(&self) -> bool {
-        self.accounting.undelivered() == 0
+    fn everything_arrived(run: &Run<'_>) -> bool {
+        run.p.accounting.undelivered() == 0
     }
     /// The silent wait: until the server has closed every silent user, or `--silent-wait`
     /// after the last one's last write.
-    fn start_closing(&mut self, now_us: u64) -> Phase {
-        let last_us = self
-            .users
-            .iter()
-            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+    fn start_closing(run: &mut Run<'_>, now_us: u64) -> Phase {
+        let last_us = (run.clients.iter())
+            .filter(|u| u.role == Role::Silent && u.stage == Stage::Joined)
             .map(|u| u.last_write_us)
             .max();
         match last_us {
             Some(last_us) => Phase::Close {
-                deadline_us: Some((last_us + self.cfg.silent_wait_us).max(now_us)),
+                deadline_us: Some((last_us + run.p.cfg.silent_wait_us).max(now_us)),
             },
             None => Phase::Done,
         }
     }
-    fn closed(&mut self, _now_us: u64) -> bool {
-        self.silent_open() == 0
+    fn closed(run: &mut Run<'_>, _now_us: u64) -> bool {
+        run.silent_open() == 0
     }
-    fn doing(&self) -> String {
-        match self.course.phase {
+    fn doing(run: &Run<'_>) -> String {
+        match run.course.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
-                self.users
-                    .iter()
-                    .filter(|u| u.phase == UserPhase::Joined)
-                    .count(),
-                self.users.len()
+                run.count_at(Stage::Joined),
+                run.clients.len()
             ),
             Phase::Send | Phase::Drain { .. } => format!(
                 "sent {} of {}, undelivered {}",
-                self.sends.sent,
-                self.course.plan.as_ref().map_or(0, |p| p.messages),
-                self.accounting.undelivered()
+                run.sends.sent,
+                run.course.plan.as_ref().map_or(0, |p| p.messages),
+                run.p.accounting.undelivered()
             ),
             Phase::Close { .. } => {
                 format!(
                     "waiting for {} silent users to be closed",
-                    self.silent_open()
+                    run.silent_open()
                 )
             }
             Phase::Done => String::new(),
         }
-    }
-    fn errors(&self) -> &ErrorCounts {
-        &self.errors
     }
 }
 
 impl Run<'_> {
     /// Silent users the server has not closed yet.
     fn silent_open(&self) -> usize {
-        self.users
+        self.clients
             .iter()
-            .filter(|u| u.role == Role::Silent && u.phase == UserPhase::Joined)
+            .filter(|u| u.role == Role::Silent && u.stage == Stage::Joined)
             .count()
     }
 
-    /// EOF or a read error: expected for a silent user (measured), an error for anyone else.
-    fn on_server_close(&mut self, u: usize, why: String) {
-        let user = &mut self.users[u];
-        if user.role == Role::Silent && user.phase == UserPhase::Joined {
-            let now_us = self.io.clock.now_us();
-            self.latency
-                .silent_closed_after
-                .record(now_us.saturating_sub(user.last_write_us));
-            self.silent_closed += 1;
-            user.phase = UserPhase::ClosedByServer;
-            let keepalives = user.keepalives;
-            let name = user.name.clone();
-            if let Some(mut stream) = user.conn.stream.take() {
-                let _ = self.io.poll.registry().deregister(&mut stream);
-            }
-            if keepalives == 0 {
-                self.silent_closed_without_keepalive += 1;
-                self.errors.count(ErrorKind::Protocol, || {
-                    format!("silent user {name} was closed without a Connect keepalive first")
-                });
-            }
-            return;
-        }
-        engine::lost(self, u, why);
-    }
-
     fn on_message(&mut self, u: usize, message: &codec::Message, now_us: u64) {
-        let identified = self.users[u].phase == UserPhase::Joined;
+        let identified = self.clients[u].stage == Stage::Joined;
         match wire::classify(message, identified) {
             Incoming::Identity(token) => {
-                let user = &mut self.users[u];
+                let user = &mut self.clients[u];
                 user.token = token;
-                user.phase = UserPhase::Joined;
+                user.stage = Stage::Joined;
                 let intended_us = self.course.wave.intended_us(u);
-                self.latency
+                self.p
+                    .latency
                     .connect
                     .record(now_us.saturating_sub(intended_us));
                 self.course.wave.settle(u);
             }
             Incoming::Keepalive => {
-                let user = &mut self.users[u];
+                let user = &mut self.clients[u];
                 user.keepalives += 1;
                 match user.role {
-                    Role::Active => self.keepalives_active += 1,
+                    Role::Active => self.p.keepalives_active += 1,
                     Role::Silent => {
-                        self.keepalives_silent += 1;
+                        self.p.keepalives_silent += 1;
                         if user.keepalives == 1 {
-                            self.latency
+                            self.p
+                                .latency
                                 .silent_keepalive_after
                                 .record(now_us.saturating_sub(user.last_write_us));
                         }
@@ -581,7 +438,7 @@ impl Run<'_> {
                 }
                 if let Some(reply) = wire::keepalive_reply(user.role, &user.token) {
                     user.conn.out.extend(&reply);
-                    self.keepalives_answered += 1;
+                    self.p.keepalives_answered += 1;
                     self.io.dirty.mark(u);
                 }
             }
@@ -591,7 +448,7 @@ impl Run<'_> {
                 content,
             } => self.on_delivery(u, &sender, &addressee, &content, now_us),
             Incoming::Violation(why) => {
-                let name = self.users[u].name.clone();
+                let name = self.clients[u].name.clone();
                 self.errors
                     .count(ErrorKind::Protocol, || format!("user {name}: {why}"));
             }
@@ -606,11 +463,11 @@ impl Run<'_> {
         content: &[u8],
         now_us: u64,
     ) {
-        let me = &self.users[u].name;
-        let stamp = match stamp::read(content, self.cfg.run_id) {
+        let me = &self.clients[u].name;
+        let stamp = match stamp::read(content, self.p.cfg.run_id) {
             stamp::Read::Ours(stamp) => stamp,
             stamp::Read::Foreign => {
-                self.foreign_messages += 1;
+                self.p.foreign_messages += 1;
                 return;
             }
             stamp::Read::Malformed(why) => {
@@ -632,14 +489,20 @@ impl Run<'_> {
             });
             return;
         };
-        let outcome = self.accounting.on_delivered(ordinal, u64::from(stamp.seq));
+        let outcome = self
+            .p
+            .accounting
+            .on_delivered(ordinal, u64::from(stamp.seq));
         if outcome == SeqOutcome::Behind {
             return; // a duplicate: counted, timed once
         }
         if let Some(plan) = self.course.plan.as_ref() {
             // The check found the plan's intended time for `g` in the stamp.
             debug_assert_eq!(plan.intended_us(g), stamp.intended_us);
-            let (latency, in_window) = (&mut self.latency.delivery, &mut self.delivered_in_window);
+            let (latency, in_window) = (
+                &mut self.p.latency.delivery,
+                &mut self.p.delivered_in_window,
+            );
             plan.record_arrival(stamp.intended_us, now_us, latency, in_window);
         }
     }
@@ -653,67 +516,47 @@ impl Run<'_> {
         stamp: &Stamp,
     ) -> Option<(usize, u64)> {
         let plan = self.course.plan.as_ref()?;
-        let sender_user = self.users.get(usize::try_from(stamp.sender).ok()?)?;
+        let sender_user = self.clients.get(usize::try_from(stamp.sender).ok()?)?;
         let ordinal = sender_user.sender?;
         let g = u64::from(stamp.seq) * u64::from(plan.senders) + u64::from(ordinal);
         let agrees = sender_user.role == Role::Active
             && sender_user.partner == u
             && sender == sender_user.name.as_bytes()
-            && addressee == self.users[u].name.as_bytes()
+            && addressee == self.clients[u].name.as_bytes()
             && g < plan.messages
             && plan.intended_us(g) == stamp.intended_us;
         agrees.then_some((ordinal as usize, g))
     }
 
-    /// Counts the error, closes the connection and takes the user out of the run.
-    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
-        if matches!(
-            self.users[u].phase,
-            UserPhase::Failed | UserPhase::ClosedByServer
-        ) {
-            return;
-        }
-        self.course.wave.settle(u);
-        let user = &mut self.users[u];
-        user.phase = UserPhase::Failed;
-        self.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
-        let name = user.name.clone();
-        let target = self.cfg.target;
-        self.errors
-            .count(kind, || format!("{target} user {name}: {}", describe()));
-    }
-
     pub fn finish(mut self) -> CcmOutcome {
         let times = self.course.times(self.io.clock.now_us());
-        self.sends.not_sent_at_end += engine::close_all(&mut self);
-        let silent = &self.users[self.cfg.users..];
+        self.close_all();
+        self.p.latency.own = self.own;
+        let silent = &self.clients[self.p.cfg.users..];
         let silent_joined = silent
             .iter()
-            .filter(|u| matches!(u.phase, UserPhase::Joined | UserPhase::ClosedByServer))
+            .filter(|u| matches!(u.stage, Stage::Joined | Stage::Closed))
             .count();
-        let silent_not_closed = silent
-            .iter()
-            .filter(|u| u.phase == UserPhase::Joined)
-            .count() as u64;
+        let silent_not_closed = silent.iter().filter(|u| u.stage == Stage::Joined).count() as u64;
         CcmOutcome {
-            users_requested: self.cfg.users,
+            users_requested: self.p.cfg.users,
             users_joined: self.senders.len(),
-            silent_requested: self.cfg.silent,
+            silent_requested: self.p.cfg.silent,
             silent_joined,
-            silent_closed: self.silent_closed,
-            silent_closed_without_keepalive: self.silent_closed_without_keepalive,
+            silent_closed: self.p.silent_closed,
+            silent_closed_without_keepalive: self.p.silent_closed_without_keepalive,
             silent_not_closed,
             plan: self.course.plan_or_empty(),
-            latency: self.latency,
-            seq: self.accounting.counts(),
-            undelivered: self.accounting.undelivered(),
+            latency: self.p.latency,
+            seq: self.p.accounting.counts(),
+            undelivered: self.p.accounting.undelivered(),
             errors: self.errors,
             sends: self.sends,
-            delivered_in_window: self.delivered_in_window,
-            foreign_messages: self.foreign_messages,
-            keepalives_active: self.keepalives_active,
-            keepalives_answered: self.keepalives_answered,
-            keepalives_silent: self.keepalives_silent,
+            delivered_in_window: self.p.delivered_in_window,
+            foreign_messages: self.p.foreign_messages,
+            keepalives_active: self.p.keepalives_active,
+            keepalives_answered: self.p.keepalives_answered,
+            keepalives_silent: self.p.keepalives_silent,
             ramp_us: times.ramp_us,
             drain_used_us: times.drain_used_us,
             drain_timed_out: times.drain_timed_out,

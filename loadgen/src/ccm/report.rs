@@ -98,7 +98,7 @@ impl Report {
         let l = &run.latency;
         let shared = Shared::new(
             plan,
-            cfg.rate_per_s,
+            cfg.pace.rate_per_s,
             run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
@@ -143,11 +143,11 @@ impl Report {
                 },
                 silent_users,
                 senders: plan.senders,
-                rate_per_s: cfg.rate_per_s,
-                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
+                rate_per_s: cfg.pace.rate_per_s,
+                window: Window::new(cfg.pace.duration_us, cfg.pace.warmup_us, cfg.pace.drain_us),
                 silent_wait_ms: cfg.silent_wait_us as f64 / 1e3,
                 payload_bytes: cfg.content_bytes,
-                connect_rate_per_s: cfg.connect_rate_per_s,
+                connect_rate_per_s: cfg.pace.connect_rate_per_s,
                 ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),

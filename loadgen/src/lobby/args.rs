@@ -1,11 +1,10 @@
 //! `loadgen lobby`'s flags and their translation into the LOBBY scenario's config.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::resolve_loopback;
+use crate::args::{resolve_loopback, Pace};
 use crate::lobby;
 use crate::ocm::args::{OCM_RECV_BUFFER_DEFAULT, OCM_RECV_BUFFER_MAX};
 use crate::registry::{ScenarioArgs, Single};
@@ -115,25 +114,16 @@ impl ScenarioArgs for LobbyArgs {
                 "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
             ));
         }
-        let target = |port| resolve_loopback(&common.host, port);
-        let cfg = lobby::LobbyConfig {
-            room_target: target(self.room_port)?,
-            matou_target: target(self.matou_port)?,
-            ccm_target: target(self.ccm_port)?,
-            ocm_tcp_target: target(self.ocm_tcp_port)?,
-            ocm_udp_target: target(self.ocm_udp_port)?,
-            members,
-            ocm_room: self.ocm_room.clone(),
-            rate_per_s: self.rate,
-            duration_us: common.duration.as_micros() as u64,
-            warmup_us: common.warmup.as_micros() as u64,
-            drain_us: common.drain.unwrap_or(LOBBY_DRAIN_DEFAULT).as_micros() as u64,
-            message_bytes: self.payload_bytes,
-            connect_rate_per_s: common.connect_rate,
-            recv_buffer_bytes: self.recv_buffer_bytes,
-            run_id: run_id(),
-            progress: std::io::stderr().is_terminal(),
-        };
+        let ports = [
+            self.room_port,
+            self.matou_port,
+            self.ccm_port,
+            self.ocm_tcp_port,
+            self.ocm_udp_port,
+        ];
+        let ocm = (self.ocm_room.clone(), self.recv_buffer_bytes);
+        let pace = Pace::single(common, self.rate, LOBBY_DRAIN_DEFAULT);
+        let cfg = build(&common.host, ports, members, ocm, self.payload_bytes, pace)?;
         let title = format!(
             "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}, {} msg/s (up to {deliveries_per_s} \
              deliveries/s), {} B, {:?}",
@@ -149,4 +139,31 @@ impl ScenarioArgs for LobbyArgs {
         let files = (total + members[3]) as u64;
         Ok((cfg, files, title))
     }
+}
+
+/// The scenario's config, from the subcommand's flags or from `loadgen mix --lobby`: `ports`
+/// are ROOM's, MATOU's, CCM's and OCM's TCP and UDP ones on `host`; `ocm` the OCM room and its
+/// members' receive buffer.
+pub(crate) fn build(
+    host: &str,
+    [room, matou, ccm, ocm_tcp, ocm_udp]: [u16; 5],
+    members: [usize; 4],
+    (ocm_room, recv_buffer_bytes): (String, usize),
+    message_bytes: usize,
+    pace: Pace,
+) -> Result<lobby::LobbyConfig, String> {
+    let target = |port| resolve_loopback(host, port);
+    Ok(lobby::LobbyConfig {
+        room_target: target(room)?,
+        matou_target: target(matou)?,
+        ccm_target: target(ccm)?,
+        ocm_tcp_target: target(ocm_tcp)?,
+        ocm_udp_target: target(ocm_udp)?,
+        members,
+        ocm_room,
+        message_bytes,
+        recv_buffer_bytes,
+        run_id: run_id(),
+        pace,
+    })
 }

@@ -39,15 +39,16 @@ use switchboard::protocol::ccm::codec as ccm_codec;
 use switchboard::protocol::matou::codec::Limits as MatouLimits;
 use switchboard::protocol::ocm::codec as ocm_codec;
 
+use crate::args::Pace;
 use crate::ccm::wire as ccm_wire;
-use crate::course::{self, Course, Phase, Staged};
-use crate::driver::{queue_full, Loop, Phases, RunError, SentReceived, START_DELAY_US};
-use crate::engine::{self, Link, Wire};
+use crate::course::Phase;
+use crate::driver::{RunError, SentReceived};
+use crate::engine::{self, ClientOf, Link, Stage, Wire};
 use crate::matou::wire as matou_wire;
 use crate::ocm::{udp, wire as ocm_wire};
 use crate::plan::Plan;
 use crate::registry::{InMix, Named, Row, RowSource, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendCounts, SendLags};
+use crate::sockio::{Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
 use ledger::{Kind, Ledger, PairCounts, PairLatencies, KINDS};
 use wire::{Read, RoomItem, RoomStage, Stamp};
@@ -75,18 +76,14 @@ pub struct LobbyConfig {
     pub members: [usize; 4],
     /// The OCM room chatd's lobby is made of (its `--lobby-ocm-room`).
     pub ocm_room: String,
-    /// Lobby messages per second over all senders together.
-    pub rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Bytes of every lobby text: the stamp, padded.
     pub message_bytes: usize,
-    pub connect_rate_per_s: u64,
     /// SO_RCVBUF asked for on every OCM member's UDP socket.
     pub recv_buffer_bytes: usize,
     pub run_id: u32,
-    pub progress: bool,
+    /// Its lobby messages per second over all senders together, phases' lengths, ramp-up
+    /// pace and progress line.
+    pub pace: Pace,
 }
 
 impl LobbyConfig {
@@ -97,7 +94,7 @@ impl LobbyConfig {
     /// Deliveries the plan makes per second: every message reaches every other member, and its
     /// sender too in ROOM and MATOU; at most rate x members.
     pub fn deliveries_per_s_max(&self) -> u64 {
-        self.rate_per_s * self.total() as u64
+        self.pace.rate_per_s * self.total() as u64
     }
 
     fn target(&self, kind: Kind) -> SocketAddr {
@@ -139,23 +136,9 @@ pub struct LobbyOutcome {
     pub drain_timed_out: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MemberPhase {
-    Idle,
-    /// An OCM member waiting for the lobby room to exist before it asks to join.
-    WaitingForRoom,
-    Connecting,
-    /// Connected, waiting for the server to let it in (greeting, response, identity, token).
-    Greeting,
-    Joined,
-    Failed,
-}
-
-struct Member {
+pub struct Member {
     kind: Kind,
     name: String,
-    conn: Conn<()>,
-    phase: MemberPhase,
     room_stage: RoomStage,
     /// CCM's token (`User`), OCM's token (in every datagram).
     token: Bytes,
@@ -185,23 +168,19 @@ enum SenderName<'a> {
     Before(&'a [u8]),
 }
 
-pub struct Run<'a> {
+/// The run: the engine's, over the lobby's part.
+pub type Run<'a> = engine::Run<Part<'a>>;
+
+/// The lobby's part of the run.
+pub struct Part<'a> {
     cfg: &'a LobbyConfig,
-    io: Loop,
-    members: Vec<Member>,
     ledger: Ledger,
     latency: PairLatencies,
     connect: LatencyHistogram,
-    own: OwnLags,
-    errors: ErrorCounts,
-    sends: SendCounts,
     delivered_in_window: u64,
     foreign_messages: u64,
     presence_notices: u64,
     keepalives_answered: u64,
-    course: Course,
-    /// Members that send, by sender ordinal.
-    senders: Vec<usize>,
     /// The OCM member that creates (or first joins) the lobby room, and whether it is in.
     ocm_first: Option<usize>,
     ocm_room_ready: bool,
@@ -225,53 +204,40 @@ impl ScenarioKind for Lobby {
     type Report = report::Report;
 
     fn start(cfg: &LobbyConfig) -> Result<Run<'_>, RunError> {
-        let io = Loop::new()?;
-        let now_us = io.clock.now_us();
         let kinds = interleave(cfg.members);
+        let ocm_first = kinds.iter().position(|&k| k == Kind::Ocm);
         let mut numbers = [0usize; 4];
-        let members: Vec<Member> = kinds
-            .iter()
-            .map(|&kind| {
+        let members: Vec<Member> = (kinds.iter().enumerate())
+            .map(|(u, &kind)| {
                 let number = numbers[kind.index()];
                 numbers[kind.index()] += 1;
                 Member {
                     kind,
                     name: wire::member_name(kind, cfg.run_id, number),
-                    conn: Conn::default(),
-                    phase: MemberPhase::Idle,
                     room_stage: RoomStage::Prompt,
                     token: Bytes::new(),
                     udp: None,
-                    ocm_operation: ocm_codec::OPERATION_JOIN,
+                    // The first creates the room; should the room exist already, it joins
+                    // instead.
+                    ocm_operation: if Some(u) == ocm_first {
+                        ocm_codec::OPERATION_CREATE
+                    } else {
+                        ocm_codec::OPERATION_JOIN
+                    },
                     ever_joined: false,
                     next_seq: 0,
                 }
             })
             .collect();
-        let total = members.len();
-        let ocm_first = kinds.iter().position(|&k| k == Kind::Ocm);
-        let mut run = Run {
+        let part = Part {
             cfg,
-            io,
             ledger: Ledger::new(kinds),
-            members,
             latency: PairLatencies::default(),
             connect: LatencyHistogram::new(),
-            own: OwnLags::default(),
-            errors: ErrorCounts::default(),
-            sends: SendCounts::default(),
             delivered_in_window: 0,
             foreign_messages: 0,
             presence_notices: 0,
             keepalives_answered: 0,
-            course: Course::new(
-                total,
-                (0..total).collect(),
-                now_us,
-                cfg.connect_rate_per_s,
-                cfg.progress,
-            ),
-            senders: Vec::new(),
             ocm_first,
             ocm_room_ready: false,
             ocm_first_attempts: 0,
@@ -281,11 +247,14 @@ impl ScenarioKind for Lobby {
             batch: Some(udp::RecvBatch::new(RECV_BATCH_DATAGRAMS)),
             matou_limits: MatouLimits::default(),
         };
-        if let Some(first) = ocm_first {
-            // It creates the room; should the room exist already, it joins instead.
-            run.members[first].ocm_operation = ocm_codec::OPERATION_CREATE;
-        }
-        Ok(run)
+        let order = |n| (0..n).collect();
+        engine::Run::new(
+            part,
+            members,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> LobbyOutcome {
         run.finish()
@@ -324,7 +293,7 @@ impl ScenarioKind for Lobby {
         )
     }
     fn progress(cfg: &LobbyConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &LobbyConfig) -> String {
         format!(
@@ -388,50 +357,119 @@ pub fn interleave(counts: [usize; 4]) -> Vec<Kind> {
     kinds
 }
 
-impl Phases for Run<'_> {
-    fn io(&self) -> &Loop {
-        &self.io
+impl Wire for Part<'_> {
+    type User = Member;
+    type Tag = ();
+    type Message = Message;
+    const WAVE_TIMEOUT: &'static str = "ramp-up timed out before it joined the lobby";
+
+    fn target(&self, c: &ClientOf<Self>) -> SocketAddr {
+        self.cfg.target(c.kind)
     }
-    fn io_mut(&mut self) -> &mut Loop {
-        &mut self.io
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
+        format!("{} member {}", c.kind.name().to_uppercase(), c.name)
     }
-    fn advance(&mut self) -> Result<(), RunError> {
-        course::advance(self)
+    fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
+        let member = &mut run.clients[u];
+        match member.kind {
+            Kind::Room => member.room_stage = RoomStage::Prompt,
+            Kind::Matou => (member.conn.out).extend(&matou_wire::connect_request(&member.name)),
+            Kind::Ccm => member.conn.out.extend(&ccm_wire::identify(&member.name)),
+            Kind::Ocm => run.open_udp_and_request(u)?,
+        }
+        Ok(())
     }
-    fn is_done(&self) -> bool {
-        course::is_done(self)
+    fn decode(run: &mut Run<'_>, u: usize) -> Result<Option<Message>, String> {
+        let cfg = run.p.cfg;
+        let member = &mut run.clients[u];
+        let (kind, room_stage) = (member.kind, member.room_stage);
+        let inbuf = &mut member.conn.inbuf;
+        match kind {
+            Kind::Room => {
+                Ok(wire::next_room_item(inbuf, room_stage, cfg.message_bytes)?.map(Message::Room))
+            }
+            Kind::Matou => matou_wire::decode(inbuf, &run.p.matou_limits, cfg.run_id, 0)
+                .map(|m| m.map(Message::Matou))
+                .map_err(|e| format!("{e:?}")),
+            Kind::Ccm => ccm_codec::decode(inbuf, false)
+                .map(|m| m.map(Message::Ccm))
+                .map_err(|e| e.to_string()),
+            Kind::Ocm => ocm_codec::decode_answer(inbuf, TCRP_ANSWER_BYTES_MAX)
+                .map(|a| a.map(Message::Tcrp))
+                .map_err(|e| format!("TCRP answer: {e:?}")),
+        }
     }
-    fn next_wake_us(&self) -> u64 {
-        course::next_wake_us(self)
+    fn on_message(run: &mut Run<'_>, u: usize, message: Message, now_us: u64) {
+        match message {
+            Message::Room(item) => run.on_room(u, item, now_us),
+            Message::Matou(incoming) => run.on_matou(u, incoming, now_us),
+            Message::Ccm(message) => run.on_ccm(u, &message, now_us),
+            Message::Tcrp(answer) => run.on_tcrp(u, &answer, now_us),
+        }
     }
-    fn send_due(&mut self) {
-        // A copy (a few integers), so an OCM datagram can be sent while the plan is read.
-        let Some(plan) = self.course.plan.clone() else {
-            return;
-        };
-        let plan = &plan;
-        if self.course.phase != Phase::Send {
+    fn on_drained(run: &mut Run<'_>, u: usize) {
+        // CCM: the server always writes Content-Length; a message cut short of one would wait
+        // here forever, so a whole burst is decoded as a last resort (as the CCM scenario).
+        let member = &mut run.clients[u];
+        if member.kind != Kind::Ccm || member.conn.inbuf.is_empty() {
             return;
         }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        while let Some(due) = plan.take_due(&mut self.course.next_g, now_us) {
-            let u = self.senders[plan.sender_of(due.g) as usize];
-            let member = &self.members[u];
-            if member.phase != MemberPhase::Joined {
-                self.sends.not_sent_connection_lost += 1;
-                continue;
+        let now_us = run.io.clock.now_us();
+        match ccm_codec::decode(&mut member.conn.inbuf, true) {
+            Ok(Some(message)) => run.on_ccm(u, &message, now_us),
+            Ok(None) => {}
+            Err(e) => run.fail(u, ErrorKind::Protocol, format!("framing lost: {e}")),
+        }
+    }
+    /// Its UDP socket closes too; it leaves the lobby. Should the room's creator fail, those
+    /// waiting for the room fail with it.
+    fn failed(run: &mut Run<'_>, u: usize, _was: Stage) {
+        if let Some(mut socket) = run.clients[u].udp.take() {
+            let _ = run.io.poll.registry().deregister(&mut socket);
+        }
+        run.p.ledger.leave(u);
+        if Some(u) == run.p.ocm_first && !run.p.ocm_room_ready {
+            for v in 0..run.clients.len() {
+                if run.clients[v].stage == Stage::Held {
+                    let why = "the lobby room could not be created or joined".to_string();
+                    run.fail(v, ErrorKind::Connect, why);
+                }
             }
-            let text = &mut self.text_buf[..self.cfg.message_bytes];
+        }
+    }
+    fn on_sent(&mut self, u: usize, _sender: Option<u32>, _queued: &Queued<()>, _lag_us: u64) {
+        self.ledger.on_sent(u);
+    }
+    /// An OCM member's TCP connection ends with its token; its UDP socket is not the engine's.
+    fn link(run: &Run<'_>, u: usize) -> Link {
+        match run.clients.get(u).map(|m| (m.stage, m.kind)) {
+            Some((Stage::Connecting, _)) => Link::Connecting,
+            Some((Stage::Greeting, _)) => Link::Greeting,
+            Some((Stage::Joined, Kind::Ocm)) => Link::Down,
+            Some((Stage::Joined, _)) => Link::Joined,
+            _ => Link::Down,
+        }
+    }
+    fn on_other_event(run: &mut Run<'_>, index: usize, readable: bool, _writable: bool) {
+        let n = run.clients.len();
+        if readable && (n..2 * n).contains(&index) {
+            run.receive(index - n);
+        }
+    }
+    fn send_due(run: &mut Run<'_>, now_us: u64) {
+        run.send_planned(now_us, |run, u, due, plan| {
+            let cfg = run.p.cfg;
+            let text = &mut run.p.text_buf[..cfg.message_bytes];
+            let member = &run.clients[u];
             let stamp = Stamp {
-                run_id: self.cfg.run_id,
+                run_id: cfg.run_id,
                 sender: u as u32,
                 seq: member.next_seq,
                 intended_us: due.intended_us,
             };
             if wire::FORMAT.write(text, &stamp).is_err() {
-                self.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
-                continue;
+                run.sends.not_sent_queue_full += 1; // cannot happen: the arguments are checked
+                return None;
             }
             let message = match member.kind {
                 // As the original client writes a line; the server drops the line ending
@@ -447,234 +485,88 @@ impl Phases for Run<'_> {
                 Kind::Matou => matou_wire::public_message(text),
                 Kind::Ccm => ccm_wire::text(&member.token, "*", text),
                 Kind::Ocm => {
-                    plan.record_lateness(&due, &mut self.own.schedule_lateness);
-                    let datagram = ocm_wire::datagram(&self.cfg.ocm_room, &member.token, text);
-                    self.send_datagram(u, datagram, due.intended_us, due.noticed_us);
-                    continue;
+                    plan.record_lateness(due, &mut run.own.schedule_lateness);
+                    let datagram = ocm_wire::datagram(&cfg.ocm_room, &member.token, text);
+                    run.send_datagram(u, datagram, due.intended_us, due.noticed_us);
+                    return None;
                 }
             };
-            if queue_full(
-                member.conn.queue.len(),
-                member.conn.out.pending(),
-                message.len(),
-            ) {
-                self.sends.not_sent_queue_full += 1;
-                continue;
-            }
-            let member = &mut self.members[u];
-            member.conn.out.extend(&message);
-            member
-                .conn
-                .queue
-                .push_back(Queued::new(&member.conn.out, &due, ()));
-            member.next_seq += 1;
-            plan.record_lateness(&due, &mut self.own.schedule_lateness);
-            self.io.dirty.mark(u);
-        }
-        engine::flush_dirty(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sends.sent,
-            received: self.ledger.totals().delivered,
-        }
-    }
-}
-
-impl Wire for Run<'_> {
-    type Tag = ();
-    type Message = Message;
-
-    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
-        let member = self.members.get_mut(u)?;
-        Some((&mut self.io, &mut member.conn))
-    }
-    fn link(&self, u: usize) -> Link {
-        match self.members.get(u).map(|m| (m.phase, m.kind)) {
-            Some((MemberPhase::Connecting, _)) => Link::Connecting,
-            Some((MemberPhase::Greeting, _)) => Link::Greeting,
-            // An OCM member's TCP connection ends with its token; its UDP socket is not the
-            // engine's.
-            Some((MemberPhase::Joined, Kind::Ocm)) => Link::Down,
-            Some((MemberPhase::Joined, _)) => Link::Joined,
-            _ => Link::Down,
-        }
-    }
-    fn on_connected(&mut self, u: usize) -> io::Result<()> {
-        let member = &mut self.members[u];
-        match member.kind {
-            Kind::Room => member.room_stage = RoomStage::Prompt,
-            Kind::Matou => member
-                .conn
-                .out
-                .extend(&matou_wire::connect_request(&member.name)),
-            Kind::Ccm => member.conn.out.extend(&ccm_wire::identify(&member.name)),
-            Kind::Ocm => self.open_udp_and_request(u)?,
-        }
-        self.members[u].phase = MemberPhase::Greeting;
-        Ok(())
-    }
-    fn decode(&mut self, u: usize) -> Result<Option<Message>, String> {
-        let message_bytes = self.cfg.message_bytes;
-        let member = &mut self.members[u];
-        let inbuf = &mut member.conn.inbuf;
-        match member.kind {
-            Kind::Room => Ok(
-                wire::next_room_item(inbuf, member.room_stage, message_bytes)?.map(Message::Room),
-            ),
-            Kind::Matou => matou_wire::decode(inbuf, &self.matou_limits, self.cfg.run_id, 0)
-                .map(|m| m.map(Message::Matou))
-                .map_err(|e| format!("{e:?}")),
-            Kind::Ccm => ccm_codec::decode(inbuf, false)
-                .map(|m| m.map(Message::Ccm))
-                .map_err(|e| e.to_string()),
-            Kind::Ocm => ocm_codec::decode_answer(inbuf, TCRP_ANSWER_BYTES_MAX)
-                .map(|a| a.map(Message::Tcrp))
-                .map_err(|e| format!("TCRP answer: {e:?}")),
-        }
-    }
-    fn on_message(&mut self, u: usize, message: Message, now_us: u64) {
-        match message {
-            Message::Room(item) => self.on_room(u, item, now_us),
-            Message::Matou(incoming) => self.on_matou(u, incoming, now_us),
-            Message::Ccm(message) => self.on_ccm(u, &message, now_us),
-            Message::Tcrp(answer) => self.on_tcrp(u, &answer, now_us),
-        }
-    }
-    fn on_drained(&mut self, u: usize) {
-        // CCM: the server always writes Content-Length; a message cut short of one would wait
-        // here forever, so a whole burst is decoded as a last resort (as the CCM scenario).
-        let member = &mut self.members[u];
-        if member.kind != Kind::Ccm || member.conn.inbuf.is_empty() {
-            return;
-        }
-        let now_us = self.io.clock.now_us();
-        match ccm_codec::decode(&mut member.conn.inbuf, true) {
-            Ok(Some(message)) => self.on_ccm(u, &message, now_us),
-            Ok(None) => {}
-            Err(e) => self.fail(u, ErrorKind::Protocol, || format!("framing lost: {e}")),
-        }
-    }
-    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
-        Run::fail(self, u, kind, || why);
-    }
-    fn flush(&mut self, u: usize) {
-        let member = &mut self.members[u];
-        let lags = SendLags {
-            plan: self.course.plan.as_ref(),
-            own: &mut self.own,
-            sent_in_window: &mut self.sends.sent_in_window,
-        };
-        let (sent, ledger) = (&mut self.sends.sent, &mut self.ledger);
-        let failure = member.conn.flush(&self.io.clock, lags, |_, _| {
-            *sent += 1;
-            ledger.on_sent(u);
+            Some((message, ()))
         });
-        if let Some(why) = failure {
-            Run::fail(self, u, ErrorKind::Write, || why);
+    }
+    fn on_queued(run: &mut Run<'_>, u: usize) {
+        run.clients[u].next_seq += 1;
+    }
+    fn counts(run: &Run<'_>) -> SentReceived {
+        SentReceived {
+            sent: run.sends.sent,
+            received: run.p.ledger.totals().delivered,
         }
-    }
-    fn on_other_event(&mut self, index: usize, readable: bool, _writable: bool) {
-        let n = self.members.len();
-        if readable && (n..2 * n).contains(&index) {
-            self.receive(index - n);
-        }
-    }
-}
-
-impl Staged for Run<'_> {
-    const WAVE_TIMEOUT: &'static str = "ramp-up timed out before it joined the lobby";
-
-    fn course(&self) -> &Course {
-        &self.course
-    }
-    fn course_mut(&mut self) -> &mut Course {
-        &mut self.course
-    }
-    fn target(&self, u: usize) -> SocketAddr {
-        self.cfg.target(self.members[u].kind)
-    }
-    fn on_connecting(&mut self, u: usize) {
-        self.members[u].phase = MemberPhase::Connecting;
     }
     /// The OCM members but the first wait for the lobby room to exist.
-    fn on_connect_due(&mut self, u: usize) {
-        if self.members[u].kind == Kind::Ocm && Some(u) != self.ocm_first && !self.ocm_room_ready {
-            self.members[u].phase = MemberPhase::WaitingForRoom;
+    fn on_connect_due(run: &mut Run<'_>, u: usize) {
+        let member = &mut run.clients[u];
+        if member.kind == Kind::Ocm && Some(u) != run.p.ocm_first && !run.p.ocm_room_ready {
+            member.stage = Stage::Held;
         } else {
-            course::connect(self, u);
+            run.connect(u);
         }
     }
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.senders = (0..self.members.len())
-            .filter(|&u| self.members[u].phase == MemberPhase::Joined)
-            .collect();
-        if self.senders.is_empty() {
-            return Err(self.errors.unreachable("no member joined"));
-        }
-        self.course.plan = Some(Plan::new(
-            self.senders.len() as u32,
-            self.cfg.rate_per_s,
-            now_us + START_DELAY_US,
-            self.cfg.warmup_us,
-            self.cfg.duration_us,
-        ));
+    fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
+        let cfg = run.p.cfg;
+        let senders = run.joined_among(run.clients.len());
+        run.fix_plan(senders, &cfg.pace, now_us, "no member joined")?;
         Ok(())
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
-    fn everything_arrived(&self) -> bool {
-        self.ledger.complete()
+    fn everything_arrived(run: &Run<'_>) -> bool {
+        run.p.ledger.complete()
     }
-    fn doing(&self) -> String {
-        match self.course.phase {
+    fn doing(run: &Run<'_>) -> String {
+        match run.course.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
-                self.members
-                    .iter()
-                    .filter(|m| m.phase == MemberPhase::Joined)
-                    .count(),
-                self.members.len()
+                run.count_at(Stage::Joined),
+                run.clients.len()
             ),
             Phase::Send | Phase::Drain { .. } => format!(
                 "sent {} of {}, delivered {}",
-                self.sends.sent,
-                self.course.plan.as_ref().map_or(0, |p| p.messages),
-                self.ledger.totals().delivered
+                run.sends.sent,
+                run.course.plan.as_ref().map_or(0, |p| p.messages),
+                run.p.ledger.totals().delivered
             ),
             Phase::Close { .. } | Phase::Done => String::new(),
         }
-    }
-    fn errors(&self) -> &ErrorCounts {
-        &self.errors
     }
 }
 
 impl Run<'_> {
     /// Member `u` is in the lobby.
     fn joined(&mut self, u: usize, now_us: u64) {
-        let member = &mut self.members[u];
-        member.phase = MemberPhase::Joined;
+        let member = &mut self.clients[u];
+        member.stage = Stage::Joined;
         member.ever_joined = true;
-        self.connect
+        self.p
+            .connect
             .record(now_us.saturating_sub(self.course.wave.intended_us(u)));
-        self.ledger.enter(u);
+        self.p.ledger.enter(u);
         self.course.wave.settle(u);
     }
 
     /// Binds OCM member `u`'s UDP socket on the IP its TCRP connection uses (the server binds
     /// the token to that IP) and queues the request naming the socket's address.
     fn open_udp_and_request(&mut self, u: usize) -> io::Result<()> {
-        let n = self.members.len();
-        let member = &mut self.members[u];
+        let n = self.clients.len();
+        let member = &mut self.clients[u];
         let local = match member.conn.stream.as_ref() {
             Some(stream) => stream.local_addr()?,
             None => return Err(io::Error::other("no TCRP connection")),
         };
         let std_socket = StdUdpSocket::bind(SocketAddr::new(local.ip(), 0))?;
         std_socket.set_nonblocking(true)?;
-        udp::set_recv_buffer(std_socket.as_raw_fd(), self.cfg.recv_buffer_bytes)?;
+        udp::set_recv_buffer(std_socket.as_raw_fd(), self.p.cfg.recv_buffer_bytes)?;
         let udp_addr = std_socket.local_addr()?;
         let mut socket = UdpSocket::from_std(std_socket);
         self.io
@@ -686,7 +578,7 @@ impl Run<'_> {
         }
         let request = ocm_wire::request(
             member.ocm_operation,
-            &self.cfg.ocm_room,
+            &self.p.cfg.ocm_room,
             &member.name,
             udp_addr,
         );
@@ -695,10 +587,10 @@ impl Run<'_> {
     }
 
     fn on_room(&mut self, u: usize, item: RoomItem, now_us: u64) {
-        let member = &mut self.members[u];
+        let member = &mut self.clients[u];
         match item {
             RoomItem::Prompt => {
-                member.conn.out.extend(member.name.as_bytes());
+                member.conn.out.extend(member.user.name.as_bytes());
                 member.room_stage = RoomStage::Greeting;
                 self.io.dirty.mark(u);
             }
@@ -714,20 +606,19 @@ impl Run<'_> {
 
     fn on_matou(&mut self, u: usize, incoming: matou_wire::Incoming, now_us: u64) {
         use matou_wire::Incoming;
-        let joined = self.members[u].phase == MemberPhase::Joined;
+        let joined = self.clients[u].stage == Stage::Joined;
         match incoming {
             Incoming::ConnectResponse { accepted: true } if !joined => self.joined(u, now_us),
             Incoming::ConnectResponse { accepted: false } if !joined => {
-                self.fail(u, ErrorKind::Connect, || {
-                    "CONNECT_RESPONSE 0: the name was refused".to_string()
-                });
+                let why = "CONNECT_RESPONSE 0: the name was refused".to_string();
+                self.fail(u, ErrorKind::Connect, why);
             }
-            Incoming::ConnectNotify(_) | Incoming::SignOutNotify(_) => self.presence_notices += 1,
+            Incoming::ConnectNotify(_) | Incoming::SignOutNotify(_) => self.p.presence_notices += 1,
             Incoming::Broadcast { username, message } if joined => {
                 self.on_delivery(u, SenderName::Exact(&username), &message, now_us);
             }
             other => {
-                let name = self.members[u].name.clone();
+                let name = self.clients[u].name.clone();
                 self.errors.count(ErrorKind::Protocol, || {
                     format!("MATOU user {name}: unexpected {other:?}")
                 });
@@ -736,19 +627,19 @@ impl Run<'_> {
     }
 
     fn on_ccm(&mut self, u: usize, message: &ccm_codec::Message, now_us: u64) {
-        let identified = self.members[u].phase == MemberPhase::Joined;
+        let identified = self.clients[u].stage == Stage::Joined;
         match ccm_wire::classify(message, identified) {
             ccm_wire::Incoming::Identity(token) => {
-                self.members[u].token = token;
+                self.clients[u].token = token;
                 self.joined(u, now_us);
             }
             ccm_wire::Incoming::Keepalive => {
-                let member = &mut self.members[u];
+                let member = &mut self.clients[u];
                 if let Some(reply) =
                     ccm_wire::keepalive_reply(ccm_wire::Role::Active, &member.token)
                 {
                     member.conn.out.extend(&reply);
-                    self.keepalives_answered += 1;
+                    self.p.keepalives_answered += 1;
                     self.io.dirty.mark(u);
                 }
             }
@@ -758,7 +649,7 @@ impl Run<'_> {
                 content,
             } => {
                 if &addressee[..] != b"*" {
-                    let name = self.members[u].name.clone();
+                    let name = self.clients[u].name.clone();
                     self.errors.count(ErrorKind::Protocol, || {
                         format!(
                             "CCM user {name}: a lobby Text with Addressee {:?}, not *",
@@ -770,7 +661,7 @@ impl Run<'_> {
                 self.on_delivery(u, SenderName::Exact(&sender), &content, now_us);
             }
             ccm_wire::Incoming::Violation(why) => {
-                let name = self.members[u].name.clone();
+                let name = self.clients[u].name.clone();
                 self.errors
                     .count(ErrorKind::Protocol, || format!("CCM user {name}: {why}"));
             }
@@ -778,41 +669,41 @@ impl Run<'_> {
     }
 
     fn on_tcrp(&mut self, u: usize, answer: &ocm_codec::TcrpAnswer, now_us: u64) {
-        let operation = self.members[u].ocm_operation;
-        match ocm_wire::judge_answer(answer, operation, &self.cfg.ocm_room) {
+        let operation = self.clients[u].ocm_operation;
+        match ocm_wire::judge_answer(answer, operation, &self.p.cfg.ocm_room) {
             ocm_wire::Answer::Acknowledged => {}
             ocm_wire::Answer::Granted(token) => {
-                let member = &mut self.members[u];
+                let member = &mut self.clients[u];
                 member.token = token;
                 // One request per connection: the server closes it after its answer.
                 member.conn.close(self.io.poll.registry());
                 self.joined(u, now_us);
-                if Some(u) == self.ocm_first {
-                    self.ocm_room_ready = true;
-                    self.ocm_room_created = operation == ocm_codec::OPERATION_CREATE;
-                    for v in 0..self.members.len() {
-                        if self.members[v].phase == MemberPhase::WaitingForRoom {
-                            course::connect(self, v);
+                if Some(u) == self.p.ocm_first {
+                    self.p.ocm_room_ready = true;
+                    self.p.ocm_room_created = operation == ocm_codec::OPERATION_CREATE;
+                    for v in 0..self.clients.len() {
+                        if self.clients[v].stage == Stage::Held {
+                            self.connect(v);
                         }
                     }
                 }
             }
             ocm_wire::Answer::Refused(_)
-                if Some(u) == self.ocm_first
-                    && self.ocm_first_attempts < OCM_FIRST_ATTEMPTS_MAX =>
+                if Some(u) == self.p.ocm_first
+                    && self.p.ocm_first_attempts < OCM_FIRST_ATTEMPTS_MAX =>
             {
                 // A create is refused when the room exists (another client's members are in
                 // it), a join when it does not: the room may also be closing as this member
                 // asks (the last run's creator left just before), so it tries the other.
-                self.ocm_first_attempts += 1;
-                let member = &mut self.members[u];
+                self.p.ocm_first_attempts += 1;
+                let member = &mut self.clients[u];
                 member.conn.close(self.io.poll.registry());
                 member.ocm_operation = if operation == ocm_codec::OPERATION_CREATE {
                     ocm_codec::OPERATION_JOIN
                 } else {
                     ocm_codec::OPERATION_CREATE
                 };
-                course::connect(self, u);
+                self.connect(u);
             }
             ocm_wire::Answer::Refused(why) => {
                 let what = if operation == ocm_codec::OPERATION_CREATE {
@@ -820,9 +711,11 @@ impl Run<'_> {
                 } else {
                     "join"
                 };
-                self.fail(u, ErrorKind::Protocol, || {
-                    format!("{what} of the lobby room: {why}")
-                });
+                self.fail(
+                    u,
+                    ErrorKind::Protocol,
+                    format!("{what} of the lobby room: {why}"),
+                );
             }
         }
     }
@@ -840,17 +733,17 @@ impl Run<'_> {
             self.sends.not_sent_queue_full += 1; // cannot happen: the size is checked
             return;
         };
-        let Some(socket) = self.members[u].udp.as_ref() else {
+        let Some(socket) = self.clients[u].udp.as_ref() else {
             self.sends.not_sent_connection_lost += 1;
             return;
         };
         let attempt_us = self.io.clock.now_us();
-        match socket.send_to(&datagram, self.cfg.ocm_udp_target) {
+        match socket.send_to(&datagram, self.p.cfg.ocm_udp_target) {
             Ok(_) => {
                 let done_us = self.io.clock.now_us();
-                self.members[u].next_seq += 1;
+                self.clients[u].next_seq += 1;
                 self.sends.sent += 1;
-                self.ledger.on_sent(u);
+                self.p.ledger.on_sent(u);
                 SendLags {
                     plan: self.course.plan.as_ref(),
                     own: &mut self.own,
@@ -861,7 +754,7 @@ impl Run<'_> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.sends.not_sent_queue_full += 1,
             Err(e) => {
                 self.sends.not_sent_connection_lost += 1;
-                let name = self.members[u].name.clone();
+                let name = self.clients[u].name.clone();
                 self.errors.count(ErrorKind::Write, || {
                     format!("OCM member {name}: sendto: {e}")
                 });
@@ -871,16 +764,16 @@ impl Run<'_> {
 
     /// Reads OCM member `u`'s datagrams until its socket is empty.
     fn receive(&mut self, u: usize) {
-        let Some(mut batch) = self.batch.take() else {
+        let Some(mut batch) = self.p.batch.take() else {
             return;
         };
-        while let Some(socket) = self.members[u].udp.as_ref() {
+        while let Some(socket) = self.clients[u].udp.as_ref() {
             let n = match batch.recv(socket.as_raw_fd()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.fail(u, ErrorKind::Read, || format!("recvmmsg: {e}"));
+                    self.fail(u, ErrorKind::Read, format!("recvmmsg: {e}"));
                     break;
                 }
             };
@@ -892,18 +785,18 @@ impl Run<'_> {
                 break; // drained: a later datagram raises a new edge
             }
         }
-        self.batch = Some(batch);
+        self.p.batch = Some(batch);
     }
 
     fn on_datagram(&mut self, u: usize, datagram: &[u8], now_us: u64) {
-        if self.members[u].phase != MemberPhase::Joined {
+        if self.clients[u].stage != Stage::Joined {
             return;
         }
         match ocm_wire::split_chat(datagram) {
             Some((name, text)) => self.on_delivery(u, SenderName::Exact(name), text, now_us),
             None => {
                 // A leave text of someone else's member, or anything not `name: text`.
-                self.foreign_messages += 1;
+                self.p.foreign_messages += 1;
             }
         }
     }
@@ -911,30 +804,30 @@ impl Run<'_> {
     /// One lobby text reached member `r`: checked against its sender and the plan, then
     /// accounted for and timed by (origin, destination) pair.
     fn on_delivery(&mut self, r: usize, named: SenderName<'_>, text: &[u8], now_us: u64) {
-        let stamp = match wire::FORMAT.read(text, self.cfg.run_id) {
+        let stamp = match wire::FORMAT.read(text, self.p.cfg.run_id) {
             Read::Ours(stamp) => stamp,
             Read::Foreign => {
-                self.foreign_messages += 1;
+                self.p.foreign_messages += 1;
                 return;
             }
             Read::Malformed(why) => {
-                let name = self.members[r].name.clone();
+                let name = self.clients[r].name.clone();
                 self.errors
                     .count(ErrorKind::Protocol, || format!("member {name}: {why}"));
                 return;
             }
         };
         let s = stamp.sender as usize;
-        let agrees = self.members.get(s).is_some_and(|sender| {
+        let agrees = self.clients.get(s).is_some_and(|sender| {
             let name = sender.name.as_bytes();
             let named_right = match named {
                 SenderName::Exact(n) => n == name,
                 SenderName::Before(before) => wire::names_sender(before, name),
             };
-            named_right && self.ledger.expects(r, s) && stamp.intended_us <= now_us
+            named_right && self.p.ledger.expects(r, s) && stamp.intended_us <= now_us
         });
         let Some(plan) = self.course.plan.as_ref().filter(|_| agrees) else {
-            let name = self.members[r].name.clone();
+            let name = self.clients[r].name.clone();
             let named = match named {
                 SenderName::Exact(n) | SenderName::Before(n) => {
                     String::from_utf8_lossy(&n[n.len().saturating_sub(40)..]).into_owned()
@@ -945,73 +838,41 @@ impl Run<'_> {
             });
             return;
         };
-        if self.ledger.on_delivered(r, s, u64::from(stamp.seq)) == SeqOutcome::Behind {
+        if self.p.ledger.on_delivered(r, s, u64::from(stamp.seq)) == SeqOutcome::Behind {
             return; // a duplicate: counted, timed once
         }
         if !plan.is_warmup(stamp.intended_us) {
-            self.latency.record(
-                self.members[s].kind,
-                self.members[r].kind,
+            self.p.latency.record(
+                self.clients[s].kind,
+                self.clients[r].kind,
                 now_us.saturating_sub(stamp.intended_us),
             );
         }
         if plan.in_window(now_us) {
-            self.delivered_in_window += 1;
-        }
-    }
-
-    /// Counts the error, closes the member's sockets and takes it out of the lobby.
-    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
-        if self.members[u].phase == MemberPhase::Failed {
-            return;
-        }
-        self.course.wave.settle(u);
-        let member = &mut self.members[u];
-        member.phase = MemberPhase::Failed;
-        self.sends.not_sent_connection_lost += member.conn.close(self.io.poll.registry());
-        if let Some(mut socket) = member.udp.take() {
-            let _ = self.io.poll.registry().deregister(&mut socket);
-        }
-        self.ledger.leave(u);
-        let name = member.name.clone();
-        let protocol = member.kind.name().to_uppercase();
-        self.errors
-            .count(kind, || format!("{protocol} member {name}: {}", describe()));
-        if Some(u) == self.ocm_first && !self.ocm_room_ready {
-            for v in 0..self.members.len() {
-                if self.members[v].phase == MemberPhase::WaitingForRoom {
-                    // Through the trait's fail: one closure type, not one per level.
-                    <Self as Wire>::fail(
-                        self,
-                        v,
-                        ErrorKind::Connect,
-                        "the lobby room could not be created or joined".to_string(),
-                    );
-                }
-            }
+            self.p.delivered_in_window += 1;
         }
     }
 
     /// The OCM members leave (`exit`), the room's creator last so the room closes after its
     /// guests are gone; best effort, as the run is over.
     fn send_exits(&mut self) {
-        let mut order: Vec<usize> = (0..self.members.len())
-            .filter(|&u| self.members[u].kind == Kind::Ocm && self.members[u].udp.is_some())
-            .filter(|&u| self.members[u].phase == MemberPhase::Joined)
+        let mut order: Vec<usize> = (0..self.clients.len())
+            .filter(|&u| self.clients[u].kind == Kind::Ocm && self.clients[u].udp.is_some())
+            .filter(|&u| self.clients[u].stage == Stage::Joined)
             .collect();
-        if let Some(first) = self.ocm_first {
+        if let Some(first) = self.p.ocm_first {
             order.retain(|&u| u != first);
-            if self.members[first].phase == MemberPhase::Joined {
+            if self.clients[first].stage == Stage::Joined {
                 order.push(first);
             }
         }
         for u in order {
-            let member = &self.members[u];
+            let member = &self.clients[u];
             let datagram =
-                ocm_wire::datagram(&self.cfg.ocm_room, &member.token, ocm_codec::EXIT_MESSAGE);
+                ocm_wire::datagram(&self.p.cfg.ocm_room, &member.token, ocm_codec::EXIT_MESSAGE);
             if let (Some(socket), Some(datagram)) = (member.udp.as_ref(), datagram) {
-                if socket.send_to(&datagram, self.cfg.ocm_udp_target).is_ok() {
-                    self.ocm_exits_sent += 1;
+                if socket.send_to(&datagram, self.p.cfg.ocm_udp_target).is_ok() {
+                    self.p.ocm_exits_sent += 1;
                 }
             }
         }
@@ -1020,12 +881,12 @@ impl Run<'_> {
     pub fn finish(mut self) -> LobbyOutcome {
         let times = self.course.times(self.io.clock.now_us());
         self.send_exits();
-        let undelivered = self.ledger.undelivered();
-        let expected = self.ledger.expected();
+        let undelivered = self.p.ledger.undelivered();
+        let expected = self.p.ledger.expected();
         let mut requested = [0usize; 4];
         let mut joined = [0usize; 4];
-        for u in 0..self.members.len() {
-            let member = &mut self.members[u];
+        for u in 0..self.clients.len() {
+            let member = &mut self.clients[u];
             requested[member.kind.index()] += 1;
             if member.ever_joined {
                 joined[member.kind.index()] += 1;
@@ -1039,20 +900,20 @@ impl Run<'_> {
             requested,
             joined,
             plan: self.course.plan_or_empty(),
-            latency: self.latency,
-            connect: self.connect,
+            latency: self.p.latency,
+            connect: self.p.connect,
             own: self.own,
-            pairs: self.ledger.pairs,
+            pairs: self.p.ledger.pairs,
             expected,
             undelivered,
             errors: self.errors,
             sends: self.sends,
-            delivered_in_window: self.delivered_in_window,
-            foreign_messages: self.foreign_messages,
-            presence_notices: self.presence_notices,
-            keepalives_answered: self.keepalives_answered,
-            ocm_room_created: self.ocm_room_created,
-            ocm_exits_sent: self.ocm_exits_sent,
+            delivered_in_window: self.p.delivered_in_window,
+            foreign_messages: self.p.foreign_messages,
+            presence_notices: self.p.presence_notices,
+            keepalives_answered: self.p.keepalives_answered,
+            ocm_room_created: self.p.ocm_room_created,
+            ocm_exits_sent: self.p.ocm_exits_sent,
             ramp_us: times.ramp_us,
             drain_used_us: times.drain_used_us,
             drain_timed_out: times.drain_timed_out,

@@ -8,6 +8,7 @@ use switchboard::reactor::{ProtocolKind, Server, UdpKind};
 use super::ledger::{Kind, KINDS};
 use super::report::Report;
 use super::{Lobby, LobbyConfig};
+use crate::args::Pace;
 use crate::registry::{run_alone, ScenarioKind};
 
 /// A fresh directory for the server's BIN24 store, removed at the end.
@@ -47,15 +48,18 @@ fn run_against_chatd(isolate: bool, per_protocol: usize, drain_us: u64) -> Repor
         ocm_udp_target: server.local_udp_addr(UdpKind::OcmChat).unwrap(),
         members: [per_protocol; 4],
         ocm_room: "lobby".to_string(),
-        rate_per_s: 200,
-        duration_us: 1_000_000,
-        warmup_us: 200_000,
-        drain_us,
         message_bytes: 80,
-        connect_rate_per_s: 2_000,
         recv_buffer_bytes: 1 << 20,
         run_id: 0x1b0b_b700 + u32::from(isolate),
-        progress: false,
+        pace: Pace {
+            rate_per_s: 200,
+            duration_us: 1_000_000,
+            warmup_us: 200_000,
+            drain_us,
+            connect_rate_per_s: 2_000,
+            seed: 0,
+            progress: false,
+        },
     };
     let handle = server.handle();
     let server_thread = std::thread::spawn(move || server.run());

@@ -1,11 +1,11 @@
 //! `loadgen matou`'s flags and their translation into the MATOU scenario's config.
 
-use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::{parse_duration, resolve_loopback};
+use crate::args::{parse_duration, resolve_loopback, Pace};
 use crate::bin24::topology::USERS_MAX;
 use crate::matou::{self, MatouConfig};
 use crate::mix::{senders_for, MixShare, Setup};
@@ -105,22 +105,16 @@ impl ScenarioArgs for MatouArgs {
             ));
         }
         let target = resolve_loopback(&common.host, self.port)?;
-        let cfg = MatouConfig {
+        let pace = Pace::single(common, self.rate, MATOU_DRAIN_DEFAULT);
+        let extras = (self.private_rate, self.sign_out_wait);
+        let cfg = build(
             target,
             users,
-            senders: senders_requested,
-            rate_per_s: self.rate,
-            private_rate_per_s: self.private_rate,
-            duration_us: common.duration.as_micros() as u64,
-            warmup_us: common.warmup.as_micros() as u64,
-            drain_us: common.drain.unwrap_or(MATOU_DRAIN_DEFAULT).as_micros() as u64,
-            sign_out_wait_us: self.sign_out_wait.as_micros() as u64,
-            message_bytes: self.payload_bytes,
-            connect_rate_per_s: common.connect_rate,
-            seed: common.seed,
-            run_id: run_id(),
-            progress: std::io::stderr().is_terminal(),
-        };
+            senders_requested,
+            extras,
+            self.payload_bytes,
+            pace,
+        );
         let title = format!(
             "MATOU: {users} users, {senders_requested} senders, {} msg/s, {} links/s, {} B, {:?}",
             self.rate, self.private_rate, self.payload_bytes, common.duration
@@ -138,30 +132,37 @@ const MIX_SIGN_OUT_WAIT: Duration = Duration::from_secs(5);
 /// This scenario's share of `loadgen mix`, checked and turned into its config; also the
 /// descriptors it needs.
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
-    let (args, clients, rate, connect_rate) = (m.args, m.clients, m.rate, m.connect_rate);
+    let (args, clients, rate) = (m.args, m.clients, m.rate);
     let (common, bytes) = (&args.common, args.payload_bytes);
-    let (duration_us, warmup_us, drain_us) = m.window_us(MATOU_DRAIN_DEFAULT);
     m.check_bytes(matou::stamp::STAMP_BYTES, matou::stamp::MESSAGE_BYTES_MAX)?;
     m.check_fanout(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
     let private_rate =
         (clients as u64 / 10 * MIX_LINKS_PER_S_PER_10_USERS).min(MIX_LINK_RATE_PER_S_MAX);
-    Ok((
-        Setup::of::<matou::Matou>(MatouConfig {
-            target: resolve_loopback(&common.host, args.matou_port)?,
-            users: clients,
-            senders: senders_for(clients),
-            rate_per_s: rate,
-            private_rate_per_s: private_rate,
-            duration_us,
-            warmup_us,
-            drain_us,
-            sign_out_wait_us: MIX_SIGN_OUT_WAIT.as_micros() as u64,
-            message_bytes: bytes,
-            connect_rate_per_s: connect_rate,
-            seed: common.seed,
-            run_id: run_id(),
-            progress: false,
-        }),
-        clients as u64,
-    ))
+    let target = resolve_loopback(&common.host, args.matou_port)?;
+    let pace = m.pace(MATOU_DRAIN_DEFAULT);
+    let extras = (private_rate, MIX_SIGN_OUT_WAIT);
+    let cfg = build(target, clients, senders_for(clients), extras, bytes, pace);
+    Ok((Setup::of::<matou::Matou>(cfg), clients as u64))
+}
+
+/// The scenario's config, from the subcommand's flags or from its share of the mix: `extras`
+/// is the private links per second and the sign-out wait.
+fn build(
+    target: SocketAddr,
+    users: usize,
+    senders: usize,
+    (private_rate_per_s, sign_out_wait): (u64, Duration),
+    message_bytes: usize,
+    pace: Pace,
+) -> MatouConfig {
+    MatouConfig {
+        target,
+        users,
+        senders,
+        private_rate_per_s,
+        sign_out_wait_us: sign_out_wait.as_micros() as u64,
+        message_bytes,
+        run_id: run_id(),
+        pace,
+    }
 }

@@ -15,8 +15,9 @@
 //! 4. Sign-out: every user sends PUBLIC_SIGN_OUT; the server must close each, within
 //!    `--sign-out-wait`. SIGN_OUT_NOTIFYs are recorded as the join notices are.
 //!
-//! The loop is ROOM's and CCM's: one mio poll, sockets registered READABLE|WRITABLE once,
-//! readiness kept in userland, the [`Pacer`]'s timerfd waking it on the plan's microsecond.
+//! It runs on the engine ([`crate::engine::Run`]), as the other TCP scenarios: one mio poll,
+//! sockets registered READABLE|WRITABLE once, readiness kept in userland, the pacer's timerfd
+//! waking it on the plan's microsecond.
 
 pub mod args;
 pub mod churn;
@@ -33,13 +34,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use switchboard::protocol::matou::codec::Limits;
 
-use crate::course::{self, Course, Phase, Staged};
-use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX, START_DELAY_US};
-use crate::driver::{Loop, Phases};
-use crate::engine::{self, Link, Wire};
+use crate::args::Pace;
+use crate::course::Phase;
+use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX};
+use crate::engine::{self, ClientOf, Stage, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Conn, Queued, SendCounts, SendLags};
+use crate::sockio::{Chunk, Queued, SendCounts};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
@@ -64,20 +65,15 @@ pub struct MatouConfig {
     pub users: usize,
     /// Users that send public messages (chosen among those that joined, with `seed`).
     pub senders: usize,
-    pub rate_per_s: u64,
     /// Links requested per second (0: none).
     pub private_rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Longest wait, after the sign-outs, for the server to close every user.
     pub sign_out_wait_us: u64,
     /// Bytes of each public message, the stamp included.
     pub message_bytes: usize,
-    pub connect_rate_per_s: u64,
-    pub seed: u64,
     pub run_id: u32,
-    pub progress: bool,
+    /// Its rate, phases' lengths, ramp-up pace, seed and progress line.
+    pub pace: Pace,
 }
 
 #[derive(Debug, Default)]
@@ -143,39 +139,22 @@ pub struct MatouOutcome {
     pub sign_out_wait_used_us: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UserPhase {
-    Idle,
-    Connecting,
-    AwaitResponse,
-    Joined,
-    /// PUBLIC_SIGN_OUT queued; waiting for the server to close.
-    SigningOut,
-    /// Closed by the server after its sign-out.
-    Closed,
-    Failed,
-}
-
-struct User {
+pub struct User {
     name: String,
     /// This user's address as the server sees it (its socket's local address).
     ip: Option<IpAddr>,
-    /// Sender ordinal in the public plan.
-    sender: Option<u32>,
-    conn: Conn<()>,
-    phase: UserPhase,
     /// Joined at some point: its deliveries count as expected from then on.
     joined: bool,
     /// Still joined when the ramp-up ended: it heard every join notice.
     in_room_after_ramp: bool,
 }
 
-pub struct Run<'a> {
+/// The run: the engine's, over MATOU's part.
+pub type Run<'a> = engine::Run<Part<'a>>;
+
+/// MATOU's part of the run.
+pub struct Part<'a> {
     cfg: &'a MatouConfig,
-    io: Loop,
-    users: Vec<User>,
-    /// User index of each sender ordinal.
-    senders: Vec<usize>,
     /// Users that joined in the ramp-up: the pool links are drawn from.
     pool: Vec<usize>,
     accounting: Accounting,
@@ -187,8 +166,6 @@ pub struct Run<'a> {
     limits: Limits,
     content_buf: Vec<u8>,
     latency: Latencies,
-    errors: ErrorCounts,
-    sends: SendCounts,
     delivered_in_window: u64,
     links_not_sent_connection_lost: u64,
     links_not_sent_queue_full: u64,
@@ -203,7 +180,6 @@ pub struct Run<'a> {
     decode_errors: u64,
     foreign_messages: u64,
     foreign_notices: u64,
-    course: Course,
     link_plan: Option<Plan>,
     next_link: u64,
 }
@@ -219,35 +195,23 @@ impl ScenarioKind for Matou {
     type Report = report::Report;
 
     fn start(cfg: &MatouConfig) -> Result<Run<'_>, RunError> {
-        let io = Loop::new()?;
-        let now_us = io.clock.now_us();
-        let users: Vec<User> = (0..cfg.users)
-            .map(|i| User {
-                name: wire::user_name(cfg.run_id, i),
-                ip: None,
-                sender: None,
-                conn: Conn::default(),
-                phase: UserPhase::Idle,
-                joined: false,
-                in_room_after_ramp: false,
-            })
-            .collect();
-        Ok(Run {
+        let users = (0..cfg.users).map(|i| User {
+            name: wire::user_name(cfg.run_id, i),
+            ip: None,
+            joined: false,
+            in_room_after_ramp: false,
+        });
+        let part = Part {
             cfg,
-            io,
-            users,
-            senders: Vec::new(),
             pool: Vec::new(),
             accounting: Accounting::new(0, 0),
             links: Links::new(),
             join_ledger: NoticeLedger::new(cfg.users),
             sign_out_ledger: NoticeLedger::new(cfg.users),
-            link_rng: SplitMix64(cfg.seed ^ LINK_SEED_SALT),
+            link_rng: SplitMix64(cfg.pace.seed ^ LINK_SEED_SALT),
             limits: Limits::default(),
             content_buf: vec![0; cfg.message_bytes.max(stamp::STAMP_BYTES)],
             latency: Latencies::default(),
-            errors: ErrorCounts::default(),
-            sends: SendCounts::default(),
             delivered_in_window: 0,
             links_not_sent_connection_lost: 0,
             links_not_sent_queue_full: 0,
@@ -262,16 +226,17 @@ impl ScenarioKind for Matou {
             decode_errors: 0,
             foreign_messages: 0,
             foreign_notices: 0,
-            course: Course::new(
-                cfg.users,
-                (0..cfg.users).collect(),
-                now_us,
-                cfg.connect_rate_per_s,
-                cfg.progress,
-            ),
             link_plan: None,
             next_link: 0,
-        })
+        };
+        let order = |n| (0..n).collect();
+        engine::Run::new(
+            part,
+            users,
+            order,
+            cfg.pace.connect_rate_per_s,
+            cfg.pace.progress,
+        )
     }
     fn finish(run: Run<'_>) -> MatouOutcome {
         run.finish()
@@ -298,7 +263,7 @@ impl ScenarioKind for Matou {
         )
     }
     fn progress(cfg: &MatouConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &MatouConfig) -> String {
         format!("no user could join a MATOU server at {}", cfg.target)
@@ -318,241 +283,168 @@ pub fn address_is(address: &[u8], ip: IpAddr) -> bool {
     }
 }
 
-impl Phases for Run<'_> {
-    fn io(&self) -> &Loop {
-        &self.io
-    }
-    fn io_mut(&mut self) -> &mut Loop {
-        &mut self.io
-    }
-    fn advance(&mut self) -> Result<(), RunError> {
-        course::advance(self)
-    }
-    fn next_wake_us(&self) -> u64 {
-        course::next_wake_us(self)
-    }
-    fn is_done(&self) -> bool {
-        course::is_done(self)
-    }
-    /// Queues every due public message and link request, in intended-time order, then writes.
-    fn send_due(&mut self) {
-        if self.course.phase != Phase::Send {
-            return;
-        }
-        self.io.bytes_since_send_check = 0;
-        let now_us = self.io.clock.now_us();
-        loop {
-            let (public_us, link_us) = self.next_due_us();
-            if public_us.min(link_us) > now_us {
-                break;
-            }
-            if public_us <= link_us {
-                self.send_public(public_us, now_us);
-            } else {
-                self.request_link(link_us, now_us);
-            }
-        }
-        engine::flush_dirty(self);
-    }
-    fn counts(&self) -> SentReceived {
-        SentReceived {
-            sent: self.sends.sent,
-            received: self.accounting.counts().delivered,
-        }
-    }
-}
-
-impl Wire for Run<'_> {
+impl Wire for Part<'_> {
+    type User = User;
     type Tag = ();
     type Message = Incoming;
+    const WAVE_TIMEOUT: &'static str = "timed out before its CONNECT_RESPONSE came back";
 
-    fn conn(&mut self, u: usize) -> Option<(&mut Loop, &mut Conn<()>)> {
-        let user = self.users.get_mut(u)?;
-        Some((&mut self.io, &mut user.conn))
+    fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
+        self.cfg.target
     }
-    fn link(&self, u: usize) -> Link {
-        match self.users.get(u).map(|user| user.phase) {
-            Some(UserPhase::Connecting) => Link::Connecting,
-            Some(UserPhase::AwaitResponse) => Link::Greeting,
-            Some(UserPhase::Joined | UserPhase::SigningOut) => Link::Joined,
-            _ => Link::Down,
-        }
+    fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
+        format!("{} user {}", self.cfg.target, c.name)
     }
-    fn on_connected(&mut self, u: usize) -> io::Result<()> {
-        let user = &mut self.users[u];
+    fn greet(run: &mut Run<'_>, u: usize) -> io::Result<()> {
+        let user = &mut run.clients[u];
         // The server tells peers this address: the checks compare against it.
         let local = user.conn.stream.as_ref().map(|stream| stream.local_addr());
         if let Some(local) = local {
             user.ip = Some(local?.ip());
         }
         user.conn.out.extend(&wire::connect_request(&user.name));
-        user.phase = UserPhase::AwaitResponse;
         Ok(())
     }
-    fn decode(&mut self, u: usize) -> Result<Option<Incoming>, String> {
-        let decoded = wire::decode(
-            &mut self.users[u].conn.inbuf,
-            &self.limits,
-            self.cfg.run_id,
-            self.cfg.users,
-        );
+    fn decode(run: &mut Run<'_>, u: usize) -> Result<Option<Incoming>, String> {
+        let cfg = run.p.cfg;
+        let inbuf = &mut run.clients[u].conn.inbuf;
+        let decoded = wire::decode(inbuf, &run.p.limits, cfg.run_id, cfg.users);
         if decoded.is_err() {
-            self.decode_errors += 1;
+            run.p.decode_errors += 1;
         }
         decoded.map_err(|e| e.to_string())
     }
-    fn on_message(&mut self, u: usize, incoming: Incoming, now_us: u64) {
-        self.on_packet(u, incoming, now_us);
+    fn on_message(run: &mut Run<'_>, u: usize, incoming: Incoming, now_us: u64) {
+        run.on_packet(u, incoming, now_us);
     }
-    fn on_server_close(&mut self, u: usize, why: String) {
-        Run::on_server_close(self, u, why);
+    /// EOF or a read error: expected after a sign-out, an error otherwise.
+    fn on_server_close(run: &mut Run<'_>, u: usize, ended: Chunk) {
+        if run.clients[u].stage == Stage::Leaving {
+            run.closed_by_server(u);
+            run.p.closed_after_sign_out += 1;
+            return;
+        }
+        run.lost(u, ended.why());
     }
-    fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
-        Run::fail(self, u, kind, || why);
+    fn failed(run: &mut Run<'_>, u: usize, _was: Stage) {
+        run.p.links.break_user(u as u32);
     }
-    fn flush(&mut self, u: usize) {
-        let user = &mut self.users[u];
-        let lags = SendLags {
-            plan: self.course.plan.as_ref(),
-            own: &mut self.latency.own,
-            sent_in_window: &mut self.sends.sent_in_window,
-        };
-        let (sent, accounting, sender) = (&mut self.sends.sent, &mut self.accounting, user.sender);
-        let failure = user.conn.flush(&self.io.clock, lags, |_, _| {
-            *sent += 1;
-            if let Some(ordinal) = sender {
-                accounting.on_sent(ordinal as usize);
+    fn on_sent(&mut self, _u: usize, sender: Option<u32>, _queued: &Queued<()>, _lag_us: u64) {
+        if let Some(ordinal) = sender {
+            self.accounting.on_sent(ordinal as usize);
+        }
+    }
+    /// Queues every due public message and link request, in intended-time order.
+    fn send_due(run: &mut Run<'_>, now_us: u64) {
+        loop {
+            let (public_us, link_us) = run.next_due_us();
+            if public_us.min(link_us) > now_us {
+                break;
             }
-        });
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
+            if public_us <= link_us {
+                run.send_public(public_us, now_us);
+            } else {
+                run.request_link(link_us, now_us);
+            }
         }
     }
-}
-
-impl Staged for Run<'_> {
-    const WAVE_TIMEOUT: &'static str = "timed out before its CONNECT_RESPONSE came back";
-
-    fn course(&self) -> &Course {
-        &self.course
-    }
-    fn course_mut(&mut self) -> &mut Course {
-        &mut self.course
-    }
-    fn target(&self, _u: usize) -> SocketAddr {
-        self.cfg.target
-    }
-    fn on_connecting(&mut self, u: usize) {
-        self.users[u].phase = UserPhase::Connecting;
-    }
-    fn start_sending(&mut self, now_us: u64) -> Result<(), RunError> {
-        self.pool = (0..self.users.len())
-            .filter(|&u| self.users[u].phase == UserPhase::Joined)
-            .collect();
-        if self.pool.is_empty() {
-            return Err(self.errors.unreachable("no user joined"));
+    fn counts(run: &Run<'_>) -> SentReceived {
+        SentReceived {
+            sent: run.sends.sent,
+            received: run.p.accounting.counts().delivered,
         }
-        for &u in &self.pool {
-            self.users[u].in_room_after_ramp = true;
+    }
+    fn start_sending(run: &mut Run<'_>, now_us: u64) -> Result<(), RunError> {
+        let cfg = run.p.cfg;
+        run.p.pool = run.joined_among(run.clients.len());
+        if run.p.pool.is_empty() {
+            return Err(run.errors.unreachable("no user joined"));
         }
-        self.senders = choose_senders(&self.pool, self.cfg.senders, self.cfg.seed);
-        for (ordinal, &u) in self.senders.iter().enumerate() {
-            self.users[u].sender = Some(ordinal as u32);
+        for &u in &run.p.pool {
+            run.clients[u].in_room_after_ramp = true;
         }
-        self.accounting = Accounting::new(self.users.len(), self.senders.len());
-        let start_us = now_us + START_DELAY_US;
-        self.course.plan = Some(Plan::new(
-            self.senders.len() as u32,
-            self.cfg.rate_per_s,
-            start_us,
-            self.cfg.warmup_us,
-            self.cfg.duration_us,
-        ));
+        let senders = choose_senders(&run.p.pool, cfg.senders, cfg.pace.seed);
+        let senders_count = senders.len();
+        let start_us = run.plan_over(senders, &cfg.pace, now_us).start_us;
+        run.p.accounting = Accounting::new(run.clients.len(), senders_count);
         // A link needs two users.
-        if self.cfg.private_rate_per_s > 0 && self.pool.len() >= 2 {
-            self.link_plan = Some(Plan::new(
+        if cfg.private_rate_per_s > 0 && run.p.pool.len() >= 2 {
+            run.p.link_plan = Some(Plan::new(
                 1,
-                self.cfg.private_rate_per_s,
+                cfg.private_rate_per_s,
                 start_us,
-                self.cfg.warmup_us,
-                self.cfg.duration_us,
+                cfg.pace.warmup_us,
+                cfg.pace.duration_us,
             ));
         }
         Ok(())
     }
-    fn sends_over(&self) -> bool {
-        Plan::all_taken(self.course.plan.as_ref(), self.course.next_g)
-            && self
-                .link_plan
-                .as_ref()
-                .is_none_or(|p| self.next_link >= p.messages)
+    fn sends_over(run: &Run<'_>) -> bool {
+        Plan::all_taken(run.course.plan.as_ref(), run.course.next_g)
+            && (run.p.link_plan.as_ref()).is_none_or(|p| run.p.next_link >= p.messages)
     }
-    fn next_send_us(&self) -> u64 {
-        let (public, link) = self.next_due_us();
+    fn next_send_us(run: &Run<'_>) -> u64 {
+        let (public, link) = run.next_due_us();
         public.min(link)
     }
     fn drain_us(&self) -> u64 {
-        self.cfg.drain_us
+        self.cfg.pace.drain_us
     }
     /// Every written message at every user still in the room, every link complete (or
     /// broken).
-    fn everything_arrived(&self) -> bool {
-        if self.links.open_count() > 0 {
+    fn everything_arrived(run: &Run<'_>) -> bool {
+        if run.p.links.open_count() > 0 {
             return false;
         }
-        let users = &self.users;
-        let live = users
-            .iter()
-            .filter(|u| u.phase == UserPhase::Joined)
-            .count() as u64;
-        self.accounting
-            .complete(|r| users[r].phase == UserPhase::Joined, live)
+        let users = &run.clients;
+        let live = run.count_at(Stage::Joined) as u64;
+        (run.p.accounting).complete(|r| users[r].stage == Stage::Joined, live)
     }
     /// Every user still in the room signs out; the server must close each within
     /// `--sign-out-wait`. Public messages still queued will not be sent.
-    fn start_closing(&mut self, now_us: u64) -> Phase {
-        for u in 0..self.users.len() {
-            let user = &mut self.users[u];
-            self.sends.not_sent_at_end += user.conn.queue.len() as u64;
+    fn start_closing(run: &mut Run<'_>, now_us: u64) -> Phase {
+        for u in 0..run.clients.len() {
+            let user = &mut run.clients[u];
+            run.sends.not_sent_at_end += user.conn.queue.len() as u64;
             user.conn.queue.clear();
-            if user.phase == UserPhase::Joined {
+            if user.stage == Stage::Joined {
                 user.conn.out.extend(&wire::public_sign_out());
-                user.phase = UserPhase::SigningOut;
-                self.signed_out += 1;
-                self.io.dirty.mark(u);
+                user.stage = Stage::Leaving;
+                run.p.signed_out += 1;
+                run.io.dirty.mark(u);
             }
         }
-        engine::flush_dirty(self);
+        run.flush_dirty();
         Phase::Close {
-            deadline_us: Some(now_us + self.cfg.sign_out_wait_us),
+            deadline_us: Some(now_us + run.p.cfg.sign_out_wait_us),
         }
     }
-    fn closed(&mut self, _now_us: u64) -> bool {
-        self.signing_out() == 0
+    fn closed(run: &mut Run<'_>, _now_us: u64) -> bool {
+        run.count_at(Stage::Leaving) == 0
     }
-    fn doing(&self) -> String {
-        match self.course.phase {
+    fn doing(run: &Run<'_>) -> String {
+        match run.course.phase {
             Phase::Ramp => format!(
                 "ramp-up: {} of {} joined",
-                self.users.iter().filter(|u| u.joined).count(),
-                self.users.len()
+                run.clients.iter().filter(|u| u.joined).count(),
+                run.clients.len()
             ),
             Phase::Send | Phase::Drain { .. } => format!(
                 "sent {} of {}, delivered {}, links {} of {}",
-                self.sends.sent,
-                self.course.plan.as_ref().map_or(0, |p| p.messages),
-                self.accounting.counts().delivered,
-                self.links.counts().complete,
-                self.link_plan.as_ref().map_or(0, |p| p.messages),
+                run.sends.sent,
+                run.course.plan.as_ref().map_or(0, |p| p.messages),
+                run.p.accounting.counts().delivered,
+                run.p.links.counts().complete,
+                run.p.link_plan.as_ref().map_or(0, |p| p.messages),
             ),
             Phase::Close { .. } => {
-                format!("signing out: {} not closed yet", self.signing_out())
+                format!(
+                    "signing out: {} not closed yet",
+                    run.count_at(Stage::Leaving)
+                )
             }
             Phase::Done => String::new(),
         }
-    }
-    fn errors(&self) -> &ErrorCounts {
-        &self.errors
     }
 }
 
@@ -564,18 +456,12 @@ impl Run<'_> {
             .filter(|p| next_g < p.messages)
             .map_or(u64::MAX, |p| p.intended_us(next_g));
         let link = self
+            .p
             .link_plan
             .as_ref()
-            .filter(|p| self.next_link < p.messages)
-            .map_or(u64::MAX, |p| p.intended_us(self.next_link));
+            .filter(|p| self.p.next_link < p.messages)
+            .map_or(u64::MAX, |p| p.intended_us(self.p.next_link));
         (public, link)
-    }
-
-    fn signing_out(&self) -> usize {
-        self.users
-            .iter()
-            .filter(|u| u.phase == UserPhase::SigningOut)
-            .count()
     }
 
     fn send_public(&mut self, intended_us: u64, now_us: u64) {
@@ -589,13 +475,13 @@ impl Run<'_> {
         };
         self.course.next_g += 1;
         let u = self.senders[plan.sender_of(due.g) as usize];
-        if self.users[u].phase != UserPhase::Joined {
+        if self.clients[u].stage != Stage::Joined {
             self.sends.not_sent_connection_lost += 1;
             return;
         }
-        let content = &mut self.content_buf[..self.cfg.message_bytes];
+        let content = &mut self.p.content_buf[..self.p.cfg.message_bytes];
         let stamp = Stamp {
-            run_id: self.cfg.run_id,
+            run_id: self.p.cfg.run_id,
             sender: u as u32,
             seq: (due.g / u64::from(plan.senders)) as u32,
             intended_us,
@@ -605,7 +491,7 @@ impl Run<'_> {
             return;
         }
         let packet = wire::public_message(content);
-        let user = &mut self.users[u];
+        let user = &mut self.clients[u];
         if queue_full(user.conn.queue.len(), user.conn.out.pending(), packet.len()) {
             self.sends.not_sent_queue_full += 1;
             return;
@@ -614,106 +500,87 @@ impl Run<'_> {
         user.conn
             .queue
             .push_back(Queued::new(&user.conn.out, &due, ()));
-        plan.record_lateness(&due, &mut self.latency.own.schedule_lateness);
+        plan.record_lateness(&due, &mut self.own.schedule_lateness);
         self.io.dirty.mark(u);
     }
 
     /// Draws a free (Src, Dst) pair and queues Src's PRIVATE_REQUEST.
     fn request_link(&mut self, intended_us: u64, now_us: u64) {
-        let Some(plan) = self.link_plan.as_ref() else {
+        let Some(plan) = self.p.link_plan.as_ref() else {
             return;
         };
-        self.next_link += 1;
-        let n = self.pool.len() as u64;
+        self.p.next_link += 1;
+        let n = self.p.pool.len() as u64;
         let mut drawn = None;
         for _ in 0..PAIR_DRAWS_MAX {
-            let s = (self.link_rng.next() % n) as usize;
-            let mut d = (self.link_rng.next() % (n - 1)) as usize;
+            let s = (self.p.link_rng.next() % n) as usize;
+            let mut d = (self.p.link_rng.next() % (n - 1)) as usize;
             if d >= s {
                 d += 1;
             }
-            let (src, dst) = (self.pool[s], self.pool[d]);
-            if !self.links.busy(src as u32, dst as u32) {
+            let (src, dst) = (self.p.pool[s], self.p.pool[d]);
+            if !self.p.links.busy(src as u32, dst as u32) {
                 drawn = Some((src, dst));
                 break;
             }
         }
         let Some((src, dst)) = drawn else {
-            self.links_not_sent_busy += 1;
+            self.p.links_not_sent_busy += 1;
             return;
         };
-        if self.users[src].phase != UserPhase::Joined || self.users[dst].phase != UserPhase::Joined
-        {
-            self.links_not_sent_connection_lost += 1;
+        if self.clients[src].stage != Stage::Joined || self.clients[dst].stage != Stage::Joined {
+            self.p.links_not_sent_connection_lost += 1;
             return;
         }
-        let packet = wire::private_request(&self.users[dst].name);
-        let user = &self.users[src];
+        let packet = wire::private_request(&self.clients[dst].name);
+        let user = &self.clients[src];
         if user.conn.out.pending() + packet.len() > SEND_QUEUE_BYTES_MAX {
-            self.links_not_sent_queue_full += 1;
+            self.p.links_not_sent_queue_full += 1;
             return;
         }
         if !plan.is_warmup(intended_us) {
-            self.latency
-                .own
+            self.own
                 .schedule_lateness
                 .record(now_us.saturating_sub(intended_us));
         }
         if plan.in_window(now_us) {
-            self.links_requested_in_window += 1;
+            self.p.links_requested_in_window += 1;
         }
-        self.links.open(src as u32, dst as u32, intended_us);
-        self.users[src].conn.out.extend(&packet);
+        self.p.links.open(src as u32, dst as u32, intended_us);
+        self.clients[src].conn.out.extend(&packet);
         self.io.dirty.mark(src);
     }
 
-    /// EOF or a read error: expected after a sign-out, an error otherwise.
-    fn on_server_close(&mut self, u: usize, why: String) {
-        let user = &mut self.users[u];
-        if user.phase == UserPhase::SigningOut {
-            user.phase = UserPhase::Closed;
-            self.closed_after_sign_out += 1;
-            if let Some(mut stream) = user.conn.stream.take() {
-                let _ = self.io.poll.registry().deregister(&mut stream);
-            }
-            return;
-        }
-        engine::lost(self, u, why);
-    }
-
     fn violation(&mut self, u: usize, why: impl FnOnce() -> String) {
-        let name = &self.users[u].name;
+        let name = &self.clients[u].name;
         self.errors
             .count(ErrorKind::Protocol, || format!("user {name}: {}", why()));
     }
 
     fn on_packet(&mut self, u: usize, incoming: Incoming, now_us: u64) {
-        if self.users[u].phase == UserPhase::AwaitResponse {
+        if self.clients[u].stage == Stage::Greeting {
             match incoming {
                 Incoming::ConnectResponse { accepted: true } => {
-                    let user = &mut self.users[u];
-                    user.phase = UserPhase::Joined;
+                    let user = &mut self.clients[u];
+                    user.stage = Stage::Joined;
                     user.joined = true;
                     let intended_us = self.course.wave.intended_us(u);
-                    self.latency
+                    self.p
+                        .latency
                         .connect
                         .record(now_us.saturating_sub(intended_us));
                     self.course.wave.settle(u);
                 }
                 Incoming::ConnectResponse { accepted: false } => {
-                    self.refusals += 1;
-                    self.fail(u, ErrorKind::Connect, || {
-                        "name refused (CONNECT_RESPONSE 0)".to_string()
-                    });
+                    self.p.refusals += 1;
+                    let why = "name refused (CONNECT_RESPONSE 0)".to_string();
+                    self.fail(u, ErrorKind::Connect, why);
                 }
                 Incoming::Error { code, reason } => {
-                    self.error_packets += 1;
-                    self.fail(u, ErrorKind::Connect, || {
-                        format!(
-                            "ERROR {code} before acceptance: {}",
-                            String::from_utf8_lossy(&reason)
-                        )
-                    });
+                    self.p.error_packets += 1;
+                    let reason = String::from_utf8_lossy(&reason);
+                    let why = format!("ERROR {code} before acceptance: {reason}");
+                    self.fail(u, ErrorKind::Connect, why);
                 }
                 other => self.violation(u, || format!("{other:?} before CONNECT_RESPONSE")),
             }
@@ -726,46 +593,51 @@ impl Run<'_> {
                 });
             }
             Incoming::ConnectNotify(Peer::Ours(v)) => {
-                self.join_ledger.on_notice(u, v);
+                self.p.join_ledger.on_notice(u, v);
             }
             Incoming::SignOutNotify(Peer::Ours(v)) => {
-                self.sign_out_ledger.on_notice(u, v);
+                self.p.sign_out_ledger.on_notice(u, v);
             }
             Incoming::ConnectNotify(Peer::Foreign) | Incoming::SignOutNotify(Peer::Foreign) => {
-                self.foreign_notices += 1;
+                self.p.foreign_notices += 1;
             }
             Incoming::Broadcast { username, message } => {
                 self.on_broadcast(u, &username, &message, now_us);
             }
             Incoming::RequestNotify { src } => {
-                match self.links.on_request_notify(u as u32, src as u32) {
+                match self.p.links.on_request_notify(u as u32, src as u32) {
                     Ok(k) => {
-                        if let Some(link) = self.links.get(k) {
+                        if let Some(link) = self.p.links.get(k) {
                             if self
+                                .p
                                 .link_plan
                                 .as_ref()
                                 .is_some_and(|p| !p.is_warmup(link.intended_us))
                             {
-                                self.latency
+                                self.p
+                                    .latency
                                     .link_notify
                                     .record(now_us.saturating_sub(link.intended_us));
                             }
                         }
-                        let accept = wire::private_accept(&self.users[src].name);
-                        self.users[u].conn.out.extend(&accept);
+                        let accept = wire::private_accept(&self.clients[src].name);
+                        self.clients[u].conn.out.extend(&accept);
                         self.io.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_REQUEST_NOTIFY", src, e),
                 }
             }
             Incoming::DstAddress { dst, address } => {
-                match self.links.on_dst_address(u as u32, dst as u32) {
+                match self.p.links.on_dst_address(u as u32, dst as u32) {
                     Ok(k) => {
                         self.check_address(u, "PRIVATE_DST_ADDRESS", dst, &address);
                         let (message_port, file_port) = links::ports(k);
-                        let ports =
-                            wire::private_src_ports(&self.users[dst].name, message_port, file_port);
-                        self.users[u].conn.out.extend(&ports);
+                        let ports = wire::private_src_ports(
+                            &self.clients[dst].name,
+                            message_port,
+                            file_port,
+                        );
+                        self.clients[u].conn.out.extend(&ports);
                         self.io.dirty.mark(u);
                     }
                     Err(e) => self.unexpected(u, "PRIVATE_DST_ADDRESS", dst, e),
@@ -777,21 +649,22 @@ impl Run<'_> {
                 message_port,
                 file_port,
             } => match self
+                .p
                 .links
                 .on_src_address(u as u32, src as u32, message_port, file_port)
             {
                 Ok(link) => {
                     self.check_address(u, "PRIVATE_SRC_ADDRESS", src, &address);
-                    if let Some(plan) = self.link_plan.as_ref() {
-                        let latency = &mut self.latency.link;
-                        let in_window = &mut self.links_completed_in_window;
+                    if let Some(plan) = self.p.link_plan.as_ref() {
+                        let latency = &mut self.p.latency.link;
+                        let in_window = &mut self.p.links_completed_in_window;
                         plan.record_arrival(link.intended_us, now_us, latency, in_window);
                     }
                 }
                 Err(e) => self.unexpected(u, "PRIVATE_SRC_ADDRESS", src, e),
             },
             Incoming::Error { code, reason } => {
-                self.error_packets += 1;
+                self.p.error_packets += 1;
                 self.violation(u, || {
                     format!("ERROR {code}: {}", String::from_utf8_lossy(&reason))
                 });
@@ -801,7 +674,7 @@ impl Run<'_> {
     }
 
     fn unexpected(&mut self, u: usize, what: &str, peer: usize, e: Unexpected) {
-        let peer = self.users[peer].name.clone();
+        let peer = self.clients[peer].name.clone();
         self.violation(u, || {
             format!("{what} naming {peer} fits no open link: {e:?}")
         });
@@ -809,24 +682,24 @@ impl Run<'_> {
 
     /// Counts an address that is not the peer's as the server sees it.
     fn check_address(&mut self, u: usize, what: &str, peer: usize, address: &[u8]) {
-        if self.users[peer]
+        if self.clients[peer]
             .ip
             .is_some_and(|ip| address_is(address, ip))
         {
             return;
         }
-        self.address_mismatches += 1;
-        let expected = self.users[peer].ip;
+        self.p.address_mismatches += 1;
+        let expected = self.clients[peer].ip;
         self.violation(u, || {
             format!("{what} gives address {address:?} for a peer at {expected:?}")
         });
     }
 
     fn on_broadcast(&mut self, u: usize, username: &[u8], message: &[u8], now_us: u64) {
-        let stamp = match stamp::read(message, self.cfg.run_id) {
+        let stamp = match stamp::read(message, self.p.cfg.run_id) {
             stamp::Read::Ours(stamp) => stamp,
             stamp::Read::Foreign => {
-                self.foreign_messages += 1;
+                self.p.foreign_messages += 1;
                 return;
             }
             stamp::Read::Malformed(why) => {
@@ -844,6 +717,7 @@ impl Run<'_> {
             return;
         };
         if self
+            .p
             .accounting
             .on_delivered(u, ordinal, u64::from(stamp.seq))
             == SeqOutcome::Behind
@@ -853,7 +727,10 @@ impl Run<'_> {
         if let Some(plan) = self.course.plan.as_ref() {
             // The check found the plan's intended time for `g` in the stamp.
             debug_assert_eq!(plan.intended_us(g), stamp.intended_us);
-            let (latency, in_window) = (&mut self.latency.delivery, &mut self.delivered_in_window);
+            let (latency, in_window) = (
+                &mut self.p.latency.delivery,
+                &mut self.p.delivered_in_window,
+            );
             plan.record_arrival(stamp.intended_us, now_us, latency, in_window);
         }
     }
@@ -861,7 +738,7 @@ impl Run<'_> {
     /// The sender ordinal and plan number of a broadcast, if every field agrees with the plan.
     fn check_broadcast(&self, username: &[u8], stamp: &Stamp) -> Option<(usize, u64)> {
         let plan = self.course.plan.as_ref()?;
-        let sender_user = self.users.get(usize::try_from(stamp.sender).ok()?)?;
+        let sender_user = self.clients.get(usize::try_from(stamp.sender).ok()?)?;
         let ordinal = sender_user.sender?;
         let g = u64::from(stamp.seq) * u64::from(plan.senders) + u64::from(ordinal);
         let agrees = username == sender_user.name.as_bytes()
@@ -870,71 +747,58 @@ impl Run<'_> {
         agrees.then_some((ordinal as usize, g))
     }
 
-    /// Counts the error, closes the connection and takes the user out of the run.
-    fn fail(&mut self, u: usize, kind: ErrorKind, describe: impl FnOnce() -> String) {
-        if matches!(self.users[u].phase, UserPhase::Failed | UserPhase::Closed) {
-            return;
-        }
-        self.course.wave.settle(u);
-        self.links.break_user(u as u32);
-        let user = &mut self.users[u];
-        user.phase = UserPhase::Failed;
-        self.sends.not_sent_connection_lost += user.conn.close(self.io.poll.registry());
-        let name = user.name.clone();
-        let target = self.cfg.target;
-        self.errors
-            .count(kind, || format!("{target} user {name}: {}", describe()));
-    }
-
     pub fn finish(mut self) -> MatouOutcome {
         let times = self.course.times(self.io.clock.now_us());
-        self.sends.not_sent_at_end += engine::close_all(&mut self);
-        let users = &self.users;
+        self.close_all();
+        self.p.latency.own = self.own;
+        let users = &self.clients;
         let users_joined = users.iter().filter(|u| u.joined).count();
-        let undelivered = self.accounting.undelivered(|r| users[r].joined);
+        let undelivered = self.p.accounting.undelivered(|r| users[r].joined);
         let join_check = self
+            .p
             .join_ledger
             .check(|u| users[u].in_room_after_ramp, true);
         // Sign-outs: the users the server closed after their sign-out; none hears of itself.
         let sign_out_check = self
+            .p
             .sign_out_ledger
-            .check(|u| users[u].phase == UserPhase::Closed, false);
+            .check(|u| users[u].stage == Stage::Closed, false);
         MatouOutcome {
-            users_requested: self.cfg.users,
+            users_requested: self.p.cfg.users,
             users_joined,
             plan: self.course.plan_or_empty(),
-            link_plan: self.link_plan.clone(),
-            latency: self.latency,
-            seq: self.accounting.counts(),
+            link_plan: self.p.link_plan.clone(),
+            latency: self.p.latency,
+            seq: self.p.accounting.counts(),
             undelivered,
-            expected_deliveries: self.accounting.sent_total() * users_joined as u64,
+            expected_deliveries: self.p.accounting.sent_total() * users_joined as u64,
             errors: self.errors,
             sends: self.sends,
-            delivered_in_window: self.delivered_in_window,
-            links: self.links.counts(),
-            links_not_sent_connection_lost: self.links_not_sent_connection_lost,
-            links_not_sent_queue_full: self.links_not_sent_queue_full,
-            links_not_sent_busy: self.links_not_sent_busy,
-            links_requested_in_window: self.links_requested_in_window,
-            links_completed_in_window: self.links_completed_in_window,
-            address_mismatches: self.address_mismatches,
+            delivered_in_window: self.p.delivered_in_window,
+            links: self.p.links.counts(),
+            links_not_sent_connection_lost: self.p.links_not_sent_connection_lost,
+            links_not_sent_queue_full: self.p.links_not_sent_queue_full,
+            links_not_sent_busy: self.p.links_not_sent_busy,
+            links_requested_in_window: self.p.links_requested_in_window,
+            links_completed_in_window: self.p.links_completed_in_window,
+            address_mismatches: self.p.address_mismatches,
             join_notices: Notices {
-                received: self.join_ledger.received,
-                duplicates: self.join_ledger.duplicates,
+                received: self.p.join_ledger.received,
+                duplicates: self.p.join_ledger.duplicates,
                 check: join_check,
             },
             sign_out_notices: Notices {
-                received: self.sign_out_ledger.received,
-                duplicates: self.sign_out_ledger.duplicates,
+                received: self.p.sign_out_ledger.received,
+                duplicates: self.p.sign_out_ledger.duplicates,
                 check: sign_out_check,
             },
-            signed_out: self.signed_out,
-            closed_after_sign_out: self.closed_after_sign_out,
-            error_packets: self.error_packets,
-            refusals: self.refusals,
-            decode_errors: self.decode_errors,
-            foreign_messages: self.foreign_messages,
-            foreign_notices: self.foreign_notices,
+            signed_out: self.p.signed_out,
+            closed_after_sign_out: self.p.closed_after_sign_out,
+            error_packets: self.p.error_packets,
+            refusals: self.p.refusals,
+            decode_errors: self.p.decode_errors,
+            foreign_messages: self.p.foreign_messages,
+            foreign_notices: self.p.foreign_notices,
             ramp_us: times.ramp_us,
             drain_used_us: times.drain_used_us,
             drain_timed_out: times.drain_timed_out,

@@ -176,7 +176,7 @@ impl Report {
         let l = &run.latency;
         let shared = Shared::new(
             plan,
-            cfg.rate_per_s,
+            cfg.pace.rate_per_s,
             run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
@@ -245,14 +245,14 @@ impl Report {
                 users: cfg.users,
                 senders_requested,
                 senders: plan.senders,
-                rate_per_s: cfg.rate_per_s,
-                planned_deliveries_per_s: cfg.rate_per_s * cfg.users as u64,
+                rate_per_s: cfg.pace.rate_per_s,
+                planned_deliveries_per_s: cfg.pace.rate_per_s * cfg.users as u64,
                 private_rate_per_s: cfg.private_rate_per_s,
-                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
+                window: Window::new(cfg.pace.duration_us, cfg.pace.warmup_us, cfg.pace.drain_us),
                 sign_out_wait_ms: cfg.sign_out_wait_us as f64 / 1e3,
                 payload_bytes: cfg.message_bytes,
-                connect_rate_per_s: cfg.connect_rate_per_s,
-                ids: RunIds::new(cfg.seed, strict, Some(cfg.run_id)),
+                connect_rate_per_s: cfg.pace.connect_rate_per_s,
+                ids: RunIds::new(cfg.pace.seed, strict, Some(cfg.run_id)),
             },
             connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
         };

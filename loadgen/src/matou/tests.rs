@@ -186,17 +186,19 @@ fn config(target: SocketAddr) -> MatouConfig {
         target,
         users: 8,
         senders: 3,
-        rate_per_s: 300,
         private_rate_per_s: 100,
-        duration_us: 500_000,
-        warmup_us: 100_000,
-        drain_us: 1_000_000,
         sign_out_wait_us: 2_000_000,
         message_bytes: 80,
-        connect_rate_per_s: 1_000,
-        seed: 3,
         run_id: 0x1234_5678,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 300,
+            duration_us: 500_000,
+            warmup_us: 100_000,
+            drain_us: 1_000_000,
+            connect_rate_per_s: 1_000,
+            seed: 3,
+            progress: false,
+        },
     }
 }
 
@@ -249,7 +251,7 @@ fn lost_broadcasts_and_links_are_caught() {
         drop_src_ports_every: 7,
         notify_only_self: false,
     }));
-    cfg.drain_us = 300_000;
+    cfg.pace.drain_us = 300_000;
     let run = run(&cfg).unwrap();
     assert_eq!(run.users_joined, 8);
     let lost = run.seq.gap_losses + run.undelivered;

@@ -1,11 +1,11 @@
 //! `loadgen ocm`'s flags and their translation into the OCM scenario's config.
 
-use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::{parse_duration, resolve_loopback};
+use crate::args::{parse_duration, resolve_loopback, Pace};
 use crate::mix::{ocm_rooms, MixShare, Setup};
 use crate::ocm::{self, OcmConfig};
 use crate::registry::{ScenarioArgs, Single};
@@ -134,23 +134,16 @@ impl ScenarioArgs for OcmArgs {
         }
         let tcp_target = resolve_loopback(&common.host, self.tcp_port)?;
         let udp_target = resolve_loopback(&common.host, self.udp_port)?;
-        let cfg = OcmConfig {
-            tcp_target,
-            udp_target,
-            rooms,
-            members,
-            rate_per_s: self.rate,
-            room_rate_per_s: self.room_rate,
-            duration_us: common.duration.as_micros() as u64,
-            warmup_us: common.warmup.as_micros() as u64,
-            drain_us: common.drain.unwrap_or(OCM_DRAIN_DEFAULT).as_micros() as u64,
-            exit_wait_us: self.exit_wait.as_micros() as u64,
-            message_bytes: self.payload_bytes,
-            recv_buffer_bytes: self.recv_buffer_bytes,
-            loss_max_percent: self.loss_max,
-            run_id: run_id(),
-            progress: std::io::stderr().is_terminal(),
-        };
+        let pace = Pace::single(common, self.rate, OCM_DRAIN_DEFAULT);
+        let udp = (self.exit_wait, self.recv_buffer_bytes, self.loss_max);
+        let cfg = build(
+            (tcp_target, udp_target),
+            (rooms, members, self.room_rate),
+            udp,
+            self.payload_bytes,
+            run_id(),
+            pace,
+        );
         let title = format!(
             "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
             self.rate, self.payload_bytes, common.duration
@@ -168,7 +161,6 @@ const MIX_EXIT_WAIT: Duration = Duration::from_secs(2);
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
     let (args, clients, rate, connect_rate) = (m.args, m.clients, m.rate, m.connect_rate);
     let (common, bytes) = (&args.common, args.payload_bytes);
-    let (duration_us, warmup_us, drain_us) = m.window_us(OCM_DRAIN_DEFAULT);
     let (rooms, members) = ocm_rooms(clients);
     let total = rooms * members;
     let run_id = run_id();
@@ -179,26 +171,46 @@ pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
         ocm::wire::message_bytes_max(room_bytes, name_bytes),
     )?;
     m.check_fanout(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
-    Ok((
-        Setup::of::<ocm::Ocm>(OcmConfig {
-            tcp_target: resolve_loopback(&common.host, args.ocm_tcp_port)?,
-            udp_target: resolve_loopback(&common.host, args.ocm_udp_port)?,
-            rooms,
-            members,
-            rate_per_s: rate,
-            room_rate_per_s: (connect_rate / members as u64).clamp(1, OCM_ROOM_RATE_MAX),
-            duration_us,
-            warmup_us,
-            drain_us,
-            exit_wait_us: MIX_EXIT_WAIT.as_micros() as u64,
-            message_bytes: bytes,
-            recv_buffer_bytes: OCM_RECV_BUFFER_DEFAULT,
-            // Loss allowed: none, as the single run's default.
-            loss_max_percent: 0.0,
-            run_id,
-            progress: false,
-        }),
-        // A UDP socket per member, and a TCP connection each while it asks for its token.
-        2 * total as u64,
-    ))
+    let tcp_target = resolve_loopback(&common.host, args.ocm_tcp_port)?;
+    let udp_target = resolve_loopback(&common.host, args.ocm_udp_port)?;
+    let room_rate = (connect_rate / members as u64).clamp(1, OCM_ROOM_RATE_MAX);
+    // Loss allowed: none, as the single run's default.
+    let udp = (MIX_EXIT_WAIT, OCM_RECV_BUFFER_DEFAULT, 0.0);
+    let pace = m.pace(OCM_DRAIN_DEFAULT);
+    let cfg = build(
+        (tcp_target, udp_target),
+        (rooms, members, room_rate),
+        udp,
+        bytes,
+        run_id,
+        pace,
+    );
+    // A UDP socket per member, and a TCP connection each while it asks for its token.
+    Ok((Setup::of::<ocm::Ocm>(cfg), 2 * total as u64))
+}
+
+/// The scenario's config, from the subcommand's flags or from its share of the mix: `rooms`
+/// is the rooms, their members and the rooms opened per second; `udp` the wait for the leave
+/// texts, the sockets' receive buffer and the loss allowed (%).
+fn build(
+    (tcp_target, udp_target): (SocketAddr, SocketAddr),
+    (rooms, members, room_rate_per_s): (usize, usize, u64),
+    (exit_wait, recv_buffer_bytes, loss_max_percent): (Duration, usize, f64),
+    message_bytes: usize,
+    run_id: u32,
+    pace: Pace,
+) -> OcmConfig {
+    OcmConfig {
+        tcp_target,
+        udp_target,
+        rooms,
+        members,
+        room_rate_per_s,
+        exit_wait_us: exit_wait.as_micros() as u64,
+        message_bytes,
+        recv_buffer_bytes,
+        loss_max_percent,
+        run_id,
+        pace,
+    }
 }

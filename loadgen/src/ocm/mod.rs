@@ -47,6 +47,7 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use switchboard::protocol::ocm::codec;
 
+use crate::args::Pace;
 use crate::driver::{
     Drain, Loop, Phases, Progress, Reactor, RunError, SentReceived, START_DELAY_US,
 };
@@ -86,13 +87,8 @@ pub struct OcmConfig {
     pub rooms: usize,
     /// Members per room, the host included.
     pub members: usize,
-    /// Chat messages per second over all members together.
-    pub rate_per_s: u64,
     /// Rooms created per second in the rooms phase.
     pub room_rate_per_s: u64,
-    pub duration_us: u64,
-    pub warmup_us: u64,
-    pub drain_us: u64,
     /// Longest wait for the leave texts after the last exit's intended time.
     pub exit_wait_us: u64,
     /// Bytes of each chat message (the stamp, padded).
@@ -102,7 +98,9 @@ pub struct OcmConfig {
     /// UDP loss allowed, in percent of the expected deliveries; more fails the run.
     pub loss_max_percent: f64,
     pub run_id: u32,
-    pub progress: bool,
+    /// Its chat rate, phases' lengths and progress line (`--room-rate`, not the connect
+    /// rate, paces its rooms).
+    pub pace: Pace,
 }
 
 #[derive(Debug, Default)]
@@ -367,7 +365,7 @@ impl ScenarioKind for Ocm {
             exit_phase_start_us: None,
             exit_timed_out: false,
             done_us: now_us,
-            progress: Progress::new(cfg.progress, now_us),
+            progress: Progress::new(cfg.pace.progress, now_us),
             received_since_send_check: 0,
         };
         Ok(run)
@@ -395,7 +393,7 @@ impl ScenarioKind for Ocm {
         )
     }
     fn progress(cfg: &OcmConfig) -> bool {
-        cfg.progress
+        cfg.pace.progress
     }
     fn unreachable(cfg: &OcmConfig) -> String {
         format!(
@@ -439,7 +437,9 @@ impl Phases for Run<'_> {
             Phase::Chat => {
                 self.send_due();
                 if Plan::all_taken(self.plan.as_ref(), self.next_g) {
-                    let deadline_us = self.drain.start(self.io.clock.now_us(), self.cfg.drain_us);
+                    let deadline_us = self
+                        .drain
+                        .start(self.io.clock.now_us(), self.cfg.pace.drain_us);
                     self.phase = Phase::Drain { deadline_us };
                 }
             }
@@ -581,7 +581,7 @@ impl Run<'_> {
 
     /// The intended time of the `i`-th exit, on the chat plan's overall spacing.
     fn exit_intended_us(&self, i: usize) -> u64 {
-        self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.rate_per_s.max(1)
+        self.exit_start_us + (i as u64 * 1_000_000) / self.cfg.pace.rate_per_s.max(1)
     }
 
     fn settle(&mut self, u: usize) {
@@ -859,10 +859,10 @@ impl Run<'_> {
         }
         self.plan = Some(Plan::new(
             self.senders.len() as u32,
-            self.cfg.rate_per_s,
+            self.cfg.pace.rate_per_s,
             now_us + START_DELAY_US,
-            self.cfg.warmup_us,
-            self.cfg.duration_us,
+            self.cfg.pace.warmup_us,
+            self.cfg.pace.duration_us,
         ));
         self.phase = Phase::Chat;
         Ok(())

@@ -230,7 +230,7 @@ impl Report {
         let l = &run.latency;
         let shared = Shared::new(
             plan,
-            cfg.rate_per_s,
+            cfg.pace.rate_per_s,
             run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
@@ -300,10 +300,10 @@ impl Report {
                 rooms: cfg.rooms,
                 members: cfg.members,
                 senders: plan.senders,
-                rate_per_s: cfg.rate_per_s,
-                deliveries_per_s: cfg.rate_per_s * (cfg.members as u64 - 1),
+                rate_per_s: cfg.pace.rate_per_s,
+                deliveries_per_s: cfg.pace.rate_per_s * (cfg.members as u64 - 1),
                 room_rate_per_s: cfg.room_rate_per_s,
-                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
+                window: Window::new(cfg.pace.duration_us, cfg.pace.warmup_us, cfg.pace.drain_us),
                 exit_wait_ms: cfg.exit_wait_us as f64 / 1e3,
                 payload_bytes: cfg.message_bytes,
                 recv_buffer_bytes: cfg.recv_buffer_bytes,

@@ -183,17 +183,21 @@ fn config(server: &Server) -> OcmConfig {
         udp_target: server.udp,
         rooms: 3,
         members: 4,
-        rate_per_s: 400,
         room_rate_per_s: 100,
-        duration_us: 500_000,
-        warmup_us: 100_000,
-        drain_us: 1_000_000,
         exit_wait_us: 1_000_000,
         message_bytes: 64,
         recv_buffer_bytes: 1 << 20,
         loss_max_percent: 0.0,
         run_id: 0x0c0f_fee0,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 400,
+            duration_us: 500_000,
+            warmup_us: 100_000,
+            drain_us: 1_000_000,
+            connect_rate_per_s: 1_000,
+            seed: 0,
+            progress: false,
+        },
     }
 }
 
@@ -244,7 +248,7 @@ fn a_lossy_server_is_caught_and_fails_unless_allowed() {
         ..Behaviour::default()
     });
     let mut cfg = config(&server);
-    cfg.drain_us = 200_000;
+    cfg.pace.drain_us = 200_000;
     let run = run(&cfg).unwrap();
     assert_eq!(run.members_joined, 12);
     assert_eq!(run.losses.expected, run.sends.sent * 3);

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::*;
+use crate::args::Pace;
 use crate::bin24::ledger::{DuplicateCounts, IncompleteCounts, LostCounts};
 use crate::bin24::topology::Pattern;
 use crate::bin24::{self, Bin24, Bin24Config, Bin24Outcome, Tally};
@@ -189,14 +190,16 @@ fn room_config(wire: crate::room::Wire) -> RoomConfig {
         target: target(7001),
         clients: 40,
         senders: 8,
-        rate_per_s: 400,
-        duration_us: 2_000_000,
-        warmup_us: 500_000,
-        drain_us: 3_000_000,
         message_bytes: 64,
-        connect_rate_per_s: 1_000,
-        seed: 7,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 400,
+            duration_us: 2_000_000,
+            warmup_us: 500_000,
+            drain_us: 3_000_000,
+            connect_rate_per_s: 1_000,
+            seed: 7,
+            progress: false,
+        },
     }
 }
 
@@ -242,14 +245,17 @@ fn bin24_config() -> Bin24Config {
         users: 10,
         pattern: Pattern::Pairs,
         offline: (0..10).map(|i| i % 5 == 1).collect(),
-        rate_per_s: 1_000,
-        duration_us: 2_000_000,
-        warmup_us: 500_000,
-        drain_us: 3_000_000,
         body_bytes: 100,
-        connect_rate_per_s: 500,
         run_id: 0xbeef_0001,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 1_000,
+            duration_us: 2_000_000,
+            warmup_us: 500_000,
+            drain_us: 3_000_000,
+            connect_rate_per_s: 500,
+            seed: 0,
+            progress: false,
+        },
     }
 }
 
@@ -341,15 +347,18 @@ fn ccm_config(silent: usize) -> CcmConfig {
         users: 20,
         pattern: Pattern::Ring,
         silent,
-        rate_per_s: 600,
-        duration_us: 2_000_000,
-        warmup_us: 500_000,
-        drain_us: 3_000_000,
         silent_wait_us: 10_000_000,
         content_bytes: 48,
-        connect_rate_per_s: 800,
         run_id: 0xc0c0_0002,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 600,
+            duration_us: 2_000_000,
+            warmup_us: 500_000,
+            drain_us: 3_000_000,
+            connect_rate_per_s: 800,
+            seed: 0,
+            progress: false,
+        },
     }
 }
 
@@ -405,17 +414,19 @@ fn matou_config(private_rate_per_s: u64) -> MatouConfig {
         target: target(7004),
         users: 12,
         senders: 6,
-        rate_per_s: 300,
         private_rate_per_s,
-        duration_us: 2_000_000,
-        warmup_us: 500_000,
-        drain_us: 3_000_000,
         sign_out_wait_us: 2_000_000,
         message_bytes: 80,
-        connect_rate_per_s: 400,
-        seed: 11,
         run_id: 0x7a7a_0003,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 300,
+            duration_us: 2_000_000,
+            warmup_us: 500_000,
+            drain_us: 3_000_000,
+            connect_rate_per_s: 400,
+            seed: 11,
+            progress: false,
+        },
     }
 }
 
@@ -501,17 +512,21 @@ fn ocm_config(loss_max_percent: f64) -> OcmConfig {
         udp_target: target(7006),
         rooms: 3,
         members: 4,
-        rate_per_s: 200,
         room_rate_per_s: 50,
-        duration_us: 2_000_000,
-        warmup_us: 500_000,
-        drain_us: 3_000_000,
         exit_wait_us: 2_000_000,
         message_bytes: 60,
         recv_buffer_bytes: 1 << 20,
         loss_max_percent,
         run_id: 0x0c0c_0004,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 200,
+            duration_us: 2_000_000,
+            warmup_us: 500_000,
+            drain_us: 3_000_000,
+            connect_rate_per_s: 1_000,
+            seed: 0,
+            progress: false,
+        },
     }
 }
 
@@ -591,15 +606,18 @@ fn lobby_config(ocm: usize) -> LobbyConfig {
         ocm_udp_target: target(7007),
         members: [3, 2, 2, ocm],
         ocm_room: "lobby".to_string(),
-        rate_per_s: 90,
-        duration_us: 2_000_000,
-        warmup_us: 500_000,
-        drain_us: 3_000_000,
         message_bytes: 80,
-        connect_rate_per_s: 500,
         recv_buffer_bytes: 1 << 20,
         run_id: 0x1b0b_b7ff,
-        progress: false,
+        pace: Pace {
+            rate_per_s: 90,
+            duration_us: 2_000_000,
+            warmup_us: 500_000,
+            drain_us: 3_000_000,
+            connect_rate_per_s: 500,
+            seed: 0,
+            progress: false,
+        },
     }
 }
 

@@ -1,12 +1,12 @@
 //! `loadgen room` and `loadgen resp`: their flags and their translation into the fan-out
 //! scenario's config (ROOM, or the same scenario against Redis pub/sub).
 
-use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::resolve_loopback;
+use crate::args::{resolve_loopback, Pace};
 use crate::matou;
 use crate::mix::{senders_for, MixShare, Setup};
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
@@ -135,20 +135,8 @@ fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room
         Wire::Room => 0,
         Wire::Resp { .. } => senders,
     };
-    let cfg = RoomConfig {
-        wire,
-        target,
-        clients,
-        senders,
-        rate_per_s: args.rate,
-        duration_us: common.duration.as_micros() as u64,
-        warmup_us: common.warmup.as_micros() as u64,
-        drain_us: common.drain.unwrap_or(ROOM_DRAIN_DEFAULT).as_micros() as u64,
-        message_bytes: args.payload_bytes,
-        connect_rate_per_s: common.connect_rate,
-        seed: common.seed,
-        progress: std::io::stderr().is_terminal(),
-    };
+    let pace = Pace::single(common, args.rate, ROOM_DRAIN_DEFAULT);
+    let cfg = build(wire, target, clients, senders, args.payload_bytes, pace);
     let server = match cfg.wire {
         Wire::Room => "ROOM",
         Wire::Resp { .. } => "RESP (Redis pub/sub)",
@@ -164,26 +152,38 @@ fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room
 /// This scenario's share of `loadgen mix`, checked and turned into its config; also the
 /// descriptors it needs.
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
-    let (args, clients, rate, connect_rate) = (m.args, m.clients, m.rate, m.connect_rate);
+    let (args, clients, rate) = (m.args, m.clients, m.rate);
     let (common, bytes) = (&args.common, args.payload_bytes);
-    let (duration_us, warmup_us, drain_us) = m.window_us(ROOM_DRAIN_DEFAULT);
     m.check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
     m.check_fanout(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
-    Ok((
-        Setup::of::<room::Room>(RoomConfig {
-            target: resolve_loopback(&common.host, args.room_port)?,
-            clients,
-            senders: senders_for(clients),
-            rate_per_s: rate,
-            duration_us,
-            warmup_us,
-            drain_us,
-            message_bytes: bytes,
-            connect_rate_per_s: connect_rate,
-            seed: common.seed,
-            progress: false,
-            wire: Wire::Room,
-        }),
-        clients as u64,
-    ))
+    let target = resolve_loopback(&common.host, args.room_port)?;
+    let pace = m.pace(ROOM_DRAIN_DEFAULT);
+    let cfg = build(
+        Wire::Room,
+        target,
+        clients,
+        senders_for(clients),
+        bytes,
+        pace,
+    );
+    Ok((Setup::of::<room::Room>(cfg), clients as u64))
+}
+
+/// The scenario's config, from the subcommand's flags or from its share of the mix.
+fn build(
+    wire: Wire,
+    target: SocketAddr,
+    clients: usize,
+    senders: usize,
+    message_bytes: usize,
+    pace: Pace,
+) -> RoomConfig {
+    RoomConfig {
+        wire,
+        target,
+        clients,
+        senders,
+        message_bytes,
+        pace,
+    }
 }

@@ -44,7 +44,7 @@ impl Report {
         let plan = &run.plan;
         let shared = Shared::new(
             plan,
-            cfg.rate_per_s,
+            cfg.pace.rate_per_s,
             run.sends,
             &run.errors,
             (run.drain_used_us, run.drain_timed_out),
@@ -87,11 +87,11 @@ impl Report {
                 clients: cfg.clients,
                 senders_requested,
                 senders: plan.senders,
-                rate_per_s: cfg.rate_per_s,
-                window: Window::new(cfg.duration_us, cfg.warmup_us, cfg.drain_us),
+                rate_per_s: cfg.pace.rate_per_s,
+                window: Window::new(cfg.pace.duration_us, cfg.pace.warmup_us, cfg.pace.drain_us),
                 payload_bytes: cfg.message_bytes,
-                connect_rate_per_s: cfg.connect_rate_per_s,
-                ids: RunIds::new(cfg.seed, strict, None),
+                connect_rate_per_s: cfg.pace.connect_rate_per_s,
+                ids: RunIds::new(cfg.pace.seed, strict, None),
             },
             connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
         };
