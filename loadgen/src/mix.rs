@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use crate::args::resolve_loopback;
+use crate::args::{resolve_loopback, resolve_one_host};
 use crate::bin24::topology::Pattern;
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
 use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
@@ -671,12 +671,15 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
         ));
     }
     let target = |port| resolve_loopback(&common.host, port);
+    // A quarter of the members are OCM's, and each node has its own OCM lobby room.
+    let ocm_why = "--lobby has OCM members, whose lobby room is per node";
+    let ocm_target = |port| resolve_one_host(&common.host, port, ocm_why);
     let cfg = LobbyConfig {
         room_target: target(args.room_port)?,
         matou_target: target(args.matou_port)?,
         ccm_target: target(args.ccm_port)?,
-        ocm_tcp_target: target(args.ocm_tcp_port)?,
-        ocm_udp_target: target(args.ocm_udp_port)?,
+        ocm_tcp_target: ocm_target(args.ocm_tcp_port)?,
+        ocm_udp_target: ocm_target(args.ocm_udp_port)?,
         members,
         ocm_room: "lobby".to_string(),
         rate_per_s: rate,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::resolve_loopback;
+use crate::args::{resolve_loopback, resolve_one_host};
 use crate::lobby;
 use crate::ocm::args::{OCM_RECV_BUFFER_DEFAULT, OCM_RECV_BUFFER_MAX};
 use crate::registry::{ScenarioArgs, Single};
@@ -116,12 +116,22 @@ impl ScenarioArgs for LobbyArgs {
             ));
         }
         let target = |port| resolve_loopback(&common.host, port);
+        // Each node has its own OCM lobby room, made by its first OCM member: the members of
+        // one room cannot be spread.
+        let ocm_target = |port| match self.ocm {
+            0 => target(port),
+            _ => resolve_one_host(
+                &common.host,
+                port,
+                "or --ocm 0: each node has its own OCM lobby room, so OCM members cannot be spread",
+            ),
+        };
         let cfg = lobby::LobbyConfig {
             room_target: target(self.room_port)?,
             matou_target: target(self.matou_port)?,
             ccm_target: target(self.ccm_port)?,
-            ocm_tcp_target: target(self.ocm_tcp_port)?,
-            ocm_udp_target: target(self.ocm_udp_port)?,
+            ocm_tcp_target: ocm_target(self.ocm_tcp_port)?,
+            ocm_udp_target: ocm_target(self.ocm_udp_port)?,
             members,
             ocm_room: self.ocm_room.clone(),
             rate_per_s: self.rate,

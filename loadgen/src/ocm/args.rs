@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::{parse_duration, resolve_loopback};
+use crate::args::{parse_duration, resolve_one_host};
+
+/// Why OCM takes one `--host`: its rooms do not cross nodes.
+const OCM_ONE_HOST: &str = "OCM's rooms live on one node (they do not cross a cluster)";
 use crate::mix::{ocm_rooms, MixShare, Setup};
 use crate::ocm::{self, OcmConfig};
 use crate::registry::{ScenarioArgs, Single};
@@ -132,8 +135,8 @@ impl ScenarioArgs for OcmArgs {
                 "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
             ));
         }
-        let tcp_target = resolve_loopback(&common.host, self.tcp_port)?;
-        let udp_target = resolve_loopback(&common.host, self.udp_port)?;
+        let tcp_target = resolve_one_host(&common.host, self.tcp_port, OCM_ONE_HOST)?;
+        let udp_target = resolve_one_host(&common.host, self.udp_port, OCM_ONE_HOST)?;
         let cfg = OcmConfig {
             tcp_target,
             udp_target,
@@ -181,8 +184,8 @@ pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
     m.check_fanout(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
     Ok((
         Setup::of::<ocm::Ocm>(OcmConfig {
-            tcp_target: resolve_loopback(&common.host, args.ocm_tcp_port)?,
-            udp_target: resolve_loopback(&common.host, args.ocm_udp_port)?,
+            tcp_target: resolve_one_host(&common.host, args.ocm_tcp_port, OCM_ONE_HOST)?,
+            udp_target: resolve_one_host(&common.host, args.ocm_udp_port, OCM_ONE_HOST)?,
             rooms,
             members,
             rate_per_s: rate,
