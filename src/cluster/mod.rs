@@ -155,8 +155,9 @@ pub struct Cluster {
     incoming: Receiver<Incoming>,
     /// Each other node's lobby members, to announce them gone when it dies.
     members: liveness::Members,
-    /// Leavings of lapsed nodes' members, handed out before anything else.
-    lapsed_left: VecDeque<HubEvent>,
+    /// Leavings of lapsed nodes' members (with their node's name), handed out before anything
+    /// else.
+    lapsed_left: VecDeque<(Bytes, HubEvent)>,
     /// Set by the subscriber when it queued something and woke the reactor; cleared before
     /// draining, so a burst costs one wake.
     pending: Arc<AtomicBool>,
@@ -330,10 +331,10 @@ impl Cluster {
         }
     }
 
-    /// The next event from another node, not seen before. Own events and repeats are
-    /// dropped here.
+    /// The next event from another node, not seen before, with that node's name. Own events
+    /// and repeats are dropped here.
     /// The leavings of the members of nodes taken for dead come out here too, once each.
-    pub fn try_recv(&mut self) -> Option<HubEvent> {
+    pub fn try_recv(&mut self) -> Option<(Bytes, HubEvent)> {
         self.pending.store(false, Ordering::Release);
         loop {
             if let Some(left) = self.lapsed_left.pop_front() {
@@ -362,10 +363,10 @@ impl Cluster {
                 self.lapsed(lapsed, "it restarted");
             }
             if self.lapsed_left.is_empty() {
-                return Some(envelope.event);
+                return Some((node.0, envelope.event));
             }
             // The previous incarnation's members leave before the new one's event.
-            self.lapsed_left.push_back(envelope.event);
+            self.lapsed_left.push_back((node.0, envelope.event));
         }
     }
 
@@ -377,7 +378,9 @@ impl Cluster {
             String::from_utf8_lossy(name),
             lapsed.left.len()
         );
-        self.lapsed_left.extend(lapsed.left);
+        let node = name.clone();
+        self.lapsed_left
+            .extend(lapsed.left.into_iter().map(|left| (node.clone(), left)));
     }
 
     /// Whether `envelope` is newer than anything seen from its node (a new incarnation starts
@@ -401,6 +404,42 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shut_down();
+    }
+}
+
+/// What a test hands a [`Cluster`] made by [`Cluster::detached`], as the Redis threads would.
+#[cfg(test)]
+pub(crate) struct TestFeed(mpsc::Sender<Incoming>);
+
+#[cfg(test)]
+impl TestFeed {
+    /// An event on the lobby channel, as the subscriber hands it over.
+    pub(crate) fn event(&self, envelope: Envelope) {
+        let _ = self.0.send(Incoming::Event(envelope));
+    }
+}
+
+#[cfg(test)]
+impl Cluster {
+    /// A node named `node` with no Redis and no thread: what it receives comes from the
+    /// returned feed, and what it publishes goes nowhere.
+    pub(crate) fn detached(node: &'static [u8]) -> (Cluster, TestFeed) {
+        let (feed, incoming) = mpsc::channel();
+        let cluster = Cluster {
+            node: Bytes::from_static(node),
+            incarnation: 1,
+            next_seq: 1,
+            outgoing: None,
+            incoming,
+            members: liveness::Members::default(),
+            lapsed_left: VecDeque::new(),
+            pending: Arc::new(AtomicBool::new(false)),
+            last_seen: HashMap::new(),
+            stats: Arc::new(ClusterStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        (cluster, TestFeed(feed))
     }
 }
 

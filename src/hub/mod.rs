@@ -557,15 +557,20 @@ impl Hub {
 
     /// Another node's lobby message (the cluster): every local lobby member receives it in its
     /// own form, the origin protocol's members included (their service here never saw it).
-    /// Each recipient protocol's own form limits apply; OCM's per-source fan-out budget does
-    /// not yet (the source is on another node). Not reported as an event: it is never
-    /// published again.
-    pub fn say_remote<O: HubOut>(&mut self, message: LobbyMessage, out: &mut O) {
+    /// Each recipient protocol's own form limits apply, and `admit` is its rate limit on the
+    /// fan-out to its members as in [`Hub::say_priced`] (OCM's per-source budget, the source
+    /// being the sender on its node). Not reported as an event: it is never published again.
+    pub fn say_remote<O: HubOut>(
+        &mut self,
+        message: LobbyMessage,
+        out: &mut O,
+        admit: impl FnMut(ProtocolKind, u64) -> bool,
+    ) {
         if self.config.isolated {
             return;
         }
         let priced = self.price_for(message, None);
-        self.send_priced(priced, out, |_, _| true);
+        self.send_priced(priced, out, admit);
     }
 
     fn price_for(&self, message: LobbyMessage, skip: Option<ProtocolKind>) -> Priced {

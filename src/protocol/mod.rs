@@ -28,7 +28,9 @@ pub mod testing;
 
 pub use kind::{ProtocolKind, UdpKind};
 pub use service::{Clock, Context, DatagramService, StreamService};
-pub use switch::{HubLink, HubOutcome, HubQueue, LobbyGate, Switched, SwitchedDatagrams};
+pub use switch::{
+    HubLink, HubOutcome, HubQueue, LobbyGate, RemoteSender, Switched, SwitchedDatagrams,
+};
 
 /// Why a connection is closed. Logged, and counted in the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
