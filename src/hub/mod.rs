@@ -479,6 +479,21 @@ impl Hub {
         true
     }
 
+    /// Who is in the lobby here: (protocol, name) with how many hold it, sorted; for the
+    /// cluster's rosters.
+    pub fn lobby_roster(&self) -> Vec<(ProtocolKind, Bytes, u32)> {
+        let mut counts: HashMap<(ProtocolKind, &Bytes), u32> = HashMap::new();
+        for seat in self.lobby.seats.values() {
+            *counts.entry((seat.protocol, &seat.name)).or_insert(0) += 1;
+        }
+        let mut roster: Vec<_> = counts
+            .into_iter()
+            .map(|((protocol, name), count)| (protocol, name.clone(), count))
+            .collect();
+        roster.sort();
+        roster
+    }
+
     /// A connection is gone: it leaves the lobby (announced) and its name is free.
     pub fn disconnect<O: HubOut>(&mut self, conn: ConnId, out: &mut O) {
         self.leave_lobby(Endpoint::Conn(conn), out);

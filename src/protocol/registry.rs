@@ -320,6 +320,11 @@ impl Services {
                 HubEvent::Direct(_) => {}
             }
         }
+        // After every local event of this turn was queued: the roster is read at its place
+        // in this node's sequence.
+        if cluster.roster_due() {
+            cluster.publish_rosters(self.hub.lobby_roster());
+        }
         self.drain(clock, out);
     }
 
