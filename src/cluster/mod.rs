@@ -166,8 +166,8 @@ pub struct Cluster {
     incoming: Receiver<Incoming>,
     /// Each other node's lobby members, to announce them gone when it dies.
     members: liveness::Members,
-    /// Leavings of lapsed nodes' members (with their node's name), handed out before anything
-    /// else.
+    /// Presences this node made up for other nodes (with the node's name), handed out before
+    /// anything else: the leavings of lapsed nodes' members, and what rosters showed missed.
     lapsed_left: VecDeque<(Bytes, HubEvent)>,
     /// Set by the subscriber when it queued something and woke the reactor; cleared before
     /// draining, so a burst costs one wake.
