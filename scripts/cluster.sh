@@ -13,6 +13,9 @@
 #                       with shared ports a BIN24 user's stored messages and an OCM room live on
 #                       whichever node the kernel picked)
 #   --log-level LEVEL   chatd's --log-level (default info)
+#   --cluster-lease-ms MS  each node's --cluster-lease-ms (default: chatd's, 3000): a node
+#                       silent this long is taken for dead and its lobby members are
+#                       announced gone (at least 4)
 #
 # Builds the release chatd first (cargo build --release). Nodes are named node-1..node-N;
 # their logs and data directories are in a temporary directory printed at start. Loopback
@@ -24,6 +27,7 @@ redis_port=6379
 admin_base_port=
 all_protocols=0
 log_level=info
+lease_ms=
 
 script_name=cluster
 # shellcheck source=scripts/lib.sh
@@ -34,6 +38,7 @@ while [ $# -gt 0 ]; do
     --admin-base-port) admin_base_port=$(option_value "$@"); shift 2 ;;
     --all-protocols) all_protocols=1; shift ;;
     --log-level) log_level=$(option_value "$@"); shift 2 ;;
+    --cluster-lease-ms) lease_ms=$(option_value "$@"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     -*) usage_error "unknown option $1" ;;
     *)
@@ -47,6 +52,9 @@ is_count "$redis_port" && [ "$redis_port" -le 65535 ] || usage_error "--redis-po
 if [ -n "$admin_base_port" ]; then
   is_count "$admin_base_port" && [ $((admin_base_port + nodes - 1)) -le 65535 ] \
     || usage_error "--admin-base-port $admin_base_port: node ports would not fit below 65536"
+fi
+if [ -n "$lease_ms" ]; then
+  is_count "$lease_ms" && [ "$lease_ms" -ge 4 ] || usage_error "--cluster-lease-ms $lease_ms: a count of milliseconds, at least 4"
 fi
 case "$log_level" in error|warn|info|debug|trace) ;; *) usage_error "--log-level $log_level" ;; esac
 
@@ -94,6 +102,7 @@ for i in $(seq 1 "$nodes"); do
   args=(--reuse-port --cluster "redis://127.0.0.1:$redis_port" --node-name "node-$i"
     --data-dir "$work/node-$i" --log-level "$log_level" "${protocol_args[@]}")
   if [ -n "$admin_base_port" ]; then args+=(--admin-port $((admin_base_port + i - 1))); fi
+  if [ -n "$lease_ms" ]; then args+=(--cluster-lease-ms "$lease_ms"); fi
   start "$chatd" "${args[@]}" 2>"$work/node-$i.log"
   for _ in $(seq 1 100); do
     if grep -q "subscribed to switchboard:lobby" "$work/node-$i.log" \

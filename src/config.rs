@@ -178,6 +178,9 @@ pub struct Config {
     pub ocm_relay_peers_per_ip_max: u32,
     /// UDP: most datagrams read from one socket per loop turn before others are served.
     pub udp_datagrams_per_turn_max: usize,
+    /// `--cluster`: most events of other nodes handed to the hub per loop turn; more wait for
+    /// the next turns (which come at once), so a burst from Redis cannot hold local work.
+    pub cluster_events_per_turn_max: usize,
     /// UDP (OCM chat and the relay): datagrams sent per second by one socket's fan-outs, in
     /// total and for the datagrams of one source address; a datagram whose fan-out the budget
     /// cannot cover is relayed to no one, and counted (fanout_budget). 0: no limit.
@@ -296,6 +299,7 @@ impl Default for Config {
             ocm_relay_peers_max: 1_000,
             ocm_relay_peers_per_ip_max: 100,
             udp_datagrams_per_turn_max: 1024,
+            cluster_events_per_turn_max: 1024,
             udp_sends_per_s_max: 250_000,
             udp_sends_per_source_per_s_max: 20_000,
             udp_sends_per_turn_max: 512,

@@ -249,6 +249,13 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = switchboard::cluster::LEASE_MS_DEFAULT, requires = "cluster")]
     cluster_lease_ms: u64,
 
+    /// Most events of other nodes (lobby lines, presence) handed to the local lobby per loop
+    /// turn; the rest wait for the next turns, which come at once, so a burst arriving from
+    /// Redis cannot hold local users' work.
+    #[arg(long, value_name = "N", default_value_t = Config::default().cluster_events_per_turn_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000), requires = "cluster")]
+    cluster_events_per_turn_max: u64,
+
     /// Set SO_REUSEPORT on every TCP listener and UDP socket, so that several nodes on one
     /// machine share the same ports (one node per core; the kernel spreads connections).
     #[arg(long)]
@@ -630,6 +637,7 @@ impl Args {
             udp_sends_per_source_per_s_max: self.udp_sends_per_source_per_s_max,
             udp_sends_per_turn_max: to_usize(self.udp_sends_per_turn_max),
             udp_datagrams_per_turn_max: to_usize(self.udp_datagrams_per_turn_max),
+            cluster_events_per_turn_max: to_usize(self.cluster_events_per_turn_max),
             udp_socket_buffer_bytes: to_usize(self.udp_socket_buffer_bytes),
             ccm_keepalive_idle_ms: self.ccm_keepalive_idle_ms,
             ccm_keepalive_answer_ms: self.ccm_keepalive_answer_ms,

@@ -69,6 +69,10 @@ pub struct ClusterMetrics {
     pub nodes_lapsed: u64,
     /// Lobby members on other nodes, as this node learned them from presence events.
     pub remote_lobby_members: u64,
+    /// Other nodes' lobby rosters received, and the presence notices they brought that had
+    /// been missed while a link to Redis was down.
+    pub rosters_received: u64,
+    pub roster_presences: u64,
 }
 
 /// Names in a cluster (`--cluster`): the hub's claims waiting for Redis and their outcomes.
@@ -326,6 +330,18 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
             "chatd_cluster_remote_lobby_members",
             "Lobby members on other nodes, as this node learned them from presence events.",
             vec![sample(&[], cluster.remote_lobby_members)],
+        );
+        out.counter(
+            "chatd_cluster_rosters_received_total",
+            "Other nodes' lobby rosters received (exchanged after a link to Redis is made \
+             again).",
+            vec![sample(&[], cluster.rosters_received)],
+        );
+        out.counter(
+            "chatd_cluster_roster_presences_total",
+            "Presence notices that rosters brought: arrivals and leavings missed while a link \
+             to Redis was down.",
+            vec![sample(&[], cluster.roster_presences)],
         );
     }
 

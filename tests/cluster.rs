@@ -378,6 +378,69 @@ fn after_redis_is_killed_and_restarted_the_nodes_reconnect_and_the_lobby_spans_t
     assert!(metric(&mut a, "chatd_cluster_redis_link_losses_total") >= 1.0);
 }
 
+/// Presence missed while Redis was gone (SIGKILL, then started again): a ROOM user who left
+/// node B and another ROOM user who came to it meanwhile reach Redis nowhere (pub/sub keeps
+/// nothing, and B's publisher drops what it cannot send). Once the links are back, the nodes
+/// exchange their lobby rosters, and A's ROOM user is told the one left and the other came,
+/// once each, though several rosters cross (each node asks when its subscriber and when its
+/// publisher is back, and answers every ask).
+#[test]
+fn presence_missed_while_redis_was_gone_is_announced_from_the_rosters_once() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let lease = ["--cluster-lease-ms", "1000"];
+    let mut a = node_with(&redis, "node-a", &["--room-port"], &lease);
+    let mut b = node_with(&redis, "node-b", &["--room-port", "--matou-port"], &lease);
+    let mut rui = Client::join(addr(&a, "--room-port"), "rui");
+    wait_received(&mut b, 1.0);
+    let bob = Client::join(addr(&b, "--room-port"), "bob");
+    rui.expect(b"b'bob' esta conectado ao chat");
+
+    redis.kill();
+    for node in [&mut a, &mut b] {
+        node.stderr
+            .wait_for("cluster: the subscriber's link to Redis is down");
+    }
+    drop(bob);
+    let room_members = "chatd_switchboard_lobby_members{protocol=\"room\"}";
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while metric(&mut b, room_members) > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "bob never left B");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A ROOM user: a name (MATOU, CCM, BIN24) cannot be claimed while Redis is gone.
+    let mut mia = Client::join(addr(&b, "--room-port"), "mia");
+
+    redis.start_again();
+    // bob's leaving was dropped for sure (B's publisher found Redis gone); mia's arrival may
+    // have waited in B's queue during the publisher's back-off and gone out once Redis was
+    // back: then it arrives as itself, before the roster. Either way, each once.
+    let (left, came): (&[u8], &[u8]) = (
+        b"b'bob' acabou de sair do chat!",
+        b"b'mia' esta conectado ao chat",
+    );
+    let heard = rui.read_through(came);
+    if heard == came {
+        rui.expect(left);
+    } else {
+        assert_eq!(
+            String::from_utf8_lossy(&heard),
+            String::from_utf8_lossy(&[left, came].concat())
+        );
+    }
+    a.stderr.wait_for("cluster: node node-b's roster brought ");
+    assert!(metric(&mut a, "chatd_cluster_roster_presences_total") >= 1.0);
+    // Nothing twice, while the rosters of both nodes' asks cross (two leases).
+    rui.expect_nothing_for(Duration::from_millis(2000));
+    assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 1.0);
+    // B had missed nothing of A: its newcomer is told nothing.
+    mia.expect_nothing_for(Duration::from_millis(50));
+    // And the lobby spans both again.
+    mia.send(b"back");
+    rui.expect(b"mia: back");
+}
+
 /// A node killed with SIGKILL while a ROOM and a MATOU user are on it: its liveness key is
 /// not renewed, and within the lease the other node's ROOM and MATOU users are told each of
 /// them left, once; that node goes on serving.

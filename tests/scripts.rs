@@ -241,6 +241,17 @@ fn a_bad_count_or_a_missing_value_is_refused_before_anything_runs() {
             &["2", "--redis-port"],
             "--redis-port needs a value",
         ),
+        (
+            "cluster.sh",
+            &["2", "--cluster-lease-ms", "3"],
+            "--cluster-lease-ms 3: a count of milliseconds, at least 4",
+        ),
+        ("cluster-bench.sh", &["--runs", "many"], "--runs many"),
+        (
+            "cluster-bench.sh",
+            &["--saturation-rates", "100,fast"],
+            "--saturation-rates 100,fast",
+        ),
     ];
     let names = script_names();
     for &(name, args, says) in cases {

@@ -1,10 +1,10 @@
 //! Cluster mode's message format (`src/cluster/codec.rs`): what arrives on the Redis lobby
 //! channel is input like any other.
 //!
-//! Invariants: decoding never panics; whatever decodes re-encodes to exactly the same bytes
-//! (the format has one form per event: exact lengths, nothing optional), within the bounds;
-//! a CCM message or a MATOU private link step addressed to another node names its nodes
-//! (seeds: `addressed_ccm_text`, `private_src_ports`).
+//! Invariants: decoding never panics; whatever decodes (an event or a lobby roster)
+//! re-encodes to exactly the same bytes (the format has one form per message: exact lengths,
+//! nothing optional), within the bounds; a CCM message or a MATOU private link step addressed
+//! to another node names its nodes (seeds: `addressed_ccm_text`, `private_src_ports`).
 #![no_main]
 
 use bytes::Bytes;
@@ -13,26 +13,34 @@ use switchboard::cluster::codec;
 use switchboard::hub::HubEvent;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(envelope) = codec::decode(Bytes::copy_from_slice(data)) {
-        assert!(!envelope.node.is_empty() && envelope.node.len() <= codec::NODE_NAME_BYTES_MAX);
-        // Only the node named acts on it, and answers the one that sent it: never empty.
-        if let HubEvent::Addressed(addressed) = &envelope.event {
-            assert!(
-                !addressed.to_node.is_empty()
-                    && addressed.to_node.len() <= codec::NODE_NAME_BYTES_MAX
-            );
+    let encoded = match codec::decode_message(Bytes::copy_from_slice(data)) {
+        Ok(codec::Message::Event(envelope)) => {
+            assert!(!envelope.node.is_empty() && envelope.node.len() <= codec::NODE_NAME_BYTES_MAX);
+            // Only the node named acts on it, and answers the one that sent it: never empty.
+            if let HubEvent::Addressed(addressed) = &envelope.event {
+                assert!(
+                    !addressed.to_node.is_empty()
+                        && addressed.to_node.len() <= codec::NODE_NAME_BYTES_MAX
+                );
+            }
+            if let HubEvent::Private(link) = &envelope.event {
+                assert!(!link.to_node.is_empty() && !link.from_node.is_empty());
+                assert!(link.address.len() <= codec::ADDRESS_BYTES_MAX);
+            }
+            codec::encode(
+                &envelope.node,
+                envelope.incarnation,
+                envelope.seq,
+                &envelope.event,
+            )
+            .expect("a decoded event encodes")
         }
-        if let HubEvent::Private(link) = &envelope.event {
-            assert!(!link.to_node.is_empty() && !link.from_node.is_empty());
-            assert!(link.address.len() <= codec::ADDRESS_BYTES_MAX);
+        Ok(codec::Message::Roster(roster)) => {
+            assert!(roster.roster.members.len() <= codec::ROSTER_ENTRIES_MAX);
+            codec::encode_roster(&roster.node, roster.incarnation, roster.seq, &roster.roster)
+                .expect("a decoded roster encodes")
         }
-        let encoded = codec::encode(
-            &envelope.node,
-            envelope.incarnation,
-            envelope.seq,
-            &envelope.event,
-        )
-        .expect("a decoded event encodes");
-        assert_eq!(&encoded[..], data, "re-encoding changed the message");
-    }
+        Err(_) => return,
+    };
+    assert_eq!(&encoded[..], data, "re-encoding changed the message");
 });

@@ -108,12 +108,50 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total_ns))
 }
 
-/// Resolves `host:port` and insists that every address it names is on this machine.
+/// Resolves `--host` (one loopback host, or a comma-separated list of them: the clients are
+/// spread over several servers, client i on host i mod n) at `port`, and insists that every
+/// address it names is on this machine. Returns the first host's address: the scenarios keep
+/// one target, and [`crate::connect`] turns it into client i's host (the list is recorded there
+/// once, here, the one place every scenario's `--host` passes through).
+pub fn resolve_loopback(hosts: &str, port: u16) -> Result<SocketAddr, String> {
+    let targets = resolve_hosts(hosts, port)?;
+    crate::connect::spread_over(&targets)?;
+    Ok(targets[0])
+}
+
+/// As [`resolve_loopback`], for what cannot be spread over several servers (OCM's rooms live
+/// on one node): a list of hosts is refused, saying `why`.
+pub fn resolve_one_host(hosts: &str, port: u16, why: &str) -> Result<SocketAddr, String> {
+    let targets = resolve_hosts(hosts, port)?;
+    if targets.len() > 1 {
+        return Err(format!("--host {hosts}: one host only, {why}"));
+    }
+    Ok(targets[0])
+}
+
+/// Every host of the comma-separated list `hosts` at `port`, in order, each resolved with
+/// [`resolve_one`]; an empty item or a host named twice is refused.
+pub fn resolve_hosts(hosts: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    for host in hosts.split(',').map(str::trim) {
+        if host.is_empty() {
+            return Err(format!("--host `{hosts}`: an empty host in the list"));
+        }
+        let target = resolve_one(host, port)?;
+        if targets.contains(&target) {
+            return Err(format!("--host `{hosts}` names {target} twice"));
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
+/// Resolves one `host:port` and insists that every address it names is on this machine.
 ///
 /// This workplace forbids load against any other host, so a name that resolves to anything
 /// outside 127.0.0.0/8 or ::1 is refused outright rather than filtered: a typo must not send
 /// traffic elsewhere.
-pub fn resolve_loopback(host: &str, port: u16) -> Result<SocketAddr, String> {
+fn resolve_one(host: &str, port: u16) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
@@ -200,5 +238,39 @@ mod tests {
             let err = resolve_loopback(bad, 1).unwrap_err();
             assert!(err.contains("refusing"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_list_of_hosts_is_every_host_in_order_each_loopback() {
+        let targets = resolve_hosts("127.0.0.1, 127.0.0.2,::1", 7).unwrap();
+        let expected: Vec<SocketAddr> = ["127.0.0.1:7", "127.0.0.2:7", "[::1]:7"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(targets, expected);
+        assert_eq!(resolve_hosts("127.0.0.3", 7).unwrap().len(), 1);
+        // One bad host refuses the whole list: no load goes anywhere.
+        let err = resolve_hosts("127.0.0.1,10.0.0.1", 7).unwrap_err();
+        assert!(err.contains("refusing target 10.0.0.1:7"), "{err}");
+        for bad in ["127.0.0.1,", ",127.0.0.1", "127.0.0.1,,127.0.0.2"] {
+            let err = resolve_hosts(bad, 7).unwrap_err();
+            assert!(err.contains("empty host"), "{bad}: {err}");
+        }
+        let err = resolve_hosts("127.0.0.2,127.0.0.2", 7).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn what_lives_on_one_node_takes_one_host_only() {
+        assert_eq!(
+            resolve_one_host("127.0.0.2", 9, "OCM").unwrap(),
+            "127.0.0.2:9".parse().unwrap()
+        );
+        let err =
+            resolve_one_host("127.0.0.1,127.0.0.2", 9, "OCM's rooms are per node").unwrap_err();
+        assert!(
+            err.contains("one host only, OCM's rooms are per node"),
+            "{err}"
+        );
     }
 }

@@ -20,12 +20,20 @@
 //! has an address of its own (the mapping repeats only after 16,777,213 clients), so the port
 //! bind(2) picks from that address's whole range is always free.
 //!
+//! Several servers (`--host A,B,...`, e.g. chatd nodes of one cluster bound to 127.0.0.1 and
+//! 127.0.0.2): client `i` connects to host `i mod n`, at the port its scenario names, with the
+//! same source address as above. Scenarios keep one target (the first host's address); the
+//! list is recorded once when `--host` is resolved ([`spread_over`]) and applied here, in the
+//! one function every TCP connection goes through ([`connect_tcp`]); [`target_of`] gives the
+//! same host for a client's other sockets.
+//!
 //! Scenarios that care which address a client uses read it back from the socket: OCM binds each
 //! member's UDP socket on its TCP connection's local IP (the server ties tokens to the IP), and
 //! MATOU compares the address the server reports with the connection's local IP.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::OnceLock;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -79,9 +87,45 @@ pub fn open(
     Ok(stream)
 }
 
-/// Starts a non-blocking connect of client `client` to `target`; the connection is complete
-/// when the stream reports writable and SO_ERROR is clear, as with mio's own `connect`.
+/// The servers' addresses of `--host A,B,...`, when it lists more than one.
+static HOSTS: OnceLock<Vec<IpAddr>> = OnceLock::new();
+
+/// Records `--host`'s list (its resolved `targets`, in order) for [`target_of`]. One host
+/// records nothing. A run has one `--host`: a second, different list is refused.
+pub fn spread_over(targets: &[SocketAddr]) -> Result<(), String> {
+    if targets.len() < 2 {
+        return Ok(());
+    }
+    let ips: Vec<IpAddr> = targets.iter().map(SocketAddr::ip).collect();
+    if *HOSTS.get_or_init(|| ips.clone()) != ips {
+        return Err("two different --host lists in one run".into());
+    }
+    Ok(())
+}
+
+/// Where client `client` connects when its scenario says `target`: with several hosts, host
+/// `client mod n` at `target`'s port (`target` is the first host's address); else `target`.
+pub fn target_of(target: SocketAddr, client: usize) -> SocketAddr {
+    match HOSTS.get() {
+        Some(hosts) => host_of(hosts, target, client),
+        None => target,
+    }
+}
+
+/// [`target_of`] over `hosts`: only a target on the list's first host is spread, so an
+/// address a scenario got elsewhere is left alone.
+fn host_of(hosts: &[IpAddr], target: SocketAddr, client: usize) -> SocketAddr {
+    if hosts.len() < 2 || hosts.first() != Some(&target.ip()) {
+        return target;
+    }
+    SocketAddr::new(hosts[client % hosts.len()], target.port())
+}
+
+/// Starts a non-blocking connect of client `client` to `target` (its host: [`target_of`]); the
+/// connection is complete when the stream reports writable and SO_ERROR is clear, as with
+/// mio's own `connect`.
 pub fn connect_tcp(target: SocketAddr, client: usize) -> io::Result<TcpStream> {
+    let target = target_of(target, client);
     let Some(source) = spread_source(target, client) else {
         return TcpStream::connect(target);
     };
@@ -171,6 +215,31 @@ mod tests {
         assert_eq!(spread_source(v6, 5_000), None);
         let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 1);
         assert_eq!(spread_source(other, 5_000), None);
+    }
+
+    #[test]
+    fn client_i_goes_to_host_i_mod_n_at_its_scenarios_port() {
+        let hosts: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "::1"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        let target = v4(5454);
+        let to = |client| host_of(&hosts, target, client).to_string();
+        assert_eq!(to(0), "127.0.0.1:5454");
+        assert_eq!(to(1), "127.0.0.2:5454");
+        assert_eq!(to(2), "[::1]:5454");
+        assert_eq!(to(3), "127.0.0.1:5454");
+        assert_eq!(to(1_000_000), "127.0.0.2:5454");
+        // The source address scheme is that of the client's host.
+        let client = SPREAD_FROM_CLIENT + 1;
+        assert_eq!(
+            spread_source(host_of(&hosts, target, client), client),
+            spread_source(target, client)
+        );
+        // Not a target on the first host, or a single host: unchanged.
+        let elsewhere = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), 1);
+        assert_eq!(host_of(&hosts, elsewhere, 1), elsewhere);
+        assert_eq!(host_of(&hosts[..1], target, 1), target);
     }
 
     #[test]

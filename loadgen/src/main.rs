@@ -160,7 +160,11 @@ enum Scenario {
 /// Flags every scenario shares: where, how long, and where the results go.
 #[derive(Args, Debug)]
 struct CommonArgs {
-    /// Server host. Only loopback addresses are allowed (127.0.0.0/8, ::1, localhost).
+    /// Server host, or a comma-separated list of hosts to spread the clients over several
+    /// servers (the nodes of a cluster, e.g. chatd --bind 127.0.0.1 and --bind 127.0.0.2 on the
+    /// same ports): client i connects to host i mod n. Only loopback addresses are allowed
+    /// (127.0.0.0/8, ::1, localhost), every host is checked. Spread only what crosses nodes
+    /// (ROOM, the lobby); OCM takes one host (its rooms are per node).
     /// Source addresses, so that ports never run out: with an IPv4 host, clients 0 to 999
     /// connect from 127.0.0.1 and each later client from an address of its own in
     /// 127.0.0.0/8 (client i from 127.0.0.2 + i: 127.0.3.234 for client 1000), and a client
@@ -226,7 +230,8 @@ struct CommonArgs {
 
 #[derive(Args, Debug)]
 struct ChurnArgs {
-    /// Server host. Only loopback addresses are allowed (127.0.0.0/8, ::1, localhost).
+    /// Server host, or a comma-separated list (connection i to host i mod n). Only loopback
+    /// addresses are allowed (127.0.0.0/8, ::1, localhost).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 

@@ -682,7 +682,9 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
     let connect_rate = connect_rate_of(args, total);
     let pace = Pace::of(common, rate, LOBBY_DRAIN_DEFAULT, connect_rate, false);
     let ocm = ("lobby".to_string(), OCM_RECV_BUFFER_DEFAULT);
-    let cfg = lobby::args::build(&common.host, ports, members, ocm, bytes, pace)?;
+    // A quarter of the members are OCM's, and each node has its own OCM lobby room.
+    let ocm_why = "--lobby has OCM members, whose lobby room is per node";
+    let cfg = lobby::args::build(&common.host, ports, members, ocm, bytes, pace, ocm_why)?;
     // A TCP connection per member, and a UDP socket per OCM member.
     let files = (total + members[3]) as u64;
     Ok((Setup::of::<lobby::Lobby>(cfg), files))

@@ -21,6 +21,16 @@
 //!            i32 message port, i32 file port
 //! ```
 //!
+//! A node's lobby roster (tag 3, [`encode_roster`]) shares the header and the sequence:
+//!
+//! ```text
+//! u8   tag 3 (no origin byte)
+//! u64  reply_to: the incarnation of the node whose request it answers (0: none)
+//! u8   asks: 1 when the sender asks every other node for its roster, else 0
+//! u32  entries (<= ROSTER_ENTRIES_MAX), each: u8 origin protocol,
+//!      u16 name length + name, u32 count (>= 1: ROOM names may repeat)
+//! ```
+//!
 //! Hand-written rather than serde: the events are three fields of bytes, every length is
 //! bounded here (a message from Redis is input like any other), and decoding shares the
 //! payload's buffer (`Bytes::slice`) instead of copying the text. Anything else (an unknown
@@ -51,8 +61,12 @@ const TAG_SAID: u8 = 1;
 const TAG_PRESENCE: u8 = 2;
 const TAG_ADDRESSED: u8 = 3;
 const TAG_PRIVATE: u8 = 4;
+const TAG_ROSTER: u8 = 5;
 /// Longest address carried (IPv6).
 pub const ADDRESS_BYTES_MAX: usize = 16;
+/// Most entries of one roster: a node with more lobby members (each distinct name in each
+/// protocol is one entry) sends none (a partial roster would announce the rest gone).
+pub const ROSTER_ENTRIES_MAX: usize = 100_000;
 
 /// One event as it crosses Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +95,8 @@ pub enum DecodeError {
     PresenceKind(u8),
     Step(u8),
     Trailing(usize),
+    /// A roster entry with a count of 0, or `asks` other than 0 or 1.
+    Roster,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -95,6 +111,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::PresenceKind(k) => write!(f, "unknown presence kind {k}"),
             DecodeError::Step(s) => write!(f, "unknown private link step {s}"),
             DecodeError::Trailing(n) => write!(f, "{n} bytes after the event"),
+            DecodeError::Roster => write!(f, "a roster entry counts 0, or a bad asks flag"),
         }
     }
 }
@@ -105,15 +122,7 @@ pub fn encode(
     seq: u64,
     event: &HubEvent,
 ) -> Result<Bytes, EncodeError> {
-    if node.is_empty() || node.len() > NODE_NAME_BYTES_MAX {
-        return Err(EncodeError::TooLong("node name"));
-    }
-    let mut out = BytesMut::with_capacity(64);
-    out.put_u8(VERSION);
-    out.put_u8(node.len() as u8);
-    out.put_slice(node);
-    out.put_u64(incarnation);
-    out.put_u64(seq);
+    let mut out = header_out(node, incarnation, seq, 64)?;
     match event {
         HubEvent::Said(said) => {
             if said.sender.len() > NAME_BYTES_MAX {
@@ -263,8 +272,8 @@ fn protocol(byte: u8) -> Result<ProtocolKind, DecodeError> {
         .ok_or(DecodeError::Protocol(byte))
 }
 
-pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
-    let mut r = Reader { payload, at: 0 };
+/// The version, node name, incarnation and sequence number every message starts with.
+fn header(r: &mut Reader) -> Result<(Bytes, u64, u64), DecodeError> {
     let version = r.u8()?;
     if version != VERSION {
         return Err(DecodeError::Version(version));
@@ -275,6 +284,30 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
     }
     let incarnation = r.uint(8)?;
     let seq = r.uint(8)?;
+    Ok((node, incarnation, seq))
+}
+
+fn header_out(
+    node: &[u8],
+    incarnation: u64,
+    seq: u64,
+    capacity: usize,
+) -> Result<BytesMut, EncodeError> {
+    if node.is_empty() || node.len() > NODE_NAME_BYTES_MAX {
+        return Err(EncodeError::TooLong("node name"));
+    }
+    let mut out = BytesMut::with_capacity(capacity);
+    out.put_u8(VERSION);
+    out.put_u8(node.len() as u8);
+    out.put_slice(node);
+    out.put_u64(incarnation);
+    out.put_u64(seq);
+    Ok(out)
+}
+
+pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
+    let mut r = Reader { payload, at: 0 };
+    let (node, incarnation, seq) = header(&mut r)?;
     let event = match r.u8()? {
         TAG_SAID => {
             let origin = protocol(r.u8()?)?;
@@ -350,6 +383,239 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
         seq,
         event,
     })
+}
+
+/// One protocol's lobby members of one name on a node: ROOM's display names may repeat.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RosterEntry {
+    pub origin: ProtocolKind,
+    pub name: Bytes,
+    pub count: u32,
+}
+
+/// A node's whole lobby, at a point of its sequence: what the other nodes reconcile their
+/// view of it with after they, or it, missed events (docs/CLUSTER.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Roster {
+    /// The incarnation of the node whose request this answers; 0 when none.
+    pub reply_to: u64,
+    /// The sender asks every other node for its roster (its link to Redis is new).
+    pub asks: bool,
+    pub members: Vec<RosterEntry>,
+}
+
+/// A roster as it crosses Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterEnvelope {
+    pub node: Bytes,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub roster: Roster,
+}
+
+/// Anything on the lobby channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Event(Envelope),
+    Roster(RosterEnvelope),
+}
+
+pub fn encode_roster(
+    node: &[u8],
+    incarnation: u64,
+    seq: u64,
+    roster: &Roster,
+) -> Result<Bytes, EncodeError> {
+    if roster.members.len() > ROSTER_ENTRIES_MAX {
+        return Err(EncodeError::TooLong("roster"));
+    }
+    let mut out = header_out(node, incarnation, seq, 64 + roster.members.len() * 16)?;
+    out.put_u8(TAG_ROSTER);
+    out.put_u64(roster.reply_to);
+    out.put_u8(u8::from(roster.asks));
+    out.put_u32(roster.members.len() as u32);
+    for entry in &roster.members {
+        if entry.name.len() > NAME_BYTES_MAX {
+            return Err(EncodeError::TooLong("name"));
+        }
+        out.put_u8(entry.origin.index() as u8);
+        out.put_u16(entry.name.len() as u16);
+        out.put_slice(&entry.name);
+        out.put_u32(entry.count);
+    }
+    Ok(out.freeze())
+}
+
+/// An event ([`decode`]) or a roster.
+pub fn decode_message(payload: Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader {
+        payload: payload.clone(),
+        at: 0,
+    };
+    let (node, incarnation, seq) = header(&mut r)?;
+    if r.payload.get(r.at) != Some(&TAG_ROSTER) {
+        return decode(payload).map(Message::Event);
+    }
+    r.at += 1;
+    let reply_to = r.uint(8)?;
+    let asks = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(DecodeError::Roster),
+    };
+    let entries = r.uint(4)? as usize;
+    if entries > ROSTER_ENTRIES_MAX {
+        return Err(DecodeError::TooLong("roster"));
+    }
+    // Each entry takes at least 7 bytes: no allocation beyond what the payload can hold.
+    let mut members = Vec::with_capacity(entries.min((r.payload.len() - r.at) / 7));
+    for _ in 0..entries {
+        let origin = protocol(r.u8()?)?;
+        let name = r.field(2, NAME_BYTES_MAX, "name")?;
+        let count = r.uint(4)? as u32;
+        if count == 0 {
+            return Err(DecodeError::Roster);
+        }
+        members.push(RosterEntry {
+            origin,
+            name,
+            count,
+        });
+    }
+    let left = r.payload.len() - r.at;
+    if left > 0 {
+        return Err(DecodeError::Trailing(left));
+    }
+    Ok(Message::Roster(RosterEnvelope {
+        node,
+        incarnation,
+        seq,
+        roster: Roster {
+            reply_to,
+            asks,
+            members,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod roster_tests {
+    use super::*;
+
+    fn roster() -> Roster {
+        Roster {
+            reply_to: 0xfeed,
+            asks: true,
+            members: vec![
+                RosterEntry {
+                    origin: ProtocolKind::Room,
+                    name: Bytes::from_static(b"rui"),
+                    count: 2,
+                },
+                RosterEntry {
+                    origin: ProtocolKind::Ocm,
+                    name: Bytes::new(),
+                    count: 1,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_roster_round_trips_and_an_event_still_decodes_as_one() {
+        for roster in [
+            roster(),
+            Roster {
+                reply_to: 0,
+                asks: false,
+                members: Vec::new(),
+            },
+        ] {
+            let wire = encode_roster(b"node-a", 5, 9, &roster).unwrap();
+            assert_eq!(
+                decode_message(wire.clone()),
+                Ok(Message::Roster(RosterEnvelope {
+                    node: Bytes::from_static(b"node-a"),
+                    incarnation: 5,
+                    seq: 9,
+                    roster,
+                }))
+            );
+            // Not an event: `decode` refuses it.
+            assert_eq!(decode(wire), Err(DecodeError::Tag(TAG_ROSTER)));
+        }
+        let event = HubEvent::Presence(Presence {
+            origin: ProtocolKind::Matou,
+            name: Bytes::from_static(b"mia"),
+            kind: PresenceKind::Entered,
+        });
+        let wire = encode(b"n", 1, 2, &event).unwrap();
+        assert_eq!(
+            decode_message(wire.clone()),
+            Ok(Message::Event(decode(wire).unwrap()))
+        );
+    }
+
+    #[test]
+    fn a_bad_roster_is_an_error_never_a_panic() {
+        let good = encode_roster(b"ab", 3, 7, &roster()).unwrap();
+        for len in 0..good.len() {
+            assert_eq!(
+                decode_message(good.slice(..len)),
+                Err(DecodeError::Truncated),
+                "at {len}"
+            );
+        }
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert_eq!(
+            decode_message(trailing.into()),
+            Err(DecodeError::Trailing(1))
+        );
+        // Header 20 bytes, tag, reply_to 8, asks at 29, entries at 30..34, first entry at 34.
+        let mut asks = good.to_vec();
+        asks[29] = 2;
+        assert_eq!(decode_message(asks.into()), Err(DecodeError::Roster));
+        let mut entries = good.to_vec();
+        entries[30..34].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            decode_message(entries.into()),
+            Err(DecodeError::TooLong("roster"))
+        );
+        let mut more = good.to_vec();
+        more[33] = 3;
+        assert_eq!(decode_message(more.into()), Err(DecodeError::Truncated));
+        let mut origin = good.to_vec();
+        origin[34] = 9;
+        assert_eq!(decode_message(origin.into()), Err(DecodeError::Protocol(9)));
+        let mut zero = good.to_vec();
+        zero[40..44].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(decode_message(zero.into()), Err(DecodeError::Roster));
+        let too_many = Roster {
+            members: vec![roster().members[0].clone(); ROSTER_ENTRIES_MAX + 1],
+            ..roster()
+        };
+        assert_eq!(
+            encode_roster(b"ab", 1, 1, &too_many),
+            Err(EncodeError::TooLong("roster"))
+        );
+        // Arbitrary bytes: errors or rosters that re-encode to the same bytes.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = good.to_vec();
+            bytes.truncate(((state % 64) as usize).max(1));
+            let at = (state >> 8) as usize % bytes.len();
+            bytes[at] = (state >> 16) as u8;
+            let bytes = Bytes::from(bytes);
+            if let Ok(Message::Roster(back)) = decode_message(bytes.clone()) {
+                let again = encode_roster(&back.node, back.incarnation, back.seq, &back.roster);
+                assert_eq!(again.as_deref(), Ok(&bytes[..]));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::codec::RosterEntry;
 use crate::hub::{HubEvent, Presence, PresenceKind, ProtocolKind};
 
 /// Prefix of the liveness keys.
@@ -137,6 +138,67 @@ impl Members {
             node: (name.clone(), incarnation),
             left,
         })
+    }
+
+    /// `node`'s whole lobby (its roster, at a point of its sequence): this node's view of it
+    /// becomes exactly that. Returns the presences that bring the local lobby there, the
+    /// leavings first, then the arrivals (each sorted): a member it has that the roster lacks
+    /// left, one the roster has that it lacks entered (one per name held, for repeated ROOM
+    /// names). A roster that changes nothing returns nothing, so a roster received twice is
+    /// announced once. A new incarnation of the node ends the previous one, as an event does.
+    pub fn reconcile(
+        &mut self,
+        node: &NodeId,
+        roster: &[RosterEntry],
+    ) -> (Option<Lapsed>, Vec<HubEvent>) {
+        let (name, incarnation) = node;
+        let lapsed = match self.nodes.get(name) {
+            Some((known, _)) if known != incarnation => self.remove(name),
+            _ => None,
+        };
+        let (_, entry) = self
+            .nodes
+            .entry(name.clone())
+            .or_insert_with(|| (*incarnation, NodeMembers::default()));
+        let mut wanted: HashMap<(ProtocolKind, Bytes), u32> = HashMap::new();
+        for member in roster {
+            *wanted
+                .entry((member.origin, member.name.clone()))
+                .or_insert(0) += member.count;
+        }
+        let presence = |(origin, name): &(ProtocolKind, Bytes), kind| {
+            HubEvent::Presence(Presence {
+                origin: *origin,
+                name: name.clone(),
+                kind,
+            })
+        };
+        let mut gone: Vec<_> = entry
+            .members
+            .iter()
+            .filter_map(|(key, &had)| {
+                let has = wanted.get(key).copied().unwrap_or(0);
+                (had > has).then(|| (key.clone(), had - has))
+            })
+            .collect();
+        let mut came: Vec<_> = wanted
+            .iter()
+            .filter_map(|(key, &has)| {
+                let had = entry.members.get(key).copied().unwrap_or(0);
+                (has > had).then(|| (key.clone(), has - had))
+            })
+            .collect();
+        gone.sort();
+        came.sort();
+        let mut changes = Vec::new();
+        for (key, n) in &gone {
+            changes.extend((0..*n).map(|_| presence(key, PresenceKind::Left)));
+        }
+        for (key, n) in &came {
+            changes.extend((0..*n).map(|_| presence(key, PresenceKind::Entered)));
+        }
+        entry.members = wanted;
+        (lapsed, changes)
     }
 
     /// Lobby members known on other nodes.
@@ -310,6 +372,83 @@ mod tests {
         fresh.on_event(&b, &entered(ProtocolKind::Room, b"rob"));
         assert!(fresh.on_live(&[]).is_empty());
         assert_eq!(fresh.on_live(&[]).len(), 1);
+    }
+
+    fn entry(origin: ProtocolKind, name: &'static [u8], count: u32) -> RosterEntry {
+        RosterEntry {
+            origin,
+            name: Bytes::from_static(name),
+            count,
+        }
+    }
+
+    #[test]
+    fn a_roster_announces_what_was_missed_once_and_becomes_the_view() {
+        let (room, matou) = (ProtocolKind::Room, ProtocolKind::Matou);
+        let mut members = Members::default();
+        let b = node(b"b", 1);
+        for event in [
+            entered(room, b"rob"),
+            entered(room, b"rob"),
+            entered(matou, b"mia"),
+            entered(room, b"ray"),
+        ] {
+            assert_eq!(members.on_event(&b, &event), None);
+        }
+        // Missed meanwhile: one rob and mia left, ray stayed, zoe and two "ann" came.
+        let roster = [
+            entry(room, b"rob", 1),
+            entry(room, b"ray", 1),
+            entry(room, b"zoe", 1),
+            entry(matou, b"ann", 2),
+        ];
+        let (lapsed, changes) = members.reconcile(&b, &roster);
+        assert_eq!(lapsed, None);
+        assert_eq!(
+            changes,
+            [
+                left(room, b"rob"),
+                left(matou, b"mia"),
+                entered(room, b"zoe"),
+                entered(matou, b"ann"),
+                entered(matou, b"ann"),
+            ]
+        );
+        assert_eq!(members.count(), 5);
+        // The same roster again (another node asked too): nothing to announce.
+        assert_eq!(members.reconcile(&b, &roster), (None, vec![]));
+        // Events go on from the roster's view: zoe leaves once.
+        assert_eq!(members.on_event(&b, &left(room, b"zoe")), None);
+        assert_eq!(members.count(), 4);
+        // Its death (never listed: absent from two lists) announces exactly the roster's
+        // members left.
+        assert!(members.on_live(&[]).is_empty());
+        let lapsed = members.on_live(&[]);
+        assert_eq!(lapsed.len(), 1);
+        assert_eq!(lapsed[0].left.len(), 4);
+    }
+
+    #[test]
+    fn a_roster_from_an_unknown_node_or_a_new_incarnation() {
+        let room = ProtocolKind::Room;
+        let mut members = Members::default();
+        // Never heard of: everyone on it entered.
+        let (lapsed, changes) = members.reconcile(&node(b"c", 1), &[entry(room, b"cy", 1)]);
+        assert_eq!((lapsed, changes), (None, vec![entered(room, b"cy")]));
+        // Restarted: the old incarnation's members lapse, the new one's enter.
+        let (lapsed, changes) = members.reconcile(&node(b"c", 2), &[entry(room, b"cz", 1)]);
+        assert_eq!(
+            lapsed,
+            Some(Lapsed {
+                node: node(b"c", 1),
+                left: vec![left(room, b"cy")],
+            })
+        );
+        assert_eq!(changes, [entered(room, b"cz")]);
+        // An empty roster: everyone known there left.
+        let (_, changes) = members.reconcile(&node(b"c", 2), &[]);
+        assert_eq!(changes, [left(room, b"cz")]);
+        assert_eq!(members.count(), 0);
     }
 
     #[test]

@@ -82,6 +82,14 @@ enum Incoming {
     Event(Envelope),
     /// The nodes whose liveness keys exist now (the publisher, at a renewal).
     Live(Vec<liveness::NodeId>),
+    /// Another node's lobby roster (the subscriber).
+    Roster(codec::RosterEnvelope),
+    /// The subscription is made (at start) or made again after a lost link: events of other
+    /// nodes may have been missed meanwhile.
+    Subscribed,
+    /// The publisher's link is back after it was lost: this node's events published meanwhile
+    /// were dropped.
+    PublisherBack,
 }
 
 /// A name unique per process: host, pid and a random number.
@@ -151,6 +159,9 @@ pub struct ClusterStats {
     pub link_losses: AtomicU64,
     /// Other nodes taken for dead (their lease lapsed, or a new incarnation replaced them).
     pub nodes_lapsed: AtomicU64,
+    /// Other nodes' rosters received, and the presences they brought that had been missed.
+    pub rosters_received: AtomicU64,
+    pub roster_presences: AtomicU64,
 }
 
 /// The reactor's side of the cluster.
@@ -164,13 +175,20 @@ pub struct Cluster {
     incoming: Receiver<Incoming>,
     /// Each other node's lobby members, to announce them gone when it dies.
     members: liveness::Members,
-    /// Leavings of lapsed nodes' members, handed out before anything else.
-    lapsed_left: VecDeque<HubEvent>,
+    /// Presences this node made up for other nodes (with the node's name), handed out before
+    /// anything else: the leavings of lapsed nodes' members, and what rosters showed missed.
+    lapsed_left: VecDeque<(Bytes, HubEvent)>,
     /// Set by the subscriber when it queued something and woke the reactor; cleared before
     /// draining, so a burst costs one wake.
     pending: Arc<AtomicBool>,
     /// (incarnation, last sequence number) per node seen.
     last_seen: HashMap<Bytes, (u64, u64)>,
+    /// Rosters this node owes: one asking the others for theirs (a link is new), and replies
+    /// to the nodes (incarnations) that asked.
+    roster_ask_due: bool,
+    roster_replies_due: Vec<u64>,
+    /// Asks published so far; the replies to the first one (at start) are applied silently.
+    roster_asks: u64,
     stats: Arc<ClusterStats>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -297,6 +315,9 @@ impl Cluster {
             lapsed_left: VecDeque::new(),
             pending,
             last_seen: HashMap::new(),
+            roster_ask_due: false,
+            roster_replies_due: Vec::new(),
+            roster_asks: 0,
             stats,
             stop,
             threads: vec![publish_thread, subscribe_thread],
@@ -326,6 +347,8 @@ impl Cluster {
             link_losses: load(&stats.link_losses),
             nodes_lapsed: load(&stats.nodes_lapsed),
             remote_lobby_members: self.members.count() as u64,
+            rosters_received: load(&stats.rosters_received),
+            roster_presences: load(&stats.roster_presences),
         }
     }
 
@@ -344,6 +367,11 @@ impl Cluster {
             }
         };
         self.next_seq += 1;
+        self.send(payload);
+    }
+
+    /// To the publisher; never blocks (a full channel drops it, counted).
+    fn send(&mut self, payload: Bytes) {
         let Some(outgoing) = &self.outgoing else {
             return;
         };
@@ -361,10 +389,10 @@ impl Cluster {
         }
     }
 
-    /// The next event from another node, not seen before. Own events and repeats are
-    /// dropped here.
+    /// The next event from another node, not seen before, with that node's name. Own events
+    /// and repeats are dropped here.
     /// The leavings of the members of nodes taken for dead come out here too, once each.
-    pub fn try_recv(&mut self) -> Option<HubEvent> {
+    pub fn try_recv(&mut self) -> Option<(Bytes, HubEvent)> {
         self.pending.store(false, Ordering::Release);
         loop {
             if let Some(left) = self.lapsed_left.pop_front() {
@@ -378,12 +406,25 @@ impl Cluster {
                     }
                     continue;
                 }
+                Ok(Incoming::Roster(roster)) => {
+                    self.on_roster(roster);
+                    continue;
+                }
+                Ok(Incoming::Subscribed) | Ok(Incoming::PublisherBack) => {
+                    self.roster_ask_due = true;
+                    continue;
+                }
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return None,
             };
             if envelope.node == self.node && envelope.incarnation == self.incarnation {
                 continue;
             }
-            if !self.is_new(&envelope) {
+            if !accept(
+                &mut self.last_seen,
+                &envelope.node,
+                envelope.incarnation,
+                envelope.seq,
+            ) {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -393,10 +434,10 @@ impl Cluster {
                 self.lapsed(lapsed, "it restarted");
             }
             if self.lapsed_left.is_empty() {
-                return Some(envelope.event);
+                return Some((node.0, envelope.event));
             }
             // The previous incarnation's members leave before the new one's event.
-            self.lapsed_left.push_back(envelope.event);
+            self.lapsed_left.push_back((node.0, envelope.event));
         }
     }
 
@@ -408,13 +449,100 @@ impl Cluster {
             String::from_utf8_lossy(name),
             lapsed.left.len()
         );
-        self.lapsed_left.extend(lapsed.left);
+        let node = name.clone();
+        self.lapsed_left
+            .extend(lapsed.left.into_iter().map(|left| (node.clone(), left)));
     }
 
-    /// Whether `envelope` is newer than anything seen from its node (a new incarnation starts
-    /// afresh).
-    fn is_new(&mut self, envelope: &Envelope) -> bool {
-        accept(&mut self.last_seen, envelope)
+    /// Another node's roster: this node's view of that node's lobby becomes it, and what
+    /// was missed (members gone, members come) is handed to the hub like presence events,
+    /// once (a roster that changes nothing announces nothing). The replies to this node's
+    /// first ask, at start, are applied silently: a newcomer is not told who was already
+    /// there, on one node or several. A roster that asks is answered.
+    fn on_roster(&mut self, envelope: codec::RosterEnvelope) {
+        let codec::RosterEnvelope {
+            node,
+            incarnation,
+            seq,
+            roster,
+        } = envelope;
+        if node == self.node && incarnation == self.incarnation {
+            return;
+        }
+        if !accept(&mut self.last_seen, &node, incarnation, seq) {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.stats.rosters_received.fetch_add(1, Ordering::Relaxed);
+        if roster.asks && !self.roster_replies_due.contains(&incarnation) {
+            self.roster_replies_due.push(incarnation);
+        }
+        let id = (node.clone(), incarnation);
+        let (lapsed, changes) = self.members.reconcile(&id, &roster.members);
+        if let Some(lapsed) = lapsed {
+            self.lapsed(lapsed, "it restarted");
+        }
+        let silent = roster.reply_to == self.incarnation && self.roster_asks <= 1;
+        if silent || changes.is_empty() {
+            return;
+        }
+        info!(
+            "cluster: node {}'s roster brought {} presence notices missed while a link was down",
+            String::from_utf8_lossy(&node),
+            changes.len()
+        );
+        self.stats
+            .roster_presences
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        self.lapsed_left
+            .extend(changes.into_iter().map(|change| (node.clone(), change)));
+    }
+
+    /// Whether this node owes the others its roster ([`Cluster::publish_rosters`]).
+    pub fn roster_due(&self) -> bool {
+        self.roster_ask_due || !self.roster_replies_due.is_empty()
+    }
+
+    /// Publish the rosters owed, of this node's lobby `members` (the hub's, now: after every
+    /// event of it already queued, so the others read it at the right point of this node's
+    /// sequence). A lobby too large for one roster is not sent (logged).
+    pub fn publish_rosters(&mut self, members: Vec<(crate::hub::ProtocolKind, Bytes, u32)>) {
+        let members: Vec<codec::RosterEntry> = members
+            .into_iter()
+            .map(|(origin, name, count)| codec::RosterEntry {
+                origin,
+                name,
+                count,
+            })
+            .collect();
+        let mut due: Vec<(u64, bool)> = std::mem::take(&mut self.roster_replies_due)
+            .into_iter()
+            .map(|reply_to| (reply_to, false))
+            .collect();
+        if std::mem::take(&mut self.roster_ask_due) {
+            self.roster_asks += 1;
+            due.push((0, true));
+        }
+        for (reply_to, asks) in due {
+            let roster = codec::Roster {
+                reply_to,
+                asks,
+                members: members.clone(),
+            };
+            match codec::encode_roster(&self.node, self.incarnation, self.next_seq, &roster) {
+                Ok(payload) => {
+                    self.next_seq += 1;
+                    self.send(payload);
+                }
+                Err(err) => {
+                    warn!(
+                        "cluster: roster of {} lobby members not published: {err:?}",
+                        members.len()
+                    );
+                    self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Stop the threads (the publisher after sending what is queued).
@@ -446,17 +574,74 @@ fn reserve(queued: &AtomicUsize, len: usize, max: usize) -> bool {
     true
 }
 
-fn accept(last_seen: &mut HashMap<Bytes, (u64, u64)>, envelope: &Envelope) -> bool {
-    match last_seen.get_mut(&envelope.node) {
-        Some((incarnation, seq)) if *incarnation == envelope.incarnation => {
-            if envelope.seq <= *seq {
+/// What a test hands a [`Cluster`] made by [`Cluster::detached`], as the Redis threads would.
+#[cfg(test)]
+pub(crate) struct TestFeed(mpsc::Sender<Incoming>);
+
+#[cfg(test)]
+impl TestFeed {
+    /// An event on the lobby channel, as the subscriber hands it over.
+    pub(crate) fn event(&self, envelope: Envelope) {
+        let _ = self.0.send(Incoming::Event(envelope));
+    }
+
+    pub(crate) fn roster(&self, roster: codec::RosterEnvelope) {
+        let _ = self.0.send(Incoming::Roster(roster));
+    }
+
+    /// The subscriber (re)subscribed.
+    pub(crate) fn subscribed(&self) {
+        let _ = self.0.send(Incoming::Subscribed);
+    }
+}
+
+#[cfg(test)]
+impl Cluster {
+    /// A node named `node` with no Redis and no thread: what it receives comes from the
+    /// returned feed, and what it publishes goes nowhere.
+    pub(crate) fn detached(node: &'static [u8]) -> (Cluster, TestFeed) {
+        let (feed, incoming) = mpsc::channel();
+        let cluster = Cluster {
+            node: Bytes::from_static(node),
+            incarnation: 1,
+            next_seq: 1,
+            outgoing: None,
+            outgoing_bytes: Arc::new(AtomicUsize::new(0)),
+            incoming,
+            members: liveness::Members::default(),
+            lapsed_left: VecDeque::new(),
+            pending: Arc::new(AtomicBool::new(false)),
+            last_seen: HashMap::new(),
+            roster_ask_due: false,
+            roster_replies_due: Vec::new(),
+            roster_asks: 0,
+            stats: Arc::new(ClusterStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            names: names::Names::detached(),
+        };
+        (cluster, TestFeed(feed))
+    }
+}
+
+/// Whether message `seq` of `node`'s `incarnation` is newer than anything seen from that
+/// node (a new incarnation starts afresh); if so, it is the last seen now.
+fn accept(
+    last_seen: &mut HashMap<Bytes, (u64, u64)>,
+    node: &Bytes,
+    incarnation: u64,
+    seq: u64,
+) -> bool {
+    match last_seen.get_mut(node) {
+        Some((known, last)) if *known == incarnation => {
+            if seq <= *last {
                 return false;
             }
-            *seq = envelope.seq;
+            *last = seq;
         }
-        Some(entry) => *entry = (envelope.incarnation, envelope.seq),
+        Some(entry) => *entry = (incarnation, seq),
         None => {
-            last_seen.insert(envelope.node.clone(), (envelope.incarnation, envelope.seq));
+            last_seen.insert(node.clone(), (incarnation, seq));
         }
     }
     true
@@ -603,7 +788,7 @@ impl Publisher {
                         .published
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     if let Some(since) = down_since.take() {
-                        link_up(&self.stats, "publisher", since);
+                        self.back(since);
                     }
                     return true;
                 }
@@ -622,6 +807,17 @@ impl Publisher {
             .publish_dropped
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         false
+    }
+
+    /// The link is back after it was lost at `since`: what this node published meanwhile was
+    /// dropped, so the reactor sends its roster (and asks for the others').
+    fn back(&self, since: Instant) {
+        link_up(&self.stats, "publisher", since);
+        if self.incoming.send(Incoming::PublisherBack).is_ok()
+            && !self.pending.swap(true, Ordering::AcqRel)
+        {
+            (self.wake)();
+        }
     }
 
     /// The connection, opened again if it was lost.
@@ -662,7 +858,7 @@ impl Publisher {
         match result {
             Ok(live) => {
                 if let Some(since) = down_since.take() {
-                    link_up(&self.stats, "publisher", since);
+                    self.back(since);
                 }
                 // Right after Redis returns, other nodes may not have set their keys again:
                 // their absence would be no news.
@@ -747,6 +943,14 @@ impl Subscriber<'_> {
             if let Some(since) = down_since.take() {
                 link_up(self.stats, "subscriber", since);
             }
+            // Events may have been missed while the link was down (or before it was made):
+            // the reactor asks the other nodes for their rosters.
+            if self.incoming.send(Incoming::Subscribed).is_err() {
+                return;
+            }
+            if !self.pending.swap(true, Ordering::AcqRel) {
+                (self.wake)();
+            }
             delay = Duration::from_millis(50);
             match self.read(&mut pubsub) {
                 Ended::Stopped => return,
@@ -782,9 +986,13 @@ impl Subscriber<'_> {
                     continue;
                 }
             };
-            match codec::decode(Bytes::from(payload)) {
-                Ok(envelope) => {
-                    if self.incoming.send(Incoming::Event(envelope)).is_err() {
+            match codec::decode_message(Bytes::from(payload)) {
+                Ok(message) => {
+                    let incoming = match message {
+                        codec::Message::Event(envelope) => Incoming::Event(envelope),
+                        codec::Message::Roster(roster) => Incoming::Roster(roster),
+                    };
+                    if self.incoming.send(incoming).is_err() {
                         return Ended::Stopped;
                     }
                     if !self.pending.swap(true, Ordering::AcqRel) {
@@ -858,6 +1066,9 @@ mod tests {
     #[test]
     fn an_event_is_accepted_once_per_node_in_order_and_a_new_incarnation_starts_afresh() {
         let mut seen = HashMap::new();
+        let accept = |seen: &mut HashMap<Bytes, (u64, u64)>, e: &Envelope| {
+            accept(seen, &e.node, e.incarnation, e.seq)
+        };
         assert!(accept(&mut seen, &envelope(b"a", 1, 1)));
         assert!(!accept(&mut seen, &envelope(b"a", 1, 1)));
         assert!(accept(&mut seen, &envelope(b"b", 9, 1)));
@@ -866,6 +1077,86 @@ mod tests {
         // Restarted under the same name: its numbers start again.
         assert!(accept(&mut seen, &envelope(b"a", 2, 1)));
         assert!(!accept(&mut seen, &envelope(b"a", 2, 1)));
+    }
+
+    fn roster_from(
+        node: &'static [u8],
+        seq: u64,
+        reply_to: u64,
+        asks: bool,
+        names: &[&'static str],
+    ) -> codec::RosterEnvelope {
+        codec::RosterEnvelope {
+            node: Bytes::from_static(node),
+            incarnation: 9,
+            seq,
+            roster: codec::Roster {
+                reply_to,
+                asks,
+                members: names
+                    .iter()
+                    .map(|name| codec::RosterEntry {
+                        origin: ProtocolKind::Room,
+                        name: Bytes::from_static(name.as_bytes()),
+                        count: 1,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    fn presence(kind: crate::hub::PresenceKind, name: &'static str) -> (Bytes, HubEvent) {
+        (
+            Bytes::from_static(b"b"),
+            HubEvent::Presence(crate::hub::Presence {
+                origin: ProtocolKind::Room,
+                name: Bytes::from_static(name.as_bytes()),
+                kind,
+            }),
+        )
+    }
+
+    #[test]
+    fn rosters_are_asked_for_after_each_subscription_and_bring_what_was_missed_once() {
+        use crate::hub::PresenceKind::{Entered, Left};
+        let (mut cluster, feed) = Cluster::detached(b"a");
+        // Subscribed at start: this node asks for the others' rosters.
+        feed.subscribed();
+        assert_eq!(cluster.try_recv(), None);
+        assert!(cluster.roster_due());
+        cluster.publish_rosters(vec![]);
+        assert!(!cluster.roster_due());
+        // The answer to that first ask is this node's starting view: nothing announced (a
+        // newcomer is not told who was there already).
+        feed.roster(roster_from(b"b", 1, cluster.incarnation, false, &["rob"]));
+        assert_eq!(cluster.try_recv(), None);
+        assert_eq!(cluster.members.count(), 1);
+
+        // The link was lost and made again: ask again; the answer brings what was missed.
+        feed.subscribed();
+        assert_eq!(cluster.try_recv(), None);
+        cluster.publish_rosters(vec![]);
+        feed.roster(roster_from(b"b", 4, cluster.incarnation, false, &["ray"]));
+        assert_eq!(cluster.try_recv(), Some(presence(Left, "rob")));
+        assert_eq!(cluster.try_recv(), Some(presence(Entered, "ray")));
+        assert_eq!(cluster.try_recv(), None);
+        // The same lobby again (b asked the others itself, seq 5): nothing twice; b asked,
+        // so this node owes it a reply.
+        feed.roster(roster_from(b"b", 5, 0, true, &["ray"]));
+        assert_eq!(cluster.try_recv(), None);
+        assert!(cluster.roster_due());
+        // A roster not newer than the last seen from b is dropped.
+        feed.roster(roster_from(b"b", 4, 0, false, &[]));
+        assert_eq!(cluster.try_recv(), None);
+        assert_eq!(cluster.members.count(), 1);
+        assert_eq!(cluster.stats.rosters_received.load(Ordering::Relaxed), 3);
+        assert_eq!(cluster.stats.roster_presences.load(Ordering::Relaxed), 2);
+        // This node's own roster, echoed by Redis, is ignored.
+        let mut own = roster_from(b"a", 1, 0, true, &[]);
+        own.incarnation = cluster.incarnation;
+        feed.roster(own);
+        assert_eq!(cluster.try_recv(), None);
+        assert_eq!(cluster.stats.rosters_received.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -199,6 +199,19 @@ impl Names {
     }
 
     /// Queue `op` for the thread; never blocks. The op back when the queue is full.
+    /// No thread and no Redis, for tests of the [`super::Cluster`]: every op is refused and
+    /// no answer ever comes.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Names {
+        let (_, answers) = mpsc::channel();
+        Names {
+            ops: None,
+            answers,
+            pending: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
     pub fn send(&mut self, op: NameOp) -> Result<(), NameOp> {
         let Some(ops) = &self.ops else {
             return Err(op);

@@ -732,6 +732,21 @@ impl Hub {
         true
     }
 
+    /// Who is in the lobby here: (protocol, name) with how many hold it, sorted; for the
+    /// cluster's rosters.
+    pub fn lobby_roster(&self) -> Vec<(ProtocolKind, Bytes, u32)> {
+        let mut counts: HashMap<(ProtocolKind, &Bytes), u32> = HashMap::new();
+        for seat in self.lobby.seats.values() {
+            *counts.entry((seat.protocol, &seat.name)).or_insert(0) += 1;
+        }
+        let mut roster: Vec<_> = counts
+            .into_iter()
+            .map(|((protocol, name), count)| (protocol, name.clone(), count))
+            .collect();
+        roster.sort();
+        roster
+    }
+
     /// A connection is gone: it leaves the lobby (announced) and its name is free.
     pub fn disconnect<O: HubOut>(&mut self, conn: ConnId, out: &mut O) {
         self.leave_lobby(Endpoint::Conn(conn), out);
@@ -810,15 +825,20 @@ impl Hub {
 
     /// Another node's lobby message (the cluster): every local lobby member receives it in its
     /// own form, the origin protocol's members included (their service here never saw it).
-    /// Each recipient protocol's own form limits apply; OCM's per-source fan-out budget does
-    /// not yet (the source is on another node). Not reported as an event: it is never
-    /// published again.
-    pub fn say_remote<O: HubOut>(&mut self, message: LobbyMessage, out: &mut O) {
+    /// Each recipient protocol's own form limits apply, and `admit` is its rate limit on the
+    /// fan-out to its members as in [`Hub::say_priced`] (OCM's per-source budget, the source
+    /// being the sender on its node). Not reported as an event: it is never published again.
+    pub fn say_remote<O: HubOut>(
+        &mut self,
+        message: LobbyMessage,
+        out: &mut O,
+        admit: impl FnMut(ProtocolKind, u64) -> bool,
+    ) {
         if self.config.isolated {
             return;
         }
         let priced = self.price_for(message, None);
-        self.send_priced(priced, out, |_, _| true);
+        self.send_priced(priced, out, admit);
     }
 
     fn price_for(&self, message: LobbyMessage, skip: Option<ProtocolKind>) -> Priced {

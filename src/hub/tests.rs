@@ -1547,7 +1547,11 @@ fn room_notices_are_what_the_room_service_itself_writes() {
 #[test]
 fn a_remote_lobby_message_reaches_every_local_member_and_is_not_reported_again() {
     let (mut hub, mut out) = full_lobby();
-    hub.say_remote(said(ProtocolKind::Room, b"rz", b"from afar"), &mut out);
+    hub.say_remote(
+        said(ProtocolKind::Room, b"rz", b"from afar"),
+        &mut out,
+        |_, _| true,
+    );
     let line = Bytes::from_static(b"rz: from afar");
     for endpoint in [at(1), at(2), ocm(31), ocm(32)] {
         assert_eq!(

@@ -29,7 +29,8 @@ pub mod testing;
 pub use kind::{ProtocolKind, UdpKind};
 pub use service::{Clock, Context, DatagramService, StreamService};
 pub use switch::{
-    HubLink, HubOutcome, HubQueue, LobbyGate, Switched, SwitchedDatagrams, HELD_INPUT_BYTES_MAX,
+    HubLink, HubOutcome, HubQueue, LobbyGate, RemoteSender, Switched, SwitchedDatagrams,
+    HELD_INPUT_BYTES_MAX,
 };
 
 /// Why a connection is closed. Logged, and counted in the statistics.

@@ -12,7 +12,8 @@ use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
 use super::{
     Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubOutcome, HubQueue,
-    LobbyGate, Outbox, ProtocolKind, StreamService, Switched, SwitchedDatagrams, UdpKind,
+    LobbyGate, Outbox, ProtocolKind, RemoteSender, StreamService, Switched, SwitchedDatagrams,
+    UdpKind,
 };
 use crate::cluster::names::NameAnswer;
 use crate::cluster::Cluster;
@@ -43,6 +44,10 @@ pub struct Services {
     ocm_deliveries: Vec<(OcmMemberId, Bytes)>,
     /// `--cluster`: where the hub's events go to and come from the other nodes.
     cluster: Option<Cluster>,
+    /// Remote events handed to the hub per turn, and what is left of it this turn (0: the
+    /// turn's share is spent and more may wait: the reactor comes back without sleeping).
+    cluster_events_per_turn_max: usize,
+    cluster_events_left: usize,
 }
 
 /// `$svc` bound to the stream service of `$kind` (through `$get`: `as_ref` or `as_mut`), then
@@ -320,6 +325,8 @@ impl Services {
             hub_queue: HubQueue::default(),
             ocm_deliveries: Vec::new(),
             cluster: None,
+            cluster_events_per_turn_max: config.cluster_events_per_turn_max.max(1),
+            cluster_events_left: config.cluster_events_per_turn_max.max(1),
         })
     }
 
@@ -334,15 +341,51 @@ impl Services {
         self.cluster.as_ref()
     }
 
+    /// A new loop turn: the per-turn budgets start again.
+    #[inline]
+    pub fn start_turn(&mut self) {
+        self.cluster_events_left = self.cluster_events_per_turn_max;
+    }
+
+    /// Whether this turn's share of remote events is spent: more may wait, and the reactor
+    /// must come back to them without sleeping (their wake-up came already).
+    #[inline]
+    pub fn has_cluster_backlog(&self) -> bool {
+        self.cluster.is_some() && self.cluster_events_left == 0
+    }
+
     /// The other nodes' events, not seen before, to the local lobby members (never published
     /// again: the hub does not report them as events).
+    /// At most `--cluster-events-per-turn-max` a turn ([`Services::start_turn`]); the rest
+    /// wait in the channel, and [`Services::has_cluster_backlog`] brings the reactor back.
     fn on_cluster<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        while let Some(event) = cluster.try_recv() {
+        while self.cluster_events_left > 0 {
+            let Some((node, event)) = cluster.try_recv() else {
+                break;
+            };
+            self.cluster_events_left -= 1;
             match event {
-                HubEvent::Said(message) => self.hub.say_remote(message, &mut self.hub_queue),
+                HubEvent::Said(message) => {
+                    // OCM's members are reached within its fan-out budget, charged to the
+                    // sender on its node as a local sender's line is.
+                    let sender = message.sender.clone();
+                    let source = RemoteSender {
+                        node: &node,
+                        origin: message.origin,
+                        sender: &sender,
+                    };
+                    let ocm = &mut self.ocm;
+                    self.hub
+                        .say_remote(message, &mut self.hub_queue, |to, recipients| {
+                            to != ProtocolKind::Ocm
+                                || ocm.as_mut().is_none_or(|ocm| {
+                                    ocm.admit_remote(source, recipients, clock.now_ms)
+                                })
+                        })
+                }
                 HubEvent::Presence(presence) => {
                     self.hub.announce_remote(&presence, &mut self.hub_queue)
                 }
@@ -362,6 +405,11 @@ impl Services {
                     }
                 }
             }
+        }
+        // After every local event of this turn was queued: the roster is read at its place
+        // in this node's sequence.
+        if cluster.roster_due() {
+            cluster.publish_rosters(self.hub.lobby_roster());
         }
         self.on_name_answers(out);
         self.drain(clock, out);
@@ -827,6 +875,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+    use crate::cluster::Envelope;
     use crate::hub::render;
     use crate::protocol::ccm::Reason;
     use crate::protocol::ocm::{codec as ocm_codec, json as ocm_json};
@@ -1332,6 +1381,118 @@ mod tests {
         assert_eq!(out.sent_to(rui).len(), 3);
         let counts = *services.hub().counts();
         assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Ocm), 4);
+        assert_eq!(counts.over_limit(ProtocolKind::Room, ProtocolKind::Ocm), 2);
+    }
+
+    /// A lobby line from node `node`'s `sender` (ROOM), numbered `seq` on that node.
+    fn remote_line(node: &'static [u8], seq: u64, sender: &'static str, text: &str) -> Envelope {
+        Envelope {
+            node: Bytes::from_static(node),
+            incarnation: 7,
+            seq,
+            event: HubEvent::Said(crate::hub::LobbyMessage {
+                origin: ProtocolKind::Room,
+                sender: Bytes::from_static(sender.as_bytes()),
+                text: Bytes::copy_from_slice(text.as_bytes()),
+            }),
+        }
+    }
+
+    /// Issue 20: other nodes' events were drained without bound in one turn.
+    #[test]
+    fn remote_events_are_handed_over_a_turns_share_at_a_time() {
+        let mut services = lobby_services(|config| config.cluster_events_per_turn_max = 2);
+        let (cluster, feed) = Cluster::detached(b"here");
+        services.join_cluster(cluster);
+        let mut out = RecordingOutbox::default();
+        let rui = ConnId::new(0, 1);
+        room_member(&mut services, &mut out, rui, "rui");
+        out.clear();
+        for seq in 1..=3 {
+            feed.event(remote_line(b"there", seq, "zoe", &format!("line {seq}")));
+        }
+        let heard = |out: &RecordingOutbox| out.sent_to(rui).len();
+
+        // A turn: two of the three, and the reactor is told to come back at once.
+        services.start_turn();
+        services.on_wake(&cx(1).clock(), &mut out);
+        assert_eq!(heard(&out), 2);
+        assert!(services.has_cluster_backlog());
+        // More wakes in the same turn take nothing more.
+        services.on_wake(&cx(1).clock(), &mut out);
+        assert_eq!(heard(&out), 2);
+        // Local work goes on meanwhile.
+        room_says(&mut services, &mut out, rui, "rui: here\n");
+        assert_eq!(heard(&out), 3);
+
+        // The next turn takes the third, in order, and nothing is left.
+        services.start_turn();
+        services.on_wake(&cx(2).clock(), &mut out);
+        assert_eq!(
+            out.sent_to(rui),
+            [
+                Bytes::from_static(b"zoe: line 1"),
+                Bytes::from_static(b"zoe: line 2"),
+                Bytes::from_static(b"rui: here\n"),
+                Bytes::from_static(b"zoe: line 3"),
+            ]
+        );
+        assert!(!services.has_cluster_backlog());
+        // Without a cluster there is never a backlog.
+        let mut alone = lobby_services(|config| config.cluster_events_per_turn_max = 1);
+        alone.start_turn();
+        alone.on_wake(&cx(3).clock(), &mut out);
+        assert!(!alone.has_cluster_backlog());
+    }
+
+    /// Issue 20: lobby lines from other nodes reached OCM members past OCM's fan-out budget.
+    #[test]
+    fn remote_lobby_lines_to_ocm_members_pass_ocms_fan_out_budget_per_remote_sender() {
+        let mut services = lobby_services(|config| {
+            config.udp_sends_per_source_per_s_max = 3;
+            config.ocm_room_members_max = 2;
+        });
+        let (cluster, feed) = Cluster::detached(b"here");
+        services.join_cluster(cluster);
+        let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
+        let rui = ConnId::new(0, 1);
+        room_member(&mut services, &mut out, rui, "rui");
+        let (_, alice_at) = ocm_member(
+            &mut services,
+            &mut out,
+            ConnId::new(1, 2),
+            "lobby",
+            "alice",
+            1,
+            true,
+        );
+        let (_, bob_at) = ocm_member(
+            &mut services,
+            &mut out,
+            ConnId::new(2, 3),
+            "lobby",
+            "bob",
+            2,
+            false,
+        );
+        out.clear();
+
+        // Each line costs its sender 2 of its 3 sends: zoe's second is over; zed on the same
+        // node, and zoe on another node, are other senders with budgets of their own.
+        feed.event(remote_line(b"there", 1, "zoe", "one"));
+        feed.event(remote_line(b"there", 2, "zoe", "two"));
+        feed.event(remote_line(b"there", 3, "zed", "one"));
+        feed.event(remote_line(b"yonder", 1, "zoe", "three"));
+        services.start_turn();
+        services.on_wake(&cx(0).clock(), &mut out);
+        services.flush_ocm_deliveries(&cx(0).clock(), &mut out, &mut udp);
+        for at in [alice_at, bob_at] {
+            assert_eq!(texts(&udp, at), ["zoe: one", "zed: one", "zoe: three"]);
+        }
+        // ROOM has no such budget: rui heard all four.
+        assert_eq!(out.sent_to(rui).len(), 4);
+        let counts = *services.hub().counts();
+        assert_eq!(counts.messages(ProtocolKind::Room, ProtocolKind::Ocm), 6);
         assert_eq!(counts.over_limit(ProtocolKind::Room, ProtocolKind::Ocm), 2);
     }
 

@@ -127,6 +127,19 @@ pub trait LobbyGate {
     /// May a lobby message from `source` (the sender's endpoint) go to `recipients` lobby
     /// members at `now_ms`? All or nothing; a yes takes it from the budget.
     fn admit_lobby(&mut self, source: Endpoint, recipients: u64, now_ms: u64) -> bool;
+
+    /// As [`LobbyGate::admit_lobby`], for a lobby message from another node of the cluster:
+    /// its source is the sender there (`node`, `origin` protocol, `sender` name), each charged
+    /// on its own as a local sender is.
+    fn admit_remote(&mut self, source: RemoteSender<'_>, recipients: u64, now_ms: u64) -> bool;
+}
+
+/// The sender of a lobby message from another node, as a fan-out budget tells sources apart.
+#[derive(Clone, Copy, Debug, Hash)]
+pub struct RemoteSender<'a> {
+    pub node: &'a [u8],
+    pub origin: ProtocolKind,
+    pub sender: &'a [u8],
 }
 
 /// The hub and the queue its answers go to, for the length of one service call.

@@ -519,6 +519,7 @@ impl Server {
             poll_errors = 0;
             self.update_now();
             turn_started = Some(self.clock);
+            self.services.start_turn();
 
             // Connections that hit their read budget last turn; taken before the events so a
             // connection gets one budget per turn, not a second one right away.
@@ -665,6 +666,7 @@ impl Server {
         self.update_now();
         if !self.table.ready_list.is_empty()
             || !self.table.flush_list.is_empty()
+            || self.services.has_cluster_backlog()
             || self.accept_pending()
             || self
                 .udp

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::{resolve_loopback, Pace};
+use crate::args::{resolve_loopback, resolve_one_host, Pace};
 use crate::lobby;
 use crate::ocm::args::{OCM_RECV_BUFFER_DEFAULT, OCM_RECV_BUFFER_MAX};
 use crate::registry::{ScenarioArgs, Single};
@@ -123,7 +123,17 @@ impl ScenarioArgs for LobbyArgs {
         ];
         let ocm = (self.ocm_room.clone(), self.recv_buffer_bytes);
         let pace = Pace::single(common, self.rate, LOBBY_DRAIN_DEFAULT);
-        let cfg = build(&common.host, ports, members, ocm, self.payload_bytes, pace)?;
+        let ocm_why =
+            "or --ocm 0: each node has its own OCM lobby room, so OCM members cannot be spread";
+        let cfg = build(
+            &common.host,
+            ports,
+            members,
+            ocm,
+            self.payload_bytes,
+            pace,
+            ocm_why,
+        )?;
         let title = format!(
             "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}, {} msg/s (up to {deliveries_per_s} \
              deliveries/s), {} B, {:?}",
@@ -151,14 +161,21 @@ pub(crate) fn build(
     (ocm_room, recv_buffer_bytes): (String, usize),
     message_bytes: usize,
     pace: Pace,
+    ocm_why: &str,
 ) -> Result<lobby::LobbyConfig, String> {
     let target = |port| resolve_loopback(host, port);
+    // Each node has its own OCM lobby room, made by its first OCM member: the members of one
+    // room cannot be spread, so with OCM members `--host` names one host (`ocm_why` says so).
+    let ocm_target = |port| match members[3] {
+        0 => target(port),
+        _ => resolve_one_host(host, port, ocm_why),
+    };
     Ok(lobby::LobbyConfig {
         room_target: target(room)?,
         matou_target: target(matou)?,
         ccm_target: target(ccm)?,
-        ocm_tcp_target: target(ocm_tcp)?,
-        ocm_udp_target: target(ocm_udp)?,
+        ocm_tcp_target: ocm_target(ocm_tcp)?,
+        ocm_udp_target: ocm_target(ocm_udp)?,
         members,
         ocm_room,
         message_bytes,

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::{parse_duration, resolve_loopback, Pace};
+use crate::args::{parse_duration, resolve_one_host, Pace};
+
+/// Why OCM takes one `--host`: its rooms do not cross nodes.
+const OCM_ONE_HOST: &str = "OCM's rooms live on one node (they do not cross a cluster)";
 use crate::mix::{ocm_rooms, MixShare, Setup};
 use crate::ocm::{self, OcmConfig};
 use crate::registry::{ScenarioArgs, Single};
@@ -132,8 +135,8 @@ impl ScenarioArgs for OcmArgs {
                 "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
             ));
         }
-        let tcp_target = resolve_loopback(&common.host, self.tcp_port)?;
-        let udp_target = resolve_loopback(&common.host, self.udp_port)?;
+        let tcp_target = resolve_one_host(&common.host, self.tcp_port, OCM_ONE_HOST)?;
+        let udp_target = resolve_one_host(&common.host, self.udp_port, OCM_ONE_HOST)?;
         let pace = Pace::single(common, self.rate, OCM_DRAIN_DEFAULT);
         let udp = (self.exit_wait, self.recv_buffer_bytes, self.loss_max);
         let cfg = build(
@@ -171,8 +174,8 @@ pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
         ocm::wire::message_bytes_max(room_bytes, name_bytes),
     )?;
     m.check_fanout(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
-    let tcp_target = resolve_loopback(&common.host, args.ocm_tcp_port)?;
-    let udp_target = resolve_loopback(&common.host, args.ocm_udp_port)?;
+    let tcp_target = resolve_one_host(&common.host, args.ocm_tcp_port, OCM_ONE_HOST)?;
+    let udp_target = resolve_one_host(&common.host, args.ocm_udp_port, OCM_ONE_HOST)?;
     let room_rate = (connect_rate / members as u64).clamp(1, OCM_ROOM_RATE_MAX);
     // Loss allowed: none, as the single run's default.
     let udp = (MIX_EXIT_WAIT, OCM_RECV_BUFFER_DEFAULT, 0.0);

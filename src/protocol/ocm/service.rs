@@ -6,6 +6,7 @@
 //! falls silent, or cannot be reached.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
@@ -20,7 +21,7 @@ use crate::hub::{Endpoint, LobbyMessage, OcmMemberId, User};
 use crate::limits::{Admission, FanoutBudget, PerIpCounts};
 use crate::protocol::{
     Clock, CloseMode, CloseReason, ConnId, Context, DatagramDrop, DatagramOut, DatagramSent,
-    DatagramService, LobbyGate, Outbox, ProtocolKind, StreamService,
+    DatagramService, LobbyGate, Outbox, ProtocolKind, RemoteSender, StreamService,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -109,6 +110,9 @@ const SOURCES_MAX: usize = 65_536;
 enum FanoutSource {
     Datagram(SocketAddr),
     Lobby(Endpoint),
+    /// A sender on another node of the cluster: its (node, protocol, name), hashed with the
+    /// service's own random keys (a name cannot be picked to share another's budget).
+    Remote(u64),
 }
 
 /// A TCP connection that has not yet sent its request.
@@ -201,6 +205,8 @@ pub struct OcmService {
     /// Rooms open per host IP.
     rooms_per_ip: PerIpCounts,
     next_room_serial: u64,
+    /// Keys [`FanoutSource::Remote`]'s hash.
+    remote_keys: RandomState,
 }
 
 impl OcmService {
@@ -217,6 +223,7 @@ impl OcmService {
             budget,
             rooms_per_ip: PerIpCounts::default(),
             next_room_serial: 0,
+            remote_keys: RandomState::new(),
             config,
             conns: ConnMap::new(),
             rooms: Slab::new(),
@@ -937,6 +944,13 @@ impl LobbyGate for OcmService {
     fn admit_lobby(&mut self, source: Endpoint, recipients: u64, now_ms: u64) -> bool {
         self.budget
             .admit(FanoutSource::Lobby(source), recipients, now_ms)
+            == Admission::Admitted
+    }
+
+    fn admit_remote(&mut self, source: RemoteSender<'_>, recipients: u64, now_ms: u64) -> bool {
+        let key = self.remote_keys.hash_one(source);
+        self.budget
+            .admit(FanoutSource::Remote(key), recipients, now_ms)
             == Admission::Admitted
     }
 }
