@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::bin24::{name, Bin24, Received};
-use common::{TempDir, TestServer, WAIT};
+use common::{wait_unread, TempDir, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard::protocol::bin24::codec;
 
@@ -303,24 +303,6 @@ fn store_messages(from: &mut Bin24, to: &str, count: usize) -> Vec<u32> {
         assert_eq!(answer.body, b"300", "{answer:?}");
     }
     ids
-}
-
-/// Wait (bounded) until at least `bytes` have arrived in the socket's receive queue, reading
-/// none of them.
-fn wait_unread(stream: &TcpStream, bytes: usize) {
-    let deadline = Instant::now() + WAIT;
-    let mut peek = vec![0u8; bytes];
-    loop {
-        let queued = stream.peek(&mut peek).expect("peek");
-        if queued >= bytes {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {queued} of {bytes} bytes arrived"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The size of each frame `store_messages` stored, as delivered (type 2).

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use child::Output;
-use common::{TempDir, WAIT};
+use common::{wait_unread, TempDir, WAIT};
 use switchboard::protocol::bin24::codec::{self, Frame, Name};
 use switchboard::protocol::testing::TestRng;
 
@@ -631,23 +631,6 @@ const TERM_FLAGS: [&str; 4] = [
     "--shutdown-grace-ms",
     "200",
 ];
-
-/// Wait (bounded) until at least `bytes` wait unread in the socket's receive queue.
-fn wait_unread(stream: &TcpStream, bytes: usize) {
-    let deadline = Instant::now() + WAIT;
-    let mut peek = vec![0u8; bytes];
-    loop {
-        let queued = stream.peek(&mut peek).expect("peek");
-        if queued >= bytes {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {queued} of {bytes} bytes arrived unread"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Send `count` messages to `to` at once, then read their answers: all must be "300".
 fn store_all(sender: &mut Peer, to: &str, count: usize, body: &dyn Fn(usize) -> Vec<u8>) {

@@ -8,11 +8,8 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
 use common::bin24::Bin24;
-use common::{Client, TempDir, TestServer, WAIT};
+use common::{wait_unread, Client, TempDir, TestServer};
 use switchboard::config::Config;
 use switchboard::protocol::bin24::codec;
 
@@ -40,23 +37,6 @@ fn ccm_identify(server: &TestServer, name: &str) -> Client {
     client.read_through(b"\n");
     client.expect(b"Content-Length: 0\n\n");
     client
-}
-
-/// Wait (bounded) until at least `bytes` wait unread in the socket's receive queue.
-fn wait_unread(stream: &TcpStream, bytes: usize) {
-    let deadline = Instant::now() + WAIT;
-    let mut peek = vec![0u8; bytes];
-    loop {
-        let queued = stream.peek(&mut peek).expect("peek");
-        if queued >= bytes {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {queued} of {bytes} bytes arrived"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The documented window: "200" means the CCM user's TCP acknowledged the bytes (the contract

@@ -211,6 +211,35 @@ fn relay_amplification_does_not_stall_the_loop() {
     assert!(stats.datagrams_out > 0, "the relay served the attack too");
 }
 
+/// Writes `chunk` again and again for a second at `bytes_per_s`, sampling the kernel's TCP
+/// memory every `sample_every_bytes`; the bytes sent (a write failing ends it early: the server
+/// closed the flooder) and the highest sample.
+fn flood_for_a_second(
+    flooder: &mut Client,
+    chunk: &[u8],
+    bytes_per_s: usize,
+    sample_every_bytes: usize,
+) -> (usize, u64) {
+    let started = Instant::now();
+    let mut kernel_peak = 0;
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(1) {
+        let due = Duration::from_secs_f64(sent as f64 / bytes_per_s as f64);
+        if let Some(early) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(early);
+        }
+        if let Err(err) = flooder.stream.write_all(chunk) {
+            eprintln!("flooder closed after {:?}: {err}", started.elapsed());
+            break;
+        }
+        sent += chunk.len();
+        if sent % sample_every_bytes < chunk.len() {
+            kernel_peak = kernel_peak.max(kernel_tcp_bytes());
+        }
+    }
+    (sent, kernel_peak)
+}
+
 /// Kernel memory of all TCP sockets on the machine, from /proc/net/sockstat (in pages).
 fn kernel_tcp_bytes() -> u64 {
     // Unreadable or unparsable is a failure, not 0: a bound measured as 0 cannot fail.
@@ -254,27 +283,9 @@ fn slow_members_and_a_flooder_do_not_stall_the_fanout() {
         let mut buf = vec![0u8; 1 << 16];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let chunk = [b'f'; 1024];
-    let started = Instant::now();
-    let mut kernel_peak = 0;
-    let mut sent = 0usize;
     // 8 MiB/s, in 1 KiB chunks: far under the input limit (64 MiB/s), and every chunk goes to
     // 202 members.
-    const FLOOD_BYTES_PER_S: usize = 8 << 20;
-    while started.elapsed() < Duration::from_secs(1) {
-        let due = Duration::from_secs_f64(sent as f64 / FLOOD_BYTES_PER_S as f64);
-        if let Some(early) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(early);
-        }
-        if let Err(err) = flooder.stream.write_all(&chunk) {
-            eprintln!("flooder closed after {:?}: {err}", started.elapsed());
-            break;
-        }
-        sent += chunk.len();
-        if sent.is_multiple_of(1 << 20) {
-            kernel_peak = kernel_peak.max(kernel_tcp_bytes());
-        }
-    }
+    let (sent, kernel_peak) = flood_for_a_second(&mut flooder, &[b'f'; 1024], 8 << 20, 1 << 20);
     witnesses.finish(WITNESS_MAX);
     let kernel_growth = kernel_peak.saturating_sub(kernel_before);
     eprintln!(
@@ -333,24 +344,7 @@ fn slow_members_of_other_protocols_and_a_room_flooder_do_not_stall_the_lobby() {
     // 400-byte lines: under MATOU's 512-byte public message once the sender's name is added.
     let mut line = [b'f'; 400];
     line[399] = b'\n';
-    let started = Instant::now();
-    let mut kernel_peak = 0;
-    let mut sent = 0usize;
-    const FLOOD_BYTES_PER_S: usize = 4 << 20;
-    while started.elapsed() < Duration::from_secs(1) {
-        let due = Duration::from_secs_f64(sent as f64 / FLOOD_BYTES_PER_S as f64);
-        if let Some(early) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(early);
-        }
-        if let Err(err) = flooder.stream.write_all(&line) {
-            eprintln!("flooder closed after {:?}: {err}", started.elapsed());
-            break;
-        }
-        sent += line.len();
-        if sent % (256 * 1024) < line.len() {
-            kernel_peak = kernel_peak.max(kernel_tcp_bytes());
-        }
-    }
+    let (sent, kernel_peak) = flood_for_a_second(&mut flooder, &line, 4 << 20, 256 * 1024);
     witnesses.finish(WITNESS_MAX);
     let kernel_growth = kernel_peak.saturating_sub(kernel_before);
     eprintln!(

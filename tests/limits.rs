@@ -472,17 +472,7 @@ fn a_close_after_flush_to_a_reader_that_never_reads_ends_at_the_linger_time() {
     });
     let addr = server.ccm.expect("CCM");
     // rita's receive buffer is small, so most of what she is sent stays queued in chatd.
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    socket.connect(&addr.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut rita = Client {
-        stream,
-        received: Vec::new(),
-        name: "rita".to_string(),
-    };
+    let mut rita = Client::connect_small(addr, "rita", 4096);
     rita.send(&ccm_identity("rita"));
     rita.read_through(b"Content-Length: 0\n\n");
     let mut sam = Client::connect(addr, "sam");
@@ -529,11 +519,7 @@ fn a_connect_burst_is_accepted_at_most_accepts_per_turn_max_a_turn() {
         ..Config::for_tests()
     });
     let mut member = Client::join(server.room, "member");
-    let turns = || {
-        server
-            .metric("chatd_loop_turn_duration_seconds_count")
-            .expect("the turn histogram")
-    };
+    let turns = || loop_turns(&server);
     let turns_before = turns();
     let burst: Vec<TcpStream> = (0..CONNECTIONS)
         .map(|_| TcpStream::connect(server.room).expect("connect"))
@@ -562,11 +548,7 @@ fn a_datagram_burst_is_read_at_most_udp_datagrams_per_turn_max_a_turn() {
         ..Config::for_tests()
     });
     let relay = server.ocm_relay.expect("relay");
-    let turns = || {
-        server
-            .metric("chatd_loop_turn_duration_seconds_count")
-            .expect("the turn histogram")
-    };
+    let turns = || loop_turns(&server);
     let turns_before = turns();
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
     // Small datagrams: 200 fit in the server's default receive buffer, so none is lost.
@@ -600,11 +582,7 @@ fn relay_fan_outs_are_sent_at_most_udp_sends_per_turn_max_a_turn() {
         ..Config::for_tests()
     });
     let relay = server.ocm_relay.expect("relay");
-    let turns = || {
-        server
-            .metric("chatd_loop_turn_duration_seconds_count")
-            .expect("the turn histogram")
-    };
+    let turns = || loop_turns(&server);
     let turns_before = turns();
     // Each peer's first datagram goes to every peer before it: 0 + 1 + ... + 49 sends.
     let peers: Vec<UdpSocket> = (0..PEERS)
@@ -623,4 +601,11 @@ fn relay_fan_outs_are_sent_at_most_udp_sends_per_turn_max_a_turn() {
         turns_taken >= (sends / PER_TURN as f64).floor(),
         "{sends} sends in {turns_taken} turns"
     );
+}
+
+/// The loop turns the server has made (its turn histogram's count, on the admin port).
+fn loop_turns(server: &TestServer) -> f64 {
+    server
+        .metric("chatd_loop_turn_duration_seconds_count")
+        .expect("the turn histogram")
 }

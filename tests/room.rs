@@ -405,17 +405,7 @@ fn chatd_with_an_unread_backlog(shutdown_grace_ms: &str) -> UnreadBacklog {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_listening(&mut child, addr);
     // sloth's receive buffer is small, so what it is sent stays queued in chatd.
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    socket.connect(&addr.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut sloth = Client {
-        stream,
-        received: Vec::new(),
-        name: "sloth".to_string(),
-    };
+    let mut sloth = Client::connect_small(addr, "sloth", 4096);
     sloth.expect(b"alias?");
     sloth.send(b"sloth");
     sloth.read_through(b"Voce esta conectado ao servidor!");

@@ -165,6 +165,25 @@ impl Client {
         }
     }
 
+    /// As [`Client::connect`], with a receive buffer of `recv_buffer_bytes` asked for before
+    /// connecting: a client that stops reading then leaves most of what it is sent queued in
+    /// the server.
+    pub fn connect_small(addr: SocketAddr, name: &str, recv_buffer_bytes: usize) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .set_recv_buffer_size(recv_buffer_bytes)
+            .expect("SO_RCVBUF");
+        socket.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(WAIT)).expect("set timeout");
+        Client {
+            stream,
+            received: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
     /// Connect, answer `alias?`, and consume the own join notice and the greeting.
     pub fn join(addr: SocketAddr, alias: &str) -> Client {
         let mut client = Client::connect(addr, alias);
@@ -271,6 +290,24 @@ impl Client {
             ),
             Err(err) => panic!("{}: read failed: {err}", self.name),
         }
+    }
+}
+
+/// Wait (bounded by [`WAIT`]) until at least `bytes` wait unread in the socket's receive
+/// queue, reading none of them.
+pub fn wait_unread(stream: &TcpStream, bytes: usize) {
+    let deadline = Instant::now() + WAIT;
+    let mut peek = vec![0u8; bytes];
+    loop {
+        let queued = stream.peek(&mut peek).expect("peek");
+        if queued >= bytes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {queued} of {bytes} bytes arrived unread"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
