@@ -67,6 +67,14 @@ pub enum Located {
         link: Box<PrivateLink>,
         found: bool,
     },
+    /// A BIN24 message (type 0, `frame`) of `from`: `at` is the node (and incarnation) where
+    /// a BIN24 user holds its DST, to publish it for; `None` when no other node's BIN24 user
+    /// does, and BIN24's rules for a recipient not online here apply.
+    Bin24 {
+        from: ConnId,
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+    },
 }
 
 /// What waits for a name to be located.
@@ -74,6 +82,7 @@ pub enum Located {
 enum Locating {
     Ccm(Addressed),
     Private(PrivateLink),
+    Bin24(Bytes),
 }
 
 /// Redis's answer to a [`NameOp::Claim`].
@@ -180,6 +189,17 @@ impl Claims {
         self.locate_any(from, name, Locating::Private(link), now_ms)
     }
 
+    /// Ask which node holds `recipient`, for `from`'s BIN24 message `frame`.
+    pub(super) fn locate_bin24(
+        &mut self,
+        from: ConnId,
+        recipient: Bytes,
+        frame: Bytes,
+        now_ms: u64,
+    ) -> bool {
+        self.locate_any(from, recipient, Locating::Bin24(frame), now_ms)
+    }
+
     fn locate_any(&mut self, from: ConnId, name: Bytes, what: Locating, now_ms: u64) -> bool {
         if self.locating.len() >= self.config.pending_max {
             return false;
@@ -225,6 +245,20 @@ impl Claims {
                 from,
                 link: Box::new(link),
                 found: false,
+            },
+            // BIN24 to BIN24 only: a CCM user of another node does not get BIN24's messages
+            // yet (on one node it would, rule 4), so that frame is BIN24's to store here.
+            (Locating::Bin24(frame), Some((node, incarnation, NamedProtocol::Bin24))) => {
+                Located::Bin24 {
+                    from,
+                    frame,
+                    at: Some((node, incarnation)),
+                }
+            }
+            (Locating::Bin24(frame), _) => Located::Bin24 {
+                from,
+                frame,
+                at: None,
             },
         })
     }

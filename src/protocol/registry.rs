@@ -404,6 +404,13 @@ impl Services {
                         self.hub_queue.hand_over(HubOutcome::MatouRemote(link));
                     }
                 }
+                HubEvent::Bin24(relay) => {
+                    if relay.to_node[..] == *cluster.node_name()
+                        && relay.to_incarnation == cluster.incarnation()
+                    {
+                        self.hub_queue.hand_over(HubOutcome::Bin24Remote(relay));
+                    }
+                }
             }
         }
         // After every local event of this turn was queued: the roster is read at its place
@@ -466,6 +473,10 @@ impl Services {
                 }
                 self.hub_queue
                     .hand_over(HubOutcome::MatouLocated { from, dst, at });
+            }
+            Located::Bin24 { from, frame, at } => {
+                self.hub_queue
+                    .hand_over(HubOutcome::Bin24Located { from, frame, at });
             }
             Located::Unknown { from, recipient } => {
                 log::debug!(
@@ -584,10 +595,17 @@ impl Services {
             }
             if let Some(cluster) = self.cluster.as_mut() {
                 for mut event in self.hub_queue.events.drain(..) {
-                    if let HubEvent::Private(link) = &mut event {
-                        // Its answer comes back to this node.
-                        link.from_node = Bytes::copy_from_slice(cluster.node_name());
-                        link.from_incarnation = cluster.incarnation();
+                    // Its answer comes back to this node.
+                    match &mut event {
+                        HubEvent::Private(link) => {
+                            link.from_node = Bytes::copy_from_slice(cluster.node_name());
+                            link.from_incarnation = cluster.incarnation();
+                        }
+                        HubEvent::Bin24(relay) => {
+                            relay.from_node = Bytes::copy_from_slice(cluster.node_name());
+                            relay.from_incarnation = cluster.incarnation();
+                        }
+                        _ => {}
                     }
                     cluster.publish(&event);
                 }
