@@ -683,4 +683,64 @@ mod tests {
         assert_eq!(hub.on_located(3, None), None);
         assert!(!Hub::new(HubConfig::default()).address_remote(conn(1), message(b"a", b""), 0));
     }
+
+    /// A BIN24 message to a name no user here holds: located; only a BIN24 holder elsewhere
+    /// gets it (its node named), anything else, or no answer within the deadline, leaves it
+    /// to BIN24's rules here (`at: None`, stored). Bounded as the other look-ups.
+    #[test]
+    fn a_bin24_message_is_sent_to_its_bin24_holders_node_or_left_to_this_node() {
+        let mut hub = clustered(2);
+        let frame = |n: u8| Bytes::from(vec![n; 24]);
+        assert!(hub.address_bin24(conn(1), Bytes::from_static(b"bob"), frame(1), 0));
+        assert!(hub.address_bin24(conn(1), Bytes::from_static(b"cat"), frame(2), 5));
+        assert!(!hub.address_bin24(conn(2), Bytes::from_static(b"x"), frame(3), 5));
+        assert_eq!(
+            hub.take_name_ops(),
+            [
+                NameOp::Locate {
+                    token: 1,
+                    name: Bytes::from_static(b"bob")
+                },
+                NameOp::Locate {
+                    token: 2,
+                    name: Bytes::from_static(b"cat")
+                },
+            ]
+        );
+        let node = Bytes::from_static(b"node-b");
+        assert_eq!(
+            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Bin24))),
+            Some(Located::Bin24 {
+                from: conn(1),
+                frame: frame(1),
+                at: Some((node.clone(), 7))
+            })
+        );
+        // A CCM holder elsewhere: BIN24 does not cross to CCM across nodes yet.
+        assert_eq!(
+            hub.on_located(2, Some((node, 7, NamedProtocol::Ccm))),
+            Some(Located::Bin24 {
+                from: conn(1),
+                frame: frame(2),
+                at: None
+            })
+        );
+        assert_eq!(hub.on_located(1, None), None, "answered once");
+        assert!(hub.address_bin24(conn(3), Bytes::from_static(b"dan"), frame(4), 100));
+        assert!(hub.expire_locates(100 + WAIT_MS - 1).is_empty());
+        assert_eq!(
+            hub.expire_locates(100 + WAIT_MS),
+            [Located::Bin24 {
+                from: conn(3),
+                frame: frame(4),
+                at: None
+            }]
+        );
+        assert!(!Hub::new(HubConfig::default()).address_bin24(
+            conn(1),
+            Bytes::from_static(b"bob"),
+            frame(1),
+            0
+        ));
+    }
 }
