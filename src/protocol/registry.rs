@@ -616,7 +616,7 @@ impl Services {
                 }
             } else {
                 #[cfg(test)]
-                self.published.extend(self.hub_queue.events.drain(..));
+                self.published.append(&mut self.hub_queue.events);
                 self.hub_queue.events.clear();
             }
             let outcomes = std::mem::take(&mut self.hub_queue.outcomes);
@@ -2168,7 +2168,7 @@ mod tests {
         );
         // node-b forwards it verbatim; bob's "200" goes back to node-a, and to ana verbatim.
         b.bin24_from_node(relay.clone(), b"node-a", &cx(3).clock(), &mut out_b);
-        assert_eq!(out_b.sent_to(bob), [first.clone()]);
+        assert_eq!(out_b.sent_to(bob), std::slice::from_ref(&first));
         let ok = frame(bin24::TYPE_ANSWER, 1, "bob", "ana", b"200");
         b.on_data(
             ProtocolKind::Bin24,
@@ -2204,7 +2204,7 @@ mod tests {
         let published = a.take_bin24_published();
         assert_eq!(published.len(), 1, "once: {published:?}");
         b.bin24_from_node(published[0].clone(), b"node-a", &cx(7).clock(), &mut out_b);
-        assert_eq!(out_b.sent_to(bob), [second.clone()]);
+        assert_eq!(out_b.sent_to(bob), std::slice::from_ref(&second));
         b.on_timers(&cx(7 + ack_timeout_ms - 20).clock(), &mut out_b);
         assert!(out_b.closed.is_empty(), "not before the ack timeout");
         b.on_timers(&cx(7 + ack_timeout_ms + 20).clock(), &mut out_b);
