@@ -6,7 +6,7 @@
 //! u8   node name length (1..=NODE_NAME_BYTES_MAX), then the node name
 //! u64  incarnation of that node (random per process, big-endian)
 //! u64  sequence number of this event on that node (big-endian, from 1)
-//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed
+//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed, 4 = Private, 6 = Bin24
 //! Said:      u8 origin protocol (ProtocolKind::index), u16 sender length + sender,
 //!            u32 text length + text
 //! Presence:  u8 origin protocol, u8 kind (0 entered, 1 left), u16 name length + name
