@@ -1180,3 +1180,84 @@ fn a_bin24_message_to_a_user_on_another_node_is_answered_and_kept_when_unanswere
         assert_eq!(metric(node, "chatd_cluster_events_duplicate_total"), 0.0);
     }
 }
+
+/// A BIN24 message published for a node that died: no answer comes back, so after the ack
+/// timeout and the lease the sender's node keeps the frame itself and its sender hears "300"
+/// (custody stays with the sender's node until the recipient's node answers); the recipient,
+/// once its name is free, logs in on that node and gets the frame (type 2).
+#[test]
+fn a_bin24_message_for_a_node_that_died_is_kept_by_the_senders_node() {
+    use std::io::Read;
+    use switchboard::protocol::bin24::codec;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let flags = [
+        "--bin24-ack-timeout-ms",
+        "300",
+        "--cluster-lease-ms",
+        "1000",
+    ];
+    let a = node_with(&redis, "node-a", &["--bin24-port"], &flags);
+    let b = node_with(&redis, "node-b", &["--bin24-port"], &flags);
+    let mut ana = Bin24::connect(addr(&a, "--bin24-port"), "ana");
+    assert!(ana.register_and_wait().is_empty());
+    let mut bob = Bin24::connect(addr(&b, "--bin24-port"), "bob");
+    assert!(bob.register_and_wait().is_empty());
+
+    // B dies (SIGKILL): bob's key still names it until it lapses, so the frame goes to B.
+    drop(b);
+    let sent = std::time::Instant::now();
+    let id = ana.send("bob", "lost?");
+    let kept = ana.recv();
+    let waited = sent.elapsed();
+    let header = (
+        kept.frame_type,
+        kept.message_id,
+        &kept.src[..],
+        &kept.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_ANSWER, id, "bob", "ana"));
+    assert_eq!(kept.body, b"300");
+    eprintln!("\"300\" from A {} ms after sending", waited.as_millis());
+    assert!(
+        waited >= Duration::from_millis(1300),
+        "not before the ack timeout and the lease: {waited:?}"
+    );
+
+    // bob on A once B's key has lapsed (refused, closed, until then): the frame, as type 2.
+    let mut tries = 0;
+    let mut bob = loop {
+        let mut bob = Bin24::connect(addr(&a, "--bin24-port"), "bob");
+        bob.send("bob", "sync");
+        let mut chunk = [0u8; 4096];
+        match bob.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(n) => {
+                bob.buffer.extend_from_slice(&chunk[..n]);
+                break bob;
+            }
+            Err(err) => panic!("bob on A: {err}"),
+        }
+        tries += 1;
+        assert!(tries < 500, "bob's name never freed on A");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stored = loop {
+        let frame = bob.recv();
+        match frame.frame_type {
+            codec::TYPE_OFFLINE => break frame,
+            codec::TYPE_MESSAGE => bob.answer(&frame),
+            _ => {}
+        }
+    };
+    let header = (
+        stored.frame_type,
+        stored.message_id,
+        &stored.src[..],
+        &stored.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_OFFLINE, id, "ana", "bob"));
+    assert_eq!(stored.body, b"lost?");
+}

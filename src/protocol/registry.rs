@@ -233,6 +233,10 @@ impl Services {
                         sender_bytes_per_s_max: config.bin24_sender_bytes_per_s_max,
                         pair_bytes_per_s_max: config.bin24_pair_bytes_per_s_max,
                         timer_tick_ms: config.timer_tick_ms,
+                        crossing_grace_ms: config
+                            .cluster
+                            .as_ref()
+                            .map_or(0, |cluster| cluster.lease_ms),
                     },
                     now_ms,
                 );
@@ -2309,6 +2313,46 @@ mod tests {
             a.on_wake(&cx(31).clock(), &mut out_a);
         }
         assert_eq!(out_a.sent_to(ana), [stored]);
+
+        // node-b never answers this one (it died, or Redis lost the frame or the answer):
+        // after the ack timeout and the grace (the lease), node-a keeps it and ana hears
+        // "300"; the frames node-b answered above are not kept again.
+        out_a.clear();
+        let lost = frame(bin24::TYPE_MESSAGE, 4, "ana", "bob", b"lost?");
+        a.on_data(
+            ProtocolKind::Bin24,
+            ana,
+            &mut BytesMut::from(&lost[..]),
+            &cx(40),
+            &mut out_a,
+        );
+        a.answer_name(
+            NameAnswer::Located {
+                token: 5,
+                holder: at_b(),
+            },
+            &cx(40).clock(),
+            &mut out_a,
+        );
+        assert_eq!(a.take_bin24_published().len(), 1);
+        let lease_ms = 500;
+        a.on_timers(&cx(40 + ack_timeout_ms + lease_ms - 20).clock(), &mut out_a);
+        a.on_timers(&cx(40 + ack_timeout_ms + lease_ms + 20).clock(), &mut out_a);
+        let kept = frame(bin24::TYPE_ANSWER, 4, "bob", "ana", bin24::ANSWER_STORED);
+        let started = std::time::Instant::now();
+        while out_a.sent_to(ana).is_empty() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never kept"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            a.on_wake(&cx(41 + ack_timeout_ms + lease_ms).clock(), &mut out_a);
+        }
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            a.on_wake(&cx(42 + ack_timeout_ms + lease_ms).clock(), &mut out_a);
+        }
+        assert_eq!(out_a.sent_to(ana), [kept]);
         assert!(a.shut_down().is_ok() && b.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -57,6 +57,11 @@ pub struct Bin24Config {
     pub sender_bytes_per_s_max: u64,
     pub pair_bytes_per_s_max: u64,
     pub timer_tick_ms: u64,
+    /// In a cluster: a frame published for a user of another node whose answer has not come
+    /// back within the ack timeout and this much more (the recipient's node's own timeout, its
+    /// store's write, two trips through Redis) is stored here and its sender answered "300":
+    /// the other node died, or Redis dropped the frame or its answer. The cluster's lease.
+    pub crossing_grace_ms: u64,
 }
 
 impl Default for Bin24Config {
@@ -72,6 +77,7 @@ impl Default for Bin24Config {
             sender_bytes_per_s_max: 8 * 1024 * 1024,
             pair_bytes_per_s_max: 2 * 1024 * 1024,
             timer_tick_ms: 10,
+            crossing_grace_ms: 3_000,
         }
     }
 }
@@ -223,6 +229,10 @@ pub struct Bin24Service {
     /// Keyed by (sender, messageID), as the answer names them: (its DST, its messageID).
     pending: HashMap<(Name, u32), PendingAck>,
     ack_deadlines: TimerWheel<(Name, u32)>,
+    /// In a cluster: frames of local senders published for another node, by (sender,
+    /// messageID), kept until that node's answer comes back (custody stays here meanwhile).
+    crossing: HashMap<(Name, u32), (Frame, TimerKey)>,
+    crossing_deadlines: TimerWheel<(Name, u32)>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
     /// Users with a page load in flight: at most one per user, whatever its connections do.
@@ -269,12 +279,15 @@ fn stored_frame_key(bytes: &[u8]) -> (Name, u32) {
 impl Bin24Service {
     pub fn new(config: Bin24Config, now_ms: u64) -> Self {
         let ack_deadlines = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
+        let crossing_deadlines = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
         Bin24Service {
             config,
             conns: ConnMap::new(),
             users: HashMap::new(),
             pending: HashMap::new(),
             ack_deadlines,
+            crossing: HashMap::new(),
+            crossing_deadlines,
             tickets: HashMap::new(),
             next_ticket: 0,
             loading_users: HashSet::new(),
@@ -670,6 +683,17 @@ impl Bin24Service {
                 Some((to_node, to_incarnation)) => {
                     // A sender gone meanwhile is not charged: its message was accepted.
                     if !sender_here || self.charge_live(from, &frame, now_ms, out) {
+                        // Kept until the answer comes back; a messageID reused meanwhile
+                        // (a client restarted its counter) leaves the older one to its node.
+                        let key = (frame.src(), frame.message_id());
+                        let deadline = now_ms
+                            .saturating_add(self.config.ack_timeout_ms)
+                            .saturating_add(self.config.crossing_grace_ms);
+                        let timer = self.crossing_deadlines.insert(deadline, key);
+                        if let Some((_, older)) = self.crossing.insert(key, (frame.clone(), timer))
+                        {
+                            self.crossing_deadlines.cancel(older);
+                        }
                         if let Some(link) = out.hub() {
                             link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
                                 to_node,
@@ -749,6 +773,10 @@ impl Bin24Service {
                 }
             }
             (Bin24Step::Answer, codec::TYPE_ANSWER) => {
+                // Whatever it says, the other node has dealt with the frame: custody is its.
+                if let Some((_, timer)) = self.crossing.remove(&(frame.dst(), frame.message_id())) {
+                    self.crossing_deadlines.cancel(timer);
+                }
                 if let Some(&to) = self.users.get(&frame.dst()) {
                     out.send(to, frame.into_bytes());
                 }
@@ -1024,10 +1052,14 @@ impl Bin24Service {
 
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let grace = self.grace.front().map(|&(due, _, _)| due);
-        [self.ack_deadlines.next_deadline_ms(), grace]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.ack_deadlines.next_deadline_ms(),
+            self.crossing_deadlines.next_deadline_ms(),
+            grace,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Rule 6: an unanswered message makes its recipient count as disconnected: it is closed
@@ -1058,6 +1090,22 @@ impl Bin24Service {
             );
             self.disconnect(recipient_conn, store);
             out.close(recipient_conn, CloseReason::Timeout, CloseMode::Now);
+        }
+        while let Some(key) = self.crossing_deadlines.poll_expired(now_ms) {
+            let Some((frame, _)) = self.crossing.remove(&key) else {
+                continue;
+            };
+            // No answer from the recipient's node: it died, or Redis lost the frame or the
+            // answer. Kept here (a duplicate if that node did deliver it: at-least-once, as
+            // rule 6 allows), and the sender hears "300" once it is durable.
+            warn!(
+                "cluster: no answer from the node of {} for {}#{} within {} ms; stored here",
+                frame.dst(),
+                key.0,
+                key.1,
+                self.config.ack_timeout_ms + self.config.crossing_grace_ms
+            );
+            self.store_for(frame.dst(), key.0, key.1, &frame, None, store);
         }
         while let Some(&(due, conn, note)) = self.grace.front() {
             if due > now_ms {
