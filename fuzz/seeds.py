@@ -343,3 +343,18 @@ write("cluster_codec", "private_src_ports",
                                                bytes([127, 0, 0, 1]), (5000, 5001))))
 write("cluster_codec", "addressed_ccm_text",
       cluster(b"node-a", 7, 4, cluster_addressed(b"node-b", 9, b"Text", b"cid", b"cat", b"utf-8", b"oi")))
+
+
+def cluster_bin24(to_node, to_inc, from_node, from_inc, step, frame):
+    return (bytes([6, len(to_node)]) + to_node + struct.pack(">Q", to_inc)
+            + bytes([len(from_node)]) + from_node + struct.pack(">Q", from_inc) + bytes([step])
+            + struct.pack(">H", len(frame)) + frame)
+
+
+# A BIN24 message for node-b's user, and that user's "200" back to node-a.
+write("cluster_codec", "bin24_message",
+      cluster(b"node-a", 7, 6, cluster_bin24(b"node-b", 9, b"node-a", 7, 0,
+                                             bin24(0, 1, b"ana", b"bob", b"hello bob"))))
+write("cluster_codec", "bin24_answer_200",
+      cluster(b"node-b", 9, 3, cluster_bin24(b"node-a", 7, b"node-b", 9, 1,
+                                             bin24(1, 1, b"bob", b"ana", b"200"))))

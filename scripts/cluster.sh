@@ -9,9 +9,10 @@
 #   --redis-port P      the port redis-server listens on (default 6379)
 #   --admin-base-port P give node i the admin port P+i-1 (default: no admin port); an admin
 #                       port is never shared, so each node's metrics stay its own
-#   --all-protocols     also serve BIN24 and OCM (off by default: neither crosses nodes yet, so
-#                       with shared ports a BIN24 user's stored messages and an OCM room live on
-#                       whichever node the kernel picked)
+#   --all-protocols     also serve BIN24 and OCM (off by default: BIN24's offline store is per
+#                       node and OCM rooms do not cross nodes yet, so with shared ports a BIN24
+#                       user's stored messages and an OCM room live on whichever node the
+#                       kernel picked; live BIN24 messages do cross)
 #   --log-level LEVEL   chatd's --log-level (default info)
 #   --cluster-lease-ms MS  each node's --cluster-lease-ms (default: chatd's, 3000): a node
 #                       silent this long is taken for dead and its lobby members are

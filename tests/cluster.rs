@@ -1052,3 +1052,212 @@ fn events_waiting_for_a_frozen_redis_are_bounded_in_bytes() {
         "nothing was dropped: was anything published?"
     );
 }
+
+/// Nothing more arrives for `client` within `quiet`.
+fn bin24_quiet(client: &mut Bin24, quiet: Duration) {
+    use std::io::Read;
+    assert_eq!(
+        client.try_frame(),
+        None,
+        "{}: a frame was waiting",
+        client.user
+    );
+    client.stream.set_read_timeout(Some(quiet)).unwrap();
+    let mut chunk = [0u8; 1024];
+    match client.stream.read(&mut chunk) {
+        Ok(n) => panic!("{}: {n} more bytes: {:?}", client.user, &chunk[..n]),
+        Err(err) => assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{}: {err}",
+            client.user
+        ),
+    }
+    client.stream.set_read_timeout(Some(common::WAIT)).unwrap();
+}
+
+/// BIN24 across nodes (issue 21, first slice): ana on node A sends three messages to bob on
+/// node B, who gets them in order, each once and verbatim, and answers; ana gets each answer
+/// verbatim. A message bob does not answer within the ack timeout (300 ms here) closes bob on
+/// B (rule 6) and ana gets "300"; the frame is kept in B's store and reaches bob (type 2) when
+/// he logs in there again. A name no node holds: stored on A, "300".
+#[test]
+fn a_bin24_message_to_a_user_on_another_node_is_answered_and_kept_when_unanswered() {
+    use switchboard::protocol::bin24::codec;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let timeout = ["--bin24-ack-timeout-ms", "300"];
+    let mut a = node_with(&redis, "node-a", &["--bin24-port"], &timeout);
+    let mut b = node_with(&redis, "node-b", &["--bin24-port"], &timeout);
+    let mut ana = Bin24::connect(addr(&a, "--bin24-port"), "ana");
+    assert!(ana.register_and_wait().is_empty());
+    let mut bob = Bin24::connect(addr(&b, "--bin24-port"), "bob");
+    assert!(bob.register_and_wait().is_empty());
+
+    let texts = ["one", "two", "three!"];
+    let ids: Vec<u32> = texts.iter().map(|text| ana.send("bob", text)).collect();
+    let mut answers = Vec::new();
+    for (&id, text) in ids.iter().zip(texts) {
+        let got = bob.recv();
+        let header = (got.frame_type, got.message_id, &got.src[..], &got.dst[..]);
+        assert_eq!(header, (codec::TYPE_MESSAGE, id, "ana", "bob"));
+        assert_eq!(got.body, text.as_bytes());
+        bob.answer(&got);
+        answers.push(got);
+    }
+    for got in &answers {
+        // The original client's answer: "200\0" cut or padded to the message's length.
+        let mut body = b"200\0".to_vec();
+        body.resize(got.body.len(), b'?');
+        let answer = ana.recv();
+        let header = (
+            answer.frame_type,
+            answer.message_id,
+            &answer.src[..],
+            &answer.dst[..],
+        );
+        assert_eq!(header, (codec::TYPE_ANSWER, got.message_id, "bob", "ana"));
+        assert_eq!(answer.body, body);
+    }
+
+    // Rule 6 on B: bob does not answer; B closes him and ana hears "300".
+    let id = ana.send("bob", "unanswered");
+    let got = bob.recv();
+    assert_eq!((got.message_id, &got.body[..]), (id, &b"unanswered"[..]));
+    let started = std::time::Instant::now();
+    assert!(bob.expect_closed().is_empty());
+    let closed_after = started.elapsed();
+    let stored = ana.recv();
+    let header = (
+        stored.frame_type,
+        stored.message_id,
+        &stored.src[..],
+        &stored.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_ANSWER, id, "bob", "ana"));
+    assert_eq!(stored.body, b"300");
+    eprintln!("bob closed {} ms after receiving", closed_after.as_millis());
+
+    // bob again on B: the frame is there, as type 2, once.
+    let mut bob = Bin24::connect(addr(&b, "--bin24-port"), "bob");
+    let mut kept = bob.register_and_wait();
+    if kept.is_empty() {
+        kept.push(bob.recv());
+    }
+    let [frame] = &kept[..] else {
+        panic!("one stored frame: {kept:?}");
+    };
+    let header = (
+        frame.frame_type,
+        frame.message_id,
+        &frame.src[..],
+        &frame.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_OFFLINE, id, "ana", "bob"));
+    assert_eq!(frame.body, b"unanswered");
+    bob.answer(frame);
+
+    // Nobody holds "zed": stored on A, "300".
+    let id = ana.send("zed", "anyone?");
+    let stored = ana.recv();
+    let header = (
+        stored.frame_type,
+        stored.message_id,
+        &stored.src[..],
+        &stored.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_ANSWER, id, "zed", "ana"));
+    assert_eq!(stored.body, b"300");
+
+    // bob's answer to the stored frame settled it on B; nothing else arrives anywhere.
+    bin24_quiet(&mut ana, Duration::from_millis(200));
+    bin24_quiet(&mut bob, Duration::from_millis(50));
+    for node in [&mut a, &mut b] {
+        assert_eq!(metric(node, "chatd_cluster_messages_malformed_total"), 0.0);
+        assert_eq!(metric(node, "chatd_cluster_events_duplicate_total"), 0.0);
+    }
+}
+
+/// A BIN24 message published for a node that died: no answer comes back, so after the ack
+/// timeout and the lease the sender's node keeps the frame itself and its sender hears "300"
+/// (custody stays with the sender's node until the recipient's node answers); the recipient,
+/// once its name is free, logs in on that node and gets the frame (type 2).
+#[test]
+fn a_bin24_message_for_a_node_that_died_is_kept_by_the_senders_node() {
+    use std::io::Read;
+    use switchboard::protocol::bin24::codec;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let flags = [
+        "--bin24-ack-timeout-ms",
+        "300",
+        "--cluster-lease-ms",
+        "1000",
+    ];
+    let a = node_with(&redis, "node-a", &["--bin24-port"], &flags);
+    let b = node_with(&redis, "node-b", &["--bin24-port"], &flags);
+    let mut ana = Bin24::connect(addr(&a, "--bin24-port"), "ana");
+    assert!(ana.register_and_wait().is_empty());
+    let mut bob = Bin24::connect(addr(&b, "--bin24-port"), "bob");
+    assert!(bob.register_and_wait().is_empty());
+
+    // B dies (SIGKILL): bob's key still names it until it lapses, so the frame goes to B.
+    drop(b);
+    let sent = std::time::Instant::now();
+    let id = ana.send("bob", "lost?");
+    let kept = ana.recv();
+    let waited = sent.elapsed();
+    let header = (
+        kept.frame_type,
+        kept.message_id,
+        &kept.src[..],
+        &kept.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_ANSWER, id, "bob", "ana"));
+    assert_eq!(kept.body, b"300");
+    eprintln!("\"300\" from A {} ms after sending", waited.as_millis());
+    assert!(
+        waited >= Duration::from_millis(1300),
+        "not before the ack timeout and the lease: {waited:?}"
+    );
+
+    // bob on A once B's key has lapsed (refused, closed, until then): the frame, as type 2.
+    let mut tries = 0;
+    let mut bob = loop {
+        let mut bob = Bin24::connect(addr(&a, "--bin24-port"), "bob");
+        bob.send("bob", "sync");
+        let mut chunk = [0u8; 4096];
+        match bob.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(n) => {
+                bob.buffer.extend_from_slice(&chunk[..n]);
+                break bob;
+            }
+            Err(err) => panic!("bob on A: {err}"),
+        }
+        tries += 1;
+        assert!(tries < 500, "bob's name never freed on A");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stored = loop {
+        let frame = bob.recv();
+        match frame.frame_type {
+            codec::TYPE_OFFLINE => break frame,
+            codec::TYPE_MESSAGE => bob.answer(&frame),
+            _ => {}
+        }
+    };
+    let header = (
+        stored.frame_type,
+        stored.message_id,
+        &stored.src[..],
+        &stored.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_OFFLINE, id, "ana", "bob"));
+    assert_eq!(stored.body, b"lost?");
+}

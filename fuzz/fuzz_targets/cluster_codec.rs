@@ -4,7 +4,9 @@
 //! Invariants: decoding never panics; whatever decodes (an event or a lobby roster)
 //! re-encodes to exactly the same bytes (the format has one form per message: exact lengths,
 //! nothing optional), within the bounds; a CCM message or a MATOU private link step addressed
-//! to another node names its nodes (seeds: `addressed_ccm_text`, `private_src_ports`).
+//! to another node names its nodes (seeds: `addressed_ccm_text`, `private_src_ports`); a BIN24
+//! frame for another node names both nodes and is a whole BIN24 frame, its own length field
+//! its length (seeds: `bin24_message`, `bin24_answer_200`).
 #![no_main]
 
 use bytes::Bytes;
@@ -26,6 +28,17 @@ fuzz_target!(|data: &[u8]| {
             if let HubEvent::Private(link) = &envelope.event {
                 assert!(!link.to_node.is_empty() && !link.from_node.is_empty());
                 assert!(link.address.len() <= codec::ADDRESS_BYTES_MAX);
+            }
+            if let HubEvent::Bin24(relay) = &envelope.event {
+                assert!(!relay.to_node.is_empty() && !relay.from_node.is_empty());
+                assert!(
+                    (codec::BIN24_FRAME_BYTES_MIN..=codec::BIN24_FRAME_BYTES_MAX)
+                        .contains(&relay.frame.len())
+                );
+                assert_eq!(
+                    usize::from(u16::from_le_bytes([relay.frame[0], relay.frame[1]])),
+                    relay.frame.len()
+                );
             }
             codec::encode(
                 &envelope.node,

@@ -6,7 +6,7 @@
 //! u8   node name length (1..=NODE_NAME_BYTES_MAX), then the node name
 //! u64  incarnation of that node (random per process, big-endian)
 //! u64  sequence number of this event on that node (big-endian, from 1)
-//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed
+//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed, 4 = Private, 6 = Bin24
 //! Said:      u8 origin protocol (ProtocolKind::index), u16 sender length + sender,
 //!            u32 text length + text
 //! Presence:  u8 origin protocol, u8 kind (0 entered, 1 left), u16 name length + name
@@ -19,6 +19,10 @@
 //!            u8 step (0 request, 1 accept, 2 source ports), u16 Src length + Src,
 //!            u16 Dst length + Dst, u8 address length (<= 16) + address,
 //!            i32 message port, i32 file port
+//! Bin24:     u8 target node length (1..=64) + target node, u64 target incarnation,
+//!            u8 sending node length (1..=64) + sending node, u64 its incarnation,
+//!            u8 step (0 message, 1 answer), u16 frame length (24..=1024) + the BIN24 frame,
+//!            whose own length field (u16 little-endian, its first two bytes) is that length
 //! ```
 //!
 //! A node's lobby roster (tag 3, [`encode_roster`]) shares the header and the sequence:
@@ -40,8 +44,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::hub::{
-    Addressed, HubEvent, LobbyMessage, Presence, PresenceKind, PrivateLink, PrivateStep,
-    ProtocolKind,
+    Addressed, Bin24Relay, Bin24Step, HubEvent, LobbyMessage, Presence, PresenceKind, PrivateLink,
+    PrivateStep, ProtocolKind,
 };
 
 pub const VERSION: u8 = 1;
@@ -62,6 +66,19 @@ const TAG_PRESENCE: u8 = 2;
 const TAG_ADDRESSED: u8 = 3;
 const TAG_PRIVATE: u8 = 4;
 const TAG_ROSTER: u8 = 5;
+const TAG_BIN24: u8 = 6;
+
+/// A carried BIN24 frame's bounds: BIN24's own (its header, and its longest frame).
+pub const BIN24_FRAME_BYTES_MIN: usize = 24;
+pub const BIN24_FRAME_BYTES_MAX: usize = 1024;
+
+/// Whether `frame` is a whole BIN24 frame as its wire has it: within BIN24's bounds, its own
+/// length field saying its length (so the receiving node can hand it on verbatim).
+pub fn is_bin24_frame(frame: &[u8]) -> bool {
+    (BIN24_FRAME_BYTES_MIN..=BIN24_FRAME_BYTES_MAX).contains(&frame.len())
+        && usize::from(u16::from_le_bytes([frame[0], frame[1]])) == frame.len()
+}
+
 /// Longest address carried (IPv6).
 pub const ADDRESS_BYTES_MAX: usize = 16;
 /// Most entries of one roster: a node with more lobby members (each distinct name in each
@@ -97,6 +114,8 @@ pub enum DecodeError {
     Trailing(usize),
     /// A roster entry with a count of 0, or `asks` other than 0 or 1.
     Roster,
+    /// A carried BIN24 frame whose own length field is not its length.
+    Bin24Frame,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -112,6 +131,9 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Step(s) => write!(f, "unknown private link step {s}"),
             DecodeError::Trailing(n) => write!(f, "{n} bytes after the event"),
             DecodeError::Roster => write!(f, "a roster entry counts 0, or a bad asks flag"),
+            DecodeError::Bin24Frame => {
+                write!(f, "a BIN24 frame whose length field is not its length")
+            }
         }
     }
 }
@@ -218,6 +240,32 @@ pub fn encode(
             out.put_slice(&link.address);
             out.put_i32(link.message_port);
             out.put_i32(link.file_port);
+        }
+        HubEvent::Bin24(relay) => {
+            if relay.to_node.is_empty()
+                || relay.from_node.is_empty()
+                || relay.to_node.len() > NODE_NAME_BYTES_MAX
+                || relay.from_node.len() > NODE_NAME_BYTES_MAX
+            {
+                return Err(EncodeError::TooLong("node"));
+            }
+            if !is_bin24_frame(&relay.frame) {
+                return Err(EncodeError::TooLong("BIN24 frame"));
+            }
+            out.reserve(24 + relay.to_node.len() + relay.from_node.len() + relay.frame.len());
+            out.put_u8(TAG_BIN24);
+            out.put_u8(relay.to_node.len() as u8);
+            out.put_slice(&relay.to_node);
+            out.put_u64(relay.to_incarnation);
+            out.put_u8(relay.from_node.len() as u8);
+            out.put_slice(&relay.from_node);
+            out.put_u64(relay.from_incarnation);
+            out.put_u8(match relay.step {
+                Bin24Step::Message => 0,
+                Bin24Step::Answer => 1,
+            });
+            out.put_u16(relay.frame.len() as u16);
+            out.put_slice(&relay.frame);
         }
     }
     Ok(out.freeze())
@@ -369,6 +417,32 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
                 address: r.field(1, ADDRESS_BYTES_MAX, "address")?,
                 message_port: r.uint(4)? as u32 as i32,
                 file_port: r.uint(4)? as u32 as i32,
+            }))
+        }
+        TAG_BIN24 => {
+            let to_node = r.field(1, NODE_NAME_BYTES_MAX, "target node")?;
+            let to_incarnation = r.uint(8)?;
+            let from_node = r.field(1, NODE_NAME_BYTES_MAX, "sending node")?;
+            if to_node.is_empty() || from_node.is_empty() {
+                return Err(DecodeError::EmptyNodeName);
+            }
+            let from_incarnation = r.uint(8)?;
+            let step = match r.u8()? {
+                0 => Bin24Step::Message,
+                1 => Bin24Step::Answer,
+                other => return Err(DecodeError::Step(other)),
+            };
+            let frame = r.field(2, BIN24_FRAME_BYTES_MAX, "BIN24 frame")?;
+            if !is_bin24_frame(&frame) {
+                return Err(DecodeError::Bin24Frame);
+            }
+            HubEvent::Bin24(Box::new(Bin24Relay {
+                to_node,
+                to_incarnation,
+                from_node,
+                from_incarnation,
+                step,
+                frame,
             }))
         }
         tag => return Err(DecodeError::Tag(tag)),
@@ -729,6 +803,110 @@ mod tests {
         long.kind = Bytes::from_static(b"Text");
         long.to_node = Bytes::new();
         assert!(encode(b"n", 1, 1, &HubEvent::Addressed(long)).is_err());
+    }
+
+    fn bin24_frame(body: &[u8]) -> Bytes {
+        let len = (24 + body.len()) as u16;
+        let mut frame = len.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0, 0, 7, 0, 0, 0]);
+        frame.extend_from_slice(b"ana\0\0\0\0\0bob\0\0\0\0\0");
+        frame.extend_from_slice(body);
+        Bytes::from(frame)
+    }
+
+    #[test]
+    fn a_bin24_frame_round_trips_its_layout_is_the_documented_one_and_bounds_hold() {
+        let relay = |step, frame| {
+            HubEvent::Bin24(Box::new(Bin24Relay {
+                to_node: Bytes::from_static(b"node-b"),
+                to_incarnation: 3,
+                from_node: Bytes::from_static(b"a"),
+                from_incarnation: 9,
+                step,
+                frame,
+            }))
+        };
+        for (step, body) in [
+            (Bin24Step::Message, &b"hi"[..]),
+            (Bin24Step::Answer, &b"200"[..]),
+            (Bin24Step::Message, &[0u8; 1000][..]),
+            (Bin24Step::Message, &b""[..]),
+        ] {
+            let event = relay(step, bin24_frame(body));
+            let wire = encode(b"a", 1, 2, &event).unwrap();
+            assert_eq!(decode(wire.clone()).unwrap().event, event);
+            for len in 0..wire.len() {
+                assert_eq!(decode(wire.slice(..len)), Err(DecodeError::Truncated));
+            }
+        }
+        let frame = bin24_frame(b"hi");
+        let wire = encode(b"a", 1, 2, &relay(Bin24Step::Answer, frame.clone())).unwrap();
+        let mut want = vec![
+            1, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 6,
+        ];
+        want.extend_from_slice(&[6, b'n', b'o', b'd', b'e', b'-', b'b']);
+        want.extend_from_slice(&3u64.to_be_bytes());
+        want.extend_from_slice(&[1, b'a']);
+        want.extend_from_slice(&9u64.to_be_bytes());
+        want.extend_from_slice(&[1, 0, 26]);
+        want.extend_from_slice(&frame);
+        assert_eq!(&wire[..], &want[..]);
+        // A frame whose length field lies, one too long or too short, an unknown step, an
+        // empty node: refused both ways.
+        let mut lying = want.clone();
+        let at = lying.len() - frame.len();
+        lying[at] = 27;
+        assert_eq!(decode(lying.into()), Err(DecodeError::Bin24Frame));
+        let mut step = want.clone();
+        step[at - 3] = 2;
+        assert_eq!(decode(step.into()), Err(DecodeError::Step(2)));
+        let mut empty_from = want.clone();
+        empty_from[27 + 8] = 0;
+        assert!(decode(empty_from.into()).is_err());
+        let mut long = vec![0u8; 1025];
+        long[..2].copy_from_slice(&1025u16.to_le_bytes());
+        assert_eq!(
+            encode(b"a", 1, 1, &relay(Bin24Step::Message, Bytes::from(long))),
+            Err(EncodeError::TooLong("BIN24 frame"))
+        );
+        assert!(encode(b"a", 1, 1, &relay(Bin24Step::Message, frame.slice(..23))).is_err());
+        let HubEvent::Bin24(mut nowhere) = relay(Bin24Step::Message, frame) else {
+            unreachable!()
+        };
+        nowhere.from_node = Bytes::new();
+        assert!(encode(b"a", 1, 1, &HubEvent::Bin24(nowhere)).is_err());
+    }
+
+    /// The fuzz target's BIN24 seeds (fuzz/seeds.py) are events of this format: a message
+    /// for node-b and its answer for node-a.
+    #[test]
+    fn the_fuzz_seeds_for_bin24_decode_as_the_events_they_name() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/cluster_codec/");
+        for (seed, step, to, body) in [
+            (
+                "bin24_message",
+                Bin24Step::Message,
+                &b"node-b"[..],
+                &b"hello bob"[..],
+            ),
+            (
+                "bin24_answer_200",
+                Bin24Step::Answer,
+                &b"node-a"[..],
+                &b"200"[..],
+            ),
+        ] {
+            let bytes = std::fs::read(format!("{dir}{seed}")).expect(seed);
+            let Ok(Envelope {
+                event: HubEvent::Bin24(relay),
+                ..
+            }) = decode(Bytes::from(bytes))
+            else {
+                panic!("{seed} does not decode as a BIN24 event");
+            };
+            assert_eq!((relay.step, &relay.to_node[..]), (step, to), "{seed}");
+            assert_eq!(&relay.frame[24..], body, "{seed}");
+        }
     }
 
     #[test]

@@ -67,6 +67,14 @@ pub enum Located {
         link: Box<PrivateLink>,
         found: bool,
     },
+    /// A BIN24 message (type 0, `frame`) of `from`: `at` is the node (and incarnation) where
+    /// a BIN24 user holds its DST, to publish it for; `None` when no other node's BIN24 user
+    /// does, and BIN24's rules for a recipient not online here apply.
+    Bin24 {
+        from: ConnId,
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+    },
 }
 
 /// What waits for a name to be located.
@@ -74,6 +82,7 @@ pub enum Located {
 enum Locating {
     Ccm(Addressed),
     Private(PrivateLink),
+    Bin24(Bytes),
 }
 
 /// Redis's answer to a [`NameOp::Claim`].
@@ -180,6 +189,17 @@ impl Claims {
         self.locate_any(from, name, Locating::Private(link), now_ms)
     }
 
+    /// Ask which node holds `recipient`, for `from`'s BIN24 message `frame`.
+    pub(super) fn locate_bin24(
+        &mut self,
+        from: ConnId,
+        recipient: Bytes,
+        frame: Bytes,
+        now_ms: u64,
+    ) -> bool {
+        self.locate_any(from, recipient, Locating::Bin24(frame), now_ms)
+    }
+
     fn locate_any(&mut self, from: ConnId, name: Bytes, what: Locating, now_ms: u64) -> bool {
         if self.locating.len() >= self.config.pending_max {
             return false;
@@ -225,6 +245,20 @@ impl Claims {
                 from,
                 link: Box::new(link),
                 found: false,
+            },
+            // BIN24 to BIN24 only: a CCM user of another node does not get BIN24's messages
+            // yet (on one node it would, rule 4), so that frame is BIN24's to store here.
+            (Locating::Bin24(frame), Some((node, incarnation, NamedProtocol::Bin24))) => {
+                Located::Bin24 {
+                    from,
+                    frame,
+                    at: Some((node, incarnation)),
+                }
+            }
+            (Locating::Bin24(frame), _) => Located::Bin24 {
+                from,
+                frame,
+                at: None,
             },
         })
     }
@@ -648,5 +682,65 @@ mod tests {
         );
         assert_eq!(hub.on_located(3, None), None);
         assert!(!Hub::new(HubConfig::default()).address_remote(conn(1), message(b"a", b""), 0));
+    }
+
+    /// A BIN24 message to a name no user here holds: located; only a BIN24 holder elsewhere
+    /// gets it (its node named), anything else, or no answer within the deadline, leaves it
+    /// to BIN24's rules here (`at: None`, stored). Bounded as the other look-ups.
+    #[test]
+    fn a_bin24_message_is_sent_to_its_bin24_holders_node_or_left_to_this_node() {
+        let mut hub = clustered(2);
+        let frame = |n: u8| Bytes::from(vec![n; 24]);
+        assert!(hub.address_bin24(conn(1), Bytes::from_static(b"bob"), frame(1), 0));
+        assert!(hub.address_bin24(conn(1), Bytes::from_static(b"cat"), frame(2), 5));
+        assert!(!hub.address_bin24(conn(2), Bytes::from_static(b"x"), frame(3), 5));
+        assert_eq!(
+            hub.take_name_ops(),
+            [
+                NameOp::Locate {
+                    token: 1,
+                    name: Bytes::from_static(b"bob")
+                },
+                NameOp::Locate {
+                    token: 2,
+                    name: Bytes::from_static(b"cat")
+                },
+            ]
+        );
+        let node = Bytes::from_static(b"node-b");
+        assert_eq!(
+            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Bin24))),
+            Some(Located::Bin24 {
+                from: conn(1),
+                frame: frame(1),
+                at: Some((node.clone(), 7))
+            })
+        );
+        // A CCM holder elsewhere: BIN24 does not cross to CCM across nodes yet.
+        assert_eq!(
+            hub.on_located(2, Some((node, 7, NamedProtocol::Ccm))),
+            Some(Located::Bin24 {
+                from: conn(1),
+                frame: frame(2),
+                at: None
+            })
+        );
+        assert_eq!(hub.on_located(1, None), None, "answered once");
+        assert!(hub.address_bin24(conn(3), Bytes::from_static(b"dan"), frame(4), 100));
+        assert!(hub.expire_locates(100 + WAIT_MS - 1).is_empty());
+        assert_eq!(
+            hub.expire_locates(100 + WAIT_MS),
+            [Located::Bin24 {
+                from: conn(3),
+                frame: frame(4),
+                at: None
+            }]
+        );
+        assert!(!Hub::new(HubConfig::default()).address_bin24(
+            conn(1),
+            Bytes::from_static(b"bob"),
+            frame(1),
+            0
+        ));
     }
 }

@@ -131,6 +131,30 @@ pub struct PrivateLink {
     pub file_port: i32,
 }
 
+/// What a BIN24 frame crossing to another node is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bin24Step {
+    /// A message (type 0) for the target node's BIN24 user named by its DST: delivered live
+    /// there (rule 3, the answer timer kept there) or stored there (rules 4 and 6).
+    Message,
+    /// An answer for the target node's BIN24 user named by its DST: the recipient's own
+    /// type-1 frame, verbatim (rule 5), or the node's "300" / "507" for a frame it stored.
+    Answer,
+}
+
+/// A BIN24 frame for a user of another node: for the node named only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bin24Relay {
+    pub to_node: Bytes,
+    pub to_incarnation: u64,
+    /// The node that sent it, where the answer goes (filled in when it is published).
+    pub from_node: Bytes,
+    pub from_incarnation: u64,
+    pub step: Bin24Step,
+    /// The whole frame, as BIN24's wire has it (24..=1024 bytes, its own length first).
+    pub frame: Bytes,
+}
+
 /// One thing the hub acted on: the unit that will cross node boundaries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
@@ -140,4 +164,5 @@ pub enum HubEvent {
     /// Boxed: far larger than the others, and rare beside lobby traffic.
     Addressed(Box<Addressed>),
     Private(Box<PrivateLink>),
+    Bin24(Box<Bin24Relay>),
 }

@@ -21,8 +21,9 @@ use bytes::Bytes;
 
 pub use claims::{ClaimAnswer, ClaimConfig, ClaimCounts, ClaimDecided, Decision, Located, NameOp};
 pub use event::{
-    Addressed, DirectMessage, Endpoint, HubEvent, LobbyMessage, NamedProtocol, OcmMemberId,
-    Presence, PresenceKind, PrivateLink, PrivateStep, ProtocolKind, User,
+    Addressed, Bin24Relay, Bin24Step, DirectMessage, Endpoint, HubEvent, LobbyMessage,
+    NamedProtocol, OcmMemberId, Presence, PresenceKind, PrivateLink, PrivateStep, ProtocolKind,
+    User,
 };
 pub use render::FormLimits;
 
@@ -631,6 +632,21 @@ impl Hub {
         self.claims
             .as_mut()
             .is_some_and(|claims| claims.locate_private(from, link, now_ms))
+    }
+
+    /// A BIN24 message (`frame`) from `from` to `recipient`, a name no user of this node
+    /// holds: ask which node holds it; false for a node alone or too many waiting (BIN24's
+    /// rules for a recipient not online apply then).
+    pub fn address_bin24(
+        &mut self,
+        from: ConnId,
+        recipient: Bytes,
+        frame: Bytes,
+        now_ms: u64,
+    ) -> bool {
+        self.claims
+            .as_mut()
+            .is_some_and(|claims| claims.locate_bin24(from, recipient, frame, now_ms))
     }
 
     /// The cluster answered where the addressee of the message `token` is: another node

@@ -48,6 +48,9 @@ pub struct Services {
     /// turn's share is spent and more may wait: the reactor comes back without sleeping).
     cluster_events_per_turn_max: usize,
     cluster_events_left: usize,
+    /// Unit tests: what would have been published, had there been a cluster.
+    #[cfg(test)]
+    published: Vec<HubEvent>,
 }
 
 /// `$svc` bound to the stream service of `$kind` (through `$get`: `as_ref` or `as_mut`), then
@@ -230,6 +233,10 @@ impl Services {
                         sender_bytes_per_s_max: config.bin24_sender_bytes_per_s_max,
                         pair_bytes_per_s_max: config.bin24_pair_bytes_per_s_max,
                         timer_tick_ms: config.timer_tick_ms,
+                        crossing_grace_ms: config
+                            .cluster
+                            .as_ref()
+                            .map_or(0, |cluster| cluster.lease_ms),
                     },
                     now_ms,
                 );
@@ -327,6 +334,8 @@ impl Services {
             cluster: None,
             cluster_events_per_turn_max: config.cluster_events_per_turn_max.max(1),
             cluster_events_left: config.cluster_events_per_turn_max.max(1),
+            #[cfg(test)]
+            published: Vec::new(),
         })
     }
 
@@ -404,6 +413,13 @@ impl Services {
                         self.hub_queue.hand_over(HubOutcome::MatouRemote(link));
                     }
                 }
+                HubEvent::Bin24(relay) => {
+                    if relay.to_node[..] == *cluster.node_name()
+                        && relay.to_incarnation == cluster.incarnation()
+                    {
+                        self.hub_queue.hand_over(HubOutcome::Bin24Remote(relay));
+                    }
+                }
             }
         }
         // After every local event of this turn was queued: the roster is read at its place
@@ -466,6 +482,10 @@ impl Services {
                 }
                 self.hub_queue
                     .hand_over(HubOutcome::MatouLocated { from, dst, at });
+            }
+            Located::Bin24 { from, frame, at } => {
+                self.hub_queue
+                    .hand_over(HubOutcome::Bin24Located { from, frame, at });
             }
             Located::Unknown { from, recipient } => {
                 log::debug!(
@@ -584,14 +604,23 @@ impl Services {
             }
             if let Some(cluster) = self.cluster.as_mut() {
                 for mut event in self.hub_queue.events.drain(..) {
-                    if let HubEvent::Private(link) = &mut event {
-                        // Its answer comes back to this node.
-                        link.from_node = Bytes::copy_from_slice(cluster.node_name());
-                        link.from_incarnation = cluster.incarnation();
+                    // Its answer comes back to this node.
+                    match &mut event {
+                        HubEvent::Private(link) => {
+                            link.from_node = Bytes::copy_from_slice(cluster.node_name());
+                            link.from_incarnation = cluster.incarnation();
+                        }
+                        HubEvent::Bin24(relay) => {
+                            relay.from_node = Bytes::copy_from_slice(cluster.node_name());
+                            relay.from_incarnation = cluster.incarnation();
+                        }
+                        _ => {}
                     }
                     cluster.publish(&event);
                 }
             } else {
+                #[cfg(test)]
+                self.published.append(&mut self.hub_queue.events);
                 self.hub_queue.events.clear();
             }
             let outcomes = std::mem::take(&mut self.hub_queue.outcomes);
@@ -867,6 +896,32 @@ impl Services {
         self.hub_queue
             .hand_over(HubOutcome::MatouRemote(Box::new(link)));
         self.drain(clock, out);
+    }
+
+    /// A BIN24 frame as if from `node`'s publication of `relay`.
+    fn bin24_from_node<O: Outbox>(
+        &mut self,
+        mut relay: crate::hub::Bin24Relay,
+        node: &'static [u8],
+        clock: &Clock,
+        out: &mut O,
+    ) {
+        relay.from_node = Bytes::from_static(node);
+        relay.from_incarnation = 7;
+        self.hub_queue
+            .hand_over(HubOutcome::Bin24Remote(Box::new(relay)));
+        self.drain(clock, out);
+    }
+
+    /// The BIN24 frames published since the last call, for the nodes they name.
+    fn take_bin24_published(&mut self) -> Vec<crate::hub::Bin24Relay> {
+        std::mem::take(&mut self.published)
+            .into_iter()
+            .filter_map(|event| match event {
+                HubEvent::Bin24(relay) => Some(*relay),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -2017,6 +2072,288 @@ mod tests {
             Some(matou::error(ErrorCode::UnknownUser, b"")[..8].to_vec())
         );
         assert!(services.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// BIN24 across two nodes without Redis (answers and events handed between two
+    /// `Services` by hand, time fabricated): ana on node-a sends two messages to bob on
+    /// node-b. The second waits unread while the first is located (per-sender order); each is
+    /// published once for node-b, which forwards it to bob verbatim; bob's "200" goes back to
+    /// node-a and ana gets it verbatim. bob does not answer the second within the ack
+    /// timeout: node-b closes him (rule 6), stores the frame, answers "300" to node-a once
+    /// durable, and bob finds it (type 2) when he logs in again. A message to a name no node
+    /// holds is stored on node-a ("300").
+    #[test]
+    fn bin24_messages_to_a_user_of_another_node_are_forwarded_answered_and_kept_on_timeout() {
+        use crate::hub::{Bin24Step, ClaimAnswer};
+        use crate::protocol::bin24::codec as bin24;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-bin24-nodes",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let node = |sub: &str| {
+            let mut services = clustered(&dir.join(sub));
+            services.hub_queue.collect_events = true;
+            services
+        };
+        let (mut a, mut b) = (node("a"), node("b"));
+        let (mut out_a, mut out_b) = (RecordingOutbox::default(), RecordingOutbox::default());
+        let name = |text: &str| match bin24::Name::new(text.as_bytes()) {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let frame = |kind, id: u32, src: &str, dst: &str, body: &[u8]| match bin24::encode(
+            kind,
+            id,
+            name(src),
+            name(dst),
+            body,
+        ) {
+            Some(frame) => frame,
+            None => panic!("a valid frame"),
+        };
+        let ack_timeout_ms = Config::for_tests().bin24_ack_timeout_ms;
+        let (ana, bob) = (ConnId::new(0, 1), ConnId::new(0, 1));
+        // Each signs in on its node: the first frame (an answer to nobody) claims the name.
+        for (services, out, id, user) in [
+            (&mut a, &mut out_a, ana, "ana"),
+            (&mut b, &mut out_b, bob, "bob"),
+        ] {
+            services.on_accept(ProtocolKind::Bin24, id, &cx(0), out);
+            let hello = frame(bin24::TYPE_ANSWER, 0, user, "nobody", b"200");
+            services.on_data(
+                ProtocolKind::Bin24,
+                id,
+                &mut BytesMut::from(&hello[..]),
+                &cx(0),
+                out,
+            );
+            services.answer_name(
+                claimed(1, user.as_bytes(), ClaimAnswer::Granted),
+                &cx(0).clock(),
+                out,
+            );
+            out.clear();
+        }
+
+        // Two messages in one read: the second waits, unread, while the first is located.
+        let (first, second) = (
+            frame(bin24::TYPE_MESSAGE, 1, "ana", "bob", b"hello bob"),
+            frame(bin24::TYPE_MESSAGE, 2, "ana", "bob", b"still there?"),
+        );
+        let mut input = BytesMut::from(&first[..]);
+        input.extend_from_slice(&second);
+        a.on_data(ProtocolKind::Bin24, ana, &mut input, &cx(1), &mut out_a);
+        assert_eq!(&input[..], &second[..], "held, unread");
+        assert!(a.take_bin24_published().is_empty() && out_a.sent.is_empty());
+        let at_b = || Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Bin24));
+        a.answer_name(
+            NameAnswer::Located {
+                token: 2,
+                holder: at_b(),
+            },
+            &cx(2).clock(),
+            &mut out_a,
+        );
+        assert_eq!(out_a.resumed.last(), Some(&ana));
+        let published = a.take_bin24_published();
+        let [relay] = &published[..] else {
+            panic!("one frame published: {published:?}");
+        };
+        assert_eq!(
+            (
+                &relay.to_node[..],
+                relay.to_incarnation,
+                relay.step,
+                &relay.frame
+            ),
+            (&b"node-b"[..], 9, Bin24Step::Message, &first)
+        );
+        // node-b forwards it verbatim; bob's "200" goes back to node-a, and to ana verbatim.
+        b.bin24_from_node(relay.clone(), b"node-a", &cx(3).clock(), &mut out_b);
+        assert_eq!(out_b.sent_to(bob), std::slice::from_ref(&first));
+        let ok = frame(bin24::TYPE_ANSWER, 1, "bob", "ana", b"200");
+        b.on_data(
+            ProtocolKind::Bin24,
+            bob,
+            &mut BytesMut::from(&ok[..]),
+            &cx(4),
+            &mut out_b,
+        );
+        let answers = b.take_bin24_published();
+        let [answer] = &answers[..] else {
+            panic!("one answer published: {answers:?}");
+        };
+        assert_eq!(
+            (&answer.to_node[..], answer.step, &answer.frame),
+            (&b"node-a"[..], Bin24Step::Answer, &ok)
+        );
+        a.bin24_from_node(answer.clone(), b"node-b", &cx(5).clock(), &mut out_a);
+        assert_eq!(out_a.sent_to(ana), [ok]);
+
+        // The second message is read now, located, and sent the same way; bob never answers.
+        out_a.clear();
+        out_b.clear();
+        a.on_data(ProtocolKind::Bin24, ana, &mut input, &cx(6), &mut out_a);
+        assert!(input.is_empty());
+        a.answer_name(
+            NameAnswer::Located {
+                token: 3,
+                holder: at_b(),
+            },
+            &cx(6).clock(),
+            &mut out_a,
+        );
+        let published = a.take_bin24_published();
+        assert_eq!(published.len(), 1, "once: {published:?}");
+        b.bin24_from_node(published[0].clone(), b"node-a", &cx(7).clock(), &mut out_b);
+        assert_eq!(out_b.sent_to(bob), std::slice::from_ref(&second));
+        b.on_timers(&cx(7 + ack_timeout_ms - 20).clock(), &mut out_b);
+        assert!(out_b.closed.is_empty(), "not before the ack timeout");
+        b.on_timers(&cx(7 + ack_timeout_ms + 20).clock(), &mut out_b);
+        assert_eq!(
+            out_b.closed.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>(),
+            [(bob, CloseReason::Timeout)]
+        );
+        b.on_close(
+            ProtocolKind::Bin24,
+            bob,
+            CloseReason::Timeout,
+            &cx(8 + ack_timeout_ms),
+            &mut out_b,
+        );
+        // Stored on node-b; "300" for ana is published once it is durable.
+        let stored_answer = frame(bin24::TYPE_ANSWER, 2, "bob", "ana", bin24::ANSWER_STORED);
+        let started = std::time::Instant::now();
+        let answers = loop {
+            let answers = b.take_bin24_published();
+            if !answers.is_empty() {
+                break answers;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never stored"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            b.on_wake(&cx(9 + ack_timeout_ms).clock(), &mut out_b);
+        };
+        let [answer] = &answers[..] else {
+            panic!("one answer: {answers:?}");
+        };
+        assert_eq!(
+            (&answer.to_node[..], &answer.frame),
+            (&b"node-a"[..], &stored_answer)
+        );
+        a.bin24_from_node(answer.clone(), b"node-b", &cx(10).clock(), &mut out_a);
+        assert_eq!(out_a.sent_to(ana), [stored_answer]);
+
+        // bob logs in again on node-b: the frame is there, as type 2.
+        let bob_again = ConnId::new(1, 2);
+        b.on_accept(ProtocolKind::Bin24, bob_again, &cx(20), &mut out_b);
+        let hello = frame(bin24::TYPE_ANSWER, 0, "bob", "nobody", b"200");
+        b.on_data(
+            ProtocolKind::Bin24,
+            bob_again,
+            &mut BytesMut::from(&hello[..]),
+            &cx(20),
+            &mut out_b,
+        );
+        b.answer_name(
+            claimed(2, b"bob", ClaimAnswer::Granted),
+            &cx(20).clock(),
+            &mut out_b,
+        );
+        let mut kept = second.to_vec();
+        kept[2] = bin24::TYPE_OFFLINE as u8;
+        let started = std::time::Instant::now();
+        // Stored frames are sent with a note (custody: delivered once acknowledged).
+        while out_b.notified.is_empty() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never loaded"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            b.on_wake(&cx(21).clock(), &mut out_b);
+        }
+        let notified: Vec<_> = out_b
+            .notified
+            .iter()
+            .map(|(to, bytes, _)| (*to, bytes.clone()))
+            .collect();
+        assert_eq!(notified, [(bob_again, Bytes::from(kept))]);
+
+        // A name no node holds: stored on node-a, and ana hears "300" once durable.
+        out_a.clear();
+        let to_zed = frame(bin24::TYPE_MESSAGE, 3, "ana", "zed", b"anyone?");
+        a.on_data(
+            ProtocolKind::Bin24,
+            ana,
+            &mut BytesMut::from(&to_zed[..]),
+            &cx(30),
+            &mut out_a,
+        );
+        a.answer_name(
+            NameAnswer::Located {
+                token: 4,
+                holder: None,
+            },
+            &cx(30).clock(),
+            &mut out_a,
+        );
+        assert!(a.take_bin24_published().is_empty());
+        let stored = frame(bin24::TYPE_ANSWER, 3, "zed", "ana", bin24::ANSWER_STORED);
+        let started = std::time::Instant::now();
+        while out_a.sent_to(ana).is_empty() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never stored"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            a.on_wake(&cx(31).clock(), &mut out_a);
+        }
+        assert_eq!(out_a.sent_to(ana), [stored]);
+
+        // node-b never answers this one (it died, or Redis lost the frame or the answer):
+        // after the ack timeout and the grace (the lease), node-a keeps it and ana hears
+        // "300"; the frames node-b answered above are not kept again.
+        out_a.clear();
+        let lost = frame(bin24::TYPE_MESSAGE, 4, "ana", "bob", b"lost?");
+        a.on_data(
+            ProtocolKind::Bin24,
+            ana,
+            &mut BytesMut::from(&lost[..]),
+            &cx(40),
+            &mut out_a,
+        );
+        a.answer_name(
+            NameAnswer::Located {
+                token: 5,
+                holder: at_b(),
+            },
+            &cx(40).clock(),
+            &mut out_a,
+        );
+        assert_eq!(a.take_bin24_published().len(), 1);
+        let lease_ms = 500;
+        a.on_timers(&cx(40 + ack_timeout_ms + lease_ms - 20).clock(), &mut out_a);
+        a.on_timers(&cx(40 + ack_timeout_ms + lease_ms + 20).clock(), &mut out_a);
+        let kept = frame(bin24::TYPE_ANSWER, 4, "bob", "ana", bin24::ANSWER_STORED);
+        let started = std::time::Instant::now();
+        while out_a.sent_to(ana).is_empty() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never kept"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            a.on_wake(&cx(41 + ack_timeout_ms + lease_ms).clock(), &mut out_a);
+        }
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            a.on_wake(&cx(42 + ack_timeout_ms + lease_ms).clock(), &mut out_a);
+        }
+        assert_eq!(out_a.sent_to(ana), [kept]);
+        assert!(a.shut_down().is_ok() && b.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

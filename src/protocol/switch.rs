@@ -18,8 +18,8 @@ use super::{
     CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, DatagramSent, Outbox, ProtocolKind,
 };
 use crate::hub::{
-    Claim, ClaimDecided, Crossing, Endpoint, Hub, HubEvent, HubOut, LobbyMessage, NamedProtocol,
-    Priced, PrivateLink,
+    Bin24Relay, Claim, ClaimDecided, Crossing, Endpoint, Hub, HubEvent, HubOut, LobbyMessage,
+    NamedProtocol, Priced, PrivateLink,
 };
 
 /// The most input a connection may send while its name claim waits for the cluster (its
@@ -59,6 +59,16 @@ pub enum HubOutcome {
     /// located (the message published for its node, or `from` told it is unknown): `from`'s
     /// held input is read again.
     CcmLocated { from: ConnId },
+    /// BIN24: the DST of `from`'s message `frame`, a name no user of this node held, was
+    /// located: a BIN24 user of the node `at` holds it (the frame is to be published for
+    /// it), or none does. `from`'s held input is read again after.
+    Bin24Located {
+        from: ConnId,
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+    },
+    /// BIN24: a frame from another node for a BIN24 user of this one.
+    Bin24Remote(Box<Bin24Relay>),
 }
 
 impl HubOutcome {
@@ -67,7 +77,9 @@ impl HubOutcome {
         match self {
             HubOutcome::Bin24Forward { .. }
             | HubOutcome::Bin24Answer { .. }
-            | HubOutcome::Bin24Store { .. } => ProtocolKind::Bin24,
+            | HubOutcome::Bin24Store { .. }
+            | HubOutcome::Bin24Located { .. }
+            | HubOutcome::Bin24Remote(_) => ProtocolKind::Bin24,
             HubOutcome::NameClaim(decided) => decided.protocol.protocol(),
             HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
             HubOutcome::CcmLocated { .. } => ProtocolKind::Ccm,

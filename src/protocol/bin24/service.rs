@@ -11,7 +11,9 @@ use log::{debug, warn};
 use super::codec::{self, Frame, Name};
 use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
-use crate::hub::{Bin24Direct, Claim, Decision, NamedProtocol, Written};
+use crate::hub::{
+    Bin24Direct, Bin24Relay, Bin24Step, Claim, Decision, HubEvent, NamedProtocol, Written,
+};
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
     CloseMode, CloseReason, HubOutcome, Outbox, ProtocolKind, HELD_INPUT_BYTES_MAX,
@@ -55,6 +57,11 @@ pub struct Bin24Config {
     pub sender_bytes_per_s_max: u64,
     pub pair_bytes_per_s_max: u64,
     pub timer_tick_ms: u64,
+    /// In a cluster: a frame published for a user of another node whose answer has not come
+    /// back within the ack timeout and this much more (the recipient's node's own timeout, its
+    /// store's write, two trips through Redis) is stored here and its sender answered "300":
+    /// the other node died, or Redis dropped the frame or its answer. The cluster's lease.
+    pub crossing_grace_ms: u64,
 }
 
 impl Default for Bin24Config {
@@ -70,9 +77,14 @@ impl Default for Bin24Config {
             sender_bytes_per_s_max: 8 * 1024 * 1024,
             pair_bytes_per_s_max: 2 * 1024 * 1024,
             timer_tick_ms: 10,
+            crossing_grace_ms: 3_000,
         }
     }
 }
+
+/// In a cluster, the node (and its incarnation) of a sender who is not on this one: its
+/// answers ("200", "300", "507") are published for that node.
+type Origin = Option<(Bytes, u64)>;
 
 /// A message forwarded to an online recipient and not yet answered.
 #[derive(Debug)]
@@ -81,6 +93,7 @@ struct PendingAck {
     recipient_conn: ConnId,
     frame: Frame,
     timer: TimerKey,
+    origin: Origin,
 }
 
 /// Why a store request was made, to act on its completion.
@@ -91,6 +104,7 @@ enum Ticket {
         sender: Name,
         recipient: Name,
         message_id: u32,
+        origin: Origin,
     },
     /// The next page of `user`'s stored frames, for `conn`; `reserved_bytes` of the global
     /// budget are held for it until it arrives.
@@ -154,6 +168,9 @@ struct Bin24Conn {
     /// In a cluster: the first frame, whose SRC is asked of the other nodes. It is handled
     /// once the name is granted; input is left unread until then.
     claiming: Option<Frame>,
+    /// In a cluster: a message of this user is being located on the other nodes; input is
+    /// left unread until then, so its messages keep their order.
+    locating: bool,
 }
 
 impl Bin24Conn {
@@ -174,6 +191,7 @@ impl Bin24Conn {
             waiting_for_budget: false,
             sending: None,
             claiming: None,
+            locating: false,
         }
     }
 }
@@ -211,6 +229,10 @@ pub struct Bin24Service {
     /// Keyed by (sender, messageID), as the answer names them: (its DST, its messageID).
     pending: HashMap<(Name, u32), PendingAck>,
     ack_deadlines: TimerWheel<(Name, u32)>,
+    /// In a cluster: frames of local senders published for another node, by (sender,
+    /// messageID), kept until that node's answer comes back (custody stays here meanwhile).
+    crossing: HashMap<(Name, u32), (Frame, TimerKey)>,
+    crossing_deadlines: TimerWheel<(Name, u32)>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
     /// Users with a page load in flight: at most one per user, whatever its connections do.
@@ -257,12 +279,15 @@ fn stored_frame_key(bytes: &[u8]) -> (Name, u32) {
 impl Bin24Service {
     pub fn new(config: Bin24Config, now_ms: u64) -> Self {
         let ack_deadlines = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
+        let crossing_deadlines = TimerWheel::new(config.timer_tick_ms, WHEEL_SLOT_COUNT, now_ms);
         Bin24Service {
             config,
             conns: ConnMap::new(),
             users: HashMap::new(),
             pending: HashMap::new(),
             ack_deadlines,
+            crossing: HashMap::new(),
+            crossing_deadlines,
             tickets: HashMap::new(),
             next_ticket: 0,
             loading_users: HashSet::new(),
@@ -323,10 +348,10 @@ impl Bin24Service {
                 input.clear();
                 return;
             };
-            if conn.claiming.is_some() {
+            if conn.claiming.is_some() || conn.locating {
                 if input.len() > HELD_INPUT_BYTES_MAX {
                     debug!(
-                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent before its login was decided"
+                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent while its login or a message waited for the cluster"
                     );
                     self.reject(id, out);
                     input.clear();
@@ -568,7 +593,7 @@ impl Bin24Service {
                     frame,
                 }) = unwritten
                 {
-                    self.store_for(recipient, sender, message_id, &frame, store);
+                    self.store_for(recipient, sender, message_id, &frame, None, store);
                 }
             }
             return;
@@ -580,8 +605,39 @@ impl Bin24Service {
             .is_some_and(|users| !users.knows(&recipient))
         {
             // No such user can ever log in: storing it would only fill the disk.
-            self.answer(sender, recipient, message_id, codec::ANSWER_STORE_FULL, out);
+            self.answer(
+                sender,
+                recipient,
+                message_id,
+                codec::ANSWER_STORE_FULL,
+                None,
+                out,
+            );
             return;
+        }
+        // In a cluster a name no user of this node holds may be a BIN24 user's on another
+        // node: located first (one Redis look-up), and meanwhile this sender's further input
+        // waits, so its messages keep their order.
+        let remote = !self.users.contains_key(&recipient)
+            && out.hub().is_some_and(|link| {
+                link.hub.spans_nodes() && link.hub.holder(recipient.as_bytes()).is_none()
+            });
+        if remote {
+            let asked = out.hub().is_some_and(|link| {
+                link.hub.address_bin24(
+                    id,
+                    Bytes::copy_from_slice(recipient.as_bytes()),
+                    frame.as_bytes().clone(),
+                    now_ms,
+                )
+            });
+            if asked {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.locating = true;
+                }
+                return;
+            }
+            // Too many messages located at once: BIN24's rules for an offline recipient.
         }
         let online = self.users.get(&recipient).copied().filter(|conn| {
             self.conns
@@ -589,7 +645,7 @@ impl Bin24Service {
                 .is_some_and(|state| state.unacked.len() < self.config.unacked_per_recipient_max)
         });
         let Some(recipient_conn) = online else {
-            self.store_for(recipient, sender, message_id, &frame, store);
+            self.store_for(recipient, sender, message_id, &frame, None, store);
             return;
         };
         // Only a live delivery is charged: a stored frame reaches its recipient paced by the
@@ -597,7 +653,139 @@ impl Bin24Service {
         if !self.charge_live(id, &frame, now_ms, out) {
             return;
         }
-        self.deliver_live(recipient_conn, frame, now_ms, out, store);
+        self.deliver_live(recipient_conn, frame, None, now_ms, out, store);
+    }
+
+    /// The DST of `from`'s message `frame` was located: a BIN24 user of the node `at` holds
+    /// it (the frame is published for that node, charged here as a live delivery), or no
+    /// other node's BIN24 user does (BIN24's rules here: online now, or stored). Then `from`'s
+    /// held input is read again.
+    fn on_located<O: Outbox, S: StoreSink>(
+        &mut self,
+        from: ConnId,
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let sender_here = match self.conns.get_mut(from) {
+            Some(conn) => {
+                conn.locating = false;
+                true
+            }
+            None => false,
+        };
+        // The frame was decoded from this connection's input: it is one.
+        if let Ok(frame) = Frame::from_bytes(frame) {
+            let recipient = frame.dst();
+            match at {
+                Some((to_node, to_incarnation)) => {
+                    // A sender gone meanwhile is not charged: its message was accepted.
+                    if !sender_here || self.charge_live(from, &frame, now_ms, out) {
+                        // Kept until the answer comes back; a messageID reused meanwhile
+                        // (a client restarted its counter) leaves the older one to its node.
+                        let key = (frame.src(), frame.message_id());
+                        let deadline = now_ms
+                            .saturating_add(self.config.ack_timeout_ms)
+                            .saturating_add(self.config.crossing_grace_ms);
+                        let timer = self.crossing_deadlines.insert(deadline, key);
+                        if let Some((_, older)) = self.crossing.insert(key, (frame.clone(), timer))
+                        {
+                            self.crossing_deadlines.cancel(older);
+                        }
+                        if let Some(link) = out.hub() {
+                            link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                                to_node,
+                                to_incarnation,
+                                from_node: Bytes::new(),
+                                from_incarnation: 0,
+                                step: Bin24Step::Message,
+                                frame: frame.into_bytes(),
+                            })));
+                        }
+                    }
+                }
+                None => {
+                    let online = self.live_conn(recipient);
+                    match online {
+                        Some(to) if !sender_here || self.charge_live(from, &frame, now_ms, out) => {
+                            self.deliver_live(to, frame, None, now_ms, out, store)
+                        }
+                        Some(_) => {}
+                        None => self.store_for(
+                            recipient,
+                            frame.src(),
+                            frame.message_id(),
+                            &frame,
+                            None,
+                            store,
+                        ),
+                    }
+                }
+            }
+        }
+        if sender_here {
+            out.resume_input(from);
+        }
+    }
+
+    /// The connection of `user`, online here and able to take one more live message.
+    fn live_conn(&self, user: Name) -> Option<ConnId> {
+        self.users.get(&user).copied().filter(|conn| {
+            self.conns
+                .get(*conn)
+                .is_some_and(|state| state.unacked.len() < self.config.unacked_per_recipient_max)
+        })
+    }
+
+    /// A frame from another node (`relay.from_node`) for a user of this one: a message is
+    /// delivered live (its answer timer kept here, rule 6 included) or stored here, its
+    /// sender's answers published back; an answer goes to its DST if online (rule 5).
+    fn on_remote<O: Outbox, S: StoreSink>(
+        &mut self,
+        relay: Bin24Relay,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let Ok(frame) = Frame::from_bytes(relay.frame) else {
+            debug!(
+                "cluster: a BIN24 frame from node {:?} that does not decode, dropped",
+                String::from_utf8_lossy(&relay.from_node)
+            );
+            return;
+        };
+        match (relay.step, frame.frame_type()) {
+            (Bin24Step::Message, codec::TYPE_MESSAGE) => {
+                let origin = Some((relay.from_node, relay.from_incarnation));
+                let recipient = frame.dst();
+                match self.live_conn(recipient) {
+                    Some(to) => self.deliver_live(to, frame, origin, now_ms, out, store),
+                    None => self.store_for(
+                        recipient,
+                        frame.src(),
+                        frame.message_id(),
+                        &frame,
+                        origin,
+                        store,
+                    ),
+                }
+            }
+            (Bin24Step::Answer, codec::TYPE_ANSWER) => {
+                // Whatever it says, the other node has dealt with the frame: custody is its.
+                if let Some((_, timer)) = self.crossing.remove(&(frame.dst(), frame.message_id())) {
+                    self.crossing_deadlines.cancel(timer);
+                }
+                if let Some(&to) = self.users.get(&frame.dst()) {
+                    out.send(to, frame.into_bytes());
+                }
+            }
+            (step, frame_type) => debug!(
+                "cluster: a BIN24 {step:?} of type {frame_type} from node {:?}, dropped",
+                String::from_utf8_lossy(&relay.from_node)
+            ),
+        }
     }
 
     /// Send `frame` (type 0) to its recipient, online on `recipient_conn`, and wait for the
@@ -607,6 +795,7 @@ impl Bin24Service {
         &mut self,
         recipient_conn: ConnId,
         frame: Frame,
+        origin: Origin,
         now_ms: u64,
         out: &mut O,
         store: &mut S,
@@ -619,7 +808,14 @@ impl Bin24Service {
         if let Some(older) = self.pending.remove(&(sender, message_id)) {
             self.ack_deadlines.cancel(older.timer);
             self.forget_unacked(older.recipient_conn, (sender, message_id));
-            self.store_for(older.recipient, sender, message_id, &older.frame, store);
+            self.store_for(
+                older.recipient,
+                sender,
+                message_id,
+                &older.frame,
+                older.origin,
+                store,
+            );
         }
         out.send(recipient_conn, frame.as_bytes().clone());
         let timer = self.ack_deadlines.insert(
@@ -633,6 +829,7 @@ impl Bin24Service {
                 recipient_conn,
                 frame,
                 timer,
+                origin,
             },
         );
         if let Some(state) = self.conns.get_mut(recipient_conn) {
@@ -662,6 +859,7 @@ impl Bin24Service {
             recipient,
             message_id,
             codec::ANSWER_RATE_LIMITED,
+            None,
             out,
         );
         false
@@ -702,10 +900,12 @@ impl Bin24Service {
             .pending
             .get(&key)
             .is_some_and(|pending| pending.recipient == answerer);
+        let mut origin = None;
         if settles_live {
             if let Some(pending) = self.pending.remove(&key) {
                 self.ack_deadlines.cancel(pending.timer);
                 self.forget_unacked(pending.recipient_conn, key);
+                origin = pending.origin;
             }
         }
         // A sender that restarted its messageIDs may have a live message and a stored one with
@@ -725,7 +925,19 @@ impl Bin24Service {
             self.custody.delivered_answered += count;
             self.pump_backlog(id, out, store);
         }
-        if let Some(&to) = self.users.get(&frame.dst()) {
+        if let Some((to_node, to_incarnation)) = origin {
+            // Its sender is on another node: the answer goes back there, verbatim.
+            if let Some(link) = out.hub() {
+                link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                    to_node,
+                    to_incarnation,
+                    from_node: Bytes::new(),
+                    from_incarnation: 0,
+                    step: Bin24Step::Answer,
+                    frame: frame.into_bytes(),
+                })));
+            }
+        } else if let Some(&to) = self.users.get(&frame.dst()) {
             out.send(to, frame.into_bytes());
         }
     }
@@ -738,12 +950,14 @@ impl Bin24Service {
         sender: Name,
         message_id: u32,
         frame: &Frame,
+        origin: Origin,
         store: &mut S,
     ) {
         let ticket = self.ticket(Ticket::Append {
             sender,
             recipient,
             message_id,
+            origin,
         });
         store.submit(StoreRequest::Append {
             ticket,
@@ -793,7 +1007,14 @@ impl Bin24Service {
         for key in unacked {
             if let Some(pending) = self.pending.remove(&key) {
                 self.ack_deadlines.cancel(pending.timer);
-                self.store_for(pending.recipient, key.0, key.1, &pending.frame, store);
+                self.store_for(
+                    pending.recipient,
+                    key.0,
+                    key.1,
+                    &pending.frame,
+                    pending.origin,
+                    store,
+                );
             }
         }
     }
@@ -831,10 +1052,14 @@ impl Bin24Service {
 
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let grace = self.grace.front().map(|&(due, _, _)| due);
-        [self.ack_deadlines.next_deadline_ms(), grace]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.ack_deadlines.next_deadline_ms(),
+            self.crossing_deadlines.next_deadline_ms(),
+            grace,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Rule 6: an unanswered message makes its recipient count as disconnected: it is closed
@@ -865,6 +1090,22 @@ impl Bin24Service {
             );
             self.disconnect(recipient_conn, store);
             out.close(recipient_conn, CloseReason::Timeout, CloseMode::Now);
+        }
+        while let Some(key) = self.crossing_deadlines.poll_expired(now_ms) {
+            let Some((frame, _)) = self.crossing.remove(&key) else {
+                continue;
+            };
+            // No answer from the recipient's node: it died, or Redis lost the frame or the
+            // answer. Kept here (a duplicate if that node did deliver it: at-least-once, as
+            // rule 6 allows), and the sender hears "300" once it is durable.
+            warn!(
+                "cluster: no answer from the node of {} for {}#{} within {} ms; stored here",
+                frame.dst(),
+                key.0,
+                key.1,
+                self.config.ack_timeout_ms + self.config.crossing_grace_ms
+            );
+            self.store_for(frame.dst(), key.0, key.1, &frame, None, store);
         }
         while let Some(&(due, conn, note)) = self.grace.front() {
             if due > now_ms {
@@ -934,9 +1175,17 @@ impl Bin24Service {
                     sender,
                     recipient,
                     message_id,
+                    origin,
                 }) = self.tickets.remove(&ticket)
                 {
-                    self.answer(sender, recipient, message_id, codec::ANSWER_STORED, out);
+                    self.answer(
+                        sender,
+                        recipient,
+                        message_id,
+                        codec::ANSWER_STORED,
+                        origin,
+                        out,
+                    );
                 }
             }
             StoreEvent::Full { ticket } => {
@@ -944,9 +1193,17 @@ impl Bin24Service {
                     sender,
                     recipient,
                     message_id,
+                    origin,
                 }) = self.tickets.remove(&ticket)
                 {
-                    self.answer(sender, recipient, message_id, codec::ANSWER_STORE_FULL, out);
+                    self.answer(
+                        sender,
+                        recipient,
+                        message_id,
+                        codec::ANSWER_STORE_FULL,
+                        origin,
+                        out,
+                    );
                 }
             }
             StoreEvent::Loaded {
@@ -978,9 +1235,17 @@ impl Bin24Service {
                         sender,
                         recipient,
                         message_id,
+                        origin,
                     }) => {
                         // Not durable: the sender must not be told "300".
-                        self.answer(sender, recipient, message_id, codec::ANSWER_STORE_FULL, out);
+                        self.answer(
+                            sender,
+                            recipient,
+                            message_id,
+                            codec::ANSWER_STORE_FULL,
+                            origin,
+                            out,
+                        );
                     }
                     Some(Ticket::Load {
                         conn,
@@ -1195,9 +1460,10 @@ impl Bin24Service {
                         state.unacked.len() < self.config.unacked_per_recipient_max
                     });
                 if live {
-                    self.deliver_live(to, frame, now_ms, out, store);
+                    self.deliver_live(to, frame, None, now_ms, out, store);
                 } else {
-                    self.store_for(recipient, frame.src(), frame.message_id(), &frame, store);
+                    let (src, message_id) = (frame.src(), frame.message_id());
+                    self.store_for(recipient, src, message_id, &frame, None, store);
                 }
             }
             HubOutcome::Bin24Answer { sender, answer } => {
@@ -1210,7 +1476,11 @@ impl Bin24Service {
                 sender,
                 message_id,
                 frame,
-            } => self.store_for(recipient, sender, message_id, &frame, store),
+            } => self.store_for(recipient, sender, message_id, &frame, None, store),
+            HubOutcome::Bin24Located { from, frame, at } => {
+                self.on_located(from, frame, at, now_ms, out, store)
+            }
+            HubOutcome::Bin24Remote(relay) => self.on_remote(*relay, now_ms, out, store),
             HubOutcome::NameClaim(decided) => {
                 self.on_claim_decided(decided.conn, decided.decision, now_ms, out, store)
             }
@@ -1229,13 +1499,23 @@ impl Bin24Service {
         recipient: Name,
         message_id: u32,
         text: &[u8],
+        origin: Origin,
         out: &mut O,
     ) {
-        if let Some(&to) = self.users.get(&sender) {
-            out.send(
-                to,
-                codec::encode_answer(message_id, recipient, sender, text),
-            );
+        let answer = || codec::encode_answer(message_id, recipient, sender, text);
+        if let Some((to_node, to_incarnation)) = origin {
+            if let Some(link) = out.hub() {
+                link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                    to_node,
+                    to_incarnation,
+                    from_node: Bytes::new(),
+                    from_incarnation: 0,
+                    step: Bin24Step::Answer,
+                    frame: answer(),
+                })));
+            }
+        } else if let Some(&to) = self.users.get(&sender) {
+            out.send(to, answer());
         }
     }
 }

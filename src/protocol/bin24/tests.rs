@@ -105,6 +105,7 @@ impl Harness {
                     sender_bytes_per_s_max: Bin24Config::default().sender_bytes_per_s_max,
                     pair_bytes_per_s_max: Bin24Config::default().pair_bytes_per_s_max,
                     timer_tick_ms: 10,
+                    crossing_grace_ms: 0,
                 },
                 0,
             ),
