@@ -45,6 +45,13 @@ const OUTGOING_MAX: usize = 65_536;
 /// counted). A lobby text may be 1 MiB: counted in events alone, a cut-off Redis could hold
 /// 64 GiB here.
 pub const OUTGOING_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes of other nodes' messages handed over by the subscriber and not yet taken by the
+/// reactor; beyond this the subscriber stops reading Redis until the reactor catches up (Redis
+/// then holds them, up to its own limit for a subscriber's output, past which it drops the
+/// connection: the subscriber reconnects, and the rosters bring back the presence missed).
+pub const INCOMING_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How often a subscriber held back by [`INCOMING_BYTES_MAX`] looks again.
+const INCOMING_PAUSE: Duration = Duration::from_millis(1);
 /// Bytes one PUBLISH pipeline carries at most (also at least one event).
 const PIPELINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -78,12 +85,12 @@ impl ClusterConfig {
 /// What the Redis threads hand the reactor.
 #[derive(Debug)]
 enum Incoming {
-    /// An event on the lobby channel (the subscriber).
-    Event(Envelope),
+    /// An event on the lobby channel (the subscriber), and its size on the wire.
+    Event(Envelope, usize),
     /// The nodes whose liveness keys exist now (the publisher, at a renewal).
     Live(Vec<liveness::NodeId>),
-    /// Another node's lobby roster (the subscriber).
-    Roster(codec::RosterEnvelope),
+    /// Another node's lobby roster (the subscriber), and its size on the wire.
+    Roster(codec::RosterEnvelope, usize),
     /// The subscription is made (at start) or made again after a lost link: events of other
     /// nodes may have been missed meanwhile.
     Subscribed,
@@ -173,6 +180,8 @@ pub struct Cluster {
     /// Bytes in `outgoing` (added here, taken off by the publisher).
     outgoing_bytes: Arc<AtomicUsize>,
     incoming: Receiver<Incoming>,
+    /// Bytes in `incoming` (added by the subscriber, taken off here).
+    incoming_bytes: Arc<AtomicUsize>,
     /// Each other node's lobby members, to announce them gone when it dies.
     members: liveness::Members,
     /// Presences this node made up for other nodes (with the node's name), handed out before
@@ -234,6 +243,7 @@ impl Cluster {
         let pending = Arc::new(AtomicBool::new(false));
         let (outgoing, outgoing_rx) = mpsc::sync_channel::<Bytes>(OUTGOING_MAX);
         let outgoing_bytes = Arc::new(AtomicUsize::new(0));
+        let incoming_bytes = Arc::new(AtomicUsize::new(0));
         let (incoming_tx, incoming) = mpsc::channel();
         let _ = incoming_tx.send(Incoming::Live(first_live));
         let publish_thread = {
@@ -272,12 +282,14 @@ impl Cluster {
             let stats = Arc::clone(&stats);
             let stop = Arc::clone(&stop);
             let pending = Arc::clone(&pending);
+            let incoming_bytes = Arc::clone(&incoming_bytes);
             let config_lease_ms = config.lease_ms;
             std::thread::Builder::new()
                 .name("cluster-sub".into())
                 .spawn(move || {
                     let subscriber = Subscriber {
                         incoming: incoming_tx,
+                        incoming_bytes: &incoming_bytes,
                         ping_every: Duration::from_millis(config_lease_ms / 4),
                         ping_timeout: command_timeout,
                         pending: &pending,
@@ -311,6 +323,7 @@ impl Cluster {
             outgoing: Some(outgoing),
             outgoing_bytes,
             incoming,
+            incoming_bytes,
             members: liveness::Members::default(),
             lapsed_left: VecDeque::new(),
             pending,
@@ -399,14 +412,18 @@ impl Cluster {
                 return Some(left);
             }
             let envelope = match self.incoming.try_recv() {
-                Ok(Incoming::Event(envelope)) => envelope,
+                Ok(Incoming::Event(envelope, bytes)) => {
+                    self.incoming_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                    envelope
+                }
                 Ok(Incoming::Live(live)) => {
                     for lapsed in self.members.on_live(&live) {
                         self.lapsed(lapsed, "its lease lapsed");
                     }
                     continue;
                 }
-                Ok(Incoming::Roster(roster)) => {
+                Ok(Incoming::Roster(roster, bytes)) => {
+                    self.incoming_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     self.on_roster(roster);
                     continue;
                 }
@@ -564,6 +581,30 @@ impl Drop for Cluster {
     }
 }
 
+/// Count `len` more bytes into `queued` once that no longer passes `max` (or `queued` is
+/// empty: a message larger than `max` alone still passes), looking every `pause`; false if
+/// `stop` is set first. Only the subscriber adds, so the check and the add need not be one
+/// atomic step.
+fn wait_for_room(
+    queued: &AtomicUsize,
+    len: usize,
+    max: usize,
+    stop: &AtomicBool,
+    pause: Duration,
+) -> bool {
+    loop {
+        let now = queued.load(Ordering::Acquire);
+        if now == 0 || now.saturating_add(len) <= max {
+            queued.fetch_add(len, Ordering::AcqRel);
+            return true;
+        }
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+        std::thread::sleep(pause);
+    }
+}
+
 /// Count `len` more bytes into `queued` unless that would pass `max` (only the reactor adds,
 /// so the check and the add need not be one atomic step).
 fn reserve(queued: &AtomicUsize, len: usize, max: usize) -> bool {
@@ -582,11 +623,11 @@ pub(crate) struct TestFeed(mpsc::Sender<Incoming>);
 impl TestFeed {
     /// An event on the lobby channel, as the subscriber hands it over.
     pub(crate) fn event(&self, envelope: Envelope) {
-        let _ = self.0.send(Incoming::Event(envelope));
+        let _ = self.0.send(Incoming::Event(envelope, 0));
     }
 
     pub(crate) fn roster(&self, roster: codec::RosterEnvelope) {
-        let _ = self.0.send(Incoming::Roster(roster));
+        let _ = self.0.send(Incoming::Roster(roster, 0));
     }
 
     /// The subscriber (re)subscribed.
@@ -608,6 +649,7 @@ impl Cluster {
             outgoing: None,
             outgoing_bytes: Arc::new(AtomicUsize::new(0)),
             incoming,
+            incoming_bytes: Arc::new(AtomicUsize::new(0)),
             members: liveness::Members::default(),
             lapsed_left: VecDeque::new(),
             pending: Arc::new(AtomicBool::new(false)),
@@ -884,6 +926,8 @@ impl Publisher {
 /// The subscriber thread's state: what it hands events to, and the shared flags.
 struct Subscriber<'a> {
     incoming: mpsc::Sender<Incoming>,
+    /// Bytes handed over and not yet taken by the reactor ([`INCOMING_BYTES_MAX`]).
+    incoming_bytes: &'a AtomicUsize,
     /// How often a quiet subscription asks Redis whether it is there, and how long the answer
     /// may take: a stalled Redis (SIGSTOP) sends no error, only silence.
     ping_every: Duration,
@@ -986,11 +1030,22 @@ impl Subscriber<'_> {
                     continue;
                 }
             };
+            let bytes = payload.len();
             match codec::decode_message(Bytes::from(payload)) {
                 Ok(message) => {
+                    // Held back while the reactor has too much to take: Redis keeps the rest.
+                    if !wait_for_room(
+                        self.incoming_bytes,
+                        bytes,
+                        INCOMING_BYTES_MAX,
+                        self.stop,
+                        INCOMING_PAUSE,
+                    ) {
+                        return Ended::Stopped;
+                    }
                     let incoming = match message {
-                        codec::Message::Event(envelope) => Incoming::Event(envelope),
-                        codec::Message::Roster(roster) => Incoming::Roster(roster),
+                        codec::Message::Event(envelope) => Incoming::Event(envelope, bytes),
+                        codec::Message::Roster(roster) => Incoming::Roster(roster, bytes),
                     };
                     if self.incoming.send(incoming).is_err() {
                         return Ended::Stopped;
@@ -1157,6 +1212,35 @@ mod tests {
         feed.roster(own);
         assert_eq!(cluster.try_recv(), None);
         assert_eq!(cluster.stats.rosters_received.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn the_subscriber_waits_for_room_and_gives_up_when_told_to_stop() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let stop = AtomicBool::new(false);
+        let pause = Duration::from_millis(1);
+        // Empty: even a message over the bound passes (alone).
+        assert!(wait_for_room(&queued, 2000, 1000, &stop, pause));
+        queued.store(900, Ordering::Release);
+        assert!(
+            wait_for_room(&queued, 100, 1000, &stop, pause),
+            "exactly the bound"
+        );
+        // Full: it waits until the reactor takes some.
+        let taker = {
+            let queued = Arc::clone(&queued);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                queued.fetch_sub(500, Ordering::AcqRel);
+            })
+        };
+        assert!(wait_for_room(&queued, 400, 1000, &stop, pause));
+        taker.join().unwrap();
+        assert_eq!(queued.load(Ordering::Acquire), 900);
+        // Told to stop while full: it gives up, counting nothing.
+        stop.store(true, Ordering::Release);
+        assert!(!wait_for_room(&queued, 200, 1000, &stop, pause));
+        assert_eq!(queued.load(Ordering::Acquire), 900);
     }
 
     #[test]
