@@ -52,6 +52,8 @@ fuzz_target!(|data: &[u8]| {
             sender_bytes_per_s_max: 8_192,
             pair_bytes_per_s_max: 4_096,
             timer_tick_ms: 10,
+            // Not in a cluster: no frame crosses, so this is never used.
+            crossing_grace_ms: 3_000,
         },
         0,
     );
