@@ -126,14 +126,11 @@ pub struct Others {
 
 impl Report {
     pub fn new(cfg: &LobbyConfig, seed: u64, strict: bool, run: &LobbyOutcome) -> Report {
-        let plan = &run.plan;
+        let plan = &run.ran.plan;
         let l = &run.latency;
         let shared = Shared::new(
-            plan,
+            &run.ran,
             cfg.pace.rate_per_s,
-            run.sends,
-            &run.errors,
-            (run.drain_used_us, run.drain_timed_out),
             (&run.own, &l.all),
             run.connect.clamped,
         );
@@ -222,7 +219,7 @@ impl Report {
             connections: Connections::new(
                 run.requested.iter().sum(),
                 run.joined.iter().sum(),
-                run.ramp_us,
+                run.ran.ramp_us,
             ),
             connect_ms: run.connect.summary(),
         };

@@ -53,6 +53,7 @@ use crate::driver::{
 };
 use crate::plan::{Due, Plan};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
+use crate::report::Ran;
 use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 use accounting::{Accounting, Arrival};
@@ -147,16 +148,14 @@ pub struct OcmOutcome {
     pub members_not_attempted: usize,
     /// State-1 acknowledgements received before answers.
     pub tcrp_acknowledgements: u64,
-    pub plan: Plan,
+    /// Its ramp-up is the rooms phase; "not sent for a lost connection": due while the member
+    /// had failed, or the send itself failed.
+    pub ran: Ran,
     pub latency: Latencies,
     pub counts: Counts,
     pub losses: Losses,
     /// Members that got their own message back.
     pub echoes: u64,
-    pub errors: ErrorCounts,
-    /// Not sent for a lost connection: due while the member had failed, or the send itself
-    /// failed.
-    pub sends: SendCounts,
     pub delivered_in_window: u64,
     /// Datagrams from another address than the server's chat port, or texts of another run.
     pub foreign_texts: u64,
@@ -167,9 +166,6 @@ pub struct OcmOutcome {
     /// Leave texts received a second time.
     pub leaves_again: u64,
     pub recv_buffers: RecvBuffers,
-    pub rooms_phase_us: u64,
-    pub drain_used_us: u64,
-    pub drain_timed_out: bool,
     pub exit_used_us: u64,
     pub exit_timed_out: bool,
 }
@@ -1299,16 +1295,22 @@ impl Run<'_> {
             members_joined: self.senders.len(),
             members_not_attempted,
             tcrp_acknowledgements: self.tcrp_acknowledgements,
-            plan: self
-                .plan
-                .clone()
-                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            ran: Ran {
+                plan: (self.plan.clone()).unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+                errors: self.errors,
+                sends: self.sends,
+                ramp_us: self.rooms_end_us.saturating_sub(self.rooms_start_us),
+                drain_used_us: self.drain.start_us.map_or(0, |start| {
+                    self.exit_phase_start_us
+                        .unwrap_or(done_us)
+                        .saturating_sub(start)
+                }),
+                drain_timed_out: self.drain.timed_out,
+            },
             latency: self.latency,
             counts: self.accounting.counts,
             losses: self.accounting.losses(),
             echoes: self.echoes,
-            errors: self.errors,
-            sends: self.sends,
             delivered_in_window: self.delivered_in_window,
             foreign_texts: self.foreign_texts,
             exits_planned: self.exit_order.len() as u64,
@@ -1317,13 +1319,6 @@ impl Run<'_> {
             leaves_received: self.leaves_received,
             leaves_again: self.leaves_again,
             recv_buffers,
-            rooms_phase_us: self.rooms_end_us.saturating_sub(self.rooms_start_us),
-            drain_used_us: self.drain.start_us.map_or(0, |start| {
-                self.exit_phase_start_us
-                    .unwrap_or(done_us)
-                    .saturating_sub(start)
-            }),
-            drain_timed_out: self.drain.timed_out,
             exit_used_us: self
                 .exit_phase_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),
