@@ -16,12 +16,13 @@ use std::ops::{Deref, DerefMut};
 
 use crate::args::Pace;
 use crate::clock::Clock;
-use crate::course::{Course, Phase};
+use crate::course::{Course, Phase, Times};
 use crate::driver::{
     queue_full, Loop, Phases, Reactor, RunError, SentReceived, BYTES_PER_SEND_CHECK,
     READ_BUDGET_BYTES,
 };
 use crate::plan::{Due, Plan};
+use crate::report::Ran;
 use crate::sockio::{read_chunk, Chunk, Conn, Queued, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, OwnLags};
 
@@ -390,6 +391,18 @@ impl<W: Wire> Run<W> {
     /// Whether some client still has messages queued (not written completely).
     pub fn any_queued(&self) -> bool {
         self.clients.iter().any(|c| !c.conn.queue.is_empty())
+    }
+
+    /// What the outcome holds of every run, with the phases' `times`; the errors move there.
+    pub fn ran(&mut self, times: &Times) -> Ran {
+        Ran {
+            plan: self.course.plan_or_empty(),
+            errors: std::mem::take(&mut self.errors),
+            sends: self.sends,
+            ramp_us: times.ramp_us,
+            drain_used_us: times.drain_used_us,
+            drain_timed_out: times.drain_timed_out,
+        }
     }
 
     /// Closes every client's connection at the end of the run; counts the messages that were

@@ -664,14 +664,13 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
             lobby::DELIVERIES_PER_S_MAX
         ));
     }
-    let bytes = args.payload_bytes;
-    if !(lobby::wire::STAMP_BYTES..=lobby::wire::MESSAGE_BYTES_MAX).contains(&bytes) {
-        return Err(format!(
-            "--payload-bytes {bytes} is outside its range {}..={}",
-            lobby::wire::STAMP_BYTES,
-            lobby::wire::MESSAGE_BYTES_MAX
-        ));
-    }
+    let share = MixShare {
+        args,
+        clients: total,
+        rate,
+        connect_rate: connect_rate_of(args, total),
+    };
+    share.check_bytes(lobby::wire::STAMP_BYTES, lobby::wire::MESSAGE_BYTES_MAX)?;
     let ports = [
         args.room_port,
         args.matou_port,
@@ -679,11 +678,11 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
         args.ocm_tcp_port,
         args.ocm_udp_port,
     ];
-    let connect_rate = connect_rate_of(args, total);
-    let pace = Pace::of(common, rate, LOBBY_DRAIN_DEFAULT, connect_rate, false);
+    let pace = share.pace(LOBBY_DRAIN_DEFAULT);
     let ocm = ("lobby".to_string(), OCM_RECV_BUFFER_DEFAULT);
     // A quarter of the members are OCM's, and each node has its own OCM lobby room.
     let ocm_why = "--lobby has OCM members, whose lobby room is per node";
+    let bytes = args.payload_bytes;
     let cfg = lobby::args::build(&common.host, ports, members, ocm, bytes, pace, ocm_why)?;
     // A TCP connection per member, and a UDP socket per OCM member.
     let files = (total + members[3]) as u64;

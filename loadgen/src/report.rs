@@ -57,6 +57,20 @@ pub fn lateness_limit_us(sender_interval_us: f64, delivery_p99_us: Option<u64>) 
     }
 }
 
+/// What every scenario's outcome holds alike: the plan it ran, what it sent, what went wrong,
+/// and how long its ramp-up and drain took.
+#[derive(Debug)]
+pub struct Ran {
+    pub plan: Plan,
+    pub errors: ErrorCounts,
+    pub sends: SendCounts,
+    /// The ramp-up's length (OCM: its rooms phase).
+    pub ramp_us: u64,
+    pub drain_used_us: u64,
+    /// The drain reached its deadline before everything had arrived.
+    pub drain_timed_out: bool,
+}
+
 /// Whether the run measured what it claims to (the loadgen kept its plan).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Verdict {
@@ -505,14 +519,12 @@ impl Shared {
     /// `judged_by`: the loadgen's own lags and the delivery latency the server is judged by;
     /// `clamped_more`: latencies above 60 s in the other histograms the report prints.
     pub fn new(
-        plan: &Plan,
+        ran: &Ran,
         rate_per_s: u64,
-        counts: SendCounts,
-        errors: &ErrorCounts,
-        (drain_used_us, drain_timed_out): (u64, bool),
         (own, judged_by): (&OwnLags, &LatencyHistogram),
         clamped_more: u64,
     ) -> Shared {
+        let (plan, counts, errors) = (&ran.plan, ran.sends, &ran.errors);
         Shared {
             validity: ValidityInputs::measured(plan, &own.schedule_lateness, judged_by),
             send: SendFigures::new(plan, counts.sent, counts.sent_in_window, rate_per_s),
@@ -523,8 +535,8 @@ impl Shared {
             ),
             errors: Errors::of(errors),
             error_count: errors.total(),
-            drain_ms: drain_used_us as f64 / 1e3,
-            drain_timed_out,
+            drain_ms: ran.drain_used_us as f64 / 1e3,
+            drain_timed_out: ran.drain_timed_out,
             clamped: own.send_lag.clamped + judged_by.clamped + clamped_more,
         }
     }

@@ -27,8 +27,9 @@ use crate::engine::{self, ClientOf, Stage};
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
+use crate::report::Ran;
 use crate::resp;
-use crate::sockio::{Chunk, Queued, SendCounts};
+use crate::sockio::{Chunk, Queued};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
 
 /// What the server sends first on every connection.
@@ -61,26 +62,20 @@ pub struct RoomConfig {
 pub struct RoomOutcome {
     pub clients_requested: usize,
     pub clients_joined: usize,
-    pub plan: Plan,
+    pub ran: Ran,
     pub connect_latency: LatencyHistogram,
     pub delivery_latency: LatencyHistogram,
     pub own: OwnLags,
-    pub errors: ErrorCounts,
     pub seq: SeqCounts,
     /// Messages sent but never delivered to a joined receiver by the end of the drain.
     pub undelivered: u64,
     /// RESP: PUBLISH replies read (each checked against the subscribers there were).
     pub publish_replies: u64,
-    pub sends: SendCounts,
     /// Deliveries received inside the measured window.
     pub delivered_in_window: u64,
     pub notices: NoticeCounts,
     /// Bytes of unfinished records left in receivers at the end.
     pub incomplete_bytes_at_end: u64,
-    pub ramp_us: u64,
-    pub drain_used_us: u64,
-    /// The drain reached its deadline before every connected receiver had every message.
-    pub drain_timed_out: bool,
 }
 
 /// Where a member is in ROOM's handshake, while it is at [`Stage::Greeting`].
@@ -611,21 +606,16 @@ impl Run<'_> {
         RoomOutcome {
             clients_requested: self.p.cfg.clients,
             clients_joined: self.clients.iter().filter(|c| c.joined).count(),
-            plan: self.course.plan_or_empty(),
+            ran: self.ran(&times),
             connect_latency: self.p.connect_latency,
             delivery_latency: self.p.tally.delivery_latency,
             own: self.own,
-            errors: self.errors,
             seq: self.p.tally.tracker.counts,
             undelivered,
             publish_replies: self.p.publish_replies,
-            sends: self.sends,
             delivered_in_window: self.p.tally.delivered_in_window,
             notices,
             incomplete_bytes_at_end,
-            ramp_us: times.ramp_us,
-            drain_used_us: times.drain_used_us,
-            drain_timed_out: times.drain_timed_out,
         }
     }
 }
@@ -785,8 +775,8 @@ mod tests {
     fn assert_everything_delivered(run: &RoomOutcome) {
         assert_eq!(run.clients_requested, 8);
         assert_eq!(run.clients_joined, 8);
-        assert_eq!(run.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
-        assert_eq!(run.sends.sent, 240);
+        assert_eq!(run.ran.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
+        assert_eq!(run.ran.sends.sent, 240);
         assert_eq!(
             run.seq.delivered,
             240 * 8,
@@ -794,9 +784,12 @@ mod tests {
         );
         assert_eq!(run.seq.gap_losses + run.undelivered, 0);
         assert_eq!(run.seq.duplicates_or_reorders, 0);
-        assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
-        assert_eq!(run.sends.not_sent_queue_full + run.sends.not_sent_at_end, 0);
-        assert!(!run.drain_timed_out);
+        assert_eq!(run.ran.errors.total(), 0, "{:?}", run.ran.errors.first);
+        assert_eq!(
+            run.ran.sends.not_sent_queue_full + run.ran.sends.not_sent_at_end,
+            0
+        );
+        assert!(!run.ran.drain_timed_out);
         // Warmup messages are checked but not timed: 200 measured messages, 8 receivers.
         assert_eq!(run.delivery_latency.len(), 200 * 8);
         assert_eq!(run.connect_latency.len(), 8, "members only");
@@ -819,7 +812,7 @@ mod tests {
         assert_eq!(run.clients_joined, 8);
         let lost = run.seq.gap_losses + run.undelivered;
         assert!(lost > 0, "member 0 missed chunks: {:?}", run.seq);
-        assert_eq!(run.seq.delivered + lost, run.sends.sent * 8);
+        assert_eq!(run.seq.delivered + lost, run.ran.sends.sent * 8);
     }
 
     /// A redis-server on a free loopback port, without persistence; killed on drop.
@@ -925,7 +918,7 @@ mod tests {
         }
         let run = run(&resp_config(redis.port)).unwrap();
         assert_eq!(run.publish_replies, 240);
-        assert_eq!(run.errors.protocol, 240, "{:?}", run.errors.first);
+        assert_eq!(run.ran.errors.protocol, 240, "{:?}", run.ran.errors.first);
         assert_eq!(run.seq.delivered, 240 * 8);
     }
 

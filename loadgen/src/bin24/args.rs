@@ -74,12 +74,7 @@ impl ScenarioArgs for Bin24Args {
         let common = &self.common;
         check_common(common)?;
         let users = self.users as usize;
-        let pattern = if self.ring {
-            Pattern::Ring
-        } else {
-            Pattern::Pairs
-        };
-        pattern.check(users)?;
+        let pattern = Pattern::chosen(self.ring, users)?;
         if !(0.0..1.0).contains(&self.offline_share) {
             return Err("--offline-share must be at least 0 and below 1".into());
         }

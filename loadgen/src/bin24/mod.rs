@@ -45,10 +45,10 @@ use crate::args::Pace;
 use crate::course::Phase;
 use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage, Wire};
-use crate::plan::Plan;
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Queued, SendCounts};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
+use crate::report::Ran;
+use crate::sockio::Queued;
+use crate::stats::{ErrorKind, LatencyHistogram, OwnLags};
 pub use ledger::Tally;
 use ledger::{Answer, Ledger, Via};
 use stamp::Stamp;
@@ -106,11 +106,9 @@ pub struct Latencies {
 pub struct Bin24Outcome {
     pub online_requested: usize,
     pub online_joined: usize,
-    pub plan: Plan,
+    pub ran: Ran,
     pub latency: Latencies,
     pub tally: Tally,
-    pub errors: ErrorCounts,
-    pub sends: SendCounts,
     /// First answers received inside the measured window.
     pub answered_in_window: u64,
     pub delivered_live_in_window: u64,
@@ -128,9 +126,6 @@ pub struct Bin24Outcome {
     pub reconnect_retries: u64,
     /// type 2 frames of this run received (duplicates included).
     pub stored_frames: u64,
-    pub ramp_us: u64,
-    pub drain_used_us: u64,
-    pub drain_timed_out: bool,
     pub reconnect_used_us: u64,
     pub reconnect_timed_out: bool,
 }
@@ -654,15 +649,13 @@ impl Run<'_> {
     pub fn finish(mut self) -> Bin24Outcome {
         let times = self.course.times(self.io.clock.now_us());
         self.close_all();
-        self.p.latency.own = self.own;
+        self.p.latency.own = std::mem::take(&mut self.own);
         Bin24Outcome {
             online_requested: self.clients.iter().filter(|u| !u.offline).count(),
             online_joined: self.senders.len(),
-            plan: self.course.plan_or_empty(),
+            ran: self.ran(&times),
             latency: self.p.latency,
             tally: self.p.ledger.tally(),
-            errors: self.errors,
-            sends: self.sends,
             answered_in_window: self.p.answered_in_window,
             delivered_live_in_window: self.p.delivered_live_in_window,
             foreign_frames: self.p.foreign_frames,
@@ -674,9 +667,6 @@ impl Run<'_> {
             reconnect_of_online: self.p.reconnect_of_online,
             reconnect_retries: self.p.reconnect_retries,
             stored_frames: self.p.stored_frames,
-            ramp_us: times.ramp_us,
-            drain_used_us: times.drain_used_us,
-            drain_timed_out: times.drain_timed_out,
             reconnect_used_us: times.close_used_us,
             reconnect_timed_out: times.close_timed_out,
         }

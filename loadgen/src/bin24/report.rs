@@ -133,14 +133,11 @@ pub fn outcome(
 
 impl Report {
     pub fn new(cfg: &Bin24Config, seed: u64, strict: bool, run: &Bin24Outcome) -> Report {
-        let plan = &run.plan;
+        let plan = &run.ran.plan;
         let l = &run.latency;
         let shared = Shared::new(
-            plan,
+            &run.ran,
             cfg.pace.rate_per_s,
-            run.sends,
-            &run.errors,
-            (run.drain_used_us, run.drain_timed_out),
             (&l.own, &l.delivery_live),
             l.ack_delivered.clamped + l.ack_stored.clamped,
         );
@@ -200,7 +197,7 @@ impl Report {
                 connect_rate_per_s: cfg.pace.connect_rate_per_s,
                 ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
-            connections: Connections::new(run.online_requested, run.online_joined, run.ramp_us),
+            connections: Connections::new(run.online_requested, run.online_joined, run.ran.ramp_us),
             reconnects: Reconnects {
                 requested: run.reconnect_requested,
                 joined: run.reconnect_joined,

@@ -177,18 +177,18 @@ fn live_and_stored_messages_are_all_accounted_for() {
     let cfg = config(spawn_server(Behaviour::default()));
     let run = run(&cfg).unwrap();
     assert_eq!((run.online_requested, run.online_joined), (6, 6));
-    assert_eq!(run.plan.senders, 6);
-    assert_eq!(run.plan.messages, 200, "(0.1 s + 0.4 s) at 400 msg/s");
-    assert_eq!(run.sends.sent, 200);
+    assert_eq!(run.ran.plan.senders, 6);
+    assert_eq!(run.ran.plan.messages, 200, "(0.1 s + 0.4 s) at 400 msg/s");
+    assert_eq!(run.ran.sends.sent, 200);
     let t = run.tally;
     assert_eq!(t.written, 200);
     assert_eq!(t.stored, TO_THE_STORE);
     assert_eq!(t.live, 200 - TO_THE_STORE);
     assert_eq!(t.full + t.lost.total + t.incomplete.total, 0, "{t:?}");
     assert_eq!(t.duplicates, ledger::DuplicateCounts::default());
-    assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
+    assert_eq!(run.ran.errors.total(), 0, "{:?}", run.ran.errors.first);
     assert_eq!(run.foreign_frames, 0);
-    assert!(!run.drain_timed_out && !run.reconnect_timed_out);
+    assert!(!run.ran.drain_timed_out && !run.reconnect_timed_out);
     assert_eq!((run.reconnect_requested, run.reconnect_joined), (2, 2));
     assert_eq!(run.reconnect_of_online, 0);
     assert_eq!(run.stored_frames, TO_THE_STORE);
@@ -212,12 +212,15 @@ fn the_ring_works_too() {
     cfg.offline = vec![false, false, true, false, false];
     let run = run(&cfg).unwrap();
     let t = run.tally;
-    assert_eq!(run.plan.senders, 4);
+    assert_eq!(run.ran.plan.senders, 4);
     assert_eq!(t.written, 200);
     // User 1 (ordinal 1 of 4) sends to the offline user 2; nobody sends for user 2.
     assert_eq!(t.stored, 50);
     assert_eq!(t.live, 150);
-    assert_eq!(t.lost.total + t.incomplete.total + run.errors.total(), 0);
+    assert_eq!(
+        t.lost.total + t.incomplete.total + run.ran.errors.total(),
+        0
+    );
 }
 
 #[test]
@@ -283,7 +286,10 @@ fn an_online_user_with_stored_messages_is_reconnected() {
     let t = run.tally;
     assert!(t.stored > TO_THE_STORE, "{t:?}");
     assert_eq!(t.live + t.stored, 200);
-    assert_eq!(t.lost.total + t.incomplete.total + run.errors.total(), 0);
+    assert_eq!(
+        t.lost.total + t.incomplete.total + run.ran.errors.total(),
+        0
+    );
     assert!(run.reconnect_of_online > 0);
     assert_eq!(run.reconnect_joined, run.reconnect_requested);
 }
@@ -305,7 +311,7 @@ fn a_user_closed_mid_backlog_connects_again() {
     assert_eq!(t.duplicates.unexpected, 0);
     assert_eq!(run.stored_frames, TO_THE_STORE + 2 * 5);
     // The server closing a recipient is still an error of the run.
-    assert_eq!(run.errors.read, 2, "{:?}", run.errors.first);
+    assert_eq!(run.ran.errors.read, 2, "{:?}", run.ran.errors.first);
     let report = report::Report::new(&cfg, 1, false, &run);
     assert_eq!(report.outcome.failures, vec!["2 errors".to_string()]);
 }

@@ -21,6 +21,13 @@ pub enum Pattern {
 }
 
 impl Pattern {
+    /// The pattern `--ring` (or its absence) chooses, when `users` can be arranged that way.
+    pub fn chosen(ring: bool, users: usize) -> Result<Pattern, String> {
+        let pattern = if ring { Pattern::Ring } else { Pattern::Pairs };
+        pattern.check(users)?;
+        Ok(pattern)
+    }
+
     /// Whether `users` can be arranged this way.
     pub fn check(self, users: usize) -> Result<(), String> {
         if !(2..=USERS_MAX).contains(&users) {

@@ -75,12 +75,7 @@ impl ScenarioArgs for CcmArgs {
         let common = &self.common;
         check_common(common)?;
         let users = self.users as usize;
-        let pattern = if self.ring {
-            Pattern::Ring
-        } else {
-            Pattern::Pairs
-        };
-        pattern.check(users)?;
+        let pattern = Pattern::chosen(self.ring, users)?;
         if !(0.0..=1.0).contains(&self.silent_share) {
             return Err("--silent-share must be between 0 and 1".into());
         }

@@ -34,10 +34,10 @@ use crate::clock::Clock;
 use crate::course::Phase;
 use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage, Wire};
-use crate::plan::Plan;
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Chunk, Queued, SendCounts};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
+use crate::report::Ran;
+use crate::sockio::{Chunk, Queued};
+use crate::stats::{ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, Role};
 
@@ -99,21 +99,16 @@ pub struct CcmOutcome {
     pub silent_closed_without_keepalive: u64,
     /// Silent users still open when the wait ended.
     pub silent_not_closed: u64,
-    pub plan: Plan,
+    pub ran: Ran,
     pub latency: Latencies,
     pub seq: SeqCounts,
     pub undelivered: u64,
-    pub errors: ErrorCounts,
-    pub sends: SendCounts,
     pub delivered_in_window: u64,
     pub foreign_messages: u64,
     /// Keepalives received by active users (each answered at once) and by silent users.
     pub keepalives_active: u64,
     pub keepalives_answered: u64,
     pub keepalives_silent: u64,
-    pub ramp_us: u64,
-    pub drain_used_us: u64,
-    pub drain_timed_out: bool,
     pub silent_wait_used_us: u64,
 }
 
@@ -531,7 +526,7 @@ impl Run<'_> {
     pub fn finish(mut self) -> CcmOutcome {
         let times = self.course.times(self.io.clock.now_us());
         self.close_all();
-        self.p.latency.own = self.own;
+        self.p.latency.own = std::mem::take(&mut self.own);
         let silent = &self.clients[self.p.cfg.users..];
         let silent_joined = silent
             .iter()
@@ -546,20 +541,15 @@ impl Run<'_> {
             silent_closed: self.p.silent_closed,
             silent_closed_without_keepalive: self.p.silent_closed_without_keepalive,
             silent_not_closed,
-            plan: self.course.plan_or_empty(),
+            ran: self.ran(&times),
             latency: self.p.latency,
             seq: self.p.accounting.counts(),
             undelivered: self.p.accounting.undelivered(),
-            errors: self.errors,
-            sends: self.sends,
             delivered_in_window: self.p.delivered_in_window,
             foreign_messages: self.p.foreign_messages,
             keepalives_active: self.p.keepalives_active,
             keepalives_answered: self.p.keepalives_answered,
             keepalives_silent: self.p.keepalives_silent,
-            ramp_us: times.ramp_us,
-            drain_used_us: times.drain_used_us,
-            drain_timed_out: times.drain_timed_out,
             silent_wait_used_us: times.close_used_us,
         }
     }

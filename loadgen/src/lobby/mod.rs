@@ -46,10 +46,10 @@ use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Link, Stage, Wire};
 use crate::matou::wire as matou_wire;
 use crate::ocm::{udp, wire as ocm_wire};
-use crate::plan::Plan;
 use crate::registry::{InMix, Named, Row, RowSource, ScenarioKind};
-use crate::sockio::{Queued, SendCounts, SendLags};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
+use crate::report::Ran;
+use crate::sockio::{Queued, SendLags};
+use crate::stats::{ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
 use ledger::{Kind, Ledger, PairCounts, PairLatencies, KINDS};
 use wire::{Read, RoomItem, RoomStage, Stamp};
 
@@ -112,7 +112,7 @@ impl LobbyConfig {
 pub struct LobbyOutcome {
     pub requested: [usize; 4],
     pub joined: [usize; 4],
-    pub plan: Plan,
+    pub ran: Ran,
     pub latency: PairLatencies,
     pub connect: LatencyHistogram,
     pub own: OwnLags,
@@ -120,8 +120,6 @@ pub struct LobbyOutcome {
     pub pairs: [[PairCounts; 4]; 4],
     pub expected: [[u64; 4]; 4],
     pub undelivered: [[u64; 4]; 4],
-    pub errors: ErrorCounts,
-    pub sends: SendCounts,
     pub delivered_in_window: u64,
     /// Lobby texts that are not this run's (another client's, another run's).
     pub foreign_messages: u64,
@@ -131,9 +129,6 @@ pub struct LobbyOutcome {
     pub keepalives_answered: u64,
     pub ocm_room_created: bool,
     pub ocm_exits_sent: u64,
-    pub ramp_us: u64,
-    pub drain_used_us: u64,
-    pub drain_timed_out: bool,
 }
 
 pub struct Member {
@@ -899,24 +894,19 @@ impl Run<'_> {
         LobbyOutcome {
             requested,
             joined,
-            plan: self.course.plan_or_empty(),
+            ran: self.ran(&times),
             latency: self.p.latency,
             connect: self.p.connect,
             own: self.own,
             pairs: self.p.ledger.pairs,
             expected,
             undelivered,
-            errors: self.errors,
-            sends: self.sends,
             delivered_in_window: self.p.delivered_in_window,
             foreign_messages: self.p.foreign_messages,
             presence_notices: self.p.presence_notices,
             keepalives_answered: self.p.keepalives_answered,
             ocm_room_created: self.p.ocm_room_created,
             ocm_exits_sent: self.p.ocm_exits_sent,
-            ramp_us: times.ramp_us,
-            drain_used_us: times.drain_used_us,
-            drain_timed_out: times.drain_timed_out,
         }
     }
 }

@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use super::ledger::{Kind, KINDS};
 use super::{Lobby, LobbyConfig, LobbyOutcome};
-use crate::report::{outcome, Connections, Lines, OwnLagSummaries, Sections, Shared};
+use crate::report::{
+    outcome, Connections, Lines, OwnLagSummaries, RunIds, Sections, Shared, Window,
+};
 use crate::stats::LatencySummary;
 
 pub type Report = crate::report::Report<Lobby>;
@@ -23,14 +25,12 @@ pub struct Settings {
     pub rate_per_s: u64,
     /// At most rate x members: what the plan asks the server to deliver per second.
     pub deliveries_per_s_planned: u64,
-    pub duration_ms: f64,
-    pub warmup_ms: f64,
-    pub drain_ms: f64,
+    #[serde(flatten)]
+    pub window: Window,
     pub payload_bytes: usize,
     pub connect_rate_per_s: u64,
-    pub seed: u64,
-    pub strict: bool,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub ids: RunIds,
 }
 
 /// One protocol's members.
@@ -126,14 +126,11 @@ pub struct Others {
 
 impl Report {
     pub fn new(cfg: &LobbyConfig, seed: u64, strict: bool, run: &LobbyOutcome) -> Report {
-        let plan = &run.plan;
+        let plan = &run.ran.plan;
         let l = &run.latency;
         let shared = Shared::new(
-            plan,
+            &run.ran,
             cfg.pace.rate_per_s,
-            run.sends,
-            &run.errors,
-            (run.drain_used_us, run.drain_timed_out),
             (&run.own, &l.all),
             run.connect.clamped,
         );
@@ -203,14 +200,10 @@ impl Report {
                 senders: plan.senders,
                 rate_per_s: cfg.pace.rate_per_s,
                 deliveries_per_s_planned: cfg.deliveries_per_s_max(),
-                duration_ms: cfg.pace.duration_us as f64 / 1e3,
-                warmup_ms: cfg.pace.warmup_us as f64 / 1e3,
-                drain_ms: cfg.pace.drain_us as f64 / 1e3,
+                window: Window::new(cfg.pace.duration_us, cfg.pace.warmup_us, cfg.pace.drain_us),
                 payload_bytes: cfg.message_bytes,
                 connect_rate_per_s: cfg.pace.connect_rate_per_s,
-                seed,
-                strict,
-                run_id: format!("{:08x}", cfg.run_id),
+                ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             members: (KINDS.iter())
                 .map(|&kind| Members {
@@ -222,7 +215,7 @@ impl Report {
             connections: Connections::new(
                 run.requested.iter().sum(),
                 run.joined.iter().sum(),
-                run.ramp_us,
+                run.ran.ramp_us,
             ),
             connect_ms: run.connect.summary(),
         };
@@ -279,8 +272,8 @@ impl Sections for Lobby {
                 "{} msg/s (up to {} deliveries/s)",
                 s.rate_per_s, s.deliveries_per_s_planned
             ),
-            s.duration_ms,
-            s.warmup_ms,
+            s.window.duration_ms,
+            s.window.warmup_ms,
             (s.payload_bytes, "texts"),
         );
         out.connections(

@@ -40,8 +40,9 @@ use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX};
 use crate::engine::{self, ClientOf, Stage, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{Chunk, Queued, SendCounts};
-use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
+use crate::report::Ran;
+use crate::sockio::{Chunk, Queued};
+use crate::stats::{ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
 use links::{LinkCounts, Links, Unexpected};
 use stamp::Stamp;
 use wire::{Accounting, Incoming, NoticeCheck, NoticeLedger, Peer};
@@ -102,15 +103,13 @@ pub struct Notices {
 pub struct MatouOutcome {
     pub users_requested: usize,
     pub users_joined: usize,
-    pub plan: Plan,
+    pub ran: Ran,
     pub link_plan: Option<Plan>,
     pub latency: Latencies,
     pub seq: SeqCounts,
     pub undelivered: u64,
     /// Messages written times the users that joined.
     pub expected_deliveries: u64,
-    pub errors: ErrorCounts,
-    pub sends: SendCounts,
     pub delivered_in_window: u64,
     pub links: LinkCounts,
     /// Links due whose Src or Dst had lost its connection, or whose Src's queue was full.
@@ -133,9 +132,6 @@ pub struct MatouOutcome {
     /// Broadcasts that are not this run's, and notices about users that are not.
     pub foreign_messages: u64,
     pub foreign_notices: u64,
-    pub ramp_us: u64,
-    pub drain_used_us: u64,
-    pub drain_timed_out: bool,
     pub sign_out_wait_used_us: u64,
 }
 
@@ -750,7 +746,7 @@ impl Run<'_> {
     pub fn finish(mut self) -> MatouOutcome {
         let times = self.course.times(self.io.clock.now_us());
         self.close_all();
-        self.p.latency.own = self.own;
+        self.p.latency.own = std::mem::take(&mut self.own);
         let users = &self.clients;
         let users_joined = users.iter().filter(|u| u.joined).count();
         let undelivered = self.p.accounting.undelivered(|r| users[r].joined);
@@ -766,14 +762,12 @@ impl Run<'_> {
         MatouOutcome {
             users_requested: self.p.cfg.users,
             users_joined,
-            plan: self.course.plan_or_empty(),
+            ran: self.ran(&times),
             link_plan: self.p.link_plan.clone(),
             latency: self.p.latency,
             seq: self.p.accounting.counts(),
             undelivered,
             expected_deliveries: self.p.accounting.sent_total() * users_joined as u64,
-            errors: self.errors,
-            sends: self.sends,
             delivered_in_window: self.p.delivered_in_window,
             links: self.p.links.counts(),
             links_not_sent_connection_lost: self.p.links_not_sent_connection_lost,
@@ -799,9 +793,6 @@ impl Run<'_> {
             decode_errors: self.p.decode_errors,
             foreign_messages: self.p.foreign_messages,
             foreign_notices: self.p.foreign_notices,
-            ramp_us: times.ramp_us,
-            drain_used_us: times.drain_used_us,
-            drain_timed_out: times.drain_timed_out,
             sign_out_wait_used_us: times.close_used_us,
         }
     }

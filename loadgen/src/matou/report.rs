@@ -172,14 +172,11 @@ impl Report {
         strict: bool,
         run: &MatouOutcome,
     ) -> Report {
-        let plan = &run.plan;
+        let plan = &run.ran.plan;
         let l = &run.latency;
         let shared = Shared::new(
-            plan,
+            &run.ran,
             cfg.pace.rate_per_s,
-            run.sends,
-            &run.errors,
-            (run.drain_used_us, run.drain_timed_out),
             (&l.own, &l.delivery),
             l.connect.clamped + l.link.clamped,
         );
@@ -254,7 +251,7 @@ impl Report {
                 connect_rate_per_s: cfg.pace.connect_rate_per_s,
                 ids: RunIds::new(cfg.pace.seed, strict, Some(cfg.run_id)),
             },
-            connections: Connections::new(run.users_requested, run.users_joined, run.ramp_us),
+            connections: Connections::new(run.users_requested, run.users_joined, run.ran.ramp_us),
         };
         let figures = Figures {
             delivered,

@@ -207,16 +207,19 @@ fn a_clean_server_delivers_everything_and_brokers_every_link() {
     let cfg = config(spawn_server(Behaviour::default()));
     let run = run(&cfg).unwrap();
     assert_eq!(run.users_joined, 8);
-    assert_eq!(run.plan.senders, 3);
-    assert_eq!(run.plan.messages, 180, "(0.1 s + 0.5 s) at 300 msg/s");
-    assert_eq!(run.sends.sent, 180);
+    assert_eq!(run.ran.plan.senders, 3);
+    assert_eq!(run.ran.plan.messages, 180, "(0.1 s + 0.5 s) at 300 msg/s");
+    assert_eq!(run.ran.sends.sent, 180);
     assert_eq!(run.seq.delivered, 180 * 8, "every user gets every message");
     assert_eq!(run.expected_deliveries, 180 * 8);
     assert_eq!(run.seq.gap_losses + run.undelivered, 0);
     assert_eq!(run.seq.duplicates_or_reorders, 0);
-    assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
-    assert_eq!(run.sends.not_sent_queue_full + run.sends.not_sent_at_end, 0);
-    assert!(!run.drain_timed_out);
+    assert_eq!(run.ran.errors.total(), 0, "{:?}", run.ran.errors.first);
+    assert_eq!(
+        run.ran.sends.not_sent_queue_full + run.ran.sends.not_sent_at_end,
+        0
+    );
+    assert!(!run.ran.drain_timed_out);
     assert_eq!(run.latency.delivery.len(), 150 * 8, "warmup not timed");
     // 60 links planned; each completes unless its pair was busy every draw (not with 8 users).
     assert_eq!(run.link_plan.as_ref().unwrap().messages, 60);
@@ -256,8 +259,8 @@ fn lost_broadcasts_and_links_are_caught() {
     assert_eq!(run.users_joined, 8);
     let lost = run.seq.gap_losses + run.undelivered;
     assert_eq!(lost, 18, "one user missed every 10th of 180 messages");
-    assert_eq!(run.seq.delivered + lost, run.sends.sent * 8);
-    assert!(run.drain_timed_out);
+    assert_eq!(run.seq.delivered + lost, run.ran.sends.sent * 8);
+    assert!(run.ran.drain_timed_out);
     assert_eq!(run.links.stuck_ports_sent, 60 / 7, "{:?}", run.links);
     assert_eq!(run.links.complete, 60 - 60 / 7);
     let report = Report::new(&cfg, 3, false, &run);
@@ -306,7 +309,7 @@ fn a_taken_name_is_refused_and_counted() {
     let run = run(&cfg).unwrap();
     assert_eq!(run.users_joined, 7);
     assert_eq!(run.refusals, 1);
-    assert_eq!(run.errors.connect, 1);
+    assert_eq!(run.ran.errors.connect, 1);
     assert_eq!(run.seq.gap_losses + run.undelivered, 0);
     // The refused user is left out of the notice check; the others heard of each other.
     assert_eq!(run.join_notices.check.expected, 7 + 21);

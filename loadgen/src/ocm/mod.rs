@@ -42,8 +42,8 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 
-use bytes::{Bytes, BytesMut};
-use mio::net::{TcpStream, UdpSocket};
+use bytes::Bytes;
+use mio::net::UdpSocket;
 use mio::{Interest, Token};
 use switchboard::protocol::ocm::codec;
 
@@ -53,7 +53,8 @@ use crate::driver::{
 };
 use crate::plan::{Due, Plan};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::sockio::{read_chunk, write_pending, Chunk, Drained, SendCounts, SendLags};
+use crate::report::Ran;
+use crate::sockio::{read_chunk, Chunk, Conn, SendCounts, SendLags};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags};
 use accounting::{Accounting, Arrival};
 pub use accounting::{Counts, Losses};
@@ -147,16 +148,14 @@ pub struct OcmOutcome {
     pub members_not_attempted: usize,
     /// State-1 acknowledgements received before answers.
     pub tcrp_acknowledgements: u64,
-    pub plan: Plan,
+    /// Its ramp-up is the rooms phase; "not sent for a lost connection": due while the member
+    /// had failed, or the send itself failed.
+    pub ran: Ran,
     pub latency: Latencies,
     pub counts: Counts,
     pub losses: Losses,
     /// Members that got their own message back.
     pub echoes: u64,
-    pub errors: ErrorCounts,
-    /// Not sent for a lost connection: due while the member had failed, or the send itself
-    /// failed.
-    pub sends: SendCounts,
     pub delivered_in_window: u64,
     /// Datagrams from another address than the server's chat port, or texts of another run.
     pub foreign_texts: u64,
@@ -167,9 +166,6 @@ pub struct OcmOutcome {
     /// Leave texts received a second time.
     pub leaves_again: u64,
     pub recv_buffers: RecvBuffers,
-    pub rooms_phase_us: u64,
-    pub drain_used_us: u64,
-    pub drain_timed_out: bool,
     pub exit_used_us: u64,
     pub exit_timed_out: bool,
 }
@@ -195,19 +191,6 @@ enum Pending {
     Exit,
 }
 
-/// One TCRP exchange: connect, write the request, read the answer.
-struct Tcrp {
-    stream: TcpStream,
-    connected: bool,
-    readable: bool,
-    writable: bool,
-    /// An event reported the server's FIN or an error (see [`read_chunk`]).
-    hangup: bool,
-    out: Bytes,
-    written: usize,
-    inbuf: BytesMut,
-}
-
 struct Member {
     name: String,
     room: usize,
@@ -216,7 +199,9 @@ struct Member {
     udp: Option<UdpSocket>,
     readable: bool,
     writable: bool,
-    tcrp: Option<Tcrp>,
+    /// Its TCRP exchange: connect, write the request, read the answer.
+    tcrp: Conn<()>,
+    tcrp_connected: bool,
     token: Bytes,
     /// What the request's latency is measured from.
     request_intended_us: u64,
@@ -308,7 +293,8 @@ impl ScenarioKind for Ocm {
                 udp: None,
                 readable: false,
                 writable: false,
-                tcrp: None,
+                tcrp: Conn::default(),
+                tcrp_connected: false,
                 token: Bytes::new(),
                 request_intended_us: 0,
                 in_rooms_phase: true,
@@ -553,11 +539,10 @@ impl Reactor for Run<'_> {
             member.writable |= writable;
             self.drive_udp(index);
         } else if let Some(member) = self.members.get_mut(index - total) {
-            if let Some(tcrp) = member.tcrp.as_mut() {
-                tcrp.readable |= readable;
-                tcrp.writable |= writable;
-                tcrp.hangup |= hangup;
-            }
+            let tcrp = &mut member.tcrp;
+            tcrp.readable |= readable;
+            tcrp.writable |= writable;
+            tcrp.hangup |= hangup;
             self.drive_tcrp(index - total);
         }
     }
@@ -620,16 +605,7 @@ impl Run<'_> {
         ) {
             Ok(stream) => {
                 let member = &mut self.members[u];
-                member.tcrp = Some(Tcrp {
-                    stream,
-                    connected: false,
-                    readable: false,
-                    writable: false,
-                    hangup: false,
-                    out: Bytes::new(),
-                    written: 0,
-                    inbuf: BytesMut::new(),
-                });
+                member.tcrp.stream = Some(stream);
                 member.phase = MemberPhase::Requesting;
             }
             Err(why) => self.fail(u, ErrorKind::Connect, || why),
@@ -640,10 +616,12 @@ impl Run<'_> {
         if self.members[u].phase != MemberPhase::Requesting {
             return;
         }
-        let Some(tcrp) = self.members[u].tcrp.as_ref() else {
+        let member = &self.members[u];
+        let tcrp = &member.tcrp;
+        if tcrp.stream.is_none() {
             return;
-        };
-        if !tcrp.connected {
+        }
+        if !member.tcrp_connected {
             if !(tcrp.readable || tcrp.writable) {
                 return;
             }
@@ -662,22 +640,18 @@ impl Run<'_> {
             }
         }
         self.write_request(u);
-        if self.members[u].phase == MemberPhase::Requesting
-            && self.members[u].tcrp.as_ref().is_some_and(|t| t.readable)
-        {
+        if self.members[u].phase == MemberPhase::Requesting && self.members[u].tcrp.readable {
             self.read_answer(u);
         }
     }
 
     fn check_connected(&mut self, u: usize) -> io::Result<bool> {
-        let Some(tcrp) = self.members[u].tcrp.as_mut() else {
-            return Ok(false);
-        };
-        let connected = crate::connect::is_connected(&tcrp.stream)?;
+        let member = &mut self.members[u];
+        let connected = member.tcrp.is_connected()?;
         if connected {
-            tcrp.connected = true;
+            member.tcrp_connected = true;
             // A connect completes with a writable edge; anything readable is read next.
-            tcrp.readable = true;
+            member.tcrp.readable = true;
         }
         Ok(connected)
     }
@@ -685,11 +659,10 @@ impl Run<'_> {
     /// Binds the member's UDP socket on the IP its TCRP connection uses (the server binds the
     /// token to that IP), and prepares the request naming the socket's address.
     fn open_udp_and_request(&mut self, u: usize) -> Result<(), String> {
-        let Some(tcrp) = self.members[u].tcrp.as_ref() else {
+        let Some(stream) = self.members[u].tcrp.stream.as_ref() else {
             return Err("no TCRP connection".to_string());
         };
-        let local = tcrp
-            .stream
+        let local = stream
             .local_addr()
             .map_err(|e| format!("local address: {e}"))?;
         let std_socket = StdUdpSocket::bind(SocketAddr::new(local.ip(), 0))
@@ -735,41 +708,35 @@ impl Run<'_> {
         member.udp = Some(udp);
         // Optimistic: a send that would block says so and waits for the writable edge.
         member.writable = true;
-        if let Some(tcrp) = member.tcrp.as_mut() {
-            tcrp.out = request;
-            tcrp.written = 0;
-        }
+        member.tcrp.out.extend(&request);
         Ok(())
     }
 
     fn write_request(&mut self, u: usize) {
-        let Some(tcrp) = self.members[u].tcrp.as_mut() else {
+        let member = &mut self.members[u];
+        let tcrp = &mut member.tcrp;
+        let Some(stream) = tcrp.stream.as_mut() else {
             return;
         };
-        let mut failure = None;
-        if tcrp.connected && tcrp.writable {
-            match write_pending(&mut tcrp.stream, &tcrp.out, &mut tcrp.written) {
-                Drained::All => {}
-                Drained::WouldBlock => tcrp.writable = false,
-                Drained::Failed(why) => failure = Some(format!("write: {why}")),
+        if member.tcrp_connected && tcrp.writable {
+            let failure = tcrp.out.write_to(stream).failure(&mut tcrp.writable);
+            if let Some(why) = failure {
+                self.fail(u, ErrorKind::Write, || format!("write: {why}"));
             }
-        }
-        if let Some(why) = failure {
-            self.fail(u, ErrorKind::Write, || why);
         }
     }
 
     fn read_answer(&mut self, u: usize) {
         loop {
-            let Some(tcrp) = self.members[u].tcrp.as_mut() else {
+            let tcrp = &mut self.members[u].tcrp;
+            let Some(stream) = tcrp.stream.as_mut() else {
                 return;
             };
-            let hangup = tcrp.hangup;
             let read = read_chunk(
-                &mut tcrp.stream,
+                stream,
                 &mut self.io.read_buf,
                 &mut tcrp.readable,
-                hangup,
+                tcrp.hangup,
             );
             let (n, emptied) = match read {
                 Chunk::Bytes(n) => (n, false),
@@ -790,10 +757,8 @@ impl Run<'_> {
             tcrp.inbuf.extend_from_slice(&self.io.read_buf[..n]);
             let now_us = self.io.clock.now_us();
             loop {
-                let Some(tcrp) = self.members[u].tcrp.as_mut() else {
-                    return;
-                };
-                let answer = match codec::decode_answer(&mut tcrp.inbuf, TCRP_ANSWER_BYTES_MAX) {
+                let inbuf = &mut self.members[u].tcrp.inbuf;
+                let answer = match codec::decode_answer(inbuf, TCRP_ANSWER_BYTES_MAX) {
                     Ok(Some(answer)) => answer,
                     Ok(None) => break,
                     Err(e) => {
@@ -829,9 +794,7 @@ impl Run<'_> {
         let latency = now_us.saturating_sub(member.request_intended_us);
         let is_host = member.is_host;
         let room = member.room;
-        if let Some(mut tcrp) = member.tcrp.take() {
-            let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
-        }
+        member.tcrp.close(self.io.poll.registry());
         self.settle(u);
         if is_host {
             self.latency.create.record(latency);
@@ -1208,9 +1171,7 @@ impl Run<'_> {
                 self.sends.not_sent_connection_lost += 1;
             }
         }
-        if let Some(mut tcrp) = member.tcrp.take() {
-            let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
-        }
+        member.tcrp.close(self.io.poll.registry());
         if let Some(mut udp) = member.udp.take() {
             let _ = self.io.poll.registry().deregister(&mut udp);
         }
@@ -1273,9 +1234,7 @@ impl Run<'_> {
             if let Some(mut udp) = member.udp.take() {
                 let _ = self.io.poll.registry().deregister(&mut udp);
             }
-            if let Some(mut tcrp) = member.tcrp.take() {
-                let _ = self.io.poll.registry().deregister(&mut tcrp.stream);
-            }
+            member.tcrp.close(self.io.poll.registry());
         }
         let done_us = if self.phase == Phase::Done {
             self.done_us
@@ -1299,16 +1258,22 @@ impl Run<'_> {
             members_joined: self.senders.len(),
             members_not_attempted,
             tcrp_acknowledgements: self.tcrp_acknowledgements,
-            plan: self
-                .plan
-                .clone()
-                .unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+            ran: Ran {
+                plan: (self.plan.clone()).unwrap_or_else(|| Plan::new(1, 1, 0, 0, 0)),
+                errors: self.errors,
+                sends: self.sends,
+                ramp_us: self.rooms_end_us.saturating_sub(self.rooms_start_us),
+                drain_used_us: self.drain.start_us.map_or(0, |start| {
+                    self.exit_phase_start_us
+                        .unwrap_or(done_us)
+                        .saturating_sub(start)
+                }),
+                drain_timed_out: self.drain.timed_out,
+            },
             latency: self.latency,
             counts: self.accounting.counts,
             losses: self.accounting.losses(),
             echoes: self.echoes,
-            errors: self.errors,
-            sends: self.sends,
             delivered_in_window: self.delivered_in_window,
             foreign_texts: self.foreign_texts,
             exits_planned: self.exit_order.len() as u64,
@@ -1317,13 +1282,6 @@ impl Run<'_> {
             leaves_received: self.leaves_received,
             leaves_again: self.leaves_again,
             recv_buffers,
-            rooms_phase_us: self.rooms_end_us.saturating_sub(self.rooms_start_us),
-            drain_used_us: self.drain.start_us.map_or(0, |start| {
-                self.exit_phase_start_us
-                    .unwrap_or(done_us)
-                    .saturating_sub(start)
-            }),
-            drain_timed_out: self.drain.timed_out,
             exit_used_us: self
                 .exit_phase_start_us
                 .map_or(0, |start| done_us.saturating_sub(start)),

@@ -226,14 +226,11 @@ impl Report {
         loss_max_percent: f64,
         run: &OcmOutcome,
     ) -> Report {
-        let plan = &run.plan;
+        let plan = &run.ran.plan;
         let l = &run.latency;
         let shared = Shared::new(
-            plan,
+            &run.ran,
             cfg.pace.rate_per_s,
-            run.sends,
-            &run.errors,
-            (run.drain_used_us, run.drain_timed_out),
             (&l.own, &l.delivery),
             l.create.clamped + l.join.clamped,
         );
@@ -318,7 +315,7 @@ impl Report {
                 members_failed,
                 members_not_attempted: run.members_not_attempted,
                 acknowledgements: run.tcrp_acknowledgements,
-                duration_ms: run.rooms_phase_us as f64 / 1e3,
+                duration_ms: run.ran.ramp_us as f64 / 1e3,
             },
         };
         let figures = Figures {

@@ -206,12 +206,12 @@ fn a_clean_server_delivers_everything_and_every_leave_text() {
     let server = spawn_server(Behaviour::default());
     let cfg = config(&server);
     let run = run(&cfg).unwrap();
-    assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
+    assert_eq!(run.ran.errors.total(), 0, "{:?}", run.ran.errors.first);
     assert_eq!((run.rooms_created, run.members_joined), (3, 12));
     assert_eq!(run.latency.create.len(), 3);
     assert_eq!(run.latency.join.len(), 9);
-    assert_eq!(run.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
-    assert_eq!(run.sends.sent, 240);
+    assert_eq!(run.ran.plan.messages, 240, "(0.1 s + 0.5 s) at 400 msg/s");
+    assert_eq!(run.ran.sends.sent, 240);
     assert_eq!(run.losses.expected, 240 * 3, "three others in each room");
     assert_eq!(run.counts.delivered, 240 * 3);
     assert_eq!(run.losses.lost, 0);
@@ -219,7 +219,7 @@ fn a_clean_server_delivers_everything_and_every_leave_text() {
         (run.counts.late, run.counts.duplicates, run.echoes),
         (0, 0, 0)
     );
-    assert!(!run.drain_timed_out);
+    assert!(!run.ran.drain_timed_out);
     // Warmup messages are checked but not timed: 200 measured messages, 3 receivers each.
     assert_eq!(run.latency.delivery.len(), 200 * 3);
     assert_eq!(run.latency.receive_lag.len(), 240 * 3 + run.leaves_received);
@@ -251,7 +251,7 @@ fn a_lossy_server_is_caught_and_fails_unless_allowed() {
     cfg.pace.drain_us = 200_000;
     let run = run(&cfg).unwrap();
     assert_eq!(run.members_joined, 12);
-    assert_eq!(run.losses.expected, run.sends.sent * 3);
+    assert_eq!(run.losses.expected, run.ran.sends.sent * 3);
     // Every 20th delivery dropped: 5% of them.
     assert_eq!(
         run.losses.lost,
@@ -261,7 +261,7 @@ fn a_lossy_server_is_caught_and_fails_unless_allowed() {
     );
     assert_eq!(run.counts.delivered + run.losses.lost, run.losses.expected);
     assert!((run.losses.percent() - 5.0).abs() < 0.01);
-    assert_eq!(run.errors.total(), 0, "{:?}", run.errors.first);
+    assert_eq!(run.ran.errors.total(), 0, "{:?}", run.ran.errors.first);
     let failed = report::Report::new(&cfg, 1, false, 0.0, &run);
     assert_eq!(failed.outcome.exit_code, 1);
     assert!(failed.figures.udp_loss.fails_run);
@@ -280,8 +280,8 @@ fn an_echo_to_the_sender_is_an_error() {
     let mut cfg = config(&server);
     cfg.rooms = 1;
     let run = run(&cfg).unwrap();
-    assert_eq!(run.echoes, run.sends.sent);
-    assert_eq!(run.errors.protocol, run.sends.sent);
+    assert_eq!(run.echoes, run.ran.sends.sent);
+    assert_eq!(run.ran.errors.protocol, run.ran.sends.sent);
     assert_eq!(run.losses.lost, 0, "the others still got everything");
     let report = report::Report::new(&cfg, 1, false, 0.0, &run);
     assert_eq!(report.outcome.exit_code, 1);

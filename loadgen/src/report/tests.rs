@@ -207,11 +207,23 @@ fn room_outcome(busy: bool) -> RoomOutcome {
     RoomOutcome {
         clients_requested: 40,
         clients_joined: if busy { 37 } else { 40 },
-        plan: plan(8, 400),
+        ran: Ran {
+            plan: plan(8, 400),
+            errors: errors(busy),
+            sends: SendCounts {
+                sent: 1_000,
+                sent_in_window: 800,
+                not_sent_queue_full: b(busy, 3),
+                not_sent_connection_lost: b(busy, 2),
+                not_sent_at_end: b(busy, 1),
+            },
+            ramp_us: 40_123,
+            drain_used_us: if busy { 3_000_000 } else { 12_345 },
+            drain_timed_out: busy,
+        },
         connect_latency: hist(40, 300, 9_000),
         delivery_latency: hist(1_000, 80, 12_000),
         own: own(busy),
-        errors: errors(busy),
         seq: SeqCounts {
             delivered: 36_990,
             gap_losses: b(busy, 4),
@@ -219,13 +231,6 @@ fn room_outcome(busy: bool) -> RoomOutcome {
         },
         undelivered: b(busy, 6),
         publish_replies: 1_000,
-        sends: SendCounts {
-            sent: 1_000,
-            sent_in_window: 800,
-            not_sent_queue_full: b(busy, 3),
-            not_sent_connection_lost: b(busy, 2),
-            not_sent_at_end: b(busy, 1),
-        },
         delivered_in_window: 29_600,
         notices: crate::record::NoticeCounts {
             joins: 780,
@@ -233,9 +238,6 @@ fn room_outcome(busy: bool) -> RoomOutcome {
             greetings: 40,
         },
         incomplete_bytes_at_end: b(busy, 17),
-        ramp_us: 40_123,
-        drain_used_us: if busy { 3_000_000 } else { 12_345 },
-        drain_timed_out: busy,
     }
 }
 
@@ -299,7 +301,20 @@ fn bin24_outcome(busy: bool) -> Bin24Outcome {
     Bin24Outcome {
         online_requested: 8,
         online_joined: if busy { 7 } else { 8 },
-        plan: plan(8, 1_000),
+        ran: Ran {
+            plan: plan(8, 1_000),
+            errors: errors(busy),
+            sends: SendCounts {
+                sent: 2_500,
+                sent_in_window: 2_000,
+                not_sent_queue_full: b(busy, 1),
+                not_sent_connection_lost: b(busy, 2),
+                not_sent_at_end: b(busy, 3),
+            },
+            ramp_us: 16_000,
+            drain_used_us: 250_000,
+            drain_timed_out: busy,
+        },
         latency,
         tally: Tally {
             written: 2_500,
@@ -316,14 +331,6 @@ fn bin24_outcome(busy: bool) -> Bin24Outcome {
                 conflicting_answers: b(busy, 1),
             },
         },
-        errors: errors(busy),
-        sends: SendCounts {
-            sent: 2_500,
-            sent_in_window: 2_000,
-            not_sent_queue_full: b(busy, 1),
-            not_sent_connection_lost: b(busy, 2),
-            not_sent_at_end: b(busy, 3),
-        },
         answered_in_window: 1_990,
         delivered_live_in_window: 1_500,
         foreign_frames: b(busy, 9),
@@ -333,9 +340,6 @@ fn bin24_outcome(busy: bool) -> Bin24Outcome {
         reconnect_of_online: b(busy, 1) as usize,
         reconnect_retries: b(busy, 4),
         stored_frames: 503,
-        ramp_us: 16_000,
-        drain_used_us: 250_000,
-        drain_timed_out: busy,
         reconnect_used_us: 80_000,
         reconnect_timed_out: busy,
     }
@@ -381,7 +385,20 @@ fn ccm_outcome(busy: bool) -> CcmOutcome {
         silent_closed: b(busy, 3),
         silent_closed_without_keepalive: b(busy, 1),
         silent_not_closed: b(busy, 1),
-        plan: plan(19, 600),
+        ran: Ran {
+            plan: plan(19, 600),
+            errors: errors(busy),
+            sends: SendCounts {
+                sent: 1_500,
+                sent_in_window: 1_200,
+                not_sent_queue_full: b(busy, 2),
+                not_sent_connection_lost: 0,
+                not_sent_at_end: b(busy, 1),
+            },
+            ramp_us: 25_000,
+            drain_used_us: 4_000,
+            drain_timed_out: false,
+        },
         latency,
         seq: SeqCounts {
             delivered: 1_497,
@@ -389,22 +406,11 @@ fn ccm_outcome(busy: bool) -> CcmOutcome {
             duplicates_or_reorders: b(busy, 1),
         },
         undelivered: b(busy, 1),
-        errors: errors(busy),
-        sends: SendCounts {
-            sent: 1_500,
-            sent_in_window: 1_200,
-            not_sent_queue_full: b(busy, 2),
-            not_sent_connection_lost: 0,
-            not_sent_at_end: b(busy, 1),
-        },
         delivered_in_window: 1_198,
         foreign_messages: b(busy, 5),
         keepalives_active: 12,
         keepalives_answered: 12,
         keepalives_silent: b(busy, 4),
-        ramp_us: 25_000,
-        drain_used_us: 4_000,
-        drain_timed_out: false,
         silent_wait_used_us: b(busy, 9_100_000),
     }
 }
@@ -457,7 +463,20 @@ fn matou_outcome(busy: bool) -> MatouOutcome {
     MatouOutcome {
         users_requested: 12,
         users_joined: if busy { 11 } else { 12 },
-        plan: plan(6, 300),
+        ran: Ran {
+            plan: plan(6, 300),
+            errors: errors(busy),
+            sends: SendCounts {
+                sent: 750,
+                sent_in_window: 600,
+                not_sent_queue_full: b(busy, 1),
+                not_sent_connection_lost: b(busy, 1),
+                not_sent_at_end: 0,
+            },
+            ramp_us: 30_000,
+            drain_used_us: 9_000,
+            drain_timed_out: false,
+        },
         link_plan: busy.then(|| plan(2, 30)),
         latency,
         seq: SeqCounts {
@@ -467,14 +486,6 @@ fn matou_outcome(busy: bool) -> MatouOutcome {
         },
         undelivered: b(busy, 7),
         expected_deliveries: 9_000,
-        errors: errors(busy),
-        sends: SendCounts {
-            sent: 750,
-            sent_in_window: 600,
-            not_sent_queue_full: b(busy, 1),
-            not_sent_connection_lost: b(busy, 1),
-            not_sent_at_end: 0,
-        },
         delivered_in_window: 7_190,
         links: LinkCounts {
             opened: b(busy, 75),
@@ -499,9 +510,6 @@ fn matou_outcome(busy: bool) -> MatouOutcome {
         decode_errors: b(busy, 1),
         foreign_messages: b(busy, 4),
         foreign_notices: b(busy, 5),
-        ramp_us: 30_000,
-        drain_used_us: 9_000,
-        drain_timed_out: false,
         sign_out_wait_used_us: 120_000,
     }
 }
@@ -549,7 +557,20 @@ fn ocm_outcome(busy: bool) -> OcmOutcome {
         members_joined: if busy { 7 } else { 12 },
         members_not_attempted: if busy { 4 } else { 0 },
         tcrp_acknowledgements: b(busy, 3),
-        plan: plan(12, 200),
+        ran: Ran {
+            plan: plan(12, 200),
+            errors: errors(busy),
+            sends: SendCounts {
+                sent: 500,
+                sent_in_window: 400,
+                not_sent_queue_full: b(busy, 1),
+                not_sent_connection_lost: b(busy, 2),
+                not_sent_at_end: 0,
+            },
+            ramp_us: 70_000,
+            drain_used_us: 3_000_000,
+            drain_timed_out: busy,
+        },
         latency,
         counts: Counts {
             delivered: 1_490,
@@ -564,14 +585,6 @@ fn ocm_outcome(busy: bool) -> OcmOutcome {
             tail: b(busy, 4),
         },
         echoes: b(busy, 1),
-        errors: errors(busy),
-        sends: SendCounts {
-            sent: 500,
-            sent_in_window: 400,
-            not_sent_queue_full: b(busy, 1),
-            not_sent_connection_lost: b(busy, 2),
-            not_sent_at_end: 0,
-        },
         delivered_in_window: 1_190,
         foreign_texts: b(busy, 3),
         exits_planned: 12,
@@ -588,9 +601,6 @@ fn ocm_outcome(busy: bool) -> OcmOutcome {
             dropped: if busy { Some(5) } else { Some(0) },
             without_timestamp: b(busy, 8),
         },
-        rooms_phase_us: 70_000,
-        drain_used_us: 3_000_000,
-        drain_timed_out: busy,
         exit_used_us: 40_000,
         exit_timed_out: busy,
     }
@@ -644,30 +654,32 @@ fn lobby_outcome(busy: bool) -> LobbyOutcome {
     LobbyOutcome {
         requested: [3, 2, 2, 2],
         joined: if busy { [3, 2, 1, 2] } else { [3, 2, 2, 2] },
-        plan: plan(9, 90),
+        ran: Ran {
+            plan: plan(9, 90),
+            errors: errors(busy),
+            sends: SendCounts {
+                sent: 225,
+                sent_in_window: 180,
+                not_sent_queue_full: b(busy, 2),
+                not_sent_connection_lost: b(busy, 3),
+                not_sent_at_end: b(busy, 1),
+            },
+            ramp_us: 18_250,
+            drain_used_us: if busy { 3_000_000 } else { 23_456 },
+            drain_timed_out: busy,
+        },
         latency,
         connect: hist(9, 400, 7_000),
         own: own(busy),
         pairs,
         expected,
         undelivered,
-        errors: errors(busy),
-        sends: SendCounts {
-            sent: 225,
-            sent_in_window: 180,
-            not_sent_queue_full: b(busy, 2),
-            not_sent_connection_lost: b(busy, 3),
-            not_sent_at_end: b(busy, 1),
-        },
         delivered_in_window: 1_440,
         foreign_messages: b(busy, 4),
         presence_notices: 12,
         keepalives_answered: b(busy, 5),
         ocm_room_created: !busy,
         ocm_exits_sent: 2,
-        ramp_us: 18_250,
-        drain_used_us: if busy { 3_000_000 } else { 23_456 },
-        drain_timed_out: busy,
     }
 }
 

@@ -41,19 +41,16 @@ impl Report {
         strict: bool,
         run: &RoomOutcome,
     ) -> Report {
-        let plan = &run.plan;
+        let plan = &run.ran.plan;
         let shared = Shared::new(
-            plan,
+            &run.ran,
             cfg.pace.rate_per_s,
-            run.sends,
-            &run.errors,
-            (run.drain_used_us, run.drain_timed_out),
             (&run.own, &run.delivery_latency),
             run.connect_latency.clamped,
         );
         let figures = Delivered::new(
             Deliveries {
-                expected: run.sends.sent * run.clients_joined as u64,
+                expected: run.ran.sends.sent * run.clients_joined as u64,
                 delivered: run.seq.delivered,
                 per_s: plan.per_s(run.delivered_in_window),
             },
@@ -72,7 +69,7 @@ impl Report {
                 run.publish_replies
             ));
         }
-        if run.errors.protocol > 0 && !resp {
+        if run.ran.errors.protocol > 0 && !resp {
             notes.push(
                 "malformed records: ROOM relays what one read returned, so a message the server \
                  read in two pieces can reach members with another sender's chunk in between \
@@ -93,7 +90,11 @@ impl Report {
                 connect_rate_per_s: cfg.pace.connect_rate_per_s,
                 ids: RunIds::new(cfg.pace.seed, strict, None),
             },
-            connections: Connections::new(run.clients_requested, run.clients_joined, run.ramp_us),
+            connections: Connections::new(
+                run.clients_requested,
+                run.clients_joined,
+                run.ran.ramp_us,
+            ),
         };
         let others = Others {
             notices: run.notices,
