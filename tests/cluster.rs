@@ -875,8 +875,10 @@ fn a_ccm_message_to_a_user_on_another_node_is_delivered_in_order_and_nobody_is_u
         return;
     };
     let mut a = node(&redis, "node-a", &["--ccm-port"]);
-    let b = node(&redis, "node-b", &["--ccm-port", "--matou-port"]);
+    let mut b = node(&redis, "node-b", &["--ccm-port", "--matou-port"]);
     let (mut cid, cid_token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
+    // cid's arrival reaches B before mia signs in there: otherwise mia is told of it.
+    wait_received(&mut b, 1.0);
     let (mut cat, cat_token) = ccm_identify(addr(&b, "--ccm-port"), "cat");
     let mut mia = Matou::sign_in_at(addr(&b, "--matou-port"), "mia");
 
@@ -964,8 +966,10 @@ fn a_matou_private_link_is_brokered_between_users_on_two_nodes() {
         return;
     };
     let a = node(&redis, "node-a", &["--matou-port"]);
-    let b = node(&redis, "node-b", &["--matou-port", "--ccm-port"]);
+    let mut b = node(&redis, "node-b", &["--matou-port", "--ccm-port"]);
     let mut mia = Matou::sign_in_at(addr(&a, "--matou-port"), "mia");
+    // mia's arrival reaches B before max signs in there: otherwise max is told of it too.
+    wait_received(&mut b, 1.0);
     let mut max = Matou::sign_in_at(addr(&b, "--matou-port"), "max");
     mia.expect_notify(3, "max");
     let _cat = ccm_identify(addr(&b, "--ccm-port"), "cat");
