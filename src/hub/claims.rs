@@ -125,6 +125,7 @@ pub fn unconfirmed_answer(newcomer: NamedProtocol) -> Option<Bytes> {
             "the cluster could not confirm that name now; try again",
         )),
         NamedProtocol::Matou => Some(matou::connect_response(false)),
+        NamedProtocol::Web => Some(crate::protocol::web::json::refused("unconfirmed")),
         NamedProtocol::Bin24 => None,
     }
 }
