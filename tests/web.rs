@@ -201,3 +201,139 @@ fn frames_that_break_the_rules_close_with_their_code() {
     client.send_frame(true, 8, &1000u16.to_be_bytes());
     assert_eq!(client.expect_close(), 1000);
 }
+
+fn ccm_identify(server: &TestServer, name: &str) -> (Client, String) {
+    let mut client = Client::connect(server.ccm.unwrap(), name);
+    client.send(
+        format!(
+            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+            name.len()
+        )
+        .as_bytes(),
+    );
+    client.expect(b"CCM\\1.0 Identity\nUser: ");
+    let token = client.read_through(b"\n");
+    client.expect(b"Content-Length: 0\n\n");
+    (
+        client,
+        String::from_utf8(token[..token.len() - 1].to_vec()).unwrap(),
+    )
+}
+
+fn ccm_text(token: &str, to: &str, body: &str) -> Vec<u8> {
+    format!(
+        "CCM\\1.0 Text\nUser: {token}\nAddressee: {to}\nMessage-Encoding: utf-8\n\
+         Content-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn web_and_ccm_users_send_each_other_direct_messages_and_share_the_lobby() {
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        ..config()
+    });
+    let (mut cat, token) = ccm_identify(&server, "cat");
+    let (mut ann, welcome) = Web::sign_in(server.web.unwrap(), "ann");
+    assert!(welcome["present"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "cat", "protocol": "ccm"})));
+
+    ann.direct("cat", "hi cat", 1);
+    cat.expect(
+        b"CCM\\1.0 Text\nSender: ann\nAddressee: cat\nMessage-Encoding: utf-8\n\
+          Content-Length: 6\n\nhi cat",
+    );
+    assert_eq!(
+        ann.recv(),
+        json!({"type": "sent", "id": 1, "status": "delivered"})
+    );
+
+    cat.send(&ccm_text(&token, "ann", "hi ann"));
+    assert_eq!(
+        ann.recv(),
+        json!({"type": "direct", "from": "cat", "protocol": "ccm", "text": "hi ann"})
+    );
+
+    cat.send(&ccm_text(&token, "*", "to everyone"));
+    assert_eq!(
+        ann.recv(),
+        json!({"type": "lobby", "from": "cat", "protocol": "ccm", "text": "to everyone"})
+    );
+    ann.say("back at you");
+    ann.recv();
+    cat.expect(
+        b"CCM\\1.0 Text\nSender: ann\nAddressee: *\nMessage-Encoding: utf-8\n\
+          Content-Length: 11\n\nback at you",
+    );
+
+    // One name space: a CCM user cannot take a web user's name, nor the other way round.
+    let mut other = Client::connect(server.ccm.unwrap(), "ann again");
+    other.send(b"CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: 3\n\nann");
+    other.read_through(b"Reason: name-taken");
+    let mut web_cat = Web::open(server.web.unwrap());
+    web_cat.send_json(&json!({"type": "signin", "name": "cat"}));
+    assert_eq!(
+        web_cat.recv(),
+        json!({"type": "refused", "reason": "name-taken"})
+    );
+}
+
+#[test]
+fn web_and_bin24_users_send_each_other_direct_messages() {
+    let data = common::TempDir::new("web-bin24");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        data_dir: data.0.clone(),
+        ..config()
+    });
+    let mut bob = common::bin24::Bin24::log_in(&server, "bob");
+    let (mut ann, _) = Web::sign_in(server.web.unwrap(), "ann");
+
+    // BIN24 -> web: ann gets a direct; bob hears "200" from ann once it is written.
+    let id = bob.send("ann", "hi ann");
+    assert_eq!(
+        ann.recv(),
+        json!({"type": "direct", "from": "bob", "protocol": "bin24", "text": "hi ann"})
+    );
+    let answer = bob.recv();
+    assert_eq!(
+        (
+            answer.frame_type,
+            answer.message_id,
+            &answer.src[..],
+            &answer.body[..]
+        ),
+        (1, id, "ann", &b"200"[..])
+    );
+
+    // web -> BIN24: a type 0 with SRC = ann, messageIDs from ann's own counter.
+    ann.direct("bob", "hi bob", 3);
+    let frame = bob.recv();
+    assert_eq!(
+        (
+            frame.frame_type,
+            frame.message_id,
+            &frame.src[..],
+            &frame.dst[..]
+        ),
+        (0, 0, "ann", "bob")
+    );
+    assert_eq!(frame.body, b"hi bob");
+    assert_eq!(
+        ann.recv(),
+        json!({"type": "sent", "id": 3, "status": "forwarded"})
+    );
+    bob.answer_with(&frame, b"200");
+
+    // A web name longer than BIN24's 8 bytes cannot be a BIN24 SRC.
+    let (mut long, _) = Web::sign_in(server.web.unwrap(), "ninebytes");
+    long.direct("bob", "hello", 4);
+    assert_eq!(
+        long.await_message("error", |_| true),
+        json!({"type": "error", "id": 4, "reason": "too-large"})
+    );
+}
