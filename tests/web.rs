@@ -365,3 +365,37 @@ fn web_and_bin24_users_send_each_other_direct_messages() {
         json!({"type": "error", "id": 6, "reason": "too-large"})
     );
 }
+
+#[test]
+fn the_admin_port_counts_web_like_every_protocol() {
+    let server = TestServer::start(Config {
+        admin_port: Some(0),
+        ..config()
+    });
+    let mut rui = Client::join(server.room, "rui");
+    let (mut ann, _) = Web::sign_in(server.web.unwrap(), "ann");
+    rui.expect(b"b'ann' esta conectado ao chat");
+    ann.say("counted");
+    rui.expect(b"ann: counted");
+    let mut bad = Web::open(server.web.unwrap());
+    bad.send_text("not json");
+    bad.recv();
+    assert_eq!(
+        server.metric(r#"chatd_connections_open{protocol="web"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        server.metric(r#"chatd_switchboard_lobby_members{protocol="web"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric(r#"chatd_switchboard_messages_total{origin="web",destination="room"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric(r#"chatd_switchboard_notices_total{origin="web",destination="room"}"#),
+        Some(1.0)
+    );
+    assert_eq!(server.metric("chatd_inputs_rejected_total"), Some(1.0));
+    assert!(server.metric(r#"chatd_frames_in_total{protocol="web"}"#) >= Some(3.0));
+}

@@ -1276,11 +1276,6 @@ impl Hub {
         Some((conn, bytes))
     }
 
-    /// Web users' messages to BIN24 users waiting for BIN24's answer.
-    pub fn web_to_bin24_waiting(&self) -> usize {
-        self.web_to_bin24.len()
-    }
-
     /// A direct message from `origin` to a user of `destination` refused by a sending limit
     /// (the sender's own protocol's, checked by its service): counted over the limit.
     pub fn count_refused(&mut self, origin: ProtocolKind, destination: ProtocolKind) {
