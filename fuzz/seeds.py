@@ -396,3 +396,22 @@ write("web_service", "two_users", bytes([0, 0, 1]) + bytes([5, 0, 0]) + chunk(b"
       + bytes([5, 0, 1]) + chunk(b"yo") + bytes([2])
       + bytes([4, 0]) + bytes([3, 0xe8, 0x03]) + bytes([1, 1])
       + bytes([0, 2, 0]) + bytes([7, 2]) + chunk(b"DELETE / HTTP/1.1\r\n\r\n"))
+
+
+# The switchboard with a web user (kind 5): upgrade and sign in, a lobby line to ROOM and CCM,
+# direct messages to CCM and BIN24 and back, each note reported.
+SB_WEB = 5
+WS_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+write("switchboard", "web_with_room_ccm_and_bin24",
+      sb_accept(0, SB_ROOM) + sb_data(0, b"rui\n") + sb_accept(1, SB_CCM) + sb_data(1, ccm_identify(b"cat"))
+      + sb_accept(2, SB_BIN24) + sb_data(2, bin24(1, 0xFFFFFFFF, b"bob", b"nobody", b"200"))
+      + sb_accept(3, SB_WEB) + sb_data(3, WS_UPGRADE)
+      + sb_data(3, ws(True, 1, b'{"type":"signin","name":"wen"}'))
+      + sb_data(3, ws(True, 1, b'{"type":"say","text":"hi all"}'))
+      + sb_data(3, ws(True, 1, b'{"type":"direct","to":"cat","text":"hi cat","id":1}')) + sb_report(True)
+      + sb_data(3, ws(True, 1, b'{"type":"direct","to":"bob","text":"hi bob","id":2}'))
+      + sb_data(2, bin24(1, 0, b"bob", b"wen", b"200"))
+      + sb_data(1, ccm_text(b"wen", b"hi wen")) + sb_data(2, bin24(0, 5, b"bob", b"wen", b"oi"))
+      + sb_report(True) + sb_time(3500) + SB_STORE + sb_close(3) + sb_close(1))
+
