@@ -358,3 +358,60 @@ write("cluster_codec", "bin24_message",
 write("cluster_codec", "bin24_answer_200",
       cluster(b"node-b", 9, 3, cluster_bin24(b"node-a", 7, b"node-b", 9, 1,
                                              bin24(1, 1, b"bob", b"ana", b"200"))))
+
+
+# WEB (fuzz_targets/web_codec.rs): a client's masked frames, whole and fragmented, with a
+# ping between fragments and a close; and a handshake request.
+def ws(fin, opcode, payload, mask=b"\x37\xfa\x21\x3d"):
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+write("web_codec", "client_stream", b"\x40" + ws(True, 1, b'{"type":"signin","name":"ann"}')
+      + ws(False, 1, b'{"type":"say",') + ws(True, 9, b"p") + ws(True, 0, b'"text":"hi"}')
+      + ws(True, 1, b'{"type":"direct","to":"bob","text":"' + "\u00e9".encode() + b'","id":7}')
+      + ws(True, 10, b"") + ws(True, 8, struct.pack(">H", 1000)))
+write("web_codec", "stream_bytewise", b"\x80" + ws(True, 1, b"x" * 200) + ws(True, 1, b'{"type":"ping"}'))
+write("web_codec", "handshake", b"\x7f" + b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      b"Sec-WebSocket-Version: 13\r\nOrigin: http://a\r\n\r\n")
+
+# web_service: a program (see its `match ops.byte() % 8`): ann and bob upgrade and sign in,
+# ann says hi to the lobby and sends bob a direct message, its note is reported, time
+# passes, bob leaves; then a raw garbage request on a connection that did not upgrade.
+def chunk(data):
+    return bytes([len(data)]) + data
+
+
+write("web_service", "two_users", bytes([0, 0, 1]) + bytes([5, 0, 0]) + chunk(b"") + bytes([0])
+      + bytes([0, 1, 1]) + bytes([5, 1, 1]) + chunk(b"") + bytes([0])
+      + bytes([5, 0, 0]) + chunk(b"hi") + bytes([1])
+      + bytes([5, 0, 1]) + chunk(b"yo") + bytes([2])
+      + bytes([4, 0]) + bytes([3, 0xe8, 0x03]) + bytes([1, 1])
+      + bytes([0, 2, 0]) + bytes([7, 2]) + chunk(b"DELETE / HTTP/1.1\r\n\r\n"))
+
+
+# The switchboard with a web user (kind 5): upgrade and sign in, a lobby line to ROOM and CCM,
+# direct messages to CCM and BIN24 and back, each note reported.
+SB_WEB = 5
+WS_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+write("switchboard", "web_with_room_ccm_and_bin24",
+      sb_accept(0, SB_ROOM) + sb_data(0, b"rui\n") + sb_accept(1, SB_CCM) + sb_data(1, ccm_identify(b"cat"))
+      + sb_accept(2, SB_BIN24) + sb_data(2, bin24(1, 0xFFFFFFFF, b"bob", b"nobody", b"200"))
+      + sb_accept(3, SB_WEB) + sb_data(3, WS_UPGRADE)
+      + sb_data(3, ws(True, 1, b'{"type":"signin","name":"wen"}'))
+      + sb_data(3, ws(True, 1, b'{"type":"say","text":"hi all"}'))
+      + sb_data(3, ws(True, 1, b'{"type":"direct","to":"cat","text":"hi cat","id":1}')) + sb_report(True)
+      + sb_data(3, ws(True, 1, b'{"type":"direct","to":"bob","text":"hi bob","id":2}'))
+      + sb_data(2, bin24(1, 0, b"bob", b"wen", b"200"))
+      + sb_data(1, ccm_text(b"wen", b"hi wen")) + sb_data(2, bin24(0, 5, b"bob", b"wen", b"oi"))
+      + sb_report(True) + sb_time(3500) + SB_STORE + sb_close(3) + sb_close(1))
+

@@ -1,4 +1,4 @@
-//! The switchboard: `Services` (ROOM, BIN24, CCM, MATOU and OCM behind one hub, as the server
+//! The switchboard: `Services` (ROOM, BIN24, CCM, MATOU, OCM and WEB behind one hub, as the server
 //! builds them) driven by a program of operations on a few connections of any protocol:
 //! accepts, arbitrary bytes split arbitrarily (with or without the end of a read burst),
 //! closes for any reason, the reactor's handshake deadline, time passing through every
@@ -15,7 +15,7 @@
 //! far the store's thread has got.
 //!
 //! Invariants: no panic; output only to open connections; every name the hub holds is held by
-//! an open connection of BIN24, CCM or MATOU; the lobby has no more members per protocol than
+//! an open connection of BIN24, CCM, MATOU or WEB; the lobby has no more members per protocol than
 //! that protocol has open connections (OCM: than addresses that have spoken); nothing is left
 //! awaiting a write once every send has been reported.
 #![no_main]
@@ -65,6 +65,10 @@ fn config() -> Config {
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
         ocm_relay_port: None,
+        web_port: Some(0),
+        web_message_bytes_max: 256,
+        web_text_bytes_max: 64,
+        web_messages_per_s_max: 4,
         isolate: false,
         data_dir: data_dir().clone(),
         timer_tick_ms: 10,
@@ -319,7 +323,8 @@ impl Run {
         let hub = self.services.hub();
         let named_open = self.slots.open_of(ProtocolKind::Bin24)
             + self.slots.open_of(ProtocolKind::Ccm)
-            + self.slots.open_of(ProtocolKind::Matou);
+            + self.slots.open_of(ProtocolKind::Matou)
+            + self.slots.open_of(ProtocolKind::Web);
         assert!(
             hub.names_held() <= named_open,
             "{} names held by {named_open} connections",

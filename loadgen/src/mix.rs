@@ -1036,6 +1036,8 @@ mod tests {
             ocm_tcp_port: Some(0),
             ocm_udp_port: Some(0),
             ocm_relay_port: None,
+            // Not the default 8080: tests run side by side.
+            web_port: None,
             data_dir: data.0.clone(),
             ..Config::default()
         })
