@@ -83,6 +83,10 @@ impl Driver {
         // does not outlive the test.
         let mut child = Command::new(chromedriver)
             .process_group(0)
+            // Chromium keeps its crash reports and caches under these: in the work dir, not
+            // in the user's home.
+            .env("XDG_CONFIG_HOME", work_dir.join("config"))
+            .env("XDG_CACHE_HOME", work_dir.join("cache"))
             .arg("--port=0")
             .arg(format!("--log-path={}", log_path.display()))
             .stdin(Stdio::null())
