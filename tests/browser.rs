@@ -56,7 +56,7 @@ fn data_url(html: &str) -> String {
 
 #[test]
 fn the_webdriver_client_drives_a_static_page() {
-    let Some(mut driver) = driver() else { return };
+    let Some(driver) = driver() else { return };
     let page: Session = driver.new_session(800, 600).expect("a browser");
     page.navigate(&data_url(STATIC_PAGE)).expect("navigate");
     assert_eq!(page.title().unwrap(), "static");
@@ -284,13 +284,16 @@ fn ccm_delivered(from: &str, to: &str, body: &str) -> Vec<u8> {
 /// so the browsers start once (most of its time).
 #[test]
 fn two_pages_a_room_and_a_ccm_user_talk_and_the_pages_survive_a_restart() {
-    let Some(mut driver) = driver() else { return };
+    let Some(driver) = driver() else { return };
     let server = start_server(0);
     let web = server.web.expect("WEB enabled");
     let url = format!("http://{web}/");
 
-    let ana = driver.new_session(900, 640).expect("a browser for ana");
-    let ben = driver.new_session(900, 640).expect("a browser for ben");
+    let (ana, ben) = std::thread::scope(|scope| {
+        let ben = scope.spawn(|| driver.new_session(900, 640).expect("a browser for ben"));
+        let ana = driver.new_session(900, 640).expect("a browser for ana");
+        (ana, ben.join().expect("ben's browser started"))
+    });
     open_and_sign_in(&ana, &url, "ana");
 
     let mut rui = Client::join(server.room, "rui");

@@ -17,6 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ pub struct Driver {
     chromium: PathBuf,
     /// Holds the browsers' user-data-dirs and chromedriver's log; removed on drop.
     work_dir: PathBuf,
-    next_profile: u32,
+    next_profile: AtomicU32,
 }
 
 impl Driver {
@@ -114,7 +115,7 @@ impl Driver {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             chromium: chromium.to_path_buf(),
             work_dir,
-            next_profile: 0,
+            next_profile: AtomicU32::new(0),
         };
         let port = port_rx
             .recv_timeout(DRIVER_START_TIMEOUT)
@@ -125,9 +126,13 @@ impl Driver {
 
     /// A new headless browser (its own process and profile: no shared cookies or storage),
     /// with a window of `width` x `height` CSS pixels.
-    pub fn new_session(&mut self, width: u32, height: u32) -> Result<Session, String> {
-        self.next_profile += 1;
-        let profile = self.work_dir.join(format!("profile-{}", self.next_profile));
+    /// Sessions may start from several threads at once (a browser takes about a second to
+    /// start, most of it waiting, not computing).
+    pub fn new_session(&self, width: u32, height: u32) -> Result<Session, String> {
+        let profile = self.work_dir.join(format!(
+            "profile-{}",
+            self.next_profile.fetch_add(1, Ordering::Relaxed)
+        ));
         let capabilities = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -188,7 +193,6 @@ impl Drop for Driver {
 }
 
 fn unique() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
