@@ -14,7 +14,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -80,11 +79,9 @@ impl Driver {
         std::fs::create_dir_all(&work_dir)
             .map_err(|err| format!("create {}: {err}", work_dir.display()))?;
         let log_path = work_dir.join("chromedriver.log");
-        // Its own process group, which its browsers join: dropping the driver kills the group,
-        // so a browser whose session was never closed (a test that failed while one started)
-        // does not outlive the test.
+        // Not a process group of its own: a Ctrl-C on `cargo test` then reaches chromedriver
+        // and its browsers too (no Drop runs then).
         let mut child = Command::new(chromedriver)
-            .process_group(0)
             // Chromium keeps its crash reports and caches under these: in the work dir, not
             // in the user's home.
             .env("XDG_CONFIG_HOME", work_dir.join("config"))
@@ -178,17 +175,44 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        if let Ok(group) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) takes plain integers and touches no memory of ours; the group is
-            // the one chromedriver leads (process_group(0) above), and its leader is our
-            // unreaped child, so the id cannot have been reused by another group.
-            unsafe {
-                libc::kill(-group, libc::SIGKILL);
-            }
-        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A session closes its browser when dropped; one whose start failed half-way (its
+        // answer timed out) has nobody to close it, and chromedriver's death does not end it.
+        // Such a browser is found by the profile folder only this driver hands out.
+        kill_processes_with_argument(&format!("--user-data-dir={}", self.work_dir.display()));
         let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+/// SIGKILL every process of ours whose command line has an argument starting with `prefix`
+/// (a browser's children end with it).
+fn kill_processes_with_argument(prefix: &str) {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(command_line) = std::fs::read(process.path().join("cmdline")) else {
+            continue;
+        };
+        if command_line
+            .split(|&byte| byte == 0)
+            .any(|argument| argument.starts_with(prefix.as_bytes()))
+        {
+            // SAFETY: kill(2) takes plain integers and touches no memory of ours. The pid was
+            // just read from /proc with an argument naming this driver's own temporary folder,
+            // so it is a browser this driver started (a reused pid would not carry it).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
