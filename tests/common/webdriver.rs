@@ -124,7 +124,7 @@ impl Driver {
     /// A new headless browser (its own process and profile: no shared cookies or storage),
     /// with a window of `width` x `height` CSS pixels.
     /// Sessions may start from several threads at once (a browser takes about a second to
-    /// start, most of it waiting, not computing).
+    /// start here).
     pub fn new_session(&self, width: u32, height: u32) -> Result<Session, String> {
         let profile = self.work_dir.join(format!(
             "profile-{}",
