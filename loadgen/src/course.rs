@@ -1,11 +1,12 @@
-//! The phases every engine scenario (BIN24, CCM, MATOU, the lobby) goes through, written once:
+//! The phases every engine scenario (BIN24, CCM, MATOU, OCM, the lobby) goes through, written once:
 //! ramp-up, send, drain, the scenario's own closing phase if it has one, done.
 //!
 //! 1. Ramp-up: the [`Wave`]'s clients connect at the connect rate; it is over when every one
 //!    has joined or failed (or its deadline failed the rest). The scenario then fixes its plan.
 //! 2. Send: the plan is sent, until every planned message is taken.
 //! 3. Drain: until nothing is queued and the scenario says everything arrived, or `--drain`.
-//! 4. Close (optional): BIN24's reconnect, CCM's silent wait, MATOU's sign-out. It ends when
+//! 4. Close (optional): BIN24's reconnect, CCM's silent wait, MATOU's sign-out, OCM's exits
+//!    (sent on their own schedule, see [`Wire::close_wake_us`]). It ends when
 //!    the scenario says so, or at its deadline.
 //!
 //! The engine's [`Run`] keeps the [`Course`]; its protocol ([`Wire`]) says what only it knows: where a
@@ -74,11 +75,18 @@ impl Wave {
 
     /// Adds `u` to the wave at `intended_us` (a retry), pushing the deadline out if need be.
     pub fn push(&mut self, u: usize, intended_us: u64) {
+        self.admit(u, intended_us);
+        self.order.push(u);
+        self.deadline_us = self.deadline_us.max(intended_us + RAMP_TIMEOUT_MIN_US);
+    }
+
+    /// Makes `u` one of the wave's unsettled clients, connected by the caller at
+    /// `intended_us` rather than in the wave's order, within the wave's deadline (OCM's guests,
+    /// once their room exists). The protocol's [`Wire::on_wave_timeout`] must give it up.
+    pub fn admit(&mut self, u: usize, intended_us: u64) {
         self.intended_us[u] = intended_us;
         self.unsettled[u] = true;
         self.unsettled_count += 1;
-        self.order.push(u);
-        self.deadline_us = self.deadline_us.max(intended_us + RAMP_TIMEOUT_MIN_US);
     }
 
     /// Client `u` joined or failed.
@@ -113,7 +121,7 @@ impl Wave {
             .collect()
     }
 
-    fn next_wake_us(&self) -> u64 {
+    pub fn next_wake_us(&self) -> u64 {
         self.order
             .get(self.next)
             .map_or(u64::MAX, |&u| self.intended_us[u])
@@ -279,14 +287,12 @@ pub fn advance<W: Wire>(run: &mut Run<W>) -> Result<(), RunError> {
 pub fn next_wake_us<W: Wire>(run: &Run<W>) -> u64 {
     let course = &run.course;
     let phase_us = match course.phase {
-        Phase::Ramp | Phase::Close { deadline_us: None } => course.wave.next_wake_us(),
+        Phase::Ramp => course.wave.next_wake_us(),
         Phase::Send => W::next_send_us(run),
         // The deadline is looked at with the completion check, on its cadence.
         Phase::Drain { .. } => course.drain.next_check_us,
         // A close wakes the poll by itself.
-        Phase::Close {
-            deadline_us: Some(deadline_us),
-        } => deadline_us,
+        Phase::Close { deadline_us } => W::close_wake_us(run, deadline_us),
         Phase::Done => u64::MAX,
     };
     course.progress.wake_us(phase_us)
