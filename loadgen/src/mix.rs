@@ -108,6 +108,9 @@ pub struct MixArgs {
     /// Server port of the OCM chat socket (UDP).
     #[arg(long, default_value_t = 9_003)]
     pub(crate) ocm_udp_port: u16,
+    /// Server port of chatd's web listener (WEB, when --protocols includes it).
+    #[arg(long, default_value_t = 8_080)]
+    pub(crate) web_port: u16,
 
     #[command(flatten)]
     pub(crate) common: CommonArgs,
