@@ -1,7 +1,7 @@
 //! WEB's client side without sockets: the upgrade, masked frames, the reader of the server's
 //! frames (split anywhere), and the `say` frame the fan-out writes.
 
-use super::ws::{self, Event, Reader};
+use super::ws::{self, Reader};
 use super::{framing, name, seal_say};
 use crate::record::{self, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 
