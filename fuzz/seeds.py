@@ -358,3 +358,27 @@ write("cluster_codec", "bin24_message",
 write("cluster_codec", "bin24_answer_200",
       cluster(b"node-b", 9, 3, cluster_bin24(b"node-a", 7, b"node-b", 9, 1,
                                              bin24(1, 1, b"bob", b"ana", b"200"))))
+
+
+# WEB (fuzz_targets/web_codec.rs): a client's masked frames, whole and fragmented, with a
+# ping between fragments and a close; and a handshake request.
+def ws(fin, opcode, payload, mask=b"\x37\xfa\x21\x3d"):
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+write("web_codec", "client_stream", b"\x40" + ws(True, 1, b'{"type":"signin","name":"ann"}')
+      + ws(False, 1, b'{"type":"say",') + ws(True, 9, b"p") + ws(True, 0, b'"text":"hi"}')
+      + ws(True, 1, b'{"type":"direct","to":"bob","text":"' + "\u00e9".encode() + b'","id":7}')
+      + ws(True, 10, b"") + ws(True, 8, struct.pack(">H", 1000)))
+write("web_codec", "stream_bytewise", b"\x80" + ws(True, 1, b"x" * 200) + ws(True, 1, b'{"type":"ping"}'))
+write("web_codec", "handshake", b"\x7f" + b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      b"Sec-WebSocket-Version: 13\r\nOrigin: http://a\r\n\r\n")

@@ -46,7 +46,7 @@ port=$(free_port)
 data=$(mktemp -d)
 log=$(mktemp)
 "$chatd" --room-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 \
-  --ocm-relay-port 0 --bin24-port "$port" --data-dir "$data" 2>"$log" &
+  --ocm-relay-port 0 --web-port 0 --bin24-port "$port" --data-dir "$data" 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data" "$log"' EXIT
 wait_listening "$log" "$pid" 1

@@ -125,7 +125,7 @@ start_nodes() {
       cluster_args=(--cluster "redis://127.0.0.1:$redis_port" --node-name "node-$i")
     fi
     start "$chatd" --bind "127.0.0.$i" --room-port "$room_port" --matou-port "$matou_port" \
-      --ccm-port "$ccm_port" --bin24-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 \
+      --ccm-port "$ccm_port" --bin24-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --web-port 0 \
       --admin-port "${node_admin[$((i - 1))]}" --data-dir "$results_dir/$tag-data$i" \
       "${cluster_args[@]}" 2>"$log"
     node_pids+=($!)

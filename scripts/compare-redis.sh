@@ -127,9 +127,9 @@ trap cleanup EXIT
 
 # Only ROOM listens; every other protocol is off (port 0).
 show taskset -c 0 "$chatd" --room-port "$room_port" --bin24-port 0 --ccm-port 0 --matou-port 0 \
-  --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --data-dir "$data_dir"
+  --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --web-port 0 --data-dir "$data_dir"
 taskset -c 0 "$chatd" --room-port "$room_port" --bin24-port 0 --ccm-port 0 --matou-port 0 \
-  --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --data-dir "$data_dir" \
+  --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --web-port 0 --data-dir "$data_dir" \
   2>"$out/chatd.log" &
 chatd_pid=$!
 # --protected-mode no: the loadgen connects clients beyond the first 1,000 from their own

@@ -121,10 +121,10 @@ start_chatd_room() {
   chatd_runs=$((${chatd_runs:-0} + 1))
   chatd_log="$results_dir/chatd$chatd_runs.log"
   local log=$chatd_log
-  echo "+ $(printf '%q ' "$@") --room-port $room_port --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 2>$log &" >&2
-  echo "$(printf '%q ' "$@") --room-port $room_port --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 &" >>"$results_dir/commands.txt"
+  echo "+ $(printf '%q ' "$@") --room-port $room_port --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --web-port 0 2>$log &" >&2
+  echo "$(printf '%q ' "$@") --room-port $room_port --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --web-port 0 &" >>"$results_dir/commands.txt"
   "$@" --room-port "$room_port" --bin24-port 0 --ccm-port 0 --matou-port 0 \
-    --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 2>"$log" &
+    --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --web-port 0 2>"$log" &
   chatd_pid=$!
   local _
   for _ in $(seq 1 400); do

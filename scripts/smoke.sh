@@ -33,20 +33,21 @@ matou_port=$(free_port)
 ocm_tcp_port=$(free_port)
 ocm_udp_port=$(free_udp_port)
 ocm_relay_port=$(free_udp_port)
+web_port=$(free_port)
 data_dir=$(mktemp -d)
 log=$(mktemp)
-echo "+ $chatd --room-port $port --bin24-port $bin24_port --ccm-port $ccm_port --matou-port $matou_port --ocm-tcp-port $ocm_tcp_port --ocm-udp-port $ocm_udp_port --ocm-relay-port $ocm_relay_port --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir $data_dir --stats-interval-ms 1000"
+echo "+ $chatd --room-port $port --bin24-port $bin24_port --ccm-port $ccm_port --matou-port $matou_port --ocm-tcp-port $ocm_tcp_port --ocm-udp-port $ocm_udp_port --ocm-relay-port $ocm_relay_port --web-port $web_port --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir $data_dir --stats-interval-ms 1000"
 "$chatd" --room-port "$port" --bin24-port "$bin24_port" --ccm-port "$ccm_port" \
   --matou-port "$matou_port" --ocm-tcp-port "$ocm_tcp_port" --ocm-udp-port "$ocm_udp_port" \
-  --ocm-relay-port "$ocm_relay_port" \
+  --ocm-relay-port "$ocm_relay_port" --web-port "$web_port" \
   --ccm-keepalive-idle-ms 500 --ccm-keepalive-answer-ms 300 --data-dir "$data_dir" \
   --stats-interval-ms 1000 2>"$log" &
 chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
 trap cleanup EXIT
 
-# Every protocol listens: five TCP listeners, two UDP sockets.
-wait_listening "$log" "$chatd_pid" 7
+# Every protocol listens: six TCP listeners, two UDP sockets.
+wait_listening "$log" "$chatd_pid" 8
 
 echo "+ $loadgen room --port $port --clients $clients --senders $senders --rate $rate --duration $duration"
 status=0

@@ -11,6 +11,8 @@ pub const MATOU_PORT_DEFAULT: u16 = 7777;
 pub const OCM_TCP_PORT_DEFAULT: u16 = 9002;
 pub const OCM_UDP_PORT_DEFAULT: u16 = 9003;
 pub const OCM_RELAY_PORT_DEFAULT: u16 = 9001;
+/// WEB (the page and its WebSocket): HTTP's usual alternative port; not in the contract.
+pub const WEB_PORT_DEFAULT: u16 = 8080;
 
 /// The most admin connections the reactor can hold: they use the reserved tokens 8..16.
 pub const ADMIN_CONNECTIONS_CAP: usize = 8;
@@ -32,6 +34,19 @@ pub struct Config {
     pub ocm_udp_port: Option<u16>,
     /// OCM stage-1 relay (UDP), as `room_port`.
     pub ocm_relay_port: Option<u16>,
+    /// WEB: the page (`GET /`) and its WebSocket (`GET /ws`), as `room_port`.
+    pub web_port: Option<u16>,
+    /// WEB: the origins whose pages may open the WebSocket (exact `scheme://host[:port]`);
+    /// `None`: only `http://<Host>`, the request's own host.
+    pub web_origins: Option<Vec<String>>,
+    /// WEB: largest message (all its fragments) and frame payload, in bytes; over it the
+    /// connection is closed (1009).
+    pub web_message_bytes_max: usize,
+    /// WEB: longest `text` of a `say` or `direct`, in bytes of UTF-8.
+    pub web_text_bytes_max: usize,
+    /// WEB: `say` and `direct` messages one web user may send per second (a second's worth at
+    /// once); over it they are refused `rate-limited`. 0: no limit.
+    pub web_messages_per_s_max: u64,
     /// Admin port: the metrics in the Prometheus text format over HTTP (`GET /metrics`).
     /// `None` (the default): off; `Some(0)`: an ephemeral port (tests).
     pub admin_port: Option<u16>,
@@ -241,6 +256,11 @@ impl Default for Config {
             ocm_tcp_port: Some(OCM_TCP_PORT_DEFAULT),
             ocm_udp_port: Some(OCM_UDP_PORT_DEFAULT),
             ocm_relay_port: Some(OCM_RELAY_PORT_DEFAULT),
+            web_port: Some(WEB_PORT_DEFAULT),
+            web_origins: None,
+            web_message_bytes_max: 4096,
+            web_text_bytes_max: 1000,
+            web_messages_per_s_max: 20,
             admin_port: None,
             admin_bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_connections_max: 4,
@@ -335,6 +355,7 @@ impl Config {
             self.ocm_tcp_port,
             self.ocm_udp_port,
             self.ocm_relay_port,
+            self.web_port,
         ]
         .iter()
         .all(Option::is_none)
@@ -351,6 +372,7 @@ impl Config {
             ocm_tcp_port: None,
             ocm_udp_port: None,
             ocm_relay_port: None,
+            web_port: None,
             timer_tick_ms: 1,
             ..Config::default()
         }

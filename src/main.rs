@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use switchboard::config::{
     Config, ADMIN_CONNECTIONS_CAP, BIN24_PORT_DEFAULT, CCM_PORT_DEFAULT, MATOU_PORT_DEFAULT,
     OCM_RELAY_PORT_DEFAULT, OCM_TCP_PORT_DEFAULT, OCM_UDP_PORT_DEFAULT, ROOM_PORT_DEFAULT,
+    WEB_PORT_DEFAULT,
 };
 use switchboard::protocol::bin24::UserList;
 use switchboard::reactor::Server;
@@ -87,6 +88,31 @@ struct Args {
     /// 0: no limit.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().ccm_pair_bytes_per_s_max)]
     ccm_pair_bytes_per_s_max: u64,
+
+    /// WEB port: the page at `/` and its WebSocket at `/ws` (JSON messages). 0 disables it.
+    #[arg(long, value_name = "PORT", default_value_t = WEB_PORT_DEFAULT)]
+    web_port: u16,
+
+    /// WEB: the origins whose pages may open the WebSocket, comma-separated, exact
+    /// (`http://chat.example:8080`). Default: only `http://<Host>`, the request's own host.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    web_origins: Option<Vec<String>>,
+
+    /// WEB: largest message (and frame) a client may send, in bytes; over it the connection
+    /// is closed (1009).
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().web_message_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    web_message_bytes_max: u64,
+
+    /// WEB: longest text of a lobby or direct message, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().web_text_bytes_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    web_text_bytes_max: u64,
+
+    /// WEB: lobby and direct messages one web user may send per second; over it they are
+    /// refused (`rate-limited`). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = Config::default().web_messages_per_s_max)]
+    web_messages_per_s_max: u64,
 
     /// MATOU port (binary: unique names, public room, private links brokered between clients).
     /// 0 disables MATOU.
@@ -601,6 +627,11 @@ impl Args {
             bin24_port: port(self.bin24_port),
             ccm_port: port(self.ccm_port),
             matou_port: port(self.matou_port),
+            web_port: port(self.web_port),
+            web_origins: self.web_origins,
+            web_message_bytes_max: to_usize(self.web_message_bytes_max),
+            web_text_bytes_max: to_usize(self.web_text_bytes_max),
+            web_messages_per_s_max: self.web_messages_per_s_max,
             matou_name_bytes_max: to_usize(self.matou_name_bytes_max),
             matou_message_bytes_max: to_usize(self.matou_message_bytes_max),
             matou_string_bytes_max: to_usize(self.matou_string_bytes_max),

@@ -38,6 +38,7 @@ fn config(data: &TempDir) -> Config {
         matou_port: Some(0),
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
+        web_port: Some(0),
         room_handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS,
         handshake_timeout_ms: IDENTIFY_TIMEOUT_MS,
         ocm_tcrp_request_timeout_ms: HANDSHAKE_TIMEOUT_MS,
@@ -849,4 +850,182 @@ fn ocm_bad_input_matrix() {
         stats.datagrams_dropped_in >= bad_datagrams.len() as u64,
         "bad datagrams are dropped and counted: {stats:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// WEB: HTTP refusals answer with a status and close; frame violations send a close frame
+// with their code and close; a bad request inside the WebSocket is answered `error` or
+// `refused` and the connection stays.
+
+/// A client frame, masked, written from RFC 6455 by hand.
+fn ws(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xA1, 0x02, 0xC3, 0x04];
+    let mut frame = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65_536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(at, b)| b ^ mask[at % 4]));
+    frame
+}
+
+fn ws_text(text: &str) -> Vec<u8> {
+    ws(0x81, text.as_bytes())
+}
+
+const WS_UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// The server's close frame with `code` (unmasked; its reason follows).
+fn ws_close(code: u16) -> Vec<u8> {
+    code.to_be_bytes().to_vec()
+}
+
+fn web_open(addr: SocketAddr, label: &str) -> Raw {
+    let mut client = Raw::connect(addr, label);
+    client.send(WS_UPGRADE);
+    client.expect(b"HTTP/1.1 101 Switching Protocols\r\n");
+    client.expect(b"\r\n\r\n");
+    client
+}
+
+#[test]
+fn web_bad_input_matrix() {
+    let (_data, server, mut w) = start("bad-web");
+    let addr = server.web.expect("WEB");
+
+    closed_at_deadline(addr, "web silent", b"", b"");
+    w.after_case(&server);
+    closed_at_deadline(addr, "web never signs in", WS_UPGRADE, b"HTTP/1.1 101 ");
+    w.after_case(&server);
+    closed_at_deadline(addr, "web truncated request", &WS_UPGRADE[..20], b"");
+    w.after_case(&server);
+
+    let mut huge_head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    huge_head.extend(std::iter::repeat_n(b'a', 9_000));
+    let http_cases: Vec<(&str, Vec<u8>, &[u8])> = vec![
+        (
+            "not HTTP",
+            b"\x16\x03\x01 hello\r\n\r\n".to_vec(),
+            b"HTTP/1.1 400 ",
+        ),
+        ("head too large", huge_head, b"HTTP/1.1 400 "),
+        (
+            "another path",
+            b"GET /etc/passwd HTTP/1.1\r\n\r\n".to_vec(),
+            b"HTTP/1.1 404 ",
+        ),
+        (
+            "another method",
+            b"DELETE / HTTP/1.1\r\n\r\n".to_vec(),
+            b"HTTP/1.1 405 ",
+        ),
+        (
+            "another origin",
+            [
+                &WS_UPGRADE[..WS_UPGRADE.len() - 2],
+                b"Origin: http://evil\r\n\r\n",
+            ]
+            .concat(),
+            b"HTTP/1.1 403 ",
+        ),
+    ];
+    for (label, bytes, answer) in http_cases {
+        let mut bad = Raw::connect(addr, label);
+        bad.send(&bytes);
+        bad.expect(answer);
+        bad.expect_closed();
+        w.after_case(&server);
+    }
+
+    let mut huge_length = vec![0x81, 0xFF];
+    huge_length.extend_from_slice(&u64::MAX.to_be_bytes());
+    let frame_cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("reserved bit", ws(0xC1, b"x"), 1002),
+        ("unknown opcode", ws(0x83, b""), 1002),
+        ("binary", ws(0x82, b"\x00\x01"), 1003),
+        ("invalid UTF-8", ws(0x81, b"\xc3\x28"), 1007),
+        ("a 64-bit length with its top bit", huge_length, 1002),
+        (
+            "over the size limit, no body",
+            ws(0x81, &[b'a'; 5_000])[..8].to_vec(),
+            1009,
+        ),
+        ("continuation without a start", ws(0x80, b"x"), 1002),
+        ("fragmented ping", ws(0x09, b""), 1002),
+    ];
+    for (label, bytes, code) in frame_cases {
+        let mut bad = web_open(addr, label);
+        bad.send(&bytes);
+        bad.expect(&[0x88]);
+        bad.expect(&ws_close(code));
+        bad.expect_closed();
+        w.after_case(&server);
+    }
+
+    // Inside the WebSocket: refused requests, and the connection stays.
+    let mut early = web_open(addr, "web before sign-in");
+    for (request, answer) in [
+        ("{not json", r#""reason":"bad-request""#),
+        (r#"{"type":"teleport"}"#, r#""reason":"bad-request""#),
+        (
+            r#"{"type":"say","text":"hi"}"#,
+            r#""reason":"not-signed-in""#,
+        ),
+        (
+            r#"{"type":"signin","name":"wmatou"}"#,
+            r#""reason":"name-taken""#,
+        ),
+        (
+            r#"{"type":"signin","name":"a\u0007b"}"#,
+            r#""reason":"invalid-name""#,
+        ),
+        (r#"{"type":"signin","name":"late"}"#, r#""type":"welcome""#),
+        (
+            r#"{"type":"say","text":"\u001b[2J"}"#,
+            r#""reason":"invalid-text""#,
+        ),
+        (
+            r#"{"type":"direct","to":"nobody","text":"x","id":1}"#,
+            r#""reason":"unknown-addressee""#,
+        ),
+    ] {
+        early.send(&ws_text(request));
+        early.expect(answer.as_bytes());
+    }
+    w.matou.expect(&matou(3, &[&matou_string(b"late")]));
+    // A truncated frame, then the rest: the server waits for the whole frame.
+    let whole = ws_text(r#"{"type":"say","text":"patience pays"}"#);
+    early.send(&whole[..7]);
+    w.check();
+    early.send(&whole[7..]);
+    early.expect(br#""text":"patience pays""#);
+    w.room.expect(b"late: patience pays");
+    drop(early);
+    w.matou.expect(&matou(16, &[&matou_string(b"late")]));
+    w.after_case(&server);
+
+    // A flood of tiny frames: 5,000 pings, each answered in order.
+    let mut flood = web_open(addr, "web flood");
+    let mut burst = Vec::new();
+    for _ in 0..5_000 {
+        burst.extend_from_slice(&ws_text(r#"{"type":"ping"}"#));
+    }
+    burst.extend_from_slice(&ws_text(r#"{"type":"signin","name":"flooder"}"#));
+    flood.send(&burst);
+    flood.expect(br#""type":"welcome""#);
+    let pongs = common::count(&flood.received, br#"{"type":"pong"}"#);
+    assert_eq!(pongs, 5_000, "one pong per ping");
+    drop(flood);
+    w.after_case(&server);
 }

@@ -538,7 +538,7 @@ fn running_out_of_descriptors_pauses_accepting_and_serving_goes_on() {
     const CONNECTIONS: usize = 30;
     let port = free_port();
     let command = format!(
-        "ulimit -n 24 && exec '{}' --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --room-port {port} --accept-pause-ms 20",
+        "ulimit -n 24 && exec '{}' --bin24-port 0 --ccm-port 0 --matou-port 0 --ocm-tcp-port 0 --ocm-udp-port 0 --ocm-relay-port 0 --web-port 0 --room-port {port} --accept-pause-ms 20",
         env!("CARGO_BIN_EXE_chatd")
     );
     let mut child = Command::new("bash")

@@ -101,6 +101,7 @@ fn protocol_letter(protocol: NamedProtocol) -> u8 {
         NamedProtocol::Bin24 => b'b',
         NamedProtocol::Ccm => b'c',
         NamedProtocol::Matou => b'm',
+        NamedProtocol::Web => b'w',
     }
 }
 
@@ -117,6 +118,7 @@ fn split_key_value(value: &[u8]) -> Option<(NamedProtocol, &[u8])> {
         b'b' => NamedProtocol::Bin24,
         b'c' => NamedProtocol::Ccm,
         b'm' => NamedProtocol::Matou,
+        b'w' => NamedProtocol::Web,
         _ => return None,
     };
     (value.get(1) == Some(&b':')).then_some((protocol, value.get(2..)?))
@@ -614,6 +616,7 @@ mod tests {
             NamedProtocol::Bin24,
             NamedProtocol::Ccm,
             NamedProtocol::Matou,
+            NamedProtocol::Web,
         ] {
             let value = key_value(protocol, &node);
             assert_eq!(split_key_value(&value), Some((protocol, &node[..])));

@@ -125,6 +125,7 @@ pub fn unconfirmed_answer(newcomer: NamedProtocol) -> Option<Bytes> {
             "the cluster could not confirm that name now; try again",
         )),
         NamedProtocol::Matou => Some(matou::connect_response(false)),
+        NamedProtocol::Web => Some(crate::protocol::web::json::refused("unconfirmed")),
         NamedProtocol::Bin24 => None,
     }
 }
@@ -426,11 +427,13 @@ mod tests {
             (1, NamedProtocol::Ccm),
             (2, NamedProtocol::Matou),
             (3, NamedProtocol::Bin24),
+            (4, NamedProtocol::Web),
         ] {
             let name: &'static [u8] = match protocol {
                 NamedProtocol::Ccm => b"cid",
                 NamedProtocol::Matou => b"mia",
                 NamedProtocol::Bin24 => b"bob",
+                NamedProtocol::Web => b"wen",
             };
             assert_eq!(
                 hub.claim_name_at(protocol, conn(slot), name, 0),
@@ -455,6 +458,10 @@ mod tests {
                 }
                 NamedProtocol::Matou => assert_eq!(answer, Some(matou::connect_response(false))),
                 NamedProtocol::Bin24 => assert_eq!(answer, None, "BIN24 closes"),
+                NamedProtocol::Web => assert_eq!(
+                    answer,
+                    Some(crate::protocol::web::json::refused("name-taken"))
+                ),
             }
             // Free here: the connection may try another name, or the same one later.
             assert_eq!(hub.holder(name), None);
@@ -466,7 +473,7 @@ mod tests {
             ops.iter().all(|op| matches!(op, NameOp::Claim { .. })),
             "{ops:?}"
         );
-        assert_eq!(hub.claim_counts().unwrap_or_default().taken, 3);
+        assert_eq!(hub.claim_counts().unwrap_or_default().taken, 4);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub enum NamedProtocol {
     Bin24,
     Ccm,
     Matou,
+    Web,
 }
 
 impl NamedProtocol {
@@ -24,6 +25,7 @@ impl NamedProtocol {
             NamedProtocol::Bin24 => ProtocolKind::Bin24,
             NamedProtocol::Ccm => ProtocolKind::Ccm,
             NamedProtocol::Matou => ProtocolKind::Matou,
+            NamedProtocol::Web => ProtocolKind::Web,
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::protocol::bin24::codec::{self as bin24, Frame, Name};
 use crate::protocol::ccm::codec::MessageType;
 use crate::protocol::ccm::Reason;
 use crate::protocol::matou::codec as matou;
+use crate::protocol::web::json as web;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -91,6 +92,7 @@ impl Refusal {
         match self.newcomer {
             NamedProtocol::Ccm => Some(render::ccm_error(Reason::NameTaken, "that name is in use")),
             NamedProtocol::Matou => Some(matou::connect_response(false)),
+            NamedProtocol::Web => Some(web::refused("name-taken")),
             NamedProtocol::Bin24 => None,
         }
     }
@@ -139,6 +141,32 @@ pub enum CcmDirect {
     /// BIN24 cannot carry it: answer the CCM sender with `error` (`too-large`); the connection
     /// stays open.
     Refused { error: Bytes },
+    /// The addressee is a web user: queue `bytes` (its `direct`) to `to`. CCM's sender is
+    /// told nothing, as for a CCM addressee.
+    ToWeb {
+        to: ConnId,
+        bytes: Bytes,
+        message: DirectMessage,
+    },
+}
+
+/// What becomes of a web user's `direct` (WEB, and SWITCHBOARD rule 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebDirect {
+    /// A web or CCM user holds the name: queue `bytes` to `to` with `send_notify(to, bytes,
+    /// note.0)` and report the outcome to [`Hub::on_written`] (also when `send_notify`
+    /// refuses); the sender hears `sent delivered` or `error not-delivered` then.
+    ToConn {
+        to: ConnId,
+        bytes: Bytes,
+        note: WrittenNote,
+    },
+    /// A BIN24 user holds the name: BIN24's service forwards `frame` (type 0) to `to` and
+    /// keeps its answer timer, as for a CCM sender's message.
+    ToBin24 { to: ConnId, frame: Frame },
+    /// Refused: answer the sender with `error`, whose reason says why (`unknown-addressee`,
+    /// `too-large`, `rate-limited`).
+    Refused { reason: &'static str },
 }
 
 /// Identifies a BIN24-to-CCM delivery whose writing the hub waits for: the note of the
@@ -165,6 +193,9 @@ pub enum Bin24Direct {
 /// What a reported [`WrittenNote`] comes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
+    /// A web user's direct message was written (or not): send `bytes` (its `sent` or
+    /// `error`) to `to`, the sender's connection, if it is still there.
+    Reply { to: ConnId, bytes: Bytes },
     /// The CCM recipient was written to: BIN24's service sends `answer` ("200": type 1, same
     /// messageID, SRC = the CCM user, DST = the sender) to `sender` wherever it is connected
     /// now, as it sends its own answers.
@@ -296,12 +327,17 @@ struct Lobby {
     seats: HashMap<Endpoint, Seat>,
 }
 
-/// A BIN24 frame delivered to a CCM user, waiting for its bytes to be written.
+/// A direct message delivered to a connection, waiting for its bytes to be written.
 #[derive(Debug)]
-struct AwaitingWrite {
-    sender: Name,
-    recipient: Name,
-    frame: Frame,
+enum AwaitingWrite {
+    /// A BIN24 frame to a CCM or web user.
+    Bin24 {
+        sender: Name,
+        recipient: Name,
+        frame: Frame,
+    },
+    /// A web user's message (on `sender`) to a web or CCM user; `id` the request's.
+    Web { sender: ConnId, id: Option<u64> },
 }
 
 pub struct Hub {
@@ -818,6 +854,11 @@ impl Hub {
                 counter[origin.index()][ProtocolKind::Matou.index()] += recipients;
             }
         }
+        if skip != Some(ProtocolKind::Web) && self.lobby_count(ProtocolKind::Web) > 0 {
+            let bytes = web::presence(origin, &presence.name, presence.kind);
+            let n = self.fan_out(ProtocolKind::Web, &bytes, out);
+            self.counts.notices[origin.index()][ProtocolKind::Web.index()] += n;
+        }
     }
 
     /// A lobby message (rule 2): every lobby member of the other protocols receives it in its
@@ -871,6 +912,7 @@ impl Hub {
             ProtocolKind::Matou,
             ProtocolKind::Ccm,
             ProtocolKind::Ocm,
+            ProtocolKind::Web,
         ] {
             let recipients = self.lobby_count(to) as u64;
             if Some(to) == skip || recipients == 0 {
@@ -887,6 +929,8 @@ impl Hub {
                 }
                 ProtocolKind::Matou => render::matou_broadcast(sender, text, &self.config.limits),
                 ProtocolKind::Ccm => render::ccm_lobby(sender, text),
+                // Any bytes: a web page shows what is not UTF-8 as U+FFFD.
+                ProtocolKind::Web => Some(web::lobby(message.origin, sender, text)),
                 ProtocolKind::Bin24 => None,
             };
             forms[to.index()] = Form { recipients, bytes };
@@ -982,6 +1026,14 @@ impl Hub {
         if self.config.isolated || !matches!(kind, MessageType::Text | MessageType::Raw) {
             return CcmDirect::NotCrossing;
         }
+        if let Some(Holder {
+            protocol: NamedProtocol::Web,
+            conn: to,
+            claim: None,
+        }) = self.names.get(addressee).copied()
+        {
+            return self.ccm_to_web(from, to, addressee, content, out);
+        }
         let Some(Holder {
             protocol: NamedProtocol::Bin24,
             conn: to,
@@ -1047,6 +1099,143 @@ impl Hub {
         CcmDirect::ToBin24 { to, frame, message }
     }
 
+    fn ccm_to_web<O: HubOut>(
+        &mut self,
+        from: ConnId,
+        to: ConnId,
+        addressee: &[u8],
+        content: &Bytes,
+        out: &mut O,
+    ) -> CcmDirect {
+        let Some(sender) = self
+            .held
+            .get(&from)
+            .filter(|held| held.protocol == NamedProtocol::Ccm)
+            .map(|held| held.name.clone())
+        else {
+            return CcmDirect::NotCrossing;
+        };
+        self.counts.messages[ProtocolKind::Ccm.index()][ProtocolKind::Web.index()] += 1;
+        let message = DirectMessage {
+            origin: ProtocolKind::Ccm,
+            sender,
+            recipient: Bytes::copy_from_slice(addressee),
+            message_id: 0,
+            body: content.clone(),
+        };
+        out.event(&HubEvent::Direct(message.clone()));
+        CcmDirect::ToWeb {
+            to,
+            bytes: web::direct(ProtocolKind::Ccm, &message.sender, content),
+            message,
+        }
+    }
+
+    /// The signed-in web user on `from` sent `text` to `addressee` (WEB's `direct`, with the
+    /// request's `id`). A web or CCM holder gets it in its form, and the sender hears when
+    /// it was written ([`WebDirect::ToConn`]); a BIN24 holder gets a type-0 frame (SRC = the
+    /// web name, messageID from the sender's counter) under BIN24's sending limits at
+    /// `now_ms`, as a CCM sender's message would.
+    pub fn web_direct<O: HubOut>(
+        &mut self,
+        from: ConnId,
+        addressee: &[u8],
+        text: &Bytes,
+        id: Option<u64>,
+        now_ms: u64,
+        out: &mut O,
+    ) -> WebDirect {
+        let Some(holder) = self.names.get(addressee).copied() else {
+            return WebDirect::Refused {
+                reason: "unknown-addressee",
+            };
+        };
+        let Some((sender_name, message_id)) = self
+            .held
+            .get(&from)
+            .filter(|held| held.protocol == NamedProtocol::Web)
+            .map(|held| (held.name.clone(), held.next_message_id))
+        else {
+            return WebDirect::Refused {
+                reason: "not-signed-in",
+            };
+        };
+        if holder.claim.is_some() {
+            return WebDirect::Refused {
+                reason: "unknown-addressee",
+            };
+        }
+        let to = holder.conn;
+        let destination = holder.protocol.protocol();
+        let bytes = match holder.protocol {
+            NamedProtocol::Web => web::direct(ProtocolKind::Web, &sender_name, text),
+            NamedProtocol::Ccm => render::ccm_text(&sender_name, addressee, text),
+            NamedProtocol::Matou => {
+                // MATOU has no direct messages (its private links are peer to peer).
+                return WebDirect::Refused {
+                    reason: "unknown-addressee",
+                };
+            }
+            NamedProtocol::Bin24 => {
+                let (Some(sender), Some(recipient)) =
+                    (Name::new(&sender_name), Name::new(addressee))
+                else {
+                    self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
+                    return WebDirect::Refused {
+                        reason: "too-large",
+                    };
+                };
+                let frame = bin24::encode(bin24::TYPE_MESSAGE, message_id, sender, recipient, text)
+                    .and_then(|bytes| Frame::from_bytes(bytes).ok());
+                let Some(frame) = frame else {
+                    self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
+                    return WebDirect::Refused {
+                        reason: "too-large",
+                    };
+                };
+                let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
+                let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
+                let admitted = self.held.get_mut(&from).is_some_and(|held| {
+                    held.bin24_sending
+                        .get_or_insert_with(|| SenderBudget::new(total, now_ms))
+                        .admit(
+                            Some(recipient),
+                            frame.as_bytes().len() as u64,
+                            total,
+                            pair,
+                            now_ms,
+                        )
+                });
+                if !admitted {
+                    self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
+                    return WebDirect::Refused {
+                        reason: "rate-limited",
+                    };
+                }
+                if let Some(held) = self.held.get_mut(&from) {
+                    held.next_message_id = message_id.wrapping_add(1);
+                }
+                self.counts.messages[ProtocolKind::Web.index()][ProtocolKind::Bin24.index()] += 1;
+                out.event(&HubEvent::Direct(DirectMessage {
+                    origin: ProtocolKind::Web,
+                    sender: sender_name,
+                    recipient: Bytes::copy_from_slice(addressee),
+                    message_id,
+                    body: frame.body(),
+                }));
+                return WebDirect::ToBin24 { to, frame };
+            }
+        };
+        let note = WrittenNote(self.next_note);
+        self.next_note = self.next_note.wrapping_add(1);
+        self.awaiting_write
+            .insert(note, AwaitingWrite::Web { sender: from, id });
+        if destination != ProtocolKind::Web {
+            self.counts.messages[ProtocolKind::Web.index()][destination.index()] += 1;
+        }
+        WebDirect::ToConn { to, bytes, note }
+    }
+
     /// A direct message from `origin` to a user of `destination` refused by a sending limit
     /// (the sender's own protocol's, checked by its service): counted over the limit.
     pub fn count_refused(&mut self, origin: ProtocolKind, destination: ProtocolKind) {
@@ -1073,29 +1262,33 @@ impl Hub {
             return Bin24Direct::NotCrossing;
         }
         let recipient = frame.dst();
-        let Some(Holder {
-            protocol: NamedProtocol::Ccm,
-            conn: to,
-            claim: None,
-        }) = self.names.get(recipient.as_bytes()).copied()
-        else {
-            return Bin24Direct::NotCrossing;
+        let (destination, to) = match self.names.get(recipient.as_bytes()).copied() {
+            Some(Holder {
+                protocol: protocol @ (NamedProtocol::Ccm | NamedProtocol::Web),
+                conn,
+                claim: None,
+            }) => (protocol.protocol(), conn),
+            _ => return Bin24Direct::NotCrossing,
         };
         let sender = frame.src();
         let sender_text = String::from_utf8_lossy(sender.as_bytes());
         let body = frame.body();
-        let bytes = render::ccm_text(sender_text.as_bytes(), recipient.as_bytes(), &body);
+        let bytes = if destination == ProtocolKind::Web {
+            web::direct(ProtocolKind::Bin24, sender.as_bytes(), &body)
+        } else {
+            render::ccm_text(sender_text.as_bytes(), recipient.as_bytes(), &body)
+        };
         let note = WrittenNote(self.next_note);
         self.next_note = self.next_note.wrapping_add(1);
         self.awaiting_write.insert(
             note,
-            AwaitingWrite {
+            AwaitingWrite::Bin24 {
                 sender,
                 recipient,
                 frame: frame.clone(),
             },
         );
-        self.counts.messages[ProtocolKind::Bin24.index()][ProtocolKind::Ccm.index()] += 1;
+        self.counts.messages[ProtocolKind::Bin24.index()][destination.index()] += 1;
         let message = DirectMessage {
             origin: ProtocolKind::Bin24,
             sender: Bytes::copy_from_slice(sender.as_bytes()),
@@ -1116,11 +1309,21 @@ impl Hub {
     /// socket, or not (the connection closed first). `None` for a note the hub does not know
     /// (reported twice).
     pub fn on_written(&mut self, note: WrittenNote, written: bool) -> Option<Written> {
-        let AwaitingWrite {
-            sender,
-            recipient,
-            frame,
-        } = self.awaiting_write.remove(&note)?;
+        let (sender, recipient, frame) = match self.awaiting_write.remove(&note)? {
+            AwaitingWrite::Bin24 {
+                sender,
+                recipient,
+                frame,
+            } => (sender, recipient, frame),
+            AwaitingWrite::Web { sender, id } => {
+                let bytes = if written {
+                    web::sent(id, "delivered")
+                } else {
+                    web::error(id, "not-delivered")
+                };
+                return Some(Written::Reply { to: sender, bytes });
+            }
+        };
         Some(if written {
             Written::Answered {
                 sender,

@@ -421,7 +421,7 @@ fn every_origin_reaches_every_other_lobby_protocol_and_never_its_own() {
                 ProtocolKind::Ccm => Bytes::from_static(
                     b"CCM\\1.0 Text\nSender: bob\nAddressee: *\nMessage-Encoding: utf-8\nContent-Length: 3\n\nhey",
                 ),
-                ProtocolKind::Bin24 => unreachable!(),
+                ProtocolKind::Bin24 | ProtocolKind::Web => unreachable!(),
             };
             for (_, bytes) in got {
                 assert_eq!(bytes, expected, "{origin:?} to {to:?}");

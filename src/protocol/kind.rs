@@ -14,17 +14,20 @@ pub enum ProtocolKind {
     Matou,
     /// OCM's TCRP listener (rooms are created and joined over TCP).
     Ocm,
+    /// The web page and its WebSocket (JSON messages).
+    Web,
 }
 
 impl ProtocolKind {
     /// Every protocol, in [`ProtocolKind::index`] order (the discriminants), which is also the
     /// order listeners are bound and take their tokens.
-    pub const ALL: [ProtocolKind; 5] = [
+    pub const ALL: [ProtocolKind; 6] = [
         ProtocolKind::Room,
         ProtocolKind::Bin24,
         ProtocolKind::Ccm,
         ProtocolKind::Matou,
         ProtocolKind::Ocm,
+        ProtocolKind::Web,
     ];
     /// How many there are: per-protocol counters are arrays of this length.
     pub const COUNT: usize = ProtocolKind::ALL.len();
@@ -41,6 +44,7 @@ impl ProtocolKind {
             ProtocolKind::Ccm => "CCM",
             ProtocolKind::Matou => "MATOU",
             ProtocolKind::Ocm => "OCM",
+            ProtocolKind::Web => "WEB",
         }
     }
 
@@ -52,6 +56,7 @@ impl ProtocolKind {
             ProtocolKind::Ccm => "ccm",
             ProtocolKind::Matou => "matou",
             ProtocolKind::Ocm => "ocm",
+            ProtocolKind::Web => "web",
         }
     }
 
@@ -72,6 +77,7 @@ impl ProtocolKind {
             ProtocolKind::Ocm => config
                 .ocm_tcp_port
                 .filter(|_| config.ocm_udp_port.is_some()),
+            ProtocolKind::Web => config.web_port,
         }
     }
 }

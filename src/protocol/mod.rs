@@ -25,6 +25,7 @@ pub mod room;
 mod service;
 pub mod switch;
 pub mod testing;
+pub mod web;
 
 pub use kind::{ProtocolKind, UdpKind};
 pub use service::{Clock, Context, DatagramService, StreamService};

@@ -10,6 +10,7 @@ use super::ccm::{os_token_source, CcmConfig, CcmService};
 use super::matou::{MatouConfig, MatouService};
 use super::ocm::{self, OcmConfig, OcmService, RelayConfig, RelayService};
 use super::room::{RoomConfig, RoomService};
+use super::web::{WebConfig, WebService};
 use super::{
     Clock, CloseReason, ConnId, Context, DatagramOut, DatagramService, HubOutcome, HubQueue,
     LobbyGate, Outbox, ProtocolKind, RemoteSender, StreamService, Switched, SwitchedDatagrams,
@@ -36,6 +37,7 @@ pub struct Services {
     /// OCM's rooms: TCRP connections and the chat socket's datagrams, one service for both.
     ocm: Option<OcmService>,
     relay: Option<RelayService>,
+    web: Option<WebService>,
     /// The switchboard, between the services (`--isolate`: inert, and no service sees it).
     hub: Hub,
     /// What the hub produced during the current call, drained after it.
@@ -64,6 +66,7 @@ macro_rules! stream {
             ProtocolKind::Ccm => $services.ccm.$get().map(|$svc| $body),
             ProtocolKind::Matou => $services.matou.$get().map(|$svc| $body),
             ProtocolKind::Ocm => $services.ocm.$get().map(|$svc| $body),
+            ProtocolKind::Web => $services.web.$get().map(|$svc| $body),
         }
     };
 }
@@ -81,6 +84,7 @@ macro_rules! switched {
             ccm,
             matou,
             ocm,
+            web,
             hub,
             hub_queue,
             ..
@@ -106,6 +110,10 @@ macro_rules! switched {
             }),
             ProtocolKind::Ocm => ocm.as_mut().map(|$svc| {
                 let mut $sw = Switched::new(out, hub, hub_queue, None, now_ms);
+                $body
+            }),
+            ProtocolKind::Web => web.as_mut().map(|$svc| {
+                let mut $sw = Switched::new(out, hub, hub_queue, ocm_gate(ocm), now_ms);
                 $body
             }),
         }
@@ -305,6 +313,15 @@ impl Services {
                 now_ms,
             )
         });
+        let web = ProtocolKind::Web.port(config).map(|_| {
+            WebService::new(WebConfig {
+                origins: config.web_origins.clone(),
+                message_bytes_max: config.web_message_bytes_max,
+                text_bytes_max: config.web_text_bytes_max,
+                messages_per_s_max: config.web_messages_per_s_max,
+                ..WebConfig::default()
+            })
+        });
         let hub = Hub::new(HubConfig {
             clustered: config.cluster.is_some(),
             name_claims: config.cluster.as_ref().map(|cluster| ClaimConfig {
@@ -328,6 +345,7 @@ impl Services {
             matou,
             ocm,
             relay,
+            web,
             hub,
             hub_queue: HubQueue::default(),
             ocm_deliveries: Vec::new(),

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::hub::{
     Bin24Relay, Claim, ClaimDecided, Crossing, Endpoint, Hub, HubEvent, HubOut, LobbyMessage,
-    NamedProtocol, Priced, PrivateLink,
+    NamedProtocol, Priced, PrivateLink, Written, WrittenNote,
 };
 
 /// The most input a connection may send while its name claim waits for the cluster (its
@@ -84,6 +84,39 @@ impl HubOutcome {
             HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
             HubOutcome::CcmLocated { .. } => ProtocolKind::Ccm,
         }
+    }
+}
+
+/// A delivery the hub waits on (a BIN24 frame to a CCM or web user, a web user's direct
+/// message) was written to its recipient (`acked`) or not: what that comes to, carried out.
+/// Called by the recipient's service from its `on_notify` with the reactor's note.
+pub fn carry_written<O: Outbox>(note: u64, acked: bool, out: &mut O) {
+    let Some(written) = out
+        .hub()
+        .and_then(|link| link.hub.on_written(WrittenNote(note), acked))
+    else {
+        return;
+    };
+    let outcome = match written {
+        Written::Reply { to, bytes } => {
+            out.send(to, bytes);
+            return;
+        }
+        Written::Answered { sender, answer } => HubOutcome::Bin24Answer { sender, answer },
+        Written::Unwritten {
+            recipient,
+            sender,
+            message_id,
+            frame,
+        } => HubOutcome::Bin24Store {
+            recipient,
+            sender,
+            message_id,
+            frame,
+        },
+    };
+    if let Some(link) = out.hub() {
+        link.queue.hand_over(outcome);
     }
 }
 

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 /// Every protocol's port flag.
-pub const PORT_FLAGS: [&str; 7] = [
+pub const PORT_FLAGS: [&str; 8] = [
     "--room-port",
     "--bin24-port",
     "--ccm-port",
@@ -15,6 +15,7 @@ pub const PORT_FLAGS: [&str; 7] = [
     "--ocm-tcp-port",
     "--ocm-udp-port",
     "--ocm-relay-port",
+    "--web-port",
 ];
 
 /// The port flags: `ports`' values for the flags it names, `0` for every other one.

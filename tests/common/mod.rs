@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod bin24;
 pub mod matou;
 pub mod ocm;
+pub mod web;
 
 use switchboard::config::Config;
 use switchboard::reactor::{ProtocolKind, Server, ServerHandle, UdpKind};
@@ -43,6 +44,8 @@ pub struct TestServer {
     pub ocm_udp: Option<SocketAddr>,
     /// Set when the config enables the stage-1 relay (UDP).
     pub ocm_relay: Option<SocketAddr>,
+    /// Set when the config enables WEB.
+    pub web: Option<SocketAddr>,
     /// Set when the config enables the admin port.
     pub admin: Option<SocketAddr>,
     pub handle: ServerHandle,
@@ -61,6 +64,7 @@ impl TestServer {
         let ocm_tcp = server.local_addr(ProtocolKind::Ocm);
         let ocm_udp = server.local_udp_addr(UdpKind::OcmChat);
         let ocm_relay = server.local_udp_addr(UdpKind::OcmRelay);
+        let web = server.local_addr(ProtocolKind::Web);
         let admin = server.local_admin_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
@@ -72,6 +76,7 @@ impl TestServer {
             ocm_tcp,
             ocm_udp,
             ocm_relay,
+            web,
             admin,
             handle,
             thread: Some(thread),

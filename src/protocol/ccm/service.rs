@@ -9,8 +9,7 @@ use log::debug;
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
 use crate::hub::{
-    Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User, Written,
-    WrittenNote,
+    Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User,
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
@@ -474,7 +473,7 @@ impl CcmService {
                     // charged to the sender's budget as a delivery to a CCM user would be.
                     let bin24_holder =
                         out.hub().and_then(|link| match link.hub.holder(addressee) {
-                            Some((NamedProtocol::Bin24, conn)) => Some(conn),
+                            Some((NamedProtocol::Bin24 | NamedProtocol::Web, conn)) => Some(conn),
                             _ => None,
                         });
                     if let Some(holder) = bin24_holder {
@@ -503,6 +502,7 @@ impl CcmService {
                             out.count_rejected();
                             out.send(from, error);
                         }
+                        Some(CcmDirect::ToWeb { to, bytes, .. }) => out.send(to, bytes),
                         Some(CcmDirect::NotCrossing)
                             if out.hub().is_some_and(|link| {
                                 link.hub.spans_nodes() && link.hub.holder(addressee).is_none()
@@ -774,26 +774,7 @@ impl StreamService for CcmService {
         _clock: &Clock,
         out: &mut O,
     ) {
-        let Some(link) = out.hub() else {
-            return;
-        };
-        match link.hub.on_written(WrittenNote(note), acked) {
-            Some(Written::Answered { sender, answer }) => link
-                .queue
-                .hand_over(HubOutcome::Bin24Answer { sender, answer }),
-            Some(Written::Unwritten {
-                recipient,
-                sender,
-                message_id,
-                frame,
-            }) => link.queue.hand_over(HubOutcome::Bin24Store {
-                recipient,
-                sender,
-                message_id,
-                frame,
-            }),
-            None => {}
-        }
+        crate::protocol::switch::carry_written(note, acked, out);
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
