@@ -1039,6 +1039,7 @@ mod tests {
             ocm_tcp_port: Some(0),
             ocm_udp_port: Some(0),
             ocm_relay_port: None,
+            web_port: Some(0),
             data_dir: data.0.clone(),
             ..Config::default()
         })
@@ -1062,6 +1063,8 @@ mod tests {
             port(ProtocolKind::Ocm),
             "--ocm-udp-port".into(),
             udp_port,
+            "--web-port".into(),
+            port(ProtocolKind::Web),
         ];
         (data, server, ports)
     }
@@ -1069,9 +1072,13 @@ mod tests {
     #[test]
     fn a_short_mix_against_the_real_server_loses_nothing() {
         let (_data, server, ports) = chatd("");
+        // Every protocol, WEB too (not in the default list): its members share the lobby with
+        // ROOM's, and neither takes the other's messages for its own.
         let mut argv: Vec<String> = [
             "--clients",
-            "100",
+            "120",
+            "--protocols",
+            "room,bin24,ccm,matou,ocm,web",
             "--duration",
             "2s",
             "--warmup",
@@ -1088,11 +1095,11 @@ mod tests {
 
         let shares = split_clients(args.clients as usize, &args.protocols).unwrap();
         let setups: Vec<Setup> = shares.iter().map(|s| setup(&args, s).unwrap().0).collect();
-        let (report, text, histograms) = execute(100, &setups, 1.0, 2, false, 1, false);
+        let (report, text, histograms) = execute(120, &setups, 1.0, 2, false, 1, false);
         handle.shutdown();
         server_thread.join().unwrap().unwrap();
 
-        assert_eq!(report.summary.len(), 5, "{text}");
+        assert_eq!(report.summary.len(), 6, "{text}");
         for row in &report.summary {
             assert_eq!(row.failure, None, "{text}");
             assert!(row.connections > 0, "{text}");
@@ -1105,10 +1112,11 @@ mod tests {
         assert_eq!(report.exit_code, 0, "{text}");
         assert_eq!(report.cpu.threads.len(), 2);
         assert!(report.protocols.contains_key("ocm"));
+        assert!(report.protocols.contains_key("web"));
         assert!(text.contains("== mix summary"), "{text}");
 
         // --plot's curve for each protocol is the histogram its summary row reports.
-        assert_eq!(histograms.len(), 5);
+        assert_eq!(histograms.len(), 6);
         for ((protocol, main, hists), row) in histograms.iter().zip(&report.summary) {
             assert_eq!(*protocol, row.protocol);
             let (_, hist) = hists

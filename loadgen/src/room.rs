@@ -612,8 +612,9 @@ impl Run<'_> {
     }
 
     /// WEB: reads `self.io.read_buf[..n]` of client `u` as the upgrade's answer and then
-    /// WebSocket frames: signs in once upgraded, hands every lobby text to its scanner (with
-    /// the newline the sender left out), answers pings; false when the client failed.
+    /// WebSocket frames: signs in once upgraded, hands every WEB record's lobby text to its
+    /// scanner (see [`web::scan_text`]; other protocols' lobby messages are not this run's),
+    /// answers pings; false when the client failed.
     fn on_web_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
         use web::ws::{self, Event};
         let engine::Run {
@@ -653,9 +654,11 @@ impl Run<'_> {
                 notices.greetings += 1;
             }
             Event::Lobby { text, .. } if joined(confirmed) => {
-                let mut sink = |found| on_scanned(errors, tally, plan, u, now_us, found);
-                scanner.feed(text.as_bytes(), &mut sink);
-                scanner.feed(b"\n", &mut sink);
+                web::scan_text(text.as_bytes(), |piece| {
+                    scanner.feed(piece, |found| {
+                        on_scanned(errors, tally, plan, u, now_us, found)
+                    });
+                });
             }
             Event::Joined => notices.joins += 1,
             Event::Left => notices.leaves += 1,

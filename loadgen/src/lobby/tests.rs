@@ -34,6 +34,7 @@ fn run_against_chatd(isolate: bool, per_protocol: usize, drain_us: u64) -> Repor
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
         ocm_relay_port: None,
+        web_port: None,
         data_dir: data.0.clone(),
         isolate,
         ..Config::default()

@@ -5,9 +5,10 @@
 //! over Redis's: every member upgrades `GET /ws` (with the `Origin` its page would send), signs
 //! in with `{"type":"signin"}` once the server answered `101`, and is joined at its `welcome`;
 //! senders send the same stamped message as ROOM's, without its newline (WEB's text allows no
-//! control character), as the `text` of a masked `say` frame; every member (senders included:
-//! the server echoes a `say` to its sender) receives it as a `lobby` message, and the scanner
-//! reads the text with the newline put back. So latency (from the intended time, no
+//! control character) and with its own record marker ([`seal_say`]), as the `text` of a masked
+//! `say` frame; every member (senders included: the server echoes a `say` to its sender)
+//! receives it as a `lobby` message, and the scanner reads the text as ROOM's message again
+//! ([`scan_text`]). So latency (from the intended time, no
 //! coordinated omission), losses, duplicates and the report are ROOM's, measured by the same
 //! code. Here: the client side of the wire ([`ws`]), the names, the message's frame, the
 //! scenario's marker for the registry and the mix, and churn's sign-in.
@@ -26,7 +27,7 @@ mod tests;
 use std::net::SocketAddr;
 
 use crate::driver::RunError;
-use crate::record::NoticeCounts;
+use crate::record::{self, NoticeCounts, ALIAS_PREFIX_LEN};
 use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
 use crate::room::{self, Framing, Room, RoomConfig, RoomOutcome};
 
@@ -74,13 +75,35 @@ pub fn framing(target: SocketAddr, message_bytes: usize) -> Framing {
     }
 }
 
-/// Finishes a `say` frame written from [`framing`] in place: the message's last byte (the
-/// record's newline) becomes the text's closing quote, then the payload is masked with the
-/// connection's next key.
+/// Where WEB's texts differ from ROOM's messages: the record's marker `@@SB:` is `@@WB:` (and
+/// put back before the scan), so a ROOM member sharing the lobby (the mix's ROOM scenario)
+/// never takes a WEB record for one of its own, nor a WEB member a ROOM record.
+const MARKER_AT: usize = ALIAS_PREFIX_LEN + 2;
+const WEB_MARKER: &[u8] = b"@@WB:";
+
+/// Finishes a `say` frame written from [`framing`] in place: the record's marker becomes
+/// WEB's, the message's last byte (the record's newline) the text's closing quote; then the
+/// payload is masked with the connection's next key.
 pub fn seal_say(frame: &mut [u8], head: usize, message_bytes: usize, keys: &mut ws::Keys) {
-    let newline_at = head + ws::SAY_OPEN.len() + message_bytes - 1;
-    frame[newline_at] = b'"';
+    let text_at = head + ws::SAY_OPEN.len();
+    frame[text_at + MARKER_AT] = WEB_MARKER[2];
+    frame[text_at + message_bytes - 1] = b'"';
     ws::seal(frame, head, keys.next_key());
+}
+
+/// Hands a lobby `text` to `scan` as the ROOM message it was made from (marker and newline
+/// put back, in pieces, nothing copied); false, and nothing handed, when it is not a WEB
+/// record's text (another protocol's lobby message).
+pub fn scan_text(text: &[u8], mut scan: impl FnMut(&[u8])) -> bool {
+    let marker = ALIAS_PREFIX_LEN..ALIAS_PREFIX_LEN + WEB_MARKER.len();
+    if text.get(marker) != Some(WEB_MARKER) {
+        return false;
+    }
+    scan(&text[..MARKER_AT]);
+    scan(&record::MARKER[2..3]);
+    scan(&text[MARKER_AT + 1..]);
+    scan(b"\n");
+    true
 }
 
 /// The scenario as the registry lists it: ROOM's fan-out over WEB's wire.

@@ -2,7 +2,7 @@
 //! frames (split anywhere), and the `say` frame the fan-out writes.
 
 use super::ws::{self, Reader};
-use super::{framing, name, seal_say};
+use super::{framing, name, scan_text, seal_say};
 use crate::record::{self, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
 
 /// The events `input` gives, fed in pieces of `piece` bytes, as text (owned).
@@ -137,17 +137,28 @@ fn a_say_frame_carries_the_room_message_as_json_text_and_scans_back_to_its_recor
     let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(value["type"], "say");
     let text = value["text"].as_str().unwrap();
-    assert_eq!(text.as_bytes(), &message[..message_bytes - 1], "no newline");
+    let mut sent = message[..message_bytes - 1].to_vec();
+    sent[12] = b'W';
+    assert_eq!(text.as_bytes(), sent, "WEB's marker, no newline");
     assert!(
         !text.chars().any(char::is_control),
         "WEB refuses control characters"
     );
-    // The receiving side puts the newline back.
-    let mut scanner = Scanner::new();
+    // A ROOM member that gets the text finds no record in it.
     let mut found = Vec::new();
-    scanner.feed(text.as_bytes(), |s| found.push(s));
-    scanner.feed(b"\n", |s| found.push(s));
+    Scanner::new().feed(format!("lw000001: {text}\n").as_bytes(), |s| found.push(s));
+    assert_eq!(found, []);
+    // A WEB member's scanner gets ROOM's message back.
+    let mut scanner = Scanner::new();
+    let ours = scan_text(text.as_bytes(), |piece| {
+        scanner.feed(piece, |s| found.push(s))
+    });
+    assert!(ours);
     assert_eq!(found, [Scanned::Record(stamp)]);
+    // ROOM's own message, reaching a WEB member through the lobby, is not scanned.
+    let room_text = &message[..message_bytes - 1];
+    assert!(!scan_text(room_text, |_| panic!("scanned")));
+    assert!(!scan_text(b"hi", |_| panic!("scanned")));
 }
 
 #[test]
@@ -246,4 +257,89 @@ fn names_are_the_aliases_with_lw() {
     let mut alias = [0; 8];
     record::write_alias(&mut alias, 42);
     assert_eq!(name(&alias), "lw000042");
+}
+
+mod against_chatd {
+    use switchboard::config::Config;
+    use switchboard::reactor::{ProtocolKind, Server};
+
+    use crate::args::Pace;
+    use crate::registry::{run_alone, ScenarioKind};
+    use crate::room::{RoomConfig, RoomOutcome, Wire};
+    use crate::web::Web;
+
+    /// Runs `loadgen web` with 12 members against a chatd started here whose web users may
+    /// send `per_s_max` messages a second (0: no limit); the outcome and the report's text and
+    /// exit code.
+    fn run(per_s_max: u64, senders: usize, rate_per_s: u64) -> (RoomOutcome, String, i32) {
+        let server = Server::bind(Config {
+            web_port: Some(0),
+            web_messages_per_s_max: per_s_max,
+            ..Config::for_tests()
+        })
+        .unwrap();
+        let cfg = RoomConfig {
+            wire: Wire::Web,
+            target: server.local_addr(ProtocolKind::Web).unwrap(),
+            clients: 12,
+            senders,
+            message_bytes: 80,
+            pace: Pace {
+                rate_per_s,
+                duration_us: 1_000_000,
+                warmup_us: 200_000,
+                drain_us: 3_000_000,
+                connect_rate_per_s: 2_000,
+                seed: 0,
+                progress: false,
+            },
+        };
+        let handle = server.handle();
+        let server_thread = std::thread::spawn(move || server.run());
+        let outcome = run_alone::<Web>(&cfg);
+        handle.shutdown();
+        server_thread.join().unwrap().unwrap();
+        let outcome = outcome.unwrap_or_else(|e| panic!("{e:?}"));
+        let report = Web::report(&cfg, 1, false, &outcome);
+        (outcome, report.to_text(), report.outcome.exit_code)
+    }
+
+    #[test]
+    fn every_member_gets_every_lobby_message_and_nothing_is_lost() {
+        let (run, text, exit_code) = run(0, 3, 150);
+        assert_eq!(run.clients_joined, 12, "{text}");
+        assert_eq!(run.ran.errors.total(), 0, "{text}");
+        assert_eq!(run.ran.sends.sent, 180, "{text}");
+        // Every member, the sender too: the server echoes a `say`.
+        assert_eq!(run.seq.delivered, 180 * 12, "{text}");
+        assert_eq!((run.undelivered, run.seq.gap_losses), (0, 0), "{text}");
+        assert_eq!(run.seq.duplicates_or_reorders, 0, "{text}");
+        assert_eq!(
+            run.delivery_latency.len(),
+            150 * 12,
+            "the warm-up is not timed: {text}"
+        );
+        // Each newcomer is announced to the members already there; each got its welcome.
+        assert_eq!(
+            (run.notices.joins, run.notices.greetings),
+            (66, 12),
+            "{text}"
+        );
+        assert_eq!(exit_code, 0, "{text}");
+        assert!(text.starts_with("scenario          WEB against"), "{text}");
+    }
+
+    #[test]
+    fn messages_beyond_chatds_rate_limit_are_errors_and_losses_with_a_note() {
+        // 50 messages a second per sender, chatd's default allows 20.
+        let (run, text, exit_code) = run(20, 2, 100);
+        assert!(run.ran.errors.protocol > 0, "{text}");
+        assert!(
+            text.contains(r#"the server answered error "rate-limited""#),
+            "{text}"
+        );
+        assert!(text.contains("--web-messages-per-s-max"), "{text}");
+        assert!(run.undelivered + run.seq.gap_losses > 0, "{text}");
+        assert_eq!(exit_code, 1, "{text}");
+    }
 }
