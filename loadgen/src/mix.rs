@@ -22,6 +22,7 @@ use crate::bin24::topology::Pattern;
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
 use crate::lobby;
 use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
+use crate::lobby::ledger::KIND_COUNT;
 use crate::ocm::args::OCM_RECV_BUFFER_DEFAULT;
 use crate::registry::{InMix, Protocol, Row};
 use crate::report::ScenarioReport;
@@ -658,7 +659,11 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
     if total < 2 {
         return Err("--lobby needs at least 2 members".to_string());
     }
-    let members: [usize; 4] = std::array::from_fn(|i| total / 4 + usize::from(i < total % 4));
+    // Over ROOM, MATOU, CCM and OCM; no WEB members (`--protocols web` runs WEB's own).
+    let members: [usize; KIND_COUNT] = std::array::from_fn(|i| match i < 4 {
+        true => total / 4 + usize::from(i < total % 4),
+        false => 0,
+    });
     let rate = planned_rate(total, args.rate_per_client);
     if rate * total as u64 > lobby::DELIVERIES_PER_S_MAX {
         return Err(format!(
@@ -680,6 +685,7 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
         args.ccm_port,
         args.ocm_tcp_port,
         args.ocm_udp_port,
+        args.web_port,
     ];
     let pace = share.pace(LOBBY_DRAIN_DEFAULT);
     let ocm = ("lobby".to_string(), OCM_RECV_BUFFER_DEFAULT);
