@@ -88,7 +88,7 @@ pub struct MixArgs {
     /// OS threads to run the scenarios on, each a single-threaded loop over its share of them
     /// (dealt round-robin), at most one per included protocol. The default 1 leaves the other
     /// core to the server. (A single-protocol subcommand always runs on one loop.)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=6))]
     pub(crate) threads: u64,
 
     /// Server port of the ROOM listener.
