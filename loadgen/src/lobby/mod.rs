@@ -861,7 +861,6 @@ impl Run<'_> {
         ) else {
             return false;
         };
-        let name = self.clients[u].name.clone();
         let result = web.reader.feed(&read_buf[..n], |event| {
             let stage = self.clients[u].stage;
             if matches!(stage, Stage::Failed | Stage::Closed) {
@@ -869,8 +868,9 @@ impl Run<'_> {
             }
             match event {
                 Event::Upgraded => {
-                    let signin = ws::signin(&name, web.keys.next_key());
-                    self.clients[u].conn.out.extend(&signin);
+                    let member = &mut self.clients[u];
+                    let signin = ws::signin(&member.name, web.keys.next_key());
+                    member.conn.out.extend(&signin);
                 }
                 Event::Welcome if stage == Stage::Greeting => self.joined(u, now_us),
                 Event::Lobby { from, text, .. } if stage == Stage::Joined => {
@@ -892,9 +892,9 @@ impl Run<'_> {
                     self.lost(u, why);
                 }
                 other => {
-                    let what = format!("{other:?}");
+                    let name = &self.clients[u].name;
                     self.errors.count(ErrorKind::Protocol, || {
-                        format!("WEB member {name}: unexpected {what}")
+                        format!("WEB member {name}: unexpected {other:?}")
                     });
                 }
             }

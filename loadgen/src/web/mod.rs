@@ -62,10 +62,8 @@ pub fn name(alias: &[u8; 8]) -> String {
 /// text frame, `{"type":"say","text":"`, the ROOM message whose newline becomes the closing
 /// quote ([`seal_say`]), and `}`.
 pub fn framing(target: SocketAddr, message_bytes: usize) -> Framing {
-    let payload_bytes = ws::SAY_OPEN.len() + message_bytes + 1;
-    let head = ws::head_bytes(payload_bytes);
-    let mut message_prefix = vec![0; head];
-    ws::write_head(&mut message_prefix, ws::TEXT, payload_bytes);
+    let mut message_prefix = ws::client_head(ws::TEXT, ws::SAY_OPEN.len() + message_bytes + 1);
+    let head = message_prefix.len();
     message_prefix.extend_from_slice(ws::SAY_OPEN);
     Framing {
         hello: Some(ws::upgrade_request(&target.to_string())),

@@ -2,9 +2,9 @@
 //! upgrade, masked client frames, and a reader of the server's (unmasked) frames that hands
 //! over each JSON message as an [`Event`]. Sans-io: the caller owns the socket and the output.
 //!
-//! The server's codec (`switchboard::protocol::web::codec`) reads the other direction (masked
-//! client frames) and writes unmasked ones, so it cannot serve here; what a client needs is
-//! small and kept here.
+//! The server's codec (`switchboard::protocol::web::codec`) writes the client's frames here
+//! (`encode_client`, `unmask`), but its reader takes masked client frames only: the reader of
+//! the server's frames is this module's.
 //!
 //! The upgrade uses the RFC 6455 sample key, whose accept value is known
 //! ([`ACCEPT`]): the loadgen checks the server's SHA-1 without computing one. A browser picks a
@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use switchboard::protocol::web::codec;
 
 /// The RFC 6455 (section 1.3) sample `Sec-WebSocket-Key`, and the `Sec-WebSocket-Accept` a
 /// server must answer it with.
@@ -45,55 +46,24 @@ pub fn upgrade_request(host: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Bytes of a client frame's head (with its masking key) for a payload of `payload_bytes`.
-pub fn head_bytes(payload_bytes: usize) -> usize {
-    match payload_bytes {
-        0..=125 => 2 + 4,
-        126..=65_535 => 4 + 4,
-        _ => 10 + 4,
-    }
+/// The head of a final masked client frame (with its masking key, zero until [`seal`] sets
+/// it) for `opcode` and a payload of `payload_bytes`.
+pub fn client_head(opcode: u8, payload_bytes: usize) -> Vec<u8> {
+    let mut frame = codec::encode_client(true, opcode, &vec![0; payload_bytes], [0; 4]);
+    frame.truncate(frame.len() - payload_bytes);
+    frame
 }
 
-/// Writes a final client frame's head for `opcode` and `payload_bytes` into `out` (exactly
-/// [`head_bytes`] long), its masking key zero until [`seal`] sets it.
-pub fn write_head(out: &mut [u8], opcode: u8, payload_bytes: usize) {
-    out[0] = FIN | opcode;
-    let key_at = match payload_bytes {
-        0..=125 => {
-            out[1] = MASKED | payload_bytes as u8;
-            2
-        }
-        126..=65_535 => {
-            out[1] = MASKED | 126;
-            out[2..4].copy_from_slice(&(payload_bytes as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            out[1] = MASKED | 127;
-            out[2..10].copy_from_slice(&(payload_bytes as u64).to_be_bytes());
-            10
-        }
-    };
-    out[key_at..key_at + 4].fill(0);
-}
-
-/// Sets the masking key of the frame in `frame` (its head [`head_bytes`] long, then the plain
+/// Sets the masking key of the frame in `frame` (its head `head` bytes long, then the plain
 /// payload) and masks the payload in place.
 pub fn seal(frame: &mut [u8], head: usize, key: [u8; 4]) {
     frame[head - 4..head].copy_from_slice(&key);
-    for (i, byte) in frame[head..].iter_mut().enumerate() {
-        *byte ^= key[i & 3];
-    }
+    codec::unmask(&mut frame[head..], key);
 }
 
-/// A whole masked client frame.
+/// A whole final masked client frame.
 pub fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let head = head_bytes(payload.len());
-    let mut frame = vec![0; head + payload.len()];
-    write_head(&mut frame, opcode, payload.len());
-    frame[head..].copy_from_slice(payload);
-    seal(&mut frame, head, key);
-    frame
+    codec::encode_client(true, opcode, payload, key)
 }
 
 /// The text frame signing `name` in.
