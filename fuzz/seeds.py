@@ -382,3 +382,17 @@ write("web_codec", "stream_bytewise", b"\x80" + ws(True, 1, b"x" * 200) + ws(Tru
 write("web_codec", "handshake", b"\x7f" + b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
       b"Sec-WebSocket-Version: 13\r\nOrigin: http://a\r\n\r\n")
+
+# web_service: a program (see its `match ops.byte() % 8`): ann and bob upgrade and sign in,
+# ann says hi to the lobby and sends bob a direct message, its note is reported, time
+# passes, bob leaves; then a raw garbage request on a connection that did not upgrade.
+def chunk(data):
+    return bytes([len(data)]) + data
+
+
+write("web_service", "two_users", bytes([0, 0, 1]) + bytes([5, 0, 0]) + chunk(b"") + bytes([0])
+      + bytes([0, 1, 1]) + bytes([5, 1, 1]) + chunk(b"") + bytes([0])
+      + bytes([5, 0, 0]) + chunk(b"hi") + bytes([1])
+      + bytes([5, 0, 1]) + chunk(b"yo") + bytes([2])
+      + bytes([4, 0]) + bytes([3, 0xe8, 0x03]) + bytes([1, 1])
+      + bytes([0, 2, 0]) + bytes([7, 2]) + chunk(b"DELETE / HTTP/1.1\r\n\r\n"))

@@ -1265,3 +1265,40 @@ fn a_bin24_message_for_a_node_that_died_is_kept_by_the_senders_node() {
     assert_eq!(header, (codec::TYPE_OFFLINE, id, "ana", "bob"));
     assert_eq!(stored.body, b"lost?");
 }
+
+/// WEB in a cluster: a web user is a lobby member across nodes like a MATOU user (the hub
+/// carries it generically), and its name is claimed through Redis like the others'.
+#[test]
+fn a_web_user_and_a_matou_user_on_two_nodes_share_the_lobby_and_the_name_space() {
+    use common::web::Web;
+    use serde_json::json;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", &["--web-port"]);
+    let b = node(&redis, "node-b", &["--matou-port"]);
+    let mut mia = Matou::sign_in_at(addr(&b, "--matou-port"), "mia");
+    let (mut wen, _) = Web::sign_in(addr(&a, "--web-port"), "wen");
+    mia.expect_notify(3, "wen");
+
+    wen.say("hello from a browser");
+    mia.expect_broadcast("wen", "hello from a browser");
+    mia.say("hello from matou");
+    mia.expect_broadcast("mia", "hello from matou");
+    let heard = wen.await_message("lobby", |m| m["from"] == "mia");
+    assert_eq!(
+        heard,
+        json!({"type": "lobby", "from": "mia", "protocol": "matou", "text": "hello from matou"})
+    );
+
+    // mia's name is held on B: a web sign-in on A waits for Redis and is refused.
+    let mut other = Web::open(addr(&a, "--web-port"));
+    other.send_json(&json!({"type": "signin", "name": "mia"}));
+    assert_eq!(
+        other.recv(),
+        json!({"type": "refused", "reason": "name-taken"})
+    );
+
+    drop(wen);
+    mia.expect_notify(16, "wen");
+}

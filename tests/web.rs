@@ -287,6 +287,7 @@ fn web_and_bin24_users_send_each_other_direct_messages() {
     let data = common::TempDir::new("web-bin24");
     let server = TestServer::start(Config {
         bin24_port: Some(0),
+        bin24_ack_timeout_ms: 300,
         data_dir: data.0.clone(),
         ..config()
     });
@@ -323,17 +324,78 @@ fn web_and_bin24_users_send_each_other_direct_messages() {
         (0, 0, "ann", "bob")
     );
     assert_eq!(frame.body, b"hi bob");
+    bob.answer_with(&frame, b"200");
     assert_eq!(
         ann.recv(),
-        json!({"type": "sent", "id": 3, "status": "forwarded"})
+        json!({"type": "sent", "id": 3, "status": "delivered"})
     );
-    bob.answer_with(&frame, b"200");
+
+    // bob does not answer within the ack timeout: BIN24 rule 6, he is closed and the message
+    // waits in his store; ann hears "stored" once it is durable, and bob gets it next time.
+    ann.direct("bob", "still there?", 4);
+    let unanswered = bob.recv();
+    assert_eq!(
+        (unanswered.message_id, &unanswered.body[..]),
+        (1, &b"still there?"[..])
+    );
+    bob.expect_closed();
+    assert_eq!(
+        ann.recv(),
+        json!({"type": "sent", "id": 4, "status": "stored"})
+    );
+    // An offline BIN24 user holds no name: a web user cannot reach its store.
+    ann.direct("bob", "hello?", 5);
+    assert_eq!(
+        ann.recv(),
+        json!({"type": "error", "id": 5, "reason": "unknown-addressee"})
+    );
+    let mut bob = common::bin24::Bin24::connect(server.bin24.unwrap(), "bob");
+    bob.register();
+    let stored = bob.recv();
+    assert_eq!(
+        (stored.frame_type, &stored.src[..], &stored.body[..]),
+        (2, "ann", &b"still there?"[..])
+    );
 
     // A web name longer than BIN24's 8 bytes cannot be a BIN24 SRC.
     let (mut long, _) = Web::sign_in(server.web.unwrap(), "ninebytes");
-    long.direct("bob", "hello", 4);
+    long.direct("bob", "hello", 6);
     assert_eq!(
         long.await_message("error", |_| true),
-        json!({"type": "error", "id": 4, "reason": "too-large"})
+        json!({"type": "error", "id": 6, "reason": "too-large"})
     );
+}
+
+#[test]
+fn the_admin_port_counts_web_like_every_protocol() {
+    let server = TestServer::start(Config {
+        admin_port: Some(0),
+        ..config()
+    });
+    let mut rui = Client::join(server.room, "rui");
+    let (mut ann, _) = Web::sign_in(server.web.unwrap(), "ann");
+    rui.expect(b"b'ann' esta conectado ao chat");
+    ann.say("counted");
+    rui.expect(b"ann: counted");
+    let mut bad = Web::open(server.web.unwrap());
+    bad.send_text("not json");
+    bad.recv();
+    assert_eq!(
+        server.metric(r#"chatd_connections_open{protocol="web"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        server.metric(r#"chatd_switchboard_lobby_members{protocol="web"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric(r#"chatd_switchboard_messages_total{origin="web",destination="room"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric(r#"chatd_switchboard_notices_total{origin="web",destination="room"}"#),
+        Some(1.0)
+    );
+    assert_eq!(server.metric("chatd_inputs_rejected_total"), Some(1.0));
+    assert!(server.metric(r#"chatd_frames_in_total{protocol="web"}"#) >= Some(3.0));
 }

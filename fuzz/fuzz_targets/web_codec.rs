@@ -17,7 +17,11 @@ use switchboard::protocol::web::{http, json};
 
 fuzz_target!(|data: &[u8]| {
     // A small limit too, so that the size checks are reached by short inputs.
-    let limit = if data.len().is_multiple_of(2) { 4096 } else { 40 };
+    let limit = if data.len().is_multiple_of(2) {
+        4096
+    } else {
+        40
+    };
     let reads = split_reads(data);
     drive_decoder(
         &reads,
@@ -63,8 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let stream = reads.concat();
     let origins = ["http://a".to_string()];
     for origins in [None, Some(&origins[..])] {
-        if let Ok(Some((http::Request::Upgrade { answer }, used))) = http::parse(&stream, origins)
-        {
+        if let Ok(Some((http::Request::Upgrade { answer }, used))) = http::parse(&stream, origins) {
             assert!(used <= stream.len());
             assert!(answer.windows(21).any(|w| w == b"Sec-WebSocket-Accept:"));
         }

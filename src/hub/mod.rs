@@ -347,6 +347,9 @@ pub struct Hub {
     lobby: Lobby,
     awaiting_write: HashMap<WrittenNote, AwaitingWrite>,
     next_note: u64,
+    /// Web users' messages to BIN24 users waiting for BIN24's answer ("200", "300", ...):
+    /// the request's id, by the web sender's name and the frame's messageID.
+    web_to_bin24: HashMap<(Bytes, u32), Option<u64>>,
     counts: Counts,
     /// In a cluster: claims waiting for Redis, and what to send it.
     claims: Option<claims::Claims>,
@@ -360,6 +363,7 @@ impl Hub {
             lobby: Lobby::default(),
             awaiting_write: HashMap::new(),
             next_note: 0,
+            web_to_bin24: HashMap::new(),
             counts: Counts::default(),
             claims: config.name_claims.map(claims::Claims::new),
             config,
@@ -1215,6 +1219,8 @@ impl Hub {
                 if let Some(held) = self.held.get_mut(&from) {
                     held.next_message_id = message_id.wrapping_add(1);
                 }
+                self.web_to_bin24
+                    .insert((sender_name.clone(), message_id), id);
                 self.counts.messages[ProtocolKind::Web.index()][ProtocolKind::Bin24.index()] += 1;
                 out.event(&HubEvent::Direct(DirectMessage {
                     origin: ProtocolKind::Web,
@@ -1234,6 +1240,40 @@ impl Hub {
             self.counts.messages[ProtocolKind::Web.index()][destination.index()] += 1;
         }
         WebDirect::ToConn { to, bytes, note }
+    }
+
+    /// BIN24 answers `text` ("200" delivered, "300" stored, "507" the store is full; the
+    /// original client's answers may carry more after the code) to `sender` for its message
+    /// `message_id`, and `sender` is no BIN24 user: if it is a web user's message, the web
+    /// user's connection and its `sent` or `error` for the request.
+    pub fn bin24_answer_to_web(
+        &mut self,
+        sender: Name,
+        message_id: u32,
+        text: &[u8],
+    ) -> Option<(ConnId, Bytes)> {
+        let key = (Bytes::copy_from_slice(sender.as_bytes()), message_id);
+        let id = self.web_to_bin24.remove(&key)?;
+        let Some(Holder {
+            protocol: NamedProtocol::Web,
+            conn,
+            claim: None,
+        }) = self.names.get(sender.as_bytes()).copied()
+        else {
+            return None;
+        };
+        let bytes = if text.starts_with(bin24::ANSWER_DELIVERED) {
+            web::sent(id, "delivered")
+        } else if text.starts_with(bin24::ANSWER_STORED) {
+            web::sent(id, "stored")
+        } else if text.starts_with(bin24::ANSWER_STORE_FULL) {
+            web::error(id, "store-full")
+        } else if text.starts_with(bin24::ANSWER_RATE_LIMITED) {
+            web::error(id, "rate-limited")
+        } else {
+            web::error(id, "not-delivered")
+        };
+        Some((conn, bytes))
     }
 
     /// A direct message from `origin` to a user of `destination` refused by a sending limit

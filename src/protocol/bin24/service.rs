@@ -939,6 +939,16 @@ impl Bin24Service {
             }
         } else if let Some(&to) = self.users.get(&frame.dst()) {
             out.send(to, frame.into_bytes());
+        } else {
+            // A web user's message (WEB): the hub turns the answer into its `sent`.
+            let body = frame.body();
+            let to_web = out.hub().and_then(|link| {
+                link.hub
+                    .bin24_answer_to_web(frame.dst(), frame.message_id(), &body)
+            });
+            if let Some((to, bytes)) = to_web {
+                out.send(to, bytes);
+            }
         }
     }
 
@@ -1516,6 +1526,14 @@ impl Bin24Service {
             }
         } else if let Some(&to) = self.users.get(&sender) {
             out.send(to, answer());
+        } else {
+            // A web user's message (WEB): the hub turns the answer into its `sent`.
+            let to_web = out
+                .hub()
+                .and_then(|link| link.hub.bin24_answer_to_web(sender, message_id, text));
+            if let Some((to, bytes)) = to_web {
+                out.send(to, bytes);
+            }
         }
     }
 }

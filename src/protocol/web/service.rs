@@ -433,9 +433,8 @@ impl WebService {
                         frame,
                     });
                 }
-                // BIN24 keeps the frame from here (its ack timeout, its store); its
-                // outcome is not reported back (docs/PROTOCOLS.md, "WEB").
-                out.send(id, json::sent(request, "forwarded"));
+                // BIN24 keeps the frame from here (its ack timeout, its store); its answer
+                // comes back through the hub as `sent delivered` / `sent stored`.
             }
             Some(WebDirect::Refused { reason }) => {
                 out.count_rejected();
