@@ -38,6 +38,8 @@ pub struct Wave {
     /// The wave's clients, in connect order.
     order: Vec<usize>,
     next: usize,
+    /// Clients the caller connects itself ([`Wave::admit`]), in the order admitted.
+    admitted: Vec<usize>,
     /// Per client: its latest intended connect time, and whether it is in the current wave
     /// and not yet settled.
     intended_us: Vec<u64>,
@@ -51,6 +53,7 @@ impl Wave {
         Wave {
             order: Vec::new(),
             next: 0,
+            admitted: Vec::new(),
             intended_us: vec![0; clients],
             unsettled: vec![false; clients],
             unsettled_count: 0,
@@ -71,19 +74,25 @@ impl Wave {
         self.unsettled_count = order.len();
         self.order = order;
         self.next = 0;
+        self.admitted.clear();
     }
 
     /// Adds `u` to the wave at `intended_us` (a retry), pushing the deadline out if need be.
     pub fn push(&mut self, u: usize, intended_us: u64) {
-        self.admit(u, intended_us);
+        self.unsettle(u, intended_us);
         self.order.push(u);
         self.deadline_us = self.deadline_us.max(intended_us + RAMP_TIMEOUT_MIN_US);
     }
 
     /// Makes `u` one of the wave's unsettled clients, connected by the caller at
     /// `intended_us` rather than in the wave's order, within the wave's deadline (OCM's guests,
-    /// once their room exists). The protocol's [`Wire::on_wave_timeout`] must give it up.
+    /// once their room exists); given up at the deadline like the others.
     pub fn admit(&mut self, u: usize, intended_us: u64) {
+        self.unsettle(u, intended_us);
+        self.admitted.push(u);
+    }
+
+    fn unsettle(&mut self, u: usize, intended_us: u64) {
         self.intended_us[u] = intended_us;
         self.unsettled[u] = true;
         self.unsettled_count += 1;
@@ -116,7 +125,7 @@ impl Wave {
             return Vec::new();
         }
         self.next = self.order.len();
-        (self.order.iter().copied())
+        (self.order.iter().chain(&self.admitted).copied())
             .filter(|&u| self.unsettled[u])
             .collect()
     }
@@ -296,4 +305,36 @@ pub fn next_wake_us<W: Wire>(run: &Run<W>) -> u64 {
         Phase::Done => u64::MAX,
     };
     course.progress.wake_us(phase_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admitted_clients_keep_the_wave_open_and_are_given_up_at_its_deadline() {
+        let mut wave = Wave::new(4);
+        wave.start(vec![0, 2], 0, 1_000_000);
+        assert_eq!((wave.next_due(0), wave.next_due(1)), (Some(0), Some(2)));
+        wave.admit(1, 5);
+        wave.admit(3, 5);
+        wave.settle(0);
+        wave.settle(3);
+        let deadline_us = RAMP_TIMEOUT_MIN_US;
+        assert!(
+            !wave.settled(),
+            "client 2 and the admitted client 1 are out"
+        );
+        assert_eq!(wave.give_up(deadline_us - 1), Vec::<usize>::new());
+        assert_eq!(
+            wave.next_wake_us(),
+            deadline_us,
+            "admitting moved no deadline"
+        );
+        wave.settle(2);
+        assert!(!wave.settled(), "the admitted client 1 is still out");
+        assert_eq!(wave.give_up(deadline_us), [1]);
+        wave.settle(1);
+        assert!(wave.settled());
+    }
 }
