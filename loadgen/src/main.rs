@@ -123,7 +123,8 @@ enum Scenario {
     /// member upgrades and signs in; senders send the stamped messages as `say` frames and
     /// every member (senders included, as the server echoes) times and checks every lobby
     /// message. chatd allows a web user --web-messages-per-s-max (20) messages per second:
-    /// --rate / --senders above that needs the flag raised.
+    /// --rate / --senders above that needs the flag raised. --payload-bytes at most 1001 (the
+    /// text, without the newline, within chatd's --web-text-bytes-max 1000).
     Web(web::args::WebArgs),
     /// BIN24: users send direct messages to a partner on a fixed plan; recipients answer
     /// "200"; a share of the users stays offline, so messages to them are stored ("300") and
@@ -146,11 +147,11 @@ enum Scenario {
     /// links are brokered on a second plan (request, accept, addresses), each timed from its
     /// intended time to the address at Dst. Join and sign-out notices are checked per pair.
     Matou(matou::args::MatouArgs),
-    /// LOBBY: members of ROOM, MATOU, CCM and OCM in chatd's one lobby (the switchboard), every
-    /// one of them sending on one plan; every member times and checks every lobby message it
-    /// must get, whatever protocol it was said in (ROOM and MATOU members get their own back).
-    /// Latency per (origin, destination) protocol pair, and same-protocol against
-    /// cross-protocol. Not part of `mix`.
+    /// LOBBY: members of ROOM, MATOU, CCM and OCM (and WEB with --web) in chatd's one lobby
+    /// (the switchboard), every one of them sending on one plan; every member times and checks
+    /// every lobby message it must get, whatever protocol it was said in (ROOM, MATOU and WEB
+    /// members get their own back). Latency per (origin, destination) protocol pair, and
+    /// same-protocol against cross-protocol. Not part of `mix`.
     Lobby(lobby::args::LobbyArgs),
     /// Churn: short-lived connections on an open-loop plan, dealt round-robin over the
     /// protocols: each signs in, waits for the server's answer, then leaves cleanly, with a

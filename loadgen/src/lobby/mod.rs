@@ -1,16 +1,16 @@
-//! The lobby scenario: clients of ROOM, MATOU, CCM and OCM (and WEB, with `--web`) in chatd's
-//! one lobby (the switchboard), every one of them a sender, and every member checking every lobby message it
-//! must get, whatever protocol it was said in. Latency is kept per (origin, destination)
-//! protocol pair, measured from each message's intended send time as in every scenario, and
-//! summed up as same-protocol and cross-protocol deliveries.
+//! The lobby scenario: clients of ROOM, MATOU, CCM and OCM (and WEB, with `--web`) in chatd's one
+//! lobby (the switchboard), every one of them a sender, and every member checking every lobby
+//! message it must get, whatever protocol it was said in. Latency is kept per (origin, destination)
+//! protocol pair, measured from each message's intended send time as in every scenario, and summed
+//! up as same-protocol and cross-protocol deliveries.
 //!
-//! Who is in the lobby: ROOM members past their alias, signed-in MATOU users, identified CCM
-//! users, WEB users at their `welcome` (their `say` is a masked WebSocket frame, their lobby
-//! messages JSON, read with [`crate::web::ws`]), and the members of the OCM room the server calls its lobby (`--ocm-room`, `lobby` by
-//! default; the run's first OCM member creates it, or joins it if it exists). Each protocol's
-//! client side is its own scenario's (`room`, `ccm::wire`, `matou::wire`, `ocm::wire`,
-//! `ocm::udp`); the lobby adds its names, its stamp and the ROOM line reader ([`wire`]), its
-//! ledger ([`ledger`]) and its report ([`report`]).
+//! Who is in the lobby: ROOM members past their alias, signed-in MATOU users, identified CCM users,
+//! WEB users at their `welcome` (their `say` is a masked WebSocket frame, their lobby messages
+//! JSON, read with [`crate::web::ws`]), and the members of the OCM room the server calls its lobby
+//! (`--ocm-room`, `lobby` by default; the run's first OCM member creates it, or joins it if it
+//! exists). Each protocol's client side is its own scenario's (`room`, `ccm::wire`, `matou::wire`,
+//! `ocm::wire`, `ocm::udp`); the lobby adds its names, its stamp and the ROOM line reader
+//! ([`wire`]), its ledger ([`ledger`]) and its report ([`report`]).
 //!
 //! Phases, all bounded in time: ramp-up (every member connects at `--connect-rate` and joins;
 //! the OCM members but the first wait for the lobby room to exist), send (the plan, over every

@@ -20,11 +20,11 @@
 //!    spacing); each leave text must reach exactly the members still in the room, the host's
 //!    closing text the last guest. Ends when all arrived, or `--exit-wait` after the last exit.
 //!
-//! It runs on the engine ([`crate::engine`]): the TCRP exchange is a client's connection, the
-//! rooms phase its ramp-up, the exit phase its closing phase; the UDP sockets share its loop
-//! (read in `recvmmsg` batches within a budget, then waiting on `still_ready`) and its dirty
-//! set (a member's queued datagrams are sent when its index is flushed). The UDP sockets ask for large receive buffers so the loadgen itself drops nothing; what the
-//! kernel granted is reported.
+//! It runs on the engine ([`crate::engine`]): the TCRP exchange is a client's connection, the rooms
+//! phase its ramp-up, the exit phase its closing phase; the UDP sockets share its loop (read in
+//! `recvmmsg` batches within a budget, then waiting on `still_ready`) and its dirty set (a member's
+//! queued datagrams are sent when its index is flushed). The UDP sockets ask for large receive
+//! buffers so the loadgen itself drops nothing; what the kernel granted is reported.
 
 pub mod accounting;
 pub mod args;
