@@ -49,8 +49,9 @@ build_release
 
 room_port=$(free_port); bin24_port=$(free_port); ccm_port=$(free_port); matou_port=$(free_port)
 ocm_tcp_port=$(free_port); ocm_udp_port=$(free_udp_port); ocm_relay_port=$(free_udp_port)
+web_port=$(free_port)
 ports=(--room-port "$room_port" --bin24-port "$bin24_port" --ccm-port "$ccm_port"
-       --matou-port "$matou_port" --ocm-tcp-port "$ocm_tcp_port")
+       --matou-port "$matou_port" --ocm-tcp-port "$ocm_tcp_port" --web-port "$web_port")
 data_dir=$(mktemp -d)
 log=$(mktemp)
 ulimit -n 20000 2>/dev/null || true
@@ -62,8 +63,8 @@ chatd_pid=$!
 cleanup() { kill -9 "$chatd_pid" 2>/dev/null || true; rm -rf "$log" "$data_dir"; }
 trap cleanup EXIT
 
-# Every protocol listens: five TCP listeners, two UDP sockets.
-wait_listening "$log" "$chatd_pid" 7
+# Every protocol listens: six TCP listeners, two UDP sockets.
+wait_listening "$log" "$chatd_pid" 8
 
 fds() { find "/proc/$chatd_pid/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$chatd_pid/status"; }

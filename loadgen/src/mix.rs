@@ -1045,6 +1045,7 @@ mod tests {
             ocm_tcp_port: Some(0),
             ocm_udp_port: Some(0),
             ocm_relay_port: None,
+            // An ephemeral port, not the default 8080: tests run side by side.
             web_port: Some(0),
             data_dir: data.0.clone(),
             ..Config::default()

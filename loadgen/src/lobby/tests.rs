@@ -34,6 +34,7 @@ fn run_against_chatd(isolate: bool, per_protocol: usize, drain_us: u64) -> Repor
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
         ocm_relay_port: None,
+        // An ephemeral port, not the default 8080: tests run side by side.
         web_port: Some(0),
         data_dir: data.0.clone(),
         isolate,

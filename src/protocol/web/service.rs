@@ -453,7 +453,11 @@ impl WebService {
             switch::carry_written(note, acked, out);
             return;
         }
-        if let Some((sender, request)) = self.awaiting_write.remove(&note) {
+        let waiting = self.awaiting_write.remove(&note);
+        // A sender gone since (its slot may hold another connection by now) hears nothing.
+        if let Some((sender, request)) =
+            waiting.filter(|&(sender, _)| self.conns.get(sender).is_some())
+        {
             let answer = if acked {
                 json::sent(request, "delivered")
             } else {
