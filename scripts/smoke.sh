@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Loadgen smoke run against a real chatd: short ROOM, BIN24 (with offline users, so the
-# durable store is used), CCM (with silent users, so the keepalive closes them), MATOU and OCM
-# runs, a short `loadgen lobby` (ROOM, MATOU, CCM and OCM members in the switchboard's one
+# durable store is used), CCM (with silent users, so the keepalive closes them), MATOU, OCM
+# and WEB (WebSocket clients in the lobby) runs, a short `loadgen lobby` (ROOM, MATOU, CCM and OCM members in the switchboard's one
 # lobby), then a short `loadgen mix` of all five at once, each failing on any lost or duplicated
 # message, then SIGTERM, which must make chatd exit 0.
 #
@@ -74,6 +74,12 @@ ocm_status=0
 timeout 120 "$loadgen" ocm --tcp-port "$ocm_tcp_port" --udp-port "$ocm_udp_port" --rooms 10 \
   --members 10 --rate 1000 --duration "$duration" || ocm_status=$?
 
+# 10 senders at 10 messages/s each: within chatd's default 20/s per web user.
+echo "+ $loadgen web --port $web_port --clients 50 --senders 10 --rate 100 --duration $duration"
+web_status=0
+timeout 120 "$loadgen" web --port "$web_port" --clients 50 --senders 10 --rate 100 \
+  --duration "$duration" || web_status=$?
+
 echo "+ $loadgen lobby --room 10 --matou 10 --ccm 10 --ocm 10 --rate 200 --duration $duration"
 lobby_status=0
 timeout 120 "$loadgen" lobby --room-port "$port" --matou-port "$matou_port" --ccm-port "$ccm_port" \
@@ -114,6 +120,10 @@ if [ "$matou_status" -ne 0 ]; then
 fi
 if [ "$ocm_status" -ne 0 ]; then
   echo "smoke: loadgen ocm failed (exit $ocm_status): datagrams lost, leave texts missing, or errors" >&2
+  exit 1
+fi
+if [ "$web_status" -ne 0 ]; then
+  echo "smoke: loadgen web failed (exit $web_status): lobby messages lost or duplicated, or errors" >&2
   exit 1
 fi
 if [ "$lobby_status" -ne 0 ]; then

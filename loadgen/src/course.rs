@@ -1,11 +1,12 @@
-//! The phases every engine scenario (BIN24, CCM, MATOU, the lobby) goes through, written once:
+//! The phases every engine scenario (BIN24, CCM, MATOU, OCM, the lobby) goes through, written once:
 //! ramp-up, send, drain, the scenario's own closing phase if it has one, done.
 //!
 //! 1. Ramp-up: the [`Wave`]'s clients connect at the connect rate; it is over when every one
 //!    has joined or failed (or its deadline failed the rest). The scenario then fixes its plan.
 //! 2. Send: the plan is sent, until every planned message is taken.
 //! 3. Drain: until nothing is queued and the scenario says everything arrived, or `--drain`.
-//! 4. Close (optional): BIN24's reconnect, CCM's silent wait, MATOU's sign-out. It ends when
+//! 4. Close (optional): BIN24's reconnect, CCM's silent wait, MATOU's sign-out, OCM's exits
+//!    (sent on their own schedule, see [`Wire::close_wake_us`]). It ends when
 //!    the scenario says so, or at its deadline.
 //!
 //! The engine's [`Run`] keeps the [`Course`]; its protocol ([`Wire`]) says what only it knows: where a
@@ -37,6 +38,8 @@ pub struct Wave {
     /// The wave's clients, in connect order.
     order: Vec<usize>,
     next: usize,
+    /// Clients the caller connects itself ([`Wave::admit`]), in the order admitted.
+    admitted: Vec<usize>,
     /// Per client: its latest intended connect time, and whether it is in the current wave
     /// and not yet settled.
     intended_us: Vec<u64>,
@@ -50,6 +53,7 @@ impl Wave {
         Wave {
             order: Vec::new(),
             next: 0,
+            admitted: Vec::new(),
             intended_us: vec![0; clients],
             unsettled: vec![false; clients],
             unsettled_count: 0,
@@ -70,15 +74,28 @@ impl Wave {
         self.unsettled_count = order.len();
         self.order = order;
         self.next = 0;
+        self.admitted.clear();
     }
 
     /// Adds `u` to the wave at `intended_us` (a retry), pushing the deadline out if need be.
     pub fn push(&mut self, u: usize, intended_us: u64) {
+        self.unsettle(u, intended_us);
+        self.order.push(u);
+        self.deadline_us = self.deadline_us.max(intended_us + RAMP_TIMEOUT_MIN_US);
+    }
+
+    /// Makes `u` one of the wave's unsettled clients, connected by the caller at
+    /// `intended_us` rather than in the wave's order, within the wave's deadline (OCM's guests,
+    /// once their room exists); given up at the deadline like the others.
+    pub fn admit(&mut self, u: usize, intended_us: u64) {
+        self.unsettle(u, intended_us);
+        self.admitted.push(u);
+    }
+
+    fn unsettle(&mut self, u: usize, intended_us: u64) {
         self.intended_us[u] = intended_us;
         self.unsettled[u] = true;
         self.unsettled_count += 1;
-        self.order.push(u);
-        self.deadline_us = self.deadline_us.max(intended_us + RAMP_TIMEOUT_MIN_US);
     }
 
     /// Client `u` joined or failed.
@@ -108,12 +125,12 @@ impl Wave {
             return Vec::new();
         }
         self.next = self.order.len();
-        (self.order.iter().copied())
+        (self.order.iter().chain(&self.admitted).copied())
             .filter(|&u| self.unsettled[u])
             .collect()
     }
 
-    fn next_wake_us(&self) -> u64 {
+    pub fn next_wake_us(&self) -> u64 {
         self.order
             .get(self.next)
             .map_or(u64::MAX, |&u| self.intended_us[u])
@@ -279,15 +296,45 @@ pub fn advance<W: Wire>(run: &mut Run<W>) -> Result<(), RunError> {
 pub fn next_wake_us<W: Wire>(run: &Run<W>) -> u64 {
     let course = &run.course;
     let phase_us = match course.phase {
-        Phase::Ramp | Phase::Close { deadline_us: None } => course.wave.next_wake_us(),
+        Phase::Ramp => course.wave.next_wake_us(),
         Phase::Send => W::next_send_us(run),
         // The deadline is looked at with the completion check, on its cadence.
         Phase::Drain { .. } => course.drain.next_check_us,
         // A close wakes the poll by itself.
-        Phase::Close {
-            deadline_us: Some(deadline_us),
-        } => deadline_us,
+        Phase::Close { deadline_us } => W::close_wake_us(run, deadline_us),
         Phase::Done => u64::MAX,
     };
     course.progress.wake_us(phase_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admitted_clients_keep_the_wave_open_and_are_given_up_at_its_deadline() {
+        let mut wave = Wave::new(4);
+        wave.start(vec![0, 2], 0, 1_000_000);
+        assert_eq!((wave.next_due(0), wave.next_due(1)), (Some(0), Some(2)));
+        wave.admit(1, 5);
+        wave.admit(3, 5);
+        wave.settle(0);
+        wave.settle(3);
+        let deadline_us = RAMP_TIMEOUT_MIN_US;
+        assert!(
+            !wave.settled(),
+            "client 2 and the admitted client 1 are out"
+        );
+        assert_eq!(wave.give_up(deadline_us - 1), Vec::<usize>::new());
+        assert_eq!(
+            wave.next_wake_us(),
+            deadline_us,
+            "admitting moved no deadline"
+        );
+        wave.settle(2);
+        assert!(!wave.settled(), "the admitted client 1 is still out");
+        assert_eq!(wave.give_up(deadline_us), [1]);
+        wave.settle(1);
+        assert!(wave.settled());
+    }
 }

@@ -2,8 +2,8 @@
 //!
 //! A scenario's `Run` owns a [`Loop`]: a mio `Poll` with its sockets and its [`Pacer`] in it, and
 //! what its connections share. It lends the turn its [`Phases`] (the clock-driven work) and, as
-//! a [`Reactor`], what its socket events do: the TCP scenarios get that half from
-//! [`crate::engine`], OCM writes its own. One turn is
+//! a [`Reactor`], what its socket events do: every scenario but churn gets that half from
+//! [`crate::engine`]. One turn is
 //! poll -> handle the events -> drive the connections left with data -> advance the clock-driven
 //! phase work -> arm the pacer at the next wake-up. A single-protocol run calls [`run_to_end`],
 //! which turns until the phase is Done and sleeps in its own poll.

@@ -1,5 +1,5 @@
 //! The TCP scenarios' engine: one generic scenario, [`Run`], over a per-protocol [`Wire`] part
-//! (ROOM and RESP, BIN24, CCM, MATOU, the lobby).
+//! (ROOM and RESP, BIN24, CCM, MATOU, OCM, the lobby).
 //!
 //! [`Run`] owns what every such scenario repeats: the [`Loop`], the [`Course`] of its phases,
 //! the clients with their connections and stages, the senders, the error and send counts and
@@ -144,6 +144,11 @@ pub trait Wire: Sized {
     fn on_other_event(_run: &mut Run<Self>, _index: usize, _readable: bool, _writable: bool) {}
     /// Queues what is due at `now_us` (only in the send phase; the engine writes afterwards).
     fn send_due(run: &mut Run<Self>, now_us: u64);
+    /// Client `u` was marked dirty (see [`Run::flush_dirty`]): by default its pending bytes are
+    /// written; OCM also sends its member's queued datagrams (one dirty set for both).
+    fn on_dirty(run: &mut Run<Self>, u: usize) {
+        run.flush_ready(u);
+    }
     /// A planned message was queued on client `u` (see [`Run::send_planned`]).
     fn on_queued(_run: &mut Run<Self>, _u: usize) {}
     fn counts(run: &Run<Self>) -> SentReceived;
@@ -177,6 +182,11 @@ pub trait Wire: Sized {
     /// The closing phase is complete (asked once its wave has settled).
     fn closed(_run: &mut Run<Self>, _now_us: u64) -> bool {
         true
+    }
+    /// When the closing phase must wake the loop: by default at its deadline, or for its wave
+    /// without one (OCM's exits go out on a schedule of their own).
+    fn close_wake_us(run: &Run<Self>, deadline_us: Option<u64>) -> u64 {
+        deadline_us.unwrap_or_else(|| run.course.wave.next_wake_us())
     }
     /// What the progress line says the run is doing.
     fn doing(run: &Run<Self>) -> String;
@@ -384,7 +394,7 @@ impl<W: Wire> Run<W> {
     /// Flushes every connection marked dirty.
     pub fn flush_dirty(&mut self) {
         for u in self.io.dirty.take() {
-            self.flush_ready(u);
+            W::on_dirty(self, u);
         }
     }
 
@@ -416,7 +426,7 @@ impl<W: Wire> Run<W> {
     /// Writes client `u`'s pending bytes when there is something to write and a socket to
     /// take it: connected (greeting or joined), writable, bytes pending. Otherwise the next
     /// writable edge, or the next byte queued, calls again.
-    fn flush_ready(&mut self, u: usize) {
+    pub fn flush_ready(&mut self, u: usize) {
         if matches!(W::link(self, u), Link::Greeting | Link::Joined)
             && self.clients.get(u).is_some_and(|c| {
                 c.conn.writable && c.conn.stream.is_some() && c.conn.out.has_pending()
@@ -591,8 +601,9 @@ impl<W: Wire> Reactor for Run<W> {
         self.drive(u);
     }
     fn end_turn(&mut self) {
+        // Through `on_event`: a socket that is no client's connection (OCM's UDP) may wait too.
         for u in std::mem::take(&mut self.io.still_ready) {
-            self.drive(u);
+            self.on_event(u, false, false, false);
         }
         self.flush_dirty();
     }

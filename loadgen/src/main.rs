@@ -12,6 +12,8 @@
 //! - `stats`: histograms, sequence tracking, error counters; `report`: verdict, text, JSON
 //! - `room`: the ROOM scenario's mio loop, which also runs it against Redis pub/sub (`resp`)
 //! - `resp`: the RESP2 commands that scenario sends and the reader for what Redis sends back
+//! - `web`: that scenario against chatd's WebSocket lobby (`web`): the client side of WEB's
+//!   wire (upgrade, masked frames, the server's JSON messages)
 //! - `bin24`: the BIN24 scenario: its loop, the per-message ledger, partners, stamp and report
 //! - `ccm`: the CCM scenario: its loop, the text stamp, the client side of the contract
 //!   (messages, keepalive answers, checks of what arrives) and its report (partners: BIN24's)
@@ -58,6 +60,7 @@ mod room;
 mod sockio;
 mod stats;
 mod textstamp;
+mod web;
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -116,6 +119,13 @@ enum Scenario {
     /// same stamped messages over a connection of its own and checks every reply (the number
     /// of subscribers reached). Every member (senders included) times and checks every message.
     Resp(room::args::RespArgs),
+    /// WEB: the ROOM scenario against chatd's WebSocket lobby (`--web-port`, `/ws`): every
+    /// member upgrades and signs in; senders send the stamped messages as `say` frames and
+    /// every member (senders included, as the server echoes) times and checks every lobby
+    /// message. chatd allows a web user --web-messages-per-s-max (20) messages per second:
+    /// --rate / --senders above that needs the flag raised. --payload-bytes at most 1001 (the
+    /// text, without the newline, within chatd's --web-text-bytes-max 1000).
+    Web(web::args::WebArgs),
     /// BIN24: users send direct messages to a partner on a fixed plan; recipients answer
     /// "200"; a share of the users stays offline, so messages to them are stored ("300") and
     /// delivered as type 2 when the loadgen connects them at the end. Every message is
@@ -137,11 +147,11 @@ enum Scenario {
     /// links are brokered on a second plan (request, accept, addresses), each timed from its
     /// intended time to the address at Dst. Join and sign-out notices are checked per pair.
     Matou(matou::args::MatouArgs),
-    /// LOBBY: members of ROOM, MATOU, CCM and OCM in chatd's one lobby (the switchboard), every
-    /// one of them sending on one plan; every member times and checks every lobby message it
-    /// must get, whatever protocol it was said in (ROOM and MATOU members get their own back).
-    /// Latency per (origin, destination) protocol pair, and same-protocol against
-    /// cross-protocol. Not part of `mix`.
+    /// LOBBY: members of ROOM, MATOU, CCM and OCM (and WEB with --web) in chatd's one lobby
+    /// (the switchboard), every one of them sending on one plan; every member times and checks
+    /// every lobby message it must get, whatever protocol it was said in (ROOM, MATOU and WEB
+    /// members get their own back). Latency per (origin, destination) protocol pair, and
+    /// same-protocol against cross-protocol. Not part of `mix`.
     Lobby(lobby::args::LobbyArgs),
     /// Churn: short-lived connections on an open-loop plan, dealt round-robin over the
     /// protocols: each signs in, waits for the server's answer, then leaves cleanly, with a
@@ -249,7 +259,7 @@ struct ChurnArgs {
     concurrency: u64,
 
     /// Protocols to churn, comma-separated: room, bin24, ccm, matou, ocm (OCM: its TCRP
-    /// listener).
+    /// listener), web (not by default: the upgrade and sign-in on --web-port).
     #[arg(
         long,
         value_delimiter = ',',
@@ -272,6 +282,9 @@ struct ChurnArgs {
     matou_port: u16,
     #[arg(long, default_value_t = 9_002)]
     ocm_tcp_port: u16,
+    /// chatd's web listener, for `web` in --protocols (its WebSocket upgrade and sign-in).
+    #[arg(long, default_value_t = 8_080)]
+    web_port: u16,
 
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -291,9 +304,10 @@ fn run_churn(args: ChurnArgs) -> ExitCode {
             "ccm" => (churn::Protocol::Ccm, args.ccm_port),
             "matou" => (churn::Protocol::Matou, args.matou_port),
             "ocm" => (churn::Protocol::Ocm, args.ocm_tcp_port),
+            "web" => (churn::Protocol::Web, args.web_port),
             other => {
                 return refuse(format!(
-                    "--protocols: unknown protocol {other:?} (room, bin24, ccm, matou, ocm)"
+                    "--protocols: unknown protocol {other:?} (room, bin24, ccm, matou, ocm, web)"
                 ))
             }
         };
@@ -344,6 +358,7 @@ fn main() -> ExitCode {
     match cli.scenario {
         Scenario::Room(args) => registry::run_args(&args),
         Scenario::Resp(args) => registry::run_args(&args),
+        Scenario::Web(args) => registry::run_args(&args),
         Scenario::Bin24(args) => registry::run_args(&args),
         Scenario::Ccm(args) => registry::run_args(&args),
         Scenario::Ocm(args) => registry::run_args(&args),

@@ -22,6 +22,7 @@ use crate::bin24::topology::Pattern;
 use crate::driver::{self, Driven, ProgressCell, RunError, Scenario};
 use crate::lobby;
 use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
+use crate::lobby::ledger::KIND_COUNT;
 use crate::ocm::args::OCM_RECV_BUFFER_DEFAULT;
 use crate::registry::{InMix, Protocol, Row};
 use crate::report::ScenarioReport;
@@ -87,7 +88,7 @@ pub struct MixArgs {
     /// OS threads to run the scenarios on, each a single-threaded loop over its share of them
     /// (dealt round-robin), at most one per included protocol. The default 1 leaves the other
     /// core to the server. (A single-protocol subcommand always runs on one loop.)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=6))]
     pub(crate) threads: u64,
 
     /// Server port of the ROOM listener.
@@ -108,6 +109,9 @@ pub struct MixArgs {
     /// Server port of the OCM chat socket (UDP).
     #[arg(long, default_value_t = 9_003)]
     pub(crate) ocm_udp_port: u16,
+    /// Server port of chatd's web listener (WEB, when --protocols includes it).
+    #[arg(long, default_value_t = 8_080)]
+    pub(crate) web_port: u16,
 
     #[command(flatten)]
     pub(crate) common: CommonArgs,
@@ -655,7 +659,11 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
     if total < 2 {
         return Err("--lobby needs at least 2 members".to_string());
     }
-    let members: [usize; 4] = std::array::from_fn(|i| total / 4 + usize::from(i < total % 4));
+    // Over ROOM, MATOU, CCM and OCM; no WEB members (`--protocols web` runs WEB's own).
+    let members: [usize; KIND_COUNT] = std::array::from_fn(|i| match i < 4 {
+        true => total / 4 + usize::from(i < total % 4),
+        false => 0,
+    });
     let rate = planned_rate(total, args.rate_per_client);
     if rate * total as u64 > lobby::DELIVERIES_PER_S_MAX {
         return Err(format!(
@@ -677,6 +685,7 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
         args.ccm_port,
         args.ocm_tcp_port,
         args.ocm_udp_port,
+        args.web_port,
     ];
     let pace = share.pace(LOBBY_DRAIN_DEFAULT);
     let ocm = ("lobby".to_string(), OCM_RECV_BUFFER_DEFAULT);
@@ -1036,8 +1045,8 @@ mod tests {
             ocm_tcp_port: Some(0),
             ocm_udp_port: Some(0),
             ocm_relay_port: None,
-            // Not the default 8080: tests run side by side.
-            web_port: None,
+            // An ephemeral port, not the default 8080: tests run side by side.
+            web_port: Some(0),
             data_dir: data.0.clone(),
             ..Config::default()
         })
@@ -1061,6 +1070,8 @@ mod tests {
             port(ProtocolKind::Ocm),
             "--ocm-udp-port".into(),
             udp_port,
+            "--web-port".into(),
+            port(ProtocolKind::Web),
         ];
         (data, server, ports)
     }
@@ -1068,9 +1079,13 @@ mod tests {
     #[test]
     fn a_short_mix_against_the_real_server_loses_nothing() {
         let (_data, server, ports) = chatd("");
+        // Every protocol, WEB too (not in the default list): its members share the lobby with
+        // ROOM's, and neither takes the other's messages for its own.
         let mut argv: Vec<String> = [
             "--clients",
-            "100",
+            "120",
+            "--protocols",
+            "room,bin24,ccm,matou,ocm,web",
             "--duration",
             "2s",
             "--warmup",
@@ -1087,11 +1102,11 @@ mod tests {
 
         let shares = split_clients(args.clients as usize, &args.protocols).unwrap();
         let setups: Vec<Setup> = shares.iter().map(|s| setup(&args, s).unwrap().0).collect();
-        let (report, text, histograms) = execute(100, &setups, 1.0, 2, false, 1, false);
+        let (report, text, histograms) = execute(120, &setups, 1.0, 2, false, 1, false);
         handle.shutdown();
         server_thread.join().unwrap().unwrap();
 
-        assert_eq!(report.summary.len(), 5, "{text}");
+        assert_eq!(report.summary.len(), 6, "{text}");
         for row in &report.summary {
             assert_eq!(row.failure, None, "{text}");
             assert!(row.connections > 0, "{text}");
@@ -1104,10 +1119,11 @@ mod tests {
         assert_eq!(report.exit_code, 0, "{text}");
         assert_eq!(report.cpu.threads.len(), 2);
         assert!(report.protocols.contains_key("ocm"));
+        assert!(report.protocols.contains_key("web"));
         assert!(text.contains("== mix summary"), "{text}");
 
         // --plot's curve for each protocol is the histogram its summary row reports.
-        assert_eq!(histograms.len(), 5);
+        assert_eq!(histograms.len(), 6);
         for ((protocol, main, hists), row) in histograms.iter().zip(&report.summary) {
             assert_eq!(*protocol, row.protocol);
             let (_, hist) = hists

@@ -28,6 +28,7 @@ pub enum Protocol {
     Ccm,
     Matou,
     Ocm,
+    Web,
 }
 
 /// What the mix and churn need to know of a protocol beyond its scenario.
@@ -135,6 +136,16 @@ static OCM: ProtocolInfo = info(
     (&crate::ocm::churn::SIGN_IN, crate::ocm::args::in_mix),
 );
 
+static WEB: ProtocolInfo = info(
+    "web",
+    1,
+    "w",
+    CONNECTIONS,
+    DELIVERY,
+    LOSSES,
+    (&crate::web::churn::SIGN_IN, crate::web::args::in_mix),
+);
+
 impl Protocol {
     pub const fn info(self) -> &'static ProtocolInfo {
         match self {
@@ -143,6 +154,7 @@ impl Protocol {
             Protocol::Ccm => &CCM,
             Protocol::Matou => &MATOU,
             Protocol::Ocm => &OCM,
+            Protocol::Web => &WEB,
         }
     }
 

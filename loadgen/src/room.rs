@@ -7,6 +7,11 @@
 //! the same stamped message, so both servers are measured by the same code; only the handshake
 //! and the framing differ.
 //!
+//! And against chatd's WebSocket lobby ([`Wire::Web`], `loadgen web`, see [`crate::web`]): every
+//! member upgrades `/ws`, signs in and receives every lobby message (its own too, as the server
+//! echoes a `say`); each sender's text is the ROOM message without its newline, in a masked
+//! `say` frame.
+//!
 //! It runs on the engine ([`engine::Run`]) as the other TCP scenarios: one single-threaded
 //! mio loop connects during the ramp-up, sends when the plan says so, and reads. Because
 //! sending and receiving share the loop, a loadgen too slow to keep up with its receive load
@@ -31,6 +36,7 @@ use crate::report::Ran;
 use crate::resp;
 use crate::sockio::{Chunk, Queued};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqTracker};
+use crate::web;
 
 /// What the server sends first on every connection.
 const PROMPT: &[u8] = b"alias?";
@@ -42,6 +48,8 @@ pub enum Wire {
     Room,
     /// Redis pub/sub over RESP2 on `channel`.
     Resp { channel: Vec<u8> },
+    /// chatd's WebSocket lobby (WEB).
+    Web,
 }
 
 /// The scenario's settings, validated by the caller.
@@ -93,6 +101,8 @@ pub struct Client {
     scanner: Scanner,
     /// RESP only: frames the stream around the payloads the scanner reads.
     resp: Option<resp::Reader>,
+    /// WEB only: its frames, masking keys and notices.
+    web: Option<web::Conn>,
     /// RESP only: a sender's PUBLISH connection, which receives nothing but replies. It is
     /// never a receiver, and it is `Joined` (ready to send) once connected.
     publisher: bool,
@@ -109,27 +119,33 @@ struct Tally {
 }
 
 /// The bytes that frame the run's wire: built once, shared by every connection.
-struct Framing {
+pub(crate) struct Framing {
     /// What a member sends after connecting; `None`: its alias (ROOM).
-    hello: Option<Vec<u8>>,
+    pub hello: Option<Vec<u8>>,
     /// Around every message's bytes.
-    message_prefix: Vec<u8>,
-    message_suffix: &'static [u8],
+    pub message_prefix: Vec<u8>,
+    pub message_suffix: &'static [u8],
+    /// WEB: the bytes of the frame's head, whose masking key each message gets (see
+    /// [`web::seal_say`]).
+    pub masked_head: Option<usize>,
 }
 
 impl Framing {
-    fn new(wire: &Wire, message_bytes: usize) -> Framing {
+    fn new(wire: &Wire, target: SocketAddr, message_bytes: usize) -> Framing {
         match wire {
             Wire::Room => Framing {
                 hello: None,
                 message_prefix: Vec::new(),
                 message_suffix: b"",
+                masked_head: None,
             },
             Wire::Resp { channel } => Framing {
                 hello: Some(resp::subscribe_command(channel)),
                 message_prefix: resp::publish_prefix(channel, message_bytes),
                 message_suffix: resp::PUBLISH_SUFFIX,
+                masked_head: None,
             },
+            Wire::Web => web::framing(target, message_bytes),
         }
     }
 }
@@ -167,7 +183,7 @@ impl ScenarioKind for Room {
 
     fn start(cfg: &RoomConfig) -> Result<Run<'_>, RunError> {
         let publishers = match cfg.wire {
-            Wire::Room => 0,
+            Wire::Room | Wire::Web => 0,
             Wire::Resp { .. } => cfg.senders,
         };
         let clients = (0..cfg.clients + publishers).map(|i| {
@@ -177,9 +193,10 @@ impl ScenarioKind for Room {
                 handshake: Handshake::AwaitPrompt { got: 0 },
                 scanner: Scanner::new(),
                 resp: match &cfg.wire {
-                    Wire::Room => None,
+                    Wire::Room | Wire::Web => None,
                     Wire::Resp { channel } => Some(resp::Reader::new(channel)),
                 },
+                web: (cfg.wire == Wire::Web).then(|| web::Conn::new(i as u32)),
                 publisher: i >= cfg.clients,
                 alias,
                 joined: false,
@@ -187,7 +204,7 @@ impl ScenarioKind for Room {
         });
         let part = Part {
             cfg,
-            framing: Framing::new(&cfg.wire, cfg.message_bytes),
+            framing: Framing::new(&cfg.wire, cfg.target, cfg.message_bytes),
             live_receivers: 0,
             joined_count: 0,
             connect_latency: LatencyHistogram::new(),
@@ -235,6 +252,7 @@ impl ScenarioKind for Room {
             match cfg.wire {
                 Wire::Room => "ROOM",
                 Wire::Resp { .. } => "Redis (RESP)",
+                Wire::Web => "WEB",
             },
             cfg.target
         )
@@ -243,6 +261,7 @@ impl ScenarioKind for Room {
         match cfg.wire {
             Wire::Room => "room",
             Wire::Resp { .. } => "resp",
+            Wire::Web => "web",
         }
     }
 }
@@ -299,12 +318,15 @@ impl engine::Wire for Part<'_> {
             _ => format!("server closed the connection {when}"),
         });
     }
-    /// A write that fails before the client joined was its alias (or its SUBSCRIBE).
+    /// A write that fails before the client joined was its alias (or its SUBSCRIBE, or its
+    /// upgrade and sign-in).
     fn fail(run: &mut Run<'_>, u: usize, kind: ErrorKind, why: String) {
         if kind == ErrorKind::Write && run.clients[u].stage == Stage::Greeting {
-            run.close_failed(u, ErrorKind::Connect, || {
-                format!("sending the alias: {why}")
-            });
+            let what = match run.p.cfg.wire {
+                Wire::Web => "the upgrade or the sign-in",
+                _ => "the alias",
+            };
+            run.close_failed(u, ErrorKind::Connect, || format!("sending {what}: {why}"));
         } else {
             run.close_failed(u, kind, || why);
         }
@@ -339,8 +361,8 @@ impl engine::Wire for Part<'_> {
                 run.sends.not_sent_queue_full += 1;
                 continue;
             }
-            let (prefix, rest) =
-                (conn.out.append(framed_bytes)).split_at_mut(framing.message_prefix.len());
+            let framed = conn.out.append(framed_bytes);
+            let (prefix, rest) = framed.split_at_mut(framing.message_prefix.len());
             prefix.copy_from_slice(&framing.message_prefix);
             let (message, suffix) = rest.split_at_mut(cfg.message_bytes);
             suffix.copy_from_slice(framing.message_suffix);
@@ -358,6 +380,9 @@ impl engine::Wire for Part<'_> {
                 conn.out.unappend(framed_bytes);
                 run.sends.not_sent_queue_full += 1;
                 continue;
+            }
+            if let (Some(head), Some(web)) = (framing.masked_head, client.user.web.as_mut()) {
+                web::seal_say(framed, head, cfg.message_bytes, &mut web.keys);
             }
             run.p.next_seq[ordinal] += 1;
             conn.queue.push_back(Queued::new(&conn.out, &due, ()));
@@ -383,7 +408,7 @@ impl engine::Wire for Part<'_> {
         let senders: Vec<usize> = (chosen.iter().enumerate())
             .map(|(ordinal, &member)| {
                 let client = match cfg.wire {
-                    Wire::Room => member,
+                    Wire::Room | Wire::Web => member,
                     Wire::Resp { .. } => cfg.clients + ordinal,
                 };
                 run.clients[client].alias = run.clients[member].alias;
@@ -445,6 +470,9 @@ impl Run<'_> {
     fn on_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
         if self.clients[u].resp.is_some() {
             return self.on_resp_bytes(u, n, now_us);
+        }
+        if self.clients[u].web.is_some() {
+            return self.on_web_bytes(u, n, now_us);
         }
         let mut from = 0;
         if let Handshake::AwaitPrompt { mut got } = self.clients[u].handshake {
@@ -583,6 +611,93 @@ impl Run<'_> {
         true
     }
 
+    /// WEB: reads `self.io.read_buf[..n]` of client `u` as the upgrade's answer and then
+    /// WebSocket frames: signs in once upgraded, hands every WEB record's lobby text to its
+    /// scanner (see [`web::scan_text`]; other protocols' lobby messages are not this run's),
+    /// answers pings; false when the client failed.
+    fn on_web_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
+        use web::ws::{self, Event};
+        let engine::Run {
+            clients,
+            errors,
+            course,
+            io,
+            p,
+            ..
+        } = self;
+        let (tally, plan, target) = (&mut p.tally, course.plan.as_ref(), p.cfg.target);
+        let client = &mut clients[u];
+        let stage = client.stage;
+        let (conn, user) = (&mut client.conn, &mut client.user);
+        let Client {
+            web,
+            scanner,
+            alias,
+            ..
+        } = user;
+        let Some(web::Conn {
+            reader,
+            keys,
+            notices,
+        }) = web.as_mut()
+        else {
+            return true;
+        };
+        let (mut confirmed, mut ended) = (false, None);
+        let joined = |confirmed: bool| stage == Stage::Joined || confirmed;
+        let result = reader.feed(&io.read_buf[..n], |event| match event {
+            Event::Upgraded => conn
+                .out
+                .extend(&ws::signin(&web::name(alias), keys.next_key())),
+            Event::Welcome if stage == Stage::Greeting && !confirmed => {
+                confirmed = true;
+                notices.greetings += 1;
+            }
+            Event::Lobby { text, .. } if joined(confirmed) => {
+                web::scan_text(text.as_bytes(), |piece| {
+                    scanner.feed(piece, |found| {
+                        on_scanned(errors, tally, plan, u, now_us, found)
+                    });
+                });
+            }
+            Event::Joined => notices.joins += 1,
+            Event::Left => notices.leaves += 1,
+            Event::Ping(payload) => conn.out.extend(&ws::pong(payload, keys.next_key())),
+            Event::Pong => {}
+            Event::Refused(reason) if stage == Stage::Greeting => {
+                ended = Some((ErrorKind::Connect, format!("sign-in refused: {reason}")));
+            }
+            Event::Closed(code) => {
+                let kind = if joined(confirmed) {
+                    ErrorKind::Read
+                } else {
+                    ErrorKind::Connect
+                };
+                ended = Some((kind, format!("the server closed the WebSocket ({code})")));
+            }
+            Event::Error(reason) => errors.count(ErrorKind::Protocol, || {
+                format!("{target} client {u}: the server answered error {reason:?}")
+            }),
+            other => errors.count(ErrorKind::Protocol, || {
+                format!("{target} client {u}: unexpected {other:?}")
+            }),
+        });
+        if let Err(why) = result {
+            ended = Some((
+                ErrorKind::Protocol,
+                format!("not a WebSocket stream: {why}"),
+            ));
+        }
+        if let Some((kind, why)) = ended {
+            self.close_failed(u, kind, || why);
+            return false;
+        }
+        if confirmed {
+            self.mark_joined(u, now_us);
+        }
+        true
+    }
+
     /// Closes everything and hands the measurements over.
     pub fn finish(mut self) -> RoomOutcome {
         let times = self.course.times(self.io.clock.now_us());
@@ -601,6 +716,9 @@ impl Run<'_> {
         let mut incomplete_bytes_at_end = 0;
         for client in &self.clients {
             notices.add(&client.scanner.notices());
+            if let Some(web) = &client.web {
+                notices.add(&web.notices);
+            }
             incomplete_bytes_at_end += client.scanner.pending_bytes() as u64;
         }
         RoomOutcome {

@@ -30,6 +30,9 @@ pub(crate) struct LobbyArgs {
     /// The OCM chat socket (UDP).
     #[arg(long, default_value_t = 9_003)]
     ocm_udp_port: u16,
+    /// chatd's web listener (WEB members' WebSocket at `/ws`).
+    #[arg(long, default_value_t = 8_080)]
+    web_port: u16,
 
     /// ROOM members (aliases lyr<run id>00001, ...); 0 leaves ROOM out. At most 1000 per
     /// protocol and 2000 in all.
@@ -45,6 +48,10 @@ pub(crate) struct LobbyArgs {
     /// joins it if it exists); 0 leaves OCM out.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_PER_PROTOCOL_MAX as u64))]
     ocm: u64,
+    /// WEB members (lyw<run id>00001, ...), over a WebSocket; 0 (the default) leaves WEB out.
+    /// chatd allows each --web-messages-per-s-max (20) messages per second.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_PER_PROTOCOL_MAX as u64))]
+    web: u64,
 
     /// The OCM room that is chatd's lobby (its --lobby-ocm-room).
     #[arg(long, default_value = "lobby")]
@@ -81,11 +88,12 @@ impl ScenarioArgs for LobbyArgs {
     fn config(&self) -> Result<Single<lobby::Lobby>, String> {
         let common = &self.common;
         check_common(common)?;
-        let members = [self.room, self.matou, self.ccm, self.ocm].map(|n| n as usize);
+        let members = [self.room, self.matou, self.ccm, self.ocm, self.web].map(|n| n as usize);
         let total: usize = members.iter().sum();
         if !(2..=lobby::MEMBERS_MAX).contains(&total) {
+            let web = if self.web > 0 { " + --web" } else { "" };
             return Err(format!(
-                "--room + --matou + --ccm + --ocm is {total}; from 2 to {} members in all",
+                "--room + --matou + --ccm + --ocm{web} is {total}; from 2 to {} members in all",
                 lobby::MEMBERS_MAX
             ));
         }
@@ -120,6 +128,7 @@ impl ScenarioArgs for LobbyArgs {
             self.ccm_port,
             self.ocm_tcp_port,
             self.ocm_udp_port,
+            self.web_port,
         ];
         let ocm = (self.ocm_room.clone(), self.recv_buffer_bytes);
         let pace = Pace::single(common, self.rate, LOBBY_DRAIN_DEFAULT);
@@ -134,8 +143,12 @@ impl ScenarioArgs for LobbyArgs {
             pace,
             ocm_why,
         )?;
+        let web = match self.web {
+            0 => String::new(),
+            n => format!(", WEB {n}"),
+        };
         let title = format!(
-            "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}, {} msg/s (up to {deliveries_per_s} \
+            "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}{web}, {} msg/s (up to {deliveries_per_s} \
              deliveries/s), {} B, {:?}",
             self.room,
             self.matou,
@@ -152,12 +165,12 @@ impl ScenarioArgs for LobbyArgs {
 }
 
 /// The scenario's config, from the subcommand's flags or from `loadgen mix --lobby`: `ports`
-/// are ROOM's, MATOU's, CCM's and OCM's TCP and UDP ones on `host`; `ocm` the OCM room and its
-/// members' receive buffer.
+/// are ROOM's, MATOU's, CCM's, OCM's TCP and UDP ones and WEB's on `host`; `ocm` the OCM room
+/// and its members' receive buffer.
 pub(crate) fn build(
     host: &str,
-    [room, matou, ccm, ocm_tcp, ocm_udp]: [u16; 5],
-    members: [usize; 4],
+    [room, matou, ccm, ocm_tcp, ocm_udp, web]: [u16; 6],
+    members: [usize; lobby::ledger::KIND_COUNT],
     (ocm_room, recv_buffer_bytes): (String, usize),
     message_bytes: usize,
     pace: Pace,
@@ -176,6 +189,7 @@ pub(crate) fn build(
         ccm_target: target(ccm)?,
         ocm_tcp_target: ocm_target(ocm_tcp)?,
         ocm_udp_target: ocm_target(ocm_udp)?,
+        web_target: target(web)?,
         members,
         ocm_room,
         message_bytes,

@@ -22,9 +22,13 @@ pub enum Kind {
     Matou,
     Ccm,
     Ocm,
+    Web,
 }
 
-pub const KINDS: [Kind; 4] = [Kind::Room, Kind::Matou, Kind::Ccm, Kind::Ocm];
+/// How many protocols the lobby knows.
+pub const KIND_COUNT: usize = 5;
+
+pub const KINDS: [Kind; KIND_COUNT] = [Kind::Room, Kind::Matou, Kind::Ccm, Kind::Ocm, Kind::Web];
 
 impl Kind {
     pub fn index(self) -> usize {
@@ -37,14 +41,15 @@ impl Kind {
             Kind::Matou => "matou",
             Kind::Ccm => "ccm",
             Kind::Ocm => "ocm",
+            Kind::Web => "web",
         }
     }
 
     /// Whether its own users get their own lobby messages back: ROOM echoes every chunk to its
-    /// sender and MATOU broadcasts to every signed-in user; CCM's `*` and OCM's room skip the
-    /// sender.
+    /// sender, MATOU broadcasts to every signed-in user, WEB echoes a `say`; CCM's `*` and
+    /// OCM's room skip the sender.
     pub fn echoes(self) -> bool {
-        matches!(self, Kind::Room | Kind::Matou)
+        matches!(self, Kind::Room | Kind::Matou | Kind::Web)
     }
 }
 
@@ -63,7 +68,7 @@ pub struct PairCounts {
 #[derive(Debug, Default)]
 pub struct PairLatencies {
     /// `by_pair[origin][destination]`.
-    pub by_pair: [[LatencyHistogram; 4]; 4],
+    pub by_pair: [[LatencyHistogram; KIND_COUNT]; KIND_COUNT],
     /// Every delivery whose receiver speaks the sender's protocol.
     pub same: LatencyHistogram,
     /// Every delivery that crossed from one protocol to another.
@@ -96,8 +101,8 @@ pub struct Ledger {
     present: Vec<bool>,
     /// Messages lost by members that left (failed): what they had not received of the
     /// messages written while they were present, by pair.
-    lost_on_leaving: [[u64; 4]; 4],
-    pub pairs: [[PairCounts; 4]; 4],
+    lost_on_leaving: [[u64; KIND_COUNT]; KIND_COUNT],
+    pub pairs: [[PairCounts; KIND_COUNT]; KIND_COUNT],
 }
 
 impl Ledger {
@@ -107,8 +112,8 @@ impl Ledger {
             reached: vec![0; n * n],
             sent: vec![0; n],
             present: vec![false; n],
-            lost_on_leaving: [[0; 4]; 4],
-            pairs: [[PairCounts::default(); 4]; 4],
+            lost_on_leaving: [[0; KIND_COUNT]; KIND_COUNT],
+            pairs: [[PairCounts::default(); KIND_COUNT]; KIND_COUNT],
             kinds,
         }
     }
@@ -186,7 +191,7 @@ impl Ledger {
 
     /// Messages written and not (yet) delivered, by pair: `[origin][destination]`, those of
     /// members that left included.
-    pub fn undelivered(&self) -> [[u64; 4]; 4] {
+    pub fn undelivered(&self) -> [[u64; KIND_COUNT]; KIND_COUNT] {
         let n = self.members();
         let mut missing = self.lost_on_leaving;
         for r in (0..n).filter(|&r| self.present[r]) {
@@ -213,7 +218,7 @@ impl Ledger {
 
     /// Deliveries expected so far, by pair: every message written, once for each member of
     /// the lobby meant to get it, whether it came or not.
-    pub fn expected(&self) -> [[u64; 4]; 4] {
+    pub fn expected(&self) -> [[u64; KIND_COUNT]; KIND_COUNT] {
         let mut expected = self.undelivered();
         for (o, row) in expected.iter_mut().enumerate() {
             for (d, cell) in row.iter_mut().enumerate() {
@@ -254,7 +259,7 @@ mod tests {
         ledger
     }
 
-    fn cell(table: [[u64; 4]; 4], origin: usize, destination: usize) -> u64 {
+    fn cell(table: [[u64; KIND_COUNT]; KIND_COUNT], origin: usize, destination: usize) -> u64 {
         table[origin][destination]
     }
 
@@ -285,7 +290,7 @@ mod tests {
             assert_eq!(ledger.on_delivered(r, ROOM, 0), SeqOutcome::InOrder);
         }
         assert!(ledger.complete());
-        assert_eq!(ledger.undelivered(), [[0; 4]; 4]);
+        assert_eq!(ledger.undelivered(), [[0; KIND_COUNT]; KIND_COUNT]);
         assert_eq!(ledger.pairs[2][3].delivered, 1); // ccm -> ocm
         assert_eq!(ledger.pairs[0][0].delivered, 1); // room echo
         assert_eq!(ledger.expected().iter().flatten().sum::<u64>(), 7);

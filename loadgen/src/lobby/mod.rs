@@ -1,15 +1,16 @@
-//! The lobby scenario: clients of ROOM, MATOU, CCM and OCM in chatd's one lobby (the
-//! switchboard), every one of them a sender, and every member checking every lobby message it
-//! must get, whatever protocol it was said in. Latency is kept per (origin, destination)
-//! protocol pair, measured from each message's intended send time as in every scenario, and
-//! summed up as same-protocol and cross-protocol deliveries.
+//! The lobby scenario: clients of ROOM, MATOU, CCM and OCM (and WEB, with `--web`) in chatd's one
+//! lobby (the switchboard), every one of them a sender, and every member checking every lobby
+//! message it must get, whatever protocol it was said in. Latency is kept per (origin, destination)
+//! protocol pair, measured from each message's intended send time as in every scenario, and summed
+//! up as same-protocol and cross-protocol deliveries.
 //!
-//! Who is in the lobby: ROOM members past their alias, signed-in MATOU users, identified CCM
-//! users, and the members of the OCM room the server calls its lobby (`--ocm-room`, `lobby` by
-//! default; the run's first OCM member creates it, or joins it if it exists). Each protocol's
-//! client side is its own scenario's (`room`, `ccm::wire`, `matou::wire`, `ocm::wire`,
-//! `ocm::udp`); the lobby adds its names, its stamp and the ROOM line reader ([`wire`]), its
-//! ledger ([`ledger`]) and its report ([`report`]).
+//! Who is in the lobby: ROOM members past their alias, signed-in MATOU users, identified CCM users,
+//! WEB users at their `welcome` (their `say` is a masked WebSocket frame, their lobby messages
+//! JSON, read with [`crate::web::ws`]), and the members of the OCM room the server calls its lobby
+//! (`--ocm-room`, `lobby` by default; the run's first OCM member creates it, or joins it if it
+//! exists). Each protocol's client side is its own scenario's (`room`, `ccm::wire`, `matou::wire`,
+//! `ocm::wire`, `ocm::udp`); the lobby adds its names, its stamp and the ROOM line reader
+//! ([`wire`]), its ledger ([`ledger`]) and its report ([`report`]).
 //!
 //! Phases, all bounded in time: ramp-up (every member connects at `--connect-rate` and joins;
 //! the OCM members but the first wait for the lobby room to exist), send (the plan, over every
@@ -50,7 +51,8 @@ use crate::registry::{InMix, Named, Row, RowSource, ScenarioKind};
 use crate::report::Ran;
 use crate::sockio::{Queued, SendLags};
 use crate::stats::{ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
-use ledger::{Kind, Ledger, PairCounts, PairLatencies, KINDS};
+use crate::web::{self, ws};
+use ledger::{Kind, Ledger, PairCounts, PairLatencies, KINDS, KIND_COUNT};
 use wire::{Read, RoomItem, RoomStage, Stamp};
 
 /// Most members of one protocol (chatd's OCM room holds at most 1,000 members).
@@ -72,8 +74,10 @@ pub struct LobbyConfig {
     pub ccm_target: SocketAddr,
     pub ocm_tcp_target: SocketAddr,
     pub ocm_udp_target: SocketAddr,
+    /// chatd's web listener (its WebSocket at `/ws`).
+    pub web_target: SocketAddr,
     /// Members of each protocol, by [`Kind::index`].
-    pub members: [usize; 4],
+    pub members: [usize; KIND_COUNT],
     /// The OCM room chatd's lobby is made of (its `--lobby-ocm-room`).
     pub ocm_room: String,
     /// Bytes of every lobby text: the stamp, padded.
@@ -103,6 +107,7 @@ impl LobbyConfig {
             Kind::Matou => self.matou_target,
             Kind::Ccm => self.ccm_target,
             Kind::Ocm => self.ocm_tcp_target,
+            Kind::Web => self.web_target,
         }
     }
 }
@@ -110,16 +115,16 @@ impl LobbyConfig {
 /// Everything measured, raw; the report computes the figures.
 #[derive(Debug)]
 pub struct LobbyOutcome {
-    pub requested: [usize; 4],
-    pub joined: [usize; 4],
+    pub requested: [usize; KIND_COUNT],
+    pub joined: [usize; KIND_COUNT],
     pub ran: Ran,
     pub latency: PairLatencies,
     pub connect: LatencyHistogram,
     pub own: OwnLags,
     /// `[origin][destination]`.
-    pub pairs: [[PairCounts; 4]; 4],
-    pub expected: [[u64; 4]; 4],
-    pub undelivered: [[u64; 4]; 4],
+    pub pairs: [[PairCounts; KIND_COUNT]; KIND_COUNT],
+    pub expected: [[u64; KIND_COUNT]; KIND_COUNT],
+    pub undelivered: [[u64; KIND_COUNT]; KIND_COUNT],
     pub delivered_in_window: u64,
     /// Lobby texts that are not this run's (another client's, another run's).
     pub foreign_messages: u64,
@@ -140,6 +145,8 @@ pub struct Member {
     /// OCM: the UDP socket it chats from, and the TCRP operation it asks for.
     udp: Option<UdpSocket>,
     ocm_operation: u8,
+    /// WEB: its frame reader, masking keys and notices.
+    web: Option<web::Conn>,
     /// It joined the lobby at some point (it may have failed since).
     ever_joined: bool,
     /// Its next message's number: consecutive over the messages it queued.
@@ -201,7 +208,7 @@ impl ScenarioKind for Lobby {
     fn start(cfg: &LobbyConfig) -> Result<Run<'_>, RunError> {
         let kinds = interleave(cfg.members);
         let ocm_first = kinds.iter().position(|&k| k == Kind::Ocm);
-        let mut numbers = [0usize; 4];
+        let mut numbers = [0usize; KIND_COUNT];
         let members: Vec<Member> = (kinds.iter().enumerate())
             .map(|(u, &kind)| {
                 let number = numbers[kind.index()];
@@ -219,6 +226,7 @@ impl ScenarioKind for Lobby {
                     } else {
                         ocm_codec::OPERATION_JOIN
                     },
+                    web: (kind == Kind::Web).then(|| web::Conn::new(u as u32)),
                     ever_joined: false,
                     next_seq: 0,
                 }
@@ -291,8 +299,12 @@ impl ScenarioKind for Lobby {
         cfg.pace.progress
     }
     fn unreachable(cfg: &LobbyConfig) -> String {
+        let web = match cfg.members[Kind::Web.index()] {
+            0 => String::new(),
+            _ => format!(", WEB {}", cfg.web_target),
+        };
         format!(
-            "no member could join the lobby (ROOM {}, MATOU {}, CCM {}, OCM {})",
+            "no member could join the lobby (ROOM {}, MATOU {}, CCM {}, OCM {}{web})",
             cfg.room_target, cfg.matou_target, cfg.ccm_target, cfg.ocm_tcp_target
         )
     }
@@ -317,28 +329,49 @@ impl InMix for Lobby {
 
 /// `room-to-ccm`, ...: a pair's histogram name.
 pub fn pair_name(origin: Kind, destination: Kind) -> &'static str {
-    const NAMES: [[&str; 4]; 4] = [
+    const NAMES: [[&str; KIND_COUNT]; KIND_COUNT] = [
         [
             "room-to-room",
             "room-to-matou",
             "room-to-ccm",
             "room-to-ocm",
+            "room-to-web",
         ],
         [
             "matou-to-room",
             "matou-to-matou",
             "matou-to-ccm",
             "matou-to-ocm",
+            "matou-to-web",
         ],
-        ["ccm-to-room", "ccm-to-matou", "ccm-to-ccm", "ccm-to-ocm"],
-        ["ocm-to-room", "ocm-to-matou", "ocm-to-ccm", "ocm-to-ocm"],
+        [
+            "ccm-to-room",
+            "ccm-to-matou",
+            "ccm-to-ccm",
+            "ccm-to-ocm",
+            "ccm-to-web",
+        ],
+        [
+            "ocm-to-room",
+            "ocm-to-matou",
+            "ocm-to-ccm",
+            "ocm-to-ocm",
+            "ocm-to-web",
+        ],
+        [
+            "web-to-room",
+            "web-to-matou",
+            "web-to-ccm",
+            "web-to-ocm",
+            "web-to-web",
+        ],
     ];
     NAMES[origin.index()][destination.index()]
 }
 
 /// The members' protocols in lobby order: round-robin over the protocols while each has some
 /// left, so consecutive senders of the plan (and the ramp-up) alternate protocols.
-pub fn interleave(counts: [usize; 4]) -> Vec<Kind> {
+pub fn interleave(counts: [usize; KIND_COUNT]) -> Vec<Kind> {
     let mut left = counts;
     let mut kinds = Vec::with_capacity(counts.iter().sum());
     while left.iter().any(|&n| n > 0) {
@@ -371,6 +404,9 @@ impl Wire for Part<'_> {
             Kind::Matou => (member.conn.out).extend(&matou_wire::connect_request(&member.name)),
             Kind::Ccm => member.conn.out.extend(&ccm_wire::identify(&member.name)),
             Kind::Ocm => run.open_udp_and_request(u)?,
+            Kind::Web => {
+                (member.conn.out).extend(&ws::upgrade_request(&run.p.cfg.web_target.to_string()))
+            }
         }
         Ok(())
     }
@@ -392,6 +428,7 @@ impl Wire for Part<'_> {
             Kind::Ocm => ocm_codec::decode_answer(inbuf, TCRP_ANSWER_BYTES_MAX)
                 .map(|a| a.map(Message::Tcrp))
                 .map_err(|e| format!("TCRP answer: {e:?}")),
+            Kind::Web => Ok(None), // never called: `on_read` reads its frames where they are
         }
     }
     fn on_message(run: &mut Run<'_>, u: usize, message: Message, now_us: u64) {
@@ -400,6 +437,15 @@ impl Wire for Part<'_> {
             Message::Matou(incoming) => run.on_matou(u, incoming, now_us),
             Message::Ccm(message) => run.on_ccm(u, &message, now_us),
             Message::Tcrp(answer) => run.on_tcrp(u, &answer, now_us),
+        }
+    }
+    /// A WEB member's frames are read where they are ([`Run::on_web_bytes`]); the others'
+    /// bytes are decoded message by message.
+    fn on_read(run: &mut Run<'_>, u: usize, n: usize, now_us: u64) -> bool {
+        if run.clients[u].kind == Kind::Web {
+            run.on_web_bytes(u, n, now_us)
+        } else {
+            run.decode_read(u, n, now_us)
         }
     }
     fn on_drained(run: &mut Run<'_>, u: usize) {
@@ -455,6 +501,7 @@ impl Wire for Part<'_> {
         run.send_planned(now_us, |run, u, due, plan| {
             let cfg = run.p.cfg;
             let text = &mut run.p.text_buf[..cfg.message_bytes];
+            let key = (run.clients[u].web.as_mut()).map_or([0; 4], |w| w.keys.next_key());
             let member = &run.clients[u];
             let stamp = Stamp {
                 run_id: cfg.run_id,
@@ -479,6 +526,12 @@ impl Wire for Part<'_> {
                 }
                 Kind::Matou => matou_wire::public_message(text),
                 Kind::Ccm => ccm_wire::text(&member.token, "*", text),
+                Kind::Web => {
+                    let mut json = ws::SAY_OPEN.to_vec();
+                    json.extend_from_slice(text);
+                    json.extend_from_slice(b"\"}");
+                    Bytes::from(ws::client_frame(ws::TEXT, &json, key))
+                }
                 Kind::Ocm => {
                     plan.record_lateness(due, &mut run.own.schedule_lateness);
                     let datagram = ocm_wire::datagram(&cfg.ocm_room, &member.token, text);
@@ -796,6 +849,68 @@ impl Run<'_> {
         }
     }
 
+    /// WEB member `u` read `io.read_buf[..n]`: the upgrade's answer, then frames. It signs in
+    /// once upgraded and is in at its `welcome`; every `lobby` message is a delivery; pings are
+    /// answered. False when it failed.
+    fn on_web_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
+        use ws::Event;
+        // Out of the run while the events are handled, which need the run; both go back.
+        let (Some(mut web), read_buf) = (
+            self.clients[u].web.take(),
+            std::mem::take(&mut self.io.read_buf),
+        ) else {
+            return false;
+        };
+        let result = web.reader.feed(&read_buf[..n], |event| {
+            let stage = self.clients[u].stage;
+            if matches!(stage, Stage::Failed | Stage::Closed) {
+                return;
+            }
+            match event {
+                Event::Upgraded => {
+                    let member = &mut self.clients[u];
+                    let signin = ws::signin(&member.name, web.keys.next_key());
+                    member.conn.out.extend(&signin);
+                }
+                Event::Welcome if stage == Stage::Greeting => self.joined(u, now_us),
+                Event::Lobby { from, text, .. } if stage == Stage::Joined => {
+                    let from = SenderName::Exact(from.as_bytes());
+                    self.on_delivery(u, from, text.as_bytes(), now_us);
+                }
+                Event::Joined | Event::Left => self.p.presence_notices += 1,
+                Event::Ping(payload) => {
+                    let pong = ws::pong(payload, web.keys.next_key());
+                    self.clients[u].conn.out.extend(&pong);
+                }
+                Event::Pong => {}
+                Event::Refused(reason) if stage == Stage::Greeting => {
+                    let why = format!("sign-in refused: {reason}");
+                    self.fail(u, ErrorKind::Connect, why);
+                }
+                Event::Closed(code) => {
+                    let why = format!("the server closed the WebSocket ({code})");
+                    self.lost(u, why);
+                }
+                other => {
+                    let name = &self.clients[u].name;
+                    self.errors.count(ErrorKind::Protocol, || {
+                        format!("WEB member {name}: unexpected {other:?}")
+                    });
+                }
+            }
+        });
+        self.io.read_buf = read_buf;
+        self.clients[u].web = Some(web);
+        if let Err(why) = result {
+            self.fail(
+                u,
+                ErrorKind::Protocol,
+                format!("not a WebSocket stream: {why}"),
+            );
+        }
+        matches!(self.clients[u].stage, Stage::Greeting | Stage::Joined)
+    }
+
     /// One lobby text reached member `r`: checked against its sender and the plan, then
     /// accounted for and timed by (origin, destination) pair.
     fn on_delivery(&mut self, r: usize, named: SenderName<'_>, text: &[u8], now_us: u64) {
@@ -878,8 +993,8 @@ impl Run<'_> {
         self.send_exits();
         let undelivered = self.p.ledger.undelivered();
         let expected = self.p.ledger.expected();
-        let mut requested = [0usize; 4];
-        let mut joined = [0usize; 4];
+        let mut requested = [0usize; KIND_COUNT];
+        let mut joined = [0usize; KIND_COUNT];
         for u in 0..self.clients.len() {
             let member = &mut self.clients[u];
             requested[member.kind.index()] += 1;

@@ -19,6 +19,9 @@ pub struct Settings {
     pub matou: usize,
     pub ccm: usize,
     pub ocm: usize,
+    /// Only with WEB members (the report of a run without them is as before WEB).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub web: usize,
     pub ocm_room: String,
     pub senders: u32,
     /// Lobby messages per second over all senders together.
@@ -76,6 +79,12 @@ pub struct Targets {
     pub ccm: String,
     pub ocm_tcp: String,
     pub ocm_udp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The lobby's targets, settings and joins, per protocol and in all.
@@ -183,6 +192,7 @@ impl Report {
                     .to_string(),
             );
         }
+        let web = cfg.members[Kind::Web.index()];
         let head = Head {
             targets: Targets {
                 room: cfg.room_target.to_string(),
@@ -190,12 +200,14 @@ impl Report {
                 ccm: cfg.ccm_target.to_string(),
                 ocm_tcp: cfg.ocm_tcp_target.to_string(),
                 ocm_udp: cfg.ocm_udp_target.to_string(),
+                web: (web > 0).then(|| cfg.web_target.to_string()),
             },
             settings: Settings {
                 room: cfg.members[Kind::Room.index()],
                 matou: cfg.members[Kind::Matou.index()],
                 ccm: cfg.members[Kind::Ccm.index()],
                 ocm: cfg.members[Kind::Ocm.index()],
+                web,
                 ocm_room: cfg.ocm_room.clone(),
                 senders: plan.senders,
                 rate_per_s: cfg.pace.rate_per_s,
@@ -206,6 +218,7 @@ impl Report {
                 ids: RunIds::new(seed, strict, Some(cfg.run_id)),
             },
             members: (KINDS.iter())
+                .filter(|&&kind| kind != Kind::Web || web > 0)
                 .map(|&kind| Members {
                     protocol: kind,
                     requested: run.requested[kind.index()],
@@ -264,8 +277,16 @@ impl Sections for Lobby {
         let s = &r.head.settings;
         out.scenario(
             format!(
-                "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {} (room {:?})",
-                s.room, s.matou, s.ccm, s.ocm, s.ocm_room
+                "LOBBY: ROOM {}, MATOU {}, CCM {}, OCM {}{} (room {:?})",
+                s.room,
+                s.matou,
+                s.ccm,
+                s.ocm,
+                match s.web {
+                    0 => String::new(),
+                    n => format!(", WEB {n}"),
+                },
+                s.ocm_room
             ),
             s.senders,
             format!(

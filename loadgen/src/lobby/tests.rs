@@ -34,8 +34,8 @@ fn run_against_chatd(isolate: bool, per_protocol: usize, drain_us: u64) -> Repor
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
         ocm_relay_port: None,
-        // Not the default 8080: tests run side by side.
-        web_port: None,
+        // An ephemeral port, not the default 8080: tests run side by side.
+        web_port: Some(0),
         data_dir: data.0.clone(),
         isolate,
         ..Config::default()
@@ -48,7 +48,8 @@ fn run_against_chatd(isolate: bool, per_protocol: usize, drain_us: u64) -> Repor
         ccm_target: tcp(ProtocolKind::Ccm),
         ocm_tcp_target: tcp(ProtocolKind::Ocm),
         ocm_udp_target: server.local_udp_addr(UdpKind::OcmChat).unwrap(),
-        members: [per_protocol; 4],
+        web_target: tcp(ProtocolKind::Web),
+        members: [per_protocol; 5],
         ocm_room: "lobby".to_string(),
         message_bytes: 80,
         recv_buffer_bytes: 1 << 20,
@@ -80,13 +81,13 @@ fn run_against_chatd(isolate: bool, per_protocol: usize, drain_us: u64) -> Repor
 fn every_protocol_reaches_every_other_in_the_lobby_and_nothing_is_lost() {
     let report = run_against_chatd(false, 4, 3_000_000);
     let text = report.to_text();
-    assert_eq!(report.head.connections.joined, 16, "{text}");
+    assert_eq!(report.head.connections.joined, 20, "{text}");
     assert_eq!(report.errors.connect + report.errors.protocol, 0, "{text}");
     assert_eq!(report.errors.read + report.errors.write, 0, "{text}");
     assert_eq!(report.figures.losses.total, 0, "{text}");
     assert_eq!(report.figures.duplicates_or_reorders, 0, "{text}");
     assert_eq!(report.not_sent.total, 0, "{text}");
-    assert_eq!(report.figures.pairs.len(), 16, "{text}");
+    assert_eq!(report.figures.pairs.len(), 25, "{text}");
     for origin in KINDS {
         for destination in KINDS {
             let pair = report.pair(origin, destination).unwrap();
@@ -95,7 +96,8 @@ fn every_protocol_reaches_every_other_in_the_lobby_and_nothing_is_lost() {
             assert!(pair.latency_ms.count > 0, "{text}");
         }
     }
-    // 4 members each: a CCM (or OCM) message reaches 15 members, a ROOM (or MATOU) one 16.
+    // 4 members each: a CCM (or OCM) message reaches 19 members, a ROOM (or MATOU, or WEB)
+    // one 20.
     let room_to_room = report.pair(Kind::Room, Kind::Room).unwrap();
     let room_to_ccm = report.pair(Kind::Room, Kind::Ccm).unwrap();
     assert_eq!(room_to_room.expected, room_to_ccm.expected, "{text}");
@@ -112,13 +114,22 @@ fn every_protocol_reaches_every_other_in_the_lobby_and_nothing_is_lost() {
     assert_eq!(report.outcome.exit_code, 0, "{text}");
     assert!(text.contains("cross-protocol"), "{text}");
     assert!(text.contains("matou -> ocm"), "{text}");
+    assert!(
+        text.contains("web -> room") && text.contains("ocm -> web"),
+        "{text}"
+    );
+    let web_to_web = report.pair(Kind::Web, Kind::Web).unwrap();
+    assert_eq!(
+        web_to_web.expected, room_to_room.expected,
+        "WEB echoes: {text}"
+    );
 }
 
 #[test]
 fn with_the_switchboard_off_every_cross_protocol_delivery_is_lost() {
     let report = run_against_chatd(true, 2, 300_000);
     let text = report.to_text();
-    assert_eq!(report.head.connections.joined, 8, "{text}");
+    assert_eq!(report.head.connections.joined, 10, "{text}");
     for origin in KINDS {
         for destination in KINDS {
             let pair = report.pair(origin, destination).unwrap();

@@ -35,6 +35,7 @@ pub fn member_name(kind: Kind, run_id: u32, number: usize) -> String {
         Kind::Matou => 'm',
         Kind::Ccm => 'c',
         Kind::Ocm => 'o',
+        Kind::Web => 'w',
     };
     format!("ly{letter}{run_id:08x}{:05}", number + 1)
 }

@@ -28,6 +28,8 @@ struct Behaviour {
     mute_host_leave: bool,
     /// Answer every create with 400 (as if the room existed).
     refuse_creates: bool,
+    /// Never answer a join (the connection stays open until the client closes it).
+    mute_joins: bool,
 }
 
 struct Member {
@@ -82,6 +84,10 @@ fn serve_tcrp(mut conn: StdStream, state: &Mutex<State>, b: Behaviour) {
             _ => return,
         }
     };
+    if b.mute_joins && request.operation == c::OPERATION_JOIN {
+        while let Ok(1..) = conn.read(&mut chunk) {}
+        return;
+    }
     let room = String::from_utf8(request.room.to_vec()).unwrap();
     let payload = json::parse_request(std::str::from_utf8(&request.payload).unwrap()).unwrap();
     let room_chars = room.chars().count() as u8;
@@ -321,4 +327,26 @@ fn refused_creates_and_no_server_are_unreachable() {
         .local_addr()
         .unwrap();
     assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
+}
+
+/// Guests join once their room exists, outside the hosts' order: a join that is never answered
+/// must still end the rooms phase at its deadline (10 s), not keep the run waiting.
+#[test]
+fn unanswered_joins_time_out_with_the_rooms_phase() {
+    let server = spawn_server(Behaviour {
+        mute_joins: true,
+        ..Behaviour::default()
+    });
+    let mut cfg = config(&server);
+    cfg.rooms = 2;
+    cfg.members = 3;
+    let run = run(&cfg).unwrap();
+    assert_eq!((run.rooms_created, run.members_joined), (2, 2));
+    assert_eq!(run.ran.errors.connect, 4, "{:?}", run.ran.errors.first);
+    let (_, first) = &run.ran.errors.first[0];
+    assert!(
+        first.ends_with(": timed out before its TCRP answer"),
+        "{first}"
+    );
+    assert!(run.ran.ramp_us >= 10_000_000, "{}", run.ran.ramp_us);
 }

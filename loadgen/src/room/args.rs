@@ -10,8 +10,9 @@ use crate::args::{resolve_loopback, Pace};
 use crate::matou;
 use crate::mix::{senders_for, MixShare, Setup};
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
-use crate::registry::{ScenarioArgs, Single};
+use crate::registry::{InMix, ScenarioArgs, Single};
 use crate::room::{self, RoomConfig, Wire};
+use crate::web;
 use crate::{check_common, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, SENDERS_MAX};
 
 /// RESP channel names: short, as real ones are; the name is in every message on the wire.
@@ -49,7 +50,7 @@ pub(crate) struct RespArgs {
     fanout: FanoutArgs,
 }
 
-/// The fan-out shape, shared by ROOM and RESP so both run the same scenario.
+/// The fan-out shape, shared by ROOM, RESP and WEB so all run the same scenario.
 #[derive(Args, Debug)]
 pub(crate) struct FanoutArgs {
     /// Connections (room members, channel subscribers) to open, at most 10000. RESP opens one
@@ -111,8 +112,12 @@ impl ScenarioArgs for RespArgs {
     }
 }
 
-/// ROOM, or the same scenario against Redis (RESP).
-fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room::Room>, String> {
+/// ROOM, or the same scenario against Redis (RESP) or chatd's WebSocket lobby (WEB).
+pub(crate) fn fanout_config(
+    wire: Wire,
+    port: u16,
+    args: &FanoutArgs,
+) -> Result<Single<room::Room>, String> {
     let common = &args.common;
     check_common(common)?;
     let clients = args.clients as usize;
@@ -122,17 +127,21 @@ fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room
             "--senders ({senders}) cannot exceed --clients ({clients})"
         ));
     }
-    if !(MESSAGE_BYTES_MIN..=MESSAGE_BYTES_MAX).contains(&args.payload_bytes)
+    let max = match wire {
+        Wire::Web => web::args::MESSAGE_BYTES_MAX,
+        _ => MESSAGE_BYTES_MAX,
+    };
+    if !(MESSAGE_BYTES_MIN..=max).contains(&args.payload_bytes)
         || args.payload_bytes - ALIAS_PREFIX_LEN > RECORD_LEN_MAX
     {
         return Err(format!(
             "--payload-bytes must be between {MESSAGE_BYTES_MIN} (the alias prefix and the \
-             stamp) and {MESSAGE_BYTES_MAX}"
+             stamp) and {max}"
         ));
     }
     let target = resolve_loopback(&common.host, port)?;
     let publishers = match wire {
-        Wire::Room => 0,
+        Wire::Room | Wire::Web => 0,
         Wire::Resp { .. } => senders,
     };
     let pace = Pace::single(common, args.rate, ROOM_DRAIN_DEFAULT);
@@ -140,6 +149,7 @@ fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room
     let server = match cfg.wire {
         Wire::Room => "ROOM",
         Wire::Resp { .. } => "RESP (Redis pub/sub)",
+        Wire::Web => "WEB",
     };
     let title = format!(
         "{server}: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
@@ -152,21 +162,25 @@ fn fanout_config(wire: Wire, port: u16, args: &FanoutArgs) -> Result<Single<room
 /// This scenario's share of `loadgen mix`, checked and turned into its config; also the
 /// descriptors it needs.
 pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
+    fanout_in_mix::<room::Room>(m, Wire::Room, m.args.room_port, MESSAGE_BYTES_MAX)
+}
+
+/// A fan-out's share of the mix (ROOM's, WEB's) on `port`, its messages at most `bytes_max`.
+pub(crate) fn fanout_in_mix<K: InMix<Config = RoomConfig> + 'static>(
+    m: &MixShare<'_>,
+    wire: Wire,
+    port: u16,
+    bytes_max: usize,
+) -> Result<(Setup, u64), String> {
     let (args, clients, rate) = (m.args, m.clients, m.rate);
     let (common, bytes) = (&args.common, args.payload_bytes);
-    m.check_bytes(MESSAGE_BYTES_MIN, MESSAGE_BYTES_MAX)?;
+    m.check_bytes(MESSAGE_BYTES_MIN, bytes_max)?;
     m.check_fanout(rate * clients as u64, matou::DELIVERIES_PER_S_MAX)?;
-    let target = resolve_loopback(&common.host, args.room_port)?;
+    let target = resolve_loopback(&common.host, port)?;
     let pace = m.pace(ROOM_DRAIN_DEFAULT);
-    let cfg = build(
-        Wire::Room,
-        target,
-        clients,
-        senders_for(clients),
-        bytes,
-        pace,
-    );
-    Ok((Setup::of::<room::Room>(cfg), clients as u64))
+    let senders = senders_for(clients);
+    let cfg = build(wire, target, clients, senders, bytes, pace);
+    Ok((Setup::of::<K>(cfg), clients as u64))
 }
 
 /// The scenario's config, from the subcommand's flags or from its share of the mix.

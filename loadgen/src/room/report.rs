@@ -69,7 +69,15 @@ impl Report {
                 run.publish_replies
             ));
         }
-        if run.ran.errors.protocol > 0 && !resp {
+        if run.ran.errors.protocol > 0 && cfg.wire == Wire::Web {
+            notes.push(
+                "WEB: chatd answers `error rate-limited` to a web user's messages beyond its \
+                 --web-messages-per-s-max (default 20/s): each sender here sends --rate / \
+                 --senders per second"
+                    .to_string(),
+            );
+        }
+        if run.ran.errors.protocol > 0 && cfg.wire == Wire::Room {
             notes.push(
                 "malformed records: ROOM relays what one read returned, so a message the server \
                  read in two pieces can reach members with another sender's chunk in between \
@@ -100,7 +108,11 @@ impl Report {
             notices: run.notices,
             incomplete_bytes_at_end: run.incomplete_bytes_at_end,
         };
-        let scenario = if resp { "resp" } else { "room" };
+        let scenario = match cfg.wire {
+            Wire::Room => "room",
+            Wire::Resp { .. } => "resp",
+            Wire::Web => "web",
+        };
         shared.report(scenario, (head, figures, others), notes, verdict, outcome)
     }
 }
