@@ -172,7 +172,14 @@ impl Services {
         now_ms: u64,
         wake: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
-        Services::build(config, now_ms, wake, OfflineStore::open)
+        Services::build(config, now_ms, wake, |store_config, wake| {
+            // In a cluster the store is shared through Redis: a user finds his stored frames
+            // on whatever node he logs in to next.
+            match &config.cluster {
+                Some(cluster) => crate::cluster::offline::open(store_config, cluster, wake),
+                None => OfflineStore::open(store_config, wake),
+            }
+        })
     }
 
     /// As [`Services::new`], with BIN24's offline store in memory (redb's in-memory backend)
