@@ -369,3 +369,105 @@ fn the_per_user_limits_hold_across_nodes_with_507() {
     let usage = redis.query_int(&[b"HGET", b"switchboard:bin24-usage", b"yan"]);
     assert_eq!(usage, 84);
 }
+
+/// The store's script on a real Redis, batch by batch (`eval_batch` runs one as the storage
+/// thread does): a batch run again after its answer was lost returns what it did and stores
+/// nothing twice; an older batch does nothing; the per-user and whole-store limits; loads a
+/// page at a time; removes by id, once, and a stream left empty is deleted.
+#[test]
+fn the_store_script_applies_a_batch_once_ignores_a_stale_one_and_loads_in_pages() {
+    use bytes::Bytes;
+    use switchboard::cluster::offline::eval_batch;
+    use switchboard::store::{StoreEvent, StoreRequest};
+    let Some(redis) = Redis::start_durable() else {
+        return;
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    // 3 frames and 1000 bytes per user, 4 frames and 1 MB in all.
+    let limits = [3, 1000, 4, 1_000_000];
+    let append = |ticket, user: &str, frame: &'static str| StoreRequest::Append {
+        ticket,
+        user: user.as_bytes().to_vec(),
+        frame: Bytes::from_static(frame.as_bytes()),
+    };
+    let appended = |ticket, seq| Some(StoreEvent::Appended { ticket, seq });
+    let first = [
+        append(1, "ann", "aaaa"),
+        append(2, "bob", "bb"),
+        append(3, "ann", "cccc"),
+    ];
+    let want = (
+        vec![appended(1, 1), appended(2, 2), appended(3, 3)],
+        [3, 10, 2],
+    );
+    assert_eq!(eval_batch(&mut conn, "t", 1, limits, &first).unwrap(), want);
+    // Its answer lost, the same batch again: the same answers, nothing stored twice.
+    assert_eq!(eval_batch(&mut conn, "t", 1, limits, &first).unwrap(), want);
+    assert_eq!(stored(&redis, "ann"), 2);
+    // A copy of an older batch that Redis reads late does nothing.
+    assert!(eval_batch(&mut conn, "t", 0, limits, &first).is_err());
+    assert_eq!(stored(&redis, "ann"), 2);
+
+    let second = [
+        append(4, "ann", "dd"),
+        append(5, "ann", "ee"), // ann has 3 frames: full
+        append(6, "carl", "x"), // 4 frames in all: the store is full
+    ];
+    let full = |ticket| Some(StoreEvent::Full { ticket });
+    assert_eq!(
+        eval_batch(&mut conn, "t", 2, limits, &second).unwrap(),
+        (vec![appended(4, 4), full(5), full(6)], [4, 12, 2])
+    );
+
+    let load = |ticket, after_seq, bytes_max| StoreRequest::Load {
+        ticket,
+        user: b"ann".to_vec(),
+        after_seq,
+        bytes_max,
+    };
+    let page = |ticket, frames: &[(u64, &'static str)], more| {
+        Some(StoreEvent::Loaded {
+            ticket,
+            user: b"ann".to_vec(),
+            frames: frames
+                .iter()
+                .map(|&(seq, f)| (seq, Bytes::from_static(f.as_bytes())))
+                .collect(),
+            more,
+        })
+    };
+    let loads = [load(7, 0, 8), load(8, 3, 8), load(9, 0, 1), load(10, 4, 8)];
+    assert_eq!(
+        eval_batch(&mut conn, "t", 3, limits, &loads).unwrap().0,
+        vec![
+            page(7, &[(1, "aaaa"), (3, "cccc")], true),
+            page(8, &[(4, "dd")], false),
+            // A page smaller than one frame still carries that frame.
+            page(9, &[(1, "aaaa")], true),
+            page(10, &[], false),
+        ]
+    );
+
+    let remove = |user: &str, seqs: Vec<u64>| StoreRequest::Remove {
+        user: user.as_bytes().to_vec(),
+        seqs,
+    };
+    // Seq 2 is bob's, 99 nobody's: a remove for ann leaves them alone.
+    let removes = [remove("ann", vec![1, 2, 99]), remove("bob", vec![2])];
+    let want = (vec![None, None], [2, 6, 1]);
+    assert_eq!(
+        eval_batch(&mut conn, "t", 4, limits, &removes).unwrap(),
+        want
+    );
+    assert_eq!(
+        eval_batch(&mut conn, "t", 5, limits, &removes).unwrap(),
+        want
+    );
+    assert_eq!(stored(&redis, "ann"), 2);
+    assert_eq!(redis.query_int(&[b"EXISTS", b"switchboard:bin24:bob"]), 0);
+    assert_eq!(
+        redis.query_int(&[b"HEXISTS", b"switchboard:bin24-usage", b"bob"]),
+        0
+    );
+}

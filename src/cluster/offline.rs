@@ -10,6 +10,8 @@
 //! In Redis: a stream per recipient, `switchboard:bin24:<name>`, each entry one stored frame
 //! (field `f`, already type 2) with the id `0-<seq>`, `seq` from the counter
 //! `switchboard:bin24-seq` (so an id is never handed out twice, whichever node stores); the
+//! stream of a user with nothing stored is deleted (the counter, not the stream, numbers the
+//! entries, so a stream made again never reuses an id); the
 //! hash `switchboard:bin24-usage` holds each user's stored bytes (field: the name; a user with
 //! none has no field), and `switchboard:bin24-total` the frames and bytes of all users. A
 //! user's frame count is his stream's length.
@@ -138,6 +140,7 @@ for i = 5, #KEYS do
       end
     end
     a = a + 3 + n
+    if redis.call('XLEN', key) == 0 then redis.call('DEL', key) end
     out[#out + 1] = 0
   end
 end
@@ -331,32 +334,39 @@ impl RedisWorker {
     }
 
     fn event_of(&self, request: StoreRequest, answer: Answer) -> Option<StoreEvent> {
-        match (request, answer) {
-            (StoreRequest::Append { ticket, .. }, Answer::Appended(seq)) => {
-                Some(StoreEvent::Appended { ticket, seq })
-            }
-            (StoreRequest::Append { ticket, .. }, Answer::Full { whole_store }) => {
-                if whole_store {
-                    self.shared.count_store_full();
-                }
-                Some(StoreEvent::Full { ticket })
-            }
-            (StoreRequest::Load { ticket, user, .. }, Answer::Loaded { frames, more }) => {
-                Some(StoreEvent::Loaded {
-                    ticket,
-                    user,
-                    frames,
-                    more,
-                })
-            }
-            (StoreRequest::Remove { .. }, Answer::Removed) => None,
-            (request, answer) => failed_event(
-                &request,
-                &format!("Redis answered {answer:?} to {request:?}"),
-            ),
+        if matches!(answer, Answer::Full { whole_store: true }) {
+            self.shared.count_store_full();
         }
+        event_for(request, answer)
     }
+}
 
+/// The event answering `request`, given what the script did for it (a remove has none).
+fn event_for(request: StoreRequest, answer: Answer) -> Option<StoreEvent> {
+    match (request, answer) {
+        (StoreRequest::Append { ticket, .. }, Answer::Appended(seq)) => {
+            Some(StoreEvent::Appended { ticket, seq })
+        }
+        (StoreRequest::Append { ticket, .. }, Answer::Full { .. }) => {
+            Some(StoreEvent::Full { ticket })
+        }
+        (StoreRequest::Load { ticket, user, .. }, Answer::Loaded { frames, more }) => {
+            Some(StoreEvent::Loaded {
+                ticket,
+                user,
+                frames,
+                more,
+            })
+        }
+        (StoreRequest::Remove { .. }, Answer::Removed) => None,
+        (request, answer) => failed_event(
+            &request,
+            &format!("Redis answered {answer:?} to {request:?}"),
+        ),
+    }
+}
+
+impl RedisWorker {
     /// The script's answers to `invocation`, tried again (the same batch) until Redis gives
     /// them: `Err` only once the front is closing and Redis stayed unreachable for
     /// [`CLOSING_RETRY`].
@@ -456,6 +466,35 @@ impl RedisWorker {
             .query(&mut conn)?;
         Ok((conn, sha))
     }
+}
+
+/// Runs `requests` as one batch numbered `batch` on `conn`, as the storage thread does
+/// (`EVAL` instead of `EVALSHA`, once, no retry), and returns each request's event (`None`
+/// for a remove) and the totals (frames, bytes, users). For tests of the script against a
+/// real Redis (tests/cluster_store.rs): a batch run twice, a stale one, pages, limits.
+#[doc(hidden)]
+pub fn eval_batch(
+    conn: &mut redis::Connection,
+    batch_key: &str,
+    batch: u64,
+    limits: [u64; 4],
+    requests: &[StoreRequest],
+) -> Result<(Vec<Option<StoreEvent>>, [u64; 3]), String> {
+    let runs: Vec<&StoreRequest> = requests.iter().collect();
+    let invocation = batch_invocation(batch_key, batch, limits, &runs);
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(BATCH_SCRIPT);
+    let value = invocation_with(&mut cmd, &invocation)
+        .query::<redis::Value>(conn)
+        .map_err(|e| e.to_string())?;
+    let (answers, totals) = decode_answers(value, requests.len())?;
+    let events = requests
+        .iter()
+        .cloned()
+        .zip(answers)
+        .map(|(request, answer)| event_for(request, answer))
+        .collect();
+    Ok((events, totals))
 }
 
 /// `Failed` for a request that has a ticket, or for a remove (its frames stay stored: they
