@@ -471,3 +471,85 @@ fn the_store_script_applies_a_batch_once_ignores_a_stale_one_and_loads_in_pages(
         0
     );
 }
+
+/// `name=value` from the environment, or `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Frames/s answered "300" by the node at `addr`: `senders` clients, each sending its share of
+/// `frames` to 100 users nobody holds, at most `window` unanswered each. Panics on any answer
+/// but "300", and past `deadline` (a bounded run).
+fn stored_per_s(node: &Chatd, frames: usize, senders: usize, window: usize) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..senders)
+        .map(|s| {
+            let (mut client, _) = log_in(node, &format!("bench{s}"));
+            let share = frames / senders + usize::from(s < frames % senders);
+            std::thread::spawn(move || {
+                let (mut sent, mut answered) = (0, 0);
+                while answered < share {
+                    while sent < share && sent - answered < window {
+                        client.send(&format!("off{}", sent % 100), "an offline message");
+                        sent += 1;
+                    }
+                    let frame = client.recv();
+                    assert_eq!(frame.body, codec::ANSWER_STORED, "{frame:?}");
+                    answered += 1;
+                    assert!(Instant::now() < deadline, "the run took over 120 s");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    frames as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Offline-store throughput, Redis (`--cluster`, AOF fsynced always) against redb (a node
+/// alone): frames/s answered "300", rounds alternating, on fresh stores. Not a check (ignored
+/// by default: a measurement for a quiet machine, docs/BENCHMARKS.md):
+///
+///     OFFLINE_STORE_BENCH_FRAMES=100000 OFFLINE_STORE_BENCH_ROUNDS=3 \
+///       cargo test --release --test cluster_store -- --ignored --nocapture offline_store_throughput
+///
+/// Also `OFFLINE_STORE_BENCH_SENDERS` (4) and `OFFLINE_STORE_BENCH_WINDOW` (unanswered per
+/// sender, 256).
+#[test]
+#[ignore]
+fn offline_store_throughput_redis_against_redb() {
+    let frames = env_or("OFFLINE_STORE_BENCH_FRAMES", 20_000);
+    let rounds = env_or("OFFLINE_STORE_BENCH_ROUNDS", 3);
+    let senders = env_or("OFFLINE_STORE_BENCH_SENDERS", 4).max(1);
+    let window = env_or("OFFLINE_STORE_BENCH_WINDOW", 256).max(1);
+    let (mut redb, mut in_redis) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let alone = Chatd::start(&["--bin24-port"], &[]);
+        redb.push(stored_per_s(&alone, frames, senders, window));
+        drop(alone);
+        let Some(redis) = Redis::start_durable() else {
+            return;
+        };
+        let node = redis.node("bench", &["--bin24-port"], &[]);
+        in_redis.push(stored_per_s(&node, frames, senders, window));
+        eprintln!(
+            "round {round}: redb {:.0} frames/s, Redis {:.0} frames/s",
+            redb[round], in_redis[round]
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "{frames} frames, {senders} senders, window {window}: median redb {:.0} frames/s, \
+         Redis (appendfsync always) {:.0} frames/s",
+        median(&mut redb),
+        median(&mut in_redis)
+    );
+}

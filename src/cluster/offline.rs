@@ -76,8 +76,22 @@ if record then
     for s in string.gmatch(rest, '[-%d]+') do prior[#prior + 1] = tonumber(s) end
   end
 end
+local function int(n) return string.format('%d', n) end
 local fpu, bpu, fmax, bmax = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local usage, total = KEYS[3], KEYS[4]
+local tf = tonumber(redis.call('HGET', total, 'frames') or '0')
+local tb = tonumber(redis.call('HGET', total, 'bytes') or '0')
+local seq0 = tonumber(redis.call('GET', KEYS[2]) or '0')
+local seq = seq0
+-- Each user's frames and bytes, read once per batch, written back once at its end.
+local frames, bytes, keys = {}, {}, {}
+local function user(name, key)
+  if frames[name] == nil then
+    frames[name] = redis.call('XLEN', key)
+    bytes[name] = tonumber(redis.call('HGET', usage, name) or '0')
+    keys[name] = key
+  end
+end
 local out = {}
 local appended = {}
 local a = 7
@@ -92,20 +106,20 @@ for i = 5, #KEYS do
       r = prior[#appended + 1] or -3
     else
       local len = #frame
-      local ub = tonumber(redis.call('HGET', usage, name) or '0')
-      local tf = tonumber(redis.call('HGET', total, 'frames') or '0')
-      local tb = tonumber(redis.call('HGET', total, 'bytes') or '0')
-      if redis.call('XLEN', key) >= fpu or ub + len > bpu then r = -1
+      user(name, key)
+      if frames[name] >= fpu or bytes[name] + len > bpu then r = -1
       elseif tf >= fmax or tb + len > bmax then r = -2
       else
-        r = redis.call('INCR', KEYS[2])
-        redis.call('XADD', key, '0-' .. r, 'f', frame)
-        redis.call('HINCRBY', usage, name, len)
-        redis.call('HINCRBY', total, 'frames', 1)
-        redis.call('HINCRBY', total, 'bytes', len)
+        seq = seq + 1
+        r = seq
+        redis.call('XADD', key, '0-' .. int(seq), 'f', frame)
+        frames[name] = frames[name] + 1
+        bytes[name] = bytes[name] + len
+        tf = tf + 1
+        tb = tb + len
       end
     end
-    appended[#appended + 1] = r
+    appended[#appended + 1] = int(r)
     out[#out + 1] = r
   elseif kind == 'L' then
     local start, limit = ARGV[a + 1], tonumber(ARGV[a + 2])
@@ -128,29 +142,37 @@ for i = 5, #KEYS do
     out[#out + 1] = page
   elseif kind == 'R' then
     local name, n = ARGV[a + 1], tonumber(ARGV[a + 2])
+    user(name, key)
     for j = 1, n do
       local id = '0-' .. ARGV[a + 2 + j]
       local e = redis.call('XRANGE', key, id, id)
       if #e > 0 then
         local len = #e[1][2][2]
         redis.call('XDEL', key, id)
-        if redis.call('HINCRBY', usage, name, -len) <= 0 then redis.call('HDEL', usage, name) end
-        redis.call('HINCRBY', total, 'frames', -1)
-        redis.call('HINCRBY', total, 'bytes', -len)
+        frames[name] = frames[name] - 1
+        bytes[name] = bytes[name] - len
+        tf = tf - 1
+        tb = tb - len
       end
     end
     a = a + 3 + n
-    if redis.call('XLEN', key) == 0 then redis.call('DEL', key) end
     out[#out + 1] = 0
   end
 end
+for name, key in pairs(keys) do
+  if frames[name] <= 0 then
+    redis.call('HDEL', usage, name)
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', usage, name, int(bytes[name]))
+  end
+end
+if seq > seq0 then redis.call('SET', KEYS[2], int(seq)) end
+redis.call('HSET', total, 'frames', int(tf), 'bytes', int(tb))
 if not prior then
   redis.call('SET', KEYS[1], ARGV[1] .. ':' .. table.concat(appended, ','), 'PX', ARGV[6])
 end
-out[#out + 1] = {
-  tonumber(redis.call('HGET', total, 'frames') or '0'),
-  tonumber(redis.call('HGET', total, 'bytes') or '0'),
-  redis.call('HLEN', usage)}
+out[#out + 1] = {tf, tb, redis.call('HLEN', usage)}
 return out
 "#;
 
