@@ -553,3 +553,54 @@ fn offline_store_throughput_redis_against_redb() {
         median(&mut in_redis)
     );
 }
+
+/// The sender's node's custody of a crossing frame writes to the shared store: bob's node B
+/// dies (SIGKILL) while bob's name still points at it, ana's message to him on A gets no
+/// answer from B, so after the ack timeout and the lease A stores it (in Redis) and answers
+/// "300"; bob, once his name is free, logs in on a third node C and gets it there.
+#[test]
+fn a_frame_kept_by_the_senders_node_after_its_custody_timer_reaches_the_recipient_on_a_third_node()
+{
+    let Some(redis) = Redis::start_durable() else {
+        return;
+    };
+    let flags = [
+        "--bin24-ack-timeout-ms",
+        "300",
+        "--cluster-lease-ms",
+        "1000",
+    ];
+    let a = redis.node("node-a", &["--bin24-port"], &flags);
+    let b = redis.node("node-b", &["--bin24-port"], &flags);
+    let c = redis.node("node-c", &["--bin24-port"], &flags);
+    let (mut ana, _) = log_in(&a, "ana");
+    let (bob, _) = log_in(&b, "bob");
+    drop(b); // SIGKILL: bob's key names B until it lapses
+    let sent = Instant::now();
+    let id = ana.send("bob", "kept by A");
+    assert_eq!(answer_to(&mut ana, id), codec::ANSWER_STORED);
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1300),
+        "not before the ack timeout and the lease: {waited:?}"
+    );
+    assert_eq!(stored(&redis, "bob"), 1);
+    drop(bob);
+
+    let (mut bob, mut got) = log_in(&c, "bob");
+    if got.is_empty() {
+        got.push(bob.recv());
+    }
+    let [frame] = &got[..] else {
+        panic!("one stored frame: {got:?}");
+    };
+    let header = (
+        frame.frame_type,
+        frame.message_id,
+        &frame.src[..],
+        &frame.body[..],
+    );
+    assert_eq!(header, (codec::TYPE_OFFLINE, id, "ana", &b"kept by A"[..]));
+    bob.answer(frame);
+    wait_stored(&redis, "bob", 0);
+}
