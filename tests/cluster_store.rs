@@ -604,3 +604,57 @@ fn a_frame_kept_by_the_senders_node_after_its_custody_timer_reaches_the_recipien
     bob.answer(frame);
     wait_stored(&redis, "bob", 0);
 }
+
+/// Rule 5 across nodes for stored frames: zed answers, on node B, a frame ana sent him from
+/// node A while nobody held his name (stored in Redis by A); B locates ana and her node hands
+/// her the answer, verbatim. With ana gone, an answer to her other stored frame goes nowhere
+/// and nothing else happens.
+#[test]
+fn an_answer_to_a_stored_frame_reaches_its_sender_on_another_node() {
+    let Some(redis) = Redis::start_durable() else {
+        return;
+    };
+    let a = redis.node("node-a", &["--bin24-port"], &[]);
+    let b = redis.node("node-b", &["--bin24-port"], &[]);
+    let (mut ana, _) = log_in(&a, "ana");
+    let first = ana.send("zed", "first");
+    assert_eq!(answer_to(&mut ana, first), codec::ANSWER_STORED);
+    let second = ana.send("zed", "second");
+    assert_eq!(answer_to(&mut ana, second), codec::ANSWER_STORED);
+
+    let (mut zed, mut got) = log_in(&b, "zed");
+    while got.len() < 2 {
+        got.push(zed.recv());
+    }
+    zed.answer_with(&got[0], b"200 thanks");
+    let answer = ana.recv();
+    let header = (
+        answer.frame_type,
+        answer.message_id,
+        &answer.src[..],
+        &answer.dst[..],
+        &answer.body[..],
+    );
+    assert_eq!(
+        header,
+        (codec::TYPE_ANSWER, first, "zed", "ana", &b"200 thanks"[..])
+    );
+    // Verbatim: the very bytes zed sent.
+    let sent = codec::encode(
+        codec::TYPE_ANSWER,
+        first,
+        common::bin24::name("zed"),
+        common::bin24::name("ana"),
+        b"200 thanks",
+    )
+    .unwrap();
+    assert_eq!(answer.raw, sent);
+
+    drop(ana);
+    zed.answer(&got[1]);
+    wait_stored(&redis, "zed", 0);
+    let (mut ana, stored_for_ana) = log_in(&a, "ana");
+    assert!(stored_for_ana.is_empty(), "{stored_for_ana:?}");
+    quiet(&mut ana, Duration::from_millis(200));
+    quiet(&mut zed, Duration::from_millis(50));
+}
