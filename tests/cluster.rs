@@ -993,7 +993,8 @@ fn bin24_quiet(client: &mut Bin24, quiet: Duration) {
 /// node B, who gets them in order, each once and verbatim, and answers; ana gets each answer
 /// verbatim. A message bob does not answer within the ack timeout (300 ms here) closes bob on
 /// B (rule 6) and ana gets "300"; the frame is kept in B's store and reaches bob (type 2) when
-/// he logs in there again. A name no node holds: stored on A, "300".
+/// he logs in there again, and his answer to it reaches ana on A. A name no node holds:
+/// stored on A, "300".
 #[test]
 fn a_bin24_message_to_a_user_on_another_node_is_answered_and_kept_when_unanswered() {
     use switchboard::protocol::bin24::codec;
@@ -1070,6 +1071,15 @@ fn a_bin24_message_to_a_user_on_another_node_is_answered_and_kept_when_unanswere
     assert_eq!(header, (codec::TYPE_OFFLINE, id, "ana", "bob"));
     assert_eq!(frame.body, b"unanswered");
     bob.answer(frame);
+    // Rule 5 across nodes: ana is not on B, so B locates her and A hands her bob's answer.
+    let answer = ana.recv();
+    let header = (
+        answer.frame_type,
+        answer.message_id,
+        &answer.src[..],
+        &answer.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_ANSWER, id, "bob", "ana"));
 
     // Nobody holds "zed": stored on A, "300".
     let id = ana.send("zed", "anyone?");
