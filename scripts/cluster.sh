@@ -9,10 +9,10 @@
 #   --redis-port P      the port redis-server listens on (default 6379)
 #   --admin-base-port P give node i the admin port P+i-1 (default: no admin port); an admin
 #                       port is never shared, so each node's metrics stay its own
-#   --all-protocols     also serve BIN24 and OCM (off by default: BIN24's offline store is per
-#                       node and OCM rooms do not cross nodes yet, so with shared ports a BIN24
-#                       user's stored messages and an OCM room live on whichever node the
-#                       kernel picked; live BIN24 messages do cross)
+#   --all-protocols     also serve BIN24 and OCM (off by default: OCM rooms do not cross
+#                       nodes yet, so with shared ports a room lives on whichever node the
+#                       kernel picked; BIN24's live messages and offline store (in Redis,
+#                       whose append-only file is fsynced on every write) do cross)
 #   --log-level LEVEL   chatd's --log-level (default info)
 #   --cluster-lease-ms MS  each node's --cluster-lease-ms (default: chatd's, 3000): a node
 #                       silent this long is taken for dead and its lobby members are
@@ -20,7 +20,8 @@
 #
 # Builds the release chatd first (cargo build --release). Nodes are named node-1..node-N;
 # their logs and data directories are in a temporary directory printed at start. Loopback
-# only: Redis binds 127.0.0.1 without persistence (--save '' --appendonly no).
+# only: Redis binds 127.0.0.1, with no snapshots but an append-only file fsynced on every write
+# (--save '' --appendonly yes --appendfsync always: BIN24's "300" means on Redis's disk).
 set -euo pipefail
 
 nodes=
@@ -86,7 +87,7 @@ start() {
 }
 
 echo "$script_name: logs and data in $work" >&2
-start redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+start redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
   --dir "$work" >"$work/redis.log" 2>&1
 for _ in $(seq 1 100); do
   if grep -q "Ready to accept connections" "$work/redis.log"; then break; fi

@@ -13,103 +13,17 @@
 mod chatd;
 mod child; // chatd::Chatd collects its stderr with it
 mod common;
+mod redisd;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use chatd::Chatd;
 use common::bin24::Bin24;
 use common::matou::Matou;
-use common::{Client, TempDir};
-
-/// A `redis-server` on a free loopback port, without persistence, in a directory of its own;
-/// killed (and the directory removed) when dropped.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Redis {
-    /// `None` (after `cannot_run`) when there is no `redis-server` to run.
-    fn start() -> Option<Redis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            common::cannot_run("no redis-server on the PATH");
-            return None;
-        }
-        for _ in 0..5 {
-            let dir = TempDir::new("cluster-redis");
-            std::fs::create_dir_all(&dir.0).expect("create the Redis directory");
-            let port = chatd::free_tcp_port();
-            let (child, mut stdout) = spawn_redis(port, &dir);
-            let redis = Redis { child, port, dir };
-            if stdout
-                .wait_for_or_close("Ready to accept connections")
-                .is_some()
-            {
-                return Some(redis);
-            }
-            eprintln!(
-                "redis-server did not start, trying another port: {}",
-                stdout.text()
-            );
-        }
-        panic!("redis-server did not start on a free port in 5 attempts");
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("kill redis-server");
-        self.child.wait().expect("reap redis-server");
-    }
-
-    /// Sends `signal` (`-STOP`, `-CONT`) to redis-server.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    fn start_again(&mut self) {
-        let (child, mut stdout) = spawn_redis(self.port, &self.dir);
-        self.child = child;
-        stdout.wait_for("Ready to accept connections");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-fn spawn_redis(port: u16, dir: &TempDir) -> (std::process::Child, child::Output) {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let stdout = child::Output::collect("redis stdout", child.stdout.take().expect("piped"));
-    (child, stdout)
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Client;
+use redisd::Redis;
 
 /// A chatd node serving `flags`' protocols, joined to `redis` as `name`, once its lobby
 /// subscription is confirmed.
@@ -119,14 +33,7 @@ fn node(redis: &Redis, name: &str, flags: &[&'static str]) -> Chatd {
 
 /// As [`node`], with `extra` flags.
 fn node_with(redis: &Redis, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
-    let url = redis.url();
-    let mut args = vec!["--cluster", &url, "--node-name", name, "--admin-port", "0"];
-    args.extend_from_slice(extra);
-    let mut node = Chatd::start(flags, &args);
-    node.stderr.wait_for(&format!(
-        "cluster: node {name} subscribed to switchboard:lobby on {url}"
-    ));
-    node
+    redis.node(name, flags, extra)
 }
 
 /// A sample of the node's admin port (`--admin-port 0`: its address is in the log).
@@ -1086,7 +993,8 @@ fn bin24_quiet(client: &mut Bin24, quiet: Duration) {
 /// node B, who gets them in order, each once and verbatim, and answers; ana gets each answer
 /// verbatim. A message bob does not answer within the ack timeout (300 ms here) closes bob on
 /// B (rule 6) and ana gets "300"; the frame is kept in B's store and reaches bob (type 2) when
-/// he logs in there again. A name no node holds: stored on A, "300".
+/// he logs in there again, and his answer to it reaches ana on A. A name no node holds:
+/// stored on A, "300".
 #[test]
 fn a_bin24_message_to_a_user_on_another_node_is_answered_and_kept_when_unanswered() {
     use switchboard::protocol::bin24::codec;
@@ -1163,6 +1071,15 @@ fn a_bin24_message_to_a_user_on_another_node_is_answered_and_kept_when_unanswere
     assert_eq!(header, (codec::TYPE_OFFLINE, id, "ana", "bob"));
     assert_eq!(frame.body, b"unanswered");
     bob.answer(frame);
+    // Rule 5 across nodes: ana is not on B, so B locates her and A hands her bob's answer.
+    let answer = ana.recv();
+    let header = (
+        answer.frame_type,
+        answer.message_id,
+        &answer.src[..],
+        &answer.dst[..],
+    );
+    assert_eq!(header, (codec::TYPE_ANSWER, id, "bob", "ana"));
 
     // Nobody holds "zed": stored on A, "300".
     let id = ana.send("zed", "anyone?");

@@ -22,6 +22,7 @@
 pub mod codec;
 pub mod liveness;
 pub mod names;
+pub mod offline;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -77,7 +78,7 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    fn command_timeout(&self) -> Duration {
+    pub(crate) fn command_timeout(&self) -> Duration {
         (Duration::from_millis(self.lease_ms) / 4).clamp(COMMAND_TIMEOUT_MIN, COMMAND_TIMEOUT_MAX)
     }
 }

@@ -180,7 +180,14 @@ impl Services {
         now_ms: u64,
         wake: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
-        Services::build(config, now_ms, wake, OfflineStore::open)
+        Services::build(config, now_ms, wake, |store_config, wake| {
+            // In a cluster the store is shared through Redis: a user finds his stored frames
+            // on whatever node he logs in to next.
+            match &config.cluster {
+                Some(cluster) => crate::cluster::offline::open(store_config, cluster, wake),
+                None => OfflineStore::open(store_config, wake),
+            }
+        })
     }
 
     /// As [`Services::new`], with BIN24's offline store in memory (redb's in-memory backend)
@@ -1705,7 +1712,9 @@ mod tests {
             }),
             ..Config::for_tests()
         };
-        match Services::new(&config, 0, Box::new(|| {})) {
+        // Each node's offline store in memory (redb's backend): `Services::new` would put it in
+        // this config's Redis, which these tests do not run (tests/cluster_store.rs does).
+        match Services::with_store_in_memory(&config, 0, Box::new(|| {})) {
             Ok(services) => services,
             Err(err) => panic!("the store opens in a fresh directory: {err}"),
         }
@@ -2300,6 +2309,46 @@ mod tests {
             .map(|(to, bytes, _)| (*to, bytes.clone()))
             .collect();
         assert_eq!(notified, [(bob_again, Bytes::from(kept))]);
+
+        // bob answers it: ana is not on node-b, so node-b locates her (rule 5 across nodes)
+        // and publishes the answer, verbatim, for node-a, which hands it to ana.
+        out_a.clear();
+        let thanks = frame(bin24::TYPE_ANSWER, 2, "bob", "ana", b"200 got it");
+        b.on_data(
+            ProtocolKind::Bin24,
+            bob_again,
+            &mut BytesMut::from(&thanks[..]),
+            &cx(22),
+            &mut out_b,
+        );
+        assert!(
+            b.take_bin24_published().is_empty(),
+            "not before the look-up"
+        );
+        let at_a = Some((Bytes::from_static(b"node-a"), 7, NamedProtocol::Bin24));
+        b.answer_name(
+            NameAnswer::Located {
+                token: 3,
+                holder: at_a,
+            },
+            &cx(23).clock(),
+            &mut out_b,
+        );
+        let [relay] = &b.take_bin24_published()[..] else {
+            panic!("one answer published for node-a");
+        };
+        assert_eq!(
+            (
+                &relay.to_node[..],
+                relay.to_incarnation,
+                relay.step,
+                &relay.frame
+            ),
+            (&b"node-a"[..], 7, Bin24Step::Answer, &thanks)
+        );
+        a.bin24_from_node(relay.clone(), b"node-b", &cx(24).clock(), &mut out_a);
+        assert_eq!(out_a.sent_to(ana), [thanks]);
+        assert!(out_b.sent_to(bob_again).is_empty());
 
         // A name no node holds: stored on node-a, and ana hears "300" once durable.
         out_a.clear();

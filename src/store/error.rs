@@ -21,6 +21,8 @@ pub enum StoreError {
     Unsupported { path: PathBuf, detail: String },
     /// Any other failure reported by the database while opening or closing.
     Database { path: PathBuf, detail: String },
+    /// The cluster's offline store in Redis (`--cluster`) cannot be used: a bad URL.
+    Redis { url: String, detail: String },
     /// The storage thread could not be started.
     Spawn { source: io::Error },
     /// The storage thread panicked (a bug); requests in flight were answered `Failed` if possible.
@@ -70,6 +72,12 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Database { path, detail } => {
                 write!(f, "the offline store {} failed: {detail}", path.display())
+            }
+            StoreError::Redis { url, detail } => {
+                write!(
+                    f,
+                    "the offline store in Redis {url} cannot be used: {detail}"
+                )
             }
             StoreError::Spawn { source } => {
                 write!(

@@ -39,6 +39,11 @@ pub const FILE_NAME: &str = "offline.redb";
 /// A user's key: the BIN24 name bytes up to the first NUL (at most 8 bytes, no NUL).
 pub type UserKey = Vec<u8>;
 
+/// Whether `user` can be a user key (see [`UserKey`]); why not otherwise.
+pub(crate) fn check_user_key(user: &[u8]) -> Result<(), String> {
+    keys::name_of(user).map(|_| ())
+}
+
 /// What the reactor asks of the store. Requests run in the order they were submitted.
 #[derive(Clone, Debug)]
 pub enum StoreRequest {
@@ -127,6 +132,9 @@ pub(crate) struct Shared {
     refused_store_full: AtomicU64,
     /// A batch failed and the storage thread stopped using the database until a restart.
     stopped: AtomicBool,
+    /// The front is closing: a storage thread that is retrying (Redis unreachable) gives up
+    /// after a bound instead of holding the shutdown for ever.
+    closing: AtomicBool,
     wake: Mutex<Box<dyn Fn() + Send>>,
 }
 
@@ -141,13 +149,42 @@ impl Shared {
             stored_users: AtomicU64::new(0),
             refused_store_full: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             wake: Mutex::new(wake),
         }
     }
 
+    /// `count` requests are answered (their events queued), for [`OfflineStore::pending`].
+    pub(crate) fn finished(&self, count: usize) {
+        self.pending.fetch_sub(count, Ordering::SeqCst);
+    }
+
+    /// One durable write (a commit, or a Redis script that wrote) took `took`.
+    pub(crate) fn record_commit(&self, took: std::time::Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_latency.record(took);
+    }
+
+    /// What the store holds now, for the metrics.
+    pub(crate) fn set_usage(&self, frames: u64, bytes: u64, users: u64) {
+        self.stored_frames.store(frames, Ordering::Relaxed);
+        self.stored_bytes.store(bytes, Ordering::Relaxed);
+        self.stored_users.store(users, Ordering::Relaxed);
+    }
+
+    /// An append refused because the whole store is at its limit.
+    pub(crate) fn count_store_full(&self) {
+        self.refused_store_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the front has started closing.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
     /// Call the reactor's callback. A panic in it is logged, not carried into the storage
     /// thread, which must go on answering requests.
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // The lock is never held across a panic (caught below), so poisoning cannot happen;
         // recovering from it anyway costs nothing.
         let wake = self
@@ -237,13 +274,30 @@ impl OfflineStore {
         let path = config.data_dir.join(FILE_NAME);
         let shared = Arc::new(Shared::new(wake));
         let worker = worker::Worker::open(&path, source, &config, Arc::clone(&shared))?;
+        let group_commit_max = config.group_commit_max;
+        OfflineStore::start(path, shared, move |requests, events| {
+            worker.run(requests, events, group_commit_max)
+        })
+    }
+
+    /// A store whose storage thread runs `run` (the redb worker, or another backend such as
+    /// the cluster's Redis store, `crate::cluster::offline`): it takes the requests in order
+    /// from its channel, queues one event per request as [`StoreRequest`] says, calls
+    /// [`Shared::finished`] after queueing them and [`Shared::wake`], and returns once the
+    /// channel is closed and empty. `path` names the store in messages.
+    pub(crate) fn start(
+        path: PathBuf,
+        shared: Arc<Shared>,
+        run: impl FnOnce(Receiver<StoreRequest>, Sender<StoreEvent>) -> Result<(), StoreError>
+            + Send
+            + 'static,
+    ) -> Result<OfflineStore, StoreError> {
         let (requests, requests_rx) = mpsc::channel();
         let (events_tx, events) = mpsc::channel();
         let thread_events = events_tx.clone();
-        let group_commit_max = config.group_commit_max;
         let thread = std::thread::Builder::new()
             .name("store".to_string())
-            .spawn(move || worker.run(requests_rx, thread_events, group_commit_max))
+            .spawn(move || run(requests_rx, thread_events))
             .map_err(|source| StoreError::Spawn { source })?;
         Ok(OfflineStore {
             requests: Some(requests),
@@ -324,6 +378,7 @@ impl OfflineStore {
 
     fn stop(&mut self) -> Result<(), StoreError> {
         // The storage thread finishes what is queued, then sees the channel closed.
+        self.shared.closing.store(true, Ordering::SeqCst);
         drop(self.requests.take());
         match self.thread.take() {
             None => Ok(()),

@@ -132,13 +132,7 @@ impl Worker {
     fn publish_usage(&self) {
         let total = self.ledger.total();
         let users = u64::try_from(self.ledger.users()).unwrap_or(u64::MAX);
-        self.shared
-            .stored_frames
-            .store(total.frames, Ordering::Relaxed);
-        self.shared
-            .stored_bytes
-            .store(total.bytes, Ordering::Relaxed);
-        self.shared.stored_users.store(users, Ordering::Relaxed);
+        self.shared.set_usage(total.frames, total.bytes, users);
     }
 
     /// The thread's body: batches until every sender is gone, then close the database.
@@ -167,7 +161,7 @@ impl Worker {
                 let _ = events.send(event);
             }
             // After the events: a front that sees `pending() == 0` finds every event queued.
-            self.shared.pending.fetch_sub(count, Ordering::SeqCst);
+            self.shared.finished(count);
             self.shared.wake();
         }
         self.close()
@@ -243,8 +237,7 @@ impl Worker {
         let commit_started = Instant::now();
         if wrote {
             txn.commit().map_err(|e| e.to_string())?;
-            self.shared.commits.fetch_add(1, Ordering::Relaxed);
-            self.shared.commit_latency.record(commit_started.elapsed());
+            self.shared.record_commit(commit_started.elapsed());
         } else {
             // Nothing to make durable (only loads, refused appends, removes of nothing).
             txn.abort().map_err(|e| e.to_string())?;
@@ -309,9 +302,7 @@ impl Worker {
                         }
                         Admit::StoreFull => {
                             counts.full += 1;
-                            self.shared
-                                .refused_store_full
-                                .fetch_add(1, Ordering::Relaxed);
+                            self.shared.count_store_full();
                             events.push(StoreEvent::Full { ticket });
                         }
                         Admit::SeqExhausted => events.push(StoreEvent::Failed {

@@ -464,7 +464,7 @@ impl Bin24Service {
         let frame_type = frame.frame_type();
         match frame_type {
             codec::TYPE_MESSAGE => self.on_message(id, frame, now_ms, out, store),
-            _ => self.on_answer(id, src, frame, out, store),
+            _ => self.on_answer(id, src, frame, now_ms, out, store),
         }
         if first_frame {
             // Rule 2: after the first frame is processed, the stored frames follow.
@@ -669,6 +669,14 @@ impl Bin24Service {
         out: &mut O,
         store: &mut S,
     ) {
+        if let Ok(answer) = Frame::from_bytes(frame.clone()) {
+            if answer.frame_type() == codec::TYPE_ANSWER {
+                // An answer to a stored frame, its sender located (see `on_answer`): nothing
+                // of `from` was held for it.
+                self.on_answer_located(answer, at, out);
+                return;
+            }
+        }
         let sender_here = match self.conns.get_mut(from) {
             Some(conn) => {
                 conn.locating = false;
@@ -727,6 +735,36 @@ impl Bin24Service {
         }
         if sender_here {
             out.resume_input(from);
+        }
+    }
+
+    /// The sender of a stored frame answered here was located: online on node `at`, the
+    /// answer goes there (its node hands it to the sender, rule 5); online here by now, it
+    /// gets it; nowhere, it is dropped (rule 5).
+    fn on_answer_located<O: Outbox>(
+        &mut self,
+        answer: Frame,
+        at: Option<(Bytes, u64)>,
+        out: &mut O,
+    ) {
+        match at {
+            Some((to_node, to_incarnation)) => {
+                if let Some(link) = out.hub() {
+                    link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                        to_node,
+                        to_incarnation,
+                        from_node: Bytes::new(),
+                        from_incarnation: 0,
+                        step: Bin24Step::Answer,
+                        frame: answer.into_bytes(),
+                    })));
+                }
+            }
+            None => {
+                if let Some(&to) = self.users.get(&answer.dst()) {
+                    out.send(to, answer.into_bytes());
+                }
+            }
         }
     }
 
@@ -886,12 +924,14 @@ impl Bin24Service {
 
     /// Rule 5: forwarded verbatim (the original client's answers carry garbage after "200"),
     /// and the answered message's timer is cancelled. An answer to a stored frame this
-    /// connection was sent makes it, and every stored frame sent before it, delivered.
+    /// connection was sent makes it, and every stored frame sent before it, delivered; in a
+    /// cluster its sender, not online here, is located and the answer goes to its node.
     fn on_answer<O: Outbox, S: StoreSink>(
         &mut self,
         id: ConnId,
         answerer: Name,
         frame: Frame,
+        now_ms: u64,
         out: &mut O,
         store: &mut S,
     ) {
@@ -948,6 +988,17 @@ impl Bin24Service {
             });
             if let Some((to, bytes)) = to_web {
                 out.send(to, bytes);
+            } else if answered.is_some() {
+                // An answer to a stored frame whose sender is not online here: in a cluster it
+                // may be online on another node (rule 5), so it is located (one Redis look-up;
+                // the answerer's input is not held: answers need no order). Only these: a
+                // stray answer to nobody costs no look-up. Not located (too many waiting), or
+                // nobody holds the name: dropped, as rule 5 drops an answer to an offline DST.
+                if let Some(link) = out.hub().filter(|link| link.hub.spans_nodes()) {
+                    let sender = Bytes::copy_from_slice(frame.dst().as_bytes());
+                    link.hub
+                        .address_bin24(id, sender, frame.into_bytes(), now_ms);
+                }
             }
         }
     }

@@ -1,0 +1,154 @@
+//! A real `redis-server` for the cluster tests: a free loopback port, its own directory,
+//! killed (and the directory removed) when dropped. Without `redis-server` on the PATH a test
+//! says so and returns; under `CI=true` it fails (`common::cannot_run`).
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::process::{Command, Stdio};
+
+use crate::chatd::Chatd;
+use crate::common::TempDir;
+
+/// A `redis-server` on a free loopback port, in a directory of its own; killed (and the
+/// directory removed) when dropped.
+pub struct Redis {
+    child: std::process::Child,
+    pub port: u16,
+    dir: TempDir,
+    /// `--appendonly yes --appendfsync always` (else no persistence at all).
+    durable: bool,
+}
+
+impl Redis {
+    /// Without persistence: a restart starts empty. `None` (after `cannot_run`) when there is
+    /// no `redis-server` to run.
+    pub fn start() -> Option<Redis> {
+        Redis::start_with(false)
+    }
+
+    /// With an append-only file fsynced before each write is answered (`--appendonly yes
+    /// --appendfsync always`): what is answered survives a kill and a restart in the same
+    /// directory.
+    pub fn start_durable() -> Option<Redis> {
+        Redis::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            crate::common::cannot_run("no redis-server on the PATH");
+            return None;
+        }
+        for _ in 0..5 {
+            let dir = TempDir::new("cluster-redis");
+            std::fs::create_dir_all(&dir.0).expect("create the Redis directory");
+            let port = crate::chatd::free_tcp_port();
+            let (child, mut stdout) = spawn_redis(port, &dir, durable);
+            let redis = Redis {
+                child,
+                port,
+                dir,
+                durable,
+            };
+            if stdout
+                .wait_for_or_close("Ready to accept connections")
+                .is_some()
+            {
+                return Some(redis);
+            }
+            eprintln!(
+                "redis-server did not start, trying another port: {}",
+                stdout.text()
+            );
+        }
+        panic!("redis-server did not start on a free port in 5 attempts");
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill redis-server");
+        self.child.wait().expect("reap redis-server");
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to redis-server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// On the same port and directory (a durable one reads its append-only file back).
+    pub fn start_again(&mut self) {
+        let (child, mut stdout) = spawn_redis(self.port, &self.dir, self.durable);
+        self.child = child;
+        stdout.wait_for("Ready to accept connections");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A chatd node serving `flags`' protocols, joined to this Redis as `name` with `extra`
+    /// flags, once its lobby subscription is confirmed.
+    pub fn node(&self, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
+        let url = self.url();
+        let mut args = vec!["--cluster", &url, "--node-name", name, "--admin-port", "0"];
+        args.extend_from_slice(extra);
+        let mut node = Chatd::start(flags, &args);
+        node.stderr.wait_for(&format!(
+            "cluster: node {name} subscribed to switchboard:lobby on {url}"
+        ));
+        node
+    }
+
+    /// The integer answer of one command (`XLEN key`, `HGET key field`: nil is 0).
+    pub fn query_int(&self, args: &[&[u8]]) -> i64 {
+        let client = redis::Client::open(self.url()).expect("the Redis URL");
+        let mut conn = client.get_connection().expect("connect to Redis");
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).expect("a command name"));
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        let value: Option<i64> = cmd.query(&mut conn).expect("the command's answer");
+        value.unwrap_or(0)
+    }
+}
+
+fn spawn_redis(
+    port: u16,
+    dir: &TempDir,
+    durable: bool,
+) -> (std::process::Child, crate::child::Output) {
+    let persistence: &[&str] = if durable {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(persistence)
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let stdout = crate::child::Output::collect("redis stdout", child.stdout.take().expect("piped"));
+    (child, stdout)
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
