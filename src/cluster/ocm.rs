@@ -53,9 +53,11 @@ const OPS_MAX: usize = 65_536;
 const BATCH_MAX: usize = 1024;
 
 /// KEYS: room, members, token. ARGV: id, host name, node, expiry ms, ip, room name.
-/// 1: created; 0: a room of that name exists.
+/// 1: created (or already this very room: a retried script); 0: a room of that name exists.
 const CREATE_SCRIPT: &str = "\
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+local id = redis.call('HGET', KEYS[1], 'id') \
+if id == ARGV[1] then return 1 end \
+if id then return 0 end \
 local t = redis.call('TIME') \
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[2], 'node', ARGV[3]) \
@@ -69,7 +71,8 @@ return 1";
 
 /// KEYS: room, members, token. ARGV: name, node, expiry ms, ip, members max, room name.
 /// {0}: no such room; {2}: the name is a member's already; {3}: full; {1, id, host, host
-/// node, then name and node of every other live member}: joined.
+/// node, then name and node of every other live member}: joined (also when this very join
+/// ran before, its token key then existing: a retried script).
 const JOIN_SCRIPT: &str = "\
 local room = redis.call('HMGET', KEYS[1], 'id', 'host', 'node') \
 if not room[1] then return {0} end \
@@ -82,10 +85,13 @@ for i = 1, #all, 2 do \
   local expires, node = string.match(all[i + 1], '^(%d+):(.*)$') \
   if expires == nil or tonumber(expires) < now then redis.call('HDEL', KEYS[2], all[i]) \
   else \
-    if all[i] == ARGV[1] then return {2} end \
-    count = count + 1 \
-    live[#live + 1] = all[i] \
-    live[#live + 1] = node \
+    if all[i] == ARGV[1] then \
+      if redis.call('EXISTS', KEYS[3]) == 0 then return {2} end \
+    else \
+      count = count + 1 \
+      live[#live + 1] = all[i] \
+      live[#live + 1] = node \
+    end \
   end \
 end \
 if count >= tonumber(ARGV[5]) then return {3} end \
@@ -97,10 +103,11 @@ local answer = {1, room[1], room[2], room[3]} \
 for i = 1, #live do answer[#answer + 1] = live[i] end \
 return answer";
 
-/// KEYS: members, token. ARGV: name. A member leaves: its name and its token go.
+/// KEYS: members, token. ARGV: name. A member leaves: its token goes, and its name with it
+/// (only if the token was there: the name may be another member's by now, or the join this
+/// undoes may never have run).
 const LEAVE_SCRIPT: &str = "\
-redis.call('HDEL', KEYS[1], ARGV[1]) \
-redis.call('DEL', KEYS[2]) \
+if redis.call('DEL', KEYS[2]) == 1 then redis.call('HDEL', KEYS[1], ARGV[1]) end \
 return 1";
 
 /// KEYS: room, members. ARGV: id. The room goes, if it is still that room.
@@ -249,6 +256,7 @@ impl OcmRooms {
             command_timeout,
             rooms: HashMap::new(),
             members: HashMap::new(),
+            undo: Vec::new(),
             answers: answers_tx,
             pending: Arc::clone(&pending),
             wake,
@@ -332,6 +340,10 @@ struct OcmThread {
     rooms: HashMap<Bytes, (u64, Bytes)>,
     /// Members of this node, by token.
     members: HashMap<OcmToken, OwnedMember>,
+    /// Leaves and closes to carry out once Redis answers again: those that could not be sent,
+    /// and the undoing of creates and joins whose outcome is unknown (sent, then no answer
+    /// within the deadline: Redis may run them later, when it thaws).
+    undo: Vec<OcmOp>,
     answers: mpsc::Sender<OcmAnswer>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
@@ -470,8 +482,10 @@ impl OcmThread {
         match opened {
             Ok(conn) => {
                 self.conn = Some(conn);
-                // Redis may have restarted empty: this node's records are set again first.
-                self.renew_once()
+                // What could not be undone or left before goes first (a create that ran
+                // after its deadline must not outlive the link's return), then this node's
+                // records are set again (Redis may have restarted empty).
+                self.flush_undo() && self.renew_once()
             }
             Err(err) => {
                 debug!("cluster: OCM rooms reconnect failed: {err}");
@@ -526,6 +540,10 @@ impl OcmThread {
     }
 
     fn apply(&mut self, batch: Vec<OcmOp>) {
+        if !self.flush_undo() {
+            self.unavailable(batch);
+            return;
+        }
         let expiry_ms = self.expiry_ms();
         let mut pipe = redis::pipe();
         for op in &batch {
@@ -671,31 +689,114 @@ impl OcmThread {
     }
 
     /// Redis cannot be asked: requests and look-ups are answered so at once; what left or
-    /// closed is no longer renewed, so its keys lapse on their own.
+    /// closed is no longer renewed, and is carried out when Redis is back (or lapses). A
+    /// create or join may still run in Redis (sent before it froze): it is undone then.
     fn unavailable(&mut self, batch: Vec<OcmOp>) {
         for op in batch {
             match op {
-                OcmOp::Create { request, .. } => self.answer(OcmAnswer::Created {
+                OcmOp::Create {
                     request,
-                    created: None,
-                }),
-                OcmOp::Join { request, .. } => self.answer(OcmAnswer::Joined {
+                    room,
+                    room_id,
+                    host,
+                    token,
+                    ..
+                } => {
+                    self.retry(OcmOp::Leave {
+                        room: room.clone(),
+                        member: host,
+                        token,
+                    });
+                    self.retry(OcmOp::Close { room, room_id });
+                    self.answer(OcmAnswer::Created {
+                        request,
+                        created: None,
+                    });
+                }
+                OcmOp::Join {
                     request,
-                    answer: JoinAnswer::Unavailable,
-                }),
+                    room,
+                    member,
+                    token,
+                    ..
+                } => {
+                    self.retry(OcmOp::Leave {
+                        room,
+                        member,
+                        token,
+                    });
+                    self.answer(OcmAnswer::Joined {
+                        request,
+                        answer: JoinAnswer::Unavailable,
+                    });
+                }
                 OcmOp::Lookup { token } => self.answer(OcmAnswer::Looked {
                     token,
                     record: Err(()),
                 }),
-                OcmOp::Leave { token, .. } => {
+                OcmOp::Leave {
+                    room,
+                    member,
+                    token,
+                } => {
                     self.members.remove(&token);
+                    self.retry(OcmOp::Leave {
+                        room,
+                        member,
+                        token,
+                    });
                 }
                 OcmOp::Close { room, room_id } => {
                     if self.rooms.get(&room).is_some_and(|(id, _)| *id == room_id) {
                         self.rooms.remove(&room);
                     }
+                    self.retry(OcmOp::Close { room, room_id });
                 }
             }
+        }
+    }
+
+    /// The leaves and closes waiting for Redis, on the connection there is. False when the
+    /// link failed (they wait again).
+    fn flush_undo(&mut self) -> bool {
+        if self.undo.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        for op in &self.undo {
+            match op {
+                OcmOp::Leave {
+                    room,
+                    member,
+                    token,
+                } => leave_op(&mut pipe, room, member, token),
+                OcmOp::Close { room, room_id } => close_op(&mut pipe, room, *room_id),
+                OcmOp::Create { .. } | OcmOp::Join { .. } | OcmOp::Lookup { .. } => {}
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match pipe.query::<()>(conn) {
+            Ok(()) => {
+                debug!(
+                    "cluster: {} OCM leaves and closes carried out late",
+                    self.undo.len()
+                );
+                self.undo.clear();
+                true
+            }
+            Err(err) => {
+                self.lost(&err);
+                false
+            }
+        }
+    }
+
+    /// A leave or close for when Redis answers again; bounded (beyond, the keys lapse).
+    fn retry(&mut self, op: OcmOp) {
+        if self.undo.len() < OPS_MAX {
+            self.undo.push(op);
         }
     }
 
@@ -708,6 +809,9 @@ impl OcmThread {
         if !self.renew_once() {
             self.next_connect = Instant::now();
             self.ensure();
+        }
+        if self.conn.is_some() {
+            self.flush_undo();
         }
     }
 
