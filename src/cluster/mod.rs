@@ -537,7 +537,7 @@ impl Cluster {
 
     /// Hand an OCM room operation to the OCM rooms thread; never blocks. The op back when its
     /// queue is full.
-    pub fn send_ocm_op(&mut self, op: ocm::OcmOp) -> Result<(), ocm::OcmOp> {
+    pub fn send_ocm_op(&mut self, op: ocm::OcmOp) -> Result<(), Box<ocm::OcmOp>> {
         self.ocm_rooms.send(op)
     }
 

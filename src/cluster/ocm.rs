@@ -289,12 +289,12 @@ impl OcmRooms {
     }
 
     /// Queue `op`; never blocks. The op back when the queue is full (or there is no thread).
-    pub fn send(&mut self, op: OcmOp) -> Result<(), OcmOp> {
+    pub fn send(&mut self, op: OcmOp) -> Result<(), Box<OcmOp>> {
         let Some(ops) = &self.ops else {
-            return Err(op);
+            return Err(Box::new(op));
         };
         ops.try_send(op).map_err(|err| match err {
-            TrySendError::Full(op) | TrySendError::Disconnected(op) => op,
+            TrySendError::Full(op) | TrySendError::Disconnected(op) => Box::new(op),
         })
     }
 

@@ -478,7 +478,7 @@ impl Services {
                     continue;
                 };
                 log::warn!("cluster: the OCM rooms thread's queue is full; an operation refused");
-                refused.push(match op {
+                refused.push(match *op {
                     OcmOp::Create { request, .. } => OcmAnswer::Created {
                         request,
                         created: None,
