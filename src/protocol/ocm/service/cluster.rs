@@ -832,3 +832,491 @@ impl OcmService {
         }
     }
 }
+
+/// Two nodes' OCM services and a model of Redis's records, with fabricated time: the
+/// operations each node asks are answered by the model as the scripts would, and each node's
+/// published events are handed to the other, as Redis and the subscriber would.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, SocketAddr};
+
+    use bytes::{Bytes, BytesMut};
+
+    use super::super::{codec, json, OcmConfig, OcmService};
+    use crate::cluster::ocm::{JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, TokenRecord};
+    use crate::hub::{Hub, HubConfig, HubEvent, OcmRoomEvent, OcmStep};
+    use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
+    use crate::protocol::{
+        CloseMode, CloseReason, ConnId, DatagramDrop, HubQueue, Switched, SwitchedDatagrams,
+    };
+
+    const IDLE_MS: u64 = 60_000;
+    const WAIT_MS: u64 = 500;
+
+    type NodeId = (Bytes, u64);
+
+    /// What Redis holds: rooms (id, host, host's node), members (room, name: node) and
+    /// tokens.
+    #[derive(Default)]
+    struct Model {
+        rooms: HashMap<Bytes, (u64, Bytes, NodeId)>,
+        members: HashMap<(Bytes, Bytes), NodeId>,
+        tokens: HashMap<[u8; 64], TokenRecord>,
+        /// Ops not answered (Redis frozen).
+        frozen: bool,
+    }
+
+    impl Model {
+        fn apply(&mut self, node: &NodeId, op: OcmOp) -> Option<OcmAnswer> {
+            match op {
+                OcmOp::Create {
+                    request,
+                    room,
+                    room_id,
+                    host,
+                    token,
+                    ip,
+                } => {
+                    let created = !self.rooms.contains_key(&room);
+                    if created {
+                        self.rooms
+                            .insert(room.clone(), (room_id, host.clone(), node.clone()));
+                        self.members
+                            .insert((room.clone(), host.clone()), node.clone());
+                        self.tokens.insert(
+                            token,
+                            TokenRecord {
+                                room,
+                                room_id,
+                                ip,
+                                host: true,
+                                member: host,
+                                node: node.clone(),
+                            },
+                        );
+                    }
+                    Some(OcmAnswer::Created {
+                        request,
+                        created: Some(created),
+                    })
+                }
+                OcmOp::Join {
+                    request,
+                    room,
+                    member,
+                    token,
+                    ip,
+                    ..
+                } => {
+                    let answer = match self.rooms.get(&room).cloned() {
+                        None => JoinAnswer::Missing,
+                        Some(_) if self.members.contains_key(&(room.clone(), member.clone())) => {
+                            JoinAnswer::NameTaken
+                        }
+                        Some((room_id, host, host_node)) => {
+                            let members = self
+                                .members
+                                .iter()
+                                .filter(|((r, _), _)| *r == room)
+                                .map(|((_, name), node)| (name.clone(), node.clone()))
+                                .collect();
+                            self.members
+                                .insert((room.clone(), member.clone()), node.clone());
+                            self.tokens.insert(
+                                token,
+                                TokenRecord {
+                                    room,
+                                    room_id,
+                                    ip,
+                                    host: false,
+                                    member,
+                                    node: node.clone(),
+                                },
+                            );
+                            JoinAnswer::Joined(JoinedRoom {
+                                room_id,
+                                host,
+                                host_node,
+                                members,
+                            })
+                        }
+                    };
+                    Some(OcmAnswer::Joined { request, answer })
+                }
+                OcmOp::Lookup { token } => Some(OcmAnswer::Looked {
+                    token,
+                    record: Ok(self.tokens.get(&token).cloned()),
+                }),
+                OcmOp::Leave {
+                    room,
+                    member,
+                    token,
+                } => {
+                    if self.tokens.remove(&token).is_some() {
+                        self.members.remove(&(room, member));
+                    }
+                    None
+                }
+                OcmOp::Close { room, room_id } => {
+                    if self
+                        .rooms
+                        .get(&room)
+                        .is_some_and(|(id, _, _)| *id == room_id)
+                    {
+                        self.rooms.remove(&room);
+                        self.members.retain(|(r, _), _| *r != room);
+                    }
+                    None
+                }
+            }
+        }
+    }
+
+    struct Node {
+        id: NodeId,
+        service: OcmService,
+        hub: Hub,
+        queue: HubQueue,
+        out: RecordingOutbox,
+        udp: RecordingDatagrams,
+        next_slot: u32,
+        /// Its ops held while Redis is frozen.
+        held_ops: Vec<OcmOp>,
+    }
+
+    impl Node {
+        fn new(name: &'static str, seed: u8) -> Node {
+            let mut next = 0u16;
+            let tokens = Box::new(move |bytes: &mut [u8; 32]| {
+                next += 1;
+                *bytes = [seed; 32];
+                bytes[30..].copy_from_slice(&next.to_be_bytes());
+                true
+            });
+            let config = OcmConfig {
+                idle_timeout_ms: IDLE_MS,
+                room_silent_timeout_ms: 0,
+                sends_per_s_max: 0,
+                sends_per_source_per_s_max: 0,
+                ..OcmConfig::default()
+            };
+            let mut service = OcmService::new(config, tokens, 0);
+            let id = (Bytes::from_static(name.as_bytes()), u64::from(seed));
+            service.join_cluster(id.0.clone(), id.1, WAIT_MS);
+            Node {
+                id,
+                service,
+                hub: Hub::new(HubConfig {
+                    clustered: true,
+                    ..HubConfig::default()
+                }),
+                queue: HubQueue {
+                    collect_events: true,
+                    ..HubQueue::default()
+                },
+                out: RecordingOutbox::default(),
+                udp: RecordingDatagrams::default(),
+                next_slot: 0,
+                held_ops: Vec::new(),
+            }
+        }
+
+        /// A TCRP request from 127.0.0.`last`, chat at port 40000 there: its connection.
+        fn request(&mut self, operation: u8, room: &str, name: &str, last: u8, now: u64) -> ConnId {
+            self.next_slot += 1;
+            let id = ConnId::new(self.next_slot, 1);
+            let ip = IpAddr::from([127, 0, 0, last]);
+            self.service.on_accept(id, ip, now);
+            let payload = json::encode_request(name, chat(last));
+            let request =
+                codec::encode_request(operation, codec::STATE_REQUEST, room.as_bytes(), &payload)
+                    .unwrap();
+            let mut input = BytesMut::from(&request[..]);
+            let mut out = Switched::new(&mut self.out, &mut self.hub, &mut self.queue, None, now);
+            self.service.on_data(id, &mut input, now, &mut out);
+            id
+        }
+
+        /// The answer's state and token, once it was sent and the connection closed.
+        fn answered(&mut self, id: ConnId) -> (u8, Option<String>) {
+            let sent = self.out.sent_to(id);
+            assert_eq!(sent.len(), 1, "one answer");
+            assert_eq!(
+                self.out
+                    .closed
+                    .iter()
+                    .filter(|(conn, _, _)| *conn == id)
+                    .map(|(_, why, mode)| (*why, *mode))
+                    .collect::<Vec<_>>(),
+                [(CloseReason::Done, CloseMode::AfterFlush)]
+            );
+            let mut buf = BytesMut::from(&sent[0][..]);
+            let answer = codec::decode_answer(&mut buf, 4096).unwrap().unwrap();
+            let json = json::parse_answer(std::str::from_utf8(&answer.json).unwrap()).unwrap();
+            (answer.state, json.token)
+        }
+
+        fn say(&mut self, from: SocketAddr, room: &str, token: &str, message: &str, now: u64) {
+            let datagram =
+                codec::encode_datagram(room.as_bytes(), token.as_bytes(), message.as_bytes())
+                    .unwrap();
+            let mut out =
+                SwitchedDatagrams::new(&mut self.udp, &mut self.hub, &mut self.queue, now);
+            self.service.on_datagram(from, &datagram, now, &mut out);
+        }
+
+        fn timers(&mut self, now: u64) {
+            let mut out =
+                SwitchedDatagrams::new(&mut self.udp, &mut self.hub, &mut self.queue, now);
+            self.service.on_timers(now, &mut self.out, &mut out);
+        }
+
+        fn texts(&self, to: SocketAddr) -> Vec<String> {
+            self.udp
+                .sent_to(to)
+                .iter()
+                .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                .collect()
+        }
+
+        fn events(&mut self) -> Vec<Box<OcmRoomEvent>> {
+            self.queue
+                .events
+                .drain(..)
+                .filter_map(|event| match event {
+                    HubEvent::Ocm(event) => Some(event),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn chat(last: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, last], 40_000))
+    }
+
+    /// Until nothing moves: each node's ops to the model (unless frozen) and its answers
+    /// back, each node's events to the other, and the socket work that follows.
+    fn settle(nodes: &mut [&mut Node], redis: &mut Model, now: u64) {
+        loop {
+            let mut moved = false;
+            for i in 0..nodes.len() {
+                let node = &mut *nodes[i];
+                let mut ops = std::mem::take(&mut node.held_ops);
+                ops.extend(node.service.take_cluster_ops());
+                if redis.frozen {
+                    node.held_ops = ops;
+                    continue;
+                }
+                for op in ops {
+                    moved = true;
+                    if let Some(answer) = redis.apply(&node.id, op) {
+                        let mut out =
+                            Switched::new(&mut node.out, &mut node.hub, &mut node.queue, None, now);
+                        node.service.on_cluster_answer(answer, now, &mut out);
+                    }
+                }
+            }
+            for i in 0..nodes.len() {
+                let events = nodes[i].events();
+                for (j, other) in nodes.iter_mut().enumerate() {
+                    if j != i {
+                        for event in &events {
+                            moved = true;
+                            other.service.queue_remote_event(event.clone());
+                        }
+                    }
+                }
+            }
+            for node in nodes.iter_mut() {
+                if node.service.has_socket_work() {
+                    moved = true;
+                    let mut out =
+                        SwitchedDatagrams::new(&mut node.udp, &mut node.hub, &mut node.queue, now);
+                    node.service.on_socket_work(now, &mut out);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn leave_text(name: &str, room: &str) -> String {
+        codec::leave_text(name, room)
+    }
+
+    fn host_leave_text(name: &str, room: &str) -> String {
+        codec::host_leave_text(name, room)
+    }
+
+    /// Create on A, join on B; chat both ways, each node sending to its own members; a
+    /// guest's exit and then the host's idle removal are told on both nodes, as the protocol
+    /// tells them; chat forwarded from B keeps A's member alive.
+    #[test]
+    fn a_room_spans_two_nodes_and_its_leaves_and_idle_close_reach_both() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        assert!(a.out.sent_to(ana).is_empty(), "waits for Redis");
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let (state, ana_token) = a.answered(ana);
+        assert_eq!(state, codec::STATE_DONE);
+        let ana_token = ana_token.unwrap();
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        let cid = b.request(codec::OPERATION_JOIN, "r", "cid", 3, 0);
+        let twin = b.request(codec::OPERATION_JOIN, "r", "ana", 4, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let bob_token = b.answered(bob).1.unwrap();
+        let cid_token = b.answered(cid).1.unwrap();
+        assert_eq!(
+            b.answered(twin),
+            (codec::STATE_ERROR, None),
+            "ana's name is taken"
+        );
+
+        a.say(chat(1), "r", &ana_token, "oi", 10);
+        settle(&mut [&mut a, &mut b], &mut redis, 10);
+        assert_eq!(b.texts(chat(2)), ["ana: oi"]);
+        assert_eq!(b.texts(chat(3)), ["ana: oi"]);
+        b.say(chat(2), "r", &bob_token, "yo", 20);
+        settle(&mut [&mut a, &mut b], &mut redis, 20);
+        assert_eq!(a.texts(chat(1)), ["bob: yo"]);
+        assert_eq!(b.texts(chat(3)), ["ana: oi", "bob: yo"]);
+        assert!(b.texts(chat(2)) == ["ana: oi"], "never back to the sender");
+
+        b.say(chat(3), "r", &cid_token, "exit", 30);
+        settle(&mut [&mut a, &mut b], &mut redis, 30);
+        assert_eq!(a.texts(chat(1)).last().unwrap(), &leave_text("cid", "r"));
+        assert_eq!(b.texts(chat(2)).last().unwrap(), &leave_text("cid", "r"));
+
+        // ana's datagram reaches B (not A) half way through the idle limit: A takes it as a
+        // sign of life, so ana is not idle at IDLE_MS.
+        b.say(chat(1), "r", &ana_token, "via b", IDLE_MS / 2);
+        settle(&mut [&mut a, &mut b], &mut redis, IDLE_MS / 2);
+        assert_eq!(b.texts(chat(2)).last().unwrap(), "ana: via b");
+        a.timers(IDLE_MS + 10);
+        settle(&mut [&mut a, &mut b], &mut redis, IDLE_MS + 10);
+        assert_eq!(a.service.rooms(), 1, "ana was heard through B");
+        // bob is silent since he spoke at 20: B removes him at his idle limit, A is told.
+        b.timers(IDLE_MS + 30);
+        settle(&mut [&mut a, &mut b], &mut redis, IDLE_MS + 30);
+        assert_eq!(a.texts(chat(1)).last().unwrap(), &leave_text("bob", "r"));
+        assert_eq!(
+            b.texts(chat(2)).last().unwrap(),
+            &leave_text("bob", "r"),
+            "its own text"
+        );
+        assert_eq!(b.service.rooms(), 0, "no member of it left on B");
+        // ana at hers: the room closes, and Redis forgets it (the name is free again).
+        a.timers(IDLE_MS / 2 + IDLE_MS + 10);
+        settle(
+            &mut [&mut a, &mut b],
+            &mut redis,
+            IDLE_MS / 2 + IDLE_MS + 10,
+        );
+        assert_eq!(a.service.rooms(), 0);
+        assert!(redis.rooms.is_empty() && redis.members.is_empty() && redis.tokens.is_empty());
+    }
+
+    /// The host's exit through B closes the room on both nodes; its tokens are dead on both.
+    #[test]
+    fn a_hosts_exit_reaching_the_other_node_closes_the_room_on_both() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let ana_token = a.answered(ana).1.unwrap();
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        let cid = a.request(codec::OPERATION_JOIN, "r", "cid", 3, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let bob_token = b.answered(bob).1.unwrap();
+        a.answered(cid);
+
+        b.say(chat(1), "r", &ana_token, "exit", 5);
+        settle(&mut [&mut a, &mut b], &mut redis, 5);
+        assert_eq!(b.texts(chat(2)), [host_leave_text("ana", "r")]);
+        assert_eq!(a.texts(chat(3)), [host_leave_text("ana", "r")]);
+        assert!(a.texts(chat(1)).is_empty(), "the host itself is not told");
+        assert_eq!((a.service.rooms(), b.service.rooms()), (0, 0));
+        assert!(redis.rooms.is_empty() && redis.tokens.is_empty());
+        // bob's old token, at either node: looked up, unknown, dropped.
+        for node in [&mut a, &mut b] {
+            node.udp.clear();
+            node.say(chat(2), "r", &bob_token, "ghost", 6);
+        }
+        settle(&mut [&mut a, &mut b], &mut redis, 6);
+        for node in [&a, &b] {
+            assert_eq!(node.udp.dropped_in, [DatagramDrop::BadToken]);
+            assert!(node.udp.sent.is_empty());
+        }
+    }
+
+    /// A token looked up by the other node stays bound to its IP there.
+    #[test]
+    fn a_foreign_token_from_another_ip_is_refused() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let ana_token = a.answered(ana).1.unwrap();
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        b.answered(bob);
+        b.say(chat(9), "r", &ana_token, "spoof", 1);
+        settle(&mut [&mut a, &mut b], &mut redis, 1);
+        assert_eq!(b.udp.dropped_in, [DatagramDrop::WrongAddress]);
+        // From the cache this time: the same.
+        b.say(chat(9), "r", &ana_token, "spoof", 2);
+        assert_eq!(b.udp.dropped_in, [DatagramDrop::WrongAddress; 2]);
+        assert!(b.udp.sent.is_empty() && a.udp.sent.is_empty());
+    }
+
+    /// No answer from Redis within the wait: 500 and the connection closed; a grant that
+    /// comes after is undone (the member and room leave Redis), and nothing is made here.
+    #[test]
+    fn a_request_redis_does_not_answer_in_time_is_refused_and_a_late_grant_undone() {
+        let (mut a, mut redis) = (Node::new("a", 1), Model::default());
+        redis.frozen = true;
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a], &mut redis, 0);
+        a.timers(WAIT_MS - 10);
+        assert!(a.out.sent_to(ana).is_empty(), "still waiting");
+        a.timers(WAIT_MS + 10);
+        assert_eq!(a.answered(ana), (codec::STATE_ERROR, None));
+        redis.frozen = false;
+        settle(&mut [&mut a], &mut redis, WAIT_MS + 20);
+        assert_eq!(a.service.rooms(), 0);
+        assert!(
+            redis.rooms.is_empty() && redis.tokens.is_empty(),
+            "the late grant undone"
+        );
+        // A connection that closes while waiting: the same.
+        let bob = a.request(codec::OPERATION_CREATE, "s", "bob", 2, 30);
+        a.service.on_close(bob);
+        settle(&mut [&mut a], &mut redis, 30);
+        assert!(a.out.sent_to(bob).is_empty());
+        assert!(redis.rooms.is_empty() && redis.tokens.is_empty());
+    }
+
+    /// A node taken for dead: the rooms it hosted close here (the host's leave text), and
+    /// its members of rooms hosted here leave (their leave text).
+    #[test]
+    fn a_lapsed_nodes_rooms_close_and_its_members_leave() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = b.request(codec::OPERATION_CREATE, "on-b", "ana", 1, 0);
+        let cid = a.request(codec::OPERATION_CREATE, "on-a", "cid", 3, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        b.answered(ana);
+        a.answered(cid);
+        let bob = a.request(codec::OPERATION_JOIN, "on-b", "bob", 2, 0);
+        let dan = b.request(codec::OPERATION_JOIN, "on-a", "dan", 4, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.answered(bob);
+        b.answered(dan);
+
+        a.service.queue_lapsed_nodes(vec![b.id.clone()]);
+        settle(&mut [&mut a], &mut redis, 1);
+        assert_eq!(a.texts(chat(2)), [host_leave_text("ana", "on-b")]);
+        assert_eq!(a.texts(chat(3)), [leave_text("dan", "on-a")]);
+        assert_eq!(a.service.rooms(), 1, "A's own room goes on");
+    }
+}
