@@ -578,3 +578,27 @@ fn after_redis_restarts_empty_the_rooms_and_tokens_are_set_again() {
     bob.expect("ana: restored");
     cid.expect("ana: restored");
 }
+
+/// The OCM lobby room spans the nodes too: its lines also go to the lobby (`Said`), which
+/// brings them to the other node's members of that room, so the room's own event must not
+/// bring them again: each line arrives once.
+#[test]
+fn a_lobby_room_line_reaches_the_other_nodes_members_once() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", &[]);
+    let b = node(&redis, "node-b", &[]);
+    let ana = Member::create(&a, "lobby", "ana");
+    let bob = Member::join(&b, "lobby", "bob");
+    let cid = Member::join(&a, "lobby", "cid");
+    ana.say("one");
+    bob.expect("ana: one");
+    cid.expect("ana: one");
+    bob.say("two");
+    // Were "ana: one" delivered twice, bob's or ana's next datagram would not be these.
+    ana.expect("bob: two");
+    cid.expect("bob: two");
+    ana.say("three");
+    bob.expect("ana: three");
+}
