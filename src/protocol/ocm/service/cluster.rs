@@ -845,7 +845,7 @@ mod tests {
 
     use super::super::{codec, json, OcmConfig, OcmService};
     use crate::cluster::ocm::{JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, TokenRecord};
-    use crate::hub::{Hub, HubConfig, HubEvent, OcmRoomEvent, OcmStep};
+    use crate::hub::{Hub, HubConfig, HubEvent, OcmRoomEvent};
     use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
     use crate::protocol::{
         CloseMode, CloseReason, ConnId, DatagramDrop, HubQueue, Switched, SwitchedDatagrams,
@@ -1080,12 +1080,12 @@ mod tests {
                 .collect()
         }
 
-        fn events(&mut self) -> Vec<Box<OcmRoomEvent>> {
+        fn events(&mut self) -> Vec<OcmRoomEvent> {
             self.queue
                 .events
                 .drain(..)
                 .filter_map(|event| match event {
-                    HubEvent::Ocm(event) => Some(event),
+                    HubEvent::Ocm(event) => Some(*event),
                     _ => None,
                 })
                 .collect()
@@ -1101,8 +1101,8 @@ mod tests {
     fn settle(nodes: &mut [&mut Node], redis: &mut Model, now: u64) {
         loop {
             let mut moved = false;
-            for i in 0..nodes.len() {
-                let node = &mut *nodes[i];
+            for node in nodes.iter_mut() {
+                let node = &mut **node;
                 let mut ops = std::mem::take(&mut node.held_ops);
                 ops.extend(node.service.take_cluster_ops());
                 if redis.frozen {
@@ -1124,7 +1124,7 @@ mod tests {
                     if j != i {
                         for event in &events {
                             moved = true;
-                            other.service.queue_remote_event(event.clone());
+                            other.service.queue_remote_event(Box::new(event.clone()));
                         }
                     }
                 }
