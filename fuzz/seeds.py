@@ -358,3 +358,21 @@ write("cluster_codec", "bin24_message",
 write("cluster_codec", "bin24_answer_200",
       cluster(b"node-b", 9, 3, cluster_bin24(b"node-a", 7, b"node-b", 9, 1,
                                              bin24(1, 1, b"bob", b"ana", b"200"))))
+
+
+def cluster_ocm(step, room, room_id, member, home, home_inc, address, port, in_lobby, text):
+    body = (bytes([7, step, len(room)]) + room + struct.pack(">Q", room_id)
+            + struct.pack(">H", len(member)) + member + bytes([len(home)]) + home
+            + struct.pack(">Q", home_inc) + bytes([len(address)]) + address)
+    if address:
+        body += struct.pack(">H", port)
+    return body + bytes([in_lobby]) + struct.pack(">H", len(text)) + text
+
+
+# An OCM room's chat from node-b's member (its datagram's source with it), and its close.
+write("cluster_codec", "ocm_chat",
+      cluster(b"node-a", 7, 8, cluster_ocm(1, b"sala", 0x0102030405060708, b"ana", b"node-b", 9,
+                                           bytes([127, 0, 0, 2]), 40001, 0, b"ana: oi")))
+write("cluster_codec", "ocm_closed",
+      cluster(b"node-b", 9, 4, cluster_ocm(3, "部屋".encode(), 5, b"hal", b"node-b", 9, b"", 0, 0,
+                                           "halが部屋から退出しました。".encode())))

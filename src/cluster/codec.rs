@@ -1108,6 +1108,30 @@ mod tests {
         assert!(encode(b"a", 1, 1, &HubEvent::Ocm(long)).is_err());
     }
 
+    /// The fuzz target's OCM seeds (fuzz/seeds.py) are events of this format.
+    #[test]
+    fn the_fuzz_seeds_for_ocm_decode_as_the_events_they_name() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/cluster_codec/");
+        for (seed, step, text) in [
+            ("ocm_chat", OcmStep::Chat, "ana: oi"),
+            ("ocm_closed", OcmStep::Closed, "halが部屋から退出しました。"),
+        ] {
+            let bytes = std::fs::read(format!("{dir}{seed}")).expect(seed);
+            let Ok(Envelope {
+                event: HubEvent::Ocm(event),
+                ..
+            }) = decode(Bytes::from(bytes))
+            else {
+                panic!("{seed} does not decode as an OCM event");
+            };
+            assert_eq!(
+                (event.step, &event.text[..]),
+                (step, text.as_bytes()),
+                "{seed}"
+            );
+        }
+    }
+
     #[test]
     fn a_private_link_step_round_trips_and_its_bounds_hold() {
         for (step, address, ports) in [
