@@ -415,3 +415,19 @@ write("switchboard", "web_with_room_ccm_and_bin24",
       + sb_data(1, ccm_text(b"wen", b"hi wen")) + sb_data(2, bin24(0, 5, b"bob", b"wen", b"oi"))
       + sb_report(True) + sb_time(3500) + SB_STORE + sb_close(3) + sb_close(1))
 
+def cluster_ocm(step, room, room_id, member, home, home_inc, address, port, in_lobby, text):
+    body = (bytes([7, step, len(room)]) + room + struct.pack(">Q", room_id)
+            + struct.pack(">H", len(member)) + member + bytes([len(home)]) + home
+            + struct.pack(">Q", home_inc) + bytes([len(address)]) + address)
+    if address:
+        body += struct.pack(">H", port)
+    return body + bytes([in_lobby]) + struct.pack(">H", len(text)) + text
+
+
+# An OCM room's chat from node-b's member (its datagram's source with it), and its close.
+write("cluster_codec", "ocm_chat",
+      cluster(b"node-a", 7, 8, cluster_ocm(1, b"sala", 0x0102030405060708, b"ana", b"node-b", 9,
+                                           bytes([127, 0, 0, 2]), 40001, 0, b"ana: oi")))
+write("cluster_codec", "ocm_closed",
+      cluster(b"node-b", 9, 4, cluster_ocm(3, "部屋".encode(), 5, b"hal", b"node-b", 9, b"", 0, 0,
+                                           "halが部屋から退出しました。".encode())))

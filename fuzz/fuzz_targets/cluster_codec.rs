@@ -6,7 +6,8 @@
 //! nothing optional), within the bounds; a CCM message or a MATOU private link step addressed
 //! to another node names its nodes (seeds: `addressed_ccm_text`, `private_src_ports`); a BIN24
 //! frame for another node names both nodes and is a whole BIN24 frame, its own length field
-//! its length (seeds: `bin24_message`, `bin24_answer_200`).
+//! its length (seeds: `bin24_message`, `bin24_answer_200`); an OCM room event names its room
+//! and its member's home node (seeds: `ocm_chat`, `ocm_closed`).
 #![no_main]
 
 use bytes::Bytes;
@@ -39,6 +40,10 @@ fuzz_target!(|data: &[u8]| {
                     usize::from(u16::from_le_bytes([relay.frame[0], relay.frame[1]])),
                     relay.frame.len()
                 );
+            }
+            if let HubEvent::Ocm(event) = &envelope.event {
+                assert!(!event.room.is_empty() && !event.home_node.is_empty());
+                assert!(event.text.len() <= codec::OCM_TEXT_BYTES_MAX);
             }
             codec::encode(
                 &envelope.node,

@@ -6,7 +6,7 @@
 //! u8   node name length (1..=NODE_NAME_BYTES_MAX), then the node name
 //! u64  incarnation of that node (random per process, big-endian)
 //! u64  sequence number of this event on that node (big-endian, from 1)
-//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed, 4 = Private, 6 = Bin24
+//! u8   event tag: 1 = Said, 2 = Presence, 3 = Addressed, 4 = Private, 6 = Bin24, 7 = Ocm
 //! Said:      u8 origin protocol (ProtocolKind::index), u16 sender length + sender,
 //!            u32 text length + text
 //! Presence:  u8 origin protocol, u8 kind (0 entered, 1 left), u16 name length + name
@@ -23,6 +23,11 @@
 //!            u8 sending node length (1..=64) + sending node, u64 its incarnation,
 //!            u8 step (0 message, 1 answer), u16 frame length (24..=1024) + the BIN24 frame,
 //!            whose own length field (u16 little-endian, its first two bytes) is that length
+//! Ocm:       u8 step (0 joined, 1 chat, 2 left, 3 closed), u8 room length (1..=255) + room,
+//!            u64 room id, u16 member length + member, u8 home node length (1..=64) + home
+//!            node, u64 its incarnation, u8 address length (0, 4 or 16) + address + u16 port
+//!            (present only with an address), u8 in_lobby (0 or 1), u16 text length (<= 4096)
+//!            + text
 //! ```
 //!
 //! A node's lobby roster (tag 3, [`encode_roster`]) shares the header and the sequence:
@@ -41,11 +46,13 @@
 //! version, tag or protocol, a length past its bound or past the end, trailing bytes) is a
 //! [`DecodeError`], never a panic.
 
+use std::net::SocketAddr;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::hub::{
-    Addressed, Bin24Relay, Bin24Step, HubEvent, LobbyMessage, Presence, PresenceKind, PrivateLink,
-    PrivateStep, ProtocolKind,
+    Addressed, Bin24Relay, Bin24Step, HubEvent, LobbyMessage, OcmRoomEvent, OcmStep, Presence,
+    PresenceKind, PrivateLink, PrivateStep, ProtocolKind,
 };
 
 pub const VERSION: u8 = 1;
@@ -67,6 +74,12 @@ const TAG_ADDRESSED: u8 = 3;
 const TAG_PRIVATE: u8 = 4;
 const TAG_ROSTER: u8 = 5;
 const TAG_BIN24: u8 = 6;
+const TAG_OCM: u8 = 7;
+
+/// Longest OCM room name carried (RoomNameSize is one byte).
+pub const OCM_ROOM_BYTES_MAX: usize = 255;
+/// Longest OCM text carried: above OCM's own 4094-byte texts.
+pub const OCM_TEXT_BYTES_MAX: usize = 4096;
 
 /// A carried BIN24 frame's bounds: BIN24's own (its header, and its longest frame).
 pub const BIN24_FRAME_BYTES_MIN: usize = 24;
@@ -116,6 +129,8 @@ pub enum DecodeError {
     Roster,
     /// A carried BIN24 frame whose own length field is not its length.
     Bin24Frame,
+    /// An OCM address of another length than 0, 4 or 16, or a bad in_lobby flag.
+    Ocm,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -134,6 +149,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Bin24Frame => {
                 write!(f, "a BIN24 frame whose length field is not its length")
             }
+            DecodeError::Ocm => write!(f, "a bad OCM address length or in_lobby flag"),
         }
     }
 }
@@ -267,8 +283,110 @@ pub fn encode(
             out.put_u16(relay.frame.len() as u16);
             out.put_slice(&relay.frame);
         }
+        HubEvent::Ocm(event) => encode_ocm(event, &mut out)?,
     }
     Ok(out.freeze())
+}
+
+fn encode_ocm(event: &OcmRoomEvent, out: &mut BytesMut) -> Result<(), EncodeError> {
+    if event.room.is_empty() || event.room.len() > OCM_ROOM_BYTES_MAX {
+        return Err(EncodeError::TooLong("room"));
+    }
+    if event.home_node.is_empty() || event.home_node.len() > NODE_NAME_BYTES_MAX {
+        return Err(EncodeError::TooLong("node"));
+    }
+    if event.member.len() > NAME_BYTES_MAX {
+        return Err(EncodeError::TooLong("member"));
+    }
+    if event.text.len() > OCM_TEXT_BYTES_MAX {
+        return Err(EncodeError::TooLong("text"));
+    }
+    out.reserve(48 + event.room.len() + event.member.len() + event.text.len());
+    out.put_u8(TAG_OCM);
+    out.put_u8(match event.step {
+        OcmStep::Joined => 0,
+        OcmStep::Chat => 1,
+        OcmStep::Left => 2,
+        OcmStep::Closed => 3,
+    });
+    out.put_u8(event.room.len() as u8);
+    out.put_slice(&event.room);
+    out.put_u64(event.room_id);
+    out.put_u16(event.member.len() as u16);
+    out.put_slice(&event.member);
+    out.put_u8(event.home_node.len() as u8);
+    out.put_slice(&event.home_node);
+    out.put_u64(event.home_incarnation);
+    match event.from {
+        None => out.put_u8(0),
+        Some(SocketAddr::V4(v4)) => {
+            out.put_u8(4);
+            out.put_slice(&v4.ip().octets());
+            out.put_u16(v4.port());
+        }
+        Some(SocketAddr::V6(v6)) => {
+            out.put_u8(16);
+            out.put_slice(&v6.ip().octets());
+            out.put_u16(v6.port());
+        }
+    }
+    out.put_u8(u8::from(event.in_lobby));
+    out.put_u16(event.text.len() as u16);
+    out.put_slice(&event.text);
+    Ok(())
+}
+
+fn decode_ocm(r: &mut Reader) -> Result<OcmRoomEvent, DecodeError> {
+    let step = match r.u8()? {
+        0 => OcmStep::Joined,
+        1 => OcmStep::Chat,
+        2 => OcmStep::Left,
+        3 => OcmStep::Closed,
+        other => return Err(DecodeError::Step(other)),
+    };
+    let room = r.field(1, OCM_ROOM_BYTES_MAX, "room")?;
+    if room.is_empty() {
+        return Err(DecodeError::TooLong("room"));
+    }
+    let room_id = r.uint(8)?;
+    let member = r.field(2, NAME_BYTES_MAX, "member")?;
+    let home_node = r.field(1, NODE_NAME_BYTES_MAX, "node")?;
+    if home_node.is_empty() {
+        return Err(DecodeError::EmptyNodeName);
+    }
+    let home_incarnation = r.uint(8)?;
+    let from = match r.u8()? {
+        0 => None,
+        4 => {
+            let ip = r.take(4)?;
+            let ip = std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+            Some(SocketAddr::from((ip, r.uint(2)? as u16)))
+        }
+        16 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&r.take(16)?);
+            let ip = std::net::Ipv6Addr::from(octets);
+            Some(SocketAddr::from((ip, r.uint(2)? as u16)))
+        }
+        _ => return Err(DecodeError::Ocm),
+    };
+    let in_lobby = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(DecodeError::Ocm),
+    };
+    let text = r.field(2, OCM_TEXT_BYTES_MAX, "text")?;
+    Ok(OcmRoomEvent {
+        step,
+        room,
+        room_id,
+        member,
+        home_node,
+        home_incarnation,
+        from,
+        in_lobby,
+        text,
+    })
 }
 
 /// Reads `payload` front to back; every slice shares its buffer.
@@ -445,6 +563,7 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
                 frame,
             }))
         }
+        TAG_OCM => HubEvent::Ocm(Box::new(decode_ocm(&mut r)?)),
         tag => return Err(DecodeError::Tag(tag)),
     };
     let left = r.payload.len() - r.at;
@@ -906,6 +1025,110 @@ mod tests {
             };
             assert_eq!((relay.step, &relay.to_node[..]), (step, to), "{seed}");
             assert_eq!(&relay.frame[24..], body, "{seed}");
+        }
+    }
+
+    fn ocm(step: OcmStep, from: Option<SocketAddr>, text: &[u8]) -> HubEvent {
+        HubEvent::Ocm(Box::new(OcmRoomEvent {
+            step,
+            room: Bytes::from_static("部屋".as_bytes()),
+            room_id: 0x0102_0304_0506_0708,
+            member: Bytes::from_static(b"ana"),
+            home_node: Bytes::from_static(b"node-b"),
+            home_incarnation: 9,
+            from,
+            in_lobby: step == OcmStep::Chat && from.is_some_and(|from| from.is_ipv6()),
+            text: Bytes::copy_from_slice(text),
+        }))
+    }
+
+    #[test]
+    fn an_ocm_room_event_round_trips_its_layout_is_the_documented_one_and_bounds_hold() {
+        let v4 = Some(SocketAddr::from(([127, 0, 0, 2], 40_001)));
+        let v6 = Some("[::1]:9".parse().unwrap());
+        for event in [
+            ocm(OcmStep::Joined, None, b""),
+            ocm(OcmStep::Chat, v4, b"ana: hi"),
+            ocm(OcmStep::Chat, v6, "ana: 日本".as_bytes()),
+            ocm(OcmStep::Left, None, b"left"),
+            ocm(OcmStep::Closed, None, &[b'x'; OCM_TEXT_BYTES_MAX]),
+        ] {
+            let wire = encode(b"a", 1, 2, &event).unwrap();
+            assert_eq!(decode(wire.clone()).unwrap().event, event);
+            for len in 0..wire.len() {
+                assert_eq!(
+                    decode(wire.slice(..len)),
+                    Err(DecodeError::Truncated),
+                    "{len}"
+                );
+            }
+        }
+        let wire = encode(b"a", 1, 2, &ocm(OcmStep::Chat, v4, b"hi")).unwrap();
+        let mut want = vec![
+            1, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 7, 1, 6,
+        ];
+        want.extend_from_slice("部屋".as_bytes());
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 3, b'a', b'n', b'a']);
+        want.extend_from_slice(&[6, b'n', b'o', b'd', b'e', b'-', b'b']);
+        want.extend_from_slice(&9u64.to_be_bytes());
+        want.extend_from_slice(&[4, 127, 0, 0, 2, 0x9c, 0x41, 0, 0, 2, b'h', b'i']);
+        assert_eq!(&wire[..], &want[..]);
+        // The step, the address length and the in_lobby flag are checked; an empty room or
+        // home node is refused both ways.
+        let mut step = want.clone();
+        step[20] = 4;
+        assert_eq!(decode(step.into()), Err(DecodeError::Step(4)));
+        let at_address = want.len() - 12;
+        let mut address = want.clone();
+        address[at_address] = 5;
+        assert_eq!(decode(address.into()), Err(DecodeError::Ocm));
+        let mut lobby = want.clone();
+        lobby[at_address + 7] = 2;
+        assert_eq!(decode(lobby.into()), Err(DecodeError::Ocm));
+        let mut empty_room = want[..21].to_vec();
+        empty_room.push(0);
+        empty_room.extend_from_slice(&want[28..]);
+        assert!(decode(empty_room.into()).is_err());
+        let mut empty_node = want.clone();
+        empty_node[at_address - 15] = 0;
+        assert!(decode(empty_node.into()).is_err());
+        let HubEvent::Ocm(mut long) = ocm(OcmStep::Chat, None, b"") else {
+            unreachable!()
+        };
+        long.text = Bytes::from(vec![b't'; OCM_TEXT_BYTES_MAX + 1]);
+        assert_eq!(
+            encode(b"a", 1, 1, &HubEvent::Ocm(long.clone())),
+            Err(EncodeError::TooLong("text"))
+        );
+        long.text = Bytes::new();
+        long.room = Bytes::new();
+        assert!(encode(b"a", 1, 1, &HubEvent::Ocm(long.clone())).is_err());
+        long.room = Bytes::from_static(b"r");
+        long.home_node = Bytes::new();
+        assert!(encode(b"a", 1, 1, &HubEvent::Ocm(long)).is_err());
+    }
+
+    /// The fuzz target's OCM seeds (fuzz/seeds.py) are events of this format.
+    #[test]
+    fn the_fuzz_seeds_for_ocm_decode_as_the_events_they_name() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/cluster_codec/");
+        for (seed, step, text) in [
+            ("ocm_chat", OcmStep::Chat, "ana: oi"),
+            ("ocm_closed", OcmStep::Closed, "halが部屋から退出しました。"),
+        ] {
+            let bytes = std::fs::read(format!("{dir}{seed}")).expect(seed);
+            let Ok(Envelope {
+                event: HubEvent::Ocm(event),
+                ..
+            }) = decode(Bytes::from(bytes))
+            else {
+                panic!("{seed} does not decode as an OCM event");
+            };
+            assert_eq!(
+                (event.step, &event.text[..]),
+                (step, text.as_bytes()),
+                "{seed}"
+            );
         }
     }
 

@@ -22,6 +22,7 @@
 pub mod codec;
 pub mod liveness;
 pub mod names;
+pub mod ocm;
 pub mod offline;
 
 use std::collections::{HashMap, VecDeque};
@@ -161,7 +162,8 @@ pub struct ClusterStats {
     pub duplicates: AtomicU64,
     /// Messages on the channel that did not decode.
     pub malformed: AtomicU64,
-    /// Redis connections down now (of three: publisher, subscriber, names thread).
+    /// Redis connections down now (of four: publisher, subscriber, names thread, OCM rooms
+    /// thread).
     pub links_down: AtomicU64,
     /// Times a Redis connection was lost.
     pub link_losses: AtomicU64,
@@ -204,6 +206,11 @@ pub struct Cluster {
     threads: Vec<JoinHandle<()>>,
     /// Names unique across the nodes (`names`).
     names: names::Names,
+    /// OCM rooms and tokens in Redis (`ocm`).
+    ocm_rooms: ocm::OcmRooms,
+    /// Other nodes (and incarnations) taken for dead since the OCM service last asked: their
+    /// OCM members leave, and the rooms they hosted close.
+    lapsed_nodes: Vec<liveness::NodeId>,
 }
 
 impl Cluster {
@@ -275,6 +282,16 @@ impl Cluster {
             Arc::clone(&stats),
         )
         .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?;
+        let ocm_rooms = ocm::OcmRooms::start(
+            client.clone(),
+            node,
+            incarnation,
+            config.lease_ms,
+            command_timeout,
+            Arc::clone(&wake),
+            Arc::clone(&stats),
+        )
+        .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?;
         // The subscriber's first subscription is made on its thread (a `PubSub` borrows its
         // connection and unsubscribes when dropped, so it lives there) and reported back: an
         // unreachable Redis is still an error at start.
@@ -336,6 +353,8 @@ impl Cluster {
             stop,
             threads: vec![publish_thread, subscribe_thread],
             names,
+            ocm_rooms,
+            lapsed_nodes: Vec::new(),
         })
     }
 
@@ -467,6 +486,7 @@ impl Cluster {
             String::from_utf8_lossy(name),
             lapsed.left.len()
         );
+        self.lapsed_nodes.push(lapsed.node.clone());
         let node = name.clone();
         self.lapsed_left
             .extend(lapsed.left.into_iter().map(|left| (node.clone(), left)));
@@ -514,6 +534,22 @@ impl Cluster {
             .fetch_add(changes.len() as u64, Ordering::Relaxed);
         self.lapsed_left
             .extend(changes.into_iter().map(|change| (node.clone(), change)));
+    }
+
+    /// Hand an OCM room operation to the OCM rooms thread; never blocks. The op back when its
+    /// queue is full.
+    pub fn send_ocm_op(&mut self, op: ocm::OcmOp) -> Result<(), Box<ocm::OcmOp>> {
+        self.ocm_rooms.send(op)
+    }
+
+    /// The next answer of the OCM rooms thread, if any.
+    pub fn try_recv_ocm(&mut self) -> Option<ocm::OcmAnswer> {
+        self.ocm_rooms.try_recv()
+    }
+
+    /// The nodes taken for dead since the last call.
+    pub fn take_lapsed_nodes(&mut self) -> Vec<liveness::NodeId> {
+        std::mem::take(&mut self.lapsed_nodes)
     }
 
     /// Whether this node owes the others its roster ([`Cluster::publish_rosters`]).
@@ -568,6 +604,7 @@ impl Cluster {
         self.stop.store(true, Ordering::Release);
         self.outgoing = None;
         self.names.shut_down();
+        self.ocm_rooms.shut_down();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 warn!("cluster: a Redis thread panicked");
@@ -662,6 +699,8 @@ impl Cluster {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             names: names::Names::detached(),
+            ocm_rooms: ocm::OcmRooms::detached(),
+            lapsed_nodes: Vec::new(),
         };
         (cluster, TestFeed(feed))
     }

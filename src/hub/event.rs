@@ -157,6 +157,41 @@ pub struct Bin24Relay {
     pub frame: Bytes,
 }
 
+/// What an OCM room event says (`OcmRoomEvent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OcmStep {
+    /// `member` joined through its home node (the others learn who is in the room, so that
+    /// they can tell their own members when that node dies).
+    Joined,
+    /// `member` said `text` (already `<name>: <message>`), from the address `from`: every
+    /// node sends it to its own members of the room; the member's home node takes it as the
+    /// member's sign of life (its idle time, its address).
+    Chat,
+    /// `member` left (exit, idle, unreachable): `text` is its leave text.
+    Left,
+    /// The room is closed (its host left, or nobody spoke): `text` is the host's leave text.
+    Closed,
+}
+
+/// A step of an OCM room that spans nodes (issue 21): for every node that has members in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OcmRoomEvent {
+    pub step: OcmStep,
+    pub room: Bytes,
+    /// Tells a room apart from a later one of the same name (random per room).
+    pub room_id: u64,
+    pub member: Bytes,
+    /// The member's home node (where its TCRP request was answered) and its incarnation.
+    pub home_node: Bytes,
+    pub home_incarnation: u64,
+    /// `Chat`: where the datagram came from (its sender's address now).
+    pub from: Option<std::net::SocketAddr>,
+    /// `Chat`: the line went to the lobby too (the OCM lobby room): the other nodes' members
+    /// get it from the lobby (`Said`), not again from this event.
+    pub in_lobby: bool,
+    pub text: Bytes,
+}
+
 /// One thing the hub acted on: the unit that will cross node boundaries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
@@ -167,4 +202,6 @@ pub enum HubEvent {
     Addressed(Box<Addressed>),
     Private(Box<PrivateLink>),
     Bin24(Box<Bin24Relay>),
+    /// An OCM room's step, for every node (OCM rooms across nodes).
+    Ocm(Box<OcmRoomEvent>),
 }

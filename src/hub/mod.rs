@@ -22,8 +22,8 @@ use bytes::Bytes;
 pub use claims::{ClaimAnswer, ClaimConfig, ClaimCounts, ClaimDecided, Decision, Located, NameOp};
 pub use event::{
     Addressed, Bin24Relay, Bin24Step, DirectMessage, Endpoint, HubEvent, LobbyMessage,
-    NamedProtocol, OcmMemberId, Presence, PresenceKind, PrivateLink, PrivateStep, ProtocolKind,
-    User,
+    NamedProtocol, OcmMemberId, OcmRoomEvent, OcmStep, Presence, PresenceKind, PrivateLink,
+    PrivateStep, ProtocolKind, User,
 };
 pub use render::FormLimits;
 

@@ -50,6 +50,8 @@ pub struct Services {
     /// turn's share is spent and more may wait: the reactor comes back without sleeping).
     cluster_events_per_turn_max: usize,
     cluster_events_left: usize,
+    /// `--cluster-lease-ms`: how long an OCM request waits for Redis.
+    cluster_lease_ms: u64,
     /// Unit tests: what would have been published, had there been a cluster.
     #[cfg(test)]
     published: Vec<HubEvent>,
@@ -359,6 +361,10 @@ impl Services {
             cluster: None,
             cluster_events_per_turn_max: config.cluster_events_per_turn_max.max(1),
             cluster_events_left: config.cluster_events_per_turn_max.max(1),
+            cluster_lease_ms: config
+                .cluster
+                .as_ref()
+                .map_or(0, |cluster| cluster.lease_ms),
             #[cfg(test)]
             published: Vec::new(),
         })
@@ -368,6 +374,13 @@ impl Services {
     /// other nodes' events are handed to the hub in [`Services::on_wake`].
     pub fn join_cluster(&mut self, cluster: Cluster) {
         self.hub_queue.collect_events = true;
+        if let Some(ocm) = self.ocm.as_mut() {
+            ocm.join_cluster(
+                Bytes::copy_from_slice(cluster.node_name()),
+                cluster.incarnation(),
+                crate::cluster::names::claim_wait_ms(self.cluster_lease_ms),
+            );
+        }
         self.cluster = Some(cluster);
     }
 
@@ -445,7 +458,21 @@ impl Services {
                         self.hub_queue.hand_over(HubOutcome::Bin24Remote(relay));
                     }
                 }
+                HubEvent::Ocm(event) => {
+                    // Acted on with the OCM socket (`flush_ocm_deliveries`), this turn.
+                    if let Some(ocm) = self.ocm.as_mut() {
+                        ocm.queue_remote_event(event);
+                    }
+                }
             }
+        }
+        let lapsed = cluster.take_lapsed_nodes();
+        if let Some(ocm) = self.ocm.as_mut().filter(|_| !lapsed.is_empty()) {
+            ocm.queue_lapsed_nodes(lapsed);
+        }
+        let mut ocm_answers = Vec::new();
+        while let Some(answer) = cluster.try_recv_ocm() {
+            ocm_answers.push(answer);
         }
         // After every local event of this turn was queued: the roster is read at its place
         // in this node's sequence.
@@ -453,7 +480,68 @@ impl Services {
             cluster.publish_rosters(self.hub.lobby_roster());
         }
         self.on_name_answers(out);
+        for answer in ocm_answers {
+            self.on_ocm_answer(answer, clock, out);
+        }
         self.drain(clock, out);
+    }
+
+    /// The OCM service's operations for the OCM rooms thread, in order. A create or join that
+    /// cannot be queued is answered as Redis unreachable (500), a look-up as not found.
+    fn send_ocm_ops<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
+        use crate::cluster::ocm::{JoinAnswer, OcmAnswer, OcmOp};
+        while self.ocm.as_ref().is_some_and(OcmService::has_cluster_ops) {
+            let ops = self
+                .ocm
+                .as_mut()
+                .map(OcmService::take_cluster_ops)
+                .unwrap_or_default();
+            let mut refused = Vec::new();
+            for op in ops {
+                let Some(Err(op)) = self.cluster.as_mut().map(|cluster| cluster.send_ocm_op(op))
+                else {
+                    continue;
+                };
+                log::warn!("cluster: the OCM rooms thread's queue is full; an operation refused");
+                refused.push(match *op {
+                    OcmOp::Create { request, .. } => OcmAnswer::Created {
+                        request,
+                        created: None,
+                    },
+                    OcmOp::Join { request, .. } => OcmAnswer::Joined {
+                        request,
+                        answer: JoinAnswer::Unavailable,
+                    },
+                    OcmOp::Lookup { token } => OcmAnswer::Looked {
+                        token,
+                        record: Err(()),
+                    },
+                    OcmOp::Leave { .. } | OcmOp::Close { .. } => continue,
+                });
+            }
+            for answer in refused {
+                self.on_ocm_answer(answer, clock, out);
+            }
+        }
+    }
+
+    /// An answer of the OCM rooms thread to the OCM service (its TCRP answers go to `out`).
+    fn on_ocm_answer<O: Outbox>(
+        &mut self,
+        answer: crate::cluster::ocm::OcmAnswer,
+        clock: &Clock,
+        out: &mut O,
+    ) {
+        let Services {
+            ocm,
+            hub,
+            hub_queue,
+            ..
+        } = self;
+        if let Some(ocm) = ocm.as_mut() {
+            let mut sw = Switched::new(out, hub, hub_queue, None, clock.now_ms);
+            ocm.on_cluster_answer(answer, clock.now_ms, &mut sw);
+        }
     }
 
     /// The names thread's answers.
@@ -614,6 +702,10 @@ impl Services {
     #[inline]
     fn drain<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         if !self.hub_queue.is_empty() || self.hub.has_name_ops() {
+            self.drain_queue(clock, out);
+        }
+        if self.ocm.as_ref().is_some_and(OcmService::has_cluster_ops) {
+            self.send_ocm_ops(clock, out);
             self.drain_queue(clock, out);
         }
     }
@@ -783,6 +875,7 @@ impl Services {
     #[inline]
     pub fn has_ocm_deliveries(&self) -> bool {
         !self.ocm_deliveries.is_empty()
+            || self.ocm.as_ref().is_some_and(OcmService::has_socket_work)
     }
 
     /// Send the waiting lobby deliveries to OCM members through `out`, the OCM chat socket. A
@@ -794,8 +887,13 @@ impl Services {
         conns: &mut O,
         out: &mut D,
     ) {
-        if self.ocm_deliveries.is_empty() {
+        if !self.has_ocm_deliveries() {
             return;
+        }
+        if let Some(ocm) = self.ocm.as_mut().filter(|ocm| ocm.has_socket_work()) {
+            let mut switched =
+                SwitchedDatagrams::new(out, &mut self.hub, &mut self.hub_queue, clock.now_ms);
+            ocm.on_socket_work(clock.now_ms, &mut switched);
         }
         match self.ocm.as_mut() {
             Some(ocm) => {
@@ -1532,11 +1630,11 @@ mod tests {
             config.udp_sends_per_source_per_s_max = 3;
             config.ocm_room_members_max = 2;
         });
-        let (cluster, feed) = Cluster::detached(b"here");
-        services.join_cluster(cluster);
         let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
         let rui = ConnId::new(0, 1);
         room_member(&mut services, &mut out, rui, "rui");
+        // Made before the node joins the cluster: in a cluster, OCM rooms are Redis's to
+        // decide (a detached cluster has none), and this test is about lobby lines.
         let (_, alice_at) = ocm_member(
             &mut services,
             &mut out,
@@ -1555,6 +1653,8 @@ mod tests {
             2,
             false,
         );
+        let (cluster, feed) = Cluster::detached(b"here");
+        services.join_cluster(cluster);
         out.clear();
 
         // Each line costs its sender 2 of its 3 sends: zoe's second is over; zed on the same

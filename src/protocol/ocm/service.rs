@@ -17,13 +17,16 @@ use super::codec::{self, TcrpError, TcrpRequest};
 use super::json::{self, JsonError};
 use super::relay::fanout_limit;
 use crate::chat::ConnMap;
-use crate::hub::{Endpoint, LobbyMessage, OcmMemberId, User};
+use crate::hub::{Endpoint, LobbyMessage, OcmMemberId, OcmStep, User};
 use crate::limits::{Admission, FanoutBudget, PerIpCounts};
 use crate::protocol::{
     Clock, CloseMode, CloseReason, ConnId, Context, DatagramDrop, DatagramOut, DatagramSent,
     DatagramService, LobbyGate, Outbox, ProtocolKind, RemoteSender, StreamService,
 };
 use crate::timer::{TimerKey, TimerWheel};
+
+mod cluster;
+use cluster::Spanning;
 
 /// Fills 32 bytes with randomness; false when no randomness could be had.
 pub type TokenSource = Box<dyn FnMut(&mut [u8; 32]) -> bool + Send>;
@@ -92,6 +95,12 @@ impl Default for OcmConfig {
 /// A token as it travels: 32 random bytes as 64 lowercase hex characters.
 type Token = [u8; 64];
 
+/// The node and incarnation of a member or host on another node.
+type NodeId = (Bytes, u64);
+
+/// `Room::host` of a room whose host is on another node (cluster mode).
+const HOST_ELSEWHERE: usize = usize::MAX;
+
 /// How many fresh tokens to draw when one collides with a live token. With 256 random bits a
 /// single collision already means the source is broken; a few attempts tell the two apart.
 const TOKEN_ATTEMPTS: usize = 4;
@@ -142,8 +151,18 @@ struct Member {
 #[derive(Debug)]
 struct Room {
     name: Box<str>,
-    /// Member key of the creator; the room lives as long as the host.
+    /// Member key of the creator; the room lives as long as the host. [`HOST_ELSEWHERE`]
+    /// when the host is on another node (cluster mode: this node serves some of its members).
     host: usize,
+    /// Random per room: tells it apart from a later room of the same name across nodes.
+    id: u64,
+    /// The host's user name, for the leave text when its node dies.
+    host_name: Box<str>,
+    /// The host's node; `None`: this one.
+    host_node: Option<NodeId>,
+    /// Members on other nodes (cluster mode): name to node, so that they can be announced
+    /// gone when their node dies.
+    remote: HashMap<Bytes, NodeId>,
     /// The IP its host's request came from (canonical), for the per-IP room limit.
     host_ip: IpAddr,
     /// Told apart from a later room in the same slot, for its silence timer.
@@ -162,6 +181,8 @@ enum Timer {
     Idle(usize),
     /// A room's check that someone has spoken: (room key, room serial).
     Silent(usize, u64),
+    /// A TCRP request's deadline for the cluster's answer.
+    Cluster(u64),
 }
 
 /// Why a member leaves.
@@ -184,6 +205,8 @@ enum Outcome {
     Refused(String),
     /// State 3, 500. The reason is for the log; the client gets the contract's fixed text.
     Failed(&'static str),
+    /// Asked of the cluster (Redis): answered when it answers, or at its deadline.
+    Waiting,
 }
 
 pub struct OcmService {
@@ -207,6 +230,8 @@ pub struct OcmService {
     next_room_serial: u64,
     /// Keys [`FanoutSource::Remote`]'s hash.
     remote_keys: RandomState,
+    /// Cluster mode: rooms and tokens across nodes.
+    cluster: Option<Box<Spanning>>,
 }
 
 impl OcmService {
@@ -224,6 +249,7 @@ impl OcmService {
             rooms_per_ip: PerIpCounts::default(),
             next_room_serial: 0,
             remote_keys: RandomState::new(),
+            cluster: None,
             config,
             conns: ConnMap::new(),
             rooms: Slab::new(),
@@ -279,8 +305,9 @@ impl OcmService {
             Ok(None) => return,
             Ok(Some(request)) => {
                 out.count_frame_in(id);
-                self.answer(id, peer_ip, &request, now_ms, out);
-                out.close(id, CloseReason::Done, CloseMode::AfterFlush);
+                if self.answer(id, peer_ip, &request, now_ms, out) {
+                    out.close(id, CloseReason::Done, CloseMode::AfterFlush);
+                }
             }
             Err(err @ TcrpError::PayloadTooLarge { header, .. }) => {
                 debug!("{id}: {err}");
@@ -307,8 +334,14 @@ impl OcmService {
         if let Some(conn) = self.conns.remove(id) {
             self.timers.cancel(conn.deadline);
         }
+        if let Some(cluster) = self.cluster.as_mut() {
+            if let Some(deadline) = cluster.abandon_conn(id) {
+                self.timers.cancel(deadline);
+            }
+        }
     }
 
+    /// False when the answer waits for the cluster.
     fn answer<O: Outbox>(
         &mut self,
         id: ConnId,
@@ -316,7 +349,7 @@ impl OcmService {
         request: &TcrpRequest,
         now_ms: u64,
         out: &mut O,
-    ) {
+    ) -> bool {
         let room_chars = room_chars(&request.room);
         let is_request = matches!(
             request.operation,
@@ -329,12 +362,28 @@ impl OcmService {
                 codec::encode_answer(room_chars, request.operation, codec::STATE_ACK, &json),
             );
         }
-        let outcome = self.serve(peer_ip, request, now_ms);
+        let outcome = self.serve(id, peer_ip, request, now_ms);
+        if let Outcome::Waiting = outcome {
+            return false;
+        }
+        self.finish_answer(id, room_chars, request, &outcome, out);
+        true
+    }
+
+    /// Sends a decided request's answer; a new member of the lobby room enters the lobby.
+    fn finish_answer<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        room_chars: u8,
+        request: &TcrpRequest,
+        outcome: &Outcome,
+        out: &mut O,
+    ) {
         if let Outcome::Failed(why) = outcome {
             debug!("{id}: malformed or refused TCRP request: {why}");
             out.count_rejected();
         }
-        if let (Outcome::Done(token), Some(link)) = (&outcome, out.hub()) {
+        if let (Outcome::Done(token), Some(link)) = (outcome, out.hub()) {
             // A member of the lobby room is in the switchboard's lobby from its join on (what
             // is said before its first datagram, which gives its address, does not reach it).
             let member = self.tokens.get(token).copied();
@@ -349,7 +398,7 @@ impl OcmService {
                 }
             }
         }
-        self.send_answer(id, room_chars, request.operation, &outcome, out);
+        self.send_answer(id, room_chars, request.operation, outcome, out);
     }
 
     fn send_answer<O: Outbox>(
@@ -374,7 +423,7 @@ impl OcmService {
                 codec::STATE_REQUEST,
                 json::encode_answer(codec::STATUS_REFUSED, message, None),
             ),
-            Outcome::Failed(_) => (
+            Outcome::Failed(_) | Outcome::Waiting => (
                 codec::STATE_ERROR,
                 json::encode_answer(codec::STATUS_FAILED, codec::MESSAGE_FAILED, None),
             ),
@@ -386,7 +435,13 @@ impl OcmService {
     }
 
     /// Decides a complete request and, on success, makes the member.
-    fn serve(&mut self, peer_ip: IpAddr, request: &TcrpRequest, now_ms: u64) -> Outcome {
+    fn serve(
+        &mut self,
+        id: ConnId,
+        peer_ip: IpAddr,
+        request: &TcrpRequest,
+        now_ms: u64,
+    ) -> Outcome {
         let operation = request.operation;
         if operation != codec::OPERATION_CREATE && operation != codec::OPERATION_JOIN {
             return Outcome::Failed("unknown operation");
@@ -424,6 +479,9 @@ impl OcmService {
         };
         if user_name.is_empty() || user_name.len() > self.config.user_name_bytes_max {
             return Outcome::Failed("user name empty or too long");
+        }
+        if self.cluster.is_some() {
+            return self.serve_clustered(id, peer_ip, request, room, user_name, address, now_ms);
         }
 
         let room_key = match (operation, self.room_keys.get(room)) {
@@ -473,25 +531,8 @@ impl OcmService {
         let room_key = match room_key {
             Some(key) => key,
             None => {
-                let serial = self.next_room_serial;
-                self.next_room_serial += 1;
                 let host_ip = peer_ip.to_canonical();
-                let key = self.rooms.insert(Room {
-                    name: room.into(),
-                    // Set by add_member right below.
-                    host: usize::MAX,
-                    host_ip,
-                    serial,
-                    heard: false,
-                    members: Vec::new(),
-                });
-                self.room_keys.insert(room.into(), key);
-                self.rooms_per_ip.try_add(host_ip, 0);
-                if self.config.room_silent_timeout_ms != 0 {
-                    let due_ms = now_ms.saturating_add(self.config.room_silent_timeout_ms);
-                    self.timers.insert(due_ms, Timer::Silent(key, serial));
-                }
-                key
+                self.new_room(room, &user_name, host_ip, 0, None, now_ms)
             }
         };
         let member = self.add_member(
@@ -508,6 +549,44 @@ impl OcmService {
             }
         }
         Outcome::Done(token)
+    }
+
+    /// A room, hosted here (`host_node` `None`: its host is added next) or a view of one
+    /// hosted on another node.
+    fn new_room(
+        &mut self,
+        room: &str,
+        host_name: &str,
+        host_ip: IpAddr,
+        id: u64,
+        host_node: Option<NodeId>,
+        now_ms: u64,
+    ) -> usize {
+        let serial = self.next_room_serial;
+        self.next_room_serial += 1;
+        let hosted = host_node.is_none();
+        let key = self.rooms.insert(Room {
+            name: room.into(),
+            // Set once the host is added, when it is here.
+            host: HOST_ELSEWHERE,
+            id,
+            host_name: host_name.into(),
+            host_node,
+            remote: HashMap::new(),
+            host_ip,
+            serial,
+            heard: false,
+            members: Vec::new(),
+        });
+        self.room_keys.insert(room.into(), key);
+        if hosted {
+            self.rooms_per_ip.try_add(host_ip, 0);
+            if self.config.room_silent_timeout_ms != 0 {
+                let due_ms = now_ms.saturating_add(self.config.room_silent_timeout_ms);
+                self.timers.insert(due_ms, Timer::Silent(key, serial));
+            }
+        }
+        key
     }
 
     /// A fresh token that no live member holds.
@@ -566,27 +645,33 @@ impl OcmService {
     pub fn on_datagram<D: DatagramOut>(
         &mut self,
         from: SocketAddr,
-        datagram: &[u8],
+        raw: &[u8],
         now_ms: u64,
         out: &mut D,
     ) {
-        let Ok(datagram) = codec::parse_datagram(datagram) else {
+        let Ok(datagram) = codec::parse_datagram(raw) else {
             out.count_dropped_in(DatagramDrop::Malformed);
             return;
         };
         let room_key = std::str::from_utf8(datagram.room)
             .ok()
             .and_then(|room| self.room_keys.get(room).copied());
-        let Some(room_key) = room_key else {
-            out.count_dropped_in(DatagramDrop::UnknownRoom);
-            return;
-        };
-        let member_key = <&Token>::try_from(datagram.token)
-            .ok()
-            .and_then(|token| self.tokens.get(token).copied())
-            .filter(|&key| self.members.get(key).is_some_and(|m| m.room == room_key));
-        let Some(member_key) = member_key else {
-            out.count_dropped_in(DatagramDrop::BadToken);
+        let member_key = room_key.and_then(|room_key| {
+            <&Token>::try_from(datagram.token)
+                .ok()
+                .and_then(|token| self.tokens.get(token).copied())
+                .filter(|&key| self.members.get(key).is_some_and(|m| m.room == room_key))
+        });
+        let (Some(room_key), Some(member_key)) = (room_key, member_key) else {
+            if self.cluster.is_some() {
+                // Maybe another node's member (the kernel may deliver its datagrams to any
+                // node): its token is looked up.
+                self.on_foreign_datagram(from, raw, now_ms, out, false);
+            } else if room_key.is_none() {
+                out.count_dropped_in(DatagramDrop::UnknownRoom);
+            } else {
+                out.count_dropped_in(DatagramDrop::BadToken);
+            }
             return;
         };
         let Some(member) = self.members.get_mut(member_key) else {
@@ -648,6 +733,7 @@ impl OcmService {
         };
         let source = FanoutSource::Datagram(from);
         let budget = &mut self.budget;
+        let in_lobby = said.is_some();
         let admitted = match (said, out.hub()) {
             (Some(said), Some(mut link)) => {
                 link.say(said, lobby_endpoint(member_key), |crossing| {
@@ -663,6 +749,9 @@ impl OcmService {
         out.count_datagram_in();
         let text = std::mem::take(&mut self.text);
         self.fan_out(room_key, Some(member_key), &text, out);
+        if self.cluster.is_some() {
+            self.publish_chat(room_key, member_key, from, in_lobby, &text, out);
+        }
         self.text = text;
         self.remove_doomed(out);
     }
@@ -726,11 +815,17 @@ impl OcmService {
         let is_host = room.host == key;
         let leave_text = codec::leave_text(&member.name, &room.name);
         debug!("OCM {} leaves {} ({why:?})", member.name, room.name);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.member_gone(room, &member);
+        }
         if is_host {
             let text = codec::host_leave_text(&member.name, &room.name);
+            self.publish_room_event(member.room, OcmStep::Closed, &member.name, &text, out);
             self.close_room(member.room, text.as_bytes(), out);
         } else {
+            self.publish_room_event(member.room, OcmStep::Left, &member.name, &leave_text, out);
             self.fan_out(member.room, None, leave_text.as_bytes(), out);
+            self.drop_if_unserved(member.room);
         }
         if why == Leave::Idle {
             if let Some(address) = member.address {
@@ -747,11 +842,19 @@ impl OcmService {
             return;
         };
         self.room_keys.remove(&room.name);
-        self.rooms_per_ip.remove(room.host_ip);
+        if room.host_node.is_none() {
+            self.rooms_per_ip.remove(room.host_ip);
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.room_closed(&room);
+        }
         for &key in &room.members {
             let Some(member) = self.members.try_remove(key) else {
                 continue;
             };
+            if let Some(cluster) = self.cluster.as_mut() {
+                cluster.member_gone(&room, &member);
+            }
             leave_lobby(key, out);
             self.timers.cancel(member.idle);
             self.tokens.remove(&member.token);
@@ -814,6 +917,7 @@ impl OcmService {
                         member.idle = self.timers.insert(due_ms, Timer::Idle(key));
                     }
                 }
+                Timer::Cluster(request) => self.cluster_deadline(request, out),
                 Timer::Silent(key, serial) => {
                     let silent = self
                         .rooms
@@ -826,6 +930,7 @@ impl OcmService {
                             .get(room.host)
                             .map_or_else(String::new, |host| host.name.to_string());
                         let text = codec::host_leave_text(&host_name, &room.name);
+                        self.publish_room_event(key, OcmStep::Closed, &host_name, &text, datagrams);
                         self.close_room(key, text.as_bytes(), datagrams);
                     }
                 }
@@ -836,7 +941,7 @@ impl OcmService {
 
 /// The room name's length in characters, as the original counts it (`len(str)`); a name that
 /// is not UTF-8 counts its bytes. At most 255 either way, since RoomNameSize is one byte.
-fn room_chars(room: &[u8]) -> u8 {
+pub(super) fn room_chars(room: &[u8]) -> u8 {
     let count = match std::str::from_utf8(room) {
         Ok(name) => name.chars().count(),
         Err(_) => room.len(),
@@ -862,7 +967,7 @@ fn lobby_endpoint(key: usize) -> Endpoint {
 }
 
 /// Member `key` is gone: out of the switchboard's lobby, if it was in it.
-fn leave_lobby<D: DatagramOut>(key: usize, out: &mut D) {
+pub(super) fn leave_lobby<D: DatagramOut>(key: usize, out: &mut D) {
     if let Some(link) = out.hub() {
         link.hub.leave_lobby(lobby_endpoint(key), link.queue);
     }

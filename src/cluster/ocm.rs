@@ -1,0 +1,978 @@
+//! OCM rooms across nodes (issue 21; docs/CLUSTER.md, "OCM rooms across nodes").
+//!
+//! A room and its tokens are records in Redis, so a room created through one node's TCRP can
+//! be joined through any other, and a token can be checked by whichever node a datagram
+//! reaches:
+//!
+//! - `switchboard:ocm:room:<room>`: a hash `id` (16 hex digits, random per room), `host` (the
+//!   host's user name), `node` (the host's node, `<incarnation>:<node name>`);
+//! - `switchboard:ocm:members:<room>`: a hash, member name to `<expires, unix ms>:<node>`,
+//!   so a name is unique in its room across the nodes, and a dead node's members free their
+//!   names when their entries expire;
+//! - `switchboard:ocm:token:<64 hex>`: a hash `room`, `id`, `ip`, `host` (`1` or `0`), `name`,
+//!   `node`: the token's room, the IP it is bound to and the member's home node.
+//!
+//! Member entries expire by Redis's clock (`TIME` in the scripts: one clock for every node).
+//! Create and join are Lua scripts, atomic in Redis: two nodes creating one room name at once
+//! get one yes between them, two members joining under one name one yes. Every key carries
+//! the node's key expiry (three quarters of the lease) and is renewed every quarter lease by
+//! the node that owns it (the room by its host's node, each member's entry and token by the
+//! member's node), set again if it is gone (Redis restarted empty). A node that dies stops
+//! renewing: its rooms and tokens lapse with its lease.
+//!
+//! One thread, `cluster-ocm`, owns its own Redis connection, as the names thread does: the
+//! reactor hands it [`OcmOp`]s through a bounded channel (never waiting), and the answers come
+//! back through a channel and the waker. While Redis cannot be reached, creates, joins and
+//! look-ups are answered as unavailable at once (the OCM service's deadline bounds the rest).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use log::{debug, warn};
+
+use super::names::{holder_value, parse_holder_value};
+use super::{link_down, link_up, liveness, ClusterStats, RECONNECT_DELAY_MAX};
+
+/// A token as it travels: 64 lowercase hex characters.
+pub type OcmToken = [u8; 64];
+
+const ROOM_KEY_PREFIX: &str = "switchboard:ocm:room:";
+const MEMBERS_KEY_PREFIX: &str = "switchboard:ocm:members:";
+const TOKEN_KEY_PREFIX: &str = "switchboard:ocm:token:";
+
+/// Operations waiting for the thread; one more is refused (a request is then answered 500 at
+/// once, a datagram dropped).
+const OPS_MAX: usize = 65_536;
+/// Operations sent to Redis in one pipeline.
+const BATCH_MAX: usize = 1024;
+
+/// KEYS: room, members, token. ARGV: id, host name, node, expiry ms, ip, room name.
+/// 1: created (or already this very room: a retried script); 0: a room of that name exists.
+const CREATE_SCRIPT: &str = "\
+local id = redis.call('HGET', KEYS[1], 'id') \
+if id == ARGV[1] then return 1 end \
+if id then return 0 end \
+local t = redis.call('TIME') \
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[2], 'node', ARGV[3]) \
+redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+redis.call('DEL', KEYS[2]) \
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', now + tonumber(ARGV[4])) .. ':' .. ARGV[3]) \
+redis.call('PEXPIRE', KEYS[2], ARGV[4]) \
+redis.call('HSET', KEYS[3], 'room', ARGV[6], 'id', ARGV[1], 'ip', ARGV[5], 'host', '1', 'name', ARGV[2], 'node', ARGV[3]) \
+redis.call('PEXPIRE', KEYS[3], ARGV[4]) \
+return 1";
+
+/// KEYS: room, members, token. ARGV: name, node, expiry ms, ip, members max, room name.
+/// {0}: no such room; {2}: the name is a member's already; {3}: full; {1, id, host, host
+/// node, then name and node of every other live member}: joined (also when this very join
+/// ran before, its token key then existing: a retried script).
+const JOIN_SCRIPT: &str = "\
+local room = redis.call('HMGET', KEYS[1], 'id', 'host', 'node') \
+if not room[1] then return {0} end \
+local t = redis.call('TIME') \
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+local all = redis.call('HGETALL', KEYS[2]) \
+local live = {} \
+local count = 0 \
+for i = 1, #all, 2 do \
+  local expires, node = string.match(all[i + 1], '^(%d+):(.*)$') \
+  if expires == nil or tonumber(expires) < now then redis.call('HDEL', KEYS[2], all[i]) \
+  else \
+    if all[i] == ARGV[1] then \
+      if redis.call('EXISTS', KEYS[3]) == 0 then return {2} end \
+    else \
+      count = count + 1 \
+      live[#live + 1] = all[i] \
+      live[#live + 1] = node \
+    end \
+  end \
+end \
+if count >= tonumber(ARGV[5]) then return {3} end \
+redis.call('HSET', KEYS[2], ARGV[1], string.format('%d', now + tonumber(ARGV[3])) .. ':' .. ARGV[2]) \
+redis.call('PEXPIRE', KEYS[2], ARGV[3]) \
+redis.call('HSET', KEYS[3], 'room', ARGV[6], 'id', room[1], 'ip', ARGV[4], 'host', '0', 'name', ARGV[1], 'node', ARGV[2]) \
+redis.call('PEXPIRE', KEYS[3], ARGV[3]) \
+local answer = {1, room[1], room[2], room[3]} \
+for i = 1, #live do answer[#answer + 1] = live[i] end \
+return answer";
+
+/// KEYS: members, token. ARGV: name. A member leaves: its token goes, and its name with it
+/// (only if the token was there: the name may be another member's by now, or the join this
+/// undoes may never have run).
+const LEAVE_SCRIPT: &str = "\
+if redis.call('DEL', KEYS[2]) == 1 then redis.call('HDEL', KEYS[1], ARGV[1]) end \
+return 1";
+
+/// KEYS: room, members. ARGV: id. The room goes, if it is still that room.
+const CLOSE_SCRIPT: &str = "\
+if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then redis.call('DEL', KEYS[1], KEYS[2]) end \
+return 1";
+
+/// KEYS: room, members. ARGV: id, host name, node, expiry ms. The host's node keeps its room:
+/// extended, or set again if gone; 0 when another room of that name is there now.
+const RENEW_ROOM_SCRIPT: &str = "\
+local id = redis.call('HGET', KEYS[1], 'id') \
+if id == ARGV[1] then \
+  redis.call('PEXPIRE', KEYS[1], ARGV[4]) redis.call('PEXPIRE', KEYS[2], ARGV[4]) return 1 end \
+if id then return 0 end \
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[2], 'node', ARGV[3]) \
+redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+return 1";
+
+/// KEYS: members, token. ARGV: name, node, expiry ms, room name, id, ip, host flag. A
+/// member's node keeps its name in the room and its token.
+const RENEW_MEMBER_SCRIPT: &str = "\
+local t = redis.call('TIME') \
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[3])) .. ':' .. ARGV[2]) \
+redis.call('PEXPIRE', KEYS[1], ARGV[3]) \
+redis.call('HSET', KEYS[2], 'room', ARGV[4], 'id', ARGV[5], 'ip', ARGV[6], 'host', ARGV[7], 'name', ARGV[1], 'node', ARGV[2]) \
+redis.call('PEXPIRE', KEYS[2], ARGV[3]) \
+return 1";
+
+fn key(prefix: &str, name: &[u8]) -> Vec<u8> {
+    let mut key = prefix.as_bytes().to_vec();
+    key.extend_from_slice(name);
+    key
+}
+
+/// What the OCM service asks of Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OcmOp {
+    /// A TCRP create: the room, its host and the host's token, if the name is free.
+    Create {
+        request: u64,
+        room: Bytes,
+        room_id: u64,
+        host: Bytes,
+        token: OcmToken,
+        ip: IpAddr,
+    },
+    /// A TCRP join, if the room exists, the name is free in it and it is not full.
+    Join {
+        request: u64,
+        room: Bytes,
+        member: Bytes,
+        token: OcmToken,
+        ip: IpAddr,
+        members_max: usize,
+    },
+    /// Whose is this token (a datagram reached this node with it)?
+    Lookup { token: OcmToken },
+    /// A member of this node left: its name and token go, and are no longer renewed.
+    Leave {
+        room: Bytes,
+        member: Bytes,
+        token: OcmToken,
+    },
+    /// A room this node hosts is closed.
+    Close { room: Bytes, room_id: u64 },
+}
+
+/// A room as Redis has it, for a join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedRoom {
+    pub room_id: u64,
+    pub host: Bytes,
+    /// The host's node and its incarnation.
+    pub host_node: (Bytes, u64),
+    /// The other members of the room and their nodes.
+    pub members: Vec<(Bytes, (Bytes, u64))>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinAnswer {
+    Joined(JoinedRoom),
+    Missing,
+    NameTaken,
+    Full,
+    Unavailable,
+}
+
+/// A token's record, as any node reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub room: Bytes,
+    pub room_id: u64,
+    pub ip: IpAddr,
+    pub host: bool,
+    pub member: Bytes,
+    pub node: (Bytes, u64),
+}
+
+/// What the thread hands the reactor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OcmAnswer {
+    /// `Some(true)`: created; `Some(false)`: a room of that name exists; `None`: Redis could
+    /// not be asked.
+    Created {
+        request: u64,
+        created: Option<bool>,
+    },
+    Joined {
+        request: u64,
+        answer: JoinAnswer,
+    },
+    /// `Ok(None)`: no such token; `Err(())`: Redis could not be asked.
+    Looked {
+        token: OcmToken,
+        record: Result<Option<TokenRecord>, ()>,
+    },
+}
+
+/// The reactor's side of the thread.
+pub struct OcmRooms {
+    ops: Option<SyncSender<OcmOp>>,
+    answers: Receiver<OcmAnswer>,
+    pending: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OcmRooms {
+    pub fn start(
+        client: redis::Client,
+        node: &[u8],
+        incarnation: u64,
+        lease_ms: u64,
+        command_timeout: Duration,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        stats: Arc<ClusterStats>,
+    ) -> std::io::Result<OcmRooms> {
+        let (ops, ops_rx) = mpsc::sync_channel(OPS_MAX);
+        let (answers_tx, answers) = mpsc::channel();
+        let pending = Arc::new(AtomicBool::new(false));
+        let worker = OcmThread {
+            client,
+            conn: None,
+            node: holder_value(node, incarnation),
+            lease_ms,
+            command_timeout,
+            rooms: HashMap::new(),
+            members: HashMap::new(),
+            undo: Vec::new(),
+            answers: answers_tx,
+            pending: Arc::clone(&pending),
+            wake,
+            stats,
+            down_since: None,
+            next_connect: Instant::now(),
+            delay: Duration::from_millis(50),
+        };
+        let thread = std::thread::Builder::new()
+            .name("cluster-ocm".into())
+            .spawn(move || worker.run(ops_rx))?;
+        Ok(OcmRooms {
+            ops: Some(ops),
+            answers,
+            pending,
+            thread: Some(thread),
+        })
+    }
+
+    /// No thread and no Redis (unit tests): every op is refused.
+    #[cfg(test)]
+    pub(crate) fn detached() -> OcmRooms {
+        let (_, answers) = mpsc::channel();
+        OcmRooms {
+            ops: None,
+            answers,
+            pending: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    /// Queue `op`; never blocks. The op back when the queue is full (or there is no thread).
+    pub fn send(&mut self, op: OcmOp) -> Result<(), Box<OcmOp>> {
+        let Some(ops) = &self.ops else {
+            return Err(Box::new(op));
+        };
+        ops.try_send(op).map_err(|err| match err {
+            TrySendError::Full(op) | TrySendError::Disconnected(op) => Box::new(op),
+        })
+    }
+
+    pub fn try_recv(&mut self) -> Option<OcmAnswer> {
+        self.pending.store(false, Ordering::Release);
+        self.answers.try_recv().ok()
+    }
+
+    /// Stop the thread once it has carried out what is queued.
+    pub fn shut_down(&mut self) {
+        self.ops = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                warn!("cluster: the OCM rooms thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for OcmRooms {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// A member of this node, as its renewal needs it.
+struct OwnedMember {
+    room: Bytes,
+    room_id: u64,
+    member: Bytes,
+    ip: IpAddr,
+    host: bool,
+}
+
+struct OcmThread {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    /// This node as its records name it: `<incarnation>:<node name>`.
+    node: Vec<u8>,
+    lease_ms: u64,
+    command_timeout: Duration,
+    /// Rooms this node hosts: name to (id, host name).
+    rooms: HashMap<Bytes, (u64, Bytes)>,
+    /// Members of this node, by token.
+    members: HashMap<OcmToken, OwnedMember>,
+    /// Leaves and closes to carry out once Redis answers again: those that could not be sent,
+    /// and the undoing of creates and joins whose outcome is unknown (sent, then no answer
+    /// within the deadline: Redis may run them later, when it thaws).
+    undo: Vec<OcmOp>,
+    answers: mpsc::Sender<OcmAnswer>,
+    pending: Arc<AtomicBool>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    stats: Arc<ClusterStats>,
+    down_since: Option<Instant>,
+    next_connect: Instant,
+    delay: Duration,
+}
+
+fn id_hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+fn bulk(value: &redis::Value) -> Option<&[u8]> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
+/// A `HGETALL` of a token key.
+fn parse_token_record(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<TokenRecord> {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(field, _)| field == name.as_bytes())
+            .map(|(_, value)| &value[..])
+    };
+    let room_id = u64::from_str_radix(std::str::from_utf8(get("id")?).ok()?, 16).ok()?;
+    let ip = std::str::from_utf8(get("ip")?).ok()?.parse().ok()?;
+    let (node, incarnation) = parse_holder_value(get("node")?)?;
+    Some(TokenRecord {
+        room: Bytes::copy_from_slice(get("room")?),
+        room_id,
+        ip,
+        host: get("host")? == b"1",
+        member: Bytes::copy_from_slice(get("name")?),
+        node: (node, incarnation),
+    })
+}
+
+/// The join script's answer.
+fn parse_join(values: &[redis::Value]) -> Option<JoinAnswer> {
+    let code = match values.first()? {
+        redis::Value::Int(code) => *code,
+        _ => return None,
+    };
+    match code {
+        0 => return Some(JoinAnswer::Missing),
+        2 => return Some(JoinAnswer::NameTaken),
+        3 => return Some(JoinAnswer::Full),
+        1 => {}
+        _ => return None,
+    }
+    let room_id = u64::from_str_radix(std::str::from_utf8(bulk(values.get(1)?)?).ok()?, 16).ok()?;
+    let host = Bytes::copy_from_slice(bulk(values.get(2)?)?);
+    let host_node = parse_holder_value(bulk(values.get(3)?)?)?;
+    let mut members = Vec::new();
+    for pair in values.get(4..)?.chunks(2) {
+        let [name, node] = pair else {
+            return None;
+        };
+        if let Some(node) = parse_holder_value(bulk(node)?) {
+            members.push((Bytes::copy_from_slice(bulk(name)?), node));
+        }
+    }
+    Some(JoinAnswer::Joined(JoinedRoom {
+        room_id,
+        host,
+        host_node,
+        members,
+    }))
+}
+
+impl OcmThread {
+    fn run(mut self, ops: Receiver<OcmOp>) {
+        self.ensure();
+        let interval = Duration::from_millis((self.lease_ms / 4).max(1));
+        let mut next_renew = Instant::now() + interval;
+        loop {
+            let wait = next_renew.saturating_duration_since(Instant::now());
+            match ops.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH_MAX {
+                        match ops.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply(batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_renew {
+                next_renew = Instant::now() + interval;
+                self.renew();
+            }
+        }
+        // A clean stop: this node's rooms close and its members leave at once, not a lease
+        // later (the other nodes hear of it from the OCM service's own events).
+        if self.conn.is_some() {
+            let mut pipe = redis::pipe();
+            for (room, (id, _)) in &self.rooms {
+                close_op(&mut pipe, room, *id);
+            }
+            for (token, member) in &self.members {
+                leave_op(&mut pipe, &member.room, &member.member, token);
+            }
+            if let Some(conn) = self.conn.as_mut() {
+                let _ = pipe.query::<()>(conn);
+            }
+        }
+    }
+
+    fn expiry_ms(&self) -> u64 {
+        liveness::LeaseSchedule::key_expiry_ms(self.lease_ms)
+    }
+
+    fn ensure(&mut self) -> bool {
+        if self.conn.is_some() {
+            return true;
+        }
+        if Instant::now() < self.next_connect {
+            return false;
+        }
+        let opened = self
+            .client
+            .get_connection_with_timeout(self.command_timeout)
+            .and_then(|conn| {
+                conn.set_read_timeout(Some(self.command_timeout))?;
+                conn.set_write_timeout(Some(self.command_timeout))?;
+                Ok(conn)
+            });
+        match opened {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                // What could not be undone or left before goes first (a create that ran
+                // after its deadline must not outlive the link's return), then this node's
+                // records are set again (Redis may have restarted empty).
+                self.flush_undo() && self.renew_once()
+            }
+            Err(err) => {
+                debug!("cluster: OCM rooms reconnect failed: {err}");
+                self.lost(&err);
+                false
+            }
+        }
+    }
+
+    fn lost(&mut self, err: &dyn std::fmt::Display) {
+        self.conn = None;
+        self.next_connect = Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(RECONNECT_DELAY_MAX);
+        if self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+            link_down(&self.stats, "OCM rooms thread", err);
+        }
+    }
+
+    fn up(&mut self) {
+        self.delay = Duration::from_millis(50);
+        if let Some(since) = self.down_since.take() {
+            link_up(&self.stats, "OCM rooms thread", since);
+        }
+    }
+
+    /// As the names thread's: a broken connection is replaced and the pipeline sent again,
+    /// once (create and join may then run twice: a create found existing is its own room,
+    /// which the second run reports as taken; see docs/CLUSTER.md).
+    fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Option<T> {
+        for attempt in 0..2 {
+            if !self.ensure() {
+                return None;
+            }
+            let conn = self.conn.as_mut()?;
+            match pipe.query::<T>(conn) {
+                Ok(answers) => {
+                    self.up();
+                    return Some(answers);
+                }
+                Err(err) => {
+                    self.lost(&err);
+                    if attempt == 0 && !err.is_timeout() {
+                        self.next_connect = Instant::now();
+                    } else {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn apply(&mut self, batch: Vec<OcmOp>) {
+        if !self.flush_undo() {
+            self.unavailable(batch);
+            return;
+        }
+        let expiry_ms = self.expiry_ms();
+        let mut pipe = redis::pipe();
+        for op in &batch {
+            match op {
+                OcmOp::Create {
+                    room,
+                    room_id,
+                    host,
+                    token,
+                    ip,
+                    ..
+                } => {
+                    pipe.cmd("EVAL")
+                        .arg(CREATE_SCRIPT)
+                        .arg(3)
+                        .arg(key(ROOM_KEY_PREFIX, room))
+                        .arg(key(MEMBERS_KEY_PREFIX, room))
+                        .arg(key(TOKEN_KEY_PREFIX, token))
+                        .arg(id_hex(*room_id))
+                        .arg(&host[..])
+                        .arg(&self.node)
+                        .arg(expiry_ms)
+                        .arg(ip.to_string())
+                        .arg(&room[..]);
+                }
+                OcmOp::Join {
+                    room,
+                    member,
+                    token,
+                    ip,
+                    members_max,
+                    ..
+                } => {
+                    pipe.cmd("EVAL")
+                        .arg(JOIN_SCRIPT)
+                        .arg(3)
+                        .arg(key(ROOM_KEY_PREFIX, room))
+                        .arg(key(MEMBERS_KEY_PREFIX, room))
+                        .arg(key(TOKEN_KEY_PREFIX, token))
+                        .arg(&member[..])
+                        .arg(&self.node)
+                        .arg(expiry_ms)
+                        .arg(ip.to_string())
+                        .arg(*members_max)
+                        .arg(&room[..]);
+                }
+                OcmOp::Lookup { token } => {
+                    pipe.cmd("HGETALL").arg(key(TOKEN_KEY_PREFIX, token));
+                }
+                OcmOp::Leave {
+                    room,
+                    member,
+                    token,
+                } => leave_op(&mut pipe, room, member, token),
+                OcmOp::Close { room, room_id } => close_op(&mut pipe, room, *room_id),
+            }
+        }
+        let results = match self.query::<Vec<redis::Value>>(&pipe) {
+            Some(results) if results.len() == batch.len() => results,
+            _ => {
+                self.unavailable(batch);
+                return;
+            }
+        };
+        for (op, result) in batch.into_iter().zip(results) {
+            match op {
+                OcmOp::Create {
+                    request,
+                    room,
+                    room_id,
+                    host,
+                    token,
+                    ip,
+                } => {
+                    let created = result == redis::Value::Int(1);
+                    if created {
+                        self.rooms.insert(room.clone(), (room_id, host.clone()));
+                        self.members.insert(
+                            token,
+                            OwnedMember {
+                                room,
+                                room_id,
+                                member: host,
+                                ip,
+                                host: true,
+                            },
+                        );
+                    }
+                    self.answer(OcmAnswer::Created {
+                        request,
+                        created: Some(created),
+                    });
+                }
+                OcmOp::Join {
+                    request,
+                    room,
+                    member,
+                    token,
+                    ip,
+                    ..
+                } => {
+                    let answer = match &result {
+                        redis::Value::Array(values) => parse_join(values),
+                        _ => None,
+                    }
+                    .unwrap_or_else(|| {
+                        warn!("cluster: an OCM join's answer from Redis was not understood");
+                        JoinAnswer::Unavailable
+                    });
+                    if let JoinAnswer::Joined(joined) = &answer {
+                        self.members.insert(
+                            token,
+                            OwnedMember {
+                                room,
+                                room_id: joined.room_id,
+                                member,
+                                ip,
+                                host: false,
+                            },
+                        );
+                    }
+                    self.answer(OcmAnswer::Joined { request, answer });
+                }
+                OcmOp::Lookup { token } => {
+                    let fields: Vec<(Vec<u8>, Vec<u8>)> =
+                        redis::FromRedisValue::from_redis_value(&result).unwrap_or_default();
+                    let record = parse_token_record(&fields);
+                    self.answer(OcmAnswer::Looked {
+                        token,
+                        record: Ok(record),
+                    });
+                }
+                OcmOp::Leave { token, .. } => {
+                    self.members.remove(&token);
+                }
+                OcmOp::Close { room, room_id } => {
+                    if self.rooms.get(&room).is_some_and(|(id, _)| *id == room_id) {
+                        self.rooms.remove(&room);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Redis cannot be asked: requests and look-ups are answered so at once; what left or
+    /// closed is no longer renewed, and is carried out when Redis is back (or lapses). A
+    /// create or join may still run in Redis (sent before it froze): it is undone then.
+    fn unavailable(&mut self, batch: Vec<OcmOp>) {
+        for op in batch {
+            match op {
+                OcmOp::Create {
+                    request,
+                    room,
+                    room_id,
+                    host,
+                    token,
+                    ..
+                } => {
+                    self.retry(OcmOp::Leave {
+                        room: room.clone(),
+                        member: host,
+                        token,
+                    });
+                    self.retry(OcmOp::Close { room, room_id });
+                    self.answer(OcmAnswer::Created {
+                        request,
+                        created: None,
+                    });
+                }
+                OcmOp::Join {
+                    request,
+                    room,
+                    member,
+                    token,
+                    ..
+                } => {
+                    self.retry(OcmOp::Leave {
+                        room,
+                        member,
+                        token,
+                    });
+                    self.answer(OcmAnswer::Joined {
+                        request,
+                        answer: JoinAnswer::Unavailable,
+                    });
+                }
+                OcmOp::Lookup { token } => self.answer(OcmAnswer::Looked {
+                    token,
+                    record: Err(()),
+                }),
+                OcmOp::Leave {
+                    room,
+                    member,
+                    token,
+                } => {
+                    self.members.remove(&token);
+                    self.retry(OcmOp::Leave {
+                        room,
+                        member,
+                        token,
+                    });
+                }
+                OcmOp::Close { room, room_id } => {
+                    if self.rooms.get(&room).is_some_and(|(id, _)| *id == room_id) {
+                        self.rooms.remove(&room);
+                    }
+                    self.retry(OcmOp::Close { room, room_id });
+                }
+            }
+        }
+    }
+
+    /// The leaves and closes waiting for Redis, on the connection there is. False when the
+    /// link failed (they wait again).
+    fn flush_undo(&mut self) -> bool {
+        if self.undo.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        for op in &self.undo {
+            match op {
+                OcmOp::Leave {
+                    room,
+                    member,
+                    token,
+                } => leave_op(&mut pipe, room, member, token),
+                OcmOp::Close { room, room_id } => close_op(&mut pipe, room, *room_id),
+                OcmOp::Create { .. } | OcmOp::Join { .. } | OcmOp::Lookup { .. } => {}
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match pipe.query::<()>(conn) {
+            Ok(()) => {
+                debug!(
+                    "cluster: {} OCM leaves and closes carried out late",
+                    self.undo.len()
+                );
+                self.undo.clear();
+                true
+            }
+            Err(err) => {
+                self.lost(&err);
+                false
+            }
+        }
+    }
+
+    /// A leave or close for when Redis answers again; bounded (beyond, the keys lapse).
+    fn retry(&mut self, op: OcmOp) {
+        if self.undo.len() < OPS_MAX {
+            self.undo.push(op);
+        }
+    }
+
+    fn renew(&mut self) {
+        if self.conn.is_none() {
+            // A new connection renews first.
+            self.ensure();
+            return;
+        }
+        if !self.renew_once() {
+            self.next_connect = Instant::now();
+            self.ensure();
+        }
+        if self.conn.is_some() {
+            self.flush_undo();
+        }
+    }
+
+    /// Extend (or set again) this node's rooms, members' names and tokens. False when the
+    /// link failed.
+    fn renew_once(&mut self) -> bool {
+        if self.rooms.is_empty() && self.members.is_empty() {
+            self.up();
+            return true;
+        }
+        let expiry_ms = self.expiry_ms();
+        let mut pipe = redis::pipe();
+        let rooms: Vec<Bytes> = self.rooms.keys().cloned().collect();
+        for room in &rooms {
+            let Some((id, host)) = self.rooms.get(room) else {
+                continue;
+            };
+            pipe.cmd("EVAL")
+                .arg(RENEW_ROOM_SCRIPT)
+                .arg(2)
+                .arg(key(ROOM_KEY_PREFIX, room))
+                .arg(key(MEMBERS_KEY_PREFIX, room))
+                .arg(id_hex(*id))
+                .arg(&host[..])
+                .arg(&self.node)
+                .arg(expiry_ms);
+        }
+        for (token, member) in &self.members {
+            pipe.cmd("EVAL")
+                .arg(RENEW_MEMBER_SCRIPT)
+                .arg(2)
+                .arg(key(MEMBERS_KEY_PREFIX, &member.room))
+                .arg(key(TOKEN_KEY_PREFIX, token))
+                .arg(&member.member[..])
+                .arg(&self.node)
+                .arg(expiry_ms)
+                .arg(&member.room[..])
+                .arg(id_hex(member.room_id))
+                .arg(member.ip.to_string())
+                .arg(if member.host { "1" } else { "0" });
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match pipe.query::<Vec<i64>>(conn) {
+            Ok(answers) => {
+                self.up();
+                for (room, answer) in rooms.iter().zip(answers) {
+                    if answer == 0 {
+                        warn!(
+                            "cluster: the OCM room {:?} is another node's now (this node's record lapsed while it was cut off from Redis)",
+                            String::from_utf8_lossy(room)
+                        );
+                        self.rooms.remove(room);
+                    }
+                }
+                true
+            }
+            Err(err) => {
+                self.lost(&err);
+                false
+            }
+        }
+    }
+
+    fn answer(&self, answer: OcmAnswer) {
+        if self.answers.send(answer).is_ok() && !self.pending.swap(true, Ordering::AcqRel) {
+            (self.wake)();
+        }
+    }
+}
+
+fn leave_op(pipe: &mut redis::Pipeline, room: &[u8], member: &[u8], token: &OcmToken) {
+    pipe.cmd("EVAL")
+        .arg(LEAVE_SCRIPT)
+        .arg(2)
+        .arg(key(MEMBERS_KEY_PREFIX, room))
+        .arg(key(TOKEN_KEY_PREFIX, token))
+        .arg(member);
+}
+
+fn close_op(pipe: &mut redis::Pipeline, room: &[u8], room_id: u64) {
+    pipe.cmd("EVAL")
+        .arg(CLOSE_SCRIPT)
+        .arg(2)
+        .arg(key(ROOM_KEY_PREFIX, room))
+        .arg(key(MEMBERS_KEY_PREFIX, room))
+        .arg(id_hex(room_id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(bytes: &[u8]) -> redis::Value {
+        redis::Value::BulkString(bytes.to_vec())
+    }
+
+    #[test]
+    fn a_token_record_and_a_join_answer_are_read_and_bad_ones_refused() {
+        let node = holder_value(b"node-a", 0xab);
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = [
+            ("room", &b"r"[..]),
+            ("id", b"00000000000000ff"),
+            ("ip", b"127.0.0.2"),
+            ("host", b"1"),
+            ("name", b"ana"),
+            ("node", &node),
+        ]
+        .iter()
+        .map(|(field, value)| (field.as_bytes().to_vec(), value.to_vec()))
+        .collect();
+        assert_eq!(
+            parse_token_record(&fields),
+            Some(TokenRecord {
+                room: Bytes::from_static(b"r"),
+                room_id: 0xff,
+                ip: "127.0.0.2".parse().unwrap(),
+                host: true,
+                member: Bytes::from_static(b"ana"),
+                node: (Bytes::from_static(b"node-a"), 0xab),
+            })
+        );
+        assert_eq!(parse_token_record(&fields[1..]), None);
+        assert_eq!(parse_token_record(&[]), None);
+        let mut bad_ip = fields.clone();
+        bad_ip[2].1 = b"nowhere".to_vec();
+        assert_eq!(parse_token_record(&bad_ip), None);
+
+        let joined = [
+            redis::Value::Int(1),
+            bulk(b"0000000000000001"),
+            bulk(b"host"),
+            bulk(&node),
+            bulk(b"bo"),
+            bulk(&holder_value(b"node-b", 2)),
+        ];
+        assert_eq!(
+            parse_join(&joined),
+            Some(JoinAnswer::Joined(JoinedRoom {
+                room_id: 1,
+                host: Bytes::from_static(b"host"),
+                host_node: (Bytes::from_static(b"node-a"), 0xab),
+                members: vec![(
+                    Bytes::from_static(b"bo"),
+                    (Bytes::from_static(b"node-b"), 2)
+                )],
+            }))
+        );
+        assert_eq!(parse_join(&joined[..5]), None);
+        assert_eq!(parse_join(&joined[..3]), None);
+        assert_eq!(
+            parse_join(&[redis::Value::Int(0)]),
+            Some(JoinAnswer::Missing)
+        );
+        assert_eq!(
+            parse_join(&[redis::Value::Int(2)]),
+            Some(JoinAnswer::NameTaken)
+        );
+        assert_eq!(parse_join(&[redis::Value::Int(3)]), Some(JoinAnswer::Full));
+        assert_eq!(parse_join(&[redis::Value::Int(7)]), None);
+        assert_eq!(parse_join(&[]), None);
+    }
+}

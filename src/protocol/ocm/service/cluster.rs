@@ -1,0 +1,1322 @@
+//! OCM rooms across the nodes of a cluster (issue 21; docs/CLUSTER.md, "OCM rooms across
+//! nodes"), sans-io: Redis is reached through [`OcmOp`]s the registry hands the OCM rooms
+//! thread, and its answers come back as [`OcmAnswer`]s; the other nodes' room events come in
+//! as [`OcmRoomEvent`]s and this node's go out through the hub queue.
+//!
+//! - A TCRP create or join is decided by Redis (a Lua script, atomic): the request waits,
+//!   never the reactor; no answer within the deadline (the lease), or Redis unreachable, is
+//!   the contract's 500, and nothing is created here.
+//! - Each node serves the members whose TCRP request it answered (their idle time, their
+//!   address, their removal). A room hosted elsewhere is a view here: its local members, and
+//!   who is on which other node.
+//! - Chat said through any node goes to that node's members and out as a `Chat` event; every
+//!   other node sends it to its own members, from its own socket, within its own fan-out
+//!   budget. The member's home node takes it as the member's sign of life.
+//! - A datagram whose token this node does not know is held while the token is looked up
+//!   (the record is cached), then served as the member's home node would, and published.
+//! - A guest's leave and a room's close (host exit, idle, silent room) are events too; a dead
+//!   node's members leave, and its rooms close, when its lease lapses.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use log::{debug, warn};
+
+use super::{
+    codec, FanoutSource, Member, NodeId, OcmService, Outcome, Room, Timer, Token, HOST_ELSEWHERE,
+};
+use crate::cluster::ocm::{JoinAnswer, OcmAnswer, OcmOp, TokenRecord};
+use crate::hub::{HubEvent, OcmRoomEvent, OcmStep};
+use crate::limits::Admission;
+use crate::protocol::{CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, Outbox};
+use crate::timer::TimerKey;
+
+use super::codec::TcrpRequest;
+
+/// Datagrams held while their tokens are looked up, on this node at once; beyond it they are
+/// dropped (counted as bad tokens): a flood of unknown tokens cannot grow memory.
+const HELD_DATAGRAMS_MAX: usize = 4096;
+/// Other nodes' tokens cached; when full, the cache starts afresh (a look-up refills it).
+const REMOTE_TOKENS_MAX: usize = 65_536;
+
+/// A TCRP request waiting for Redis.
+#[derive(Debug)]
+struct Waiting {
+    conn: ConnId,
+    room_chars: u8,
+    request: TcrpRequest,
+    room: Box<str>,
+    user_name: Box<str>,
+    address: Option<SocketAddr>,
+    ip: IpAddr,
+    token: Token,
+    room_id: u64,
+    /// `None` once its connection closed or its deadline passed: a grant is then undone.
+    deadline: Option<TimerKey>,
+}
+
+/// The OCM service's cluster state.
+pub(super) struct Spanning {
+    node: Bytes,
+    incarnation: u64,
+    /// How long a request waits for Redis.
+    wait_ms: u64,
+    next_request: u64,
+    /// For the OCM rooms thread, in order.
+    ops: Vec<OcmOp>,
+    waiting: HashMap<u64, Waiting>,
+    waiting_conns: HashMap<ConnId, u64>,
+    /// Datagrams waiting for their token's look-up, by token.
+    held: HashMap<Token, Vec<(SocketAddr, Bytes)>>,
+    held_count: usize,
+    remote_tokens: HashMap<Token, TokenRecord>,
+    /// Datagrams whose look-up came back, to serve once more (with the OCM socket).
+    ready: VecDeque<(SocketAddr, Bytes)>,
+    /// Other nodes' room events and lapsed nodes, to act on with the OCM socket.
+    events: VecDeque<Box<OcmRoomEvent>>,
+    lapsed: Vec<NodeId>,
+}
+
+impl Spanning {
+    fn is_here(&self, node: &NodeId) -> bool {
+        node.0 == self.node && node.1 == self.incarnation
+    }
+
+    /// The TCRP connection `id` closed: a request of it still waiting is abandoned (its
+    /// deadline back, to cancel).
+    pub(super) fn abandon_conn(&mut self, id: ConnId) -> Option<TimerKey> {
+        let request = self.waiting_conns.remove(&id)?;
+        self.waiting.get_mut(&request)?.deadline.take()
+    }
+
+    /// A room closes here: Redis forgets it if this node hosts it.
+    pub(super) fn room_closed(&mut self, room: &Room) {
+        if room.host_node.is_none() {
+            self.ops.push(OcmOp::Close {
+                room: Bytes::copy_from_slice(room.name.as_bytes()),
+                room_id: room.id,
+            });
+        }
+    }
+
+    /// A member of this node is gone: its name and token go from Redis.
+    pub(super) fn member_gone(&mut self, room: &Room, member: &Member) {
+        self.ops.push(OcmOp::Leave {
+            room: Bytes::copy_from_slice(room.name.as_bytes()),
+            member: Bytes::copy_from_slice(member.name.as_bytes()),
+            token: member.token,
+        });
+    }
+
+    fn forget_tokens(&mut self, room: &[u8], room_id: u64, member: Option<&[u8]>) {
+        self.remote_tokens.retain(|_, record| {
+            !(record.room == room
+                && record.room_id == room_id
+                && member.is_none_or(|member| record.member == member))
+        });
+    }
+}
+
+fn publish<D: DatagramOut>(out: &mut D, event: OcmRoomEvent) {
+    if let Some(link) = out.hub() {
+        link.queue.publish(HubEvent::Ocm(Box::new(event)));
+    }
+}
+
+fn publish_conn<O: Outbox>(out: &mut O, event: OcmRoomEvent) {
+    if let Some(link) = out.hub() {
+        link.queue.publish(HubEvent::Ocm(Box::new(event)));
+    }
+}
+
+impl OcmService {
+    /// Cluster mode: rooms are decided by Redis and span the nodes. `wait_ms`: how long a
+    /// TCRP request waits for Redis before it is answered 500.
+    pub fn join_cluster(&mut self, node: Bytes, incarnation: u64, wait_ms: u64) {
+        self.cluster = Some(Box::new(Spanning {
+            node,
+            incarnation,
+            wait_ms,
+            next_request: 1,
+            ops: Vec::new(),
+            waiting: HashMap::new(),
+            waiting_conns: HashMap::new(),
+            held: HashMap::new(),
+            held_count: 0,
+            remote_tokens: HashMap::new(),
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+            lapsed: Vec::new(),
+        }));
+    }
+
+    pub fn has_cluster_ops(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| !c.ops.is_empty())
+    }
+
+    /// What to ask Redis, in order.
+    pub fn take_cluster_ops(&mut self) -> Vec<OcmOp> {
+        self.cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.ops))
+            .unwrap_or_default()
+    }
+
+    /// Work that needs the OCM socket: other nodes' events, lapsed nodes, looked-up datagrams.
+    pub fn has_socket_work(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| !c.ready.is_empty() || !c.events.is_empty() || !c.lapsed.is_empty())
+    }
+
+    /// Another node's room event, acted on with the OCM socket ([`OcmService::on_socket_work`]).
+    pub fn queue_remote_event(&mut self, event: Box<OcmRoomEvent>) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.events.push_back(event);
+        }
+    }
+
+    /// Nodes taken for dead: their members leave, the rooms they hosted close.
+    pub fn queue_lapsed_nodes(&mut self, nodes: Vec<NodeId>) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.lapsed.extend(nodes);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn serve_clustered(
+        &mut self,
+        id: ConnId,
+        peer_ip: IpAddr,
+        request: &TcrpRequest,
+        room: &str,
+        user_name: String,
+        address: Option<SocketAddr>,
+        now_ms: u64,
+    ) -> Outcome {
+        let create = request.operation == codec::OPERATION_CREATE;
+        if create {
+            // This node's own limits first; Redis decides whether the name is free.
+            if self.room_keys.contains_key(room) {
+                return Outcome::Refused(codec::room_exists_message(room));
+            }
+            if self.rooms.len() >= self.config.rooms_max {
+                return Outcome::Failed("rooms_max reached");
+            }
+            let per_ip_max = self.config.rooms_per_ip_max;
+            if per_ip_max != 0 && self.rooms_per_ip.count(peer_ip) >= per_ip_max {
+                return Outcome::Failed("rooms_per_ip_max reached");
+            }
+        }
+        let Some(token) = self.new_token() else {
+            log::error!("no randomness for an OCM token; answering 500");
+            return Outcome::Failed("no token");
+        };
+        // The room's id from the token's randomness (a fresh draw would cost another call).
+        let room_id =
+            u64::from_str_radix(std::str::from_utf8(&token[..16]).unwrap_or("0"), 16).unwrap_or(0);
+        let ip = peer_ip.to_canonical();
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Outcome::Failed("not in a cluster");
+        };
+        let number = cluster.next_request;
+        cluster.next_request += 1;
+        let room_bytes = Bytes::copy_from_slice(room.as_bytes());
+        let name_bytes = Bytes::copy_from_slice(user_name.as_bytes());
+        cluster.ops.push(if create {
+            OcmOp::Create {
+                request: number,
+                room: room_bytes,
+                room_id,
+                host: name_bytes,
+                token,
+                ip,
+            }
+        } else {
+            OcmOp::Join {
+                request: number,
+                room: room_bytes,
+                member: name_bytes,
+                token,
+                ip,
+                members_max: self.config.room_members_max,
+            }
+        });
+        let due_ms = now_ms.saturating_add(cluster.wait_ms);
+        let deadline = self.timers.insert(due_ms, Timer::Cluster(number));
+        cluster.waiting_conns.insert(id, number);
+        cluster.waiting.insert(
+            number,
+            Waiting {
+                conn: id,
+                room_chars: super::room_chars(&request.room),
+                request: request.clone(),
+                room: room.into(),
+                user_name: user_name.into(),
+                address,
+                ip,
+                token,
+                room_id,
+                deadline: Some(deadline),
+            },
+        );
+        Outcome::Waiting
+    }
+
+    /// A request's deadline passed without Redis's answer: 500, and a late grant is undone.
+    pub(super) fn cluster_deadline<O: Outbox>(&mut self, request: u64, out: &mut O) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(waiting) = cluster.waiting.get_mut(&request) else {
+            return;
+        };
+        if waiting.deadline.take().is_none() {
+            return;
+        }
+        let conn = waiting.conn;
+        cluster.waiting_conns.remove(&conn);
+        let (room_chars, request) = (waiting.room_chars, waiting.request.clone());
+        warn!("{conn}: OCM request not confirmed by the cluster within its deadline; answered 500");
+        let outcome = Outcome::Failed("the cluster did not answer in time");
+        self.finish_answer(conn, room_chars, &request, &outcome, out);
+        out.close(conn, CloseReason::Done, CloseMode::AfterFlush);
+    }
+
+    /// An answer from the OCM rooms thread.
+    pub fn on_cluster_answer<O: Outbox>(&mut self, answer: OcmAnswer, now_ms: u64, out: &mut O) {
+        match answer {
+            OcmAnswer::Created { request, created } => {
+                let Some(waiting) = self.take_waiting(request, created == Some(true)) else {
+                    return;
+                };
+                let outcome = match created {
+                    Some(true) if self.room_keys.contains_key(&*waiting.room) => {
+                        // This node's view is behind Redis's (a close not heard of yet).
+                        self.undo(&waiting, true);
+                        Outcome::Failed("a stale room of that name is still here")
+                    }
+                    Some(true) => {
+                        let key = self.new_room(
+                            &waiting.room,
+                            &waiting.user_name,
+                            waiting.ip,
+                            waiting.room_id,
+                            None,
+                            now_ms,
+                        );
+                        let member = self.add_member(
+                            key,
+                            waiting.user_name.clone(),
+                            waiting.token,
+                            waiting.ip,
+                            waiting.address,
+                            now_ms,
+                        );
+                        if let Some(room) = self.rooms.get_mut(key) {
+                            room.host = member;
+                        }
+                        Outcome::Done(waiting.token)
+                    }
+                    Some(false) => Outcome::Refused(codec::room_exists_message(&waiting.room)),
+                    None => Outcome::Failed("the cluster (Redis) could not be asked"),
+                };
+                self.answer_waiting(&waiting, &outcome, out);
+            }
+            OcmAnswer::Joined { request, answer } => {
+                let granted = matches!(answer, JoinAnswer::Joined(_));
+                let Some(waiting) = self.take_waiting(request, granted) else {
+                    return;
+                };
+                let outcome = match answer {
+                    JoinAnswer::Joined(joined) => {
+                        let local = self.room_keys.get(&*waiting.room).copied();
+                        let key = match local {
+                            Some(key)
+                                if self.rooms.get(key).is_some_and(|r| r.id == joined.room_id) =>
+                            {
+                                Some(key)
+                            }
+                            Some(_) => None,
+                            None => {
+                                let key = self.new_room(
+                                    &waiting.room,
+                                    &String::from_utf8_lossy(&joined.host),
+                                    waiting.ip,
+                                    joined.room_id,
+                                    Some(joined.host_node.clone()),
+                                    now_ms,
+                                );
+                                let cluster = self.cluster.as_ref();
+                                if let Some(room) = self.rooms.get_mut(key) {
+                                    for (name, node) in joined.members {
+                                        if !cluster.is_some_and(|c| c.is_here(&node)) {
+                                            room.remote.insert(name, node);
+                                        }
+                                    }
+                                }
+                                Some(key)
+                            }
+                        };
+                        match key {
+                            Some(key) => {
+                                self.add_member(
+                                    key,
+                                    waiting.user_name.clone(),
+                                    waiting.token,
+                                    waiting.ip,
+                                    waiting.address,
+                                    now_ms,
+                                );
+                                if let Some(event) =
+                                    self.room_event(key, OcmStep::Joined, &waiting.user_name, "")
+                                {
+                                    publish_conn(out, event);
+                                }
+                                Outcome::Done(waiting.token)
+                            }
+                            None => {
+                                self.undo(&waiting, false);
+                                Outcome::Failed("a stale room of that name is still here")
+                            }
+                        }
+                    }
+                    JoinAnswer::Missing => {
+                        Outcome::Refused(codec::room_missing_message(&waiting.room))
+                    }
+                    JoinAnswer::NameTaken => Outcome::Failed("user name taken in this room"),
+                    JoinAnswer::Full => Outcome::Failed("room_members_max reached"),
+                    JoinAnswer::Unavailable => {
+                        Outcome::Failed("the cluster (Redis) could not be asked")
+                    }
+                };
+                self.answer_waiting(&waiting, &outcome, out);
+            }
+            OcmAnswer::Looked { token, record } => {
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return;
+                };
+                match record {
+                    Ok(Some(record)) if !cluster.is_here(&record.node) => {
+                        if cluster.remote_tokens.len() >= REMOTE_TOKENS_MAX {
+                            cluster.remote_tokens.clear();
+                        }
+                        cluster.remote_tokens.insert(token, record);
+                    }
+                    Ok(_) => {}
+                    Err(()) => debug!("an OCM token could not be looked up: Redis unreachable"),
+                }
+                // Served once more either way: known now, or dropped as a bad token.
+                if let Some(held) = cluster.held.remove(&token) {
+                    cluster.held_count -= held.len();
+                    cluster.ready.extend(held);
+                }
+            }
+        }
+    }
+
+    /// The waiting request `number`, if its client still waits for it; otherwise a grant is
+    /// undone.
+    fn take_waiting(&mut self, number: u64, granted: bool) -> Option<Waiting> {
+        let cluster = self.cluster.as_mut()?;
+        let waiting = cluster.waiting.remove(&number)?;
+        match waiting.deadline {
+            Some(deadline) => {
+                cluster.waiting_conns.remove(&waiting.conn);
+                self.timers.cancel(deadline);
+                Some(waiting)
+            }
+            None => {
+                if granted {
+                    debug!("an OCM grant came for a request no longer waiting: undone");
+                    let create = waiting.request.operation == codec::OPERATION_CREATE;
+                    self.undo(&waiting, create);
+                }
+                None
+            }
+        }
+    }
+
+    /// Redis granted what this node will not serve: its records go.
+    fn undo(&mut self, waiting: &Waiting, created: bool) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let room = Bytes::copy_from_slice(waiting.room.as_bytes());
+        cluster.ops.push(OcmOp::Leave {
+            room: room.clone(),
+            member: Bytes::copy_from_slice(waiting.user_name.as_bytes()),
+            token: waiting.token,
+        });
+        if created {
+            cluster.ops.push(OcmOp::Close {
+                room,
+                room_id: waiting.room_id,
+            });
+        }
+    }
+
+    fn answer_waiting<O: Outbox>(&mut self, waiting: &Waiting, outcome: &Outcome, out: &mut O) {
+        self.finish_answer(
+            waiting.conn,
+            waiting.room_chars,
+            &waiting.request,
+            outcome,
+            out,
+        );
+        out.close(waiting.conn, CloseReason::Done, CloseMode::AfterFlush);
+    }
+
+    /// The event of `step` for room `room_key`, said of `member`, a member of this node.
+    fn room_event(
+        &self,
+        room_key: usize,
+        step: OcmStep,
+        member: &str,
+        text: &str,
+    ) -> Option<OcmRoomEvent> {
+        let cluster = self.cluster.as_ref()?;
+        let room = self.rooms.get(room_key)?;
+        Some(OcmRoomEvent {
+            step,
+            room: Bytes::copy_from_slice(room.name.as_bytes()),
+            room_id: room.id,
+            member: Bytes::copy_from_slice(member.as_bytes()),
+            home_node: cluster.node.clone(),
+            home_incarnation: cluster.incarnation,
+            from: None,
+            in_lobby: false,
+            text: Bytes::copy_from_slice(text.as_bytes()),
+        })
+    }
+
+    /// A member of this node left, or a room closed, here: the other nodes are told.
+    pub(super) fn publish_room_event<D: DatagramOut>(
+        &mut self,
+        room_key: usize,
+        step: OcmStep,
+        member: &str,
+        text: &str,
+        out: &mut D,
+    ) {
+        if let Some(event) = self.room_event(room_key, step, member, text) {
+            publish(out, event);
+        }
+    }
+
+    /// A member of this node spoke: the other nodes send `text` to their members.
+    pub(super) fn publish_chat<D: DatagramOut>(
+        &mut self,
+        room_key: usize,
+        member_key: usize,
+        from: SocketAddr,
+        in_lobby: bool,
+        text: &[u8],
+        out: &mut D,
+    ) {
+        let Some(member) = self.members.get(member_key) else {
+            return;
+        };
+        if let Some(mut event) = self.room_event(room_key, OcmStep::Chat, &member.name, "") {
+            event.from = Some(from);
+            event.in_lobby = in_lobby;
+            event.text = Bytes::copy_from_slice(text);
+            publish(out, event);
+        }
+    }
+
+    /// A room hosted elsewhere with no member here any more is forgotten here.
+    pub(super) fn drop_if_unserved(&mut self, room_key: usize) {
+        let unserved = self
+            .rooms
+            .get(room_key)
+            .is_some_and(|room| room.host == HOST_ELSEWHERE && room.members.is_empty());
+        if unserved {
+            if let Some(room) = self.rooms.try_remove(room_key) {
+                self.room_keys.remove(&room.name);
+            }
+        }
+    }
+
+    /// A datagram whose room or token this node does not serve: another node's member's,
+    /// served from its token's record (looked up once, then cached).
+    pub(super) fn on_foreign_datagram<D: DatagramOut>(
+        &mut self,
+        from: SocketAddr,
+        raw: &[u8],
+        now_ms: u64,
+        out: &mut D,
+        looked_up: bool,
+    ) {
+        let Ok(datagram) = codec::parse_datagram(raw) else {
+            out.count_dropped_in(DatagramDrop::Malformed);
+            return;
+        };
+        let Ok(token) = <Token>::try_from(datagram.token) else {
+            out.count_dropped_in(DatagramDrop::BadToken);
+            return;
+        };
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(record) = cluster.remote_tokens.get(&token).cloned() else {
+            if looked_up || cluster.held_count >= HELD_DATAGRAMS_MAX {
+                out.count_dropped_in(DatagramDrop::BadToken);
+                return;
+            }
+            let held = cluster.held.entry(token).or_default();
+            if held.is_empty() {
+                cluster.ops.push(OcmOp::Lookup { token });
+            }
+            held.push((from, Bytes::copy_from_slice(raw)));
+            cluster.held_count += 1;
+            return;
+        };
+        if record.room[..] != *datagram.room {
+            out.count_dropped_in(DatagramDrop::BadToken);
+            return;
+        }
+        if from.ip().to_canonical() != record.ip {
+            out.count_dropped_in(DatagramDrop::WrongAddress);
+            return;
+        }
+        let Ok(message) = std::str::from_utf8(datagram.message) else {
+            out.count_dropped_in(DatagramDrop::Malformed);
+            return;
+        };
+        let name = String::from_utf8_lossy(&record.member).into_owned();
+        let room_name = String::from_utf8_lossy(&record.room).into_owned();
+        let home = record.node.clone();
+        if datagram.message == codec::EXIT_MESSAGE {
+            out.count_datagram_in();
+            let (step, text) = if record.host {
+                (OcmStep::Closed, codec::host_leave_text(&name, &room_name))
+            } else {
+                (OcmStep::Left, codec::leave_text(&name, &room_name))
+            };
+            let event = OcmRoomEvent {
+                step,
+                room: record.room.clone(),
+                room_id: record.room_id,
+                member: record.member.clone(),
+                home_node: home.0,
+                home_incarnation: home.1,
+                from: None,
+                in_lobby: false,
+                text: Bytes::from(text),
+            };
+            cluster.ops.push(if record.host {
+                OcmOp::Close {
+                    room: record.room.clone(),
+                    room_id: record.room_id,
+                }
+            } else {
+                OcmOp::Leave {
+                    room: record.room.clone(),
+                    member: record.member.clone(),
+                    token,
+                }
+            });
+            publish(out, event.clone());
+            self.apply_room_event(&event, now_ms, out);
+            return;
+        }
+        let text_bytes = name.len() + 2 + message.len();
+        if text_bytes > codec::TEXT_BYTES_MAX {
+            out.count_dropped_in(DatagramDrop::Malformed);
+            return;
+        }
+        let mut text = Vec::with_capacity(text_bytes);
+        text.extend_from_slice(name.as_bytes());
+        text.extend_from_slice(b": ");
+        text.extend_from_slice(datagram.message);
+        let room_key = self
+            .room_keys
+            .get(&*room_name)
+            .copied()
+            .filter(|&key| self.rooms.get(key).is_some_and(|r| r.id == record.room_id));
+        let sends = room_key
+            .and_then(|key| self.rooms.get(key))
+            .map_or(0, |room| room.members.len()) as u64;
+        if self
+            .budget
+            .admit(FanoutSource::Datagram(from), sends, now_ms)
+            != Admission::Admitted
+        {
+            out.count_dropped_in(DatagramDrop::FanoutBudget);
+            return;
+        }
+        out.count_datagram_in();
+        if let Some(key) = room_key {
+            if let Some(room) = self.rooms.get_mut(key) {
+                room.heard = true;
+            }
+            self.fan_out(key, None, &text, out);
+        }
+        publish(
+            out,
+            OcmRoomEvent {
+                step: OcmStep::Chat,
+                room: record.room,
+                room_id: record.room_id,
+                member: record.member,
+                home_node: home.0,
+                home_incarnation: home.1,
+                from: Some(from),
+                in_lobby: false,
+                text: Bytes::from(text),
+            },
+        );
+        self.remove_doomed(out);
+    }
+
+    /// Other nodes' events, lapsed nodes and looked-up datagrams, with the OCM socket.
+    pub fn on_socket_work<D: DatagramOut>(&mut self, now_ms: u64, out: &mut D) {
+        loop {
+            let Some(cluster) = self.cluster.as_mut() else {
+                return;
+            };
+            if let Some(node) = cluster.lapsed.pop() {
+                self.node_lapsed(&node, out);
+            } else if let Some(event) = cluster.events.pop_front() {
+                self.apply_room_event(&event, now_ms, out);
+            } else if let Some((from, raw)) = cluster.ready.pop_front() {
+                self.on_foreign_datagram(from, &raw, now_ms, out, true);
+            } else {
+                break;
+            }
+            self.remove_doomed(out);
+        }
+    }
+
+    /// A room event said by another node (or by this one for another node's member): this
+    /// node's members are told, and this node's view of the room follows.
+    fn apply_room_event<D: DatagramOut>(&mut self, event: &OcmRoomEvent, now_ms: u64, out: &mut D) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let home = (event.home_node.clone(), event.home_incarnation);
+        let at_home = cluster.is_here(&home);
+        match event.step {
+            OcmStep::Left => cluster.forget_tokens(&event.room, event.room_id, Some(&event.member)),
+            OcmStep::Closed => cluster.forget_tokens(&event.room, event.room_id, None),
+            OcmStep::Joined | OcmStep::Chat => {}
+        }
+        let room_key = std::str::from_utf8(&event.room)
+            .ok()
+            .and_then(|room| self.room_keys.get(room).copied())
+            .filter(|&key| self.rooms.get(key).is_some_and(|r| r.id == event.room_id));
+        let Some(room_key) = room_key else {
+            return;
+        };
+        let member_here = if at_home {
+            self.rooms.get(room_key).and_then(|room| {
+                room.members.iter().copied().find(|&key| {
+                    self.members
+                        .get(key)
+                        .is_some_and(|m| m.name.as_bytes() == &event.member[..])
+                })
+            })
+        } else {
+            None
+        };
+        match event.step {
+            OcmStep::Joined => {
+                if let Some(room) = self.rooms.get_mut(room_key) {
+                    if !at_home {
+                        room.remote.insert(event.member.clone(), home);
+                    }
+                }
+            }
+            OcmStep::Chat => {
+                if let Some(room) = self.rooms.get_mut(room_key) {
+                    room.heard = true;
+                }
+                if let Some(member) = member_here.and_then(|key| self.members.get_mut(key)) {
+                    // Its datagram reached another node: still a sign of life, and its
+                    // address now (same IP: the token's, checked there).
+                    member.last_seen_ms = now_ms;
+                    if let Some(from) = event
+                        .from
+                        .filter(|from| from.ip().to_canonical() == member.ip)
+                    {
+                        member.address = Some(from);
+                    }
+                }
+                if event.in_lobby {
+                    // The lobby (`Said`) brought it to this node's members of the lobby room.
+                    return;
+                }
+                let sends = self.rooms.get(room_key).map_or(0, |room| {
+                    room.members.len() - usize::from(member_here.is_some())
+                }) as u64;
+                let source = FanoutSource::Remote(self.remote_keys.hash_one((
+                    &event.home_node,
+                    event.home_incarnation,
+                    &event.member,
+                )));
+                if self.budget.admit(source, sends, now_ms) != Admission::Admitted {
+                    out.count_dropped_in(DatagramDrop::FanoutBudget);
+                    return;
+                }
+                self.fan_out(room_key, member_here, &event.text, out);
+            }
+            OcmStep::Left => {
+                if let Some(room) = self.rooms.get_mut(room_key) {
+                    room.remote.remove(&event.member);
+                }
+                if let Some(key) = member_here {
+                    if let Some(member) = self.remove_member(key) {
+                        super::leave_lobby(key, out);
+                        if let (Some(cluster), Some(room)) =
+                            (self.cluster.as_mut(), self.rooms.get(room_key))
+                        {
+                            cluster.member_gone(room, &member);
+                        }
+                    }
+                }
+                self.fan_out(room_key, None, &event.text, out);
+                self.drop_if_unserved(room_key);
+            }
+            OcmStep::Closed => {
+                if let Some(key) = member_here {
+                    // The host, here: gone before the others are told.
+                    if let Some(member) = self.remove_member(key) {
+                        super::leave_lobby(key, out);
+                        if let (Some(cluster), Some(room)) =
+                            (self.cluster.as_mut(), self.rooms.get(room_key))
+                        {
+                            cluster.member_gone(room, &member);
+                        }
+                    }
+                }
+                self.close_room(room_key, &event.text, out);
+            }
+        }
+    }
+
+    /// Node `node` is gone: the rooms it hosted close here, its members leave.
+    fn node_lapsed<D: DatagramOut>(&mut self, node: &NodeId, out: &mut D) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster
+                .remote_tokens
+                .retain(|_, record| record.node != *node);
+        }
+        let keys: Vec<usize> = self.rooms.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let Some(room) = self.rooms.get_mut(key) else {
+                continue;
+            };
+            if room.host_node.as_ref() == Some(node) {
+                let text = codec::host_leave_text(&room.host_name, &room.name);
+                debug!("OCM room {} closed: its host's node is gone", room.name);
+                self.close_room(key, text.as_bytes(), out);
+                continue;
+            }
+            let gone: Vec<Bytes> = room
+                .remote
+                .iter()
+                .filter(|(_, home)| *home == node)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &gone {
+                room.remote.remove(name);
+            }
+            let room_name = room.name.clone();
+            for name in gone {
+                let text = codec::leave_text(&String::from_utf8_lossy(&name), &room_name);
+                self.fan_out(key, None, text.as_bytes(), out);
+            }
+        }
+    }
+}
+
+/// Two nodes' OCM services and a model of Redis's records, with fabricated time: the
+/// operations each node asks are answered by the model as the scripts would, and each node's
+/// published events are handed to the other, as Redis and the subscriber would.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, SocketAddr};
+
+    use bytes::{Bytes, BytesMut};
+
+    use super::super::{codec, json, OcmConfig, OcmService};
+    use crate::cluster::ocm::{JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, TokenRecord};
+    use crate::hub::{Hub, HubConfig, HubEvent, OcmRoomEvent};
+    use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
+    use crate::protocol::{
+        CloseMode, CloseReason, ConnId, DatagramDrop, HubQueue, Switched, SwitchedDatagrams,
+    };
+
+    const IDLE_MS: u64 = 60_000;
+    const WAIT_MS: u64 = 500;
+
+    type NodeId = (Bytes, u64);
+
+    /// What Redis holds: rooms (id, host, host's node), members (room, name: node) and
+    /// tokens.
+    #[derive(Default)]
+    struct Model {
+        rooms: HashMap<Bytes, (u64, Bytes, NodeId)>,
+        members: HashMap<(Bytes, Bytes), NodeId>,
+        tokens: HashMap<[u8; 64], TokenRecord>,
+        /// Ops not answered (Redis frozen).
+        frozen: bool,
+    }
+
+    impl Model {
+        fn apply(&mut self, node: &NodeId, op: OcmOp) -> Option<OcmAnswer> {
+            match op {
+                OcmOp::Create {
+                    request,
+                    room,
+                    room_id,
+                    host,
+                    token,
+                    ip,
+                } => {
+                    let created = !self.rooms.contains_key(&room);
+                    if created {
+                        self.rooms
+                            .insert(room.clone(), (room_id, host.clone(), node.clone()));
+                        self.members
+                            .insert((room.clone(), host.clone()), node.clone());
+                        self.tokens.insert(
+                            token,
+                            TokenRecord {
+                                room,
+                                room_id,
+                                ip,
+                                host: true,
+                                member: host,
+                                node: node.clone(),
+                            },
+                        );
+                    }
+                    Some(OcmAnswer::Created {
+                        request,
+                        created: Some(created),
+                    })
+                }
+                OcmOp::Join {
+                    request,
+                    room,
+                    member,
+                    token,
+                    ip,
+                    ..
+                } => {
+                    let answer = match self.rooms.get(&room).cloned() {
+                        None => JoinAnswer::Missing,
+                        Some(_) if self.members.contains_key(&(room.clone(), member.clone())) => {
+                            JoinAnswer::NameTaken
+                        }
+                        Some((room_id, host, host_node)) => {
+                            let members = self
+                                .members
+                                .iter()
+                                .filter(|((r, _), _)| *r == room)
+                                .map(|((_, name), node)| (name.clone(), node.clone()))
+                                .collect();
+                            self.members
+                                .insert((room.clone(), member.clone()), node.clone());
+                            self.tokens.insert(
+                                token,
+                                TokenRecord {
+                                    room,
+                                    room_id,
+                                    ip,
+                                    host: false,
+                                    member,
+                                    node: node.clone(),
+                                },
+                            );
+                            JoinAnswer::Joined(JoinedRoom {
+                                room_id,
+                                host,
+                                host_node,
+                                members,
+                            })
+                        }
+                    };
+                    Some(OcmAnswer::Joined { request, answer })
+                }
+                OcmOp::Lookup { token } => Some(OcmAnswer::Looked {
+                    token,
+                    record: Ok(self.tokens.get(&token).cloned()),
+                }),
+                OcmOp::Leave {
+                    room,
+                    member,
+                    token,
+                } => {
+                    if self.tokens.remove(&token).is_some() {
+                        self.members.remove(&(room, member));
+                    }
+                    None
+                }
+                OcmOp::Close { room, room_id } => {
+                    if self
+                        .rooms
+                        .get(&room)
+                        .is_some_and(|(id, _, _)| *id == room_id)
+                    {
+                        self.rooms.remove(&room);
+                        self.members.retain(|(r, _), _| *r != room);
+                    }
+                    None
+                }
+            }
+        }
+    }
+
+    struct Node {
+        id: NodeId,
+        service: OcmService,
+        hub: Hub,
+        queue: HubQueue,
+        out: RecordingOutbox,
+        udp: RecordingDatagrams,
+        next_slot: u32,
+        /// Its ops held while Redis is frozen.
+        held_ops: Vec<OcmOp>,
+    }
+
+    impl Node {
+        fn new(name: &'static str, seed: u8) -> Node {
+            let mut next = 0u16;
+            let tokens = Box::new(move |bytes: &mut [u8; 32]| {
+                next += 1;
+                *bytes = [seed; 32];
+                bytes[30..].copy_from_slice(&next.to_be_bytes());
+                true
+            });
+            let config = OcmConfig {
+                idle_timeout_ms: IDLE_MS,
+                room_silent_timeout_ms: 0,
+                sends_per_s_max: 0,
+                sends_per_source_per_s_max: 0,
+                ..OcmConfig::default()
+            };
+            let mut service = OcmService::new(config, tokens, 0);
+            let id = (Bytes::from_static(name.as_bytes()), u64::from(seed));
+            service.join_cluster(id.0.clone(), id.1, WAIT_MS);
+            Node {
+                id,
+                service,
+                hub: Hub::new(HubConfig {
+                    clustered: true,
+                    ..HubConfig::default()
+                }),
+                queue: HubQueue {
+                    collect_events: true,
+                    ..HubQueue::default()
+                },
+                out: RecordingOutbox::default(),
+                udp: RecordingDatagrams::default(),
+                next_slot: 0,
+                held_ops: Vec::new(),
+            }
+        }
+
+        /// A TCRP request from 127.0.0.`last`, chat at port 40000 there: its connection.
+        fn request(&mut self, operation: u8, room: &str, name: &str, last: u8, now: u64) -> ConnId {
+            self.next_slot += 1;
+            let id = ConnId::new(self.next_slot, 1);
+            let ip = IpAddr::from([127, 0, 0, last]);
+            self.service.on_accept(id, ip, now);
+            let payload = json::encode_request(name, chat(last));
+            let request =
+                codec::encode_request(operation, codec::STATE_REQUEST, room.as_bytes(), &payload)
+                    .unwrap();
+            let mut input = BytesMut::from(&request[..]);
+            let mut out = Switched::new(&mut self.out, &mut self.hub, &mut self.queue, None, now);
+            self.service.on_data(id, &mut input, now, &mut out);
+            id
+        }
+
+        /// The answer's state and token, once it was sent and the connection closed.
+        fn answered(&mut self, id: ConnId) -> (u8, Option<String>) {
+            let sent = self.out.sent_to(id);
+            assert_eq!(sent.len(), 1, "one answer");
+            assert_eq!(
+                self.out
+                    .closed
+                    .iter()
+                    .filter(|(conn, _, _)| *conn == id)
+                    .map(|(_, why, mode)| (*why, *mode))
+                    .collect::<Vec<_>>(),
+                [(CloseReason::Done, CloseMode::AfterFlush)]
+            );
+            let mut buf = BytesMut::from(&sent[0][..]);
+            let answer = codec::decode_answer(&mut buf, 4096).unwrap().unwrap();
+            let json = json::parse_answer(std::str::from_utf8(&answer.json).unwrap()).unwrap();
+            (answer.state, json.token)
+        }
+
+        fn say(&mut self, from: SocketAddr, room: &str, token: &str, message: &str, now: u64) {
+            let datagram =
+                codec::encode_datagram(room.as_bytes(), token.as_bytes(), message.as_bytes())
+                    .unwrap();
+            let mut out =
+                SwitchedDatagrams::new(&mut self.udp, &mut self.hub, &mut self.queue, now);
+            self.service.on_datagram(from, &datagram, now, &mut out);
+        }
+
+        fn timers(&mut self, now: u64) {
+            let mut out =
+                SwitchedDatagrams::new(&mut self.udp, &mut self.hub, &mut self.queue, now);
+            self.service.on_timers(now, &mut self.out, &mut out);
+        }
+
+        fn texts(&self, to: SocketAddr) -> Vec<String> {
+            self.udp
+                .sent_to(to)
+                .iter()
+                .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                .collect()
+        }
+
+        fn events(&mut self) -> Vec<OcmRoomEvent> {
+            self.queue
+                .events
+                .drain(..)
+                .filter_map(|event| match event {
+                    HubEvent::Ocm(event) => Some(*event),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn chat(last: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, last], 40_000))
+    }
+
+    /// Until nothing moves: each node's ops to the model (unless frozen) and its answers
+    /// back, each node's events to the other, and the socket work that follows.
+    fn settle(nodes: &mut [&mut Node], redis: &mut Model, now: u64) {
+        loop {
+            let mut moved = false;
+            for node in nodes.iter_mut() {
+                let node = &mut **node;
+                let mut ops = std::mem::take(&mut node.held_ops);
+                ops.extend(node.service.take_cluster_ops());
+                if redis.frozen {
+                    node.held_ops = ops;
+                    continue;
+                }
+                for op in ops {
+                    moved = true;
+                    if let Some(answer) = redis.apply(&node.id, op) {
+                        let mut out =
+                            Switched::new(&mut node.out, &mut node.hub, &mut node.queue, None, now);
+                        node.service.on_cluster_answer(answer, now, &mut out);
+                    }
+                }
+            }
+            for i in 0..nodes.len() {
+                let events = nodes[i].events();
+                for (j, other) in nodes.iter_mut().enumerate() {
+                    if j != i {
+                        for event in &events {
+                            moved = true;
+                            other.service.queue_remote_event(Box::new(event.clone()));
+                        }
+                    }
+                }
+            }
+            for node in nodes.iter_mut() {
+                if node.service.has_socket_work() {
+                    moved = true;
+                    let mut out =
+                        SwitchedDatagrams::new(&mut node.udp, &mut node.hub, &mut node.queue, now);
+                    node.service.on_socket_work(now, &mut out);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn leave_text(name: &str, room: &str) -> String {
+        codec::leave_text(name, room)
+    }
+
+    fn host_leave_text(name: &str, room: &str) -> String {
+        codec::host_leave_text(name, room)
+    }
+
+    /// Create on A, join on B; chat both ways, each node sending to its own members; a
+    /// guest's exit and then the host's idle removal are told on both nodes, as the protocol
+    /// tells them; chat forwarded from B keeps A's member alive.
+    #[test]
+    fn a_room_spans_two_nodes_and_its_leaves_and_idle_close_reach_both() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        assert!(a.out.sent_to(ana).is_empty(), "waits for Redis");
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let (state, ana_token) = a.answered(ana);
+        assert_eq!(state, codec::STATE_DONE);
+        let ana_token = ana_token.unwrap();
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        let cid = b.request(codec::OPERATION_JOIN, "r", "cid", 3, 0);
+        let twin = b.request(codec::OPERATION_JOIN, "r", "ana", 4, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let bob_token = b.answered(bob).1.unwrap();
+        let cid_token = b.answered(cid).1.unwrap();
+        assert_eq!(
+            b.answered(twin),
+            (codec::STATE_ERROR, None),
+            "ana's name is taken"
+        );
+
+        a.say(chat(1), "r", &ana_token, "oi", 10);
+        settle(&mut [&mut a, &mut b], &mut redis, 10);
+        assert_eq!(b.texts(chat(2)), ["ana: oi"]);
+        assert_eq!(b.texts(chat(3)), ["ana: oi"]);
+        b.say(chat(2), "r", &bob_token, "yo", 20);
+        settle(&mut [&mut a, &mut b], &mut redis, 20);
+        assert_eq!(a.texts(chat(1)), ["bob: yo"]);
+        assert_eq!(b.texts(chat(3)), ["ana: oi", "bob: yo"]);
+        assert!(b.texts(chat(2)) == ["ana: oi"], "never back to the sender");
+
+        b.say(chat(3), "r", &cid_token, "exit", 30);
+        settle(&mut [&mut a, &mut b], &mut redis, 30);
+        assert_eq!(a.texts(chat(1)).last().unwrap(), &leave_text("cid", "r"));
+        assert_eq!(b.texts(chat(2)).last().unwrap(), &leave_text("cid", "r"));
+
+        // ana's datagram reaches B (not A) half way through the idle limit: A takes it as a
+        // sign of life, so ana is not idle at IDLE_MS.
+        b.say(chat(1), "r", &ana_token, "via b", IDLE_MS / 2);
+        settle(&mut [&mut a, &mut b], &mut redis, IDLE_MS / 2);
+        assert_eq!(b.texts(chat(2)).last().unwrap(), "ana: via b");
+        a.timers(IDLE_MS + 10);
+        settle(&mut [&mut a, &mut b], &mut redis, IDLE_MS + 10);
+        assert_eq!(a.service.rooms(), 1, "ana was heard through B");
+        // bob is silent since he spoke at 20: B removes him at his idle limit, A is told.
+        b.timers(IDLE_MS + 30);
+        settle(&mut [&mut a, &mut b], &mut redis, IDLE_MS + 30);
+        assert_eq!(a.texts(chat(1)).last().unwrap(), &leave_text("bob", "r"));
+        assert_eq!(
+            b.texts(chat(2)).last().unwrap(),
+            &leave_text("bob", "r"),
+            "its own text"
+        );
+        assert_eq!(b.service.rooms(), 0, "no member of it left on B");
+        // ana at hers: the room closes, and Redis forgets it (the name is free again).
+        a.timers(IDLE_MS / 2 + IDLE_MS + 10);
+        settle(
+            &mut [&mut a, &mut b],
+            &mut redis,
+            IDLE_MS / 2 + IDLE_MS + 10,
+        );
+        assert_eq!(a.service.rooms(), 0);
+        assert!(redis.rooms.is_empty() && redis.members.is_empty() && redis.tokens.is_empty());
+    }
+
+    /// The host's exit through B closes the room on both nodes; its tokens are dead on both.
+    #[test]
+    fn a_hosts_exit_reaching_the_other_node_closes_the_room_on_both() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let ana_token = a.answered(ana).1.unwrap();
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        let cid = a.request(codec::OPERATION_JOIN, "r", "cid", 3, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let bob_token = b.answered(bob).1.unwrap();
+        a.answered(cid);
+
+        b.say(chat(1), "r", &ana_token, "exit", 5);
+        settle(&mut [&mut a, &mut b], &mut redis, 5);
+        assert_eq!(b.texts(chat(2)), [host_leave_text("ana", "r")]);
+        assert_eq!(a.texts(chat(3)), [host_leave_text("ana", "r")]);
+        assert!(a.texts(chat(1)).is_empty(), "the host itself is not told");
+        assert_eq!((a.service.rooms(), b.service.rooms()), (0, 0));
+        assert!(redis.rooms.is_empty() && redis.tokens.is_empty());
+        // bob's old token, at either node: looked up, unknown, dropped.
+        for node in [&mut a, &mut b] {
+            node.udp.clear();
+            node.say(chat(2), "r", &bob_token, "ghost", 6);
+        }
+        settle(&mut [&mut a, &mut b], &mut redis, 6);
+        for node in [&a, &b] {
+            assert_eq!(node.udp.dropped_in, [DatagramDrop::BadToken]);
+            assert!(node.udp.sent.is_empty());
+        }
+    }
+
+    /// A token looked up by the other node stays bound to its IP there.
+    #[test]
+    fn a_foreign_token_from_another_ip_is_refused() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let ana_token = a.answered(ana).1.unwrap();
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        b.answered(bob);
+        b.say(chat(9), "r", &ana_token, "spoof", 1);
+        settle(&mut [&mut a, &mut b], &mut redis, 1);
+        assert_eq!(b.udp.dropped_in, [DatagramDrop::WrongAddress]);
+        // From the cache this time: the same.
+        b.say(chat(9), "r", &ana_token, "spoof", 2);
+        assert_eq!(b.udp.dropped_in, [DatagramDrop::WrongAddress; 2]);
+        assert!(b.udp.sent.is_empty() && a.udp.sent.is_empty());
+    }
+
+    /// No answer from Redis within the wait: 500 and the connection closed; a grant that
+    /// comes after is undone (the member and room leave Redis), and nothing is made here.
+    #[test]
+    fn a_request_redis_does_not_answer_in_time_is_refused_and_a_late_grant_undone() {
+        let (mut a, mut redis) = (Node::new("a", 1), Model::default());
+        redis.frozen = true;
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a], &mut redis, 0);
+        a.timers(WAIT_MS - 10);
+        assert!(a.out.sent_to(ana).is_empty(), "still waiting");
+        a.timers(WAIT_MS + 10);
+        assert_eq!(a.answered(ana), (codec::STATE_ERROR, None));
+        redis.frozen = false;
+        settle(&mut [&mut a], &mut redis, WAIT_MS + 20);
+        assert_eq!(a.service.rooms(), 0);
+        assert!(
+            redis.rooms.is_empty() && redis.tokens.is_empty(),
+            "the late grant undone"
+        );
+        // A connection that closes while waiting: the same.
+        let bob = a.request(codec::OPERATION_CREATE, "s", "bob", 2, 30);
+        a.service.on_close(bob);
+        settle(&mut [&mut a], &mut redis, 30);
+        assert!(a.out.sent_to(bob).is_empty());
+        assert!(redis.rooms.is_empty() && redis.tokens.is_empty());
+    }
+
+    /// A node taken for dead: the rooms it hosted close here (the host's leave text), and
+    /// its members of rooms hosted here leave (their leave text).
+    #[test]
+    fn a_lapsed_nodes_rooms_close_and_its_members_leave() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = b.request(codec::OPERATION_CREATE, "on-b", "ana", 1, 0);
+        let cid = a.request(codec::OPERATION_CREATE, "on-a", "cid", 3, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        b.answered(ana);
+        a.answered(cid);
+        let bob = a.request(codec::OPERATION_JOIN, "on-b", "bob", 2, 0);
+        let dan = b.request(codec::OPERATION_JOIN, "on-a", "dan", 4, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.answered(bob);
+        b.answered(dan);
+
+        a.service.queue_lapsed_nodes(vec![b.id.clone()]);
+        settle(&mut [&mut a], &mut redis, 1);
+        assert_eq!(a.texts(chat(2)), [host_leave_text("ana", "on-b")]);
+        assert_eq!(a.texts(chat(3)), [leave_text("dan", "on-a")]);
+        assert_eq!(a.service.rooms(), 1, "A's own room goes on");
+    }
+}
