@@ -990,8 +990,8 @@ mod tests {
         let frame = frame.unwrap_or_else(|reason| panic!("refused: {reason}"));
         assert_eq!(
             (
-                &frame.src().as_bytes()[..],
-                &frame.dst().as_bytes()[..],
+                frame.src().as_bytes(),
+                frame.dst().as_bytes(),
                 frame.message_id()
             ),
             (&b"wes"[..], &b"bob"[..], 0)

@@ -1090,7 +1090,8 @@ impl Hub {
                 out.event(&HubEvent::Direct(message.clone()));
                 CcmDirect::ToBin24 { to, frame, message }
             }
-            Err(refused) => refused,
+            Err(Some(error)) => CcmDirect::Refused { error },
+            Err(None) => CcmDirect::NotCrossing,
         }
     }
 
@@ -1109,41 +1110,42 @@ impl Hub {
         if self.config.isolated || !matches!(kind, Some(MessageType::Text | MessageType::Raw)) {
             return Err(None);
         }
-        match self.ccm_bin24_frame(from, &message.recipient, &message.body, now_ms) {
-            Ok((frame, _)) => Ok(frame),
-            Err(CcmDirect::Refused { error }) => Err(Some(error)),
-            Err(_) => Err(None),
-        }
+        self.ccm_bin24_frame(from, &message.recipient, &message.body, now_ms)
+            .map(|(frame, _)| frame)
     }
 
     /// The BIN24 frame for a CCM user's message to a BIN24 user, under BIN24's sending
-    /// limits, with the sender's next messageID; or why not (a [`CcmDirect`] refusal).
+    /// limits, with the sender's next messageID; or why not: `Some(error)` refused in CCM's
+    /// form, `None` not crossing (the sender holds no CCM name).
     fn ccm_bin24_frame(
         &mut self,
         from: ConnId,
         addressee: &[u8],
         content: &Bytes,
         now_ms: u64,
-    ) -> Result<(Frame, DirectMessage), CcmDirect> {
+    ) -> Result<(Frame, DirectMessage), Option<Bytes>> {
         let Some((sender_name, message_id)) = self
             .held
             .get(&from)
             .filter(|held| held.protocol == NamedProtocol::Ccm)
             .map(|held| (held.name.clone(), held.next_message_id))
         else {
-            return Err(CcmDirect::NotCrossing);
+            return Err(None);
         };
         // The addressee holds its name in BIN24, so it fits BIN24's field; the sender's may
         // not (CCM names go up to 64 bytes).
         let (Some(sender), Some(recipient)) = (Name::new(&sender_name), Name::new(addressee))
         else {
-            return Err(self
-                .refuse_ccm("your name is longer than the 8 bytes a BIN24 user can be sent from"));
+            return Err(Some(self.refuse_ccm(
+                "your name is longer than the 8 bytes a BIN24 user can be sent from",
+            )));
         };
         let frame = bin24::encode(bin24::TYPE_MESSAGE, message_id, sender, recipient, content)
             .and_then(|bytes| Frame::from_bytes(bytes).ok());
         let Some(frame) = frame else {
-            return Err(self.refuse_ccm("a message to a BIN24 user is at most 1000 bytes"));
+            return Err(Some(
+                self.refuse_ccm("a message to a BIN24 user is at most 1000 bytes"),
+            ));
         };
         let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
         let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
@@ -1160,12 +1162,10 @@ impl Hub {
         });
         if !admitted {
             self.count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
-            return Err(CcmDirect::Refused {
-                error: render::ccm_error(
-                    Reason::RateLimited,
-                    "sending to BIN24 users faster than allowed: the message was not delivered",
-                ),
-            });
+            return Err(Some(render::ccm_error(
+                Reason::RateLimited,
+                "sending to BIN24 users faster than allowed: the message was not delivered",
+            )));
         }
         if let Some(held) = self.held.get_mut(&from) {
             held.next_message_id = message_id.wrapping_add(1);
@@ -1508,11 +1508,9 @@ impl Hub {
         }
     }
 
-    fn refuse_ccm(&mut self, sentence: &str) -> CcmDirect {
+    fn refuse_ccm(&mut self, sentence: &str) -> Bytes {
         self.count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
-        CcmDirect::Refused {
-            error: render::ccm_error(Reason::TooLarge, sentence),
-        }
+        render::ccm_error(Reason::TooLarge, sentence)
     }
 
     /// A BIN24 type-0 `frame` (from the connection holding its SRC). To an online CCM user D,
