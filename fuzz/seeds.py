@@ -324,11 +324,14 @@ write("cluster_codec", "presence_room_entered", cluster(b"node-b", 9, 2, cluster
 write("cluster_codec", "presence_matou_left", cluster(b"n", 1, 3, cluster_presence(3, 1, b"mia")))
 
 
-def cluster_addressed(to_node, to_incarnation, kind, sender, recipient, encoding, body):
+def cluster_addressed(to_node, to_incarnation, kind, sender, recipient, encoding, body,
+                      from_node=b"", from_incarnation=0, request=None):
+    tail = (bytes([len(from_node)]) + from_node + struct.pack(">Q", from_incarnation)
+            + (bytes([0]) if request is None else bytes([1]) + struct.pack(">Q", request)))
     return (bytes([3, len(to_node)]) + to_node + struct.pack(">Q", to_incarnation)
             + bytes([len(kind)]) + kind + struct.pack(">H", len(sender)) + sender
             + struct.pack(">H", len(recipient)) + recipient + bytes([len(encoding)]) + encoding
-            + struct.pack(">I", len(body)) + body)
+            + struct.pack(">I", len(body)) + body + tail)
 
 
 def cluster_private(to_node, to_inc, from_node, from_inc, step, src, dst, address, ports):
@@ -343,6 +346,12 @@ write("cluster_codec", "private_src_ports",
                                                bytes([127, 0, 0, 1]), (5000, 5001))))
 write("cluster_codec", "addressed_ccm_text",
       cluster(b"node-a", 7, 4, cluster_addressed(b"node-b", 9, b"Text", b"cid", b"cat", b"utf-8", b"oi")))
+write("cluster_codec", "addressed_web_direct",
+      cluster(b"node-a", 7, 6, cluster_addressed(b"node-b", 9, b"web", b"wes", b"cat", b"utf-8", b"oi",
+                                                 b"node-a", 7, 42)))
+write("cluster_codec", "addressed_web_receipt",
+      cluster(b"node-b", 9, 3, cluster_addressed(b"node-a", 7, b"web-sent", b"", b"wes", b"",
+                                                 b"delivered", b"", 0, 42)))
 
 
 def cluster_bin24(to_node, to_inc, from_node, from_inc, step, frame):

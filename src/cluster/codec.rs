@@ -13,7 +13,9 @@
 //! Addressed: u8 target node length (1..=64) + target node, u64 target incarnation,
 //!            u8 CCM type length (<= 16) + type, u16 sender length + sender,
 //!            u16 addressee length + addressee, u8 encoding length (<= 64) + encoding,
-//!            u32 content length + content
+//!            u32 content length + content, u8 sending node length (0..=64) + sending
+//!            node (empty for a CCM sender's: nothing comes back), u64 its incarnation,
+//!            u8 request flag (0 none, 1: a u64 request id follows, a web sender's)
 //! Private:   u8 target node length (1..=64) + target node, u64 target incarnation,
 //!            u8 sending node length (1..=64) + sending node, u64 its incarnation,
 //!            u8 step (0 request, 1 accept, 2 source ports), u16 Src length + Src,
@@ -199,6 +201,11 @@ pub fn encode(
                 (addressed.recipient.len(), NAME_BYTES_MAX, "addressee"),
                 (addressed.encoding.len(), ENCODING_BYTES_MAX, "encoding"),
                 (addressed.body.len(), TEXT_BYTES_MAX, "content"),
+                (
+                    addressed.from_node.len(),
+                    NODE_NAME_BYTES_MAX,
+                    "sending node",
+                ),
             ];
             if let Some(&(_, _, what)) = bounds.iter().find(|(len, max, _)| len > max) {
                 return Err(EncodeError::TooLong(what));
@@ -221,6 +228,16 @@ pub fn encode(
             out.put_slice(&addressed.encoding);
             out.put_u32(addressed.body.len() as u32);
             out.put_slice(&addressed.body);
+            out.put_u8(addressed.from_node.len() as u8);
+            out.put_slice(&addressed.from_node);
+            out.put_u64(addressed.from_incarnation);
+            match addressed.request {
+                None => out.put_u8(0),
+                Some(request) => {
+                    out.put_u8(1);
+                    out.put_u64(request);
+                }
+            }
         }
         HubEvent::Private(link) => {
             let bounds = [
@@ -508,6 +525,13 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
                 recipient: r.field(2, NAME_BYTES_MAX, "addressee")?,
                 encoding: r.field(1, ENCODING_BYTES_MAX, "encoding")?,
                 body: r.field(4, TEXT_BYTES_MAX, "content")?,
+                from_node: r.field(1, NODE_NAME_BYTES_MAX, "sending node")?,
+                from_incarnation: r.uint(8)?,
+                request: match r.u8()? {
+                    0 => None,
+                    1 => Some(r.uint(8)?),
+                    other => return Err(DecodeError::Step(other)),
+                },
             }))
         }
         TAG_PRIVATE => {
@@ -873,7 +897,72 @@ mod tests {
             recipient: Bytes::from_static(b"cat"),
             encoding: Bytes::from_static(b"utf-8"),
             body: Bytes::copy_from_slice(body),
+            from_node: Bytes::new(),
+            from_incarnation: 0,
+            request: None,
         }))
+    }
+
+    /// A web user's `direct` for node-b, its receipt to come back to node-a.
+    fn web_direct(request: Option<u64>) -> HubEvent {
+        HubEvent::Addressed(Box::new(Addressed {
+            to_node: Bytes::from_static(b"node-b"),
+            to_incarnation: 0xfeed,
+            kind: Bytes::from_static(crate::hub::WEB_DIRECT_KIND),
+            sender: Bytes::from_static(b"wes"),
+            recipient: Bytes::from_static(b"cat"),
+            encoding: Bytes::from_static(b"utf-8"),
+            body: Bytes::from_static(b"hi"),
+            from_node: Bytes::from_static(b"node-a"),
+            from_incarnation: 0xbeef,
+            request,
+        }))
+    }
+
+    #[test]
+    fn a_web_direct_message_round_trips_with_its_sending_node_and_request() {
+        for event in [
+            web_direct(Some(42)),
+            web_direct(None),
+            web_direct(Some(u64::MAX)),
+        ] {
+            assert_eq!(
+                decode(encode(b"node-a", 5, 9, &event).unwrap())
+                    .unwrap()
+                    .event,
+                event
+            );
+        }
+        let wire = encode(b"a", 1, 2, &web_direct(Some(42))).unwrap();
+        let tail = [
+            &[6][..],
+            b"node-a",
+            &0xbeef_u64.to_be_bytes(),
+            &[1],
+            &42_u64.to_be_bytes(),
+        ]
+        .concat();
+        assert!(wire.ends_with(&tail), "{wire:?}");
+        for len in 0..wire.len() {
+            assert_eq!(
+                decode(wire.slice(..len)),
+                Err(DecodeError::Truncated),
+                "at {len}"
+            );
+        }
+        // A request flag other than 0 or 1 is an error; so is a sending node too long.
+        let mut bad = wire.to_vec();
+        let flag_at = wire.len() - 9;
+        bad[flag_at] = 2;
+        assert_eq!(decode(bad.into()), Err(DecodeError::Step(2)));
+        let HubEvent::Addressed(mut long) = web_direct(None) else {
+            unreachable!()
+        };
+        long.from_node = Bytes::from(vec![b'n'; NODE_NAME_BYTES_MAX + 1]);
+        assert_eq!(
+            encode(b"n", 1, 1, &HubEvent::Addressed(long)),
+            Err(EncodeError::TooLong("sending node"))
+        );
     }
 
     #[test]
@@ -899,6 +988,8 @@ mod tests {
         want.extend_from_slice(&[4, b'T', b'e', b'x', b't', 0, 3, b'c', b'i', b'd', 0, 3]);
         want.extend_from_slice(b"cat");
         want.extend_from_slice(&[5, b'u', b't', b'f', b'-', b'8', 0, 0, 0, 2, b'h', b'i']);
+        // No sending node, incarnation 0, no request (a CCM sender's).
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&wire[..], &want[..]);
         // Every truncation is an error; an empty target node too.
         for len in 0..wire.len() {

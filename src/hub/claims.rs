@@ -75,12 +75,35 @@ pub enum Located {
         frame: Bytes,
         at: Option<(Bytes, u64)>,
     },
+    /// A CCM message of `from` whose addressee is a BIN24 user of the node `at` (rule 4
+    /// across nodes): made a BIN24 frame on this node ([`super::Hub::ccm_to_remote_bin24`])
+    /// and published for that node, under BIN24's custody here.
+    CcmToBin24 {
+        from: ConnId,
+        message: Box<Addressed>,
+        at: (Bytes, u64),
+    },
+    /// A web user's `direct` (`from`) to a CCM or web user of another node: publish `event`
+    /// (its receipt comes back), then read `from`'s held input again.
+    WebSend { from: ConnId, event: HubEvent },
+    /// A web user's `direct` whose addressee is a BIN24 user of the node `at`: made a BIN24
+    /// frame here ([`super::Hub::web_to_remote_bin24`]) under BIN24's custody here.
+    WebToBin24 {
+        from: ConnId,
+        message: Box<Addressed>,
+        at: (Bytes, u64),
+    },
+    /// A web user's `direct` to nobody (or a MATOU user, or not located in time): `from` is
+    /// told `unknown-addressee` for its request `request`.
+    WebUnknown { from: ConnId, request: Option<u64> },
 }
 
 /// What waits for a name to be located.
 #[derive(Debug)]
 enum Locating {
     Ccm(Addressed),
+    /// A web user's `direct` ([`super::WEB_DIRECT_KIND`]).
+    Web(Addressed),
     Private(PrivateLink),
     Bin24(Bytes),
 }
@@ -184,6 +207,12 @@ impl Claims {
         self.locate_any(from, name, Locating::Ccm(message), now_ms)
     }
 
+    /// Ask which node holds `message.recipient`, for the web user `from`'s `direct`.
+    pub(super) fn locate_web(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
+        let name = message.recipient.clone();
+        self.locate_any(from, name, Locating::Web(message), now_ms)
+    }
+
     /// Ask which node holds `link.dst`, for `from`'s private request.
     pub(super) fn locate_private(&mut self, from: ConnId, link: PrivateLink, now_ms: u64) -> bool {
         let name = link.dst.clone();
@@ -214,13 +243,16 @@ impl Claims {
         true
     }
 
-    /// The answer for `token`: the holder's node, incarnation and protocol, or nobody. Only
-    /// a CCM holder is sent to: CCM's messages do not cross to MATOU (as on one node), nor,
-    /// yet, to a BIN24 user on another node.
+    /// The answer for `token`: the holder's node, incarnation and protocol, or nobody. A CCM
+    /// message goes to a CCM or BIN24 holder (rule 4), never to MATOU (as on one node).
     pub(super) fn located(&mut self, token: u64, holder: Option<Holder>) -> Option<Located> {
         let (from, what) = self.locating.remove(&token)?;
         Some(match (what, holder) {
-            (Locating::Ccm(mut message), Some((node, incarnation, NamedProtocol::Ccm))) => {
+            // To a CCM user there, or a web user (rule 4; no receipt: CCM has none).
+            (
+                Locating::Ccm(mut message),
+                Some((node, incarnation, NamedProtocol::Ccm | NamedProtocol::Web)),
+            ) => {
                 message.to_node = node;
                 message.to_incarnation = incarnation;
                 Located::Send {
@@ -228,6 +260,36 @@ impl Claims {
                     event: HubEvent::Addressed(Box::new(message)),
                 }
             }
+            // Rule 4 across nodes: a BIN24 user of another node gets it as BIN24's own.
+            (Locating::Ccm(message), Some((node, incarnation, NamedProtocol::Bin24))) => {
+                Located::CcmToBin24 {
+                    from,
+                    message: Box::new(message),
+                    at: (node, incarnation),
+                }
+            }
+            (
+                Locating::Web(mut message),
+                Some((node, incarnation, NamedProtocol::Web | NamedProtocol::Ccm)),
+            ) => {
+                message.to_node = node;
+                message.to_incarnation = incarnation;
+                Located::WebSend {
+                    from,
+                    event: HubEvent::Addressed(Box::new(message)),
+                }
+            }
+            (Locating::Web(message), Some((node, incarnation, NamedProtocol::Bin24))) => {
+                Located::WebToBin24 {
+                    from,
+                    message: Box::new(message),
+                    at: (node, incarnation),
+                }
+            }
+            (Locating::Web(message), _) => Located::WebUnknown {
+                from,
+                request: message.request,
+            },
             (Locating::Ccm(message), _) => Located::Unknown {
                 from,
                 recipient: message.recipient,
@@ -247,15 +309,20 @@ impl Claims {
                 link: Box::new(link),
                 found: false,
             },
-            // BIN24 to BIN24 only: a CCM user of another node does not get BIN24's messages
-            // yet (on one node it would, rule 4), so that frame is BIN24's to store here.
-            (Locating::Bin24(frame), Some((node, incarnation, NamedProtocol::Bin24))) => {
-                Located::Bin24 {
-                    from,
-                    frame,
-                    at: Some((node, incarnation)),
-                }
-            }
+            // To a BIN24 user there, or (rule 4) a CCM or web user, whose node writes it in
+            // that user's form; a MATOU user gets no direct messages, so BIN24 keeps it here.
+            (
+                Locating::Bin24(frame),
+                Some((
+                    node,
+                    incarnation,
+                    NamedProtocol::Bin24 | NamedProtocol::Ccm | NamedProtocol::Web,
+                )),
+            ) => Located::Bin24 {
+                from,
+                frame,
+                at: Some((node, incarnation)),
+            },
             (Locating::Bin24(frame), _) => Located::Bin24 {
                 from,
                 frame,
@@ -633,6 +700,9 @@ mod tests {
             recipient: Bytes::from_static(to),
             encoding: Bytes::from_static(b"utf-8"),
             body: Bytes::from_static(body),
+            from_node: Bytes::new(),
+            from_incarnation: 0,
+            request: None,
         }
     }
 
@@ -676,6 +746,34 @@ mod tests {
             })
         );
         assert_eq!(hub.on_located(2, None), None, "answered once");
+        // A BIN24 holder (rule 4 across nodes): made a BIN24 frame here, for its node.
+        assert!(hub.address_remote(conn(1), message(b"bob", b"five"), 20));
+        assert_eq!(
+            hub.on_located(
+                3,
+                Some((Bytes::from_static(b"node-b"), 7, NamedProtocol::Bin24))
+            ),
+            Some(Located::CcmToBin24 {
+                from: conn(1),
+                message: Box::new(message(b"bob", b"five")),
+                at: (Bytes::from_static(b"node-b"), 7)
+            })
+        );
+        // A web holder: sent there, as to a CCM holder.
+        assert!(hub.address_remote(conn(1), message(b"wes", b"six"), 20));
+        let mut sent = message(b"wes", b"six");
+        sent.to_node = Bytes::from_static(b"node-b");
+        sent.to_incarnation = 7;
+        assert_eq!(
+            hub.on_located(
+                4,
+                Some((Bytes::from_static(b"node-b"), 7, NamedProtocol::Web))
+            ),
+            Some(Located::Send {
+                from: conn(1),
+                event: HubEvent::Addressed(Box::new(sent))
+            })
+        );
         // Not located by its deadline: unknown, once.
         assert!(hub.address_remote(conn(2), message(b"dan", b"four"), 100));
         assert_eq!(hub.next_claim_deadline_ms(), Some(WAIT_MS));
@@ -687,7 +785,7 @@ mod tests {
                 recipient: Bytes::from_static(b"dan")
             }]
         );
-        assert_eq!(hub.on_located(3, None), None);
+        assert_eq!(hub.on_located(5, None), None);
         assert!(!Hub::new(HubConfig::default()).address_remote(conn(1), message(b"a", b""), 0));
     }
 
@@ -723,16 +821,26 @@ mod tests {
                 at: Some((node.clone(), 7))
             })
         );
-        // A CCM holder elsewhere: BIN24 does not cross to CCM across nodes yet.
+        // A CCM holder elsewhere (rule 4 across nodes): its node writes it in CCM's form.
         assert_eq!(
-            hub.on_located(2, Some((node, 7, NamedProtocol::Ccm))),
+            hub.on_located(2, Some((node.clone(), 7, NamedProtocol::Ccm))),
             Some(Located::Bin24 {
                 from: conn(1),
                 frame: frame(2),
-                at: None
+                at: Some((node.clone(), 7))
             })
         );
         assert_eq!(hub.on_located(1, None), None, "answered once");
+        // A MATOU holder gets no direct messages: BIN24's rules here.
+        assert!(hub.address_bin24(conn(1), Bytes::from_static(b"mia"), frame(5), 50));
+        assert_eq!(
+            hub.on_located(3, Some((node, 7, NamedProtocol::Matou))),
+            Some(Located::Bin24 {
+                from: conn(1),
+                frame: frame(5),
+                at: None
+            })
+        );
         assert!(hub.address_bin24(conn(3), Bytes::from_static(b"dan"), frame(4), 100));
         assert!(hub.expire_locates(100 + WAIT_MS - 1).is_empty());
         assert_eq!(
@@ -749,5 +857,169 @@ mod tests {
             frame(1),
             0
         ));
+    }
+
+    /// A signed-in web user of `hub` on `conn` (granted by the cluster).
+    fn web_user(hub: &mut Hub, conn: ConnId, name: &'static [u8], token: u64) {
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Web, conn, name, 0),
+            Claim::Pending
+        );
+        hub.take_name_ops();
+        assert!(hub
+            .on_claim_answer(token, name, ClaimAnswer::Granted)
+            .is_some());
+    }
+
+    /// WEB across nodes: a web user's `direct` to a name no user here holds is located; a
+    /// CCM or web holder elsewhere gets it from its node, whose receipt (`delivered` once
+    /// written, `not-delivered` when the recipient closed first) comes back as the sender's
+    /// `sent` / `error`; a BIN24 holder's node gets a BIN24 frame; nobody or a MATOU user is
+    /// `unknown-addressee`, as on one node.
+    #[test]
+    fn a_web_users_direct_to_another_node_is_located_delivered_and_its_receipt_comes_back() {
+        use super::super::{RemoteDelivery, WebDirect, Written, WEB_DIRECT_KIND};
+        use crate::hub::testing::RecordingHubOut;
+        use crate::protocol::web::json as web;
+        let (mut a, mut b) = (clustered(8), clustered(8));
+        let mut out = RecordingHubOut::default();
+        web_user(&mut a, conn(1), b"wes", 1);
+        let text = Bytes::from_static(b"hi");
+        assert_eq!(
+            a.web_direct(conn(1), b"cat", &text, Some(5), 0, &mut out),
+            WebDirect::Locating
+        );
+        assert_eq!(
+            a.take_name_ops(),
+            [NameOp::Locate {
+                token: 2,
+                name: Bytes::from_static(b"cat")
+            }]
+        );
+        let node_b = Bytes::from_static(b"node-b");
+        let Some(Located::WebSend {
+            from,
+            event: HubEvent::Addressed(mut addressed),
+        }) = a.on_located(2, Some((node_b.clone(), 9, NamedProtocol::Ccm)))
+        else {
+            panic!("sent to node-b");
+        };
+        assert_eq!(from, conn(1));
+        assert_eq!(
+            (
+                &addressed.to_node[..],
+                addressed.to_incarnation,
+                &addressed.kind[..],
+                &addressed.sender[..],
+                addressed.request
+            ),
+            (&b"node-b"[..], 9, WEB_DIRECT_KIND, &b"wes"[..], Some(5))
+        );
+        // The registry fills in the sending node when it publishes.
+        addressed.from_node = Bytes::from_static(b"node-a");
+        addressed.from_incarnation = 3;
+
+        // node-b: cat (CCM) gets it in CCM's form; written: the receipt goes to node-a.
+        assert_eq!(
+            b.claim_name_at(NamedProtocol::Ccm, conn(4), b"cat", 0),
+            Claim::Pending
+        );
+        assert!(b.on_claim_answer(1, b"cat", ClaimAnswer::Granted).is_some());
+        let RemoteDelivery::Notify { to, bytes, note } = b.deliver_remote(&addressed) else {
+            panic!("a delivery to cat");
+        };
+        assert_eq!(
+            (to, bytes),
+            (conn(4), render::ccm_text(b"wes", b"cat", b"hi"))
+        );
+        let Some(Written::Publish(HubEvent::Addressed(receipt))) = b.on_written(note, true) else {
+            panic!("a receipt");
+        };
+        assert_eq!(
+            (
+                &receipt.to_node[..],
+                receipt.to_incarnation,
+                &receipt.recipient[..]
+            ),
+            (&b"node-a"[..], 3, &b"wes"[..])
+        );
+        assert_eq!(
+            a.deliver_remote(&receipt),
+            RemoteDelivery::Send {
+                to: conn(1),
+                bytes: web::sent(Some(5), "delivered")
+            }
+        );
+        // One cat closes before receiving: `not-delivered`.
+        let RemoteDelivery::Notify { note, .. } = b.deliver_remote(&addressed) else {
+            panic!("a delivery to cat");
+        };
+        let Some(Written::Publish(HubEvent::Addressed(receipt))) = b.on_written(note, false) else {
+            panic!("a receipt");
+        };
+        assert_eq!(
+            a.deliver_remote(&receipt),
+            RemoteDelivery::Send {
+                to: conn(1),
+                bytes: web::error(Some(5), "not-delivered")
+            }
+        );
+        // A CCM user's message to a web user of this node: in WEB's form, no receipt.
+        let mut from_ccm = message(b"wes", b"from cid");
+        from_ccm.to_node = Bytes::from_static(b"node-a");
+        assert_eq!(
+            a.deliver_remote(&from_ccm),
+            RemoteDelivery::Send {
+                to: conn(1),
+                bytes: web::direct(crate::hub::ProtocolKind::Ccm, b"cid", b"from cid")
+            }
+        );
+
+        // A BIN24 holder: the frame is made here (wes's messageID 0).
+        assert_eq!(
+            a.web_direct(conn(1), b"bob", &text, Some(6), 0, &mut out),
+            WebDirect::Locating
+        );
+        let Some(Located::WebToBin24 { from, message, at }) =
+            a.on_located(3, Some((node_b.clone(), 9, NamedProtocol::Bin24)))
+        else {
+            panic!("for node-b's BIN24 user");
+        };
+        assert_eq!((from, &at.0[..]), (conn(1), &b"node-b"[..]));
+        let frame = a.web_to_remote_bin24(from, &message, 0, &mut out);
+        let frame = frame.unwrap_or_else(|reason| panic!("refused: {reason}"));
+        assert_eq!(
+            (
+                frame.src().as_bytes(),
+                frame.dst().as_bytes(),
+                frame.message_id()
+            ),
+            (&b"wes"[..], &b"bob"[..], 0)
+        );
+        // Nobody, a MATOU user, or no answer in time: unknown.
+        for (token, holder) in [
+            (4, None),
+            (5, Some((node_b.clone(), 9, NamedProtocol::Matou))),
+        ] {
+            assert_eq!(
+                a.web_direct(conn(1), b"mia", &text, Some(7), 0, &mut out),
+                WebDirect::Locating
+            );
+            assert_eq!(
+                a.on_located(token, holder),
+                Some(Located::WebUnknown {
+                    from: conn(1),
+                    request: Some(7)
+                })
+            );
+        }
+        // A node alone never locates.
+        let mut alone = Hub::new(HubConfig::default());
+        assert_eq!(
+            alone.web_direct(conn(1), b"cat", &text, None, 0, &mut out),
+            WebDirect::Refused {
+                reason: "unknown-addressee"
+            }
+        );
     }
 }

@@ -89,8 +89,16 @@ pub struct DirectMessage {
     pub body: Bytes,
 }
 
-/// A CCM message to a named user whom another node holds (the cluster): for that node only,
-/// which hands it to its CCM user in CCM's own form.
+/// [`Addressed::kind`] of a web user's `direct` to a CCM or web user of another node.
+pub const WEB_DIRECT_KIND: &[u8] = b"web";
+/// [`Addressed::kind`] of the receipt that comes back for it: `body` is `delivered` or
+/// `not-delivered`, `recipient` the web sender, `request` its request's id.
+pub const WEB_RECEIPT_KIND: &[u8] = b"web-sent";
+
+/// A direct message to a named user whom another node holds (the cluster): for that node
+/// only, which hands it to its user in that user's form. From a CCM user (`kind` is CCM's
+/// message type) or a web user ([`WEB_DIRECT_KIND`], whose receipt comes back as
+/// [`WEB_RECEIPT_KIND`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Addressed {
     /// The node that holds the addressee, and its incarnation (a restarted node is another).
@@ -102,6 +110,11 @@ pub struct Addressed {
     pub recipient: Bytes,
     pub encoding: Bytes,
     pub body: Bytes,
+    /// The node that sent it (filled in when it is published; a receipt goes back there).
+    pub from_node: Bytes,
+    pub from_incarnation: u64,
+    /// A web sender's request id, for its `sent` or `error`.
+    pub request: Option<u64>,
 }
 
 /// Which step of MATOU's brokered private link crosses to another node.

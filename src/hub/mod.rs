@@ -23,7 +23,7 @@ pub use claims::{ClaimAnswer, ClaimConfig, ClaimCounts, ClaimDecided, Decision, 
 pub use event::{
     Addressed, Bin24Relay, Bin24Step, DirectMessage, Endpoint, HubEvent, LobbyMessage,
     NamedProtocol, OcmMemberId, OcmRoomEvent, OcmStep, Presence, PresenceKind, PrivateLink,
-    PrivateStep, ProtocolKind, User,
+    PrivateStep, ProtocolKind, User, WEB_DIRECT_KIND, WEB_RECEIPT_KIND,
 };
 pub use render::FormLimits;
 
@@ -167,6 +167,26 @@ pub enum WebDirect {
     /// Refused: answer the sender with `error`, whose reason says why (`unknown-addressee`,
     /// `too-large`, `rate-limited`).
     Refused { reason: &'static str },
+    /// In a cluster, no user of this node holds the name: the cluster is asked which node
+    /// does ([`Located`]); the sender's further input waits until then.
+    Locating,
+}
+
+/// What another node's [`Addressed`] comes to on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteDelivery {
+    /// Not for a user here (gone meanwhile, or another protocol's name now).
+    Nothing,
+    /// Send `bytes` to `to` (a CCM sender's message: no receipt; a receipt for a web user).
+    Send { to: ConnId, bytes: Bytes },
+    /// A web user's `direct`: queue `bytes` to `to` with `send_notify(to, bytes, note.0)` and
+    /// report the outcome to [`Hub::on_written`] (also when `send_notify` refuses): its
+    /// receipt is published for the sender's node then ([`Written::Publish`]).
+    Notify {
+        to: ConnId,
+        bytes: Bytes,
+        note: WrittenNote,
+    },
 }
 
 /// Identifies a BIN24-to-CCM delivery whose writing the hub waits for: the note of the
@@ -196,10 +216,18 @@ pub enum Written {
     /// A web user's direct message was written (or not): send `bytes` (its `sent` or
     /// `error`) to `to`, the sender's connection, if it is still there.
     Reply { to: ConnId, bytes: Bytes },
+    /// Another node's web user's direct message was written (or not): publish this receipt
+    /// ([`WEB_RECEIPT_KIND`]) for its node.
+    Publish(HubEvent),
     /// The CCM recipient was written to: BIN24's service sends `answer` ("200": type 1, same
     /// messageID, SRC = the CCM user, DST = the sender) to `sender` wherever it is connected
     /// now, as it sends its own answers.
-    Answered { sender: Name, answer: Bytes },
+    /// `origin`: the sender is on that node (and incarnation): the answer is published there.
+    Answered {
+        sender: Name,
+        answer: Bytes,
+        origin: Option<(Bytes, u64)>,
+    },
     /// The CCM recipient closed before the bytes were written: BIN24's rules for an offline
     /// DST, so nothing is lost: BIN24's service stores `frame` for `recipient` (as type 2) and
     /// answers "300" once it is durable.
@@ -208,6 +236,7 @@ pub enum Written {
         sender: Name,
         message_id: u32,
         frame: Frame,
+        origin: Option<(Bytes, u64)>,
     },
 }
 
@@ -335,9 +364,19 @@ enum AwaitingWrite {
         sender: Name,
         recipient: Name,
         frame: Frame,
+        /// The sender's node, when another node's BIN24 user sent it (the answer goes back).
+        origin: Option<(Bytes, u64)>,
     },
     /// A web user's message (on `sender`) to a web or CCM user; `id` the request's.
     Web { sender: ConnId, id: Option<u64> },
+    /// Another node's web user's message (`sender`, request `id`) to a web or CCM user here:
+    /// the receipt goes back to `node` (and incarnation).
+    RemoteWeb {
+        sender: Bytes,
+        id: Option<u64>,
+        node: Bytes,
+        incarnation: u64,
+    },
 }
 
 pub struct Hub {
@@ -1046,25 +1085,67 @@ impl Hub {
         else {
             return CcmDirect::NotCrossing;
         };
+        match self.ccm_bin24_frame(from, addressee, content, now_ms) {
+            Ok((frame, message)) => {
+                out.event(&HubEvent::Direct(message.clone()));
+                CcmDirect::ToBin24 { to, frame, message }
+            }
+            Err(Some(error)) => CcmDirect::Refused { error },
+            Err(None) => CcmDirect::NotCrossing,
+        }
+    }
+
+    /// A CCM message whose addressee is a BIN24 user of another node (located there): the
+    /// BIN24 frame to publish for it, made and charged as [`Hub::ccm_direct`] makes it for a
+    /// BIN24 user here. `Err(Some(error))`: refused in CCM's form (too large, over BIN24's
+    /// sending limits); `Err(None)`: it does not cross (`Audio`, `Streaming`, or the sender
+    /// gone meanwhile), answered `unknown-addressee` as on one node.
+    pub fn ccm_to_remote_bin24(
+        &mut self,
+        from: ConnId,
+        message: &Addressed,
+        now_ms: u64,
+    ) -> Result<Frame, Option<Bytes>> {
+        let kind = MessageType::parse(&message.kind);
+        if self.config.isolated || !matches!(kind, Some(MessageType::Text | MessageType::Raw)) {
+            return Err(None);
+        }
+        self.ccm_bin24_frame(from, &message.recipient, &message.body, now_ms)
+            .map(|(frame, _)| frame)
+    }
+
+    /// The BIN24 frame for a CCM user's message to a BIN24 user, under BIN24's sending
+    /// limits, with the sender's next messageID; or why not: `Some(error)` refused in CCM's
+    /// form, `None` not crossing (the sender holds no CCM name).
+    fn ccm_bin24_frame(
+        &mut self,
+        from: ConnId,
+        addressee: &[u8],
+        content: &Bytes,
+        now_ms: u64,
+    ) -> Result<(Frame, DirectMessage), Option<Bytes>> {
         let Some((sender_name, message_id)) = self
             .held
             .get(&from)
             .filter(|held| held.protocol == NamedProtocol::Ccm)
             .map(|held| (held.name.clone(), held.next_message_id))
         else {
-            return CcmDirect::NotCrossing;
+            return Err(None);
         };
         // The addressee holds its name in BIN24, so it fits BIN24's field; the sender's may
         // not (CCM names go up to 64 bytes).
         let (Some(sender), Some(recipient)) = (Name::new(&sender_name), Name::new(addressee))
         else {
-            return self
-                .refuse_ccm("your name is longer than the 8 bytes a BIN24 user can be sent from");
+            return Err(Some(self.refuse_ccm(
+                "your name is longer than the 8 bytes a BIN24 user can be sent from",
+            )));
         };
         let frame = bin24::encode(bin24::TYPE_MESSAGE, message_id, sender, recipient, content)
             .and_then(|bytes| Frame::from_bytes(bytes).ok());
         let Some(frame) = frame else {
-            return self.refuse_ccm("a message to a BIN24 user is at most 1000 bytes");
+            return Err(Some(
+                self.refuse_ccm("a message to a BIN24 user is at most 1000 bytes"),
+            ));
         };
         let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
         let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
@@ -1081,12 +1162,10 @@ impl Hub {
         });
         if !admitted {
             self.count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
-            return CcmDirect::Refused {
-                error: render::ccm_error(
-                    Reason::RateLimited,
-                    "sending to BIN24 users faster than allowed: the message was not delivered",
-                ),
-            };
+            return Err(Some(render::ccm_error(
+                Reason::RateLimited,
+                "sending to BIN24 users faster than allowed: the message was not delivered",
+            )));
         }
         if let Some(held) = self.held.get_mut(&from) {
             held.next_message_id = message_id.wrapping_add(1);
@@ -1099,8 +1178,7 @@ impl Hub {
             message_id,
             body: frame.body(),
         };
-        out.event(&HubEvent::Direct(message.clone()));
-        CcmDirect::ToBin24 { to, frame, message }
+        Ok((frame, message))
     }
 
     fn ccm_to_web<O: HubOut>(
@@ -1150,15 +1228,13 @@ impl Hub {
         out: &mut O,
     ) -> WebDirect {
         let Some(holder) = self.names.get(addressee).copied() else {
-            return WebDirect::Refused {
-                reason: "unknown-addressee",
-            };
+            return self.web_locate(from, addressee, text, id, now_ms);
         };
-        let Some((sender_name, message_id)) = self
+        let Some(sender_name) = self
             .held
             .get(&from)
             .filter(|held| held.protocol == NamedProtocol::Web)
-            .map(|held| (held.name.clone(), held.next_message_id))
+            .map(|held| held.name.clone())
         else {
             return WebDirect::Refused {
                 reason: "not-signed-in",
@@ -1181,55 +1257,10 @@ impl Hub {
                 };
             }
             NamedProtocol::Bin24 => {
-                let (Some(sender), Some(recipient)) =
-                    (Name::new(&sender_name), Name::new(addressee))
-                else {
-                    self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
-                    return WebDirect::Refused {
-                        reason: "too-large",
-                    };
+                return match self.web_bin24_frame(from, addressee, text, id, now_ms, out) {
+                    Ok(frame) => WebDirect::ToBin24 { to, frame },
+                    Err(reason) => WebDirect::Refused { reason },
                 };
-                let frame = bin24::encode(bin24::TYPE_MESSAGE, message_id, sender, recipient, text)
-                    .and_then(|bytes| Frame::from_bytes(bytes).ok());
-                let Some(frame) = frame else {
-                    self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
-                    return WebDirect::Refused {
-                        reason: "too-large",
-                    };
-                };
-                let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
-                let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
-                let admitted = self.held.get_mut(&from).is_some_and(|held| {
-                    held.bin24_sending
-                        .get_or_insert_with(|| SenderBudget::new(total, now_ms))
-                        .admit(
-                            Some(recipient),
-                            frame.as_bytes().len() as u64,
-                            total,
-                            pair,
-                            now_ms,
-                        )
-                });
-                if !admitted {
-                    self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
-                    return WebDirect::Refused {
-                        reason: "rate-limited",
-                    };
-                }
-                if let Some(held) = self.held.get_mut(&from) {
-                    held.next_message_id = message_id.wrapping_add(1);
-                }
-                self.web_to_bin24
-                    .insert((sender_name.clone(), message_id), id);
-                self.counts.messages[ProtocolKind::Web.index()][ProtocolKind::Bin24.index()] += 1;
-                out.event(&HubEvent::Direct(DirectMessage {
-                    origin: ProtocolKind::Web,
-                    sender: sender_name,
-                    recipient: Bytes::copy_from_slice(addressee),
-                    message_id,
-                    body: frame.body(),
-                }));
-                return WebDirect::ToBin24 { to, frame };
             }
         };
         let note = WrittenNote(self.next_note);
@@ -1240,6 +1271,199 @@ impl Hub {
             self.counts.messages[ProtocolKind::Web.index()][destination.index()] += 1;
         }
         WebDirect::ToConn { to, bytes, note }
+    }
+
+    /// In a cluster, a web user's `direct` to a name no user of this node holds: located
+    /// ([`WebDirect::Locating`]); a node alone, or too many waiting: `unknown-addressee`.
+    fn web_locate(
+        &mut self,
+        from: ConnId,
+        addressee: &[u8],
+        text: &Bytes,
+        id: Option<u64>,
+        now_ms: u64,
+    ) -> WebDirect {
+        let sender = self
+            .held
+            .get(&from)
+            .filter(|held| held.protocol == NamedProtocol::Web)
+            .map(|held| held.name.clone());
+        let (Some(sender), Some(claims)) = (sender, self.claims.as_mut()) else {
+            return WebDirect::Refused {
+                reason: "unknown-addressee",
+            };
+        };
+        let message = Addressed {
+            to_node: Bytes::new(),
+            to_incarnation: 0,
+            kind: Bytes::from_static(WEB_DIRECT_KIND),
+            sender,
+            recipient: Bytes::copy_from_slice(addressee),
+            encoding: Bytes::from_static(b"utf-8"),
+            body: text.clone(),
+            from_node: Bytes::new(),
+            from_incarnation: 0,
+            request: id,
+        };
+        if claims.locate_web(from, message, now_ms) {
+            WebDirect::Locating
+        } else {
+            WebDirect::Refused {
+                reason: "unknown-addressee",
+            }
+        }
+    }
+
+    /// A web user's `direct` whose addressee is a BIN24 user of another node (located
+    /// there): the BIN24 frame to publish for it, made and charged as [`Hub::web_direct`]
+    /// makes it for a BIN24 user here (its answer comes back as `sent` or `error`); or the
+    /// reason it is refused.
+    pub fn web_to_remote_bin24<O: HubOut>(
+        &mut self,
+        from: ConnId,
+        message: &Addressed,
+        now_ms: u64,
+        out: &mut O,
+    ) -> Result<Frame, &'static str> {
+        self.web_bin24_frame(
+            from,
+            &message.recipient,
+            &message.body,
+            message.request,
+            now_ms,
+            out,
+        )
+    }
+
+    /// The BIN24 frame for a web user's message to a BIN24 user, under BIN24's sending
+    /// limits, with the sender's next messageID, its request id kept for BIN24's answer.
+    fn web_bin24_frame<O: HubOut>(
+        &mut self,
+        from: ConnId,
+        addressee: &[u8],
+        text: &Bytes,
+        id: Option<u64>,
+        now_ms: u64,
+        out: &mut O,
+    ) -> Result<Frame, &'static str> {
+        let Some((sender_name, message_id)) = self
+            .held
+            .get(&from)
+            .filter(|held| held.protocol == NamedProtocol::Web)
+            .map(|held| (held.name.clone(), held.next_message_id))
+        else {
+            return Err("not-signed-in");
+        };
+        let (Some(sender), Some(recipient)) = (Name::new(&sender_name), Name::new(addressee))
+        else {
+            self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
+            return Err("too-large");
+        };
+        let frame = bin24::encode(bin24::TYPE_MESSAGE, message_id, sender, recipient, text)
+            .and_then(|bytes| Frame::from_bytes(bytes).ok());
+        let Some(frame) = frame else {
+            self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
+            return Err("too-large");
+        };
+        let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
+        let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
+        let admitted = self.held.get_mut(&from).is_some_and(|held| {
+            held.bin24_sending
+                .get_or_insert_with(|| SenderBudget::new(total, now_ms))
+                .admit(
+                    Some(recipient),
+                    frame.as_bytes().len() as u64,
+                    total,
+                    pair,
+                    now_ms,
+                )
+        });
+        if !admitted {
+            self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
+            return Err("rate-limited");
+        }
+        if let Some(held) = self.held.get_mut(&from) {
+            held.next_message_id = message_id.wrapping_add(1);
+        }
+        self.web_to_bin24
+            .insert((sender_name.clone(), message_id), id);
+        self.counts.messages[ProtocolKind::Web.index()][ProtocolKind::Bin24.index()] += 1;
+        out.event(&HubEvent::Direct(DirectMessage {
+            origin: ProtocolKind::Web,
+            sender: sender_name,
+            recipient: Bytes::copy_from_slice(addressee),
+            message_id,
+            body: frame.body(),
+        }));
+        Ok(frame)
+    }
+
+    /// Another node's [`Addressed`] for this node: a CCM or web user's message to a CCM or
+    /// web user here, in that user's form (a web sender's with a note for its receipt), or a
+    /// receipt for a web user here (its `sent` or `error`).
+    pub fn deliver_remote(&mut self, addressed: &Addressed) -> RemoteDelivery {
+        let Some(holder) = self
+            .names
+            .get(&addressed.recipient[..])
+            .copied()
+            .filter(|holder| holder.claim.is_none())
+        else {
+            return RemoteDelivery::Nothing;
+        };
+        let to = holder.conn;
+        let kind = &addressed.kind[..];
+        if kind == WEB_RECEIPT_KIND {
+            if holder.protocol != NamedProtocol::Web {
+                return RemoteDelivery::Nothing;
+            }
+            let bytes = if addressed.body[..] == *b"delivered" {
+                web::sent(addressed.request, "delivered")
+            } else {
+                web::error(addressed.request, "not-delivered")
+            };
+            return RemoteDelivery::Send { to, bytes };
+        }
+        if kind == WEB_DIRECT_KIND {
+            let bytes = match holder.protocol {
+                NamedProtocol::Web => {
+                    web::direct(ProtocolKind::Web, &addressed.sender, &addressed.body)
+                }
+                NamedProtocol::Ccm => {
+                    render::ccm_text(&addressed.sender, &addressed.recipient, &addressed.body)
+                }
+                NamedProtocol::Bin24 | NamedProtocol::Matou => return RemoteDelivery::Nothing,
+            };
+            if holder.protocol != NamedProtocol::Web {
+                self.counts.messages[ProtocolKind::Web.index()]
+                    [holder.protocol.protocol().index()] += 1;
+            }
+            let note = WrittenNote(self.next_note);
+            self.next_note = self.next_note.wrapping_add(1);
+            self.awaiting_write.insert(
+                note,
+                AwaitingWrite::RemoteWeb {
+                    sender: addressed.sender.clone(),
+                    id: addressed.request,
+                    node: addressed.from_node.clone(),
+                    incarnation: addressed.from_incarnation,
+                },
+            );
+            return RemoteDelivery::Notify { to, bytes, note };
+        }
+        // A CCM user's message to a web user here (a CCM holder is CCM's own form, written
+        // by the registry): `Text` and `Raw`, as on one node.
+        let crosses = matches!(
+            MessageType::parse(kind),
+            Some(MessageType::Text | MessageType::Raw)
+        );
+        if holder.protocol != NamedProtocol::Web || !crosses {
+            return RemoteDelivery::Nothing;
+        }
+        self.counts.messages[ProtocolKind::Ccm.index()][ProtocolKind::Web.index()] += 1;
+        RemoteDelivery::Send {
+            to,
+            bytes: web::direct(ProtocolKind::Ccm, &addressed.sender, &addressed.body),
+        }
     }
 
     /// BIN24 answers `text` ("200" delivered, "300" stored, "507" the store is full; the
@@ -1284,11 +1508,9 @@ impl Hub {
         }
     }
 
-    fn refuse_ccm(&mut self, sentence: &str) -> CcmDirect {
+    fn refuse_ccm(&mut self, sentence: &str) -> Bytes {
         self.count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
-        CcmDirect::Refused {
-            error: render::ccm_error(Reason::TooLarge, sentence),
-        }
+        render::ccm_error(Reason::TooLarge, sentence)
     }
 
     /// A BIN24 type-0 `frame` (from the connection holding its SRC). To an online CCM user D,
@@ -1298,6 +1520,17 @@ impl Hub {
     /// A CCM header is UTF-8: a SRC that is not is written with U+FFFD in its place (the
     /// message still arrives; a reply to that name cannot).
     pub fn bin24_direct<O: HubOut>(&mut self, frame: &Frame, out: &mut O) -> Bin24Direct {
+        self.bin24_direct_from(frame, None, out)
+    }
+
+    /// As [`Hub::bin24_direct`], for a frame another node's BIN24 user sent (`origin`: that
+    /// node and its incarnation): its "200", or its "300" once stored, goes back there.
+    pub fn bin24_direct_from<O: HubOut>(
+        &mut self,
+        frame: &Frame,
+        origin: Option<(Bytes, u64)>,
+        out: &mut O,
+    ) -> Bin24Direct {
         if self.config.isolated || frame.frame_type() != bin24::TYPE_MESSAGE {
             return Bin24Direct::NotCrossing;
         }
@@ -1326,6 +1559,7 @@ impl Hub {
                 sender,
                 recipient,
                 frame: frame.clone(),
+                origin,
             },
         );
         self.counts.messages[ProtocolKind::Bin24.index()][destination.index()] += 1;
@@ -1349,12 +1583,13 @@ impl Hub {
     /// socket, or not (the connection closed first). `None` for a note the hub does not know
     /// (reported twice).
     pub fn on_written(&mut self, note: WrittenNote, written: bool) -> Option<Written> {
-        let (sender, recipient, frame) = match self.awaiting_write.remove(&note)? {
+        let (sender, recipient, frame, origin) = match self.awaiting_write.remove(&note)? {
             AwaitingWrite::Bin24 {
                 sender,
                 recipient,
                 frame,
-            } => (sender, recipient, frame),
+                origin,
+            } => (sender, recipient, frame, origin),
             AwaitingWrite::Web { sender, id } => {
                 let bytes = if written {
                     web::sent(id, "delivered")
@@ -1363,11 +1598,36 @@ impl Hub {
                 };
                 return Some(Written::Reply { to: sender, bytes });
             }
+            AwaitingWrite::RemoteWeb {
+                sender,
+                id,
+                node,
+                incarnation,
+            } => {
+                let status: &'static [u8] = if written {
+                    b"delivered"
+                } else {
+                    b"not-delivered"
+                };
+                return Some(Written::Publish(HubEvent::Addressed(Box::new(Addressed {
+                    to_node: node,
+                    to_incarnation: incarnation,
+                    kind: Bytes::from_static(WEB_RECEIPT_KIND),
+                    sender: Bytes::new(),
+                    recipient: sender,
+                    encoding: Bytes::new(),
+                    body: Bytes::from_static(status),
+                    from_node: Bytes::new(),
+                    from_incarnation: 0,
+                    request: id,
+                }))));
+            }
         };
         Some(if written {
             Written::Answered {
                 sender,
                 answer: render::bin24_delivered(frame.message_id(), recipient, sender),
+                origin,
             }
         } else {
             Written::Unwritten {
@@ -1375,6 +1635,7 @@ impl Hub {
                 sender,
                 message_id: frame.message_id(),
                 frame,
+                origin,
             }
         })
     }

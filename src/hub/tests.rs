@@ -1229,7 +1229,12 @@ fn a_bin24_message_to_a_ccm_user_is_a_ccm_text_and_200_once_written() {
     );
 
     // Written: the sender hears "200": type 1, same messageID, SRC = carol, DST = bob.
-    let Some(Written::Answered { sender, answer }) = hub.on_written(note, true) else {
+    let Some(Written::Answered {
+        sender,
+        answer,
+        origin: None,
+    }) = hub.on_written(note, true)
+    else {
         panic!("no answer");
     };
     assert_eq!(sender, name("bob"));
@@ -1267,6 +1272,7 @@ fn a_bin24_message_the_ccm_user_never_got_goes_back_to_bin24_for_the_store() {
             sender: name("bob"),
             message_id: 3,
             frame,
+            origin: None,
         })
     );
     assert!(matches!(

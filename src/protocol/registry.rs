@@ -21,7 +21,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{
     Addressed, ClaimConfig, ClaimDecided, Endpoint, FormLimits, Hub, HubConfig, HubEvent, Located,
-    NameOp, NamedProtocol, OcmMemberId,
+    NameOp, NamedProtocol, OcmMemberId, RemoteDelivery, Written,
 };
 use crate::store::{OfflineStore, StoreConfig, StoreError, StoreMetrics};
 
@@ -156,6 +156,27 @@ fn deliver_addressed<O: Outbox>(hub: &Hub, addressed: &Addressed, out: &mut O) {
     );
     if !addressed.body.is_empty() {
         out.send(to, addressed.body.clone());
+    }
+}
+
+/// Another node's direct message (or a web receipt) for a user of this node.
+fn on_addressed<O: Outbox>(
+    hub: &mut Hub,
+    queue: &mut HubQueue,
+    addressed: &Addressed,
+    out: &mut O,
+) {
+    match hub.deliver_remote(addressed) {
+        RemoteDelivery::Send { to, bytes } => out.send(to, bytes),
+        RemoteDelivery::Notify { to, bytes, note } => {
+            if !out.send_notify(to, bytes, note.0) {
+                // Never queued (the recipient is closing): its receipt says so.
+                if let Some(Written::Publish(receipt)) = hub.on_written(note, false) {
+                    queue.publish(receipt);
+                }
+            }
+        }
+        RemoteDelivery::Nothing => deliver_addressed(hub, addressed, out),
     }
 }
 
@@ -441,7 +462,7 @@ impl Services {
                     if addressed.to_node[..] == *cluster.node_name()
                         && addressed.to_incarnation == cluster.incarnation()
                     {
-                        deliver_addressed(&self.hub, &addressed, out);
+                        on_addressed(&mut self.hub, &mut self.hub_queue, &addressed, out);
                     }
                 }
                 HubEvent::Private(link) => {
@@ -479,7 +500,7 @@ impl Services {
         if cluster.roster_due() {
             cluster.publish_rosters(self.hub.lobby_roster());
         }
-        self.on_name_answers(out);
+        self.on_name_answers(clock.now_ms, out);
         for answer in ocm_answers {
             self.on_ocm_answer(answer, clock, out);
         }
@@ -545,15 +566,15 @@ impl Services {
     }
 
     /// The names thread's answers.
-    fn on_name_answers<O: Outbox>(&mut self, out: &mut O) {
+    fn on_name_answers<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
         while let Some(answer) = self.cluster.as_mut().and_then(Cluster::try_recv_name) {
-            self.on_name_answer(answer, out);
+            self.on_name_answer(answer, now_ms, out);
         }
     }
 
     /// A waiting claim is decided (its service is told through the hub queue); a name another
     /// node took from this one closes its holder here.
-    fn on_name_answer<O: Outbox>(&mut self, answer: NameAnswer, out: &mut O) {
+    fn on_name_answer<O: Outbox>(&mut self, answer: NameAnswer, now_ms: u64, out: &mut O) {
         match answer {
             NameAnswer::Claimed {
                 token,
@@ -571,7 +592,7 @@ impl Services {
             }
             NameAnswer::Located { token, holder } => {
                 if let Some(located) = self.hub.on_located(token, holder) {
-                    self.on_located(located, out);
+                    self.on_located(located, now_ms, out);
                 }
             }
         }
@@ -579,7 +600,7 @@ impl Services {
 
     /// A message to a name held elsewhere: published for the node that holds it, or its
     /// sender told no user has that name.
-    fn on_located<O: Outbox>(&mut self, located: Located, out: &mut O) {
+    fn on_located<O: Outbox>(&mut self, located: Located, now_ms: u64, out: &mut O) {
         match located {
             Located::Send { from, event } => {
                 if let Some(cluster) = self.cluster.as_mut() {
@@ -599,6 +620,64 @@ impl Services {
             Located::Bin24 { from, frame, at } => {
                 self.hub_queue
                     .hand_over(HubOutcome::Bin24Located { from, frame, at });
+            }
+            Located::CcmToBin24 { from, message, at } => {
+                // Made a BIN24 frame here (BIN24's limits, the sender's messageID) and handed
+                // to BIN24 as a located frame: published for that node under BIN24's custody
+                // here (kept and stored here if no answer comes back), as a BIN24 sender's.
+                match self.hub.ccm_to_remote_bin24(from, &message, now_ms) {
+                    Ok(frame) => self.hub_queue.hand_over(HubOutcome::Bin24Located {
+                        from,
+                        frame: frame.into_bytes(),
+                        at: Some(at),
+                    }),
+                    Err(error) => out.send(
+                        from,
+                        error.unwrap_or_else(|| {
+                            crate::hub::render::ccm_error(
+                                crate::protocol::ccm::Reason::UnknownAddressee,
+                                "no user has that name",
+                            )
+                        }),
+                    ),
+                }
+                self.hub_queue.hand_over(HubOutcome::CcmLocated { from });
+            }
+            Located::WebSend { from, mut event } => {
+                if let (Some(cluster), HubEvent::Addressed(addressed)) =
+                    (self.cluster.as_mut(), &mut event)
+                {
+                    // Its receipt comes back to this node.
+                    addressed.from_node = Bytes::copy_from_slice(cluster.node_name());
+                    addressed.from_incarnation = cluster.incarnation();
+                    cluster.publish(&event);
+                }
+                self.hub_queue.hand_over(HubOutcome::WebLocated { from });
+            }
+            Located::WebToBin24 { from, message, at } => {
+                // As a CCM sender's (above): BIN24's custody here, its answer back as `sent`.
+                match self
+                    .hub
+                    .web_to_remote_bin24(from, &message, now_ms, &mut self.hub_queue)
+                {
+                    Ok(frame) => self.hub_queue.hand_over(HubOutcome::Bin24Located {
+                        from,
+                        frame: frame.into_bytes(),
+                        at: Some(at),
+                    }),
+                    Err(reason) => out.send(
+                        from,
+                        crate::protocol::web::json::error(message.request, reason),
+                    ),
+                }
+                self.hub_queue.hand_over(HubOutcome::WebLocated { from });
+            }
+            Located::WebUnknown { from, request } => {
+                out.send(
+                    from,
+                    crate::protocol::web::json::error(request, "unknown-addressee"),
+                );
+                self.hub_queue.hand_over(HubOutcome::WebLocated { from });
             }
             Located::Unknown { from, recipient } => {
                 log::debug!(
@@ -621,7 +700,7 @@ impl Services {
     /// told through the hub queue).
     fn expire_claims<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
         for located in self.hub.expire_locates(now_ms) {
-            self.on_located(located, out);
+            self.on_located(located, now_ms, out);
         }
         for decided in self.hub.expire_claims(now_ms) {
             log::warn!(
@@ -1005,7 +1084,7 @@ impl Services {
 impl Services {
     /// An answer as if from the names thread (no Redis in unit tests).
     fn answer_name<O: Outbox>(&mut self, answer: NameAnswer, clock: &Clock, out: &mut O) {
-        self.on_name_answer(answer, out);
+        self.on_name_answer(answer, clock.now_ms, out);
         self.drain(clock, out);
     }
 
@@ -2520,6 +2599,270 @@ mod tests {
             a.on_wake(&cx(42 + ack_timeout_ms + lease_ms).clock(), &mut out_a);
         }
         assert_eq!(out_a.sent_to(ana), [kept]);
+        assert!(a.shut_down().is_ok() && b.shut_down().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Rule 4 across nodes: a BIN24 user on node-a and a CCM user on node-b. ana's message
+    /// crosses as a `Bin24` event, node-b writes it to cat in CCM's form and, once cat's TCP
+    /// acknowledged it, publishes the "200" back; one cat closes before receiving is stored
+    /// on node-b and the "300" goes back. cat's message to ana is made a BIN24 frame on
+    /// node-b (cat's messageID counter) and published under node-b's custody; ana's answer
+    /// ends it, and cat is told nothing (CCM has no receipt).
+    #[test]
+    fn bin24_and_ccm_users_of_two_nodes_message_each_other_with_bin24s_answers() {
+        use crate::hub::{Bin24Step, ClaimAnswer};
+        use crate::protocol::bin24::codec as bin24;
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-bin24-ccm-nodes",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let node = |sub: &str| {
+            let mut services = clustered(&dir.join(sub));
+            services.hub_queue.collect_events = true;
+            services
+        };
+        let (mut a, mut b) = (node("a"), node("b"));
+        let (mut out_a, mut out_b) = (RecordingOutbox::default(), RecordingOutbox::default());
+        let name = |text: &str| match bin24::Name::new(text.as_bytes()) {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        };
+        let frame = |kind, id: u32, src: &str, dst: &str, body: &[u8]| match bin24::encode(
+            kind,
+            id,
+            name(src),
+            name(dst),
+            body,
+        ) {
+            Some(frame) => frame,
+            None => panic!("a valid frame"),
+        };
+        let ccm = |head: &str, body: &str| {
+            BytesMut::from(
+                format!(
+                    "CCM\\1.0 {head}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+        };
+        let (ana, cat) = (ConnId::new(0, 1), ConnId::new(0, 1));
+        a.on_accept(ProtocolKind::Bin24, ana, &cx(0), &mut out_a);
+        let hello = frame(bin24::TYPE_ANSWER, 0, "ana", "nobody", b"200");
+        a.on_data(
+            ProtocolKind::Bin24,
+            ana,
+            &mut BytesMut::from(&hello[..]),
+            &cx(0),
+            &mut out_a,
+        );
+        a.answer_name(
+            claimed(1, b"ana", ClaimAnswer::Granted),
+            &cx(0).clock(),
+            &mut out_a,
+        );
+        b.on_accept(ProtocolKind::Ccm, cat, &cx(0), &mut out_b);
+        b.on_data(
+            ProtocolKind::Ccm,
+            cat,
+            &mut ccm("NotDefined", "cat"),
+            &cx(0),
+            &mut out_b,
+        );
+        b.answer_name(
+            claimed(1, b"cat", ClaimAnswer::Granted),
+            &cx(0).clock(),
+            &mut out_b,
+        );
+        out_a.clear();
+        out_b.clear();
+        let ccm_at_b = || Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Ccm));
+
+        // ana -> cat: located at node-b (a CCM holder), published there as a BIN24 message.
+        let first = frame(bin24::TYPE_MESSAGE, 1, "ana", "cat", b"hello cat");
+        a.on_data(
+            ProtocolKind::Bin24,
+            ana,
+            &mut BytesMut::from(&first[..]),
+            &cx(1),
+            &mut out_a,
+        );
+        a.answer_name(
+            NameAnswer::Located {
+                token: 2,
+                holder: ccm_at_b(),
+            },
+            &cx(1).clock(),
+            &mut out_a,
+        );
+        let [relay] = &a.take_bin24_published()[..] else {
+            panic!("one frame published for node-b");
+        };
+        assert_eq!(
+            (&relay.to_node[..], relay.step, &relay.frame),
+            (&b"node-b"[..], Bin24Step::Message, &first)
+        );
+        // node-b writes it to cat in CCM's form; "200" once cat's TCP acknowledged it.
+        b.bin24_from_node(relay.clone(), b"node-a", &cx(2).clock(), &mut out_b);
+        let notified = out_b.notified.clone();
+        let [(to, bytes, note)] = &notified[..] else {
+            panic!("one delivery to cat: {notified:?}");
+        };
+        assert_eq!(
+            (*to, bytes),
+            (cat, &render::ccm_text(b"ana", b"cat", b"hello cat"))
+        );
+        let note = *note;
+        assert!(
+            b.take_bin24_published().is_empty(),
+            "nothing before the ack"
+        );
+        b.on_notify(
+            ProtocolKind::Ccm,
+            cat,
+            note,
+            true,
+            &cx(3).clock(),
+            &mut out_b,
+        );
+        let [answer] = &b.take_bin24_published()[..] else {
+            panic!("the 200 published for node-a");
+        };
+        let delivered = frame(bin24::TYPE_ANSWER, 1, "cat", "ana", bin24::ANSWER_DELIVERED);
+        assert_eq!(
+            (&answer.to_node[..], answer.step, &answer.frame),
+            (&b"node-a"[..], Bin24Step::Answer, &delivered)
+        );
+        a.bin24_from_node(answer.clone(), b"node-b", &cx(4).clock(), &mut out_a);
+        assert_eq!(out_a.sent_to(ana), [delivered]);
+
+        // A second one that cat closes before receiving: stored on node-b, "300" back.
+        out_a.clear();
+        out_b.clear();
+        let second = frame(bin24::TYPE_MESSAGE, 2, "ana", "cat", b"gone?");
+        a.on_data(
+            ProtocolKind::Bin24,
+            ana,
+            &mut BytesMut::from(&second[..]),
+            &cx(5),
+            &mut out_a,
+        );
+        a.answer_name(
+            NameAnswer::Located {
+                token: 3,
+                holder: ccm_at_b(),
+            },
+            &cx(5).clock(),
+            &mut out_a,
+        );
+        let [relay] = &a.take_bin24_published()[..] else {
+            panic!("one frame published for node-b");
+        };
+        b.bin24_from_node(relay.clone(), b"node-a", &cx(6).clock(), &mut out_b);
+        let note = match &out_b.notified[..] {
+            [(_, _, note)] => *note,
+            other => panic!("one delivery to cat: {other:?}"),
+        };
+        b.on_notify(
+            ProtocolKind::Ccm,
+            cat,
+            note,
+            false,
+            &cx(7).clock(),
+            &mut out_b,
+        );
+        let stored = frame(bin24::TYPE_ANSWER, 2, "cat", "ana", bin24::ANSWER_STORED);
+        let started = std::time::Instant::now();
+        let answers = loop {
+            let answers = b.take_bin24_published();
+            if !answers.is_empty() {
+                break answers;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never stored"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            b.on_wake(&cx(8).clock(), &mut out_b);
+        };
+        let [answer] = &answers[..] else {
+            panic!("one answer: {answers:?}");
+        };
+        assert_eq!(
+            (&answer.to_node[..], &answer.frame),
+            (&b"node-a"[..], &stored)
+        );
+        a.bin24_from_node(answer.clone(), b"node-b", &cx(9).clock(), &mut out_a);
+        assert_eq!(out_a.sent_to(ana), [stored]);
+
+        // cat -> ana: located at node-a (a BIN24 holder); node-b makes the frame (cat's
+        // first messageID, 0) and publishes it; cat's input is read again.
+        out_a.clear();
+        out_b.clear();
+        b.on_data(
+            ProtocolKind::Ccm,
+            cat,
+            &mut ccm("Text\nAddressee: ana", "hi ana"),
+            &cx(10),
+            &mut out_b,
+        );
+        assert!(
+            b.take_bin24_published().is_empty(),
+            "not before the look-up"
+        );
+        let bin24_at_a = Some((Bytes::from_static(b"node-a"), 7, NamedProtocol::Bin24));
+        b.answer_name(
+            NameAnswer::Located {
+                token: 2,
+                holder: bin24_at_a,
+            },
+            &cx(10).clock(),
+            &mut out_b,
+        );
+        assert_eq!(out_b.resumed.last(), Some(&cat));
+        let from_cat = frame(bin24::TYPE_MESSAGE, 0, "cat", "ana", b"hi ana");
+        let [relay] = &b.take_bin24_published()[..] else {
+            panic!("one frame published for node-a");
+        };
+        assert_eq!(
+            (
+                &relay.to_node[..],
+                relay.to_incarnation,
+                relay.step,
+                &relay.frame
+            ),
+            (&b"node-a"[..], 7, Bin24Step::Message, &from_cat)
+        );
+        // node-a delivers it to ana as BIN24's own (its ack timer there); her answer goes
+        // back to node-b, which tells cat nothing and keeps nothing.
+        a.bin24_from_node(relay.clone(), b"node-b", &cx(11).clock(), &mut out_a);
+        assert_eq!(out_a.sent_to(ana), [from_cat]);
+        let ok = frame(bin24::TYPE_ANSWER, 0, "ana", "cat", b"200");
+        a.on_data(
+            ProtocolKind::Bin24,
+            ana,
+            &mut BytesMut::from(&ok[..]),
+            &cx(12),
+            &mut out_a,
+        );
+        let [answer] = &a.take_bin24_published()[..] else {
+            panic!("ana's answer published for node-b");
+        };
+        assert_eq!((&answer.to_node[..], &answer.frame), (&b"node-b"[..], &ok));
+        b.bin24_from_node(answer.clone(), b"node-a", &cx(13).clock(), &mut out_b);
+        let ack_timeout_ms = Config::for_tests().bin24_ack_timeout_ms;
+        b.on_timers(&cx(14 + ack_timeout_ms + 600).clock(), &mut out_b);
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            b.on_wake(&cx(15 + ack_timeout_ms + 600).clock(), &mut out_b);
+        }
+        assert!(out_b.sent_to(cat).is_empty(), "cat is told nothing");
+        // Past the ack timeout and the lease: node-b keeps nothing for ana (answered), only
+        // the frame stored for cat above.
+        let frames = b.store_metrics().map(|metrics| metrics.stored_frames);
+        assert_eq!(frames, Some(1), "nothing kept again");
         assert!(a.shut_down().is_ok() && b.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

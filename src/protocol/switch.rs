@@ -34,7 +34,12 @@ pub enum HubOutcome {
     Bin24Forward { to: ConnId, frame: Frame },
     /// A BIN24 user's message was written to a CCM user: BIN24 sends `answer` ("200") to
     /// `sender` wherever it is connected now.
-    Bin24Answer { sender: Name, answer: Bytes },
+    /// `origin`: the sender is a user of that node (and incarnation): published there.
+    Bin24Answer {
+        sender: Name,
+        answer: Bytes,
+        origin: Option<(Bytes, u64)>,
+    },
     /// A BIN24 user's message to a CCM user was not written (the CCM user closed first):
     /// BIN24's rules for an offline recipient, so it is stored, never lost.
     Bin24Store {
@@ -42,6 +47,7 @@ pub enum HubOutcome {
         sender: Name,
         message_id: u32,
         frame: Frame,
+        origin: Option<(Bytes, u64)>,
     },
     /// A name claim that waited for the cluster is decided: the claiming connection's
     /// service signs it in or refuses it, and reads its held input again.
@@ -59,6 +65,10 @@ pub enum HubOutcome {
     /// located (the message published for its node, or `from` told it is unknown): `from`'s
     /// held input is read again.
     CcmLocated { from: ConnId },
+    /// WEB: the addressee of `from`'s `direct`, a name no user of this node holds, was
+    /// located (and `from` answered or its message sent on): `from`'s held input is read
+    /// again.
+    WebLocated { from: ConnId },
     /// BIN24: the DST of `from`'s message `frame`, a name no user of this node held, was
     /// located: a BIN24 user of the node `at` holds it (the frame is to be published for
     /// it), or none does. `from`'s held input is read again after.
@@ -83,6 +93,7 @@ impl HubOutcome {
             HubOutcome::NameClaim(decided) => decided.protocol.protocol(),
             HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
             HubOutcome::CcmLocated { .. } => ProtocolKind::Ccm,
+            HubOutcome::WebLocated { .. } => ProtocolKind::Web,
         }
     }
 }
@@ -102,17 +113,33 @@ pub fn carry_written<O: Outbox>(note: u64, acked: bool, out: &mut O) {
             out.send(to, bytes);
             return;
         }
-        Written::Answered { sender, answer } => HubOutcome::Bin24Answer { sender, answer },
+        Written::Publish(event) => {
+            if let Some(link) = out.hub() {
+                link.queue.publish(event);
+            }
+            return;
+        }
+        Written::Answered {
+            sender,
+            answer,
+            origin,
+        } => HubOutcome::Bin24Answer {
+            sender,
+            answer,
+            origin,
+        },
         Written::Unwritten {
             recipient,
             sender,
             message_id,
             frame,
+            origin,
         } => HubOutcome::Bin24Store {
             recipient,
             sender,
             message_id,
             frame,
+            origin,
         },
     };
     if let Some(link) = out.hub() {

@@ -591,9 +591,10 @@ impl Bin24Service {
                     sender,
                     message_id,
                     frame,
+                    origin,
                 }) = unwritten
                 {
-                    self.store_for(recipient, sender, message_id, &frame, None, store);
+                    self.store_for(recipient, sender, message_id, &frame, origin, store);
                 }
             }
             return;
@@ -798,7 +799,11 @@ impl Bin24Service {
             (Bin24Step::Message, codec::TYPE_MESSAGE) => {
                 let origin = Some((relay.from_node, relay.from_incarnation));
                 let recipient = frame.dst();
-                match self.live_conn(recipient) {
+                let live = self.live_conn(recipient);
+                if live.is_none() && self.deliver_to_other_protocol(&frame, &origin, out, store) {
+                    return;
+                }
+                match live {
                     Some(to) => self.deliver_live(to, frame, origin, now_ms, out, store),
                     None => self.store_for(
                         recipient,
@@ -817,6 +822,16 @@ impl Bin24Service {
                 }
                 if let Some(&to) = self.users.get(&frame.dst()) {
                     out.send(to, frame.into_bytes());
+                } else {
+                    // A web user's message to another node's user: its `sent` or `error`.
+                    let body = frame.body();
+                    let to_web = out.hub().and_then(|link| {
+                        link.hub
+                            .bin24_answer_to_web(frame.dst(), frame.message_id(), &body)
+                    });
+                    if let Some((to, bytes)) = to_web {
+                        out.send(to, bytes);
+                    }
                 }
             }
             (step, frame_type) => debug!(
@@ -824,6 +839,43 @@ impl Bin24Service {
                 String::from_utf8_lossy(&relay.from_node)
             ),
         }
+    }
+
+    /// Another node's BIN24 user's message `frame` to a name a CCM or web user holds here
+    /// (rule 4 across nodes): written in that user's form, and the "200" (once its TCP
+    /// acknowledged the bytes) or the "300" (it closed first: stored, as on one node) goes
+    /// back to `origin`. False when no CCM or web user here holds its DST.
+    fn deliver_to_other_protocol<O: Outbox, S: StoreSink>(
+        &mut self,
+        frame: &Frame,
+        origin: &Origin,
+        out: &mut O,
+        store: &mut S,
+    ) -> bool {
+        let crossing = out.hub().map(|link| {
+            link.hub
+                .bin24_direct_from(frame, origin.clone(), link.queue)
+        });
+        let Some(Bin24Direct::ToCcm {
+            to, bytes, note, ..
+        }) = crossing
+        else {
+            return false;
+        };
+        if !out.send_notify(to, bytes, note.0) {
+            let unwritten = out.hub().and_then(|link| link.hub.on_written(note, false));
+            if let Some(Written::Unwritten {
+                recipient,
+                sender,
+                message_id,
+                frame,
+                origin,
+            }) = unwritten
+            {
+                self.store_for(recipient, sender, message_id, &frame, origin, store);
+            }
+        }
+        true
     }
 
     /// Send `frame` (type 0) to its recipient, online on `recipient_conn`, and wait for the
@@ -1527,7 +1579,29 @@ impl Bin24Service {
                     self.store_for(recipient, src, message_id, &frame, None, store);
                 }
             }
-            HubOutcome::Bin24Answer { sender, answer } => {
+            HubOutcome::Bin24Answer {
+                sender: _,
+                answer,
+                origin: Some((to_node, to_incarnation)),
+            } => {
+                // Another node's BIN24 user's message, written to a CCM or web user here: its
+                // "200" goes back to that node, which hands it to the sender.
+                if let Some(link) = out.hub() {
+                    link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                        to_node,
+                        to_incarnation,
+                        from_node: Bytes::new(),
+                        from_incarnation: 0,
+                        step: Bin24Step::Answer,
+                        frame: answer,
+                    })));
+                }
+            }
+            HubOutcome::Bin24Answer {
+                sender,
+                answer,
+                origin: None,
+            } => {
                 if let Some(&to) = self.users.get(&sender) {
                     out.send(to, answer);
                 }
@@ -1537,7 +1611,8 @@ impl Bin24Service {
                 sender,
                 message_id,
                 frame,
-            } => self.store_for(recipient, sender, message_id, &frame, None, store),
+                origin,
+            } => self.store_for(recipient, sender, message_id, &frame, origin, store),
             HubOutcome::Bin24Located { from, frame, at } => {
                 self.on_located(from, frame, at, now_ms, out, store)
             }
@@ -1548,7 +1623,8 @@ impl Bin24Service {
             // MATOU's.
             HubOutcome::MatouLocated { .. }
             | HubOutcome::MatouRemote(_)
-            | HubOutcome::CcmLocated { .. } => {}
+            | HubOutcome::CcmLocated { .. }
+            | HubOutcome::WebLocated { .. } => {}
         }
     }
 

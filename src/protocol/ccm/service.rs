@@ -523,6 +523,9 @@ impl CcmService {
                                 recipient: addressee.clone(),
                                 encoding: encoding.clone(),
                                 body: message.content.clone(),
+                                from_node: Bytes::new(),
+                                from_incarnation: 0,
+                                request: None,
                             };
                             let asked = out.hub().is_some_and(|link| {
                                 link.hub.address_remote(from, addressed, now_ms)

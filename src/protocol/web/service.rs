@@ -75,6 +75,9 @@ struct WebConn {
     /// In a cluster: the name asked for while the other nodes decide; input is left unread
     /// until then.
     claiming: Option<Bytes>,
+    /// In a cluster: this user's `direct`s whose addressee the cluster is locating; input is
+    /// left unread until they are answered, so its messages keep their order.
+    locating: u32,
     /// This user's `say` and `direct` budget.
     messages: TokenBucket,
 }
@@ -125,6 +128,7 @@ impl WebService {
                 user: None,
                 closing: false,
                 claiming: None,
+                locating: 0,
                 messages,
             },
         );
@@ -140,7 +144,7 @@ impl WebService {
                 input.clear();
                 return;
             }
-            if conn.claiming.is_some() {
+            if conn.claiming.is_some() || conn.locating > 0 {
                 if input.len() > HELD_INPUT_BYTES_MAX {
                     debug!(
                         "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent before its sign-in answer"
@@ -440,6 +444,13 @@ impl WebService {
                 out.count_rejected();
                 out.send(id, json::error(request, reason));
             }
+            Some(WebDirect::Locating) => {
+                // Its `sent` or `error` comes when the cluster answered (and, for a CCM or
+                // web user there, when that node wrote it); the next input waits.
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.locating += 1;
+                }
+            }
             None => {
                 out.count_rejected();
                 out.send(id, json::error(request, "unknown-addressee"));
@@ -583,8 +594,19 @@ impl StreamService for WebService {
     }
 
     fn on_hub<O: Outbox>(&mut self, outcome: HubOutcome, _clock: &Clock, out: &mut O) {
-        if let HubOutcome::NameClaim(decided) = outcome {
-            self.claim_decided(decided.conn, decided.decision, out);
+        match outcome {
+            HubOutcome::NameClaim(decided) => {
+                self.claim_decided(decided.conn, decided.decision, out);
+            }
+            HubOutcome::WebLocated { from } => {
+                if let Some(conn) = self.conns.get_mut(from) {
+                    conn.locating = conn.locating.saturating_sub(1);
+                    if conn.locating == 0 {
+                        out.resume_input(from);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
