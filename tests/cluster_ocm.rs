@@ -728,21 +728,35 @@ fn a_lobby_room_line_through_the_other_node_reaches_every_protocols_lobby_once()
         return;
     };
     let ports = &["--ocm-tcp-port", "--ocm-udp-port", "--room-port"];
-    let a = node_at(&redis.url(), "node-a", ports, &[]);
-    let b = node_at(&redis.url(), "node-b", ports, &[]);
+    let mut a = node_at(&redis.url(), "node-a", ports, &[]);
+    let mut b = node_at(&redis.url(), "node-b", ports, &[]);
     let ana = Member::create(&a, "lobby", "ana");
     let bob = Member::join(&b, "lobby", "bob");
     let cid = Member::join(&a, "lobby", "cid");
+    // The OCM members' arrivals in the lobby have reached the other node before the ROOM
+    // users come (who would be told of a late one).
+    for (node, others) in [(&mut a, 1.0), (&mut b, 2.0)] {
+        assert!(eventually(|| metric(
+            node,
+            "chatd_cluster_remote_lobby_members"
+        ) == others));
+    }
     let room = |node: &Chatd| SocketAddr::from(([127, 0, 0, 1], node.port("--room-port")));
     let mut rui = Client::join(room(&a), "rui");
+    assert!(eventually(|| metric(
+        &mut b,
+        "chatd_cluster_remote_lobby_members"
+    ) == 3.0));
     let mut rob = Client::join(room(&b), "rob");
     rui.expect(b"b'rob' esta conectado ao chat");
 
-    ana.say("at home");
-    ana.say_to(udp(&b), "via b");
-    for line in ["ana: at home", "ana: via b"] {
-        bob.expect(line);
-        cid.expect(line);
+    // Each line once everyone has the one before (a line to B is served a Redis round trip
+    // after one to A: said back to back, they could cross).
+    for (to, line) in [(udp(&a), "at home"), (udp(&b), "via b")] {
+        ana.say_to(to, line);
+        let line = format!("ana: {line}");
+        bob.expect(&line);
+        cid.expect(&line);
         rui.expect(line.as_bytes());
         rob.expect(line.as_bytes());
     }
