@@ -73,6 +73,29 @@ pub struct ClusterMetrics {
     /// been missed while a link to Redis was down.
     pub rosters_received: u64,
     pub roster_presences: u64,
+    /// The OCM rooms thread (`cluster-ocm`).
+    pub ocm: OcmRoomsMetrics,
+}
+
+/// The OCM rooms thread's counters (docs/CLUSTER.md, "OCM rooms across nodes").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OcmRoomsMetrics {
+    /// TCRP creates and joins asked of Redis.
+    pub creates: u64,
+    pub joins: u64,
+    /// Refused: the room exists (create), no such room, the name taken in the room, the room
+    /// full (join), Redis unreachable or its queue full (either).
+    pub refused_exists: u64,
+    pub refused_missing: u64,
+    pub refused_name_taken: u64,
+    pub refused_full: u64,
+    pub refused_unavailable: u64,
+    /// Token look-ups: found, unknown to Redis, not answered (Redis unreachable).
+    pub lookups_found: u64,
+    pub lookups_unknown: u64,
+    pub lookups_failed: u64,
+    /// Its connection to Redis is down now.
+    pub link_down: bool,
 }
 
 /// Names in a cluster (`--cluster`): the hub's claims waiting for Redis and their outcomes.
@@ -343,6 +366,7 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
              to Redis was down.",
             vec![sample(&[], cluster.roster_presences)],
         );
+        ocm_rooms_families(&mut out, &cluster.ocm);
     }
 
     if let Some(names) = &snapshot.names {
@@ -513,6 +537,45 @@ fn seconds(micros: u64) -> f64 {
 /// Deliveries across protocols by origin and destination (every pair of two different enabled
 /// protocols, zeros included, so a rate can be taken from the first scrape), and the lobby.
 /// Left out when fewer than two protocols are enabled: nothing can cross.
+fn ocm_rooms_families(out: &mut Families, ocm: &OcmRoomsMetrics) {
+    out.counter(
+        "chatd_cluster_ocm_requests_total",
+        "OCM TCRP creates and joins this node asked of Redis.",
+        vec![
+            sample(&[("operation", "create")], ocm.creates),
+            sample(&[("operation", "join")], ocm.joins),
+        ],
+    );
+    out.counter(
+        "chatd_cluster_ocm_refusals_total",
+        "OCM creates and joins Redis refused, by reason (unavailable: Redis unreachable, late, \
+         or the OCM rooms thread's queue full).",
+        vec![
+            sample(&[("reason", "exists")], ocm.refused_exists),
+            sample(&[("reason", "missing")], ocm.refused_missing),
+            sample(&[("reason", "name_taken")], ocm.refused_name_taken),
+            sample(&[("reason", "full")], ocm.refused_full),
+            sample(&[("reason", "unavailable")], ocm.refused_unavailable),
+        ],
+    );
+    out.counter(
+        "chatd_cluster_ocm_lookups_total",
+        "Other nodes' OCM tokens looked up in Redis (a datagram reached this node with a token \
+         it did not know), by outcome.",
+        vec![
+            sample(&[("outcome", "found")], ocm.lookups_found),
+            sample(&[("outcome", "unknown")], ocm.lookups_unknown),
+            sample(&[("outcome", "failed")], ocm.lookups_failed),
+        ],
+    );
+    out.gauge(
+        "chatd_cluster_ocm_link_down",
+        "1 while the OCM rooms thread's connection to Redis is down (creates and joins are \
+         refused meanwhile).",
+        vec![sample(&[], u64::from(ocm.link_down))],
+    );
+}
+
 fn name_families(out: &mut Families, names: &NameMetrics) {
     out.gauge(
         "chatd_cluster_names_held",
@@ -688,6 +751,13 @@ mod tests {
                 published: 5,
                 received: 4,
                 link_down: true,
+                ocm: OcmRoomsMetrics {
+                    joins: 7,
+                    refused_name_taken: 2,
+                    lookups_failed: 1,
+                    link_down: true,
+                    ..OcmRoomsMetrics::default()
+                },
                 ..ClusterMetrics::default()
             }),
             names: Some(NameMetrics {
@@ -799,6 +869,35 @@ mod tests {
         assert_eq!(value(&samples, "chatd_cluster_events_published_total"), 5.0);
         assert_eq!(value(&samples, "chatd_cluster_events_received_total"), 4.0);
         assert_eq!(value(&samples, "chatd_cluster_redis_link_down"), 1.0);
+        assert_eq!(
+            value(
+                &samples,
+                "chatd_cluster_ocm_requests_total{operation=\"join\"}"
+            ),
+            7.0
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "chatd_cluster_ocm_requests_total{operation=\"create\"}"
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "chatd_cluster_ocm_refusals_total{reason=\"name_taken\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "chatd_cluster_ocm_lookups_total{outcome=\"failed\"}"
+            ),
+            1.0
+        );
+        assert_eq!(value(&samples, "chatd_cluster_ocm_link_down"), 1.0);
         assert_eq!(value(&samples, "chatd_cluster_names_held"), 3.0);
         assert_eq!(value(&samples, "chatd_cluster_name_claims_waiting"), 1.0);
         assert_eq!(value(&samples, "chatd_cluster_name_claims_total"), 6.0);

@@ -19,13 +19,15 @@ mod child; // chatd::Chatd collects its stderr with it
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatd::Chatd;
 use common::ocm::tcrp_request;
-use common::{TempDir, WAIT};
+use common::{Client, TempDir, WAIT};
 
 const OCM: &[&str] = &["--ocm-tcp-port", "--ocm-udp-port"];
 
@@ -113,14 +115,54 @@ impl Drop for Redis {
 
 /// An OCM node joined to `redis` as `name`, once its subscription is confirmed.
 fn node(redis: &Redis, name: &str, extra: &[&str]) -> Chatd {
-    let url = redis.url();
-    let mut args = vec!["--cluster", &url, "--node-name", name];
+    node_at(&redis.url(), name, OCM, extra)
+}
+
+/// A node serving the protocols of `ports` (OCM's among them), joined to the Redis at
+/// `url`, with its admin port (`--admin-port 0`: its address is in the log).
+fn node_at(url: &str, name: &str, ports: &[&'static str], extra: &[&str]) -> Chatd {
+    let mut args = vec!["--cluster", url, "--node-name", name, "--admin-port", "0"];
     args.extend_from_slice(extra);
-    let mut node = Chatd::start(OCM, &args);
+    let mut node = Chatd::start(ports, &args);
     node.stderr.wait_for(&format!(
         "cluster: node {name} subscribed to switchboard:lobby on {url}"
     ));
     node
+}
+
+/// A sample of the node's admin port: `series` with its labels, as the text shows it.
+fn metric(node: &mut Chatd, series: &str) -> f64 {
+    let log = node.stderr.wait_for("ADMIN listening on ");
+    let rest = &log[log.find("ADMIN listening on ").unwrap() + "ADMIN listening on ".len()..];
+    let admin: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(&format!("{series} ")))
+        .unwrap_or_else(|| panic!("{series} missing: {text}"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// The OCM rooms thread's metrics named in `expected` (series with labels, value), once
+/// they all have those values (a look-up's count may follow the datagram it served).
+fn expect_ocm_metrics(node: &mut Chatd, expected: &[(&str, f64)]) {
+    let mut seen = Vec::new();
+    let reached = eventually(|| {
+        seen = expected
+            .iter()
+            .map(|(series, _)| metric(node, series))
+            .collect();
+        seen.iter()
+            .zip(expected)
+            .all(|(value, (_, want))| value == want)
+    });
+    assert!(reached, "expected {expected:?}, saw {seen:?}");
 }
 
 fn tcrp(node: &Chatd) -> SocketAddr {
@@ -328,6 +370,48 @@ fn a_room_created_on_one_node_is_joined_on_another_and_chat_crosses_both_ways() 
     ana.say("still");
     bob.expect("ana: still");
     cid.expect("ana: still");
+
+    // B asked Redis three joins (bob's; ana's name, taken; "nada", missing); the create of a
+    // room B has a view of was refused by B itself. A asked a create and a join.
+    let mut b = b;
+    expect_ocm_metrics(
+        &mut b,
+        &[
+            (
+                "chatd_cluster_ocm_requests_total{operation=\"create\"}",
+                0.0,
+            ),
+            ("chatd_cluster_ocm_requests_total{operation=\"join\"}", 3.0),
+            ("chatd_cluster_ocm_refusals_total{reason=\"exists\"}", 0.0),
+            (
+                "chatd_cluster_ocm_refusals_total{reason=\"name_taken\"}",
+                1.0,
+            ),
+            ("chatd_cluster_ocm_refusals_total{reason=\"missing\"}", 1.0),
+            ("chatd_cluster_ocm_refusals_total{reason=\"full\"}", 0.0),
+            (
+                "chatd_cluster_ocm_refusals_total{reason=\"unavailable\"}",
+                0.0,
+            ),
+            ("chatd_cluster_ocm_lookups_total{outcome=\"found\"}", 0.0),
+            ("chatd_cluster_ocm_link_down", 0.0),
+        ],
+    );
+    let mut a = a;
+    expect_ocm_metrics(
+        &mut a,
+        &[
+            (
+                "chatd_cluster_ocm_requests_total{operation=\"create\"}",
+                1.0,
+            ),
+            ("chatd_cluster_ocm_requests_total{operation=\"join\"}", 1.0),
+            (
+                "chatd_cluster_ocm_refusals_total{reason=\"name_taken\"}",
+                0.0,
+            ),
+        ],
+    );
 }
 
 /// A datagram reaches a node that did not issue its token (with `--reuse-port` the kernel
@@ -371,6 +455,30 @@ fn a_token_is_checked_by_whichever_node_the_datagram_reaches() {
     bob.say_to(udp(&b), "after");
     ana.expect("bob: after");
     cid.expect("bob: after");
+
+    // B looked up ana's token once (then it was cached), A bob's; the made-up token is
+    // unknown (looked up once or twice: an unknown token is not cached).
+    let (mut a, mut b) = (a, b);
+    expect_ocm_metrics(
+        &mut b,
+        &[
+            ("chatd_cluster_ocm_lookups_total{outcome=\"found\"}", 1.0),
+            ("chatd_cluster_ocm_lookups_total{outcome=\"failed\"}", 0.0),
+        ],
+    );
+    assert!(
+        metric(
+            &mut b,
+            "chatd_cluster_ocm_lookups_total{outcome=\"unknown\"}"
+        ) >= 1.0
+    );
+    expect_ocm_metrics(
+        &mut a,
+        &[
+            ("chatd_cluster_ocm_lookups_total{outcome=\"found\"}", 1.0),
+            ("chatd_cluster_ocm_lookups_total{outcome=\"unknown\"}", 0.0),
+        ],
+    );
 }
 
 /// The host's exit closes the room on every node, whichever node the exit reaches: every
@@ -519,6 +627,13 @@ fn while_redis_is_frozen_requests_are_refused_and_local_chat_goes_on() {
     assert!(asked.elapsed() < Duration::from_millis(2000));
     let (state, _) = request(tcrp(&b), 2, "sala", "eve", chat_socket());
     assert_eq!(state, 3, "a join is refused too");
+    expect_ocm_metrics(
+        &mut a,
+        &[(
+            "chatd_cluster_ocm_refusals_total{reason=\"unavailable\"}",
+            1.0,
+        )],
+    );
     // A's own members still hear each other.
     ana.say("local");
     cid.expect("ana: local");
@@ -601,4 +716,152 @@ fn a_lobby_room_line_reaches_the_other_nodes_members_once() {
     cid.expect("bob: two");
     ana.say("three");
     bob.expect("ana: three");
+}
+
+/// A line of the lobby room said through the node that is not its sender's (as
+/// `--reuse-port` may make the kernel do) reaches every lobby member of every protocol on
+/// every node once, as a line said to the sender's own node does: the OCM members of the
+/// room on both nodes and the ROOM users on both. (Before, the ROOM users got nothing.)
+#[test]
+fn a_lobby_room_line_through_the_other_node_reaches_every_protocols_lobby_once() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let ports = &["--ocm-tcp-port", "--ocm-udp-port", "--room-port"];
+    let mut a = node_at(&redis.url(), "node-a", ports, &[]);
+    let mut b = node_at(&redis.url(), "node-b", ports, &[]);
+    let ana = Member::create(&a, "lobby", "ana");
+    let bob = Member::join(&b, "lobby", "bob");
+    let cid = Member::join(&a, "lobby", "cid");
+    // The OCM members' arrivals in the lobby have reached the other node before the ROOM
+    // users come (who would be told of a late one).
+    for (node, others) in [(&mut a, 1.0), (&mut b, 2.0)] {
+        assert!(eventually(|| metric(
+            node,
+            "chatd_cluster_remote_lobby_members"
+        ) == others));
+    }
+    let room = |node: &Chatd| SocketAddr::from(([127, 0, 0, 1], node.port("--room-port")));
+    let mut rui = Client::join(room(&a), "rui");
+    assert!(eventually(|| metric(
+        &mut b,
+        "chatd_cluster_remote_lobby_members"
+    ) == 3.0));
+    let mut rob = Client::join(room(&b), "rob");
+    rui.expect(b"b'rob' esta conectado ao chat");
+
+    // Each line once everyone has the one before (a line to B is served a Redis round trip
+    // after one to A: said back to back, they could cross).
+    for (to, line) in [(udp(&a), "at home"), (udp(&b), "via b")] {
+        ana.say_to(to, line);
+        let line = format!("ana: {line}");
+        bob.expect(&line);
+        cid.expect(&line);
+        rui.expect(line.as_bytes());
+        rob.expect(line.as_bytes());
+    }
+    // Each once: the next line said is the next thing each receives.
+    cid.say("end");
+    ana.expect("cid: end");
+    bob.expect("cid: end");
+    rui.expect(b"cid: end");
+    rob.expect(b"cid: end");
+}
+
+/// A TCP proxy in front of Redis for one node: `cut` closes every connection through it and
+/// refuses new ones (accepted and closed at once) until `restore`. Its threads end with the
+/// test process.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(redis: &Redis) -> Proxy {
+        let to = SocketAddr::from(([127, 0, 0, 1], redis.port));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            cut: Arc::new(AtomicBool::new(false)),
+            streams: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (cut, streams) = (Arc::clone(&proxy.cut), Arc::clone(&proxy.streams));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let mut held = streams.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pump(server, client);
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// A member that joined through B while A was cut off from Redis (its `joined` event never
+/// reached A) is read from Redis when A's subscriber is back, so when B dies A's member of
+/// the room is told that it left. (Before, A did not know it, and told nothing.)
+#[test]
+fn a_member_that_joined_while_a_node_was_cut_off_is_announced_gone_with_its_node() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let proxy = Proxy::start(&redis);
+    let lease = ["--cluster-lease-ms", "2000"];
+    let mut a = node_at(&proxy.url(), "node-a", OCM, &lease);
+    let mut b = node_at(&redis.url(), "node-b", OCM, &lease);
+    let ana = Member::create(&a, "sala", "ana");
+    let published = metric(&mut b, "chatd_cluster_events_published_total");
+
+    proxy.cut();
+    // A is cut off for this join only (well within its lease: B does not take A for dead),
+    // until B has published it (`joined`), so that A cannot have heard of it.
+    let bob = Member::join(&b, "sala", "bob");
+    assert!(
+        eventually(|| metric(&mut b, "chatd_cluster_events_published_total") > published),
+        "B did not publish bob's joining"
+    );
+    proxy.restore();
+    a.stderr
+        .wait_for("cluster: the subscriber's link to Redis is back after");
+    a.stderr.wait_for(
+        "cluster: OCM room \"sala\": 1 member(s) of other nodes missed while cut off, read from Redis",
+    );
+    // A and B still span the room: bob's line reaches ana.
+    bob.say("oi");
+    ana.expect("bob: oi");
+
+    drop(b);
+    ana.expect(&leave_text("bob", "sala"));
 }

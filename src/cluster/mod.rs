@@ -211,6 +211,9 @@ pub struct Cluster {
     /// Other nodes (and incarnations) taken for dead since the OCM service last asked: their
     /// OCM members leave, and the rooms they hosted close.
     lapsed_nodes: Vec<liveness::NodeId>,
+    /// The subscriber (re)subscribed since the OCM service last asked: it reads its rooms'
+    /// members from Redis (`joined` events of other nodes may have been missed).
+    ocm_resync_due: bool,
 }
 
 impl Cluster {
@@ -355,6 +358,7 @@ impl Cluster {
             names,
             ocm_rooms,
             lapsed_nodes: Vec::new(),
+            ocm_resync_due: false,
         })
     }
 
@@ -382,6 +386,7 @@ impl Cluster {
             remote_lobby_members: self.members.count() as u64,
             rosters_received: load(&stats.rosters_received),
             roster_presences: load(&stats.roster_presences),
+            ocm: self.ocm_rooms.metrics(),
         }
     }
 
@@ -447,7 +452,14 @@ impl Cluster {
                     self.on_roster(roster);
                     continue;
                 }
-                Ok(Incoming::Subscribed) | Ok(Incoming::PublisherBack) => {
+                Ok(Incoming::Subscribed) => {
+                    self.roster_ask_due = true;
+                    // OCM `joined` events may have been missed too: the OCM service reads
+                    // its rooms' members from Redis.
+                    self.ocm_resync_due = true;
+                    continue;
+                }
+                Ok(Incoming::PublisherBack) => {
                     self.roster_ask_due = true;
                     continue;
                 }
@@ -550,6 +562,11 @@ impl Cluster {
     /// The nodes taken for dead since the last call.
     pub fn take_lapsed_nodes(&mut self) -> Vec<liveness::NodeId> {
         std::mem::take(&mut self.lapsed_nodes)
+    }
+
+    /// Whether the subscriber (re)subscribed since the last call.
+    pub fn take_ocm_resync(&mut self) -> bool {
+        std::mem::take(&mut self.ocm_resync_due)
     }
 
     /// Whether this node owes the others its roster ([`Cluster::publish_rosters`]).
@@ -701,6 +718,7 @@ impl Cluster {
             names: names::Names::detached(),
             ocm_rooms: ocm::OcmRooms::detached(),
             lapsed_nodes: Vec::new(),
+            ocm_resync_due: false,
         };
         (cluster, TestFeed(feed))
     }

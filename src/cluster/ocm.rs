@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -115,6 +115,23 @@ const CLOSE_SCRIPT: &str = "\
 if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then redis.call('DEL', KEYS[1], KEYS[2]) end \
 return 1";
 
+/// KEYS: room, members. ARGV: id. {0}: not that room (gone, or another of that name); {1,
+/// then name and node of every live member}.
+const MEMBERS_SCRIPT: &str = "\
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return {0} end \
+local t = redis.call('TIME') \
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+local all = redis.call('HGETALL', KEYS[2]) \
+local answer = {1} \
+for i = 1, #all, 2 do \
+  local expires, node = string.match(all[i + 1], '^(%d+):(.*)$') \
+  if expires ~= nil and tonumber(expires) >= now then \
+    answer[#answer + 1] = all[i] \
+    answer[#answer + 1] = node \
+  end \
+end \
+return answer";
+
 /// KEYS: room, members. ARGV: id, host name, node, expiry ms. The host's node keeps its room:
 /// extended, or set again if gone; 0 when another room of that name is there now.
 const RENEW_ROOM_SCRIPT: &str = "\
@@ -174,6 +191,9 @@ pub enum OcmOp {
     },
     /// A room this node hosts is closed.
     Close { room: Bytes, room_id: u64 },
+    /// Who is in this room now, on every node (this node's subscriber was cut off: other
+    /// nodes' `joined` events may have been missed).
+    Members { room: Bytes, room_id: u64 },
 }
 
 /// A room as Redis has it, for a join.
@@ -225,10 +245,61 @@ pub enum OcmAnswer {
         token: OcmToken,
         record: Result<Option<TokenRecord>, ()>,
     },
+    /// The room's live members and their nodes; `Ok(None)`: not that room any more;
+    /// `Err(())`: Redis could not be asked.
+    Members {
+        room: Bytes,
+        room_id: u64,
+        members: Result<Option<RoomMembers>, ()>,
+    },
+}
+
+/// Members of a room and their nodes (`<name>`, (`<node name>`, incarnation)).
+pub type RoomMembers = Vec<(Bytes, (Bytes, u64))>;
+
+/// The thread's counters, for the admin port ([`crate::metrics::OcmRoomsMetrics`]).
+#[derive(Default)]
+struct OcmStats {
+    creates: AtomicU64,
+    joins: AtomicU64,
+    refused_exists: AtomicU64,
+    refused_missing: AtomicU64,
+    refused_name_taken: AtomicU64,
+    refused_full: AtomicU64,
+    refused_unavailable: AtomicU64,
+    lookups_found: AtomicU64,
+    lookups_unknown: AtomicU64,
+    lookups_failed: AtomicU64,
+    link_down: AtomicBool,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl OcmStats {
+    /// A create or join asked (`sent`), or refused before it could be.
+    fn request(&self, op: &OcmOp) {
+        match op {
+            OcmOp::Create { .. } => count(&self.creates),
+            OcmOp::Join { .. } => count(&self.joins),
+            _ => {}
+        }
+    }
+
+    /// An op that could not be carried out: Redis unreachable, or the queue full.
+    fn unavailable(&self, op: &OcmOp) {
+        match op {
+            OcmOp::Create { .. } | OcmOp::Join { .. } => count(&self.refused_unavailable),
+            OcmOp::Lookup { .. } => count(&self.lookups_failed),
+            _ => {}
+        }
+    }
 }
 
 /// The reactor's side of the thread.
 pub struct OcmRooms {
+    stats: Arc<OcmStats>,
     ops: Option<SyncSender<OcmOp>>,
     answers: Receiver<OcmAnswer>,
     pending: Arc<AtomicBool>,
@@ -248,7 +319,9 @@ impl OcmRooms {
         let (ops, ops_rx) = mpsc::sync_channel(OPS_MAX);
         let (answers_tx, answers) = mpsc::channel();
         let pending = Arc::new(AtomicBool::new(false));
+        let ocm_stats = Arc::new(OcmStats::default());
         let worker = OcmThread {
+            ocm_stats: Arc::clone(&ocm_stats),
             client,
             conn: None,
             node: holder_value(node, incarnation),
@@ -257,6 +330,7 @@ impl OcmRooms {
             rooms: HashMap::new(),
             members: HashMap::new(),
             undo: Vec::new(),
+            members_due: Vec::new(),
             answers: answers_tx,
             pending: Arc::clone(&pending),
             wake,
@@ -269,6 +343,7 @@ impl OcmRooms {
             .name("cluster-ocm".into())
             .spawn(move || worker.run(ops_rx))?;
         Ok(OcmRooms {
+            stats: ocm_stats,
             ops: Some(ops),
             answers,
             pending,
@@ -281,6 +356,7 @@ impl OcmRooms {
     pub(crate) fn detached() -> OcmRooms {
         let (_, answers) = mpsc::channel();
         OcmRooms {
+            stats: Arc::new(OcmStats::default()),
             ops: None,
             answers,
             pending: Arc::new(AtomicBool::new(false)),
@@ -291,11 +367,36 @@ impl OcmRooms {
     /// Queue `op`; never blocks. The op back when the queue is full (or there is no thread).
     pub fn send(&mut self, op: OcmOp) -> Result<(), Box<OcmOp>> {
         let Some(ops) = &self.ops else {
+            self.stats.request(&op);
+            self.stats.unavailable(&op);
             return Err(Box::new(op));
         };
         ops.try_send(op).map_err(|err| match err {
-            TrySendError::Full(op) | TrySendError::Disconnected(op) => Box::new(op),
+            TrySendError::Full(op) | TrySendError::Disconnected(op) => {
+                self.stats.request(&op);
+                self.stats.unavailable(&op);
+                Box::new(op)
+            }
         })
+    }
+
+    /// The thread's counters now.
+    pub fn metrics(&self) -> crate::metrics::OcmRoomsMetrics {
+        let stats = &self.stats;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        crate::metrics::OcmRoomsMetrics {
+            creates: load(&stats.creates),
+            joins: load(&stats.joins),
+            refused_exists: load(&stats.refused_exists),
+            refused_missing: load(&stats.refused_missing),
+            refused_name_taken: load(&stats.refused_name_taken),
+            refused_full: load(&stats.refused_full),
+            refused_unavailable: load(&stats.refused_unavailable),
+            lookups_found: load(&stats.lookups_found),
+            lookups_unknown: load(&stats.lookups_unknown),
+            lookups_failed: load(&stats.lookups_failed),
+            link_down: stats.link_down.load(Ordering::Acquire),
+        }
     }
 
     pub fn try_recv(&mut self) -> Option<OcmAnswer> {
@@ -330,6 +431,7 @@ struct OwnedMember {
 }
 
 struct OcmThread {
+    ocm_stats: Arc<OcmStats>,
     client: redis::Client,
     conn: Option<redis::Connection>,
     /// This node as its records name it: `<incarnation>:<node name>`.
@@ -344,6 +446,8 @@ struct OcmThread {
     /// and the undoing of creates and joins whose outcome is unknown (sent, then no answer
     /// within the deadline: Redis may run them later, when it thaws).
     undo: Vec<OcmOp>,
+    /// Rooms whose members are to be read once Redis answers again.
+    members_due: Vec<(Bytes, u64)>,
     answers: mpsc::Sender<OcmAnswer>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
@@ -416,6 +520,25 @@ fn parse_join(values: &[redis::Value]) -> Option<JoinAnswer> {
         host_node,
         members,
     }))
+}
+
+/// The members script's answer.
+fn parse_members(values: &[redis::Value]) -> Option<Option<RoomMembers>> {
+    match values.first()? {
+        redis::Value::Int(0) => return Some(None),
+        redis::Value::Int(1) => {}
+        _ => return None,
+    }
+    let mut members = Vec::new();
+    for pair in values.get(1..)?.chunks(2) {
+        let [name, node] = pair else {
+            return None;
+        };
+        if let Some(node) = parse_holder_value(bulk(node)?) {
+            members.push((Bytes::copy_from_slice(bulk(name)?), node));
+        }
+    }
+    Some(Some(members))
 }
 
 impl OcmThread {
@@ -501,6 +624,7 @@ impl OcmThread {
         self.delay = (self.delay * 2).min(RECONNECT_DELAY_MAX);
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
+            self.ocm_stats.link_down.store(true, Ordering::Release);
             link_down(&self.stats, "OCM rooms thread", err);
         }
     }
@@ -508,6 +632,7 @@ impl OcmThread {
     fn up(&mut self) {
         self.delay = Duration::from_millis(50);
         if let Some(since) = self.down_since.take() {
+            self.ocm_stats.link_down.store(false, Ordering::Release);
             link_up(&self.stats, "OCM rooms thread", since);
         }
     }
@@ -539,9 +664,20 @@ impl OcmThread {
         None
     }
 
-    fn apply(&mut self, batch: Vec<OcmOp>) {
+    fn apply(&mut self, mut batch: Vec<OcmOp>) {
+        for op in &batch {
+            self.ocm_stats.request(op);
+        }
         if !self.flush_undo() {
             self.unavailable(batch);
+            return;
+        }
+        batch.extend(
+            self.members_due
+                .drain(..)
+                .map(|(room, room_id)| OcmOp::Members { room, room_id }),
+        );
+        if batch.is_empty() {
             return;
         }
         let expiry_ms = self.expiry_ms();
@@ -599,6 +735,14 @@ impl OcmThread {
                     token,
                 } => leave_op(&mut pipe, room, member, token),
                 OcmOp::Close { room, room_id } => close_op(&mut pipe, room, *room_id),
+                OcmOp::Members { room, room_id } => {
+                    pipe.cmd("EVAL")
+                        .arg(MEMBERS_SCRIPT)
+                        .arg(2)
+                        .arg(key(ROOM_KEY_PREFIX, room))
+                        .arg(key(MEMBERS_KEY_PREFIX, room))
+                        .arg(id_hex(*room_id));
+                }
             }
         }
         let results = match self.query::<Vec<redis::Value>>(&pipe) {
@@ -619,6 +763,9 @@ impl OcmThread {
                     ip,
                 } => {
                     let created = result == redis::Value::Int(1);
+                    if !created {
+                        count(&self.ocm_stats.refused_exists);
+                    }
                     if created {
                         self.rooms.insert(room.clone(), (room_id, host.clone()));
                         self.members.insert(
@@ -653,6 +800,13 @@ impl OcmThread {
                         warn!("cluster: an OCM join's answer from Redis was not understood");
                         JoinAnswer::Unavailable
                     });
+                    match &answer {
+                        JoinAnswer::Joined(_) => {}
+                        JoinAnswer::Missing => count(&self.ocm_stats.refused_missing),
+                        JoinAnswer::NameTaken => count(&self.ocm_stats.refused_name_taken),
+                        JoinAnswer::Full => count(&self.ocm_stats.refused_full),
+                        JoinAnswer::Unavailable => count(&self.ocm_stats.refused_unavailable),
+                    }
                     if let JoinAnswer::Joined(joined) = &answer {
                         self.members.insert(
                             token,
@@ -671,6 +825,11 @@ impl OcmThread {
                     let fields: Vec<(Vec<u8>, Vec<u8>)> =
                         redis::FromRedisValue::from_redis_value(&result).unwrap_or_default();
                     let record = parse_token_record(&fields);
+                    count(if record.is_some() {
+                        &self.ocm_stats.lookups_found
+                    } else {
+                        &self.ocm_stats.lookups_unknown
+                    });
                     self.answer(OcmAnswer::Looked {
                         token,
                         record: Ok(record),
@@ -684,6 +843,20 @@ impl OcmThread {
                         self.rooms.remove(&room);
                     }
                 }
+                OcmOp::Members { room, room_id } => {
+                    let members = match &result {
+                        redis::Value::Array(values) => parse_members(values),
+                        _ => None,
+                    }
+                    .ok_or_else(|| {
+                        warn!("cluster: an OCM room's members from Redis were not understood");
+                    });
+                    self.answer(OcmAnswer::Members {
+                        room,
+                        room_id,
+                        members,
+                    });
+                }
             }
         }
     }
@@ -693,6 +866,7 @@ impl OcmThread {
     /// create or join may still run in Redis (sent before it froze): it is undone then.
     fn unavailable(&mut self, batch: Vec<OcmOp>) {
         for op in batch {
+            self.ocm_stats.unavailable(&op);
             match op {
                 OcmOp::Create {
                     request,
@@ -734,6 +908,13 @@ impl OcmThread {
                     token,
                     record: Err(()),
                 }),
+                OcmOp::Members { room, room_id } => {
+                    // Read when Redis answers again (the subscriber may be back before this
+                    // thread's link is): a missed member would otherwise stay unknown.
+                    if self.members_due.len() < OPS_MAX {
+                        self.members_due.push((room, room_id));
+                    }
+                }
                 OcmOp::Leave {
                     room,
                     member,
@@ -771,7 +952,10 @@ impl OcmThread {
                     token,
                 } => leave_op(&mut pipe, room, member, token),
                 OcmOp::Close { room, room_id } => close_op(&mut pipe, room, *room_id),
-                OcmOp::Create { .. } | OcmOp::Join { .. } | OcmOp::Lookup { .. } => {}
+                OcmOp::Create { .. }
+                | OcmOp::Join { .. }
+                | OcmOp::Lookup { .. }
+                | OcmOp::Members { .. } => {}
             }
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -804,14 +988,18 @@ impl OcmThread {
         if self.conn.is_none() {
             // A new connection renews first.
             self.ensure();
-            return;
+        } else {
+            if !self.renew_once() {
+                self.next_connect = Instant::now();
+                self.ensure();
+            }
+            if self.conn.is_some() {
+                self.flush_undo();
+            }
         }
-        if !self.renew_once() {
-            self.next_connect = Instant::now();
-            self.ensure();
-        }
-        if self.conn.is_some() {
-            self.flush_undo();
+        if self.conn.is_some() && !self.members_due.is_empty() {
+            // Reads of rooms' members that found Redis unreachable.
+            self.apply(Vec::new());
         }
     }
 

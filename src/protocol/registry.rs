@@ -491,6 +491,11 @@ impl Services {
         if let Some(ocm) = self.ocm.as_mut().filter(|_| !lapsed.is_empty()) {
             ocm.queue_lapsed_nodes(lapsed);
         }
+        if cluster.take_ocm_resync() {
+            if let Some(ocm) = self.ocm.as_mut() {
+                ocm.resync_rooms();
+            }
+        }
         let mut ocm_answers = Vec::new();
         while let Some(answer) = cluster.try_recv_ocm() {
             ocm_answers.push(answer);
@@ -536,6 +541,11 @@ impl Services {
                     OcmOp::Lookup { token } => OcmAnswer::Looked {
                         token,
                         record: Err(()),
+                    },
+                    OcmOp::Members { room, room_id } => OcmAnswer::Members {
+                        room,
+                        room_id,
+                        members: Err(()),
                     },
                     OcmOp::Leave { .. } | OcmOp::Close { .. } => continue,
                 });

@@ -711,22 +711,49 @@ impl OcmService {
             self.remove_doomed(out);
             return;
         }
-        let sends = self
-            .rooms
-            .get(room_key)
-            .map_or(0, |room| room.members.len().saturating_sub(1)) as u64;
+        if self.say_line(
+            room_key,
+            member_key,
+            from,
+            datagram.message,
+            true,
+            now_ms,
+            out,
+        ) {
+            out.count_datagram_in();
+        }
+        self.remove_doomed(out);
+    }
+
+    /// Member `member_key` (of this node) said `message` in its room from `from`; its line
+    /// (`name: message`) is in `self.text`. It goes to the room's other members here, within
+    /// the fan-out budget of `from`; said in the lobby room, also to the lobby (the other
+    /// protocols' members here, and every lobby member of the other nodes through `Said`),
+    /// charged with the room's sends, all or nothing. `publish`: the other nodes are sent the
+    /// room's `chat` event (not when it came from one). False when the budget refused it
+    /// (counted).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn say_line<D: DatagramOut>(
+        &mut self,
+        room_key: usize,
+        member_key: usize,
+        from: SocketAddr,
+        message: &[u8],
+        publish: bool,
+        now_ms: u64,
+        out: &mut D,
+    ) -> bool {
+        let Some(room) = self.rooms.get(room_key) else {
+            return false;
+        };
+        let sends = room.members.len().saturating_sub(1) as u64;
         // Said in the lobby room, it also reaches the other protocols' lobby members: their
         // deliveries are charged to the same budget, with the room's, all or nothing.
         let said = match out.hub() {
             Some(link) if link.hub.has_audience_besides(ProtocolKind::Ocm) => {
                 let lobby_room = &link.hub.config().ocm_lobby_room;
                 self.members.get(member_key).and_then(|member| {
-                    LobbyMessage::from_ocm(
-                        lobby_room,
-                        datagram.room,
-                        &member.name,
-                        datagram.message,
-                    )
+                    LobbyMessage::from_ocm(lobby_room, room.name.as_bytes(), &member.name, message)
                 })
             }
             _ => None,
@@ -744,16 +771,15 @@ impl OcmService {
         };
         if !admitted {
             out.count_dropped_in(DatagramDrop::FanoutBudget);
-            return;
+            return false;
         }
-        out.count_datagram_in();
         let text = std::mem::take(&mut self.text);
         self.fan_out(room_key, Some(member_key), &text, out);
-        if self.cluster.is_some() {
+        if publish && self.cluster.is_some() {
             self.publish_chat(room_key, member_key, from, in_lobby, &text, out);
         }
         self.text = text;
-        self.remove_doomed(out);
+        true
     }
 
     /// Sends `text` to every member of the room with a known address but `except`, counting

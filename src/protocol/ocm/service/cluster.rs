@@ -27,8 +27,8 @@ use log::{debug, warn};
 use super::{
     codec, FanoutSource, Member, NodeId, OcmService, Outcome, Room, Timer, Token, HOST_ELSEWHERE,
 };
-use crate::cluster::ocm::{JoinAnswer, OcmAnswer, OcmOp, TokenRecord};
-use crate::hub::{HubEvent, OcmRoomEvent, OcmStep};
+use crate::cluster::ocm::{JoinAnswer, OcmAnswer, OcmOp, RoomMembers, TokenRecord};
+use crate::hub::{HubEvent, OcmRoomEvent, OcmStep, ProtocolKind};
 use crate::limits::Admission;
 use crate::protocol::{CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, Outbox};
 use crate::timer::TimerKey;
@@ -40,6 +40,108 @@ use super::codec::TcrpRequest;
 const HELD_DATAGRAMS_MAX: usize = 4096;
 /// Other nodes' tokens cached; when full, the cache starts afresh (a look-up refills it).
 const REMOTE_TOKENS_MAX: usize = 65_536;
+
+/// Other nodes' tokens, cached from their look-ups, indexed by room and member so that a
+/// leave or a close forgets them without scanning the cache.
+#[derive(Default)]
+pub(super) struct RemoteTokens {
+    records: HashMap<Token, TokenRecord>,
+    /// (room, room id) to member name to that member's cached tokens (one, but an old token
+    /// of a name that left and joined again may still be cached).
+    by_member: HashMap<(Bytes, u64), HashMap<Bytes, Vec<Token>>>,
+}
+
+impl RemoteTokens {
+    pub(super) fn get(&self, token: &Token) -> Option<&TokenRecord> {
+        self.records.get(token)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
+        let indexed = self
+            .by_member
+            .values()
+            .flat_map(|m| m.values())
+            .map(Vec::len)
+            .sum();
+        (self.records.len(), indexed)
+    }
+
+    /// Cached; when full, the cache starts afresh (a look-up refills it).
+    pub(super) fn insert(&mut self, token: Token, record: TokenRecord) {
+        if let Some(old) = self.records.remove(&token) {
+            self.unindex(&(old.room, old.room_id), &old.member, &token);
+        }
+        if self.records.len() >= REMOTE_TOKENS_MAX {
+            self.records.clear();
+            self.by_member.clear();
+        }
+        self.by_member
+            .entry((record.room.clone(), record.room_id))
+            .or_default()
+            .entry(record.member.clone())
+            .or_default()
+            .push(token);
+        self.records.insert(token, record);
+    }
+
+    fn unindex(&mut self, room: &(Bytes, u64), member: &Bytes, token: &Token) {
+        if let Some(members) = self.by_member.get_mut(room) {
+            if let Some(tokens) = members.get_mut(member) {
+                tokens.retain(|cached| cached != token);
+                if tokens.is_empty() {
+                    members.remove(member);
+                }
+            }
+            if members.is_empty() {
+                self.by_member.remove(room);
+            }
+        }
+    }
+
+    /// A member left its room: its tokens go, at a cost that does not grow with the cache.
+    pub(super) fn forget_member(&mut self, room: &Bytes, room_id: u64, member: &Bytes) {
+        let key = (room.clone(), room_id);
+        let Some(members) = self.by_member.get_mut(&key) else {
+            return;
+        };
+        for token in members.remove(member).unwrap_or_default() {
+            self.records.remove(&token);
+        }
+        if members.is_empty() {
+            self.by_member.remove(&key);
+        }
+    }
+
+    /// A room closed: its members' tokens go (as many steps as it had cached tokens).
+    pub(super) fn forget_room(&mut self, room: &Bytes, room_id: u64) {
+        for tokens in self
+            .by_member
+            .remove(&(room.clone(), room_id))
+            .unwrap_or_default()
+            .into_values()
+        {
+            for token in tokens {
+                self.records.remove(&token);
+            }
+        }
+    }
+
+    /// A node is gone: its members' tokens go (a scan; a node lapses rarely).
+    pub(super) fn forget_node(&mut self, node: &NodeId) {
+        let gone: Vec<Token> = self
+            .records
+            .iter()
+            .filter(|(_, record)| record.node == *node)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in gone {
+            if let Some(record) = self.records.remove(&token) {
+                self.unindex(&(record.room, record.room_id), &record.member, &token);
+            }
+        }
+    }
+}
 
 /// A TCRP request waiting for Redis.
 #[derive(Debug)]
@@ -71,7 +173,7 @@ pub(super) struct Spanning {
     /// Datagrams waiting for their token's look-up, by token.
     held: HashMap<Token, Vec<(SocketAddr, Bytes)>>,
     held_count: usize,
-    remote_tokens: HashMap<Token, TokenRecord>,
+    remote_tokens: RemoteTokens,
     /// Datagrams whose look-up came back, to serve once more (with the OCM socket).
     ready: VecDeque<(SocketAddr, Bytes)>,
     /// Other nodes' room events and lapsed nodes, to act on with the OCM socket.
@@ -109,14 +211,6 @@ impl Spanning {
             token: member.token,
         });
     }
-
-    fn forget_tokens(&mut self, room: &[u8], room_id: u64, member: Option<&[u8]>) {
-        self.remote_tokens.retain(|_, record| {
-            !(record.room == room
-                && record.room_id == room_id
-                && member.is_none_or(|member| record.member == member))
-        });
-    }
 }
 
 fn publish<D: DatagramOut>(out: &mut D, event: OcmRoomEvent) {
@@ -145,7 +239,7 @@ impl OcmService {
             waiting_conns: HashMap::new(),
             held: HashMap::new(),
             held_count: 0,
-            remote_tokens: HashMap::new(),
+            remote_tokens: RemoteTokens::default(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
             lapsed: Vec::new(),
@@ -175,6 +269,22 @@ impl OcmService {
     pub fn queue_remote_event(&mut self, event: Box<OcmRoomEvent>) {
         if let Some(cluster) = self.cluster.as_mut() {
             cluster.events.push_back(event);
+        }
+    }
+
+    /// This node's subscriber (re)subscribed: other nodes' `joined` events may have been
+    /// missed meanwhile, so every room here asks Redis who is in it (the answers:
+    /// [`OcmAnswer::Members`]). Without it a member that joined elsewhere meanwhile would not
+    /// be known here, and its leaving with its node would not be told here.
+    pub fn resync_rooms(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        for (_, room) in self.rooms.iter() {
+            cluster.ops.push(OcmOp::Members {
+                room: Bytes::copy_from_slice(room.name.as_bytes()),
+                room_id: room.id,
+            });
         }
     }
 
@@ -400,9 +510,6 @@ impl OcmService {
                 };
                 match record {
                     Ok(Some(record)) if !cluster.is_here(&record.node) => {
-                        if cluster.remote_tokens.len() >= REMOTE_TOKENS_MAX {
-                            cluster.remote_tokens.clear();
-                        }
                         cluster.remote_tokens.insert(token, record);
                     }
                     Ok(_) => {}
@@ -414,6 +521,46 @@ impl OcmService {
                     cluster.ready.extend(held);
                 }
             }
+            OcmAnswer::Members {
+                room,
+                room_id,
+                members,
+            } => match members {
+                Ok(members) => self.on_room_members(&room, room_id, members),
+                Err(()) => debug!("an OCM room's members could not be read: Redis unreachable"),
+            },
+        }
+    }
+
+    /// Redis's members of a room here: the other nodes' are known here now (a `joined`
+    /// event missed while the subscriber was cut off). Leavings missed meanwhile are not
+    /// told (docs/CLUSTER.md, "Not yet").
+    fn on_room_members(&mut self, room: &[u8], room_id: u64, members: Option<RoomMembers>) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let Some(members) = members else {
+            return;
+        };
+        let room_key = std::str::from_utf8(room)
+            .ok()
+            .and_then(|room| self.room_keys.get(room).copied())
+            .filter(|&key| self.rooms.get(key).is_some_and(|r| r.id == room_id));
+        let Some(room) = room_key.and_then(|key| self.rooms.get_mut(key)) else {
+            return;
+        };
+        let mut missed = 0;
+        for (name, node) in members {
+            if !cluster.is_here(&node) && room.remote.get(&name) != Some(&node) {
+                room.remote.insert(name, node);
+                missed += 1;
+            }
+        }
+        if missed > 0 {
+            log::info!(
+                "cluster: OCM room {:?}: {missed} member(s) of other nodes missed while cut off, read from Redis",
+                &*room.name
+            );
         }
     }
 
@@ -637,6 +784,35 @@ impl OcmService {
             .get(&*room_name)
             .copied()
             .filter(|&key| self.rooms.get(key).is_some_and(|r| r.id == record.room_id));
+        let lobby_line = out.hub().is_some_and(|link| {
+            link.hub.has_audience_besides(ProtocolKind::Ocm)
+                && link.hub.is_ocm_lobby_room(&record.room)
+        });
+        if lobby_line {
+            // A line of the lobby room goes to the lobby, which brings it to every lobby
+            // member of every protocol on every node, this node's members of the room
+            // included; only the home node has the member in its lobby, so it says it there
+            // (the event, marked `in_lobby`, asks it to), and nothing goes out from here.
+            out.count_datagram_in();
+            if let Some(room) = room_key.and_then(|key| self.rooms.get_mut(key)) {
+                room.heard = true;
+            }
+            publish(
+                out,
+                OcmRoomEvent {
+                    step: OcmStep::Chat,
+                    room: record.room,
+                    room_id: record.room_id,
+                    member: record.member,
+                    home_node: home.0,
+                    home_incarnation: home.1,
+                    from: Some(from),
+                    in_lobby: true,
+                    text: Bytes::from(text),
+                },
+            );
+            return;
+        }
         let sends = room_key
             .and_then(|key| self.rooms.get(key))
             .map_or(0, |room| room.members.len()) as u64;
@@ -700,8 +876,14 @@ impl OcmService {
         let home = (event.home_node.clone(), event.home_incarnation);
         let at_home = cluster.is_here(&home);
         match event.step {
-            OcmStep::Left => cluster.forget_tokens(&event.room, event.room_id, Some(&event.member)),
-            OcmStep::Closed => cluster.forget_tokens(&event.room, event.room_id, None),
+            OcmStep::Left => {
+                cluster
+                    .remote_tokens
+                    .forget_member(&event.room, event.room_id, &event.member)
+            }
+            OcmStep::Closed => cluster
+                .remote_tokens
+                .forget_room(&event.room, event.room_id),
             OcmStep::Joined | OcmStep::Chat => {}
         }
         let room_key = std::str::from_utf8(&event.room)
@@ -746,7 +928,13 @@ impl OcmService {
                     }
                 }
                 if event.in_lobby {
-                    // The lobby (`Said`) brought it to this node's members of the lobby room.
+                    // The lobby (`Said`) brings it to this node's members of the lobby room.
+                    // A line of this node's member that reached another node is said to the
+                    // lobby here, as if its datagram had come here: the one node that has
+                    // the member in its lobby.
+                    if let (Some(member_key), Some(from)) = (member_here, event.from) {
+                        self.say_for_member(room_key, member_key, from, &event.text, now_ms, out);
+                    }
                     return;
                 }
                 let sends = self.rooms.get(room_key).map_or(0, |room| {
@@ -797,12 +985,37 @@ impl OcmService {
         }
     }
 
+    /// A line of this node's member `member_key`, said through another node: to this node's
+    /// other members of the room and to the lobby, within the budget of its source `from`.
+    fn say_for_member<D: DatagramOut>(
+        &mut self,
+        room_key: usize,
+        member_key: usize,
+        from: SocketAddr,
+        text: &[u8],
+        now_ms: u64,
+        out: &mut D,
+    ) {
+        let Some(member) = self.members.get(member_key) else {
+            return;
+        };
+        // The text is `name: message`, built by the node the datagram reached.
+        let Some(message) = text
+            .strip_prefix(member.name.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b": "))
+        else {
+            out.count_dropped_in(DatagramDrop::Malformed);
+            return;
+        };
+        self.text.clear();
+        self.text.extend_from_slice(text);
+        self.say_line(room_key, member_key, from, message, false, now_ms, out);
+    }
+
     /// Node `node` is gone: the rooms it hosted close here, its members leave.
     fn node_lapsed<D: DatagramOut>(&mut self, node: &NodeId, out: &mut D) {
         if let Some(cluster) = self.cluster.as_mut() {
-            cluster
-                .remote_tokens
-                .retain(|_, record| record.node != *node);
+            cluster.remote_tokens.forget_node(node);
         }
         let keys: Vec<usize> = self.rooms.iter().map(|(key, _)| key).collect();
         for key in keys {
@@ -844,11 +1057,13 @@ mod tests {
     use bytes::{Bytes, BytesMut};
 
     use super::super::{codec, json, OcmConfig, OcmService};
+    use super::RemoteTokens;
     use crate::cluster::ocm::{JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, TokenRecord};
-    use crate::hub::{Hub, HubConfig, HubEvent, OcmRoomEvent};
+    use crate::hub::{Endpoint, Hub, HubConfig, HubEvent, ProtocolKind, User};
     use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
     use crate::protocol::{
-        CloseMode, CloseReason, ConnId, DatagramDrop, HubQueue, Switched, SwitchedDatagrams,
+        CloseMode, CloseReason, ConnId, DatagramDrop, DatagramService, HubQueue, Switched,
+        SwitchedDatagrams,
     };
 
     const IDLE_MS: u64 = 60_000;
@@ -969,6 +1184,23 @@ mod tests {
                     }
                     None
                 }
+                OcmOp::Members { room, room_id } => {
+                    let members = match self.rooms.get(&room) {
+                        Some((id, _, _)) if *id == room_id => Some(
+                            self.members
+                                .iter()
+                                .filter(|((r, _), _)| *r == room)
+                                .map(|((_, name), node)| (name.clone(), node.clone()))
+                                .collect(),
+                        ),
+                        _ => None,
+                    };
+                    Some(OcmAnswer::Members {
+                        room,
+                        room_id,
+                        members: Ok(members),
+                    })
+                }
             }
         }
     }
@@ -983,6 +1215,8 @@ mod tests {
         next_slot: u32,
         /// Its ops held while Redis is frozen.
         held_ops: Vec<OcmOp>,
+        /// What the hub delivered to lobby members of other protocols here.
+        lobby: Vec<(Endpoint, Bytes)>,
     }
 
     impl Node {
@@ -1019,7 +1253,57 @@ mod tests {
                 udp: RecordingDatagrams::default(),
                 next_slot: 0,
                 held_ops: Vec::new(),
+                lobby: Vec::new(),
             }
+        }
+
+        /// A ROOM user in the lobby here.
+        fn room_user(&mut self, name: &'static str, slot: u32) -> Endpoint {
+            let endpoint = Endpoint::Conn(ConnId::new(slot, 1));
+            self.hub.enter_lobby(
+                User {
+                    protocol: ProtocolKind::Room,
+                    endpoint,
+                    name: Bytes::from_static(name.as_bytes()),
+                },
+                &mut self.queue,
+            );
+            endpoint
+        }
+
+        fn lobby_texts(&self, to: Endpoint) -> Vec<String> {
+            self.lobby
+                .iter()
+                .filter(|(endpoint, _)| *endpoint == to)
+                .map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned())
+                .collect()
+        }
+
+        /// The hub's lobby deliveries: to OCM members through the service, as the registry
+        /// hands them; the others recorded. True when there were any.
+        fn deliver(&mut self, now: u64) -> bool {
+            let deliveries = std::mem::take(&mut self.queue.deliveries);
+            let moved = !deliveries.is_empty();
+            for (_, to, bytes) in deliveries {
+                match to {
+                    Endpoint::Ocm(member) => {
+                        let mut out = SwitchedDatagrams::new(
+                            &mut self.udp,
+                            &mut self.hub,
+                            &mut self.queue,
+                            now,
+                        );
+                        DatagramService::on_hub_delivery(
+                            &mut self.service,
+                            member,
+                            &bytes,
+                            &mut out,
+                        );
+                    }
+                    Endpoint::Conn(_) => self.lobby.push((to, bytes)),
+                }
+            }
+            moved
         }
 
         /// A TCRP request from 127.0.0.`last`, chat at port 40000 there: its connection.
@@ -1080,14 +1364,12 @@ mod tests {
                 .collect()
         }
 
-        fn events(&mut self) -> Vec<OcmRoomEvent> {
+        /// Its published room events and lobby messages (presence is not modelled).
+        fn events(&mut self) -> Vec<HubEvent> {
             self.queue
                 .events
                 .drain(..)
-                .filter_map(|event| match event {
-                    HubEvent::Ocm(event) => Some(*event),
-                    _ => None,
-                })
+                .filter(|event| matches!(event, HubEvent::Ocm(_) | HubEvent::Said(_)))
                 .collect()
         }
     }
@@ -1124,10 +1406,23 @@ mod tests {
                     if j != i {
                         for event in &events {
                             moved = true;
-                            other.service.queue_remote_event(Box::new(event.clone()));
+                            match event {
+                                HubEvent::Ocm(event) => {
+                                    other.service.queue_remote_event(event.clone())
+                                }
+                                HubEvent::Said(message) => other.hub.say_remote(
+                                    message.clone(),
+                                    &mut other.queue,
+                                    |_, _| true,
+                                ),
+                                _ => {}
+                            }
                         }
                     }
                 }
+            }
+            for node in nodes.iter_mut() {
+                moved |= node.deliver(now);
             }
             for node in nodes.iter_mut() {
                 if node.service.has_socket_work() {
@@ -1318,5 +1613,117 @@ mod tests {
         assert_eq!(a.texts(chat(2)), [host_leave_text("ana", "on-b")]);
         assert_eq!(a.texts(chat(3)), [leave_text("dan", "on-a")]);
         assert_eq!(a.service.rooms(), 1, "A's own room goes on");
+    }
+
+    /// A line of the lobby room whose datagram reached a node other than its sender's home
+    /// node reaches every lobby member of every protocol on every node once, as a line sent
+    /// to the home node does: the home node says it to the lobby.
+    #[test]
+    fn a_lobby_room_line_through_another_node_reaches_every_lobby_member_once() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "lobby", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let ana_token = a.answered(ana).1.unwrap();
+        let bob = b.request(codec::OPERATION_JOIN, "lobby", "bob", 2, 0);
+        let cid = a.request(codec::OPERATION_JOIN, "lobby", "cid", 3, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        b.answered(bob);
+        a.answered(cid);
+        let rui = a.room_user("rui", 90);
+        let rob = b.room_user("rob", 91);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.lobby.clear();
+        b.lobby.clear();
+
+        a.say(chat(1), "lobby", &ana_token, "at home", 10);
+        settle(&mut [&mut a, &mut b], &mut redis, 10);
+        b.say(chat(1), "lobby", &ana_token, "via b", 20);
+        settle(&mut [&mut a, &mut b], &mut redis, 20);
+        let both = ["ana: at home", "ana: via b"];
+        assert_eq!(b.texts(chat(2)), both, "bob, OCM on B");
+        assert_eq!(a.texts(chat(3)), both, "cid, OCM on A");
+        assert_eq!(a.lobby_texts(rui), both, "rui, ROOM on A");
+        assert_eq!(b.lobby_texts(rob), both, "rob, ROOM on B");
+        assert!(
+            a.texts(chat(1)).is_empty() && b.texts(chat(1)).is_empty(),
+            "never back to the sender"
+        );
+        assert!(a.udp.dropped_in.is_empty() && b.udp.dropped_in.is_empty());
+    }
+
+    /// A member that joined on B while A heard nothing of it (A's subscriber cut off: its
+    /// `joined` event missed) is read from Redis when A resubscribes, so its leaving with its
+    /// node is told to A's members.
+    #[test]
+    fn a_member_missed_while_cut_off_is_read_from_redis_and_its_nodes_death_told() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.answered(ana);
+        // B alone: its `joined` event reaches nobody.
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        settle(&mut [&mut b], &mut redis, 0);
+        b.answered(bob);
+
+        a.service.resync_rooms();
+        settle(&mut [&mut a], &mut redis, 1);
+        a.service.queue_lapsed_nodes(vec![b.id.clone()]);
+        settle(&mut [&mut a], &mut redis, 2);
+        assert_eq!(a.texts(chat(1)), [leave_text("bob", "r")]);
+        // Redis unreachable for the read: nothing changes.
+        let mut out = Switched::new(&mut a.out, &mut a.hub, &mut a.queue, None, 3);
+        a.service
+            .on_cluster_answer(missing_members("r"), 3, &mut out);
+        assert_eq!(a.service.rooms(), 1);
+    }
+
+    fn missing_members(room: &'static str) -> OcmAnswer {
+        OcmAnswer::Members {
+            room: Bytes::from_static(room.as_bytes()),
+            room_id: 0,
+            members: Err(()),
+        }
+    }
+
+    /// The cache of other nodes' tokens and its index stay one: a leave forgets exactly that
+    /// member's tokens, a close its room's, a lapse its node's, and a token recorded again
+    /// under another member moves in the index.
+    #[test]
+    fn remote_tokens_are_forgotten_by_member_room_and_node_through_the_index() {
+        let record = |room: &'static str, id: u64, member: &'static str, node: u64| TokenRecord {
+            room: Bytes::from_static(room.as_bytes()),
+            room_id: id,
+            ip: IpAddr::from([127, 0, 0, 1]),
+            host: false,
+            member: Bytes::from_static(member.as_bytes()),
+            node: (Bytes::from_static(b"n"), node),
+        };
+        let token = |n: u8| [n; 64];
+        let mut tokens = RemoteTokens::default();
+        tokens.insert(token(1), record("r", 1, "ana", 7));
+        tokens.insert(token(2), record("r", 1, "ana", 7));
+        tokens.insert(token(3), record("r", 1, "bob", 8));
+        tokens.insert(token(4), record("s", 2, "ana", 7));
+        tokens.insert(token(5), record("r", 9, "cid", 8));
+        assert_eq!(tokens.len(), (5, 5));
+
+        tokens.forget_member(&Bytes::from_static(b"r"), 1, &Bytes::from_static(b"ana"));
+        assert!(tokens.get(&token(1)).is_none() && tokens.get(&token(2)).is_none());
+        assert!(tokens.get(&token(3)).is_some() && tokens.get(&token(4)).is_some());
+        assert_eq!(tokens.len(), (3, 3));
+        // Another room id of the same name is another room.
+        tokens.forget_room(&Bytes::from_static(b"r"), 1);
+        assert!(tokens.get(&token(3)).is_none() && tokens.get(&token(5)).is_some());
+        assert_eq!(tokens.len(), (2, 2));
+        // Token 4 recorded again as bob's: forgetting ana there leaves it.
+        tokens.insert(token(4), record("s", 2, "bob", 8));
+        tokens.forget_member(&Bytes::from_static(b"s"), 2, &Bytes::from_static(b"ana"));
+        assert!(tokens.get(&token(4)).is_some());
+        assert_eq!(tokens.len(), (2, 2));
+        tokens.forget_node(&(Bytes::from_static(b"n"), 8));
+        assert_eq!(tokens.len(), (0, 0));
+        // Unknown rooms and members: nothing happens.
+        tokens.forget_member(&Bytes::from_static(b"x"), 1, &Bytes::from_static(b"y"));
+        tokens.forget_room(&Bytes::from_static(b"x"), 1);
     }
 }
