@@ -132,7 +132,11 @@ mod tests {
                 assert_ne!(i % 2, pattern.partner(i, users) % 2, "{pattern:?} {i}");
             }
         }
-        assert_eq!(Pattern::Ring.partner(4, 5) % 2, 0, "an odd ring closes on one node");
+        assert_eq!(
+            Pattern::Ring.partner(4, 5) % 2,
+            0,
+            "an odd ring closes on one node"
+        );
     }
 
     #[test]
