@@ -9,10 +9,10 @@
 #   --redis-port P      the port redis-server listens on (default 6379)
 #   --admin-base-port P give node i the admin port P+i-1 (default: no admin port); an admin
 #                       port is never shared, so each node's metrics stay its own
-#   --all-protocols     also serve BIN24 and OCM (off by default: OCM rooms do not cross
-#                       nodes yet, so with shared ports a room lives on whichever node the
-#                       kernel picked; BIN24's live messages and offline store (in Redis,
-#                       whose append-only file is fsynced on every write) do cross)
+#   --all-protocols     also serve BIN24 and OCM (off by default). Both cross nodes: BIN24's
+#                       live messages and offline store (in Redis, whose append-only file is
+#                       fsynced on every write), OCM's rooms (a token is checked by whichever
+#                       node a datagram reaches); OCM's stage-1 relay stays per node
 #   --log-level LEVEL   chatd's --log-level (default info)
 #   --cluster-lease-ms MS  each node's --cluster-lease-ms (default: chatd's, 3000): a node
 #                       silent this long is taken for dead and its lobby members are

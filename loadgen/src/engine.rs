@@ -237,6 +237,16 @@ impl<W: Wire> Run<W> {
         })
     }
 
+    /// As [`Run::new`], at the pace's connect rate and with its progress line.
+    pub fn paced(
+        p: W,
+        users: impl IntoIterator<Item = W::User>,
+        order: impl FnOnce(usize) -> Vec<usize>,
+        pace: &Pace,
+    ) -> Result<Run<W>, RunError> {
+        Run::new(p, users, order, pace.connect_rate_per_s, pace.progress)
+    }
+
     /// Fails client `u` through the protocol (one closure type for every caller).
     pub fn fail(&mut self, u: usize, kind: ErrorKind, why: String) {
         W::fail(self, u, kind, why);

@@ -173,8 +173,8 @@ struct CommonArgs {
     /// Server host, or a comma-separated list of hosts to spread the clients over several
     /// servers (the nodes of a cluster, e.g. chatd --bind 127.0.0.1 and --bind 127.0.0.2 on the
     /// same ports): client i connects to host i mod n. Only loopback addresses are allowed
-    /// (127.0.0.0/8, ::1, localhost), every host is checked. Spread only what crosses nodes
-    /// (ROOM, the lobby); OCM takes one host (its rooms are per node).
+    /// (127.0.0.0/8, ::1, localhost), every host is checked. Spread only what crosses nodes;
+    /// the lobby's OCM members take one host (each node has its own OCM lobby room).
     /// Source addresses, so that ports never run out: with an IPv4 host, clients 0 to 999
     /// connect from 127.0.0.1 and each later client from an address of its own in
     /// 127.0.0.0/8 (client i from 127.0.0.2 + i: 127.0.3.234 for client 1000), and a client

@@ -67,9 +67,10 @@ pub struct MixArgs {
     pub(crate) protocols: Vec<Protocol>,
 
     /// Also run the lobby scenario (as `loadgen lobby`) beside the protocols' own, with this
-    /// many members more, split evenly over ROOM, MATOU, CCM and OCM (the first ones take the
-    /// remainder), at --rate-per-client each, on the ports below and the OCM room `lobby`; its
-    /// report and summary row come after the protocols'. 0: no lobby. From 2 to 2000.
+    /// many members more, split evenly over ROOM, MATOU, CCM, OCM and WEB (the first ones take
+    /// the remainder), at --rate-per-client each (chatd allows a WEB member
+    /// --web-messages-per-s-max, 20), on the ports below and the OCM room `lobby`; its report
+    /// and summary row come after the protocols'. 0: no lobby. From 2 to 2000.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=lobby::MEMBERS_MAX as u64))]
     pub(crate) lobby: u64,
 
@@ -651,6 +652,12 @@ fn connect_rate_of(args: &MixArgs, clients: usize) -> u64 {
     (args.common.connect_rate * clients as u64 / total_clients).max(1)
 }
 
+/// `--lobby`'s members of each protocol: split evenly over ROOM, MATOU, CCM, OCM and WEB, in
+/// that order, the first ones taking the remainder (below 5 members WEB gets none).
+fn lobby_members(total: usize) -> [usize; KIND_COUNT] {
+    std::array::from_fn(|i| total / KIND_COUNT + usize::from(i < total % KIND_COUNT))
+}
+
 /// The lobby of `--lobby` members, validated as `loadgen lobby` validates its own; also
 /// returns the descriptors it needs.
 fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
@@ -659,11 +666,7 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
     if total < 2 {
         return Err("--lobby needs at least 2 members".to_string());
     }
-    // Over ROOM, MATOU, CCM and OCM; no WEB members (`--protocols web` runs WEB's own).
-    let members: [usize; KIND_COUNT] = std::array::from_fn(|i| match i < 4 {
-        true => total / 4 + usize::from(i < total % 4),
-        false => 0,
-    });
+    let members = lobby_members(total);
     let rate = planned_rate(total, args.rate_per_client);
     if rate * total as u64 > lobby::DELIVERIES_PER_S_MAX {
         return Err(format!(
@@ -689,7 +692,7 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
     ];
     let pace = share.pace(LOBBY_DRAIN_DEFAULT);
     let ocm = ("lobby".to_string(), OCM_RECV_BUFFER_DEFAULT);
-    // A quarter of the members are OCM's, and each node has its own OCM lobby room.
+    // A fifth of the members are OCM's, and each node has its own OCM lobby room.
     let ocm_why = "--lobby has OCM members, whose lobby room is per node";
     let bytes = args.payload_bytes;
     let cfg = lobby::args::build(&common.host, ports, members, ocm, bytes, pace, ocm_why)?;
@@ -1145,7 +1148,7 @@ mod tests {
             "--protocols",
             "ccm",
             "--lobby",
-            "8",
+            "10",
             "--duration",
             "1s",
             "--warmup",
@@ -1161,7 +1164,7 @@ mod tests {
         let shares = split_clients(args.clients as usize, &args.protocols).unwrap();
         let mut setups: Vec<Setup> = shares.iter().map(|s| setup(&args, s).unwrap().0).collect();
         setups.push(lobby_setup(&args).unwrap().0);
-        let (report, text, histograms) = execute(12, &setups, 1.0, 1, false, 1, false);
+        let (report, text, histograms) = execute(14, &setups, 1.0, 1, false, 1, false);
         handle.shutdown();
         server_thread.join().unwrap().unwrap();
 
@@ -1171,22 +1174,31 @@ mod tests {
         assert_eq!(lobby.failure, None, "{text}");
         assert_eq!(
             (lobby.connections, lobby.connections_requested),
-            (8, 8),
+            (10, 10),
             "{text}"
         );
         assert_eq!((lobby.errors, lobby.losses), (0, 0), "{text}");
         assert!(lobby.passed && lobby.latency_ms.count > 0, "{text}");
         assert!(report.summary[0].passed, "{text}");
-        assert_eq!(report.clients, 12);
+        assert_eq!(report.clients, 14);
         let pairs = report.protocols["lobby"]["pairs"].as_array().unwrap();
-        assert_eq!(pairs.len(), 16, "{text}");
+        assert_eq!(pairs.len(), 25, "{text}");
         assert!(
-            text.contains("LOBBY: ROOM 2, MATOU 2, CCM 2, OCM 2"),
+            text.contains("LOBBY: ROOM 2, MATOU 2, CCM 2, OCM 2, WEB 2 (room"),
             "{text}"
         );
         let (name, main, hists) = &histograms[1];
         assert_eq!((*name, *main), ("lobby", "delivery"));
         let (_, hist) = hists.iter().find(|(n, _)| n == main).unwrap();
         assert_eq!(hist.len(), lobby.latency_ms.count);
+    }
+
+    #[test]
+    fn the_lobby_splits_its_members_over_the_five_protocols_web_last() {
+        assert_eq!(lobby_members(10), [2, 2, 2, 2, 2]);
+        assert_eq!(lobby_members(13), [3, 3, 3, 2, 2]);
+        assert_eq!(lobby_members(4), [1, 1, 1, 1, 0], "below 5, no WEB member");
+        assert_eq!(lobby_members(2), [1, 1, 0, 0, 0]);
+        assert_eq!(lobby_members(2_000).iter().sum::<usize>(), 2_000);
     }
 }

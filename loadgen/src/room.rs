@@ -217,14 +217,7 @@ impl ScenarioKind for Room {
             next_seq: Vec::new(),
             sent: Vec::new(),
         };
-        let order = |n| (0..n).collect();
-        engine::Run::new(
-            part,
-            clients,
-            order,
-            cfg.pace.connect_rate_per_s,
-            cfg.pace.progress,
-        )
+        engine::Run::paced(part, clients, |n| (0..n).collect(), &cfg.pace)
     }
     fn finish(run: Run<'_>) -> RoomOutcome {
         run.finish()
@@ -465,7 +458,68 @@ impl engine::Wire for Part<'_> {
     }
 }
 
-impl Run<'_> {
+/// What a read needs of the run at once, borrowed apart: its client, the loop's read buffer,
+/// where the records it completes go, and (RESP) the reply count and the target its errors name.
+struct Reading<'r, 'a> {
+    client: &'r mut ClientOf<Part<'a>>,
+    read_buf: &'r [u8],
+    records: Records<'r>,
+    publish_replies: &'r mut u64,
+    target: SocketAddr,
+}
+
+/// Where the records found in receiver `receiver`'s stream are accounted for ([`on_scanned`]).
+struct Records<'r> {
+    errors: &'r mut ErrorCounts,
+    tally: &'r mut Tally,
+    plan: Option<&'r Plan>,
+    receiver: usize,
+    now_us: u64,
+}
+
+impl Records<'_> {
+    /// Feeds `bytes` to `scanner`, accounting for every record it completes.
+    #[inline]
+    fn scan(&mut self, scanner: &mut Scanner, bytes: &[u8]) {
+        let Records {
+            errors,
+            tally,
+            plan,
+            receiver,
+            now_us,
+        } = self;
+        scanner.feed(bytes, |found| {
+            on_scanned(errors, tally, *plan, *receiver, *now_us, found);
+        });
+    }
+}
+
+impl<'a> Run<'a> {
+    /// Client `u`'s read at `now_us`, borrowed apart from the rest of the run.
+    fn reading(&mut self, u: usize, now_us: u64) -> Reading<'_, 'a> {
+        let engine::Run {
+            clients,
+            errors,
+            course,
+            io,
+            p,
+            ..
+        } = self;
+        Reading {
+            client: &mut clients[u],
+            read_buf: &io.read_buf,
+            records: Records {
+                errors,
+                tally: &mut p.tally,
+                plan: course.plan.as_ref(),
+                receiver: u,
+                now_us,
+            },
+            publish_replies: &mut p.publish_replies,
+            target: p.cfg.target,
+        }
+    }
+
     /// Handles `self.io.read_buf[..n]` for client `u`; false when the client failed.
     fn on_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
         if self.clients[u].resp.is_some() {
@@ -505,19 +559,13 @@ impl Run<'_> {
             client.handshake = Handshake::AwaitGreeting;
             return true;
         }
-        let engine::Run {
-            clients,
-            errors,
-            course,
-            io,
-            p,
+        let Reading {
+            client,
+            read_buf,
+            mut records,
             ..
-        } = self;
-        let client = &mut clients[u];
-        let (tally, plan) = (&mut p.tally, course.plan.as_ref());
-        client.user.scanner.feed(&io.read_buf[from..n], |found| {
-            on_scanned(errors, tally, plan, u, now_us, found);
-        });
+        } = self.reading(u, now_us);
+        records.scan(&mut client.user.scanner, &read_buf[from..n]);
         if client.stage == Stage::Greeting && client.scanner.notices().greetings > 0 {
             self.mark_joined(u, now_us);
         }
@@ -542,19 +590,13 @@ impl Run<'_> {
         // Only receivers change it, and a publisher's bytes are not a receiver's.
         let live = self.p.live_receivers;
         let mut confirmed = false;
-        let engine::Run {
-            clients,
-            errors,
-            course,
-            io,
-            p,
-            ..
-        } = self;
-        let read_buf = &io.read_buf;
-        let target = p.cfg.target;
-        let (tally, publish_replies) = (&mut p.tally, &mut p.publish_replies);
-        let plan = course.plan.as_ref();
-        let client = &mut clients[u];
+        let Reading {
+            client,
+            read_buf,
+            mut records,
+            publish_replies,
+            target,
+        } = self.reading(u, now_us);
         let stage = client.stage;
         let Client {
             resp,
@@ -568,9 +610,7 @@ impl Run<'_> {
         let publisher = *publisher;
         let result = reader.feed(&read_buf[..n], |event| match event {
             resp::Event::Payload(bytes) if !publisher && (stage == Stage::Joined || confirmed) => {
-                scanner.feed(bytes, |found| {
-                    on_scanned(errors, tally, plan, u, now_us, found)
-                });
+                records.scan(scanner, bytes);
             }
             resp::Event::MessageEnd if !publisher && (stage == Stage::Joined || confirmed) => {}
             resp::Event::Subscribed(_) if !publisher && stage == Stage::Greeting && !confirmed => {
@@ -580,7 +620,7 @@ impl Run<'_> {
             resp::Event::Integer(subscribers) if publisher => {
                 *publish_replies += 1;
                 if u64::try_from(subscribers) != Ok(live) {
-                    errors.count(ErrorKind::Protocol, || {
+                    records.errors.count(ErrorKind::Protocol, || {
                         format!(
                             "{target} client {u}: PUBLISH reached {subscribers} \
                              subscribers, {live} were subscribed"
@@ -594,7 +634,7 @@ impl Run<'_> {
                     (Stage::Joined, _) | (_, true) => "Joined",
                     _ => "Failed",
                 };
-                errors.count(ErrorKind::Protocol, || {
+                records.errors.count(ErrorKind::Protocol, || {
                     format!("{target} client {u}: unexpected {other:?} ({phase})")
                 });
             }
@@ -617,16 +657,13 @@ impl Run<'_> {
     /// answers pings; false when the client failed.
     fn on_web_bytes(&mut self, u: usize, n: usize, now_us: u64) -> bool {
         use web::ws::{self, Event};
-        let engine::Run {
-            clients,
-            errors,
-            course,
-            io,
-            p,
+        let Reading {
+            client,
+            read_buf,
+            mut records,
+            target,
             ..
-        } = self;
-        let (tally, plan, target) = (&mut p.tally, course.plan.as_ref(), p.cfg.target);
-        let client = &mut clients[u];
+        } = self.reading(u, now_us);
         let stage = client.stage;
         let (conn, user) = (&mut client.conn, &mut client.user);
         let Client {
@@ -645,7 +682,7 @@ impl Run<'_> {
         };
         let (mut confirmed, mut ended) = (false, None);
         let joined = |confirmed: bool| stage == Stage::Joined || confirmed;
-        let result = reader.feed(&io.read_buf[..n], |event| match event {
+        let result = reader.feed(&read_buf[..n], |event| match event {
             Event::Upgraded => conn
                 .out
                 .extend(&ws::signin(&web::name(alias), keys.next_key())),
@@ -654,11 +691,7 @@ impl Run<'_> {
                 notices.greetings += 1;
             }
             Event::Lobby { text, .. } if joined(confirmed) => {
-                web::scan_text(text.as_bytes(), |piece| {
-                    scanner.feed(piece, |found| {
-                        on_scanned(errors, tally, plan, u, now_us, found)
-                    });
-                });
+                web::scan_text(text.as_bytes(), |piece| records.scan(scanner, piece));
             }
             Event::Joined => notices.joins += 1,
             Event::Left => notices.leaves += 1,
@@ -675,10 +708,10 @@ impl Run<'_> {
                 };
                 ended = Some((kind, format!("the server closed the WebSocket ({code})")));
             }
-            Event::Error(reason) => errors.count(ErrorKind::Protocol, || {
+            Event::Error(reason) => records.errors.count(ErrorKind::Protocol, || {
                 format!("{target} client {u}: the server answered error {reason:?}")
             }),
-            other => errors.count(ErrorKind::Protocol, || {
+            other => records.errors.count(ErrorKind::Protocol, || {
                 format!("{target} client {u}: unexpected {other:?}")
             }),
         });

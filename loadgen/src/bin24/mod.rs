@@ -198,13 +198,7 @@ impl ScenarioKind for Bin24 {
                 .filter(|&i| !cfg.offline.get(i).copied().unwrap_or(false))
                 .collect()
         };
-        engine::Run::new(
-            part,
-            users,
-            online,
-            cfg.pace.connect_rate_per_s,
-            cfg.pace.progress,
-        )
+        engine::Run::paced(part, users, online, &cfg.pace)
     }
     fn finish(run: Run<'_>) -> Bin24Outcome {
         run.finish()

@@ -122,6 +122,23 @@ mod tests {
         );
     }
 
+    /// With `--host A,B` user i connects to host i mod 2 (`crate::connect`): every pair, and
+    /// every step of a ring of an even count, joins users of two nodes, so every live message
+    /// crosses them (scripts/cluster-cross-bench.sh relies on it).
+    #[test]
+    fn over_two_hosts_every_partner_is_on_the_other_node() {
+        for (pattern, users) in [(Pattern::Pairs, 1_000), (Pattern::Ring, 1_000)] {
+            for i in 0..users {
+                assert_ne!(i % 2, pattern.partner(i, users) % 2, "{pattern:?} {i}");
+            }
+        }
+        assert_eq!(
+            Pattern::Ring.partner(4, 5) % 2,
+            0,
+            "an odd ring closes on one node"
+        );
+    }
+
     #[test]
     fn user_counts_are_bounded() {
         for pattern in [Pattern::Pairs, Pattern::Ring] {

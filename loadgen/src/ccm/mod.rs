@@ -182,13 +182,7 @@ impl ScenarioKind for Ccm {
         };
         // Silent users are spread through the ramp-up rather than left to its end.
         let order = |_| connect_order(cfg.users, cfg.silent);
-        engine::Run::new(
-            part,
-            users,
-            order,
-            cfg.pace.connect_rate_per_s,
-            cfg.pace.progress,
-        )
+        engine::Run::paced(part, users, order, &cfg.pace)
     }
     fn finish(run: Run<'_>) -> CcmOutcome {
         run.finish()

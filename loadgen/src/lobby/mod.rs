@@ -250,14 +250,7 @@ impl ScenarioKind for Lobby {
             batch: Some(udp::RecvBatch::new(RECV_BATCH_DATAGRAMS)),
             matou_limits: MatouLimits::default(),
         };
-        let order = |n| (0..n).collect();
-        engine::Run::new(
-            part,
-            members,
-            order,
-            cfg.pace.connect_rate_per_s,
-            cfg.pace.progress,
-        )
+        engine::Run::paced(part, members, |n| (0..n).collect(), &cfg.pace)
     }
     fn finish(run: Run<'_>) -> LobbyOutcome {
         run.finish()

@@ -225,14 +225,7 @@ impl ScenarioKind for Matou {
             link_plan: None,
             next_link: 0,
         };
-        let order = |n| (0..n).collect();
-        engine::Run::new(
-            part,
-            users,
-            order,
-            cfg.pace.connect_rate_per_s,
-            cfg.pace.progress,
-        )
+        engine::Run::paced(part, users, |n| (0..n).collect(), &cfg.pace)
     }
     fn finish(run: Run<'_>) -> MatouOutcome {
         run.finish()

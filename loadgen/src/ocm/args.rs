@@ -5,12 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::{parse_duration, resolve_one_host, Pace};
-
-/// Why OCM takes one `--host`: its rooms do not cross nodes.
-const OCM_ONE_HOST: &str = "OCM's rooms live on one node (they do not cross a cluster)";
+use crate::args::{parse_duration, resolve_hosts, Pace};
 use crate::mix::{ocm_rooms, MixShare, Setup};
-use crate::ocm::{self, OcmConfig};
+use crate::ocm::{self, OcmConfig, SendTo};
 use crate::registry::{ScenarioArgs, Single};
 use crate::{check_common, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, WARMUP_MAX};
 
@@ -84,6 +81,12 @@ pub(crate) struct OcmArgs {
     #[arg(long, default_value_t = OCM_RECV_BUFFER_DEFAULT)]
     recv_buffer_bytes: usize,
 
+    /// With several --host (a cluster's nodes; member i's TCRP request and texts are host i
+    /// mod n's): where each member sends its chat datagrams (its exit goes to its own host).
+    /// `next` needs several hosts.
+    #[arg(long, value_enum, default_value_t = SendTo::Own)]
+    send_to: SendTo,
+
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -135,22 +138,25 @@ impl ScenarioArgs for OcmArgs {
                 "--recv-buffer-bytes must be between 1 and {OCM_RECV_BUFFER_MAX}"
             ));
         }
-        let tcp_target = resolve_one_host(&common.host, self.tcp_port, OCM_ONE_HOST)?;
-        let udp_target = resolve_one_host(&common.host, self.udp_port, OCM_ONE_HOST)?;
+        let nodes = targets(&common.host, (self.tcp_port, self.udp_port), self.send_to)?;
+        let node_count = nodes.0.len();
         let pace = Pace::single(common, self.rate, OCM_DRAIN_DEFAULT);
         let udp = (self.exit_wait, self.recv_buffer_bytes, self.loss_max);
         let cfg = build(
-            (tcp_target, udp_target),
+            nodes,
             (rooms, members, self.room_rate),
             udp,
             self.payload_bytes,
             run_id(),
             pace,
         );
-        let title = format!(
+        let mut title = format!(
             "OCM: {rooms} rooms x {members} members, {} msg/s, {} B, {:?}",
             self.rate, self.payload_bytes, common.duration
         );
+        if node_count > 1 {
+            title += &format!(", {node_count} nodes, sent to {}", self.send_to.name());
+        }
         // A UDP socket per member, and a TCP connection each while the tokens are handed out.
         Ok((cfg, 2 * total as u64, title))
     }
@@ -174,29 +180,43 @@ pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
         ocm::wire::message_bytes_max(room_bytes, name_bytes),
     )?;
     m.check_fanout(rate * (members as u64 - 1), OCM_DELIVERIES_PER_S_MAX)?;
-    let tcp_target = resolve_one_host(&common.host, args.ocm_tcp_port, OCM_ONE_HOST)?;
-    let udp_target = resolve_one_host(&common.host, args.ocm_udp_port, OCM_ONE_HOST)?;
+    let ports = (args.ocm_tcp_port, args.ocm_udp_port);
+    let nodes = targets(&common.host, ports, SendTo::Own)?;
     let room_rate = (connect_rate / members as u64).clamp(1, OCM_ROOM_RATE_MAX);
     // Loss allowed: none, as the single run's default.
     let udp = (MIX_EXIT_WAIT, OCM_RECV_BUFFER_DEFAULT, 0.0);
     let pace = m.pace(OCM_DRAIN_DEFAULT);
-    let cfg = build(
-        (tcp_target, udp_target),
-        (rooms, members, room_rate),
-        udp,
-        bytes,
-        run_id,
-        pace,
-    );
+    let cfg = build(nodes, (rooms, members, room_rate), udp, bytes, run_id, pace);
     // A UDP socket per member, and a TCP connection each while it asks for its token.
     Ok((Setup::of::<ocm::Ocm>(cfg), 2 * total as u64))
 }
+
+/// Each host of `--host` at the TCRP and chat `ports`, and where members send: `next` needs
+/// several hosts. Not recorded for the other scenarios' spreading ([`crate::connect`]): the
+/// config names each member's node itself.
+fn targets(
+    hosts: &str,
+    (tcp_port, udp_port): (u16, u16),
+    send_to: SendTo,
+) -> Result<Nodes, String> {
+    let tcp_targets = resolve_hosts(hosts, tcp_port)?;
+    let udp_targets = resolve_hosts(hosts, udp_port)?;
+    if send_to == SendTo::Next && tcp_targets.len() < 2 {
+        return Err(format!(
+            "--send-to next needs several --host (a cluster's nodes); --host {hosts} names one"
+        ));
+    }
+    Ok((tcp_targets, udp_targets, send_to))
+}
+
+/// Each node's TCRP listener and chat socket, and where members send.
+type Nodes = (Vec<SocketAddr>, Vec<SocketAddr>, SendTo);
 
 /// The scenario's config, from the subcommand's flags or from its share of the mix: `rooms`
 /// is the rooms, their members and the rooms opened per second; `udp` the wait for the leave
 /// texts, the sockets' receive buffer and the loss allowed (%).
 fn build(
-    (tcp_target, udp_target): (SocketAddr, SocketAddr),
+    (tcp_targets, udp_targets, send_to): Nodes,
     (rooms, members, room_rate_per_s): (usize, usize, u64),
     (exit_wait, recv_buffer_bytes, loss_max_percent): (Duration, usize, f64),
     message_bytes: usize,
@@ -204,8 +224,9 @@ fn build(
     pace: Pace,
 ) -> OcmConfig {
     OcmConfig {
-        tcp_target,
-        udp_target,
+        tcp_targets,
+        udp_targets,
+        send_to,
         rooms,
         members,
         room_rate_per_s,

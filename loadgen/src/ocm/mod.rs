@@ -20,6 +20,14 @@
 //!    spacing); each leave text must reach exactly the members still in the room, the host's
 //!    closing text the last guest. Ends when all arrived, or `--exit-wait` after the last exit.
 //!
+//! Several nodes of a cluster (`--host A,B,...`): member `u`'s home node is node `u mod n`, which
+//! answers its TCRP request and sends it its texts (from its chat socket); a room's members are
+//! spread over the nodes. With `--send-to next` a member sends its chat to the next node's chat
+//! socket instead, which checks its token in Redis: every delivery then crosses nodes (its exit
+//! still goes home). In the exit phase a member then leaves only once it got the leave texts of
+//! those who left before it (at most `--exit-wait` late): its node may learn of an earlier exit
+//! on another node only after its own.
+//!
 //! It runs on the engine ([`crate::engine`]): the TCRP exchange is a client's connection, the rooms
 //! phase its ramp-up, the exit phase its closing phase; the UDP sockets share its loop (read in
 //! `recvmmsg` batches within a budget, then waiting on `still_ready`) and its dirty set (a member's
@@ -77,12 +85,36 @@ const TCRP_ANSWER_BYTES_MAX: usize = 64 * 1024;
 const SEND_QUEUE_MESSAGES_MAX: usize = 1_024;
 const DATAGRAMS_PER_SEND_CHECK: usize = 256;
 
+/// Where a member sends its datagrams when the run spans several nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendTo {
+    // (Plain comments: a documented value would turn `loadgen ocm --help` into its long form.)
+    // To its home node's chat socket (the node that answered its TCRP request).
+    Own,
+    // To the next node's (home + 1 mod n), which checks the token in Redis: every delivery
+    // crosses nodes.
+    Next,
+}
+
+impl SendTo {
+    pub fn name(self) -> &'static str {
+        match self {
+            SendTo::Own => "own",
+            SendTo::Next => "next",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct OcmConfig {
-    /// The TCRP listener (TCP).
-    pub tcp_target: SocketAddr,
-    /// The chat socket (UDP).
-    pub udp_target: SocketAddr,
+    /// Each node's TCRP listener (TCP), in `--host` order: member `u`'s home node is
+    /// `u mod n`. At least one.
+    pub tcp_targets: Vec<SocketAddr>,
+    /// Each node's chat socket (UDP), in the same order: a member hears from its home node's.
+    pub udp_targets: Vec<SocketAddr>,
+    /// Which node's chat socket a member sends to (with one node, its own either way).
+    pub send_to: SendTo,
     pub rooms: usize,
     /// Members per room, the host included.
     pub members: usize,
@@ -155,7 +187,8 @@ pub struct OcmOutcome {
     /// Members that got their own message back.
     pub echoes: u64,
     pub delivered_in_window: u64,
-    /// Datagrams from another address than the server's chat port, or texts of another run.
+    /// Datagrams from another address than the member's home node's chat port, or texts of
+    /// another run.
     pub foreign_texts: u64,
     pub exits_planned: u64,
     pub exits_sent: u64,
@@ -184,6 +217,8 @@ enum Pending {
 pub struct Member {
     name: String,
     room: usize,
+    /// Its home node: the index of its TCRP listener and chat socket in the config.
+    node: usize,
     is_host: bool,
     udp: Option<UdpSocket>,
     readable: bool,
@@ -241,6 +276,7 @@ impl ScenarioKind for Ocm {
         let members = (0..total).map(|u| Member {
             name: wire::member_name(u),
             room: u / cfg.members,
+            node: cfg.home_node(u),
             is_host: u % cfg.members == 0,
             udp: None,
             readable: false,
@@ -315,7 +351,8 @@ impl ScenarioKind for Ocm {
     fn unreachable(cfg: &OcmConfig) -> String {
         format!(
             "no room could be created on an OCM server at TCP {} / UDP {}",
-            cfg.tcp_target, cfg.udp_target
+            addresses(&cfg.tcp_targets),
+            addresses(&cfg.udp_targets)
         )
     }
 }
@@ -331,8 +368,8 @@ impl<'a> Wire for Part<'a> {
     type Message = codec::TcrpAnswer;
     const WAVE_TIMEOUT: &'static str = "timed out before its TCRP answer";
 
-    fn target(&self, _c: &ClientOf<Self>) -> SocketAddr {
-        self.cfg.tcp_target
+    fn target(&self, c: &ClientOf<Self>) -> SocketAddr {
+        self.cfg.tcp_targets[c.node]
     }
     fn who(&self, _u: usize, c: &ClientOf<Self>) -> String {
         format!("member {}", c.name)
@@ -525,10 +562,14 @@ impl<'a> Wire for Part<'a> {
         let queued = run.clients.iter().any(|m| !m.queue.is_empty());
         !queued && run.p.leaves_received == run.p.leaves_expected
     }
-    /// The next exit's intended time while exits remain; then the deadline (arrivals wake the
-    /// poll by themselves).
+    /// The next exit's intended time while exits remain (or, while that member waits for its
+    /// leave texts, the end of its wait); then the deadline (arrivals wake the poll by
+    /// themselves).
     fn close_wake_us(run: &Run<'a>, deadline_us: Option<u64>) -> u64 {
-        deadline_us.unwrap_or_else(|| run.p.exit_intended_us(run.p.next_exit))
+        deadline_us.unwrap_or_else(|| match run.p.exit_order.get(run.p.next_exit) {
+            Some(&u) if run.awaits_leaves(u) => run.exit_wait_end_us(u),
+            _ => run.p.exit_intended_us(run.p.next_exit),
+        })
     }
     fn doing(run: &Run<'a>) -> String {
         let p = &run.p;
@@ -556,6 +597,30 @@ impl<'a> Wire for Part<'a> {
             Phase::Done => String::new(),
         }
     }
+}
+
+impl OcmConfig {
+    /// Member `u`'s home node: `u mod n`, as every scenario spreads its clients over `--host`.
+    pub fn home_node(&self, u: usize) -> usize {
+        u % self.tcp_targets.len().max(1)
+    }
+
+    /// Where member `u` sends its chat datagrams: its home node's chat socket, or the next
+    /// node's (its exit goes home either way).
+    pub fn send_target(&self, u: usize) -> SocketAddr {
+        let shift = match self.send_to {
+            SendTo::Own => 0,
+            SendTo::Next => 1,
+        };
+        self.udp_targets[(self.home_node(u) + shift) % self.udp_targets.len()]
+    }
+}
+
+/// A list of addresses as `--host` lists its hosts: comma-separated (one address alone as
+/// itself).
+pub fn addresses(targets: &[SocketAddr]) -> String {
+    let texts: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
+    texts.join(",")
 }
 
 impl Part<'_> {
@@ -671,6 +736,9 @@ impl Run<'_> {
         while let Some(&u) = (self.p.exit_order.get(self.p.next_exit))
             .filter(|_| self.p.exit_intended_us(self.p.next_exit) <= now_us)
         {
+            if self.awaits_leaves(u) && now_us < self.exit_wait_end_us(u) {
+                break; // the leave texts it waits for wake the loop
+            }
             self.p.next_exit += 1;
             if self.clients[u].stage != Stage::Joined {
                 continue;
@@ -679,6 +747,19 @@ impl Run<'_> {
             self.enqueue(u, Pending::Exit);
         }
         self.flush_dirty();
+    }
+
+    /// Across nodes a member leaves only once it got the leave texts of those who left before
+    /// it (or `--exit-wait` after its intended exit): its home node may hear of an earlier exit
+    /// through Redis only after its own, and then rightly sends it no leave text. One node
+    /// handles the exits in the order they come, so there it never waits.
+    fn awaits_leaves(&self, u: usize) -> bool {
+        self.p.cfg.tcp_targets.len() > 1 && self.clients[u].leaves.iter().any(|l| !l.received)
+    }
+
+    /// When member `u` stops waiting for its leave texts and exits anyway.
+    fn exit_wait_end_us(&self, u: usize) -> u64 {
+        self.clients[u].exit_intended_us + self.p.cfg.exit_wait_us
     }
 
     /// Queues a datagram behind the member's earlier ones; the flush sends it.
@@ -730,8 +811,15 @@ impl Run<'_> {
             let Some(udp) = member.udp.as_ref() else {
                 return;
             };
+            // An exit goes to the member's home node, which drops it from the room at once: sent
+            // to another node it would reach home only through Redis, and a leave text sent
+            // meanwhile by a third node could still reach it.
+            let to = match pending {
+                Pending::Chat { .. } => self.p.cfg.send_target(u),
+                Pending::Exit => self.p.cfg.udp_targets[member.node],
+            };
             let attempt_us = self.io.clock.now_us();
-            match udp.send_to(&datagram, self.p.cfg.udp_target) {
+            match udp.send_to(&datagram, to) {
                 Ok(_) => {
                     member.queue.pop_front();
                     let done_us = self.io.clock.now_us();
@@ -847,7 +935,7 @@ impl Run<'_> {
 
     /// One datagram of `n` bytes (in `io.read_buf`) arrived at member `u`.
     fn on_text(&mut self, u: usize, from: Option<SocketAddr>, n: usize, now_us: u64) {
-        if from != Some(self.p.cfg.udp_target) {
+        if from != Some(self.p.cfg.udp_targets[self.clients[u].node]) {
             self.p.foreign_texts += 1;
             return;
         }

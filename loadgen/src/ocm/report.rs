@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{Ocm, OcmConfig, OcmOutcome};
+use super::{Ocm, OcmConfig, OcmOutcome, SendTo};
 use crate::report::{
     verdict, FailureInputs, Failures, Lines, Outcome, OwnLagSummaries, RunIds, Sections, Shared,
     ValidityInputs, Verdict, Window,
@@ -125,8 +125,16 @@ pub struct Latencies {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Head {
+    /// Each node's, comma-separated (one node: its address).
     pub tcp_target: String,
     pub udp_target: String,
+    /// Several nodes: where members sent their datagrams (`own` or `next` node); absent with
+    /// one node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_to: Option<SendTo>,
+    /// Nodes the members were spread over.
+    #[serde(skip)]
+    pub nodes: usize,
     pub settings: Settings,
     pub rooms: Rooms,
 }
@@ -291,8 +299,10 @@ impl Report {
         }
         let members_failed = run.members_requested - run.members_joined - run.members_not_attempted;
         let head = Head {
-            tcp_target: cfg.tcp_target.to_string(),
-            udp_target: cfg.udp_target.to_string(),
+            tcp_target: super::addresses(&cfg.tcp_targets),
+            udp_target: super::addresses(&cfg.udp_targets),
+            send_to: (cfg.tcp_targets.len() > 1).then_some(cfg.send_to),
+            nodes: cfg.tcp_targets.len(),
             settings: Settings {
                 rooms: cfg.rooms,
                 members: cfg.members,
@@ -395,6 +405,17 @@ impl Sections for Ocm {
             s.window.warmup_ms,
             (s.payload_bytes, "messages"),
         );
+        if let Some(send_to) = report.head.send_to {
+            let to = match send_to {
+                SendTo::Own => "its home node",
+                SendTo::Next => "the next node (every delivery crosses nodes)",
+            };
+            let n = report.head.nodes;
+            out.line(
+                "nodes",
+                format!("member i's home is node i mod {n}; it sends its chat to {to}"),
+            );
+        }
         let r = &report.head.rooms;
         out.line(
             "rooms",

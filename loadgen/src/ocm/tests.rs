@@ -185,8 +185,9 @@ fn serve_udp(socket: &StdUdp, state: &Mutex<State>, b: Behaviour) {
 
 fn config(server: &Server) -> OcmConfig {
     OcmConfig {
-        tcp_target: server.tcp,
-        udp_target: server.udp,
+        tcp_targets: vec![server.tcp],
+        udp_targets: vec![server.udp],
+        send_to: SendTo::Own,
         rooms: 3,
         members: 4,
         room_rate_per_s: 100,
@@ -322,10 +323,10 @@ fn refused_creates_and_no_server_are_unreachable() {
         other => panic!("{other:?}"),
     }
     // Bind then drop a listener: its port is very likely free for the next few ms.
-    cfg.tcp_target = TcpListener::bind("127.0.0.1:0")
+    cfg.tcp_targets = vec![TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
+        .unwrap()];
     assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
 }
 
@@ -349,4 +350,220 @@ fn unanswered_joins_time_out_with_the_rooms_phase() {
         "{first}"
     );
     assert!(run.ran.ramp_us >= 10_000_000, "{}", run.ran.ramp_us);
+}
+
+#[test]
+fn members_are_spread_over_the_nodes_and_send_to_the_next_one_when_told() {
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cfg = config(&Server {
+        tcp: at(1),
+        udp: at(2),
+    });
+    let sent: Vec<SocketAddr> = (0..3).map(|u| cfg.send_target(u)).collect();
+    assert_eq!(sent, vec![at(2); 3], "one node: every member sends to it");
+    cfg.tcp_targets = vec![at(1), at(11), at(21)];
+    cfg.udp_targets = vec![at(2), at(12), at(22)];
+    let homes: Vec<usize> = (0..5).map(|u| cfg.home_node(u)).collect();
+    assert_eq!(homes, vec![0, 1, 2, 0, 1]);
+    let own: Vec<SocketAddr> = (0..4).map(|u| cfg.send_target(u)).collect();
+    assert_eq!(own, vec![at(2), at(12), at(22), at(2)]);
+    cfg.send_to = SendTo::Next;
+    let next: Vec<SocketAddr> = (0..4).map(|u| cfg.send_target(u)).collect();
+    assert_eq!(next, vec![at(12), at(22), at(2), at(12)]);
+}
+
+#[test]
+fn a_host_list_spreads_the_members_and_next_needs_one() {
+    use crate::registry::ScenarioArgs as _;
+    use clap::Parser as _;
+
+    let config_of = |argv: &[&str]| match crate::Cli::try_parse_from(argv).map(|c| c.scenario) {
+        Ok(crate::Scenario::Ocm(args)) => args.config().map(|(cfg, _, title)| (cfg, title)),
+        other => panic!("not an ocm command line: {other:?}"),
+    };
+    let (cfg, title) = config_of(&["loadgen", "ocm", "--host", "127.0.0.1"]).unwrap();
+    assert_eq!(
+        cfg.tcp_targets,
+        vec![SocketAddr::from(([127, 0, 0, 1], 9_002))]
+    );
+    assert!(
+        !title.contains("nodes"),
+        "one host, the title as before: {title}"
+    );
+    let two = [
+        "loadgen",
+        "ocm",
+        "--host",
+        "127.0.0.1,127.0.0.2",
+        "--udp-port",
+        "7",
+    ];
+    let next: Vec<&str> = two.iter().copied().chain(["--send-to", "next"]).collect();
+    let (cfg, title) = config_of(&next).unwrap();
+    let udp: Vec<SocketAddr> = ["127.0.0.1:7", "127.0.0.2:7"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!((cfg.udp_targets, cfg.send_to), (udp, SendTo::Next));
+    assert!(title.ends_with(", 2 nodes, sent to next"), "{title}");
+    let err = config_of(&["loadgen", "ocm", "--send-to", "next"]).unwrap_err();
+    assert!(err.contains("--send-to next needs several --host"), "{err}");
+}
+
+/// Two real chatd nodes (in this process, each on its own ports) joined through a real
+/// `redis-server`: the members spread over both, each sending its chat to the other node's
+/// chat socket (which checks the token in Redis). Every delivery and every leave text arrives,
+/// each from the receiver's own node (another source would be a foreign text).
+#[test]
+fn rooms_across_two_chatd_nodes_deliver_everything_sent_to_the_other_node() {
+    use switchboard::cluster::ClusterConfig;
+    use switchboard::config::Config;
+    use switchboard::reactor::{ProtocolKind, Server as Chatd, UdpKind};
+
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let nodes: Vec<Chatd> = ["ocm-a", "ocm-b"]
+        .iter()
+        .map(|name| {
+            Chatd::bind(Config {
+                room_port: None,
+                bin24_port: None,
+                ccm_port: None,
+                matou_port: None,
+                ocm_tcp_port: Some(0),
+                ocm_udp_port: Some(0),
+                ocm_relay_port: None,
+                web_port: None,
+                data_dir: redis.dir.join(name),
+                cluster: Some(ClusterConfig {
+                    url: format!("redis://127.0.0.1:{}", redis.port),
+                    node_name: name.to_string(),
+                    lease_ms: 3_000,
+                }),
+                ..Config::default()
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+        })
+        .collect();
+    let mut cfg = config(&Server {
+        tcp: nodes[0].local_addr(ProtocolKind::Ocm).unwrap(),
+        udp: nodes[0].local_udp_addr(UdpKind::OcmChat).unwrap(),
+    });
+    cfg.tcp_targets = nodes
+        .iter()
+        .map(|n| n.local_addr(ProtocolKind::Ocm).unwrap())
+        .collect();
+    cfg.udp_targets = (nodes.iter())
+        .map(|n| n.local_udp_addr(UdpKind::OcmChat).unwrap())
+        .collect();
+    cfg.send_to = SendTo::Next;
+    let running: Vec<_> = nodes
+        .into_iter()
+        .map(|node| (node.handle(), thread::spawn(move || node.run())))
+        .collect();
+    let outcome = run(&cfg);
+    for (handle, thread) in running {
+        handle.shutdown();
+        thread.join().unwrap().unwrap();
+    }
+    let run = outcome.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(run.ran.errors.total(), 0, "{:?}", run.ran.errors.first);
+    assert_eq!((run.rooms_created, run.members_joined), (3, 12));
+    assert_eq!(run.ran.sends.sent, 240);
+    assert_eq!(run.losses.expected, 240 * 3);
+    assert_eq!(run.counts.delivered, 240 * 3);
+    assert_eq!((run.echoes, run.foreign_texts), (0, 0));
+    assert_eq!((run.exits_sent, run.leaves_expected), (9, 3 * 6));
+    assert_eq!(run.leaves_received, run.leaves_expected, "{run:?}");
+    let report = report::Report::new(&cfg, 1, false, 0.0, &run);
+    assert_eq!(report.outcome.exit_code, 0, "{:?}", report.outcome);
+    let text = report.to_text();
+    assert!(
+        text.contains(
+            "nodes             member i's home is node i mod 2; it sends its chat to the next node"
+        ),
+        "{text}"
+    );
+}
+
+/// A `redis-server` on a free loopback port, without persistence, in a directory of its own;
+/// killed (and the directory removed) when dropped. Without `redis-server` on the PATH the
+/// test says so and returns, except under `CI=true`, where it fails.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            let reason = "no redis-server on the PATH";
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{reason}");
+            eprintln!("SKIPPED: {reason} (under CI=true this fails)");
+            return None;
+        }
+        for attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = std::env::temp_dir().join(format!(
+                "loadgen-ocm-redis-{}-{attempt}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Read to the end on a thread of its own, so Redis never blocks on a full pipe.
+            let stdout = child.stdout.take().unwrap();
+            let (ready_tx, ready) = std::sync::mpsc::channel();
+            thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if line.contains("Ready to accept connections") {
+                        let _ = ready_tx.send(());
+                    }
+                }
+            });
+            let redis = Redis { child, port, dir };
+            // Exited before it was ready (its port taken meanwhile), or not ready within the
+            // wait: another port.
+            if ready
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok()
+            {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server did not start on a free port in 5 attempts");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

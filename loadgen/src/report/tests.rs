@@ -516,8 +516,9 @@ fn matou_outcome(busy: bool) -> MatouOutcome {
 
 fn ocm_config(loss_max_percent: f64) -> OcmConfig {
     OcmConfig {
-        tcp_target: target(7005),
-        udp_target: target(7006),
+        tcp_targets: vec![target(7005)],
+        udp_targets: vec![target(7006)],
+        send_to: crate::ocm::SendTo::Own,
         rooms: 3,
         members: 4,
         room_rate_per_s: 50,
