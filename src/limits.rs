@@ -332,6 +332,18 @@ impl PerIpCounts {
     }
 }
 
+/// The reactor's handshake deadline, in whole milliseconds since start, of a connection
+/// accepted at `accepted` (the clock since start, at full resolution): the accept time rounded
+/// up to the millisecond, plus `timeout_ms`. So it is never reached before `timeout_ms` have
+/// passed since the accept, and lies less than 1 ms after that.
+pub fn handshake_deadline_ms(accepted: std::time::Duration, timeout_ms: u64) -> u64 {
+    let whole_ms = u64::try_from(accepted.as_millis()).unwrap_or(u64::MAX);
+    let rounded_up_ms = whole_ms.saturating_add(u64::from(
+        !accepted.subsec_nanos().is_multiple_of(1_000_000),
+    ));
+    rounded_up_ms.saturating_add(timeout_ms)
+}
+
 /// Handshake deadlines of connections, oldest first. Every connection gets the same timeout
 /// when it is accepted, and accept times only grow, so the deadlines are in order and a FIFO
 /// serves as the timer: O(1) to arm, O(1) per expiry, nothing to cancel (a connection that
@@ -693,6 +705,42 @@ mod tests {
         assert_eq!(queue.len(), 5, "under its bound nothing is scanned");
         queue.compact(4, |id| id.slot % 2 == 0);
         assert_eq!(queue.len(), 3);
+    }
+
+    /// docs/RELIABILITY.md: closed at `--handshake-timeout-ms`, not before, and at most 1 ms
+    /// late (before the loop's own wake-up latency), wherever the accept falls within its
+    /// millisecond.
+    #[test]
+    fn a_handshake_deadline_is_never_early_and_less_than_a_millisecond_late() {
+        use std::time::Duration;
+        const TIMEOUT_MS: u64 = 300;
+        for accepted in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_nanos(999_999),
+            Duration::from_millis(1),
+            Duration::from_micros(5_300),
+            Duration::from_nanos(12_345_000_001),
+        ] {
+            let deadline_ms = handshake_deadline_ms(accepted, TIMEOUT_MS);
+            let late = Duration::from_millis(deadline_ms)
+                .checked_sub(accepted + Duration::from_millis(TIMEOUT_MS))
+                .unwrap_or_else(|| {
+                    panic!("accepted at {accepted:?}: deadline {deadline_ms} ms is early")
+                });
+            assert!(
+                late < Duration::from_millis(1),
+                "accepted at {accepted:?}: deadline {deadline_ms} ms is {late:?} late"
+            );
+            // The queue hands it out at its deadline's millisecond, not one before.
+            let mut deadlines = HandshakeDeadlines::default();
+            let id = ConnId::new(0, 1);
+            deadlines.push(id, deadline_ms);
+            assert_eq!(deadlines.next_deadline_ms(), Some(deadline_ms));
+            assert_eq!(deadlines.pop_expired(deadline_ms - 1), None);
+            assert_eq!(deadlines.pop_expired(deadline_ms), Some(id));
+        }
+        assert_eq!(handshake_deadline_ms(Duration::MAX, 1), u64::MAX);
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub struct MetricsSnapshot<'a> {
     pub loop_turns: &'a Histogram,
     pub connections_max: u64,
     pub admin: AdminMetrics,
+    /// Bytes allocated and not freed, where the allocator tells (glibc).
+    pub heap_in_use_bytes: Option<u64>,
 }
 
 /// The snapshot as Prometheus text (version 0.0.4); an error only if the encoder refuses
@@ -453,6 +455,16 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         snapshot.loop_turns,
     );
 
+    if let Some(bytes) = snapshot.heap_in_use_bytes {
+        out.gauge(
+            "chatd_heap_in_use_bytes",
+            "Bytes allocated and not freed (glibc's mallinfo2: every arena, mmapped chunks \
+             included): unlike resident memory, free pages the allocator keeps do not count, so \
+             a leak shows as growth between runs of the same load.",
+            vec![sample(&[], bytes)],
+        );
+    }
+
     out.gauge(
         "chatd_admin_connections_open",
         "Connections open on the admin port.",
@@ -777,6 +789,7 @@ mod tests {
                 connections_open: 1,
                 responses: vec![(200, 4), (404, 1)],
             },
+            heap_in_use_bytes: Some(123_456),
         }
     }
 
@@ -832,6 +845,7 @@ mod tests {
             value(&samples, "chatd_connections_open{protocol=\"room\"}"),
             2.0
         );
+        assert_eq!(value(&samples, "chatd_heap_in_use_bytes"), 123_456.0);
         let crossing = |family: &str, origin: &str, destination: &str| {
             value(
                 &samples,

@@ -159,29 +159,112 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-fn spawn_chatd(port: u16, data: &TempDir) -> std::process::Child {
-    chatd::command(&[("--bin24-port", port)])
-        .arg("--data-dir")
-        .arg(&data.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chatd")
+/// A chatd child serving BIN24 on a test's data directory (a restart keeps it, and its
+/// address); SIGKILLed when dropped.
+struct Bin24Chatd {
+    child: std::process::Child,
+    stderr: child::Output,
+    addr: SocketAddr,
 }
 
-fn connect_when_listening(addr: SocketAddr, user: &str) -> Bin24 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match TcpStream::connect(addr) {
-            Ok(stream) => {
-                drop(stream);
-                return Bin24::connect(addr, user);
+impl Bin24Chatd {
+    /// Started on `data` with `extra` flags, on `port` if given or a free one. Ready when chatd
+    /// logs that it listens on that port: no connect probe (one could reach another process
+    /// holding the port, and polling it is sleep-and-hope). A first start whose port another
+    /// process took meanwhile is retried on another; a restart's port must be its own.
+    fn start(data: &TempDir, port: Option<u16>, extra: &[&str]) -> Bin24Chatd {
+        Bin24Chatd::start_limited(data, port, extra, None)
+    }
+
+    /// [`Bin24Chatd::start`], with at most `file_size_max` bytes per file if given: a full disk
+    /// without a tiny filesystem. RLIMIT_FSIZE makes a write or a truncate past it fail with
+    /// EFBIG, as a full disk fails one with ENOSPC; SIGXFSZ, which would kill chatd instead,
+    /// is ignored (an ignored signal stays ignored across exec).
+    fn start_limited(
+        data: &TempDir,
+        port: Option<u16>,
+        extra: &[&str],
+        file_size_max: Option<u64>,
+    ) -> Bin24Chatd {
+        let tries = if port.is_some() { 1 } else { 5 };
+        let mut port = port.unwrap_or_else(free_port);
+        for _ in 0..tries {
+            let mut command = chatd::command(&[("--bin24-port", port)]);
+            command
+                .arg("--data-dir")
+                .arg(&data.0)
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            if let Some(bytes) = file_size_max {
+                use std::os::unix::process::CommandExt;
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                // SAFETY: the closure runs in the child between fork and exec, where only
+                // async-signal-safe calls are allowed: signal(2) and setrlimit(2) are, it
+                // allocates nothing (last_os_error reads errno into a plain value) and takes
+                // no lock; `limit` is a plain value moved in.
+                unsafe {
+                    command.pre_exec(move || {
+                        if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+                            || libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
             }
-            Err(err) => {
-                assert!(Instant::now() < deadline, "chatd never listened: {err}");
-                std::thread::sleep(Duration::from_millis(10));
+            let mut child = command.spawn().expect("spawn chatd");
+            let mut stderr =
+                child::Output::collect("chatd stderr", child.stderr.take().expect("piped"));
+            if stderr
+                .wait_for_or_close(&format!("BIN24 listening on 127.0.0.1:{port}\n"))
+                .is_some()
+            {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                return Bin24Chatd {
+                    child,
+                    stderr,
+                    addr,
+                };
             }
+            let _ = child.wait();
+            eprintln!("chatd did not start on port {port}: {}", stderr.text());
+            port = free_port();
         }
+        panic!("chatd did not start on a BIN24 port");
+    }
+
+    /// SIGTERM, the clean stop: returns once chatd has exited 0.
+    fn terminate(mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is this
+        // test's own child, not yet reaped, so it names no other process.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "SIGTERM chatd"
+        );
+        self.stderr.wait_closed();
+        let status = self.child.wait().expect("reap chatd");
+        assert!(status.success(), "chatd's clean stop: {status}");
+    }
+
+    /// SIGKILL: no flush, no store shutdown.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL chatd");
+        self.child.wait().expect("reap chatd");
+    }
+}
+
+impl Drop for Bin24Chatd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -189,10 +272,9 @@ fn connect_when_listening(addr: SocketAddr, user: &str) -> Bin24 {
 fn frames_answered_300_survive_sigkill_and_arrive_exactly_once_in_order() {
     const MESSAGES: u32 = 200;
     let data = TempDir::new("bin24-kill");
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut child = spawn_chatd(port, &data);
-    let mut alice = connect_when_listening(addr, "alice");
+    let chatd = Bin24Chatd::start(&data, None, &[]);
+    let addr = chatd.addr;
+    let mut alice = Bin24::connect(addr, "alice");
     for index in 0..MESSAGES {
         alice.send("dave", &format!("message {index}"));
     }
@@ -203,11 +285,10 @@ fn frames_answered_300_survive_sigkill_and_arrive_exactly_once_in_order() {
         expect_answer(&answer, answer.message_id, "dave", "alice", b"300");
         promised.push(answer.message_id);
     }
-    child.kill().expect("SIGKILL chatd");
-    child.wait().expect("reap chatd");
+    chatd.kill();
 
-    let mut child = spawn_chatd(port, &data);
-    let mut dave = connect_when_listening(addr, "dave");
+    let chatd = Bin24Chatd::start(&data, Some(addr.port()), &[]);
+    let mut dave = Bin24::connect(addr, "dave");
     dave.register();
     let mut delivered = Vec::new();
     for _ in 0..MESSAGES {
@@ -223,8 +304,7 @@ fn frames_answered_300_survive_sigkill_and_arrive_exactly_once_in_order() {
     let got = dave.recv();
     assert_eq!(got.frame_type, codec::TYPE_MESSAGE);
     assert_eq!(got.message_id, sync);
-    child.kill().expect("kill chatd");
-    child.wait().expect("reap chatd");
+    chatd.kill();
 }
 
 #[test]
@@ -628,25 +708,136 @@ fn a_users_list_decides_who_logs_in_and_a_name_moves_only_from_its_address() {
     assert_eq!((got.frame_type, got.message_id), (codec::TYPE_MESSAGE, id));
 }
 
+/// A full disk, at the process level (PROTOCOLS.md BIN24 rule 7, RELIABILITY.md "Storage
+/// failures"): chatd runs with a file-size limit at its store file's size when empty, so the
+/// first time the store needs more room its write fails. Senders then hear "507", never a
+/// "300" for a frame that was not kept; every frame answered "300" before arrives once, in
+/// order, after a restart with room again; a frame answered "507" may arrive too (a failed
+/// commit's fate is unknown), at most once, and nothing else.
+#[test]
+fn a_full_disk_answers_507_and_every_frame_answered_300_before_arrives_after_a_restart() {
+    const WINDOW: usize = 100;
+    const MESSAGES_MAX: usize = 50_000;
+    let data = TempDir::new("bin24-full-disk");
+    // The store file as chatd creates it, holding nothing, closed cleanly (so that opening it
+    // again needs no recovery, which may write).
+    let chatd = Bin24Chatd::start(&data, None, &[]);
+    let addr = chatd.addr;
+    chatd.terminate();
+    let empty = std::fs::metadata(data.0.join(switchboard::store::FILE_NAME))
+        .expect("the store file")
+        .len();
+    let mut chatd = Bin24Chatd::start_limited(&data, Some(addr.port()), &[], Some(empty));
+
+    // Windows of 100 messages of about 1 KB to offline dave until the disk refuses, then one
+    // more window.
+    let mut alice = Bin24::connect(addr, "alice");
+    let body = |id: u32| format!("message {id} {}", "x".repeat(900));
+    let (mut kept, mut refused) = (Vec::new(), Vec::new());
+    let mut windows_after_refusal = 0;
+    while windows_after_refusal < 2 {
+        assert!(
+            kept.len() + refused.len() < MESSAGES_MAX,
+            "{} frames answered \"300\" under a {empty}-byte file limit, none refused",
+            kept.len()
+        );
+        let ids: Vec<u32> = (0..WINDOW)
+            .map(|_| alice.send("dave", &body(alice.next_id)))
+            .collect();
+        for id in ids {
+            let answer = alice.recv();
+            assert_eq!(answer.message_id, id, "answers in order: {answer:?}");
+            assert_eq!(answer.frame_type, codec::TYPE_ANSWER, "{answer:?}");
+            match &answer.body[..] {
+                b"300" => {
+                    assert!(refused.is_empty(), "#{id} answered 300 after a 507");
+                    kept.push(id);
+                }
+                b"507" => refused.push(id),
+                other => panic!("#{id} answered {:?}", String::from_utf8_lossy(other)),
+            }
+        }
+        if !refused.is_empty() {
+            windows_after_refusal += 1;
+        }
+    }
+    chatd
+        .stderr
+        .wait_for("none of it is reported durable, and the store is stopped");
+    eprintln!(
+        "file limit {empty} bytes: {} frames answered 300, then {} answered 507; the log: {}",
+        kept.len(),
+        refused.len(),
+        chatd
+            .stderr
+            .text()
+            .lines()
+            .find(|line| line.contains("failed:"))
+            .unwrap_or("")
+    );
+    assert!(!kept.is_empty(), "the empty store had room for nothing");
+    chatd.kill();
+
+    // Room again: everything answered "300" arrives once, in order; a marker stored last
+    // says the backlog is over.
+    let chatd = Bin24Chatd::start(&data, Some(addr.port()), &[]);
+    let mut alice = Bin24::connect(addr, "alice");
+    alice.next_id = u32::MAX / 2;
+    let marker = alice.send("dave", "marker");
+    expect_answer(&alice.recv(), marker, "dave", "alice", b"300");
+    let mut dave = Bin24::connect(addr, "dave");
+    dave.register();
+    let mut delivered = Vec::new();
+    loop {
+        let got = dave.recv();
+        assert_eq!(got.frame_type, codec::TYPE_OFFLINE, "{got:?}");
+        if got.message_id == marker {
+            break;
+        }
+        assert_eq!(got.body, body(got.message_id).as_bytes());
+        delivered.push(got.message_id);
+    }
+    eprintln!(
+        "after the restart: {} frames delivered ({} answered 300)",
+        delivered.len(),
+        kept.len()
+    );
+    let (before, after_refusal) = delivered.split_at(delivered.len().min(kept.len()));
+    assert_eq!(
+        before,
+        &kept[..],
+        "every frame answered 300, once, in order"
+    );
+    for id in after_refusal {
+        assert!(refused.contains(id), "#{id} arrived, never sent or twice");
+    }
+    let mut unique = after_refusal.to_vec();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        after_refusal.len(),
+        "a refused frame arrived twice"
+    );
+    chatd.kill();
+}
+
 #[test]
 fn frames_sent_when_chatd_is_killed_mid_backlog_arrive_after_restart() {
     const MESSAGES: usize = 3000;
     let data = TempDir::new("bin24-kill-backlog");
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut child = spawn_chatd(port, &data);
-    let mut alice = connect_when_listening(addr, "alice");
+    let chatd = Bin24Chatd::start(&data, None, &[]);
+    let addr = chatd.addr;
+    let mut alice = Bin24::connect(addr, "alice");
     let ids = store_messages(&mut alice, "dave", MESSAGES);
     let mut dave = Bin24::connect(addr, "dave");
     dave.register();
     let first: Vec<u32> = (0..MESSAGES / 3).map(|_| dave.recv().message_id).collect();
     // Killed in the middle of the backlog, with frames written, acknowledged and unread.
-    child.kill().expect("SIGKILL chatd");
-    child.wait().expect("reap chatd");
+    chatd.kill();
     drop(dave);
 
-    let mut child = spawn_chatd(port, &data);
-    let mut dave = connect_when_listening(addr, "dave");
+    let chatd = Bin24Chatd::start(&data, Some(addr.port()), &[]);
+    let mut dave = Bin24::connect(addr, "dave");
     dave.register();
     let unread: Vec<u32> = ids
         .iter()
@@ -655,8 +846,7 @@ fn frames_sent_when_chatd_is_killed_mid_backlog_arrive_after_restart() {
         .collect();
     let second = collect_stored(&mut dave, &unread);
     assert!(second.len() >= unread.len());
-    child.kill().expect("kill chatd");
-    child.wait().expect("reap chatd");
+    chatd.kill();
 }
 
 #[test]
@@ -719,24 +909,15 @@ fn chatd_reads_its_users_file_and_refuses_a_bad_one_naming_the_line() {
     // A good file: alice may log in, mallory may not.
     let good = data.0.join("users");
     std::fs::write(&good, "# who may log in\nalice 127.0.0.1\n").expect("write");
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut child = chatd::command(&[("--bin24-port", port)])
-        .arg("--data-dir")
-        .arg(&data.0)
-        .arg("--bin24-users")
-        .arg(&good)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chatd");
-    let mut alice = connect_when_listening(addr, "alice");
+    let good = good.to_str().expect("a UTF-8 temp path");
+    let chatd = Bin24Chatd::start(&data, None, &["--bin24-users", good]);
+    let addr = chatd.addr;
+    let mut alice = Bin24::connect(addr, "alice");
     assert!(alice.register_and_wait().is_empty());
     let mut mallory = Bin24::connect(addr, "mallory");
     mallory.register();
     mallory.expect_closed();
-    child.kill().expect("kill chatd");
-    child.wait().expect("reap chatd");
+    chatd.kill();
 }
 
 /// A flood within the input budget (`--input-bytes-per-s-max`, 64 MiB/s, beyond which the

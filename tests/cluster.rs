@@ -381,13 +381,17 @@ fn when_a_node_is_killed_the_other_node_announces_its_users_gone_within_the_leas
     mae.expect_notify(16, "mia");
     let took = killed.elapsed();
     eprintln!("leavings announced {} ms after the kill", took.as_millis());
-    // The key expires at most three quarters of a lease after B's last renewal, and A lists
-    // the keys every quarter lease: within the lease (about 470 ms here). The bound allows a
-    // loaded machine's scheduling, and stays far below "never" (common::WAIT).
+    // B's key expires at most three quarters of a lease after its last renewal, which came
+    // before the kill, and A lists the keys every quarter lease: the listing that finds it
+    // gone is due within the lease (about 470 ms here). A listing may wait behind one publish
+    // in progress, which the command deadline (a quarter lease) bounds: docs/CLUSTER.md
+    // promises a lease and a quarter, no more.
+    let promised = Duration::from_millis(LEASE_MS + LEASE_MS / 4);
     assert!(
-        took < Duration::from_millis(2 * LEASE_MS),
-        "announced {} ms after the kill",
-        took.as_millis()
+        took < promised,
+        "announced {} ms after the kill, promised within {} ms",
+        took.as_millis(),
+        promised.as_millis()
     );
     a.stderr.wait_for("cluster: node node-b (incarnation ");
     a.stderr
@@ -677,9 +681,12 @@ fn the_names_of_a_killed_node_free_within_the_lease() {
         "a killed node's name free on another {} ms after the kill (lease {LEASE_MS} ms)",
         took.as_millis()
     );
+    // The names' keys expire at most three quarters of a lease after A's last renewal (before
+    // the kill); the claim that finds one free takes at most the command deadline (a quarter
+    // lease), and the asking again is 5 ms apart: within the lease, as docs/CLUSTER.md says.
     assert!(
-        took < Duration::from_millis(2 * LEASE_MS),
-        "free {} ms after the kill",
+        took < Duration::from_millis(LEASE_MS),
+        "free {} ms after the kill, promised within the lease ({LEASE_MS} ms)",
         took.as_millis()
     );
     let (_cat_b, _) = ccm_identify(addr(&b, "--ccm-port"), "cat");
@@ -724,10 +731,14 @@ fn a_claim_while_redis_is_frozen_is_refused_in_bounded_time_and_the_node_keeps_s
         refused.as_millis()
     );
     assert!(served < refused, "the ROOM user waited for the claim");
+    // The command deadline (a quarter lease) finds the frozen Redis; the claim's own deadline
+    // (the lease) is only the backstop for anything else, so a refusal at or past the lease
+    // would mean the command deadline did not work.
     assert!(
-        refused < Duration::from_millis(2 * LEASE_MS),
-        "refused after {} ms",
-        refused.as_millis()
+        refused < Duration::from_millis(LEASE_MS),
+        "refused after {} ms: not by the command deadline ({} ms)",
+        refused.as_millis(),
+        LEASE_MS / 4
     );
     a.stderr
         .wait_for("cluster: the names thread's link to Redis is down");

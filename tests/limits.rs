@@ -62,11 +62,13 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
         matou_port: Some(0),
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
+        web_port: Some(0),
         data_dir: data.0.clone(),
         handshake_timeout_ms: HANDSHAKE_MS,
         ocm_tcrp_request_timeout_ms: HANDSHAKE_MS,
         ..Config::for_tests()
     });
+    let web_addr = server.web.expect("WEB");
     let bin24_addr = server.bin24.expect("BIN24");
     let ccm_addr = server.ccm.expect("CCM");
     let matou_addr = server.matou.expect("MATOU");
@@ -110,7 +112,19 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
     matou_taken.expect(&matou::connect_response(false));
     let mut ocm_partial = Client::connect(ocm_addr, "ocm partial");
     ocm_partial.send(&[5, 1, 0]);
-    doomed.extend([bin24_partial, ccm_taken, matou_taken, ocm_partial]);
+    // WEB: the deadline covers the HTTP request and, after the upgrade, the sign-in.
+    let web_silent = Client::connect(web_addr, "web silent");
+    let mut web_upgraded = Client::connect(web_addr, "web upgraded, never signs in");
+    web_upgraded.send(common::web::upgrade_request("").as_bytes());
+    web_upgraded.read_through(b"\r\n\r\n");
+    doomed.extend([
+        bin24_partial,
+        ccm_taken,
+        matou_taken,
+        ocm_partial,
+        web_silent,
+        web_upgraded,
+    ]);
 
     for client in &mut doomed {
         client.expect_closed();
@@ -134,7 +148,7 @@ fn connections_that_never_identify_are_closed_at_the_deadline_on_every_tcp_proto
 
     drop(bin24_bob);
     let stats = server.stop();
-    assert_eq!(stats.handshake_timeouts, 8, "{stats}");
+    assert_eq!(stats.handshake_timeouts, 10, "{stats}");
 }
 
 /// One hostile client of the trickle test: what it sends at each step, and when it was
@@ -193,6 +207,7 @@ fn trickling_input_does_not_move_the_handshake_deadline_on_any_tcp_protocol() {
         matou_port: Some(0),
         ocm_tcp_port: Some(0),
         ocm_udp_port: Some(0),
+        web_port: Some(0),
         data_dir: data.0.clone(),
         handshake_timeout_ms: HANDSHAKE_MS,
         room_handshake_timeout_ms: HANDSHAKE_MS,
@@ -219,6 +234,11 @@ fn trickling_input_does_not_move_the_handshake_deadline_on_any_tcp_protocol() {
     // Its 32-byte header alone, never finished.
     let mut ocm_request = vec![5u8, 1, 0];
     ocm_request.resize(32, 0);
+    // WEB: an HTTP request that never ends, and after the upgrade a masked text frame of 200
+    // bytes that never completes (header: FIN + text, masked length 126 + 16 bits, the mask).
+    let web_request = common::web::upgrade_request("").into_bytes();
+    let mut web_frame = vec![0x81, 0x80 | 126, 0, 200, 1, 2, 3, 4];
+    web_frame.resize(8 + 200, b'x');
     let connect = |addr: Option<SocketAddr>, name: &str| Client::connect(addr.expect(name), name);
     let mut tricklers = vec![
         Trickler::new(connect(server.bin24, "bin24 partial frame"), {
@@ -252,6 +272,19 @@ fn trickling_input_does_not_move_the_handshake_deadline_on_any_tcp_protocol() {
         Trickler::new(
             Client::connect(server.room, "room empty alias"),
             retries(b"\n"),
+        ),
+        Trickler::new(connect(server.web, "web endless request"), {
+            let mut steps = bytes(&web_request);
+            steps.truncate(40);
+            steps
+        }),
+        Trickler::new(
+            connect(server.web, "web partial frame after the upgrade"),
+            {
+                let mut steps = vec![common::web::upgrade_request("").into_bytes()];
+                steps.extend(bytes(&web_frame).into_iter().take(39));
+                steps
+            },
         ),
     ];
     assert!(
@@ -300,8 +333,8 @@ fn trickling_input_does_not_move_the_handshake_deadline_on_any_tcp_protocol() {
     matou_holder.send(&matou::public_message(b"still there"));
     matou_holder.read_through(b"still there");
     let stats = server.stop();
-    // All seven, ROOM included: none was closed for anything but its deadline.
-    assert_eq!(stats.handshake_timeouts, 7, "{stats}");
+    // All nine, ROOM and WEB included: none was closed for anything but its deadline.
+    assert_eq!(stats.handshake_timeouts, 9, "{stats}");
 }
 
 /// A TCP connection to `to` from the local address `from` (another loopback address).

@@ -511,6 +511,7 @@ impl Server {
             loop_turns: &self.loop_turns,
             connections_max: self.config.connections_max as u64,
             admin: self.admin.as_ref().map(Admin::metrics).unwrap_or_default(),
+            heap_in_use_bytes: super::trim::heap_in_use_bytes(),
         };
         metrics::render(&snapshot)
     }

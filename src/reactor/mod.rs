@@ -39,7 +39,8 @@ use crate::chat::ConnId;
 use crate::config::Config;
 use crate::histogram::Histogram;
 use crate::limits::{
-    Admission, HandshakeDeadlines, HandshakeQueue, PerIpCounts, RateLimit, TokenBucket,
+    handshake_deadline_ms, Admission, HandshakeDeadlines, HandshakeQueue, PerIpCounts, RateLimit,
+    TokenBucket,
 };
 use crate::protocol::registry::Services;
 use crate::protocol::{Clock, CloseMode, CloseReason, DatagramDrop, Outbox};
@@ -1240,13 +1241,8 @@ impl Server {
             return;
         };
         if self.services.reactor_handshake_deadline(kind) {
-            // `now_ms` is the clock rounded down; rounding up instead means the deadline is never
-            // reached before `handshake_timeout_ms` have passed since the client's connect
-            // completed (at most 1 ms late, never early).
-            let accepted_ms = self.now_ms.saturating_add(u64::from(
-                !self.clock.subsec_nanos().is_multiple_of(1_000_000),
-            ));
-            let deadline_ms = accepted_ms.saturating_add(self.config.handshake_timeout_ms);
+            // From the clock at full resolution, not `now_ms` (rounded down): never early.
+            let deadline_ms = handshake_deadline_ms(self.clock, self.config.handshake_timeout_ms);
             self.handshake_deadlines.push(id, deadline_ms);
         }
         self.handshaking.push(id);

@@ -146,6 +146,46 @@ fn silent_connection_is_closed_at_the_handshake_deadline() {
     assert!(out.sent.is_empty());
 }
 
+/// PROTOCOLS.md ROOM rule 6: the deadline fires not before `--room-handshake-timeout-ms`
+/// after accept and at most one timer tick late, whatever the accept time's place on the tick
+/// grid; and the service asks to be woken no later than that, so the reactor's sleep cannot
+/// add to it.
+#[test]
+fn the_handshake_deadline_fires_not_before_and_at_most_one_tick_late() {
+    const TICK_MS: u64 = 10;
+    for accepted_ms in [0, 1, 7, 9, 10, 19, 1234] {
+        let mut room = service();
+        let mut out = RecordingOutbox::default();
+        room.on_timers(accepted_ms, &mut out);
+        room.on_accept(id(0), accepted_ms, &mut out);
+        let due_ms = accepted_ms + HANDSHAKE_MS;
+        let wake_ms = room.next_deadline_ms().expect("a deadline is armed");
+        // Earlier is only a spurious wake-up; later would make the close late.
+        assert!(
+            wake_ms < due_ms + TICK_MS,
+            "accepted at {accepted_ms}: wakes at {wake_ms}, due at {due_ms}"
+        );
+        // The reactor's timers phase, at every millisecond.
+        let closed_at = (accepted_ms..due_ms + 2 * TICK_MS).find(|&now_ms| {
+            room.on_timers(now_ms, &mut out);
+            !out.closed.is_empty()
+        });
+        let closed_at = closed_at.expect("closed within two ticks of the deadline");
+        assert!(
+            closed_at >= due_ms,
+            "accepted at {accepted_ms}: closed at {closed_at}, before {due_ms}"
+        );
+        assert!(
+            closed_at < due_ms + TICK_MS,
+            "accepted at {accepted_ms}: closed at {closed_at}, more than a tick after {due_ms}"
+        );
+        assert_eq!(
+            out.closed,
+            [(id(0), CloseReason::HandshakeTimeout, CloseMode::Now)]
+        );
+    }
+}
+
 #[test]
 fn a_member_is_never_closed_by_the_handshake_timer() {
     let mut room = service();
