@@ -551,9 +551,11 @@ fn a_hosts_exit_through_the_other_node_closes_the_room() {
 
 /// A node killed with SIGKILL: the rooms it hosted close on the other node (their members
 /// there get the host's leave text), its members of rooms hosted elsewhere leave (the
-/// others get their leave text), within the lease; the survivor's own rooms go on.
+/// others get their leave text), within a lease and a quarter (docs/CLUSTER.md: the lapse is
+/// checked within the lease, and the check may wait behind one command's deadline, a quarter
+/// lease); the survivor's own rooms go on.
 #[test]
-fn a_killed_nodes_rooms_close_and_its_members_leave_within_the_lease() {
+fn a_killed_nodes_rooms_close_and_its_members_leave_within_a_lease_and_a_quarter() {
     let Some(redis) = Redis::start() else {
         return;
     };
@@ -584,7 +586,7 @@ fn a_killed_nodes_rooms_close_and_its_members_leave_within_the_lease() {
         took.as_millis()
     );
     assert!(
-        took < Duration::from_millis(3 * LEASE_MS),
+        took < Duration::from_millis(LEASE_MS * 5 / 4),
         "{} ms after the kill",
         took.as_millis()
     );
