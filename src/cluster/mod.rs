@@ -20,6 +20,7 @@
 //! one is a lost link, not silence for ever.
 
 pub mod codec;
+mod link;
 pub mod liveness;
 pub mod names;
 pub mod ocm;

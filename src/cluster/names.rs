@@ -26,9 +26,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use log::{debug, warn};
+use log::warn;
 
-use super::{link_down, link_up, liveness, ClusterStats, RECONNECT_DELAY_MAX};
+use super::link::{LinkOwner, RedisLink};
+use super::{liveness, ClusterStats};
 use crate::hub::claims::Holder;
 use crate::hub::{ClaimAnswer, NameOp, NamedProtocol};
 
@@ -175,19 +176,13 @@ impl Names {
         let (answers_tx, answers) = mpsc::channel();
         let pending = Arc::new(AtomicBool::new(false));
         let worker = NamesThread {
-            client,
-            conn: None,
+            link: RedisLink::new(client, command_timeout, stats, "names", None),
             value: holder_value(node, incarnation),
             lease_ms,
-            command_timeout,
             held: HashMap::new(),
             answers: answers_tx,
             pending: Arc::clone(&pending),
             wake,
-            stats,
-            down_since: None,
-            next_connect: Instant::now(),
-            delay: Duration::from_millis(50),
         };
         let thread = std::thread::Builder::new()
             .name("cluster-names".into())
@@ -266,22 +261,31 @@ impl super::Cluster {
 }
 
 struct NamesThread {
-    client: redis::Client,
-    conn: Option<redis::Connection>,
+    link: RedisLink,
     /// This node's part of its name keys' values (after the protocol letter).
     value: Vec<u8>,
     lease_ms: u64,
-    command_timeout: Duration,
     /// The names this node holds in Redis, as far as it knows, and their holders' protocols.
     held: HashMap<Bytes, NamedProtocol>,
     answers: mpsc::Sender<NameAnswer>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
-    stats: Arc<ClusterStats>,
-    down_since: Option<Instant>,
-    /// No reconnect before this (a delay doubling up to 2 s after each failure).
-    next_connect: Instant,
-    delay: Duration,
+}
+
+impl LinkOwner for NamesThread {
+    fn link(&mut self) -> &mut RedisLink {
+        &mut self.link
+    }
+
+    /// This node's names are set again before any claim.
+    fn connected(&mut self) -> bool {
+        if self.held.is_empty() {
+            self.link.up();
+            true
+        } else {
+            self.renew_once()
+        }
+    }
 }
 
 impl NamesThread {
@@ -312,7 +316,7 @@ impl NamesThread {
             }
         }
         // A clean stop: the names are free at once, not a lease later.
-        if let Some(conn) = self.conn.as_mut() {
+        if let Some(conn) = self.link.conn.as_mut() {
             let mut pipe = redis::pipe();
             for name in self.held.keys() {
                 pipe.cmd("EVAL")
@@ -328,90 +332,6 @@ impl NamesThread {
 
     fn expiry_ms(&self) -> u64 {
         liveness::LeaseSchedule::key_expiry_ms(self.lease_ms)
-    }
-
-    /// Whether there is a connection: the one there is, or a new one if the reconnect delay
-    /// has passed. On a new connection this node's names are set again first (Redis may have
-    /// restarted empty), before any claim.
-    fn ensure(&mut self) -> bool {
-        if self.conn.is_some() {
-            return true;
-        }
-        if Instant::now() < self.next_connect {
-            return false;
-        }
-        let opened = self
-            .client
-            .get_connection_with_timeout(self.command_timeout)
-            .and_then(|conn| {
-                conn.set_read_timeout(Some(self.command_timeout))?;
-                conn.set_write_timeout(Some(self.command_timeout))?;
-                Ok(conn)
-            });
-        match opened {
-            Ok(conn) => {
-                self.conn = Some(conn);
-                if self.held.is_empty() {
-                    self.up();
-                    true
-                } else {
-                    self.renew_once()
-                }
-            }
-            Err(err) => {
-                debug!("cluster: names reconnect failed: {err}");
-                self.lost(&err);
-                false
-            }
-        }
-    }
-
-    /// The link is lost (or could not be made): no reconnect before the delay.
-    fn lost(&mut self, err: &dyn std::fmt::Display) {
-        self.conn = None;
-        self.next_connect = Instant::now() + self.delay;
-        self.delay = (self.delay * 2).min(RECONNECT_DELAY_MAX);
-        if self.down_since.is_none() {
-            self.down_since = Some(Instant::now());
-            link_down(&self.stats, "names thread", err);
-        }
-    }
-
-    fn up(&mut self) {
-        self.delay = Duration::from_millis(50);
-        if let Some(since) = self.down_since.take() {
-            link_up(&self.stats, "names thread", since);
-        }
-    }
-
-    /// `pipe`'s answers. A connection found broken (Redis restarted since the last command)
-    /// is replaced and the pipeline sent again at once, once: every script here may run twice
-    /// (a claim already this node's is granted again; a release of a name not this node's
-    /// does nothing).
-    fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Option<T> {
-        for attempt in 0..2 {
-            if !self.ensure() {
-                return None;
-            }
-            let conn = self.conn.as_mut()?;
-            match pipe.query::<T>(conn) {
-                Ok(answers) => {
-                    self.up();
-                    return Some(answers);
-                }
-                Err(err) => {
-                    self.lost(&err);
-                    // A broken connection fails at once: a fresh one may work. A stalled
-                    // Redis (a timeout) would only stall again.
-                    if attempt == 0 && !err.is_timeout() {
-                        self.next_connect = Instant::now();
-                    } else {
-                        return None;
-                    }
-                }
-            }
-        }
-        None
     }
 
     /// Carry out `batch` in one pipeline, in order, and answer its claims.
@@ -512,19 +432,19 @@ impl NamesThread {
         if self.held.is_empty() {
             // Nothing to renew; a lost link is still made again, so that the logs and the
             // gauge say when Redis is back.
-            if self.conn.is_none() {
+            if self.link.conn.is_none() {
                 self.ensure();
             }
             return;
         }
-        if self.conn.is_none() {
+        if self.link.conn.is_none() {
             // A new connection renews first.
             self.ensure();
             return;
         }
         if !self.renew_once() {
             // Maybe only this connection was broken (Redis restarted): once more, at once.
-            self.next_connect = Instant::now();
+            self.link.reconnect_now();
             self.ensure();
         }
     }
@@ -548,17 +468,17 @@ impl NamesThread {
                 pipe.arg(key_value(protocol, &self.value));
             }
         }
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.link.conn.as_mut() else {
             return false;
         };
         let lost = match pipe.query::<Vec<Vec<i64>>>(conn) {
             Ok(lost) => lost,
             Err(err) => {
-                self.lost(&err);
+                self.link.lost(&err);
                 return false;
             }
         };
-        self.up();
+        self.link.up();
         for (chunk, lost) in held.chunks(RENEW_KEYS_PER_CALL).zip(lost) {
             for index in lost {
                 let Some((name, _)) = usize::try_from(index)

@@ -36,8 +36,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use log::{debug, warn};
 
+use super::link::{LinkOwner, RedisLink};
 use super::names::{holder_value, parse_holder_value};
-use super::{link_down, link_up, liveness, ClusterStats, RECONNECT_DELAY_MAX};
+use super::{liveness, ClusterStats};
 
 /// A token as it travels: 64 lowercase hex characters.
 pub type OcmToken = [u8; 64];
@@ -320,13 +321,20 @@ impl OcmRooms {
         let (answers_tx, answers) = mpsc::channel();
         let pending = Arc::new(AtomicBool::new(false));
         let ocm_stats = Arc::new(OcmStats::default());
+        let link_flag = Arc::clone(&ocm_stats);
         let worker = OcmThread {
             ocm_stats: Arc::clone(&ocm_stats),
-            client,
-            conn: None,
+            link: RedisLink::new(
+                client,
+                command_timeout,
+                stats,
+                "OCM rooms",
+                Some(Box::new(move |down| {
+                    link_flag.link_down.store(down, Ordering::Release)
+                })),
+            ),
             node: holder_value(node, incarnation),
             lease_ms,
-            command_timeout,
             rooms: HashMap::new(),
             members: HashMap::new(),
             undo: Vec::new(),
@@ -334,10 +342,6 @@ impl OcmRooms {
             answers: answers_tx,
             pending: Arc::clone(&pending),
             wake,
-            stats,
-            down_since: None,
-            next_connect: Instant::now(),
-            delay: Duration::from_millis(50),
         };
         let thread = std::thread::Builder::new()
             .name("cluster-ocm".into())
@@ -432,12 +436,10 @@ struct OwnedMember {
 
 struct OcmThread {
     ocm_stats: Arc<OcmStats>,
-    client: redis::Client,
-    conn: Option<redis::Connection>,
+    link: RedisLink,
     /// This node as its records name it: `<incarnation>:<node name>`.
     node: Vec<u8>,
     lease_ms: u64,
-    command_timeout: Duration,
     /// Rooms this node hosts: name to (id, host name).
     rooms: HashMap<Bytes, (u64, Bytes)>,
     /// Members of this node, by token.
@@ -451,10 +453,19 @@ struct OcmThread {
     answers: mpsc::Sender<OcmAnswer>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
-    stats: Arc<ClusterStats>,
-    down_since: Option<Instant>,
-    next_connect: Instant,
-    delay: Duration,
+}
+
+impl LinkOwner for OcmThread {
+    fn link(&mut self) -> &mut RedisLink {
+        &mut self.link
+    }
+
+    fn connected(&mut self) -> bool {
+        // What could not be undone or left before goes first (a create that ran after its
+        // deadline must not outlive the link's return), then this node's records are set
+        // again (Redis may have restarted empty).
+        self.flush_undo() && self.renew_once()
+    }
 }
 
 fn id_hex(id: u64) -> String {
@@ -569,7 +580,7 @@ impl OcmThread {
         }
         // A clean stop: this node's rooms close and its members leave at once, not a lease
         // later (the other nodes hear of it from the OCM service's own events).
-        if self.conn.is_some() {
+        if self.link.conn.is_some() {
             let mut pipe = redis::pipe();
             for (room, (id, _)) in &self.rooms {
                 close_op(&mut pipe, room, *id);
@@ -577,7 +588,7 @@ impl OcmThread {
             for (token, member) in &self.members {
                 leave_op(&mut pipe, &member.room, &member.member, token);
             }
-            if let Some(conn) = self.conn.as_mut() {
+            if let Some(conn) = self.link.conn.as_mut() {
                 let _ = pipe.query::<()>(conn);
             }
         }
@@ -585,83 +596,6 @@ impl OcmThread {
 
     fn expiry_ms(&self) -> u64 {
         liveness::LeaseSchedule::key_expiry_ms(self.lease_ms)
-    }
-
-    fn ensure(&mut self) -> bool {
-        if self.conn.is_some() {
-            return true;
-        }
-        if Instant::now() < self.next_connect {
-            return false;
-        }
-        let opened = self
-            .client
-            .get_connection_with_timeout(self.command_timeout)
-            .and_then(|conn| {
-                conn.set_read_timeout(Some(self.command_timeout))?;
-                conn.set_write_timeout(Some(self.command_timeout))?;
-                Ok(conn)
-            });
-        match opened {
-            Ok(conn) => {
-                self.conn = Some(conn);
-                // What could not be undone or left before goes first (a create that ran
-                // after its deadline must not outlive the link's return), then this node's
-                // records are set again (Redis may have restarted empty).
-                self.flush_undo() && self.renew_once()
-            }
-            Err(err) => {
-                debug!("cluster: OCM rooms reconnect failed: {err}");
-                self.lost(&err);
-                false
-            }
-        }
-    }
-
-    fn lost(&mut self, err: &dyn std::fmt::Display) {
-        self.conn = None;
-        self.next_connect = Instant::now() + self.delay;
-        self.delay = (self.delay * 2).min(RECONNECT_DELAY_MAX);
-        if self.down_since.is_none() {
-            self.down_since = Some(Instant::now());
-            self.ocm_stats.link_down.store(true, Ordering::Release);
-            link_down(&self.stats, "OCM rooms thread", err);
-        }
-    }
-
-    fn up(&mut self) {
-        self.delay = Duration::from_millis(50);
-        if let Some(since) = self.down_since.take() {
-            self.ocm_stats.link_down.store(false, Ordering::Release);
-            link_up(&self.stats, "OCM rooms thread", since);
-        }
-    }
-
-    /// As the names thread's: a broken connection is replaced and the pipeline sent again,
-    /// once (create and join may then run twice: a create found existing is its own room,
-    /// which the second run reports as taken; see docs/CLUSTER.md).
-    fn query<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Option<T> {
-        for attempt in 0..2 {
-            if !self.ensure() {
-                return None;
-            }
-            let conn = self.conn.as_mut()?;
-            match pipe.query::<T>(conn) {
-                Ok(answers) => {
-                    self.up();
-                    return Some(answers);
-                }
-                Err(err) => {
-                    self.lost(&err);
-                    if attempt == 0 && !err.is_timeout() {
-                        self.next_connect = Instant::now();
-                    } else {
-                        return None;
-                    }
-                }
-            }
-        }
-        None
     }
 
     fn apply(&mut self, mut batch: Vec<OcmOp>) {
@@ -958,7 +892,7 @@ impl OcmThread {
                 | OcmOp::Members { .. } => {}
             }
         }
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.link.conn.as_mut() else {
             return false;
         };
         match pipe.query::<()>(conn) {
@@ -971,7 +905,7 @@ impl OcmThread {
                 true
             }
             Err(err) => {
-                self.lost(&err);
+                self.link.lost(&err);
                 false
             }
         }
@@ -985,19 +919,19 @@ impl OcmThread {
     }
 
     fn renew(&mut self) {
-        if self.conn.is_none() {
+        if self.link.conn.is_none() {
             // A new connection renews first.
             self.ensure();
         } else {
             if !self.renew_once() {
-                self.next_connect = Instant::now();
+                self.link.reconnect_now();
                 self.ensure();
             }
-            if self.conn.is_some() {
+            if self.link.conn.is_some() {
                 self.flush_undo();
             }
         }
-        if self.conn.is_some() && !self.members_due.is_empty() {
+        if self.link.conn.is_some() && !self.members_due.is_empty() {
             // Reads of rooms' members that found Redis unreachable.
             self.apply(Vec::new());
         }
@@ -1007,7 +941,7 @@ impl OcmThread {
     /// link failed.
     fn renew_once(&mut self) -> bool {
         if self.rooms.is_empty() && self.members.is_empty() {
-            self.up();
+            self.link.up();
             return true;
         }
         let expiry_ms = self.expiry_ms();
@@ -1041,12 +975,12 @@ impl OcmThread {
                 .arg(member.ip.to_string())
                 .arg(if member.host { "1" } else { "0" });
         }
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.link.conn.as_mut() else {
             return false;
         };
         match pipe.query::<Vec<i64>>(conn) {
             Ok(answers) => {
-                self.up();
+                self.link.up();
                 for (room, answer) in rooms.iter().zip(answers) {
                     if answer == 0 {
                         warn!(
@@ -1059,7 +993,7 @@ impl OcmThread {
                 true
             }
             Err(err) => {
-                self.lost(&err);
+                self.link.lost(&err);
                 false
             }
         }
