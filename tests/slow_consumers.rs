@@ -1,8 +1,8 @@
 //! Slow consumers over real sockets, for the protocols whose lobby output a client can stop
 //! reading (docs/PROTOCOLS.md, ROOM "Slow members", MATOU, WEB "Output", SWITCHBOARD rule 5):
-//! a client that stops reading while others chat is closed at its output limit, its kernel
-//! holds at most its send buffer meanwhile, and everyone else keeps receiving everything,
-//! promptly. ROOM's own cases are in tests/room.rs.
+//! a client that stops reading while others chat (WEB, MATOU, CCM) is closed at its output
+//! limit, the server's kernel holds at most its send buffer for a reader that stops, and
+//! everyone else keeps receiving everything, promptly. ROOM's own cases are in tests/room.rs.
 
 // Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
 // [lints] deny them in the library and the binaries).
@@ -38,6 +38,7 @@ fn config() -> Config {
     Config {
         matou_port: Some(0),
         web_port: Some(0),
+        ccm_port: Some(0),
         output_hard_bytes_max: 1024 * 1024,
         output_soft_bytes_max: 256 * 1024,
         output_soft_duration_ms: 200,
@@ -144,6 +145,15 @@ fn silent_matou_user(matou: SocketAddr, name: &str) -> TcpStream {
     peer.login(name, true);
     peer.expect_notify(3, name);
     peer.stream
+}
+
+/// A CCM user with a 4 KiB receive buffer, identified as `name` (a lobby member); it reads
+/// nothing after the answer to its identification.
+fn silent_ccm_user(ccm: SocketAddr, name: &str) -> TcpStream {
+    let mut client = Client::connect_small(ccm, name, 4096);
+    client.send(format!("CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\n\n{name}").as_bytes());
+    client.read_through(b"Content-Length: 0\n\n");
+    client.stream
 }
 
 /// Everything the slow client was sent until the server closed it; panics if it never does.
@@ -365,4 +375,24 @@ fn a_reader_that_stops_holds_at_most_its_send_buffer_in_the_servers_kernel() {
     drop(stalled);
     let stats = server.stop();
     assert_eq!(stats.slow_consumer_closes, 0, "{stats}");
+}
+
+/// SWITCHBOARD rule 5: cross-protocol output goes through the recipient's own output limits,
+/// "a slow recipient is closed as its protocol closes it": a CCM lobby member who stops
+/// reading while MATOU lobby messages cross to it is closed; the others get everything.
+#[test]
+fn a_ccm_user_that_never_reads_is_closed_at_the_output_limit_and_others_get_everything() {
+    let server = TestServer::start(config());
+    let (sender, mut matou_reader, mut web_reader) = healthy_members(&server);
+    let slow = silent_ccm_user(server.ccm.expect("CCM"), "slowc");
+    web_reader.await_message("joined", |m| m["name"] == "slowc");
+    matou_reader.expect_notify(3, "slowc");
+    the_others_get_everything_while_the_slow_one_is_closed(
+        server,
+        sender,
+        matou_reader,
+        web_reader,
+        slow,
+        "slowc",
+    );
 }
