@@ -396,3 +396,55 @@ fn a_ccm_user_that_never_reads_is_closed_at_the_output_limit_and_others_get_ever
         "slowc",
     );
 }
+
+/// PROTOCOLS.md WEB: a direct to a web user is `sent delivered` once the recipient's TCP
+/// acknowledged it, `error not-delivered` if it closed first. bob stops reading, the lobby
+/// fills his kernel buffers and queues more behind them, ann's direct waits behind that, and
+/// bob resets: ann must hear `not-delivered`, never `delivered` (the reactor reports the
+/// direct's note as never acknowledged when it drops bob's queue).
+#[test]
+fn a_direct_to_a_web_user_who_stopped_reading_and_reset_is_answered_not_delivered() {
+    const FILLER: usize = 1_500;
+    let server = TestServer::start(Config {
+        matou_port: Some(0),
+        web_port: Some(0),
+        ..Config::for_tests()
+    });
+    let web = server.web.expect("WEB");
+    let (mut ann, _) = Web::sign_in(web, "ann");
+    let mut sender = Matou::sign_in_at(server.matou.expect("MATOU"), "sender");
+    let bob = silent_web_user(web, "bob");
+    ann.await_message("joined", |m| m["name"] == "bob");
+
+    // 600 KB for bob: far more than his 4 KiB window and the server's send buffer hold, far
+    // under the output limits (4 MiB, 1 MiB for 10 s), so he stays connected.
+    let mut bytes = Vec::new();
+    for seq in 0..FILLER {
+        bytes.extend(packet(4, &[&string(message(seq).as_bytes())]));
+    }
+    sender.send(&bytes);
+    let last = message(FILLER - 1);
+    web_read_through(&mut ann, "sender", &last, &mut Seen::default());
+    matou_read_through(&mut sender, "sender", &last, &mut Seen::default());
+
+    ann.direct("bob", "behind the backlog", 7);
+    // Frames are handled in order: the pong says the direct was queued for bob.
+    ann.send_json(&json!({"type": "ping"}));
+    ann.await_message("pong", |_| true);
+    socket2::SockRef::from(&bob)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+    drop(bob);
+    let answer = loop {
+        let message = ann.recv();
+        if message["id"] == 7 {
+            break message;
+        }
+    };
+    assert_eq!(
+        answer,
+        json!({"type": "error", "id": 7, "reason": "not-delivered"}),
+        "the answer to a direct bob never received"
+    );
+    ann.await_message("left", |m| m["name"] == "bob");
+}
