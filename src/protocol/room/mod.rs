@@ -71,10 +71,15 @@ impl RoomService {
         self.members.len()
     }
 
+    /// `now_ms` is the reactor's clock rounded down to the millisecond, so the real accept
+    /// lies anywhere in `now_ms..now_ms + 1`: the deadline counts from the millisecond's end,
+    /// as the reactor's own handshake deadline does (`limits::handshake_deadline_ms`), or a
+    /// connection accepted late in its millisecond would be closed up to 1 ms early.
     pub fn on_accept<O: Outbox>(&mut self, id: ConnId, now_ms: u64, out: &mut O) {
-        let deadline = self
-            .handshake_deadlines
-            .insert(now_ms.saturating_add(self.config.handshake_timeout_ms), id);
+        let deadline_ms = now_ms
+            .saturating_add(1)
+            .saturating_add(self.config.handshake_timeout_ms);
+        let deadline = self.handshake_deadlines.insert(deadline_ms, id);
         self.conns.insert(id, RoomConn::AwaitingAlias { deadline });
         out.send(id, Bytes::from_static(codec::ALIAS_PROMPT));
     }

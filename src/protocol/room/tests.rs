@@ -147,37 +147,46 @@ fn silent_connection_is_closed_at_the_handshake_deadline() {
 }
 
 /// PROTOCOLS.md ROOM rule 6: the deadline fires not before `--room-handshake-timeout-ms`
-/// after accept and at most one timer tick late, whatever the accept time's place on the tick
-/// grid; and the service asks to be woken no later than that, so the reactor's sleep cannot
-/// add to it.
+/// after accept, in real time, and at most one timer tick after the timeout counted from the
+/// accept's millisecond rounded up, wherever the accept falls within its millisecond and on the tick grid; and the
+/// service asks to be woken no later than that, so the reactor's sleep cannot add to it.
+/// Time is fabricated in microseconds; the service sees what the reactor hands it, the clock
+/// rounded down to the millisecond, so a call at `now_ms` may happen as early as `now_ms`.
 #[test]
-fn the_handshake_deadline_fires_not_before_and_at_most_one_tick_late() {
+fn the_handshake_deadline_fires_never_early_in_real_time_and_at_most_one_tick_late() {
     const TICK_MS: u64 = 10;
-    for accepted_ms in [0, 1, 7, 9, 10, 19, 1234] {
+    const US_PER_MS: u64 = 1_000;
+    for accepted_us in [
+        0, 1, 999, 1_000, 1_001, 7_999, 9_000, 9_999, 10_000, 19_500, 1_234_567,
+    ] {
+        let accepted_ms = accepted_us / US_PER_MS;
+        let accepted_rounded_up_ms = accepted_us.div_ceil(US_PER_MS);
         let mut room = service();
         let mut out = RecordingOutbox::default();
         room.on_timers(accepted_ms, &mut out);
         room.on_accept(id(0), accepted_ms, &mut out);
-        let due_ms = accepted_ms + HANDSHAKE_MS;
+        let due_us = accepted_us + HANDSHAKE_MS * US_PER_MS;
+        let latest_ms = accepted_rounded_up_ms + HANDSHAKE_MS + TICK_MS;
         let wake_ms = room.next_deadline_ms().expect("a deadline is armed");
         // Earlier is only a spurious wake-up; later would make the close late.
         assert!(
-            wake_ms < due_ms + TICK_MS,
-            "accepted at {accepted_ms}: wakes at {wake_ms}, due at {due_ms}"
+            wake_ms <= latest_ms,
+            "accepted at {accepted_us} us: wakes at {wake_ms} ms, latest {latest_ms} ms"
         );
-        // The reactor's timers phase, at every millisecond.
-        let closed_at = (accepted_ms..due_ms + 2 * TICK_MS).find(|&now_ms| {
+        // The reactor's timers phase, at every millisecond of its clock.
+        let closed_at_ms = (accepted_ms..latest_ms + TICK_MS).find(|&now_ms| {
             room.on_timers(now_ms, &mut out);
             !out.closed.is_empty()
         });
-        let closed_at = closed_at.expect("closed within two ticks of the deadline");
+        let closed_at_ms = closed_at_ms.expect("closed within two ticks of the deadline");
         assert!(
-            closed_at >= due_ms,
-            "accepted at {accepted_ms}: closed at {closed_at}, before {due_ms}"
+            closed_at_ms * US_PER_MS >= due_us,
+            "accepted at {accepted_us} us: closed as early as {closed_at_ms} ms, due at {due_us} us"
         );
         assert!(
-            closed_at < due_ms + TICK_MS,
-            "accepted at {accepted_ms}: closed at {closed_at}, more than a tick after {due_ms}"
+            closed_at_ms <= latest_ms,
+            "accepted at {accepted_us} us: closed at {closed_at_ms} ms, over a tick after {} ms",
+            accepted_rounded_up_ms + HANDSHAKE_MS
         );
         assert_eq!(
             out.closed,
