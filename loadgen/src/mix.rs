@@ -24,7 +24,7 @@ use crate::lobby;
 use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
 use crate::lobby::ledger::KIND_COUNT;
 use crate::ocm::args::OCM_RECV_BUFFER_DEFAULT;
-use crate::registry::{InMix, Protocol, Row};
+use crate::registry::{Protocol, Row, ScenarioKind};
 use crate::report::ScenarioReport;
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
@@ -195,7 +195,7 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn of<K: InMix + 'static>(cfg: K::Config) -> Setup {
+    pub fn of<K: ScenarioKind + 'static>(cfg: K::Config) -> Setup {
         Setup {
             name: K::ROW.name,
             job: Box::new(Job::<K>(cfg)),
@@ -204,13 +204,13 @@ impl Setup {
 }
 
 /// A scenario's config, started and finished by its [`ScenarioKind`].
-struct Job<K: InMix>(K::Config);
+struct Job<K: ScenarioKind>(K::Config);
 
 trait MixJob {
     fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>>;
 }
 
-impl<K: InMix> MixJob for Job<K> {
+impl<K: ScenarioKind> MixJob for Job<K> {
     fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
         let cfg = &self.0;
         let run = K::start(cfg).map_err(|e| Box::new(failed(K::ROW.name, describe::<K>(e))))?;
@@ -232,7 +232,7 @@ impl<K: InMix> MixJob for Job<K> {
 }
 
 /// A scenario's error as the mix reports it (the single run's message, less the address).
-fn describe<K: InMix>(e: RunError) -> String {
+fn describe<K: ScenarioKind>(e: RunError) -> String {
     match e {
         RunError::Unreachable(why) => format!("{}: {why}", K::UNREACHABLE_IN_MIX),
         RunError::Setup(why) => format!("setup failed: {why}"),

@@ -26,10 +26,8 @@ mod tests;
 
 use std::net::SocketAddr;
 
-use crate::driver::RunError;
 use crate::record::{self, NoticeCounts, ALIAS_PREFIX_LEN};
-use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::room::{self, Framing, Room, RoomConfig, RoomOutcome};
+use crate::room::{self, Framing};
 
 /// What a WEB member keeps beside ROOM's: its frame reader, its masking keys, and the notices
 /// (`welcome`, `joined`, `left`) it got.
@@ -105,39 +103,7 @@ pub fn scan_text(text: &[u8], mut scan: impl FnMut(&[u8])) -> bool {
 }
 
 /// The scenario as the registry lists it: ROOM's fan-out over WEB's wire.
-pub struct Web;
-
-impl ScenarioKind for Web {
-    const NAME: &'static str = "web";
-    type Config = RoomConfig;
-    type Run<'a> = room::Run<'a>;
-    type Outcome = RoomOutcome;
-    type Report = room::report::Report;
-
-    fn start(cfg: &RoomConfig) -> Result<room::Run<'_>, RunError> {
-        Room::start(cfg)
-    }
-    fn finish(run: room::Run<'_>) -> RoomOutcome {
-        Room::finish(run)
-    }
-    fn report(cfg: &RoomConfig, seed: u64, strict: bool, outcome: &RoomOutcome) -> Self::Report {
-        Room::report(cfg, seed, strict, outcome)
-    }
-    fn histograms(outcome: &RoomOutcome) -> (Named<'_>, Named<'_>) {
-        Room::histograms(outcome)
-    }
-    fn progress(cfg: &RoomConfig) -> bool {
-        Room::progress(cfg)
-    }
-    fn unreachable(cfg: &RoomConfig) -> String {
-        Room::unreachable(cfg)
-    }
-}
-
-impl InMix for Web {
-    const ROW: Row = Protocol::Web.row();
-    const UNREACHABLE_IN_MIX: &'static str = "no client could join the WEB server";
-}
+pub type Web = room::Fanout<true>;
 
 /// WEB's sign-in for `loadgen churn`: the upgrade, then `signin`, proven by the `welcome`.
 pub mod churn {
