@@ -28,8 +28,8 @@ use crate::registry::{Protocol, Row, ScenarioKind};
 use crate::report::ScenarioReport;
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
-    check_common, create_json, deliver_report, discard_json, limits, refuse, CommonArgs,
-    RATE_PER_S_MAX, SENDERS_MAX, SPARE_FILES,
+    check_common, create_json, deliver_report, discard_json, finish, limits, refuse, CommonArgs,
+    LatencyOut, RATE_PER_S_MAX, SENDERS_MAX, SPARE_FILES,
 };
 use crate::{hgrm, plot};
 
@@ -367,17 +367,9 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
         Err(why) => return refuse(why),
     };
     // Checked before the run, like --json, so a bad path fails at once.
-    if let Some(dir) = common.hgrm.as_deref() {
-        if let Err(why) = hgrm::prepare_dir(dir) {
-            discard_json(&mut json_out);
-            return refuse(why);
-        }
-    }
-    if let Some(path) = common.plot.as_deref() {
-        if let Err(why) = plot::prepare(path) {
-            discard_json(&mut json_out);
-            return refuse(why);
-        }
+    if let Err(why) = LatencyOut::prepare(common) {
+        discard_json(&mut json_out);
+        return refuse(why);
     }
 
     let (report, text, histograms) = execute(
@@ -409,14 +401,10 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
         }
     );
     let written = write_histograms(common, &title, &histograms);
-    let exit = deliver_report(text, &report, exit_code, &mut json_out);
-    match written {
-        Ok(()) => exit,
-        Err(why) => {
-            eprintln!("loadgen: {why}");
-            ExitCode::from(1)
-        }
-    }
+    finish(
+        deliver_report(text, &report, exit_code, &mut json_out),
+        written,
+    )
 }
 
 /// Each protocol's histograms, and the name of the one it plots.
