@@ -121,11 +121,12 @@ pub mod churn {
         },
     };
 
-    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    pub(super) const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
         Sec-WebSocket-Version: 13\r\n\r\n";
 
-    fn answer(name: &str, stage: Stage, input: &[u8]) -> Step {
+    pub(super) fn answer(name: &str, stage: Stage, input: &[u8]) -> Step {
         match stage {
             Stage::Prompt => {
                 let Some(end) = find(input, b"\r\n\r\n") else {
@@ -157,59 +158,5 @@ pub mod churn {
             }
             _ => Step::Stray,
         }
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn the_sign_in_waits_for_101_then_the_welcome() {
-        let head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: \
-            s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert!(matches!(
-            answer("w1", Stage::Prompt, &head[..20]),
-            Step::Wait
-        ));
-        let Step::Reply { read, out, then } = answer("w1", Stage::Prompt, head) else {
-            panic!("no reply to the upgrade");
-        };
-        assert_eq!((read, then), (head.len(), Stage::Answer));
-        assert_eq!(out, ws::signin("w1", [5, 6, 7, 8]));
-        let forbidden = b"HTTP/1.1 403 Forbidden\r\n\r\n";
-        assert!(matches!(
-            answer("w1", Stage::Prompt, forbidden),
-            Step::Unexpected
-        ));
-        let frame = |json: &str| {
-            let mut f = vec![0x81, json.len() as u8];
-            f.extend_from_slice(json.as_bytes());
-            f
-        };
-        let joined = frame(r#"{"type":"joined","name":"w0","protocol":"web"}"#);
-        let mut welcome = joined.clone();
-        welcome.extend(frame(r#"{"type":"welcome","name":"w1","present":[]}"#));
-        assert!(matches!(answer("w1", Stage::Answer, &joined), Step::Wait));
-        assert!(matches!(
-            answer("w1", Stage::Answer, &welcome[..joined.len() + 3]),
-            Step::Wait
-        ));
-        assert!(matches!(
-            answer("w1", Stage::Answer, &welcome),
-            Step::SignedIn
-        ));
-        let refused = frame(r#"{"type":"refused","reason":"name-taken"}"#);
-        assert!(matches!(
-            answer("w1", Stage::Answer, &refused),
-            Step::Unexpected
-        ));
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn the_upgrade_request_is_the_one_the_codec_writes_without_origin() {
-        let with_origin = String::from_utf8(ws::upgrade_request("localhost")).unwrap();
-        let without: String = (with_origin.split("\r\n"))
-            .filter(|line| !line.starts_with("Origin:"))
-            .collect::<Vec<_>>()
-            .join("\r\n");
-        assert_eq!(without.as_bytes(), UPGRADE);
     }
 }
