@@ -24,12 +24,12 @@ use crate::lobby;
 use crate::lobby::args::LOBBY_DRAIN_DEFAULT;
 use crate::lobby::ledger::KIND_COUNT;
 use crate::ocm::args::OCM_RECV_BUFFER_DEFAULT;
-use crate::registry::{InMix, Protocol, Row};
+use crate::registry::{Protocol, Row, ScenarioKind};
 use crate::report::ScenarioReport;
 use crate::stats::{LatencyHistogram, LatencySummary};
 use crate::{
-    check_common, create_json, deliver_report, discard_json, limits, refuse, CommonArgs,
-    RATE_PER_S_MAX, SENDERS_MAX, SPARE_FILES,
+    check_common, create_json, deliver_report, discard_json, finish, limits, refuse, CommonArgs,
+    LatencyOut, RATE_PER_S_MAX, SENDERS_MAX, SPARE_FILES,
 };
 use crate::{hgrm, plot};
 
@@ -195,7 +195,7 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn of<K: InMix + 'static>(cfg: K::Config) -> Setup {
+    pub fn of<K: ScenarioKind + 'static>(cfg: K::Config) -> Setup {
         Setup {
             name: K::ROW.name,
             job: Box::new(Job::<K>(cfg)),
@@ -204,13 +204,13 @@ impl Setup {
 }
 
 /// A scenario's config, started and finished by its [`ScenarioKind`].
-struct Job<K: InMix>(K::Config);
+struct Job<K: ScenarioKind>(K::Config);
 
 trait MixJob {
     fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>>;
 }
 
-impl<K: InMix> MixJob for Job<K> {
+impl<K: ScenarioKind> MixJob for Job<K> {
     fn build(&self, strict: bool, seed: u64) -> Result<Boxed<'_>, Box<Finished>> {
         let cfg = &self.0;
         let run = K::start(cfg).map_err(|e| Box::new(failed(K::ROW.name, describe::<K>(e))))?;
@@ -232,7 +232,7 @@ impl<K: InMix> MixJob for Job<K> {
 }
 
 /// A scenario's error as the mix reports it (the single run's message, less the address).
-fn describe<K: InMix>(e: RunError) -> String {
+fn describe<K: ScenarioKind>(e: RunError) -> String {
     match e {
         RunError::Unreachable(why) => format!("{}: {why}", K::UNREACHABLE_IN_MIX),
         RunError::Setup(why) => format!("setup failed: {why}"),
@@ -367,17 +367,9 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
         Err(why) => return refuse(why),
     };
     // Checked before the run, like --json, so a bad path fails at once.
-    if let Some(dir) = common.hgrm.as_deref() {
-        if let Err(why) = hgrm::prepare_dir(dir) {
-            discard_json(&mut json_out);
-            return refuse(why);
-        }
-    }
-    if let Some(path) = common.plot.as_deref() {
-        if let Err(why) = plot::prepare(path) {
-            discard_json(&mut json_out);
-            return refuse(why);
-        }
+    if let Err(why) = LatencyOut::prepare(common) {
+        discard_json(&mut json_out);
+        return refuse(why);
     }
 
     let (report, text, histograms) = execute(
@@ -409,14 +401,10 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
         }
     );
     let written = write_histograms(common, &title, &histograms);
-    let exit = deliver_report(text, &report, exit_code, &mut json_out);
-    match written {
-        Ok(()) => exit,
-        Err(why) => {
-            eprintln!("loadgen: {why}");
-            ExitCode::from(1)
-        }
-    }
+    finish(
+        deliver_report(text, &report, exit_code, &mut json_out),
+        written,
+    )
 }
 
 /// Each protocol's histograms, and the name of the one it plots.

@@ -3,11 +3,12 @@
 //! Each protocol's folder implements [`ScenarioKind`] for its marker type (`room::Room`,
 //! `bin24::Bin24`, ...): how its run starts and ends, what its report is, which histograms it
 //! writes and what it says when no server answered. The single-protocol subcommand
-//! ([`run_single`]) and the mix drive every protocol through that one trait (the mix through
-//! [`InMix`] too), so adding a protocol is its folder, a [`Protocol`] variant here and its arm
-//! in [`Protocol`]'s table. Its folder's `args.rs` turns its subcommand's flags into its config
-//! ([`ScenarioArgs`]) and its share of the mix into the same config (`in_mix`, in its row). The lobby (`lobby::Lobby`) is a scenario but no protocol of its own:
-//! it implements [`ScenarioKind`] and [`InMix`] (`mix --lobby`), not [`Protocol`].
+//! ([`run_single`]) and the mix drive every protocol through that one trait, so adding a
+//! protocol is its folder, a [`Protocol`] variant here and its arm in [`Protocol`]'s table. Its
+//! folder's `args.rs` turns its subcommand's flags into its config ([`ScenarioArgs`]) and its
+//! share of the mix into the same config (`in_mix`, in its row). The lobby (`lobby::Lobby`) is
+//! a scenario but no protocol of its own: it implements [`ScenarioKind`] (`mix --lobby`), not
+//! [`Protocol`].
 
 use std::process::ExitCode;
 
@@ -183,11 +184,16 @@ pub struct Row {
 /// Named histograms of a run: (name, histogram).
 pub type Named<'a> = Vec<(&'static str, &'a LatencyHistogram)>;
 
-/// One scenario, as `main` drives it (and the mix, for a protocol's scenario: [`InMix`]).
+/// One scenario, as `main` and the mix drive it: every protocol's own, and the lobby (`mix
+/// --lobby`).
 pub trait ScenarioKind {
-    /// Its subcommand, and the prefix of its --hgrm files unless [`Self::file_name`] says
-    /// otherwise.
-    const NAME: &'static str;
+    /// Its row in the mix; its name is its subcommand, and the prefix of its --hgrm files
+    /// unless [`Self::file_name`] says otherwise.
+    const ROW: Row;
+    /// The histogram the mix plots as this scenario's curve (its summary row's latency).
+    const MAIN_HISTOGRAM: &'static str = "delivery";
+    /// The mix's words when no client reached the server ("no user could join the CCM server").
+    const UNREACHABLE_IN_MIX: &'static str;
     /// The settings, validated by the caller.
     type Config: Sync;
     type Run<'a>: Reactor + 'a;
@@ -209,18 +215,8 @@ pub trait ScenarioKind {
     fn unreachable(cfg: &Self::Config) -> String;
     /// The prefix of its --hgrm files (RESP runs the ROOM scenario under its own name).
     fn file_name(_cfg: &Self::Config) -> &'static str {
-        Self::NAME
+        Self::ROW.name
     }
-}
-
-/// A scenario the mix runs beside the others: every protocol's own, and the lobby (`mix
-/// --lobby`).
-pub trait InMix: ScenarioKind {
-    const ROW: Row;
-    /// The histogram the mix plots as this protocol's curve (its summary row's latency).
-    const MAIN_HISTOGRAM: &'static str = "delivery";
-    /// The mix's words when no client reached the server ("no user could join the CCM server").
-    const UNREACHABLE_IN_MIX: &'static str;
 }
 
 /// Runs the scenario to its end on a loop of its own.
@@ -272,13 +268,14 @@ pub type Single<K> = (<K as ScenarioKind>::Config, u64, String);
 pub trait ScenarioArgs {
     type Kind: ScenarioKind;
     fn common(&self) -> &crate::CommonArgs;
-    /// The run these flags ask for, or why they cannot run (exit 2).
+    /// The run these flags ask for, or why they cannot run (exit 2); the common flags are
+    /// checked already.
     fn config(&self) -> Result<Single<Self::Kind>, String>;
 }
 
 /// A single-protocol subcommand, from its flags to its exit code.
 pub fn run_args<A: ScenarioArgs>(args: &A) -> ExitCode {
-    match args.config() {
+    match crate::check_common(args.common()).and_then(|()| args.config()) {
         Ok((cfg, files, title)) => run_single::<A::Kind>(args.common(), &cfg, files, title),
         Err(why) => crate::refuse(why),
     }

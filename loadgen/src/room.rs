@@ -31,7 +31,7 @@ use crate::driver::{queue_full, RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage};
 use crate::plan::{choose_senders, Plan};
 use crate::record::{self, NoticeCounts, Record, Scanned, Scanner, ALIAS_PREFIX_LEN};
-use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
+use crate::registry::{Named, Protocol, Row, ScenarioKind};
 use crate::report::Ran;
 use crate::resp;
 use crate::sockio::{Chunk, Queued};
@@ -171,11 +171,22 @@ pub struct Part<'a> {
     sent: Vec<u64>,
 }
 
-/// The scenario as the registry lists it.
-pub struct Room;
+/// The fan-out scenario as the registry lists it, over ROOM's wire (or RESP's) or WEB's.
+pub struct Fanout<const WEB: bool>;
+/// The ROOM scenario (and RESP, which is ROOM's over Redis's wire); WEB's is `web::Web`.
+pub type Room = Fanout<false>;
 
-impl ScenarioKind for Room {
-    const NAME: &'static str = "room";
+impl<const WEB: bool> ScenarioKind for Fanout<WEB> {
+    const ROW: Row = if WEB {
+        Protocol::Web.row()
+    } else {
+        Protocol::Room.row()
+    };
+    const UNREACHABLE_IN_MIX: &'static str = if WEB {
+        "no client could join the WEB server"
+    } else {
+        "no client could join the ROOM server"
+    };
     type Config = RoomConfig;
     type Run<'a> = Run<'a>;
     type Outcome = RoomOutcome;
@@ -257,11 +268,6 @@ impl ScenarioKind for Room {
             Wire::Web => "web",
         }
     }
-}
-
-impl InMix for Room {
-    const ROW: Row = Protocol::Room.row();
-    const UNREACHABLE_IN_MIX: &'static str = "no client could join the ROOM server";
 }
 
 impl engine::Wire for Part<'_> {

@@ -10,7 +10,7 @@ use crate::bin24::topology::{self, Pattern, USERS_MAX};
 use crate::bin24::{self, Bin24Config, STAMP_BYTES};
 use crate::mix::{MixShare, Setup};
 use crate::registry::{ScenarioArgs, Single};
-use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX};
+use crate::{run_id, CommonArgs, RATE_PER_S_MAX};
 
 /// Default `--drain`: more than the server's 3 s answer timeout, so a recipient the server
 /// gives up on still has its messages answered "300" within the drain.
@@ -72,7 +72,6 @@ impl ScenarioArgs for Bin24Args {
 
     fn config(&self) -> Result<Single<bin24::Bin24>, String> {
         let common = &self.common;
-        check_common(common)?;
         let users = self.users as usize;
         let pattern = Pattern::chosen(self.ring, users)?;
         if !(0.0..1.0).contains(&self.offline_share) {

@@ -45,7 +45,7 @@ use crate::args::Pace;
 use crate::course::Phase;
 use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage, Wire};
-use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
+use crate::registry::{Named, Protocol, Row, ScenarioKind};
 use crate::report::Ran;
 use crate::sockio::Queued;
 use crate::stats::{ErrorKind, LatencyHistogram, OwnLags};
@@ -165,7 +165,9 @@ pub struct Part<'a> {
 pub struct Bin24;
 
 impl ScenarioKind for Bin24 {
-    const NAME: &'static str = "bin24";
+    const ROW: Row = Protocol::Bin24.row();
+    const MAIN_HISTOGRAM: &'static str = "ack200";
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
     type Config = Bin24Config;
     type Run<'a> = Run<'a>;
     type Outcome = Bin24Outcome;
@@ -236,12 +238,6 @@ impl ScenarioKind for Bin24 {
     fn unreachable(cfg: &Bin24Config) -> String {
         format!("no user could join a BIN24 server at {}", cfg.target)
     }
-}
-
-impl InMix for Bin24 {
-    const ROW: Row = Protocol::Bin24.row();
-    const MAIN_HISTOGRAM: &'static str = "ack200";
-    const UNREACHABLE_IN_MIX: &'static str = "no user could join the BIN24 server";
 }
 
 impl Wire for Part<'_> {

@@ -10,7 +10,7 @@ use crate::bin24::topology::{Pattern, USERS_MAX};
 use crate::ccm::{self, CcmConfig};
 use crate::mix::{MixShare, Setup};
 use crate::registry::{ScenarioArgs, Single};
-use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX, WARMUP_MAX};
+use crate::{run_id, CommonArgs, RATE_PER_S_MAX, WARMUP_MAX};
 
 /// Default `--drain`.
 pub(crate) const CCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -73,7 +73,6 @@ impl ScenarioArgs for CcmArgs {
 
     fn config(&self) -> Result<Single<ccm::Ccm>, String> {
         let common = &self.common;
-        check_common(common)?;
         let users = self.users as usize;
         let pattern = Pattern::chosen(self.ring, users)?;
         if !(0.0..=1.0).contains(&self.silent_share) {

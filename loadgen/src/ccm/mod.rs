@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::course::Phase;
 use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Stage, Wire};
-use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
+use crate::registry::{Named, Protocol, Row, ScenarioKind};
 use crate::report::Ran;
 use crate::sockio::{Chunk, Queued};
 use crate::stats::{ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
@@ -144,7 +144,8 @@ pub struct Part<'a> {
 pub struct Ccm;
 
 impl ScenarioKind for Ccm {
-    const NAME: &'static str = "ccm";
+    const ROW: Row = Protocol::Ccm.row();
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the CCM server";
     type Config = CcmConfig;
     type Run<'a> = Run<'a>;
     type Outcome = CcmOutcome;
@@ -215,11 +216,6 @@ impl ScenarioKind for Ccm {
     fn unreachable(cfg: &CcmConfig) -> String {
         format!("no user could join a CCM server at {}", cfg.target)
     }
-}
-
-impl InMix for Ccm {
-    const ROW: Row = Protocol::Ccm.row();
-    const UNREACHABLE_IN_MIX: &'static str = "no user could join the CCM server";
 }
 
 /// The order users connect in: the silent ones (indices `users..`) spread evenly among the

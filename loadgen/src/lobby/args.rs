@@ -8,7 +8,7 @@ use crate::args::{resolve_loopback, resolve_one_host, Pace};
 use crate::lobby;
 use crate::ocm::args::{OCM_RECV_BUFFER_DEFAULT, OCM_RECV_BUFFER_MAX};
 use crate::registry::{ScenarioArgs, Single};
-use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX};
+use crate::{run_id, CommonArgs, RATE_PER_S_MAX};
 
 /// Default `--drain`.
 pub(crate) const LOBBY_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -87,7 +87,6 @@ impl ScenarioArgs for LobbyArgs {
 
     fn config(&self) -> Result<Single<lobby::Lobby>, String> {
         let common = &self.common;
-        check_common(common)?;
         let members = [self.room, self.matou, self.ccm, self.ocm, self.web].map(|n| n as usize);
         let total: usize = members.iter().sum();
         if !(2..=lobby::MEMBERS_MAX).contains(&total) {

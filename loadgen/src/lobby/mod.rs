@@ -47,7 +47,7 @@ use crate::driver::{RunError, SentReceived};
 use crate::engine::{self, ClientOf, Link, Stage, Wire};
 use crate::matou::wire as matou_wire;
 use crate::ocm::{udp, wire as ocm_wire};
-use crate::registry::{InMix, Named, Row, RowSource, ScenarioKind};
+use crate::registry::{Named, Row, RowSource, ScenarioKind};
 use crate::report::Ran;
 use crate::sockio::{Queued, SendLags};
 use crate::stats::{ErrorKind, LatencyHistogram, OwnLags, SeqOutcome};
@@ -199,7 +199,11 @@ pub struct Part<'a> {
 pub struct Lobby;
 
 impl ScenarioKind for Lobby {
-    const NAME: &'static str = "lobby";
+    const ROW: Row = Row {
+        name: "lobby",
+        source: &MIX_ROW,
+    };
+    const UNREACHABLE_IN_MIX: &'static str = "no member could join the lobby";
     type Config = LobbyConfig;
     type Run<'a> = Run<'a>;
     type Outcome = LobbyOutcome;
@@ -311,14 +315,6 @@ static MIX_ROW: RowSource = RowSource {
     latency_path: "/latency_ms/all",
     losses: "/losses/total",
 };
-
-impl InMix for Lobby {
-    const ROW: Row = Row {
-        name: "lobby",
-        source: &MIX_ROW,
-    };
-    const UNREACHABLE_IN_MIX: &'static str = "no member could join the lobby";
-}
 
 /// `room-to-ccm`, ...: a pair's histogram name.
 pub fn pair_name(origin: Kind, destination: Kind) -> &'static str {

@@ -10,7 +10,7 @@ use crate::bin24::topology::USERS_MAX;
 use crate::matou::{self, MatouConfig};
 use crate::mix::{senders_for, MixShare, Setup};
 use crate::registry::{ScenarioArgs, Single};
-use crate::{check_common, run_id, CommonArgs, RATE_PER_S_MAX, SENDERS_MAX, WARMUP_MAX};
+use crate::{run_id, CommonArgs, RATE_PER_S_MAX, SENDERS_MAX, WARMUP_MAX};
 
 /// Default `--drain`.
 pub(crate) const MATOU_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -65,7 +65,6 @@ impl ScenarioArgs for MatouArgs {
 
     fn config(&self) -> Result<Single<matou::Matou>, String> {
         let common = &self.common;
-        check_common(common)?;
         let users = self.users as usize;
         let senders_requested = self.senders.map_or(users.min(SENDERS_MAX), |s| s as usize);
         if senders_requested > users {

@@ -39,7 +39,7 @@ use crate::course::Phase;
 use crate::driver::{queue_full, RunError, SentReceived, SEND_QUEUE_BYTES_MAX};
 use crate::engine::{self, ClientOf, Stage, Wire};
 use crate::plan::{choose_senders, Due, Plan, SplitMix64};
-use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
+use crate::registry::{Named, Protocol, Row, ScenarioKind};
 use crate::report::Ran;
 use crate::sockio::{Chunk, Queued};
 use crate::stats::{ErrorKind, LatencyHistogram, OwnLags, SeqCounts, SeqOutcome};
@@ -184,7 +184,8 @@ pub struct Part<'a> {
 pub struct Matou;
 
 impl ScenarioKind for Matou {
-    const NAME: &'static str = "matou";
+    const ROW: Row = Protocol::Matou.row();
+    const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
     type Config = MatouConfig;
     type Run<'a> = Run<'a>;
     type Outcome = MatouOutcome;
@@ -257,11 +258,6 @@ impl ScenarioKind for Matou {
     fn unreachable(cfg: &MatouConfig) -> String {
         format!("no user could join a MATOU server at {}", cfg.target)
     }
-}
-
-impl InMix for Matou {
-    const ROW: Row = Protocol::Matou.row();
-    const UNREACHABLE_IN_MIX: &'static str = "no user could join the MATOU server";
 }
 
 /// Whether `address` (the bytes of a PRIVATE_*_ADDRESS) is `ip`: 4 bytes for IPv4, 16 for IPv6.

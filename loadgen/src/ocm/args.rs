@@ -9,7 +9,7 @@ use crate::args::{parse_duration, resolve_hosts, Pace};
 use crate::mix::{ocm_rooms, MixShare, Setup};
 use crate::ocm::{self, OcmConfig, SendTo};
 use crate::registry::{ScenarioArgs, Single};
-use crate::{check_common, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, WARMUP_MAX};
+use crate::{run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, WARMUP_MAX};
 
 /// Default `--drain`.
 pub(crate) const OCM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
@@ -100,7 +100,6 @@ impl ScenarioArgs for OcmArgs {
 
     fn config(&self) -> Result<Single<ocm::Ocm>, String> {
         let common = &self.common;
-        check_common(common)?;
         let rooms = self.rooms as usize;
         let members = self.members as usize;
         let total = rooms * members;

@@ -60,7 +60,7 @@ use crate::course::{Course, Phase};
 use crate::driver::{Phases, RunError, SentReceived, START_DELAY_US};
 use crate::engine::{self, ClientOf, Link, Stage, Wire};
 use crate::plan::Due;
-use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
+use crate::registry::{Named, Protocol, Row, ScenarioKind};
 use crate::report::Ran;
 use crate::sockio::{Chunk, Queued, SendLags};
 use crate::stats::{ErrorKind, LatencyHistogram, OwnLags};
@@ -265,7 +265,8 @@ pub type Run<'a> = engine::Run<Part<'a>>;
 pub struct Ocm;
 
 impl ScenarioKind for Ocm {
-    const NAME: &'static str = "ocm";
+    const ROW: Row = Protocol::Ocm.row();
+    const UNREACHABLE_IN_MIX: &'static str = "no room could be created on the OCM server";
     type Config = OcmConfig;
     type Run<'a> = Run<'a>;
     type Outcome = OcmOutcome;
@@ -355,11 +356,6 @@ impl ScenarioKind for Ocm {
             addresses(&cfg.udp_targets)
         )
     }
-}
-
-impl InMix for Ocm {
-    const ROW: Row = Protocol::Ocm.row();
-    const UNREACHABLE_IN_MIX: &'static str = "no room could be created on the OCM server";
 }
 
 impl<'a> Wire for Part<'a> {

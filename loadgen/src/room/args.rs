@@ -10,10 +10,10 @@ use crate::args::{resolve_loopback, Pace};
 use crate::matou;
 use crate::mix::{senders_for, MixShare, Setup};
 use crate::record::{ALIAS_PREFIX_LEN, RECORD_LEN_MAX, RECORD_LEN_MIN};
-use crate::registry::{InMix, ScenarioArgs, Single};
+use crate::registry::{ScenarioArgs, ScenarioKind, Single};
 use crate::room::{self, RoomConfig, Wire};
 use crate::web;
-use crate::{check_common, run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, SENDERS_MAX};
+use crate::{run_id, CommonArgs, CLIENTS_MAX, RATE_PER_S_MAX, SENDERS_MAX};
 
 /// RESP channel names: short, as real ones are; the name is in every message on the wire.
 pub(crate) const CHANNEL_BYTES_MAX: usize = 64;
@@ -119,7 +119,6 @@ pub(crate) fn fanout_config(
     args: &FanoutArgs,
 ) -> Result<Single<room::Room>, String> {
     let common = &args.common;
-    check_common(common)?;
     let clients = args.clients as usize;
     let senders = args.senders as usize;
     if senders > clients {
@@ -166,7 +165,7 @@ pub(crate) fn in_mix(m: &MixShare<'_>) -> Result<(Setup, u64), String> {
 }
 
 /// A fan-out's share of the mix (ROOM's, WEB's) on `port`, its messages at most `bytes_max`.
-pub(crate) fn fanout_in_mix<K: InMix<Config = RoomConfig> + 'static>(
+pub(crate) fn fanout_in_mix<K: ScenarioKind<Config = RoomConfig> + 'static>(
     m: &MixShare<'_>,
     wire: Wire,
     port: u16,

@@ -26,10 +26,8 @@ mod tests;
 
 use std::net::SocketAddr;
 
-use crate::driver::RunError;
 use crate::record::{self, NoticeCounts, ALIAS_PREFIX_LEN};
-use crate::registry::{InMix, Named, Protocol, Row, ScenarioKind};
-use crate::room::{self, Framing, Room, RoomConfig, RoomOutcome};
+use crate::room::{self, Framing};
 
 /// What a WEB member keeps beside ROOM's: its frame reader, its masking keys, and the notices
 /// (`welcome`, `joined`, `left`) it got.
@@ -105,39 +103,7 @@ pub fn scan_text(text: &[u8], mut scan: impl FnMut(&[u8])) -> bool {
 }
 
 /// The scenario as the registry lists it: ROOM's fan-out over WEB's wire.
-pub struct Web;
-
-impl ScenarioKind for Web {
-    const NAME: &'static str = "web";
-    type Config = RoomConfig;
-    type Run<'a> = room::Run<'a>;
-    type Outcome = RoomOutcome;
-    type Report = room::report::Report;
-
-    fn start(cfg: &RoomConfig) -> Result<room::Run<'_>, RunError> {
-        Room::start(cfg)
-    }
-    fn finish(run: room::Run<'_>) -> RoomOutcome {
-        Room::finish(run)
-    }
-    fn report(cfg: &RoomConfig, seed: u64, strict: bool, outcome: &RoomOutcome) -> Self::Report {
-        Room::report(cfg, seed, strict, outcome)
-    }
-    fn histograms(outcome: &RoomOutcome) -> (Named<'_>, Named<'_>) {
-        Room::histograms(outcome)
-    }
-    fn progress(cfg: &RoomConfig) -> bool {
-        Room::progress(cfg)
-    }
-    fn unreachable(cfg: &RoomConfig) -> String {
-        Room::unreachable(cfg)
-    }
-}
-
-impl InMix for Web {
-    const ROW: Row = Protocol::Web.row();
-    const UNREACHABLE_IN_MIX: &'static str = "no client could join the WEB server";
-}
+pub type Web = room::Fanout<true>;
 
 /// WEB's sign-in for `loadgen churn`: the upgrade, then `signin`, proven by the `welcome`.
 pub mod churn {
@@ -155,11 +121,12 @@ pub mod churn {
         },
     };
 
-    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    pub(super) const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
         Sec-WebSocket-Version: 13\r\n\r\n";
 
-    fn answer(name: &str, stage: Stage, input: &[u8]) -> Step {
+    pub(super) fn answer(name: &str, stage: Stage, input: &[u8]) -> Step {
         match stage {
             Stage::Prompt => {
                 let Some(end) = find(input, b"\r\n\r\n") else {
@@ -191,59 +158,5 @@ pub mod churn {
             }
             _ => Step::Stray,
         }
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn the_sign_in_waits_for_101_then_the_welcome() {
-        let head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: \
-            s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert!(matches!(
-            answer("w1", Stage::Prompt, &head[..20]),
-            Step::Wait
-        ));
-        let Step::Reply { read, out, then } = answer("w1", Stage::Prompt, head) else {
-            panic!("no reply to the upgrade");
-        };
-        assert_eq!((read, then), (head.len(), Stage::Answer));
-        assert_eq!(out, ws::signin("w1", [5, 6, 7, 8]));
-        let forbidden = b"HTTP/1.1 403 Forbidden\r\n\r\n";
-        assert!(matches!(
-            answer("w1", Stage::Prompt, forbidden),
-            Step::Unexpected
-        ));
-        let frame = |json: &str| {
-            let mut f = vec![0x81, json.len() as u8];
-            f.extend_from_slice(json.as_bytes());
-            f
-        };
-        let joined = frame(r#"{"type":"joined","name":"w0","protocol":"web"}"#);
-        let mut welcome = joined.clone();
-        welcome.extend(frame(r#"{"type":"welcome","name":"w1","present":[]}"#));
-        assert!(matches!(answer("w1", Stage::Answer, &joined), Step::Wait));
-        assert!(matches!(
-            answer("w1", Stage::Answer, &welcome[..joined.len() + 3]),
-            Step::Wait
-        ));
-        assert!(matches!(
-            answer("w1", Stage::Answer, &welcome),
-            Step::SignedIn
-        ));
-        let refused = frame(r#"{"type":"refused","reason":"name-taken"}"#);
-        assert!(matches!(
-            answer("w1", Stage::Answer, &refused),
-            Step::Unexpected
-        ));
-    }
-
-    #[cfg(test)]
-    #[test]
-    fn the_upgrade_request_is_the_one_the_codec_writes_without_origin() {
-        let with_origin = String::from_utf8(ws::upgrade_request("localhost")).unwrap();
-        let without: String = (with_origin.split("\r\n"))
-            .filter(|line| !line.starts_with("Origin:"))
-            .collect::<Vec<_>>()
-            .join("\r\n");
-        assert_eq!(without.as_bytes(), UPGRADE);
     }
 }

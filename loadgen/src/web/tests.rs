@@ -264,6 +264,65 @@ fn names_are_the_aliases_with_lw() {
     assert_eq!(name(&alias), "lw000042");
 }
 
+/// Churn's WEB sign-in, without sockets.
+mod churn {
+    use super::super::churn::{answer, UPGRADE};
+    use super::ws;
+    use crate::churn::{Stage, Step};
+
+    #[test]
+    fn the_sign_in_waits_for_101_then_the_welcome() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: \
+            s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert!(matches!(
+            answer("w1", Stage::Prompt, &head[..20]),
+            Step::Wait
+        ));
+        let Step::Reply { read, out, then } = answer("w1", Stage::Prompt, head) else {
+            panic!("no reply to the upgrade");
+        };
+        assert_eq!((read, then), (head.len(), Stage::Answer));
+        assert_eq!(out, ws::signin("w1", [5, 6, 7, 8]));
+        let forbidden = b"HTTP/1.1 403 Forbidden\r\n\r\n";
+        assert!(matches!(
+            answer("w1", Stage::Prompt, forbidden),
+            Step::Unexpected
+        ));
+        let frame = |json: &str| {
+            let mut f = vec![0x81, json.len() as u8];
+            f.extend_from_slice(json.as_bytes());
+            f
+        };
+        let joined = frame(r#"{"type":"joined","name":"w0","protocol":"web"}"#);
+        let mut welcome = joined.clone();
+        welcome.extend(frame(r#"{"type":"welcome","name":"w1","present":[]}"#));
+        assert!(matches!(answer("w1", Stage::Answer, &joined), Step::Wait));
+        assert!(matches!(
+            answer("w1", Stage::Answer, &welcome[..joined.len() + 3]),
+            Step::Wait
+        ));
+        assert!(matches!(
+            answer("w1", Stage::Answer, &welcome),
+            Step::SignedIn
+        ));
+        let refused = frame(r#"{"type":"refused","reason":"name-taken"}"#);
+        assert!(matches!(
+            answer("w1", Stage::Answer, &refused),
+            Step::Unexpected
+        ));
+    }
+
+    #[test]
+    fn the_upgrade_request_is_the_one_the_codec_writes_without_origin() {
+        let with_origin = String::from_utf8(ws::upgrade_request("localhost")).unwrap();
+        let without: String = (with_origin.split("\r\n"))
+            .filter(|line| !line.starts_with("Origin:"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        assert_eq!(without.as_bytes(), UPGRADE);
+    }
+}
+
 mod against_chatd {
     use switchboard::config::Config;
     use switchboard::reactor::{ProtocolKind, Server};
