@@ -344,7 +344,7 @@ impl Server {
                         .unwrap_or((TlsFailure::Other, String::from("unknown")));
                     self.tls_stats.admin.failures[failure.index()] += 1;
                     let peer = conn.peer;
-                    self.tls_failure_log.warn(self.now_ms, || {
+                    self.tls_failure_logs[failure.index()].warn(self.now_ms, || {
                         format!(
                             "closing admin connection {peer}: TLS failed: {} ({detail})",
                             failure.describe()
@@ -508,10 +508,11 @@ impl Server {
                 {
                     self.tls_stats.admin.failures[TlsFailure::HandshakeDeadline.index()] += 1;
                     let peer = conn.peer;
-                    self.tls_failure_log.warn(self.now_ms, || {
+                    let failure = TlsFailure::HandshakeDeadline;
+                    self.tls_failure_logs[failure.index()].warn(self.now_ms, || {
                         format!(
                             "closing admin connection {peer}: TLS failed: {}",
-                            TlsFailure::HandshakeDeadline.describe()
+                            failure.describe()
                         )
                     });
                 }

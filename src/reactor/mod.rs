@@ -349,7 +349,8 @@ pub struct Server {
     /// The certificate and key, when anything speaks TLS.
     tls: Option<TlsSettings>,
     tls_stats: TlsStats,
-    tls_failure_log: LimitLog,
+    /// One per `TlsFailure`: a flood of one kind does not hide another.
+    tls_failure_logs: [LimitLog; TlsFailure::ALL.len()],
     /// Busy time of each loop turn, for the metrics.
     loop_turns: Histogram,
     /// Returns freed heap to the kernel after a large burst of queued output.
@@ -466,7 +467,7 @@ impl Server {
             admin,
             tls,
             tls_stats: TlsStats::default(),
-            tls_failure_log: LimitLog::default(),
+            tls_failure_logs: Default::default(),
             loop_turns: Histogram::default(),
             heap_trim: trim::HeapTrim::default(),
             input_paused: Vec::new(),
@@ -1045,7 +1046,7 @@ impl Server {
         detail: &str,
     ) {
         self.tls_stats.protocol(kind).failures[failure.index()] += 1;
-        self.tls_failure_log.warn(self.now_ms, || {
+        self.tls_failure_logs[failure.index()].warn(self.now_ms, || {
             format!(
                 "closing {} {peer} ({id}): TLS failed: {} ({detail})",
                 kind.name(),
