@@ -8,7 +8,6 @@
 
 mod chatd;
 mod child; // chatd::Chatd collects its stderr with it
-#[allow(dead_code)]
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
