@@ -255,9 +255,7 @@ fn wait_metric(admin: SocketAddr, config: &Arc<ClientConfig>, sample: &str, at_l
 }
 
 fn failures(protocol: &str, reason: &str) -> String {
-    format!(
-        "switchboard_tls_handshake_failures_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}"
-    )
+    format!("chatd_tls_handshake_failures_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}")
 }
 
 /// A TLS ROOM client joined as `alias`.
@@ -453,7 +451,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
         ("web", 2.0),
         ("admin", 1.0),
     ] {
-        let sample = format!("switchboard_tls_handshakes_total{{protocol=\"{protocol}\"}}");
+        let sample = format!("chatd_tls_handshakes_total{{protocol=\"{protocol}\"}}");
         assert!(metric(&text, &sample) >= at_least, "{sample} in {text}");
     }
     // And the plaintext and TLS ROOM clients still chat.
