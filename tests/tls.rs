@@ -673,3 +673,92 @@ fn a_tls_port_without_a_usable_certificate_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
+    let pki = Pki::new("slow");
+    let mut args = pki.args();
+    args.extend(
+        [
+            "--room-tls-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--admin-tls",
+            "--output-hard-bytes-max",
+            "262144",
+            "--output-soft-bytes-max",
+            "262144",
+            "--tcp-send-buffer-bytes",
+            "4096",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut chatd = Chatd::start(&["--room-port"], &args);
+    let config = pki.client_config();
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let admin = admin_addr(&mut chatd);
+    let room = SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port")));
+
+    // A TLS member with a small receive buffer that reads nothing after joining.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&room_tls.into()).expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let slow_addr = tcp.local_addr().expect("local address");
+    let name = ServerName::try_from("localhost").expect("name");
+    let session = ClientConnection::new(Arc::clone(&config), name).expect("session");
+    let mut stream = StreamOwned::new(session, tcp);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("handshake");
+    }
+    let mut slow = Wire::new(stream, "slow tls");
+    slow.read_through(b"alias?");
+    slow.send(b"slowtls");
+    slow.read_through(b"Voce esta conectado ao servidor!");
+
+    // A plaintext member floods the room and reads its own echoes on another thread.
+    let mut flooder = Client::join(room, "flooder");
+    let mut echoes = flooder.stream.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut sink = [0u8; 64 * 1024];
+        while matches!(echoes.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let line = vec![b'x'; 1000];
+    let deadline = Instant::now() + WAIT;
+    let hard = "chatd_slow_consumer_closes_total{limit=\"hard\"}";
+    let mut sent = 0usize;
+    while metric(&metrics(admin, &config), hard) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS member was not closed after {sent} bytes flooded"
+        );
+        for _ in 0..256 {
+            flooder.send(&line);
+        }
+        sent += 256 * line.len();
+    }
+    assert!(
+        sent >= 262_144,
+        "closed only past the hard limit ({sent} bytes sent)"
+    );
+    let text = chatd.stderr.wait_for("slow consumer");
+    assert!(
+        text.contains(&format!("closing {slow_addr} (")),
+        "the TLS member is the one closed: {text}"
+    );
+    // The slow member finds its connection closed once it reads again; the flooder stays.
+    slow.read_to_close();
+    flooder.send(b"still here");
+    flooder
+        .stream
+        .shutdown(std::net::Shutdown::Both)
+        .expect("shutdown");
+    reader.join().expect("echo reader");
+}
