@@ -929,11 +929,15 @@ impl Server {
                 return;
             }
             let (outcome, count) = conn.read_once(&mut self.scratch);
-            if conn.tls.is_some() {
+            // A plaintext connection keeps its borrow: no second lookup per read.
+            let conn = if conn.tls.is_some() {
                 self.after_tls_read(id);
-            }
-            let Some(conn) = self.table.get_mut(id) else {
-                return;
+                match self.table.get_mut(id) {
+                    Some(conn) => conn,
+                    None => return,
+                }
+            } else {
+                conn
             };
             match outcome {
                 IoOutcome::Continue => {
