@@ -488,6 +488,9 @@ impl Services {
             }
         }
         let lapsed = cluster.take_lapsed_nodes();
+        for (node, incarnation) in &lapsed {
+            self.hub.forget_node(node, *incarnation);
+        }
         if let Some(ocm) = self.ocm.as_mut().filter(|_| !lapsed.is_empty()) {
             ocm.queue_lapsed_nodes(lapsed);
         }
@@ -630,6 +633,10 @@ impl Services {
             Located::Bin24 { from, frame, at } => {
                 self.hub_queue
                     .hand_over(HubOutcome::Bin24Located { from, frame, at });
+            }
+            Located::Bin24Relocated { frame, at } => {
+                self.hub_queue
+                    .hand_over(HubOutcome::Bin24Relocated { frame, at });
             }
             Located::CcmToBin24 { from, message, at } => {
                 // Made a BIN24 frame here (BIN24's limits, the sender's messageID) and handed
@@ -2408,21 +2415,18 @@ mod tests {
         a.bin24_from_node(answer.clone(), b"node-b", &cx(5).clock(), &mut out_a);
         assert_eq!(out_a.sent_to(ana), [ok]);
 
-        // The second message is read now, located, and sent the same way; bob never answers.
+        // The second message is read now and sent at once to where the first look-up found
+        // bob (node-a's location cache: no look-up, nothing held); bob never answers.
         out_a.clear();
         out_b.clear();
         a.on_data(ProtocolKind::Bin24, ana, &mut input, &cx(6), &mut out_a);
         assert!(input.is_empty());
-        a.answer_name(
-            NameAnswer::Located {
-                token: 3,
-                holder: at_b(),
-            },
-            &cx(6).clock(),
-            &mut out_a,
-        );
         let published = a.take_bin24_published();
         assert_eq!(published.len(), 1, "once: {published:?}");
+        assert_eq!(
+            (&published[0].to_node[..], published[0].step),
+            (&b"node-b"[..], Bin24Step::CachedMessage)
+        );
         b.bin24_from_node(published[0].clone(), b"node-a", &cx(7).clock(), &mut out_b);
         assert_eq!(out_b.sent_to(bob), std::slice::from_ref(&second));
         b.on_timers(&cx(7 + ack_timeout_ms - 20).clock(), &mut out_b);
@@ -2551,7 +2555,7 @@ mod tests {
         );
         a.answer_name(
             NameAnswer::Located {
-                token: 4,
+                token: 3,
                 holder: None,
             },
             &cx(30).clock(),
@@ -2582,14 +2586,7 @@ mod tests {
             &cx(40),
             &mut out_a,
         );
-        a.answer_name(
-            NameAnswer::Located {
-                token: 5,
-                holder: at_b(),
-            },
-            &cx(40).clock(),
-            &mut out_a,
-        );
+        // Sent from the cache (bob at node-b), under the same custody.
         assert_eq!(a.take_bin24_published().len(), 1);
         let lease_ms = 500;
         a.on_timers(&cx(40 + ack_timeout_ms + lease_ms - 20).clock(), &mut out_a);

@@ -624,6 +624,23 @@ impl Bin24Service {
                 link.hub.spans_nodes() && link.hub.holder(recipient.as_bytes()).is_none()
             });
         if remote {
+            // Where the last look-up found DST: sent there at once (no look-up, nothing held).
+            // A stale entry costs a round trip: that node sends it back and it is located.
+            let cached = out
+                .hub()
+                .and_then(|link| link.hub.bin24_cached_location(recipient.as_bytes()));
+            if let Some((to_node, to_incarnation)) = cached {
+                if self.charge_live(id, &frame, now_ms, out) {
+                    self.send_crossing(
+                        frame,
+                        (to_node, to_incarnation),
+                        Bin24Step::CachedMessage,
+                        now_ms,
+                        out,
+                    );
+                }
+                return;
+            }
             let asked = out.hub().is_some_and(|link| {
                 link.hub.address_bin24(
                     id,
@@ -689,30 +706,10 @@ impl Bin24Service {
         if let Ok(frame) = Frame::from_bytes(frame) {
             let recipient = frame.dst();
             match at {
-                Some((to_node, to_incarnation)) => {
+                Some(at) => {
                     // A sender gone meanwhile is not charged: its message was accepted.
                     if !sender_here || self.charge_live(from, &frame, now_ms, out) {
-                        // Kept until the answer comes back; a messageID reused meanwhile
-                        // (a client restarted its counter) leaves the older one to its node.
-                        let key = (frame.src(), frame.message_id());
-                        let deadline = now_ms
-                            .saturating_add(self.config.ack_timeout_ms)
-                            .saturating_add(self.config.crossing_grace_ms);
-                        let timer = self.crossing_deadlines.insert(deadline, key);
-                        if let Some((_, older)) = self.crossing.insert(key, (frame.clone(), timer))
-                        {
-                            self.crossing_deadlines.cancel(older);
-                        }
-                        if let Some(link) = out.hub() {
-                            link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
-                                to_node,
-                                to_incarnation,
-                                from_node: Bytes::new(),
-                                from_incarnation: 0,
-                                step: Bin24Step::Message,
-                                frame: frame.into_bytes(),
-                            })));
-                        }
+                        self.send_crossing(frame, at, Bin24Step::Message, now_ms, out);
                     }
                 }
                 None => {
@@ -736,6 +733,79 @@ impl Bin24Service {
         }
         if sender_here {
             out.resume_input(from);
+        }
+    }
+
+    /// Publish the message `frame` for the node `at` (`step`: located, or from the cache),
+    /// kept here until the answer comes back: custody stays here, and a frame with no answer
+    /// within the ack timeout and the lease is stored here. A messageID reused meanwhile (a
+    /// client restarted its counter) leaves the older one to its node.
+    fn send_crossing<O: Outbox>(
+        &mut self,
+        frame: Frame,
+        (to_node, to_incarnation): (Bytes, u64),
+        step: Bin24Step,
+        now_ms: u64,
+        out: &mut O,
+    ) {
+        let key = (frame.src(), frame.message_id());
+        let deadline = now_ms
+            .saturating_add(self.config.ack_timeout_ms)
+            .saturating_add(self.config.crossing_grace_ms);
+        let timer = self.crossing_deadlines.insert(deadline, key);
+        if let Some((_, older)) = self.crossing.insert(key, (frame.clone(), timer)) {
+            self.crossing_deadlines.cancel(older);
+        }
+        if let Some(link) = out.hub() {
+            link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                to_node,
+                to_incarnation,
+                from_node: Bytes::new(),
+                from_incarnation: 0,
+                step,
+                frame: frame.into_bytes(),
+            })));
+        }
+    }
+
+    /// A message sent from the location cache came back (its DST is not on the node the
+    /// cache named) and was located again: published for the node `at` as located (that node
+    /// stores it if its user left meanwhile: no second trip back), or, nowhere else, BIN24's
+    /// rules here (online here by now, or stored here, "300"). A frame whose custody ended
+    /// meanwhile (its timer stored it here) is nothing more.
+    fn on_relocated<O: Outbox, S: StoreSink>(
+        &mut self,
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let Ok(frame) = Frame::from_bytes(frame) else {
+            return;
+        };
+        let key = (frame.src(), frame.message_id());
+        if !self.crossing.contains_key(&key) {
+            return;
+        }
+        match at {
+            Some(at) => self.send_crossing(frame, at, Bin24Step::Message, now_ms, out),
+            None => {
+                if let Some((_, timer)) = self.crossing.remove(&key) {
+                    self.crossing_deadlines.cancel(timer);
+                }
+                match self.live_conn(frame.dst()) {
+                    Some(to) => self.deliver_live(to, frame, None, now_ms, out, store),
+                    None => self.store_for(
+                        frame.dst(),
+                        frame.src(),
+                        frame.message_id(),
+                        &frame,
+                        None,
+                        store,
+                    ),
+                }
+            }
         }
     }
 
@@ -796,11 +866,27 @@ impl Bin24Service {
             return;
         };
         match (relay.step, frame.frame_type()) {
-            (Bin24Step::Message, codec::TYPE_MESSAGE) => {
+            (step @ (Bin24Step::Message | Bin24Step::CachedMessage), codec::TYPE_MESSAGE) => {
                 let origin = Some((relay.from_node, relay.from_incarnation));
                 let recipient = frame.dst();
                 let live = self.live_conn(recipient);
                 if live.is_none() && self.deliver_to_other_protocol(&frame, &origin, out, store) {
+                    return;
+                }
+                if step == Bin24Step::CachedMessage && !self.users.contains_key(&recipient) {
+                    // The sender's node's cache is stale: nobody here holds DST. Sent back,
+                    // so that node locates it (the user may be on a third node now) and keeps
+                    // custody; not stored here.
+                    if let (Some((to_node, to_incarnation)), Some(link)) = (origin, out.hub()) {
+                        link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                            to_node,
+                            to_incarnation,
+                            from_node: Bytes::new(),
+                            from_incarnation: 0,
+                            step: Bin24Step::Bounced,
+                            frame: frame.into_bytes(),
+                        })));
+                    }
                     return;
                 }
                 match live {
@@ -832,6 +918,27 @@ impl Bin24Service {
                     if let Some((to, bytes)) = to_web {
                         out.send(to, bytes);
                     }
+                }
+            }
+            (Bin24Step::Bounced, codec::TYPE_MESSAGE) => {
+                // Still in this node's custody (else its timer stored it here already, and
+                // this copy is nothing more): located again, bypassing the cache.
+                let key = (frame.src(), frame.message_id());
+                if !self.crossing.contains_key(&key) {
+                    return;
+                }
+                let recipient = Bytes::copy_from_slice(frame.dst().as_bytes());
+                let asked = out.hub().is_some_and(|link| {
+                    link.hub.bin24_bounced(
+                        &relay.from_node,
+                        recipient,
+                        frame.as_bytes().clone(),
+                        now_ms,
+                    )
+                });
+                if !asked {
+                    // Too many look-ups waiting: BIN24's rules here.
+                    self.on_relocated(frame.into_bytes(), None, now_ms, out, store);
                 }
             }
             (step, frame_type) => debug!(
@@ -1617,6 +1724,9 @@ impl Bin24Service {
                 self.on_located(from, frame, at, now_ms, out, store)
             }
             HubOutcome::Bin24Remote(relay) => self.on_remote(*relay, now_ms, out, store),
+            HubOutcome::Bin24Relocated { frame, at } => {
+                self.on_relocated(frame, at, now_ms, out, store)
+            }
             HubOutcome::NameClaim(decided) => {
                 self.on_claim_decided(decided.conn, decided.decision, now_ms, out, store)
             }
