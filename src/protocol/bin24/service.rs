@@ -168,9 +168,6 @@ struct Bin24Conn {
     /// In a cluster: the first frame, whose SRC is asked of the other nodes. It is handled
     /// once the name is granted; input is left unread until then.
     claiming: Option<Frame>,
-    /// In a cluster: a message of this user is being located on the other nodes; input is
-    /// left unread until then, so its messages keep their order.
-    locating: bool,
 }
 
 impl Bin24Conn {
@@ -191,7 +188,6 @@ impl Bin24Conn {
             waiting_for_budget: false,
             sending: None,
             claiming: None,
-            locating: false,
         }
     }
 }
@@ -233,6 +229,13 @@ pub struct Bin24Service {
     /// messageID), kept until that node's answer comes back (custody stays here meanwhile).
     crossing: HashMap<(Name, u32), (Frame, TimerKey)>,
     crossing_deadlines: TimerWheel<(Name, u32)>,
+    /// In a cluster: messages of local senders whose DST is being located, per DST, and per
+    /// (sender, messageID). While a DST has some, every further message to it is located too
+    /// (not sent from the cache, nor delivered here at once), so that the look-ups' answers,
+    /// which come in the order asked, keep each sender's messages to it in order; nothing of
+    /// the sender's input waits meanwhile, so its look-ups share the names thread's pipelines.
+    in_location: HashMap<Name, usize>,
+    locating_frames: HashMap<(Name, u32), usize>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
     /// Users with a page load in flight: at most one per user, whatever its connections do.
@@ -288,6 +291,8 @@ impl Bin24Service {
             ack_deadlines,
             crossing: HashMap::new(),
             crossing_deadlines,
+            in_location: HashMap::new(),
+            locating_frames: HashMap::new(),
             tickets: HashMap::new(),
             next_ticket: 0,
             loading_users: HashSet::new(),
@@ -348,10 +353,10 @@ impl Bin24Service {
                 input.clear();
                 return;
             };
-            if conn.claiming.is_some() || conn.locating {
+            if conn.claiming.is_some() {
                 if input.len() > HELD_INPUT_BYTES_MAX {
                     debug!(
-                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent while its login or a message waited for the cluster"
+                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent while its login waited for the cluster"
                     );
                     self.reject(id, out);
                     input.clear();
@@ -617,17 +622,21 @@ impl Bin24Service {
             return;
         }
         // In a cluster a name no user of this node holds may be a BIN24 user's on another
-        // node: located first (one Redis look-up), and meanwhile this sender's further input
-        // waits, so its messages keep their order.
-        let remote = !self.users.contains_key(&recipient)
-            && out.hub().is_some_and(|link| {
-                link.hub.spans_nodes() && link.hub.holder(recipient.as_bytes()).is_none()
-            });
+        // node: located first (one Redis look-up, answered in the order asked), and so is
+        // every message to a DST that earlier messages are being located for, so that they
+        // keep their order.
+        let behind = self.in_location.contains_key(&recipient);
+        let remote = behind
+            || !self.users.contains_key(&recipient)
+                && out.hub().is_some_and(|link| {
+                    link.hub.spans_nodes() && link.hub.holder(recipient.as_bytes()).is_none()
+                });
         if remote {
-            // Where the last look-up found DST: sent there at once (no look-up, nothing held).
-            // A stale entry costs a round trip: that node sends it back and it is located.
-            let cached = out
-                .hub()
+            // Where the last look-up found DST: sent there at once (no look-up). A stale
+            // entry costs a round trip: that node sends it back and it is located.
+            let cached = (!behind)
+                .then(|| out.hub())
+                .flatten()
                 .and_then(|link| link.hub.bin24_cached_location(recipient.as_bytes()));
             if let Some((to_node, to_incarnation)) = cached {
                 if self.charge_live(id, &frame, now_ms, out) {
@@ -650,9 +659,11 @@ impl Bin24Service {
                 )
             });
             if asked {
-                if let Some(conn) = self.conns.get_mut(id) {
-                    conn.locating = true;
-                }
+                *self.in_location.entry(recipient).or_default() += 1;
+                *self
+                    .locating_frames
+                    .entry((sender, message_id))
+                    .or_default() += 1;
                 return;
             }
             // Too many messages located at once: BIN24's rules for an offline recipient.
@@ -676,8 +687,7 @@ impl Bin24Service {
 
     /// The DST of `from`'s message `frame` was located: a BIN24 user of the node `at` holds
     /// it (the frame is published for that node, charged here as a live delivery), or no
-    /// other node's BIN24 user does (BIN24's rules here: online now, or stored). Then `from`'s
-    /// held input is read again.
+    /// other node's BIN24 user does (BIN24's rules here: online now, or stored).
     fn on_located<O: Outbox, S: StoreSink>(
         &mut self,
         from: ConnId,
@@ -695,16 +705,11 @@ impl Bin24Service {
                 return;
             }
         }
-        let sender_here = match self.conns.get_mut(from) {
-            Some(conn) => {
-                conn.locating = false;
-                true
-            }
-            None => false,
-        };
+        let sender_here = self.conns.get(from).is_some();
         // The frame was decoded from this connection's input: it is one.
         if let Ok(frame) = Frame::from_bytes(frame) {
             let recipient = frame.dst();
+            self.located_one(frame.src(), frame.message_id(), recipient);
             match at {
                 Some(at) => {
                     // A sender gone meanwhile is not charged: its message was accepted.
@@ -731,8 +736,25 @@ impl Bin24Service {
                 }
             }
         }
-        if sender_here {
-            out.resume_input(from);
+    }
+
+    /// A message of a local sender counted in `in_location` was located (a CCM or web
+    /// sender's frame, made on this node, was not counted).
+    fn located_one(&mut self, sender: Name, message_id: u32, recipient: Name) {
+        let key = (sender, message_id);
+        match self.locating_frames.get_mut(&key) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                self.locating_frames.remove(&key);
+            }
+            None => return,
+        }
+        match self.in_location.get_mut(&recipient) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                self.in_location.remove(&recipient);
+            }
+            None => {}
         }
     }
 
