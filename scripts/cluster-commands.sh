@@ -33,8 +33,12 @@ done
 is_count "$users" || usage_error "--users $users: a positive count"
 is_count "$rate" || usage_error "--rate $rate: a positive count"
 is_duration "$duration" || usage_error "--duration $duration is not a duration (4s, 500ms)"
+[ $((users % 2)) -eq 0 ] || usage_error "--users $users: an even count (pairs)"
+[[ $offline_share =~ ^0(\.[0-9]+)?$ ]] \
+  || usage_error "--offline-share $offline_share: from 0 to below 1 (e.g. 0.1)"
 cd "$(dirname "$0")/.."
-command -v redis-server >/dev/null || die "redis-server is needed"
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+  || die "redis-server and redis-cli are needed"
 chatd=${CHATD:-target/debug/chatd}
 loadgen=${LOADGEN:-target/debug/loadgen}
 [ -x "$chatd" ] && [ -x "$loadgen" ] || die "$chatd or $loadgen missing: cargo build --bins"
