@@ -658,10 +658,15 @@ impl Failure {
 
 /// Whether Redis itself answered `err` to the script (an error reply: a runtime error in the
 /// script, `OOM`, `WRONGTYPE`...), as opposed to a link that failed or timed out, a script not
-/// loaded on a restarted Redis (`NOSCRIPT`: reloaded on the next connection) or a Redis still
-/// loading its AOF (`LOADING`), which last as long as they last and are waited out.
+/// loaded on a restarted Redis (`NOSCRIPT`: reloaded on the next connection), a Redis still
+/// loading its AOF (`LOADING`) or busy with a long script (`BUSY`), which last as long as they
+/// last and are waited out.
 fn is_refusal(err: &redis::RedisError) -> bool {
     if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+        return false;
+    }
+    // Another script running past Redis's busy threshold: it ends, and this one runs then.
+    if err.code() == Some("BUSY") {
         return false;
     }
     matches!(
