@@ -2383,6 +2383,28 @@ mod tests {
             );
         }
         assert_eq!(out.sent_to(bob), [first, second]);
+
+        // One sender may have 64 messages located at once; its input waits beyond, until
+        // one is answered, so that it cannot take every look-up the node may have waiting.
+        let mut input = BytesMut::new();
+        for id in 0..65u32 {
+            input.extend_from_slice(&frame(bin24::TYPE_MESSAGE, 10 + id, "ana", "zed", b"z"));
+        }
+        let one = frame(bin24::TYPE_MESSAGE, 74, "ana", "zed", b"z").len();
+        out.clear();
+        out.resumed.clear();
+        a.on_data(ProtocolKind::Bin24, ana, &mut input, &cx(4), &mut out);
+        assert_eq!(input.len(), one, "the 65th waits, unread");
+        assert!(out.resumed.is_empty());
+        a.answer_name(
+            NameAnswer::Located {
+                token: 5,
+                holder: None,
+            },
+            &cx(5).clock(),
+            &mut out,
+        );
+        assert_eq!(out.resumed, [ana], "read again once one is answered");
         assert!(a.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -168,7 +168,14 @@ struct Bin24Conn {
     /// In a cluster: the first frame, whose SRC is asked of the other nodes. It is handled
     /// once the name is granted; input is left unread until then.
     claiming: Option<Frame>,
+    /// In a cluster: this connection's messages being located now. At
+    /// [`LOCATES_PER_CONN_MAX`] its input is left unread until one is answered, so that one
+    /// sender cannot take every look-up the node may have waiting.
+    locating: usize,
 }
+
+/// Messages of one connection being located at once (see `Bin24Conn::locating`).
+const LOCATES_PER_CONN_MAX: usize = 64;
 
 impl Bin24Conn {
     fn new(peer_ip: IpAddr) -> Self {
@@ -188,6 +195,7 @@ impl Bin24Conn {
             waiting_for_budget: false,
             sending: None,
             claiming: None,
+            locating: 0,
         }
     }
 }
@@ -353,10 +361,10 @@ impl Bin24Service {
                 input.clear();
                 return;
             };
-            if conn.claiming.is_some() {
+            if conn.claiming.is_some() || conn.locating >= LOCATES_PER_CONN_MAX {
                 if input.len() > HELD_INPUT_BYTES_MAX {
                     debug!(
-                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent while its login waited for the cluster"
+                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent while its login or its messages waited for the cluster"
                     );
                     self.reject(id, out);
                     input.clear();
@@ -659,6 +667,9 @@ impl Bin24Service {
                 )
             });
             if asked {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.locating += 1;
+                }
                 *self.in_location.entry(recipient).or_default() += 1;
                 *self
                     .locating_frames
@@ -709,7 +720,15 @@ impl Bin24Service {
         // The frame was decoded from this connection's input: it is one.
         if let Ok(frame) = Frame::from_bytes(frame) {
             let recipient = frame.dst();
-            self.located_one(frame.src(), frame.message_id(), recipient);
+            if self.located_one(frame.src(), frame.message_id(), recipient) {
+                if let Some(conn) = self.conns.get_mut(from) {
+                    let held = conn.locating >= LOCATES_PER_CONN_MAX;
+                    conn.locating = conn.locating.saturating_sub(1);
+                    if held {
+                        out.resume_input(from);
+                    }
+                }
+            }
             match at {
                 Some(at) => {
                     // A sender gone meanwhile is not charged: its message was accepted.
@@ -739,15 +758,15 @@ impl Bin24Service {
     }
 
     /// A message of a local sender counted in `in_location` was located (a CCM or web
-    /// sender's frame, made on this node, was not counted).
-    fn located_one(&mut self, sender: Name, message_id: u32, recipient: Name) {
+    /// sender's frame, made on this node, was not counted: false).
+    fn located_one(&mut self, sender: Name, message_id: u32, recipient: Name) -> bool {
         let key = (sender, message_id);
         match self.locating_frames.get_mut(&key) {
             Some(count) if *count > 1 => *count -= 1,
             Some(_) => {
                 self.locating_frames.remove(&key);
             }
-            None => return,
+            None => return false,
         }
         match self.in_location.get_mut(&recipient) {
             Some(count) if *count > 1 => *count -= 1,
@@ -756,6 +775,7 @@ impl Bin24Service {
             }
             None => {}
         }
+        true
     }
 
     /// Publish the message `frame` for the node `at` (`step`: located, or from the cache),
