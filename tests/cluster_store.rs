@@ -658,3 +658,40 @@ fn an_answer_to_a_stored_frame_reaches_its_sender_on_another_node() {
     quiet(&mut ana, Duration::from_millis(200));
     quiet(&mut zed, Duration::from_millis(50));
 }
+
+/// Redis refusing the store's script (here `WRONGTYPE`: something else wrote the totals key
+/// as a string) is not a lost link: the batch is tried again for a second, then its append is
+/// answered "507" (never "300": nothing was stored), instead of holding it, and every BIN24
+/// sender of the node behind it, for ever. Once the key is fixed, the next message is "300".
+#[test]
+fn a_batch_redis_keeps_refusing_is_answered_507_after_a_bound_and_the_store_goes_on() {
+    let Some(redis) = Redis::start_durable() else {
+        return;
+    };
+    let a = redis.node("node-a", &["--bin24-port"], &[]);
+    let (mut ana, _) = log_in(&a, "ana");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("SET")
+        .arg("switchboard:bin24-total")
+        .arg("not a hash")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let sent = Instant::now();
+    let id = ana.send("zed", "refused");
+    assert_eq!(answer_to(&mut ana, id), codec::ANSWER_STORE_FULL);
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "tried again for a second first: {waited:?}"
+    );
+    assert_eq!(stored(&redis, "zed"), 0);
+    redis::cmd("DEL")
+        .arg("switchboard:bin24-total")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let id = ana.send("zed", "stored");
+    assert_eq!(answer_to(&mut ana, id), codec::ANSWER_STORED);
+    assert_eq!(stored(&redis, "zed"), 1);
+    eprintln!("507 after {} ms", waited.as_millis());
+}

@@ -23,7 +23,8 @@
 //!            i32 message port, i32 file port
 //! Bin24:     u8 target node length (1..=64) + target node, u64 target incarnation,
 //!            u8 sending node length (1..=64) + sending node, u64 its incarnation,
-//!            u8 step (0 message, 1 answer), u16 frame length (24..=1024) + the BIN24 frame,
+//!            u8 step (0 message, 1 answer, 2 message from the location cache, 3 sent back),
+//!            u16 frame length (24..=1024) + the BIN24 frame,
 //!            whose own length field (u16 little-endian, its first two bytes) is that length
 //! Ocm:       u8 step (0 joined, 1 chat, 2 left, 3 closed), u8 room length (1..=255) + room,
 //!            u64 room id, u16 member length + member, u8 home node length (1..=64) + home
@@ -296,6 +297,8 @@ pub fn encode(
             out.put_u8(match relay.step {
                 Bin24Step::Message => 0,
                 Bin24Step::Answer => 1,
+                Bin24Step::CachedMessage => 2,
+                Bin24Step::Bounced => 3,
             });
             out.put_u16(relay.frame.len() as u16);
             out.put_slice(&relay.frame);
@@ -572,6 +575,8 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
             let step = match r.u8()? {
                 0 => Bin24Step::Message,
                 1 => Bin24Step::Answer,
+                2 => Bin24Step::CachedMessage,
+                3 => Bin24Step::Bounced,
                 other => return Err(DecodeError::Step(other)),
             };
             let frame = r.field(2, BIN24_FRAME_BYTES_MAX, "BIN24 frame")?;
@@ -1041,6 +1046,8 @@ mod tests {
             (Bin24Step::Answer, &b"200"[..]),
             (Bin24Step::Message, &[0u8; 1000][..]),
             (Bin24Step::Message, &b""[..]),
+            (Bin24Step::CachedMessage, &b"hi"[..]),
+            (Bin24Step::Bounced, &b"hi"[..]),
         ] {
             let event = relay(step, bin24_frame(body));
             let wire = encode(b"a", 1, 2, &event).unwrap();
@@ -1068,8 +1075,8 @@ mod tests {
         lying[at] = 27;
         assert_eq!(decode(lying.into()), Err(DecodeError::Bin24Frame));
         let mut step = want.clone();
-        step[at - 3] = 2;
-        assert_eq!(decode(step.into()), Err(DecodeError::Step(2)));
+        step[at - 3] = 4;
+        assert_eq!(decode(step.into()), Err(DecodeError::Step(4)));
         let mut empty_from = want.clone();
         empty_from[27 + 8] = 0;
         assert!(decode(empty_from.into()).is_err());

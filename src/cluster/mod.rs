@@ -42,6 +42,30 @@ pub use codec::Envelope;
 /// The pub/sub channel of the lobby. Pub/sub ignores the database number, so clusters that
 /// share one Redis are told apart by `--cluster-channel` if ever needed (not yet).
 pub const LOBBY_CHANNEL: &str = "switchboard:lobby";
+/// Prefix of each node's own channel: the events for one node only (a CCM or web message, a
+/// MATOU private link's step, a BIN24 frame crossing) are published there, not on the lobby
+/// channel, so that only their node receives them (and not every node, to drop them).
+pub const NODE_CHANNEL_PREFIX: &str = "switchboard:to:";
+
+/// The channel of node `node`'s own events.
+pub fn node_channel(node: &[u8]) -> Vec<u8> {
+    let mut channel = NODE_CHANNEL_PREFIX.as_bytes().to_vec();
+    channel.extend_from_slice(node);
+    channel
+}
+
+/// An encoded event and the node it is for (`None`: every node, on the lobby channel).
+type Outgoing = (Option<Bytes>, Bytes);
+
+/// The node a hub event is for, when only one node acts on it.
+fn target_node(event: &HubEvent) -> Option<&Bytes> {
+    match event {
+        HubEvent::Addressed(addressed) => Some(&addressed.to_node),
+        HubEvent::Private(link) => Some(&link.to_node),
+        HubEvent::Bin24(relay) => Some(&relay.to_node),
+        HubEvent::Said(_) | HubEvent::Presence(_) | HubEvent::Direct(_) | HubEvent::Ocm(_) => None,
+    }
+}
 /// Events waiting for the publisher; beyond this they are dropped (and counted).
 const OUTGOING_MAX: usize = 65_536;
 /// Bytes of encoded events waiting for the publisher; beyond this they are dropped (and
@@ -180,7 +204,7 @@ pub struct Cluster {
     node: Bytes,
     incarnation: u64,
     next_seq: u64,
-    outgoing: Option<SyncSender<Bytes>>,
+    outgoing: Option<SyncSender<Outgoing>>,
     /// Bytes in `outgoing` (added here, taken off by the publisher).
     outgoing_bytes: Arc<AtomicUsize>,
     incoming: Receiver<Incoming>,
@@ -253,7 +277,7 @@ impl Cluster {
         let stats = Arc::new(ClusterStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicBool::new(false));
-        let (outgoing, outgoing_rx) = mpsc::sync_channel::<Bytes>(OUTGOING_MAX);
+        let (outgoing, outgoing_rx) = mpsc::sync_channel::<Outgoing>(OUTGOING_MAX);
         let outgoing_bytes = Arc::new(AtomicUsize::new(0));
         let incoming_bytes = Arc::new(AtomicUsize::new(0));
         let (incoming_tx, incoming) = mpsc::channel();
@@ -306,10 +330,12 @@ impl Cluster {
             let pending = Arc::clone(&pending);
             let incoming_bytes = Arc::clone(&incoming_bytes);
             let config_lease_ms = config.lease_ms;
+            let own_channel = node_channel(node);
             std::thread::Builder::new()
                 .name("cluster-sub".into())
                 .spawn(move || {
                     let subscriber = Subscriber {
+                        own_channel,
                         incoming: incoming_tx,
                         incoming_bytes: &incoming_bytes,
                         ping_every: Duration::from_millis(config_lease_ms / 4),
@@ -391,8 +417,9 @@ impl Cluster {
         }
     }
 
-    /// Queue a local hub event for the other nodes; never blocks. Direct messages do not
-    /// cross yet and are skipped.
+    /// Queue a local hub event for the other nodes; never blocks. An event for one node only
+    /// goes to that node's channel, the rest to the lobby's. `Direct` (a node's own
+    /// deliveries) never crosses.
     pub fn publish(&mut self, event: &HubEvent) {
         if matches!(event, HubEvent::Direct(_)) {
             return;
@@ -406,11 +433,12 @@ impl Cluster {
             }
         };
         self.next_seq += 1;
-        self.send(payload);
+        let to = target_node(event).filter(|to| !to.is_empty()).cloned();
+        self.send(to, payload);
     }
 
     /// To the publisher; never blocks (a full channel drops it, counted).
-    fn send(&mut self, payload: Bytes) {
+    fn send(&mut self, to: Option<Bytes>, payload: Bytes) {
         let Some(outgoing) = &self.outgoing else {
             return;
         };
@@ -419,7 +447,7 @@ impl Cluster {
             self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match outgoing.try_send(payload) {
+        match outgoing.try_send((to, payload)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.outgoing_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -604,7 +632,7 @@ impl Cluster {
             match codec::encode_roster(&self.node, self.incarnation, self.next_seq, &roster) {
                 Ok(payload) => {
                     self.next_seq += 1;
-                    self.send(payload);
+                    self.send(None, payload);
                 }
                 Err(err) => {
                     warn!(
@@ -809,7 +837,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn run(mut self, outgoing: Receiver<Bytes>) {
+    fn run(mut self, outgoing: Receiver<Outgoing>) {
         let started = Instant::now();
         let now_ms = || started.elapsed().as_millis() as u64;
         let mut schedule = liveness::LeaseSchedule::new(self.lease_ms, now_ms());
@@ -822,13 +850,13 @@ impl Publisher {
             let wait = Duration::from_millis(schedule.wait_ms(now_ms()));
             let batch = match outgoing.recv_timeout(wait) {
                 Ok(first) => {
-                    let mut bytes = first.len();
+                    let mut bytes = first.1.len();
                     let mut batch = vec![first];
                     while batch.len() < 1024 && bytes < PIPELINE_BYTES_MAX {
                         match outgoing.try_recv() {
-                            Ok(payload) => {
-                                bytes += payload.len();
-                                batch.push(payload);
+                            Ok(outgoing) => {
+                                bytes += outgoing.1.len();
+                                batch.push(outgoing);
                             }
                             Err(_) => break,
                         }
@@ -868,7 +896,7 @@ impl Publisher {
     /// is gone) costs a connect attempt per delay, not a busy loop.
     fn publish(
         &mut self,
-        batch: &[Bytes],
+        batch: &[Outgoing],
         down_since: &mut Option<Instant>,
         lost: &mut bool,
     ) -> bool {
@@ -877,11 +905,13 @@ impl Publisher {
                 break;
             };
             let mut pipe = redis::pipe();
-            for payload in batch {
-                pipe.cmd("PUBLISH")
-                    .arg(LOBBY_CHANNEL)
-                    .arg(&payload[..])
-                    .ignore();
+            for (to, payload) in batch {
+                let cmd = pipe.cmd("PUBLISH");
+                match to {
+                    Some(node) => cmd.arg(node_channel(node)),
+                    None => cmd.arg(LOBBY_CHANNEL),
+                };
+                cmd.arg(&payload[..]).ignore();
             }
             match pipe.query::<()>(link) {
                 Ok(()) => {
@@ -984,6 +1014,10 @@ impl Publisher {
 
 /// The subscriber thread's state: what it hands events to, and the shared flags.
 struct Subscriber<'a> {
+    /// This node's own channel ([`node_channel`]), subscribed with the lobby's on the same
+    /// connection: Redis writes one publisher's messages to it in the order it published them,
+    /// whichever of the two channels each went to, so a node's events stay in order.
+    own_channel: Vec<u8>,
     incoming: mpsc::Sender<Incoming>,
     /// Bytes handed over and not yet taken by the reactor ([`INCOMING_BYTES_MAX`]).
     incoming_bytes: &'a AtomicUsize,
@@ -1027,7 +1061,8 @@ impl Subscriber<'_> {
             let mut pubsub = conn.as_pubsub();
             let subscribed = pubsub
                 .set_read_timeout(Some(self.read_timeout()))
-                .and_then(|()| pubsub.subscribe(LOBBY_CHANNEL));
+                .and_then(|()| pubsub.subscribe(LOBBY_CHANNEL))
+                .and_then(|()| pubsub.subscribe(&self.own_channel[..]));
             if let Err(err) = subscribed {
                 if let Some(started) = started.take() {
                     let _ = started.send(Err(err));

@@ -26,6 +26,7 @@
 //! what it did the first time instead of storing its frames twice, and one older than the
 //! last applied (a stale copy on a dropped connection that Redis reads late) does nothing.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -50,6 +51,14 @@ const BATCH_KEY_PREFIX: &str = "switchboard:bin24-batch:";
 const BATCH_KEY_EXPIRY_MS: u64 = 24 * 3600 * 1000;
 /// After the front starts closing, how long a batch waiting for Redis is still tried.
 const CLOSING_RETRY: Duration = Duration::from_secs(5);
+/// How long a batch Redis keeps refusing (an error reply: a script error, `OOM` under
+/// `maxmemory`, `WRONGTYPE` on a key something else wrote) is tried again before its requests
+/// are answered as failed ("507" for an append: not stored, never "300"). Redis answered, so
+/// the link is fine and waiting longer would only stall every BIN24 sender of the node
+/// behind the store's queue bound; a second covers a transient refusal (memory freed by
+/// deliveries). A lost link or a Redis loading its AOF (`LOADING`) is not a refusal: held
+/// and retried for as long as it lasts, as before.
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(20);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
 
@@ -277,7 +286,24 @@ impl RedisWorker {
                 }
             }
             let count = batch.len();
-            for event in self.execute(batch) {
+            // A panic in one batch (a bug) fails that batch's requests, as in the redb store,
+            // and the thread goes on with a fresh connection: no request waits for ever.
+            let failed: Vec<StoreEvent> = batch
+                .iter()
+                .filter(|request| !matches!(request, StoreRequest::Remove { .. }))
+                .filter_map(|request| failed_event(request, "the storage thread panicked"))
+                .collect();
+            let done = panic::catch_unwind(AssertUnwindSafe(|| self.execute(batch)))
+                .unwrap_or_else(|_| {
+                    error!(
+                        "offline store in Redis {}: the storage thread panicked in a batch of \
+                         {count} request(s); none of it answered \"300\"",
+                        self.url
+                    );
+                    self.conn = None;
+                    failed
+                });
+            for event in done {
                 let _ = events.send(event);
             }
             self.shared.finished(count);
@@ -323,10 +349,11 @@ impl RedisWorker {
         let answers = match self.run_until_answered(&invocation, runs.len()) {
             Ok(answers) => answers,
             Err(why) => {
-                // Only when closing with Redis still unreachable: nobody was told "300".
+                // Closing with Redis still unreachable, or Redis kept refusing the batch:
+                // nobody was told "300".
                 error!(
-                    "offline store in Redis {}: {} request(s) not done at shutdown: {why}; their \
-                     senders were not answered \"300\"",
+                    "offline store in Redis {}: {} request(s) not done: {why}; their senders \
+                     were not answered \"300\"",
                     self.url,
                     runs.len()
                 );
@@ -390,8 +417,8 @@ fn event_for(request: StoreRequest, answer: Answer) -> Option<StoreEvent> {
 
 impl RedisWorker {
     /// The script's answers to `invocation`, tried again (the same batch) until Redis gives
-    /// them: `Err` only once the front is closing and Redis stayed unreachable for
-    /// [`CLOSING_RETRY`].
+    /// them: `Err` once the front is closing and Redis stayed unreachable for
+    /// [`CLOSING_RETRY`], or Redis kept refusing the batch for [`REFUSED_RETRY`].
     fn run_until_answered(
         &mut self,
         invocation: &redis::Cmd,
@@ -399,6 +426,7 @@ impl RedisWorker {
     ) -> Result<Vec<Answer>, String> {
         let mut delay = RETRY_DELAY_MIN;
         let mut closing_since: Option<Instant> = None;
+        let mut refused_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
             match self.try_once(invocation, requests) {
@@ -417,7 +445,16 @@ impl RedisWorker {
                     self.shared.set_usage(totals[0], totals[1], totals[2]);
                     return Ok(answers);
                 }
-                Err(why) => {
+                Err(Failure { why, refused }) => {
+                    if refused {
+                        let since = *refused_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= REFUSED_RETRY {
+                            return Err(format!(
+                                "Redis refused it for {} ms: {why}",
+                                since.elapsed().as_millis()
+                            ));
+                        }
+                    }
                     if self.down_since.is_none() {
                         self.down_since = Some(Instant::now());
                         warn!(
@@ -451,12 +488,15 @@ impl RedisWorker {
         &mut self,
         invocation: &redis::Cmd,
         requests: usize,
-    ) -> Result<(Vec<Answer>, [u64; 3]), String> {
+    ) -> Result<(Vec<Answer>, [u64; 3]), Failure> {
         if self.conn.is_none() {
-            self.conn = Some(self.connect().map_err(|e| e.to_string())?);
+            self.conn = Some(self.connect().map_err(|err| Failure::of(&err))?);
         }
         let Some((conn, sha)) = self.conn.as_mut() else {
-            return Err("no connection".to_string());
+            return Err(Failure {
+                why: "no connection".to_string(),
+                refused: false,
+            });
         };
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(sha.as_str());
@@ -464,14 +504,16 @@ impl RedisWorker {
         match reply {
             Ok(value) => match decode_answers(value, requests) {
                 Ok(decoded) => Ok(decoded),
+                // Redis answered, in a shape the script never gives: refused (a bug, or a
+                // later batch of this thread recorded), not a link to wait for.
                 Err(why) => {
                     self.conn = None;
-                    Err(why)
+                    Err(Failure { why, refused: true })
                 }
             },
             Err(err) => {
                 self.conn = None;
-                Err(err.to_string())
+                Err(Failure::of(&err))
             }
         }
     }
@@ -594,6 +636,45 @@ fn invocation_with<'a>(cmd: &'a mut redis::Cmd, invocation: &redis::Cmd) -> &'a 
         }
     }
     cmd
+}
+
+/// Why a try of a batch did not give its answers.
+#[derive(Debug)]
+struct Failure {
+    why: String,
+    /// Redis answered with an error (the batch was refused, not lost on the way): tried
+    /// again for [`REFUSED_RETRY`] only.
+    refused: bool,
+}
+
+impl Failure {
+    fn of(err: &redis::RedisError) -> Failure {
+        Failure {
+            why: err.to_string(),
+            refused: is_refusal(err),
+        }
+    }
+}
+
+/// Whether Redis itself answered `err` to the script (an error reply: a runtime error in the
+/// script, `OOM`, `WRONGTYPE`...), as opposed to a link that failed or timed out, a script not
+/// loaded on a restarted Redis (`NOSCRIPT`: reloaded on the next connection), a Redis still
+/// loading its AOF (`LOADING`) or busy with a long script (`BUSY`), which last as long as they
+/// last and are waited out.
+fn is_refusal(err: &redis::RedisError) -> bool {
+    if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+        return false;
+    }
+    // Another script running past Redis's busy threshold: it ends, and this one runs then.
+    if err.code() == Some("BUSY") {
+        return false;
+    }
+    matches!(
+        err.kind(),
+        redis::ErrorKind::ResponseError
+            | redis::ErrorKind::ExtensionError
+            | redis::ErrorKind::ExecAbortError
+    )
 }
 
 /// What the script did for one request.

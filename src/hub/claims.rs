@@ -50,6 +50,10 @@ pub enum NameOp {
 /// The node holding a name, as its key says: node name, incarnation, the holder's protocol.
 pub type Holder = (Bytes, u64, NamedProtocol);
 
+/// Names whose holder on another node this node remembers (from look-ups); beyond it the
+/// cache starts afresh (a miss costs one look-up, never a message).
+pub const LOCATIONS_MAX: usize = 65_536;
+
 /// What becomes of a message to a name held on another node, once located.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Located {
@@ -72,6 +76,13 @@ pub enum Located {
     /// does, and BIN24's rules for a recipient not online here apply.
     Bin24 {
         from: ConnId,
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+    },
+    /// A BIN24 message (type 0, `frame`) sent from the location cache to a node that no
+    /// longer holds its DST and sent it back, located again: `at` as for [`Located::Bin24`].
+    /// Nobody's input was held for it.
+    Bin24Relocated {
         frame: Bytes,
         at: Option<(Bytes, u64)>,
     },
@@ -106,6 +117,8 @@ enum Locating {
     Web(Addressed),
     Private(PrivateLink),
     Bin24(Bytes),
+    /// Sent back by the node the cache named ([`Located::Bin24Relocated`]).
+    Bin24Bounced(Bytes),
 }
 
 /// Redis's answer to a [`NameOp::Claim`].
@@ -180,10 +193,15 @@ pub(super) struct Claims {
     next_token: u64,
     pub(super) ops: Vec<NameOp>,
     pub(super) counts: ClaimCounts,
-    /// Messages waiting to learn which node holds their addressee, by token, and their
-    /// deadlines in the order asked.
-    locating: HashMap<u64, (ConnId, Locating)>,
+    /// Messages waiting to learn which node holds their addressee (named), by token, and
+    /// their deadlines in the order asked.
+    locating: HashMap<u64, (Option<ConnId>, Bytes, Locating)>,
     locate_deadlines: VecDeque<(u64, u64)>,
+    /// Where names are, as the last look-up of each said: a BIN24 message to one of them goes
+    /// there without a look-up. An entry may be stale (its holder left, or moved): the node
+    /// it names sends such a message back, and the entry goes ([`Claims::forget_location`]);
+    /// a node taken for dead takes its entries with it ([`Claims::forget_node`]).
+    locations: HashMap<Bytes, Holder>,
 }
 
 impl Claims {
@@ -197,26 +215,80 @@ impl Claims {
             counts: ClaimCounts::default(),
             locating: HashMap::new(),
             locate_deadlines: VecDeque::new(),
+            locations: HashMap::new(),
         }
+    }
+
+    /// The node (and incarnation) where, as far as this node knows, a user that takes BIN24
+    /// messages (BIN24, CCM or web) holds `name`; no look-up.
+    pub(super) fn cached_bin24_location(&self, name: &[u8]) -> Option<(Bytes, u64)> {
+        match self.locations.get(name)? {
+            (node, incarnation, NamedProtocol::Bin24 | NamedProtocol::Ccm | NamedProtocol::Web) => {
+                Some((node.clone(), *incarnation))
+            }
+            (_, _, NamedProtocol::Matou) => None,
+        }
+    }
+
+    /// `node` said it does not hold `name` (it sent a message back): its entry goes.
+    pub(super) fn forget_location(&mut self, name: &[u8], node: &[u8]) {
+        if self
+            .locations
+            .get(name)
+            .is_some_and(|(holder, _, _)| holder[..] == *node)
+        {
+            self.locations.remove(name);
+        }
+    }
+
+    /// `node` (this incarnation of it) is gone: nothing is sent there from the cache.
+    pub(super) fn forget_node(&mut self, node: &[u8], incarnation: u64) {
+        self.locations
+            .retain(|_, (holder, held_by, _)| !(holder[..] == *node && *held_by == incarnation));
+    }
+
+    /// This node holds `name` now: no other node does.
+    pub(super) fn forget_name(&mut self, name: &[u8]) {
+        self.locations.remove(name);
+    }
+
+    fn remember(&mut self, name: Bytes, holder: Option<&Holder>) {
+        match holder {
+            Some(holder) => {
+                if self.locations.len() >= LOCATIONS_MAX && !self.locations.contains_key(&name) {
+                    self.locations.clear();
+                }
+                self.locations.insert(name, holder.clone());
+            }
+            None => {
+                self.locations.remove(&name);
+            }
+        }
+    }
+
+    /// Ask again, bypassing the cache, where the DST of `frame` is: the node the cache named
+    /// sent it back. False when too many messages wait already.
+    pub(super) fn locate_bounced(&mut self, name: Bytes, frame: Bytes, now_ms: u64) -> bool {
+        self.locate_any(None, name, Locating::Bin24Bounced(frame), now_ms)
     }
 
     /// Ask which node holds `message.recipient`, for `from`'s message; false when too many
     /// messages wait already.
     pub(super) fn locate(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
         let name = message.recipient.clone();
-        self.locate_any(from, name, Locating::Ccm(message), now_ms)
+        self.locate_any(Some(from), name, Locating::Ccm(message), now_ms)
     }
 
     /// Ask which node holds `message.recipient`, for the web user `from`'s `direct`.
     pub(super) fn locate_web(&mut self, from: ConnId, message: Addressed, now_ms: u64) -> bool {
         let name = message.recipient.clone();
-        self.locate_any(from, name, Locating::Web(message), now_ms)
+        self.locate_any(Some(from), name, Locating::Web(message), now_ms)
     }
 
     /// Ask which node holds `link.dst`, for `from`'s private request.
     pub(super) fn locate_private(&mut self, from: ConnId, link: PrivateLink, now_ms: u64) -> bool {
         let name = link.dst.clone();
-        self.locate_any(from, name, Locating::Private(link), now_ms)
+        self.locate_any(Some(from), name, Locating::Private(link), now_ms)
     }
 
     /// Ask which node holds `recipient`, for `from`'s BIN24 message `frame`.
@@ -227,17 +299,26 @@ impl Claims {
         frame: Bytes,
         now_ms: u64,
     ) -> bool {
-        self.locate_any(from, recipient, Locating::Bin24(frame), now_ms)
+        self.locate_any(Some(from), recipient, Locating::Bin24(frame), now_ms)
     }
 
-    fn locate_any(&mut self, from: ConnId, name: Bytes, what: Locating, now_ms: u64) -> bool {
+    fn locate_any(
+        &mut self,
+        from: Option<ConnId>,
+        name: Bytes,
+        what: Locating,
+        now_ms: u64,
+    ) -> bool {
         if self.locating.len() >= self.config.pending_max {
             return false;
         }
         let token = self.next_token;
         self.next_token += 1;
-        self.ops.push(NameOp::Locate { token, name });
-        self.locating.insert(token, (from, what));
+        self.ops.push(NameOp::Locate {
+            token,
+            name: name.clone(),
+        });
+        self.locating.insert(token, (from, name, what));
         self.locate_deadlines
             .push_back((now_ms.saturating_add(self.config.wait_ms), token));
         true
@@ -246,7 +327,34 @@ impl Claims {
     /// The answer for `token`: the holder's node, incarnation and protocol, or nobody. A CCM
     /// message goes to a CCM or BIN24 holder (rule 4), never to MATOU (as on one node).
     pub(super) fn located(&mut self, token: u64, holder: Option<Holder>) -> Option<Located> {
-        let (from, what) = self.locating.remove(&token)?;
+        self.located_as(token, holder, true)
+    }
+
+    /// As [`Claims::located`]; `answered`: Redis's answer (not a deadline), which the cache
+    /// takes.
+    fn located_as(
+        &mut self,
+        token: u64,
+        holder: Option<Holder>,
+        answered: bool,
+    ) -> Option<Located> {
+        let (from, name, what) = self.locating.remove(&token)?;
+        if answered {
+            self.remember(name, holder.as_ref());
+        }
+        if let Locating::Bin24Bounced(frame) = what {
+            let at = match holder {
+                Some((
+                    node,
+                    incarnation,
+                    NamedProtocol::Bin24 | NamedProtocol::Ccm | NamedProtocol::Web,
+                )) => Some((node, incarnation)),
+                _ => None,
+            };
+            return Some(Located::Bin24Relocated { frame, at });
+        }
+        // Every other look-up was asked for a connection.
+        let from = from?;
         Some(match (what, holder) {
             // To a CCM user there, or a web user (rule 4; no receipt: CCM has none).
             (
@@ -328,6 +436,7 @@ impl Claims {
                 frame,
                 at: None,
             },
+            (Locating::Bin24Bounced(frame), _) => Located::Bin24Relocated { frame, at: None },
         })
     }
 
@@ -339,7 +448,7 @@ impl Claims {
                 break;
             }
             self.locate_deadlines.pop_front();
-            expired.extend(self.located(token, None));
+            expired.extend(self.located_as(token, None, false));
         }
         expired
     }
@@ -857,6 +966,96 @@ mod tests {
             frame(1),
             0
         ));
+    }
+
+    /// Where the look-ups found names is remembered: a BIN24 message to one of them needs no
+    /// look-up. The entry goes when its node sends a message back (that node's only), when
+    /// the node is taken for dead (that incarnation's only), when a look-up finds nobody,
+    /// and when this node holds the name itself; a MATOU holder is no BIN24 target.
+    #[test]
+    fn the_location_cache_remembers_answers_and_forgets_what_turned_stale() {
+        let mut hub = clustered(8);
+        let frame = |n: u8| Bytes::from(vec![n; 24]);
+        let (b, c) = (Bytes::from_static(b"node-b"), Bytes::from_static(b"node-c"));
+        assert_eq!(hub.bin24_cached_location(b"bob"), None);
+        for (token, name, holder) in [
+            (1, "bob", (b.clone(), 7, NamedProtocol::Bin24)),
+            (2, "cat", (b.clone(), 7, NamedProtocol::Ccm)),
+            (3, "mia", (b.clone(), 7, NamedProtocol::Matou)),
+            (4, "dan", (c.clone(), 9, NamedProtocol::Web)),
+            (5, "eve", (b.clone(), 6, NamedProtocol::Bin24)),
+        ] {
+            let name = Bytes::from_static(name.as_bytes());
+            assert!(hub.address_bin24(conn(1), name, frame(token as u8), 0));
+            assert!(hub.on_located(token, Some(holder)).is_some());
+        }
+        assert_eq!(hub.bin24_cached_location(b"bob"), Some((b.clone(), 7)));
+        assert_eq!(hub.bin24_cached_location(b"cat"), Some((b.clone(), 7)));
+        assert_eq!(hub.bin24_cached_location(b"mia"), None, "MATOU");
+        assert_eq!(hub.bin24_cached_location(b"dan"), Some((c.clone(), 9)));
+
+        // C sends a message for bob back: the entry names B, so it stays; B does: it goes,
+        // and bob is located again, bypassing the cache.
+        hub.take_name_ops();
+        assert!(hub.bin24_bounced(b"node-c", Bytes::from_static(b"bob"), frame(1), 0));
+        assert_eq!(hub.bin24_cached_location(b"bob"), Some((b.clone(), 7)));
+        assert!(hub.bin24_bounced(b"node-b", Bytes::from_static(b"bob"), frame(1), 0));
+        assert_eq!(hub.bin24_cached_location(b"bob"), None);
+        assert_eq!(
+            hub.take_name_ops(),
+            [
+                NameOp::Locate {
+                    token: 6,
+                    name: Bytes::from_static(b"bob")
+                },
+                NameOp::Locate {
+                    token: 7,
+                    name: Bytes::from_static(b"bob")
+                },
+            ]
+        );
+        // Now on C: sent there again, as located; found there, the cache has it.
+        assert_eq!(
+            hub.on_located(7, Some((c.clone(), 9, NamedProtocol::Bin24))),
+            Some(Located::Bin24Relocated {
+                frame: frame(1),
+                at: Some((c.clone(), 9))
+            })
+        );
+        assert_eq!(hub.bin24_cached_location(b"bob"), Some((c.clone(), 9)));
+        // Nobody holds it: BIN24's rules here, and the entry goes.
+        assert_eq!(
+            hub.on_located(6, None),
+            Some(Located::Bin24Relocated {
+                frame: frame(1),
+                at: None
+            })
+        );
+        assert_eq!(hub.bin24_cached_location(b"bob"), None);
+
+        // B's incarnation 7 is taken for dead: its names go; incarnation 6 of B and C's stay.
+        hub.forget_node(b"node-b", 7);
+        assert_eq!(hub.bin24_cached_location(b"cat"), None);
+        assert_eq!(hub.bin24_cached_location(b"eve"), Some((b.clone(), 6)));
+        assert_eq!(hub.bin24_cached_location(b"dan"), Some((c.clone(), 9)));
+
+        // A look-up not answered in time says nothing about where the name is.
+        assert!(hub.address_bin24(conn(1), Bytes::from_static(b"dan"), frame(9), 0));
+        assert_eq!(hub.expire_locates(WAIT_MS).len(), 1);
+        assert_eq!(hub.bin24_cached_location(b"dan"), Some((c, 9)));
+        // This node holds "eve" now (a claim granted): no other node does.
+        assert_eq!(
+            hub.claim_name_at(NamedProtocol::Bin24, conn(2), b"eve", 0),
+            Claim::Pending
+        );
+        let ops = hub.take_name_ops();
+        let Some(&NameOp::Claim { token, .. }) = ops.last() else {
+            panic!("{ops:?}");
+        };
+        assert!(hub
+            .on_claim_answer(token, b"eve", ClaimAnswer::Granted)
+            .is_some());
+        assert_eq!(hub.bin24_cached_location(b"eve"), None);
     }
 
     /// A signed-in web user of `hub` on `conn` (granted by the cluster).

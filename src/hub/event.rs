@@ -155,6 +155,13 @@ pub enum Bin24Step {
     /// An answer for the target node's BIN24 user named by its DST: the recipient's own
     /// type-1 frame, verbatim (rule 5), or the node's "300" / "507" for a frame it stored.
     Answer,
+    /// A message (type 0) sent to the node the sender's node's location cache named, without
+    /// a look-up: as [`Bin24Step::Message`] if a user of the target node holds its DST, else
+    /// sent back ([`Bin24Step::Bounced`]), not stored there.
+    CachedMessage,
+    /// A [`Bin24Step::CachedMessage`] sent back, verbatim, by a node where nobody holds its
+    /// DST: the sender's node locates it again (custody is still its).
+    Bounced,
 }
 
 /// A BIN24 frame for a user of another node: for the node named only.

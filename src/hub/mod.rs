@@ -623,6 +623,7 @@ impl Hub {
         let decision = match answer {
             ClaimAnswer::Granted => {
                 claims.counts.granted += 1;
+                claims.forget_name(name);
                 if let Some(holder) = self.names.get_mut(name) {
                     holder.claim = None;
                 }
@@ -726,6 +727,37 @@ impl Hub {
         self.claims
             .as_mut()
             .is_some_and(|claims| claims.locate_bin24(from, recipient, frame, now_ms))
+    }
+
+    /// Where, as far as this node's location cache says, another node's user that takes
+    /// BIN24 messages holds `name` (no look-up; the entry may be stale: that node then sends
+    /// the message back, [`Hub::bin24_bounced`]). `None` for a node alone or a name not known.
+    pub fn bin24_cached_location(&self, name: &[u8]) -> Option<(Bytes, u64)> {
+        self.claims.as_ref()?.cached_bin24_location(name)
+    }
+
+    /// `node`, which the cache named for `recipient`, does not hold it and sent the message
+    /// `frame` back: the entry goes and `recipient` is located again, the answer coming as
+    /// [`Located::Bin24Relocated`]. False when it cannot be asked (too many waiting): BIN24's
+    /// rules for a recipient not online apply then.
+    pub fn bin24_bounced(
+        &mut self,
+        node: &[u8],
+        recipient: Bytes,
+        frame: Bytes,
+        now_ms: u64,
+    ) -> bool {
+        self.claims.as_mut().is_some_and(|claims| {
+            claims.forget_location(&recipient, node);
+            claims.locate_bounced(recipient, frame, now_ms)
+        })
+    }
+
+    /// `node` (this incarnation) is taken for dead: the location cache forgets its names.
+    pub fn forget_node(&mut self, node: &[u8], incarnation: u64) {
+        if let Some(claims) = self.claims.as_mut() {
+            claims.forget_node(node, incarnation);
+        }
     }
 
     /// The cluster answered where the addressee of the message `token` is: another node

@@ -79,6 +79,13 @@ pub enum HubOutcome {
     },
     /// BIN24: a frame from another node for a BIN24 user of this one.
     Bin24Remote(Box<Bin24Relay>),
+    /// BIN24: a message sent from the location cache came back from a node that no longer
+    /// holds its DST, and was located again: at the node `at` (published for it again), or
+    /// nowhere else (BIN24's rules here). Nobody's input waits for it.
+    Bin24Relocated {
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+    },
 }
 
 impl HubOutcome {
@@ -89,7 +96,8 @@ impl HubOutcome {
             | HubOutcome::Bin24Answer { .. }
             | HubOutcome::Bin24Store { .. }
             | HubOutcome::Bin24Located { .. }
-            | HubOutcome::Bin24Remote(_) => ProtocolKind::Bin24,
+            | HubOutcome::Bin24Remote(_)
+            | HubOutcome::Bin24Relocated { .. } => ProtocolKind::Bin24,
             HubOutcome::NameClaim(decided) => decided.protocol.protocol(),
             HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
             HubOutcome::CcmLocated { .. } => ProtocolKind::Ccm,

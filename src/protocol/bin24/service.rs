@@ -168,10 +168,14 @@ struct Bin24Conn {
     /// In a cluster: the first frame, whose SRC is asked of the other nodes. It is handled
     /// once the name is granted; input is left unread until then.
     claiming: Option<Frame>,
-    /// In a cluster: a message of this user is being located on the other nodes; input is
-    /// left unread until then, so its messages keep their order.
-    locating: bool,
+    /// In a cluster: this connection's messages being located now. At
+    /// [`LOCATES_PER_CONN_MAX`] its input is left unread until one is answered, so that one
+    /// sender cannot take every look-up the node may have waiting.
+    locating: usize,
 }
+
+/// Messages of one connection being located at once (see `Bin24Conn::locating`).
+const LOCATES_PER_CONN_MAX: usize = 64;
 
 impl Bin24Conn {
     fn new(peer_ip: IpAddr) -> Self {
@@ -191,7 +195,7 @@ impl Bin24Conn {
             waiting_for_budget: false,
             sending: None,
             claiming: None,
-            locating: false,
+            locating: 0,
         }
     }
 }
@@ -233,6 +237,13 @@ pub struct Bin24Service {
     /// messageID), kept until that node's answer comes back (custody stays here meanwhile).
     crossing: HashMap<(Name, u32), (Frame, TimerKey)>,
     crossing_deadlines: TimerWheel<(Name, u32)>,
+    /// In a cluster: messages of local senders whose DST is being located, per DST, and per
+    /// (sender, messageID). While a DST has some, every further message to it is located too
+    /// (not sent from the cache, nor delivered here at once), so that the look-ups' answers,
+    /// which come in the order asked, keep each sender's messages to it in order; nothing of
+    /// the sender's input waits meanwhile, so its look-ups share the names thread's pipelines.
+    in_location: HashMap<Name, usize>,
+    locating_frames: HashMap<(Name, u32), usize>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
     /// Users with a page load in flight: at most one per user, whatever its connections do.
@@ -288,6 +299,8 @@ impl Bin24Service {
             ack_deadlines,
             crossing: HashMap::new(),
             crossing_deadlines,
+            in_location: HashMap::new(),
+            locating_frames: HashMap::new(),
             tickets: HashMap::new(),
             next_ticket: 0,
             loading_users: HashSet::new(),
@@ -348,10 +361,10 @@ impl Bin24Service {
                 input.clear();
                 return;
             };
-            if conn.claiming.is_some() || conn.locating {
+            if conn.claiming.is_some() || conn.locating >= LOCATES_PER_CONN_MAX {
                 if input.len() > HELD_INPUT_BYTES_MAX {
                     debug!(
-                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent while its login or a message waited for the cluster"
+                        "{id}: over {HELD_INPUT_BYTES_MAX} bytes sent while its login or its messages waited for the cluster"
                     );
                     self.reject(id, out);
                     input.clear();
@@ -617,13 +630,34 @@ impl Bin24Service {
             return;
         }
         // In a cluster a name no user of this node holds may be a BIN24 user's on another
-        // node: located first (one Redis look-up), and meanwhile this sender's further input
-        // waits, so its messages keep their order.
-        let remote = !self.users.contains_key(&recipient)
-            && out.hub().is_some_and(|link| {
-                link.hub.spans_nodes() && link.hub.holder(recipient.as_bytes()).is_none()
-            });
+        // node: located first (one Redis look-up, answered in the order asked), and so is
+        // every message to a DST that earlier messages are being located for, so that they
+        // keep their order.
+        let behind = self.in_location.contains_key(&recipient);
+        let remote = behind
+            || !self.users.contains_key(&recipient)
+                && out.hub().is_some_and(|link| {
+                    link.hub.spans_nodes() && link.hub.holder(recipient.as_bytes()).is_none()
+                });
         if remote {
+            // Where the last look-up found DST: sent there at once (no look-up). A stale
+            // entry costs a round trip: that node sends it back and it is located.
+            let cached = (!behind)
+                .then(|| out.hub())
+                .flatten()
+                .and_then(|link| link.hub.bin24_cached_location(recipient.as_bytes()));
+            if let Some((to_node, to_incarnation)) = cached {
+                if self.charge_live(id, &frame, now_ms, out) {
+                    self.send_crossing(
+                        frame,
+                        (to_node, to_incarnation),
+                        Bin24Step::CachedMessage,
+                        now_ms,
+                        out,
+                    );
+                }
+                return;
+            }
             let asked = out.hub().is_some_and(|link| {
                 link.hub.address_bin24(
                     id,
@@ -634,8 +668,13 @@ impl Bin24Service {
             });
             if asked {
                 if let Some(conn) = self.conns.get_mut(id) {
-                    conn.locating = true;
+                    conn.locating += 1;
                 }
+                *self.in_location.entry(recipient).or_default() += 1;
+                *self
+                    .locating_frames
+                    .entry((sender, message_id))
+                    .or_default() += 1;
                 return;
             }
             // Too many messages located at once: BIN24's rules for an offline recipient.
@@ -659,8 +698,7 @@ impl Bin24Service {
 
     /// The DST of `from`'s message `frame` was located: a BIN24 user of the node `at` holds
     /// it (the frame is published for that node, charged here as a live delivery), or no
-    /// other node's BIN24 user does (BIN24's rules here: online now, or stored). Then `from`'s
-    /// held input is read again.
+    /// other node's BIN24 user does (BIN24's rules here: online now, or stored).
     fn on_located<O: Outbox, S: StoreSink>(
         &mut self,
         from: ConnId,
@@ -678,41 +716,24 @@ impl Bin24Service {
                 return;
             }
         }
-        let sender_here = match self.conns.get_mut(from) {
-            Some(conn) => {
-                conn.locating = false;
-                true
-            }
-            None => false,
-        };
+        let sender_here = self.conns.get(from).is_some();
         // The frame was decoded from this connection's input: it is one.
         if let Ok(frame) = Frame::from_bytes(frame) {
             let recipient = frame.dst();
+            if self.located_one(frame.src(), frame.message_id(), recipient) {
+                if let Some(conn) = self.conns.get_mut(from) {
+                    let held = conn.locating >= LOCATES_PER_CONN_MAX;
+                    conn.locating = conn.locating.saturating_sub(1);
+                    if held {
+                        out.resume_input(from);
+                    }
+                }
+            }
             match at {
-                Some((to_node, to_incarnation)) => {
+                Some(at) => {
                     // A sender gone meanwhile is not charged: its message was accepted.
                     if !sender_here || self.charge_live(from, &frame, now_ms, out) {
-                        // Kept until the answer comes back; a messageID reused meanwhile
-                        // (a client restarted its counter) leaves the older one to its node.
-                        let key = (frame.src(), frame.message_id());
-                        let deadline = now_ms
-                            .saturating_add(self.config.ack_timeout_ms)
-                            .saturating_add(self.config.crossing_grace_ms);
-                        let timer = self.crossing_deadlines.insert(deadline, key);
-                        if let Some((_, older)) = self.crossing.insert(key, (frame.clone(), timer))
-                        {
-                            self.crossing_deadlines.cancel(older);
-                        }
-                        if let Some(link) = out.hub() {
-                            link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
-                                to_node,
-                                to_incarnation,
-                                from_node: Bytes::new(),
-                                from_incarnation: 0,
-                                step: Bin24Step::Message,
-                                frame: frame.into_bytes(),
-                            })));
-                        }
+                        self.send_crossing(frame, at, Bin24Step::Message, now_ms, out);
                     }
                 }
                 None => {
@@ -734,8 +755,99 @@ impl Bin24Service {
                 }
             }
         }
-        if sender_here {
-            out.resume_input(from);
+    }
+
+    /// A message of a local sender counted in `in_location` was located (a CCM or web
+    /// sender's frame, made on this node, was not counted: false).
+    fn located_one(&mut self, sender: Name, message_id: u32, recipient: Name) -> bool {
+        let key = (sender, message_id);
+        match self.locating_frames.get_mut(&key) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                self.locating_frames.remove(&key);
+            }
+            None => return false,
+        }
+        match self.in_location.get_mut(&recipient) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                self.in_location.remove(&recipient);
+            }
+            None => {}
+        }
+        true
+    }
+
+    /// Publish the message `frame` for the node `at` (`step`: located, or from the cache),
+    /// kept here until the answer comes back: custody stays here, and a frame with no answer
+    /// within the ack timeout and the lease is stored here. A messageID reused meanwhile (a
+    /// client restarted its counter) leaves the older one to its node.
+    fn send_crossing<O: Outbox>(
+        &mut self,
+        frame: Frame,
+        (to_node, to_incarnation): (Bytes, u64),
+        step: Bin24Step,
+        now_ms: u64,
+        out: &mut O,
+    ) {
+        let key = (frame.src(), frame.message_id());
+        let deadline = now_ms
+            .saturating_add(self.config.ack_timeout_ms)
+            .saturating_add(self.config.crossing_grace_ms);
+        let timer = self.crossing_deadlines.insert(deadline, key);
+        if let Some((_, older)) = self.crossing.insert(key, (frame.clone(), timer)) {
+            self.crossing_deadlines.cancel(older);
+        }
+        if let Some(link) = out.hub() {
+            link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                to_node,
+                to_incarnation,
+                from_node: Bytes::new(),
+                from_incarnation: 0,
+                step,
+                frame: frame.into_bytes(),
+            })));
+        }
+    }
+
+    /// A message sent from the location cache came back (its DST is not on the node the
+    /// cache named) and was located again: published for the node `at` as located (that node
+    /// stores it if its user left meanwhile: no second trip back), or, nowhere else, BIN24's
+    /// rules here (online here by now, or stored here, "300"). A frame whose custody ended
+    /// meanwhile (its timer stored it here) is nothing more.
+    fn on_relocated<O: Outbox, S: StoreSink>(
+        &mut self,
+        frame: Bytes,
+        at: Option<(Bytes, u64)>,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let Ok(frame) = Frame::from_bytes(frame) else {
+            return;
+        };
+        let key = (frame.src(), frame.message_id());
+        if !self.crossing.contains_key(&key) {
+            return;
+        }
+        match at {
+            Some(at) => self.send_crossing(frame, at, Bin24Step::Message, now_ms, out),
+            None => {
+                if let Some((_, timer)) = self.crossing.remove(&key) {
+                    self.crossing_deadlines.cancel(timer);
+                }
+                match self.live_conn(frame.dst()) {
+                    Some(to) => self.deliver_live(to, frame, None, now_ms, out, store),
+                    None => self.store_for(
+                        frame.dst(),
+                        frame.src(),
+                        frame.message_id(),
+                        &frame,
+                        None,
+                        store,
+                    ),
+                }
+            }
         }
     }
 
@@ -796,11 +908,27 @@ impl Bin24Service {
             return;
         };
         match (relay.step, frame.frame_type()) {
-            (Bin24Step::Message, codec::TYPE_MESSAGE) => {
+            (step @ (Bin24Step::Message | Bin24Step::CachedMessage), codec::TYPE_MESSAGE) => {
                 let origin = Some((relay.from_node, relay.from_incarnation));
                 let recipient = frame.dst();
                 let live = self.live_conn(recipient);
                 if live.is_none() && self.deliver_to_other_protocol(&frame, &origin, out, store) {
+                    return;
+                }
+                if step == Bin24Step::CachedMessage && !self.users.contains_key(&recipient) {
+                    // The sender's node's cache is stale: nobody here holds DST. Sent back,
+                    // so that node locates it (the user may be on a third node now) and keeps
+                    // custody; not stored here.
+                    if let (Some((to_node, to_incarnation)), Some(link)) = (origin, out.hub()) {
+                        link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                            to_node,
+                            to_incarnation,
+                            from_node: Bytes::new(),
+                            from_incarnation: 0,
+                            step: Bin24Step::Bounced,
+                            frame: frame.into_bytes(),
+                        })));
+                    }
                     return;
                 }
                 match live {
@@ -832,6 +960,27 @@ impl Bin24Service {
                     if let Some((to, bytes)) = to_web {
                         out.send(to, bytes);
                     }
+                }
+            }
+            (Bin24Step::Bounced, codec::TYPE_MESSAGE) => {
+                // Still in this node's custody (else its timer stored it here already, and
+                // this copy is nothing more): located again, bypassing the cache.
+                let key = (frame.src(), frame.message_id());
+                if !self.crossing.contains_key(&key) {
+                    return;
+                }
+                let recipient = Bytes::copy_from_slice(frame.dst().as_bytes());
+                let asked = out.hub().is_some_and(|link| {
+                    link.hub.bin24_bounced(
+                        &relay.from_node,
+                        recipient,
+                        frame.as_bytes().clone(),
+                        now_ms,
+                    )
+                });
+                if !asked {
+                    // Too many look-ups waiting: BIN24's rules here.
+                    self.on_relocated(frame.into_bytes(), None, now_ms, out, store);
                 }
             }
             (step, frame_type) => debug!(
@@ -1617,6 +1766,9 @@ impl Bin24Service {
                 self.on_located(from, frame, at, now_ms, out, store)
             }
             HubOutcome::Bin24Remote(relay) => self.on_remote(*relay, now_ms, out, store),
+            HubOutcome::Bin24Relocated { frame, at } => {
+                self.on_relocated(frame, at, now_ms, out, store)
+            }
             HubOutcome::NameClaim(decided) => {
                 self.on_claim_decided(decided.conn, decided.decision, now_ms, out, store)
             }

@@ -40,6 +40,15 @@ use super::codec::TcrpRequest;
 const HELD_DATAGRAMS_MAX: usize = 4096;
 /// Other nodes' tokens cached; when full, the cache starts afresh (a look-up refills it).
 const REMOTE_TOKENS_MAX: usize = 65_536;
+/// How long a token Redis did not know is dropped without asking again: a stream of
+/// datagrams with a made-up (or dead) token costs one look-up a second, not one each. A live
+/// token is in Redis before its member has it (the TCRP answer comes after the write), so only
+/// a Redis restarted empty, until the home node sets its records again (within a quarter
+/// lease), can make a live token unknown for a moment: its datagrams to this node are then
+/// dropped for at most this long.
+const UNKNOWN_TOKEN_MS: u64 = 1000;
+/// Tokens remembered as unknown; when full, the list starts afresh.
+const UNKNOWN_TOKENS_MAX: usize = 4096;
 
 /// Other nodes' tokens, cached from their look-ups, indexed by room and member so that a
 /// leave or a close forgets them without scanning the cache.
@@ -174,6 +183,8 @@ pub(super) struct Spanning {
     held: HashMap<Token, Vec<(SocketAddr, Bytes)>>,
     held_count: usize,
     remote_tokens: RemoteTokens,
+    /// Tokens Redis did not know, until when they are dropped without a look-up.
+    unknown_tokens: HashMap<Token, u64>,
     /// Datagrams whose look-up came back, to serve once more (with the OCM socket).
     ready: VecDeque<(SocketAddr, Bytes)>,
     /// Other nodes' room events and lapsed nodes, to act on with the OCM socket.
@@ -240,6 +251,7 @@ impl OcmService {
             held: HashMap::new(),
             held_count: 0,
             remote_tokens: RemoteTokens::default(),
+            unknown_tokens: HashMap::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
             lapsed: Vec::new(),
@@ -512,7 +524,15 @@ impl OcmService {
                     Ok(Some(record)) if !cluster.is_here(&record.node) => {
                         cluster.remote_tokens.insert(token, record);
                     }
-                    Ok(_) => {}
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        if cluster.unknown_tokens.len() >= UNKNOWN_TOKENS_MAX {
+                            cluster.unknown_tokens.clear();
+                        }
+                        cluster
+                            .unknown_tokens
+                            .insert(token, now_ms.saturating_add(UNKNOWN_TOKEN_MS));
+                    }
                     Err(()) => debug!("an OCM token could not be looked up: Redis unreachable"),
                 }
                 // Served once more either way: known now, or dropped as a bad token.
@@ -709,7 +729,15 @@ impl OcmService {
             return;
         };
         let Some(record) = cluster.remote_tokens.get(&token).cloned() else {
-            if looked_up || cluster.held_count >= HELD_DATAGRAMS_MAX {
+            let known_unknown = match cluster.unknown_tokens.get(&token) {
+                Some(&until) if now_ms < until => true,
+                Some(_) => {
+                    cluster.unknown_tokens.remove(&token);
+                    false
+                }
+                None => false,
+            };
+            if looked_up || known_unknown || cluster.held_count >= HELD_DATAGRAMS_MAX {
                 out.count_dropped_in(DatagramDrop::BadToken);
                 return;
             }
@@ -1080,6 +1108,8 @@ mod tests {
         tokens: HashMap<[u8; 64], TokenRecord>,
         /// Ops not answered (Redis frozen).
         frozen: bool,
+        /// Token look-ups asked of it.
+        lookups: usize,
     }
 
     impl Model {
@@ -1159,10 +1189,13 @@ mod tests {
                     };
                     Some(OcmAnswer::Joined { request, answer })
                 }
-                OcmOp::Lookup { token } => Some(OcmAnswer::Looked {
-                    token,
-                    record: Ok(self.tokens.get(&token).cloned()),
-                }),
+                OcmOp::Lookup { token } => {
+                    self.lookups += 1;
+                    Some(OcmAnswer::Looked {
+                        token,
+                        record: Ok(self.tokens.get(&token).cloned()),
+                    })
+                }
                 OcmOp::Leave {
                     room,
                     member,
@@ -1544,6 +1577,28 @@ mod tests {
             assert_eq!(node.udp.dropped_in, [DatagramDrop::BadToken]);
             assert!(node.udp.sent.is_empty());
         }
+        // Unknown: dropped without asking Redis again for a second, then asked again.
+        let asked = redis.lookups;
+        for at in [7, 6 + super::UNKNOWN_TOKEN_MS - 1] {
+            b.say(chat(2), "r", &bob_token, "ghost", at);
+            settle(&mut [&mut a, &mut b], &mut redis, at);
+        }
+        assert_eq!(redis.lookups, asked, "no look-up within the second");
+        assert_eq!(b.udp.dropped_in.len(), 3);
+        b.say(
+            chat(2),
+            "r",
+            &bob_token,
+            "ghost",
+            6 + super::UNKNOWN_TOKEN_MS,
+        );
+        settle(
+            &mut [&mut a, &mut b],
+            &mut redis,
+            6 + super::UNKNOWN_TOKEN_MS,
+        );
+        assert_eq!(redis.lookups, asked + 1, "asked again after it");
+        assert_eq!(b.udp.dropped_in.len(), 4);
     }
 
     /// A token looked up by the other node stays bound to its IP there.
