@@ -6,6 +6,7 @@
 
 mod bin24;
 mod ccm;
+mod conn;
 mod hints;
 mod input;
 mod matou;
