@@ -47,6 +47,23 @@ pub struct Config {
     /// WEB: `say` and `direct` messages one web user may send per second (a second's worth at
     /// once); over it they are refused `rate-limited`. 0: no limit.
     pub web_messages_per_s_max: u64,
+    /// TLS listeners (issue 23), each beside its protocol's plaintext one and serving the same
+    /// protocol over TLS; `None` (the default): off, `Some(0)`: an ephemeral port (tests).
+    /// They need `tls_cert_path` and `tls_key_path`.
+    pub room_tls_port: Option<u16>,
+    pub bin24_tls_port: Option<u16>,
+    pub ccm_tls_port: Option<u16>,
+    pub matou_tls_port: Option<u16>,
+    /// OCM's TCRP over TLS (OCM must be enabled: its UDP chat socket is not covered by TLS).
+    pub ocm_tcp_tls_port: Option<u16>,
+    /// WEB over TLS: the page over https and the WebSocket over wss.
+    pub web_tls_port: Option<u16>,
+    /// The admin port speaks https instead of http.
+    pub admin_tls: bool,
+    /// The TLS certificate chain (PEM, leaf first) and private key (PEM); read at startup and
+    /// again on SIGHUP.
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
     /// Admin port: the metrics in the Prometheus text format over HTTP (`GET /metrics`).
     /// `None` (the default): off; `Some(0)`: an ephemeral port (tests).
     pub admin_port: Option<u16>,
@@ -261,6 +278,15 @@ impl Default for Config {
             web_message_bytes_max: 4096,
             web_text_bytes_max: 1000,
             web_messages_per_s_max: 20,
+            room_tls_port: None,
+            bin24_tls_port: None,
+            ccm_tls_port: None,
+            matou_tls_port: None,
+            ocm_tcp_tls_port: None,
+            web_tls_port: None,
+            admin_tls: false,
+            tls_cert_path: None,
+            tls_key_path: None,
             admin_port: None,
             admin_bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             admin_connections_max: 4,
@@ -356,9 +382,30 @@ impl Config {
             self.ocm_udp_port,
             self.ocm_relay_port,
             self.web_port,
+            self.room_tls_port,
+            self.bin24_tls_port,
+            self.ccm_tls_port,
+            self.matou_tls_port,
+            self.ocm_tcp_tls_port,
+            self.web_tls_port,
         ]
         .iter()
         .all(Option::is_none)
+    }
+
+    /// Whether anything is served over TLS (a TLS listener, or the admin port's https).
+    pub fn uses_tls(&self) -> bool {
+        self.admin_tls
+            || [
+                self.room_tls_port,
+                self.bin24_tls_port,
+                self.ccm_tls_port,
+                self.matou_tls_port,
+                self.ocm_tcp_tls_port,
+                self.web_tls_port,
+            ]
+            .iter()
+            .any(Option::is_some)
     }
 
     /// A configuration for tests: ROOM on an ephemeral port, every other protocol off (BIN24

@@ -26,7 +26,7 @@ use switchboard::reactor::Server;
 /// relay (UDP 9001). A port of 0 disables its protocol. Every limit and timer below has
 /// a default that matches the protocol contract; tests and operators may change them.
 /// SIGINT or SIGTERM stops accepting, flushes queued output within the grace period and exits
-/// 0; a second signal exits at once.
+/// 0; a second signal exits at once. With TLS, SIGHUP reads the certificate and key again.
 #[derive(Parser, Debug)]
 #[command(name = "chatd", version, about, long_about)]
 struct Args {
@@ -192,6 +192,48 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().admin_request_bytes_max as u64,
           value_parser = clap::value_parser!(u64).range(256..=65_536))]
     admin_request_bytes_max: u64,
+
+    /// ROOM over TLS on this port, beside the plaintext one (which the original clients need).
+    /// Off unless given; needs --tls-cert and --tls-key. 0 picks a free port (logged as
+    /// "ROOM listening on ADDR (TLS)").
+    #[arg(long, value_name = "PORT")]
+    room_tls_port: Option<u16>,
+
+    /// BIN24 over TLS on this port; as --room-tls-port.
+    #[arg(long, value_name = "PORT")]
+    bin24_tls_port: Option<u16>,
+
+    /// CCM over TLS on this port; as --room-tls-port.
+    #[arg(long, value_name = "PORT")]
+    ccm_tls_port: Option<u16>,
+
+    /// MATOU over TLS on this port (the client-server connection; the private links between
+    /// clients are not the server's and stay plaintext); as --room-tls-port.
+    #[arg(long, value_name = "PORT")]
+    matou_tls_port: Option<u16>,
+
+    /// OCM's TCRP over TLS on this port (OCM must be enabled; its UDP chat is not covered by
+    /// TLS); as --room-tls-port.
+    #[arg(long, value_name = "PORT")]
+    ocm_tcp_tls_port: Option<u16>,
+
+    /// WEB over TLS on this port: the page over https and the WebSocket over wss (the default
+    /// Origin check accepts https://<Host>); as --room-tls-port.
+    #[arg(long, value_name = "PORT")]
+    web_tls_port: Option<u16>,
+
+    /// The admin port speaks https instead of http (needs --admin-port, --tls-cert, --tls-key).
+    #[arg(long)]
+    admin_tls: bool,
+
+    /// TLS certificate chain, PEM, leaf first. Read at startup and again on SIGHUP (new
+    /// connections get the new one; a file that cannot be used keeps the old one).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS private key, PEM (PKCS#8, PKCS#1 or SEC1). Read with --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 
     /// OCM: largest TCRP payload, in bytes; a larger request is answered 500 from its header.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().ocm_tcrp_payload_bytes_max as u64,
@@ -591,6 +633,36 @@ impl Args {
                 self.input_burst_bytes_max, self.read_chunk_bytes
             ));
         }
+        let uses_tls = self.admin_tls
+            || [
+                self.room_tls_port,
+                self.bin24_tls_port,
+                self.ccm_tls_port,
+                self.matou_tls_port,
+                self.ocm_tcp_tls_port,
+                self.web_tls_port,
+            ]
+            .iter()
+            .any(Option::is_some);
+        if uses_tls && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err(
+                "a TLS port (--*-tls-port) or --admin-tls needs --tls-cert FILE and --tls-key FILE"
+                    .into(),
+            );
+        }
+        if !uses_tls && (self.tls_cert.is_some() || self.tls_key.is_some()) {
+            warn!("--tls-cert/--tls-key given without a TLS port or --admin-tls: not used");
+        }
+        if self.admin_tls && self.admin_port.is_none() {
+            return Err("--admin-tls needs --admin-port".into());
+        }
+        if self.ocm_tcp_tls_port.is_some() && self.ocm_tcp_port == 0 {
+            return Err(
+                "--ocm-tcp-tls-port needs OCM enabled (--ocm-tcp-port and --ocm-udp-port): its \
+                 chat is over the UDP port"
+                    .into(),
+            );
+        }
         if self.cluster.is_some() && self.isolate {
             return Err("--cluster needs the switchboard: it cannot be used with --isolate".into());
         }
@@ -643,6 +715,15 @@ impl Args {
             ocm_udp_port: port(self.ocm_udp_port),
             ocm_relay_port: port(self.ocm_relay_port),
             admin_port: self.admin_port,
+            room_tls_port: self.room_tls_port,
+            bin24_tls_port: self.bin24_tls_port,
+            ccm_tls_port: self.ccm_tls_port,
+            matou_tls_port: self.matou_tls_port,
+            ocm_tcp_tls_port: self.ocm_tcp_tls_port,
+            web_tls_port: self.web_tls_port,
+            admin_tls: self.admin_tls,
+            tls_cert_path: self.tls_cert,
+            tls_key_path: self.tls_key,
             admin_bind_addr: self.admin_bind,
             admin_connections_max: to_usize(self.admin_connections_max),
             admin_request_timeout_ms: self.admin_request_timeout_ms,
@@ -739,7 +820,7 @@ fn main() -> ExitCode {
         }
     };
     if let Err(err) = server.handle_signals() {
-        error!("cannot install the SIGINT/SIGTERM handlers: {err}");
+        error!("cannot install the SIGINT/SIGTERM/SIGHUP handlers: {err}");
         return ExitCode::from(1);
     }
     match server.run() {

@@ -26,6 +26,7 @@ use mio::Token;
 
 use super::conn::{ConnKind, ConnTable, IoOutcome, OutputLimits};
 use super::listen::{listen_tcp, BindError};
+use super::tls::{self, TlsFailure};
 use super::{insert_conn, note_readiness, Server};
 use crate::chat::ConnId;
 use crate::config::{Config, ADMIN_CONNECTIONS_CAP};
@@ -191,6 +192,8 @@ pub(super) struct Admin {
     request_bytes_max: usize,
     /// Answers given, by `Status::index`.
     responses: [u64; Status::ALL.len()],
+    /// `--admin-tls`: the port speaks https.
+    tls: bool,
 }
 
 impl Admin {
@@ -229,6 +232,7 @@ impl Admin {
             request_timeout_ms: config.admin_request_timeout_ms,
             request_bytes_max: config.admin_request_bytes_max.max(16),
             responses: [0; Status::ALL.len()],
+            tls: config.admin_tls,
         }))
     }
 
@@ -307,7 +311,19 @@ impl Server {
             let chunk = bytes_max
                 .saturating_sub(conn.read_buf.len())
                 .min(self.scratch.len());
-            let reason = match conn.read_once(&mut self.scratch[..chunk]).0 {
+            let outcome = conn.read_once(&mut self.scratch[..chunk]).0;
+            if let Some(tls) = conn.tls.as_mut() {
+                if tls.take_completed() {
+                    self.tls_stats.admin.handshakes += 1;
+                }
+                if tls.wants_write() || (tls.can_send_plaintext() && conn.has_output()) {
+                    admin.table.mark_flush(id.slot as usize);
+                }
+            }
+            let Some(conn) = admin.table.get_mut(id) else {
+                return;
+            };
+            let reason = match outcome {
                 IoOutcome::Continue => match classify(&conn.read_buf, bytes_max) {
                     Request::Incomplete => continue,
                     request => break request,
@@ -320,6 +336,22 @@ impl Server {
                 IoOutcome::Closed => CloseReason::PeerClosed,
                 IoOutcome::Reset => CloseReason::PeerReset,
                 IoOutcome::Error => CloseReason::IoError,
+                IoOutcome::TlsFailed => {
+                    let (failure, detail) = conn
+                        .tls
+                        .as_ref()
+                        .and_then(|tls| tls.failure.clone())
+                        .unwrap_or((TlsFailure::Other, String::from("unknown")));
+                    self.tls_stats.admin.failures[failure.index()] += 1;
+                    let peer = conn.peer;
+                    self.tls_failure_logs[failure.index()].warn(self.now_ms, || {
+                        format!(
+                            "closing admin connection {peer}: TLS failed: {} ({detail})",
+                            failure.describe()
+                        )
+                    });
+                    CloseReason::ProtocolError
+                }
             };
             admin.table.close(id, reason, CloseMode::Now);
             return;
@@ -362,6 +394,7 @@ impl Server {
             let Some(mut conn) = admin.table.slab.try_remove(slot) else {
                 continue;
             };
+            conn.close_tls();
             // Read what the peer may still have sent, so that the close is not a reset that
             // could discard the answer on its side.
             let mut sink = [0u8; 4096];
@@ -418,10 +451,25 @@ impl Server {
                     return;
                 }
             };
+            let tls = if admin.tls {
+                match self.tls.as_ref() {
+                    Some(settings) => Some(&settings.config),
+                    None => continue,
+                }
+            } else {
+                None
+            };
             // Below the cap, so the new slot, and with it the token, stays in the admin range.
             if admin.table.slab.len() >= admin.connections_max {
                 refused += 1;
-                admin.refuse_over_cap(stream, peer);
+                if tls.is_some() {
+                    // A plaintext 503 means nothing to a TLS client, and a handshake for it
+                    // would cost more than the refusal is for: the connection just closes.
+                    admin.responses[Status::ServiceUnavailable.index()] += 1;
+                    drop(stream);
+                } else {
+                    admin.refuse_over_cap(stream, peer);
+                }
                 continue;
             }
             // Never drawn from: the request size limit bounds an admin connection's input.
@@ -437,6 +485,7 @@ impl Server {
                 (stream, peer),
                 AdminHttp,
                 TokenBucket::full(unlimited, now_ms),
+                tls,
             ) else {
                 continue;
             };
@@ -453,7 +502,20 @@ impl Server {
             return;
         };
         while let Some(id) = admin.deadlines.pop_expired(self.now_ms) {
-            if admin.table.get_mut(id).is_some() {
+            if let Some(conn) = admin.table.get_mut(id) {
+                if conn.closing().is_none()
+                    && conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+                {
+                    self.tls_stats.admin.failures[TlsFailure::HandshakeDeadline.index()] += 1;
+                    let peer = conn.peer;
+                    let failure = TlsFailure::HandshakeDeadline;
+                    self.tls_failure_logs[failure.index()].warn(self.now_ms, || {
+                        format!(
+                            "closing admin connection {peer}: TLS failed: {}",
+                            failure.describe()
+                        )
+                    });
+                }
                 debug!("admin connection {id} timed out");
                 admin.table.close_now_overriding(id, CloseReason::Timeout);
             }
@@ -479,16 +541,20 @@ impl Server {
     /// The metrics text, rendered now from the counters as they are.
     fn metrics_text(&self) -> Result<String, String> {
         let stats = self.stats();
-        let protocols = self
-            .listeners
+        // A protocol with a plaintext and a TLS listener is one protocol.
+        let mut kinds: Vec<crate::protocol::ProtocolKind> =
+            self.listeners.iter().map(|entry| entry.kind).collect();
+        kinds.sort_by_key(|kind| kind.index());
+        kinds.dedup();
+        let protocols = kinds
             .iter()
-            .map(|entry| {
+            .map(|&kind| {
                 let counters = stats
                     .by_protocol
-                    .get(entry.kind.index())
+                    .get(kind.index())
                     .copied()
                     .unwrap_or_default();
-                (entry.kind.name().to_ascii_lowercase(), counters)
+                (kind.name().to_ascii_lowercase(), counters)
             })
             .collect();
         let udp_sockets = self
@@ -513,7 +579,21 @@ impl Server {
             admin: self.admin.as_ref().map(Admin::metrics).unwrap_or_default(),
             heap_in_use_bytes: super::trim::heap_in_use_bytes(),
         };
-        metrics::render(&snapshot)
+        let mut text = metrics::render(&snapshot)?;
+        if self.tls.is_some() {
+            let tls_kinds: Vec<_> = kinds
+                .iter()
+                .copied()
+                .filter(|&kind| {
+                    self.listeners
+                        .iter()
+                        .any(|entry| entry.tls && entry.kind == kind)
+                })
+                .collect();
+            let families = self.tls_stats.families(&tls_kinds, self.config.admin_tls);
+            tls::render_into(&mut text, &families)?;
+        }
+        Ok(text)
     }
 }
 

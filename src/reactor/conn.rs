@@ -16,6 +16,7 @@ use crate::limits::TokenBucket;
 use crate::protocol::{CloseMode, CloseReason, Outbox};
 use crate::stats::{ProtocolStats, Stats};
 
+use super::tls::TlsConn;
 use super::ProtocolKind;
 
 /// What a table's connections are: a chat table's are of a [`ProtocolKind`], whose traffic
@@ -58,6 +59,9 @@ pub(crate) enum IoOutcome {
     /// The peer reset the connection, or it is gone under a write.
     Reset,
     Error,
+    /// TLS records that could not be processed (`TlsConn::failure` says why); the
+    /// connection must be closed.
+    TlsFailed,
 }
 
 fn classify(err: &io::Error) -> IoOutcome {
@@ -146,6 +150,9 @@ pub(crate) struct Conn<K = ProtocolKind> {
     pub(crate) input_budget: TokenBucket,
     /// Not read for now (backpressure from the store); listed in the server's paused list.
     pub(crate) input_paused: bool,
+    /// TLS state, for a connection accepted on a TLS listener. Boxed: a plaintext connection
+    /// pays one pointer for it, and a branch per read and per flush.
+    pub(crate) tls: Option<Box<TlsConn>>,
 }
 
 impl<K> Conn<K> {
@@ -181,6 +188,7 @@ impl<K> Conn<K> {
             identified: false,
             input_budget,
             input_paused: false,
+            tls: None,
         }
     }
 
@@ -206,6 +214,9 @@ impl<K> Conn<K> {
     /// initialised memory: copying the bytes that arrived costs less than zeroing a whole
     /// chunk of the read buffer on every read, and needs no `unsafe`.
     pub(crate) fn read_once(&mut self, scratch: &mut [u8]) -> (IoOutcome, usize) {
+        if self.tls.is_some() {
+            return self.read_once_tls(scratch);
+        }
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return (IoOutcome::Closed, 0),
@@ -228,10 +239,112 @@ impl<K> Conn<K> {
         }
     }
 
+    /// [`Conn::read_once`] for a TLS connection: one read of the socket into rustls, and the
+    /// plaintext of the records it completed appended to the read buffer. The count is of
+    /// bytes read from the socket (what the input budget is about).
+    fn read_once_tls(&mut self, scratch: &mut [u8]) -> (IoOutcome, usize) {
+        let Some(tls) = self.tls.as_mut() else {
+            return (IoOutcome::Error, 0);
+        };
+        loop {
+            match tls.read(&mut self.stream, scratch, &mut self.read_buf) {
+                Ok(read) if read.failed => return (IoOutcome::TlsFailed, read.wire_bytes),
+                Ok(read) if read.eof && read.wire_bytes == 0 => return (IoOutcome::Closed, 0),
+                Ok(read) => {
+                    // A close_notify that came with data: the data first, the next read
+                    // returns the EOF.
+                    if !read.eof && !read.full_read && !self.hangup_seen {
+                        self.read_ready = false;
+                    }
+                    return (IoOutcome::Continue, read.wire_bytes);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    let outcome = classify(&err);
+                    if outcome == IoOutcome::Error {
+                        debug!("TLS read from {}: {err}", self.peer);
+                    }
+                    return (outcome, 0);
+                }
+            }
+        }
+    }
+
+    /// [`Conn::flush`] for a TLS connection: records pending in rustls go first; a batch of
+    /// plaintext leaves the queue once its records are all written (so the output limits see
+    /// it until then), and the next batch is encrypted, until the queue is empty, the kernel
+    /// pushes back or `bytes_max` plaintext bytes went out. While the handshake runs, only its
+    /// records go out, and the queue waits (WouldBlock, without clearing `write_ready`: the
+    /// handshake's end lists the connection for a flush).
+    fn flush_tls(&mut self, bytes_max: usize) -> (IoOutcome, usize, u64) {
+        let mut written_total = 0;
+        let mut calls_total = 0;
+        loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return (IoOutcome::Error, written_total, calls_total);
+            };
+            let (calls, err) = tls.write_records(&mut self.stream);
+            calls_total += calls;
+            if let Some(err) = err {
+                let outcome = classify(&err);
+                match outcome {
+                    IoOutcome::WouldBlock => self.write_ready = false,
+                    IoOutcome::Error => debug!("TLS write to {}: {err}", self.peer),
+                    _ => {}
+                }
+                return (outcome, written_total, calls_total);
+            }
+            let batch = tls.take_written_batch();
+            let can_send = tls.can_send_plaintext();
+            if batch > 0 {
+                written_total += batch;
+                self.consume(batch);
+            }
+            if !can_send {
+                let outcome = if self.out.is_empty() {
+                    IoOutcome::Continue
+                } else {
+                    IoOutcome::WouldBlock
+                };
+                return (outcome, written_total, calls_total);
+            }
+            if self.out.is_empty() || written_total >= bytes_max {
+                return (IoOutcome::Continue, written_total, calls_total);
+            }
+            let Some(tls) = self.tls.as_mut() else {
+                return (IoOutcome::Error, written_total, calls_total);
+            };
+            match tls.encrypt_batch(&self.out) {
+                Ok(0) => return (IoOutcome::Continue, written_total, calls_total),
+                Ok(_) => {}
+                Err(err) => {
+                    debug!("TLS encrypt for {}: {err}", self.peer);
+                    return (IoOutcome::Error, written_total, calls_total);
+                }
+            }
+        }
+    }
+
+    /// Whether the connection has anything to write: queued output, or TLS records.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Best effort before the socket is dropped: a TLS connection's close_notify, or the
+    /// alert of its failure.
+    pub(crate) fn close_tls(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.close(&mut self.stream);
+        }
+    }
+
     /// Write queued output until the queue is empty, the kernel pushes back, or `bytes_max`
     /// have been written (the turn's write budget; what is left goes out next turn).
     /// Returns the outcome, the bytes written and the write calls made.
     pub(crate) fn flush(&mut self, iovecs_max: usize, bytes_max: usize) -> (IoOutcome, usize, u64) {
+        if self.tls.is_some() {
+            return self.flush_tls(bytes_max);
+        }
         let iovecs_max = iovecs_max.clamp(1, IOVECS_CAP);
         let mut written_total = 0;
         let mut calls = 0;
@@ -282,10 +395,6 @@ impl<K> Conn<K> {
                 written = 0;
             }
         }
-    }
-
-    pub(crate) fn out_is_empty(&self) -> bool {
-        self.out.is_empty()
     }
 
     /// Whether a written note waits for its acknowledgement (notes of bytes still queued wait
@@ -558,7 +667,7 @@ impl<K: ConnKind> ConnTable<K> {
             }
             conn.release_idle_memory();
             let drained_while_closing =
-                conn.out.is_empty() && matches!(conn.closing, Some((_, CloseMode::AfterFlush)));
+                !conn.has_output() && matches!(conn.closing, Some((_, CloseMode::AfterFlush)));
             if outcome == IoOutcome::Continue && !conn.out.is_empty() {
                 cut = Some(slot);
             }
@@ -571,7 +680,9 @@ impl<K: ConnKind> ConnTable<K> {
                 IoOutcome::Closed | IoOutcome::Reset => {
                     self.close(id, CloseReason::PeerReset, CloseMode::Now)
                 }
-                IoOutcome::Error => self.close(id, CloseReason::IoError, CloseMode::Now),
+                IoOutcome::Error | IoOutcome::TlsFailed => {
+                    self.close(id, CloseReason::IoError, CloseMode::Now)
+                }
             }
         }
         if let Some(slot) = cut {
@@ -732,7 +843,7 @@ impl<K: ConnKind> Outbox for ConnTable<K> {
             (_, mode) => mode,
         };
         conn.closing = Some((reason, mode));
-        let drained = conn.out.is_empty();
+        let drained = !conn.has_output();
         match mode {
             CloseMode::Now => self.push_close(id.slot as usize),
             CloseMode::AfterFlush if drained => self.push_close(id.slot as usize),

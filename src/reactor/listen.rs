@@ -20,24 +20,54 @@ use crate::config::Config;
 use crate::limits::{RateLimit, SourceBuckets};
 use crate::protocol::{ProtocolKind, UdpKind};
 
-// Every protocol and datagram socket has a token of its own range.
-const _: () = assert!(ProtocolKind::COUNT <= LISTENER_TOKEN_END - LISTENER_TOKEN_BASE);
+// Every protocol (plaintext and TLS) and datagram socket has a token of its own range.
+const _: () = assert!(2 * ProtocolKind::COUNT <= LISTENER_TOKEN_END - LISTENER_TOKEN_BASE);
 const _: () = assert!(UdpKind::ALL.len() <= CONN_TOKEN_BASE - UDP_TOKEN_BASE);
 
+/// The TLS port `config` gives `kind`, if any. OCM's needs OCM enabled (its UDP chat socket,
+/// which TLS does not cover), as its plaintext port does.
+pub(crate) fn tls_port(kind: ProtocolKind, config: &Config) -> Option<u16> {
+    match kind {
+        ProtocolKind::Room => config.room_tls_port,
+        ProtocolKind::Bin24 => config.bin24_tls_port,
+        ProtocolKind::Ccm => config.ccm_tls_port,
+        ProtocolKind::Matou => config.matou_tls_port,
+        ProtocolKind::Ocm => config
+            .ocm_tcp_tls_port
+            .filter(|_| config.ocm_udp_port.is_some() && config.ocm_tcp_port.is_some()),
+        ProtocolKind::Web => config.web_tls_port,
+    }
+}
+
+/// A TLS listener's name in errors: `BindError` names a protocol with a static string.
+fn tls_name(kind: ProtocolKind) -> &'static str {
+    match kind {
+        ProtocolKind::Room => "ROOM (TLS)",
+        ProtocolKind::Bin24 => "BIN24 (TLS)",
+        ProtocolKind::Ccm => "CCM (TLS)",
+        ProtocolKind::Matou => "MATOU (TLS)",
+        ProtocolKind::Ocm => "OCM (TLS)",
+        ProtocolKind::Web => "WEB (TLS)",
+    }
+}
+
 /// A listener for every protocol `config` enables, registered on tokens 16.. in
-/// `ProtocolKind::ALL` order.
+/// `ProtocolKind::ALL` order, then one for every TLS port, in the same order.
 pub(super) fn bind_listeners(
     poll: &Poll,
     config: &Config,
 ) -> Result<Vec<ListenerEntry>, BindError> {
     let mut entries = Vec::new();
-    for kind in ProtocolKind::ALL {
-        let Some(port) = kind.port(config) else {
-            continue;
-        };
+    let plaintext = ProtocolKind::ALL
+        .into_iter()
+        .filter_map(|kind| kind.port(config).map(|port| (kind, port, false)));
+    let tls = ProtocolKind::ALL
+        .into_iter()
+        .filter_map(|kind| tls_port(kind, config).map(|port| (kind, port, true)));
+    for (kind, port, tls) in plaintext.chain(tls) {
         let (listener, addr) = listen_tcp(
             poll,
-            kind.name(),
+            if tls { tls_name(kind) } else { kind.name() },
             SocketAddr::new(config.bind_addr, port),
             config.listen_backlog,
             config.tcp_send_buffer_bytes,
@@ -48,6 +78,7 @@ pub(super) fn bind_listeners(
             listener,
             kind,
             addr,
+            tls,
             ready: false,
         });
     }

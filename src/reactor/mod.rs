@@ -21,6 +21,7 @@ mod activity;
 mod admin;
 mod conn;
 mod listen;
+mod tls;
 mod trim;
 mod udp;
 
@@ -52,6 +53,8 @@ use admin::{Admin, ADMIN_CONN_TOKEN_BASE, ADMIN_CONN_TOKEN_END, ADMIN_LISTENER_T
 use conn::{Conn, ConnKind, ConnTable, IoOutcome, OutputLimits};
 pub use listen::BindError;
 use listen::{bind_listeners, bind_udp_sockets};
+pub use tls::TlsLoadError;
+use tls::{TlsConn, TlsFailure, TlsSettings, TlsStats};
 use udp::{Received, UdpEntry, UdpOut};
 
 // Tokens pack a connection's generation into the high 32 bits, so a stale event for a reused
@@ -165,7 +168,7 @@ fn note_readiness<K: ConnKind>(table: &mut ConnTable<K>, id: ConnId, event: &Eve
     let mut wants_flush = false;
     if event.is_writable() || event.is_write_closed() || event.is_error() {
         conn.write_ready = true;
-        wants_flush = !conn.out_is_empty();
+        wants_flush = conn.has_output();
     }
     let read_ready = conn.read_ready;
     if wants_flush {
@@ -175,7 +178,9 @@ fn note_readiness<K: ConnKind>(table: &mut ConnTable<K>, id: ConnId, event: &Eve
 }
 
 /// Register an accepted stream for READABLE | WRITABLE and add it to `table` under a new id,
-/// its token counted from `token_base`. None (the stream dropped) when it cannot be registered.
+/// its token counted from `token_base`, speaking TLS with `tls` if given. None (the stream
+/// dropped) when it cannot be registered.
+#[allow(clippy::too_many_arguments)] // The one place a connection is made; all are needed.
 fn insert_conn<K: ConnKind>(
     poll: &Poll,
     next_generation: &mut u32,
@@ -184,7 +189,16 @@ fn insert_conn<K: ConnKind>(
     (mut stream, peer): (mio::net::TcpStream, SocketAddr),
     kind: K,
     input_budget: TokenBucket,
+    tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> Option<ConnId> {
+    let tls = match tls.map(TlsConn::new) {
+        None => None,
+        Some(Ok(tls)) => Some(Box::new(tls)),
+        Some(Err(err)) => {
+            warn!("cannot start TLS for the connection from {peer}: {err}");
+            return None;
+        }
+    };
     // Output is batched per loop turn already; Nagle would only add delay on top.
     if let Err(err) = stream.set_nodelay(true) {
         debug!("TCP_NODELAY on {peer}: {err}");
@@ -202,7 +216,9 @@ fn insert_conn<K: ConnKind>(
         warn!("cannot register connection from {peer}: {err}");
         return None;
     }
-    entry.insert(Conn::new(stream, generation, kind, peer, input_budget));
+    let mut conn = Conn::new(stream, generation, kind, peer, input_budget);
+    conn.tls = tls;
+    entry.insert(conn);
     Some(id)
 }
 
@@ -210,6 +226,8 @@ struct ListenerEntry {
     listener: TcpListener,
     kind: ProtocolKind,
     addr: SocketAddr,
+    /// Its connections speak TLS.
+    tls: bool,
     /// Edge-triggered: set by an event, cleared only by WouldBlock. While accepting is paused
     /// it stays set, so accepting resumes without waiting for an edge that will not come.
     ready: bool,
@@ -219,6 +237,7 @@ struct ListenerEntry {
 #[derive(Default)]
 struct Shared {
     shutdown_requested: AtomicBool,
+    tls_reload_requested: AtomicBool,
     connections_open: AtomicU64,
 }
 
@@ -238,6 +257,16 @@ impl ServerHandle {
         }
     }
 
+    /// Read the TLS certificate and key again, as SIGHUP does.
+    pub fn reload_tls(&self) {
+        self.shared
+            .tls_reload_requested
+            .store(true, Ordering::SeqCst);
+        if let Err(err) = self.waker.wake() {
+            warn!("cannot wake the reactor for a TLS reload: {err}");
+        }
+    }
+
     /// Connections open right now, all protocols together.
     pub fn connections_open(&self) -> u64 {
         self.shared.connections_open.load(Ordering::Relaxed)
@@ -250,6 +279,7 @@ pub enum StartError {
     Bind(BindError),
     Store(StoreError),
     Cluster(crate::cluster::ClusterError),
+    Tls(TlsLoadError),
 }
 
 impl std::fmt::Display for StartError {
@@ -258,6 +288,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind(err) => err.fmt(f),
             StartError::Store(err) => write!(f, "cannot open the offline store: {err}"),
             StartError::Cluster(err) => err.fmt(f),
+            StartError::Tls(err) => err.fmt(f),
         }
     }
 }
@@ -315,6 +346,11 @@ pub struct Server {
     accept_fail_log: LimitLog,
     /// The admin port, when enabled.
     admin: Option<Admin>,
+    /// The certificate and key, when anything speaks TLS.
+    tls: Option<TlsSettings>,
+    tls_stats: TlsStats,
+    /// One per `TlsFailure`: a flood of one kind does not hide another.
+    tls_failure_logs: [LimitLog; TlsFailure::ALL.len()],
     /// Busy time of each loop turn, for the metrics.
     loop_turns: Histogram,
     /// Returns freed heap to the kernel after a large burst of queued output.
@@ -345,6 +381,25 @@ impl Server {
             step: "eventfd",
             source,
         })?;
+        // Before binding: a bad certificate is the operator's first error to see.
+        let tls = if config.uses_tls() {
+            match (&config.tls_cert_path, &config.tls_key_path) {
+                (Some(cert), Some(key)) => {
+                    Some(TlsSettings::load(cert, key).map_err(StartError::Tls)?)
+                }
+                (cert, _) => {
+                    return Err(StartError::Tls(TlsLoadError {
+                        what: if cert.is_none() { "certificate" } else { "key" },
+                        path: std::path::PathBuf::from("(none given)"),
+                        reason:
+                            "a TLS port or --admin-tls needs --tls-cert FILE and --tls-key FILE"
+                                .into(),
+                    }))
+                }
+            }
+        } else {
+            None
+        };
         let listeners = bind_listeners(&poll, &config)?;
         let udp = bind_udp_sockets(&poll, &config)?;
         let waker = Arc::new(waker);
@@ -410,6 +465,9 @@ impl Server {
             eviction_log: LimitLog::default(),
             accept_fail_log: LimitLog::default(),
             admin,
+            tls,
+            tls_stats: TlsStats::default(),
+            tls_failure_logs: Default::default(),
             loop_turns: Histogram::default(),
             heap_trim: trim::HeapTrim::default(),
             input_paused: Vec::new(),
@@ -439,7 +497,15 @@ impl Server {
     pub fn local_addr(&self, kind: ProtocolKind) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|entry| entry.kind == kind)
+            .find(|entry| entry.kind == kind && !entry.tls)
+            .map(|entry| entry.addr)
+    }
+
+    /// The address `kind` listens on for TLS, if enabled.
+    pub fn local_tls_addr(&self, kind: ProtocolKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|entry| entry.kind == kind && entry.tls)
             .map(|entry| entry.addr)
     }
 
@@ -472,12 +538,14 @@ impl Server {
         }
     }
 
-    /// Shut down cleanly on SIGINT and SIGTERM (a second signal exits at once).
+    /// Shut down cleanly on SIGINT and SIGTERM (a second signal exits at once); with TLS,
+    /// read the certificate and key again on SIGHUP.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        let mut signals = signal_hook_mio::v1_0::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
+        let mut wanted = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+        if self.tls.is_some() {
+            wanted.push(signal_hook::consts::SIGHUP);
+        }
+        let mut signals = signal_hook_mio::v1_0::Signals::new(wanted)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
@@ -488,13 +556,18 @@ impl Server {
     /// Run until shut down; returns the final statistics.
     pub fn run(mut self) -> io::Result<Stats> {
         for entry in &self.listeners {
-            info!("{} listening on {}", entry.kind.name(), entry.addr);
+            if entry.tls {
+                info!("{} listening on {} (TLS)", entry.kind.name(), entry.addr);
+            } else {
+                info!("{} listening on {}", entry.kind.name(), entry.addr);
+            }
         }
         for entry in &self.udp {
             info!("{} listening on {} (UDP)", entry.kind.name(), entry.addr);
         }
         if let Some(admin) = &self.admin {
-            info!("ADMIN listening on {} (GET /metrics)", admin.addr);
+            let scheme = if self.config.admin_tls { ", https" } else { "" };
+            info!("ADMIN listening on {} (GET /metrics{scheme})", admin.addr);
         }
         let mut events = Events::with_capacity(1024);
         let mut poll_errors = 0;
@@ -707,6 +780,13 @@ impl Server {
             Source::Signal => self.handle_signals_event(),
             Source::Waker => {
                 self.on_wake();
+                if self
+                    .shared
+                    .tls_reload_requested
+                    .swap(false, Ordering::SeqCst)
+                {
+                    self.reload_tls();
+                }
                 if self.shared.shutdown_requested.load(Ordering::SeqCst) {
                     self.begin_shutdown("shutdown requested");
                 }
@@ -849,10 +929,18 @@ impl Server {
                 return;
             }
             let (outcome, count) = conn.read_once(&mut self.scratch);
+            if conn.tls.is_some() {
+                self.after_tls_read(id);
+            }
+            let Some(conn) = self.table.get_mut(id) else {
+                return;
+            };
             match outcome {
                 IoOutcome::Continue => {
                     // A short read emptied the socket: as WouldBlock would have said next.
                     let drained = !conn.read_ready;
+                    // A TLS read may bring only handshake records: no plaintext to hand over.
+                    let has_input = !conn.read_buf.is_empty();
                     let within_budget =
                         conn.input_budget
                             .take(self.input_limit, count as u64, self.now_ms);
@@ -864,7 +952,9 @@ impl Server {
                         self.close_for_input_rate(id);
                         return;
                     }
-                    self.deliver_input(id);
+                    if has_input {
+                        self.deliver_input(id);
+                    }
                     if drained {
                         self.end_burst(id);
                         return;
@@ -897,6 +987,93 @@ impl Server {
                     self.table.close(id, CloseReason::IoError, CloseMode::Now);
                     return;
                 }
+                IoOutcome::TlsFailed => {
+                    self.table.stats.read_calls += 1;
+                    self.table.stats.bytes_in += count as u64;
+                    self.close_for_tls_failure(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a read of a TLS connection: count a finished handshake, and list the connection
+    /// for a flush when rustls has records to send (the handshake's) or the handshake's end
+    /// lets the output queued meanwhile go out (ROOM's prompt).
+    fn after_tls_read(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        let kind = conn.kind;
+        let Some(tls) = conn.tls.as_mut() else {
+            return;
+        };
+        let completed = tls.take_completed();
+        let wants_flush = tls.wants_write() || (completed && conn.has_output());
+        if completed {
+            self.tls_stats.protocol(kind).handshakes += 1;
+        }
+        if wants_flush {
+            self.table.mark_flush(id.slot as usize);
+        }
+    }
+
+    /// `id`'s TLS records could not be processed: count why, log it (rate-limited), and close
+    /// it at once (its alert, if any, goes out at the close).
+    fn close_for_tls_failure(&mut self, id: ConnId) {
+        let Some(conn) = self.table.get_mut(id) else {
+            return;
+        };
+        conn.read_buf.clear();
+        conn.read_ready = false;
+        let (kind, peer) = (conn.kind, conn.peer);
+        let (failure, detail) = conn
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.failure.clone())
+            .unwrap_or((TlsFailure::Other, String::from("unknown")));
+        self.count_tls_failure(id, kind, peer, failure, &detail);
+        self.table
+            .close(id, CloseReason::ProtocolError, CloseMode::Now);
+    }
+
+    fn count_tls_failure(
+        &mut self,
+        id: ConnId,
+        kind: ProtocolKind,
+        peer: SocketAddr,
+        failure: TlsFailure,
+        detail: &str,
+    ) {
+        self.tls_stats.protocol(kind).failures[failure.index()] += 1;
+        self.tls_failure_logs[failure.index()].warn(self.now_ms, || {
+            format!(
+                "closing {} {peer} ({id}): TLS failed: {} ({detail})",
+                kind.name(),
+                failure.describe()
+            )
+        });
+    }
+
+    /// SIGHUP: read the certificate and key again. New connections get the new ones; those
+    /// open keep theirs. A file that cannot be used leaves the old ones in place.
+    fn reload_tls(&mut self) {
+        let Some(tls) = self.tls.as_mut() else {
+            info!("SIGHUP: nothing served over TLS, nothing to reload");
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => {
+                self.tls_stats.reloads_ok += 1;
+                info!(
+                    "TLS certificate {} and key {} reloaded: new connections use them",
+                    tls.cert_path.display(),
+                    tls.key_path.display()
+                );
+            }
+            Err(err) => {
+                self.tls_stats.reloads_failed += 1;
+                log::error!("TLS reload failed, keeping the previous certificate: {err}");
             }
         }
     }
@@ -971,7 +1148,31 @@ impl Server {
             let Some(conn) = self.table.get_mut(id) else {
                 continue;
             };
-            if conn.identified || conn.closing().is_some() {
+            if conn.closing().is_some() {
+                continue;
+            }
+            let (kind, peer) = (conn.kind, conn.peer);
+            if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+                // The TLS handshake counts as part of the protocol's: it must end in time too.
+                conn.read_ready = false;
+                let timeout_ms = self.config.handshake_timeout_ms;
+                self.count_tls_failure(
+                    id,
+                    kind,
+                    peer,
+                    TlsFailure::HandshakeDeadline,
+                    &format!("not finished {timeout_ms} ms after the accept"),
+                );
+                self.table
+                    .close(id, CloseReason::HandshakeTimeout, CloseMode::Now);
+                continue;
+            }
+            let Some(conn) = self.table.get_mut(id) else {
+                continue;
+            };
+            if conn.identified || !self.services.reactor_handshake_deadline(kind) {
+                // A TLS connection of a protocol without the reactor's deadline: its TLS
+                // handshake was all this entry was for.
                 continue;
             }
             debug!("{id}: not identified within the handshake deadline");
@@ -1049,6 +1250,9 @@ impl Server {
         let (reason, _) = conn
             .closing()
             .unwrap_or((CloseReason::PeerClosed, CloseMode::Now));
+        if conn.tls.is_some() && !matches!(reason, CloseReason::PeerReset | CloseReason::IoError) {
+            conn.close_tls();
+        }
         if let Err(err) = self.poll.registry().deregister(&mut conn.stream) {
             debug!("deregister {id}: {err}");
         }
@@ -1145,7 +1349,8 @@ impl Server {
                         if at_cap && !self.evict_oldest_handshaking() {
                             continue;
                         }
-                        self.add_conn(stream, peer, self.listeners[index].kind);
+                        let entry = &self.listeners[index];
+                        self.add_conn(stream, peer, entry.kind, entry.tls);
                     }
                     Err(err) => self.accept_failed(index, &err),
                 }
@@ -1228,7 +1433,23 @@ impl Server {
         }
     }
 
-    fn add_conn(&mut self, stream: mio::net::TcpStream, peer: SocketAddr, kind: ProtocolKind) {
+    fn add_conn(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        kind: ProtocolKind,
+        tls: bool,
+    ) {
+        let tls_config = if tls {
+            match self.tls.as_ref() {
+                Some(settings) => Some(&settings.config),
+                // Cannot happen (a TLS listener exists only with its settings); never serve
+                // plaintext on a TLS port.
+                None => return,
+            }
+        } else {
+            None
+        };
         let Some(id) = insert_conn(
             &self.poll,
             &mut self.next_generation,
@@ -1237,10 +1458,12 @@ impl Server {
             (stream, peer),
             kind,
             TokenBucket::full(self.input_limit, self.now_ms),
+            tls_config,
         ) else {
             return;
         };
-        if self.services.reactor_handshake_deadline(kind) {
+        // One deadline for both: every entry has the same timeout, so the queue stays in order.
+        if self.services.reactor_handshake_deadline(kind) || tls_config.is_some() {
             // From the clock at full resolution, not `now_ms` (rounded down): never early.
             let deadline_ms = handshake_deadline_ms(self.clock, self.config.handshake_timeout_ms);
             self.handshake_deadlines.push(id, deadline_ms);
@@ -1276,6 +1499,10 @@ impl Server {
         };
         let received: Vec<i32> = signals.pending().collect();
         for signal in received {
+            if signal == signal_hook::consts::SIGHUP {
+                self.reload_tls();
+                continue;
+            }
             if self.shutdown_deadline_ms.is_some() {
                 warn!("second signal ({signal}): exiting without waiting for output");
                 self.shutdown_deadline_ms = Some(self.now_ms);

@@ -272,6 +272,10 @@ fn bad_requests_get_their_statuses() {
         (upgrade("Origin: http://evil\r\n"), None, 403),
         (upgrade("Origin: http://chat:8080\r\n"), None, 101),
         (upgrade("Origin: HTTP://CHAT:8080\r\n"), None, 101),
+        // The page served over TLS (--web-tls-port, or a TLS tunnel keeping the Host).
+        (upgrade("Origin: https://chat:8080\r\n"), None, 101),
+        (upgrade("Origin: https://evil:8080\r\n"), None, 403),
+        (upgrade("Origin: ftp://chat:8080\r\n"), None, 403),
         (upgrade("Origin: http://chat:8080\r\n"), Some(&origins), 403),
         (
             upgrade("Origin: https://ok.example\r\n"),

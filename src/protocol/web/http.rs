@@ -159,7 +159,8 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// Whether a page of `origin` may open the WebSocket: one of `origins`, or without that
-/// list, `http://<host>` (the request's own host: the page this server served).
+/// list, `http://<host>` or `https://<host>` (the request's own host: the page this server
+/// served, over its TLS port or through a TLS tunnel in front of it, whose Host is its own).
 pub fn origin_allowed(origin: &[u8], host: &[u8], origins: Option<&[String]>) -> bool {
     match origins {
         Some(origins) => origins
@@ -167,9 +168,11 @@ pub fn origin_allowed(origin: &[u8], host: &[u8], origins: Option<&[String]>) ->
             .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin)),
         None => {
             !host.is_empty()
-                && origin.len() == "http://".len() + host.len()
-                && origin[.."http://".len()].eq_ignore_ascii_case(b"http://")
-                && origin["http://".len()..].eq_ignore_ascii_case(host)
+                && [&b"http://"[..], b"https://"].iter().any(|scheme| {
+                    origin.len() == scheme.len() + host.len()
+                        && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
+                        && origin[scheme.len()..].eq_ignore_ascii_case(host)
+                })
         }
     }
 }

@@ -1,0 +1,671 @@
+//! TLS on the TCP front doors (issue 23), end to end: the real `chatd` binary with TLS ports
+//! beside the plaintext ones, certificates made at run time with rcgen (written to a temp
+//! directory, never committed), rustls clients. Every protocol's TLS port serves the same
+//! protocol as its plaintext one, in the same rooms; bad TLS input closes only its own
+//! connection, counted by reason and logged; SIGHUP swaps the certificate for new connections.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod chatd;
+mod child; // chatd::Chatd collects its stderr with it
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use chatd::Chatd;
+use common::{Client, WAIT};
+
+/// A certificate authority and a server certificate for `localhost` and 127.0.0.1 signed by
+/// it, in PEM files of a fresh temp directory (removed on drop).
+struct Pki {
+    dir: PathBuf,
+    ca_der: CertificateDer<'static>,
+    cert_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(label: &str) -> Pki {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-tls-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut pki = Pki {
+            dir,
+            ca_der: CertificateDer::from(Vec::new()),
+            cert_der: CertificateDer::from(Vec::new()),
+        };
+        pki.issue();
+        pki
+    }
+
+    /// A new CA and a new server certificate signed by it, written over the files.
+    fn issue(&mut self) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
+        std::fs::write(self.cert_path(), cert.pem()).expect("write the certificate");
+        std::fs::write(self.key_path(), key.serialize_pem()).expect("write the key");
+        self.ca_der = ca.der().clone();
+        self.cert_der = cert.der().clone();
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            path_arg(&self.cert_path()),
+            "--tls-key".into(),
+            path_arg(&self.key_path()),
+        ]
+    }
+
+    /// A client configuration trusting this PKI's CA only.
+    fn client_config(&self) -> Arc<ClientConfig> {
+        client_config(&self.ca_der)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_str().expect("a UTF-8 temp path").to_string()
+}
+
+fn client_config(ca: &CertificateDer<'static>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).expect("the CA");
+    #[allow(deprecated)] // ring, as the server; see Cargo.toml
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS connection to `addr` whose handshake has finished (or the error that ended it).
+fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<TlsStream, std::io::Error> {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    tcp.set_nodelay(true).expect("nodelay");
+    let name = ServerName::try_from("localhost").expect("name");
+    let session = ClientConnection::new(Arc::clone(config), name).expect("client session");
+    let mut stream = StreamOwned::new(session, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// A client over any byte stream: send, and wait (bounded) for expected bytes.
+struct Wire<S: Read + Write> {
+    stream: S,
+    received: Vec<u8>,
+    name: &'static str,
+}
+
+impl<S: Read + Write> Wire<S> {
+    fn new(stream: S, name: &'static str) -> Self {
+        Wire {
+            stream,
+            received: Vec::new(),
+            name,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+        self.stream.flush().expect("flush");
+    }
+
+    /// More bytes; false at the end of the stream.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.received.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!(
+                    "{}: timed out; have {:?}",
+                    self.name,
+                    String::from_utf8_lossy(&self.received)
+                )
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Everything up to and including `needle`, consumed.
+    fn read_through(&mut self, needle: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(at) = common::find(&self.received, needle) {
+                return self.received.drain(..at + needle.len()).collect();
+            }
+            assert!(
+                self.fill(),
+                "{}: closed before {:?}; have {:?}",
+                self.name,
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&self.received)
+            );
+        }
+    }
+
+    fn read_exact(&mut self, len: usize) -> Vec<u8> {
+        while self.received.len() < len {
+            assert!(self.fill(), "{}: closed early", self.name);
+        }
+        self.received.drain(..len).collect()
+    }
+
+    /// Read to the end of the stream (the server must close it within the read timeout).
+    fn read_to_close(&mut self) -> Vec<u8> {
+        while self.fill() {}
+        std::mem::take(&mut self.received)
+    }
+}
+
+/// The address chatd logged for `protocol`'s TLS listener ("ROOM listening on ADDR (TLS)").
+fn tls_addr(chatd: &mut Chatd, protocol: &str) -> SocketAddr {
+    logged_addr(chatd, &format!("{protocol} listening on "), " (TLS)")
+}
+
+fn admin_addr(chatd: &mut Chatd) -> SocketAddr {
+    logged_addr(chatd, "ADMIN listening on ", " (GET /metrics")
+}
+
+fn logged_addr(chatd: &mut Chatd, before: &str, after: &str) -> SocketAddr {
+    let text = chatd.stderr.wait_for(after);
+    text.lines()
+        .filter_map(|line| line.split_once(before).map(|(_, rest)| rest))
+        .find_map(|rest| rest.split_once(after).map(|(addr, _)| addr))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no {before}...{after} line in {text}"))
+}
+
+/// GET /metrics over https.
+fn metrics(admin: SocketAddr, config: &Arc<ClientConfig>) -> String {
+    let mut stream = tls_connect(admin, config).expect("https to the admin port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    answer
+}
+
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Wait (bounded) until the metric sample reaches `at_least`.
+fn wait_metric(admin: SocketAddr, config: &Arc<ClientConfig>, sample: &str, at_least: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(&metrics(admin, config), sample);
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sample} is {value}, never reached {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn failures(protocol: &str, reason: &str) -> String {
+    format!(
+        "switchboard_tls_handshake_failures_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}"
+    )
+}
+
+/// A TLS ROOM client joined as `alias`.
+fn room_join_tls(addr: SocketAddr, config: &Arc<ClientConfig>, alias: &str) -> Wire<TlsStream> {
+    let mut wire = Wire::new(
+        tls_connect(addr, config).expect("TLS handshake"),
+        "room tls",
+    );
+    wire.read_through(b"alias?");
+    wire.send(alias.as_bytes());
+    wire.read_through(b"Voce esta conectado ao servidor!");
+    wire
+}
+
+/// A plaintext ROOM client and a TLS one in the same room, each seeing the other's line.
+fn room_chat_both_ways(plain: &mut Client, tls: &mut Wire<TlsStream>, round: &str) {
+    let from_tls = format!("tls says {round}");
+    tls.send(from_tls.as_bytes());
+    plain.read_through(from_tls.as_bytes());
+    tls.read_through(from_tls.as_bytes());
+    let from_plain = format!("plain says {round}");
+    plain.send(from_plain.as_bytes());
+    tls.read_through(from_plain.as_bytes());
+    plain.read_through(from_plain.as_bytes());
+}
+
+#[test]
+fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
+    let pki = Pki::new("all");
+    let mut args = pki.args();
+    for flag in [
+        "--room-tls-port",
+        "--bin24-tls-port",
+        "--ccm-tls-port",
+        "--matou-tls-port",
+        "--ocm-tcp-tls-port",
+        "--web-tls-port",
+        "--admin-port",
+    ] {
+        args.extend([flag.to_string(), "0".to_string()]);
+    }
+    args.push("--admin-tls".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut chatd = Chatd::start(
+        &[
+            "--room-port",
+            "--bin24-port",
+            "--ccm-port",
+            "--matou-port",
+            "--ocm-tcp-port",
+            "--ocm-udp-port",
+            "--web-port",
+        ],
+        &args,
+    );
+    let config = pki.client_config();
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
+    // ROOM: a TLS client and a plaintext one in the same room, both ways.
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let mut plain = Client::join(local(chatd.port("--room-port")), "plainbob");
+    let mut tls = room_join_tls(room_tls, &config, "tlsalice");
+    room_chat_both_ways(&mut plain, &mut tls, "hello");
+
+    // BIN24: a TLS user and a plaintext one exchange direct messages.
+    use switchboard::protocol::bin24::codec;
+    let bin24_tls = tls_addr(&mut chatd, "BIN24");
+    let mut pete = common::bin24::Bin24::connect(local(chatd.port("--bin24-port")), "pete");
+    assert!(pete.register_and_wait().is_empty());
+    let mut tara = Wire::new(tls_connect(bin24_tls, &config).expect("TLS"), "bin24 tls");
+    let frame = |kind, id, from: &str, to: &str, body: &[u8]| {
+        codec::encode(
+            kind,
+            id,
+            common::bin24::name(from),
+            common::bin24::name(to),
+            body,
+        )
+        .expect("frame")
+    };
+    tara.send(&frame(
+        codec::TYPE_ANSWER,
+        u32::MAX,
+        "tara",
+        "nobody",
+        b"200",
+    ));
+    tara.send(&frame(codec::TYPE_MESSAGE, 1, "tara", "pete", b"over tls"));
+    let got = pete.recv();
+    assert_eq!(
+        (got.src.as_str(), got.body.as_slice()),
+        ("tara", &b"over tls"[..])
+    );
+    pete.send("tara", "back in plaintext");
+    tara.read_through(b"back in plaintext");
+
+    // CCM: a TLS user identifies and writes to a plaintext one.
+    let ccm_tls = tls_addr(&mut chatd, "CCM");
+    let identify = "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: ";
+    let mut dana = Client::connect(local(chatd.port("--ccm-port")), "dana");
+    dana.send(format!("{identify}4\n\ndana").as_bytes());
+    dana.read_through(b"Content-Length: 0\n\n");
+    let mut carl = Wire::new(tls_connect(ccm_tls, &config).expect("TLS"), "ccm tls");
+    carl.send(format!("{identify}4\n\ncarl").as_bytes());
+    carl.read_through(b"User: ");
+    let token = carl.read_through(b"\n");
+    let token = String::from_utf8_lossy(&token[..token.len() - 1]).into_owned();
+    carl.read_through(b"Content-Length: 0\n\n");
+    carl.send(
+        format!("CCM\\1.0 Text\nUser: {token}\nAddressee: dana\nContent-Length: 8\n\nvia ccms")
+            .as_bytes(),
+    );
+    dana.read_through(b"Sender: carl\n");
+    dana.read_through(b"\n\nvia ccms");
+
+    // MATOU (the client-server leg): a TLS user's public message reaches a plaintext one.
+    use common::matou::{packet, string};
+    let matou_tls = tls_addr(&mut chatd, "MATOU");
+    let mut mia = common::matou::Matou::sign_in_at(local(chatd.port("--matou-port")), "mia");
+    let mut tim = Wire::new(tls_connect(matou_tls, &config).expect("TLS"), "matou tls");
+    tim.send(&packet(1, &[&string(b"tim")]));
+    let mut accepted = 2i32.to_be_bytes().to_vec();
+    accepted.push(1);
+    assert_eq!(tim.read_exact(5), accepted, "LOGIN accepted over TLS");
+    tim.send(&packet(4, &[&string(b"public over tls")]));
+    mia.await_broadcast("tim", "public over tls");
+
+    // OCM: a room created over TCRP on the TLS port is joined over the plaintext one.
+    let ocm_tls = tls_addr(&mut chatd, "OCM");
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("UDP");
+    let request = common::ocm::tcrp_request("tlsroom", 1, "olga", udp.local_addr().expect("addr"));
+    let mut olga = Wire::new(tls_connect(ocm_tls, &config).expect("TLS"), "ocm tls");
+    olga.send(&request);
+    let answer = olga.read_to_close();
+    assert_eq!(
+        answer.get(2),
+        Some(&2),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(common::find(&answer, b"\"token\": \"").is_some());
+    let mut join = TcpStream::connect(local(chatd.port("--ocm-tcp-port"))).expect("connect");
+    join.set_read_timeout(Some(WAIT)).expect("timeout");
+    let other = UdpSocket::bind("127.0.0.1:0").expect("UDP");
+    join.write_all(&common::ocm::tcrp_request(
+        "tlsroom",
+        2,
+        "oscar",
+        other.local_addr().expect("addr"),
+    ))
+    .expect("join request");
+    let mut answer = Vec::new();
+    join.read_to_end(&mut answer).expect("answer");
+    assert_eq!(answer.get(2), Some(&2), "the room made over TLS exists");
+
+    // WEB: the page over https, the WebSocket over wss with the https origin, and a lobby
+    // message from it reaching the plaintext ROOM client.
+    let web_tls = tls_addr(&mut chatd, "WEB");
+    let mut page = Wire::new(tls_connect(web_tls, &config).expect("TLS"), "https");
+    page.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let head = page.read_through(b"\r\n\r\n");
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
+    let host = format!("localhost:{}", web_tls.port());
+    let mut ws = Wire::new(tls_connect(web_tls, &config).expect("TLS"), "wss");
+    ws.send(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Origin: https://{host}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let head = ws.read_through(b"\r\n\r\n");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    ws.send(&masked_text(br#"{"type":"signin","name":"wendy"}"#));
+    ws.read_through(b"welcome");
+    ws.send(&masked_text(br#"{"type":"say","text":"hello from wss"}"#));
+    plain.read_through(b"hello from wss");
+
+    // The admin port over https: the handshakes were counted, per protocol.
+    let admin = admin_addr(&mut chatd);
+    let text = metrics(admin, &config);
+    for (protocol, at_least) in [
+        ("room", 1.0),
+        ("bin24", 1.0),
+        ("ccm", 1.0),
+        ("matou", 1.0),
+        ("ocm", 1.0),
+        ("web", 2.0),
+        ("admin", 1.0),
+    ] {
+        let sample = format!("switchboard_tls_handshakes_total{{protocol=\"{protocol}\"}}");
+        assert!(metric(&text, &sample) >= at_least, "{sample} in {text}");
+    }
+    // And the plaintext and TLS ROOM clients still chat.
+    room_chat_both_ways(&mut plain, &mut tls, "at the end");
+}
+
+/// A masked WebSocket text frame (payloads under 126 bytes).
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(at, b)| b ^ mask[at % 4]));
+    frame
+}
+
+/// The first bytes of a real ClientHello, as a client would send them.
+fn client_hello(config: &Arc<ClientConfig>) -> Vec<u8> {
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut session = ClientConnection::new(Arc::clone(config), name).expect("session");
+    let mut hello = Vec::new();
+    session.write_tls(&mut hello).expect("ClientHello");
+    hello
+}
+
+#[test]
+fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
+    let pki = Pki::new("bad");
+    let mut args = pki.args();
+    args.extend(
+        [
+            "--room-tls-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--admin-tls",
+            "--handshake-timeout-ms",
+            "300",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut chatd = Chatd::start(&["--room-port"], &args);
+    let config = pki.client_config();
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let admin = admin_addr(&mut chatd);
+    let mut plain = Client::join(
+        SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port"))),
+        "plainbob",
+    );
+    let mut tls = room_join_tls(room_tls, &config, "tlsalice");
+    room_chat_both_ways(&mut plain, &mut tls, "before");
+
+    // Garbage that starts as a TLS handshake record but is none.
+    let mut garbage = Wire::new(TcpStream::connect(room_tls).expect("connect"), "garbage");
+    garbage
+        .stream
+        .set_read_timeout(Some(WAIT))
+        .expect("timeout");
+    garbage.send(b"\x16\x03\x01\x00\x08\xff\xff\xff\xff\xff\xff\xff\xff");
+    garbage.read_to_close();
+    wait_metric(admin, &config, &failures("room", "bad_record"), 1.0);
+    chatd.stderr.wait_for("TLS failed: a bad TLS record");
+    room_chat_both_ways(&mut plain, &mut tls, "after garbage");
+
+    // A plaintext client on the TLS port.
+    let mut plaintext = Wire::new(TcpStream::connect(room_tls).expect("connect"), "plaintext");
+    plaintext
+        .stream
+        .set_read_timeout(Some(WAIT))
+        .expect("timeout");
+    plaintext.send(b"plainbob2\n");
+    plaintext.read_to_close();
+    wait_metric(admin, &config, &failures("room", "plaintext_client"), 1.0);
+    chatd
+        .stderr
+        .wait_for("TLS failed: a plaintext client on a TLS port");
+    room_chat_both_ways(&mut plain, &mut tls, "after plaintext");
+
+    // A truncated handshake, held open: the handshake deadline closes it.
+    let hello = client_hello(&config);
+    let mut truncated = Wire::new(TcpStream::connect(room_tls).expect("connect"), "truncated");
+    truncated
+        .stream
+        .set_read_timeout(Some(WAIT))
+        .expect("timeout");
+    truncated.send(&hello[..hello.len() / 2]);
+    let started = Instant::now();
+    truncated.read_to_close();
+    assert!(
+        started.elapsed() < WAIT,
+        "closed by the deadline, not the timeout"
+    );
+    wait_metric(admin, &config, &failures("room", "handshake_deadline"), 1.0);
+    chatd
+        .stderr
+        .wait_for("TLS failed: the handshake was not finished in time");
+    room_chat_both_ways(&mut plain, &mut tls, "after truncated");
+
+    // A client that does not trust the server's certificate (another CA) rejects it.
+    let stranger = Pki::new("stranger");
+    let refused = tls_connect(room_tls, &stranger.client_config());
+    assert!(refused.is_err(), "a client of another CA must refuse");
+    wait_metric(admin, &config, &failures("room", "alert_received"), 1.0);
+    chatd
+        .stderr
+        .wait_for("TLS failed: the client sent an alert");
+    room_chat_both_ways(&mut plain, &mut tls, "after wrong CA");
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections_only() {
+    let mut pki = Pki::new("reload");
+    let mut args = pki.args();
+    args.extend(["--room-tls-port", "0"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut chatd = Chatd::start(&["--room-port"], &args);
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let old_config = pki.client_config();
+    let old_cert = pki.cert_der.clone();
+    let mut plain = Client::join(
+        SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port"))),
+        "plainbob",
+    );
+    let mut old = room_join_tls(room_tls, &old_config, "oldtls");
+    room_chat_both_ways(&mut plain, &mut old, "before the reload");
+
+    pki.issue();
+    let new_config = pki.client_config();
+    let hup = |chatd: &Chatd| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &chatd.pid().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+    };
+    hup(&chatd);
+    chatd.stderr.wait_for("reloaded: new connections use them");
+
+    // The connection made before keeps going; a new one gets the new certificate.
+    room_chat_both_ways(&mut plain, &mut old, "after the reload");
+    let mut new = room_join_tls(room_tls, &new_config, "newtls");
+    assert_eq!(
+        new.stream
+            .conn
+            .peer_certificates()
+            .map(|certs| certs[0].clone()),
+        Some(pki.cert_der.clone())
+    );
+    assert_ne!(pki.cert_der, old_cert);
+    assert!(
+        tls_connect(room_tls, &old_config).is_err(),
+        "the old CA no longer vouches for the server"
+    );
+    room_chat_both_ways(&mut plain, &mut new, "new connection");
+
+    // A broken file: the reload fails, said clearly, and the certificate in use stays.
+    std::fs::write(pki.cert_path(), "-----BEGIN CERTIFICATE-----\nbroken\n").expect("break");
+    hup(&chatd);
+    chatd
+        .stderr
+        .wait_for("TLS reload failed, keeping the previous certificate");
+    let mut after = room_join_tls(room_tls, &new_config, "aftertls");
+    assert_eq!(
+        after
+            .stream
+            .conn
+            .peer_certificates()
+            .map(|certs| certs[0].clone()),
+        Some(pki.cert_der.clone())
+    );
+    room_chat_both_ways(&mut plain, &mut after, "after a failed reload");
+    room_chat_both_ways(&mut plain, &mut old, "old one still");
+}
+
+#[test]
+fn a_tls_port_without_a_usable_certificate_is_a_clear_startup_error() {
+    let run = |args: &[&str]| {
+        let output = chatd::command(&[("--room-port", 0)])
+            .args(["--room-tls-port", "0"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run chatd");
+        assert!(!output.status.success(), "chatd must refuse to start");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = run(&[]);
+    assert!(
+        stderr.contains("needs --tls-cert FILE and --tls-key FILE"),
+        "{stderr}"
+    );
+    let pki = Pki::new("startup");
+    let missing = pki.dir.join("missing.pem");
+    let stderr = run(&[
+        "--tls-cert",
+        &path_arg(&missing),
+        "--tls-key",
+        &path_arg(&pki.key_path()),
+    ]);
+    assert!(
+        stderr.contains("TLS certificate") && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
+    let stderr = run(&[
+        "--tls-cert",
+        &path_arg(&pki.cert_path()),
+        "--tls-key",
+        &path_arg(&pki.cert_path()),
+    ]);
+    assert!(
+        stderr.contains("TLS key") && stderr.contains("cert.pem"),
+        "{stderr}"
+    );
+}
