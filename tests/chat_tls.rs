@@ -89,6 +89,21 @@ fn chatd_with_room_tls(pki: &Pki) -> (Chatd, u16) {
     (chatd, port)
 }
 
+/// The port of `protocol`'s TLS listener, as chatd logged it (`BIN24 listening on ADDR (TLS)`);
+/// chatd logs every listener in one burst before the plaintext ones Chatd::start waits for.
+fn tls_port(chatd: &mut Chatd, protocol: &str) -> u16 {
+    let text = chatd.stderr.wait_for(" (TLS)");
+    text.lines()
+        .filter_map(|line| {
+            line.split_once(&format!("{protocol} listening on "))?
+                .1
+                .split_once(" (TLS)")
+        })
+        .find_map(|(addr, _)| addr.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no {protocol} TLS listening line in {text}"))
+        .port()
+}
+
 fn room_tls(port: u16, host: &str, ca: &str, nick: &str) -> Client {
     Client::spawn(&[
         "room",
@@ -184,4 +199,135 @@ fn a_wrong_ca_a_plaintext_port_and_a_name_not_in_the_certificate_each_fail_in_on
         line.contains("the server's certificate is not valid for \"127.0.0.1\""),
         "{line}"
     );
+}
+
+#[test]
+fn bin24_ccm_matou_and_ocm_speak_tls_to_their_tls_ports_beside_plaintext_clients() {
+    let pki = Pki::new("all", &["127.0.0.1"]);
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let mut chatd = Chatd::start(
+        &[
+            "--bin24-port",
+            "--ccm-port",
+            "--matou-port",
+            "--ocm-tcp-port",
+            "--ocm-udp-port",
+        ],
+        &[
+            "--bin24-tls-port",
+            "0",
+            "--ccm-tls-port",
+            "0",
+            "--matou-tls-port",
+            "0",
+            "--ocm-tcp-tls-port",
+            "0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    );
+    let ca = pki.path("ca.pem");
+    let port = |chatd: &Chatd, flag: &str| chatd.port(flag).to_string();
+    let tls = |port: u16| {
+        [
+            "--tls".to_string(),
+            "--ca".into(),
+            ca.clone(),
+            "--port".into(),
+            port.to_string(),
+        ]
+    };
+
+    // BIN24: a message over TLS to a plaintext user, and its delivery answer back.
+    let bin24_tls = tls_port(&mut chatd, "BIN24");
+    let mut bob = Client::spawn(&[
+        "bin24",
+        "--user",
+        "bob",
+        "--port",
+        &port(&chatd, "--bin24-port"),
+    ]);
+    bob.stderr.wait_for("signed in as bob");
+    let mut alice_args = vec!["bin24".to_string(), "--user".into(), "alice".into()];
+    alice_args.extend(tls(bin24_tls));
+    let mut alice = Client::spawn(&alice_args.iter().map(String::as_str).collect::<Vec<_>>());
+    alice.stderr.wait_for("signed in as alice");
+    alice.type_text(b"bob: over tls\n");
+    bob.stdout.wait_for("<- alice: over tls\n");
+    alice.stdout.wait_for("-> bob: over tls  [delivered]\n");
+
+    // CCM: identified over TLS, a message to the plaintext user.
+    let ccm_tls = tls_port(&mut chatd, "CCM");
+    let mut cid = Client::spawn(&[
+        "ccm",
+        "--name",
+        "cid",
+        "--port",
+        &port(&chatd, "--ccm-port"),
+    ]);
+    cid.stderr.wait_for("chat: identified as cid\n");
+    let mut cat_args = vec!["ccm".to_string(), "--name".into(), "cat".into()];
+    cat_args.extend(tls(ccm_tls));
+    let mut cat = Client::spawn(&cat_args.iter().map(String::as_str).collect::<Vec<_>>());
+    cat.stderr.wait_for("chat: identified as cat\n");
+    cat.type_text(b"@cid hello cid\n");
+    cid.stdout.wait_for("cat: hello cid\n");
+
+    // MATOU: connected over TLS, seen joining by the plaintext user.
+    let matou_tls = tls_port(&mut chatd, "MATOU");
+    let mut mia = Client::spawn(&[
+        "matou",
+        "--user",
+        "mia",
+        "--port",
+        &port(&chatd, "--matou-port"),
+    ]);
+    mia.stderr.wait_for("chat: connected as mia\n");
+    let mut max_args = vec!["matou".to_string(), "--user".into(), "max".into()];
+    max_args.extend(tls(matou_tls));
+    let mut max = Client::spawn(&max_args.iter().map(String::as_str).collect::<Vec<_>>());
+    max.stderr.wait_for("chat: connected as max\n");
+    mia.stdout.wait_for("* max joined\n");
+
+    // OCM: the room created over TLS (TCRP), joined in plaintext; the chat itself is UDP.
+    let ocm_tls = tls_port(&mut chatd, "OCM");
+    let udp = port(&chatd, "--ocm-udp-port");
+    let mut olga_args: Vec<String> = [
+        "ocm",
+        "create",
+        "tlsroom",
+        "--name",
+        "olga",
+        "--udp-port",
+        &udp,
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    olga_args.extend([
+        "--tls".to_string(),
+        "--ca".into(),
+        ca.clone(),
+        "--tcp-port".into(),
+        ocm_tls.to_string(),
+    ]);
+    let mut olga = Client::spawn(&olga_args.iter().map(String::as_str).collect::<Vec<_>>());
+    olga.stderr.wait_for("chat: created tlsroom as olga\n");
+    let tcp = port(&chatd, "--ocm-tcp-port");
+    let mut oleg = Client::spawn(&[
+        "ocm",
+        "join",
+        "tlsroom",
+        "--name",
+        "oleg",
+        "--tcp-port",
+        &tcp,
+        "--udp-port",
+        &udp,
+    ]);
+    oleg.stderr.wait_for("chat: joined tlsroom as oleg\n");
+    olga.type_text(b"hello oleg\n");
+    oleg.stdout.wait_for("olga: hello oleg\n");
 }
