@@ -94,7 +94,8 @@ struct Args {
     web_port: u16,
 
     /// WEB: the origins whose pages may open the WebSocket, comma-separated, exact
-    /// (`http://chat.example:8080`). Default: only `http://<Host>`, the request's own host.
+    /// (`http://chat.example:8080`). Default: only `http://<Host>` and `https://<Host>`,
+    /// the request's own host.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     web_origins: Option<Vec<String>>,
 

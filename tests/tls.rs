@@ -226,7 +226,10 @@ fn metrics(admin: SocketAddr, config: &Arc<ClientConfig>) -> String {
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .expect("request");
     let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    // rustls reports a close without close_notify as an error: the server must send it.
+    stream
+        .read_to_end(&mut answer)
+        .expect("the answer, then close_notify");
     let answer = String::from_utf8_lossy(&answer).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     answer
@@ -255,9 +258,7 @@ fn wait_metric(admin: SocketAddr, config: &Arc<ClientConfig>, sample: &str, at_l
 }
 
 fn failures(protocol: &str, reason: &str) -> String {
-    format!(
-        "switchboard_tls_handshake_failures_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}"
-    )
+    format!("chatd_tls_handshake_failures_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}")
 }
 
 /// A TLS ROOM client joined as `alias`.
@@ -389,9 +390,12 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let ocm_tls = tls_addr(&mut chatd, "OCM");
     let udp = UdpSocket::bind("127.0.0.1:0").expect("UDP");
     let request = common::ocm::tcrp_request("tlsroom", 1, "olga", udp.local_addr().expect("addr"));
-    let mut olga = Wire::new(tls_connect(ocm_tls, &config).expect("TLS"), "ocm tls");
-    olga.send(&request);
-    let answer = olga.read_to_close();
+    let mut olga = tls_connect(ocm_tls, &config).expect("TLS");
+    olga.write_all(&request).expect("request");
+    let mut answer = Vec::new();
+    // Answered, then closed with close_notify (rustls reports a bare close as an error).
+    olga.read_to_end(&mut answer)
+        .expect("the answer, then close_notify");
     assert_eq!(
         answer.get(2),
         Some(&2),
@@ -453,7 +457,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
         ("web", 2.0),
         ("admin", 1.0),
     ] {
-        let sample = format!("switchboard_tls_handshakes_total{{protocol=\"{protocol}\"}}");
+        let sample = format!("chatd_tls_handshakes_total{{protocol=\"{protocol}\"}}");
         assert!(metric(&text, &sample) >= at_least, "{sample} in {text}");
     }
     // And the plaintext and TLS ROOM clients still chat.
@@ -668,4 +672,93 @@ fn a_tls_port_without_a_usable_certificate_is_a_clear_startup_error() {
         stderr.contains("TLS key") && stderr.contains("cert.pem"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
+    let pki = Pki::new("slow");
+    let mut args = pki.args();
+    args.extend(
+        [
+            "--room-tls-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--admin-tls",
+            "--output-hard-bytes-max",
+            "262144",
+            "--output-soft-bytes-max",
+            "262144",
+            "--tcp-send-buffer-bytes",
+            "4096",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut chatd = Chatd::start(&["--room-port"], &args);
+    let config = pki.client_config();
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let admin = admin_addr(&mut chatd);
+    let room = SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port")));
+
+    // A TLS member with a small receive buffer that reads nothing after joining.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&room_tls.into()).expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let slow_addr = tcp.local_addr().expect("local address");
+    let name = ServerName::try_from("localhost").expect("name");
+    let session = ClientConnection::new(Arc::clone(&config), name).expect("session");
+    let mut stream = StreamOwned::new(session, tcp);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("handshake");
+    }
+    let mut slow = Wire::new(stream, "slow tls");
+    slow.read_through(b"alias?");
+    slow.send(b"slowtls");
+    slow.read_through(b"Voce esta conectado ao servidor!");
+
+    // A plaintext member floods the room and reads its own echoes on another thread.
+    let mut flooder = Client::join(room, "flooder");
+    let mut echoes = flooder.stream.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut sink = [0u8; 64 * 1024];
+        while matches!(echoes.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let line = vec![b'x'; 1000];
+    let deadline = Instant::now() + WAIT;
+    let hard = "chatd_slow_consumer_closes_total{limit=\"hard\"}";
+    let mut sent = 0usize;
+    while metric(&metrics(admin, &config), hard) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS member was not closed after {sent} bytes flooded"
+        );
+        for _ in 0..256 {
+            flooder.send(&line);
+        }
+        sent += 256 * line.len();
+    }
+    assert!(
+        sent >= 262_144,
+        "closed only past the hard limit ({sent} bytes sent)"
+    );
+    let text = chatd.stderr.wait_for("slow consumer");
+    assert!(
+        text.contains(&format!("closing {slow_addr} (")),
+        "the TLS member is the one closed: {text}"
+    );
+    // The slow member finds its connection closed once it reads again; the flooder stays.
+    slow.read_to_close();
+    flooder.send(b"still here");
+    flooder
+        .stream
+        .shutdown(std::net::Shutdown::Both)
+        .expect("shutdown");
+    reader.join().expect("echo reader");
 }

@@ -1020,6 +1020,130 @@ mod tests {
         (conn, client)
     }
 
+    /// A server connection speaking TLS with a fresh self-signed certificate, and a rustls
+    /// client session over the other end (driven by hand, sans-io as the server is).
+    fn tls_pair() -> (Conn, std::net::TcpStream, rustls::ClientConnection) {
+        use std::sync::Arc;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let cert = params.self_signed(&key).expect("certificate");
+        #[allow(deprecated)] // ring, as the server's provider (see Cargo.toml)
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (mut conn, client) = conn_pair();
+        conn.tls = Some(Box::new(
+            TlsConn::new(&Arc::new(server_config)).expect("server session"),
+        ));
+        let session = rustls::ClientConnection::new(
+            Arc::new(client_config),
+            "localhost".try_into().expect("name"),
+        )
+        .expect("client session");
+        (conn, client, session)
+    }
+
+    /// Move whatever the client has to send, and whatever arrived for it, once.
+    fn client_io(client: &mut std::net::TcpStream, session: &mut rustls::ClientConnection) {
+        while session.wants_write() {
+            session.write_tls(client).expect("client write");
+        }
+        client
+            .set_read_timeout(Some(std::time::Duration::from_millis(20)))
+            .expect("timeout");
+        if session.wants_read() {
+            match session.read_tls(client) {
+                Ok(_) => {
+                    session.process_new_packets().expect("client process");
+                }
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(err) => panic!("client read: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_output_waits_for_the_handshake_and_stays_counted_until_its_records_are_written() {
+        let (mut conn, mut client, mut session) = tls_pair();
+        let mut scratch = [0u8; 4096];
+        // A prompt queued at accept, as ROOM's `alias?`: not written before the handshake.
+        conn.out.push_back(Bytes::from_static(b"alias?"));
+        conn.out_bytes += 6;
+        let (outcome, written, _) = conn.flush(64, usize::MAX);
+        assert_eq!((outcome, written), (IoOutcome::WouldBlock, 0));
+        assert!(
+            conn.write_ready,
+            "the handshake's end lists it for a flush, no edge needed"
+        );
+        assert_eq!(conn.out_bytes, 6, "still under the output limits");
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while session.is_handshaking() || conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+        {
+            assert!(std::time::Instant::now() < deadline, "handshake stuck");
+            client_io(&mut client, &mut session);
+            conn.read_ready = true;
+            let _ = conn.read_once(&mut scratch);
+            assert!(
+                conn.read_buf.is_empty(),
+                "no plaintext from handshake records"
+            );
+            if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+                let (_, written, _) = conn.flush(64, usize::MAX);
+                assert_eq!(written, 0, "only handshake records before its end");
+                assert_eq!(conn.out_bytes, 6);
+            }
+        }
+        assert!(conn.tls.as_mut().expect("tls").take_completed());
+
+        // Now the prompt goes out, and leaves the queue once its record is written.
+        let (outcome, written, _) = conn.flush(64, usize::MAX);
+        assert_eq!((outcome, written), (IoOutcome::Continue, 6));
+        assert_eq!(conn.out_bytes, 0);
+        assert!(!conn.has_output());
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            assert!(std::time::Instant::now() < deadline, "prompt never arrived");
+            client_io(&mut client, &mut session);
+            let mut buf = [0u8; 64];
+            if let Ok(n) = session.reader().read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert_eq!(got, b"alias?");
+
+        // And the client's plaintext lands in the read buffer the service reads.
+        session
+            .writer()
+            .write_all(b"bob")
+            .expect("client plaintext");
+        client_io(&mut client, &mut session);
+        while conn.read_buf.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "input never arrived");
+            conn.read_ready = true;
+            let _ = conn.read_once(&mut scratch);
+        }
+        assert_eq!(conn.read_buf.as_ref(), b"bob");
+    }
+
     #[test]
     fn only_a_full_read_or_a_hangup_keeps_a_connection_read_ready() {
         assert!(

@@ -152,8 +152,8 @@ pub(crate) enum TlsFailure {
     AlertReceived,
     /// The handshake was not finished within `--handshake-timeout-ms`.
     HandshakeDeadline,
-    /// Anything else: no common version or cipher suite, a misbehaving peer, an EOF
-    /// in the middle of the handshake.
+    /// Anything else: no common version or cipher suite, a misbehaving peer. (A peer that
+    /// just closes in the middle of the handshake is a close, not a failure.)
     Other,
 }
 
@@ -467,17 +467,17 @@ impl TlsStats {
         ];
         vec![
             family(
-                "switchboard_tls_handshakes_total",
+                "chatd_tls_handshakes_total",
                 "TLS handshakes completed, by listener protocol.",
                 handshakes,
             ),
             family(
-                "switchboard_tls_handshake_failures_total",
+                "chatd_tls_handshake_failures_total",
                 "TLS connections closed for a failure, by listener protocol and reason.",
                 failures,
             ),
             family(
-                "switchboard_tls_reloads_total",
+                "chatd_tls_reloads_total",
                 "Certificate and key reloads (SIGHUP), by result.",
                 reloads,
             ),

@@ -41,7 +41,7 @@ pub struct Refused {
 
 /// Reads the request head at the start of `input`: `Ok(None)` until it is all there; else
 /// what it asks and how many bytes the head took. `origins`: `--web-origins` (`None`: only
-/// `http://<Host>`).
+/// `http://<Host>` and `https://<Host>`).
 pub fn parse(
     input: &[u8],
     origins: Option<&[String]>,

@@ -22,7 +22,7 @@ use crate::protocol::{
 #[derive(Clone, Debug)]
 pub struct WebConfig {
     /// `--web-origins`: the origins whose pages may open the WebSocket; `None`: only
-    /// `http://<Host>`.
+    /// `http://<Host>` and `https://<Host>`.
     pub origins: Option<Vec<String>>,
     /// Largest frame payload and whole message from a client, in bytes.
     pub message_bytes_max: usize,
