@@ -3,8 +3,12 @@
 //!
 //! Every subcommand reads on one thread and writes on another through a shared `&Conn`. Over
 //! TLS both directions share one rustls state, so it sits behind a mutex that is never held
-//! across a blocking socket read: the reader reads raw bytes unlocked and only feeds them in
-//! under the lock, so a writer is never stuck behind a reader waiting for the server.
+//! across a blocking socket call: the reader reads raw bytes unlocked and only feeds them in
+//! under the lock, so a writer is never stuck behind a reader waiting for the server; a writer
+//! seals its records under the lock and writes them after letting it go (under a second lock
+//! that keeps records in the order they were sealed), so a reader is never stuck behind a
+//! writer waiting for a full socket to drain: a server that stops reading until we read can
+//! still be read.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -46,7 +50,15 @@ const CLOSE_NOTIFY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A connected stream to the server: plain TCP, or TLS over it once its handshake is done.
 pub(crate) struct Conn {
     tcp: TcpStream,
-    tls: Option<Mutex<Tls>>,
+    tls: Option<Shared>,
+}
+
+/// What both directions share over TLS.
+struct Shared {
+    state: Mutex<Tls>,
+    /// Held from sealing records to their last byte in the socket, so that records leave in
+    /// the order rustls sealed them (their sequence numbers) whoever writes them.
+    sending: Mutex<()>,
 }
 
 /// The TLS state both directions share.
@@ -79,11 +91,15 @@ impl Conn {
     /// server the close is deliberate (close_notify) if no other thread is using the TLS
     /// state right now; a writer stuck on a full socket must not keep the client open.
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        if let Some(tls) = &self.tls {
-            if let Ok(mut tls) = tls.try_lock() {
-                tls.conn.send_close_notify();
-                let _ = self.tcp.set_write_timeout(Some(CLOSE_NOTIFY_WRITE_TIMEOUT));
-                let _ = tls.write_pending(&self.tcp);
+        if let Some(shared) = &self.tls {
+            if let Ok(mut state) = shared.state.try_lock() {
+                state.conn.send_close_notify();
+                let sealed = state.sealed();
+                drop(state);
+                if let Ok(_sending) = shared.sending.try_lock() {
+                    let _ = self.tcp.set_write_timeout(Some(CLOSE_NOTIFY_WRITE_TIMEOUT));
+                    let _ = (&self.tcp).write_all(&sealed);
+                }
             }
         }
         self.tcp.shutdown(how)
@@ -96,16 +112,30 @@ impl Conn {
     }
 }
 
-fn lock(tls: &Mutex<Tls>) -> MutexGuard<'_, Tls> {
-    // A thread that panicked mid-call left the TLS state as consistent as rustls keeps it
-    // between calls; the session ends with the next error anyway.
-    tls.lock().unwrap_or_else(PoisonError::into_inner)
+// A thread that panicked mid-call left the TLS state as consistent as rustls keeps it between
+// calls; the session ends with the next error anyway.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Writes what rustls has sealed, taking the sending lock before letting the state go
+    /// and writing after: the state is free while the socket takes its time.
+    fn send(&self, tcp: &TcpStream, mut state: MutexGuard<'_, Tls>) -> io::Result<()> {
+        let sealed = state.sealed();
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let _sending = lock(&self.sending);
+        drop(state);
+        (&*tcp).write_all(&sealed)
+    }
 }
 
 impl Tls {
-    /// Hands rustls what it can take of the bytes read, processes them, and sends what it
-    /// has to answer (alerts, key updates).
-    fn feed(&mut self, tcp: &TcpStream) -> io::Result<()> {
+    /// Hands rustls what it can take of the bytes read and processes them; what it has to
+    /// answer (alerts, key updates) is then for [`Shared::send`].
+    fn feed(&mut self) -> io::Result<()> {
         let mut rest: &[u8] = &self.unfed;
         let taken = self.conn.read_tls(&mut rest)?;
         if taken == 0 {
@@ -114,30 +144,34 @@ impl Tls {
             ));
         }
         self.unfed.drain(..taken);
-        let processed = self.conn.process_new_packets();
-        // On an error rustls has queued the alert that tells the server why: send it.
-        let written = self.write_pending(tcp);
-        processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        written
+        self.conn
+            .process_new_packets()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    fn write_pending(&mut self, tcp: &TcpStream) -> io::Result<()> {
+    /// The records rustls has sealed and not yet handed out.
+    fn sealed(&mut self) -> Vec<u8> {
+        let mut sealed = Vec::new();
         while self.conn.wants_write() {
-            self.conn.write_tls(&mut &*tcp)?;
+            // Into a Vec, which takes everything: no error is possible.
+            if self.conn.write_tls(&mut sealed).is_err() {
+                break;
+            }
         }
-        Ok(())
+        sealed
     }
 }
 
 impl Read for &Conn {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let Some(tls) = &self.tls else {
+        let Some(shared) = &self.tls else {
             return (&self.tcp).read(out);
         };
         let mut raw = [0u8; RAW_READ_BYTES];
         loop {
             {
-                let mut tls = lock(tls);
+                let mut tls = lock(&shared.state);
                 match tls.conn.reader().read(out) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -149,13 +183,16 @@ impl Read for &Conn {
                     Err(e) => return Err(e),
                 }
                 if !tls.unfed.is_empty() {
-                    tls.feed(&self.tcp)?;
+                    let fed = tls.feed();
+                    // On an error rustls has sealed the alert that tells the server why.
+                    shared.send(&self.tcp, tls)?;
+                    fed?;
                     continue;
                 }
             }
             match (&self.tcp).read(&mut raw) {
                 Ok(0) => {
-                    let mut tls = lock(tls);
+                    let mut tls = lock(&shared.state);
                     // Tells rustls the stream has ended, so that its reader says so.
                     tls.conn.read_tls(&mut io::empty())?;
                     if let Err(e) = tls.conn.process_new_packets() {
@@ -174,7 +211,7 @@ impl Read for &Conn {
                         Err(e) => Err(e),
                     };
                 }
-                Ok(n) => lock(tls).unfed.extend_from_slice(&raw[..n]),
+                Ok(n) => lock(&shared.state).unfed.extend_from_slice(&raw[..n]),
                 Err(e) => return Err(e),
             }
         }
@@ -183,19 +220,19 @@ impl Read for &Conn {
 
 impl Write for &Conn {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let Some(tls) = &self.tls else {
+        let Some(shared) = &self.tls else {
             return (&self.tcp).write(data);
         };
-        let mut tls = lock(tls);
-        let taken = tls.conn.writer().write(data)?;
-        tls.write_pending(&self.tcp)?;
+        let mut state = lock(&shared.state);
+        let taken = state.conn.writer().write(data)?;
+        shared.send(&self.tcp, state)?;
         Ok(taken)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &self.tls {
             None => (&self.tcp).flush(),
-            Some(tls) => lock(tls).write_pending(&self.tcp),
+            Some(shared) => shared.send(&self.tcp, lock(&shared.state)),
         }
     }
 }
@@ -242,10 +279,13 @@ pub(crate) fn connect(
     })?;
     Ok(Conn {
         tcp,
-        tls: Some(Mutex::new(Tls {
-            conn,
-            unfed: Vec::new(),
-        })),
+        tls: Some(Shared {
+            state: Mutex::new(Tls {
+                conn,
+                unfed: Vec::new(),
+            }),
+            sending: Mutex::new(()),
+        }),
     })
 }
 

@@ -176,6 +176,51 @@ fn a_large_message_crosses_in_several_records() {
 }
 
 #[test]
+fn a_writer_blocked_on_a_full_socket_does_not_stop_the_reader() {
+    // The server writes everything before it reads anything; the client writes as much at
+    // the same time. The client's writer fills its socket and blocks: its reader must still
+    // get the server's bytes in, or both sides wait for each other forever.
+    const BYTES: usize = 8 << 20;
+    let ca = Ca::new();
+    let config = ca.issue(&["127.0.0.1"], VALID);
+    let (port, server) = server(move |tcp| {
+        let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), tcp);
+        tls.write_all(&vec![7u8; BYTES]).unwrap();
+        let mut got = vec![0u8; BYTES];
+        tls.read_exact(&mut got).unwrap();
+        assert!(
+            got.iter().all(|&b| b == 9),
+            "the client's bytes arrived altered"
+        );
+    });
+    let conn =
+        Arc::new(connect_to("127.0.0.1", port, &tls_args(Some(ca.pem_file()), 5000)).unwrap());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
+        let conn = Arc::clone(&conn);
+        let done_tx = done_tx.clone();
+        thread::spawn(move || {
+            let got = read_exactly(&conn, BYTES);
+            done_tx.send(got.iter().all(|&b| b == 7)).unwrap();
+        });
+    }
+    {
+        let conn = Arc::clone(&conn);
+        thread::spawn(move || {
+            (&*conn).write_all(&vec![9u8; BYTES]).unwrap();
+            done_tx.send(true).unwrap();
+        });
+    }
+    for _ in 0..2 {
+        let intact = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("reader and writer waited for each other");
+        assert!(intact, "the server's bytes arrived altered");
+    }
+    server.join().unwrap();
+}
+
+#[test]
 fn the_server_closing_reads_as_the_end() {
     let ca = Ca::new();
     let config = ca.issue(&["127.0.0.1"], VALID);
