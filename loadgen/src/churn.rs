@@ -22,7 +22,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 use serde::Serialize;
 use slab::Slab;
@@ -32,6 +31,7 @@ use crate::plan::SplitMix64;
 pub use crate::registry::Protocol;
 use crate::sockio::{read_chunk, write_pending, Chunk, Drained};
 use crate::stats::{ErrorCounts, ErrorKind, LatencyHistogram, LatencySummary};
+use crate::tls::Stream;
 
 const FIRST_CONN_TOKEN: usize = 1;
 /// Bytes taken per read: an answer is judged as it grows, before the next read can make it
@@ -109,6 +109,10 @@ pub struct ChurnReport {
     pub errors: ErrorCounts,
     /// Per protocol: connections started.
     pub started_by_protocol: Vec<(Protocol, u64)>,
+    /// With --tls: TLS handshakes completed (full ones: resumption is off), and their rate
+    /// over the run.
+    pub tls_handshakes: Option<u64>,
+    pub tls_handshakes_per_s: Option<f64>,
 }
 
 impl ChurnReport {
@@ -149,6 +153,12 @@ impl ChurnReport {
             write = self.errors.write,
             protocol = self.errors.protocol,
         );
+        if let (Some(done), Some(per_s)) = (self.tls_handshakes, self.tls_handshakes_per_s) {
+            text.push_str(&format!(
+                "TLS handshakes: {done} in {:.1} s ({per_s:.0}/s, full handshakes)\n",
+                self.elapsed_s
+            ));
+        }
         for (kind, first) in &self.errors.first {
             text.push_str(&format!("  first {kind} error: {first}\n"));
         }
@@ -165,6 +175,8 @@ impl ChurnReport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     Connecting,
+    /// With --tls: connected, the TLS handshake under way (part of connecting).
+    Handshake,
     /// ROOM only: waiting for `alias?` before sending the alias.
     Prompt,
     /// Sign-in sent; waiting for the answer that proves it was handled.
@@ -176,7 +188,7 @@ pub enum Stage {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     protocol: Protocol,
     ending: Ending,
     stage: Stage,
@@ -200,6 +212,7 @@ struct Run<'a> {
     signed_in: u64,
     started_by_protocol: Vec<u64>,
     progress_next_us: u64,
+    tls_handshakes: u64,
 }
 
 /// Runs the whole plan; stops by itself when every connection has ended (each is bounded by
@@ -227,6 +240,7 @@ pub fn run(cfg: &ChurnConfig) -> Result<ChurnReport, ChurnError> {
         signed_in: 0,
         started_by_protocol: vec![0; cfg.targets.len()],
         progress_next_us: start_us + PROGRESS_INTERVAL_US,
+        tls_handshakes: 0,
     };
     run.event_loop()?;
     Ok(run.report())
@@ -320,7 +334,11 @@ impl Run<'_> {
         self.started_by_protocol[slot] += 1;
         let ending = ENDINGS[self.rng.next() as usize % ENDINGS.len()];
         let intended_us = self.intended_us(index);
-        let mut stream = match crate::connect::connect_tcp(target, index as usize) {
+        let connected = crate::connect::connect_tcp(target, index as usize).and_then(|tcp| {
+            let target = crate::connect::target_of(target, index as usize);
+            Stream::new(tcp, target).map_err(io::Error::other)
+        });
+        let mut stream = match connected {
             Ok(stream) => stream,
             Err(e) => {
                 self.errors.count(ErrorKind::Connect, || {
@@ -396,6 +414,14 @@ impl Run<'_> {
         }
         if self.conns[key].stage == Stage::Connecting {
             match self.conns[key].stream.peer_addr() {
+                // A connection leaving before it signs in leaves before the handshake too:
+                // for a TLS listener, a handshake cut short.
+                Ok(_)
+                    if self.conns[key].stream.is_tls()
+                        && self.conns[key].ending != Ending::BeforeSignIn =>
+                {
+                    self.conns[key].stage = Stage::Handshake;
+                }
                 Ok(_) => self.connected(key),
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => {
@@ -404,6 +430,27 @@ impl Run<'_> {
                         _ => e.to_string(),
                     };
                     self.fail(key, ErrorKind::Connect, format!("connect failed: {why}"));
+                    return;
+                }
+            }
+            if !self.conns.contains(key) {
+                return;
+            }
+        }
+        if self.conns[key].stage == Stage::Handshake {
+            // Every event tries again (the readiness is not kept here).
+            let (mut readable, mut writable) = (true, true);
+            match self.conns[key]
+                .stream
+                .handshake(&mut readable, &mut writable)
+            {
+                Ok(false) => return,
+                Ok(true) => {
+                    self.tls_handshakes += 1;
+                    self.connected(key);
+                }
+                Err(e) => {
+                    self.fail(key, ErrorKind::Connect, format!("TLS handshake: {e}"));
                     return;
                 }
             }
@@ -437,6 +484,15 @@ impl Run<'_> {
     /// Writes what is pending; false when the connection is gone.
     fn flush(&mut self, key: usize) -> bool {
         let conn = &mut self.conns[key];
+        // TLS's encrypted backlog before anything newer (none over plain TCP).
+        match conn.stream.write_backlog() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                self.fail(key, ErrorKind::Write, e.to_string());
+                return false;
+            }
+        }
         let mut written = conn.written;
         let outcome = write_pending(&mut conn.stream, &conn.out, &mut written);
         conn.written = written;
@@ -560,7 +616,7 @@ impl Run<'_> {
             Ending::Reset => {
                 self.endings.reset += 1;
                 // SO_LINGER 0: close sends a reset instead of a FIN.
-                let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(conn.stream.tcp()).set_linger(Some(Duration::ZERO));
             }
             Ending::MidFrame => {
                 self.endings.mid_frame += 1;
@@ -610,6 +666,9 @@ impl Run<'_> {
                 .zip(self.started_by_protocol)
                 .map(|((p, _), n)| (*p, n))
                 .collect(),
+            tls_handshakes: crate::tls::enabled().then_some(self.tls_handshakes),
+            tls_handshakes_per_s: crate::tls::enabled()
+                .then(|| per_second(self.tls_handshakes, elapsed_s)),
         }
     }
 }
@@ -699,6 +758,15 @@ impl Check {
             Check::Bad => Step::Unexpected,
             Check::Done => done(),
         }
+    }
+}
+
+/// `n` over `elapsed_s`, 0 for a run too short to tell.
+fn per_second(n: u64, elapsed_s: f64) -> f64 {
+    if elapsed_s > 0.0 {
+        n as f64 / elapsed_s
+    } else {
+        0.0
     }
 }
 

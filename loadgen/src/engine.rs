@@ -438,9 +438,10 @@ impl<W: Wire> Run<W> {
     /// writable edge, or the next byte queued, calls again.
     pub fn flush_ready(&mut self, u: usize) {
         if matches!(W::link(self, u), Link::Greeting | Link::Joined)
-            && self.clients.get(u).is_some_and(|c| {
-                c.conn.writable && c.conn.stream.is_some() && c.conn.out.has_pending()
-            })
+            && self
+                .clients
+                .get(u)
+                .is_some_and(|c| c.conn.writable && c.conn.stream.is_some() && c.conn.has_pending())
         {
             self.flush(u);
         }

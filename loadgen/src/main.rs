@@ -60,6 +60,7 @@ mod room;
 mod sockio;
 mod stats;
 mod textstamp;
+mod tls;
 mod web;
 
 use std::fs::File;
@@ -236,6 +237,9 @@ struct CommonArgs {
     /// reported but only losses, duplicates, unsent messages and errors fail the exit code.
     #[arg(long)]
     strict: bool,
+
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -293,9 +297,15 @@ struct ChurnArgs {
     /// Seed for how each connection leaves, so a run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 fn run_churn(args: ChurnArgs) -> ExitCode {
+    if let Err(why) = tls::setup(&args.tls, &args.host) {
+        return refuse(why);
+    }
     let mut targets = Vec::new();
     for name in &args.protocols {
         let (protocol, port) = match name.trim() {
@@ -376,6 +386,7 @@ fn refuse(why: impl std::fmt::Display) -> ExitCode {
 }
 
 fn check_common(common: &CommonArgs) -> Result<(), String> {
+    tls::setup(&common.tls, &common.host)?;
     if common.duration.is_zero() || common.duration > DURATION_MAX {
         return Err("--duration must be more than 0 and at most 1h".into());
     }

@@ -5,19 +5,20 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use mio::net::TcpStream;
 use mio::{Registry, Token};
 
 use crate::clock::Clock;
 use crate::plan::{Due, Plan};
 use crate::stats::OwnLags;
+use crate::tls::Stream;
 
-/// A TCP client connection as the scenarios keep it: the socket, its readiness (kept in
+/// A TCP client connection as the scenarios keep it: the socket (TLS over it with `--tls`,
+/// plaintext to the scenarios either way), its readiness (kept in
 /// userland: an edge is reported once), the bytes read and not yet decoded, and the bytes and
 /// messages waiting to go out.
 #[derive(Debug)]
 pub struct Conn<T> {
-    pub stream: Option<TcpStream>,
+    pub stream: Option<Stream>,
     pub readable: bool,
     pub writable: bool,
     /// An event reported the server's FIN or a socket error (see [`read_chunk`]).
@@ -50,20 +51,32 @@ impl<T: Copy> Conn<T> {
         target: SocketAddr,
         index: usize,
     ) -> Result<(), String> {
-        let stream = crate::connect::open(registry, target, index, Token(index + 1))?;
-        self.stream = Some(stream);
+        let tcp = crate::connect::open(registry, target, index, Token(index + 1))?;
+        let target = crate::connect::target_of(target, index);
+        self.stream = Some(Stream::new(tcp, target)?);
         self.readable = false;
         self.writable = false;
         self.hangup = false;
         Ok(())
     }
 
-    /// Whether its non-blocking connect has completed (see [`crate::connect::is_connected`]);
-    /// not without a socket.
-    pub fn is_connected(&self) -> io::Result<bool> {
-        self.stream
-            .as_ref()
-            .map_or(Ok(false), crate::connect::is_connected)
+    /// Whether its non-blocking connect has completed (see [`crate::connect::is_connected`])
+    /// and, with `--tls`, its handshake too (advanced here as far as the socket allows, so
+    /// that the handshake counts as part of connecting); not without a socket.
+    pub fn is_connected(&mut self) -> io::Result<bool> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(false);
+        };
+        if !crate::connect::is_connected(stream.tcp())? {
+            return Ok(false);
+        }
+        stream.handshake(&mut self.readable, &mut self.writable)
+    }
+
+    /// Whether there are bytes to write: queued, or already encrypted by TLS and waiting for
+    /// the socket.
+    pub fn has_pending(&self) -> bool {
+        self.out.has_pending() || self.stream.as_ref().is_some_and(Stream::has_backlog)
     }
 
     /// Writes the pending bytes and accounts for the messages now out (see [`flush_queued`]);
@@ -75,6 +88,15 @@ impl<T: Copy> Conn<T> {
         on_sent: impl FnMut(&Queued<T>, u64),
     ) -> Option<String> {
         let stream = self.stream.as_mut()?;
+        // TLS's backlog first: while the socket cannot take it, nothing newer can go out.
+        match stream.write_backlog() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                return None;
+            }
+            Err(e) => return Some(e.to_string()),
+        }
         flush_queued(stream, &mut self.out, &mut self.queue, clock, lags, on_sent)
             .failure(&mut self.writable)
     }

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, IsTerminal, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use switchboard::protocol::bin24::codec::{
     TYPE_OFFLINE,
 };
 
+use crate::conn::{self, Conn, TlsArgs};
 use crate::hints::{self, Protocol};
 use crate::input::display_addr;
 use crate::shell::{self, Stdin};
@@ -136,6 +136,9 @@ pub struct Bin24Args {
     /// it short)
     #[arg(long, default_value_t = 5000, hide = true)]
     silence_hint_ms: u64,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Rejects what the 8-byte SRC field cannot carry, before any connection is made.
@@ -185,9 +188,12 @@ pub fn run(args: Bin24Args) -> ExitCode {
 /// their inputs until one ends the session. Returns that end.
 fn session(args: &Bin24Args, tx: &Sender<Event>) -> Event {
     let addr = display_addr(&args.host, args.port);
-    let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
+    let connected = conn::connect(&args.host, args.port, &addr, &args.tls, |e| {
+        hints::connect_failed(&addr, Protocol::Bin24, e)
+    });
+    let stream = match connected {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(hints::connect_failed(&addr, Protocol::Bin24, &e)),
+        Err(message) => return Event::Failed(message),
     };
     // Frames are small and each should leave at once: an answer "200" is due within the
     // server's 3 s. Failing to set it only costs latency.
@@ -250,12 +256,7 @@ fn registration_frame(user: Name) -> Bytes {
 }
 
 /// The session thread's loop: one input at a time, in arrival order.
-fn converse(
-    stream: &TcpStream,
-    session: &mut Session,
-    inputs: &Receiver<Input>,
-    addr: &str,
-) -> Event {
+fn converse(stream: &Conn, session: &mut Session, inputs: &Receiver<Input>, addr: &str) -> Event {
     let stdout = io::stdout();
     let mut actions = Vec::new();
     loop {
@@ -314,12 +315,12 @@ fn internal_error() -> Event {
 }
 
 /// The socket thread: cuts frames from the stream; its last input is always an end.
-fn read_frames(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) {
+fn read_frames(stream: &Conn, tx: &Sender<Input>, addr: &str, port: u16) {
     let end = receive(stream, tx, addr, port);
     let _ = tx.send(end);
 }
 
-fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
+fn receive(stream: &Conn, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
     let mut pending = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut framed_any = false;

@@ -16,7 +16,6 @@
 //! and a signal is handled even while the session thread is blocked.
 
 use std::io::{self, IsTerminal, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use switchboard::protocol::ccm::codec::{
     decode, decode_text, encode, Message, MessageType, HEADER_BYTES_MAX,
 };
 
+use crate::conn::{self, Conn, TlsArgs};
 use crate::hints::{self, Protocol};
 use crate::input::display_addr;
 use crate::shell::{self, Stdin};
@@ -113,6 +113,9 @@ pub struct CcmArgs {
     /// (tests make it short)
     #[arg(long, default_value_t = 5000, hide = true)]
     silence_hint_ms: u64,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Refuses, before any connection is made, a name nobody could address with `@NAME `.
@@ -153,9 +156,12 @@ pub fn run(args: CcmArgs) -> ExitCode {
 /// their inputs until one ends the session. Returns that end.
 fn session(args: &CcmArgs, tx: &Sender<Event>) -> Event {
     let addr = display_addr(&args.host, args.port);
-    let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
+    let connected = conn::connect(&args.host, args.port, &addr, &args.tls, |e| {
+        hints::connect_failed(&addr, Protocol::Ccm, e)
+    });
+    let stream = match connected {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(hints::connect_failed(&addr, Protocol::Ccm, &e)),
+        Err(message) => return Event::Failed(message),
     };
     // Messages are small and each should leave at once: a keepalive answer is due within the
     // server's 3.6 s. Failing to set it only costs latency.
@@ -214,7 +220,7 @@ fn identification(name: &str) -> Bytes {
 
 /// The session thread's loop: one input at a time, in arrival order.
 fn converse(
-    stream: &TcpStream,
+    stream: &Conn,
     session: &mut Session,
     inputs: &Receiver<Input>,
     addr: &str,
@@ -291,7 +297,7 @@ fn converse(
 }
 
 /// The socket thread: cuts messages from the stream; its last input is always an end.
-fn read_messages(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) {
+fn read_messages(stream: &Conn, tx: &Sender<Input>, addr: &str, port: u16) {
     let end = receive(stream, tx, addr, port);
     let _ = tx.send(end);
 }
@@ -299,7 +305,7 @@ fn read_messages(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) 
 /// The server always writes `Content-Length`, which frames its messages whatever the reads
 /// look like. Without it, the contract's rule applies: one read burst is one message, so the
 /// end of each read counts as the end of a burst.
-fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
+fn receive(stream: &Conn, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
     let mut pending = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut decoded_any = false;

@@ -6,6 +6,7 @@
 
 mod bin24;
 mod ccm;
+mod conn;
 mod hints;
 mod input;
 mod matou;
@@ -27,8 +28,13 @@ use clap::{Parser, Subcommand};
     long_about = "Terminal client for the Switchboard chat server.\n\n\
         Each subcommand speaks one of the server's wire protocols exactly as that protocol's \
         original client does, so it works against Switchboard and against the original servers.\n\n\
+        Every subcommand takes --tls to reach chatd's TLS port of its protocol instead \
+        (--room-tls-port and the others), with --ca FILE to trust a CA of your own (PEM) instead \
+        of the system's; the certificate must name --host. A failed TLS handshake (unknown \
+        issuer, expired, wrong name, a plaintext port, a cut or silent handshake) ends the \
+        client with one line saying why.\n\n\
         Exit status: 0 when the session ends normally (end of input, Ctrl-C, SIGTERM, or the \
-        server closing the connection); 1 on a connection or I/O error; 2 on a usage error."
+        server closing the connection); 1 on a connection, TLS or I/O error; 2 on a usage error."
 )]
 struct Cli {
     #[command(subcommand)]

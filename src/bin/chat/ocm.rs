@@ -19,7 +19,7 @@
 //! place and a signal is handled even while the session thread is blocked.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use switchboard::protocol::ocm::codec::{
 };
 use switchboard::protocol::ocm::json;
 
+use crate::conn::{self, Conn, TlsArgs};
 use crate::hints::{self, Protocol};
 use crate::input::display_addr;
 use crate::shell::{self, Stdin};
@@ -163,6 +164,9 @@ pub struct OcmArgs {
     /// Server UDP port of the chat
     #[arg(long, default_value_t = 9003, value_parser = clap::value_parser!(u16).range(1..))]
     udp_port: u16,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn parse_room_name(room: &str) -> Result<String, String> {
@@ -236,9 +240,12 @@ pub fn run(args: OcmArgs) -> ExitCode {
 /// and stdin readers, then handles their inputs until one ends the session. Returns that end.
 fn session(args: &OcmArgs, tx: &Sender<Event>) -> Event {
     let tcp_addr = display_addr(&args.host, args.tcp_port);
-    let stream = match TcpStream::connect((args.host.as_str(), args.tcp_port)) {
+    let connected = conn::connect(&args.host, args.tcp_port, &tcp_addr, &args.tls, |e| {
+        hints::connect_failed(&tcp_addr, Protocol::Ocm, e)
+    });
+    let stream = match connected {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(hints::connect_failed(&tcp_addr, Protocol::Ocm, &e)),
+        Err(message) => return Event::Failed(message),
     };
     let stream = Arc::new(stream);
     if tx.send(Event::Connected(Arc::clone(&stream))).is_err() {
@@ -365,7 +372,7 @@ enum Verdict {
 
 /// Reads answers until the one that decides: the token, or why not.
 fn read_answer(
-    stream: &TcpStream,
+    stream: &Conn,
     operation: Operation,
     addr: &str,
     port: u16,

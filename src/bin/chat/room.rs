@@ -13,7 +13,6 @@
 //! one place.
 
 use std::io::{self, IsTerminal, Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -23,6 +22,7 @@ use std::time::Duration;
 use clap::Args;
 use switchboard::protocol::room::codec::{bytes_repr, ALIAS_BYTES_MAX, GREETING};
 
+use crate::conn::{self, Conn, TlsArgs};
 use crate::hints::{self, Protocol};
 use crate::input::{display_addr, read_line_limited, trim_line_end, LineRead};
 use crate::shell;
@@ -105,6 +105,9 @@ pub struct RoomArgs {
     /// Milliseconds without `alias?` before the wrong-port note (tests make it short)
     #[arg(long, default_value_t = 5000, hide = true)]
     silence_hint_ms: u64,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Rejects what the server could not use as an alias, before any connection is made.
@@ -156,14 +159,13 @@ fn session(args: RoomArgs, tx: &Sender<Event>) {
         },
     };
 
-    let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
+    let connected = conn::connect(&args.host, args.port, &addr, &args.tls, |e| {
+        hints::connect_failed(&addr, Protocol::Room, e)
+    });
+    let stream = match connected {
         Ok(stream) => stream,
-        Err(e) => {
-            let _ = tx.send(Event::Failed(hints::connect_failed(
-                &addr,
-                Protocol::Room,
-                &e,
-            )));
+        Err(message) => {
+            let _ = tx.send(Event::Failed(message));
             return;
         }
     };
@@ -235,7 +237,7 @@ fn prompt_nick() -> Result<String, String> {
 }
 
 /// Sends each stdin line as one `<nick>: <line>` write.
-fn send_lines(stream: &TcpStream, nick: &str, gate: &Gate, tx: &Sender<Event>, addr: &str) {
+fn send_lines(stream: &Conn, nick: &str, gate: &Gate, tx: &Sender<Event>, addr: &str) {
     let stdin = io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -281,14 +283,14 @@ struct Server {
 }
 
 /// The socket thread: its last act is always `ReaderDone`, which main waits for before exiting.
-fn read_server(stream: &TcpStream, nick: &[u8], gate: &Gate, tx: &Sender<Event>, server: &Server) {
+fn read_server(stream: &Conn, nick: &[u8], gate: &Gate, tx: &Sender<Event>, server: &Server) {
     let end = receive(stream, nick, gate, server);
     gate.shut();
     let _ = tx.send(end);
     let _ = tx.send(Event::SessionDone);
 }
 
-fn receive(stream: &TcpStream, nick: &[u8], gate: &Gate, server: &Server) -> Event {
+fn receive(stream: &Conn, nick: &[u8], gate: &Gate, server: &Server) -> Event {
     let addr = &server.addr;
     let stdout = io::stdout();
     let sanitize = stdout.is_terminal();

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::io::{self, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::conn::Conn;
 use crate::input::{read_line_limited, trim_line_end, LineRead};
 
 /// Starts the signal thread, which sends `signal()` for every SIGINT or SIGTERM, and the
@@ -103,7 +104,7 @@ pub(crate) fn read_lines<I>(tx: &Sender<I>, max: usize, wrap: impl Fn(Stdin) -> 
 /// subcommands that need nothing of the kind leave it uninhabited.
 pub(crate) enum Event<J = Infallible> {
     /// The connection is up; main needs it to close it whatever ends the session.
-    Connected(Arc<TcpStream>),
+    Connected(Arc<Conn>),
     /// Joined: what main needs to end the membership if the session cannot.
     Joined(J),
     /// SIGINT or SIGTERM: the user asked to leave, so it is a normal end.
@@ -238,7 +239,7 @@ pub(crate) fn failed(message: &str) -> ExitCode {
 /// One read from the server into `pending` (through `buf`): `Ok(true)` to go on, `Ok(false)`
 /// when the server closed the connection, or why it was lost, in words for the user.
 pub(crate) fn read_more(
-    stream: &TcpStream,
+    stream: &Conn,
     buf: &mut [u8],
     pending: &mut BytesMut,
     addr: &str,

@@ -34,6 +34,7 @@ use bytes::BytesMut;
 use clap::Args;
 use switchboard::protocol::matou::codec::{decode_from_server, Limits, Packet};
 
+use crate::conn::{self, Conn, TlsArgs};
 use crate::hints::{self, Protocol};
 use crate::input::display_addr;
 use crate::shell::{self, Stdin};
@@ -164,6 +165,9 @@ pub struct MatouArgs {
     /// short)
     #[arg(long, default_value_t = 5000, hide = true)]
     silence_hint_ms: u64,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Refuses, before any connection is made, a name the server would refuse.
@@ -234,9 +238,12 @@ fn session(
     input_rx: &Receiver<Input>,
 ) -> Event {
     let addr = display_addr(&args.host, args.port);
-    let stream = match TcpStream::connect((args.host.as_str(), args.port)) {
+    let connected = conn::connect(&args.host, args.port, &addr, &args.tls, |e| {
+        hints::connect_failed(&addr, Protocol::Matou, e)
+    });
+    let stream = match connected {
         Ok(stream) => stream,
-        Err(e) => return Event::Failed(hints::connect_failed(&addr, Protocol::Matou, &e)),
+        Err(message) => return Event::Failed(message),
     };
     // Packets are small and each should leave at once. Failing to set it only costs latency.
     let _ = stream.set_nodelay(true);
@@ -320,7 +327,7 @@ fn session(
 
 /// The session's I/O: the server connection and the private links.
 struct Io {
-    server: Arc<TcpStream>,
+    server: Arc<Conn>,
     addr: String,
     /// The server's port, for the wrong-port notes.
     port: u16,
@@ -512,12 +519,12 @@ impl Io {
 }
 
 /// The socket thread: cuts packets from the stream; its last input is always an end.
-fn read_packets(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) {
+fn read_packets(stream: &Conn, tx: &Sender<Input>, addr: &str, port: u16) {
     let end = receive(stream, tx, addr, port);
     let _ = tx.send(end);
 }
 
-fn receive(stream: &TcpStream, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
+fn receive(stream: &Conn, tx: &Sender<Input>, addr: &str, port: u16) -> Input {
     let mut decoded_any = false;
     let limits = Limits {
         string_bytes_max: SERVER_STRING_BYTES_MAX,
