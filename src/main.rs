@@ -613,10 +613,12 @@ impl Args {
                 self.output_soft_bytes_max, self.output_hard_bytes_max
             ));
         }
-        if (self.ocm_tcp_port == 0) != (self.ocm_udp_port == 0) {
+        // OCM's TCRP may be offered over TLS only: then the TLS port stands for the TCP one.
+        let ocm_tcrp_off = self.ocm_tcp_port == 0 && self.ocm_tcp_tls_port.is_none();
+        if ocm_tcrp_off != (self.ocm_udp_port == 0) {
             return Err(format!(
-                "OCM needs both its TCP port (--ocm-tcp-port {}) and its UDP port \
-                 (--ocm-udp-port {}); set both to 0 to disable OCM",
+                "OCM needs both a TCP port (--ocm-tcp-port {} or --ocm-tcp-tls-port) and its UDP \
+                 port (--ocm-udp-port {}); set both to 0 to disable OCM",
                 self.ocm_tcp_port, self.ocm_udp_port
             ));
         }
@@ -657,10 +659,10 @@ impl Args {
         if self.admin_tls && self.admin_port.is_none() {
             return Err("--admin-tls needs --admin-port".into());
         }
-        if self.ocm_tcp_tls_port.is_some() && self.ocm_tcp_port == 0 {
+        if self.ocm_tcp_tls_port.is_some() && self.ocm_udp_port == 0 {
             return Err(
-                "--ocm-tcp-tls-port needs OCM enabled (--ocm-tcp-port and --ocm-udp-port): its \
-                 chat is over the UDP port"
+                "--ocm-tcp-tls-port needs --ocm-udp-port: OCM's chat is over the UDP port, \
+                 which TLS does not cover"
                     .into(),
             );
         }

@@ -762,3 +762,40 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
         .expect("shutdown");
     reader.join().expect("echo reader");
 }
+
+/// An operator may offer a protocol over TLS only: with its plaintext port off, its TLS port
+/// still serves it (the service exists, ROOM prompts, OCM makes rooms and chats over UDP).
+/// Seen to fail when services were built only for plaintext ports: the TLS ROOM client waited
+/// for an `alias?` that never came.
+#[test]
+fn a_protocol_offered_over_tls_only_is_served() {
+    let pki = Pki::new("tlsonly");
+    let mut args = pki.args();
+    args.extend(["--room-tls-port", "0", "--ocm-tcp-tls-port", "0"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Only OCM's UDP chat socket is plaintext (TLS does not cover it).
+    let mut chatd = Chatd::start(&["--ocm-udp-port"], &args);
+    let config = pki.client_config();
+
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let mut alice = room_join_tls(room_tls, &config, "alice");
+    let mut bob = room_join_tls(room_tls, &config, "bob");
+    alice.send(b"only over tls");
+    bob.read_through(b"only over tls");
+
+    let ocm_tls = tls_addr(&mut chatd, "OCM");
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("UDP");
+    let request = common::ocm::tcrp_request("tlsonly", 1, "olga", udp.local_addr().expect("addr"));
+    let mut olga = tls_connect(ocm_tls, &config).expect("TLS");
+    olga.write_all(&request).expect("request");
+    let mut answer = Vec::new();
+    olga.read_to_end(&mut answer)
+        .expect("the answer, then close_notify");
+    assert_eq!(
+        answer.get(2),
+        Some(&2),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(common::find(&answer, b"\"token\": \"").is_some());
+}

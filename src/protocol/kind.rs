@@ -80,6 +80,27 @@ impl ProtocolKind {
             ProtocolKind::Web => config.web_port,
         }
     }
+
+    /// The TLS port `config` gives this protocol, if any. OCM's needs OCM's UDP chat socket,
+    /// which TLS does not cover, as its plaintext port does.
+    pub fn tls_port(self, config: &Config) -> Option<u16> {
+        match self {
+            ProtocolKind::Room => config.room_tls_port,
+            ProtocolKind::Bin24 => config.bin24_tls_port,
+            ProtocolKind::Ccm => config.ccm_tls_port,
+            ProtocolKind::Matou => config.matou_tls_port,
+            ProtocolKind::Ocm => config
+                .ocm_tcp_tls_port
+                .filter(|_| config.ocm_udp_port.is_some()),
+            ProtocolKind::Web => config.web_tls_port,
+        }
+    }
+
+    /// Whether `config` serves this protocol at all: on its plaintext port, its TLS port or
+    /// both. An operator may offer a protocol over TLS only.
+    pub fn is_served(self, config: &Config) -> bool {
+        self.port(config).is_some() || self.tls_port(config).is_some()
+    }
 }
 
 /// Which datagram protocol a UDP socket speaks.
@@ -103,12 +124,12 @@ impl UdpKind {
     }
 
     /// The UDP port `config` gives this socket; `None` when it is disabled. OCM's chat socket
-    /// needs OCM's TCRP port too (rooms are made there).
+    /// needs a TCRP port too, plaintext or TLS (rooms are made there).
     pub fn port(self, config: &Config) -> Option<u16> {
         match self {
             UdpKind::OcmChat => config
                 .ocm_udp_port
-                .filter(|_| config.ocm_tcp_port.is_some()),
+                .filter(|_| config.ocm_tcp_port.is_some() || config.ocm_tcp_tls_port.is_some()),
             UdpKind::OcmRelay => config.ocm_relay_port,
         }
     }

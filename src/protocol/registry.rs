@@ -236,7 +236,7 @@ impl Services {
         wake: Box<dyn Fn() + Send>,
         open_store: impl FnOnce(StoreConfig, Box<dyn Fn() + Send>) -> Result<OfflineStore, StoreError>,
     ) -> Result<Self, StoreError> {
-        let room = ProtocolKind::Room.port(config).map(|_| {
+        let room = ProtocolKind::Room.is_served(config).then(|| {
             RoomService::new(
                 RoomConfig {
                     handshake_timeout_ms: config.room_handshake_timeout_ms,
@@ -245,9 +245,9 @@ impl Services {
                 now_ms,
             )
         });
-        let bin24 = match ProtocolKind::Bin24.port(config) {
-            None => None,
-            Some(_) => {
+        let bin24 = match ProtocolKind::Bin24.is_served(config) {
+            false => None,
+            true => {
                 let store = open_store(
                     StoreConfig {
                         data_dir: config.data_dir.clone(),
@@ -281,7 +281,7 @@ impl Services {
                 Some(Bin24Stored::new(service, store, config.store_requests_max))
             }
         };
-        let ccm = ProtocolKind::Ccm.port(config).map(|_| {
+        let ccm = ProtocolKind::Ccm.is_served(config).then(|| {
             CcmService::new(
                 CcmConfig {
                     keepalive_idle_ms: config.ccm_keepalive_idle_ms,
@@ -295,7 +295,7 @@ impl Services {
                 now_ms,
             )
         });
-        let matou = ProtocolKind::Matou.port(config).map(|_| {
+        let matou = ProtocolKind::Matou.is_served(config).then(|| {
             MatouService::new(MatouConfig {
                 name_bytes_max: config.matou_name_bytes_max,
                 message_bytes_max: config.matou_message_bytes_max,
@@ -306,7 +306,7 @@ impl Services {
                     .matou_private_requests_per_pair_per_s_max,
             })
         });
-        let ocm = ProtocolKind::Ocm.port(config).map(|_| {
+        let ocm = ProtocolKind::Ocm.is_served(config).then(|| {
             OcmService::new(
                 OcmConfig {
                     tcrp_payload_bytes_max: config.ocm_tcrp_payload_bytes_max,
@@ -343,7 +343,7 @@ impl Services {
                 now_ms,
             )
         });
-        let web = ProtocolKind::Web.port(config).map(|_| {
+        let web = ProtocolKind::Web.is_served(config).then(|| {
             WebService::new(WebConfig {
                 origins: config.web_origins.clone(),
                 message_bytes_max: config.web_message_bytes_max,

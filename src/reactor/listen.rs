@@ -24,21 +24,6 @@ use crate::protocol::{ProtocolKind, UdpKind};
 const _: () = assert!(2 * ProtocolKind::COUNT <= LISTENER_TOKEN_END - LISTENER_TOKEN_BASE);
 const _: () = assert!(UdpKind::ALL.len() <= CONN_TOKEN_BASE - UDP_TOKEN_BASE);
 
-/// The TLS port `config` gives `kind`, if any. OCM's needs OCM enabled (its UDP chat socket,
-/// which TLS does not cover), as its plaintext port does.
-pub(crate) fn tls_port(kind: ProtocolKind, config: &Config) -> Option<u16> {
-    match kind {
-        ProtocolKind::Room => config.room_tls_port,
-        ProtocolKind::Bin24 => config.bin24_tls_port,
-        ProtocolKind::Ccm => config.ccm_tls_port,
-        ProtocolKind::Matou => config.matou_tls_port,
-        ProtocolKind::Ocm => config
-            .ocm_tcp_tls_port
-            .filter(|_| config.ocm_udp_port.is_some() && config.ocm_tcp_port.is_some()),
-        ProtocolKind::Web => config.web_tls_port,
-    }
-}
-
 /// A TLS listener's name in errors: `BindError` names a protocol with a static string.
 fn tls_name(kind: ProtocolKind) -> &'static str {
     match kind {
@@ -63,7 +48,7 @@ pub(super) fn bind_listeners(
         .filter_map(|kind| kind.port(config).map(|port| (kind, port, false)));
     let tls = ProtocolKind::ALL
         .into_iter()
-        .filter_map(|kind| tls_port(kind, config).map(|port| (kind, port, true)));
+        .filter_map(|kind| kind.tls_port(config).map(|port| (kind, port, true)));
     for (kind, port, tls) in plaintext.chain(tls) {
         let (listener, addr) = listen_tcp(
             poll,
