@@ -166,6 +166,25 @@ pub trait StreamService {
     }
 }
 
+/// `id` no longer takes part in the switchboard (it is closing, or signed off): out of the
+/// lobby and its name free, now rather than when the close completes.
+pub(crate) fn leave_hub<O: Outbox>(id: ConnId, out: &mut O) {
+    if let Some(link) = out.hub() {
+        link.hub.disconnect(id, link.queue);
+    }
+}
+
+/// The cluster answered one of `id`'s look-ups; `locating` counts those still out (`None`: the
+/// connection is gone). Once none is, the input held back behind them is read again.
+pub(crate) fn located<O: Outbox>(id: ConnId, locating: Option<&mut u32>, out: &mut O) {
+    if let Some(locating) = locating {
+        *locating = locating.saturating_sub(1);
+        if *locating == 0 {
+            out.resume_input(id);
+        }
+    }
+}
+
 /// A protocol served over one UDP socket: answers go out through the [`DatagramOut`] of
 /// that socket.
 pub trait DatagramService {

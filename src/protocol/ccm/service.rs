@@ -13,8 +13,8 @@ use crate::hub::{
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
-    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
-    HELD_INPUT_BYTES_MAX,
+    leave_hub, located, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind,
+    StreamService, HELD_INPUT_BYTES_MAX,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -702,14 +702,6 @@ impl CcmService {
     }
 }
 
-/// `id` no longer takes part in the switchboard (it is closing): out of the lobby, its name
-/// free, now rather than when the close completes.
-fn leave_hub<O: Outbox>(id: ConnId, out: &mut O) {
-    if let Some(link) = out.hub() {
-        link.hub.disconnect(id, link.queue);
-    }
-}
-
 fn hex(bytes: &[u8]) -> Vec<u8> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     bytes
@@ -790,12 +782,11 @@ impl StreamService for CcmService {
                 self.on_claim_decided(decided.conn, decided.decision, clock.now_ms, out);
             }
             HubOutcome::CcmLocated { from } => {
-                if let Some(conn) = self.conns.get_mut(from) {
-                    conn.locating = conn.locating.saturating_sub(1);
-                    if conn.locating == 0 {
-                        out.resume_input(from);
-                    }
-                }
+                located(
+                    from,
+                    self.conns.get_mut(from).map(|conn| &mut conn.locating),
+                    out,
+                );
             }
             _ => {}
         }

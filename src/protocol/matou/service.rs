@@ -18,8 +18,8 @@ use crate::hub::{
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
-    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
-    HELD_INPUT_BYTES_MAX,
+    leave_hub, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind,
+    StreamService, HELD_INPUT_BYTES_MAX,
 };
 
 #[derive(Clone, Debug)]
@@ -822,9 +822,7 @@ impl MatouService {
             }
         }
         self.broadcast(codec::sign_out_notify(&user.name), out);
-        if let Some(link) = out.hub() {
-            link.hub.disconnect(id, link.queue);
-        }
+        leave_hub(id, out);
     }
 
     /// The cluster decided `id`'s claim (switchboard rule 1 across nodes): sign it in, or
