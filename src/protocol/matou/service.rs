@@ -473,13 +473,12 @@ impl MatouService {
         match src.remote_out.get(&dst).cloned() {
             // Asking again while pending only repeats the notification.
             Some(RemoteLink::Pending { node, incarnation }) => {
-                if let Some(link) = out.hub() {
-                    link.queue.publish(HubEvent::Private(Box::new(PrivateLink {
-                        to_node: node,
-                        to_incarnation: incarnation,
-                        ..request
-                    })));
-                }
+                let again = PrivateLink {
+                    to_node: node,
+                    to_incarnation: incarnation,
+                    ..request
+                };
+                publish_private(again, out);
                 return;
             }
             Some(RemoteLink::Locating) => return,
@@ -667,9 +666,7 @@ impl MatouService {
             message_port: 0,
             file_port: 0,
         };
-        if let Some(link) = out.hub() {
-            link.queue.publish(HubEvent::Private(Box::new(accept)));
-        }
+        publish_private(accept, out);
         true
     }
 
@@ -708,9 +705,7 @@ impl MatouService {
             message_port,
             file_port,
         };
-        if let Some(link) = out.hub() {
-            link.queue.publish(HubEvent::Private(Box::new(ports)));
-        }
+        publish_private(ports, out);
         true
     }
 
@@ -861,6 +856,13 @@ impl MatouService {
 
     fn user_mut(&mut self, id: ConnId) -> Option<&mut User> {
         self.conns.get_mut(id)?.user.as_mut()
+    }
+}
+
+/// A step of a private link with a user of another node, for the cluster to carry there.
+fn publish_private<O: Outbox>(step: PrivateLink, out: &mut O) {
+    if let Some(link) = out.hub() {
+        link.queue.publish(HubEvent::Private(Box::new(step)));
     }
 }
 
