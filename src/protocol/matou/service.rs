@@ -391,19 +391,9 @@ impl MatouService {
             return;
         }
         let pending_max = self.config.pending_requests_per_user_max;
-        let sender_limit = per_second(self.config.private_requests_per_s_max);
-        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
-        let Some(src) = self.user_mut(id) else {
+        let Some(src) = self.charge_request(id, Some(dst), now_ms, out) else {
             return;
         };
-        if !src
-            .requests
-            .admit(Some(dst), 1, sender_limit, pair_limit, now_ms)
-        {
-            out.count_rejected();
-            out.send(id, self.too_many_requests.clone());
-            return;
-        }
         // Asking again while pending only repeats the notification; asking again after an
         // accept starts over, so Dst must accept again.
         if src.links_out.get(&dst) != Some(&Link::Pending) {
@@ -426,6 +416,27 @@ impl MatouService {
         out.send(dst, notify);
     }
 
+    /// Charges one private request by `id` (to the local user `dst`, or `None`: to a user of
+    /// another node) to its sender and pair budgets. Over either, `id` is told and gets `None`.
+    fn charge_request<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        dst: Option<ConnId>,
+        now_ms: u64,
+        out: &mut O,
+    ) -> Option<&mut User> {
+        let sender_limit = per_second(self.config.private_requests_per_s_max);
+        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
+        // Through the field, not `user_mut`: the refusal frame is read while `src` is held.
+        let src = self.conns.get_mut(id)?.user.as_mut()?;
+        if !src.requests.admit(dst, 1, sender_limit, pair_limit, now_ms) {
+            out.count_rejected();
+            out.send(id, self.too_many_requests.clone());
+            return None;
+        }
+        Some(src)
+    }
+
     /// In a cluster, Dst may be a MATOU user of another node: the request goes there once
     /// located (the answer comes to `on_hub`); otherwise no user has that name.
     fn private_request_remote<O: Outbox>(
@@ -443,20 +454,10 @@ impl MatouService {
             return;
         }
         let pending_max = self.config.pending_requests_per_user_max;
-        let sender_limit = per_second(self.config.private_requests_per_s_max);
-        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
-        let Some(src) = self.user_mut(id) else {
+        // The pair limit is kept per local Dst; a remote Dst is charged to the sender's total.
+        let Some(src) = self.charge_request(id, None, now_ms, out) else {
             return;
         };
-        // The pair limit is kept per local Dst; a remote Dst is charged to the sender's total.
-        if !src
-            .requests
-            .admit(None, 1, sender_limit, pair_limit, now_ms)
-        {
-            out.count_rejected();
-            out.send(id, self.too_many_requests.clone());
-            return;
-        }
         let dst = Bytes::copy_from_slice(dst_name);
         let request = PrivateLink {
             to_node: Bytes::new(),
