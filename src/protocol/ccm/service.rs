@@ -8,13 +8,11 @@ use log::debug;
 
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
-use crate::hub::{
-    Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User,
-};
+use crate::hub::{Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol};
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
-    leave_hub, located, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind,
-    StreamService, HELD_INPUT_BYTES_MAX,
+    enter_lobby, leave_hub, located, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox,
+    ProtocolKind, StreamService, HELD_INPUT_BYTES_MAX,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -417,14 +415,7 @@ impl CcmService {
         }
         out.mark_identified(id);
         out.send(id, codec::encode("Identity", &[("User", &token)], b""));
-        if let Some(link) = out.hub() {
-            let user = User {
-                protocol: ProtocolKind::Ccm,
-                endpoint: Endpoint::Conn(id),
-                name,
-            };
-            link.hub.enter_lobby(user, link.queue);
-        }
+        enter_lobby(ProtocolKind::Ccm, id, name, out);
     }
 
     /// Deliver to `addressee`, or to every other identified user for `*`. The header is encoded

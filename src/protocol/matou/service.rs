@@ -14,12 +14,11 @@ use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
 use crate::chat::{ConnId, ConnMap, MemberList};
 use crate::hub::{
     Claim, Decision, Endpoint, HubEvent, LobbyMessage, NamedProtocol, PrivateLink, PrivateStep,
-    User as HubUser,
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
-    leave_hub, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind,
-    StreamService, HELD_INPUT_BYTES_MAX,
+    enter_lobby, leave_hub, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox,
+    ProtocolKind, StreamService, HELD_INPUT_BYTES_MAX,
 };
 
 #[derive(Clone, Debug)]
@@ -327,14 +326,7 @@ impl MatouService {
         out.mark_identified(id);
         out.send(id, codec::connect_response(true));
         self.broadcast(codec::connect_notify(&name), out);
-        if let Some(link) = out.hub() {
-            let user = HubUser {
-                protocol: ProtocolKind::Matou,
-                endpoint: Endpoint::Conn(id),
-                name,
-            };
-            link.hub.enter_lobby(user, link.queue);
-        }
+        enter_lobby(ProtocolKind::Matou, id, name, out);
     }
 
     fn public_message<O: Outbox>(&mut self, id: ConnId, message: Bytes, out: &mut O) {
