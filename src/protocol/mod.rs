@@ -28,6 +28,7 @@ pub mod testing;
 pub mod web;
 
 pub use kind::{ProtocolKind, UdpKind};
+pub(crate) use service::{enter_lobby, leave_hub, located};
 pub use service::{Clock, Context, DatagramService, StreamService};
 pub use switch::{
     HubLink, HubOutcome, HubQueue, LobbyGate, RemoteSender, Switched, SwitchedDatagrams,

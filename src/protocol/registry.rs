@@ -1150,7 +1150,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::Envelope;
-    use crate::hub::render;
+    use crate::hub::{render, ClaimAnswer};
     use crate::protocol::ccm::Reason;
     use crate::protocol::ocm::{codec as ocm_codec, json as ocm_json};
     use crate::protocol::room::codec::ALIAS_PROMPT;
@@ -1158,22 +1158,110 @@ mod tests {
     use crate::protocol::{CloseMode, DatagramDrop};
 
     fn room_and_matou() -> Services {
-        let config = Config {
-            matou_port: Some(0),
-            ..Config::for_tests()
-        };
-        match Services::new(&config, 0, Box::new(|| {})) {
-            Ok(services) => services,
-            Err(err) => panic!("no store is opened without BIN24: {err}"),
-        }
+        room_and_matou_isolated(false)
     }
 
     fn cx(now_ms: u64) -> Context {
-        Clock {
-            now_ms,
-            unix_ms: 1_700_000_000_000 + now_ms,
+        cx_from(now_ms, SocketAddr::from(([127, 0, 0, 1], 40_000)))
+    }
+
+    /// `bytes`, one read from `id` at `now_ms`; what is left unread is dropped.
+    fn feed(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        kind: ProtocolKind,
+        id: ConnId,
+        bytes: &[u8],
+        now_ms: u64,
+    ) {
+        services.on_data(kind, id, &mut BytesMut::from(bytes), &cx(now_ms), out);
+    }
+
+    /// A fresh directory for one test's offline store, `label` telling the tests apart.
+    fn fresh_dir(label: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-registry-unit-{}-{label}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// The services `config` enables, BIN24's offline store in its (fresh) data directory.
+    fn with_store(config: &Config) -> Services {
+        match Services::new(config, 0, Box::new(|| {})) {
+            Ok(services) => services,
+            Err(err) => panic!("the store opens in a fresh directory: {err}"),
         }
-        .with_peer(SocketAddr::from(([127, 0, 0, 1], 40_000)))
+    }
+
+    /// A CCM message: `head` is its type line's rest and any headers before the encoding.
+    fn ccm_message(head: &str, body: &str) -> BytesMut {
+        BytesMut::from(
+            format!(
+                "CCM\\1.0 {head}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    }
+
+    fn bin24_name(text: &str) -> crate::protocol::bin24::codec::Name {
+        match crate::protocol::bin24::codec::Name::new(text.as_bytes()) {
+            Some(name) => name,
+            None => panic!("a valid name"),
+        }
+    }
+
+    fn bin24_frame(kind: u16, id: u32, src: &str, dst: &str, body: &[u8]) -> Bytes {
+        let (src, dst) = (bin24_name(src), bin24_name(dst));
+        match crate::protocol::bin24::codec::encode(kind, id, src, dst, body) {
+            Some(frame) => frame,
+            None => panic!("a valid frame"),
+        }
+    }
+
+    /// Wakes `services` at `now_ms`, as the reactor does when the offline store has finished
+    /// work, until `done`; `what` says what never happened if 10 s pass first.
+    fn wake_until(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        now_ms: u64,
+        what: &str,
+        mut done: impl FnMut(&mut Services, &RecordingOutbox) -> bool,
+    ) {
+        let started = std::time::Instant::now();
+        while !done(services, out) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{what}: {:?}",
+                out.sent
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            services.on_wake(&cx(now_ms).clock(), out);
+        }
+    }
+
+    /// The BIN24 relays `services` publishes once its store has made a frame durable.
+    fn published_once_stored(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        now_ms: u64,
+    ) -> Vec<crate::hub::Bin24Relay> {
+        let mut published = Vec::new();
+        wake_until(services, out, now_ms, "never stored", |services, _| {
+            published = services.take_bin24_published();
+            !published.is_empty()
+        });
+        published
+    }
+
+    /// Gives the store 40 ms of wake-ups at `now_ms`, for a check that nothing more comes.
+    fn wake_for_a_while(services: &mut Services, out: &mut RecordingOutbox, now_ms: u64) {
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            services.on_wake(&cx(now_ms).clock(), out);
+        }
     }
 
     #[test]
@@ -1324,59 +1412,49 @@ mod tests {
     #[test]
     fn a_bin24_message_to_a_ccm_user_is_answered_200_when_written_and_stored_when_not() {
         use crate::protocol::bin24::codec as bin24;
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-registry-unit-{}-written",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = Config {
+        let dir = fresh_dir("written");
+        let mut services = with_store(&Config {
             bin24_port: Some(0),
             ccm_port: Some(0),
             data_dir: dir.clone(),
             ..Config::for_tests()
-        };
-        let mut services = match Services::new(&config, 0, Box::new(|| {})) {
-            Ok(services) => services,
-            Err(err) => panic!("the store opens in a fresh directory: {err}"),
-        };
+        });
         let mut out = RecordingOutbox::default();
         let (bob, cat) = (ConnId::new(0, 1), ConnId::new(1, 2));
-        let name = |text: &str| match bin24::Name::new(text.as_bytes()) {
-            Some(name) => name,
-            None => panic!("a valid name"),
-        };
-        services.on_accept(ProtocolKind::Ccm, cat, &cx(0), &mut out);
-        let identify = b"CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: 3\n\ncat";
-        services.on_data(
-            ProtocolKind::Ccm,
-            cat,
-            &mut BytesMut::from(&identify[..]),
-            &cx(0),
-            &mut out,
-        );
+        ccm_user(&mut services, &mut out, cat, "cat");
         services.on_accept(ProtocolKind::Bin24, bob, &cx(0), &mut out);
         out.clear();
 
-        let frame =
-            |id: u32| match bin24::encode(bin24::TYPE_MESSAGE, id, name("bob"), name("cat"), b"oi")
-            {
-                Some(frame) => BytesMut::from(&frame[..]),
-                None => panic!("a valid frame"),
-            };
+        let frame = |id: u32| bin24_frame(bin24::TYPE_MESSAGE, id, "bob", "cat", b"oi");
         // Written: bob hears "200" from cat.
-        services.on_data(ProtocolKind::Bin24, bob, &mut frame(7), &cx(1), &mut out);
+        feed(
+            &mut services,
+            &mut out,
+            ProtocolKind::Bin24,
+            bob,
+            &frame(7),
+            1,
+        );
         let &[(to, ref bytes, note)] = &out.notified[..] else {
             panic!("one notified send to cat: {:?}", out.notified);
         };
         assert_eq!(to, cat);
         assert_eq!(bytes, &crate::hub::render::ccm_text(b"bob", b"cat", b"oi"));
         services.on_notify(ProtocolKind::Ccm, cat, note, true, &cx(2).clock(), &mut out);
-        let delivered = bin24::encode_answer(7, name("cat"), name("bob"), bin24::ANSWER_DELIVERED);
+        let (cat_name, bob_name) = (bin24_name("cat"), bin24_name("bob"));
+        let delivered = bin24::encode_answer(7, cat_name, bob_name, bin24::ANSWER_DELIVERED);
         assert_eq!(out.sent_to(bob), [delivered]);
 
         // Not written (cat closed first): stored for cat, and bob hears "300" once durable.
         out.clear();
-        services.on_data(ProtocolKind::Bin24, bob, &mut frame(8), &cx(3), &mut out);
+        feed(
+            &mut services,
+            &mut out,
+            ProtocolKind::Bin24,
+            bob,
+            &frame(8),
+            3,
+        );
         let &[(_, _, note)] = &out.notified[..] else {
             panic!("one notified send to cat: {:?}", out.notified);
         };
@@ -1388,17 +1466,10 @@ mod tests {
             &cx(4).clock(),
             &mut out,
         );
-        let stored = bin24::encode_answer(8, name("cat"), name("bob"), bin24::ANSWER_STORED);
-        let started = std::time::Instant::now();
-        while !out.sent_to(bob).contains(&stored) {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "never stored: {:?}",
-                out.sent_to(bob)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            services.on_wake(&cx(5).clock(), &mut out);
-        }
+        let stored = bin24::encode_answer(8, cat_name, bob_name, bin24::ANSWER_STORED);
+        wake_until(&mut services, &mut out, 5, "never stored", |_, out| {
+            out.sent_to(bob).contains(&stored)
+        });
         assert!(services.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1442,11 +1513,7 @@ mod tests {
 
     fn ccm_user(services: &mut Services, out: &mut RecordingOutbox, id: ConnId, name: &str) {
         services.on_accept(ProtocolKind::Ccm, id, &cx(0), out);
-        let identify = format!(
-            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
-            name.len()
-        );
-        let mut input = BytesMut::from(identify.as_bytes());
+        let mut input = ccm_message("NotDefined", name);
         services.on_data(ProtocolKind::Ccm, id, &mut input, &cx(0), out);
     }
 
@@ -1498,6 +1565,24 @@ mod tests {
         }
     }
 
+    /// Three sends a second per source (the burst is the larger of that and a room of 2).
+    fn three_sends_per_source(config: &mut Config) {
+        config.udp_sends_per_source_per_s_max = 3;
+        config.ocm_room_members_max = 2;
+    }
+
+    /// alice creates the OCM room `lobby` and bob joins it, on connections `ids`; returns
+    /// their chat addresses.
+    fn alice_and_bob_in_ocm(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        [alice, bob]: [ConnId; 2],
+    ) -> (SocketAddr, SocketAddr) {
+        let (_, alice_at) = ocm_member(services, out, alice, "lobby", "alice", 1, true);
+        let (_, bob_at) = ocm_member(services, out, bob, "lobby", "bob", 2, false);
+        (alice_at, bob_at)
+    }
+
     fn ocm_says(
         services: &mut Services,
         out: &mut RecordingOutbox,
@@ -1537,13 +1622,16 @@ mod tests {
         // Each crossing costs the two ROOM lines: 2 * 100,007 bytes, so 5 pass the burst
         // (1 MiB + 9 KiB) and the 6th does not.
         let text = "x".repeat(100_000);
-        let message = format!(
-            "CCM\\1.0 Text\nAddressee: *\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{text}",
-            text.len()
-        );
+        let message = ccm_message("Text\nAddressee: *", &text);
         for _ in 0..6 {
-            let mut input = BytesMut::from(message.as_bytes());
-            services.on_data(ProtocolKind::Ccm, carol, &mut input, &cx(1), &mut out);
+            feed(
+                &mut services,
+                &mut out,
+                ProtocolKind::Ccm,
+                carol,
+                &message,
+                1,
+            );
         }
         let line = render::line(b"carol", text.as_bytes());
         assert_eq!(out.sent_to(rui), vec![line.clone(); 5]);
@@ -1563,11 +1651,7 @@ mod tests {
     /// the other protocols' lobby members it also reaches.
     #[test]
     fn an_ocm_lobby_datagram_is_charged_for_its_crossing_to_its_fan_out_budget() {
-        // Three sends a second per source (the burst is the larger of that and a room).
-        let mut services = lobby_services(|config| {
-            config.udp_sends_per_source_per_s_max = 3;
-            config.ocm_room_members_max = 2;
-        });
+        let mut services = lobby_services(three_sends_per_source);
         let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
         let (rui, rita) = (ConnId::new(0, 1), ConnId::new(1, 2));
         room_member(&mut services, &mut out, rui, "rui");
@@ -1611,32 +1695,13 @@ mod tests {
     /// Issue 18: lobby lines to OCM members did not pass OCM's fan-out budget.
     #[test]
     fn lobby_lines_to_ocm_members_pass_ocms_fan_out_budget_per_sender() {
-        let mut services = lobby_services(|config| {
-            config.udp_sends_per_source_per_s_max = 3;
-            config.ocm_room_members_max = 2;
-        });
+        let mut services = lobby_services(three_sends_per_source);
         let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
         let (rui, rita) = (ConnId::new(0, 1), ConnId::new(1, 2));
         room_member(&mut services, &mut out, rui, "rui");
         room_member(&mut services, &mut out, rita, "rita");
-        let (_, alice_at) = ocm_member(
-            &mut services,
-            &mut out,
-            ConnId::new(2, 3),
-            "lobby",
-            "alice",
-            1,
-            true,
-        );
-        let (_, bob_at) = ocm_member(
-            &mut services,
-            &mut out,
-            ConnId::new(3, 4),
-            "lobby",
-            "bob",
-            2,
-            false,
-        );
+        let ids = [ConnId::new(2, 3), ConnId::new(3, 4)];
+        let (alice_at, bob_at) = alice_and_bob_in_ocm(&mut services, &mut out, ids);
         out.clear();
 
         // Each line costs its sender 2 of its 3 sends: rui's second is over, rita has her own.
@@ -1722,33 +1787,14 @@ mod tests {
     /// Issue 20: lobby lines from other nodes reached OCM members past OCM's fan-out budget.
     #[test]
     fn remote_lobby_lines_to_ocm_members_pass_ocms_fan_out_budget_per_remote_sender() {
-        let mut services = lobby_services(|config| {
-            config.udp_sends_per_source_per_s_max = 3;
-            config.ocm_room_members_max = 2;
-        });
+        let mut services = lobby_services(three_sends_per_source);
         let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
         let rui = ConnId::new(0, 1);
         room_member(&mut services, &mut out, rui, "rui");
         // Made before the node joins the cluster: in a cluster, OCM rooms are Redis's to
         // decide (a detached cluster has none), and this test is about lobby lines.
-        let (_, alice_at) = ocm_member(
-            &mut services,
-            &mut out,
-            ConnId::new(1, 2),
-            "lobby",
-            "alice",
-            1,
-            true,
-        );
-        let (_, bob_at) = ocm_member(
-            &mut services,
-            &mut out,
-            ConnId::new(2, 3),
-            "lobby",
-            "bob",
-            2,
-            false,
-        );
+        let ids = [ConnId::new(1, 2), ConnId::new(2, 3)];
+        let (alice_at, bob_at) = alice_and_bob_in_ocm(&mut services, &mut out, ids);
         let (cluster, feed) = Cluster::detached(b"here");
         services.join_cluster(cluster);
         out.clear();
@@ -1780,24 +1826,8 @@ mod tests {
         let (mut out, mut udp) = (RecordingOutbox::default(), RecordingDatagrams::default());
         let rui = ConnId::new(0, 1);
         room_member(&mut services, &mut out, rui, "rui");
-        let (_, alice_at) = ocm_member(
-            &mut services,
-            &mut out,
-            ConnId::new(1, 2),
-            "lobby",
-            "alice",
-            1,
-            true,
-        );
-        let (_, bob_at) = ocm_member(
-            &mut services,
-            &mut out,
-            ConnId::new(2, 3),
-            "lobby",
-            "bob",
-            2,
-            false,
-        );
+        let ids = [ConnId::new(1, 2), ConnId::new(2, 3)];
+        let (alice_at, bob_at) = alice_and_bob_in_ocm(&mut services, &mut out, ids);
         assert_eq!(services.hub().lobby_count(ProtocolKind::Ocm), 2);
         udp.failing.push(bob_at);
         out.clear();
@@ -1824,12 +1854,8 @@ mod tests {
     #[test]
     fn a_ccm_message_to_a_bin24_user_over_the_ccm_budget_is_counted_over_the_limit() {
         use crate::protocol::bin24::codec as bin24;
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-registry-unit-{}-ccm-rate",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = Config {
+        let dir = fresh_dir("ccm-rate");
+        let mut services = with_store(&Config {
             bin24_port: Some(0),
             ccm_port: Some(0),
             data_dir: dir.clone(),
@@ -1838,34 +1864,19 @@ mod tests {
             bin24_sender_bytes_per_s_max: 0,
             bin24_pair_bytes_per_s_max: 0,
             ..Config::for_tests()
-        };
-        let mut services = match Services::new(&config, 0, Box::new(|| {})) {
-            Ok(services) => services,
-            Err(err) => panic!("the store opens in a fresh directory: {err}"),
-        };
+        });
         let mut out = RecordingOutbox::default();
         let (bob, cat) = (ConnId::new(0, 1), ConnId::new(1, 2));
         services.on_accept(ProtocolKind::Bin24, bob, &cx(0), &mut out);
-        let bob_name = match bin24::Name::new(b"bob") {
-            Some(name) => name,
-            None => panic!("a valid name"),
-        };
-        let Some(login) = bin24::encode(bin24::TYPE_ANSWER, 0, bob_name, bob_name, b"200") else {
-            panic!("a valid frame");
-        };
-        let mut input = BytesMut::from(&login[..]);
-        services.on_data(ProtocolKind::Bin24, bob, &mut input, &cx(0), &mut out);
+        let login = bin24_frame(bin24::TYPE_ANSWER, 0, "bob", "bob", b"200");
+        feed(&mut services, &mut out, ProtocolKind::Bin24, bob, &login, 0);
         ccm_user(&mut services, &mut out, cat, "cat");
         out.clear();
 
         let text = "x".repeat(1000);
-        let message = format!(
-            "CCM\\1.0 Text\nAddressee: bob\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{text}",
-            text.len()
-        );
+        let message = ccm_message("Text\nAddressee: bob", &text);
         for _ in 0..1_200 {
-            let mut input = BytesMut::from(message.as_bytes());
-            services.on_data(ProtocolKind::Ccm, cat, &mut input, &cx(1), &mut out);
+            feed(&mut services, &mut out, ProtocolKind::Ccm, cat, &message, 1);
         }
         let refused = render::ccm_error(
             Reason::RateLimited,
@@ -1916,12 +1927,55 @@ mod tests {
         }
     }
 
-    fn claimed(token: u64, name: &'static [u8], answer: crate::hub::ClaimAnswer) -> NameAnswer {
+    /// One node of a two-node test, its store in `dir`'s `sub`, keeping what it publishes.
+    fn node(dir: &std::path::Path, sub: &str) -> Services {
+        let mut services = clustered(&dir.join(sub));
+        services.hub_queue.collect_events = true;
+        services
+    }
+
+    fn claimed(token: u64, name: &[u8], answer: ClaimAnswer) -> NameAnswer {
         NameAnswer::Claimed {
             token,
-            name: Bytes::from_static(name),
+            name: Bytes::copy_from_slice(name),
             answer,
         }
+    }
+
+    fn located(token: u64, holder: Option<crate::hub::claims::Holder>) -> NameAnswer {
+        NameAnswer::Located { token, holder }
+    }
+
+    /// On a clustered node, `id` signs in to BIN24 as `user` at `now_ms` (its first frame, an
+    /// answer to nobody, claims the name) and the cluster grants the node's `token`th claim.
+    fn bin24_signed_in(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        id: ConnId,
+        user: &str,
+        token: u64,
+        now_ms: u64,
+    ) {
+        use crate::protocol::bin24::codec as bin24;
+        services.on_accept(ProtocolKind::Bin24, id, &cx(now_ms), out);
+        let hello = bin24_frame(bin24::TYPE_ANSWER, 0, user, "nobody", b"200");
+        feed(services, out, ProtocolKind::Bin24, id, &hello, now_ms);
+        let granted = claimed(token, user.as_bytes(), ClaimAnswer::Granted);
+        services.answer_name(granted, &cx(now_ms).clock(), out);
+    }
+
+    /// On a clustered node, `id` identifies to CCM as `name` and the cluster grants the
+    /// node's `token`th claim.
+    fn ccm_signed_in(
+        services: &mut Services,
+        out: &mut RecordingOutbox,
+        id: ConnId,
+        name: &str,
+        token: u64,
+    ) {
+        ccm_user(services, out, id, name);
+        let granted = claimed(token, name.as_bytes(), ClaimAnswer::Granted);
+        services.answer_name(granted, &cx(0).clock(), out);
     }
 
     /// In a cluster a sign-in waits for Redis's answer: nothing is answered meanwhile, the
@@ -1929,14 +1983,9 @@ mod tests {
     /// signs it in or refuses it in its own protocol's way, then its input is read again.
     #[test]
     fn a_clustered_sign_in_waits_for_the_cluster_and_its_input_after_it_is_read_then() {
-        use crate::hub::ClaimAnswer;
         use crate::protocol::bin24::codec as bin24;
         use crate::protocol::matou::codec as matou;
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-registry-unit-{}-claims",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("claims");
         let mut services = clustered(&dir);
         let mut out = RecordingOutbox::default();
         let (mia, mia2, cid) = (ConnId::new(0, 1), ConnId::new(1, 2), ConnId::new(2, 3));
@@ -1995,21 +2044,14 @@ mod tests {
         // may try again, and waits again.
         out.clear();
         services.on_accept(ProtocolKind::Ccm, cid, &cx(4), &mut out);
-        let identify = |name: &str| {
-            BytesMut::from(
-                format!(
-                    "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
-                    name.len()
-                )
-                .as_bytes(),
-            )
-        };
-        services.on_data(
+        let identify = |name: &str| ccm_message("NotDefined", name);
+        feed(
+            &mut services,
+            &mut out,
             ProtocolKind::Ccm,
             cid,
-            &mut identify("cid"),
-            &cx(4),
-            &mut out,
+            &identify("cid"),
+            4,
         );
         assert!(out.sent_to(cid).is_empty());
         services.answer_name(
@@ -2021,12 +2063,13 @@ mod tests {
             out.sent_to(cid),
             [render::ccm_error(Reason::NameTaken, "that name is in use")]
         );
-        services.on_data(
+        feed(
+            &mut services,
+            &mut out,
             ProtocolKind::Ccm,
             cid,
-            &mut identify("cid2"),
-            &cx(6),
-            &mut out,
+            &identify("cid2"),
+            6,
         );
         assert_eq!(out.sent_to(cid).len(), 1, "waiting again");
 
@@ -2050,13 +2093,7 @@ mod tests {
         // BIN24: the first frame waits with the login; refused, the connection is closed.
         let bob = ConnId::new(3, 4);
         services.on_accept(ProtocolKind::Bin24, bob, &cx(600), &mut out);
-        let bob_name = match bin24::Name::new(b"bob") {
-            Some(name) => name,
-            None => panic!("a valid name"),
-        };
-        let Some(message) = bin24::encode(bin24::TYPE_MESSAGE, 7, bob_name, bob_name, b"me") else {
-            panic!("a valid frame");
-        };
+        let message = bin24_frame(bin24::TYPE_MESSAGE, 7, "bob", "bob", b"me");
         let mut input = BytesMut::from(&message[..]);
         services.on_data(ProtocolKind::Bin24, bob, &mut input, &cx(600), &mut out);
         assert!(out.sent_to(bob).is_empty() && input.is_empty());
@@ -2071,15 +2108,15 @@ mod tests {
         assert_eq!(out.resumed.last(), Some(&bob));
         let ben = ConnId::new(4, 5);
         services.on_accept(ProtocolKind::Bin24, ben, &cx(602), &mut out);
-        let ben_name = match bin24::Name::new(b"ben") {
-            Some(name) => name,
-            None => panic!("a valid name"),
-        };
-        let Some(login) = bin24::encode(bin24::TYPE_ANSWER, 0, ben_name, ben_name, b"200") else {
-            panic!("a valid frame");
-        };
-        let mut input = BytesMut::from(&login[..]);
-        services.on_data(ProtocolKind::Bin24, ben, &mut input, &cx(602), &mut out);
+        let login = bin24_frame(bin24::TYPE_ANSWER, 0, "ben", "ben", b"200");
+        feed(
+            &mut services,
+            &mut out,
+            ProtocolKind::Bin24,
+            ben,
+            &login,
+            602,
+        );
         assert!(!out.closed.iter().any(|(id, _, _)| *id == ben));
         services.answer_name(
             claimed(5, b"ben", ClaimAnswer::Taken),
@@ -2098,63 +2135,26 @@ mod tests {
     /// wait unread; they are handled once the cluster answered, in order.
     #[test]
     fn a_ccm_users_messages_after_one_being_located_wait_for_it() {
-        use crate::hub::ClaimAnswer;
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-registry-unit-{}-locate-order",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("locate-order");
         let mut services = clustered(&dir);
         let mut out = RecordingOutbox::default();
         let (cid, cal) = (ConnId::new(0, 1), ConnId::new(1, 2));
-        let message = |head: &str, body: &str| {
-            BytesMut::from(
-                format!(
-                    "CCM\\1.0 {head}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            )
-        };
-        for (token, (id, name)) in [(cid, "cid"), (cal, "cal")].into_iter().enumerate() {
-            services.on_accept(ProtocolKind::Ccm, id, &cx(0), &mut out);
-            services.on_data(
-                ProtocolKind::Ccm,
-                id,
-                &mut message("NotDefined", name),
-                &cx(0),
-                &mut out,
-            );
-            let answer = NameAnswer::Claimed {
-                token: token as u64 + 1,
-                name: Bytes::copy_from_slice(name.as_bytes()),
-                answer: ClaimAnswer::Granted,
-            };
-            services.answer_name(answer, &cx(0).clock(), &mut out);
-            services.on_data(
-                ProtocolKind::Ccm,
-                id,
-                &mut BytesMut::new(),
-                &cx(0),
-                &mut out,
-            );
+        for (token, (id, name)) in [(1, (cid, "cid")), (2, (cal, "cal"))] {
+            ccm_signed_in(&mut services, &mut out, id, name, token);
+            feed(&mut services, &mut out, ProtocolKind::Ccm, id, b"", 0);
         }
         out.clear();
 
         // To rex, whom no user here holds, then to everyone: one read.
-        let mut input = message("Text\nAddressee: rex", "first");
-        let star = message("Text\nAddressee: *", "second");
+        let mut input = ccm_message("Text\nAddressee: rex", "first");
+        let star = ccm_message("Text\nAddressee: *", "second");
         input.extend_from_slice(&star);
         services.on_data(ProtocolKind::Ccm, cid, &mut input, &cx(1), &mut out);
         assert!(out.sent_to(cal).is_empty(), "the `*` waits for the first");
         assert_eq!(&input[..], &star[..], "held, unread");
 
         // Nobody holds rex: cid is told, then its `*` message is read and reaches cal.
-        let located = NameAnswer::Located {
-            token: 3,
-            holder: None,
-        };
-        services.answer_name(located, &cx(2).clock(), &mut out);
+        services.answer_name(located(3, None), &cx(2).clock(), &mut out);
         assert_eq!(
             out.sent_to(cid),
             [render::ccm_error(
@@ -2180,13 +2180,9 @@ mod tests {
     /// cluster would, and every answer is MATOU's own.
     #[test]
     fn matou_private_links_with_users_of_other_nodes_follow_the_brokers_three_steps() {
-        use crate::hub::{ClaimAnswer, PrivateLink, PrivateStep};
+        use crate::hub::{PrivateLink, PrivateStep};
         use crate::protocol::matou::codec::{self as matou, ErrorCode};
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-registry-unit-{}-private",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("private");
         let mut services = clustered(&dir);
         let mut out = RecordingOutbox::default();
         let mia = ConnId::new(0, 1);
@@ -2220,11 +2216,8 @@ mod tests {
         // mia asks for max, whom no user here holds: located, then sent to node-b.
         send(&mut services, &mut out, matou::private_request(b"max"));
         assert!(out.sent_to(mia).is_empty());
-        let located = NameAnswer::Located {
-            token: 2,
-            holder: Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Matou)),
-        };
-        services.answer_name(located, &cx(2).clock(), &mut out);
+        let at_b = Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Matou));
+        services.answer_name(located(2, at_b), &cx(2).clock(), &mut out);
         assert!(out.sent_to(mia).is_empty());
         // An acceptance from another node than max's is not max's.
         services.private_from_node(
@@ -2285,11 +2278,7 @@ mod tests {
         // Nobody holds "ned": ERROR 4 once located, and the request no longer counts.
         out.clear();
         send(&mut services, &mut out, matou::private_request(b"ned"));
-        let nowhere = NameAnswer::Located {
-            token: 3,
-            holder: None,
-        };
-        services.answer_name(nowhere, &cx(6).clock(), &mut out);
+        services.answer_name(located(3, None), &cx(6).clock(), &mut out);
         assert_eq!(
             out.sent_to(mia).last().map(|packet| packet[..8].to_vec()),
             Some(matou::error(ErrorCode::UnknownUser, b"")[..8].to_vec())
@@ -2411,34 +2400,11 @@ mod tests {
 
     #[test]
     fn bin24_messages_to_a_user_of_another_node_are_forwarded_answered_and_kept_on_timeout() {
-        use crate::hub::{Bin24Step, ClaimAnswer};
+        use crate::hub::Bin24Step;
         use crate::protocol::bin24::codec as bin24;
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-registry-unit-{}-bin24-nodes",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let node = |sub: &str| {
-            let mut services = clustered(&dir.join(sub));
-            services.hub_queue.collect_events = true;
-            services
-        };
-        let (mut a, mut b) = (node("a"), node("b"));
+        let dir = fresh_dir("bin24-nodes");
+        let (mut a, mut b) = (node(&dir, "a"), node(&dir, "b"));
         let (mut out_a, mut out_b) = (RecordingOutbox::default(), RecordingOutbox::default());
-        let name = |text: &str| match bin24::Name::new(text.as_bytes()) {
-            Some(name) => name,
-            None => panic!("a valid name"),
-        };
-        let frame = |kind, id: u32, src: &str, dst: &str, body: &[u8]| match bin24::encode(
-            kind,
-            id,
-            name(src),
-            name(dst),
-            body,
-        ) {
-            Some(frame) => frame,
-            None => panic!("a valid frame"),
-        };
         let ack_timeout_ms = Config::for_tests().bin24_ack_timeout_ms;
         let (ana, bob) = (ConnId::new(0, 1), ConnId::new(0, 1));
         // Each signs in on its node: the first frame (an answer to nobody) claims the name.
@@ -2446,28 +2412,15 @@ mod tests {
             (&mut a, &mut out_a, ana, "ana"),
             (&mut b, &mut out_b, bob, "bob"),
         ] {
-            services.on_accept(ProtocolKind::Bin24, id, &cx(0), out);
-            let hello = frame(bin24::TYPE_ANSWER, 0, user, "nobody", b"200");
-            services.on_data(
-                ProtocolKind::Bin24,
-                id,
-                &mut BytesMut::from(&hello[..]),
-                &cx(0),
-                out,
-            );
-            services.answer_name(
-                claimed(1, user.as_bytes(), ClaimAnswer::Granted),
-                &cx(0).clock(),
-                out,
-            );
+            bin24_signed_in(services, out, id, user, 1, 0);
             out.clear();
         }
 
         // Two messages in one read: both are read and located (the look-ups share a pipeline
         // and are answered in the order asked, which keeps the messages in order).
         let (first, second) = (
-            frame(bin24::TYPE_MESSAGE, 1, "ana", "bob", b"hello bob"),
-            frame(bin24::TYPE_MESSAGE, 2, "ana", "bob", b"still there?"),
+            bin24_frame(bin24::TYPE_MESSAGE, 1, "ana", "bob", b"hello bob"),
+            bin24_frame(bin24::TYPE_MESSAGE, 2, "ana", "bob", b"still there?"),
         );
         let mut input = BytesMut::from(&first[..]);
         input.extend_from_slice(&second);
@@ -2475,14 +2428,7 @@ mod tests {
         assert!(input.is_empty(), "nothing waits unread");
         assert!(a.take_bin24_published().is_empty() && out_a.sent.is_empty());
         let at_b = || Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Bin24));
-        a.answer_name(
-            NameAnswer::Located {
-                token: 2,
-                holder: at_b(),
-            },
-            &cx(2).clock(),
-            &mut out_a,
-        );
+        a.answer_name(located(2, at_b()), &cx(2).clock(), &mut out_a);
         let published = a.take_bin24_published();
         let [relay] = &published[..] else {
             panic!("one frame published: {published:?}");
@@ -2499,14 +2445,8 @@ mod tests {
         // node-b forwards it verbatim; bob's "200" goes back to node-a, and to ana verbatim.
         b.bin24_from_node(relay.clone(), b"node-a", &cx(3).clock(), &mut out_b);
         assert_eq!(out_b.sent_to(bob), std::slice::from_ref(&first));
-        let ok = frame(bin24::TYPE_ANSWER, 1, "bob", "ana", b"200");
-        b.on_data(
-            ProtocolKind::Bin24,
-            bob,
-            &mut BytesMut::from(&ok[..]),
-            &cx(4),
-            &mut out_b,
-        );
+        let ok = bin24_frame(bin24::TYPE_ANSWER, 1, "bob", "ana", b"200");
+        feed(&mut b, &mut out_b, ProtocolKind::Bin24, bob, &ok, 4);
         let answers = b.take_bin24_published();
         let [answer] = &answers[..] else {
             panic!("one answer published: {answers:?}");
@@ -2521,14 +2461,7 @@ mod tests {
         // The second message's look-up is answered: sent the same way; bob never answers.
         out_a.clear();
         out_b.clear();
-        a.answer_name(
-            NameAnswer::Located {
-                token: 3,
-                holder: at_b(),
-            },
-            &cx(6).clock(),
-            &mut out_a,
-        );
+        a.answer_name(located(3, at_b()), &cx(6).clock(), &mut out_a);
         let published = a.take_bin24_published();
         assert_eq!(published.len(), 1, "once: {published:?}");
         assert_eq!(
@@ -2556,20 +2489,8 @@ mod tests {
             &mut out_b,
         );
         // Stored on node-b; "300" for ana is published once it is durable.
-        let stored_answer = frame(bin24::TYPE_ANSWER, 2, "bob", "ana", bin24::ANSWER_STORED);
-        let started = std::time::Instant::now();
-        let answers = loop {
-            let answers = b.take_bin24_published();
-            if !answers.is_empty() {
-                break answers;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "never stored"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            b.on_wake(&cx(9 + ack_timeout_ms).clock(), &mut out_b);
-        };
+        let stored_answer = bin24_frame(bin24::TYPE_ANSWER, 2, "bob", "ana", bin24::ANSWER_STORED);
+        let answers = published_once_stored(&mut b, &mut out_b, 9 + ack_timeout_ms);
         let [answer] = &answers[..] else {
             panic!("one answer: {answers:?}");
         };
@@ -2582,32 +2503,13 @@ mod tests {
 
         // bob logs in again on node-b: the frame is there, as type 2.
         let bob_again = ConnId::new(1, 2);
-        b.on_accept(ProtocolKind::Bin24, bob_again, &cx(20), &mut out_b);
-        let hello = frame(bin24::TYPE_ANSWER, 0, "bob", "nobody", b"200");
-        b.on_data(
-            ProtocolKind::Bin24,
-            bob_again,
-            &mut BytesMut::from(&hello[..]),
-            &cx(20),
-            &mut out_b,
-        );
-        b.answer_name(
-            claimed(2, b"bob", ClaimAnswer::Granted),
-            &cx(20).clock(),
-            &mut out_b,
-        );
+        bin24_signed_in(&mut b, &mut out_b, bob_again, "bob", 2, 20);
         let mut kept = second.to_vec();
         kept[2] = bin24::TYPE_OFFLINE as u8;
-        let started = std::time::Instant::now();
         // Stored frames are sent with a note (custody: delivered once acknowledged).
-        while out_b.notified.is_empty() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "never loaded"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            b.on_wake(&cx(21).clock(), &mut out_b);
-        }
+        wake_until(&mut b, &mut out_b, 21, "never loaded", |_, out| {
+            !out.notified.is_empty()
+        });
         let notified: Vec<_> = out_b
             .notified
             .iter()
@@ -2618,27 +2520,21 @@ mod tests {
         // bob answers it: ana is not on node-b, so node-b locates her (rule 5 across nodes)
         // and publishes the answer, verbatim, for node-a, which hands it to ana.
         out_a.clear();
-        let thanks = frame(bin24::TYPE_ANSWER, 2, "bob", "ana", b"200 got it");
-        b.on_data(
+        let thanks = bin24_frame(bin24::TYPE_ANSWER, 2, "bob", "ana", b"200 got it");
+        feed(
+            &mut b,
+            &mut out_b,
             ProtocolKind::Bin24,
             bob_again,
-            &mut BytesMut::from(&thanks[..]),
-            &cx(22),
-            &mut out_b,
+            &thanks,
+            22,
         );
         assert!(
             b.take_bin24_published().is_empty(),
             "not before the look-up"
         );
         let at_a = Some((Bytes::from_static(b"node-a"), 7, NamedProtocol::Bin24));
-        b.answer_name(
-            NameAnswer::Located {
-                token: 3,
-                holder: at_a,
-            },
-            &cx(23).clock(),
-            &mut out_b,
-        );
+        b.answer_name(located(3, at_a), &cx(23).clock(), &mut out_b);
         let [relay] = &b.take_bin24_published()[..] else {
             panic!("one answer published for node-a");
         };
@@ -2657,47 +2553,22 @@ mod tests {
 
         // A name no node holds: stored on node-a, and ana hears "300" once durable.
         out_a.clear();
-        let to_zed = frame(bin24::TYPE_MESSAGE, 3, "ana", "zed", b"anyone?");
-        a.on_data(
-            ProtocolKind::Bin24,
-            ana,
-            &mut BytesMut::from(&to_zed[..]),
-            &cx(30),
-            &mut out_a,
-        );
-        a.answer_name(
-            NameAnswer::Located {
-                token: 4,
-                holder: None,
-            },
-            &cx(30).clock(),
-            &mut out_a,
-        );
+        let to_zed = bin24_frame(bin24::TYPE_MESSAGE, 3, "ana", "zed", b"anyone?");
+        feed(&mut a, &mut out_a, ProtocolKind::Bin24, ana, &to_zed, 30);
+        a.answer_name(located(4, None), &cx(30).clock(), &mut out_a);
         assert!(a.take_bin24_published().is_empty());
-        let stored = frame(bin24::TYPE_ANSWER, 3, "zed", "ana", bin24::ANSWER_STORED);
-        let started = std::time::Instant::now();
-        while out_a.sent_to(ana).is_empty() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "never stored"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            a.on_wake(&cx(31).clock(), &mut out_a);
-        }
+        let stored = bin24_frame(bin24::TYPE_ANSWER, 3, "zed", "ana", bin24::ANSWER_STORED);
+        wake_until(&mut a, &mut out_a, 31, "never stored", |_, out| {
+            !out.sent_to(ana).is_empty()
+        });
         assert_eq!(out_a.sent_to(ana), [stored]);
 
         // node-b never answers this one (it died, or Redis lost the frame or the answer):
         // after the ack timeout and the grace (the lease), node-a keeps it and ana hears
         // "300"; the frames node-b answered above are not kept again.
         out_a.clear();
-        let lost = frame(bin24::TYPE_MESSAGE, 4, "ana", "bob", b"lost?");
-        a.on_data(
-            ProtocolKind::Bin24,
-            ana,
-            &mut BytesMut::from(&lost[..]),
-            &cx(40),
-            &mut out_a,
-        );
+        let lost = bin24_frame(bin24::TYPE_MESSAGE, 4, "ana", "bob", b"lost?");
+        feed(&mut a, &mut out_a, ProtocolKind::Bin24, ana, &lost, 40);
         // Sent from the location cache (bob at node-b: no look-up), under the same custody.
         let published = a.take_bin24_published();
         assert_eq!(published.len(), 1);
@@ -2705,20 +2576,12 @@ mod tests {
         let lease_ms = 500;
         a.on_timers(&cx(40 + ack_timeout_ms + lease_ms - 20).clock(), &mut out_a);
         a.on_timers(&cx(40 + ack_timeout_ms + lease_ms + 20).clock(), &mut out_a);
-        let kept = frame(bin24::TYPE_ANSWER, 4, "bob", "ana", bin24::ANSWER_STORED);
-        let started = std::time::Instant::now();
-        while out_a.sent_to(ana).is_empty() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "never kept"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            a.on_wake(&cx(41 + ack_timeout_ms + lease_ms).clock(), &mut out_a);
-        }
-        for _ in 0..20 {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            a.on_wake(&cx(42 + ack_timeout_ms + lease_ms).clock(), &mut out_a);
-        }
+        let kept = bin24_frame(bin24::TYPE_ANSWER, 4, "bob", "ana", bin24::ANSWER_STORED);
+        let kept_ms = 41 + ack_timeout_ms + lease_ms;
+        wake_until(&mut a, &mut out_a, kept_ms, "never kept", |_, out| {
+            !out.sent_to(ana).is_empty()
+        });
+        wake_for_a_while(&mut a, &mut out_a, kept_ms + 1);
         assert_eq!(out_a.sent_to(ana), [kept]);
         assert!(a.shut_down().is_ok() && b.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
@@ -2732,92 +2595,22 @@ mod tests {
     /// ends it, and cat is told nothing (CCM has no receipt).
     #[test]
     fn bin24_and_ccm_users_of_two_nodes_message_each_other_with_bin24s_answers() {
-        use crate::hub::{Bin24Step, ClaimAnswer};
+        use crate::hub::Bin24Step;
         use crate::protocol::bin24::codec as bin24;
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-registry-unit-{}-bin24-ccm-nodes",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let node = |sub: &str| {
-            let mut services = clustered(&dir.join(sub));
-            services.hub_queue.collect_events = true;
-            services
-        };
-        let (mut a, mut b) = (node("a"), node("b"));
+        let dir = fresh_dir("bin24-ccm-nodes");
+        let (mut a, mut b) = (node(&dir, "a"), node(&dir, "b"));
         let (mut out_a, mut out_b) = (RecordingOutbox::default(), RecordingOutbox::default());
-        let name = |text: &str| match bin24::Name::new(text.as_bytes()) {
-            Some(name) => name,
-            None => panic!("a valid name"),
-        };
-        let frame = |kind, id: u32, src: &str, dst: &str, body: &[u8]| match bin24::encode(
-            kind,
-            id,
-            name(src),
-            name(dst),
-            body,
-        ) {
-            Some(frame) => frame,
-            None => panic!("a valid frame"),
-        };
-        let ccm = |head: &str, body: &str| {
-            BytesMut::from(
-                format!(
-                    "CCM\\1.0 {head}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            )
-        };
         let (ana, cat) = (ConnId::new(0, 1), ConnId::new(0, 1));
-        a.on_accept(ProtocolKind::Bin24, ana, &cx(0), &mut out_a);
-        let hello = frame(bin24::TYPE_ANSWER, 0, "ana", "nobody", b"200");
-        a.on_data(
-            ProtocolKind::Bin24,
-            ana,
-            &mut BytesMut::from(&hello[..]),
-            &cx(0),
-            &mut out_a,
-        );
-        a.answer_name(
-            claimed(1, b"ana", ClaimAnswer::Granted),
-            &cx(0).clock(),
-            &mut out_a,
-        );
-        b.on_accept(ProtocolKind::Ccm, cat, &cx(0), &mut out_b);
-        b.on_data(
-            ProtocolKind::Ccm,
-            cat,
-            &mut ccm("NotDefined", "cat"),
-            &cx(0),
-            &mut out_b,
-        );
-        b.answer_name(
-            claimed(1, b"cat", ClaimAnswer::Granted),
-            &cx(0).clock(),
-            &mut out_b,
-        );
+        bin24_signed_in(&mut a, &mut out_a, ana, "ana", 1, 0);
+        ccm_signed_in(&mut b, &mut out_b, cat, "cat", 1);
         out_a.clear();
         out_b.clear();
         let ccm_at_b = || Some((Bytes::from_static(b"node-b"), 9, NamedProtocol::Ccm));
 
         // ana -> cat: located at node-b (a CCM holder), published there as a BIN24 message.
-        let first = frame(bin24::TYPE_MESSAGE, 1, "ana", "cat", b"hello cat");
-        a.on_data(
-            ProtocolKind::Bin24,
-            ana,
-            &mut BytesMut::from(&first[..]),
-            &cx(1),
-            &mut out_a,
-        );
-        a.answer_name(
-            NameAnswer::Located {
-                token: 2,
-                holder: ccm_at_b(),
-            },
-            &cx(1).clock(),
-            &mut out_a,
-        );
+        let first = bin24_frame(bin24::TYPE_MESSAGE, 1, "ana", "cat", b"hello cat");
+        feed(&mut a, &mut out_a, ProtocolKind::Bin24, ana, &first, 1);
+        a.answer_name(located(2, ccm_at_b()), &cx(1).clock(), &mut out_a);
         let [relay] = &a.take_bin24_published()[..] else {
             panic!("one frame published for node-b");
         };
@@ -2851,7 +2644,7 @@ mod tests {
         let [answer] = &b.take_bin24_published()[..] else {
             panic!("the 200 published for node-a");
         };
-        let delivered = frame(bin24::TYPE_ANSWER, 1, "cat", "ana", bin24::ANSWER_DELIVERED);
+        let delivered = bin24_frame(bin24::TYPE_ANSWER, 1, "cat", "ana", bin24::ANSWER_DELIVERED);
         assert_eq!(
             (&answer.to_node[..], answer.step, &answer.frame),
             (&b"node-a"[..], Bin24Step::Answer, &delivered)
@@ -2862,22 +2655,9 @@ mod tests {
         // A second one that cat closes before receiving: stored on node-b, "300" back.
         out_a.clear();
         out_b.clear();
-        let second = frame(bin24::TYPE_MESSAGE, 2, "ana", "cat", b"gone?");
-        a.on_data(
-            ProtocolKind::Bin24,
-            ana,
-            &mut BytesMut::from(&second[..]),
-            &cx(5),
-            &mut out_a,
-        );
-        a.answer_name(
-            NameAnswer::Located {
-                token: 3,
-                holder: ccm_at_b(),
-            },
-            &cx(5).clock(),
-            &mut out_a,
-        );
+        let second = bin24_frame(bin24::TYPE_MESSAGE, 2, "ana", "cat", b"gone?");
+        feed(&mut a, &mut out_a, ProtocolKind::Bin24, ana, &second, 5);
+        a.answer_name(located(3, ccm_at_b()), &cx(5).clock(), &mut out_a);
         let [relay] = &a.take_bin24_published()[..] else {
             panic!("one frame published for node-b");
         };
@@ -2894,20 +2674,8 @@ mod tests {
             &cx(7).clock(),
             &mut out_b,
         );
-        let stored = frame(bin24::TYPE_ANSWER, 2, "cat", "ana", bin24::ANSWER_STORED);
-        let started = std::time::Instant::now();
-        let answers = loop {
-            let answers = b.take_bin24_published();
-            if !answers.is_empty() {
-                break answers;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "never stored"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            b.on_wake(&cx(8).clock(), &mut out_b);
-        };
+        let stored = bin24_frame(bin24::TYPE_ANSWER, 2, "cat", "ana", bin24::ANSWER_STORED);
+        let answers = published_once_stored(&mut b, &mut out_b, 8);
         let [answer] = &answers[..] else {
             panic!("one answer: {answers:?}");
         };
@@ -2922,28 +2690,16 @@ mod tests {
         // first messageID, 0) and publishes it; cat's input is read again.
         out_a.clear();
         out_b.clear();
-        b.on_data(
-            ProtocolKind::Ccm,
-            cat,
-            &mut ccm("Text\nAddressee: ana", "hi ana"),
-            &cx(10),
-            &mut out_b,
-        );
+        let to_ana = ccm_message("Text\nAddressee: ana", "hi ana");
+        feed(&mut b, &mut out_b, ProtocolKind::Ccm, cat, &to_ana, 10);
         assert!(
             b.take_bin24_published().is_empty(),
             "not before the look-up"
         );
         let bin24_at_a = Some((Bytes::from_static(b"node-a"), 7, NamedProtocol::Bin24));
-        b.answer_name(
-            NameAnswer::Located {
-                token: 2,
-                holder: bin24_at_a,
-            },
-            &cx(10).clock(),
-            &mut out_b,
-        );
+        b.answer_name(located(2, bin24_at_a), &cx(10).clock(), &mut out_b);
         assert_eq!(out_b.resumed.last(), Some(&cat));
-        let from_cat = frame(bin24::TYPE_MESSAGE, 0, "cat", "ana", b"hi ana");
+        let from_cat = bin24_frame(bin24::TYPE_MESSAGE, 0, "cat", "ana", b"hi ana");
         let [relay] = &b.take_bin24_published()[..] else {
             panic!("one frame published for node-a");
         };
@@ -2960,14 +2716,8 @@ mod tests {
         // back to node-b, which tells cat nothing and keeps nothing.
         a.bin24_from_node(relay.clone(), b"node-b", &cx(11).clock(), &mut out_a);
         assert_eq!(out_a.sent_to(ana), [from_cat]);
-        let ok = frame(bin24::TYPE_ANSWER, 0, "ana", "cat", b"200");
-        a.on_data(
-            ProtocolKind::Bin24,
-            ana,
-            &mut BytesMut::from(&ok[..]),
-            &cx(12),
-            &mut out_a,
-        );
+        let ok = bin24_frame(bin24::TYPE_ANSWER, 0, "ana", "cat", b"200");
+        feed(&mut a, &mut out_a, ProtocolKind::Bin24, ana, &ok, 12);
         let [answer] = &a.take_bin24_published()[..] else {
             panic!("ana's answer published for node-b");
         };
@@ -2975,10 +2725,7 @@ mod tests {
         b.bin24_from_node(answer.clone(), b"node-a", &cx(13).clock(), &mut out_b);
         let ack_timeout_ms = Config::for_tests().bin24_ack_timeout_ms;
         b.on_timers(&cx(14 + ack_timeout_ms + 600).clock(), &mut out_b);
-        for _ in 0..20 {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            b.on_wake(&cx(15 + ack_timeout_ms + 600).clock(), &mut out_b);
-        }
+        wake_for_a_while(&mut b, &mut out_b, 15 + ack_timeout_ms + 600);
         assert!(out_b.sent_to(cat).is_empty(), "cat is told nothing");
         // Past the ack timeout and the lease: node-b keeps nothing for ana (answered), only
         // the frame stored for cat above.

@@ -9,10 +9,10 @@
 
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use super::{CloseMode, CloseReason, ConnId, DatagramOut, HubOutcome, Outbox};
-use crate::hub::OcmMemberId;
+use super::{CloseMode, CloseReason, ConnId, DatagramOut, HubOutcome, Outbox, ProtocolKind};
+use crate::hub::{Endpoint, OcmMemberId, User};
 use crate::store::{StoreError, StoreMetrics};
 
 /// What time it is, for a call that is not about one peer (timers, completions).
@@ -163,6 +163,38 @@ pub trait StreamService {
     /// The server is stopping: make durable what must survive.
     fn shut_down(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// `id` takes part in the switchboard now, as `name` of `protocol` (signed in, or a ROOM
+/// member past its alias): in the lobby.
+pub(crate) fn enter_lobby<O: Outbox>(protocol: ProtocolKind, id: ConnId, name: Bytes, out: &mut O) {
+    if let Some(link) = out.hub() {
+        let user = User {
+            protocol,
+            endpoint: Endpoint::Conn(id),
+            name,
+        };
+        link.hub.enter_lobby(user, link.queue);
+    }
+}
+
+/// `id` no longer takes part in the switchboard (it is closing, or signed off): out of the
+/// lobby and its name free, now rather than when the close completes.
+pub(crate) fn leave_hub<O: Outbox>(id: ConnId, out: &mut O) {
+    if let Some(link) = out.hub() {
+        link.hub.disconnect(id, link.queue);
+    }
+}
+
+/// The cluster answered one of `id`'s look-ups; `locating` counts those still out (`None`: the
+/// connection is gone). Once none is, the input held back behind them is read again.
+pub(crate) fn located<O: Outbox>(id: ConnId, locating: Option<&mut u32>, out: &mut O) {
+    if let Some(locating) = locating {
+        *locating = locating.saturating_sub(1);
+        if *locating == 0 {
+            out.resume_input(id);
+        }
     }
 }
 

@@ -8,13 +8,11 @@ use log::debug;
 
 use super::codec::{self, DecodeError, Detection, Message, MessageType};
 use crate::chat::{ConnId, ConnMap};
-use crate::hub::{
-    Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol, User,
-};
+use crate::hub::{Addressed, CcmDirect, Claim, Decision, Endpoint, LobbyMessage, NamedProtocol};
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
-    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
-    HELD_INPUT_BYTES_MAX,
+    enter_lobby, leave_hub, located, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox,
+    ProtocolKind, StreamService, HELD_INPUT_BYTES_MAX,
 };
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -417,14 +415,7 @@ impl CcmService {
         }
         out.mark_identified(id);
         out.send(id, codec::encode("Identity", &[("User", &token)], b""));
-        if let Some(link) = out.hub() {
-            let user = User {
-                protocol: ProtocolKind::Ccm,
-                endpoint: Endpoint::Conn(id),
-                name,
-            };
-            link.hub.enter_lobby(user, link.queue);
-        }
+        enter_lobby(ProtocolKind::Ccm, id, name, out);
     }
 
     /// Deliver to `addressee`, or to every other identified user for `*`. The header is encoded
@@ -702,14 +693,6 @@ impl CcmService {
     }
 }
 
-/// `id` no longer takes part in the switchboard (it is closing): out of the lobby, its name
-/// free, now rather than when the close completes.
-fn leave_hub<O: Outbox>(id: ConnId, out: &mut O) {
-    if let Some(link) = out.hub() {
-        link.hub.disconnect(id, link.queue);
-    }
-}
-
 fn hex(bytes: &[u8]) -> Vec<u8> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     bytes
@@ -790,12 +773,11 @@ impl StreamService for CcmService {
                 self.on_claim_decided(decided.conn, decided.decision, clock.now_ms, out);
             }
             HubOutcome::CcmLocated { from } => {
-                if let Some(conn) = self.conns.get_mut(from) {
-                    conn.locating = conn.locating.saturating_sub(1);
-                    if conn.locating == 0 {
-                        out.resume_input(from);
-                    }
-                }
+                located(
+                    from,
+                    self.conns.get_mut(from).map(|conn| &mut conn.locating),
+                    out,
+                );
             }
             _ => {}
         }

@@ -14,12 +14,11 @@ use super::codec::{self, DecodeError, ErrorCode, Limits, Packet};
 use crate::chat::{ConnId, ConnMap, MemberList};
 use crate::hub::{
     Claim, Decision, Endpoint, HubEvent, LobbyMessage, NamedProtocol, PrivateLink, PrivateStep,
-    User as HubUser,
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
-    Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind, StreamService,
-    HELD_INPUT_BYTES_MAX,
+    enter_lobby, leave_hub, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox,
+    ProtocolKind, StreamService, HELD_INPUT_BYTES_MAX,
 };
 
 #[derive(Clone, Debug)]
@@ -327,14 +326,7 @@ impl MatouService {
         out.mark_identified(id);
         out.send(id, codec::connect_response(true));
         self.broadcast(codec::connect_notify(&name), out);
-        if let Some(link) = out.hub() {
-            let user = HubUser {
-                protocol: ProtocolKind::Matou,
-                endpoint: Endpoint::Conn(id),
-                name,
-            };
-            link.hub.enter_lobby(user, link.queue);
-        }
+        enter_lobby(ProtocolKind::Matou, id, name, out);
     }
 
     fn public_message<O: Outbox>(&mut self, id: ConnId, message: Bytes, out: &mut O) {
@@ -391,19 +383,9 @@ impl MatouService {
             return;
         }
         let pending_max = self.config.pending_requests_per_user_max;
-        let sender_limit = per_second(self.config.private_requests_per_s_max);
-        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
-        let Some(src) = self.user_mut(id) else {
+        let Some(src) = self.charge_request(id, Some(dst), now_ms, out) else {
             return;
         };
-        if !src
-            .requests
-            .admit(Some(dst), 1, sender_limit, pair_limit, now_ms)
-        {
-            out.count_rejected();
-            out.send(id, self.too_many_requests.clone());
-            return;
-        }
         // Asking again while pending only repeats the notification; asking again after an
         // accept starts over, so Dst must accept again.
         if src.links_out.get(&dst) != Some(&Link::Pending) {
@@ -426,6 +408,27 @@ impl MatouService {
         out.send(dst, notify);
     }
 
+    /// Charges one private request by `id` (to the local user `dst`, or `None`: to a user of
+    /// another node) to its sender and pair budgets. Over either, `id` is told and gets `None`.
+    fn charge_request<O: Outbox>(
+        &mut self,
+        id: ConnId,
+        dst: Option<ConnId>,
+        now_ms: u64,
+        out: &mut O,
+    ) -> Option<&mut User> {
+        let sender_limit = per_second(self.config.private_requests_per_s_max);
+        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
+        // Through the field, not `user_mut`: the refusal frame is read while `src` is held.
+        let src = self.conns.get_mut(id)?.user.as_mut()?;
+        if !src.requests.admit(dst, 1, sender_limit, pair_limit, now_ms) {
+            out.count_rejected();
+            out.send(id, self.too_many_requests.clone());
+            return None;
+        }
+        Some(src)
+    }
+
     /// In a cluster, Dst may be a MATOU user of another node: the request goes there once
     /// located (the answer comes to `on_hub`); otherwise no user has that name.
     fn private_request_remote<O: Outbox>(
@@ -443,20 +446,10 @@ impl MatouService {
             return;
         }
         let pending_max = self.config.pending_requests_per_user_max;
-        let sender_limit = per_second(self.config.private_requests_per_s_max);
-        let pair_limit = per_second(self.config.private_requests_per_pair_per_s_max);
-        let Some(src) = self.user_mut(id) else {
+        // The pair limit is kept per local Dst; a remote Dst is charged to the sender's total.
+        let Some(src) = self.charge_request(id, None, now_ms, out) else {
             return;
         };
-        // The pair limit is kept per local Dst; a remote Dst is charged to the sender's total.
-        if !src
-            .requests
-            .admit(None, 1, sender_limit, pair_limit, now_ms)
-        {
-            out.count_rejected();
-            out.send(id, self.too_many_requests.clone());
-            return;
-        }
         let dst = Bytes::copy_from_slice(dst_name);
         let request = PrivateLink {
             to_node: Bytes::new(),
@@ -473,13 +466,12 @@ impl MatouService {
         match src.remote_out.get(&dst).cloned() {
             // Asking again while pending only repeats the notification.
             Some(RemoteLink::Pending { node, incarnation }) => {
-                if let Some(link) = out.hub() {
-                    link.queue.publish(HubEvent::Private(Box::new(PrivateLink {
-                        to_node: node,
-                        to_incarnation: incarnation,
-                        ..request
-                    })));
-                }
+                let again = PrivateLink {
+                    to_node: node,
+                    to_incarnation: incarnation,
+                    ..request
+                };
+                publish_private(again, out);
                 return;
             }
             Some(RemoteLink::Locating) => return,
@@ -667,9 +659,7 @@ impl MatouService {
             message_port: 0,
             file_port: 0,
         };
-        if let Some(link) = out.hub() {
-            link.queue.publish(HubEvent::Private(Box::new(accept)));
-        }
+        publish_private(accept, out);
         true
     }
 
@@ -708,9 +698,7 @@ impl MatouService {
             message_port,
             file_port,
         };
-        if let Some(link) = out.hub() {
-            link.queue.publish(HubEvent::Private(Box::new(ports)));
-        }
+        publish_private(ports, out);
         true
     }
 
@@ -822,9 +810,7 @@ impl MatouService {
             }
         }
         self.broadcast(codec::sign_out_notify(&user.name), out);
-        if let Some(link) = out.hub() {
-            link.hub.disconnect(id, link.queue);
-        }
+        leave_hub(id, out);
     }
 
     /// The cluster decided `id`'s claim (switchboard rule 1 across nodes): sign it in, or
@@ -863,6 +849,13 @@ impl MatouService {
 
     fn user_mut(&mut self, id: ConnId) -> Option<&mut User> {
         self.conns.get_mut(id)?.user.as_mut()
+    }
+}
+
+/// A step of a private link with a user of another node, for the cluster to carry there.
+fn publish_private<O: Outbox>(step: PrivateLink, out: &mut O) {
+    if let Some(link) = out.hub() {
+        link.queue.publish(HubEvent::Private(Box::new(step)));
     }
 }
 

@@ -148,6 +148,26 @@ struct Member {
     idle: TimerKey,
 }
 
+impl Member {
+    /// Sends `bytes` to this member's chat address, if known yet, counting its failed sends
+    /// in a row; true once they reach `failures_max` (the member is unreachable).
+    fn send_chat<D: DatagramOut>(&mut self, bytes: &[u8], failures_max: u32, out: &mut D) -> bool {
+        let Some(address) = self.address else {
+            return false;
+        };
+        match out.send_to(address, bytes) {
+            DatagramSent::Sent => self.send_failures = 0,
+            // A full socket buffer says nothing about this member.
+            DatagramSent::Dropped => {}
+            DatagramSent::Failed => {
+                self.send_failures = self.send_failures.saturating_add(1);
+                return self.send_failures >= failures_max;
+            }
+        }
+        false
+    }
+}
+
 #[derive(Debug)]
 struct Room {
     name: Box<str>,
@@ -801,19 +821,8 @@ impl OcmService {
             let Some(member) = self.members.get_mut(key) else {
                 continue;
             };
-            let Some(address) = member.address else {
-                continue;
-            };
-            match out.send_to(address, text) {
-                DatagramSent::Sent => member.send_failures = 0,
-                // A full socket buffer says nothing about this member.
-                DatagramSent::Dropped => {}
-                DatagramSent::Failed => {
-                    member.send_failures = member.send_failures.saturating_add(1);
-                    if member.send_failures >= self.config.send_failures_max {
-                        self.doomed.push((key, Leave::Unreachable));
-                    }
-                }
+            if member.send_chat(text, self.config.send_failures_max, out) {
+                self.doomed.push((key, Leave::Unreachable));
             }
         }
     }
@@ -1050,21 +1059,11 @@ impl DatagramService for OcmService {
         let Some(member) = self.members.get_mut(key) else {
             return;
         };
-        let Some(address) = member.address else {
-            return;
-        };
-        match out.send_to(address, bytes) {
-            DatagramSent::Sent => member.send_failures = 0,
-            DatagramSent::Dropped => {}
-            DatagramSent::Failed => {
-                member.send_failures = member.send_failures.saturating_add(1);
-                if member.send_failures >= self.config.send_failures_max {
-                    // Removed now, as a member whose chat cannot reach it: the hub is told
-                    // through `out`, so presence and lobby counts are right at once.
-                    self.doomed.push((key, Leave::Unreachable));
-                    self.remove_doomed(out);
-                }
-            }
+        if member.send_chat(bytes, self.config.send_failures_max, out) {
+            // Removed now, as a member whose chat cannot reach it: the hub is told through
+            // `out`, so presence and lobby counts are right at once.
+            self.doomed.push((key, Leave::Unreachable));
+            self.remove_doomed(out);
         }
     }
 }

@@ -61,6 +61,12 @@ fn payload(name: &str, address: SocketAddr) -> Vec<u8> {
     json::encode_request(name, address)
 }
 
+/// `name`'s whole request for `operation` on `room`, chatting from 127.0.0.`last`:`port`.
+fn request_for(operation: u8, room: &str, name: &str, last: u8, port: u16) -> Bytes {
+    let payload = payload(name, udp(last, port));
+    codec::encode_request(operation, STATE_REQUEST, room.as_bytes(), &payload).unwrap()
+}
+
 fn answer(room_chars: u8, operation: u8, state: u8, status: u16, message: &str) -> Bytes {
     codec::encode_answer(
         room_chars,
@@ -91,6 +97,10 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         Self::with(config(), counting_tokens())
+    }
+
+    fn configured(config: OcmConfig) -> Self {
+        Self::with(config, counting_tokens())
     }
 
     fn with(config: OcmConfig, tokens: TokenSource) -> Self {
@@ -156,8 +166,14 @@ impl Harness {
         self.enter(OPERATION_JOIN, room, name, last, port)
     }
 
+    /// `name` at 127.0.0.`last` asks `operation` on `room`, chatting from UDP `port`; returns
+    /// the one answer.
+    fn ask(&mut self, operation: u8, room: &str, name: &str, last: u8, port: u16) -> Bytes {
+        self.request(ip(last), operation, room, &payload(name, udp(last, port)))
+    }
+
     fn enter(&mut self, operation: u8, room: &str, name: &str, last: u8, port: u16) -> String {
-        let sent = self.request(ip(last), operation, room, &payload(name, udp(last, port)));
+        let sent = self.ask(operation, room, name, last, port);
         let mut buf = BytesMut::from(&sent[..]);
         let answer = codec::decode_answer(&mut buf, 4096).unwrap().unwrap();
         assert_eq!(answer.state, codec::STATE_DONE, "{name} enters {room}");
@@ -203,12 +219,7 @@ const CAROL: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(127
 #[test]
 fn create_answers_the_success_vector_and_the_creator_hosts() {
     let mut h = Harness::new();
-    let sent = h.request(
-        ip(1),
-        OPERATION_CREATE,
-        "lobby",
-        &payload("alice", udp(1, 40001)),
-    );
+    let sent = h.ask(OPERATION_CREATE, "lobby", "alice", 1, 40001);
     assert_eq!(&sent[..], answer_vector("success-create", &token(1)));
     assert_eq!(h.out.frames_in, 1);
     assert_eq!(h.out.rejected, 0);
@@ -219,12 +230,7 @@ fn create_answers_the_success_vector_and_the_creator_hosts() {
 fn join_answers_the_success_vector_with_its_own_token() {
     let mut h = Harness::new();
     h.create("lobby", "alice", 1, 40001);
-    let sent = h.request(
-        ip(2),
-        OPERATION_JOIN,
-        "lobby",
-        &payload("bob", udp(2, 40002)),
-    );
+    let sent = h.ask(OPERATION_JOIN, "lobby", "bob", 2, 40002);
     assert_eq!(&sent[..], answer_vector("success-join", &token(2)));
     assert_eq!((h.service.rooms(), h.service.members()), (1, 2));
 }
@@ -234,19 +240,9 @@ fn create_of_an_existing_room_answers_exists() {
     let mut h = Harness::new();
     h.create("lobby", "alice", 1, 40001);
     h.create("部屋一", "太郎", 1, 40002);
-    let sent = h.request(
-        ip(2),
-        OPERATION_CREATE,
-        "lobby",
-        &payload("bob", udp(2, 40002)),
-    );
+    let sent = h.ask(OPERATION_CREATE, "lobby", "bob", 2, 40002);
     assert_eq!(&sent[..], answer_vector("exists", ""));
-    let sent = h.request(
-        ip(2),
-        OPERATION_CREATE,
-        "部屋一",
-        &payload("bob", udp(2, 40002)),
-    );
+    let sent = h.ask(OPERATION_CREATE, "部屋一", "bob", 2, 40002);
     assert_eq!(&sent[..], answer_vector("exists-japanese-room", ""));
     assert_eq!((h.service.rooms(), h.service.members()), (2, 2));
     assert_eq!(h.out.rejected, 0, "a refusal is an answer, not a rejection");
@@ -255,12 +251,7 @@ fn create_of_an_existing_room_answers_exists() {
 #[test]
 fn join_of_a_missing_room_answers_missing() {
     let mut h = Harness::new();
-    let sent = h.request(
-        ip(2),
-        OPERATION_JOIN,
-        "nowhere",
-        &payload("bob", udp(2, 40002)),
-    );
+    let sent = h.ask(OPERATION_JOIN, "nowhere", "bob", 2, 40002);
     assert_eq!(&sent[..], answer_vector("missing", ""));
     assert_eq!(h.service.rooms(), 0);
 }
@@ -419,12 +410,7 @@ fn a_plain_name_payload_is_accepted() {
 #[test]
 fn no_randomness_answers_500() {
     let mut h = Harness::with(config(), Box::new(|_: &mut [u8; 32]| false));
-    let sent = h.request(
-        ip(1),
-        OPERATION_CREATE,
-        "lobby",
-        &payload("alice", udp(1, 1)),
-    );
+    let sent = h.ask(OPERATION_CREATE, "lobby", "alice", 1, 1);
     assert_eq!(sent, failed(5, OPERATION_CREATE));
     assert_eq!(h.service.rooms(), 0, "no room without a host token");
 }
@@ -463,13 +449,10 @@ fn limits_on_rooms_and_members_answer_500() {
 /// The issue's attack 3: one IP created every room and locked everyone out.
 #[test]
 fn one_ip_cannot_take_every_room() {
-    let mut h = Harness::with(
-        OcmConfig {
-            rooms_per_ip_max: 2,
-            ..config()
-        },
-        counting_tokens(),
-    );
+    let mut h = Harness::configured(OcmConfig {
+        rooms_per_ip_max: 2,
+        ..config()
+    });
     h.create("a", "host", 1, 40001);
     h.create("b", "host", 1, 40002);
     let sent = h.request(ip(1), OPERATION_CREATE, "c", &payload("host", udp(1, 1)));
@@ -486,13 +469,10 @@ fn one_ip_cannot_take_every_room() {
 
 #[test]
 fn rooms_nobody_speaks_in_are_closed_soon_and_others_stay() {
-    let mut h = Harness::with(
-        OcmConfig {
-            room_silent_timeout_ms: 5_000,
-            ..config()
-        },
-        counting_tokens(),
-    );
+    let mut h = Harness::configured(OcmConfig {
+        room_silent_timeout_ms: 5_000,
+        ..config()
+    });
     let quiet = h.create("quiet", "alice", 1, 40001);
     h.join("quiet", "bob", 2, 40002);
     let alive = h.create("alive", "carol", 3, 40003);
@@ -533,20 +513,8 @@ fn rooms_nobody_speaks_in_are_closed_soon_and_others_stay() {
 #[test]
 fn one_request_per_connection_the_rest_is_ignored() {
     let mut h = Harness::new();
-    let first = codec::encode_request(
-        OPERATION_CREATE,
-        STATE_REQUEST,
-        b"lobby",
-        &payload("alice", udp(1, 40001)),
-    )
-    .unwrap();
-    let second = codec::encode_request(
-        OPERATION_CREATE,
-        STATE_REQUEST,
-        b"other",
-        &payload("alice", udp(1, 40001)),
-    )
-    .unwrap();
+    let first = request_for(OPERATION_CREATE, "lobby", "alice", 1, 40001);
+    let second = request_for(OPERATION_CREATE, "other", "alice", 1, 40001);
     let id = h.accept(ip(1));
     let mut input = BytesMut::from(&first[..]);
     input.extend_from_slice(&second);
@@ -562,13 +530,7 @@ fn one_request_per_connection_the_rest_is_ignored() {
 #[test]
 fn a_request_split_across_reads_is_answered_once_whole() {
     let mut h = Harness::new();
-    let raw = codec::encode_request(
-        OPERATION_CREATE,
-        STATE_REQUEST,
-        b"lobby",
-        &payload("alice", udp(1, 40001)),
-    )
-    .unwrap();
+    let raw = request_for(OPERATION_CREATE, "lobby", "alice", 1, 40001);
     let id = h.accept(ip(1));
     let mut input = BytesMut::new();
     for &byte in raw.iter() {
@@ -639,20 +601,11 @@ fn the_request_timeout_closes_a_silent_connection() {
 
 #[test]
 fn ack_state1_sends_the_acknowledgement_first() {
-    let mut h = Harness::with(
-        OcmConfig {
-            ack_state1: true,
-            ..config()
-        },
-        counting_tokens(),
-    );
-    let raw = codec::encode_request(
-        OPERATION_CREATE,
-        STATE_REQUEST,
-        b"lobby",
-        &payload("alice", udp(1, 40001)),
-    )
-    .unwrap();
+    let mut h = Harness::configured(OcmConfig {
+        ack_state1: true,
+        ..config()
+    });
+    let raw = request_for(OPERATION_CREATE, "lobby", "alice", 1, 40001);
     let sent = h.request_raw(ip(1), &raw);
     assert_eq!(
         sent,
@@ -688,15 +641,12 @@ fn chat_goes_to_every_other_member_and_not_back() {
 
 #[test]
 fn a_rooms_fanout_is_budgeted_per_sender_and_cut_whole() {
-    let mut h = Harness::with(
-        OcmConfig {
-            // Each text costs 2 sends: alice may send 2 a second (4 sends), everyone 3 (6).
-            sends_per_source_per_s_max: 4,
-            sends_per_s_max: 6,
-            ..config()
-        },
-        counting_tokens(),
-    );
+    let mut h = Harness::configured(OcmConfig {
+        // Each text costs 2 sends: alice may send 2 a second (4 sends), everyone 3 (6).
+        sends_per_source_per_s_max: 4,
+        sends_per_s_max: 6,
+        ..config()
+    });
     let [alice, bob, _carol] = h.lobby();
     for n in 0..3 {
         h.say(ALICE, "lobby", &alice, &format!("a{n}"));
@@ -750,12 +700,7 @@ fn a_name_already_in_the_room_is_refused_and_free_again_once_it_leaves() {
     let mut h = Harness::new();
     h.create("lobby", "alice", 1, 40001);
     let bob = h.join("lobby", "bob", 2, 40002);
-    let sent = h.request(
-        ip(3),
-        OPERATION_JOIN,
-        "lobby",
-        &payload("bob", udp(3, 40003)),
-    );
+    let sent = h.ask(OPERATION_JOIN, "lobby", "bob", 3, 40003);
     assert_eq!(sent, failed(5, OPERATION_JOIN));
     // Another room may have its own bob.
     h.create("other", "bob", 4, 40004);
@@ -837,13 +782,10 @@ fn malformed_datagrams_are_dropped() {
 
 #[test]
 fn a_text_over_4094_bytes_is_dropped_not_cut() {
-    let mut h = Harness::with(
-        OcmConfig {
-            user_name_bytes_max: 255,
-            ..config()
-        },
-        counting_tokens(),
-    );
+    let mut h = Harness::configured(OcmConfig {
+        user_name_bytes_max: 255,
+        ..config()
+    });
     let name = "n".repeat(100);
     let host = h.create("r", &name, 1, 40001);
     h.join("r", "bob", 2, 40002);

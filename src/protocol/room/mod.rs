@@ -9,8 +9,8 @@ pub mod codec;
 use bytes::{Bytes, BytesMut};
 
 use crate::chat::{ConnMap, MemberList};
-use crate::hub::{Endpoint, LobbyMessage, User};
-use crate::protocol::{Clock, Context, StreamService};
+use crate::hub::{Endpoint, LobbyMessage};
+use crate::protocol::{enter_lobby, Clock, Context, StreamService};
 use crate::protocol::{CloseMode, CloseReason, ConnId, Outbox, ProtocolKind};
 use crate::timer::{TimerKey, TimerWheel};
 
@@ -185,14 +185,7 @@ impl RoomService {
         out.mark_identified(id);
         self.broadcast(codec::join_notice(&alias_repr), out);
         out.send(id, Bytes::from_static(codec::GREETING));
-        if let Some(link) = out.hub() {
-            let user = User {
-                protocol: ProtocolKind::Room,
-                endpoint: Endpoint::Conn(id),
-                name: alias,
-            };
-            link.hub.enter_lobby(user, link.queue);
-        }
+        enter_lobby(ProtocolKind::Room, id, alias, out);
     }
 
     /// One buffer, shared by every member: each send is a reference count, not a copy.

@@ -15,8 +15,8 @@ use crate::hub::{
 };
 use crate::limits::{RateLimit, TokenBucket};
 use crate::protocol::{
-    switch, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox, ProtocolKind,
-    StreamService, HELD_INPUT_BYTES_MAX,
+    leave_hub, located, switch, Clock, CloseMode, CloseReason, Context, HubOutcome, Outbox,
+    ProtocolKind, StreamService, HELD_INPUT_BYTES_MAX,
 };
 
 #[derive(Clone, Debug)]
@@ -516,9 +516,7 @@ impl WebService {
         for &to in self.members.as_slice() {
             out.send(to, left.clone());
         }
-        if let Some(link) = out.hub() {
-            link.hub.disconnect(id, link.queue);
-        }
+        leave_hub(id, out);
     }
 
     fn claim_decided<O: Outbox>(&mut self, id: ConnId, decision: Decision, out: &mut O) {
@@ -599,12 +597,11 @@ impl StreamService for WebService {
                 self.claim_decided(decided.conn, decided.decision, out);
             }
             HubOutcome::WebLocated { from } => {
-                if let Some(conn) = self.conns.get_mut(from) {
-                    conn.locating = conn.locating.saturating_sub(1);
-                    if conn.locating == 0 {
-                        out.resume_input(from);
-                    }
-                }
+                located(
+                    from,
+                    self.conns.get_mut(from).map(|conn| &mut conn.locating),
+                    out,
+                );
             }
             _ => {}
         }
