@@ -1157,10 +1157,11 @@ fn a_bin24_message_for_a_node_that_died_is_kept_by_the_senders_node() {
         "not before the ack timeout and the lease: {waited:?}"
     );
     // CLUSTER.md: kept, and "300" once durable, when no answer came within the ack timeout
-    // and the lease; a healthy Redis's write adds milliseconds, far under another lease.
+    // and the lease; the store's write is one script in a healthy Redis, bounded by the
+    // command deadline (a quarter lease), so the "300" comes within a quarter lease after.
     assert!(
-        waited < Duration::from_millis(1300 + 1000),
-        "\"300\" a lease or more after the ack timeout and the lease: {waited:?}"
+        waited < Duration::from_millis(1300 + 1000 / 4),
+        "\"300\" a quarter lease or more after the ack timeout and the lease: {waited:?}"
     );
 
     // bob on A once B's key has lapsed (refused, closed, until then): the frame, as type 2.

@@ -564,6 +564,8 @@ fn a_frame_kept_by_the_senders_node_after_its_custody_timer_reaches_the_recipien
     let Some(redis) = Redis::start_durable() else {
         return;
     };
+    const ACK_TIMEOUT_MS: u64 = 300;
+    const LEASE_MS: u64 = 1000;
     let flags = [
         "--bin24-ack-timeout-ms",
         "300",
@@ -580,9 +582,23 @@ fn a_frame_kept_by_the_senders_node_after_its_custody_timer_reaches_the_recipien
     let id = ana.send("bob", "kept by A");
     assert_eq!(answer_to(&mut ana, id), codec::ANSWER_STORED);
     let waited = sent.elapsed();
+    eprintln!(
+        "\"300\" from the sender's node {} ms after the send",
+        waited.as_millis()
+    );
     assert!(
-        waited >= Duration::from_millis(1300),
+        waited >= Duration::from_millis(ACK_TIMEOUT_MS + LEASE_MS),
         "not before the ack timeout and the lease: {waited:?}"
+    );
+    // The custody timer fires at the ack timeout and the lease; the store's write is then one
+    // script in a healthy Redis, bounded by the command deadline (a quarter lease):
+    // docs/CLUSTER.md promises the "300" within a quarter lease after the timer.
+    let promised = Duration::from_millis(ACK_TIMEOUT_MS + LEASE_MS + LEASE_MS / 4);
+    assert!(
+        waited < promised,
+        "\"300\" {} ms after the send, promised within {} ms",
+        waited.as_millis(),
+        promised.as_millis()
     );
     assert_eq!(stored(&redis, "bob"), 1);
     drop(bob);
