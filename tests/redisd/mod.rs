@@ -121,6 +121,36 @@ impl Redis {
     }
 }
 
+/// A sample of `node`'s admin port (`--admin-port 0`, as [`Redis::node`] starts it: its
+/// address is in the log): `series` with its labels, as the text shows it.
+pub fn metric(node: &mut Chatd, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    const LISTENING: &str = "ADMIN listening on ";
+    let log = node.stderr.wait_for(LISTENING);
+    let rest = &log[log.find(LISTENING).expect("the line waited for") + LISTENING.len()..];
+    let admin: std::net::SocketAddr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|addr| addr.parse().ok())
+        .expect("the admin port's address");
+    let mut stream = std::net::TcpStream::connect(admin).expect("connect to the admin port");
+    stream
+        .set_read_timeout(Some(crate::common::WAIT))
+        .expect("a read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("ask for the metrics");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the metrics");
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(&format!("{series} ")))
+        .unwrap_or_else(|| panic!("{series} missing: {text}"));
+    line.rsplit_once(' ')
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("{line}: not a sample"))
+}
+
 fn spawn_redis(
     port: u16,
     dir: &TempDir,
