@@ -36,35 +36,12 @@ fn addr(node: &Chatd) -> SocketAddr {
 /// Retried until `user`'s name is free on the cluster (its earlier holder's release or lease
 /// reached Redis): a BIN24 login of a name another node still holds is closed.
 fn log_in_when_free(node: &Chatd, user: &str) -> Bin24 {
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        let mut client = Bin24::connect(addr(node), user);
-        let id = client.send(user, "sync");
-        let signed_in = loop {
-            if let Some(frame) = client.try_frame() {
-                if frame.frame_type == codec::TYPE_MESSAGE && frame.message_id == id {
-                    client.answer(&frame);
-                } else if frame.frame_type == codec::TYPE_ANSWER && frame.message_id == id {
-                    break true;
-                } else {
-                    panic!("{user}: unexpected before signing in: {frame:?}");
-                }
-                continue;
-            }
-            let mut chunk = [0u8; 4096];
-            match client.stream.read(&mut chunk) {
-                Ok(0) => break false,
-                Ok(n) => client.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break false,
-                Err(err) => panic!("{user}: signing in: {err}"),
-            }
-        };
-        if signed_in {
-            return client;
-        }
-        assert!(Instant::now() < deadline, "{user} never signed in");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (client, before) = Bin24::log_in_when_free(addr(node), user);
+    assert!(
+        before.is_empty(),
+        "{user}: unexpected before signing in: {before:?}"
+    );
+    client
 }
 
 /// `to` gets ana's message `id` live (type 0, `body`) and answers it; ana gets the answer.

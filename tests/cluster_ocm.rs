@@ -17,136 +17,24 @@
 mod chatd;
 mod child; // chatd::Chatd collects its stderr with it
 mod common;
+mod redisd;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatd::Chatd;
 use common::ocm::tcrp_request;
-use common::{Client, TempDir, WAIT};
+use common::{Client, WAIT};
+use redisd::{metric, node_at, Redis};
 
 const OCM: &[&str] = &["--ocm-tcp-port", "--ocm-udp-port"];
 
-/// A `redis-server` on a free loopback port, without persistence, in a directory of its own;
-/// killed when dropped (as in tests/cluster.rs).
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-    dir: TempDir,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            common::cannot_run("no redis-server on the PATH");
-            return None;
-        }
-        for _ in 0..5 {
-            let dir = TempDir::new("cluster-ocm-redis");
-            std::fs::create_dir_all(&dir.0).expect("create the Redis directory");
-            let port = chatd::free_tcp_port();
-            let (child, mut stdout) = spawn_redis(port, &dir);
-            let redis = Redis { child, port, dir };
-            if stdout
-                .wait_for_or_close("Ready to accept connections")
-                .is_some()
-            {
-                return Some(redis);
-            }
-        }
-        panic!("redis-server did not start on a free port in 5 attempts");
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("kill redis-server");
-        self.child.wait().expect("reap redis-server");
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    fn start_again(&mut self) {
-        let (child, mut stdout) = spawn_redis(self.port, &self.dir);
-        self.child = child;
-        stdout.wait_for("Ready to accept connections");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-fn spawn_redis(port: u16, dir: &TempDir) -> (std::process::Child, child::Output) {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let stdout = child::Output::collect("redis stdout", child.stdout.take().expect("piped"));
-    (child, stdout)
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// An OCM node joined to `redis` as `name`, once its subscription is confirmed.
 fn node(redis: &Redis, name: &str, extra: &[&str]) -> Chatd {
-    node_at(&redis.url(), name, OCM, extra)
-}
-
-/// A node serving the protocols of `ports` (OCM's among them), joined to the Redis at
-/// `url`, with its admin port (`--admin-port 0`: its address is in the log).
-fn node_at(url: &str, name: &str, ports: &[&'static str], extra: &[&str]) -> Chatd {
-    let mut args = vec!["--cluster", url, "--node-name", name, "--admin-port", "0"];
-    args.extend_from_slice(extra);
-    let mut node = Chatd::start(ports, &args);
-    node.stderr.wait_for(&format!(
-        "cluster: node {name} subscribed to switchboard:lobby on {url}"
-    ));
-    node
-}
-
-/// A sample of the node's admin port: `series` with its labels, as the text shows it.
-fn metric(node: &mut Chatd, series: &str) -> f64 {
-    let log = node.stderr.wait_for("ADMIN listening on ");
-    let rest = &log[log.find("ADMIN listening on ").unwrap() + "ADMIN listening on ".len()..];
-    let admin: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-    let mut stream = TcpStream::connect(admin).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let line = text
-        .lines()
-        .find(|line| line.starts_with(&format!("{series} ")))
-        .unwrap_or_else(|| panic!("{series} missing: {text}"));
-    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    redis.node(name, OCM, extra)
 }
 
 /// The OCM rooms thread's metrics named in `expected` (series with labels, value), once

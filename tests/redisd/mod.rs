@@ -98,14 +98,7 @@ impl Redis {
     /// A chatd node serving `flags`' protocols, joined to this Redis as `name` with `extra`
     /// flags, once its lobby subscription is confirmed.
     pub fn node(&self, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
-        let url = self.url();
-        let mut args = vec!["--cluster", &url, "--node-name", name, "--admin-port", "0"];
-        args.extend_from_slice(extra);
-        let mut node = Chatd::start(flags, &args);
-        node.stderr.wait_for(&format!(
-            "cluster: node {name} subscribed to switchboard:lobby on {url}"
-        ));
-        node
+        node_at(&self.url(), name, flags, extra)
     }
 
     /// The integer answer of one command (`XLEN key`, `HGET key field`: nil is 0).
@@ -119,6 +112,24 @@ impl Redis {
         let value: Option<i64> = cmd.query(&mut conn).expect("the command's answer");
         value.unwrap_or(0)
     }
+}
+
+/// A chatd node serving `flags`' protocols, joined to the Redis at `url` (this harness's, or
+/// a proxy in front of it) as `name` with `extra` flags and its admin port (`--admin-port 0`:
+/// its address is in the log), once its lobby subscription is confirmed.
+pub fn node_at(url: &str, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
+    let mut args = vec!["--cluster", url, "--node-name", name, "--admin-port", "0"];
+    args.extend_from_slice(extra);
+    let mut node = Chatd::start(flags, &args);
+    node.stderr.wait_for(&format!(
+        "cluster: node {name} subscribed to switchboard:lobby on {url}"
+    ));
+    node
+}
+
+/// The address of `node`'s port of `flag` (`--bin24-port`, ...), on loopback.
+pub fn addr(node: &Chatd, flag: &str) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], node.port(flag)))
 }
 
 /// A sample of `node`'s admin port (`--admin-port 0`, as [`Redis::node`] starts it: its
