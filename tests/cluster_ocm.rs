@@ -668,6 +668,51 @@ fn a_lobby_room_line_through_the_other_node_reaches_every_protocols_lobby_once()
     rob.expect(b"cid: end");
 }
 
+/// The documented loss (docs/CLUSTER.md, "A lobby-room line said through another node"): a
+/// line of the lobby room whose datagram reaches a node other than its sender's home node is
+/// said to the lobby by the home node alone, so while that home node is dead and not yet
+/// taken for dead (SIGKILL here, 500 ms lease), the line is heard by nobody: the next thing
+/// every lobby member on the surviving node gets is the sender's leave, not the line.
+#[test]
+fn a_lobby_room_line_through_another_node_is_lost_while_its_home_node_is_dead() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let ports = &["--ocm-tcp-port", "--ocm-udp-port", "--room-port"];
+    let lease = ["--cluster-lease-ms", "500"];
+    let a = node_at(&redis.url(), "node-a", ports, &lease);
+    let mut b = node_at(&redis.url(), "node-b", ports, &lease);
+    // The lobby room is hosted on B (it outlives A); ana's home is A.
+    let bob = Member::create(&b, "lobby", "bob");
+    let ana = Member::join(&a, "lobby", "ana");
+    let cid = Member::join(&b, "lobby", "cid");
+    assert!(eventually(|| metric(
+        &mut b,
+        "chatd_cluster_remote_lobby_members"
+    ) == 1.0));
+    let mut rob = Client::join(
+        SocketAddr::from(([127, 0, 0, 1], b.port("--room-port"))),
+        "rob",
+    );
+    // Through B while A lives: everyone on B hears it (and B now knows ana's token).
+    ana.say_to(udp(&b), "via b");
+    bob.expect("ana: via b");
+    cid.expect("ana: via b");
+    rob.expect(b"ana: via b");
+
+    drop(a); // SIGKILL, reaped: ana's home is gone, and B has not taken it for dead yet
+    ana.say_to(udp(&b), "lost");
+    // B took the line (ana's token, her address) and left it to her home node, which is
+    // dead: the next thing each hears is her leave once B takes A for dead.
+    bob.expect(&leave_text("ana", "lobby"));
+    cid.expect(&leave_text("ana", "lobby"));
+    rob.expect(b"b'ana' acabou de sair do chat!");
+    // Nothing else is on its way: the next line said is the next thing each receives.
+    cid.say("end");
+    bob.expect("cid: end");
+    rob.expect(b"cid: end");
+}
+
 /// A TCP proxy in front of Redis for one node: `cut` closes every connection through it and
 /// refuses new ones (accepted and closed at once) until `restore`. Its threads end with the
 /// test process.
