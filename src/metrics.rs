@@ -626,6 +626,17 @@ fn name_families(out: &mut Families, names: &NameMetrics) {
          had lapsed): their holders here were closed.",
         vec![sample(&[], names.counts.lost)],
     );
+    out.counter(
+        "chatd_cluster_bin24_locations_total",
+        "BIN24 messages to a user not on this node, by the location cache's part: hit (sent \
+         where the cache placed the addressee, no look-up), miss (located in Redis), bounced \
+         (sent back by a node that did not hold the name, located again).",
+        vec![
+            sample(&[("outcome", "hit")], names.counts.location_hits),
+            sample(&[("outcome", "miss")], names.counts.location_misses),
+            sample(&[("outcome", "bounced")], names.counts.location_bounces),
+        ],
+    );
 }
 
 fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
@@ -781,6 +792,9 @@ mod tests {
                     taken: 1,
                     unconfirmed: 1,
                     lost: 0,
+                    location_hits: 5,
+                    location_misses: 2,
+                    location_bounces: 1,
                 },
             }),
             loop_turns: turns,
@@ -928,6 +942,15 @@ mod tests {
             1.0
         );
         assert_eq!(value(&samples, "chatd_cluster_names_lost_total"), 0.0);
+        for (outcome, count) in [("hit", 5.0), ("miss", 2.0), ("bounced", 1.0)] {
+            assert_eq!(
+                value(
+                    &samples,
+                    &format!("chatd_cluster_bin24_locations_total{{outcome=\"{outcome}\"}}")
+                ),
+                count
+            );
+        }
         assert_eq!(value(&samples, "chatd_cluster_events_duplicate_total"), 0.0);
         assert_eq!(
             value(&samples, "chatd_connections_open{protocol=\"bin24\"}"),

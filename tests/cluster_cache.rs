@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use chatd::Chatd;
 use common::bin24::{Bin24, Received};
-use redisd::Redis;
+use redisd::{metric, Redis};
 use switchboard::protocol::bin24::codec;
 
 fn addr(node: &Chatd) -> SocketAddr {
@@ -36,35 +36,12 @@ fn addr(node: &Chatd) -> SocketAddr {
 /// Retried until `user`'s name is free on the cluster (its earlier holder's release or lease
 /// reached Redis): a BIN24 login of a name another node still holds is closed.
 fn log_in_when_free(node: &Chatd, user: &str) -> Bin24 {
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        let mut client = Bin24::connect(addr(node), user);
-        let id = client.send(user, "sync");
-        let signed_in = loop {
-            if let Some(frame) = client.try_frame() {
-                if frame.frame_type == codec::TYPE_MESSAGE && frame.message_id == id {
-                    client.answer(&frame);
-                } else if frame.frame_type == codec::TYPE_ANSWER && frame.message_id == id {
-                    break true;
-                } else {
-                    panic!("{user}: unexpected before signing in: {frame:?}");
-                }
-                continue;
-            }
-            let mut chunk = [0u8; 4096];
-            match client.stream.read(&mut chunk) {
-                Ok(0) => break false,
-                Ok(n) => client.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break false,
-                Err(err) => panic!("{user}: signing in: {err}"),
-            }
-        };
-        if signed_in {
-            return client;
-        }
-        assert!(Instant::now() < deadline, "{user} never signed in");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (client, before) = Bin24::log_in_when_free(addr(node), user);
+    assert!(
+        before.is_empty(),
+        "{user}: unexpected before signing in: {before:?}"
+    );
+    client
 }
 
 /// `to` gets ana's message `id` live (type 0, `body`) and answers it; ana gets the answer.
@@ -81,6 +58,17 @@ fn delivered_live(ana: &mut Bin24, to: &mut Bin24, id: u32, body: &str) -> Recei
     answer
 }
 
+/// The node's location-cache counts: (hits, misses, bounces).
+fn locations(node: &mut Chatd) -> (f64, f64, f64) {
+    let series =
+        |outcome: &str| format!("chatd_cluster_bin24_locations_total{{outcome=\"{outcome}\"}}");
+    (
+        metric(node, &series("hit")),
+        metric(node, &series("miss")),
+        metric(node, &series("bounced")),
+    )
+}
+
 /// A user who logs out of one node and into another gets the next message there, live,
 /// though the sender's node still has the old node in its cache: that node sends it back
 /// and the sender's node locates it again. Nothing is stored, nothing arrives twice.
@@ -90,7 +78,7 @@ fn a_bin24_user_who_moved_to_another_node_gets_the_next_message_there() {
         return;
     };
     let flags = ["--bin24-ack-timeout-ms", "300"];
-    let a = redis.node("node-a", &["--bin24-port"], &flags);
+    let mut a = redis.node("node-a", &["--bin24-port"], &flags);
     let b = redis.node("node-b", &["--bin24-port"], &flags);
     let c = redis.node("node-c", &["--bin24-port"], &flags);
     let mut ana = log_in_when_free(&a, "ana");
@@ -100,6 +88,11 @@ fn a_bin24_user_who_moved_to_another_node_gets_the_next_message_there() {
         let id = ana.send("bob", text);
         delivered_live(&mut ana, &mut bob, id, text);
     }
+    assert_eq!(
+        locations(&mut a),
+        (1.0, 1.0, 0.0),
+        "(hits, misses, bounces)"
+    );
 
     // bob leaves B cleanly and logs in on C.
     drop(bob);
@@ -109,6 +102,16 @@ fn a_bin24_user_who_moved_to_another_node_gets_the_next_message_there() {
     for (&id, text) in ids.iter().zip(texts) {
         delivered_live(&mut ana, &mut bob, id, text);
     }
+    // "three" went to B from the cache and came back; "four" and "five" followed it from
+    // the cache (more hits, bounced too) or waited behind its look-up (not counted): every
+    // message is a hit or a miss at most once, and only a cached send bounces.
+    let (hits, misses, bounces) = locations(&mut a);
+    assert!(bounces >= 1.0, "B sent \"three\" back: {bounces}");
+    assert!(bounces <= hits - 1.0, "{hits} hits, {bounces} bounces");
+    assert!(
+        hits + misses <= 5.0,
+        "{hits} hits, {misses} misses for 5 messages"
+    );
     // Nothing was stored for bob anywhere (a stale cache must not leave it on B).
     assert_eq!(
         redis.query_int(&[b"XLEN", b"switchboard:bin24:bob"]),
@@ -161,4 +164,11 @@ fn the_cache_forgets_the_names_of_a_node_taken_for_dead() {
     let took = sent.elapsed();
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     eprintln!("delivered on C {} ms after sending", took.as_millis());
+    // Both located in Redis: the first found nothing cached, the second found B's entries
+    // gone with B.
+    assert_eq!(
+        locations(&mut a),
+        (0.0, 2.0, 0.0),
+        "(hits, misses, bounces)"
+    );
 }

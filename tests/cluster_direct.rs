@@ -23,14 +23,13 @@ mod common;
 mod redisd;
 
 use std::io::Read;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatd::Chatd;
 use common::bin24::{Bin24, Received};
+use common::ccm::{identify as ccm_identify, text as ccm_text};
 use common::web::Web;
-use common::Client;
-use redisd::Redis;
+use redisd::{addr, Redis};
 use serde_json::json;
 use switchboard::protocol::bin24::codec;
 
@@ -38,34 +37,6 @@ const FLAGS: &[&str] = &["--bin24-port", "--ccm-port", "--web-port"];
 /// Short, so an unanswered frame is stored within the test; the custody timer on the
 /// sender's node is this plus the lease (Redis's default 3000 ms here), never reached.
 const ACK_TIMEOUT: [&str; 2] = ["--bin24-ack-timeout-ms", "300"];
-
-fn addr(node: &Chatd, flag: &str) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], node.port(flag)))
-}
-
-fn ccm_identify(addr: SocketAddr, name: &str) -> (Client, String) {
-    let mut client = Client::connect(addr, name);
-    client.send(
-        format!(
-            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
-            name.len()
-        )
-        .as_bytes(),
-    );
-    client.expect(b"CCM\\1.0 Identity\nUser: ");
-    let token = client.read_through(b"\n");
-    client.expect(b"Content-Length: 0\n\n");
-    let token = String::from_utf8(token[..token.len() - 1].to_vec()).expect("hex token");
-    (client, token)
-}
-
-fn ccm_text(token: &str, to: &str, body: &str) -> Vec<u8> {
-    format!(
-        "CCM\\1.0 Text\nUser: {token}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
 
 /// What a CCM user receives from `from` (a BIN24 or web user, or another CCM user).
 fn ccm_addressed(from: &str, to: &str, body: &str) -> Vec<u8> {
@@ -97,42 +68,6 @@ fn answer_to(client: &mut Bin24, id: u32, from: &str) -> Vec<u8> {
         "{frame:?}"
     );
     frame.body
-}
-
-/// Retried until `user`'s name is free on the cluster (its earlier holder's release
-/// reached Redis): a BIN24 login of a name another node still holds is closed. Returns the
-/// client and the stored frames that came before the sign-in's echo.
-fn bin24_log_in_when_free(node: &Chatd, user: &str) -> (Bin24, Vec<Received>) {
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        let mut client = Bin24::connect(addr(node, "--bin24-port"), user);
-        let id = client.send(user, "sync");
-        let mut before = Vec::new();
-        let signed_in = loop {
-            if let Some(frame) = client.try_frame() {
-                if frame.frame_type == codec::TYPE_MESSAGE && frame.message_id == id {
-                    client.answer(&frame);
-                } else if frame.frame_type == codec::TYPE_ANSWER && frame.message_id == id {
-                    break true;
-                } else {
-                    before.push(frame);
-                }
-                continue;
-            }
-            let mut chunk = [0u8; 4096];
-            match client.stream.read(&mut chunk) {
-                Ok(0) => break false,
-                Ok(n) => client.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break false,
-                Err(err) => panic!("{user}: signing in: {err}"),
-            }
-        };
-        if signed_in {
-            return (client, before);
-        }
-        assert!(Instant::now() < deadline, "{user} never signed in");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The stored frames that came before the sign-in's echo, or else the next frame (a
@@ -211,7 +146,7 @@ fn bin24_and_ccm_users_on_two_nodes_message_each_other_with_bin24s_answers() {
     drop(cat);
     let id = ana.send("cat", "are you there?");
     assert_eq!(answer_to(&mut ana, id, "cat"), codec::ANSWER_STORED);
-    let (mut cat_bin24, kept) = bin24_log_in_when_free(&a, "cat");
+    let (mut cat_bin24, kept) = Bin24::log_in_when_free(addr(&a, "--bin24-port"), "cat");
     let kept = at_least_one(&mut cat_bin24, kept);
     let [frame] = &kept[..] else {
         panic!("one frame kept for cat: {kept:?}");
@@ -234,7 +169,7 @@ fn bin24_and_ccm_users_on_two_nodes_message_each_other_with_bin24s_answers() {
         (codec::TYPE_MESSAGE, "cid", &b"answer me"[..])
     );
     bob.expect_closed();
-    let (mut bob, kept) = bin24_log_in_when_free(&b, "bob");
+    let (mut bob, kept) = Bin24::log_in_when_free(addr(&b, "--bin24-port"), "bob");
     let kept = at_least_one(&mut bob, kept);
     let [frame] = &kept[..] else {
         panic!("one frame kept for bob: {kept:?}");
@@ -331,7 +266,7 @@ fn a_web_user_and_ccm_web_and_bin24_users_on_another_node_message_each_other() {
         wes.await_message("sent", is(9)),
         json!({"type": "sent", "id": 9, "status": "stored"})
     );
-    let (mut bob, kept) = bin24_log_in_when_free(&a, "bob");
+    let (mut bob, kept) = Bin24::log_in_when_free(addr(&a, "--bin24-port"), "bob");
     let kept = at_least_one(&mut bob, kept);
     let [frame] = &kept[..] else {
         panic!("one frame kept for bob: {kept:?}");

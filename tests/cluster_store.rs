@@ -41,36 +41,7 @@ fn addr(node: &Chatd) -> SocketAddr {
 /// names thread reconnecting to a restarted Redis refuses claims until it is back: closed).
 /// Returns the client and the stored frames that came before the sign-in's echo.
 fn log_in(node: &Chatd, user: &str) -> (Bin24, Vec<Received>) {
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        let mut client = Bin24::connect(addr(node), user);
-        let id = client.send(user, "sync");
-        let mut before = Vec::new();
-        let signed_in = loop {
-            if let Some(frame) = client.try_frame() {
-                if frame.frame_type == codec::TYPE_MESSAGE && frame.message_id == id {
-                    client.answer(&frame);
-                } else if frame.frame_type == codec::TYPE_ANSWER && frame.message_id == id {
-                    break true;
-                } else {
-                    before.push(frame);
-                }
-                continue;
-            }
-            let mut chunk = [0u8; 4096];
-            match client.stream.read(&mut chunk) {
-                Ok(0) => break false,
-                Ok(n) => client.buffer.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break false,
-                Err(err) => panic!("{user}: signing in: {err}"),
-            }
-        };
-        if signed_in {
-            return (client, before);
-        }
-        assert!(Instant::now() < deadline, "{user} never signed in");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Bin24::log_in_when_free(addr(node), user)
 }
 
 /// The answer to message `id`, waiting for it; other frames are an error.
@@ -83,30 +54,6 @@ fn answer_to(client: &mut Bin24, id: u32) -> Vec<u8> {
         client.user
     );
     frame.body
-}
-
-/// Nothing arrives for `client` within `quiet`.
-fn quiet(client: &mut Bin24, quiet: Duration) {
-    assert_eq!(
-        client.try_frame(),
-        None,
-        "{}: a frame was waiting",
-        client.user
-    );
-    client.stream.set_read_timeout(Some(quiet)).unwrap();
-    let mut chunk = [0u8; 1024];
-    match client.stream.read(&mut chunk) {
-        Ok(n) => panic!("{}: {n} more bytes: {:?}", client.user, &chunk[..n]),
-        Err(err) => assert!(
-            matches!(
-                err.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "{}: {err}",
-            client.user
-        ),
-    }
-    client.stream.set_read_timeout(Some(common::WAIT)).unwrap();
 }
 
 /// Frames stored for `user` in Redis now.
@@ -161,13 +108,13 @@ fn a_frame_stored_through_one_node_reaches_its_recipient_on_another_and_then_lea
         assert_eq!(frame.body, text.as_bytes());
         zed.answer(frame);
     }
-    quiet(&mut zed, Duration::from_millis(100));
+    zed.expect_quiet_for(Duration::from_millis(100));
     wait_stored(&redis, "zed", 0);
     drop(zed);
 
     let (mut zed, again) = log_in(&a, "zed");
     assert!(again.is_empty(), "delivered frames came again: {again:?}");
-    quiet(&mut zed, Duration::from_millis(200));
+    zed.expect_quiet_for(Duration::from_millis(200));
 }
 
 /// One crash round: senders on node A stream messages to recipients nobody holds (each
@@ -312,7 +259,7 @@ fn while_redis_is_frozen_nothing_is_answered_300_and_once_it_thaws_everything_is
     let texts: Vec<String> = (0..20).map(|i| format!("held {i}")).collect();
     let ids: Vec<u32> = texts.iter().map(|text| ana.send("zed", text)).collect();
     // Four leases: the command deadline (a quarter lease) passed many times over.
-    quiet(&mut ana, Duration::from_millis(2000));
+    ana.expect_quiet_for(Duration::from_millis(2000));
     redis.signal("-CONT");
     for &id in &ids {
         assert_eq!(answer_to(&mut ana, id), codec::ANSWER_STORED);
@@ -329,7 +276,7 @@ fn while_redis_is_frozen_nothing_is_answered_300_and_once_it_thaws_everything_is
         assert_eq!(frame.body, text.as_bytes());
         zed.answer(frame);
     }
-    quiet(&mut zed, Duration::from_millis(100));
+    zed.expect_quiet_for(Duration::from_millis(100));
 }
 
 /// The per-user limits are Redis's, not a node's: with 3 frames per user, two stored through
@@ -564,6 +511,8 @@ fn a_frame_kept_by_the_senders_node_after_its_custody_timer_reaches_the_recipien
     let Some(redis) = Redis::start_durable() else {
         return;
     };
+    const ACK_TIMEOUT_MS: u64 = 300;
+    const LEASE_MS: u64 = 1000;
     let flags = [
         "--bin24-ack-timeout-ms",
         "300",
@@ -580,20 +529,29 @@ fn a_frame_kept_by_the_senders_node_after_its_custody_timer_reaches_the_recipien
     let id = ana.send("bob", "kept by A");
     assert_eq!(answer_to(&mut ana, id), codec::ANSWER_STORED);
     let waited = sent.elapsed();
+    eprintln!(
+        "\"300\" from the sender's node {} ms after the send",
+        waited.as_millis()
+    );
     assert!(
-        waited >= Duration::from_millis(1300),
+        waited >= Duration::from_millis(ACK_TIMEOUT_MS + LEASE_MS),
         "not before the ack timeout and the lease: {waited:?}"
+    );
+    // The custody timer fires at the ack timeout and the lease; the store's write is then one
+    // script in a healthy Redis, bounded by the command deadline (a quarter lease):
+    // docs/CLUSTER.md promises the "300" within a quarter lease after the timer.
+    let promised = Duration::from_millis(ACK_TIMEOUT_MS + LEASE_MS + LEASE_MS / 4);
+    assert!(
+        waited < promised,
+        "\"300\" {} ms after the send, promised within {} ms",
+        waited.as_millis(),
+        promised.as_millis()
     );
     assert_eq!(stored(&redis, "bob"), 1);
     drop(bob);
 
-    let (mut bob, mut got) = log_in(&c, "bob");
-    if got.is_empty() {
-        got.push(bob.recv());
-    }
-    let [frame] = &got[..] else {
-        panic!("one stored frame: {got:?}");
-    };
+    let (mut bob, got) = log_in(&c, "bob");
+    let frame = &bob.one_stored(got);
     let header = (
         frame.frame_type,
         frame.message_id,
@@ -655,8 +613,8 @@ fn an_answer_to_a_stored_frame_reaches_its_sender_on_another_node() {
     wait_stored(&redis, "zed", 0);
     let (mut ana, stored_for_ana) = log_in(&a, "ana");
     assert!(stored_for_ana.is_empty(), "{stored_for_ana:?}");
-    quiet(&mut ana, Duration::from_millis(200));
-    quiet(&mut zed, Duration::from_millis(50));
+    ana.expect_quiet_for(Duration::from_millis(200));
+    zed.expect_quiet_for(Duration::from_millis(50));
 }
 
 /// Redis refusing the store's script (here `WRONGTYPE`: something else wrote the totals key

@@ -179,6 +179,14 @@ pub struct ClaimCounts {
     /// Names this node held that another node holds now (after an outage): their holders
     /// were closed.
     pub lost: u64,
+    /// BIN24 messages to another node's user sent where the location cache placed the
+    /// addressee, with no look-up.
+    pub location_hits: u64,
+    /// BIN24 messages to a name not on this node that the cache could not place (no entry,
+    /// or a MATOU holder): located in Redis.
+    pub location_misses: u64,
+    /// BIN24 messages another node sent back (the cache's entry was stale): located again.
+    pub location_bounces: u64,
 }
 
 /// The claims waiting for the cluster, and what is to be sent to it.
@@ -966,6 +974,46 @@ mod tests {
             frame(1),
             0
         ));
+    }
+
+    /// The admin port's counts of the location cache: a message the cache cannot place is a
+    /// miss (located in Redis), one it places a hit, one sent back a bounce; asking what the
+    /// cache holds (no message sent) counts nothing.
+    #[test]
+    fn the_location_cache_counts_hits_misses_and_bounces() {
+        let mut hub = clustered(8);
+        let bob = Bytes::from_static(b"bob");
+        let frame = Bytes::from(vec![1; 24]);
+        let counts = |hub: &Hub| {
+            let counts = hub.claim_counts().expect("clustered");
+            (
+                counts.location_hits,
+                counts.location_misses,
+                counts.location_bounces,
+            )
+        };
+        assert_eq!(hub.bin24_route_by_cache(b"bob"), None);
+        assert!(hub.address_bin24(conn(1), bob.clone(), frame.clone(), 0));
+        let token = match hub.take_name_ops()[..] {
+            [NameOp::Locate { token, .. }] => token,
+            ref ops => panic!("{ops:?}"),
+        };
+        let node_b = Bytes::from_static(b"node-b");
+        let holder = (node_b.clone(), 7, NamedProtocol::Bin24);
+        assert!(hub.on_located(token, Some(holder)).is_some());
+        assert_eq!(counts(&hub), (0, 1, 0));
+        assert_eq!(hub.bin24_cached_location(b"bob"), Some((node_b.clone(), 7)));
+        assert_eq!(counts(&hub), (0, 1, 0), "a query is no message");
+        assert_eq!(hub.bin24_route_by_cache(b"bob"), Some((node_b, 7)));
+        assert_eq!(hub.bin24_route_by_cache(b"bob").map(|(_, at)| at), Some(7));
+        assert!(hub.bin24_bounced(b"node-b", bob, frame, 0));
+        assert_eq!(counts(&hub), (2, 1, 1));
+        assert_eq!(
+            hub.bin24_route_by_cache(b"bob"),
+            None,
+            "the stale entry went"
+        );
+        assert_eq!(counts(&hub), (2, 2, 1));
     }
 
     /// Where the look-ups found names is remembered: a BIN24 message to one of them needs no

@@ -736,6 +736,19 @@ impl Hub {
         self.claims.as_ref()?.cached_bin24_location(name)
     }
 
+    /// [`Hub::bin24_cached_location`] for a message about to be sent: counted as a hit, or a
+    /// miss (the message is located in Redis then), for the admin port.
+    pub fn bin24_route_by_cache(&mut self, name: &[u8]) -> Option<(Bytes, u64)> {
+        let claims = self.claims.as_mut()?;
+        let cached = claims.cached_bin24_location(name);
+        if cached.is_some() {
+            claims.counts.location_hits += 1;
+        } else {
+            claims.counts.location_misses += 1;
+        }
+        cached
+    }
+
     /// `node`, which the cache named for `recipient`, does not hold it and sent the message
     /// `frame` back: the entry goes and `recipient` is located again, the answer coming as
     /// [`Located::Bin24Relocated`]. False when it cannot be asked (too many waiting): BIN24's
@@ -748,6 +761,7 @@ impl Hub {
         now_ms: u64,
     ) -> bool {
         self.claims.as_mut().is_some_and(|claims| {
+            claims.counts.location_bounces += 1;
             claims.forget_location(&recipient, node);
             claims.locate_bounced(recipient, frame, now_ms)
         })

@@ -2,6 +2,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use switchboard::protocol::bin24::codec::{self, Name};
 
@@ -173,6 +174,71 @@ impl Bin24 {
         )
         .expect("frame");
         self.send_raw(&frame);
+    }
+
+    /// Logs in as `user` at `addr`, retried while the name cannot be granted yet (in a
+    /// cluster: another node's release or lapsed lease has not reached Redis, or a names
+    /// thread reconnecting refuses claims: the login is closed). Returns the client and the
+    /// frames that came before the sign-in's echo (stored ones).
+    pub fn log_in_when_free(addr: SocketAddr, user: &str) -> (Bin24, Vec<Received>) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut client = Bin24::connect(addr, user);
+            let id = client.send(user, "sync");
+            let mut before = Vec::new();
+            let signed_in = loop {
+                if let Some(frame) = client.try_frame() {
+                    if frame.frame_type == codec::TYPE_MESSAGE && frame.message_id == id {
+                        client.answer(&frame);
+                    } else if frame.frame_type == codec::TYPE_ANSWER && frame.message_id == id {
+                        break true;
+                    } else {
+                        before.push(frame);
+                    }
+                    continue;
+                }
+                let mut chunk = [0u8; 4096];
+                match client.stream.read(&mut chunk) {
+                    Ok(0) => break false,
+                    Ok(n) => client.buffer.extend_from_slice(&chunk[..n]),
+                    Err(err) if err.kind() == ErrorKind::ConnectionReset => break false,
+                    Err(err) => panic!("{user}: signing in: {err}"),
+                }
+            };
+            if signed_in {
+                return (client, before);
+            }
+            assert!(Instant::now() < deadline, "{user} never signed in");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The one frame stored for this user: `before` (what came before the sign-in's echo), or
+    /// else the next frame (a backlog loaded from elsewhere may come after the echo).
+    pub fn one_stored(&mut self, mut before: Vec<Received>) -> Received {
+        if before.is_empty() {
+            before.push(self.recv());
+        }
+        match <[Received; 1]>::try_from(before) {
+            Ok([frame]) => frame,
+            Err(frames) => panic!("{}: one stored frame, not {frames:?}", self.user),
+        }
+    }
+
+    /// Nothing more arrives within `quiet` (nothing buffered either).
+    pub fn expect_quiet_for(&mut self, quiet: Duration) {
+        assert_eq!(self.try_frame(), None, "{}: a frame was waiting", self.user);
+        self.stream.set_read_timeout(Some(quiet)).expect("timeout");
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => panic!("{}: {n} more bytes: {:?}", self.user, &chunk[..n]),
+            Err(err) => assert!(
+                matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "{}: {err}",
+                self.user
+            ),
+        }
+        self.stream.set_read_timeout(Some(WAIT)).expect("timeout");
     }
 
     /// Registers and waits until the server knows the name: a message to oneself comes back

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod bin24;
+pub mod ccm;
 pub mod matou;
 pub mod ocm;
 pub mod web;

@@ -98,14 +98,7 @@ impl Redis {
     /// A chatd node serving `flags`' protocols, joined to this Redis as `name` with `extra`
     /// flags, once its lobby subscription is confirmed.
     pub fn node(&self, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
-        let url = self.url();
-        let mut args = vec!["--cluster", &url, "--node-name", name, "--admin-port", "0"];
-        args.extend_from_slice(extra);
-        let mut node = Chatd::start(flags, &args);
-        node.stderr.wait_for(&format!(
-            "cluster: node {name} subscribed to switchboard:lobby on {url}"
-        ));
-        node
+        node_at(&self.url(), name, flags, extra)
     }
 
     /// The integer answer of one command (`XLEN key`, `HGET key field`: nil is 0).
@@ -119,6 +112,54 @@ impl Redis {
         let value: Option<i64> = cmd.query(&mut conn).expect("the command's answer");
         value.unwrap_or(0)
     }
+}
+
+/// A chatd node serving `flags`' protocols, joined to the Redis at `url` (this harness's, or
+/// a proxy in front of it) as `name` with `extra` flags and its admin port (`--admin-port 0`:
+/// its address is in the log), once its lobby subscription is confirmed.
+pub fn node_at(url: &str, name: &str, flags: &[&'static str], extra: &[&str]) -> Chatd {
+    let mut args = vec!["--cluster", url, "--node-name", name, "--admin-port", "0"];
+    args.extend_from_slice(extra);
+    let mut node = Chatd::start(flags, &args);
+    node.stderr.wait_for(&format!(
+        "cluster: node {name} subscribed to switchboard:lobby on {url}"
+    ));
+    node
+}
+
+/// The address of `node`'s port of `flag` (`--bin24-port`, ...), on loopback.
+pub fn addr(node: &Chatd, flag: &str) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], node.port(flag)))
+}
+
+/// A sample of `node`'s admin port (`--admin-port 0`, as [`Redis::node`] starts it: its
+/// address is in the log): `series` with its labels, as the text shows it.
+pub fn metric(node: &mut Chatd, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    const LISTENING: &str = "ADMIN listening on ";
+    let log = node.stderr.wait_for(LISTENING);
+    let rest = &log[log.find(LISTENING).expect("the line waited for") + LISTENING.len()..];
+    let admin: std::net::SocketAddr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|addr| addr.parse().ok())
+        .expect("the admin port's address");
+    let mut stream = std::net::TcpStream::connect(admin).expect("connect to the admin port");
+    stream
+        .set_read_timeout(Some(crate::common::WAIT))
+        .expect("a read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("ask for the metrics");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the metrics");
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(&format!("{series} ")))
+        .unwrap_or_else(|| panic!("{series} missing: {text}"));
+    line.rsplit_once(' ')
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("{line}: not a sample"))
 }
 
 fn spawn_redis(

@@ -645,7 +645,7 @@ impl Bin24Service {
             let cached = (!behind)
                 .then(|| out.hub())
                 .flatten()
-                .and_then(|link| link.hub.bin24_cached_location(recipient.as_bytes()));
+                .and_then(|link| link.hub.bin24_route_by_cache(recipient.as_bytes()));
             if let Some((to_node, to_incarnation)) = cached {
                 if self.charge_live(id, &frame, now_ms, out) {
                     self.send_crossing(
