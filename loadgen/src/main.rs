@@ -244,8 +244,9 @@ struct CommonArgs {
 
 #[derive(Args, Debug)]
 struct ChurnArgs {
-    /// Server host, or a comma-separated list (connection i to host i mod n). Only loopback
-    /// addresses are allowed (127.0.0.0/8, ::1, localhost).
+    /// Server host, or a comma-separated list: each protocol's connections take turns over
+    /// them (its connection i to host i mod n). Only loopback addresses are allowed
+    /// (127.0.0.0/8, ::1, localhost).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 
