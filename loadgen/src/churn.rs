@@ -19,7 +19,7 @@
 //!   server's close (no room is created, so churn leaves no state behind on the server).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use mio::{Events, Interest, Token};
@@ -329,15 +329,15 @@ impl Run<'_> {
     }
 
     fn start(&mut self, index: u64) {
-        let slot = (index % self.cfg.targets.len() as u64) as usize;
+        let protocols = self.cfg.targets.len();
+        let slot = (index % protocols as u64) as usize;
         let (protocol, target) = self.cfg.targets[slot];
         self.started_by_protocol[slot] += 1;
         let ending = ENDINGS[self.rng.next() as usize % ENDINGS.len()];
         let intended_us = self.intended_us(index);
-        let connected = crate::connect::connect_tcp(target, index as usize).and_then(|tcp| {
-            let target = crate::connect::target_of(target, index as usize);
-            Stream::new(tcp, target).map_err(io::Error::other)
-        });
+        let target = host_of_connection(crate::connect::hosts(), target, index, protocols);
+        let connected = crate::connect::connect_tcp_to_host(target, index as usize)
+            .and_then(|tcp| Stream::new(tcp, target).map_err(io::Error::other));
         let mut stream = match connected {
             Ok(stream) => stream,
             Err(e) => {
@@ -673,6 +673,21 @@ impl Run<'_> {
     }
 }
 
+/// Where connection `index` goes with `hosts` (`--host`'s list, empty for one host): the
+/// protocols take turns (connection `index` is protocol `index mod protocols`'s), and each
+/// protocol's own connections take turns over the hosts. Numbering the hosts by `index` itself
+/// would send a protocol to one host only whenever the two counts share a factor (four
+/// protocols over two hosts: ROOM and MATOU to the first, BIN24 and CCM to the second).
+fn host_of_connection(
+    hosts: &[IpAddr],
+    target: SocketAddr,
+    index: u64,
+    protocols: usize,
+) -> SocketAddr {
+    let of_protocol = index / protocols.max(1) as u64;
+    crate::connect::host_of(hosts, target, of_protocol as usize)
+}
+
 pub enum Check {
     Wait,
     Bad,
@@ -773,6 +788,39 @@ fn per_second(n: u64, elapsed_s: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_protocol_spreads_its_connections_over_every_host() {
+        let hosts: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        let target: SocketAddr = "127.0.0.1:5454".parse().unwrap();
+        for protocols in 1..=4_usize {
+            for slot in 0..protocols {
+                let per_host: Vec<usize> = hosts
+                    .iter()
+                    .map(|host| {
+                        (0..40_u64)
+                            .filter(|index| *index as usize % protocols == slot)
+                            .filter(|index| {
+                                host_of_connection(&hosts, target, *index, protocols).ip() == *host
+                            })
+                            .count()
+                    })
+                    .collect();
+                let own = per_host.iter().sum::<usize>();
+                assert_eq!(
+                    per_host,
+                    [own - own / 2, own / 2],
+                    "{protocols} protocols, protocol {slot}"
+                );
+            }
+        }
+        // One host: the scenario's own target, at its port.
+        assert_eq!(host_of_connection(&[], target, 7, 4), target);
+        assert_eq!(host_of_connection(&hosts, target, 5, 4).port(), 5454);
+    }
 
     #[test]
     fn names_are_unique_short_and_alphanumeric() {

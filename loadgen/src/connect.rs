@@ -112,9 +112,15 @@ pub fn target_of(target: SocketAddr, client: usize) -> SocketAddr {
     }
 }
 
+/// `--host`'s list when it names several hosts, else empty: for a scenario that numbers its
+/// clients for [`host_of`] otherwise than [`target_of`] does (churn: within each protocol).
+pub fn hosts() -> &'static [IpAddr] {
+    HOSTS.get().map_or(&[], Vec::as_slice)
+}
+
 /// [`target_of`] over `hosts`: only a target on the list's first host is spread, so an
 /// address a scenario got elsewhere is left alone.
-fn host_of(hosts: &[IpAddr], target: SocketAddr, client: usize) -> SocketAddr {
+pub fn host_of(hosts: &[IpAddr], target: SocketAddr, client: usize) -> SocketAddr {
     if hosts.len() < 2 || hosts.first() != Some(&target.ip()) {
         return target;
     }
@@ -125,7 +131,12 @@ fn host_of(hosts: &[IpAddr], target: SocketAddr, client: usize) -> SocketAddr {
 /// connection is complete when the stream reports writable and SO_ERROR is clear, as with
 /// mio's own `connect`.
 pub fn connect_tcp(target: SocketAddr, client: usize) -> io::Result<TcpStream> {
-    let target = target_of(target, client);
+    connect_tcp_to_host(target_of(target, client), client)
+}
+
+/// [`connect_tcp`] to `target` as given, its host already chosen: client `client`'s number
+/// only picks its source address.
+pub fn connect_tcp_to_host(target: SocketAddr, client: usize) -> io::Result<TcpStream> {
     let Some(source) = spread_source(target, client) else {
         return TcpStream::connect(target);
     };

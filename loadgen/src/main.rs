@@ -176,9 +176,9 @@ struct CommonArgs {
     /// same ports): client i connects to host i mod n. Only loopback addresses are allowed
     /// (127.0.0.0/8, ::1, localhost), every host is checked. Spread only what crosses nodes;
     /// the lobby's OCM members take one host (each node has its own OCM lobby room).
-    /// Source addresses, so that ports never run out: with an IPv4 host, clients 0 to 999
+    /// Source addresses, so that ports never run out: with an IPv4 host, clients 0 to 31
     /// connect from 127.0.0.1 and each later client from an address of its own in
-    /// 127.0.0.0/8 (client i from 127.0.0.2 + i: 127.0.3.234 for client 1000), and a client
+    /// 127.0.0.0/8 (client i from 127.0.0.2 + i: 127.0.0.34 for client 32), and a client
     /// whose connect from 127.0.0.1 finds no free ephemeral port (EADDRNOTAVAIL) retries from
     /// its own address. With ::1 there is no other loopback address: every client uses ::1 and
     /// the run is bounded by the ephemeral port range (net.ipv4.ip_local_port_range, less
@@ -244,8 +244,9 @@ struct CommonArgs {
 
 #[derive(Args, Debug)]
 struct ChurnArgs {
-    /// Server host, or a comma-separated list (connection i to host i mod n). Only loopback
-    /// addresses are allowed (127.0.0.0/8, ::1, localhost).
+    /// Server host, or a comma-separated list: each protocol's connections take turns over
+    /// them (its connection i to host i mod n). Only loopback addresses are allowed
+    /// (127.0.0.0/8, ::1, localhost).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 
@@ -573,6 +574,25 @@ mod tests {
         match Cli::try_parse_from(args).map(|cli| cli.scenario) {
             Ok(Scenario::Room(room)) => room.fanout.common,
             other => panic!("not a room command line: {other:?}"),
+        }
+    }
+
+    /// --host's help states the source-address rule that connect.rs applies.
+    #[test]
+    fn the_host_help_gives_the_spread_threshold_in_force() {
+        use clap::CommandFactory as _;
+        let mut cli = Cli::command();
+        let room = cli.find_subcommand_mut("room").unwrap();
+        let host = room.get_arguments().find(|a| a.get_id() == "host").unwrap();
+        let help = host.get_help().unwrap().to_string();
+        let first_spread = connect::SPREAD_FROM_CLIENT;
+        let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let source = connect::spread_source(localhost, first_spread).unwrap();
+        for stated in [
+            format!("clients 0 to {}", first_spread - 1),
+            format!("{source} for client {first_spread}"),
+        ] {
+            assert!(help.contains(&stated), "{stated:?} not in: {help}");
         }
     }
 

@@ -383,11 +383,17 @@ pub fn run_mix(args: MixArgs) -> ExitCode {
     );
     let exit_code = report.exit_code;
     if report.summary.iter().all(|r| r.failure.is_some()) {
-        // Nothing ran at all: no results file, as a single run that cannot start.
+        // Nothing ran at all: no results files (no JSON, no empty plot or .hgrm), as a single
+        // run that cannot start; the per-protocol failures are in the text.
+        print!("{text}");
         discard_json(&mut json_out);
         if let Some(path) = common.plot.as_deref() {
             let _ = std::fs::remove_file(path);
         }
+        return refuse(
+            "mix: nothing ran, every protocol failed to start (see above); \
+             no --json, --hgrm or --plot file written",
+        );
     }
     let title = format!(
         "mix: {} clients, {} msg/s per client, {:?}{}",
@@ -1123,6 +1129,52 @@ mod tests {
                 .unwrap_or_else(|| panic!("{protocol}: no {main} histogram"));
             assert_eq!(hist.len(), row.latency_ms.count, "{protocol} {main}");
         }
+    }
+
+    /// A mix in which no protocol starts (nothing listens on its ports) says so and leaves
+    /// no --json, --plot or --hgrm file behind, as a single run that cannot connect.
+    #[test]
+    fn a_mix_where_nothing_runs_writes_no_result_files() {
+        // Ports that were free a moment ago: nothing listens there, connects are refused.
+        let closed_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+                .to_string()
+        };
+        let out = TempDir(
+            std::env::temp_dir().join(format!("loadgen-mix-nothing-ran-{}", std::process::id())),
+        );
+        std::fs::create_dir_all(&out.0).unwrap();
+        let path = |name: &str| out.0.join(name).to_str().unwrap().to_string();
+        let argv: Vec<String> = vec![
+            "--clients".into(),
+            "20".into(),
+            "--protocols".into(),
+            "room,ccm".into(),
+            "--duration".into(),
+            "1s".into(),
+            "--room-port".into(),
+            closed_port(),
+            "--ccm-port".into(),
+            closed_port(),
+            "--json".into(),
+            path("mix.json"),
+            "--plot".into(),
+            path("mix.svg"),
+            "--hgrm".into(),
+            path("hgrm"),
+        ];
+        let exit = run_mix(mix_args(&argv));
+        assert_eq!(exit, ExitCode::from(crate::EXIT_BAD_RUN));
+        assert!(!out.0.join("mix.json").exists(), "an empty --json was left");
+        assert!(!out.0.join("mix.svg").exists(), "an empty --plot was left");
+        let hgrm_files = std::fs::read_dir(out.0.join("hgrm"))
+            .map(|dir| dir.count())
+            .unwrap_or(0);
+        assert_eq!(hgrm_files, 0, "empty .hgrm files were written");
     }
 
     /// `--lobby`: the lobby runs beside the protocols' scenarios against the same server, with
