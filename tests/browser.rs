@@ -8,12 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
 use std::time::Duration;
 
 use common::{Client, TestServer};
+use pki::Pki;
 use switchboard::config::Config;
 use webdriver::{Driver, Session};
 
@@ -416,4 +419,57 @@ fn two_pages_a_room_and_a_ccm_user_talk_and_the_pages_survive_a_restart() {
     send(&ana, "", "back again");
     rui.expect(b"ana: back again");
     wait_message(&ben, "ben", &shown("ana", "web", "lobby", "back again"));
+}
+
+/// The page over https and its WebSocket over wss (app.js picks the scheme from the page's), on
+/// a server with WEB over TLS only, its certificate made at run time (the browser takes it as
+/// W3C `acceptInsecureCerts`): the page signs in, and lines cross both ways with a plaintext
+/// ROOM client. This holds the page's promise to work over https under its CSP, whose
+/// `connect-src 'self'` must let the page reach wss on its own host and port. Were the page to
+/// open ws:// from https, the browser would refuse it (mixed content), and nothing listens in
+/// plaintext here anyway.
+#[test]
+fn a_page_over_https_talks_over_wss_with_a_room_client() {
+    let Some(driver) = driver() else { return };
+    let pki = Pki::new("browser");
+    let server = TestServer::start(Config {
+        web_tls_port: Some(0),
+        tls_cert_path: Some(pki.cert_path()),
+        tls_key_path: Some(pki.key_path()),
+        ..Config::for_tests()
+    });
+    assert_eq!(
+        server.web, None,
+        "WEB in plaintext too: the test would not prove wss"
+    );
+    let web_tls = server.web_tls.expect("WEB over TLS enabled");
+    let url = format!("https://127.0.0.1:{}/", web_tls.port());
+
+    let tess = driver
+        .new_session_accepting_any_certificate(900, 640)
+        .expect("a browser for tess");
+    open_and_sign_in(&tess, &url, "tess");
+    assert_eq!(
+        tess.execute("return location.protocol", vec![]).unwrap(),
+        "https:"
+    );
+
+    let mut rui = Client::join(server.room, "rui");
+    wait_present(&tess, "tess", &[("tess", "web"), ("rui", "room")]);
+
+    send(&tess, "", "hello over wss");
+    wait_message(
+        &tess,
+        "tess",
+        &shown("tess", "web", "lobby", "hello over wss"),
+    );
+    rui.expect(b"tess: hello over wss");
+
+    rui.send(b"rui: ola pela sala\n");
+    rui.expect(b"rui: ola pela sala\n");
+    wait_message(
+        &tess,
+        "tess",
+        &shown("rui", "room", "lobby", "ola pela sala"),
+    );
 }
