@@ -9,7 +9,7 @@
 mod common;
 
 use common::bin24::Bin24;
-use common::{wait_unread, Client, TempDir, TestServer};
+use common::{ccm, wait_unread, TempDir, TestServer};
 use switchboard::config::Config;
 use switchboard::protocol::bin24::codec;
 
@@ -23,22 +23,6 @@ fn server(data: &TempDir) -> TestServer {
     })
 }
 
-/// Identify over CCM as `name` (the contract's wire format, written by hand).
-fn ccm_identify(server: &TestServer, name: &str) -> Client {
-    let mut client = Client::connect(server.ccm.expect("CCM enabled"), name);
-    client.send(
-        format!(
-            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
-            name.len()
-        )
-        .as_bytes(),
-    );
-    client.expect(b"CCM\\1.0 Identity\nUser: ");
-    client.read_through(b"\n");
-    client.expect(b"Content-Length: 0\n\n");
-    client
-}
-
 /// The documented window: "200" means the CCM user's TCP acknowledged the bytes (the contract
 /// asks only that they were written), not that the program read them. A CCM client that lets
 /// the message arrive, never reads it and resets loses it, and nothing is stored for it. CCM
@@ -50,7 +34,7 @@ fn a_bin24_message_answered_200_is_lost_when_the_ccm_user_resets_with_it_unread(
     let data = TempDir::new("bin24-ccm-window");
     let server = server(&data);
     let mut bob = Bin24::log_in(&server, "bob");
-    let cat = ccm_identify(&server, "cat");
+    let (cat, _) = ccm::identify(server.ccm.expect("CCM enabled"), "cat");
     server.wait_connections(2);
 
     let id = bob.send("cat", "are you there?");

@@ -8,12 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
 use std::time::Duration;
 
-use common::{Client, TestServer};
+use common::{ccm, Client, TestServer};
+use pki::Pki;
 use switchboard::config::Config;
 use webdriver::{Driver, Session};
 
@@ -243,40 +246,6 @@ fn send(page: &Session, to: &str, text: &str) {
     page.click(&page.find("#send").unwrap()).unwrap();
 }
 
-// CCM, played by hand from the contract's wire format (as tests/switchboard.rs does).
-
-fn ccm_identify(server: &TestServer, name: &str) -> (Client, String) {
-    let mut client = Client::connect(server.ccm.expect("CCM enabled"), name);
-    client.send(
-        format!(
-            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
-            name.len()
-        )
-        .as_bytes(),
-    );
-    client.expect(b"CCM\\1.0 Identity\nUser: ");
-    let token = client.read_through(b"\n");
-    client.expect(b"Content-Length: 0\n\n");
-    let token = String::from_utf8(token[..token.len() - 1].to_vec()).expect("hex token");
-    (client, token)
-}
-
-fn ccm_text(token: &str, to: &str, body: &str) -> Vec<u8> {
-    format!(
-        "CCM\\1.0 Text\nUser: {token}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn ccm_delivered(from: &str, to: &str, body: &str) -> Vec<u8> {
-    format!(
-        "CCM\\1.0 Text\nSender: {from}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 /// Two pages (two browsers), a ROOM client and a CCM client in one lobby: every lobby message
 /// reaches the three others with its sender and protocol, direct messages cross between a page
 /// and the CCM user both ways, a taken name is refused on the page, markup is shown as text,
@@ -297,7 +266,7 @@ fn two_pages_a_room_and_a_ccm_user_talk_and_the_pages_survive_a_restart() {
     open_and_sign_in(&ana, &url, "ana");
 
     let mut rui = Client::join(server.room, "rui");
-    let (mut cid, cid_token) = ccm_identify(&server, "cid");
+    let (mut cid, cid_token) = ccm::identify(server.ccm.expect("CCM enabled"), "cid");
     rui.expect(b"b'cid' esta conectado ao chat");
 
     // A name held in another protocol is refused on the page, which stays open for another try.
@@ -323,23 +292,23 @@ fn two_pages_a_room_and_a_ccm_user_talk_and_the_pages_survive_a_restart() {
         wait_message(page, who, &shown("ana", "web", "lobby", "hello from ana"));
     }
     rui.expect(b"ana: hello from ana");
-    cid.expect(&ccm_delivered("ana", "*", "hello from ana"));
+    cid.expect(&ccm::delivered("ana", "*", "hello from ana"));
 
     send(&ben, "", "ben here");
     for (page, who) in [(&ana, "ana"), (&ben, "ben")] {
         wait_message(page, who, &shown("ben", "web", "lobby", "ben here"));
     }
     rui.expect(b"ben: ben here");
-    cid.expect(&ccm_delivered("ben", "*", "ben here"));
+    cid.expect(&ccm::delivered("ben", "*", "ben here"));
 
     rui.send(b"rui: ola da sala\n");
     rui.expect(b"rui: ola da sala\n");
     for (page, who) in [(&ana, "ana"), (&ben, "ben")] {
         wait_message(page, who, &shown("rui", "room", "lobby", "ola da sala"));
     }
-    cid.expect(&ccm_delivered("rui", "*", "ola da sala"));
+    cid.expect(&ccm::delivered("rui", "*", "ola da sala"));
 
-    cid.send(&ccm_text(&cid_token, "*", "oi do ccm"));
+    cid.send(&ccm::text(&cid_token, "*", "oi do ccm"));
     rui.expect(b"cid: oi do ccm");
     for (page, who) in [(&ana, "ana"), (&ben, "ben")] {
         wait_message(page, who, &shown("cid", "ccm", "lobby", "oi do ccm"));
@@ -347,8 +316,8 @@ fn two_pages_a_room_and_a_ccm_user_talk_and_the_pages_survive_a_restart() {
 
     // Direct messages between a page and the CCM user, both ways; ben sees neither.
     send(&ana, "cid", "psst cid");
-    cid.expect(&ccm_delivered("ana", "cid", "psst cid"));
-    cid.send(&ccm_text(&cid_token, "ana", "psst ana"));
+    cid.expect(&ccm::delivered("ana", "cid", "psst cid"));
+    cid.send(&ccm::text(&cid_token, "ana", "psst ana"));
     wait_message(&ana, "ana", &shown("cid", "ccm", "direct", "psst ana"));
 
     // Markup in a message is text: the tags appear literally and no element is made of them.
@@ -378,7 +347,7 @@ fn two_pages_a_room_and_a_ccm_user_talk_and_the_pages_survive_a_restart() {
         assert_ne!(page.title().unwrap(), "owned", "{who}: a script ran");
     }
     rui.expect(format!("ben: {markup}").as_bytes());
-    cid.expect(&ccm_delivered("ben", "*", markup));
+    cid.expect(&ccm::delivered("ben", "*", markup));
 
     // cid's direct message went to ana only: had it gone to ben too, it would have reached him
     // before the markup message he shows by now.
@@ -416,4 +385,57 @@ fn two_pages_a_room_and_a_ccm_user_talk_and_the_pages_survive_a_restart() {
     send(&ana, "", "back again");
     rui.expect(b"ana: back again");
     wait_message(&ben, "ben", &shown("ana", "web", "lobby", "back again"));
+}
+
+/// The page over https and its WebSocket over wss (app.js picks the scheme from the page's), on
+/// a server with WEB over TLS only, its certificate made at run time (the browser takes it as
+/// W3C `acceptInsecureCerts`): the page signs in, and lines cross both ways with a plaintext
+/// ROOM client. This holds the page's promise to work over https under its CSP, whose
+/// `connect-src 'self'` must let the page reach wss on its own host and port. Were the page to
+/// open ws:// from https, the browser would refuse it (mixed content), and nothing listens in
+/// plaintext here anyway.
+#[test]
+fn a_page_over_https_talks_over_wss_with_a_room_client() {
+    let Some(driver) = driver() else { return };
+    let pki = Pki::new("browser");
+    let server = TestServer::start(Config {
+        web_tls_port: Some(0),
+        tls_cert_path: Some(pki.cert_path()),
+        tls_key_path: Some(pki.key_path()),
+        ..Config::for_tests()
+    });
+    assert_eq!(
+        server.web, None,
+        "WEB in plaintext too: the test would not prove wss"
+    );
+    let web_tls = server.web_tls.expect("WEB over TLS enabled");
+    let url = format!("https://127.0.0.1:{}/", web_tls.port());
+
+    let tess = driver
+        .new_session_accepting_any_certificate(900, 640)
+        .expect("a browser for tess");
+    open_and_sign_in(&tess, &url, "tess");
+    assert_eq!(
+        tess.execute("return location.protocol", vec![]).unwrap(),
+        "https:"
+    );
+
+    let mut rui = Client::join(server.room, "rui");
+    wait_present(&tess, "tess", &[("tess", "web"), ("rui", "room")]);
+
+    send(&tess, "", "hello over wss");
+    wait_message(
+        &tess,
+        "tess",
+        &shown("tess", "web", "lobby", "hello over wss"),
+    );
+    rui.expect(b"tess: hello over wss");
+
+    rui.send(b"rui: ola pela sala\n");
+    rui.expect(b"rui: ola pela sala\n");
+    wait_message(
+        &tess,
+        "tess",
+        &shown("rui", "room", "lobby", "ola pela sala"),
+    );
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::bin24::{name, Bin24};
 use common::matou::Matou;
 use common::ocm::Ocm;
-use common::{Client, TempDir, TestServer, WAIT};
+use common::{ccm, Client, TempDir, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard::protocol::bin24::codec as bin24;
 
@@ -44,45 +44,6 @@ fn server(data: &TempDir, isolate: bool) -> TestServer {
 
 fn ccm_connect(server: &TestServer, label: &str) -> Client {
     Client::connect(server.ccm.expect("CCM enabled"), label)
-}
-
-fn ccm_identify_message(name: &str) -> Vec<u8> {
-    format!(
-        "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
-        name.len()
-    )
-    .into_bytes()
-}
-
-/// Identify as `name`; returns the client and its token.
-fn ccm_identify(server: &TestServer, name: &str) -> (Client, String) {
-    let mut client = ccm_connect(server, name);
-    client.send(&ccm_identify_message(name));
-    let token = ccm_expect_identity(&mut client);
-    (client, token)
-}
-
-fn ccm_expect_identity(client: &mut Client) -> String {
-    client.expect(b"CCM\\1.0 Identity\nUser: ");
-    let token = client.read_through(b"\n");
-    client.expect(b"Content-Length: 0\n\n");
-    String::from_utf8(token[..token.len() - 1].to_vec()).expect("hex token")
-}
-
-fn ccm_text(token: &str, to: &str, body: &str) -> Vec<u8> {
-    format!(
-        "CCM\\1.0 Text\nUser: {token}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn ccm_delivered(from: &str, to: &str, body: &str) -> Vec<u8> {
-    format!(
-        "CCM\\1.0 Text\nSender: {from}\nAddressee: {to}\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// The exact bytes of a CCM `Error` with `Reason: <reason>` and `sentence`.
@@ -118,14 +79,14 @@ fn rule1_a_name_held_in_one_protocol_is_refused_by_the_others_each_in_its_own_wa
     // ana holds her name in BIN24: CCM and MATOU refuse it, each its own way.
     let _ana = Bin24::log_in(&server, "ana");
     let mut ccm = ccm_connect(&server, "ccm");
-    ccm.send(&ccm_identify_message("ana"));
+    ccm.send(&ccm::identify_message("ana"));
     ccm.expect(&ccm_error("name-taken", NAME_TAKEN));
     let mut matou = Matou::connect(&server, "matou");
     matou.login("ana", false);
 
     // Both connections stay open for another try: CCM takes "bia", MATOU "caio".
-    ccm.send(&ccm_identify_message("bia"));
-    ccm_expect_identity(&mut ccm);
+    ccm.send(&ccm::identify_message("bia"));
+    ccm::expect_identity(&mut ccm);
     matou.login("caio", true);
     matou.expect_notify(3, "caio");
 
@@ -133,7 +94,7 @@ fn rule1_a_name_held_in_one_protocol_is_refused_by_the_others_each_in_its_own_wa
     let mut matou2 = Matou::connect(&server, "matou2");
     matou2.login("bia", false);
     let mut ccm2 = ccm_connect(&server, "ccm2");
-    ccm2.send(&ccm_identify_message("caio"));
+    ccm2.send(&ccm::identify_message("caio"));
     ccm2.expect(&ccm_error("name-taken", NAME_TAKEN));
     for held in ["bia", "caio"] {
         let mut bin = Bin24::connect(server.bin24.expect("BIN24 enabled"), held);
@@ -150,7 +111,7 @@ fn rule1_a_name_held_in_one_protocol_is_refused_by_the_others_each_in_its_own_wa
     let refused = ccm_error("name-taken", NAME_TAKEN);
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        ccm3.send(&ccm_identify_message("caio"));
+        ccm3.send(&ccm::identify_message("caio"));
         ccm3.expect(b"CCM\\1.0 ");
         if ccm3.read_through(b"\n") == b"Identity\n" {
             break;
@@ -173,7 +134,7 @@ fn rules2_and_3_room_matou_and_ccm_users_share_one_lobby_with_presence() {
     let mut rui = room_join(&server, "rui");
     let mut mia = Matou::sign_in(&server, "mia");
     rui.expect(b"b'mia' esta conectado ao chat");
-    let (mut cid, cid_token) = ccm_identify(&server, "cid");
+    let (mut cid, cid_token) = ccm::identify(server.ccm.expect("CCM enabled"), "cid");
     rui.expect(b"b'cid' esta conectado ao chat");
     mia.expect_notify(3, "cid");
 
@@ -182,16 +143,16 @@ fn rules2_and_3_room_matou_and_ccm_users_share_one_lobby_with_presence() {
     rui.send(b"rui: hello there\n");
     rui.expect(b"rui: hello there\n");
     mia.expect_broadcast("rui", "hello there");
-    cid.expect(&ccm_delivered("rui", "*", "hello there"));
+    cid.expect(&ccm::delivered("rui", "*", "hello there"));
 
     // MATOU: PUBLIC_MESSAGE reaches ROOM as `N: T` and CCM as a Text to `*`.
     mia.say("oi gente");
     mia.expect_broadcast("mia", "oi gente");
     rui.expect(b"mia: oi gente");
-    cid.expect(&ccm_delivered("mia", "*", "oi gente"));
+    cid.expect(&ccm::delivered("mia", "*", "oi gente"));
 
     // CCM: a Text to `*`, not echoed to its sender.
-    cid.send(&ccm_text(&cid_token, "*", "ola"));
+    cid.send(&ccm::text(&cid_token, "*", "ola"));
     rui.expect(b"cid: ola");
     mia.expect_broadcast("cid", "ola");
     cid.expect_nothing_for(Duration::from_millis(100));
@@ -200,11 +161,11 @@ fn rules2_and_3_room_matou_and_ccm_users_share_one_lobby_with_presence() {
     // counted; CCM carries it. The next line shows MATOU skipped only that one.
     rui.send(b"rui: tab\there\n");
     rui.expect(b"rui: tab\there\n");
-    cid.expect(&ccm_delivered("rui", "*", "tab\there"));
+    cid.expect(&ccm::delivered("rui", "*", "tab\there"));
     rui.send(b"rui: plain\n");
     rui.expect(b"rui: plain\n");
     mia.expect_broadcast("rui", "plain");
-    cid.expect(&ccm_delivered("rui", "*", "plain"));
+    cid.expect(&ccm::delivered("rui", "*", "plain"));
     let crossing = |family: &str, origin: &str, destination: &str| {
         let series = format!("{family}{{origin=\"{origin}\",destination=\"{destination}\"}}");
         server
@@ -264,7 +225,7 @@ fn isolate_keeps_every_protocol_apart_exactly_as_before() {
 
     // One name in three protocols: each accepts it.
     let _ana = Bin24::log_in(&server, "ana");
-    let (mut ana_ccm, _) = ccm_identify(&server, "ana");
+    let (mut ana_ccm, _) = ccm::identify(server.ccm.expect("CCM enabled"), "ana");
     let mut ana_matou = Matou::sign_in(&server, "ana");
 
     // A ROOM line reaches ROOM only; a MATOU message MATOU only.
@@ -291,10 +252,10 @@ fn rule4_bin24_and_ccm_users_message_each_other_and_200_and_the_store_keep_their
     let data = TempDir::new("switchboard-direct");
     let server = server(&data, false);
     let mut bob = Bin24::log_in(&server, "bob");
-    let (mut cat, cat_token) = ccm_identify(&server, "cat");
+    let (mut cat, cat_token) = ccm::identify(server.ccm.expect("CCM enabled"), "cat");
 
     // CCM -> BIN24: a type 0 with SRC = cat, DST = bob, messageIDs from cat's own counter.
-    cat.send(&ccm_text(&cat_token, "bob", "hi bob"));
+    cat.send(&ccm::text(&cat_token, "bob", "hi bob"));
     let frame = bob.recv();
     assert_eq!(
         (
@@ -311,7 +272,7 @@ fn rule4_bin24_and_ccm_users_message_each_other_and_200_and_the_store_keep_their
 
     // BIN24 -> CCM: cat gets a Text from bob; bob hears "200" from cat once it is written.
     let id = bob.send("cat", "hi cat");
-    cat.expect(&ccm_delivered("bob", "cat", "hi cat"));
+    cat.expect(&ccm::delivered("bob", "cat", "hi cat"));
     let answer = bob.recv();
     assert_eq!(
         (
@@ -325,24 +286,25 @@ fn rule4_bin24_and_ccm_users_message_each_other_and_200_and_the_store_keep_their
     assert_eq!(answer.body, b"200");
 
     // What BIN24 cannot carry is refused to the CCM sender, whose connection stays open.
-    cat.send(&ccm_text(&cat_token, "bob", &"x".repeat(1001)));
+    cat.send(&ccm::text(&cat_token, "bob", &"x".repeat(1001)));
     cat.expect(&ccm_error(
         "too-large",
         "a message to a BIN24 user is at most 1000 bytes",
     ));
-    let (mut longname, longname_token) = ccm_identify(&server, "ninebytes");
-    longname.send(&ccm_text(&longname_token, "bob", "hello"));
+    let (mut longname, longname_token) =
+        ccm::identify(server.ccm.expect("CCM enabled"), "ninebytes");
+    longname.send(&ccm::text(&longname_token, "bob", "hello"));
     longname.expect(&ccm_error(
         "too-large",
         "your name is longer than the 8 bytes a BIN24 user can be sent from",
     ));
     // Nobody online anywhere by that name: CCM's own answer.
-    cat.send(&ccm_text(&cat_token, "nobody", "hello?"));
+    cat.send(&ccm::text(&cat_token, "nobody", "hello?"));
     cat.expect(&ccm_error("unknown-addressee", "no user has that name"));
 
     // bob does not answer within the ack timeout: BIN24 rule 6, he is closed and the message
     // waits in his store; it reaches him, once, when he comes back.
-    cat.send(&ccm_text(&cat_token, "bob", "still there?"));
+    cat.send(&ccm::text(&cat_token, "bob", "still there?"));
     let unanswered = bob.recv();
     assert_eq!(
         (unanswered.message_id, &unanswered.body[..]),
@@ -417,7 +379,7 @@ fn all_five_protocols_at_once_one_lobby_one_name_space_and_direct_messages() {
     let mut rui = room_join(&server, "rui");
     let mut mia = Matou::sign_in(&server, "mia");
     rui.expect(b"b'mia' esta conectado ao chat");
-    let (mut cid, cid_token) = ccm_identify(&server, "cid");
+    let (mut cid, cid_token) = ccm::identify(server.ccm.expect("CCM enabled"), "cid");
     rui.expect(b"b'cid' esta conectado ao chat");
     mia.expect_notify(3, "cid");
 
@@ -430,32 +392,32 @@ fn all_five_protocols_at_once_one_lobby_one_name_space_and_direct_messages() {
     rui.send(b"rui: ola a todos\n");
     rui.expect(b"rui: ola a todos\n");
     mia.expect_broadcast("rui", "ola a todos");
-    cid.expect(&ccm_delivered("rui", "*", "ola a todos"));
+    cid.expect(&ccm::delivered("rui", "*", "ola a todos"));
     oli.expect("rui: ola a todos");
 
     oli.say("oi do ocm");
     rui.expect(b"oli: oi do ocm");
     mia.expect_broadcast("oli", "oi do ocm");
-    cid.expect(&ccm_delivered("oli", "*", "oi do ocm"));
+    cid.expect(&ccm::delivered("oli", "*", "oi do ocm"));
 
     mia.say("oi do matou");
     mia.expect_broadcast("mia", "oi do matou");
     rui.expect(b"mia: oi do matou");
-    cid.expect(&ccm_delivered("mia", "*", "oi do matou"));
+    cid.expect(&ccm::delivered("mia", "*", "oi do matou"));
     oli.expect("mia: oi do matou");
 
-    cid.send(&ccm_text(&cid_token, "*", "oi do ccm"));
+    cid.send(&ccm::text(&cid_token, "*", "oi do ccm"));
     rui.expect(b"cid: oi do ccm");
     mia.expect_broadcast("cid", "oi do ccm");
     oli.expect("cid: oi do ccm");
 
     // Direct messages between BIN24 and CCM, with the lobby busy around them.
-    cid.send(&ccm_text(&cid_token, "bob", "psst"));
+    cid.send(&ccm::text(&cid_token, "bob", "psst"));
     let frame = bob.recv();
     assert_eq!((&frame.src[..], &frame.body[..]), ("cid", &b"psst"[..]));
     bob.answer_with(&frame, b"200");
     let id = bob.send("cid", "oi cid");
-    cid.expect(&ccm_delivered("bob", "cid", "oi cid"));
+    cid.expect(&ccm::delivered("bob", "cid", "oi cid"));
     let answer = bob.recv();
     assert_eq!((answer.message_id, &answer.body[..]), (id, &b"200"[..]));
 
@@ -512,7 +474,7 @@ fn the_original_python_room_client_talks_with_matou_and_ccm_users_unchanged() {
     let data = TempDir::new("switchboard-original");
     let server = server(&data, false);
     let mut mia = Matou::sign_in(&server, "mia");
-    let (mut cid, cid_token) = ccm_identify(&server, "cid");
+    let (mut cid, cid_token) = ccm::identify(server.ccm.expect("CCM enabled"), "cid");
     mia.expect_notify(3, "cid");
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/original/client.py");
@@ -549,12 +511,12 @@ fn the_original_python_room_client_talks_with_matou_and_ccm_users_unchanged() {
     mia.expect_notify(3, "alice");
     writeln!(stdin, "ola, tudo bem?").expect("type line");
     mia.expect_broadcast("alice", "ola, tudo bem?");
-    cid.expect(&ccm_delivered("alice", "*", "ola, tudo bem?"));
+    cid.expect(&ccm::delivered("alice", "*", "ola, tudo bem?"));
 
     mia.say("oi alice");
     mia.expect_broadcast("mia", "oi alice");
     expect_printed("mia: oi alice");
-    cid.send(&ccm_text(&cid_token, "*", "bem-vinda"));
+    cid.send(&ccm::text(&cid_token, "*", "bem-vinda"));
     expect_printed("cid: bem-vinda");
     mia.expect_broadcast("cid", "bem-vinda");
 
@@ -580,11 +542,11 @@ fn a_bin24_flood_to_a_ccm_user_is_answered_429_as_within_bin24() {
         ..Config::for_tests()
     });
     let mut bob = Bin24::log_in(&server, "bob");
-    let (mut cat, _) = ccm_identify(&server, "cat");
+    let (mut cat, _) = ccm::identify(server.ccm.expect("CCM enabled"), "cat");
     let big = "x".repeat(900);
 
     let first = bob.send("cat", &big);
-    cat.expect(&ccm_delivered("bob", "cat", &big));
+    cat.expect(&ccm::delivered("bob", "cat", &big));
     let answer = bob.recv();
     assert_eq!((answer.message_id, &answer.body[..]), (first, &b"200"[..]));
 
@@ -616,10 +578,10 @@ fn a_ccm_flood_to_a_bin24_user_is_refused_to_its_sender_and_the_bin24_user_stays
         ..Config::for_tests()
     });
     let mut bob = Bin24::log_in(&server, "bob");
-    let (mut cat, cat_token) = ccm_identify(&server, "cat");
+    let (mut cat, cat_token) = ccm::identify(server.ccm.expect("CCM enabled"), "cat");
     let big = "x".repeat(900);
 
-    cat.send(&ccm_text(&cat_token, "bob", &big));
+    cat.send(&ccm::text(&cat_token, "bob", &big));
     let frame = bob.recv();
     assert_eq!(
         (frame.frame_type, &frame.src[..], &frame.dst[..]),
@@ -630,7 +592,7 @@ fn a_ccm_flood_to_a_bin24_user_is_refused_to_its_sender_and_the_bin24_user_stays
     bob.answer_with(&frame, b"200");
 
     for _ in 0..3 {
-        cat.send(&ccm_text(&cat_token, "bob", &big));
+        cat.send(&ccm::text(&cat_token, "bob", &big));
         cat.expect(&ccm_error(
             "rate-limited",
             "sending to BIN24 users faster than allowed: the message was not delivered",
@@ -639,7 +601,7 @@ fn a_ccm_flood_to_a_bin24_user_is_refused_to_its_sender_and_the_bin24_user_stays
     // bob is still connected and got none of them: the next frame he reads is the answer
     // to his own message to cat, which cat receives.
     let id = bob.send("cat", "still here");
-    cat.expect(&ccm_delivered("bob", "cat", "still here"));
+    cat.expect(&ccm::delivered("bob", "cat", "still here"));
     let answer = bob.recv();
     assert_eq!(
         (answer.frame_type, answer.message_id, &answer.body[..]),
@@ -677,12 +639,12 @@ fn a_ccm_lobby_flood_is_refused_to_its_sender_and_the_other_lobby_members_stay()
     let mut rui = room_join(&server, "rui");
     let mut mia = Matou::sign_in(&server, "mia");
     rui.expect(b"b'mia' esta conectado ao chat");
-    let (mut carol, carol_token) = ccm_identify(&server, "carol");
+    let (mut carol, carol_token) = ccm::identify(server.ccm.expect("CCM enabled"), "carol");
     rui.expect(b"b'carol' esta conectado ao chat");
     mia.expect_notify(3, "carol");
 
     // carol is alone in CCM: what she says costs her only what ROOM and MATOU receive.
-    carol.send(&ccm_text(&carol_token, "*", "hi"));
+    carol.send(&ccm::text(&carol_token, "*", "hi"));
     rui.expect(b"carol: hi");
     mia.expect_broadcast("carol", "hi");
 
@@ -691,10 +653,10 @@ fn a_ccm_lobby_flood_is_refused_to_its_sender_and_the_other_lobby_members_stay()
     let big = "x".repeat(200_000);
     let line = format!("carol: {big}");
     for _ in 0..5 {
-        carol.send(&ccm_text(&carol_token, "*", &big));
+        carol.send(&ccm::text(&carol_token, "*", &big));
         rui.expect(line.as_bytes());
     }
-    carol.send(&ccm_text(&carol_token, "*", &big));
+    carol.send(&ccm::text(&carol_token, "*", &big));
     carol.expect(&ccm_error(
         "rate-limited",
         "sending faster than allowed: the message was not delivered",
@@ -704,7 +666,7 @@ fn a_ccm_lobby_flood_is_refused_to_its_sender_and_the_other_lobby_members_stay()
     mia.say("still here");
     mia.expect_broadcast("mia", "still here");
     rui.expect(b"mia: still here");
-    carol.expect(&ccm_delivered("mia", "*", "still here"));
+    carol.expect(&ccm::delivered("mia", "*", "still here"));
     let crossing = |family: &str, destination: &str| {
         let series = format!("{family}{{origin=\"ccm\",destination=\"{destination}\"}}");
         server.metric(&series)

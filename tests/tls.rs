@@ -9,110 +9,20 @@
 mod chatd;
 mod child; // chatd::Chatd collects its stderr with it
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use chatd::Chatd;
 use common::{Client, WAIT};
-
-/// A certificate authority and a server certificate for `localhost` and 127.0.0.1 signed by
-/// it, in PEM files of a fresh temp directory (removed on drop).
-struct Pki {
-    dir: PathBuf,
-    ca_der: CertificateDer<'static>,
-    cert_der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new(label: &str) -> Pki {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-tls-{label}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut pki = Pki {
-            dir,
-            ca_der: CertificateDer::from(Vec::new()),
-            cert_der: CertificateDer::from(Vec::new()),
-        };
-        pki.issue();
-        pki
-    }
-
-    /// A new CA and a new server certificate signed by it, written over the files.
-    fn issue(&mut self) {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchboard test CA");
-        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
-        std::fs::write(self.cert_path(), cert.pem()).expect("write the certificate");
-        std::fs::write(self.key_path(), key.serialize_pem()).expect("write the key");
-        self.ca_der = ca.der().clone();
-        self.cert_der = cert.der().clone();
-    }
-
-    fn cert_path(&self) -> PathBuf {
-        self.dir.join("cert.pem")
-    }
-
-    fn key_path(&self) -> PathBuf {
-        self.dir.join("key.pem")
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            path_arg(&self.cert_path()),
-            "--tls-key".into(),
-            path_arg(&self.key_path()),
-        ]
-    }
-
-    /// A client configuration trusting this PKI's CA only.
-    fn client_config(&self) -> Arc<ClientConfig> {
-        client_config(&self.ca_der)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn path_arg(path: &Path) -> String {
-    path.to_str().expect("a UTF-8 temp path").to_string()
-}
-
-fn client_config(ca: &CertificateDer<'static>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).expect("the CA");
-    #[allow(deprecated)] // ring, as the server; see Cargo.toml
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
+use pki::{path_arg, Pki};
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 

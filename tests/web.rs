@@ -7,7 +7,7 @@
 mod common;
 
 use common::web::{http, Web};
-use common::{Client, TestServer};
+use common::{ccm, Client, TestServer};
 use serde_json::json;
 use switchboard::config::Config;
 
@@ -202,40 +202,13 @@ fn frames_that_break_the_rules_close_with_their_code() {
     assert_eq!(client.expect_close(), 1000);
 }
 
-fn ccm_identify(server: &TestServer, name: &str) -> (Client, String) {
-    let mut client = Client::connect(server.ccm.unwrap(), name);
-    client.send(
-        format!(
-            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
-            name.len()
-        )
-        .as_bytes(),
-    );
-    client.expect(b"CCM\\1.0 Identity\nUser: ");
-    let token = client.read_through(b"\n");
-    client.expect(b"Content-Length: 0\n\n");
-    (
-        client,
-        String::from_utf8(token[..token.len() - 1].to_vec()).unwrap(),
-    )
-}
-
-fn ccm_text(token: &str, to: &str, body: &str) -> Vec<u8> {
-    format!(
-        "CCM\\1.0 Text\nUser: {token}\nAddressee: {to}\nMessage-Encoding: utf-8\n\
-         Content-Length: {}\n\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 #[test]
 fn web_and_ccm_users_send_each_other_direct_messages_and_share_the_lobby() {
     let server = TestServer::start(Config {
         ccm_port: Some(0),
         ..config()
     });
-    let (mut cat, token) = ccm_identify(&server, "cat");
+    let (mut cat, token) = ccm::identify(server.ccm.expect("CCM enabled"), "cat");
     let (mut ann, welcome) = Web::sign_in(server.web.unwrap(), "ann");
     assert!(welcome["present"]
         .as_array()
@@ -252,13 +225,13 @@ fn web_and_ccm_users_send_each_other_direct_messages_and_share_the_lobby() {
         json!({"type": "sent", "id": 1, "status": "delivered"})
     );
 
-    cat.send(&ccm_text(&token, "ann", "hi ann"));
+    cat.send(&ccm::text(&token, "ann", "hi ann"));
     assert_eq!(
         ann.recv(),
         json!({"type": "direct", "from": "cat", "protocol": "ccm", "text": "hi ann"})
     );
 
-    cat.send(&ccm_text(&token, "*", "to everyone"));
+    cat.send(&ccm::text(&token, "*", "to everyone"));
     assert_eq!(
         ann.recv(),
         json!({"type": "lobby", "from": "cat", "protocol": "ccm", "text": "to everyone"})

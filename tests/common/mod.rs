@@ -47,6 +47,8 @@ pub struct TestServer {
     pub ocm_relay: Option<SocketAddr>,
     /// Set when the config enables WEB.
     pub web: Option<SocketAddr>,
+    /// Set when the config enables WEB over TLS (`web_tls_port`).
+    pub web_tls: Option<SocketAddr>,
     /// Set when the config enables the admin port.
     pub admin: Option<SocketAddr>,
     pub handle: ServerHandle,
@@ -66,6 +68,7 @@ impl TestServer {
         let ocm_udp = server.local_udp_addr(UdpKind::OcmChat);
         let ocm_relay = server.local_udp_addr(UdpKind::OcmRelay);
         let web = server.local_addr(ProtocolKind::Web);
+        let web_tls = server.local_tls_addr(ProtocolKind::Web);
         let admin = server.local_admin_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
@@ -78,6 +81,7 @@ impl TestServer {
             ocm_udp,
             ocm_relay,
             web,
+            web_tls,
             admin,
             handle,
             thread: Some(thread),

@@ -126,6 +126,26 @@ impl Driver {
     /// Sessions may start from several threads at once (a browser takes about a second to
     /// start here).
     pub fn new_session(&self, width: u32, height: u32) -> Result<Session, String> {
+        self.start_session(width, height, false)
+    }
+
+    /// [`Driver::new_session`] for a browser that takes any server certificate (W3C
+    /// `acceptInsecureCerts`), https and wss alike: for a test server whose certificate is made
+    /// at run time. (Trusting the test CA instead would take an NSS database in the profile.)
+    pub fn new_session_accepting_any_certificate(
+        &self,
+        width: u32,
+        height: u32,
+    ) -> Result<Session, String> {
+        self.start_session(width, height, true)
+    }
+
+    fn start_session(
+        &self,
+        width: u32,
+        height: u32,
+        accept_insecure_certs: bool,
+    ) -> Result<Session, String> {
         let profile = self.work_dir.join(format!(
             "profile-{}",
             self.next_profile.fetch_add(1, Ordering::Relaxed)
@@ -134,6 +154,7 @@ impl Driver {
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
+                    "acceptInsecureCerts": accept_insecure_certs,
                     "goog:chromeOptions": {
                         "binary": self.chromium,
                         "args": [
