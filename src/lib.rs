@@ -48,3 +48,4 @@ pub mod reactor;
 pub mod stats;
 pub mod store;
 pub mod timer;
+pub mod tls;

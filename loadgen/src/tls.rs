@@ -101,10 +101,7 @@ fn client_config(args: &TlsArgs) -> Result<Arc<ClientConfig>, String> {
             }
         }
     }
-    // ring, not aws-lc-rs (whose build needs cmake); rustls deprecates it for lacking
-    // post-quantum key exchange, which the server (same provider) would not offer anyway.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = switchboard::tls::crypto_provider();
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("--tls: {e}"))?

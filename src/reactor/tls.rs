@@ -113,11 +113,7 @@ pub(crate) fn load_server_config(
         ));
     }
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|err| key_error(pem_reason(&err)))?;
-    // ring, not aws-lc-rs, so that nothing needs cmake (see Cargo.toml). rustls 0.23.48
-    // deprecates ring's provider because ring has no post-quantum key exchange; X25519,
-    // P-256 and P-384 remain, which is what the clients here and browsers offer.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::crypto_provider();
     ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| cert_error(err.to_string()))?

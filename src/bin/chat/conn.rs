@@ -323,10 +323,7 @@ fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
             }
         }
     }
-    // ring, not aws-lc-rs, whose build needs cmake; what rustls deprecates it for is its lack
-    // of post-quantum key exchange, which the server (same provider) would not offer anyway.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = switchboard::tls::crypto_provider();
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("chat: cannot set TLS up: {e}"))?
