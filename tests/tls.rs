@@ -195,6 +195,30 @@ fn room_chat_both_ways(plain: &mut Client, tls: &mut Wire<TlsStream>, round: &st
     plain.read_through(from_plain.as_bytes());
 }
 
+/// Creates OCM room `room` as user "olga" over TCRP on the TLS port `addr`, for the UDP
+/// socket `udp`; the answer must grant it (code 2) and carry a token.
+fn ocm_create_room_over_tls(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    room: &str,
+    udp: &UdpSocket,
+) {
+    let request = common::ocm::tcrp_request(room, 1, "olga", udp.local_addr().expect("addr"));
+    let mut olga = tls_connect(addr, config).expect("TLS");
+    olga.write_all(&request).expect("request");
+    let mut answer = Vec::new();
+    // Answered, then closed with close_notify (rustls reports a bare close as an error).
+    olga.read_to_end(&mut answer)
+        .expect("the answer, then close_notify");
+    assert_eq!(
+        answer.get(2),
+        Some(&2),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(common::find(&answer, b"\"token\": \"").is_some());
+}
+
 #[test]
 fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let pki = Pki::new("all");
@@ -212,18 +236,12 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     }
     args.push("--admin-tls".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(
-        &[
-            "--room-port",
-            "--bin24-port",
-            "--ccm-port",
-            "--matou-port",
-            "--ocm-tcp-port",
-            "--ocm-udp-port",
-            "--web-port",
-        ],
-        &args,
-    );
+    // Every plaintext port beside the TLS ones, but OCM's relay's (it has no TLS counterpart).
+    let plaintext: Vec<&'static str> = chatd::PORT_FLAGS
+        .into_iter()
+        .filter(|&flag| flag != "--ocm-relay-port")
+        .collect();
+    let mut chatd = Chatd::start(&plaintext, &args);
     let config = pki.client_config();
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -299,20 +317,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     // OCM: a room created over TCRP on the TLS port is joined over the plaintext one.
     let ocm_tls = tls_addr(&mut chatd, "OCM");
     let udp = UdpSocket::bind("127.0.0.1:0").expect("UDP");
-    let request = common::ocm::tcrp_request("tlsroom", 1, "olga", udp.local_addr().expect("addr"));
-    let mut olga = tls_connect(ocm_tls, &config).expect("TLS");
-    olga.write_all(&request).expect("request");
-    let mut answer = Vec::new();
-    // Answered, then closed with close_notify (rustls reports a bare close as an error).
-    olga.read_to_end(&mut answer)
-        .expect("the answer, then close_notify");
-    assert_eq!(
-        answer.get(2),
-        Some(&2),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert!(common::find(&answer, b"\"token\": \"").is_some());
+    ocm_create_room_over_tls(ocm_tls, &config, "tlsroom", &udp);
     let mut join = TcpStream::connect(local(chatd.port("--ocm-tcp-port"))).expect("connect");
     join.set_read_timeout(Some(WAIT)).expect("timeout");
     let other = UdpSocket::bind("127.0.0.1:0").expect("UDP");
@@ -695,17 +700,5 @@ fn a_protocol_offered_over_tls_only_is_served() {
 
     let ocm_tls = tls_addr(&mut chatd, "OCM");
     let udp = UdpSocket::bind("127.0.0.1:0").expect("UDP");
-    let request = common::ocm::tcrp_request("tlsonly", 1, "olga", udp.local_addr().expect("addr"));
-    let mut olga = tls_connect(ocm_tls, &config).expect("TLS");
-    olga.write_all(&request).expect("request");
-    let mut answer = Vec::new();
-    olga.read_to_end(&mut answer)
-        .expect("the answer, then close_notify");
-    assert_eq!(
-        answer.get(2),
-        Some(&2),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert!(common::find(&answer, b"\"token\": \"").is_some());
+    ocm_create_room_over_tls(ocm_tls, &config, "tlsonly", &udp);
 }
