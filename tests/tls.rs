@@ -111,6 +111,15 @@ impl<S: Read + Write> Wire<S> {
     }
 }
 
+/// chatd serving the `plaintext` port flags on free ports, with `pki`'s certificate and key and
+/// the `tls` arguments (TLS ports and the like).
+fn start_with_tls(pki: &Pki, plaintext: &[&'static str], tls: &[&str]) -> Chatd {
+    let mut args = pki.args();
+    args.extend(tls.iter().map(|&arg| arg.to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Chatd::start(plaintext, &args)
+}
+
 /// The address chatd logged for `protocol`'s TLS listener ("ROOM listening on ADDR (TLS)").
 fn tls_addr(chatd: &mut Chatd, protocol: &str) -> SocketAddr {
     logged_addr(chatd, &format!("{protocol} listening on "), " (TLS)")
@@ -222,26 +231,32 @@ fn ocm_create_room_over_tls(
 #[test]
 fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let pki = Pki::new("all");
-    let mut args = pki.args();
-    for flag in [
-        "--room-tls-port",
-        "--bin24-tls-port",
-        "--ccm-tls-port",
-        "--matou-tls-port",
-        "--ocm-tcp-tls-port",
-        "--web-tls-port",
-        "--admin-port",
-    ] {
-        args.extend([flag.to_string(), "0".to_string()]);
-    }
-    args.push("--admin-tls".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Every plaintext port beside the TLS ones, but OCM's relay's (it has no TLS counterpart).
     let plaintext: Vec<&'static str> = chatd::PORT_FLAGS
         .into_iter()
         .filter(|&flag| flag != "--ocm-relay-port")
         .collect();
-    let mut chatd = Chatd::start(&plaintext, &args);
+    let mut chatd = start_with_tls(
+        &pki,
+        &plaintext,
+        &[
+            "--room-tls-port",
+            "0",
+            "--bin24-tls-port",
+            "0",
+            "--ccm-tls-port",
+            "0",
+            "--matou-tls-port",
+            "0",
+            "--ocm-tcp-tls-port",
+            "0",
+            "--web-tls-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--admin-tls",
+        ],
+    );
     let config = pki.client_config();
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -401,9 +416,10 @@ fn client_hello(config: &Arc<ClientConfig>) -> Vec<u8> {
 #[test]
 fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
     let pki = Pki::new("bad");
-    let mut args = pki.args();
-    args.extend(
-        [
+    let mut chatd = start_with_tls(
+        &pki,
+        &["--room-port"],
+        &[
             "--room-tls-port",
             "0",
             "--admin-port",
@@ -411,11 +427,8 @@ fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
             "--admin-tls",
             "--handshake-timeout-ms",
             "300",
-        ]
-        .map(String::from),
+        ],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(&["--room-port"], &args);
     let config = pki.client_config();
     let room_tls = tls_addr(&mut chatd, "ROOM");
     let admin = admin_addr(&mut chatd);
@@ -486,10 +499,7 @@ fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
 #[test]
 fn sighup_reloads_the_certificate_for_new_connections_only() {
     let mut pki = Pki::new("reload");
-    let mut args = pki.args();
-    args.extend(["--room-tls-port", "0"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(&["--room-port"], &args);
+    let mut chatd = start_with_tls(&pki, &["--room-port"], &["--room-tls-port", "0"]);
     let room_tls = tls_addr(&mut chatd, "ROOM");
     let old_config = pki.client_config();
     let old_cert = pki.cert_der.clone();
@@ -592,9 +602,10 @@ fn a_tls_port_without_a_usable_certificate_is_a_clear_startup_error() {
 #[test]
 fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
     let pki = Pki::new("slow");
-    let mut args = pki.args();
-    args.extend(
-        [
+    let mut chatd = start_with_tls(
+        &pki,
+        &["--room-port"],
+        &[
             "--room-tls-port",
             "0",
             "--admin-port",
@@ -606,11 +617,8 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
             "262144",
             "--tcp-send-buffer-bytes",
             "4096",
-        ]
-        .map(String::from),
+        ],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(&["--room-port"], &args);
     let config = pki.client_config();
     let room_tls = tls_addr(&mut chatd, "ROOM");
     let admin = admin_addr(&mut chatd);
@@ -685,11 +693,12 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
 #[test]
 fn a_protocol_offered_over_tls_only_is_served() {
     let pki = Pki::new("tlsonly");
-    let mut args = pki.args();
-    args.extend(["--room-tls-port", "0", "--ocm-tcp-tls-port", "0"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Only OCM's UDP chat socket is plaintext (TLS does not cover it).
-    let mut chatd = Chatd::start(&["--ocm-udp-port"], &args);
+    let mut chatd = start_with_tls(
+        &pki,
+        &["--ocm-udp-port"],
+        &["--room-tls-port", "0", "--ocm-tcp-tls-port", "0"],
+    );
     let config = pki.client_config();
 
     let room_tls = tls_addr(&mut chatd, "ROOM");
