@@ -120,6 +120,17 @@ fn start_with_tls(pki: &Pki, plaintext: &[&'static str], tls: &[&str]) -> Chatd 
     Chatd::start(plaintext, &args)
 }
 
+/// chatd with ROOM in plaintext and over TLS and the admin port over https, plus `extra`
+/// arguments; with ROOM's TLS address and the admin port's address.
+fn start_room_and_admin_over_tls(pki: &Pki, extra: &[&str]) -> (Chatd, SocketAddr, SocketAddr) {
+    let mut tls = vec!["--room-tls-port", "0", "--admin-port", "0", "--admin-tls"];
+    tls.extend_from_slice(extra);
+    let mut chatd = start_with_tls(pki, &["--room-port"], &tls);
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let admin = admin_addr(&mut chatd);
+    (chatd, room_tls, admin)
+}
+
 /// The address chatd logged for `protocol`'s TLS listener ("ROOM listening on ADDR (TLS)").
 fn tls_addr(chatd: &mut Chatd, protocol: &str) -> SocketAddr {
     logged_addr(chatd, &format!("{protocol} listening on "), " (TLS)")
@@ -416,22 +427,9 @@ fn client_hello(config: &Arc<ClientConfig>) -> Vec<u8> {
 #[test]
 fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
     let pki = Pki::new("bad");
-    let mut chatd = start_with_tls(
-        &pki,
-        &["--room-port"],
-        &[
-            "--room-tls-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--admin-tls",
-            "--handshake-timeout-ms",
-            "300",
-        ],
-    );
+    let (mut chatd, room_tls, admin) =
+        start_room_and_admin_over_tls(&pki, &["--handshake-timeout-ms", "300"]);
     let config = pki.client_config();
-    let room_tls = tls_addr(&mut chatd, "ROOM");
-    let admin = admin_addr(&mut chatd);
     let mut plain = Client::join(
         SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port"))),
         "plainbob",
@@ -602,15 +600,9 @@ fn a_tls_port_without_a_usable_certificate_is_a_clear_startup_error() {
 #[test]
 fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
     let pki = Pki::new("slow");
-    let mut chatd = start_with_tls(
+    let (mut chatd, room_tls, admin) = start_room_and_admin_over_tls(
         &pki,
-        &["--room-port"],
         &[
-            "--room-tls-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--admin-tls",
             "--output-hard-bytes-max",
             "262144",
             "--output-soft-bytes-max",
@@ -620,8 +612,6 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
         ],
     );
     let config = pki.client_config();
-    let room_tls = tls_addr(&mut chatd, "ROOM");
-    let admin = admin_addr(&mut chatd);
     let room = SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port")));
 
     // A TLS member with a small receive buffer that reads nothing after joining.
