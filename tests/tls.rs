@@ -12,7 +12,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,77 +38,6 @@ fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<TlsStream
         stream.conn.complete_io(&mut stream.sock)?;
     }
     Ok(stream)
-}
-
-/// A client over any byte stream: send, and wait (bounded) for expected bytes.
-struct Wire<S: Read + Write> {
-    stream: S,
-    received: Vec<u8>,
-    name: &'static str,
-}
-
-impl<S: Read + Write> Wire<S> {
-    fn new(stream: S, name: &'static str) -> Self {
-        Wire {
-            stream,
-            received: Vec::new(),
-            name,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-        self.stream.flush().expect("flush");
-    }
-
-    /// More bytes; false at the end of the stream.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.received.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!(
-                    "{}: timed out; have {:?}",
-                    self.name,
-                    String::from_utf8_lossy(&self.received)
-                )
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Everything up to and including `needle`, consumed.
-    fn read_through(&mut self, needle: &[u8]) -> Vec<u8> {
-        loop {
-            if let Some(at) = common::find(&self.received, needle) {
-                return self.received.drain(..at + needle.len()).collect();
-            }
-            assert!(
-                self.fill(),
-                "{}: closed before {:?}; have {:?}",
-                self.name,
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&self.received)
-            );
-        }
-    }
-
-    fn read_exact(&mut self, len: usize) -> Vec<u8> {
-        while self.received.len() < len {
-            assert!(self.fill(), "{}: closed early", self.name);
-        }
-        self.received.drain(..len).collect()
-    }
-
-    /// Read to the end of the stream (the server must close it within the read timeout).
-    fn read_to_close(&mut self) -> Vec<u8> {
-        while self.fill() {}
-        std::mem::take(&mut self.received)
-    }
 }
 
 /// chatd serving the `plaintext` port flags on free ports, with `pki`'s certificate and key and
@@ -192,8 +121,8 @@ fn failures(protocol: &str, reason: &str) -> String {
 }
 
 /// A TLS ROOM client joined as `alias`.
-fn room_join_tls(addr: SocketAddr, config: &Arc<ClientConfig>, alias: &str) -> Wire<TlsStream> {
-    let mut wire = Wire::new(
+fn room_join_tls(addr: SocketAddr, config: &Arc<ClientConfig>, alias: &str) -> Client<TlsStream> {
+    let mut wire = Client::over(
         tls_connect(addr, config).expect("TLS handshake"),
         "room tls",
     );
@@ -204,7 +133,7 @@ fn room_join_tls(addr: SocketAddr, config: &Arc<ClientConfig>, alias: &str) -> W
 }
 
 /// A plaintext ROOM client and a TLS one in the same room, each seeing the other's line.
-fn room_chat_both_ways(plain: &mut Client, tls: &mut Wire<TlsStream>, round: &str) {
+fn room_chat_both_ways(plain: &mut Client, tls: &mut Client<TlsStream>, round: &str) {
     let from_tls = format!("tls says {round}");
     tls.send(from_tls.as_bytes());
     plain.read_through(from_tls.as_bytes());
@@ -282,7 +211,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let bin24_tls = tls_addr(&mut chatd, "BIN24");
     let mut pete = common::bin24::Bin24::connect(local(chatd.port("--bin24-port")), "pete");
     assert!(pete.register_and_wait().is_empty());
-    let mut tara = Wire::new(tls_connect(bin24_tls, &config).expect("TLS"), "bin24 tls");
+    let mut tara = Client::over(tls_connect(bin24_tls, &config).expect("TLS"), "bin24 tls");
     let frame = |kind, id, from: &str, to: &str, body: &[u8]| {
         codec::encode(
             kind,
@@ -315,7 +244,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let mut dana = Client::connect(local(chatd.port("--ccm-port")), "dana");
     dana.send(format!("{identify}4\n\ndana").as_bytes());
     dana.read_through(b"Content-Length: 0\n\n");
-    let mut carl = Wire::new(tls_connect(ccm_tls, &config).expect("TLS"), "ccm tls");
+    let mut carl = Client::over(tls_connect(ccm_tls, &config).expect("TLS"), "ccm tls");
     carl.send(format!("{identify}4\n\ncarl").as_bytes());
     carl.read_through(b"User: ");
     let token = carl.read_through(b"\n");
@@ -332,7 +261,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     use common::matou::{packet, string};
     let matou_tls = tls_addr(&mut chatd, "MATOU");
     let mut mia = common::matou::Matou::sign_in_at(local(chatd.port("--matou-port")), "mia");
-    let mut tim = Wire::new(tls_connect(matou_tls, &config).expect("TLS"), "matou tls");
+    let mut tim = Client::over(tls_connect(matou_tls, &config).expect("TLS"), "matou tls");
     tim.send(&packet(1, &[&string(b"tim")]));
     let mut accepted = 2i32.to_be_bytes().to_vec();
     accepted.push(1);
@@ -361,12 +290,12 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     // WEB: the page over https, the WebSocket over wss with the https origin, and a lobby
     // message from it reaching the plaintext ROOM client.
     let web_tls = tls_addr(&mut chatd, "WEB");
-    let mut page = Wire::new(tls_connect(web_tls, &config).expect("TLS"), "https");
+    let mut page = Client::over(tls_connect(web_tls, &config).expect("TLS"), "https");
     page.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let head = page.read_through(b"\r\n\r\n");
     assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
     let host = format!("localhost:{}", web_tls.port());
-    let mut ws = Wire::new(tls_connect(web_tls, &config).expect("TLS"), "wss");
+    let mut ws = Client::over(tls_connect(web_tls, &config).expect("TLS"), "wss");
     ws.send(
         format!(
             "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -438,25 +367,17 @@ fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
     room_chat_both_ways(&mut plain, &mut tls, "before");
 
     // Garbage that starts as a TLS handshake record but is none.
-    let mut garbage = Wire::new(TcpStream::connect(room_tls).expect("connect"), "garbage");
-    garbage
-        .stream
-        .set_read_timeout(Some(WAIT))
-        .expect("timeout");
+    let mut garbage = Client::connect(room_tls, "garbage");
     garbage.send(b"\x16\x03\x01\x00\x08\xff\xff\xff\xff\xff\xff\xff\xff");
-    garbage.read_to_close();
+    garbage.expect_closed();
     wait_metric(admin, &config, &failures("room", "bad_record"), 1.0);
     chatd.stderr.wait_for("TLS failed: a bad TLS record");
     room_chat_both_ways(&mut plain, &mut tls, "after garbage");
 
     // A plaintext client on the TLS port.
-    let mut plaintext = Wire::new(TcpStream::connect(room_tls).expect("connect"), "plaintext");
-    plaintext
-        .stream
-        .set_read_timeout(Some(WAIT))
-        .expect("timeout");
+    let mut plaintext = Client::connect(room_tls, "plaintext");
     plaintext.send(b"plainbob2\n");
-    plaintext.read_to_close();
+    plaintext.expect_closed();
     wait_metric(admin, &config, &failures("room", "plaintext_client"), 1.0);
     chatd
         .stderr
@@ -465,14 +386,10 @@ fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
 
     // A truncated handshake, held open: the handshake deadline closes it.
     let hello = client_hello(&config);
-    let mut truncated = Wire::new(TcpStream::connect(room_tls).expect("connect"), "truncated");
-    truncated
-        .stream
-        .set_read_timeout(Some(WAIT))
-        .expect("timeout");
+    let mut truncated = Client::connect(room_tls, "truncated");
     truncated.send(&hello[..hello.len() / 2]);
     let started = Instant::now();
-    truncated.read_to_close();
+    truncated.expect_closed();
     assert!(
         started.elapsed() < WAIT,
         "closed by the deadline, not the timeout"
@@ -631,7 +548,7 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
             .complete_io(&mut stream.sock)
             .expect("handshake");
     }
-    let mut slow = Wire::new(stream, "slow tls");
+    let mut slow = Client::over(stream, "slow tls");
     slow.read_through(b"alias?");
     slow.send(b"slowtls");
     slow.read_through(b"Voce esta conectado ao servidor!");
@@ -667,7 +584,7 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
         "the TLS member is the one closed: {text}"
     );
     // The slow member finds its connection closed once it reads again; the flooder stays.
-    slow.read_to_close();
+    slow.expect_closed();
     flooder.send(b"still here");
     flooder
         .stream
