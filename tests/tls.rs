@@ -176,27 +176,12 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
         .into_iter()
         .filter(|&flag| flag != "--ocm-relay-port")
         .collect();
-    let mut chatd = start_with_tls(
-        &pki,
-        &plaintext,
-        &[
-            "--room-tls-port",
-            "0",
-            "--bin24-tls-port",
-            "0",
-            "--ccm-tls-port",
-            "0",
-            "--matou-tls-port",
-            "0",
-            "--ocm-tcp-tls-port",
-            "0",
-            "--web-tls-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--admin-tls",
-        ],
-    );
+    let mut tls: Vec<&str> = chatd::TLS_PORT_FLAGS
+        .into_iter()
+        .flat_map(|flag| [flag, "0"])
+        .collect();
+    tls.extend(["--admin-port", "0", "--admin-tls"]);
+    let mut chatd = start_with_tls(&pki, &plaintext, &tls);
     let config = pki.client_config();
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
 
