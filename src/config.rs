@@ -382,6 +382,15 @@ impl Config {
             self.ocm_udp_port,
             self.ocm_relay_port,
             self.web_port,
+        ]
+        .iter()
+        .chain(self.tls_ports().iter())
+        .all(Option::is_none)
+    }
+
+    /// The TLS listeners' ports, one per protocol that has a TLS front door.
+    pub fn tls_ports(&self) -> [Option<u16>; 6] {
+        [
             self.room_tls_port,
             self.bin24_tls_port,
             self.ccm_tls_port,
@@ -389,23 +398,11 @@ impl Config {
             self.ocm_tcp_tls_port,
             self.web_tls_port,
         ]
-        .iter()
-        .all(Option::is_none)
     }
 
     /// Whether anything is served over TLS (a TLS listener, or the admin port's https).
     pub fn uses_tls(&self) -> bool {
-        self.admin_tls
-            || [
-                self.room_tls_port,
-                self.bin24_tls_port,
-                self.ccm_tls_port,
-                self.matou_tls_port,
-                self.ocm_tcp_tls_port,
-                self.web_tls_port,
-            ]
-            .iter()
-            .any(Option::is_some)
+        self.admin_tls || self.tls_ports().iter().any(Option::is_some)
     }
 
     /// A configuration for tests: ROOM on an ephemeral port, every other protocol off (BIN24

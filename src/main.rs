@@ -636,26 +636,6 @@ impl Args {
                 self.input_burst_bytes_max, self.read_chunk_bytes
             ));
         }
-        let uses_tls = self.admin_tls
-            || [
-                self.room_tls_port,
-                self.bin24_tls_port,
-                self.ccm_tls_port,
-                self.matou_tls_port,
-                self.ocm_tcp_tls_port,
-                self.web_tls_port,
-            ]
-            .iter()
-            .any(Option::is_some);
-        if uses_tls && (self.tls_cert.is_none() || self.tls_key.is_none()) {
-            return Err(
-                "a TLS port (--*-tls-port) or --admin-tls needs --tls-cert FILE and --tls-key FILE"
-                    .into(),
-            );
-        }
-        if !uses_tls && (self.tls_cert.is_some() || self.tls_key.is_some()) {
-            warn!("--tls-cert/--tls-key given without a TLS port or --admin-tls: not used");
-        }
         if self.admin_tls && self.admin_port.is_none() {
             return Err("--admin-tls needs --admin-port".into());
         }
@@ -688,7 +668,7 @@ impl Args {
                 self.bind
             );
         }
-        Ok(Config {
+        let config = Config {
             bind_addr: self.bind,
             room_port: port(self.room_port),
             room_handshake_timeout_ms: self.room_handshake_timeout_ms,
@@ -793,7 +773,20 @@ impl Args {
             timer_tick_ms: self.timer_tick_ms,
             shutdown_grace_ms: self.shutdown_grace_ms,
             stats_interval_ms: self.stats_interval_ms,
-        })
+        };
+        // Checked on the built Config so the list of TLS ports lives in one place
+        // (Config::uses_tls, which the reactor also asks).
+        let has_cert_and_key = config.tls_cert_path.is_some() && config.tls_key_path.is_some();
+        if config.uses_tls() && !has_cert_and_key {
+            return Err(
+                "a TLS port (--*-tls-port) or --admin-tls needs --tls-cert FILE and --tls-key FILE"
+                    .into(),
+            );
+        }
+        if !config.uses_tls() && (config.tls_cert_path.is_some() || config.tls_key_path.is_some()) {
+            warn!("--tls-cert/--tls-key given without a TLS port or --admin-tls: not used");
+        }
+        Ok(config)
     }
 }
 

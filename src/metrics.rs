@@ -698,9 +698,9 @@ fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
     );
 }
 
-/// A sample with its labels, its value held as a gauge until its family says otherwise.
-fn sample(labels: &[(&str, &str)], value: u64) -> Metric {
-    let pairs = labels
+/// Prometheus label pairs from `(name, value)`s.
+pub(crate) fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
         .iter()
         .map(|&(name, value)| {
             let mut pair = LabelPair::default();
@@ -708,7 +708,12 @@ fn sample(labels: &[(&str, &str)], value: u64) -> Metric {
             pair.set_value(value.to_string());
             pair
         })
-        .collect();
+        .collect()
+}
+
+/// A sample with its labels, its value held as a gauge until its family says otherwise.
+fn sample(labels: &[(&str, &str)], value: u64) -> Metric {
+    let pairs = label_pairs(labels);
     let mut gauge = Gauge::default();
     // Counters past 2^53 lose precision as f64, which is all the format carries.
     gauge.set_value(value as f64);

@@ -228,51 +228,47 @@ fn the_others_get_everything_while_the_slow_one_is_closed(
     assert_eq!(stats.slow_consumer_closes, 1, "{stats}");
 }
 
-/// The healthy members and the sender, signed in before the slow one.
-fn healthy_members(server: &TestServer) -> (Matou, Matou, Web) {
+/// Starts the server with the healthy members and the sender, then `slow_name` made by
+/// `silent_user` (a member that never reads); once both readers saw it join, runs
+/// [`the_others_get_everything_while_the_slow_one_is_closed`].
+fn a_silent_member_is_closed_while_the_others_get_everything(
+    slow_name: &str,
+    silent_user: impl FnOnce(&TestServer, &str) -> TcpStream,
+) {
+    let server = TestServer::start(config());
     let matou = server.matou.expect("MATOU");
-    let (web_reader, _) = Web::sign_in(server.web.expect("WEB"), "reader");
+    let (mut web_reader, _) = Web::sign_in(server.web.expect("WEB"), "reader");
     let sender = Matou::sign_in_at(matou, "sender");
-    let matou_reader = Matou::sign_in_at(matou, "mreader");
-    (sender, matou_reader, web_reader)
+    let mut matou_reader = Matou::sign_in_at(matou, "mreader");
+    let slow = silent_user(&server, slow_name);
+    web_reader.await_message("joined", |m| m["name"] == slow_name);
+    matou_reader.expect_notify(3, slow_name);
+    the_others_get_everything_while_the_slow_one_is_closed(
+        server,
+        sender,
+        matou_reader,
+        web_reader,
+        slow,
+        slow_name,
+    );
 }
 
 /// WEB "Output": a web client that does not read is closed as a slow consumer; MATOU and
 /// WEB members reading all the while get every lobby message once, promptly.
 #[test]
 fn a_web_user_that_never_reads_is_closed_at_the_output_limit_and_others_get_everything() {
-    let server = TestServer::start(config());
-    let (sender, mut matou_reader, mut web_reader) = healthy_members(&server);
-    let slow = silent_web_user(server.web.expect("WEB"), "slowweb");
-    web_reader.await_message("joined", |m| m["name"] == "slowweb");
-    matou_reader.expect_notify(3, "slowweb");
-    the_others_get_everything_while_the_slow_one_is_closed(
-        server,
-        sender,
-        matou_reader,
-        web_reader,
-        slow,
-        "slowweb",
-    );
+    a_silent_member_is_closed_while_the_others_get_everything("slowweb", |server, name| {
+        silent_web_user(server.web.expect("WEB"), name)
+    });
 }
 
 /// The same rule for MATOU (the reactor's output limits, as every protocol): a MATOU user who
 /// stops reading while the lobby talks is closed; the others get everything.
 #[test]
 fn a_matou_user_that_never_reads_is_closed_at_the_output_limit_and_others_get_everything() {
-    let server = TestServer::start(config());
-    let (sender, mut matou_reader, mut web_reader) = healthy_members(&server);
-    let slow = silent_matou_user(server.matou.expect("MATOU"), "slowm");
-    web_reader.await_message("joined", |m| m["name"] == "slowm");
-    matou_reader.expect_notify(3, "slowm");
-    the_others_get_everything_while_the_slow_one_is_closed(
-        server,
-        sender,
-        matou_reader,
-        web_reader,
-        slow,
-        "slowm",
-    );
+    a_silent_member_is_closed_while_the_others_get_everything("slowm", |server, name| {
+        silent_matou_user(server.matou.expect("MATOU"), name)
+    });
 }
 
 /// Bytes written to the server's socket `local` -> `remote` and not yet acknowledged by the
@@ -382,19 +378,9 @@ fn a_reader_that_stops_holds_at_most_its_send_buffer_in_the_servers_kernel() {
 /// reading while MATOU lobby messages cross to it is closed; the others get everything.
 #[test]
 fn a_ccm_user_that_never_reads_is_closed_at_the_output_limit_and_others_get_everything() {
-    let server = TestServer::start(config());
-    let (sender, mut matou_reader, mut web_reader) = healthy_members(&server);
-    let slow = silent_ccm_user(server.ccm.expect("CCM"), "slowc");
-    web_reader.await_message("joined", |m| m["name"] == "slowc");
-    matou_reader.expect_notify(3, "slowc");
-    the_others_get_everything_while_the_slow_one_is_closed(
-        server,
-        sender,
-        matou_reader,
-        web_reader,
-        slow,
-        "slowc",
-    );
+    a_silent_member_is_closed_while_the_others_get_everything("slowc", |server, name| {
+        silent_ccm_user(server.ccm.expect("CCM"), name)
+    });
 }
 
 /// PROTOCOLS.md WEB: a direct to a web user is `sent delivered` once the recipient's TCP

@@ -12,7 +12,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,75 +40,24 @@ fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<TlsStream
     Ok(stream)
 }
 
-/// A client over any byte stream: send, and wait (bounded) for expected bytes.
-struct Wire<S: Read + Write> {
-    stream: S,
-    received: Vec<u8>,
-    name: &'static str,
+/// chatd serving the `plaintext` port flags on free ports, with `pki`'s certificate and key and
+/// the `tls` arguments (TLS ports and the like).
+fn start_with_tls(pki: &Pki, plaintext: &[&'static str], tls: &[&str]) -> Chatd {
+    let mut args = pki.args();
+    args.extend(tls.iter().map(|&arg| arg.to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Chatd::start(plaintext, &args)
 }
 
-impl<S: Read + Write> Wire<S> {
-    fn new(stream: S, name: &'static str) -> Self {
-        Wire {
-            stream,
-            received: Vec::new(),
-            name,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-        self.stream.flush().expect("flush");
-    }
-
-    /// More bytes; false at the end of the stream.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.received.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!(
-                    "{}: timed out; have {:?}",
-                    self.name,
-                    String::from_utf8_lossy(&self.received)
-                )
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Everything up to and including `needle`, consumed.
-    fn read_through(&mut self, needle: &[u8]) -> Vec<u8> {
-        loop {
-            if let Some(at) = common::find(&self.received, needle) {
-                return self.received.drain(..at + needle.len()).collect();
-            }
-            assert!(
-                self.fill(),
-                "{}: closed before {:?}; have {:?}",
-                self.name,
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(&self.received)
-            );
-        }
-    }
-
-    fn read_exact(&mut self, len: usize) -> Vec<u8> {
-        while self.received.len() < len {
-            assert!(self.fill(), "{}: closed early", self.name);
-        }
-        self.received.drain(..len).collect()
-    }
-
-    /// Read to the end of the stream (the server must close it within the read timeout).
-    fn read_to_close(&mut self) -> Vec<u8> {
-        while self.fill() {}
-        std::mem::take(&mut self.received)
-    }
+/// chatd with ROOM in plaintext and over TLS and the admin port over https, plus `extra`
+/// arguments; with ROOM's TLS address and the admin port's address.
+fn start_room_and_admin_over_tls(pki: &Pki, extra: &[&str]) -> (Chatd, SocketAddr, SocketAddr) {
+    let mut tls = vec!["--room-tls-port", "0", "--admin-port", "0", "--admin-tls"];
+    tls.extend_from_slice(extra);
+    let mut chatd = start_with_tls(pki, &["--room-port"], &tls);
+    let room_tls = tls_addr(&mut chatd, "ROOM");
+    let admin = admin_addr(&mut chatd);
+    (chatd, room_tls, admin)
 }
 
 /// The address chatd logged for `protocol`'s TLS listener ("ROOM listening on ADDR (TLS)").
@@ -172,8 +121,8 @@ fn failures(protocol: &str, reason: &str) -> String {
 }
 
 /// A TLS ROOM client joined as `alias`.
-fn room_join_tls(addr: SocketAddr, config: &Arc<ClientConfig>, alias: &str) -> Wire<TlsStream> {
-    let mut wire = Wire::new(
+fn room_join_tls(addr: SocketAddr, config: &Arc<ClientConfig>, alias: &str) -> Client<TlsStream> {
+    let mut wire = Client::over(
         tls_connect(addr, config).expect("TLS handshake"),
         "room tls",
     );
@@ -184,7 +133,7 @@ fn room_join_tls(addr: SocketAddr, config: &Arc<ClientConfig>, alias: &str) -> W
 }
 
 /// A plaintext ROOM client and a TLS one in the same room, each seeing the other's line.
-fn room_chat_both_ways(plain: &mut Client, tls: &mut Wire<TlsStream>, round: &str) {
+fn room_chat_both_ways(plain: &mut Client, tls: &mut Client<TlsStream>, round: &str) {
     let from_tls = format!("tls says {round}");
     tls.send(from_tls.as_bytes());
     plain.read_through(from_tls.as_bytes());
@@ -195,35 +144,44 @@ fn room_chat_both_ways(plain: &mut Client, tls: &mut Wire<TlsStream>, round: &st
     plain.read_through(from_plain.as_bytes());
 }
 
+/// Creates OCM room `room` as user "olga" over TCRP on the TLS port `addr`, for the UDP
+/// socket `udp`; the answer must grant it (code 2) and carry a token.
+fn ocm_create_room_over_tls(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    room: &str,
+    udp: &UdpSocket,
+) {
+    let request = common::ocm::tcrp_request(room, 1, "olga", udp.local_addr().expect("addr"));
+    let mut olga = tls_connect(addr, config).expect("TLS");
+    olga.write_all(&request).expect("request");
+    let mut answer = Vec::new();
+    // Answered, then closed with close_notify (rustls reports a bare close as an error).
+    olga.read_to_end(&mut answer)
+        .expect("the answer, then close_notify");
+    assert_eq!(
+        answer.get(2),
+        Some(&2),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(common::find(&answer, b"\"token\": \"").is_some());
+}
+
 #[test]
 fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let pki = Pki::new("all");
-    let mut args = pki.args();
-    for flag in [
-        "--room-tls-port",
-        "--bin24-tls-port",
-        "--ccm-tls-port",
-        "--matou-tls-port",
-        "--ocm-tcp-tls-port",
-        "--web-tls-port",
-        "--admin-port",
-    ] {
-        args.extend([flag.to_string(), "0".to_string()]);
-    }
-    args.push("--admin-tls".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(
-        &[
-            "--room-port",
-            "--bin24-port",
-            "--ccm-port",
-            "--matou-port",
-            "--ocm-tcp-port",
-            "--ocm-udp-port",
-            "--web-port",
-        ],
-        &args,
-    );
+    // Every plaintext port beside the TLS ones, but OCM's relay's (it has no TLS counterpart).
+    let plaintext: Vec<&'static str> = chatd::PORT_FLAGS
+        .into_iter()
+        .filter(|&flag| flag != "--ocm-relay-port")
+        .collect();
+    let mut tls: Vec<&str> = chatd::TLS_PORT_FLAGS
+        .into_iter()
+        .flat_map(|flag| [flag, "0"])
+        .collect();
+    tls.extend(["--admin-port", "0", "--admin-tls"]);
+    let mut chatd = start_with_tls(&pki, &plaintext, &tls);
     let config = pki.client_config();
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -238,7 +196,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let bin24_tls = tls_addr(&mut chatd, "BIN24");
     let mut pete = common::bin24::Bin24::connect(local(chatd.port("--bin24-port")), "pete");
     assert!(pete.register_and_wait().is_empty());
-    let mut tara = Wire::new(tls_connect(bin24_tls, &config).expect("TLS"), "bin24 tls");
+    let mut tara = Client::over(tls_connect(bin24_tls, &config).expect("TLS"), "bin24 tls");
     let frame = |kind, id, from: &str, to: &str, body: &[u8]| {
         codec::encode(
             kind,
@@ -271,7 +229,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     let mut dana = Client::connect(local(chatd.port("--ccm-port")), "dana");
     dana.send(format!("{identify}4\n\ndana").as_bytes());
     dana.read_through(b"Content-Length: 0\n\n");
-    let mut carl = Wire::new(tls_connect(ccm_tls, &config).expect("TLS"), "ccm tls");
+    let mut carl = Client::over(tls_connect(ccm_tls, &config).expect("TLS"), "ccm tls");
     carl.send(format!("{identify}4\n\ncarl").as_bytes());
     carl.read_through(b"User: ");
     let token = carl.read_through(b"\n");
@@ -288,7 +246,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     use common::matou::{packet, string};
     let matou_tls = tls_addr(&mut chatd, "MATOU");
     let mut mia = common::matou::Matou::sign_in_at(local(chatd.port("--matou-port")), "mia");
-    let mut tim = Wire::new(tls_connect(matou_tls, &config).expect("TLS"), "matou tls");
+    let mut tim = Client::over(tls_connect(matou_tls, &config).expect("TLS"), "matou tls");
     tim.send(&packet(1, &[&string(b"tim")]));
     let mut accepted = 2i32.to_be_bytes().to_vec();
     accepted.push(1);
@@ -299,20 +257,7 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     // OCM: a room created over TCRP on the TLS port is joined over the plaintext one.
     let ocm_tls = tls_addr(&mut chatd, "OCM");
     let udp = UdpSocket::bind("127.0.0.1:0").expect("UDP");
-    let request = common::ocm::tcrp_request("tlsroom", 1, "olga", udp.local_addr().expect("addr"));
-    let mut olga = tls_connect(ocm_tls, &config).expect("TLS");
-    olga.write_all(&request).expect("request");
-    let mut answer = Vec::new();
-    // Answered, then closed with close_notify (rustls reports a bare close as an error).
-    olga.read_to_end(&mut answer)
-        .expect("the answer, then close_notify");
-    assert_eq!(
-        answer.get(2),
-        Some(&2),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert!(common::find(&answer, b"\"token\": \"").is_some());
+    ocm_create_room_over_tls(ocm_tls, &config, "tlsroom", &udp);
     let mut join = TcpStream::connect(local(chatd.port("--ocm-tcp-port"))).expect("connect");
     join.set_read_timeout(Some(WAIT)).expect("timeout");
     let other = UdpSocket::bind("127.0.0.1:0").expect("UDP");
@@ -330,12 +275,12 @@ fn every_protocol_speaks_tls_beside_its_plaintext_port_in_the_same_rooms() {
     // WEB: the page over https, the WebSocket over wss with the https origin, and a lobby
     // message from it reaching the plaintext ROOM client.
     let web_tls = tls_addr(&mut chatd, "WEB");
-    let mut page = Wire::new(tls_connect(web_tls, &config).expect("TLS"), "https");
+    let mut page = Client::over(tls_connect(web_tls, &config).expect("TLS"), "https");
     page.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let head = page.read_through(b"\r\n\r\n");
     assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
     let host = format!("localhost:{}", web_tls.port());
-    let mut ws = Wire::new(tls_connect(web_tls, &config).expect("TLS"), "wss");
+    let mut ws = Client::over(tls_connect(web_tls, &config).expect("TLS"), "wss");
     ws.send(
         format!(
             "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -396,24 +341,9 @@ fn client_hello(config: &Arc<ClientConfig>) -> Vec<u8> {
 #[test]
 fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
     let pki = Pki::new("bad");
-    let mut args = pki.args();
-    args.extend(
-        [
-            "--room-tls-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--admin-tls",
-            "--handshake-timeout-ms",
-            "300",
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(&["--room-port"], &args);
+    let (mut chatd, room_tls, admin) =
+        start_room_and_admin_over_tls(&pki, &["--handshake-timeout-ms", "300"]);
     let config = pki.client_config();
-    let room_tls = tls_addr(&mut chatd, "ROOM");
-    let admin = admin_addr(&mut chatd);
     let mut plain = Client::join(
         SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port"))),
         "plainbob",
@@ -422,25 +352,17 @@ fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
     room_chat_both_ways(&mut plain, &mut tls, "before");
 
     // Garbage that starts as a TLS handshake record but is none.
-    let mut garbage = Wire::new(TcpStream::connect(room_tls).expect("connect"), "garbage");
-    garbage
-        .stream
-        .set_read_timeout(Some(WAIT))
-        .expect("timeout");
+    let mut garbage = Client::connect(room_tls, "garbage");
     garbage.send(b"\x16\x03\x01\x00\x08\xff\xff\xff\xff\xff\xff\xff\xff");
-    garbage.read_to_close();
+    garbage.expect_closed();
     wait_metric(admin, &config, &failures("room", "bad_record"), 1.0);
     chatd.stderr.wait_for("TLS failed: a bad TLS record");
     room_chat_both_ways(&mut plain, &mut tls, "after garbage");
 
     // A plaintext client on the TLS port.
-    let mut plaintext = Wire::new(TcpStream::connect(room_tls).expect("connect"), "plaintext");
-    plaintext
-        .stream
-        .set_read_timeout(Some(WAIT))
-        .expect("timeout");
+    let mut plaintext = Client::connect(room_tls, "plaintext");
     plaintext.send(b"plainbob2\n");
-    plaintext.read_to_close();
+    plaintext.expect_closed();
     wait_metric(admin, &config, &failures("room", "plaintext_client"), 1.0);
     chatd
         .stderr
@@ -449,14 +371,10 @@ fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
 
     // A truncated handshake, held open: the handshake deadline closes it.
     let hello = client_hello(&config);
-    let mut truncated = Wire::new(TcpStream::connect(room_tls).expect("connect"), "truncated");
-    truncated
-        .stream
-        .set_read_timeout(Some(WAIT))
-        .expect("timeout");
+    let mut truncated = Client::connect(room_tls, "truncated");
     truncated.send(&hello[..hello.len() / 2]);
     let started = Instant::now();
-    truncated.read_to_close();
+    truncated.expect_closed();
     assert!(
         started.elapsed() < WAIT,
         "closed by the deadline, not the timeout"
@@ -481,10 +399,7 @@ fn bad_tls_input_closes_only_its_connection_counted_and_logged() {
 #[test]
 fn sighup_reloads_the_certificate_for_new_connections_only() {
     let mut pki = Pki::new("reload");
-    let mut args = pki.args();
-    args.extend(["--room-tls-port", "0"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(&["--room-port"], &args);
+    let mut chatd = start_with_tls(&pki, &["--room-port"], &["--room-tls-port", "0"]);
     let room_tls = tls_addr(&mut chatd, "ROOM");
     let old_config = pki.client_config();
     let old_cert = pki.cert_der.clone();
@@ -587,28 +502,18 @@ fn a_tls_port_without_a_usable_certificate_is_a_clear_startup_error() {
 #[test]
 fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
     let pki = Pki::new("slow");
-    let mut args = pki.args();
-    args.extend(
-        [
-            "--room-tls-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--admin-tls",
+    let (mut chatd, room_tls, admin) = start_room_and_admin_over_tls(
+        &pki,
+        &[
             "--output-hard-bytes-max",
             "262144",
             "--output-soft-bytes-max",
             "262144",
             "--tcp-send-buffer-bytes",
             "4096",
-        ]
-        .map(String::from),
+        ],
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut chatd = Chatd::start(&["--room-port"], &args);
     let config = pki.client_config();
-    let room_tls = tls_addr(&mut chatd, "ROOM");
-    let admin = admin_addr(&mut chatd);
     let room = SocketAddr::from(([127, 0, 0, 1], chatd.port("--room-port")));
 
     // A TLS member with a small receive buffer that reads nothing after joining.
@@ -628,7 +533,7 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
             .complete_io(&mut stream.sock)
             .expect("handshake");
     }
-    let mut slow = Wire::new(stream, "slow tls");
+    let mut slow = Client::over(stream, "slow tls");
     slow.read_through(b"alias?");
     slow.send(b"slowtls");
     slow.read_through(b"Voce esta conectado ao servidor!");
@@ -664,7 +569,7 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
         "the TLS member is the one closed: {text}"
     );
     // The slow member finds its connection closed once it reads again; the flooder stays.
-    slow.read_to_close();
+    slow.expect_closed();
     flooder.send(b"still here");
     flooder
         .stream
@@ -680,11 +585,12 @@ fn a_tls_member_that_stops_reading_is_closed_by_the_output_limits() {
 #[test]
 fn a_protocol_offered_over_tls_only_is_served() {
     let pki = Pki::new("tlsonly");
-    let mut args = pki.args();
-    args.extend(["--room-tls-port", "0", "--ocm-tcp-tls-port", "0"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Only OCM's UDP chat socket is plaintext (TLS does not cover it).
-    let mut chatd = Chatd::start(&["--ocm-udp-port"], &args);
+    let mut chatd = start_with_tls(
+        &pki,
+        &["--ocm-udp-port"],
+        &["--room-tls-port", "0", "--ocm-tcp-tls-port", "0"],
+    );
     let config = pki.client_config();
 
     let room_tls = tls_addr(&mut chatd, "ROOM");
@@ -695,17 +601,5 @@ fn a_protocol_offered_over_tls_only_is_served() {
 
     let ocm_tls = tls_addr(&mut chatd, "OCM");
     let udp = UdpSocket::bind("127.0.0.1:0").expect("UDP");
-    let request = common::ocm::tcrp_request("tlsonly", 1, "olga", udp.local_addr().expect("addr"));
-    let mut olga = tls_connect(ocm_tls, &config).expect("TLS");
-    olga.write_all(&request).expect("request");
-    let mut answer = Vec::new();
-    olga.read_to_end(&mut answer)
-        .expect("the answer, then close_notify");
-    assert_eq!(
-        answer.get(2),
-        Some(&2),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert!(common::find(&answer, b"\"token\": \"").is_some());
+    ocm_create_room_over_tls(ocm_tls, &config, "tlsonly", &udp);
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
-use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
@@ -482,18 +482,7 @@ impl TlsStats {
 }
 
 fn counter(labels: &[(&str, &str)], value: u64) -> Metric {
-    let mut metric = Metric::default();
-    metric.set_label(
-        labels
-            .iter()
-            .map(|&(name, value)| {
-                let mut pair = LabelPair::default();
-                pair.set_name(name.to_string());
-                pair.set_value(value.to_string());
-                pair
-            })
-            .collect(),
-    );
+    let mut metric = Metric::from_label(crate::metrics::label_pairs(labels));
     let mut counter = Counter::default();
     counter.set_value(value as f64);
     metric.set_counter(counter);

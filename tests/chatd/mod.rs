@@ -18,6 +18,16 @@ pub const PORT_FLAGS: [&str; 8] = [
     "--web-port",
 ];
 
+/// Every TLS port flag (each protocol's TCP front door over TLS).
+pub const TLS_PORT_FLAGS: [&str; 6] = [
+    "--room-tls-port",
+    "--bin24-tls-port",
+    "--ccm-tls-port",
+    "--matou-tls-port",
+    "--ocm-tcp-tls-port",
+    "--web-tls-port",
+];
+
 /// The port flags: `ports`' values for the flags it names, `0` for every other one.
 pub fn port_args(ports: &[(&str, u16)]) -> Vec<String> {
     for (flag, _) in ports {

@@ -156,9 +156,10 @@ impl Drop for TestServer {
     }
 }
 
-/// A blocking client that accumulates what arrives and checks it against expectations.
-pub struct Client {
-    pub stream: TcpStream,
+/// A blocking client that accumulates what arrives and checks it against expectations; over
+/// TCP unless made [`Client::over`] another stream (a TLS one).
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     pub received: Vec<u8>,
     pub name: String,
 }
@@ -204,8 +205,44 @@ impl Client {
         client
     }
 
+    /// Nothing may arrive for `quiet` (an absence can only be checked over a bounded time).
+    pub fn expect_nothing_for(&mut self, quiet: Duration) {
+        self.stream
+            .set_read_timeout(Some(quiet))
+            .expect("set timeout");
+        let mut chunk = [0u8; 1024];
+        let result = self.stream.read(&mut chunk);
+        self.stream
+            .set_read_timeout(Some(WAIT))
+            .expect("set timeout");
+        match result {
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(0) => panic!("{}: closed, expected silence", self.name),
+            Ok(n) => panic!(
+                "{}: expected silence, got {:?}",
+                self.name,
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(err) => panic!("{}: read failed: {err}", self.name),
+        }
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client over `stream`, already connected with its read timeout set (reads must end
+    /// within a bound); `name` says which client failed.
+    pub fn over(stream: S, name: &str) -> Self {
+        Client {
+            stream,
+            received: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
+        // A TLS stream may hold records back until flushed; a TCP one holds nothing.
+        self.stream.flush().expect("flush");
     }
 
     /// Read more; false on EOF. Panics on timeout with what was expected.
@@ -226,6 +263,9 @@ impl Client {
                 )
             }
             Err(err) if err.kind() == ErrorKind::ConnectionReset => false,
+            // rustls's end of a TLS stream whose peer closed without close_notify; a TCP
+            // stream never reports it.
+            Err(err) if err.kind() == ErrorKind::UnexpectedEof => false,
             Err(err) => panic!("{}: read failed: {err}", self.name),
         }
     }
@@ -274,32 +314,19 @@ impl Client {
         }
     }
 
+    /// The next `len` bytes, whatever they are; consumed.
+    pub fn read_exact(&mut self, len: usize) -> Vec<u8> {
+        while self.received.len() < len {
+            let more = self.fill(&|| format!("{len} bytes"));
+            assert!(more, "{}: closed before {len} bytes arrived", self.name);
+        }
+        self.received.drain(..len).collect()
+    }
+
     /// The server must close this connection within [`WAIT`]; returns what arrived before.
     pub fn expect_closed(&mut self) -> Vec<u8> {
         while self.fill(&|| "the server to close the connection".to_string()) {}
         std::mem::take(&mut self.received)
-    }
-
-    /// Nothing may arrive for `quiet` (an absence can only be checked over a bounded time).
-    pub fn expect_nothing_for(&mut self, quiet: Duration) {
-        self.stream
-            .set_read_timeout(Some(quiet))
-            .expect("set timeout");
-        let mut chunk = [0u8; 1024];
-        let result = self.stream.read(&mut chunk);
-        self.stream
-            .set_read_timeout(Some(WAIT))
-            .expect("set timeout");
-        match result {
-            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Ok(0) => panic!("{}: closed, expected silence", self.name),
-            Ok(n) => panic!(
-                "{}: expected silence, got {:?}",
-                self.name,
-                String::from_utf8_lossy(&chunk[..n])
-            ),
-            Err(err) => panic!("{}: read failed: {err}", self.name),
-        }
     }
 }
 

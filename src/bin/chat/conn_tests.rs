@@ -263,6 +263,12 @@ fn failure(host: &str, port: u16, args: &TlsArgs) -> String {
     }
 }
 
+/// Connecting over TLS to 127.0.0.1:`port`, trusting `ca`, fails with a message saying `says`.
+fn assert_tls_fails_saying(port: u16, ca: PathBuf, handshake_ms: u64, says: &str) {
+    let message = failure("127.0.0.1", port, &tls_args(Some(ca), handshake_ms));
+    assert!(message.contains(says), "{message}");
+}
+
 #[test]
 fn a_certificate_from_another_authority_is_an_unknown_issuer() {
     let (theirs, ours) = (Ca::new(), Ca::new());
@@ -291,14 +297,11 @@ fn a_certificate_from_another_authority_of_the_same_name_is_a_bad_signature() {
         key: ours.key,
     };
     let (port, server) = echo_server(theirs.issue(&["127.0.0.1"], VALID), b"");
-    let message = failure(
-        "127.0.0.1",
+    assert_tls_fails_saying(
         port,
-        &tls_args(Some(impostor.pem_file()), 5000),
-    );
-    assert!(
-        message.contains("does not verify against the CA in"),
-        "{message}"
+        impostor.pem_file(),
+        5000,
+        "does not verify against the CA in",
     );
     server.join().unwrap();
 }
@@ -323,10 +326,11 @@ fn an_expired_certificate_is_named_so() {
 fn a_certificate_for_another_name_is_a_mismatch() {
     let ca = Ca::new();
     let (port, server) = echo_server(ca.issue(&["chat.example"], VALID), b"");
-    let message = failure("127.0.0.1", port, &tls_args(Some(ca.pem_file()), 5000));
-    assert!(
-        message.contains("the server's certificate is not valid for \"127.0.0.1\""),
-        "{message}"
+    assert_tls_fails_saying(
+        port,
+        ca.pem_file(),
+        5000,
+        "the server's certificate is not valid for \"127.0.0.1\"",
     );
     server.join().unwrap();
 }
@@ -339,14 +343,11 @@ fn a_plaintext_server_talking_first_does_not_answer_in_tls() {
         let mut buf = [0u8; 1024];
         let _ = tcp.read(&mut buf);
     });
-    let message = failure(
-        "127.0.0.1",
+    assert_tls_fails_saying(
         port,
-        &tls_args(Some(Ca::new().pem_file()), 5000),
-    );
-    assert!(
-        message.contains("the server does not answer in TLS: is port"),
-        "{message}"
+        Ca::new().pem_file(),
+        5000,
+        "the server does not answer in TLS: is port",
     );
     server.join().unwrap();
 }
@@ -358,14 +359,11 @@ fn a_handshake_cut_short_says_the_server_closed() {
         let mut buf = [0u8; 16];
         let _ = tcp.read(&mut buf);
     });
-    let message = failure(
-        "127.0.0.1",
+    assert_tls_fails_saying(
         port,
-        &tls_args(Some(Ca::new().pem_file()), 5000),
-    );
-    assert!(
-        message.contains("the server closed the connection during the handshake"),
-        "{message}"
+        Ca::new().pem_file(),
+        5000,
+        "the server closed the connection during the handshake",
     );
     server.join().unwrap();
 }
@@ -377,12 +375,12 @@ fn a_silent_server_times_the_handshake_out() {
         // Holds the connection open, saying nothing, until the client has given up.
         let _ = done_rx.recv();
     });
-    let message = failure(
-        "127.0.0.1",
+    assert_tls_fails_saying(
         port,
-        &tls_args(Some(Ca::new().pem_file()), 100),
+        Ca::new().pem_file(),
+        100,
+        "no TLS answer within 100 ms",
     );
-    assert!(message.contains("no TLS answer within 100 ms"), "{message}");
     done_tx.send(()).unwrap();
     server.join().unwrap();
 }
