@@ -1160,6 +1160,24 @@ impl Hub {
             .map(|(frame, _)| frame)
     }
 
+    /// Whether `from` may send a BIN24 frame of `frame_bytes` to `recipient` now, under
+    /// BIN24's per-sender and per-pair byte rates (what crosses is charged as BIN24's own).
+    fn admit_bin24_frame(
+        &mut self,
+        from: ConnId,
+        recipient: Name,
+        frame_bytes: usize,
+        now_ms: u64,
+    ) -> bool {
+        let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
+        let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
+        self.held.get_mut(&from).is_some_and(|held| {
+            held.bin24_sending
+                .get_or_insert_with(|| SenderBudget::new(total, now_ms))
+                .admit(Some(recipient), frame_bytes as u64, total, pair, now_ms)
+        })
+    }
+
     /// The BIN24 frame for a CCM user's message to a BIN24 user, under BIN24's sending
     /// limits, with the sender's next messageID; or why not: `Some(error)` refused in CCM's
     /// form, `None` not crossing (the sender holds no CCM name).
@@ -1193,19 +1211,7 @@ impl Hub {
                 self.refuse_ccm("a message to a BIN24 user is at most 1000 bytes"),
             ));
         };
-        let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
-        let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
-        let admitted = self.held.get_mut(&from).is_some_and(|held| {
-            held.bin24_sending
-                .get_or_insert_with(|| SenderBudget::new(total, now_ms))
-                .admit(
-                    Some(recipient),
-                    frame.as_bytes().len() as u64,
-                    total,
-                    pair,
-                    now_ms,
-                )
-        });
+        let admitted = self.admit_bin24_frame(from, recipient, frame.as_bytes().len(), now_ms);
         if !admitted {
             self.count_refused(ProtocolKind::Ccm, ProtocolKind::Bin24);
             return Err(Some(render::ccm_error(
@@ -1411,19 +1417,7 @@ impl Hub {
             self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
             return Err("too-large");
         };
-        let total = bin24_frame_rate(self.config.limits.bin24_sender_bytes_per_s_max);
-        let pair = bin24_frame_rate(self.config.limits.bin24_pair_bytes_per_s_max);
-        let admitted = self.held.get_mut(&from).is_some_and(|held| {
-            held.bin24_sending
-                .get_or_insert_with(|| SenderBudget::new(total, now_ms))
-                .admit(
-                    Some(recipient),
-                    frame.as_bytes().len() as u64,
-                    total,
-                    pair,
-                    now_ms,
-                )
-        });
+        let admitted = self.admit_bin24_frame(from, recipient, frame.as_bytes().len(), now_ms);
         if !admitted {
             self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);
             return Err("rate-limited");

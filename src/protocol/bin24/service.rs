@@ -13,6 +13,7 @@ use super::users::UserList;
 use crate::chat::{ConnId, ConnMap};
 use crate::hub::{
     Bin24Direct, Bin24Relay, Bin24Step, Claim, Decision, HubEvent, NamedProtocol, Written,
+    WrittenNote,
 };
 use crate::limits::{RateLimit, SenderBudget};
 use crate::protocol::{
@@ -596,20 +597,7 @@ impl Bin24Service {
             to, bytes, note, ..
         }) = crossing
         {
-            if !out.send_notify(to, bytes, note.0) {
-                // Never queued (the CCM user is closing): as for an offline recipient.
-                let unwritten = out.hub().and_then(|link| link.hub.on_written(note, false));
-                if let Some(Written::Unwritten {
-                    recipient,
-                    sender,
-                    message_id,
-                    frame,
-                    origin,
-                }) = unwritten
-                {
-                    self.store_for(recipient, sender, message_id, &frame, origin, store);
-                }
-            }
+            self.send_to_ccm(to, bytes, note, out, store);
             return;
         }
         if self
@@ -1011,19 +999,7 @@ impl Bin24Service {
         else {
             return false;
         };
-        if !out.send_notify(to, bytes, note.0) {
-            let unwritten = out.hub().and_then(|link| link.hub.on_written(note, false));
-            if let Some(Written::Unwritten {
-                recipient,
-                sender,
-                message_id,
-                frame,
-                origin,
-            }) = unwritten
-            {
-                self.store_for(recipient, sender, message_id, &frame, origin, store);
-            }
-        }
+        self.send_to_ccm(to, bytes, note, out, store);
         true
     }
 
@@ -1201,6 +1177,32 @@ impl Bin24Service {
                         .address_bin24(id, sender, frame.into_bytes(), now_ms);
                 }
             }
+        }
+    }
+
+    /// Hand a BIN24 message to a CCM user (`bytes`, its CCM form); one never queued (the CCM
+    /// user is closing) is kept as for an offline recipient.
+    fn send_to_ccm<O: Outbox, S: StoreSink>(
+        &mut self,
+        to: ConnId,
+        bytes: Bytes,
+        note: WrittenNote,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        if out.send_notify(to, bytes, note.0) {
+            return;
+        }
+        let unwritten = out.hub().and_then(|link| link.hub.on_written(note, false));
+        if let Some(Written::Unwritten {
+            recipient,
+            sender,
+            message_id,
+            frame,
+            origin,
+        }) = unwritten
+        {
+            self.store_for(recipient, sender, message_id, &frame, origin, store);
         }
     }
 
