@@ -1531,4 +1531,54 @@ mod tests {
         let counts = a.claim_counts().unwrap_or_default().web_receipts;
         assert_eq!((counts.lapsed, counts.answered, counts.expired), (2, 1, 0));
     }
+
+    /// The recipient gone from its node by the time the message comes (left since the
+    /// look-up, or its name now a MATOU user's): that node answers `not-delivered` at once,
+    /// and the sender hears it, rather than `no-receipt` at the deadline.
+    #[test]
+    fn a_web_direct_for_a_user_gone_from_its_node_is_answered_not_delivered_at_once() {
+        use super::super::RemoteDelivery;
+        use crate::protocol::web::json as web;
+        let (mut a, mut b) = (clustered(8), clustered(8));
+        web_user(&mut a, conn(1), b"wes", 1);
+        assert_eq!(
+            b.claim_name_at(NamedProtocol::Matou, conn(4), b"mia", 0),
+            Claim::Pending
+        );
+        assert!(b.on_claim_answer(1, b"mia", ClaimAnswer::Granted).is_some());
+        for (id, to) in [(1, &b"cat"[..]), (2, b"mia")] {
+            let to = Bytes::copy_from_slice(to);
+            let sent = located_web_direct(&mut a, conn(1), b"wil", id, (b"node-b", 9), 0);
+            let Located::WebSend {
+                event: HubEvent::Addressed(mut message),
+                ..
+            } = sent
+            else {
+                panic!("not published: {sent:?}");
+            };
+            message.recipient = to;
+            message.from_node = Bytes::from_static(b"node-a");
+            message.from_incarnation = 3;
+            let RemoteDelivery::Publish(HubEvent::Addressed(receipt)) = b.deliver_remote(&message)
+            else {
+                panic!("a receipt at once");
+            };
+            assert_eq!(
+                (
+                    &receipt.to_node[..],
+                    receipt.to_incarnation,
+                    &receipt.body[..]
+                ),
+                (&b"node-a"[..], 3, &b"not-delivered"[..])
+            );
+            assert_eq!(
+                a.deliver_remote(&receipt),
+                RemoteDelivery::Send {
+                    to: conn(1),
+                    bytes: web::error(Some(id), "not-delivered")
+                }
+            );
+        }
+        assert_eq!(a.web_receipts_waiting(), 0);
+    }
 }

@@ -190,6 +190,10 @@ pub enum RemoteDelivery {
         bytes: Bytes,
         note: WrittenNote,
     },
+    /// Another node's web user's `direct` for a name no CCM or web user holds here now:
+    /// publish this receipt (`not-delivered`) for the sender's node at once, rather than
+    /// leave its sender to the deadline's `no-receipt`.
+    Publish(HubEvent),
 }
 
 /// Identifies a BIN24-to-CCM delivery whose writing the hub waits for: the note of the
@@ -1536,6 +1540,9 @@ impl Hub {
         if addressed.kind[..] == *WEB_RECEIPT_KIND {
             return self.on_web_receipt(addressed);
         }
+        if addressed.kind[..] == *WEB_DIRECT_KIND {
+            return self.deliver_remote_web(addressed);
+        }
         let Some(holder) = self
             .names
             .get(&addressed.recipient[..])
@@ -1546,33 +1553,6 @@ impl Hub {
         };
         let to = holder.conn;
         let kind = &addressed.kind[..];
-        if kind == WEB_DIRECT_KIND {
-            let bytes = match holder.protocol {
-                NamedProtocol::Web => {
-                    web::direct(ProtocolKind::Web, &addressed.sender, &addressed.body)
-                }
-                NamedProtocol::Ccm => {
-                    render::ccm_text(&addressed.sender, &addressed.recipient, &addressed.body)
-                }
-                NamedProtocol::Bin24 | NamedProtocol::Matou => return RemoteDelivery::Nothing,
-            };
-            if holder.protocol != NamedProtocol::Web {
-                self.counts.messages[ProtocolKind::Web.index()]
-                    [holder.protocol.protocol().index()] += 1;
-            }
-            let note = WrittenNote(self.next_note);
-            self.next_note = self.next_note.wrapping_add(1);
-            self.awaiting_write.insert(
-                note,
-                AwaitingWrite::RemoteWeb {
-                    sender: addressed.sender.clone(),
-                    id: addressed.request,
-                    node: addressed.from_node.clone(),
-                    incarnation: addressed.from_incarnation,
-                },
-            );
-            return RemoteDelivery::Notify { to, bytes, note };
-        }
         // A CCM user's message to a web user here (a CCM holder is CCM's own form, written
         // by the registry): `Text` and `Raw`, as on one node.
         let crosses = matches!(
@@ -1587,6 +1567,62 @@ impl Hub {
             to,
             bytes: web::direct(ProtocolKind::Ccm, &addressed.sender, &addressed.body),
         }
+    }
+
+    /// Another node's web user's `direct` for a user here: in that user's form, with a note for
+    /// its receipt; for a name no CCM or web user holds here now (left since the look-up, or
+    /// taken by BIN24 or MATOU), its `not-delivered` receipt at once.
+    fn deliver_remote_web(&mut self, addressed: &Addressed) -> RemoteDelivery {
+        let holder = self
+            .names
+            .get(&addressed.recipient[..])
+            .copied()
+            .filter(|holder| holder.claim.is_none());
+        let (to, protocol, bytes) = match holder {
+            Some(Holder {
+                protocol: NamedProtocol::Web,
+                conn,
+                ..
+            }) => (
+                conn,
+                NamedProtocol::Web,
+                web::direct(ProtocolKind::Web, &addressed.sender, &addressed.body),
+            ),
+            Some(Holder {
+                protocol: NamedProtocol::Ccm,
+                conn,
+                ..
+            }) => (
+                conn,
+                NamedProtocol::Ccm,
+                render::ccm_text(&addressed.sender, &addressed.recipient, &addressed.body),
+            ),
+            _ if addressed.from_node.is_empty() => return RemoteDelivery::Nothing,
+            _ => {
+                return RemoteDelivery::Publish(web_receipt(
+                    addressed.sender.clone(),
+                    addressed.request,
+                    addressed.from_node.clone(),
+                    addressed.from_incarnation,
+                    false,
+                ))
+            }
+        };
+        if protocol != NamedProtocol::Web {
+            self.counts.messages[ProtocolKind::Web.index()][protocol.protocol().index()] += 1;
+        }
+        let note = WrittenNote(self.next_note);
+        self.next_note = self.next_note.wrapping_add(1);
+        self.awaiting_write.insert(
+            note,
+            AwaitingWrite::RemoteWeb {
+                sender: addressed.sender.clone(),
+                id: addressed.request,
+                node: addressed.from_node.clone(),
+                incarnation: addressed.from_incarnation,
+            },
+        );
+        RemoteDelivery::Notify { to, bytes, note }
     }
 
     /// The receipt for a web user's message to another node (`request`: the token it was
@@ -1756,23 +1792,13 @@ impl Hub {
                 node,
                 incarnation,
             } => {
-                let status: &'static [u8] = if written {
-                    b"delivered"
-                } else {
-                    b"not-delivered"
-                };
-                return Some(Written::Publish(HubEvent::Addressed(Box::new(Addressed {
-                    to_node: node,
-                    to_incarnation: incarnation,
-                    kind: Bytes::from_static(WEB_RECEIPT_KIND),
-                    sender: Bytes::new(),
-                    recipient: sender,
-                    encoding: Bytes::new(),
-                    body: Bytes::from_static(status),
-                    from_node: Bytes::new(),
-                    from_incarnation: 0,
-                    request: id,
-                }))));
+                return Some(Written::Publish(web_receipt(
+                    sender,
+                    id,
+                    node,
+                    incarnation,
+                    written,
+                )));
             }
         };
         Some(if written {
@@ -1791,6 +1817,34 @@ impl Hub {
             }
         })
     }
+}
+
+/// The receipt ([`WEB_RECEIPT_KIND`]) of another node's web user's message (`sender`, its
+/// `request` token) for that node (`node`, `incarnation`): `delivered` when `written`.
+fn web_receipt(
+    sender: Bytes,
+    request: Option<u64>,
+    node: Bytes,
+    incarnation: u64,
+    written: bool,
+) -> HubEvent {
+    let status: &'static [u8] = if written {
+        b"delivered"
+    } else {
+        b"not-delivered"
+    };
+    HubEvent::Addressed(Box::new(Addressed {
+        to_node: node,
+        to_incarnation: incarnation,
+        kind: Bytes::from_static(WEB_RECEIPT_KIND),
+        sender: Bytes::new(),
+        recipient: sender,
+        encoding: Bytes::new(),
+        body: Bytes::from_static(status),
+        from_node: Bytes::new(),
+        from_incarnation: 0,
+        request,
+    }))
 }
 
 /// BIN24's byte rate for a sender, as its service builds it: the burst always holds one

@@ -176,6 +176,7 @@ fn on_addressed<O: Outbox>(
                 }
             }
         }
+        RemoteDelivery::Publish(receipt) => queue.publish(receipt),
         RemoteDelivery::Nothing => deliver_addressed(hub, addressed, out),
     }
 }
