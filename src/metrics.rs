@@ -637,6 +637,22 @@ fn name_families(out: &mut Families, names: &NameMetrics) {
             sample(&[("outcome", "bounced")], names.counts.location_bounces),
         ],
     );
+    let receipts = &names.counts.web_receipts;
+    out.counter(
+        "chatd_cluster_web_receipts_total",
+        "Web users' direct messages to another node's CCM or web user, by how their sender was \
+         answered: answered (from the receipt), expired (no receipt by the deadline: \
+         no-receipt), lapsed (the recipient's node taken for dead first: no-receipt), late (a \
+         receipt after the answer, dropped), refused (too many awaiting a receipt: busy, not \
+         sent).",
+        vec![
+            sample(&[("outcome", "answered")], receipts.answered),
+            sample(&[("outcome", "expired")], receipts.expired),
+            sample(&[("outcome", "lapsed")], receipts.lapsed),
+            sample(&[("outcome", "late")], receipts.late),
+            sample(&[("outcome", "refused")], receipts.refused),
+        ],
+    );
 }
 
 fn switchboard_families(out: &mut Families, switchboard: &SwitchboardMetrics) {
@@ -800,6 +816,7 @@ mod tests {
                     location_hits: 5,
                     location_misses: 2,
                     location_bounces: 1,
+                    ..crate::hub::ClaimCounts::default()
                 },
             }),
             loop_turns: turns,

@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::receipts::{ReceiptConfig, ReceiptCounts, Receipts};
 use super::render;
 use super::{Addressed, HubEvent, NamedProtocol, PrivateLink};
 use crate::chat::ConnId;
@@ -29,6 +30,8 @@ pub struct ClaimConfig {
     pub wait_ms: u64,
     /// Claims waiting at once, on this node; one more is refused as unconfirmed at once.
     pub pending_max: usize,
+    /// A web user's `direct` to another node's CCM or web user, awaiting its receipt.
+    pub web_receipts: ReceiptConfig,
 }
 
 /// What the hub asks of the cluster's names thread, in order.
@@ -104,9 +107,14 @@ pub enum Located {
         message: Box<Addressed>,
         at: (Bytes, u64),
     },
-    /// A web user's `direct` to nobody (or a MATOU user, or not located in time): `from` is
-    /// told `unknown-addressee` for its request `request`.
-    WebUnknown { from: ConnId, request: Option<u64> },
+    /// A web user's `direct` not sent: `from` is told `error` `reason` for its request
+    /// `request`: `unknown-addressee` (nobody, a MATOU user, or not located in time), or
+    /// `busy` (too many of its, or this node's, messages await their receipt already).
+    WebRefused {
+        from: ConnId,
+        request: Option<u64>,
+        reason: &'static str,
+    },
 }
 
 /// What waits for a name to be located.
@@ -187,6 +195,8 @@ pub struct ClaimCounts {
     pub location_misses: u64,
     /// BIN24 messages another node sent back (the cache's entry was stale): located again.
     pub location_bounces: u64,
+    /// Web users' messages to another node's CCM or web users and their receipts.
+    pub web_receipts: ReceiptCounts,
 }
 
 /// The claims waiting for the cluster, and what is to be sent to it.
@@ -210,11 +220,13 @@ pub(super) struct Claims {
     /// it names sends such a message back, and the entry goes ([`Claims::forget_location`]);
     /// a node taken for dead takes its entries with it ([`Claims::forget_node`]).
     locations: HashMap<Bytes, Holder>,
+    pub(super) receipts: Receipts,
 }
 
 impl Claims {
     pub(super) fn new(config: ClaimConfig) -> Self {
         Claims {
+            receipts: Receipts::new(config.web_receipts),
             config,
             deadlines: VecDeque::new(),
             waiting: 0,
@@ -402,9 +414,10 @@ impl Claims {
                     at: (node, incarnation),
                 }
             }
-            (Locating::Web(message), _) => Located::WebUnknown {
+            (Locating::Web(message), _) => Located::WebRefused {
                 from,
                 request: message.request,
+                reason: "unknown-addressee",
             },
             (Locating::Ccm(message), _) => Located::Unknown {
                 from,
@@ -513,6 +526,7 @@ mod tests {
     use crate::protocol::ccm::codec as ccm;
 
     const WAIT_MS: u64 = 100;
+    const RECEIPT_WAIT_MS: u64 = 400;
 
     fn conn(slot: u32) -> ConnId {
         ConnId::new(slot, 1)
@@ -524,6 +538,11 @@ mod tests {
             name_claims: Some(ClaimConfig {
                 wait_ms: WAIT_MS,
                 pending_max,
+                web_receipts: ReceiptConfig {
+                    wait_ms: RECEIPT_WAIT_MS,
+                    per_sender_max: 2,
+                    max: 3,
+                },
             }),
             ..HubConfig::default()
         })
@@ -848,7 +867,7 @@ mod tests {
         sent.to_node = node.clone();
         sent.to_incarnation = 7;
         assert_eq!(
-            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Ccm))),
+            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Ccm)), 0),
             Some(Located::Send {
                 from: conn(1),
                 event: HubEvent::Addressed(Box::new(sent))
@@ -856,19 +875,20 @@ mod tests {
         );
         // A MATOU holder: CCM does not cross to MATOU, as on one node.
         assert_eq!(
-            hub.on_located(2, Some((node, 7, NamedProtocol::Matou))),
+            hub.on_located(2, Some((node, 7, NamedProtocol::Matou)), 0),
             Some(Located::Unknown {
                 from: conn(1),
                 recipient: Bytes::from_static(b"mia")
             })
         );
-        assert_eq!(hub.on_located(2, None), None, "answered once");
+        assert_eq!(hub.on_located(2, None, 0), None, "answered once");
         // A BIN24 holder (rule 4 across nodes): made a BIN24 frame here, for its node.
         assert!(hub.address_remote(conn(1), message(b"bob", b"five"), 20));
         assert_eq!(
             hub.on_located(
                 3,
-                Some((Bytes::from_static(b"node-b"), 7, NamedProtocol::Bin24))
+                Some((Bytes::from_static(b"node-b"), 7, NamedProtocol::Bin24)),
+                0
             ),
             Some(Located::CcmToBin24 {
                 from: conn(1),
@@ -884,7 +904,8 @@ mod tests {
         assert_eq!(
             hub.on_located(
                 4,
-                Some((Bytes::from_static(b"node-b"), 7, NamedProtocol::Web))
+                Some((Bytes::from_static(b"node-b"), 7, NamedProtocol::Web)),
+                0
             ),
             Some(Located::Send {
                 from: conn(1),
@@ -902,7 +923,7 @@ mod tests {
                 recipient: Bytes::from_static(b"dan")
             }]
         );
-        assert_eq!(hub.on_located(5, None), None);
+        assert_eq!(hub.on_located(5, None, 0), None);
         assert!(!Hub::new(HubConfig::default()).address_remote(conn(1), message(b"a", b""), 0));
     }
 
@@ -931,7 +952,7 @@ mod tests {
         );
         let node = Bytes::from_static(b"node-b");
         assert_eq!(
-            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Bin24))),
+            hub.on_located(1, Some((node.clone(), 7, NamedProtocol::Bin24)), 0),
             Some(Located::Bin24 {
                 from: conn(1),
                 frame: frame(1),
@@ -940,18 +961,18 @@ mod tests {
         );
         // A CCM holder elsewhere (rule 4 across nodes): its node writes it in CCM's form.
         assert_eq!(
-            hub.on_located(2, Some((node.clone(), 7, NamedProtocol::Ccm))),
+            hub.on_located(2, Some((node.clone(), 7, NamedProtocol::Ccm)), 0),
             Some(Located::Bin24 {
                 from: conn(1),
                 frame: frame(2),
                 at: Some((node.clone(), 7))
             })
         );
-        assert_eq!(hub.on_located(1, None), None, "answered once");
+        assert_eq!(hub.on_located(1, None, 0), None, "answered once");
         // A MATOU holder gets no direct messages: BIN24's rules here.
         assert!(hub.address_bin24(conn(1), Bytes::from_static(b"mia"), frame(5), 50));
         assert_eq!(
-            hub.on_located(3, Some((node, 7, NamedProtocol::Matou))),
+            hub.on_located(3, Some((node, 7, NamedProtocol::Matou)), 0),
             Some(Located::Bin24 {
                 from: conn(1),
                 frame: frame(5),
@@ -1000,7 +1021,7 @@ mod tests {
         };
         let node_b = Bytes::from_static(b"node-b");
         let holder = (node_b.clone(), 7, NamedProtocol::Bin24);
-        assert!(hub.on_located(token, Some(holder)).is_some());
+        assert!(hub.on_located(token, Some(holder), 0).is_some());
         assert_eq!(counts(&hub), (0, 1, 0));
         assert_eq!(hub.bin24_cached_location(b"bob"), Some((node_b.clone(), 7)));
         assert_eq!(counts(&hub), (0, 1, 0), "a query is no message");
@@ -1035,7 +1056,7 @@ mod tests {
         ] {
             let name = Bytes::from_static(name.as_bytes());
             assert!(hub.address_bin24(conn(1), name, frame(token as u8), 0));
-            assert!(hub.on_located(token, Some(holder)).is_some());
+            assert!(hub.on_located(token, Some(holder), 0).is_some());
         }
         assert_eq!(hub.bin24_cached_location(b"bob"), Some((b.clone(), 7)));
         assert_eq!(hub.bin24_cached_location(b"cat"), Some((b.clone(), 7)));
@@ -1064,7 +1085,7 @@ mod tests {
         );
         // Now on C: sent there again, as located; found there, the cache has it.
         assert_eq!(
-            hub.on_located(7, Some((c.clone(), 9, NamedProtocol::Bin24))),
+            hub.on_located(7, Some((c.clone(), 9, NamedProtocol::Bin24)), 0),
             Some(Located::Bin24Relocated {
                 frame: frame(1),
                 at: Some((c.clone(), 9))
@@ -1073,7 +1094,7 @@ mod tests {
         assert_eq!(hub.bin24_cached_location(b"bob"), Some((c.clone(), 9)));
         // Nobody holds it: BIN24's rules here, and the entry goes.
         assert_eq!(
-            hub.on_located(6, None),
+            hub.on_located(6, None, 0),
             Some(Located::Bin24Relocated {
                 frame: frame(1),
                 at: None
@@ -1147,7 +1168,7 @@ mod tests {
         let Some(Located::WebSend {
             from,
             event: HubEvent::Addressed(mut addressed),
-        }) = a.on_located(2, Some((node_b.clone(), 9, NamedProtocol::Ccm)))
+        }) = a.on_located(2, Some((node_b.clone(), 9, NamedProtocol::Ccm)), 0)
         else {
             panic!("sent to node-b");
         };
@@ -1160,7 +1181,8 @@ mod tests {
                 &addressed.sender[..],
                 addressed.request
             ),
-            (&b"node-b"[..], 9, WEB_DIRECT_KIND, &b"wes"[..], Some(5))
+            // Published with this node's receipt token, not the web request's id.
+            (&b"node-b"[..], 9, WEB_DIRECT_KIND, &b"wes"[..], Some(1))
         );
         // The registry fills in the sending node when it publishes.
         addressed.from_node = Bytes::from_static(b"node-a");
@@ -1197,20 +1219,34 @@ mod tests {
                 bytes: web::sent(Some(5), "delivered")
             }
         );
-        // One cat closes before receiving: `not-delivered`.
-        let RemoteDelivery::Notify { note, .. } = b.deliver_remote(&addressed) else {
+        // The same receipt again: its message was answered, nothing more.
+        assert_eq!(a.deliver_remote(&receipt), RemoteDelivery::Nothing);
+        // Another message; cat closes before receiving it: `not-delivered`.
+        let mut second = addressed.clone();
+        second.request = Some(2);
+        let RemoteDelivery::Notify { note, .. } = b.deliver_remote(&second) else {
             panic!("a delivery to cat");
         };
         let Some(Written::Publish(HubEvent::Addressed(receipt))) = b.on_written(note, false) else {
             panic!("a receipt");
         };
         assert_eq!(
+            a.web_direct(conn(1), b"cat", &text, Some(6), 0, &mut out),
+            WebDirect::Locating
+        );
+        let Some(Located::WebSend { .. }) =
+            a.on_located(3, Some((node_b.clone(), 9, NamedProtocol::Ccm)), 0)
+        else {
+            panic!("sent to node-b");
+        };
+        assert_eq!(
             a.deliver_remote(&receipt),
             RemoteDelivery::Send {
                 to: conn(1),
-                bytes: web::error(Some(5), "not-delivered")
+                bytes: web::error(Some(6), "not-delivered")
             }
         );
+        assert_eq!(a.web_receipts_waiting(), 0);
         // A CCM user's message to a web user of this node: in WEB's form, no receipt.
         let mut from_ccm = message(b"wes", b"from cid");
         from_ccm.to_node = Bytes::from_static(b"node-a");
@@ -1228,7 +1264,7 @@ mod tests {
             WebDirect::Locating
         );
         let Some(Located::WebToBin24 { from, message, at }) =
-            a.on_located(3, Some((node_b.clone(), 9, NamedProtocol::Bin24)))
+            a.on_located(4, Some((node_b.clone(), 9, NamedProtocol::Bin24)), 0)
         else {
             panic!("for node-b's BIN24 user");
         };
@@ -1245,18 +1281,19 @@ mod tests {
         );
         // Nobody, a MATOU user, or no answer in time: unknown.
         for (token, holder) in [
-            (4, None),
-            (5, Some((node_b.clone(), 9, NamedProtocol::Matou))),
+            (5, None),
+            (6, Some((node_b.clone(), 9, NamedProtocol::Matou))),
         ] {
             assert_eq!(
                 a.web_direct(conn(1), b"mia", &text, Some(7), 0, &mut out),
                 WebDirect::Locating
             );
             assert_eq!(
-                a.on_located(token, holder),
-                Some(Located::WebUnknown {
+                a.on_located(token, holder, 0),
+                Some(Located::WebRefused {
                     from: conn(1),
-                    request: Some(7)
+                    request: Some(7),
+                    reason: "unknown-addressee"
                 })
             );
         }
@@ -1268,5 +1305,280 @@ mod tests {
                 reason: "unknown-addressee"
             }
         );
+    }
+
+    /// `from`'s `direct` (request `id`) to `to`, a web user of the node `at`, located there at
+    /// `now_ms`: what the hub makes of it.
+    fn located_web_direct(
+        hub: &mut Hub,
+        from: ConnId,
+        to: &'static [u8],
+        id: u64,
+        at: (&'static [u8], u64),
+        now_ms: u64,
+    ) -> Located {
+        use super::super::WebDirect;
+        let mut out = crate::hub::testing::RecordingHubOut::default();
+        let text = Bytes::from_static(b"hi");
+        assert_eq!(
+            hub.web_direct(from, to, &text, Some(id), now_ms, &mut out),
+            WebDirect::Locating
+        );
+        let ops = hub.take_name_ops();
+        let Some(&NameOp::Locate { token, .. }) = ops.last() else {
+            panic!("located: {ops:?}");
+        };
+        let holder = (Bytes::from_static(at.0), at.1, NamedProtocol::Web);
+        hub.on_located(token, Some(holder), now_ms)
+            .unwrap_or_else(|| panic!("token {token} answered"))
+    }
+
+    /// The token a located web direct was published with (its receipt echoes it).
+    fn published_token(located: &Located) -> u64 {
+        match located {
+            Located::WebSend {
+                event: HubEvent::Addressed(message),
+                ..
+            } => message
+                .request
+                .unwrap_or_else(|| panic!("no token: {message:?}")),
+            other => panic!("not published: {other:?}"),
+        }
+    }
+
+    /// The receipt the recipient's node publishes for the message `token` of `sender`.
+    fn receipt(token: u64, sender: &'static [u8], status: &'static [u8]) -> Addressed {
+        Addressed {
+            to_node: Bytes::from_static(b"node-a"),
+            to_incarnation: 3,
+            kind: Bytes::from_static(crate::hub::WEB_RECEIPT_KIND),
+            sender: Bytes::new(),
+            recipient: Bytes::from_static(sender),
+            encoding: Bytes::new(),
+            body: Bytes::from_static(status),
+            from_node: Bytes::new(),
+            from_incarnation: 0,
+            request: Some(token),
+        }
+    }
+
+    /// Issue 21: a web user's `direct` to another node gets exactly one answer. Its receipt
+    /// in time: `sent delivered`, once (the deadline then passes with nothing). No receipt:
+    /// `error no-receipt` at the deadline (ack timeout + lease in the server), not a
+    /// millisecond before, once; the receipt coming after that is dropped and counted.
+    #[test]
+    fn a_web_direct_to_another_node_is_answered_once_by_its_receipt_or_its_deadline() {
+        use super::super::RemoteDelivery;
+        use crate::protocol::web::json as web;
+        let mut a = clustered(8);
+        web_user(&mut a, conn(1), b"wes", 1);
+
+        // No receipt: no-receipt at the deadline, once.
+        let sent = located_web_direct(&mut a, conn(1), b"wil", 5, (b"node-b", 9), 10);
+        let lost = published_token(&sent);
+        assert_eq!(a.web_receipts_waiting(), 1);
+        let deadline = 10 + RECEIPT_WAIT_MS;
+        assert!(a
+            .next_claim_deadline_ms()
+            .is_some_and(|next| next <= deadline));
+        assert_eq!(a.expire_web_receipts(deadline - 1), []);
+        assert_eq!(
+            a.expire_web_receipts(deadline),
+            [(conn(1), web::error(Some(5), "no-receipt"))]
+        );
+        assert_eq!(a.expire_web_receipts(deadline + 10_000), []);
+        assert_eq!(a.web_receipts_waiting(), 0);
+        // Its receipt, late: nothing.
+        assert_eq!(
+            a.deliver_remote(&receipt(lost, b"wes", b"delivered")),
+            RemoteDelivery::Nothing
+        );
+
+        // A receipt in time: sent delivered, once; its deadline then passes with nothing.
+        let sent = located_web_direct(&mut a, conn(1), b"wil", 6, (b"node-b", 9), 1_000);
+        let token = published_token(&sent);
+        assert_ne!(token, lost);
+        assert_eq!(
+            a.deliver_remote(&receipt(token, b"wes", b"delivered")),
+            RemoteDelivery::Send {
+                to: conn(1),
+                bytes: web::sent(Some(6), "delivered")
+            }
+        );
+        assert_eq!(
+            a.deliver_remote(&receipt(token, b"wes", b"delivered")),
+            RemoteDelivery::Nothing
+        );
+        assert_eq!(a.expire_web_receipts(1_000 + RECEIPT_WAIT_MS), []);
+        // A receipt naming another sender than its token's (forged, or a bug): no answer.
+        let sent = located_web_direct(&mut a, conn(1), b"wil", 7, (b"node-b", 9), 2_000);
+        let token = published_token(&sent);
+        assert_eq!(
+            a.deliver_remote(&receipt(token, b"eve", b"delivered")),
+            RemoteDelivery::Nothing
+        );
+        assert_eq!(
+            a.expire_web_receipts(2_000 + RECEIPT_WAIT_MS),
+            [(conn(1), web::error(Some(7), "no-receipt"))]
+        );
+
+        let counts = a.claim_counts().unwrap_or_default().web_receipts;
+        assert_eq!(
+            counts,
+            crate::hub::ReceiptCounts {
+                awaited: 3,
+                answered: 1,
+                expired: 2,
+                lapsed: 0,
+                late: 3,
+                refused: 0,
+            }
+        );
+    }
+
+    /// Messages awaiting a receipt are bounded per sender (2 here) and per node (3): one more
+    /// is `busy`, not published, and counted; an answer frees its place.
+    #[test]
+    fn web_directs_awaiting_a_receipt_are_bounded_per_sender_and_per_node() {
+        use super::super::RemoteDelivery;
+        let mut a = clustered(8);
+        web_user(&mut a, conn(1), b"wes", 1);
+        web_user(&mut a, conn(2), b"wil", 2);
+        let busy = |request| Located::WebRefused {
+            from: conn(1),
+            request: Some(request),
+            reason: "busy",
+        };
+        let first = located_web_direct(&mut a, conn(1), b"cat", 1, (b"node-b", 9), 0);
+        let first = published_token(&first);
+        published_token(&located_web_direct(
+            &mut a,
+            conn(1),
+            b"cat",
+            2,
+            (b"node-b", 9),
+            0,
+        ));
+        assert_eq!(
+            located_web_direct(&mut a, conn(1), b"cat", 3, (b"node-b", 9), 0),
+            busy(3)
+        );
+        // Another sender: the node's third place, then the node is full.
+        published_token(&located_web_direct(
+            &mut a,
+            conn(2),
+            b"cat",
+            1,
+            (b"node-b", 9),
+            0,
+        ));
+        assert_eq!(
+            located_web_direct(&mut a, conn(2), b"cat", 2, (b"node-b", 9), 0),
+            Located::WebRefused {
+                from: conn(2),
+                request: Some(2),
+                reason: "busy",
+            }
+        );
+        assert_eq!(a.web_receipts_waiting(), 3);
+        // A receipt frees wes's first place.
+        assert!(matches!(
+            a.deliver_remote(&receipt(first, b"wes", b"delivered")),
+            RemoteDelivery::Send { .. }
+        ));
+        published_token(&located_web_direct(
+            &mut a,
+            conn(1),
+            b"cat",
+            4,
+            (b"node-b", 9),
+            0,
+        ));
+        assert_eq!(a.web_receipts_waiting(), 3);
+        assert_eq!(a.claim_counts().unwrap_or_default().web_receipts.refused, 2);
+    }
+
+    /// The recipient's node taken for dead while receipts are awaited: its messages are
+    /// answered `no-receipt` at once, in the order sent, and not again at their deadline;
+    /// another node's, or another incarnation's, wait on. A sender gone meanwhile is not
+    /// answered at all.
+    #[test]
+    fn a_web_direct_to_a_node_taken_for_dead_is_answered_no_receipt_at_once() {
+        use super::super::RemoteDelivery;
+        use crate::protocol::web::json as web;
+        let mut a = clustered(8);
+        web_user(&mut a, conn(1), b"wes", 1);
+        web_user(&mut a, conn(2), b"wil", 2);
+        located_web_direct(&mut a, conn(1), b"bea", 1, (b"node-b", 9), 0);
+        let to_c = located_web_direct(&mut a, conn(1), b"cyd", 2, (b"node-c", 4), 1);
+        located_web_direct(&mut a, conn(2), b"bea", 3, (b"node-b", 9), 2);
+        a.release_name(conn(2));
+        assert_eq!(a.forget_node(b"node-b", 8), []);
+        assert_eq!(a.forget_node(b"node-c", 9), []);
+        assert_eq!(
+            a.forget_node(b"node-b", 9),
+            [(conn(1), web::error(Some(1), "no-receipt"))]
+        );
+        assert_eq!(a.web_receipts_waiting(), 1);
+        assert_eq!(
+            a.deliver_remote(&receipt(published_token(&to_c), b"wes", b"delivered")),
+            RemoteDelivery::Send {
+                to: conn(1),
+                bytes: web::sent(Some(2), "delivered")
+            }
+        );
+        assert_eq!(a.expire_web_receipts(10_000), []);
+        let counts = a.claim_counts().unwrap_or_default().web_receipts;
+        assert_eq!((counts.lapsed, counts.answered, counts.expired), (2, 1, 0));
+    }
+
+    /// The recipient gone from its node by the time the message comes (left since the
+    /// look-up, or its name now a MATOU user's): that node answers `not-delivered` at once,
+    /// and the sender hears it, rather than `no-receipt` at the deadline.
+    #[test]
+    fn a_web_direct_for_a_user_gone_from_its_node_is_answered_not_delivered_at_once() {
+        use super::super::RemoteDelivery;
+        use crate::protocol::web::json as web;
+        let (mut a, mut b) = (clustered(8), clustered(8));
+        web_user(&mut a, conn(1), b"wes", 1);
+        assert_eq!(
+            b.claim_name_at(NamedProtocol::Matou, conn(4), b"mia", 0),
+            Claim::Pending
+        );
+        assert!(b.on_claim_answer(1, b"mia", ClaimAnswer::Granted).is_some());
+        for (id, to) in [(1, &b"cat"[..]), (2, b"mia")] {
+            let to = Bytes::copy_from_slice(to);
+            let sent = located_web_direct(&mut a, conn(1), b"wil", id, (b"node-b", 9), 0);
+            let Located::WebSend {
+                event: HubEvent::Addressed(mut message),
+                ..
+            } = sent
+            else {
+                panic!("not published: {sent:?}");
+            };
+            message.recipient = to;
+            message.from_node = Bytes::from_static(b"node-a");
+            message.from_incarnation = 3;
+            let RemoteDelivery::Publish(HubEvent::Addressed(receipt)) = b.deliver_remote(&message)
+            else {
+                panic!("a receipt at once");
+            };
+            assert_eq!(
+                (
+                    &receipt.to_node[..],
+                    receipt.to_incarnation,
+                    &receipt.body[..]
+                ),
+                (&b"node-a"[..], 3, &b"not-delivered"[..])
+            );
+            assert_eq!(
+                a.deliver_remote(&receipt),
+                RemoteDelivery::Send {
+                    to: conn(1),
+                    bytes: web::error(Some(id), "not-delivered")
+                }
+            );
+        }
+        assert_eq!(a.web_receipts_waiting(), 0);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod claims;
 pub mod event;
+pub mod receipts;
 pub mod render;
 pub mod testing;
 
@@ -25,6 +26,7 @@ pub use event::{
     NamedProtocol, OcmMemberId, OcmRoomEvent, OcmStep, Presence, PresenceKind, PrivateLink,
     PrivateStep, ProtocolKind, User, WEB_DIRECT_KIND, WEB_RECEIPT_KIND,
 };
+pub use receipts::{ReceiptConfig, ReceiptCounts, WEB_RECEIPTS_MAX, WEB_RECEIPTS_PER_SENDER_MAX};
 pub use render::FormLimits;
 
 use crate::chat::ConnId;
@@ -34,6 +36,7 @@ use crate::protocol::ccm::codec::MessageType;
 use crate::protocol::ccm::Reason;
 use crate::protocol::matou::codec as matou;
 use crate::protocol::web::json as web;
+use receipts::Unanswered;
 
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -187,6 +190,10 @@ pub enum RemoteDelivery {
         bytes: Bytes,
         note: WrittenNote,
     },
+    /// Another node's web user's `direct` for a name no CCM or web user holds here now:
+    /// publish this receipt (`not-delivered`) for the sender's node at once, rather than
+    /// leave its sender to the deadline's `no-receipt`.
+    Publish(HubEvent),
 }
 
 /// Identifies a BIN24-to-CCM delivery whose writing the hub waits for: the note of the
@@ -601,7 +608,10 @@ impl Hub {
     }
 
     pub fn claim_counts(&self) -> Option<ClaimCounts> {
-        self.claims.as_ref().map(|claims| claims.counts)
+        self.claims.as_ref().map(|claims| ClaimCounts {
+            web_receipts: claims.receipts.counts,
+            ..claims.counts
+        })
     }
 
     /// The cluster answered the claim `token` of `name`. The connection that waits for it (if
@@ -682,13 +692,15 @@ impl Hub {
         }
     }
 
-    /// The earliest deadline of a claim or of a message being located, if any.
+    /// The earliest deadline of a claim, of a message being located or of a web user's
+    /// message awaiting its receipt, if any.
     pub fn next_claim_deadline_ms(&self) -> Option<u64> {
         let claims = self.claims.as_ref()?;
         claims
             .next_deadline_ms()
             .into_iter()
             .chain(claims.next_locate_deadline_ms())
+            .chain(claims.receipts.next_deadline_ms())
             .min()
     }
 
@@ -767,17 +779,100 @@ impl Hub {
         })
     }
 
-    /// `node` (this incarnation) is taken for dead: the location cache forgets its names.
-    pub fn forget_node(&mut self, node: &[u8], incarnation: u64) {
-        if let Some(claims) = self.claims.as_mut() {
-            claims.forget_node(node, incarnation);
-        }
+    /// `node` (this incarnation) is taken for dead: the location cache forgets its names, and
+    /// web users' messages to its users that await their receipt are answered at once
+    /// (`no-receipt`): send each `bytes` to its connection.
+    pub fn forget_node(&mut self, node: &[u8], incarnation: u64) -> Vec<(ConnId, Bytes)> {
+        let Some(claims) = self.claims.as_mut() else {
+            return Vec::new();
+        };
+        claims.forget_node(node, incarnation);
+        let lapsed = claims.receipts.node_lapsed(node, incarnation);
+        self.no_receipt(lapsed)
     }
 
-    /// The cluster answered where the addressee of the message `token` is: another node
-    /// (`holder`: its name and incarnation), or nowhere.
-    pub fn on_located(&mut self, token: u64, holder: Option<claims::Holder>) -> Option<Located> {
-        self.claims.as_mut()?.located(token, holder)
+    /// The cluster answered, at `now_ms`, where the addressee of the message `token` is:
+    /// another node (`holder`: its name and incarnation), or nowhere. A web user's message to
+    /// be published there ([`Located::WebSend`]) awaits its receipt from now on (or is refused
+    /// `busy`).
+    pub fn on_located(
+        &mut self,
+        token: u64,
+        holder: Option<claims::Holder>,
+        now_ms: u64,
+    ) -> Option<Located> {
+        let claims = self.claims.as_mut()?;
+        let located = claims.located(token, holder)?;
+        let Located::WebSend {
+            from,
+            event: HubEvent::Addressed(mut message),
+        } = located
+        else {
+            return Some(located);
+        };
+        let request = message.request;
+        let sent = Unanswered {
+            sender: from,
+            name: message.sender.clone(),
+            request,
+        };
+        let node = message.to_node.clone();
+        Some(
+            match claims
+                .receipts
+                .admit(sent, node, message.to_incarnation, now_ms)
+            {
+                Some(receipt_token) => {
+                    // The recipient's node echoes it in the receipt.
+                    message.request = Some(receipt_token);
+                    Located::WebSend {
+                        from,
+                        event: HubEvent::Addressed(message),
+                    }
+                }
+                None => Located::WebRefused {
+                    from,
+                    request,
+                    reason: "busy",
+                },
+            },
+        )
+    }
+
+    /// Web users' messages to another node that got no receipt by `now_ms` are answered
+    /// `no-receipt`: send each `bytes` to its connection.
+    pub fn expire_web_receipts(&mut self, now_ms: u64) -> Vec<(ConnId, Bytes)> {
+        let Some(claims) = self.claims.as_mut() else {
+            return Vec::new();
+        };
+        let due = claims.receipts.expire(now_ms);
+        self.no_receipt(due)
+    }
+
+    /// Web users' messages to another node awaiting their receipt now.
+    pub fn web_receipts_waiting(&self) -> usize {
+        self.claims
+            .as_ref()
+            .map_or(0, |claims| claims.receipts.len())
+    }
+
+    /// `no-receipt` for each message whose sender's connection still holds its name.
+    fn no_receipt(&self, unanswered: Vec<Unanswered>) -> Vec<(ConnId, Bytes)> {
+        unanswered
+            .into_iter()
+            .filter_map(|message| {
+                let to = self.web_sender(&message)?;
+                Some((to, web::error(message.request, "no-receipt")))
+            })
+            .collect()
+    }
+
+    /// The connection of a web message's sender, if it still holds the name it sent with.
+    fn web_sender(&self, message: &Unanswered) -> Option<ConnId> {
+        self.held
+            .get(&message.sender)
+            .filter(|held| held.protocol == NamedProtocol::Web && held.name == message.name)
+            .map(|_| message.sender)
     }
 
     /// Messages whose addressee was not located by `now_ms`.
@@ -1442,6 +1537,12 @@ impl Hub {
     /// web user here, in that user's form (a web sender's with a note for its receipt), or a
     /// receipt for a web user here (its `sent` or `error`).
     pub fn deliver_remote(&mut self, addressed: &Addressed) -> RemoteDelivery {
+        if addressed.kind[..] == *WEB_RECEIPT_KIND {
+            return self.on_web_receipt(addressed);
+        }
+        if addressed.kind[..] == *WEB_DIRECT_KIND {
+            return self.deliver_remote_web(addressed);
+        }
         let Some(holder) = self
             .names
             .get(&addressed.recipient[..])
@@ -1452,44 +1553,6 @@ impl Hub {
         };
         let to = holder.conn;
         let kind = &addressed.kind[..];
-        if kind == WEB_RECEIPT_KIND {
-            if holder.protocol != NamedProtocol::Web {
-                return RemoteDelivery::Nothing;
-            }
-            let bytes = if addressed.body[..] == *b"delivered" {
-                web::sent(addressed.request, "delivered")
-            } else {
-                web::error(addressed.request, "not-delivered")
-            };
-            return RemoteDelivery::Send { to, bytes };
-        }
-        if kind == WEB_DIRECT_KIND {
-            let bytes = match holder.protocol {
-                NamedProtocol::Web => {
-                    web::direct(ProtocolKind::Web, &addressed.sender, &addressed.body)
-                }
-                NamedProtocol::Ccm => {
-                    render::ccm_text(&addressed.sender, &addressed.recipient, &addressed.body)
-                }
-                NamedProtocol::Bin24 | NamedProtocol::Matou => return RemoteDelivery::Nothing,
-            };
-            if holder.protocol != NamedProtocol::Web {
-                self.counts.messages[ProtocolKind::Web.index()]
-                    [holder.protocol.protocol().index()] += 1;
-            }
-            let note = WrittenNote(self.next_note);
-            self.next_note = self.next_note.wrapping_add(1);
-            self.awaiting_write.insert(
-                note,
-                AwaitingWrite::RemoteWeb {
-                    sender: addressed.sender.clone(),
-                    id: addressed.request,
-                    node: addressed.from_node.clone(),
-                    incarnation: addressed.from_incarnation,
-                },
-            );
-            return RemoteDelivery::Notify { to, bytes, note };
-        }
         // A CCM user's message to a web user here (a CCM holder is CCM's own form, written
         // by the registry): `Text` and `Raw`, as on one node.
         let crosses = matches!(
@@ -1504,6 +1567,91 @@ impl Hub {
             to,
             bytes: web::direct(ProtocolKind::Ccm, &addressed.sender, &addressed.body),
         }
+    }
+
+    /// Another node's web user's `direct` for a user here: in that user's form, with a note for
+    /// its receipt; for a name no CCM or web user holds here now (left since the look-up, or
+    /// taken by BIN24 or MATOU), its `not-delivered` receipt at once.
+    fn deliver_remote_web(&mut self, addressed: &Addressed) -> RemoteDelivery {
+        let holder = self
+            .names
+            .get(&addressed.recipient[..])
+            .copied()
+            .filter(|holder| holder.claim.is_none());
+        let (to, protocol, bytes) = match holder {
+            Some(Holder {
+                protocol: NamedProtocol::Web,
+                conn,
+                ..
+            }) => (
+                conn,
+                NamedProtocol::Web,
+                web::direct(ProtocolKind::Web, &addressed.sender, &addressed.body),
+            ),
+            Some(Holder {
+                protocol: NamedProtocol::Ccm,
+                conn,
+                ..
+            }) => (
+                conn,
+                NamedProtocol::Ccm,
+                render::ccm_text(&addressed.sender, &addressed.recipient, &addressed.body),
+            ),
+            _ if addressed.from_node.is_empty() => return RemoteDelivery::Nothing,
+            _ => {
+                return RemoteDelivery::Publish(web_receipt(
+                    addressed.sender.clone(),
+                    addressed.request,
+                    addressed.from_node.clone(),
+                    addressed.from_incarnation,
+                    false,
+                ))
+            }
+        };
+        if protocol != NamedProtocol::Web {
+            self.counts.messages[ProtocolKind::Web.index()][protocol.protocol().index()] += 1;
+        }
+        let note = WrittenNote(self.next_note);
+        self.next_note = self.next_note.wrapping_add(1);
+        self.awaiting_write.insert(
+            note,
+            AwaitingWrite::RemoteWeb {
+                sender: addressed.sender.clone(),
+                id: addressed.request,
+                node: addressed.from_node.clone(),
+                incarnation: addressed.from_incarnation,
+            },
+        );
+        RemoteDelivery::Notify { to, bytes, note }
+    }
+
+    /// The receipt for a web user's message to another node (`request`: the token it was
+    /// published with): the sender's `sent` or `error`, once; nothing when its message was
+    /// answered already (its deadline passed, or its recipient's node was taken for dead), or
+    /// its sender has left.
+    fn on_web_receipt(&mut self, receipt: &Addressed) -> RemoteDelivery {
+        let Some(claims) = self.claims.as_mut() else {
+            return RemoteDelivery::Nothing;
+        };
+        let Some(message) = claims
+            .receipts
+            .on_receipt(receipt.request, &receipt.recipient)
+        else {
+            log::debug!(
+                "cluster: a receipt for {:?} after its message was answered, dropped",
+                String::from_utf8_lossy(&receipt.recipient)
+            );
+            return RemoteDelivery::Nothing;
+        };
+        let Some(to) = self.web_sender(&message) else {
+            return RemoteDelivery::Nothing;
+        };
+        let bytes = if receipt.body[..] == *b"delivered" {
+            web::sent(message.request, "delivered")
+        } else {
+            web::error(message.request, "not-delivered")
+        };
+        RemoteDelivery::Send { to, bytes }
     }
 
     /// BIN24 answers `text` ("200" delivered, "300" stored, "507" the store is full; the
@@ -1644,23 +1792,13 @@ impl Hub {
                 node,
                 incarnation,
             } => {
-                let status: &'static [u8] = if written {
-                    b"delivered"
-                } else {
-                    b"not-delivered"
-                };
-                return Some(Written::Publish(HubEvent::Addressed(Box::new(Addressed {
-                    to_node: node,
-                    to_incarnation: incarnation,
-                    kind: Bytes::from_static(WEB_RECEIPT_KIND),
-                    sender: Bytes::new(),
-                    recipient: sender,
-                    encoding: Bytes::new(),
-                    body: Bytes::from_static(status),
-                    from_node: Bytes::new(),
-                    from_incarnation: 0,
-                    request: id,
-                }))));
+                return Some(Written::Publish(web_receipt(
+                    sender,
+                    id,
+                    node,
+                    incarnation,
+                    written,
+                )));
             }
         };
         Some(if written {
@@ -1679,6 +1817,34 @@ impl Hub {
             }
         })
     }
+}
+
+/// The receipt ([`WEB_RECEIPT_KIND`]) of another node's web user's message (`sender`, its
+/// `request` token) for that node (`node`, `incarnation`): `delivered` when `written`.
+fn web_receipt(
+    sender: Bytes,
+    request: Option<u64>,
+    node: Bytes,
+    incarnation: u64,
+    written: bool,
+) -> HubEvent {
+    let status: &'static [u8] = if written {
+        b"delivered"
+    } else {
+        b"not-delivered"
+    };
+    HubEvent::Addressed(Box::new(Addressed {
+        to_node: node,
+        to_incarnation: incarnation,
+        kind: Bytes::from_static(WEB_RECEIPT_KIND),
+        sender: Bytes::new(),
+        recipient: sender,
+        encoding: Bytes::new(),
+        body: Bytes::from_static(status),
+        from_node: Bytes::new(),
+        from_incarnation: 0,
+        request,
+    }))
 }
 
 /// BIN24's byte rate for a sender, as its service builds it: the burst always holds one

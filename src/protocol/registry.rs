@@ -176,6 +176,7 @@ fn on_addressed<O: Outbox>(
                 }
             }
         }
+        RemoteDelivery::Publish(receipt) => queue.publish(receipt),
         RemoteDelivery::Nothing => deliver_addressed(hub, addressed, out),
     }
 }
@@ -357,6 +358,12 @@ impl Services {
             name_claims: config.cluster.as_ref().map(|cluster| ClaimConfig {
                 wait_ms: crate::cluster::names::claim_wait_ms(cluster.lease_ms),
                 pending_max: crate::cluster::names::CLAIMS_PENDING_MAX,
+                // What BIN24's custody of a crossing message waits too (ack timeout + lease).
+                web_receipts: crate::hub::ReceiptConfig {
+                    wait_ms: config.bin24_ack_timeout_ms.saturating_add(cluster.lease_ms),
+                    per_sender_max: crate::hub::WEB_RECEIPTS_PER_SENDER_MAX,
+                    max: crate::hub::WEB_RECEIPTS_MAX,
+                },
             }),
             isolated: config.isolate,
             ocm_lobby_room: config.lobby_ocm_room.clone(),
@@ -489,7 +496,9 @@ impl Services {
         }
         let lapsed = cluster.take_lapsed_nodes();
         for (node, incarnation) in &lapsed {
-            self.hub.forget_node(node, *incarnation);
+            for (to, no_receipt) in self.hub.forget_node(node, *incarnation) {
+                out.send(to, no_receipt);
+            }
         }
         if let Some(ocm) = self.ocm.as_mut().filter(|_| !lapsed.is_empty()) {
             ocm.queue_lapsed_nodes(lapsed);
@@ -604,7 +613,7 @@ impl Services {
                 }
             }
             NameAnswer::Located { token, holder } => {
-                if let Some(located) = self.hub.on_located(token, holder) {
+                if let Some(located) = self.hub.on_located(token, holder, now_ms) {
                     self.on_located(located, now_ms, out);
                 }
             }
@@ -689,11 +698,12 @@ impl Services {
                 }
                 self.hub_queue.hand_over(HubOutcome::WebLocated { from });
             }
-            Located::WebUnknown { from, request } => {
-                out.send(
-                    from,
-                    crate::protocol::web::json::error(request, "unknown-addressee"),
-                );
+            Located::WebRefused {
+                from,
+                request,
+                reason,
+            } => {
+                out.send(from, crate::protocol::web::json::error(request, reason));
                 self.hub_queue.hand_over(HubOutcome::WebLocated { from });
             }
             Located::Unknown { from, recipient } => {
@@ -718,6 +728,9 @@ impl Services {
     fn expire_claims<O: Outbox>(&mut self, now_ms: u64, out: &mut O) {
         for located in self.hub.expire_locates(now_ms) {
             self.on_located(located, now_ms, out);
+        }
+        for (to, no_receipt) in self.hub.expire_web_receipts(now_ms) {
+            out.send(to, no_receipt);
         }
         for decided in self.hub.expire_claims(now_ms) {
             log::warn!(

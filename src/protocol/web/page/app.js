@@ -117,7 +117,9 @@
         if (m.status !== "delivered") notice("message " + m.status);
         break;
       case "error":
-        notice("not sent: " + m.reason);
+        // no-receipt: sent to another node, whose receipt never came; it may have arrived.
+        if (m.reason === "no-receipt") notice("no receipt: the message may or may not have arrived");
+        else notice("not sent: " + m.reason);
         break;
     }
   }
