@@ -430,6 +430,7 @@ impl Services {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
+        cluster.set_now_ms(clock.now_ms);
         while self.cluster_events_left > 0 {
             let Some((node, event)) = cluster.try_recv() else {
                 break;
@@ -1052,7 +1053,16 @@ impl Services {
         streams
             .chain(datagrams)
             .chain(self.hub.next_claim_deadline_ms())
+            .chain(self.cluster.as_ref().and_then(Cluster::next_deadline_ms))
             .min()
+    }
+
+    /// The end of a loop turn: the cluster's PUBLISHes of this turn go to Redis, and its
+    /// links' deadlines are looked at (`Cluster::flush`).
+    pub fn flush_cluster(&mut self, now_ms: u64) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.flush(now_ms);
+        }
     }
 
     /// Hand work completed off the loop's thread to its service.
