@@ -514,14 +514,13 @@ impl SubLink {
             }
         }
         match self.ping_sent_ms {
-            Some(sent_ms) => {
-                if now_ms >= sent_ms.max(self.heard_ms) + timeout_ms {
-                    return Err(Lost(format!(
-                        "no answer to PING within {timeout_ms} ms (timed out); last heard from Redis {} ms ago",
-                        now_ms.saturating_sub(self.heard_ms)
-                    )));
-                }
+            Some(sent_ms) if now_ms >= sent_ms.max(self.heard_ms) + timeout_ms => {
+                return Err(Lost(format!(
+                    "no answer to PING within {timeout_ms} ms (timed out); last heard from Redis {} ms ago",
+                    now_ms.saturating_sub(self.heard_ms)
+                )));
             }
+            Some(_) => {}
             None if self.confirming.is_none() && now_ms >= self.heard_ms + self.ping_every_ms => {
                 resp::encode_command(&mut self.out.bytes, &[b"PING"]);
                 self.ping_sent_ms = Some(now_ms);
