@@ -425,7 +425,8 @@ impl Services {
     /// The other nodes' events, not seen before, to the local lobby members (never published
     /// again: the hub does not report them as events).
     /// At most `--cluster-events-per-turn-max` a turn ([`Services::start_turn`]); the rest
-    /// wait in the channel, and [`Services::has_cluster_backlog`] brings the reactor back.
+    /// wait unread on the subscription, and [`Services::has_cluster_backlog`] brings the
+    /// reactor back.
     fn on_cluster<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
