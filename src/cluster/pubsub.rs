@@ -803,7 +803,9 @@ impl Links {
         if let Err(lost) = self.pub_connect(now_ms) {
             self.pub_lost(lost, now_ms, stats);
         }
-        if self.publisher.phase() == Phase::Up {
+        // Nothing awaited, nothing to read: no read call in an idle turn. A connection closed
+        // meanwhile is found at the next command's reply (its end of file stays readable).
+        if self.publisher.phase() == Phase::Up && self.publisher.awaiting() > 0 {
             if let Err(lost) = self.pub_read(stats, &mut turn) {
                 self.pub_lost(lost, now_ms, stats);
             }
@@ -1278,5 +1280,115 @@ mod tests {
         let short = Value::Array(vec![Value::Bulk(Bytes::from_static(b"message"))]);
         assert!(link.on_reply(short, 1).is_err());
         assert!(link.on_reply(Value::Integer(3), 1).is_err());
+    }
+
+    /// The driver over real loopback sockets, against a fake Redis played by the test: a
+    /// message written in two parts comes out once, a PUBLISH is written and its reply
+    /// counted, a closed subscription is a lost link made again (non-blocking connect,
+    /// SUBSCRIBE, confirmations) and counted down, then up.
+    #[test]
+    fn the_links_run_over_nonblocking_sockets_and_reconnect_when_redis_closes() {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+        use std::sync::atomic::Ordering::Relaxed;
+
+        let redis = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = redis.local_addr().unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(16);
+        let stats = ClusterStats::default();
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let open = |token| {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            let (server, _) = redis.accept().unwrap();
+            let socket = Socket::from_std(
+                client,
+                vec![addr],
+                poll.registry().try_clone().unwrap(),
+                Token(token),
+                BytesMut::new(),
+            )
+            .unwrap();
+            (socket, server)
+        };
+        let (pub_socket, mut pub_server) = open(3);
+        let (sub_socket, mut sub_server) = open(4);
+        let mut subscriber = SubLink::new(1000, 10_000, &[b"lobby"], None);
+        subscriber.connected(0);
+        subscriber.wrote(subscriber.output().len());
+        subscriber
+            .on_reply(
+                resp::parse(&mut BytesMut::from(&subscribed(b"lobby", 1)[..]))
+                    .unwrap()
+                    .unwrap(),
+                0,
+            )
+            .unwrap();
+        let mut links = Links::new(
+            PubLink::new(1000, 1 << 20, None),
+            pub_socket,
+            subscriber,
+            sub_socket,
+        );
+        // Turns until `done` (each waits for an event, 10 ms at most), within 5 s.
+        let mut until = |links: &mut Links, done: &mut dyn FnMut(&mut Links) -> bool| {
+            while !done(links) {
+                assert!(started.elapsed() < Duration::from_secs(5), "timed out");
+                poll.poll(&mut events, Some(Duration::from_millis(10)))
+                    .unwrap();
+                links.turn(now_ms(), &stats);
+            }
+        };
+
+        // A message in two writes: nothing until it is whole, then once.
+        let wire = message(b"hello");
+        sub_server.write_all(&wire[..9]).unwrap();
+        until(&mut links, &mut |links| {
+            links.sub_socket.input.len() == 9 || links.next_push(now_ms(), &stats).is_some()
+        });
+        assert_eq!(links.next_push(now_ms(), &stats), None);
+        sub_server.write_all(&wire[9..]).unwrap();
+        let mut got = None;
+        until(&mut links, &mut |links| {
+            got = links.next_push(now_ms(), &stats);
+            got.is_some()
+        });
+        assert_eq!(got, Some(SubPush::Message(Bytes::from_static(b"hello"))));
+
+        // A PUBLISH goes out at the turn's end; its reply is counted.
+        assert!(links.publisher.publish(b"lobby", b"event"));
+        let mut want = BytesMut::new();
+        resp::encode_command(&mut want, &[b"PUBLISH", b"lobby", b"event"]);
+        links.turn(now_ms(), &stats);
+        let mut written = vec![0; want.len()];
+        pub_server.read_exact(&mut written).unwrap();
+        assert_eq!(written, &want[..]);
+        pub_server.write_all(b":1\r\n").unwrap();
+        until(&mut links, &mut |_| stats.published.load(Relaxed) == 1);
+
+        // Redis closes the subscription: a lost link, made again after 50 ms.
+        drop(sub_server);
+        until(&mut links, &mut |links| {
+            links.next_push(now_ms(), &stats);
+            links.subscriber.phase() != Phase::Up
+        });
+        assert_eq!(stats.links_down.load(Relaxed), 1);
+        until(&mut links, &mut |links| {
+            links.subscriber.phase() == Phase::Up
+        });
+        let (mut sub_server, _) = redis.accept().unwrap();
+        let mut subscribe = vec![0; resp::command_len(&[b"SUBSCRIBE", b"lobby"])];
+        sub_server.read_exact(&mut subscribe).unwrap();
+        assert_eq!(subscribe, b"*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nlobby\r\n");
+        sub_server.write_all(&subscribed(b"lobby", 1)).unwrap();
+        let mut got = None;
+        until(&mut links, &mut |links| {
+            got = links.next_push(now_ms(), &stats);
+            got.is_some()
+        });
+        assert_eq!(got, Some(SubPush::Subscribed));
+        assert_eq!(stats.links_down.load(Relaxed), 0);
+        assert_eq!(stats.link_losses.load(Relaxed), 1);
     }
 }
