@@ -63,10 +63,15 @@ const _: () = assert!(usize::BITS == 64);
 
 const SIGNAL_TOKEN: Token = Token(0);
 const WAKER_TOKEN: Token = Token(1);
-/// The cluster's two Redis links (publishing, subscription); 2 is the admin listener's.
+/// The cluster's two Redis links (publishing, subscription): free tokens between the admin
+/// listener's and the admin connections'.
+const CLUSTER_PUB_TOKEN: usize = 3;
+const CLUSTER_SUB_TOKEN: usize = 4;
+const _: () =
+    assert!(ADMIN_LISTENER_TOKEN < CLUSTER_PUB_TOKEN && CLUSTER_SUB_TOKEN < ADMIN_CONN_TOKEN_BASE);
 const CLUSTER_LINK_TOKENS: crate::cluster::LinkTokens = crate::cluster::LinkTokens {
-    publisher: Token(3),
-    subscriber: Token(4),
+    publisher: Token(CLUSTER_PUB_TOKEN),
+    subscriber: Token(CLUSTER_SUB_TOKEN),
 };
 /// Tokens 16..48 are TCP listeners, by index.
 const LISTENER_TOKEN_BASE: usize = 16;
@@ -152,7 +157,7 @@ fn source_of(token: Token) -> Source {
         ADMIN_CONN_TOKEN_BASE..ADMIN_CONN_TOKEN_END => Source::AdminConn(id(ADMIN_CONN_TOKEN_BASE)),
         0 => Source::Signal,
         1 => Source::Waker,
-        3 | 4 => Source::ClusterLink,
+        CLUSTER_PUB_TOKEN | CLUSTER_SUB_TOKEN => Source::ClusterLink,
         LISTENER_TOKEN_BASE..LISTENER_TOKEN_END => Source::Listener(low - LISTENER_TOKEN_BASE),
         UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp(low - UDP_TOKEN_BASE),
         ADMIN_LISTENER_TOKEN => Source::AdminListener,
