@@ -288,7 +288,7 @@ impl Cluster {
         let incarnation = random_u64();
         let key = liveness::node_key(node, incarnation);
         let mut lease_conn =
-            publisher_connection(&client, command_timeout).map_err(|err| unreachable(&err))?;
+            lease_connection(&client, command_timeout).map_err(|err| unreachable(&err))?;
         // The key exists before this node publishes anything: a node that lists the live
         // nodes after receiving this node's first event finds it.
         let first_live = renew_and_list(&mut lease_conn, &key, config.lease_ms)
@@ -790,7 +790,7 @@ fn accept(
 
 /// The lease thread's connection, with deadlines: a Redis that stalls (stopped, or its host
 /// gone) is a lost link after `timeout`, not a thread blocked for ever.
-fn publisher_connection(
+fn lease_connection(
     client: &redis::Client,
     timeout: Duration,
 ) -> redis::RedisResult<redis::Connection> {
@@ -872,7 +872,7 @@ impl Lease {
     /// The connection, opened again if it was lost.
     fn link(&mut self) -> Option<&mut redis::Connection> {
         if self.conn.is_none() {
-            match publisher_connection(&self.client, self.command_timeout) {
+            match lease_connection(&self.client, self.command_timeout) {
                 Ok(fresh) => self.conn = Some(fresh),
                 Err(err) => debug!("cluster: lease thread reconnect failed: {err}"),
             }
