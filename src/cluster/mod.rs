@@ -454,6 +454,14 @@ impl Cluster {
         }
     }
 
+    /// A link's socket signalled readiness (edge-triggered): its sockets are read until they
+    /// have nothing more; until then, and after, a turn about something else reads nothing.
+    pub fn on_link_event(&mut self) {
+        if let Some(links) = self.links.as_mut() {
+            links.on_event();
+        }
+    }
+
     /// The reactor's clock (ms) at the start of this turn, for the subscription's deadlines.
     pub fn set_now_ms(&mut self, now_ms: u64) {
         self.now_ms = now_ms;

@@ -713,6 +713,11 @@ pub(super) struct Links {
     /// Since when each link is down (logged and counted once).
     pub_down_since: Option<Instant>,
     sub_down_since: Option<Instant>,
+    /// Whether each socket may have bytes to read: set by its readiness events (and when it
+    /// is new), cleared when a read finds nothing. Edge-triggered: a socket not read to
+    /// `WouldBlock` gets no new event for what it holds.
+    pub_readable: bool,
+    sub_readable: bool,
 }
 
 /// What a turn's work on the links brought the reactor's side.
@@ -738,7 +743,16 @@ impl Links {
             scratch: vec![0; READ_BYTES].into_boxed_slice(),
             pub_down_since: None,
             sub_down_since: None,
+            pub_readable: true,
+            sub_readable: true,
         }
+    }
+
+    /// A readiness event on one of the sockets (which one is not told: a read that finds
+    /// nothing costs one call).
+    pub(super) fn on_event(&mut self) {
+        self.pub_readable = true;
+        self.sub_readable = true;
     }
 
     /// The next push of the subscription: parsed from what was read, and read only when no
@@ -758,9 +772,13 @@ impl Links {
                     Ok(push) => return Some(push),
                     Err(lost) => lost,
                 },
+                Ok(None) if !self.sub_readable => return None,
                 Ok(None) => match self.sub_socket.read(&mut self.scratch) {
                     Ok(true) => continue,
-                    Ok(false) => return None,
+                    Ok(false) => {
+                        self.sub_readable = false;
+                        return None;
+                    }
                     Err(err) => Lost(err.to_string()),
                 },
                 Err(err) => Lost(err.to_string()),
@@ -803,9 +821,9 @@ impl Links {
         if let Err(lost) = self.pub_connect(now_ms) {
             self.pub_lost(lost, now_ms, stats);
         }
-        // Nothing awaited, nothing to read: no read call in an idle turn. A connection closed
-        // meanwhile is found at the next command's reply (its end of file stays readable).
-        if self.publisher.phase() == Phase::Up && self.publisher.awaiting() > 0 {
+        // Read when the socket signalled readiness: replies, or Redis closing an idle link
+        // (found at once, and the link made again before the next event needs it).
+        if self.publisher.phase() == Phase::Up && self.pub_readable {
             if let Err(lost) = self.pub_read(stats, &mut turn) {
                 self.pub_lost(lost, now_ms, stats);
             }
@@ -848,6 +866,7 @@ impl Links {
                 self.pub_socket
                     .open()
                     .map_err(|err| Lost(format!("connect: {err}")))?;
+                self.pub_readable = true;
                 self.publisher.connecting(now_ms);
                 self.pub_connect(now_ms)
             }
@@ -871,6 +890,7 @@ impl Links {
                 self.sub_socket
                     .open()
                     .map_err(|err| Lost(format!("connect: {err}")))?;
+                self.sub_readable = true;
                 self.subscriber.connecting(now_ms);
                 self.sub_connect(now_ms)
             }
@@ -920,6 +940,7 @@ impl Links {
                 .read(&mut self.scratch)
                 .map_err(|err| Lost(err.to_string()))?
             {
+                self.pub_readable = false;
                 return Ok(());
             }
         }
@@ -949,6 +970,7 @@ impl Links {
                 Ok(len) => self.publisher.wrote(len, 0),
                 Err(_) => break,
             }
+            self.pub_readable = true;
             if self.pub_read(stats, &mut turn).is_err() {
                 break;
             }
@@ -1337,6 +1359,9 @@ mod tests {
                 assert!(started.elapsed() < Duration::from_secs(5), "timed out");
                 poll.poll(&mut events, Some(Duration::from_millis(10)))
                     .unwrap();
+                if !events.is_empty() {
+                    links.on_event();
+                }
                 links.turn(now_ms(), &stats);
             }
         };

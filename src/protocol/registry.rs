@@ -1066,6 +1066,13 @@ impl Services {
         }
     }
 
+    /// A cluster link's socket signalled readiness: it is read this turn.
+    pub fn on_cluster_link_event(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.on_link_event();
+        }
+    }
+
     /// Hand work completed off the loop's thread to its service.
     pub fn on_wake<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         for kind in ProtocolKind::ALL {

@@ -822,7 +822,8 @@ impl Server {
                 }
             }
             Source::AdminConn(id) => self.handle_admin_event(id, event),
-            Source::ClusterLink | Source::Unknown => {}
+            Source::ClusterLink => self.services.on_cluster_link_event(),
+            Source::Unknown => {}
         }
     }
 
