@@ -1,5 +1,5 @@
 //! Node liveness, sans-io: which remote lobby members belong to which node, when a node is
-//! taken for dead, and when the publisher thread renews its own lease.
+//! taken for dead, and when the lease thread renews its own lease.
 //!
 //! Each node keeps a key `switchboard:node:<incarnation hex>:<name>` with a Redis expiry
 //! (`SET ... PX`) of three quarters of the lease (`--cluster-lease-ms`), renewed every quarter
@@ -210,7 +210,7 @@ impl Members {
     }
 }
 
-/// When the publisher thread renews its lease, and whether the list of live nodes it reads
+/// When the lease thread renews its lease, and whether the list of live nodes it reads
 /// then can be trusted: not until its link has been up for two leases, so that after Redis
 /// comes back (empty, if it keeps nothing) every live node has had time to set its key again.
 #[derive(Debug)]
@@ -268,7 +268,7 @@ impl LeaseSchedule {
         self.next_renew_ms = now_ms + Self::interval(self.lease_ms);
     }
 
-    /// A publish failed: the link was lost, whatever the next renewal finds.
+    /// The link was lost (a renewal found its connection broken), whatever the next renewal finds.
     pub fn lost(&mut self) {
         self.trusted_from_ms = None;
     }

@@ -1,23 +1,24 @@
 //! Cluster mode (`--cluster redis://HOST:PORT[/DB]`): several chatd nodes share one lobby
 //! through Redis pub/sub (issue 20; docs/CLUSTER.md).
 //!
-//! The reactor never waits for Redis. Two threads own the two Redis connections: the
-//! publisher takes encoded events from a bounded channel (a full channel drops the event and
-//! counts it, so a cut-off Redis cannot grow memory without bound) and PUBLISHes them in
-//! order, in one pipeline per batch; the subscriber reads the lobby channel and hands each
-//! decoded event to the reactor through a channel plus the `wake` closure (as the offline
-//! store does). One publishing connection per node keeps each node's events in order.
+//! The reactor never waits for Redis, and no thread stands between it and Redis for an
+//! event (`pubsub`): it writes its PUBLISHes itself, pipelined, at the end of each loop turn,
+//! on a non-blocking connection in its own poll (what waits is bounded in bytes: beyond, an
+//! event is dropped and counted, so a cut-off Redis cannot grow memory without bound), and
+//! reads the subscription to the lobby's channel and its own on a second one, within its
+//! budget of remote events per turn. One publishing connection per node keeps each node's
+//! events in order.
 //!
 //! Every event carries its node's name, an incarnation (random per process, so a node
 //! restarted under the same name starts afresh) and a sequence number: [`Cluster::try_recv`]
 //! drops this node's own events (Redis echoes them to its subscriber) and anything not newer
 //! than the last seen from that node, so nothing is delivered twice.
 //!
-//! Liveness (`liveness`): the publisher renews this node's key with a Redis expiry every
+//! Liveness (`liveness`): the lease thread renews this node's key with a Redis expiry every
 //! quarter lease and lists the other nodes' keys; the reactor's side keeps which remote lobby
 //! members belong to which node and, when a node's key is gone (or it restarted), hands the
-//! hub their leaving, once. The subscriber PINGs a quiet Redis with a deadline, so a frozen
-//! one is a lost link, not silence for ever.
+//! hub their leaving, once. The subscription PINGs a quiet Redis with a deadline, and every
+//! PUBLISH has one, so a frozen Redis is a lost link, not silence for ever.
 
 pub mod codec;
 mod link;
@@ -25,15 +26,19 @@ pub mod liveness;
 pub mod names;
 pub mod ocm;
 pub mod offline;
+mod pubsub;
+pub mod resp;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use log::{debug, info, warn};
 
 use crate::hub::HubEvent;
@@ -54,9 +59,6 @@ pub fn node_channel(node: &[u8]) -> Vec<u8> {
     channel
 }
 
-/// An encoded event and the node it is for (`None`: every node, on the lobby channel).
-type Outgoing = (Option<Bytes>, Bytes);
-
 /// The node a hub event is for, when only one node acts on it.
 fn target_node(event: &HubEvent) -> Option<&Bytes> {
     match event {
@@ -66,24 +68,15 @@ fn target_node(event: &HubEvent) -> Option<&Bytes> {
         HubEvent::Said(_) | HubEvent::Presence(_) | HubEvent::Direct(_) | HubEvent::Ocm(_) => None,
     }
 }
-/// Events waiting for the publisher; beyond this they are dropped (and counted).
-const OUTGOING_MAX: usize = 65_536;
-/// Bytes of encoded events waiting for the publisher; beyond this they are dropped (and
-/// counted). A lobby text may be 1 MiB: counted in events alone, a cut-off Redis could hold
-/// 64 GiB here.
+/// Bytes of PUBLISH commands waiting to be written to Redis (while the link is down, or
+/// Redis reads slowly); beyond this an event is dropped (and counted). A lobby text may be
+/// 1 MiB: counted in events alone, a cut-off Redis could hold 64 GiB here. Other nodes'
+/// messages are read from the subscription only as the reactor takes them (one message and
+/// one read at a time): Redis holds the rest, up to its own limit for a subscriber's output,
+/// past which it drops the connection (the link is made again, and the rosters bring back
+/// the presence missed).
 pub const OUTGOING_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Bytes of other nodes' messages handed over by the subscriber and not yet taken by the
-/// reactor; beyond this the subscriber stops reading Redis until the reactor catches up (Redis
-/// then holds them, up to its own limit for a subscriber's output, past which it drops the
-/// connection: the subscriber reconnects, and the rosters bring back the presence missed).
-pub const INCOMING_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// How often a subscriber held back by [`INCOMING_BYTES_MAX`] looks again.
-const INCOMING_PAUSE: Duration = Duration::from_millis(1);
-/// Bytes one PUBLISH pipeline carries at most (also at least one event).
-const PIPELINE_BYTES_MAX: usize = 4 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the subscriber looks up from a quiet channel to notice shutdown.
-const READ_TIMEOUT: Duration = Duration::from_millis(200);
 /// The longest a Redis command may take before its link is taken for lost (a quarter lease
 /// when that is shorter: a stalled Redis must be noticed within the lease).
 const COMMAND_TIMEOUT_MAX: Duration = Duration::from_secs(2);
@@ -109,21 +102,18 @@ impl ClusterConfig {
     }
 }
 
-/// What the Redis threads hand the reactor.
+/// What the subscription and the lease thread bring the reactor's side.
 #[derive(Debug)]
 enum Incoming {
-    /// An event on the lobby channel (the subscriber), and its size on the wire.
-    Event(Envelope, usize),
-    /// The nodes whose liveness keys exist now (the publisher, at a renewal).
+    /// An event on the lobby channel or this node's own (the subscription).
+    Event(Envelope),
+    /// The nodes whose liveness keys exist now (the lease thread, at a renewal).
     Live(Vec<liveness::NodeId>),
-    /// Another node's lobby roster (the subscriber), and its size on the wire.
-    Roster(codec::RosterEnvelope, usize),
-    /// The subscription is made (at start) or made again after a lost link: events of other
-    /// nodes may have been missed meanwhile.
+    /// Another node's lobby roster (the subscription).
+    Roster(codec::RosterEnvelope),
+    /// The subscription is made again after a lost link: events of other nodes may have been
+    /// missed meanwhile.
     Subscribed,
-    /// The publisher's link is back after it was lost: this node's events published meanwhile
-    /// were dropped.
-    PublisherBack,
 }
 
 /// A name unique per process: host, pid and a random number.
@@ -178,8 +168,9 @@ impl std::error::Error for ClusterError {}
 #[derive(Debug, Default)]
 pub struct ClusterStats {
     pub published: AtomicU64,
-    /// Events dropped before publishing: the outgoing channel was full (Redis cut off or too
-    /// slow), or a publish failed.
+    /// Events dropped before publishing: the output waiting for Redis was full (Redis cut off
+    /// or too slow), or a publish failed (written but not answered when the link was lost,
+    /// or refused by Redis).
     pub publish_dropped: AtomicU64,
     /// Events of other nodes handed to the hub.
     pub received: AtomicU64,
@@ -187,8 +178,8 @@ pub struct ClusterStats {
     pub duplicates: AtomicU64,
     /// Messages on the channel that did not decode.
     pub malformed: AtomicU64,
-    /// Redis connections down now (of four: publisher, subscriber, names thread, OCM rooms
-    /// thread).
+    /// Redis connections down now (of five: the reactor's publisher and subscriber, the
+    /// lease, names and OCM rooms threads').
     pub links_down: AtomicU64,
     /// Times a Redis connection was lost.
     pub link_losses: AtomicU64,
@@ -204,18 +195,18 @@ pub struct Cluster {
     node: Bytes,
     incarnation: u64,
     next_seq: u64,
-    outgoing: Option<SyncSender<Outgoing>>,
-    /// Bytes in `outgoing` (added here, taken off by the publisher).
-    outgoing_bytes: Arc<AtomicUsize>,
+    /// The reactor's two Redis links (none in unit tests: [`Cluster::detached`]).
+    links: Option<pubsub::Links>,
+    /// The reactor's clock at the start of this turn ([`Cluster::set_now_ms`]).
+    now_ms: u64,
+    /// The lease thread's live lists (and, in unit tests, what [`TestFeed`] hands over).
     incoming: Receiver<Incoming>,
-    /// Bytes in `incoming` (added by the subscriber, taken off here).
-    incoming_bytes: Arc<AtomicUsize>,
     /// Each other node's lobby members, to announce them gone when it dies.
     members: liveness::Members,
     /// Presences this node made up for other nodes (with the node's name), handed out before
     /// anything else: the leavings of lapsed nodes' members, and what rosters showed missed.
     lapsed_left: VecDeque<(Bytes, HubEvent)>,
-    /// Set by the subscriber when it queued something and woke the reactor; cleared before
+    /// Set by the lease thread when it queued something and woke the reactor; cleared before
     /// draining, so a burst costs one wake.
     pending: Arc<AtomicBool>,
     /// (incarnation, last sequence number) per node seen.
@@ -227,7 +218,9 @@ pub struct Cluster {
     /// Asks published so far; the replies to the first one (at start) are applied silently.
     roster_asks: u64,
     stats: Arc<ClusterStats>,
-    stop: Arc<AtomicBool>,
+    command_timeout: Duration,
+    /// Dropped to stop the lease thread (at once, whatever it waits for).
+    stop_lease: Option<mpsc::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     /// Names unique across the nodes (`names`).
     names: names::Names,
@@ -241,13 +234,24 @@ pub struct Cluster {
     ocm_resync_due: bool,
 }
 
+/// The tokens of the reactor's two Redis links in its poll: events on them only make the
+/// loop turn (the cluster's work runs every turn).
+#[derive(Clone, Copy, Debug)]
+pub struct LinkTokens {
+    pub publisher: mio::Token,
+    pub subscriber: mio::Token,
+}
+
 impl Cluster {
-    /// Connect both Redis connections and subscribe to the lobby, before the reactor starts:
-    /// an unreachable Redis is an error here (chatd exits non-zero). After this the threads
-    /// reconnect on their own.
+    /// Connect to Redis and subscribe, before the reactor starts: an unreachable Redis is an
+    /// error here (chatd exits non-zero). The publishing and subscription links are then
+    /// registered in the reactor's poll (`registry`, under `tokens`) and driven by it
+    /// ([`Cluster::flush`]); the other threads' connections reconnect on their own.
     pub fn connect(
         config: &ClusterConfig,
         wake: Arc<dyn Fn() + Send + Sync>,
+        registry: &mio::Registry,
+        tokens: LinkTokens,
     ) -> Result<Cluster, ClusterError> {
         let node = config.node_name.as_bytes();
         if node.is_empty() || node.len() > codec::NODE_NAME_BYTES_MAX {
@@ -265,39 +269,50 @@ impl Cluster {
                 config.lease_ms
             )));
         }
+        let info = client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = &info.addr else {
+            return Err(ClusterError::Url(
+                "redis://HOST:PORT[/DB] only (TCP, no TLS nor Unix socket)".into(),
+            ));
+        };
+        let auth = pubsub::auth_command(&info.redis);
+        let unreachable =
+            |err: &dyn std::fmt::Display| ClusterError::Connect(format!("{}: {err}", config.url));
+        // Resolved once, here: the reactor reconnects without a (blocking) name look-up.
+        let addrs: Vec<SocketAddr> = (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|err| unreachable(&err))?
+            .collect();
         let command_timeout = config.command_timeout();
+        let timeout_ms = command_timeout.as_millis() as u64;
         let incarnation = random_u64();
         let key = liveness::node_key(node, incarnation);
-        let mut publisher = publisher_connection(&client, command_timeout)
-            .map_err(|err| ClusterError::Connect(format!("{}: {err}", config.url)))?;
+        let mut lease_conn =
+            lease_connection(&client, command_timeout).map_err(|err| unreachable(&err))?;
         // The key exists before this node publishes anything: a node that lists the live
         // nodes after receiving this node's first event finds it.
-        let first_live = renew_and_list(&mut publisher, &key, config.lease_ms)
-            .map_err(|err| ClusterError::Connect(format!("{}: {err}", config.url)))?;
+        let first_live = renew_and_list(&mut lease_conn, &key, config.lease_ms)
+            .map_err(|err| unreachable(&err))?;
         let stats = Arc::new(ClusterStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicBool::new(false));
-        let (outgoing, outgoing_rx) = mpsc::sync_channel::<Outgoing>(OUTGOING_MAX);
-        let outgoing_bytes = Arc::new(AtomicUsize::new(0));
-        let incoming_bytes = Arc::new(AtomicUsize::new(0));
         let (incoming_tx, incoming) = mpsc::channel();
         let _ = incoming_tx.send(Incoming::Live(first_live));
-        let publish_thread = {
-            let publisher_thread = Publisher {
+        let (stop_lease, stop_rx) = mpsc::channel();
+        let lease_thread = {
+            let lease = Lease {
                 client: client.clone(),
-                conn: Some(publisher),
+                conn: Some(lease_conn),
                 command_timeout,
                 key,
                 lease_ms: config.lease_ms,
-                outgoing_bytes: Arc::clone(&outgoing_bytes),
-                incoming: incoming_tx.clone(),
+                incoming: incoming_tx,
                 pending: Arc::clone(&pending),
                 wake: Arc::clone(&wake),
                 stats: Arc::clone(&stats),
             };
             std::thread::Builder::new()
-                .name("cluster-pub".into())
-                .spawn(move || publisher_thread.run(outgoing_rx))
+                .name("cluster-lease".into())
+                .spawn(move || lease.run(stop_rx))
                 .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?
         };
         let names = names::Names::start(
@@ -320,46 +335,29 @@ impl Cluster {
             Arc::clone(&stats),
         )
         .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?;
-        // The subscriber's first subscription is made on its thread (a `PubSub` borrows its
-        // connection and unsubscribes when dropped, so it lives there) and reported back: an
-        // unreachable Redis is still an error at start.
-        let (subscribed_tx, subscribed) = mpsc::channel();
-        let subscribe_thread = {
-            let stats = Arc::clone(&stats);
-            let stop = Arc::clone(&stop);
-            let pending = Arc::clone(&pending);
-            let incoming_bytes = Arc::clone(&incoming_bytes);
-            let config_lease_ms = config.lease_ms;
-            let own_channel = node_channel(node);
-            std::thread::Builder::new()
-                .name("cluster-sub".into())
-                .spawn(move || {
-                    let subscriber = Subscriber {
-                        own_channel,
-                        incoming: incoming_tx,
-                        incoming_bytes: &incoming_bytes,
-                        ping_every: Duration::from_millis(config_lease_ms / 4),
-                        ping_timeout: command_timeout,
-                        pending: &pending,
-                        wake: &*wake,
-                        stats: &stats,
-                        stop: &stop,
-                    };
-                    subscriber.run(&client, subscribed_tx);
-                })
-                .map_err(|err| ClusterError::Connect(format!("cannot start a thread: {err}")))?
+        let register = |stream, input, token| {
+            let registry = registry.try_clone()?;
+            pubsub::Socket::from_std(stream, addrs.clone(), registry, token, input)
         };
-        match subscribed.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                return Err(ClusterError::Connect(format!("{}: {err}", config.url)));
-            }
-            Err(_) => {
-                return Err(ClusterError::Connect(
-                    "the subscriber thread ended at start".into(),
-                ))
-            }
-        }
+        let (publisher, pub_socket) = {
+            let mut link = pubsub::PubLink::new(timeout_ms, OUTGOING_BYTES_MAX, auth.clone());
+            let (stream, input) =
+                start_publisher(&addrs, &mut link).map_err(|err| unreachable(&err))?;
+            let socket =
+                register(stream, input, tokens.publisher).map_err(|err| unreachable(&err))?;
+            (link, socket)
+        };
+        let (subscriber, sub_socket) = {
+            let own_channel = node_channel(node);
+            let channels: [&[u8]; 2] = [LOBBY_CHANNEL.as_bytes(), &own_channel];
+            let ping_every_ms = config.lease_ms / 4;
+            let mut link = pubsub::SubLink::new(timeout_ms, ping_every_ms, &channels, auth);
+            let (stream, input) =
+                start_subscriber(&addrs, &mut link).map_err(|err| unreachable(&err))?;
+            let socket =
+                register(stream, input, tokens.subscriber).map_err(|err| unreachable(&err))?;
+            (link, socket)
+        };
         info!(
             "cluster: node {} subscribed to {LOBBY_CHANNEL} on {}",
             config.node_name, config.url
@@ -368,24 +366,28 @@ impl Cluster {
             node: Bytes::copy_from_slice(node),
             incarnation,
             next_seq: 1,
-            outgoing: Some(outgoing),
-            outgoing_bytes,
+            links: Some(pubsub::Links::new(
+                publisher, pub_socket, subscriber, sub_socket,
+            )),
+            now_ms: 0,
             incoming,
-            incoming_bytes,
             members: liveness::Members::default(),
             lapsed_left: VecDeque::new(),
             pending,
             last_seen: HashMap::new(),
-            roster_ask_due: false,
+            // Subscribed: this node asks the others for their rosters, and the OCM service
+            // reads its rooms' members.
+            roster_ask_due: true,
             roster_replies_due: Vec::new(),
             roster_asks: 0,
             stats,
-            stop,
-            threads: vec![publish_thread, subscribe_thread],
+            command_timeout,
+            stop_lease: Some(stop_lease),
+            threads: vec![lease_thread],
             names,
             ocm_rooms,
             lapsed_nodes: Vec::new(),
-            ocm_resync_due: false,
+            ocm_resync_due: true,
         })
     }
 
@@ -437,21 +439,75 @@ impl Cluster {
         self.send(to, payload);
     }
 
-    /// To the publisher; never blocks (a full channel drops it, counted).
+    /// Queued for the publishing link (written at the end of the turn, [`Cluster::flush`]);
+    /// never blocks (beyond [`OUTGOING_BYTES_MAX`] waiting, dropped and counted).
     fn send(&mut self, to: Option<Bytes>, payload: Bytes) {
-        let Some(outgoing) = &self.outgoing else {
+        let Some(links) = self.links.as_mut() else {
             return;
         };
-        let len = payload.len();
-        if !reserve(&self.outgoing_bytes, len, OUTGOING_BYTES_MAX) {
+        let queued = match to {
+            Some(node) => links.publisher.publish(&node_channel(&node), &payload),
+            None => links.publisher.publish(LOBBY_CHANNEL.as_bytes(), &payload),
+        };
+        if !queued {
             self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
         }
-        match outgoing.try_send((to, payload)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.outgoing_bytes.fetch_sub(len, Ordering::AcqRel);
-                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A link's socket signalled readiness (edge-triggered): its sockets are read until they
+    /// have nothing more; until then, and after, a turn about something else reads nothing.
+    pub fn on_link_event(&mut self) {
+        if let Some(links) = self.links.as_mut() {
+            links.on_event();
+        }
+    }
+
+    /// The reactor's clock (ms) at the start of this turn, for the subscription's deadlines.
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// The end of a reactor turn: this turn's PUBLISHes written, replies read, deadlines
+    /// looked at, links made again when due.
+    pub fn flush(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        let Some(links) = self.links.as_mut() else {
+            return;
+        };
+        if links.turn(now_ms, &self.stats).publisher_back {
+            // What this node published while the link was down was dropped: its roster
+            // tells the others (and asks for theirs).
+            self.roster_ask_due = true;
+        }
+    }
+
+    /// When the links need the reactor next (a reply's or PING's deadline, a PING due, a
+    /// reconnect); now when a roster is owed (published in the next turn's `on_cluster`).
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        if self.roster_due() {
+            return Some(self.now_ms);
+        }
+        self.links
+            .as_ref()
+            .and_then(pubsub::Links::next_deadline_ms)
+    }
+
+    /// The next message or news of the subscription, decoded; `None` when there is nothing
+    /// more to read now.
+    fn next_from_subscription(&mut self) -> Option<Incoming> {
+        let links = self.links.as_mut()?;
+        loop {
+            match links.next_push(self.now_ms, &self.stats)? {
+                pubsub::SubPush::Message(payload) => match codec::decode_message(payload) {
+                    Ok(codec::Message::Event(envelope)) => return Some(Incoming::Event(envelope)),
+                    Ok(codec::Message::Roster(roster)) => return Some(Incoming::Roster(roster)),
+                    Err(err) => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        debug!("cluster: malformed message on {LOBBY_CHANNEL}: {err}");
+                    }
+                },
+                pubsub::SubPush::Subscribed => return Some(Incoming::Subscribed),
+                pubsub::SubPush::Nothing => {}
             }
         }
     }
@@ -465,34 +521,29 @@ impl Cluster {
             if let Some(left) = self.lapsed_left.pop_front() {
                 return Some(left);
             }
-            let envelope = match self.incoming.try_recv() {
-                Ok(Incoming::Event(envelope, bytes)) => {
-                    self.incoming_bytes.fetch_sub(bytes, Ordering::AcqRel);
-                    envelope
-                }
-                Ok(Incoming::Live(live)) => {
+            let incoming = match self.incoming.try_recv() {
+                Ok(incoming) => incoming,
+                Err(_) => self.next_from_subscription()?,
+            };
+            let envelope = match incoming {
+                Incoming::Event(envelope) => envelope,
+                Incoming::Live(live) => {
                     for lapsed in self.members.on_live(&live) {
                         self.lapsed(lapsed, "its lease lapsed");
                     }
                     continue;
                 }
-                Ok(Incoming::Roster(roster, bytes)) => {
-                    self.incoming_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                Incoming::Roster(roster) => {
                     self.on_roster(roster);
                     continue;
                 }
-                Ok(Incoming::Subscribed) => {
+                Incoming::Subscribed => {
                     self.roster_ask_due = true;
                     // OCM `joined` events may have been missed too: the OCM service reads
                     // its rooms' members from Redis.
                     self.ocm_resync_due = true;
                     continue;
                 }
-                Ok(Incoming::PublisherBack) => {
-                    self.roster_ask_due = true;
-                    continue;
-                }
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return None,
             };
             if envelope.node == self.node && envelope.incarnation == self.incarnation {
                 continue;
@@ -645,10 +696,13 @@ impl Cluster {
         }
     }
 
-    /// Stop the threads (the publisher after sending what is queued).
+    /// Stop: what waits for Redis is written (within the command timeout), then the threads
+    /// stop (the lease thread deletes this node's key).
     pub fn shut_down(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.outgoing = None;
+        if let Some(mut links) = self.links.take() {
+            links.finish(self.command_timeout, &self.stats);
+        }
+        self.stop_lease = None;
         self.names.shut_down();
         self.ocm_rooms.shut_down();
         for thread in self.threads.drain(..) {
@@ -665,40 +719,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Count `len` more bytes into `queued` once that no longer passes `max` (or `queued` is
-/// empty: a message larger than `max` alone still passes), looking every `pause`; false if
-/// `stop` is set first. Only the subscriber adds, so the check and the add need not be one
-/// atomic step.
-fn wait_for_room(
-    queued: &AtomicUsize,
-    len: usize,
-    max: usize,
-    stop: &AtomicBool,
-    pause: Duration,
-) -> bool {
-    loop {
-        let now = queued.load(Ordering::Acquire);
-        if now == 0 || now.saturating_add(len) <= max {
-            queued.fetch_add(len, Ordering::AcqRel);
-            return true;
-        }
-        if stop.load(Ordering::Acquire) {
-            return false;
-        }
-        std::thread::sleep(pause);
-    }
-}
-
-/// Count `len` more bytes into `queued` unless that would pass `max` (only the reactor adds,
-/// so the check and the add need not be one atomic step).
-fn reserve(queued: &AtomicUsize, len: usize, max: usize) -> bool {
-    if queued.load(Ordering::Acquire).saturating_add(len) > max {
-        return false;
-    }
-    queued.fetch_add(len, Ordering::AcqRel);
-    true
-}
-
 /// What a test hands a [`Cluster`] made by [`Cluster::detached`], as the Redis threads would.
 #[cfg(test)]
 pub(crate) struct TestFeed(mpsc::Sender<Incoming>);
@@ -707,11 +727,11 @@ pub(crate) struct TestFeed(mpsc::Sender<Incoming>);
 impl TestFeed {
     /// An event on the lobby channel, as the subscriber hands it over.
     pub(crate) fn event(&self, envelope: Envelope) {
-        let _ = self.0.send(Incoming::Event(envelope, 0));
+        let _ = self.0.send(Incoming::Event(envelope));
     }
 
     pub(crate) fn roster(&self, roster: codec::RosterEnvelope) {
-        let _ = self.0.send(Incoming::Roster(roster, 0));
+        let _ = self.0.send(Incoming::Roster(roster));
     }
 
     /// The subscriber (re)subscribed.
@@ -730,10 +750,9 @@ impl Cluster {
             node: Bytes::from_static(node),
             incarnation: 1,
             next_seq: 1,
-            outgoing: None,
-            outgoing_bytes: Arc::new(AtomicUsize::new(0)),
+            links: None,
+            now_ms: 0,
             incoming,
-            incoming_bytes: Arc::new(AtomicUsize::new(0)),
             members: liveness::Members::default(),
             lapsed_left: VecDeque::new(),
             pending: Arc::new(AtomicBool::new(false)),
@@ -742,7 +761,8 @@ impl Cluster {
             roster_replies_due: Vec::new(),
             roster_asks: 0,
             stats: Arc::new(ClusterStats::default()),
-            stop: Arc::new(AtomicBool::new(false)),
+            command_timeout: Duration::from_millis(50),
+            stop_lease: None,
             threads: Vec::new(),
             names: names::Names::detached(),
             ocm_rooms: ocm::OcmRooms::detached(),
@@ -776,10 +796,9 @@ fn accept(
     true
 }
 
-/// The publishing connection, with deadlines: a Redis that stalls (stopped, or its host
-/// gone) is a lost link after `timeout`, not a thread blocked for ever (the reactor would not
-/// block either way: it only ever `try_send`s to this thread).
-fn publisher_connection(
+/// The lease thread's connection, with deadlines: a Redis that stalls (stopped, or its host
+/// gone) is a lost link after `timeout`, not a thread blocked for ever.
+fn lease_connection(
     client: &redis::Client,
     timeout: Duration,
 ) -> redis::RedisResult<redis::Connection> {
@@ -821,142 +840,49 @@ fn renew_and_list(
     }
 }
 
-/// The publisher thread: publishes the reactor's events, renews this node's lease and hands
-/// the list of live nodes back.
-struct Publisher {
+/// The lease thread: renews this node's key every quarter lease on its own connection and
+/// hands the list of live nodes to the reactor (a channel and a wake); at a clean stop it
+/// deletes the key, so the other nodes need not wait for the lease.
+struct Lease {
     client: redis::Client,
     conn: Option<redis::Connection>,
     command_timeout: Duration,
     key: Vec<u8>,
     lease_ms: u64,
-    outgoing_bytes: Arc<AtomicUsize>,
     incoming: mpsc::Sender<Incoming>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
     stats: Arc<ClusterStats>,
 }
 
-impl Publisher {
-    fn run(mut self, outgoing: Receiver<Outgoing>) {
+impl Lease {
+    /// Until `stop`'s sender is dropped (its end wakes the thread at once).
+    fn run(mut self, stop: Receiver<()>) {
         let started = Instant::now();
         let now_ms = || started.elapsed().as_millis() as u64;
         let mut schedule = liveness::LeaseSchedule::new(self.lease_ms, now_ms());
-        // Whether a link was lost since the last renewal: another node's key may have vanished
-        // with Redis meanwhile, so the next lists are not news for a while.
-        let mut lost = false;
         let mut down_since: Option<Instant> = None;
-        let mut delay = Duration::from_millis(50);
         loop {
             let wait = Duration::from_millis(schedule.wait_ms(now_ms()));
-            let batch = match outgoing.recv_timeout(wait) {
-                Ok(first) => {
-                    let mut bytes = first.1.len();
-                    let mut batch = vec![first];
-                    while batch.len() < 1024 && bytes < PIPELINE_BYTES_MAX {
-                        match outgoing.try_recv() {
-                            Ok(outgoing) => {
-                                bytes += outgoing.1.len();
-                                batch.push(outgoing);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    // Out of the channel: published or dropped, no longer waiting.
-                    self.outgoing_bytes.fetch_sub(bytes, Ordering::AcqRel);
-                    Some(batch)
-                }
-                Err(RecvTimeoutError::Timeout) => None,
-                // The reactor's side is dropped and everything queued was taken.
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            if let Some(batch) = batch {
-                if self.publish(&batch, &mut down_since, &mut lost) {
-                    delay = Duration::from_millis(50);
-                } else {
-                    // What waits meanwhile is bounded by the channel.
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(RECONNECT_DELAY_MAX);
-                }
-            }
-            if std::mem::take(&mut lost) {
-                schedule.lost();
+            match stop.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
             }
             if schedule.due(now_ms()) {
                 self.renew(&mut schedule, now_ms(), &mut down_since);
             }
         }
-        // A clean stop: the other nodes need not wait for the lease.
         if let Some(conn) = self.conn.as_mut() {
             let _ = redis::cmd("DEL").arg(&self.key).query::<()>(conn);
-        }
-    }
-
-    /// A lost connection is retried once on a fresh one; a second failure drops the batch
-    /// (counted), and the caller waits before the next, so a Redis that refuses PUBLISH (or
-    /// is gone) costs a connect attempt per delay, not a busy loop.
-    fn publish(
-        &mut self,
-        batch: &[Outgoing],
-        down_since: &mut Option<Instant>,
-        lost: &mut bool,
-    ) -> bool {
-        for _attempt in 0..2 {
-            let Some(link) = self.link() else {
-                break;
-            };
-            let mut pipe = redis::pipe();
-            for (to, payload) in batch {
-                let cmd = pipe.cmd("PUBLISH");
-                match to {
-                    Some(node) => cmd.arg(node_channel(node)),
-                    None => cmd.arg(LOBBY_CHANNEL),
-                };
-                cmd.arg(&payload[..]).ignore();
-            }
-            match pipe.query::<()>(link) {
-                Ok(()) => {
-                    self.stats
-                        .published
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    if let Some(since) = down_since.take() {
-                        self.back(since);
-                    }
-                    return true;
-                }
-                Err(err) => {
-                    self.conn = None;
-                    *lost = true;
-                    if down_since.is_none() {
-                        *down_since = Some(Instant::now());
-                        link_down(&self.stats, "publisher", &err);
-                    }
-                }
-            }
-        }
-        *lost = true;
-        self.stats
-            .publish_dropped
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        false
-    }
-
-    /// The link is back after it was lost at `since`: what this node published meanwhile was
-    /// dropped, so the reactor sends its roster (and asks for the others').
-    fn back(&self, since: Instant) {
-        link_up(&self.stats, "publisher", since);
-        if self.incoming.send(Incoming::PublisherBack).is_ok()
-            && !self.pending.swap(true, Ordering::AcqRel)
-        {
-            (self.wake)();
         }
     }
 
     /// The connection, opened again if it was lost.
     fn link(&mut self) -> Option<&mut redis::Connection> {
         if self.conn.is_none() {
-            match publisher_connection(&self.client, self.command_timeout) {
+            match lease_connection(&self.client, self.command_timeout) {
                 Ok(fresh) => self.conn = Some(fresh),
-                Err(err) => debug!("cluster: publisher reconnect failed: {err}"),
+                Err(err) => debug!("cluster: lease thread reconnect failed: {err}"),
             }
         }
         self.conn.as_mut()
@@ -989,7 +915,7 @@ impl Publisher {
         match result {
             Ok(live) => {
                 if let Some(since) = down_since.take() {
-                    self.back(since);
+                    link_up(&self.stats, "lease thread", since);
                 }
                 // Right after Redis returns, other nodes may not have set their keys again:
                 // their absence would be no news.
@@ -1005,176 +931,89 @@ impl Publisher {
                 schedule.failed(now_ms);
                 if down_since.is_none() {
                     *down_since = Some(Instant::now());
-                    link_down(&self.stats, "publisher", &err);
+                    link_down(&self.stats, "lease thread", &err);
                 }
             }
         }
     }
 }
 
-/// The subscriber thread's state: what it hands events to, and the shared flags.
-struct Subscriber<'a> {
-    /// This node's own channel ([`node_channel`]), subscribed with the lobby's on the same
-    /// connection: Redis writes one publisher's messages to it in the order it published them,
-    /// whichever of the two channels each went to, so a node's events stay in order.
-    own_channel: Vec<u8>,
-    incoming: mpsc::Sender<Incoming>,
-    /// Bytes handed over and not yet taken by the reactor ([`INCOMING_BYTES_MAX`]).
-    incoming_bytes: &'a AtomicUsize,
-    /// How often a quiet subscription asks Redis whether it is there, and how long the answer
-    /// may take: a stalled Redis (SIGSTOP) sends no error, only silence.
-    ping_every: Duration,
-    ping_timeout: Duration,
-    pending: &'a AtomicBool,
-    wake: &'a dyn Fn(),
-    stats: &'a ClusterStats,
-    stop: &'a AtomicBool,
-}
-
-/// How a subscribed connection ended.
-enum Ended {
-    Stopped,
-    Lost(String),
-}
-
-impl Subscriber<'_> {
-    /// Subscribe (the first outcome goes to `started`), read until the link is lost, and
-    /// subscribe again, with a growing delay, until told to stop.
-    fn run(&self, client: &redis::Client, started: mpsc::Sender<redis::RedisResult<()>>) {
-        let mut started = Some(started);
-        let mut down_since: Option<Instant> = None;
-        let mut delay = Duration::from_millis(50);
-        while !self.stop.load(Ordering::Acquire) {
-            let mut conn = match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
-                Ok(conn) => conn,
-                Err(err) => {
-                    if let Some(started) = started.take() {
-                        let _ = started.send(Err(err));
-                        return;
-                    }
-                    debug!("cluster: subscriber reconnect failed: {err}");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(RECONNECT_DELAY_MAX);
-                    continue;
-                }
-            };
-            let mut pubsub = conn.as_pubsub();
-            let subscribed = pubsub
-                .set_read_timeout(Some(self.read_timeout()))
-                .and_then(|()| pubsub.subscribe(LOBBY_CHANNEL))
-                .and_then(|()| pubsub.subscribe(&self.own_channel[..]));
-            if let Err(err) = subscribed {
-                if let Some(started) = started.take() {
-                    let _ = started.send(Err(err));
-                    return;
-                }
-                debug!("cluster: subscriber resubscribe failed: {err}");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(RECONNECT_DELAY_MAX);
-                continue;
+/// A blocking connection to the first of `addrs` that answers, with deadlines, for the
+/// links' start (the reactor switches it to non-blocking after).
+fn connect_blocking(addrs: &[SocketAddr]) -> std::io::Result<std::net::TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+                stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+                return Ok(stream);
             }
-            if let Some(started) = started.take() {
-                if started.send(Ok(())).is_err() {
-                    return;
-                }
-            }
-            if let Some(since) = down_since.take() {
-                link_up(self.stats, "subscriber", since);
-            }
-            // Events may have been missed while the link was down (or before it was made):
-            // the reactor asks the other nodes for their rosters.
-            if self.incoming.send(Incoming::Subscribed).is_err() {
-                return;
-            }
-            if !self.pending.swap(true, Ordering::AcqRel) {
-                (self.wake)();
-            }
-            delay = Duration::from_millis(50);
-            match self.read(&mut pubsub) {
-                Ended::Stopped => return,
-                Ended::Lost(err) => {
-                    down_since = Some(Instant::now());
-                    link_down(self.stats, "subscriber", &err);
-                }
-            }
+            Err(err) => last = err,
         }
     }
+    Err(last)
+}
 
-    fn read(&self, pubsub: &mut redis::PubSub<'_>) -> Ended {
-        let mut heard = Instant::now();
-        while !self.stop.load(Ordering::Acquire) {
-            let message = match pubsub.get_message() {
-                Ok(message) => message,
-                Err(err) if err.is_timeout() => {
-                    if heard.elapsed() >= self.ping_every {
-                        if let Err(lost) = self.ping(pubsub, heard) {
-                            return lost;
-                        }
-                        heard = Instant::now();
-                    }
-                    continue;
-                }
-                Err(err) => return Ended::Lost(err.to_string()),
-            };
-            heard = Instant::now();
-            let payload: Vec<u8> = match message.get_payload() {
-                Ok(payload) => payload,
-                Err(_) => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            let bytes = payload.len();
-            match codec::decode_message(Bytes::from(payload)) {
-                Ok(message) => {
-                    // Held back while the reactor has too much to take: Redis keeps the rest.
-                    if !wait_for_room(
-                        self.incoming_bytes,
-                        bytes,
-                        INCOMING_BYTES_MAX,
-                        self.stop,
-                        INCOMING_PAUSE,
-                    ) {
-                        return Ended::Stopped;
-                    }
-                    let incoming = match message {
-                        codec::Message::Event(envelope) => Incoming::Event(envelope, bytes),
-                        codec::Message::Roster(roster) => Incoming::Roster(roster, bytes),
-                    };
-                    if self.incoming.send(incoming).is_err() {
-                        return Ended::Stopped;
-                    }
-                    if !self.pending.swap(true, Ordering::AcqRel) {
-                        (self.wake)();
-                    }
-                }
-                Err(err) => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    debug!("cluster: malformed message on {LOBBY_CHANNEL}: {err}");
-                }
-            }
+/// The next reply on a blocking connection, read onto `input`.
+fn read_reply(
+    stream: &mut std::net::TcpStream,
+    input: &mut BytesMut,
+) -> std::io::Result<resp::Value> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(value) = resp::parse(input).map_err(std::io::Error::other)? {
+            return Ok(value);
         }
-        Ended::Stopped
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(len) => input.extend_from_slice(&chunk[..len]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
     }
+}
 
-    /// A quiet subscription: is Redis still there? No answer within `ping_timeout` is a lost
-    /// link (the connection is dropped: a late reply would be out of step).
-    fn ping(&self, pubsub: &mut redis::PubSub<'_>, heard: Instant) -> Result<(), Ended> {
-        let asked = pubsub
-            .set_read_timeout(Some(self.ping_timeout))
-            .and_then(|()| pubsub.ping::<()>())
-            .and_then(|()| pubsub.set_read_timeout(Some(self.read_timeout())));
-        asked.map_err(|err| {
-            Ended::Lost(format!(
-                "no answer to PING within {} ms ({err}); last heard from Redis {} ms ago",
-                self.ping_timeout.as_millis(),
-                heard.elapsed().as_millis()
-            ))
-        })
+/// The publishing link's first connection: its setup (AUTH, PING) answered, so that an
+/// unreachable or refusing Redis is an error at start. Returns what was read past it.
+fn start_publisher(
+    addrs: &[SocketAddr],
+    link: &mut pubsub::PubLink,
+) -> std::io::Result<(std::net::TcpStream, BytesMut)> {
+    let mut stream = connect_blocking(addrs)?;
+    link.connected();
+    stream.write_all(link.output())?;
+    link.wrote(link.output().len(), 0);
+    let mut input = BytesMut::new();
+    while link.awaiting() > 0 {
+        let value = read_reply(&mut stream, &mut input)?;
+        link.on_reply(value)
+            .map_err(|lost| std::io::Error::other(lost.0))?;
     }
+    Ok((stream, input))
+}
 
-    fn read_timeout(&self) -> Duration {
-        READ_TIMEOUT.min(self.ping_every)
+/// The subscription's first connection, subscribed. Returns what was read past the
+/// confirmations (messages already: the reactor reads them first).
+fn start_subscriber(
+    addrs: &[SocketAddr],
+    link: &mut pubsub::SubLink,
+) -> std::io::Result<(std::net::TcpStream, BytesMut)> {
+    let mut stream = connect_blocking(addrs)?;
+    link.connected(0);
+    stream.write_all(link.output())?;
+    link.wrote(link.output().len());
+    let mut input = BytesMut::new();
+    loop {
+        let value = read_reply(&mut stream, &mut input)?;
+        // A message between the confirmations is dropped: events before the subscription
+        // are the rosters' to bring.
+        match link.on_reply(value, 0) {
+            Ok(pubsub::SubPush::Subscribed) => return Ok((stream, input)),
+            Ok(_) => {}
+            Err(lost) => return Err(std::io::Error::other(lost.0)),
+        }
     }
 }
 
@@ -1306,48 +1145,6 @@ mod tests {
         feed.roster(own);
         assert_eq!(cluster.try_recv(), None);
         assert_eq!(cluster.stats.rosters_received.load(Ordering::Relaxed), 3);
-    }
-
-    #[test]
-    fn the_subscriber_waits_for_room_and_gives_up_when_told_to_stop() {
-        let queued = Arc::new(AtomicUsize::new(0));
-        let stop = AtomicBool::new(false);
-        let pause = Duration::from_millis(1);
-        // Empty: even a message over the bound passes (alone).
-        assert!(wait_for_room(&queued, 2000, 1000, &stop, pause));
-        queued.store(900, Ordering::Release);
-        assert!(
-            wait_for_room(&queued, 100, 1000, &stop, pause),
-            "exactly the bound"
-        );
-        // Full: it waits until the reactor takes some.
-        let taker = {
-            let queued = Arc::clone(&queued);
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                queued.fetch_sub(500, Ordering::AcqRel);
-            })
-        };
-        assert!(wait_for_room(&queued, 400, 1000, &stop, pause));
-        taker.join().unwrap();
-        assert_eq!(queued.load(Ordering::Acquire), 900);
-        // Told to stop while full: it gives up, counting nothing.
-        stop.store(true, Ordering::Release);
-        assert!(!wait_for_room(&queued, 200, 1000, &stop, pause));
-        assert_eq!(queued.load(Ordering::Acquire), 900);
-    }
-
-    #[test]
-    fn waiting_bytes_are_bounded_whatever_the_event_count() {
-        let queued = AtomicUsize::new(0);
-        assert!(reserve(&queued, 600, 1000));
-        assert!(!reserve(&queued, 401, 1000), "over the bound");
-        assert!(reserve(&queued, 400, 1000), "exactly the bound");
-        assert_eq!(queued.load(Ordering::Acquire), 1000);
-        // The publisher takes a batch off: room again.
-        queued.fetch_sub(600, Ordering::AcqRel);
-        assert!(reserve(&queued, 600, 1000));
-        assert!(!reserve(&queued, 1, 1000));
     }
 
     #[test]

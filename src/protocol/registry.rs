@@ -432,11 +432,13 @@ impl Services {
     /// The other nodes' events, not seen before, to the local lobby members (never published
     /// again: the hub does not report them as events).
     /// At most `--cluster-events-per-turn-max` a turn ([`Services::start_turn`]); the rest
-    /// wait in the channel, and [`Services::has_cluster_backlog`] brings the reactor back.
+    /// wait unread on the subscription, and [`Services::has_cluster_backlog`] brings the
+    /// reactor back.
     fn on_cluster<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
+        cluster.set_now_ms(clock.now_ms);
         while self.cluster_events_left > 0 {
             let Some((node, event)) = cluster.try_recv() else {
                 break;
@@ -1065,7 +1067,23 @@ impl Services {
         streams
             .chain(datagrams)
             .chain(self.hub.next_claim_deadline_ms())
+            .chain(self.cluster.as_ref().and_then(Cluster::next_deadline_ms))
             .min()
+    }
+
+    /// The end of a loop turn: the cluster's PUBLISHes of this turn go to Redis, and its
+    /// links' deadlines are looked at (`Cluster::flush`).
+    pub fn flush_cluster(&mut self, now_ms: u64) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.flush(now_ms);
+        }
+    }
+
+    /// A cluster link's socket signalled readiness: it is read this turn.
+    pub fn on_cluster_link_event(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.on_link_event();
+        }
     }
 
     /// Hand work completed off the loop's thread to its service.

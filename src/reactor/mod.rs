@@ -63,6 +63,16 @@ const _: () = assert!(usize::BITS == 64);
 
 const SIGNAL_TOKEN: Token = Token(0);
 const WAKER_TOKEN: Token = Token(1);
+/// The cluster's two Redis links (publishing, subscription): free tokens between the admin
+/// listener's and the admin connections'.
+const CLUSTER_PUB_TOKEN: usize = 3;
+const CLUSTER_SUB_TOKEN: usize = 4;
+const _: () =
+    assert!(ADMIN_LISTENER_TOKEN < CLUSTER_PUB_TOKEN && CLUSTER_SUB_TOKEN < ADMIN_CONN_TOKEN_BASE);
+const CLUSTER_LINK_TOKENS: crate::cluster::LinkTokens = crate::cluster::LinkTokens {
+    publisher: Token(CLUSTER_PUB_TOKEN),
+    subscriber: Token(CLUSTER_SUB_TOKEN),
+};
 /// Tokens 16..48 are TCP listeners, by index.
 const LISTENER_TOKEN_BASE: usize = 16;
 const LISTENER_TOKEN_END: usize = 48;
@@ -119,6 +129,8 @@ enum Source {
     Listener(usize),
     Udp(usize),
     Conn(ConnId),
+    /// A cluster link: its work runs every turn, the event only makes the turn run.
+    ClusterLink,
     AdminListener,
     AdminConn(ConnId),
     Unknown,
@@ -145,6 +157,7 @@ fn source_of(token: Token) -> Source {
         ADMIN_CONN_TOKEN_BASE..ADMIN_CONN_TOKEN_END => Source::AdminConn(id(ADMIN_CONN_TOKEN_BASE)),
         0 => Source::Signal,
         1 => Source::Waker,
+        CLUSTER_PUB_TOKEN | CLUSTER_SUB_TOKEN => Source::ClusterLink,
         LISTENER_TOKEN_BASE..LISTENER_TOKEN_END => Source::Listener(low - LISTENER_TOKEN_BASE),
         UDP_TOKEN_BASE..CONN_TOKEN_BASE => Source::Udp(low - UDP_TOKEN_BASE),
         ADMIN_LISTENER_TOKEN => Source::AdminListener,
@@ -424,8 +437,13 @@ impl Server {
                     warn!("cannot wake the reactor for cluster events: {err}");
                 }
             });
-            let cluster = crate::cluster::Cluster::connect(cluster_config, wake)
-                .map_err(StartError::Cluster)?;
+            let cluster = crate::cluster::Cluster::connect(
+                cluster_config,
+                wake,
+                poll.registry(),
+                CLUSTER_LINK_TOKENS,
+            )
+            .map_err(StartError::Cluster)?;
             services.join_cluster(cluster);
         }
         let admin = Admin::bind(&poll, &config)?;
@@ -627,6 +645,8 @@ impl Server {
             self.dispatch_notes();
             self.accept_all();
             self.accept_admin();
+            // Last: every event this turn published goes to Redis in one write.
+            self.services.flush_cluster(self.now_ms);
 
             if let Some(deadline_ms) = self.shutdown_deadline_ms {
                 // Store requests still running are waited for too (within the grace), so that
@@ -802,6 +822,7 @@ impl Server {
                 }
             }
             Source::AdminConn(id) => self.handle_admin_event(id, event),
+            Source::ClusterLink => self.services.on_cluster_link_event(),
             Source::Unknown => {}
         }
     }
