@@ -865,6 +865,40 @@ fn a_member_that_left_while_a_node_was_cut_off_is_told_gone_when_it_is_back() {
     ana.expect("dan: end");
 }
 
+/// A room hosted on B whose host left while A was cut off (B's `closed` never reached A) is
+/// closed on A once A is back: A's read finds no such room in Redis, and B's records are all
+/// there, so ana is told the host's leave, as a close is told. (Before, A kept the room until
+/// B died.)
+#[test]
+fn a_room_closed_while_a_node_was_cut_off_is_closed_there_when_it_is_back() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let proxy = Proxy::start(&redis);
+    let lease = ["--cluster-lease-ms", "2000"];
+    let mut a = node_at(&proxy.url(), "node-a", OCM, &lease);
+    let b = node_at(&redis.url(), "node-b", OCM, &lease);
+    let bob = Member::create(&b, "sala", "bob");
+    let ana = Member::join(&a, "sala", "ana");
+
+    proxy.cut();
+    bob.say("exit");
+    assert!(
+        eventually(|| redis.query_int(&[b"EXISTS", b"switchboard:ocm:room:sala"]) == 0),
+        "bob's close did not reach Redis"
+    );
+    proxy.restore();
+    ana.expect(&host_leave_text("bob", "sala"));
+    a.stderr.wait_for(
+        "cluster: OCM room \"sala\": closed on its host's node while this node was cut off, read from Redis",
+    );
+    // A no longer holds the room: its name is free through A too.
+    let eve = Member::create(&a, "sala", "eve");
+    let fay = Member::join(&b, "sala", "fay");
+    eve.say("oi");
+    fay.expect("eve: oi");
+}
+
 /// `flags` limit the rooms to `fits`: that many rooms created through A and B alternately
 /// fit, one more is refused with the contract's 500 through either node, and once one room
 /// closes (its host's exit) one more fits again.
