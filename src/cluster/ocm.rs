@@ -15,10 +15,11 @@
 //!   scored by when its record expires (unix ms), so `--ocm-rooms-max` and
 //!   `--ocm-rooms-per-ip-max` count the cluster's live rooms: a closed room leaves them, a dead
 //!   node's rooms drop out with their records;
-//! - `switchboard:ocm:node:<node>`: set by the node's every renewal (after its records), with
-//!   a shorter expiry: while it exists, every record of that node is in Redis, so a member of
-//!   it missing from a room's members has left (not: lost with a Redis restarted empty, or
-//!   lapsed while its node was cut off).
+//! - `switchboard:ocm:node:<node>`: set by the node's every renewal (by its last script,
+//!   after its records; from its first room or member on), with a shorter expiry: while it
+//!   exists, every record of that node is in Redis, so a member of it missing from a room's
+//!   members has left (not: lost with a Redis restarted empty, or lapsed while its node was
+//!   cut off or Redis frozen).
 //!
 //! Member entries expire by Redis's clock (`TIME` in the scripts: one clock for every node).
 //! Create and join are Lua scripts, atomic in Redis: two nodes creating one room name at once
@@ -418,6 +419,8 @@ impl OcmRooms {
             members: HashMap::new(),
             undo: Vec::new(),
             members_due: Vec::new(),
+            served: false,
+            renew_now: false,
             answers: answers_tx,
             pending: Arc::clone(&pending),
             wake,
@@ -529,6 +532,15 @@ struct OcmThread {
     undo: Vec<OcmOp>,
     /// Reads of rooms' members to make once Redis answers again.
     members_due: Vec<OcmOp>,
+    /// This node has had a room or member: its node key is kept from then on (its members'
+    /// leaves are told from it, also once it has none left). A node that never served OCM
+    /// sends nothing.
+    served: bool,
+    /// Renew now, not at the next quarter lease: the first room or member was just granted,
+    /// and until a renewal sets the node key no other node takes a leave of it as such. (Not
+    /// set by the create or join script: one queued in a frozen Redis runs after the node's
+    /// other records may have lapsed.)
+    renew_now: bool,
     answers: mpsc::Sender<OcmAnswer>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
@@ -673,7 +685,7 @@ impl OcmThread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if Instant::now() >= next_renew {
+            if Instant::now() >= next_renew || std::mem::take(&mut self.renew_now) {
                 next_renew = Instant::now() + interval;
                 self.renew();
             }
@@ -696,6 +708,12 @@ impl OcmThread {
 
     fn expiry_ms(&self) -> u64 {
         liveness::LeaseSchedule::key_expiry_ms(self.lease_ms)
+    }
+
+    /// The node key's expiry: half a lease, so it lapses before the records it vouches for
+    /// (three quarters), renewed every quarter.
+    fn node_key_ms(&self) -> u64 {
+        (self.lease_ms / 2).max(1)
     }
 
     fn apply(&mut self, mut batch: Vec<OcmOp>) {
@@ -828,6 +846,8 @@ impl OcmThread {
                         _ => {}
                     }
                     if created == CreateAnswer::Created {
+                        self.renew_now |= !self.served;
+                        self.served = true;
                         self.rooms.insert(room.clone(), (room_id, host.clone(), ip));
                         self.members.insert(
                             token,
@@ -866,6 +886,8 @@ impl OcmThread {
                         JoinAnswer::Unavailable => count(&self.ocm_stats.refused_unavailable),
                     }
                     if let JoinAnswer::Joined(joined) = &answer {
+                        self.renew_now |= !self.served;
+                        self.served = true;
                         self.members.insert(
                             token,
                             OwnedMember {
@@ -1084,10 +1106,14 @@ impl OcmThread {
         // record before it is (Redis runs one connection's commands in order, a script at
         // once), and it lapses before they do (half a lease against three quarters), so while
         // it exists a member of this node that a room's members do not list has left. Set
-        // even with no records: a member's leave is told from it.
+        // even with no records left: its last member's leave is told from it.
         let node_key = key(NODE_KEY_PREFIX, &self.node);
-        let node_key_ms = (self.lease_ms / 2).max(1);
+        let node_key_ms = self.node_key_ms();
         let mut unmarked = self.rooms.len() + self.members.len();
+        if unmarked == 0 && !self.served {
+            self.link.up();
+            return true;
+        }
         let mut pipe = redis::pipe();
         if unmarked == 0 {
             pipe.cmd("SET")
