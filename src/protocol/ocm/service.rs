@@ -184,7 +184,7 @@ struct Room {
     /// gone when their node dies, or when Redis no longer lists them after an outage.
     remote: HashMap<Bytes, RemoteMember>,
     /// Members the last read from Redis found gone and told gone here, whose `left` event
-    /// may still arrive: it is not told twice. Each read's replace the last's.
+    /// may still arrive: it is not told twice. Each read replaces the last one's list.
     told_gone: HashMap<Bytes, NodeId>,
     /// The IP its host's request came from (canonical), for the per-IP room limit.
     host_ip: IpAddr,
