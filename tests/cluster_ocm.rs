@@ -810,3 +810,140 @@ fn a_member_that_joined_while_a_node_was_cut_off_is_announced_gone_with_its_node
     drop(b);
     ana.expect(&leave_text("bob", "sala"));
 }
+
+/// A member of B that left while A was cut off from Redis (B's `left` never reached A) is
+/// told gone to A's members once A is back: A's read of the room finds Redis no longer lists
+/// him. Once, and only him: dan, still there, is not, and his line comes next. (Before, A
+/// told nothing until B died.) The bound (docs/CLUSTER.md): both of A's links back (each
+/// reconnects within its delay, at most 2 s) and a quarter lease; here the cut is short.
+#[test]
+fn a_member_that_left_while_a_node_was_cut_off_is_told_gone_when_it_is_back() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    const LEASE_MS: u64 = 2000;
+    let proxy = Proxy::start(&redis);
+    let lease = ["--cluster-lease-ms", "2000"];
+    let mut a = node_at(&proxy.url(), "node-a", OCM, &lease);
+    let mut b = node_at(&redis.url(), "node-b", OCM, &lease);
+    let ana = Member::create(&a, "sala", "ana");
+    let bob = Member::join(&b, "sala", "bob");
+    let dan = Member::join(&b, "sala", "dan");
+    // Their lines follow their `joined` on B's one publishing connection: A knows both.
+    bob.say("oi");
+    ana.expect("bob: oi");
+    dan.expect("bob: oi");
+    dan.say("oi");
+    ana.expect("dan: oi");
+    let published = metric(&mut b, "chatd_cluster_events_published_total");
+
+    proxy.cut();
+    bob.say("exit");
+    assert!(
+        eventually(|| metric(&mut b, "chatd_cluster_events_published_total") > published),
+        "B did not publish bob's leaving"
+    );
+    assert!(
+        eventually(|| redis.query_int(&[b"HEXISTS", b"switchboard:ocm:members:sala", b"bob"]) == 0),
+        "bob's leave did not reach Redis"
+    );
+    dan.expect(&leave_text("bob", "sala"));
+    proxy.restore();
+    let back = Instant::now();
+    ana.expect(&leave_text("bob", "sala"));
+    let took = back.elapsed();
+    a.stderr.wait_for(
+        "cluster: OCM room \"sala\": 1 member(s) of other nodes left while cut off, read from Redis",
+    );
+    eprintln!("bob's leave told to ana {took:?} after A's link was restored");
+    assert!(
+        took < Duration::from_millis(2 * 2000 + LEASE_MS / 4),
+        "told {took:?} after the link was back"
+    );
+    // Nothing else on its way (no second leave, dan not taken for gone): dan's line is next.
+    dan.say("end");
+    ana.expect("dan: end");
+}
+
+/// A room hosted on B whose host left while A was cut off (B's `closed` never reached A) is
+/// closed on A once A is back: A's read finds no such room in Redis, and B's records are all
+/// there, so ana is told the host's leave, as a close is told. (Before, A kept the room until
+/// B died.)
+#[test]
+fn a_room_closed_while_a_node_was_cut_off_is_closed_there_when_it_is_back() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let proxy = Proxy::start(&redis);
+    let lease = ["--cluster-lease-ms", "2000"];
+    let mut a = node_at(&proxy.url(), "node-a", OCM, &lease);
+    let b = node_at(&redis.url(), "node-b", OCM, &lease);
+    let bob = Member::create(&b, "sala", "bob");
+    let ana = Member::join(&a, "sala", "ana");
+
+    proxy.cut();
+    bob.say("exit");
+    assert!(
+        eventually(|| redis.query_int(&[b"EXISTS", b"switchboard:ocm:room:sala"]) == 0),
+        "bob's close did not reach Redis"
+    );
+    proxy.restore();
+    ana.expect(&host_leave_text("bob", "sala"));
+    a.stderr.wait_for(
+        "cluster: OCM room \"sala\": closed on its host's node while this node was cut off, read from Redis",
+    );
+    // A no longer holds the room: its name is free through A too.
+    let eve = Member::create(&a, "sala", "eve");
+    let fay = Member::join(&b, "sala", "fay");
+    eve.say("oi");
+    fay.expect("eve: oi");
+}
+
+/// `flags` limit the rooms to `fits`: that many rooms created through A and B alternately
+/// fit, one more is refused with the contract's 500 through either node, and once one room
+/// closes (its host's exit) one more fits again.
+fn room_limits_count_every_nodes_rooms(flags: &[&str], fits: usize) {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", flags);
+    let b = node(&redis, "node-b", flags);
+    let nodes = [&a, &b];
+    let hosts: Vec<Member> = (0..fits)
+        .map(|i| Member::create(nodes[i % 2], &format!("room-{i}"), &format!("host-{i}")))
+        .collect();
+    for node in nodes {
+        let (state, json) = Member::try_enter(node, 1, "one-more", "eve")
+            .err()
+            .expect("one room too many");
+        assert_eq!(state, 3, "{json}");
+        assert!(json.contains("\"status\": 500"), "{json}");
+    }
+    hosts[0].say("exit");
+    // Once the host's node has closed its room in Redis, through the other node.
+    let other = nodes[(fits + 1) % 2];
+    assert!(
+        eventually(|| Member::try_enter(other, 1, "one-more", "eve").is_ok()),
+        "no room freed by the close"
+    );
+    let (state, _) = Member::try_enter(nodes[0], 1, "another", "flo")
+        .err()
+        .expect("full again");
+    assert_eq!(state, 3);
+}
+
+/// `--ocm-rooms-max` counts the cluster's rooms, not one node's.
+#[test]
+fn ocm_rooms_max_counts_every_nodes_rooms() {
+    room_limits_count_every_nodes_rooms(
+        &["--ocm-rooms-max", "2", "--ocm-rooms-per-ip-max", "0"],
+        2,
+    );
+}
+
+/// `--ocm-rooms-per-ip-max` counts the cluster's rooms whose host came from one IP (every
+/// client here is 127.0.0.1).
+#[test]
+fn ocm_rooms_per_ip_max_counts_every_nodes_rooms() {
+    room_limits_count_every_nodes_rooms(&["--ocm-rooms-per-ip-max", "3"], 3);
+}

@@ -10,7 +10,16 @@
 //!   so a name is unique in its room across the nodes, and a dead node's members free their
 //!   names when their entries expire;
 //! - `switchboard:ocm:token:<64 hex>`: a hash `room`, `id`, `ip`, `host` (`1` or `0`), `name`,
-//!   `node`: the token's room, the IP it is bound to and the member's home node.
+//!   `node`: the token's room, the IP it is bound to and the member's home node;
+//! - `switchboard:ocm:rooms` and `switchboard:ocm:rooms:ip:<ip>`: sorted sets, room name
+//!   scored by when its record expires (unix ms), so `--ocm-rooms-max` and
+//!   `--ocm-rooms-per-ip-max` count the cluster's live rooms: a closed room leaves them, a dead
+//!   node's rooms drop out with their records;
+//! - `switchboard:ocm:node:<node>`: set by the node's every renewal (by its last script,
+//!   after its records; from its first room or member on), with a shorter expiry: while it
+//!   exists, every record of that node is in Redis, so a member of it missing from a room's
+//!   members has left (not: lost with a Redis restarted empty, or lapsed while its node was
+//!   cut off or Redis frozen).
 //!
 //! Member entries expire by Redis's clock (`TIME` in the scripts: one clock for every node).
 //! Create and join are Lua scripts, atomic in Redis: two nodes creating one room name at once
@@ -46,6 +55,9 @@ pub type OcmToken = [u8; 64];
 const ROOM_KEY_PREFIX: &str = "switchboard:ocm:room:";
 const MEMBERS_KEY_PREFIX: &str = "switchboard:ocm:members:";
 const TOKEN_KEY_PREFIX: &str = "switchboard:ocm:token:";
+const ROOMS_KEY: &str = "switchboard:ocm:rooms";
+const ROOMS_OF_IP_KEY_PREFIX: &str = "switchboard:ocm:rooms:ip:";
+const NODE_KEY_PREFIX: &str = "switchboard:ocm:node:";
 
 /// Operations waiting for the thread; one more is refused (a request is then answered 500 at
 /// once, a datagram dropped).
@@ -53,21 +65,32 @@ const OPS_MAX: usize = 65_536;
 /// Operations sent to Redis in one pipeline.
 const BATCH_MAX: usize = 1024;
 
-/// KEYS: room, members, token. ARGV: id, host name, node, expiry ms, ip, room name.
-/// 1: created (or already this very room: a retried script); 0: a room of that name exists.
+/// KEYS: room, members, token, rooms, rooms of the ip. ARGV: id, host name, node, expiry ms,
+/// ip, room name, rooms max, rooms per ip max (0: none). 1: created (or already this very
+/// room: a retried script); 0: a room of that name exists; 2: the cluster's rooms max
+/// reached; 3: the ip's. The room sets drop their lapsed entries first (a dead node's rooms).
 const CREATE_SCRIPT: &str = "\
 local id = redis.call('HGET', KEYS[1], 'id') \
 if id == ARGV[1] then return 1 end \
 if id then return 0 end \
 local t = redis.call('TIME') \
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[2], 'node', ARGV[3]) \
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('(%d', now)) \
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', string.format('(%d', now)) \
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then return 2 end \
+if tonumber(ARGV[8]) ~= 0 and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[8]) then return 3 end \
+local expires = now + tonumber(ARGV[4]) \
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[2], 'node', ARGV[3], 'ip', ARGV[5]) \
 redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
 redis.call('DEL', KEYS[2]) \
-redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', now + tonumber(ARGV[4])) .. ':' .. ARGV[3]) \
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', expires) .. ':' .. ARGV[3]) \
 redis.call('PEXPIRE', KEYS[2], ARGV[4]) \
 redis.call('HSET', KEYS[3], 'room', ARGV[6], 'id', ARGV[1], 'ip', ARGV[5], 'host', '1', 'name', ARGV[2], 'node', ARGV[3]) \
 redis.call('PEXPIRE', KEYS[3], ARGV[4]) \
+redis.call('ZADD', KEYS[4], expires, ARGV[6]) \
+redis.call('PEXPIRE', KEYS[4], ARGV[4]) \
+redis.call('ZADD', KEYS[5], expires, ARGV[6]) \
+redis.call('PEXPIRE', KEYS[5], ARGV[4]) \
 return 1";
 
 /// KEYS: room, members, token. ARGV: name, node, expiry ms, ip, members max, room name.
@@ -111,19 +134,29 @@ const LEAVE_SCRIPT: &str = "\
 if redis.call('DEL', KEYS[2]) == 1 then redis.call('HDEL', KEYS[1], ARGV[1]) end \
 return 1";
 
-/// KEYS: room, members. ARGV: id. The room goes, if it is still that room.
+/// KEYS: room, members, rooms. ARGV: id, room name, prefix of the rooms-of-ip keys. The room
+/// goes, if it is still that room, and leaves the room sets (the cluster's limits).
 const CLOSE_SCRIPT: &str = "\
-if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then redis.call('DEL', KEYS[1], KEYS[2]) end \
+local room = redis.call('HMGET', KEYS[1], 'id', 'ip') \
+if room[1] == ARGV[1] then \
+  redis.call('DEL', KEYS[1], KEYS[2]) \
+  redis.call('ZREM', KEYS[3], ARGV[2]) \
+  if room[2] then redis.call('ZREM', ARGV[3] .. room[2], ARGV[2]) end \
+end \
 return 1";
 
-/// KEYS: room, members. ARGV: id. {0}: not that room (gone, or another of that name); {1,
-/// then name and node of every live member}.
+/// KEYS: room, members. ARGV: id, prefix of the node keys, then nodes to ask about. {0,
+/// settled}: not that room (gone, or another of that name); {1, settled, then name and node
+/// of every live member}. `settled`: per node asked, 1 if its key exists (every record of it
+/// is in Redis), else 0.
 const MEMBERS_SCRIPT: &str = "\
-if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return {0} end \
+local settled = {} \
+for i = 3, #ARGV do settled[#settled + 1] = redis.call('EXISTS', ARGV[2] .. ARGV[i]) end \
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return {0, settled} end \
 local t = redis.call('TIME') \
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
 local all = redis.call('HGETALL', KEYS[2]) \
-local answer = {1} \
+local answer = {1, settled} \
 for i = 1, #all, 2 do \
   local expires, node = string.match(all[i + 1], '^(%d+):(.*)$') \
   if expires ~= nil and tonumber(expires) >= now then \
@@ -133,20 +166,31 @@ for i = 1, #all, 2 do \
 end \
 return answer";
 
-/// KEYS: room, members. ARGV: id, host name, node, expiry ms. The host's node keeps its room:
-/// extended, or set again if gone; 0 when another room of that name is there now.
+/// KEYS: room, members, rooms, rooms of the ip, and the node's key if this is the renewal's
+/// last script. ARGV: id, host name, node, expiry ms, room name, ip, the node key's expiry ms.
+/// The host's node keeps its room (and its place in the room sets): extended, or set again if
+/// gone; 0 when another room of that name is there now.
 const RENEW_ROOM_SCRIPT: &str = "\
+if KEYS[5] then redis.call('SET', KEYS[5], '1', 'PX', ARGV[7]) end \
 local id = redis.call('HGET', KEYS[1], 'id') \
-if id == ARGV[1] then \
-  redis.call('PEXPIRE', KEYS[1], ARGV[4]) redis.call('PEXPIRE', KEYS[2], ARGV[4]) return 1 end \
-if id then return 0 end \
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[2], 'node', ARGV[3]) \
-redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+if id and id ~= ARGV[1] then return 0 end \
+if id then \
+  redis.call('PEXPIRE', KEYS[1], ARGV[4]) redis.call('PEXPIRE', KEYS[2], ARGV[4]) \
+else \
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[2], 'node', ARGV[3], 'ip', ARGV[6]) \
+  redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+end \
+local t = redis.call('TIME') \
+local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[4]) \
+redis.call('ZADD', KEYS[3], expires, ARGV[5]) redis.call('PEXPIRE', KEYS[3], ARGV[4]) \
+redis.call('ZADD', KEYS[4], expires, ARGV[5]) redis.call('PEXPIRE', KEYS[4], ARGV[4]) \
 return 1";
 
-/// KEYS: members, token. ARGV: name, node, expiry ms, room name, id, ip, host flag. A
-/// member's node keeps its name in the room and its token.
+/// KEYS: members, token, and the node's key if this is the renewal's last script. ARGV:
+/// name, node, expiry ms, room name, id, ip, host flag, the node key's expiry ms. A member's
+/// node keeps its name in the room and its token.
 const RENEW_MEMBER_SCRIPT: &str = "\
+if KEYS[3] then redis.call('SET', KEYS[3], '1', 'PX', ARGV[8]) end \
 local t = redis.call('TIME') \
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[3])) .. ':' .. ARGV[2]) \
@@ -164,7 +208,8 @@ fn key(prefix: &str, name: &[u8]) -> Vec<u8> {
 /// What the OCM service asks of Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OcmOp {
-    /// A TCRP create: the room, its host and the host's token, if the name is free.
+    /// A TCRP create: the room, its host and the host's token, if the name is free and the
+    /// cluster's live rooms (all, and those whose host came from `ip`) are under the limits.
     Create {
         request: u64,
         room: Bytes,
@@ -172,6 +217,9 @@ pub enum OcmOp {
         host: Bytes,
         token: OcmToken,
         ip: IpAddr,
+        rooms_max: usize,
+        /// 0: no limit.
+        rooms_per_ip_max: u32,
     },
     /// A TCRP join, if the room exists, the name is free in it and it is not full.
     Join {
@@ -193,8 +241,41 @@ pub enum OcmOp {
     /// A room this node hosts is closed.
     Close { room: Bytes, room_id: u64 },
     /// Who is in this room now, on every node (this node's subscriber was cut off: other
-    /// nodes' `joined` events may have been missed).
-    Members { room: Bytes, room_id: u64 },
+    /// nodes' `joined`, `left` and `closed` events may have been missed), and which of
+    /// `nodes` have every record in Redis. `since`: the asker's mark, handed back.
+    Members {
+        room: Bytes,
+        room_id: u64,
+        since: u64,
+        nodes: Vec<NodeId>,
+    },
+}
+
+/// A node and its incarnation.
+pub type NodeId = (Bytes, u64);
+
+/// A TCRP create's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateAnswer {
+    Created,
+    /// A room of that name exists.
+    Exists,
+    /// The cluster's live rooms are at `--ocm-rooms-max`.
+    RoomsMax,
+    /// The cluster's live rooms whose host came from that IP are at `--ocm-rooms-per-ip-max`.
+    RoomsPerIpMax,
+    /// Redis could not be asked.
+    Unavailable,
+}
+
+/// A room's members as Redis has them, for a resync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomRead {
+    /// `None`: not that room any more (closed, or another room of that name).
+    pub members: Option<RoomMembers>,
+    /// The nodes asked about whose records are all in Redis (their key exists): a member of
+    /// such a node that Redis does not list has left.
+    pub settled: Vec<NodeId>,
 }
 
 /// A room as Redis has it, for a join.
@@ -231,11 +312,9 @@ pub struct TokenRecord {
 /// What the thread hands the reactor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OcmAnswer {
-    /// `Some(true)`: created; `Some(false)`: a room of that name exists; `None`: Redis could
-    /// not be asked.
     Created {
         request: u64,
-        created: Option<bool>,
+        created: CreateAnswer,
     },
     Joined {
         request: u64,
@@ -246,12 +325,13 @@ pub enum OcmAnswer {
         token: OcmToken,
         record: Result<Option<TokenRecord>, ()>,
     },
-    /// The room's live members and their nodes; `Ok(None)`: not that room any more;
-    /// `Err(())`: Redis could not be asked.
+    /// The room's live members and their nodes; `Err(())`: the answer was not understood.
+    /// (A read Redis could not answer is made again when it answers.)
     Members {
         room: Bytes,
         room_id: u64,
-        members: Result<Option<RoomMembers>, ()>,
+        since: u64,
+        read: Result<RoomRead, ()>,
     },
 }
 
@@ -339,6 +419,8 @@ impl OcmRooms {
             members: HashMap::new(),
             undo: Vec::new(),
             members_due: Vec::new(),
+            served: false,
+            renew_now: false,
             answers: answers_tx,
             pending: Arc::clone(&pending),
             wake,
@@ -440,16 +522,25 @@ struct OcmThread {
     /// This node as its records name it: `<incarnation>:<node name>`.
     node: Vec<u8>,
     lease_ms: u64,
-    /// Rooms this node hosts: name to (id, host name).
-    rooms: HashMap<Bytes, (u64, Bytes)>,
+    /// Rooms this node hosts: name to (id, host name, the host's IP).
+    rooms: HashMap<Bytes, (u64, Bytes, IpAddr)>,
     /// Members of this node, by token.
     members: HashMap<OcmToken, OwnedMember>,
     /// Leaves and closes to carry out once Redis answers again: those that could not be sent,
     /// and the undoing of creates and joins whose outcome is unknown (sent, then no answer
     /// within the deadline: Redis may run them later, when it thaws).
     undo: Vec<OcmOp>,
-    /// Rooms whose members are to be read once Redis answers again.
-    members_due: Vec<(Bytes, u64)>,
+    /// Reads of rooms' members to make once Redis answers again.
+    members_due: Vec<OcmOp>,
+    /// This node has had a room or member: its node key is kept from then on (its members'
+    /// leaves are told from it, also once it has none left). A node that never served OCM
+    /// sends nothing.
+    served: bool,
+    /// Renew now, not at the next quarter lease: the first room or member was just granted,
+    /// and until a renewal sets the node key no other node takes a leave of it as such. (Not
+    /// set by the create or join script: one queued in a frozen Redis runs after the node's
+    /// other records may have lapsed.)
+    renew_now: bool,
     answers: mpsc::Sender<OcmAnswer>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
@@ -533,15 +624,33 @@ fn parse_join(values: &[redis::Value]) -> Option<JoinAnswer> {
     }))
 }
 
-/// The members script's answer.
-fn parse_members(values: &[redis::Value]) -> Option<Option<RoomMembers>> {
-    match values.first()? {
-        redis::Value::Int(0) => return Some(None),
-        redis::Value::Int(1) => {}
+/// The members script's answer to a read asking about `nodes`.
+fn parse_members(values: &[redis::Value], nodes: &[NodeId]) -> Option<RoomRead> {
+    let found = match values.first()? {
+        redis::Value::Int(0) => false,
+        redis::Value::Int(1) => true,
         _ => return None,
+    };
+    let redis::Value::Array(flags) = values.get(1)? else {
+        return None;
+    };
+    if flags.len() != nodes.len() {
+        return None;
+    }
+    let settled = nodes
+        .iter()
+        .zip(flags)
+        .filter(|(_, flag)| **flag == redis::Value::Int(1))
+        .map(|(node, _)| node.clone())
+        .collect();
+    if !found {
+        return Some(RoomRead {
+            members: None,
+            settled,
+        });
     }
     let mut members = Vec::new();
-    for pair in values.get(1..)?.chunks(2) {
+    for pair in values.get(2..)?.chunks(2) {
         let [name, node] = pair else {
             return None;
         };
@@ -549,7 +658,10 @@ fn parse_members(values: &[redis::Value]) -> Option<Option<RoomMembers>> {
             members.push((Bytes::copy_from_slice(bulk(name)?), node));
         }
     }
-    Some(Some(members))
+    Some(RoomRead {
+        members: Some(members),
+        settled,
+    })
 }
 
 impl OcmThread {
@@ -573,7 +685,7 @@ impl OcmThread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if Instant::now() >= next_renew {
+            if Instant::now() >= next_renew || std::mem::take(&mut self.renew_now) {
                 next_renew = Instant::now() + interval;
                 self.renew();
             }
@@ -582,7 +694,7 @@ impl OcmThread {
         // later (the other nodes hear of it from the OCM service's own events).
         if self.link.conn.is_some() {
             let mut pipe = redis::pipe();
-            for (room, (id, _)) in &self.rooms {
+            for (room, (id, _, _)) in &self.rooms {
                 close_op(&mut pipe, room, *id);
             }
             for (token, member) in &self.members {
@@ -598,6 +710,12 @@ impl OcmThread {
         liveness::LeaseSchedule::key_expiry_ms(self.lease_ms)
     }
 
+    /// The node key's expiry: half a lease, so it lapses before the records it vouches for
+    /// (three quarters), renewed every quarter.
+    fn node_key_ms(&self) -> u64 {
+        (self.lease_ms / 2).max(1)
+    }
+
     fn apply(&mut self, mut batch: Vec<OcmOp>) {
         for op in &batch {
             self.ocm_stats.request(op);
@@ -606,11 +724,7 @@ impl OcmThread {
             self.unavailable(batch);
             return;
         }
-        batch.extend(
-            self.members_due
-                .drain(..)
-                .map(|(room, room_id)| OcmOp::Members { room, room_id }),
-        );
+        batch.append(&mut self.members_due);
         if batch.is_empty() {
             return;
         }
@@ -624,20 +738,27 @@ impl OcmThread {
                     host,
                     token,
                     ip,
+                    rooms_max,
+                    rooms_per_ip_max,
                     ..
                 } => {
+                    let ip = ip.to_string();
                     pipe.cmd("EVAL")
                         .arg(CREATE_SCRIPT)
-                        .arg(3)
+                        .arg(5)
                         .arg(key(ROOM_KEY_PREFIX, room))
                         .arg(key(MEMBERS_KEY_PREFIX, room))
                         .arg(key(TOKEN_KEY_PREFIX, token))
+                        .arg(ROOMS_KEY)
+                        .arg(key(ROOMS_OF_IP_KEY_PREFIX, ip.as_bytes()))
                         .arg(id_hex(*room_id))
                         .arg(&host[..])
                         .arg(&self.node)
                         .arg(expiry_ms)
-                        .arg(ip.to_string())
-                        .arg(&room[..]);
+                        .arg(&ip)
+                        .arg(&room[..])
+                        .arg(*rooms_max)
+                        .arg(*rooms_per_ip_max);
                 }
                 OcmOp::Join {
                     room,
@@ -669,13 +790,23 @@ impl OcmThread {
                     token,
                 } => leave_op(&mut pipe, room, member, token),
                 OcmOp::Close { room, room_id } => close_op(&mut pipe, room, *room_id),
-                OcmOp::Members { room, room_id } => {
-                    pipe.cmd("EVAL")
+                OcmOp::Members {
+                    room,
+                    room_id,
+                    nodes,
+                    ..
+                } => {
+                    let cmd = pipe
+                        .cmd("EVAL")
                         .arg(MEMBERS_SCRIPT)
                         .arg(2)
                         .arg(key(ROOM_KEY_PREFIX, room))
                         .arg(key(MEMBERS_KEY_PREFIX, room))
-                        .arg(id_hex(*room_id));
+                        .arg(id_hex(*room_id))
+                        .arg(NODE_KEY_PREFIX);
+                    for (name, incarnation) in nodes {
+                        cmd.arg(holder_value(name, *incarnation));
+                    }
                 }
             }
         }
@@ -695,13 +826,29 @@ impl OcmThread {
                     host,
                     token,
                     ip,
+                    ..
                 } => {
-                    let created = result == redis::Value::Int(1);
-                    if !created {
-                        count(&self.ocm_stats.refused_exists);
+                    let created = match result {
+                        redis::Value::Int(1) => CreateAnswer::Created,
+                        redis::Value::Int(0) => CreateAnswer::Exists,
+                        redis::Value::Int(2) => CreateAnswer::RoomsMax,
+                        redis::Value::Int(3) => CreateAnswer::RoomsPerIpMax,
+                        _ => {
+                            warn!("cluster: an OCM create's answer from Redis was not understood");
+                            CreateAnswer::Unavailable
+                        }
+                    };
+                    // The cluster's room limits count in the log, not as a reason of their
+                    // own (the metrics' reasons are Redis's records').
+                    match created {
+                        CreateAnswer::Exists => count(&self.ocm_stats.refused_exists),
+                        CreateAnswer::Unavailable => count(&self.ocm_stats.refused_unavailable),
+                        _ => {}
                     }
-                    if created {
-                        self.rooms.insert(room.clone(), (room_id, host.clone()));
+                    if created == CreateAnswer::Created {
+                        self.renew_now |= !self.served;
+                        self.served = true;
+                        self.rooms.insert(room.clone(), (room_id, host.clone(), ip));
                         self.members.insert(
                             token,
                             OwnedMember {
@@ -713,10 +860,7 @@ impl OcmThread {
                             },
                         );
                     }
-                    self.answer(OcmAnswer::Created {
-                        request,
-                        created: Some(created),
-                    });
+                    self.answer(OcmAnswer::Created { request, created });
                 }
                 OcmOp::Join {
                     request,
@@ -742,6 +886,8 @@ impl OcmThread {
                         JoinAnswer::Unavailable => count(&self.ocm_stats.refused_unavailable),
                     }
                     if let JoinAnswer::Joined(joined) = &answer {
+                        self.renew_now |= !self.served;
+                        self.served = true;
                         self.members.insert(
                             token,
                             OwnedMember {
@@ -773,13 +919,22 @@ impl OcmThread {
                     self.members.remove(&token);
                 }
                 OcmOp::Close { room, room_id } => {
-                    if self.rooms.get(&room).is_some_and(|(id, _)| *id == room_id) {
+                    if self
+                        .rooms
+                        .get(&room)
+                        .is_some_and(|(id, _, _)| *id == room_id)
+                    {
                         self.rooms.remove(&room);
                     }
                 }
-                OcmOp::Members { room, room_id } => {
-                    let members = match &result {
-                        redis::Value::Array(values) => parse_members(values),
+                OcmOp::Members {
+                    room,
+                    room_id,
+                    since,
+                    nodes,
+                } => {
+                    let read = match &result {
+                        redis::Value::Array(values) => parse_members(values, &nodes),
                         _ => None,
                     }
                     .ok_or_else(|| {
@@ -788,7 +943,8 @@ impl OcmThread {
                     self.answer(OcmAnswer::Members {
                         room,
                         room_id,
-                        members,
+                        since,
+                        read,
                     });
                 }
             }
@@ -818,7 +974,7 @@ impl OcmThread {
                     self.retry(OcmOp::Close { room, room_id });
                     self.answer(OcmAnswer::Created {
                         request,
-                        created: None,
+                        created: CreateAnswer::Unavailable,
                     });
                 }
                 OcmOp::Join {
@@ -842,11 +998,11 @@ impl OcmThread {
                     token,
                     record: Err(()),
                 }),
-                OcmOp::Members { room, room_id } => {
+                read @ OcmOp::Members { .. } => {
                     // Read when Redis answers again (the subscriber may be back before this
                     // thread's link is): a missed member would otherwise stay unknown.
                     if self.members_due.len() < OPS_MAX {
-                        self.members_due.push((room, room_id));
+                        self.members_due.push(read);
                     }
                 }
                 OcmOp::Leave {
@@ -862,7 +1018,11 @@ impl OcmThread {
                     });
                 }
                 OcmOp::Close { room, room_id } => {
-                    if self.rooms.get(&room).is_some_and(|(id, _)| *id == room_id) {
+                    if self
+                        .rooms
+                        .get(&room)
+                        .is_some_and(|(id, _, _)| *id == room_id)
+                    {
                         self.rooms.remove(&room);
                     }
                     self.retry(OcmOp::Close { room, room_id });
@@ -940,40 +1100,76 @@ impl OcmThread {
     /// Extend (or set again) this node's rooms, members' names and tokens. False when the
     /// link failed.
     fn renew_once(&mut self) -> bool {
-        if self.rooms.is_empty() && self.members.is_empty() {
+        let expiry_ms = self.expiry_ms();
+        // The node's key, set by the last script (not a command of its own: against a frozen
+        // Redis each command of a pipeline waits out its own deadline). Set only once every
+        // record before it is (Redis runs one connection's commands in order, a script at
+        // once), and it lapses before they do (half a lease against three quarters), so while
+        // it exists a member of this node that a room's members do not list has left. Set
+        // even with no records left: its last member's leave is told from it.
+        let node_key = key(NODE_KEY_PREFIX, &self.node);
+        let node_key_ms = self.node_key_ms();
+        let mut unmarked = self.rooms.len() + self.members.len();
+        if unmarked == 0 && !self.served {
             self.link.up();
             return true;
         }
-        let expiry_ms = self.expiry_ms();
         let mut pipe = redis::pipe();
+        if unmarked == 0 {
+            pipe.cmd("SET")
+                .arg(&node_key)
+                .arg(1)
+                .arg("PX")
+                .arg(node_key_ms)
+                .ignore();
+        }
         let rooms: Vec<Bytes> = self.rooms.keys().cloned().collect();
         for room in &rooms {
-            let Some((id, host)) = self.rooms.get(room) else {
+            let Some((id, host, ip)) = self.rooms.get(room) else {
                 continue;
             };
-            pipe.cmd("EVAL")
+            unmarked -= 1;
+            let last = unmarked == 0;
+            let ip = ip.to_string();
+            let cmd = pipe
+                .cmd("EVAL")
                 .arg(RENEW_ROOM_SCRIPT)
-                .arg(2)
+                .arg(if last { 5 } else { 4 })
                 .arg(key(ROOM_KEY_PREFIX, room))
                 .arg(key(MEMBERS_KEY_PREFIX, room))
-                .arg(id_hex(*id))
+                .arg(ROOMS_KEY)
+                .arg(key(ROOMS_OF_IP_KEY_PREFIX, ip.as_bytes()));
+            if last {
+                cmd.arg(&node_key);
+            }
+            cmd.arg(id_hex(*id))
                 .arg(&host[..])
                 .arg(&self.node)
-                .arg(expiry_ms);
+                .arg(expiry_ms)
+                .arg(&room[..])
+                .arg(&ip)
+                .arg(node_key_ms);
         }
         for (token, member) in &self.members {
-            pipe.cmd("EVAL")
+            unmarked -= 1;
+            let last = unmarked == 0;
+            let cmd = pipe
+                .cmd("EVAL")
                 .arg(RENEW_MEMBER_SCRIPT)
-                .arg(2)
+                .arg(if last { 3 } else { 2 })
                 .arg(key(MEMBERS_KEY_PREFIX, &member.room))
-                .arg(key(TOKEN_KEY_PREFIX, token))
-                .arg(&member.member[..])
+                .arg(key(TOKEN_KEY_PREFIX, token));
+            if last {
+                cmd.arg(&node_key);
+            }
+            cmd.arg(&member.member[..])
                 .arg(&self.node)
                 .arg(expiry_ms)
                 .arg(&member.room[..])
                 .arg(id_hex(member.room_id))
                 .arg(member.ip.to_string())
-                .arg(if member.host { "1" } else { "0" });
+                .arg(if member.host { "1" } else { "0" })
+                .arg(node_key_ms);
         }
         let Some(conn) = self.link.conn.as_mut() else {
             return false;
@@ -1018,10 +1214,13 @@ fn leave_op(pipe: &mut redis::Pipeline, room: &[u8], member: &[u8], token: &OcmT
 fn close_op(pipe: &mut redis::Pipeline, room: &[u8], room_id: u64) {
     pipe.cmd("EVAL")
         .arg(CLOSE_SCRIPT)
-        .arg(2)
+        .arg(3)
         .arg(key(ROOM_KEY_PREFIX, room))
         .arg(key(MEMBERS_KEY_PREFIX, room))
-        .arg(id_hex(room_id));
+        .arg(ROOMS_KEY)
+        .arg(id_hex(room_id))
+        .arg(room)
+        .arg(ROOMS_OF_IP_KEY_PREFIX);
 }
 
 #[cfg(test)]
@@ -1096,5 +1295,46 @@ mod tests {
         assert_eq!(parse_join(&[redis::Value::Int(3)]), Some(JoinAnswer::Full));
         assert_eq!(parse_join(&[redis::Value::Int(7)]), None);
         assert_eq!(parse_join(&[]), None);
+    }
+
+    #[test]
+    fn a_members_read_is_parsed_with_its_settled_nodes_and_bad_ones_refused() {
+        let a = (Bytes::from_static(b"node-a"), 1);
+        let b = (Bytes::from_static(b"node-b"), 2);
+        let nodes = [a.clone(), b.clone()];
+        let flags =
+            |x: i64, y: i64| redis::Value::Array(vec![redis::Value::Int(x), redis::Value::Int(y)]);
+        let found = [
+            redis::Value::Int(1),
+            flags(0, 1),
+            bulk(b"bo"),
+            bulk(&holder_value(b"node-b", 2)),
+        ];
+        assert_eq!(
+            parse_members(&found, &nodes),
+            Some(RoomRead {
+                members: Some(vec![(Bytes::from_static(b"bo"), b.clone())]),
+                settled: vec![b.clone()],
+            })
+        );
+        assert_eq!(
+            parse_members(&[redis::Value::Int(0), flags(1, 1)], &nodes),
+            Some(RoomRead {
+                members: None,
+                settled: vec![a, b],
+            })
+        );
+        assert_eq!(parse_members(&found[..3], &nodes), None, "a name alone");
+        assert_eq!(
+            parse_members(&found, &nodes[..1]),
+            None,
+            "flags for other nodes"
+        );
+        assert_eq!(parse_members(&found[..1], &nodes), None);
+        assert_eq!(
+            parse_members(&[redis::Value::Int(2), flags(0, 0)], &nodes),
+            None
+        );
+        assert_eq!(parse_members(&[], &nodes), None);
     }
 }

@@ -529,7 +529,7 @@ impl Services {
     /// The OCM service's operations for the OCM rooms thread, in order. A create or join that
     /// cannot be queued is answered as Redis unreachable (500), a look-up as not found.
     fn send_ocm_ops<O: Outbox>(&mut self, clock: &Clock, out: &mut O) {
-        use crate::cluster::ocm::{JoinAnswer, OcmAnswer, OcmOp};
+        use crate::cluster::ocm::{CreateAnswer, JoinAnswer, OcmAnswer, OcmOp};
         while self.ocm.as_ref().is_some_and(OcmService::has_cluster_ops) {
             let ops = self
                 .ocm
@@ -546,7 +546,7 @@ impl Services {
                 refused.push(match *op {
                     OcmOp::Create { request, .. } => OcmAnswer::Created {
                         request,
-                        created: None,
+                        created: CreateAnswer::Unavailable,
                     },
                     OcmOp::Join { request, .. } => OcmAnswer::Joined {
                         request,
@@ -556,12 +556,8 @@ impl Services {
                         token,
                         record: Err(()),
                     },
-                    OcmOp::Members { room, room_id } => OcmAnswer::Members {
-                        room,
-                        room_id,
-                        members: Err(()),
-                    },
-                    OcmOp::Leave { .. } | OcmOp::Close { .. } => continue,
+                    // A read of a room's members is made again after the next outage.
+                    OcmOp::Members { .. } | OcmOp::Leave { .. } | OcmOp::Close { .. } => continue,
                 });
             }
             for answer in refused {

@@ -26,7 +26,7 @@ use crate::protocol::{
 use crate::timer::{TimerKey, TimerWheel};
 
 mod cluster;
-use cluster::Spanning;
+use cluster::{RemoteMember, Spanning};
 
 /// Fills 32 bytes with randomness; false when no randomness could be had.
 pub type TokenSource = Box<dyn FnMut(&mut [u8; 32]) -> bool + Send>;
@@ -181,8 +181,11 @@ struct Room {
     /// The host's node; `None`: this one.
     host_node: Option<NodeId>,
     /// Members on other nodes (cluster mode): name to node, so that they can be announced
-    /// gone when their node dies.
-    remote: HashMap<Bytes, NodeId>,
+    /// gone when their node dies, or when Redis no longer lists them after an outage.
+    remote: HashMap<Bytes, RemoteMember>,
+    /// Members the last read from Redis found gone and told gone here, whose `left` event
+    /// may still arrive: it is not told twice. Each read replaces the last one's list.
+    told_gone: HashMap<Bytes, NodeId>,
     /// The IP its host's request came from (canonical), for the per-IP room limit.
     host_ip: IpAddr,
     /// Told apart from a later room in the same slot, for its silence timer.
@@ -593,6 +596,7 @@ impl OcmService {
             host_name: host_name.into(),
             host_node,
             remote: HashMap::new(),
+            told_gone: HashMap::new(),
             host_ip,
             serial,
             heard: false,

@@ -27,7 +27,7 @@ use log::{debug, warn};
 use super::{
     codec, FanoutSource, Member, NodeId, OcmService, Outcome, Room, Timer, Token, HOST_ELSEWHERE,
 };
-use crate::cluster::ocm::{JoinAnswer, OcmAnswer, OcmOp, RoomMembers, TokenRecord};
+use crate::cluster::ocm::{CreateAnswer, JoinAnswer, OcmAnswer, OcmOp, RoomRead, TokenRecord};
 use crate::hub::{HubEvent, OcmRoomEvent, OcmStep, ProtocolKind};
 use crate::limits::Admission;
 use crate::protocol::{CloseMode, CloseReason, ConnId, DatagramDrop, DatagramOut, Outbox};
@@ -152,6 +152,23 @@ impl RemoteTokens {
     }
 }
 
+/// A member of a room on another node, as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RemoteMember {
+    pub(super) node: NodeId,
+    /// This node's mark when it learned of it ([`Spanning::learn`]): a read from Redis asked
+    /// before it may not list it yet, and must not take it for gone.
+    learned: u64,
+}
+
+/// A room's members read from Redis ([`OcmAnswer::Members`]), to act on with the OCM socket.
+struct MembersRead {
+    room: Bytes,
+    room_id: u64,
+    since: u64,
+    read: RoomRead,
+}
+
 /// A TCRP request waiting for Redis.
 #[derive(Debug)]
 struct Waiting {
@@ -187,12 +204,32 @@ pub(super) struct Spanning {
     unknown_tokens: HashMap<Token, u64>,
     /// Datagrams whose look-up came back, to serve once more (with the OCM socket).
     ready: VecDeque<(SocketAddr, Bytes)>,
-    /// Other nodes' room events and lapsed nodes, to act on with the OCM socket.
+    /// Other nodes' room events, lapsed nodes and reads of rooms' members, to act on with
+    /// the OCM socket.
     events: VecDeque<Box<OcmRoomEvent>>,
     lapsed: Vec<NodeId>,
+    reads: VecDeque<MembersRead>,
+    /// Counts what this node learned of other nodes' members, in order: a read of a room's
+    /// members from Redis carries the count when it was asked, and takes for gone only
+    /// members learned before it (a `joined` event can arrive between the read's asking
+    /// and its answer, for a join the read did not see).
+    learned: u64,
 }
 
 impl Spanning {
+    /// `name` of `node` is in `room`, as learned now.
+    fn learn(&mut self, room: &mut Room, name: Bytes, node: NodeId) {
+        self.learned += 1;
+        room.told_gone.remove(&name);
+        room.remote.insert(
+            name,
+            RemoteMember {
+                node,
+                learned: self.learned,
+            },
+        );
+    }
+
     fn is_here(&self, node: &NodeId) -> bool {
         node.0 == self.node && node.1 == self.incarnation
     }
@@ -255,6 +292,8 @@ impl OcmService {
             ready: VecDeque::new(),
             events: VecDeque::new(),
             lapsed: Vec::new(),
+            reads: VecDeque::new(),
+            learned: 0,
         }));
     }
 
@@ -270,11 +309,15 @@ impl OcmService {
             .unwrap_or_default()
     }
 
-    /// Work that needs the OCM socket: other nodes' events, lapsed nodes, looked-up datagrams.
+    /// Work that needs the OCM socket: other nodes' events, lapsed nodes, reads of rooms'
+    /// members, looked-up datagrams.
     pub fn has_socket_work(&self) -> bool {
-        self.cluster
-            .as_ref()
-            .is_some_and(|c| !c.ready.is_empty() || !c.events.is_empty() || !c.lapsed.is_empty())
+        self.cluster.as_ref().is_some_and(|c| {
+            !c.ready.is_empty()
+                || !c.events.is_empty()
+                || !c.lapsed.is_empty()
+                || !c.reads.is_empty()
+        })
     }
 
     /// Another node's room event, acted on with the OCM socket ([`OcmService::on_socket_work`]).
@@ -284,18 +327,30 @@ impl OcmService {
         }
     }
 
-    /// This node's subscriber (re)subscribed: other nodes' `joined` events may have been
-    /// missed meanwhile, so every room here asks Redis who is in it (the answers:
-    /// [`OcmAnswer::Members`]). Without it a member that joined elsewhere meanwhile would not
-    /// be known here, and its leaving with its node would not be told here.
+    /// This node's subscriber (re)subscribed: other nodes' `joined`, `left` and `closed`
+    /// events may have been missed meanwhile, so every room here asks Redis who is in it (the
+    /// answers: [`OcmAnswer::Members`]), and whether the nodes of the members known here have
+    /// every record in Redis. Without it a member that joined elsewhere meanwhile would not
+    /// be known here (nor its leaving with its node told), and one that left would be told
+    /// gone only when its node dies.
     pub fn resync_rooms(&mut self) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
         for (_, room) in self.rooms.iter() {
+            let mut nodes: Vec<NodeId> = room
+                .remote
+                .values()
+                .map(|member| member.node.clone())
+                .chain(room.host_node.clone())
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
             cluster.ops.push(OcmOp::Members {
                 room: Bytes::copy_from_slice(room.name.as_bytes()),
                 room_id: room.id,
+                since: cluster.learned,
+                nodes,
             });
         }
     }
@@ -319,18 +374,10 @@ impl OcmService {
         now_ms: u64,
     ) -> Outcome {
         let create = request.operation == codec::OPERATION_CREATE;
-        if create {
-            // This node's own limits first; Redis decides whether the name is free.
-            if self.room_keys.contains_key(room) {
-                return Outcome::Refused(codec::room_exists_message(room));
-            }
-            if self.rooms.len() >= self.config.rooms_max {
-                return Outcome::Failed("rooms_max reached");
-            }
-            let per_ip_max = self.config.rooms_per_ip_max;
-            if per_ip_max != 0 && self.rooms_per_ip.count(peer_ip) >= per_ip_max {
-                return Outcome::Failed("rooms_per_ip_max reached");
-            }
+        // A room of that name here exists; Redis decides whether the name is free elsewhere,
+        // and counts the rooms for the limits (the cluster's live rooms, not this node's).
+        if create && self.room_keys.contains_key(room) {
+            return Outcome::Refused(codec::room_exists_message(room));
         }
         let Some(token) = self.new_token() else {
             log::error!("no randomness for an OCM token; answering 500");
@@ -355,6 +402,8 @@ impl OcmService {
                 host: name_bytes,
                 token,
                 ip,
+                rooms_max: self.config.rooms_max,
+                rooms_per_ip_max: self.config.rooms_per_ip_max,
             }
         } else {
             OcmOp::Join {
@@ -411,16 +460,17 @@ impl OcmService {
     pub fn on_cluster_answer<O: Outbox>(&mut self, answer: OcmAnswer, now_ms: u64, out: &mut O) {
         match answer {
             OcmAnswer::Created { request, created } => {
-                let Some(waiting) = self.take_waiting(request, created == Some(true)) else {
+                let Some(waiting) = self.take_waiting(request, created == CreateAnswer::Created)
+                else {
                     return;
                 };
                 let outcome = match created {
-                    Some(true) if self.room_keys.contains_key(&*waiting.room) => {
+                    CreateAnswer::Created if self.room_keys.contains_key(&*waiting.room) => {
                         // This node's view is behind Redis's (a close not heard of yet).
                         self.undo(&waiting, true);
                         Outcome::Failed("a stale room of that name is still here")
                     }
-                    Some(true) => {
+                    CreateAnswer::Created => {
                         let key = self.new_room(
                             &waiting.room,
                             &waiting.user_name,
@@ -442,8 +492,16 @@ impl OcmService {
                         }
                         Outcome::Done(waiting.token)
                     }
-                    Some(false) => Outcome::Refused(codec::room_exists_message(&waiting.room)),
-                    None => Outcome::Failed("the cluster (Redis) could not be asked"),
+                    CreateAnswer::Exists => {
+                        Outcome::Refused(codec::room_exists_message(&waiting.room))
+                    }
+                    CreateAnswer::RoomsMax => Outcome::Failed("rooms_max reached in the cluster"),
+                    CreateAnswer::RoomsPerIpMax => {
+                        Outcome::Failed("rooms_per_ip_max reached in the cluster")
+                    }
+                    CreateAnswer::Unavailable => {
+                        Outcome::Failed("the cluster (Redis) could not be asked")
+                    }
                 };
                 self.answer_waiting(&waiting, &outcome, out);
             }
@@ -471,11 +529,12 @@ impl OcmService {
                                     Some(joined.host_node.clone()),
                                     now_ms,
                                 );
-                                let cluster = self.cluster.as_ref();
-                                if let Some(room) = self.rooms.get_mut(key) {
+                                if let (Some(cluster), Some(room)) =
+                                    (self.cluster.as_mut(), self.rooms.get_mut(key))
+                                {
                                     for (name, node) in joined.members {
-                                        if !cluster.is_some_and(|c| c.is_here(&node)) {
-                                            room.remote.insert(name, node);
+                                        if !cluster.is_here(&node) {
+                                            cluster.learn(room, name, node);
                                         }
                                     }
                                 }
@@ -544,43 +603,108 @@ impl OcmService {
             OcmAnswer::Members {
                 room,
                 room_id,
-                members,
-            } => match members {
-                Ok(members) => self.on_room_members(&room, room_id, members),
-                Err(()) => debug!("an OCM room's members could not be read: Redis unreachable"),
+                since,
+                read,
+            } => match (read, self.cluster.as_mut()) {
+                (Ok(read), Some(cluster)) => cluster.reads.push_back(MembersRead {
+                    room,
+                    room_id,
+                    since,
+                    read,
+                }),
+                (Ok(_), None) => {}
+                (Err(()), _) => debug!("an OCM room's members could not be read"),
             },
         }
     }
 
-    /// Redis's members of a room here: the other nodes' are known here now (a `joined`
-    /// event missed while the subscriber was cut off). Leavings missed meanwhile are not
-    /// told (docs/CLUSTER.md, "Not yet").
-    fn on_room_members(&mut self, room: &[u8], room_id: u64, members: Option<RoomMembers>) {
-        let Some(cluster) = self.cluster.as_ref() else {
+    /// Redis's members of a room here, read after an outage of this node's subscriber (asked
+    /// when this node had learned `since` members): other nodes' members it lists are known
+    /// here now (their `joined` missed); those known here before the read was asked that it
+    /// does not list, of a node whose records are all in Redis, left meanwhile (their `left`
+    /// missed): told gone here, once, as a leave is. A room it no longer finds, hosted by
+    /// such a node, was closed meanwhile: closed here with its host's leave text. This node's
+    /// own members are never touched: they are not in `remote`.
+    fn on_room_members<D: DatagramOut>(&mut self, answer: MembersRead, out: &mut D) {
+        let MembersRead {
+            room: room_name,
+            room_id,
+            since,
+            read,
+        } = answer;
+        let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        let Some(members) = members else {
-            return;
-        };
-        let room_key = std::str::from_utf8(room)
+        let room_key = std::str::from_utf8(&room_name)
             .ok()
             .and_then(|room| self.room_keys.get(room).copied())
             .filter(|&key| self.rooms.get(key).is_some_and(|r| r.id == room_id));
-        let Some(room) = room_key.and_then(|key| self.rooms.get_mut(key)) else {
+        let Some(room_key) = room_key else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(room_key) else {
+            return;
+        };
+        let Some(members) = read.members else {
+            let closed_elsewhere = room
+                .host_node
+                .as_ref()
+                .is_some_and(|host| read.settled.contains(host));
+            if closed_elsewhere {
+                log::info!(
+                    "cluster: OCM room {:?}: closed on its host's node while this node was cut off, read from Redis",
+                    &*room.name
+                );
+                cluster.remote_tokens.forget_room(&room_name, room_id);
+                let text = codec::host_leave_text(&room.host_name, &room.name);
+                self.close_room(room_key, text.as_bytes(), out);
+            }
             return;
         };
         let mut missed = 0;
-        for (name, node) in members {
-            if !cluster.is_here(&node) && room.remote.get(&name) != Some(&node) {
-                room.remote.insert(name, node);
+        for (name, node) in &members {
+            let known = room.remote.get(name).is_some_and(|m| m.node == *node);
+            if !cluster.is_here(node) && !known {
+                cluster.learn(room, name.clone(), node.clone());
                 missed += 1;
             }
+        }
+        let gone: Vec<(Bytes, NodeId)> = room
+            .remote
+            .iter()
+            .filter(|(name, member)| {
+                member.learned <= since
+                    && read.settled.contains(&member.node)
+                    && !members.iter().any(|(listed, _)| listed == *name)
+            })
+            .map(|(name, member)| (name.clone(), member.node.clone()))
+            .collect();
+        room.told_gone.clear();
+        for (name, node) in &gone {
+            room.remote.remove(name);
+            cluster
+                .remote_tokens
+                .forget_member(&room_name, room_id, name);
+            room.told_gone.insert(name.clone(), node.clone());
         }
         if missed > 0 {
             log::info!(
                 "cluster: OCM room {:?}: {missed} member(s) of other nodes missed while cut off, read from Redis",
                 &*room.name
             );
+        }
+        if gone.is_empty() {
+            return;
+        }
+        log::info!(
+            "cluster: OCM room {:?}: {} member(s) of other nodes left while cut off, read from Redis",
+            &*room.name,
+            gone.len()
+        );
+        let room_name = room.name.clone();
+        for (name, _) in gone {
+            let text = codec::leave_text(&String::from_utf8_lossy(&name), &room_name);
+            self.fan_out(room_key, None, text.as_bytes(), out);
         }
     }
 
@@ -884,6 +1008,8 @@ impl OcmService {
             };
             if let Some(node) = cluster.lapsed.pop() {
                 self.node_lapsed(&node, out);
+            } else if let Some(read) = cluster.reads.pop_front() {
+                self.on_room_members(read, out);
             } else if let Some(event) = cluster.events.pop_front() {
                 self.apply_room_event(&event, now_ms, out);
             } else if let Some((from, raw)) = cluster.ready.pop_front() {
@@ -934,9 +1060,11 @@ impl OcmService {
         };
         match event.step {
             OcmStep::Joined => {
-                if let Some(room) = self.rooms.get_mut(room_key) {
+                if let (Some(room), Some(cluster)) =
+                    (self.rooms.get_mut(room_key), self.cluster.as_mut())
+                {
                     if !at_home {
-                        room.remote.insert(event.member.clone(), home);
+                        cluster.learn(room, event.member.clone(), home);
                     }
                 }
             }
@@ -981,7 +1109,12 @@ impl OcmService {
             }
             OcmStep::Left => {
                 if let Some(room) = self.rooms.get_mut(room_key) {
-                    room.remote.remove(&event.member);
+                    let known = room.remote.remove(&event.member).is_some();
+                    if !known && room.told_gone.get(&event.member) == Some(&home) {
+                        // A read from Redis found it gone and told it, before this event.
+                        room.told_gone.remove(&event.member);
+                        return;
+                    }
                 }
                 if let Some(key) = member_here {
                     if let Some(member) = self.remove_member(key) {
@@ -1059,7 +1192,7 @@ impl OcmService {
             let gone: Vec<Bytes> = room
                 .remote
                 .iter()
-                .filter(|(_, home)| *home == node)
+                .filter(|(_, member)| member.node == *node)
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in &gone {
@@ -1086,7 +1219,9 @@ mod tests {
 
     use super::super::{codec, json, OcmConfig, OcmService};
     use super::RemoteTokens;
-    use crate::cluster::ocm::{JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, TokenRecord};
+    use crate::cluster::ocm::{
+        CreateAnswer, JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, RoomRead, TokenRecord,
+    };
     use crate::hub::{Endpoint, Hub, HubConfig, HubEvent, ProtocolKind, User};
     use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
     use crate::protocol::{
@@ -1108,6 +1243,9 @@ mod tests {
         tokens: HashMap<[u8; 64], TokenRecord>,
         /// Ops not answered (Redis frozen).
         frozen: bool,
+        /// Nodes whose records are not all in Redis (its key missing: Redis restarted empty,
+        /// or the node cut off), as the members script reports them.
+        unsettled: Vec<NodeId>,
         /// Token look-ups asked of it.
         lookups: usize,
     }
@@ -1122,9 +1260,24 @@ mod tests {
                     host,
                     token,
                     ip,
+                    rooms_max,
+                    rooms_per_ip_max,
                 } => {
-                    let created = !self.rooms.contains_key(&room);
-                    if created {
+                    let of_ip = self
+                        .tokens
+                        .values()
+                        .filter(|record| record.host && record.ip == ip)
+                        .count();
+                    let created = if self.rooms.contains_key(&room) {
+                        CreateAnswer::Exists
+                    } else if self.rooms.len() >= rooms_max {
+                        CreateAnswer::RoomsMax
+                    } else if rooms_per_ip_max != 0 && of_ip >= rooms_per_ip_max as usize {
+                        CreateAnswer::RoomsPerIpMax
+                    } else {
+                        CreateAnswer::Created
+                    };
+                    if created == CreateAnswer::Created {
                         self.rooms
                             .insert(room.clone(), (room_id, host.clone(), node.clone()));
                         self.members
@@ -1141,10 +1294,7 @@ mod tests {
                             },
                         );
                     }
-                    Some(OcmAnswer::Created {
-                        request,
-                        created: Some(created),
-                    })
+                    Some(OcmAnswer::Created { request, created })
                 }
                 OcmOp::Join {
                     request,
@@ -1217,7 +1367,16 @@ mod tests {
                     }
                     None
                 }
-                OcmOp::Members { room, room_id } => {
+                OcmOp::Members {
+                    room,
+                    room_id,
+                    since,
+                    nodes,
+                } => {
+                    let settled = nodes
+                        .into_iter()
+                        .filter(|node| !self.unsettled.contains(node))
+                        .collect();
                     let members = match self.rooms.get(&room) {
                         Some((id, _, _)) if *id == room_id => Some(
                             self.members
@@ -1231,7 +1390,8 @@ mod tests {
                     Some(OcmAnswer::Members {
                         room,
                         room_id,
-                        members: Ok(members),
+                        since,
+                        read: Ok(RoomRead { members, settled }),
                     })
                 }
             }
@@ -1254,6 +1414,11 @@ mod tests {
 
     impl Node {
         fn new(name: &'static str, seed: u8) -> Node {
+            Node::with_config(name, seed, OcmConfig::default())
+        }
+
+        /// As [`Node::new`], from `config` (its timers and budgets set as the tests need).
+        fn with_config(name: &'static str, seed: u8, config: OcmConfig) -> Node {
             let mut next = 0u16;
             let tokens = Box::new(move |bytes: &mut [u8; 32]| {
                 next += 1;
@@ -1266,7 +1431,7 @@ mod tests {
                 room_silent_timeout_ms: 0,
                 sends_per_s_max: 0,
                 sends_per_source_per_s_max: 0,
-                ..OcmConfig::default()
+                ..config
             };
             let mut service = OcmService::new(config, tokens, 0);
             let id = (Bytes::from_static(name.as_bytes()), u64::from(seed));
@@ -1732,11 +1897,208 @@ mod tests {
         assert_eq!(a.service.rooms(), 1);
     }
 
+    /// The answer of `node`'s `read` from Redis as it is now (Redis ran it), handed back later.
+    fn read_now(node: &mut Node, redis: &mut Model) -> Vec<OcmAnswer> {
+        node.service
+            .take_cluster_ops()
+            .into_iter()
+            .map(|op| {
+                assert!(matches!(op, OcmOp::Members { .. }), "only reads: {op:?}");
+                redis.apply(&node.id, op).unwrap()
+            })
+            .collect()
+    }
+
+    fn answer(node: &mut Node, answer: OcmAnswer, now: u64) {
+        let mut out = Switched::new(&mut node.out, &mut node.hub, &mut node.queue, None, now);
+        node.service.on_cluster_answer(answer, now, &mut out);
+    }
+
+    /// bob leaves through B while A hears nothing of it (A's subscriber cut off: B's `left`
+    /// lost to A). A's read of the room after the outage finds him gone: ana is told his
+    /// leave, once, even when his `left` event still arrives after the read. dan, who joined
+    /// after the read was asked (his `joined` arrives before its answer, which does not list
+    /// him), is not taken for gone; nor is cid, whom Redis lists.
+    #[test]
+    fn a_member_that_left_while_cut_off_is_told_gone_once_and_a_join_newer_than_the_read_kept() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.answered(ana);
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        let cid = b.request(codec::OPERATION_JOIN, "r", "cid", 3, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let bob_token = b.answered(bob).1.unwrap();
+        b.answered(cid);
+
+        // A cut off: bob's exit reaches Redis (B's leave), not A (B's `left` held back).
+        b.say(chat(2), "r", &bob_token, "exit", 10);
+        let late = b.events();
+        assert_eq!(late.len(), 1, "bob's `left`");
+        settle(&mut [&mut b], &mut redis, 10);
+        assert!(!redis.members.contains_key(&(bs("r"), bs("bob"))));
+
+        // A's link back: its read runs in Redis now; dan joins before its answer arrives.
+        a.service.resync_rooms();
+        let reads = read_now(&mut a, &mut redis);
+        let dan = b.request(codec::OPERATION_JOIN, "r", "dan", 4, 20);
+        settle(&mut [&mut a, &mut b], &mut redis, 20);
+        b.answered(dan);
+        for read in reads {
+            answer(&mut a, read, 30);
+        }
+        settle(&mut [&mut a], &mut redis, 30);
+        assert_eq!(a.texts(chat(1)), [leave_text("bob", "r")]);
+        // bob's `left` arrives after all: not told twice.
+        for event in late {
+            if let HubEvent::Ocm(event) = event {
+                a.service.queue_remote_event(event);
+            }
+        }
+        settle(&mut [&mut a], &mut redis, 40);
+        assert_eq!(a.texts(chat(1)), [leave_text("bob", "r")]);
+
+        // cid and dan are still known here: B's death tells both, and not bob again.
+        a.service.queue_lapsed_nodes(vec![b.id.clone()]);
+        settle(&mut [&mut a], &mut redis, 50);
+        let mut told = a.texts(chat(1));
+        told.sort();
+        let mut expected = vec![
+            leave_text("bob", "r"),
+            leave_text("cid", "r"),
+            leave_text("dan", "r"),
+        ];
+        expected.sort();
+        assert_eq!(told, expected);
+    }
+
+    fn bs(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    /// A read that does not list a member takes it for gone only if its node's records are
+    /// all in Redis: after Redis restarted empty (B has not set its records again yet) bob
+    /// is kept. And this node's own members are never taken for gone by a read.
+    #[test]
+    fn a_read_takes_neither_an_unsettled_nodes_members_nor_this_nodes_own_for_gone() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let ana = a.request(codec::OPERATION_CREATE, "r", "ana", 1, 0);
+        let eva = a.request(codec::OPERATION_JOIN, "r", "eva", 5, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.answered(ana);
+        let bob = b.request(codec::OPERATION_JOIN, "r", "bob", 2, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.answered(eva);
+        b.answered(bob);
+
+        // Redis restarted empty: B's records (and its key) are not there yet.
+        redis.members.remove(&(bs("r"), bs("bob")));
+        redis.unsettled.push(b.id.clone());
+        a.service.resync_rooms();
+        settle(&mut [&mut a], &mut redis, 10);
+        assert!(a.texts(chat(1)).is_empty() && a.texts(chat(5)).is_empty());
+
+        // A read listing nobody, every node settled: A's own ana and eva stay (bob goes).
+        let room_id = redis.rooms[&bs("r")].0;
+        a.service.resync_rooms();
+        a.service.take_cluster_ops();
+        let read = RoomRead {
+            members: Some(Vec::new()),
+            settled: vec![a.id.clone(), b.id.clone()],
+        };
+        answer(
+            &mut a,
+            OcmAnswer::Members {
+                room: bs("r"),
+                room_id,
+                since: u64::MAX,
+                read: Ok(read),
+            },
+            20,
+        );
+        settle(&mut [&mut a], &mut redis, 20);
+        assert_eq!(a.texts(chat(1)), [leave_text("bob", "r")]);
+        assert_eq!(a.texts(chat(5)), [leave_text("bob", "r")]);
+        assert_eq!(a.service.rooms(), 1);
+        let ana_token = a_token(&a, &redis, "ana");
+        a.say(chat(1), "r", &ana_token, "still here", 30);
+        assert_eq!(a.texts(chat(5)).last().unwrap(), "ana: still here");
+    }
+
+    /// The token of `name`, a member of `node`, as Redis holds it.
+    fn a_token(node: &Node, redis: &Model, name: &str) -> String {
+        let (token, _) = redis
+            .tokens
+            .iter()
+            .find(|(_, record)| record.member[..] == *name.as_bytes() && record.node == node.id)
+            .unwrap();
+        String::from_utf8(token.to_vec()).unwrap()
+    }
+
+    /// A room hosted on B closed while A was cut off (its `closed` lost to A): A's read finds
+    /// no such room, and B's records are all in Redis, so A closes it with the host's leave
+    /// text. Had B's records not been set again yet (Redis restarted empty), A would keep it.
+    #[test]
+    fn a_room_closed_while_cut_off_is_closed_here_once_its_hosts_node_is_settled() {
+        let (mut a, mut b, mut redis) = (Node::new("a", 1), Node::new("b", 2), Model::default());
+        let bob = b.request(codec::OPERATION_CREATE, "r", "bob", 2, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        let bob_token = b.answered(bob).1.unwrap();
+        let ana = a.request(codec::OPERATION_JOIN, "r", "ana", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        a.answered(ana);
+
+        b.say(chat(2), "r", &bob_token, "exit", 10);
+        settle(&mut [&mut b], &mut redis, 10);
+        assert!(redis.rooms.is_empty());
+
+        redis.unsettled.push(b.id.clone());
+        a.service.resync_rooms();
+        settle(&mut [&mut a], &mut redis, 20);
+        assert_eq!(a.service.rooms(), 1, "B not settled: kept");
+        redis.unsettled.clear();
+        a.service.resync_rooms();
+        settle(&mut [&mut a], &mut redis, 30);
+        assert_eq!(a.texts(chat(1)), [host_leave_text("bob", "r")]);
+        assert_eq!(a.service.rooms(), 0);
+        assert!(redis.tokens.is_empty(), "ana's token gone from Redis too");
+    }
+
+    /// The cluster's room limits are Redis's answer: a create refused for them is the
+    /// contract's 500, as on one node, whichever node hosts the rooms counted.
+    #[test]
+    fn a_create_over_the_clusters_room_limits_is_refused_with_500() {
+        let config = OcmConfig {
+            rooms_max: 2,
+            rooms_per_ip_max: 1,
+            ..OcmConfig::default()
+        };
+        let mut a = Node::with_config("a", 1, config.clone());
+        let mut b = Node::with_config("b", 2, config);
+        let mut redis = Model::default();
+        let one = a.request(codec::OPERATION_CREATE, "one", "ana", 1, 0);
+        let two = b.request(codec::OPERATION_CREATE, "two", "bob", 2, 0);
+        let again = b.request(codec::OPERATION_CREATE, "again", "ana2", 1, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        assert_eq!(a.answered(one).0, codec::STATE_DONE);
+        assert_eq!(b.answered(two).0, codec::STATE_DONE);
+        assert_eq!(
+            b.answered(again),
+            (codec::STATE_ERROR, None),
+            "ip 1's one room"
+        );
+        let three = a.request(codec::OPERATION_CREATE, "three", "cid", 3, 0);
+        settle(&mut [&mut a, &mut b], &mut redis, 0);
+        assert_eq!(a.answered(three), (codec::STATE_ERROR, None), "two rooms");
+        assert_eq!((a.service.rooms(), b.service.rooms()), (1, 1));
+    }
+
     fn missing_members(room: &'static str) -> OcmAnswer {
         OcmAnswer::Members {
             room: Bytes::from_static(room.as_bytes()),
             room_id: 0,
-            members: Err(()),
+            since: 0,
+            read: Err(()),
         }
     }
 
