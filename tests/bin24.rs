@@ -587,6 +587,95 @@ fn the_store_wide_cap_answers_507_whoever_the_recipient() {
     }
 }
 
+/// README `--offline-frames-per-user-max`, `--offline-bytes-per-user-max` and PROTOCOLS.md
+/// BIN24 rule 7: a frame that would pass its recipient's limit is answered "507" and not
+/// stored, while other recipients' frames still are (the limits are one user's, not the
+/// store's), and the frames answered "300" arrive, nothing else. Delivery frees the user's
+/// room. The store's own tests check the ledger; this checks the flags reach it behind BIN24.
+#[test]
+fn the_per_user_limits_answer_507_for_that_user_alone_and_delivery_frees_room() {
+    const FRAMES_PER_USER_MAX: u64 = 3;
+    const BYTES_PER_USER_MAX: u64 = 1000;
+    let data = TempDir::new("bin24-per-user-cap");
+    let server = TestServer::start(Config {
+        offline_frames_per_user_max: FRAMES_PER_USER_MAX,
+        offline_bytes_per_user_max: BYTES_PER_USER_MAX,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Bin24::connect(addr, "alice");
+    let mut send = |to: &str, text: &str, expected: &[u8]| {
+        let id = alice.send(to, text);
+        expect_answer(&alice.recv(), id, to, "alice", expected);
+    };
+    // The frame count: bob's fourth is refused, carol still takes frames after it.
+    for index in 0..FRAMES_PER_USER_MAX {
+        send("bob", &format!("bob {index}"), b"300");
+    }
+    send("bob", "bob over", b"507");
+    send("carol", "carol 0", b"300");
+    send("bob", "bob over again", b"507");
+    // The byte count: two 600-byte bodies pass 1,000 bytes for dave, a small one still fits.
+    let big = "d".repeat(600);
+    send("dave", &big, b"300");
+    send("dave", &big, b"507");
+    send("dave", "dave small", b"300");
+
+    // Exactly the frames answered "300" arrive (after the sign-in's echo or before it: the
+    // backlog loads from the store), then nothing: the refused ones were not stored.
+    let stored = |peer: &mut Bin24, count: usize| -> Vec<Vec<u8>> {
+        let mut frames = peer.register_and_wait();
+        while frames.len() < count {
+            frames.push(peer.recv());
+        }
+        peer.expect_quiet_for(Duration::from_millis(200));
+        frames
+            .into_iter()
+            .map(|frame| {
+                assert_eq!(frame.frame_type, codec::TYPE_OFFLINE, "{frame:?}");
+                peer.answer(&frame);
+                frame.body
+            })
+            .collect()
+    };
+    let mut bob = Bin24::connect(addr, "bob");
+    let expected: Vec<Vec<u8>> = (0..FRAMES_PER_USER_MAX)
+        .map(|index| format!("bob {index}").into_bytes())
+        .collect();
+    assert_eq!(
+        stored(&mut bob, expected.len()),
+        expected,
+        "bob's stored frames"
+    );
+    let mut dave = Bin24::connect(addr, "dave");
+    assert_eq!(
+        stored(&mut dave, 2),
+        vec![big.into_bytes(), b"dave small".to_vec()],
+        "dave's stored frames"
+    );
+
+    // Answered, bob's frames leave the store: his room is back while he is offline again.
+    drop(bob);
+    server.wait_connections(2);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let id = alice.send("bob", "room again");
+        // Bob's answers to his stored frames come to alice as well: skip them.
+        let answer = loop {
+            let frame = alice.recv();
+            if frame.message_id == id {
+                break frame;
+            }
+        };
+        if answer.body == b"300" {
+            break;
+        }
+        expect_answer(&answer, id, "bob", "alice", b"507");
+        assert!(Instant::now() < deadline, "bob's room never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_full() {
     const SENDERS: usize = 4;
