@@ -22,6 +22,7 @@ use std::time::Duration;
 use common::ocm::Ocm;
 use common::{TestServer, WAIT};
 use switchboard::config::Config;
+use switchboard::protocol::DatagramDrop;
 
 const LEAVE_SUFFIX: &str = "から退出しました。";
 
@@ -337,4 +338,113 @@ fn the_stage1_relay_forwards_each_datagram_verbatim_to_the_other_peers() {
     peers[1].send_to(b"last", relay).expect("send");
     assert_eq!(recv(&peers[0]), b"last");
     assert_eq!(recv(&peers[2]), b"last");
+}
+
+/// A TCRP request's state byte (2 granted, 3 the 500 answer) and its JSON.
+fn tcrp_outcome(server: &TestServer, room: &str, operation: u8, name: &str) -> (u8, String) {
+    let udp = new_socket("127.0.0.1").local_addr().expect("addr");
+    let (_, _, state, json) = answer_json(&exchange(
+        server,
+        &request(room, operation, &json_payload(name, udp)),
+    ));
+    (state, json)
+}
+
+/// PROTOCOLS.md OCM TCRP (`--ocm-room-members-max` 1,000, `--ocm-rooms-max` 10,000): a join
+/// to a full room and a create on a full server are answered 500, so members and rooms (and
+/// the fan-out each datagram costs) stay bounded; a departure makes room again. The rooms
+/// per address limit is turned off here so that the server-wide one is what refuses.
+#[test]
+fn a_full_room_and_a_full_server_answer_500_and_a_departure_makes_room() {
+    let server = server_with(Config {
+        ocm_room_members_max: 3,
+        ocm_rooms_max: 2,
+        ocm_rooms_per_ip_max: 0,
+        ..Config::for_tests()
+    });
+    let refused = |(state, json): (u8, String)| {
+        assert_eq!(state, 3, "refused expected, got {json}");
+        assert!(json.contains("\"status\": 500"), "{json}");
+    };
+    let host = Member::create(&server, "full", "host");
+    let _first = Member::join(&server, "full", "first");
+    let second = Member::join(&server, "full", "second");
+    refused(tcrp_outcome(&server, "full", 2, "third"));
+    // The members are untouched by the refusal.
+    second.say("still three");
+    host.expect("second: still three");
+    second.say("exit");
+    host.expect(&leave_text(&second));
+    let _third = Member::join(&server, "full", "third");
+
+    // Rooms: "full" and one more fill the server.
+    let other_host = Member::create(&server, "other", "oh");
+    refused(tcrp_outcome(&server, "third-room", 1, "th"));
+    // A join of an existing room is not a new room.
+    let guest = Member::join(&server, "other", "guest");
+    other_host.say("exit");
+    // The host's exit closes its room (the guest is told), freeing a room for the next create.
+    guest.expect(&format!(
+        "{}\nホストが退出したため、チャットルーム:otherを終了します。",
+        leave_text(&other_host)
+    ));
+    let _again = Member::create(&server, "third-room", "th");
+}
+
+/// PROTOCOLS.md stage-1 relay (`--ocm-relay-peers-max` 1,000, `--ocm-relay-peers-per-ip-max`
+/// 100): a datagram from a new peer beyond either is dropped and counted (`over_limit`): it
+/// reaches nobody and its sender does not become a peer (so gets nothing relayed), while the
+/// known peers go on. "Reaches nobody" is an event: a later datagram arrives first.
+#[test]
+fn relay_peers_beyond_the_per_ip_and_total_caps_are_dropped_and_counted() {
+    let server = server_with(Config {
+        ocm_relay_peers_max: 3,
+        ocm_relay_peers_per_ip_max: 2,
+        ..Config::for_tests()
+    });
+    let relay = server.ocm_relay.expect("relay enabled");
+    let recv = |socket: &UdpSocket| {
+        let mut buf = [0u8; 4096];
+        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
+        assert_eq!(from, relay);
+        buf[..len].to_vec()
+    };
+    let local: Vec<UdpSocket> = (0..3).map(|_| new_socket("127.0.0.1")).collect();
+    local[0].send_to(b"a0", relay).expect("send");
+    local[1].send_to(b"a1", relay).expect("send");
+    assert_eq!(recv(&local[0]), b"a1");
+    // A third peer from 127.0.0.1: over the per-IP cap.
+    local[2]
+        .send_to(b"a2 over the per-ip cap", relay)
+        .expect("send");
+    local[1].send_to(b"a1 again", relay).expect("send");
+    assert_eq!(
+        recv(&local[0]),
+        b"a1 again",
+        "the over-cap datagram was relayed"
+    );
+    // Another address still has room: the third peer in all.
+    let elsewhere = new_socket("127.0.0.2");
+    elsewhere.send_to(b"b0", relay).expect("send");
+    assert_eq!(recv(&local[0]), b"b0");
+    assert_eq!(recv(&local[1]), b"b0");
+    // A fourth address: over the total cap.
+    let fourth = new_socket("127.0.0.3");
+    fourth
+        .send_to(b"c0 over the total cap", relay)
+        .expect("send");
+    local[0].send_to(b"a0 last", relay).expect("send");
+    assert_eq!(
+        recv(&local[1]),
+        b"a0 last",
+        "the over-cap datagram was relayed"
+    );
+    assert_eq!(recv(&elsewhere), b"a0 last");
+    // Both refusals counted as such, not as any other drop.
+    let stats = server.stop();
+    assert_eq!(
+        stats.datagrams_dropped_by_reason[DatagramDrop::OverLimit.index()],
+        2,
+        "{stats}"
+    );
 }
