@@ -676,6 +676,77 @@ fn the_per_user_limits_answer_507_for_that_user_alone_and_delivery_frees_room() 
     }
 }
 
+/// PROTOCOLS.md BIN24 (`--bin24-unacked-per-recipient-max`, 10,000): at most that many
+/// messages await answers from one recipient; the next ones are stored ("300") instead of
+/// sent, so a recipient that never answers cannot make the server hold unbounded frames for
+/// it (each unanswered one is kept until its answer or the ack timeout). Nothing is lost: the
+/// stored ones arrive as type 2, once, in order, and each live one arrived once.
+#[test]
+fn messages_beyond_the_unanswered_cap_are_stored_not_sent_and_arrive_later() {
+    const UNACKED_MAX: usize = 3;
+    const SENT: usize = 6;
+    let data = TempDir::new("bin24-unacked-cap");
+    let server = TestServer::start(Config {
+        bin24_unacked_per_recipient_max: UNACKED_MAX,
+        // Long enough that the ack timeout does not close bob during the test.
+        bin24_ack_timeout_ms: 30_000,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut bob = Bin24::connect(addr, "bob");
+    assert!(bob.register_and_wait().is_empty());
+    let mut alice = Bin24::connect(addr, "alice");
+    let ids: Vec<u32> = (0..SENT)
+        .map(|index| alice.send("bob", &format!("m{index}")))
+        .collect();
+    // The first three are sent to bob, who does not answer; the rest are stored.
+    let live: Vec<Received> = (0..UNACKED_MAX).map(|_| bob.recv()).collect();
+    for (frame, id) in live.iter().zip(&ids) {
+        assert_eq!(frame.frame_type, codec::TYPE_MESSAGE, "{frame:?}");
+        assert_eq!(frame.message_id, *id, "{frame:?}");
+    }
+    for &id in &ids[UNACKED_MAX..] {
+        expect_answer(&alice.recv(), id, "bob", "alice", b"300");
+    }
+    // Bob answers; alice gets his answers. The stored ones wait for his next login (seen:
+    // nothing more on this connection; they are not sent while he stays).
+    for frame in &live {
+        bob.answer(frame);
+    }
+    for &id in &ids[..UNACKED_MAX] {
+        let answer = alice.recv();
+        assert_eq!(answer.frame_type, codec::TYPE_ANSWER, "{answer:?}");
+        assert_eq!(answer.message_id, id, "{answer:?}");
+    }
+    // Under the cap again, a new message goes to bob live, and is the next thing he gets.
+    let fresh = alice.send("bob", "fresh");
+    let frame = bob.recv();
+    assert_eq!(
+        (frame.frame_type, frame.message_id),
+        (codec::TYPE_MESSAGE, fresh),
+        "{frame:?}"
+    );
+    bob.answer(&frame);
+    alice.recv();
+    drop(bob);
+    server.wait_connections(1);
+    let mut bob = Bin24::connect(addr, "bob");
+    let mut stored = bob.register_and_wait();
+    while stored.len() < SENT - UNACKED_MAX {
+        stored.push(bob.recv());
+    }
+    bob.expect_quiet_for(Duration::from_millis(200));
+    let got: Vec<(u16, u32)> = stored
+        .iter()
+        .map(|frame| (frame.frame_type, frame.message_id))
+        .collect();
+    let want: Vec<(u16, u32)> = ids[UNACKED_MAX..]
+        .iter()
+        .map(|&id| (codec::TYPE_OFFLINE, id))
+        .collect();
+    assert_eq!(got, want, "the stored ones, once, in order");
+}
+
 #[test]
 fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_full() {
     const SENDERS: usize = 4;
