@@ -96,16 +96,90 @@ fn an_unknown_addressee_gets_an_error() {
     alice.read_through(b"\n\nto myself");
 }
 
+/// PROTOCOLS.md CCM rule 5 and README `--ccm-keepalive-idle-ms`, `--ccm-keepalive-answer-ms`:
+/// the ping comes after the idle time, and the close after the answer time counted from the
+/// ping, neither early nor much late. The answer time is long here (1 s) so that the bound
+/// above it (the margin is for a loaded debug build) tells it from twice its length.
 #[test]
 fn a_silent_identified_client_is_pinged_then_closed() {
-    let server = server();
+    const SILENT_ANSWER_MS: u64 = 1000;
+    const LATE_MARGIN_MS: u64 = 400;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        ccm_keepalive_idle_ms: IDLE_MS,
+        ccm_keepalive_answer_ms: SILENT_ANSWER_MS,
+        ..Config::for_tests()
+    });
     let (mut silent, _) = identify(&server, "silent");
     let started = Instant::now();
     silent.expect(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
-    assert!(started.elapsed() >= Duration::from_millis(IDLE_MS - 20));
+    let pinged_after = started.elapsed();
+    assert!(
+        pinged_after >= Duration::from_millis(IDLE_MS - 20),
+        "{pinged_after:?}"
+    );
+    assert!(
+        pinged_after < Duration::from_millis(IDLE_MS + LATE_MARGIN_MS),
+        "{pinged_after:?}"
+    );
+    let pinged = Instant::now();
     assert!(silent.expect_closed().is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(IDLE_MS + ANSWER_MS - 20));
+    let closed_after = pinged.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(SILENT_ANSWER_MS - 20),
+        "closed {closed_after:?} after the ping"
+    );
+    assert!(
+        closed_after < Duration::from_millis(SILENT_ANSWER_MS + LATE_MARGIN_MS),
+        "closed {closed_after:?} after the ping, answer time {SILENT_ANSWER_MS} ms"
+    );
     server.wait_connections(0);
+}
+
+/// PROTOCOLS.md CCM rule 5: the keepalive counts silence, so a client that talks is never
+/// pinged, and any CCM message (a Text here, not only a `Connect`) answers a ping. The talker
+/// sends to itself every quarter idle period for five idle periods: each next thing it gets
+/// is its own message, never a `Connect`. Then it goes quiet, is pinged, answers with a Text
+/// within the window, and is still served after the window has passed.
+#[test]
+fn a_talking_client_is_never_pinged_and_any_message_answers_a_ping() {
+    // Longer than the file's 200 ms, so that a stalled test thread (a loaded debug build)
+    // does not look like silence: the talker speaks every 50 ms.
+    const TALKER_IDLE_MS: u64 = 500;
+    const TALKER_ANSWER_MS: u64 = 300;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        ccm_keepalive_idle_ms: TALKER_IDLE_MS,
+        ccm_keepalive_answer_ms: TALKER_ANSWER_MS,
+        ..Config::for_tests()
+    });
+    let (mut talker, token) = identify(&server, "talker");
+    let talked = Instant::now();
+    let mut round = 0;
+    while talked.elapsed() < Duration::from_millis(4 * TALKER_IDLE_MS) {
+        std::thread::sleep(Duration::from_millis(50));
+        let body = format!("round {round}");
+        talker.send(&text(&token, "talker", &body));
+        talker.expect(&delivered("talker", "talker", &body));
+        round += 1;
+    }
+    let quiet = Instant::now();
+    talker.expect(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
+    assert!(quiet.elapsed() >= Duration::from_millis(TALKER_IDLE_MS - 20));
+    talker.send(&text(&token, "talker", "here"));
+    talker.expect(&delivered("talker", "talker", "here"));
+    // Past the answer window: still served (another ping may come first, nothing else).
+    std::thread::sleep(Duration::from_millis(TALKER_ANSWER_MS + 50));
+    talker.send(&text(&token, "talker", "still here"));
+    let got = talker.read_through(b"\n\nstill here");
+    let last = delivered("talker", "talker", "still here");
+    let before = &got[..got.len() - last.len()];
+    assert!(
+        got.ends_with(&last)
+            && (before.is_empty() || before == b"CCM\\1.0 Connect\nContent-Length: 0\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[test]
