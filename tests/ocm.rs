@@ -448,3 +448,47 @@ fn relay_peers_beyond_the_per_ip_and_total_caps_are_dropped_and_counted() {
         "{stats}"
     );
 }
+
+/// README `--udp-sources-max` (65,536): the table of rate-tracked source addresses per UDP
+/// socket is bounded; while every tracked source is active (its bucket not full again), a
+/// datagram from a new source is dropped and counted (`over_limit`) before any protocol sees
+/// it; once a tracked source has been quiet long enough for its bucket to refill, a new
+/// source takes its place. Over the relay socket, with a slow rate (1 a second, burst 5) so
+/// that "active" lasts a second.
+#[test]
+fn a_full_table_of_rate_tracked_sources_drops_new_sources_until_one_goes_quiet() {
+    let server = server_with(Config {
+        udp_datagrams_per_source_per_s_max: 1,
+        udp_datagrams_per_source_burst_max: 5,
+        udp_sources_max: 2,
+        ..Config::for_tests()
+    });
+    let relay = server.ocm_relay.expect("relay enabled");
+    let recv = |socket: &UdpSocket| {
+        let mut buf = [0u8; 4096];
+        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
+        assert_eq!(from, relay);
+        buf[..len].to_vec()
+    };
+    let first = new_socket("127.0.0.1");
+    let second = new_socket("127.0.0.1");
+    let newcomer = new_socket("127.0.0.1");
+    first.send_to(b"a", relay).expect("send");
+    second.send_to(b"b", relay).expect("send");
+    assert_eq!(recv(&first), b"b");
+    // Both tracked sources are active: the newcomer is dropped before the relay sees it.
+    newcomer.send_to(b"c: table full", relay).expect("send");
+    second.send_to(b"d", relay).expect("send");
+    assert_eq!(recv(&first), b"d", "the newcomer's datagram was relayed");
+    // A second later both buckets are full again: the newcomer's source takes a slot.
+    std::thread::sleep(Duration::from_millis(1200));
+    newcomer.send_to(b"e", relay).expect("send");
+    assert_eq!(recv(&first), b"e");
+    assert_eq!(recv(&second), b"e");
+    let stats = server.stop();
+    assert_eq!(
+        stats.datagrams_dropped_by_reason[DatagramDrop::OverLimit.index()],
+        1,
+        "{stats}"
+    );
+}
