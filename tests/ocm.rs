@@ -492,3 +492,41 @@ fn a_full_table_of_rate_tracked_sources_drops_new_sources_until_one_goes_quiet()
         "{stats}"
     );
 }
+
+/// README `--ocm-room-silent-timeout-ms` (120,000) and PROTOCOLS.md OCM: a room none of whose
+/// members sent an accepted datagram that long after its creation is closed (its members get
+/// the host's leave text, its name is free), never before; a room someone spoke in stays. So
+/// rooms created and abandoned do not hold a slot (of `--ocm-rooms-max` and the creator's
+/// `--ocm-rooms-per-ip-max`) for the whole idle time.
+#[test]
+fn a_room_nobody_speaks_in_is_closed_at_the_silent_timeout_and_a_spoken_one_stays() {
+    const SILENT_MS: u64 = 300;
+    let server = server_with(Config {
+        ocm_room_silent_timeout_ms: SILENT_MS,
+        ..Config::for_tests()
+    });
+    let created = std::time::Instant::now();
+    let quiet_host = Member::create(&server, "quiet", "qh");
+    let quiet_guest = Member::join(&server, "quiet", "qg");
+    let spoken_host = Member::create(&server, "spoken", "sh");
+    let spoken_guest = Member::join(&server, "spoken", "sg");
+    spoken_guest.say("hello");
+    spoken_host.expect("sg: hello");
+
+    quiet_guest.expect(&format!(
+        "{}\nホストが退出したため、チャットルーム:quietを終了します。",
+        leave_text(&quiet_host)
+    ));
+    let closed_after = created.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(SILENT_MS),
+        "closed {closed_after:?} after its creation, before {SILENT_MS} ms"
+    );
+    // Its name is free again: a create succeeds (it would be answered 400 while it exists).
+    let _again = Member::create(&server, "quiet", "qh2");
+    // The spoken room outlived the timeout: it is still there to join, and still relays.
+    std::thread::sleep(Duration::from_millis(SILENT_MS));
+    let late = Member::join(&server, "spoken", "late");
+    spoken_host.say("still open");
+    late.expect("sh: still open");
+}
