@@ -328,3 +328,66 @@ fn next_packet_beyond_notices_named(peer: &mut Peer, kind: i32) -> String {
         );
     }
 }
+
+/// README `--matou-private-requests-per-s-max` (20) and PROTOCOLS.md MATOU rule 3: besides
+/// the per-pair rate (tests/fairness.rs), one user's requests to everyone together are
+/// limited: a sender asking many different users at once gets a second's worth through
+/// (each target notified) and ERROR 12 for the rest (their targets get nothing); the pair
+/// limit is off here so that only the sender's total can refuse.
+#[test]
+fn private_requests_to_many_users_are_limited_per_sender_with_error_12() {
+    const PER_S: usize = 5;
+    const TARGETS: usize = 12;
+    let server = TestServer::start(Config {
+        matou_port: Some(0),
+        matou_private_requests_per_s_max: PER_S as u64,
+        matou_private_requests_per_pair_per_s_max: 0,
+        ..Config::for_tests()
+    });
+    let names: Vec<String> = (0..TARGETS).map(|index| format!("t{index}")).collect();
+    let mut targets: Vec<Peer> = names
+        .iter()
+        .map(|name| Peer::sign_in(&server, name))
+        .collect();
+    let mut mallory = Peer::sign_in(&server, "mallory");
+    let requests: Vec<u8> = names
+        .iter()
+        .flat_map(|name| packet(6, &[&string(name.as_bytes())]))
+        .collect();
+    mallory.send(&requests);
+    // Every request is answered in order: nothing (it passed) or ERROR 12; mallory gets
+    // nothing else but sign-in notices meanwhile.
+    let mut refused = 0;
+    while refused + PER_S < TARGETS {
+        let kind = next_packet_beyond_notices(&mut mallory);
+        assert_eq!(kind, 17, "mallory: an ERROR expected");
+        assert_eq!(mallory.int(), 12);
+        mallory.string();
+        refused += 1;
+    }
+    // Then a public message from a witness: whatever a target got from mallory came before it.
+    let mut witness = Peer::sign_in(&server, "witness");
+    witness.say("marker");
+    let mut notified = 0;
+    for (name, target) in names.iter().zip(&mut targets) {
+        loop {
+            match next_packet_beyond_notices(target) {
+                7 => {
+                    assert_eq!(target.string(), "mallory", "{name}");
+                    notified += 1;
+                }
+                5 => {
+                    assert_eq!(target.string(), "witness", "{name}");
+                    assert_eq!(target.string(), "marker", "{name}");
+                    break;
+                }
+                other => panic!("{name}: unexpected packet {other}"),
+            }
+        }
+    }
+    assert_eq!(
+        (notified, refused),
+        (PER_S, TARGETS - PER_S),
+        "a second's worth passes, the rest is refused"
+    );
+}
