@@ -315,3 +315,61 @@ fn an_addressed_flood_is_refused_to_its_sender_and_its_recipient_stays() {
     let stats = server.stop();
     assert_eq!(stats.slow_consumer_closes, 0, "{stats}");
 }
+
+/// README `--ccm-sender-bytes-per-s-max` (8 MiB) and PROTOCOLS.md CCM rule 3: besides the
+/// pair limit (`an_addressed_flood_...`), what one sender makes everyone together receive is
+/// limited: messages spread over many addressees pass while the sender's bucket (a second's
+/// worth, at least one largest message: about 1 MiB here) holds, then each is refused with
+/// Error `rate-limited` and reaches nobody; the pair limit is off so only the total refuses.
+#[test]
+fn messages_spread_over_many_addressees_are_limited_by_the_senders_total() {
+    const CONTENT_BYTES: usize = 200 * 1024;
+    const SENT: usize = 8;
+    const ADDRESSEES: usize = 4;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        // Slow enough that nothing refills while the burst is read: 64 KiB a second, the
+        // bucket holding one largest message (1 MiB of content and its headers).
+        ccm_sender_bytes_per_s_max: 64 * 1024,
+        ccm_pair_bytes_per_s_max: 0,
+        ..Config::for_tests()
+    });
+    let mut addressees: Vec<(Client, String)> = (0..ADDRESSEES)
+        .map(|index| identify(&server, &format!("u{index}")))
+        .collect();
+    let (mut sender, sender_token) = identify(&server, "sender");
+    let (mut witness, witness_token) = identify(&server, "witness");
+    let burst: Vec<u8> = (0..SENT)
+        .flat_map(|index| {
+            let body = format!("{index:02}{}", "x".repeat(CONTENT_BYTES - 2));
+            text(&sender_token, &format!("u{}", index % ADDRESSEES), &body)
+        })
+        .collect();
+    sender.send(&burst);
+    // 1,058,816 bytes of bucket over about 205,000 a message: five pass, three are refused.
+    let refusal = b"CCM\\1.0 Error\nReason: rate-limited\n";
+    for _ in 0..3 {
+        sender.read_through(refusal);
+    }
+    let mut delivered = Vec::new();
+    for (index, (addressee, _)) in addressees.iter_mut().enumerate() {
+        witness.send(&text(&witness_token, &format!("u{index}"), "marker"));
+        let got = addressee.read_through(b"\n\nmarker");
+        let mut at = 0;
+        while let Some(found) = common::find(&got[at..], b"Sender: sender\n") {
+            at += found + 1;
+            let body = common::find(&got[at..], b"\n\n").expect("a body") + at + 2;
+            delivered.push(String::from_utf8_lossy(&got[body..body + 2]).into_owned());
+        }
+    }
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        ["00", "01", "02", "03", "04"],
+        "the first five, each once"
+    );
+    // Nothing more was refused, and the sender is still served.
+    sender.send(&text(&sender_token, "sender", "still here"));
+    let rest = sender.read_through(b"\n\nstill here");
+    assert_eq!(common::count(&rest, b"CCM\\1.0 Error"), 0);
+}
