@@ -747,6 +747,93 @@ fn messages_beyond_the_unanswered_cap_are_stored_not_sent_and_arrive_later() {
     assert_eq!(got, want, "the stored ones, once, in order");
 }
 
+/// README `--bin24-sender-bytes-per-s-max` (8 MiB) and PROTOCOLS.md BIN24: besides the pair
+/// limit (`a_direct_message_flood_...`), the bytes one sender makes online users receive in
+/// all are limited: frames spread over many recipients pass while the sender's bucket holds,
+/// then each is answered "429" and neither delivered nor stored; the pair limit is off so
+/// only the total refuses.
+#[test]
+fn frames_spread_over_many_recipients_are_limited_by_the_senders_total() {
+    const RECIPIENTS: usize = 4;
+    const SENT: usize = 8;
+    let data = TempDir::new("bin24-sender-total");
+    let server = TestServer::start(Config {
+        // A bucket of four 1,024-byte frames, refilling one in a quarter second.
+        bin24_sender_bytes_per_s_max: 4096,
+        bin24_pair_bytes_per_s_max: 0,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut recipients: Vec<Bin24> = (0..RECIPIENTS)
+        .map(|index| {
+            let mut peer = Bin24::connect(addr, &format!("u{index}"));
+            assert!(peer.register_and_wait().is_empty());
+            peer
+        })
+        .collect();
+    let mut alice = Bin24::connect(addr, "alice");
+    let body = "b".repeat(1000);
+    let frames: Vec<u8> = (0..SENT)
+        .flat_map(|index| {
+            codec::encode(
+                codec::TYPE_MESSAGE,
+                index as u32,
+                name("alice"),
+                name(&format!("u{}", index % RECIPIENTS)),
+                body.as_bytes(),
+            )
+            .expect("frame")
+            .to_vec()
+        })
+        .collect();
+    alice.send_raw(&frames);
+    // The first four reach their recipients, who answer them.
+    for (index, peer) in recipients.iter_mut().enumerate() {
+        let frame = peer.recv();
+        assert_eq!(
+            (frame.frame_type, frame.message_id),
+            (codec::TYPE_MESSAGE, index as u32),
+            "{frame:?}"
+        );
+        peer.answer(&frame);
+    }
+    let mut refused = Vec::new();
+    let mut answered = Vec::new();
+    for _ in 0..SENT {
+        let answer = alice.recv();
+        assert_eq!(answer.frame_type, codec::TYPE_ANSWER, "{answer:?}");
+        if answer.body == b"429" {
+            refused.push(answer.message_id);
+        } else {
+            answered.push(answer.message_id);
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [0, 1, 2, 3], "answered by their recipients");
+    assert_eq!(refused, [4, 5, 6, 7], "answered 429 by the server");
+    // Neither delivered nor stored: each recipient's next frame is a later one from a
+    // witness, and nothing comes at a new login.
+    let mut witness = Bin24::connect(addr, "witness");
+    for (index, peer) in recipients.iter_mut().enumerate() {
+        let id = witness.send(&format!("u{index}"), "marker");
+        let frame = peer.recv();
+        assert_eq!(
+            (frame.src.as_str(), frame.message_id),
+            ("witness", id),
+            "{frame:?}"
+        );
+        peer.answer(&frame);
+    }
+    drop(recipients);
+    server.wait_connections(2);
+    let mut again = Bin24::connect(addr, "u0");
+    assert!(
+        again.register_and_wait().is_empty(),
+        "nothing was stored for u0"
+    );
+    again.expect_quiet_for(Duration::from_millis(200));
+}
+
 #[test]
 fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_full() {
     const SENDERS: usize = 4;
