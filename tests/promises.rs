@@ -241,3 +241,78 @@ fn the_per_ip_limit_counts_and_refuses_on_every_tcp_protocols_port() {
     let stats = server.stop();
     assert_eq!(stats.connections_refused_per_ip, 6, "{stats}");
 }
+
+/// README `--web-messages-per-s-max` (20): "lobby and direct messages one web user may send a
+/// second", one budget for both. A web user sends 30 directs then 10 says at once: about 20
+/// pass in all (not 20 directs and 10 says, as separate budgets would let), each answered
+/// (`sent`, or the lobby echo) or refused `rate-limited` (with the direct's id); the
+/// recipient gets exactly the directs that passed.
+#[test]
+fn web_directs_and_says_share_one_rate_and_refused_directs_reach_nobody() {
+    const DIRECTS: usize = 30;
+    const SAYS: usize = 10;
+    let server = TestServer::start(Config {
+        web_port: Some(0),
+        ..Config::for_tests()
+    });
+    let rate_per_s = 20;
+    let web = server.web.expect("WEB");
+    let (mut ann, _) = Web::sign_in(web, "ann");
+    let (mut bob, _) = Web::sign_in(web, "bob");
+    let mut frames = Vec::new();
+    for n in 0..DIRECTS {
+        let direct = json!({"type": "direct", "to": "bob", "text": format!("d{n:02}"), "id": n});
+        frames.extend(ann.frame(true, 1, direct.to_string().as_bytes()));
+    }
+    for n in 0..SAYS {
+        let say = json!({"type": "say", "text": format!("s{n:02}")});
+        frames.extend(ann.frame(true, 1, say.to_string().as_bytes()));
+    }
+    let started = Instant::now();
+    ann.send_raw(&frames);
+    let (mut directs_sent, mut directs_refused) = (Vec::new(), Vec::new());
+    let (mut says_passed, mut says_refused) = (0, 0);
+    while directs_sent.len() + directs_refused.len() < DIRECTS || says_passed + says_refused < SAYS
+    {
+        let answer = ann.recv();
+        match (answer["type"].as_str(), answer["id"].as_u64()) {
+            (Some("sent"), Some(id)) => directs_sent.push(id),
+            (Some("error"), Some(id)) => {
+                assert_eq!(answer["reason"], "rate-limited", "{answer}");
+                directs_refused.push(id);
+            }
+            (Some("error"), None) => {
+                assert_eq!(answer["reason"], "rate-limited", "{answer}");
+                says_refused += 1;
+            }
+            (Some("lobby"), _) if answer["from"] == "ann" => says_passed += 1,
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    let passed = directs_sent.len() + says_passed;
+    let allowed = rate_per_s + (elapsed.as_secs_f64() * rate_per_s as f64).ceil() as usize;
+    assert!(
+        (rate_per_s..=allowed).contains(&passed),
+        "{} directs and {says_passed} says passed in {elapsed:?}; one budget allows \
+         {rate_per_s} to {allowed} in all",
+        directs_sent.len()
+    );
+    // Bob gets exactly the directs that passed, then a later say (cat's: ann's budget is
+    // spent), in order.
+    let (mut cat, _) = Web::sign_in(web, "cat");
+    cat.say("end");
+    let mut got = Vec::new();
+    loop {
+        let message = bob.recv();
+        match message["type"].as_str() {
+            Some("direct") => got.push(message["text"].as_str().expect("text").to_string()),
+            Some("lobby") if message["from"] == "cat" => break,
+            _ => {}
+        }
+    }
+    let mut expected: Vec<String> = directs_sent.iter().map(|n| format!("d{n:02}")).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "bob got exactly the directs answered `sent`");
+}
