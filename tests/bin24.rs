@@ -834,6 +834,77 @@ fn frames_spread_over_many_recipients_are_limited_by_the_senders_total() {
     again.expect_quiet_for(Duration::from_millis(200));
 }
 
+/// PROTOCOLS.md BIN24 rule 2 bounds (`--bin24-unconfirmed-bytes-per-conn-max`, 64 MiB): at
+/// most that many bytes of stored frames are sent to one connection and not yet delivered.
+/// Bob's TCP takes everything sent (he reads) but he answers nothing and the grace is long, so
+/// nothing counts as delivered: the server stops at the cap (at most one frame past it), and
+/// sends the rest as he answers; each of the 40 arrives once.
+#[test]
+fn stored_frames_sent_and_unconfirmed_stay_within_the_per_connection_cap() {
+    const STORED: usize = 40;
+    const CAP_BYTES: usize = 8 * 1024;
+    let data = TempDir::new("bin24-unconfirmed-cap");
+    let server = TestServer::start(Config {
+        bin24_unconfirmed_bytes_per_conn_max: CAP_BYTES,
+        bin24_offline_window_bytes: 4096,
+        ..custody_config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Bin24::connect(addr, "alice");
+    let body = "s".repeat(1000);
+    let ids: Vec<u32> = (0..STORED).map(|_| alice.send("bob", &body)).collect();
+    for _ in 0..STORED {
+        assert_eq!(alice.recv().body, b"300");
+    }
+    let mut bob = Bin24::connect(addr, "bob");
+    let mut got = bob.register_and_wait();
+    // Read all that comes until a quiet spell: a slow server can only make this smaller.
+    let quiet = |bob: &mut Bin24, got: &mut Vec<Received>| loop {
+        if let Some(frame) = bob.try_frame() {
+            got.push(frame);
+            continue;
+        }
+        bob.stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut chunk = [0u8; 65536];
+        let read = bob.stream.read(&mut chunk);
+        bob.stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        match read {
+            Ok(0) => panic!("bob closed"),
+            Ok(n) => bob.buffer.extend_from_slice(&chunk[..n]),
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return,
+            Err(err) => panic!("bob: {err}"),
+        }
+    };
+    quiet(&mut bob, &mut got);
+    let unconfirmed: usize = got.iter().map(|frame| frame.raw.len()).sum();
+    assert!(
+        !got.is_empty() && unconfirmed <= CAP_BYTES + 1024,
+        "{} frames, {unconfirmed} bytes sent unanswered; the cap is {CAP_BYTES}",
+        got.len()
+    );
+    // Answering them lets the rest come, each once.
+    let mut answered = 0;
+    while answered < STORED {
+        for frame in &got[answered..] {
+            bob.answer(frame);
+        }
+        answered = got.len();
+        if answered < STORED {
+            got.push(bob.recv());
+            quiet(&mut bob, &mut got);
+            let unanswered: usize = got[answered..].iter().map(|frame| frame.raw.len()).sum();
+            assert!(
+                unanswered <= CAP_BYTES + 1024,
+                "{unanswered} bytes unanswered"
+            );
+        }
+    }
+    let seen: Vec<u32> = got.iter().map(|frame| frame.message_id).collect();
+    assert_eq!(seen, ids, "every stored frame once, in order");
+}
+
 #[test]
 fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_full() {
     const SENDERS: usize = 4;
