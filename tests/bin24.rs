@@ -587,6 +587,324 @@ fn the_store_wide_cap_answers_507_whoever_the_recipient() {
     }
 }
 
+/// README `--offline-frames-per-user-max`, `--offline-bytes-per-user-max` and PROTOCOLS.md
+/// BIN24 rule 7: a frame that would pass its recipient's limit is answered "507" and not
+/// stored, while other recipients' frames still are (the limits are one user's, not the
+/// store's), and the frames answered "300" arrive, nothing else. Delivery frees the user's
+/// room. The store's own tests check the ledger; this checks the flags reach it behind BIN24.
+#[test]
+fn the_per_user_limits_answer_507_for_that_user_alone_and_delivery_frees_room() {
+    const FRAMES_PER_USER_MAX: u64 = 3;
+    const BYTES_PER_USER_MAX: u64 = 1000;
+    let data = TempDir::new("bin24-per-user-cap");
+    let server = TestServer::start(Config {
+        offline_frames_per_user_max: FRAMES_PER_USER_MAX,
+        offline_bytes_per_user_max: BYTES_PER_USER_MAX,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Bin24::connect(addr, "alice");
+    let mut send = |to: &str, text: &str, expected: &[u8]| {
+        let id = alice.send(to, text);
+        expect_answer(&alice.recv(), id, to, "alice", expected);
+    };
+    // The frame count: bob's fourth is refused, carol still takes frames after it.
+    for index in 0..FRAMES_PER_USER_MAX {
+        send("bob", &format!("bob {index}"), b"300");
+    }
+    send("bob", "bob over", b"507");
+    send("carol", "carol 0", b"300");
+    send("bob", "bob over again", b"507");
+    // The byte count: two 600-byte bodies pass 1,000 bytes for dave, a small one still fits.
+    let big = "d".repeat(600);
+    send("dave", &big, b"300");
+    send("dave", &big, b"507");
+    send("dave", "dave small", b"300");
+
+    // Exactly the frames answered "300" arrive (after the sign-in's echo or before it: the
+    // backlog loads from the store), then nothing: the refused ones were not stored.
+    let stored = |peer: &mut Bin24, count: usize| -> Vec<Vec<u8>> {
+        let mut frames = peer.register_and_wait();
+        while frames.len() < count {
+            frames.push(peer.recv());
+        }
+        peer.expect_quiet_for(Duration::from_millis(200));
+        frames
+            .into_iter()
+            .map(|frame| {
+                assert_eq!(frame.frame_type, codec::TYPE_OFFLINE, "{frame:?}");
+                peer.answer(&frame);
+                frame.body
+            })
+            .collect()
+    };
+    let mut bob = Bin24::connect(addr, "bob");
+    let expected: Vec<Vec<u8>> = (0..FRAMES_PER_USER_MAX)
+        .map(|index| format!("bob {index}").into_bytes())
+        .collect();
+    assert_eq!(
+        stored(&mut bob, expected.len()),
+        expected,
+        "bob's stored frames"
+    );
+    let mut dave = Bin24::connect(addr, "dave");
+    assert_eq!(
+        stored(&mut dave, 2),
+        vec![big.into_bytes(), b"dave small".to_vec()],
+        "dave's stored frames"
+    );
+
+    // Answered, bob's frames leave the store: his room is back while he is offline again.
+    drop(bob);
+    server.wait_connections(2);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let id = alice.send("bob", "room again");
+        // Bob's answers to his stored frames come to alice as well: skip them.
+        let answer = loop {
+            let frame = alice.recv();
+            if frame.message_id == id {
+                break frame;
+            }
+        };
+        if answer.body == b"300" {
+            break;
+        }
+        expect_answer(&answer, id, "bob", "alice", b"507");
+        assert!(Instant::now() < deadline, "bob's room never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// PROTOCOLS.md BIN24 (`--bin24-unacked-per-recipient-max`, 10,000): at most that many
+/// messages await answers from one recipient; the next ones are stored ("300") instead of
+/// sent, so a recipient that never answers cannot make the server hold unbounded frames for
+/// it (each unanswered one is kept until its answer or the ack timeout). Nothing is lost: the
+/// stored ones arrive as type 2, once, in order, and each live one arrived once.
+#[test]
+fn messages_beyond_the_unanswered_cap_are_stored_not_sent_and_arrive_later() {
+    const UNACKED_MAX: usize = 3;
+    const SENT: usize = 6;
+    let data = TempDir::new("bin24-unacked-cap");
+    let server = TestServer::start(Config {
+        bin24_unacked_per_recipient_max: UNACKED_MAX,
+        // Long enough that the ack timeout does not close bob during the test.
+        bin24_ack_timeout_ms: 30_000,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut bob = Bin24::connect(addr, "bob");
+    assert!(bob.register_and_wait().is_empty());
+    let mut alice = Bin24::connect(addr, "alice");
+    let ids: Vec<u32> = (0..SENT)
+        .map(|index| alice.send("bob", &format!("m{index}")))
+        .collect();
+    // The first three are sent to bob, who does not answer; the rest are stored.
+    let live: Vec<Received> = (0..UNACKED_MAX).map(|_| bob.recv()).collect();
+    for (frame, id) in live.iter().zip(&ids) {
+        assert_eq!(frame.frame_type, codec::TYPE_MESSAGE, "{frame:?}");
+        assert_eq!(frame.message_id, *id, "{frame:?}");
+    }
+    for &id in &ids[UNACKED_MAX..] {
+        expect_answer(&alice.recv(), id, "bob", "alice", b"300");
+    }
+    // Bob answers; alice gets his answers. The stored ones wait for his next login (seen:
+    // nothing more on this connection; they are not sent while he stays).
+    for frame in &live {
+        bob.answer(frame);
+    }
+    for &id in &ids[..UNACKED_MAX] {
+        let answer = alice.recv();
+        assert_eq!(answer.frame_type, codec::TYPE_ANSWER, "{answer:?}");
+        assert_eq!(answer.message_id, id, "{answer:?}");
+    }
+    // Under the cap again, a new message goes to bob live, and is the next thing he gets.
+    let fresh = alice.send("bob", "fresh");
+    let frame = bob.recv();
+    assert_eq!(
+        (frame.frame_type, frame.message_id),
+        (codec::TYPE_MESSAGE, fresh),
+        "{frame:?}"
+    );
+    bob.answer(&frame);
+    alice.recv();
+    drop(bob);
+    server.wait_connections(1);
+    let mut bob = Bin24::connect(addr, "bob");
+    let mut stored = bob.register_and_wait();
+    while stored.len() < SENT - UNACKED_MAX {
+        stored.push(bob.recv());
+    }
+    bob.expect_quiet_for(Duration::from_millis(200));
+    let got: Vec<(u16, u32)> = stored
+        .iter()
+        .map(|frame| (frame.frame_type, frame.message_id))
+        .collect();
+    let want: Vec<(u16, u32)> = ids[UNACKED_MAX..]
+        .iter()
+        .map(|&id| (codec::TYPE_OFFLINE, id))
+        .collect();
+    assert_eq!(got, want, "the stored ones, once, in order");
+}
+
+/// README `--bin24-sender-bytes-per-s-max` (8 MiB) and PROTOCOLS.md BIN24: besides the pair
+/// limit (`a_direct_message_flood_...`), the bytes one sender makes online users receive in
+/// all are limited: frames spread over many recipients pass while the sender's bucket holds,
+/// then each is answered "429" and neither delivered nor stored; the pair limit is off so
+/// only the total refuses.
+#[test]
+fn frames_spread_over_many_recipients_are_limited_by_the_senders_total() {
+    const RECIPIENTS: usize = 4;
+    const SENT: usize = 8;
+    let data = TempDir::new("bin24-sender-total");
+    let server = TestServer::start(Config {
+        // A bucket of four 1,024-byte frames, refilling one in a quarter second.
+        bin24_sender_bytes_per_s_max: 4096,
+        bin24_pair_bytes_per_s_max: 0,
+        ..config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut recipients: Vec<Bin24> = (0..RECIPIENTS)
+        .map(|index| {
+            let mut peer = Bin24::connect(addr, &format!("u{index}"));
+            assert!(peer.register_and_wait().is_empty());
+            peer
+        })
+        .collect();
+    let mut alice = Bin24::connect(addr, "alice");
+    let body = "b".repeat(1000);
+    let frames: Vec<u8> = (0..SENT)
+        .flat_map(|index| {
+            codec::encode(
+                codec::TYPE_MESSAGE,
+                index as u32,
+                name("alice"),
+                name(&format!("u{}", index % RECIPIENTS)),
+                body.as_bytes(),
+            )
+            .expect("frame")
+            .to_vec()
+        })
+        .collect();
+    alice.send_raw(&frames);
+    // The first four reach their recipients, who answer them.
+    for (index, peer) in recipients.iter_mut().enumerate() {
+        let frame = peer.recv();
+        assert_eq!(
+            (frame.frame_type, frame.message_id),
+            (codec::TYPE_MESSAGE, index as u32),
+            "{frame:?}"
+        );
+        peer.answer(&frame);
+    }
+    let mut refused = Vec::new();
+    let mut answered = Vec::new();
+    for _ in 0..SENT {
+        let answer = alice.recv();
+        assert_eq!(answer.frame_type, codec::TYPE_ANSWER, "{answer:?}");
+        if answer.body == b"429" {
+            refused.push(answer.message_id);
+        } else {
+            answered.push(answer.message_id);
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [0, 1, 2, 3], "answered by their recipients");
+    assert_eq!(refused, [4, 5, 6, 7], "answered 429 by the server");
+    // Neither delivered nor stored: each recipient's next frame is a later one from a
+    // witness, and nothing comes at a new login.
+    let mut witness = Bin24::connect(addr, "witness");
+    for (index, peer) in recipients.iter_mut().enumerate() {
+        let id = witness.send(&format!("u{index}"), "marker");
+        let frame = peer.recv();
+        assert_eq!(
+            (frame.src.as_str(), frame.message_id),
+            ("witness", id),
+            "{frame:?}"
+        );
+        peer.answer(&frame);
+    }
+    drop(recipients);
+    server.wait_connections(2);
+    let mut again = Bin24::connect(addr, "u0");
+    assert!(
+        again.register_and_wait().is_empty(),
+        "nothing was stored for u0"
+    );
+    again.expect_quiet_for(Duration::from_millis(200));
+}
+
+/// PROTOCOLS.md BIN24 rule 2 bounds (`--bin24-unconfirmed-bytes-per-conn-max`, 64 MiB): at
+/// most that many bytes of stored frames are sent to one connection and not yet delivered.
+/// Bob's TCP takes everything sent (he reads) but he answers nothing and the grace is long, so
+/// nothing counts as delivered: the server stops at the cap (at most one frame past it), and
+/// sends the rest as he answers; each of the 40 arrives once.
+#[test]
+fn stored_frames_sent_and_unconfirmed_stay_within_the_per_connection_cap() {
+    const STORED: usize = 40;
+    const CAP_BYTES: usize = 8 * 1024;
+    let data = TempDir::new("bin24-unconfirmed-cap");
+    let server = TestServer::start(Config {
+        bin24_unconfirmed_bytes_per_conn_max: CAP_BYTES,
+        bin24_offline_window_bytes: 4096,
+        ..custody_config(&data)
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Bin24::connect(addr, "alice");
+    let body = "s".repeat(1000);
+    let ids: Vec<u32> = (0..STORED).map(|_| alice.send("bob", &body)).collect();
+    for _ in 0..STORED {
+        assert_eq!(alice.recv().body, b"300");
+    }
+    let mut bob = Bin24::connect(addr, "bob");
+    let mut got = bob.register_and_wait();
+    // Read all that comes until a quiet spell: a slow server can only make this smaller.
+    let quiet = |bob: &mut Bin24, got: &mut Vec<Received>| loop {
+        if let Some(frame) = bob.try_frame() {
+            got.push(frame);
+            continue;
+        }
+        bob.stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut chunk = [0u8; 65536];
+        let read = bob.stream.read(&mut chunk);
+        bob.stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        match read {
+            Ok(0) => panic!("bob closed"),
+            Ok(n) => bob.buffer.extend_from_slice(&chunk[..n]),
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return,
+            Err(err) => panic!("bob: {err}"),
+        }
+    };
+    quiet(&mut bob, &mut got);
+    let unconfirmed: usize = got.iter().map(|frame| frame.raw.len()).sum();
+    assert!(
+        !got.is_empty() && unconfirmed <= CAP_BYTES + 1024,
+        "{} frames, {unconfirmed} bytes sent unanswered; the cap is {CAP_BYTES}",
+        got.len()
+    );
+    // Answering them lets the rest come, each once.
+    let mut answered = 0;
+    while answered < STORED {
+        for frame in &got[answered..] {
+            bob.answer(frame);
+        }
+        answered = got.len();
+        if answered < STORED {
+            got.push(bob.recv());
+            quiet(&mut bob, &mut got);
+            let unanswered: usize = got[answered..].iter().map(|frame| frame.raw.len()).sum();
+            assert!(
+                unanswered <= CAP_BYTES + 1024,
+                "{unanswered} bytes unanswered"
+            );
+        }
+    }
+    let seen: Vec<u32> = got.iter().map(|frame| frame.message_id).collect();
+    assert_eq!(seen, ids, "every stored frame once, in order");
+}
+
 #[test]
 fn a_flood_to_offline_users_is_held_back_not_dropped_when_the_store_queue_is_full() {
     const SENDERS: usize = 4;

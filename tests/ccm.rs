@@ -96,16 +96,90 @@ fn an_unknown_addressee_gets_an_error() {
     alice.read_through(b"\n\nto myself");
 }
 
+/// PROTOCOLS.md CCM rule 5 and README `--ccm-keepalive-idle-ms`, `--ccm-keepalive-answer-ms`:
+/// the ping comes after the idle time, and the close after the answer time counted from the
+/// ping, neither early nor much late. The answer time is long here (1 s) so that the bound
+/// above it (the margin is for a loaded debug build) tells it from twice its length.
 #[test]
 fn a_silent_identified_client_is_pinged_then_closed() {
-    let server = server();
+    const SILENT_ANSWER_MS: u64 = 1000;
+    const LATE_MARGIN_MS: u64 = 400;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        ccm_keepalive_idle_ms: IDLE_MS,
+        ccm_keepalive_answer_ms: SILENT_ANSWER_MS,
+        ..Config::for_tests()
+    });
     let (mut silent, _) = identify(&server, "silent");
     let started = Instant::now();
     silent.expect(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
-    assert!(started.elapsed() >= Duration::from_millis(IDLE_MS - 20));
+    let pinged_after = started.elapsed();
+    assert!(
+        pinged_after >= Duration::from_millis(IDLE_MS - 20),
+        "{pinged_after:?}"
+    );
+    assert!(
+        pinged_after < Duration::from_millis(IDLE_MS + LATE_MARGIN_MS),
+        "{pinged_after:?}"
+    );
+    let pinged = Instant::now();
     assert!(silent.expect_closed().is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(IDLE_MS + ANSWER_MS - 20));
+    let closed_after = pinged.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(SILENT_ANSWER_MS - 20),
+        "closed {closed_after:?} after the ping"
+    );
+    assert!(
+        closed_after < Duration::from_millis(SILENT_ANSWER_MS + LATE_MARGIN_MS),
+        "closed {closed_after:?} after the ping, answer time {SILENT_ANSWER_MS} ms"
+    );
     server.wait_connections(0);
+}
+
+/// PROTOCOLS.md CCM rule 5: the keepalive counts silence, so a client that talks is never
+/// pinged, and any CCM message (a Text here, not only a `Connect`) answers a ping. The talker
+/// sends to itself every quarter idle period for five idle periods: each next thing it gets
+/// is its own message, never a `Connect`. Then it goes quiet, is pinged, answers with a Text
+/// within the window, and is still served after the window has passed.
+#[test]
+fn a_talking_client_is_never_pinged_and_any_message_answers_a_ping() {
+    // Longer than the file's 200 ms, so that a stalled test thread (a loaded debug build)
+    // does not look like silence: the talker speaks every 50 ms.
+    const TALKER_IDLE_MS: u64 = 500;
+    const TALKER_ANSWER_MS: u64 = 300;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        ccm_keepalive_idle_ms: TALKER_IDLE_MS,
+        ccm_keepalive_answer_ms: TALKER_ANSWER_MS,
+        ..Config::for_tests()
+    });
+    let (mut talker, token) = identify(&server, "talker");
+    let talked = Instant::now();
+    let mut round = 0;
+    while talked.elapsed() < Duration::from_millis(4 * TALKER_IDLE_MS) {
+        std::thread::sleep(Duration::from_millis(50));
+        let body = format!("round {round}");
+        talker.send(&text(&token, "talker", &body));
+        talker.expect(&delivered("talker", "talker", &body));
+        round += 1;
+    }
+    let quiet = Instant::now();
+    talker.expect(b"CCM\\1.0 Connect\nContent-Length: 0\n\n");
+    assert!(quiet.elapsed() >= Duration::from_millis(TALKER_IDLE_MS - 20));
+    talker.send(&text(&token, "talker", "here"));
+    talker.expect(&delivered("talker", "talker", "here"));
+    // Past the answer window: still served (another ping may come first, nothing else).
+    std::thread::sleep(Duration::from_millis(TALKER_ANSWER_MS + 50));
+    talker.send(&text(&token, "talker", "still here"));
+    let got = talker.read_through(b"\n\nstill here");
+    let last = delivered("talker", "talker", "still here");
+    let before = &got[..got.len() - last.len()];
+    assert!(
+        got.ends_with(&last)
+            && (before.is_empty() || before == b"CCM\\1.0 Connect\nContent-Length: 0\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[test]
@@ -240,4 +314,62 @@ fn an_addressed_flood_is_refused_to_its_sender_and_its_recipient_stays() {
     );
     let stats = server.stop();
     assert_eq!(stats.slow_consumer_closes, 0, "{stats}");
+}
+
+/// README `--ccm-sender-bytes-per-s-max` (8 MiB) and PROTOCOLS.md CCM rule 3: besides the
+/// pair limit (`an_addressed_flood_...`), what one sender makes everyone together receive is
+/// limited: messages spread over many addressees pass while the sender's bucket (a second's
+/// worth, at least one largest message: about 1 MiB here) holds, then each is refused with
+/// Error `rate-limited` and reaches nobody; the pair limit is off so only the total refuses.
+#[test]
+fn messages_spread_over_many_addressees_are_limited_by_the_senders_total() {
+    const CONTENT_BYTES: usize = 200 * 1024;
+    const SENT: usize = 8;
+    const ADDRESSEES: usize = 4;
+    let server = TestServer::start(Config {
+        ccm_port: Some(0),
+        // Slow enough that nothing refills while the burst is read: 64 KiB a second, the
+        // bucket holding one largest message (1 MiB of content and its headers).
+        ccm_sender_bytes_per_s_max: 64 * 1024,
+        ccm_pair_bytes_per_s_max: 0,
+        ..Config::for_tests()
+    });
+    let mut addressees: Vec<(Client, String)> = (0..ADDRESSEES)
+        .map(|index| identify(&server, &format!("u{index}")))
+        .collect();
+    let (mut sender, sender_token) = identify(&server, "sender");
+    let (mut witness, witness_token) = identify(&server, "witness");
+    let burst: Vec<u8> = (0..SENT)
+        .flat_map(|index| {
+            let body = format!("{index:02}{}", "x".repeat(CONTENT_BYTES - 2));
+            text(&sender_token, &format!("u{}", index % ADDRESSEES), &body)
+        })
+        .collect();
+    sender.send(&burst);
+    // 1,058,816 bytes of bucket over about 205,000 a message: five pass, three are refused.
+    let refusal = b"CCM\\1.0 Error\nReason: rate-limited\n";
+    for _ in 0..3 {
+        sender.read_through(refusal);
+    }
+    let mut delivered = Vec::new();
+    for (index, (addressee, _)) in addressees.iter_mut().enumerate() {
+        witness.send(&text(&witness_token, &format!("u{index}"), "marker"));
+        let got = addressee.read_through(b"\n\nmarker");
+        let mut at = 0;
+        while let Some(found) = common::find(&got[at..], b"Sender: sender\n") {
+            at += found + 1;
+            let body = common::find(&got[at..], b"\n\n").expect("a body") + at + 2;
+            delivered.push(String::from_utf8_lossy(&got[body..body + 2]).into_owned());
+        }
+    }
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        ["00", "01", "02", "03", "04"],
+        "the first five, each once"
+    );
+    // Nothing more was refused, and the sender is still served.
+    sender.send(&text(&sender_token, "sender", "still here"));
+    let rest = sender.read_through(b"\n\nstill here");
+    assert_eq!(common::count(&rest, b"CCM\\1.0 Error"), 0);
 }

@@ -231,3 +231,163 @@ fn a_brokered_link_carries_private_messages_and_a_file_directly() {
     alice.expect_broadcast("alice", "done");
     bob.expect_broadcast("alice", "done");
 }
+
+/// The next packet that is not a sign-in or sign-out notice; returns its type.
+fn next_packet_beyond_notices(peer: &mut Peer) -> i32 {
+    loop {
+        match peer.int() {
+            3 | 16 => {
+                peer.string();
+            }
+            other => return other,
+        }
+    }
+}
+
+/// PROTOCOLS.md MATOU rule 3 (`--matou-pending-requests-per-user-max`, 64): the requests one
+/// user has waiting for an answer are bounded, so one user cannot grow the server's table of
+/// pairs without bound. Over the cap the requester gets ERROR 10 and the target nothing; a
+/// request repeated while pending is not a new one; an accept or the target leaving frees a
+/// slot; other requesters have their own count. (The per-second request rates, set to 0
+/// here, would otherwise refuse first.)
+#[test]
+fn pending_private_requests_are_capped_per_requester_with_error_10() {
+    const PENDING_MAX: usize = 4;
+    let server = TestServer::start(Config {
+        matou_port: Some(0),
+        matou_pending_requests_per_user_max: PENDING_MAX,
+        matou_private_requests_per_s_max: 0,
+        matou_private_requests_per_pair_per_s_max: 0,
+        ..Config::for_tests()
+    });
+    let names: Vec<String> = (0..=PENDING_MAX).map(|index| format!("d{index}")).collect();
+    let mut targets: Vec<Peer> = names
+        .iter()
+        .map(|name| Peer::sign_in(&server, name))
+        .collect();
+    let mut mallory = Peer::sign_in(&server, "mallory");
+    let request = |to: &str| packet(6, &[&string(to.as_bytes())]);
+    let notified = |target: &mut Peer| {
+        assert_eq!(next_packet_beyond_notices(target), 7, "{}", target.name);
+        assert_eq!(target.string(), "mallory", "{}", target.name);
+    };
+
+    for (name, target) in names.iter().zip(&mut targets).take(PENDING_MAX) {
+        mallory.send(&request(name));
+        notified(target);
+    }
+    mallory.send(&request(&names[PENDING_MAX]));
+    assert_eq!(mallory.expect_error(), 10, "one request over the cap");
+    // Asking d0 again while pending repeats the notice and takes no new slot.
+    mallory.send(&request(&names[0]));
+    notified(&mut targets[0]);
+    mallory.send(&request(&names[PENDING_MAX]));
+    assert_eq!(mallory.expect_error(), 10, "still at the cap");
+    // Another requester is not held by mallory's count; and d4's next packet is its notice,
+    // so the two refused requests reached d4 not at all.
+    let mut other = Peer::sign_in(&server, "other");
+    other.send(&request(&names[PENDING_MAX]));
+    assert_eq!(next_packet_beyond_notices(&mut targets[PENDING_MAX]), 7);
+    assert_eq!(targets[PENDING_MAX].string(), "other");
+
+    // d0 accepts: mallory learns its address, and has a slot again.
+    targets[0].send(&packet(8, &[&string(b"mallory")]));
+    assert_eq!(next_packet_beyond_notices(&mut mallory), 9);
+    assert_eq!(mallory.string(), names[0]);
+    assert_eq!(mallory.int(), 4, "an IPv4 address");
+    assert_eq!(mallory.read_exact(4), Ipv4Addr::LOCALHOST.octets());
+    mallory.send(&request(&names[PENDING_MAX]));
+    notified(&mut targets[PENDING_MAX]);
+    mallory.send(&request("other"));
+    assert_eq!(mallory.expect_error(), 10, "at the cap again");
+    // d1 leaves: its pending request is dropped with it, freeing another slot.
+    targets[1].send(&packet(15, &[]));
+    loop {
+        if next_packet_beyond_notices_named(&mut mallory, 16) == names[1] {
+            break;
+        }
+    }
+    mallory.send(&request("other"));
+    assert_eq!(next_packet_beyond_notices(&mut other), 7);
+    assert_eq!(other.string(), "mallory");
+}
+
+/// Reads packets until one of type `kind` (sign-in and sign-out notices skipped unless that is
+/// the kind asked); returns its name field.
+fn next_packet_beyond_notices_named(peer: &mut Peer, kind: i32) -> String {
+    loop {
+        let got = peer.int();
+        let name = peer.string();
+        if got == kind {
+            return name;
+        }
+        assert!(
+            got == 3 || got == 16,
+            "{}: unexpected packet {got}",
+            peer.name
+        );
+    }
+}
+
+/// README `--matou-private-requests-per-s-max` (20) and PROTOCOLS.md MATOU rule 3: besides
+/// the per-pair rate (tests/fairness.rs), one user's requests to everyone together are
+/// limited: a sender asking many different users at once gets a second's worth through
+/// (each target notified) and ERROR 12 for the rest (their targets get nothing); the pair
+/// limit is off here so that only the sender's total can refuse.
+#[test]
+fn private_requests_to_many_users_are_limited_per_sender_with_error_12() {
+    const PER_S: usize = 5;
+    const TARGETS: usize = 12;
+    let server = TestServer::start(Config {
+        matou_port: Some(0),
+        matou_private_requests_per_s_max: PER_S as u64,
+        matou_private_requests_per_pair_per_s_max: 0,
+        ..Config::for_tests()
+    });
+    let names: Vec<String> = (0..TARGETS).map(|index| format!("t{index}")).collect();
+    let mut targets: Vec<Peer> = names
+        .iter()
+        .map(|name| Peer::sign_in(&server, name))
+        .collect();
+    let mut mallory = Peer::sign_in(&server, "mallory");
+    let requests: Vec<u8> = names
+        .iter()
+        .flat_map(|name| packet(6, &[&string(name.as_bytes())]))
+        .collect();
+    mallory.send(&requests);
+    // Every request is answered in order: nothing (it passed) or ERROR 12; mallory gets
+    // nothing else but sign-in notices meanwhile.
+    let mut refused = 0;
+    while refused + PER_S < TARGETS {
+        let kind = next_packet_beyond_notices(&mut mallory);
+        assert_eq!(kind, 17, "mallory: an ERROR expected");
+        assert_eq!(mallory.int(), 12);
+        mallory.string();
+        refused += 1;
+    }
+    // Then a public message from a witness: whatever a target got from mallory came before it.
+    let mut witness = Peer::sign_in(&server, "witness");
+    witness.say("marker");
+    let mut notified = 0;
+    for (name, target) in names.iter().zip(&mut targets) {
+        loop {
+            match next_packet_beyond_notices(target) {
+                7 => {
+                    assert_eq!(target.string(), "mallory", "{name}");
+                    notified += 1;
+                }
+                5 => {
+                    assert_eq!(target.string(), "witness", "{name}");
+                    assert_eq!(target.string(), "marker", "{name}");
+                    break;
+                }
+                other => panic!("{name}: unexpected packet {other}"),
+            }
+        }
+    }
+    assert_eq!(
+        (notified, refused),
+        (PER_S, TARGETS - PER_S),
+        "a second's worth passes, the rest is refused"
+    );
+}

@@ -22,6 +22,7 @@ use std::time::Duration;
 use common::ocm::Ocm;
 use common::{TestServer, WAIT};
 use switchboard::config::Config;
+use switchboard::protocol::DatagramDrop;
 
 const LEAVE_SUFFIX: &str = "から退出しました。";
 
@@ -337,4 +338,195 @@ fn the_stage1_relay_forwards_each_datagram_verbatim_to_the_other_peers() {
     peers[1].send_to(b"last", relay).expect("send");
     assert_eq!(recv(&peers[0]), b"last");
     assert_eq!(recv(&peers[2]), b"last");
+}
+
+/// A TCRP request's state byte (2 granted, 3 the 500 answer) and its JSON.
+fn tcrp_outcome(server: &TestServer, room: &str, operation: u8, name: &str) -> (u8, String) {
+    let udp = new_socket("127.0.0.1").local_addr().expect("addr");
+    let (_, _, state, json) = answer_json(&exchange(
+        server,
+        &request(room, operation, &json_payload(name, udp)),
+    ));
+    (state, json)
+}
+
+/// PROTOCOLS.md OCM TCRP (`--ocm-room-members-max` 1,000, `--ocm-rooms-max` 10,000): a join
+/// to a full room and a create on a full server are answered 500, so members and rooms (and
+/// the fan-out each datagram costs) stay bounded; a departure makes room again. The rooms
+/// per address limit is turned off here so that the server-wide one is what refuses.
+#[test]
+fn a_full_room_and_a_full_server_answer_500_and_a_departure_makes_room() {
+    let server = server_with(Config {
+        ocm_room_members_max: 3,
+        ocm_rooms_max: 2,
+        ocm_rooms_per_ip_max: 0,
+        ..Config::for_tests()
+    });
+    let refused = |(state, json): (u8, String)| {
+        assert_eq!(state, 3, "refused expected, got {json}");
+        assert!(json.contains("\"status\": 500"), "{json}");
+    };
+    let host = Member::create(&server, "full", "host");
+    let _first = Member::join(&server, "full", "first");
+    let second = Member::join(&server, "full", "second");
+    refused(tcrp_outcome(&server, "full", 2, "third"));
+    // The members are untouched by the refusal.
+    second.say("still three");
+    host.expect("second: still three");
+    second.say("exit");
+    host.expect(&leave_text(&second));
+    let _third = Member::join(&server, "full", "third");
+
+    // Rooms: "full" and one more fill the server.
+    let other_host = Member::create(&server, "other", "oh");
+    refused(tcrp_outcome(&server, "third-room", 1, "th"));
+    // A join of an existing room is not a new room.
+    let guest = Member::join(&server, "other", "guest");
+    other_host.say("exit");
+    // The host's exit closes its room (the guest is told), freeing a room for the next create.
+    guest.expect(&format!(
+        "{}\nホストが退出したため、チャットルーム:otherを終了します。",
+        leave_text(&other_host)
+    ));
+    let _again = Member::create(&server, "third-room", "th");
+}
+
+/// PROTOCOLS.md stage-1 relay (`--ocm-relay-peers-max` 1,000, `--ocm-relay-peers-per-ip-max`
+/// 100): a datagram from a new peer beyond either is dropped and counted (`over_limit`): it
+/// reaches nobody and its sender does not become a peer (so gets nothing relayed), while the
+/// known peers go on. "Reaches nobody" is an event: a later datagram arrives first.
+#[test]
+fn relay_peers_beyond_the_per_ip_and_total_caps_are_dropped_and_counted() {
+    let server = server_with(Config {
+        ocm_relay_peers_max: 3,
+        ocm_relay_peers_per_ip_max: 2,
+        ..Config::for_tests()
+    });
+    let relay = server.ocm_relay.expect("relay enabled");
+    let recv = |socket: &UdpSocket| {
+        let mut buf = [0u8; 4096];
+        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
+        assert_eq!(from, relay);
+        buf[..len].to_vec()
+    };
+    let local: Vec<UdpSocket> = (0..3).map(|_| new_socket("127.0.0.1")).collect();
+    local[0].send_to(b"a0", relay).expect("send");
+    local[1].send_to(b"a1", relay).expect("send");
+    assert_eq!(recv(&local[0]), b"a1");
+    // A third peer from 127.0.0.1: over the per-IP cap.
+    local[2]
+        .send_to(b"a2 over the per-ip cap", relay)
+        .expect("send");
+    local[1].send_to(b"a1 again", relay).expect("send");
+    assert_eq!(
+        recv(&local[0]),
+        b"a1 again",
+        "the over-cap datagram was relayed"
+    );
+    // Another address still has room: the third peer in all.
+    let elsewhere = new_socket("127.0.0.2");
+    elsewhere.send_to(b"b0", relay).expect("send");
+    assert_eq!(recv(&local[0]), b"b0");
+    assert_eq!(recv(&local[1]), b"b0");
+    // A fourth address: over the total cap.
+    let fourth = new_socket("127.0.0.3");
+    fourth
+        .send_to(b"c0 over the total cap", relay)
+        .expect("send");
+    local[0].send_to(b"a0 last", relay).expect("send");
+    assert_eq!(
+        recv(&local[1]),
+        b"a0 last",
+        "the over-cap datagram was relayed"
+    );
+    assert_eq!(recv(&elsewhere), b"a0 last");
+    // Both refusals counted as such, not as any other drop.
+    let stats = server.stop();
+    assert_eq!(
+        stats.datagrams_dropped_by_reason[DatagramDrop::OverLimit.index()],
+        2,
+        "{stats}"
+    );
+}
+
+/// README `--udp-sources-max` (65,536): the table of rate-tracked source addresses per UDP
+/// socket is bounded; while every tracked source is active (its bucket not full again), a
+/// datagram from a new source is dropped and counted (`over_limit`) before any protocol sees
+/// it; once a tracked source has been quiet long enough for its bucket to refill, a new
+/// source takes its place. Over the relay socket, with a slow rate (1 a second, burst 5) so
+/// that "active" lasts a second.
+#[test]
+fn a_full_table_of_rate_tracked_sources_drops_new_sources_until_one_goes_quiet() {
+    let server = server_with(Config {
+        udp_datagrams_per_source_per_s_max: 1,
+        udp_datagrams_per_source_burst_max: 5,
+        udp_sources_max: 2,
+        ..Config::for_tests()
+    });
+    let relay = server.ocm_relay.expect("relay enabled");
+    let recv = |socket: &UdpSocket| {
+        let mut buf = [0u8; 4096];
+        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
+        assert_eq!(from, relay);
+        buf[..len].to_vec()
+    };
+    let first = new_socket("127.0.0.1");
+    let second = new_socket("127.0.0.1");
+    let newcomer = new_socket("127.0.0.1");
+    first.send_to(b"a", relay).expect("send");
+    second.send_to(b"b", relay).expect("send");
+    assert_eq!(recv(&first), b"b");
+    // Both tracked sources are active: the newcomer is dropped before the relay sees it.
+    newcomer.send_to(b"c: table full", relay).expect("send");
+    second.send_to(b"d", relay).expect("send");
+    assert_eq!(recv(&first), b"d", "the newcomer's datagram was relayed");
+    // A second later both buckets are full again: the newcomer's source takes a slot.
+    std::thread::sleep(Duration::from_millis(1200));
+    newcomer.send_to(b"e", relay).expect("send");
+    assert_eq!(recv(&first), b"e");
+    assert_eq!(recv(&second), b"e");
+    let stats = server.stop();
+    assert_eq!(
+        stats.datagrams_dropped_by_reason[DatagramDrop::OverLimit.index()],
+        1,
+        "{stats}"
+    );
+}
+
+/// README `--ocm-room-silent-timeout-ms` (120,000) and PROTOCOLS.md OCM: a room none of whose
+/// members sent an accepted datagram that long after its creation is closed (its members get
+/// the host's leave text, its name is free), never before; a room someone spoke in stays. So
+/// rooms created and abandoned do not hold a slot (of `--ocm-rooms-max` and the creator's
+/// `--ocm-rooms-per-ip-max`) for the whole idle time.
+#[test]
+fn a_room_nobody_speaks_in_is_closed_at_the_silent_timeout_and_a_spoken_one_stays() {
+    const SILENT_MS: u64 = 300;
+    let server = server_with(Config {
+        ocm_room_silent_timeout_ms: SILENT_MS,
+        ..Config::for_tests()
+    });
+    let created = std::time::Instant::now();
+    let quiet_host = Member::create(&server, "quiet", "qh");
+    let quiet_guest = Member::join(&server, "quiet", "qg");
+    let spoken_host = Member::create(&server, "spoken", "sh");
+    let spoken_guest = Member::join(&server, "spoken", "sg");
+    spoken_guest.say("hello");
+    spoken_host.expect("sg: hello");
+
+    quiet_guest.expect(&format!(
+        "{}\nホストが退出したため、チャットルーム:quietを終了します。",
+        leave_text(&quiet_host)
+    ));
+    let closed_after = created.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(SILENT_MS),
+        "closed {closed_after:?} after its creation, before {SILENT_MS} ms"
+    );
+    // Its name is free again: a create succeeds (it would be answered 400 while it exists).
+    let _again = Member::create(&server, "quiet", "qh2");
+    // The spoken room outlived the timeout: it is still there to join, and still relays.
+    std::thread::sleep(Duration::from_millis(SILENT_MS));
+    let late = Member::join(&server, "spoken", "late");
+    spoken_host.say("still open");
+    late.expect("sh: still open");
 }

@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::web::Web;
@@ -114,4 +116,203 @@ fn at_the_connection_cap_accepting_resumes_only_a_tenth_below_it() {
     drop(members.pop());
     newcomer.expect(b"alias?");
     server.wait_connections(CAP as u64 - 1);
+}
+
+/// What each TCP protocol's server answers at once to `hello`, so that an accepted connection
+/// is told apart from a refused one by an answer, not by a timed silence.
+fn tcp_hellos(server: &TestServer) -> Vec<(&'static str, SocketAddr, Vec<u8>)> {
+    let bin24_self_message = switchboard::protocol::bin24::codec::encode(
+        switchboard::protocol::bin24::codec::TYPE_MESSAGE,
+        1,
+        common::bin24::name("probe"),
+        common::bin24::name("probe"),
+        b"hello",
+    )
+    .expect("frame")
+    .to_vec();
+    let mut ocm_bad_operation = vec![1u8, 9, 0];
+    ocm_bad_operation.extend_from_slice(&[0u8; 21]);
+    ocm_bad_operation.extend_from_slice(&1u64.to_be_bytes());
+    ocm_bad_operation.extend_from_slice(b"rx");
+    vec![
+        // ROOM speaks first: `alias?`.
+        ("ROOM", server.room, Vec::new()),
+        // Echoed: a message to oneself.
+        ("BIN24", server.bin24.expect("BIN24"), bin24_self_message),
+        // The HTTP 400 answer.
+        (
+            "CCM",
+            server.ccm.expect("CCM"),
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        ),
+        // CONNECT_RESPONSE.
+        (
+            "MATOU",
+            server.matou.expect("MATOU"),
+            common::matou::packet(1, &[&common::matou::string(b"probe")]),
+        ),
+        // The page.
+        (
+            "WEB",
+            server.web.expect("WEB"),
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(),
+        ),
+        // The 500 answer to an unknown operation.
+        ("OCM TCRP", server.ocm_tcp.expect("OCM"), ocm_bad_operation),
+    ]
+}
+
+/// Connect to `addr` from `source`, send `hello`, and return what arrives before the
+/// server closes or goes quiet for `quiet`, and whether it closed.
+fn first_answer(source: &str, addr: SocketAddr, hello: &[u8]) -> (Vec<u8>, bool) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let source: std::net::SocketAddr = format!("{source}:0").parse().expect("address");
+    socket.bind(&source.into()).expect("bind");
+    socket.connect(&addr.into()).expect("connect");
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    // Refused at accept, the write may meet a reset: that is an answer too.
+    let _ = stream.write_all(hello);
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => return (got, true),
+            Err(_) if !got.is_empty() => return (got, false),
+            Err(err) => panic!("{addr}: neither an answer nor a close: {err}"),
+        }
+    }
+}
+
+/// README `--connections-per-ip-max` (256): connections from one IP are counted over every
+/// TCP protocol together, and the next one is closed at accept, before its protocol answers
+/// anything, whichever protocol's port it reaches; another address has its own count, and a
+/// close makes room. tests/limits.rs checks ROOM and MATOU; this checks every TCP listener.
+#[test]
+fn the_per_ip_limit_counts_and_refuses_on_every_tcp_protocols_port() {
+    let data = common::TempDir::new("per-ip-every-protocol");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        ccm_port: Some(0),
+        matou_port: Some(0),
+        web_port: Some(0),
+        ocm_tcp_port: Some(0),
+        ocm_udp_port: Some(0),
+        data_dir: data.0.clone(),
+        connections_per_ip_max: 6,
+        ..Config::for_tests()
+    });
+    let hellos = tcp_hellos(&server);
+    assert_eq!(hellos.len(), 6);
+    // Each protocol answers from 127.0.0.2 (its own count), so a silence below is a refusal.
+    for (protocol, addr, hello) in &hellos {
+        let (answer, _) = first_answer("127.0.0.2", *addr, hello);
+        assert!(!answer.is_empty(), "{protocol}: no answer when accepted");
+    }
+    server.wait_connections(0);
+    // Six held from 127.0.0.1, one per protocol, silent.
+    let held: Vec<TcpStream> = hellos
+        .iter()
+        .map(|(_, addr, _)| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    server.wait_connections(6);
+    for (protocol, addr, hello) in &hellos {
+        let (answer, closed) = first_answer("127.0.0.1", *addr, hello);
+        assert!(
+            closed && answer.is_empty(),
+            "{protocol}: the seventh connection from one IP got {:?} (closed: {closed})",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A close makes room, on any port.
+    drop(held);
+    server.wait_connections(0);
+    let (protocol, addr, hello) = &hellos[4];
+    let (answer, _) = first_answer("127.0.0.1", *addr, hello);
+    assert!(
+        !answer.is_empty(),
+        "{protocol}: refused after the others closed"
+    );
+    let stats = server.stop();
+    assert_eq!(stats.connections_refused_per_ip, 6, "{stats}");
+}
+
+/// README `--web-messages-per-s-max` (20): "lobby and direct messages one web user may send a
+/// second", one budget for both. A web user sends 30 directs then 10 says at once: about 20
+/// pass in all (not 20 directs and 10 says, as separate budgets would let), each answered
+/// (`sent`, or the lobby echo) or refused `rate-limited` (with the direct's id); the
+/// recipient gets exactly the directs that passed.
+#[test]
+fn web_directs_and_says_share_one_rate_and_refused_directs_reach_nobody() {
+    const DIRECTS: usize = 30;
+    const SAYS: usize = 10;
+    let server = TestServer::start(Config {
+        web_port: Some(0),
+        ..Config::for_tests()
+    });
+    let rate_per_s = 20;
+    let web = server.web.expect("WEB");
+    let (mut ann, _) = Web::sign_in(web, "ann");
+    let (mut bob, _) = Web::sign_in(web, "bob");
+    let mut frames = Vec::new();
+    for n in 0..DIRECTS {
+        let direct = json!({"type": "direct", "to": "bob", "text": format!("d{n:02}"), "id": n});
+        frames.extend(ann.frame(true, 1, direct.to_string().as_bytes()));
+    }
+    for n in 0..SAYS {
+        let say = json!({"type": "say", "text": format!("s{n:02}")});
+        frames.extend(ann.frame(true, 1, say.to_string().as_bytes()));
+    }
+    let started = Instant::now();
+    ann.send_raw(&frames);
+    let (mut directs_sent, mut directs_refused) = (Vec::new(), Vec::new());
+    let (mut says_passed, mut says_refused) = (0, 0);
+    while directs_sent.len() + directs_refused.len() < DIRECTS || says_passed + says_refused < SAYS
+    {
+        let answer = ann.recv();
+        match (answer["type"].as_str(), answer["id"].as_u64()) {
+            (Some("sent"), Some(id)) => directs_sent.push(id),
+            (Some("error"), Some(id)) => {
+                assert_eq!(answer["reason"], "rate-limited", "{answer}");
+                directs_refused.push(id);
+            }
+            (Some("error"), None) => {
+                assert_eq!(answer["reason"], "rate-limited", "{answer}");
+                says_refused += 1;
+            }
+            (Some("lobby"), _) if answer["from"] == "ann" => says_passed += 1,
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    let passed = directs_sent.len() + says_passed;
+    let allowed = rate_per_s + (elapsed.as_secs_f64() * rate_per_s as f64).ceil() as usize;
+    assert!(
+        (rate_per_s..=allowed).contains(&passed),
+        "{} directs and {says_passed} says passed in {elapsed:?}; one budget allows \
+         {rate_per_s} to {allowed} in all",
+        directs_sent.len()
+    );
+    // Bob gets exactly the directs that passed, then a later say (cat's: ann's budget is
+    // spent), in order.
+    let (mut cat, _) = Web::sign_in(web, "cat");
+    cat.say("end");
+    let mut got = Vec::new();
+    loop {
+        let message = bob.recv();
+        match message["type"].as_str() {
+            Some("direct") => got.push(message["text"].as_str().expect("text").to_string()),
+            Some("lobby") if message["from"] == "cat" => break,
+            _ => {}
+        }
+    }
+    let mut expected: Vec<String> = directs_sent.iter().map(|n| format!("d{n:02}")).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "bob got exactly the directs answered `sent`");
 }
