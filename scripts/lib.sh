@@ -81,8 +81,20 @@ make_results_dir() {
   echo "$script_name: results go to $results_dir" >&2
 }
 
-# Builds the release chatd and loadgen (into CARGO_TARGET_DIR, default target/).
+# Builds the release chatd and loadgen (into CARGO_TARGET_DIR, default target/). With
+# SWITCHBOARD_BIN_DIR set, nothing is built: that folder's chatd and loadgen run instead, so two
+# builds (e.g. before and after a change, each copied aside) can be measured in turns by the
+# same script. machine.txt names the folder.
 build_release() {
+  if [ -n "${SWITCHBOARD_BIN_DIR:-}" ]; then
+    chatd="$SWITCHBOARD_BIN_DIR/chatd"
+    loadgen="$SWITCHBOARD_BIN_DIR/loadgen"
+    [ -x "$chatd" ] && [ -x "$loadgen" ] || die "SWITCHBOARD_BIN_DIR=$SWITCHBOARD_BIN_DIR: no executable chatd and loadgen there"
+    if [ -n "${results_dir:-}" ]; then
+      echo "binaries: $SWITCHBOARD_BIN_DIR (prebuilt, not built from this tree)" >>"$results_dir/machine.txt"
+    fi
+    return
+  fi
   target_dir=${CARGO_TARGET_DIR:-target}
   run cargo build --release --quiet --workspace --bins
   chatd="$target_dir/release/chatd"
