@@ -162,6 +162,13 @@ struct Bin24Conn {
     more_stored: bool,
     /// A page is being loaded for this connection.
     loading: bool,
+    /// A frame for this user became durable while a page was loading: the page may have been
+    /// read before it, so more may be stored whatever the page says.
+    appended_while_loading: bool,
+    /// Stored frames are known to wait for this connection: a page brought some, or one was
+    /// stored for it while it was online. Until then (the first page at login being read) the
+    /// server does not know whether anything is stored, and a new message goes live.
+    backlog_known: bool,
     /// Waiting in `load_waiters` for room in the global budget.
     waiting_for_budget: bool,
     /// What this user's messages may make others receive; set at login.
@@ -193,6 +200,8 @@ impl Bin24Conn {
             cursor_seq: 0,
             more_stored: false,
             loading: false,
+            appended_while_loading: false,
+            backlog_known: false,
             waiting_for_budget: false,
             sending: None,
             claiming: None,
@@ -249,6 +258,9 @@ pub struct Bin24Service {
     next_ticket: u64,
     /// Users with a page load in flight: at most one per user, whatever its connections do.
     loading_users: HashSet<Name>,
+    /// Frames submitted to each recipient's store and not yet durable (or refused). While a
+    /// recipient has some, new messages to it are stored behind them (see `takes_live`).
+    appending: HashMap<Name, usize>,
     /// Bytes of stored frames in memory (see `Bin24Config::loaded_bytes_max`).
     loaded_bytes: usize,
     /// Connections waiting for room in that budget, in arrival order.
@@ -305,6 +317,7 @@ impl Bin24Service {
             tickets: HashMap::new(),
             next_ticket: 0,
             loading_users: HashSet::new(),
+            appending: HashMap::new(),
             loaded_bytes: 0,
             store_failures: 0,
             load_waiters: VecDeque::new(),
@@ -667,12 +680,7 @@ impl Bin24Service {
             }
             // Too many messages located at once: BIN24's rules for an offline recipient.
         }
-        let online = self.users.get(&recipient).copied().filter(|conn| {
-            self.conns
-                .get(*conn)
-                .is_some_and(|state| state.unacked.len() < self.config.unacked_per_recipient_max)
-        });
-        let Some(recipient_conn) = online else {
+        let Some(recipient_conn) = self.live_conn(recipient) else {
             self.store_for(recipient, sender, message_id, &frame, None, store);
             return;
         };
@@ -871,11 +879,33 @@ impl Bin24Service {
 
     /// The connection of `user`, online here and able to take one more live message.
     fn live_conn(&self, user: Name) -> Option<ConnId> {
-        self.users.get(&user).copied().filter(|conn| {
-            self.conns
-                .get(*conn)
-                .is_some_and(|state| state.unacked.len() < self.config.unacked_per_recipient_max)
-        })
+        self.users
+            .get(&user)
+            .copied()
+            .filter(|&conn| self.takes_live(conn, user))
+    }
+
+    /// Whether a new message to `user`, online on `conn`, goes to its socket now. Not while
+    /// `user` is at its unanswered cap (the frame is stored instead, so a recipient that
+    /// does not answer cannot make the server hold unbounded frames), nor while it has a
+    /// stored backlog not yet all queued to `conn`: the new message is stored behind it, so
+    /// that each sender's messages reach the recipient in the order sent (stored frames go
+    /// out oldest first, and a live one sent now would overtake them).
+    fn takes_live(&self, conn: ConnId, user: Name) -> bool {
+        let Some(state) = self.conns.get(conn) else {
+            return false;
+        };
+        state.unacked.len() < self.config.unacked_per_recipient_max
+            && !self.has_backlog(state, user)
+    }
+
+    /// Whether frames stored for `user` (held by `state`) have yet to be queued to it: some
+    /// being stored, loaded and not yet queued, or known to be stored and not yet loaded.
+    fn has_backlog(&self, state: &Bin24Conn, user: Name) -> bool {
+        self.appending.get(&user).is_some_and(|&count| count > 0)
+            || !state.backlog.is_empty()
+            || state.backlog_known
+                && (state.more_stored || state.loading || state.waiting_for_budget)
     }
 
     /// A frame from another node (`relay.from_node`) for a user of this one: a message is
@@ -1123,6 +1153,8 @@ impl Bin24Service {
                 self.ack_deadlines.cancel(pending.timer);
                 self.forget_unacked(pending.recipient_conn, key);
                 origin = pending.origin;
+                // Under its unanswered cap again: what was stored meanwhile may go out.
+                self.pump_backlog(pending.recipient_conn, out, store);
             }
         }
         // A sender that restarted its messageIDs may have a live message and a stored one with
@@ -1223,6 +1255,7 @@ impl Bin24Service {
             message_id,
             origin,
         });
+        *self.appending.entry(recipient).or_default() += 1;
         store.submit(StoreRequest::Append {
             ticket,
             user: recipient.as_bytes().to_vec(),
@@ -1450,6 +1483,7 @@ impl Bin24Service {
                         origin,
                         out,
                     );
+                    self.append_settled(recipient, true, out, store);
                 }
             }
             StoreEvent::Full { ticket } => {
@@ -1460,6 +1494,7 @@ impl Bin24Service {
                     origin,
                 }) = self.tickets.remove(&ticket)
                 {
+                    self.append_settled(recipient, false, out, store);
                     self.answer(
                         sender,
                         recipient,
@@ -1501,6 +1536,7 @@ impl Bin24Service {
                         message_id,
                         origin,
                     }) => {
+                        self.append_settled(recipient, false, out, store);
                         // Not durable: the sender must not be told "300".
                         self.answer(
                             sender,
@@ -1520,6 +1556,39 @@ impl Bin24Service {
                 }
             }
         }
+    }
+
+    /// A frame submitted for `recipient` is durable (`stored`), or was refused. A durable one
+    /// for a recipient online here (stored because it was at its unanswered cap, or behind
+    /// its backlog) is sent on the same connection with the rest of its backlog, oldest first,
+    /// once it is under the cap: not only at its next login.
+    fn append_settled<O: Outbox, S: StoreSink>(
+        &mut self,
+        recipient: Name,
+        stored: bool,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        if let Some(count) = self.appending.get_mut(&recipient) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.appending.remove(&recipient);
+            }
+        }
+        let Some(conn) = self.users.get(&recipient).copied() else {
+            return;
+        };
+        if stored {
+            if let Some(state) = self.conns.get_mut(conn) {
+                state.backlog_known = true;
+                if state.loading {
+                    state.appended_while_loading = true;
+                } else {
+                    state.more_stored = true;
+                }
+            }
+        }
+        self.pump_backlog(conn, out, store);
     }
 
     /// A page of `user`'s backlog arrived for `conn` (or its load failed).
@@ -1543,14 +1612,19 @@ impl Bin24Service {
                         let bytes: usize = frames.iter().map(|(_, frame)| frame.len()).sum();
                         if let Some(&(last_seq, _)) = frames.last() {
                             state.cursor_seq = last_seq;
+                            state.backlog_known = true;
                         }
-                        state.more_stored = more;
+                        state.more_stored =
+                            more || std::mem::take(&mut state.appended_while_loading);
                         state.backlog.extend(frames);
                         state.backlog_bytes += bytes;
                         self.loaded_bytes += bytes;
                     }
                     // The frames stay stored; they are tried again at the next login.
-                    Err(()) => state.more_stored = false,
+                    Err(()) => {
+                        state.more_stored = false;
+                        state.appended_while_loading = false;
+                    }
                 }
             }
             self.pump_backlog(conn, out, store);
@@ -1563,16 +1637,21 @@ impl Bin24Service {
     }
 
     /// Queue stored frames to `conn` while its window and its unconfirmed budget allow, and
-    /// ask for the next page when the loaded ones are all queued.
+    /// ask for the next page when the loaded ones are all queued. Nothing while it is at its
+    /// unanswered cap: an answer that brings it under calls this again.
     fn pump_backlog<O: Outbox, S: StoreSink>(&mut self, conn: ConnId, out: &mut O, store: &mut S) {
         let window_bytes = self.config.offline_window_bytes;
         let unconfirmed_max = self.config.unconfirmed_bytes_per_conn_max;
+        let unacked_max = self.config.unacked_per_recipient_max;
         let Some(state) = self.conns.get_mut(conn) else {
             return;
         };
         let Some(user) = state.user else {
             return;
         };
+        if state.unacked.len() >= unacked_max {
+            return;
+        }
         while state.sent_unacked_bytes < window_bytes
             && state.sent_unconfirmed_bytes < unconfirmed_max
         {
@@ -1719,11 +1798,7 @@ impl Bin24Service {
         match outcome {
             HubOutcome::Bin24Forward { to, frame } => {
                 let recipient = frame.dst();
-                let live = self.users.get(&recipient) == Some(&to)
-                    && self.conns.get(to).is_some_and(|state| {
-                        state.unacked.len() < self.config.unacked_per_recipient_max
-                    });
-                if live {
+                if self.live_conn(recipient) == Some(to) {
                     self.deliver_live(to, frame, None, now_ms, out, store);
                 } else {
                     let (src, message_id) = (frame.src(), frame.message_id());

@@ -351,11 +351,45 @@ fn a_newer_connection_for_a_name_wins() {
     assert!(
         matches!(last_request, StoreRequest::Load { user, after_seq: 0, .. } if user == b"bob")
     );
-    // New messages go to the new connection; the old one's close changes nothing.
+    // The old connection's close changes nothing. A new message is stored behind the one
+    // still being stored, so that it does not overtake it.
     h.close(conn(2));
     let msg = message(2, "alice", "bob", "to the new bob");
     h.feed(conn(1), &msg);
-    assert_eq!(h.out.sent_to(conn(3)), [msg]);
+    assert!(h.out.sent_to(conn(3)).is_empty());
+    let appends = h.store.appends_for("bob");
+    assert_eq!(appends.len(), 2);
+    for (seq, (ticket, _)) in (1..).zip(&appends) {
+        h.complete(StoreEvent::Appended {
+            ticket: *ticket,
+            seq,
+        });
+    }
+    let (ticket, _) = h.load_in_flight("bob");
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"bob".to_vec(),
+        frames: (1..).zip(appends.iter().map(|(_, f)| f.clone())).collect(),
+        more: false,
+    });
+    let to_new: Vec<Bytes> = h.out.notified.iter().map(|(_, b, _)| b.clone()).collect();
+    assert_eq!(
+        to_new,
+        appends.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()
+    );
+    // Stored while that page was read: one more page is asked for, and it is empty.
+    let (ticket, after_seq) = h.load_in_flight("bob");
+    assert_eq!(after_seq, 2);
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"bob".to_vec(),
+        frames: Vec::new(),
+        more: false,
+    });
+    // With the backlog queued, new messages go live to the new connection.
+    let live = message(3, "alice", "bob", "live");
+    h.feed(conn(1), &live);
+    assert_eq!(h.out.sent_to(conn(3)), [live]);
     assert_eq!(h.service.online_count(), 2);
 }
 
@@ -990,4 +1024,224 @@ fn a_sender_over_its_rates_is_answered_429_and_its_recipient_gets_nothing() {
     h.advance_to(1_000);
     h.feed(conn(1), &message(14, "alice", "bob", "again"));
     assert_eq!(h.out.sent_to(conn(2)).len(), 3);
+}
+
+impl Harness {
+    /// Answer `user`'s login page: nothing stored.
+    fn complete_login_load(&mut self, user: &str) {
+        let (ticket, _) = self
+            .store
+            .loads()
+            .into_iter()
+            .rfind(|(_, to)| to == user.as_bytes())
+            .expect("the login asked for the stored frames");
+        self.complete(StoreEvent::Loaded {
+            ticket,
+            user: user.as_bytes().to_vec(),
+            frames: Vec::new(),
+            more: false,
+        });
+    }
+
+    /// The load in flight for `user`: its ticket and the seq it starts after.
+    fn load_in_flight(&self, user: &str) -> (u64, u64) {
+        self.store
+            .requests
+            .iter()
+            .rev()
+            .find_map(|request| match request {
+                StoreRequest::Load {
+                    ticket,
+                    user: to,
+                    after_seq,
+                    ..
+                } if to == user.as_bytes() => Some((*ticket, *after_seq)),
+                _ => None,
+            })
+            .expect("a load was asked for")
+    }
+
+    /// Stored frames written to `id` so far.
+    fn notified_to(&self, id: ConnId) -> Vec<Bytes> {
+        self.out
+            .notified
+            .iter()
+            .filter(|(to, _, _)| *to == id)
+            .map(|(_, bytes, _)| bytes.clone())
+            .collect()
+    }
+}
+
+fn stored_copy(live: &Bytes) -> Bytes {
+    let mut copy = live.to_vec();
+    copy[2..4].copy_from_slice(&codec::TYPE_OFFLINE.to_le_bytes());
+    Bytes::from(copy)
+}
+
+/// Bob at his cap of 4 unanswered: alice's 5th and 6th are stored ("300"); once he answers,
+/// they go out on the same connection, oldest first, once each, and a message sent while they
+/// wait is stored behind them instead of overtaking them; with the backlog all queued, live
+/// delivery resumes.
+#[test]
+fn messages_stored_at_the_cap_go_out_on_the_same_connection_once_answers_come_in_order() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.complete_login_load("alice");
+    h.complete_login_load("bob");
+    let login_loads = h.store.loads().len();
+    h.out.clear();
+    let messages: Vec<Bytes> = (0..10)
+        .map(|id| message(id, "alice", "bob", &format!("m{id}")))
+        .collect();
+    for m in &messages[..6] {
+        h.feed(conn(1), m);
+    }
+    assert_eq!(h.out.sent_to(conn(2)), messages[..4]);
+    let appends = h.store.appends_for("bob");
+    assert_eq!(appends.len(), 2);
+    // Durable, answered "300"; bob is still at his cap, so nothing is loaded for him yet.
+    for (seq, (ticket, _)) in (100..).zip(&appends) {
+        h.complete(StoreEvent::Appended {
+            ticket: *ticket,
+            seq,
+        });
+    }
+    let stored_answers = h
+        .out
+        .sent_to(conn(1))
+        .iter()
+        .filter(|answer| &answer[24..] == codec::ANSWER_STORED)
+        .count();
+    assert_eq!(stored_answers, 2);
+    assert_eq!(
+        h.store.loads().len(),
+        login_loads,
+        "at the cap: nothing loaded"
+    );
+
+    // Bob answers one: under his cap, his stored frames are loaded for this connection.
+    h.feed(conn(2), &answer(0, "bob", "alice", b"200"));
+    assert_eq!(h.store.loads().len(), login_loads + 1);
+    let (ticket, after_seq) = h.load_in_flight("bob");
+    assert_eq!(after_seq, 0);
+    // Alice's next message while the backlog is loading: stored behind it, not sent live.
+    h.feed(conn(1), &messages[6]);
+    assert_eq!(
+        h.out.sent_to(conn(2)),
+        messages[..4],
+        "nothing overtakes the backlog"
+    );
+    let behind = h.store.appends_for("bob");
+    assert_eq!(behind.len(), 3);
+    assert_eq!(behind[2].1, stored_copy(&messages[6]));
+    // It becomes durable while the page (read before it) is loading.
+    h.complete(StoreEvent::Appended {
+        ticket: behind[2].0,
+        seq: 102,
+    });
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"bob".to_vec(),
+        frames: vec![(100, appends[0].1.clone()), (101, appends[1].1.clone())],
+        more: false,
+    });
+    assert_eq!(
+        h.notified_to(conn(2)),
+        [stored_copy(&messages[4]), stored_copy(&messages[5])]
+    );
+    // The page said nothing more, but a frame became durable after it was read: asked for.
+    let (ticket, after_seq) = h.load_in_flight("bob");
+    assert_eq!(after_seq, 101);
+    h.feed(conn(1), &messages[7]);
+    assert_eq!(
+        h.store.appends_for("bob").len(),
+        4,
+        "still behind the backlog"
+    );
+    let last = h.store.appends_for("bob")[3].0;
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"bob".to_vec(),
+        frames: vec![(102, behind[2].1.clone())],
+        more: false,
+    });
+    h.complete(StoreEvent::Appended {
+        ticket: last,
+        seq: 103,
+    });
+    let (ticket, after_seq) = h.load_in_flight("bob");
+    assert_eq!(after_seq, 102);
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"bob".to_vec(),
+        frames: vec![(103, stored_copy(&messages[7]))],
+        more: false,
+    });
+    let expected: Vec<Bytes> = messages[4..8].iter().map(stored_copy).collect();
+    assert_eq!(h.notified_to(conn(2)), expected, "in order, each once");
+    assert_eq!(h.out.sent_to(conn(2)), messages[..4]);
+
+    // The backlog is all queued: the next message goes live, behind it in the stream.
+    h.feed(conn(1), &messages[8]);
+    assert_eq!(h.out.sent_to(conn(2)).last(), Some(&messages[8]));
+    assert_eq!(h.store.appends_for("bob").len(), 4);
+    assert_eq!(h.notified_to(conn(2)), expected, "nothing sent twice");
+    assert!(h.out.closed.is_empty());
+}
+
+/// The backlog sent on the same connection follows the custody rules: a frame the connection
+/// drops before it counts as delivered stays stored and comes again at the next login, and one
+/// answered leaves the store at once.
+#[test]
+fn a_backlog_sent_after_the_cap_that_drops_midway_stays_stored_for_the_next_login() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.complete_login_load("alice");
+    h.complete_login_load("bob");
+    for id in 0..7 {
+        h.feed(conn(1), &message(id, "alice", "bob", "m"));
+    }
+    let appends = h.store.appends_for("bob");
+    assert_eq!(appends.len(), 3);
+    for (seq, (ticket, _)) in (200..).zip(&appends) {
+        h.complete(StoreEvent::Appended {
+            ticket: *ticket,
+            seq,
+        });
+    }
+    h.out.clear();
+    for id in 0..4 {
+        h.feed(conn(2), &answer(id, "bob", "alice", b"200"));
+    }
+    let (ticket, _) = h.load_in_flight("bob");
+    let page: Vec<(u64, Bytes)> = (200..)
+        .zip(appends.iter().map(|(_, f)| f.clone()))
+        .collect();
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"bob".to_vec(),
+        frames: page,
+        more: false,
+    });
+    assert_eq!(h.notified_to(conn(2)).len(), 3);
+    // Bob answers the first stored frame (messageID 4): delivered at once.
+    h.feed(conn(2), &answer(4, "bob", "alice", b"200"));
+    assert_eq!(h.removed(), [200]);
+    // His TCP acknowledges the second, then the connection resets within the grace.
+    let note = h.out.notified[1].2;
+    h.advance_to(10);
+    h.notify(conn(2), note, true);
+    h.close(conn(2));
+    h.advance_to(10 + 2 * GRACE_MS);
+    assert_eq!(h.removed(), [200], "the rest stays stored");
+    assert_eq!(h.service.custody().kept_for_redelivery, 2);
+
+    // At the next login they are loaded again from after nothing: the store has only 201, 202.
+    h.out.clear();
+    h.connect(conn(3), "bob");
+    let (_, after_seq) = h.load_in_flight("bob");
+    assert_eq!(after_seq, 0);
+    assert!(h.notified_to(conn(3)).is_empty());
 }
