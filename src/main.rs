@@ -405,7 +405,8 @@ struct Args {
     bin24_ack_timeout_ms: u64,
 
     /// BIN24: most messages awaiting an answer from one recipient; further messages to it go
-    /// to its offline store instead of its socket.
+    /// to its offline store ("300") and are sent on the same connection, oldest first, once its
+    /// answers bring it under the cap (later messages wait behind them, so none overtakes).
     #[arg(long, value_name = "N", default_value_t = Config::default().bin24_unacked_per_recipient_max as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     bin24_unacked_per_recipient_max: u64,
