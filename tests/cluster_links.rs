@@ -422,3 +422,134 @@ fn a_publishing_connection_redis_closes_is_made_again_and_nothing_is_heard_twice
     assert_eq!(metric(&mut b, LINK_DOWN), 0.0);
     assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 2.0);
 }
+
+/// A node that cannot keep up: Redis holds at most 256 KiB for a subscriber
+/// (`client-output-buffer-limit pubsub 256kb 128kb 1`), node B is frozen, and a CCM user on
+/// node A floods the lobby with 48 MiB. Redis drops B's subscription; once thawed, B hands
+/// its ROOM user what it had been sent before that (in order, whole, once), notices the lost
+/// link, counts it once, resubscribes, and the roster brings the leaving it missed meanwhile;
+/// its memory stays far under the flood, no panic, its local user is served throughout.
+#[test]
+fn a_subscriber_redis_drops_for_its_output_limit_resubscribes_with_bounded_memory() {
+    const MESSAGES: usize = 1536;
+    // Each under Redis's limit, so that Redis writes some before it gives up.
+    const BODY_BYTES: usize = 32 * 1024;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut admin = admin_connection(&redis);
+    command(
+        &mut admin,
+        &[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 256kb 128kb 1",
+        ],
+    );
+    // Long: a frozen node must not be taken for dead while the flood goes through.
+    let lease = ["--cluster-lease-ms", "20000"];
+    let mut a = redis.node(
+        "node-a",
+        &["--ccm-port"],
+        &[
+            lease[0],
+            lease[1],
+            "--ccm-sender-bytes-per-s-max",
+            "0",
+            "--ccm-pair-bytes-per-s-max",
+            "0",
+            "--input-bytes-per-s-max",
+            "0",
+        ],
+    );
+    let mut b = redis.node("node-b", &["--room-port"], &lease);
+    let mut rob = Client::join(addr(&b, "--room-port"), "rob");
+    let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
+    rob.expect(b"b'cid' esta conectado ao chat");
+    let (cy, _) = ccm_identify(addr(&a, "--ccm-port"), "cy");
+    rob.expect(b"b'cy' esta conectado ao chat");
+    let losses_before = metric(&mut b, LOSSES);
+    let before_kib = b.rss_kib();
+    let published = metric(&mut a, PUBLISHED);
+
+    freeze(&b);
+    let bodies: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("<{i:04}>{}", "f".repeat(BODY_BYTES - 6)))
+        .collect();
+    for body in &bodies {
+        cid.send(&ccm_text(&token, "*", body));
+    }
+    // Texts are handled in order: once the next one is refused, the flood has been handled.
+    cid.send(&ccm_text(&token, "nobody", "x"));
+    cid.read_through(b"unknown-addressee");
+    drop(cy);
+    wait_metric(&mut a, PUBLISHED, published + MESSAGES as f64 + 1.0);
+    // Redis dropped B's subscription; A's (it reads its own lobby) stays.
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut admin)
+            .expect("CLIENT LIST");
+        if list.lines().count() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis kept the subscriptions: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    thaw(&b);
+
+    b.stderr
+        .wait_for("cluster: the subscriber's link to Redis is down (");
+    b.stderr
+        .wait_for("cluster: the subscriber's link to Redis is back after");
+    b.stderr.wait_for("cluster: node node-a's roster brought ");
+    // B's local user is served.
+    rob.send(b"rob: still here\n");
+    cid.send(&ccm_text(&token, "*", "after"));
+    // What B read before Redis dropped it: the flood's first lines, each whole, in order;
+    // then the roster's news, rob's echo and the lobby again.
+    let heard = rob.read_through(b"b'cy' acabou de sair do chat!");
+    let flood = &heard[..heard.len() - b"b'cy' acabou de sair do chat!".len()];
+    let mut delivered = 0;
+    let mut rest = flood;
+    while !rest.is_empty() {
+        let line = format!("cid: {}", bodies[delivered]);
+        assert!(
+            rest.starts_with(line.as_bytes()),
+            "flood line {delivered} is not next: {:?}",
+            String::from_utf8_lossy(&rest[..rest.len().min(80)])
+        );
+        rest = &rest[line.len()..];
+        delivered += 1;
+    }
+    let after = rob.read_through(b"cid: after");
+    assert!(
+        after == b"rob: still here\ncid: after" || after == b"cid: afterrob: still here\n",
+        "{:?}",
+        String::from_utf8_lossy(&after)
+    );
+    rob.expect_nothing_for(Duration::from_millis(300));
+    let grew_kib = b.rss_kib().saturating_sub(before_kib);
+    eprintln!(
+        "B delivered {delivered} of {MESSAGES} flood lines; grew by {grew_kib} KiB; the flood was {} KiB",
+        MESSAGES * BODY_BYTES / 1024
+    );
+    assert!(delivered < MESSAGES, "Redis did not drop the subscription");
+    assert!(
+        grew_kib < 16 * 1024,
+        "B grew by {grew_kib} KiB for a flood it could not take"
+    );
+    assert_eq!(metric(&mut b, LOSSES), losses_before + 1.0, "one lost link");
+    assert_eq!(metric(&mut b, LINK_DOWN), 0.0);
+    assert_eq!(metric(&mut b, "chatd_cluster_events_duplicate_total"), 0.0);
+    assert_eq!(metric(&mut b, "chatd_cluster_nodes_lapsed_total"), 0.0);
+    let log = b.stderr.text();
+    assert!(!log.contains("panicked"), "{log}");
+}
