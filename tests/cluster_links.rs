@@ -553,3 +553,93 @@ fn a_subscriber_redis_drops_for_its_output_limit_resubscribes_with_bounded_memor
     let log = b.stderr.text();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Redis refuses PUBLISH (the ACL takes the command from the nodes' user): the event is
+/// counted as dropped, it reaches nobody, and the link is not lost: the next line, once Redis
+/// takes PUBLISH again, crosses.
+#[test]
+fn a_publish_redis_refuses_is_counted_as_dropped_and_the_link_stays() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut admin = admin_connection(&redis);
+    let (mut a, mut b, mut rui, mut rob) = two_nodes_with_room_users(&redis, &[]);
+    let losses_before = metric(&mut b, LOSSES);
+    let dropped_before = metric(&mut b, DROPPED);
+
+    command(&mut admin, &["ACL", "SETUSER", "default", "-publish"]);
+    rob.send(b"rob: refused\n");
+    rob.expect(b"rob: refused\n");
+    wait_metric(&mut b, DROPPED, dropped_before + 1.0);
+    command(&mut admin, &["ACL", "SETUSER", "default", "+publish"]);
+    rob.send(b"rob: after\n");
+    rob.expect(b"rob: after\n");
+    // The refused line reached nobody: the next thing rui hears is the line after it.
+    rui.expect(b"rob: after");
+    rui.expect_nothing_for(Duration::from_millis(200));
+    assert_eq!(metric(&mut b, DROPPED), dropped_before + 1.0);
+    assert_eq!(
+        metric(&mut b, LOSSES),
+        losses_before,
+        "a refusal is no lost link"
+    );
+    assert_eq!(metric(&mut b, LINK_DOWN), 0.0);
+    assert!(
+        !b.stderr
+            .text()
+            .contains("publisher's link to Redis is down"),
+        "{}",
+        b.stderr.text()
+    );
+    assert_eq!(metric(&mut a, LOSSES), 0.0);
+}
+
+/// Redis stops answering PUBLISH (`CLIENT PAUSE ... WRITE`): the publisher takes it for a
+/// lost link within the command deadline (a quarter lease), logs and counts it, the line in
+/// Redis's hands is counted as dropped (at most once: Redis may still carry it once it
+/// answers again), local users are served; once Redis answers again the lobby spans both.
+#[test]
+fn a_redis_that_stops_answering_publish_is_a_lost_link_within_the_command_deadline() {
+    const DEADLINE_MS: u128 = 500;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut admin = admin_connection(&redis);
+    let lease = ["--cluster-lease-ms", "2000"];
+    let (mut a, mut b, mut rui, mut rob) = two_nodes_with_room_users(&redis, &lease);
+    let dropped_before = metric(&mut b, DROPPED);
+
+    command(&mut admin, &["CLIENT", "PAUSE", "10000", "WRITE"]);
+    let sent_at = Instant::now();
+    rob.send(b"rob: unanswered\n");
+    rob.expect(b"rob: unanswered\n");
+    b.stderr.wait_for(&format!(
+        "cluster: the publisher's link to Redis is down (no reply within {DEADLINE_MS} ms)"
+    ));
+    let noticed_ms = sent_at.elapsed().as_millis();
+    command(&mut admin, &["CLIENT", "UNPAUSE"]);
+    eprintln!("the publisher's link was taken for lost {noticed_ms} ms after the line");
+    assert!(
+        (DEADLINE_MS..DEADLINE_MS + 1000).contains(&noticed_ms),
+        "lost after {noticed_ms} ms, the deadline being {DEADLINE_MS} ms"
+    );
+    assert!(metric(&mut b, DROPPED) >= dropped_before + 1.0);
+    assert!(metric(&mut b, LOSSES) >= 1.0);
+    // Local users are served.
+    rob.send(b"rob: local\n");
+    rob.expect(b"rob: local\n");
+    b.stderr
+        .wait_for("cluster: the publisher's link to Redis is back after");
+    rob.send(b"rob: after\n");
+    rob.expect(b"rob: after\n");
+    // Redis read the unanswered line before it paused: it may carry it, once; the line said
+    // while the link was down waited for it.
+    let mut late = Some(&b"rob: unanswered"[..]);
+    read_through_skipping(&mut rui, b"rob: local", &mut late);
+    read_through_skipping(&mut rui, b"rob: after", &mut late);
+    rui.send(b"rui: after\n");
+    rui.expect(b"rui: after\n");
+    rob.expect(b"rui: after");
+    rui.expect_nothing_for(Duration::from_millis(200));
+    assert_eq!(metric(&mut a, "chatd_cluster_nodes_lapsed_total"), 0.0);
+}
