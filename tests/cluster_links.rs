@@ -530,11 +530,14 @@ fn a_subscriber_redis_drops_for_its_output_limit_resubscribes_with_bounded_memor
         delivered += 1;
     }
     let after = rob.read_through(b"cid: after");
-    assert!(
-        after == b"rob: still here\ncid: after" || after == b"cid: afterrob: still here\n",
-        "{:?}",
-        String::from_utf8_lossy(&after)
-    );
+    if after == b"cid: after" {
+        rob.expect(b"rob: still here\n");
+    } else {
+        assert_eq!(
+            String::from_utf8_lossy(&after),
+            "rob: still here\ncid: after"
+        );
+    }
     rob.expect_nothing_for(Duration::from_millis(300));
     let grew_kib = b.rss_kib().saturating_sub(before_kib);
     eprintln!(
@@ -620,7 +623,8 @@ fn a_redis_that_stops_answering_publish_is_a_lost_link_within_the_command_deadli
     command(&mut admin, &["CLIENT", "UNPAUSE"]);
     eprintln!("the publisher's link was taken for lost {noticed_ms} ms after the line");
     assert!(
-        (DEADLINE_MS..DEADLINE_MS + 1000).contains(&noticed_ms),
+        // The node's clock is in whole milliseconds, read at the start of its turn.
+        (DEADLINE_MS - 20..DEADLINE_MS + 1000).contains(&noticed_ms),
         "lost after {noticed_ms} ms, the deadline being {DEADLINE_MS} ms"
     );
     assert!(metric(&mut b, DROPPED) >= dropped_before + 1.0);
