@@ -647,3 +647,98 @@ fn a_redis_that_stops_answering_publish_is_a_lost_link_within_the_command_deadli
     rui.expect_nothing_for(Duration::from_millis(200));
     assert_eq!(metric(&mut a, "chatd_cluster_nodes_lapsed_total"), 0.0);
 }
+
+/// The peak resident memory of `pid` so far (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+/// A backlog under Redis's limit for a subscriber (32 MiB by default) waits in Redis, not in
+/// the node: node B frozen while A's CCM user floods the lobby with 24 MiB, Redis holds it for
+/// B (`omem`), and after SIGCONT B takes every event, none lost, no lost link, while its peak
+/// memory grows by far less than the backlog (it holds one message and one read at most).
+#[test]
+fn a_backlog_under_redis_limit_waits_in_redis_and_is_all_taken_with_bounded_memory() {
+    const MESSAGES: usize = 768;
+    const BODY_BYTES: usize = 32 * 1024;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut admin = admin_connection(&redis);
+    let lease = ["--cluster-lease-ms", "20000"];
+    let mut a = redis.node(
+        "node-a",
+        &["--ccm-port"],
+        &[
+            lease[0],
+            lease[1],
+            "--ccm-sender-bytes-per-s-max",
+            "0",
+            "--ccm-pair-bytes-per-s-max",
+            "0",
+            "--input-bytes-per-s-max",
+            "0",
+        ],
+    );
+    let mut b = redis.node("node-b", &["--room-port"], &lease);
+    let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
+    wait_metric(&mut b, RECEIVED, 1.0);
+    let received_before = metric(&mut b, RECEIVED);
+    let published = metric(&mut a, PUBLISHED);
+    let peak_before_kib = peak_rss_kib(b.pid());
+
+    freeze(&b);
+    let body = "f".repeat(BODY_BYTES);
+    for _ in 0..MESSAGES {
+        cid.send(&ccm_text(&token, "*", &body));
+    }
+    cid.send(&ccm_text(&token, "nobody", "x"));
+    cid.read_through(b"unknown-addressee");
+    wait_metric(&mut a, PUBLISHED, published + MESSAGES as f64);
+    // The backlog is in Redis's hands: the largest subscriber output buffer there.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut admin)
+        .expect("CLIENT LIST");
+    let held_in_redis: u64 = list
+        .lines()
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("omem="))
+                .and_then(|omem| omem.parse().ok())
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "a subscription was dropped: {list}"
+    );
+    thaw(&b);
+
+    wait_metric(&mut b, RECEIVED, received_before + MESSAGES as f64);
+    let peak_grew_kib = peak_rss_kib(b.pid()).saturating_sub(peak_before_kib);
+    eprintln!(
+        "Redis held {} KiB for B; B's peak RSS grew by {peak_grew_kib} KiB for a {} KiB backlog",
+        held_in_redis / 1024,
+        MESSAGES * BODY_BYTES / 1024
+    );
+    assert!(
+        held_in_redis > 8 * 1024 * 1024,
+        "Redis held only {held_in_redis} bytes: the backlog was not waiting there"
+    );
+    assert!(
+        peak_grew_kib < 8 * 1024,
+        "B's peak RSS grew by {peak_grew_kib} KiB taking a backlog from Redis"
+    );
+    assert_eq!(metric(&mut b, RECEIVED), received_before + MESSAGES as f64);
+    assert_eq!(metric(&mut b, LOSSES), 0.0);
+    assert_eq!(metric(&mut b, "chatd_cluster_events_duplicate_total"), 0.0);
+}
