@@ -742,3 +742,67 @@ fn a_backlog_under_redis_limit_waits_in_redis_and_is_all_taken_with_bounded_memo
     assert_eq!(metric(&mut b, LOSSES), 0.0);
     assert_eq!(metric(&mut b, "chatd_cluster_events_duplicate_total"), 0.0);
 }
+
+/// Redis's count of connections it refused (`INFO stats` `rejected_connections`).
+fn rejected_connections(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(conn)
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("rejected_connections:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("rejected_connections in INFO stats")
+}
+
+/// While Redis refuses new clients, a node's subscription is tried again after 50 ms, then
+/// 100, 200, ... up to 2 s (docs: a delay doubling from 50 ms to 2 s), so the link is back
+/// within about 2 s of Redis taking clients again however long the outage; the reactor wakes
+/// for each retry by itself, rather than at its next unrelated event. Seen from Redis: the
+/// times at which it refuses connections (`rejected_connections`), each expected attempt
+/// found near its time (a connection from elsewhere may be refused too).
+#[test]
+fn a_lost_subscription_is_tried_again_after_a_delay_doubling_from_50_ms_to_2_s() {
+    // When each attempt is due, counted from the loss: 50, +100, +200, ..., +1600, +2000.
+    const ATTEMPTS_MS: [u128; 7] = [50, 150, 350, 750, 1550, 3150, 5150];
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut admin = admin_connection(&redis);
+    let mut b = redis.node("node-b", &["--room-port"], &[]);
+    let mut rob = Client::join(addr(&b, "--room-port"), "rob");
+
+    refuse_new_clients(&mut admin);
+    let mut refused = rejected_connections(&mut admin);
+    let killed = command(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let lost_at = Instant::now();
+    assert_eq!(killed, redis::Value::Int(1));
+    let mut refusals_ms = Vec::new();
+    let last_ms = ATTEMPTS_MS[ATTEMPTS_MS.len() - 1];
+    while lost_at.elapsed().as_millis() < last_ms + 300 {
+        let now = rejected_connections(&mut admin);
+        if now > refused {
+            refusals_ms.push(lost_at.elapsed().as_millis());
+            refused = now;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!("connections refused at {refusals_ms:?} ms after the loss");
+    for due in ATTEMPTS_MS {
+        assert!(
+            refusals_ms
+                .iter()
+                .any(|&at| (due.saturating_sub(20)..due + 150).contains(&at)),
+            "no attempt near {due} ms: refused at {refusals_ms:?}, expected {ATTEMPTS_MS:?}"
+        );
+    }
+    // Local users are served meanwhile, and the link is back once Redis takes clients.
+    rob.send(b"rob: alone\n");
+    rob.expect(b"rob: alone\n");
+    let_clients_in(&mut admin);
+    let back_from = Instant::now();
+    b.stderr
+        .wait_for("cluster: the subscriber's link to Redis is back after");
+    assert!(back_from.elapsed() < Duration::from_millis(2500));
+    assert_eq!(metric(&mut b, LOSSES), 1.0);
+}
