@@ -325,6 +325,14 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000), requires = "cluster")]
     cluster_events_per_turn_max: u64,
 
+    /// Largest roster (this node's lobby members, sent to the other nodes after a link comes
+    /// back) published; a larger one is not sent, and logged. Keep it under Redis's hard limit
+    /// for a subscriber's output (`client-output-buffer-limit pubsub`, 32 MiB by default):
+    /// Redis drops every subscriber a message over it would reach.
+    #[arg(long, value_name = "BYTES", default_value_t = switchboard::cluster::ROSTER_BYTES_MAX_DEFAULT as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=1 << 32), requires = "cluster")]
+    cluster_roster_bytes_max: u64,
+
     /// Set SO_REUSEPORT on every TCP listener and UDP socket, so that several nodes on one
     /// machine share the same ports (one node per core; the kernel spreads connections).
     #[arg(long)]
@@ -656,6 +664,7 @@ impl Args {
                 .node_name
                 .unwrap_or_else(switchboard::cluster::default_node_name),
             lease_ms: self.cluster_lease_ms,
+            roster_bytes_max: usize::try_from(self.cluster_roster_bytes_max).unwrap_or(usize::MAX),
         });
         let to_usize = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
         let port = |value: u16| (value != 0).then_some(value);

@@ -84,6 +84,11 @@ const COMMAND_TIMEOUT_MIN: Duration = Duration::from_millis(50);
 /// Default `--cluster-lease-ms`.
 pub const LEASE_MS_DEFAULT: u64 = 3000;
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Default `--cluster-roster-bytes-max`: half of Redis's default hard limit for a subscriber's
+/// output (`client-output-buffer-limit pubsub 32mb`). Redis drops a subscriber as soon as one
+/// message would pass that limit, and a roster goes to every node, its own included: one over
+/// it would drop every subscription, and each resubscription would ask for it again, for ever.
+pub const ROSTER_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -94,6 +99,8 @@ pub struct ClusterConfig {
     /// `--cluster-lease-ms`: a node silent this long (its liveness key not renewed) is taken
     /// for dead, and its lobby members are announced gone.
     pub lease_ms: u64,
+    /// `--cluster-roster-bytes-max`: a roster encoded larger than this is not published.
+    pub roster_bytes_max: usize,
 }
 
 impl ClusterConfig {
@@ -197,6 +204,8 @@ pub struct Cluster {
     next_seq: u64,
     /// The reactor's two Redis links (none in unit tests: [`Cluster::detached`]).
     links: Option<pubsub::Links>,
+    /// `--cluster-roster-bytes-max`.
+    roster_bytes_max: usize,
     /// The reactor's clock at the start of this turn ([`Cluster::set_now_ms`]).
     now_ms: u64,
     /// The lease thread's live lists (and, in unit tests, what [`TestFeed`] hands over).
@@ -369,6 +378,7 @@ impl Cluster {
             links: Some(pubsub::Links::new(
                 publisher, pub_socket, subscriber, sub_socket,
             )),
+            roster_bytes_max: config.roster_bytes_max,
             now_ms: 0,
             incoming,
             members: liveness::Members::default(),
@@ -681,6 +691,17 @@ impl Cluster {
                 members: members.clone(),
             };
             match codec::encode_roster(&self.node, self.incarnation, self.next_seq, &roster) {
+                Ok(payload) if payload.len() > self.roster_bytes_max => {
+                    warn!(
+                        "cluster: roster of {} lobby members not published: {} bytes, over \
+                         --cluster-roster-bytes-max {} (over Redis's limit for a subscriber's \
+                         output it would drop every node's subscription, again at each retry)",
+                        members.len(),
+                        payload.len(),
+                        self.roster_bytes_max
+                    );
+                    self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(payload) => {
                     self.next_seq += 1;
                     self.send(None, payload);
@@ -751,6 +772,7 @@ impl Cluster {
             incarnation: 1,
             next_seq: 1,
             links: None,
+            roster_bytes_max: ROSTER_BYTES_MAX_DEFAULT,
             now_ms: 0,
             incoming,
             members: liveness::Members::default(),
@@ -1145,6 +1167,35 @@ mod tests {
         feed.roster(own);
         assert_eq!(cluster.try_recv(), None);
         assert_eq!(cluster.stats.rosters_received.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_roster_over_the_byte_bound_is_not_published_and_a_smaller_one_is() {
+        let (mut cluster, feed) = Cluster::detached(b"a");
+        cluster.roster_bytes_max = 4096;
+        let member = |i: usize| {
+            (
+                ProtocolKind::Room,
+                Bytes::from(format!("{i:0>1000}").into_bytes()),
+                1,
+            )
+        };
+        feed.subscribed();
+        assert_eq!(cluster.try_recv(), None);
+        assert!(cluster.roster_due());
+        // Five 1,000-byte names: over 4,096 bytes encoded.
+        cluster.publish_rosters((0..5).map(member).collect());
+        assert_eq!(cluster.stats.publish_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(cluster.next_seq, 1, "nothing published takes no number");
+        assert!(
+            !cluster.roster_due(),
+            "not asked for again until the next link change"
+        );
+        feed.subscribed();
+        assert_eq!(cluster.try_recv(), None);
+        cluster.publish_rosters((0..3).map(member).collect());
+        assert_eq!(cluster.stats.publish_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(cluster.next_seq, 2);
     }
 
     #[test]

@@ -1943,6 +1943,7 @@ mod tests {
                 url: "redis://127.0.0.1:1".to_string(),
                 node_name: "unit".to_string(),
                 lease_ms: 500,
+                roster_bytes_max: crate::cluster::ROSTER_BYTES_MAX_DEFAULT,
             }),
             ..Config::for_tests()
         };

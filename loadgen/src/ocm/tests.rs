@@ -440,6 +440,7 @@ fn rooms_across_two_chatd_nodes_deliver_everything_sent_to_the_other_node() {
                     url: format!("redis://127.0.0.1:{}", redis.port),
                     node_name: name.to_string(),
                     lease_ms: 3_000,
+                    roster_bytes_max: switchboard::cluster::ROSTER_BYTES_MAX_DEFAULT,
                 }),
                 ..Config::default()
             })
