@@ -440,3 +440,30 @@ write("cluster_codec", "ocm_chat",
 write("cluster_codec", "ocm_closed",
       cluster(b"node-b", 9, 4, cluster_ocm(3, "部屋".encode(), 5, b"hal", b"node-b", 9, b"", 0, 0,
                                            "halが部屋から退出しました。".encode())))
+
+
+# ---- cluster_resp: RESP2 replies the reactor's Redis links read (src/cluster/resp.rs) ----
+def resp_bulk(b):
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def resp_array(*items):
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+RESP_SUBSCRIBED = (resp_array(resp_bulk(b"subscribe"), resp_bulk(b"switchboard:lobby"), b":1\r\n")
+                   + resp_array(resp_bulk(b"subscribe"), resp_bulk(b"switchboard:to:n"), b":2\r\n"))
+RESP_MESSAGE = resp_array(resp_bulk(b"message"), resp_bulk(b"switchboard:lobby"),
+                          resp_bulk(b"\x01\x06node-a\x00\r\n\xff"))
+# Whole, then cut in the middle, then one byte a read.
+write("cluster_resp", "subscribed_then_message", b"\x00" + RESP_SUBSCRIBED + RESP_MESSAGE)
+write("cluster_resp", "subscribed_then_message_cut", b"\x40" + RESP_SUBSCRIBED + RESP_MESSAGE)
+write("cluster_resp", "subscribed_then_message_bytewise", b"\x80" + RESP_SUBSCRIBED + RESP_MESSAGE)
+# The publishing link's answers: PING's, PUBLISH's count, a refusal.
+write("cluster_resp", "pong_published_refused",
+      b"\x81+PONG\r\n:2\r\n:0\r\n-ERR max memory\r\n" + resp_array(resp_bulk(b"pong"), resp_bulk(b"")))
+write("cluster_resp", "nested_null", b"\x10" + resp_array(resp_array(b":7\r\n"), b"*0\r\n", b"$-1\r\n", b"*-1\r\n"))
+# Limits: a bulk longer than allowed, an array of 17, a line that never ends.
+write("cluster_resp", "bulk_too_long", b"\x00$999999999999\r\n")
+write("cluster_resp", "array_too_long", b"\x00*17\r\n")
+write("cluster_resp", "endless_line", b"\x90+" + b"a" * 5000)

@@ -96,6 +96,31 @@ fn an_unknown_addressee_gets_an_error() {
     alice.read_through(b"\n\nto myself");
 }
 
+/// PROTOCOLS.md CCM rule 2 and README `--ccm-name-bytes-max` (64): a 65-byte name gets Error
+/// `too-large` and the connection stays for another try; a 64-byte one is identified there
+/// and receives what is addressed to it.
+#[test]
+fn a_name_of_64_bytes_is_identified_and_one_of_65_is_too_large() {
+    let server = server();
+    let mut client = Client::connect(server.ccm.expect("CCM"), "longest");
+    let identification = |name: &str| {
+        format!(
+            "CCM\\1.0 NotDefined\nMessage-Encoding: utf-8\nContent-Length: {}\n\n{name}",
+            name.len()
+        )
+    };
+    client.send(identification(&"n".repeat(65)).as_bytes());
+    client.expect(b"CCM\\1.0 Error\nReason: too-large\n");
+    let longest = "n".repeat(64);
+    client.send(identification(&longest).as_bytes());
+    // The rest of the Error (its length and sentence) comes first.
+    client.read_through(b"CCM\\1.0 Identity\nUser: ");
+    client.read_through(b"Content-Length: 0\n\n");
+    let (mut alice, token) = identify(&server, "alice");
+    alice.send(&text(&token, &longest, "oi"));
+    client.expect(&delivered("alice", &longest, "oi"));
+}
+
 /// PROTOCOLS.md CCM rule 5 and README `--ccm-keepalive-idle-ms`, `--ccm-keepalive-answer-ms`:
 /// the ping comes after the idle time, and the close after the answer time counted from the
 /// ping, neither early nor much late. The answer time is long here (1 s) so that the bound

@@ -71,6 +71,21 @@ fn three_clients_log_in_see_each_other_and_broadcast() {
     }
 }
 
+/// PROTOCOLS.md MATOU rule 1 and README `--matou-name-bytes-max` (32): a name of exactly 32
+/// bytes signs in and the others see it; 33 is refused and the connection stays for another
+/// try (the test above checks only the refusal).
+#[test]
+fn a_name_of_32_bytes_signs_in_and_one_of_33_is_refused() {
+    let server = server();
+    let mut alice = arrive(&server, "alice", &mut []);
+    let mut bob = Peer::connect(&server, "bob");
+    bob.login(&"b".repeat(33), false);
+    let longest = "b".repeat(32);
+    bob.login(&longest, true);
+    bob.expect_notify(3, &longest);
+    alice.expect_notify(3, &longest);
+}
+
 #[test]
 fn sign_out_and_abrupt_disconnect_notify_the_others() {
     let server = server();

@@ -58,6 +58,27 @@ fn three_clients_see_joins_in_order_and_each_line_exactly_once() {
     }
 }
 
+/// PROTOCOLS.md ROOM alias rules 2 and 3: a first read of more than 1024 bytes gives an
+/// alias of its first 1024 bytes exactly, and the bytes after them are the new member's first
+/// message, relayed right after its join notice and greeting (to every member, itself
+/// included). One write of 1,058 bytes is one loopback segment (far below its MSS), queued
+/// whole before the server's read, so it is one read.
+#[test]
+fn a_first_read_over_1024_bytes_is_an_alias_of_1024_and_a_first_message() {
+    let server = TestServer::start(Config::for_tests());
+    let mut alice = Client::join(server.room, "alice");
+    let mut long = Client::connect(server.room, "long");
+    long.expect(b"alias?");
+    let alias = "a".repeat(1023) + "z";
+    let first_message = "bz: the bytes after the first 1024";
+    long.send(format!("{alias}{first_message}").as_bytes());
+    alice.expect(&join_notice(&alias));
+    alice.expect(first_message.as_bytes());
+    long.expect(&join_notice(&alias));
+    long.expect(b"Voce esta conectado ao servidor!");
+    long.expect(first_message.as_bytes());
+}
+
 #[test]
 fn a_client_that_goes_away_produces_the_leave_notice_for_the_others() {
     let server = TestServer::start(Config::for_tests());

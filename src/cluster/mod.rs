@@ -26,7 +26,10 @@ pub mod liveness;
 pub mod names;
 pub mod ocm;
 pub mod offline;
-mod pubsub;
+// Public only for the `cluster_resp` fuzz target (fuzz/ is a crate of its own), which drives
+// the sans-io PubLink and SubLink with parsed replies; not an API.
+#[doc(hidden)]
+pub mod pubsub;
 pub mod resp;
 
 use std::collections::{HashMap, VecDeque};

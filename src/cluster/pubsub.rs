@@ -30,11 +30,11 @@ const READ_BYTES: usize = 64 * 1024;
 
 /// Why a link is taken for lost (logged).
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Lost(pub String);
+pub struct Lost(pub String);
 
 /// Where a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Phase {
+pub enum Phase {
     /// None; the next attempt at `retry_at_ms`.
     Down {
         retry_at_ms: u64,
@@ -151,7 +151,7 @@ enum Command {
 
 /// What a reply on the publishing link meant.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum PubReply {
+pub enum PubReply {
     Published,
     /// Redis refused a PUBLISH (its error text): the event is dropped.
     Refused(Bytes),
@@ -165,7 +165,7 @@ pub(super) enum PubReply {
 /// bytes; each command written whole waits for its one reply, in order, within the command
 /// timeout. A new connection starts with a PING: its answer is the link's return.
 #[derive(Debug)]
-pub(super) struct PubLink {
+pub struct PubLink {
     conn: Connection,
     out: Output,
     bytes_max: usize,
@@ -180,7 +180,7 @@ pub(super) struct PubLink {
 
 impl PubLink {
     /// A link connected (at start: the connection is made before the reactor runs).
-    pub(super) fn new(timeout_ms: u64, bytes_max: usize, auth: Option<Bytes>) -> PubLink {
+    pub fn new(timeout_ms: u64, bytes_max: usize, auth: Option<Bytes>) -> PubLink {
         PubLink {
             conn: Connection::up(timeout_ms),
             out: Output::default(),
@@ -192,13 +192,13 @@ impl PubLink {
         }
     }
 
-    pub(super) fn phase(&self) -> Phase {
+    pub fn phase(&self) -> Phase {
         self.conn.phase
     }
 
     /// Queue `PUBLISH channel payload`, up or down; false (nothing queued) when that would
     /// pass the byte bound.
-    pub(super) fn publish(&mut self, channel: &[u8], payload: &[u8]) -> bool {
+    pub fn publish(&mut self, channel: &[u8], payload: &[u8]) -> bool {
         let args: [&[u8]; 3] = [b"PUBLISH", channel, payload];
         let len = resp::command_len(&args);
         if self.out.bytes.len().saturating_add(len) > self.bytes_max {
@@ -210,12 +210,12 @@ impl PubLink {
     }
 
     /// Bytes queued and not written yet.
-    pub(super) fn queued_bytes(&self) -> usize {
+    pub fn queued_bytes(&self) -> usize {
         self.out.bytes.len()
     }
 
     /// What to write now (nothing unless the link is up).
-    pub(super) fn output(&self) -> &[u8] {
+    pub fn output(&self) -> &[u8] {
         match self.conn.phase {
             Phase::Up => &self.out.bytes,
             _ => &[],
@@ -223,7 +223,7 @@ impl PubLink {
     }
 
     /// `len` bytes of [`PubLink::output`] were written at `now_ms`.
-    pub(super) fn wrote(&mut self, len: usize, now_ms: u64) {
+    pub fn wrote(&mut self, len: usize, now_ms: u64) {
         self.out.wrote(len);
         self.front_written += len;
         while let Some(&(command_len, kind)) = self.queued.front() {
@@ -236,17 +236,17 @@ impl PubLink {
         }
     }
 
-    pub(super) fn flushed(&mut self, now_ms: u64) {
+    pub fn flushed(&mut self, now_ms: u64) {
         self.out.flushed(now_ms);
     }
 
     /// Commands written and not answered yet.
-    pub(super) fn awaiting(&self) -> usize {
+    pub fn awaiting(&self) -> usize {
         self.awaiting.len()
     }
 
     /// The reply to the oldest command waiting for one.
-    pub(super) fn on_reply(&mut self, value: Value) -> Result<PubReply, Lost> {
+    pub fn on_reply(&mut self, value: Value) -> Result<PubReply, Lost> {
         let Some((_, kind)) = self.awaiting.pop_front() else {
             return Err(Lost(format!(
                 "a reply nothing asked for ({})",
@@ -270,7 +270,7 @@ impl PubLink {
     }
 
     /// A deadline passed: a connect, the oldest reply, or output that does not move.
-    pub(super) fn check(&self, now_ms: u64) -> Result<(), Lost> {
+    pub fn check(&self, now_ms: u64) -> Result<(), Lost> {
         self.conn.check(now_ms)?;
         if self.conn.phase != Phase::Up {
             return Ok(());
@@ -283,7 +283,7 @@ impl PubLink {
         self.out.check(now_ms, self.conn.timeout_ms)
     }
 
-    pub(super) fn next_deadline_ms(&self) -> Option<u64> {
+    pub fn next_deadline_ms(&self) -> Option<u64> {
         if self.conn.phase != Phase::Up {
             return self.conn.deadline_ms();
         }
@@ -297,16 +297,16 @@ impl PubLink {
             .min()
     }
 
-    pub(super) fn connect_due(&self, now_ms: u64) -> bool {
+    pub fn connect_due(&self, now_ms: u64) -> bool {
         self.conn.connect_due(now_ms)
     }
 
-    pub(super) fn connecting(&mut self, now_ms: u64) {
+    pub fn connecting(&mut self, now_ms: u64) {
         self.conn.connecting(now_ms);
     }
 
     /// A new connection: AUTH if need be and a PING go first, then what waited.
-    pub(super) fn connected(&mut self) {
+    pub fn connected(&mut self) {
         let mut first = BytesMut::new();
         let mut setup = Vec::new();
         if let Some(auth) = &self.auth {
@@ -331,7 +331,7 @@ impl PubLink {
     /// The connection is lost (or could not be made): what was written and not answered is
     /// lost with it, and so is a command written in part; what waits stays (within the
     /// bound) for the next connection. Returns the events lost.
-    pub(super) fn lost(&mut self, now_ms: u64) -> u64 {
+    pub fn lost(&mut self, now_ms: u64) -> u64 {
         let mut dropped = self
             .awaiting
             .drain(..)
@@ -357,7 +357,7 @@ impl PubLink {
 
 /// What the subscription brought.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum SubPush {
+pub enum SubPush {
     /// A message on one of the channels: its payload.
     Message(Bytes),
     /// Every channel's subscription is confirmed (at start, or again after a lost link).
@@ -373,7 +373,7 @@ pub(super) enum SubPush {
 /// last reply read, when replies still come) is a lost link: a frozen Redis sends only
 /// silence.
 #[derive(Debug)]
-pub(super) struct SubLink {
+pub struct SubLink {
     conn: Connection,
     out: Output,
     /// SUBSCRIBE with every channel (after AUTH, when the URL has a password).
@@ -389,7 +389,7 @@ pub(super) struct SubLink {
 
 impl SubLink {
     /// A link whose SUBSCRIBE is written by [`SubLink::connected`], at start too.
-    pub(super) fn new(
+    pub fn new(
         timeout_ms: u64,
         ping_every_ms: u64,
         channels: &[&[u8]],
@@ -416,35 +416,35 @@ impl SubLink {
         link
     }
 
-    pub(super) fn phase(&self) -> Phase {
+    pub fn phase(&self) -> Phase {
         self.conn.phase
     }
 
-    pub(super) fn output(&self) -> &[u8] {
+    pub fn output(&self) -> &[u8] {
         match self.conn.phase {
             Phase::Up => &self.out.bytes,
             _ => &[],
         }
     }
 
-    pub(super) fn wrote(&mut self, len: usize) {
+    pub fn wrote(&mut self, len: usize) {
         self.out.wrote(len);
     }
 
-    pub(super) fn flushed(&mut self, now_ms: u64) {
+    pub fn flushed(&mut self, now_ms: u64) {
         self.out.flushed(now_ms);
     }
 
-    pub(super) fn connect_due(&self, now_ms: u64) -> bool {
+    pub fn connect_due(&self, now_ms: u64) -> bool {
         self.conn.connect_due(now_ms)
     }
 
-    pub(super) fn connecting(&mut self, now_ms: u64) {
+    pub fn connecting(&mut self, now_ms: u64) {
         self.conn.connecting(now_ms);
     }
 
     /// A new connection: subscribe.
-    pub(super) fn connected(&mut self, now_ms: u64) {
+    pub fn connected(&mut self, now_ms: u64) {
         self.out = Output::default();
         self.out.bytes.extend_from_slice(&self.hello);
         self.confirming = Some((self.channels, now_ms + self.conn.timeout_ms));
@@ -453,7 +453,7 @@ impl SubLink {
         self.conn.phase = Phase::Up;
     }
 
-    pub(super) fn on_reply(&mut self, value: Value, now_ms: u64) -> Result<SubPush, Lost> {
+    pub fn on_reply(&mut self, value: Value, now_ms: u64) -> Result<SubPush, Lost> {
         self.heard_ms = now_ms;
         let items = match value {
             Value::Array(items) => items,
@@ -500,7 +500,7 @@ impl SubLink {
 
     /// A deadline passed (a connect, the confirmations, a PING's answer, output that does not
     /// move), or a PING is due (queued).
-    pub(super) fn check(&mut self, now_ms: u64) -> Result<(), Lost> {
+    pub fn check(&mut self, now_ms: u64) -> Result<(), Lost> {
         self.conn.check(now_ms)?;
         if self.conn.phase != Phase::Up {
             return Ok(());
@@ -530,7 +530,7 @@ impl SubLink {
         self.out.check(now_ms, timeout_ms)
     }
 
-    pub(super) fn next_deadline_ms(&self) -> Option<u64> {
+    pub fn next_deadline_ms(&self) -> Option<u64> {
         if self.conn.phase != Phase::Up {
             return self.conn.deadline_ms();
         }
@@ -547,7 +547,7 @@ impl SubLink {
             .min()
     }
 
-    pub(super) fn lost(&mut self, now_ms: u64) {
+    pub fn lost(&mut self, now_ms: u64) {
         self.out = Output::default();
         self.confirming = None;
         self.ping_sent_ms = None;
