@@ -270,11 +270,20 @@ fn presence_missed_while_redis_was_gone_is_announced_from_the_rosters_once() {
     }
     // A ROOM user: a name (MATOU, CCM, BIN24) cannot be claimed while Redis is gone.
     let mut mia = Client::join(addr(&b, "--room-port"), "mia");
+    // B's events wait for its publishing link at most half a lease of the outage, then are
+    // dropped: bob's leaving and mia's arrival reach A only through B's roster.
+    let dropped = "chatd_cluster_events_publish_dropped_total";
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while metric(&mut b, dropped) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's waiting events never expired"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     redis.start_again();
-    // bob's leaving was dropped for sure (B's publisher found Redis gone); mia's arrival may
-    // have waited in B's queue during the publisher's back-off and gone out once Redis was
-    // back: then it arrives as itself, before the roster. Either way, each once.
+    // The roster's changes, each once (in either order).
     let (left, came): (&[u8], &[u8]) = (
         b"b'bob' acabou de sair do chat!",
         b"b'mia' esta conectado ao chat",

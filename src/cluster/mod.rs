@@ -352,7 +352,8 @@ impl Cluster {
             pubsub::Socket::from_std(stream, addrs.clone(), registry, token, input)
         };
         let (publisher, pub_socket) = {
-            let mut link = pubsub::PubLink::new(timeout_ms, OUTGOING_BYTES_MAX, auth.clone());
+            let mut link = pubsub::PubLink::new(timeout_ms, OUTGOING_BYTES_MAX, auth.clone())
+                .with_stale_ms(config.lease_ms / 2);
             let (stream, input) =
                 start_publisher(&addrs, &mut link).map_err(|err| unreachable(&err))?;
             let socket =

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use log::debug;
+use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
@@ -176,6 +176,13 @@ pub struct PubLink {
     front_written: usize,
     /// When each command written whole was written, and its kind: one reply each, in order.
     awaiting: VecDeque<(u64, Command)>,
+    /// Since when the link is down (lost, and Redis has not answered a new connection's PING).
+    down_since_ms: Option<u64>,
+    /// How long events wait for a link that is down ([`PubLink::with_stale_ms`]).
+    stale_ms: u64,
+    /// The link has been down longer than `stale_ms`: what waited was dropped, and new events
+    /// are dropped at once until it is back.
+    stale: bool,
 }
 
 impl PubLink {
@@ -189,7 +196,40 @@ impl PubLink {
             queued: VecDeque::new(),
             front_written: 0,
             awaiting: VecDeque::new(),
+            down_since_ms: None,
+            stale_ms: u64::MAX,
+            stale: false,
         }
+    }
+
+    /// Events wait at most `stale_ms` of an outage for the link to come back (default: no
+    /// limit but the byte bound). A short outage then loses nothing; past it the other nodes
+    /// may have taken this node for dead, and a BIN24 frame's custody may have stored it, so
+    /// what waited would come late or twice: it is dropped (counted), and the rosters
+    /// exchanged when the link is back bring the presence it carried.
+    pub fn with_stale_ms(mut self, stale_ms: u64) -> PubLink {
+        self.stale_ms = stale_ms;
+        self
+    }
+
+    /// Drop what waits once the link has been down for `stale_ms`; the events dropped.
+    pub fn expire(&mut self, now_ms: u64) -> u64 {
+        let Some(since_ms) = self.down_since_ms else {
+            return 0;
+        };
+        if self.conn.phase == Phase::Up || now_ms < since_ms.saturating_add(self.stale_ms) {
+            return 0;
+        }
+        self.stale = true;
+        // Down: nothing is written in part, and a new connection's setup is not queued yet.
+        let dropped = self
+            .queued
+            .drain(..)
+            .filter(|&(_, kind)| kind == Command::Publish)
+            .count() as u64;
+        self.out.bytes.clear();
+        self.front_written = 0;
+        dropped
     }
 
     pub fn phase(&self) -> Phase {
@@ -199,6 +239,9 @@ impl PubLink {
     /// Queue `PUBLISH channel payload`, up or down; false (nothing queued) when that would
     /// pass the byte bound.
     pub fn publish(&mut self, channel: &[u8], payload: &[u8]) -> bool {
+        if self.stale {
+            return false;
+        }
         let args: [&[u8]; 3] = [b"PUBLISH", channel, payload];
         let len = resp::command_len(&args);
         if self.out.bytes.len().saturating_add(len) > self.bytes_max {
@@ -258,6 +301,8 @@ impl PubLink {
             (Command::Publish, Value::Error(text)) => Ok(PubReply::Refused(text)),
             (Command::Ping, Value::Simple(_)) => {
                 self.conn.answered();
+                self.down_since_ms = None;
+                self.stale = false;
                 Ok(PubReply::Alive)
             }
             (Command::Auth, Value::Simple(_)) => Ok(PubReply::Authenticated),
@@ -285,7 +330,11 @@ impl PubLink {
 
     pub fn next_deadline_ms(&self) -> Option<u64> {
         if self.conn.phase != Phase::Up {
-            return self.conn.deadline_ms();
+            let expiry = self
+                .down_since_ms
+                .filter(|_| !self.stale && !self.queued.is_empty())
+                .map(|since_ms| since_ms.saturating_add(self.stale_ms));
+            return self.conn.deadline_ms().into_iter().chain(expiry).min();
         }
         let reply = self
             .awaiting
@@ -351,6 +400,7 @@ impl PubLink {
         }
         self.out.stalled_since_ms = None;
         self.conn.failed(now_ms);
+        self.down_since_ms.get_or_insert(now_ms);
         dropped
     }
 }
@@ -841,6 +891,16 @@ impl Links {
         if let Err(lost) = self.publisher.check(now_ms) {
             self.pub_lost(lost, now_ms, stats);
         }
+        let expired = self.publisher.expire(now_ms);
+        if expired > 0 {
+            stats
+                .publish_dropped
+                .fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
+            warn!(
+                "cluster: {expired} events waited {} ms for the publisher's link to Redis and were dropped; events are dropped until it is back",
+                self.publisher.stale_ms
+            );
+        }
         // The subscription (read in `next_push`, within the reactor's budget per turn).
         if let Err(lost) = self.sub_connect(now_ms) {
             self.sub_lost(lost, now_ms, stats);
@@ -1157,6 +1217,68 @@ mod tests {
                 retry_at_ms: retry_at_ms + 1 + 50
             }
         );
+    }
+
+    #[test]
+    fn events_wait_for_a_link_down_at_most_the_stale_time_then_are_dropped_until_it_is_back() {
+        let mut link = PubLink::new(TIMEOUT_MS, 1 << 20, None).with_stale_ms(500);
+        assert_eq!(link.lost(1000), 0);
+        assert!(link.publish(b"c", b"one"));
+        assert!(link.publish(b"c", b"two"));
+        // A short outage loses nothing: the link is back before the stale time.
+        assert_eq!(link.expire(1499), 0);
+        assert_eq!(link.next_deadline_ms(), Some(1050), "the retry comes first");
+        link.connecting(1050);
+        link.connected();
+        write_all(&mut link, 1050);
+        assert_eq!(link.awaiting(), 3, "PING and both events");
+        assert_eq!(
+            link.on_reply(Value::Simple(Bytes::from_static(b"PONG"))),
+            Ok(PubReply::Alive)
+        );
+        assert_eq!(link.on_reply(integer()), Ok(PubReply::Published));
+        assert_eq!(link.on_reply(integer()), Ok(PubReply::Published));
+        assert_eq!(link.expire(5000), 0, "up: nothing expires");
+
+        // A long one: at the stale time (counted from the loss, not the events) what waits is
+        // dropped, the reactor woken for it, and later events are dropped at once.
+        assert_eq!(link.lost(6000), 0);
+        assert!(link.publish(b"c", b"three"));
+        assert!(link.publish(b"c", b"four"));
+        let Phase::Down { retry_at_ms } = link.phase() else {
+            panic!("not down");
+        };
+        link.connecting(retry_at_ms);
+        link.lost(retry_at_ms + TIMEOUT_MS);
+        // Retries at 6,050 and 6,250, then 6,550: the stale time comes first.
+        assert_eq!(link.next_deadline_ms(), Some(6250));
+        link.connecting(6250);
+        link.lost(6250 + TIMEOUT_MS);
+        assert_eq!(link.next_deadline_ms(), Some(6500));
+        assert_eq!(link.expire(6499), 0);
+        assert_eq!(link.expire(6500), 2);
+        assert_eq!(link.queued_bytes(), 0);
+        assert!(!link.publish(b"c", b"five"), "dropped at once while stale");
+        assert_eq!(link.expire(9000), 0);
+        // Back: the PING's answer ends the outage; events are queued again.
+        let Phase::Down { retry_at_ms } = link.phase() else {
+            panic!("not down");
+        };
+        link.connecting(retry_at_ms);
+        link.connected();
+        assert!(link.output().starts_with(b"*1\r\n$4\r\nPING\r\n"));
+        assert_eq!(
+            link.output().len(),
+            b"*1\r\n$4\r\nPING\r\n".len(),
+            "nothing else"
+        );
+        write_all(&mut link, retry_at_ms);
+        assert!(!link.publish(b"c", b"six"), "not back until Redis answers");
+        assert_eq!(
+            link.on_reply(Value::Simple(Bytes::from_static(b"PONG"))),
+            Ok(PubReply::Alive)
+        );
+        assert!(link.publish(b"c", b"seven"));
     }
 
     #[test]
