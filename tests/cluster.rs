@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chatd::Chatd;
 use common::bin24::Bin24;
-use common::ccm::{identify as ccm_identify, text as ccm_text};
+use common::ccm::{flood_lobby, identify as ccm_identify, text as ccm_text};
 use common::matou::Matou;
 use common::Client;
 use redisd::{addr, metric, Redis};
@@ -882,28 +882,17 @@ fn events_waiting_for_a_frozen_redis_are_bounded_in_bytes() {
         "a",
         &["--ccm-port"],
         &[
-            "--ccm-sender-bytes-per-s-max",
-            "0",
-            "--ccm-pair-bytes-per-s-max",
-            "0",
-            // The flood is faster than one connection's input limit allows.
-            "--input-bytes-per-s-max",
-            "0",
+            &chatd::CCM_UNTHROTTLED_FLAGS[..],
             // Long: the node must not take Redis's silence for its own death meanwhile.
-            "--cluster-lease-ms",
-            "60000",
-        ],
+            &["--cluster-lease-ms", "60000"],
+        ]
+        .concat(),
     );
     let (mut sender, token) = ccm_identify(addr(&a, "--ccm-port"), "flooder");
     let before_kib = a.rss_kib();
     redis.signal("-STOP");
     let body = "f".repeat(1024 * 1024 - 64);
-    for _ in 0..MESSAGES {
-        sender.send(&ccm_text(&token, "*", &body));
-    }
-    // Texts are handled in order: once the next one is refused, the flood has been handled.
-    sender.send(&ccm_text(&token, "nobody", "x"));
-    sender.read_through(b"unknown-addressee");
+    flood_lobby(&mut sender, &token, (0..MESSAGES).map(|_| body.as_str()));
     let grew_kib = a.rss_kib().saturating_sub(before_kib);
     let dropped = metric(&mut a, "chatd_cluster_events_publish_dropped_total");
     redis.signal("-CONT");

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use chatd::Chatd;
 use common::bin24::Bin24;
-use common::ccm::{identify as ccm_identify, text as ccm_text};
+use common::ccm::{flood_lobby, identify as ccm_identify, text as ccm_text};
 use common::Client;
 use redisd::{addr, metric, Redis};
 
@@ -412,30 +412,10 @@ fn flooding_and_room_nodes(redis: &Redis, lease: [&str; 2]) -> (Chatd, Chatd) {
     let a = redis.node(
         "node-a",
         &["--ccm-port"],
-        &[
-            lease[0],
-            lease[1],
-            "--ccm-sender-bytes-per-s-max",
-            "0",
-            "--ccm-pair-bytes-per-s-max",
-            "0",
-            "--input-bytes-per-s-max",
-            "0",
-        ],
+        &[&lease[..], &chatd::CCM_UNTHROTTLED_FLAGS].concat(),
     );
     let b = redis.node("node-b", &["--room-port"], &lease);
     (a, b)
-}
-
-/// Sends each of `bodies` to the lobby from CCM user `cid` and returns once its node has
-/// handled them all.
-fn flood_lobby<'a>(cid: &mut Client, token: &str, bodies: impl IntoIterator<Item = &'a str>) {
-    for body in bodies {
-        cid.send(&ccm_text(token, "*", body));
-    }
-    // Texts are handled in order: once the next one is refused, the flood has been handled.
-    cid.send(&ccm_text(token, "nobody", "x"));
-    cid.read_through(b"unknown-addressee");
 }
 
 /// The subscribers' connections Redis holds, one line each (`CLIENT LIST TYPE pubsub`).
