@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chatd::Chatd;
 use common::bin24::Bin24;
-use common::ccm::{identify as ccm_identify, text as ccm_text};
+use common::ccm::{flood_lobby, identify as ccm_identify, text as ccm_text};
 use common::matou::Matou;
 use common::Client;
 use redisd::{addr, metric, Redis};
@@ -443,11 +443,11 @@ fn a_frozen_redis_is_noticed_local_users_are_served_and_the_nodes_resume_after_i
     let mut late_at_rob = Some(&b"rui: alone"[..]);
     let mut late_at_rui = Some(&b"rob: alone"[..]);
     rob.send(b"rob: after\n");
-    read_through_skipping(&mut rob, b"rob: after\n", &mut late_at_rob);
-    read_through_skipping(&mut rui, b"rob: after", &mut late_at_rui);
+    rob.read_through_skipping(b"rob: after\n", &mut late_at_rob);
+    rui.read_through_skipping(b"rob: after", &mut late_at_rui);
     rui.send(b"rui: after\n");
-    read_through_skipping(&mut rui, b"rui: after\n", &mut late_at_rui);
-    read_through_skipping(&mut rob, b"rui: after", &mut late_at_rob);
+    rui.read_through_skipping(b"rui: after\n", &mut late_at_rui);
+    rob.read_through_skipping(b"rui: after", &mut late_at_rob);
     // Past the grace after the link's return: still nobody announced gone.
     rui.expect_nothing_for(Duration::from_millis(4 * LEASE_MS));
     rob.expect_nothing_for(Duration::from_millis(50));
@@ -455,23 +455,6 @@ fn a_frozen_redis_is_noticed_local_users_are_served_and_the_nodes_resume_after_i
         assert_eq!(metric(node, "chatd_cluster_redis_link_down"), 0.0);
         assert_eq!(metric(node, "chatd_cluster_nodes_lapsed_total"), 0.0);
     }
-}
-
-/// Reads up to and including `needle`; before it may come `late` (a line that may or may
-/// not cross, at most once), then taken, and nothing else.
-fn read_through_skipping(client: &mut Client, needle: &[u8], late: &mut Option<&[u8]>) {
-    let heard = client.read_through(needle);
-    let before = &heard[..heard.len() - needle.len()];
-    if before.is_empty() {
-        return;
-    }
-    assert_eq!(
-        Some(before),
-        late.take(),
-        "unexpected before {:?}: {:?}",
-        String::from_utf8_lossy(needle),
-        String::from_utf8_lossy(before)
-    );
 }
 
 /// Redis unreachable at start: a clear error and exit status 1, before listening.
@@ -899,28 +882,17 @@ fn events_waiting_for_a_frozen_redis_are_bounded_in_bytes() {
         "a",
         &["--ccm-port"],
         &[
-            "--ccm-sender-bytes-per-s-max",
-            "0",
-            "--ccm-pair-bytes-per-s-max",
-            "0",
-            // The flood is faster than one connection's input limit allows.
-            "--input-bytes-per-s-max",
-            "0",
+            &chatd::CCM_UNTHROTTLED_FLAGS[..],
             // Long: the node must not take Redis's silence for its own death meanwhile.
-            "--cluster-lease-ms",
-            "60000",
-        ],
+            &["--cluster-lease-ms", "60000"],
+        ]
+        .concat(),
     );
     let (mut sender, token) = ccm_identify(addr(&a, "--ccm-port"), "flooder");
     let before_kib = a.rss_kib();
     redis.signal("-STOP");
     let body = "f".repeat(1024 * 1024 - 64);
-    for _ in 0..MESSAGES {
-        sender.send(&ccm_text(&token, "*", &body));
-    }
-    // Texts are handled in order: once the next one is refused, the flood has been handled.
-    sender.send(&ccm_text(&token, "nobody", "x"));
-    sender.read_through(b"unknown-addressee");
+    flood_lobby(&mut sender, &token, (0..MESSAGES).map(|_| body.as_str()));
     let grew_kib = a.rss_kib().saturating_sub(before_kib);
     let dropped = metric(&mut a, "chatd_cluster_events_publish_dropped_total");
     redis.signal("-CONT");

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use chatd::Chatd;
 use common::bin24::Bin24;
-use common::ccm::{identify as ccm_identify, text as ccm_text};
+use common::ccm::{flood_lobby, identify as ccm_identify, text as ccm_text};
 use common::Client;
 use redisd::{addr, metric, Redis};
 
@@ -170,23 +170,6 @@ fn freeze(node: &Chatd) {
 
 fn thaw(node: &Chatd) {
     signal(node.pid(), "-CONT");
-}
-
-/// Reads up to and including `needle`; before it may come `late` (a line that may or may
-/// not cross, at most once), then taken, and nothing else.
-fn read_through_skipping(client: &mut Client, needle: &[u8], late: &mut Option<&[u8]>) {
-    let heard = client.read_through(needle);
-    let before = &heard[..heard.len() - needle.len()];
-    if before.is_empty() {
-        return;
-    }
-    assert_eq!(
-        Some(before),
-        late.take(),
-        "unexpected before {:?}: {:?}",
-        String::from_utf8_lossy(needle),
-        String::from_utf8_lossy(before)
-    );
 }
 
 /// A node frozen (SIGSTOP) for longer than its command deadline (a quarter lease) and well
@@ -350,7 +333,7 @@ fn a_subscription_redis_closes_is_made_again_and_the_rosters_bring_what_was_miss
     rob.send(b"rob: after\n");
     rob.expect(b"rob: after\n");
     let mut late = Some(&b"rob: alone"[..]);
-    read_through_skipping(&mut rui, b"rob: after", &mut late);
+    rui.read_through_skipping(b"rob: after", &mut late);
     rob.expect_nothing_for(Duration::from_millis(500));
     rui.expect_nothing_for(Duration::from_millis(50));
     for (node, before) in [&mut a, &mut b].into_iter().zip(losses_before) {
@@ -407,11 +390,11 @@ fn a_publishing_connection_redis_closes_is_made_again_and_nothing_is_heard_twice
     // What waited for the link goes out (rob's line, mia's arrival), or the roster brings
     // the arrival: each once, in order.
     let mut late = Some(&b"rob: alone"[..]);
-    read_through_skipping(&mut rui, b"b'mia' esta conectado ao chat", &mut late);
+    rui.read_through_skipping(b"b'mia' esta conectado ao chat", &mut late);
     mia.send(b"mia: after\n");
     mia.expect(b"mia: after\n");
     rob.expect(b"mia: after\n");
-    read_through_skipping(&mut rui, b"mia: after", &mut late);
+    rui.read_through_skipping(b"mia: after", &mut late);
     rui.send(b"rui: after\n");
     rui.expect(b"rui: after\n");
     rob.expect(b"rui: after");
@@ -421,6 +404,28 @@ fn a_publishing_connection_redis_closes_is_made_again_and_nothing_is_heard_twice
     assert_eq!(metric(&mut b, LOSSES), losses_before[1] + 1.0, "one loss");
     assert_eq!(metric(&mut b, LINK_DOWN), 0.0);
     assert_eq!(metric(&mut a, "chatd_cluster_remote_lobby_members"), 2.0);
+}
+
+/// Node A serving CCM without rate limits, so that its user can flood the lobby, and node B
+/// serving ROOM, both with the `lease` flag and value.
+fn flooding_and_room_nodes(redis: &Redis, lease: [&str; 2]) -> (Chatd, Chatd) {
+    let a = redis.node(
+        "node-a",
+        &["--ccm-port"],
+        &[&lease[..], &chatd::CCM_UNTHROTTLED_FLAGS].concat(),
+    );
+    let b = redis.node("node-b", &["--room-port"], &lease);
+    (a, b)
+}
+
+/// The subscribers' connections Redis holds, one line each (`CLIENT LIST TYPE pubsub`).
+fn pubsub_clients(admin: &mut redis::Connection) -> String {
+    redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(admin)
+        .expect("CLIENT LIST")
 }
 
 /// A node that cannot keep up: Redis holds at most 256 KiB for a subscriber
@@ -449,21 +454,7 @@ fn a_subscriber_redis_drops_for_its_output_limit_resubscribes_with_bounded_memor
     );
     // Long: a frozen node must not be taken for dead while the flood goes through.
     let lease = ["--cluster-lease-ms", "20000"];
-    let mut a = redis.node(
-        "node-a",
-        &["--ccm-port"],
-        &[
-            lease[0],
-            lease[1],
-            "--ccm-sender-bytes-per-s-max",
-            "0",
-            "--ccm-pair-bytes-per-s-max",
-            "0",
-            "--input-bytes-per-s-max",
-            "0",
-        ],
-    );
-    let mut b = redis.node("node-b", &["--room-port"], &lease);
+    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease);
     let mut rob = Client::join(addr(&b, "--room-port"), "rob");
     let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
     rob.expect(b"b'cid' esta conectado ao chat");
@@ -477,23 +468,13 @@ fn a_subscriber_redis_drops_for_its_output_limit_resubscribes_with_bounded_memor
     let bodies: Vec<String> = (0..MESSAGES)
         .map(|i| format!("<{i:04}>{}", "f".repeat(BODY_BYTES - 6)))
         .collect();
-    for body in &bodies {
-        cid.send(&ccm_text(&token, "*", body));
-    }
-    // Texts are handled in order: once the next one is refused, the flood has been handled.
-    cid.send(&ccm_text(&token, "nobody", "x"));
-    cid.read_through(b"unknown-addressee");
+    flood_lobby(&mut cid, &token, bodies.iter().map(String::as_str));
     drop(cy);
     wait_metric(&mut a, PUBLISHED, published + MESSAGES as f64 + 1.0);
     // Redis dropped B's subscription; A's (it reads its own lobby) stays.
     let deadline = Instant::now() + common::WAIT;
     loop {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut admin)
-            .expect("CLIENT LIST");
+        let list = pubsub_clients(&mut admin);
         if list.lines().count() == 1 {
             break;
         }
@@ -639,8 +620,8 @@ fn a_redis_that_stops_answering_publish_is_a_lost_link_within_the_command_deadli
     // Redis read the unanswered line before it paused: it may carry it, once; the line said
     // while the link was down waited for it.
     let mut late = Some(&b"rob: unanswered"[..]);
-    read_through_skipping(&mut rui, b"rob: local", &mut late);
-    read_through_skipping(&mut rui, b"rob: after", &mut late);
+    rui.read_through_skipping(b"rob: local", &mut late);
+    rui.read_through_skipping(b"rob: after", &mut late);
     rui.send(b"rui: after\n");
     rui.expect(b"rui: after\n");
     rob.expect(b"rui: after");
@@ -671,21 +652,7 @@ fn a_backlog_under_redis_limit_waits_in_redis_and_is_all_taken_with_bounded_memo
     };
     let mut admin = admin_connection(&redis);
     let lease = ["--cluster-lease-ms", "20000"];
-    let mut a = redis.node(
-        "node-a",
-        &["--ccm-port"],
-        &[
-            lease[0],
-            lease[1],
-            "--ccm-sender-bytes-per-s-max",
-            "0",
-            "--ccm-pair-bytes-per-s-max",
-            "0",
-            "--input-bytes-per-s-max",
-            "0",
-        ],
-    );
-    let mut b = redis.node("node-b", &["--room-port"], &lease);
+    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease);
     let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
     wait_metric(&mut b, RECEIVED, 1.0);
     let received_before = metric(&mut b, RECEIVED);
@@ -694,19 +661,10 @@ fn a_backlog_under_redis_limit_waits_in_redis_and_is_all_taken_with_bounded_memo
 
     freeze(&b);
     let body = "f".repeat(BODY_BYTES);
-    for _ in 0..MESSAGES {
-        cid.send(&ccm_text(&token, "*", &body));
-    }
-    cid.send(&ccm_text(&token, "nobody", "x"));
-    cid.read_through(b"unknown-addressee");
+    flood_lobby(&mut cid, &token, (0..MESSAGES).map(|_| body.as_str()));
     wait_metric(&mut a, PUBLISHED, published + MESSAGES as f64);
     // The backlog is in Redis's hands: the largest subscriber output buffer there.
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut admin)
-        .expect("CLIENT LIST");
+    let list = pubsub_clients(&mut admin);
     let held_in_redis: u64 = list
         .lines()
         .filter_map(|line| {

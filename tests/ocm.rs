@@ -126,6 +126,25 @@ fn new_socket(ip: &str) -> UdpSocket {
     socket
 }
 
+/// The next datagram `socket` receives, which must come from `relay`.
+fn relayed(socket: &UdpSocket, relay: SocketAddr) -> Vec<u8> {
+    let mut buf = [0u8; 4096];
+    let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
+    assert_eq!(from, relay);
+    buf[..len].to_vec()
+}
+
+/// Stops `server`, which must have counted exactly `expected` datagrams dropped as over a
+/// limit (`over_limit`).
+fn assert_over_limit_drops(server: TestServer, expected: u64) {
+    let stats = server.stop();
+    assert_eq!(
+        stats.datagrams_dropped_by_reason[DatagramDrop::OverLimit.index()],
+        expected,
+        "{stats}"
+    );
+}
+
 /// What the others are told when `member` leaves.
 fn leave_text(member: &Member) -> String {
     format!("{}が{}{LEAVE_SUFFIX}", member.name, member.room)
@@ -314,12 +333,7 @@ fn the_stage1_relay_forwards_each_datagram_verbatim_to_the_other_peers() {
     let server = server();
     let relay = server.ocm_relay.expect("relay enabled");
     let peers: Vec<UdpSocket> = (0..3).map(|_| new_socket("127.0.0.1")).collect();
-    let recv = |socket: &UdpSocket| {
-        let mut buf = [0u8; 4096];
-        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
-        assert_eq!(from, relay);
-        buf[..len].to_vec()
-    };
+    let recv = |socket: &UdpSocket| relayed(socket, relay);
     // Each peer becomes known by sending; every datagram goes to the peers known before it.
     peers[0].send_to(b"\x05alicehello", relay).expect("send");
     peers[1]
@@ -403,12 +417,7 @@ fn relay_peers_beyond_the_per_ip_and_total_caps_are_dropped_and_counted() {
         ..Config::for_tests()
     });
     let relay = server.ocm_relay.expect("relay enabled");
-    let recv = |socket: &UdpSocket| {
-        let mut buf = [0u8; 4096];
-        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
-        assert_eq!(from, relay);
-        buf[..len].to_vec()
-    };
+    let recv = |socket: &UdpSocket| relayed(socket, relay);
     let local: Vec<UdpSocket> = (0..3).map(|_| new_socket("127.0.0.1")).collect();
     local[0].send_to(b"a0", relay).expect("send");
     local[1].send_to(b"a1", relay).expect("send");
@@ -441,12 +450,7 @@ fn relay_peers_beyond_the_per_ip_and_total_caps_are_dropped_and_counted() {
     );
     assert_eq!(recv(&elsewhere), b"a0 last");
     // Both refusals counted as such, not as any other drop.
-    let stats = server.stop();
-    assert_eq!(
-        stats.datagrams_dropped_by_reason[DatagramDrop::OverLimit.index()],
-        2,
-        "{stats}"
-    );
+    assert_over_limit_drops(server, 2);
 }
 
 /// README `--udp-sources-max` (65,536): the table of rate-tracked source addresses per UDP
@@ -464,12 +468,7 @@ fn a_full_table_of_rate_tracked_sources_drops_new_sources_until_one_goes_quiet()
         ..Config::for_tests()
     });
     let relay = server.ocm_relay.expect("relay enabled");
-    let recv = |socket: &UdpSocket| {
-        let mut buf = [0u8; 4096];
-        let (len, from) = socket.recv_from(&mut buf).expect("a relayed datagram");
-        assert_eq!(from, relay);
-        buf[..len].to_vec()
-    };
+    let recv = |socket: &UdpSocket| relayed(socket, relay);
     let first = new_socket("127.0.0.1");
     let second = new_socket("127.0.0.1");
     let newcomer = new_socket("127.0.0.1");
@@ -485,12 +484,7 @@ fn a_full_table_of_rate_tracked_sources_drops_new_sources_until_one_goes_quiet()
     newcomer.send_to(b"e", relay).expect("send");
     assert_eq!(recv(&first), b"e");
     assert_eq!(recv(&second), b"e");
-    let stats = server.stop();
-    assert_eq!(
-        stats.datagrams_dropped_by_reason[DatagramDrop::OverLimit.index()],
-        1,
-        "{stats}"
-    );
+    assert_over_limit_drops(server, 1);
 }
 
 /// README `--ocm-room-silent-timeout-ms` (120,000) and PROTOCOLS.md OCM: a room none of whose

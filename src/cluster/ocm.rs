@@ -919,13 +919,7 @@ impl OcmThread {
                     self.members.remove(&token);
                 }
                 OcmOp::Close { room, room_id } => {
-                    if self
-                        .rooms
-                        .get(&room)
-                        .is_some_and(|(id, _, _)| *id == room_id)
-                    {
-                        self.rooms.remove(&room);
-                    }
+                    remove_room_of_id(&mut self.rooms, &room, room_id);
                 }
                 OcmOp::Members {
                     room,
@@ -1018,13 +1012,7 @@ impl OcmThread {
                     });
                 }
                 OcmOp::Close { room, room_id } => {
-                    if self
-                        .rooms
-                        .get(&room)
-                        .is_some_and(|(id, _, _)| *id == room_id)
-                    {
-                        self.rooms.remove(&room);
-                    }
+                    remove_room_of_id(&mut self.rooms, &room, room_id);
                     self.retry(OcmOp::Close { room, room_id });
                 }
             }
@@ -1200,6 +1188,21 @@ impl OcmThread {
             (self.wake)();
         }
     }
+}
+
+/// Removes `room` from `rooms` (name to id, host, ...) only while that name is still the room
+/// `room_id`: a close may come after a newer room took the name, and that one stays. True
+/// when it was removed.
+pub(crate) fn remove_room_of_id<H, N>(
+    rooms: &mut HashMap<Bytes, (u64, H, N)>,
+    room: &Bytes,
+    room_id: u64,
+) -> bool {
+    let current = rooms.get(room).is_some_and(|(id, _, _)| *id == room_id);
+    if current {
+        rooms.remove(room);
+    }
+    current
 }
 
 fn leave_op(pipe: &mut redis::Pipeline, room: &[u8], member: &[u8], token: &OcmToken) {

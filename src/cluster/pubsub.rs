@@ -631,6 +631,30 @@ pub(super) fn auth_command(info: &redis::RedisConnectionInfo) -> Option<Bytes> {
     Some(out.freeze())
 }
 
+/// One step of either link's connect, on its `socket`: opens a new connection once a
+/// reconnect is due, and looks whether the connect under way has completed. True when it
+/// has: the caller sets its link up (each does so its own way).
+fn connect_step(
+    conn: &mut Connection,
+    socket: &mut Socket,
+    readable: &mut bool,
+    now_ms: u64,
+) -> Result<bool, Lost> {
+    if conn.connect_due(now_ms) {
+        socket
+            .open()
+            .map_err(|err| Lost(format!("connect: {err}")))?;
+        *readable = true;
+        conn.connecting(now_ms);
+    }
+    match conn.phase {
+        Phase::Connecting { .. } => socket
+            .connect_done()
+            .map_err(|err| Lost(format!("connect: {err}"))),
+        _ => Ok(false),
+    }
+}
+
 /// One socket to Redis, non-blocking, in the reactor's poll (edge-triggered: reads and
 /// writes go on until `WouldBlock`, or the next event never comes).
 pub(super) struct Socket {
@@ -921,51 +945,19 @@ impl Links {
     }
 
     fn pub_connect(&mut self, now_ms: u64) -> Result<(), Lost> {
-        match self.publisher.phase() {
-            Phase::Down { .. } if self.publisher.connect_due(now_ms) => {
-                self.pub_socket
-                    .open()
-                    .map_err(|err| Lost(format!("connect: {err}")))?;
-                self.pub_readable = true;
-                self.publisher.connecting(now_ms);
-                self.pub_connect(now_ms)
-            }
-            Phase::Connecting { .. } => {
-                if self
-                    .pub_socket
-                    .connect_done()
-                    .map_err(|err| Lost(format!("connect: {err}")))?
-                {
-                    self.publisher.connected();
-                }
-                Ok(())
-            }
-            _ => Ok(()),
+        let conn = &mut self.publisher.conn;
+        if connect_step(conn, &mut self.pub_socket, &mut self.pub_readable, now_ms)? {
+            self.publisher.connected();
         }
+        Ok(())
     }
 
     fn sub_connect(&mut self, now_ms: u64) -> Result<(), Lost> {
-        match self.subscriber.phase() {
-            Phase::Down { .. } if self.subscriber.connect_due(now_ms) => {
-                self.sub_socket
-                    .open()
-                    .map_err(|err| Lost(format!("connect: {err}")))?;
-                self.sub_readable = true;
-                self.subscriber.connecting(now_ms);
-                self.sub_connect(now_ms)
-            }
-            Phase::Connecting { .. } => {
-                if self
-                    .sub_socket
-                    .connect_done()
-                    .map_err(|err| Lost(format!("connect: {err}")))?
-                {
-                    self.subscriber.connected(now_ms);
-                }
-                Ok(())
-            }
-            _ => Ok(()),
+        let conn = &mut self.subscriber.conn;
+        if connect_step(conn, &mut self.sub_socket, &mut self.sub_readable, now_ms)? {
+            self.subscriber.connected(now_ms);
         }
+        Ok(())
     }
 
     /// Every reply there is on the publishing link (they are small: read to the end).

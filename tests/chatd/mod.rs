@@ -6,6 +6,17 @@
 
 use std::process::Command;
 
+/// No limit on a CCM user's bytes a second, nor a connection's input: for a test whose CCM
+/// user floods faster than those limits allow.
+pub const CCM_UNTHROTTLED_FLAGS: [&str; 6] = [
+    "--ccm-sender-bytes-per-s-max",
+    "0",
+    "--ccm-pair-bytes-per-s-max",
+    "0",
+    "--input-bytes-per-s-max",
+    "0",
+];
+
 /// Every protocol's port flag.
 pub const PORT_FLAGS: [&str; 8] = [
     "--room-port",

@@ -39,6 +39,21 @@ pub fn text(token: &str, to: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Sends each of `bodies` to the lobby as the user of `token` on `client`, and returns once
+/// the server has handled them all.
+pub fn flood_lobby<'a>(
+    client: &mut Client,
+    token: &str,
+    bodies: impl IntoIterator<Item = &'a str>,
+) {
+    for body in bodies {
+        client.send(&text(token, "*", body));
+    }
+    // Texts are handled in order: once the next one is refused, the flood has been handled.
+    client.send(&text(token, "nobody", "x"));
+    client.read_through(b"unknown-addressee");
+}
+
 /// The exact bytes of a `Text` from `from` to `to` (`*`: the lobby) as a CCM user receives it.
 pub fn delivered(from: &str, to: &str, body: &str) -> Vec<u8> {
     format!(

@@ -314,6 +314,23 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
+    /// Reads up to and including `needle`; before it may come `late` (a line that may or may
+    /// not cross, at most once), then taken, and nothing else.
+    pub fn read_through_skipping(&mut self, needle: &[u8], late: &mut Option<&[u8]>) {
+        let heard = self.read_through(needle);
+        let before = &heard[..heard.len() - needle.len()];
+        if before.is_empty() {
+            return;
+        }
+        assert_eq!(
+            Some(before),
+            late.take(),
+            "unexpected before {:?}: {:?}",
+            String::from_utf8_lossy(needle),
+            String::from_utf8_lossy(before)
+        );
+    }
+
     /// The next `len` bytes, whatever they are; consumed.
     pub fn read_exact(&mut self, len: usize) -> Vec<u8> {
         while self.received.len() < len {

@@ -1220,7 +1220,8 @@ mod tests {
     use super::super::{codec, json, OcmConfig, OcmService};
     use super::RemoteTokens;
     use crate::cluster::ocm::{
-        CreateAnswer, JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, RoomRead, TokenRecord,
+        remove_room_of_id, CreateAnswer, JoinAnswer, JoinedRoom, OcmAnswer, OcmOp, RoomRead,
+        TokenRecord,
     };
     use crate::hub::{Endpoint, Hub, HubConfig, HubEvent, ProtocolKind, User};
     use crate::protocol::testing::{RecordingDatagrams, RecordingOutbox};
@@ -1357,12 +1358,7 @@ mod tests {
                     None
                 }
                 OcmOp::Close { room, room_id } => {
-                    if self
-                        .rooms
-                        .get(&room)
-                        .is_some_and(|(id, _, _)| *id == room_id)
-                    {
-                        self.rooms.remove(&room);
+                    if remove_room_of_id(&mut self.rooms, &room, room_id) {
                         self.members.retain(|(r, _), _| *r != room);
                     }
                     None
