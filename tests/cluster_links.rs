@@ -764,3 +764,68 @@ fn a_lost_subscription_is_tried_again_after_a_delay_doubling_from_50_ms_to_2_s()
     assert!(back_from.elapsed() < Duration::from_millis(2500));
     assert_eq!(metric(&mut b, LOSSES), 1.0);
 }
+
+/// A roster over `--cluster-roster-bytes-max` is not published, so it cannot cost every node
+/// its subscription. Redis's limit for a subscriber's output is lowered to 64 KiB and node A
+/// holds 80 ROOM members with 1,000-byte aliases (a roster of about 80 KiB): published, it
+/// would drop every subscription as it went out, and each resubscription would ask for it
+/// again (seen with the bound at 16 MiB: a lost link every 50 ms for as long as the test ran,
+/// and this test failed). With the bound at 32 KiB, A logs and counts the roster it keeps
+/// back, each node loses its subscription once (the kill), and the lobby spans both nodes
+/// again.
+#[test]
+fn a_roster_over_the_byte_bound_is_not_published_and_costs_no_subscription() {
+    const MEMBERS: usize = 80;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut admin = admin_connection(&redis);
+    command(
+        &mut admin,
+        &[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 64kb 32kb 1",
+        ],
+    );
+    let mut a = redis.node(
+        "node-a",
+        &["--room-port"],
+        &["--cluster-roster-bytes-max", "32768"],
+    );
+    let mut b = redis.node("node-b", &["--room-port"], &[]);
+    let mut rob = Client::join(addr(&b, "--room-port"), "rob");
+    let alias = |i: usize| format!("m{i:03}{}", "x".repeat(996));
+    let mut members: Vec<Client> = (0..MEMBERS)
+        .map(|i| Client::join(addr(&a, "--room-port"), &alias(i)))
+        .collect();
+    rob.read_through(format!("b'{}' esta conectado ao chat", alias(MEMBERS - 1)).as_bytes());
+    let losses_before = [metric(&mut a, LOSSES), metric(&mut b, LOSSES)];
+    let dropped_before = metric(&mut a, DROPPED);
+
+    let killed = command(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, redis::Value::Int(2), "both nodes' subscriptions");
+    a.stderr.wait_for("lobby members not published: ");
+    assert!(metric(&mut a, DROPPED) > dropped_before);
+    for node in [&mut a, &mut b] {
+        node.stderr
+            .wait_for("cluster: the subscriber's link to Redis is back after");
+    }
+    // The lobby spans both nodes again.
+    let last = members.last_mut().expect("members");
+    rob.send(b"rob: after\n");
+    rob.read_through(b"rob: after\n");
+    last.read_through(b"rob: after");
+    // A roster over Redis's limit would drop the subscriptions again within milliseconds of
+    // each resubscription: a second of quiet links is many of those rounds.
+    std::thread::sleep(Duration::from_millis(1000));
+    for (node, before) in [&mut a, &mut b].into_iter().zip(losses_before) {
+        assert_eq!(
+            metric(node, LOSSES),
+            before + 1.0,
+            "one lost link each: the kill"
+        );
+        assert_eq!(metric(node, LINK_DOWN), 0.0);
+    }
+}
