@@ -303,8 +303,9 @@ struct Args {
     isolate: bool,
 
     /// Join a cluster: the nodes sharing this Redis serve one lobby (docs/CLUSTER.md). Redis
-    /// unreachable at start: chatd exits with status 1. Without it, no network service is
-    /// needed.
+    /// unreachable at start: chatd exits with status 1. A HOST name is looked up again while
+    /// a link to Redis is down, so a Redis whose name moves is found again. Without it, no
+    /// network service is needed.
     #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
     cluster: Option<String>,
 
