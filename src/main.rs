@@ -26,7 +26,9 @@ use switchboard::reactor::Server;
 /// relay (UDP 9001). A port of 0 disables its protocol. Every limit and timer below has
 /// a default that matches the protocol contract; tests and operators may change them.
 /// SIGINT or SIGTERM stops accepting, flushes queued output within the grace period and exits
-/// 0; a second signal exits at once. With TLS, SIGHUP reads the certificate and key again.
+/// 0; a second signal exits at once. SIGHUP never ends chatd: with TLS it reads the
+/// certificate and key again; without, it is logged and ignored (so a closed terminal does not
+/// stop a foreground chatd).
 #[derive(Parser, Debug)]
 #[command(name = "chatd", version, about, long_about)]
 struct Args {
