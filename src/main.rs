@@ -117,6 +117,18 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::default().web_messages_per_s_max)]
     web_messages_per_s_max: u64,
 
+    /// WEB with --cluster: direct messages of one web user to another node's users awaiting
+    /// their receipt at once; one more is refused (`busy`), not sent.
+    #[arg(long, value_name = "N", default_value_t = Config::default().web_receipts_per_sender_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..), requires = "cluster")]
+    web_receipts_per_sender_max: u64,
+
+    /// WEB with --cluster: direct messages to other nodes' users awaiting their receipt on
+    /// this node at once, all web users together; one more is refused (`busy`), not sent.
+    #[arg(long, value_name = "N", default_value_t = Config::default().web_receipts_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..), requires = "cluster")]
+    web_receipts_max: u64,
+
     /// MATOU port (binary: unique names, public room, private links brokered between clients).
     /// 0 disables MATOU.
     #[arg(long, value_name = "PORT", default_value_t = MATOU_PORT_DEFAULT)]
@@ -700,6 +712,8 @@ impl Args {
             web_message_bytes_max: to_usize(self.web_message_bytes_max),
             web_text_bytes_max: to_usize(self.web_text_bytes_max),
             web_messages_per_s_max: self.web_messages_per_s_max,
+            web_receipts_per_sender_max: to_usize(self.web_receipts_per_sender_max),
+            web_receipts_max: to_usize(self.web_receipts_max),
             matou_name_bytes_max: to_usize(self.matou_name_bytes_max),
             matou_message_bytes_max: to_usize(self.matou_message_bytes_max),
             matou_string_bytes_max: to_usize(self.matou_string_bytes_max),
