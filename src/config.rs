@@ -47,6 +47,10 @@ pub struct Config {
     /// WEB: `say` and `direct` messages one web user may send per second (a second's worth at
     /// once); over it they are refused `rate-limited`. 0: no limit.
     pub web_messages_per_s_max: u64,
+    /// `--cluster`: a web user's `direct`s to another node's user awaiting their receipt at
+    /// once, of one sender and on this node; one more is refused `busy`, not sent.
+    pub web_receipts_per_sender_max: usize,
+    pub web_receipts_max: usize,
     /// TLS listeners (issue 23), each beside its protocol's plaintext one and serving the same
     /// protocol over TLS; `None` (the default): off, `Some(0)`: an ephemeral port (tests).
     /// They need `tls_cert_path` and `tls_key_path`.
@@ -278,6 +282,8 @@ impl Default for Config {
             web_message_bytes_max: 4096,
             web_text_bytes_max: 1000,
             web_messages_per_s_max: 20,
+            web_receipts_per_sender_max: crate::hub::WEB_RECEIPTS_PER_SENDER_MAX,
+            web_receipts_max: crate::hub::WEB_RECEIPTS_MAX,
             room_tls_port: None,
             bin24_tls_port: None,
             ccm_tls_port: None,

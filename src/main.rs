@@ -26,7 +26,9 @@ use switchboard::reactor::Server;
 /// relay (UDP 9001). A port of 0 disables its protocol. Every limit and timer below has
 /// a default that matches the protocol contract; tests and operators may change them.
 /// SIGINT or SIGTERM stops accepting, flushes queued output within the grace period and exits
-/// 0; a second signal exits at once. With TLS, SIGHUP reads the certificate and key again.
+/// 0; a second signal exits at once. SIGHUP never ends chatd: with TLS it reads the
+/// certificate and key again; without, it is logged and ignored (so a closed terminal does not
+/// stop a foreground chatd).
 #[derive(Parser, Debug)]
 #[command(name = "chatd", version, about, long_about)]
 struct Args {
@@ -114,6 +116,18 @@ struct Args {
     /// refused (`rate-limited`). 0: no limit.
     #[arg(long, value_name = "N", default_value_t = Config::default().web_messages_per_s_max)]
     web_messages_per_s_max: u64,
+
+    /// WEB with --cluster: direct messages of one web user to another node's users awaiting
+    /// their receipt at once; one more is refused (`busy`), not sent.
+    #[arg(long, value_name = "N", default_value_t = Config::default().web_receipts_per_sender_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..), requires = "cluster")]
+    web_receipts_per_sender_max: u64,
+
+    /// WEB with --cluster: direct messages to other nodes' users awaiting their receipt on
+    /// this node at once, all web users together; one more is refused (`busy`), not sent.
+    #[arg(long, value_name = "N", default_value_t = Config::default().web_receipts_max as u64,
+          value_parser = clap::value_parser!(u64).range(1..), requires = "cluster")]
+    web_receipts_max: u64,
 
     /// MATOU port (binary: unique names, public room, private links brokered between clients).
     /// 0 disables MATOU.
@@ -303,8 +317,9 @@ struct Args {
     isolate: bool,
 
     /// Join a cluster: the nodes sharing this Redis serve one lobby (docs/CLUSTER.md). Redis
-    /// unreachable at start: chatd exits with status 1. Without it, no network service is
-    /// needed.
+    /// unreachable at start: chatd exits with status 1. A HOST name is looked up again while
+    /// a link to Redis is down, so a Redis whose name moves is found again. Without it, no
+    /// network service is needed.
     #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
     cluster: Option<String>,
 
@@ -697,6 +712,8 @@ impl Args {
             web_message_bytes_max: to_usize(self.web_message_bytes_max),
             web_text_bytes_max: to_usize(self.web_text_bytes_max),
             web_messages_per_s_max: self.web_messages_per_s_max,
+            web_receipts_per_sender_max: to_usize(self.web_receipts_per_sender_max),
+            web_receipts_max: to_usize(self.web_receipts_max),
             matou_name_bytes_max: to_usize(self.matou_name_bytes_max),
             matou_message_bytes_max: to_usize(self.matou_message_bytes_max),
             matou_string_bytes_max: to_usize(self.matou_string_bytes_max),

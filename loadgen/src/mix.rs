@@ -684,6 +684,13 @@ fn lobby_setup(args: &MixArgs) -> Result<(Setup, u64), String> {
         args.ocm_udp_port,
         args.web_port,
     ];
+    if members[crate::lobby::ledger::Kind::Web.index()] > 0 {
+        let asked = format!("--lobby {total} at {rate} messages/s");
+        let per_member = rate as f64 / total as f64;
+        if let Some(note) = crate::web::args::over_chatd_limit(per_member, &asked) {
+            eprintln!("loadgen: {note}");
+        }
+    }
     let pace = share.pace(LOBBY_DRAIN_DEFAULT);
     let ocm = ("lobby".to_string(), OCM_RECV_BUFFER_DEFAULT);
     // A fifth of the members are OCM's, and each node has its own OCM lobby room.

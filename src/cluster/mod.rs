@@ -30,11 +30,12 @@ pub mod offline;
 // the sans-io PubLink and SubLink with parsed replies; not an API.
 #[doc(hidden)]
 pub mod pubsub;
+mod resolve;
 pub mod resp;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -124,6 +125,9 @@ enum Incoming {
     /// The subscription is made again after a lost link: events of other nodes may have been
     /// missed meanwhile.
     Subscribed,
+    /// Redis's host name now gives these addresses (the lease thread, while a link is down):
+    /// the reactor's links connect there from their next attempt.
+    RedisAddrs(Vec<SocketAddr>),
 }
 
 /// A name unique per process: host, pid and a random number.
@@ -290,11 +294,10 @@ impl Cluster {
         let auth = pubsub::auth_command(&info.redis);
         let unreachable =
             |err: &dyn std::fmt::Display| ClusterError::Connect(format!("{}: {err}", config.url));
-        // Resolved once, here: the reactor reconnects without a (blocking) name look-up.
-        let addrs: Vec<SocketAddr> = (host.as_str(), *port)
-            .to_socket_addrs()
-            .map_err(|err| unreachable(&err))?
-            .collect();
+        // Resolved here for the start; the reactor reconnects without a (blocking) look-up, to
+        // the addresses the lease thread looks up again while a link is down (`resolve`).
+        let addrs = resolve::lookup(host, *port).map_err(|err| unreachable(&err))?;
+        let redis_host = resolve::RedisHost::new(host, *port, &addrs);
         let command_timeout = config.command_timeout();
         let timeout_ms = command_timeout.as_millis() as u64;
         let incarnation = random_u64();
@@ -317,6 +320,7 @@ impl Cluster {
                 command_timeout,
                 key,
                 lease_ms: config.lease_ms,
+                redis_host,
                 incoming: incoming_tx,
                 pending: Arc::clone(&pending),
                 wake: Arc::clone(&wake),
@@ -549,6 +553,12 @@ impl Cluster {
                 }
                 Incoming::Roster(roster) => {
                     self.on_roster(roster);
+                    continue;
+                }
+                Incoming::RedisAddrs(addrs) => {
+                    if let Some(links) = self.links.as_mut() {
+                        links.set_addrs(addrs);
+                    }
                     continue;
                 }
                 Incoming::Subscribed => {
@@ -875,6 +885,7 @@ struct Lease {
     command_timeout: Duration,
     key: Vec<u8>,
     lease_ms: u64,
+    redis_host: resolve::RedisHost,
     incoming: mpsc::Sender<Incoming>,
     pending: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
@@ -896,10 +907,34 @@ impl Lease {
             }
             if schedule.due(now_ms()) {
                 self.renew(&mut schedule, now_ms(), &mut down_since);
+                // After the renewal, so that a slow look-up never delays it.
+                self.look_up_redis();
             }
         }
         if let Some(conn) = self.conn.as_mut() {
             let _ = redis::cmd("DEL").arg(&self.key).query::<()>(conn);
+        }
+    }
+
+    /// While a link to Redis is down, Redis's host looked up again; addresses that changed
+    /// go to the reactor's links.
+    fn look_up_redis(&mut self) {
+        let links_down = self.stats.links_down.load(Ordering::Acquire) > 0;
+        let Some(addrs) = self.redis_host.refresh(links_down, resolve::lookup) else {
+            return;
+        };
+        info!(
+            "cluster: Redis's host {} now gives {addrs:?}; the publishing and subscription links \
+             connect there",
+            self.redis_host.host()
+        );
+        self.hand_over(Incoming::RedisAddrs(addrs));
+    }
+
+    /// Sends `incoming` to the reactor and wakes it, unless a wake is pending already.
+    fn hand_over(&self, incoming: Incoming) {
+        if self.incoming.send(incoming).is_ok() && !self.pending.swap(true, Ordering::AcqRel) {
+            (self.wake)();
         }
     }
 
@@ -945,11 +980,8 @@ impl Lease {
                 }
                 // Right after Redis returns, other nodes may not have set their keys again:
                 // their absence would be no news.
-                if schedule.renewed(now_ms)
-                    && self.incoming.send(Incoming::Live(live)).is_ok()
-                    && !self.pending.swap(true, Ordering::AcqRel)
-                {
-                    (self.wake)();
+                if schedule.renewed(now_ms) {
+                    self.hand_over(Incoming::Live(live));
                 }
             }
             Err(err) => {

@@ -699,6 +699,11 @@ impl Socket {
         Ok(())
     }
 
+    fn set_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.addrs = addrs;
+        self.next_addr = 0;
+    }
+
     /// Start a non-blocking connect (to each address of the URL in turn, one per attempt).
     fn open(&mut self) -> io::Result<()> {
         self.close();
@@ -820,6 +825,13 @@ impl Links {
             pub_readable: true,
             sub_readable: true,
         }
+    }
+
+    /// Redis's addresses from now on (its host name moved): each link's next connect tries
+    /// them; a link that is up stays on the connection it has.
+    pub(super) fn set_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.pub_socket.set_addrs(addrs.clone());
+        self.sub_socket.set_addrs(addrs);
     }
 
     /// A readiness event on one of the sockets (which one is not told: a read that finds
@@ -1418,38 +1430,29 @@ mod tests {
         assert!(link.on_reply(Value::Integer(3), 1).is_err());
     }
 
-    /// The driver over real loopback sockets, against a fake Redis played by the test: a
-    /// message written in two parts comes out once, a PUBLISH is written and its reply
-    /// counted, a closed subscription is a lost link made again (non-blocking connect,
-    /// SUBSCRIBE, confirmations) and counted down, then up.
-    #[test]
-    fn the_links_run_over_nonblocking_sockets_and_reconnect_when_redis_closes() {
-        use std::io::{Read, Write};
-        use std::net::TcpListener;
-        use std::sync::atomic::Ordering::Relaxed;
-
-        let redis = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// Links over real loopback sockets to `redis` (a fake Redis played by the test), the
+    /// subscription confirmed: the links and the fake's ends of the publishing and
+    /// subscription connections.
+    fn links_to(
+        redis: &std::net::TcpListener,
+        registry: &mio::Registry,
+    ) -> (Links, std::net::TcpStream, std::net::TcpStream) {
         let addr = redis.local_addr().unwrap();
-        let mut poll = mio::Poll::new().unwrap();
-        let mut events = mio::Events::with_capacity(16);
-        let stats = ClusterStats::default();
-        let started = Instant::now();
-        let now_ms = || started.elapsed().as_millis() as u64;
         let open = |token| {
             let client = std::net::TcpStream::connect(addr).unwrap();
             let (server, _) = redis.accept().unwrap();
             let socket = Socket::from_std(
                 client,
                 vec![addr],
-                poll.registry().try_clone().unwrap(),
+                registry.try_clone().unwrap(),
                 Token(token),
                 BytesMut::new(),
             )
             .unwrap();
             (socket, server)
         };
-        let (pub_socket, mut pub_server) = open(3);
-        let (sub_socket, mut sub_server) = open(4);
+        let (pub_socket, pub_server) = open(3);
+        let (sub_socket, sub_server) = open(4);
         let mut subscriber = SubLink::new(1000, 10_000, &[b"lobby"], None);
         subscriber.connected(0);
         subscriber.wrote(subscriber.output().len());
@@ -1461,12 +1464,33 @@ mod tests {
                 0,
             )
             .unwrap();
-        let mut links = Links::new(
+        let links = Links::new(
             PubLink::new(1000, 1 << 20, None),
             pub_socket,
             subscriber,
             sub_socket,
         );
+        (links, pub_server, sub_server)
+    }
+
+    /// The driver over real loopback sockets, against a fake Redis played by the test: a
+    /// message written in two parts comes out once, a PUBLISH is written and its reply
+    /// counted, a closed subscription is a lost link made again (non-blocking connect,
+    /// SUBSCRIBE, confirmations) and counted down, then up.
+    #[test]
+    fn the_links_run_over_nonblocking_sockets_and_reconnect_when_redis_closes() {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+        use std::sync::atomic::Ordering::Relaxed;
+
+        let redis = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(16);
+        let stats = ClusterStats::default();
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let (mut links, mut pub_server, mut sub_server) = links_to(&redis, poll.registry());
+
         // Turns until `done` (each waits for an event, 10 ms at most), within 5 s.
         let mut until = |links: &mut Links, done: &mut dyn FnMut(&mut Links) -> bool| {
             while !done(links) {
@@ -1529,5 +1553,46 @@ mod tests {
         assert_eq!(got, Some(SubPush::Subscribed));
         assert_eq!(stats.links_down.load(Relaxed), 0);
         assert_eq!(stats.link_losses.load(Relaxed), 1);
+    }
+
+    /// Redis's host moved (the lease thread looked it up again): a link lost after the new
+    /// addresses were handed over connects to them, not to the old one.
+    #[test]
+    fn a_lost_link_reconnects_to_the_addresses_handed_over() {
+        use std::io::Read;
+        use std::net::TcpListener;
+
+        let (old, moved) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(16);
+        let stats = ClusterStats::default();
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let (mut links, _pub_server, sub_server) = links_to(&old, poll.registry());
+        links.set_addrs(vec![moved.local_addr().unwrap()]);
+        // The old Redis is gone: a connect there is refused, and the test times out.
+        drop((old, sub_server));
+        while links.subscriber.phase() != Phase::Up
+            || stats.link_losses.load(std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never reconnected"
+            );
+            poll.poll(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            if !events.is_empty() {
+                links.on_event();
+            }
+            links.turn(now_ms(), &stats);
+            links.next_push(now_ms(), &stats);
+        }
+        let (mut sub_server, _) = moved.accept().unwrap();
+        let mut subscribe = vec![0; resp::command_len(&[b"SUBSCRIBE", b"lobby"])];
+        sub_server.read_exact(&mut subscribe).unwrap();
+        assert_eq!(subscribe, b"*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nlobby\r\n");
     }
 }

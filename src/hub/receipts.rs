@@ -19,10 +19,12 @@ use bytes::Bytes;
 
 use crate::chat::ConnId;
 
-/// Default most messages of one web sender awaiting their receipt at once: beyond what
-/// `--web-messages-per-s-max`'s default (20 a second) sends within a default deadline (6 s).
+/// Default `--web-receipts-per-sender-max`, the most messages of one web sender awaiting their
+/// receipt at once: beyond what `--web-messages-per-s-max`'s default (20 a second) sends
+/// within a default deadline (6 s).
 pub const WEB_RECEIPTS_PER_SENDER_MAX: usize = 256;
-/// Default most messages awaiting their receipt on this node, all senders together.
+/// Default `--web-receipts-max`, the most messages awaiting their receipt on this node, all
+/// senders together.
 pub const WEB_RECEIPTS_MAX: usize = 16_384;
 
 /// How long and how many crossing web messages wait for their receipt.

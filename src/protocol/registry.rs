@@ -361,8 +361,8 @@ impl Services {
                 // What BIN24's custody of a crossing message waits too (ack timeout + lease).
                 web_receipts: crate::hub::ReceiptConfig {
                     wait_ms: config.bin24_ack_timeout_ms.saturating_add(cluster.lease_ms),
-                    per_sender_max: crate::hub::WEB_RECEIPTS_PER_SENDER_MAX,
-                    max: crate::hub::WEB_RECEIPTS_MAX,
+                    per_sender_max: config.web_receipts_per_sender_max,
+                    max: config.web_receipts_max,
                 },
             }),
             isolated: config.isolate,

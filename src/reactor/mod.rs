@@ -557,12 +557,15 @@ impl Server {
     }
 
     /// Shut down cleanly on SIGINT and SIGTERM (a second signal exits at once); with TLS,
-    /// read the certificate and key again on SIGHUP.
+    /// read the certificate and key again on SIGHUP. SIGHUP never ends chatd: without TLS it
+    /// is logged and ignored (a terminal that hangs up sends it to a foreground chatd, and
+    /// operators send it to daemons expecting a reload, not an exit).
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        let mut wanted = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
-        if self.tls.is_some() {
-            wanted.push(signal_hook::consts::SIGHUP);
-        }
+        let wanted = [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ];
         let mut signals = signal_hook_mio::v1_0::Signals::new(wanted)?;
         self.poll
             .registry()
@@ -1084,7 +1087,7 @@ impl Server {
     /// open keep theirs. A file that cannot be used leaves the old ones in place.
     fn reload_tls(&mut self) {
         let Some(tls) = self.tls.as_mut() else {
-            info!("SIGHUP: nothing served over TLS, nothing to reload");
+            info!("SIGHUP: nothing served over TLS, nothing to reload; ignored, still serving");
             return;
         };
         match tls.reload() {

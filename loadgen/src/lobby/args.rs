@@ -142,6 +142,13 @@ impl ScenarioArgs for LobbyArgs {
             pace,
             ocm_why,
         )?;
+        if self.web > 0 {
+            let asked = format!("--rate {} over {total} members", self.rate);
+            let per_member = self.rate as f64 / total as f64;
+            if let Some(note) = crate::web::args::over_chatd_limit(per_member, &asked) {
+                eprintln!("loadgen: {note}");
+            }
+        }
         let web = match self.web {
             0 => String::new(),
             n => format!(", WEB {n}"),

@@ -22,6 +22,9 @@ pub(crate) const MESSAGE_BYTES_MIN: usize = ALIAS_PREFIX_LEN + RECORD_LEN_MIN;
 
 pub(crate) const MESSAGE_BYTES_MAX: usize = 65_536;
 
+/// Default `--rate` of `room` and `resp` (`web`'s is [`web::args::RATE_DEFAULT`]).
+pub(crate) const RATE_DEFAULT: u64 = 1_000;
+
 /// Default `--drain`.
 pub(crate) const ROOM_DRAIN_DEFAULT: Duration = Duration::from_secs(2);
 
@@ -64,9 +67,11 @@ pub(crate) struct FanoutArgs {
     senders: u64,
 
     /// Messages per second over all senders together (each sender sends rate/senders per
-    /// second, evenly spaced, the senders phase-shifted so the load is spread).
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=RATE_PER_S_MAX))]
-    rate: u64,
+    /// second, evenly spaced, the senders phase-shifted so the load is spread). Default: 1000;
+    /// `web`: 100, so the 10 default senders send 10/s each, within chatd's default
+    /// --web-messages-per-s-max 20 per web user (above it the run says so before starting).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=RATE_PER_S_MAX))]
+    rate: Option<u64>,
 
     /// Bytes of each message on the wire, `lgNNNNNN: ` prefix and newline included; the stamp
     /// is padded to reach it. From 63 to 65536. Messages larger than the server's read size are
@@ -139,11 +144,22 @@ pub(crate) fn fanout_config(
         ));
     }
     let target = resolve_loopback(&common.host, port)?;
+    let rate = match wire {
+        Wire::Web => args.rate.unwrap_or(web::args::RATE_DEFAULT),
+        _ => args.rate.unwrap_or(RATE_DEFAULT),
+    };
+    if wire == Wire::Web {
+        let per_sender = rate as f64 / senders as f64;
+        let asked = format!("--rate {rate} over --senders {senders}");
+        if let Some(note) = web::args::over_chatd_limit(per_sender, &asked) {
+            eprintln!("loadgen: {note}");
+        }
+    }
     let publishers = match wire {
         Wire::Room | Wire::Web => 0,
         Wire::Resp { .. } => senders,
     };
-    let pace = Pace::single(common, args.rate, ROOM_DRAIN_DEFAULT);
+    let pace = Pace::single(common, rate, ROOM_DRAIN_DEFAULT);
     let cfg = build(wire, target, clients, senders, args.payload_bytes, pace);
     let server = match cfg.wire {
         Wire::Room => "ROOM",
@@ -151,8 +167,8 @@ pub(crate) fn fanout_config(
         Wire::Web => "WEB",
     };
     let title = format!(
-        "{server}: {clients} clients, {senders} senders, {} msg/s, {} B, {:?}",
-        args.rate, args.payload_bytes, common.duration
+        "{server}: {clients} clients, {senders} senders, {rate} msg/s, {} B, {:?}",
+        args.payload_bytes, common.duration
     );
     let files = (clients + publishers) as u64;
     Ok((cfg, files, title))

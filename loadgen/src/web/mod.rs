@@ -14,9 +14,10 @@
 //! scenario's marker for the registry and the mix, and churn's sign-in.
 //!
 //! chatd limits a web user to `--web-messages-per-s-max` messages per second (20 by default):
-//! each sender sends `--rate / --senders` per second, so a run above that needs the flag raised
-//! on chatd (or more senders); the server's `error rate-limited` answers are counted as
-//! protocol errors, and the messages as lost.
+//! each sender sends `--rate / --senders` per second (`--rate` defaults to 100 here, 10/s for
+//! each of the 10 default senders), so a run above that needs the flag raised on chatd (or more
+//! senders), and says so before starting ([`args::over_chatd_limit`]); the server's
+//! `error rate-limited` answers are counted as protocol errors, and the messages as lost.
 
 pub mod args;
 pub mod ws;

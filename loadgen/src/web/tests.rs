@@ -264,6 +264,89 @@ fn names_are_the_aliases_with_lw() {
     assert_eq!(name(&alias), "lw000042");
 }
 
+/// `loadgen web`'s flags and the mix's WEB share against chatd's default rate per web user.
+mod rate_per_user {
+    use clap::Parser as _;
+    use switchboard::config::Config;
+
+    use super::super::args::{mix_share_over_chatd_limit, over_chatd_limit};
+    use crate::mix::planned_rate;
+    use crate::registry::ScenarioArgs as _;
+    use crate::room::RoomConfig;
+
+    pub(super) fn web_config(flags: &[&str]) -> RoomConfig {
+        let argv = [&["loadgen", "web"], flags].concat();
+        match crate::Cli::try_parse_from(argv).map(|c| c.scenario) {
+            Ok(crate::Scenario::Web(args)) => args.config().unwrap().0,
+            other => panic!("not a web command line: {other:?}"),
+        }
+    }
+
+    fn per_sender(cfg: &RoomConfig) -> f64 {
+        cfg.pace.rate_per_s as f64 / cfg.senders as f64
+    }
+
+    #[test]
+    fn the_defaults_stay_within_chatds_default_rate_per_web_user() {
+        let max = Config::default().web_messages_per_s_max;
+        assert!(max > 0, "chatd limits web users by default");
+        let cfg = web_config(&[]);
+        assert_eq!(
+            (cfg.clients, cfg.senders, cfg.pace.rate_per_s),
+            (100, 10, 100)
+        );
+        assert!(per_sender(&cfg) <= max as f64 / 2.0, "with room to spare");
+        assert_eq!(over_chatd_limit(per_sender(&cfg), "the defaults"), None);
+        // ROOM keeps its own default: no limiter there.
+        let room = match crate::Cli::try_parse_from(["loadgen", "room"]).map(|c| c.scenario) {
+            Ok(crate::Scenario::Room(args)) => args.config().unwrap().0,
+            other => panic!("not a room command line: {other:?}"),
+        };
+        assert_eq!(room.pace.rate_per_s, 1_000);
+    }
+
+    #[test]
+    fn a_rate_over_the_limit_is_told_with_the_flag_that_raises_it() {
+        let at_limit = web_config(&["--rate", "200"]);
+        assert_eq!(over_chatd_limit(per_sender(&at_limit), "--rate 200"), None);
+        let over = web_config(&["--rate", "201"]);
+        let note = over_chatd_limit(per_sender(&over), "--rate 201 over --senders 10").unwrap();
+        assert!(
+            note.starts_with("--rate 201 over --senders 10 is 20.1 messages/s"),
+            "{note}"
+        );
+        assert!(
+            note.contains("--web-messages-per-s-max 21 or more"),
+            "{note}"
+        );
+        // More senders bring the same rate within it.
+        let spread = web_config(&["--rate", "1000", "--senders", "50"]);
+        assert_eq!(over_chatd_limit(per_sender(&spread), ""), None);
+    }
+
+    #[test]
+    fn the_mix_web_share_is_within_the_limit_at_the_default_rate_per_client() {
+        // A tenth of the share sends, rounded: 10 x --rate-per-client each, at most 14 when
+        // the tenth rounds down (14 clients, 1 sender), 19 when the senders are capped.
+        for clients in 1..=19_000 {
+            let note = mix_share_over_chatd_limit(clients, planned_rate(clients, 1.0));
+            assert_eq!(note, None, "{clients} clients");
+        }
+        let cases = [(167, 2.0, true), (167, 2.5, false), (14, 2.0, false)];
+        for (clients, rate_per_client, within) in cases {
+            let rate = planned_rate(clients, rate_per_client);
+            let note = mix_share_over_chatd_limit(clients, rate);
+            assert_eq!(
+                note.is_none(),
+                within,
+                "{clients} at {rate_per_client}: {note:?}"
+            );
+        }
+        let note = mix_share_over_chatd_limit(14, 28).unwrap();
+        assert!(note.contains("28 messages/s over 1 senders"), "{note}");
+    }
+}
+
 /// Churn's WEB sign-in, without sockets.
 mod churn {
     use super::super::churn::{answer, UPGRADE};
@@ -391,6 +474,40 @@ mod against_chatd {
         );
         assert_eq!(exit_code, 0, "{text}");
         assert!(text.starts_with("scenario          WEB against"), "{text}");
+    }
+
+    #[test]
+    fn a_run_with_the_default_flags_gets_no_rate_limited_answer_from_a_default_chatd() {
+        let server = Server::bind(Config {
+            web_port: Some(0),
+            ..Config::for_tests()
+        })
+        .unwrap();
+        let limit = Config::for_tests().web_messages_per_s_max;
+        assert_eq!(
+            limit,
+            Config::default().web_messages_per_s_max,
+            "chatd's default limit"
+        );
+        let port = server
+            .local_addr(ProtocolKind::Web)
+            .unwrap()
+            .port()
+            .to_string();
+        let shortened = ["--duration", "1s", "--warmup", "200ms", "--drain", "2s"];
+        let cfg = super::rate_per_user::web_config(&[&["--port", &port], &shortened[..]].concat());
+        let handle = server.handle();
+        let server_thread = std::thread::spawn(move || server.run());
+        let outcome = run_alone::<Web>(&cfg);
+        handle.shutdown();
+        server_thread.join().unwrap().unwrap();
+        let run = outcome.unwrap_or_else(|e| panic!("{e:?}"));
+        let text = Web::report(&cfg, 1, false, &run).to_text();
+        assert_eq!(run.clients_joined, 100, "{text}");
+        assert_eq!(run.ran.errors.total(), 0, "{text}");
+        assert!(!text.contains("rate-limited"), "{text}");
+        assert_eq!((run.undelivered, run.seq.gap_losses), (0, 0), "{text}");
+        assert_eq!(run.ran.sends.sent, 120, "100/s over 1.2 s: {text}");
     }
 
     #[test]
