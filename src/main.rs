@@ -488,6 +488,9 @@ struct Args {
 
     /// BIN24: most bytes of stored frames held in memory for every connection together
     /// (pages loading, loaded, sent and not yet acknowledged); a backlog waits its turn beyond.
+    /// A login whose TCP acknowledges none of the stored frames it was sent for
+    /// --output-soft-duration-ms while another backlog waits is closed as a slow consumer
+    /// (its frames stay stored), so logins that never read cannot keep the others waiting.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().bin24_loaded_bytes_max as u64,
           value_parser = clap::value_parser!(u64).range(1024..))]
     bin24_loaded_bytes_max: u64,
@@ -601,7 +604,8 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     output_soft_bytes_max: u64,
 
-    /// How long output may stay over the soft limit.
+    /// How long output may stay over the soft limit; also how long a BIN24 login may hold
+    /// unacknowledged stored frames while another backlog waits (--bin24-loaded-bytes-max).
     #[arg(long, value_name = "MS", default_value_t = Config::default().output_soft_duration_ms)]
     output_soft_duration_ms: u64,
 

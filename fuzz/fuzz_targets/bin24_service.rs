@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
             delivery_grace_ms: 500,
             unconfirmed_bytes_per_conn_max: 8_192,
             loaded_bytes_max: LOADED_BYTES_MAX,
+            stalled_holder_ms: 10_000,
             users: None,
             // Small enough that a fuzzed flood reaches the "429" refusals.
             sender_bytes_per_s_max: 8_192,

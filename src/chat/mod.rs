@@ -96,6 +96,17 @@ impl<T> ConnMap<T> {
         }
     }
 
+    /// Every connection's state with its id, in slot order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut T)> {
+        self.entries
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(slot, entry)| {
+                let (generation, value) = entry.as_mut()?;
+                Some((ConnId::new(slot as u32, *generation), value))
+            })
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

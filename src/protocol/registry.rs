@@ -268,6 +268,7 @@ impl Services {
                         delivery_grace_ms: config.bin24_delivery_grace_ms,
                         unconfirmed_bytes_per_conn_max: config.bin24_unconfirmed_bytes_per_conn_max,
                         loaded_bytes_max: config.bin24_loaded_bytes_max,
+                        stalled_holder_ms: config.output_soft_duration_ms,
                         users: config.bin24_users.clone(),
                         sender_bytes_per_s_max: config.bin24_sender_bytes_per_s_max,
                         pair_bytes_per_s_max: config.bin24_pair_bytes_per_s_max,

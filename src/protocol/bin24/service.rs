@@ -50,6 +50,12 @@ pub struct Bin24Config {
     /// loaded, loaded and not yet queued, queued and not yet acknowledged. A connection whose
     /// next page does not fit waits its turn.
     pub loaded_bytes_max: usize,
+    /// A login whose TCP has acknowledged none of the stored frames it was sent for this long,
+    /// while another connection waits for room in `loaded_bytes_max`, is closed as a slow
+    /// consumer (its frames stay stored): otherwise logins that never read would keep their
+    /// share of the budget for as long as they stay connected, and every other backlog would
+    /// wait behind them. The output limits' soft duration.
+    pub stalled_holder_ms: u64,
     /// With a list, only its users log in, from their addresses; a message to anyone else is
     /// refused with "507" (it could never be delivered).
     pub users: Option<UserList>,
@@ -74,6 +80,7 @@ impl Default for Bin24Config {
             delivery_grace_ms: 5_000,
             unconfirmed_bytes_per_conn_max: 64 * 1024 * 1024,
             loaded_bytes_max: 64 * 1024 * 1024,
+            stalled_holder_ms: 10_000,
             users: None,
             sender_bytes_per_s_max: 8 * 1024 * 1024,
             pair_bytes_per_s_max: 2 * 1024 * 1024,
@@ -171,6 +178,11 @@ struct Bin24Conn {
     backlog_known: bool,
     /// Waiting in `load_waiters` for room in the global budget.
     waiting_for_budget: bool,
+    /// Stored frames sent to it that its TCP has acknowledged, ever.
+    acks_seen: u64,
+    /// While it holds unacknowledged stored frames: `acks_seen` at the sweep that first saw
+    /// it at that count, and when (see `Bin24Config::stalled_holder_ms`).
+    stalled_since: Option<(u64, u64)>,
     /// What this user's messages may make others receive; set at login.
     sending: Option<SenderBudget<Name>>,
     /// In a cluster: the first frame, whose SRC is asked of the other nodes. It is handled
@@ -203,6 +215,8 @@ impl Bin24Conn {
             appended_while_loading: false,
             backlog_known: false,
             waiting_for_budget: false,
+            acks_seen: 0,
+            stalled_since: None,
             sending: None,
             claiming: None,
             locating: 0,
@@ -265,6 +279,8 @@ pub struct Bin24Service {
     loaded_bytes: usize,
     /// Connections waiting for room in that budget, in arrival order.
     load_waiters: VecDeque<ConnId>,
+    /// When logins holding that budget are next looked at for a stall.
+    next_stall_sweep_ms: u64,
     /// (due, connection, note): acknowledged frames up to `note` count as delivered at `due`
     /// if their connection is still up. Pushed in time order, so a queue is a timer.
     grace: VecDeque<(u64, ConnId, u64)>,
@@ -321,6 +337,7 @@ impl Bin24Service {
             loaded_bytes: 0,
             store_failures: 0,
             load_waiters: VecDeque::new(),
+            next_stall_sweep_ms: 0,
             grace: VecDeque::new(),
             custody: CustodyCounts::default(),
             input_held_at_ms: None,
@@ -1422,6 +1439,60 @@ impl Bin24Service {
                 self.pump_backlog(conn, out, store);
             }
         }
+        if now_ms >= self.next_stall_sweep_ms {
+            // A quarter of the stall time apart: a stall is seen within a quarter more, and
+            // the sweep (every connection) stays rare.
+            self.next_stall_sweep_ms =
+                now_ms.saturating_add((self.config.stalled_holder_ms / 4).max(1));
+            self.close_stalled_holders(now_ms, out, store);
+        }
+    }
+
+    /// Logins holding stored frames their TCP has not acknowledged for
+    /// `stalled_holder_ms`, while another connection waits for the budget, are closed as slow
+    /// consumers: what they held goes to the connections waiting. Their frames stay stored.
+    fn close_stalled_holders<O: Outbox, S: StoreSink>(
+        &mut self,
+        now_ms: u64,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let stall_ms = self.config.stalled_holder_ms;
+        let mut stalled = Vec::new();
+        for (id, state) in self.conns.iter_mut() {
+            if state.sent_unacked_bytes == 0 {
+                state.stalled_since = None;
+                continue;
+            }
+            match state.stalled_since {
+                Some((acks, since_ms)) if acks == state.acks_seen => {
+                    if now_ms.saturating_sub(since_ms) >= stall_ms {
+                        stalled.push(id);
+                    }
+                }
+                _ => state.stalled_since = Some((state.acks_seen, now_ms)),
+            }
+        }
+        if stalled.is_empty() {
+            return;
+        }
+        let conns = &self.conns;
+        let someone_waits = self
+            .load_waiters
+            .iter()
+            .any(|&id| conns.get(id).is_some_and(|state| state.waiting_for_budget));
+        if !someone_waits {
+            return;
+        }
+        for id in stalled {
+            debug!(
+                "{id}: none of its stored frames acknowledged by its TCP in {stall_ms} ms while \
+                 others wait for the loaded-bytes budget: closed as a slow consumer"
+            );
+            self.disconnect(id, store);
+            out.close(id, CloseReason::SlowConsumer, CloseMode::Now);
+        }
+        self.serve_load_waiters(out, store);
     }
 
     /// The first `count` frames sent to `conn` are delivered: they leave the store. Returns
@@ -1772,6 +1843,7 @@ impl Bin24Service {
             return;
         }
         sent.acked_at_ms = Some(now_ms);
+        state.acks_seen += 1;
         let frame_bytes = sent.frame_bytes;
         state.sent_unacked_bytes = state.sent_unacked_bytes.saturating_sub(frame_bytes);
         self.loaded_bytes = self.loaded_bytes.saturating_sub(frame_bytes);

@@ -101,6 +101,7 @@ impl Harness {
                     delivery_grace_ms: GRACE_MS,
                     unconfirmed_bytes_per_conn_max: 1 << 20,
                     loaded_bytes_max: 1 << 20,
+                    stalled_holder_ms: Bin24Config::default().stalled_holder_ms,
                     users: None,
                     sender_bytes_per_s_max: Bin24Config::default().sender_bytes_per_s_max,
                     pair_bytes_per_s_max: Bin24Config::default().pair_bytes_per_s_max,
@@ -133,6 +134,13 @@ impl Harness {
         self.now_ms = now_ms;
         self.service
             .on_timers(now_ms, &mut self.out, &mut self.store);
+    }
+
+    /// Advance to `until_ms` a timer tick at a time, as the reactor does.
+    fn tick_to(&mut self, until_ms: u64) {
+        while self.now_ms < until_ms {
+            self.advance_to((self.now_ms + 10).min(until_ms));
+        }
     }
 
     fn complete(&mut self, event: StoreEvent) {
@@ -837,6 +845,99 @@ fn the_global_budget_makes_backlogs_wait_their_turn() {
     // carol's page arrived (64 bytes held): dave's page now fits.
     assert_eq!(h.store.loads().len(), 2);
     assert_eq!(h.store.loads()[1].1, b"dave");
+}
+
+/// carol (conn 1) was sent one stored frame her TCP never acknowledges, holding the whole
+/// budget (one page); dave (conn 2) waits for it. Returns the harness at time 0.
+fn carol_holds_the_budget_and_dave_waits() -> Harness {
+    let mut h = Harness::new();
+    h.service = Bin24Service::new(
+        Bin24Config {
+            offline_window_bytes: 100,
+            // Room for one page (a page is at least one largest frame, 1024 bytes).
+            loaded_bytes_max: 1500,
+            delivery_grace_ms: GRACE_MS,
+            stalled_holder_ms: STALL_MS,
+            ..Bin24Config::default()
+        },
+        0,
+    );
+    h.connect(conn(1), "carol");
+    let (ticket, _) = h.store.loads()[0].clone();
+    // Two pages' worth of frames: the first 100-byte window goes out, the rest waits in
+    // memory, and carol's held bytes keep a second page out of the budget.
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"carol".to_vec(),
+        frames: stored(0..20),
+        more: true,
+    });
+    assert_eq!(
+        h.out.notified.len(),
+        2,
+        "a window of 100 bytes: two 64-byte frames"
+    );
+    h.connect(conn(2), "dave");
+    assert_eq!(h.store.loads().len(), 1, "dave waits for the budget");
+    h
+}
+
+const STALL_MS: u64 = 1_000;
+
+#[test]
+fn a_login_that_acknowledges_nothing_while_others_wait_for_the_budget_is_closed() {
+    let mut h = carol_holds_the_budget_and_dave_waits();
+    h.tick_to(STALL_MS);
+    assert!(h.out.closed.is_empty(), "not before the stall time");
+    // Seen at the first sweep after the stall time: sweeps are a quarter of it apart.
+    h.tick_to(STALL_MS + STALL_MS / 4 + 10);
+    assert_eq!(
+        h.out.closed,
+        [(conn(1), CloseReason::SlowConsumer, CloseMode::Now)]
+    );
+    // What carol held is dave's now; her frames stay stored (none removed), sent again at
+    // her next login.
+    assert_eq!(h.store.loads().len(), 2);
+    assert_eq!(h.store.loads()[1].1, b"dave");
+    assert!(h.removed().is_empty());
+    assert_eq!(h.service.custody().kept_for_redelivery, 2);
+}
+
+#[test]
+fn a_login_that_acknowledges_slowly_keeps_its_share() {
+    let mut h = carol_holds_the_budget_and_dave_waits();
+    // carol's TCP acknowledges one frame in each stall time: slow, not stalled.
+    let mut now_ms = 0;
+    for _ in 0..6 {
+        now_ms += STALL_MS * 3 / 4;
+        h.tick_to(now_ms);
+        let (_, _, note) = *h
+            .out
+            .notified
+            .iter()
+            .rev()
+            .find(|(to, _, _)| *to == conn(1))
+            .expect("a frame was sent to carol");
+        h.notify(conn(1), note, true);
+    }
+    assert!(h.out.closed.is_empty(), "{:?}", h.out.closed);
+}
+
+#[test]
+fn a_stalled_login_that_keeps_nobody_waiting_is_left_alone() {
+    let mut h = carol_holds_the_budget_and_dave_waits();
+    // dave leaves: nobody waits for what carol holds.
+    h.close(conn(2));
+    h.tick_to(10 * STALL_MS);
+    assert!(h.out.closed.is_empty(), "{:?}", h.out.closed);
+    // Someone comes to wait: the stall has lasted long enough already, so the next sweep
+    // closes carol.
+    h.connect(conn(3), "erin");
+    h.tick_to(10 * STALL_MS + STALL_MS / 4 + 10);
+    assert_eq!(
+        h.out.closed,
+        [(conn(1), CloseReason::SlowConsumer, CloseMode::Now)]
+    );
 }
 
 #[test]
