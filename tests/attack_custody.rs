@@ -1,0 +1,333 @@
+//! Attacks on "nothing answered is ever lost" and on the memory BIN24's custody may hold, over
+//! real sockets against the real server (docs/RELIABILITY.md, "Promises and their attacks").
+
+// Tests may unwrap, expect and panic: a failed assumption is a failed test (Cargo.toml's
+// [lints] deny them in the library and the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::bin24::{Bin24, Received};
+use common::{ccm, Client, TempDir, TestServer, WAIT};
+use switchboard::config::Config;
+use switchboard::protocol::bin24::codec;
+
+/// A TCP connection to `addr` whose receive buffer is about `recv_buffer_bytes` (asked before
+/// connecting, so the window it offers stays small): a peer that stops reading then leaves
+/// almost everything it is sent unacknowledged in the server.
+fn connect_small(addr: SocketAddr, recv_buffer_bytes: usize) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(recv_buffer_bytes)
+        .expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    socket.into()
+}
+
+/// Poll the metric sample `line_start` (bounded by [`WAIT`]) until `done` says so; its value.
+fn wait_metric_until(server: &TestServer, line_start: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = server.metric(line_start).unwrap_or(0.0);
+        if done(value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{line_start} stayed at {value}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Switchboard rule 4 (docs/PROTOCOLS.md): a BIN24 message to a CCM user is answered "200" once
+/// the CCM user's TCP acknowledged it; "if the CCM user closes first, the frame goes to the CCM
+/// name's BIN24 store and the sender hears 300 once it is durable (never lost)". The attack: cat
+/// (CCM) offers a tiny window and reads nothing while bob (BIN24) sends 400 messages of 1,000
+/// bytes, far more than cat's kernel takes; then cat resets. Every message must get exactly one
+/// answer, "200" (cat's TCP took it: the documented window) or "300"; every "300" must arrive,
+/// once and in bob's order, when the name logs in over BIN24, and nothing else.
+#[test]
+fn bin24_messages_a_ccm_user_never_acknowledged_are_stored_answered_300_and_arrive_once() {
+    const MESSAGES: usize = 400;
+    let data = TempDir::new("attack-bin24-ccm-custody");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        ccm_port: Some(0),
+        admin_port: Some(0),
+        data_dir: data.0.clone(),
+        // Every answer below comes from cat's TCP or its close, none from bob's own ack rule.
+        bin24_ack_timeout_ms: 60_000,
+        ..Config::for_tests()
+    });
+    let bin24 = server.bin24.expect("BIN24 enabled");
+    let mut bob = Bin24::log_in(&server, "bob");
+    let mut cat = Client::over(connect_small(server.ccm.expect("CCM enabled"), 4096), "cat");
+    cat.stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    cat.send(&ccm::identify_message("cat"));
+    ccm::expect_identity(&mut cat);
+
+    // bob's messageIDs go on from his sign-in's; each body names its own.
+    let body = |id: u32| format!("{id:04} {}", "c".repeat(995));
+    for _ in 0..MESSAGES {
+        let id = bob.next_id;
+        assert_eq!(bob.send("cat", &body(id)), id);
+    }
+    // All of them handed to cat's connection before it goes: each crossing is counted.
+    server.wait_metric(
+        "chatd_switchboard_messages_total{origin=\"bin24\",destination=\"ccm\"}",
+        MESSAGES as f64,
+    );
+    // cat closes with everything unread: Linux resets the connection.
+    drop(cat);
+
+    let mut answers: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    while answers.len() < MESSAGES {
+        let answer = bob.recv();
+        assert_eq!(
+            (answer.frame_type, &answer.src[..], &answer.dst[..]),
+            (codec::TYPE_ANSWER, "cat", "bob"),
+            "{answer:?}"
+        );
+        assert!(
+            answer.body == b"200" || answer.body == b"300",
+            "answer {answer:?}"
+        );
+        let id = answer.message_id;
+        assert!(
+            answers.insert(id, answer.body).is_none(),
+            "message {id} answered twice"
+        );
+    }
+    let stored: Vec<u32> = answers
+        .iter()
+        .filter(|(_, body)| body.as_slice() == b"300")
+        .map(|(&id, _)| id)
+        .collect();
+    // cat's kernel held about 8 KiB: most of the 436 KB were never acknowledged.
+    assert!(
+        stored.len() > MESSAGES / 2,
+        "only {} of {MESSAGES} answered \"300\": the attack did not leave them unacknowledged",
+        stored.len()
+    );
+
+    // The name logs in over BIN24: every frame answered "300" arrives once, in order, as type 2.
+    let mut cat = Bin24::connect(bin24, "cat");
+    cat.register();
+    let mut got: Vec<Received> = Vec::new();
+    while got.len() < stored.len() {
+        let frame = cat.recv();
+        assert_eq!(
+            (frame.frame_type, &frame.src[..], &frame.dst[..]),
+            (codec::TYPE_OFFLINE, "bob", "cat"),
+            "{frame:?}"
+        );
+        assert_eq!(
+            frame.body,
+            body(frame.message_id).as_bytes(),
+            "message {}'s body",
+            frame.message_id
+        );
+        cat.answer(&frame);
+        got.push(frame);
+    }
+    let got_ids: Vec<u32> = got.iter().map(|frame| frame.message_id).collect();
+    assert_eq!(
+        got_ids, stored,
+        "exactly the frames answered \"300\", once, in order"
+    );
+    // Answered, they leave the store; nothing else was stored for cat.
+    wait_metric_until(&server, "chatd_store_frames", |frames| frames == 0.0);
+    cat.expect_quiet_for(Duration::from_millis(100));
+    server.stop();
+}
+
+/// `--bin24-loaded-bytes-max` (chatd --help, docs/RELIABILITY.md): stored frames held in memory
+/// for every connection together (pages loading, loaded, sent and not acknowledged by the peer's
+/// TCP) stay within the cap, a backlog waiting its turn beyond it. The attack: six users with 30
+/// stored frames of 1 KiB each log in at once over tiny receive windows and read nothing, so
+/// every frame sent stays unacknowledged; each one's window alone (2 KiB) would let them hold
+/// 12 KiB or more against a cap of 8 KiB. Then they read and answer: every frame arrives once, in
+/// order, and the memory held returns to nothing.
+#[test]
+fn stored_frames_in_memory_stay_within_the_global_cap_while_many_backlogs_wait() {
+    const USERS: usize = 6;
+    const STORED: usize = 30;
+    const CAP_BYTES: usize = 8 * 1024;
+    const FRAME_BYTES: usize = 24 + 1000;
+    let data = TempDir::new("attack-bin24-loaded");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        admin_port: Some(0),
+        data_dir: data.0.clone(),
+        bin24_loaded_bytes_max: CAP_BYTES,
+        bin24_offline_window_bytes: 2048,
+        // Only an answer confirms a frame here: a frame acknowledged by TCP and not answered is
+        // not counted in memory any more, but stays in the store.
+        bin24_delivery_grace_ms: 60_000,
+        ..Config::for_tests()
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let users: Vec<String> = (0..USERS).map(|index| format!("user{index}")).collect();
+    let body = |user: usize, index: usize| format!("{user}:{index:03} {}", "m".repeat(994));
+
+    let mut alice = Bin24::log_in(&server, "alice");
+    let mut ids: Vec<Vec<u32>> = vec![Vec::new(); USERS];
+    for index in 0..STORED {
+        for (user, name) in users.iter().enumerate() {
+            ids[user].push(alice.send(name, &body(user, index)));
+        }
+    }
+    for _ in 0..USERS * STORED {
+        assert_eq!(alice.recv().body, b"300");
+    }
+
+    let peers: Vec<Bin24> = users
+        .iter()
+        .map(|name| {
+            let mut peer = Bin24::wrap(connect_small(addr, 2048), name);
+            peer.register();
+            peer
+        })
+        .collect();
+    // The attack has filled the budget once the gauge is within a page of the cap; from then on
+    // every sample must stay within it (a page may bring one frame past its reservation).
+    let bound = (CAP_BYTES + FRAME_BYTES) as f64;
+    let filled = wait_metric_until(&server, "chatd_bin24_loaded_bytes", |bytes| {
+        bytes >= (CAP_BYTES - 2048) as f64
+    });
+    assert!(
+        filled <= bound,
+        "{filled} bytes loaded; the cap is {CAP_BYTES}"
+    );
+    let mut peak = filled;
+    let watch_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < watch_until {
+        let bytes = server.metric("chatd_bin24_loaded_bytes").unwrap_or(0.0);
+        peak = peak.max(bytes);
+        assert!(
+            bytes <= bound,
+            "{bytes} bytes of stored frames in memory; the cap is {CAP_BYTES}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("loaded bytes: peak seen {peak}, cap {CAP_BYTES}");
+
+    // Users whose backlog is still waiting for the budget have nothing unread yet.
+    let waiting = peers
+        .iter()
+        .filter(|peer| {
+            peer.stream.set_nonblocking(true).expect("nonblocking");
+            let mut byte = [0u8; 1];
+            let unread = peer.stream.peek(&mut byte).is_ok();
+            peer.stream.set_nonblocking(false).expect("blocking");
+            !unread
+        })
+        .count();
+    eprintln!("{waiting} of {USERS} users got nothing while the others held the budget");
+
+    // Now they read and answer, all at once: each user's frames arrive once, in order, and the
+    // memory and the store empty.
+    let readers: Vec<_> = peers
+        .into_iter()
+        .enumerate()
+        .map(|(user, mut peer)| {
+            let want = ids[user].clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while got.len() < STORED {
+                    let frame = peer.recv();
+                    assert_eq!(frame.frame_type, codec::TYPE_OFFLINE, "{frame:?}");
+                    let index = got.len();
+                    assert_eq!(
+                        frame.body,
+                        body(user, index).as_bytes(),
+                        "{}: frame {index}",
+                        peer.user
+                    );
+                    peer.answer(&frame);
+                    got.push(frame.message_id);
+                }
+                assert_eq!(got, want, "{}: every frame once, in order", peer.user);
+                peer
+            })
+        })
+        .collect();
+    let mut peers: Vec<Bin24> = readers
+        .into_iter()
+        .map(|reader| reader.join().expect("reader"))
+        .collect();
+    wait_metric_until(&server, "chatd_store_frames", |frames| frames == 0.0);
+    wait_metric_until(&server, "chatd_bin24_loaded_bytes", |bytes| bytes == 0.0);
+    for peer in &mut peers {
+        peer.expect_quiet_for(Duration::from_millis(50));
+    }
+    server.stop();
+}
+
+/// Known false (docs/RELIABILITY.md, "Promises that do not hold"): the global budget of
+/// `--bin24-loaded-bytes-max` counts a stored frame until the recipient's TCP acknowledges it, so
+/// logins that never read keep their share for as long as they stay connected, and a user who
+/// reads and answers waits for ever behind them: "a backlog waits its turn" gets no turn. Four
+/// such logins hold an 8 KiB budget here (with the defaults, about 128 to 256 of them hold 64
+/// MiB: one address may open 256); rita, reading and answering, must get her 10 stored frames.
+/// Seen: none of them within 10 s.
+#[test]
+#[ignore = "known: non-reading BIN24 logins hold the loaded-bytes budget for ever (docs/RELIABILITY.md)"]
+fn a_reading_user_gets_her_backlog_while_logins_that_never_read_hold_the_budget() {
+    const HOLDERS: usize = 4;
+    const STORED: usize = 30;
+    const CAP_BYTES: usize = 8 * 1024;
+    let data = TempDir::new("attack-bin24-budget-holders");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        admin_port: Some(0),
+        data_dir: data.0.clone(),
+        bin24_loaded_bytes_max: CAP_BYTES,
+        bin24_offline_window_bytes: 2048,
+        bin24_delivery_grace_ms: 60_000,
+        ..Config::for_tests()
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Bin24::log_in(&server, "alice");
+    let holders: Vec<String> = (0..HOLDERS).map(|index| format!("hold{index}")).collect();
+    let mut sent = 0;
+    for _ in 0..STORED {
+        for holder in &holders {
+            alice.send(holder, &"h".repeat(1000));
+            sent += 1;
+        }
+    }
+    let rita_ids: Vec<u32> = (0..10)
+        .map(|index| alice.send("rita", &format!("for rita {index}")))
+        .collect();
+    sent += rita_ids.len();
+    for _ in 0..sent {
+        assert_eq!(alice.recv().body, b"300");
+    }
+    let _holding: Vec<Bin24> = holders
+        .iter()
+        .map(|name| {
+            let mut holder = Bin24::wrap(connect_small(addr, 2048), name);
+            holder.register();
+            holder
+        })
+        .collect();
+    wait_metric_until(&server, "chatd_bin24_loaded_bytes", |bytes| {
+        bytes >= (CAP_BYTES - 2048) as f64
+    });
+
+    let mut rita = Bin24::connect(addr, "rita");
+    rita.register();
+    let mut got = Vec::new();
+    while got.len() < rita_ids.len() {
+        let frame = rita.recv();
+        assert_eq!(frame.frame_type, codec::TYPE_OFFLINE, "{frame:?}");
+        rita.answer(&frame);
+        got.push(frame.message_id);
+    }
+    assert_eq!(got, rita_ids);
+    server.stop();
+}
