@@ -9,6 +9,7 @@ mod common;
 #[path = "common/pki.rs"]
 mod pki;
 
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,5 +123,66 @@ fn stalled_tls_handshakes_at_the_connection_cap_are_evicted_for_newcomers() {
     // The member, past its handshake, stays and hears the TLS newcomer.
     member.read_through(b"b'tlsnew' esta conectado ao chat");
     drop(silent);
+    server.stop();
+}
+
+/// The loop turns the server has made (its turn histogram's count, on the admin port).
+fn loop_turns(server: &TestServer) -> f64 {
+    server
+        .metric("chatd_loop_turn_duration_seconds_count")
+        .expect("the turn histogram")
+}
+
+/// No client can slow the others (docs/RELIABILITY.md, "No client can stall or starve the
+/// others"), a TLS handshake flood included: for each ClientHello the server computes a key
+/// share and signs (about 0.4 ms in release, 5 ms in a debug build), and an attacker may replay
+/// one recorded ClientHello at no cost of its own. The attack sends it on 128 connections at
+/// once; a turn takes at most `TLS_HANDSHAKE_READS_PER_TURN_MAX` (4) handshake steps, so the 128
+/// take at least 32 turns, others' work served between them, and a ROOM member's line sent in
+/// the middle of the burst is echoed. Seen (debug, shared machine): 34 turns, the echo 76 ms;
+/// without the budget 3 or 4 turns, the echo waiting for the whole burst, 515 to 670 ms.
+#[test]
+fn a_burst_of_replayed_client_hellos_is_answered_a_few_a_turn() {
+    const HELLOS: usize = 128;
+    let pki = Pki::new("attack-flood");
+    let server = TestServer::start(tls_config(&pki));
+    let room_tls = server.room_tls.expect("ROOM over TLS");
+    let hello = client_hello(&pki.client_config());
+    let mut member = Client::join(server.room, "member");
+    let mut burst: Vec<TcpStream> = (0..HELLOS)
+        .map(|_| {
+            let stream = TcpStream::connect(room_tls).expect("connect");
+            stream.set_read_timeout(Some(WAIT)).expect("timeout");
+            stream
+        })
+        .collect();
+    server.wait_connections(HELLOS as u64 + 1);
+
+    let turns_before = loop_turns(&server);
+    for stream in &mut burst {
+        std::io::Write::write_all(stream, &hello).expect("hello");
+    }
+    let sent = Instant::now();
+    member.send(b"member: during the burst");
+    member.read_through(b"member: during the burst");
+    let echo = sent.elapsed();
+    for stream in &mut burst {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).expect("the server's first flight"),
+            1,
+            "a ServerHello"
+        );
+    }
+    let answered_in = sent.elapsed();
+    let turns_taken = loop_turns(&server) - turns_before;
+    eprintln!(
+        "{HELLOS} ClientHellos answered in {turns_taken} turns, {answered_in:?}; the member's \
+         echo took {echo:?}"
+    );
+    assert!(
+        turns_taken >= (HELLOS / 4) as f64,
+        "{HELLOS} ClientHellos answered in {turns_taken} turns"
+    );
     server.stop();
 }
