@@ -473,6 +473,8 @@ struct Args {
 
     /// BIN24: most bytes of stored frames held in memory for every connection together
     /// (pages loading, loaded, sent and not yet acknowledged); a backlog waits its turn beyond.
+    /// A frame counts until the recipient's TCP acknowledges it: logins that never read keep
+    /// their share for as long as they stay connected.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().bin24_loaded_bytes_max as u64,
           value_parser = clap::value_parser!(u64).range(1024..))]
     bin24_loaded_bytes_max: u64,
