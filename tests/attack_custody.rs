@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::bin24::{Bin24, Received};
+use common::web::Web;
 use common::{ccm, Client, TempDir, TestServer, WAIT};
 use switchboard::config::Config;
 use switchboard::protocol::bin24::codec;
@@ -42,20 +43,21 @@ fn wait_metric_until(server: &TestServer, line_start: &str, done: impl Fn(f64) -
     }
 }
 
-/// Switchboard rule 4 (docs/PROTOCOLS.md): a BIN24 message to a CCM user is answered "200" once
-/// the CCM user's TCP acknowledged it; "if the CCM user closes first, the frame goes to the CCM
-/// name's BIN24 store and the sender hears 300 once it is durable (never lost)". The attack: cat
-/// (CCM) offers a tiny window and reads nothing while bob (BIN24) sends 400 messages of 1,000
-/// bytes, far more than cat's kernel takes; then cat resets. Every message must get exactly one
-/// answer, "200" (cat's TCP took it: the documented window) or "300"; every "300" must arrive,
-/// once and in bob's order, when the name logs in over BIN24, and nothing else.
-#[test]
-fn bin24_messages_a_ccm_user_never_acknowledged_are_stored_answered_300_and_arrive_once() {
+/// Switchboard rule 4 (docs/PROTOCOLS.md): a BIN24 message to a CCM or web user is answered
+/// "200" once the recipient's TCP acknowledged it; "if the CCM user closes first, the frame goes
+/// to the CCM name's BIN24 store and the sender hears 300 once it is durable (never lost)", and
+/// the same for a web user (PROTOCOLS.md, WEB). The attack: cat offers a tiny window and reads
+/// nothing while bob (BIN24) sends 400 messages of 1,000 bytes, far more than cat's kernel
+/// takes; then cat resets. Every message must get exactly one answer, "200" (cat's TCP took it:
+/// the documented window) or "300"; every "300" must arrive, once and in bob's order, when the
+/// name logs in over BIN24, and nothing else.
+fn bin24_messages_never_acknowledged_are_stored_answered_300_and_arrive_once(over_web: bool) {
     const MESSAGES: usize = 400;
-    let data = TempDir::new("attack-bin24-ccm-custody");
+    let data = TempDir::new("attack-bin24-custody");
     let server = TestServer::start(Config {
         bin24_port: Some(0),
         ccm_port: Some(0),
+        web_port: Some(0),
         admin_port: Some(0),
         data_dir: data.0.clone(),
         // Every answer below comes from cat's TCP or its close, none from bob's own ack rule.
@@ -64,10 +66,22 @@ fn bin24_messages_a_ccm_user_never_acknowledged_are_stored_answered_300_and_arri
     });
     let bin24 = server.bin24.expect("BIN24 enabled");
     let mut bob = Bin24::log_in(&server, "bob");
-    let mut cat = Client::over(connect_small(server.ccm.expect("CCM enabled"), 4096), "cat");
-    cat.stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    cat.send(&ccm::identify_message("cat"));
-    ccm::expect_identity(&mut cat);
+    // cat, signed in over a 4 KiB receive buffer, reading nothing from here on; kept (as
+    // either client) only to be dropped, which resets the connection.
+    let (cat, destination): (Box<dyn std::any::Any>, &str) = if over_web {
+        let stream = connect_small(server.web.expect("WEB enabled"), 4096);
+        let mut cat = Web::upgrade(stream, "").expect("upgrade");
+        cat.send_json(&serde_json::json!({"type": "signin", "name": "cat"}));
+        assert_eq!(cat.recv()["type"], "welcome");
+        (Box::new(cat), "web")
+    } else {
+        let stream = connect_small(server.ccm.expect("CCM enabled"), 4096);
+        let mut cat = Client::over(stream, "cat");
+        cat.stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        cat.send(&ccm::identify_message("cat"));
+        ccm::expect_identity(&mut cat);
+        (Box::new(cat), "ccm")
+    };
 
     // bob's messageIDs go on from his sign-in's; each body names its own.
     let body = |id: u32| format!("{id:04} {}", "c".repeat(995));
@@ -77,7 +91,9 @@ fn bin24_messages_a_ccm_user_never_acknowledged_are_stored_answered_300_and_arri
     }
     // All of them handed to cat's connection before it goes: each crossing is counted.
     server.wait_metric(
-        "chatd_switchboard_messages_total{origin=\"bin24\",destination=\"ccm\"}",
+        &format!(
+            "chatd_switchboard_messages_total{{origin=\"bin24\",destination=\"{destination}\"}}"
+        ),
         MESSAGES as f64,
     );
     // cat closes with everything unread: Linux resets the connection.
@@ -106,6 +122,10 @@ fn bin24_messages_a_ccm_user_never_acknowledged_are_stored_answered_300_and_arri
         .filter(|(_, body)| body.as_slice() == b"300")
         .map(|(&id, _)| id)
         .collect();
+    eprintln!(
+        "over {destination}: {} of {MESSAGES} answered \"300\"",
+        stored.len()
+    );
     // cat's kernel held about 8 KiB: most of the 436 KB were never acknowledged.
     assert!(
         stored.len() > MESSAGES / 2,
@@ -142,6 +162,16 @@ fn bin24_messages_a_ccm_user_never_acknowledged_are_stored_answered_300_and_arri
     wait_metric_until(&server, "chatd_store_frames", |frames| frames == 0.0);
     cat.expect_quiet_for(Duration::from_millis(100));
     server.stop();
+}
+
+#[test]
+fn bin24_messages_a_ccm_user_never_acknowledged_are_stored_answered_300_and_arrive_once() {
+    bin24_messages_never_acknowledged_are_stored_answered_300_and_arrive_once(false);
+}
+
+#[test]
+fn bin24_messages_a_web_user_never_acknowledged_are_stored_answered_300_and_arrive_once() {
+    bin24_messages_never_acknowledged_are_stored_answered_300_and_arrive_once(true);
 }
 
 /// `--bin24-loaded-bytes-max` (chatd --help, docs/RELIABILITY.md): stored frames held in memory
