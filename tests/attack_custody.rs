@@ -174,6 +174,94 @@ fn bin24_messages_a_web_user_never_acknowledged_are_stored_answered_300_and_arri
     bin24_messages_never_acknowledged_are_stored_answered_300_and_arrive_once(true);
 }
 
+/// BIN24 rules 2 and 6 (docs/PROTOCOLS.md): a message forwarded live and not answered when its
+/// recipient's connection ends goes to the recipient's store, and its sender hears "300" once
+/// it is durable. Here the connection ends by the output limit (a slow consumer), not by the ack
+/// timeout that tests/bin24.rs attacks: bob offers a tiny window and reads nothing while alice,
+/// unthrottled, sends 1,000 messages of 1,000 bytes (over the 256 KiB output limit once the
+/// kernel buffers are full). bob is closed as a slow consumer; every message is answered once,
+/// "300"; at his next login every one arrives once, in alice's order. Meanwhile carol and dave
+/// talk as usual.
+#[test]
+fn messages_to_a_bin24_user_closed_as_a_slow_consumer_are_stored_and_arrive_once() {
+    const MESSAGES: usize = 1000;
+    let data = TempDir::new("attack-bin24-slow-consumer");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        data_dir: data.0.clone(),
+        output_hard_bytes_max: 256 * 1024,
+        // Below the output limits, as chatd --help asks, so that his backlog can reach him.
+        bin24_offline_window_bytes: 64 * 1024,
+        // Only the output limit may close bob, and nothing may refuse alice's flood.
+        bin24_ack_timeout_ms: 60_000,
+        bin24_sender_bytes_per_s_max: 0,
+        bin24_pair_bytes_per_s_max: 0,
+        ..Config::for_tests()
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Bin24::log_in(&server, "alice");
+    let mut carol = Bin24::log_in(&server, "carol");
+    let mut dave = Bin24::log_in(&server, "dave");
+    let mut bob = Bin24::wrap(connect_small(addr, 4096), "bob");
+    let synced = bob.next_id;
+    bob.send("bob", "sync");
+    // His own message comes back once the server knows him; its answer is all he ever reads.
+    let sync = bob.recv();
+    assert_eq!(sync.message_id, synced);
+    bob.answer(&sync);
+    assert_eq!(bob.recv().body[..3], *b"200");
+
+    let body = |id: u32| format!("{id:04} {}", "s".repeat(995));
+    let ids: Vec<u32> = (0..MESSAGES)
+        .map(|_| {
+            let id = alice.next_id;
+            assert_eq!(alice.send("bob", &body(id)), id);
+            id
+        })
+        .collect();
+    let mut answers: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    while answers.len() < MESSAGES {
+        let answer = alice.recv();
+        assert_eq!(answer.frame_type, codec::TYPE_ANSWER, "{answer:?}");
+        let id = answer.message_id;
+        assert!(
+            answers.insert(id, answer.body.clone()).is_none(),
+            "message {id} answered twice"
+        );
+        assert_eq!(answer.body, b"300", "message {id}: {answer:?}");
+    }
+    // Others are served as usual.
+    let id = carol.send("dave", "still here");
+    let heard = dave.recv();
+    assert_eq!(heard.body, b"still here");
+    dave.answer(&heard);
+    let answer = carol.recv();
+    assert_eq!((answer.message_id, &answer.body[..3]), (id, &b"200"[..]));
+
+    drop(bob);
+    server.wait_connections(3);
+    let mut bob = Bin24::connect(addr, "bob");
+    bob.register();
+    let mut got = Vec::new();
+    while got.len() < MESSAGES {
+        let frame = bob.recv();
+        assert_eq!(
+            (frame.frame_type, &frame.src[..]),
+            (codec::TYPE_OFFLINE, "alice"),
+            "{frame:?}"
+        );
+        assert_eq!(frame.body, body(frame.message_id).as_bytes());
+        // A short answer: relayed to alice, who reads no more, a full-length one (as the
+        // original client writes) would pass her output limit.
+        bob.answer_with(&frame, b"200");
+        got.push(frame.message_id);
+    }
+    assert_eq!(got, ids, "every message once, in alice's order");
+    bob.expect_quiet_for(Duration::from_millis(100));
+    let stats = server.stop();
+    assert_eq!(stats.slow_consumer_closes, 1, "{stats}");
+}
+
 /// `--bin24-loaded-bytes-max` (chatd --help, docs/RELIABILITY.md): stored frames held in memory
 /// for every connection together (pages loading, loaded, sent and not acknowledged by the peer's
 /// TCP) stay within the cap, a backlog waiting its turn beyond it. The attack: six users with 30
