@@ -262,6 +262,83 @@ fn messages_to_a_bin24_user_closed_as_a_slow_consumer_are_stored_and_arrive_once
     assert_eq!(stats.slow_consumer_closes, 1, "{stats}");
 }
 
+/// BIN24 rules 1 and 2 (docs/PROTOCOLS.md): a second login for a name from the holder's address
+/// wins, "the older one is closed, and what it had not answered moves to the store, ahead of the
+/// newcomer's stored frames", and stored frames leave the store only once delivered. The attack:
+/// bob's first session takes his three stored frames and two live messages and answers none;
+/// a second login as bob takes over. Alice hears "300" for the two live ones (never "200"),
+/// and the new session gets all five, once, in alice's order.
+#[test]
+fn a_relogin_loses_nothing_the_old_session_took_without_answering() {
+    let data = TempDir::new("attack-bin24-relogin");
+    let server = TestServer::start(Config {
+        bin24_port: Some(0),
+        data_dir: data.0.clone(),
+        // Only the takeover may end the first session; no stored frame counts as delivered
+        // by the grace.
+        bin24_ack_timeout_ms: 60_000,
+        bin24_delivery_grace_ms: 60_000,
+        ..Config::for_tests()
+    });
+    let addr = server.bin24.expect("BIN24 enabled");
+    let mut alice = Bin24::log_in(&server, "alice");
+    let mut ids = Vec::new();
+    for index in 0..3 {
+        ids.push(alice.send("bob", &format!("stored {index}")));
+        assert_eq!(alice.recv().body, b"300");
+    }
+
+    let mut first = Bin24::connect(addr, "bob");
+    first.register();
+    for (index, id) in ids.iter().enumerate() {
+        let frame = first.recv();
+        assert_eq!(
+            (frame.frame_type, frame.message_id, frame.body.clone()),
+            (
+                codec::TYPE_OFFLINE,
+                *id,
+                format!("stored {index}").into_bytes()
+            )
+        );
+    }
+    for index in 0..2 {
+        let id = alice.send("bob", &format!("live {index}"));
+        let frame = first.recv();
+        assert_eq!(
+            (frame.frame_type, frame.message_id, frame.body.clone()),
+            (
+                codec::TYPE_MESSAGE,
+                id,
+                format!("live {index}").into_bytes()
+            )
+        );
+        ids.push(id);
+    }
+
+    // The second login, from the same address: the first is closed, nothing it held is lost.
+    let mut second = Bin24::connect(addr, "bob");
+    second.register();
+    first.expect_closed();
+    for id in &ids[3..] {
+        let answer = alice.recv();
+        assert_eq!(
+            (answer.message_id, &answer.body[..]),
+            (*id, &b"300"[..]),
+            "the live message moved to the store"
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let frame = second.recv();
+        assert_eq!(frame.frame_type, codec::TYPE_OFFLINE, "{frame:?}");
+        second.answer_with(&frame, b"200");
+        got.push(frame.message_id);
+    }
+    assert_eq!(got, ids, "all five, once, in alice's order");
+    second.expect_quiet_for(Duration::from_millis(100));
+    server.stop();
+}
+
 /// `--bin24-loaded-bytes-max` (chatd --help, docs/RELIABILITY.md): stored frames held in memory
 /// for every connection together (pages loading, loaded, sent and not acknowledged by the peer's
 /// TCP) stay within the cap, a backlog waiting its turn beyond it. The attack: six users with 30
