@@ -8,8 +8,10 @@
 
 mod common;
 
+use common::bin24::Bin24;
 use common::web::Web;
-use common::{Client, TestServer};
+use common::{Client, TempDir, TestServer};
+use serde_json::json;
 use switchboard::config::Config;
 
 const MESSAGE_BYTES_MAX: usize = 4096;
@@ -61,5 +63,56 @@ fn a_fragmented_message_past_the_size_limit_is_refused_from_its_last_header() {
     rui.read_through(b"b'vera' esta conectado ao chat");
     vera.say("still here?");
     rui.read_through(b"vera: still here?");
+    server.stop();
+}
+
+/// PROTOCOLS.md, WEB: a web user's `direct` to a BIN24 user gets BIN24's answer as its own
+/// `sent` (delivered, stored) or `error`, exactly one, for that direct. The attack: ann's page
+/// reconnects (a new session under the same name, as the page does after a network blip) while
+/// her earlier direct to bob still awaits his answer, and sends another. Each direct must be
+/// answered by its own outcome: the new one, answered "200" by bob, `sent delivered`; the old
+/// one's fate must not be reported as the new one's.
+#[test]
+fn a_reconnected_web_user_gets_her_own_directs_outcome_not_her_last_sessions() {
+    let data = TempDir::new("attack-web-bin24-ids");
+    let server = TestServer::start(Config {
+        web_port: Some(0),
+        bin24_port: Some(0),
+        data_dir: data.0.clone(),
+        // The old direct is still unanswered when the new session sends.
+        bin24_ack_timeout_ms: 60_000,
+        ..Config::for_tests()
+    });
+    let web = server.web.expect("WEB enabled");
+    let mut bob = Bin24::log_in(&server, "bob");
+    let (mut ann, _) = Web::sign_in(web, "ann");
+    ann.direct("bob", "from the first session", 1);
+    let first = bob.recv();
+    assert_eq!(first.body, b"from the first session");
+    // The page reconnects: the old session is gone, its direct unanswered.
+    drop(ann);
+    server.wait_connections(1);
+    let (mut ann, _) = Web::sign_in(web, "ann");
+    ann.direct("bob", "from the second session", 2);
+    let second = loop {
+        let frame = bob.recv();
+        if frame.body == b"from the second session" {
+            break frame;
+        }
+    };
+    // bob answers once whatever the second direct did to the first is settled: a reused
+    // messageID would move the older message to bob's store (PROTOCOLS.md, BIN24) and answer
+    // it "300" once durable. The store takes requests in order, so alice's frame to an offline
+    // user, answered "300", is durable after it.
+    let mut alice = Bin24::log_in(&server, "alice");
+    alice.send("zed", "after the second direct");
+    assert_eq!(alice.recv().body, b"300");
+    bob.answer_with(&second, b"200");
+    let answer = ann.await_message("sent", |_| true);
+    assert_eq!(
+        answer,
+        json!({"type": "sent", "id": 2, "status": "delivered"}),
+        "the second direct's own answer"
+    );
     server.stop();
 }
