@@ -21,19 +21,19 @@ const WITNESS_MAX: Duration = Duration::from_millis(200);
 const WITNESS_PERIOD: Duration = Duration::from_millis(50);
 
 /// A ROOM member sending a line every [`WITNESS_PERIOD`] until `stop`, timing each echo and
-/// counting them in `timed`; its worst echo.
-fn time_echoes(mut witness: Client, stop: &AtomicBool, timed: &AtomicUsize) -> Duration {
-    let mut worst = Duration::ZERO;
+/// counting them in `timed`; every echo's time, in order.
+fn time_echoes(mut witness: Client, stop: &AtomicBool, timed: &AtomicUsize) -> Vec<Duration> {
+    let mut echoes = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let line = format!("witness {}\n", timed.load(Ordering::SeqCst));
         let sent = Instant::now();
         witness.send(line.as_bytes());
         witness.read_through(line.as_bytes());
-        worst = worst.max(sent.elapsed());
+        echoes.push(sent.elapsed());
         timed.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(WITNESS_PERIOD.saturating_sub(sent.elapsed()));
     }
-    worst
+    echoes
 }
 
 /// Waits (bounded) until the witness has timed `count` echoes in all.
@@ -99,16 +99,23 @@ fn a_flood_of_stored_bin24_frames_does_not_slow_a_room_member() {
     let echoes = timed.load(Ordering::SeqCst) + 3;
     wait_for_echoes(&timed, echoes);
     stop.store(true, Ordering::SeqCst);
-    let worst = timing.join().expect("witness");
-    let echoes = timed.load(Ordering::SeqCst);
+    let mut echoes = timing.join().expect("witness");
+    echoes.sort();
+    let count = echoes.len();
+    let worst = echoes[count - 1];
+    // A stalled loop delays every echo while the flood lasts; a loaded machine, a few.
+    let late = echoes.iter().filter(|&&echo| echo >= WITNESS_MAX).count();
     eprintln!(
-        "{stored} frames answered \"300\"; the ROOM witness: {echoes} echoes, worst {worst:?}"
+        "{stored} frames answered \"300\"; the ROOM witness: {count} echoes, median {:?}, \
+         worst {worst:?}, {late} of them {WITNESS_MAX:?} or more",
+        echoes[count / 2]
     );
     assert_eq!(stored, SENDERS * FRAMES, "every frame answered \"300\"");
-    assert!(echoes >= 5, "only {echoes} echoes");
+    assert!(count >= 5, "only {count} echoes");
     assert!(
-        worst < WITNESS_MAX,
-        "the ROOM witness waited {worst:?} for an echo during the flood (limit {WITNESS_MAX:?})"
+        late * 10 <= count,
+        "{late} of the ROOM witness's {count} echoes took {WITNESS_MAX:?} or more during the \
+         flood (worst {worst:?})"
     );
     server.stop();
 }
