@@ -186,3 +186,92 @@ fn a_burst_of_replayed_client_hellos_is_answered_a_few_a_turn() {
     );
     server.stop();
 }
+
+/// A web user over TLS (wss) that stops reading is closed by the output limits like any other
+/// (README, TLS "Limits": the plaintext queued counts until its records are in the kernel), and
+/// a plaintext web user reading all along gets every lobby line, in order, and is told once
+/// that the slow one left. tests/tls.rs attacks the same over ROOM; this is WEB's service and
+/// frames over TLS.
+#[test]
+fn a_wss_user_that_stops_reading_is_closed_and_the_others_get_everything() {
+    const LINES: usize = 2_000;
+    const BATCH: usize = 100;
+    let pki = Pki::new("attack-wss-slow");
+    let server = TestServer::start(Config {
+        web_port: Some(0),
+        web_tls_port: Some(0),
+        output_hard_bytes_max: 512 * 1024,
+        output_soft_bytes_max: 256 * 1024,
+        output_soft_duration_ms: 200,
+        ..tls_config(&pki)
+    });
+    let (mut reader, _) = common::web::Web::sign_in(server.web.expect("WEB"), "reader");
+    let mut rui = Client::join(server.room, "rui");
+
+    // slowweb: a 4 KiB receive window, the upgrade and the sign-in over TLS, then no more reads.
+    let tcp = {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket
+            .connect(&server.web_tls.expect("WEB over TLS").into())
+            .expect("connect");
+        TcpStream::from(socket)
+    };
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let name = ServerName::try_from("localhost").expect("name");
+    let session = ClientConnection::new(pki.client_config(), name).expect("client session");
+    let mut slow = Client::over(StreamOwned::new(session, tcp), "slowweb");
+    slow.send(common::web::upgrade_request("").as_bytes());
+    slow.read_through(b"\r\n\r\n");
+    let signin = br#"{"type":"signin","name":"slowweb"}"#;
+    let mask = [0x5au8, 0x1c, 0x33, 0x7e];
+    let mut frame = vec![0x81, 0x80 | signin.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(signin.iter().enumerate().map(|(at, b)| b ^ mask[at % 4]));
+    slow.send(&frame);
+    slow.read_through(b"welcome");
+    reader.await_message("joined", |m| m["name"] == "slowweb");
+
+    // ROOM relays what one read brings as one lobby message, cut anywhere: the reader's texts,
+    // put back together, must hold each of rui's lines once, in order.
+    let line = |seq: usize| format!("rui: l{seq:05} {}\n", "w".repeat(393));
+    let mut heard = String::new();
+    let mut left_told = 0;
+    for batch in (0..LINES).step_by(BATCH) {
+        let bytes: String = (batch..batch + BATCH).map(line).collect();
+        rui.send(bytes.as_bytes());
+        let last = line(batch + BATCH - 1);
+        rui.read_through(last.as_bytes());
+        let last_marker = format!("l{:05} ", batch + BATCH - 1);
+        while !heard.contains(&last_marker) {
+            let message = reader.recv();
+            match message["type"].as_str() {
+                Some("left") if message["name"] == "slowweb" => left_told += 1,
+                Some("lobby") if message["from"] == "rui" => {
+                    heard.push_str(message["text"].as_str().expect("a lobby text"));
+                }
+                _ => {}
+            }
+        }
+    }
+    let markers: Vec<usize> = heard
+        .match_indices(' ')
+        .filter_map(|(at, _)| heard.get(at.checked_sub(6)?..at))
+        .filter_map(|marker| marker.strip_prefix('l')?.parse().ok())
+        .collect();
+    assert!(
+        markers.iter().copied().eq(0..LINES),
+        "the reader got rui's lines once each, in order: {} markers",
+        markers.len()
+    );
+    if left_told == 0 {
+        reader.await_message("left", |m| m["name"] == "slowweb");
+        left_told = 1;
+    }
+    assert_eq!(left_told, 1, "told once that slowweb left");
+    let got = slow.expect_closed().len();
+    eprintln!("slowweb got {got} more bytes of plaintext before its close");
+    let stats = server.stop();
+    assert_eq!(stats.slow_consumer_closes, 1, "{stats}");
+}
