@@ -1501,6 +1501,17 @@ impl Hub {
         else {
             return Err("not-signed-in");
         };
+        // Each session counts from 0, and a page that reconnects is a new session under the
+        // same name: a messageID its earlier session used may still await BIN24's answer.
+        // Reused, it would move that message to the store (BIN24's rule for a reused ID) and
+        // hand that message's answer to this direct; skip the ones still waiting.
+        let mut message_id = message_id;
+        while self
+            .web_to_bin24
+            .contains_key(&(sender_name.clone(), message_id))
+        {
+            message_id = message_id.wrapping_add(1);
+        }
         let (Some(sender), Some(recipient)) = (Name::new(&sender_name), Name::new(addressee))
         else {
             self.count_refused(ProtocolKind::Web, ProtocolKind::Bin24);

@@ -74,6 +74,14 @@ const CLUSTER_LINK_TOKENS: crate::cluster::LinkTokens = crate::cluster::LinkToke
     subscriber: Token(CLUSTER_SUB_TOKEN),
 };
 /// Tokens 16..48 are TCP listeners, by index.
+/// Reads of connections whose TLS handshake is not finished, per loop turn. A ClientHello costs
+/// the server a key share and a signature (about 0.4 ms in a release build, ten times that in a
+/// debug one); unbounded, a burst of them (an attacker may replay one recorded ClientHello at
+/// no cost of its own) is all computed in one turn while everyone else waits. Beyond it the
+/// connections wait, read-ready, for the next turns, which poll without sleeping: handshakes
+/// still take whatever the loop has to spare, a few between each round of other work.
+const TLS_HANDSHAKE_READS_PER_TURN_MAX: usize = 4;
+
 const LISTENER_TOKEN_BASE: usize = 16;
 const LISTENER_TOKEN_END: usize = 48;
 /// Tokens 48..64 are UDP sockets, by index.
@@ -355,6 +363,8 @@ pub struct Server {
     /// Connect and disconnect lines at info, rate-limited.
     activity_log: activity::ActivityLog,
     eviction_log: LimitLog,
+    /// What is left this turn of `TLS_HANDSHAKE_READS_PER_TURN_MAX`.
+    tls_handshake_reads_left: usize,
     /// Accept failures for lack of descriptors or memory, chat and admin listeners.
     accept_fail_log: LimitLog,
     /// The admin port, when enabled.
@@ -481,6 +491,7 @@ impl Server {
             input_rate_log: LimitLog::default(),
             activity_log: activity::ActivityLog::default(),
             eviction_log: LimitLog::default(),
+            tls_handshake_reads_left: TLS_HANDSHAKE_READS_PER_TURN_MAX,
             accept_fail_log: LimitLog::default(),
             admin,
             tls,
@@ -615,6 +626,7 @@ impl Server {
             self.update_now();
             turn_started = Some(self.clock);
             self.services.start_turn();
+            self.tls_handshake_reads_left = TLS_HANDSHAKE_READS_PER_TURN_MAX;
 
             // Connections that hit their read budget last turn; taken before the events so a
             // connection gets one budget per turn, not a second one right away.
@@ -951,6 +963,13 @@ impl Server {
                     self.input_paused.push(id);
                 }
                 return;
+            }
+            if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+                if self.tls_handshake_reads_left == 0 {
+                    self.table.mark_ready(id.slot as usize);
+                    return;
+                }
+                self.tls_handshake_reads_left -= 1;
             }
             let (outcome, count) = conn.read_once(&mut self.scratch);
             // A plaintext connection keeps its borrow: no second lookup per read.

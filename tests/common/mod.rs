@@ -49,6 +49,8 @@ pub struct TestServer {
     pub web: Option<SocketAddr>,
     /// Set when the config enables WEB over TLS (`web_tls_port`).
     pub web_tls: Option<SocketAddr>,
+    /// Set when the config enables ROOM over TLS (`room_tls_port`).
+    pub room_tls: Option<SocketAddr>,
     /// Set when the config enables the admin port.
     pub admin: Option<SocketAddr>,
     pub handle: ServerHandle,
@@ -69,6 +71,7 @@ impl TestServer {
         let ocm_relay = server.local_udp_addr(UdpKind::OcmRelay);
         let web = server.local_addr(ProtocolKind::Web);
         let web_tls = server.local_tls_addr(ProtocolKind::Web);
+        let room_tls = server.local_tls_addr(ProtocolKind::Room);
         let admin = server.local_admin_addr();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
@@ -82,6 +85,7 @@ impl TestServer {
             ocm_relay,
             web,
             web_tls,
+            room_tls,
             admin,
             handle,
             thread: Some(thread),

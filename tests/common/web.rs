@@ -46,7 +46,12 @@ impl Web {
 
     /// Connect and upgrade with `extra` header lines; the status line when it is not 101.
     pub fn open_with(addr: SocketAddr, extra: &str) -> Result<Web, String> {
-        let mut stream = TcpStream::connect(addr).expect("connect");
+        Web::upgrade(TcpStream::connect(addr).expect("connect"), extra)
+    }
+
+    /// Upgrade `stream`, a connection made elsewhere (a small receive buffer, another source
+    /// address), with `extra` header lines; the status line when it is not 101.
+    pub fn upgrade(mut stream: TcpStream, extra: &str) -> Result<Web, String> {
         stream.set_read_timeout(Some(WAIT)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         stream

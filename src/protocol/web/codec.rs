@@ -223,7 +223,17 @@ impl Reader {
         message_bytes_max: usize,
     ) -> Result<Option<Message>, Violation> {
         loop {
-            let frame = match decode_frame(input, message_bytes_max) {
+            // Inside a fragmented message a frame may carry only what the message has left, so
+            // a continuation past the limit is refused from its header, before its payload is
+            // buffered. Control frames (at most 125 bytes) may come between fragments whatever
+            // is left; a continuation within those 125 bytes is caught below.
+            let frame_bytes_max = match &self.fragments {
+                Some(fragments) => message_bytes_max
+                    .saturating_sub(fragments.len())
+                    .max(CONTROL_PAYLOAD_BYTES_MAX),
+                None => message_bytes_max,
+            };
+            let frame = match decode_frame(input, frame_bytes_max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(None),
                 Err(FrameError::TooLarge) => {
