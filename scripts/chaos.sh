@@ -13,12 +13,18 @@
 #   redis-stop  SIGSTOP Redis for 0.5 to 0.95 of the lease, then SIGCONT
 #   node-stop   SIGSTOP a node for 0.3 to 0.9 of its lease, then SIGCONT
 #   node-kill   SIGKILL a node and start it again (same name, data dir, ports); at most once a
-#               run: the loadgen does not reconnect that node's users until its end (their
-#               unanswered messages count as closed by the server, not as lost)
+#               run and only in the schedule's second half: the loadgen does not reconnect that
+#               node's users until its end (their unanswered messages count as closed by the
+#               server, not as lost), so every message after it is stored, none live
+#   node-stop-redis-kill
+#               two at once: SIGSTOP a node, SIGKILL Redis and start it again while the node
+#               is stopped (for 0.3 to 0.9 of its lease in all), SIGCONT: the node wakes to
+#               links that are dead
 #
 # After each fault the script waits (bounded) for the line it must leave in the nodes' logs
-# (a Redis fault: every node's "link to Redis is down" then "is back"; a node kill: the other
-# node's "node-N ... is gone"; a node stop: none by design, its state T is checked in /proc).
+# (a fault of Redis: every node's "link to Redis is down" then "is back"; a node kill: the
+# other node's "node-N ... is gone"; a node stop: none by design, its state T is checked in
+# /proc, and whether the other node took it for dead is reported).
 # At the end (the offline users connected and drained) the verdict, each check a line of
 # verdict.txt: no message answered "200" or "300" and never delivered (the loadgen's JSON:
 # lost answered_never_delivered, stored_never_delivered, incomplete not_redelivered), no
@@ -31,8 +37,8 @@
 #                       printed; give it again to replay the same schedule)
 #   --duration D        the loadgen's measured send phase (default 20s; a 1s warmup before it)
 #   --fault-count N     faults planned in the send phase (default 6)
-#   --faults LIST       comma-separated faults to choose from
-#                       (default redis-kill,redis-stop,node-stop,node-kill)
+#   --faults LIST       comma-separated faults to choose from (default
+#                       redis-kill,redis-stop,node-stop,node-kill,node-stop-redis-kill)
 #   --users N           BIN24 users, even (default 200)
 #   --rate R            BIN24 messages/s over all senders (default 1000)
 #   --offline-share S   users offline until the end, 0 to below 1 (default 0.1)
@@ -51,7 +57,7 @@ set -euo pipefail
 seed=
 duration=20s
 fault_count=6
-faults=redis-kill,redis-stop,node-stop,node-kill
+faults=redis-kill,redis-stop,node-stop,node-kill,node-stop-redis-kill
 users=200
 rate=1000
 offline_share=0.1
@@ -93,7 +99,7 @@ done
 IFS=, read -r -a fault_kinds <<<"$faults"
 [ "${#fault_kinds[@]}" -gt 0 ] || usage_error "--faults: none given"
 for kind in "${fault_kinds[@]}"; do
-  [[ $kind =~ ^(redis-kill|redis-stop|node-stop|node-kill)$ ]] \
+  [[ $kind =~ ^(redis-kill|redis-stop|node-stop|node-kill|node-stop-redis-kill)$ ]] \
     || usage_error "--faults: unknown fault $kind"
 done
 [ -n "$seed" ] || seed=$(( $(date +%s%N) / 1000 % 1000000000 ))
@@ -292,11 +298,36 @@ do_fault() {
       kill -CONT "${node_pids[$((i - 1))]}"
       [ "$state" = T ] || fail "fault $fault_no ($fault): node-$i was in state $state, not T, when continued"
       # No line by design (a freeze under the lease is no lost link); the node must serve.
-      node_metrics "$i" >/dev/null || fail "fault $fault_no ($fault): node-$i's admin port did not answer within 5 s of SIGCONT"
+      local continued_ms
+      continued_ms=$(now_ms)
+      if node_metrics "$i" >/dev/null; then
+        echo "    node-$i's admin port answered $(( $(now_ms) - continued_ms )) ms after SIGCONT" | tee -a "$faults_txt"
+      else
+        fail "fault $fault_no ($fault): node-$i's admin port did not answer within 5 s of SIGCONT"
+      fi
       other=$((3 - i))
       if wait_in_node_log "$other" 1 "node node-$i (incarnation [0-9a-f]*) is gone"; then
         echo "    node-$other took node-$i for dead during its $d ms freeze" | tee -a "$faults_txt"
       fi
+      ;;
+    node-stop-redis-kill)
+      i=$((1 + RANDOM % 2))
+      lease_share_ms 300 900
+      echo "$(date -u +%T.%N | cut -c1-12) fault $fault_no: node-stop-redis-kill: node-$i stopped for $d ms (pid ${node_pids[$((i - 1))]}), Redis killed and started again meanwhile (pid $redis_pid)" | tee -a "$faults_txt"
+      local stopped_ms
+      stopped_ms=$(now_ms)
+      kill -STOP "${node_pids[$((i - 1))]}"
+      kill -KILL "$redis_pid"
+      wait "$redis_pid" 2>/dev/null || true
+      start_redis
+      d=$(( d - ($(now_ms) - stopped_ms) ))
+      [ "$d" -le 0 ] || sleep "$(awk -v d="$d" 'BEGIN { printf "%.3f", d / 1000 }')"
+      state=$(proc_state "${node_pids[$((i - 1))]}")
+      kill -CONT "${node_pids[$((i - 1))]}"
+      [ "$state" = T ] || fail "fault $fault_no ($fault): node-$i was in state $state, not T, when continued"
+      for i in 1 2; do
+        expect_in_node_log "$i" $((lease_ms * 4 / 1000 + 5)) "link to Redis is down" "link to Redis is back"
+      done
       ;;
     node-kill)
       i=$((1 + RANDOM % 2))
@@ -339,21 +370,26 @@ loadgen_pid=$!
 started_ms=$(now_ms)
 
 # The schedule: fault k in the k-th of fault_count equal slots of the send phase, at a seeded
-# moment within the slot's first half (the second leaves room for the fault and its recovery),
-# none after the phase's last quarter lease and recovery margin; skipped when the previous
-# fault overran its moment past the last allowed start.
+# moment within the slot's first half (the second leaves room for the fault and its recovery).
+# None starts later than three leases and 2 s before the send phase ends, so that everything
+# is back before the offline users connect: a fault the previous ones delayed past that is
+# skipped (counted).
 window_start_ms=$((warmup_s * 1000 / 2 + 500))
 window_end_ms=$(( (warmup_s + duration_s) * 1000 - 3 * lease_ms - 2000 ))
 [ "$window_end_ms" -gt "$window_start_ms" ] || die "--duration $duration is too short for --lease-ms $lease_ms: raise it"
 slot_ms=$(( (window_end_ms - window_start_ms) / fault_count ))
 fault_no=0
 skipped=0
+other_kinds=()
+for kind in "${fault_kinds[@]}"; do [ "$kind" = node-kill ] || other_kinds+=("$kind"); done
 for k in $(seq 0 $((fault_count - 1))); do
   at_ms=$(( window_start_ms + k * slot_ms + (RANDOM * 32768 + RANDOM) % (slot_ms / 2 + 1) ))
   fault=${fault_kinds[$((RANDOM % ${#fault_kinds[@]}))]}
-  if [ "$fault" = node-kill ] && [ "$node_killed" = 1 ]; then
-    fault=${fault_kinds[0]}
-    [ "$fault" != node-kill ] || continue
+  if [ "$fault" = node-kill ] && { [ "$node_killed" = 1 ] || [ $((2 * k)) -lt "$fault_count" ]; }; then
+    # Once, and in the second half: the killed node's users stay away until the loadgen's end,
+    # after which every message crosses to nobody and is stored, none live.
+    [ "${#other_kinds[@]}" -gt 0 ] || continue
+    fault=${other_kinds[$((RANDOM % ${#other_kinds[@]}))]}
   fi
   wait_ms=$(( started_ms + at_ms - $(now_ms) ))
   if [ "$wait_ms" -gt 0 ]; then
