@@ -328,8 +328,10 @@ struct Args {
     #[arg(long, value_name = "NAME", requires = "cluster")]
     node_name: Option<String>,
 
-    /// A node whose liveness key is not renewed for this long is taken for dead: the other
-    /// nodes announce its lobby members gone. Renewed every quarter of it.
+    /// The cluster's lease: a node renews its liveness key every quarter of it, and the key
+    /// lives three quarters of it from its last renewal, so a node silent (dead, frozen, cut
+    /// off) for about half to three quarters of it is taken for dead, and the other nodes
+    /// notice and announce its lobby members gone within the lease.
     #[arg(long, value_name = "MS", default_value_t = switchboard::cluster::LEASE_MS_DEFAULT, requires = "cluster")]
     cluster_lease_ms: u64,
 
