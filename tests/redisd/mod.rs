@@ -162,6 +162,23 @@ pub fn metric(node: &mut Chatd, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{line}: not a sample"))
 }
 
+/// Waits (bounded by `WAIT`) until none of `node`'s five Redis links is down
+/// (`chatd_cluster_redis_link_down` is 0): after an outage, what a node says crosses, and
+/// what it asks Redis is answered, only once its links are back, and each comes back on its
+/// own reconnect delay (up to 2 s), in no order with the others nor with the other nodes'.
+/// A link that never noticed the outage was never down.
+pub fn wait_links_up(node: &mut Chatd) {
+    const LINK_DOWN: &str = "chatd_cluster_redis_link_down";
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    while metric(node, LINK_DOWN) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a Redis link of the node never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 fn spawn_redis(
     port: u16,
     dir: &TempDir,
