@@ -220,6 +220,10 @@ fn after_redis_is_killed_and_restarted_the_nodes_reconnect_and_the_lobby_spans_t
     for node in [&mut a, &mut b] {
         node.stderr
             .wait_for("cluster: the subscriber's link to Redis is back after");
+        // A's publisher comes back on its own reconnect delay, in no order with the
+        // subscribers: down longer than half a lease (its delay doubling past the outage),
+        // it drops what it is given until it is back, "rui: after" included.
+        redisd::wait_links_up(node);
     }
     // rob's line said while Redis was gone waits on B's publishing link for at most half a
     // lease and goes out when that link is back, which may be before or after A's
@@ -435,6 +439,11 @@ fn a_frozen_redis_is_noticed_local_users_are_served_and_the_nodes_resume_after_i
     for node in [&mut a, &mut b] {
         node.stderr
             .wait_for("cluster: the subscriber's link to Redis is back after");
+        // A publisher lost to its unanswered "alone" comes back on its own reconnect delay,
+        // in no order with the subscribers; stale (down half a lease: a reconnect made while
+        // Redis was still frozen doubles the delay past it), it drops what it is given until
+        // it is back, "after" included.
+        redisd::wait_links_up(node);
     }
     // A line said while Redis was frozen may cross after it thawed, or not (it is lost, and
     // counted); nothing else may come (a leave notice would).
