@@ -73,9 +73,49 @@ fn command(conn: &mut redis::Connection, args: &[&str]) -> redis::Value {
 }
 
 /// Redis takes no new client (every connection held now stays): a node's reconnect is
-/// refused until [`let_clients_in`].
-fn refuse_new_clients(conn: &mut redis::Connection) {
+/// refused until [`let_clients_in`]. First every link of `nodes` is made: a node says it
+/// subscribed once its reactor's links and its lease thread's are, but its names and OCM
+/// rooms threads connect on their own threads, in no order with the test; one still
+/// connecting would be refused too, a lost link the test did not make.
+fn refuse_new_clients(conn: &mut redis::Connection, nodes: &[&Chatd]) {
+    for node in nodes {
+        wait_links_made(conn, node);
+    }
     command(conn, &["CONFIG", "SET", "maxclients", "1"]);
+}
+
+/// The Redis connections a node without BIN24 holds once started: the reactor's publisher and
+/// subscriber, the lease, names and OCM rooms threads'.
+const LINKS_OF_A_NODE: usize = 5;
+
+/// Waits (bounded by `WAIT`) until Redis lists every one of `node`'s connections.
+fn wait_links_made(conn: &mut redis::Connection, node: &Chatd) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let ports = tcp_ports_of(node.pid());
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(conn)
+            .expect("CLIENT LIST");
+        let made = list
+            .lines()
+            .filter_map(|line| {
+                line.split(' ')
+                    .find_map(|field| field.strip_prefix("addr="))
+                    .and_then(|addr| addr.rsplit_once(':'))
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+            })
+            .filter(|port| ports.contains(port))
+            .count();
+        if made >= LINKS_OF_A_NODE {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node made {made} of its {LINKS_OF_A_NODE} Redis connections: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn let_clients_in(conn: &mut redis::Connection) {
@@ -294,7 +334,7 @@ fn a_subscription_redis_closes_is_made_again_and_the_rosters_bring_what_was_miss
     rob.expect(b"b'ray' esta conectado ao chat");
     let losses_before = [metric(&mut a, LOSSES), metric(&mut b, LOSSES)];
 
-    refuse_new_clients(&mut admin);
+    refuse_new_clients(&mut admin, &[&a, &b]);
     let killed = command(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(killed, redis::Value::Int(2), "both nodes' subscriptions");
     for node in [&mut a, &mut b] {
@@ -360,7 +400,7 @@ fn a_publishing_connection_redis_closes_is_made_again_and_nothing_is_heard_twice
     let publisher = client_id(&mut admin, &b, "publish");
     let losses_before = [metric(&mut a, LOSSES), metric(&mut b, LOSSES)];
 
-    refuse_new_clients(&mut admin);
+    refuse_new_clients(&mut admin, &[&a, &b]);
     let killed = command(&mut admin, &["CLIENT", "KILL", "ID", &publisher]);
     assert_eq!(killed, redis::Value::Int(1));
     b.stderr
@@ -730,7 +770,7 @@ fn a_lost_subscription_is_tried_again_after_a_delay_doubling_from_50_ms_to_2_s()
     let mut b = redis.node("node-b", &["--room-port"], &[]);
     let mut rob = Client::join(addr(&b, "--room-port"), "rob");
 
-    refuse_new_clients(&mut admin);
+    refuse_new_clients(&mut admin, &[&b]);
     let mut refused = rejected_connections(&mut admin);
     let killed = command(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]);
     let lost_at = Instant::now();
