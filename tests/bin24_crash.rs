@@ -403,12 +403,51 @@ fn collect_stored(addr: SocketAddr, recipients: &[&str], marker: &[u8]) -> Vec<V
                 );
                 assert_eq!(text(frame.dst()), *recipient);
                 if text(frame.src()) == MARKER && &frame.body()[..] == marker {
+                    // Everything read, a clean close: what the recipient's TCP acknowledged is
+                    // delivered, once chatd reads the FIN. A signal first stops all reading,
+                    // and delivery unknown at shutdown stays stored: come back to the next
+                    // login (at-least-once), as the next restart's check would see.
+                    let peer_port = peer.stream.local_addr().expect("local address").port();
+                    drop(peer);
+                    wait_closed_by_server(addr.port(), peer_port);
                     return frames;
                 }
                 frames.push(frame);
             }
         })
         .collect()
+}
+
+/// Waits (bounded by `WAIT`) until the server's end of the loopback connection between its
+/// `server_port` and the client's `client_port` has left ESTABLISHED and CLOSE_WAIT (the
+/// server read the client's FIN and closed), per the kernel's /proc/net/tcp.
+fn wait_closed_by_server(server_port: u16, client_port: u16) {
+    const ESTABLISHED: &str = "01";
+    const CLOSE_WAIT: &str = "08";
+    let hex_port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        let open = table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3
+                && hex_port(fields[1]) == Some(server_port)
+                && hex_port(fields[2]) == Some(client_port)
+                && (fields[3] == ESTABLISHED || fields[3] == CLOSE_WAIT)
+        });
+        if !open {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chatd never closed its end of the connection from port {client_port}"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// One delivery of a message: where, and how.
