@@ -447,14 +447,18 @@ fn a_publishing_connection_redis_closes_is_made_again_and_nothing_is_heard_twice
 }
 
 /// Node A serving CCM without rate limits, so that its user can flood the lobby, and node B
-/// serving ROOM, both with the `lease` flag and value.
-fn flooding_and_room_nodes(redis: &Redis, lease: [&str; 2]) -> (Chatd, Chatd) {
+/// serving ROOM, both with the `lease` flag and value, B with `room_extra` flags too.
+fn flooding_and_room_nodes(redis: &Redis, lease: [&str; 2], room_extra: &[&str]) -> (Chatd, Chatd) {
     let a = redis.node(
         "node-a",
         &["--ccm-port"],
         &[&lease[..], &chatd::CCM_UNTHROTTLED_FLAGS].concat(),
     );
-    let b = redis.node("node-b", &["--room-port"], &lease);
+    let b = redis.node(
+        "node-b",
+        &["--room-port"],
+        &[&lease[..], room_extra].concat(),
+    );
     (a, b)
 }
 
@@ -494,7 +498,12 @@ fn a_subscriber_redis_drops_for_its_output_limit_resubscribes_with_bounded_memor
     );
     // Long: a frozen node must not be taken for dead while the flood goes through.
     let lease = ["--cluster-lease-ms", "20000"];
-    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease);
+    // What B reads once thawed is what the kernels held for it (Redis's socket's send buffer
+    // grows to 4 MiB): about 4 MiB, all for rob at once, as much as the default hard output
+    // limit lets one connection have queued. At it, rob is closed as a slow consumer (seen 2
+    // in 30 runs; every time with the limit at 3 MB): a limit well over it, for this test.
+    let room_output = ["--output-hard-bytes-max", "16777216"];
+    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease, &room_output);
     let mut rob = Client::join(addr(&b, "--room-port"), "rob");
     let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
     rob.expect(b"b'cid' esta conectado ao chat");
@@ -692,7 +701,7 @@ fn a_backlog_under_redis_limit_waits_in_redis_and_is_all_taken_with_bounded_memo
     };
     let mut admin = admin_connection(&redis);
     let lease = ["--cluster-lease-ms", "20000"];
-    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease);
+    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease, &[]);
     let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
     wait_metric(&mut b, RECEIVED, 1.0);
     let received_before = metric(&mut b, RECEIVED);
