@@ -728,6 +728,10 @@ fn after_redis_restarts_empty_the_nodes_set_their_names_again() {
     redis.start_again();
     a.stderr
         .wait_for("cluster: the names thread's link to Redis is back after");
+    // Those two lines may be older than the kill (a renewal over its deadline, a quarter lease
+    // here, on a loaded machine, is a lost link too), so waiting for them may not wait at
+    // all: B's claim is refused once A's key for mia is back (seen: granted).
+    redis.wait_key(b"switchboard:name:mia");
     // B's link may still be the old one: its first command finds it broken and retries on a
     // new connection at once, so the answer is Redis's, not "could not confirm".
     ccm_b.send(&ccm_identity("mia"));

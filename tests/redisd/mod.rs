@@ -101,6 +101,19 @@ impl Redis {
         node_at(&self.url(), name, flags, extra)
     }
 
+    /// Waits (bounded by `WAIT`) until `key` exists.
+    pub fn wait_key(&self, key: &[u8]) {
+        let deadline = std::time::Instant::now() + crate::common::WAIT;
+        while self.query_int(&[b"EXISTS", key]) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never appeared in Redis",
+                String::from_utf8_lossy(key)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// The integer answer of one command (`XLEN key`, `HGET key field`: nil is 0).
     pub fn query_int(&self, args: &[&[u8]]) -> i64 {
         let client = redis::Client::open(self.url()).expect("the Redis URL");
