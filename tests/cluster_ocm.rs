@@ -593,6 +593,14 @@ fn after_redis_restarts_empty_the_rooms_and_tokens_are_set_again() {
         node.stderr
             .wait_for("cluster: the subscriber's link to Redis is back after");
     }
+    // Those lines may be older than the kill (a renewal over its deadline, a quarter lease
+    // here, on a loaded machine, is a lost link too), so waiting for them may not wait at
+    // all. A's renewal sets the room, then ana's entry in its members with her token (one
+    // script): once that entry is back, so are the others.
+    assert!(
+        eventually(|| redis.query_int(&[b"HEXISTS", b"switchboard:ocm:members:sala", b"ana"]) == 1),
+        "A never set its records again"
+    );
     // Renewed on A's reconnect: the room is there for B's join, ana's name is taken in it.
     let cid = Member::join(&b, "sala", "cid");
     let (state, _) = request(tcrp(&b), 2, "sala", "ana", chat_socket());
