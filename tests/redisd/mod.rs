@@ -181,12 +181,28 @@ pub fn metric(node: &mut Chatd, series: &str) -> f64 {
 /// own reconnect delay (up to 2 s), in no order with the others nor with the other nodes'.
 /// A link that never noticed the outage was never down.
 pub fn wait_links_up(node: &mut Chatd) {
+    wait_link_down_gauge(node, 0.0);
+}
+
+/// Waits (bounded by `WAIT`) until `node` says a Redis link of it is down
+/// (`chatd_cluster_redis_link_down` is 1). A log line saying so is no proof that one is now:
+/// `Output::wait_for` finds any line since the start, and a loaded machine can make a link
+/// miss a deadline (and come back) long before the outage a test makes.
+pub fn wait_link_down(node: &mut Chatd) {
+    wait_link_down_gauge(node, 1.0);
+}
+
+fn wait_link_down_gauge(node: &mut Chatd, want: f64) {
     const LINK_DOWN: &str = "chatd_cluster_redis_link_down";
     let deadline = std::time::Instant::now() + crate::common::WAIT;
-    while metric(node, LINK_DOWN) != 0.0 {
+    loop {
+        let now = metric(node, LINK_DOWN);
+        if now == want {
+            return;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "a Redis link of the node never came back"
+            "{LINK_DOWN} is {now}, never {want}"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
