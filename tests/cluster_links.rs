@@ -73,9 +73,49 @@ fn command(conn: &mut redis::Connection, args: &[&str]) -> redis::Value {
 }
 
 /// Redis takes no new client (every connection held now stays): a node's reconnect is
-/// refused until [`let_clients_in`].
-fn refuse_new_clients(conn: &mut redis::Connection) {
+/// refused until [`let_clients_in`]. First every link of `nodes` is made: a node says it
+/// subscribed once its reactor's links and its lease thread's are, but its names and OCM
+/// rooms threads connect on their own threads, in no order with the test; one still
+/// connecting would be refused too, a lost link the test did not make.
+fn refuse_new_clients(conn: &mut redis::Connection, nodes: &[&Chatd]) {
+    for node in nodes {
+        wait_links_made(conn, node);
+    }
     command(conn, &["CONFIG", "SET", "maxclients", "1"]);
+}
+
+/// The Redis connections a node without BIN24 holds once started: the reactor's publisher and
+/// subscriber, the lease, names and OCM rooms threads'.
+const LINKS_OF_A_NODE: usize = 5;
+
+/// Waits (bounded by `WAIT`) until Redis lists every one of `node`'s connections.
+fn wait_links_made(conn: &mut redis::Connection, node: &Chatd) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let ports = tcp_ports_of(node.pid());
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(conn)
+            .expect("CLIENT LIST");
+        let made = list
+            .lines()
+            .filter_map(|line| {
+                line.split(' ')
+                    .find_map(|field| field.strip_prefix("addr="))
+                    .and_then(|addr| addr.rsplit_once(':'))
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+            })
+            .filter(|port| ports.contains(port))
+            .count();
+        if made >= LINKS_OF_A_NODE {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node made {made} of its {LINKS_OF_A_NODE} Redis connections: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn let_clients_in(conn: &mut redis::Connection) {
@@ -294,7 +334,7 @@ fn a_subscription_redis_closes_is_made_again_and_the_rosters_bring_what_was_miss
     rob.expect(b"b'ray' esta conectado ao chat");
     let losses_before = [metric(&mut a, LOSSES), metric(&mut b, LOSSES)];
 
-    refuse_new_clients(&mut admin);
+    refuse_new_clients(&mut admin, &[&a, &b]);
     let killed = command(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(killed, redis::Value::Int(2), "both nodes' subscriptions");
     for node in [&mut a, &mut b] {
@@ -360,7 +400,7 @@ fn a_publishing_connection_redis_closes_is_made_again_and_nothing_is_heard_twice
     let publisher = client_id(&mut admin, &b, "publish");
     let losses_before = [metric(&mut a, LOSSES), metric(&mut b, LOSSES)];
 
-    refuse_new_clients(&mut admin);
+    refuse_new_clients(&mut admin, &[&a, &b]);
     let killed = command(&mut admin, &["CLIENT", "KILL", "ID", &publisher]);
     assert_eq!(killed, redis::Value::Int(1));
     b.stderr
@@ -407,14 +447,18 @@ fn a_publishing_connection_redis_closes_is_made_again_and_nothing_is_heard_twice
 }
 
 /// Node A serving CCM without rate limits, so that its user can flood the lobby, and node B
-/// serving ROOM, both with the `lease` flag and value.
-fn flooding_and_room_nodes(redis: &Redis, lease: [&str; 2]) -> (Chatd, Chatd) {
+/// serving ROOM, both with the `lease` flag and value, B with `room_extra` flags too.
+fn flooding_and_room_nodes(redis: &Redis, lease: [&str; 2], room_extra: &[&str]) -> (Chatd, Chatd) {
     let a = redis.node(
         "node-a",
         &["--ccm-port"],
         &[&lease[..], &chatd::CCM_UNTHROTTLED_FLAGS].concat(),
     );
-    let b = redis.node("node-b", &["--room-port"], &lease);
+    let b = redis.node(
+        "node-b",
+        &["--room-port"],
+        &[&lease[..], room_extra].concat(),
+    );
     (a, b)
 }
 
@@ -454,7 +498,12 @@ fn a_subscriber_redis_drops_for_its_output_limit_resubscribes_with_bounded_memor
     );
     // Long: a frozen node must not be taken for dead while the flood goes through.
     let lease = ["--cluster-lease-ms", "20000"];
-    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease);
+    // What B reads once thawed is what the kernels held for it (Redis's socket's send buffer
+    // grows to 4 MiB): about 4 MiB, all for rob at once, as much as the default hard output
+    // limit lets one connection have queued. At it, rob is closed as a slow consumer (seen 2
+    // in 30 runs; every time with the limit at 3 MB): a limit well over it, for this test.
+    let room_output = ["--output-hard-bytes-max", "16777216"];
+    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease, &room_output);
     let mut rob = Client::join(addr(&b, "--room-port"), "rob");
     let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
     rob.expect(b"b'cid' esta conectado ao chat");
@@ -593,13 +642,19 @@ fn a_redis_that_stops_answering_publish_is_a_lost_link_within_the_command_deadli
     let (mut a, mut b, mut rui, mut rob) = two_nodes_with_room_users(&redis, &lease);
     let dropped_before = metric(&mut b, DROPPED);
 
+    // The same line from before the pause (a reply over the deadline on a loaded machine)
+    // would time nothing: only what B logs after it counts.
+    let before_pause = b.stderr.mark();
     command(&mut admin, &["CLIENT", "PAUSE", "10000", "WRITE"]);
     let sent_at = Instant::now();
     rob.send(b"rob: unanswered\n");
     rob.expect(b"rob: unanswered\n");
-    b.stderr.wait_for(&format!(
-        "cluster: the publisher's link to Redis is down (no reply within {DEADLINE_MS} ms)"
-    ));
+    b.stderr.wait_for_after(
+        before_pause,
+        &format!(
+            "cluster: the publisher's link to Redis is down (no reply within {DEADLINE_MS} ms)"
+        ),
+    );
     let noticed_ms = sent_at.elapsed().as_millis();
     command(&mut admin, &["CLIENT", "UNPAUSE"]);
     eprintln!("the publisher's link was taken for lost {noticed_ms} ms after the line");
@@ -613,8 +668,10 @@ fn a_redis_that_stops_answering_publish_is_a_lost_link_within_the_command_deadli
     // Local users are served.
     rob.send(b"rob: local\n");
     rob.expect(b"rob: local\n");
-    b.stderr
-        .wait_for("cluster: the publisher's link to Redis is back after");
+    b.stderr.wait_for_after(
+        before_pause,
+        "cluster: the publisher's link to Redis is back after",
+    );
     rob.send(b"rob: after\n");
     rob.expect(b"rob: after\n");
     // Redis read the unanswered line before it paused: it may carry it, once; the line said
@@ -652,7 +709,7 @@ fn a_backlog_under_redis_limit_waits_in_redis_and_is_all_taken_with_bounded_memo
     };
     let mut admin = admin_connection(&redis);
     let lease = ["--cluster-lease-ms", "20000"];
-    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease);
+    let (mut a, mut b) = flooding_and_room_nodes(&redis, lease, &[]);
     let (mut cid, token) = ccm_identify(addr(&a, "--ccm-port"), "cid");
     wait_metric(&mut b, RECEIVED, 1.0);
     let received_before = metric(&mut b, RECEIVED);
@@ -730,7 +787,7 @@ fn a_lost_subscription_is_tried_again_after_a_delay_doubling_from_50_ms_to_2_s()
     let mut b = redis.node("node-b", &["--room-port"], &[]);
     let mut rob = Client::join(addr(&b, "--room-port"), "rob");
 
-    refuse_new_clients(&mut admin);
+    refuse_new_clients(&mut admin, &[&b]);
     let mut refused = rejected_connections(&mut admin);
     let killed = command(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]);
     let lost_at = Instant::now();

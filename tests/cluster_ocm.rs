@@ -503,7 +503,7 @@ fn while_redis_is_frozen_requests_are_refused_and_local_chat_goes_on() {
     const LEASE_MS: u64 = 500;
     let lease = ["--cluster-lease-ms", "500"];
     let mut a = node(&redis, "node-a", &lease);
-    let b = node(&redis, "node-b", &lease);
+    let mut b = node(&redis, "node-b", &lease);
     let ana = Member::create(&a, "sala", "ana");
     let cid = Member::join(&a, "sala", "cid");
     let bob = Member::join(&b, "sala", "bob");
@@ -542,6 +542,14 @@ fn while_redis_is_frozen_requests_are_refused_and_local_chat_goes_on() {
     redis.signal("-CONT");
     a.stderr
         .wait_for("cluster: the OCM rooms thread's link to Redis is back after");
+    // Every link that noticed the freeze comes back on its own reconnect delay, A's OCM
+    // thread's in no order with B's (whose refused join took it down too), nor with A's
+    // subscription (lost to its PING deadline; a line B says before it is back never reaches
+    // A) nor A's publisher (lost with "ana: local" unanswered; stale, it drops what it is
+    // given until it is back): wait for all of them on both nodes.
+    for node in [&mut a, &mut b] {
+        redisd::wait_links_up(node);
+    }
     // The refused create made nothing anywhere: the name is free, on B too.
     let dan = Member::create(&b, "nova", "dan");
     let fay = Member::join(&a, "nova", "fay");
@@ -585,6 +593,14 @@ fn after_redis_restarts_empty_the_rooms_and_tokens_are_set_again() {
         node.stderr
             .wait_for("cluster: the subscriber's link to Redis is back after");
     }
+    // Those lines may be older than the kill (a renewal over its deadline, a quarter lease
+    // here, on a loaded machine, is a lost link too), so waiting for them may not wait at
+    // all. A's renewal sets the room, then ana's entry in its members with her token (one
+    // script): once that entry is back, so are the others.
+    assert!(
+        eventually(|| redis.query_int(&[b"HEXISTS", b"switchboard:ocm:members:sala", b"ana"]) == 1),
+        "A never set its records again"
+    );
     // Renewed on A's reconnect: the room is there for B's join, ana's name is taken in it.
     let cid = Member::join(&b, "sala", "cid");
     let (state, _) = request(tcrp(&b), 2, "sala", "ana", chat_socket());

@@ -73,6 +73,38 @@ impl Output {
         self.text()
     }
 
+    /// How much output has been collected so far, taking in what the reading thread holds:
+    /// a later [`Output::wait_for_after`] looks only past it.
+    pub fn mark(&mut self) -> usize {
+        while let Ok(chunk) = self.rx.try_recv() {
+            self.buf.extend_from_slice(&chunk);
+        }
+        self.buf.len()
+    }
+
+    /// Like [`Output::wait_for`], for `want` in the output after `mark` only: a line the
+    /// child may have written before too (a link lost and back) says nothing of now.
+    pub fn wait_for_after(&mut self, mark: usize, want: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        while !show(&self.buf[mark.min(self.buf.len())..]).contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buf.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: {want:?} did not appear within {WAIT:?}; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: closed before {want:?} appeared; got {:?}",
+                    self.name,
+                    self.text()
+                ),
+            }
+        }
+        self.text()
+    }
+
     /// Like [`Output::wait_for`], but the pipe closing first is an answer, not a failure:
     /// `None` then. A timeout still fails the test.
     pub fn wait_for_or_close(&mut self, want: &str) -> Option<String> {

@@ -101,6 +101,19 @@ impl Redis {
         node_at(&self.url(), name, flags, extra)
     }
 
+    /// Waits (bounded by `WAIT`) until `key` exists.
+    pub fn wait_key(&self, key: &[u8]) {
+        let deadline = std::time::Instant::now() + crate::common::WAIT;
+        while self.query_int(&[b"EXISTS", key]) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never appeared in Redis",
+                String::from_utf8_lossy(key)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// The integer answer of one command (`XLEN key`, `HGET key field`: nil is 0).
     pub fn query_int(&self, args: &[&[u8]]) -> i64 {
         let client = redis::Client::open(self.url()).expect("the Redis URL");
@@ -160,6 +173,39 @@ pub fn metric(node: &mut Chatd, series: &str) -> f64 {
     line.rsplit_once(' ')
         .and_then(|(_, value)| value.parse().ok())
         .unwrap_or_else(|| panic!("{line}: not a sample"))
+}
+
+/// Waits (bounded by `WAIT`) until none of `node`'s five Redis links is down
+/// (`chatd_cluster_redis_link_down` is 0): after an outage, what a node says crosses, and
+/// what it asks Redis is answered, only once its links are back, and each comes back on its
+/// own reconnect delay (up to 2 s), in no order with the others nor with the other nodes'.
+/// A link that never noticed the outage was never down.
+pub fn wait_links_up(node: &mut Chatd) {
+    wait_link_down_gauge(node, 0.0);
+}
+
+/// Waits (bounded by `WAIT`) until `node` says a Redis link of it is down
+/// (`chatd_cluster_redis_link_down` is 1). A log line saying so is no proof that one is now:
+/// `Output::wait_for` finds any line since the start, and a loaded machine can make a link
+/// miss a deadline (and come back) long before the outage a test makes.
+pub fn wait_link_down(node: &mut Chatd) {
+    wait_link_down_gauge(node, 1.0);
+}
+
+fn wait_link_down_gauge(node: &mut Chatd, want: f64) {
+    const LINK_DOWN: &str = "chatd_cluster_redis_link_down";
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    loop {
+        let now = metric(node, LINK_DOWN);
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{LINK_DOWN} is {now}, never {want}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn spawn_redis(
