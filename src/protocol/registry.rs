@@ -506,6 +506,9 @@ impl Services {
         if let Some(ocm) = self.ocm.as_mut().filter(|_| !lapsed.is_empty()) {
             ocm.queue_lapsed_nodes(lapsed);
         }
+        if cluster.take_bin24_recheck() {
+            self.hub_queue.hand_over(HubOutcome::Bin24Resubscribed);
+        }
         if cluster.take_ocm_resync() {
             if let Some(ocm) = self.ocm.as_mut() {
                 ocm.resync_rooms();
