@@ -92,7 +92,10 @@ impl Default for Bin24Config {
 
 /// In a cluster, the node (and its incarnation) of a sender who is not on this one: its
 /// answers ("200", "300", "507") are published for that node.
-type Origin = Option<(Bytes, u64)>;
+type Origin = Option<NodeId>;
+
+/// Another node: its name and incarnation.
+type NodeId = (Bytes, u64);
 
 /// A message forwarded to an online recipient and not yet answered.
 #[derive(Debug)]
@@ -263,7 +266,7 @@ pub struct Bin24Service {
     /// In a cluster: frames of local senders published for another node, by (sender,
     /// messageID), kept until that node's answer comes back (custody stays here meanwhile),
     /// with that node (told if the frame ends up stored here).
-    crossing: HashMap<(Name, u32), (Frame, TimerKey, (Bytes, u64))>,
+    crossing: HashMap<(Name, u32), (Frame, TimerKey, NodeId)>,
     crossing_deadlines: TimerWheel<(Name, u32)>,
     /// In a cluster: messages of local senders whose DST is being located, per DST, and per
     /// (sender, messageID). While a DST has some, every further message to it is located too
