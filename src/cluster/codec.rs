@@ -23,7 +23,8 @@
 //!            i32 message port, i32 file port
 //! Bin24:     u8 target node length (1..=64) + target node, u64 target incarnation,
 //!            u8 sending node length (1..=64) + sending node, u64 its incarnation,
-//!            u8 step (0 message, 1 answer, 2 message from the location cache, 3 sent back),
+//!            u8 step (0 message, 1 answer, 2 message from the location cache, 3 sent back,
+//!            4 a frame was stored for its DST: that stored frame's header),
 //!            u16 frame length (24..=1024) + the BIN24 frame,
 //!            whose own length field (u16 little-endian, its first two bytes) is that length
 //! Ocm:       u8 step (0 joined, 1 chat, 2 left, 3 closed), u8 room length (1..=255) + room,
@@ -299,6 +300,7 @@ pub fn encode(
                 Bin24Step::Answer => 1,
                 Bin24Step::CachedMessage => 2,
                 Bin24Step::Bounced => 3,
+                Bin24Step::Stored => 4,
             });
             out.put_u16(relay.frame.len() as u16);
             out.put_slice(&relay.frame);
@@ -577,6 +579,7 @@ pub fn decode(payload: Bytes) -> Result<Envelope, DecodeError> {
                 1 => Bin24Step::Answer,
                 2 => Bin24Step::CachedMessage,
                 3 => Bin24Step::Bounced,
+                4 => Bin24Step::Stored,
                 other => return Err(DecodeError::Step(other)),
             };
             let frame = r.field(2, BIN24_FRAME_BYTES_MAX, "BIN24 frame")?;
@@ -1048,6 +1051,7 @@ mod tests {
             (Bin24Step::Message, &b""[..]),
             (Bin24Step::CachedMessage, &b"hi"[..]),
             (Bin24Step::Bounced, &b"hi"[..]),
+            (Bin24Step::Stored, &b""[..]),
         ] {
             let event = relay(step, bin24_frame(body));
             let wire = encode(b"a", 1, 2, &event).unwrap();
@@ -1075,8 +1079,15 @@ mod tests {
         lying[at] = 27;
         assert_eq!(decode(lying.into()), Err(DecodeError::Bin24Frame));
         let mut step = want.clone();
-        step[at - 3] = 4;
-        assert_eq!(decode(step.into()), Err(DecodeError::Step(4)));
+        step[at - 3] = 5;
+        assert_eq!(decode(step.into()), Err(DecodeError::Step(5)));
+        // A `Stored` notice is step 4 (a node before it refuses it as step 4, above's error).
+        let mut notice = want.clone();
+        notice[at - 3] = 4;
+        assert!(matches!(
+            decode(notice.into()).map(|envelope| envelope.event),
+            Ok(HubEvent::Bin24(relay)) if relay.step == Bin24Step::Stored
+        ));
         let mut empty_from = want.clone();
         empty_from[27 + 8] = 0;
         assert!(decode(empty_from.into()).is_err());

@@ -248,6 +248,9 @@ pub struct Cluster {
     /// The subscriber (re)subscribed since the OCM service last asked: it reads its rooms'
     /// members from Redis (`joined` events of other nodes may have been missed).
     ocm_resync_due: bool,
+    /// The subscription was made again after a lost link: other nodes' BIN24 `Stored` notices
+    /// may have been missed, so BIN24's online users' stores are read again.
+    bin24_recheck_due: bool,
 }
 
 /// The tokens of the reactor's two Redis links in its poll: events on them only make the
@@ -406,6 +409,7 @@ impl Cluster {
             ocm_rooms,
             lapsed_nodes: Vec::new(),
             ocm_resync_due: true,
+            bin24_recheck_due: false,
         })
     }
 
@@ -566,6 +570,8 @@ impl Cluster {
                     // OCM `joined` events may have been missed too: the OCM service reads
                     // its rooms' members from Redis.
                     self.ocm_resync_due = true;
+                    // So may BIN24's `Stored` notices (no user is online at the first one).
+                    self.bin24_recheck_due = true;
                     continue;
                 }
             };
@@ -671,6 +677,11 @@ impl Cluster {
     /// Whether the subscriber (re)subscribed since the last call.
     pub fn take_ocm_resync(&mut self) -> bool {
         std::mem::take(&mut self.ocm_resync_due)
+    }
+
+    /// Whether the subscriber resubscribed since the last call (BIN24's stores read again).
+    pub fn take_bin24_recheck(&mut self) -> bool {
+        std::mem::take(&mut self.bin24_recheck_due)
     }
 
     /// Whether this node owes the others its roster ([`Cluster::publish_rosters`]).
@@ -804,6 +815,7 @@ impl Cluster {
             ocm_rooms: ocm::OcmRooms::detached(),
             lapsed_nodes: Vec::new(),
             ocm_resync_due: false,
+            bin24_recheck_due: false,
         };
         (cluster, TestFeed(feed))
     }

@@ -162,6 +162,14 @@ pub enum Bin24Step {
     /// A [`Bin24Step::CachedMessage`] sent back, verbatim, by a node where nobody holds its
     /// DST: the sender's node locates it again (custody is still its).
     Bounced,
+    /// A notice, not a message: the sending node stored a frame for the BIN24 user named by
+    /// the frame's DST (the frame is that stored frame's 24-byte header, its length field 24)
+    /// while that user is online on the target node, as far as it knows (its crossing there
+    /// timed out, or its location cache names it). The target node, if the user is online
+    /// there, loads it with the user's backlog on the same connection. A node that predates
+    /// this step refuses the event as malformed (a rolling upgrade: the frame waits for the
+    /// next login, as before).
+    Stored,
 }
 
 /// A BIN24 frame for a user of another node: for the node named only.

@@ -506,6 +506,9 @@ impl Services {
         if let Some(ocm) = self.ocm.as_mut().filter(|_| !lapsed.is_empty()) {
             ocm.queue_lapsed_nodes(lapsed);
         }
+        if cluster.take_bin24_recheck() {
+            self.hub_queue.hand_over(HubOutcome::Bin24Resubscribed);
+        }
         if cluster.take_ocm_resync() {
             if let Some(ocm) = self.ocm.as_mut() {
                 ocm.resync_rooms();
@@ -2591,6 +2594,10 @@ mod tests {
             !out.sent_to(ana).is_empty()
         });
         assert_eq!(out_a.sent_to(ana), [stored]);
+        assert!(
+            a.take_bin24_published().is_empty(),
+            "no notice: no node is known to hold zed"
+        );
 
         // node-b never answers this one (it died, or Redis lost the frame or the answer):
         // after the ack timeout and the grace (the lease), node-a keeps it and ana hears
@@ -2612,6 +2619,23 @@ mod tests {
         });
         wake_for_a_while(&mut a, &mut out_a, kept_ms + 1);
         assert_eq!(out_a.sent_to(ana), [kept]);
+        // bob may still be online on node-b (Redis lost the frame or its answer): node-a tells
+        // node-b, once (the crossing's node and the cache's are one), with the stored frame's
+        // header, so that node-b sends it to bob now rather than at his next login.
+        let notices = a.take_bin24_published();
+        let header = bin24_frame(bin24::TYPE_OFFLINE, 4, "ana", "bob", b"");
+        let [notice] = &notices[..] else {
+            panic!("one notice: {notices:?}");
+        };
+        assert_eq!(
+            (
+                &notice.to_node[..],
+                notice.to_incarnation,
+                notice.step,
+                &notice.frame
+            ),
+            (&b"node-b"[..], 9, Bin24Step::Stored, &header)
+        );
         assert!(a.shut_down().is_ok() && b.shut_down().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -86,6 +86,9 @@ pub enum HubOutcome {
         frame: Bytes,
         at: Option<(Bytes, u64)>,
     },
+    /// BIN24: this node's subscription is back after a lost link: `Stored` notices of other
+    /// nodes may have been missed meanwhile, so every online BIN24 user's store is read again.
+    Bin24Resubscribed,
 }
 
 impl HubOutcome {
@@ -97,7 +100,8 @@ impl HubOutcome {
             | HubOutcome::Bin24Store { .. }
             | HubOutcome::Bin24Located { .. }
             | HubOutcome::Bin24Remote(_)
-            | HubOutcome::Bin24Relocated { .. } => ProtocolKind::Bin24,
+            | HubOutcome::Bin24Relocated { .. }
+            | HubOutcome::Bin24Resubscribed => ProtocolKind::Bin24,
             HubOutcome::NameClaim(decided) => decided.protocol.protocol(),
             HubOutcome::MatouLocated { .. } | HubOutcome::MatouRemote(_) => ProtocolKind::Matou,
             HubOutcome::CcmLocated { .. } => ProtocolKind::Ccm,

@@ -92,7 +92,10 @@ impl Default for Bin24Config {
 
 /// In a cluster, the node (and its incarnation) of a sender who is not on this one: its
 /// answers ("200", "300", "507") are published for that node.
-type Origin = Option<(Bytes, u64)>;
+type Origin = Option<NodeId>;
+
+/// Another node: its name and incarnation.
+type NodeId = (Bytes, u64);
 
 /// A message forwarded to an online recipient and not yet answered.
 #[derive(Debug)]
@@ -107,12 +110,15 @@ struct PendingAck {
 /// Why a store request was made, to act on its completion.
 #[derive(Debug)]
 enum Ticket {
-    /// A message stored for `recipient`: answer its sender "300" once durable.
+    /// A message stored for `recipient`: answer its sender "300" once durable. `notify`: the
+    /// node (and incarnation) this node last took `recipient` to be online on (its crossing
+    /// there timed out), told once the frame is durable ([`Bin24Step::Stored`]).
     Append {
         sender: Name,
         recipient: Name,
         message_id: u32,
         origin: Origin,
+        notify: Origin,
     },
     /// The next page of `user`'s stored frames, for `conn`; `reserved_bytes` of the global
     /// budget are held for it until it arrives.
@@ -258,8 +264,9 @@ pub struct Bin24Service {
     pending: HashMap<(Name, u32), PendingAck>,
     ack_deadlines: TimerWheel<(Name, u32)>,
     /// In a cluster: frames of local senders published for another node, by (sender,
-    /// messageID), kept until that node's answer comes back (custody stays here meanwhile).
-    crossing: HashMap<(Name, u32), (Frame, TimerKey)>,
+    /// messageID), kept until that node's answer comes back (custody stays here meanwhile),
+    /// with that node (told if the frame ends up stored here).
+    crossing: HashMap<(Name, u32), (Frame, TimerKey, NodeId)>,
     crossing_deadlines: TimerWheel<(Name, u32)>,
     /// In a cluster: messages of local senders whose DST is being located, per DST, and per
     /// (sender, messageID). While a DST has some, every further message to it is located too
@@ -808,7 +815,8 @@ impl Bin24Service {
             .saturating_add(self.config.ack_timeout_ms)
             .saturating_add(self.config.crossing_grace_ms);
         let timer = self.crossing_deadlines.insert(deadline, key);
-        if let Some((_, older)) = self.crossing.insert(key, (frame.clone(), timer)) {
+        let target = (to_node.clone(), to_incarnation);
+        if let Some((_, older, _)) = self.crossing.insert(key, (frame.clone(), timer, target)) {
             self.crossing_deadlines.cancel(older);
         }
         if let Some(link) = out.hub() {
@@ -846,7 +854,7 @@ impl Bin24Service {
         match at {
             Some(at) => self.send_crossing(frame, at, Bin24Step::Message, now_ms, out),
             None => {
-                if let Some((_, timer)) = self.crossing.remove(&key) {
+                if let Some((_, timer, _)) = self.crossing.remove(&key) {
                     self.crossing_deadlines.cancel(timer);
                 }
                 match self.live_conn(frame.dst()) {
@@ -980,7 +988,9 @@ impl Bin24Service {
             }
             (Bin24Step::Answer, codec::TYPE_ANSWER) => {
                 // Whatever it says, the other node has dealt with the frame: custody is its.
-                if let Some((_, timer)) = self.crossing.remove(&(frame.dst(), frame.message_id())) {
+                if let Some((_, timer, _)) =
+                    self.crossing.remove(&(frame.dst(), frame.message_id()))
+                {
                     self.crossing_deadlines.cancel(timer);
                 }
                 if let Some(&to) = self.users.get(&frame.dst()) {
@@ -1018,6 +1028,7 @@ impl Bin24Service {
                     self.on_relocated(frame.into_bytes(), None, now_ms, out, store);
                 }
             }
+            (Bin24Step::Stored, _) => self.on_stored_elsewhere(frame.dst(), out, store),
             (step, frame_type) => debug!(
                 "cluster: a BIN24 {step:?} of type {frame_type} from node {:?}, dropped",
                 String::from_utf8_lossy(&relay.from_node)
@@ -1266,11 +1277,27 @@ impl Bin24Service {
         origin: Origin,
         store: &mut S,
     ) {
+        self.store_notifying(recipient, sender, message_id, frame, origin, None, store);
+    }
+
+    /// [`Bin24Service::store_for`], telling the node `notify` once the frame is durable.
+    #[allow(clippy::too_many_arguments)]
+    fn store_notifying<S: StoreSink>(
+        &mut self,
+        recipient: Name,
+        sender: Name,
+        message_id: u32,
+        frame: &Frame,
+        origin: Origin,
+        notify: Origin,
+        store: &mut S,
+    ) {
         let ticket = self.ticket(Ticket::Append {
             sender,
             recipient,
             message_id,
             origin,
+            notify,
         });
         *self.appending.entry(recipient).or_default() += 1;
         store.submit(StoreRequest::Append {
@@ -1406,7 +1433,7 @@ impl Bin24Service {
             out.close(recipient_conn, CloseReason::Timeout, CloseMode::Now);
         }
         while let Some(key) = self.crossing_deadlines.poll_expired(now_ms) {
-            let Some((frame, _)) = self.crossing.remove(&key) else {
+            let Some((frame, _, target)) = self.crossing.remove(&key) else {
                 continue;
             };
             // No answer from the recipient's node: it died, or Redis lost the frame or the
@@ -1419,7 +1446,9 @@ impl Bin24Service {
                 key.1,
                 self.config.ack_timeout_ms + self.config.crossing_grace_ms
             );
-            self.store_for(frame.dst(), key.0, key.1, &frame, None, store);
+            // Its recipient may still be online there (Redis lost the frame or its answer,
+            // that node was frozen a while): told once the frame is durable.
+            self.store_notifying(frame.dst(), key.0, key.1, &frame, None, Some(target), store);
         }
         while let Some(&(due, conn, note)) = self.grace.front() {
             if due > now_ms {
@@ -1544,6 +1573,7 @@ impl Bin24Service {
                     recipient,
                     message_id,
                     origin,
+                    notify,
                 }) = self.tickets.remove(&ticket)
                 {
                     self.answer(
@@ -1555,6 +1585,7 @@ impl Bin24Service {
                         out,
                     );
                     self.append_settled(recipient, true, out, store);
+                    self.notify_stored(recipient, message_id, sender, notify, out);
                 }
             }
             StoreEvent::Full { ticket } => {
@@ -1563,6 +1594,7 @@ impl Bin24Service {
                     recipient,
                     message_id,
                     origin,
+                    ..
                 }) = self.tickets.remove(&ticket)
                 {
                     self.append_settled(recipient, false, out, store);
@@ -1606,6 +1638,7 @@ impl Bin24Service {
                         recipient,
                         message_id,
                         origin,
+                        ..
                     }) => {
                         self.append_settled(recipient, false, out, store);
                         // Not durable: the sender must not be told "300".
@@ -1650,16 +1683,94 @@ impl Bin24Service {
             return;
         };
         if stored {
-            if let Some(state) = self.conns.get_mut(conn) {
-                state.backlog_known = true;
-                if state.loading {
-                    state.appended_while_loading = true;
-                } else {
-                    state.more_stored = true;
-                }
-            }
+            self.mark_stored(conn);
         }
         self.pump_backlog(conn, out, store);
+    }
+
+    /// Frames may be stored for the user of `conn` that it has not been sent: its next page
+    /// is read (after the one loading now, if one is), and new messages to it are stored
+    /// behind them until they are all queued (`has_backlog`), so that order holds.
+    fn mark_stored(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(conn) {
+            state.backlog_known = true;
+            if state.loading {
+                state.appended_while_loading = true;
+            } else {
+                state.more_stored = true;
+            }
+        }
+    }
+
+    /// A frame from `sender` (messageID `message_id`) for `recipient` is durable here while
+    /// `recipient` is not online here: in a cluster, the node it may be online on (`notify`,
+    /// where its crossing timed out, and the one the location cache names) is told
+    /// ([`Bin24Step::Stored`]), so that the frame reaches it on its connection now, not at
+    /// its next login. One small event per such node; nothing for a node alone.
+    fn notify_stored<O: Outbox>(
+        &mut self,
+        recipient: Name,
+        message_id: u32,
+        sender: Name,
+        notify: Origin,
+        out: &mut O,
+    ) {
+        if self.users.contains_key(&recipient) {
+            return;
+        }
+        let Some(link) = out.hub() else {
+            return;
+        };
+        if !link.hub.spans_nodes() {
+            return;
+        }
+        let cached = link.hub.bin24_cached_location(recipient.as_bytes());
+        let mut targets = notify.into_iter().collect::<Vec<_>>();
+        targets.extend(cached.filter(|cached| !targets.contains(cached)));
+        if targets.is_empty() {
+            return;
+        }
+        let header = codec::encode(codec::TYPE_OFFLINE, message_id, sender, recipient, &[]);
+        let Some(header) = header else {
+            return;
+        };
+        for (to_node, to_incarnation) in targets {
+            link.queue.publish(HubEvent::Bin24(Box::new(Bin24Relay {
+                to_node,
+                to_incarnation,
+                from_node: Bytes::new(),
+                from_incarnation: 0,
+                step: Bin24Step::Stored,
+                frame: header.clone(),
+            })));
+        }
+    }
+
+    /// Another node stored a frame for `user` ([`Bin24Step::Stored`]): if `user` is online
+    /// here, it is loaded with its backlog and sent on the same connection, as a frame stored
+    /// here for it is.
+    fn on_stored_elsewhere<O: Outbox, S: StoreSink>(
+        &mut self,
+        user: Name,
+        out: &mut O,
+        store: &mut S,
+    ) {
+        let Some(conn) = self.users.get(&user).copied() else {
+            return;
+        };
+        self.mark_stored(conn);
+        self.pump_backlog(conn, out, store);
+    }
+
+    /// This node's subscription is back after a lost link: other nodes' `Stored` notices of
+    /// the outage may be lost, so every online user's store is read once more (one page
+    /// request each, waiting for room in `loaded_bytes_max` like any other).
+    pub fn recheck_stored<O: Outbox, S: StoreSink>(&mut self, out: &mut O, store: &mut S) {
+        let online: Vec<ConnId> = self.users.values().copied().collect();
+        for conn in online {
+            self.mark_stored(conn);
+            self.pump_backlog(conn, out, store);
+        }
     }
 
     /// A page of `user`'s backlog arrived for `conn` (or its load failed).
@@ -1918,6 +2029,7 @@ impl Bin24Service {
             HubOutcome::Bin24Relocated { frame, at } => {
                 self.on_relocated(frame, at, now_ms, out, store)
             }
+            HubOutcome::Bin24Resubscribed => self.recheck_stored(out, store),
             HubOutcome::NameClaim(decided) => {
                 self.on_claim_decided(decided.conn, decided.decision, now_ms, out, store)
             }

@@ -1346,3 +1346,156 @@ fn a_backlog_sent_after_the_cap_that_drops_midway_stays_stored_for_the_next_logi
     assert_eq!(after_seq, 0);
     assert!(h.notified_to(conn(3)).is_empty());
 }
+
+impl Harness {
+    /// Another node says it stored a frame (`id`, from `src`) for `dst` (a `Stored` notice:
+    /// the stored frame's header).
+    fn stored_elsewhere(&mut self, id: u32, src: &str, dst: &str) {
+        let relay = crate::hub::Bin24Relay {
+            to_node: Bytes::from_static(b"node-b"),
+            to_incarnation: 1,
+            from_node: Bytes::from_static(b"node-a"),
+            from_incarnation: 1,
+            step: crate::hub::Bin24Step::Stored,
+            frame: frame(codec::TYPE_OFFLINE, id, src, dst, b""),
+        };
+        self.service.on_hub(
+            crate::protocol::HubOutcome::Bin24Remote(Box::new(relay)),
+            self.now_ms,
+            &mut self.out,
+            &mut self.store,
+        );
+    }
+
+    /// This node's subscription is back after a lost link.
+    fn resubscribed(&mut self) {
+        self.service.on_hub(
+            crate::protocol::HubOutcome::Bin24Resubscribed,
+            self.now_ms,
+            &mut self.out,
+            &mut self.store,
+        );
+    }
+}
+
+/// Another node stored a frame for bob, online here with nothing stored at his login: its
+/// `Stored` notice makes his store read again, the frame goes out on the same connection, and
+/// from then until it is queued a new message to bob is stored behind it (order kept).
+#[test]
+fn a_stored_notice_for_an_online_user_loads_and_sends_the_frame_on_its_connection() {
+    let mut h = Harness::new();
+    h.connect(conn(1), "alice");
+    h.connect(conn(2), "bob");
+    h.complete_login_load("alice");
+    h.complete_login_load("bob");
+    let login_loads = h.store.loads().len();
+    h.out.clear();
+
+    h.stored_elsewhere(5, "zoe", "bob");
+    assert_eq!(h.store.loads().len(), login_loads + 1, "bob's store read");
+    let (ticket, after_seq) = h.load_in_flight("bob");
+    assert_eq!(after_seq, 0);
+    // Meanwhile alice's message to bob is stored behind what may be stored, not sent live.
+    h.feed(conn(1), &message(1, "alice", "bob", "after"));
+    assert!(h.out.sent_to(conn(2)).is_empty());
+    assert_eq!(h.store.appends_for("bob").len(), 1);
+
+    let zoes = frame(codec::TYPE_OFFLINE, 5, "zoe", "bob", b"from node a");
+    h.complete(StoreEvent::Loaded {
+        ticket,
+        user: b"bob".to_vec(),
+        frames: vec![(40, zoes.clone())],
+        more: false,
+    });
+    assert_eq!(
+        h.notified_to(conn(2)),
+        [zoes],
+        "on the same connection, once"
+    );
+    assert!(h.out.closed.is_empty());
+}
+
+/// A notice for a user not online here (gone meanwhile, or never here) reads nothing; one
+/// for a user whose page is loading already reads the next page after it, not a second one
+/// at once.
+#[test]
+fn a_stored_notice_for_a_user_not_online_here_does_nothing_and_one_while_loading_waits() {
+    let mut h = Harness::new();
+    h.connect(conn(2), "bob");
+    let loads = h.store.loads().len();
+    h.stored_elsewhere(5, "zoe", "carol");
+    assert_eq!(h.store.loads().len(), loads, "carol is not online here");
+    assert!(h.out.notified.is_empty());
+
+    // bob's login page is still loading: the notice asks for another page after it.
+    h.stored_elsewhere(6, "zoe", "bob");
+    assert_eq!(h.store.loads().len(), loads, "one load per user at a time");
+    h.complete_login_load("bob");
+    assert_eq!(
+        h.store.loads().len(),
+        loads + 1,
+        "the page after the notice"
+    );
+    h.complete_login_load("bob");
+    assert_eq!(h.store.loads().len(), loads + 1);
+}
+
+/// After the subscription comes back, every online user's store is read once, through the
+/// loaded-bytes budget (the users it has no room for wait their turn), and never again
+/// until something new is said.
+#[test]
+fn after_the_subscription_comes_back_each_online_users_page_is_requested_once() {
+    let mut h = Harness::new();
+    // Room for one page at a time (a page is FRAME_BYTES_MAX here).
+    h.service = Bin24Service::new(
+        Bin24Config {
+            offline_window_bytes: 100,
+            loaded_bytes_max: codec::FRAME_BYTES_MAX,
+            ..Bin24Config::default()
+        },
+        0,
+    );
+    let users = ["ana", "bob", "cid"];
+    for (slot, user) in (1..).zip(users) {
+        h.connect(conn(slot), user);
+        h.complete_login_load(user);
+    }
+    let loads = h.store.loads().len();
+    h.resubscribed();
+    assert_eq!(h.store.loads().len(), loads + 1, "one page at a time fits");
+    for _ in 0..users.len() {
+        let (ticket, _) = h.store.loads().last().cloned().expect("a load");
+        let user = h
+            .store
+            .requests
+            .iter()
+            .find_map(|request| match request {
+                StoreRequest::Load {
+                    ticket: t, user, ..
+                } if *t == ticket => Some(user.clone()),
+                _ => None,
+            })
+            .expect("the load's user");
+        h.complete(StoreEvent::Loaded {
+            ticket,
+            user,
+            frames: Vec::new(),
+            more: false,
+        });
+    }
+    let asked: Vec<Vec<u8>> = h.store.loads()[loads..]
+        .iter()
+        .map(|(_, user)| user.clone())
+        .collect();
+    let mut sorted = asked.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        users.map(|user| user.as_bytes().to_vec()),
+        "each online user's page once: {asked:?}"
+    );
+    // Nothing stored: nothing more is asked, and a message goes live again.
+    h.out.clear();
+    h.feed(conn(1), &message(1, "ana", "bob", "live"));
+    assert_eq!(h.out.sent_to(conn(2)).len(), 1);
+}
