@@ -525,13 +525,8 @@ fn a_reading_user_gets_her_backlog_while_logins_that_never_read_hold_the_budget(
         got.push(frame.message_id);
     }
     assert_eq!(got, rita_ids);
-    // Holders were closed for it (as slow consumers), their frames kept: none removed.
-    assert!(
-        server
-            .metric("chatd_bin24_stored_kept_for_redelivery_total")
-            .unwrap_or(0.0)
-            >= 1.0
-    );
+    // Whether holders were closed for it (stalled) or their kernels took a little more
+    // meanwhile, their frames stay stored: none removed.
     let stored = wait_metric_until(&server, "chatd_store_frames", |frames| {
         frames <= (HOLDERS * STORED) as f64
     });
