@@ -25,7 +25,10 @@ use chatd::Chatd;
 use common::bin24::Bin24;
 use common::ccm::{flood_lobby, identify as ccm_identify, text as ccm_text};
 use common::Client;
-use redisd::{addr, metric, Redis};
+use redisd::{
+    addr, admin_connection, client_id, command, let_clients_in, metric, tcp_ports_of, wait_metric,
+    Redis,
+};
 
 const LOSSES: &str = "chatd_cluster_redis_link_losses_total";
 const LINK_DOWN: &str = "chatd_cluster_redis_link_down";
@@ -37,40 +40,6 @@ const DROPPED: &str = "chatd_cluster_events_publish_dropped_total";
 /// reconnect delay doubles up to 2 s (docs/CLUSTER.md), then a connect and the confirmation
 /// (here well within a command deadline), with room for a loaded machine.
 const RECONNECT_BOUND: Duration = Duration::from_millis(3500);
-
-/// Waits (bounded by `WAIT`) until `series` on `node` is at least `value`.
-fn wait_metric(node: &mut Chatd, series: &str, value: f64) {
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        let now = metric(node, series);
-        if now >= value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} is {now}, never reached {value}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// One connection to Redis held for the whole test: it stays when `maxclients` is lowered
-/// to refuse the nodes' reconnects.
-fn admin_connection(redis: &Redis) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .expect("the Redis URL")
-        .get_connection()
-        .expect("connect to Redis")
-}
-
-fn command(conn: &mut redis::Connection, args: &[&str]) -> redis::Value {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query(conn)
-        .unwrap_or_else(|err| panic!("{args:?}: {err}"))
-}
 
 /// Redis takes no new client (every connection held now stays): a node's reconnect is
 /// refused until [`let_clients_in`]. First every link of `nodes` is made: a node says it
@@ -116,69 +85,6 @@ fn wait_links_made(conn: &mut redis::Connection, node: &Chatd) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn let_clients_in(conn: &mut redis::Connection) {
-    command(conn, &["CONFIG", "SET", "maxclients", "10000"]);
-}
-
-/// The local TCP ports of `pid`'s sockets (its fds matched to /proc/PID/net/tcp by inode).
-fn tcp_ports_of(pid: u32) -> Vec<u16> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("list the node's fds")
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_string(),
-            )
-        })
-        .collect();
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).expect("read net/tcp");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let inode = fields.get(9)?;
-            if !inodes.iter().any(|own| own == inode) {
-                return None;
-            }
-            let port = fields.get(1)?.rsplit_once(':')?.1;
-            u16::from_str_radix(port, 16).ok()
-        })
-        .collect()
-}
-
-/// The id Redis gives `node`'s connection whose last command was `cmd` (`CLIENT LIST`'s
-/// `cmd=`), the one of that node's connections (by its local port).
-fn client_id(conn: &mut redis::Connection, node: &Chatd, cmd: &str) -> String {
-    let ports = tcp_ports_of(node.pid());
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(conn)
-        .expect("CLIENT LIST");
-    let ids: Vec<String> = list
-        .lines()
-        .filter(|line| line.split(' ').any(|field| field == format!("cmd={cmd}")))
-        .filter(|line| {
-            line.split(' ')
-                .find_map(|field| field.strip_prefix("addr="))
-                .and_then(|addr| addr.rsplit_once(':'))
-                .and_then(|(_, port)| port.parse::<u16>().ok())
-                .is_some_and(|port| ports.contains(&port))
-        })
-        .filter_map(|line| {
-            line.split(' ')
-                .find_map(|field| field.strip_prefix("id="))
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(ids.len(), 1, "{cmd} connections of the node: {list}");
-    ids[0].clone()
 }
 
 /// The process state letter in /proc/PID/stat (`T`: stopped).

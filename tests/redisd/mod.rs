@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::chatd::Chatd;
 use crate::common::TempDir;
@@ -238,4 +239,103 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// What the tests that cut a node's Redis links share (cluster_links, cluster_stored_notice).
+
+/// Waits (bounded by `WAIT`) until `series` on `node` is at least `value`.
+pub fn wait_metric(node: &mut Chatd, series: &str, value: f64) {
+    let deadline = Instant::now() + crate::common::WAIT;
+    loop {
+        let now = metric(node, series);
+        if now >= value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {now}, never reached {value}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One connection to Redis held for the whole test: it stays when `maxclients` is lowered
+/// to refuse the nodes' reconnects.
+pub fn admin_connection(redis: &Redis) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .expect("the Redis URL")
+        .get_connection()
+        .expect("connect to Redis")
+}
+
+pub fn command(conn: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(conn)
+        .unwrap_or_else(|err| panic!("{args:?}: {err}"))
+}
+
+pub fn let_clients_in(conn: &mut redis::Connection) {
+    command(conn, &["CONFIG", "SET", "maxclients", "10000"]);
+}
+
+/// The local TCP ports of `pid`'s sockets (its fds matched to /proc/PID/net/tcp by inode).
+pub fn tcp_ports_of(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the node's fds")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).expect("read net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode = fields.get(9)?;
+            if !inodes.iter().any(|own| own == inode) {
+                return None;
+            }
+            let port = fields.get(1)?.rsplit_once(':')?.1;
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect()
+}
+
+/// The id Redis gives `node`'s connection whose last command was `cmd` (`CLIENT LIST`'s
+/// `cmd=`), the one of that node's connections (by its local port).
+pub fn client_id(conn: &mut redis::Connection, node: &Chatd, cmd: &str) -> String {
+    let ports = tcp_ports_of(node.pid());
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(conn)
+        .expect("CLIENT LIST");
+    let ids: Vec<String> = list
+        .lines()
+        .filter(|line| line.split(' ').any(|field| field == format!("cmd={cmd}")))
+        .filter(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("addr="))
+                .and_then(|addr| addr.rsplit_once(':'))
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_some_and(|port| ports.contains(&port))
+        })
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("id="))
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{cmd} connections of the node: {list}");
+    ids[0].clone()
 }
