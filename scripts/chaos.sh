@@ -140,26 +140,6 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Prints a command, records it, starts it in the background ($! is the process itself).
-start() {
-  echo "+ $(printf '%q ' "$@")" >&3
-  echo "$(printf '%q ' "$@") &" >>"$results_dir/commands.txt"
-  "$@" &
-}
-
-# Waits (bounded, $4 seconds, default 10) for a line matching $3 in log $1 of process $2;
-# dies if the process exits first.
-wait_for_line() {
-  local log=$1 pid=$2 pattern=$3 seconds=${4:-10} _
-  for _ in $(seq 1 $((seconds * 20))); do
-    if grep -q "$pattern" "$log"; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "$log: exited before \"$pattern\""; }
-    sleep 0.05
-  done
-  tail -n 20 "$log" >&2
-  die "$log: no \"$pattern\" within $seconds s"
-}
-
 now_ms() {
   echo $(( $(date +%s%N) / 1000000 ))
 }

@@ -95,13 +95,6 @@ matou_port=$(free_port)
 ccm_port=$(free_port)
 redis_port=$(free_port)
 
-# Prints a command, records it, starts it in the background ($! is the process itself).
-start() {
-  echo "+ $(printf '%q ' "$@")" >&3
-  echo "$(printf '%q ' "$@") &" >>"$results_dir/commands.txt"
-  "$@" &
-}
-
 start redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$results_dir" >"$results_dir/redis.log" 2>&1
 redis_pid=$!

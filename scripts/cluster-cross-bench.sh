@@ -110,25 +110,6 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Prints a command, records it, starts it in the background ($! is the process itself).
-start() {
-  echo "+ $(printf '%q ' "$@")" >&3
-  echo "$(printf '%q ' "$@") &" >>"$results_dir/commands.txt"
-  "$@" &
-}
-
-# Waits (bounded, 10 s) for a line matching $3 in log $1 of process $2; dies if it exits first.
-wait_for_line() {
-  local log=$1 pid=$2 pattern=$3
-  for _ in $(seq 1 200); do
-    if grep -q "$pattern" "$log"; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "$log: exited before \"$pattern\""; }
-    sleep 0.05
-  done
-  cat "$log" >&2
-  die "$log: no \"$pattern\" within 10 s"
-}
-
 # A fresh durable Redis for run $1, in a directory of its own.
 start_redis() {
   local tag=$1
