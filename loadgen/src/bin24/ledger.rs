@@ -13,7 +13,7 @@
 //! | fate        | what happened                                                           |
 //! |-------------|-------------------------------------------------------------------------|
 //! | live        | type 0 arrived and "200" came back                                      |
-//! | stored      | "300" came back and the type 2 arrived at the reconnect                 |
+//! | stored      | "300" came back and the type 2 arrived (on its connection, or later)    |
 //! | full        | "507": refused by the server, legitimately                              |
 //! | lost        | never reached the recipient (whatever the answers said)                 |
 //! | incomplete  | reached the recipient, but the answers do not match what happened       |

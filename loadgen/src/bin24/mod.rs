@@ -138,6 +138,19 @@ pub struct User {
     reconnecting: bool,
     /// Connections made in the reconnect phase.
     reconnect_attempts: u32,
+    /// Connected before the reconnect phase: stored frames may have come on that connection
+    /// (a node announces frames stored for its online users), so they may come again at the
+    /// reconnect if that connection closed before they counted as delivered.
+    connected_before_reconnect: bool,
+}
+
+impl User {
+    /// Whether a store delivery now may repeat one an earlier connection got (at-least-once
+    /// allows it): on a reconnect retry, or on the first reconnect of a user that had been
+    /// connected before.
+    fn on_repeat_connection(&self) -> bool {
+        self.reconnect_attempts > 1 || (self.reconnecting && self.connected_before_reconnect)
+    }
 }
 
 /// The run: the engine's, over BIN24's part.
@@ -180,6 +193,7 @@ impl ScenarioKind for Bin24 {
             offline: cfg.offline.get(i).copied().unwrap_or(false),
             reconnecting: false,
             reconnect_attempts: 0,
+            connected_before_reconnect: false,
         });
         let part = Part {
             cfg,
@@ -376,6 +390,7 @@ impl Wire for Part<'_> {
             let user = &mut run.clients[u];
             if user.conn.stream.is_some() || user.stage == Stage::Failed {
                 run.p.reconnect_of_online += 1;
+                user.connected_before_reconnect = true;
             }
             // Closed by the loadgen, which is done with it (before reconnecting it).
             run.sends.not_sent_at_end += user.conn.close(run.io.poll.registry());
@@ -517,7 +532,7 @@ impl Run<'_> {
             });
             return;
         };
-        let repeat_connection = self.clients[u].reconnect_attempts > 1;
+        let repeat_connection = self.clients[u].on_repeat_connection();
         let Some(before) = self.p.ledger.deliver(g, via, repeat_connection) else {
             self.errors.count(ErrorKind::Protocol, || {
                 format!("user {me}: delivery of a message never sent: {frame:?} {stamp:?}")

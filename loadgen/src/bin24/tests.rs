@@ -327,3 +327,29 @@ fn no_server_is_unreachable() {
     cfg.offline = vec![false, false];
     assert!(matches!(run(&cfg), Err(RunError::Unreachable(_))));
 }
+
+#[test]
+fn a_store_delivery_repeats_only_on_a_connection_after_an_earlier_one() {
+    let mut user = User {
+        name: user_name(0),
+        partner: 1,
+        offline: false,
+        reconnecting: false,
+        reconnect_attempts: 0,
+        connected_before_reconnect: false,
+    };
+    // Online from the start: its first connection repeats nothing.
+    assert!(!user.on_repeat_connection());
+    // Offline until the reconnect: that connection is its first.
+    user.reconnecting = true;
+    user.reconnect_attempts = 1;
+    assert!(!user.on_repeat_connection());
+    // Connected before (a node may have announced stored frames to it there, not yet
+    // counted delivered when that connection closed): its reconnect may bring them again.
+    user.connected_before_reconnect = true;
+    assert!(user.on_repeat_connection());
+    // A retry in the reconnect phase, whatever came before.
+    user.connected_before_reconnect = false;
+    user.reconnect_attempts = 2;
+    assert!(user.on_repeat_connection());
+}
