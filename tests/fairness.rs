@@ -48,7 +48,7 @@ const WITNESS_PERIOD: Duration = Duration::from_millis(50);
 /// their worst echo.
 struct Witnesses {
     stop: Arc<AtomicBool>,
-    threads: Vec<(&'static str, JoinHandle<(Duration, usize)>)>,
+    threads: Vec<(&'static str, JoinHandle<Vec<Duration>>)>,
 }
 
 impl Witnesses {
@@ -89,38 +89,44 @@ impl Witnesses {
         Witnesses { stop, threads }
     }
 
-    /// Stops the witnesses and asserts each one's worst echo was under `max`.
+    /// Stops the witnesses and asserts that each one's echoes but its worst were under `max`,
+    /// and its worst under twice `max`. An attack that stalls the loop does so turn after turn
+    /// while it lasts (before the limits, attack 2's worst echo was 655-736 ms and attack 1's
+    /// seconds, with the slow ones many), whereas a debug build on a busy 2-core machine may
+    /// lose one echo to the scheduler now and then (CI once saw 214 ms against 200, every
+    /// other echo fast): one such echo is noise, two, or one over twice the limit, a stall.
     fn finish(self, max: Duration) {
         self.stop.store(true, Ordering::SeqCst);
         for (protocol, thread) in self.threads {
-            let (worst, echoes) = thread.join().expect("witness panicked");
-            eprintln!("{protocol} witness: {echoes} echoes, worst {worst:?}");
-            assert!(echoes >= 5, "{protocol} witness: only {echoes} echoes");
+            let mut echoes = thread.join().expect("witness panicked");
+            echoes.sort_unstable();
+            let count = echoes.len();
+            let worst = echoes.last().copied().unwrap_or_default();
+            let second = echoes.iter().rev().nth(1).copied().unwrap_or_default();
+            eprintln!("{protocol} witness: {count} echoes, worst {worst:?}, second {second:?}");
+            assert!(count >= 5, "{protocol} witness: only {count} echoes");
             assert!(
-                worst < max,
-                "{protocol} witness waited {worst:?} for an echo (limit {max:?})"
+                second < max && worst < max * 2,
+                "{protocol} witness waited {worst:?} and {second:?} for its two slowest echoes \
+                 (limits {:?} and {max:?})",
+                max * 2
             );
         }
     }
 }
 
 /// Calls `echo(n, until)` every [`WITNESS_PERIOD`]; it sends message `n`, returns when its
-/// echo arrived, and may go on reading until `until`.
-fn echo_loop(
-    stop: &AtomicBool,
-    mut echo: impl FnMut(usize, Instant) -> Instant,
-) -> (Duration, usize) {
-    let mut worst = Duration::ZERO;
-    let mut n = 0;
+/// echo arrived, and may go on reading until `until`. Returns how long each echo took.
+fn echo_loop(stop: &AtomicBool, mut echo: impl FnMut(usize, Instant) -> Instant) -> Vec<Duration> {
+    let mut echoes = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let sent = Instant::now();
         let until = sent + WITNESS_PERIOD;
-        let echoed = echo(n, until);
-        worst = worst.max(echoed - sent);
-        n += 1;
+        let echoed = echo(echoes.len(), until);
+        echoes.push(echoed - sent);
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
     }
-    (worst, n)
+    echoes
 }
 
 /// Reads and discards whatever arrives until `until`.
