@@ -35,7 +35,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The witnesses' worst echo allowed during attacks 1 and 2. The target is 50 ms, and
+/// The witnesses' echo limit during attacks 1 and 2 (see [`Witnesses::finish`]). The target is 50 ms, and
 /// release builds meet it with room to spare (docs/RELIABILITY.md); this test runs a debug
 /// build on a shared 2-core machine, where a loaded moment alone has cost 80 ms, so it asserts
 /// what tells a stall from scheduling noise: before the limits, attack 2 stalled the loop for
