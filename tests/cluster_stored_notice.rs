@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use chatd::Chatd;
 use common::bin24::{Bin24, Received};
 use redisd::{
-    admin_connection, client_id, command, let_clients_in, metric, tcp_ports_of, wait_metric, Redis,
+    admin_connection, client_id, client_ids_from, command, let_clients_in, metric, tcp_ports_of,
+    wait_metric, Redis,
 };
 use switchboard::protocol::bin24::codec;
 
@@ -53,20 +54,7 @@ fn subscriptions_of(conn: &mut redis::Connection, node: &Chatd) -> Vec<String> {
         .arg("pubsub")
         .query(conn)
         .expect("CLIENT LIST");
-    list.lines()
-        .filter(|line| {
-            line.split(' ')
-                .find_map(|field| field.strip_prefix("addr="))
-                .and_then(|addr| addr.rsplit_once(':'))
-                .and_then(|(_, port)| port.parse::<u16>().ok())
-                .is_some_and(|port| ports.contains(&port))
-        })
-        .filter_map(|line| {
-            line.split(' ')
-                .find_map(|field| field.strip_prefix("id="))
-                .map(str::to_string)
-        })
-        .collect()
+    client_ids_from(&list, &ports, |_| true)
 }
 
 /// Frames stored for `user` in Redis now.

@@ -312,17 +312,11 @@ pub fn tcp_ports_of(pid: u32) -> Vec<u16> {
         .collect()
 }
 
-/// The id Redis gives `node`'s connection whose last command was `cmd` (`CLIENT LIST`'s
-/// `cmd=`), the one of that node's connections (by its local port).
-pub fn client_id(conn: &mut redis::Connection, node: &Chatd, cmd: &str) -> String {
-    let ports = tcp_ports_of(node.pid());
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(conn)
-        .expect("CLIENT LIST");
-    let ids: Vec<String> = list
-        .lines()
-        .filter(|line| line.split(' ').any(|field| field == format!("cmd={cmd}")))
+/// The ids in `list` (`CLIENT LIST`'s lines) of connections from one of `ports` (their local
+/// ports) whose line also passes `keep`.
+pub fn client_ids_from(list: &str, ports: &[u16], keep: impl Fn(&str) -> bool) -> Vec<String> {
+    list.lines()
+        .filter(|line| keep(line))
         .filter(|line| {
             line.split(' ')
                 .find_map(|field| field.strip_prefix("addr="))
@@ -335,7 +329,21 @@ pub fn client_id(conn: &mut redis::Connection, node: &Chatd, cmd: &str) -> Strin
                 .find_map(|field| field.strip_prefix("id="))
                 .map(str::to_string)
         })
-        .collect();
+        .collect()
+}
+
+/// The id Redis gives `node`'s connection whose last command was `cmd` (`CLIENT LIST`'s
+/// `cmd=`), the one of that node's connections (by its local port).
+pub fn client_id(conn: &mut redis::Connection, node: &Chatd, cmd: &str) -> String {
+    let ports = tcp_ports_of(node.pid());
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(conn)
+        .expect("CLIENT LIST");
+    let wanted = format!("cmd={cmd}");
+    let ids = client_ids_from(&list, &ports, |line| {
+        line.split(' ').any(|field| field == wanted)
+    });
     assert_eq!(ids.len(), 1, "{cmd} connections of the node: {list}");
     ids[0].clone()
 }
